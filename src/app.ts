@@ -7,6 +7,7 @@ import { Hono } from "hono";
 import { HTTPException } from "hono/http-exception";
 import { ApiError, BudgetError } from "./errors";
 import { ModelFormatError } from "./model/errors";
+import { ConfigError } from "./platform/env";
 import { openai } from "./routes/openai";
 import { admin } from "./routes/admin";
 
@@ -32,6 +33,12 @@ app.onError((err, c) => {
   }
   if (err instanceof ModelFormatError) {
     return c.json(new ApiError(500, `the stored model is malformed: ${err.message}`, "server_error", null, "model_format_error").toBody(), 500);
+  }
+  if (err instanceof ConfigError) {
+    // The deployment's own configuration is wrong: say which variable, so the operator can fix it.
+    console.error("configuration error", err.message);
+    const body = new ApiError(500, `server misconfigured: ${err.message}`, "server_error", null, "config_error").toBody();
+    return c.json(body, 500);
   }
   console.error("unhandled error", err);
   return c.json(new ApiError(500, "internal error; see the Worker's logs", "server_error").toBody(), 500);

@@ -16,7 +16,7 @@ import { expertFfnRef } from "../../src/kernels/reference";
 import type { ModelSpec } from "../../src/model/config";
 import type { Checkpoint } from "../../src/model/safetensors";
 import { ModelForward, type ExpertRunner } from "../../src/serving/forward";
-import type { OpenedModel } from "../../src/serving/model-store";
+import type { OpenedModel } from "../../src/platform/model-store";
 
 export interface AccuracyReport {
   model: string;

@@ -6,7 +6,7 @@
 import { modelLayer, type Placement, type Replica } from "./placement";
 import { hostName } from "../experts/protocol";
 import { BudgetError } from "../errors";
-import { formatMiB } from "../serving/budgets";
+import { formatMiB } from "../platform/format";
 
 export interface PlacementInit {
   model: string;

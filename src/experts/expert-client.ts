@@ -10,9 +10,10 @@ import { ApiError, BudgetError } from "../errors";
 import type { ExpertForwardResult, ExpertWorkItem } from "./protocol";
 import { ExpertStore } from "./expert-store";
 import { createKernels } from "../kernels/workers";
-import { openModelFromR2 } from "../serving/model-store";
-import { expertStoreOptions } from "../serving/expert-options";
-import { formatMiB, readBudgets } from "../serving/budgets";
+import { openModelFromR2 } from "../platform/model-store";
+import { expertStoreOptions } from "./options";
+import { readBudgets } from "../platform/budgets";
+import { formatMiB } from "../platform/format";
 
 /**
  * Where routed experts run. "durable-objects" (the product): ExpertHost instances, one RPC per

@@ -5,9 +5,9 @@
  */
 import { DurableObject } from "cloudflare:workers";
 import { createKernels } from "../kernels/workers";
-import { readBudgets } from "../serving/budgets";
-import { openModelFromR2 } from "../serving/model-store";
-import { expertStoreOptions } from "../serving/expert-options";
+import { readBudgets } from "../platform/budgets";
+import { openModelFromR2 } from "../platform/model-store";
+import { expertStoreOptions } from "./options";
 import { ExpertStore, StoreFailure } from "./expert-store";
 import { expertKey, type ExpertFailureCode, type ExpertForwardRequest, type ExpertForwardResult, type ExpertHostStats, type ExpertLoadResult, type ExpertRef } from "./protocol";
 

@@ -16,8 +16,8 @@ import { WASM_MAX_BYTES } from "../kernels/index";
 import { expertPackedBytes, packExpertF32, packExpertQ8, type ExpertDtype } from "../kernels/packing";
 import { loadExpertWeights } from "../model/architectures";
 import { expertDtype, loadExpertQ8, type ExpertQuant } from "../model/quantized";
-import { formatMiB } from "../serving/budgets";
-import type { OpenedModel } from "../serving/model-store";
+import { formatMiB } from "../platform/format";
+import type { OpenedModel } from "../platform/model-store";
 import { expertKey, type ExpertRef, type ExpertWorkItem } from "./protocol";
 
 /** Tokens per kernel call: bounds the scratch memory ([chunk, dFf] × 2) whatever the prompt length. */

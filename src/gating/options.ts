@@ -4,6 +4,7 @@
  * routing, bit for bit. They are read once from the deployment's vars (`parseRoutingOptions`),
  * never from inside the MoE math.
  */
+import { numberVar, type Vars } from "../platform/env";
 
 export interface RoutingOptions {
   /** Router logits are divided by this before scoring; 1 = off. */
@@ -26,20 +27,11 @@ export const ROUTING_VARS = {
   noiseStd: "ROUTER_NOISE_STD",
 } as const;
 
-export type RoutingVar = (typeof ROUTING_VARS)[keyof typeof ROUTING_VARS];
-
 /** Options from vars; unset or empty vars leave a knob off. Errors name the var. */
-export function parseRoutingOptions(vars: Partial<Record<RoutingVar, string | undefined>>): RoutingOptions {
-  const num = (name: RoutingVar, check: (v: number) => boolean, what: string): number | null => {
-    const raw = vars[name];
-    if (raw === undefined || raw === "") return null;
-    const v = Number(raw);
-    if (!Number.isFinite(v) || !check(v)) throw new Error(`${name} must be ${what}, got "${raw}"`);
-    return v;
-  };
+export function parseRoutingOptions(vars: Vars): RoutingOptions {
   return {
-    temperature: num(ROUTING_VARS.temperature, (v) => v > 0, "a number > 0 (1 = off)") ?? 1,
-    capacityFactor: num(ROUTING_VARS.capacityFactor, (v) => v > 0, "a number > 0 (unset = unlimited)"),
-    noiseStd: num(ROUTING_VARS.noiseStd, (v) => v >= 0, "a number ≥ 0 (0 = off)") ?? 0,
+    temperature: numberVar(vars, ROUTING_VARS.temperature, 1, { above: 0 }),
+    capacityFactor: numberVar(vars, ROUTING_VARS.capacityFactor, null, { above: 0 }),
+    noiseStd: numberVar(vars, ROUTING_VARS.noiseStd, 0, { min: 0 }),
   };
 }

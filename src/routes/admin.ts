@@ -10,7 +10,7 @@ import { ApiError } from "../errors";
 import { getRuntime } from "../serving/model-runtime";
 import type { ForwardTrace } from "../serving/model-runtime";
 import { createRng, argmax } from "../serving/sampling";
-import { ModelNotFoundError } from "../serving/model-store";
+import { ModelNotFoundError } from "../platform/model-store";
 import { parseBody } from "./validate";
 
 export const admin = new Hono<{ Bindings: Env }>();

@@ -9,7 +9,7 @@ import { z } from "zod";
 import { ApiError } from "../errors";
 import { generate, type FinishReason, type GenerateRequest, type GenerateStats, type WaitUntil } from "../serving/generate";
 import { getRuntime, type ModelRuntime } from "../serving/model-runtime";
-import { listModelIds, modelPrefix, ModelNotFoundError, MODEL_ID_PATTERN } from "../serving/model-store";
+import { listModelIds, modelPrefix, ModelNotFoundError, MODEL_ID_PATTERN } from "../platform/model-store";
 import { maxServableTokens, parseConfig } from "../model/config";
 import { parseBody } from "./validate";
 import { modelLayer } from "../coordinator/placement";

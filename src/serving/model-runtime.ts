@@ -7,16 +7,17 @@
 import { createKernels } from "../kernels/workers";
 import { denseBytes, loadDenseWeights } from "../model/architectures";
 import { expertStoredBytes } from "../model/quantized";
-import { expertStoreOptions } from "./expert-options";
+import { expertStoreOptions } from "../experts/options";
 import type { ModelSpec } from "../model/config";
 import { TextTokenizer } from "../model/tokenizer";
-import { parseRoutingOptions, type RoutingVar } from "../gating/options";
+import { parseRoutingOptions } from "../gating/options";
 import type { Routing, RoutingOptions } from "../gating/router";
 import { currentPlacement, runExperts, type LayerDispatch } from "../experts/expert-client";
 import type { PlacementInit } from "../coordinator/initial-placement";
 import type { Placement } from "../coordinator/placement";
-import { modelPrefix, openModelFromR2 } from "./model-store";
-import { formatMiB, readBudgets, WORKER_SCRATCH_BYTES } from "./budgets";
+import { modelPrefix, openModelFromR2 } from "../platform/model-store";
+import { readBudgets, WORKER_SCRATCH_BYTES } from "../platform/budgets";
+import { formatMiB } from "../platform/format";
 import { ApiError, BudgetError } from "../errors";
 import { ModelForward, Session, type ExpertRunner } from "./forward";
 
@@ -134,7 +135,7 @@ export class ModelRuntime {
 
 /** Routing knobs from the deployment's vars (absent vars → off). */
 export function routingOptionsFromEnv(env: Env): RoutingOptions {
-  return parseRoutingOptions(env as unknown as Partial<Record<RoutingVar, string | undefined>>);
+  return parseRoutingOptions(env);
 }
 
 async function loadTokenizer(bucket: R2Bucket, id: string): Promise<TextTokenizer | null> {

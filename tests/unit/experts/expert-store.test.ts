@@ -13,7 +13,7 @@ import { expertFfnQ8Ref, expertFfnRef } from "../../../src/kernels/reference";
 import { expertTensorRefs, loadExpertWeights, openModel } from "../../../src/model/architectures";
 import { expertStoredBytes, hasQuantizedExperts, loadExpertQ8, quantNames } from "../../../src/model/quantized";
 import { memoryFileStore, type Checkpoint, type TensorInfo } from "../../../src/model/safetensors";
-import type { OpenedModel } from "../../../src/serving/model-store";
+import type { OpenedModel } from "../../../src/platform/model-store";
 
 async function fixtureModel(name = "mixtral-tiny"): Promise<OpenedModel> {
   const dir = new URL(`../../fixtures/${name}/`, import.meta.url);

@@ -1,0 +1,102 @@
+/**
+ * @module Deployment variables (wrangler.toml `[vars]`, secrets, `.dev.vars`), read one way
+ * everywhere: an unset or empty variable takes its default; a set one must parse, or a
+ * `ConfigError` names the variable, what it allows, and what it got. No reader silently falls
+ * back on a bad value — a typo in a deploy config must be loud, not a different behaviour.
+ */
+
+/** A deployment variable holds a value it does not allow. */
+export class ConfigError extends Error {
+  override name = "ConfigError";
+  constructor(
+    readonly variable: string,
+    allowed: string,
+    got: string,
+  ) {
+    super(`${variable} must be ${allowed}, got "${got}"`);
+  }
+}
+
+/** The variables of a deployment: `Env`, or a plain object of strings in tests and scripts. */
+export type Vars = object;
+
+function raw(vars: Vars, name: string): string | undefined {
+  const v = (vars as Record<string, unknown>)[name];
+  if (v === undefined || v === null) return undefined;
+  const s = String(v).trim();
+  return s === "" ? undefined : s;
+}
+
+export interface NumberRule {
+  /** Inclusive lower bound. */
+  min?: number;
+  /** Exclusive lower bound. */
+  above?: number;
+  /** Inclusive upper bound. */
+  max?: number;
+}
+
+function describe(kind: string, rule: NumberRule): string {
+  const parts = [kind];
+  if (rule.above !== undefined) parts.push(`> ${rule.above}`);
+  if (rule.min !== undefined) parts.push(`≥ ${rule.min}`);
+  if (rule.max !== undefined) parts.push(`≤ ${rule.max}`);
+  return parts.join(" ");
+}
+
+function check(name: string, s: string, v: number, kind: string, rule: NumberRule): number {
+  const ok =
+    Number.isFinite(v) &&
+    (rule.min === undefined || v >= rule.min) &&
+    (rule.above === undefined || v > rule.above) &&
+    (rule.max === undefined || v <= rule.max);
+  if (!ok) throw new ConfigError(name, describe(kind, rule), s);
+  return v;
+}
+
+/** A finite number within `rule`; `fallback` when unset (null fallback = "off"). */
+export function numberVar<F extends number | null>(vars: Vars, name: string, fallback: F, rule: NumberRule = {}): number | F {
+  const s = raw(vars, name);
+  if (s === undefined) return fallback;
+  return check(name, s, Number(s), "a number", rule);
+}
+
+/** An integer within `rule`; `fallback` when unset. */
+export function intVar(vars: Vars, name: string, fallback: number, rule: NumberRule = {}): number {
+  const s = raw(vars, name);
+  if (s === undefined) return fallback;
+  const v = Number(s);
+  if (!Number.isInteger(v)) throw new ConfigError(name, describe("an integer", rule), s);
+  return check(name, s, v, "an integer", rule);
+}
+
+/** One of `allowed`; `fallback` when unset. */
+export function enumVar<T extends string>(vars: Vars, name: string, allowed: readonly T[], fallback: T): T {
+  const s = raw(vars, name);
+  if (s === undefined) return fallback;
+  if (!(allowed as readonly string[]).includes(s)) throw new ConfigError(name, `one of ${allowed.map((a) => `"${a}"`).join(", ")}`, s);
+  return s as T;
+}
+
+/** "true"/"false" (also "1"/"0"); `fallback` when unset. */
+export function boolVar(vars: Vars, name: string, fallback: boolean): boolean {
+  const s = raw(vars, name);
+  if (s === undefined) return fallback;
+  if (s === "true" || s === "1") return true;
+  if (s === "false" || s === "0") return false;
+  throw new ConfigError(name, `"true" or "false"`, s);
+}
+
+/** A string; `fallback` when unset. */
+export function stringVar(vars: Vars, name: string, fallback: string): string {
+  return raw(vars, name) ?? fallback;
+}
+
+const MIB = 1024 * 1024;
+
+/** A size given in MiB (may be fractional), returned in whole bytes; `fallbackMiB` when unset. */
+export function mibVar(vars: Vars, name: string, fallbackMiB: number, rule: NumberRule = { above: 0 }): number {
+  const s = raw(vars, name);
+  if (s === undefined) return Math.floor(fallbackMiB * MIB);
+  return Math.floor(check(name, s, Number(s), "a number of MiB", rule) * MIB);
+}
