@@ -101,10 +101,10 @@ export async function fanOut(
     if (row < 0) throw new Error(`layer ${layer} has no experts in the placement of "${placement.model}"`);
     const p = placement;
     const replicasOf = (e: number) => p.replicas[row][e].filter((r) => !excluded.has(r.instance));
-    const servable = pending.filter((a) => replicasOf(a.expert).length > 0);
-    if (servable.length < pending.length) {
-      for (const a of pending) if (replicasOf(a.expert).length === 0) errors.push(`expert ${layer}:${a.expert}: no replica left to try`);
-      pending = servable;
+    const stranded = pending.filter((a) => replicasOf(a.expert).length === 0);
+    if (stranded.length > 0) {
+      // The layer cannot complete: answer now rather than spend attempts on the other rows.
+      for (const a of stranded) errors.push(`expert ${layer}:${a.expert}: no replica left to try`);
       break;
     }
     const byInstance = assignReplicas(pending, replicasOf, failed, attempt, load, random);
