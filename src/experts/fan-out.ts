@@ -150,14 +150,16 @@ export async function fanOut(
         continue;
       }
       const verdict = "verdict" in result ? result.verdict : failureVerdict(result.code);
-      errors.push(`${name}: ${result.message}`);
+      errors.push(result.message.startsWith(name) ? result.message : `${name}: ${result.message}`);
       if (verdict === "fatal") fatal ??= { code: "code" in result ? result.code : "model_error", message: `${name}: ${result.message}` };
       if ("code" in result && result.code === "not_assigned") refresh = true;
       (verdict === "retry" ? failed : excluded).add(instance);
       pending.push(...list);
     }
     if (fatal) throw fatalError(layer, fatal);
-    if (refresh && transport.refresh && pending.length > 0) placement = await transport.refresh(placement);
+    // A refused expert, or one whose every known replica failed, may have moved: ask for a newer table.
+    const cornered = pending.some((a) => p.replicas[row][a.expert].every((r) => failed.has(r.instance) || excluded.has(r.instance)));
+    if ((refresh || cornered) && transport.refresh && pending.length > 0) placement = await transport.refresh(placement);
   }
 
   if (pending.length > 0) {
