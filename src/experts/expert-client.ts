@@ -52,7 +52,8 @@ export async function runExperts(
   }
   const hosts: FanOutTransport = {
     remote: true,
-    call: (instance, p, items, x) => env.EXPERT_HOST.getByName(p.instances[instance].name).forward({ model: p.model, layer, items, x }),
+    call: (instance, p, items, x) =>
+      env.EXPERT_HOST.getByName(p.instances[instance].name).forward({ model: p.model, layer, items, x }),
     refresh: (have) => refreshedPlacement(env, have),
   };
   try {

@@ -72,9 +72,12 @@ export class ExpertHost extends DurableObject<Env> {
    * references here). Newly assigned experts load on first use.
    */
   async reconcile(model: string, assigned: ExpertRef[]): Promise<ExpertReconcileResult> {
-    if (typeof model !== "string" || model === "") return { ok: false, code: "bad_request", message: "model must be a model id" };
+    if (typeof model !== "string" || model === "") {
+      return { ok: false, code: "bad_request", message: "model must be a model id" };
+    }
     if (!Array.isArray(assigned) || !assigned.every(isRef)) {
-      return { ok: false, code: "bad_request", message: "assigned must be a list of { layer, expert } with integers ≥ 0" };
+      const message = "assigned must be a list of { layer, expert } with integers ≥ 0";
+      return { ok: false, code: "bad_request", message };
     }
     const served = this.#store?.model.id ?? null;
     if (served !== null && served !== model) {
@@ -93,7 +96,8 @@ export class ExpertHost extends DurableObject<Env> {
       const refused = req.items.filter((it) => !this.#assignment.has(req.model, req.layer, it.expert));
       if (refused.length > 0) {
         const list = refused.map((it) => expertKey(req.layer, it.expert)).join(", ");
-        return { ok: false, code: "not_assigned", message: `${this.#label} is not assigned expert(s) ${list} of "${req.model}"` };
+        const message = `${this.#label} is not assigned expert(s) ${list} of "${req.model}"`;
+        return { ok: false, code: "not_assigned", message };
       }
       const store = await this.#open(req.model);
       const now = Date.now();
@@ -154,7 +158,8 @@ export class ExpertHost extends DurableObject<Env> {
       const opened = await openModelFromR2(this.env.MODELS, model);
       const budget = readBudgets(this.env).expertHostBytes;
       const label = `ExpertHost ${this.#label} (EXPERT_HOST_BUDGET_MB)`;
-      const store = new ExpertStore(opened, budget, label, (maxBytes) => createKernels("best", { maxBytes }), expertStoreOptions(this.env));
+      const kernels = (maxBytes: number) => createKernels("best", { maxBytes });
+      const store = new ExpertStore(opened, budget, label, kernels, expertStoreOptions(this.env));
       this.#store = store;
       return store;
     })();

@@ -50,7 +50,13 @@ export interface RunExpertsOptions {
 /** What `fanOut` needs from the world: how to reach an instance, and how to learn a newer placement. */
 export interface FanOutTransport {
   /** Sends one instance its rows; may throw (the RPC's own failures). */
-  call(instance: number, placement: Placement, items: ExpertWorkItem[], x: Float32Array, signal?: AbortSignal): Promise<ExpertForwardResult>;
+  call(
+    instance: number,
+    placement: Placement,
+    items: ExpertWorkItem[],
+    x: Float32Array, // [Σ nTokens, dModel]
+    signal?: AbortSignal,
+  ): Promise<ExpertForwardResult>;
   /** A newer placement than `have`, or `have` (asked after an instance refused an unassigned expert). */
   refresh?(have: Placement): Promise<Placement>;
   /** Counts an RPC per call in `LayerDispatch.rpcs` (false for the in-isolate store). */
@@ -82,7 +88,7 @@ export async function fanOut(
   const random = options.random ?? Math.random;
   const signal = options.signal;
   let placement = initial;
-  if (placementRow(placement, layer) < 0) throw new Error(`layer ${layer} has no experts in the placement of "${placement.model}"`);
+  if (placementRow(placement, layer) < 0) throw noLayer(layer, placement);
   signal?.throwIfAborted();
 
   let pending = groupByExpert(ids, n, topK);
@@ -98,7 +104,7 @@ export async function fanOut(
   for (let attempt = 0; attempt < cfg.maxAttempts && pending.length > 0; attempt++) {
     if (attempt > 0) await sleep(jitterBackoff(attempt, cfg), signal);
     const row = placementRow(placement, layer);
-    if (row < 0) throw new Error(`layer ${layer} has no experts in the placement of "${placement.model}"`);
+    if (row < 0) throw noLayer(layer, placement);
     const p = placement;
     const replicasOf = (e: number) => p.replicas[row][e].filter((r) => !excluded.has(r.instance));
     const stranded = pending.filter((a) => replicasOf(a.expert).length === 0);
@@ -118,9 +124,11 @@ export async function fanOut(
       load.inflight[instance] = (load.inflight[instance] ?? 0) + rows;
       let result: ExpertForwardResult | { ok: false; verdict: RetryVerdict; message: string };
       try {
-        result = await withDeadline(transport.call(instance, p, items, x, signal), cfg.rpcTimeoutMs, `ExpertHost ${name}`, signal);
+        const answer = transport.call(instance, p, items, x, signal);
+        result = await withDeadline(answer, cfg.rpcTimeoutMs, `ExpertHost ${name}`, signal);
         if (result.ok && result.y.length !== rows * dModel) {
-          result = { ok: false, code: "model_error", message: `answered ${result.y.length} values for ${rows} × ${dModel}` };
+          const message = `answered ${result.y.length} values for ${rows} × ${dModel}`;
+          result = { ok: false, code: "model_error", message };
         }
       } catch (err) {
         if (isAbort(err, signal)) throw err;
@@ -149,17 +157,22 @@ export async function fanOut(
         }
         continue;
       }
+      const code = "code" in result ? result.code : null;
       const verdict = "verdict" in result ? result.verdict : failureVerdict(result.code);
-      errors.push(result.message.startsWith(name) ? result.message : `${name}: ${result.message}`);
-      if (verdict === "fatal") fatal ??= { code: "code" in result ? result.code : "model_error", message: `${name}: ${result.message}` };
-      if ("code" in result && result.code === "not_assigned") refresh = true;
+      const message = result.message.startsWith(name) ? result.message : `${name}: ${result.message}`;
+      errors.push(message);
+      if (verdict === "fatal") fatal ??= { code: code ?? "model_error", message };
+      if (code === "not_assigned") refresh = true;
       (verdict === "retry" ? failed : excluded).add(instance);
       pending.push(...list);
     }
     if (fatal) throw fatalError(layer, fatal);
     // A refused expert, or one whose every known replica failed, may have moved: ask for a newer table.
-    const cornered = pending.some((a) => p.replicas[row][a.expert].every((r) => failed.has(r.instance) || excluded.has(r.instance)));
-    if ((refresh || cornered) && transport.refresh && pending.length > 0) placement = await transport.refresh(placement);
+    const tried = (i: number) => failed.has(i) || excluded.has(i);
+    const cornered = pending.some((a) => p.replicas[row][a.expert].every((r) => tried(r.instance)));
+    if ((refresh || cornered) && transport.refresh && pending.length > 0) {
+      placement = await transport.refresh(placement);
+    }
   }
 
   if (pending.length > 0) {
@@ -191,9 +204,14 @@ function groupByExpert(ids: Int32Array, n: number, topK: number): Assignment[] {
   return [...byExpert.values()];
 }
 
+function noLayer(layer: number, placement: Placement): Error {
+  return new Error(`layer ${layer} has no experts in the placement of "${placement.model}"`);
+}
+
 function fatalError(layer: number, f: { code: string; message: string }): ApiError {
   if (f.code === "budget_exceeded") {
-    return new ApiError(503, `expert layer ${layer}: ${f.message}`, "service_unavailable", null, "expert_budget_exceeded", EXPERTS_RETRY_AFTER_S);
+    const message = `expert layer ${layer}: ${f.message}`;
+    return new ApiError(503, message, "service_unavailable", null, "expert_budget_exceeded", EXPERTS_RETRY_AFTER_S);
   }
   // The Worker built a request an ExpertHost rejects: a fault on our side, not the client's.
   return new ApiError(500, `expert layer ${layer}: ${f.message}`, "server_error", null, "expert_request_rejected");

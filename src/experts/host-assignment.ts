@@ -32,7 +32,9 @@ export class HostAssignment {
     }
     this.#keys.clear();
     this.#model = null;
-    for (const r of this.sql.exec<{ model: string; layer: number; expert: number }>("SELECT model, layer, expert FROM assignment")) {
+    type Row = { model: string; layer: number; expert: number };
+    const rows = this.sql.exec<Row>("SELECT model, layer, expert FROM assignment");
+    for (const r of rows) {
       this.#model = r.model;
       this.#keys.add(expertKey(r.layer, r.expert));
     }

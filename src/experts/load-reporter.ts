@@ -39,11 +39,18 @@ function pendingFor(placement: Placement): PendingLoad {
  * Counts one layer call: `ids` are its routed expert ids ([n, topK], -1 = dropped slot, not
  * counted) at placement row `row`; `rowsByInstance` the rows each instance served.
  */
-export function recordLoad(placement: Placement, row: number, ids: ArrayLike<number>, rowsByInstance: ReadonlyMap<number, number>): void {
+export function recordLoad(
+  placement: Placement,
+  row: number,
+  ids: ArrayLike<number>, // [n, topK]
+  rowsByInstance: ReadonlyMap<number, number>,
+): void {
   const report = pendingFor(placement);
   const base = row * placement.nExperts;
   for (let i = 0; i < ids.length; i++) if (ids[i] >= 0) report.counts[base + ids[i]]++;
-  for (const [instance, rows] of rowsByInstance) report.instanceRows[instance] = (report.instanceRows[instance] ?? 0) + rows;
+  for (const [instance, rows] of rowsByInstance) {
+    report.instanceRows[instance] = (report.instanceRows[instance] ?? 0) + rows;
+  }
   report.version = placement.version;
   report.any = true;
 }
@@ -54,7 +61,8 @@ export function flushLoad(env: Env, model: string, waitUntil: (p: Promise<unknow
   if (!p || !p.any) return;
   const now = Date.now();
   if (!force && now - p.lastFlush < LOAD_FLUSH_MS) return;
-  const report: LoadReport = { model, nLayers: p.nLayers, nExperts: p.nExperts, counts: p.counts, instanceRows: p.instanceRows, version: p.version };
+  const { nLayers, nExperts, counts, instanceRows, version } = p;
+  const report: LoadReport = { model, nLayers, nExperts, counts, instanceRows, version };
   p.counts = new Array(p.nLayers * p.nExperts).fill(0);
   p.instanceRows = {};
   p.lastFlush = now;
@@ -62,7 +70,9 @@ export function flushLoad(env: Env, model: string, waitUntil: (p: Promise<unknow
   waitUntil(
     env.COORDINATOR.getByName(model)
       .reportLoad(report)
-      .catch((err: unknown) => console.warn(`load report for ${model} lost: ${err instanceof Error ? err.message : String(err)}`)),
+      .catch((err: unknown) => {
+        console.warn(`load report for ${model} lost: ${err instanceof Error ? err.message : String(err)}`);
+      }),
   );
 }
 

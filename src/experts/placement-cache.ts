@@ -110,7 +110,9 @@ function fallBack(model: string, cached: CachedPlacement | undefined, now: numbe
     return cached.placement;
   }
   const why = err instanceof Error ? err.message : String(err);
-  const detail = cached ? `the cached placement is older than ${PLACEMENT_MAX_STALE_MS / 1000} s` : "no placement is cached";
+  const detail = cached
+    ? `the cached placement is older than ${PLACEMENT_MAX_STALE_MS / 1000} s`
+    : "no placement is cached";
   throw new ApiError(
     503,
     `the placement of "${model}" is unavailable (${detail}): ${why}`,

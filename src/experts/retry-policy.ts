@@ -24,7 +24,12 @@ export interface RetryConfig {
  */
 export const DEFAULT_RPC_TIMEOUT_MS = 15_000;
 
-export const DEFAULT_RETRY: RetryConfig = { maxAttempts: 3, baseDelayMs: 10, maxDelayMs: 200, rpcTimeoutMs: DEFAULT_RPC_TIMEOUT_MS };
+export const DEFAULT_RETRY: RetryConfig = {
+  maxAttempts: 3,
+  baseDelayMs: 10,
+  maxDelayMs: 200,
+  rpcTimeoutMs: DEFAULT_RPC_TIMEOUT_MS,
+};
 
 export function retryConfig(env: Vars): RetryConfig {
   return { ...DEFAULT_RETRY, rpcTimeoutMs: intVar(env, "EXPERT_RPC_TIMEOUT_MS", DEFAULT_RPC_TIMEOUT_MS, { min: 1 }) };
@@ -80,7 +85,8 @@ export class RpcDeadlineError extends Error {
 export function withDeadline<T>(work: Promise<T>, ms: number, what: string, signal?: AbortSignal): Promise<T> {
   if (signal?.aborted) return Promise.reject(abortReason(signal));
   return new Promise<T>((resolve, reject) => {
-    const timer = setTimeout(() => finish(() => reject(new RpcDeadlineError(`${what} did not answer within ${ms} ms`))), ms);
+    const late = () => new RpcDeadlineError(`${what} did not answer within ${ms} ms`);
+    const timer = setTimeout(() => finish(() => reject(late())), ms);
     const onAbort = () => finish(() => reject(abortReason(signal!)));
     signal?.addEventListener("abort", onAbort, { once: true });
     let done = false;

@@ -39,7 +39,9 @@ describe("ExpertHost assignment", () => {
     expect((await greedy()).json.choices[0].token_ids).toEqual(GOLDEN);
     const s = await status();
     const placed = s.placement.instances.map((_, i) =>
-      s.placement.replicas.flatMap((row, layer) => row.flatMap((reps, expert) => (reps.some((r) => r.instance === i) ? [key({ layer, expert })] : []))),
+      s.placement.replicas.flatMap((row, layer) =>
+        row.flatMap((reps, expert) => (reps.some((r) => r.instance === i) ? [key({ layer, expert })] : [])),
+      ),
     );
     const before = await hosts();
     before.hosts.forEach((h, i) => {
@@ -66,7 +68,8 @@ describe("ExpertHost assignment", () => {
     const after = (await hosts()).hosts[0];
     expect(after.assigned.map(key)).not.toContain(key(dropped));
     expect(after.loaded.map(key)).not.toContain(key(dropped));
-    const direct = await stub.forward({ model: "tiny", layer: dropped.layer, items: [{ expert: dropped.expert, nTokens: 1 }], x: new Float32Array(64) });
+    const items = [{ expert: dropped.expert, nTokens: 1 }];
+    const direct = await stub.forward({ model: "tiny", layer: dropped.layer, items, x: new Float32Array(64) });
     expect(direct.ok).toBe(false);
     if (!direct.ok) expect(direct.code).toBe("not_assigned");
     // A request routed to it gets a clean 503 with Retry-After (no replica can serve it).

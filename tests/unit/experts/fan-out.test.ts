@@ -20,7 +20,9 @@ const FAST: RetryConfig = { ...DEFAULT_RETRY, baseDelayMs: 1, maxDelayMs: 2, rpc
 
 /** A stand-in expert: a fixed f32 function of one row (what a real host computes per row). */
 function expertRow(e: number, x: Float32Array, out: Float32Array): void {
-  for (let d = 0; d < D; d++) out[d] = Math.fround(Math.fround(x[d] * (0.37 + 0.11 * e)) + Math.fround(Math.sin(e * 3.1 + d) * 1e3));
+  for (let d = 0; d < D; d++) {
+    out[d] = Math.fround(Math.fround(x[d] * (0.37 + 0.11 * e)) + Math.fround(Math.sin(e * 3.1 + d) * 1e3));
+  }
 }
 
 function routing(n: number, topK: number, seed: number): Routing {
@@ -63,7 +65,9 @@ interface Sim {
  * Simulated instances answering after a random delay (so answers arrive in a random order);
  * `behave(instance, attempt)` may replace an answer with a failure or a hang.
  */
-function simulate(seed: number, behave?: (instance: number, nth: number) => ExpertForwardResult | "hang" | Error | null): Sim {
+type Behaviour = (instance: number, nth: number) => ExpertForwardResult | "hang" | Error | null;
+
+function simulate(seed: number, behave?: Behaviour): Sim {
   const rng = createRng(seed);
   const calls: Sim["calls"] = [];
   const transport: FanOutTransport = {
@@ -78,7 +82,9 @@ function simulate(seed: number, behave?: (instance: number, nth: number) => Expe
       const y = new Float32Array(x.length);
       let row = 0;
       for (const it of items) {
-        for (let i = 0; i < it.nTokens; i++, row++) expertRow(it.expert, x.subarray(row * D, (row + 1) * D), y.subarray(row * D, (row + 1) * D));
+        for (let i = 0; i < it.nTokens; i++, row++) {
+          expertRow(it.expert, x.subarray(row * D, (row + 1) * D), y.subarray(row * D, (row + 1) * D));
+        }
       }
       return { ok: true, y };
     },
@@ -106,7 +112,9 @@ function reference(r: Routing, h: Float32Array): Float32Array {
 
 const roundRobin = (nInstances: number) => Array.from({ length: N_EXPERTS }, (_, e) => [e % nInstances]);
 const replicated = (nInstances: number, copies: number) =>
-  Array.from({ length: N_EXPERTS }, (_, e) => Array.from({ length: copies }, (_, c) => (e + c * 3) % nInstances)).map((l) => [...new Set(l)]);
+  Array.from({ length: N_EXPERTS }, (_, e) => [
+    ...new Set(Array.from({ length: copies }, (_, c) => (e + c * 3) % nInstances)),
+  ]);
 
 describe("fan-out: one result whatever the dispatch", () => {
   it.each([2, 4])("is bit-identical across placements, replica choices and answer orders (top-%i)", async (topK) => {
@@ -159,8 +167,10 @@ describe("fan-out: one result whatever the dispatch", () => {
   it("gives the same bits when rows are retried on another replica", async () => {
     const r = routing(16, 2, 3);
     const h = activations(16, 9);
-    const sim = simulate(7, (instance, nth) => (instance === 1 && nth === 1 ? { ok: false, code: "model_error", message: "injected" } : null));
-    const { out } = await fanOut(sim.transport, placement(replicated(4, 2), 4), 0, r, h, D, { retry: FAST, load: freshLoad([9, 0, 9, 9]) });
+    const fail: ExpertForwardResult = { ok: false, code: "model_error", message: "injected" };
+    const sim = simulate(7, (instance, nth) => (instance === 1 && nth === 1 ? fail : null));
+    const opts = { retry: FAST, load: freshLoad([9, 0, 9, 9]) };
+    const { out } = await fanOut(sim.transport, placement(replicated(4, 2), 4), 0, r, h, D, opts);
     expect(bits(out)).toEqual(bits(reference(r, h)));
     expect(sim.calls.filter((c) => c.instance === 1)).toHaveLength(1);
   });
@@ -184,7 +194,8 @@ describe("fan-out: retries and deadlines", () => {
   it("never retries bad_request (500) or budget_exceeded (503 with Retry-After)", async () => {
     for (const [code, status] of [["bad_request", 500], ["budget_exceeded", 503]] as const) {
       const sim = simulate(2, (i) => (i === 0 ? { ok: false, code, message: "no" } : null));
-      const err = await fanOut(sim.transport, placement(replicated(2, 2), 2), 0, r, h, D, { retry: FAST, load: freshLoad([0, 99]) }).catch((e) => e);
+      const opts = { retry: FAST, load: freshLoad([0, 99]) };
+      const err = await fanOut(sim.transport, placement(replicated(2, 2), 2), 0, r, h, D, opts).catch((e) => e);
       expect(err).toBeInstanceOf(ApiError);
       expect(err.status).toBe(status);
       if (status === 503) expect(err.retryAfter).toBeGreaterThan(0);
@@ -193,15 +204,20 @@ describe("fan-out: retries and deadlines", () => {
   });
 
   it("retries a runtime-retryable error on the only replica after a backoff, and succeeds", async () => {
-    const transient = Object.assign(new Error("Durable Object reset because its code was updated."), { retryable: true });
+    const transient = Object.assign(new Error("Durable Object reset because its code was updated."), {
+      retryable: true,
+    });
     const sim = simulate(3, (i, nth) => (nth === 1 ? transient : null));
     const { out } = await fanOut(sim.transport, placement(roundRobin(1), 1), 0, r, h, D, { retry: FAST });
     expect(bits(out)).toEqual(bits(reference(r, h)));
     expect(sim.calls).toHaveLength(2);
   });
 
-  it("never sends an overloaded instance the same rows again: 503 with Retry-After when it is the only replica", async () => {
-    const overloaded = Object.assign(new Error("Durable Object is overloaded. Too many requests queued."), { retryable: true, overloaded: true });
+  it("never re-sends an overloaded instance its rows: 503 with Retry-After when it is the only replica", async () => {
+    const overloaded = Object.assign(new Error("Durable Object is overloaded. Too many requests queued."), {
+      retryable: true,
+      overloaded: true,
+    });
     const sim = simulate(4, () => overloaded);
     const err = await fanOut(sim.transport, placement(roundRobin(1), 1), 0, r, h, D, { retry: FAST }).catch((e) => e);
     expect(err).toBeInstanceOf(ApiError);
@@ -213,7 +229,8 @@ describe("fan-out: retries and deadlines", () => {
   it("moves the rows of a stuck instance to another replica after the deadline", async () => {
     const sim = simulate(5, (i) => (i === 0 ? "hang" : null));
     const t0 = Date.now();
-    const { out } = await fanOut(sim.transport, placement(replicated(2, 2), 2), 0, r, h, D, { retry: FAST, load: freshLoad([0, 99]) });
+    const opts = { retry: FAST, load: freshLoad([0, 99]) };
+    const { out } = await fanOut(sim.transport, placement(replicated(2, 2), 2), 0, r, h, D, opts);
     expect(bits(out)).toEqual(bits(reference(r, h)));
     expect(Date.now() - t0).toBeLessThan(FAST.rpcTimeoutMs + 500);
     expect(sim.calls.filter((c) => c.instance === 0)).toHaveLength(1);
@@ -234,7 +251,8 @@ describe("fan-out: retries and deadlines", () => {
     const after = placement(roundRobin(2).map(([i]) => [1 - i]), 2, 2);
     const sim = simulate(7, (instance) => {
       // Instance 0 no longer holds the experts the old table sends it.
-      return instance === 0 && sim.calls.at(-1)!.experts.some((e) => e % 2 === 0) ? { ok: false, code: "not_assigned", message: "moved" } : null;
+      const moved = instance === 0 && sim.calls.at(-1)!.experts.some((e) => e % 2 === 0);
+      return moved ? { ok: false, code: "not_assigned", message: "moved" } : null;
     });
     let refreshed = 0;
     sim.transport.refresh = async () => (refreshed++, after);
@@ -248,14 +266,16 @@ describe("fan-out: retries and deadlines", () => {
     const sim = simulate(8, () => "hang");
     setTimeout(() => ac.abort(new Error("client disconnected")), 20);
     const t0 = Date.now();
-    const err = await fanOut(sim.transport, placement(roundRobin(2), 2), 0, r, h, D, { retry: FAST, signal: ac.signal }).catch((e) => e);
+    const opts = { retry: FAST, signal: ac.signal };
+    const err = await fanOut(sim.transport, placement(roundRobin(2), 2), 0, r, h, D, opts).catch((e) => e);
     expect(err).toBeInstanceOf(Error);
     expect((err as Error).message).toBe("client disconnected");
     expect(Date.now() - t0).toBeLessThan(FAST.rpcTimeoutMs);
     const n = sim.calls.length;
     await new Promise((res) => setTimeout(res, 50));
     expect(sim.calls.length).toBe(n);
-    await expect(fanOut(sim.transport, placement(roundRobin(2), 2), 0, r, h, D, { signal: ac.signal })).rejects.toThrow("client disconnected");
+    const again = fanOut(sim.transport, placement(roundRobin(2), 2), 0, r, h, D, { signal: ac.signal });
+    await expect(again).rejects.toThrow("client disconnected");
     expect(sim.calls.length).toBe(n);
   });
 });

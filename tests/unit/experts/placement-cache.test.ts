@@ -61,7 +61,7 @@ describe("placement cache", () => {
     expect(state.calls).toBe(before + 1);
   });
 
-  it("serves the last good placement while the Coordinator is down, logs once, and stops after the staleness bound", async () => {
+  it("serves the last good placement while the Coordinator is down, logs once, up to the staleness bound", async () => {
     const { env, state } = fakeEnv();
     const warn = vi.spyOn(console, "warn").mockImplementation(() => {});
     await currentPlacement(env, init);
