@@ -25,6 +25,8 @@ import {
   type ExpertRef,
 } from "./protocol";
 
+export type FaultKind = "fail" | "stall";
+
 export class ExpertHost extends DurableObject<Env> {
   #store: ExpertStore | null = null;
   #storePromise: Promise<ExpertStore> | null = null;
@@ -32,8 +34,8 @@ export class ExpertHost extends DurableObject<Env> {
   readonly #assignment: HostAssignment;
   /** Tokens served per "layer:expert" since the instance started (admin stats). */
   #expertTokens = new Map<string, number>();
-  /** Injected faults (chaos testing via /admin/fault): "layer:expert" → fail calls until this time. */
-  #faults = new Map<string, number>();
+  /** Injected faults (chaos testing via /admin/fault): "layer:expert" → what calls do until when. */
+  #faults = new Map<string, { until: number; kind: FaultKind }>();
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
@@ -100,12 +102,12 @@ export class ExpertHost extends DurableObject<Env> {
         return { ok: false, code: "not_assigned", message };
       }
       const store = await this.#open(req.model);
-      const now = Date.now();
       for (const it of req.items) {
-        const until = this.#faults.get(expertKey(req.layer, it.expert));
-        if (until !== undefined && until > now) {
-          throw new StoreFailure("model_error", `${this.#label}: injected fault for expert ${req.layer}:${it.expert}`);
-        }
+        const fault = this.#faults.get(expertKey(req.layer, it.expert));
+        const left = fault ? fault.until - Date.now() : 0;
+        if (!fault || left <= 0) continue;
+        if (fault.kind === "stall") await new Promise((r) => setTimeout(r, left));
+        else throw new StoreFailure("model_error", `${this.#label}: injected fault for expert ${req.layer}:${it.expert}`);
       }
       // One output row per input row, none summed with another (see protocol.ts, combine.ts).
       const y = await store.run(req.layer, req.items, req.x);
@@ -119,10 +121,13 @@ export class ExpertHost extends DurableObject<Env> {
     }
   }
 
-  /** Makes calls that include the given experts fail for `ms` (chaos testing of failover). */
-  async injectFault(experts: ExpertRef[], ms: number): Promise<void> {
+  /**
+   * For `ms`, calls that include the given experts fail ("fail", the default) or do not answer
+   * until the time is up ("stall": a stuck host) — chaos testing of failover and deadlines.
+   */
+  async injectFault(experts: ExpertRef[], ms: number, kind: FaultKind = "fail"): Promise<void> {
     const until = Date.now() + Math.max(0, ms);
-    for (const e of experts) this.#faults.set(expertKey(e.layer, e.expert), until);
+    for (const e of experts) this.#faults.set(expertKey(e.layer, e.expert), { until, kind });
   }
 
   stats(): ExpertHostStats {

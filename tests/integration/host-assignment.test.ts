@@ -1,7 +1,8 @@
 /**
  * ExpertHosts serve only the experts they are assigned, the assignment lives in their SQLite (it
  * survives an evicted isolate), and `reconcile` replaces it, unloading what it no longer holds. An
- * expert whose only host refuses it answers a clean 503 with Retry-After.
+ * expert whose only host refuses it — or is stuck past EXPERT_RPC_TIMEOUT_MS — answers a clean 503
+ * with Retry-After.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { join } from "node:path";
@@ -21,6 +22,7 @@ interface Status {
 
 const PROMPT = [29, 192, 173, 88, 189, 139, 156, 188, 151, 153];
 const GOLDEN = [209, 91, 45, 118, 199, 228, 217, 157];
+const DEADLINE_MS = 1500;
 const key = (r: Ref) => `${r.layer}:${r.expert}`;
 
 let w: LocalWorker;
@@ -30,7 +32,11 @@ const host = async (name: string) => ((await w.worker.getEnv()) as unknown as En
 const greedy = () => postJson(w, "/v1/completions", { prompt: PROMPT, max_tokens: 8, temperature: 0 });
 
 beforeAll(async () => {
-  w = await startWithModels({ tiny: join(FIXTURES, "mixtral-tiny") }, { MIN_EXPERT_HOSTS: "2", DEFAULT_MODEL: "tiny" });
+  w = await startWithModels({ tiny: join(FIXTURES, "mixtral-tiny") }, {
+    MIN_EXPERT_HOSTS: "2",
+    DEFAULT_MODEL: "tiny",
+    EXPERT_RPC_TIMEOUT_MS: String(DEADLINE_MS),
+  });
 });
 afterAll(() => w?.dispose());
 
@@ -88,5 +94,24 @@ describe("ExpertHost assignment", () => {
     const restored = await stub.reconcile("tiny", all);
     expect(restored.ok && restored.unloaded).toEqual([]);
     expect((await greedy()).json.choices[0].token_ids).toEqual(GOLDEN);
+  });
+
+  it("answers 503 with Retry-After after one deadline when the only host of an expert is stuck", async () => {
+    const s = await status();
+    const name = s.placement.instances[0].name;
+    const stuck = (await hosts()).hosts[0].assigned;
+    await (await host(name)).injectFault(stuck, 20_000, "stall");
+    const t0 = Date.now();
+    const r = await w.fetch("/v1/completions", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ prompt: PROMPT, max_tokens: 2, temperature: 0 }),
+    });
+    const took = Date.now() - t0;
+    expect(r.status).toBe(503);
+    expect(Number(r.headers.get("retry-after"))).toBeGreaterThan(0);
+    expect(((await r.json()) as { error: { message: string } }).error.message).toMatch(/did not answer within/);
+    expect(took).toBeGreaterThanOrEqual(DEADLINE_MS - 50);
+    expect(took).toBeLessThan(DEADLINE_MS + 3000);
   });
 });
