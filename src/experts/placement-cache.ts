@@ -10,6 +10,7 @@ import type { Placement } from "../coordinator/placement";
 import { ApiError } from "../errors";
 import { expertBackend, workerPlacement } from "./backend";
 import { PLACEMENT_CHECK_MS } from "./placement-timing";
+import { withDeadline } from "./retry-policy";
 
 /**
  * How long after the last successful contact a cached placement may still be served while the
@@ -17,6 +18,14 @@ import { PLACEMENT_CHECK_MS } from "./placement-timing";
  * table rarely goes wrong; the bound keeps a Worker from serving a long-superseded one forever.
  */
 export const PLACEMENT_MAX_STALE_MS = 5 * 60_000;
+
+/**
+ * Deadlines of the Coordinator calls: a version check or a read is one SQLite-backed answer; a
+ * first placement loads every expert into its ExpertHost (from R2) before it answers. A stuck
+ * Coordinator then costs a request at most this long, and a cached placement is served instead.
+ */
+export const PLACEMENT_READ_TIMEOUT_MS = 2_000;
+export const PLACEMENT_CREATE_TIMEOUT_MS = 60_000;
 
 /** Retry-After (seconds) of the 503 answered when there is no placement to serve from. */
 export const PLACEMENT_RETRY_AFTER_S = 2;
@@ -44,11 +53,14 @@ export async function currentPlacement(env: Env, init: PlacementInit): Promise<P
   slotsPerInstance(init);
   const coordinator = env.COORDINATOR.getByName(init.model);
   try {
-    if (cached && (await coordinator.placementVersion()) === cached.placement.version) {
-      confirmed(cached, now);
-      return cached.placement;
+    if (cached) {
+      const version = await ask(coordinator.placementVersion(), PLACEMENT_READ_TIMEOUT_MS);
+      if (version === cached.placement.version) {
+        confirmed(cached, now);
+        return cached.placement;
+      }
     }
-    const placement = await coordinator.ensurePlacement(init);
+    const placement = await ask(coordinator.ensurePlacement(init), PLACEMENT_CREATE_TIMEOUT_MS);
     placements.set(init.model, { placement, checkedAt: now, confirmedAt: now, warned: false });
     return placement;
   } catch (err) {
@@ -66,7 +78,7 @@ export async function refreshedPlacement(env: Env, have: Placement): Promise<Pla
   const cached = placements.get(have.model);
   let latest: Placement | null;
   try {
-    latest = await coordinatorOf(env, have.model).getPlacement();
+    latest = await ask(coordinatorOf(env, have.model).getPlacement(), PLACEMENT_READ_TIMEOUT_MS);
   } catch (err) {
     if (cached) cached.checkedAt = now;
     logUnreachable(have.model, cached, err);
@@ -89,6 +101,10 @@ export function markPlacementStale(model: string): void {
 /** Drops the isolate's copy (tests). */
 export function forgetPlacement(model: string): void {
   placements.delete(model);
+}
+
+function ask<T>(call: Promise<T>, ms: number): Promise<T> {
+  return withDeadline(call, ms, "the Coordinator");
 }
 
 function coordinatorOf(env: Env, model: string): CoordinatorStub {

@@ -10,6 +10,7 @@ import type { Placement } from "../../../src/coordinator/placement";
 import { ApiError } from "../../../src/errors";
 import {
   PLACEMENT_MAX_STALE_MS,
+  PLACEMENT_READ_TIMEOUT_MS,
   currentPlacement,
   forgetPlacement,
   markPlacementStale,
@@ -81,6 +82,20 @@ describe("placement cache", () => {
     state.down = false;
     vi.setSystemTime(1_000_000 + PLACEMENT_MAX_STALE_MS + 2 * PLACEMENT_CHECK_MS);
     expect((await currentPlacement(env, init)).version).toBe(1);
+  });
+
+  it("serves the cached placement when the Coordinator does not answer within its deadline", async () => {
+    const { env, state } = fakeEnv();
+    await currentPlacement(env, init);
+    vi.spyOn(console, "warn").mockImplementation(() => {});
+    const stub = env.COORDINATOR.getByName("m") as unknown as { placementVersion: () => Promise<number> };
+    stub.placementVersion = () => new Promise(() => {});
+    vi.useRealTimers();
+    vi.useFakeTimers({ toFake: ["Date", "setTimeout", "clearTimeout"] });
+    vi.setSystemTime(1_000_000 + PLACEMENT_CHECK_MS);
+    const pending = currentPlacement(env, init);
+    await vi.advanceTimersByTimeAsync(PLACEMENT_READ_TIMEOUT_MS);
+    expect((await pending).version).toBe(state.placement.version);
   });
 
   it("answers 503 with Retry-After when the Coordinator is down and nothing is cached", async () => {
