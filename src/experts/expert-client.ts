@@ -15,10 +15,12 @@ import { localStore } from "./local-store";
 import { markPlacementStale, refreshedPlacement } from "./placement-cache";
 import { retryConfig } from "./retry-policy";
 
+// What callers imported from here before the split keeps its name and path.
 export { expertBackend, WORKER_INSTANCE, type ExpertBackend } from "./backend";
-export { EXPERTS_RETRY_AFTER_S, type LayerDispatch, type RunExpertsOptions } from "./fan-out";
+export type { LayerDispatch, RunExpertsOptions } from "./fan-out";
 export { flushLoad, flushLoadSoon, LOAD_FLUSH_MS } from "./load-reporter";
-export { currentPlacement, PLACEMENT_MAX_STALE_MS } from "./placement-cache";
+export { currentPlacement, forgetPlacement } from "./placement-cache";
+export type { LoadReport } from "./protocol";
 
 /**
  * Runs one MoE layer's routed experts. `h` is [n, dModel] (the post-attention-norm activations);
