@@ -65,6 +65,7 @@ describe("placement cache", () => {
   it("serves the last good placement while the Coordinator is down, logs once, up to the staleness bound", async () => {
     const { env, state } = fakeEnv();
     const warn = vi.spyOn(console, "warn").mockImplementation(() => {});
+    const log = vi.spyOn(console, "log").mockImplementation(() => {});
     await currentPlacement(env, init);
     state.down = true;
     for (let i = 1; i <= 5; i++) {
@@ -82,6 +83,7 @@ describe("placement cache", () => {
     state.down = false;
     vi.setSystemTime(1_000_000 + PLACEMENT_MAX_STALE_MS + 2 * PLACEMENT_CHECK_MS);
     expect((await currentPlacement(env, init)).version).toBe(1);
+    expect(String(log.mock.calls[0][0])).toMatch(/reachable again/);
   });
 
   it("serves the cached placement when the Coordinator does not answer within its deadline", async () => {
