@@ -7,7 +7,7 @@
  * Metric per (window, layer): busiest instance's rows / mean instance rows in window t+1. Each
  * placement is scored under the ways of picking replicas in scripts/lib/dispatch-model.ts: `split`
  * (static split by shares — EPLB as vLLM deploys it), `least-loaded` (per-call least-loaded
- * dispatch in Worker isolates, src/coordinator/dispatch.ts — edge-moe as the Worker runs it),
+ * dispatch in Worker isolates, src/experts/dispatch.ts — edge-moe as the Worker runs it),
  * `weighted` (the Worker's first rule, commit 357eefe: (recent + 1) / share) and `oracle` (the whole window
  * water-filled: the placement's best case). Reported: p50 and p99 over (window, layer) after a
  * warm-up, copies per re-plan (replicas present in the new placement and not in the previous

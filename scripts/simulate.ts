@@ -17,7 +17,7 @@
  * window's popularity. Replicas are chosen per call, as the placement is deployed:
  * - `split` (static, eplb, eplb-free-copies, edge-moe-split): a replica per (token, expert) drawn
  *   by the placement's shares — vLLM's pseudo-random replica for EPLB;
- * - `least-loaded` (edge-moe, eplb-ll, eplb-ll-free-copies): `dispatchLeastLoaded` (src/coordinator/dispatch.ts) in
+ * - `least-loaded` (edge-moe, eplb-ll, eplb-ll-free-copies): `dispatchLeastLoaded` (src/experts/dispatch.ts) in
  *   the step's Worker isolate (steps are dealt to `--isolates` isolates in turn) against that
  *   isolate's own rows in flight plus its recently sent rows (half-life 1 s, as the Worker keeps
  *   them; cleared when the published replica sets change);
@@ -45,7 +45,7 @@ import { pathToFileURL } from "node:url";
 import type { Placement } from "../src/coordinator/placement";
 import { defaultEdgeMoe, machineInfo, makePolicy, quantile, shapeFor, type ClusterShape, type PolicyName } from "./bench-placement";
 import { calibrate, D_MODEL, interpolate, type Calibration, type CostPoint } from "./lib/calibrate";
-import { dispatchLeastLoaded } from "../src/coordinator/dispatch";
+import { dispatchLeastLoaded } from "../src/experts/dispatch";
 import type { Replica } from "../src/coordinator/placement";
 import { gaussian, makeRng, popularityTrace, type Drift, type LoadTrace, type RequestMix } from "./lib/workloads";
 

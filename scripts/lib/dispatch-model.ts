@@ -8,7 +8,7 @@
  *   alone would route.
  * - `least-loaded`: the window's rows, shuffled, are cut into layer calls of `rowsPerBatch` rows
  *   (one decode token × top-k by default), dealt in turn to `dispatchers` Worker isolates; each
- *   isolate dispatches a call with `dispatchLeastLoaded` (src/coordinator/dispatch.ts) against its
+ *   isolate dispatches a call with `dispatchLeastLoaded` (src/experts/dispatch.ts) against its
  *   own table of rows it sent recently, decayed with a half-life of `halfLifeWindows` windows (the
  *   Worker's `recent` table). Rows in flight need timing and are modelled by the simulator only;
  *   an isolate sees only its own rows, never the cluster's.
@@ -18,7 +18,7 @@
  * - `oracle`: each expert's actual rows water-filled over its replicas with the whole window
  *   known in advance (min–max fractional split): the best any dispatch could do on this placement.
  */
-import { dispatchLeastLoaded } from "../../src/coordinator/dispatch";
+import { dispatchLeastLoaded } from "../../src/experts/dispatch";
 import type { Placement, Replica } from "../../src/coordinator/placement";
 import { waterFill } from "../../src/coordinator/planner";
 import { makeRng } from "./workloads";

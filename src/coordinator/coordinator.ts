@@ -12,7 +12,7 @@ import { createLoadWindow, decayIdle, foldWindow, forecastLoads, fromRows, loadV
 import { applyOps, drainPlacement, planPlacement, balanceRatios, type PlanResult } from "./planner";
 import { releaseIdle, sharesAfter } from "./replan";
 import { hostName, type ExpertRef } from "../experts/protocol";
-import type { LoadReport } from "../experts/expert-client";
+import type { LoadReport } from "../experts/protocol";
 import { PLACEMENT_CHECK_MS } from "../experts/placement-timing";
 
 const SCHEMA = `

@@ -2,51 +2,114 @@
  * @module ExpertHost: a Durable Object holding some experts' weights in Wasm memory and running
  * them (an ExpertStore bounded by EXPERT_HOST_BUDGET_MB). Weights are read from R2 once per
  * instance (on `load`, or on first use after the isolate was evicted), never per request.
+ *
+ * It serves only the experts it is assigned (./host-assignment.ts, kept in its SQLite): others are
+ * refused with `not_assigned`, a failure the Worker retries on another replica after refreshing
+ * its placement. The Coordinator alone changes the assignment: `load` adds to it, `unload` takes
+ * from it, `reconcile` replaces it.
  */
 import { DurableObject } from "cloudflare:workers";
 import { createKernels } from "../kernels/workers";
 import { readBudgets } from "../platform/budgets";
 import { openModelFromR2 } from "../platform/model-store";
+import { ExpertStore, StoreFailure, storeFailure } from "./expert-store";
+import { HostAssignment } from "./host-assignment";
 import { expertStoreOptions } from "./options";
-import { ExpertStore, StoreFailure } from "./expert-store";
-import { expertKey, type ExpertFailureCode, type ExpertForwardRequest, type ExpertForwardResult, type ExpertHostStats, type ExpertLoadResult, type ExpertRef } from "./protocol";
+import {
+  expertKey,
+  type ExpertForwardRequest,
+  type ExpertForwardResult,
+  type ExpertHostStats,
+  type ExpertLoadResult,
+  type ExpertReconcileResult,
+  type ExpertRef,
+} from "./protocol";
+
+export type FaultKind = "fail" | "stall";
 
 export class ExpertHost extends DurableObject<Env> {
   #store: ExpertStore | null = null;
   #storePromise: Promise<ExpertStore> | null = null;
   #name = "";
+  readonly #assignment: HostAssignment;
   /** Tokens served per "layer:expert" since the instance started (admin stats). */
   #expertTokens = new Map<string, number>();
-  /** Injected faults (chaos testing via /admin/fault): "layer:expert" → fail calls until this time. */
-  #faults = new Map<string, number>();
+  /** Injected faults (chaos testing via /admin/fault): "layer:expert" → what calls do until when. */
+  #faults = new Map<string, { until: number; kind: FaultKind }>();
 
-  /** Loads the given experts (idempotent). The Coordinator calls this before routing traffic here. */
+  constructor(ctx: DurableObjectState, env: Env) {
+    super(ctx, env);
+    this.#assignment = new HostAssignment(ctx.storage.sql);
+    void ctx.blockConcurrencyWhile(async () => this.#assignment.init());
+  }
+
+  /**
+   * Loads the given experts and adds them to the assignment (idempotent). The Coordinator calls
+   * this before routing traffic here. Experts that loaded stay assigned even when another failed.
+   */
   async load(model: string, experts: ExpertRef[], name?: string): Promise<ExpertLoadResult> {
     if (name) this.#name = name;
     try {
       const store = await this.#open(model);
-      await Promise.all(experts.map((e) => store.ensure(e.layer, e.expert)));
+      const loads = await Promise.allSettled(experts.map((e) => store.ensure(e.layer, e.expert)));
+      this.#assignment.add(model, experts.filter((_, i) => loads[i].status === "fulfilled"));
+      const failed = loads.find((r): r is PromiseRejectedResult => r.status === "rejected");
+      if (failed) return storeFailure(failed.reason);
       return { ok: true, stats: this.stats() };
     } catch (err) {
-      return failure(err);
+      return storeFailure(err);
     }
   }
 
-  /** Drops experts from memory (after the Coordinator drained traffic away from them). */
+  /** Drops experts from memory and from the assignment (after the Coordinator drained traffic away). */
   async unload(model: string, experts: ExpertRef[]): Promise<ExpertHostStats> {
+    this.#assignment.remove(model, experts);
     if (this.#store?.model.id === model) this.#store.unload(experts);
     return this.stats();
+  }
+
+  /**
+   * Makes `assigned` the whole assignment for `model` and drops from memory every expert outside
+   * it (the Coordinator calls this after a restart or a failed publish, with what its placement
+   * references here). Newly assigned experts load on first use.
+   */
+  async reconcile(model: string, assigned: ExpertRef[]): Promise<ExpertReconcileResult> {
+    if (typeof model !== "string" || model === "") {
+      return { ok: false, code: "bad_request", message: "model must be a model id" };
+    }
+    if (!Array.isArray(assigned) || !assigned.every(isRef)) {
+      const message = "assigned must be a list of { layer, expert } with integers ≥ 0";
+      return { ok: false, code: "bad_request", message };
+    }
+    const served = this.#store?.model.id ?? null;
+    if (served !== null && served !== model) {
+      return { ok: false, code: "bad_request", message: `this ExpertHost serves model "${served}", not "${model}"` };
+    }
+    this.#assignment.replace(model, assigned);
+    const keep = new Set(assigned.map((e) => expertKey(e.layer, e.expert)));
+    const unloaded = (this.#store?.loaded() ?? []).filter((e) => !keep.has(expertKey(e.layer, e.expert)));
+    this.#store?.unload(unloaded);
+    return { ok: true, unloaded };
   }
 
   /** Runs every (expert, token batch) of one layer that this instance serves. */
   async forward(req: ExpertForwardRequest): Promise<ExpertForwardResult> {
     try {
-      const store = await this.#open(req.model);
-      const now = Date.now();
-      for (const it of req.items) {
-        const until = this.#faults.get(expertKey(req.layer, it.expert));
-        if (until !== undefined && until > now) throw new StoreFailure("model_error", `${this.#label}: injected fault for expert ${req.layer}:${it.expert}`);
+      const refused = req.items.filter((it) => !this.#assignment.has(req.model, req.layer, it.expert));
+      if (refused.length > 0) {
+        const list = refused.map((it) => expertKey(req.layer, it.expert)).join(", ");
+        const message = `${this.#label} is not assigned expert(s) ${list} of "${req.model}"`;
+        return { ok: false, code: "not_assigned", message };
       }
+      const store = await this.#open(req.model);
+      for (const it of req.items) {
+        const fault = this.#faults.get(expertKey(req.layer, it.expert));
+        const left = fault ? fault.until - Date.now() : 0;
+        if (!fault || left <= 0) continue;
+        if (fault.kind === "stall") await new Promise((r) => setTimeout(r, left));
+        else throw new StoreFailure("model_error", `${this.#label}: injected fault for expert ${req.layer}:${it.expert}`);
+      }
+      // One output row per input row, none summed with another (see protocol.ts, combine.ts).
       const y = await store.run(req.layer, req.items, req.x);
       for (const it of req.items) {
         const key = expertKey(req.layer, it.expert);
@@ -54,14 +117,17 @@ export class ExpertHost extends DurableObject<Env> {
       }
       return { ok: true, y };
     } catch (err) {
-      return failure(err);
+      return storeFailure(err);
     }
   }
 
-  /** Makes calls that include the given experts fail for `ms` (chaos testing of failover). */
-  async injectFault(experts: ExpertRef[], ms: number): Promise<void> {
+  /**
+   * For `ms`, calls that include the given experts fail ("fail", the default) or do not answer
+   * until the time is up ("stall": a stuck host) — chaos testing of failover and deadlines.
+   */
+  async injectFault(experts: ExpertRef[], ms: number, kind: FaultKind = "fail"): Promise<void> {
     const until = Date.now() + Math.max(0, ms);
-    for (const e of experts) this.#faults.set(expertKey(e.layer, e.expert), until);
+    for (const e of experts) this.#faults.set(expertKey(e.layer, e.expert), { until, kind });
   }
 
   stats(): ExpertHostStats {
@@ -71,6 +137,7 @@ export class ExpertHost extends DurableObject<Env> {
       model: s?.model.id ?? null,
       kernels: s?.kernelFlavor ?? null,
       loaded: s?.loaded() ?? [],
+      assigned: this.#assignment.list(),
       bytesLoaded: s?.bytesLoaded ?? 0,
       budgetBytes: readBudgets(this.env).expertHostBytes,
       wasmBytesInUse: s?.wasmBytesInUse ?? 0,
@@ -87,13 +154,17 @@ export class ExpertHost extends DurableObject<Env> {
 
   async #open(model: string): Promise<ExpertStore> {
     if (this.#store) {
-      if (this.#store.model.id !== model) throw new StoreFailure("bad_request", `this ExpertHost serves model "${this.#store.model.id}", not "${model}"`);
+      if (this.#store.model.id !== model) {
+        throw new StoreFailure("bad_request", `this ExpertHost serves model "${this.#store.model.id}", not "${model}"`);
+      }
       return this.#store;
     }
     this.#storePromise ??= (async () => {
       const opened = await openModelFromR2(this.env.MODELS, model);
       const budget = readBudgets(this.env).expertHostBytes;
-      const store = new ExpertStore(opened, budget, `ExpertHost ${this.#label} (EXPERT_HOST_BUDGET_MB)`, (maxBytes) => createKernels("best", { maxBytes }), expertStoreOptions(this.env));
+      const label = `ExpertHost ${this.#label} (EXPERT_HOST_BUDGET_MB)`;
+      const kernels = (maxBytes: number) => createKernels("best", { maxBytes });
+      const store = new ExpertStore(opened, budget, label, kernels, expertStoreOptions(this.env));
       this.#store = store;
       return store;
     })();
@@ -106,9 +177,8 @@ export class ExpertHost extends DurableObject<Env> {
   }
 }
 
-function failure(err: unknown): { ok: false; code: ExpertFailureCode; message: string } {
-  if (err instanceof StoreFailure) return { ok: false, code: err.code, message: err.message };
-  const message = err instanceof Error ? err.message : String(err);
-  if (err instanceof Error && err.name === "MemoryBudgetError") return { ok: false, code: "budget_exceeded", message };
-  return { ok: false, code: "model_error", message };
+function isRef(e: unknown): e is ExpertRef {
+  if (typeof e !== "object" || e === null) return false;
+  const { layer, expert } = e as { layer?: unknown; expert?: unknown };
+  return Number.isInteger(layer) && Number.isInteger(expert) && (layer as number) >= 0 && (expert as number) >= 0;
 }

@@ -18,7 +18,7 @@ import { loadExpertWeights } from "../model/architectures";
 import { expertDtype, loadExpertQ8, type ExpertQuant } from "../model/quantized";
 import { formatMiB } from "../platform/format";
 import type { OpenedModel } from "../platform/model-store";
-import { expertKey, type ExpertRef, type ExpertWorkItem } from "./protocol";
+import { expertKey, type ExpertFailure, type ExpertRef, type ExpertWorkItem } from "./protocol";
 
 /** Tokens per kernel call: bounds the scratch memory ([chunk, dFf] × 2) whatever the prompt length. */
 export const TOKEN_CHUNK = 64;
@@ -30,6 +30,14 @@ export class StoreFailure extends Error {
   ) {
     super(message);
   }
+}
+
+/** A store's (or its kernels') error as the failure an ExpertHost answers with. */
+export function storeFailure(err: unknown): ExpertFailure {
+  if (err instanceof StoreFailure) return { ok: false, code: err.code, message: err.message };
+  const message = err instanceof Error ? err.message : String(err);
+  if (err instanceof Error && err.name === "MemoryBudgetError") return { ok: false, code: "budget_exceeded", message };
+  return { ok: false, code: "model_error", message };
 }
 
 export interface ExpertStoreOptions {

@@ -1,6 +1,7 @@
 /**
- * @module The RPC contract between the Worker and ExpertHost instances. One `forward` call carries
- * every (expert, token batch) of one MoE layer that the instance serves.
+ * @module The contracts between the Worker, the ExpertHost instances and the Coordinator: one
+ * `forward` call carries every (expert, token batch) of one MoE layer that an instance serves;
+ * failures cross RPC as data (error classes do not survive it); load reports go to the Coordinator.
  */
 
 export interface ExpertRef {
@@ -21,18 +22,33 @@ export interface ExpertForwardRequest {
   x: Float32Array; // [Σ nTokens, dModel]
 }
 
-/** Failures an ExpertHost reports as data; the client may retry them on another replica. */
-export type ExpertFailureCode = "budget_exceeded" | "model_error" | "bad_request" | "draining";
+/**
+ * Failures an ExpertHost reports as data. Whether the Worker retries one is decided in
+ * ./retry-policy.ts: `model_error` and `not_assigned` may be retried (on another replica when one
+ * exists); `bad_request` and `budget_exceeded` never are.
+ */
+export type ExpertFailureCode = "budget_exceeded" | "model_error" | "bad_request" | "not_assigned";
 
-export type ExpertForwardResult =
-  | { ok: true; y: Float32Array /* [Σ nTokens, dModel] */ }
-  | { ok: false; code: ExpertFailureCode; message: string };
+export interface ExpertFailure {
+  ok: false;
+  code: ExpertFailureCode;
+  message: string;
+}
+
+/**
+ * `y` holds one row per input row, in the order of `x`: each row is one expert's output for one
+ * token, never a sum over rows. The Worker adds them up in a fixed order (./combine.ts), so what an
+ * instance returns cannot depend on which other items shared its call.
+ */
+export type ExpertForwardResult = { ok: true; y: Float32Array /* [Σ nTokens, dModel] */ } | ExpertFailure;
 
 export interface ExpertHostStats {
   name: string;
   model: string | null;
   kernels: string | null;
   loaded: ExpertRef[];
+  /** Experts this instance is assigned (it serves only these); sorted by layer, then expert. */
+  assigned: ExpertRef[];
   bytesLoaded: number;
   budgetBytes: number;
   wasmBytesInUse: number;
@@ -42,7 +58,23 @@ export interface ExpertHostStats {
   expertTokens: Record<string, number>;
 }
 
-export type ExpertLoadResult = { ok: true; stats: ExpertHostStats } | { ok: false; code: ExpertFailureCode; message: string };
+export type ExpertLoadResult = { ok: true; stats: ExpertHostStats } | ExpertFailure;
+
+/** What `reconcile` did: the experts it dropped from memory because the assignment no longer holds them. */
+export type ExpertReconcileResult = { ok: true; unloaded: ExpertRef[] } | { ok: false; code: string; message: string };
+
+/** Routed-token counts a Worker isolate sends the Coordinator (./load-reporter.ts). */
+export interface LoadReport {
+  model: string;
+  nLayers: number;
+  nExperts: number;
+  /** Routed (token, expert) pairs per layer·nExperts + expert since the last report. */
+  counts: number[];
+  /** Rows sent per instance id since the last report. */
+  instanceRows: Record<number, number>;
+  /** Placement version the counts were routed with. */
+  version: number;
+}
 
 export function expertKey(layer: number, expert: number): string {
   return `${layer}:${expert}`;

@@ -2,6 +2,7 @@
  * @module Which replica serves each routed token (pure apart from the per-isolate load table).
  */
 import type { Replica } from "../coordinator/placement";
+import { dispatchLeastLoaded } from "./dispatch";
 
 /** One expert's share of a layer call: token indices into the batch and their top-k slots. */
 export interface Assignment {
@@ -10,14 +11,11 @@ export interface Assignment {
   slots: number[]; // matching top-k slot per token (to find the gate weight)
 }
 
-// ── replica choice ───────────────────────────────────────────────────────────────────────────
-// Least-loaded dispatch (src/coordinator/dispatch.ts): each expert's rows are water-filled over
-// its replicas' instances by this isolate's view of their load — rows it has in flight plus rows
-// it sent recently (decaying with a half-life of RECENT_HALF_LIFE_MS) — so a busy or just-used
-// instance is avoided; the planner's shares break ties, so an idle isolate follows the planner's
-// split. (Shares used as weights on the load over-correct: scripts/bench-placement.ts measured it.)
-
-import { dispatchLeastLoaded } from "../coordinator/dispatch";
+// Least-loaded dispatch (./dispatch.ts): each expert's rows are water-filled over its replicas'
+// instances by this isolate's view of their load — rows it has in flight plus rows it sent
+// recently (decaying with a half-life of RECENT_HALF_LIFE_MS) — so a busy or just-used instance is
+// avoided; the planner's shares break ties, so an idle isolate follows the planner's split. Which
+// replica serves a row never changes the result: ./combine.ts adds the rows in a fixed order.
 
 const RECENT_HALF_LIFE_MS = 1000;
 
@@ -33,8 +31,8 @@ const instanceLoads = new Map<string, InstanceLoad>();
 
 /**
  * This isolate's load view for `model`. Recent rows are forgotten when the placement version
- * changes: they would keep an instance marked busy after the planner moved load off it
- * (bench:placement measured p99 1.10 → 1.07 with the reset); rows in flight are real and kept.
+ * changes: they would keep an instance marked busy after the planner moved load off it; rows in
+ * flight are real and kept.
  */
 export function loadOf(model: string, version?: number): InstanceLoad {
   let l = instanceLoads.get(model);
@@ -55,7 +53,8 @@ export function loadOf(model: string, version?: number): InstanceLoad {
 /**
  * Chooses replicas for one layer call's experts; returns the parts per instance. Failed
  * instances are skipped; when every replica of an expert has failed, they are retried in turn (a
- * DO that was reset mid-call usually answers the second time).
+ * DO that was reset mid-call usually answers the second time). Instances that must not be retried
+ * at all are left out of `replicasOf` by the caller.
  */
 export function assignReplicas(
   experts: Assignment[],

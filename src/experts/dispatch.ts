@@ -17,10 +17,9 @@
  * which encodes the cluster-wide load other callers add. Shares are NOT used as weights on the
  * load: (load + 1) / share counts other experts' rows on an instance against this expert's share
  * and over-corrects — e.g. an expert whose replica shares the planner lowered because its
- * instance carries other load would then be kept off that instance twice (measured in
- * scripts/bench-placement.ts, "weighted" dispatch).
+ * instance carries other load would then be kept off that instance twice.
  */
-import type { Replica } from "./placement";
+import type { Replica } from "../coordinator/placement";
 
 export interface DispatchOptions {
   /** Uniform [0, 1) source for tie-breaks. Default Math.random. */

@@ -4,9 +4,9 @@
  * fractional optimum, and share-weighted tie-breaks for an idle caller.
  */
 import { describe, expect, it } from "vitest";
-import { dispatchLeastLoaded } from "../../../src/coordinator/dispatch";
+import { dispatchLeastLoaded } from "../../../src/experts/dispatch";
 import type { Replica } from "../../../src/coordinator/placement";
-import { makeRng } from "../../../scripts/lib/workloads";
+import { createRng as makeRng } from "../../../src/serving/sampling";
 
 const randInt = (rng: () => number, lo: number, hi: number) => lo + Math.floor(rng() * (hi - lo + 1));
 
