@@ -21,7 +21,7 @@ svg text { fill:var(--mut); font-size:11px; }
 .bar { height:8px; background:#2a3541; border-radius:4px; overflow:hidden; margin:4px 0; } .bar i { display:block; height:100%; background:#3d9cff; }
 .chip { display:inline-block; padding:0 5px; margin:1px; border-radius:3px; background:#25303b; font:11px ui-monospace, monospace; }
 .chip.rep { background:var(--acc); color:#111; }
-ol#replans { margin:0; padding-left:18px; max-height:220px; overflow:auto; font:12px ui-monospace, monospace; }
+ol#replans { margin:0; padding-left:32px; max-height:220px; overflow:auto; font:12px ui-monospace, monospace; }
 .charts { display:grid; grid-template-columns:repeat(3, 1fr); gap:10px; } .charts div span { color:var(--mut); font-size:12px; }
 .err { color:#ff6b6b; } select { background:var(--card); color:var(--fg); border:1px solid var(--line); }
 `;
