@@ -46,7 +46,7 @@ const cells = (page: Page): Promise<Cell[]> =>
 const updates = async (page: Page) => Number(await page.getAttribute("body", "data-updates"));
 async function nextUpdate(page: Page): Promise<void> {
   const n = await updates(page);
-  await page.waitForFunction((k) => Number(document.body.dataset.updates) > k, n, { timeout: 20_000 });
+  await page.waitForFunction(`Number(document.body.dataset.updates) > ${n}`, undefined, { timeout: 20_000 });
 }
 
 describe.skipIf(!haveChromium)("dashboard in a real browser", () => {
