@@ -1,6 +1,6 @@
 /**
  * @module Optional Workers Analytics Engine output: when the `EXPERT_LOAD_AE` dataset is bound
- * (see wrangler.toml), every scrape or dashboard poll writes the Coordinator's smoothed load of
+ * (wrangler.toml declares it; a deployment may drop the binding), every scrape or dashboard poll writes the Coordinator's smoothed load of
  * each (layer, expert) as a data point, so the heat map can be queried over time with SQL.
  * Without the binding this does nothing. One point per (layer, expert), hottest first, capped at
  * the per-invocation limit of Analytics Engine.

@@ -62,8 +62,14 @@ describe("/metrics", () => {
     // A refused request (bad input is a 400, counted by route and status).
     expect((await postJson(w, "/v1/completions", { prompt: [1], max_tokens: 0 })).status).toBe(400);
 
-    // Let the Coordinator fold a load window; the scrape flushes its own isolate first.
-    await new Promise((r) => setTimeout(r, 1200));
+    // Let the Coordinator fold a load window. Meanwhile the isolate flushes on its own (from
+    // waitUntil, within FLUSH_INTERVAL_MS): read the hub directly, not through a scrape.
+    await new Promise((r) => setTimeout(r, 1500));
+    const env = (await w.worker.getEnv()) as unknown as Env;
+    const hub = await env.METRICS_HUB.getByName("global").snapshot();
+    const flushed = hub.metrics.counters.find((c) => c.name === "edge_moe_generation_tokens_total" && c.labels.model === "tiny");
+    expect(flushed?.value).toBe(4 * 4 + 3);
+    expect(hub.timeline.reduce((a, s) => a + s.completionTokens, 0)).toBe(4 * 4 + 3);
     const after = await scrape();
     const fs = after.families;
     expect(family(fs, "edge_moe_time_to_first_token_seconds").type).toBe("HISTOGRAM");
