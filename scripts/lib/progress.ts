@@ -14,7 +14,12 @@ export function progressBar(label: string, total: number, opts: { enabled?: bool
   const enabled = (opts.enabled ?? true) && Boolean(process.stderr.isTTY) && total > 0;
   if (!enabled) return { update() {}, stop() {} };
   const bar = new SingleBar(
-    { format: opts.format ?? `${label} [{bar}] {percentage}% {value}/{total} {eta_formatted} left`, hideCursor: true, clearOnComplete: false, stream: process.stderr },
+    {
+      format: opts.format ?? `${label} [{bar}] {percentage}% {value}/{total} {eta_formatted} left`,
+      hideCursor: true,
+      clearOnComplete: false,
+      stream: process.stderr,
+    },
     Presets.shades_classic,
   );
   bar.start(total, 0);

@@ -1,9 +1,9 @@
 /**
  * @module Optional Workers Analytics Engine output: when the `EXPERT_LOAD_AE` dataset is bound
- * (wrangler.toml declares it; a deployment may drop the binding), every scrape or dashboard poll writes the Coordinator's smoothed load of
- * each (layer, expert) as a data point, so the heat map can be queried over time with SQL.
- * Without the binding this does nothing. One point per (layer, expert), hottest first, capped at
- * the per-invocation limit of Analytics Engine.
+ * (wrangler.toml declares it; a deployment may drop the binding), every scrape or dashboard poll
+ * writes the Coordinator's smoothed load of each (layer, expert) as a data point, so the heat map
+ * can be queried over time with SQL. Without the binding this does nothing. One point per
+ * (layer, expert), hottest first, capped at the per-invocation limit of Analytics Engine.
  */
 import type { CoordinatorStatus } from "../coordinator/coordinator";
 
@@ -22,7 +22,12 @@ export function writeLoadPoints(env: Env, model: string, status: CoordinatorStat
   const points: { layer: number; expert: number; load: number; replicas: number }[] = [];
   status.loads.forEach((row, r) =>
     row.forEach((load, expert) =>
-      points.push({ layer: layers ? layers[r] : r, expert, load, replicas: status.placement?.replicas[r]?.[expert]?.length ?? 0 }),
+      points.push({
+        layer: layers ? layers[r] : r,
+        expert,
+        load,
+        replicas: status.placement?.replicas[r]?.[expert]?.length ?? 0,
+      }),
     ),
   );
   points.sort((a, b) => b.load - a.load);

@@ -40,5 +40,11 @@ export async function hasDashboardCookie(c: Context<{ Bindings: Env }>): Promise
 
 export async function setDashboardCookie(c: Context<{ Bindings: Env }>, token: string): Promise<void> {
   const https = new URL(c.req.url).protocol === "https:";
-  setCookie(c, DASHBOARD_COOKIE, await cookieValue(token), { httpOnly: true, sameSite: "Strict", path: "/dashboard", secure: https, maxAge: 12 * 3600 });
+  setCookie(c, DASHBOARD_COOKIE, await cookieValue(token), {
+    httpOnly: true,
+    sameSite: "Strict",
+    path: "/dashboard",
+    secure: https,
+    maxAge: 12 * 3600,
+  });
 }

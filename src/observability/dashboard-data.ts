@@ -35,7 +35,15 @@ export interface DashboardData {
   balance: number[];
   windowMs: number;
   placement: { version: number; instances: DashboardInstance[] } | null;
-  replans: { at: number; trigger: string; reason: string; fromVersion: number; toVersion: number; ops: Record<string, number>; failedLoads: number }[];
+  replans: {
+    at: number;
+    trigger: string;
+    reason: string;
+    fromVersion: number;
+    toVersion: number;
+    ops: Record<string, number>;
+    failedLoads: number;
+  }[];
   timeline: TimelineSlot[];
   slotMs: number;
   scrape: { rpcs: number; ms: number };
@@ -101,7 +109,15 @@ export function dashboardData(c: Collected, model: string): DashboardData {
   const replans = status.lastReplans.map((r) => {
     const ops: Record<string, number> = {};
     for (const op of r.ops) ops[op.op] = (ops[op.op] ?? 0) + 1;
-    return { at: r.at, trigger: r.trigger, reason: r.reason, fromVersion: r.fromVersion, toVersion: r.toVersion, ops, failedLoads: r.failedLoads.length };
+    return {
+      at: r.at,
+      trigger: r.trigger,
+      reason: r.reason,
+      fromVersion: r.fromVersion,
+      toVersion: r.toVersion,
+      ops,
+      failedLoads: r.failedLoads.length,
+    };
   });
   return {
     ...base,

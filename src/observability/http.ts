@@ -5,7 +5,14 @@
  * to record TTFT, time per output token, end-to-end latency and tokens.
  */
 import type { Context, MiddlewareHandler } from "hono";
-import { recordGeneration, recordRequest, routeLabel, scheduleFlush, type GenerationRecord, type WaitUntilFn } from "./recorder";
+import {
+  recordGeneration,
+  recordRequest,
+  routeLabel,
+  scheduleFlush,
+  type GenerationRecord,
+  type WaitUntilFn,
+} from "./recorder";
 
 /** When each request reached the Worker (keyed by the raw Request; no shared Context typing needed). */
 const started = new WeakMap<Request, number>();
@@ -44,7 +51,13 @@ export function observe(): MiddlewareHandler<{ Bindings: Env }> {
     const status = c.res.status;
     recordRequest(route, c.req.method, status);
     if (status >= 400) {
-      log(status >= 500 ? "error" : "warn", "request failed", { requestId: requestIdOf(c), method: c.req.method, route, status, ms: Date.now() - t0 });
+      log(status >= 500 ? "error" : "warn", "request failed", {
+        requestId: requestIdOf(c),
+        method: c.req.method,
+        route,
+        status,
+        ms: Date.now() - t0,
+      });
     }
     scheduleFlush(c.env, waitUntilOf(c));
   };

@@ -43,9 +43,21 @@ interface Persisted {
   seen: Record<string, string[]>;
 }
 
-const REPLANS = { name: "edge_moe_replans_total", help: "Re-plans the Coordinator ran, by model, trigger and outcome.", type: "counter" } as const;
-const REPLICA_OPS = { name: "edge_moe_placement_ops_total", help: "Placement changes applied by re-plans, by model and op (add-replica = a copy).", type: "counter" } as const;
-const LOAD_FAILURES = { name: "edge_moe_replica_load_failures_total", help: "Replica loads that failed during a re-plan, by model.", type: "counter" } as const;
+const REPLANS = {
+  name: "edge_moe_replans_total",
+  help: "Re-plans the Coordinator ran, by model, trigger and outcome.",
+  type: "counter",
+} as const;
+const REPLICA_OPS = {
+  name: "edge_moe_placement_ops_total",
+  help: "Placement changes applied by re-plans, by model and op (add-replica = a copy).",
+  type: "counter",
+} as const;
+const LOAD_FAILURES = {
+  name: "edge_moe_replica_load_failures_total",
+  help: "Replica loads that failed during a re-plan, by model.",
+  type: "counter",
+} as const;
 export const HUB_DEFS = [REPLANS, REPLICA_OPS, LOAD_FAILURES];
 
 export class MetricsHub extends DurableObject<Env> {
@@ -111,7 +123,13 @@ export class MetricsHub extends DurableObject<Env> {
   }
 
   async snapshot(): Promise<HubSnapshot> {
-    return { metrics: this.#metrics.toDelta(), models: this.#models, timeline: this.#timeline, flushes: this.#flushes, startedAt: this.#startedAt };
+    return {
+      metrics: this.#metrics.toDelta(),
+      models: this.#models,
+      timeline: this.#timeline,
+      flushes: this.#flushes,
+      startedAt: this.#startedAt,
+    };
   }
 
   #noteModel(model: string): void {
@@ -124,7 +142,15 @@ export class MetricsHub extends DurableObject<Env> {
     const last = this.#timeline[this.#timeline.length - 1];
     if (last && last.t === t) return last;
     if (last && last.t > t) return last; // a late flush from a slow isolate joins the newest slot
-    const slot: TimelineSlot = { t, requests: 0, refusals: 0, promptTokens: 0, completionTokens: 0, ttftSum: 0, ttftCount: 0 };
+    const slot: TimelineSlot = {
+      t,
+      requests: 0,
+      refusals: 0,
+      promptTokens: 0,
+      completionTokens: 0,
+      ttftSum: 0,
+      ttftCount: 0,
+    };
     this.#timeline = [...this.#timeline.slice(-(MAX_SLOTS - 1)), slot];
     return slot;
   }

@@ -19,9 +19,21 @@ export type WaitUntilFn = (p: Promise<unknown>) => void;
 
 /** Routes whose requests are counted under their own path; anything else is "other" (bounded cardinality). */
 const KNOWN_ROUTES = new Set([
-  "/", "/health", "/metrics", "/dashboard", "/dashboard/data",
-  "/v1/models", "/v1/completions", "/v1/chat/completions", "/v1/placement",
-  "/admin/forward", "/admin/moe", "/admin/hosts", "/admin/placement", "/admin/replan", "/admin/fault",
+  "/",
+  "/health",
+  "/metrics",
+  "/dashboard",
+  "/dashboard/data",
+  "/v1/models",
+  "/v1/completions",
+  "/v1/chat/completions",
+  "/v1/placement",
+  "/admin/forward",
+  "/admin/moe",
+  "/admin/hosts",
+  "/admin/placement",
+  "/admin/replan",
+  "/admin/fault",
 ]);
 
 export function routeLabel(pathname: string): string {
@@ -81,7 +93,13 @@ export async function flushNow(env: Env): Promise<boolean> {
     return true;
   } catch (err) {
     local.merge(delta); // keep the values for the next flush
-    console.error(JSON.stringify({ level: "warn", msg: "metrics flush failed", error: err instanceof Error ? err.message : String(err) }));
+    console.error(
+      JSON.stringify({
+        level: "warn",
+        msg: "metrics flush failed",
+        error: err instanceof Error ? err.message : String(err),
+      }),
+    );
     return false;
   }
 }

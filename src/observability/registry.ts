@@ -83,7 +83,12 @@ export class MetricSet {
   toDelta(): MetricDelta {
     return {
       counters: [...this.#counters.values()].map((c) => ({ ...c, labels: { ...c.labels } })),
-      histograms: [...this.#histograms.values()].map((h) => ({ ...h, labels: { ...h.labels }, bounds: [...h.bounds], counts: [...h.counts] })),
+      histograms: [...this.#histograms.values()].map((h) => ({
+        ...h,
+        labels: { ...h.labels },
+        bounds: [...h.bounds],
+        counts: [...h.counts],
+      })),
     };
   }
 
@@ -110,7 +115,14 @@ export class MetricSet {
     const key = seriesKey(name, labels);
     let h = this.#histograms.get(key);
     if (!h) {
-      h = { name, labels: { ...labels }, bounds: [...bounds], counts: new Array<number>(bounds.length + 1).fill(0), sum: 0, count: 0 };
+      h = {
+        name,
+        labels: { ...labels },
+        bounds: [...bounds],
+        counts: new Array<number>(bounds.length + 1).fill(0),
+        sum: 0,
+        count: 0,
+      };
       this.#histograms.set(key, h);
     }
     return h;

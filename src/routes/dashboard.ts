@@ -15,12 +15,13 @@ import { requireAdmin } from "./admin";
 export const dashboard = new Hono<{ Bindings: Env }>();
 
 dashboard.use("*", async (c, next) => {
-  if (!c.env.ADMIN_TOKEN) throw new ApiError(403, "the dashboard is disabled: set the ADMIN_TOKEN secret to enable it", "permission_error");
+  if (!c.env.ADMIN_TOKEN)
+    throw new ApiError(403, "the dashboard is disabled: set the ADMIN_TOKEN secret to enable it", "permission_error");
   if (await hasDashboardCookie(c)) return next();
   const token = c.req.query("token");
   if (token !== undefined && new URL(c.req.url).pathname === "/dashboard") {
     if (!(await sameSecret(token, c.env.ADMIN_TOKEN))) {
-      return c.html(LOGIN_HTML.replace("<!--error-->", "<p class=\"err\">That token is not the admin token.</p>"), 401);
+      return c.html(LOGIN_HTML.replace("<!--error-->", '<p class="err">That token is not the admin token.</p>'), 401);
     }
     await setDashboardCookie(c, token);
     const url = new URL(c.req.url);
@@ -36,7 +37,7 @@ dashboard.get("/", (c) => c.html(DASHBOARD_HTML, 200, { "cache-control": "no-sto
 
 dashboard.get("/data", async (c) => {
   const model = c.req.query("model") ?? c.env.DEFAULT_MODEL;
-  if (!MODEL_ID_PATTERN.test(model)) throw ApiError.invalid("model", "must be a model id such as \"demo-mixtral\"");
+  if (!MODEL_ID_PATTERN.test(model)) throw ApiError.invalid("model", 'must be a model id such as "demo-mixtral"');
   const collected = await collect(c.env, model);
   return c.json(dashboardData(collected, model), 200, { "cache-control": "no-store" });
 });

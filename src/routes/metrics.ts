@@ -17,7 +17,11 @@ metrics.use("*", requireAdmin);
 
 metrics.get("/", async (c) => {
   const model = c.req.query("model");
-  if (model !== undefined && !MODEL_ID_PATTERN.test(model)) throw ApiError.invalid("model", "must be a model id such as \"demo-mixtral\"");
+  if (model !== undefined && !MODEL_ID_PATTERN.test(model))
+    throw ApiError.invalid("model", 'must be a model id such as "demo-mixtral"');
   const collected = await collect(c.env, model);
-  return c.body(renderFamilies(scrapeFamilies(collected)), 200, { "content-type": PROMETHEUS_CONTENT_TYPE, "cache-control": "no-store" });
+  return c.body(renderFamilies(scrapeFamilies(collected)), 200, {
+    "content-type": PROMETHEUS_CONTENT_TYPE,
+    "cache-control": "no-store",
+  });
 });

@@ -14,7 +14,10 @@ import { FIXTURES, postJson, startWithModels } from "./helpers";
 const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
 const haveChromium = existsSync(CHROMIUM);
 if (!haveChromium) {
-  console.warn(`\n*** SKIPPING the dashboard browser test: no Chromium at ${CHROMIUM} (apt-get install -y chromium, or set CHROMIUM_PATH) ***\n`);
+  console.warn(
+    `\n*** SKIPPING the dashboard browser test: no Chromium at ${CHROMIUM} ` +
+      "(apt-get install -y chromium, or set CHROMIUM_PATH) ***\n",
+  );
 }
 
 let w: LocalWorker;
@@ -24,7 +27,14 @@ beforeAll(async () => {
   if (!haveChromium) return;
   w = await startWithModels(
     { tiny: join(FIXTURES, "mixtral-tiny") },
-    { MIN_EXPERT_HOSTS: "4", REPLAN_INTERVAL_MS: "300", MAX_COPIES_PER_REPLAN: "4", REPLAN_THRESHOLD: "0.1", MAX_EXPERT_HOSTS: "6", DEFAULT_MODEL: "tiny" },
+    {
+      MIN_EXPERT_HOSTS: "4",
+      REPLAN_INTERVAL_MS: "300",
+      MAX_COPIES_PER_REPLAN: "4",
+      REPLAN_THRESHOLD: "0.1",
+      MAX_EXPERT_HOSTS: "6",
+      DEFAULT_MODEL: "tiny",
+    },
   );
   browser = await chromium.launch({ executablePath: CHROMIUM, args: ["--no-sandbox"] });
 });
@@ -41,7 +51,12 @@ interface Cell {
 }
 const cells = (page: Page): Promise<Cell[]> =>
   page.$$eval("#heatmap rect.cell", (rs) =>
-    rs.map((r) => ({ layer: Number(r.getAttribute("data-layer")), expert: Number(r.getAttribute("data-expert")), load: Number(r.getAttribute("data-load")), replicas: Number(r.getAttribute("data-replicas")) })),
+    rs.map((r) => ({
+      layer: Number(r.getAttribute("data-layer")),
+      expert: Number(r.getAttribute("data-expert")),
+      load: Number(r.getAttribute("data-load")),
+      replicas: Number(r.getAttribute("data-replicas")),
+    })),
   );
 const updates = async (page: Page) => Number(await page.getAttribute("body", "data-updates"));
 async function nextUpdate(page: Page): Promise<void> {
@@ -62,7 +77,9 @@ describe.skipIf(!haveChromium)("dashboard in a real browser", () => {
     expect((await w.fetch("/dashboard/data")).status).toBe(401);
 
     // Warm the model so there is a placement to show, then open the page with the token.
-    expect((await postJson(w, "/v1/completions", { prompt: [1, 2, 3], max_tokens: 2, temperature: 0 })).status).toBe(200);
+    expect((await postJson(w, "/v1/completions", { prompt: [1, 2, 3], max_tokens: 2, temperature: 0 })).status).toBe(
+      200,
+    );
     await page.goto(`${base}/dashboard?token=${ADMIN_TOKEN_FOR_TESTS}`);
     expect(new URL(page.url()).search).toBe(""); // the token left the address bar
     await page.waitForSelector("#heatmap rect.cell");
@@ -75,7 +92,8 @@ describe.skipIf(!haveChromium)("dashboard in a real browser", () => {
     // Skewed load: one repeated token routes most positions to the same experts per layer.
     let stop = false;
     const load = (async () => {
-      while (!stop) await postJson(w, "/v1/completions", { prompt: new Array(24).fill(42), max_tokens: 4, temperature: 0 });
+      while (!stop)
+        await postJson(w, "/v1/completions", { prompt: new Array(24).fill(42), max_tokens: 4, temperature: 0 });
     })();
     let hot: Cell[] = first;
     let replicated = false;
@@ -93,7 +111,10 @@ describe.skipIf(!haveChromium)("dashboard in a real browser", () => {
     // The heat map changed, and within each layer the load sits on a few experts (top-2 of 8).
     expect(hot.map((c) => c.load)).not.toEqual(first.map((c) => c.load));
     for (const layer of [0, 1]) {
-      const row = hot.filter((c) => c.layer === layer).map((c) => c.load).sort((a, b) => b - a);
+      const row = hot
+        .filter((c) => c.layer === layer)
+        .map((c) => c.load)
+        .sort((a, b) => b - a);
       const total = row.reduce((a, b) => a + b, 0);
       expect(total).toBeGreaterThan(0);
       expect((row[0] + row[1]) / total).toBeGreaterThan(0.5);

@@ -12,7 +12,10 @@ import { ADMIN, FIXTURES, postJson, startWithModels } from "./helpers";
 let w: LocalWorker;
 
 beforeAll(async () => {
-  w = await startWithModels({ tiny: join(FIXTURES, "mixtral-tiny") }, { MIN_EXPERT_HOSTS: "2", REPLAN_INTERVAL_MS: "300", DEFAULT_MODEL: "tiny" });
+  w = await startWithModels(
+    { tiny: join(FIXTURES, "mixtral-tiny") },
+    { MIN_EXPERT_HOSTS: "2", REPLAN_INTERVAL_MS: "300", DEFAULT_MODEL: "tiny" },
+  );
 });
 afterAll(() => w?.dispose());
 
@@ -67,7 +70,9 @@ describe("/metrics", () => {
     await new Promise((r) => setTimeout(r, 1500));
     const env = (await w.worker.getEnv()) as unknown as Env;
     const hub = await env.METRICS_HUB.getByName("global").snapshot();
-    const flushed = hub.metrics.counters.find((c) => c.name === "edge_moe_generation_tokens_total" && c.labels.model === "tiny");
+    const flushed = hub.metrics.counters.find(
+      (c) => c.name === "edge_moe_generation_tokens_total" && c.labels.model === "tiny",
+    );
     expect(flushed?.value).toBe(4 * 4 + 3);
     expect(hub.timeline.reduce((a, s) => a + s.completionTokens, 0)).toBe(4 * 4 + 3);
     const after = await scrape();
@@ -109,7 +114,9 @@ describe("/metrics", () => {
     const r1 = (await scrape()).families;
     const between = Date.now();
     const r2 = (await scrape()).families;
-    const status = (await (await w.fetch("/admin/placement", { headers: ADMIN })).json()) as { lastReplans: { at: number }[] };
+    const status = (await (await w.fetch("/admin/placement", { headers: ADMIN })).json()) as {
+      lastReplans: { at: number }[];
+    };
     const replans = (f: ParsedFamily[]) => value(f, "edge_moe_replans_total", { model: "tiny" });
     expect(replans(r1)).toBeGreaterThanOrEqual(1);
     expect(status.lastReplans.length).toBeGreaterThan(3);

@@ -12,7 +12,8 @@ import { promisify } from "node:util";
 
 const ROOT = join(import.meta.dirname, "..", "..");
 const TSX = join(ROOT, "node_modules", ".bin", "tsx");
-const scripts = (JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")) as { scripts: Record<string, string> }).scripts;
+const scripts = (JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")) as { scripts: Record<string, string> })
+  .scripts;
 /** npm scripts that end in another tool's CLI, which answers --help itself. */
 const TOOL_PASSTHROUGH = new Set(["build", "dev", "deploy", "typecheck", "test"]);
 
@@ -29,9 +30,17 @@ describe("CLI --help", () => {
     expect(entries.length).toBeGreaterThanOrEqual(10);
   });
 
-  it.each(entries)("npm run $name -- --help prints usage and exits 0", async ({ file }) => {
-    const run = promisify(execFile);
-    const { stdout } = await run(TSX, [file, "--help"], { cwd: ROOT, timeout: 60_000, env: { ...process.env, NO_COLOR: "1" } });
-    expect(stdout).toMatch(/^usage: /im);
-  }, 90_000);
+  it.each(entries)(
+    "npm run $name -- --help prints usage and exits 0",
+    async ({ file }) => {
+      const run = promisify(execFile);
+      const { stdout } = await run(TSX, [file, "--help"], {
+        cwd: ROOT,
+        timeout: 60_000,
+        env: { ...process.env, NO_COLOR: "1" },
+      });
+      expect(stdout).toMatch(/^usage: /im);
+    },
+    90_000,
+  );
 });

@@ -12,8 +12,20 @@ function status(loads: number[][], layers?: number[]): CoordinatorStatus {
       nLayers: loads.length,
       nExperts,
       layers,
-      instances: [{ id: 0, name: "m/h0", budgetBytes: 1 }, { id: 1, name: "m/h1", budgetBytes: 1 }],
-      replicas: loads.map((row) => row.map((_, e) => (e === 0 ? [{ instance: 0, share: 0.5 }, { instance: 1, share: 0.5 }] : [{ instance: 0, share: 1 }]))),
+      instances: [
+        { id: 0, name: "m/h0", budgetBytes: 1 },
+        { id: 1, name: "m/h1", budgetBytes: 1 },
+      ],
+      replicas: loads.map((row) =>
+        row.map((_, e) =>
+          e === 0
+            ? [
+                { instance: 0, share: 0.5 },
+                { instance: 1, share: 0.5 },
+              ]
+            : [{ instance: 0, share: 1 }],
+        ),
+      ),
     },
     loads,
     windowMs: 1000,
@@ -27,10 +39,29 @@ function status(loads: number[][], layers?: number[]): CoordinatorStatus {
 describe("writeLoadPoints", () => {
   it("writes model, layer, expert, load, replicas and version per (layer, expert), hottest first", () => {
     const points: AnalyticsEngineDataPoint[] = [];
-    const env = { EXPERT_LOAD_AE: { writeDataPoint: (p?: AnalyticsEngineDataPoint) => p && points.push(p) } } as unknown as Env;
-    expect(writeLoadPoints(env, "m", status([[1, 5], [0, 2]], [1, 3]))).toBe(4);
+    const env = {
+      EXPERT_LOAD_AE: { writeDataPoint: (p?: AnalyticsEngineDataPoint) => p && points.push(p) },
+    } as unknown as Env;
+    expect(
+      writeLoadPoints(
+        env,
+        "m",
+        status(
+          [
+            [1, 5],
+            [0, 2],
+          ],
+          [1, 3],
+        ),
+      ),
+    ).toBe(4);
     expect(points[0]).toEqual({ indexes: ["m"], blobs: ["m"], doubles: [1, 1, 5, 1, 7] });
-    expect(points.map((p) => p.doubles)).toEqual([[1, 1, 5, 1, 7], [3, 1, 2, 1, 7], [1, 0, 1, 2, 7], [3, 0, 0, 2, 7]]);
+    expect(points.map((p) => p.doubles)).toEqual([
+      [1, 1, 5, 1, 7],
+      [3, 1, 2, 1, 7],
+      [1, 0, 1, 2, 7],
+      [3, 0, 0, 2, 7],
+    ]);
   });
 
   it("caps a large model at Analytics Engine's 250 points per invocation, and needs the binding", () => {

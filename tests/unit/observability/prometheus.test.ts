@@ -12,8 +12,18 @@ import { MetricSet } from "../../../src/observability/registry";
 const families = (set: MetricSet): Family[] => {
   const d = set.toDelta();
   return [
-    { name: METRICS.requests.name, help: METRICS.requests.help, type: "counter", samples: d.counters.filter((c) => c.name === METRICS.requests.name) },
-    { name: METRICS.ttft.name, help: METRICS.ttft.help, type: "histogram", histograms: d.histograms.filter((h) => h.name === METRICS.ttft.name) },
+    {
+      name: METRICS.requests.name,
+      help: METRICS.requests.help,
+      type: "counter",
+      samples: d.counters.filter((c) => c.name === METRICS.requests.name),
+    },
+    {
+      name: METRICS.ttft.name,
+      help: METRICS.ttft.help,
+      type: "histogram",
+      histograms: d.histograms.filter((h) => h.name === METRICS.ttft.name),
+    },
   ];
 };
 
@@ -28,7 +38,10 @@ describe("prometheus text rendering", () => {
     const parsed = parse(renderFamilies(families(m)));
     const req = parsed.find((f) => f.name === METRICS.requests.name)!;
     expect(req.type).toBe("COUNTER");
-    expect(req.metrics.map((s) => [s.labels?.status, Number(s.value)])).toEqual([["200", 3], ["429", 1]]);
+    expect(req.metrics.map((s) => [s.labels?.status, Number(s.value)])).toEqual([
+      ["200", 3],
+      ["429", 1],
+    ]);
     const ttft = parsed.find((f) => f.name === METRICS.ttft.name)!;
     expect(ttft.type).toBe("HISTOGRAM");
     const h = ttft.metrics[0];
@@ -56,7 +69,12 @@ describe("prometheus text rendering", () => {
 
   it("escapes label values and help text", () => {
     const text = renderFamilies([
-      { name: "x_total", help: "a \\ back\nslash", type: "counter", samples: [{ labels: { model: 'we"ird\\\nname' }, value: 1 }] },
+      {
+        name: "x_total",
+        help: "a \\ back\nslash",
+        type: "counter",
+        samples: [{ labels: { model: 'we"ird\\\nname' }, value: 1 }],
+      },
     ]);
     expect(text).toContain('x_total{model="we\\"ird\\\\\\nname"} 1');
     const parsed = parse(text);
@@ -65,7 +83,9 @@ describe("prometheus text rendering", () => {
 
   it("rejects names Prometheus would not accept", () => {
     expect(() => renderFamilies([{ name: "bad-name", help: "", type: "gauge", samples: [] }])).toThrow(/metric name/);
-    expect(() => renderFamilies([{ name: "ok", help: "", type: "gauge", samples: [{ labels: { "1x": "v" }, value: 1 }] }])).toThrow(/label name/);
+    expect(() =>
+      renderFamilies([{ name: "ok", help: "", type: "gauge", samples: [{ labels: { "1x": "v" }, value: 1 }] }]),
+    ).toThrow(/label name/);
   });
 });
 
