@@ -17,7 +17,10 @@ import { seedModelDir } from "./lib/seed-lib";
 import { makeDemoModel, DEMO_MODEL_SIZE } from "./make-demo-model";
 
 if (process.argv.includes("--help") || process.argv.includes("-h")) {
-  console.log("usage: npm run bench:e2e [-- --tokens N] [--runs R] [--out FILE] [--model DIR]\n  Decode tokens/s of the demo model, distributed (ExpertHosts) vs every expert in the Worker.");
+  console.log(
+    "usage: npm run bench:e2e [-- --tokens N] [--runs R] [--out FILE] [--model DIR]\n" +
+      "  Decode tokens/s of the demo model, distributed (ExpertHosts) vs every expert in the Worker.",
+  );
   process.exit(0);
 }
 const { values } = parseArgs({

@@ -10,7 +10,8 @@
 import { parseArgs } from "node:util";
 import { progressBar, wantsHelp } from "./lib/progress";
 
-const USAGE = `usage: npm run load:skewed [-- --url URL] [--model ID] [--seconds N] [--concurrency N] [--idle N] [--json]
+const USAGE = `usage: npm run load:skewed [-- --url URL] [--model ID] [--seconds N] [--concurrency N]
+                           [--idle N] [--json]
   Drives a running edge-moe with a skewed, moving load (phase A, then phase B, then idle) and
   reports which experts have replicas once a second.
   --url URL         server (default http://127.0.0.1:8787, what npm start serves)
@@ -103,19 +104,26 @@ async function worker(): Promise<void> {
 const totalS = 2 * Number(values.seconds) + Number(values.idle);
 const bar = progressBar("load", totalS, {
   enabled: !values.json,
-  format: "[{bar}] {value}/{total} s {phase} · v{version} · {instances} instances · {sent} req ({failed} failed) · replicated: {replicated}",
+  payload: { phase: "start", version: "?", instances: "?", sent: 0, failed: 0, replicated: "(none)" },
+  format:
+    "[{bar}] {value}/{total} s {phase} · v{version} · {instances} instances · {sent} req ({failed} failed)" +
+    " · replicated: {replicated}",
 });
 // With a bar on the terminal the per-second lines would fight it: they go to the bar's payload.
 const barred = Boolean(process.stderr.isTTY) && !values.json;
 const report = (p: PlacementView, label: string) => {
   const elapsed = Math.round((Date.now() - t0) / 1000);
   if (values.json) {
-    console.log(JSON.stringify({ t: elapsed, phase: label, version: p.version, instances: p.instances.length, sent, failed, replicated: replicatedKeys(p) }));
+    const row = { t: elapsed, phase: label, version: p.version, instances: p.instances.length, sent, failed };
+    console.log(JSON.stringify({ ...row, replicated: replicatedKeys(p) }));
   } else if (barred) {
     const rep = replicated(p);
-    bar.update(Math.min(elapsed, totalS), { phase: label, version: p.version, instances: p.instances.length, sent, failed, replicated: rep.length > 60 ? `${rep.slice(0, 57)}…` : rep });
+    const short = rep.length > 60 ? `${rep.slice(0, 57)}…` : rep;
+    const payload = { phase: label, version: p.version, instances: p.instances.length, sent, failed };
+    bar.update(Math.min(elapsed, totalS), { ...payload, replicated: short });
   } else {
-    console.log(`${stamp()} [${label}] v${p.version} ${p.instances.length} instances, ${sent} requests (${failed} failed); replicated: ${replicated(p)}`);
+    const counts = `${p.instances.length} instances, ${sent} requests (${failed} failed)`;
+    console.log(`${stamp()} [${label}] v${p.version} ${counts}; replicated: ${replicated(p)}`);
   }
 };
 const first = await placement();
@@ -135,6 +143,8 @@ await new Promise((r) => setTimeout(r, Number(values.idle) * 1000));
 clearInterval(monitor);
 bar.stop();
 const last = await placement();
-if (values.json) console.log(JSON.stringify({ done: true, sent, failed, version: last.version, replicated: replicatedKeys(last) }));
+if (values.json) {
+  console.log(JSON.stringify({ done: true, sent, failed, version: last.version, replicated: replicatedKeys(last) }));
+}
 else console.log(`${stamp()} done: ${sent} requests, ${failed} failed; replicated now: ${replicated(last)}`);
 process.exit(failed > 0 ? 1 : 0);

@@ -10,7 +10,14 @@ export interface Progress {
   stop(): void;
 }
 
-export function progressBar(label: string, total: number, opts: { enabled?: boolean; format?: string } = {}): Progress {
+export interface ProgressOptions {
+  enabled?: boolean;
+  format?: string;
+  /** Initial values of the format's {placeholders}. */
+  payload?: Record<string, string | number>;
+}
+
+export function progressBar(label: string, total: number, opts: ProgressOptions = {}): Progress {
   const enabled = (opts.enabled ?? true) && Boolean(process.stderr.isTTY) && total > 0;
   if (!enabled) return { update() {}, stop() {} };
   const bar = new SingleBar(
@@ -22,7 +29,7 @@ export function progressBar(label: string, total: number, opts: { enabled?: bool
     },
     Presets.shades_classic,
   );
-  bar.start(total, 0);
+  bar.start(total, 0, opts.payload ?? {});
   return {
     update: (done, payload) => bar.update(done, payload),
     stop: () => bar.stop(),
