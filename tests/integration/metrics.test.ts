@@ -109,10 +109,11 @@ describe("/metrics", () => {
     expect(value(fs, "edge_moe_instance_loaded_bytes", { model: "tiny" })).toBeGreaterThan(0);
 
     // Re-plans are counted once however many scrapes see them: the Coordinator's alarm re-plans
-    // every window here, so between two scrapes only reports made in between may be added.
+    // every window here, so the second scrape may add only reports made since the first began
+    // (counting twice would add every report the Coordinator keeps).
     expect((await postJson(w, "/admin/replan", {}, ADMIN)).status).toBe(200);
+    const since = Date.now();
     const r1 = (await scrape()).families;
-    const between = Date.now();
     const r2 = (await scrape()).families;
     const status = (await (await w.fetch("/admin/placement", { headers: ADMIN })).json()) as {
       lastReplans: { at: number }[];
@@ -120,7 +121,7 @@ describe("/metrics", () => {
     const replans = (f: ParsedFamily[]) => value(f, "edge_moe_replans_total", { model: "tiny" });
     expect(replans(r1)).toBeGreaterThanOrEqual(1);
     expect(status.lastReplans.length).toBeGreaterThan(3);
-    const made = status.lastReplans.filter((r) => r.at >= between - 100).length;
+    const made = status.lastReplans.filter((r) => r.at >= since - 100).length;
     expect(replans(r2) - replans(r1)).toBeLessThanOrEqual(made);
   });
 });
