@@ -16,6 +16,13 @@ import { startLocalWorker, ROOT, type LocalWorker } from "./lib/local-worker";
 import { seedModelDir } from "./lib/seed-lib";
 import { makeDemoModel, DEMO_MODEL_SIZE } from "./make-demo-model";
 
+if (process.argv.includes("--help") || process.argv.includes("-h")) {
+  console.log(
+    "usage: npm run bench:e2e [-- --tokens N] [--runs R] [--out FILE] [--model DIR]\n" +
+      "  Decode tokens/s of the demo model, distributed (ExpertHosts) vs every expert in the Worker.",
+  );
+  process.exit(0);
+}
 const { values } = parseArgs({
   options: {
     tokens: { type: "string", default: "32" },

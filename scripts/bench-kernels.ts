@@ -43,6 +43,15 @@ interface Args {
   impls: string[] | null;
 }
 
+if (process.argv.includes("--help") || process.argv.includes("-h")) {
+  console.log(
+    "usage: npm run bench:kernels [-- --quick] [--shapes 512x1408,...] [--batches 1,8,64] [--cold-mb 160]\n" +
+      "       [--impls wasm-f32-packed,...] [--no-peers] [--no-workerd] [--out bench-results/kernels.json]\n" +
+      "  One SwiGLU expert per shape and batch: Wasm kernels vs onnxruntime peers, then inside workerd.",
+  );
+  process.exit(0);
+}
+
 function parseArgs(argv: string[]): Args {
   const quick = argv.includes("--quick");
   const get = (flag: string) => {

@@ -5,7 +5,7 @@
  * Dense tensors are copied byte for byte (same dtype), other files (config, tokenizer, generation
  * config) as they are. Output: sharded safetensors + model.safetensors.index.json.
  *
- *   tsx scripts/convert.ts <in-dir> <out-dir> --quant int8 [--check] [--force] [--shard-mb 64]
+ *   npm run convert -- <in-dir> <out-dir> --quant int8 [--check] [--force] [--shard-mb 64] [--json]
  *
  * --check measures what int8 costs on this model (logit error, greedy-token agreement vs f32, on
  * seeded prompts; scripts/lib/bench-accuracy.ts) with the same quantization applied at load.
@@ -20,6 +20,14 @@ import { quantNames } from "../src/model/quantized";
 import { INDEX_FILE, SINGLE_FILE, type Checkpoint, type FileStore } from "../src/model/safetensors";
 import { writeSafetensors, type TensorToWrite, type WritableDType } from "../src/model/safetensors-writer";
 import { formatAccuracy, measureInt8Accuracy } from "./lib/bench-accuracy";
+import { progressBar, wantsHelp } from "./lib/progress";
+
+const USAGE = `usage: npm run convert -- <in-dir> <out-dir> --quant int8 [--check] [--force] [--shard-mb 64] [--json]
+  Writes a copy of a Hugging Face model directory with its routed experts quantized to int8.
+  --check       also measure what int8 costs on this model (logit error, greedy agreement)
+  --force       replace <out-dir> when it is not empty
+  --shard-mb N  size of the output safetensors shards (default 64)
+  --json        print the report as one JSON object on stdout (progress stays on stderr)`;
 
 /** A model directory on disk, read by ranges (only what is asked for is read). */
 export function dirFileStore(dir: string): FileStore {
@@ -73,7 +81,14 @@ export interface ConvertReport {
   expertBytesOut: number;
 }
 
-export async function convertModel(inDir: string, outDir: string, opts: { shardBytes?: number; log?: (s: string) => void } = {}): Promise<ConvertReport> {
+export interface ConvertOptions {
+  shardBytes?: number;
+  log?: (s: string) => void;
+  /** Called after each tensor (progress bars). */
+  onTensor?: (done: number, total: number) => void;
+}
+
+export async function convertModel(inDir: string, outDir: string, opts: ConvertOptions = {}): Promise<ConvertReport> {
   const log = opts.log ?? (() => {});
   const shardBytes = opts.shardBytes ?? 64 << 20;
   const store = dirFileStore(inDir);
@@ -97,7 +112,9 @@ export async function convertModel(inDir: string, outDir: string, opts: { shardB
     shardSize += bytes;
   };
   const report: ConvertReport = { tensors: 0, quantized: 0, shards: 0, bytesIn: 0, bytesOut: 0, expertBytesIn: 0, expertBytesOut: 0 };
-  for (const [name, info] of [...ckpt.tensors].sort((a, b) => a[0].localeCompare(b[0]))) {
+  const tensors = [...ckpt.tensors].sort((a, b) => a[0].localeCompare(b[0]));
+  for (const [name, info] of tensors) {
+    opts.onTensor?.(report.tensors, tensors.length);
     report.tensors++;
     report.bytesIn += info.byteLength;
     if (experts.has(name)) {
@@ -116,6 +133,7 @@ export async function convertModel(inDir: string, outDir: string, opts: { shardB
       add({ name, dtype: info.dtype as WritableDType, shape: info.shape, data: await src.read(info.offset, info.byteLength) });
     }
   }
+  opts.onTensor?.(report.tensors, tensors.length);
   const weightMap: Record<string, string> = {};
   const total = shards.length;
   for (let i = 0; i < total; i++) {
@@ -133,6 +151,10 @@ export async function convertModel(inDir: string, outDir: string, opts: { shardB
 }
 
 async function main(): Promise<void> {
+  if (wantsHelp()) {
+    console.log(USAGE);
+    return;
+  }
   const { values, positionals } = parseArgs({
     allowPositionals: true,
     options: {
@@ -140,10 +162,11 @@ async function main(): Promise<void> {
       check: { type: "boolean", default: false },
       force: { type: "boolean", default: false },
       "shard-mb": { type: "string", default: "64" },
+      json: { type: "boolean", default: false },
     },
   });
   const [inArg, outArg] = positionals;
-  if (!inArg || !outArg) throw new Error("usage: tsx scripts/convert.ts <in-dir> <out-dir> --quant int8 [--check] [--force] [--shard-mb 64]");
+  if (!inArg || !outArg) throw new Error(USAGE);
   if (values.quant !== "int8") throw new Error(`--quant must be int8 (the only quantization the expert kernels run), got ${values.quant === undefined ? "nothing" : `"${values.quant}"`}`);
   const inDir = resolve(inArg);
   const outDir = resolve(outArg);
@@ -156,21 +179,39 @@ async function main(): Promise<void> {
   const shardMb = Number(values["shard-mb"]);
   if (!(shardMb >= 1)) throw new Error(`--shard-mb must be ≥ 1, got ${values["shard-mb"]}`);
   const t0 = performance.now();
-  console.log(`convert ${inArg} → ${outArg} (routed experts → int8, per output channel)`);
-  const r = await convertModel(inDir, outDir, { shardBytes: shardMb << 20, log: (s) => console.log(s) });
+  const json = values.json;
+  const say = (line: string) => (json ? console.error(line) : console.log(line));
+  say(`convert ${inArg} → ${outArg} (routed experts → int8, per output channel)`);
+  let bar: ReturnType<typeof progressBar> | null = null;
+  const r = await convertModel(inDir, outDir, {
+    shardBytes: shardMb << 20,
+    log: (s) => say(s),
+    onTensor: (done, total) => {
+      bar ??= progressBar("tensors", total);
+      bar.update(done);
+      if (done === total) bar.stop();
+    },
+  });
+  const seconds = (performance.now() - t0) / 1000;
+  const hasWeights = existsSync(join(inDir, SINGLE_FILE)) || existsSync(join(inDir, INDEX_FILE));
+  const accuracy: Awaited<ReturnType<typeof measureInt8Accuracy>>[] = [];
+  if (values.check && hasWeights) {
+    const { spec, ckpt } = await openModel(dirFileStore(inDir));
+    for (const q8Path of ["dot_i16x8", "relaxed_dot_i16", "relaxed_dot_i16_7bit"] as const) {
+      accuracy.push(await measureInt8Accuracy(inArg, spec, ckpt, { q8Path }));
+    }
+    accuracy.push(await measureInt8Accuracy(inArg, spec, ckpt, { bf16: true }));
+  }
+  if (json) {
+    console.log(JSON.stringify({ in: inArg, out: outArg, ...r, seconds, accuracy }));
+    return;
+  }
   const mib = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB`;
   console.log(
     `${r.quantized} expert tensors quantized (${mib(r.expertBytesIn)} → ${mib(r.expertBytesOut)}), ${r.tensors - r.quantized} dense tensors copied; ` +
-      `${mib(r.bytesIn)} → ${mib(r.bytesOut)} in ${r.shards} shards, ${((performance.now() - t0) / 1000).toFixed(1)} s`,
+      `${mib(r.bytesIn)} → ${mib(r.bytesOut)} in ${r.shards} shards, ${seconds.toFixed(1)} s`,
   );
-  if (!existsSync(join(inDir, SINGLE_FILE)) && !existsSync(join(inDir, INDEX_FILE))) return;
-  if (values.check) {
-    const { spec, ckpt } = await openModel(dirFileStore(inDir));
-    for (const q8Path of ["dot_i16x8", "relaxed_dot_i16", "relaxed_dot_i16_7bit"] as const) {
-      console.log(formatAccuracy(await measureInt8Accuracy(inArg, spec, ckpt, { q8Path })));
-    }
-    console.log(formatAccuracy(await measureInt8Accuracy(inArg, spec, ckpt, { bf16: true })));
-  }
+  for (const a of accuracy) console.log(formatAccuracy(a));
 }
 
 if (import.meta.url === `file://${process.argv[1]}` || process.argv[1]?.endsWith("convert.ts")) {

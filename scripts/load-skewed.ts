@@ -4,11 +4,30 @@
  * which experts have replicas. Phase A repeats one prompt (its tokens route to a few hot experts
  * per layer), phase B switches to another prompt (the hot set moves), then the load stops: watch
  * replicas of A's hot experts appear, B's appear while A's are released, and all go when idle.
+ * On a terminal a progress bar shows the phase, requests and replicas; `--json` prints one JSON
+ * object per second (and a final summary) for a program to read. Open /dashboard to see it live.
  */
 import { parseArgs } from "node:util";
+import { progressBar, wantsHelp } from "./lib/progress";
+
+const USAGE = `usage: npm run load:skewed [-- --url URL] [--model ID] [--seconds N] [--concurrency N]
+                           [--idle N] [--json]
+  Drives a running edge-moe with a skewed, moving load (phase A, then phase B, then idle) and
+  reports which experts have replicas once a second.
+  --url URL         server (default http://127.0.0.1:8787, what npm start serves)
+  --model ID        model (default: the server's default model)
+  --seconds N       length of each load phase (default 15)
+  --concurrency N   parallel request loops (default 4)
+  --idle N          seconds to watch after the load stops (default 30)
+  --json            one JSON object per line on stdout instead of text`;
+if (wantsHelp()) {
+  console.log(USAGE);
+  process.exit(0);
+}
 
 const { values } = parseArgs({
   options: {
+    json: { type: "boolean", default: false },
     url: { type: "string", default: "http://127.0.0.1:8787" },
     model: { type: "string", default: "" },
     seconds: { type: "string", default: "15" },
@@ -20,6 +39,12 @@ const base = values.url.replace(/\/$/, "");
 // Default: the server's default model (the first one /v1/models lists is not necessarily it).
 const MODEL_QUERY = values.model ? `?model=${values.model}` : "";
 const phaseMs = Number(values.seconds) * 1000;
+for (const k of ["seconds", "concurrency", "idle"] as const) {
+  if (!(Number(values[k]) >= 0)) {
+    console.error(`--${k} must be a number ≥ 0, got "${values[k]}"\n${USAGE}`);
+    process.exit(2);
+  }
+}
 const PHASES = [
   { name: "A", prompt: "apple apple apple apple apple apple apple apple apple apple apple apple" },
   { name: "B", prompt: "1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24" },
@@ -36,16 +61,19 @@ async function placement(): Promise<PlacementView> {
   return (await res.json()) as PlacementView;
 }
 
-function replicated(p: PlacementView): string {
-  const where = new Map<string, string[]>();
+function replicatedKeys(p: PlacementView): Record<string, string[]> {
+  const where: Record<string, string[]> = {};
   p.instances.forEach((inst, i) =>
     inst.experts.forEach((e) => {
       const [key, share] = e.split("@");
-      if (share === undefined) return;
-      where.set(key, [...(where.get(key) ?? []), `h${i}:${share}`]);
+      if (share !== undefined) (where[key] ??= []).push(`h${i}:${share}`);
     }),
   );
-  return [...where].map(([k, v]) => `${k}[${v.join(" ")}]`).join(" ") || "(none)";
+  return where;
+}
+
+function replicated(p: PlacementView): string {
+  return Object.entries(replicatedKeys(p)).map(([k, v]) => `${k}[${v.join(" ")}]`).join(" ") || "(none)";
 }
 
 let phase = -1;
@@ -73,14 +101,38 @@ async function worker(): Promise<void> {
   }
 }
 
+const totalS = 2 * Number(values.seconds) + Number(values.idle);
+const bar = progressBar("load", totalS, {
+  enabled: !values.json,
+  payload: { phase: "start", version: "?", instances: "?", sent: 0, failed: 0, replicated: "(none)" },
+  format:
+    "[{bar}] {value}/{total} s {phase} · v{version} · {instances} instances · {sent} req ({failed} failed)" +
+    " · replicated: {replicated}",
+});
+// With a bar on the terminal the per-second lines would fight it: they go to the bar's payload.
+const barred = Boolean(process.stderr.isTTY) && !values.json;
+const report = (p: PlacementView, label: string) => {
+  const elapsed = Math.round((Date.now() - t0) / 1000);
+  if (values.json) {
+    const row = { t: elapsed, phase: label, version: p.version, instances: p.instances.length, sent, failed };
+    console.log(JSON.stringify({ ...row, replicated: replicatedKeys(p) }));
+  } else if (barred) {
+    const rep = replicated(p);
+    const short = rep.length > 60 ? `${rep.slice(0, 57)}…` : rep;
+    const payload = { phase: label, version: p.version, instances: p.instances.length, sent, failed };
+    bar.update(Math.min(elapsed, totalS), { ...payload, replicated: short });
+  } else {
+    const counts = `${p.instances.length} instances, ${sent} requests (${failed} failed)`;
+    console.log(`${stamp()} [${label}] v${p.version} ${counts}; replicated: ${replicated(p)}`);
+  }
+};
 const first = await placement();
-console.log(`${stamp()} placement v${first.version}: ${first.instances.length} instances; replicated: ${replicated(first)}`);
+report(first, "start");
 const workers = Array.from({ length: Number(values.concurrency) }, worker);
 const monitor = setInterval(async () => {
   try {
     const p = await placement();
-    const label = phase < 0 ? "start" : phase < PHASES.length ? `load ${PHASES[phase].name}` : "idle";
-    console.log(`${stamp()} [${label}] v${p.version} ${p.instances.length} instances, ${sent} requests (${failed} failed); replicated: ${replicated(p)}`);
+    report(p, phase < 0 ? "start" : phase < PHASES.length ? `load ${PHASES[phase].name}` : "idle");
   } catch (err) {
     console.error(err instanceof Error ? err.message : err);
   }
@@ -89,6 +141,10 @@ for (phase = 0; phase < PHASES.length; phase++) await new Promise((r) => setTime
 await Promise.all(workers);
 await new Promise((r) => setTimeout(r, Number(values.idle) * 1000));
 clearInterval(monitor);
+bar.stop();
 const last = await placement();
-console.log(`${stamp()} done: ${sent} requests, ${failed} failed; replicated now: ${replicated(last)}`);
+if (values.json) {
+  console.log(JSON.stringify({ done: true, sent, failed, version: last.version, replicated: replicatedKeys(last) }));
+}
+else console.log(`${stamp()} done: ${sent} requests, ${failed} failed; replicated now: ${replicated(last)}`);
 process.exit(failed > 0 ? 1 : 0);

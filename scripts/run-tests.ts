@@ -8,6 +8,15 @@ import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
+if (process.argv.includes("--help") || process.argv.includes("-h")) {
+  console.log(
+    "usage: npm test [-- <vitest args>]   e.g. npm test -- tests/unit/kernels, npm test -- --project node\n" +
+      "  Builds, runs every vitest project and ends with the line `N passed, N failed`.\n" +
+      "  The dashboard browser test needs Chromium at /usr/bin/chromium (or CHROMIUM_PATH).",
+  );
+  process.exit(0);
+}
+
 const dir = mkdtempSync(join(tmpdir(), "edge-moe-tests-"));
 const report = join(dir, "vitest.json");
 const run = spawnSync("vitest", ["run", "--reporter=default", "--reporter=json", `--outputFile.json=${report}`, ...process.argv.slice(2)], {

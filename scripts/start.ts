@@ -12,6 +12,17 @@ import { parseArgs } from "node:util";
 import { randomBytes } from "node:crypto";
 import { join } from "node:path";
 import { ROOT } from "./lib/local-worker";
+import { wantsHelp } from "./lib/progress";
+
+const USAGE = `usage: npm start [-- --quant int8]
+  Makes the demo model (first run), seeds it into the local R2 bucket, runs wrangler dev on
+  http://127.0.0.1:8787 (PORT overrides), warms the model up and prints how to use it, including
+  the dashboard URL with the admin token from .dev.vars. Ctrl-C stops it.
+  --quant int8   serve demo-mixtral-int8 (the demo with int8 experts) instead`;
+if (wantsHelp()) {
+  console.log(USAGE);
+  process.exit(0);
+}
 
 const PORT = Number(process.env.PORT ?? 8787);
 const HOST = "127.0.0.1";
@@ -87,6 +98,8 @@ try {
   console.log(`try:\n  curl -N ${base}/v1/chat/completions -H 'content-type: application/json' \\\n    -d '{"model":"${MODEL}","messages":[{"role":"user","content":"Hello!"}],"max_tokens":24,"stream":true}'`);
   console.log(`  npm run load:skewed   (a skewed, moving load: watch replicas of hot experts appear and go)`);
   console.log(`  curl ${base}/v1/placement\n  curl -H 'authorization: Bearer ${adminToken}' ${base}/admin/hosts   (token in .dev.vars)`);
+  console.log(`  curl -H 'authorization: Bearer ${adminToken}' ${base}/metrics   (Prometheus text)`);
+  console.log(`  open ${base}/dashboard?token=${adminToken}   (live expert heat map)`);
 } catch (err) {
   console.error(err instanceof Error ? err.message : err);
   stop();

@@ -9,6 +9,14 @@
 import { readFileSync } from "node:fs";
 import { basename, resolve } from "node:path";
 import { verifyFixture } from "./lib/verify-lib";
+if (process.argv.includes("--help") || process.argv.includes("-h")) {
+  console.log(
+    "usage: npm run verify -- <fixture-dir> [--hosts N]\n" +
+      "  Runs a golden fixture through the real serving path; compares logits, greedy tokens, routing.\n" +
+      "  e.g. npm run verify -- ../shared/fixtures/mixtral-tiny",
+  );
+  process.exit(0);
+}
 
 const args = process.argv.slice(2);
 const dir = args.find((a) => !a.startsWith("--"));

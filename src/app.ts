@@ -10,8 +10,12 @@ import { ModelFormatError } from "./model/errors";
 import { ConfigError } from "./platform/env";
 import { openai } from "./routes/openai";
 import { admin } from "./routes/admin";
+import { metrics } from "./routes/metrics";
+import { dashboard } from "./routes/dashboard";
+import { observe } from "./observability/http";
 
 export const app = new Hono<{ Bindings: Env }>();
+app.use("*", observe());
 
 app.get("/", (c) =>
   c.json({ name: "edge-moe", endpoints: ["GET /v1/models", "POST /v1/completions", "POST /v1/chat/completions", "GET /v1/placement", "GET /health"] }),
@@ -19,6 +23,8 @@ app.get("/", (c) =>
 app.get("/health", (c) => c.json({ status: "ok" }));
 app.route("/v1", openai);
 app.route("/admin", admin);
+app.route("/metrics", metrics);
+app.route("/dashboard", dashboard);
 
 app.notFound((c) => c.json(new ApiError(404, `no route for ${c.req.method} ${new URL(c.req.url).pathname}`, "not_found_error").toBody(), 404));
 

@@ -3,7 +3,7 @@
  * hosts and run raw forward passes that return logits and routing (what `verify` checks against
  * golden fixtures through the real serving path).
  */
-import { Hono } from "hono";
+import { Hono, type MiddlewareHandler } from "hono";
 import { bearerAuth } from "hono/bearer-auth";
 import { z } from "zod";
 import { ApiError } from "../errors";
@@ -15,7 +15,8 @@ import { parseBody } from "./validate";
 
 export const admin = new Hono<{ Bindings: Env }>();
 
-admin.use("*", async (c, next) => {
+/** Bearer ADMIN_TOKEN check (also guards /metrics and the dashboard's API). */
+export const requireAdmin: MiddlewareHandler<{ Bindings: Env }> = async (c, next) => {
   const token = c.env.ADMIN_TOKEN;
   if (!token) throw new ApiError(403, "admin routes are disabled: set the ADMIN_TOKEN secret to enable them", "permission_error");
   return bearerAuth({
@@ -24,7 +25,9 @@ admin.use("*", async (c, next) => {
     invalidAuthenticationHeader: { message: { error: { message: "malformed Authorization header", type: "authentication_error", param: null, code: null } } },
     invalidToken: { message: { error: { message: "invalid admin token", type: "authentication_error", param: null, code: null } } },
   })(c as never, next);
-});
+};
+
+admin.use("*", requireAdmin);
 
 const ForwardBody = z.strictObject({
   model: z.string().optional(),

@@ -13,6 +13,7 @@ import { listModelIds, modelPrefix, ModelNotFoundError, MODEL_ID_PATTERN } from 
 import { maxServableTokens, parseConfig } from "../model/config";
 import { parseBody } from "./validate";
 import { modelLayer } from "../coordinator/placement";
+import { trackGeneration, type GenerationTracker } from "../observability/http";
 
 const MAX_STOP = 4;
 
@@ -105,7 +106,7 @@ openai.post("/completions", async (c) => {
       choices: [{ index: 0, text, token_ids: ids, logprobs: null, finish_reason: finish }],
     }), head);
   }
-  const r = await collect(c.env, rt, req, waitUntilOf(c));
+  const r = await collect(c.env, rt, req, waitUntilOf(c), trackGeneration(c, rt.id));
   return c.json({ ...head, choices: [{ index: 0, text: r.text, token_ids: r.ids, logprobs: null, finish_reason: r.finish }], usage: usage(r.stats) });
 });
 
@@ -136,7 +137,7 @@ openai.post("/chat/completions", async (c) => {
       return { ...head, choices: [{ index: 0, delta, logprobs: null, finish_reason: finish }] };
     }, head);
   }
-  const r = await collect(c.env, rt, req, waitUntilOf(c));
+  const r = await collect(c.env, rt, req, waitUntilOf(c), trackGeneration(c, rt.id));
   return c.json({
     id,
     object: "chat.completion",
@@ -208,16 +209,23 @@ function waitUntilOf(c: Context<{ Bindings: Env }>): WaitUntil | undefined {
   }
 }
 
-async function collect(env: Env, rt: ModelRuntime, req: GenerateRequest, waitUntil?: WaitUntil): Promise<Collected> {
+async function collect(env: Env, rt: ModelRuntime, req: GenerateRequest, waitUntil?: WaitUntil, track?: GenerationTracker): Promise<Collected> {
   const stats: GenerateStats = { promptTokens: 0, completionTokens: 0, prefillMs: 0, decodeMs: 0 };
   let text = "";
   const ids: number[] = [];
   let finish: FinishReason = "length";
-  for await (const ev of generate(env, rt, req, stats, waitUntil)) {
-    text += ev.text;
-    ids.push(...ev.tokenIds);
-    if (ev.finishReason) finish = ev.finishReason;
+  try {
+    for await (const ev of generate(env, rt, req, stats, waitUntil)) {
+      track?.event();
+      text += ev.text;
+      ids.push(...ev.tokenIds);
+      if (ev.finishReason) finish = ev.finishReason;
+    }
+  } catch (err) {
+    track?.end(stats, "error");
+    throw err;
   }
+  track?.end(stats, finish);
   return { text, ids, finish, stats };
 }
 
@@ -235,13 +243,22 @@ function sse(
 ) {
   return streamSSE(c, async (stream) => {
     const stats: GenerateStats = { promptTokens: 0, completionTokens: 0, prefillMs: 0, decodeMs: 0 };
+    const track = trackGeneration(c, rt.id);
     try {
+      let finish: FinishReason | "aborted" = "length";
       for await (const ev of generate(c.env, rt, req, stats, waitUntilOf(c))) {
-        if (stream.aborted) break;
+        track.event();
+        if (ev.finishReason) finish = ev.finishReason;
+        if (stream.aborted) {
+          finish = "aborted";
+          break;
+        }
         await stream.writeSSE({ data: JSON.stringify(chunk(ev.text, ev.tokenIds, ev.finishReason)) });
       }
+      track.end(stats, finish);
       if (includeUsage) await stream.writeSSE({ data: JSON.stringify({ ...head, choices: [], usage: usage(stats) }) });
     } catch (err) {
+      track.end(stats, "error");
       // Headers are gone: report the failure in-band, as OpenAI does, then end the stream.
       const e = err instanceof ApiError ? err : new ApiError(500, "generation failed on the server", "server_error");
       if (!(err instanceof ApiError)) console.error("stream failed", err);

@@ -1,0 +1,72 @@
+/**
+ * @module The metrics the Worker isolates record themselves (HTTP requests, generation timings,
+ * tokens): names, help text, types and histogram buckets. Metrics read from the Durable Objects at
+ * scrape time (expert loads, placement, instance memory) are declared where they are rendered
+ * (`scrape.ts`). Names follow Prometheus conventions (base units, `_total` on counters).
+ */
+
+export type MetricType = "counter" | "histogram" | "gauge";
+
+export interface MetricDef {
+  name: string;
+  help: string;
+  type: MetricType;
+  /** Upper bounds (le) of a histogram's buckets, ascending; +Inf is implicit. */
+  buckets?: readonly number[];
+}
+
+// Buckets in seconds. Edge MoE requests fan out over RPCs, so first tokens take tens of ms to
+// seconds; per-token times sit between a few ms (small models, local) and a second.
+const LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60] as const;
+const TPOT_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5] as const;
+
+export const METRICS = {
+  requests: {
+    name: "edge_moe_http_requests_total",
+    help: "HTTP requests answered by the Worker, by route, method and status code.",
+    type: "counter",
+  },
+  refusals: {
+    name: "edge_moe_admission_refusals_total",
+    help: "Requests refused for lack of capacity (429 or 503), by route and status code.",
+    type: "counter",
+  },
+  ttft: {
+    name: "edge_moe_time_to_first_token_seconds",
+    help: "Time from the request reaching the Worker to the first generated token.",
+    type: "histogram",
+    buckets: LATENCY_BUCKETS,
+  },
+  tpot: {
+    name: "edge_moe_time_per_output_token_seconds",
+    help: "Mean decode time per output token after the first, per request.",
+    type: "histogram",
+    buckets: TPOT_BUCKETS,
+  },
+  e2e: {
+    name: "edge_moe_e2e_request_latency_seconds",
+    help: "Time from the request reaching the Worker to its last generated token.",
+    type: "histogram",
+    buckets: LATENCY_BUCKETS,
+  },
+  promptTokens: {
+    name: "edge_moe_prompt_tokens_total",
+    help: "Prompt tokens prefilled, by model.",
+    type: "counter",
+  },
+  completionTokens: {
+    name: "edge_moe_generation_tokens_total",
+    help: "Tokens generated, by model.",
+    type: "counter",
+  },
+  generations: {
+    name: "edge_moe_generations_total",
+    help: "Generations finished, by model and finish reason (stop, length, error, aborted).",
+    type: "counter",
+  },
+} as const satisfies Record<string, MetricDef>;
+
+export type MetricKey = keyof typeof METRICS;
+
+/** The local (isolate-recorded) metric definitions, by Prometheus name. */
+export const LOCAL_DEFS: ReadonlyMap<string, MetricDef> = new Map(Object.values(METRICS).map((d) => [d.name, d]));

@@ -1,0 +1,105 @@
+/**
+ * @module What a Worker isolate records, and how it reaches the MetricsHub. Recording is a few
+ * map updates on the request path; nothing waits on the hub. An isolate flushes its accumulated
+ * values as one delta at most every FLUSH_INTERVAL_MS, from `waitUntil` (after the response), and
+ * puts them back if the hub call fails, so a flush loses nothing and a request never pays for it.
+ */
+import { METRICS } from "./catalog";
+import { MetricSet } from "./registry";
+
+export const FLUSH_INTERVAL_MS = 1000;
+/** The one MetricsHub instance every isolate reports to. */
+export const HUB_NAME = "global";
+
+const local = new MetricSet();
+let lastFlush = 0;
+let pending: Promise<void> | null = null;
+
+export type WaitUntilFn = (p: Promise<unknown>) => void;
+
+/** Routes whose requests are counted under their own path; anything else is "other" (bounded cardinality). */
+const KNOWN_ROUTES = new Set([
+  "/",
+  "/health",
+  "/metrics",
+  "/dashboard",
+  "/dashboard/data",
+  "/v1/models",
+  "/v1/completions",
+  "/v1/chat/completions",
+  "/v1/placement",
+  "/admin/forward",
+  "/admin/moe",
+  "/admin/hosts",
+  "/admin/placement",
+  "/admin/replan",
+  "/admin/fault",
+]);
+
+export function routeLabel(pathname: string): string {
+  const p = pathname.length > 1 ? pathname.replace(/\/+$/, "") : pathname;
+  return KNOWN_ROUTES.has(p) ? p : "other";
+}
+
+export function recordRequest(route: string, method: string, status: number): void {
+  local.inc(METRICS.requests, { route, method, status: String(status) });
+  if (status === 429 || status === 503) local.inc(METRICS.refusals, { route, status: String(status) });
+}
+
+export interface GenerationRecord {
+  model: string;
+  /** Request start to first token (absent when no token was produced). */
+  ttftMs: number | null;
+  /** Request start to last token. */
+  e2eMs: number;
+  promptTokens: number;
+  completionTokens: number;
+  /** Decode time after the first token; divided by completionTokens − 1 for time per output token. */
+  decodeMs: number;
+  finish: "stop" | "length" | "error" | "aborted";
+}
+
+export function recordGeneration(g: GenerationRecord): void {
+  const labels = { model: g.model };
+  if (g.ttftMs !== null) local.observe(METRICS.ttft, labels, g.ttftMs / 1000);
+  local.observe(METRICS.e2e, labels, g.e2eMs / 1000);
+  if (g.completionTokens > 1) local.observe(METRICS.tpot, labels, g.decodeMs / 1000 / (g.completionTokens - 1));
+  local.inc(METRICS.promptTokens, labels, g.promptTokens);
+  local.inc(METRICS.completionTokens, labels, g.completionTokens);
+  local.inc(METRICS.generations, { model: g.model, finish: g.finish });
+}
+
+/**
+ * Sends what this isolate recorded to the hub, batched: at most one flush per FLUSH_INTERVAL_MS,
+ * kept alive by `waitUntil` past the response. Calls while a flush is scheduled join it.
+ */
+export function scheduleFlush(env: Env, waitUntil: WaitUntilFn | undefined): void {
+  if (local.isEmpty || pending) return;
+  const wait = Math.max(0, lastFlush + FLUSH_INTERVAL_MS - Date.now());
+  pending = (async () => {
+    if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+    await flushNow(env);
+  })().finally(() => (pending = null));
+  if (waitUntil) waitUntil(pending);
+}
+
+/** Flushes immediately (a scrape does this for its own isolate so its own requests show). */
+export async function flushNow(env: Env): Promise<boolean> {
+  if (local.isEmpty) return false;
+  const delta = local.take();
+  lastFlush = Date.now();
+  try {
+    await env.METRICS_HUB.getByName(HUB_NAME).ingest(delta, Date.now());
+    return true;
+  } catch (err) {
+    local.merge(delta); // keep the values for the next flush
+    console.error(
+      JSON.stringify({
+        level: "warn",
+        msg: "metrics flush failed",
+        error: err instanceof Error ? err.message : String(err),
+      }),
+    );
+    return false;
+  }
+}

@@ -1,0 +1,152 @@
+/**
+ * @module Turns a collection (`collect.ts`) into Prometheus families: the isolates' merged
+ * counters and histograms, then gauges read from the Durable Objects at scrape time — routed
+ * load per (layer, expert), balance, placement, and each ExpertHost's memory and calls.
+ */
+import { LOCAL_DEFS, type MetricDef } from "./catalog";
+import type { Collected } from "./collect";
+import { HUB_DEFS } from "./metrics-hub";
+import type { Family, Sample } from "./prometheus";
+import type { CounterSample, HistogramSample } from "./registry";
+
+type Gauge = { name: string; help: string; type: "gauge" | "counter" };
+
+const G = {
+  expertLoad: {
+    name: "edge_moe_expert_load_tokens",
+    type: "gauge",
+    help: "Routed tokens per load window for each (layer, expert): the Coordinator's smoothed load forecast.",
+  },
+  expertServed: {
+    name: "edge_moe_expert_served_tokens_total",
+    type: "counter",
+    help:
+      "Tokens each (layer, expert) computed, summed over the instances holding it " +
+      "(resets when an instance restarts).",
+  },
+  replicas: {
+    name: "edge_moe_expert_replicas",
+    type: "gauge",
+    help: "Replicas of each (layer, expert) in the current placement.",
+  },
+  balance: {
+    name: "edge_moe_layer_balance_ratio",
+    type: "gauge",
+    help: "Per MoE layer: max/mean instance load of the current placement under the smoothed loads (1 = balanced).",
+  },
+  version: { name: "edge_moe_placement_version", type: "gauge", help: "Version of the published placement." },
+  instances: { name: "edge_moe_placement_instances", type: "gauge", help: "ExpertHost instances in the placement." },
+  windows: { name: "edge_moe_load_windows_total", type: "counter", help: "Load windows the Coordinator has folded." },
+  loaded: {
+    name: "edge_moe_instance_loaded_bytes",
+    type: "gauge",
+    help: "Bytes of expert weights an ExpertHost instance holds.",
+  },
+  budget: {
+    name: "edge_moe_instance_budget_bytes",
+    type: "gauge",
+    help: "Bytes of expert weights an ExpertHost instance may hold (EXPERT_HOST_BUDGET_MB).",
+  },
+  wasm: {
+    name: "edge_moe_instance_wasm_bytes",
+    type: "gauge",
+    help: "Wasm linear memory in use by an ExpertHost instance's kernels.",
+  },
+  experts: {
+    name: "edge_moe_instance_experts_loaded",
+    type: "gauge",
+    help: "Experts loaded on an ExpertHost instance.",
+  },
+  calls: {
+    name: "edge_moe_instance_rpc_calls_total",
+    type: "counter",
+    help: "Forward RPCs an ExpertHost instance served (one per layer fan-out that reached it).",
+  },
+  tokens: {
+    name: "edge_moe_instance_expert_tokens_total",
+    type: "counter",
+    help: "Expert-token computations an ExpertHost instance ran.",
+  },
+  up: {
+    name: "edge_moe_instance_up",
+    type: "gauge",
+    help: "1 when the instance answered the stats RPC of this scrape, else 0.",
+  },
+  scrapeRpcs: { name: "edge_moe_scrape_rpcs", type: "gauge", help: "Durable Object RPCs this scrape made." },
+  scrapeSeconds: {
+    name: "edge_moe_scrape_duration_seconds",
+    type: "gauge",
+    help: "Time this scrape took to collect its values.",
+  },
+  flushes: {
+    name: "edge_moe_metrics_flushes_total",
+    type: "counter",
+    help: "Metric deltas the MetricsHub received from Worker isolates.",
+  },
+} as const satisfies Record<string, Gauge>;
+
+export function scrapeFamilies(c: Collected): Family[] {
+  const families: Family[] = [];
+  const counters = groupBy(c.hub.metrics.counters);
+  const histograms = groupBy(c.hub.metrics.histograms);
+  const defs: MetricDef[] = [...LOCAL_DEFS.values(), ...HUB_DEFS];
+  for (const def of defs) {
+    if (def.type === "histogram") {
+      families.push({ name: def.name, help: def.help, type: "histogram", histograms: histograms.get(def.name) ?? [] });
+    } else {
+      families.push({
+        name: def.name,
+        help: def.help,
+        type: "counter",
+        samples: (counters.get(def.name) ?? []).map((s) => ({ labels: s.labels, value: s.value })),
+      });
+    }
+  }
+
+  const samples = new Map<Gauge, Sample[]>(Object.values(G).map((g) => [g, []]));
+  const add = (g: Gauge, labels: Record<string, string>, value: number) => samples.get(g)!.push({ labels, value });
+  for (const { model, status, hosts } of c.models) {
+    const p = status.placement;
+    const layerOf = (row: number) => String(p?.layers ? p.layers[row] : row);
+    status.loads.forEach((row, r) =>
+      row.forEach((v, e) => add(G.expertLoad, { model, layer: layerOf(r), expert: String(e) }, v)),
+    );
+    status.balance.forEach((v, r) => add(G.balance, { model, layer: layerOf(r) }, v));
+    add(G.windows, { model }, status.windows);
+    if (!p) continue;
+    add(G.version, { model }, p.version);
+    add(G.instances, { model }, p.instances.length);
+    p.replicas.forEach((row, r) =>
+      row.forEach((reps, e) => add(G.replicas, { model, layer: layerOf(r), expert: String(e) }, reps.length)),
+    );
+    const served = new Map<string, number>();
+    p.instances.forEach((inst, i) => {
+      const labels = { model, instance: inst.name };
+      const h = hosts[i];
+      add(G.up, labels, h ? 1 : 0);
+      add(G.budget, labels, h?.budgetBytes ?? inst.budgetBytes);
+      if (!h) return;
+      add(G.loaded, labels, h.bytesLoaded);
+      add(G.wasm, labels, h.wasmBytesInUse);
+      add(G.experts, labels, h.loaded.length);
+      add(G.calls, labels, h.calls);
+      add(G.tokens, labels, h.tokens);
+      for (const [key, n] of Object.entries(h.expertTokens)) served.set(key, (served.get(key) ?? 0) + n);
+    });
+    for (const [key, n] of served) {
+      const [layer, expert] = key.split(":");
+      add(G.expertServed, { model, layer, expert }, n);
+    }
+  }
+  add(G.scrapeRpcs, {}, c.rpcs);
+  add(G.scrapeSeconds, {}, c.ms / 1000);
+  add(G.flushes, {}, c.hub.flushes);
+  for (const [g, s] of samples) families.push({ name: g.name, help: g.help, type: g.type, samples: s });
+  return families;
+}
+
+function groupBy<T extends CounterSample | HistogramSample>(xs: T[]): Map<string, T[]> {
+  const m = new Map<string, T[]>();
+  for (const x of xs) m.set(x.name, [...(m.get(x.name) ?? []), x]);
+  return m;
+}

@@ -1,0 +1,127 @@
+/**
+ * /metrics on the real runtime: admin-only, parses with a real Prometheus text-format parser,
+ * and under load the TTFT histogram, token counters, per-(layer, expert) loads and per-instance
+ * memory move. Isolates flush to the MetricsHub from waitUntil, so values show after a flush.
+ */
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { join } from "node:path";
+import parse, { type ParsedFamily } from "parse-prometheus-text-format";
+import type { LocalWorker } from "../../scripts/lib/local-worker";
+import { ADMIN, FIXTURES, postJson, startWithModels } from "./helpers";
+
+let w: LocalWorker;
+
+beforeAll(async () => {
+  w = await startWithModels(
+    { tiny: join(FIXTURES, "mixtral-tiny") },
+    { MIN_EXPERT_HOSTS: "2", REPLAN_INTERVAL_MS: "300", DEFAULT_MODEL: "tiny" },
+  );
+});
+afterAll(() => w?.dispose());
+
+async function scrape(): Promise<{ text: string; families: ParsedFamily[] }> {
+  const res = await w.fetch("/metrics", { headers: ADMIN });
+  expect(res.status).toBe(200);
+  expect(res.headers.get("content-type")).toMatch(/^text\/plain; version=0\.0\.4/);
+  const text = await res.text();
+  return { text, families: parse(text) };
+}
+
+const family = (fs: ParsedFamily[], name: string) => {
+  const f = fs.find((x) => x.name === name);
+  if (!f) throw new Error(`metric ${name} missing`);
+  return f;
+};
+const value = (fs: ParsedFamily[], name: string, labels: Record<string, string>) =>
+  family(fs, name)
+    .metrics.filter((m) => Object.entries(labels).every(([k, v]) => m.labels?.[k] === v))
+    .reduce((s, m) => s + Number(m.value), 0);
+const line = (text: string, prefix: string) => {
+  const l = text.split("\n").find((x) => x.startsWith(prefix));
+  return l === undefined ? 0 : Number(l.slice(prefix.length).trim());
+};
+
+describe("/metrics", () => {
+  it("needs the admin token", async () => {
+    expect((await w.fetch("/metrics")).status).toBe(401);
+    expect((await w.fetch("/metrics", { headers: { authorization: "Bearer nope" } })).status).toBe(401);
+    expect((await w.fetch("/metrics?model=..bad", { headers: ADMIN })).status).toBe(400);
+  });
+
+  it("parses, and under load the TTFT histogram, tokens and per-expert counters move", async () => {
+    const before = await scrape();
+    expect(before.families.length).toBeGreaterThan(10);
+    for (let i = 0; i < 4; i++) {
+      const r = await postJson(w, "/v1/completions", { prompt: new Array(16).fill(42), max_tokens: 4, temperature: 0 });
+      expect(r.status).toBe(200);
+    }
+    const s = await w.fetch("/v1/completions", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ prompt: [1, 2, 3], max_tokens: 3, temperature: 0, stream: true }),
+    });
+    expect(s.status).toBe(200);
+    await s.text();
+    // A refused request (bad input is a 400, counted by route and status).
+    expect((await postJson(w, "/v1/completions", { prompt: [1], max_tokens: 0 })).status).toBe(400);
+
+    // Let the Coordinator fold a load window. Meanwhile the isolate flushes on its own (from
+    // waitUntil, within FLUSH_INTERVAL_MS): read the hub directly, not through a scrape.
+    await new Promise((r) => setTimeout(r, 1500));
+    const env = (await w.worker.getEnv()) as unknown as Env;
+    const hub = await env.METRICS_HUB.getByName("global").snapshot();
+    const flushed = hub.metrics.counters.find(
+      (c) => c.name === "edge_moe_generation_tokens_total" && c.labels.model === "tiny",
+    );
+    expect(flushed?.value).toBe(4 * 4 + 3);
+    expect(hub.timeline.reduce((a, s) => a + s.completionTokens, 0)).toBe(4 * 4 + 3);
+    const after = await scrape();
+    const fs = after.families;
+    expect(family(fs, "edge_moe_time_to_first_token_seconds").type).toBe("HISTOGRAM");
+    const ttftCount = line(after.text, 'edge_moe_time_to_first_token_seconds_count{model="tiny"}');
+    expect(ttftCount).toBe(5);
+    expect(line(after.text, 'edge_moe_time_to_first_token_seconds_bucket{model="tiny",le="+Inf"}')).toBe(5);
+    expect(line(after.text, 'edge_moe_time_per_output_token_seconds_count{model="tiny"}')).toBe(5);
+    expect(value(fs, "edge_moe_generation_tokens_total", { model: "tiny" })).toBe(4 * 4 + 3);
+    expect(value(fs, "edge_moe_prompt_tokens_total", { model: "tiny" })).toBe(4 * 16 + 3);
+    expect(value(fs, "edge_moe_http_requests_total", { route: "/v1/completions", status: "200" })).toBe(5);
+    expect(value(fs, "edge_moe_http_requests_total", { route: "/v1/completions", status: "400" })).toBe(1);
+    expect(value(fs, "edge_moe_generations_total", { model: "tiny", finish: "length" })).toBe(5);
+
+    // Routed load per (layer, expert) from the Coordinator, tokens per expert from the hosts.
+    const load = family(fs, "edge_moe_expert_load_tokens");
+    expect(load.type).toBe("GAUGE");
+    expect(load.metrics.length).toBe(2 * 8); // mixtral-tiny: 2 MoE layers × 8 experts
+    expect(load.metrics.reduce((a, m) => a + Number(m.value), 0)).toBeGreaterThan(0);
+    const served = family(fs, "edge_moe_expert_served_tokens_total");
+    expect(served.metrics.reduce((a, m) => a + Number(m.value), 0)).toBeGreaterThan(0);
+    expect(value(fs, "edge_moe_placement_version", { model: "tiny" })).toBeGreaterThanOrEqual(1);
+    const instances = family(fs, "edge_moe_instance_loaded_bytes").metrics;
+    // At least MIN_EXPERT_HOSTS; a re-plan under this skewed load may already have added one.
+    expect(instances.length).toBe(value(fs, "edge_moe_placement_instances", { model: "tiny" }));
+    expect(instances.length).toBeGreaterThanOrEqual(2);
+    for (const m of instances) {
+      expect(value(fs, "edge_moe_instance_budget_bytes", { instance: m.labels!.instance })).toBe(96 * 1024 * 1024);
+    }
+    expect(value(fs, "edge_moe_instance_rpc_calls_total", { model: "tiny" })).toBeGreaterThan(0);
+    // What the scrape cost: hub read, Coordinator status, one stats RPC per instance (+ flush/replans).
+    expect(value(fs, "edge_moe_scrape_rpcs", {})).toBeGreaterThanOrEqual(1 + 1 + instances.length);
+    expect(value(fs, "edge_moe_instance_loaded_bytes", { model: "tiny" })).toBeGreaterThan(0);
+
+    // Re-plans are counted once however many scrapes see them: the Coordinator's alarm re-plans
+    // every window here, so the second scrape may add only reports made since the first began
+    // (counting twice would add every report the Coordinator keeps).
+    expect((await postJson(w, "/admin/replan", {}, ADMIN)).status).toBe(200);
+    const since = Date.now();
+    const r1 = (await scrape()).families;
+    const r2 = (await scrape()).families;
+    const status = (await (await w.fetch("/admin/placement", { headers: ADMIN })).json()) as {
+      lastReplans: { at: number }[];
+    };
+    const replans = (f: ParsedFamily[]) => value(f, "edge_moe_replans_total", { model: "tiny" });
+    expect(replans(r1)).toBeGreaterThanOrEqual(1);
+    expect(status.lastReplans.length).toBeGreaterThan(3);
+    const made = status.lastReplans.filter((r) => r.at >= since - 100).length;
+    expect(replans(r2) - replans(r1)).toBeLessThanOrEqual(made);
+  });
+});
