@@ -34,18 +34,36 @@ function align16(b: usize): usize {
  * out[n, dOut] = x[n, dIn] · wᵀ on an int8 group-scaled matrix; scratch ≥ align16(4n) + 2·n·colsG
  * bytes (quantized activations, zero-padded to colsG).
  */
-export function matmulQ8g(out: usize, x: usize, w: usize, n: i32, dIn: i32, dOut: i32, group: i32, scratch: usize): void {
+export function matmulQ8g(
+  out: usize, x: usize, w: usize, n: i32, dIn: i32, dOut: i32, group: i32, scratch: usize,
+): void {
   const colsG = ((dIn + group - 1) / group) * group;
-  const groups = colsG / group;
   const sx = scratch;
   const xq = scratch + align16(<usize>n << 2);
+  quantizeTokens(xq, sx, x, n, dIn, colsG);
+  matmulQ8gQuantized(out, xq, sx, w, n, dOut, colsG, group);
+}
+
+/** Per-token 16-bit quantization of x[n, dIn] into xq [n, colsG] i16 (zero-padded), scales sx[n]. */
+export function quantizeTokens(xq: usize, sx: usize, x: usize, n: i32, dIn: i32, colsG: i32): void {
   const xRow = <usize>colsG << 1;
   for (let t = 0; t < n; t++) {
     store<f32>(sx + (<usize>t << 2), quantizeI16(xq + <usize>t * xRow, x + (<usize>t * <usize>dIn << 2), dIn, colsG));
   }
+}
+
+/** out[n, dOut] from activations already quantized by quantizeTokens (several matrices may share
+ * them: the expert's gate and up). */
+export function matmulQ8gQuantized(
+  out: usize, xq: usize, sx: usize, w: usize, n: i32, dOut: i32, colsG: i32, group: i32,
+): void {
+  const groups = colsG / group;
   const scales = w + <usize>dOut * <usize>colsG;
-  if (ASC_FEATURE_SIMD) q8gSimd(out, xq, sx, w, scales, n, dOut, colsG, group, groups);
-  else q8gScalar(out, xq, sx, w, scales, n, dOut, colsG, group, groups);
+  if (ASC_FEATURE_SIMD) {
+    const n4 = n & ~3;
+    if (n4 > 0) q8gTiles4x2(out, xq, sx, w, scales, n4, dOut, colsG, group, groups);
+    q8gSimd(out, xq, sx, w, scales, n4, n, dOut, colsG, group, groups);
+  } else q8gScalar(out, xq, sx, w, scales, n, dOut, colsG, group, groups);
 }
 
 /** q[k] = nearest-even(x[k] · 32767 / max|x|) as i16, zero up to kPad; returns max|x| / 32767. */
@@ -55,7 +73,8 @@ function quantizeI16(q: usize, src: usize, d: i32, kPad: i32): f32 {
   if (ASC_FEATURE_SIMD) {
     let mv = f32x4.splat(0);
     for (; i + 4 <= d; i += 4) mv = f32x4.max(mv, f32x4.abs(v128.load(src + (<usize>i << 2))));
-    amax = max(max(f32x4.extract_lane(mv, 0), f32x4.extract_lane(mv, 1)), max(f32x4.extract_lane(mv, 2), f32x4.extract_lane(mv, 3)));
+    const m01 = max(f32x4.extract_lane(mv, 0), f32x4.extract_lane(mv, 1));
+    amax = max(m01, max(f32x4.extract_lane(mv, 2), f32x4.extract_lane(mv, 3)));
   }
   for (; i < d; i++) amax = max(amax, Mathf.abs(load<f32>(src + (<usize>i << 2))));
   const inv: f32 = amax > 0 ? XQ_LEVELS / amax : 0;
@@ -74,7 +93,9 @@ function quantizeI16(q: usize, src: usize, d: i32, kPad: i32): f32 {
   return amax / XQ_LEVELS;
 }
 
-function q8gScalar(out: usize, xq: usize, sx: usize, w: usize, scales: usize, n: i32, dOut: i32, colsG: i32, group: i32, groups: i32): void {
+function q8gScalar(
+  out: usize, xq: usize, sx: usize, w: usize, scales: usize, n: i32, dOut: i32, colsG: i32, group: i32, groups: i32,
+): void {
   const xRow = <usize>colsG << 1;
   for (let t = 0; t < n; t++) {
     const xt = xq + <usize>t * xRow;
@@ -98,10 +119,23 @@ function q8gScalar(out: usize, xq: usize, sx: usize, w: usize, scales: usize, n:
 // @ts-ignore: decorator
 @inline
 function dotGroup(acc: v128, w: usize, x: usize): v128 {
-  return i32x4.add(acc, i32x4.add(i32x4.dot_i16x8_s(v128.load8x8_s(w), v128.load(x)), i32x4.dot_i16x8_s(v128.load8x8_s(w, 8), v128.load(x, 16))));
+  const lo = i32x4.dot_i16x8_s(v128.load8x8_s(w), v128.load(x));
+  return i32x4.add(acc, i32x4.add(lo, i32x4.dot_i16x8_s(v128.load8x8_s(w, 8), v128.load(x, 16))));
 }
 
-function q8gSimd(out: usize, xq: usize, sx: usize, w: usize, scales: usize, n: i32, dOut: i32, colsG: i32, group: i32, groups: i32): void {
+/** acc + Σ of 16 int8 weights at w times 16 i16 activations (xl, xh): two i16x8 dots. */
+// @ts-ignore: decorator
+@inline
+function dot16(acc: v128, w: usize, xl: v128, xh: v128): v128 {
+  return dotW(acc, v128.load8x8_s(w), v128.load8x8_s(w, 8), xl, xh);
+}
+
+/** Tokens t0..n-1, one token at a time over 4-row blocks (decode, and the tokens left after the
+ * 4-token tiles). */
+function q8gSimd(
+  out: usize, xq: usize, sx: usize, w: usize, scales: usize, t0: i32, n: i32, dOut: i32, colsG: i32, group: i32,
+  groups: i32,
+): void {
   const xRow = <usize>colsG << 1;
   const wRow = <usize>colsG;
   const sRow = <usize>groups << 2;
@@ -110,7 +144,7 @@ function q8gSimd(out: usize, xq: usize, sx: usize, w: usize, scales: usize, n: i
   for (; j + 4 <= dOut; j += 4) {
     const w0 = w + <usize>j * wRow;
     const s0 = scales + <usize>j * sRow;
-    for (let t = 0; t < n; t++) {
+    for (let t = t0; t < n; t++) {
       const xt = xq + <usize>t * xRow;
       let f0 = f32x4.splat(0), f1 = f32x4.splat(0), f2 = f32x4.splat(0), f3 = f32x4.splat(0);
       for (let g = 0; g < groups; g++) {
@@ -121,13 +155,10 @@ function q8gSimd(out: usize, xq: usize, sx: usize, w: usize, scales: usize, n: i
           const xl = v128.load(xt + (k << 1));
           const xh = v128.load(xt + (k << 1), 16);
           const wk = w0 + k;
-          a0 = i32x4.add(a0, i32x4.add(i32x4.dot_i16x8_s(v128.load8x8_s(wk), xl), i32x4.dot_i16x8_s(v128.load8x8_s(wk, 8), xh)));
-          const wk1 = wk + wRow;
-          a1 = i32x4.add(a1, i32x4.add(i32x4.dot_i16x8_s(v128.load8x8_s(wk1), xl), i32x4.dot_i16x8_s(v128.load8x8_s(wk1, 8), xh)));
-          const wk2 = wk1 + wRow;
-          a2 = i32x4.add(a2, i32x4.add(i32x4.dot_i16x8_s(v128.load8x8_s(wk2), xl), i32x4.dot_i16x8_s(v128.load8x8_s(wk2, 8), xh)));
-          const wk3 = wk2 + wRow;
-          a3 = i32x4.add(a3, i32x4.add(i32x4.dot_i16x8_s(v128.load8x8_s(wk3), xl), i32x4.dot_i16x8_s(v128.load8x8_s(wk3, 8), xh)));
+          a0 = dot16(a0, wk, xl, xh);
+          a1 = dot16(a1, wk + wRow, xl, xh);
+          a2 = dot16(a2, wk + 2 * wRow, xl, xh);
+          a3 = dot16(a3, wk + 3 * wRow, xl, xh);
         }
         const sg = s0 + (<usize>g << 2);
         f0 = madd(f32x4.convert_i32x4_s(a0), f32x4.splat(load<f32>(sg)), f0);
@@ -139,22 +170,124 @@ function q8gSimd(out: usize, xq: usize, sx: usize, w: usize, scales: usize, n: i
       v128.store(out + <usize>t * oRow + (<usize>j << 2), y);
     }
   }
-  for (; j < dOut; j++) {
-    const wj = w + <usize>j * wRow;
-    const sj = scales + <usize>j * sRow;
-    for (let t = 0; t < n; t++) {
-      const xt = xq + <usize>t * xRow;
-      let f = f32x4.splat(0);
+  for (; j < dOut; j++) q8gOneRow(out, xq, sx, w, scales, j, t0, n, dOut, colsG, group, groups);
+}
+
+/** Row j for tokens t0..n-1 (the rows left over after the row blocks). */
+function q8gOneRow(
+  out: usize, xq: usize, sx: usize, w: usize, scales: usize, j: i32, t0: i32, n: i32, dOut: i32, colsG: i32,
+  group: i32, groups: i32,
+): void {
+  const wj = w + <usize>j * <usize>colsG;
+  const sj = scales + (<usize>j * <usize>groups << 2);
+  const xRow = <usize>colsG << 1;
+  for (let t = t0; t < n; t++) {
+    const xt = xq + <usize>t * xRow;
+    let f = f32x4.splat(0);
+    for (let g = 0; g < groups; g++) {
+      let a = i32x4.splat(0);
+      const k0 = <usize>(g * group);
+      for (let k = k0; k < k0 + <usize>group; k += 16) a = dotGroup(a, wj + k, xt + (k << 1));
+      f = madd(f32x4.convert_i32x4_s(a), f32x4.splat(load<f32>(sj + (<usize>g << 2))), f);
+    }
+    const s = (f32x4.extract_lane(f, 0) + f32x4.extract_lane(f, 1)) +
+      (f32x4.extract_lane(f, 2) + f32x4.extract_lane(f, 3));
+    store<f32>(out + ((<usize>t * <usize>dOut + <usize>j) << 2), s * load<f32>(sx + (<usize>t << 2)));
+  }
+}
+
+/** Group-sum accumulators of a 4-token × 2-row tile, in memory rather than registers: eight more
+ * live vectors beside the 8 integer accumulators would make V8 spill inside the inner loop, and
+ * these are touched only once per group. */
+const FACC: usize = memory.data(128, 16);
+
+/**
+ * Tokens 0..n4-1 (n4 a multiple of 4) in 4-token × 2-row tiles: each weight vector loaded feeds 4
+ * tokens. Rows outermost, so a row pair stays in L1 while every token block passes over it.
+ */
+function q8gTiles4x2(
+  out: usize, xq: usize, sx: usize, w: usize, scales: usize, n4: i32, dOut: i32, colsG: i32, group: i32, groups: i32,
+): void {
+  const xRow = <usize>colsG << 1;
+  const wRow = <usize>colsG;
+  const sRow = <usize>groups << 2;
+  const oRow = <usize>dOut << 2;
+  let j = 0;
+  for (; j + 2 <= dOut; j += 2) {
+    const wa = w + <usize>j * wRow;
+    const wb = wa + wRow;
+    const sa = scales + <usize>j * sRow;
+    for (let t = 0; t < n4; t += 4) {
+      const x0 = xq + <usize>t * xRow;
+      for (let i: usize = 0; i < 128; i += 16) v128.store(FACC + i, f32x4.splat(0));
       for (let g = 0; g < groups; g++) {
-        let a = i32x4.splat(0);
+        let a0 = i32x4.splat(0), a1 = i32x4.splat(0), a2 = i32x4.splat(0), a3 = i32x4.splat(0);
+        let b0 = i32x4.splat(0), b1 = i32x4.splat(0), b2 = i32x4.splat(0), b3 = i32x4.splat(0);
         const k0 = <usize>(g * group);
-        for (let k = k0; k < k0 + <usize>group; k += 16) a = dotGroup(a, wj + k, xt + (k << 1));
-        f = madd(f32x4.convert_i32x4_s(a), f32x4.splat(load<f32>(sj + (<usize>g << 2))), f);
+        const k1 = k0 + <usize>group;
+        for (let k = k0; k < k1; k += 16) {
+          const wal = v128.load8x8_s(wa + k);
+          const wah = v128.load8x8_s(wa + k, 8);
+          const wbl = v128.load8x8_s(wb + k);
+          const wbh = v128.load8x8_s(wb + k, 8);
+          let xp = x0 + (k << 1);
+          let xl = v128.load(xp);
+          let xh = v128.load(xp, 16);
+          a0 = dotW(a0, wal, wah, xl, xh);
+          b0 = dotW(b0, wbl, wbh, xl, xh);
+          xp += xRow;
+          xl = v128.load(xp);
+          xh = v128.load(xp, 16);
+          a1 = dotW(a1, wal, wah, xl, xh);
+          b1 = dotW(b1, wbl, wbh, xl, xh);
+          xp += xRow;
+          xl = v128.load(xp);
+          xh = v128.load(xp, 16);
+          a2 = dotW(a2, wal, wah, xl, xh);
+          b2 = dotW(b2, wbl, wbh, xl, xh);
+          xp += xRow;
+          xl = v128.load(xp);
+          xh = v128.load(xp, 16);
+          a3 = dotW(a3, wal, wah, xl, xh);
+          b3 = dotW(b3, wbl, wbh, xl, xh);
+        }
+        const sga = f32x4.splat(load<f32>(sa + (<usize>g << 2)));
+        const sgb = f32x4.splat(load<f32>(sa + sRow + (<usize>g << 2)));
+        v128.store(FACC, madd(f32x4.convert_i32x4_s(a0), sga, v128.load(FACC)));
+        v128.store(FACC, madd(f32x4.convert_i32x4_s(a1), sga, v128.load(FACC, 16)), 16);
+        v128.store(FACC, madd(f32x4.convert_i32x4_s(a2), sga, v128.load(FACC, 32)), 32);
+        v128.store(FACC, madd(f32x4.convert_i32x4_s(a3), sga, v128.load(FACC, 48)), 48);
+        v128.store(FACC, madd(f32x4.convert_i32x4_s(b0), sgb, v128.load(FACC, 64)), 64);
+        v128.store(FACC, madd(f32x4.convert_i32x4_s(b1), sgb, v128.load(FACC, 80)), 80);
+        v128.store(FACC, madd(f32x4.convert_i32x4_s(b2), sgb, v128.load(FACC, 96)), 96);
+        v128.store(FACC, madd(f32x4.convert_i32x4_s(b3), sgb, v128.load(FACC, 112)), 112);
       }
-      const s = (f32x4.extract_lane(f, 0) + f32x4.extract_lane(f, 1)) + (f32x4.extract_lane(f, 2) + f32x4.extract_lane(f, 3));
-      store<f32>(out + <usize>t * oRow + (<usize>j << 2), s * load<f32>(sx + (<usize>t << 2)));
+      const sxv = v128.load(sx + (<usize>t << 2));
+      const ya = f32x4.mul(hsum4(v128.load(FACC), v128.load(FACC, 16), v128.load(FACC, 32), v128.load(FACC, 48)), sxv);
+      const fb = FACC + 64;
+      const yb = f32x4.mul(hsum4(v128.load(fb), v128.load(fb, 16), v128.load(fb, 32), v128.load(fb, 48)), sxv);
+      storeColumn(out + <usize>t * oRow + (<usize>j << 2), oRow, ya);
+      storeColumn(out + <usize>t * oRow + (<usize>j << 2) + 4, oRow, yb);
     }
   }
+  if (j < dOut) q8gOneRow(out, xq, sx, w, scales, j, 0, n4, dOut, colsG, group, groups);
+}
+
+/** acc + wl·xl + wh·xh as i16x8 dots (weights already widened). */
+// @ts-ignore: decorator
+@inline
+function dotW(acc: v128, wl: v128, wh: v128, xl: v128, xh: v128): v128 {
+  return i32x4.add(acc, i32x4.add(i32x4.dot_i16x8_s(wl, xl), i32x4.dot_i16x8_s(wh, xh)));
+}
+
+/** Lanes of v to o, o + stride, o + 2·stride, o + 3·stride (one output column, 4 tokens). */
+// @ts-ignore: decorator
+@inline
+function storeColumn(o: usize, stride: usize, v: v128): void {
+  store<f32>(o, f32x4.extract_lane(v, 0));
+  store<f32>(o + stride, f32x4.extract_lane(v, 1));
+  store<f32>(o + 2 * stride, f32x4.extract_lane(v, 2));
+  store<f32>(o + 3 * stride, f32x4.extract_lane(v, 3));
 }
 
 /** Byte offset of column k inside a bf16 row (blocks of 8 stored w0 w4 w1 w5 w2 w6 w3 w7). */
@@ -179,11 +312,14 @@ export function matmulBf16(out: usize, x: usize, w: usize, n: i32, dIn: i32, dOu
   const oRow = <usize>dOut << 2;
   const k8 = dIn & ~7;
   let j = 0;
+  let t0 = 0;
   if (ASC_FEATURE_SIMD) {
+    t0 = n & ~3;
+    if (t0 > 0) bf16Tiles4x2(out, x, w, t0, dIn, dOut);
     const hiMask = i32x4.splat(0xffff0000);
     for (; j + 4 <= dOut; j += 4) {
       const w0 = w + <usize>j * wRow;
-      for (let t = 0; t < n; t++) {
+      for (let t = t0; t < n; t++) {
         const xt = x + <usize>t * xRow;
         let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
         for (let k = 0; k < k8; k += 8) {
@@ -221,13 +357,92 @@ export function matmulBf16(out: usize, x: usize, w: usize, n: i32, dIn: i32, dOu
   }
   for (; j < dOut; j++) {
     const wj = w + <usize>j * wRow;
-    for (let t = 0; t < n; t++) {
+    for (let t = t0; t < n; t++) {
       const xt = x + <usize>t * xRow;
       let s: f32 = 0;
       for (let k = 0; k < dIn; k++) s += bf16At(wj, k) * load<f32>(xt + (<usize>k << 2));
       store<f32>(out + <usize>t * oRow + (<usize>j << 2), s);
     }
   }
+}
+
+/** bf16, tokens 0..n4-1 (n4 a multiple of 4) in 4-token × 2-row tiles, rows outermost (a row pair
+ * stays in L1 while every token block passes over it). */
+function bf16Tiles4x2(out: usize, x: usize, w: usize, n4: i32, dIn: i32, dOut: i32): void {
+  const wRow = <usize>((dIn + 7) & ~7) << 1;
+  const xRow = <usize>dIn << 2;
+  const oRow = <usize>dOut << 2;
+  const k8 = dIn & ~7;
+  const hiMask = i32x4.splat(0xffff0000);
+  let j = 0;
+  for (; j + 2 <= dOut; j += 2) {
+    const wa = w + <usize>j * wRow;
+    const wb = wa + wRow;
+    for (let t = 0; t < n4; t += 4) {
+      const x0 = x + <usize>t * xRow;
+      let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
+      let b0 = f32x4.splat(0), b1 = f32x4.splat(0), b2 = f32x4.splat(0), b3 = f32x4.splat(0);
+      for (let k = 0; k < k8; k += 8) {
+        const va = v128.load(wa + (<usize>k << 1));
+        const vb = v128.load(wb + (<usize>k << 1));
+        const wal = i32x4.shl(va, 16);
+        const wah = v128.and(va, hiMask);
+        const wbl = i32x4.shl(vb, 16);
+        const wbh = v128.and(vb, hiMask);
+        let xp = x0 + (<usize>k << 2);
+        let xl = v128.load(xp);
+        let xh = v128.load(xp, 16);
+        a0 = madd(wah, xh, madd(wal, xl, a0));
+        b0 = madd(wbh, xh, madd(wbl, xl, b0));
+        xp += xRow;
+        xl = v128.load(xp);
+        xh = v128.load(xp, 16);
+        a1 = madd(wah, xh, madd(wal, xl, a1));
+        b1 = madd(wbh, xh, madd(wbl, xl, b1));
+        xp += xRow;
+        xl = v128.load(xp);
+        xh = v128.load(xp, 16);
+        a2 = madd(wah, xh, madd(wal, xl, a2));
+        b2 = madd(wbh, xh, madd(wbl, xl, b2));
+        xp += xRow;
+        xl = v128.load(xp);
+        xh = v128.load(xp, 16);
+        a3 = madd(wah, xh, madd(wal, xl, a3));
+        b3 = madd(wbh, xh, madd(wbl, xl, b3));
+      }
+      let ya = hsum4(a0, a1, a2, a3);
+      let yb = hsum4(b0, b1, b2, b3);
+      if (k8 < dIn) {
+        ya = f32x4.add(ya, bf16Tail4(x0, xRow, wa, k8, dIn));
+        yb = f32x4.add(yb, bf16Tail4(x0, xRow, wb, k8, dIn));
+      }
+      storeColumn(out + <usize>t * oRow + (<usize>j << 2), oRow, ya);
+      storeColumn(out + <usize>t * oRow + (<usize>j << 2) + 4, oRow, yb);
+    }
+  }
+  for (; j < dOut; j++) {
+    const wj = w + <usize>j * wRow;
+    for (let t = 0; t < n4; t++) {
+      const xt = x + <usize>t * xRow;
+      let s: f32 = 0;
+      for (let k = 0; k < dIn; k++) s += bf16At(wj, k) * load<f32>(xt + (<usize>k << 2));
+      store<f32>(out + <usize>t * oRow + (<usize>j << 2), s);
+    }
+  }
+}
+
+/** Σ_{k8 ≤ k < dIn} row · x for 4 tokens (xRow bytes apart): the < 8 columns after the blocks. */
+function bf16Tail4(x0: usize, xRow: usize, row: usize, k8: i32, dIn: i32): v128 {
+  let r0: f32 = 0, r1: f32 = 0, r2: f32 = 0, r3: f32 = 0;
+  for (let k = k8; k < dIn; k++) {
+    const wv = bf16At(row, k);
+    const xp = x0 + (<usize>k << 2);
+    r0 += wv * load<f32>(xp);
+    r1 += wv * load<f32>(xp + xRow);
+    r2 += wv * load<f32>(xp + 2 * xRow);
+    r3 += wv * load<f32>(xp + 3 * xRow);
+  }
+  return f32x4(r0, r1, r2, r3);
 }
 
 /**
@@ -243,7 +458,9 @@ export function gatherQ8g(out: usize, w: usize, ids: usize, count: i32, rows: i3
     const wj = w + j * <usize>colsG;
     const sj = scales + (j * <usize>groups << 2);
     const o = out + (<usize>c * <usize>cols << 2);
-    for (let k = 0; k < cols; k++) store<f32>(o + (<usize>k << 2), <f32>load<i8>(wj + <usize>k) * load<f32>(sj + (<usize>(k / group) << 2)));
+    for (let k = 0; k < cols; k++) {
+      store<f32>(o + (<usize>k << 2), <f32>load<i8>(wj + <usize>k) * load<f32>(sj + (<usize>(k / group) << 2)));
+    }
   }
 }
 

@@ -13,6 +13,7 @@ export { matmulPacked, expertFfnPacked } from "./packed";
 export { matmulQ8, expertFfnQ8, setQ8Relaxed, probeRelaxed } from "./q8";
 export { streamRead } from "./stream";
 export { matmulQ8g, matmulBf16, gatherQ8g, gatherBf16 } from "./dense";
+export { expertFfnQ8g } from "./expert-q8g";
 
 /** First byte after static data; the TS allocator hands out memory from here up. */
 export function heapBase(): usize {

@@ -48,7 +48,9 @@ export function checkDenseShape(rows: number, cols: number, format: DenseFormat,
   if (format === "int8" && (!Number.isInteger(group) || group < 16 || group > MAX_GROUP || group % 16 !== 0)) {
     throw new RangeError(`group must be a multiple of 16 in 16..${MAX_GROUP} for int8, got ${group}`);
   }
-  if (format !== "f32" && format !== "bf16" && format !== "int8") throw new RangeError(`unknown dense format "${String(format)}"`);
+  if (format !== "f32" && format !== "bf16" && format !== "int8") {
+    throw new RangeError(`unknown dense format "${String(format)}"`);
+  }
 }
 
 /** Padded row length (values) of a format: cols, cols8 or colsG. */
@@ -59,7 +61,9 @@ export function paddedCols(cols: number, format: DenseFormat, group: number): nu
 }
 
 /** Exact bytes a [rows, cols] matrix takes in Wasm memory (a multiple of 16). */
-export function denseMatrixBytes(rows: number, cols: number, format: DenseFormat, group = format === "int8" ? DEFAULT_GROUP : 0): number {
+export function denseMatrixBytes(
+  rows: number, cols: number, format: DenseFormat, group = format === "int8" ? DEFAULT_GROUP : 0,
+): number {
   checkDenseShape(rows, cols, format, group);
   let bytes: number;
   if (format === "f32") bytes = rows * cols * 4;
@@ -116,7 +120,9 @@ function nearestEven(v: number): number {
  * Quantizes one row w[0..cols) to int8 groups: q (colsG int8, zero-padded) and scales (colsG /
  * group f32). The only int8 quantizer: the loader and the one-shot reference both call it.
  */
-export function quantizeRowQ8g(w: ArrayLike<number>, cols: number, group: number, q: Int8Array, scales: Float32Array): void {
+export function quantizeRowQ8g(
+  w: ArrayLike<number>, cols: number, group: number, q: Int8Array, scales: Float32Array,
+): void {
   const groups = scales.length;
   for (let g = 0; g < groups; g++) {
     const k0 = g * group;
@@ -146,7 +152,9 @@ export function quantizeQ8g(w: Float32Array, rows: number, cols: number, group: 
   const q = new Int8Array(rows * colsG);
   const scales = new Float32Array(rows * groups);
   for (let j = 0; j < rows; j++) {
-    quantizeRowQ8g(w.subarray(j * cols, (j + 1) * cols), cols, group, q.subarray(j * colsG, (j + 1) * colsG), scales.subarray(j * groups, (j + 1) * groups));
+    const row = w.subarray(j * cols, (j + 1) * cols);
+    const rowScales = scales.subarray(j * groups, (j + 1) * groups);
+    quantizeRowQ8g(row, cols, group, q.subarray(j * colsG, (j + 1) * colsG), rowScales);
   }
   return { rows, cols, group, q, scales };
 }
@@ -157,7 +165,9 @@ export function dequantizeQ8g(m: Q8gMatrix): Float32Array {
   const groups = colsG / m.group;
   const w = new Float32Array(m.rows * m.cols);
   for (let j = 0; j < m.rows; j++) {
-    for (let k = 0; k < m.cols; k++) w[j * m.cols + k] = Math.fround(m.scales[j * groups + Math.floor(k / m.group)] * m.q[j * colsG + k]);
+    for (let k = 0; k < m.cols; k++) {
+      w[j * m.cols + k] = Math.fround(m.scales[j * groups + Math.floor(k / m.group)] * m.q[j * colsG + k]);
+    }
   }
   return w;
 }
@@ -166,5 +176,36 @@ export function dequantizeQ8g(m: Q8gMatrix): Float32Array {
 export function packQ8g(dst: Uint8Array, m: Q8gMatrix): void {
   const qBytes = m.q.length;
   new Int8Array(dst.buffer, dst.byteOffset, qBytes).set(m.q);
-  new Uint8Array(dst.buffer, dst.byteOffset + qBytes, m.scales.length * 4).set(new Uint8Array(m.scales.buffer, m.scales.byteOffset, m.scales.length * 4));
+  const scaleBytes = new Uint8Array(m.scales.buffer, m.scales.byteOffset, m.scales.length * 4);
+  new Uint8Array(dst.buffer, dst.byteOffset + qBytes, scaleBytes.length).set(scaleBytes);
+}
+
+/** Bytes of one expert in the group-scaled int8 format (assembly/expert-q8g.ts): w1, w3 [dFf, dModel]
+ * and w2 [dModel, dFf], each an int8 dense matrix. */
+export function expertQ8gBytes(dModel: number, dFf: number, group: number): number {
+  return 2 * denseMatrixBytes(dFf, dModel, "int8", group) + denseMatrixBytes(dModel, dFf, "int8", group);
+}
+
+/** Scratch bytes of `Kernels.expertFfnQ8g` for n tokens. */
+export function expertQ8gScratchBytes(n: number, dModel: number, dFf: number, group: number): number {
+  const wide = Math.max(roundUp(dModel, group), roundUp(dFf, group));
+  return 2 * roundUp(n * dFf * 4, 16) + roundUp(n * 4, 16) + n * wide * 2;
+}
+
+/** Quantizes and lays out one expert (w1, w3 [dFf, dModel], w2 [dModel, dFf]) into dst of
+ * expertQ8gBytes bytes; returns the three quantized matrices (for references). */
+export function packExpertQ8g(
+  dst: Uint8Array, w1: Float32Array, w3: Float32Array, w2: Float32Array, dModel: number, dFf: number, group: number,
+): { w1: Q8gMatrix; w3: Q8gMatrix; w2: Q8gMatrix } {
+  const q = {
+    w1: quantizeQ8g(w1, dFf, dModel, group),
+    w3: quantizeQ8g(w3, dFf, dModel, group),
+    w2: quantizeQ8g(w2, dModel, dFf, group),
+  };
+  const gu = denseMatrixBytes(dFf, dModel, "int8", group);
+  dst.fill(0, 0, expertQ8gBytes(dModel, dFf, group));
+  packQ8g(dst.subarray(0, gu), q.w1);
+  packQ8g(dst.subarray(gu, 2 * gu), q.w3);
+  packQ8g(dst.subarray(2 * gu), q.w2);
+  return q;
 }

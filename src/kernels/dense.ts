@@ -14,11 +14,14 @@
  */
 import { MemoryBudgetError, type Kernels } from "./index";
 import {
-  bf16Slot, bf16ToF32, checkDenseShape, DEFAULT_GROUP, denseMatrixBytes, denseScratchBytes, f32ToBf16, paddedCols, quantizeRowQ8g,
-  SOURCE_BYTES, type DenseFormat, type DenseMatrix, type DenseSourceDType,
+  bf16Slot, bf16ToF32, checkDenseShape, DEFAULT_GROUP, denseMatrixBytes, denseScratchBytes, f32ToBf16, paddedCols,
+  quantizeRowQ8g, SOURCE_BYTES, type DenseFormat, type DenseMatrix, type DenseSourceDType,
 } from "./dense-format";
 
-export { DEFAULT_GROUP, denseMatrixBytes, denseScratchBytes, MemoryBudgetError, type DenseFormat, type DenseMatrix, type DenseSourceDType };
+export {
+  DEFAULT_GROUP, denseMatrixBytes, denseScratchBytes, MemoryBudgetError, type DenseFormat, type DenseMatrix,
+  type DenseSourceDType,
+};
 
 export interface DenseLoadOptions {
   rows: number;
@@ -66,7 +69,9 @@ export class DenseMatrixWriter {
   constructor(kernels: Kernels, opts: DenseLoadOptions) {
     const group = opts.format === "int8" ? (opts.group ?? DEFAULT_GROUP) : 0;
     checkDenseShape(opts.rows, opts.cols, opts.format, group);
-    if (!(opts.source in SOURCE_BYTES)) throw new RangeError(`source dtype must be F32, BF16 or F16, got "${opts.source}"`);
+    if (!(opts.source in SOURCE_BYTES)) {
+      throw new RangeError(`source dtype must be F32, BF16 or F16, got "${opts.source}"`);
+    }
     this.rows = opts.rows;
     this.cols = opts.cols;
     this.format = opts.format;
@@ -98,7 +103,7 @@ export class DenseMatrixWriter {
   /** Consumes the next bytes of the tensor. More bytes than the tensor has is a RangeError (nothing
    * of that chunk is written). */
   push(chunk: Uint8Array): void {
-    if (this.#state !== "open") throw new Error(`DenseMatrixWriter: push after ${this.#state === "done" ? "finish" : "abort"}`);
+    this.#checkOpen("push");
     if (this.#consumed + chunk.length > this.expectedBytes) {
       throw new RangeError(`tensor has ${this.expectedBytes} bytes; ${this.#consumed + chunk.length} were pushed`);
     }
@@ -119,13 +124,20 @@ export class DenseMatrixWriter {
 
   /** The loaded matrix; throws (and frees it) if fewer bytes than the tensor holds were pushed. */
   finish(): DenseMatrix {
-    if (this.#state !== "open") throw new Error(`DenseMatrixWriter: finish after ${this.#state === "done" ? "finish" : "abort"}`);
+    this.#checkOpen("finish");
     if (this.#r !== this.rows || this.#carryLen !== 0) {
       this.abort();
       throw new RangeError(`tensor has ${this.expectedBytes} bytes; only ${this.#consumed} were pushed`);
     }
     this.#state = "done";
-    return { ptr: this.#ptr, rows: this.rows, cols: this.cols, format: this.format, group: this.group, bytes: this.bytes };
+    const { rows, cols, format, group, bytes } = this;
+    return { ptr: this.#ptr, rows, cols, format, group, bytes };
+  }
+
+  #checkOpen(what: string): void {
+    if (this.#state !== "open") {
+      throw new Error(`DenseMatrixWriter: ${what} after ${this.#state === "done" ? "finish" : "abort"}`);
+    }
   }
 
   /** Frees the matrix of an unfinished load (no-op after finish or a previous abort). */
@@ -198,8 +210,12 @@ export interface RangeReader {
  * The bytes [offset, offset + length) of a source as ranged reads of ≤ chunkBytes each, one at a
  * time (the next read starts only after the consumer took the previous chunk).
  */
-export async function* rangeChunks(src: RangeReader, offset: number, length: number, chunkBytes: number): AsyncGenerator<Uint8Array> {
-  if (!Number.isInteger(chunkBytes) || chunkBytes < 1) throw new RangeError(`chunkBytes must be a positive integer, got ${chunkBytes}`);
+export async function* rangeChunks(
+  src: RangeReader, offset: number, length: number, chunkBytes: number,
+): AsyncGenerator<Uint8Array> {
+  if (!Number.isInteger(chunkBytes) || chunkBytes < 1) {
+    throw new RangeError(`chunkBytes must be a positive integer, got ${chunkBytes}`);
+  }
   for (let at = 0; at < length; at += chunkBytes) yield await src.read(offset + at, Math.min(chunkBytes, length - at));
 }
 

@@ -112,10 +112,15 @@ type KernelExports = {
   probeRelaxed(out: number, a: number, b: number, c: number): number;
   streamRead(ptr: number, bytes: number): number;
   scratchBytes(kind: number, n: number, a: number, b: number): number;
-  matmulQ8g(out: number, x: number, w: number, n: number, dIn: number, dOut: number, group: number, scratch: number): void;
+  matmulQ8g(
+    out: number, x: number, w: number, n: number, dIn: number, dOut: number, group: number, scratch: number,
+  ): void;
   matmulBf16(out: number, x: number, w: number, n: number, dIn: number, dOut: number): void;
   gatherQ8g(out: number, w: number, ids: number, count: number, rows: number, cols: number, group: number): void;
   gatherBf16(out: number, w: number, ids: number, count: number, rows: number, cols: number): void;
+  expertFfnQ8g(
+    out: number, x: number, blob: number, n: number, dModel: number, dFf: number, group: number, scratch: number,
+  ): void;
 };
 
 /** scratchBytes kinds (assembly/index.ts). */
@@ -492,14 +497,27 @@ export class Kernels {
   gatherDense(m: DenseMatrix, out: number, ids: number, count: number): void {
     const idv = new Int32Array(this.#memory.buffer, ids, count);
     for (let c = 0; c < count; c++) {
-      if (!(idv[c] >= 0 && idv[c] < m.rows)) throw new RangeError(`gatherDense: row id ${idv[c]} out of range 0..${m.rows - 1}`);
+      if (!(idv[c] >= 0 && idv[c] < m.rows)) {
+        throw new RangeError(`gatherDense: row id ${idv[c]} out of range 0..${m.rows - 1}`);
+      }
     }
     if (m.format === "int8") this.#wasm.gatherQ8g(out, m.ptr, ids, count, m.rows, m.cols, m.group);
     else if (m.format === "bf16") this.#wasm.gatherBf16(out, m.ptr, ids, count, m.rows, m.cols);
     else {
       const heap = new Float32Array(this.#memory.buffer);
-      for (let c = 0; c < count; c++) heap.copyWithin((out >> 2) + c * m.cols, (m.ptr >> 2) + idv[c] * m.cols, (m.ptr >> 2) + (idv[c] + 1) * m.cols);
+      for (let c = 0; c < count; c++) {
+        const from = (m.ptr >> 2) + idv[c] * m.cols;
+        heap.copyWithin((out >> 2) + c * m.cols, from, from + m.cols);
+      }
     }
+  }
+
+  /** SwiGLU expert on a blob from packExpertQ8g (int8 weights, one scale per `group` inputs,
+   * 16-bit activations). scratch ≥ expertQ8gScratchBytes(n, dModel, dFf, group). */
+  expertFfnQ8g(
+    out: number, x: number, blob: number, n: number, dModel: number, dFf: number, group: number, scratch: number,
+  ): void {
+    this.#wasm.expertFfnQ8g(out, x, blob, n, dModel, dFf, group, scratch);
   }
 
   /** Reads [ptr, ptr + bytes) once (bytes a multiple of 64): the memory-bandwidth probe. */

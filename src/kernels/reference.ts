@@ -236,3 +236,16 @@ export function matmulBf16Ref(
   const w = new Float32Array(new Uint32Array(Array.from(wBits, (b) => b << 16)).buffer);
   matmulRef(out, x, w, n, dIn, dOut);
 }
+
+/** SwiGLU expert on int8 group matrices the kernel's way (assembly/expert-q8g.ts): 16-bit tokens,
+ * exact group sums, silu(gate)·up in f64, h quantized again for down. */
+export function expertFfnQ8gRef(
+  out: Float32Array, x: Float32Array, w1: Q8gRef, w3: Q8gRef, w2: Q8gRef, n: number, dModel: number, dFf: number,
+): void {
+  const g = new Float32Array(n * dFf);
+  const u = new Float32Array(n * dFf);
+  matmulQ8gRef(g, x, w1, n, dModel, dFf);
+  matmulQ8gRef(u, x, w3, n, dModel, dFf);
+  siluMulRef(g, g, u, n * dFf);
+  matmulQ8gRef(out, g, w2, n, dFf, dModel);
+}

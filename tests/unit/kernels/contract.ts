@@ -12,6 +12,7 @@ import {
 } from "../../../src/kernels/reference";
 import { expectClose, GUARD, guarded, randn, rng, type KernelSource } from "./helpers";
 import { denseKernelContract } from "./dense-contract";
+import { expertQ8gContract } from "./expert-q8g-contract";
 import { packedKernelContract } from "./packed-contract";
 
 export { expectClose, randn, rng };
@@ -32,6 +33,7 @@ export function kernelContract(flavor: KernelFlavor, src: KernelSource): void {
 
     packedKernelContract(flavor, () => k, src.supports(flavor) ? src.load(flavor).q8Paths : []);
     denseKernelContract(flavor, () => k, (maxBytes) => loadKernels(flavor, { maxBytes }));
+    expertQ8gContract(() => k);
 
     it("reports its flavor and budget", () => {
       expect(k.flavor).toBe(flavor);

@@ -17,14 +17,17 @@ import { MemoryBudgetError, WASM_MAX_BYTES, type KernelFlavor, type Kernels } fr
 import {
   bf16ToF32, dequantizeQ8g, denseMatrixBytes, f32ToBf16, packQ8g, quantizeQ8g, type DenseFormat, type DenseSourceDType,
 } from "../../../src/kernels/dense-format";
-import { denseGather, denseMatmul, DenseMatrixWriter, freeDense, loadDenseMatrix } from "../../../src/kernels/dense";
+import {
+  denseGather, denseMatmul, DenseMatrixWriter, f16ToF32, freeDense, loadDenseMatrix, rangeChunks,
+} from "../../../src/kernels/dense";
 import { matmulBf16Ref, matmulQ8gRef, matmulRef } from "../../../src/kernels/reference";
 import { expectClose, randn, rng } from "./helpers";
 
 /** [n, dIn, dOut]: decode, odd token counts (3, 17) and prefill (64); dIn off every group and off
  * the 8/16-value vectors; dOut off the 4-row block. */
 const SHAPES = [
-  [1, 1, 1], [1, 17, 5], [3, 63, 13], [1, 100, 9], [17, 129, 7], [3, 257, 33], [64, 96, 6], [1, 1024, 16], [64, 200, 19],
+  [1, 1, 1], [1, 17, 5], [3, 63, 13], [1, 100, 9], [17, 129, 7], [3, 257, 33], [64, 96, 6], [1, 1024, 16],
+  [64, 200, 19],
 ] as const;
 const GROUPS = [16, 32, 64, 128, 512];
 const EPS = 2 ** -23;
@@ -65,15 +68,23 @@ function dequantized(w: Float32Array, rows: number, cols: number, format: DenseF
   return dequantizeQ8g(quantizeQ8g(w, rows, cols, group));
 }
 
-export function denseKernelContract(flavor: KernelFlavor, kernels: () => Kernels, fresh: (maxBytes: number) => Kernels): void {
+/** Load w [rows, cols] from its F32 bytes in one chunk. */
+function load(k: Kernels, w: Float32Array, rows: number, cols: number, format: DenseFormat, group?: number) {
+  return loadDenseMatrix(k, [encodeSource(w, "F32")], { rows, cols, source: "F32", format, group });
+}
+
+export function denseKernelContract(
+  flavor: KernelFlavor, kernels: () => Kernels, fresh: (maxBytes: number) => Kernels,
+): void {
   describe("dense stage matrices (int8 groups, bf16, f32)", () => {
-    it.each(SHAPES)("bf16 and f32 match the f64 reference within the stated bound for n=%i dIn=%i dOut=%i", async (n, dIn, dOut) => {
+    const BOUND_F32_BF16 = "bf16 and f32 match the f64 reference within the stated bound for n=%i dIn=%i dOut=%i";
+    it.each(SHAPES)(BOUND_F32_BF16, async (n, dIn, dOut) => {
       const k = kernels();
       const next = rng(21000 + n * 1000 + dIn + dOut);
       const x = randn(next, n * dIn, 2);
       const w = randn(next, dOut * dIn, 1 / Math.sqrt(dIn));
       for (const format of ["f32", "bf16"] as const) {
-        const m = await loadDenseMatrix(k, [encodeSource(w, "F32")], { rows: dOut, cols: dIn, source: "F32", format });
+        const m = await load(k, w, dOut, dIn, format);
         const got = denseMatmul(k, m, x, n);
         freeDense(k, m);
         const wq = dequantized(w, dOut, dIn, format, 0);
@@ -95,13 +106,14 @@ export function denseKernelContract(flavor: KernelFlavor, kernels: () => Kernels
       }
     });
 
-    it.each(SHAPES)("int8 matches its reference and the stated bound vs f64 for n=%i dIn=%i dOut=%i", async (n, dIn, dOut) => {
+    const BOUND_INT8 = "int8 matches its reference and the stated bound vs f64 for n=%i dIn=%i dOut=%i";
+    it.each(SHAPES)(BOUND_INT8, async (n, dIn, dOut) => {
       const k = kernels();
       const next = rng(22000 + n * 1000 + dIn + dOut);
       const x = randn(next, n * dIn, 3);
       const w = randn(next, dOut * dIn, 1 / Math.sqrt(dIn));
       for (const group of GROUPS) {
-        const m = await loadDenseMatrix(k, [encodeSource(w, "F32")], { rows: dOut, cols: dIn, source: "F32", format: "int8", group });
+        const m = await load(k, w, dOut, dIn, "int8", group);
         const got = denseMatmul(k, m, x, n);
         freeDense(k, m);
         const q = quantizeQ8g(w, dOut, dIn, group);
@@ -119,7 +131,8 @@ export function denseKernelContract(flavor: KernelFlavor, kernels: () => Kernels
             const at = `group=${group} t=${t} j=${j}`;
             const y = got[t * dOut + j];
             const round = 2 * EPS * (groups + 4);
-            expect(Math.abs(y - want[t * dOut + j]), `vs int8 ref ${at}`).toBeLessThanOrEqual(round * mag[t * dOut + j] + 1e-30);
+            const vsRef = Math.abs(y - want[t * dOut + j]);
+            expect(vsRef, `vs int8 ref ${at}`).toBeLessThanOrEqual(round * mag[t * dOut + j] + 1e-30);
             let w1 = 0;
             for (let i = 0; i < dIn; i++) w1 += Math.abs(wq[j * dIn + i]);
             const bound = (sx / 2) * w1 + round * xMax * w1;
@@ -135,7 +148,7 @@ export function denseKernelContract(flavor: KernelFlavor, kernels: () => Kernels
       const w = randn(rng(23), rows * cols, 0.7);
       const ids = [0, 12, 5, 5, 7];
       for (const [format, group] of [["int8", 32], ["int8", 64], ["bf16", 0], ["f32", 0]] as const) {
-        const m = await loadDenseMatrix(k, [encodeSource(w, "F32")], { rows, cols, source: "F32", format, group: group || undefined });
+        const m = await load(k, w, rows, cols, format, group || undefined);
         const got = denseGather(k, m, ids);
         freeDense(k, m);
         const wq = dequantized(w, rows, cols, format, group);
@@ -152,7 +165,7 @@ export function denseKernelContract(flavor: KernelFlavor, kernels: () => Kernels
       const k = kernels();
       const [rows, cols] = [9, 21];
       const w = randn(rng(24), rows * cols);
-      const m8 = await loadDenseMatrix(k, [encodeSource(w, "F32")], { rows, cols, source: "F32", format: "int8", group: 16 });
+      const m8 = await load(k, w, rows, cols, "int8", 16);
       const y = denseMatmul(k, m8, new Float32Array(2 * cols).fill(5, cols), 2);
       expect(Array.from(y.subarray(0, rows)).every((v) => v === 0)).toBe(true);
       expect(Array.from(y.subarray(rows)).every((v) => Number.isFinite(v) && v !== 0)).toBe(true);
@@ -171,7 +184,8 @@ export function denseKernelContract(flavor: KernelFlavor, kernels: () => Kernels
       freeDense(k, mb);
     });
 
-    it.each(["F32", "BF16", "F16"] as const)("streams %s chunks of odd sizes into the same bytes as a one-shot load", async (source) => {
+    const STREAMS = "streams %s chunks of odd sizes into the same bytes as a one-shot load";
+    it.each(["F32", "BF16", "F16"] as const)(STREAMS, async (source) => {
       const k = kernels();
       const [rows, cols] = [11, 150];
       const w = randn(rng(26), rows * cols, 0.3);
@@ -196,7 +210,9 @@ export function denseKernelContract(flavor: KernelFlavor, kernels: () => Kernels
         const decoded = new Float32Array(rows * cols);
         const view = new DataView(bytes.buffer);
         for (let i = 0; i < decoded.length; i++) {
-          decoded[i] = source === "F32" ? view.getFloat32(4 * i, true) : source === "BF16" ? bf16ToF32(view.getUint16(2 * i, true)) : f16(view.getUint16(2 * i, true));
+          if (source === "F32") decoded[i] = view.getFloat32(4 * i, true);
+          else if (source === "BF16") decoded[i] = bf16ToF32(view.getUint16(2 * i, true));
+          else decoded[i] = f16ToF32(view.getUint16(2 * i, true));
         }
         if (format === "int8") {
           const want = new Uint8Array(denseMatrixBytes(rows, cols, "int8", group));
@@ -214,6 +230,44 @@ export function denseKernelContract(flavor: KernelFlavor, kernels: () => Kernels
       }
     });
 
+    it("loads from ranged reads of a file (rangeChunks), one read in flight, none past the tensor", async () => {
+      const k = kernels();
+      const [rows, cols] = [7, 90];
+      const w = randn(rng(30), rows * cols);
+      const tensor = encodeSource(w, "BF16");
+      const file = new Uint8Array(100 + tensor.length + 50);
+      file.set(tensor, 100);
+      const reads: [number, number][] = [];
+      const reader = {
+        read: async (offset: number, length: number) => {
+          reads.push([offset, length]);
+          return file.slice(offset, offset + length);
+        },
+      };
+      const opts = { rows, cols, source: "BF16", format: "int8", group: 32 } as const;
+      const m = await loadDenseMatrix(k, rangeChunks(reader, 100, tensor.length, 333), opts);
+      const one = await loadDenseMatrix(k, [tensor], opts);
+      expect(k.u8(m.ptr, m.bytes).slice()).toEqual(k.u8(one.ptr, one.bytes).slice());
+      expect(reads[0]).toEqual([100, 333]);
+      expect(reads.reduce((a, [, len]) => a + len, 0)).toBe(tensor.length);
+      expect(Math.max(...reads.map(([o, len]) => o + len))).toBe(100 + tensor.length);
+      freeDense(k, m);
+      freeDense(k, one);
+    });
+
+    it("decodes f16 and rounds bf16 exactly", () => {
+      const f16 = [
+        [0x3c00, 1], [0xc000, -2], [0x0001, 2 ** -24], [0x03ff, 1023 * 2 ** -24], [0x7bff, 65504], [0x7c00, Infinity],
+      ];
+      for (const [bits, v] of f16) expect(f16ToF32(bits)).toBe(v);
+      expect(f16ToF32(0x7e00)).toBeNaN();
+      // 1 + 2⁻⁸ is halfway between two bf16 values: ties to even (down); a hair above rounds up.
+      expect(f32ToBf16(1 + 2 ** -8)).toBe(0x3f80);
+      expect(f32ToBf16(1 + 2 ** -8 + 2 ** -20)).toBe(0x3f81);
+      expect(f32ToBf16(1 + 3 * 2 ** -8)).toBe(0x3f82);
+      expect(Number.isNaN(bf16ToF32(f32ToBf16(NaN)))).toBe(true);
+    });
+
     it("rejects too many or too few bytes and frees the matrix", async () => {
       const k = kernels();
       const before = k.bytesInUse;
@@ -222,7 +276,8 @@ export function denseKernelContract(flavor: KernelFlavor, kernels: () => Kernels
       const extra = new Uint8Array(bytes.length + 1);
       extra.set(bytes);
       await expect(loadDenseMatrix(k, chunked(extra, [7]), opts)).rejects.toThrow(RangeError);
-      await expect(loadDenseMatrix(k, [bytes.subarray(0, bytes.length - 2)], opts)).rejects.toThrow(/only 158 were pushed/);
+      const short = [bytes.subarray(0, bytes.length - 2)];
+      await expect(loadDenseMatrix(k, short, opts)).rejects.toThrow(/only 158 were pushed/);
       expect(k.bytesInUse).toBe(before);
       expect(() => new DenseMatrixWriter(k, { ...opts, group: 24 })).toThrow(/group/);
       expect(() => new DenseMatrixWriter(k, { ...opts, rows: 0 })).toThrow(/rows/);
@@ -244,17 +299,9 @@ export function denseKernelContract(flavor: KernelFlavor, kernels: () => Kernels
       expect(() => new DenseMatrixWriter(kernels(), big)).toThrow(MemoryBudgetError);
       // Still usable after the refusal.
       const w = randn(rng(28), 64 * 32);
-      const m = await loadDenseMatrix(small, [encodeSource(w, "F32")], { rows: 64, cols: 32, source: "F32", format: "int8" });
+      const m = await load(small, w, 64, 32, "int8");
       expect(denseMatmul(small, m, randn(rng(29), 32), 1).every(Number.isFinite)).toBe(true);
       expect(flavor).toBe(small.flavor);
     });
   });
-}
-
-function f16(h: number): number {
-  const sign = h & 0x8000 ? -1 : 1;
-  const exp = (h >> 10) & 0x1f;
-  const frac = h & 0x3ff;
-  if (exp === 0) return sign * frac * 2 ** -24;
-  return sign * (1 + frac / 1024) * 2 ** (exp - 15);
 }
