@@ -5,8 +5,10 @@
  *
  * Rows: ms per call (median of bursts, and the best), GFLOP/s (2·rows·cols·n / time; int8 counts
  * the same), GB/s of weight bytes, and `vsF32` = f32 ms / this ms (same runtime, shape, batch,
- * cold/hot). Cold = cycling through ≥ coldMb MiB of copies (a stage's layers are each read once
- * per token), hot = one copy.
+ * cold/hot). Node rows also give `cpuMs`, the best of 5 bursts in process CPU time per call, and
+ * `vsF32Cpu` on it: on a shared machine (other processes on the same cores) wall time mostly
+ * measures the wait for a core, CPU time much less so. Cold = cycling through ≥ coldMb MiB of
+ * copies (a stage's layers are each read once per token), hot = one copy.
  */
 import { readdirSync, readFileSync } from "node:fs";
 import { loadKernels } from "../../src/kernels/node";
@@ -31,6 +33,9 @@ export interface DenseRow {
   gflops: number | null;
   gbps: number | null;
   vsF32: number | null;
+  /** Node: best burst of process CPU time per call. */
+  cpuMs: number | null;
+  vsF32Cpu: number | null;
   copies: number;
   skipped?: string;
 }
@@ -74,7 +79,9 @@ export async function runDenseBench(o: DenseBenchOptions): Promise<{ rows: Dense
         for (const weights of ["cold", "hot"] as const) {
           const t = measureSync((i) => c.call(weights === "cold" ? i : 0, batch), { budgetMs: o.budgetMs });
           const used = weights === "cold" ? copies : 1;
-          rows.push(row("node", shape, impl.impl, impl.label, batch, weights, t.ms, t.msMin, c0.bytes, used));
+          const r = row("node", shape, impl.impl, impl.label, batch, weights, t.ms, t.msMin, c0.bytes, used);
+          r.cpuMs = cpuTime((i) => c.call(weights === "cold" ? i : 0, batch), o.budgetMs);
+          rows.push(r);
         }
       }
     }
@@ -106,6 +113,7 @@ export async function runDenseBench(o: DenseBenchOptions): Promise<{ rows: Dense
       q.runtime === r.runtime && q.impl === "dense-f32" && q.shape === r.shape && q.batch === r.batch &&
       q.weights === r.weights);
     r.vsF32 = f?.ms && r.ms ? f.ms / r.ms : null;
+    r.vsF32Cpu = f?.cpuMs && r.cpuMs ? f.cpuMs / r.cpuMs : null;
   }
   const accuracy = await denseAccuracy(impls.map((i) => i.impl));
   printDense(rows, accuracy, o);
@@ -119,8 +127,28 @@ function row(
   const flops = 2 * shape.rows * shape.cols * batch;
   return {
     runtime, shape: denseShapeName(shape), batch, weights, impl, label, ms, msMin,
-    gflops: flops / (ms * 1e6), gbps: bytes / (ms * 1e6), vsF32: null, copies,
+    gflops: flops / (ms * 1e6), gbps: bytes / (ms * 1e6), vsF32: null, cpuMs: null, vsF32Cpu: null, copies,
   };
+}
+
+/** Best of 5 bursts (each ≥ budgetMs / 5 of CPU time) of process CPU time per call, after warm-up. */
+function cpuTime(fn: (i: number) => void, budgetMs: number): number {
+  let i = 0;
+  for (let w = 0; w < 3; w++) fn(i++);
+  let best = Infinity;
+  for (let b = 0; b < 5; b++) {
+    const c0 = process.cpuUsage();
+    let calls = 0;
+    let used = 0;
+    do {
+      fn(i++);
+      calls++;
+      const c = process.cpuUsage(c0);
+      used = (c.user + c.system) / 1000;
+    } while (used < budgetMs / 5);
+    best = Math.min(best, used / calls);
+  }
+  return best;
 }
 
 /** The fixtures' dense 2-D tensors (not experts, ≥ 16 inputs), as f32. */
@@ -184,11 +212,12 @@ function printDense(rows: DenseRow[], accuracy: DenseAccuracy[], o: DenseBenchOp
           const group = mine.filter((r) => r.shape === name && r.batch === batch && r.weights === weights);
           if (group.length === 0) continue;
           o.log(`\n${denseShapeName(shape)}  batch ${batch}  ${weights}`);
-          o.log(cells(["impl", 40], ["ms/call", 9], ["best", 8], ["GFLOP/s", 9], ["GB/s", 7], ["vs f32", 8]));
+          const head: [string, number][] = [["GFLOP/s", 9], ["vs f32", 8], ["cpu ms", 9], ["vs f32", 8]];
+          o.log(cells(["impl", 40], ["ms/call", 9], ["best", 8], ...head));
           for (const r of group) {
             const vs = r.vsF32 ? `${f(r.vsF32)}×` : "—";
-            const speed: [string, number][] = [[f(r.gflops, 1), 9], [f(r.gbps, 1), 7], [vs, 8]];
-            o.log(cells([r.label, 40], [f(r.ms, 3), 9], [f(r.msMin, 3), 8], ...speed));
+            const cpu: [string, number][] = [[f(r.cpuMs, 3), 9], [r.vsF32Cpu ? `${f(r.vsF32Cpu)}×` : "—", 8]];
+            o.log(cells([r.label, 40], [f(r.ms, 3), 9], [f(r.msMin, 3), 8], [f(r.gflops, 1), 9], [vs, 8], ...cpu));
           }
         }
       }
