@@ -110,10 +110,13 @@ export function writeBf16Row(dst: Uint16Array, src: ArrayLike<number>, cols: num
   for (let k = 0; k < cols; k++) dst[bf16Slot(k)] = src[k];
 }
 
-/** round half to even, as f32x4.nearest does. */
+/** 1.5·2^52: adding and subtracting it rounds a double of magnitude < 2^51 to an integer, half to
+ * even (the FPU's own rounding), as f32x4.nearest does. */
+const ROUND = 6755399441055744;
+
+/** round half to even, as f32x4.nearest does (|v| < 2^51; NaN stays NaN). */
 function nearestEven(v: number): number {
-  const r = Math.round(v);
-  return Math.abs(v % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
+  return v + ROUND - ROUND;
 }
 
 /**
