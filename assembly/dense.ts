@@ -17,7 +17,7 @@
  * activation vector loaded feeds 4 rows, and loop tokens inside a 4-row block so the block's
  * weights come from L1/L2 for every token after the first.
  */
-import { hsum4, madd, storeColumn } from "./simd-math";
+import { hsum4, hsum4i, madd, storeColumn } from "./simd-math";
 
 /** Activation levels of the int8 path: 16-bit symmetric. */
 const XQ_LEVELS: f32 = 32767;
@@ -194,14 +194,12 @@ function q8gOneRow(
   }
 }
 
-/** Group-sum accumulators of a 4-token × 2-row tile, in memory rather than registers: eight more
- * live vectors beside the 8 integer accumulators would make V8 spill inside the inner loop, and
- * these are touched only once per group. */
-const FACC: usize = memory.data(128, 16);
-
 /**
  * Tokens 0..n4-1 (n4 a multiple of 4) in 4-token × 2-row tiles: each weight vector loaded feeds 4
  * tokens. Rows outermost, so a row pair stays in L1 while every token block passes over it.
+ * At the end of a group the 4 integer accumulators of a row are summed across lanes first (exact:
+ * a group's sum fits i32), giving one i32x4 of that row's 4 tokens: one convert and one multiply-add
+ * per row and group, and the f32 sums come out with tokens in lanes, ready for the token scales.
  */
 function q8gTiles4x2(
   out: usize, xq: usize, sx: usize, w: usize, scales: usize, n4: i32, dOut: i32, colsG: i32, group: i32, groups: i32,
@@ -217,7 +215,8 @@ function q8gTiles4x2(
     const sa = scales + <usize>j * sRow;
     for (let t = 0; t < n4; t += 4) {
       const x0 = xq + <usize>t * xRow;
-      for (let i: usize = 0; i < 128; i += 16) v128.store(FACC + i, f32x4.splat(0));
+      let fa = f32x4.splat(0);
+      let fb = f32x4.splat(0);
       for (let g = 0; g < groups; g++) {
         let a0 = i32x4.splat(0), a1 = i32x4.splat(0), a2 = i32x4.splat(0), a3 = i32x4.splat(0);
         let b0 = i32x4.splat(0), b1 = i32x4.splat(0), b2 = i32x4.splat(0), b3 = i32x4.splat(0);
@@ -251,19 +250,12 @@ function q8gTiles4x2(
         }
         const sga = f32x4.splat(load<f32>(sa + (<usize>g << 2)));
         const sgb = f32x4.splat(load<f32>(sa + sRow + (<usize>g << 2)));
-        v128.store(FACC, madd(f32x4.convert_i32x4_s(a0), sga, v128.load(FACC)));
-        v128.store(FACC, madd(f32x4.convert_i32x4_s(a1), sga, v128.load(FACC, 16)), 16);
-        v128.store(FACC, madd(f32x4.convert_i32x4_s(a2), sga, v128.load(FACC, 32)), 32);
-        v128.store(FACC, madd(f32x4.convert_i32x4_s(a3), sga, v128.load(FACC, 48)), 48);
-        v128.store(FACC, madd(f32x4.convert_i32x4_s(b0), sgb, v128.load(FACC, 64)), 64);
-        v128.store(FACC, madd(f32x4.convert_i32x4_s(b1), sgb, v128.load(FACC, 80)), 80);
-        v128.store(FACC, madd(f32x4.convert_i32x4_s(b2), sgb, v128.load(FACC, 96)), 96);
-        v128.store(FACC, madd(f32x4.convert_i32x4_s(b3), sgb, v128.load(FACC, 112)), 112);
+        fa = madd(f32x4.convert_i32x4_s(hsum4i(a0, a1, a2, a3)), sga, fa);
+        fb = madd(f32x4.convert_i32x4_s(hsum4i(b0, b1, b2, b3)), sgb, fb);
       }
       const sxv = v128.load(sx + (<usize>t << 2));
-      const ya = f32x4.mul(hsum4(v128.load(FACC), v128.load(FACC, 16), v128.load(FACC, 32), v128.load(FACC, 48)), sxv);
-      const fb = FACC + 64;
-      const yb = f32x4.mul(hsum4(v128.load(fb), v128.load(fb, 16), v128.load(fb, 32), v128.load(fb, 48)), sxv);
+      const ya = f32x4.mul(fa, sxv);
+      const yb = f32x4.mul(fb, sxv);
       storeColumn(out + <usize>t * oRow + (<usize>j << 2), oRow, ya);
       storeColumn(out + <usize>t * oRow + (<usize>j << 2) + 4, oRow, yb);
     }
