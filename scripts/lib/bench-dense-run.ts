@@ -104,7 +104,8 @@ export async function runDenseBench(o: DenseBenchOptions): Promise<{ rows: Dense
             const r = row("workerd", shape, impl.impl, impl.label, batch, weights, t.ms, t.msMin, bytes, used);
             // A request timing at or below the empty request's round trip says nothing about the call.
             if (!(t.msMin > 0)) {
-              Object.assign(r, { ms: null, msMin: null, gflops: null, gbps: null, skipped: "below request-timing noise" });
+              const none = { ms: null, msMin: null, gflops: null, gbps: null };
+              Object.assign(r, { ...none, skipped: "below request-timing noise" });
             }
             rows.push(r);
           }
