@@ -106,12 +106,6 @@ export function bf16Slot(k: number): number {
   return (k & ~7) + (m < 4 ? 2 * m : 2 * (m - 4) + 1);
 }
 
-/** Writes one bf16 row (natural-order bf16 bits `src[0..cols)`) into dst (cols8 u16, zero-padded). */
-export function writeBf16Row(dst: Uint16Array, src: ArrayLike<number>, cols: number): void {
-  dst.fill(0);
-  for (let k = 0; k < cols; k++) dst[bf16Slot(k)] = src[k];
-}
-
 /** 1.5·2^52: adding and subtracting it rounds a double of magnitude < 2^51 to an integer, half to
  * even (the FPU's own rounding), as f32x4.nearest does. */
 const ROUND = 6755399441055744;

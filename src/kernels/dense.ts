@@ -196,7 +196,7 @@ export class DenseMatrixWriter {
         const u = bits[c];
         // Round to nearest even on the bits (f32ToBf16 inlined); a NaN stays a quiet NaN.
         const b = (u & 0x7fffffff) > 0x7f800000 ? (u >>> 16) | 0x40 : (u + 0x7fff + ((u >>> 16) & 1)) >>> 16;
-        dst[(c & ~7) + ((c & 7) < 4 ? 2 * (c & 7) : 2 * (c & 7) - 7)] = b;
+        dst[(c & ~7) + ((c & 7) < 4 ? 2 * (c & 7) : 2 * (c & 7) - 7)] = b; // bf16Slot(c), inlined
       }
     } else {
       const groups = padded / this.group;
