@@ -65,3 +65,13 @@ export function siluMul4(g: v128, u: v128): v128 {
   const s = f32x4.div(g, f32x4.add(f32x4.splat(1.0), exp4(f32x4.neg(g))));
   return f32x4.mul(s, u);
 }
+
+/** Lanes of v to o, o + stride, o + 2·stride, o + 3·stride (one output column, 4 tokens). */
+// @ts-ignore: decorator
+@inline
+export function storeColumn(o: usize, stride: usize, v: v128): void {
+  store<f32>(o, f32x4.extract_lane(v, 0));
+  store<f32>(o + stride, f32x4.extract_lane(v, 1));
+  store<f32>(o + 2 * stride, f32x4.extract_lane(v, 2));
+  store<f32>(o + 3 * stride, f32x4.extract_lane(v, 3));
+}

@@ -9,10 +9,15 @@
  * be loaded is reported as skipped. Columns: ms/call, GFLOP/s (int8: GOP/s-equivalent), GB/s of
  * weights read, fraction of the memory bandwidth measured in the same run (a Wasm streaming read),
  * and the ratio to each peer of the same dtype (peer ms / our ms: > 1 is faster than the peer).
- * Then the Wasm rows again inside workerd. JSON goes to bench-results/kernels.json.
+ * Then the Wasm rows again inside workerd. Then the dense stage matrices (scripts/lib/bench-dense-run.ts):
+ * y = x · Wᵀ in every stage format (f32, bf16, int8 with per-group scales, the experts' per-row
+ * int8) at stage shapes rows×cols (outputs×inputs) 1024×1024, 4096×1024, 1024×4096, 2048×2048 and
+ * a head slice 8192×1024, batch 1/8/64, Node and workerd, with the accuracy table of each format.
+ * JSON goes to bench-results/kernels.json.
  *
  * Usage: npm run bench:kernels [-- --quick] [--shapes 512x1408,...] [--batches 1,8,64]
  *        [--cold-mb 160] [--impls wasm-f32-packed,...] [--no-peers] [--no-workerd]
+ *        [--dense-shapes 1024x1024,...] [--no-dense] [--dense-only]
  *        [--out bench-results/kernels.json]
  */
 import { execFileSync } from "node:child_process";
@@ -28,6 +33,8 @@ import {
 import { measureAsync, measureSync, median, type Timing } from "./lib/bench-measure";
 import { expertModelF32, expertModelQ8, loadOrt, ortSession, type OrtPeer } from "./lib/bench-onnx";
 import { startWorkerdBench } from "./lib/bench-workerd";
+import { runDenseBench } from "./lib/bench-dense-run";
+import type { DenseShape } from "./lib/bench-dense";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 
@@ -39,8 +46,11 @@ interface Args {
   workerd: boolean;
   budgetMs: number;
   out: string;
-  /** Only these implementations (ids of WASM_IMPLS); all when absent. */
+  /** Only these implementations (ids of WASM_IMPLS, or of bench-dense.ts DENSE_IMPLS); all when absent. */
   impls: string[] | null;
+  denseShapes: DenseShape[];
+  dense: boolean;
+  denseOnly: boolean;
 }
 
 if (process.argv.includes("--help") || process.argv.includes("-h")) {
@@ -79,6 +89,13 @@ function parseArgs(argv: string[]): Args {
     budgetMs: quick ? 120 : 200,
     out: get("--out") ?? "bench-results/kernels.json",
     impls: get("--impls")?.split(",") ?? null,
+    denseShapes: (get("--dense-shapes") ?? (quick ? "1024x1024,8192x1024" : "1024x1024,4096x1024,1024x4096,2048x2048,8192x1024")).split(",").map((s) => {
+      const m = /^(\d+)x(\d+)$/.exec(s.trim());
+      if (!m) throw new Error(`--dense-shapes: each shape is rows x cols (outputs x inputs) like 1024x4096, got "${s}"`);
+      return { rows: Number(m[1]), cols: Number(m[2]) };
+    }),
+    dense: !argv.includes("--no-dense"),
+    denseOnly: argv.includes("--dense-only"),
   };
 }
 
@@ -189,7 +206,7 @@ async function main(): Promise<void> {
 
   const rows: Row[] = [];
   const newKernels = (flavor: KernelFlavor) => loadKernels(flavor);
-  for (const shape of args.shapes) {
+  for (const shape of args.denseOnly ? [] : args.shapes) {
     const w = randomExpert(shape, 7);
     let refOut: Float32Array | null = null;
     for (const info of WASM_IMPLS.filter((i) => !args.impls || args.impls.includes(i.impl))) {
@@ -226,13 +243,27 @@ async function main(): Promise<void> {
   }
 
   let workerd: { bandwidth: number | null; info: unknown; skipped?: string } = { bandwidth: null, info: null };
-  if (args.workerd) {
+  if (args.workerd && !args.denseOnly) {
     try {
       workerd = await workerdRows(rows, args, maxN, roofline);
     } catch (err) {
       workerd = { bandwidth: null, info: null, skipped: `workerd run failed: ${err instanceof Error ? err.message : String(err)}` };
     }
   } else workerd.skipped = "--no-workerd";
+
+  let dense: Awaited<ReturnType<typeof runDenseBench>> | { skipped: string } = { skipped: "--no-dense" };
+  if (args.dense || args.denseOnly) {
+    const wb = args.workerd ? await startWorkerdBench() : null;
+    try {
+      const denseImpls = args.impls?.filter((i) => i.startsWith("dense-") || i.startsWith("q8-row")) ?? null;
+      dense = await runDenseBench({
+        shapes: args.denseShapes, batches: args.batches, coldMb: args.coldMb, budgetMs: args.budgetMs,
+        impls: denseImpls && denseImpls.length > 0 ? denseImpls : null, workerd: wb, log,
+      });
+    } finally {
+      await wb?.close();
+    }
+  }
 
   ratios(rows);
   printTable(rows, args);
@@ -251,6 +282,7 @@ async function main(): Promise<void> {
       "fracBandwidth = GB/s / roofline, the best of 3 Wasm streaming reads of 96 MiB taken right before a cold row (at the start for hot rows). vs.peer = peer ms / our ms.",
     rows,
     targets,
+    dense,
     seconds: (performance.now() - started) / 1000,
   };
   mkdirSync(dirname(`${ROOT}${args.out}`), { recursive: true });

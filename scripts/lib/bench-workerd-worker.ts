@@ -2,6 +2,7 @@
  * @module bench-workerd-worker — the Worker bench:kernels runs inside workerd (bundled by wrangler
  * with the kernels' CompiledWasm modules, as the real Worker is). Node drives it over fetch:
  *   POST /setup?impl&dModel&dFf&copies&maxN  builds the copies of one case (bench-cases.ts)
+ *   POST /dsetup?impl&rows&cols&copies&maxN  the same for a dense stage matrix (bench-dense.ts)
  *   POST /run?n&iters&cold=0|1              runs `iters` expert calls, nothing else
  *   POST /stream?mb&reps                    the streaming-read roofline
  *   GET  /info                              which builds and int8 paths work here
@@ -11,8 +12,9 @@
 import type { KernelFlavor } from "../../src/kernels/index";
 import { createKernels } from "../../src/kernels/workers";
 import { randomExpert, setupCase, streamBuffer, WASM_IMPLS, type BenchCase } from "./bench-cases";
+import { DENSE_IMPLS, setupDenseCase } from "./bench-dense";
 
-let current: BenchCase | null = null;
+let current: Pick<BenchCase, "call" | "copies"> | null = null;
 let cursor = 0;
 let stream: ReturnType<typeof streamBuffer> | null = null;
 
@@ -45,6 +47,16 @@ export default {
           const shape = { dModel: num(p, "dModel"), dFf: num(p, "dFf") };
           current = null;
           current = setupCase(info, shape, randomExpert(shape), num(p, "copies"), num(p, "maxN"), (flavor) => createKernels(flavor));
+          cursor = 0;
+          return Response.json({ copies: current.copies });
+        }
+        case "/dsetup": {
+          const impl = DENSE_IMPLS.find((i) => i.impl === p.get("impl"));
+          if (!impl) throw new Error(`impl must be one of ${DENSE_IMPLS.map((i) => i.impl).join(", ")}`);
+          current = null;
+          const shape = { rows: num(p, "rows"), cols: num(p, "cols") };
+          // The build a StageHost would pick: relaxed where it works, else simd.
+          current = setupDenseCase(impl, shape, num(p, "copies"), num(p, "maxN"), () => createKernels("best"));
           cursor = 0;
           return Response.json({ copies: current.copies });
         }

@@ -17,6 +17,8 @@ const ROOT = fileURLToPath(new URL("../..", import.meta.url));
 export interface WorkerdBench {
   info(): Promise<Record<string, { ok: boolean; q8Paths?: string[] }>>;
   setup(impl: string, dModel: number, dFf: number, copies: number, maxN: number): Promise<number>;
+  /** A dense stage case (bench-dense.ts DENSE_IMPLS) of W[rows, cols]. */
+  setupDense(impl: string, rows: number, cols: number, copies: number, maxN: number): Promise<number>;
   /** Median ms per call (and the best) of `n`-token calls, cold or hot. */
   time(n: number, cold: boolean, guessMs: number): Promise<{ ms: number; msMin: number }>;
   /** Streaming-read GB/s over `mb` MiB (best of 5 requests of 10 reads). */
@@ -59,6 +61,15 @@ export async function startWorkerdBench(): Promise<WorkerdBench> {
     info: () => call("/info", "GET") as Promise<Record<string, { ok: boolean; q8Paths?: string[] }>>,
     async setup(impl, dModel, dFf, copies, maxN) {
       const r = (await call(`/setup?impl=${impl}&dModel=${dModel}&dFf=${dFf}&copies=${copies}&maxN=${maxN}`)) as { copies: number };
+      if (Number.isNaN(overhead)) {
+        const ts: number[] = [];
+        for (let i = 0; i < 7; i++) ts.push(await roundTrip("/run?n=1&iters=0&cold=0"));
+        overhead = median(ts);
+      }
+      return r.copies;
+    },
+    async setupDense(impl, rows, cols, copies, maxN) {
+      const r = (await call(`/dsetup?impl=${impl}&rows=${rows}&cols=${cols}&copies=${copies}&maxN=${maxN}`)) as { copies: number };
       if (Number.isNaN(overhead)) {
         const ts: number[] = [];
         for (let i = 0; i < 7; i++) ts.push(await roundTrip("/run?n=1&iters=0&cold=0"));

@@ -11,6 +11,8 @@ import {
   attentionRef, expertFfnRef, matmulRef, rmsnormRef, ropeRef, siluMulRef, softmaxRef,
 } from "../../../src/kernels/reference";
 import { expectClose, GUARD, guarded, randn, rng, type KernelSource } from "./helpers";
+import { denseKernelContract } from "./dense-contract";
+import { expertQ8gContract } from "./expert-q8g-contract";
 import { packedKernelContract } from "./packed-contract";
 
 export { expectClose, randn, rng };
@@ -30,6 +32,8 @@ export function kernelContract(flavor: KernelFlavor, src: KernelSource): void {
     });
 
     packedKernelContract(flavor, () => k, src.supports(flavor) ? src.load(flavor).q8Paths : []);
+    denseKernelContract(flavor, () => k, (maxBytes) => loadKernels(flavor, { maxBytes }));
+    expertQ8gContract(() => k);
 
     it("reports its flavor and budget", () => {
       expect(k.flavor).toBe(flavor);
