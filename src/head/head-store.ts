@@ -99,8 +99,8 @@ export class HeadStore {
     if (bytes > opts.budgetBytes) {
       throw new HeadStoreFailure(
         "budget_exceeded",
-        `${opts.label}: rows [${rowStart}, ${rowEnd}) of "${tensor}" need ${formatMiB(bytes)} as f32, over the ` +
-          `${formatMiB(opts.budgetBytes)} budget; split the head over more shards`,
+        `${opts.label}: rows [${rowStart}, ${rowEnd}) of "${tensor}" need ${formatMiB(bytes)} (${bytes} bytes) as f32, over the ` +
+          `${formatMiB(opts.budgetBytes)} (${opts.budgetBytes} bytes) budget; split the head over more shards`,
       );
     }
     const maxBytes = Math.min(WASM_MAX_BYTES, bytes + headScratchBytes(dModel, rows));

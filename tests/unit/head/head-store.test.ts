@@ -126,7 +126,7 @@ describe("head shard budget", () => {
     }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(HeadStoreFailure);
     expect((err as HeadStoreFailure).code).toBe("budget_exceeded");
-    expect((err as Error).message).toMatch(/HEAD_HOST_BUDGET_MB.*rows \[0, 1003\) of "model\.embed_tokens\.weight" need 0\.1 MiB as f32, over the 0\.1 MiB budget/);
+    expect((err as Error).message).toMatch(/HEAD_HOST_BUDGET_MB.*rows \[0, 1003\) of "model\.embed_tokens\.weight" need 0\.1 MiB \(152456 bytes\) as f32, over the 0\.1 MiB \(65536 bytes\) budget/);
   });
 
   it("refuses rows that are not on the shard grid", async () => {
