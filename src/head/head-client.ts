@@ -24,7 +24,7 @@
 import { planHeadShards, type HeadPlacement, type HeadShard } from "../coordinator/head-placement";
 import type { ModelSpec } from "../model/config";
 import { headHostBudgetBytes } from "./budget";
-import { HEAD_TOKEN_CHUNK } from "./head-store";
+import { HEAD_TOKEN_CHUNK, headShardBytes, type HeadRowFormat } from "./head-store";
 import type { HeadFailureCode, HeadForwardResult, HeadHostStats, HeadMode, HeadShardRef } from "./protocol";
 
 /** Logits bytes one shard returns per call at most (RPC payloads must stay ≤ 32 MiB). */
@@ -43,15 +43,18 @@ export class HeadError extends Error {
 }
 
 /**
- * The head placement for a model from the deployment's HEAD_HOST_BUDGET_MB: the fewest shards of
- * f32 rows that fit (or exactly `shards`, e.g. verify's --head-shards).
+ * The head placement for a model from the deployment's HEAD_HOST_BUDGET_MB: the fewest shards that
+ * fit (or exactly `shards`, e.g. verify's --head-shards). `format`: how the HeadHosts hold rows —
+ * `headRowFormat(ckpt, spec)`; "f32" (the default) never under-counts.
  */
-export function headPlacementFor(env: Env, model: string, spec: ModelSpec, opts: { shards?: number; minShards?: number } = {}): HeadPlacement {
+export function headPlacementFor(
+  env: Env, model: string, spec: ModelSpec, opts: { shards?: number; minShards?: number; format?: HeadRowFormat } = {},
+): HeadPlacement {
   return planHeadShards({
     model,
     vocabSize: spec.vocabSize,
     dModel: spec.dModel,
-    bytesPerRow: 4 * spec.dModel,
+    bytesPerRow: headShardBytes(spec.dModel, 1, opts.format ?? "f32"),
     budgetBytes: headHostBudgetBytes(env),
     shards: opts.shards,
     minShards: opts.minShards,

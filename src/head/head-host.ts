@@ -61,6 +61,7 @@ export class HeadHost extends DurableObject<Env> {
       tensor: s?.tensor ?? null,
       rowStart: s?.ref.rowStart ?? 0,
       rowEnd: s?.ref.rowEnd ?? 0,
+      format: s?.format ?? null,
       kernels: s?.kernels.flavor ?? null,
       bytesLoaded: s?.bytesLoaded ?? 0,
       budgetBytes: headHostBudgetBytes(this.env),

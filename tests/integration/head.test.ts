@@ -16,6 +16,9 @@ import { planHeadShards, type HeadPlacement } from "../../src/coordinator/head-p
 import { HeadError, runHead } from "../../src/head/head-client";
 import { HeadEmbeddings } from "../../src/head/head-embeddings";
 import { loadKernels } from "../../src/kernels/node";
+import type { KernelFlavor } from "../../src/kernels/index";
+import { denseMatmul, loadDenseMatrix } from "../../src/kernels/dense";
+import { headRowFormat } from "../../src/head/head-store";
 import { openModel, vocabTensorNames } from "../../src/model/architectures";
 import type { ModelSpec } from "../../src/model/config";
 import { CheckpointEmbeddings, TableEmbeddings } from "../../src/model/embeddings";
@@ -46,17 +49,17 @@ beforeAll(async () => {
 });
 afterAll(() => w?.dispose());
 
-/** The unsplit head as the single-isolate forward pass computes it: one matmul, ÷ logits_scaling. */
-async function unsplitLogits(id: string, hidden: Float32Array, n: number): Promise<Float32Array> {
+/**
+ * The unsplit head: the whole table in the format a HeadHost holds it (bf16 when stored bf16, else
+ * f32 — the single-isolate forward pass's f32 `matmul`), one kernel call for all n tokens, in Node
+ * with the kernel build the HeadHosts picked in workerd, ÷ logits_scaling.
+ */
+async function unsplitLogits(id: string, hidden: Float32Array, n: number, flavor: KernelFlavor): Promise<Float32Array> {
   const { spec, ckpt } = models[id];
-  const { vocabSize: V, dModel: D } = spec;
-  const k = loadKernels("simd");
-  const wp = k.alloc(V * D * 4);
-  await ckpt.readF32RowsInto(vocabTensorNames(spec).head, 0, V, k.f32(wp, V * D));
-  const x = k.allocF32(hidden);
-  const y = k.alloc(n * V * 4);
-  k.matmul(y, x, wp, n, D, V);
-  const out = k.f32(y, n * V).slice();
+  const table = await ckpt.readF32(vocabTensorNames(spec).head);
+  const k = loadKernels(flavor);
+  const full = await loadDenseMatrix(k, [new Uint8Array(table.buffer)], { rows: spec.vocabSize, cols: spec.dModel, source: "F32", format: headRowFormat(ckpt, spec) });
+  const out = denseMatmul(k, full, hidden, n);
   if (spec.multipliers.logitsScale !== 1) for (let i = 0; i < out.length; i++) out[i] /= spec.multipliers.logitsScale;
   return out;
 }
@@ -79,8 +82,10 @@ describe.each([
     for (const n of [1, 6]) {
       const r = createRng(n * 31 + m);
       const hidden = Float32Array.from({ length: n * spec.dModel }, () => r() * 4 - 2);
-      const want = await unsplitLogits(id, hidden, n);
       const logits = await runHead(env, p, hidden, n, "logits");
+      const st = await env.HEAD_HOST.getByName(p.shards[0].name).stats();
+      expect(st.format).toBe(id === "granite" ? "bf16" : "f32"); // make-model writes bf16 dense tensors
+      const want = await unsplitLogits(id, hidden, n, st.kernels as KernelFlavor);
       expect(bits(logits)).toEqual(bits(want));
       const greedy = await runHead(env, p, hidden, n, "greedy");
       for (let t = 0; t < n; t++) {
@@ -114,7 +119,8 @@ describe("HeadHost budget", () => {
     await runHead(env, p, new Float32Array(64), 1, "greedy");
     for (const s of p.shards) {
       const st = await env.HEAD_HOST.getByName(s.name).stats();
-      expect(st).toMatchObject({ model: "granite", tensor: "model.embed_tokens.weight", rowStart: s.rowStart, rowEnd: s.rowEnd, bytesLoaded: s.bytes, budgetBytes: BUDGET });
+      expect(st).toMatchObject({ model: "granite", tensor: "model.embed_tokens.weight", rowStart: s.rowStart, rowEnd: s.rowEnd, format: "bf16", budgetBytes: BUDGET });
+      expect(st.bytesLoaded).toBe((s.rowEnd - s.rowStart) * 64 * 2); // bf16 rows: half of the planned f32 bytes
       expect(st.bytesLoaded).toBeLessThanOrEqual(st.budgetBytes);
     }
   });

@@ -6,6 +6,7 @@
 import { describe, expect, it } from "vitest";
 import type { KernelFlavor } from "../../../src/kernels/index";
 import { loadKernels } from "../../../src/kernels/node";
+import { denseMatmul, loadDenseMatrix } from "../../../src/kernels/dense";
 import { HEAD_ROW_ALIGN, planHeadShards, shardOfRow, type HeadPlacement } from "../../../src/coordinator/head-placement";
 import { HeadStore, HeadStoreFailure } from "../../../src/head/head-store";
 import { GreedyMerge, placeSlice, tokenCalls } from "../../../src/head/head-client";
@@ -57,25 +58,21 @@ async function shardStores(ckpt: Checkpoint, spec: ModelSpec, p: HeadPlacement, 
 const bits = (a: Float32Array) => new Uint32Array(a.buffer, a.byteOffset, a.length);
 
 describe.each(flavors)("head shards, %s kernels", (flavor) => {
-  it("give logits bit-identical to the unsplit head (one matmul over all tokens, ÷ logits_scaling), greedy and sampling too", async () => {
+  it.each(["F32", "BF16"] as const)("%s table: logits bit-identical to the unsplit head (one kernel call over all tokens, ÷ logits_scaling), greedy and sampling too", async (dtype) => {
     const spec = graniteSpec(false);
-    const { ckpt, table } = await checkpoint("BF16", false);
-    // The unsplit head as forward.ts computes it: one matmul of all n tokens on the whole table.
+    const { ckpt, table } = await checkpoint(dtype, false);
+    // The unsplit head: the whole table in the same format, one kernel call for all n tokens.
     const k = loadKernels(flavor);
-    const w = k.alloc(VOCAB * D_MODEL * 4);
-    await ckpt.readF32RowsInto("lm_head.weight", 0, VOCAB, k.f32(w, VOCAB * D_MODEL));
+    const stored = dtype === "F32" ? table : decodeToF32(f32ToBf16Bytes(table), "BF16");
+    const full = await loadDenseMatrix(k, [new Uint8Array(stored.buffer)], { rows: VOCAB, cols: D_MODEL, source: "F32", format: dtype === "F32" ? "f32" : "bf16" });
     for (const n of [1, 2, 3, 4, 5, 7, 18, 35]) {
       const hidden = randn(createRng(100 + n), n * D_MODEL, 2);
-      const x = k.allocF32(hidden);
-      const y = k.alloc(n * VOCAB * 4);
-      k.matmul(y, x, w, n, D_MODEL, VOCAB);
-      const want = k.f32(y, n * VOCAB).slice();
+      const want = denseMatmul(k, full, hidden, n);
       for (let i = 0; i < want.length; i++) want[i] /= spec.multipliers.logitsScale;
-      k.free(y);
-      k.free(x);
       for (const m of [1, 2, 3, 5]) {
         const p = planHeadShards({ model: "m", vocabSize: VOCAB, dModel: D_MODEL, bytesPerRow: 4 * D_MODEL, budgetBytes: BIG, shards: m });
         const stores = await shardStores(ckpt, spec, p, flavor);
+        expect(stores[0].format).toBe(dtype === "F32" ? "f32" : "bf16");
         const got = new Float32Array(n * VOCAB);
         const merge = new GreedyMerge(n);
         p.shards.forEach((s, i) => {
@@ -98,10 +95,9 @@ describe.each(flavors)("head shards, %s kernels", (flavor) => {
     const hidden = randn(createRng(5), D_MODEL, 2);
     const [one] = await shardStores(ckpt, spec, planHeadShards({ model: "m", vocabSize: VOCAB, dModel: D_MODEL, bytesPerRow: 4 * D_MODEL, budgetBytes: BIG }), flavor);
     const logits = one.logits(hidden, 1);
-    const bf16 = decodeToF32(f32ToBf16Bytes(table), "BF16");
     for (const j of [0, 1, 500, VOCAB - 1]) {
       let s = 0;
-      for (let d = 0; d < D_MODEL; d++) s += hidden[d] * bf16[j * D_MODEL + d];
+      for (let d = 0; d < D_MODEL; d++) s += hidden[d] * stored[j * D_MODEL + d];
       expect(Math.abs(logits[j] - s / 6)).toBeLessThan(1e-5);
     }
   });
@@ -126,7 +122,7 @@ describe("head shard budget", () => {
     }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(HeadStoreFailure);
     expect((err as HeadStoreFailure).code).toBe("budget_exceeded");
-    expect((err as Error).message).toMatch(/HEAD_HOST_BUDGET_MB.*rows \[0, 1003\) of "model\.embed_tokens\.weight" need 0\.1 MiB \(152456 bytes\) as f32, over the 0\.1 MiB \(65536 bytes\) budget/);
+    expect((err as Error).message).toMatch(/HEAD_HOST_BUDGET_MB.*rows \[0, 1003\) of "model\.embed_tokens\.weight" need 0\.1 MiB \(152464 bytes\) as f32, over the 0\.1 MiB \(65536 bytes\) budget/);
   });
 
   it("refuses rows that are not on the shard grid", async () => {
@@ -143,6 +139,9 @@ describe("head shard budget", () => {
     const spec = graniteSpec(true);
     const { ckpt, table } = await checkpoint("F32", true);
     const s = await HeadStore.load(ckpt, spec, { model: "m", rowStart: 500, rowEnd: 1000 }, { budgetBytes: BIG, label: "h", kernels: (maxBytes) => loadKernels("simd", { maxBytes }) });
+    expect(s.embedRows([])).toEqual(new Float32Array(0));
+    const many = Array.from({ length: 40 }, (_, i) => 500 + ((i * 37) % 500)); // more than one gather chunk
+    expect(s.embedRows(many)).toEqual(Float32Array.from(many.flatMap((id) => [...table.subarray(id * D_MODEL, (id + 1) * D_MODEL)])));
     const rows = s.embedRows([500, 999, 731]);
     expect(rows).toEqual(Float32Array.from([...table.subarray(500 * D_MODEL, 501 * D_MODEL), ...table.subarray(999 * D_MODEL, 1000 * D_MODEL), ...table.subarray(731 * D_MODEL, 732 * D_MODEL)]));
     expect(() => s.embedRows([499])).toThrow(/not in this shard's rows \[500, 1000\)/);
