@@ -33,8 +33,9 @@ import { createRequire } from "node:module";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 const GENERATOR_VERSION = "edge-moe/make-model@1";
-/** Under `wrangler r2 object put`'s 300 MiB limit, so `npm run seed -- --remote` can upload each. */
-export const MAX_SHARD_BYTES = 256 * 1024 * 1024;
+/** Shard size cap: local seeding goes through the wrangler/miniflare proxy, which refuses a Blob
+ * over 128 MiB (and `wrangler r2 object put` stops at 300 MiB). */
+export const MAX_SHARD_BYTES = 120 * 1024 * 1024;
 /** f32 values generated per chunk. */
 const CHUNK_FLOATS = 1 << 20;
 const MANIFEST = "make-model.json";
