@@ -35,14 +35,23 @@ try {
   makeModel(resolveConfig("granite-3.1-1b-a400m"), dir, { layers: 1 });
   const { spec, ckpt } = await openModel(dirFileStore(dir));
   const V = spec.vocabSize;
-  console.log(`table: ${V} × ${spec.dModel} ${ckpt.info(vocabTensorNames(spec).embed).dtype}; one decode step needs 1 row\n`);
+  console.log(
+    `table: ${V} × ${spec.dModel} ${ckpt.info(vocabTensorNames(spec).embed).dtype}; one decode step needs 1 row\n`,
+  );
 
   const t0 = performance.now();
   const table = new TableEmbeddings(await ckpt.readF32(vocabTensorNames(spec).embed), V, spec.dModel);
-  console.log(`held whole (f32 in JS): ${(table.table.byteLength / 2 ** 20).toFixed(0)} MiB, loaded in ${(performance.now() - t0).toFixed(0)} ms`);
-  console.log(`  row lookup:                        ${fmt(await measureAsync(() => table.rows([randomId(V)]), { budgetMs }))}`);
+  console.log(
+    `held whole (f32 in JS): ${(table.table.byteLength / 2 ** 20).toFixed(0)} MiB, ` +
+      `loaded in ${(performance.now() - t0).toFixed(0)} ms`,
+  );
+  console.log(
+    `  row lookup:                        ${fmt(await measureAsync(() => table.rows([randomId(V)]), { budgetMs }))}`,
+  );
   const cold = CheckpointEmbeddings.open(ckpt, spec, { cacheBytes: 0 });
-  console.log(`on demand, local disk (no cache):    ${fmt(await measureAsync(() => cold.rows([randomId(V)]), { budgetMs }))}`);
+  console.log(
+    `on demand, local disk (no cache):    ${fmt(await measureAsync(() => cold.rows([randomId(V)]), { budgetMs }))}`,
+  );
   const warm = CheckpointEmbeddings.open(ckpt, spec, { cacheBytes: 4 << 20 });
   await warm.rows([7]);
   console.log(`on demand, cache hit:                ${fmt(await measureAsync(() => warm.rows([7]), { budgetMs }))}`);
@@ -51,8 +60,10 @@ try {
   const tp = performance.now();
   await p.rows(prompt);
   const ps = p.stats();
-  console.log(`512-token prompt, cold: ${(performance.now() - tp).toFixed(1)} ms, ${ps.reads} ranged reads, ${(ps.bytesRead / 1024).toFixed(0)} KiB read, ${(ps.cachedBytes / 1024).toFixed(0)} KiB cached`);
-
+  console.log(
+    `512-token prompt, cold: ${(performance.now() - tp).toFixed(1)} ms, ${ps.reads} ranged reads, ` +
+      `${(ps.bytesRead / 1024).toFixed(0)} KiB read, ${(ps.cachedBytes / 1024).toFixed(0)} KiB cached`,
+  );
 } finally {
   rmSync(tmp, { recursive: true, force: true });
 }

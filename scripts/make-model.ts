@@ -70,14 +70,23 @@ export interface MakeModelSummary {
 export function resolveConfig(arg: string): string {
   if (existsSync(arg) && statSync(arg).isFile()) return resolve(arg);
   const file = arg.endsWith(".json") ? arg : `${arg}.json`;
-  const tried = [join(ROOT, "scripts", "configs", file), resolve("..", "shared", "configs", file), join(ROOT, "..", "shared", "configs", file)];
+  const tried = [
+    join(ROOT, "scripts", "configs", file),
+    resolve("..", "shared", "configs", file),
+    join(ROOT, "..", "shared", "configs", file),
+  ];
   const found = tried.find((p) => existsSync(p));
-  if (!found) throw new Error(`--config ${arg}: no such file, and no ${file} in scripts/configs/ or ../shared/configs/`);
+  if (!found)
+    throw new Error(`--config ${arg}: no such file, and no ${file} in scripts/configs/ or ../shared/configs/`);
   return found;
 }
 
 /** The published config with our changes: layers, --set fields, token ids of the shipped tokenizer. */
-export function adjustedConfig(published: Record<string, unknown>, opts: MakeModelOptions, tokenizerIds: { bos: number; eos: number }): Record<string, unknown> {
+export function adjustedConfig(
+  published: Record<string, unknown>,
+  opts: MakeModelOptions,
+  tokenizerIds: { bos: number; eos: number },
+): Record<string, unknown> {
   const cfg: Record<string, unknown> = { ...published };
   for (const [k, v] of Object.entries(opts.set ?? {})) cfg[k] = v;
   if (opts.layers !== undefined) cfg.num_hidden_layers = opts.layers;
@@ -139,10 +148,20 @@ function plan(spec: ModelSpec, dtype: ModelDtype, seed: number, std: number): { 
             emit(new Uint8Array(rowsQ.q.buffer, rowsQ.q.byteOffset, rowsQ.q.byteLength));
           }),
       };
-      const s: StreamedTensor = { name: names.scales, dtype: "F32", shape: t.shape.slice(0, -1), produce: (emit) => emit(new Uint8Array(scales.buffer)) };
+      const s: StreamedTensor = {
+        name: names.scales,
+        dtype: "F32",
+        shape: t.shape.slice(0, -1),
+        produce: (emit) => emit(new Uint8Array(scales.buffer)),
+      };
       return { tensors: [q, s], bytes: tensorBytes(q) + tensorBytes(s) };
     }
-    const b: StreamedTensor = { name: t.name, dtype: "BF16", shape: t.shape, produce: (emit) => fill((f) => emit(f32ToBf16Bytes(f))) };
+    const b: StreamedTensor = {
+      name: t.name,
+      dtype: "BF16",
+      shape: t.shape,
+      produce: (emit) => fill((f) => emit(f32ToBf16Bytes(f))),
+    };
     return { tensors: [b], bytes: tensorBytes(b) };
   });
   return { units, params };
@@ -196,7 +215,9 @@ export function makeModel(configPath: string, outDir: string, opts: MakeModelOpt
   const dir = resolve(outDir);
   const json = (v: unknown) => JSON.stringify(v, null, 2) + "\n";
   const weightMap: Record<string, string> = {};
-  groups.forEach((g, i) => g.forEach((u) => u.tensors.forEach((t) => (weightMap[t.name] = shardName(i + 1, groups.length)))));
+  groups.forEach((g, i) =>
+    g.forEach((u) => u.tensors.forEach((t) => (weightMap[t.name] = shardName(i + 1, groups.length)))),
+  );
   const total = units.reduce((a, u) => a + u.bytes, 0);
   const texts = new Map<string, string>([
     ["config.json", json(cfg)],
@@ -205,15 +226,30 @@ export function makeModel(configPath: string, outDir: string, opts: MakeModelOpt
     ["tokenizer.json", tok.json],
     ["tokenizer_config.json", json(tok.config)],
   ]);
-  const manifest = json({ generator: GENERATOR_VERSION, config: createHash("sha256").update(texts.get("config.json")!).digest("hex"), dtype, seed, shards: groups.length });
+  const manifest = json({
+    generator: GENERATOR_VERSION,
+    config: createHash("sha256").update(texts.get("config.json")!).digest("hex"),
+    dtype,
+    seed,
+    shards: groups.length,
+  });
   const summarize = (skipped: boolean): MakeModelSummary => {
     const files = [...texts.keys(), ...groups.map((_, i) => shardName(i + 1, groups.length)), MANIFEST]
       .sort()
       .map((name) => ({ name, bytes: statSync(join(dir, name)).size }));
-    return { dir, skipped, spec, files, totalBytes: files.reduce((a, f) => a + f.bytes, 0), params, ms: performance.now() - started };
+    return {
+      dir,
+      skipped,
+      spec,
+      files,
+      totalBytes: files.reduce((a, f) => a + f.bytes, 0),
+      params,
+      ms: performance.now() - started,
+    };
   };
   const complete = () =>
-    existsSync(join(dir, MANIFEST)) && readFileSync(join(dir, MANIFEST), "utf8") === manifest &&
+    existsSync(join(dir, MANIFEST)) &&
+    readFileSync(join(dir, MANIFEST), "utf8") === manifest &&
     [...texts.keys(), ...groups.map((_, i) => shardName(i + 1, groups.length))].every((f) => existsSync(join(dir, f)));
   if (!opts.force && complete()) {
     log(`${outDir} already holds this model; nothing written (pass --force to rebuild)`);
@@ -223,10 +259,15 @@ export function makeModel(configPath: string, outDir: string, opts: MakeModelOpt
   let done = 0;
   groups.forEach((g, i) => {
     const file = shardName(i + 1, groups.length);
-    const bytes = writeSafetensorsStream(join(dir, file), g.flatMap((u) => u.tensors), { format: "pt", generator: GENERATOR_VERSION, seed: String(seed) }, (n) => {
-      done += n;
-      opts.progress?.(done, total);
-    });
+    const bytes = writeSafetensorsStream(
+      join(dir, file),
+      g.flatMap((u) => u.tensors),
+      { format: "pt", generator: GENERATOR_VERSION, seed: String(seed) },
+      (n) => {
+        done += n;
+        opts.progress?.(done, total);
+      },
+    );
     log(`wrote ${file} (${formatBytes(bytes)})`);
   });
   for (const [name, text] of texts) writeFileSync(join(dir, name), text);
@@ -235,7 +276,9 @@ export function makeModel(configPath: string, outDir: string, opts: MakeModelOpt
   return summarize(false);
 }
 
-const USAGE = `usage: tsx scripts/make-model.ts --config NAME|PATH --out DIR [--layers N] [--dtype int8|bf16] [--seed S] [--set key=value …] [--force]`;
+const USAGE =
+  "usage: tsx scripts/make-model.ts --config NAME|PATH --out DIR\n" +
+  "         [--layers N] [--dtype int8|bf16] [--seed S] [--set key=value …] [--force]";
 
 function main(): void {
   const { values } = parseArgs({
@@ -257,10 +300,12 @@ function main(): void {
   }
   const posInt = (flag: string, v: string) => {
     const n = Number(v);
-    if (!Number.isInteger(n) || n < 1) throw new Error(`--${flag} must be a positive integer, got ${JSON.stringify(v)}`);
+    if (!Number.isInteger(n) || n < 1)
+      throw new Error(`--${flag} must be a positive integer, got ${JSON.stringify(v)}`);
     return n;
   };
-  if (values.dtype !== "int8" && values.dtype !== "bf16") throw new Error(`--dtype must be int8 or bf16, got ${JSON.stringify(values.dtype)}`);
+  if (values.dtype !== "int8" && values.dtype !== "bf16")
+    throw new Error(`--dtype must be int8 or bf16, got ${JSON.stringify(values.dtype)}`);
   const set: Record<string, number> = {};
   for (const kv of values.set) {
     const m = /^([A-Za-z_][A-Za-z0-9_]*)=(-?[0-9.e+-]+)$/.exec(kv);
@@ -288,11 +333,15 @@ function main(): void {
     },
   });
   const sp = s.spec;
+  const params = s.params >= 1e9 ? `${(s.params / 1e9).toFixed(3)} B` : `${(s.params / 1e6).toFixed(2)} M`;
   console.log(
-    `${sp.modelType}: ${sp.nLayers} layers, ${sp.nExperts} experts top-${sp.topK}, hidden ${sp.dModel}, vocab ${sp.vocabSize}; ` +
-      `${s.params >= 1e9 ? `${(s.params / 1e9).toFixed(3)} B` : `${(s.params / 1e6).toFixed(2)} M`} parameters (${values.dtype})`,
+    `${sp.modelType}: ${sp.nLayers} layers, ${sp.nExperts} experts top-${sp.topK}, ` +
+      `hidden ${sp.dModel}, vocab ${sp.vocabSize}; ${params} parameters (${values.dtype})`,
   );
-  console.log(`${s.skipped ? "kept" : "wrote"} ${values.out}/: ${s.files.length} files, ${formatBytes(s.totalBytes)} (${s.totalBytes} B) in ${(s.ms / 1000).toFixed(1)} s`);
+  console.log(
+    `${s.skipped ? "kept" : "wrote"} ${values.out}/: ${s.files.length} files, ` +
+      `${formatBytes(s.totalBytes)} (${s.totalBytes} B) in ${(s.ms / 1000).toFixed(1)} s`,
+  );
 }
 
 if (process.argv[1] && import.meta.url === pathToFileURL(resolve(process.argv[1])).href) {

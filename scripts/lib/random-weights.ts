@@ -34,7 +34,10 @@ function rotl(x: number, k: number): number {
 /** A stream of `std · N(0,1)`-ish values named `name`; each call fills `out` with the next values. */
 export function normalStream(seed: number, name: string, std: number): (out: Float32Array) => Float32Array {
   const init = splitmix32(tensorSeed(seed, name));
-  let a = init(), b = init(), c = init(), d = init();
+  let a = init(),
+    b = init(),
+    c = init(),
+    d = init();
   const scale = std / IRWIN_HALL_STD;
   return (out) => {
     for (let i = 0; i < out.length; i++) {
@@ -43,7 +46,12 @@ export function normalStream(seed: number, name: string, std: number): (out: Flo
       for (let j = 0; j < 2; j++) {
         const r = Math.imul(rotl(Math.imul(b, 5), 7), 9) >>> 0;
         const t = b << 9;
-        c ^= a; d ^= b; b ^= c; a ^= d; c ^= t; d = rotl(d, 11);
+        c ^= a;
+        d ^= b;
+        b ^= c;
+        a ^= d;
+        c ^= t;
+        d = rotl(d, 11);
         sum += (r & 0xffff) + (r >>> 16);
       }
       out[i] = (sum - IRWIN_HALL_MEAN) * scale;

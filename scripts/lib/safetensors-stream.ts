@@ -4,7 +4,7 @@
  * stays at one chunk whatever the file size. Same header layout as src/model/safetensors-writer.ts
  * (JSON padded with spaces so the data section starts 8-byte aligned).
  */
-import { closeSync, openSync, renameSync, writeSync } from "node:fs";
+import { closeSync, openSync, renameSync, rmSync, writeSync } from "node:fs";
 import type { WritableDType } from "../../src/model/safetensors-writer.ts";
 
 const DTYPE_BYTES: Record<WritableDType, number> = { F32: 4, BF16: 2, F16: 2, I8: 1, U8: 1 };
@@ -26,7 +26,12 @@ export function tensorBytes(t: { dtype: WritableDType; shape: number[] }): numbe
  * run never leaves a complete-looking file. `onBytes` sees every chunk's size (progress).
  * Returns the file's size.
  */
-export function writeSafetensorsStream(path: string, tensors: StreamedTensor[], metadata: Record<string, string>, onBytes: (n: number) => void = () => {}): number {
+export function writeSafetensorsStream(
+  path: string,
+  tensors: StreamedTensor[],
+  metadata: Record<string, string>,
+  onBytes: (n: number) => void = () => {},
+): number {
   const header: Record<string, unknown> = { __metadata__: metadata };
   let offset = 0;
   for (const t of tensors) {
@@ -42,6 +47,7 @@ export function writeSafetensorsStream(path: string, tensors: StreamedTensor[], 
 
   const tmp = `${path}.partial`;
   const fd = openSync(tmp, "w");
+  let ok = false;
   try {
     writeSync(fd, lenBytes);
     writeSync(fd, headerBytes);
@@ -57,8 +63,10 @@ export function writeSafetensorsStream(path: string, tensors: StreamedTensor[], 
       });
       if (got !== want) throw new Error(`tensor ${t.name}: producer wrote ${got} bytes, its shape needs ${want}`);
     }
+    ok = true;
   } finally {
     closeSync(fd);
+    if (!ok) rmSync(tmp, { force: true }); // no half-written shard left behind
   }
   renameSync(tmp, path);
   return 8 + headerBytes.byteLength + offset;

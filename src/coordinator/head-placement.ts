@@ -78,13 +78,17 @@ export function planHeadShards(p: HeadPlanInput): HeadPlacement {
   // A host's allocation is rounded up to 16 bytes: leave room for it.
   const maxBlocks = Math.floor(Math.max(0, budgetBytes - (ALLOC_ALIGN - 1)) / blockBytes);
   if (maxBlocks < 1) {
-    throw new HeadPlanError(`a HeadHost budget of ${budgetBytes} bytes holds no block of ${HEAD_ROW_ALIGN} head rows (${blockBytes} bytes)`);
+    throw new HeadPlanError(
+      `a HeadHost budget of ${budgetBytes} bytes holds no block of ${HEAD_ROW_ALIGN} head rows (${blockBytes} bytes)`,
+    );
   }
   const fewest = Math.max(p.minShards ?? 1, Math.ceil(blocks / maxBlocks));
   const m = p.shards ?? fewest;
   if (!Number.isInteger(m) || m < 1) throw new HeadPlanError(`head shards must be a positive integer, got ${m}`);
   if (m > blocks) {
-    throw new HeadPlanError(`${m} head shards is more than the ${blocks} blocks of ${HEAD_ROW_ALIGN} rows a vocabulary of ${vocabSize} has`);
+    throw new HeadPlanError(
+      `${m} head shards is more than the ${blocks} blocks of ${HEAD_ROW_ALIGN} rows a vocabulary of ${vocabSize} has`,
+    );
   }
   if (Math.ceil(blocks / m) > maxBlocks) {
     throw new HeadPlanError(
@@ -114,6 +118,7 @@ export function shardOfRow(p: HeadPlacement, id: number): HeadShard {
     else hi = mid - 1;
   }
   const s = p.shards[lo];
-  if (id < s.rowStart || id >= s.rowEnd) throw new RangeError(`row ${id} is outside the vocabulary [0, ${p.vocabSize})`);
+  if (id < s.rowStart || id >= s.rowEnd)
+    throw new RangeError(`row ${id} is outside the vocabulary [0, ${p.vocabSize})`);
   return s;
 }

@@ -104,7 +104,14 @@ export class HeadStore {
     const { rowStart, rowEnd } = ref;
     const V = spec.vocabSize;
     const aligned = rowStart % HEAD_ROW_ALIGN === 0 && (rowEnd % HEAD_ROW_ALIGN === 0 || rowEnd === V);
-    if (!Number.isInteger(rowStart) || !Number.isInteger(rowEnd) || rowStart < 0 || rowEnd > V || rowStart >= rowEnd || !aligned) {
+    if (
+      !Number.isInteger(rowStart) ||
+      !Number.isInteger(rowEnd) ||
+      rowStart < 0 ||
+      rowEnd > V ||
+      rowStart >= rowEnd ||
+      !aligned
+    ) {
       throw new HeadStoreFailure(
         "bad_request",
         `${opts.label}: rows [${rowStart}, ${rowEnd}) are not a head shard of "${ref.model}" (vocabulary ${V}; ` +
@@ -120,7 +127,8 @@ export class HeadStore {
     if (bytes > opts.budgetBytes) {
       throw new HeadStoreFailure(
         "budget_exceeded",
-        `${opts.label}: rows [${rowStart}, ${rowEnd}) of "${tensor}" need ${formatMiB(bytes)} (${bytes} bytes) as ${format}, over the ` +
+        `${opts.label}: rows [${rowStart}, ${rowEnd}) of "${tensor}" ` +
+          `need ${formatMiB(bytes)} (${bytes} bytes) as ${format}, over the ` +
           `${formatMiB(opts.budgetBytes)} (${opts.budgetBytes} bytes) budget; split the head over more shards`,
       );
     }
@@ -175,7 +183,10 @@ export class HeadStore {
     const k = this.kernels;
     for (const id of ids) {
       if (!Number.isInteger(id) || id < this.ref.rowStart || id >= this.ref.rowEnd) {
-        throw new HeadStoreFailure("bad_request", `token id ${id} is not in this shard's rows [${this.ref.rowStart}, ${this.ref.rowEnd})`);
+        throw new HeadStoreFailure(
+          "bad_request",
+          `token id ${id} is not in this shard's rows [${this.ref.rowStart}, ${this.ref.rowEnd})`,
+        );
       }
     }
     const out = new Float32Array(ids.length * dModel);
@@ -203,7 +214,10 @@ export class HeadStore {
     const { dModel, kernels: k } = this;
     const rows = this.rows;
     if (!Number.isInteger(n) || n < 0 || hidden.length !== n * dModel) {
-      throw new HeadStoreFailure("bad_request", `hidden must be [n, ${dModel}] = ${n * dModel} floats for n = ${n}, got ${hidden.length}`);
+      throw new HeadStoreFailure(
+        "bad_request",
+        `hidden must be [n, ${dModel}] = ${n * dModel} floats for n = ${n}, got ${hidden.length}`,
+      );
     }
     const chunk = Math.min(n, HEAD_TOKEN_CHUNK);
     if (chunk === 0) return;

@@ -45,7 +45,8 @@ beforeAll(async () => {
     { HEAD_HOST_BUDGET_MB: String(BUDGET_MIB) },
   );
   env = (await w.worker.getEnv()) as unknown as Env;
-  for (const id of ["mixtral-tiny", "deepseek-v3-tiny", "granite"]) models[id] = await openModel(r2FileStore(env.MODELS, `models/${id}/`));
+  for (const id of ["mixtral-tiny", "deepseek-v3-tiny", "granite"])
+    models[id] = await openModel(r2FileStore(env.MODELS, `models/${id}/`));
 });
 afterAll(() => w?.dispose());
 
@@ -58,7 +59,12 @@ async function unsplitLogits(id: string, hidden: Float32Array, n: number, flavor
   const { spec, ckpt } = models[id];
   const table = await ckpt.readF32(vocabTensorNames(spec).head);
   const k = loadKernels(flavor);
-  const full = await loadDenseMatrix(k, [new Uint8Array(table.buffer)], { rows: spec.vocabSize, cols: spec.dModel, source: "F32", format: headRowFormat(ckpt, spec) });
+  const full = await loadDenseMatrix(k, [new Uint8Array(table.buffer)], {
+    rows: spec.vocabSize,
+    cols: spec.dModel,
+    source: "F32",
+    format: headRowFormat(ckpt, spec),
+  });
   const out = denseMatmul(k, full, hidden, n);
   if (spec.multipliers.logitsScale !== 1) for (let i = 0; i < out.length; i++) out[i] /= spec.multipliers.logitsScale;
   return out;
@@ -66,7 +72,14 @@ async function unsplitLogits(id: string, hidden: Float32Array, n: number, flavor
 
 function placement(id: string, shards: number): HeadPlacement {
   const { spec } = models[id];
-  return planHeadShards({ model: id, vocabSize: spec.vocabSize, dModel: spec.dModel, bytesPerRow: 4 * spec.dModel, budgetBytes: 1 << 30, shards });
+  return planHeadShards({
+    model: id,
+    vocabSize: spec.vocabSize,
+    dModel: spec.dModel,
+    bytesPerRow: 4 * spec.dModel,
+    budgetBytes: 1 << 30,
+    shards,
+  });
 }
 
 const bits = (a: Float32Array) => new Uint32Array(a.buffer, a.byteOffset, a.length);
@@ -76,29 +89,40 @@ describe.each([
   ["deepseek-v3-tiny", [2, 3]],
   ["granite", [5, 7]], // 1003 × 64 f32 rows = 251 KiB: at least 5 shards of the 0.06 MiB budget
 ] as const)("HeadHost shards of %s", (id, shardCounts) => {
-  it.each(shardCounts)("%i shards: logits bit-identical to the unsplit head, greedy and seeded sampling identical", async (m) => {
-    const { spec } = models[id];
-    const p = placement(id, m);
-    for (const n of [1, 6]) {
-      const r = createRng(n * 31 + m);
-      const hidden = Float32Array.from({ length: n * spec.dModel }, () => r() * 4 - 2);
-      const logits = await runHead(env, p, hidden, n, "logits");
-      const st = await env.HEAD_HOST.getByName(p.shards[0].name).stats();
-      expect(st.format).toBe(id === "granite" ? "bf16" : "f32"); // make-model writes bf16 dense tensors
-      const want = await unsplitLogits(id, hidden, n, st.kernels as KernelFlavor);
-      expect(bits(logits)).toEqual(bits(want));
-      const greedy = await runHead(env, p, hidden, n, "greedy");
-      for (let t = 0; t < n; t++) {
-        const row = want.subarray(t * spec.vocabSize, (t + 1) * spec.vocabSize);
-        expect(greedy[t]).toBe(argmax(row));
-        for (const [seed, temperature, topP] of [[7, 1, 1], [8, 0.7, 0.9], [9, 1.3, 0.5]]) {
-          const params = { temperature, topP };
-          const got = sampleToken(logits.subarray(t * spec.vocabSize, (t + 1) * spec.vocabSize), params, createRng(seed));
-          expect(got).toBe(sampleToken(row, params, createRng(seed)));
+  it.each(shardCounts)(
+    "%i shards: logits bit-identical to the unsplit head, greedy and seeded sampling identical",
+    async (m) => {
+      const { spec } = models[id];
+      const p = placement(id, m);
+      for (const n of [1, 6]) {
+        const r = createRng(n * 31 + m);
+        const hidden = Float32Array.from({ length: n * spec.dModel }, () => r() * 4 - 2);
+        const logits = await runHead(env, p, hidden, n, "logits");
+        const st = await env.HEAD_HOST.getByName(p.shards[0].name).stats();
+        expect(st.format).toBe(id === "granite" ? "bf16" : "f32"); // make-model writes bf16 dense tensors
+        const want = await unsplitLogits(id, hidden, n, st.kernels as KernelFlavor);
+        expect(bits(logits)).toEqual(bits(want));
+        const greedy = await runHead(env, p, hidden, n, "greedy");
+        for (let t = 0; t < n; t++) {
+          const row = want.subarray(t * spec.vocabSize, (t + 1) * spec.vocabSize);
+          expect(greedy[t]).toBe(argmax(row));
+          for (const [seed, temperature, topP] of [
+            [7, 1, 1],
+            [8, 0.7, 0.9],
+            [9, 1.3, 0.5],
+          ]) {
+            const params = { temperature, topP };
+            const got = sampleToken(
+              logits.subarray(t * spec.vocabSize, (t + 1) * spec.vocabSize),
+              params,
+              createRng(seed),
+            );
+            expect(got).toBe(sampleToken(row, params, createRng(seed)));
+          }
         }
       }
-    }
-  });
+    },
+  );
 });
 
 describe("HeadHost budget", () => {
@@ -108,10 +132,23 @@ describe("HeadHost budget", () => {
     expect(err).toBeInstanceOf(HeadError);
     expect((err as HeadError).code).toBe("budget_exceeded");
     expect((err as HeadError).shard).toBe("mixtral-tiny/head/0-256");
-    expect((err as Error).message).toMatch(/HeadHost mixtral-tiny\/head\/0-256 \(HEAD_HOST_BUDGET_MB\): rows \[0, 256\) of "lm_head\.weight" need 0\.1 MiB \(65536 bytes\) as f32, over the 0\.1 MiB \(62914 bytes\) budget/);
+    expect((err as Error).message).toMatch(
+      new RegExp(
+        String.raw`HeadHost mixtral-tiny/head/0-256 \(HEAD_HOST_BUDGET_MB\): rows \[0, 256\) of "lm_head\.weight" ` +
+          String.raw`need 0\.1 MiB \(65536 bytes\) as f32, over the 0\.1 MiB \(62914 bytes\) budget`,
+      ),
+    );
     // The planner, given the same budget, splits instead.
     const { spec } = models["mixtral-tiny"];
-    expect(planHeadShards({ model: "mixtral-tiny", vocabSize: spec.vocabSize, dModel: spec.dModel, bytesPerRow: 4 * spec.dModel, budgetBytes: BUDGET }).shards.length).toBe(2);
+    expect(
+      planHeadShards({
+        model: "mixtral-tiny",
+        vocabSize: spec.vocabSize,
+        dModel: spec.dModel,
+        bytesPerRow: 4 * spec.dModel,
+        budgetBytes: BUDGET,
+      }).shards.length,
+    ).toBe(2);
   });
 
   it("reports what each shard holds, within its budget", async () => {
@@ -119,7 +156,14 @@ describe("HeadHost budget", () => {
     await runHead(env, p, new Float32Array(64), 1, "greedy");
     for (const s of p.shards) {
       const st = await env.HEAD_HOST.getByName(s.name).stats();
-      expect(st).toMatchObject({ model: "granite", tensor: "model.embed_tokens.weight", rowStart: s.rowStart, rowEnd: s.rowEnd, format: "bf16", budgetBytes: BUDGET });
+      expect(st).toMatchObject({
+        model: "granite",
+        tensor: "model.embed_tokens.weight",
+        rowStart: s.rowStart,
+        rowEnd: s.rowEnd,
+        format: "bf16",
+        budgetBytes: BUDGET,
+      });
       expect(st.bytesLoaded).toBe((s.rowEnd - s.rowStart) * 64 * 2); // bf16 rows: half of the planned f32 bytes
       expect(st.bytesLoaded).toBeLessThanOrEqual(st.budgetBytes);
     }
@@ -142,6 +186,8 @@ describe("embedding rows in workerd", () => {
   it("the HeadHosts holding a tied table serve the same rows", async () => {
     const { spec, ckpt } = models.granite;
     const table = await ckpt.readF32("model.embed_tokens.weight");
-    expect(await new HeadEmbeddings(env, placement("granite", 5)).rows(ids)).toEqual(await new TableEmbeddings(table, spec.vocabSize, spec.dModel).rows(ids));
+    expect(await new HeadEmbeddings(env, placement("granite", 5)).rows(ids)).toEqual(
+      await new TableEmbeddings(table, spec.vocabSize, spec.dModel).rows(ids),
+    );
   });
 });

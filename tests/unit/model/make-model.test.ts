@@ -26,33 +26,62 @@ function filesOf(dir: string, names: string[]): Record<string, Uint8Array> {
 }
 
 const GRANITE = resolveConfig("granite-3.1-1b-a400m");
-const SMALL = { hidden_size: 64, intermediate_size: 32, num_local_experts: 4, num_experts_per_tok: 2, vocab_size: 1003 };
+const SMALL = {
+  hidden_size: 64,
+  intermediate_size: 32,
+  num_local_experts: 4,
+  num_experts_per_tok: 2,
+  vocab_size: 1003,
+};
 
 describe("make-model", () => {
-  it.each(["int8", "bf16"] as const)("writes a %s granite-layout checkpoint that openModel accepts, with the config's shapes", async (dtype) => {
-    const dir = join(tmp(), "m");
-    const s = makeModel(GRANITE, dir, { layers: 2, dtype, set: SMALL, maxShardBytes: 64 * 1024 });
-    expect(s.files.filter((f) => f.name.endsWith(".safetensors")).length).toBeGreaterThan(1); // sharded
-    const { spec, ckpt } = await openModel(memoryFileStore(filesOf(dir, s.files.map((f) => f.name))));
-    expect(spec).toMatchObject({ arch: "granitemoe", nLayers: 2, dModel: 64, vocabSize: 1003, nExperts: 4, topK: 2, tieEmbeddings: true });
-    expect(spec.multipliers).toEqual({ embedding: 12, residual: 0.22, logitsScale: 6 });
-    expect(ckpt.info("model.embed_tokens.weight")).toMatchObject({ dtype: "BF16", shape: [1003, 64] });
-    expect(ckpt.has("lm_head.weight")).toBe(false); // tied
-    const experts = "model.layers.1.block_sparse_moe.input_linear";
-    if (dtype === "int8") {
-      expect(ckpt.info(`${experts}.qweight`)).toMatchObject({ dtype: "I8", shape: [4, 64, 64] });
-      expect(ckpt.info(`${experts}.scales`)).toMatchObject({ dtype: "F32", shape: [4, 64] });
-    } else {
-      expect(ckpt.info(`${experts}.weight`)).toMatchObject({ dtype: "BF16", shape: [4, 64, 64] });
-    }
-    // Norms 1, weights ≈ N(0, 0.02²), output projections scaled down by √(2·layers).
-    expect([...(await ckpt.readF32("model.layers.0.input_layernorm.weight"))].every((v) => v === 1)).toBe(true);
-    const std = (a: Float32Array) => Math.sqrt(a.reduce((x, v) => x + v * v, 0) / a.length);
-    expect(std(await ckpt.readF32("model.layers.0.self_attn.q_proj.weight"))).toBeCloseTo(0.02, 2);
-    expect(std(await ckpt.readF32("model.layers.0.self_attn.o_proj.weight"))).toBeCloseTo(0.01, 2);
-    const cfg = JSON.parse(readFileSync(join(dir, "config.json"), "utf8")) as Record<string, unknown>;
-    expect(cfg).toMatchObject({ bos_token_id: 1, eos_token_id: 2, torch_dtype: "bfloat16", attention_multiplier: 0.015625 });
-  });
+  it.each(["int8", "bf16"] as const)(
+    "writes a %s granite-layout checkpoint that openModel accepts, with the config's shapes",
+    async (dtype) => {
+      const dir = join(tmp(), "m");
+      const s = makeModel(GRANITE, dir, { layers: 2, dtype, set: SMALL, maxShardBytes: 64 * 1024 });
+      expect(s.files.filter((f) => f.name.endsWith(".safetensors")).length).toBeGreaterThan(1); // sharded
+      const { spec, ckpt } = await openModel(
+        memoryFileStore(
+          filesOf(
+            dir,
+            s.files.map((f) => f.name),
+          ),
+        ),
+      );
+      expect(spec).toMatchObject({
+        arch: "granitemoe",
+        nLayers: 2,
+        dModel: 64,
+        vocabSize: 1003,
+        nExperts: 4,
+        topK: 2,
+        tieEmbeddings: true,
+      });
+      expect(spec.multipliers).toEqual({ embedding: 12, residual: 0.22, logitsScale: 6 });
+      expect(ckpt.info("model.embed_tokens.weight")).toMatchObject({ dtype: "BF16", shape: [1003, 64] });
+      expect(ckpt.has("lm_head.weight")).toBe(false); // tied
+      const experts = "model.layers.1.block_sparse_moe.input_linear";
+      if (dtype === "int8") {
+        expect(ckpt.info(`${experts}.qweight`)).toMatchObject({ dtype: "I8", shape: [4, 64, 64] });
+        expect(ckpt.info(`${experts}.scales`)).toMatchObject({ dtype: "F32", shape: [4, 64] });
+      } else {
+        expect(ckpt.info(`${experts}.weight`)).toMatchObject({ dtype: "BF16", shape: [4, 64, 64] });
+      }
+      // Norms 1, weights ≈ N(0, 0.02²), output projections scaled down by √(2·layers).
+      expect([...(await ckpt.readF32("model.layers.0.input_layernorm.weight"))].every((v) => v === 1)).toBe(true);
+      const std = (a: Float32Array) => Math.sqrt(a.reduce((x, v) => x + v * v, 0) / a.length);
+      expect(std(await ckpt.readF32("model.layers.0.self_attn.q_proj.weight"))).toBeCloseTo(0.02, 2);
+      expect(std(await ckpt.readF32("model.layers.0.self_attn.o_proj.weight"))).toBeCloseTo(0.01, 2);
+      const cfg = JSON.parse(readFileSync(join(dir, "config.json"), "utf8")) as Record<string, unknown>;
+      expect(cfg).toMatchObject({
+        bos_token_id: 1,
+        eos_token_id: 2,
+        torch_dtype: "bfloat16",
+        attention_multiplier: 0.015625,
+      });
+    },
+  );
 
   it("writes the same bytes every run and keeps a complete directory", () => {
     const [a, b] = [join(tmp(), "a"), join(tmp(), "b")];
@@ -66,12 +95,26 @@ describe("make-model", () => {
   it("lays out the full granite-3.1-1b-a400m: 24 layers × 32 experts, vocabulary 49155, tied", () => {
     const published = JSON.parse(readFileSync(GRANITE, "utf8")) as Record<string, unknown>;
     const spec = parseConfig(adjustedConfig(published, {}, { bos: 1, eos: 2 }));
-    expect(spec).toMatchObject({ nLayers: 24, nExperts: 32, topK: 8, vocabSize: 49155, dModel: 1024, dFf: 512, tieEmbeddings: true });
+    expect(spec).toMatchObject({
+      nLayers: 24,
+      nExperts: 32,
+      topK: 8,
+      vocabSize: 49155,
+      dModel: 1024,
+      dFf: 512,
+      tieEmbeddings: true,
+    });
     const tensors = checkpointTensors(spec);
     const params = tensors.reduce((a, t) => a + t.shape.reduce((x, y) => x * y, 1), 0);
-    const expertParams = tensors.filter((t) => t.part === "expert").reduce((a, t) => a + t.shape.reduce((x, y) => x * y, 1), 0);
-    expect(tensors.find((t) => t.name === "model.layers.23.block_sparse_moe.input_linear.weight")?.shape).toEqual([32, 1024, 1024]);
-    expect(tensors.find((t) => t.name === "model.layers.23.block_sparse_moe.output_linear.weight")?.shape).toEqual([32, 1024, 512]);
+    const expertParams = tensors
+      .filter((t) => t.part === "expert")
+      .reduce((a, t) => a + t.shape.reduce((x, y) => x * y, 1), 0);
+    expect(tensors.find((t) => t.name === "model.layers.23.block_sparse_moe.input_linear.weight")?.shape).toEqual([
+      32, 1024, 1024,
+    ]);
+    expect(tensors.find((t) => t.name === "model.layers.23.block_sparse_moe.output_linear.weight")?.shape).toEqual([
+      32, 1024, 512,
+    ]);
     expect(expertParams).toBe(24 * 32 * 3 * 512 * 1024);
     expect((params - expertParams) * 4).toBe(denseBytes(spec)); // the loader's own count of dense bytes
     // embed + final norm + 24 × (2 norms + q, o [1024²] + k, v [512 × 1024] + router [32 × 1024] + experts)
