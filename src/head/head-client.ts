@@ -15,7 +15,7 @@
  *    (With NaN logits neither scan is meaningful; the model is broken then either way.)
  *
  * Bytes per generated token, M shards, dModel d, vocabulary V: greedy sends 4·d bytes to each shard
- * and gets 8 back (M·(4d + 8) in all: 33 KiB for granite-3.1-1b-a400m on 8 shards);
+ * and gets 8 back (M·(4d + 8) in all: 8 KiB for granite-3.1-1b-a400m on its 2 bf16 shards);
  * sampling at temperature > 0 sends the same and gets the logits row back, 4·V bytes in all
  * (192 KiB for granite's 49155 ids). Exact top-p needs the global order of the whole row, and exact
  * equality with the single-host sampler needs its f64 sums in vocabulary order, so the row is
