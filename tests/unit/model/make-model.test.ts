@@ -12,6 +12,7 @@ import { parseConfig } from "../../../src/model/config";
 import { memoryFileStore } from "../../../src/model/safetensors";
 import { adjustedConfig, makeModel, resolveConfig } from "../../../scripts/make-model";
 import { hashModelDir } from "../../../scripts/make-demo-model";
+import { referenceForward } from "./reference-forward";
 
 const dirs: string[] = [];
 const tmp = () => {
@@ -124,5 +125,35 @@ describe("make-model", () => {
     // embed + final norm + 24 × (2 norms + q, o [1024²] + k, v [512 × 1024] + router [32 × 1024] + experts)
     const perLayer = 2 * 1024 + 2 * 1024 * 1024 + 2 * 512 * 1024 + 32 * 1024 + 32 * 3 * 512 * 1024;
     expect(params).toBe(49155 * 1024 + 1024 + 24 * perLayer); // 1.33 B
+  });
+
+  it("keeps activations O(1) through granite's 24 layers and greedy tokens varied (float64 reference)", async () => {
+    const dir = join(tmp(), "deep");
+    const set = { ...SMALL, hidden_size: 128, intermediate_size: 64, num_local_experts: 8 };
+    const s = makeModel(GRANITE, dir, { dtype: "bf16", set });
+    const { ckpt } = await openModel(
+      memoryFileStore(
+        filesOf(
+          dir,
+          s.files.map((f) => f.name),
+        ),
+      ),
+    );
+    const tensors = new Map<string, { shape: number[]; data: Float32Array }>();
+    for (const [name, t] of ckpt.tensors) tensors.set(name, { shape: t.shape, data: await ckpt.readF32(name) });
+    const cfg = JSON.parse(readFileSync(join(dir, "config.json"), "utf8")) as Record<string, unknown>;
+    const tokens = [1, 491, 28, 910, 460, 368, 804, 315, 837, 264, 369, 229];
+    const r = referenceForward(cfg as never, tensors, tokens);
+    const rms = (v: number[]) => Math.sqrt(v.reduce((a, x) => a + x * x, 0) / v.length);
+    for (let layer = 0; layer < 24; layer++) {
+      for (const out of r.moeOut[layer]) {
+        expect(rms(out), `layer ${layer}`).toBeGreaterThan(0.2);
+        expect(rms(out), `layer ${layer}`).toBeLessThan(5);
+      }
+    }
+    const greedy = r.logits.map((row) => row.indexOf(Math.max(...row)));
+    expect(r.logits.flat().every(Number.isFinite)).toBe(true);
+    expect(new Set(greedy).size).toBeGreaterThan(6); // not one token everywhere
+    expect(greedy.filter((g, t) => g === tokens[t]).length).toBeLessThan(4); // not an echo of the input
   });
 });
