@@ -558,15 +558,6 @@ export async function openModel(store: FileStore): Promise<{ spec: ModelSpec; ck
   return { spec, ckpt };
 }
 
-/**
- * Names of the token-embedding table and of the output head [vocabSize, dModel]. With
- * `tie_word_embeddings` both are the embedding table: one tensor, read once, serving both.
- */
-export function vocabTensorNames(spec: ModelSpec): { embed: string; head: string; tied: boolean } {
-  const a = ADAPTERS[spec.arch];
-  return { embed: a.embed, head: spec.tieEmbeddings ? a.embed : a.lmHead, tied: spec.tieEmbeddings };
-}
-
 /** One tensor of a checkpoint as the family lays it out (see `checkpointTensors`). */
 export interface CheckpointTensor {
   name: string;
@@ -602,4 +593,13 @@ export function checkpointTensors(spec: ModelSpec): CheckpointTensor[] {
     }
   }
   return [...out.values()];
+}
+
+/**
+ * Names of the token-embedding table and of the output head [vocabSize, dModel]. With
+ * `tie_word_embeddings` both are the embedding table: one tensor, read once, serving both.
+ */
+export function vocabTensorNames(spec: ModelSpec): { embed: string; head: string; tied: boolean } {
+  const a = ADAPTERS[spec.arch];
+  return { embed: a.embed, head: spec.tieEmbeddings ? a.embed : a.lmHead, tied: spec.tieEmbeddings };
 }
