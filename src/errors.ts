@@ -8,6 +8,7 @@ export type ApiErrorType =
   | "not_found_error"
   | "authentication_error"
   | "permission_error"
+  | "rate_limit_error"
   | "server_error"
   | "service_unavailable";
 
@@ -18,6 +19,8 @@ export class ApiError extends Error {
     readonly type: ApiErrorType = "invalid_request_error",
     readonly param: string | null = null,
     readonly code: string | null = null,
+    /** Response headers that belong to this error (`Retry-After`, `WWW-Authenticate`). */
+    readonly headers: Readonly<Record<string, string>> = {},
   ) {
     super(message);
     this.name = "ApiError";

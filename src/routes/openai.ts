@@ -1,7 +1,9 @@
 /**
  * @module The OpenAI-compatible surface: GET /v1/models, POST /v1/completions,
  * POST /v1/chat/completions (JSON or SSE), and GET /v1/placement (read-only view of where each
- * model's experts live).
+ * model's experts live — behind the API key like the rest, since it names hosts and traffic).
+ * Every route passes the API key, the rate limit and the body guards first, and every size cap
+ * (limits.ts) before the model is loaded or anything is tokenized.
  */
 import { Hono, type Context } from "hono";
 import { streamSSE } from "hono/streaming";
@@ -13,20 +15,22 @@ import { listModelIds, modelPrefix, ModelNotFoundError, MODEL_ID_PATTERN } from 
 import { maxServableTokens, parseConfig } from "../model/config";
 import { parseBody } from "./validate";
 import { modelLayer } from "../coordinator/placement";
+import { apiKeyAuth, type AuthVariables } from "./api-keys";
+import { bodyCap, rateLimit, requireJson } from "./guards";
+import { checkMaxTokens, checkMessages, checkPrompt, checkStop, COMPLETIONS_DEFAULT_MAX_TOKENS, MAX_STOP, readLimits, SEED_MAX } from "./limits";
 
-const MAX_STOP = 4;
 
 const samplingFields = {
   model: z.string().regex(MODEL_ID_PATTERN, "must be a model id such as \"demo-mixtral\"").optional(),
   max_tokens: z.number().int("must be an integer").min(1, "must be ≥ 1").nullish(),
   temperature: z.number().min(0, "must be ≥ 0").max(2, "must be ≤ 2").nullish(),
   top_p: z.number().gt(0, "must be > 0").max(1, "must be ≤ 1").nullish(),
-  seed: z.number().int("must be an integer").nullish(),
-  stop: z.union([z.string(), z.array(z.string().min(1, "must not be empty")).max(MAX_STOP, `at most ${MAX_STOP} stop sequences`)]).nullish(),
+  seed: z.number().int("must be an integer").min(0, `must be in [0, ${SEED_MAX}]`).max(SEED_MAX, `must be in [0, ${SEED_MAX}] (the sampler's seed is 32 bits)`).nullish(),
+  stop: z.union([z.string(), z.array(z.string()).max(MAX_STOP, `at most ${MAX_STOP} stop sequences`)], `must be a string or an array of at most ${MAX_STOP} strings`).nullish(),
   stream: z.boolean().nullish(),
   stream_options: z.object({ include_usage: z.boolean().optional() }).nullish(),
   n: z.literal(1, "only n = 1 is supported").nullish(),
-  user: z.string().optional(),
+  user: z.string().max(256, "must be at most 256 characters").optional(),
   presence_penalty: z.literal(0, "penalties are not supported; send 0 or omit").nullish(),
   frequency_penalty: z.literal(0, "penalties are not supported; send 0 or omit").nullish(),
   logprobs: z.union([z.literal(false), z.null()], "logprobs are not supported yet").optional(),
@@ -46,7 +50,7 @@ const ContentPart = z.object({ type: z.literal("text", "only text content parts 
 const Message = z.object({
   role: z.enum(["system", "user", "assistant", "tool"], "must be one of system, user, assistant, tool"),
   content: z.union([z.string(), z.array(ContentPart)], "must be a string or an array of text parts"),
-  name: z.string().optional(),
+  name: z.string().max(256, "must be at most 256 characters").optional(),
 });
 
 const ChatBody = z.strictObject({
@@ -58,7 +62,9 @@ const ChatBody = z.strictObject({
 
 type Sampling = z.infer<z.ZodObject<typeof samplingFields>>;
 
-export const openai = new Hono<{ Bindings: Env }>();
+export const openai = new Hono<{ Bindings: Env; Variables: AuthVariables }>();
+
+openai.use("*", apiKeyAuth(), rateLimit(), requireJson(), bodyCap());
 
 openai.get("/models", async (c) => {
   const ids = await listModelIds(c.env.MODELS);
@@ -93,9 +99,13 @@ openai.get("/placement", async (c) => {
 
 openai.post("/completions", async (c) => {
   const body = await parseBody(c, CompletionBody);
+  const lim = readLimits(c.env);
+  checkPrompt(body.prompt, lim);
+  checkStop(body, lim);
+  checkMaxTokens(body.max_tokens, "max_tokens", lim);
   const rt = await runtimeFor(c, body.model);
   const promptIds = promptToIds(rt, body.prompt);
-  const req = generateRequest(rt, body, promptIds, body.max_tokens ?? 16, "max_tokens");
+  const req = generateRequest(rt, body, promptIds, body.max_tokens ?? null, COMPLETIONS_DEFAULT_MAX_TOKENS, "max_tokens");
   const id = `cmpl-${crypto.randomUUID()}`;
   const created = Math.floor(Date.now() / 1000);
   const head = { id, object: "text_completion", created, model: rt.id };
@@ -111,6 +121,11 @@ openai.post("/completions", async (c) => {
 
 openai.post("/chat/completions", async (c) => {
   const body = await parseBody(c, ChatBody);
+  const lim = readLimits(c.env);
+  checkMessages(body.messages, lim);
+  checkStop(body, lim);
+  checkMaxTokens(body.max_tokens, "max_tokens", lim);
+  checkMaxTokens(body.max_completion_tokens, "max_completion_tokens", lim);
   const rt = await runtimeFor(c, body.model);
   const tok = rt.tokenizer;
   if (!tok || !tok.hasChatTemplate) {
@@ -124,7 +139,8 @@ openai.post("/chat/completions", async (c) => {
     throw ApiError.invalid("messages", `the chat template refused these messages: ${err instanceof Error ? err.message : String(err)}`);
   }
   const promptIds = tok.encode(rendered, { addSpecialTokens: false });
-  const req = generateRequest(rt, body, promptIds, body.max_completion_tokens ?? body.max_tokens ?? null, body.max_completion_tokens != null ? "max_completion_tokens" : "max_tokens");
+  const maxField = body.max_completion_tokens != null ? "max_completion_tokens" : "max_tokens";
+  const req = generateRequest(rt, body, promptIds, body.max_completion_tokens ?? body.max_tokens ?? null, lim.defaultMaxTokens, maxField);
   const id = `chatcmpl-${crypto.randomUUID()}`;
   const created = Math.floor(Date.now() / 1000);
   const head = { id, object: "chat.completion.chunk", created, model: rt.id };
@@ -147,7 +163,7 @@ openai.post("/chat/completions", async (c) => {
   });
 });
 
-async function runtimeFor(c: Context<{ Bindings: Env }>, model: string | undefined): Promise<ModelRuntime> {
+async function runtimeFor(c: Context<{ Bindings: Env; Variables: AuthVariables }>, model: string | undefined): Promise<ModelRuntime> {
   const id = model ?? c.env.DEFAULT_MODEL;
   try {
     return await getRuntime(c.env, id);
@@ -170,13 +186,14 @@ function promptToIds(rt: ModelRuntime, prompt: z.infer<typeof CompletionBody>["p
   return ids;
 }
 
-function generateRequest(rt: ModelRuntime, body: Sampling, promptIds: number[], maxTokens: number | null, maxField: string): GenerateRequest {
+/** `maxTokens` as sent (null: none), else `dflt` bounded by the room the prompt leaves. */
+function generateRequest(rt: ModelRuntime, body: Sampling, promptIds: number[], maxTokens: number | null, dflt: number, maxField: string): GenerateRequest {
   const limit = maxServableTokens(rt.spec);
   if (promptIds.length >= limit) {
     throw ApiError.invalid("messages" in body ? "messages" : "prompt", `the prompt has ${promptIds.length} tokens; this model's context is ${limit}`, "context_length_exceeded");
   }
   const room = limit - promptIds.length;
-  const max = maxTokens ?? room;
+  const max = maxTokens ?? Math.min(dflt, room);
   if (max > room) {
     throw ApiError.invalid(maxField, `${max} + ${promptIds.length} prompt tokens exceeds this model's context of ${limit} tokens (at most ${room})`, "context_length_exceeded");
   }
@@ -199,7 +216,7 @@ interface Collected {
 }
 
 /** The request's waitUntil (absent when the app is driven without an execution context). */
-function waitUntilOf(c: Context<{ Bindings: Env }>): WaitUntil | undefined {
+function waitUntilOf(c: Context<{ Bindings: Env; Variables: AuthVariables }>): WaitUntil | undefined {
   try {
     const ctx = c.executionCtx;
     return (p) => ctx.waitUntil(p);
@@ -226,7 +243,7 @@ function usage(s: GenerateStats) {
 }
 
 function sse(
-  c: Context<{ Bindings: Env }>,
+  c: Context<{ Bindings: Env; Variables: AuthVariables }>,
   rt: ModelRuntime,
   req: GenerateRequest,
   includeUsage: boolean,

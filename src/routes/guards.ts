@@ -1,0 +1,66 @@
+/**
+ * @module Request guards shared by the sub-apps, run before any handler reads a body: the rate
+ * limit (Cloudflare's Rate Limiting binding, per API key or per client IP), `Content-Type:
+ * application/json` on POSTs (so a page in a browser cannot drive the API with a "simple" text/plain
+ * request), and the body-size cap, enforced on Content-Length and again while the body streams in,
+ * so a chunked body cannot slip past it.
+ */
+import type { MiddlewareHandler } from "hono";
+import { bodyLimit } from "hono/body-limit";
+import { ApiError } from "../errors";
+import type { AuthVariables } from "./api-keys";
+import { rateLimitEnabled, readLimits } from "./limits";
+
+/**
+ * The `[[ratelimits]]` binding's period (seconds). The binding does not say when its window ends,
+ * so Retry-After is the whole period: a client that waits that long is never refused again for the
+ * same burst. The deploy-config test keeps this equal to wrangler.toml's `simple.period`.
+ */
+export const RATE_LIMIT_PERIOD_S = 60;
+
+export function rateLimit(): MiddlewareHandler<{ Bindings: Env; Variables: AuthVariables }> {
+  return async (c, next) => {
+    if (!rateLimitEnabled(c.env)) return next();
+    const key = c.get("rateKey") ?? `ip:${c.req.header("cf-connecting-ip") ?? "unknown"}`;
+    let allowed = true;
+    try {
+      allowed = (await c.env.RATE_LIMITER.limit({ key })).success;
+    } catch (err) {
+      // The limiter is a guard, not a dependency: when it fails, serve (and say so in the logs).
+      console.error("rate limiter failed; request allowed", err);
+    }
+    if (!allowed) {
+      throw new ApiError(429, `rate limit reached for this ${key.startsWith("key:") ? "API key" : "client"}; retry after ${RATE_LIMIT_PERIOD_S} s`, "rate_limit_error", null, "rate_limit_exceeded", {
+        "Retry-After": String(RATE_LIMIT_PERIOD_S),
+      });
+    }
+    return next();
+  };
+}
+
+/** POSTs must say `Content-Type: application/json` (parameters such as charset allowed). */
+export function requireJson(): MiddlewareHandler<{ Bindings: Env }> {
+  return async (c, next) => {
+    if (c.req.method !== "POST") return next();
+    const ct = c.req.header("content-type") ?? "";
+    if (ct.split(";")[0].trim().toLowerCase() !== "application/json") {
+      const got = ct ? `"${ct.length > 80 ? `${ct.slice(0, 80)}…` : ct}"` : "none";
+      throw new ApiError(415, `Content-Type must be application/json, got ${got}`, "invalid_request_error", null, "unsupported_media_type");
+    }
+    return next();
+  };
+}
+
+/** 413 above MAX_BODY_BYTES, checked on Content-Length and while reading a chunked body. */
+export function bodyCap(): MiddlewareHandler<{ Bindings: Env }> {
+  return async (c, next) => {
+    if (c.req.method === "GET" || c.req.method === "HEAD") return next();
+    const max = readLimits(c.env).maxBodyBytes;
+    return bodyLimit({
+      maxSize: max,
+      onError: () => {
+        throw new ApiError(413, `request body exceeds ${max} bytes (this server's MAX_BODY_BYTES)`, "invalid_request_error", null, "request_too_large");
+      },
+    })(c, next);
+  };
+}
