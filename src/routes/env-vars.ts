@@ -5,6 +5,12 @@
  * An absent or empty var takes the documented default, so a config that predates a var still works.
  */
 
+/**
+ * The Worker's secrets (`wrangler secret put NAME`; `.dev.vars` locally). None may also be a
+ * `[vars]` name: a deploy with both is refused (the deploy-config test checks wrangler.toml).
+ */
+export const SECRET_NAMES = ["ADMIN_TOKEN", "API_KEY_HASHES"] as const;
+
 /** A misconfigured var or secret: an operator's mistake, reported by name (never a client's fault). */
 export class EnvVarError extends Error {
   override name = "EnvVarError";

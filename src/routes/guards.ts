@@ -6,7 +6,6 @@
  * so a chunked body cannot slip past it.
  */
 import type { MiddlewareHandler } from "hono";
-import { bodyLimit } from "hono/body-limit";
 import { ApiError } from "../errors";
 import type { AuthVariables } from "./api-keys";
 import { rateLimitEnabled, readLimits } from "./limits";
@@ -51,16 +50,55 @@ export function requireJson(): MiddlewareHandler<{ Bindings: Env }> {
   };
 }
 
+/**
+ * Past the cap a body is still read (and dropped) up to this many bytes before the 413 goes out:
+ * answering while the client is still sending makes workerd drop the connection, and the client
+ * would see a reset instead of the 413. Beyond this a client gets the reset.
+ */
+export const DRAIN_LIMIT_BYTES = 64 * 1024 * 1024;
+
 /** 413 above MAX_BODY_BYTES, checked on Content-Length and while reading a chunked body. */
 export function bodyCap(): MiddlewareHandler<{ Bindings: Env }> {
   return async (c, next) => {
-    if (c.req.method === "GET" || c.req.method === "HEAD") return next();
+    const raw = c.req.raw;
+    if (!raw.body || c.req.method === "GET" || c.req.method === "HEAD") return next();
     const max = readLimits(c.env).maxBodyBytes;
-    return bodyLimit({
-      maxSize: max,
-      onError: () => {
-        throw new ApiError(413, `request body exceeds ${max} bytes (this server's MAX_BODY_BYTES)`, "invalid_request_error", null, "request_too_large");
-      },
-    })(c, next);
+    const tooLarge = () =>
+      new ApiError(413, `request body exceeds ${max} bytes (this server's MAX_BODY_BYTES)`, "invalid_request_error", null, "request_too_large");
+    const declared = Number(raw.headers.get("content-length") ?? NaN);
+    if (declared > DRAIN_LIMIT_BYTES) throw tooLarge();
+    if (declared > max) {
+      // Refused on its declared length: read nothing into memory, let the runtime drop the bytes.
+      await raw.body.pipeTo(new WritableStream());
+      throw tooLarge();
+    }
+    const reader = raw.body.getReader();
+    const chunks: Uint8Array[] = [];
+    let size = 0;
+    // A declared length over the cap is refused without keeping a byte; otherwise the cap is
+    // applied to what actually arrives, so a chunked (or lying) body cannot get past it either.
+    let over = declared > max;
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      size += value.byteLength;
+      if (size > max) over = true;
+      if (over) {
+        chunks.length = 0;
+        if (size > DRAIN_LIMIT_BYTES) {
+          await reader.cancel();
+          break;
+        }
+      } else chunks.push(value);
+    }
+    if (over) throw tooLarge();
+    const body = new Uint8Array(size);
+    let at = 0;
+    for (const ch of chunks) {
+      body.set(ch, at);
+      at += ch.byteLength;
+    }
+    c.req.raw = new Request(raw, { body });
+    return next();
   };
 }
