@@ -119,7 +119,7 @@ function withRaw(body: Json, raw: string | undefined): string {
 }
 
 /** One field of a valid body mutated; returns the JSON text and the top-level field named. */
-function mutateField(rng: Rng, base: Base): { text: string; field: string; kind: string } {
+function mutateField(rng: Rng, base: Base): { text: string; field: string | undefined; kind: string } {
   const body = clone(base.body);
   const keys = Object.keys(body);
   const roll = rng();
@@ -149,6 +149,9 @@ function mutateField(rng: Rng, base: Base): { text: string; field: string; kind:
     return { text: withRaw(body, h.raw), field: key, kind: "nested-value" };
   }
   body[key] = h.raw === undefined ? (h.value as Json) : "__RAW__";
+  // Another served model is a valid choice, not a bad field: what it refuses (a text prompt for a
+  // model without a tokenizer, say) is named by the server as the field it cannot serve.
+  if (key === "model" && (h.value === "tiny" || h.value === "chat")) return { text: JSON.stringify(body), field: undefined, kind: "other-model" };
   return { text: withRaw(body, h.raw), field: key, kind: "field-value" };
 }
 
