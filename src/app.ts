@@ -13,6 +13,7 @@ import { ModelFormatError } from "./model/errors";
 import { openai } from "./routes/openai";
 import { admin } from "./routes/admin";
 import { EnvVarError, listVar } from "./routes/env-vars";
+import { drainBody } from "./routes/guards";
 
 export const app = new Hono<{ Bindings: Env; Variables: RequestIdVariables }>();
 
@@ -39,9 +40,14 @@ app.get("/health", (c) => c.json({ status: "ok" }));
 app.route("/v1", openai);
 app.route("/admin", admin);
 
-app.notFound((c) => c.json(new ApiError(404, `no route for ${c.req.method} ${clip(new URL(c.req.url).pathname)}`, "not_found_error").toBody(), 404));
+app.notFound(async (c) => {
+  await drainBody(c.req.raw);
+  return c.json(new ApiError(404, `no route for ${c.req.method} ${clip(new URL(c.req.url).pathname)}`, "not_found_error").toBody(), 404);
+});
 
-app.onError((err, c) => {
+app.onError(async (err, c) => {
+  // An early refusal (401, 413, 415, ...) must not cut off a client still uploading its body.
+  await drainBody(c.req.raw);
   if (err instanceof ApiError) return c.json(err.toBody(), err.status, err.headers);
   if (err instanceof HTTPException) {
     const res = err.getResponse();

@@ -207,7 +207,9 @@ function damagedTransport(rng: Rng, base: Base): FuzzCase {
       const auth = pick(rng, ["", "Bearer", "Bearer ", "Basic Zm9vOmJhcg==", "Bearer wrong-key", `Bearer ${"k".repeat(int(rng, 600, 6000))}`, `bearer ${FUZZ_KEY}x`, "Bearer \u00ff\u00fe", `Bearer ${FUZZ_KEY} extra`]);
       const h: Record<string, string> = { ...JSON_CT };
       if (auth) h.authorization = auth;
-      return { kind: "auth", method: "POST", path: base.path, headers: h, body: text };
+      // Sometimes a large upload too: the refusal must still arrive as a 401, not a reset.
+      const body = rng() < 0.2 ? JSON.stringify({ ...base.body, pad: "p".repeat(int(rng, 500_000, 3_000_000)) }) : text;
+      return { kind: "auth", method: "POST", path: base.path, headers: h, body };
     }
     case 4: {
       const id = pick(rng, ["", "ok-id_1=", "has space", "<script>", "x".repeat(int(rng, 129, 4000)), "é", "a,b", "../../etc"]);

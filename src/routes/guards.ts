@@ -57,6 +57,34 @@ export function requireJson(): MiddlewareHandler<{ Bindings: Env }> {
  */
 export const DRAIN_LIMIT_BYTES = 64 * 1024 * 1024;
 
+/**
+ * Reads and drops what is left of a request body (at most DRAIN_LIMIT_BYTES) before an early
+ * answer — a 401, 404, 413 or 415 sent while the client is still uploading would otherwise reach
+ * it as a dropped connection.
+ */
+export async function drainBody(req: Request): Promise<void> {
+  if (!req.body || req.bodyUsed) return;
+  if (Number(req.headers.get("content-length") ?? NaN) > DRAIN_LIMIT_BYTES) return;
+  await drain(req.body.getReader(), 0);
+}
+
+async function drain(reader: ReadableStreamDefaultReader<Uint8Array>, alreadyRead: number): Promise<void> {
+  let size = alreadyRead;
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) return;
+      size += value.byteLength;
+      if (size > DRAIN_LIMIT_BYTES) {
+        await reader.cancel();
+        return;
+      }
+    }
+  } catch {
+    // The client went away mid-body: nothing left to drain.
+  }
+}
+
 /** 413 above MAX_BODY_BYTES, checked on Content-Length and while reading a chunked body. */
 export function bodyCap(): MiddlewareHandler<{ Bindings: Env }> {
   return async (c, next) => {
@@ -65,33 +93,24 @@ export function bodyCap(): MiddlewareHandler<{ Bindings: Env }> {
     const max = readLimits(c.env).maxBodyBytes;
     const tooLarge = () =>
       new ApiError(413, `request body exceeds ${max} bytes (this server's MAX_BODY_BYTES)`, "invalid_request_error", null, "request_too_large");
-    const declared = Number(raw.headers.get("content-length") ?? NaN);
-    if (declared > DRAIN_LIMIT_BYTES) throw tooLarge();
-    if (declared > max) {
-      // Refused on its declared length: read nothing into memory, let the runtime drop the bytes.
-      await raw.body.pipeTo(new WritableStream());
-      throw tooLarge();
-    }
+    // Refused on its declared length: nothing is kept (onError drains what is still arriving).
+    if (Number(raw.headers.get("content-length") ?? NaN) > max) throw tooLarge();
+    // Otherwise the cap is applied to what actually arrives, so a chunked (or lying) body cannot
+    // get past it either.
     const reader = raw.body.getReader();
     const chunks: Uint8Array[] = [];
     let size = 0;
-    // A declared length over the cap is refused without keeping a byte; otherwise the cap is
-    // applied to what actually arrives, so a chunked (or lying) body cannot get past it either.
-    let over = declared > max;
     for (;;) {
       const { done, value } = await reader.read();
       if (done) break;
       size += value.byteLength;
-      if (size > max) over = true;
-      if (over) {
+      if (size > max) {
         chunks.length = 0;
-        if (size > DRAIN_LIMIT_BYTES) {
-          await reader.cancel();
-          break;
-        }
-      } else chunks.push(value);
+        await drain(reader, size);
+        throw tooLarge();
+      }
+      chunks.push(value);
     }
-    if (over) throw tooLarge();
     const body = new Uint8Array(size);
     let at = 0;
     for (const ch of chunks) {

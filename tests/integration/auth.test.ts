@@ -53,6 +53,12 @@ describe("API keys on (API_KEY_HASHES set), CORS for one origin", () => {
     expect((await w.fetch("/health")).status).toBe(200);
   });
 
+  it("answers a large upload without a key with a 401, not a dropped connection", async () => {
+    const res = await w.fetch("/v1/completions", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ prompt: "x".repeat(3_000_000) }) });
+    expect(res.status).toBe(401);
+    expect(((await res.json()) as { error: { code: string } }).error.code).toBe("missing_api_key");
+  });
+
   it("checks the key before the body: 401 then 415", async () => {
     const post = (auth: Record<string, string>) => w.fetch("/v1/completions", { method: "POST", headers: { "content-type": "text/plain", ...auth }, body: "{}" });
     expect((await post({})).status).toBe(401);
