@@ -42,10 +42,14 @@ try {
   console.log("by kind:");
   for (const [k, n] of Object.entries(r.byKind).sort((a, b) => b[1] - a[1])) console.log(`  ${k.padEnd(18)} ${n}`);
   for (const v of r.violations.slice(0, 20)) {
-    console.log(`VIOLATION ${v.problem}\n  ${v.case.method} ${v.case.path.slice(0, 120)} [${v.case.kind}] body ${String(v.case.body ?? "").slice(0, 160)}`);
+    console.log(
+      `VIOLATION ${v.problem}\n  ${v.case.method} ${v.case.path.slice(0, 120)} [${v.case.kind}] ` +
+        `body ${String(v.case.body ?? "").slice(0, 160)}`,
+    );
   }
   if (r.violations.length > 20) console.log(`… and ${r.violations.length - 20} more violations`);
-  if (r.sent < count) console.log(`stopped at the ${deadlineMs / 1000} s deadline after ${r.sent} of ${count} requests`);
+  if (r.sent < count)
+    console.log(`stopped at the ${deadlineMs / 1000} s deadline after ${r.sent} of ${count} requests`);
   console.log(summary(r));
   failed = r.violations.length > 0 || r.sent < count;
 } finally {

@@ -34,7 +34,16 @@ app.use("*", async (c, next) => {
 });
 
 app.get("/", (c) =>
-  c.json({ name: "edge-moe", endpoints: ["GET /v1/models", "POST /v1/completions", "POST /v1/chat/completions", "GET /v1/placement", "GET /health"] }),
+  c.json({
+    name: "edge-moe",
+    endpoints: [
+      "GET /v1/models",
+      "POST /v1/completions",
+      "POST /v1/chat/completions",
+      "GET /v1/placement",
+      "GET /health",
+    ],
+  }),
 );
 app.get("/health", (c) => c.json({ status: "ok" }));
 app.route("/v1", openai);
@@ -42,7 +51,10 @@ app.route("/admin", admin);
 
 app.notFound(async (c) => {
   await drainBody(c.req.raw);
-  return c.json(new ApiError(404, `no route for ${c.req.method} ${clip(new URL(c.req.url).pathname)}`, "not_found_error").toBody(), 404);
+  return c.json(
+    new ApiError(404, `no route for ${c.req.method} ${clip(new URL(c.req.url).pathname)}`, "not_found_error").toBody(),
+    404,
+  );
 });
 
 app.onError(async (err, c) => {
@@ -55,13 +67,25 @@ app.onError(async (err, c) => {
   }
   if (err instanceof EnvVarError) {
     console.error(`request ${c.get("requestId")}: misconfigured: ${err.message}`);
-    return c.json(new ApiError(500, `server misconfigured: ${err.message}`, "server_error", null, "invalid_configuration").toBody(), 500);
+    return c.json(
+      new ApiError(500, `server misconfigured: ${err.message}`, "server_error", null, "invalid_configuration").toBody(),
+      500,
+    );
   }
   if (err instanceof BudgetError) {
     return c.json(new ApiError(503, err.message, "service_unavailable", null, "model_too_large").toBody(), 503);
   }
   if (err instanceof ModelFormatError) {
-    return c.json(new ApiError(500, `the stored model is malformed: ${err.message}`, "server_error", null, "model_format_error").toBody(), 500);
+    return c.json(
+      new ApiError(
+        500,
+        `the stored model is malformed: ${err.message}`,
+        "server_error",
+        null,
+        "model_format_error",
+      ).toBody(),
+      500,
+    );
   }
   console.error(`request ${c.get("requestId")}: unhandled error`, err);
   return c.json(new ApiError(500, "internal error; see the Worker's logs", "server_error").toBody(), 500);
@@ -72,7 +96,9 @@ export function corsOrigins(env: object): string[] {
   const origins = listVar(env, "CORS_ORIGINS");
   for (const o of origins) {
     if (o !== "*" && !/^https?:\/\/[A-Za-z0-9.-]+(:[0-9]{1,5})?$/.test(o)) {
-      throw new EnvVarError(`CORS_ORIGINS must be "*" or comma-separated origins such as https://app.example.com, got "${o.slice(0, 64)}"`);
+      throw new EnvVarError(
+        `CORS_ORIGINS must be "*" or comma-separated origins such as https://app.example.com, got "${o.slice(0, 64)}"`,
+      );
     }
   }
   return origins;

@@ -7,8 +7,7 @@
  * 400 must name when one applies.
  */
 import { createRng } from "../../src/serving/sampling";
-
-export type Rng = () => number;
+import { hostileValue, int, pick, randomText, type Json, type Rng } from "./fuzz-values";
 
 export interface FuzzCase {
   /** Short kind, for the per-kind counts. */
@@ -26,8 +25,6 @@ export interface FuzzCase {
 export const FUZZ_KEY = "fuzz-api-key-0123456789";
 export const FUZZ_ADMIN_TOKEN = "local-admin-token";
 
-type Json = null | boolean | number | string | Json[] | { [k: string]: Json };
-
 interface Base {
   path: string;
   admin: boolean;
@@ -37,7 +34,19 @@ interface Base {
 /** Valid requests of every POST route, against the fuzz server's two models ("tiny", "chat"). */
 const BASES: Base[] = [
   { path: "/v1/completions", admin: false, body: { model: "tiny", prompt: [1, 2, 3], max_tokens: 4, temperature: 0 } },
-  { path: "/v1/completions", admin: false, body: { model: "chat", prompt: "Once upon a time", max_tokens: 3, stop: ["\n", "."], seed: 7, temperature: 0.8, top_p: 0.9 } },
+  {
+    path: "/v1/completions",
+    admin: false,
+    body: {
+      model: "chat",
+      prompt: "Once upon a time",
+      max_tokens: 3,
+      stop: ["\n", "."],
+      seed: 7,
+      temperature: 0.8,
+      top_p: 0.9,
+    },
+  },
   {
     path: "/v1/chat/completions",
     admin: false,
@@ -52,63 +61,39 @@ const BASES: Base[] = [
       stream: false,
     },
   },
-  { path: "/v1/chat/completions", admin: false, body: { model: "chat", messages: [{ role: "user", content: "Hello" }], max_completion_tokens: 2, stream: true, stream_options: { include_usage: true } } },
-  { path: "/admin/forward", admin: true, body: { model: "tiny", tokens: [1, 2, 3, 4], positions: "last", top_k: 5, greedy: 2 } },
-  { path: "/admin/moe", admin: true, body: { model: "tiny", layer: 1, input: [Array.from({ length: 64 }, (_, i) => (i % 7) / 10)] } },
+  {
+    path: "/v1/chat/completions",
+    admin: false,
+    body: {
+      model: "chat",
+      messages: [{ role: "user", content: "Hello" }],
+      max_completion_tokens: 2,
+      stream: true,
+      stream_options: { include_usage: true },
+    },
+  },
+  {
+    path: "/admin/forward",
+    admin: true,
+    body: { model: "tiny", tokens: [1, 2, 3, 4], positions: "last", top_k: 5, greedy: 2 },
+  },
+  {
+    path: "/admin/moe",
+    admin: true,
+    body: { model: "tiny", layer: 1, input: [Array.from({ length: 64 }, (_, i) => (i % 7) / 10)] },
+  },
   { path: "/admin/fault", admin: true, body: { model: "tiny", instance: 0, layer: 0, expert: 1, ms: 10 } },
 ];
 
-const GET_PATHS = ["/health", "/", "/v1/models", "/v1/placement", "/v1/placement?model=tiny", "/admin/hosts?model=tiny", "/admin/placement?model=tiny"];
-
-const pick = <T>(rng: Rng, xs: readonly T[]): T => xs[Math.floor(rng() * xs.length)];
-const int = (rng: Rng, lo: number, hi: number) => lo + Math.floor(rng() * (hi - lo + 1));
-
-function randomText(rng: Rng, n: number): string {
-  const alphabet = ["a", "Z", "0", " ", "\n", "\t", "\"", "\\", "/", "{", "}", "é", "中", "😀", "\u0000", "\u202e", "\ufeff"];
-  let s = "";
-  for (let i = 0; i < n; i++) s += pick(rng, alphabet);
-  return s;
-}
-
-function nested(depth: number, leaf: Json): Json {
-  let v: Json = leaf;
-  for (let i = 0; i < depth; i++) v = [v];
-  return v;
-}
-
-/** A hostile JSON value; `raw` marks values JSON cannot express but the wire can (1e999). */
-function hostileValue(rng: Rng): { value?: Json; raw?: string } {
-  switch (int(rng, 0, 27)) {
-    case 0: return { value: null };
-    case 1: return { value: true };
-    case 2: return { value: -1 };
-    case 3: return { value: 0 };
-    case 4: return { value: 1.5 };
-    case 5: return { value: 1e308 };
-    case 6: return { value: -1e308 };
-    case 7: return { raw: "1e999" };
-    case 8: return { raw: "-1e999" };
-    case 9: return { value: 2 ** 53 + 2 };
-    case 10: return { value: 4294967296 };
-    case 11: return { value: -0.0000001 };
-    case 12: return { value: "" };
-    case 13: return { value: "NaN" };
-    case 14: return { value: randomText(rng, int(rng, 1, 40)) };
-    case 15: return { value: "x".repeat(int(rng, 1000, 200_000)) };
-    case 16: return { value: [] };
-    case 17: return { value: {} };
-    case 18: return { value: nested(int(rng, 10, 2000), 1) };
-    case 19: return { raw: "[".repeat(20_000) + "]".repeat(20_000) };
-    case 20: return { value: Array.from({ length: int(rng, 100, 20_000) }, () => int(rng, -5, 300)) };
-    case 21: return { value: Array.from({ length: int(rng, 5, 300) }, () => "s") };
-    case 22: return { value: Object.fromEntries(Array.from({ length: int(rng, 10, 2000) }, (_, i) => [`k${i}`, i])) };
-    case 23: return { raw: '"\\ud800"' };
-    case 24: return { value: [{ role: "user", content: "x" }] };
-    case 25: return { value: [{ type: "image_url", image_url: { url: "http://127.0.0.1/x.png" } }] };
-    case 26: return { value: "tiny" };
-    default: return { value: int(rng, -1000, 100_000) };
-  }
-}
+const GET_PATHS = [
+  "/health",
+  "/",
+  "/v1/models",
+  "/v1/placement",
+  "/v1/placement?model=tiny",
+  "/admin/hosts?model=tiny",
+  "/admin/placement?model=tiny",
+];
 
 const clone = <T>(x: T): T => JSON.parse(JSON.stringify(x)) as T;
 
@@ -151,7 +136,8 @@ function mutateField(rng: Rng, base: Base): { text: string; field: string | unde
   body[key] = h.raw === undefined ? (h.value as Json) : "__RAW__";
   // Another served model is a valid choice, not a bad field: what it refuses (a text prompt for a
   // model without a tokenizer, say) is named by the server as the field it cannot serve.
-  if (key === "model" && (h.value === "tiny" || h.value === "chat")) return { text: JSON.stringify(body), field: undefined, kind: "other-model" };
+  if (key === "model" && (h.value === "tiny" || h.value === "chat"))
+    return { text: JSON.stringify(body), field: undefined, kind: "other-model" };
   return { text: withRaw(body, h.raw), field: key, kind: "field-value" };
 }
 
@@ -165,25 +151,38 @@ const JSON_CT = { "content-type": "application/json" };
 function damagedBody(rng: Rng, base: Base): { body: string | Uint8Array; kind: string; chunkedBytes?: number } {
   const text = JSON.stringify(base.body);
   switch (int(rng, 0, 11)) {
-    case 0: return { body: text.slice(0, int(rng, 0, text.length - 1)), kind: "truncated-json" };
+    case 0:
+      return { body: text.slice(0, int(rng, 0, text.length - 1)), kind: "truncated-json" };
     case 1: {
       const bytes = new TextEncoder().encode(text);
       bytes[int(rng, 0, bytes.length - 1)] = pick(rng, [0xff, 0xc0, 0x80, 0xfe]);
       return { body: bytes, kind: "invalid-utf8" };
     }
-    case 2: return { body: "", kind: "empty-body" };
-    case 3: return { body: pick(rng, ["null", "[]", "1", '"str"', "true", "{}", "[{}]"]), kind: "non-object-json" };
-    case 4: return { body: "\ufeff" + text, kind: "bom" };
-    case 5: return { body: "[".repeat(int(rng, 1000, 400_000)), kind: "deep-nesting" };
-    case 6: return { body: '{"a":'.repeat(int(rng, 1000, 100_000)) + "1" + "}".repeat(10), kind: "deep-objects" };
+    case 2:
+      return { body: "", kind: "empty-body" };
+    case 3:
+      return { body: pick(rng, ["null", "[]", "1", '"str"', "true", "{}", "[{}]"]), kind: "non-object-json" };
+    case 4:
+      return { body: "\ufeff" + text, kind: "bom" };
+    case 5:
+      return { body: "[".repeat(int(rng, 1000, 400_000)), kind: "deep-nesting" };
+    case 6:
+      return { body: '{"a":'.repeat(int(rng, 1000, 100_000)) + "1" + "}".repeat(10), kind: "deep-objects" };
     case 7: {
       const at = int(rng, 0, text.length);
       return { body: text.slice(0, at) + randomText(rng, int(rng, 1, 8)) + text.slice(at), kind: "stray-bytes" };
     }
-    case 8: return { body: text.replace(/^\{/, `{"model":"tiny",`), kind: "duplicate-key" };
-    case 9: return { body: JSON.stringify({ ...base.body, pad: "x".repeat(int(rng, 1_100_000, 3_000_000)) }), kind: "oversize-body" };
-    case 10: return { body: "", chunkedBytes: int(rng, 1_100_000, 4_000_000), kind: "oversize-chunked" };
-    default: return { body: text, chunkedBytes: -1, kind: "valid-chunked" };
+    case 8:
+      return { body: text.replace(/^\{/, `{"model":"tiny",`), kind: "duplicate-key" };
+    case 9:
+      return {
+        body: JSON.stringify({ ...base.body, pad: "x".repeat(int(rng, 1_100_000, 3_000_000)) }),
+        kind: "oversize-body",
+      };
+    case 10:
+      return { body: "", chunkedBytes: int(rng, 1_100_000, 4_000_000), kind: "oversize-chunked" };
+    default:
+      return { body: text, chunkedBytes: -1, kind: "valid-chunked" };
   }
 }
 
@@ -193,18 +192,57 @@ function damagedTransport(rng: Rng, base: Base): FuzzCase {
   const headers = { ...JSON_CT, ...authFor(base) };
   switch (int(rng, 0, 9)) {
     case 0: {
-      const ct = pick(rng, ["text/plain", "", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "application/jsonx", "json", "text/json", "application/json-patch+json", "*/*"]);
+      const ct = pick(rng, [
+        "text/plain",
+        "",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+        "application/jsonx",
+        "json",
+        "text/json",
+        "application/json-patch+json",
+        "*/*",
+      ]);
       const h: Record<string, string> = { ...authFor(base) };
       if (ct) h["content-type"] = ct;
       return { kind: "content-type", method: "POST", path: base.path, headers: h, body: text };
     }
-    case 1: return { kind: "method", method: pick(rng, ["GET", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"]), path: base.path, headers, body: undefined };
+    case 1:
+      return {
+        kind: "method",
+        method: pick(rng, ["GET", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"]),
+        path: base.path,
+        headers,
+        body: undefined,
+      };
     case 2: {
-      const path = pick(rng, ["/v1/completions/", "//v1/completions", "/v1/Completions", "/v1/%00", "/v1/completions%2F..%2F", "/admin/../v1/models", "/v2/models", "/v1/chat", `/v1/${"a".repeat(int(rng, 100, 2000))}`, "/v1/models?model=%ff%fe", "/%ZZ"]);
+      const path = pick(rng, [
+        "/v1/completions/",
+        "//v1/completions",
+        "/v1/Completions",
+        "/v1/%00",
+        "/v1/completions%2F..%2F",
+        "/admin/../v1/models",
+        "/v2/models",
+        "/v1/chat",
+        `/v1/${"a".repeat(int(rng, 100, 2000))}`,
+        "/v1/models?model=%ff%fe",
+        "/%ZZ",
+      ]);
       return { kind: "path", method: rng() < 0.5 ? "GET" : "POST", path, headers, body: text };
     }
     case 3: {
-      const auth = pick(rng, ["", "Bearer", "Bearer ", "Basic Zm9vOmJhcg==", "Bearer wrong-key", `Bearer ${"k".repeat(int(rng, 600, 6000))}`, `bearer ${FUZZ_KEY}x`, "Bearer \u00ff\u00fe", `Bearer ${FUZZ_KEY} extra`]);
+      const auth = pick(rng, [
+        "",
+        "Bearer",
+        "Bearer ",
+        "Basic Zm9vOmJhcg==",
+        "Bearer wrong-key",
+        `Bearer ${"k".repeat(int(rng, 600, 6000))}`,
+        `bearer ${FUZZ_KEY}x`,
+        "Bearer \u00ff\u00fe",
+        `Bearer ${FUZZ_KEY} extra`,
+      ]);
       const h: Record<string, string> = { ...JSON_CT };
       if (auth) h.authorization = auth;
       // Sometimes a large upload too: the refusal must still arrive as a 401, not a reset.
@@ -212,23 +250,67 @@ function damagedTransport(rng: Rng, base: Base): FuzzCase {
       return { kind: "auth", method: "POST", path: base.path, headers: h, body };
     }
     case 4: {
-      const id = pick(rng, ["", "ok-id_1=", "has space", "<script>", "x".repeat(int(rng, 129, 4000)), "é", "a,b", "../../etc"]);
-      return { kind: "request-id", method: "POST", path: base.path, headers: { ...headers, "x-request-id": id }, body: text };
+      const id = pick(rng, [
+        "",
+        "ok-id_1=",
+        "has space",
+        "<script>",
+        "x".repeat(int(rng, 129, 4000)),
+        "é",
+        "a,b",
+        "../../etc",
+      ]);
+      return {
+        kind: "request-id",
+        method: "POST",
+        path: base.path,
+        headers: { ...headers, "x-request-id": id },
+        body: text,
+      };
     }
     case 5: {
-      const q = pick(rng, ["model=", "model=nope", "model=%00", `model=${"m".repeat(500)}`, "model=tiny&model=chat", "model=../../x", "model=%ff"]);
+      const q = pick(rng, [
+        "model=",
+        "model=nope",
+        "model=%00",
+        `model=${"m".repeat(500)}`,
+        "model=tiny&model=chat",
+        "model=../../x",
+        "model=%ff",
+      ]);
       const path = pick(rng, ["/v1/placement", "/admin/hosts", "/admin/placement", "/v1/models"]);
-      const h = path.startsWith("/admin") ? { authorization: `Bearer ${FUZZ_ADMIN_TOKEN}` } : { authorization: `Bearer ${FUZZ_KEY}` };
+      const h = path.startsWith("/admin")
+        ? { authorization: `Bearer ${FUZZ_ADMIN_TOKEN}` }
+        : { authorization: `Bearer ${FUZZ_KEY}` };
       return { kind: "query", method: "GET", path: `${path}?${q}`, headers: h };
     }
     case 6: {
       const path = pick(rng, GET_PATHS);
-      const h = path.startsWith("/admin") ? { authorization: `Bearer ${FUZZ_ADMIN_TOKEN}` } : { authorization: `Bearer ${FUZZ_KEY}` };
+      const h = path.startsWith("/admin")
+        ? { authorization: `Bearer ${FUZZ_ADMIN_TOKEN}` }
+        : { authorization: `Bearer ${FUZZ_KEY}` };
       return { kind: "get", method: "GET", path, headers: h };
     }
-    case 7: return { kind: "cors-preflight", method: "OPTIONS", path: base.path, headers: { origin: pick(rng, ["https://app.example.com", "https://evil.example", "null"]), "access-control-request-method": "POST" } };
-    case 8: return { kind: "big-header", method: "POST", path: base.path, headers: { ...headers, "x-pad": "y".repeat(int(rng, 0, 4000)) }, body: text };
-    default: return { kind: "valid", method: "POST", path: base.path, headers, body: text };
+    case 7:
+      return {
+        kind: "cors-preflight",
+        method: "OPTIONS",
+        path: base.path,
+        headers: {
+          origin: pick(rng, ["https://app.example.com", "https://evil.example", "null"]),
+          "access-control-request-method": "POST",
+        },
+      };
+    case 8:
+      return {
+        kind: "big-header",
+        method: "POST",
+        path: base.path,
+        headers: { ...headers, "x-pad": "y".repeat(int(rng, 0, 4000)) },
+        body: text,
+      };
+    default:
+      return { kind: "valid", method: "POST", path: base.path, headers, body: text };
   }
 }
 
@@ -239,11 +321,25 @@ export function fuzzCase(seed: number, i: number): FuzzCase {
   const roll = rng();
   if (roll < 0.6) {
     const m = mutateField(rng, base);
-    return { kind: m.kind, method: "POST", path: base.path, headers: { ...JSON_CT, ...authFor(base) }, body: m.text, field: m.field };
+    return {
+      kind: m.kind,
+      method: "POST",
+      path: base.path,
+      headers: { ...JSON_CT, ...authFor(base) },
+      body: m.text,
+      field: m.field,
+    };
   }
   if (roll < 0.8) {
     const d = damagedBody(rng, base);
-    return { kind: d.kind, method: "POST", path: base.path, headers: { ...JSON_CT, ...authFor(base) }, body: d.body, chunkedBytes: d.chunkedBytes };
+    return {
+      kind: d.kind,
+      method: "POST",
+      path: base.path,
+      headers: { ...JSON_CT, ...authFor(base) },
+      body: d.body,
+      chunkedBytes: d.chunkedBytes,
+    };
   }
   return damagedTransport(rng, base);
 }

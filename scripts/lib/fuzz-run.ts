@@ -57,7 +57,9 @@ export async function startFuzzTarget(): Promise<LocalWorker> {
   const chat = join(mkdtempSync(join(tmpdir(), "edge-moe-fuzz-")), "model");
   makeDemoModel(chat, { size: { dModel: 32, nLayers: 2, nHeads: 4, nKvHeads: 2, dFf: 48, nExperts: 4, topK: 2 } });
   const bucket = await w.bucket();
-  await seedModelDir(bucket, join(ROOT, "tests", "fixtures", "mixtral-tiny"), "tiny", { skip: (f) => f === "golden.json" });
+  await seedModelDir(bucket, join(ROOT, "tests", "fixtures", "mixtral-tiny"), "tiny", {
+    skip: (f) => f === "golden.json",
+  });
   await seedModelDir(bucket, chat, "chat", {});
   return w;
 }
@@ -106,17 +108,21 @@ export function checkAnswer(c: FuzzCase, status: number, contentType: string, te
       return `status ${status} with a body that is not JSON: ${text.slice(0, 120)}`;
     }
     const e = body.error;
-    if (!e || typeof e.message !== "string" || typeof e.type !== "string") return `error body lacks error.message/type: ${text.slice(0, 200)}`;
-    if (!("param" in e) || !(e.param === null || typeof e.param === "string")) return `error body lacks error.param: ${text.slice(0, 200)}`;
+    if (!e || typeof e.message !== "string" || typeof e.type !== "string")
+      return `error body lacks error.message/type: ${text.slice(0, 200)}`;
+    if (!("param" in e) || !(e.param === null || typeof e.param === "string"))
+      return `error body lacks error.param: ${text.slice(0, 200)}`;
     if (!("code" in e)) return `error body lacks error.code: ${text.slice(0, 200)}`;
     if (status === 400 && c.field !== undefined && e.code !== "invalid_json") {
       const p = e.param;
-      const named = typeof p === "string" && (p === c.field || p.startsWith(`${c.field}[`) || p.startsWith(`${c.field}.`));
+      const named =
+        typeof p === "string" && (p === c.field || p.startsWith(`${c.field}[`) || p.startsWith(`${c.field}.`));
       if (!named) return `400 for a bad "${c.field}" names param ${JSON.stringify(p)}: ${e.message.slice(0, 160)}`;
     }
     return null;
   }
-  if (contentType.includes("text/event-stream") && /"type":"server_error"/.test(text)) return `stream carried a server error: ${text.slice(0, 200)}`;
+  if (contentType.includes("text/event-stream") && /"type":"server_error"/.test(text))
+    return `stream carried a server error: ${text.slice(0, 200)}`;
   return null;
 }
 
@@ -137,7 +143,8 @@ export async function runFuzz(w: LocalWorker, opts: FuzzOptions): Promise<FuzzRe
         status = res.status;
         problem = checkAnswer(c, res.status, res.headers.get("content-type") ?? "", await res.text());
       } catch (err) {
-        problem = `no answer: ${err instanceof Error ? `${err.message} ${String((err as { cause?: unknown }).cause ?? "")}` : String(err)}`;
+        const cause = err instanceof Error ? String((err as { cause?: unknown }).cause ?? "") : "";
+        problem = `no answer: ${err instanceof Error ? `${err.message} ${cause}` : String(err)}`;
       }
       report.sent++;
       const key = status === 0 ? "no answer" : String(status);
@@ -161,5 +168,6 @@ export function summary(r: FuzzReport): string {
     .sort(([a], [b]) => a.localeCompare(b))
     .map(([s, n]) => `${s} × ${n}`)
     .join(", ");
-  return `fuzz: ${r.sent} requests in ${(r.ms / 1000).toFixed(1)} s: ${r.serverErrors} × 5xx, ${r.violations.length} violations (${statuses})`;
+  const head = `fuzz: ${r.sent} requests in ${(r.ms / 1000).toFixed(1)} s`;
+  return `${head}: ${r.serverErrors} × 5xx, ${r.violations.length} violations (${statuses})`;
 }

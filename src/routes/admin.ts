@@ -20,12 +20,28 @@ export const admin = new Hono<{ Bindings: Env }>();
 
 admin.use("*", async (c, next) => {
   const token = secretVar(c.env, "ADMIN_TOKEN");
-  if (!token) throw new ApiError(403, "admin routes are disabled: set the ADMIN_TOKEN secret to enable them", "permission_error");
+  if (!token)
+    throw new ApiError(403, "admin routes are disabled: set the ADMIN_TOKEN secret to enable them", "permission_error");
   return bearerAuth({
     token,
-    noAuthenticationHeader: { message: { error: { message: "send Authorization: Bearer <ADMIN_TOKEN>", type: "authentication_error", param: null, code: null } } },
-    invalidAuthenticationHeader: { message: { error: { message: "malformed Authorization header", type: "authentication_error", param: null, code: null } } },
-    invalidToken: { message: { error: { message: "invalid admin token", type: "authentication_error", param: null, code: null } } },
+    noAuthenticationHeader: {
+      message: {
+        error: {
+          message: "send Authorization: Bearer <ADMIN_TOKEN>",
+          type: "authentication_error",
+          param: null,
+          code: null,
+        },
+      },
+    },
+    invalidAuthenticationHeader: {
+      message: {
+        error: { message: "malformed Authorization header", type: "authentication_error", param: null, code: null },
+      },
+    },
+    invalidToken: {
+      message: { error: { message: "invalid admin token", type: "authentication_error", param: null, code: null } },
+    },
   })(c as never, next);
 });
 admin.use("*", requireJson(), bodyCap());
@@ -43,7 +59,12 @@ const ForwardBody = z.strictObject({
   /** Greedy-decode this many tokens after the prompt (KV cache path), returning their ids and logits. */
   greedy: z.number().int().min(0).max(64).optional(),
   /** Prompt positions whose logits to return: "all" (default), "last", "none" or a list of indices. */
-  positions: z.union([z.enum(["all", "last", "none"]), z.array(z.number().int().min(0)).max(512)], 'must be "all", "last", "none" or an array of positions').optional(),
+  positions: z
+    .union(
+      [z.enum(["all", "last", "none"]), z.array(z.number().int().min(0)).max(512)],
+      'must be "all", "last", "none" or an array of positions',
+    )
+    .optional(),
   /** Return only the k largest logits of each row (ids and values) instead of whole rows. */
   top_k: z.number().int().min(1).max(1024).optional(),
 });
@@ -65,20 +86,26 @@ admin.post("/forward", async (c) => {
   const body = await parseBody(c, ForwardBody);
   const n = body.tokens.length;
   const sel = body.positions ?? "all";
-  const positions = sel === "all" ? Array.from({ length: n }, (_, i) => i) : sel === "last" ? [n - 1] : sel === "none" ? [] : sel;
+  const positions =
+    sel === "all" ? Array.from({ length: n }, (_, i) => i) : sel === "last" ? [n - 1] : sel === "none" ? [] : sel;
   const badPos = positions.findIndex((p) => p >= n);
   if (badPos >= 0) throw ApiError.invalid(`positions[${badPos}]`, `must be < ${n} (the number of tokens)`);
   const rt = await runtime(c.env, body.model);
   const { vocabSize } = rt.spec;
   const bad = body.tokens.findIndex((t) => t >= vocabSize);
-  if (bad >= 0) throw ApiError.invalid(`tokens[${bad}]`, `token id ${body.tokens[bad]} is outside the vocabulary (size ${vocabSize})`);
+  if (bad >= 0)
+    throw ApiError.invalid(
+      `tokens[${bad}]`,
+      `token id ${body.tokens[bad]} is outside the vocabulary (size ${vocabSize})`,
+    );
   const greedy = body.greedy ?? 0;
   const perRow = Math.min(body.top_k ?? vocabSize, vocabSize);
   const values = (positions.length + greedy) * perRow;
   if (values > MAX_FORWARD_LOGITS) {
     throw ApiError.invalid(
       "positions",
-      `${positions.length} positions + ${greedy} greedy steps × ${perRow} logits = ${values} values; at most ${MAX_FORWARD_LOGITS}: ask for fewer positions or set top_k`,
+      `${positions.length} positions + ${greedy} greedy steps × ${perRow} logits = ${values} values; ` +
+        `at most ${MAX_FORWARD_LOGITS}: ask for fewer positions or set top_k`,
     );
   }
   const rows = (logits: Float32Array, t: number) => logits.subarray(t * vocabSize, (t + 1) * vocabSize);
@@ -108,7 +135,10 @@ admin.post("/forward", async (c) => {
       greedy_logits: greedyLogits,
       // Routing of the prompt tokens, keyed by MoE layer (the trace covers only the prompt pass).
       routing: Object.fromEntries(
-        trace.routing.map(({ layer, routing: r }) => [layer, { expert_ids: chunk(Array.from(r.ids), r.topK), expert_weights: chunk(Array.from(r.weights), r.topK) }]),
+        trace.routing.map(({ layer, routing: r }) => [
+          layer,
+          { expert_ids: chunk(Array.from(r.ids), r.topK), expert_weights: chunk(Array.from(r.weights), r.topK) },
+        ]),
       ),
       rpcs_per_layer: trace.dispatch.map((d) => d.rpcs),
     });
@@ -173,7 +203,13 @@ const FaultBody = z.strictObject({
 /** Chaos testing: the instance fails every call that includes (layer, expert) for `ms`. */
 admin.post("/fault", async (c) => {
   if (!boolVar(c.env, "ADMIN_FAULTS_ENABLED", false)) {
-    throw new ApiError(403, 'fault injection is disabled: set the ADMIN_FAULTS_ENABLED var to "true" (test and staging deployments only)', "permission_error", null, "faults_disabled");
+    throw new ApiError(
+      403,
+      'fault injection is disabled: set the ADMIN_FAULTS_ENABLED var to "true" (test and staging deployments only)',
+      "permission_error",
+      null,
+      "faults_disabled",
+    );
   }
   const body = await parseBody(c, FaultBody);
   const rt = await runtime(c.env, body.model);
@@ -189,7 +225,8 @@ async function runtime(env: Env, model: string | undefined) {
   try {
     return await getRuntime(env, id);
   } catch (err) {
-    if (err instanceof ModelNotFoundError) throw new ApiError(404, `The model \`${id}\` does not exist`, "not_found_error", "model", "model_not_found");
+    if (err instanceof ModelNotFoundError)
+      throw new ApiError(404, `The model \`${id}\` does not exist`, "not_found_error", "model", "model_not_found");
     throw err;
   }
 }

@@ -23,7 +23,9 @@ export function parseKeyHashes(env: object): Uint8Array[] {
     .map((hex, i) => {
       // The value is a secret: name the entry, never echo it.
       if (!/^[0-9a-fA-F]{64}$/.test(hex)) {
-        throw new EnvVarError(`${API_KEY_HASHES} must be comma-separated SHA-256 digests (64 hex characters each); entry ${i + 1} is not`);
+        throw new EnvVarError(
+          `${API_KEY_HASHES} must be comma-separated SHA-256 digests (64 hex characters each); entry ${i + 1} is not`,
+        );
       }
       const out = new Uint8Array(32);
       for (let b = 0; b < 32; b++) out[b] = parseInt(hex.slice(2 * b, 2 * b + 2), 16);
@@ -61,7 +63,9 @@ export interface AuthVariables {
 }
 
 function unauthorized(message: string, code: string): ApiError {
-  return new ApiError(401, message, "authentication_error", null, code, { "WWW-Authenticate": 'Bearer realm="edge-moe"' });
+  return new ApiError(401, message, "authentication_error", null, code, {
+    "WWW-Authenticate": 'Bearer realm="edge-moe"',
+  });
 }
 
 /** Requires `Authorization: Bearer <key>` matching API_KEY_HASHES (when set); records the rate key. */
@@ -75,7 +79,8 @@ export function apiKeyAuth(): MiddlewareHandler<{ Bindings: Env; Variables: Auth
     const header = c.req.header("authorization");
     if (!header) throw unauthorized("no API key: send Authorization: Bearer <key>", "missing_api_key");
     const m = /^Bearer +(\S+) *$/i.exec(header);
-    if (!m || m[1].length > MAX_KEY_CHARS) throw unauthorized("malformed Authorization header: expected Bearer <key>", "invalid_api_key");
+    if (!m || m[1].length > MAX_KEY_CHARS)
+      throw unauthorized("malformed Authorization header: expected Bearer <key>", "invalid_api_key");
     const i = await matchKey(m[1], hashes);
     if (i < 0) throw unauthorized("invalid API key", "invalid_api_key");
     // The digest prefix identifies the key to the rate limiter without handing it the key.

@@ -29,9 +29,17 @@ export function rateLimit(): MiddlewareHandler<{ Bindings: Env; Variables: AuthV
       console.error("rate limiter failed; request allowed", err);
     }
     if (!allowed) {
-      throw new ApiError(429, `rate limit reached for this ${key.startsWith("key:") ? "API key" : "client"}; retry after ${RATE_LIMIT_PERIOD_S} s`, "rate_limit_error", null, "rate_limit_exceeded", {
-        "Retry-After": String(RATE_LIMIT_PERIOD_S),
-      });
+      throw new ApiError(
+        429,
+        `rate limit reached for this ${key.startsWith("key:") ? "API key" : "client"}; ` +
+          `retry after ${RATE_LIMIT_PERIOD_S} s`,
+        "rate_limit_error",
+        null,
+        "rate_limit_exceeded",
+        {
+          "Retry-After": String(RATE_LIMIT_PERIOD_S),
+        },
+      );
     }
     return next();
   };
@@ -44,7 +52,13 @@ export function requireJson(): MiddlewareHandler<{ Bindings: Env }> {
     const ct = c.req.header("content-type") ?? "";
     if (ct.split(";")[0].trim().toLowerCase() !== "application/json") {
       const got = ct ? `"${ct.length > 80 ? `${ct.slice(0, 80)}…` : ct}"` : "none";
-      throw new ApiError(415, `Content-Type must be application/json, got ${got}`, "invalid_request_error", null, "unsupported_media_type");
+      throw new ApiError(
+        415,
+        `Content-Type must be application/json, got ${got}`,
+        "invalid_request_error",
+        null,
+        "unsupported_media_type",
+      );
     }
     return next();
   };
@@ -92,7 +106,13 @@ export function bodyCap(): MiddlewareHandler<{ Bindings: Env }> {
     if (!raw.body || c.req.method === "GET" || c.req.method === "HEAD") return next();
     const max = readLimits(c.env).maxBodyBytes;
     const tooLarge = () =>
-      new ApiError(413, `request body exceeds ${max} bytes (this server's MAX_BODY_BYTES)`, "invalid_request_error", null, "request_too_large");
+      new ApiError(
+        413,
+        `request body exceeds ${max} bytes (this server's MAX_BODY_BYTES)`,
+        "invalid_request_error",
+        null,
+        "request_too_large",
+      );
     // Refused on its declared length: nothing is kept (onError drains what is still arriving).
     if (Number(raw.headers.get("content-length") ?? NaN) > max) throw tooLarge();
     // Otherwise the cap is applied to what actually arrives, so a chunked (or lying) body cannot

@@ -65,9 +65,12 @@ export const LIMIT_VARS: Record<keyof Limits, string> = {
 
 export function readLimits(env: object): Limits {
   const out = {} as Limits;
-  for (const k of Object.keys(LIMIT_DEFAULTS) as (keyof Limits)[]) out[k] = intVar(env, LIMIT_VARS[k], LIMIT_DEFAULTS[k], 1);
+  for (const k of Object.keys(LIMIT_DEFAULTS) as (keyof Limits)[])
+    out[k] = intVar(env, LIMIT_VARS[k], LIMIT_DEFAULTS[k], 1);
   if (out.defaultMaxTokens > out.maxTokensCap) {
-    throw new EnvVarError(`DEFAULT_MAX_TOKENS (${out.defaultMaxTokens}) must be ≤ MAX_TOKENS_CAP (${out.maxTokensCap})`);
+    throw new EnvVarError(
+      `DEFAULT_MAX_TOKENS (${out.defaultMaxTokens}) must be ≤ MAX_TOKENS_CAP (${out.maxTokensCap})`,
+    );
   }
   return out;
 }
@@ -88,26 +91,39 @@ export function checkStop(body: SamplingLimitsInput, lim: Limits): void {
   stops.forEach((s, i) => {
     const param = typeof body.stop === "string" ? "stop" : `stop[${i}]`;
     if (s.length === 0) throw ApiError.invalid(param, "must not be empty");
-    if (s.length > lim.maxStopChars) throw tooLong(param, `has ${s.length} characters; at most ${lim.maxStopChars} (MAX_STOP_CHARS)`);
+    if (s.length > lim.maxStopChars)
+      throw tooLong(param, `has ${s.length} characters; at most ${lim.maxStopChars} (MAX_STOP_CHARS)`);
   });
 }
 
 /** max_tokens (or max_completion_tokens) within MAX_TOKENS_CAP. */
 export function checkMaxTokens(value: number | null | undefined, field: string, lim: Limits): void {
   if (value != null && value > lim.maxTokensCap) {
-    throw ApiError.invalid(field, `must be ≤ ${lim.maxTokensCap} (this server's MAX_TOKENS_CAP), got ${value}`, "invalid_value");
+    throw ApiError.invalid(
+      field,
+      `must be ≤ ${lim.maxTokensCap} (this server's MAX_TOKENS_CAP), got ${value}`,
+      "invalid_value",
+    );
   }
 }
 
 /** A completions prompt: a string within MAX_PROMPT_CHARS, or ids within MAX_PROMPT_TOKENS. */
 export function checkPrompt(prompt: string | number[] | string[] | number[][], lim: Limits): void {
-  const inner = Array.isArray(prompt) && prompt.length === 1 && (typeof prompt[0] === "string" || Array.isArray(prompt[0]));
+  const inner =
+    Array.isArray(prompt) && prompt.length === 1 && (typeof prompt[0] === "string" || Array.isArray(prompt[0]));
   const p = inner ? (prompt as string[] | number[][])[0] : prompt;
   const param = inner ? "prompt[0]" : "prompt";
   if (typeof p === "string") {
-    if (p.length > lim.maxPromptChars) throw tooLong(param, `has ${p.length} characters; at most ${lim.maxPromptChars} (MAX_PROMPT_CHARS)`);
+    if (p.length > lim.maxPromptChars)
+      throw tooLong(param, `has ${p.length} characters; at most ${lim.maxPromptChars} (MAX_PROMPT_CHARS)`);
   } else if (p.length > lim.maxPromptTokens) {
-    throw new ApiError(400, `${param}: has ${p.length} token ids; at most ${lim.maxPromptTokens} (MAX_PROMPT_TOKENS)`, "invalid_request_error", param, "array_above_max_length");
+    throw new ApiError(
+      400,
+      `${param}: has ${p.length} token ids; at most ${lim.maxPromptTokens} (MAX_PROMPT_TOKENS)`,
+      "invalid_request_error",
+      param,
+      "array_above_max_length",
+    );
   }
 }
 
@@ -119,7 +135,13 @@ interface ChatMessageInput {
 /** Chat messages: count, parts per message, characters per message and in total. */
 export function checkMessages(messages: ChatMessageInput[], lim: Limits): void {
   if (messages.length > lim.maxMessages) {
-    throw new ApiError(400, `messages: has ${messages.length} messages; at most ${lim.maxMessages} (MAX_MESSAGES)`, "invalid_request_error", "messages", "array_above_max_length");
+    throw new ApiError(
+      400,
+      `messages: has ${messages.length} messages; at most ${lim.maxMessages} (MAX_MESSAGES)`,
+      "invalid_request_error",
+      "messages",
+      "array_above_max_length",
+    );
   }
   let total = 0;
   messages.forEach((m, i) => {
@@ -128,14 +150,25 @@ export function checkMessages(messages: ChatMessageInput[], lim: Limits): void {
     else {
       if (m.content.length > lim.maxContentParts) {
         const param = `messages[${i}].content`;
-        throw new ApiError(400, `${param}: has ${m.content.length} parts; at most ${lim.maxContentParts} (MAX_CONTENT_PARTS)`, "invalid_request_error", param, "array_above_max_length");
+        throw new ApiError(
+          400,
+          `${param}: has ${m.content.length} parts; at most ${lim.maxContentParts} (MAX_CONTENT_PARTS)`,
+          "invalid_request_error",
+          param,
+          "array_above_max_length",
+        );
       }
       for (const part of m.content) chars += part.text.length;
     }
-    if (chars > lim.maxMessageChars) throw tooLong(`messages[${i}].content`, `has ${chars} characters; at most ${lim.maxMessageChars} (MAX_MESSAGE_CHARS)`);
+    if (chars > lim.maxMessageChars)
+      throw tooLong(
+        `messages[${i}].content`,
+        `has ${chars} characters; at most ${lim.maxMessageChars} (MAX_MESSAGE_CHARS)`,
+      );
     total += chars;
   });
-  if (total > lim.maxPromptChars) throw tooLong("messages", `have ${total} characters together; at most ${lim.maxPromptChars} (MAX_PROMPT_CHARS)`);
+  if (total > lim.maxPromptChars)
+    throw tooLong("messages", `have ${total} characters together; at most ${lim.maxPromptChars} (MAX_PROMPT_CHARS)`);
 }
 
 function tooLong(param: string, message: string): ApiError {

@@ -22,7 +22,8 @@ export async function readJson(c: Context): Promise<unknown> {
   } catch {
     throw new ApiError(400, "request body is not valid UTF-8", "invalid_request_error", null, "invalid_json");
   }
-  if (text.length === 0) throw new ApiError(400, "request body is empty; send a JSON object", "invalid_request_error", null, "invalid_json");
+  if (text.length === 0)
+    throw new ApiError(400, "request body is empty; send a JSON object", "invalid_request_error", null, "invalid_json");
   try {
     return JSON.parse(text);
   } catch {

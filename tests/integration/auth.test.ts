@@ -15,11 +15,18 @@ const sha = (s: string) => createHash("sha256").update(s).digest("hex");
 const KEYS = ["key-one-abcdef", "key-two-ghijkl"];
 /** Used only by the rate-limit test, so that its count starts at zero. */
 const LIMITED_KEY = "key-three-mnopqr";
-const limiters = unstable_readConfig({ config: join(ROOT, "wrangler.toml") }).ratelimits as { name: string; simple: { limit: number } }[];
+const limiters = unstable_readConfig({ config: join(ROOT, "wrangler.toml") }).ratelimits as {
+  name: string;
+  simple: { limit: number };
+}[];
 const LIMIT = limiters.find((r) => r.name === "RATE_LIMITER")!.simple.limit;
 
 /** Sends GET path until a 429 (the window may roll over once, so up to two windows' worth). */
-async function untilLimited(w: LocalWorker, path: string, headers: Record<string, string>): Promise<{ sent: number; res: Response | null }> {
+async function untilLimited(
+  w: LocalWorker,
+  path: string,
+  headers: Record<string, string>,
+): Promise<{ sent: number; res: Response | null }> {
   for (let sent = 1; sent <= 2 * LIMIT + 1; sent++) {
     const res = await w.fetch(path, { headers });
     if (res.status === 429) return { sent, res };
@@ -32,12 +39,21 @@ async function untilLimited(w: LocalWorker, path: string, headers: Record<string
 describe("API keys on (API_KEY_HASHES set), CORS for one origin", () => {
   let w: LocalWorker;
   beforeAll(async () => {
-    w = await startLocalWorker({ vars: { CORS_ORIGINS: "https://app.example.com" }, secrets: { API_KEY_HASHES: [...KEYS, LIMITED_KEY].map(sha).join(",") } });
+    w = await startLocalWorker({
+      vars: { CORS_ORIGINS: "https://app.example.com" },
+      secrets: { API_KEY_HASHES: [...KEYS, LIMITED_KEY].map(sha).join(",") },
+    });
   });
   afterAll(() => w?.dispose());
 
   it("refuses /v1 without a key, with a wrong or malformed one, with an OpenAI-style 401", async () => {
-    for (const auth of [undefined, "Bearer nope", "Basic a2V5", `Bearer ${sha(KEYS[0])}`, `Bearer ${"k".repeat(600)}`]) {
+    for (const auth of [
+      undefined,
+      "Bearer nope",
+      "Basic a2V5",
+      `Bearer ${sha(KEYS[0])}`,
+      `Bearer ${"k".repeat(600)}`,
+    ]) {
       const res = await w.fetch("/v1/models", { headers: auth ? { authorization: auth } : {} });
       expect(res.status).toBe(401);
       expect(res.headers.get("www-authenticate")).toMatch(/^Bearer/);
@@ -48,19 +64,25 @@ describe("API keys on (API_KEY_HASHES set), CORS for one origin", () => {
   });
 
   it("serves /v1 with any configured key, and keeps /v1/placement behind the key", async () => {
-    for (const key of KEYS) expect((await w.fetch("/v1/models", { headers: { authorization: `Bearer ${key}` } })).status).toBe(200);
+    for (const key of KEYS)
+      expect((await w.fetch("/v1/models", { headers: { authorization: `Bearer ${key}` } })).status).toBe(200);
     expect((await w.fetch("/v1/placement")).status).toBe(401);
     expect((await w.fetch("/health")).status).toBe(200);
   });
 
   it("answers a large upload without a key with a 401, not a dropped connection", async () => {
-    const res = await w.fetch("/v1/completions", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ prompt: "x".repeat(3_000_000) }) });
+    const res = await w.fetch("/v1/completions", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ prompt: "x".repeat(3_000_000) }),
+    });
     expect(res.status).toBe(401);
     expect(((await res.json()) as { error: { code: string } }).error.code).toBe("missing_api_key");
   });
 
   it("checks the key before the body: 401 then 415", async () => {
-    const post = (auth: Record<string, string>) => w.fetch("/v1/completions", { method: "POST", headers: { "content-type": "text/plain", ...auth }, body: "{}" });
+    const post = (auth: Record<string, string>) =>
+      w.fetch("/v1/completions", { method: "POST", headers: { "content-type": "text/plain", ...auth }, body: "{}" });
     expect((await post({})).status).toBe(401);
     expect((await post({ authorization: `Bearer ${KEYS[0]}` })).status).toBe(415);
   });
@@ -68,15 +90,23 @@ describe("API keys on (API_KEY_HASHES set), CORS for one origin", () => {
   it("answers preflights and responses for the allowed origin only", async () => {
     const pre = await w.fetch("/v1/chat/completions", {
       method: "OPTIONS",
-      headers: { origin: "https://app.example.com", "access-control-request-method": "POST", "access-control-request-headers": "authorization, content-type" },
+      headers: {
+        origin: "https://app.example.com",
+        "access-control-request-method": "POST",
+        "access-control-request-headers": "authorization, content-type",
+      },
     });
     expect(pre.status).toBe(204);
     expect(pre.headers.get("access-control-allow-origin")).toBe("https://app.example.com");
     expect(pre.headers.get("access-control-allow-headers")?.toLowerCase()).toContain("authorization");
-    const ok = await w.fetch("/v1/models", { headers: { origin: "https://app.example.com", authorization: `Bearer ${KEYS[0]}` } });
+    const ok = await w.fetch("/v1/models", {
+      headers: { origin: "https://app.example.com", authorization: `Bearer ${KEYS[0]}` },
+    });
     expect(ok.headers.get("access-control-allow-origin")).toBe("https://app.example.com");
     expect(ok.headers.get("access-control-expose-headers")).toContain("X-Request-Id");
-    const other = await w.fetch("/v1/models", { headers: { origin: "https://evil.example", authorization: `Bearer ${KEYS[0]}` } });
+    const other = await w.fetch("/v1/models", {
+      headers: { origin: "https://evil.example", authorization: `Bearer ${KEYS[0]}` },
+    });
     expect(other.headers.get("access-control-allow-origin")).toBeNull();
   });
 
@@ -89,7 +119,8 @@ describe("API keys on (API_KEY_HASHES set), CORS for one origin", () => {
     expect(res!.headers.get("x-request-id")).toBeTruthy();
     const body = (await res!.json()) as { error: { type: string; code: string; param: null } };
     expect(body.error).toMatchObject({ type: "rate_limit_error", code: "rate_limit_exceeded", param: null });
-    for (const key of KEYS) expect((await w.fetch("/v1/models", { headers: { authorization: `Bearer ${key}` } })).status).toBe(200);
+    for (const key of KEYS)
+      expect((await w.fetch("/v1/models", { headers: { authorization: `Bearer ${key}` } })).status).toBe(200);
     expect((await w.fetch("/health")).status).toBe(200);
   });
 });

@@ -18,15 +18,29 @@ const LOADED = loadavg()[0] > cpus().length;
 /** The issue's bound, or ten times it on an overloaded machine. */
 function bound(issueMs: number): number {
   if (!LOADED) return issueMs;
-  console.log(`load average ${loadavg()[0].toFixed(1)} on ${cpus().length} cores: asserting ${10 * issueMs} ms instead of the issue's ${issueMs} ms`);
+  console.log(
+    `load average ${loadavg()[0].toFixed(1)} on ${cpus().length} cores: ` +
+      `asserting ${10 * issueMs} ms instead of the issue's ${issueMs} ms`,
+  );
   return 10 * issueMs;
 }
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+const healthLine = (h: number[]) =>
+  `/health during them (${h.length}): median ${median(h).toFixed(1)} ms, max ${Math.max(...h).toFixed(1)} ms`;
 const ms = (xs: number[]) => xs.map((x) => x.toFixed(0)).join(", ");
 
 /** Runs `refuse` `times` times while /health is polled; returns both sets of latencies. */
-async function underHealthPolling(w: LocalWorker, times: number, refuse: () => Promise<Response>): Promise<{ refusals: number[]; health: number[]; statuses: number[]; bodies: { error: { param: string | null; code: string } }[] }> {
+async function underHealthPolling(
+  w: LocalWorker,
+  times: number,
+  refuse: () => Promise<Response>,
+): Promise<{
+  refusals: number[];
+  health: number[];
+  statuses: number[];
+  bodies: { error: { param: string | null; code: string } }[];
+}> {
   const health: number[] = [];
   let done = false;
   const poller = (async () => {
@@ -60,14 +74,24 @@ describe("default caps: a 5 MB prompt is refused on the body size", () => {
   beforeAll(async () => {
     w = await startWithModels({ chat: makeSmallChatModel() }, { DEFAULT_MODEL: "chat" });
     // The model is loaded and warm: what follows is the refusal alone.
-    expect((await w.fetch("/v1/completions", { method: "POST", headers: JSON_CT, body: JSON.stringify({ prompt: "warm up", max_tokens: 1 }) })).status).toBe(200);
+    expect(
+      (
+        await w.fetch("/v1/completions", {
+          method: "POST",
+          headers: JSON_CT,
+          body: JSON.stringify({ prompt: "warm up", max_tokens: 1 }),
+        })
+      ).status,
+    ).toBe(200);
   });
   afterAll(() => w?.dispose());
 
   it("answers 413 in < 100 ms while /health answers in < 50 ms", async () => {
     const body = new TextEncoder().encode(JSON.stringify({ model: "chat", prompt: "x".repeat(PROMPT_CHARS) }));
-    const r = await underHealthPolling(w, 7, () => w.fetch("/v1/completions", { method: "POST", headers: JSON_CT, body }));
-    console.log(`5 MB prompt → ${r.statuses[0]}: refusals ${ms(r.refusals)} ms; /health during them (${r.health.length}): median ${median(r.health).toFixed(1)} ms, max ${Math.max(...r.health).toFixed(1)} ms`);
+    const r = await underHealthPolling(w, 7, () =>
+      w.fetch("/v1/completions", { method: "POST", headers: JSON_CT, body }),
+    );
+    console.log(`5 MB prompt → ${r.statuses[0]}: refusals ${ms(r.refusals)} ms; ${healthLine(r.health)}`);
     expect(r.statuses.every((s) => s === 413)).toBe(true);
     expect(r.bodies.every((b) => b.error.code === "request_too_large")).toBe(true);
     expect(median(r.refusals)).toBeLessThan(bound(100));
@@ -85,7 +109,12 @@ describe("default caps: a 5 MB prompt is refused on the body size", () => {
       },
     });
     const t = performance.now();
-    const res = await w.fetch("/v1/completions", { method: "POST", headers: JSON_CT, body, duplex: "half" } as RequestInit);
+    const res = await w.fetch("/v1/completions", {
+      method: "POST",
+      headers: JSON_CT,
+      body,
+      duplex: "half",
+    } as RequestInit);
     await res.arrayBuffer();
     console.log(`5 MB chunked prompt → ${res.status} in ${(performance.now() - t).toFixed(0)} ms`);
     expect(res.status).toBe(413);
@@ -95,15 +124,28 @@ describe("default caps: a 5 MB prompt is refused on the body size", () => {
 describe("MAX_BODY_BYTES raised to 8 MiB: the same prompt is refused on its characters, before tokenizing", () => {
   let w: LocalWorker;
   beforeAll(async () => {
-    w = await startWithModels({ chat: makeSmallChatModel() }, { DEFAULT_MODEL: "chat", MAX_BODY_BYTES: String(8 * 1024 * 1024) });
-    expect((await w.fetch("/v1/completions", { method: "POST", headers: JSON_CT, body: JSON.stringify({ prompt: "warm up", max_tokens: 1 }) })).status).toBe(200);
+    w = await startWithModels(
+      { chat: makeSmallChatModel() },
+      { DEFAULT_MODEL: "chat", MAX_BODY_BYTES: String(8 * 1024 * 1024) },
+    );
+    expect(
+      (
+        await w.fetch("/v1/completions", {
+          method: "POST",
+          headers: JSON_CT,
+          body: JSON.stringify({ prompt: "warm up", max_tokens: 1 }),
+        })
+      ).status,
+    ).toBe(200);
   });
   afterAll(() => w?.dispose());
 
   it("answers 400 naming prompt in < 100 ms while /health answers in < 50 ms", async () => {
     const body = new TextEncoder().encode(JSON.stringify({ model: "chat", prompt: "x".repeat(PROMPT_CHARS) }));
-    const r = await underHealthPolling(w, 7, () => w.fetch("/v1/completions", { method: "POST", headers: JSON_CT, body }));
-    console.log(`5M-character prompt → ${r.statuses[0]}: refusals ${ms(r.refusals)} ms; /health during them (${r.health.length}): median ${median(r.health).toFixed(1)} ms, max ${Math.max(...r.health).toFixed(1)} ms`);
+    const r = await underHealthPolling(w, 7, () =>
+      w.fetch("/v1/completions", { method: "POST", headers: JSON_CT, body }),
+    );
+    console.log(`5M-character prompt → ${r.statuses[0]}: refusals ${ms(r.refusals)} ms; ${healthLine(r.health)}`);
     expect(r.statuses.every((s) => s === 400)).toBe(true);
     expect(r.bodies.every((b) => b.error.param === "prompt" && b.error.code === "string_above_max_length")).toBe(true);
     expect(median(r.refusals)).toBeLessThan(bound(100));

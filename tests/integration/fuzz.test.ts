@@ -17,8 +17,11 @@ it("answers 500 hostile requests without a 5xx, each error a JSON body naming th
   const r = await runFuzz(w, { count: 500, seed: 1, concurrency: 6, deadlineMs: 100_000 });
   console.log(summary(r));
   expect(r.sent).toBe(500);
-  expect(r.violations.map((v) => `${v.problem} ← ${v.case.method} ${v.case.path} [${v.case.kind}]`).slice(0, 10)).toEqual([]);
+  expect(
+    r.violations.map((v) => `${v.problem} ← ${v.case.method} ${v.case.path} [${v.case.kind}]`).slice(0, 10),
+  ).toEqual([]);
   expect(r.serverErrors).toBe(0);
   // The run reaches every kind of refusal, not just one.
-  for (const s of ["200", "400", "401", "404", "413", "415"]) expect(r.byStatus[s] ?? 0, `status ${s}`).toBeGreaterThan(0);
+  for (const s of ["200", "400", "401", "404", "413", "415"])
+    expect(r.byStatus[s] ?? 0, `status ${s}`).toBeGreaterThan(0);
 }, 120_000);

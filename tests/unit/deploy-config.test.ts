@@ -21,7 +21,8 @@ function documentedSecrets(): Set<string> {
   const snippets = join(ROOT, "docs-snippets");
   if (existsSync(snippets)) for (const f of readdirSync(snippets)) if (f.endsWith(".md")) files.push(join(snippets, f));
   const names = new Set<string>();
-  for (const f of files) for (const m of readFileSync(f, "utf8").matchAll(/wrangler secret put ([A-Z][A-Z0-9_]*)/g)) names.add(m[1]);
+  for (const f of files)
+    for (const m of readFileSync(f, "utf8").matchAll(/wrangler secret put ([A-Z][A-Z0-9_]*)/g)) names.add(m[1]);
   return names;
 }
 
@@ -46,7 +47,8 @@ describe("deploy config", () => {
   });
 
   it("ships the code's default caps and keeps risky switches off", () => {
-    for (const [k, name] of Object.entries(LIMIT_VARS)) expect(vars[name], name).toBe(String(LIMIT_DEFAULTS[k as keyof typeof LIMIT_DEFAULTS]));
+    for (const [k, name] of Object.entries(LIMIT_VARS))
+      expect(vars[name], name).toBe(String(LIMIT_DEFAULTS[k as keyof typeof LIMIT_DEFAULTS]));
     expect(vars.ADMIN_FAULTS_ENABLED).toBe("false");
     expect(vars.CORS_ORIGINS).toBe("");
     expect(vars.RATE_LIMIT_ENABLED).toBe("true");

@@ -10,10 +10,13 @@ describe("env vars", () => {
     expect(intVar({ N: "  " }, "N", 5, 1)).toBe(5);
   });
 
-  it.each([["abc"], ["1.5"], ["-3"], ["0"], ["1e3"], ["99999999999999999999"]])("refuses N=%s naming N and the value", (raw) => {
-    expect(() => intVar({ N: raw }, "N", 5, 1)).toThrow(EnvVarError);
-    expect(() => intVar({ N: raw }, "N", 5, 1)).toThrow(`N must be an integer ≥ 1, got "${raw}"`);
-  });
+  it.each([["abc"], ["1.5"], ["-3"], ["0"], ["1e3"], ["99999999999999999999"]])(
+    "refuses N=%s naming N and the value",
+    (raw) => {
+      expect(() => intVar({ N: raw }, "N", 5, 1)).toThrow(EnvVarError);
+      expect(() => intVar({ N: raw }, "N", 5, 1)).toThrow(`N must be an integer ≥ 1, got "${raw}"`);
+    },
+  );
 
   it("reads booleans strictly", () => {
     expect(boolVar({ B: "TRUE" }, "B", false)).toBe(true);
@@ -37,6 +40,8 @@ describe("env vars", () => {
     expect(readLimits({})).toEqual(LIMIT_DEFAULTS);
     expect(readLimits({ MAX_BODY_BYTES: "2048" }).maxBodyBytes).toBe(2048);
     expect(() => readLimits({ MAX_STOP_CHARS: "x" })).toThrow('MAX_STOP_CHARS must be an integer ≥ 1, got "x"');
-    expect(() => readLimits({ DEFAULT_MAX_TOKENS: "100", MAX_TOKENS_CAP: "10" })).toThrow("DEFAULT_MAX_TOKENS (100) must be ≤ MAX_TOKENS_CAP (10)");
+    expect(() => readLimits({ DEFAULT_MAX_TOKENS: "100", MAX_TOKENS_CAP: "10" })).toThrow(
+      "DEFAULT_MAX_TOKENS (100) must be ≤ MAX_TOKENS_CAP (10)",
+    );
   });
 });
