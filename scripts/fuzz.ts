@@ -1,5 +1,5 @@
 /**
- * `npm run fuzz [-- --count 10000 --seed 1 --concurrency 8 --seconds 600]`: starts edge-moe in
+ * `npm run fuzz [-- --count 10000 --seed 1 --concurrency 8 --seconds 900]`: starts edge-moe in
  * local workerd on loopback (its own server, stopped at the end), sends `count` malformed and
  * hostile requests from a seeded generator, and checks that none gets a 5xx and every error is an
  * OpenAI-style JSON body naming the field. Prints counts by status and by kind and a summary line;
@@ -13,7 +13,7 @@ const { values } = parseArgs({
     count: { type: "string", default: "10000" },
     seed: { type: "string", default: "1" },
     concurrency: { type: "string", default: "8" },
-    seconds: { type: "string", default: "600" },
+    seconds: { type: "string", default: "900" },
   },
 });
 

@@ -41,6 +41,14 @@ async function underHealthPolling(
   statuses: number[];
   bodies: { error: { param: string | null; code: string } }[];
 }> {
+  // /health alone first: on a loaded machine its own latency is the floor for everything below.
+  const alone: number[] = [];
+  for (let i = 0; i < 10; i++) {
+    const t = performance.now();
+    await (await w.fetch("/health")).arrayBuffer();
+    alone.push(performance.now() - t);
+  }
+  console.log(`/health alone: median ${median(alone).toFixed(1)} ms`);
   const health: number[] = [];
   let done = false;
   const poller = (async () => {
