@@ -7,6 +7,7 @@
  * 400 must name when one applies.
  */
 import { createRng } from "../../src/serving/sampling";
+import { ADMIN_TOKEN_FOR_TESTS } from "./local-worker";
 import { hostileValue, int, pick, randomText, type Json, type Rng } from "./fuzz-values";
 
 export interface FuzzCase {
@@ -23,7 +24,8 @@ export interface FuzzCase {
 }
 
 export const FUZZ_KEY = "fuzz-api-key-0123456789";
-export const FUZZ_ADMIN_TOKEN = "local-admin-token";
+/** The harness sets ADMIN_TOKEN to this (local-worker.ts). */
+export const FUZZ_ADMIN_TOKEN = ADMIN_TOKEN_FOR_TESTS;
 
 interface Base {
   path: string;
