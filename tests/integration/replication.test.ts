@@ -28,7 +28,7 @@ const replicated = (s: Status) =>
 beforeAll(async () => {
   w = await startWithModels(
     { tiny: join(FIXTURES, "mixtral-tiny") },
-    { MIN_EXPERT_HOSTS: "4", REPLAN_INTERVAL_MS: "300", MAX_COPIES_PER_REPLAN: "4", REPLAN_THRESHOLD: "0.1", MAX_EXPERT_HOSTS: "6", DEFAULT_MODEL: "tiny" },
+    { MIN_EXPERT_HOSTS: "4", REPLAN_INTERVAL_MS: "300", MAX_COPIES_PER_REPLAN: "4", REPLAN_THRESHOLD: "0.1", MAX_EXPERT_HOSTS: "6", DEFAULT_MODEL: "tiny", ADMIN_FAULTS_ENABLED: "true" },
   );
 });
 afterAll(() => w?.dispose());
