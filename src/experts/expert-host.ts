@@ -104,6 +104,27 @@ export class ExpertHost extends DurableObject<Env> {
       throw err;
     }
   }
+
+  /**
+   * Unloads every expert of `model` held here that `assigned` does not list: the Coordinator's
+   * reconcile after a restart or a failed make-before-break, so no memory stays with experts that
+   * no placement routes to. Returns what it unloaded.
+   */
+  async reconcile(
+    model: string,
+    assigned: ExpertRef[],
+  ): Promise<{ ok: true; unloaded: ExpertRef[] } | { ok: false; code: string; message: string }> {
+    try {
+      const store = this.#store ?? (this.#storePromise ? await this.#storePromise.catch(() => null) : null);
+      if (!store || store.model.id !== model) return { ok: true, unloaded: [] };
+      const keep = new Set(assigned.map((e) => expertKey(e.layer, e.expert)));
+      const unloaded = store.loaded().filter((e) => !keep.has(expertKey(e.layer, e.expert)));
+      if (unloaded.length > 0) store.unload(unloaded);
+      return { ok: true, unloaded };
+    } catch (err) {
+      return failure(err);
+    }
+  }
 }
 
 function failure(err: unknown): { ok: false; code: ExpertFailureCode; message: string } {

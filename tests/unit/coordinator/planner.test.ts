@@ -1,22 +1,29 @@
 /**
- * The placement planner's invariants over many seeded random inputs (property-style), one
- * contract suite run against every planner (edge-moe and the EPLB baseline), plus the share
- * solver against an exact min–max oracle.
+ * The placement planner's invariants over many seeded random inputs (property-style), its
+ * contract over a few re-plans of Zipf loads (the EPLB baseline passes the same contract in
+ * tests/bench-model/eplb.test.ts), plus the share solver against an exact min–max oracle.
  */
 import { describe, expect, it } from "vitest";
-import { eplbPlacement, roundRobinPlacement } from "../../../src/coordinator/eplb";
-import type { Placement, PlacementOp, Replica } from "../../../src/coordinator/placement";
 import {
   applyOps,
   balanceRatios,
   checkPlacementInvariants,
   drainPlacement,
   instanceLoads,
-  planPlacement,
-  waterFill,
-  type PlannerInput,
-} from "../../../src/coordinator/planner";
-import { makeRng } from "../../../scripts/lib/workloads";
+  type InstanceInfo,
+  type Placement,
+  type PlacementOp,
+  type Replica,
+} from "../../../src/coordinator/placement";
+import { planPlacement, waterFill, type PlannerInput } from "../../../src/coordinator/planner";
+import { createRng as makeRng } from "../../../src/serving/sampling";
+
+/** One layer, expert e on instance e mod N, one replica each. */
+function roundRobinPlacement(nLayers: 1, nExperts: number, opts: { model: string; instances: InstanceInfo[] }): Placement {
+  const n = opts.instances.length;
+  const replicas = [Array.from({ length: nExperts }, (_, e) => [{ instance: e % n, share: 1 }])];
+  return { model: opts.model, version: 0, nLayers, nExperts, instances: opts.instances, replicas };
+}
 
 // ── random inputs ─────────────────────────────────────────────────────────────────────────────
 
@@ -243,7 +250,7 @@ describe("planPlacement: invariants over random inputs", () => {
   });
 });
 
-// ── one contract, every planner ───────────────────────────────────────────────────────────────
+// ── the planner contract ───────────────────────────────────────────────────────────────────────
 
 type PlannerUnderTest = (placement: Placement, loads: number[][], slotsPerInstance: number) => Placement;
 
@@ -252,7 +259,6 @@ const PLANNERS: Record<string, PlannerUnderTest> = {
     const plan = planPlacement({ placement, loads, expertBytes: 1, maxCopies: 6 });
     return applyOps(placement, plan.ops, plan.shares);
   },
-  eplb: (placement, loads, slots) => eplbPlacement(loads, slots, { model: placement.model, instances: placement.instances, version: placement.version + 1 }),
 };
 
 for (const [name, planner] of Object.entries(PLANNERS)) {

@@ -10,7 +10,7 @@
  * published README example can be reproduced, and `rebalanceExperts` picks it exactly when the
  * reference does (groups divisible by nodes). Tokens are split evenly over an expert's replicas.
  */
-import type { Placement, Replica } from "./placement";
+import type { Placement, Replica } from "../../src/coordinator/placement";
 
 export interface PackResult {
   /** Pack of each item. */

@@ -1,6 +1,6 @@
 /** Benchmark workloads: deterministic traces and the user load-file validation messages. */
 import { describe, expect, it } from "vitest";
-import { parseLoadFile, popularityTrace, syntheticTrace, zipfProbabilities } from "../../../scripts/lib/workloads";
+import { parseLoadFile, popularityTrace, syntheticTrace, zipfProbabilities } from "../../scripts/lib/workloads";
 
 describe("synthetic workloads", () => {
   const opts = { nExperts: 16, s: 1, nWindows: 20, assignmentsPerWindow: 10_000, drift: { kind: "rotate" as const, speed: 0.5 }, burstiness: 0.1, seed: 3 };
