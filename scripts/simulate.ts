@@ -17,19 +17,19 @@
  * window's popularity. Replicas are chosen per call, as the placement is deployed:
  * - `split` (static, eplb, eplb-free-copies, edge-moe-split): a replica per (token, expert) drawn
  *   by the placement's shares — vLLM's pseudo-random replica for EPLB;
- * - `least-loaded` (edge-moe, eplb-ll, eplb-ll-free-copies): `dispatchLeastLoaded` (src/coordinator/dispatch.ts) in
+ * - `least-loaded` (edge-moe, eplb-ll, eplb-ll-free-copies): the Worker's `dispatchLeastLoaded` in
  *   the step's Worker isolate (steps are dealt to `--isolates` isolates in turn) against that
  *   isolate's own rows in flight plus its recently sent rows (half-life 1 s, as the Worker keeps
- *   them; cleared when the published replica sets change);
- * - `weighted` (edge-moe-weighted): the same isolates under the Worker's first rule (commit 357eefe) in
- *   src/experts/replica-choice.ts, each row to the smallest (recent + in flight + 1) / share.
+ *   them; cleared when the published replica sets change).
  * ONE call per instance carries all of that instance's work. A
  * call costs half the RPC round trip in transit each way (not occupying the instance) and, on the
  * instance, the other half plus Σ kernel(tokens) over its experts; the instance serves calls FIFO.
  * The layer ends when its last call returns (the barrier); the next layer starts then (dense work
  * in the Worker is not modelled: the same for every placement). At each window boundary a policy
  * re-plans from the counts routed in the window before; each copied replica occupies its
- * destination instance for one measured expert load, queued FIFO with the calls.
+ * destination instance for one measured expert load, queued FIFO with the calls. edge-moe
+ * re-plans with the Coordinator's own `replanStep` and the deployed config (wrangler.toml [vars];
+ * its REPLAN_INTERVAL_MS is the window) unless a flag overrides a knob.
  *
  * Offered load ρ, on two bases (both reported):
  * - cluster: the arrival rate at which the instances would be busy a fraction ρ of the time on
@@ -43,10 +43,12 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname } from "node:path";
 import { pathToFileURL } from "node:url";
 import type { Placement } from "../src/coordinator/placement";
-import { defaultEdgeMoe, machineInfo, makePolicy, quantile, shapeFor, type ClusterShape, type PolicyName } from "./bench-placement";
-import { calibrate, D_MODEL, interpolate, type Calibration, type CostPoint } from "./lib/calibrate";
+import type { ReplanConfig } from "../src/coordinator/replan";
 import { dispatchLeastLoaded } from "../src/coordinator/dispatch";
-import type { Replica } from "../src/coordinator/placement";
+import { calibrate, D_MODEL, interpolate, type Calibration, type CostPoint } from "./lib/calibrate";
+import { machineInfo, makePolicy, quantile, type ClusterShape, type PolicyName } from "./lib/placement-policies";
+import { shapeFor } from "./lib/placement-scenarios";
+import { REPLAN_FLAGS_HELP, applyReplanFlag, deployedReplanConfig, describeReplanConfig } from "./lib/replan-config";
 import { gaussian, makeRng, popularityTrace, type Drift, type LoadTrace, type RequestMix } from "./lib/workloads";
 
 // ── configuration ─────────────────────────────────────────────────────────────────────────────
@@ -69,12 +71,14 @@ export interface SimConfig {
   loads: number[];
   bases: LoadBasis[];
   seed: number;
-  /** Worker isolates dispatching independently (least-loaded and weighted replica choice). */
+  /** Worker isolates dispatching independently (least-loaded replica choice). */
   isolates: number;
   /** Half-life of an isolate's recently-sent-rows table (the Worker's RECENT_HALF_LIFE_MS). */
   recentHalfLifeMs: number;
   /** Requests behind the token stream; null: every token drawn from the population. */
   requests: RequestMix | null;
+  /** edge-moe's re-plan policy knobs (`windowMs` is the window above). */
+  replan: ReplanConfig;
 }
 
 export const DEFAULT_SIM: SimConfig = {
@@ -87,7 +91,7 @@ export const DEFAULT_SIM: SimConfig = {
   drift: { kind: "rotate", speed: 0.1 },
   burstiness: 0.1,
   tokensPerStep: 1,
-  windowMs: 1000,
+  windowMs: deployedReplanConfig().windowMs,
   windows: 40,
   warmupWindows: 10,
   loads: [0.5, 0.8],
@@ -96,6 +100,7 @@ export const DEFAULT_SIM: SimConfig = {
   isolates: 8,
   recentHalfLifeMs: 1000,
   requests: { active: 32, meanWindows: 8, affinity: 1 },
+  replan: deployedReplanConfig(),
 };
 
 /** Per-call costs from a calibration, made monotone (pool-adjacent violators) against noise. */
@@ -209,10 +214,10 @@ interface Step {
  * The three placements with the replica choice each is deployed with — static and EPLB split
  * tokens by shares, edge-moe dispatches least-loaded — plus rows that separate the effects: EPLB
  * with weight copies costing nothing, EPLB with least-loaded dispatch (with and without copy cost),
- * edge-moe's placement with a static split, and edge-moe under the Worker's first, weighted rule (357eefe).
+ * and edge-moe's placement with a static split.
  */
-export type SimPolicy = "static" | "eplb" | "eplb-free-copies" | "eplb-ll" | "eplb-ll-free-copies" | "edge-moe" | "edge-moe-split" | "edge-moe-weighted";
-export type Dispatch = "split" | "least-loaded" | "weighted";
+export type SimPolicy = "static" | "eplb" | "eplb-free-copies" | "eplb-ll" | "eplb-ll-free-copies" | "edge-moe" | "edge-moe-split";
+export type Dispatch = "split" | "least-loaded";
 export const SIM_SPECS: Record<SimPolicy, { placement: PolicyName; copies: boolean; dispatch: Dispatch }> = {
   static: { placement: "static", copies: false, dispatch: "split" },
   eplb: { placement: "eplb", copies: true, dispatch: "split" },
@@ -221,9 +226,8 @@ export const SIM_SPECS: Record<SimPolicy, { placement: PolicyName; copies: boole
   "eplb-ll-free-copies": { placement: "eplb", copies: false, dispatch: "least-loaded" },
   "edge-moe": { placement: "edge-moe", copies: true, dispatch: "least-loaded" },
   "edge-moe-split": { placement: "edge-moe", copies: true, dispatch: "split" },
-  "edge-moe-weighted": { placement: "edge-moe", copies: true, dispatch: "weighted" },
 };
-export const SIM_POLICIES: SimPolicy[] = ["static", "eplb", "eplb-free-copies", "eplb-ll", "eplb-ll-free-copies", "edge-moe", "edge-moe-split", "edge-moe-weighted"];
+export const SIM_POLICIES: SimPolicy[] = ["static", "eplb", "eplb-free-copies", "eplb-ll", "eplb-ll-free-copies", "edge-moe", "edge-moe-split"];
 
 export interface SimResult {
   policy: SimPolicy;
@@ -342,25 +346,6 @@ function sameReplicaSets(a: Placement, b: Placement): boolean {
   );
 }
 
-/** src/experts/replica-choice.ts's rule: each row to the smallest (recent + in flight + 1) / max(share, 0.01). */
-function weightedChoice(reps: readonly Replica[], n: number, loads: Float64Array, rng: () => number, take: (instance: number, rows: number) => void): void {
-  for (let t = 0; t < n; t++) {
-    let best = reps[0].instance;
-    let bestScore = Infinity;
-    let ties = 0;
-    for (const r of reps) {
-      const score = (loads[r.instance] + 1) / Math.max(r.share, 0.01);
-      if (score < bestScore - 1e-9) {
-        best = r.instance;
-        bestScore = score;
-        ties = 1;
-      } else if (Math.abs(score - bestScore) <= 1e-9 && rng() * ++ties < 1) best = r.instance;
-    }
-    loads[best] += 1;
-    take(best, 1);
-  }
-}
-
 /** Cumulative shares per (layer, expert) for picking a replica with one uniform draw. */
 function replicaPicker(p: Placement): { inst: Int32Array[][]; cum: Float64Array[][] } {
   const inst = p.replicas.map((layer) => layer.map((reps) => Int32Array.from(reps.map((r) => r.instance))));
@@ -384,8 +369,8 @@ export function simulate(cfg: SimConfig, costs: Costs, simPolicy: SimPolicy, bas
   const router = makeRouter(cfg, popularity, rng);
   const placeRng = makeRng(cfg.seed * 11 + 1);
   const observed: LoadTrace = { source: "simulation", nLayers: cfg.nLayers, nExperts: cfg.nExperts, windows: [] };
-  const policy = makePolicy(policyName, observed, shape, defaultEdgeMoe(shape));
-  let placement = makePolicy("static", observed, shape).step(0).placement;
+  const policy = makePolicy(policyName, observed, shape, { ...cfg.replan, windowMs: cfg.windowMs });
+  let placement = makePolicy("static", observed, shape, cfg.replan).step(0).placement;
   let previous = placement;
   let picker = replicaPicker(placement);
 
@@ -420,7 +405,7 @@ export function simulate(cfg: SimConfig, costs: Costs, simPolicy: SimPolicy, bas
     pairRows[p] += n;
   };
 
-  // Worker isolates (least-loaded and weighted choice): per isolate, rows in flight and recently
+  // Worker isolates (least-loaded choice): per isolate, rows in flight and recently
   // sent rows per instance (all layers, as the Worker keeps them), decayed lazily.
   const W = N + 64;
   const isolates = Array.from({ length: cfg.isolates }, () => ({ inflight: new Float64Array(W), recent: new Float64Array(W), at: 0 }));
@@ -462,14 +447,9 @@ export function simulate(cfg: SimConfig, costs: Costs, simPolicy: SimPolicy, bas
       }
       const reps = placement.replicas[l];
       const loads = isolateView(st.isolate, now);
-      if (spec.dispatch === "least-loaded") {
-        while (out.length < reps.length) out.push([]);
-        dispatchLeastLoaded(tokens, reps, loads, { random: placeRng, out, experts: callExperts });
-        for (const e of callExperts) reps[e].forEach((r, k) => out[e][k] > 0 && assign(l, e, r.instance, out[e][k]));
-      } else {
-        callExperts.sort((a, b) => tokens[b] - tokens[a] || a - b);
-        for (const e of callExperts) weightedChoice(reps[e], tokens[e], loads, placeRng, (i, n) => assign(l, e, i, n));
-      }
+      while (out.length < reps.length) out.push([]);
+      dispatchLeastLoaded(tokens, reps, loads, { random: placeRng, out, experts: callExperts });
+      for (const e of callExperts) reps[e].forEach((r, k) => out[e][k] > 0 && assign(l, e, r.instance, out[e][k]));
       for (const e of callExperts) tokens[e] = 0;
     }
     callInstances.length = 0;
@@ -616,7 +596,7 @@ export function staticWork(cfg: SimConfig, costs: Costs, shape: ClusterShape): {
   const popularity = windowPopularity(cfg);
   const router = makeRouter(cfg, popularity, rng);
   const observed: LoadTrace = { source: "", nLayers: cfg.nLayers, nExperts: cfg.nExperts, windows: [] };
-  const placement = makePolicy("static", observed, shape).step(0).placement;
+  const placement = makePolicy("static", observed, shape, cfg.replan).step(0).placement;
   const perWindow = 200;
   const picked: number[] = [];
   let total = 0;
@@ -673,7 +653,14 @@ async function loadCalibration(path: string, fresh: boolean, log: (m: string) =>
 }
 
 function parseArgs(argv: string[]): { calibration: string; out: string; recalibrate: boolean; cfg: SimConfig; policies: SimPolicy[] } {
-  const out = { calibration: "bench-results/calibration.json", out: "bench-results/simulate.json", recalibrate: false, cfg: { ...DEFAULT_SIM }, policies: SIM_POLICIES };
+  const out = {
+    calibration: "bench-results/calibration.json",
+    out: "bench-results/simulate.json",
+    recalibrate: false,
+    cfg: { ...DEFAULT_SIM },
+    policies: SIM_POLICIES,
+  };
+  const replanOverrides: Partial<ReplanConfig> = {};
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const next = (): string => {
@@ -702,6 +689,7 @@ function parseArgs(argv: string[]): { calibration: string; out: string; recalibr
     else if (a === "--isolates") out.cfg.isolates = pos(a, next());
     else if (a === "--recent-half-life-ms") out.cfg.recentHalfLifeMs = pos(a, next(), false);
     else if (a === "--no-requests") out.cfg.requests = null;
+    else if (applyReplanFlag(replanOverrides, a, next)) continue;
     else if (a === "--policies") {
       const names = next().split(",");
       for (const n of names) if (!(SIM_POLICIES as string[]).includes(n)) throw new Error(`--policies: unknown policy "${n}" (one of ${SIM_POLICIES.join(", ")})`);
@@ -716,11 +704,13 @@ function parseArgs(argv: string[]): { calibration: string; out: string; recalibr
       console.log(
         "usage: npm run simulate [-- --calibration FILE] [--recalibrate] [--out FILE] [--loads 0.5,0.8] [--basis both|cluster|static]\n" +
           "       [--instances 16] [--experts 64] [--top-k 4] [--layers 2] [--windows 40] [--window-ms 1000] [--tokens-per-step 1] [--zipf 1.0] [--seed 7]\n" +
-          "       [--isolates 8] [--recent-half-life-ms 1000] [--no-requests] [--policies " + SIM_POLICIES.join(",") + "]",
+          "       [--isolates 8] [--recent-half-life-ms 1000] [--no-requests] [--policies " + SIM_POLICIES.join(",") + "]\n" +
+          `       ${REPLAN_FLAGS_HELP}; --window-ms sets the window (default REPLAN_INTERVAL_MS)`,
       );
       process.exit(0);
     } else throw new Error(`unknown option ${a} (try --help)`);
   }
+  out.cfg.replan = { ...out.cfg.replan, ...replanOverrides };
   if (out.cfg.topK > out.cfg.nExperts) throw new Error(`--top-k (${out.cfg.topK}) must be ≤ --experts (${out.cfg.nExperts})`);
   if (out.cfg.windows <= out.cfg.warmupWindows + 1) throw new Error(`--windows must be > ${out.cfg.warmupWindows + 1}`);
   return out;
@@ -754,8 +744,10 @@ async function main(): Promise<void> {
   console.log(`\ncluster simulator — ${cfg.nInstances} instances, ${cfg.nExperts} experts top-${cfg.topK}, ${cfg.nLayers} layers, zipf s=${cfg.s}, drift ${JSON.stringify(cfg.drift)}, burstiness ${cfg.burstiness}`);
   console.log(
     `token stream: ${cfg.requests ? `${cfg.requests.active} requests in flight (affinity σ=${cfg.requests.affinity}, ~${cfg.requests.meanWindows} windows each)` : "independent tokens"}; ` +
-      `replica choice: split = by shares; least-loaded / weighted = per call in ${cfg.isolates} Worker isolates (own rows in flight + recent rows, half-life ${cfg.recentHalfLifeMs} ms)`,
+      `replica choice: split = by shares; least-loaded = per call in ${cfg.isolates} Worker isolates ` +
+      `(own rows in flight + recent rows, half-life ${cfg.recentHalfLifeMs} ms)`,
   );
+  console.log(`edge-moe: replanStep with the ${describeReplanConfig({ ...cfg.replan, windowMs: cfg.windowMs })}`);
   console.log(
     `costs (measured ${cal.date}): kernel ${f(costs.kernelMs(1), 3)} ms @1 token, ${f(costs.kernelMs(16), 3)} ms @16; RPC ${f(costs.rpcMs(D_MODEL * 4), 3)} ms @1 token; expert load ${f(costs.expertLoadMs)} ms`,
   );
@@ -778,7 +770,7 @@ async function main(): Promise<void> {
     const at = (p: SimPolicy) => results.find((r) => r.basis === basis && r.load === load && r.policy === p);
     const edge = at("edge-moe");
     if (!edge) continue;
-    for (const other of ["static", "eplb", "eplb-free-copies", "eplb-ll", "eplb-ll-free-copies", "edge-moe-split", "edge-moe-weighted"] as const) {
+    for (const other of ["static", "eplb", "eplb-free-copies", "eplb-ll", "eplb-ll-free-copies", "edge-moe-split"] as const) {
       const o = at(other);
       if (!o) continue;
       summary[`p99 per-layer latency, ${basis} load ${load}: edge-moe vs ${other}`] =
