@@ -48,60 +48,11 @@ import { dispatchLeastLoaded } from "../src/coordinator/dispatch";
 import { calibrate, D_MODEL, interpolate, type Calibration, type CostPoint } from "./lib/calibrate";
 import { machineInfo, makePolicy, quantile, type ClusterShape, type PolicyName } from "./lib/placement-policies";
 import { shapeFor } from "./lib/placement-scenarios";
-import { REPLAN_FLAGS_HELP, applyReplanFlag, deployedReplanConfig, describeReplanConfig } from "./lib/replan-config";
+import { REPLAN_FLAGS_HELP, applyReplanFlag, describeReplanConfig } from "./lib/replan-config";
+import { DEFAULT_SIM, type LoadBasis, type SimConfig } from "./lib/sim-config";
 import { gaussian, makeRng, popularityTrace, type Drift, type LoadTrace, type RequestMix } from "./lib/workloads";
 
 // ── configuration ─────────────────────────────────────────────────────────────────────────────
-
-export type LoadBasis = "cluster" | "static";
-
-export interface SimConfig {
-  nInstances: number;
-  nExperts: number;
-  topK: number;
-  nLayers: number;
-  spare: number;
-  s: number;
-  drift: Drift;
-  burstiness: number;
-  tokensPerStep: number;
-  windowMs: number;
-  windows: number;
-  warmupWindows: number;
-  loads: number[];
-  bases: LoadBasis[];
-  seed: number;
-  /** Worker isolates dispatching independently (least-loaded replica choice). */
-  isolates: number;
-  /** Half-life of an isolate's recently-sent-rows table (the Worker's RECENT_HALF_LIFE_MS). */
-  recentHalfLifeMs: number;
-  /** Requests behind the token stream; null: every token drawn from the population. */
-  requests: RequestMix | null;
-  /** edge-moe's re-plan policy knobs (`windowMs` is the window above). */
-  replan: ReplanConfig;
-}
-
-export const DEFAULT_SIM: SimConfig = {
-  nInstances: 16,
-  nExperts: 64,
-  topK: 4,
-  nLayers: 2,
-  spare: 2,
-  s: 1.0,
-  drift: { kind: "rotate", speed: 0.1 },
-  burstiness: 0.1,
-  tokensPerStep: 1,
-  windowMs: deployedReplanConfig().windowMs,
-  windows: 40,
-  warmupWindows: 10,
-  loads: [0.5, 0.8],
-  bases: ["cluster", "static"],
-  seed: 7,
-  isolates: 8,
-  recentHalfLifeMs: 1000,
-  requests: { active: 32, meanWindows: 8, affinity: 1 },
-  replan: deployedReplanConfig(),
-};
 
 /** Per-call costs from a calibration, made monotone (pool-adjacent violators) against noise. */
 export interface Costs {
