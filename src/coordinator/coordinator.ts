@@ -30,6 +30,7 @@ import {
   type ReplanConfig,
   type ReplanDecision,
 } from "./replan";
+import { reconcileHosts, type ReconcileReport } from "./reconcile";
 import { CoordinatorStore } from "./storage";
 import { hostName, type ExpertRef } from "../experts/protocol";
 import type { LoadReport } from "../experts/expert-client";
@@ -46,14 +47,6 @@ export interface ReplanReport {
   failedLoads: string[];
   predicted: { before: number; after: number } | null;
   windowTokens: number;
-}
-
-/** What one reconcile did: per host, the experts it unloaded, or why it could not be asked. */
-export interface ReconcileReport {
-  at: number;
-  version: number;
-  unloaded: Record<string, ExpertRef[]>;
-  failed: string[];
 }
 
 export interface CoordinatorStatus {
@@ -77,7 +70,7 @@ const DRAIN_MS = 2 * PLACEMENT_CHECK_MS + 500;
  * its course (Workers have seen the drained version), so unloading cannot race its stragglers.
  */
 const RECONCILE_DELAY_MS = DRAIN_MS;
-/** meta key set while a reconcile is owed (survives a restart). */
+/** meta key holding when an owed reconcile is due (survives a restart). */
 const RECONCILE_KEY = "reconcilePending";
 
 export class Coordinator extends DurableObject<Env> {
@@ -170,7 +163,9 @@ export class Coordinator extends DurableObject<Env> {
   }
 
   override async alarm(): Promise<void> {
-    if (this.#store.meta(RECONCILE_KEY) !== null) {
+    const now = Date.now();
+    const due = this.#reconcileDue();
+    if (due !== null && now >= due) {
       // Owed a reconcile (restart or failed change): that first; the re-plan resumes next window.
       const done = this.#busy ? null : await this.reconcile();
       if (!done || done.failed.length > 0) await this.ctx.storage.setAlarm(Date.now() + (done ? this.#config.windowMs : 100));
@@ -178,8 +173,10 @@ export class Coordinator extends DurableObject<Env> {
       return;
     }
     const report = await this.replan("alarm");
-    if (this.#active()) await this.ctx.storage.setAlarm(Date.now() + this.#config.windowMs);
-    if (report.reason === "busy") await this.ctx.storage.setAlarm(Date.now() + 100);
+    let next = report.reason === "busy" ? Date.now() + 100 : this.#active() ? Date.now() + this.#config.windowMs : null;
+    const owed = this.#reconcileDue(); // a failed change during the re-plan may have owed one
+    if (owed !== null) next = next === null ? owed : Math.min(next, owed);
+    if (next !== null) await this.ctx.storage.setAlarm(next);
   }
 
   // ── re-plan ───────────────────────────────────────────────────────────────────────────────
@@ -320,11 +317,7 @@ export class Coordinator extends DurableObject<Env> {
 
   // ── reconcile ─────────────────────────────────────────────────────────────────────────────
 
-  /**
-   * Tells every instance the placement may name what it holds; each unloads the experts of this
-   * model it is not assigned. Instances past the placement's (up to MAX_EXPERT_HOSTS) are asked
-   * too: an interrupted add-instance may have loaded one. Runs outside any re-plan.
-   */
+  /** Reconciles every ExpertHost with the placement (reconcile.ts), outside any re-plan. */
   async reconcile(): Promise<ReconcileReport> {
     while (this.#busy) await this.#busy.catch(() => null);
     const running = this.#reconcileOnce();
@@ -334,35 +327,27 @@ export class Coordinator extends DurableObject<Env> {
 
   async #reconcileOnce(): Promise<ReconcileReport> {
     const p = this.#placement;
-    const report: ReconcileReport = { at: Date.now(), version: p?.version ?? 0, unloaded: {}, failed: [] };
-    if (p) {
-      const assigned = expertsByInstance(p);
-      const n = Math.max(p.instances.length, this.#config.maxInstances);
-      const names = Array.from({ length: n }, (_, i) => p.instances[i]?.name ?? hostName(p.model, i));
-      await Promise.all(
-        names.map(async (name, i) => {
-          try {
-            const r = await this.#host(name).reconcile(p.model, assigned[i] ?? []);
-            if (r.ok) {
-              if (r.unloaded.length > 0) report.unloaded[name] = r.unloaded;
-            } else report.failed.push(`${name}: ${r.code}: ${r.message}`);
-          } catch (err) {
-            report.failed.push(`${name}: ${err instanceof Error ? err.message : String(err)}`);
-          }
-        }),
-      );
-    }
+    const report = p
+      ? await reconcileHosts(p, this.#config.maxInstances, (name) => this.#host(name))
+      : { at: Date.now(), version: 0, unloaded: {}, failed: [] };
     if (report.failed.length === 0) this.#store.setMeta(RECONCILE_KEY, null);
     this.#lastReconcile = report;
     return report;
   }
 
-  /** Records that a reconcile is owed and makes sure an alarm runs it within `delayMs`. */
+  /** Records that a reconcile is owed within `delayMs` (the earliest owed wins) and sets an alarm for it. */
   async #oweReconcile(delayMs: number): Promise<void> {
-    this.#store.setMeta(RECONCILE_KEY, String(Date.now()));
-    const due = Date.now() + delayMs;
+    const owed = this.#reconcileDue();
+    const due = Math.min(Date.now() + delayMs, owed ?? Infinity);
+    this.#store.setMeta(RECONCILE_KEY, String(due));
     const alarm = await this.ctx.storage.getAlarm();
     if (alarm === null || alarm > due) await this.ctx.storage.setAlarm(due);
+  }
+
+  /** When the owed reconcile is due (ms since the epoch), or null when none is owed. */
+  #reconcileDue(): number | null {
+    const v = this.#store.meta(RECONCILE_KEY);
+    return v === null ? null : Number(v) || 0;
   }
 
   // ── helpers ───────────────────────────────────────────────────────────────────────────────
