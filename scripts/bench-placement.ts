@@ -154,7 +154,10 @@ function parseArgs(argv: string[]): Args {
     else if (a === "--warmup") args.warmup = int("--warmup", next(), 0);
     else if (a === "--spare") args.spare = int("--spare", next(), 0);
     else if (a === "--seed") args.seed = int("--seed", next(), 0);
-    else if (a === "--instances") args.instances = next().split(",").map((v) => int("--instances", v, 1));
+    else if (a === "--instances")
+      args.instances = next()
+        .split(",")
+        .map((v) => int("--instances", v, 1));
     else if (a === "--quick") args.quick = true;
     else if (a === "--ll-all") args.llAll = true;
     else if (a === "--eplb-ema") args.policies = [...POLICIES];
@@ -190,7 +193,8 @@ function parseArgs(argv: string[]): Args {
 function dispatchesFor(kind: ScenarioKind, p: PolicyName, llAll: boolean): DispatchMode[] {
   const all = DISPATCHES[p];
   if (kind === "edge" || kind === "edge-jumps" || kind === "file") return all;
-  if (kind === "multi-layer") return all.filter((d) => d === "split" || d === "oracle" || (d === "least-loaded" && p !== "eplb-ema"));
+  if (kind === "multi-layer")
+    return all.filter((d) => d === "split" || d === "oracle" || (d === "least-loaded" && p !== "eplb-ema"));
   return llAll ? all : all.filter((d) => d === "split" || d === "oracle");
 }
 
@@ -220,12 +224,20 @@ function timePlanner(inputs: readonly ReplanInput[], config: ReplanConfig, repea
     });
   }
   const medians = repeats > 0 ? per.map((xs) => quantile(xs, 0.5)) : [];
-  return { n: ms.length, p50: quantile(ms, 0.5), p99: quantile(ms, 0.99), max: ms.length ? Math.max(...ms) : NaN, p99OfMedians: quantile(medians, 0.99) };
+  return {
+    n: ms.length,
+    p50: quantile(ms, 0.5),
+    p99: quantile(ms, 0.99),
+    max: ms.length ? Math.max(...ms) : NaN,
+    p99OfMedians: quantile(medians, 0.99),
+  };
 }
 
 async function main(): Promise<void> {
   const args = parseArgs(process.argv.slice(2));
-  const all = args.loads ? fileScenarios(args.loads, args.instances, args.spare) : syntheticScenarios({ windows: args.windows, spare: args.spare, seed: args.seed });
+  const all = args.loads
+    ? fileScenarios(args.loads, args.instances, args.spare)
+    : syntheticScenarios({ windows: args.windows, spare: args.spare, seed: args.seed });
   const scenarios = args.only ? all.filter((s) => s.name.includes(args.only ?? "")) : all;
   const machine = machineInfo();
   const rows: Row[] = [];
@@ -247,7 +259,11 @@ async function main(): Promise<void> {
   const seconds = (performance.now() - started) / 1000;
   // Every k-th recorded 256 × 64 input, at most 200, each re-planned `timingRepeats` times.
   const stride = Math.max(1, Math.ceil(timingInputs.length / 200));
-  const timing = timePlanner(timingInputs.filter((_, i) => i % stride === 0), replan, args.timingRepeats);
+  const timing = timePlanner(
+    timingInputs.filter((_, i) => i % stride === 0),
+    replan,
+    args.timingRepeats,
+  );
 
   console.log(`placement benchmark — online max/mean instance rows (plan from window t, scored on t+1)`);
   console.log(
@@ -274,15 +290,21 @@ async function main(): Promise<void> {
     console.log(`\n${titles[kind]}`);
     printTable(sel);
   }
-  const problems = rows.flatMap((r) => args.policies.flatMap((p) => r.results[p].problems.map((m) => `${r.name} ${p}: ${m}`)));
+  const problems = rows.flatMap((r) =>
+    args.policies.flatMap((p) => r.results[p].problems.map((m) => `${r.name} ${p}: ${m}`)),
+  );
   if (problems.length > 0) console.log(`\nINVARIANT VIOLATIONS:\n${problems.slice(0, 20).join("\n")}`);
 
   const summary = summarise(rows);
   if (timing.n > 0) {
     summary["replanStep ms, 256 × 64, 1 layer, recorded inputs re-planned (median | p99 | max, n)"] =
       `${fmt(timing.p50, 2)} | ${fmt(timing.p99, 2)} | ${fmt(timing.max, 2)}, n=${timing.n}`;
-    summary["replanStep ms, same inputs: p99 over inputs of each input's median (VM hiccups removed)"] = fmt(timing.p99OfMedians, 2);
-    summary["target: replanStep p99 ≤ 2 ms at 256 × 64"] = `${timing.p99 <= 2 ? "met" : "MISSED"} (wall p99 ${fmt(timing.p99, 2)} ms; slowest inputs' medians ${fmt(timing.p99OfMedians, 2)} ms)`;
+    summary["replanStep ms, same inputs: p99 over inputs of each input's median (VM hiccups removed)"] = fmt(
+      timing.p99OfMedians,
+      2,
+    );
+    summary["target: replanStep p99 ≤ 2 ms at 256 × 64"] =
+      `${timing.p99 <= 2 ? "met" : "MISSED"} (wall p99 ${fmt(timing.p99, 2)} ms; slowest inputs' medians ${fmt(timing.p99OfMedians, 2)} ms)`;
   }
   console.log(`\nsummary (${seconds.toFixed(1)} s)`);
   for (const [k, v] of Object.entries(summary)) console.log(`  ${k}: ${typeof v === "number" ? fmt(v) : v}`);
@@ -295,8 +317,17 @@ async function main(): Promise<void> {
         benchmark: "placement",
         machine,
         replanConfig: replan,
-        config: { ...args, tokensPerWindow: TOKENS_PER_WINDOW, edgeTokensPerWindow: EDGE_TOKENS_PER_WINDOW, topK: TOP_K, burstiness: BURSTINESS, drifts: DRIFTS, edgeRequests: EDGE_REQUESTS },
-        metric: "per (window, layer): max instance rows / mean instance rows of the plan made from window t, on window t+1, per dispatch (scripts/lib/dispatch-model.ts)",
+        config: {
+          ...args,
+          tokensPerWindow: TOKENS_PER_WINDOW,
+          edgeTokensPerWindow: EDGE_TOKENS_PER_WINDOW,
+          topK: TOP_K,
+          burstiness: BURSTINESS,
+          drifts: DRIFTS,
+          edgeRequests: EDGE_REQUESTS,
+        },
+        metric:
+          "per (window, layer): max instance rows / mean instance rows of the plan made from window t, on window t+1, per dispatch (scripts/lib/dispatch-model.ts)",
         scenarios: rows,
         plannerTiming: timing,
         summary,
@@ -325,33 +356,64 @@ function summarise(rows: Row[]): Record<string, number | string> {
       return `p50 ${fmt(quantile(p50, 0.5))} (worst ${fmt(Math.max(...p50))}), p99 ${fmt(quantile(p99, 0.5))} (worst ${fmt(Math.max(...p99))})`;
     };
     for (const [p, d, label] of [...COLUMNS, ...EXTRA]) {
-      if (p !== "static" && sel.some((r) => r.results[p]?.dispatch[d])) out[`${tag}: ${label} — median over scenarios`] = line(p, d);
+      if (p !== "static" && sel.some((r) => r.results[p]?.dispatch[d]))
+        out[`${tag}: ${label} — median over scenarios`] = line(p, d);
     }
     // edge-moe as deployed: least-loaded dispatch when scored, else its placement's best case.
-    const edgeD: DispatchMode = sel.every((r) => r.results["edge-moe"].dispatch["least-loaded"]) ? "least-loaded" : "oracle";
-    const met = sel.filter((r) => ratioOf(r, "edge-moe", edgeD, "p50") <= 1.1 && ratioOf(r, "edge-moe", edgeD, "p99") <= 1.25).length;
+    const edgeD: DispatchMode = sel.every((r) => r.results["edge-moe"].dispatch["least-loaded"])
+      ? "least-loaded"
+      : "oracle";
+    const met = sel.filter(
+      (r) => ratioOf(r, "edge-moe", edgeD, "p50") <= 1.1 && ratioOf(r, "edge-moe", edgeD, "p99") <= 1.25,
+    ).length;
     out[`${tag}: scenarios where edge ${edgeD} meets p50 ≤ 1.10 and p99 ≤ 1.25`] = `${met} of ${sel.length}`;
     const p50met = sel.filter((r) => ratioOf(r, "edge-moe", edgeD, "p50") <= 1.1).length;
     out[`${tag}: scenarios where edge ${edgeD} meets p50 ≤ 1.10`] = `${p50met} of ${sel.length}`;
-    for (const [p, d] of [["eplb", "split"], ["eplb", "least-loaded"], ["eplb", "oracle"], ["eplb-ema", "least-loaded"]] as const) {
+    for (const [p, d] of [
+      ["eplb", "split"],
+      ["eplb", "least-loaded"],
+      ["eplb", "oracle"],
+      ["eplb-ema", "least-loaded"],
+    ] as const) {
       if (!sel.every((r) => r.results[p]?.dispatch[d])) continue;
-      const better = sel.filter((r) => ratioOf(r, "edge-moe", edgeD, "p50") <= ratioOf(r, p, d, "p50") && ratioOf(r, "edge-moe", edgeD, "p99") <= ratioOf(r, p, d, "p99")).length;
+      const better = sel.filter(
+        (r) =>
+          ratioOf(r, "edge-moe", edgeD, "p50") <= ratioOf(r, p, d, "p50") &&
+          ratioOf(r, "edge-moe", edgeD, "p99") <= ratioOf(r, p, d, "p99"),
+      ).length;
       out[`${tag}: scenarios where edge ${edgeD} p50 and p99 ≤ ${p} ${d}'s`] = `${better} of ${sel.length}`;
     }
-    const copies = sel.map((r) => r.results["edge-moe"].copiesPerReplan / Math.max(1e-9, r.results.eplb.copiesPerReplan));
-    out[`${tag}: edge-moe copies / eplb copies (median | worst scenario)`] = `${fmt(quantile(copies, 0.5))} | ${fmt(Math.max(...copies))}`;
-    out[`target (${tag}): online max/mean p50 ≤ 1.10 and p99 ≤ 1.25 (edge ${edgeD})`] = `${met === sel.length ? "met" : `MISSED in ${sel.length - met} of ${sel.length} scenarios`}`;
-    out[`target (${tag}): copies per re-plan ≤ 1/3 of EPLB's`] = `${Math.max(...copies) <= 1 / 3 ? "met" : "MISSED"} (worst ${fmt(Math.max(...copies))})`;
+    const copies = sel.map(
+      (r) => r.results["edge-moe"].copiesPerReplan / Math.max(1e-9, r.results.eplb.copiesPerReplan),
+    );
+    out[`${tag}: edge-moe copies / eplb copies (median | worst scenario)`] =
+      `${fmt(quantile(copies, 0.5))} | ${fmt(Math.max(...copies))}`;
+    out[`target (${tag}): online max/mean p50 ≤ 1.10 and p99 ≤ 1.25 (edge ${edgeD})`] =
+      `${met === sel.length ? "met" : `MISSED in ${sel.length - met} of ${sel.length} scenarios`}`;
+    out[`target (${tag}): copies per re-plan ≤ 1/3 of EPLB's`] =
+      `${Math.max(...copies) <= 1 / 3 ? "met" : "MISSED"} (worst ${fmt(Math.max(...copies))})`;
   }
   const big = rows.filter((r) => r.kind !== "multi-layer" && r.shape.nInstances === 64 && r.name.includes("E=256"));
   if (big.length > 0) {
-    out["replanStep ms in-run, 256 × 64, 1 layer (median of medians | worst p99)"] =
-      `${fmt(quantile(big.map((r) => r.results["edge-moe"].msP50), 0.5), 2)} | ${fmt(Math.max(...big.map((r) => r.results["edge-moe"].msP99)), 2)}`;
-    out["eplb ms in-run, 256 × 64, 1 layer (median of medians | worst p99)"] =
-      `${fmt(quantile(big.map((r) => r.results.eplb.msP50), 0.5), 2)} | ${fmt(Math.max(...big.map((r) => r.results.eplb.msP99)), 2)}`;
+    out["replanStep ms in-run, 256 × 64, 1 layer (median of medians | worst p99)"] = `${fmt(
+      quantile(
+        big.map((r) => r.results["edge-moe"].msP50),
+        0.5,
+      ),
+      2,
+    )} | ${fmt(Math.max(...big.map((r) => r.results["edge-moe"].msP99)), 2)}`;
+    out["eplb ms in-run, 256 × 64, 1 layer (median of medians | worst p99)"] = `${fmt(
+      quantile(
+        big.map((r) => r.results.eplb.msP50),
+        0.5,
+      ),
+      2,
+    )} | ${fmt(Math.max(...big.map((r) => r.results.eplb.msP99)), 2)}`;
   }
   const multi = rows.find((r) => r.kind === "multi-layer");
-  if (multi) out["replanStep ms in-run, 256 × 64, 8 layers (median | p99)"] = `${fmt(multi.results["edge-moe"].msP50, 2)} | ${fmt(multi.results["edge-moe"].msP99, 2)}`;
+  if (multi)
+    out["replanStep ms in-run, 256 × 64, 8 layers (median | p99)"] =
+      `${fmt(multi.results["edge-moe"].msP50, 2)} | ${fmt(multi.results["edge-moe"].msP99, 2)}`;
   return out;
 }
 

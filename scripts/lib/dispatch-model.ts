@@ -40,7 +40,11 @@ export interface BatchModel {
 export const DEFAULT_BATCH: BatchModel = { rowsPerBatch: 8, dispatchers: 8, halfLifeWindows: 0.5, resetOnChange: true };
 
 /** [instance] rows of one layer under `split`: Σ count × share. */
-export function splitRows(replicas: readonly (readonly Replica[])[], counts: readonly number[], nInstances: number): Float64Array {
+export function splitRows(
+  replicas: readonly (readonly Replica[])[],
+  counts: readonly number[],
+  nInstances: number,
+): Float64Array {
   const out = new Float64Array(nInstances);
   for (let e = 0; e < replicas.length; e++) for (const r of replicas[e]) out[r.instance] += counts[e] * r.share;
   return out;
@@ -50,7 +54,12 @@ export function splitRows(replicas: readonly (readonly Replica[])[], counts: rea
  * [instance] rows of one layer under `oracle`: Gauss–Seidel water-filling of every multi-replica
  * expert's count over its replicas (converges to the min–max split; see src/coordinator/planner/shares.ts).
  */
-export function oracleRows(replicas: readonly (readonly Replica[])[], counts: readonly number[], nInstances: number, sweeps = 60): Float64Array {
+export function oracleRows(
+  replicas: readonly (readonly Replica[])[],
+  counts: readonly number[],
+  nInstances: number,
+  sweeps = 60,
+): Float64Array {
   const load = new Float64Array(nInstances);
   const multi: number[] = [];
   const x: number[][] = replicas.map((reps, e) => reps.map(() => counts[e] / reps.length));
@@ -101,8 +110,10 @@ export class DispatchModel {
   #sets: (readonly (readonly Replica[])[] | null)[] = [];
 
   constructor(nInstances: number, model: BatchModel, seed: number) {
-    if (!(model.rowsPerBatch >= 1) || !Number.isInteger(model.rowsPerBatch)) throw new RangeError(`rowsPerBatch must be an integer ≥ 1, got ${model.rowsPerBatch}`);
-    if (!(model.dispatchers >= 1) || !Number.isInteger(model.dispatchers)) throw new RangeError(`dispatchers must be an integer ≥ 1, got ${model.dispatchers}`);
+    if (!(model.rowsPerBatch >= 1) || !Number.isInteger(model.rowsPerBatch))
+      throw new RangeError(`rowsPerBatch must be an integer ≥ 1, got ${model.rowsPerBatch}`);
+    if (!(model.dispatchers >= 1) || !Number.isInteger(model.dispatchers))
+      throw new RangeError(`dispatchers must be an integer ≥ 1, got ${model.dispatchers}`);
     if (!(model.halfLifeWindows > 0)) throw new RangeError(`halfLifeWindows must be > 0, got ${model.halfLifeWindows}`);
     this.model = model;
     this.#nInstances = nInstances;
@@ -134,13 +145,15 @@ export class DispatchModel {
     while (tables.length < dispatchers) tables.push(new Float64Array(n));
     if (this.model.resetOnChange && !sameSets(this.#sets[layer] ?? null, replicas)) for (const t of tables) t.fill(0);
     this.#sets[layer] = replicas;
-    for (let d = 0; d < dispatchers; d++) if (tables[d].length < n) {
-      const grown = new Float64Array(n);
-      grown.set(tables[d]);
-      tables[d] = grown;
-    }
+    for (let d = 0; d < dispatchers; d++)
+      if (tables[d].length < n) {
+        const grown = new Float64Array(n);
+        grown.set(tables[d]);
+        tables[d] = grown;
+      }
     if (this.#tokens.length < nExperts) this.#tokens = new Float64Array(nExperts);
-    if (this.#out.length !== nExperts || this.#out.some((row, e) => row.length < replicas[e].length)) this.#out = replicas.map((reps) => new Array<number>(reps.length).fill(0));
+    if (this.#out.length !== nExperts || this.#out.some((row, e) => row.length < replicas[e].length))
+      this.#out = replicas.map((reps) => new Array<number>(reps.length).fill(0));
     const tokens = this.#tokens;
     const experts = this.#experts;
     const out = this.#out;

@@ -16,7 +16,15 @@ import {
   type ReplanConfig,
   type ReplanWindow,
 } from "../../src/coordinator/replan";
-import { DEFAULT_BATCH, DispatchModel, maxOverMean, oracleRows, splitRows, type BatchModel, type DispatchMode } from "./dispatch-model";
+import {
+  DEFAULT_BATCH,
+  DispatchModel,
+  maxOverMean,
+  oracleRows,
+  splitRows,
+  type BatchModel,
+  type DispatchMode,
+} from "./dispatch-model";
 import { eplbPlacement, roundRobinPlacement } from "./eplb";
 import type { LoadTrace } from "./workloads";
 
@@ -123,7 +131,11 @@ export function makePolicy(name: PolicyName, trace: LoadTrace, shape: ClusterSha
       if (name === "eplb-ema") smoothed = foldWindow(smoothed, { expertCounts: trace.windows[t] });
       const loads = name === "eplb" ? trace.windows[t] : forecastLoads(smoothed);
       const t0 = performance.now();
-      const next = eplbPlacement(loads, shape.slotsPerInstance, { model: "bench", instances, version: placement.version + 1 });
+      const next = eplbPlacement(loads, shape.slotsPerInstance, {
+        model: "bench",
+        instances,
+        version: placement.version + 1,
+      });
       const ms = performance.now() - t0;
       const copies = copiesBetween(placement, next);
       placement = next;
@@ -162,7 +174,12 @@ export function quantile(xs: readonly number[], q: number): number {
 }
 
 function stats(xs: readonly number[]): RatioStats {
-  return { p50: quantile(xs, 0.5), p90: quantile(xs, 0.9), p99: quantile(xs, 0.99), max: xs.length ? Math.max(...xs) : NaN };
+  return {
+    p50: quantile(xs, 0.5),
+    p90: quantile(xs, 0.9),
+    p99: quantile(xs, 0.99),
+    max: xs.length ? Math.max(...xs) : NaN,
+  };
 }
 
 /** Runs a policy over the trace; every placement is scored on the next window under `dispatches`. */
@@ -197,7 +214,11 @@ export function evaluatePolicy(
         const reps = step.placement.replicas[l];
         const counts = trace.windows[t + 1][l];
         const rows =
-          d === "split" ? splitRows(reps, counts, n) : d === "oracle" ? oracleRows(reps, counts, n) : model!.rows(step.placement, l, counts);
+          d === "split"
+            ? splitRows(reps, counts, n)
+            : d === "oracle"
+              ? oracleRows(reps, counts, n)
+              : model!.rows(step.placement, l, counts);
         if (scored) ratios.get(d)!.push(maxOverMean(rows, n));
       }
     }
@@ -216,8 +237,14 @@ export function evaluatePolicy(
   };
 }
 
-
-export function machineInfo(): { date: string; host: string; cpu: string; cores: number; node: string; loadavg: number[] } {
+export function machineInfo(): {
+  date: string;
+  host: string;
+  cpu: string;
+  cores: number;
+  node: string;
+  loadavg: number[];
+} {
   return {
     date: new Date().toISOString(),
     host: hostname(),
@@ -227,4 +254,3 @@ export function machineInfo(): { date: string; host: string; cpu: string; cores:
     loadavg: loadavg().map((x) => Math.round(x * 100) / 100),
   };
 }
-

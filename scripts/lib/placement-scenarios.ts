@@ -5,7 +5,14 @@
  */
 import { readFileSync } from "node:fs";
 import type { ClusterShape } from "./placement-policies";
-import { parseLoadFile, syntheticTrace, type Drift, type LoadTrace, type RequestMix, type WorkloadOptions } from "./workloads";
+import {
+  parseLoadFile,
+  syntheticTrace,
+  type Drift,
+  type LoadTrace,
+  type RequestMix,
+  type WorkloadOptions,
+} from "./workloads";
 
 /**
  * - `zipf`: fixed popularity, large windows (sampling noise only).
@@ -44,7 +51,12 @@ export const DRIFTS: Record<string, Drift> = {
 export const EDGE_REQUESTS: RequestMix = { active: 32, meanWindows: 8, affinity: 1 };
 
 export function shapeFor(nExperts: number, nInstances: number, spare: number, nLayers = 1): ClusterShape {
-  return { nInstances, slotsPerInstance: Math.ceil(nExperts / nInstances) + spare, nLayers, expertBytes: DEMO_EXPERT_BYTES };
+  return {
+    nInstances,
+    slotsPerInstance: Math.ceil(nExperts / nInstances) + spare,
+    nLayers,
+    expertBytes: DEMO_EXPERT_BYTES,
+  };
 }
 
 const SIZES: [number, number][] = [
@@ -57,7 +69,13 @@ const SIZES: [number, number][] = [
 export function syntheticScenarios(opts: { windows: number; spare: number; seed: number }): Scenario[] {
   const out: Scenario[] = [];
   const add = (name: string, kind: ScenarioKind, workload: WorkloadOptions, nInstances: number): void => {
-    out.push({ name, kind, trace: syntheticTrace(workload), shape: shapeFor(workload.nExperts, nInstances, opts.spare, workload.nLayers ?? 1), workload });
+    out.push({
+      name,
+      kind,
+      trace: syntheticTrace(workload),
+      shape: shapeFor(workload.nExperts, nInstances, opts.spare, workload.nLayers ?? 1),
+      workload,
+    });
   };
   const large = (nExperts: number, s: number, drift: Drift): WorkloadOptions => ({
     nExperts,
@@ -78,20 +96,34 @@ export function syntheticScenarios(opts: { windows: number; spare: number; seed:
     requests: EDGE_REQUESTS,
     seed: opts.seed + nExperts * 13 + Math.round(s * 10) + 5,
   });
-  for (const [nExperts, nInstances] of SIZES) add(`static s=1 E=${nExperts} N=${nInstances}`, "zipf", large(nExperts, 1, { kind: "none" }), nInstances);
+  for (const [nExperts, nInstances] of SIZES)
+    add(`static s=1 E=${nExperts} N=${nInstances}`, "zipf", large(nExperts, 1, { kind: "none" }), nInstances);
   for (const driftName of ["rotate", "swap"]) {
     for (const s of [0.6, 1.0, 1.2]) {
-      for (const [nExperts, nInstances] of SIZES) add(`${driftName} s=${s} E=${nExperts} N=${nInstances}`, "drift", large(nExperts, s, DRIFTS[driftName]), nInstances);
+      for (const [nExperts, nInstances] of SIZES)
+        add(
+          `${driftName} s=${s} E=${nExperts} N=${nInstances}`,
+          "drift",
+          large(nExperts, s, DRIFTS[driftName]),
+          nInstances,
+        );
     }
   }
   for (const s of [0.6, 1.0, 1.2]) {
-    for (const [nExperts, nInstances] of SIZES) add(`edge s=${s} E=${nExperts} N=${nInstances}`, "edge", edge(nExperts, s, DRIFTS.rotate), nInstances);
+    for (const [nExperts, nInstances] of SIZES)
+      add(`edge s=${s} E=${nExperts} N=${nInstances}`, "edge", edge(nExperts, s, DRIFTS.rotate), nInstances);
   }
   for (const s of [0.6, 1.0, 1.2]) {
-    for (const [nExperts, nInstances] of [SIZES[0], SIZES[3]]) add(`jumps s=${s} E=${nExperts} N=${nInstances}`, "edge-jumps", edge(nExperts, s, DRIFTS.mixed), nInstances);
+    for (const [nExperts, nInstances] of [SIZES[0], SIZES[3]])
+      add(`jumps s=${s} E=${nExperts} N=${nInstances}`, "edge-jumps", edge(nExperts, s, DRIFTS.mixed), nInstances);
   }
   // Several layers share each instance's memory: planner time and balance at model scale.
-  add("edge s=1 E=256 N=64 L=8", "multi-layer", { ...edge(256, 1, DRIFTS.rotate, 8), nWindows: Math.min(opts.windows, 60), seed: opts.seed + 99 }, 64);
+  add(
+    "edge s=1 E=256 N=64 L=8",
+    "multi-layer",
+    { ...edge(256, 1, DRIFTS.rotate, 8), nWindows: Math.min(opts.windows, 60), seed: opts.seed + 99 },
+    64,
+  );
   return out;
 }
 
@@ -104,4 +136,3 @@ export function fileScenarios(path: string, instanceCounts: number[], spare: num
     shape: shapeFor(trace.nExperts, n, spare, trace.nLayers),
   }));
 }
-

@@ -159,7 +159,8 @@ export class Coordinator extends DurableObject<Env> {
         this.#instanceCounts[i] = (this.#instanceCounts[i] ?? 0) + rows;
       }
     }
-    if ((await this.ctx.storage.getAlarm()) === null) await this.ctx.storage.setAlarm(Date.now() + this.#config.windowMs);
+    if ((await this.ctx.storage.getAlarm()) === null)
+      await this.ctx.storage.setAlarm(Date.now() + this.#config.windowMs);
   }
 
   override async alarm(): Promise<void> {
@@ -168,7 +169,8 @@ export class Coordinator extends DurableObject<Env> {
     if (due !== null && now >= due) {
       // Owed a reconcile (restart or failed change): that first; the re-plan resumes next window.
       const done = this.#busy ? null : await this.reconcile();
-      if (!done || done.failed.length > 0) await this.ctx.storage.setAlarm(Date.now() + (done ? this.#config.windowMs : 100));
+      if (!done || done.failed.length > 0)
+        await this.ctx.storage.setAlarm(Date.now() + (done ? this.#config.windowMs : 100));
       else if (this.#active()) await this.ctx.storage.setAlarm(Date.now() + this.#config.windowMs);
       return;
     }
@@ -223,7 +225,12 @@ export class Coordinator extends DurableObject<Env> {
     const expertCounts = Array.from({ length: live.nLayers }, (_, l) =>
       Array.from({ length: live.nExperts }, (_, e) => this.#counts[l * live.nExperts + e] ?? 0),
     );
-    const window = foldReplanWindow(start, expertCounts, windows, this.#instanceCounts.map((x) => x ?? 0));
+    const window = foldReplanWindow(
+      start,
+      expertCounts,
+      windows,
+      this.#instanceCounts.map((x) => x ?? 0),
+    );
     this.#counts = new Array(live.nLayers * live.nExperts).fill(0);
     this.#instanceCounts = [];
     this.#countedTokens = 0;
@@ -246,7 +253,8 @@ export class Coordinator extends DurableObject<Env> {
       if (!step.shares) return { ...base, toVersion: live.version, ops: [], failedLoads: [] };
       // Shares alone are free to change: publish them without any copy.
       const next = { ...live, version: live.version + 1, replicas: step.shares };
-      const summary = `shares re-balanced (max/mean ${step.predicted.before.toFixed(3)} → ${step.predicted.sharesOnly.toFixed(3)})`;
+      const { before, sharesOnly } = step.predicted;
+      const summary = `shares re-balanced (max/mean ${before.toFixed(3)} → ${sharesOnly.toFixed(3)})`;
       this.#publish(next, summary);
       return { ...base, toVersion: next.version, ops: [], failedLoads: [] };
     }
@@ -281,13 +289,20 @@ export class Coordinator extends DurableObject<Env> {
       this.#publish(current, `drain ${removes.length} replica(s)`);
       await new Promise((r) => setTimeout(r, DRAIN_MS));
       const byInstance = groupByInstance(current, removes);
-      await Promise.all([...byInstance].map(([i, refs]) => this.#host(current.instances[i].name).unload(model, refs).catch(() => null)));
+      await Promise.all(
+        [...byInstance].map(([i, refs]) =>
+          this.#host(current.instances[i].name)
+            .unload(model, refs)
+            .catch(() => null),
+        ),
+      );
     }
     // New instances get names now; the planner numbers them after the existing ones.
     const instances = current.instances.slice();
     const budget = Math.max(...instances.map((i) => i.budgetBytes));
     for (const op of ops) {
-      if (op.op === "add-instance") instances.push({ id: instances.length, name: hostName(model, instances.length), budgetBytes: budget });
+      if (op.op === "add-instance")
+        instances.push({ id: instances.length, name: hostName(model, instances.length), budgetBytes: budget });
     }
     const adds = ops.filter((o): o is Extract<PlacementOp, { op: "add-replica" }> => o.op === "add-replica");
     const failed = new Set<string>();
@@ -385,11 +400,16 @@ function noReport(trigger: ReplanReport["trigger"], version: number): ReplanRepo
 }
 
 function opSummary(o: PlacementOp): string {
-  return o.op === "add-instance" ? "+instance" : `${o.op === "add-replica" ? "+" : "-"}${o.layer}:${o.expert}@${o.instance}`;
+  return o.op === "add-instance"
+    ? "+instance"
+    : `${o.op === "add-replica" ? "+" : "-"}${o.layer}:${o.expert}@${o.instance}`;
 }
 
 /** Ops (placement rows) grouped by instance, as ExpertHost refs (model layers). */
-function groupByInstance(p: Placement, ops: { layer: number; expert: number; instance: number }[]): Map<number, ExpertRef[]> {
+function groupByInstance(
+  p: Placement,
+  ops: { layer: number; expert: number; instance: number }[],
+): Map<number, ExpertRef[]> {
   const m = new Map<number, ExpertRef[]>();
   for (const o of ops) {
     let list = m.get(o.instance);

@@ -49,7 +49,7 @@ export function modelLayer(p: Placement, row: number): number {
   return p.layers ? p.layers[row] : row;
 }
 
-/** A step of a placement diff, as the planner proposes it and the Coordinator applies it (`layer` is a placement row). */
+/** A step of a placement diff, as the planner proposes and the Coordinator applies it (`layer`: a placement row). */
 export type PlacementOp =
   | { op: "add-replica"; layer: number; expert: number; instance: number }
   | { op: "remove-replica"; layer: number; expert: number; instance: number }
@@ -70,7 +70,6 @@ export function bytesFn(b: ExpertBytes, nLayers: number, nExperts: number): (lay
   }
   return (l, e) => b[l][e];
 }
-
 
 // ── applying, draining and checking ───────────────────────────────────────────────────────────
 
@@ -100,13 +99,17 @@ export function applyOps(
     }
     const set = sets[op.layer]?.[op.expert];
     if (!set) throw new RangeError(`${op.op}: no expert (${op.layer}, ${op.expert})`);
-    if (!Number.isInteger(op.instance) || op.instance < 0 || op.instance >= instances.length) throw new RangeError(`${op.op}: no instance ${op.instance}`);
+    if (!Number.isInteger(op.instance) || op.instance < 0 || op.instance >= instances.length)
+      throw new RangeError(`${op.op}: no instance ${op.instance}`);
     if (op.op === "add-replica") {
-      if (set.has(op.instance)) throw new RangeError(`add-replica: expert (${op.layer}, ${op.expert}) is already on instance ${op.instance}`);
+      if (set.has(op.instance))
+        throw new RangeError(`add-replica: expert (${op.layer}, ${op.expert}) is already on instance ${op.instance}`);
       set.add(op.instance);
     } else {
-      if (!set.delete(op.instance)) throw new RangeError(`remove-replica: expert (${op.layer}, ${op.expert}) is not on instance ${op.instance}`);
-      if (set.size === 0) throw new RangeError(`remove-replica: expert (${op.layer}, ${op.expert}) would have no replica`);
+      if (!set.delete(op.instance))
+        throw new RangeError(`remove-replica: expert (${op.layer}, ${op.expert}) is not on instance ${op.instance}`);
+      if (set.size === 0)
+        throw new RangeError(`remove-replica: expert (${op.layer}, ${op.expert}) would have no replica`);
     }
   }
   const replicas = sets.map((layer, l) =>
@@ -128,7 +131,9 @@ export function applyOps(
  * replica that existed before the plan. Then: remove, load, and publish `applyOps(...)`.
  */
 export function drainPlacement(placement: Placement, ops: readonly PlacementOp[]): Placement {
-  const removed = new Set(ops.flatMap((op) => (op.op === "remove-replica" ? [`${op.layer}:${op.expert}:${op.instance}`] : [])));
+  const removed = new Set(
+    ops.flatMap((op) => (op.op === "remove-replica" ? [`${op.layer}:${op.expert}:${op.instance}`] : [])),
+  );
   if (removed.size === 0) return placement;
   const replicas = placement.replicas.map((layer, l) =>
     layer.map((reps, e) => {
@@ -143,7 +148,11 @@ export function drainPlacement(placement: Placement, ops: readonly PlacementOp[]
 }
 
 /** Shares for `placement` after `ops`: the ones given where they fit, renormalised over what exists. */
-export function sharesAfter(placement: Placement, ops: readonly PlacementOp[], planned: readonly (readonly (readonly Replica[])[])[] | null): Replica[][][] {
+export function sharesAfter(
+  placement: Placement,
+  ops: readonly PlacementOp[],
+  planned: readonly (readonly (readonly Replica[])[])[] | null,
+): Replica[][][] {
   const sets = placement.replicas.map((row) => row.map((reps) => new Set(reps.map((r) => r.instance))));
   for (const op of ops) {
     if (op.op === "add-replica") sets[op.layer][op.expert].add(op.instance);
@@ -153,7 +162,10 @@ export function sharesAfter(placement: Placement, ops: readonly PlacementOp[], p
     row.map((set, e) => {
       const given = (planned?.[l]?.[e] ?? placement.replicas[l][e]).filter((r) => set.has(r.instance));
       const missing = [...set].filter((i) => !given.some((r) => r.instance === i));
-      const all = [...given.map((r) => ({ instance: r.instance, share: r.share })), ...missing.map((instance) => ({ instance, share: 0 }))];
+      const all = [
+        ...given.map((r) => ({ instance: r.instance, share: r.share })),
+        ...missing.map((instance) => ({ instance, share: 0 })),
+      ];
       const sum = all.reduce((s, r) => s + r.share, 0);
       return all.map((r) => ({ instance: r.instance, share: sum > 1e-12 ? r.share / sum : 1 / all.length }));
     }),
@@ -165,31 +177,40 @@ export function sharesAfter(placement: Placement, ops: readonly PlacementOp[], p
  * two replicas of one expert on one instance, unknown instances, negative shares or shares not
  * summing to 1, instances holding more bytes than their budget.
  */
-export function checkPlacementInvariants(placement: Placement, budgets: number | readonly number[] | undefined, expertBytes: ExpertBytes): string[] {
+export function checkPlacementInvariants(
+  placement: Placement,
+  budgets: number | readonly number[] | undefined,
+  expertBytes: ExpertBytes,
+): string[] {
   const problems: string[] = [];
   const n = placement.instances.length;
   const bytes = bytesFn(expertBytes, placement.nLayers, placement.nExperts);
   const used = new Array<number>(n).fill(0);
-  if (placement.replicas.length !== placement.nLayers) problems.push(`replicas has ${placement.replicas.length} layers, nLayers is ${placement.nLayers}`);
+  if (placement.replicas.length !== placement.nLayers)
+    problems.push(`replicas has ${placement.replicas.length} layers, nLayers is ${placement.nLayers}`);
   placement.replicas.forEach((layer, l) => {
-    if (layer.length !== placement.nExperts) problems.push(`layer ${l} has ${layer.length} experts, nExperts is ${placement.nExperts}`);
+    if (layer.length !== placement.nExperts)
+      problems.push(`layer ${l} has ${layer.length} experts, nExperts is ${placement.nExperts}`);
     layer.forEach((reps, e) => {
       if (reps.length === 0) problems.push(`expert (${l}, ${e}) has no replica`);
       const seen = new Set<number>();
       let sum = 0;
       for (const r of reps) {
-        if (!Number.isInteger(r.instance) || r.instance < 0 || r.instance >= n) problems.push(`expert (${l}, ${e}) is on unknown instance ${r.instance}`);
+        if (!Number.isInteger(r.instance) || r.instance < 0 || r.instance >= n)
+          problems.push(`expert (${l}, ${e}) is on unknown instance ${r.instance}`);
         else used[r.instance] += bytes(l, e);
         if (seen.has(r.instance)) problems.push(`expert (${l}, ${e}) has two replicas on instance ${r.instance}`);
         seen.add(r.instance);
-        if (!(r.share >= 0) || !Number.isFinite(r.share)) problems.push(`expert (${l}, ${e}) has share ${r.share} on instance ${r.instance}`);
+        if (!(r.share >= 0) || !Number.isFinite(r.share))
+          problems.push(`expert (${l}, ${e}) has share ${r.share} on instance ${r.instance}`);
         sum += r.share;
       }
       if (reps.length > 0 && Math.abs(sum - 1) > 1e-6) problems.push(`expert (${l}, ${e}) shares sum to ${sum}, not 1`);
     });
   });
   for (let i = 0; i < n; i++) {
-    const budget = budgets === undefined ? placement.instances[i].budgetBytes : typeof budgets === "number" ? budgets : budgets[i];
+    const budget =
+      budgets === undefined ? placement.instances[i].budgetBytes : typeof budgets === "number" ? budgets : budgets[i];
     if (used[i] > budget) problems.push(`instance ${i} holds ${used[i]} bytes, over its budget of ${budget}`);
   }
   return problems;

@@ -64,7 +64,7 @@ export const DEFAULT_REPLAN_CONFIG: Readonly<ReplanConfig> = Object.freeze({
   loadWindow: Object.freeze({ halfLifeWindows: 1, riseAlpha: 1, trendAlpha: 0.3 }),
 });
 
-/** The re-plan config of a deployment: `DEFAULT_REPLAN_CONFIG` with its `[vars]` applied (ConfigError on a bad value). */
+/** A deployment's re-plan config: `DEFAULT_REPLAN_CONFIG` with its `[vars]` applied (ConfigError on a bad value). */
 export function replanConfigFromEnv(vars: Vars): ReplanConfig {
   const d = DEFAULT_REPLAN_CONFIG;
   return {
@@ -141,8 +141,13 @@ export function replanStep(live: LivePlacement, window: ReplanWindow, config: Re
     threshold: config.threshold,
     maxInstances: Math.max(p.instances.length, config.maxInstances),
   });
-  const predicted = { before: plan.predicted.before, sharesOnly: plan.predicted.sharesOnly, after: plan.predicted.after };
-  if (plan.ops.length > 0) return { ops: plan.ops, shares: plan.shares, reason: plan.reason, predicted, copies: plan.copies };
+  const predicted = {
+    before: plan.predicted.before,
+    sharesOnly: plan.predicted.sharesOnly,
+    after: plan.predicted.after,
+  };
+  if (plan.ops.length > 0)
+    return { ops: plan.ops, shares: plan.shares, reason: plan.reason, predicted, copies: plan.copies };
   const idle = releaseIdle(p, loads, config.idleFraction);
   if (idle.length > 0) {
     return { ops: idle, shares: sharesAfter(p, idle, null), reason: "released-idle", predicted, copies: 0 };
@@ -156,7 +161,11 @@ export function replanStep(live: LivePlacement, window: ReplanWindow, config: Re
  * `idleFraction` of its layer's mean expert load, or 0.5 tokens per window — keeping its
  * first-listed replica (the oldest).
  */
-export function releaseIdle(placement: Placement, loads: readonly (readonly number[])[], idleFraction: number): PlacementOp[] {
+export function releaseIdle(
+  placement: Placement,
+  loads: readonly (readonly number[])[],
+  idleFraction: number,
+): PlacementOp[] {
   const ops: PlacementOp[] = [];
   placement.replicas.forEach((row, layer) => {
     const layerLoads = loads[layer] ?? [];

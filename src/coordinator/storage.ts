@@ -32,7 +32,8 @@ export const MIGRATIONS: readonly (readonly string[])[] = [
     "CREATE TABLE IF NOT EXISTS instances (id INTEGER PRIMARY KEY, name TEXT NOT NULL, budget_bytes INTEGER NOT NULL)",
     `CREATE TABLE IF NOT EXISTS replicas (layer INTEGER NOT NULL, expert INTEGER NOT NULL, instance INTEGER NOT NULL,
       share REAL NOT NULL, PRIMARY KEY (layer, expert, instance))`,
-    "CREATE TABLE IF NOT EXISTS placement_log (version INTEGER PRIMARY KEY, created_at INTEGER NOT NULL, summary TEXT NOT NULL)",
+    `CREATE TABLE IF NOT EXISTS placement_log (version INTEGER PRIMARY KEY, created_at INTEGER NOT NULL,
+      summary TEXT NOT NULL)`,
     `CREATE TABLE IF NOT EXISTS expert_load (layer INTEGER NOT NULL, expert INTEGER NOT NULL, rate REAL NOT NULL,
       variance REAL NOT NULL, trend REAL NOT NULL, PRIMARY KEY (layer, expert))`,
     "CREATE TABLE IF NOT EXISTS instance_load (instance INTEGER PRIMARY KEY, rate REAL NOT NULL)",
@@ -49,7 +50,9 @@ export function migrate(sql: SqlDb): number {
   const row = sql.exec("SELECT value FROM meta WHERE key = 'schemaVersion'").toArray()[0];
   const from = row ? Number(row.value) : 0;
   if (!Number.isInteger(from) || from < 0 || from > SCHEMA_VERSION) {
-    throw new Error(`Coordinator storage has schema version ${String(row?.value)}; this build knows 0…${SCHEMA_VERSION}`);
+    throw new Error(
+      `Coordinator storage has schema version ${String(row?.value)}; this build knows 0…${SCHEMA_VERSION}`,
+    );
   }
   for (let v = from; v < SCHEMA_VERSION; v++) for (const stmt of MIGRATIONS[v]) sql.exec(stmt);
   if (from !== SCHEMA_VERSION) setMeta(sql, "schemaVersion", String(SCHEMA_VERSION));
@@ -103,26 +106,49 @@ export class CoordinatorStore {
       for (const inst of p.instances) {
         const o = oldInst.get(inst.id);
         if (!o || o.name !== inst.name || o.budgetBytes !== inst.budgetBytes) {
-          sql.exec("INSERT OR REPLACE INTO instances (id, name, budget_bytes) VALUES (?, ?, ?)", inst.id, inst.name, inst.budgetBytes);
+          sql.exec(
+            "INSERT OR REPLACE INTO instances (id, name, budget_bytes) VALUES (?, ?, ?)",
+            inst.id,
+            inst.name,
+            inst.budgetBytes,
+          );
         }
       }
-      if (!prev || prev.instances.length > p.instances.length) sql.exec("DELETE FROM instances WHERE id >= ?", p.instances.length);
+      if (!prev || prev.instances.length > p.instances.length)
+        sql.exec("DELETE FROM instances WHERE id >= ?", p.instances.length);
       const before = prev ? replicaMap(prev) : null;
       if (!before) sql.exec("DELETE FROM replicas");
       const after = replicaMap(p);
       for (const [key, share] of after) {
         if (before?.get(key) === share) continue;
         const [layer, expert, instance] = key.split(":").map(Number);
-        sql.exec("INSERT OR REPLACE INTO replicas (layer, expert, instance, share) VALUES (?, ?, ?, ?)", layer, expert, instance, share);
+        sql.exec(
+          "INSERT OR REPLACE INTO replicas (layer, expert, instance, share) VALUES (?, ?, ?, ?)",
+          layer,
+          expert,
+          instance,
+          share,
+        );
       }
       for (const key of before?.keys() ?? []) {
         if (after.has(key)) continue;
         const [layer, expert, instance] = key.split(":").map(Number);
         sql.exec("DELETE FROM replicas WHERE layer = ? AND expert = ? AND instance = ?", layer, expert, instance);
       }
-      const meta = { model: p.model, version: p.version, nLayers: p.nLayers, nExperts: p.nExperts, layers: JSON.stringify(p.layers ?? null) };
+      const meta = {
+        model: p.model,
+        version: p.version,
+        nLayers: p.nLayers,
+        nExperts: p.nExperts,
+        layers: JSON.stringify(p.layers ?? null),
+      };
       for (const [k, v] of Object.entries(meta)) setMeta(sql, k, String(v));
-      sql.exec("INSERT OR REPLACE INTO placement_log (version, created_at, summary) VALUES (?, ?, ?)", p.version, now, summary);
+      sql.exec(
+        "INSERT OR REPLACE INTO placement_log (version, created_at, summary) VALUES (?, ?, ?)",
+        p.version,
+        now,
+        summary,
+      );
       sql.exec("DELETE FROM placement_log WHERE version <= ?", p.version - PLACEMENT_LOG_KEEP);
     });
     this.#placement = p;
@@ -130,7 +156,12 @@ export class CoordinatorStore {
 
   readPlacement(): Placement | null {
     const sql = this.#sql;
-    const meta = new Map(sql.exec("SELECT key, value FROM meta").toArray().map((r) => [String(r.key), String(r.value)]));
+    const meta = new Map(
+      sql
+        .exec("SELECT key, value FROM meta")
+        .toArray()
+        .map((r) => [String(r.key), String(r.value)]),
+    );
     if (!meta.has("version")) return null;
     const nLayers = Number(meta.get("nLayers"));
     const nExperts = Number(meta.get("nExperts"));
@@ -138,13 +169,25 @@ export class CoordinatorStore {
       .exec("SELECT id, name, budget_bytes FROM instances ORDER BY id")
       .toArray()
       .map((r) => ({ id: Number(r.id), name: String(r.name), budgetBytes: Number(r.budget_bytes) }));
-    const replicas: Replica[][][] = Array.from({ length: nLayers }, () => Array.from({ length: nExperts }, () => [] as Replica[]));
-    for (const r of sql.exec("SELECT layer, expert, instance, share FROM replicas ORDER BY layer, expert, instance").toArray()) {
+    const replicas: Replica[][][] = Array.from({ length: nLayers }, () =>
+      Array.from({ length: nExperts }, () => [] as Replica[]),
+    );
+    for (const r of sql
+      .exec("SELECT layer, expert, instance, share FROM replicas ORDER BY layer, expert, instance")
+      .toArray()) {
       replicas[Number(r.layer)][Number(r.expert)].push({ instance: Number(r.instance), share: Number(r.share) });
     }
     const layers = JSON.parse(meta.get("layers") ?? "null") as number[] | null;
     const model = meta.get("model") ?? "";
-    const p: Placement = { model, version: Number(meta.get("version")), nLayers, nExperts, ...(layers ? { layers } : {}), instances, replicas };
+    const p: Placement = {
+      model,
+      version: Number(meta.get("version")),
+      nLayers,
+      nExperts,
+      ...(layers ? { layers } : {}),
+      instances,
+      replicas,
+    };
     this.#placement = p;
     return p;
   }
@@ -207,7 +250,13 @@ export class CoordinatorStore {
     const experts: ExpertLoadRow[] = sql
       .exec("SELECT layer, expert, rate, variance, trend FROM expert_load")
       .toArray()
-      .map((r) => ({ layer: Number(r.layer), expert: Number(r.expert), rate: Number(r.rate), variance: Number(r.variance), trend: Number(r.trend) }));
+      .map((r) => ({
+        layer: Number(r.layer),
+        expert: Number(r.expert),
+        rate: Number(r.rate),
+        variance: Number(r.variance),
+        trend: Number(r.trend),
+      }));
     const instances = sql
       .exec("SELECT instance, rate FROM instance_load")
       .toArray()
@@ -227,6 +276,8 @@ export class CoordinatorStore {
 /** "layer:expert:instance" → share, for every replica of `p`. */
 function replicaMap(p: Placement): Map<string, number> {
   const m = new Map<string, number>();
-  p.replicas.forEach((row, l) => row.forEach((reps, e) => reps.forEach((r) => m.set(`${l}:${e}:${r.instance}`, r.share))));
+  p.replicas.forEach((row, l) =>
+    row.forEach((reps, e) => reps.forEach((r) => m.set(`${l}:${e}:${r.instance}`, r.share))),
+  );
   return m;
 }

@@ -37,7 +37,13 @@ describe("the deployed re-plan policy", () => {
 
   it("matches the README's [vars] table", () => {
     const readme = readFileSync(join(ROOT, "README.md"), "utf8");
-    for (const name of ["REPLAN_INTERVAL_MS", "MAX_COPIES_PER_REPLAN", "REPLAN_THRESHOLD", "MAX_EXPERT_HOSTS", "SPARE_SLOT_FRACTION"]) {
+    for (const name of [
+      "REPLAN_INTERVAL_MS",
+      "MAX_COPIES_PER_REPLAN",
+      "REPLAN_THRESHOLD",
+      "MAX_EXPERT_HOSTS",
+      "SPARE_SLOT_FRACTION",
+    ]) {
       const row = new RegExp(`^\\| \`${name}\` \\| ([^|]+) \\|`, "m").exec(readme);
       expect(row, `README row for ${name}`).not.toBeNull();
       expect(Number(row![1].trim()), name).toBe(Number(vars[name]));

@@ -32,7 +32,12 @@ describe("dispatch model", () => {
     const replicas: Replica[][] = Array.from({ length: 20 }, () => {
       const a = Math.floor(rng() * n);
       const b = (a + 1 + Math.floor(rng() * (n - 1))) % n;
-      return rng() < 0.5 ? [{ instance: a, share: 1 }] : [{ instance: a, share: 0.3 }, { instance: b, share: 0.7 }];
+      return rng() < 0.5
+        ? [{ instance: a, share: 1 }]
+        : [
+            { instance: a, share: 0.3 },
+            { instance: b, share: 0.7 },
+          ];
     });
     const p = placementOf(replicas, n);
     const counts = replicas.map(() => Math.floor(rng() * 200));
@@ -40,9 +45,15 @@ describe("dispatch model", () => {
     const sum = (xs: ArrayLike<number>) => Array.from(xs).reduce((x, y) => x + y, 0);
     expect(sum(splitRows(replicas, counts, n))).toBeCloseTo(total, 6);
     expect(sum(oracleRows(replicas, counts, n))).toBeCloseTo(total, 6);
-    const model = new DispatchModel(n, { rowsPerBatch: 8, dispatchers: 3, halfLifeWindows: 0.5, resetOnChange: true }, 1);
+    const model = new DispatchModel(
+      n,
+      { rowsPerBatch: 8, dispatchers: 3, halfLifeWindows: 0.5, resetOnChange: true },
+      1,
+    );
     expect(sum(model.rows(p, 0, counts))).toBe(total);
-    expect(maxOverMean(oracleRows(replicas, counts, n), n)).toBeLessThanOrEqual(maxOverMean(splitRows(replicas, counts, n), n) + 1e-9);
+    expect(maxOverMean(oracleRows(replicas, counts, n), n)).toBeLessThanOrEqual(
+      maxOverMean(splitRows(replicas, counts, n), n) + 1e-9,
+    );
   });
 
   it("least-loaded calls balance what the shares alone cannot", () => {
@@ -55,7 +66,16 @@ describe("dispatch model", () => {
     expect(llMax).toBeLessThan(1.1); // ~75 / 75
     // The shares alone put 50 + 25 on instance 0 and 75 on instance 1 here; shift them and only
     // dispatch can re-balance.
-    const skewed = placementOf([[{ instance: 0, share: 1 }], [{ instance: 0, share: 0.5 }, { instance: 1, share: 0.5 }]], 2);
+    const skewed = placementOf(
+      [
+        [{ instance: 0, share: 1 }],
+        [
+          { instance: 0, share: 0.5 },
+          { instance: 1, share: 0.5 },
+        ],
+      ],
+      2,
+    );
     expect(maxOverMean(splitRows(skewed.replicas[0], counts, 2), 2)).toBeGreaterThan(1.3); // 100 / 75
     const ll2 = new DispatchModel(2, { rowsPerBatch: 3, dispatchers: 1, halfLifeWindows: 4, resetOnChange: true }, 7);
     for (let t = 0; t < 10; t++) llMax = maxOverMean(ll2.rows(skewed, 0, counts), 2);

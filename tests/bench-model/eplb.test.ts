@@ -104,7 +104,11 @@ describe("EPLB: the planner contract", () => {
       const instances = Array.from({ length: nInstances }, (_, id) => ({ id, name: `h${id}`, budgetBytes: slots }));
       let placement = roundRobinPlacement(1, nExperts, { model: "t", instances });
       for (let w = 0; w < 3; w++) {
-        const loads = [Array.from({ length: nExperts }, (_, e) => Math.round(1000 / Math.pow(1 + ((e * 7 + w * 3) % nExperts), 1.1)))];
+        const loads = [
+          Array.from({ length: nExperts }, (_, e) =>
+            Math.round(1000 / Math.pow(1 + ((e * 7 + w * 3) % nExperts), 1.1)),
+          ),
+        ];
         placement = eplbPlacement(loads, slots, { model: "t", instances, version: placement.version + 1 });
         expect(checkPlacementInvariants(placement, undefined, 1), `eplb seed ${seed}`).toEqual([]);
       }

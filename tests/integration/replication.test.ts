@@ -13,7 +13,11 @@ interface Status {
   loads: number[][];
   windows: number;
   startedAt: number;
-  lastReconcile: { version: number; unloaded: Record<string, { layer: number; expert: number }[]>; failed: string[] } | null;
+  lastReconcile: {
+    version: number;
+    unloaded: Record<string, { layer: number; expert: number }[]>;
+    failed: string[];
+  } | null;
   placement: { version: number; instances: { name: string }[]; replicas: { instance: number; share: number }[][][] };
   lastReplans: { reason: string; ops: { op: string }[]; failedLoads: string[] }[];
 }
@@ -25,13 +29,20 @@ let w: LocalWorker;
 const status = async () => (await (await w.fetch("/admin/placement?model=tiny", { headers: ADMIN })).json()) as Status;
 const hosts = async () => (await (await w.fetch("/admin/hosts?model=tiny", { headers: ADMIN })).json()) as Hosts;
 const replicated = (s: Status) =>
-  s.placement.replicas.flatMap((row, layer) => row.flatMap((reps, expert) => (reps.length > 1 ? [{ layer, expert, reps }] : [])));
+  s.placement.replicas.flatMap((row, layer) =>
+    row.flatMap((reps, expert) => (reps.length > 1 ? [{ layer, expert, reps }] : [])),
+  );
 /** Per host, "layer:expert" of what the placement assigns it (the fixture's rows are model layers). */
 const assigned = (s: Status) =>
   s.placement.instances.map((_, i) =>
-    s.placement.replicas.flatMap((row, layer) => row.flatMap((reps, expert) => (reps.some((r) => r.instance === i) ? [`${layer}:${expert}`] : []))).sort(),
+    s.placement.replicas
+      .flatMap((row, layer) =>
+        row.flatMap((reps, expert) => (reps.some((r) => r.instance === i) ? [`${layer}:${expert}`] : [])),
+      )
+      .sort(),
   );
-const held = (h: Hosts, n: number) => Array.from({ length: n }, (_, i) => (h.hosts[i]?.loaded ?? []).map((e) => `${e.layer}:${e.expert}`).sort());
+const held = (h: Hosts, n: number) =>
+  Array.from({ length: n }, (_, i) => (h.hosts[i]?.loaded ?? []).map((e) => `${e.layer}:${e.expert}`).sort());
 /** Skewed load (one token repeated) until `stop()`; every request must succeed. */
 function skewedLoad() {
   const statuses: number[] = [];
@@ -45,7 +56,13 @@ function skewedLoad() {
   })();
   return { statuses, stop: async () => ((stopped = true), await done) };
 }
-async function waitFor<T>(what: string, get: () => Promise<T>, ok: (v: T) => boolean, tries = 150, ms = 200): Promise<T> {
+async function waitFor<T>(
+  what: string,
+  get: () => Promise<T>,
+  ok: (v: T) => boolean,
+  tries = 150,
+  ms = 200,
+): Promise<T> {
   let v = await get();
   for (let i = 0; i < tries && !ok(v); i++) {
     await new Promise((r) => setTimeout(r, ms));
@@ -58,7 +75,14 @@ async function waitFor<T>(what: string, get: () => Promise<T>, ok: (v: T) => boo
 beforeAll(async () => {
   w = await startWithModels(
     { tiny: join(FIXTURES, "mixtral-tiny") },
-    { MIN_EXPERT_HOSTS: "4", REPLAN_INTERVAL_MS: "300", MAX_COPIES_PER_REPLAN: "4", REPLAN_THRESHOLD: "0.1", MAX_EXPERT_HOSTS: "6", DEFAULT_MODEL: "tiny" },
+    {
+      MIN_EXPERT_HOSTS: "4",
+      REPLAN_INTERVAL_MS: "300",
+      MAX_COPIES_PER_REPLAN: "4",
+      REPLAN_THRESHOLD: "0.1",
+      MAX_EXPERT_HOSTS: "6",
+      DEFAULT_MODEL: "tiny",
+    },
   );
 });
 afterAll(() => w?.dispose());
@@ -74,7 +98,11 @@ describe("hot-expert replication", () => {
     let stop = false;
     const load = (async () => {
       while (!stop) {
-        const r = await postJson(w, "/v1/completions", { prompt: new Array(24).fill(42), max_tokens: 4, temperature: 0 });
+        const r = await postJson(w, "/v1/completions", {
+          prompt: new Array(24).fill(42),
+          max_tokens: 4,
+          temperature: 0,
+        });
         statuses.push(r.status);
         if (r.status !== 200) throw new Error(`request failed during replication: ${JSON.stringify(r.json)}`);
       }
@@ -98,7 +126,8 @@ describe("hot-expert replication", () => {
     // A replica lives on another instance than the original, and both hold the weights.
     for (const a of added) {
       expect(new Set(a.instances).size).toBe(a.instances.length);
-      for (const i of a.instances) expect(t1.hosts[i].loaded.some((e) => `${e.layer}:${e.expert}` === a.key)).toBe(true);
+      for (const i of a.instances)
+        expect(t1.hosts[i].loaded.some((e) => `${e.layer}:${e.expert}` === a.key)).toBe(true);
     }
 
     // A failure inside one instance does not fail requests a replica can serve.
@@ -111,7 +140,9 @@ describe("hot-expert replication", () => {
     const tf1 = await hosts();
     // The faulty replica served nothing; the other one carried the expert, and no request failed.
     expect(tokensOf(tf1, victim.instances[0], victim.key)).toBe(tokensOf(tf0, victim.instances[0], victim.key));
-    expect(tokensOf(tf1, victim.instances[1], victim.key)).toBeGreaterThan(tokensOf(tf0, victim.instances[1], victim.key));
+    expect(tokensOf(tf1, victim.instances[1], victim.key)).toBeGreaterThan(
+      tokensOf(tf0, victim.instances[1], victim.key),
+    );
 
     stop = true;
     await load;
@@ -136,7 +167,11 @@ describe("hot-expert replication", () => {
     }
     expect(left).toEqual([]);
     // Still serving correctly afterwards (golden greedy tokens of the fixture).
-    const r = await postJson(w, "/v1/completions", { prompt: [29, 192, 173, 88, 189, 139, 156, 188, 151, 153], max_tokens: 8, temperature: 0 });
+    const r = await postJson(w, "/v1/completions", {
+      prompt: [29, 192, 173, 88, 189, 139, 156, 188, 151, 153],
+      max_tokens: 8,
+      temperature: 0,
+    });
     expect(r.json.choices[0].token_ids).toEqual([209, 91, 45, 118, 199, 228, 217, 157]);
   });
 });
@@ -177,7 +212,11 @@ describe("reconcile after a Coordinator restart", () => {
     expect(end.s.lastReconcile!.failed).toEqual([]);
     expect(end.s.lastReconcile!.unloaded[live.placement.instances[0].name]).toContainEqual({ layer, expert });
     // Still serving the fixture's golden tokens.
-    const r = await postJson(w, "/v1/completions", { prompt: [29, 192, 173, 88, 189, 139, 156, 188, 151, 153], max_tokens: 8, temperature: 0 });
+    const r = await postJson(w, "/v1/completions", {
+      prompt: [29, 192, 173, 88, 189, 139, 156, 188, 151, 153],
+      max_tokens: 8,
+      temperature: 0,
+    });
     expect(r.json.choices[0].token_ids).toEqual([209, 91, 45, 118, 199, 228, 217, 157]);
   });
 });

@@ -58,12 +58,18 @@ export interface PlanResult {
    * Predicted max/mean instance load under `loads`. `before`, `sharesOnly`, `after`: the WORST
    * layer; `meanBefore`, `meanAfter`: the mean over layers; `perLayer`: every layer.
    */
-  predicted: { before: number; sharesOnly: number; after: number; meanBefore: number; meanAfter: number; perLayer: LayerPrediction[] };
+  predicted: {
+    before: number;
+    sharesOnly: number;
+    after: number;
+    meanBefore: number;
+    meanAfter: number;
+    perLayer: LayerPrediction[];
+  };
   reason: "balanced" | "planned" | "gain-below-min" | "no-move";
   /** add-replica ops in `ops`. */
   copies: number;
 }
-
 
 /** Plans the next placement diff and shares. Pure and deterministic; see the module comment. */
 export function planPlacement(input: PlannerInput): PlanResult {
@@ -113,7 +119,10 @@ export function planPlacement(input: PlannerInput): PlanResult {
   const balanced = sharesOnly.every((r) => r <= 1 + threshold);
   if (balanced || input.maxCopies === 0) return result([], balanced ? "balanced" : "no-move", sharesOnly, 0);
   // What is returned if nothing pays: the live placement with re-balanced shares.
-  const snapshot = st.layers.map((ls) => ({ inst: ls.inst.map((is) => is.slice()), share: ls.share.map((sh) => sh.slice()) }));
+  const snapshot = st.layers.map((ls) => ({
+    inst: ls.inst.map((is) => is.slice()),
+    share: ls.share.map((sh) => sh.slice()),
+  }));
   const sharesOnlyResult = (reason: PlanResult["reason"]): PlanResult => {
     st.layers.forEach((ls, l) => {
       ls.inst = snapshot[l].inst;
@@ -163,7 +172,12 @@ export function planPlacement(input: PlannerInput): PlanResult {
     if (meanBefore[l] > 0) gain += (maxBefore[l] - maxLoad(ls)) / meanBefore[l];
   });
   if (gain < minGain) return sharesOnlyResult("gain-below-min");
-  return result(ops, "planned", st.layers.map((ls) => ratio(ls, n)), copies);
+  return result(
+    ops,
+    "planned",
+    st.layers.map((ls) => ratio(ls, n)),
+    copies,
+  );
 }
 
 function mean(xs: readonly number[]): number {

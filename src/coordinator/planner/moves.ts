@@ -51,7 +51,8 @@ function evictionCandidates(st: State, j: number, maxOf: readonly number[]): Evi
       const x = ls.load[f] * ls.share[f][r];
       let minOther = Infinity;
       for (let k = 0; k < is.length; k++) if (k !== r && ls.instLoad[is[k]] < minOther) minOther = ls.instLoad[is[k]];
-      const harm = mean > 0 ? Math.max(0, minOther + x / (is.length - 1) - 0.98 * maxOf[l]) / mean + (0.01 * x) / mean : 0;
+      const harm =
+        mean > 0 ? Math.max(0, minOther + x / (is.length - 1) - 0.98 * maxOf[l]) / mean + (0.01 * x) / mean : 0;
       cands.push({ layer: l, expert: f, harm, bytes: st.bytes(l, f) });
     }
   }
@@ -59,7 +60,13 @@ function evictionCandidates(st: State, j: number, maxOf: readonly number[]): Evi
 }
 
 /** The cheapest evictions among `cands` (not `avoid`) that free `need` bytes on j, or null. */
-function findEvictions(st: State, j: number, need: number, avoid: Eviction, cands: readonly EvictionCandidate[]): { evict: Eviction[]; harm: number } | null {
+function findEvictions(
+  st: State,
+  j: number,
+  need: number,
+  avoid: Eviction,
+  cands: readonly EvictionCandidate[],
+): { evict: Eviction[]; harm: number } | null {
   let freed = st.budget[j] - st.used[j];
   if (freed >= need) return { evict: [], harm: 0 };
   const evict: Eviction[] = [];
@@ -94,7 +101,9 @@ export function bestMove(st: State, l: number, n: number, canGrow: boolean): Mov
       if (x > EPS) onBusy.set(e, (onBusy.get(e) ?? 0) + x);
     }
   }
-  const experts = [...onBusy.keys()].sort((a, b) => ls.load[b] / ls.inst[b].length - ls.load[a] / ls.inst[a].length).slice(0, 12);
+  const experts = [...onBusy.keys()]
+    .sort((a, b) => ls.load[b] / ls.inst[b].length - ls.load[a] / ls.inst[a].length)
+    .slice(0, 12);
   // Instances lightest first, only as far as needed: each expert tries ≤ 3 destinations below the
   // busy band, so the lightest few (plus those an expert already holds) almost always suffice.
   const byLoad = lightest(ls.instLoad, n, Math.min(n, 24));
@@ -329,7 +338,15 @@ function addInstance(st: State, budget: number): number {
 }
 
 /** Applies a move to the state and appends its ops; returns the instance count. */
-export function applyMove(st: State, move: Move, ops: PlacementOp[], n: number, newBudget: number, touched: Set<number>, sweeps: number): number {
+export function applyMove(
+  st: State,
+  move: Move,
+  ops: PlacementOp[],
+  n: number,
+  newBudget: number,
+  touched: Set<number>,
+  sweeps: number,
+): number {
   let j = move.instance;
   if (j < 0) {
     j = addInstance(st, newBudget);

@@ -18,7 +18,6 @@ const TOLERANCE = 5e-3;
  */
 const NEAR_CAP = 48;
 
-
 /**
  * Water-filling: spreads `total` over bins standing at `base` so that every bin that gets some
  * ends at one common level: out[k] = max(0, level − base[k]), Σ out = total. `order` is scratch;
@@ -147,10 +146,11 @@ export function rebalanceAround(ls: LayerState, e: number, sweeps: number): void
   const queue = ls.queue;
   near.length = 0;
   queue.length = 0;
-  for (const i of ls.inst[e]) if (ls.instSeen[i] !== stamp) {
-    ls.instSeen[i] = stamp;
-    queue.push(i);
-  }
+  for (const i of ls.inst[e])
+    if (ls.instSeen[i] !== stamp) {
+      ls.instSeen[i] = stamp;
+      queue.push(i);
+    }
   for (let hop = 0, from = 0; hop < 2 && near.length < NEAR_CAP; hop++) {
     const to = queue.length;
     for (let q = from; q < to; q++) {
@@ -159,10 +159,11 @@ export function rebalanceAround(ls: LayerState, e: number, sweeps: number): void
         if (near.length >= NEAR_CAP) break;
         ls.expertSeen[f] = stamp;
         near.push(f);
-        for (const k of ls.inst[f]) if (ls.instSeen[k] !== stamp) {
-          ls.instSeen[k] = stamp;
-          queue.push(k);
-        }
+        for (const k of ls.inst[f])
+          if (ls.instSeen[k] !== stamp) {
+            ls.instSeen[k] = stamp;
+            queue.push(k);
+          }
       }
     }
     from = to;

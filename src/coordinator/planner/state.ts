@@ -90,33 +90,40 @@ export interface State {
   maxSweeps: number;
 }
 
-
 export const EPS = 1e-12;
 
 export function validate(input: PlannerInput): void {
   const p = input.placement;
   const n = p.instances.length;
   if (n < 1) throw new RangeError(`placement has no instances`);
-  if (input.loads.length !== p.nLayers) throw new RangeError(`loads has ${input.loads.length} layers, the placement ${p.nLayers}`);
+  if (input.loads.length !== p.nLayers)
+    throw new RangeError(`loads has ${input.loads.length} layers, the placement ${p.nLayers}`);
   input.loads.forEach((row, l) => {
-    if (row.length !== p.nExperts) throw new RangeError(`loads[${l}] has ${row.length} experts, the placement ${p.nExperts}`);
+    if (row.length !== p.nExperts)
+      throw new RangeError(`loads[${l}] has ${row.length} experts, the placement ${p.nExperts}`);
     for (let e = 0; e < row.length; e++) {
       const v = row[e];
-      if (!(v >= 0) || !Number.isFinite(v)) throw new RangeError(`loads[${l}][${e}] must be a finite number ≥ 0, got ${v}`);
+      if (!(v >= 0) || !Number.isFinite(v))
+        throw new RangeError(`loads[${l}][${e}] must be a finite number ≥ 0, got ${v}`);
     }
   });
-  if (!Number.isInteger(input.maxCopies) || input.maxCopies < 0) throw new RangeError(`maxCopies must be an integer ≥ 0, got ${input.maxCopies}`);
-  if (p.replicas.length !== p.nLayers) throw new RangeError(`placement.replicas has ${p.replicas.length} layers, nLayers is ${p.nLayers}`);
+  if (!Number.isInteger(input.maxCopies) || input.maxCopies < 0)
+    throw new RangeError(`maxCopies must be an integer ≥ 0, got ${input.maxCopies}`);
+  if (p.replicas.length !== p.nLayers)
+    throw new RangeError(`placement.replicas has ${p.replicas.length} layers, nLayers is ${p.nLayers}`);
   const seen = new Int32Array(n).fill(-1); // instance → last (layer, expert) stamp that used it
   let stamp = 0;
   p.replicas.forEach((layer, l) => {
-    if (layer.length !== p.nExperts) throw new RangeError(`placement.replicas[${l}] has ${layer.length} experts, nExperts is ${p.nExperts}`);
+    if (layer.length !== p.nExperts)
+      throw new RangeError(`placement.replicas[${l}] has ${layer.length} experts, nExperts is ${p.nExperts}`);
     for (let e = 0; e < layer.length; e++, stamp++) {
       const reps = layer[e];
       if (reps.length === 0) throw new RangeError(`expert (${l}, ${e}) has no replica`);
       for (const r of reps) {
-        if (!Number.isInteger(r.instance) || r.instance < 0 || r.instance >= n) throw new RangeError(`expert (${l}, ${e}) has a replica on unknown instance ${r.instance}`);
-        if (seen[r.instance] === stamp) throw new RangeError(`expert (${l}, ${e}) has two replicas on instance ${r.instance}`);
+        if (!Number.isInteger(r.instance) || r.instance < 0 || r.instance >= n)
+          throw new RangeError(`expert (${l}, ${e}) has a replica on unknown instance ${r.instance}`);
+        if (seen[r.instance] === stamp)
+          throw new RangeError(`expert (${l}, ${e}) has two replicas on instance ${r.instance}`);
         seen[r.instance] = stamp;
       }
     }
@@ -128,7 +135,9 @@ export function buildState(input: PlannerInput): State {
   const n = p.instances.length;
   const bytes = bytesFn(input.expertBytes, p.nLayers, p.nExperts);
   const b = input.budgetBytes;
-  const budget = p.instances.map((info, i) => (b === undefined ? info.budgetBytes : typeof b === "number" ? b : (b[i] ?? info.budgetBytes)));
+  const budget = p.instances.map((info, i) =>
+    b === undefined ? info.budgetBytes : typeof b === "number" ? b : (b[i] ?? info.budgetBytes),
+  );
   const used = new Array<number>(n).fill(0);
   const spread = input.spread ?? 0.2;
   const layers: LayerState[] = p.replicas.map((layer, l) => {
@@ -158,7 +167,34 @@ export function buildState(input: PlannerInput): State {
       });
       total += L;
     });
-    return { load, rho, inst, share, original, addedTo: new Int32Array(load.length), instLoad, experts, total, multi: null, order: [], stamp: 0, expertSeen: new Int32Array(load.length), instSeen: new Array<number>(n).fill(0), near: [], queue: [] };
+    return {
+      load,
+      rho,
+      inst,
+      share,
+      original,
+      addedTo: new Int32Array(load.length),
+      instLoad,
+      experts,
+      total,
+      multi: null,
+      order: [],
+      stamp: 0,
+      expertSeen: new Int32Array(load.length),
+      instSeen: new Array<number>(n).fill(0),
+      near: [],
+      queue: [],
+    };
   });
-  return { nLayers: p.nLayers, nExperts: p.nExperts, layers, budget, used, bytes, added: new Set(), maxSweeps: input.maxSweeps ?? 200, hedgeCache: { n: -1, ev: [], af: [], dirty: [] } };
+  return {
+    nLayers: p.nLayers,
+    nExperts: p.nExperts,
+    layers,
+    budget,
+    used,
+    bytes,
+    added: new Set(),
+    maxSweeps: input.maxSweeps ?? 200,
+    hedgeCache: { n: -1, ev: [], af: [], dirty: [] },
+  };
 }

@@ -15,7 +15,13 @@ const p: Placement = {
   layers: [1, 3], // MoE rows are model layers 1 and 3
   instances: [0, 1].map((id) => ({ id, name: `m/h${id}`, budgetBytes: 10 })),
   replicas: [
-    [[{ instance: 0, share: 1 }], [{ instance: 1, share: 0.5 }, { instance: 0, share: 0.5 }]],
+    [
+      [{ instance: 0, share: 1 }],
+      [
+        { instance: 1, share: 0.5 },
+        { instance: 0, share: 0.5 },
+      ],
+    ],
     [[{ instance: 1, share: 1 }], [{ instance: 0, share: 1 }]],
   ],
 };
@@ -39,13 +45,28 @@ function fakeHosts(held: Record<string, ExpertRef[]>) {
 describe("reconcileHosts", () => {
   it("tells each instance its assignment in model layers and collects what they unloaded", async () => {
     const f = fakeHosts({
-      "m/h0": [{ layer: 1, expert: 0 }, { layer: 1, expert: 1 }, { layer: 3, expert: 0 }, { layer: 3, expert: 1 }],
-      "m/h1": [{ layer: 1, expert: 1 }, { layer: 3, expert: 0 }],
+      "m/h0": [
+        { layer: 1, expert: 0 },
+        { layer: 1, expert: 1 },
+        { layer: 3, expert: 0 },
+        { layer: 3, expert: 1 },
+      ],
+      "m/h1": [
+        { layer: 1, expert: 1 },
+        { layer: 3, expert: 0 },
+      ],
       "m/h2": [{ layer: 1, expert: 0 }], // left by an add-instance that was never published
     });
     const report = await reconcileHosts(p, 3, f.host);
-    expect(f.told["m/h0"]).toEqual([{ layer: 1, expert: 0 }, { layer: 1, expert: 1 }, { layer: 3, expert: 1 }]);
-    expect(f.told["m/h1"]).toEqual([{ layer: 1, expert: 1 }, { layer: 3, expert: 0 }]);
+    expect(f.told["m/h0"]).toEqual([
+      { layer: 1, expert: 0 },
+      { layer: 1, expert: 1 },
+      { layer: 3, expert: 1 },
+    ]);
+    expect(f.told["m/h1"]).toEqual([
+      { layer: 1, expert: 1 },
+      { layer: 3, expert: 0 },
+    ]);
     expect(f.told["m/h2"]).toEqual([]);
     expect(report.unloaded).toEqual({ "m/h0": [{ layer: 3, expert: 0 }], "m/h2": [{ layer: 1, expert: 0 }] });
     expect(report).toMatchObject({ version: 7, failed: [] });

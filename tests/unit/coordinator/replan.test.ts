@@ -62,7 +62,12 @@ describe("replanStep", () => {
 
   it("releases the extra replica of an expert that went idle", () => {
     // Expert 0 on h0 and h1; it gets no traffic, the rest is balanced (h0's other expert carries 20).
-    const p = placement({ 0: [{ instance: 0, share: 0.5 }, { instance: 1, share: 0.5 }] });
+    const p = placement({
+      0: [
+        { instance: 0, share: 0.5 },
+        { instance: 1, share: 0.5 },
+      ],
+    });
     const counts = [0, 10, 10, 10, 20, 10, 10, 10];
     const { decision } = run(p, [counts, counts]);
     expect(decision.reason).toBe("released-idle");
@@ -95,7 +100,12 @@ describe("replanStep", () => {
 
   it("republishes shares alone only when one moves past the hysteresis", () => {
     // Expert 0 on h0 and h1 with shares far from what the loads want; nothing to copy.
-    const skewed = placement({ 0: [{ instance: 0, share: 0.9 }, { instance: 1, share: 0.1 }] });
+    const skewed = placement({
+      0: [
+        { instance: 0, share: 0.9 },
+        { instance: 1, share: 0.1 },
+      ],
+    });
     const counts = [40, 10, 10, 10, 10, 30, 30, 30];
     const moved = run(skewed, [counts, counts], config({ maxCopies: 0 })).decision;
     expect(moved.ops).toEqual([]);

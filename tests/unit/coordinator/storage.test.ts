@@ -25,7 +25,11 @@ const UNVERSIONED_SCHEMA = [
 
 function placement(version: number, extra = false): Placement {
   const replicas = [0, 1].map(() => [0, 1, 2, 3].map((e) => [{ instance: e % 2, share: 1 }]));
-  if (extra) replicas[1][2] = [{ instance: 0, share: 0.4 }, { instance: 1, share: 0.6 }];
+  if (extra)
+    replicas[1][2] = [
+      { instance: 0, share: 0.4 },
+      { instance: 1, share: 0.6 },
+    ];
   const instances = [0, 1].map((id) => ({ id, name: `m/h${id}`, budgetBytes: 1000 }));
   return { model: "m", version, nLayers: 2, nExperts: 4, instances, replicas };
 }
@@ -42,7 +46,9 @@ describe("Coordinator storage", () => {
     for (const [k, v] of Object.entries(meta)) db.sql.exec("INSERT INTO meta (key, value) VALUES (?, ?)", k, v);
     for (const i of old.instances) db.sql.exec("INSERT INTO instances VALUES (?, ?, ?)", i.id, i.name, i.budgetBytes);
     old.replicas.forEach((row, l) =>
-      row.forEach((reps, e) => reps.forEach((r) => db.sql.exec("INSERT INTO replicas VALUES (?, ?, ?, ?)", l, e, r.instance, r.share))),
+      row.forEach((reps, e) =>
+        reps.forEach((r) => db.sql.exec("INSERT INTO replicas VALUES (?, ?, ?, ?)", l, e, r.instance, r.share)),
+      ),
     );
     for (let v = 1; v <= 500; v++) db.sql.exec("INSERT INTO placement_log VALUES (?, ?, ?)", v, v, `v${v}`);
 
@@ -89,13 +95,24 @@ describe("Coordinator storage", () => {
     const store = new CoordinatorStore(db.sql, db.transaction);
     store.migrate();
     let w = createLoadWindow(2, 4);
-    w = foldWindow(w, { expertCounts: [[10, 0, 5, 0], [1, 2, 3, 4]] });
+    w = foldWindow(w, {
+      expertCounts: [
+        [10, 0, 5, 0],
+        [1, 2, 3, 4],
+      ],
+    });
     store.writeWindow(w);
     expect(db.writes.get("expert_load")).toBe(6);
     db.writes.clear();
     // One rate rose, one expert went idle, the rest stand still.
     const copy = (m: number[][]) => m.map((row) => row.slice());
-    const next = { ...w, expert: copy(w.expert), variance: copy(w.variance), trend: copy(w.trend), windows: w.windows + 1 };
+    const next = {
+      ...w,
+      expert: copy(w.expert),
+      variance: copy(w.variance),
+      trend: copy(w.trend),
+      windows: w.windows + 1,
+    };
     next.expert[0][0] = 20;
     next.expert[1][3] = 0;
     next.variance[1][3] = 0;
