@@ -731,7 +731,7 @@ function parseArgs(argv: string[]): {
     } else if (a === "--help" || a === "-h") {
       console.log(
         "usage: npm run simulate [-- --calibration FILE] [--recalibrate] [--out FILE] [--loads 0.5,0.8] [--basis both|cluster|static]\n" +
-          "       [--instances 16] [--experts 64] [--top-k 4] [--layers 2] [--windows 40] [--window-ms 1000] [--tokens-per-step 1] [--zipf 1.0] [--seed 7]\n" +
+          "       [--instances 16] [--experts 64] [--top-k 4] [--layers 2] [--windows 40] [--window-ms " + DEFAULT_SIM.windowMs + "] [--tokens-per-step 1] [--zipf 1.0] [--seed 7]\n" +
           "       [--isolates 8] [--recent-half-life-ms 1000] [--no-requests] [--policies " +
           SIM_POLICIES.join(",") +
           "]\n" +
