@@ -6,20 +6,11 @@
  * published away, drained, and only then unloaded. After a restart or a failed change, a reconcile
  * step tells every ExpertHost what the placement assigns it, and it unloads the rest.
  *
- * Sections: placement (creation, reads), load telemetry, re-plan (policy in replan.ts), execution
- * (make-before-break), reconcile, helpers. Storage is in storage.ts.
+ * Sections: placement (creation, reads), load telemetry, re-plan (the policy is replan.ts), execution
+ * (make-before-break, execute.ts), reconcile (reconcile.ts), helpers. Storage is storage.ts.
  */
 import { DurableObject } from "cloudflare:workers";
-import {
-  applyOps,
-  balanceRatios,
-  drainPlacement,
-  modelLayer,
-  sharesAfter,
-  type Placement,
-  type PlacementOp,
-  type Replica,
-} from "./placement";
+import { balanceRatios, type Placement, type PlacementOp, type Replica } from "./placement";
 import { initialPlacement, expertsByInstance, type PlacementInit } from "./initial-placement";
 import { forecastLoads, type LoadWindowState } from "./load-window";
 import {
@@ -30,9 +21,9 @@ import {
   type ReplanConfig,
   type ReplanDecision,
 } from "./replan";
+import { executePlan, type Executed } from "./execute";
 import { reconcileHosts, type ReconcileReport } from "./reconcile";
 import { CoordinatorStore } from "./storage";
-import { hostName, type ExpertRef } from "../experts/protocol";
 import type { LoadReport } from "../experts/expert-client";
 import { PLACEMENT_CHECK_MS } from "../experts/placement-timing";
 
@@ -258,7 +249,7 @@ export class Coordinator extends DurableObject<Env> {
       this.#publish(next, summary);
       return { ...base, toVersion: next.version, ops: [], failedLoads: [] };
     }
-    let done: { placement: Placement; failedLoads: string[]; applied: PlacementOp[] };
+    let done: Executed;
     try {
       done = await this.#execute(live, step.ops, step.shares);
     } catch (err) {
@@ -272,62 +263,13 @@ export class Coordinator extends DurableObject<Env> {
 
   // ── make-before-break ─────────────────────────────────────────────────────────────────────
 
-  /** Make-before-break execution of a diff: drain and unload removals, load additions, publish. */
-  async #execute(
-    live: Placement,
-    ops: PlacementOp[],
-    shares: Replica[][][] | null,
-  ): Promise<{ placement: Placement; failedLoads: string[]; applied: PlacementOp[] }> {
-    const model = live.model;
-    let current = live;
-    const removes = ops.filter((o): o is Extract<PlacementOp, { op: "remove-replica" }> => o.op === "remove-replica");
-    if (removes.length > 0) {
-      // Publish the table without the removed replicas, wait until every Worker has seen it and
-      // in-flight calls have finished, then free the memory.
-      const drained = drainPlacement(current, ops);
-      current = { ...drained, version: current.version + 1 };
-      this.#publish(current, `drain ${removes.length} replica(s)`);
-      await new Promise((r) => setTimeout(r, DRAIN_MS));
-      const byInstance = groupByInstance(current, removes);
-      await Promise.all(
-        [...byInstance].map(([i, refs]) =>
-          this.#host(current.instances[i].name)
-            .unload(model, refs)
-            .catch(() => null),
-        ),
-      );
-    }
-    // New instances get names now; the planner numbers them after the existing ones.
-    const instances = current.instances.slice();
-    const budget = Math.max(...instances.map((i) => i.budgetBytes));
-    for (const op of ops) {
-      if (op.op === "add-instance")
-        instances.push({ id: instances.length, name: hostName(model, instances.length), budgetBytes: budget });
-    }
-    const adds = ops.filter((o): o is Extract<PlacementOp, { op: "add-replica" }> => o.op === "add-replica");
-    const failed = new Set<string>();
-    const failedLoads: string[] = [];
-    await Promise.all(
-      [...groupByInstance(current, adds)].map(async ([i, refs]) => {
-        const inst = instances[i];
-        let message = "";
-        try {
-          const r = await this.#host(inst.name).load(model, refs, inst.name);
-          if (r.ok) return;
-          message = r.message;
-        } catch (err) {
-          message = err instanceof Error ? err.message : String(err);
-        }
-        for (const o of adds) if (o.instance === i) failed.add(`${o.layer}:${o.expert}:${i}`);
-        failedLoads.push(`${inst.name}: ${message}`);
-      }),
-    );
-    const applied = ops.filter((o) => o.op !== "add-replica" || !failed.has(`${o.layer}:${o.expert}:${o.instance}`));
-    const finalShares = sharesAfter(live, applied, shares);
-    const next = applyOps(live, applied, finalShares, { newInstance: (id) => instances[id] });
-    const placement = { ...next, version: current.version + 1 };
-    this.#publish(placement, applied.map(opSummary).join(" ") || "no change");
-    return { placement, failedLoads, applied };
+  /** Make-before-break execution of a diff (execute.ts), publishing each version it makes. */
+  async #execute(live: Placement, ops: PlacementOp[], shares: Replica[][][] | null): Promise<Executed> {
+    return executePlan(live, ops, shares, {
+      host: (name) => this.#host(name),
+      publish: (p, summary) => this.#publish(p, summary),
+      drainMs: DRAIN_MS,
+    });
   }
 
   // ── reconcile ─────────────────────────────────────────────────────────────────────────────
@@ -397,24 +339,4 @@ function noReport(trigger: ReplanReport["trigger"], version: number): ReplanRepo
     predicted: null,
     windowTokens: 0,
   };
-}
-
-function opSummary(o: PlacementOp): string {
-  return o.op === "add-instance"
-    ? "+instance"
-    : `${o.op === "add-replica" ? "+" : "-"}${o.layer}:${o.expert}@${o.instance}`;
-}
-
-/** Ops (placement rows) grouped by instance, as ExpertHost refs (model layers). */
-function groupByInstance(
-  p: Placement,
-  ops: { layer: number; expert: number; instance: number }[],
-): Map<number, ExpertRef[]> {
-  const m = new Map<number, ExpertRef[]>();
-  for (const o of ops) {
-    let list = m.get(o.instance);
-    if (!list) m.set(o.instance, (list = []));
-    list.push({ layer: modelLayer(p, o.layer), expert: o.expert });
-  }
-  return m;
 }
