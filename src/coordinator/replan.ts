@@ -53,8 +53,8 @@ export interface ReplanConfig {
  */
 export const DEFAULT_REPLAN_CONFIG: Readonly<ReplanConfig> = Object.freeze({
   windowMs: 2000,
-  maxCopies: 4,
-  threshold: 0.1,
+  maxCopies: 16,
+  threshold: 0.05,
   maxInstances: 8,
   spareSlotFraction: 0.25,
   idleFraction: 0.02,
