@@ -96,7 +96,11 @@ describe.skipIf(!haveChromium)("dashboard in a real browser", () => {
     const statuses = new Map<number, number>();
     const load = (async () => {
       while (!stop) {
-        const r = await postJson(w, "/v1/completions", { prompt: new Array(24).fill(42), max_tokens: 4, temperature: 0 });
+        const r = await postJson(w, "/v1/completions", {
+          prompt: new Array(24).fill(42),
+          max_tokens: 4,
+          temperature: 0,
+        });
         statuses.set(r.status, (statuses.get(r.status) ?? 0) + 1);
       }
     })();
