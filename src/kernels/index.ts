@@ -121,6 +121,9 @@ type KernelExports = {
   expertFfnQ8g(
     out: number, x: number, blob: number, n: number, dModel: number, dFf: number, group: number, scratch: number,
   ): void;
+  expertFfnQ4g(
+    out: number, x: number, blob: number, n: number, dModel: number, dFf: number, group: number, scratch: number,
+  ): void;
 };
 
 /** scratchBytes kinds (assembly/index.ts). */
@@ -518,6 +521,14 @@ export class Kernels {
     out: number, x: number, blob: number, n: number, dModel: number, dFf: number, group: number, scratch: number,
   ): void {
     this.#wasm.expertFfnQ8g(out, x, blob, n, dModel, dFf, group, scratch);
+  }
+
+  /** SwiGLU expert on a blob from packExpertQ4g (4-bit weights, one bf16 scale per `group` inputs,
+   * 16-bit activations). scratch ≥ expertQ4gScratchBytes(n, dModel, dFf, group). */
+  expertFfnQ4g(
+    out: number, x: number, blob: number, n: number, dModel: number, dFf: number, group: number, scratch: number,
+  ): void {
+    this.#wasm.expertFfnQ4g(out, x, blob, n, dModel, dFf, group, scratch);
   }
 
   /** Reads [ptr, ptr + bytes) once (bytes a multiple of 64): the memory-bandwidth probe. */

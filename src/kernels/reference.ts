@@ -249,3 +249,23 @@ export function expertFfnQ8gRef(
   siluMulRef(g, g, u, n * dFf);
   matmulQ8gRef(out, g, w2, n, dFf, dModel);
 }
+
+/** A 4-bit group matrix as plain arrays (src/kernels/q4g-format.ts Q4gMatrix). */
+export interface Q4gRef {
+  group: number;
+  q: Int8Array; // [rows, colsG] in [-8, 7]
+  scales: Uint16Array; // [rows, colsG / group] bf16 bits
+}
+
+/** SwiGLU expert on 4-bit group matrices the kernel's way (assembly/expert-q4g.ts): the int8 group
+ * expert's arithmetic (16-bit tokens, exact group sums) on q ∈ [-8, 7] and bf16 scales widened exactly. */
+export function expertFfnQ4gRef(
+  out: Float32Array, x: Float32Array, w1: Q4gRef, w3: Q4gRef, w2: Q4gRef, n: number, dModel: number, dFf: number,
+): void {
+  const widen = (m: Q4gRef): Q8gRef => ({
+    group: m.group,
+    q: m.q,
+    scales: new Float32Array(new Uint32Array(Array.from(m.scales, (b) => b << 16)).buffer),
+  });
+  expertFfnQ8gRef(out, x, widen(w1), widen(w3), widen(w2), n, dModel, dFf);
+}
