@@ -11,9 +11,13 @@
  * Activations are the dense int8 path's (assembly/dense.ts quantizeTokens: 16-bit per token), so
  * each group is an exact integer dot (i32x4.dot_i16x8_s: |Σ| ≤ 512·8·32767 < 2^31) rescaled once by
  * its scale in f32. Expert blob: [w1 (gate) dFf × dModel][w3 (up)][w2 (down) dModel × dFf];
- * scratch as expert-q8g.ts (src/kernels/q4g-format.ts expertQ4gScratchBytes).
+ * scratch as expert-q8g.ts (src/kernels/q4g-format.ts expertQ4gScratchBytes). In the relaxed build,
+ * while the host has a relaxed dot enabled, the matmuls run on it instead (expert-q4g-relaxed.ts,
+ * 8-bit activations); `q4ActivationBits()` says which.
  */
 import { quantizeTokens } from "./dense";
+import { matmulQ4gRelaxed, quantizeTokensI8 } from "./expert-q4g-relaxed";
+import { relaxedDotForm } from "./q8";
 import { hsum4, hsum4i, madd, storeColumn } from "./simd-math";
 import { siluMul } from "./silu-mul";
 
@@ -48,12 +52,31 @@ export function expertFfnQ4g(
   const w1 = blob;
   const w3 = w1 + q4gBytes(dFf, dModel, group);
   const w2 = w3 + q4gBytes(dFf, dModel, group);
+  if (ASC_FEATURE_RELAXED_SIMD) {
+    const form = relaxedDotForm();
+    if (form > 0) {
+      // 8-bit activations (n·wide bytes), then their group sums, in the 16-bit path's room.
+      const xs = xq + <usize>n * <usize>max(dmG, dfG);
+      quantizeTokensI8(xq, sx, xs, x, n, dModel, dmG, group);
+      matmulQ4gRelaxed(h, xq, sx, xs, w1, n, dFf, dmG, group, form);
+      matmulQ4gRelaxed(u, xq, sx, xs, w3, n, dFf, dmG, group, form);
+      siluMul(h, h, u, n * dFf);
+      quantizeTokensI8(xq, sx, xs, h, n, dFf, dfG, group);
+      matmulQ4gRelaxed(out, xq, sx, xs, w2, n, dModel, dfG, group, form);
+      return;
+    }
+  }
   quantizeTokens(xq, sx, x, n, dModel, dmG);
   matmulQ4gQuantized(h, xq, sx, w1, n, dFf, dmG, group);
   matmulQ4gQuantized(u, xq, sx, w3, n, dFf, dmG, group);
   siluMul(h, h, u, n * dFf);
   quantizeTokens(xq, sx, h, n, dFf, dfG);
   matmulQ4gQuantized(out, xq, sx, w2, n, dModel, dfG, group);
+}
+
+/** Activation bits the int4 expert uses now: 8 on the relaxed dot, else 16. */
+export function q4ActivationBits(): i32 {
+  return ASC_FEATURE_RELAXED_SIMD && relaxedDotForm() > 0 ? 8 : 16;
 }
 
 /** out[n, dOut] = xq · wᵀ on a 4-bit group matrix, xq [n, colsG] i16 with token scales sx. */

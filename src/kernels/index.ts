@@ -124,6 +124,7 @@ type KernelExports = {
   expertFfnQ4g(
     out: number, x: number, blob: number, n: number, dModel: number, dFf: number, group: number, scratch: number,
   ): void;
+  q4ActivationBits(): number;
 };
 
 /** scratchBytes kinds (assembly/index.ts). */
@@ -524,11 +525,17 @@ export class Kernels {
   }
 
   /** SwiGLU expert on a blob from packExpertQ4g (4-bit weights, one bf16 scale per `group` inputs,
-   * 16-bit activations). scratch ≥ expertQ4gScratchBytes(n, dModel, dFf, group). */
+   * q4ActivationBits-bit activations). scratch ≥ expertQ4gScratchBytes(n, dModel, dFf, group). */
   expertFfnQ4g(
     out: number, x: number, blob: number, n: number, dModel: number, dFf: number, group: number, scratch: number,
   ): void {
     this.#wasm.expertFfnQ4g(out, x, blob, n, dModel, dFf, group, scratch);
+  }
+
+  /** Activation bits expertFfnQ4g uses now: 8 while a relaxed int8 dot path is on (it runs on the
+   * relaxed i8×i7 dot), else 16. */
+  get q4ActivationBits(): number {
+    return this.#wasm.q4ActivationBits();
   }
 
   /** Reads [ptr, ptr + bytes) once (bytes a multiple of 64): the memory-bandwidth probe. */

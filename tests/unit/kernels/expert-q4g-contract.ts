@@ -2,7 +2,8 @@
  * @module expert-q4g-contract — the SwiGLU expert on 4-bit weights with per-group bf16 scales
  * (assembly/expert-q4g.ts), part of the one contract suite (every build, Node and workerd).
  *
- * Bounds: vs expertFfnQ4gRef (same quantized weights and 16-bit activations, f64 sums) relative RMS
+ * Bounds: vs expertFfnQ4gRef (same quantized weights and activation bits — 16, or 8 where the
+ * relaxed dot runs it — f64 sums) relative RMS
  * < 2e-3 (the kernel's f32 silu may move h across one of its own rounding steps); vs the f32
  * expert on Gaussian weights of scale 1/√d, relative RMS ≤ 15% (4-bit rounding: ≈ 1/16 of a group's
  * range per weight, through two matmuls).
@@ -48,6 +49,10 @@ export function expertQ4gContract(kernels: () => Kernels): void {
       const q = Int8Array.from({ length: 3 * 64 }, () => (next() % 16) - 8);
       expect(unpackNibbles(packNibbles(q, 3, 64), 3, 64)).toEqual(q);
     });
+    it("uses 8-bit activations exactly when a relaxed int8 dot is on", () => {
+      const k = kernels();
+      expect(k.q4ActivationBits).toBe(k.q8Path === "dot_i16x8" ? 16 : 8);
+    });
     const NAME = "matches its reference and the f32 bound for n=%i dModel=%i dFf=%i group=%i";
     it.each(SHAPES)(NAME, (n, dModel, dFf, group) => {
       const k = kernels();
@@ -58,7 +63,7 @@ export function expertQ4gContract(kernels: () => Kernels): void {
       const w2 = randn(next, dModel * dFf, 1 / Math.sqrt(dFf));
       const { y, q } = runExpertQ4g(k, x, w1, w3, w2, n, dModel, dFf, group);
       const want = new Float32Array(n * dModel);
-      expertFfnQ4gRef(want, x, q.w1, q.w3, q.w2, n, dModel, dFf);
+      expertFfnQ4gRef(want, x, q.w1, q.w3, q.w2, n, dModel, dFf, k.q4ActivationBits);
       expect(relRms(y, want), "vs int4 group reference").toBeLessThan(2e-3);
       const f32 = new Float32Array(n * dModel);
       expertFfnRef(f32, x, w1, w3, w2, n, dModel, dFf, new Float32Array(2 * n * dFf));
