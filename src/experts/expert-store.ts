@@ -18,6 +18,8 @@ import { expertPackedBytes, packExpertF32, packExpertQ8, type ExpertDtype } from
 import { loadExpertWeights } from "../model/architectures";
 import { expertDtype, loadExpertQ4, loadExpertQ8, type ExpertQuant } from "../model/quantized";
 import { expertQ4gScratchBytes, packExpertQ4g, Q4_GROUP } from "../kernels/q4g-format";
+import { expertQ8gScratchBytes, packExpertQ8g } from "../kernels/dense-format";
+import { Q8_EXPERT_GROUP } from "../kernels/packing";
 import { formatMiB } from "../platform/format";
 import type { OpenedModel } from "../platform/model-store";
 import { expertKey, type ExpertFailure, type ExpertRef, type ExpertWorkItem } from "./protocol";
@@ -73,7 +75,8 @@ export function scratchBytes(dModel: number, dFf: number): number {
   const f32 = 4 * TOKEN_CHUNK * (up(dModel, 4) + up(dFf, 4)) + 16;
   const q8 = 2 * up(4 * TOKEN_CHUNK, 16) + TOKEN_CHUNK * (2 * up(dModel, 16) + 6 * up(dFf, 16));
   const q4 = expertQ4gScratchBytes(TOKEN_CHUNK, dModel, dFf, Q4_GROUP);
-  return 8 * TOKEN_CHUNK * dModel + Math.max(f32, q8, q4) + 64;
+  const q8g = expertQ8gScratchBytes(TOKEN_CHUNK, dModel, dFf, Q8_EXPERT_GROUP);
+  return 8 * TOKEN_CHUNK * dModel + Math.max(f32, q8, q4, q8g) + 64;
 }
 
 export class ExpertStore {
@@ -81,7 +84,8 @@ export class ExpertStore {
   readonly #experts = new Map<string, LoadedExpert>();
   readonly #loading = new Map<string, Promise<LoadedExpert>>();
   readonly #expertBytes: number;
-  /** How experts are held: "f32" packed panels, "q8" (int8 + per-row scales) or "q4" (4-bit groups). */
+  /** How experts are held: "f32" packed panels, "q8" (int8 + per-row scales), "q8g" (int8 groups)
+   * or "q4" (4-bit groups). */
   readonly dtype: ExpertDtype;
   calls = 0;
   tokens = 0;
@@ -165,6 +169,7 @@ export class ExpertStore {
     let row = 0;
     const q8 = this.dtype === "q8";
     const q4 = this.dtype === "q4";
+    const q8g = this.dtype === "q8g";
     for (let i = 0; i < items.length; i++) {
       const { arena, blob } = weights[i];
       const k = arena.kernels;
@@ -175,6 +180,7 @@ export class ExpertStore {
         k.f32(arena.x, m * dModel).set(x.subarray(at, at + m * dModel));
         if (q8) k.expertFfnQ8(arena.out, arena.x, blob, m, dModel, dFf, arena.ffn);
         else if (q4) k.expertFfnQ4g(arena.out, arena.x, blob, m, dModel, dFf, Q4_GROUP, arena.ffn);
+        else if (q8g) k.expertFfnQ8g(arena.out, arena.x, blob, m, dModel, dFf, Q8_EXPERT_GROUP, arena.ffn);
         else k.expertFfnPacked(arena.out, arena.x, blob, m, dModel, dFf, arena.ffn);
         y.set(k.f32(arena.out, m * dModel), at);
       }
@@ -220,6 +226,7 @@ export class ExpertStore {
       return (dst) => packExpertQ4g(dst, q, dModel, dFf);
     }
     const w = await loadExpertWeights(ckpt, spec, layer, expert);
+    if (this.dtype === "q8g") return (dst) => void packExpertQ8g(dst, w.w1, w.w3, w.w2, dModel, dFf, Q8_EXPERT_GROUP);
     return (dst) => packExpertF32(new Float32Array(dst.buffer, dst.byteOffset, dst.byteLength / 4), w.w1, w.w3, w.w2, dModel, dFf);
   }
 
@@ -238,7 +245,9 @@ export class ExpertStore {
     }
     const ffnBytes = this.dtype === "q4"
       ? expertQ4gScratchBytes(TOKEN_CHUNK, dModel, dFf, Q4_GROUP)
-      : kernels.scratchBytes(this.dtype === "q8" ? "ffnQ8" : "ffnF32", TOKEN_CHUNK, dModel, dFf);
+      : this.dtype === "q8g"
+        ? expertQ8gScratchBytes(TOKEN_CHUNK, dModel, dFf, Q8_EXPERT_GROUP)
+        : kernels.scratchBytes(this.dtype === "q8" ? "ffnQ8" : "ffnF32", TOKEN_CHUNK, dModel, dFf);
     if (ffnBytes + 8 * TOKEN_CHUNK * dModel > scratch) throw new Error(`internal: kernel scratch ${ffnBytes} B exceeds the reserved ${scratch} B`);
     const arena: Arena = { kernels, x: kernels.alloc(TOKEN_CHUNK * dModel * 4), out: kernels.alloc(TOKEN_CHUNK * dModel * 4), ffn: kernels.alloc(ffnBytes) };
     this.#arenas.push(arena);

@@ -30,12 +30,20 @@ export function quantView(ckpt: Checkpoint): Checkpoint {
       const info = ckpt.info(real);
       if (real === name) return info;
       // int4 `.qweight` holds two weights a byte; its scales have its rank (int8's one less).
-      const scales = quantNames(name).scales;
-      const int4 = ckpt.has(scales) && ckpt.info(scales).shape.length === info.shape.length;
+      const int4 = scalesRank(ckpt, quantNames(name).scales) === info.shape.length;
       const shape = int4 ? [...info.shape.slice(0, -1), 2 * info.shape[info.shape.length - 1]] : info.shape;
       return { ...info, shape, name };
     },
   };
   // Only has/info/source are read by expertTensorRefs; reads go to the real checkpoint.
   return view as unknown as Checkpoint;
+}
+
+/** Rank of a scales tensor, or -1 when the checkpoint has no header for it. */
+function scalesRank(ckpt: Checkpoint, name: string): number {
+  try {
+    return ckpt.info(name).shape.length;
+  } catch {
+    return -1;
+  }
 }

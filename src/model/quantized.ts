@@ -38,8 +38,9 @@ import {
 } from "../kernels/q4g-format";
 
 /** How an ExpertStore holds experts: "int8" / "int4" quantize f32/bf16 checkpoints at load;
- * experts stored quantized load as stored whatever this says. */
-export type ExpertQuant = "none" | "int8" | "int4";
+ * "int8-group" quantizes at load to int8 with one scale per 32 inputs (expertFfnQ8g); experts stored
+ * quantized load as stored whatever this says. */
+export type ExpertQuant = "none" | "int8" | "int8-group" | "int4";
 
 /** How the checkpoint stores its routed experts (probes the first MoE layer's expert 0). */
 export function storedExpertQuant(ckpt: Checkpoint, spec: ModelSpec): ExpertQuant {
@@ -64,7 +65,7 @@ export function hasQuantizedExperts(ckpt: Checkpoint, spec: ModelSpec): boolean 
 export function expertDtype(ckpt: Checkpoint, spec: ModelSpec, quant: ExpertQuant = "none"): ExpertDtype {
   const stored = storedExpertQuant(ckpt, spec);
   const q = stored === "none" ? quant : stored;
-  return q === "int4" ? "q4" : q === "int8" ? "q8" : "f32";
+  return q === "int4" ? "q4" : q === "int8" ? "q8" : q === "int8-group" ? "q8g" : "f32";
 }
 
 /**
@@ -125,7 +126,11 @@ async function readQ4Rows(ckpt: Checkpoint, ref: ExpertTensorRef): Promise<Q4gMa
 /** An int4 tensor's scales have the weight's rank (int8's have one dimension less). */
 function isInt4(ckpt: Checkpoint, tensor: string): boolean {
   const names = quantNames(tensor);
-  return ckpt.has(names.scales) && ckpt.info(names.scales).shape.length === ckpt.info(names.qweight).shape.length;
+  try {
+    return ckpt.info(names.scales).shape.length === ckpt.info(names.qweight).shape.length;
+  } catch {
+    return false; // no header for the scales: int8's reader finds out when it reads them
+  }
 }
 
 async function readQ8Rows(ckpt: Checkpoint, ref: ExpertTensorRef): Promise<Q8Rows> {
