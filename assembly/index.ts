@@ -11,7 +11,7 @@ export { expertFfn } from "./expert-ffn";
 export { attention } from "./attention";
 export { matmulPacked, expertFfnPacked } from "./packed";
 export { matmulQ8, expertFfnQ8, setQ8Relaxed, probeRelaxed } from "./q8";
-export { streamRead } from "./stream";
+export { streamRead, simdPeak } from "./stream";
 export { matmulQ8g, gatherQ8g } from "./dense";
 export { matmulBf16, gatherBf16 } from "./bf16";
 export { expertFfnQ8g } from "./expert-q8g";

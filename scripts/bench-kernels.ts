@@ -208,7 +208,9 @@ async function main(): Promise<void> {
   const roofline = wasmBandwidth();
   const bandwidth = roofline.now(15);
   log(`edge-moe bench:kernels — ${new Date().toISOString().slice(0, 10)}, ${machine.cpu} ×${machine.cores}, Node ${machine.node} (V8 ${machine.v8}), ${machine.relaxed}`);
-  log(`Wasm streaming read (memory roofline): ${bandwidth.toFixed(1)} GB/s; cold = cycling through ≥ ${args.coldMb} MiB of expert copies\n`);
+  log(`Wasm streaming read (memory roofline): ${bandwidth.toFixed(1)} GB/s; cold = cycling through ≥ ${args.coldMb} MiB of expert copies`);
+  const simdPeak = simdCeiling();
+  log(`Wasm 128-bit SIMD ceiling (8 chains of f32x4 multiply-add, registers only): ${simdPeak.map((p) => `${p.flavor} ${p.wall.toFixed(1)} GFLOP/s wall, ${p.cpu.toFixed(1)} GFLOP/s CPU time`).join("; ")}\n`);
 
   const rows: Row[] = [];
   const newKernels = (flavor: KernelFlavor) => loadKernels(flavor);
@@ -282,6 +284,7 @@ async function main(): Promise<void> {
     date: new Date().toISOString(),
     machine,
     bandwidthGBps: { node: bandwidth, workerd: workerd.bandwidth },
+    simdPeakGflops: simdPeak,
     workerd: { info: workerd.info, skipped: workerd.skipped },
     coldMiB: args.coldMb,
     method:
@@ -296,6 +299,30 @@ async function main(): Promise<void> {
   mkdirSync(dirname(`${ROOT}${args.out}`), { recursive: true });
   writeFileSync(`${ROOT}${args.out}`, JSON.stringify(json, null, 2));
   log(`\nwrote ${args.out} (${json.seconds.toFixed(0)} s)`);
+}
+
+/** The compute ceiling of 128-bit Wasm SIMD here (assembly/stream.ts simdPeak), best of 5 in wall
+ * and in process CPU time, for the simd (mul + add) and relaxed (FMA) builds. */
+function simdCeiling(): { flavor: KernelFlavor; wall: number; cpu: number }[] {
+  const out: { flavor: KernelFlavor; wall: number; cpu: number }[] = [];
+  const iters = 2_000_000;
+  for (const flavor of ["simd", "relaxed"] as const) {
+    let k: ReturnType<typeof loadKernels>;
+    try {
+      k = loadKernels(flavor);
+    } catch {
+      continue;
+    }
+    let wall = Infinity;
+    for (let r = 0; r < 5; r++) {
+      const t = performance.now();
+      k.simdPeak(iters);
+      wall = Math.min(wall, performance.now() - t);
+    }
+    const cpu = cpuTimeSync(() => k.simdPeak(iters), 200);
+    out.push({ flavor, wall: (64 * iters) / (wall * 1e6), cpu: (64 * iters) / (cpu * 1e6) });
+  }
+  return out;
 }
 
 async function peerRows(rows: Row[], shape: ExpertShape, w: ReturnType<typeof randomExpert>, args: Args, roofline: { now(reps?: number): number }, maxN: number): Promise<void> {

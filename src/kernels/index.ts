@@ -111,6 +111,7 @@ type KernelExports = {
   setQ8Relaxed(on: number): number;
   probeRelaxed(out: number, a: number, b: number, c: number): number;
   streamRead(ptr: number, bytes: number): number;
+  simdPeak(iters: number, seed: number): number;
   scratchBytes(kind: number, n: number, a: number, b: number): number;
   matmulQ8g(
     out: number, x: number, w: number, n: number, dIn: number, dOut: number, group: number, scratch: number,
@@ -536,6 +537,11 @@ export class Kernels {
    * relaxed i8×i7 dot), else 16. */
   get q4ActivationBits(): number {
     return this.#wasm.q4ActivationBits();
+  }
+
+  /** iters steps of 64 FLOPs of register-only f32x4 multiply-adds: the SIMD compute ceiling probe. */
+  simdPeak(iters: number): number {
+    return this.#wasm.simdPeak(iters, 1e-3);
   }
 
   /** Reads [ptr, ptr + bytes) once (bytes a multiple of 64): the memory-bandwidth probe. */
