@@ -23,7 +23,8 @@ export function quantizeTokensI8(
     let mv = f32x4.splat(0);
     let i = 0;
     for (; i + 4 <= d; i += 4) mv = f32x4.max(mv, f32x4.abs(v128.load(src + (<usize>i << 2))));
-    let amax = max(max(f32x4.extract_lane(mv, 0), f32x4.extract_lane(mv, 1)), max(f32x4.extract_lane(mv, 2), f32x4.extract_lane(mv, 3)));
+    const m01 = max(f32x4.extract_lane(mv, 0), f32x4.extract_lane(mv, 1));
+    let amax = max(m01, max(f32x4.extract_lane(mv, 2), f32x4.extract_lane(mv, 3)));
     for (; i < d; i++) amax = max(amax, Mathf.abs(load<f32>(src + (<usize>i << 2))));
     const inv: f32 = amax > 0 ? <f32>127 / amax : 0;
     const iv = f32x4.splat(inv);

@@ -130,10 +130,14 @@ interface Row {
 const PEER_ROWS: { peer: Peer; dtype: "f32" | "int8"; model: "f32" | "int8" | "int4"; label: string }[] = [
   { peer: "onnxruntime-web", dtype: "f32", model: "f32", label: "onnxruntime-web f32 (wasm, 1 thread)" },
   { peer: "onnxruntime-web", dtype: "int8", model: "int8", label: "onnxruntime-web int8 (wasm, 1 thread)" },
-  { peer: "onnxruntime-web", dtype: "int8", model: "int4", label: "onnxruntime-web int4 MatMulNBits (wasm, 1 thr.)" },
+  {
+    peer: "onnxruntime-web", dtype: "int8", model: "int4", label: "onnxruntime-web int4 MatMulNBits (wasm, 1 thr.)",
+  },
   { peer: "onnxruntime-node", dtype: "f32", model: "f32", label: "onnxruntime-node f32 (native, 1 thread)" },
   { peer: "onnxruntime-node", dtype: "int8", model: "int8", label: "onnxruntime-node int8 (native, 1 thread)" },
-  { peer: "onnxruntime-node", dtype: "int8", model: "int4", label: "onnxruntime-node int4 MatMulNBits (native, 1 thr.)" },
+  {
+    peer: "onnxruntime-node", dtype: "int8", model: "int4", label: "onnxruntime-node int4 MatMulNBits (native, 1 thr.)",
+  },
 ];
 
 const shapeName = (s: ExpertShape) => `${s.dModel}x${s.dFf}`;
@@ -210,7 +214,8 @@ async function main(): Promise<void> {
   log(`edge-moe bench:kernels — ${new Date().toISOString().slice(0, 10)}, ${machine.cpu} ×${machine.cores}, Node ${machine.node} (V8 ${machine.v8}), ${machine.relaxed}`);
   log(`Wasm streaming read (memory roofline): ${bandwidth.toFixed(1)} GB/s; cold = cycling through ≥ ${args.coldMb} MiB of expert copies`);
   const simdPeak = simdCeiling();
-  log(`Wasm 128-bit SIMD ceiling (8 chains of f32x4 multiply-add, registers only): ${simdPeak.map((p) => `${p.flavor} ${p.wall.toFixed(1)} GFLOP/s wall, ${p.cpu.toFixed(1)} GFLOP/s CPU time`).join("; ")}\n`);
+  const peaks = simdPeak.map((p) => `${p.flavor} ${p.wall.toFixed(1)} GFLOP/s wall, ${p.cpu.toFixed(1)} CPU time`);
+  log(`Wasm 128-bit SIMD ceiling (8 chains of f32x4 multiply-add, registers only): ${peaks.join("; ")}\n`);
 
   const rows: Row[] = [];
   const newKernels = (flavor: KernelFlavor) => loadKernels(flavor);

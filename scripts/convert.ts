@@ -26,7 +26,8 @@ import { writeSafetensors, type TensorToWrite, type WritableDType } from "../src
 import { formatAccuracy, measureInt8Accuracy } from "./lib/bench-accuracy";
 import { progressBar, wantsHelp } from "./lib/progress";
 
-const USAGE = `usage: npm run convert -- <in-dir> <out-dir> --quant int8|int4 [--check] [--force] [--shard-mb 64] [--json]
+const USAGE = `usage: npm run convert -- <in-dir> <out-dir> --quant int8|int4 [--check] [--force]
+                       [--shard-mb 64] [--json]
   Writes a copy of a Hugging Face model directory with its routed experts quantized to int8.
   --check       also measure what int8 costs on this model (logit error, greedy agreement)
   --force       replace <out-dir> when it is not empty
@@ -130,7 +131,9 @@ export async function convertModel(inDir: string, outDir: string, opts: ConvertO
       const names = quantNames(name);
       let outBytes: number;
       if (quant === "int4") {
-        if (cols % Q4_GROUP !== 0) throw new Error(`${name}: int4 needs rows of a multiple of ${Q4_GROUP} inputs, got ${cols}`);
+        if (cols % Q4_GROUP !== 0) {
+          throw new Error(`${name}: int4 needs rows of a multiple of ${Q4_GROUP} inputs, got ${cols}`);
+        }
         const q = quantizeQ4g(await ckpt.readF32(name), rows, cols, Q4_GROUP);
         const lead = info.shape.slice(0, -1);
         const nib = packNibbles(q.q, rows, cols);

@@ -32,14 +32,17 @@ const argmax = (row: number[]) => row.reduce((b, v, i) => (v > row[b] ? i : b), 
 
 describe("int4 experts in workerd", () => {
   it("serves greedy completions and stays close to the f32 logits", async () => {
-    const r = await postJson(w, "/v1/completions", { model: "q4", prompt: golden.prompt_ids, max_tokens: 8, temperature: 0 });
+    const body = { model: "q4", prompt: golden.prompt_ids, max_tokens: 8, temperature: 0 };
+    const r = await postJson(w, "/v1/completions", body);
     expect(r.status).toBe(200);
     const ids = r.json.choices[0].token_ids as number[];
     expect(ids).toHaveLength(golden.greedy_ids.length);
     // Teacher-forced over prompt + f32's greedy continuation: top-1 agreement and logit error.
     const tokens = [...golden.prompt_ids, ...golden.greedy_ids];
     const [q4, f32] = await Promise.all(
-      ["q4", "f32"].map(async (model) => (await postJson(w, "/admin/forward", { model, tokens }, ADMIN)).json as Forward),
+      ["q4", "f32"].map(async (model) => {
+        return (await postJson(w, "/admin/forward", { model, tokens }, ADMIN)).json as Forward;
+      }),
     );
     let max = 0;
     let agree = 0;
@@ -54,8 +57,10 @@ describe("int4 experts in workerd", () => {
 
   it("holds int4 experts in their real bytes (about 1/7 of f32)", async () => {
     await postJson(w, "/v1/completions", { model: "q4", prompt: [1, 2, 3], max_tokens: 1 });
-    const hosts = (await (await w.fetch("/admin/hosts?model=q4", { headers: ADMIN })).json()) as { hosts: { loaded: unknown[]; bytesLoaded: number }[] };
-    const perExpert = hosts.hosts.reduce((s, h) => s + h.bytesLoaded, 0) / hosts.hosts.reduce((s, h) => s + h.loaded.length, 0);
+    const res = await w.fetch("/admin/hosts?model=q4", { headers: ADMIN });
+    const hosts = (await res.json()) as { hosts: { loaded: unknown[]; bytesLoaded: number }[] };
+    const bytes = hosts.hosts.reduce((s, h) => s + h.bytesLoaded, 0);
+    const perExpert = bytes / hosts.hosts.reduce((s, h) => s + h.loaded.length, 0);
     expect(perExpert).toBe(expertQ4gBytes(64, 96, 32));
     expect(perExpert).toBeLessThan(0.15 * F32_EXPERT_BYTES);
   });
