@@ -1,19 +1,23 @@
 /**
- * convert — writes a copy of a Hugging Face model directory with its routed experts quantized to
- * symmetric int8 (per output channel), the format src/model/quantized.ts reads:
- *   `<base>.qweight` I8 (the original expert tensor's shape and row layout) + `<base>.scales` F32.
+ * convert — writes a copy of a Hugging Face model directory with its routed experts quantized, in
+ * the formats src/model/quantized.ts reads:
+ *   int8: symmetric per output channel, `<base>.qweight` I8 (the original expert tensor's shape and
+ *         row layout) + `<base>.scales` F32 [..., rows];
+ *   int4: 4-bit groups of 32 inputs (src/kernels/q4g-format.ts), `<base>.qweight` I8 [..., rows,
+ *         cols/2] (two weights a byte) + `<base>.scales` BF16 [..., rows, cols/32].
  * Dense tensors are copied byte for byte (same dtype), other files (config, tokenizer, generation
  * config) as they are. Output: sharded safetensors + model.safetensors.index.json.
  *
- *   npm run convert -- <in-dir> <out-dir> --quant int8 [--check] [--force] [--shard-mb 64] [--json]
+ *   npm run convert -- <in-dir> <out-dir> --quant int8|int4 [--check] [--force] [--shard-mb 64] [--json]
  *
- * --check measures what int8 costs on this model (logit error, greedy-token agreement vs f32, on
+ * --check measures what the quantization costs on this model (logit error, greedy-token agreement vs f32, on
  * seeded prompts; scripts/lib/bench-accuracy.ts) with the same quantization applied at load.
  */
 import { closeSync, copyFileSync, existsSync, mkdirSync, openSync, readdirSync, readSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { quantizeRowsQ8 } from "../src/kernels/packing";
+import { packNibbles, Q4_GROUP, quantizeQ4g } from "../src/kernels/q4g-format";
 import { expertTensorRefs, openModel } from "../src/model/architectures";
 import type { ModelSpec } from "../src/model/config";
 import { quantNames } from "../src/model/quantized";
@@ -22,7 +26,8 @@ import { writeSafetensors, type TensorToWrite, type WritableDType } from "../src
 import { formatAccuracy, measureInt8Accuracy } from "./lib/bench-accuracy";
 import { progressBar, wantsHelp } from "./lib/progress";
 
-const USAGE = `usage: npm run convert -- <in-dir> <out-dir> --quant int8 [--check] [--force] [--shard-mb 64] [--json]
+const USAGE = `usage: npm run convert -- <in-dir> <out-dir> --quant int8|int4 [--check] [--force]
+                       [--shard-mb 64] [--json]
   Writes a copy of a Hugging Face model directory with its routed experts quantized to int8.
   --check       also measure what int8 costs on this model (logit error, greedy agreement)
   --force       replace <out-dir> when it is not empty
@@ -86,10 +91,13 @@ export interface ConvertOptions {
   log?: (s: string) => void;
   /** Called after each tensor (progress bars). */
   onTensor?: (done: number, total: number) => void;
+  /** Expert format; default "int8". */
+  quant?: "int8" | "int4";
 }
 
 export async function convertModel(inDir: string, outDir: string, opts: ConvertOptions = {}): Promise<ConvertReport> {
   const log = opts.log ?? (() => {});
+  const quant = opts.quant ?? "int8";
   const shardBytes = opts.shardBytes ?? 64 << 20;
   const store = dirFileStore(inDir);
   const { spec, ckpt } = await openModel(store);
@@ -120,13 +128,28 @@ export async function convertModel(inDir: string, outDir: string, opts: ConvertO
     if (experts.has(name)) {
       const cols = info.shape[info.shape.length - 1];
       const rows = info.shape.reduce((a, b) => a * b, 1) / cols;
-      const q = quantizeRowsQ8(await ckpt.readF32(name), rows, cols);
       const names = quantNames(name);
-      add({ name: names.qweight, dtype: "I8", shape: info.shape, data: new Uint8Array(q.q.buffer) });
-      add({ name: names.scales, dtype: "F32", shape: info.shape.slice(0, -1), data: q.scales });
+      let outBytes: number;
+      if (quant === "int4") {
+        if (cols % Q4_GROUP !== 0) {
+          throw new Error(`${name}: int4 needs rows of a multiple of ${Q4_GROUP} inputs, got ${cols}`);
+        }
+        const q = quantizeQ4g(await ckpt.readF32(name), rows, cols, Q4_GROUP);
+        const lead = info.shape.slice(0, -1);
+        const nib = packNibbles(q.q, rows, cols);
+        add({ name: names.qweight, dtype: "I8", shape: [...lead, cols / 2], data: nib });
+        const scaleBytes = new Uint8Array(q.scales.buffer);
+        add({ name: names.scales, dtype: "BF16", shape: [...lead, cols / Q4_GROUP], data: scaleBytes });
+        outBytes = nib.byteLength + scaleBytes.byteLength;
+      } else {
+        const q = quantizeRowsQ8(await ckpt.readF32(name), rows, cols);
+        add({ name: names.qweight, dtype: "I8", shape: info.shape, data: new Uint8Array(q.q.buffer) });
+        add({ name: names.scales, dtype: "F32", shape: info.shape.slice(0, -1), data: q.scales });
+        outBytes = q.q.byteLength + q.scales.byteLength;
+      }
       report.quantized++;
       report.expertBytesIn += info.byteLength;
-      report.expertBytesOut += q.q.byteLength + q.scales.byteLength;
+      report.expertBytesOut += outBytes;
     } else {
       const src = await store.open(info.file);
       if (!src) throw new Error(`${info.file} disappeared while converting`);
@@ -136,16 +159,18 @@ export async function convertModel(inDir: string, outDir: string, opts: ConvertO
   opts.onTensor?.(report.tensors, tensors.length);
   const weightMap: Record<string, string> = {};
   const total = shards.length;
+  const meta: Record<string, string> = { edge_moe_expert_quant: quant };
+  if (quant === "int4") meta.edge_moe_int4_group = String(Q4_GROUP);
   for (let i = 0; i < total; i++) {
     const file = `model-${String(i + 1).padStart(5, "0")}-of-${String(total).padStart(5, "0")}.safetensors`;
-    const image = writeSafetensors(shards[i], { format: "pt", edge_moe_expert_quant: "int8" });
+    const image = writeSafetensors(shards[i], { format: "pt", ...meta });
     writeFileSync(join(outDir, file), image);
     report.bytesOut += image.byteLength;
     for (const t of shards[i]) weightMap[t.name] = file;
     log(`  ${file}  ${(image.byteLength / 2 ** 20).toFixed(1)} MiB, ${shards[i].length} tensors`);
   }
   const totalSize = shards.flat().reduce((s, t) => s + t.data.byteLength, 0);
-  writeFileSync(join(outDir, INDEX_FILE), `${JSON.stringify({ metadata: { total_size: totalSize, edge_moe_expert_quant: "int8" }, weight_map: weightMap }, null, 2)}\n`);
+  writeFileSync(join(outDir, INDEX_FILE), `${JSON.stringify({ metadata: { total_size: totalSize, ...meta }, weight_map: weightMap }, null, 2)}\n`);
   report.shards = total;
   return report;
 }
@@ -167,7 +192,10 @@ async function main(): Promise<void> {
   });
   const [inArg, outArg] = positionals;
   if (!inArg || !outArg) throw new Error(USAGE);
-  if (values.quant !== "int8") throw new Error(`--quant must be int8 (the only quantization the expert kernels run), got ${values.quant === undefined ? "nothing" : `"${values.quant}"`}`);
+  const quant = values.quant;
+  if (quant !== "int8" && quant !== "int4") {
+    throw new Error(`--quant must be int8 or int4, got ${quant === undefined ? "nothing" : `"${quant}"`}`);
+  }
   const inDir = resolve(inArg);
   const outDir = resolve(outArg);
   if (!existsSync(join(inDir, "config.json"))) throw new Error(`${inArg}: no config.json — give a Hugging Face model directory (e.g. demo-model/ from \`npm run make-demo-model\`)`);
@@ -181,9 +209,11 @@ async function main(): Promise<void> {
   const t0 = performance.now();
   const json = values.json;
   const say = (line: string) => (json ? console.error(line) : console.log(line));
-  say(`convert ${inArg} → ${outArg} (routed experts → int8, per output channel)`);
+  const what = quant === "int4" ? `int4, groups of ${Q4_GROUP}` : "int8, per output channel";
+  say(`convert ${inArg} → ${outArg} (routed experts → ${what})`);
   let bar: ReturnType<typeof progressBar> | null = null;
   const r = await convertModel(inDir, outDir, {
+    quant,
     shardBytes: shardMb << 20,
     log: (s) => say(s),
     onTensor: (done, total) => {
@@ -197,8 +227,11 @@ async function main(): Promise<void> {
   const accuracy: Awaited<ReturnType<typeof measureInt8Accuracy>>[] = [];
   if (values.check && hasWeights) {
     const { spec, ckpt } = await openModel(dirFileStore(inDir));
-    for (const q8Path of ["dot_i16x8", "relaxed_dot_i16", "relaxed_dot_i16_7bit"] as const) {
-      accuracy.push(await measureInt8Accuracy(inArg, spec, ckpt, { q8Path }));
+    if (quant === "int4") accuracy.push(await measureInt8Accuracy(inArg, spec, ckpt, { quant: "int4" }));
+    else {
+      for (const q8Path of ["dot_i16x8", "relaxed_dot_i16", "relaxed_dot_i16_7bit"] as const) {
+        accuracy.push(await measureInt8Accuracy(inArg, spec, ckpt, { q8Path }));
+      }
     }
     accuracy.push(await measureInt8Accuracy(inArg, spec, ckpt, { bf16: true }));
   }
