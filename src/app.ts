@@ -23,7 +23,10 @@ app.route("/admin", admin);
 app.notFound((c) => c.json(new ApiError(404, `no route for ${c.req.method} ${new URL(c.req.url).pathname}`, "not_found_error").toBody(), 404));
 
 app.onError((err, c) => {
-  if (err instanceof ApiError) return c.json(err.toBody(), err.status);
+  if (err instanceof ApiError) {
+    if (err.retryAfter !== null) c.header("Retry-After", String(err.retryAfter));
+    return c.json(err.toBody(), err.status);
+  }
   if (err instanceof HTTPException) {
     const res = err.getResponse();
     return res;

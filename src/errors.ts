@@ -18,6 +18,8 @@ export class ApiError extends Error {
     readonly type: ApiErrorType = "invalid_request_error",
     readonly param: string | null = null,
     readonly code: string | null = null,
+    /** Seconds the client should wait before retrying (sent as Retry-After with 429/503). */
+    readonly retryAfter: number | null = null,
   ) {
     super(message);
     this.name = "ApiError";

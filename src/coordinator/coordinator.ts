@@ -14,6 +14,7 @@ import { releaseIdle, sharesAfter } from "./replan";
 import { hostName, type ExpertRef } from "../experts/protocol";
 import type { LoadReport } from "../experts/expert-client";
 import { PLACEMENT_CHECK_MS } from "../experts/placement-timing";
+import type { PipelinePlacement } from "./pipeline-placement";
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -25,6 +26,16 @@ CREATE TABLE IF NOT EXISTS replicas (
 CREATE TABLE IF NOT EXISTS placement_log (version INTEGER PRIMARY KEY, created_at INTEGER NOT NULL, summary TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS expert_load (layer INTEGER NOT NULL, expert INTEGER NOT NULL, rate REAL NOT NULL, variance REAL NOT NULL, trend REAL NOT NULL, PRIMARY KEY (layer, expert));
 CREATE TABLE IF NOT EXISTS instance_load (instance INTEGER PRIMARY KEY, rate REAL NOT NULL);
+`;
+
+/** Pipeline placement tables (see "pipeline placement" below). */
+const PIPELINE_SCHEMA = `
+CREATE TABLE IF NOT EXISTS pipeline_versions (version INTEGER PRIMARY KEY, key TEXT NOT NULL, created_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS pipeline_stages (
+  version INTEGER NOT NULL, stage INTEGER NOT NULL, name TEXT NOT NULL,
+  first_layer INTEGER NOT NULL, end_layer INTEGER NOT NULL, bytes INTEGER NOT NULL,
+  PRIMARY KEY (version, stage)
+);
 `;
 
 /** What one re-plan did (admin routes and tests read it). */
@@ -305,6 +316,46 @@ export class Coordinator extends DurableObject<Env> {
       threshold: Number(e.REPLAN_THRESHOLD ?? "0.1") || 0.1,
       maxInstances: intVar(e.MAX_EXPERT_HOSTS, 8, 1),
     };
+  }
+
+  // ── pipeline placement (v1): where the dense layers run, beside the expert placement ──────
+  // Own tables, created on first use; the Worker computes the plan from the budgets
+  // (pipeline-placement.ts, pure) and the Coordinator makes it the model's one published version:
+  // the first plan for a given set of inputs wins, different inputs publish version + 1.
+
+  /** The published pipeline placement for `plan`'s inputs, publishing `plan` if there is none. */
+  async ensurePipeline(plan: PipelinePlacement): Promise<PipelinePlacement> {
+    const sql = this.ctx.storage.sql;
+    sql.exec(PIPELINE_SCHEMA);
+    const live = this.#readPipeline();
+    if (live && live.key === plan.key) return live;
+    const next: PipelinePlacement = { ...plan, version: (live?.version ?? 0) + 1 };
+    this.ctx.storage.transactionSync(() => {
+      sql.exec("INSERT INTO pipeline_versions (version, key, created_at) VALUES (?, ?, ?)", next.version, next.key, Date.now());
+      next.stages.forEach((st, i) =>
+        sql.exec("INSERT INTO pipeline_stages (version, stage, name, first_layer, end_layer, bytes) VALUES (?, ?, ?, ?, ?, ?)", next.version, i, st.name, st.first, st.end, st.bytes),
+      );
+    });
+    return next;
+  }
+
+  /** The published pipeline placement (null before any). */
+  async getPipeline(): Promise<PipelinePlacement | null> {
+    this.ctx.storage.sql.exec(PIPELINE_SCHEMA);
+    return this.#readPipeline();
+  }
+
+  #readPipeline(): PipelinePlacement | null {
+    const sql = this.ctx.storage.sql;
+    const v = sql.exec<{ version: number; key: string }>("SELECT version, key FROM pipeline_versions ORDER BY version DESC LIMIT 1").toArray()[0];
+    if (!v) return null;
+    const rows = sql.exec<{ name: string; first_layer: number; end_layer: number; bytes: number }>(
+      "SELECT name, first_layer, end_layer, bytes FROM pipeline_stages WHERE version = ? ORDER BY stage",
+      v.version,
+    );
+    const stages = rows.toArray().map((r) => ({ name: r.name, first: r.first_layer, end: r.end_layer, bytes: r.bytes }));
+    const model = this.#placement?.model ?? this.ctx.id.name ?? "";
+    return { model, version: v.version, key: v.key, stages };
   }
 
   // ── storage ───────────────────────────────────────────────────────────────────────────────

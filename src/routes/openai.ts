@@ -7,7 +7,7 @@ import { Hono, type Context } from "hono";
 import { streamSSE } from "hono/streaming";
 import { z } from "zod";
 import { ApiError } from "../errors";
-import { generate, type FinishReason, type GenerateRequest, type GenerateStats, type WaitUntil } from "../serving/generate";
+import { startGeneration, type FinishReason, type GenerateRequest, type GenerateStats, type WaitUntil } from "../serving/generate";
 import { getRuntime, type ModelRuntime } from "../serving/model-runtime";
 import { listModelIds, modelPrefix, ModelNotFoundError, MODEL_ID_PATTERN } from "../platform/model-store";
 import { maxServableTokens, parseConfig } from "../model/config";
@@ -100,7 +100,7 @@ openai.post("/completions", async (c) => {
   const created = Math.floor(Date.now() / 1000);
   const head = { id, object: "text_completion", created, model: rt.id };
   if (body.stream) {
-    return sse(c, rt, req, body.stream_options?.include_usage ?? false, (text, ids, finish) => ({
+    return await sse(c, rt, req, body.stream_options?.include_usage ?? false, (text, ids, finish) => ({
       ...head,
       choices: [{ index: 0, text, token_ids: ids, logprobs: null, finish_reason: finish }],
     }), head);
@@ -130,7 +130,7 @@ openai.post("/chat/completions", async (c) => {
   const head = { id, object: "chat.completion.chunk", created, model: rt.id };
   if (body.stream) {
     let first = true;
-    return sse(c, rt, req, body.stream_options?.include_usage ?? false, (text, _ids, finish) => {
+    return await sse(c, rt, req, body.stream_options?.include_usage ?? false, (text, _ids, finish) => {
       const delta: Record<string, string> = first ? { role: "assistant", content: text } : text ? { content: text } : {};
       first = false;
       return { ...head, choices: [{ index: 0, delta, logprobs: null, finish_reason: finish }] };
@@ -213,7 +213,7 @@ async function collect(env: Env, rt: ModelRuntime, req: GenerateRequest, waitUnt
   let text = "";
   const ids: number[] = [];
   let finish: FinishReason = "length";
-  for await (const ev of generate(env, rt, req, stats, waitUntil)) {
+  for await (const ev of await startGeneration(env, rt, req, stats, waitUntil)) {
     text += ev.text;
     ids.push(...ev.tokenIds);
     if (ev.finishReason) finish = ev.finishReason;
@@ -225,7 +225,7 @@ function usage(s: GenerateStats) {
   return { prompt_tokens: s.promptTokens, completion_tokens: s.completionTokens, total_tokens: s.promptTokens + s.completionTokens };
 }
 
-function sse(
+async function sse(
   c: Context<{ Bindings: Env }>,
   rt: ModelRuntime,
   req: GenerateRequest,
@@ -233,10 +233,12 @@ function sse(
   chunk: (text: string, ids: number[], finish: FinishReason | null) => object,
   head: object,
 ) {
+  const stats: GenerateStats = { promptTokens: 0, completionTokens: 0, prefillMs: 0, decodeMs: 0 };
+  // Admission (KV budgets) before the headers go out: a full model is a 429, not an in-band error.
+  const tokens = await startGeneration(c.env, rt, req, stats, waitUntilOf(c));
   return streamSSE(c, async (stream) => {
-    const stats: GenerateStats = { promptTokens: 0, completionTokens: 0, prefillMs: 0, decodeMs: 0 };
     try {
-      for await (const ev of generate(c.env, rt, req, stats, waitUntilOf(c))) {
+      for await (const ev of tokens) {
         if (stream.aborted) break;
         await stream.writeSSE({ data: JSON.stringify(chunk(ev.text, ev.tokenIds, ev.finishReason)) });
       }

@@ -3,7 +3,7 @@
  * string or max_tokens; yields text deltas as they become final (stop strings are held back until
  * they can no longer match, so a streamed response never shows text a stop string cut off).
  */
-import type { ModelRuntime } from "./model-runtime";
+import type { ModelRuntime, RuntimeSession } from "./model-runtime";
 import { createRng, sampleToken, type SamplingParams } from "./sampling";
 import { flushLoad, flushLoadSoon } from "../experts/expert-client";
 
@@ -34,9 +34,20 @@ export interface GenerateStats {
 /** Keeps background work (load reports) alive after the response: the request's ctx.waitUntil. */
 export type WaitUntil = (p: Promise<unknown>) => void;
 
-export async function* generate(env: Env, rt: ModelRuntime, req: GenerateRequest, stats?: GenerateStats, waitUntil?: WaitUntil): AsyncGenerator<GenerateEvent> {
+/**
+ * Reserves the request's KV caches (Worker and every pipeline stage) and returns the token stream.
+ * Awaited before a response starts, so a full budget is a 429 with Retry-After, not an error
+ * inside a 200 stream.
+ */
+export async function startGeneration(env: Env, rt: ModelRuntime, req: GenerateRequest, stats?: GenerateStats, waitUntil?: WaitUntil): Promise<AsyncGenerator<GenerateEvent>> {
+  const session = await rt.openSession(env, req.promptIds.length + req.maxTokens);
+  return generate(env, rt, req, stats, waitUntil, session);
+}
+
+/** The decode loop; without `opened` it opens (and always frees) its own session. */
+export async function* generate(env: Env, rt: ModelRuntime, req: GenerateRequest, stats?: GenerateStats, waitUntil?: WaitUntil, opened?: RuntimeSession): AsyncGenerator<GenerateEvent> {
   const rng = createRng(req.seed ?? (Math.random() * 2 ** 32) >>> 0);
-  const session = rt.startSession(req.promptIds.length + req.maxTokens);
+  const session = opened ?? (await rt.openSession(env, req.promptIds.length + req.maxTokens));
   const decoder = rt.tokenizer?.createStreamDecoder() ?? null;
   const eos = new Set(rt.spec.eosTokenIds);
   const longestStop = req.stop.reduce((m, s) => Math.max(m, s.length), 0);
@@ -83,7 +94,9 @@ export async function* generate(env: Env, rt: ModelRuntime, req: GenerateRequest
     if (stats) {
       stats.completionTokens = produced;
     }
-    rt.endSession(session);
+    const freed = rt.endSession(session, env);
+    if (waitUntil) waitUntil(freed);
+    else await freed;
     if (waitUntil) flushLoadSoon(env, rt.id, waitUntil);
   }
 }
