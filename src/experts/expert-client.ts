@@ -45,7 +45,7 @@ function localStore(env: Env, model: string): Promise<ExpertStore> {
 
 import { PLACEMENT_CHECK_MS } from "./placement-timing";
 import { assignReplicas, loadOf, type Assignment } from "./replica-choice";
-const MAX_ATTEMPTS = 3;
+import { MAX_ATTEMPTS } from "./fanout-policy";
 
 interface CachedPlacement {
   placement: Placement;

@@ -1,0 +1,79 @@
+/**
+ * @module RPCs (subrequests) per invocation, counted from the design (pure), so the platform's
+ * per-invocation limits are checked in tests for the worst case — longest generation, largest
+ * prompt — instead of discovered in production. One request is one invocation of the Worker;
+ * every `run` call a StageHost receives is one invocation of that StageHost.
+ */
+
+export interface RpcCountInput {
+  /** Model layers that have routed experts. */
+  moeLayers: readonly number[];
+  topK: number;
+  /** ExpertHost instances in the placement. */
+  expertHosts: number;
+  /** Layer ranges of the pipeline stages; empty = the Worker runs every layer. */
+  stages: readonly { first: number; end: number }[];
+  /** Prompt tokens per forward call. */
+  prefillChunk: number;
+  /** Tries per expert batch (the fan-out fails over to another replica). */
+  attempts: number;
+}
+
+export interface RpcCount {
+  /** Forward calls (prompt chunks + decode steps). */
+  forwards: number;
+  /** Subrequests of the Worker's invocation for the whole request. */
+  worker: number;
+  /** Most subrequests of one StageHost invocation (one `run` call). */
+  stageCall: number;
+  /** Per decode token: RPCs the Worker makes, and RPCs inside the model's region. */
+  perToken: { worker: number; inRegion: number };
+}
+
+/** Per forward call: one placement-version check and at most one load report (each rate-limited). */
+const PLACEMENT_AND_LOAD = 2;
+
+/** Expert RPCs of one MoE layer for n rows: one per instance touched, per attempt. */
+function fanOut(i: RpcCountInput, n: number): number {
+  return i.attempts * Math.min(i.expertHosts, n * i.topK);
+}
+
+function layersRpcs(i: RpcCountInput, first: number, end: number, n: number): number {
+  const moe = i.moeLayers.filter((l) => l >= first && l < end).length;
+  return moe === 0 ? 0 : moe * fanOut(i, n) + PLACEMENT_AND_LOAD;
+}
+
+/** RPCs of one request of `promptTokens` + `maxTokens` (every token generated, no early stop). */
+export function countRpcs(i: RpcCountInput, promptTokens: number, maxTokens: number): RpcCount {
+  const chunks = Math.ceil(promptTokens / i.prefillChunk);
+  const decodes = maxTokens - 1; // the last token is sampled from the previous step's logits
+  const forwards = chunks + decodes;
+  const lastLayer = Math.max(...i.moeLayers, ...i.stages.map((s) => s.end - 1), 0) + 1;
+  const chunkRows = Math.min(promptTokens, i.prefillChunk);
+  if (i.stages.length === 0) {
+    const prefill = chunks * layersRpcs(i, 0, lastLayer, chunkRows);
+    const step = layersRpcs(i, 0, lastLayer, 1);
+    // + the Coordinator's first placement.
+    return { forwards, worker: 1 + prefill + decodes * step, stageCall: 0, perToken: { worker: step, inRegion: 0 } };
+  }
+  const S = i.stages.length;
+  const stageCall = Math.max(...i.stages.map((s, k) => layersRpcs(i, s.first, s.end, chunkRows) + (k + 1 < S ? 1 : 0)));
+  const inRegion = i.stages.reduce((n, s, k) => n + layersRpcs(i, s.first, s.end, 1) + (k + 1 < S ? 1 : 0), 0);
+  // open + end on every stage, one chain call per forward, the Coordinator's pipeline once.
+  return { forwards, worker: 2 * S + forwards + 1, stageCall, perToken: { worker: 1, inRegion } };
+}
+
+/**
+ * The worst request a deployment admits: every split of `maxLen` positions between prompt and
+ * generation is bounded by its two ends (all prompt, or all generation).
+ */
+export function worstCaseRpcs(i: RpcCountInput, maxLen: number): RpcCount {
+  const a = countRpcs(i, maxLen - 1, 1);
+  const b = countRpcs(i, 1, maxLen - 1);
+  return {
+    forwards: Math.max(a.forwards, b.forwards),
+    worker: Math.max(a.worker, b.worker),
+    stageCall: Math.max(a.stageCall, b.stageCall),
+    perToken: b.perToken,
+  };
+}
