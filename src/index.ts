@@ -3,6 +3,7 @@ import { app } from "./app";
 
 export { ExpertHost } from "./experts/expert-host";
 export { Coordinator } from "./coordinator/coordinator";
+export { HeadHost } from "./head/head-host";
 export { StageHost } from "./stages/stage-host";
 
 export default {

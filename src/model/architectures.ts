@@ -558,6 +558,15 @@ export async function openModel(store: FileStore): Promise<{ spec: ModelSpec; ck
   return { spec, ckpt };
 }
 
+/**
+ * Names of the token-embedding table and of the output head [vocabSize, dModel]. With
+ * `tie_word_embeddings` both are the embedding table: one tensor, read once, serving both.
+ */
+export function vocabTensorNames(spec: ModelSpec): { embed: string; head: string; tied: boolean } {
+  const a = ADAPTERS[spec.arch];
+  return { embed: a.embed, head: spec.tieEmbeddings ? a.embed : a.lmHead, tied: spec.tieEmbeddings };
+}
+
 // ── parts of the dense weights (pipeline stages) ─────────────────────────────────────────────
 // A pipeline stage holds a contiguous range of layers; the "ends" (embeddings, final norm,
 // output head) live with whoever embeds tokens and computes logits. Same plan, same shape
