@@ -608,3 +608,10 @@ export function denseEndsBytes(spec: ModelSpec): number {
   const plan = densePlan(spec, () => "");
   return 4 * slots({ embed: plan.embed, finalNorm: plan.finalNorm, lmHead: plan.lmHead }).reduce((n, s) => n + slotFloats(s), 0);
 }
+
+/** Reads the final norm [dModel] alone (the head and embeddings live elsewhere). */
+export async function loadFinalNorm(ckpt: Checkpoint, spec: ModelSpec): Promise<Float32Array> {
+  const plan = densePlanFor(ckpt, spec);
+  checkedInfo(ckpt, plan.finalNorm.tensor, plan.finalNorm.shape);
+  return (await readTree(ckpt, plan.finalNorm)) as Float32Array;
+}

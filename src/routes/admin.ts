@@ -12,6 +12,7 @@ import type { ForwardTrace } from "../serving/model-runtime";
 import { createRng, argmax } from "../serving/sampling";
 import { ModelNotFoundError } from "../platform/model-store";
 import { parseBody } from "./validate";
+import { headStats } from "../head/head-client";
 
 export const admin = new Hono<{ Bindings: Env }>();
 
@@ -101,7 +102,8 @@ admin.get("/hosts", async (c) => {
   const hosts = await Promise.all(placement.instances.map((inst) => c.env.EXPERT_HOST.getByName(inst.name).stats()));
   // Pipeline stages (empty when the Worker runs every layer): bytes held vs budget, KV in use.
   const stages = await Promise.all(rt.pipeline.stages.map((s) => c.env.STAGE_HOST.getByName(s.name).stats()));
-  return c.json({ model: rt.id, version: placement.version, hosts, pipeline_version: rt.pipeline.version, stages });
+  const heads = rt.head ? await headStats(c.env, rt.head) : [];
+  return c.json({ model: rt.id, version: placement.version, hosts, pipeline_version: rt.pipeline.version, stages, heads });
 });
 
 admin.get("/placement", async (c) => {

@@ -52,6 +52,8 @@ export interface ForwardOptions {
  */
 export interface DensePartWeights {
   ends: DenseEnds | null;
+  /** The final norm alone, when the head and embeddings live on HeadHosts (`ends` null). */
+  finalNorm?: Float32Array | null;
   first: number;
   layers: DenseLayerWeights[];
 }
@@ -77,6 +79,7 @@ export class ModelForward {
     readonly spec: ModelSpec,
     readonly kernels: Kernels,
     private readonly ends: Ptrs<DenseEnds> | null,
+    private readonly normW: number | null,
     private readonly layerW: Ptrs<DenseLayerWeights>[],
     first: number,
     readonly routing: RoutingOptions,
@@ -94,7 +97,8 @@ export class ModelForward {
   /** Copies one part of the dense model into the kernels' memory. */
   static createPart(k: Kernels, spec: ModelSpec, part: DensePartWeights, routing: RoutingOptions = ROUTING_OFF): ModelForward {
     const ends = part.ends ? upload(k, part.ends) : null;
-    return new ModelForward(spec, k, ends, upload(k, part.layers), part.first, routing);
+    const norm = ends ? ends.finalNorm : part.finalNorm ? k.allocF32(part.finalNorm) : null;
+    return new ModelForward(spec, k, ends, norm, upload(k, part.layers), part.first, routing);
   }
 
   /** Whether this part holds every layer and the ends (nothing runs elsewhere). */
@@ -180,6 +184,34 @@ export class ModelForward {
     }
   }
 
+  /** Whether this part holds the embedding table and output head. */
+  get holdsEnds(): boolean {
+    return this.ends !== null;
+  }
+
+  /** Embedding rows read elsewhere [n, dModel] → the residual stream (× embedding_multiplier), in place. */
+  scaleEmbeddings(rows: Float32Array): Float32Array {
+    const m = this.spec.multipliers.embedding;
+    if (m !== 1) for (let i = 0; i < rows.length; i++) rows[i] *= m;
+    return rows;
+  }
+
+  /** The final norm on residual rows x [nOut, dModel] (what a HeadHost shard multiplies). */
+  normed(xIn: Float32Array): Float32Array {
+    if (this.normW === null) throw new Error("internal: this part holds no final norm");
+    const { dModel, rmsEps } = this.spec;
+    const arena = new Arena(this.kernels);
+    try {
+      const x = arena.f32(xIn.length);
+      const h = arena.f32(xIn.length);
+      this.kernels.f32(x, xIn.length).set(xIn);
+      this.kernels.rmsnorm(h, x, this.normW, xIn.length / dModel, dModel, rmsEps);
+      return this.kernels.f32(h, xIn.length).slice();
+    } finally {
+      arena.free();
+    }
+  }
+
   /** Final norm and output head on residual rows x [nOut, dModel]: logits [nOut, vocab]. */
   head(xIn: Float32Array): Float32Array {
     const arena = new Arena(this.kernels);
@@ -198,7 +230,7 @@ export class ModelForward {
     const k = this.kernels;
     const xs = k.f32(x, tokens.length * dModel);
     for (let t = 0; t < tokens.length; t++) xs.set(k.f32(w.embed + tokens[t] * dModel * 4, dModel), t * dModel);
-    if (multipliers.embedding !== 1) for (let i = 0; i < xs.length; i++) xs[i] *= multipliers.embedding;
+    if (multipliers.embedding !== 1) this.scaleEmbeddings(xs);
   }
 
   /** Output head on x [nOut, dModel] in Wasm memory, ÷ Granite's logits_scaling. */

@@ -8,7 +8,11 @@
  */
 import { createKernels } from "../kernels/workers";
 import { WASM_MAX_BYTES } from "../kernels/index";
-import { denseEndsBytes, denseLayerBytes, loadDenseEnds, loadDenseWeights } from "../model/architectures";
+import { denseEndsBytes, denseLayerBytes, loadDenseEnds, loadDenseLayers, loadDenseWeights, loadFinalNorm } from "../model/architectures";
+import { CheckpointEmbeddings, type EmbeddingSource } from "../model/embeddings";
+import type { HeadPlacement } from "../coordinator/head-placement";
+import { HeadError, headPlacementFor, loadHead, runHead } from "../head/head-client";
+import { HeadEmbeddings } from "../head/head-embeddings";
 import type { ModelSpec } from "../model/config";
 import { TextTokenizer } from "../model/tokenizer";
 import { parseRoutingOptions } from "../gating/options";
@@ -20,10 +24,10 @@ import { modelPrefix, openModelFromR2 } from "../platform/model-store";
 import { readBudgets, WORKER_SCRATCH_BYTES } from "../platform/budgets";
 import { formatMiB } from "../platform/format";
 import { ApiError, BudgetError } from "../errors";
-import { KV_RETRY_AFTER_MS, PREFILL_CHUNK, readStageBudgets } from "../stages/budgets";
-import { KvLedger } from "../stages/kv-ledger";
-import { StageChain } from "../stages/stage-client";
-import type { StageLayerTrace } from "../stages/protocol";
+import { EMBED_CACHE_BYTES, KV_RETRY_AFTER_MS, PREFILL_CHUNK, readStageBudgets } from "./stage-budgets";
+import { KvLedger } from "./kv-ledger";
+import { StageChain } from "./stage-client";
+import type { StageLayerTrace } from "./stage-protocol";
 import { ModelForward, type ExpertRunner, type Session } from "./forward";
 import { placementInitFor, type ModelPlacementInit } from "./placement-init";
 
@@ -69,6 +73,10 @@ export class ModelRuntime {
     readonly pipeline: PipelinePlacement,
     private readonly chain: StageChain | null,
     private readonly kv: KvLedger<Session>,
+    /** The output head on HeadHost shards (null: the Worker holds it). */
+    readonly head: HeadPlacement | null,
+    /** Embedding rows when the Worker does not hold the table (tied: the HeadHosts; else R2). */
+    private readonly embeddings: EmbeddingSource | null,
   ) {}
 
   /**
@@ -80,12 +88,19 @@ export class ModelRuntime {
     const { spec, ckpt } = opened;
     const budgets = readBudgets(env);
     const stageBudgets = readStageBudgets(env);
+    // The head goes to HeadHost shards when forced (verify --head-shards) or when the embeddings
+    // and head do not fit the Worker; the Worker then keeps the final norm (and, untied, a
+    // bounded cache of embedding rows).
+    const head = stageBudgets.forcedHeadShards > 0 || denseEndsBytes(spec) > budgets.workerBytes
+      ? headPlacementFor(env, id, spec, { shards: stageBudgets.forcedHeadShards || undefined })
+      : null;
+    const headless = 4 * spec.dModel + (spec.tieEmbeddings ? 0 : EMBED_CACHE_BYTES);
     let plan: PipelinePlacement;
     try {
       plan = planPipeline({
         model: id,
         layerBytes: spec.layers.map((_, l) => denseLayerBytes(spec, l)),
-        endsBytes: denseEndsBytes(spec),
+        endsBytes: head ? headless : denseEndsBytes(spec),
         workerBytes: budgets.workerBytes,
         stageBytes: stageBudgets.stageBytes,
         forcedStages: stageBudgets.forcedStages,
@@ -96,17 +111,28 @@ export class ModelRuntime {
     }
     const tokenizer = await loadTokenizer(env.MODELS, id);
     const staged = plan.stages.length > 0;
-    const held = staged ? denseEndsBytes(spec) : totalDense(spec);
+    const held = (head ? headless : denseEndsBytes(spec)) + (staged ? 0 : layerTotal(spec));
     if (held > budgets.workerBytes) {
       throw new BudgetError(`model "${id}" does not fit the Worker: its dense weights need ${formatMiB(held)}, WORKER_BUDGET_MB allows ${formatMiB(budgets.workerBytes)}`);
     }
     const k = createKernels("best", { maxBytes: Math.min(WASM_MAX_BYTES, held + stageBudgets.workerKvBytes + WORKER_SCRATCH_BYTES) });
-    const model = staged
-      ? ModelForward.createPart(k, spec, { ends: await loadDenseEnds(ckpt, spec), first: 0, layers: [] }, routing)
-      : ModelForward.create(k, spec, await loadDenseWeights(ckpt, spec), routing);
+    const layers = staged ? [] : head ? await loadDenseLayers(ckpt, spec, 0, spec.nLayers) : null;
+    const model = layers === null
+      ? ModelForward.create(k, spec, await loadDenseWeights(ckpt, spec), routing)
+      : ModelForward.createPart(k, spec, head ? { ends: null, finalNorm: await loadFinalNorm(ckpt, spec), first: 0, layers } : { ends: await loadDenseEnds(ckpt, spec), first: 0, layers }, routing);
+    let embeddings: EmbeddingSource | null = null;
+    if (head) {
+      try {
+        await loadHead(env, head);
+      } catch (err) {
+        if (err instanceof HeadError && err.code === "budget_exceeded") throw new BudgetError(err.message);
+        throw err;
+      }
+      embeddings = spec.tieEmbeddings ? new HeadEmbeddings(env, head) : CheckpointEmbeddings.open(ckpt, spec, { cacheBytes: EMBED_CACHE_BYTES });
+    }
     const pipeline = staged ? await env.COORDINATOR.getByName(id).ensurePipeline(plan) : plan;
     const chain = staged ? new StageChain(id, pipeline) : null;
-    return new ModelRuntime(id, spec, tokenizer, model, placementInitFor(env, opened), pipeline, chain, new KvLedger(stageBudgets.workerKvBytes));
+    return new ModelRuntime(id, spec, tokenizer, model, placementInitFor(env, opened), pipeline, chain, new KvLedger(stageBudgets.workerKvBytes), head, embeddings);
   }
 
   get kernelFlavor(): string {
@@ -187,24 +213,38 @@ export class ModelRuntime {
     return parts.length === 1 ? parts[0] : concat(parts);
   }
 
-  /** One chunk: the Worker's own layers, or embeddings → stage chain → head. nOut = 0 → no logits. */
+  /**
+   * One chunk: embeddings → the layers (the Worker's own, or the stage chain) → final norm and
+   * head (the Worker's, or the HeadHost shards). nOut = 0 → no logits. When the Worker holds the
+   * whole model, the three run inside its Wasm memory in one call.
+   */
   async #forwardChunk(env: Env, s: RuntimeSession, tokens: number[], rng: () => number, nOut: number, rpcs: ForwardRpcs, trace?: ForwardTrace): Promise<Float32Array> {
     if (s.length + tokens.length > s.maxLen) throw new Error(`session holds ${s.maxLen} positions, asked for ${s.length + tokens.length}`);
+    const onRouting = trace ? (layer: number, routing: Routing) => trace.routing.push({ layer, routing }) : undefined;
     let logits: Float32Array;
-    if (!this.chain) {
+    if (this.model.whole) {
       const placement = await this.placement(env);
-      const out = await this.model.forward(s.local!, tokens, this.#experts(env, placement, rng, rpcs, trace), rng, {
-        allLogits: nOut > 1,
-        onRouting: trace ? (layer, routing) => trace.routing.push({ layer, routing }) : undefined,
-      });
+      const out = await this.model.forward(s.local!, tokens, this.#experts(env, placement, rng, rpcs, trace), rng, { allLogits: nOut > 1, onRouting });
       logits = nOut === 0 ? new Float32Array(0) : out;
     } else {
-      const x = this.model.embed(tokens);
-      const r = await this.chain.run(env, s.id, s.maxLen, s.length, x, Math.max(nOut, 1), trace !== undefined);
-      rpcs.stageCalls += 1;
-      rpcs.total += r.rpcs;
-      if (trace) for (const t of r.trace) recordTrace(trace, t);
-      logits = nOut === 0 ? new Float32Array(0) : this.model.head(r.y);
+      const x = this.embeddings ? this.model.scaleEmbeddings(await this.embeddings.rows(tokens)) : this.model.embed(tokens);
+      let y: Float32Array;
+      if (this.chain) {
+        const r = await this.chain.run(env, s.id, s.maxLen, s.length, x, Math.max(nOut, 1), trace !== undefined);
+        rpcs.stageCalls += 1;
+        rpcs.total += r.rpcs;
+        if (trace) for (const t of r.trace) recordTrace(trace, t);
+        y = r.y;
+      } else {
+        const placement = await this.placement(env);
+        const all = await this.model.layers(s.local!, x, this.#experts(env, placement, rng, rpcs, trace), rng, onRouting);
+        y = all.subarray(all.length - Math.max(nOut, 1) * this.spec.dModel);
+      }
+      if (nOut === 0) logits = new Float32Array(0);
+      else if (this.head) {
+        logits = await runHead(env, this.head, this.model.normed(y), nOut, "logits");
+        rpcs.total += this.head.shards.length;
+      } else logits = this.model.head(y);
     }
     s.length += tokens.length;
     return logits;
@@ -247,8 +287,8 @@ function busy(message: string): ApiError {
   return new ApiError(429, `the model is at capacity: ${message}`, "service_unavailable", null, "kv_cache_full", Math.ceil(KV_RETRY_AFTER_MS / 1000));
 }
 
-function totalDense(spec: ModelSpec): number {
-  return denseEndsBytes(spec) + spec.layers.reduce((n, _, l) => n + denseLayerBytes(spec, l), 0);
+function layerTotal(spec: ModelSpec): number {
+  return spec.layers.reduce((n, _, l) => n + denseLayerBytes(spec, l), 0);
 }
 
 function concat(parts: Float32Array[]): Float32Array {

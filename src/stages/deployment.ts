@@ -11,11 +11,15 @@ import { readBudgets } from "../platform/budgets";
 import { numberVar, type Vars } from "../platform/env";
 import { MAX_ATTEMPTS } from "../experts/fanout-policy";
 import { kvLayout } from "../serving/attention";
-import { PREFILL_CHUNK, readStageBudgets } from "./budgets";
+import { planHeadShards, type HeadPlacement } from "../coordinator/head-placement";
+import { headHostBudgetBytes } from "../head/budget";
+import { EMBED_CACHE_BYTES, PREFILL_CHUNK, readStageBudgets } from "../serving/stage-budgets";
 import type { RpcCountInput } from "./rpc-count";
 
 export interface DeploymentShape {
   pipeline: PipelinePlacement;
+  /** The output head's shards (null: the Worker holds the head). */
+  head: HeadPlacement | null;
   expertHosts: number;
   /** Longest prompt + generation one request may have (context, or less if the KV budget binds). */
   maxLen: number;
@@ -32,10 +36,15 @@ export function kvBytesPerPosition(spec: ModelSpec, first: number, end: number):
 export function deploymentShape(spec: ModelSpec, vars: Vars, expertBytes: number, model = "model"): DeploymentShape {
   const budgets = readBudgets(vars);
   const stageBudgets = readStageBudgets(vars);
+  // Same rule as ModelRuntime.load: the head leaves the Worker when forced or when it does not fit.
+  const forcedHead = stageBudgets.forcedHeadShards;
+  const head = forcedHead > 0 || denseEndsBytes(spec) > budgets.workerBytes
+    ? planHeadShards({ model, vocabSize: spec.vocabSize, dModel: spec.dModel, bytesPerRow: 4 * spec.dModel, budgetBytes: headHostBudgetBytes(vars), shards: forcedHead || undefined })
+    : null;
   const pipeline = planPipeline({
     model,
     layerBytes: spec.layers.map((_, l) => denseLayerBytes(spec, l)),
-    endsBytes: denseEndsBytes(spec),
+    endsBytes: head ? 4 * spec.dModel + (spec.tieEmbeddings ? 0 : EMBED_CACHE_BYTES) : denseEndsBytes(spec),
     workerBytes: budgets.workerBytes,
     stageBytes: stageBudgets.stageBytes,
     forcedStages: stageBudgets.forcedStages,
@@ -57,6 +66,7 @@ export function deploymentShape(spec: ModelSpec, vars: Vars, expertBytes: number
   const maxLen = Math.min(maxServableTokens(spec), ...kvLimits);
   return {
     pipeline,
+    head,
     expertHosts: experts.instances.length,
     maxLen,
     rpcInput: {
@@ -66,6 +76,8 @@ export function deploymentShape(spec: ModelSpec, vars: Vars, expertBytes: number
       stages: pipeline.stages,
       prefillChunk: PREFILL_CHUNK,
       attempts: MAX_ATTEMPTS,
+      headShards: head?.shards.length ?? 0,
+      embeddings: head === null ? "worker" : spec.tieEmbeddings ? "head-hosts" : "r2",
     },
   };
 }

@@ -17,6 +17,10 @@ export interface RpcCountInput {
   prefillChunk: number;
   /** Tries per expert batch (the fan-out fails over to another replica). */
   attempts: number;
+  /** HeadHost shards of the output head (0 = the Worker holds it): one RPC each per forward. */
+  headShards: number;
+  /** Where embedding rows come from when the Worker lacks the table: the HeadHosts (tied), R2, or none. */
+  embeddings: "worker" | "head-hosts" | "r2";
 }
 
 export interface RpcCount {
@@ -44,6 +48,12 @@ function layersRpcs(i: RpcCountInput, first: number, end: number, n: number): nu
 }
 
 /** RPCs of one request of `promptTokens` + `maxTokens` (every token generated, no early stop). */
+/** Head and embedding RPCs of one forward call of n tokens (≤ one embedding read per token). */
+function endsRpcs(i: RpcCountInput, n: number): number {
+  const embed = i.embeddings === "head-hosts" ? Math.min(i.headShards, n) : i.embeddings === "r2" ? n : 0;
+  return i.headShards + embed;
+}
+
 export function countRpcs(i: RpcCountInput, promptTokens: number, maxTokens: number): RpcCount {
   const chunks = Math.ceil(promptTokens / i.prefillChunk);
   const decodes = maxTokens - 1; // the last token is sampled from the previous step's logits
@@ -51,16 +61,18 @@ export function countRpcs(i: RpcCountInput, promptTokens: number, maxTokens: num
   const lastLayer = Math.max(...i.moeLayers, ...i.stages.map((s) => s.end - 1), 0) + 1;
   const chunkRows = Math.min(promptTokens, i.prefillChunk);
   if (i.stages.length === 0) {
-    const prefill = chunks * layersRpcs(i, 0, lastLayer, chunkRows);
-    const step = layersRpcs(i, 0, lastLayer, 1);
-    // + the Coordinator's first placement.
-    return { forwards, worker: 1 + prefill + decodes * step, stageCall: 0, perToken: { worker: step, inRegion: 0 } };
+    const prefill = chunks * (layersRpcs(i, 0, lastLayer, chunkRows) + endsRpcs(i, chunkRows));
+    const step = layersRpcs(i, 0, lastLayer, 1) + endsRpcs(i, 1);
+    // + the Coordinator's first placement and the head's first load.
+    return { forwards, worker: 1 + i.headShards + prefill + decodes * step, stageCall: 0, perToken: { worker: step, inRegion: 0 } };
   }
   const S = i.stages.length;
   const stageCall = Math.max(...i.stages.map((s, k) => layersRpcs(i, s.first, s.end, chunkRows) + (k + 1 < S ? 1 : 0)));
   const inRegion = i.stages.reduce((n, s, k) => n + layersRpcs(i, s.first, s.end, 1) + (k + 1 < S ? 1 : 0), 0);
-  // open + end on every stage, one chain call per forward, the Coordinator's pipeline once.
-  return { forwards, worker: 2 * S + forwards + 1, stageCall, perToken: { worker: 1, inRegion } };
+  // open + end on every stage, one chain call + the ends per forward, the Coordinator's pipeline
+  // and the head's first load once.
+  const worker = 2 * S + 1 + i.headShards + chunks * (1 + endsRpcs(i, chunkRows)) + decodes * (1 + endsRpcs(i, 1));
+  return { forwards, worker, stageCall, perToken: { worker: 1 + endsRpcs(i, 1), inRegion } };
 }
 
 /**

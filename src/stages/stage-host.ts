@@ -4,7 +4,7 @@
  * STAGE_HOST_BUDGET_MB — and the KV caches of the sessions passing through, under
  * STAGE_KV_BUDGET_MB. It runs its layers with the same `ModelForward` the Worker uses, sends its
  * MoE layers' routed experts through the same `runExperts` fan-out, and passes the residual
- * stream on to the next stage itself (see protocol.ts).
+ * stream on to the next stage itself (see serving/stage-protocol.ts).
  */
 import { DurableObject } from "cloudflare:workers";
 import { createKernels } from "../kernels/workers";
@@ -17,9 +17,9 @@ import { ModelForward, type ExpertRunner, type Session } from "../serving/forwar
 import { placementInitFor, type ModelPlacementInit } from "../serving/placement-init";
 import { createRng } from "../serving/sampling";
 import type { Routing } from "../gating/router";
-import { KV_RETRY_AFTER_MS, readStageBudgets, SESSION_IDLE_MS, STAGE_SCRATCH_BYTES } from "./budgets";
-import { KvLedger } from "./kv-ledger";
-import type { StageFailure, StageFailureCode, StageHop, StageHostStats, StageLayerTrace, StageMoeResult, StageRunRequest, StageRunResult } from "./protocol";
+import { KV_RETRY_AFTER_MS, readStageBudgets, SESSION_IDLE_MS, STAGE_SCRATCH_BYTES } from "../serving/stage-budgets";
+import { KvLedger } from "../serving/kv-ledger";
+import type { StageFailure, StageFailureCode, StageHop, StageHostStats, StageLayerTrace, StageMoeResult, StageRunRequest, StageRunResult } from "../serving/stage-protocol";
 
 /** What one instance holds once opened. */
 interface StagePart {

@@ -19,6 +19,9 @@ const MAY_IMPORT: Record<string, readonly string[]> = {
   head: ["kernels", "model", "platform", "coordinator", "errors"],
   serving: ["kernels", "gating", "model", "platform", "experts", "coordinator", "head", "errors"],
   routes: ["kernels", "gating", "model", "platform", "experts", "coordinator", "head", "serving", "errors"],
+  // The StageHost DO runs the serving forward pass on its layer range (a surface, like routes);
+  // the Worker's side of the pipeline (client, protocol, KV admission) lives in serving.
+  stages: ["kernels", "gating", "model", "platform", "experts", "coordinator", "head", "serving", "errors"],
   errors: [],
   app: ["*"],
   index: ["*"],

@@ -24,7 +24,7 @@ function tomlValue(section: string, key: string): string {
 }
 
 const vars = Object.fromEntries(
-  ["EXPERT_HOST_BUDGET_MB", "WORKER_BUDGET_MB", "MIN_EXPERT_HOSTS", "SPARE_SLOT_FRACTION", "STAGE_HOST_BUDGET_MB", "STAGE_KV_BUDGET_MB", "WORKER_KV_BUDGET_MB", "PIPELINE_STAGES"].map((k) => [k, tomlValue("vars", k)]),
+  ["EXPERT_HOST_BUDGET_MB", "WORKER_BUDGET_MB", "MIN_EXPERT_HOSTS", "SPARE_SLOT_FRACTION", "STAGE_HOST_BUDGET_MB", "STAGE_KV_BUDGET_MB", "WORKER_KV_BUDGET_MB", "PIPELINE_STAGES", "HEAD_HOST_BUDGET_MB"].map((k) => [k, tomlValue("vars", k)]),
 );
 const SUBREQUESTS = Number(tomlValue("limits", "subrequests"));
 // The published config.json (a copy of ../shared/configs/granite-3.1-1b-a400m.json).
@@ -32,11 +32,14 @@ const GRANITE = join(ROOT, "tests", "fixtures", "configs", "granite-3.1-1b-a400m
 
 describe("RPC count per invocation", () => {
   it("counts one chain call per forward for the Worker when stages run the layers", () => {
-    const i = { moeLayers: [0, 1, 2, 3], topK: 2, expertHosts: 4, stages: [{ first: 0, end: 2 }, { first: 2, end: 4 }], prefillChunk: 128, attempts: 3 };
+    const i = { moeLayers: [0, 1, 2, 3], topK: 2, expertHosts: 4, stages: [{ first: 0, end: 2 }, { first: 2, end: 4 }], prefillChunk: 128, attempts: 3, headShards: 0, embeddings: "worker" as const };
     const r = countRpcs(i, 300, 10);
     expect(r.forwards).toBe(3 + 9);
     expect(r.worker).toBe(2 * 2 + 12 + 1);
     expect(r.perToken.worker).toBe(1);
+    // With the head on 3 HeadHosts that also serve the tied embeddings: + 3 head + 1 embedding per token.
+    const h = countRpcs({ ...i, headShards: 3, embeddings: "head-hosts" }, 300, 10);
+    expect(h.perToken.worker).toBe(1 + 3 + 1);
     // Per stage per token: 2 MoE layers × 3 attempts × min(4 hosts, 1 × top-2) + placement/load, + 1 hop from stage 0.
     expect(r.perToken.inRegion).toBe(2 * (2 * 3 * 2 + 2) + 1);
   });
@@ -57,11 +60,13 @@ describe("RPC count per invocation", () => {
     const spec = parseConfig(JSON.parse(readFileSync(GRANITE, "utf8")));
     const d = deploymentShape(spec, vars, expertBytesF32(spec), "granite");
     expect(d.pipeline.stages.length).toBeGreaterThan(1);
+    expect(d.head?.shards.length).toBeGreaterThan(1);
     expect(d.maxLen).toBeLessThan(spec.maxPositions);
     const w = worstCaseRpcs(d.rpcInput, d.maxLen);
     expect(w.worker).toBeLessThanOrEqual(SUBREQUESTS);
     expect(w.stageCall).toBeLessThanOrEqual(SUBREQUESTS);
-    expect(w.perToken.worker).toBe(1);
+    // One chain call, one call per head shard, one embedding read from the shard holding the id.
+    expect(w.perToken.worker).toBe(1 + d.head!.shards.length + 1);
   });
 
   it("cpu_ms is set to the platform maximum (long generations on the Worker's fast path)", () => {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { KvLedger } from "../../../src/stages/kv-ledger";
+import { KvLedger } from "../../../src/serving/kv-ledger";
 
 describe("KvLedger", () => {
   it("admits sessions until the budget is full, refuses the next, and frees on remove", () => {

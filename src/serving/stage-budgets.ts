@@ -29,7 +29,12 @@ export interface StageBudgets {
   workerKvBytes: number;
   /** Force this many pipeline stages (0 = from the budgets). */
   forcedStages: number;
+  /** Force the output head onto this many HeadHost shards (0 = only when it does not fit the Worker). */
+  forcedHeadShards: number;
 }
+
+/** Embedding rows the Worker caches when the table is not in its memory (untied models). */
+export const EMBED_CACHE_BYTES = 4 * MIB;
 
 export function readStageBudgets(env: Vars): StageBudgets {
   const stageBytes = mibVar(env, "STAGE_HOST_BUDGET_MB", 64);
@@ -44,5 +49,6 @@ export function readStageBudgets(env: Vars): StageBudgets {
   }
   const workerKvBytes = mibVar(env, "WORKER_KV_BUDGET_MB", 24);
   const forcedStages = intVar(env, "PIPELINE_STAGES", 0, { min: 0, max: 1024 });
-  return { stageBytes, stageKvBytes, workerKvBytes, forcedStages };
+  const forcedHeadShards = intVar(env, "HEAD_SHARDS", 0, { min: 0, max: 4096 });
+  return { stageBytes, stageKvBytes, workerKvBytes, forcedStages, forcedHeadShards };
 }

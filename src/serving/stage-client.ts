@@ -1,12 +1,12 @@
 /**
  * @module The Worker's side of the pipeline: one chain call per prompt chunk or decode token
- * (stage 0 passes the residual stream on to stage 1 and so on; see protocol.ts), session
+ * (stage 0 passes the residual stream on to stage 1 and so on; see stage-protocol.ts), session
  * admission on every stage before a response starts (a full stage → 429 with Retry-After, never
  * a 500 mid-stream), and freeing the sessions' KV caches when a request ends.
  */
 import { ApiError } from "../errors";
 import type { PipelinePlacement } from "../coordinator/pipeline-placement";
-import type { StageFailure, StageHop, StageLayerTrace } from "./protocol";
+import type { StageFailure, StageHop, StageLayerTrace } from "./stage-protocol";
 
 export class StageChain {
   readonly route: StageHop[];
