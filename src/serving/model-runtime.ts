@@ -26,7 +26,8 @@ import { formatMiB } from "../platform/format";
 import { ApiError, BudgetError } from "../errors";
 import { EMBED_CACHE_BYTES, KV_RETRY_AFTER_MS, PREFILL_CHUNK, readStageBudgets } from "./stage-budgets";
 import { KvLedger } from "./kv-ledger";
-import { StageChain } from "./stage-client";
+import { StageChain, stageError } from "./stage-client";
+import { decodeTokenStream, type DecodeRequest } from "./decode-loop";
 import type { StageLayerTrace } from "./stage-protocol";
 import { ModelForward, type ExpertRunner, type Session } from "./forward";
 import { placementInitFor, type ModelPlacementInit } from "./placement-init";
@@ -188,6 +189,29 @@ export class ModelRuntime {
     return env && this.chain ? this.chain.end(env, s.id) : Promise.resolve();
   }
 
+  /** Whether requests' decode loops run in the model's region (pipeline stages) rather than here. */
+  get drivenRemotely(): boolean {
+    return this.chain !== null;
+  }
+
+  /**
+   * Runs the decode loop of an opened session on a session driver in the model's region (a
+   * StageHost instance that holds no layers) and returns the token ids it streams back.
+   */
+  async driveRemotely(env: Env, s: RuntimeSession, loop: Omit<DecodeRequest, "model" | "session">): Promise<AsyncGenerator<number>> {
+    const drivers = Math.max(1, this.pipeline.stages.length);
+    const name = driverName(this.id, parseInt(s.id.slice(0, 6), 16) % drivers);
+    const r = await env.STAGE_HOST.getByName(name).decode({ ...loop, model: this.id, session: s.id, maxLen: s.maxLen });
+    if (!r.ok) throw stageError(r);
+    return decodeTokenStream(r.tokens);
+  }
+
+  /** A session opened elsewhere (by the Worker), driven here: same id on every stage. */
+  adoptSession(id: string, maxLen: number): RuntimeSession {
+    if (this.model.end !== this.model.first) throw new Error("internal: only a pipeline's session can be driven remotely");
+    return new RuntimeSession(id, maxLen, null);
+  }
+
   async placement(env: Env) {
     return currentPlacement(env, this.placementInit);
   }
@@ -281,6 +305,11 @@ export class ModelRuntime {
 function recordTrace(trace: ForwardTrace, t: StageLayerTrace): void {
   trace.routing.push({ layer: t.layer, routing: { n: t.n, topK: t.topK, ids: t.ids, weights: t.weights } });
   trace.dispatch.push({ layer: t.layer, rpcs: t.rpcs });
+}
+
+/** DO name of session driver k of a model (a StageHost that holds no layers). */
+export function driverName(model: string, k: number): string {
+  return `${model}/driver/${k}`;
 }
 
 function busy(message: string): ApiError {

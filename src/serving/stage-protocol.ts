@@ -60,6 +60,9 @@ export type StageRunResult =
     }
   | StageFailure;
 
+/** A session driver's answer: token ids as little-endian int32 (serving/decode-loop.ts). */
+export type StageDecodeResult = { ok: true; tokens: ReadableStream<Uint8Array> } | StageFailure;
+
 export type StageMoeResult = { ok: true; out: Float32Array; trace: StageLayerTrace } | StageFailure;
 
 export interface StageHostStats {

@@ -2,7 +2,8 @@
  * @module RPCs (subrequests) per invocation, counted from the design (pure), so the platform's
  * per-invocation limits are checked in tests for the worst case — longest generation, largest
  * prompt — instead of discovered in production. One request is one invocation of the Worker;
- * every `run` call a StageHost receives is one invocation of that StageHost.
+ * every `run` call a StageHost receives is one invocation of that StageHost, and a session
+ * driver's one `decode` call (the whole decode loop of a pipelined request) is one invocation.
  */
 
 export interface RpcCountInput {
@@ -30,6 +31,8 @@ export interface RpcCount {
   worker: number;
   /** Most subrequests of one StageHost invocation (one `run` call). */
   stageCall: number;
+  /** Subrequests of the session driver's invocation (its one `decode` call runs the whole loop). */
+  driverCall: number;
   /** Per decode token: RPCs the Worker makes, and RPCs inside the model's region. */
   perToken: { worker: number; inRegion: number };
 }
@@ -64,15 +67,17 @@ export function countRpcs(i: RpcCountInput, promptTokens: number, maxTokens: num
     const prefill = chunks * (layersRpcs(i, 0, lastLayer, chunkRows) + endsRpcs(i, chunkRows));
     const step = layersRpcs(i, 0, lastLayer, 1) + endsRpcs(i, 1);
     // + the Coordinator's first placement and the head's first load.
-    return { forwards, worker: 1 + i.headShards + prefill + decodes * step, stageCall: 0, perToken: { worker: step, inRegion: 0 } };
+    return { forwards, worker: 1 + i.headShards + prefill + decodes * step, stageCall: 0, driverCall: 0, perToken: { worker: step, inRegion: 0 } };
   }
   const S = i.stages.length;
   const stageCall = Math.max(...i.stages.map((s, k) => layersRpcs(i, s.first, s.end, chunkRows) + (k + 1 < S ? 1 : 0)));
   const inRegion = i.stages.reduce((n, s, k) => n + layersRpcs(i, s.first, s.end, 1) + (k + 1 < S ? 1 : 0), 0);
-  // open + end on every stage, one chain call + the ends per forward, the Coordinator's pipeline
-  // and the head's first load once.
-  const worker = 2 * S + 1 + i.headShards + chunks * (1 + endsRpcs(i, chunkRows)) + decodes * (1 + endsRpcs(i, 1));
-  return { forwards, worker, stageCall, perToken: { worker: 1 + endsRpcs(i, 1), inRegion } };
+  // The session driver (in the region) makes one chain call + the ends per forward, the
+  // Coordinator's pipeline and the head's first load once, and frees the session on every stage.
+  const driverCall = 1 + i.headShards + chunks * (1 + endsRpcs(i, chunkRows)) + decodes * (1 + endsRpcs(i, 1)) + S;
+  // The Worker: the same first-load calls, open + end on every stage, one `decode` call.
+  const worker = 1 + i.headShards + 2 * S + 1;
+  return { forwards, worker, stageCall, driverCall, perToken: { worker: 0, inRegion: inRegion + 1 + endsRpcs(i, 1) } };
 }
 
 /**
@@ -86,6 +91,7 @@ export function worstCaseRpcs(i: RpcCountInput, maxLen: number): RpcCount {
     forwards: Math.max(a.forwards, b.forwards),
     worker: Math.max(a.worker, b.worker),
     stageCall: Math.max(a.stageCall, b.stageCall),
+    driverCall: Math.max(a.driverCall, b.driverCall),
     perToken: b.perToken,
   };
 }

@@ -2,7 +2,8 @@
  * @module StageHost: a Durable Object holding one contiguous range of a model's layers — their
  * dense weights (attention, norms, router, shared experts, dense MLPs) in Wasm memory under
  * STAGE_HOST_BUDGET_MB — and the KV caches of the sessions passing through, under
- * STAGE_KV_BUDGET_MB. It runs its layers with the same `ModelForward` the Worker uses, sends its
+ * STAGE_KV_BUDGET_MB. An instance holding no layers is a session driver (`decode`): it runs a
+ * request's decode loop in the region and streams the tokens back. It runs its layers with the same `ModelForward` the Worker uses, sends its
  * MoE layers' routed experts through the same `runExperts` fan-out, and passes the residual
  * stream on to the next stage itself (see serving/stage-protocol.ts).
  */
@@ -15,11 +16,13 @@ import { currentPlacement, flushLoad, flushLoadSoon, runExperts } from "../exper
 import { parseRoutingOptions } from "../gating/options";
 import { ModelForward, type ExpertRunner, type Session } from "../serving/forward";
 import { placementInitFor, type ModelPlacementInit } from "../serving/placement-init";
+import { getRuntime } from "../serving/model-runtime";
+import { encodeToken, sampledTokens, type DecodeRequest } from "../serving/decode-loop";
 import { createRng } from "../serving/sampling";
 import type { Routing } from "../gating/router";
 import { KV_RETRY_AFTER_MS, readStageBudgets, SESSION_IDLE_MS, STAGE_SCRATCH_BYTES } from "../serving/stage-budgets";
 import { KvLedger } from "../serving/kv-ledger";
-import type { StageFailure, StageFailureCode, StageHop, StageHostStats, StageLayerTrace, StageMoeResult, StageRunRequest, StageRunResult } from "../serving/stage-protocol";
+import type { StageDecodeResult, StageFailure, StageFailureCode, StageHop, StageHostStats, StageLayerTrace, StageMoeResult, StageRunRequest, StageRunResult } from "../serving/stage-protocol";
 
 /** What one instance holds once opened. */
 interface StagePart {
@@ -93,6 +96,50 @@ export class StageHost extends DurableObject<Env> {
       const next = await this.env.STAGE_HOST.getByName(rest[0].name).run({ ...req, x: y, route: rest });
       if (!next.ok) return next;
       return { ok: true, y: next.y, trace: [...trace, ...next.trace], rpcs: rpcs + 1 + next.rpcs };
+    } catch (err) {
+      return failure(err);
+    }
+  }
+
+  /**
+   * Session driver: runs the decode loop of a session the Worker opened — embeddings, the stage
+   * chain, the head shards, sampling — here in the model's region, and streams the token ids
+   * back. Stops when the Worker cancels the stream (stop string, client abort) and frees the
+   * session on every stage when done.
+   */
+  async decode(req: DecodeRequest & { maxLen: number }): Promise<StageDecodeResult> {
+    try {
+      const rt = await getRuntime(this.env, req.model);
+      const session = rt.adoptSession(req.session, req.maxLen);
+      const tokens = sampledTokens(this.env, rt, session, req);
+      let cancelled = false;
+      let finished!: () => void;
+      const done = new Promise<void>((resolve) => (finished = resolve));
+      const stream = new ReadableStream<Uint8Array>({
+        start: (controller) => {
+          // Push as fast as tokens come: the Worker reads them across the WAN without asking.
+          const run = async () => {
+            try {
+              for await (const id of tokens) {
+                if (cancelled) break;
+                controller.enqueue(encodeToken(id));
+              }
+              if (!cancelled) controller.close();
+            } catch (err) {
+              if (!cancelled) controller.error(err instanceof Error ? err : new Error(String(err)));
+            } finally {
+              await rt.endSession(session, this.env);
+              finished();
+            }
+          };
+          this.ctx.waitUntil(run());
+        },
+        cancel: async () => {
+          cancelled = true;
+          await done;
+        },
+      });
+      return { ok: true, tokens: stream };
     } catch (err) {
       return failure(err);
     }

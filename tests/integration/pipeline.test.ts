@@ -11,7 +11,7 @@ import type { LocalWorker } from "../../scripts/lib/local-worker";
 import { verifyFixture, LOGITS_ATOL, MOE_ATOL } from "../../scripts/lib/verify-lib";
 import { parseConfig } from "../../src/model/config";
 import { kvBytesPerPosition } from "../../src/stages/deployment";
-import { ADMIN, FIXTURES, postJson, startWithModels } from "./helpers";
+import { ADMIN, FIXTURES, makeSmallChatModel, postJson, sseData, startWithModels } from "./helpers";
 
 const MIB = 2 ** 20;
 const PROMPT = [29, 192, 173, 88, 189, 139, 156, 188, 151, 153];
@@ -105,5 +105,51 @@ describe("Worker KV budget (the Worker runs every layer)", () => {
     for (const r of results) expect([200, 429]).toContain(r.status);
     expect(results.some((r) => r.status === 429 && Number(r.retryAfter) > 0)).toBe(true);
     expect((await burst(w, 1))[0].status).toBe(200);
+  });
+});
+
+describe("session driver (the decode loop in the model's region)", () => {
+  let staged: LocalWorker;
+  let plain: LocalWorker;
+  beforeAll(async () => {
+    const dir = makeSmallChatModel();
+    staged = await startWithModels({ chat: dir }, { PIPELINE_STAGES: "2", HEAD_SHARDS: "2" });
+    plain = await startWithModels({ chat: dir });
+  });
+  afterAll(async () => {
+    await staged?.dispose();
+    await plain?.dispose();
+  });
+
+  const body = { model: "chat", prompt: [1, 415, 2936, 9060, 285, 1142], max_tokens: 16, temperature: 0.9, top_p: 0.9, seed: 42 };
+
+  it("samples the same tokens as the Worker-only placement (temperature, top_p, seed)", async () => {
+    const a = await postJson(staged, "/v1/completions", body);
+    const b = await postJson(plain, "/v1/completions", body);
+    expect(a.status).toBe(200);
+    expect(a.json.choices[0].token_ids.length).toBeGreaterThan(0);
+    expect(a.json.choices[0].token_ids).toEqual(b.json.choices[0].token_ids);
+  });
+
+  it("streams a chat completion, stops on a stop string, and frees every stage's session", async () => {
+    const full = await postJson(staged, "/v1/completions", { ...body, temperature: 0 });
+    const text: string = full.json.choices[0].text;
+    const stop = text.slice(3, 5);
+    const res = await staged.fetch("/v1/chat/completions", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ model: "chat", messages: [{ role: "user", content: "hello" }], max_tokens: 12, stream: true }),
+    });
+    expect(res.status).toBe(200);
+    const events = sseData(await res.text());
+    expect(events[events.length - 1]).toBe("[DONE]");
+    expect(events.some((e) => e.includes('"finish_reason":"length"') || e.includes('"finish_reason":"stop"'))).toBe(true);
+    if (stop.trim().length > 0) {
+      const cut = await postJson(staged, "/v1/completions", { ...body, temperature: 0, stop: [stop] });
+      expect(cut.json.choices[0].finish_reason).toBe("stop");
+      expect(cut.json.choices[0].text).toBe(text.slice(0, text.indexOf(stop)));
+    }
+    const hosts = (await (await staged.fetch("/admin/hosts?model=chat", { headers: ADMIN })).json()) as { stages: { sessions: number }[] };
+    expect(hosts.stages.map((s) => s.sessions)).toEqual([0, 0]);
   });
 });

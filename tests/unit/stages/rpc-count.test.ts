@@ -31,17 +31,21 @@ const SUBREQUESTS = Number(tomlValue("limits", "subrequests"));
 const GRANITE = join(ROOT, "tests", "fixtures", "configs", "granite-3.1-1b-a400m.json");
 
 describe("RPC count per invocation", () => {
-  it("counts one chain call per forward for the Worker when stages run the layers", () => {
+  it("counts the session driver's calls and none per token for the Worker when stages run the layers", () => {
     const i = { moeLayers: [0, 1, 2, 3], topK: 2, expertHosts: 4, stages: [{ first: 0, end: 2 }, { first: 2, end: 4 }], prefillChunk: 128, attempts: 3, headShards: 0, embeddings: "worker" as const };
     const r = countRpcs(i, 300, 10);
     expect(r.forwards).toBe(3 + 9);
-    expect(r.worker).toBe(2 * 2 + 12 + 1);
-    expect(r.perToken.worker).toBe(1);
+    // The Worker: first load, open + end on 2 stages, one decode call to the session driver.
+    expect(r.worker).toBe(1 + 2 * 2 + 1);
+    // The driver: first load, one chain call per forward, end on 2 stages.
+    expect(r.driverCall).toBe(1 + 12 + 2);
+    expect(r.perToken.worker).toBe(0);
+    // Per token in region: the driver's chain call, then per stage 2 MoE layers × 3 attempts ×
+    // min(4 hosts, 1 × top-2) + placement/load, + 1 hop from stage 0 to stage 1.
+    expect(r.perToken.inRegion).toBe(1 + 2 * (2 * 3 * 2 + 2) + 1);
     // With the head on 3 HeadHosts that also serve the tied embeddings: + 3 head + 1 embedding per token.
     const h = countRpcs({ ...i, headShards: 3, embeddings: "head-hosts" }, 300, 10);
-    expect(h.perToken.worker).toBe(1 + 3 + 1);
-    // Per stage per token: 2 MoE layers × 3 attempts × min(4 hosts, 1 × top-2) + placement/load, + 1 hop from stage 0.
-    expect(r.perToken.inRegion).toBe(2 * (2 * 3 * 2 + 2) + 1);
+    expect(h.perToken.inRegion - r.perToken.inRegion).toBe(3 + 1);
   });
 
   it("the demo's worst request fits [limits] subrequests (the Worker runs every layer)", () => {
@@ -65,8 +69,9 @@ describe("RPC count per invocation", () => {
     const w = worstCaseRpcs(d.rpcInput, d.maxLen);
     expect(w.worker).toBeLessThanOrEqual(SUBREQUESTS);
     expect(w.stageCall).toBeLessThanOrEqual(SUBREQUESTS);
-    // One chain call, one call per head shard, one embedding read from the shard holding the id.
-    expect(w.perToken.worker).toBe(1 + d.head!.shards.length + 1);
+    expect(w.driverCall).toBeLessThanOrEqual(SUBREQUESTS);
+    // The decode loop runs in the region: no Worker↔region round trip per token.
+    expect(w.perToken.worker).toBe(0);
   });
 
   it("cpu_ms is set to the platform maximum (long generations on the Worker's fast path)", () => {
