@@ -47,7 +47,7 @@ export function readStageBudgets(env: Vars): StageBudgets {
       String(stageBytes / MIB),
     );
   }
-  const workerKvBytes = mibVar(env, "WORKER_KV_BUDGET_MB", 24);
+  const workerKvBytes = mibVar(env, "WORKER_KV_BUDGET_MB", 48);
   const forcedStages = intVar(env, "PIPELINE_STAGES", 0, { min: 0, max: 1024 });
   const forcedHeadShards = intVar(env, "HEAD_SHARDS", 0, { min: 0, max: 4096 });
   return { stageBytes, stageKvBytes, workerKvBytes, forcedStages, forcedHeadShards };
