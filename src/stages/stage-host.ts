@@ -112,33 +112,22 @@ export class StageHost extends DurableObject<Env> {
       const rt = await getRuntime(this.env, req.model);
       const session = rt.adoptSession(req.session, req.maxLen);
       const tokens = sampledTokens(this.env, rt, session, req);
-      let cancelled = false;
-      let finished!: () => void;
-      const done = new Promise<void>((resolve) => (finished = resolve));
-      const stream = new ReadableStream<Uint8Array>({
-        start: (controller) => {
-          // Push as fast as tokens come: the Worker reads them across the WAN without asking.
-          const run = async () => {
-            try {
-              for await (const id of tokens) {
-                if (cancelled) break;
-                controller.enqueue(encodeToken(id));
-              }
-              if (!cancelled) controller.close();
-            } catch (err) {
-              if (!cancelled) controller.error(err instanceof Error ? err : new Error(String(err)));
-            } finally {
-              await rt.endSession(session, this.env);
-              finished();
-            }
-          };
-          this.ctx.waitUntil(run());
-        },
-        cancel: async () => {
-          cancelled = true;
-          await done;
-        },
-      });
+      // A native byte stream: the RPC system pumps each write to the Worker as it happens (a JS
+      // ReadableStream's chunks were delivered in one burst at the end).
+      const { readable, writable } = new IdentityTransformStream();
+      const writer = writable.getWriter();
+      const run = async () => {
+        try {
+          for await (const id of tokens) await writer.write(encodeToken(id)); // rejects once the Worker cancels
+          await writer.close();
+        } catch (err) {
+          await writer.abort(err).catch(() => {});
+        } finally {
+          await rt.endSession(session, this.env);
+        }
+      };
+      this.ctx.waitUntil(run());
+      const stream = readable;
       return { ok: true, tokens: stream };
     } catch (err) {
       return failure(err);
