@@ -12,6 +12,7 @@ export { attention } from "./attention";
 export { matmulPacked, expertFfnPacked } from "./packed";
 export { matmulQ8, expertFfnQ8, setQ8Relaxed, probeRelaxed } from "./q8";
 export { streamRead } from "./stream";
+export { matmulQ8g, matmulBf16, gatherQ8g, gatherBf16 } from "./dense";
 
 /** First byte after static data; the TS allocator hands out memory from here up. */
 export function heapBase(): usize {

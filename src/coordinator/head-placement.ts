@@ -14,6 +14,9 @@
 /** Shard boundaries are multiples of this many rows (the matmul kernel's widest row block). */
 export const HEAD_ROW_ALIGN = 4;
 
+/** Kernels.alloc rounds every allocation up to this many bytes. */
+const ALLOC_ALIGN = 16;
+
 /** One HeadHost: rows [rowStart, rowEnd) of the head matrix [vocabSize, dModel]. */
 export interface HeadShard {
   /** Position in `HeadPlacement.shards` (shards are in vocabulary order). */
@@ -22,7 +25,7 @@ export interface HeadShard {
   name: string;
   rowStart: number;
   rowEnd: number;
-  /** Bytes of head weights the shard holds. */
+  /** Bytes of head weights the shard holds (its rows, rounded up to the allocator's 16). */
   bytes: number;
 }
 
@@ -72,15 +75,20 @@ export function planHeadShards(p: HeadPlanInput): HeadPlacement {
   }
   const blocks = Math.ceil(vocabSize / HEAD_ROW_ALIGN);
   const blockBytes = HEAD_ROW_ALIGN * bytesPerRow;
-  const maxBlocks = Math.floor(budgetBytes / blockBytes);
+  // A host's allocation is rounded up to 16 bytes: leave room for it.
+  const maxBlocks = Math.floor(Math.max(0, budgetBytes - (ALLOC_ALIGN - 1)) / blockBytes);
   if (maxBlocks < 1) {
-    throw new HeadPlanError(`a HeadHost budget of ${budgetBytes} bytes holds no block of ${HEAD_ROW_ALIGN} head rows (${blockBytes} bytes)`);
+    throw new HeadPlanError(
+      `a HeadHost budget of ${budgetBytes} bytes holds no block of ${HEAD_ROW_ALIGN} head rows (${blockBytes} bytes)`,
+    );
   }
   const fewest = Math.max(p.minShards ?? 1, Math.ceil(blocks / maxBlocks));
   const m = p.shards ?? fewest;
   if (!Number.isInteger(m) || m < 1) throw new HeadPlanError(`head shards must be a positive integer, got ${m}`);
   if (m > blocks) {
-    throw new HeadPlanError(`${m} head shards is more than the ${blocks} blocks of ${HEAD_ROW_ALIGN} rows a vocabulary of ${vocabSize} has`);
+    throw new HeadPlanError(
+      `${m} head shards is more than the ${blocks} blocks of ${HEAD_ROW_ALIGN} rows a vocabulary of ${vocabSize} has`,
+    );
   }
   if (Math.ceil(blocks / m) > maxBlocks) {
     throw new HeadPlanError(
@@ -93,7 +101,8 @@ export function planHeadShards(p: HeadPlanInput): HeadPlacement {
   for (let i = 0; i < m; i++) {
     const nBlocks = Math.floor(blocks / m) + (i < blocks % m ? 1 : 0);
     const rowEnd = Math.min(vocabSize, row + nBlocks * HEAD_ROW_ALIGN);
-    shards.push({ index: i, name: headShardName(model, row, rowEnd), rowStart: row, rowEnd, bytes: (rowEnd - row) * bytesPerRow });
+    const bytes = Math.ceil(((rowEnd - row) * bytesPerRow) / ALLOC_ALIGN) * ALLOC_ALIGN;
+    shards.push({ index: i, name: headShardName(model, row, rowEnd), rowStart: row, rowEnd, bytes });
     row = rowEnd;
   }
   return { model, vocabSize, dModel, bytesPerRow, shards };
@@ -109,6 +118,7 @@ export function shardOfRow(p: HeadPlacement, id: number): HeadShard {
     else hi = mid - 1;
   }
   const s = p.shards[lo];
-  if (id < s.rowStart || id >= s.rowEnd) throw new RangeError(`row ${id} is outside the vocabulary [0, ${p.vocabSize})`);
+  if (id < s.rowStart || id >= s.rowEnd)
+    throw new RangeError(`row ${id} is outside the vocabulary [0, ${p.vocabSize})`);
   return s;
 }

@@ -15,7 +15,7 @@
  *    (With NaN logits neither scan is meaningful; the model is broken then either way.)
  *
  * Bytes per generated token, M shards, dModel d, vocabulary V: greedy sends 4·d bytes to each shard
- * and gets 8 back (M·(4d + 8) in all: 33 KiB for granite-3.1-1b-a400m on 8 shards);
+ * and gets 8 back (M·(4d + 8) in all: 8 KiB for granite-3.1-1b-a400m on its 2 bf16 shards);
  * sampling at temperature > 0 sends the same and gets the logits row back, 4·V bytes in all
  * (192 KiB for granite's 49155 ids). Exact top-p needs the global order of the whole row, and exact
  * equality with the single-host sampler needs its f64 sums in vocabulary order, so the row is
@@ -24,7 +24,7 @@
 import { planHeadShards, type HeadPlacement, type HeadShard } from "../coordinator/head-placement";
 import type { ModelSpec } from "../model/config";
 import { headHostBudgetBytes } from "./budget";
-import { HEAD_TOKEN_CHUNK } from "./head-store";
+import { HEAD_TOKEN_CHUNK, headShardBytes, type HeadRowFormat } from "./head-store";
 import type { HeadFailureCode, HeadForwardResult, HeadHostStats, HeadMode, HeadShardRef } from "./protocol";
 
 /** Logits bytes one shard returns per call at most (RPC payloads must stay ≤ 32 MiB). */
@@ -43,15 +43,21 @@ export class HeadError extends Error {
 }
 
 /**
- * The head placement for a model from the deployment's HEAD_HOST_BUDGET_MB: the fewest shards of
- * f32 rows that fit (or exactly `shards`, e.g. verify's --head-shards).
+ * The head placement for a model from the deployment's HEAD_HOST_BUDGET_MB: the fewest shards that
+ * fit (or exactly `shards`, e.g. verify's --head-shards). `format`: how the HeadHosts hold rows —
+ * `headRowFormat(ckpt, spec)`; "f32" (the default) never under-counts.
  */
-export function headPlacementFor(env: Env, model: string, spec: ModelSpec, opts: { shards?: number; minShards?: number } = {}): HeadPlacement {
+export function headPlacementFor(
+  env: Env,
+  model: string,
+  spec: ModelSpec,
+  opts: { shards?: number; minShards?: number; format?: HeadRowFormat } = {},
+): HeadPlacement {
   return planHeadShards({
     model,
     vocabSize: spec.vocabSize,
     dModel: spec.dModel,
-    bytesPerRow: 4 * spec.dModel,
+    bytesPerRow: headShardBytes(spec.dModel, 1, opts.format ?? "f32"),
     budgetBytes: headHostBudgetBytes(env),
     shards: opts.shards,
     minShards: opts.minShards,
@@ -86,15 +92,36 @@ export async function headStats(env: Env, p: HeadPlacement): Promise<HeadHostSta
  *  - "greedy" → Int32Array [n] of token ids, identical to argmax over those logits.
  * Throws HeadError when a shard fails (code "budget_exceeded" → the caller answers 503).
  */
-export async function runHead(env: Env, p: HeadPlacement, hidden: Float32Array, n: number, mode: "logits"): Promise<Float32Array>;
-export async function runHead(env: Env, p: HeadPlacement, hidden: Float32Array, n: number, mode: "greedy"): Promise<Int32Array>;
-export async function runHead(env: Env, p: HeadPlacement, hidden: Float32Array, n: number, mode: HeadMode): Promise<Float32Array | Int32Array> {
-  if (hidden.length !== n * p.dModel) throw new RangeError(`hidden must be [${n}, ${p.dModel}], got ${hidden.length} floats`);
+export async function runHead(
+  env: Env,
+  p: HeadPlacement,
+  hidden: Float32Array,
+  n: number,
+  mode: "logits",
+): Promise<Float32Array>;
+export async function runHead(
+  env: Env,
+  p: HeadPlacement,
+  hidden: Float32Array,
+  n: number,
+  mode: "greedy",
+): Promise<Int32Array>;
+export async function runHead(
+  env: Env,
+  p: HeadPlacement,
+  hidden: Float32Array,
+  n: number,
+  mode: HeadMode,
+): Promise<Float32Array | Int32Array> {
+  if (hidden.length !== n * p.dModel)
+    throw new RangeError(`hidden must be [${n}, ${p.dModel}], got ${hidden.length} floats`);
   const logits = mode === "logits" ? new Float32Array(n * p.vocabSize) : null;
   const best = mode === "greedy" ? new GreedyMerge(n) : null;
   for (const [t0, m] of tokenCalls(p, n, mode)) {
     const x = hidden.subarray(t0 * p.dModel, (t0 + m) * p.dModel);
-    const results = await Promise.all(p.shards.map((s) => stub(env, s).forward({ ...ref(p, s), mode, n: m, hidden: x })));
+    const results = await Promise.all(
+      p.shards.map((s) => stub(env, s).forward({ ...ref(p, s), mode, n: m, hidden: x })),
+    );
     // Shards in vocabulary order: the merge below depends on it.
     results.forEach((r, i) => {
       const s = p.shards[i];
@@ -110,7 +137,10 @@ export async function runHead(env: Env, p: HeadPlacement, hidden: Float32Array, 
 export function tokenCalls(p: HeadPlacement, n: number, mode: HeadMode): [number, number][] {
   const widest = Math.max(...p.shards.map((s) => s.rowEnd - s.rowStart));
   const perToken = 4 * (mode === "logits" ? widest : 2) + 4 * p.dModel;
-  const fit = Math.max(HEAD_TOKEN_CHUNK, Math.floor(MAX_HEAD_PAYLOAD_BYTES / perToken / HEAD_TOKEN_CHUNK) * HEAD_TOKEN_CHUNK);
+  const fit = Math.max(
+    HEAD_TOKEN_CHUNK,
+    Math.floor(MAX_HEAD_PAYLOAD_BYTES / perToken / HEAD_TOKEN_CHUNK) * HEAD_TOKEN_CHUNK,
+  );
   const out: [number, number][] = [];
   for (let t = 0; t < n; t += fit) out.push([t, Math.min(fit, n - t)]);
   return out;
@@ -118,12 +148,20 @@ export function tokenCalls(p: HeadPlacement, n: number, mode: HeadMode): [number
 
 function checked(r: HeadForwardResult, s: HeadShard, mode: HeadMode): Exclude<HeadForwardResult, { ok: false }> {
   if (!r.ok) throw new HeadError(r.code, s.name, r.message);
-  if (r.mode !== mode) throw new HeadError("model_error", s.name, `HeadHost ${s.name} answered "${r.mode}" to a "${mode}" call`);
+  if (r.mode !== mode)
+    throw new HeadError("model_error", s.name, `HeadHost ${s.name} answered "${r.mode}" to a "${mode}" call`);
   return r;
 }
 
 /** Copies a shard's [m, rows] slice into the [*, vocab] logits at tokens t0…, columns rowStart…. */
-export function placeSlice(dst: Float32Array, slice: Float32Array, t0: number, m: number, vocab: number, s: { rowStart: number; rowEnd: number }): void {
+export function placeSlice(
+  dst: Float32Array,
+  slice: Float32Array,
+  t0: number,
+  m: number,
+  vocab: number,
+  s: { rowStart: number; rowEnd: number },
+): void {
   const rows = s.rowEnd - s.rowStart;
   for (let t = 0; t < m; t++) dst.set(slice.subarray(t * rows, (t + 1) * rows), (t0 + t) * vocab + s.rowStart);
 }

@@ -34,7 +34,10 @@ export class HeadEmbeddings implements EmbeddingSource {
     const out = new Float32Array(ids.length * d);
     await Promise.all(
       [...byShard].map(async ([s, at]) => {
-        const r = await this.env.HEAD_HOST.getByName(s.name).embed({ model: p.model, rowStart: s.rowStart, rowEnd: s.rowEnd }, at.map((i) => ids[i]));
+        const r = await this.env.HEAD_HOST.getByName(s.name).embed(
+          { model: p.model, rowStart: s.rowStart, rowEnd: s.rowEnd },
+          at.map((i) => ids[i]),
+        );
         if (!r.ok) throw new HeadError(r.code, s.name, r.message);
         at.forEach((pos, j) => out.set(r.rows.subarray(j * d, (j + 1) * d), pos * d));
       }),

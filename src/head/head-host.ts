@@ -12,7 +12,15 @@ import { MemoryBudgetError } from "../kernels/index";
 import { openModelFromR2 } from "../platform/model-store";
 import { headHostBudgetBytes } from "./budget";
 import { HeadStore, HeadStoreFailure } from "./head-store";
-import type { HeadEmbedResult, HeadFailure, HeadForwardRequest, HeadForwardResult, HeadHostStats, HeadLoadResult, HeadShardRef } from "./protocol";
+import type {
+  HeadEmbedResult,
+  HeadFailure,
+  HeadForwardRequest,
+  HeadForwardResult,
+  HeadHostStats,
+  HeadLoadResult,
+  HeadShardRef,
+} from "./protocol";
 
 export class HeadHost extends DurableObject<Env> {
   #store: HeadStore | null = null;
@@ -34,7 +42,11 @@ export class HeadHost extends DurableObject<Env> {
       const store = await this.#open(req);
       if (req.mode === "logits") return { ok: true, mode: "logits", logits: store.logits(req.hidden, req.n) };
       if (req.mode === "greedy") return { ok: true, mode: "greedy", ...store.greedy(req.hidden, req.n) };
-      return { ok: false, code: "bad_request", message: `mode must be "logits" or "greedy", got ${JSON.stringify(req.mode)}` };
+      return {
+        ok: false,
+        code: "bad_request",
+        message: `mode must be "logits" or "greedy", got ${JSON.stringify(req.mode)}`,
+      };
     } catch (err) {
       return failure(err);
     }
@@ -45,7 +57,11 @@ export class HeadHost extends DurableObject<Env> {
     try {
       const store = await this.#open(ref);
       if (store.tensor !== store.embedTensor) {
-        return { ok: false, code: "bad_request", message: `model "${ref.model}" does not tie its embeddings: this HeadHost holds ${store.tensor}` };
+        return {
+          ok: false,
+          code: "bad_request",
+          message: `model "${ref.model}" does not tie its embeddings: this HeadHost holds ${store.tensor}`,
+        };
       }
       return { ok: true, rows: store.embedRows(ids) };
     } catch (err) {
@@ -61,6 +77,7 @@ export class HeadHost extends DurableObject<Env> {
       tensor: s?.tensor ?? null,
       rowStart: s?.ref.rowStart ?? 0,
       rowEnd: s?.ref.rowEnd ?? 0,
+      format: s?.format ?? null,
       kernels: s?.kernels.flavor ?? null,
       bytesLoaded: s?.bytesLoaded ?? 0,
       budgetBytes: headHostBudgetBytes(this.env),
@@ -79,7 +96,11 @@ export class HeadHost extends DurableObject<Env> {
     if (this.#store) {
       if (!same(this.#store.ref)) {
         const h = this.#store.ref;
-        throw new HeadStoreFailure("bad_request", `${this.#label} serves rows [${h.rowStart}, ${h.rowEnd}) of "${h.model}", not [${ref.rowStart}, ${ref.rowEnd}) of "${ref.model}"`);
+        throw new HeadStoreFailure(
+          "bad_request",
+          `${this.#label} serves rows [${h.rowStart}, ${h.rowEnd}) of "${h.model}", ` +
+            `not [${ref.rowStart}, ${ref.rowEnd}) of "${ref.model}"`,
+        );
       }
       return this.#store;
     }

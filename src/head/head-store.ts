@@ -1,20 +1,26 @@
 /**
  * @module One shard of the output head in Wasm memory: rows [rowStart, rowEnd) of lm_head (or of
- * the tied embedding table) as f32, under a byte budget, and the two things done with them — the
+ * the tied embedding table) under a byte budget — bf16 when the checkpoint stores bf16 (kept bit
+ * for bit, half the bytes), else f32 (F16 widens exactly) — and the two things done with them — the
  * shard's logits slice, or its greedy answer (max and argmax per token). Platform-agnostic (give it
  * a Kernels factory): the HeadHost DO wraps one, Node tests drive one directly.
  *
  * Loading streams the rows from the checkpoint in bounded chunks decoded straight into Wasm memory
- * (Checkpoint.readF32RowsInto), so the JS heap never holds more than HEAD_LOAD_CHUNK_BYTES of it.
+ * (Checkpoint.readF32RowsInto, or src/kernels/dense.ts's row writer for bf16), so the JS heap never
+ * holds more than about HEAD_LOAD_CHUNK_BYTES of it.
  *
- * Exactness: the kernel is the same `matmul` the single-isolate forward pass uses for its head, on
- * the same rows; shard boundaries are multiples of HEAD_ROW_ALIGN (src/coordinator/head-placement.ts)
- * and tokens go to the kernel in chunks of HEAD_TOKEN_CHUNK (a multiple of 4, the kernel's token
- * tile), so every logit is summed in the same order as in an unsplit [n, vocab] product. The
- * division by logits_scaling is the same f32 expression forward.ts applies.
+ * Exactness: the kernel is the one an unsplit head of the same format runs (`matmul` for f32, the
+ * f32 head of the single-isolate forward pass; `matmulBf16` for bf16), on the same rows; shard
+ * boundaries are multiples of HEAD_ROW_ALIGN (src/coordinator/head-placement.ts) — both kernels
+ * take rows in blocks of ≤ 4 and sum the ragged last rows in another order — and tokens go to the
+ * kernel in chunks of HEAD_TOKEN_CHUNK (a multiple of 4, `matmul`'s token tile), so every logit is
+ * summed in the same order as in an unsplit [n, vocab] product. The division by logits_scaling is
+ * the same f32 expression forward.ts applies. (The relaxed build's bf16 kernel uses relaxed_madd,
+ * fused or not by the CPU: shards agree with an unsplit head on the same kind of machine.)
  */
 import type { Kernels } from "../kernels/index";
 import { WASM_MAX_BYTES } from "../kernels/index";
+import { DenseMatrixWriter, denseMatrixBytes, type DenseMatrix } from "../kernels/dense";
 import { HEAD_ROW_ALIGN } from "../coordinator/head-placement";
 import { vocabTensorNames } from "../model/architectures";
 import type { ModelSpec } from "../model/config";
@@ -42,9 +48,16 @@ export function headScratchBytes(dModel: number, rows: number): number {
   return 4 * HEAD_TOKEN_CHUNK * (dModel + rows) + 64 * 1024;
 }
 
-/** Bytes the shard's weights take as held (f32 rows). */
-export function headShardBytes(dModel: number, rows: number): number {
-  return 4 * dModel * rows;
+/** How head rows are held: bf16 when stored bf16 (lossless), else f32. */
+export type HeadRowFormat = "f32" | "bf16";
+
+export function headRowFormat(ckpt: Checkpoint, spec: ModelSpec): HeadRowFormat {
+  return ckpt.info(vocabTensorNames(spec).head).dtype === "BF16" ? "bf16" : "f32";
+}
+
+/** Bytes `rows` head rows take as held. */
+export function headShardBytes(dModel: number, rows: number, format: HeadRowFormat): number {
+  return denseMatrixBytes(rows, dModel, format);
 }
 
 export interface HeadStoreOptions {
@@ -69,11 +82,18 @@ export class HeadStore {
     readonly dModel: number,
     /** logits_scaling (1 outside Granite). */
     readonly logitsScale: number,
-    readonly bytesLoaded: number,
     readonly kernels: Kernels,
-    /** [rows, dModel] f32 */
-    private readonly w: number,
+    /** [rows, dModel] in `format` */
+    private readonly w: DenseMatrix,
   ) {}
+
+  get format(): HeadRowFormat {
+    return this.w.format === "bf16" ? "bf16" : "f32";
+  }
+
+  get bytesLoaded(): number {
+    return this.w.bytes;
+  }
 
   get rows(): number {
     return this.ref.rowEnd - this.ref.rowStart;
@@ -84,7 +104,14 @@ export class HeadStore {
     const { rowStart, rowEnd } = ref;
     const V = spec.vocabSize;
     const aligned = rowStart % HEAD_ROW_ALIGN === 0 && (rowEnd % HEAD_ROW_ALIGN === 0 || rowEnd === V);
-    if (!Number.isInteger(rowStart) || !Number.isInteger(rowEnd) || rowStart < 0 || rowEnd > V || rowStart >= rowEnd || !aligned) {
+    if (
+      !Number.isInteger(rowStart) ||
+      !Number.isInteger(rowEnd) ||
+      rowStart < 0 ||
+      rowEnd > V ||
+      rowStart >= rowEnd ||
+      !aligned
+    ) {
       throw new HeadStoreFailure(
         "bad_request",
         `${opts.label}: rows [${rowStart}, ${rowEnd}) are not a head shard of "${ref.model}" (vocabulary ${V}; ` +
@@ -95,26 +122,33 @@ export class HeadStore {
     const { dModel } = spec;
     const names = vocabTensorNames(spec);
     const tensor = names.head;
-    const bytes = headShardBytes(dModel, rows);
+    const format = headRowFormat(ckpt, spec);
+    const bytes = headShardBytes(dModel, rows, format);
     if (bytes > opts.budgetBytes) {
       throw new HeadStoreFailure(
         "budget_exceeded",
-        `${opts.label}: rows [${rowStart}, ${rowEnd}) of "${tensor}" need ${formatMiB(bytes)} as f32, over the ` +
-          `${formatMiB(opts.budgetBytes)} budget; split the head over more shards`,
+        `${opts.label}: rows [${rowStart}, ${rowEnd}) of "${tensor}" ` +
+          `need ${formatMiB(bytes)} (${bytes} bytes) as ${format}, over the ` +
+          `${formatMiB(opts.budgetBytes)} (${opts.budgetBytes} bytes) budget; split the head over more shards`,
       );
     }
     const maxBytes = Math.min(WASM_MAX_BYTES, bytes + headScratchBytes(dModel, rows));
     const k = opts.kernels(maxBytes);
-    const w = k.alloc(bytes);
-    const info = ckpt.info(tensor);
-    const esize = info.byteLength / Math.max(1, info.shape.reduce((a, b) => a * b, 1));
-    const chunkRows = Math.max(1, Math.floor(HEAD_LOAD_CHUNK_BYTES / (dModel * esize)));
-    for (let r = 0; r < rows; r += chunkRows) {
-      const m = Math.min(chunkRows, rows - r);
-      // A fresh view per chunk: nothing else allocates meanwhile, but a view must never outlive an await.
-      await ckpt.readF32RowsInto(tensor, rowStart + r, m, k.f32(w + r * dModel * 4, m * dModel));
+    const chunkRows = Math.max(1, Math.floor(HEAD_LOAD_CHUNK_BYTES / (dModel * 4)));
+    // Allocates the matrix up front at its exact size (MemoryBudgetError before any read).
+    const writer = new DenseMatrixWriter(k, { rows, cols: dModel, source: "F32", format });
+    try {
+      for (let r = 0; r < rows; r += chunkRows) {
+        const m = Math.min(chunkRows, rows - r);
+        // bf16 values decoded to f32 convert back to the same bf16 bits (round to nearest even).
+        const f32 = await ckpt.readF32Rows(tensor, rowStart + r, m);
+        writer.push(new Uint8Array(f32.buffer, f32.byteOffset, f32.byteLength));
+      }
+      return new HeadStore(ref, tensor, names.embed, dModel, spec.multipliers.logitsScale, k, writer.finish());
+    } catch (err) {
+      writer.abort();
+      throw err;
     }
-    return new HeadStore(ref, tensor, names.embed, dModel, spec.multipliers.logitsScale, bytes, k, w);
   }
 
   /** logits [n, rows] of hidden [n, dModel] (after the final norm), ÷ logits_scaling. */
@@ -146,15 +180,33 @@ export class HeadStore {
   /** Rows of the held table for vocabulary ids in [rowStart, rowEnd): [ids.length, dModel]. */
   embedRows(ids: readonly number[]): Float32Array {
     const { dModel } = this;
-    const out = new Float32Array(ids.length * dModel);
-    for (let i = 0; i < ids.length; i++) {
-      const id = ids[i];
+    const k = this.kernels;
+    for (const id of ids) {
       if (!Number.isInteger(id) || id < this.ref.rowStart || id >= this.ref.rowEnd) {
-        throw new HeadStoreFailure("bad_request", `token id ${id} is not in this shard's rows [${this.ref.rowStart}, ${this.ref.rowEnd})`);
+        throw new HeadStoreFailure(
+          "bad_request",
+          `token id ${id} is not in this shard's rows [${this.ref.rowStart}, ${this.ref.rowEnd})`,
+        );
       }
-      out.set(this.kernels.f32(this.w + (id - this.ref.rowStart) * dModel * 4, dModel), i * dModel);
     }
-    return out;
+    const out = new Float32Array(ids.length * dModel);
+    const chunk = Math.min(ids.length, HEAD_TOKEN_CHUNK); // bounded scratch whatever the prompt length
+    if (chunk === 0) return out;
+    const pIds = k.alloc(chunk * 4);
+    const rows = k.alloc(chunk * dModel * 4);
+    try {
+      for (let i0 = 0; i0 < ids.length; i0 += chunk) {
+        const m = Math.min(chunk, ids.length - i0);
+        const local = ids.slice(i0, i0 + m).map((id) => id - this.ref.rowStart);
+        new Int32Array(k.u8(pIds, m * 4).buffer, pIds, m).set(local);
+        k.gatherDense(this.w, rows, pIds, m);
+        out.set(k.f32(rows, m * dModel), i0 * dModel);
+      }
+      return out;
+    } finally {
+      k.free(rows);
+      k.free(pIds);
+    }
   }
 
   /** Runs the head on HEAD_TOKEN_CHUNK tokens at a time; `use` gets each chunk's scaled logits. */
@@ -162,7 +214,10 @@ export class HeadStore {
     const { dModel, kernels: k } = this;
     const rows = this.rows;
     if (!Number.isInteger(n) || n < 0 || hidden.length !== n * dModel) {
-      throw new HeadStoreFailure("bad_request", `hidden must be [n, ${dModel}] = ${n * dModel} floats for n = ${n}, got ${hidden.length}`);
+      throw new HeadStoreFailure(
+        "bad_request",
+        `hidden must be [n, ${dModel}] = ${n * dModel} floats for n = ${n}, got ${hidden.length}`,
+      );
     }
     const chunk = Math.min(n, HEAD_TOKEN_CHUNK);
     if (chunk === 0) return;
@@ -172,7 +227,7 @@ export class HeadStore {
       for (let t0 = 0; t0 < n; t0 += chunk) {
         const m = Math.min(chunk, n - t0);
         k.f32(x, m * dModel).set(hidden.subarray(t0 * dModel, (t0 + m) * dModel));
-        k.matmul(y, x, this.w, m, dModel, rows);
+        k.matmulDense(this.w, y, x, m, 0); // f32 / bf16 need no scratch
         const view = k.f32(y, m * rows);
         const s = this.logitsScale;
         // Same f32 expression as forward.ts (out[i] /= logits_scaling on a Float32Array).

@@ -46,6 +46,8 @@ export interface HeadHostStats {
   tensor: string | null;
   rowStart: number;
   rowEnd: number;
+  /** How the rows are held: "bf16" (stored bf16) or "f32". */
+  format: string | null;
   kernels: string | null;
   bytesLoaded: number;
   budgetBytes: number;

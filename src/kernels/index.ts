@@ -15,6 +15,7 @@
  * `pickKernels` falls back to simd when relaxed SIMD is missing or its multiply-add is wrong.
  */
 import { instantiateSync } from "@assemblyscript/loader";
+import type { DenseMatrix } from "./dense-format";
 
 export type KernelFlavor = "scalar" | "simd" | "relaxed";
 
@@ -111,6 +112,10 @@ type KernelExports = {
   probeRelaxed(out: number, a: number, b: number, c: number): number;
   streamRead(ptr: number, bytes: number): number;
   scratchBytes(kind: number, n: number, a: number, b: number): number;
+  matmulQ8g(out: number, x: number, w: number, n: number, dIn: number, dOut: number, group: number, scratch: number): void;
+  matmulBf16(out: number, x: number, w: number, n: number, dIn: number, dOut: number): void;
+  gatherQ8g(out: number, w: number, ids: number, count: number, rows: number, cols: number, group: number): void;
+  gatherBf16(out: number, w: number, ids: number, count: number, rows: number, cols: number): void;
 };
 
 /** scratchBytes kinds (assembly/index.ts). */
@@ -465,6 +470,36 @@ export class Kernels {
   /** Scratch bytes the packed kernels need for n tokens (a, b = dModel, dFf or dIn, dOut). */
   scratchBytes(kind: keyof typeof SCRATCH_KIND, n: number, a: number, b: number): number {
     return this.#wasm.scratchBytes(SCRATCH_KIND[kind], n, a, b) >>> 0;
+  }
+
+  /**
+   * out[n, m.rows] = x[n, m.cols] · Wᵀ for a dense stage matrix (src/kernels/dense.ts loads it):
+   * f32 → `matmul`; bf16 widened in-kernel; int8 with per-group scales and 16-bit per-token
+   * activations. scratch ≥ denseScratchBytes(m, n) bytes (0 for f32/bf16: pass 0). out must not
+   * overlap x, W or scratch.
+   */
+  matmulDense(m: DenseMatrix, out: number, x: number, n: number, scratch: number): void {
+    if (m.format === "f32") this.#wasm.matmul(out, x, m.ptr, n, m.cols, m.rows);
+    else if (m.format === "bf16") this.#wasm.matmulBf16(out, x, m.ptr, n, m.cols, m.rows);
+    else this.#wasm.matmulQ8g(out, x, m.ptr, n, m.cols, m.rows, m.group, scratch);
+  }
+
+  /**
+   * out[count, m.cols] = rows ids[0..count) of W as f32 (embeddings, tied heads): bf16 and f32
+   * exact, int8 = f32(scale · q). `ids` points at count i32 row indices; each must be < m.rows
+   * (checked here: a bad id would read another tensor's bytes).
+   */
+  gatherDense(m: DenseMatrix, out: number, ids: number, count: number): void {
+    const idv = new Int32Array(this.#memory.buffer, ids, count);
+    for (let c = 0; c < count; c++) {
+      if (!(idv[c] >= 0 && idv[c] < m.rows)) throw new RangeError(`gatherDense: row id ${idv[c]} out of range 0..${m.rows - 1}`);
+    }
+    if (m.format === "int8") this.#wasm.gatherQ8g(out, m.ptr, ids, count, m.rows, m.cols, m.group);
+    else if (m.format === "bf16") this.#wasm.gatherBf16(out, m.ptr, ids, count, m.rows, m.cols);
+    else {
+      const heap = new Float32Array(this.#memory.buffer);
+      for (let c = 0; c < count; c++) heap.copyWithin((out >> 2) + c * m.cols, (m.ptr >> 2) + idv[c] * m.cols, (m.ptr >> 2) + (idv[c] + 1) * m.cols);
+    }
   }
 
   /** Reads [ptr, ptr + bytes) once (bytes a multiple of 64): the memory-bandwidth probe. */

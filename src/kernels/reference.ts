@@ -187,3 +187,52 @@ export function expertFfnQ8Ref(
   }
   matmulQ8Ref(out, h, w2, n, dFf, dModel, bits);
 }
+
+/** An int8 group-scaled matrix as plain arrays (src/kernels/dense-format.ts Q8gMatrix). */
+export interface Q8gRef {
+  group: number;
+  q: Int8Array; // [rows, colsG], colsG = cols rounded up to group
+  scales: Float32Array; // [rows, colsG / group]
+}
+
+/**
+ * out[n, dOut] = x · Wᵀ the dense int8 way (assembly/dense.ts): activations quantized per token to
+ * 16 bits, exact integer dot per group, Σ_g scale[j, g] · isum_g in f64, times the token scale.
+ * Also returns, per output, A = s_x · Σ_g scale[j, g] · Σ_k |q·xq| (what f32 rounding scales with:
+ * it bounds every partial sum the kernel rounds, whatever order it adds in).
+ */
+export function matmulQ8gRef(
+  out: Float32Array, x: Float32Array, w: Q8gRef, n: number, dIn: number, dOut: number,
+): Float64Array {
+  const { q: xq, scales: sx } = quantizeActivationsRef(x, n, dIn, 16);
+  const colsG = Math.ceil(dIn / w.group) * w.group;
+  const groups = colsG / w.group;
+  const mag = new Float64Array(n * dOut);
+  for (let t = 0; t < n; t++) {
+    for (let j = 0; j < dOut; j++) {
+      let acc = 0;
+      let abs = 0;
+      for (let g = 0; g < groups; g++) {
+        let isum = 0;
+        let iabs = 0;
+        for (let k = g * w.group; k < Math.min(dIn, (g + 1) * w.group); k++) {
+          isum += w.q[j * colsG + k] * xq[t * dIn + k];
+          iabs += Math.abs(w.q[j * colsG + k] * xq[t * dIn + k]);
+        }
+        acc += w.scales[j * groups + g] * isum;
+        abs += Math.abs(w.scales[j * groups + g]) * iabs;
+      }
+      out[t * dOut + j] = acc * sx[t];
+      mag[t * dOut + j] = abs * sx[t];
+    }
+  }
+  return mag;
+}
+
+/** out[n, dOut] = x · Wᵀ with W given as bf16 bits [dOut, dIn] (natural order), widened exactly. */
+export function matmulBf16Ref(
+  out: Float32Array, x: Float32Array, wBits: Uint16Array, n: number, dIn: number, dOut: number,
+): void {
+  const w = new Float32Array(new Uint32Array(Array.from(wBits, (b) => b << 16)).buffer);
+  matmulRef(out, x, w, n, dIn, dOut);
+}

@@ -44,7 +44,8 @@ const MAX_RUN_BYTES = 1024 * 1024;
 
 export function checkIds(ids: readonly number[], vocabSize: number): void {
   for (const id of ids) {
-    if (!Number.isInteger(id) || id < 0 || id >= vocabSize) throw new RangeError(`token id ${id} is outside the vocabulary [0, ${vocabSize})`);
+    if (!Number.isInteger(id) || id < 0 || id >= vocabSize)
+      throw new RangeError(`token id ${id} is outside the vocabulary [0, ${vocabSize})`);
   }
 }
 
@@ -94,10 +95,20 @@ export class CheckpointEmbeddings implements EmbeddingSource {
     const info = ckpt.info(tensor);
     const want = [spec.vocabSize, spec.dModel];
     if (info.shape.length !== 2 || info.shape[0] !== want[0] || info.shape[1] !== want[1]) {
-      throw new RangeError(`${info.file}: tensor "${tensor}" has shape [${info.shape.join(", ")}], config expects [${want.join(", ")}]`);
+      throw new RangeError(
+        `${info.file}: tensor "${tensor}" has shape [${info.shape.join(", ")}], config expects [${want.join(", ")}]`,
+      );
     }
-    if (info.dtype === "I8" && !quantized) throw new RangeError(`${info.file}: tensor "${tensor}" is I8 without "${q.scales}"`);
-    return new CheckpointEmbeddings(ckpt, tensor, quantized ? q.scales : null, spec.vocabSize, spec.dModel, opts.cacheBytes);
+    if (info.dtype === "I8" && !quantized)
+      throw new RangeError(`${info.file}: tensor "${tensor}" is I8 without "${q.scales}"`);
+    return new CheckpointEmbeddings(
+      ckpt,
+      tensor,
+      quantized ? q.scales : null,
+      spec.vocabSize,
+      spec.dModel,
+      opts.cacheBytes,
+    );
   }
 
   stats(): EmbeddingCacheStats {

@@ -11,6 +11,7 @@ import {
   attentionRef, expertFfnRef, matmulRef, rmsnormRef, ropeRef, siluMulRef, softmaxRef,
 } from "../../../src/kernels/reference";
 import { expectClose, GUARD, guarded, randn, rng, type KernelSource } from "./helpers";
+import { denseKernelContract } from "./dense-contract";
 import { packedKernelContract } from "./packed-contract";
 
 export { expectClose, randn, rng };
@@ -30,6 +31,7 @@ export function kernelContract(flavor: KernelFlavor, src: KernelSource): void {
     });
 
     packedKernelContract(flavor, () => k, src.supports(flavor) ? src.load(flavor).q8Paths : []);
+    denseKernelContract(flavor, () => k, (maxBytes) => loadKernels(flavor, { maxBytes }));
 
     it("reports its flavor and budget", () => {
       expect(k.flavor).toBe(flavor);

@@ -16,8 +16,16 @@ const D = 24;
 
 function spec(): ModelSpec {
   return parseConfig({
-    model_type: "mixtral", vocab_size: V, hidden_size: D, intermediate_size: 8, num_hidden_layers: 1,
-    num_attention_heads: 2, num_key_value_heads: 1, num_local_experts: 2, num_experts_per_tok: 1, tie_word_embeddings: true,
+    model_type: "mixtral",
+    vocab_size: V,
+    hidden_size: D,
+    intermediate_size: 8,
+    num_hidden_layers: 1,
+    num_attention_heads: 2,
+    num_key_value_heads: 1,
+    num_local_experts: 2,
+    num_experts_per_tok: 1,
+    tie_word_embeddings: true,
   });
 }
 
@@ -27,7 +35,8 @@ const table = (() => {
 })();
 
 function f16Bytes(values: Float32Array): Uint8Array {
-  // Exact for these values after rounding through Math.fround: build halves by hand (sign, 5-bit exponent, 10-bit mantissa).
+  // IEEE halves by hand (sign, 5-bit exponent, 10-bit mantissa); the test compares against the
+  // decode of these very bytes, so only their validity matters, not the rounding.
   const out = new Uint16Array(values.length);
   for (let i = 0; i < values.length; i++) {
     const v = values[i];
@@ -51,18 +60,26 @@ const NAME = "model.embed_tokens.weight";
 const ids = [5, 7, 6, 299, 0, 7, 150, 151, 5];
 
 describe("CheckpointEmbeddings", () => {
-  it.each(["F32", "BF16", "F16"] as const)("returns the %s table's rows exactly, in order, repeats included", async (dtype) => {
-    const bytes = dtype === "F32" ? new Uint8Array(table.buffer.slice(0)) : dtype === "BF16" ? f32ToBf16Bytes(table) : f16Bytes(table);
-    const ckpt = await ckptOf([{ name: NAME, dtype, shape: [V, D], data: bytes }]);
-    const src = CheckpointEmbeddings.open(ckpt, spec(), { cacheBytes: 1 << 20 });
-    const stored = decodeToF32(bytes, dtype);
-    const want = await new TableEmbeddings(stored, V, D).rows(ids);
-    expect(await src.rows(ids)).toEqual(want);
-    // 0 | 5 6 7 | 150 151 | 299: gaps ≤ 8 rows merge, so 0 and 5–7 are one read.
-    expect(src.stats()).toMatchObject({ misses: 7, hits: 0, reads: 3 });
-    expect(await src.rows([7, 299])).toEqual(await new TableEmbeddings(stored, V, D).rows([7, 299]));
-    expect(src.stats()).toMatchObject({ hits: 2, reads: 3 });
-  });
+  it.each(["F32", "BF16", "F16"] as const)(
+    "returns the %s table's rows exactly, in order, repeats included",
+    async (dtype) => {
+      const bytes =
+        dtype === "F32"
+          ? new Uint8Array(table.buffer.slice(0))
+          : dtype === "BF16"
+            ? f32ToBf16Bytes(table)
+            : f16Bytes(table);
+      const ckpt = await ckptOf([{ name: NAME, dtype, shape: [V, D], data: bytes }]);
+      const src = CheckpointEmbeddings.open(ckpt, spec(), { cacheBytes: 1 << 20 });
+      const stored = decodeToF32(bytes, dtype);
+      const want = await new TableEmbeddings(stored, V, D).rows(ids);
+      expect(await src.rows(ids)).toEqual(want);
+      // 0 | 5 6 7 | 150 151 | 299: gaps ≤ 8 rows merge, so 0 and 5–7 are one read.
+      expect(src.stats()).toMatchObject({ misses: 7, hits: 0, reads: 3 });
+      expect(await src.rows([7, 299])).toEqual(await new TableEmbeddings(stored, V, D).rows([7, 299]));
+      expect(src.stats()).toMatchObject({ hits: 2, reads: 3 });
+    },
+  );
 
   it("decodes an int8 table (.qweight + per-row .scales) to scale · q", async () => {
     const q = quantizeRowsQ8(table, V, D);
@@ -122,7 +139,14 @@ describe("CheckpointEmbeddings", () => {
   });
 
   it("groups ids into bounded runs", () => {
-    expect(runs([30, 1, 2, 12, 11, 100], 1000)).toEqual([[1, 12, [1, 2, 11, 12]], [30, 30, [30]], [100, 100, [100]]]);
-    expect(runs([0, 1, 2, 3], 2)).toEqual([[0, 1, [0, 1]], [2, 3, [2, 3]]]);
+    expect(runs([30, 1, 2, 12, 11, 100], 1000)).toEqual([
+      [1, 12, [1, 2, 11, 12]],
+      [30, 30, [30]],
+      [100, 100, [100]],
+    ]);
+    expect(runs([0, 1, 2, 3], 2)).toEqual([
+      [0, 1, [0, 1]],
+      [2, 3, [2, 3]],
+    ]);
   });
 });
