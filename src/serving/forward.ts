@@ -101,6 +101,17 @@ export class ModelForward {
     return new ModelForward(spec, k, ends, norm, upload(k, part.layers), part.first, routing);
   }
 
+  /**
+   * Builds a part of layers [first, end) one layer at a time: each is read, copied into Wasm
+   * memory and dropped before the next is read, so loading peaks at the weights in Wasm plus one
+   * layer in JS — not twice the range.
+   */
+  static async loadLayers(k: Kernels, spec: ModelSpec, first: number, end: number, readLayer: (l: number) => Promise<DenseLayerWeights>, routing: RoutingOptions = ROUTING_OFF): Promise<ModelForward> {
+    const layers: Ptrs<DenseLayerWeights>[] = [];
+    for (let l = first; l < end; l++) layers.push(upload(k, await readLayer(l)));
+    return new ModelForward(spec, k, null, null, layers, first, routing);
+  }
+
   /** Whether this part holds every layer and the ends (nothing runs elsewhere). */
   get whole(): boolean {
     return this.ends !== null && this.first === 0 && this.end === this.spec.nLayers;

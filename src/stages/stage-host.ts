@@ -9,7 +9,7 @@
  */
 import { DurableObject } from "cloudflare:workers";
 import { createKernels } from "../kernels/workers";
-import { loadDenseLayers } from "../model/architectures";
+import { denseLayerBytes, loadDenseLayers } from "../model/architectures";
 import { openModelFromR2 } from "../platform/model-store";
 import { formatMiB } from "../platform/format";
 import { currentPlacement, flushLoad, flushLoadSoon, runExperts } from "../experts/expert-client";
@@ -229,13 +229,15 @@ export class StageHost extends DurableObject<Env> {
     this.#opening ??= (async () => {
       const opened = await openModelFromR2(this.env.MODELS, model);
       const budgets = readStageBudgets(this.env);
-      const layers = await loadDenseLayers(opened.ckpt, opened.spec, hop.first, hop.end);
-      const bytes = layers.reduce((n, l) => n + treeBytes(l), 0);
+      const { spec, ckpt } = opened;
+      let bytes = 0;
+      for (let l = hop.first; l < hop.end; l++) bytes += denseLayerBytes(spec, l);
       if (bytes > budgets.stageBytes) {
         throw new StageError("budget_exceeded", `layers [${hop.first}, ${hop.end}) of "${model}" need ${formatMiB(bytes)}, STAGE_HOST_BUDGET_MB allows ${formatMiB(budgets.stageBytes)}`);
       }
       const k = createKernels("best", { maxBytes: bytes + budgets.stageKvBytes + STAGE_SCRATCH_BYTES });
-      const forward = ModelForward.createPart(k, opened.spec, { ends: null, first: hop.first, layers }, parseRoutingOptions(this.env));
+      const readLayer = async (l: number) => (await loadDenseLayers(ckpt, spec, l, l + 1))[0];
+      const forward = await ModelForward.loadLayers(k, spec, hop.first, hop.end, readLayer, parseRoutingOptions(this.env));
       this.#kv = new KvLedger<Session>(budgets.stageKvBytes);
       const part: StagePart = { model, first: hop.first, end: hop.end, forward, bytes, init: placementInitFor(this.env, opened) };
       this.#part = part;
@@ -252,13 +254,6 @@ export class StageHost extends DurableObject<Env> {
 
 function layerTrace(layer: number, r: Routing, rpcs: number): StageLayerTrace {
   return { layer, n: r.n, topK: r.topK, ids: r.ids, weights: r.weights, rpcs };
-}
-
-/** Bytes of every Float32Array in a weight tree. */
-function treeBytes(v: unknown): number {
-  if (v instanceof Float32Array) return v.byteLength;
-  if (typeof v === "object" && v !== null) return Object.values(v).reduce((n: number, x) => n + treeBytes(x), 0);
-  return 0;
 }
 
 function failure(err: unknown): StageFailure {
