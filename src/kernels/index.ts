@@ -33,14 +33,27 @@ export type KernelFlavor = "scalar" | "simd" | "relaxed";
 export type Q8Path = "dot_i16x8" | "relaxed_dot" | "relaxed_dot_i16" | "relaxed_dot_7bit" | "relaxed_dot_i16_7bit";
 
 /** Wasm setQ8Relaxed modes. */
-const Q8_MODE: Record<Q8Path, number> = { dot_i16x8: 0, relaxed_dot_i16_7bit: 1, relaxed_dot_7bit: 2, relaxed_dot_i16: 3, relaxed_dot: 4 };
-const Q8_PATH_OF_MODE: Q8Path[] = ["dot_i16x8", "relaxed_dot_i16_7bit", "relaxed_dot_7bit", "relaxed_dot_i16", "relaxed_dot"];
+const Q8_MODE: Record<Q8Path, number> = {
+  dot_i16x8: 0,
+  relaxed_dot_i16_7bit: 1,
+  relaxed_dot_7bit: 2,
+  relaxed_dot_i16: 3,
+  relaxed_dot: 4,
+};
+const Q8_PATH_OF_MODE: Q8Path[] = [
+  "dot_i16x8",
+  "relaxed_dot_i16_7bit",
+  "relaxed_dot_7bit",
+  "relaxed_dot_i16",
+  "relaxed_dot",
+];
 /** Instruction form a mode needs (1: i16x8 form, 2: dot-add form; 0: plain). */
 const FORM_OF_MODE = [0, 1, 2, 1, 2];
 
 /** Activation bits of an int8 path for rows of `kPad` values (dot_i16x8 keeps the i32 sum exact). */
 export function q8ActivationBits(path: Q8Path, kPad = 0): number {
-  if (path === "dot_i16x8") return kPad > 8256 ? Math.floor(Math.log2(Math.floor(2147483647 / (127 * kPad)) + 1)) + 1 : 12;
+  if (path === "dot_i16x8")
+    return kPad > 8256 ? Math.floor(Math.log2(Math.floor(2147483647 / (127 * kPad)) + 1)) + 1 : 12;
   return path.endsWith("_7bit") ? 7 : 14;
 }
 
@@ -91,18 +104,42 @@ type KernelExports = {
   matmul(out: number, x: number, w: number, n: number, dIn: number, dOut: number): void;
   rmsnorm(out: number, x: number, w: number, n: number, d: number, eps: number): void;
   rope(
-    x: number, cos: number, sin: number, n: number, nHeads: number, headStride: number,
-    rotOffset: number, rotDim: number, interleaved: number,
+    x: number,
+    cos: number,
+    sin: number,
+    n: number,
+    nHeads: number,
+    headStride: number,
+    rotOffset: number,
+    rotDim: number,
+    interleaved: number,
   ): void;
   softmax(x: number, rows: number, cols: number): void;
   siluMul(out: number, gate: number, up: number, len: number): void;
   expertFfn(
-    out: number, x: number, w1: number, w3: number, w2: number,
-    n: number, dModel: number, dFf: number, scratch: number,
+    out: number,
+    x: number,
+    w1: number,
+    w3: number,
+    w2: number,
+    n: number,
+    dModel: number,
+    dFf: number,
+    scratch: number,
   ): void;
   attention(
-    out: number, q: number, k: number, v: number, nQ: number, startPos: number, nHeads: number,
-    nKvHeads: number, headDim: number, vHeadDim: number, scale: number, scratch: number,
+    out: number,
+    q: number,
+    k: number,
+    v: number,
+    nQ: number,
+    startPos: number,
+    nHeads: number,
+    nKvHeads: number,
+    headDim: number,
+    vHeadDim: number,
+    scale: number,
+    scratch: number,
   ): void;
   matmulPacked(out: number, x: number, wp: number, n: number, dIn: number, dOut: number, scratch: number): void;
   expertFfnPacked(out: number, x: number, blob: number, n: number, dModel: number, dFf: number, scratch: number): void;
@@ -114,16 +151,37 @@ type KernelExports = {
   simdPeak(iters: number, seed: number): number;
   scratchBytes(kind: number, n: number, a: number, b: number): number;
   matmulQ8g(
-    out: number, x: number, w: number, n: number, dIn: number, dOut: number, group: number, scratch: number,
+    out: number,
+    x: number,
+    w: number,
+    n: number,
+    dIn: number,
+    dOut: number,
+    group: number,
+    scratch: number,
   ): void;
   matmulBf16(out: number, x: number, w: number, n: number, dIn: number, dOut: number): void;
   gatherQ8g(out: number, w: number, ids: number, count: number, rows: number, cols: number, group: number): void;
   gatherBf16(out: number, w: number, ids: number, count: number, rows: number, cols: number): void;
   expertFfnQ8g(
-    out: number, x: number, blob: number, n: number, dModel: number, dFf: number, group: number, scratch: number,
+    out: number,
+    x: number,
+    blob: number,
+    n: number,
+    dModel: number,
+    dFf: number,
+    group: number,
+    scratch: number,
   ): void;
   expertFfnQ4g(
-    out: number, x: number, blob: number, n: number, dModel: number, dFf: number, group: number, scratch: number,
+    out: number,
+    x: number,
+    blob: number,
+    n: number,
+    dModel: number,
+    dFf: number,
+    group: number,
+    scratch: number,
   ): void;
   q4ActivationBits(): number;
 };
@@ -211,11 +269,7 @@ export class Kernels {
    * Instantiates a compiled kernels module. `flavor` must match the build it came from (checked);
    * `maxBytes` is a software cap on the whole linear memory, ≤ WASM_MAX_BYTES.
    */
-  static instantiate(
-    module: WebAssembly.Module,
-    flavor: KernelFlavor,
-    opts: KernelOptions = {},
-  ): Kernels {
+  static instantiate(module: WebAssembly.Module, flavor: KernelFlavor, opts: KernelOptions = {}): Kernels {
     const maxBytes = opts.maxBytes ?? WASM_MAX_BYTES;
     if (!Number.isInteger(maxBytes) || maxBytes <= 0 || maxBytes > WASM_MAX_BYTES) {
       throw new RangeError(`maxBytes must be an integer in 1..${WASM_MAX_BYTES}, got ${maxBytes}`);
@@ -241,10 +295,7 @@ export class Kernels {
    * and its multiply-add passes the probe, else simd, else scalar. `modules` maps flavors to
    * compiled modules; a missing or failing one is skipped.
    */
-  static pick(
-    modules: Partial<Record<KernelFlavor, () => WebAssembly.Module>>,
-    opts: KernelOptions = {},
-  ): Kernels {
+  static pick(modules: Partial<Record<KernelFlavor, () => WebAssembly.Module>>, opts: KernelOptions = {}): Kernels {
     const errors: string[] = [];
     for (const flavor of ["relaxed", "simd", "scalar"] as const) {
       const get = modules[flavor];
@@ -417,8 +468,15 @@ export class Kernels {
    * with cos/sin [n, rotDim/2]. interleaved = false: pairs (i, i + rotDim/2) (HF rotate_half);
    * true: pairs (2i, 2i + 1). a' = a·cos − b·sin, b' = b·cos + a·sin. */
   rope(
-    x: number, cos: number, sin: number, n: number, nHeads: number, headStride: number,
-    rotOffset: number, rotDim: number, interleaved: boolean,
+    x: number,
+    cos: number,
+    sin: number,
+    n: number,
+    nHeads: number,
+    headStride: number,
+    rotOffset: number,
+    rotDim: number,
+    interleaved: boolean,
   ): void {
     this.#wasm.rope(x, cos, sin, n, nHeads, headStride, rotOffset, rotDim, interleaved ? 1 : 0);
   }
@@ -436,8 +494,15 @@ export class Kernels {
   /** SwiGLU expert: out[n, dModel] = (silu(x·w1ᵀ) ⊙ (x·w3ᵀ)) · w2ᵀ. w1, w3 [dFf, dModel];
    * w2 [dModel, dFf]; scratch ≥ 2·n·dFf floats. */
   expertFfn(
-    out: number, x: number, w1: number, w3: number, w2: number,
-    n: number, dModel: number, dFf: number, scratch: number,
+    out: number,
+    x: number,
+    w1: number,
+    w3: number,
+    w2: number,
+    n: number,
+    dModel: number,
+    dFf: number,
+    scratch: number,
   ): void {
     this.#wasm.expertFfn(out, x, w1, w3, w2, n, dModel, dFf, scratch);
   }
@@ -447,8 +512,18 @@ export class Kernels {
    * head h reads kv head floor(h / (nHeads / nKvHeads)). out [nQ, nHeads, vHeadDim];
    * scratch ≥ kvLen floats. */
   attention(
-    out: number, q: number, k: number, v: number, nQ: number, startPos: number, nHeads: number,
-    nKvHeads: number, headDim: number, vHeadDim: number, scale: number, scratch: number,
+    out: number,
+    q: number,
+    k: number,
+    v: number,
+    nQ: number,
+    startPos: number,
+    nHeads: number,
+    nKvHeads: number,
+    headDim: number,
+    vHeadDim: number,
+    scale: number,
+    scratch: number,
   ): void {
     this.#wasm.attention(out, q, k, v, nQ, startPos, nHeads, nKvHeads, headDim, vHeadDim, scale, scratch);
   }
@@ -520,7 +595,14 @@ export class Kernels {
   /** SwiGLU expert on a blob from packExpertQ8g (int8 weights, one scale per `group` inputs,
    * 16-bit activations). scratch ≥ expertQ8gScratchBytes(n, dModel, dFf, group). */
   expertFfnQ8g(
-    out: number, x: number, blob: number, n: number, dModel: number, dFf: number, group: number, scratch: number,
+    out: number,
+    x: number,
+    blob: number,
+    n: number,
+    dModel: number,
+    dFf: number,
+    group: number,
+    scratch: number,
   ): void {
     this.#wasm.expertFfnQ8g(out, x, blob, n, dModel, dFf, group, scratch);
   }
@@ -528,7 +610,14 @@ export class Kernels {
   /** SwiGLU expert on a blob from packExpertQ4g (4-bit weights, one bf16 scale per `group` inputs,
    * q4ActivationBits-bit activations). scratch ≥ expertQ4gScratchBytes(n, dModel, dFf, group). */
   expertFfnQ4g(
-    out: number, x: number, blob: number, n: number, dModel: number, dFf: number, group: number, scratch: number,
+    out: number,
+    x: number,
+    blob: number,
+    n: number,
+    dModel: number,
+    dFf: number,
+    group: number,
+    scratch: number,
   ): void {
     this.#wasm.expertFfnQ4g(out, x, blob, n, dModel, dFf, group, scratch);
   }
