@@ -169,14 +169,16 @@ try {
   const single = summary.single;
   console.log("");
   console.log(
-    "| configuration | ExpertHosts | stages | head shards | decode tok/s | ms/token | prefill ms | RPCs/token Worker↔region | RPCs/token in region | fan-out ms/token vs single |",
+    "| configuration | ExpertHosts | stages | head shards | decode tok/s | ms/token | prefill ms | " +
+      "RPCs/token Worker↔region | RPCs/token in region | fan-out ms/token vs single |",
   );
   console.log("|---|---|---|---|---|---|---|---|---|---|");
   for (const [name, x] of Object.entries(summary)) {
     const fan = single && name !== "single" ? (x.msPerToken - single.msPerToken).toFixed(2) : "—";
     const rp = name === "single" ? { worker: 0, inRegion: 0 } : x.rpcsPerToken;
     console.log(
-      `| ${name} | ${x.expertHosts} | ${x.stages} | ${x.headShards} | ${x.decodeTokensPerSec.toFixed(1)} | ${x.msPerToken.toFixed(2)} | ${x.prefillMs.toFixed(0)} | ${rp.worker} | ${rp.inRegion} | ${fan} |`,
+      `| ${name} | ${x.expertHosts} | ${x.stages} | ${x.headShards} | ${x.decodeTokensPerSec.toFixed(1)} | ` +
+        `${x.msPerToken.toFixed(2)} | ${x.prefillMs.toFixed(0)} | ${rp.worker} | ${rp.inRegion} | ${fan} |`,
     );
   }
   const ratios: Record<string, number> = {};
@@ -185,7 +187,9 @@ try {
       if (name === "single") continue;
       ratios[name] = x.decodeTokensPerSec / single.decodeTokensPerSec;
       console.log(
-        `${name} / single decode speed: ${ratios[name].toFixed(3)}×; fan-out per MoE layer: ${((x.msPerToken - single.msPerToken) / moeLayers).toFixed(3)} ms (${moeLayers} MoE layers)`,
+        `${name} / single decode speed: ${ratios[name].toFixed(3)}×; ` +
+          `fan-out per MoE layer: ${((x.msPerToken - single.msPerToken) / moeLayers).toFixed(3)} ms ` +
+          `(${moeLayers} MoE layers)`,
       );
     }
   }
@@ -212,7 +216,10 @@ try {
     runsPerConfig: RUNS,
     configurations: summary,
     ratiosOverSingle: ratios,
-    note: "local workerd runs every Durable Object on one thread and has no network latency; RPCs per token are the design's count (src/stages/rpc-count.ts); npm run simulate:pipeline models the Worker↔region latency",
+    note:
+      "local workerd runs every Durable Object on one thread and has no network latency; " +
+      "RPCs per token are the design's count (src/stages/rpc-count.ts); " +
+      "npm run simulate:pipeline models the Worker↔region latency",
   };
   mkdirSync(dirname(values.out), { recursive: true });
   writeFileSync(values.out, JSON.stringify(result, null, 2));

@@ -240,10 +240,12 @@ async function main(): Promise<void> {
   const roofline = wasmBandwidth();
   const bandwidth = roofline.now(15);
   log(
-    `edge-moe bench:kernels — ${new Date().toISOString().slice(0, 10)}, ${machine.cpu} ×${machine.cores}, Node ${machine.node} (V8 ${machine.v8}), ${machine.relaxed}`,
+    `edge-moe bench:kernels — ${new Date().toISOString().slice(0, 10)}, ${machine.cpu} ×${machine.cores}, ` +
+      `Node ${machine.node} (V8 ${machine.v8}), ${machine.relaxed}`,
   );
   log(
-    `Wasm streaming read (memory roofline): ${bandwidth.toFixed(1)} GB/s; cold = cycling through ≥ ${args.coldMb} MiB of expert copies`,
+    `Wasm streaming read (memory roofline): ${bandwidth.toFixed(1)} GB/s; ` +
+      `cold = cycling through ≥ ${args.coldMb} MiB of expert copies`,
   );
   const simdPeak = simdCeiling();
   const peaks = simdPeak.map((p) => `${p.flavor} ${p.wall.toFixed(1)} GFLOP/s wall, ${p.cpu.toFixed(1)} CPU time`);
@@ -415,9 +417,12 @@ async function main(): Promise<void> {
     workerd: { info: workerd.info, skipped: workerd.skipped },
     coldMiB: args.coldMb,
     method:
-      "median of 5 bursts (≥ budget/5 ms each) of back-to-back calls after warm-up, Node; workerd: Node times whole requests of N calls minus an empty request's round trip, median of 3. " +
-      "GFLOP/s = 6·dModel·dFf·batch / time (int8: the same count, GOP/s-equivalent). GB/s = weight bytes of one expert / time. " +
-      "fracBandwidth = GB/s / roofline, the best of 3 Wasm streaming reads of 96 MiB taken right before a cold row (at the start for hot rows). vs.peer = peer ms / our ms.",
+      "median of 5 bursts (≥ budget/5 ms each) of back-to-back calls after warm-up, Node; " +
+      "workerd: Node times whole requests of N calls minus an empty request's round trip, median of 3. " +
+      "GFLOP/s = 6·dModel·dFf·batch / time (int8: the same count, GOP/s-equivalent). " +
+      "GB/s = weight bytes of one expert / time. " +
+      "fracBandwidth = GB/s / roofline, the best of 3 Wasm streaming reads of 96 MiB taken right before a cold row " +
+      "(at the start for hot rows). vs.peer = peer ms / our ms.",
     rows,
     targets,
     dense,
@@ -549,7 +554,8 @@ async function workerdRows(rows: Row[], args: Args, maxN: number, roofline: { no
     // right before them (workerd's whole-request timing adds noise to its own reading).
     const bandwidth = Math.max(measured, roofline.now(5));
     log(
-      `workerd: streaming read ${measured.toFixed(1)} GB/s (roofline used: ${bandwidth.toFixed(1)} GB/s); relaxed ${info.relaxed?.ok ? `on (int8 paths ${info.relaxed.q8Paths?.join(", ")})` : "unavailable"}`,
+      `workerd: streaming read ${measured.toFixed(1)} GB/s (roofline used: ${bandwidth.toFixed(1)} GB/s); ` +
+        `relaxed ${info.relaxed?.ok ? `on (int8 paths ${info.relaxed.q8Paths?.join(", ")})` : "unavailable"}`,
     );
     const batches = args.batches.filter((b) => b === 1 || b === Math.max(...args.batches));
     for (const shape of args.shapes) {
@@ -780,16 +786,21 @@ function printTable(rows: Row[], args: Args): void {
           if (group.length === 0) continue;
           log(`\n${shapeName(shape)}  batch ${batch}  ${weights}`);
           log(
-            `${"impl".padEnd(52)}${"ms/call".padStart(9)}${"cpu ms".padStart(9)}${"GFLOP/s".padStart(9)}${"GB/s".padStart(7)}${"%BW".padStart(6)}${"vs ort-node".padStart(13)}${"vs ort-web".padStart(12)}`,
+            `${"impl".padEnd(52)}${"ms/call".padStart(9)}${"cpu ms".padStart(9)}${"GFLOP/s".padStart(9)}` +
+              `${"GB/s".padStart(7)}${"%BW".padStart(6)}${"vs ort-node".padStart(13)}${"vs ort-web".padStart(12)}`,
           );
           for (const r of group) {
             if (r.ms === null) {
               log(`${r.label.padEnd(52)}  skipped: ${r.skipped}`);
               continue;
             }
+            const bw = r.fracBandwidth === null ? "—" : `${Math.round(r.fracBandwidth * 100)}%`;
+            const vsNode = r.vs["onnxruntime-node"] ? `${f(r.vs["onnxruntime-node"])}×` : "—";
+            const vsWeb = r.vs["onnxruntime-web"] ? `${f(r.vs["onnxruntime-web"])}×` : "—";
             log(
-              `${r.label.padEnd(52)}${f(r.ms, 3).padStart(9)}${f(r.cpuMs, 3).padStart(9)}${f(r.gflops, 1).padStart(9)}${f(r.gbps, 1).padStart(7)}${(r.fracBandwidth === null ? "—" : `${Math.round(r.fracBandwidth * 100)}%`).padStart(6)}` +
-                `${(r.vs["onnxruntime-node"] ? `${f(r.vs["onnxruntime-node"])}×` : "—").padStart(13)}${(r.vs["onnxruntime-web"] ? `${f(r.vs["onnxruntime-web"])}×` : "—").padStart(12)}`,
+              `${r.label.padEnd(52)}${f(r.ms, 3).padStart(9)}${f(r.cpuMs, 3).padStart(9)}` +
+                `${f(r.gflops, 1).padStart(9)}${f(r.gbps, 1).padStart(7)}${bw.padStart(6)}` +
+                `${vsNode.padStart(13)}${vsWeb.padStart(12)}`,
             );
           }
         }

@@ -103,13 +103,19 @@ for (const [id, spec] of models) {
   const where =
     shape.pipeline.stages.length === 0 ? "the Worker runs every layer" : `${shape.pipeline.stages.length} stages`;
   console.log(
-    `### ${id}: ${where}, head ${shape.head ? `on ${shape.head.shards.length} HeadHosts` : "in the Worker"}, ${shape.expertHosts} ExpertHosts`,
+    `### ${id}: ${where}, ` +
+      `head ${shape.head ? `on ${shape.head.shards.length} HeadHosts` : "in the Worker"}, ` +
+      `${shape.expertHosts} ExpertHosts`,
   );
   console.log(
-    `measured per token: dense ${costs.denseLayerMs.toFixed(3)} ms/layer, one expert ${costs.expertMs.toFixed(3)} ms, head ${costs.headMs.toFixed(2)} ms, greedy pick ${costs.sampleMs.toFixed(2)} ms (top_p 0.9 sampling: ${costs.topPMs.toFixed(1)} ms, not in the table)\n`,
+    `measured per token: dense ${costs.denseLayerMs.toFixed(3)} ms/layer, ` +
+      `one expert ${costs.expertMs.toFixed(3)} ms, head ${costs.headMs.toFixed(2)} ms, ` +
+      `greedy pick ${costs.sampleMs.toFixed(2)} ms ` +
+      `(top_p 0.9 sampling: ${costs.topPMs.toFixed(1)} ms, not in the table)\n`,
   );
   console.log(
-    `| design | WAN trips/token | region RPCs/token | ${WANS.map((w) => `ms/token (tok/s) @ ${w} ms WAN`).join(" | ")} |`,
+    "| design | WAN trips/token | region RPCs/token | " +
+      `${WANS.map((w) => `ms/token (tok/s) @ ${w} ms WAN`).join(" | ")} |`,
   );
   console.log(`|---|---|---|${WANS.map(() => "---").join("|")}|`);
   for (const des of DESIGNS) {

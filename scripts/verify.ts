@@ -30,7 +30,8 @@ const headAt = args.indexOf("--head-shards");
 const headShards = headAt >= 0 ? Number(args[headAt + 1]) : 0;
 if (!dir) {
   console.error(
-    "usage: npm run verify -- <fixture-dir> [--hosts N] [--stages S] [--head-shards M]\n  e.g. npm run verify -- ../shared/fixtures/mixtral-tiny",
+    "usage: npm run verify -- <fixture-dir> [--hosts N] [--stages S] [--head-shards M]\n" +
+      "  e.g. npm run verify -- ../shared/fixtures/mixtral-tiny",
   );
   process.exit(2);
 }

@@ -222,9 +222,19 @@ export async function measureInt8Accuracy(
 }
 
 export function formatAccuracy(r: AccuracyReport): string {
+  const experts = r.int8Path.startsWith("bf16")
+    ? "bf16 experts (yardstick)"
+    : r.int8Path.startsWith("int4")
+      ? "int4 experts (groups of 32)"
+      : r.int8Path === "int8 g32"
+        ? "int8 experts (groups of 32, 16-bit activations)"
+        : `int8 experts (${r.int8Path}, ${q8ActivationBits(r.int8Path as Q8Path)}-bit activations)`;
   return (
-    `${r.model}: ${r.int8Path.startsWith("bf16") ? "bf16 experts (yardstick)" : r.int8Path.startsWith("int4") ? "int4 experts (groups of 32)" : r.int8Path === "int8 g32" ? "int8 experts (groups of 32, 16-bit activations)" : `int8 experts (${r.int8Path}, ${q8ActivationBits(r.int8Path as Q8Path)}-bit activations)`}, ${((r.bytesInt8 / r.bytesF32) * 100).toFixed(1)}% of f32 bytes, vs f32 over ${r.prompts} prompts × ${r.promptLen} + ${r.decoded / r.prompts} greedy steps — ` +
-    `max |Δlogit| ${r.maxAbsLogitErr.toExponential(2)}, mean ${r.meanAbsLogitErr.toExponential(2)}, relative RMS ${(r.relLogitRms * 100).toFixed(2)}%, ` +
-    `greedy agreement ${(r.greedyAgreement * 100).toFixed(1)}% (${r.decoded} steps), top-1 agreement ${(r.top1Agreement * 100).toFixed(1)}% (${r.positions} positions)`
+    `${r.model}: ${experts}, ${((r.bytesInt8 / r.bytesF32) * 100).toFixed(1)}% of f32 bytes, ` +
+    `vs f32 over ${r.prompts} prompts × ${r.promptLen} + ${r.decoded / r.prompts} greedy steps — ` +
+    `max |Δlogit| ${r.maxAbsLogitErr.toExponential(2)}, mean ${r.meanAbsLogitErr.toExponential(2)}, ` +
+    `relative RMS ${(r.relLogitRms * 100).toFixed(2)}%, ` +
+    `greedy agreement ${(r.greedyAgreement * 100).toFixed(1)}% (${r.decoded} steps), ` +
+    `top-1 agreement ${(r.top1Agreement * 100).toFixed(1)}% (${r.positions} positions)`
   );
 }

@@ -160,36 +160,45 @@ export async function verifyFixture(dir: string, opts: VerifyOptions): Promise<V
       moeWeightDiff <= MOE_ATOL;
     const ok = (b: boolean) => (b ? "ok  " : "FAIL");
     log(
-      `model ${model}: ${placement.instances.length} ExpertHost instances, RPCs per layer (prompt pass): ${fwd.rpcs_per_layer.join(", ")}`,
+      `model ${model}: ${placement.instances.length} ExpertHost instances, ` +
+        `RPCs per layer (prompt pass): ${fwd.rpcs_per_layer.join(", ")}`,
     );
     const stageList = stageHosts
       .map((s) => `${s.name} [${s.first}, ${s.end}) ${(s.bytesHeld / 1024).toFixed(0)} KiB`)
       .join("; ");
     log(
-      `pipeline: ${stageHosts.length === 0 ? "the Worker runs every layer" : `${stageHosts.length} StageHosts — ${stageList}`}`,
+      `pipeline: ${
+        stageHosts.length === 0 ? "the Worker runs every layer" : `${stageHosts.length} StageHosts — ${stageList}`
+      }`,
     );
     const headList = headHosts.map((h) => `${h.name} rows [${h.rowStart}, ${h.rowEnd})`).join("; ");
     log(`head: ${headHosts.length === 0 ? "in the Worker" : `${headHosts.length} HeadHost shards — ${headList}`}`);
     log(
-      `${ok(maxLogitDiff <= LOGITS_ATOL)} logits, ${golden.logits.length} positions: max |Δ| = ${maxLogitDiff.toExponential(2)} (atol ${LOGITS_ATOL})`,
+      `${ok(maxLogitDiff <= LOGITS_ATOL)} logits, ${golden.logits.length} positions: ` +
+        `max |Δ| = ${maxLogitDiff.toExponential(2)} (atol ${LOGITS_ATOL})`,
     );
     if (maxGreedyLogitDiff !== null)
       log(
-        `${ok(maxGreedyLogitDiff <= LOGITS_ATOL)} greedy-step logits (KV-cache decode): max |Δ| = ${maxGreedyLogitDiff.toExponential(2)}`,
+        `${ok(maxGreedyLogitDiff <= LOGITS_ATOL)} greedy-step logits (KV-cache decode): ` +
+          `max |Δ| = ${maxGreedyLogitDiff.toExponential(2)}`,
       );
     log(
-      `${ok(greedyMatch)} greedy tokens (KV cache): ours [${fwd.greedy_ids.join(", ")}] golden [${golden.greedy_ids.join(", ")}]`,
+      `${ok(greedyMatch)} greedy tokens (KV cache): ours [${fwd.greedy_ids.join(", ")}] ` +
+        `golden [${golden.greedy_ids.join(", ")}]`,
     );
     log(
-      `${ok(apiGreedyMatch)} greedy tokens via POST /v1/completions: [${apiIds.join(", ")}] (${api.choices[0].finish_reason})`,
+      `${ok(apiGreedyMatch)} greedy tokens via POST /v1/completions: [${apiIds.join(", ")}] ` +
+        `(${api.choices[0].finish_reason})`,
     );
     for (const r of routingAgreement)
       log(`${ok(r.agree === r.total)} routing layer ${r.layer}: ${r.agree}/${r.total} tokens with the same expert ids`);
     log(
-      `${ok(moeIdsMatch && moeWeightDiff <= MOE_ATOL)} MoE layer ${golden.moe_layer.layer} ids/weights: max |Δw| = ${moeWeightDiff.toExponential(2)} (atol ${MOE_ATOL})`,
+      `${ok(moeIdsMatch && moeWeightDiff <= MOE_ATOL)} MoE layer ${golden.moe_layer.layer} ids/weights: ` +
+        `max |Δw| = ${moeWeightDiff.toExponential(2)} (atol ${MOE_ATOL})`,
     );
     log(
-      `${ok(moeOutputDiff <= MOE_ATOL)} MoE layer ${golden.moe_layer.layer} output: max |Δ| = ${moeOutputDiff.toExponential(2)} (atol ${MOE_ATOL})`,
+      `${ok(moeOutputDiff <= MOE_ATOL)} MoE layer ${golden.moe_layer.layer} output: ` +
+        `max |Δ| = ${moeOutputDiff.toExponential(2)} (atol ${MOE_ATOL})`,
     );
     return {
       pass,

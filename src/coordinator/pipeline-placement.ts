@@ -103,14 +103,16 @@ export function planPipeline(init: PipelineInit): PipelinePlacement {
   const mib = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB`;
   if (endsBytes > workerBytes) {
     throw new PipelinePlanError(
-      `model "${model}": its embeddings and output head need ${mib(endsBytes)}, WORKER_BUDGET_MB allows ${mib(workerBytes)}`,
+      `model "${model}": its embeddings and output head need ${mib(endsBytes)}, ` +
+        `WORKER_BUDGET_MB allows ${mib(workerBytes)}`,
     );
   }
   if (forcedStages === 0 && total + endsBytes <= workerBytes) return { model, version: 0, stages: [], key };
   const biggest = Math.max(...layerBytes);
   if (biggest > stageBytes) {
     throw new PipelinePlanError(
-      `model "${model}": one layer's dense weights need ${mib(biggest)}, STAGE_HOST_BUDGET_MB allows ${mib(stageBytes)}`,
+      `model "${model}": one layer's dense weights need ${mib(biggest)}, ` +
+        `STAGE_HOST_BUDGET_MB allows ${mib(stageBytes)}`,
     );
   }
   let parts = forcedStages;
@@ -129,7 +131,8 @@ export function planPipeline(init: PipelineInit): PipelinePlacement {
   const over = stages.find((s) => s.bytes > stageBytes);
   if (over) {
     throw new PipelinePlanError(
-      `model "${model}": ${parts} stages need ${mib(over.bytes)} in stage ${over.name}, STAGE_HOST_BUDGET_MB allows ${mib(stageBytes)}`,
+      `model "${model}": ${parts} stages need ${mib(over.bytes)} in stage ${over.name}, ` +
+        `STAGE_HOST_BUDGET_MB allows ${mib(stageBytes)}`,
     );
   }
   return { model, version: 0, stages, key };

@@ -206,8 +206,8 @@ export class ExpertStore {
     if (committed + bytes > this.budgetBytes) {
       throw new StoreFailure(
         "budget_exceeded",
-        `${this.label}: loading expert ${layer}:${expert} of "${this.model.id}" (${formatMiB(bytes)}) would exceed the ` +
-          `memory budget of ${formatMiB(this.budgetBytes)} (${formatMiB(committed)} held or loading)`,
+        `${this.label}: loading expert ${layer}:${expert} of "${this.model.id}" (${formatMiB(bytes)}) ` +
+          `would exceed the memory budget of ${formatMiB(this.budgetBytes)} (${formatMiB(committed)} held or loading)`,
       );
     }
     // Read (and for int8, quantize) before choosing an arena: everything after the await is

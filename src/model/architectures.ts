@@ -484,7 +484,8 @@ function validateDense(ckpt: Checkpoint, spec: ModelSpec, plan: Planned<DenseWei
   if (plan.lmHead && !ckpt.has(plan.lmHead.tensor)) {
     const t = plan.lmHead.tensor;
     throw new ModelFormatError(
-      `${ckpt.source}: tensor "${t}" not found (config.json has tie_word_embeddings false, so the output head must be stored)`,
+      `${ckpt.source}: tensor "${t}" not found ` +
+        "(config.json has tie_word_embeddings false, so the output head must be stored)",
       ckpt.source,
       t,
     );
@@ -494,7 +495,8 @@ function validateDense(ckpt: Checkpoint, spec: ModelSpec, plan: Planned<DenseWei
       if (l.ffn.kind === "moe" && l.ffn.routerBias && !ckpt.has(l.ffn.routerBias.tensor)) {
         const t = l.ffn.routerBias.tensor;
         throw new ModelFormatError(
-          `${ckpt.source}: tensor "${t}" not found (the ${spec.modelType} router adds e_score_correction_bias for expert selection)`,
+          `${ckpt.source}: tensor "${t}" not found ` +
+            `(the ${spec.modelType} router adds e_score_correction_bias for expert selection)`,
           ckpt.source,
           t,
         );
@@ -535,8 +537,9 @@ export function expertTensorRefs(checkpoint: Checkpoint, spec: ModelSpec, layer:
   const kind = spec.layers[layer];
   if (kind.kind !== "moe") {
     throw new RangeError(
-      `layer ${layer} of this ${spec.modelType} model is a dense MLP layer (size ${kind.dFf}), not an MoE layer: it has no routed ` +
-        `experts to load. Only the layers in spec.moeLayers [${spec.moeLayers.join(", ")}] have experts.`,
+      `layer ${layer} of this ${spec.modelType} model is a dense MLP layer (size ${kind.dFf}), ` +
+        "not an MoE layer: it has no routed experts to load. " +
+        `Only the layers in spec.moeLayers [${spec.moeLayers.join(", ")}] have experts.`,
     );
   }
   const { dModel: H, dFf: I, nExperts: E } = spec;

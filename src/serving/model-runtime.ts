@@ -124,7 +124,8 @@ export class ModelRuntime {
     const held = (head ? headless : denseEndsBytes(spec)) + (staged ? 0 : layerTotal(spec));
     if (held > budgets.workerBytes) {
       throw new BudgetError(
-        `model "${id}" does not fit the Worker: its dense weights need ${formatMiB(held)}, WORKER_BUDGET_MB allows ${formatMiB(budgets.workerBytes)}`,
+        `model "${id}" does not fit the Worker: its dense weights need ${formatMiB(held)}, ` +
+          `WORKER_BUDGET_MB allows ${formatMiB(budgets.workerBytes)}`,
       );
     }
     const k = createKernels("best", {
@@ -192,13 +193,15 @@ export class ModelRuntime {
     if (!a.ok && a.reason === "too_long") {
       throw ApiError.invalid(
         "max_tokens",
-        `${maxLen} positions need ${formatMiB(need)} of KV cache; WORKER_KV_BUDGET_MB allows ${formatMiB(this.kv.budgetBytes)} per Worker isolate`,
+        `${maxLen} positions need ${formatMiB(need)} of KV cache; ` +
+          `WORKER_KV_BUDGET_MB allows ${formatMiB(this.kv.budgetBytes)} per Worker isolate`,
         "context_length_exceeded",
       );
     }
     if (!a.ok)
       throw busy(
-        `the Worker's KV cache is full (${this.kv.size} sessions, ${formatMiB(a.freeBytes)} free, ${formatMiB(need)} needed)`,
+        `the Worker's KV cache is full (${this.kv.size} sessions, ${formatMiB(a.freeBytes)} free, ` +
+          `${formatMiB(need)} needed)`,
       );
     let local: Session;
     try {

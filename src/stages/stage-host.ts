@@ -3,9 +3,10 @@
  * dense weights (attention, norms, router, shared experts, dense MLPs) in Wasm memory under
  * STAGE_HOST_BUDGET_MB — and the KV caches of the sessions passing through, under
  * STAGE_KV_BUDGET_MB. An instance holding no layers is a session driver (`decode`): it runs a
- * request's decode loop in the region and streams the tokens back. It runs its layers with the same `ModelForward` the Worker uses, sends its
- * MoE layers' routed experts through the same `runExperts` fan-out, and passes the residual
- * stream on to the next stage itself (see serving/stage-protocol.ts).
+ * request's decode loop in the region and streams the tokens back. It runs its layers with the
+ * same `ModelForward` the Worker uses, sends its MoE layers' routed experts through the same
+ * `runExperts` fan-out, and passes the residual stream on to the next stage itself (see
+ * serving/stage-protocol.ts).
  */
 import { DurableObject } from "cloudflare:workers";
 import { createKernels } from "../kernels/workers";
@@ -222,13 +223,15 @@ export class StageHost extends DurableObject<Env> {
     if (!a.ok && a.reason === "too_long") {
       throw new StageError(
         "too_long",
-        `${maxLen} positions need ${formatMiB(need)} of KV cache in stage ${this.#label}; STAGE_KV_BUDGET_MB allows ${formatMiB(kv.budgetBytes)}`,
+        `${maxLen} positions need ${formatMiB(need)} of KV cache in stage ${this.#label}; ` +
+          `STAGE_KV_BUDGET_MB allows ${formatMiB(kv.budgetBytes)}`,
       );
     }
     if (!a.ok)
       throw new StageError(
         "busy",
-        `stage ${this.#label} holds ${kv.size} sessions and has ${formatMiB(a.freeBytes)} of KV cache free, ${formatMiB(need)} needed`,
+        `stage ${this.#label} holds ${kv.size} sessions and has ${formatMiB(a.freeBytes)} of KV cache free, ` +
+          `${formatMiB(need)} needed`,
         KV_RETRY_AFTER_MS,
       );
     let s: Session;
@@ -258,7 +261,8 @@ export class StageHost extends DurableObject<Env> {
       if (p.model !== model || p.first !== hop.first || p.end !== hop.end) {
         throw new StageError(
           "bad_request",
-          `this StageHost holds layers [${p.first}, ${p.end}) of "${p.model}", not [${hop.first}, ${hop.end}) of "${model}"`,
+          `this StageHost holds layers [${p.first}, ${p.end}) of "${p.model}", ` +
+            `not [${hop.first}, ${hop.end}) of "${model}"`,
         );
       }
       return p;
@@ -273,7 +277,8 @@ export class StageHost extends DurableObject<Env> {
       if (bytes > budgets.stageBytes) {
         throw new StageError(
           "budget_exceeded",
-          `layers [${hop.first}, ${hop.end}) of "${model}" need ${formatMiB(bytes)}, STAGE_HOST_BUDGET_MB allows ${formatMiB(budgets.stageBytes)}`,
+          `layers [${hop.first}, ${hop.end}) of "${model}" need ${formatMiB(bytes)}, ` +
+            `STAGE_HOST_BUDGET_MB allows ${formatMiB(budgets.stageBytes)}`,
         );
       }
       const k = createKernels("best", { maxBytes: bytes + budgets.stageKvBytes + STAGE_SCRATCH_BYTES });
