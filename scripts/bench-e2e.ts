@@ -19,7 +19,7 @@ import { dirname, join } from "node:path";
 import { parseArgs } from "node:util";
 import { startLocalWorker, ROOT, type LocalWorker } from "./lib/local-worker";
 import { seedModelDir } from "./lib/seed-lib";
-import { makeDemoModel } from "./make-demo-model";
+import { makeDemoModel } from "./lib/demo-model";
 import { parseConfig } from "../src/model/config";
 import { expertBytesF32 } from "../src/model/architectures";
 import { deploymentShape } from "../src/stages/deployment";

@@ -15,7 +15,7 @@ import { parseConfig, type ModelSpec } from "../src/model/config";
 import { expertBytesF32 } from "../src/model/architectures";
 import { deploymentShape } from "../src/stages/deployment";
 import { DESIGNS, tokenCost, type PipelineCosts } from "./lib/pipeline-model";
-import { demoModelConfig, DEMO_MODEL_SIZE } from "./make-demo-model";
+import { demoModelConfig, DEMO_MODEL_SIZE } from "./lib/demo-model";
 import { ROOT } from "./lib/local-worker";
 import { createRng, sampleToken } from "../src/serving/sampling";
 

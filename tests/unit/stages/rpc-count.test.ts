@@ -10,7 +10,7 @@ import { parseConfig } from "../../../src/model/config";
 import { expertBytesF32 } from "../../../src/model/architectures";
 import { countRpcs, worstCaseRpcs } from "../../../src/stages/rpc-count";
 import { deploymentShape } from "../../../src/stages/deployment";
-import { demoModelConfig, DEMO_MODEL_SIZE } from "../../../scripts/make-demo-model";
+import { demoModelConfig, DEMO_MODEL_SIZE } from "../../../scripts/lib/demo-model";
 
 const ROOT = join(__dirname, "..", "..", "..");
 const toml = readFileSync(join(ROOT, "wrangler.toml"), "utf8");
