@@ -15,6 +15,9 @@
  *    orientation, so nothing is transposed. Mixtral's router moves from `block_sparse_moe.gate` to
  *    `mlp.gate`. (huggingface/transformers src/transformers/conversion_mapping.py,
  *    models/mixtral/modeling_mixtral.py, models/granitemoe/modeling_granitemoe.py.)
+ *
+ * Longer than the project's ~400-line guideline on purpose: most of it is the per-family name
+ * tables and their shape checks, which read best side by side (a new family is one more table).
  */
 import type { ModelSpec, Architecture, AttentionSpec } from "./config";
 import { parseConfig } from "./config";

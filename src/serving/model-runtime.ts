@@ -5,6 +5,9 @@
  * fan-out (one RPC per instance per MoE layer). When the dense part does not fit the Worker (or
  * a stage count is forced), the Worker keeps the embeddings and head and the layers run on
  * StageHost pipeline stages (src/stages) — the same ModelForward code, split by layer range.
+ *
+ * A little over the ~400-line guideline: the one place that decides, per model, where each part
+ * runs (Worker fast path, stages, head shards, session driver); splitting it would scatter that.
  */
 import { createKernels } from "../kernels/workers";
 import { WASM_MAX_BYTES } from "../kernels/index";
