@@ -8,6 +8,8 @@
  */
 import type { RouterSpec } from "../gating/router";
 import { ModelFormatError } from "./errors";
+import { yarnAttentionScale, type YarnSpec } from "./rope";
+import { parseYarnScaling } from "./rope-scaling";
 
 export type Architecture = "mixtral" | "qwen2_moe" | "qwen3_moe" | "olmoe" | "granitemoe" | "granitemoeshared" | "deepseek_v2" | "deepseek_v3";
 
@@ -49,7 +51,7 @@ export interface MlaAttentionSpec {
   readonly qkNopeHeadDim: number;
   readonly qkRopeHeadDim: number;
   readonly vHeadDim: number;
-  /** (qkNope + qkRope)^-0.5 (no YaRN mscale: rope_scaling is refused). */
+  /** (qkNope + qkRope)^-0.5, times get_mscale(factor, mscale_all_dim)² under YaRN (src/model/rope.ts). */
   readonly scale: number;
 }
 
@@ -75,11 +77,13 @@ export interface Multipliers {
 }
 
 /** RoPE over rotDim values of each head. interleaved: pairs (2i, 2i+1) (DeepSeek's stored layout);
- * else pairs (i, i + rotDim/2) (HF rotate_half). */
+ * else pairs (i, i + rotDim/2) (HF rotate_half). yarn: YaRN scaling (DeepSeek families only; null =
+ * plain RoPE); `ropeFrequencies(rope)` in src/model/rope.ts turns it into inv_freq and cos/sin scale. */
 export interface RopeSpec {
   readonly theta: number;
   readonly interleaved: boolean;
   readonly rotDim: number;
+  readonly yarn: YarnSpec | null;
 }
 
 export interface ModelSpec {
@@ -172,13 +176,13 @@ interface CommonDefaults {
 }
 
 /** The Llama-like fields: sizes, heads, norms, RoPE, token ids. Refuses what no family here implements. */
-function common(f: Fields, cfg: ConfigObject, file: string, d: CommonDefaults) {
+function common(f: Fields, cfg: ConfigObject, file: string, d: CommonDefaults, acceptsYarn = false) {
   const hiddenAct = f.optionalString("hidden_act") ?? "silu";
   if (hiddenAct !== "silu") {
     throw fieldError(file, "hidden_act", `"${hiddenAct}" is not supported (SwiGLU experts need silu)`);
   }
-  if (cfg.rope_scaling !== undefined && cfg.rope_scaling !== null) {
-    throw fieldError(file, "rope_scaling", `is not supported yet (got ${JSON.stringify(cfg.rope_scaling)}); only plain RoPE with rope_theta (no YaRN / linear / dynamic scaling)`);
+  if (!acceptsYarn && cfg.rope_scaling !== undefined && cfg.rope_scaling !== null) {
+    throw fieldError(file, "rope_scaling", `is not supported yet (got ${JSON.stringify(cfg.rope_scaling)}); only plain RoPE with rope_theta for this family (YaRN is implemented for deepseek_v2 / deepseek_v3)`);
   }
   if (cfg.quantization_config !== undefined && cfg.quantization_config !== null) {
     throw fieldError(file, "quantization_config", "is not supported: convert the checkpoint to F32, BF16 or F16 first (e.g. DeepSeek-V3's fp8_cast_bf16.py)");
@@ -266,7 +270,7 @@ function parseMixtral(cfg: ConfigObject, file: string): ModelSpec {
     attention: gqaAttention(c.nHeads, nKvHeads, headDim),
     sharedExperts: null,
     multipliers: NO_MULTIPLIERS,
-    rope: { theta: c.ropeTheta, interleaved: false, rotDim: headDim },
+    rope: { theta: c.ropeTheta, interleaved: false, rotDim: headDim, yarn: null },
   };
 }
 
@@ -306,7 +310,7 @@ function parseQwenMoe(cfg: ConfigObject, file: string, arch: "qwen2_moe" | "qwen
       : gqaAttention(c.nHeads, nKvHeads, headDim, { qkNorm: "per-head", qkvBias: attentionBias, outBias: attentionBias }),
     sharedExperts: sharedFf > 0 ? { count: 1, dFf: sharedFf, gated: true } : null,
     multipliers: NO_MULTIPLIERS,
-    rope: { theta: c.ropeTheta, interleaved: false, rotDim: headDim },
+    rope: { theta: c.ropeTheta, interleaved: false, rotDim: headDim, yarn: null },
   };
 }
 
@@ -335,7 +339,7 @@ function parseOlmoe(cfg: ConfigObject, file: string): ModelSpec {
     attention: gqaAttention(c.nHeads, nKvHeads, headDim, { qkNorm: "full", qkvBias: attentionBias, outBias: attentionBias }),
     sharedExperts: null,
     multipliers: NO_MULTIPLIERS,
-    rope: { theta: c.ropeTheta, interleaved: false, rotDim: headDim },
+    rope: { theta: c.ropeTheta, interleaved: false, rotDim: headDim, yarn: null },
   };
 }
 
@@ -375,7 +379,7 @@ function parseGraniteMoe(cfg: ConfigObject, file: string, arch: "granitemoe" | "
       residual: f.optionalPositiveNumber("residual_multiplier") ?? 1,
       logitsScale: f.optionalPositiveNumber("logits_scaling") ?? 1,
     },
-    rope: { theta: c.ropeTheta, interleaved: false, rotDim: headDim },
+    rope: { theta: c.ropeTheta, interleaved: false, rotDim: headDim, yarn: null },
   };
 }
 
@@ -384,7 +388,7 @@ function parseGraniteMoe(cfg: ConfigObject, file: string, arch: "granitemoe" | "
  * (`DeepseekV2Config` / the original modeling_deepseek.py). MLA attention with interleaved RoPE on
  * the rope part (`rope_interleave`, default true); layers < first_k_dense_replace (and layers with
  * L % moe_layer_freq ≠ 0) are dense MLPs of `intermediate_size`; `n_shared_experts` ungated shared
- * experts of `moe_intermediate_size` each.
+ * experts of `moe_intermediate_size` each. `rope_scaling` YaRN is accepted (src/model/rope-scaling.ts).
  *
  * Routers: V3 (`topk_method` "noaux_tc", `scoring_func` "sigmoid"): bias for selection, groups by
  * top-2 sum, weights renormalised when norm_topk_prob, then × routed_scaling_factor. V2
@@ -394,7 +398,8 @@ function parseGraniteMoe(cfg: ConfigObject, file: string, arch: "granitemoe" | "
 function parseDeepseek(cfg: ConfigObject, file: string, arch: "deepseek_v2" | "deepseek_v3"): ModelSpec {
   const f = new Fields(cfg, file);
   const v3 = arch === "deepseek_v3";
-  const c = common(f, cfg, file, { ropeTheta: 10000, rmsEps: 1e-6, maxPositions: v3 ? 4096 : 2048 });
+  const c = common(f, cfg, file, { ropeTheta: 10000, rmsEps: 1e-6, maxPositions: v3 ? 4096 : 2048 }, true);
+  const yarn = parseYarnScaling(cfg.rope_scaling, file);
   if (f.optionalBoolean("attention_bias") === true) {
     throw fieldError(file, "attention_bias", "true is not supported for MLA attention yet (published DeepSeek models use false)");
   }
@@ -449,6 +454,8 @@ function parseDeepseek(cfg: ConfigObject, file: string, arch: "deepseek_v2" | "d
     routedScale: v3 || !v2Renorm ? routedScale : 1,
   };
   const qkHead = qkNope + qkRope;
+  // The mscale² covers the whole q·k (nope and rope parts), as in DeepSeek's MLA.
+  const softmaxScale = (1 / Math.sqrt(qkHead)) * (yarn === null ? 1 : yarnAttentionScale(yarn));
   return {
     arch,
     modelType: arch,
@@ -461,10 +468,10 @@ function parseDeepseek(cfg: ConfigObject, file: string, arch: "deepseek_v2" | "d
     router,
     slidingWindow: null,
     ...layerFields(layers),
-    attention: { kind: "mla", nHeads: c.nHeads, qLoraRank, kvLoraRank, qkNopeHeadDim: qkNope, qkRopeHeadDim: qkRope, vHeadDim, scale: 1 / Math.sqrt(qkHead) },
+    attention: { kind: "mla", nHeads: c.nHeads, qLoraRank, kvLoraRank, qkNopeHeadDim: qkNope, qkRopeHeadDim: qkRope, vHeadDim, scale: softmaxScale },
     sharedExperts: nShared > 0 ? { count: nShared, dFf: nShared * dFf, gated: false } : null,
     multipliers: NO_MULTIPLIERS,
-    rope: { theta: c.ropeTheta, interleaved: f.optionalBoolean("rope_interleave") ?? true, rotDim: qkRope },
+    rope: { theta: c.ropeTheta, interleaved: f.optionalBoolean("rope_interleave") ?? true, rotDim: qkRope, yarn },
   };
 }
 

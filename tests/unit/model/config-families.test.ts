@@ -21,7 +21,7 @@ describe("parseConfig per family", () => {
     expect(s.router).toEqual({ kind: "softmax-topk", renormalize: false });
     expect(s.attention).toEqual({ kind: "gqa", nHeads: 4, nKvHeads: 2, headDim: 8, qkNorm: "none", qkvBias: true, outBias: false, scale: 1 / Math.sqrt(8) });
     expect(s.sharedExperts).toEqual({ count: 1, dFf: 40, gated: true });
-    expect(s.rope).toEqual({ theta: 1e6, interleaved: false, rotDim: 8 });
+    expect(s.rope).toEqual({ theta: 1e6, interleaved: false, rotDim: 8, yarn: null });
     // decoder_sparse_step 2: layers 1, 3, … are MoE ((L + 1) % 2 = 0).
     expect(parseConfig({ ...QWEN2_MOE, decoder_sparse_step: 2, mlp_only_layers: [] }).moeLayers).toEqual([1]);
     expect(parseConfig({ ...QWEN2_MOE, qkv_bias: false }).attention).toMatchObject({ qkvBias: false });
@@ -70,7 +70,7 @@ describe("parseConfig per family", () => {
     expect(s.attention).toEqual({ kind: "mla", nHeads: 4, qLoraRank: 48, kvLoraRank: 32, qkNopeHeadDim: 16, qkRopeHeadDim: 8, vHeadDim: 12, scale: 1 / Math.sqrt(24) });
     expect(s.router).toEqual({ kind: "group-limited-topk", scoring: "sigmoid", selectionBias: true, nGroup: 4, topkGroup: 2, groupScore: "top2-sum", renormalize: true, routedScale: 2.5 });
     expect(s.sharedExperts).toEqual({ count: 1, dFf: 32, gated: false });
-    expect(s.rope).toEqual({ theta: 10000, interleaved: true, rotDim: 8 });
+    expect(s.rope).toEqual({ theta: 10000, interleaved: true, rotDim: 8, yarn: null });
     expect(s.multipliers).toEqual({ embedding: 1, residual: 1, logitsScale: 1 });
   });
 
@@ -102,7 +102,7 @@ describe("parseConfig per family", () => {
 
   describe("rejects", () => {
     const cases: [string, Record<string, unknown>, string[]][] = [
-      ["YaRN rope_scaling", { ...DEEPSEEK_V3, rope_scaling: { type: "yarn", factor: 40, mscale: 1, mscale_all_dim: 1, original_max_position_embeddings: 4096 } }, ["rope_scaling", "yarn", "not supported"]],
+      ["a non-YaRN rope_scaling", { ...DEEPSEEK_V3, rope_scaling: { type: "linear", factor: 4 } }, ["rope_scaling.type", "linear", "not supported"]],
       ["an fp8 checkpoint", { ...DEEPSEEK_V3, quantization_config: { quant_method: "fp8" } }, ["quantization_config", "F32, BF16 or F16"]],
       ["an unknown topk_method", { ...DEEPSEEK_V3, topk_method: "greedy" }, ["topk_method", '"greedy"', "noaux_tc"]],
       ["softmax scoring for noaux_tc", { ...DEEPSEEK_V3, scoring_func: "softmax" }, ["scoring_func", '"softmax"', "sigmoid"]],

@@ -33,7 +33,7 @@ describe("parseConfig", () => {
       attention: { kind: "gqa", nHeads: 4, nKvHeads: 2, headDim: 16, qkNorm: "none", qkvBias: false, outBias: false, scale: 0.25 },
       sharedExperts: null,
       multipliers: { embedding: 1, residual: 1, logitsScale: 1 },
-      rope: { theta: 1e6, interleaved: false, rotDim: 16 },
+      rope: { theta: 1e6, interleaved: false, rotDim: 16, yarn: null },
     });
   });
 
@@ -134,7 +134,7 @@ describe("parseConfig", () => {
       await expectModelError(() => parseConfig(cfg), ["config.json", "model_type"]);
     });
 
-    it("rope_scaling (not supported yet)", async () => {
+    it("rope_scaling outside the DeepSeek families", async () => {
       await expectModelError(() => parseConfig({ ...base(), rope_scaling: { type: "yarn", factor: 4 } }), ["config.json", "rope_scaling", "not supported"]);
     });
 
