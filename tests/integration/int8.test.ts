@@ -9,7 +9,7 @@ import { mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { LocalWorker } from "../../scripts/lib/local-worker";
-import { convertModel } from "../../scripts/convert";
+import { convertModel } from "../../scripts/lib/convert-lib";
 import { ADMIN, FIXTURES, postJson, startWithModels } from "./helpers";
 
 const F32_EXPERT_BYTES = 3 * 64 * 96 * 4;
