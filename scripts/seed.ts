@@ -1,19 +1,24 @@
 /**
  * @module Uploads a model directory to the `MODELS` R2 bucket under `models/<id>/`.
  *
- *   tsx scripts/seed.ts [DIR] [--model ID] [--remote] [--dry-run]
+ *   tsx scripts/seed.ts [DIR] [--model ID] [--remote] [--dry-run] [--part-mb N] [--tokenizer FAMILY]
  *
  * Local (default): writes through `getPlatformProxy` into `.wrangler/state`, the store
  * `wrangler dev` reads; unchanged files (same size and MD5) are skipped, so re-running is cheap.
- * `--remote`: runs `wrangler r2 object put <bucket>/models/<id>/<file> --file <path> --remote` per
- * file (needs `wrangler login`); `--dry-run` prints those commands without running them.
+ * `--remote` with S3 credentials in the environment (scripts/lib/s3-upload.ts): R2's S3 API,
+ * multipart for large files, unchanged files (size + SHA-256 in metadata) skipped, byte progress.
+ * `--remote` without them: `wrangler r2 object put … --remote` per file (needs `wrangler login`;
+ * at most 300 MiB a file); `--dry-run` prints those commands without running them.
  */
 import { spawnSync } from "node:child_process";
 import { mkdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { basename, dirname, join, relative, resolve } from "node:path";
 import { parseArgs } from "node:util";
+import { progressBar } from "./lib/progress.ts";
+import { DEFAULT_PART_BYTES, S3_ENV_HELP, s3Client, s3TargetFromEnv, uploadFiles, type S3Target } from "./lib/s3-upload.ts";
 import { contentTypeFor, listModelFiles, modelKeyPrefix, seedModelDir, validateModelId } from "./lib/seed-lib.ts";
+import { TOKENIZER_FAMILIES, attachTokenizer, type TokenizerFamily } from "./lib/tokenizer-files.ts";
 
 const CONFIG_PATH = "wrangler.toml";
 const BINDING = "MODELS";
@@ -23,11 +28,17 @@ const WRANGLER_PUT_LIMIT = 300 * 1024 * 1024;
 const DEMO_DIR = "demo-model";
 const DEMO_MODEL_ID = "demo-mixtral";
 
-const USAGE = `usage: tsx scripts/seed.ts [DIR] [--model ID] [--remote] [--dry-run]
-  DIR        model directory (default ${DEMO_DIR}/)
-  --model    model id, the R2 key prefix models/<ID>/ (default: the directory's name; ${DEMO_DIR}/ → ${DEMO_MODEL_ID})
-  --remote   upload to the real bucket with \`wrangler r2 object put … --remote\`
-  --dry-run  with --remote: print the commands only`;
+const USAGE = `usage: tsx scripts/seed.ts [DIR] [--model ID] [--remote] [--dry-run] [--part-mb N] [--tokenizer FAMILY]
+  DIR          model directory (default ${DEMO_DIR}/)
+  --model      model id, the R2 key prefix models/<ID>/ (default: the directory's name; ${DEMO_DIR}/ → ${DEMO_MODEL_ID})
+  --remote     upload to the real bucket. With S3 credentials in the environment — ${S3_ENV_HELP} —
+               through R2's S3 API: multipart for large files, unchanged files (size + SHA-256) skipped,
+               a re-run after an interruption sends only what is missing. Without them:
+               \`wrangler r2 object put … --remote\` per file (at most 300 MiB a file)
+  --dry-run    with --remote and no S3 credentials: print the wrangler commands only
+  --part-mb N  multipart part size in MiB (default ${DEFAULT_PART_BYTES >> 20}, at least 5)
+  --tokenizer  copy a family's real tokenizer files into DIR first, keeping any it has
+               (${TOKENIZER_FAMILIES.join(", ")})`;
 
 function mib(n: number): string {
   return `${(n / (1 << 20)).toFixed(1)} MiB`;
@@ -81,7 +92,7 @@ function seedRemote(dir: string, modelId: string, bucket: string, dryRun: boolea
     throw new Error(
       `\`wrangler r2 object put\` uploads at most 300 MiB per object; too big: ` +
         tooBig.map((f) => `${f} (${mib(statSync(join(dir, f)).size)})`).join(", ") +
-        `. Re-shard the checkpoint into smaller safetensors files, or upload these with an S3 client (multipart) against R2's S3 API.`,
+        `. Set S3 credentials (${S3_ENV_HELP}) and re-run: seed then uploads through R2's S3 API, multipart.`,
     );
   }
   const wranglerBin = join(dirname(createRequire(import.meta.url).resolve("wrangler/package.json")), "bin", "wrangler.js");
@@ -97,6 +108,29 @@ function seedRemote(dir: string, modelId: string, bucket: string, dryRun: boolea
   if (ignored.length > 0) console.log(`not model files, left out: ${ignored.join(", ")}`);
 }
 
+async function seedS3(dir: string, modelId: string, bucket: string, target: S3Target, partBytes: number): Promise<void> {
+  const { files, ignored } = listModelFiles(dir);
+  const prefix = modelKeyPrefix(modelId);
+  console.log(`uploading ${files.length} files to ${bucket}/${prefix} through ${target.endpoint} (S3 API)`);
+  const t0 = performance.now();
+  let bar: ReturnType<typeof progressBar> | null = null;
+  const r = await uploadFiles(s3Client(target), bucket, dir, prefix, files, {
+    partBytes,
+    contentType: contentTypeFor,
+    log: (l) => console.log(l),
+    onProgress: (done, total) => {
+      bar ??= progressBar("MiB", Math.max(1, Math.ceil(total / 2 ** 20)));
+      bar.update(Math.floor(done / 2 ** 20));
+    },
+  });
+  (bar as ReturnType<typeof progressBar> | null)?.stop();
+  const up = r.filter((f) => f.action === "uploaded");
+  console.log(
+    `done in ${((performance.now() - t0) / 1000).toFixed(1)} s: ${up.length} uploaded (${mib(up.reduce((s, f) => s + f.bytes, 0))}), ` +
+      `${r.length - up.length} unchanged` + (ignored.length > 0 ? `; not model files, left out: ${ignored.join(", ")}` : ""),
+  );
+}
+
 async function main(): Promise<void> {
   const { values, positionals } = parseArgs({
     allowPositionals: true,
@@ -104,6 +138,8 @@ async function main(): Promise<void> {
       model: { type: "string" },
       remote: { type: "boolean", default: false },
       "dry-run": { type: "boolean", default: false },
+      "part-mb": { type: "string" },
+      tokenizer: { type: "string" },
       help: { type: "boolean", short: "h", default: false },
     },
   });
@@ -121,7 +157,19 @@ async function main(): Promise<void> {
   } catch {
     throw new Error(`${positionals[0] ?? DEMO_DIR} does not exist` + (positionals[0] ? "" : "; run `tsx scripts/make-demo-model.ts` first"));
   }
-  if (values.remote) seedRemote(dir, modelId, await bucketName(), values["dry-run"]);
+  if (values.tokenizer !== undefined) {
+    if (!TOKENIZER_FAMILIES.includes(values.tokenizer as TokenizerFamily)) {
+      throw new Error(`--tokenizer must be one of ${TOKENIZER_FAMILIES.join(", ")}, got ${JSON.stringify(values.tokenizer)}`);
+    }
+    const written = attachTokenizer(dir, values.tokenizer as TokenizerFamily);
+    console.log(written.length > 0 ? `added ${values.tokenizer} tokenizer files: ${written.join(", ")}` : `${dir} already has its tokenizer files; kept them`);
+  }
+  const partMb = values["part-mb"] === undefined ? DEFAULT_PART_BYTES / 2 ** 20 : Number(values["part-mb"]);
+  if (!(partMb >= 5)) throw new Error(`--part-mb must be ≥ 5 (S3's smallest part), got ${values["part-mb"]}`);
+  const target = values.remote ? s3TargetFromEnv() : null;
+  if (target && values["dry-run"]) throw new Error("--dry-run prints wrangler commands; unset the S3 credentials to use it");
+  if (target) await seedS3(dir, modelId, await bucketName(), target, partMb * 2 ** 20);
+  else if (values.remote) seedRemote(dir, modelId, await bucketName(), values["dry-run"]);
   else await seedLocal(dir, modelId);
 }
 
