@@ -4,6 +4,7 @@ import { app } from "./app";
 export { ExpertHost } from "./experts/expert-host";
 export { Coordinator } from "./coordinator/coordinator";
 export { MetricsHub } from "./observability/metrics-hub";
+export { HeadHost } from "./head/head-host";
 
 export default {
   fetch: app.fetch,

@@ -557,3 +557,49 @@ export async function openModel(store: FileStore): Promise<{ spec: ModelSpec; ck
   validateCheckpoint(ckpt, spec);
   return { spec, ckpt };
 }
+
+/** One tensor of a checkpoint as the family lays it out (see `checkpointTensors`). */
+export interface CheckpointTensor {
+  name: string;
+  shape: number[];
+  /** "expert": routed-expert weights (the part int8 conversion quantizes). */
+  part: "dense" | "expert";
+}
+
+/**
+ * Every tensor a checkpoint of `spec` holds, in the family's first-listed layout (per-expert
+ * tensors, or the packed form where the family has only that): what a writer of synthetic
+ * checkpoints must produce for `openModel` to accept them. Dense tensors first, in plan order.
+ */
+export function checkpointTensors(spec: ModelSpec): CheckpointTensor[] {
+  const a = ADAPTERS[spec.arch];
+  const layout = a.expertLayouts[0];
+  const out = new Map<string, CheckpointTensor>();
+  for (const s of slots(densePlan(spec, (L) => name(layout.router, L)))) {
+    if (!out.has(s.tensor)) out.set(s.tensor, { name: s.tensor, shape: [...s.shape], part: "dense" });
+  }
+  const { dModel: H, dFf: I, nExperts: E } = spec;
+  for (const L of spec.moeLayers) {
+    const add = (n: string, shape: number[]) => out.set(n, { name: n, shape, part: "expert" });
+    if (layout.kind === "packed") {
+      add(name(layout.gateUp, L), [E, 2 * I, H]);
+      add(name(layout.down, L), [E, H, I]);
+    } else {
+      for (let e = 0; e < E; e++) {
+        add(name(layout.w1, L, e), [I, H]);
+        add(name(layout.w2, L, e), [H, I]);
+        add(name(layout.w3, L, e), [I, H]);
+      }
+    }
+  }
+  return [...out.values()];
+}
+
+/**
+ * Names of the token-embedding table and of the output head [vocabSize, dModel]. With
+ * `tie_word_embeddings` both are the embedding table: one tensor, read once, serving both.
+ */
+export function vocabTensorNames(spec: ModelSpec): { embed: string; head: string; tied: boolean } {
+  const a = ADAPTERS[spec.arch];
+  return { embed: a.embed, head: spec.tieEmbeddings ? a.embed : a.lmHead, tied: spec.tieEmbeddings };
+}

@@ -69,14 +69,19 @@ export class TextTokenizer {
   readonly eosTokenIds: number[];
 
   readonly #tokenizer: Tokenizer;
+  /** 1 for each id the vocabulary has a piece for, indexed by id. */
+  readonly #known: Uint8Array;
   readonly #template: Template | null;
   readonly #specialText: Record<string, string>;
 
   private constructor(tokenizer: Tokenizer, config: JsonObject) {
     this.#tokenizer = tokenizer;
+    const ids = [...tokenizer.get_vocab(true).values()];
     let maxId = -1;
-    for (const id of tokenizer.get_vocab(true).values()) if (id > maxId) maxId = id;
+    for (const id of ids) if (id > maxId) maxId = id;
     this.vocabSize = maxId + 1;
+    this.#known = new Uint8Array(this.vocabSize);
+    for (const id of ids) this.#known[id] = 1;
 
     this.#specialText = {};
     for (const field of ["bos_token", "eos_token", "unk_token", "pad_token"]) {
@@ -133,9 +138,21 @@ export class TextTokenizer {
     return this.#tokenizer.encode(text, { add_special_tokens: opts?.addSpecialTokens ?? true }).ids;
   }
 
-  /** Ids → text. `skipSpecialTokens` (default false) drops BOS/EOS/etc. from the output. */
+  /**
+   * Ids → text. `skipSpecialTokens` (default false) drops BOS/EOS/etc. from the output. Ids the
+   * vocabulary has no piece for are skipped: a model's vocabulary can be larger than its
+   * tokenizer's (scripts/make-model.ts pairs granite's 49155 ids with Mistral's 32000 pieces), and
+   * the library would otherwise render them as its unknown token, which the model did not produce.
+   */
   decode(ids: number[], opts?: { skipSpecialTokens?: boolean }): string {
-    return this.#tokenizer.decode(ids, { skip_special_tokens: opts?.skipSpecialTokens ?? false });
+    const known = ids.every((id) => this.isDecodable(id)) ? ids : ids.filter((id) => this.isDecodable(id));
+    if (known.length === 0) return ""; // the library refuses an empty list
+    return this.#tokenizer.decode(known, { skip_special_tokens: opts?.skipSpecialTokens ?? false });
+  }
+
+  /** True when the vocabulary has a piece for `id` (else `decode` skips it). */
+  isDecodable(id: number): boolean {
+    return Number.isInteger(id) && id >= 0 && id < this.vocabSize && this.#known[id] === 1;
   }
 
   /**

@@ -16,11 +16,12 @@ const MAY_IMPORT: Record<string, readonly string[]> = {
   model: ["kernels", "gating", "platform"],
   experts: ["kernels", "gating", "model", "platform", "coordinator", "errors"],
   coordinator: ["kernels", "gating", "model", "platform", "experts", "errors"],
-  serving: ["kernels", "gating", "model", "platform", "experts", "coordinator", "errors"],
+  head: ["kernels", "model", "platform", "coordinator", "errors"],
+  serving: ["kernels", "gating", "model", "platform", "experts", "coordinator", "head", "errors"],
   // Metrics, aggregation and the dashboard read the experts' and Coordinator's RPC types; only
   // routes (and app.ts, which mounts its middleware) import it.
-  observability: ["kernels", "gating", "model", "platform", "experts", "coordinator", "errors"],
-  routes: ["kernels", "gating", "model", "platform", "experts", "coordinator", "serving", "observability", "errors"],
+  observability: ["kernels", "gating", "model", "platform", "experts", "coordinator", "head", "errors"],
+  routes: ["kernels", "gating", "model", "platform", "experts", "coordinator", "head", "serving", "observability", "errors"],
   errors: [],
   app: ["*"],
   index: ["*"],

@@ -1,0 +1,134 @@
+/**
+ * @module HeadHost: a Durable Object holding one vocabulary slice of a model's output head (rows
+ * [rowStart, rowEnd) of lm_head, or of the tied embedding table) in Wasm memory under
+ * HEAD_HOST_BUDGET_MB, answering with its logits slice or its greedy (max, argmax) per token.
+ * Rows are read from R2 once per instance (on `load`, or on first use after eviction). Its DO name
+ * names its rows (src/coordinator/head-placement.ts headShardName), so an instance never changes
+ * what it holds; a call for other rows is refused.
+ */
+import { DurableObject } from "cloudflare:workers";
+import { createKernels } from "../kernels/workers";
+import { MemoryBudgetError } from "../kernels/index";
+import { openModelFromR2 } from "../platform/model-store";
+import { headHostBudgetBytes } from "./budget";
+import { HeadStore, HeadStoreFailure } from "./head-store";
+import type {
+  HeadEmbedResult,
+  HeadFailure,
+  HeadForwardRequest,
+  HeadForwardResult,
+  HeadHostStats,
+  HeadLoadResult,
+  HeadShardRef,
+} from "./protocol";
+
+export class HeadHost extends DurableObject<Env> {
+  #store: HeadStore | null = null;
+  #storePromise: Promise<HeadStore> | null = null;
+
+  /** Loads the shard's rows (idempotent). */
+  async load(ref: HeadShardRef): Promise<HeadLoadResult> {
+    try {
+      await this.#open(ref);
+      return { ok: true, stats: this.stats() };
+    } catch (err) {
+      return failure(err);
+    }
+  }
+
+  /** The shard's logits slice, or its greedy answer, for hidden [n, dModel] (after the final norm). */
+  async forward(req: HeadForwardRequest): Promise<HeadForwardResult> {
+    try {
+      const store = await this.#open(req);
+      if (req.mode === "logits") return { ok: true, mode: "logits", logits: store.logits(req.hidden, req.n) };
+      if (req.mode === "greedy") return { ok: true, mode: "greedy", ...store.greedy(req.hidden, req.n) };
+      return {
+        ok: false,
+        code: "bad_request",
+        message: `mode must be "logits" or "greedy", got ${JSON.stringify(req.mode)}`,
+      };
+    } catch (err) {
+      return failure(err);
+    }
+  }
+
+  /** Embedding rows for ids inside this shard (tied embeddings: the one copy serves both). */
+  async embed(ref: HeadShardRef, ids: number[]): Promise<HeadEmbedResult> {
+    try {
+      const store = await this.#open(ref);
+      if (store.tensor !== store.embedTensor) {
+        return {
+          ok: false,
+          code: "bad_request",
+          message: `model "${ref.model}" does not tie its embeddings: this HeadHost holds ${store.tensor}`,
+        };
+      }
+      return { ok: true, rows: store.embedRows(ids) };
+    } catch (err) {
+      return failure(err);
+    }
+  }
+
+  stats(): HeadHostStats {
+    const s = this.#store;
+    return {
+      name: this.#label,
+      model: s?.ref.model ?? null,
+      tensor: s?.tensor ?? null,
+      rowStart: s?.ref.rowStart ?? 0,
+      rowEnd: s?.ref.rowEnd ?? 0,
+      format: s?.format ?? null,
+      kernels: s?.kernels.flavor ?? null,
+      bytesLoaded: s?.bytesLoaded ?? 0,
+      budgetBytes: headHostBudgetBytes(this.env),
+      wasmBytesInUse: s?.kernels.bytesInUse ?? 0,
+      calls: s?.calls ?? 0,
+      tokens: s?.tokens ?? 0,
+    };
+  }
+
+  get #label(): string {
+    return `HeadHost ${this.ctx.id.name ?? this.ctx.id.toString()}`;
+  }
+
+  async #open(ref: HeadShardRef): Promise<HeadStore> {
+    const same = (s: HeadShardRef) => s.model === ref.model && s.rowStart === ref.rowStart && s.rowEnd === ref.rowEnd;
+    if (this.#store) {
+      if (!same(this.#store.ref)) {
+        const h = this.#store.ref;
+        throw new HeadStoreFailure(
+          "bad_request",
+          `${this.#label} serves rows [${h.rowStart}, ${h.rowEnd}) of "${h.model}", ` +
+            `not [${ref.rowStart}, ${ref.rowEnd}) of "${ref.model}"`,
+        );
+      }
+      return this.#store;
+    }
+    const want = { model: ref.model, rowStart: ref.rowStart, rowEnd: ref.rowEnd };
+    this.#storePromise ??= (async () => {
+      const { spec, ckpt } = await openModelFromR2(this.env.MODELS, want.model);
+      const store = await HeadStore.load(ckpt, spec, want, {
+        budgetBytes: headHostBudgetBytes(this.env),
+        label: `${this.#label} (HEAD_HOST_BUDGET_MB)`,
+        kernels: (maxBytes) => createKernels("best", { maxBytes }),
+      });
+      this.#store = store;
+      return store;
+    })();
+    try {
+      const store = await this.#storePromise;
+      if (!same(store.ref)) return this.#open(ref); // a concurrent first call loaded other rows: refuse
+      return store;
+    } catch (err) {
+      this.#storePromise = null; // recover from a failed init: the next call tries again
+      throw err;
+    }
+  }
+}
+
+function failure(err: unknown): HeadFailure {
+  if (err instanceof HeadStoreFailure) return { ok: false, code: err.code, message: err.message };
+  const message = err instanceof Error ? err.message : String(err);
+  if (err instanceof MemoryBudgetError) return { ok: false, code: "budget_exceeded", message };
+  return { ok: false, code: "model_error", message };
+}
