@@ -21,7 +21,7 @@ import { convertModel } from "./lib/convert-lib";
 import { dirFileStore } from "./lib/dir-store";
 import { progressBar, wantsHelp } from "./lib/progress";
 
-export { convertModel };
+export { convertModel, dirFileStore };
 
 const USAGE = `usage: npm run convert -- <in-dir> <out-dir> --quant int8 [--check] [--force] [--shard-mb 64] [--chunk-mb 16] [--json]
   Writes a copy of a Hugging Face model directory (sharded safetensors; F32, BF16, F16, or DeepSeek
