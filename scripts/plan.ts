@@ -22,7 +22,7 @@ const USAGE = `usage: npm run plan -- <config.json | name | all> [options]
   bytes per token, subrequests per generation, projected decode latency.
   <name> is a file in ${CONFIG_DIR}/ without .json (e.g. qwen3-30b-a3b); "all" plans every one.
   --stage-mb N       dense weights per StageHost, MiB (default EXPERT_HOST_BUDGET_MB of wrangler.toml)
-  --head-mb N        head rows per HeadHost, MiB (default the same)
+  --head-mb N        head rows per HeadHost, MiB (default HEAD_HOST_BUDGET_MB, else the same)
   --expert-mb N      expert weights per ExpertHost, MiB (default EXPERT_HOST_BUDGET_MB)
   --expert-dtype T   f32 | int8 | int4 (default int8)
   --subrequests N    subrequest limit of one invocation (default 1000, Workers Paid)
@@ -82,7 +82,7 @@ function main(): void {
   if (dtype !== "f32" && dtype !== "int8" && dtype !== "int4") throw new Error(`--expert-dtype must be f32, int8 or int4, got ${JSON.stringify(dtype)}`);
   const budgets = {
     stageMb: num("stage-mb", values["stage-mb"], hostMb),
-    headMb: num("head-mb", values["head-mb"], hostMb),
+    headMb: num("head-mb", values["head-mb"], wranglerVar("HEAD_HOST_BUDGET_MB") ?? hostMb),
     expertMb: num("expert-mb", values["expert-mb"], hostMb),
     expertDtype: dtype as ExpertDType,
     subrequestLimit: num("subrequests", values.subrequests, 1000, true),
