@@ -8,7 +8,16 @@
 import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { basename, join } from "node:path";
 import { parseArgs } from "node:util";
-import { isRefusal, planModel, specForPlan, tableRows, type ExpertDType, type LatencyCosts, type Plan, type Refusal } from "./lib/plan-lib";
+import {
+  isRefusal,
+  planModel,
+  specForPlan,
+  tableRows,
+  type ExpertDType,
+  type LatencyCosts,
+  type Plan,
+  type Refusal,
+} from "./lib/plan-lib";
 import { wantsHelp } from "./lib/progress";
 
 /** Copies of the published configs (tests/fixtures/configs/README.md says where each came from). */
@@ -39,27 +48,40 @@ function wranglerVar(name: string): number | null {
 }
 
 function configPaths(arg: string): string[] {
-  if (arg === "all") return readdirSync(CONFIG_DIR).filter((f) => f.endsWith(".json")).sort().map((f) => join(CONFIG_DIR, f));
+  if (arg === "all")
+    return readdirSync(CONFIG_DIR)
+      .filter((f) => f.endsWith(".json"))
+      .sort()
+      .map((f) => join(CONFIG_DIR, f));
   if (existsSync(arg)) return [arg];
   const named = join(CONFIG_DIR, `${arg}.json`);
   if (existsSync(named)) return [named];
-  const known = readdirSync(CONFIG_DIR).filter((f) => f.endsWith(".json")).map((f) => f.slice(0, -5));
+  const known = readdirSync(CONFIG_DIR)
+    .filter((f) => f.endsWith(".json"))
+    .map((f) => f.slice(0, -5));
   throw new Error(`${arg}: no such file and no config of that name (known: ${known.join(", ")}, or "all")`);
 }
 
 function kernelCost(): Pick<LatencyCosts, "nsPerWeight" | "kernelSource"> {
   if (existsSync(CALIBRATION)) {
-    const c = JSON.parse(readFileSync(CALIBRATION, "utf8")) as { kernel?: { dModel: number; dFf: number; points: { x: number; ms: number }[] } };
+    const c = JSON.parse(readFileSync(CALIBRATION, "utf8")) as {
+      kernel?: { dModel: number; dFf: number; points: { x: number; ms: number }[] };
+    };
     const one = c.kernel?.points.find((p) => p.x === 1);
-    if (c.kernel && one) return { nsPerWeight: (one.ms * 1e6) / (3 * c.kernel.dModel * c.kernel.dFf), kernelSource: CALIBRATION };
+    if (c.kernel && one)
+      return { nsPerWeight: (one.ms * 1e6) / (3 * c.kernel.dModel * c.kernel.dFf), kernelSource: CALIBRATION };
   }
-  return { nsPerWeight: DEFAULT_NS_PER_WEIGHT, kernelSource: `constant ${DEFAULT_NS_PER_WEIGHT} ns/weight (no ${CALIBRATION})` };
+  return {
+    nsPerWeight: DEFAULT_NS_PER_WEIGHT,
+    kernelSource: `constant ${DEFAULT_NS_PER_WEIGHT} ns/weight (no ${CALIBRATION})`,
+  };
 }
 
 function num(flag: string, v: string | undefined, fallback: number, integer = false): number {
   if (v === undefined) return fallback;
   const n = Number(v);
-  if (!(n > 0) || (integer && !Number.isSafeInteger(n))) throw new Error(`--${flag} must be a ${integer ? "whole " : ""}number > 0, got ${JSON.stringify(v)}`);
+  if (!(n > 0) || (integer && !Number.isSafeInteger(n)))
+    throw new Error(`--${flag} must be a ${integer ? "whole " : ""}number > 0, got ${JSON.stringify(v)}`);
   return n;
 }
 
@@ -72,14 +94,22 @@ function main(): void {
   const { values, positionals } = parseArgs({
     allowPositionals: true,
     options: {
-      "stage-mb": s, "head-mb": s, "expert-mb": s, "expert-dtype": s, subrequests: s, tokens: s,
-      "rpc-ms": s, "user-rtt-ms": s, json: { type: "boolean", default: false },
+      "stage-mb": s,
+      "head-mb": s,
+      "expert-mb": s,
+      "expert-dtype": s,
+      subrequests: s,
+      tokens: s,
+      "rpc-ms": s,
+      "user-rtt-ms": s,
+      json: { type: "boolean", default: false },
     },
   });
   if (positionals.length !== 1) throw new Error(USAGE);
   const hostMb = wranglerVar("EXPERT_HOST_BUDGET_MB") ?? 96;
   const dtype = values["expert-dtype"] ?? "int8";
-  if (dtype !== "f32" && dtype !== "int8" && dtype !== "int4") throw new Error(`--expert-dtype must be f32, int8 or int4, got ${JSON.stringify(dtype)}`);
+  if (dtype !== "f32" && dtype !== "int8" && dtype !== "int4")
+    throw new Error(`--expert-dtype must be f32, int8 or int4, got ${JSON.stringify(dtype)}`);
   const budgets = {
     stageMb: num("stage-mb", values["stage-mb"], hostMb),
     headMb: num("head-mb", values["head-mb"], wranglerVar("HEAD_HOST_BUDGET_MB") ?? hostMb),
@@ -88,7 +118,11 @@ function main(): void {
     subrequestLimit: num("subrequests", values.subrequests, 1000, true),
     tokens: num("tokens", values.tokens, 256, true),
   };
-  const costs: LatencyCosts = { rpcMs: num("rpc-ms", values["rpc-ms"], 1), userRttMs: num("user-rtt-ms", values["user-rtt-ms"], 40), ...kernelCost() };
+  const costs: LatencyCosts = {
+    rpcMs: num("rpc-ms", values["rpc-ms"], 1),
+    userRttMs: num("user-rtt-ms", values["user-rtt-ms"], 40),
+    ...kernelCost(),
+  };
   const results: (Plan | Refusal)[] = configPaths(positionals[0]).map((path) => {
     const name = basename(path, ".json");
     const r = specForPlan(name, JSON.parse(readFileSync(path, "utf8")) as Record<string, unknown>);
@@ -98,8 +132,12 @@ function main(): void {
     console.log(JSON.stringify({ budgets, costs, plans: results }, null, 2));
     return;
   }
-  console.log(`budgets: StageHost ${budgets.stageMb} MiB, HeadHost ${budgets.headMb} MiB, ExpertHost ${budgets.expertMb} MiB (${dtype} experts); ` +
-    `subrequests ${budgets.subrequestLimit} for ${budgets.tokens} tokens; RPC ${costs.rpcMs} ms; kernel ${costs.nsPerWeight.toFixed(2)} ns/weight from ${costs.kernelSource}`);
+  console.log(
+    `budgets: StageHost ${budgets.stageMb} MiB, HeadHost ${budgets.headMb} MiB, ` +
+      `ExpertHost ${budgets.expertMb} MiB (${dtype} experts); ` +
+      `subrequests ${budgets.subrequestLimit} for ${budgets.tokens} tokens; RPC ${costs.rpcMs} ms; ` +
+      `kernel ${costs.nsPerWeight.toFixed(2)} ns/weight from ${costs.kernelSource}`,
+  );
   for (const line of tableRows(results)) console.log(line);
   for (const r of results) if (!isRefusal(r) && r.notes.length > 0) console.log(`${r.name}: ${r.notes.join("; ")}`);
   const first = results[0];

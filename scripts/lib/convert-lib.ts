@@ -11,7 +11,17 @@
  * scales of one tensor — independent of shard and tensor size. Output shards are written tensor
  * by tensor after their header (offsets are known from shapes), never assembled in memory.
  */
-import { closeSync, copyFileSync, mkdirSync, openSync, readdirSync, readFileSync, statSync, writeFileSync, writeSync } from "node:fs";
+import {
+  closeSync,
+  copyFileSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  statSync,
+  writeFileSync,
+  writeSync,
+} from "node:fs";
 import { join } from "node:path";
 import { quantizeRowsQ8 } from "../../src/kernels/packing";
 import { expertTensorRefs, openModel } from "../../src/model/architectures";
@@ -73,10 +83,18 @@ export function convertedConfig(cfg: Record<string, unknown>): { cfg: Record<str
   const q = cfg.quantization_config as Record<string, unknown> | null | undefined;
   if (q === undefined || q === null) return { cfg, fp8: false };
   const block = q.weight_block_size;
-  if (q.quant_method !== "fp8") throw new Error(`config.json: quantization_config.quant_method ${JSON.stringify(q.quant_method)} is not supported (convert dequantizes "fp8" only)`);
-  if (q.fmt !== undefined && q.fmt !== "e4m3") throw new Error(`config.json: quantization_config.fmt ${JSON.stringify(q.fmt)} is not supported (only "e4m3")`);
+  if (q.quant_method !== "fp8")
+    throw new Error(
+      `config.json: quantization_config.quant_method ${JSON.stringify(q.quant_method)} is not supported ` +
+        `(convert dequantizes "fp8" only)`,
+    );
+  if (q.fmt !== undefined && q.fmt !== "e4m3")
+    throw new Error(`config.json: quantization_config.fmt ${JSON.stringify(q.fmt)} is not supported (only "e4m3")`);
   if (!Array.isArray(block) || block[0] !== FP8_BLOCK || block[1] !== FP8_BLOCK) {
-    throw new Error(`config.json: quantization_config.weight_block_size must be [${FP8_BLOCK}, ${FP8_BLOCK}], got ${JSON.stringify(block)}`);
+    throw new Error(
+      `config.json: quantization_config.weight_block_size must be [${FP8_BLOCK}, ${FP8_BLOCK}], ` +
+        `got ${JSON.stringify(block)}`,
+    );
   }
   const out: Record<string, unknown> = { ...cfg, torch_dtype: "bfloat16" };
   delete out.quantization_config;
@@ -92,23 +110,36 @@ function plan(tensors: Map<string, SourceTensor>, spec: ModelSpec, report: Conve
       report.dropped++;
       continue;
     }
-    const scaleInv = src.dtype === "F8_E4M3" ? tensors.get(`${src.name}_scale_inv`) ?? null : null;
-    if (src.dtype === "F8_E4M3" && scaleInv === null) throw new Error(`tensor ${src.name} is F8_E4M3 but ${src.name}_scale_inv is missing`);
+    const scaleInv = src.dtype === "F8_E4M3" ? (tensors.get(`${src.name}_scale_inv`) ?? null) : null;
+    if (src.dtype === "F8_E4M3" && scaleInv === null)
+      throw new Error(`tensor ${src.name} is F8_E4M3 but ${src.name}_scale_inv is missing`);
     const cols = src.shape[src.shape.length - 1];
     const rows = numel(src.shape) / cols;
     if (EXPERT_RE.test(src.name)) {
       const names = quantNames(src.name);
       items.push({
-        src, scaleInv, how: "q8",
+        src,
+        scaleInv,
+        how: "q8",
         out: [
           { name: names.qweight, dtype: "I8", shape: src.shape, byteLength: rows * cols },
           { name: names.scales, dtype: "F32", shape: src.shape.slice(0, -1), byteLength: 4 * rows },
         ],
       });
     } else if (src.dtype === "F8_E4M3") {
-      items.push({ src, scaleInv, how: "bf16", out: [{ name: src.name, dtype: "BF16", shape: src.shape, byteLength: 2 * rows * cols }] });
+      items.push({
+        src,
+        scaleInv,
+        how: "bf16",
+        out: [{ name: src.name, dtype: "BF16", shape: src.shape, byteLength: 2 * rows * cols }],
+      });
     } else {
-      items.push({ src, scaleInv: null, how: "copy", out: [{ name: src.name, dtype: src.dtype as WritableDType, shape: src.shape, byteLength: src.byteLength }] });
+      items.push({
+        src,
+        scaleInv: null,
+        how: "copy",
+        out: [{ name: src.name, dtype: src.dtype as WritableDType, shape: src.shape, byteLength: src.byteLength }],
+      });
     }
   }
   return items;
@@ -156,7 +187,8 @@ function writeItem(fd: number, it: Item, reader: RowReader): void {
   const { src } = it;
   if (it.how === "copy") {
     const step = 4 * reader.maxValues;
-    for (let at = 0; at < src.byteLength; at += step) writeAll(fd, reader.bytes(src, at, Math.min(step, src.byteLength - at)));
+    for (let at = 0; at < src.byteLength; at += step)
+      writeAll(fd, reader.bytes(src, at, Math.min(step, src.byteLength - at)));
     return;
   }
   const cols = src.shape[src.shape.length - 1];
@@ -199,7 +231,15 @@ export async function convertModel(inDir: string, outDir: string, opts: ConvertO
   const spec = parseConfig(cfg);
   const tensors = readSourceTensors(inDir);
   const report: ConvertReport = {
-    tensors: 0, quantized: 0, dequantized: 0, dropped: 0, shards: 0, bytesIn: 0, bytesOut: 0, expertBytesIn: 0, expertBytesOut: 0,
+    tensors: 0,
+    quantized: 0,
+    dequantized: 0,
+    dropped: 0,
+    shards: 0,
+    bytesIn: 0,
+    bytesOut: 0,
+    expertBytesIn: 0,
+    expertBytesOut: 0,
     chunkValues: 0,
   };
   const items = plan(tensors, spec, report);
@@ -212,7 +252,10 @@ export async function convertModel(inDir: string, outDir: string, opts: ConvertO
     const p = join(inDir, f);
     if (statSync(p).isFile()) copyFileSync(p, join(outDir, f));
   }
-  writeFileSync(join(outDir, "config.json"), fp8 ? `${JSON.stringify(cfg, null, 2)}\n` : readFileSync(join(inDir, "config.json")));
+  writeFileSync(
+    join(outDir, "config.json"),
+    fp8 ? `${JSON.stringify(cfg, null, 2)}\n` : readFileSync(join(inDir, "config.json")),
+  );
   const total = items.reduce((s, i) => s + i.src.byteLength, 0);
   const shards = shardItems(items, shardBytes);
   const reader = new RowReader(inDir, chunkValues);
@@ -253,13 +296,18 @@ export async function convertModel(inDir: string, outDir: string, opts: ConvertO
   } finally {
     reader.close();
   }
-  writeFileSync(join(outDir, INDEX_FILE), `${JSON.stringify({ metadata: { total_size: totalSize, edge_moe_expert_quant: "int8" }, weight_map: weightMap }, null, 2)}\n`);
+  const index = { metadata: { total_size: totalSize, edge_moe_expert_quant: "int8" }, weight_map: weightMap };
+  writeFileSync(join(outDir, INDEX_FILE), `${JSON.stringify(index, null, 2)}\n`);
+
   report.shards = shards.length;
   // The result must open as the serving path opens it, with every routed expert found as int8.
   const { spec: outSpec, ckpt } = await openModel(dirFileStore(outDir));
   const experts = expertTensorNames(ckpt, outSpec);
   if (experts.size !== report.quantized) {
-    throw new Error(`converted ${report.quantized} expert tensors but the model has ${experts.size}: expert tensor names not recognised`);
+    throw new Error(
+      `converted ${report.quantized} expert tensors but the model has ${experts.size}: ` +
+        "expert tensor names not recognised",
+    );
   }
   return report;
 }

@@ -68,15 +68,20 @@ function readHeader(path: string, file: string): SourceTensor[] {
     if (headerLen > 100 << 20) throw new Error(`${file}: header of ${headerLen} bytes is not a safetensors header`);
     const raw = new Uint8Array(headerLen);
     readExact(fd, raw, 8, path);
-    const header = JSON.parse(new TextDecoder().decode(raw)) as Record<string, { dtype: string; shape: number[]; data_offsets: [number, number] }>;
+    const header = JSON.parse(new TextDecoder().decode(raw)) as Record<
+      string,
+      { dtype: string; shape: number[]; data_offsets: [number, number] }
+    >;
     const dataStart = 8 + headerLen;
     const tensors: SourceTensor[] = [];
     for (const [name, e] of Object.entries(header)) {
       if (name === "__metadata__") continue;
-      if (!(e.dtype in ESIZE)) throw new Error(`${file}: tensor ${name} has dtype ${e.dtype} (convert reads F32, BF16, F16 and F8_E4M3)`);
+      if (!(e.dtype in ESIZE))
+        throw new Error(`${file}: tensor ${name} has dtype ${e.dtype} (convert reads F32, BF16, F16 and F8_E4M3)`);
       const dtype = e.dtype as SourceDType;
       const byteLength = numel(e.shape) * ESIZE[dtype];
-      if (e.data_offsets[1] - e.data_offsets[0] !== byteLength) throw new Error(`${file}: tensor ${name}: data_offsets do not match shape × dtype`);
+      if (e.data_offsets[1] - e.data_offsets[0] !== byteLength)
+        throw new Error(`${file}: tensor ${name}: data_offsets do not match shape × dtype`);
       tensors.push({ name, file, dtype, shape: e.shape, offset: dataStart + e.data_offsets[0], byteLength });
     }
     return tensors;
@@ -128,7 +133,8 @@ export class RowReader {
 
   /** Raw bytes [offset, offset + length) of a tensor's data; valid until the next call. */
   bytes(t: SourceTensor, offset: number, length: number): Uint8Array {
-    if (length > this.#raw.length) throw new RangeError(`read of ${length} bytes exceeds the ${this.#raw.length}-byte buffer`);
+    if (length > this.#raw.length)
+      throw new RangeError(`read of ${length} bytes exceeds the ${this.#raw.length}-byte buffer`);
     const dst = this.#raw.subarray(0, length);
     readExact(this.#fd(t.file), dst, t.offset + offset, t.file);
     return dst;
@@ -151,7 +157,8 @@ export class RowReader {
     for (let r = 0; r < n; r++) {
       const srow = ((first + r) / FP8_BLOCK) | 0;
       const o = r * cols;
-      for (let c = 0; c < cols; c++) out[o + c] = Math.fround(E4M3[raw[o + c]] * scaleInv[srow * blockCols + ((c / FP8_BLOCK) | 0)]);
+      for (let c = 0; c < cols; c++)
+        out[o + c] = Math.fround(E4M3[raw[o + c]] * scaleInv[srow * blockCols + ((c / FP8_BLOCK) | 0)]);
     }
     return out;
   }

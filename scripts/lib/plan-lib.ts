@@ -111,7 +111,10 @@ export function denseLayerBytes(spec: ModelSpec, L: number): number {
  * A config as the planner takes it: an fp8 `quantization_config` is dropped (convert dequantizes
  * DeepSeek's fp8 blocks), every other refusal of parseConfig is returned with its field.
  */
-export function specForPlan(name: string, cfg: Record<string, unknown>): { spec: ModelSpec; notes: string[] } | Refusal {
+export function specForPlan(
+  name: string,
+  cfg: Record<string, unknown>,
+): { spec: ModelSpec; notes: string[] } | Refusal {
   const notes: string[] = [];
   const copy = { ...cfg };
   const q = copy.quantization_config as Record<string, unknown> | undefined | null;
@@ -135,7 +138,13 @@ export function isRefusal(x: unknown): x is Refusal {
  * Subrequests are counted as if the Worker's one invocation issued every RPC of the generation (the
  * conservative case); RPCs a StageHost issues itself count against that host's own invocation.
  */
-export function planModel(name: string, spec: ModelSpec, b: PlanBudgets, costs: LatencyCosts, notesIn: string[] = []): Plan {
+export function planModel(
+  name: string,
+  spec: ModelSpec,
+  b: PlanBudgets,
+  costs: LatencyCosts,
+  notesIn: string[] = [],
+): Plan {
   const blockers: string[] = [];
   const notes = [...notesIn];
   const d = spec.dModel;
@@ -147,7 +156,10 @@ export function planModel(name: string, spec: ModelSpec, b: PlanBudgets, costs: 
   let maxFill = 0;
   const tooBig = perLayer.filter((bytes) => bytes > stageBudget);
   if (tooBig.length > 0) {
-    blockers.push(`${tooBig.length} layers' dense weights (up to ${mib(Math.max(...tooBig))}) exceed a StageHost (${b.stageMb} MiB); a layer split over StageHosts is not implemented`);
+    blockers.push(
+      `${tooBig.length} layers' dense weights (up to ${mib(Math.max(...tooBig))}) exceed a StageHost ` +
+        `(${b.stageMb} MiB); a layer split over StageHosts is not implemented`,
+    );
   }
   for (const bytes of perLayer) {
     if (stages === 0 || fill + bytes > stageBudget) {
@@ -168,22 +180,35 @@ export function planModel(name: string, spec: ModelSpec, b: PlanBudgets, costs: 
   const slices = Math.max(1, Math.ceil(eBytes / eBudget));
   const perHost = slices > 1 ? 1 : Math.floor(eBudget / eBytes);
   const expertHosts = slices > 1 ? totalExperts * slices : Math.ceil(totalExperts / perHost);
-  if (slices > 1) blockers.push(`one ${b.expertDtype} expert (${mib(eBytes)}) exceeds an ExpertHost (${b.expertMb} MiB): needs ${slices} slices (sliced experts are not implemented yet)`);
+  if (slices > 1)
+    blockers.push(
+      `one ${b.expertDtype} expert (${mib(eBytes)}) exceeds an ExpertHost (${b.expertMb} MiB): ` +
+        `needs ${slices} slices (sliced experts are not implemented yet)`,
+    );
   // Per decoded token: one hop per stage, one fan-out per MoE layer (top-k experts, each slice a call,
   // at most one call per host), one call per head shard.
   const fanOut = Math.min(spec.topK * slices, expertHosts);
   const rpcs = stages + nMoe * fanOut + headHosts;
   const act = 4 * d;
-  const bytesPerToken = stages * 2 * act + nMoe * fanOut * 2 * act + headHosts * (act + 4 * Math.ceil(spec.vocabSize / headHosts));
+  const bytesPerToken =
+    stages * 2 * act + nMoe * fanOut * 2 * act + headHosts * (act + 4 * Math.ceil(spec.vocabSize / headHosts));
   const perGeneration = rpcs * b.tokens;
   const maxTokens = Math.floor(b.subrequestLimit / rpcs);
   if (perGeneration > b.subrequestLimit) {
-    notes.push(`${b.tokens} tokens need ${perGeneration} subrequests > the limit ${b.subrequestLimit}: at most ${maxTokens} tokens per request`);
+    notes.push(
+      `${b.tokens} tokens need ${perGeneration} subrequests > the limit ${b.subrequestLimit}: ` +
+        `at most ${maxTokens} tokens per request`,
+    );
   }
   // Latency: hops are sequential; a layer's experts run in parallel on different hosts.
   const denseWeights = perLayer.reduce((s, x) => s + x, 0) / STAGE_BYTES_PER_WEIGHT;
   const expertWeightsPerCall = (3 * d * spec.dFf) / slices;
-  const kernelMs = ((denseWeights + nMoe * expertWeightsPerCall + (headBytes / STAGE_BYTES_PER_WEIGHT) / (spec.tieEmbeddings ? 1 : 2) / headHosts) * costs.nsPerWeight) / 1e6;
+  const kernelMs =
+    ((denseWeights +
+      nMoe * expertWeightsPerCall +
+      headBytes / STAGE_BYTES_PER_WEIGHT / (spec.tieEmbeddings ? 1 : 2) / headHosts) *
+      costs.nsPerWeight) /
+    1e6;
   const decodeMs = (stages + nMoe + 1) * costs.rpcMs + kernelMs;
   return {
     name,
@@ -192,9 +217,20 @@ export function planModel(name: string, spec: ModelSpec, b: PlanBudgets, costs: 
     moeLayers: nMoe,
     nExperts: spec.nExperts,
     topK: spec.topK,
-    stage: { instances: stages, bytesPerLayer: Math.max(...perLayer), maxBytesPerInstance: maxFill, layersPerInstance: Math.ceil(spec.nLayers / stages) },
+    stage: {
+      instances: stages,
+      bytesPerLayer: Math.max(...perLayer),
+      maxBytesPerInstance: maxFill,
+      layersPerInstance: Math.ceil(spec.nLayers / stages),
+    },
     head: { instances: headHosts, bytes: headBytes, bytesPerInstance: Math.ceil(headBytes / headHosts) },
-    expert: { instances: expertHosts, bytesPerExpert: eBytes, expertsPerInstance: perHost, slicesPerExpert: slices, totalBytes: eBytes * totalExperts },
+    expert: {
+      instances: expertHosts,
+      bytesPerExpert: eBytes,
+      expertsPerInstance: perHost,
+      slicesPerExpert: slices,
+      totalBytes: eBytes * totalExperts,
+    },
     rpcsPerToken: rpcs,
     bytesStreamedPerToken: bytesPerToken,
     subrequests: { perGeneration, limit: b.subrequestLimit, maxTokens },
@@ -212,16 +248,24 @@ export function mib(bytes: number): string {
 /** One markdown row per plan or refusal. */
 export function tableRows(items: (Plan | Refusal)[]): string[] {
   const head = [
-    "| config | StageHosts | HeadHosts | ExpertHosts (experts/host) | expert | RPCs/token | KiB/token | subreq. (max tokens) | decode ms/token | fits the budgets? |",
+    "| config | StageHosts | HeadHosts | ExpertHosts (experts/host) | expert | RPCs/token | KiB/token | " +
+      "subreq. (max tokens) | decode ms/token | fits the budgets? |",
     "|---|---|---|---|---|---|---|---|---|---|",
   ];
   return head.concat(
     items.map((p) => {
-      if (isRefusal(p)) return `| ${p.name} | — | — | — | — | — | — | — | — | refused: \`${p.field}\` — ${p.message.replace(/\|/g, "\\|")} |`;
-      const e = p.expert.slicesPerExpert > 1 ? `${p.expert.instances} (${p.expert.slicesPerExpert} slices/expert)` : `${p.expert.instances} (${p.expert.expertsPerInstance})`;
+      if (isRefusal(p)) {
+        const why = p.message.replace(/\|/g, "\\|");
+        return `| ${p.name} | — | — | — | — | — | — | — | — | refused: \`${p.field}\` — ${why} |`;
+      }
+      const e =
+        p.expert.slicesPerExpert > 1
+          ? `${p.expert.instances} (${p.expert.slicesPerExpert} slices/expert)`
+          : `${p.expert.instances} (${p.expert.expertsPerInstance})`;
       const ok = p.blockers.length === 0 ? "yes" : `no: ${p.blockers.join("; ")}`;
       return (
-        `| ${p.name} | ${p.stage.instances} × ≤${mib(p.stage.maxBytesPerInstance)} | ${p.head.instances} × ${mib(p.head.bytesPerInstance)} | ${e} | ` +
+        `| ${p.name} | ${p.stage.instances} × ≤${mib(p.stage.maxBytesPerInstance)} | ` +
+        `${p.head.instances} × ${mib(p.head.bytesPerInstance)} | ${e} | ` +
         `${mib(p.expert.bytesPerExpert)} | ${p.rpcsPerToken} | ${(p.bytesStreamedPerToken / 1024).toFixed(1)} | ` +
         `${p.subrequests.perGeneration} (${p.subrequests.maxTokens}) | ${p.decodeMsPerToken.toFixed(1)} | ${ok} |`
       );

@@ -40,7 +40,10 @@ export function s3TargetFromEnv(env: Record<string, string | undefined> = proces
   const secretAccessKey = env.R2_SECRET_ACCESS_KEY ?? env.AWS_SECRET_ACCESS_KEY;
   if (!accessKeyId && !secretAccessKey) return null;
   if (!accessKeyId || !secretAccessKey) throw new Error(`incomplete S3 credentials: set both keys (${S3_ENV_HELP})`);
-  const endpoint = env.R2_ENDPOINT ?? env.AWS_ENDPOINT_URL ?? (env.R2_ACCOUNT_ID ? `https://${env.R2_ACCOUNT_ID}.r2.cloudflarestorage.com` : undefined);
+  const endpoint =
+    env.R2_ENDPOINT ??
+    env.AWS_ENDPOINT_URL ??
+    (env.R2_ACCOUNT_ID ? `https://${env.R2_ACCOUNT_ID}.r2.cloudflarestorage.com` : undefined);
   if (!endpoint) throw new Error(`no S3 endpoint: set R2_ACCOUNT_ID (or R2_ENDPOINT / AWS_ENDPOINT_URL)`);
   return { endpoint, accessKeyId, secretAccessKey, region: env.AWS_REGION ?? "auto" };
 }
@@ -88,7 +91,11 @@ export interface UploadOptions {
   log?: (line: string) => void;
 }
 
-async function headObject(client: S3Client, bucket: string, key: string): Promise<{ size: number; sha256: string | undefined } | null> {
+async function headObject(
+  client: S3Client,
+  bucket: string,
+  key: string,
+): Promise<{ size: number; sha256: string | undefined } | null> {
   try {
     const h = await client.send(new HeadObjectCommand({ Bucket: bucket, Key: key }));
     return { size: h.ContentLength ?? -1, sha256: h.Metadata?.sha256 };
@@ -102,7 +109,14 @@ async function headObject(client: S3Client, bucket: string, key: string): Promis
  * Uploads `files` (names in `dir`, in the order given) to `bucket` under `prefix`. Files whose
  * object already has the same size and SHA-256 metadata are skipped.
  */
-export async function uploadFiles(client: S3Client, bucket: string, dir: string, prefix: string, files: string[], opts: UploadOptions = {}): Promise<UploadedFile[]> {
+export async function uploadFiles(
+  client: S3Client,
+  bucket: string,
+  dir: string,
+  prefix: string,
+  files: string[],
+  opts: UploadOptions = {},
+): Promise<UploadedFile[]> {
   const log = opts.log ?? (() => {});
   const todo: { file: string; key: string; bytes: number; sha256: string }[] = [];
   const out: UploadedFile[] = [];
@@ -146,7 +160,10 @@ export async function uploadFiles(client: S3Client, bucket: string, dir: string,
     opts.onProgress?.(before, total);
     const parts = f.bytes <= partSize ? 1 : Math.ceil(f.bytes / partSize);
     out.push({ ...f, action: "uploaded", parts });
-    log(`  ↑ ${f.key} (${f.bytes} B${parts > 1 ? `, ${parts} parts` : ""}, ${((performance.now() - t) / 1000).toFixed(1)} s)`);
+    log(
+      `  ↑ ${f.key} (${f.bytes} B${parts > 1 ? `, ${parts} parts` : ""}, ` +
+        `${((performance.now() - t) / 1000).toFixed(1)} s)`,
+    );
   }
   const order = new Map(files.map((f, i) => [f, i]));
   return out.sort((a, b) => (order.get(a.file) ?? 0) - (order.get(b.file) ?? 0));

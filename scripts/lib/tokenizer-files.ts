@@ -27,7 +27,12 @@ export const TOKENIZER_FILE_NAMES = ["tokenizer.json", "tokenizer_config.json"] 
  * (DeepSeek-V2 has its own 102400-token vocabulary, which no package ships).
  */
 export function tokenizerFamilyFor(modelType: string): TokenizerFamily | null {
-  const map: Record<string, TokenizerFamily> = { qwen3_moe: "qwen3", deepseek_v3: "deepseek_v3", llama4_text: "llama3", gpt_oss: "gpt_oss" };
+  const map: Record<string, TokenizerFamily> = {
+    qwen3_moe: "qwen3",
+    deepseek_v3: "deepseek_v3",
+    llama4_text: "llama3",
+    gpt_oss: "gpt_oss",
+  };
   return Object.hasOwn(map, modelType) ? map[modelType] : null;
 }
 

@@ -34,7 +34,8 @@ function show(v: unknown): string {
  */
 export function parseYarnScaling(raw: unknown, file: string): YarnSpec | null {
   if (raw === undefined || raw === null) return null;
-  if (typeof raw !== "object" || Array.isArray(raw)) fail(file, "rope_scaling", `must be an object or null, got ${show(raw)}`);
+  if (typeof raw !== "object" || Array.isArray(raw))
+    fail(file, "rope_scaling", `must be an object or null, got ${show(raw)}`);
   const o = raw as Record<string, unknown>;
   const type = o.type ?? o.rope_type;
   if (o.type !== undefined && o.rope_type !== undefined && o.type !== o.rope_type) {
@@ -53,7 +54,8 @@ export function parseYarnScaling(raw: unknown, file: string): YarnSpec | null {
       if (fallback === null) fail(file, `rope_scaling.${key}`, `is missing (required: ${want})`);
       return fallback;
     }
-    if (typeof v !== "number" || !Number.isFinite(v) || !ok(v)) fail(file, `rope_scaling.${key}`, `must be ${want}, got ${show(v)}`);
+    if (typeof v !== "number" || !Number.isFinite(v) || !ok(v))
+      fail(file, `rope_scaling.${key}`, `must be ${want}, got ${show(v)}`);
     return v;
   };
   const yarn: YarnSpec = {

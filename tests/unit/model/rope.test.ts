@@ -19,7 +19,8 @@ import { DEEPSEEK_V2_LITE, DEEPSEEK_V3 } from "./family-configs";
 import { expectModelError } from "./helpers";
 
 const FIXTURE = new URL("../../fixtures/deepseek-v3-yarn/", import.meta.url);
-const readJson = (f: string): Record<string, unknown> => JSON.parse(readFileSync(new URL(f, FIXTURE), "utf8")) as Record<string, unknown>;
+const readJson = (f: string): Record<string, unknown> =>
+  JSON.parse(readFileSync(new URL(f, FIXTURE), "utf8")) as Record<string, unknown>;
 /** Copies of the published configs (see tests/fixtures/configs/README.md). */
 const SHARED_CONFIG = (name: string) => new URL(`../../fixtures/configs/${name}`, import.meta.url);
 
@@ -39,7 +40,14 @@ function referenceInvFreq(theta: number, d: number, y: YarnSpec): number[] {
 }
 const m = (f: number, x: number) => (f <= 1 ? 1 : 0.1 * x * Math.log(f) + 1);
 
-const V3_YARN: YarnSpec = { factor: 40, originalMaxPositions: 4096, betaFast: 32, betaSlow: 1, mscale: 1, mscaleAllDim: 1 };
+const V3_YARN: YarnSpec = {
+  factor: 40,
+  originalMaxPositions: 4096,
+  betaFast: 32,
+  betaSlow: 1,
+  mscale: 1,
+  mscaleAllDim: 1,
+};
 const V2_LITE_YARN: YarnSpec = { ...V3_YARN, mscale: 0.707, mscaleAllDim: 0.707 };
 
 describe("YaRN math", () => {
@@ -56,7 +64,11 @@ describe("YaRN math", () => {
   });
 
   it("equals an independent float64 computation on the published DeepSeek shapes", () => {
-    for (const [y, d] of [[V3_YARN, 64], [V2_LITE_YARN, 64], [{ ...V3_YARN, factor: 4, originalMaxPositions: 16 }, 8]] as const) {
+    for (const [y, d] of [
+      [V3_YARN, 64],
+      [V2_LITE_YARN, 64],
+      [{ ...V3_YARN, factor: 4, originalMaxPositions: 16 }, 8],
+    ] as const) {
       const got = yarnInvFreq(10000, d, y);
       const want = referenceInvFreq(10000, d, y);
       for (let i = 0; i < want.length; i++) expect(got[i]).toBeCloseTo(want[i], 15);
@@ -100,8 +112,18 @@ describe("parseConfig with YaRN (DeepSeek families)", () => {
   });
 
   it("accepts rope_type as well as type, and applies defaults", () => {
-    const s = parseConfig({ ...DEEPSEEK_V2_LITE, rope_scaling: { rope_type: "yarn", factor: 4, original_max_position_embeddings: 16 } });
-    expect(s.rope.yarn).toEqual({ factor: 4, originalMaxPositions: 16, betaFast: 32, betaSlow: 1, mscale: 1, mscaleAllDim: 0 });
+    const s = parseConfig({
+      ...DEEPSEEK_V2_LITE,
+      rope_scaling: { rope_type: "yarn", factor: 4, original_max_position_embeddings: 16 },
+    });
+    expect(s.rope.yarn).toEqual({
+      factor: 4,
+      originalMaxPositions: 16,
+      betaFast: 32,
+      betaSlow: 1,
+      mscale: 1,
+      mscaleAllDim: 0,
+    });
     expect(s.attention.scale).toBeCloseTo(1 / 4, 15);
   });
 
@@ -114,7 +136,11 @@ describe("parseConfig with YaRN (DeepSeek families)", () => {
       ["a missing factor", { type: "yarn", original_max_position_embeddings: 16 }, ["rope_scaling.factor", "missing"]],
       ["a factor < 1", { ...yarn, factor: 0.5 }, ["rope_scaling.factor", "≥ 1"]],
       ["a missing original length", { type: "yarn", factor: 4 }, ["rope_scaling.original_max_position_embeddings"]],
-      ["a fractional original length", { ...yarn, original_max_position_embeddings: 1.5 }, ["original_max_position_embeddings", "integer"]],
+      [
+        "a fractional original length",
+        { ...yarn, original_max_position_embeddings: 1.5 },
+        ["original_max_position_embeddings", "integer"],
+      ],
       ["beta_fast ≤ beta_slow", { ...yarn, beta_fast: 1, beta_slow: 2 }, ["rope_scaling.beta_fast", "beta_slow"]],
       ["a negative mscale", { ...yarn, mscale_all_dim: -1 }, ["rope_scaling.mscale_all_dim"]],
       ["an unknown key", { ...yarn, truncate: false }, ["rope_scaling.truncate", "not supported"]],

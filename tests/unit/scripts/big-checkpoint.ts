@@ -25,12 +25,19 @@ function tensors(s: BigShape): T[] {
   const out: T[] = [{ name: "model.embed_tokens.weight", shape: [s.vocab, H] }];
   for (let L = 0; L < s.nLayers; L++) {
     const p = `model.layers.${L}.`;
-    out.push({ name: `${p}input_layernorm.weight`, shape: [H] }, { name: `${p}post_attention_layernorm.weight`, shape: [H] });
+    out.push(
+      { name: `${p}input_layernorm.weight`, shape: [H] },
+      { name: `${p}post_attention_layernorm.weight`, shape: [H] },
+    );
     for (const m of ["q", "k", "v", "o"]) out.push({ name: `${p}self_attn.${m}_proj.weight`, shape: [H, H] });
     out.push({ name: `${p}block_sparse_moe.gate.weight`, shape: [s.nExperts, H] });
     for (let e = 0; e < s.nExperts; e++) {
       const q = `${p}block_sparse_moe.experts.${e}.`;
-      out.push({ name: `${q}w1.weight`, shape: [s.dFf, H] }, { name: `${q}w2.weight`, shape: [H, s.dFf] }, { name: `${q}w3.weight`, shape: [s.dFf, H] });
+      out.push(
+        { name: `${q}w1.weight`, shape: [s.dFf, H] },
+        { name: `${q}w2.weight`, shape: [H, s.dFf] },
+        { name: `${q}w3.weight`, shape: [s.dFf, H] },
+      );
     }
   }
   out.push({ name: "model.norm.weight", shape: [H] }, { name: "lm_head.weight", shape: [s.vocab, H] });
@@ -42,12 +49,27 @@ const bytesOf = (t: T) => 2 * t.shape.reduce((a, b) => a * b, 1);
 /** Writes config.json, the shards and the index into `dir`; returns the bytes of weights written. */
 export function writeBigCheckpoint(dir: string, s: BigShape): number {
   mkdirSync(dir, { recursive: true });
-  writeFileSync(join(dir, "config.json"), JSON.stringify({
-    architectures: ["MixtralForCausalLM"], model_type: "mixtral", hidden_size: s.dModel, intermediate_size: s.dFf,
-    num_attention_heads: s.dModel / 64, num_key_value_heads: s.dModel / 64, num_hidden_layers: s.nLayers,
-    num_local_experts: s.nExperts, num_experts_per_tok: 2, vocab_size: s.vocab, rms_norm_eps: 1e-5, rope_theta: 1e6,
-    max_position_embeddings: 4096, hidden_act: "silu", tie_word_embeddings: false, torch_dtype: "bfloat16",
-  }));
+  writeFileSync(
+    join(dir, "config.json"),
+    JSON.stringify({
+      architectures: ["MixtralForCausalLM"],
+      model_type: "mixtral",
+      hidden_size: s.dModel,
+      intermediate_size: s.dFf,
+      num_attention_heads: s.dModel / 64,
+      num_key_value_heads: s.dModel / 64,
+      num_hidden_layers: s.nLayers,
+      num_local_experts: s.nExperts,
+      num_experts_per_tok: 2,
+      vocab_size: s.vocab,
+      rms_norm_eps: 1e-5,
+      rope_theta: 1e6,
+      max_position_embeddings: 4096,
+      hidden_act: "silu",
+      tie_word_embeddings: false,
+      torch_dtype: "bfloat16",
+    }),
+  );
   const all = tensors(s);
   const total = all.reduce((a, t) => a + bytesOf(t), 0);
   const perShard = Math.ceil(total / s.nShards);
@@ -90,7 +112,7 @@ export function writeBigCheckpoint(dir: string, s: BigShape): number {
       new DataView(len.buffer).setBigUint64(0, BigInt(json.length), true);
       writeSync(fd, len);
       writeSync(fd, new TextEncoder().encode(json));
-      for (let left = off; left > 0; ) {
+      for (let left = off; left > 0;) {
         const n = Math.min(left, patternBytes.byteLength);
         writeSync(fd, patternBytes, 0, n);
         left -= n;
@@ -99,6 +121,9 @@ export function writeBigCheckpoint(dir: string, s: BigShape): number {
       closeSync(fd);
     }
   });
-  writeFileSync(join(dir, "model.safetensors.index.json"), JSON.stringify({ metadata: { total_size: total }, weight_map: weightMap }));
+  writeFileSync(
+    join(dir, "model.safetensors.index.json"),
+    JSON.stringify({ metadata: { total_size: total }, weight_map: weightMap }),
+  );
   return total;
 }

@@ -28,7 +28,18 @@ afterAll(() => dirs.forEach((d) => rmSync(d, { recursive: true, force: true })))
 
 async function openDir(dir: string): Promise<{ ckpt: Checkpoint; files: Record<string, Uint8Array> }> {
   const files: Record<string, Uint8Array> = {};
-  for (const f of ["model.safetensors.index.json", ...new Set(Object.values((JSON.parse(readFileSync(join(dir, "model.safetensors.index.json"), "utf8")) as { weight_map: Record<string, string> }).weight_map))]) {
+  for (const f of [
+    "model.safetensors.index.json",
+    ...new Set(
+      Object.values(
+        (
+          JSON.parse(readFileSync(join(dir, "model.safetensors.index.json"), "utf8")) as {
+            weight_map: Record<string, string>;
+          }
+        ).weight_map,
+      ),
+    ),
+  ]) {
     files[f] = new Uint8Array(readFileSync(join(dir, f)));
   }
   return { ckpt: await Checkpoint.open(memoryFileStore(files, dir)), files };
@@ -79,7 +90,9 @@ function e4m3(b: number): number {
 describe("convert (streaming)", () => {
   it("equals whole-tensor int8 quantization and copies dense tensors byte for byte, at any chunk size", async () => {
     const src = join(FIXTURES, "mixtral-tiny");
-    const srcCkpt = await Checkpoint.open(memoryFileStore({ "model.safetensors": new Uint8Array(readFileSync(join(src, "model.safetensors"))) }));
+    const srcCkpt = await Checkpoint.open(
+      memoryFileStore({ "model.safetensors": new Uint8Array(readFileSync(join(src, "model.safetensors"))) }),
+    );
     for (const chunkValues of [1, 1000, 1 << 22]) {
       const out = join(tmp(), "m");
       const r = await convertModel(src, out, { chunkValues, shardBytes: 256 << 10 });
@@ -109,7 +122,9 @@ describe("convert (streaming)", () => {
   it("dequantizes DeepSeek fp8 (128×128 block scale_inv): dense → BF16, experts → int8", async () => {
     const dir = tmp();
     const src = join(FIXTURES, "deepseek-v3-tiny");
-    const ckpt = await Checkpoint.open(memoryFileStore({ "model.safetensors": new Uint8Array(readFileSync(join(src, "model.safetensors"))) }));
+    const ckpt = await Checkpoint.open(
+      memoryFileStore({ "model.safetensors": new Uint8Array(readFileSync(join(src, "model.safetensors"))) }),
+    );
     const out: RawTensor[] = [];
     const expected = new Map<string, Float32Array>();
     let seed = 7;
@@ -129,13 +144,25 @@ describe("convert (streaming)", () => {
       const sc = Math.ceil(cols / 128);
       const scale = new Float32Array(sr * sc).map(() => Math.fround(0.001 + (rnd() % 1000) / 1e5));
       const w = new Float32Array(rows * cols);
-      for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) w[i * cols + j] = Math.fround(e4m3(bytes[i * cols + j]) * scale[Math.floor(i / 128) * sc + Math.floor(j / 128)]);
+      for (let i = 0; i < rows; i++)
+        for (let j = 0; j < cols; j++)
+          w[i * cols + j] = Math.fround(
+            e4m3(bytes[i * cols + j]) * scale[Math.floor(i / 128) * sc + Math.floor(j / 128)],
+          );
       expected.set(name, w);
-      out.push({ name, dtype: "F8_E4M3", shape: info.shape, data: bytes }, { name: `${name}_scale_inv`, dtype: "F32", shape: [sr, sc], data: new Uint8Array(scale.buffer) });
+      out.push(
+        { name, dtype: "F8_E4M3", shape: info.shape, data: bytes },
+        { name: `${name}_scale_inv`, dtype: "F32", shape: [sr, sc], data: new Uint8Array(scale.buffer) },
+      );
     }
     writeFileSync(join(dir, "model.safetensors"), safetensorsImage(out));
     const cfg = JSON.parse(readFileSync(join(src, "config.json"), "utf8")) as Record<string, unknown>;
-    cfg.quantization_config = { activation_scheme: "dynamic", fmt: "e4m3", quant_method: "fp8", weight_block_size: [128, 128] };
+    cfg.quantization_config = {
+      activation_scheme: "dynamic",
+      fmt: "e4m3",
+      quant_method: "fp8",
+      weight_block_size: [128, 128],
+    };
     writeFileSync(join(dir, "config.json"), JSON.stringify(cfg));
 
     const outDir = join(tmp(), "m");
@@ -148,7 +175,9 @@ describe("convert (streaming)", () => {
       const cols = ckpt.info(name).shape[1];
       if (name.includes(".experts.")) {
         const q = quantizeRowsQ8(w, w.length / cols, cols);
-        expect(rawBytes(got.ckpt, got.files, name.replace(/\.weight$/, ".qweight"))).toEqual(new Uint8Array(q.q.buffer));
+        expect(rawBytes(got.ckpt, got.files, name.replace(/\.weight$/, ".qweight"))).toEqual(
+          new Uint8Array(q.q.buffer),
+        );
       } else {
         expect(got.ckpt.info(name).dtype).toBe("BF16");
         expect(rawBytes(got.ckpt, got.files, name)).toEqual(f32ToBf16Bytes(w));
@@ -157,9 +186,17 @@ describe("convert (streaming)", () => {
   });
 
   /** Runs the CLI in a fresh process and returns its --json report. */
-  function convertCli(inDir: string, outDir: string, chunkMb: number): { peakRssMiB: number; rssBeforeMiB: number; bytesIn: number; shards: number } {
+  function convertCli(
+    inDir: string,
+    outDir: string,
+    chunkMb: number,
+  ): { peakRssMiB: number; rssBeforeMiB: number; bytesIn: number; shards: number } {
     const tsx = join(ROOT, "node_modules", ".bin", "tsx");
-    const stdout = execFileSync(tsx, ["scripts/convert.ts", inDir, outDir, "--quant", "int8", "--json", "--chunk-mb", String(chunkMb)], { cwd: ROOT, encoding: "utf8", timeout: 600_000 });
+    const stdout = execFileSync(
+      tsx,
+      ["scripts/convert.ts", inDir, outDir, "--quant", "int8", "--json", "--chunk-mb", String(chunkMb)],
+      { cwd: ROOT, encoding: "utf8", timeout: 600_000 },
+    );
     return JSON.parse(stdout) as { peakRssMiB: number; rssBeforeMiB: number; bytesIn: number; shards: number };
   }
 
@@ -170,17 +207,36 @@ describe("convert (streaming)", () => {
     expect(statSync(join(dir, "model-00001-of-00001.safetensors")).size).toBeGreaterThan(90e6);
     const r = convertCli(dir, join(tmp(), "out"), 4);
     const growth = r.peakRssMiB - r.rssBeforeMiB;
-    console.log(`convert ${(bytes / 2 ** 20).toFixed(0)} MiB in 1 shard, --chunk-mb 4: peak RSS ${r.peakRssMiB.toFixed(0)} MiB, +${growth.toFixed(0)} MiB over the ${r.rssBeforeMiB.toFixed(0)} MiB before weights`);
+    console.log(
+      `convert ${(bytes / 2 ** 20).toFixed(0)} MiB in 1 shard, --chunk-mb 4: ` +
+        `peak RSS ${r.peakRssMiB.toFixed(0)} MiB, ` +
+        `+${growth.toFixed(0)} MiB over the ${r.rssBeforeMiB.toFixed(0)} MiB before weights`,
+    );
     expect(growth).toBeLessThan(40);
   }, 300_000);
 
-  it.runIf(process.env.EDGE_MOE_BIG_CONVERT === "1")("converts a ≥ 2 GB 3-shard bf16 checkpoint under the same bound", () => {
-    const dir = join(tmp(), "in");
-    const bytes = writeBigCheckpoint(dir, { dModel: 2048, dFf: 5632, nExperts: 8, nLayers: 4, vocab: 32000, nShards: 3 });
-    expect(bytes).toBeGreaterThan(2 * 2 ** 30);
-    const r = convertCli(dir, join(tmp(), "out"), 16);
-    const growth = r.peakRssMiB - r.rssBeforeMiB;
-    console.log(`convert ${(bytes / 2 ** 30).toFixed(2)} GiB in 3 shards, --chunk-mb 16: peak RSS ${r.peakRssMiB.toFixed(0)} MiB, +${growth.toFixed(0)} MiB over the ${r.rssBeforeMiB.toFixed(0)} MiB before weights`);
-    expect(growth).toBeLessThan(160);
-  }, 1_800_000);
+  it.runIf(process.env.EDGE_MOE_BIG_CONVERT === "1")(
+    "converts a ≥ 2 GB 3-shard bf16 checkpoint under the same bound",
+    () => {
+      const dir = join(tmp(), "in");
+      const bytes = writeBigCheckpoint(dir, {
+        dModel: 2048,
+        dFf: 5632,
+        nExperts: 8,
+        nLayers: 4,
+        vocab: 32000,
+        nShards: 3,
+      });
+      expect(bytes).toBeGreaterThan(2 * 2 ** 30);
+      const r = convertCli(dir, join(tmp(), "out"), 16);
+      const growth = r.peakRssMiB - r.rssBeforeMiB;
+      console.log(
+        `convert ${(bytes / 2 ** 30).toFixed(2)} GiB in 3 shards, --chunk-mb 16: ` +
+          `peak RSS ${r.peakRssMiB.toFixed(0)} MiB, ` +
+          `+${growth.toFixed(0)} MiB over the ${r.rssBeforeMiB.toFixed(0)} MiB before weights`,
+      );
+      expect(growth).toBeLessThan(160);
+    },
+    1_800_000,
+  );
 });

@@ -6,8 +6,19 @@ import { readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
 import { expertBytes, isRefusal, planModel, specForPlan, type PlanBudgets } from "../../../scripts/lib/plan-lib";
 
-const config = (name: string) => JSON.parse(readFileSync(new URL(`../../fixtures/configs/${name}.json`, import.meta.url), "utf8")) as Record<string, unknown>;
-const BUDGETS: PlanBudgets = { stageMb: 96, headMb: 96, expertMb: 96, expertDtype: "int8", subrequestLimit: 1000, tokens: 256 };
+const config = (name: string) =>
+  JSON.parse(readFileSync(new URL(`../../fixtures/configs/${name}.json`, import.meta.url), "utf8")) as Record<
+    string,
+    unknown
+  >;
+const BUDGETS: PlanBudgets = {
+  stageMb: 96,
+  headMb: 96,
+  expertMb: 96,
+  expertDtype: "int8",
+  subrequestLimit: 1000,
+  tokens: 256,
+};
 const COSTS = { rpcMs: 1, userRttMs: 40, nsPerWeight: 1, kernelSource: "test" };
 const MIB = 1 << 20;
 
@@ -42,7 +53,9 @@ describe("plan", () => {
     const q4 = plan("mixtral-8x7b", { expertDtype: "int4" });
     expect(q4.expert.bytesPerExpert).toBe(3 * 4096 * 14336 * (0.5 + 4 / 32));
     expect(q4.expert.slicesPerExpert).toBe(Math.ceil(q4.expert.bytesPerExpert / (96 * MIB)));
-    expect(plan("mixtral-8x7b", { expertDtype: "f32" }).expert.slicesPerExpert).toBe(Math.ceil((3 * 4096 * 14336 * 4) / (96 * MIB)));
+    expect(plan("mixtral-8x7b", { expertDtype: "f32" }).expert.slicesPerExpert).toBe(
+      Math.ceil((3 * 4096 * 14336 * 4) / (96 * MIB)),
+    );
   });
 
   it("plans DeepSeek-V3 after fp8 dequantization and names its oversize layers", () => {

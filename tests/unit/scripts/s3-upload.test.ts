@@ -18,7 +18,13 @@ let server: S3rver;
 let endpoint = "";
 
 beforeAll(async () => {
-  server = new S3rver({ port: 0, address: "127.0.0.1", silent: true, directory: join(root, "store"), configureBuckets: [{ name: BUCKET }] });
+  server = new S3rver({
+    port: 0,
+    address: "127.0.0.1",
+    silent: true,
+    directory: join(root, "store"),
+    configureBuckets: [{ name: BUCKET }],
+  });
   const addr = await server.run();
   endpoint = `http://127.0.0.1:${addr.port}`;
 });
@@ -36,23 +42,41 @@ describe("uploadFiles (S3 multipart, idempotent)", () => {
     writeFileSync(join(modelDir, "config.json"), '{"model_type":"mixtral"}');
     const client = s3Client({ endpoint, accessKeyId: "S3RVER", secretAccessKey: "S3RVER", region: "auto" });
     const commands: string[] = [];
-    client.middlewareStack.add((next, ctx) => async (args) => {
-      commands.push(String(ctx.commandName));
-      return next(args);
-    }, { step: "initialize" });
+    client.middlewareStack.add(
+      (next, ctx) => async (args) => {
+        commands.push(String(ctx.commandName));
+        return next(args);
+      },
+      { step: "initialize" },
+    );
     const files = ["model.safetensors", "config.json"];
     const progress: number[] = [];
-    const run = () => uploadFiles(client, BUCKET, modelDir, "models/t/", files, { partBytes: MIN_PART_BYTES, onProgress: (d) => progress.push(d) });
+    const run = () =>
+      uploadFiles(client, BUCKET, modelDir, "models/t/", files, {
+        partBytes: MIN_PART_BYTES,
+        onProgress: (d) => progress.push(d),
+      });
 
     const first = await run();
-    expect(first.map((f) => [f.file, f.action, f.parts])).toEqual([["model.safetensors", "uploaded", 2], ["config.json", "uploaded", 1]]);
+    expect(first.map((f) => [f.file, f.action, f.parts])).toEqual([
+      ["model.safetensors", "uploaded", 2],
+      ["config.json", "uploaded", 1],
+    ]);
     expect(progress.at(-1)).toBe(big.length + 24);
     expect(progress.some((p) => p > 0 && p < big.length)).toBe(true); // byte-level, not per file
     const sent = commands.filter((c) => c !== "HeadObjectCommand");
-    expect(sent).toEqual(["CreateMultipartUploadCommand", "UploadPartCommand", "UploadPartCommand", "CompleteMultipartUploadCommand", "PutObjectCommand"]);
+    expect(sent).toEqual([
+      "CreateMultipartUploadCommand",
+      "UploadPartCommand",
+      "UploadPartCommand",
+      "CompleteMultipartUploadCommand",
+      "PutObjectCommand",
+    ]);
     const head = await client.send(new HeadObjectCommand({ Bucket: BUCKET, Key: "models/t/model.safetensors" }));
     expect(head.Metadata?.sha256).toBe(first[0].sha256);
-    const body = await (await client.send(new GetObjectCommand({ Bucket: BUCKET, Key: "models/t/model.safetensors" }))).Body?.transformToByteArray();
+    const body = await (
+      await client.send(new GetObjectCommand({ Bucket: BUCKET, Key: "models/t/model.safetensors" }))
+    ).Body?.transformToByteArray();
     expect(body && Buffer.compare(Buffer.from(body), Buffer.from(big))).toBe(0);
 
     commands.length = 0;
@@ -62,17 +86,27 @@ describe("uploadFiles (S3 multipart, idempotent)", () => {
     big[big.length - 7] ^= 1;
     writeFileSync(join(modelDir, "model.safetensors"), big);
     const third = await run();
-    expect(third.map((f) => [f.file, f.action])).toEqual([["model.safetensors", "uploaded"], ["config.json", "skipped"]]);
-    const again = await (await client.send(new GetObjectCommand({ Bucket: BUCKET, Key: "models/t/model.safetensors" }))).Body?.transformToByteArray();
+    expect(third.map((f) => [f.file, f.action])).toEqual([
+      ["model.safetensors", "uploaded"],
+      ["config.json", "skipped"],
+    ]);
+    const again = await (
+      await client.send(new GetObjectCommand({ Bucket: BUCKET, Key: "models/t/model.safetensors" }))
+    ).Body?.transformToByteArray();
     expect(again && Buffer.compare(Buffer.from(again), readFileSync(join(modelDir, "model.safetensors")))).toBe(0);
   }, 60_000);
 
   it("reads credentials from R2_* or AWS_* and refuses half of them", () => {
     expect(s3TargetFromEnv({})).toBeNull();
     expect(s3TargetFromEnv({ R2_ACCESS_KEY_ID: "a", R2_SECRET_ACCESS_KEY: "b", R2_ACCOUNT_ID: "acc" })).toEqual({
-      endpoint: "https://acc.r2.cloudflarestorage.com", accessKeyId: "a", secretAccessKey: "b", region: "auto",
+      endpoint: "https://acc.r2.cloudflarestorage.com",
+      accessKeyId: "a",
+      secretAccessKey: "b",
+      region: "auto",
     });
-    expect(s3TargetFromEnv({ AWS_ACCESS_KEY_ID: "a", AWS_SECRET_ACCESS_KEY: "b", AWS_ENDPOINT_URL: "http://x" })?.endpoint).toBe("http://x");
+    expect(
+      s3TargetFromEnv({ AWS_ACCESS_KEY_ID: "a", AWS_SECRET_ACCESS_KEY: "b", AWS_ENDPOINT_URL: "http://x" })?.endpoint,
+    ).toBe("http://x");
     expect(() => s3TargetFromEnv({ R2_ACCESS_KEY_ID: "a" })).toThrow(/both keys/);
     expect(() => s3TargetFromEnv({ R2_ACCESS_KEY_ID: "a", R2_SECRET_ACCESS_KEY: "b" })).toThrow(/R2_ACCOUNT_ID/);
   });

@@ -7,7 +7,12 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { TextTokenizer, type ChatMessage } from "../../../src/model/tokenizer";
-import { attachTokenizer, tokenizerFamilyFor, tokenizerFilesFor, type TokenizerFamily } from "../../../scripts/lib/tokenizer-files";
+import {
+  attachTokenizer,
+  tokenizerFamilyFor,
+  tokenizerFilesFor,
+  type TokenizerFamily,
+} from "../../../scripts/lib/tokenizer-files";
 
 function load(family: TokenizerFamily): TextTokenizer {
   const files = tokenizerFilesFor(family);
@@ -30,7 +35,8 @@ const CASES: { family: TokenizerFamily; vocab: number; eos: string; marker: stri
     vocab: 151669,
     eos: "<|im_end|>",
     marker: "<|im_start|>",
-    rendered: "<|im_start|>system\nYou are terse.<|im_end|>\n<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n",
+    rendered:
+      "<|im_start|>system\nYou are terse.<|im_end|>\n<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n",
   },
   {
     family: "deepseek_v3",
@@ -46,7 +52,8 @@ const CASES: { family: TokenizerFamily; vocab: number; eos: string; marker: stri
     marker: "<|start_header_id|>",
     rendered:
       "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nYou are terse.<|eot_id|>" +
-      "<|start_header_id|>user<|end_header_id|>\n\nWhat is 2+2?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
+      "<|start_header_id|>user<|end_header_id|>\n\nWhat is 2+2?<|eot_id|>" +
+      "<|start_header_id|>assistant<|end_header_id|>\n\n",
   },
   { family: "gpt_oss", vocab: 201088, eos: "<|return|>", marker: "<|start|>", rendered: null },
 ];
