@@ -16,7 +16,14 @@ import { createRequire } from "node:module";
 import { basename, dirname, join, relative, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { progressBar } from "./lib/progress.ts";
-import { DEFAULT_PART_BYTES, S3_ENV_HELP, s3Client, s3TargetFromEnv, uploadFiles, type S3Target } from "./lib/s3-upload.ts";
+import {
+  DEFAULT_PART_BYTES,
+  S3_ENV_HELP,
+  s3Client,
+  s3TargetFromEnv,
+  uploadFiles,
+  type S3Target,
+} from "./lib/s3-upload.ts";
 import { contentTypeFor, listModelFiles, modelKeyPrefix, seedModelDir, validateModelId } from "./lib/seed-lib.ts";
 import { TOKENIZER_FAMILIES, attachTokenizer, type TokenizerFamily } from "./lib/tokenizer-files.ts";
 
@@ -108,7 +115,13 @@ function seedRemote(dir: string, modelId: string, bucket: string, dryRun: boolea
   if (ignored.length > 0) console.log(`not model files, left out: ${ignored.join(", ")}`);
 }
 
-async function seedS3(dir: string, modelId: string, bucket: string, target: S3Target, partBytes: number): Promise<void> {
+async function seedS3(
+  dir: string,
+  modelId: string,
+  bucket: string,
+  target: S3Target,
+  partBytes: number,
+): Promise<void> {
   const { files, ignored } = listModelFiles(dir);
   const prefix = modelKeyPrefix(modelId);
   console.log(`uploading ${files.length} files to ${bucket}/${prefix} through ${target.endpoint} (S3 API)`);
@@ -126,8 +139,9 @@ async function seedS3(dir: string, modelId: string, bucket: string, target: S3Ta
   (bar as ReturnType<typeof progressBar> | null)?.stop();
   const up = r.filter((f) => f.action === "uploaded");
   console.log(
-    `done in ${((performance.now() - t0) / 1000).toFixed(1)} s: ${up.length} uploaded (${mib(up.reduce((s, f) => s + f.bytes, 0))}), ` +
-      `${r.length - up.length} unchanged` + (ignored.length > 0 ? `; not model files, left out: ${ignored.join(", ")}` : ""),
+    `done in ${((performance.now() - t0) / 1000).toFixed(1)} s: ` +
+      `${up.length} uploaded (${mib(up.reduce((s, f) => s + f.bytes, 0))}), ${r.length - up.length} unchanged` +
+      (ignored.length > 0 ? `; not model files, left out: ${ignored.join(", ")}` : ""),
   );
 }
 
@@ -159,15 +173,22 @@ async function main(): Promise<void> {
   }
   if (values.tokenizer !== undefined) {
     if (!TOKENIZER_FAMILIES.includes(values.tokenizer as TokenizerFamily)) {
-      throw new Error(`--tokenizer must be one of ${TOKENIZER_FAMILIES.join(", ")}, got ${JSON.stringify(values.tokenizer)}`);
+      const known = TOKENIZER_FAMILIES.join(", ");
+      throw new Error(`--tokenizer must be one of ${known}, got ${JSON.stringify(values.tokenizer)}`);
     }
     const written = attachTokenizer(dir, values.tokenizer as TokenizerFamily);
-    console.log(written.length > 0 ? `added ${values.tokenizer} tokenizer files: ${written.join(", ")}` : `${dir} already has its tokenizer files; kept them`);
+    console.log(
+      written.length > 0
+        ? `added ${values.tokenizer} tokenizer files: ${written.join(", ")}`
+        : `${dir} already has its tokenizer files; kept them`,
+    );
   }
   const partMb = values["part-mb"] === undefined ? DEFAULT_PART_BYTES / 2 ** 20 : Number(values["part-mb"]);
   if (!(partMb >= 5)) throw new Error(`--part-mb must be ≥ 5 (S3's smallest part), got ${values["part-mb"]}`);
   const target = values.remote ? s3TargetFromEnv() : null;
-  if (target && values["dry-run"]) throw new Error("--dry-run prints wrangler commands; unset the S3 credentials to use it");
+  if (target && values["dry-run"]) {
+    throw new Error("--dry-run prints wrangler commands; unset the S3 credentials to use it");
+  }
   if (target) await seedS3(dir, modelId, await bucketName(), target, partMb * 2 ** 20);
   else if (values.remote) seedRemote(dir, modelId, await bucketName(), values["dry-run"]);
   else await seedLocal(dir, modelId);

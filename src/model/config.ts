@@ -182,7 +182,12 @@ function common(f: Fields, cfg: ConfigObject, file: string, d: CommonDefaults, a
     throw fieldError(file, "hidden_act", `"${hiddenAct}" is not supported (SwiGLU experts need silu)`);
   }
   if (!acceptsYarn && cfg.rope_scaling !== undefined && cfg.rope_scaling !== null) {
-    throw fieldError(file, "rope_scaling", `is not supported yet (got ${JSON.stringify(cfg.rope_scaling)}); only plain RoPE with rope_theta for this family (YaRN is implemented for deepseek_v2 / deepseek_v3)`);
+    throw fieldError(
+      file,
+      "rope_scaling",
+      `is not supported yet (got ${JSON.stringify(cfg.rope_scaling)}); only plain RoPE with rope_theta for this ` +
+        "family (YaRN is implemented for deepseek_v2 / deepseek_v3)",
+    );
   }
   if (cfg.quantization_config !== undefined && cfg.quantization_config !== null) {
     throw fieldError(file, "quantization_config", "is not supported: convert the checkpoint to F32, BF16 or F16 first (e.g. DeepSeek-V3's fp8_cast_bf16.py)");
@@ -468,7 +473,16 @@ function parseDeepseek(cfg: ConfigObject, file: string, arch: "deepseek_v2" | "d
     router,
     slidingWindow: null,
     ...layerFields(layers),
-    attention: { kind: "mla", nHeads: c.nHeads, qLoraRank, kvLoraRank, qkNopeHeadDim: qkNope, qkRopeHeadDim: qkRope, vHeadDim, scale: softmaxScale },
+    attention: {
+      kind: "mla",
+      nHeads: c.nHeads,
+      qLoraRank,
+      kvLoraRank,
+      qkNopeHeadDim: qkNope,
+      qkRopeHeadDim: qkRope,
+      vHeadDim,
+      scale: softmaxScale,
+    },
     sharedExperts: nShared > 0 ? { count: nShared, dFf: nShared * dFf, gated: false } : null,
     multipliers: NO_MULTIPLIERS,
     rope: { theta: c.ropeTheta, interleaved: f.optionalBoolean("rope_interleave") ?? true, rotDim: qkRope, yarn },

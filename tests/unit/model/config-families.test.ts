@@ -102,7 +102,11 @@ describe("parseConfig per family", () => {
 
   describe("rejects", () => {
     const cases: [string, Record<string, unknown>, string[]][] = [
-      ["a non-YaRN rope_scaling", { ...DEEPSEEK_V3, rope_scaling: { type: "linear", factor: 4 } }, ["rope_scaling.type", "linear", "not supported"]],
+      [
+        "a non-YaRN rope_scaling",
+        { ...DEEPSEEK_V3, rope_scaling: { type: "linear", factor: 4 } },
+        ["rope_scaling.type", "linear", "not supported"],
+      ],
       ["an fp8 checkpoint", { ...DEEPSEEK_V3, quantization_config: { quant_method: "fp8" } }, ["quantization_config", "F32, BF16 or F16"]],
       ["an unknown topk_method", { ...DEEPSEEK_V3, topk_method: "greedy" }, ["topk_method", '"greedy"', "noaux_tc"]],
       ["softmax scoring for noaux_tc", { ...DEEPSEEK_V3, scoring_func: "softmax" }, ["scoring_func", '"softmax"', "sigmoid"]],
