@@ -10,7 +10,7 @@ export default defineConfig({
       {
         test: {
           name: "node",
-          include: ["tests/unit/**/*.test.ts", "tests/integration/**/*.test.ts"],
+          include: ["tests/unit/**/*.test.ts", "tests/bench-model/**/*.test.ts", "tests/integration/**/*.test.ts"],
           environment: "node",
           testTimeout: 120_000,
           hookTimeout: 180_000,

@@ -22,6 +22,16 @@ import { openModel, vocabTensorNames } from "../src/model/architectures.ts";
 import { CheckpointEmbeddings, TableEmbeddings } from "../src/model/embeddings.ts";
 import { createRng } from "../src/serving/sampling.ts";
 
+const USAGE = `usage: npm run bench:embeddings [-- --budget-ms N]
+
+What an embedding row costs for a granite-3.1-1b-a400m-shaped table (49155 × 1024, bf16): held
+whole in memory vs read on demand (ranged reads + LRU cache); N ms of timing per row (default 400).`;
+
+if (process.argv.includes("--help") || process.argv.includes("-h")) {
+  console.log(USAGE);
+  process.exit(0);
+}
+
 const { values } = parseArgs({ options: { "budget-ms": { type: "string", default: "400" } } });
 const budgetMs = Number(values["budget-ms"]);
 const rng = createRng(11);

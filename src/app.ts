@@ -1,24 +1,53 @@
 /**
- * @module The Hono app: sub-apps mounted by surface, and one error mapping — ApiError to its
- * OpenAI-style body, a budget or model-format problem to a clear 5xx, anything else to a 500
- * without internals.
+ * @module The Hono app: request ids and CORS for every route, sub-apps mounted by surface, and one
+ * error mapping — ApiError to its OpenAI-style body (with its headers), a misconfigured var to a
+ * 500 naming it, a budget or model-format problem to a clear 5xx, anything else to a 500 without
+ * internals.
  */
 import { Hono } from "hono";
 import { HTTPException } from "hono/http-exception";
+import { cors } from "hono/cors";
+import { requestId, type RequestIdVariables } from "hono/request-id";
 import { ApiError, BudgetError } from "./errors";
 import { ModelFormatError } from "./model/errors";
-import { ConfigError } from "./platform/env";
+import { ConfigError, listVar } from "./platform/env";
 import { openai } from "./routes/openai";
 import { admin } from "./routes/admin";
 import { metrics } from "./routes/metrics";
 import { dashboard } from "./routes/dashboard";
 import { observe } from "./observability/http";
+import { drainBody } from "./routes/guards";
 
-export const app = new Hono<{ Bindings: Env }>();
+export const app = new Hono<{ Bindings: Env; Variables: RequestIdVariables }>();
+
+/** Longest accepted X-Request-Id; longer ones (or other characters than [A-Za-z0-9_=-]) are replaced. */
+export const MAX_REQUEST_ID_CHARS = 128;
+
+app.use("*", requestId({ limitLength: MAX_REQUEST_ID_CHARS }));
 app.use("*", observe());
+app.use("*", async (c, next) => {
+  const origins = corsOrigins(c.env);
+  if (origins.length === 0) return next();
+  return cors({
+    origin: origins.includes("*") ? "*" : origins,
+    allowMethods: ["GET", "POST", "OPTIONS"],
+    allowHeaders: ["Authorization", "Content-Type", "X-Request-Id"],
+    exposeHeaders: ["X-Request-Id", "Retry-After"],
+    maxAge: 600,
+  })(c, next);
+});
 
 app.get("/", (c) =>
-  c.json({ name: "edge-moe", endpoints: ["GET /v1/models", "POST /v1/completions", "POST /v1/chat/completions", "GET /v1/placement", "GET /health"] }),
+  c.json({
+    name: "edge-moe",
+    endpoints: [
+      "GET /v1/models",
+      "POST /v1/completions",
+      "POST /v1/chat/completions",
+      "GET /v1/placement",
+      "GET /health",
+    ],
+  }),
 );
 app.get("/health", (c) => c.json({ status: "ok" }));
 app.route("/v1", openai);
@@ -26,13 +55,18 @@ app.route("/admin", admin);
 app.route("/metrics", metrics);
 app.route("/dashboard", dashboard);
 
-app.notFound((c) => c.json(new ApiError(404, `no route for ${c.req.method} ${new URL(c.req.url).pathname}`, "not_found_error").toBody(), 404));
+app.notFound(async (c) => {
+  await drainBody(c.req.raw);
+  return c.json(
+    new ApiError(404, `no route for ${c.req.method} ${clip(new URL(c.req.url).pathname)}`, "not_found_error").toBody(),
+    404,
+  );
+});
 
-app.onError((err, c) => {
-  if (err instanceof ApiError) {
-    if (err.retryAfter !== null) c.header("Retry-After", String(Math.max(1, Math.ceil(err.retryAfter))));
-    return c.json(err.toBody(), err.status);
-  }
+app.onError(async (err, c) => {
+  // An early refusal (401, 413, 415, ...) must not cut off a client still uploading its body.
+  await drainBody(c.req.raw);
+  if (err instanceof ApiError) return c.json(err.toBody(), err.status, err.headers);
   if (err instanceof HTTPException) {
     const res = err.getResponse();
     return res;
@@ -41,14 +75,39 @@ app.onError((err, c) => {
     return c.json(new ApiError(503, err.message, "service_unavailable", null, "model_too_large").toBody(), 503);
   }
   if (err instanceof ModelFormatError) {
-    return c.json(new ApiError(500, `the stored model is malformed: ${err.message}`, "server_error", null, "model_format_error").toBody(), 500);
+    return c.json(
+      new ApiError(
+        500,
+        `the stored model is malformed: ${err.message}`,
+        "server_error",
+        null,
+        "model_format_error",
+      ).toBody(),
+      500,
+    );
   }
   if (err instanceof ConfigError) {
     // The deployment's own configuration is wrong: say which variable, so the operator can fix it.
-    console.error("configuration error", err.message);
-    const body = new ApiError(500, `server misconfigured: ${err.message}`, "server_error", null, "config_error").toBody();
-    return c.json(body, 500);
+    console.error(`request ${c.get("requestId")}: configuration error`, err.message);
+    const body = new ApiError(500, `server misconfigured: ${err.message}`, "server_error", null, "config_error");
+    return c.json(body.toBody(), 500);
   }
-  console.error("unhandled error", err);
+  console.error(`request ${c.get("requestId")}: unhandled error`, err);
   return c.json(new ApiError(500, "internal error; see the Worker's logs", "server_error").toBody(), 500);
 });
+
+/** CORS_ORIGINS: comma-separated origins (`https://app.example.com`) or `*`; empty = no CORS headers. */
+export function corsOrigins(env: object): string[] {
+  const origins = listVar(env, "CORS_ORIGINS");
+  for (const o of origins) {
+    if (o !== "*" && !/^https?:\/\/[A-Za-z0-9.-]+(:[0-9]{1,5})?$/.test(o)) {
+      throw new ConfigError("CORS_ORIGINS", '"*" or comma-separated origins such as https://app.example.com', o);
+    }
+  }
+  return origins;
+}
+
+/** Paths are echoed in 404s; a hostile one is cut short. */
+function clip(s: string): string {
+  return s.length > 200 ? `${s.slice(0, 200)}…` : s;
+}

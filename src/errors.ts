@@ -8,6 +8,7 @@ export type ApiErrorType =
   | "not_found_error"
   | "authentication_error"
   | "permission_error"
+  | "rate_limit_error"
   | "server_error"
   | "service_unavailable";
 
@@ -18,8 +19,8 @@ export class ApiError extends Error {
     readonly type: ApiErrorType = "invalid_request_error",
     readonly param: string | null = null,
     readonly code: string | null = null,
-    /** Seconds a client should wait before retrying (sent as `Retry-After`); null = no header. */
-    readonly retryAfter: number | null = null,
+    /** Response headers that belong to this error (`Retry-After`, `WWW-Authenticate`). */
+    readonly headers: Readonly<Record<string, string>> = {},
   ) {
     super(message);
     this.name = "ApiError";
@@ -28,6 +29,17 @@ export class ApiError extends Error {
   /** A 400 about one request field: `invalid("max_tokens", "must be ≥ 1, got 0")`. */
   static invalid(param: string, message: string, code = "invalid_value"): ApiError {
     return new ApiError(400, `${param}: ${message}`, "invalid_request_error", param, code);
+  }
+
+  /** Headers of a refusal the client may retry after `seconds` (whole seconds, at least 1). */
+  static retryIn(seconds: number): Record<string, string> {
+    return { "Retry-After": String(Math.max(1, Math.ceil(seconds))) };
+  }
+
+  /** Seconds from this error's `Retry-After` header; null when it has none. */
+  get retryAfter(): number | null {
+    const v = this.headers["Retry-After"];
+    return v === undefined ? null : Number(v);
   }
 
   toBody() {

@@ -53,7 +53,13 @@ const KERNEL_TOKENS = [1, 2, 4, 8, 16, 32, 64, 128];
 const RPC_TOKENS = [1, 4, 16, 64, 256];
 
 function machine(): Calibration["machine"] {
-  return { host: hostname(), cpu: cpus()[0]?.model ?? "unknown", cores: cpus().length, node: process.version, loadavg: loadavg().map((x) => Math.round(x * 100) / 100) };
+  return {
+    host: hostname(),
+    cpu: cpus()[0]?.model ?? "unknown",
+    cores: cpus().length,
+    node: process.version,
+    loadavg: loadavg().map((x) => Math.round(x * 100) / 100),
+  };
 }
 
 function median(xs: number[]): number {
@@ -102,15 +108,33 @@ export function measureKernel(opts: { expertsCycled?: number; batches?: number }
   const floats = expertPackedBytes("f32", D_MODEL, D_FF) / 4;
   const blobs = Array.from({ length: nExp }, (_, e) => {
     const packed = new Float32Array(floats);
-    packExpertF32(packed, randomF32(D_FF * D_MODEL, 3 * e + 1), randomF32(D_FF * D_MODEL, 3 * e + 2), randomF32(D_MODEL * D_FF, 3 * e + 3), D_MODEL, D_FF);
+    packExpertF32(
+      packed,
+      randomF32(D_FF * D_MODEL, 3 * e + 1),
+      randomF32(D_FF * D_MODEL, 3 * e + 2),
+      randomF32(D_MODEL * D_FF, 3 * e + 3),
+      D_MODEL,
+      D_FF,
+    );
     return k.allocF32(packed);
   });
   const x = k.allocF32(randomF32(nMax * D_MODEL, 99)); // [nMax, dModel]
   const out = k.alloc(nMax * D_MODEL * 4); // [nMax, dModel]
   const scratch = k.alloc(k.scratchBytes("ffnF32", nMax, D_MODEL, D_FF));
   let e = 0;
-  const points = timeKernel((n) => k.expertFfnPacked(out, x, blobs[e++ % nExp], n, D_MODEL, D_FF, scratch), nExp, opts.batches ?? 5);
-  return { kernel: "expertFfnPacked (f32 panels)", flavor: k.flavor, dModel: D_MODEL, dFf: D_FF, expertsCycled: nExp, points };
+  const points = timeKernel(
+    (n) => k.expertFfnPacked(out, x, blobs[e++ % nExp], n, D_MODEL, D_FF, scratch),
+    nExp,
+    opts.batches ?? 5,
+  );
+  return {
+    kernel: "expertFfnPacked (f32 panels)",
+    flavor: k.flavor,
+    dModel: D_MODEL,
+    dFf: D_FF,
+    expertsCycled: nExp,
+    points,
+  };
 }
 
 /** The plain SIMD kernel on unpacked weights, `Kernels.expertFfn`. */
@@ -128,10 +152,14 @@ export function measurePlainKernel(opts: { expertsCycled?: number; batches?: num
   const out = k.alloc(nMax * D_MODEL * 4); // [nMax, dModel]
   const scratch = k.alloc(2 * nMax * D_FF * 4); // [2, nMax, dFf]
   let e = 0;
-  const points = timeKernel((n) => {
-    const w = experts[e++ % nExp];
-    k.expertFfn(out, x, w.w1, w.w3, w.w2, n, D_MODEL, D_FF, scratch);
-  }, nExp, opts.batches ?? 5);
+  const points = timeKernel(
+    (n) => {
+      const w = experts[e++ % nExp];
+      k.expertFfn(out, x, w.w1, w.w3, w.w2, n, D_MODEL, D_FF, scratch);
+    },
+    nExp,
+    opts.batches ?? 5,
+  );
   return { kernel: "expertFfn (unpacked)", flavor: k.flavor, dModel: D_MODEL, dFf: D_FF, expertsCycled: nExp, points };
 }
 
@@ -235,7 +263,12 @@ export async function measureRpc(expertBytes: number): Promise<{ rpc: Calibratio
       big.push(m.inWorker / 20);
     }
     return {
-      rpc: { method: "Worker loop of N awaited RPCs timed with Date.now() inside workerd (Miniflare), ÷ N; wallPoints: Node wall time minus an empty request, ÷ N", points, wallPoints },
+      rpc: {
+        method:
+          "Worker loop of N awaited RPCs timed with Date.now() inside workerd (Miniflare), ÷ N; wallPoints: Node wall time minus an empty request, ÷ N",
+        points,
+        wallPoints,
+      },
       // The echo returns as many bytes as it received: half the round trip is the one-way transfer.
       expertRpcMs: median(big) / 2,
     };

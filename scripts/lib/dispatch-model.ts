@@ -8,13 +8,10 @@
  *   alone would route.
  * - `least-loaded`: the window's rows, shuffled, are cut into layer calls of `rowsPerBatch` rows
  *   (one decode token × top-k by default), dealt in turn to `dispatchers` Worker isolates; each
- *   isolate dispatches a call with `dispatchLeastLoaded` (src/experts/dispatch.ts) against its
+ *   isolate dispatches a call with `dispatchLeastLoaded` (the Worker's dispatch) against its
  *   own table of rows it sent recently, decayed with a half-life of `halfLifeWindows` windows (the
  *   Worker's `recent` table). Rows in flight need timing and are modelled by the simulator only;
  *   an isolate sees only its own rows, never the cluster's.
- * - `weighted`: the same calls and tables under the Worker's first rule (src/experts/replica-choice.ts
- *   at commit 357eefe, since replaced by `least-loaded`): each row to the replica with the smallest (recent + 1) / share,
- *   experts with most rows first.
  * - `oracle`: each expert's actual rows water-filled over its replicas with the whole window
  *   known in advance (min–max fractional split): the best any dispatch could do on this placement.
  */
@@ -23,7 +20,7 @@ import type { Placement, Replica } from "../../src/coordinator/placement";
 import { waterFill } from "../../src/coordinator/planner";
 import { makeRng } from "./workloads";
 
-export type DispatchMode = "split" | "least-loaded" | "weighted" | "oracle";
+export type DispatchMode = "split" | "least-loaded" | "oracle";
 
 export interface BatchModel {
   /** Rows (token × expert assignments) per layer call. */
@@ -43,7 +40,11 @@ export interface BatchModel {
 export const DEFAULT_BATCH: BatchModel = { rowsPerBatch: 8, dispatchers: 8, halfLifeWindows: 0.5, resetOnChange: true };
 
 /** [instance] rows of one layer under `split`: Σ count × share. */
-export function splitRows(replicas: readonly (readonly Replica[])[], counts: readonly number[], nInstances: number): Float64Array {
+export function splitRows(
+  replicas: readonly (readonly Replica[])[],
+  counts: readonly number[],
+  nInstances: number,
+): Float64Array {
   const out = new Float64Array(nInstances);
   for (let e = 0; e < replicas.length; e++) for (const r of replicas[e]) out[r.instance] += counts[e] * r.share;
   return out;
@@ -51,9 +52,14 @@ export function splitRows(replicas: readonly (readonly Replica[])[], counts: rea
 
 /**
  * [instance] rows of one layer under `oracle`: Gauss–Seidel water-filling of every multi-replica
- * expert's count over its replicas (converges to the min–max split; see planner.ts).
+ * expert's count over its replicas (converges to the min–max split; see src/coordinator/planner/shares.ts).
  */
-export function oracleRows(replicas: readonly (readonly Replica[])[], counts: readonly number[], nInstances: number, sweeps = 60): Float64Array {
+export function oracleRows(
+  replicas: readonly (readonly Replica[])[],
+  counts: readonly number[],
+  nInstances: number,
+  sweeps = 60,
+): Float64Array {
   const load = new Float64Array(nInstances);
   const multi: number[] = [];
   const x: number[][] = replicas.map((reps, e) => reps.map(() => counts[e] / reps.length));
@@ -104,16 +110,18 @@ export class DispatchModel {
   #sets: (readonly (readonly Replica[])[] | null)[] = [];
 
   constructor(nInstances: number, model: BatchModel, seed: number) {
-    if (!(model.rowsPerBatch >= 1) || !Number.isInteger(model.rowsPerBatch)) throw new RangeError(`rowsPerBatch must be an integer ≥ 1, got ${model.rowsPerBatch}`);
-    if (!(model.dispatchers >= 1) || !Number.isInteger(model.dispatchers)) throw new RangeError(`dispatchers must be an integer ≥ 1, got ${model.dispatchers}`);
+    if (!(model.rowsPerBatch >= 1) || !Number.isInteger(model.rowsPerBatch))
+      throw new RangeError(`rowsPerBatch must be an integer ≥ 1, got ${model.rowsPerBatch}`);
+    if (!(model.dispatchers >= 1) || !Number.isInteger(model.dispatchers))
+      throw new RangeError(`dispatchers must be an integer ≥ 1, got ${model.dispatchers}`);
     if (!(model.halfLifeWindows > 0)) throw new RangeError(`halfLifeWindows must be > 0, got ${model.halfLifeWindows}`);
     this.model = model;
     this.#nInstances = nInstances;
     this.#rng = makeRng(seed);
   }
 
-  /** [instance] rows of `layer` in a window with `counts` per expert, under `mode` (`least-loaded` or `weighted`). */
-  rows(placement: Placement, layer: number, counts: readonly number[], mode: "least-loaded" | "weighted"): Float64Array {
+  /** [instance] rows of `layer` in a window with `counts` per expert under least-loaded dispatch. */
+  rows(placement: Placement, layer: number, counts: readonly number[]): Float64Array {
     const replicas = placement.replicas[layer];
     const n = Math.max(this.#nInstances, placement.instances.length);
     const nExperts = replicas.length;
@@ -137,13 +145,15 @@ export class DispatchModel {
     while (tables.length < dispatchers) tables.push(new Float64Array(n));
     if (this.model.resetOnChange && !sameSets(this.#sets[layer] ?? null, replicas)) for (const t of tables) t.fill(0);
     this.#sets[layer] = replicas;
-    for (let d = 0; d < dispatchers; d++) if (tables[d].length < n) {
-      const grown = new Float64Array(n);
-      grown.set(tables[d]);
-      tables[d] = grown;
-    }
+    for (let d = 0; d < dispatchers; d++)
+      if (tables[d].length < n) {
+        const grown = new Float64Array(n);
+        grown.set(tables[d]);
+        tables[d] = grown;
+      }
     if (this.#tokens.length < nExperts) this.#tokens = new Float64Array(nExperts);
-    if (this.#out.length !== nExperts || this.#out.some((row, e) => row.length < replicas[e].length)) this.#out = replicas.map((reps) => new Array<number>(reps.length).fill(0));
+    if (this.#out.length !== nExperts || this.#out.some((row, e) => row.length < replicas[e].length))
+      this.#out = replicas.map((reps) => new Array<number>(reps.length).fill(0));
     const tokens = this.#tokens;
     const experts = this.#experts;
     const out = this.#out;
@@ -163,15 +173,10 @@ export class DispatchModel {
         if (tokens[e] === 0) experts.push(e);
         tokens[e]++;
       }
-      if (mode === "least-loaded") {
-        dispatchLeastLoaded(tokens, replicas, table, { random: rng, out, experts });
-        for (const e of experts) {
-          const reps = replicas[e];
-          for (let r = 0; r < reps.length; r++) load[reps[r].instance] += out[e][r];
-        }
-      } else {
-        experts.sort((a, b2) => tokens[b2] - tokens[a] || a - b2);
-        for (const e of experts) weightedSplit(replicas[e], tokens[e], table, load, rng);
+      dispatchLeastLoaded(tokens, replicas, table, { random: rng, out, experts });
+      for (const e of experts) {
+        const reps = replicas[e];
+        for (let r = 0; r < reps.length; r++) load[reps[r].instance] += out[e][r];
       }
       for (const e of experts) tokens[e] = 0;
     }
@@ -187,25 +192,6 @@ function sameSets(a: readonly (readonly Replica[])[] | null, b: readonly (readon
     for (let r = 0; r < a[e].length; r++) if (!b[e].some((x) => x.instance === a[e][r].instance)) return false;
   }
   return true;
-}
-
-/** replica-choice.ts's rule: each row to argmin (recent + 1) / max(share, 0.01), ties at random. */
-function weightedSplit(reps: readonly Replica[], n: number, table: Float64Array, load: Float64Array, rng: () => number): void {
-  for (let t = 0; t < n; t++) {
-    let best = reps[0].instance;
-    let bestScore = Infinity;
-    let ties = 0;
-    for (const r of reps) {
-      const score = (table[r.instance] + 1) / Math.max(r.share, 0.01);
-      if (score < bestScore - 1e-9) {
-        best = r.instance;
-        bestScore = score;
-        ties = 1;
-      } else if (Math.abs(score - bestScore) <= 1e-9 && rng() * ++ties < 1) best = r.instance;
-    }
-    table[best] += 1;
-    load[best] += 1;
-  }
 }
 
 /** max / mean of a row of instance loads over the first `n` instances (1 when empty). */

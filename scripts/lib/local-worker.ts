@@ -15,6 +15,8 @@ export const ADMIN_TOKEN_FOR_TESTS = "local-admin-token";
 export interface LocalWorkerOptions {
   /** Overrides of wrangler.toml [vars]. */
   vars?: Record<string, string>;
+  /** Secrets (ADMIN_TOKEN is set to ADMIN_TOKEN_FOR_TESTS unless given here). */
+  secrets?: Record<string, string>;
 }
 
 
@@ -42,7 +44,8 @@ export async function startLocalWorker(opts: LocalWorkerOptions = {}): Promise<L
       {
         configPath: join(ROOT, "wrangler.toml"),
         prebuiltWorkerDir: dist,
-        vars: { ADMIN_TOKEN: ADMIN_TOKEN_FOR_TESTS, ...opts.vars },
+        vars: opts.vars ?? {},
+        secrets: { ADMIN_TOKEN: ADMIN_TOKEN_FOR_TESTS, ...opts.secrets },
       },
     ],
   });

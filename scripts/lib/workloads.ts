@@ -219,7 +219,9 @@ export function syntheticTrace(opts: WorkloadOptions, source?: string): LoadTrac
   const factor = (): number => (burst > 0 ? Math.exp(burst * gaussian(rng) - (burst * burst) / 2) : 1);
   const windows = opts.requests
     ? requestCounts(opts, popularity, opts.requests, rng, factor)
-    : popularity.map((layers) => layers.map((p) => p.map((pe) => poisson(pe * opts.assignmentsPerWindow * factor(), rng))));
+    : popularity.map((layers) =>
+        layers.map((p) => p.map((pe) => poisson(pe * opts.assignmentsPerWindow * factor(), rng))),
+      );
   return {
     source: source ?? describeWorkload(opts),
     nLayers: opts.nLayers ?? 1,
@@ -228,14 +230,23 @@ export function syntheticTrace(opts: WorkloadOptions, source?: string): LoadTrac
   };
 }
 
-function requestCounts(opts: WorkloadOptions, popularity: number[][][], mix: RequestMix, rng: () => number, factor: () => number): LoadWindows {
+function requestCounts(
+  opts: WorkloadOptions,
+  popularity: number[][][],
+  mix: RequestMix,
+  rng: () => number,
+  factor: () => number,
+): LoadWindows {
   const { nExperts } = opts;
   const nLayers = opts.nLayers ?? 1;
-  if (!(mix.active >= 1) || !Number.isInteger(mix.active)) throw new RangeError(`requests.active must be an integer ≥ 1, got ${mix.active}`);
+  if (!(mix.active >= 1) || !Number.isInteger(mix.active))
+    throw new RangeError(`requests.active must be an integer ≥ 1, got ${mix.active}`);
   if (!(mix.meanWindows >= 1)) throw new RangeError(`requests.meanWindows must be ≥ 1, got ${mix.meanWindows}`);
   // tilt[request][layer][expert]: exp(σ·g) per request; a request that ends gets fresh ones.
   const tilt = (): Float64Array[] =>
-    Array.from({ length: nLayers }, () => Float64Array.from({ length: nExperts }, () => Math.exp(mix.affinity * gaussian(rng))));
+    Array.from({ length: nLayers }, () =>
+      Float64Array.from({ length: nExperts }, () => Math.exp(mix.affinity * gaussian(rng))),
+    );
   const requests = Array.from({ length: mix.active }, tilt);
   const perRequest = opts.assignmentsPerWindow / mix.active;
   const q = new Float64Array(nExperts);
@@ -246,7 +257,7 @@ function requestCounts(opts: WorkloadOptions, popularity: number[][][], mix: Req
       const f = Float64Array.from(p, () => factor());
       for (const req of requests) {
         let z = 0;
-        for (let e = 0; e < nExperts; e++) z += (q[e] = p[e] * f[e] * req[l][e]);
+        for (let e = 0; e < nExperts; e++) z += q[e] = p[e] * f[e] * req[l][e];
         for (let e = 0; e < nExperts; e++) counts[e] += poisson((perRequest * q[e]) / z, rng);
       }
       return counts;
@@ -264,7 +275,9 @@ export function describeWorkload(opts: WorkloadOptions): string {
         : d.kind === "swap"
           ? `swap(p=${d.rate}, ramp=${d.rampWindows})`
           : `rotate(${d.speed}/window) + sudden swaps(p=${d.rate})`;
-  const req = opts.requests ? `, ${opts.requests.active} requests (σ=${opts.requests.affinity}, ~${opts.requests.meanWindows} windows each)` : "";
+  const req = opts.requests
+    ? `, ${opts.requests.active} requests (σ=${opts.requests.affinity}, ~${opts.requests.meanWindows} windows each)`
+    : "";
   return `zipf(s=${opts.s}) ${opts.nExperts} experts, ${drift}${req}`;
 }
 
@@ -313,12 +326,16 @@ export function validateLoadWindows(data: unknown, source = "loads"): LoadTrace 
     layers.forEach((row, l) => {
       if (!Array.isArray(row)) {
         const at = threeD ? `loads[${w}][${l}]` : `loads[${w}]`;
-        fail(`${at} must be an array of per-expert counts, got ${typeName(row)} (mixing [window][expert] and [window][layer][expert]?)`);
+        fail(
+          `${at} must be an array of per-expert counts, got ${typeName(row)} (mixing [window][expert] and [window][layer][expert]?)`,
+        );
       }
     });
     if (nLayers < 0) nLayers = layers.length;
     else if (layers.length !== nLayers) {
-      fail(`loads[${w}] has ${layers.length} layers, but loads[0] has ${nLayers}; every window must have the same shape`);
+      fail(
+        `loads[${w}] has ${layers.length} layers, but loads[0] has ${nLayers}; every window must have the same shape`,
+      );
     }
     const parsed: number[][] = [];
     layers.forEach((row, l) => {
@@ -327,7 +344,9 @@ export function validateLoadWindows(data: unknown, source = "loads"): LoadTrace 
       if (nExperts < 0) nExperts = counts.length;
       if (counts.length === 0) fail(`${at} is empty; each window needs one count per expert`);
       if (counts.length !== nExperts) {
-        fail(`${at} has ${counts.length} experts, but the first window has ${nExperts}; every window must have the same shape`);
+        fail(
+          `${at} has ${counts.length} experts, but the first window has ${nExperts}; every window must have the same shape`,
+        );
       }
       parsed.push(
         counts.map((c, e) => {

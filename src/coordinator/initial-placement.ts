@@ -64,6 +64,8 @@ export function initialPlacement(init: PlacementInit): Placement {
 /** The experts each instance holds (model layer numbers), by instance id. */
 export function expertsByInstance(p: Placement): { layer: number; expert: number }[][] {
   const out = p.instances.map(() => [] as { layer: number; expert: number }[]);
-  p.replicas.forEach((row, r) => row.forEach((reps, expert) => reps.forEach((rep) => out[rep.instance].push({ layer: modelLayer(p, r), expert }))));
+  p.replicas.forEach((row, r) =>
+    row.forEach((reps, expert) => reps.forEach((rep) => out[rep.instance].push({ layer: modelLayer(p, r), expert }))),
+  );
   return out;
 }

@@ -69,7 +69,8 @@ export function alphaFromHalfLife(halfLifeWindows: number): number {
 
 export function createLoadWindow(nLayers: number, nExperts: number, config: LoadWindowConfig = {}): LoadWindowState {
   if (!Number.isInteger(nLayers) || nLayers < 1) throw new RangeError(`nLayers must be an integer ≥ 1, got ${nLayers}`);
-  if (!Number.isInteger(nExperts) || nExperts < 1) throw new RangeError(`nExperts must be an integer ≥ 1, got ${nExperts}`);
+  if (!Number.isInteger(nExperts) || nExperts < 1)
+    throw new RangeError(`nExperts must be an integer ≥ 1, got ${nExperts}`);
   const alpha = config.alpha ?? alphaFromHalfLife(config.halfLifeWindows ?? 1);
   if (!(alpha > 0 && alpha <= 1)) throw new RangeError(`alpha must be in (0, 1], got ${alpha}`);
   const dropBelow = config.dropBelow ?? 1e-3;
@@ -79,7 +80,8 @@ export function createLoadWindow(nLayers: number, nExperts: number, config: Load
   if (!(riseAlpha > 0 && riseAlpha <= 1)) throw new RangeError(`riseAlpha must be in (0, 1], got ${riseAlpha}`);
   const trendAlpha = config.trendAlpha ?? 0.3;
   if (!(trendAlpha >= 0 && trendAlpha <= 1)) throw new RangeError(`trendAlpha must be in [0, 1], got ${trendAlpha}`);
-  if (!(varianceAlpha > 0 && varianceAlpha <= 1)) throw new RangeError(`varianceAlpha must be in (0, 1], got ${varianceAlpha}`);
+  if (!(varianceAlpha > 0 && varianceAlpha <= 1))
+    throw new RangeError(`varianceAlpha must be in (0, 1], got ${varianceAlpha}`);
   return {
     nLayers,
     nExperts,
@@ -119,7 +121,8 @@ export function foldWindow(state: LoadWindowState, input: FoldInput): LoadWindow
   const keepFall = state.windows === 0 ? 0 : Math.pow(1 - state.alpha, w);
   const keepRise = state.windows === 0 ? 0 : Math.pow(1 - state.riseAlpha, w);
   const mix = (old: number, count: number): number => {
-    if (!(count >= 0) || !Number.isFinite(count)) throw new RangeError(`token counts must be finite and ≥ 0, got ${count}`);
+    if (!(count >= 0) || !Number.isFinite(count))
+      throw new RangeError(`token counts must be finite and ≥ 0, got ${count}`);
     const keep = count / w > old ? keepRise : keepFall;
     const v = keep * old + (1 - keep) * (count / w);
     return v < state.dropBelow ? 0 : v;
@@ -143,7 +146,9 @@ export function foldWindow(state: LoadWindowState, input: FoldInput): LoadWindow
     return row.map((old, e) => mix(Math.max(0, old + state.trend[l][e] * w), counts[l][e]));
   });
   const b = first ? 0 : 1 - Math.pow(1 - state.trendAlpha, w);
-  const trend = state.trend.map((row, l) => row.map((old, e) => b * ((expert[l][e] - state.expert[l][e]) / w) + (1 - b) * old));
+  const trend = state.trend.map((row, l) =>
+    row.map((old, e) => b * ((expert[l][e] - state.expert[l][e]) / w) + (1 - b) * old),
+  );
   const ic = input.instanceCounts ?? [];
   const nInst = Math.max(state.instance.length, ic.length);
   const instance = Array.from({ length: nInst }, (_, i) => mix(state.instance[i] ?? 0, ic[i] ?? 0));
@@ -155,7 +160,8 @@ export function foldWindow(state: LoadWindowState, input: FoldInput): LoadWindow
  * and no reports came in).
  */
 export function decayIdle(state: LoadWindowState, windows: number): LoadWindowState {
-  if (!(windows >= 0) || !Number.isFinite(windows)) throw new RangeError(`windows must be a finite number ≥ 0, got ${windows}`);
+  if (!(windows >= 0) || !Number.isFinite(windows))
+    throw new RangeError(`windows must be a finite number ≥ 0, got ${windows}`);
   const keep = Math.pow(1 - state.alpha, windows);
   const decay = (v: number): number => (v * keep < state.dropBelow ? 0 : v * keep);
   return {
@@ -227,7 +233,11 @@ export function toRows(state: LoadWindowState): LoadWindowRows {
     if (rate > 0) instances.push({ instance, rate });
   });
   const { nLayers, nExperts, alpha, riseAlpha, trendAlpha, varianceAlpha, dropBelow, windows } = state;
-  return { meta: { nLayers, nExperts, alpha, riseAlpha, trendAlpha, varianceAlpha, dropBelow, windows }, experts, instances };
+  return {
+    meta: { nLayers, nExperts, alpha, riseAlpha, trendAlpha, varianceAlpha, dropBelow, windows },
+    experts,
+    instances,
+  };
 }
 
 export function fromRows(rows: LoadWindowRows): LoadWindowState {
@@ -241,17 +251,22 @@ export function fromRows(rows: LoadWindowRows): LoadWindowState {
   });
   for (const r of rows.experts) {
     if (r.layer < 0 || r.layer >= meta.nLayers || r.expert < 0 || r.expert >= meta.nExperts) {
-      throw new RangeError(`load row (layer ${r.layer}, expert ${r.expert}) is outside ${meta.nLayers} layers × ${meta.nExperts} experts`);
+      throw new RangeError(
+        `load row (layer ${r.layer}, expert ${r.expert}) is outside ${meta.nLayers} layers × ${meta.nExperts} experts`,
+      );
     }
     if (!(r.rate >= 0) || !(r.variance >= 0) || !Number.isFinite(r.trend)) {
-      throw new RangeError(`load row (layer ${r.layer}, expert ${r.expert}) needs rate ≥ 0, variance ≥ 0 and a finite trend`);
+      throw new RangeError(
+        `load row (layer ${r.layer}, expert ${r.expert}) needs rate ≥ 0, variance ≥ 0 and a finite trend`,
+      );
     }
     state.expert[r.layer][r.expert] = r.rate;
     state.variance[r.layer][r.expert] = r.variance;
     state.trend[r.layer][r.expert] = r.trend;
   }
   for (const r of rows.instances) {
-    if (!Number.isInteger(r.instance) || r.instance < 0) throw new RangeError(`instance load row has a bad instance id ${r.instance}`);
+    if (!Number.isInteger(r.instance) || r.instance < 0)
+      throw new RangeError(`instance load row has a bad instance id ${r.instance}`);
     while (state.instance.length <= r.instance) state.instance.push(0);
     state.instance[r.instance] = r.rate;
   }

@@ -1,15 +1,171 @@
 /**
- * @module Coordinator-side re-plan steps that are pure: releasing the extra replicas of idle
- * experts, and fixing a plan's shares when some replica loads failed (the rest still applies).
+ * @module The re-plan policy, pure: what the Coordinator does with one folded load window. The
+ * Coordinator's alarm, `npm run bench:placement` and `npm run simulate` all call `replanStep`
+ * with a `ReplanConfig`, so a benchmark result describes the policy that ships. The deployed
+ * knobs are `wrangler.toml` `[vars]`, read by `replanConfigFromEnv`; `DEFAULT_REPLAN_CONFIG`
+ * holds the defaults (the same values as `wrangler.toml`; a test checks they agree).
+ *
+ * One step: fold the window's counts into the EMA loads (or decay them when nothing was counted);
+ * plan from the live placement — copies only when the window carried traffic (no copies are spent
+ * on a forecast nobody is sending); when the plan copies nothing, release the extra replicas of
+ * experts that went idle; otherwise publish re-balanced shares only when one moved noticeably.
  */
-import type { Placement, PlacementOp, Replica } from "./placement";
+import { intVar, numberVar, type Vars } from "../platform/env";
+import {
+  createLoadWindow,
+  decayIdle,
+  foldWindow,
+  forecastLoads,
+  loadVariance,
+  type LoadWindowConfig,
+  type LoadWindowState,
+} from "./load-window";
+import { sharesAfter, type ExpertBytes, type Placement, type PlacementOp, type Replica } from "./placement";
+import { planPlacement, type PlanResult } from "./planner";
+
+export interface ReplanConfig {
+  /** Load window and re-plan period (`REPLAN_INTERVAL_MS`). */
+  windowMs: number;
+  /** Most new replicas (weight copies) per re-plan (`MAX_COPIES_PER_REPLAN`). */
+  maxCopies: number;
+  /** No copies while every layer's max/mean instance load is ≤ 1 + this (`REPLAN_THRESHOLD`). */
+  threshold: number;
+  /** Instances the planner may grow the placement to (`MAX_EXPERT_HOSTS`). */
+  maxInstances: number;
+  /** Share of each instance's slots left free for replicas at the first placement (`SPARE_SLOT_FRACTION`). */
+  spareSlotFraction: number;
+  /** An expert whose forecast is at most this fraction of its layer's mean (or 0.5 tokens) is idle. */
+  idleFraction: number;
+  /** Shares alone are republished only when one replica's share moves by more than this. */
+  shareHysteresis: number;
+  /** The planner's `spread`: relative variance added to every expert's forecast. */
+  spread: number;
+  /** Feed the window's measured forecast variance to the planner (false: Poisson, variance = load). */
+  useVariance: boolean;
+  /** EMA smoothing of the load window. */
+  loadWindow: Required<Pick<LoadWindowConfig, "halfLifeWindows" | "riseAlpha" | "trendAlpha">>;
+}
+
+/**
+ * The deployed policy. `wrangler.toml` `[vars]` sets the first five to the same values; the rest
+ * have no variable. Chosen with `npm run bench:placement` and `npm run simulate` (README,
+ * "Placement: measured"): the best online balance and latency for the copies they cost.
+ */
+export const DEFAULT_REPLAN_CONFIG: Readonly<ReplanConfig> = Object.freeze({
+  windowMs: 2000,
+  maxCopies: 16,
+  threshold: 0.05,
+  maxInstances: 8,
+  spareSlotFraction: 0.25,
+  idleFraction: 0.02,
+  shareHysteresis: 0.05,
+  spread: 0.2,
+  useVariance: true,
+  loadWindow: Object.freeze({ halfLifeWindows: 1, riseAlpha: 1, trendAlpha: 0.3 }),
+});
+
+/** A deployment's re-plan config: `DEFAULT_REPLAN_CONFIG` with its `[vars]` applied (ConfigError on a bad value). */
+export function replanConfigFromEnv(vars: Vars): ReplanConfig {
+  const d = DEFAULT_REPLAN_CONFIG;
+  return {
+    ...d,
+    loadWindow: { ...d.loadWindow },
+    windowMs: intVar(vars, "REPLAN_INTERVAL_MS", d.windowMs, { min: 100 }),
+    maxCopies: intVar(vars, "MAX_COPIES_PER_REPLAN", d.maxCopies, { min: 0 }),
+    threshold: numberVar(vars, "REPLAN_THRESHOLD", d.threshold, { min: 0 }),
+    maxInstances: intVar(vars, "MAX_EXPERT_HOSTS", d.maxInstances, { min: 1 }),
+    spareSlotFraction: numberVar(vars, "SPARE_SLOT_FRACTION", d.spareSlotFraction, { min: 0, max: 0.9 }),
+  };
+}
+
+// ── the load window ───────────────────────────────────────────────────────────────────────────
+
+/** A folded window: the EMA state the planner forecasts from, and whether the window carried traffic. */
+export interface ReplanWindow {
+  state: LoadWindowState;
+  carriedTraffic: boolean;
+}
+
+/** An empty load window for `placement`'s shape with the config's smoothing. */
+export function createReplanWindow(placement: Placement, config: ReplanConfig): LoadWindowState {
+  return createLoadWindow(placement.nLayers, placement.nExperts, config.loadWindow);
+}
+
+/**
+ * Folds one window's counts into `state` (`windows`: how many windows they span — a late alarm
+ * spans more than one); a window without any count only decays the loads.
+ */
+export function foldReplanWindow(
+  state: LoadWindowState,
+  expertCounts: readonly (readonly number[])[],
+  windows = 1,
+  instanceCounts?: readonly number[],
+): ReplanWindow {
+  let total = 0;
+  for (const row of expertCounts) for (const c of row) total += c > 0 ? c : 0;
+  if (total <= 0) return { state: decayIdle(state, windows), carriedTraffic: false };
+  return { state: foldWindow(state, { expertCounts, instanceCounts, windows }), carriedTraffic: true };
+}
+
+// ── one step ──────────────────────────────────────────────────────────────────────────────────
+
+/** The live placement and what its experts weigh. */
+export interface LivePlacement {
+  placement: Placement;
+  expertBytes: ExpertBytes;
+}
+
+export interface ReplanDecision {
+  /** Diff to execute make-before-break (empty: nothing to copy or release). */
+  ops: PlacementOp[];
+  /** Shares for the placement after `ops`; null: nothing to publish, the live table stands. */
+  shares: Replica[][][] | null;
+  reason: PlanResult["reason"] | "released-idle";
+  /** The planner's predicted worst-layer max/mean: live, with new shares only, and after the plan. */
+  predicted: { before: number; sharesOnly: number; after: number };
+  /** add-replica ops in `ops`. */
+  copies: number;
+}
+
+/** What the Coordinator does with one folded window; see the module comment. Pure and deterministic. */
+export function replanStep(live: LivePlacement, window: ReplanWindow, config: ReplanConfig): ReplanDecision {
+  const p = live.placement;
+  const loads = forecastLoads(window.state);
+  const plan = planPlacement({
+    placement: p,
+    loads,
+    loadVariance: config.useVariance ? loadVariance(window.state) : undefined,
+    spread: config.spread,
+    expertBytes: live.expertBytes,
+    maxCopies: window.carriedTraffic ? config.maxCopies : 0,
+    threshold: config.threshold,
+    maxInstances: Math.max(p.instances.length, config.maxInstances),
+  });
+  const predicted = {
+    before: plan.predicted.before,
+    sharesOnly: plan.predicted.sharesOnly,
+    after: plan.predicted.after,
+  };
+  if (plan.ops.length > 0)
+    return { ops: plan.ops, shares: plan.shares, reason: plan.reason, predicted, copies: plan.copies };
+  const idle = releaseIdle(p, loads, config.idleFraction);
+  if (idle.length > 0) {
+    return { ops: idle, shares: sharesAfter(p, idle, null), reason: "released-idle", predicted, copies: 0 };
+  }
+  const moved = sharesMoved(p.replicas, plan.shares, config.shareHysteresis);
+  return { ops: [], shares: moved ? plan.shares : null, reason: plan.reason, predicted, copies: 0 };
+}
 
 /**
  * remove-replica ops for every extra replica of an idle expert — forecast load at most
  * `idleFraction` of its layer's mean expert load, or 0.5 tokens per window — keeping its
  * first-listed replica (the oldest).
  */
-export function releaseIdle(placement: Placement, loads: readonly (readonly number[])[], idleFraction: number): PlacementOp[] {
+export function releaseIdle(
+  placement: Placement,
+  loads: readonly (readonly number[])[],
+  idleFraction: number,
+): PlacementOp[] {
   const ops: PlacementOp[] = [];
   placement.replicas.forEach((row, layer) => {
     const layerLoads = loads[layer] ?? [];
@@ -24,20 +180,17 @@ export function releaseIdle(placement: Placement, loads: readonly (readonly numb
   return ops;
 }
 
-/** Shares for `placement` after `ops`: the ones given where they fit, renormalised over what exists. */
-export function sharesAfter(placement: Placement, ops: readonly PlacementOp[], planned: readonly (readonly (readonly Replica[])[])[] | null): Replica[][][] {
-  const sets = placement.replicas.map((row) => row.map((reps) => new Set(reps.map((r) => r.instance))));
-  for (const op of ops) {
-    if (op.op === "add-replica") sets[op.layer][op.expert].add(op.instance);
-    else if (op.op === "remove-replica") sets[op.layer][op.expert].delete(op.instance);
+type Shares = readonly (readonly (readonly Replica[])[])[];
+
+/** Does any replica's share differ by more than `tolerance` between `a` and `b` (or exist in `a` only)? */
+export function sharesMoved(a: Shares, b: Shares, tolerance: number): boolean {
+  for (let l = 0; l < a.length; l++) {
+    for (let e = 0; e < a[l].length; e++) {
+      for (const r of a[l][e]) {
+        const o = b[l]?.[e]?.find((x) => x.instance === r.instance);
+        if (!o || Math.abs(o.share - r.share) > tolerance) return true;
+      }
+    }
   }
-  return sets.map((row, l) =>
-    row.map((set, e) => {
-      const given = (planned?.[l]?.[e] ?? placement.replicas[l][e]).filter((r) => set.has(r.instance));
-      const missing = [...set].filter((i) => !given.some((r) => r.instance === i));
-      const all = [...given.map((r) => ({ instance: r.instance, share: r.share })), ...missing.map((instance) => ({ instance, share: 0 }))];
-      const sum = all.reduce((s, r) => s + r.share, 0);
-      return all.map((r) => ({ instance: r.instance, share: sum > 1e-12 ? r.share / sum : 1 / all.length }));
-    }),
-  );
+  return false;
 }

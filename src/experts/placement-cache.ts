@@ -135,7 +135,7 @@ function fallBack(model: string, cached: CachedPlacement | undefined, now: numbe
     "service_unavailable",
     null,
     "placement_unavailable",
-    PLACEMENT_RETRY_AFTER_S,
+    ApiError.retryIn(PLACEMENT_RETRY_AFTER_S),
   );
 }
 

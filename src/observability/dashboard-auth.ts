@@ -5,6 +5,7 @@
  * leaves the address bar and history. The dashboard's data endpoint accepts that cookie or the
  * usual `Authorization: Bearer ADMIN_TOKEN`.
  */
+import { secretVar } from "../platform/env";
 import type { Context } from "hono";
 import { getCookie, setCookie } from "hono/cookie";
 
@@ -32,7 +33,7 @@ export async function cookieValue(token: string): Promise<string> {
 
 /** True when the request carries the dashboard cookie for the current ADMIN_TOKEN. */
 export async function hasDashboardCookie(c: Context<{ Bindings: Env }>): Promise<boolean> {
-  const token = c.env.ADMIN_TOKEN;
+  const token = secretVar(c.env, "ADMIN_TOKEN");
   const got = getCookie(c, DASHBOARD_COOKIE);
   if (!token || !got) return false;
   return sameSecret(got, await cookieValue(token));

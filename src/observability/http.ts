@@ -17,7 +17,8 @@ import {
 /** When each request reached the Worker (keyed by the raw Request; no shared Context typing needed). */
 const started = new WeakMap<Request, number>();
 
-type AnyContext = Context<{ Bindings: Env }>;
+/** What the hooks read of any sub-app's context (routes add their own Variables: request id, API key). */
+type AnyContext = Pick<Context<{ Bindings: Env }>, "env" | "req" | "res" | "var" | "executionCtx">;
 
 /** The request id: hono's requestId middleware value when present, else the X-Request-Id header. */
 export function requestIdOf(c: AnyContext): string | null {

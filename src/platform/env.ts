@@ -5,7 +5,13 @@
  * back on a bad value — a typo in a deploy config must be loud, not a different behaviour.
  */
 
-/** A deployment variable holds a value it does not allow. */
+/**
+ * The Worker's secrets (`wrangler secret put NAME`; `.dev.vars` locally). None may also be a
+ * `[vars]` name: a deploy with both is refused (the deploy-config test checks wrangler.toml).
+ */
+export const SECRET_NAMES = ["ADMIN_TOKEN", "API_KEY_HASHES"] as const;
+
+/** A deployment variable holds a value it does not allow: an operator's mistake, reported by name. */
 export class ConfigError extends Error {
   override name = "ConfigError";
   constructor(
@@ -13,7 +19,8 @@ export class ConfigError extends Error {
     allowed: string,
     got: string,
   ) {
-    super(`${variable} must be ${allowed}, got "${got}"`);
+    // At most 64 characters of a bad value: enough to recognise it, never a log flood.
+    super(`${variable} must be ${allowed}, got "${got.length > 64 ? `${got.slice(0, 64)}…` : got}"`);
   }
 }
 
@@ -23,6 +30,10 @@ export type Vars = object;
 function raw(vars: Vars, name: string): string | undefined {
   const v = (vars as Record<string, unknown>)[name];
   if (v === undefined || v === null) return undefined;
+  // wrangler.toml may hold an unquoted number or boolean; anything else is not a var's value.
+  if (typeof v !== "string" && typeof v !== "number" && typeof v !== "boolean") {
+    throw new ConfigError(name, "a string", `a ${typeof v}`);
+  }
   const s = String(v).trim();
   return s === "" ? undefined : s;
 }
@@ -65,8 +76,9 @@ export function numberVar<F extends number | null>(vars: Vars, name: string, fal
 export function intVar(vars: Vars, name: string, fallback: number, rule: NumberRule = {}): number {
   const s = raw(vars, name);
   if (s === undefined) return fallback;
-  const v = Number(s);
-  if (!Number.isInteger(v)) throw new ConfigError(name, describe("an integer", rule), s);
+  // Digits only: "1e3", "1.0" and values past 2^53 are refused rather than read loosely.
+  const v = /^-?[0-9]+$/.test(s) ? Number(s) : Number.NaN;
+  if (!Number.isSafeInteger(v)) throw new ConfigError(name, describe("an integer", rule), s);
   return check(name, s, v, "an integer", rule);
 }
 
@@ -78,13 +90,28 @@ export function enumVar<T extends string>(vars: Vars, name: string, allowed: rea
   return s as T;
 }
 
-/** "true"/"false" (also "1"/"0"); `fallback` when unset. */
+/** "true" or "false" (any case); `fallback` when unset. */
 export function boolVar(vars: Vars, name: string, fallback: boolean): boolean {
   const s = raw(vars, name);
   if (s === undefined) return fallback;
-  if (s === "true" || s === "1") return true;
-  if (s === "false" || s === "0") return false;
+  if (s.toLowerCase() === "true") return true;
+  if (s.toLowerCase() === "false") return false;
   throw new ConfigError(name, `"true" or "false"`, s);
+}
+
+/** A comma-separated list, entries trimmed, empty entries dropped; [] when unset. */
+export function listVar(vars: Vars, name: string): string[] {
+  const s = raw(vars, name);
+  if (s === undefined) return [];
+  return s
+    .split(",")
+    .map((x) => x.trim())
+    .filter((x) => x.length > 0);
+}
+
+/** An optional secret (`wrangler secret put NAME`, or `.dev.vars` locally): undefined when unset or empty. */
+export function secretVar(vars: Vars, name: string): string | undefined {
+  return raw(vars, name);
 }
 
 /** A string; `fallback` when unset. */

@@ -1,7 +1,8 @@
 /**
- * @module Admin surface (bearer ADMIN_TOKEN; refused when the token is unset): inspect expert
- * hosts and run raw forward passes that return logits and routing (what `verify` checks against
- * golden fixtures through the real serving path).
+ * @module Admin surface (bearer ADMIN_TOKEN, an optional secret; refused when it is unset): inspect
+ * expert hosts and run raw forward passes that return logits and routing (what `verify` checks
+ * against golden fixtures through the real serving path). Fault injection answers only when
+ * ADMIN_FAULTS_ENABLED is "true"; /admin/forward returns a bounded number of logit values.
  */
 import { Hono, type MiddlewareHandler } from "hono";
 import { bearerAuth } from "hono/bearer-auth";
@@ -12,62 +13,135 @@ import type { ForwardTrace } from "../serving/model-runtime";
 import { createRng, argmax } from "../serving/sampling";
 import { ModelNotFoundError } from "../platform/model-store";
 import { parseBody } from "./validate";
+import { boolVar, secretVar } from "../platform/env";
+import { bodyCap, requireJson } from "./guards";
 
 export const admin = new Hono<{ Bindings: Env }>();
 
 /** Bearer ADMIN_TOKEN check (also guards /metrics and the dashboard's API). */
 export const requireAdmin: MiddlewareHandler<{ Bindings: Env }> = async (c, next) => {
-  const token = c.env.ADMIN_TOKEN;
-  if (!token) throw new ApiError(403, "admin routes are disabled: set the ADMIN_TOKEN secret to enable them", "permission_error");
+  const token = secretVar(c.env, "ADMIN_TOKEN");
+  if (!token)
+    throw new ApiError(403, "admin routes are disabled: set the ADMIN_TOKEN secret to enable them", "permission_error");
   return bearerAuth({
     token,
-    noAuthenticationHeader: { message: { error: { message: "send Authorization: Bearer <ADMIN_TOKEN>", type: "authentication_error", param: null, code: null } } },
-    invalidAuthenticationHeader: { message: { error: { message: "malformed Authorization header", type: "authentication_error", param: null, code: null } } },
-    invalidToken: { message: { error: { message: "invalid admin token", type: "authentication_error", param: null, code: null } } },
+    noAuthenticationHeader: {
+      message: {
+        error: {
+          message: "send Authorization: Bearer <ADMIN_TOKEN>",
+          type: "authentication_error",
+          param: null,
+          code: null,
+        },
+      },
+    },
+    invalidAuthenticationHeader: {
+      message: {
+        error: { message: "malformed Authorization header", type: "authentication_error", param: null, code: null },
+      },
+    },
+    invalidToken: {
+      message: { error: { message: "invalid admin token", type: "authentication_error", param: null, code: null } },
+    },
   })(c as never, next);
 };
 
 admin.use("*", requireAdmin);
+admin.use("*", requireJson(), bodyCap());
+
+/**
+ * Logit values one /admin/forward may return (rows × vocabulary, or rows × top_k): a bounded JSON
+ * answer (~5 MB) however long the prompt or large the vocabulary.
+ */
+export const MAX_FORWARD_LOGITS = 262_144;
 
 const ForwardBody = z.strictObject({
   model: z.string().optional(),
-  /** Prompt token ids: returns logits for every position and the routing of every layer. */
+  /** Prompt token ids: one forward pass over them, returning the routing of every layer. */
   tokens: z.array(z.number().int().min(0)).min(1).max(512),
   /** Greedy-decode this many tokens after the prompt (KV cache path), returning their ids and logits. */
   greedy: z.number().int().min(0).max(64).optional(),
+  /** Prompt positions whose logits to return: "all" (default), "last", "none" or a list of indices. */
+  positions: z
+    .union(
+      [z.enum(["all", "last", "none"]), z.array(z.number().int().min(0)).max(512)],
+      'must be "all", "last", "none" or an array of positions',
+    )
+    .optional(),
+  /** Return only the k largest logits of each row (ids and values) instead of whole rows. */
+  top_k: z.number().int().min(1).max(1024).optional(),
 });
+
+interface TopLogits {
+  ids: number[];
+  logits: number[];
+}
+
+/** The k largest values of a row, largest first (ties: lower id first). */
+function topK(row: Float32Array, k: number): TopLogits {
+  const ids = Array.from(row.keys())
+    .sort((a, b) => row[b] - row[a] || a - b)
+    .slice(0, k);
+  return { ids, logits: ids.map((i) => row[i]) };
+}
 
 admin.post("/forward", async (c) => {
   const body = await parseBody(c, ForwardBody);
+  const n = body.tokens.length;
+  const sel = body.positions ?? "all";
+  const positions =
+    sel === "all" ? Array.from({ length: n }, (_, i) => i) : sel === "last" ? [n - 1] : sel === "none" ? [] : sel;
+  const badPos = positions.findIndex((p) => p >= n);
+  if (badPos >= 0) throw ApiError.invalid(`positions[${badPos}]`, `must be < ${n} (the number of tokens)`);
   const rt = await runtime(c.env, body.model);
   const { vocabSize } = rt.spec;
   const bad = body.tokens.findIndex((t) => t >= vocabSize);
-  if (bad >= 0) throw ApiError.invalid(`tokens[${bad}]`, `token id ${body.tokens[bad]} is outside the vocabulary (size ${vocabSize})`);
+  if (bad >= 0)
+    throw ApiError.invalid(
+      `tokens[${bad}]`,
+      `token id ${body.tokens[bad]} is outside the vocabulary (size ${vocabSize})`,
+    );
   const greedy = body.greedy ?? 0;
+  const perRow = Math.min(body.top_k ?? vocabSize, vocabSize);
+  const values = (positions.length + greedy) * perRow;
+  if (values > MAX_FORWARD_LOGITS) {
+    throw ApiError.invalid(
+      "positions",
+      `${positions.length} positions + ${greedy} greedy steps × ${perRow} logits = ${values} values; ` +
+        `at most ${MAX_FORWARD_LOGITS}: ask for fewer positions or set top_k`,
+    );
+  }
+  const rows = (logits: Float32Array, t: number) => logits.subarray(t * vocabSize, (t + 1) * vocabSize);
+  const out = (row: Float32Array) => (body.top_k ? topK(row, perRow) : Array.from(row));
   const rng = createRng(0);
-  const session = rt.startSession(body.tokens.length + greedy);
+  const session = rt.startSession(n + greedy);
   try {
     const trace: ForwardTrace = { routing: [], dispatch: [] };
-    const logits = await rt.forward(c.env, session, body.tokens, rng, { allLogits: true, trace });
-    const rows: number[][] = [];
-    for (let t = 0; t < body.tokens.length; t++) rows.push(Array.from(logits.subarray(t * vocabSize, (t + 1) * vocabSize)));
+    // Only the last row is needed unless an earlier position was asked for.
+    const allLogits = positions.some((p) => p < n - 1);
+    const logits = await rt.forward(c.env, session, body.tokens, rng, { allLogits, trace });
+    const rowOf = (p: number) => rows(logits, allLogits ? p : 0);
     const greedyIds: number[] = [];
-    const greedyLogits: number[][] = [];
-    let last = logits.subarray((body.tokens.length - 1) * vocabSize);
+    const greedyLogits: (number[] | TopLogits)[] = [];
+    let last = rowOf(n - 1);
     for (let i = 0; i < greedy; i++) {
       const id = argmax(last);
       greedyIds.push(id);
-      greedyLogits.push(Array.from(last));
+      greedyLogits.push(out(last));
       if (i + 1 < greedy) last = await rt.forward(c.env, session, [id], rng);
     }
     return c.json({
       model: rt.id,
-      logits: rows,
+      positions,
+      logits: positions.map((p) => out(rowOf(p))),
       greedy_ids: greedyIds,
       greedy_logits: greedyLogits,
       // Routing of the prompt tokens, keyed by MoE layer (the trace covers only the prompt pass).
       routing: Object.fromEntries(
-        trace.routing.map(({ layer, routing: r }) => [layer, { expert_ids: chunk(Array.from(r.ids), r.topK), expert_weights: chunk(Array.from(r.weights), r.topK) }]),
+        trace.routing.map(({ layer, routing: r }) => [
+          layer,
+          { expert_ids: chunk(Array.from(r.ids), r.topK), expert_weights: chunk(Array.from(r.weights), r.topK) },
+        ]),
       ),
       rpcs_per_layer: trace.dispatch.map((d) => d.rpcs),
     });
@@ -131,6 +205,15 @@ const FaultBody = z.strictObject({
 
 /** Chaos testing: the instance fails every call that includes (layer, expert) for `ms`. */
 admin.post("/fault", async (c) => {
+  if (!boolVar(c.env, "ADMIN_FAULTS_ENABLED", false)) {
+    throw new ApiError(
+      403,
+      'fault injection is disabled: set the ADMIN_FAULTS_ENABLED var to "true" (test and staging deployments only)',
+      "permission_error",
+      null,
+      "faults_disabled",
+    );
+  }
   const body = await parseBody(c, FaultBody);
   const rt = await runtime(c.env, body.model);
   const placement = await rt.placement(c.env);
@@ -145,7 +228,8 @@ async function runtime(env: Env, model: string | undefined) {
   try {
     return await getRuntime(env, id);
   } catch (err) {
-    if (err instanceof ModelNotFoundError) throw new ApiError(404, `The model \`${id}\` does not exist`, "not_found_error", "model", "model_not_found");
+    if (err instanceof ModelNotFoundError)
+      throw new ApiError(404, `The model \`${id}\` does not exist`, "not_found_error", "model", "model_not_found");
     throw err;
   }
 }

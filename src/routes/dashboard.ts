@@ -3,6 +3,7 @@
  * polls). Open `/dashboard?token=<ADMIN_TOKEN>` once: the token is exchanged for an HttpOnly
  * cookie and the page reloads without it. The data endpoint also takes the admin bearer token.
  */
+import { secretVar } from "../platform/env";
 import { Hono } from "hono";
 import { ApiError } from "../errors";
 import { MODEL_ID_PATTERN } from "../platform/model-store";
@@ -15,12 +16,13 @@ import { requireAdmin } from "./admin";
 export const dashboard = new Hono<{ Bindings: Env }>();
 
 dashboard.use("*", async (c, next) => {
-  if (!c.env.ADMIN_TOKEN)
+  const adminToken = secretVar(c.env, "ADMIN_TOKEN");
+  if (!adminToken)
     throw new ApiError(403, "the dashboard is disabled: set the ADMIN_TOKEN secret to enable it", "permission_error");
   if (await hasDashboardCookie(c)) return next();
   const token = c.req.query("token");
   if (token !== undefined && new URL(c.req.url).pathname === "/dashboard") {
-    if (!(await sameSecret(token, c.env.ADMIN_TOKEN))) {
+    if (!(await sameSecret(token, adminToken))) {
       return c.html(LOGIN_HTML.replace("<!--error-->", '<p class="err">That token is not the admin token.</p>'), 401);
     }
     await setDashboardCookie(c, token);

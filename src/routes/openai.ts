@@ -1,43 +1,81 @@
 /**
  * @module The OpenAI-compatible surface: GET /v1/models, POST /v1/completions,
  * POST /v1/chat/completions (JSON or SSE), and GET /v1/placement (read-only view of where each
- * model's experts live).
+ * model's experts live — behind the API key like the rest, since it names hosts and traffic).
+ * Every route passes the API key, the rate limit and the body guards first, and every size cap
+ * (limits.ts) before the model is loaded or anything is tokenized.
  */
 import { Hono, type Context } from "hono";
 import { streamSSE } from "hono/streaming";
 import { z } from "zod";
 import { ApiError } from "../errors";
-import { generate, type FinishReason, type GenerateRequest, type GenerateStats, type WaitUntil } from "../serving/generate";
+import {
+  generate,
+  type FinishReason,
+  type GenerateRequest,
+  type GenerateStats,
+  type WaitUntil,
+} from "../serving/generate";
 import { getRuntime, type ModelRuntime } from "../serving/model-runtime";
 import { listModelIds, modelPrefix, ModelNotFoundError, MODEL_ID_PATTERN } from "../platform/model-store";
 import { maxServableTokens, parseConfig } from "../model/config";
 import { parseBody } from "./validate";
 import { modelLayer } from "../coordinator/placement";
 import { trackGeneration, type GenerationTracker } from "../observability/http";
-
-const MAX_STOP = 4;
+import { apiKeyAuth, type AuthVariables } from "./api-keys";
+import { bodyCap, rateLimit, requireJson } from "./guards";
+import {
+  checkMaxTokens,
+  checkMessages,
+  checkPrompt,
+  checkStop,
+  COMPLETIONS_DEFAULT_MAX_TOKENS,
+  MAX_STOP,
+  readLimits,
+  SEED_MAX,
+} from "./limits";
 
 const samplingFields = {
-  model: z.string().regex(MODEL_ID_PATTERN, "must be a model id such as \"demo-mixtral\"").optional(),
+  model: z.string().regex(MODEL_ID_PATTERN, 'must be a model id such as "demo-mixtral"').optional(),
   max_tokens: z.number().int("must be an integer").min(1, "must be ≥ 1").nullish(),
   temperature: z.number().min(0, "must be ≥ 0").max(2, "must be ≤ 2").nullish(),
   top_p: z.number().gt(0, "must be > 0").max(1, "must be ≤ 1").nullish(),
-  seed: z.number().int("must be an integer").nullish(),
-  stop: z.union([z.string(), z.array(z.string().min(1, "must not be empty")).max(MAX_STOP, `at most ${MAX_STOP} stop sequences`)]).nullish(),
+  seed: z
+    .number()
+    .int("must be an integer")
+    .min(0, `must be in [0, ${SEED_MAX}]`)
+    .max(SEED_MAX, `must be in [0, ${SEED_MAX}] (the sampler's seed is 32 bits)`)
+    .nullish(),
+  stop: z
+    .union(
+      [z.string(), z.array(z.string()).max(MAX_STOP, `at most ${MAX_STOP} stop sequences`)],
+      `must be a string or an array of at most ${MAX_STOP} strings`,
+    )
+    .nullish(),
   stream: z.boolean().nullish(),
   stream_options: z.object({ include_usage: z.boolean().optional() }).nullish(),
   n: z.literal(1, "only n = 1 is supported").nullish(),
-  user: z.string().optional(),
+  user: z.string().max(256, "must be at most 256 characters").optional(),
   presence_penalty: z.literal(0, "penalties are not supported; send 0 or omit").nullish(),
   frequency_penalty: z.literal(0, "penalties are not supported; send 0 or omit").nullish(),
   logprobs: z.union([z.literal(false), z.null()], "logprobs are not supported yet").optional(),
 };
 
-const tokenArray = z.array(z.number().int("token ids must be integers").min(0, "token ids must be ≥ 0")).min(1, "must not be empty");
+const tokenArray = z
+  .array(z.number().int("token ids must be integers").min(0, "token ids must be ≥ 0"))
+  .min(1, "must not be empty");
 
 const CompletionBody = z.strictObject({
   ...samplingFields,
-  prompt: z.union([z.string(), tokenArray, z.array(z.string()).length(1, "only one prompt per request is supported"), z.array(tokenArray).length(1, "only one prompt per request is supported")], "must be a string or an array of token ids"),
+  prompt: z.union(
+    [
+      z.string(),
+      tokenArray,
+      z.array(z.string()).length(1, "only one prompt per request is supported"),
+      z.array(tokenArray).length(1, "only one prompt per request is supported"),
+    ],
+    "must be a string or an array of token ids",
+  ),
   echo: z.literal(false, "echo is not supported").optional(),
   best_of: z.literal(1, "only best_of = 1 is supported").nullish(),
   suffix: z.null("suffix is not supported").optional(),
@@ -47,7 +85,7 @@ const ContentPart = z.object({ type: z.literal("text", "only text content parts 
 const Message = z.object({
   role: z.enum(["system", "user", "assistant", "tool"], "must be one of system, user, assistant, tool"),
   content: z.union([z.string(), z.array(ContentPart)], "must be a string or an array of text parts"),
-  name: z.string().optional(),
+  name: z.string().max(256, "must be at most 256 characters").optional(),
 });
 
 const ChatBody = z.strictObject({
@@ -59,7 +97,9 @@ const ChatBody = z.strictObject({
 
 type Sampling = z.infer<z.ZodObject<typeof samplingFields>>;
 
-export const openai = new Hono<{ Bindings: Env }>();
+export const openai = new Hono<{ Bindings: Env; Variables: AuthVariables }>();
+
+openai.use("*", apiKeyAuth(), rateLimit(), requireJson(), bodyCap());
 
 openai.get("/models", async (c) => {
   const ids = await listModelIds(c.env.MODELS);
@@ -71,7 +111,14 @@ openai.get("/models", async (c) => {
         const obj = await c.env.MODELS.get(`${modelPrefix(id)}config.json`);
         if (!obj) throw new Error(`${modelPrefix(id)}config.json disappeared`);
         const spec = parseConfig(await obj.json());
-        return { ...base, architecture: spec.arch, n_experts: spec.nExperts, top_k: spec.topK, n_layers: spec.nLayers, context_length: maxServableTokens(spec) };
+        return {
+          ...base,
+          architecture: spec.arch,
+          n_experts: spec.nExperts,
+          top_k: spec.topK,
+          n_layers: spec.nLayers,
+          context_length: maxServableTokens(spec),
+        };
       } catch (err) {
         return { ...base, error: err instanceof Error ? err.message : String(err) };
       }
@@ -86,56 +133,123 @@ openai.get("/placement", async (c) => {
   const perInstance = placement.instances.map((inst) => ({ ...inst, experts: [] as string[] }));
   placement.replicas.forEach((row, r) =>
     row.forEach((reps, expert) =>
-      reps.forEach((rep) => perInstance[rep.instance].experts.push(`${modelLayer(placement, r)}:${expert}${reps.length > 1 ? `@${rep.share.toFixed(2)}` : ""}`)),
+      reps.forEach((rep) =>
+        perInstance[rep.instance].experts.push(
+          `${modelLayer(placement, r)}:${expert}${reps.length > 1 ? `@${rep.share.toFixed(2)}` : ""}`,
+        ),
+      ),
     ),
   );
-  return c.json({ model: placement.model, version: placement.version, n_moe_layers: placement.nLayers, moe_layers: placement.layers ?? placement.replicas.map((_, i) => i), n_experts: placement.nExperts, instances: perInstance });
+  return c.json({
+    model: placement.model,
+    version: placement.version,
+    n_moe_layers: placement.nLayers,
+    moe_layers: placement.layers ?? placement.replicas.map((_, i) => i),
+    n_experts: placement.nExperts,
+    instances: perInstance,
+  });
 });
 
 openai.post("/completions", async (c) => {
   const body = await parseBody(c, CompletionBody);
+  const lim = readLimits(c.env);
+  checkPrompt(body.prompt, lim);
+  checkStop(body, lim);
+  checkMaxTokens(body.max_tokens, "max_tokens", lim);
   const rt = await runtimeFor(c, body.model);
   const promptIds = promptToIds(rt, body.prompt);
-  const req = generateRequest(rt, body, promptIds, body.max_tokens ?? 16, "max_tokens");
+  const req = generateRequest(
+    rt,
+    body,
+    promptIds,
+    body.max_tokens ?? null,
+    COMPLETIONS_DEFAULT_MAX_TOKENS,
+    "max_tokens",
+  );
   const id = `cmpl-${crypto.randomUUID()}`;
   const created = Math.floor(Date.now() / 1000);
   const head = { id, object: "text_completion", created, model: rt.id };
   if (body.stream) {
-    return sse(c, rt, req, body.stream_options?.include_usage ?? false, (text, ids, finish) => ({
-      ...head,
-      choices: [{ index: 0, text, token_ids: ids, logprobs: null, finish_reason: finish }],
-    }), head);
+    return sse(
+      c,
+      rt,
+      req,
+      body.stream_options?.include_usage ?? false,
+      (text, ids, finish) => ({
+        ...head,
+        choices: [{ index: 0, text, token_ids: ids, logprobs: null, finish_reason: finish }],
+      }),
+      head,
+    );
   }
   const r = await collect(c.env, rt, req, waitUntilOf(c), trackGeneration(c, rt.id));
-  return c.json({ ...head, choices: [{ index: 0, text: r.text, token_ids: r.ids, logprobs: null, finish_reason: r.finish }], usage: usage(r.stats) });
+  return c.json({
+    ...head,
+    choices: [{ index: 0, text: r.text, token_ids: r.ids, logprobs: null, finish_reason: r.finish }],
+    usage: usage(r.stats),
+  });
 });
 
 openai.post("/chat/completions", async (c) => {
   const body = await parseBody(c, ChatBody);
+  const lim = readLimits(c.env);
+  checkMessages(body.messages, lim);
+  checkStop(body, lim);
+  checkMaxTokens(body.max_tokens, "max_tokens", lim);
+  checkMaxTokens(body.max_completion_tokens, "max_completion_tokens", lim);
   const rt = await runtimeFor(c, body.model);
   const tok = rt.tokenizer;
   if (!tok || !tok.hasChatTemplate) {
-    throw ApiError.invalid("model", `model "${rt.id}" has no chat template (tokenizer_config.json chat_template); use /v1/completions`, "no_chat_template");
+    throw ApiError.invalid(
+      "model",
+      `model "${rt.id}" has no chat template (tokenizer_config.json chat_template); use /v1/completions`,
+      "no_chat_template",
+    );
   }
-  const messages = body.messages.map((m) => ({ role: m.role, content: typeof m.content === "string" ? m.content : m.content.map((p) => p.text).join("") }));
+  const messages = body.messages.map((m) => ({
+    role: m.role,
+    content: typeof m.content === "string" ? m.content : m.content.map((p) => p.text).join(""),
+  }));
   let rendered: string;
   try {
     rendered = tok.applyChatTemplate(messages, { addGenerationPrompt: true });
   } catch (err) {
-    throw ApiError.invalid("messages", `the chat template refused these messages: ${err instanceof Error ? err.message : String(err)}`);
+    throw ApiError.invalid(
+      "messages",
+      `the chat template refused these messages: ${err instanceof Error ? err.message : String(err)}`,
+    );
   }
   const promptIds = tok.encode(rendered, { addSpecialTokens: false });
-  const req = generateRequest(rt, body, promptIds, body.max_completion_tokens ?? body.max_tokens ?? null, body.max_completion_tokens != null ? "max_completion_tokens" : "max_tokens");
+  const maxField = body.max_completion_tokens != null ? "max_completion_tokens" : "max_tokens";
+  const req = generateRequest(
+    rt,
+    body,
+    promptIds,
+    body.max_completion_tokens ?? body.max_tokens ?? null,
+    lim.defaultMaxTokens,
+    maxField,
+  );
   const id = `chatcmpl-${crypto.randomUUID()}`;
   const created = Math.floor(Date.now() / 1000);
   const head = { id, object: "chat.completion.chunk", created, model: rt.id };
   if (body.stream) {
     let first = true;
-    return sse(c, rt, req, body.stream_options?.include_usage ?? false, (text, _ids, finish) => {
-      const delta: Record<string, string> = first ? { role: "assistant", content: text } : text ? { content: text } : {};
-      first = false;
-      return { ...head, choices: [{ index: 0, delta, logprobs: null, finish_reason: finish }] };
-    }, head);
+    return sse(
+      c,
+      rt,
+      req,
+      body.stream_options?.include_usage ?? false,
+      (text, _ids, finish) => {
+        const delta: Record<string, string> = first
+          ? { role: "assistant", content: text }
+          : text
+            ? { content: text }
+            : {};
+        first = false;
+        return { ...head, choices: [{ index: 0, delta, logprobs: null, finish_reason: finish }] };
+      },
+      head,
+    );
   }
   const r = await collect(c.env, rt, req, waitUntilOf(c), trackGeneration(c, rt.id));
   return c.json({
@@ -148,41 +262,74 @@ openai.post("/chat/completions", async (c) => {
   });
 });
 
-async function runtimeFor(c: Context<{ Bindings: Env }>, model: string | undefined): Promise<ModelRuntime> {
+async function runtimeFor(
+  c: Context<{ Bindings: Env; Variables: AuthVariables }>,
+  model: string | undefined,
+): Promise<ModelRuntime> {
   const id = model ?? c.env.DEFAULT_MODEL;
   try {
     return await getRuntime(c.env, id);
   } catch (err) {
-    if (err instanceof ModelNotFoundError) throw new ApiError(404, `The model \`${id}\` does not exist`, "not_found_error", "model", "model_not_found");
+    if (err instanceof ModelNotFoundError)
+      throw new ApiError(404, `The model \`${id}\` does not exist`, "not_found_error", "model", "model_not_found");
     throw err;
   }
 }
 
 function promptToIds(rt: ModelRuntime, prompt: z.infer<typeof CompletionBody>["prompt"]): number[] {
-  const p = Array.isArray(prompt) && prompt.length === 1 && (typeof prompt[0] === "string" || Array.isArray(prompt[0])) ? prompt[0] : prompt;
+  const p =
+    Array.isArray(prompt) && prompt.length === 1 && (typeof prompt[0] === "string" || Array.isArray(prompt[0]))
+      ? prompt[0]
+      : prompt;
   if (typeof p === "string") {
-    if (!rt.tokenizer) throw ApiError.invalid("prompt", `model "${rt.id}" has no tokenizer; send the prompt as an array of token ids`, "no_tokenizer");
+    if (!rt.tokenizer)
+      throw ApiError.invalid(
+        "prompt",
+        `model "${rt.id}" has no tokenizer; send the prompt as an array of token ids`,
+        "no_tokenizer",
+      );
     if (p.length === 0) throw ApiError.invalid("prompt", "must not be empty");
     return rt.tokenizer.encode(p);
   }
   const ids = p as number[];
   const bad = ids.findIndex((t) => t >= rt.spec.vocabSize);
-  if (bad >= 0) throw ApiError.invalid(`prompt[${bad}]`, `token id ${ids[bad]} is outside the vocabulary (size ${rt.spec.vocabSize})`);
+  if (bad >= 0)
+    throw ApiError.invalid(
+      `prompt[${bad}]`,
+      `token id ${ids[bad]} is outside the vocabulary (size ${rt.spec.vocabSize})`,
+    );
   return ids;
 }
 
-function generateRequest(rt: ModelRuntime, body: Sampling, promptIds: number[], maxTokens: number | null, maxField: string): GenerateRequest {
+/** `maxTokens` as sent (null: none), else `dflt` bounded by the room the prompt leaves. */
+function generateRequest(
+  rt: ModelRuntime,
+  body: Sampling,
+  promptIds: number[],
+  maxTokens: number | null,
+  dflt: number,
+  maxField: string,
+): GenerateRequest {
   const limit = maxServableTokens(rt.spec);
   if (promptIds.length >= limit) {
-    throw ApiError.invalid("messages" in body ? "messages" : "prompt", `the prompt has ${promptIds.length} tokens; this model's context is ${limit}`, "context_length_exceeded");
+    throw ApiError.invalid(
+      "messages" in body ? "messages" : "prompt",
+      `the prompt has ${promptIds.length} tokens; this model's context is ${limit}`,
+      "context_length_exceeded",
+    );
   }
   const room = limit - promptIds.length;
-  const max = maxTokens ?? room;
+  const max = maxTokens ?? Math.min(dflt, room);
   if (max > room) {
-    throw ApiError.invalid(maxField, `${max} + ${promptIds.length} prompt tokens exceeds this model's context of ${limit} tokens (at most ${room})`, "context_length_exceeded");
+    throw ApiError.invalid(
+      maxField,
+      `${max} + ${promptIds.length} prompt tokens exceeds this model's context of ${limit} tokens (at most ${room})`,
+      "context_length_exceeded",
+    );
   }
   const stop = body.stop == null ? [] : typeof body.stop === "string" ? [body.stop] : body.stop;
-  if (stop.length > 0 && !rt.tokenizer) throw ApiError.invalid("stop", `model "${rt.id}" has no tokenizer, so stop strings cannot match`);
+  if (stop.length > 0 && !rt.tokenizer)
+    throw ApiError.invalid("stop", `model "${rt.id}" has no tokenizer, so stop strings cannot match`);
   return {
     promptIds,
     maxTokens: max,
@@ -200,7 +347,7 @@ interface Collected {
 }
 
 /** The request's waitUntil (absent when the app is driven without an execution context). */
-function waitUntilOf(c: Context<{ Bindings: Env }>): WaitUntil | undefined {
+function waitUntilOf(c: Context<{ Bindings: Env; Variables: AuthVariables }>): WaitUntil | undefined {
   try {
     const ctx = c.executionCtx;
     return (p) => ctx.waitUntil(p);
@@ -230,11 +377,15 @@ async function collect(env: Env, rt: ModelRuntime, req: GenerateRequest, waitUnt
 }
 
 function usage(s: GenerateStats) {
-  return { prompt_tokens: s.promptTokens, completion_tokens: s.completionTokens, total_tokens: s.promptTokens + s.completionTokens };
+  return {
+    prompt_tokens: s.promptTokens,
+    completion_tokens: s.completionTokens,
+    total_tokens: s.promptTokens + s.completionTokens,
+  };
 }
 
 function sse(
-  c: Context<{ Bindings: Env }>,
+  c: Context<{ Bindings: Env; Variables: AuthVariables }>,
   rt: ModelRuntime,
   req: GenerateRequest,
   includeUsage: boolean,

@@ -1,6 +1,7 @@
 /**
- * @module Request-body validation at the boundary: zod schemas, and one mapping from a zod issue
- * to an OpenAI-style 400 that names the field (`messages[1].content: expected string`).
+ * @module Request-body validation at the boundary: strict UTF-8 JSON, zod schemas, and one mapping
+ * from a zod issue to an OpenAI-style 400 that names the field (`messages[1].content: expected
+ * string`). Size caps run before this (guards.ts) and right after it (limits.ts).
  */
 import type { Context } from "hono";
 import type { z } from "zod";
@@ -12,9 +13,17 @@ export function fieldPath(path: readonly PropertyKey[]): string {
   return out;
 }
 
+const utf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: false });
+
 export async function readJson(c: Context): Promise<unknown> {
-  const text = await c.req.text();
-  if (text.length === 0) throw new ApiError(400, "request body is empty; send a JSON object", "invalid_request_error", null, "invalid_json");
+  let text: string;
+  try {
+    text = utf8.decode(await c.req.arrayBuffer());
+  } catch {
+    throw new ApiError(400, "request body is not valid UTF-8", "invalid_request_error", null, "invalid_json");
+  }
+  if (text.length === 0)
+    throw new ApiError(400, "request body is empty; send a JSON object", "invalid_request_error", null, "invalid_json");
   try {
     return JSON.parse(text);
   } catch {

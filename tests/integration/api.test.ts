@@ -10,7 +10,7 @@ import { ADMIN, FIXTURES, makeSmallChatModel, postJson, sseData, startWithModels
 let w: LocalWorker;
 
 beforeAll(async () => {
-  w = await startWithModels({ tiny: join(FIXTURES, "mixtral-tiny"), chat: makeSmallChatModel() }, { MIN_EXPERT_HOSTS: "2", DEFAULT_MODEL: "tiny" });
+  w = await startWithModels({ tiny: join(FIXTURES, "mixtral-tiny"), chat: makeSmallChatModel() }, { MIN_EXPERT_HOSTS: "2", DEFAULT_MODEL: "tiny", DEFAULT_MAX_TOKENS: "5" });
 });
 afterAll(async () => {
   await w?.dispose();
@@ -134,6 +134,64 @@ describe("POST /v1/chat/completions", () => {
   });
 });
 
+describe("request ids, defaults and the bounded admin surface", () => {
+  it("echoes a valid X-Request-Id, replaces a hostile one, and generates one otherwise", async () => {
+    const mine = await w.fetch("/health", { headers: { "x-request-id": "client-req_42" } });
+    expect(mine.headers.get("x-request-id")).toBe("client-req_42");
+    for (const hostile of ["has space", "<script>", "r".repeat(129)]) {
+      const res = await w.fetch("/health", { headers: { "x-request-id": hostile } });
+      expect(res.headers.get("x-request-id")).toMatch(/^[0-9a-f-]{36}$/);
+    }
+    const err = await w.fetch("/v1/completions", { method: "POST", headers: { "content-type": "text/plain", "x-request-id": "abc" }, body: "x" });
+    expect(err.status).toBe(415);
+    expect(err.headers.get("x-request-id")).toBe("abc");
+  });
+
+  it("accepts the whole seed range [0, 2^32 - 1]", async () => {
+    for (const seed of [0, 4294967295]) {
+      const r = await postJson(w, "/v1/completions", { model: "tiny", prompt: [1, 2], max_tokens: 2, temperature: 1, seed });
+      expect(r.status).toBe(200);
+    }
+  });
+
+  it("gives a chat request without max_tokens DEFAULT_MAX_TOKENS, not the whole context", async () => {
+    const r = await postJson(w, "/v1/chat/completions", { model: "chat", messages: [{ role: "user", content: "Tell me a story" }], temperature: 0 });
+    expect(r.status).toBe(200);
+    expect(r.json.usage.completion_tokens).toBeLessThanOrEqual(5);
+    if (r.json.choices[0].finish_reason === "length") expect(r.json.usage.completion_tokens).toBe(5);
+  });
+
+  it("sends no CORS headers unless CORS_ORIGINS allows the origin", async () => {
+    const res = await w.fetch("/v1/models", { headers: { origin: "https://evil.example" } });
+    expect(res.headers.get("access-control-allow-origin")).toBeNull();
+  });
+
+  it("refuses fault injection unless ADMIN_FAULTS_ENABLED is true", async () => {
+    const r = await postJson(w, "/admin/fault", { model: "tiny", instance: 0, layer: 0, expert: 0, ms: 1000 }, ADMIN);
+    expect(r.status).toBe(403);
+    expect(r.json.error.code).toBe("faults_disabled");
+    expect(r.json.error.message).toContain("ADMIN_FAULTS_ENABLED");
+  });
+
+  it("returns only the requested positions from /admin/forward, whole or top-k", async () => {
+    const tokens = [5, 6, 7, 8];
+    const full = await postJson(w, "/admin/forward", { model: "tiny", tokens }, ADMIN);
+    expect(full.json.positions).toEqual([0, 1, 2, 3]);
+    expect(full.json.logits).toHaveLength(4);
+    const last = await postJson(w, "/admin/forward", { model: "tiny", tokens, positions: "last", top_k: 3, greedy: 1 }, ADMIN);
+    expect(last.status).toBe(200);
+    expect(last.json.positions).toEqual([3]);
+    const row: number[] = full.json.logits[3];
+    const want = row.map((v, i) => [v, i]).sort((a, b) => b[0] - a[0] || a[1] - b[1]).slice(0, 3);
+    expect(last.json.logits[0].ids).toEqual(want.map((p) => p[1]));
+    expect(last.json.logits[0].logits).toEqual(want.map((p) => p[0]));
+    expect(last.json.greedy_ids).toEqual([want[0][1]]);
+    const none = await postJson(w, "/admin/forward", { model: "tiny", tokens, positions: "none" }, ADMIN);
+    expect(none.json.logits).toEqual([]);
+    expect(Object.keys(none.json.routing)).toHaveLength(2);
+  });
+});
+
 describe("bad input gets a 4xx naming the field", () => {
   const cases: [string, string, unknown, number, string | null][] = [
     ["invalid JSON", "/v1/completions", "{not json", 400, null],
@@ -155,6 +213,25 @@ describe("bad input gets a 4xx naming the field", () => {
     ["chat on a model without template", "/v1/chat/completions", { model: "tiny", messages: [{ role: "user", content: "x" }] }, 400, "model"],
     ["template refuses alternation", "/v1/chat/completions", { model: "chat", messages: [{ role: "assistant", content: "x" }, { role: "assistant", content: "y" }] }, 400, "messages"],
     ["admin forward bad token", "/admin/forward", { model: "tiny", tokens: [300] }, 400, "tokens[0]"],
+    ["empty stop string", "/v1/completions", { model: "chat", prompt: "x", stop: "" }, 400, "stop"],
+    ["empty stop in a list", "/v1/completions", { model: "chat", prompt: "x", stop: ["a", ""] }, 400, "stop[1]"],
+    ["stop string too long", "/v1/completions", { model: "chat", prompt: "x", stop: ["s".repeat(129)] }, 400, "stop[0]"],
+    ["stop of the wrong type", "/v1/completions", { model: "chat", prompt: "x", stop: 5 }, 400, "stop"],
+    ["seed above 2^32 - 1", "/v1/completions", { model: "tiny", prompt: [1], seed: 4294967297 }, 400, "seed"],
+    ["negative seed", "/v1/completions", { model: "tiny", prompt: [1], seed: -1 }, 400, "seed"],
+    ["fractional seed", "/v1/completions", { model: "tiny", prompt: [1], seed: 1.5 }, 400, "seed"],
+    ["infinite seed", "/v1/completions", '{"model":"tiny","prompt":[1],"seed":1e999}', 400, "seed"],
+    ["max_tokens above MAX_TOKENS_CAP", "/v1/completions", { model: "tiny", prompt: [1], max_tokens: 2049 }, 400, "max_tokens"],
+    ["max_completion_tokens above the cap", "/v1/chat/completions", { model: "chat", messages: [{ role: "user", content: "x" }], max_completion_tokens: 1e9 }, 400, "max_completion_tokens"],
+    // Size caps come before the model lookup: a model that does not exist is never reached.
+    ["prompt above MAX_PROMPT_CHARS", "/v1/completions", { model: "nope", prompt: "p".repeat(16_385) }, 400, "prompt"],
+    ["too many prompt token ids", "/v1/completions", { model: "nope", prompt: Array(8193).fill(1) }, 400, "prompt"],
+    ["too many messages", "/v1/chat/completions", { model: "nope", messages: Array(257).fill({ role: "user", content: "x" }) }, 400, "messages"],
+    ["too many content parts", "/v1/chat/completions", { model: "nope", messages: [{ role: "user", content: Array(65).fill({ type: "text", text: "x" }) }] }, 400, "messages[0].content"],
+    ["message above MAX_MESSAGE_CHARS", "/v1/chat/completions", { model: "nope", messages: [{ role: "user", content: [{ type: "text", text: "m".repeat(16_385) }] }] }, 400, "messages[0].content"],
+    ["messages above MAX_PROMPT_CHARS together", "/v1/chat/completions", { model: "nope", messages: [{ role: "user", content: "m".repeat(9000) }, { role: "user", content: "m".repeat(9000) }] }, 400, "messages"],
+    ["admin forward asks for too many logits", "/admin/forward", { model: "chat", tokens: [1, 2, 3, 4, 5, 6, 7, 8, 9] }, 400, "positions"],
+    ["admin forward position past the prompt", "/admin/forward", { model: "tiny", tokens: [1, 2, 3], positions: [1, 3] }, 400, "positions[1]"],
   ];
   it.each(cases)("%s", async (_name, path, body, status, param) => {
     const r = await postJson(w, path, body, path.startsWith("/admin") ? ADMIN : {});
@@ -169,6 +246,36 @@ describe("bad input gets a 4xx naming the field", () => {
     const res = await w.fetch("/v1/nothing");
     expect(res.status).toBe(404);
     expect(((await res.json()) as { error: { type: string } }).error.type).toBe("not_found_error");
+  });
+
+  it("answers a non-JSON content type with 415 before reading the body", async () => {
+    for (const headers of [{ "content-type": "text/plain" }, {} as Record<string, string>, { "content-type": "application/x-www-form-urlencoded" }]) {
+      const res = await w.fetch("/v1/completions", { method: "POST", headers, body: JSON.stringify({ model: "tiny", prompt: [1] }) });
+      expect(res.status).toBe(415);
+      expect(((await res.json()) as { error: { code: string } }).error.code).toBe("unsupported_media_type");
+    }
+    const ok = await w.fetch("/v1/completions", { method: "POST", headers: { "content-type": "Application/JSON; charset=utf-8" }, body: JSON.stringify({ model: "tiny", prompt: [1], max_tokens: 1 }) });
+    expect(ok.status).toBe(200);
+  });
+
+  it("refuses invalid UTF-8 and a body over MAX_BODY_BYTES, chunked or not", async () => {
+    const bad = await w.fetch("/v1/completions", { method: "POST", headers: { "content-type": "application/json" }, body: new Uint8Array([0x7b, 0xff, 0x7d]) });
+    expect(bad.status).toBe(400);
+    expect(((await bad.json()) as { error: { message: string } }).error.message).toContain("UTF-8");
+    const big = await postJson(w, "/v1/completions", { model: "tiny", prompt: "x".repeat(1_100_000) });
+    expect(big.status).toBe(413);
+    expect(big.json.error.code).toBe("request_too_large");
+    let left = 2_000_000;
+    const body = new ReadableStream<Uint8Array>({
+      pull(ctl) {
+        if (left <= 0) return ctl.close();
+        ctl.enqueue(new Uint8Array(65_536).fill(0x20));
+        left -= 65_536;
+      },
+    });
+    const chunked = await w.fetch("/v1/completions", { method: "POST", headers: { "content-type": "application/json" }, body, duplex: "half" } as RequestInit);
+    expect(chunked.headers.get("content-length")).not.toBe("2000000");
+    expect(chunked.status).toBe(413);
   });
 
   it("still serves correctly after all the bad requests", async () => {

@@ -1,7 +1,8 @@
 /**
  * Hot-expert replication on the real runtime: a skewed workload makes the Coordinator add
  * replicas of the hot experts (make-before-break), traffic reaches them, every request during
- * the switches succeeds, and the replicas are released once the load goes away.
+ * the switches succeeds, and the replicas are released once the load goes away. A Coordinator
+ * restarted in the middle of a make-before-break reconciles the hosts with its placement.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { join } from "node:path";
@@ -12,6 +13,11 @@ interface Status {
   loads: number[][];
   windows: number;
   startedAt: number;
+  lastReconcile: {
+    version: number;
+    unloaded: Record<string, { layer: number; expert: number }[]>;
+    failed: string[];
+  } | null;
   placement: { version: number; instances: { name: string }[]; replicas: { instance: number; share: number }[][][] };
   lastReplans: { reason: string; ops: { op: string }[]; failedLoads: string[] }[];
 }
@@ -23,12 +29,61 @@ let w: LocalWorker;
 const status = async () => (await (await w.fetch("/admin/placement?model=tiny", { headers: ADMIN })).json()) as Status;
 const hosts = async () => (await (await w.fetch("/admin/hosts?model=tiny", { headers: ADMIN })).json()) as Hosts;
 const replicated = (s: Status) =>
-  s.placement.replicas.flatMap((row, layer) => row.flatMap((reps, expert) => (reps.length > 1 ? [{ layer, expert, reps }] : [])));
+  s.placement.replicas.flatMap((row, layer) =>
+    row.flatMap((reps, expert) => (reps.length > 1 ? [{ layer, expert, reps }] : [])),
+  );
+/** Per host, "layer:expert" of what the placement assigns it (the fixture's rows are model layers). */
+const assigned = (s: Status) =>
+  s.placement.instances.map((_, i) =>
+    s.placement.replicas
+      .flatMap((row, layer) =>
+        row.flatMap((reps, expert) => (reps.some((r) => r.instance === i) ? [`${layer}:${expert}`] : [])),
+      )
+      .sort(),
+  );
+const held = (h: Hosts, n: number) =>
+  Array.from({ length: n }, (_, i) => (h.hosts[i]?.loaded ?? []).map((e) => `${e.layer}:${e.expert}`).sort());
+/** Skewed load (one token repeated) until `stop()`; every request must succeed. */
+function skewedLoad() {
+  const statuses: number[] = [];
+  let stopped = false;
+  const done = (async () => {
+    while (!stopped) {
+      const r = await postJson(w, "/v1/completions", { prompt: new Array(24).fill(42), max_tokens: 4, temperature: 0 });
+      statuses.push(r.status);
+      if (r.status !== 200) throw new Error(`request failed during replication: ${JSON.stringify(r.json)}`);
+    }
+  })();
+  return { statuses, stop: async () => ((stopped = true), await done) };
+}
+async function waitFor<T>(
+  what: string,
+  get: () => Promise<T>,
+  ok: (v: T) => boolean,
+  tries = 150,
+  ms = 200,
+): Promise<T> {
+  let v = await get();
+  for (let i = 0; i < tries && !ok(v); i++) {
+    await new Promise((r) => setTimeout(r, ms));
+    v = await get();
+  }
+  if (!ok(v)) throw new Error(`timed out waiting for ${what}: ${JSON.stringify(v).slice(0, 500)}`);
+  return v;
+}
 
 beforeAll(async () => {
   w = await startWithModels(
     { tiny: join(FIXTURES, "mixtral-tiny") },
-    { MIN_EXPERT_HOSTS: "4", REPLAN_INTERVAL_MS: "300", MAX_COPIES_PER_REPLAN: "4", REPLAN_THRESHOLD: "0.1", MAX_EXPERT_HOSTS: "6", DEFAULT_MODEL: "tiny" },
+    {
+      MIN_EXPERT_HOSTS: "4",
+      REPLAN_INTERVAL_MS: "300",
+      MAX_COPIES_PER_REPLAN: "4",
+      REPLAN_THRESHOLD: "0.1",
+      MAX_EXPERT_HOSTS: "6",
+      DEFAULT_MODEL: "tiny",
+      ADMIN_FAULTS_ENABLED: "true",
+    },
   );
 });
 afterAll(() => w?.dispose());
@@ -44,7 +99,11 @@ describe("hot-expert replication", () => {
     let stop = false;
     const load = (async () => {
       while (!stop) {
-        const r = await postJson(w, "/v1/completions", { prompt: new Array(24).fill(42), max_tokens: 4, temperature: 0 });
+        const r = await postJson(w, "/v1/completions", {
+          prompt: new Array(24).fill(42),
+          max_tokens: 4,
+          temperature: 0,
+        });
         statuses.push(r.status);
         if (r.status !== 200) throw new Error(`request failed during replication: ${JSON.stringify(r.json)}`);
       }
@@ -68,7 +127,8 @@ describe("hot-expert replication", () => {
     // A replica lives on another instance than the original, and both hold the weights.
     for (const a of added) {
       expect(new Set(a.instances).size).toBe(a.instances.length);
-      for (const i of a.instances) expect(t1.hosts[i].loaded.some((e) => `${e.layer}:${e.expert}` === a.key)).toBe(true);
+      for (const i of a.instances)
+        expect(t1.hosts[i].loaded.some((e) => `${e.layer}:${e.expert}` === a.key)).toBe(true);
     }
 
     // A failure inside one instance does not fail requests a replica can serve.
@@ -81,7 +141,9 @@ describe("hot-expert replication", () => {
     const tf1 = await hosts();
     // The faulty replica served nothing; the other one carried the expert, and no request failed.
     expect(tokensOf(tf1, victim.instances[0], victim.key)).toBe(tokensOf(tf0, victim.instances[0], victim.key));
-    expect(tokensOf(tf1, victim.instances[1], victim.key)).toBeGreaterThan(tokensOf(tf0, victim.instances[1], victim.key));
+    expect(tokensOf(tf1, victim.instances[1], victim.key)).toBeGreaterThan(
+      tokensOf(tf0, victim.instances[1], victim.key),
+    );
 
     stop = true;
     await load;
@@ -106,7 +168,56 @@ describe("hot-expert replication", () => {
     }
     expect(left).toEqual([]);
     // Still serving correctly afterwards (golden greedy tokens of the fixture).
-    const r = await postJson(w, "/v1/completions", { prompt: [29, 192, 173, 88, 189, 139, 156, 188, 151, 153], max_tokens: 8, temperature: 0 });
+    const r = await postJson(w, "/v1/completions", {
+      prompt: [29, 192, 173, 88, 189, 139, 156, 188, 151, 153],
+      max_tokens: 8,
+      temperature: 0,
+    });
+    expect(r.json.choices[0].token_ids).toEqual([209, 91, 45, 118, 199, 228, 217, 157]);
+  });
+});
+
+describe("reconcile after a Coordinator restart", () => {
+  it("leaves every host holding exactly what the placement references after a make-before-break is cut short", async () => {
+    // Replicate under load, then let the load go: the Coordinator drains the idle replicas away
+    // (publishes a table without them, waits for Workers to see it, then unloads). Restart it
+    // inside that wait.
+    const load = skewedLoad();
+    const hot = await waitFor("replicas", status, (s) => replicated(s).length > 0);
+    await load.stop();
+    const before = replicated(hot).length;
+    const drained = await waitFor("a drain", status, (s) => replicated(s).length < before, 300, 50);
+    await w.worker.evictDurableObject("COORDINATOR", { name: "tiny" });
+    expect((await status()).startedAt).not.toBe(drained.startedAt);
+
+    // A make-before-break cut between loading a new replica and publishing the version that
+    // routes to it leaves a host holding an expert no version references: make one.
+    const live = await status();
+    const mine = assigned(live);
+    const stray = ["0:0", "0:1", "0:2", "0:3", "0:4", "0:5", "0:6", "0:7"].find((k) => !mine[0].includes(k))!;
+    const [layer, expert] = stray.split(":").map(Number);
+    const env = (await w.worker.getEnv()) as unknown as Env;
+    const loaded = await env.EXPERT_HOST.getByName(live.placement.instances[0].name).load("tiny", [{ layer, expert }]);
+    expect(loaded.ok).toBe(true);
+    expect(held(await hosts(), mine.length)[0]).toContain(stray);
+    await w.worker.evictDurableObject("COORDINATOR", { name: "tiny" });
+
+    // The restarted Coordinator reconciles shortly after it starts: every host then holds exactly
+    // its assignment, and the stray copy is gone.
+    const settled = async () => ({ s: await status(), h: await hosts() });
+    const end = await waitFor(
+      "hosts consistent with the placement",
+      settled,
+      ({ s, h }) => s.lastReconcile !== null && JSON.stringify(held(h, mine.length)) === JSON.stringify(assigned(s)),
+    );
+    expect(end.s.lastReconcile!.failed).toEqual([]);
+    expect(end.s.lastReconcile!.unloaded[live.placement.instances[0].name]).toContainEqual({ layer, expert });
+    // Still serving the fixture's golden tokens.
+    const r = await postJson(w, "/v1/completions", {
+      prompt: [29, 192, 173, 88, 189, 139, 156, 188, 151, 153],
+      max_tokens: 8,
+      temperature: 0,
+    });
     expect(r.json.choices[0].token_ids).toEqual([209, 91, 45, 118, 199, 228, 217, 157]);
   });
 });

@@ -39,8 +39,14 @@ describe("load windows", () => {
   });
 
   it("treats a fold spanning w windows as w windows of its average rate", () => {
-    const one = foldWindow(foldWindow(foldWindow(createLoadWindow(1, 1, symmetric), { expertCounts: [[80]] }), { expertCounts: [[40]] }), { expertCounts: [[40]] });
-    const two = foldWindow(foldWindow(createLoadWindow(1, 1, symmetric), { expertCounts: [[80]] }), { expertCounts: [[80]], windows: 2 });
+    const one = foldWindow(
+      foldWindow(foldWindow(createLoadWindow(1, 1, symmetric), { expertCounts: [[80]] }), { expertCounts: [[40]] }),
+      { expertCounts: [[40]] },
+    );
+    const two = foldWindow(foldWindow(createLoadWindow(1, 1, symmetric), { expertCounts: [[80]] }), {
+      expertCounts: [[80]],
+      windows: 2,
+    });
     expect(smoothedLoads(two)[0][0]).toBeCloseTo(smoothedLoads(one)[0][0], 12);
     expect(two.windows).toBe(3);
   });
@@ -70,8 +76,20 @@ describe("load windows", () => {
 
   it("round-trips through rows, and grows per-instance rates as instances appear", () => {
     let w = createLoadWindow(2, 3, { halfLifeWindows: 2 });
-    w = foldWindow(w, { expertCounts: [[1, 0, 3], [0, 5, 0]], instanceCounts: [4, 5] });
-    w = foldWindow(w, { expertCounts: [[2, 0, 1], [0, 7, 0]], instanceCounts: [4, 5, 6] });
+    w = foldWindow(w, {
+      expertCounts: [
+        [1, 0, 3],
+        [0, 5, 0],
+      ],
+      instanceCounts: [4, 5],
+    });
+    w = foldWindow(w, {
+      expertCounts: [
+        [2, 0, 1],
+        [0, 7, 0],
+      ],
+      instanceCounts: [4, 5, 6],
+    });
     const rows = toRows(w);
     expect(rows.instances).toHaveLength(3);
     const back = fromRows(JSON.parse(JSON.stringify(rows)));
@@ -83,6 +101,12 @@ describe("load windows", () => {
     expect(() => foldWindow(w, { expertCounts: [[1, 2, 3]] })).toThrow(/expertCounts\[0\] has 3 experts, expected 2/);
     expect(() => foldWindow(w, { expertCounts: [[1, -2]] })).toThrow(/finite and ≥ 0/);
     expect(() => createLoadWindow(0, 2)).toThrow(/nLayers must be an integer ≥ 1/);
-    expect(() => fromRows({ meta: toRows(w).meta, experts: [{ layer: 3, expert: 0, rate: 1, variance: 0, trend: 0 }], instances: [] })).toThrow(/outside 1 layers × 2 experts/);
+    expect(() =>
+      fromRows({
+        meta: toRows(w).meta,
+        experts: [{ layer: 3, expert: 0, rate: 1, variance: 0, trend: 0 }],
+        instances: [],
+      }),
+    ).toThrow(/outside 1 layers × 2 experts/);
   });
 });

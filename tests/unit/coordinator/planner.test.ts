@@ -1,22 +1,33 @@
 /**
- * The placement planner's invariants over many seeded random inputs (property-style), one
- * contract suite run against every planner (edge-moe and the EPLB baseline), plus the share
- * solver against an exact min–max oracle.
+ * The placement planner's invariants over many seeded random inputs (property-style), its
+ * contract over a few re-plans of Zipf loads (the EPLB baseline passes the same contract in
+ * tests/bench-model/eplb.test.ts), plus the share solver against an exact min–max oracle.
  */
 import { describe, expect, it } from "vitest";
-import { eplbPlacement, roundRobinPlacement } from "../../../src/coordinator/eplb";
-import type { Placement, PlacementOp, Replica } from "../../../src/coordinator/placement";
 import {
   applyOps,
   balanceRatios,
   checkPlacementInvariants,
   drainPlacement,
   instanceLoads,
-  planPlacement,
-  waterFill,
-  type PlannerInput,
-} from "../../../src/coordinator/planner";
-import { makeRng } from "../../../scripts/lib/workloads";
+  type InstanceInfo,
+  type Placement,
+  type PlacementOp,
+  type Replica,
+} from "../../../src/coordinator/placement";
+import { planPlacement, waterFill, type PlannerInput } from "../../../src/coordinator/planner";
+import { createRng as makeRng } from "../../../src/serving/sampling";
+
+/** One layer, expert e on instance e mod N, one replica each. */
+function roundRobinPlacement(
+  nLayers: 1,
+  nExperts: number,
+  opts: { model: string; instances: InstanceInfo[] },
+): Placement {
+  const n = opts.instances.length;
+  const replicas = [Array.from({ length: nExperts }, (_, e) => [{ instance: e % n, share: 1 }])];
+  return { model: opts.model, version: 0, nLayers, nExperts, instances: opts.instances, replicas };
+}
 
 // ── random inputs ─────────────────────────────────────────────────────────────────────────────
 
@@ -35,7 +46,9 @@ function randomCase(seed: number): Case {
   const nExperts = randInt(rng, 3, 40);
   const nInstances = randInt(rng, 2, 12);
   const uniform = rng() < 0.5;
-  const bytes = Array.from({ length: nLayers }, () => Array.from({ length: nExperts }, () => (uniform ? 100 : randInt(rng, 50, 200))));
+  const bytes = Array.from({ length: nLayers }, () =>
+    Array.from({ length: nExperts }, () => (uniform ? 100 : randInt(rng, 50, 200))),
+  );
   // Room for every expert once plus 0–3 spare slots of the largest expert per instance.
   const need = bytes.flat().reduce((a, b) => a + b, 0);
   const budget = Math.ceil(need / nInstances) + 200 * randInt(rng, 0, 3) + 200;
@@ -61,11 +74,12 @@ function randomCase(seed: number): Case {
     used[i] += bytes[l][e];
     reps.push({ instance: i, share: 0 });
   }
-  for (const layer of replicas) for (const reps of layer) {
-    const w = reps.map(() => rng() + 0.01);
-    const s = w.reduce((a, b) => a + b, 0);
-    reps.forEach((r, k) => (r.share = w[k] / s));
-  }
+  for (const layer of replicas)
+    for (const reps of layer) {
+      const w = reps.map(() => rng() + 0.01);
+      const s = w.reduce((a, b) => a + b, 0);
+      reps.forEach((r, k) => (r.share = w[k] / s));
+    }
   const placement: Placement = {
     model: "test",
     version: 7,
@@ -75,7 +89,9 @@ function randomCase(seed: number): Case {
     replicas,
   };
   const s = 0.3 + rng() * 1.2;
-  const loads = bytes.map((row) => row.map(() => (rng() < 0.1 ? 0 : Math.round(10000 * Math.pow(1 + randInt(rng, 0, nExperts), -s) * (0.5 + rng())))));
+  const loads = bytes.map((row) =>
+    row.map(() => (rng() < 0.1 ? 0 : Math.round(10000 * Math.pow(1 + randInt(rng, 0, nExperts), -s) * (0.5 + rng())))),
+  );
   const maxInstances = rng() < 0.3 ? nInstances + randInt(rng, 1, 3) : nInstances;
   const input: PlannerInput = {
     placement,
@@ -136,7 +152,8 @@ describe("planPlacement: invariants over random inputs", () => {
       const next = applyOps(c.input.placement, plan.ops, plan.shares);
       expect(next.version, ctx).toBe(c.input.placement.version + 1);
       expect(checkPlacementInvariants(next, c.budgets.slice(0, next.instances.length), c.bytes), ctx).toEqual([]);
-      for (const layer of plan.shares) for (const reps of layer) for (const r of reps) expect(r.share, ctx).toBeGreaterThanOrEqual(0);
+      for (const layer of plan.shares)
+        for (const reps of layer) for (const r of reps) expect(r.share, ctx).toBeGreaterThanOrEqual(0);
       // Hysteresis: balanced within the threshold (shares alone) → no ops.
       if (plan.predicted.sharesOnly <= 1 + (c.input.threshold ?? 0.02)) expect(plan.ops, ctx).toEqual([]);
       // The prediction is the applied placement's balance under the same loads.
@@ -145,7 +162,10 @@ describe("planPlacement: invariants over random inputs", () => {
       if (plan.ops.length > 0) {
         expect(plan.reason, ctx).toBe("planned");
         const drained = drainPlacement(c.input.placement, plan.ops);
-        expect(checkPlacementInvariants(drained, c.budgets.slice(0, drained.instances.length), c.bytes), `${ctx} drain`).toEqual([]);
+        expect(
+          checkPlacementInvariants(drained, c.budgets.slice(0, drained.instances.length), c.bytes),
+          `${ctx} drain`,
+        ).toEqual([]);
       }
     }
   });
@@ -178,7 +198,9 @@ describe("planPlacement: invariants over random inputs", () => {
       const la = instanceLoads(applyOps(placement, [], a.shares), c.input.loads);
       const lb = instanceLoads(applyOps(placement, [], b.shares), c.input.loads);
       const mean = c.input.loads.flat().reduce((x, y) => x + y, 0) / placement.instances.length / placement.nLayers;
-      la.forEach((row, l) => row.forEach((v, i) => expect(Math.abs(v - lb[l][i]), `seed ${seed}`).toBeLessThanOrEqual(0.01 * mean + 1e-9)));
+      la.forEach((row, l) =>
+        row.forEach((v, i) => expect(Math.abs(v - lb[l][i]), `seed ${seed}`).toBeLessThanOrEqual(0.01 * mean + 1e-9)),
+      );
     }
   });
 
@@ -186,11 +208,23 @@ describe("planPlacement: invariants over random inputs", () => {
     // 8 experts of equal load, 4 instances, two each: perfectly balanced.
     const instances = Array.from({ length: 4 }, (_, id) => ({ id, name: `h${id}`, budgetBytes: 400 }));
     const placement = roundRobinPlacement(1, 8, { model: "t", instances });
-    const plan = planPlacement({ placement, loads: [[100, 100, 100, 100, 100, 100, 100, 100]], expertBytes: 100, maxCopies: 8, threshold: 0.05 });
+    const plan = planPlacement({
+      placement,
+      loads: [[100, 100, 100, 100, 100, 100, 100, 100]],
+      expertBytes: 100,
+      maxCopies: 8,
+      threshold: 0.05,
+    });
     expect(plan.ops).toEqual([]);
     expect(plan.reason).toBe("balanced");
     // Slightly off (3%): still within a 5% threshold.
-    const off = planPlacement({ placement, loads: [[103, 100, 100, 100, 100, 100, 100, 100]], expertBytes: 100, maxCopies: 8, threshold: 0.05 });
+    const off = planPlacement({
+      placement,
+      loads: [[103, 100, 100, 100, 100, 100, 100, 100]],
+      expertBytes: 100,
+      maxCopies: 8,
+      threshold: 0.05,
+    });
     expect(off.ops).toEqual([]);
   });
 
@@ -201,7 +235,9 @@ describe("planPlacement: invariants over random inputs", () => {
     const plan = planPlacement({ placement, loads, expertBytes: 100, maxCopies: 8, spread: 0 });
     expect(plan.reason).toBe("planned");
     // Balancing first: expert 0 onto the three other instances; then hedging spends the rest.
-    expect(plan.ops.slice(0, 3)).toEqual([1, 2, 3].map((instance) => ({ op: "add-replica", layer: 0, expert: 0, instance })));
+    expect(plan.ops.slice(0, 3)).toEqual(
+      [1, 2, 3].map((instance) => ({ op: "add-replica", layer: 0, expert: 0, instance })),
+    );
     expect(plan.predicted.sharesOnly).toBeCloseTo(900 / 375, 6);
     expect(plan.predicted.after).toBeLessThan(1.01);
   });
@@ -215,7 +251,16 @@ describe("planPlacement: invariants over random inputs", () => {
       nLayers: 1,
       nExperts: 3,
       instances,
-      replicas: [[[{ instance: 0, share: 1 }], [{ instance: 0, share: 1 }, { instance: 1, share: 0 }], [{ instance: 1, share: 1 }]]],
+      replicas: [
+        [
+          [{ instance: 0, share: 1 }],
+          [
+            { instance: 0, share: 1 },
+            { instance: 1, share: 0 },
+          ],
+          [{ instance: 1, share: 1 }],
+        ],
+      ],
     };
     const plan = planPlacement({ placement, loads: [[1000, 10, 10]], expertBytes: 100, maxCopies: 2, spread: 0 });
     expect(plan.ops).toEqual([
@@ -227,7 +272,14 @@ describe("planPlacement: invariants over random inputs", () => {
   it("adds an instance when memory is exhausted and growth is allowed", () => {
     const instances = [0, 1].map((id) => ({ id, name: `h${id}`, budgetBytes: 100 }));
     const placement = roundRobinPlacement(1, 2, { model: "t", instances });
-    const plan = planPlacement({ placement, loads: [[1000, 100]], expertBytes: 100, maxCopies: 2, maxInstances: 3, spread: 0 });
+    const plan = planPlacement({
+      placement,
+      loads: [[1000, 100]],
+      expertBytes: 100,
+      maxCopies: 2,
+      maxInstances: 3,
+      spread: 0,
+    });
     expect(plan.ops[0]).toEqual({ op: "add-instance" });
     expect(plan.ops[1]).toEqual({ op: "add-replica", layer: 0, expert: 0, instance: 2 });
     const next = applyOps(placement, plan.ops, plan.shares);
@@ -237,13 +289,15 @@ describe("planPlacement: invariants over random inputs", () => {
 
   it("names the bad field", () => {
     const c = randomCase(1);
-    expect(() => planPlacement({ ...c.input, loads: c.input.loads.map((r) => r.map(() => -1)) })).toThrow(/loads\[0\]\[0\] must be a finite number ≥ 0/);
+    expect(() => planPlacement({ ...c.input, loads: c.input.loads.map((r) => r.map(() => -1)) })).toThrow(
+      /loads\[0\]\[0\] must be a finite number ≥ 0/,
+    );
     expect(() => planPlacement({ ...c.input, maxCopies: 1.5 })).toThrow(/maxCopies must be an integer/);
     expect(() => planPlacement({ ...c.input, loads: [] })).toThrow(/loads has 0 layers/);
   });
 });
 
-// ── one contract, every planner ───────────────────────────────────────────────────────────────
+// ── the planner contract ───────────────────────────────────────────────────────────────────────
 
 type PlannerUnderTest = (placement: Placement, loads: number[][], slotsPerInstance: number) => Placement;
 
@@ -252,7 +306,6 @@ const PLANNERS: Record<string, PlannerUnderTest> = {
     const plan = planPlacement({ placement, loads, expertBytes: 1, maxCopies: 6 });
     return applyOps(placement, plan.ops, plan.shares);
   },
-  eplb: (placement, loads, slots) => eplbPlacement(loads, slots, { model: placement.model, instances: placement.instances, version: placement.version + 1 }),
 };
 
 for (const [name, planner] of Object.entries(PLANNERS)) {
@@ -266,7 +319,11 @@ for (const [name, planner] of Object.entries(PLANNERS)) {
         const instances = Array.from({ length: nInstances }, (_, id) => ({ id, name: `h${id}`, budgetBytes: slots }));
         let placement = roundRobinPlacement(1, nExperts, { model: "t", instances });
         for (let w = 0; w < 3; w++) {
-          const loads = [Array.from({ length: nExperts }, (_, e) => Math.round(1000 / Math.pow(1 + ((e * 7 + w * 3) % nExperts), 1.1)))];
+          const loads = [
+            Array.from({ length: nExperts }, (_, e) =>
+              Math.round(1000 / Math.pow(1 + ((e * 7 + w * 3) % nExperts), 1.1)),
+            ),
+          ];
           placement = planner(placement, loads, slots);
           expect(checkPlacementInvariants(placement, undefined, 1), `${name} seed ${seed}`).toEqual([]);
         }
@@ -309,10 +366,11 @@ function exactMinMax(reps: number[][], loads: readonly number[], n: number): num
       const queue = [0];
       while (queue.length && prev[N - 1] < 0) {
         const u = queue.shift()!;
-        for (let v = 0; v < N; v++) if (prev[v] < 0 && c[u][v] > 1e-12) {
-          prev[v] = u;
-          queue.push(v);
-        }
+        for (let v = 0; v < N; v++)
+          if (prev[v] < 0 && c[u][v] > 1e-12) {
+            prev[v] = u;
+            queue.push(v);
+          }
       }
       if (prev[N - 1] < 0) break;
       let push = Infinity;

@@ -32,6 +32,7 @@ function status(loads: number[][], layers?: number[]): CoordinatorStatus {
     windows: 3,
     balance: loads.map(() => 1),
     lastReplans: [],
+    lastReconcile: null,
     startedAt: 0,
   };
 }

@@ -1,10 +1,19 @@
 /**
  * The EPLB baseline: DeepSeek's published README example reproduced exactly, and the global
- * policy's own guarantees (every GPU gets the same number of slots, replica counts follow load).
+ * policy's own guarantees (every GPU gets the same number of slots, replica counts follow load),
+ * and the planner contract edge-moe's planner passes too (tests/unit/coordinator/planner.test.ts).
  */
 import { describe, expect, it } from "vitest";
-import { balancedPacking, eplbPlacement, rebalanceExperts, rebalanceExpertsGlobal, replicateExperts, roundRobinPlacement } from "../../../src/coordinator/eplb";
-import { checkPlacementInvariants } from "../../../src/coordinator/planner";
+import {
+  balancedPacking,
+  eplbPlacement,
+  rebalanceExperts,
+  rebalanceExpertsGlobal,
+  replicateExperts,
+  roundRobinPlacement,
+} from "../../scripts/lib/eplb";
+import { checkPlacementInvariants } from "../../src/coordinator/placement";
+import { createRng } from "../../src/serving/sampling";
 
 describe("EPLB: the published example (github.com/deepseek-ai/EPLB README)", () => {
   // 2 layers × 12 experts, 16 physical slots, 4 groups, 2 nodes, 8 GPUs → the hierarchical policy.
@@ -81,5 +90,28 @@ describe("round-robin placement", () => {
     expect(p.replicas[0].map((r) => r[0].instance)).toEqual([0, 1, 2, 0]);
     expect(p.replicas[1].map((r) => r[0].instance)).toEqual([1, 2, 0, 1]);
     expect(checkPlacementInvariants(p, undefined, 1)).toEqual([]);
+  });
+});
+
+describe("EPLB: the planner contract", () => {
+  it("yields valid placements within slot budgets over random Zipf loads", () => {
+    for (let seed = 1; seed <= 80; seed++) {
+      const rng = createRng(seed * 13);
+      const randInt = (lo: number, hi: number) => lo + Math.floor(rng() * (hi - lo + 1));
+      const nInstances = randInt(2, 10);
+      const nExperts = nInstances * randInt(1, 4);
+      const slots = nExperts / nInstances + randInt(0, 3);
+      const instances = Array.from({ length: nInstances }, (_, id) => ({ id, name: `h${id}`, budgetBytes: slots }));
+      let placement = roundRobinPlacement(1, nExperts, { model: "t", instances });
+      for (let w = 0; w < 3; w++) {
+        const loads = [
+          Array.from({ length: nExperts }, (_, e) =>
+            Math.round(1000 / Math.pow(1 + ((e * 7 + w * 3) % nExperts), 1.1)),
+          ),
+        ];
+        placement = eplbPlacement(loads, slots, { model: "t", instances, version: placement.version + 1 });
+        expect(checkPlacementInvariants(placement, undefined, 1), `eplb seed ${seed}`).toEqual([]);
+      }
+    }
   });
 });

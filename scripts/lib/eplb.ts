@@ -10,7 +10,7 @@
  * published README example can be reproduced, and `rebalanceExperts` picks it exactly when the
  * reference does (groups divisible by nodes). Tokens are split evenly over an expert's replicas.
  */
-import type { Placement, Replica } from "./placement";
+import type { Placement, Replica } from "../../src/coordinator/placement";
 
 export interface PackResult {
   /** Pack of each item. */
@@ -154,15 +154,26 @@ export function rebalanceExperts(
 }
 
 /** The global (non-hierarchical) policy: replicate over all slots, pack onto all GPUs. */
-export function rebalanceExpertsGlobal(weight: readonly (readonly number[])[], numReplicas: number, numGpus: number): RebalanceResult {
+export function rebalanceExpertsGlobal(
+  weight: readonly (readonly number[])[],
+  numReplicas: number,
+  numGpus: number,
+): RebalanceResult {
   return rebalance(weight, numReplicas, 1, 1, numGpus);
 }
 
-function rebalance(weight: readonly (readonly number[])[], numReplicas: number, g: number, n: number, numGpus: number): RebalanceResult {
+function rebalance(
+  weight: readonly (readonly number[])[],
+  numReplicas: number,
+  g: number,
+  n: number,
+  numGpus: number,
+): RebalanceResult {
   const numLogical = weight[0]?.length ?? 0;
   if (numLogical % g !== 0) throw new Error(`rebalanceExperts: ${numLogical} experts do not split into ${g} groups`);
   if (numGpus % n !== 0) throw new Error(`rebalanceExperts: ${numGpus} GPUs do not split over ${n} nodes`);
-  if (numReplicas % numGpus !== 0) throw new Error(`rebalanceExperts: ${numReplicas} replicas do not split over ${numGpus} GPUs`);
+  if (numReplicas % numGpus !== 0)
+    throw new Error(`rebalanceExperts: ${numReplicas} replicas do not split over ${numGpus} GPUs`);
   const phy2log: number[][] = [];
   const log2phy: number[][][] = [];
   const logcnt: number[][] = [];
@@ -210,14 +221,25 @@ export function eplbPlacement(
     });
     return perExpert;
   });
-  return { model: opts.model, version: opts.version ?? 0, nLayers: loads.length, nExperts, instances: opts.instances, replicas };
+  return {
+    model: opts.model,
+    version: opts.version ?? 0,
+    nLayers: loads.length,
+    nExperts,
+    instances: opts.instances,
+    replicas,
+  };
 }
 
 /**
  * Static round-robin placement: expert e of layer l on instance (e + l) mod N, one replica each.
  * The layer offset spreads the lowest-numbered experts of different layers over different instances.
  */
-export function roundRobinPlacement(nLayers: number, nExperts: number, opts: BaselineOptions & { version?: number }): Placement {
+export function roundRobinPlacement(
+  nLayers: number,
+  nExperts: number,
+  opts: BaselineOptions & { version?: number },
+): Placement {
   const n = opts.instances.length;
   const replicas = Array.from({ length: nLayers }, (_, l) =>
     Array.from({ length: nExperts }, (_, e) => [{ instance: (e + l) % n, share: 1 }]),

@@ -1,9 +1,17 @@
 /** Benchmark workloads: deterministic traces and the user load-file validation messages. */
 import { describe, expect, it } from "vitest";
-import { parseLoadFile, popularityTrace, syntheticTrace, zipfProbabilities } from "../../../scripts/lib/workloads";
+import { parseLoadFile, popularityTrace, syntheticTrace, zipfProbabilities } from "../../scripts/lib/workloads";
 
 describe("synthetic workloads", () => {
-  const opts = { nExperts: 16, s: 1, nWindows: 20, assignmentsPerWindow: 10_000, drift: { kind: "rotate" as const, speed: 0.5 }, burstiness: 0.1, seed: 3 };
+  const opts = {
+    nExperts: 16,
+    s: 1,
+    nWindows: 20,
+    assignmentsPerWindow: 10_000,
+    drift: { kind: "rotate" as const, speed: 0.5 },
+    burstiness: 0.1,
+    seed: 3,
+  };
   it("are deterministic per seed", () => {
     expect(syntheticTrace(opts).windows).toEqual(syntheticTrace(opts).windows);
     expect(syntheticTrace({ ...opts, seed: 4 }).windows).not.toEqual(syntheticTrace(opts).windows);
@@ -11,7 +19,13 @@ describe("synthetic workloads", () => {
   it("have probability rows summing to 1 and a moving hot set", () => {
     for (const kind of ["none", "rotate", "swap", "mixed"] as const) {
       const drift =
-        kind === "none" ? { kind } : kind === "rotate" ? { kind, speed: 0.5 } : kind === "swap" ? { kind, rate: 1, hotSet: 4, rampWindows: 2 } : { kind, speed: 0.1, rate: 0.5, hotSet: 2 };
+        kind === "none"
+          ? { kind }
+          : kind === "rotate"
+            ? { kind, speed: 0.5 }
+            : kind === "swap"
+              ? { kind, rate: 1, hotSet: 4, rampWindows: 2 }
+              : { kind, speed: 0.1, rate: 0.5, hotSet: 2 };
       const pop = popularityTrace({ ...opts, drift });
       for (const w of pop) expect(w[0].reduce((a, b) => a + b, 0)).toBeCloseTo(1, 9);
       const hottest = pop.map((w) => w[0].indexOf(Math.max(...w[0])));
@@ -20,7 +34,14 @@ describe("synthetic workloads", () => {
     }
   });
   it("with requests: deterministic, about the asked assignments per window, and burstier than Poisson", () => {
-    const base = { ...opts, nExperts: 32, nWindows: 40, assignmentsPerWindow: 4096, drift: { kind: "none" as const }, burstiness: 0 };
+    const base = {
+      ...opts,
+      nExperts: 32,
+      nWindows: 40,
+      assignmentsPerWindow: 4096,
+      drift: { kind: "none" as const },
+      burstiness: 0,
+    };
     const req = { ...base, requests: { active: 8, meanWindows: 4, affinity: 1 } };
     expect(syntheticTrace(req).windows).toEqual(syntheticTrace(req).windows);
     const dispersion = (windows: number[][][]): number => {

