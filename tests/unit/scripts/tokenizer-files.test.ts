@@ -79,6 +79,27 @@ describe("shipped tokenizers of the served families", () => {
     });
   }
 
+  it("renders a multi-turn conversation in each published format", () => {
+    const turns: ChatMessage[] = [
+      { role: "user", content: "Hi" },
+      { role: "assistant", content: "Hello!" },
+      { role: "user", content: "2+2?" },
+    ];
+    const want: Record<string, string> = {
+      qwen3:
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n" +
+        "<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n",
+      deepseek_v3: "<｜begin▁of▁sentence｜><｜User｜>Hi<｜Assistant｜>Hello!<｜end▁of▁sentence｜><｜User｜>2+2?<｜Assistant｜>",
+      llama3:
+        "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>" +
+        "<|start_header_id|>assistant<|end_header_id|>\n\nHello!<|eot_id|>" +
+        "<|start_header_id|>user<|end_header_id|>\n\n2+2?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
+    };
+    for (const [family, text] of Object.entries(want)) {
+      expect(load(family as TokenizerFamily).applyChatTemplate(turns)).toBe(text);
+    }
+  });
+
   it("maps model types to families and copies the files into a model directory", () => {
     expect(tokenizerFamilyFor("qwen3_moe")).toBe("qwen3");
     expect(tokenizerFamilyFor("deepseek_v3")).toBe("deepseek_v3");
