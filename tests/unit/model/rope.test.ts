@@ -21,8 +21,8 @@ import { expectModelError } from "./helpers";
 const FIXTURE = new URL("../../fixtures/deepseek-v3-yarn/", import.meta.url);
 const readJson = (f: string): Record<string, unknown> =>
   JSON.parse(readFileSync(new URL(f, FIXTURE), "utf8")) as Record<string, unknown>;
-/** Copies of the published configs (see tests/fixtures/configs/README.md). */
-const SHARED_CONFIG = (name: string) => new URL(`../../fixtures/configs/${name}`, import.meta.url);
+/** Copies of the published configs (see docs/configs/README.md). */
+const SHARED_CONFIG = (name: string) => new URL(`../../../docs/configs/${name}`, import.meta.url);
 
 /** Independent float64 YaRN: wavelength per pair, ramp between the beta_fast and beta_slow wavelengths. */
 function referenceInvFreq(theta: number, d: number, y: YarnSpec): number[] {
