@@ -11,8 +11,18 @@ import { axpy, dot, zero } from "./vec";
 import { softmaxRow } from "./softmax";
 
 export function attention(
-  out: usize, q: usize, k: usize, v: usize, nQ: i32, startPos: i32, nHeads: i32,
-  nKvHeads: i32, headDim: i32, vHeadDim: i32, scale: f32, scratch: usize,
+  out: usize,
+  q: usize,
+  k: usize,
+  v: usize,
+  nQ: i32,
+  startPos: i32,
+  nHeads: i32,
+  nKvHeads: i32,
+  headDim: i32,
+  vHeadDim: i32,
+  scale: f32,
+  scratch: usize,
 ): void {
   const group = nHeads / nKvHeads;
   const kPos = (<usize>nKvHeads * <usize>headDim) << 2; // bytes per kv position in k
@@ -25,13 +35,13 @@ export function attention(
       const kh = k + ((kvh * <usize>headDim) << 2);
       const vh = v + ((kvh * <usize>vHeadDim) << 2);
       for (let t = 0; t < len; t++) {
-        store<f32>(scratch + (<usize>t << 2), dot(qh, kh + <usize>t * kPos, headDim) * scale);
+        store<f32>(scratch + ((<usize>t) << 2), dot(qh, kh + <usize>t * kPos, headDim) * scale);
       }
       softmaxRow(scratch, len);
       const oh = out + ((<usize>(i * nHeads + h) * <usize>vHeadDim) << 2);
       zero(oh, vHeadDim);
       for (let t = 0; t < len; t++) {
-        axpy(oh, load<f32>(scratch + (<usize>t << 2)), vh + <usize>t * vPos, vHeadDim);
+        axpy(oh, load<f32>(scratch + ((<usize>t) << 2)), vh + <usize>t * vPos, vHeadDim);
       }
     }
   }

@@ -8,8 +8,15 @@ import { matmul } from "./matmul";
 import { siluMul } from "./silu-mul";
 
 export function expertFfn(
-  out: usize, x: usize, w1: usize, w3: usize, w2: usize,
-  n: i32, dModel: i32, dFf: i32, scratch: usize,
+  out: usize,
+  x: usize,
+  w1: usize,
+  w3: usize,
+  w2: usize,
+  n: i32,
+  dModel: i32,
+  dFf: i32,
+  scratch: usize,
 ): void {
   const gate = scratch; // [n, dFf]
   const up = scratch + ((<usize>n * <usize>dFf) << 2); // [n, dFf]

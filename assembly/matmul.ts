@@ -22,8 +22,8 @@ export function matmul(out: usize, x: usize, w: usize, n: i32, dIn: i32, dOut: i
 // SIMD build
 
 function matmulSimd(out: usize, x: usize, w: usize, n: i32, dIn: i32, dOut: i32): void {
-  const xTile = <usize>dIn << 4; // bytes of 4 rows of x
-  const oTile = <usize>dOut << 4; // bytes of 4 rows of out
+  const xTile = (<usize>dIn) << 4; // bytes of 4 rows of x
+  const oTile = (<usize>dOut) << 4; // bytes of 4 rows of out
   let t = 0;
   for (; t + 4 <= n; t += 4) {
     tile4x2(out, x, w, dIn, dOut);
@@ -38,20 +38,20 @@ function matmulSimd(out: usize, x: usize, w: usize, n: i32, dIn: i32, dOut: i32)
 
 /** Rows of w left over after the row blocks: one dot per (token, row); ≤ 3 rows, so cheap. */
 function tailRows(out: usize, x: usize, w: usize, tokens: i32, dIn: i32, dOut: i32, j0: i32): void {
-  const rb = <usize>dIn << 2;
-  const ob = <usize>dOut << 2;
+  const rb = (<usize>dIn) << 2;
+  const ob = (<usize>dOut) << 2;
   for (let j = j0; j < dOut; j++) {
     const wj = w + <usize>j * rb;
     for (let t = 0; t < tokens; t++) {
-      store<f32>(out + <usize>t * ob + (<usize>j << 2), dot(x + <usize>t * rb, wj, dIn));
+      store<f32>(out + <usize>t * ob + ((<usize>j) << 2), dot(x + <usize>t * rb, wj, dIn));
     }
   }
 }
 
 /** One token × 4 weight rows: the GEMV path (decode). */
 function tile1x4(out: usize, x: usize, w: usize, dIn: i32, dOut: i32): void {
-  const rb = <usize>dIn << 2;
-  const kb = rb & ~<usize>15;
+  const rb = (<usize>dIn) << 2;
+  const kb = rb & ~(<usize>15);
   let j = 0;
   for (; j + 4 <= dOut; j += 4) {
     const w0 = w + <usize>j * rb;
@@ -69,7 +69,10 @@ function tile1x4(out: usize, x: usize, w: usize, dIn: i32, dOut: i32): void {
       a2 = f32x4.add(a2, f32x4.mul(xv, v128.load(w2 + k)));
       a3 = f32x4.add(a3, f32x4.mul(xv, v128.load(w3 + k)));
     }
-    let s0 = hsum(a0), s1 = hsum(a1), s2 = hsum(a2), s3 = hsum(a3);
+    let s0 = hsum(a0),
+      s1 = hsum(a1),
+      s2 = hsum(a2),
+      s3 = hsum(a3);
     for (let k = kb; k < rb; k += 4) {
       const xs = load<f32>(x + k);
       s0 += xs * load<f32>(w0 + k);
@@ -77,7 +80,7 @@ function tile1x4(out: usize, x: usize, w: usize, dIn: i32, dOut: i32): void {
       s2 += xs * load<f32>(w2 + k);
       s3 += xs * load<f32>(w3 + k);
     }
-    const o = out + (<usize>j << 2);
+    const o = out + ((<usize>j) << 2);
     store<f32>(o, s0);
     store<f32>(o, s1, 4);
     store<f32>(o, s2, 8);
@@ -88,9 +91,9 @@ function tile1x4(out: usize, x: usize, w: usize, dIn: i32, dOut: i32): void {
 
 /** Two tokens × 4 weight rows: 8 accumulators. */
 function tile2x4(out: usize, x: usize, w: usize, dIn: i32, dOut: i32): void {
-  const rb = <usize>dIn << 2;
-  const ob = <usize>dOut << 2;
-  const kb = rb & ~<usize>15;
+  const rb = (<usize>dIn) << 2;
+  const ob = (<usize>dOut) << 2;
+  const kb = rb & ~(<usize>15);
   const x0 = x;
   const x1 = x + rb;
   let j = 0;
@@ -99,8 +102,14 @@ function tile2x4(out: usize, x: usize, w: usize, dIn: i32, dOut: i32): void {
     const w1 = w0 + rb;
     const w2 = w1 + rb;
     const w3 = w2 + rb;
-    let a00 = f32x4.splat(0), a01 = f32x4.splat(0), a02 = f32x4.splat(0), a03 = f32x4.splat(0);
-    let a10 = f32x4.splat(0), a11 = f32x4.splat(0), a12 = f32x4.splat(0), a13 = f32x4.splat(0);
+    let a00 = f32x4.splat(0),
+      a01 = f32x4.splat(0),
+      a02 = f32x4.splat(0),
+      a03 = f32x4.splat(0);
+    let a10 = f32x4.splat(0),
+      a11 = f32x4.splat(0),
+      a12 = f32x4.splat(0),
+      a13 = f32x4.splat(0);
     for (let k: usize = 0; k < kb; k += 16) {
       const v0 = v128.load(x0 + k);
       const v1 = v128.load(x1 + k);
@@ -117,8 +126,14 @@ function tile2x4(out: usize, x: usize, w: usize, dIn: i32, dOut: i32): void {
       a03 = f32x4.add(a03, f32x4.mul(v0, wv));
       a13 = f32x4.add(a13, f32x4.mul(v1, wv));
     }
-    let s00 = hsum(a00), s01 = hsum(a01), s02 = hsum(a02), s03 = hsum(a03);
-    let s10 = hsum(a10), s11 = hsum(a11), s12 = hsum(a12), s13 = hsum(a13);
+    let s00 = hsum(a00),
+      s01 = hsum(a01),
+      s02 = hsum(a02),
+      s03 = hsum(a03);
+    let s10 = hsum(a10),
+      s11 = hsum(a11),
+      s12 = hsum(a12),
+      s13 = hsum(a13);
     for (let k = kb; k < rb; k += 4) {
       const p0 = load<f32>(x0 + k);
       const p1 = load<f32>(x1 + k);
@@ -135,7 +150,7 @@ function tile2x4(out: usize, x: usize, w: usize, dIn: i32, dOut: i32): void {
       s03 += p0 * ws;
       s13 += p1 * ws;
     }
-    const o0 = out + (<usize>j << 2);
+    const o0 = out + ((<usize>j) << 2);
     const o1 = o0 + ob;
     store<f32>(o0, s00);
     store<f32>(o0, s01, 4);
@@ -151,9 +166,9 @@ function tile2x4(out: usize, x: usize, w: usize, dIn: i32, dOut: i32): void {
 
 /** Three tokens × 2 weight rows: 6 accumulators. */
 function tile3x2(out: usize, x: usize, w: usize, dIn: i32, dOut: i32): void {
-  const rb = <usize>dIn << 2;
-  const ob = <usize>dOut << 2;
-  const kb = rb & ~<usize>15;
+  const rb = (<usize>dIn) << 2;
+  const ob = (<usize>dOut) << 2;
+  const kb = rb & ~(<usize>15);
   const x0 = x;
   const x1 = x0 + rb;
   const x2 = x1 + rb;
@@ -161,9 +176,12 @@ function tile3x2(out: usize, x: usize, w: usize, dIn: i32, dOut: i32): void {
   for (; j + 2 <= dOut; j += 2) {
     const w0 = w + <usize>j * rb;
     const w1 = w0 + rb;
-    let a00 = f32x4.splat(0), a01 = f32x4.splat(0);
-    let a10 = f32x4.splat(0), a11 = f32x4.splat(0);
-    let a20 = f32x4.splat(0), a21 = f32x4.splat(0);
+    let a00 = f32x4.splat(0),
+      a01 = f32x4.splat(0);
+    let a10 = f32x4.splat(0),
+      a11 = f32x4.splat(0);
+    let a20 = f32x4.splat(0),
+      a21 = f32x4.splat(0);
     for (let k: usize = 0; k < kb; k += 16) {
       const v0 = v128.load(w0 + k);
       const v1 = v128.load(w1 + k);
@@ -177,9 +195,12 @@ function tile3x2(out: usize, x: usize, w: usize, dIn: i32, dOut: i32): void {
       a20 = f32x4.add(a20, f32x4.mul(xv, v0));
       a21 = f32x4.add(a21, f32x4.mul(xv, v1));
     }
-    let s00 = hsum(a00), s01 = hsum(a01);
-    let s10 = hsum(a10), s11 = hsum(a11);
-    let s20 = hsum(a20), s21 = hsum(a21);
+    let s00 = hsum(a00),
+      s01 = hsum(a01);
+    let s10 = hsum(a10),
+      s11 = hsum(a11);
+    let s20 = hsum(a20),
+      s21 = hsum(a21);
     for (let k = kb; k < rb; k += 4) {
       const ws0 = load<f32>(w0 + k);
       const ws1 = load<f32>(w1 + k);
@@ -193,7 +214,7 @@ function tile3x2(out: usize, x: usize, w: usize, dIn: i32, dOut: i32): void {
       s20 += xs * ws0;
       s21 += xs * ws1;
     }
-    const o0 = out + (<usize>j << 2);
+    const o0 = out + ((<usize>j) << 2);
     const o1 = o0 + ob;
     const o2 = o1 + ob;
     store<f32>(o0, s00);
@@ -208,9 +229,9 @@ function tile3x2(out: usize, x: usize, w: usize, dIn: i32, dOut: i32): void {
 
 /** Four tokens × 2 weight rows: 8 accumulators; x rows are re-read from cache, w rows once. */
 function tile4x2(out: usize, x: usize, w: usize, dIn: i32, dOut: i32): void {
-  const rb = <usize>dIn << 2;
-  const ob = <usize>dOut << 2;
-  const kb = rb & ~<usize>15;
+  const rb = (<usize>dIn) << 2;
+  const ob = (<usize>dOut) << 2;
+  const kb = rb & ~(<usize>15);
   const x0 = x;
   const x1 = x0 + rb;
   const x2 = x1 + rb;
@@ -219,10 +240,14 @@ function tile4x2(out: usize, x: usize, w: usize, dIn: i32, dOut: i32): void {
   for (; j + 2 <= dOut; j += 2) {
     const w0 = w + <usize>j * rb;
     const w1 = w0 + rb;
-    let a00 = f32x4.splat(0), a01 = f32x4.splat(0);
-    let a10 = f32x4.splat(0), a11 = f32x4.splat(0);
-    let a20 = f32x4.splat(0), a21 = f32x4.splat(0);
-    let a30 = f32x4.splat(0), a31 = f32x4.splat(0);
+    let a00 = f32x4.splat(0),
+      a01 = f32x4.splat(0);
+    let a10 = f32x4.splat(0),
+      a11 = f32x4.splat(0);
+    let a20 = f32x4.splat(0),
+      a21 = f32x4.splat(0);
+    let a30 = f32x4.splat(0),
+      a31 = f32x4.splat(0);
     for (let k: usize = 0; k < kb; k += 16) {
       const v0 = v128.load(w0 + k);
       const v1 = v128.load(w1 + k);
@@ -239,10 +264,14 @@ function tile4x2(out: usize, x: usize, w: usize, dIn: i32, dOut: i32): void {
       a30 = f32x4.add(a30, f32x4.mul(xv, v0));
       a31 = f32x4.add(a31, f32x4.mul(xv, v1));
     }
-    let s00 = hsum(a00), s01 = hsum(a01);
-    let s10 = hsum(a10), s11 = hsum(a11);
-    let s20 = hsum(a20), s21 = hsum(a21);
-    let s30 = hsum(a30), s31 = hsum(a31);
+    let s00 = hsum(a00),
+      s01 = hsum(a01);
+    let s10 = hsum(a10),
+      s11 = hsum(a11);
+    let s20 = hsum(a20),
+      s21 = hsum(a21);
+    let s30 = hsum(a30),
+      s31 = hsum(a31);
     for (let k = kb; k < rb; k += 4) {
       const ws0 = load<f32>(w0 + k);
       const ws1 = load<f32>(w1 + k);
@@ -259,7 +288,7 @@ function tile4x2(out: usize, x: usize, w: usize, dIn: i32, dOut: i32): void {
       s30 += xs * ws0;
       s31 += xs * ws1;
     }
-    const o0 = out + (<usize>j << 2);
+    const o0 = out + ((<usize>j) << 2);
     const o1 = o0 + ob;
     const o2 = o1 + ob;
     const o3 = o2 + ob;
@@ -280,8 +309,8 @@ function tile4x2(out: usize, x: usize, w: usize, dIn: i32, dOut: i32): void {
 // walks 4 rows at once so the four accumulator chains overlap.
 
 function matmulScalar(out: usize, x: usize, w: usize, n: i32, dIn: i32, dOut: i32): void {
-  const rb = <usize>dIn << 2;
-  const ob = <usize>dOut << 2;
+  const rb = (<usize>dIn) << 2;
+  const ob = (<usize>dOut) << 2;
   let t = 0;
   for (; t + 4 <= n; t += 4) {
     const x0 = x + <usize>t * rb;
@@ -291,7 +320,10 @@ function matmulScalar(out: usize, x: usize, w: usize, n: i32, dIn: i32, dOut: i3
     const o0 = out + <usize>t * ob;
     for (let j = 0; j < dOut; j++) {
       const wj = w + <usize>j * rb;
-      let s0: f32 = 0, s1: f32 = 0, s2: f32 = 0, s3: f32 = 0;
+      let s0: f32 = 0,
+        s1: f32 = 0,
+        s2: f32 = 0,
+        s3: f32 = 0;
       for (let k: usize = 0; k < rb; k += 4) {
         const ws = load<f32>(wj + k);
         s0 += load<f32>(x0 + k) * ws;
@@ -299,7 +331,7 @@ function matmulScalar(out: usize, x: usize, w: usize, n: i32, dIn: i32, dOut: i3
         s2 += load<f32>(x2 + k) * ws;
         s3 += load<f32>(x3 + k) * ws;
       }
-      const o = o0 + (<usize>j << 2);
+      const o = o0 + ((<usize>j) << 2);
       store<f32>(o, s0);
       store<f32>(o + ob, s1);
       store<f32>(o + 2 * ob, s2);
@@ -315,7 +347,10 @@ function matmulScalar(out: usize, x: usize, w: usize, n: i32, dIn: i32, dOut: i3
       const w1 = w0 + rb;
       const w2 = w1 + rb;
       const w3 = w2 + rb;
-      let s0: f32 = 0, s1: f32 = 0, s2: f32 = 0, s3: f32 = 0;
+      let s0: f32 = 0,
+        s1: f32 = 0,
+        s2: f32 = 0,
+        s3: f32 = 0;
       for (let k: usize = 0; k < rb; k += 4) {
         const xs = load<f32>(xt + k);
         s0 += xs * load<f32>(w0 + k);
@@ -323,12 +358,12 @@ function matmulScalar(out: usize, x: usize, w: usize, n: i32, dIn: i32, dOut: i3
         s2 += xs * load<f32>(w2 + k);
         s3 += xs * load<f32>(w3 + k);
       }
-      const o = ot + (<usize>j << 2);
+      const o = ot + ((<usize>j) << 2);
       store<f32>(o, s0);
       store<f32>(o, s1, 4);
       store<f32>(o, s2, 8);
       store<f32>(o, s3, 12);
     }
-    for (; j < dOut; j++) store<f32>(ot + (<usize>j << 2), dot(xt, w + <usize>j * rb, dIn));
+    for (; j < dOut; j++) store<f32>(ot + ((<usize>j) << 2), dot(xt, w + <usize>j * rb, dIn));
   }
 }

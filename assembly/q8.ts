@@ -51,6 +51,12 @@ export function setQ8Relaxed(mode: i32): i32 {
   return relaxedDot ? (hiLo ? dotForm + 2 : dotForm) : 0;
 }
 
+/** The relaxed dot form in use (1 = i16x8 form, 2 = dot-add form), 0 when the plain path is on:
+ * other int8/int4 kernels (expert-q4g-relaxed.ts) follow the host's probe-checked choice. */
+export function relaxedDotForm(): i32 {
+  return relaxedDot ? dotForm : 0;
+}
+
 /** Bytes of one quantized activation row of kPad (multiple of 16) values. */
 // @ts-ignore: decorator
 @inline

@@ -12,11 +12,18 @@
  */
 
 export function rope(
-  x: usize, cos: usize, sin: usize, n: i32, nHeads: i32, headStride: i32,
-  rotOffset: i32, rotDim: i32, interleaved: bool,
+  x: usize,
+  cos: usize,
+  sin: usize,
+  n: i32,
+  nHeads: i32,
+  headStride: i32,
+  rotOffset: i32,
+  rotDim: i32,
+  interleaved: bool,
 ): void {
   const half = rotDim >> 1;
-  const tableRow = <usize>half << 2;
+  const tableRow = (<usize>half) << 2;
   for (let t = 0; t < n; t++) {
     const c = cos + <usize>t * tableRow;
     const s = sin + <usize>t * tableRow;
@@ -29,10 +36,10 @@ export function rope(
 }
 
 function ropeHalves(base: usize, c: usize, s: usize, half: i32): void {
-  const hb = <usize>half << 2;
+  const hb = (<usize>half) << 2;
   let i: usize = 0;
   if (ASC_FEATURE_SIMD) {
-    const kb = hb & ~<usize>15;
+    const kb = hb & ~(<usize>15);
     for (; i < kb; i += 16) {
       const a = v128.load(base + i);
       const b = v128.load(base + hb + i);
@@ -53,13 +60,13 @@ function ropeHalves(base: usize, c: usize, s: usize, half: i32): void {
 }
 
 function ropeInterleaved(base: usize, c: usize, s: usize, half: i32): void {
-  const hb = <usize>half << 2; // bytes of the angle rows; the pairs span 2·hb bytes of x
+  const hb = (<usize>half) << 2; // bytes of the angle rows; the pairs span 2·hb bytes of x
   let i: usize = 0;
   if (ASC_FEATURE_SIMD) {
     // Two pairs per vector: v = [a0 b0 a1 b1], c2 = [c0 c0 c1 c1], s2 = [-s0 s0 -s1 s1],
     // v' = v·c2 + [b0 a0 b1 a1]·s2.
     const sign = f32x4(-1, 1, -1, 1);
-    const kb = hb & ~<usize>7;
+    const kb = hb & ~(<usize>7);
     for (; i < kb; i += 8) {
       const p = base + (i << 1);
       const v = v128.load(p);

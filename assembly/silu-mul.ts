@@ -6,7 +6,7 @@
  */
 
 export function siluMul(out: usize, gate: usize, up: usize, len: i32): void {
-  const bytes = <usize>len << 2;
+  const bytes = (<usize>len) << 2;
   for (let i: usize = 0; i < bytes; i += 4) {
     const g = load<f32>(gate + i);
     store<f32>(out + i, (g / (<f32>1 + Mathf.exp(-g))) * load<f32>(up + i));

@@ -4,6 +4,8 @@
  * caches). Four independent accumulators, 64 bytes a step; the xor folds keep the loads alive.
  * bytes must be a multiple of 64.
  */
+import { madd } from "./simd-math";
+
 export function streamRead(ptr: usize, bytes: usize): i32 {
   const end = ptr + bytes;
   if (ASC_FEATURE_SIMD) {
@@ -19,4 +21,30 @@ export function streamRead(ptr: usize, bytes: usize): i32 {
   let s: u64 = 0;
   for (let p = ptr; p < end; p += 8) s ^= load<u64>(p);
   return <i32>s;
+}
+
+/**
+ * The 128-bit SIMD compute ceiling: `iters` steps of 8 independent f32x4 multiply-adds (madd: one
+ * FMA in the relaxed build where the CPU has it, mul + add otherwise) on registers only, 64 FLOPs
+ * a step; 8 chains hide the FMA latency. bench:kernels divides 64·iters by the time. Returns a
+ * lane so the work is kept.
+ */
+export function simdPeak(iters: i32, seed: f32): f32 {
+  if (!ASC_FEATURE_SIMD) return 0;
+  const m = f32x4.splat(0.999);
+  const c = f32x4.splat(seed);
+  let a0 = f32x4.splat(1), a1 = f32x4.splat(2), a2 = f32x4.splat(3), a3 = f32x4.splat(4);
+  let a4 = f32x4.splat(5), a5 = f32x4.splat(6), a6 = f32x4.splat(7), a7 = f32x4.splat(8);
+  for (let i = 0; i < iters; i++) {
+    a0 = madd(a0, m, c);
+    a1 = madd(a1, m, c);
+    a2 = madd(a2, m, c);
+    a3 = madd(a3, m, c);
+    a4 = madd(a4, m, c);
+    a5 = madd(a5, m, c);
+    a6 = madd(a6, m, c);
+    a7 = madd(a7, m, c);
+  }
+  const s = f32x4.add(f32x4.add(f32x4.add(a0, a1), f32x4.add(a2, a3)), f32x4.add(f32x4.add(a4, a5), f32x4.add(a6, a7)));
+  return f32x4.extract_lane(s, 0);
 }

@@ -30,8 +30,9 @@ import type { KernelFlavor } from "../src/kernels/index";
 import {
   coldCopies, expertFlops, randomExpert, setupCase, streamBuffer, weightBytes, WASM_IMPLS, type ExpertShape, type ImplInfo,
 } from "./lib/bench-cases";
-import { measureAsync, measureSync, median, type Timing } from "./lib/bench-measure";
-import { expertModelF32, expertModelQ8, loadOrt, ortSession, type OrtPeer } from "./lib/bench-onnx";
+import { cpuTimeAsync, cpuTimeSync, measureAsync, measureSync, median, type Timing } from "./lib/bench-measure";
+import { quantizeExpertQ4g } from "../src/kernels/q4g-format";
+import { expertModelF32, expertModelQ4, expertModelQ8, loadOrt, ortSession, type OrtPeer } from "./lib/bench-onnx";
 import { startWorkerdBench } from "./lib/bench-workerd";
 import { runDenseBench } from "./lib/bench-dense-run";
 import type { DenseShape } from "./lib/bench-dense";
@@ -112,6 +113,8 @@ interface Row {
   dtype: "f32" | "int8";
   ms: number | null;
   msMin: number | null;
+  /** Node rows: best-of-5 process CPU time per call (the shared machine's honest column). */
+  cpuMs?: number | null;
   gflops: number | null;
   gbps: number | null;
   fracBandwidth: number | null;
@@ -123,11 +126,18 @@ interface Row {
   check?: string;
 }
 
-const PEER_ROWS: { peer: Peer; dtype: "f32" | "int8"; label: string }[] = [
-  { peer: "onnxruntime-web", dtype: "f32", label: "onnxruntime-web f32 (wasm, 1 thread)" },
-  { peer: "onnxruntime-web", dtype: "int8", label: "onnxruntime-web int8 (wasm, 1 thread)" },
-  { peer: "onnxruntime-node", dtype: "f32", label: "onnxruntime-node f32 (native, 1 thread)" },
-  { peer: "onnxruntime-node", dtype: "int8", label: "onnxruntime-node int8 (native, 1 thread)" },
+/** Peers; the 4-bit MatMulNBits rows count as dtype "int8" (quantized), impl `<peer>-int4`. */
+const PEER_ROWS: { peer: Peer; dtype: "f32" | "int8"; model: "f32" | "int8" | "int4"; label: string }[] = [
+  { peer: "onnxruntime-web", dtype: "f32", model: "f32", label: "onnxruntime-web f32 (wasm, 1 thread)" },
+  { peer: "onnxruntime-web", dtype: "int8", model: "int8", label: "onnxruntime-web int8 (wasm, 1 thread)" },
+  {
+    peer: "onnxruntime-web", dtype: "int8", model: "int4", label: "onnxruntime-web int4 MatMulNBits (wasm, 1 thr.)",
+  },
+  { peer: "onnxruntime-node", dtype: "f32", model: "f32", label: "onnxruntime-node f32 (native, 1 thread)" },
+  { peer: "onnxruntime-node", dtype: "int8", model: "int8", label: "onnxruntime-node int8 (native, 1 thread)" },
+  {
+    peer: "onnxruntime-node", dtype: "int8", model: "int4", label: "onnxruntime-node int4 MatMulNBits (native, 1 thr.)",
+  },
 ];
 
 const shapeName = (s: ExpertShape) => `${s.dModel}x${s.dFf}`;
@@ -202,7 +212,10 @@ async function main(): Promise<void> {
   const roofline = wasmBandwidth();
   const bandwidth = roofline.now(15);
   log(`edge-moe bench:kernels — ${new Date().toISOString().slice(0, 10)}, ${machine.cpu} ×${machine.cores}, Node ${machine.node} (V8 ${machine.v8}), ${machine.relaxed}`);
-  log(`Wasm streaming read (memory roofline): ${bandwidth.toFixed(1)} GB/s; cold = cycling through ≥ ${args.coldMb} MiB of expert copies\n`);
+  log(`Wasm streaming read (memory roofline): ${bandwidth.toFixed(1)} GB/s; cold = cycling through ≥ ${args.coldMb} MiB of expert copies`);
+  const simdPeak = simdCeiling();
+  const peaks = simdPeak.map((p) => `${p.flavor} ${p.wall.toFixed(1)} GFLOP/s wall, ${p.cpu.toFixed(1)} CPU time`);
+  log(`Wasm 128-bit SIMD ceiling (8 chains of f32x4 multiply-add, registers only): ${peaks.join("; ")}\n`);
 
   const rows: Row[] = [];
   const newKernels = (flavor: KernelFlavor) => loadKernels(flavor);
@@ -230,14 +243,16 @@ async function main(): Promise<void> {
             continue;
           }
           const bwNow = weights === "cold" ? roofline.now() : bandwidth;
-          const t: Timing = measureSync((i) => c.call(weights === "cold" ? i : 0, batch), { budgetMs: info.impl === "js-ref" ? 60 : args.budgetMs, bursts: info.impl === "js-ref" ? 3 : 5 });
-          rows.push(fill({ ...base, batch, weights, ms: t.ms, msMin: t.msMin, copies: weights === "cold" ? copies : 1, check }, shape, bytes, bwNow));
+          const fn = (i: number) => c.call(weights === "cold" ? i : 0, batch);
+          const t: Timing = measureSync(fn, { budgetMs: info.impl === "js-ref" ? 60 : args.budgetMs, bursts: info.impl === "js-ref" ? 3 : 5 });
+          const cpuMs = info.impl === "js-ref" ? null : cpuTimeSync(fn, args.budgetMs);
+          rows.push(fill({ ...base, batch, weights, ms: t.ms, msMin: t.msMin, cpuMs, copies: weights === "cold" ? copies : 1, check }, shape, bytes, bwNow));
         }
       }
     }
     if (args.peers) await peerRows(rows, shape, w, args, roofline, maxN);
     else for (const p of PEER_ROWS) for (const batch of args.batches) for (const weights of ["cold", "hot"] as const) {
-      rows.push(fill({ runtime: "node", shape: shapeName(shape), impl: `${p.peer}-${p.dtype}`, label: p.label, dtype: p.dtype, batch, weights, ms: null, msMin: null, copies: 0, skipped: "--no-peers" }, shape, 0, bandwidth));
+      rows.push(fill({ runtime: "node", shape: shapeName(shape), impl: `${p.peer}-${p.model}`, label: p.label, dtype: p.dtype, batch, weights, ms: null, msMin: null, copies: 0, skipped: "--no-peers" }, shape, 0, bandwidth));
     }
     log(`${shapeName(shape)} done (${((performance.now() - started) / 1000).toFixed(0)} s)`);
   }
@@ -274,6 +289,7 @@ async function main(): Promise<void> {
     date: new Date().toISOString(),
     machine,
     bandwidthGBps: { node: bandwidth, workerd: workerd.bandwidth },
+    simdPeakGflops: simdPeak,
     workerd: { info: workerd.info, skipped: workerd.skipped },
     coldMiB: args.coldMb,
     method:
@@ -290,13 +306,42 @@ async function main(): Promise<void> {
   log(`\nwrote ${args.out} (${json.seconds.toFixed(0)} s)`);
 }
 
+/** The compute ceiling of 128-bit Wasm SIMD here (assembly/stream.ts simdPeak), best of 5 in wall
+ * and in process CPU time, for the simd (mul + add) and relaxed (FMA) builds. */
+function simdCeiling(): { flavor: KernelFlavor; wall: number; cpu: number }[] {
+  const out: { flavor: KernelFlavor; wall: number; cpu: number }[] = [];
+  const iters = 2_000_000;
+  for (const flavor of ["simd", "relaxed"] as const) {
+    let k: ReturnType<typeof loadKernels>;
+    try {
+      k = loadKernels(flavor);
+    } catch {
+      continue;
+    }
+    let wall = Infinity;
+    for (let r = 0; r < 5; r++) {
+      const t = performance.now();
+      k.simdPeak(iters);
+      wall = Math.min(wall, performance.now() - t);
+    }
+    const cpu = cpuTimeSync(() => k.simdPeak(iters), 200);
+    out.push({ flavor, wall: (64 * iters) / (wall * 1e6), cpu: (64 * iters) / (cpu * 1e6) });
+  }
+  return out;
+}
+
 async function peerRows(rows: Row[], shape: ExpertShape, w: ReturnType<typeof randomExpert>, args: Args, roofline: { now(reps?: number): number }, maxN: number): Promise<void> {
   const bandwidth = roofline.now(5);
-  const models = { f32: expertModelF32(w.w1, w.w3, w.w2, shape.dModel, shape.dFf), int8: expertModelQ8(w.q, shape.dModel, shape.dFf) };
+  const q4 = quantizeExpertQ4g(w.w1, w.w3, w.w2, shape.dModel, shape.dFf, 32);
+  const models = {
+    f32: expertModelF32(w.w1, w.w3, w.w2, shape.dModel, shape.dFf),
+    int8: expertModelQ8(w.q, shape.dModel, shape.dFf),
+    int4: expertModelQ4(q4, shape.dModel, shape.dFf),
+  };
   for (const p of PEER_ROWS) {
     const info: ImplInfo = { impl: "js-ref", label: p.label, dtype: p.dtype, flavor: null };
-    const bytes = weightBytes(info, shape);
-    const base = { runtime: "node" as const, shape: shapeName(shape), impl: `${p.peer}-${p.dtype}`, label: `${p.label}`, dtype: p.dtype };
+    const bytes = p.model === "int4" ? 3 * shape.dModel * shape.dFf * (0.5 + 4 / 32) : weightBytes(info, shape);
+    const base = { runtime: "node" as const, shape: shapeName(shape), impl: `${p.peer}-${p.model}`, label: `${p.label}`, dtype: p.dtype };
     const loaded = await loadOrt(p.peer);
     if ("skipped" in loaded) {
       for (const batch of args.batches) for (const weights of ["cold", "hot"] as const) rows.push(fill({ ...base, batch, weights, ms: null, msMin: null, copies: 0, skipped: loaded.skipped }, shape, bytes, bandwidth));
@@ -307,14 +352,16 @@ async function peerRows(rows: Row[], shape: ExpertShape, w: ReturnType<typeof ra
     const copies = coldCopies(bytes, args.coldMb << 20);
     try {
       const sessions: Awaited<ReturnType<typeof ortSession>>[] = [];
-      for (let c = 0; c < copies; c++) sessions.push(await ortSession(ort, p.peer, models[p.dtype]));
+      for (let c = 0; c < copies; c++) sessions.push(await ortSession(ort, p.peer, models[p.model]));
       for (const batch of args.batches) {
         const x = new Float32Array(maxN * shape.dModel).map((_, i) => Math.sin(i * 0.61) * 1.5);
         const feeds = { x: new ort.Tensor("float32", x.subarray(0, batch * shape.dModel), [batch, shape.dModel]) };
         for (const weights of ["cold", "hot"] as const) {
           const bwNow = weights === "cold" ? roofline.now() : bandwidth;
-          const t = await measureAsync((i) => sessions[weights === "cold" ? i % copies : 0].run(feeds), { budgetMs: args.budgetMs });
-          rows.push(fill({ ...base, batch, weights, ms: t.ms, msMin: t.msMin, copies: weights === "cold" ? copies : 1 }, shape, bytes, bwNow));
+          const fn = (i: number) => sessions[weights === "cold" ? i % copies : 0].run(feeds);
+          const t = await measureAsync(fn, { budgetMs: args.budgetMs });
+          const cpuMs = await cpuTimeAsync(fn, args.budgetMs);
+          rows.push(fill({ ...base, batch, weights, ms: t.ms, msMin: t.msMin, cpuMs, copies: weights === "cold" ? copies : 1 }, shape, bytes, bwNow));
         }
       }
       for (const s of sessions) await s.release?.();
@@ -462,14 +509,14 @@ function printTable(rows: Row[], args: Args): void {
           const group = mine.filter((r) => r.shape === shapeName(shape) && r.batch === batch && r.weights === weights);
           if (group.length === 0) continue;
           log(`\n${shapeName(shape)}  batch ${batch}  ${weights}`);
-          log(`${"impl".padEnd(52)}${"ms/call".padStart(9)}${"GFLOP/s".padStart(9)}${"GB/s".padStart(7)}${"%BW".padStart(6)}${"vs ort-node".padStart(13)}${"vs ort-web".padStart(12)}`);
+          log(`${"impl".padEnd(52)}${"ms/call".padStart(9)}${"cpu ms".padStart(9)}${"GFLOP/s".padStart(9)}${"GB/s".padStart(7)}${"%BW".padStart(6)}${"vs ort-node".padStart(13)}${"vs ort-web".padStart(12)}`);
           for (const r of group) {
             if (r.ms === null) {
               log(`${r.label.padEnd(52)}  skipped: ${r.skipped}`);
               continue;
             }
             log(
-              `${r.label.padEnd(52)}${f(r.ms, 3).padStart(9)}${f(r.gflops, 1).padStart(9)}${f(r.gbps, 1).padStart(7)}${(r.fracBandwidth === null ? "—" : `${Math.round(r.fracBandwidth * 100)}%`).padStart(6)}` +
+              `${r.label.padEnd(52)}${f(r.ms, 3).padStart(9)}${f(r.cpuMs, 3).padStart(9)}${f(r.gflops, 1).padStart(9)}${f(r.gbps, 1).padStart(7)}${(r.fracBandwidth === null ? "—" : `${Math.round(r.fracBandwidth * 100)}%`).padStart(6)}` +
                 `${(r.vs["onnxruntime-node"] ? `${f(r.vs["onnxruntime-node"])}×` : "—").padStart(13)}${(r.vs["onnxruntime-web"] ? `${f(r.vs["onnxruntime-web"])}×` : "—").padStart(12)}`,
             );
           }

@@ -312,7 +312,7 @@ async function main(): Promise<void> {
   mkdirSync(dirname(args.out), { recursive: true });
   writeFileSync(
     args.out,
-    JSON.stringify(
+    `${JSON.stringify(
       {
         benchmark: "placement",
         machine,
@@ -335,7 +335,7 @@ async function main(): Promise<void> {
       },
       null,
       2,
-    ) + "\n",
+    )}\n`,
   );
   console.log(`\nwrote ${args.out}`);
 }

@@ -34,7 +34,9 @@ const ascVersion = createRequire(import.meta.url)("assemblyscript/package.json")
 function sourceHash(flags) {
   const hash = createHash("sha256");
   hash.update(`asc ${ascVersion}\n${[...COMMON, ...flags].join(" ")}\n`);
-  for (const name of readdirSync(assemblyDir).filter((f) => f.endsWith(".ts")).sort()) {
+  for (const name of readdirSync(assemblyDir)
+    .filter((f) => f.endsWith(".ts"))
+    .sort()) {
     hash.update(`${name}\n`);
     hash.update(readFileSync(`${assemblyDir}/${name}`));
   }
@@ -54,17 +56,14 @@ async function build({ flavor, flags }) {
   // Loaded only when something needs building: the compiler (binaryen) takes ~1 s to load.
   const { default: asc } = await import("assemblyscript/asc");
   let binary = null;
-  const { error, stderr } = await asc.main(
-    ["assembly/index.ts", ...COMMON, ...flags, "--outFile", "kernels.wasm"],
-    {
-      // Capture the binary instead of letting asc write it, so the file is replaced atomically
-      // (a test run reading build/ never sees half a module).
-      writeFile(name, contents) {
-        if (name.endsWith(".wasm")) binary = contents;
-      },
-      stdout: { write() {} },
+  const { error, stderr } = await asc.main(["assembly/index.ts", ...COMMON, ...flags, "--outFile", "kernels.wasm"], {
+    // Capture the binary instead of letting asc write it, so the file is replaced atomically
+    // (a test run reading build/ never sees half a module).
+    writeFile(name, contents) {
+      if (name.endsWith(".wasm")) binary = contents;
     },
-  );
+    stdout: { write() {} },
+  });
   if (error || !binary) {
     process.stderr.write(stderr.toString());
     throw new Error(`asc failed for ${label}: ${error?.message ?? "no binary emitted"}`);

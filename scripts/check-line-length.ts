@@ -8,13 +8,19 @@ import { readFileSync } from "node:fs";
 const MAX = 120;
 
 if (process.argv.includes("--help")) {
-  console.log("usage: tsx scripts/check-line-length.ts\n\nLists every tracked .ts/.mjs line longer than 120 characters; exits 1 if any.");
+  console.log(
+    "usage: tsx scripts/check-line-length.ts\n\nLists every tracked .ts/.mjs line longer than 120 characters; exits 1 if any.",
+  );
   process.exit(0);
 }
 
-const files = execFileSync("git", ["ls-files", "-co", "--exclude-standard", "src", "scripts", "tests", "assembly", "*.ts"], {
-  encoding: "utf8",
-})
+const files = execFileSync(
+  "git",
+  ["ls-files", "-co", "--exclude-standard", "src", "scripts", "tests", "assembly", "*.ts"],
+  {
+    encoding: "utf8",
+  },
+)
   .split("\n")
   .filter((f) => /\.(ts|mjs)$/.test(f) && !f.startsWith("tests/fixtures/"));
 

@@ -1,20 +1,23 @@
 /**
  * @module convert — writes a copy of a Hugging Face model directory with its routed experts
- * quantized to symmetric int8 (per output channel), the format src/model/quantized.ts reads:
- *   `<base>.qweight` I8 (the original expert tensor's shape and row layout) + `<base>.scales` F32.
+ * quantized, in the formats src/model/quantized.ts reads (scripts/lib/convert-lib.ts):
+ *   int8: symmetric per output channel, `<base>.qweight` I8 + `<base>.scales` F32 [..., rows];
+ *   int4: 4-bit groups of 32 inputs, `<base>.qweight` I8 [..., rows, cols/2] + `<base>.scales` BF16.
  * Dense tensors are copied byte for byte (same dtype), DeepSeek fp8 tensors dequantized, other
  * files (config, tokenizer, generation config) as they are. Streams with a bounded peak memory
  * (scripts/lib/convert-lib.ts states the bound). Output: sharded safetensors + index.
  *
- *   npm run convert -- <in-dir> <out-dir> --quant int8 [--check] [--force] [--shard-mb 64] [--chunk-mb 16] [--json]
+ *   npm run convert -- <in-dir> <out-dir> --quant int8|int4 [--check] [--force] [--shard-mb 64] [--chunk-mb 16]
+ *     [--json]
  *
- * --check measures what int8 costs on this model (logit error, greedy-token agreement vs f32, on
+ * --check measures what the quantization costs on this model (logit error, greedy-token agreement vs f32, on
  * seeded prompts; scripts/lib/bench-accuracy.ts) with the same quantization applied at load.
  */
 import { existsSync, readdirSync, rmSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { openModel } from "../src/model/architectures";
+import { Q4_GROUP } from "../src/kernels/q4g-format";
 import { INDEX_FILE, SINGLE_FILE } from "../src/model/safetensors";
 import { formatAccuracy, measureInt8Accuracy } from "./lib/bench-accuracy";
 import { convertModel } from "./lib/convert-lib";
@@ -23,12 +26,14 @@ import { progressBar, wantsHelp } from "./lib/progress";
 
 export { convertModel, dirFileStore };
 
-const USAGE = `usage: npm run convert -- <in-dir> <out-dir> --quant int8 [--check] [--force] [--shard-mb 64] [--chunk-mb 16] [--json]
+const USAGE = `usage: npm run convert -- <in-dir> <out-dir> --quant int8|int4 [--check] [--force]
+                       [--shard-mb 64] [--chunk-mb 16] [--json]
   Writes a copy of a Hugging Face model directory (sharded safetensors; F32, BF16, F16, or DeepSeek
-  fp8 e4m3 with 128×128 block scales, dequantized) with its routed experts quantized to int8.
+  fp8 e4m3 with 128×128 block scales, dequantized) with its routed experts quantized to int8 (per
+  output channel) or int4 (groups of 32 inputs).
   Streams: reads tensors by row ranges and writes shards as it goes; peak memory ≈ 2.5 × --chunk-mb
   plus one f32 scale per row of the largest expert tensor, whatever the shard size.
-  --check       also measure what int8 costs on this model (logit error, greedy agreement)
+  --check       also measure what the quantization costs on this model (logit error, greedy agreement)
   --force       replace <out-dir> when it is not empty
   --shard-mb N  size of the output safetensors shards (default 64)
   --chunk-mb N  values read per step × 4 bytes (default 16)
@@ -52,10 +57,17 @@ async function main(): Promise<void> {
   });
   const [inArg, outArg] = positionals;
   if (!inArg || !outArg) throw new Error(USAGE);
-  if (values.quant !== "int8") throw new Error(`--quant must be int8 (the only quantization the expert kernels run), got ${values.quant === undefined ? "nothing" : `"${values.quant}"`}`);
+  const quant = values.quant;
+  if (quant !== "int8" && quant !== "int4") {
+    throw new Error(`--quant must be int8 or int4, got ${quant === undefined ? "nothing" : `"${quant}"`}`);
+  }
   const inDir = resolve(inArg);
   const outDir = resolve(outArg);
-  if (!existsSync(join(inDir, "config.json"))) throw new Error(`${inArg}: no config.json — give a Hugging Face model directory (e.g. demo-model/ from \`npm run make-demo-model\`)`);
+  if (!existsSync(join(inDir, "config.json")))
+    throw new Error(
+      `${inArg}: no config.json — give a Hugging Face model directory ` +
+        "(e.g. demo-model/ from `npm run make-demo-model`)",
+    );
   if (inDir === outDir) throw new Error("<out-dir> must differ from <in-dir>: the conversion writes a new directory");
   if (existsSync(outDir) && readdirSync(outDir).length > 0) {
     if (!values.force) throw new Error(`${outArg} exists and is not empty; pass --force to replace it`);
@@ -70,9 +82,11 @@ async function main(): Promise<void> {
   const rssBeforeMiB = process.resourceUsage().maxRSS / 1024;
   const json = values.json;
   const say = (line: string) => (json ? console.error(line) : console.log(line));
-  say(`convert ${inArg} → ${outArg} (routed experts → int8, per output channel)`);
+  const what = quant === "int4" ? `int4, groups of ${Q4_GROUP}` : "int8, per output channel";
+  say(`convert ${inArg} → ${outArg} (routed experts → ${what})`);
   let bar: ReturnType<typeof progressBar> | null = null;
   const r = await convertModel(inDir, outDir, {
+    quant,
     shardBytes: shardMb << 20,
     chunkValues: Math.floor((chunkMb * 2 ** 20) / 4),
     log: (s) => say(s),
@@ -90,8 +104,11 @@ async function main(): Promise<void> {
     say("--check skipped: it compares against the f32 model, and an fp8 checkpoint has none to load");
   } else if (values.check && hasWeights) {
     const { spec, ckpt } = await openModel(dirFileStore(inDir));
-    for (const q8Path of ["dot_i16x8", "relaxed_dot_i16", "relaxed_dot_i16_7bit"] as const) {
-      accuracy.push(await measureInt8Accuracy(inArg, spec, ckpt, { q8Path }));
+    if (quant === "int4") accuracy.push(await measureInt8Accuracy(inArg, spec, ckpt, { quant: "int4" }));
+    else {
+      for (const q8Path of ["dot_i16x8", "relaxed_dot_i16", "relaxed_dot_i16_7bit"] as const) {
+        accuracy.push(await measureInt8Accuracy(inArg, spec, ckpt, { q8Path }));
+      }
     }
     accuracy.push(await measureInt8Accuracy(inArg, spec, ckpt, { bf16: true }));
   }
@@ -101,7 +118,8 @@ async function main(): Promise<void> {
   }
   const mib = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB`;
   console.log(
-    `${r.quantized} expert tensors quantized (${mib(r.expertBytesIn)} → ${mib(r.expertBytesOut)}), ${r.tensors - r.quantized} dense tensors copied; ` +
+    `${r.quantized} expert tensors quantized (${mib(r.expertBytesIn)} → ${mib(r.expertBytesOut)}), ` +
+      `${r.tensors - r.quantized} dense tensors copied; ` +
       `${mib(r.bytesIn)} → ${mib(r.bytesOut)} in ${r.shards} shards, ${seconds.toFixed(1)} s` +
       (r.dequantized > 0 ? `; ${r.dequantized} fp8 tensors dequantized` : "") +
       (r.dropped > 0 ? `; ${r.dropped} tensors of layers ≥ num_hidden_layers left out` : ""),
@@ -116,4 +134,3 @@ if (import.meta.url === `file://${process.argv[1]}` || process.argv[1]?.endsWith
     process.exit(1);
   });
 }
-

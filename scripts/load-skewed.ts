@@ -73,7 +73,11 @@ function replicatedKeys(p: PlacementView): Record<string, string[]> {
 }
 
 function replicated(p: PlacementView): string {
-  return Object.entries(replicatedKeys(p)).map(([k, v]) => `${k}[${v.join(" ")}]`).join(" ") || "(none)";
+  return (
+    Object.entries(replicatedKeys(p))
+      .map(([k, v]) => `${k}[${v.join(" ")}]`)
+      .join(" ") || "(none)"
+  );
 }
 
 let phase = -1;
@@ -91,7 +95,12 @@ async function worker(): Promise<void> {
     const res = await fetch(`${base}/v1/completions`, {
       method: "POST",
       headers: { "content-type": "application/json" },
-      body: JSON.stringify({ ...(values.model ? { model: values.model } : {}), prompt: PHASES[phase].prompt, max_tokens: 8, temperature: 0 }),
+      body: JSON.stringify({
+        ...(values.model ? { model: values.model } : {}),
+        prompt: PHASES[phase].prompt,
+        max_tokens: 8,
+        temperature: 0,
+      }),
     });
     sent++;
     if (!res.ok) {
@@ -145,6 +154,5 @@ bar.stop();
 const last = await placement();
 if (values.json) {
   console.log(JSON.stringify({ done: true, sent, failed, version: last.version, replicated: replicatedKeys(last) }));
-}
-else console.log(`${stamp()} done: ${sent} requests, ${failed} failed; replicated now: ${replicated(last)}`);
+} else console.log(`${stamp()} done: ${sent} requests, ${failed} failed; replicated now: ${replicated(last)}`);
 process.exit(failed > 0 ? 1 : 0);

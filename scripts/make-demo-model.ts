@@ -8,7 +8,17 @@
  *       [--vocab N --hidden N --layers N --heads N --kv-heads N --ff N --experts N --top-k N]
  */
 import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, readFileSync, readdirSync, openSync, readSync, closeSync, statSync, writeFileSync } from "node:fs";
+import {
+  existsSync,
+  mkdirSync,
+  readFileSync,
+  readdirSync,
+  openSync,
+  readSync,
+  closeSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
 import { createRequire } from "node:module";
 import { dirname, join, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
@@ -115,9 +125,12 @@ function validateSize(size: DemoModelSize): void {
   for (const [k, v] of Object.entries(size)) {
     if (!Number.isInteger(v) || v < 1) throw new Error(`${k} must be a positive integer, got ${v}`);
   }
-  if (size.dModel % size.nHeads !== 0) throw new Error(`hidden (${size.dModel}) must be divisible by heads (${size.nHeads})`);
-  if (size.nHeads % size.nKvHeads !== 0) throw new Error(`heads (${size.nHeads}) must be divisible by kv-heads (${size.nKvHeads})`);
-  if ((size.dModel / size.nHeads) % 2 !== 0) throw new Error(`head_dim (${size.dModel / size.nHeads}) must be even for RoPE`);
+  if (size.dModel % size.nHeads !== 0)
+    throw new Error(`hidden (${size.dModel}) must be divisible by heads (${size.nHeads})`);
+  if (size.nHeads % size.nKvHeads !== 0)
+    throw new Error(`heads (${size.nHeads}) must be divisible by kv-heads (${size.nKvHeads})`);
+  if ((size.dModel / size.nHeads) % 2 !== 0)
+    throw new Error(`head_dim (${size.dModel / size.nHeads}) must be even for RoPE`);
   if (size.topK > size.nExperts) throw new Error(`top-k (${size.topK}) must be ≤ experts (${size.nExperts})`);
 }
 
@@ -151,7 +164,14 @@ export function demoModelConfig(size: DemoModelSize): Record<string, unknown> {
   };
 }
 
-const GENERATION_CONFIG = { _from_model_config: true, bos_token_id: 1, eos_token_id: 2, do_sample: true, temperature: 0.7, top_p: 0.9 };
+const GENERATION_CONFIG = {
+  _from_model_config: true,
+  bos_token_id: 1,
+  eos_token_id: 2,
+  do_sample: true,
+  temperature: 0.7,
+  top_p: 0.9,
+};
 
 /**
  * Mistral-Instruct's template (Mixtral-8x7B-Instruct-v0.1 form), with an optional leading system
@@ -211,10 +231,26 @@ function planShards(size: DemoModelSize, seed: number): ShardSpec[] {
     const p = `model.layers.${l}`;
     dense.push(
       { name: `${p}.input_layernorm.weight`, shape: [H], fill: ones },
-      { name: `${p}.self_attn.q_proj.weight`, shape: [nHeads * headDim, H], fill: normal(`${p}.self_attn.q_proj.weight`, 1 / Math.sqrt(H)) },
-      { name: `${p}.self_attn.k_proj.weight`, shape: [nKvHeads * headDim, H], fill: normal(`${p}.self_attn.k_proj.weight`, 1 / Math.sqrt(H)) },
-      { name: `${p}.self_attn.v_proj.weight`, shape: [nKvHeads * headDim, H], fill: normal(`${p}.self_attn.v_proj.weight`, 1 / Math.sqrt(H)) },
-      { name: `${p}.self_attn.o_proj.weight`, shape: [H, nHeads * headDim], fill: normal(`${p}.self_attn.o_proj.weight`, ATTN_OUT_GAIN / Math.sqrt(nHeads * headDim)) },
+      {
+        name: `${p}.self_attn.q_proj.weight`,
+        shape: [nHeads * headDim, H],
+        fill: normal(`${p}.self_attn.q_proj.weight`, 1 / Math.sqrt(H)),
+      },
+      {
+        name: `${p}.self_attn.k_proj.weight`,
+        shape: [nKvHeads * headDim, H],
+        fill: normal(`${p}.self_attn.k_proj.weight`, 1 / Math.sqrt(H)),
+      },
+      {
+        name: `${p}.self_attn.v_proj.weight`,
+        shape: [nKvHeads * headDim, H],
+        fill: normal(`${p}.self_attn.v_proj.weight`, 1 / Math.sqrt(H)),
+      },
+      {
+        name: `${p}.self_attn.o_proj.weight`,
+        shape: [H, nHeads * headDim],
+        fill: normal(`${p}.self_attn.o_proj.weight`, ATTN_OUT_GAIN / Math.sqrt(nHeads * headDim)),
+      },
       { name: `${p}.post_attention_layernorm.weight`, shape: [H], fill: ones },
       {
         name: `${p}.block_sparse_moe.gate.weight`,
@@ -264,7 +300,7 @@ function tokenizerSourceDir(): string {
 }
 
 function textFiles(size: DemoModelSize, shards: ShardSpec[]): Map<string, string> {
-  const json = (v: unknown) => JSON.stringify(v, null, 2) + "\n";
+  const json = (v: unknown) => `${JSON.stringify(v, null, 2)}\n`;
   const weightMap: Record<string, string> = {};
   let totalSize = 0;
   for (const s of shards) {
@@ -274,7 +310,10 @@ function textFiles(size: DemoModelSize, shards: ShardSpec[]): Map<string, string
     }
   }
   const srcDir = tokenizerSourceDir();
-  const tokenizerConfig = JSON.parse(readFileSync(join(srcDir, "tokenizer_config.json"), "utf8")) as Record<string, unknown>;
+  const tokenizerConfig = JSON.parse(readFileSync(join(srcDir, "tokenizer_config.json"), "utf8")) as Record<
+    string,
+    unknown
+  >;
   tokenizerConfig.chat_template = MISTRAL_CHAT_TEMPLATE;
   // JSON.parse turned the shipped 1e30 model_max_length into a float; keep it valid and readable.
   tokenizerConfig.model_max_length = 4096;
@@ -322,7 +361,7 @@ function directoryMatches(dir: string, texts: Map<string, string>, shards: Shard
     let end = 0;
     for (const t of s.tensors) {
       const h = header[t.name] as { dtype: string; shape: number[]; data_offsets: [number, number] } | undefined;
-      if (!h || h.dtype !== "F32" || JSON.stringify(h.shape) !== JSON.stringify(t.shape)) return false;
+      if (h?.dtype !== "F32" || JSON.stringify(h.shape) !== JSON.stringify(t.shape)) return false;
       end = Math.max(end, h.data_offsets[1]);
     }
     if (Object.keys(header).length !== s.tensors.length + 1) return false;
@@ -349,7 +388,15 @@ export function makeDemoModel(outDir: string, opts: DemoModelOptions = {}): Demo
       .filter((n) => texts.has(n) || shards.some((s) => s.file === n))
       .sort()
       .map((name) => ({ name, bytes: statSync(join(dir, name)).size }));
-    return { dir, skipped, files, totalBytes: files.reduce((a, f) => a + f.bytes, 0), tensorBytes, expertBytes, ms: performance.now() - started };
+    return {
+      dir,
+      skipped,
+      files,
+      totalBytes: files.reduce((a, f) => a + f.bytes, 0),
+      tensorBytes,
+      expertBytes,
+      ms: performance.now() - started,
+    };
   };
 
   if (!opts.force && existsSync(dir) && directoryMatches(dir, texts, shards, seed)) {
@@ -383,7 +430,9 @@ export function formatBytes(n: number): string {
 export function hashModelDir(dir: string): Record<string, string> {
   const out: Record<string, string> = {};
   for (const name of readdirSync(dir).sort()) {
-    out[name] = createHash("sha256").update(readFileSync(join(dir, name))).digest("hex");
+    out[name] = createHash("sha256")
+      .update(readFileSync(join(dir, name)))
+      .digest("hex");
   }
   return out;
 }
@@ -416,7 +465,8 @@ function main(): void {
   const int = (flag: string, v: string | undefined): number | undefined => {
     if (v === undefined) return undefined;
     const n = Number(v);
-    if (!Number.isInteger(n) || n < 1) throw new Error(`--${flag} must be a positive integer, got ${JSON.stringify(v)}`);
+    if (!Number.isInteger(n) || n < 1)
+      throw new Error(`--${flag} must be a positive integer, got ${JSON.stringify(v)}`);
     return n;
   };
   const size: Partial<DemoModelSize> = {};
@@ -433,14 +483,17 @@ function main(): void {
   set("nExperts", "experts", values.experts);
   set("topK", "top-k", values["top-k"]);
   const seed = values.seed === undefined ? undefined : Number(values.seed);
-  if (seed !== undefined && !Number.isInteger(seed)) throw new Error(`--seed must be an integer, got ${JSON.stringify(values.seed)}`);
+  if (seed !== undefined && !Number.isInteger(seed))
+    throw new Error(`--seed must be an integer, got ${JSON.stringify(values.seed)}`);
 
   const s = makeDemoModel(values.out, { size, seed, force: values.force, log: (l) => console.log(l) });
   if (!s.skipped) {
     console.log(`demo model written to ${values.out}/ in ${(s.ms / 1000).toFixed(1)} s`);
   }
   console.log(`  files: ${s.files.length}, total ${formatBytes(s.totalBytes)} (${s.totalBytes} B)`);
-  console.log(`  tensors: ${formatBytes(s.tensorBytes)}, of which experts ${formatBytes(s.expertBytes)} (${s.expertBytes} B)`);
+  console.log(
+    `  tensors: ${formatBytes(s.tensorBytes)}, of which experts ${formatBytes(s.expertBytes)} (${s.expertBytes} B)`,
+  );
 }
 
 if (process.argv[1] && import.meta.url === pathToFileURL(resolve(process.argv[1])).href) {

@@ -237,7 +237,7 @@ export function makeModel(configPath: string, outDir: string, opts: MakeModelOpt
   const { units, params } = plan(spec, dtype, seed, std);
   const groups = shards(units, opts.maxShardBytes ?? MAX_SHARD_BYTES);
   const dir = resolve(outDir);
-  const json = (v: unknown) => JSON.stringify(v, null, 2) + "\n";
+  const json = (v: unknown) => `${JSON.stringify(v, null, 2)}\n`;
   const weightMap: Record<string, string> = {};
   groups.forEach((g, i) =>
     g.forEach((u) => u.tensors.forEach((t) => (weightMap[t.name] = shardName(i + 1, groups.length)))),

@@ -50,7 +50,7 @@ import { machineInfo, makePolicy, quantile, type ClusterShape, type PolicyName }
 import { shapeFor } from "./lib/placement-scenarios";
 import { REPLAN_FLAGS_HELP, applyReplanFlag, describeReplanConfig } from "./lib/replan-config";
 import { DEFAULT_SIM, type LoadBasis, type SimConfig } from "./lib/sim-config";
-import { gaussian, makeRng, popularityTrace, type Drift, type LoadTrace, type RequestMix } from "./lib/workloads";
+import { gaussian, makeRng, popularityTrace, type LoadTrace } from "./lib/workloads";
 
 // ── configuration ─────────────────────────────────────────────────────────────────────────────
 
@@ -416,7 +416,7 @@ export function simulate(
   const isolateView = (iso: number, now: number): Float64Array => {
     const s = isolates[iso];
     if (now > s.at) {
-      const keep = Math.pow(0.5, (now - s.at) / cfg.recentHalfLifeMs);
+      const keep = 0.5 ** ((now - s.at) / cfg.recentHalfLifeMs);
       for (let i = 0; i < W; i++) s.recent[i] *= keep;
       s.at = now;
     }
@@ -664,7 +664,7 @@ async function loadCalibration(path: string, fresh: boolean, log: (m: string) =>
   log(fresh ? "re-measuring the calibration" : `no calibration at ${path}: measuring now (about half a minute)`);
   const cal = await calibrate(log);
   mkdirSync(dirname(path), { recursive: true });
-  writeFileSync(path, JSON.stringify(cal, null, 2) + "\n");
+  writeFileSync(path, `${JSON.stringify(cal, null, 2)}\n`);
   log(`wrote ${path}`);
   return cal;
 }
@@ -731,7 +731,9 @@ function parseArgs(argv: string[]): {
     } else if (a === "--help" || a === "-h") {
       console.log(
         "usage: npm run simulate [-- --calibration FILE] [--recalibrate] [--out FILE] [--loads 0.5,0.8] [--basis both|cluster|static]\n" +
-          "       [--instances 16] [--experts 64] [--top-k 4] [--layers 2] [--windows 40] [--window-ms " + DEFAULT_SIM.windowMs + "] [--tokens-per-step 1] [--zipf 1.0] [--seed 7]\n" +
+          "       [--instances 16] [--experts 64] [--top-k 4] [--layers 2] [--windows 40] [--window-ms " +
+          DEFAULT_SIM.windowMs +
+          "] [--tokens-per-step 1] [--zipf 1.0] [--seed 7]\n" +
           "       [--isolates 8] [--recent-half-life-ms 1000] [--no-requests] [--policies " +
           SIM_POLICIES.join(",") +
           "]\n" +
@@ -841,7 +843,7 @@ async function main(): Promise<void> {
   mkdirSync(dirname(args.out), { recursive: true });
   writeFileSync(
     args.out,
-    JSON.stringify(
+    `${JSON.stringify(
       {
         benchmark: "simulate",
         machine: machineInfo(),
@@ -860,7 +862,7 @@ async function main(): Promise<void> {
       },
       null,
       2,
-    ) + "\n",
+    )}\n`,
   );
   console.log(`\nwrote ${args.out}`);
 }

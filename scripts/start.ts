@@ -46,7 +46,10 @@ function run(cmd: string, args: string[]): void {
 run("tsx", ["scripts/make-demo-model.ts", "--out", "demo-model"]);
 if (INT8) {
   // Re-converted whenever the f32 demo is newer than the int8 copy.
-  const stale = !existsSync(join(ROOT, "demo-model-int8", "config.json")) || statSync(join(ROOT, "demo-model", "config.json")).mtimeMs > statSync(join(ROOT, "demo-model-int8", "config.json")).mtimeMs;
+  const stale =
+    !existsSync(join(ROOT, "demo-model-int8", "config.json")) ||
+    statSync(join(ROOT, "demo-model", "config.json")).mtimeMs >
+      statSync(join(ROOT, "demo-model-int8", "config.json")).mtimeMs;
   if (stale) run("tsx", ["scripts/convert.ts", "demo-model", "demo-model-int8", "--quant", "int8", "--force"]);
 }
 run("tsx", ["scripts/seed.ts", INT8 ? "demo-model-int8" : "demo-model", "--model", MODEL]);
@@ -54,18 +57,30 @@ run("tsx", ["scripts/seed.ts", INT8 ? "demo-model-int8" : "demo-model", "--model
 // Admin routes need a token; keep one per checkout in .dev.vars (gitignored), which wrangler dev reads.
 const devVars = join(ROOT, ".dev.vars");
 if (!existsSync(devVars) || !/^ADMIN_TOKEN=/m.test(readFileSync(devVars, "utf8"))) {
-  writeFileSync(devVars, `${existsSync(devVars) ? readFileSync(devVars, "utf8") : ""}ADMIN_TOKEN=${randomBytes(16).toString("hex")}\n`);
+  writeFileSync(
+    devVars,
+    `${existsSync(devVars) ? readFileSync(devVars, "utf8") : ""}ADMIN_TOKEN=${randomBytes(16).toString("hex")}\n`,
+  );
 }
 const adminToken = readFileSync(devVars, "utf8").match(/^ADMIN_TOKEN=(.*)$/m)![1];
 
 // The rate limiter stays off here: `npm run load:skewed` drives this server far past a client's
 // per-minute allowance on purpose. `npm run dev` keeps wrangler.toml's limit.
 const vars = ["--var", `DEFAULT_MODEL:${MODEL}`, "--var", "RATE_LIMIT_ENABLED:false"];
-const dev = spawn("wrangler", ["dev", "--ip", HOST, "--port", String(PORT), "--show-interactive-dev-session=false", ...vars], {
-  cwd: ROOT,
-  stdio: ["ignore", "pipe", "pipe"],
-  env: { ...process.env, X_LOCAL_OBSERVABILITY: "false", CLOUDFLARE_CF_FETCH_ENABLED: "false", WRANGLER_SEND_METRICS: "false" },
-});
+const dev = spawn(
+  "wrangler",
+  ["dev", "--ip", HOST, "--port", String(PORT), "--show-interactive-dev-session=false", ...vars],
+  {
+    cwd: ROOT,
+    stdio: ["ignore", "pipe", "pipe"],
+    env: {
+      ...process.env,
+      X_LOCAL_OBSERVABILITY: "false",
+      CLOUDFLARE_CF_FETCH_ENABLED: "false",
+      WRANGLER_SEND_METRICS: "false",
+    },
+  },
+);
 dev.stdout.on("data", (d: Buffer) => process.stdout.write(d));
 dev.stderr.on("data", (d: Buffer) => process.stderr.write(d));
 const stop = () => {
@@ -94,13 +109,23 @@ try {
   const t0 = Date.now();
   console.log(`warming up ${MODEL}: dense weights into the Worker, experts into their ExpertHosts …`);
   const res = await fetch(`${base}/v1/placement?model=${MODEL}`);
-  const placement = (await res.json()) as { version: number; instances: { name: string; experts: string[] }[]; error?: { message: string } };
+  const placement = (await res.json()) as {
+    version: number;
+    instances: { name: string; experts: string[] }[];
+    error?: { message: string };
+  };
   if (!res.ok) throw new Error(`warm-up failed: ${placement.error?.message ?? res.status}`);
-  console.log(`placement v${placement.version}: ${placement.instances.map((i) => `${i.name} holds ${i.experts.length} experts`).join("; ")} (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
+  console.log(
+    `placement v${placement.version}: ${placement.instances.map((i) => `${i.name} holds ${i.experts.length} experts`).join("; ")} (${((Date.now() - t0) / 1000).toFixed(1)} s)`,
+  );
   console.log(`\nedge-moe ready on ${base} — model ${MODEL}, ${placement.instances.length} ExpertHost instances`);
-  console.log(`try:\n  curl -N ${base}/v1/chat/completions -H 'content-type: application/json' \\\n    -d '{"model":"${MODEL}","messages":[{"role":"user","content":"Hello!"}],"max_tokens":24,"stream":true}'`);
+  console.log(
+    `try:\n  curl -N ${base}/v1/chat/completions -H 'content-type: application/json' \\\n    -d '{"model":"${MODEL}","messages":[{"role":"user","content":"Hello!"}],"max_tokens":24,"stream":true}'`,
+  );
   console.log(`  npm run load:skewed   (a skewed, moving load: watch replicas of hot experts appear and go)`);
-  console.log(`  curl ${base}/v1/placement\n  curl -H 'authorization: Bearer ${adminToken}' ${base}/admin/hosts   (token in .dev.vars)`);
+  console.log(
+    `  curl ${base}/v1/placement\n  curl -H 'authorization: Bearer ${adminToken}' ${base}/admin/hosts   (token in .dev.vars)`,
+  );
   console.log(`  curl -H 'authorization: Bearer ${adminToken}' ${base}/metrics   (Prometheus text)`);
   console.log(`  open ${base}/dashboard?token=${adminToken}   (live expert heat map)`);
 } catch (err) {

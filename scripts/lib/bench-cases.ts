@@ -8,6 +8,10 @@
 import { WASM_MAX_BYTES, type KernelFlavor, type Kernels, type Q8Path } from "../../src/kernels/index";
 import { expertPackedBytes, packExpertF32, packExpertQ8, quantizeRowsQ8, type Q8Expert } from "../../src/kernels/packing";
 import { expertFfnRef } from "../../src/kernels/reference";
+import { expertQ8gBytes, expertQ8gScratchBytes, packExpertQ8g } from "../../src/kernels/dense-format";
+import {
+  expertQ4gBytes, expertQ4gScratchBytes, packExpertQ4g, quantizeExpertQ4g,
+} from "../../src/kernels/q4g-format";
 
 export type Impl =
   | "js-ref"
@@ -16,7 +20,11 @@ export type Impl =
   | "wasm-f32-packed-relaxed"
   | "wasm-int8-dot16"
   | "wasm-int8-relaxed"
-  | "wasm-int8-relaxed-7bit";
+  | "wasm-int8-relaxed-7bit"
+  | "wasm-int8-g32"
+  | "wasm-int8-g64"
+  | "wasm-int4-g32"
+  | "wasm-int4-g64";
 
 export interface ImplInfo {
   impl: Impl;
@@ -25,6 +33,9 @@ export interface ImplInfo {
   /** Kernel build; null for the plain JS reference. */
   flavor: KernelFlavor | null;
   q8Path?: Q8Path;
+  /** Group-scaled formats (expertFfnQ8g / expertFfnQ4g) and their group; per-row int8 when absent.
+   * Their rows count as dtype "int8" so they are compared with the int8 peers. */
+  grouped?: { format: "q8g" | "q4g"; group: number };
 }
 
 export const WASM_IMPLS: readonly ImplInfo[] = [
@@ -35,6 +46,22 @@ export const WASM_IMPLS: readonly ImplInfo[] = [
   { impl: "wasm-int8-dot16", label: "Wasm int8 (dot_i16x8, 12-bit act.)", dtype: "int8", flavor: "simd", q8Path: "dot_i16x8" },
   { impl: "wasm-int8-relaxed", label: "Wasm int8 (relaxed dot, 14-bit act.)", dtype: "int8", flavor: "relaxed", q8Path: "relaxed_dot" },
   { impl: "wasm-int8-relaxed-7bit", label: "Wasm int8 (relaxed dot, 7-bit act.)", dtype: "int8", flavor: "relaxed", q8Path: "relaxed_dot_7bit" },
+  {
+    impl: "wasm-int8-g32", label: "Wasm int8 groups of 32 (16-bit act.)", dtype: "int8", flavor: "relaxed",
+    grouped: { format: "q8g", group: 32 },
+  },
+  {
+    impl: "wasm-int8-g64", label: "Wasm int8 groups of 64 (16-bit act.)", dtype: "int8", flavor: "relaxed",
+    grouped: { format: "q8g", group: 64 },
+  },
+  {
+    impl: "wasm-int4-g32", label: "Wasm int4 groups of 32", dtype: "int8", flavor: "relaxed",
+    grouped: { format: "q4g", group: 32 },
+  },
+  {
+    impl: "wasm-int4-g64", label: "Wasm int4 groups of 64", dtype: "int8", flavor: "relaxed",
+    grouped: { format: "q4g", group: 64 },
+  },
 ];
 
 export interface ExpertShape {
@@ -76,6 +103,8 @@ export function expertFlops({ dModel, dFf }: ExpertShape, n: number): number {
 
 /** Bytes of weights one call reads. */
 export function weightBytes(info: ImplInfo, { dModel, dFf }: ExpertShape): number {
+  if (info.grouped?.format === "q8g") return expertQ8gBytes(dModel, dFf, info.grouped.group);
+  if (info.grouped?.format === "q4g") return expertQ4gBytes(dModel, dFf, info.grouped.group);
   return info.dtype === "int8" ? expertPackedBytes("q8", dModel, dFf) : 3 * dModel * dFf * 4;
 }
 
@@ -107,10 +136,15 @@ export function setupCase(
 ): BenchCase {
   const { dModel, dFf } = shape;
   if (info.flavor === null) return jsCase(shape, w, copies, maxN);
-  const bytes = info.impl === "wasm-f32-rowmajor" ? 3 * dModel * dFf * 4 : expertPackedBytes(info.dtype === "int8" ? "q8" : "f32", dModel, dFf);
+  const grouped = info.grouped;
+  const bytes = info.impl === "wasm-f32-rowmajor" || grouped
+    ? weightBytes(info, shape) : expertPackedBytes(info.dtype === "int8" ? "q8" : "f32", dModel, dFf);
   // Pack once into a staging buffer, then copy bytes into every slot.
   const staging = new Uint8Array(bytes);
-  if (info.impl === "wasm-f32-rowmajor") {
+  if (grouped?.format === "q8g") packExpertQ8g(staging, w.w1, w.w3, w.w2, dModel, dFf, grouped.group);
+  else if (grouped?.format === "q4g") {
+    packExpertQ4g(staging, quantizeExpertQ4g(w.w1, w.w3, w.w2, dModel, dFf, grouped.group), dModel, dFf);
+  } else if (info.impl === "wasm-f32-rowmajor") {
     const f = new Float32Array(staging.buffer);
     f.set(w.w1, 0);
     f.set(w.w3, dFf * dModel);
@@ -135,7 +169,11 @@ export function setupCase(
     const seed = k.f32(x, maxN * dModel);
     for (let i = 0; i < seed.length; i++) seed[i] = Math.sin(i * 0.61) * 1.5;
     const out = k.alloc(maxN * dModel * 4);
-    const scratchBytes = info.impl === "wasm-f32-rowmajor" ? 2 * maxN * dFf * 4 : k.scratchBytes(info.dtype === "int8" ? "ffnQ8" : "ffnF32", maxN, dModel, dFf);
+    const scratchBytes = grouped
+      ? (grouped.format === "q8g" ? expertQ8gScratchBytes : expertQ4gScratchBytes)(maxN, dModel, dFf, grouped.group)
+      : info.impl === "wasm-f32-rowmajor"
+        ? 2 * maxN * dFf * 4
+        : k.scratchBytes(info.dtype === "int8" ? "ffnQ8" : "ffnF32", maxN, dModel, dFf);
     const scratch = k.alloc(scratchBytes);
     const room = Math.floor((WASM_MAX_BYTES - k.memoryBytes - (1 << 20)) / (bytes + 64));
     if (room < 1) throw new Error(`${info.label}: one ${dModel}×${dFf} expert (${bytes} B) does not fit one Wasm memory`);
@@ -147,7 +185,11 @@ export function setupCase(
   }
   const third = dFf * dModel * 4;
   const call =
-    info.impl === "wasm-f32-rowmajor"
+    grouped?.format === "q8g"
+      ? (s: Slot, n: number) => s.k.expertFfnQ8g(s.out, s.x, s.blob, n, dModel, dFf, grouped.group, s.scratch)
+      : grouped?.format === "q4g"
+      ? (s: Slot, n: number) => s.k.expertFfnQ4g(s.out, s.x, s.blob, n, dModel, dFf, grouped.group, s.scratch)
+      : info.impl === "wasm-f32-rowmajor"
       ? (s: Slot, n: number) => s.k.expertFfn(s.out, s.x, s.blob, s.blob + third, s.blob + 2 * third, n, dModel, dFf, s.scratch)
       : info.dtype === "int8"
         ? (s: Slot, n: number) => s.k.expertFfnQ8(s.out, s.x, s.blob, n, dModel, dFf, s.scratch)

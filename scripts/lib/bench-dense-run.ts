@@ -15,7 +15,13 @@ import { loadKernels } from "../../src/kernels/node";
 import type { Kernels } from "../../src/kernels/index";
 import { Checkpoint, memoryFileStore } from "../../src/model/safetensors";
 import {
-  DENSE_IMPLS, denseShapeName, formatError, gaussian, GRANITE_SHAPES, setupDenseCase, type DenseShape,
+  DENSE_IMPLS,
+  denseShapeName,
+  formatError,
+  gaussian,
+  GRANITE_SHAPES,
+  setupDenseCase,
+  type DenseShape,
 } from "./bench-dense";
 import { coldCopies } from "./bench-cases";
 import { measureSync } from "./bench-measure";
@@ -97,7 +103,10 @@ export async function runDenseBench(o: DenseBenchOptions): Promise<{ rows: Dense
         for (const batch of batches) {
           for (const weights of ["cold", "hot"] as const) {
             const same = (r: DenseRow) =>
-              r.runtime === "node" && r.impl === impl.impl && r.shape === denseShapeName(shape) && r.batch === batch &&
+              r.runtime === "node" &&
+              r.impl === impl.impl &&
+              r.shape === denseShapeName(shape) &&
+              r.batch === batch &&
               r.weights === weights;
             const t = await wb.time(batch, weights === "cold", rows.find(same)?.ms ?? 1);
             const used = weights === "cold" ? copies : 1;
@@ -115,9 +124,14 @@ export async function runDenseBench(o: DenseBenchOptions): Promise<{ rows: Dense
     }
   }
   for (const r of rows) {
-    const f = rows.find((q) =>
-      q.runtime === r.runtime && q.impl === "dense-f32" && q.shape === r.shape && q.batch === r.batch &&
-      q.weights === r.weights);
+    const f = rows.find(
+      (q) =>
+        q.runtime === r.runtime &&
+        q.impl === "dense-f32" &&
+        q.shape === r.shape &&
+        q.batch === r.batch &&
+        q.weights === r.weights,
+    );
     r.vsF32 = f?.ms && r.ms ? f.ms / r.ms : null;
     r.vsF32Cpu = f?.cpuMs && r.cpuMs ? f.cpuMs / r.cpuMs : null;
   }
@@ -127,13 +141,33 @@ export async function runDenseBench(o: DenseBenchOptions): Promise<{ rows: Dense
 }
 
 function row(
-  runtime: "node" | "workerd", shape: DenseShape, impl: string, label: string, batch: number, weights: "cold" | "hot",
-  ms: number, msMin: number, bytes: number, copies: number,
+  runtime: "node" | "workerd",
+  shape: DenseShape,
+  impl: string,
+  label: string,
+  batch: number,
+  weights: "cold" | "hot",
+  ms: number,
+  msMin: number,
+  bytes: number,
+  copies: number,
 ): DenseRow {
   const flops = 2 * shape.rows * shape.cols * batch;
   return {
-    runtime, shape: denseShapeName(shape), batch, weights, impl, label, ms, msMin,
-    gflops: flops / (ms * 1e6), gbps: bytes / (ms * 1e6), vsF32: null, cpuMs: null, vsF32Cpu: null, copies,
+    runtime,
+    shape: denseShapeName(shape),
+    batch,
+    weights,
+    impl,
+    label,
+    ms,
+    msMin,
+    gflops: flops / (ms * 1e6),
+    gbps: bytes / (ms * 1e6),
+    vsF32: null,
+    cpuMs: null,
+    vsF32Cpu: null,
+    copies,
   };
 }
 
@@ -197,8 +231,12 @@ export async function denseAccuracy(implIds: string[]): Promise<DenseAccuracy[]>
     const cols = 1024;
     const perWeight = { f32: 4, bf16: 2, "q8-row": 1 + 8 / cols, int8: 1 + 4 / (impl.group ?? 64) };
     return {
-      impl: impl.impl, label: impl.label, bytesPerWeight: perWeight[impl.format], granite: g,
-      fixturesMean: errs.reduce((a, b) => a + b, 0) / Math.max(1, errs.length), fixturesMax: Math.max(0, ...errs),
+      impl: impl.impl,
+      label: impl.label,
+      bytesPerWeight: perWeight[impl.format],
+      granite: g,
+      fixturesMean: errs.reduce((a, b) => a + b, 0) / Math.max(1, errs.length),
+      fixturesMax: Math.max(0, ...errs),
       fixtureTensors: errs.length,
     };
   });
@@ -218,11 +256,19 @@ function printDense(rows: DenseRow[], accuracy: DenseAccuracy[], o: DenseBenchOp
           const group = mine.filter((r) => r.shape === name && r.batch === batch && r.weights === weights);
           if (group.length === 0) continue;
           o.log(`\n${denseShapeName(shape)}  batch ${batch}  ${weights}`);
-          const head: [string, number][] = [["GFLOP/s", 9], ["vs f32", 8], ["cpu ms", 9], ["vs f32", 8]];
+          const head: [string, number][] = [
+            ["GFLOP/s", 9],
+            ["vs f32", 8],
+            ["cpu ms", 9],
+            ["vs f32", 8],
+          ];
           o.log(cells(["impl", 40], ["ms/call", 9], ["best", 8], ...head));
           for (const r of group) {
             const vs = r.vsF32 ? `${f(r.vsF32)}×` : "—";
-            const cpu: [string, number][] = [[f(r.cpuMs, 3), 9], [r.vsF32Cpu ? `${f(r.vsF32Cpu)}×` : "—", 8]];
+            const cpu: [string, number][] = [
+              [f(r.cpuMs, 3), 9],
+              [r.vsF32Cpu ? `${f(r.vsF32Cpu)}×` : "—", 8],
+            ];
             o.log(cells([r.label, 40], [f(r.ms, 3), 9], [f(r.msMin, 3), 8], [f(r.gflops, 1), 9], [vs, 8], ...cpu));
           }
         }

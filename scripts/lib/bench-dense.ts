@@ -59,7 +59,11 @@ export function gaussian(len: number, scale: number, seed: number): Float32Array
 
 /** Loads w [rows, cols] (f32) into `k` in a format through the streaming writer (64 KiB chunks). */
 export function loadFormat(
-  k: Kernels, w: Float32Array, shape: DenseShape, format: DenseFormat, group?: number,
+  k: Kernels,
+  w: Float32Array,
+  shape: DenseShape,
+  format: DenseFormat,
+  group?: number,
 ): DenseMatrix {
   const writer = new DenseMatrixWriter(k, { rows: shape.rows, cols: shape.cols, source: "F32", format, group });
   const bytes = new Uint8Array(w.buffer, w.byteOffset, w.byteLength);
@@ -80,7 +84,11 @@ export interface DenseCase {
  * needed; call(i, n) runs copy i mod copies on the first n of maxN fixed tokens.
  */
 export function setupDenseCase(
-  impl: DenseImpl, shape: DenseShape, copies: number, maxN: number, newKernels: () => Kernels,
+  impl: DenseImpl,
+  shape: DenseShape,
+  copies: number,
+  maxN: number,
+  newKernels: () => Kernels,
 ): DenseCase {
   const { rows, cols } = shape;
   const w = gaussian(rows * cols, 1 / Math.sqrt(cols), 7);
@@ -119,9 +127,10 @@ export function setupDenseCase(
       slots.push({ k, m: { ...first, ptr }, x, out, scratch });
     }
   }
-  const call = impl.format === "q8-row"
-    ? (s: Slot, n: number) => s.k.matmulQ8(s.out, s.x, s.m.ptr, n, cols, rows, s.scratch)
-    : (s: Slot, n: number) => s.k.matmulDense(s.m, s.out, s.x, n, s.scratch);
+  const call =
+    impl.format === "q8-row"
+      ? (s: Slot, n: number) => s.k.matmulQ8(s.out, s.x, s.m.ptr, n, cols, rows, s.scratch)
+      : (s: Slot, n: number) => s.k.matmulDense(s.m, s.out, s.x, n, s.scratch);
   return {
     copies,
     bytes: slots[0].m.bytes,
@@ -146,7 +155,12 @@ export function relRms(got: ArrayLike<number>, want: ArrayLike<number>): number 
 
 /** Relative RMS error of y = x · Wᵀ in one format vs f64 on the f32 weights, n tokens of x. */
 export function formatError(
-  k: Kernels, impl: DenseImpl, w: Float32Array, shape: DenseShape, x: Float32Array, n: number,
+  k: Kernels,
+  impl: DenseImpl,
+  w: Float32Array,
+  shape: DenseShape,
+  x: Float32Array,
+  n: number,
 ): number {
   const { rows, cols } = shape;
   const want = new Float32Array(n * rows);

@@ -7,9 +7,14 @@
  * int8 graph: the same with each MatMul a com.microsoft DynamicQuantizeMatMul — what
  * onnxruntime's quantize_dynamic produces after graph fusion: activations quantized per call to
  * uint8 inside the op, int8 weights with per-output-channel scales (the weights and scales are
- * the ones our int8 kernels use). Peers run with one intra-op thread, like a Wasm isolate.
+ * the ones our int8 kernels use). int4 graph: each MatMul a com.microsoft MatMulNBits (4-bit
+ * blocks of 32 with one f32 scale, zero point 8: the weights and scales our int4 kernel uses),
+ * accuracy_level 4 (activations quantized to int8 inside the op: MLAS's fastest 4-bit path).
+ * Peers run with one intra-op thread, like a Wasm isolate.
  */
 import type { Q8Expert } from "../../src/kernels/packing";
+import { bf16ToF32 } from "../../src/kernels/dense-format";
+import type { Q4gExpert, Q4gMatrix } from "../../src/kernels/q4g-format";
 
 // ---------------------------------------------------------------------------------------------
 // Protobuf (proto3 wire format): just enough of onnx.proto to write a model.
@@ -79,11 +84,13 @@ function valueInfo(name: string, dims: (number | string)[]): Pb {
   return new Pb().str(1, name).msg(2, new Pb().msg(1, tensorType));
 }
 
-function node(op: string, inputs: string[], outputs: string[], domain = ""): Pb {
+function node(op: string, inputs: string[], outputs: string[], domain = "", ints: Record<string, number> = {}): Pb {
   const n = new Pb();
   for (const i of inputs) n.str(1, i);
   for (const o of outputs) n.str(2, o);
   n.str(3, `${op}_${outputs[0]}`).str(4, op);
+  // AttributeProto: name = 1, i = 3, type = 20 (INT = 2)
+  for (const [name, v] of Object.entries(ints)) n.msg(5, new Pb().str(1, name).int(3, v).int(20, 2));
   if (domain) n.str(7, domain);
   return n;
 }
@@ -149,6 +156,38 @@ export function expertModelQ8(q: Q8Expert, dModel: number, dFf: number): Uint8Ar
       tensor("s3", [dFf], FLOAT, bytesOf(q.w3.scales)),
       tensor("s2", [dModel], FLOAT, bytesOf(q.w2.scales)),
     ],
+    dModel,
+  );
+}
+
+const UINT8 = 2;
+
+/** A 4-bit group matrix [N, K] as MatMulNBits wants it: B [N, K/32, 16] u8 (input 2i in the low
+ * nibble of byte i, 2i+1 in the high one, stored q + 8) and scales [N · K/32] f32. */
+function nbits(name: string, m: Q4gMatrix): Pb[] {
+  const { rows: N, cols: K, group } = m;
+  const blocks = K / group;
+  const b = new Uint8Array(N * blocks * (group / 2));
+  for (let j = 0; j < N; j++) {
+    for (let k = 0; k < K; k += 2) b[(j * K + k) / 2] = (m.q[j * K + k] + 8) | ((m.q[j * K + k + 1] + 8) << 4);
+  }
+  const scales = Float32Array.from(m.scales, bf16ToF32);
+  return [tensor(`${name}q`, [N, blocks, group / 2], UINT8, b), tensor(`${name}s`, [N * blocks], FLOAT, bytesOf(scales))];
+}
+
+/** The int4 expert (the weights our int4 kernel uses; K a multiple of the group) with MatMulNBits. */
+export function expertModelQ4(q: Q4gExpert, dModel: number, dFf: number): Uint8Array {
+  const at = (K: number, N: number) => ({ K, N, bits: 4, block_size: q.w1.group, accuracy_level: 4 });
+  return model(
+    [
+      node("MatMulNBits", ["x", "w1q", "w1s"], ["g"], "com.microsoft", at(dModel, dFf)),
+      node("MatMulNBits", ["x", "w3q", "w3s"], ["u"], "com.microsoft", at(dModel, dFf)),
+      node("Sigmoid", ["g"], ["sg"]),
+      node("Mul", ["g", "sg"], ["a"]),
+      node("Mul", ["a", "u"], ["h"]),
+      node("MatMulNBits", ["h", "w2q", "w2s"], ["y"], "com.microsoft", at(dFf, dModel)),
+    ],
+    [...nbits("w1", q.w1), ...nbits("w3", q.w3), ...nbits("w2", q.w2)],
     dModel,
   );
 }

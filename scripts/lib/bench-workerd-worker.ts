@@ -40,13 +40,19 @@ export default {
     try {
       switch (url.pathname) {
         case "/info":
-          return Response.json({ scalar: flavorWorks("scalar"), simd: flavorWorks("simd"), relaxed: flavorWorks("relaxed") });
+          return Response.json({
+            scalar: flavorWorks("scalar"),
+            simd: flavorWorks("simd"),
+            relaxed: flavorWorks("relaxed"),
+          });
         case "/setup": {
           const info = WASM_IMPLS.find((i) => i.impl === p.get("impl"));
           if (!info) throw new Error(`impl must be one of ${WASM_IMPLS.map((i) => i.impl).join(", ")}`);
           const shape = { dModel: num(p, "dModel"), dFf: num(p, "dFf") };
           current = null;
-          current = setupCase(info, shape, randomExpert(shape), num(p, "copies"), num(p, "maxN"), (flavor) => createKernels(flavor));
+          current = setupCase(info, shape, randomExpert(shape), num(p, "copies"), num(p, "maxN"), (flavor) =>
+            createKernels(flavor),
+          );
           cursor = 0;
           return Response.json({ copies: current.copies });
         }

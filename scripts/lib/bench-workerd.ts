@@ -60,7 +60,9 @@ export async function startWorkerdBench(): Promise<WorkerdBench> {
   return {
     info: () => call("/info", "GET") as Promise<Record<string, { ok: boolean; q8Paths?: string[] }>>,
     async setup(impl, dModel, dFf, copies, maxN) {
-      const r = (await call(`/setup?impl=${impl}&dModel=${dModel}&dFf=${dFf}&copies=${copies}&maxN=${maxN}`)) as { copies: number };
+      const r = (await call(`/setup?impl=${impl}&dModel=${dModel}&dFf=${dFf}&copies=${copies}&maxN=${maxN}`)) as {
+        copies: number;
+      };
       if (Number.isNaN(overhead)) {
         const ts: number[] = [];
         for (let i = 0; i < 7; i++) ts.push(await roundTrip("/run?n=1&iters=0&cold=0"));
@@ -69,7 +71,9 @@ export async function startWorkerdBench(): Promise<WorkerdBench> {
       return r.copies;
     },
     async setupDense(impl, rows, cols, copies, maxN) {
-      const r = (await call(`/dsetup?impl=${impl}&rows=${rows}&cols=${cols}&copies=${copies}&maxN=${maxN}`)) as { copies: number };
+      const r = (await call(`/dsetup?impl=${impl}&rows=${rows}&cols=${cols}&copies=${copies}&maxN=${maxN}`)) as {
+        copies: number;
+      };
       if (Number.isNaN(overhead)) {
         const ts: number[] = [];
         for (let i = 0; i < 7; i++) ts.push(await roundTrip("/run?n=1&iters=0&cold=0"));
@@ -87,7 +91,11 @@ export async function startWorkerdBench(): Promise<WorkerdBench> {
     },
     async bandwidth(mb) {
       await call(`/stream?mb=${mb}&reps=1`);
-      const t0 = median([await roundTrip(`/stream?mb=${mb}&reps=0`), await roundTrip(`/stream?mb=${mb}&reps=0`), await roundTrip(`/stream?mb=${mb}&reps=0`)]);
+      const t0 = median([
+        await roundTrip(`/stream?mb=${mb}&reps=0`),
+        await roundTrip(`/stream?mb=${mb}&reps=0`),
+        await roundTrip(`/stream?mb=${mb}&reps=0`),
+      ]);
       const reps = 10;
       const ts: number[] = [];
       for (let i = 0; i < 5; i++) ts.push(await roundTrip(`/stream?mb=${mb}&reps=${reps}`));

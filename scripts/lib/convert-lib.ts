@@ -1,13 +1,16 @@
 /**
  * @module Streaming conversion of a Hugging Face repository directory to the project's layout:
- * routed experts → symmetric int8 per output row (`<base>.qweight` I8 + `<base>.scales` F32, what
- * src/model/quantized.ts reads), dense tensors copied byte for byte, DeepSeek fp8 tensors
+ * routed experts quantized in the formats src/model/quantized.ts reads — int8: symmetric per output
+ * row, `<base>.qweight` I8 (the tensor's shape) + `<base>.scales` F32 [..., rows]; int4: groups of 32
+ * inputs (src/kernels/q4g-format.ts), `<base>.qweight` I8 [..., rows, cols/2] (two weights a byte) +
+ * `<base>.scales` BF16 [..., rows, cols/32] — dense tensors copied byte for byte, DeepSeek fp8 tensors
  * dequantized (to BF16 for dense tensors, as DeepSeek's fp8_cast_bf16.py writes them; to int8 for
  * experts), written as sharded safetensors + index.
  *
  * Memory bound: tensors are read and written a row range at a time through buffers allocated once
  * for `chunkValues` values (default 4 Mi): ≈ 4·chunk (raw) + 4·chunk (f32) + 2·chunk (bf16 or int8
- * out) bytes, plus one f32 scale per row of the expert tensor being quantized and the fp8 block
+ * out) bytes, plus the scales of the expert tensor being quantized (int8: 4 bytes a row; int4: 2 bytes
+ * per 32 weights, held until its quantized rows are written) and the fp8 block
  * scales of one tensor — independent of shard and tensor size. Output shards are written tensor
  * by tensor after their header (offsets are known from shapes), never assembled in memory.
  */
@@ -24,6 +27,7 @@ import {
 } from "node:fs";
 import { join } from "node:path";
 import { quantizeRowsQ8 } from "../../src/kernels/packing";
+import { packNibbles, Q4_GROUP, quantizeQ4g } from "../../src/kernels/q4g-format";
 import { expertTensorRefs, openModel } from "../../src/model/architectures";
 import { parseConfig, type ModelSpec } from "../../src/model/config";
 import { quantNames } from "../../src/model/quantized";
@@ -48,7 +52,11 @@ export interface ConvertReport {
   chunkValues: number;
 }
 
+export type ExpertQuant = "int8" | "int4";
+
 export interface ConvertOptions {
+  /** Expert format; default "int8". */
+  quant?: ExpertQuant;
   shardBytes?: number;
   chunkValues?: number;
   log?: (s: string) => void;
@@ -67,7 +75,7 @@ interface OutTensor {
 interface Item {
   src: SourceTensor;
   scaleInv: SourceTensor | null;
-  how: "copy" | "bf16" | "q8";
+  how: "copy" | "bf16" | "q8" | "q4";
   out: OutTensor[];
 }
 
@@ -101,7 +109,7 @@ export function convertedConfig(cfg: Record<string, unknown>): { cfg: Record<str
   return { cfg: out, fp8: true };
 }
 
-function plan(tensors: Map<string, SourceTensor>, spec: ModelSpec, report: ConvertReport): Item[] {
+function plan(tensors: Map<string, SourceTensor>, spec: ModelSpec, quant: ExpertQuant, report: ConvertReport): Item[] {
   const items: Item[] = [];
   for (const src of [...tensors.values()].sort((a, b) => (a.name < b.name ? -1 : 1))) {
     if (src.name.endsWith("_scale_inv")) continue;
@@ -117,15 +125,35 @@ function plan(tensors: Map<string, SourceTensor>, spec: ModelSpec, report: Conve
     const rows = numel(src.shape) / cols;
     if (EXPERT_RE.test(src.name)) {
       const names = quantNames(src.name);
-      items.push({
-        src,
-        scaleInv,
-        how: "q8",
-        out: [
-          { name: names.qweight, dtype: "I8", shape: src.shape, byteLength: rows * cols },
-          { name: names.scales, dtype: "F32", shape: src.shape.slice(0, -1), byteLength: 4 * rows },
-        ],
-      });
+      const lead = src.shape.slice(0, -1);
+      if (quant === "int4") {
+        if (cols % Q4_GROUP !== 0)
+          throw new Error(`${src.name}: int4 needs rows of a multiple of ${Q4_GROUP} inputs, got ${cols}`);
+        items.push({
+          src,
+          scaleInv,
+          how: "q4",
+          out: [
+            { name: names.qweight, dtype: "I8", shape: [...lead, cols / 2], byteLength: (rows * cols) / 2 },
+            {
+              name: names.scales,
+              dtype: "BF16",
+              shape: [...lead, cols / Q4_GROUP],
+              byteLength: (2 * rows * cols) / Q4_GROUP,
+            },
+          ],
+        });
+      } else {
+        items.push({
+          src,
+          scaleInv,
+          how: "q8",
+          out: [
+            { name: names.qweight, dtype: "I8", shape: src.shape, byteLength: rows * cols },
+            { name: names.scales, dtype: "F32", shape: lead, byteLength: 4 * rows },
+          ],
+        });
+      }
     } else if (src.dtype === "F8_E4M3") {
       items.push({
         src,
@@ -195,20 +223,27 @@ function writeItem(fd: number, it: Item, reader: RowReader): void {
   const rows = numel(src.shape) / cols;
   const perChunk = Math.max(1, Math.floor(reader.maxValues / cols));
   const scaleInv = it.scaleInv ? reader.smallF32(it.scaleInv) : null;
-  const scales = it.how === "q8" ? new Float32Array(rows) : null;
+  // Scales of the whole tensor wait until its quantized rows are written (they follow them in the shard).
+  const scales8 = it.how === "q8" ? new Float32Array(rows) : null;
+  const scales4 = it.how === "q4" ? new Uint16Array((rows * cols) / Q4_GROUP) : null;
   for (let r = 0; r < rows; r += perChunk) {
     const n = Math.min(perChunk, rows - r);
     const w = reader.rowsF32(src, r, n, scaleInv);
-    if (scales) {
-      // Expert quantization: one call per row range (rows are independent).
+    // Expert quantization: one call per row range (rows, and int4's groups within rows, are independent).
+    if (scales8) {
       const q = quantizeRowsQ8(w, n, cols);
       writeAll(fd, new Uint8Array(q.q.buffer, q.q.byteOffset, q.q.byteLength));
-      scales.set(q.scales, r);
+      scales8.set(q.scales, r);
+    } else if (scales4) {
+      const q = quantizeQ4g(w, n, cols, Q4_GROUP);
+      writeAll(fd, packNibbles(q.q, n, cols));
+      scales4.set(q.scales, (r * cols) / Q4_GROUP);
     } else {
       writeAll(fd, f32ToBf16Bytes(w));
     }
   }
-  if (scales) writeAll(fd, new Uint8Array(scales.buffer));
+  if (scales8) writeAll(fd, new Uint8Array(scales8.buffer));
+  if (scales4) writeAll(fd, new Uint8Array(scales4.buffer));
 }
 
 /** Every checkpoint tensor that holds routed experts, as the serving path finds them. */
@@ -242,7 +277,8 @@ export async function convertModel(inDir: string, outDir: string, opts: ConvertO
     expertBytesOut: 0,
     chunkValues: 0,
   };
-  const items = plan(tensors, spec, report);
+  const quant = opts.quant ?? "int8";
+  const items = plan(tensors, spec, quant, report);
   const maxCols = Math.max(...items.map((i) => i.src.shape[i.src.shape.length - 1]));
   const chunkValues = Math.max(opts.chunkValues ?? 4 << 20, maxCols);
   report.chunkValues = chunkValues;
@@ -259,13 +295,15 @@ export async function convertModel(inDir: string, outDir: string, opts: ConvertO
   const total = items.reduce((s, i) => s + i.src.byteLength, 0);
   const shards = shardItems(items, shardBytes);
   const reader = new RowReader(inDir, chunkValues);
+  const meta: Record<string, string> = { edge_moe_expert_quant: quant };
+  if (quant === "int4") meta.edge_moe_int4_group = String(Q4_GROUP);
   const weightMap: Record<string, string> = {};
   let done = 0;
   let totalSize = 0;
   try {
     for (let s = 0; s < shards.length; s++) {
       const file = `model-${String(s + 1).padStart(5, "0")}-of-${String(shards.length).padStart(5, "0")}.safetensors`;
-      const header = headerBytes(shards[s], { format: "pt", edge_moe_expert_quant: "int8" });
+      const header = headerBytes(shards[s], { format: "pt", ...meta });
       const fd = openSync(join(outDir, file), "w");
       let bytes = header.byteLength;
       try {
@@ -278,7 +316,7 @@ export async function convertModel(inDir: string, outDir: string, opts: ConvertO
           report.tensors++;
           report.bytesIn += it.src.byteLength;
           if (it.src.dtype === "F8_E4M3") report.dequantized++;
-          if (it.how === "q8") {
+          if (it.how === "q8" || it.how === "q4") {
             report.quantized++;
             report.expertBytesIn += it.src.byteLength;
             report.expertBytesOut += out;
@@ -296,7 +334,7 @@ export async function convertModel(inDir: string, outDir: string, opts: ConvertO
   } finally {
     reader.close();
   }
-  const index = { metadata: { total_size: totalSize, edge_moe_expert_quant: "int8" }, weight_map: weightMap };
+  const index = { metadata: { total_size: totalSize, ...meta }, weight_map: weightMap };
   writeFileSync(join(outDir, INDEX_FILE), `${JSON.stringify(index, null, 2)}\n`);
 
   report.shards = shards.length;

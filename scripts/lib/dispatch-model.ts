@@ -161,7 +161,7 @@ export class DispatchModel {
     // A table halves every halfLifeWindows windows; it decays every `every` own calls (about one
     // row per instance in between), which keeps the decay's cost below the dispatch's.
     const every = Math.max(1, Math.ceil(n / rowsPerBatch));
-    const keep = Math.pow(0.5, every / Math.max(1e-9, (halfLifeWindows * nBatches) / dispatchers));
+    const keep = 0.5 ** (every / Math.max(1e-9, (halfLifeWindows * nBatches) / dispatchers));
     const load = new Float64Array(n);
     for (let b = 0; b < nBatches; b++) {
       const table = tables[b % dispatchers];

@@ -165,11 +165,11 @@ function damagedBody(rng: Rng, base: Base): { body: string | Uint8Array; kind: s
     case 3:
       return { body: pick(rng, ["null", "[]", "1", '"str"', "true", "{}", "[{}]"]), kind: "non-object-json" };
     case 4:
-      return { body: "\ufeff" + text, kind: "bom" };
+      return { body: `\ufeff${text}`, kind: "bom" };
     case 5:
       return { body: "[".repeat(int(rng, 1000, 400_000)), kind: "deep-nesting" };
     case 6:
-      return { body: '{"a":'.repeat(int(rng, 1000, 100_000)) + "1" + "}".repeat(10), kind: "deep-objects" };
+      return { body: `${'{"a":'.repeat(int(rng, 1000, 100_000))}1${"}".repeat(10)}`, kind: "deep-objects" };
     case 7: {
       const at = int(rng, 0, text.length);
       return { body: text.slice(0, at) + randomText(rng, int(rng, 1, 8)) + text.slice(at), kind: "stray-bytes" };

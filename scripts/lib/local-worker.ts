@@ -19,7 +19,6 @@ export interface LocalWorkerOptions {
   secrets?: Record<string, string>;
 }
 
-
 export interface LocalWorker {
   url: URL;
   fetch(path: string, init?: RequestInit): Promise<Response>;
@@ -31,7 +30,9 @@ export interface LocalWorker {
 export async function startLocalWorker(opts: LocalWorkerOptions = {}): Promise<LocalWorker> {
   const dist = join(ROOT, "dist");
   if (!existsSync(join(dist, "index.js"))) {
-    throw new Error("dist/index.js is missing: run `npm run build` first (it bundles the Worker as `wrangler deploy` would)");
+    throw new Error(
+      "dist/index.js is missing: run `npm run build` first (it bundles the Worker as `wrangler deploy` would)",
+    );
   }
   process.env.CLOUDFLARE_CF_FETCH_ENABLED ??= "false";
   process.env.WRANGLER_SEND_METRICS ??= "false";

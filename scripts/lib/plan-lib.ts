@@ -6,7 +6,7 @@
  *
  * Byte counts follow the formats the hosts hold: dense weights in the stage format (int8, groups of
  * 64: 1 + 4/64 bytes a weight; f32 norms), experts as f32 (4), int8 per output channel (1 + one f32
- * scale a row) or int4 (0.5 + one f32 scale per 32 weights).
+ * scale a row) or int4 (0.5 + one bf16 scale per 32 weights).
  */
 import { parseConfig, type ModelSpec } from "../../src/model/config";
 import { ModelFormatError } from "../../src/model/errors";
@@ -81,7 +81,8 @@ export function expertBytes(dModel: number, dFf: number, dtype: ExpertDType): nu
   if (dtype === "f32") return 4 * weights;
   // Rows of w1/w3 are dFf outputs of dModel inputs; w2 has dModel rows of dFf.
   if (dtype === "int8") return weights + 4 * (2 * dFf + dModel);
-  return weights / 2 + (4 * weights) / 32;
+  // int4 (src/kernels/q4g-format.ts): two weights a byte, one bf16 scale per 32 inputs.
+  return weights / 2 + (2 * weights) / 32;
 }
 
 /** Dense weights of layer L in the stage format (attention, dense MLP or shared experts + router, norms). */
@@ -126,7 +127,11 @@ export function specForPlan(
     return { spec: parseConfig(copy, name), notes };
   } catch (e) {
     if (!(e instanceof ModelFormatError)) throw e;
-    return { name, modelType: String(cfg.model_type), field: e.field ?? "config", message: e.message };
+    // Name every blocker we know of, not only the first the parser met.
+    const quant =
+      q && q.quant_method !== "fp8" ? `; also quantization_config.quant_method ${JSON.stringify(q.quant_method)}` : "";
+    const extra = quant && e.field !== "quantization_config" ? `${quant} (convert dequantizes fp8 only)` : "";
+    return { name, modelType: String(cfg.model_type), field: e.field ?? "config", message: e.message + extra };
   }
 }
 

@@ -45,7 +45,9 @@ const MODEL_FILE_RE = /^(?:.+\.json|.+\.safetensors|tokenizer\.model|.+\.jinja|m
 
 export function validateModelId(modelId: string): string {
   if (!MODEL_ID_RE.test(modelId)) {
-    throw new Error(`model id must be 1–128 characters of letters, digits, ".", "_" or "-" (no "/"), starting with a letter or digit; got ${JSON.stringify(modelId)}`);
+    throw new Error(
+      `model id must be 1–128 characters of letters, digits, ".", "_" or "-" (no "/"), starting with a letter or digit; got ${JSON.stringify(modelId)}`,
+    );
   }
   return modelId;
 }
@@ -55,7 +57,11 @@ export function modelKeyPrefix(modelId: string): string {
 }
 
 export function contentTypeFor(file: string): string {
-  return file.endsWith(".json") ? "application/json" : file.endsWith(".jinja") || file.endsWith(".txt") ? "text/plain; charset=utf-8" : "application/octet-stream";
+  return file.endsWith(".json")
+    ? "application/json"
+    : file.endsWith(".jinja") || file.endsWith(".txt")
+      ? "text/plain; charset=utf-8"
+      : "application/octet-stream";
 }
 
 /**
@@ -63,9 +69,14 @@ export function contentTypeFor(file: string): string {
  * config.json last, so a reader that sees config.json finds everything it points to.
  * Throws if the directory is not a model directory or the index names a missing shard.
  */
-export function listModelFiles(dir: string, skip: (file: string) => boolean = () => false): { files: string[]; ignored: string[] } {
+export function listModelFiles(
+  dir: string,
+  skip: (file: string) => boolean = () => false,
+): { files: string[]; ignored: string[] } {
   if (!existsSync(dir) || !statSync(dir).isDirectory()) {
-    throw new Error(`${dir} is not a directory; pass a model directory (e.g. demo-model/, made by \`tsx scripts/make-demo-model.ts\`)`);
+    throw new Error(
+      `${dir} is not a directory; pass a model directory (e.g. demo-model/, made by \`tsx scripts/make-demo-model.ts\`)`,
+    );
   }
   const files: string[] = [];
   const ignored: string[] = [];
@@ -74,7 +85,8 @@ export function listModelFiles(dir: string, skip: (file: string) => boolean = ()
     if (isFile && !name.startsWith(".") && MODEL_FILE_RE.test(name) && !skip(name)) files.push(name);
     else ignored.push(isFile ? name : `${name}/`);
   }
-  if (!files.includes("config.json")) throw new Error(`${dir} has no config.json; is it a Hugging Face model directory?`);
+  if (!files.includes("config.json"))
+    throw new Error(`${dir} has no config.json; is it a Hugging Face model directory?`);
   const index = "model.safetensors.index.json";
   if (files.includes(index)) {
     const parsed = JSON.parse(readFileSync(join(dir, index), "utf8")) as { weight_map?: Record<string, string> };
@@ -110,7 +122,12 @@ export interface SeedOptions {
  * Uploads every model file of `dir` to `bucket` under `models/<modelId>/`. A file whose object
  * already has the same size and MD5 (R2's `checksums.md5`, or the single-part ETag) is skipped.
  */
-export async function seedModelDir(bucket: SeedBucket, dir: string, modelId: string, opts: SeedOptions = {}): Promise<SeedReport> {
+export async function seedModelDir(
+  bucket: SeedBucket,
+  dir: string,
+  modelId: string,
+  opts: SeedOptions = {},
+): Promise<SeedReport> {
   const started = performance.now();
   const log = opts.log ?? (() => {});
   const prefix = modelKeyPrefix(modelId);

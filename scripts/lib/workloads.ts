@@ -59,7 +59,7 @@ export function shuffled(n: number, rng: () => number): number[] {
 
 /** Zipf weight of a (possibly fractional) 0-based rank: (1 + rank)^-s. */
 export function zipfWeight(rank: number, s: number): number {
-  return Math.pow(1 + rank, -s);
+  return (1 + rank) ** -s;
 }
 
 /** Probabilities over experts: expert `order[r]` has rank r. Sums to 1. */

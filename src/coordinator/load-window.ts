@@ -64,7 +64,7 @@ export function alphaFromHalfLife(halfLifeWindows: number): number {
   if (!(halfLifeWindows > 0) || !Number.isFinite(halfLifeWindows)) {
     throw new RangeError(`halfLifeWindows must be a positive number, got ${halfLifeWindows}`);
   }
-  return 1 - Math.pow(2, -1 / halfLifeWindows);
+  return 1 - 2 ** (-1 / halfLifeWindows);
 }
 
 export function createLoadWindow(nLayers: number, nExperts: number, config: LoadWindowConfig = {}): LoadWindowState {
@@ -118,8 +118,8 @@ export function foldWindow(state: LoadWindowState, input: FoldInput): LoadWindow
   if (counts.length !== state.nLayers) {
     throw new RangeError(`expertCounts has ${counts.length} layers, expected ${state.nLayers}`);
   }
-  const keepFall = state.windows === 0 ? 0 : Math.pow(1 - state.alpha, w);
-  const keepRise = state.windows === 0 ? 0 : Math.pow(1 - state.riseAlpha, w);
+  const keepFall = state.windows === 0 ? 0 : (1 - state.alpha) ** w;
+  const keepRise = state.windows === 0 ? 0 : (1 - state.riseAlpha) ** w;
   const mix = (old: number, count: number): number => {
     if (!(count >= 0) || !Number.isFinite(count))
       throw new RangeError(`token counts must be finite and ≥ 0, got ${count}`);
@@ -128,7 +128,7 @@ export function foldWindow(state: LoadWindowState, input: FoldInput): LoadWindow
     return v < state.dropBelow ? 0 : v;
   };
   const first = state.windows === 0;
-  const vKeep = first ? 0 : Math.pow(1 - state.varianceAlpha, w);
+  const vKeep = first ? 0 : (1 - state.varianceAlpha) ** w;
   const variance: number[][] = [];
   const expert = state.expert.map((row, l) => {
     if (counts[l].length !== state.nExperts) {
@@ -145,7 +145,7 @@ export function foldWindow(state: LoadWindowState, input: FoldInput): LoadWindow
     // Holt: the prior for this window is last rate + trend, so a steady ramp is tracked without lag.
     return row.map((old, e) => mix(Math.max(0, old + state.trend[l][e] * w), counts[l][e]));
   });
-  const b = first ? 0 : 1 - Math.pow(1 - state.trendAlpha, w);
+  const b = first ? 0 : 1 - (1 - state.trendAlpha) ** w;
   const trend = state.trend.map((row, l) =>
     row.map((old, e) => b * ((expert[l][e] - state.expert[l][e]) / w) + (1 - b) * old),
   );
@@ -162,7 +162,7 @@ export function foldWindow(state: LoadWindowState, input: FoldInput): LoadWindow
 export function decayIdle(state: LoadWindowState, windows: number): LoadWindowState {
   if (!(windows >= 0) || !Number.isFinite(windows))
     throw new RangeError(`windows must be a finite number ≥ 0, got ${windows}`);
-  const keep = Math.pow(1 - state.alpha, windows);
+  const keep = (1 - state.alpha) ** windows;
   const decay = (v: number): number => (v * keep < state.dropBelow ? 0 : v * keep);
   return {
     ...state,

@@ -102,7 +102,7 @@ export function foldReplanWindow(
   instanceCounts?: readonly number[],
 ): ReplanWindow {
   let total = 0;
-  for (const row of expertCounts) for (const c of row) total += c > 0 ? c : 0;
+  for (const row of expertCounts) for (const c of row) total += Math.max(c, 0);
   if (total <= 0) return { state: decayIdle(state, windows), carriedTraffic: false };
   return { state: foldWindow(state, { expertCounts, instanceCounts, windows }), carriedTraffic: true };
 }

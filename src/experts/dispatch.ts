@@ -72,16 +72,17 @@ export function dispatchLeastLoaded(
   if (flexible.length === 0) return out;
   // Most rows first (insertion sort when the call lists few experts, as decode calls do).
   if (flexible.length > 32) flexible.sort((a, b) => tokensPerExpert[b] - tokensPerExpert[a] || a - b);
-  else for (let i = 1; i < flexible.length; i++) {
-    const e = flexible[i];
-    const n = tokensPerExpert[e];
-    let j = i - 1;
-    while (j >= 0 && (tokensPerExpert[flexible[j]] < n || (tokensPerExpert[flexible[j]] === n && flexible[j] > e))) {
-      flexible[j + 1] = flexible[j];
-      j--;
+  else
+    for (let i = 1; i < flexible.length; i++) {
+      const e = flexible[i];
+      const n = tokensPerExpert[e];
+      let j = i - 1;
+      while (j >= 0 && (tokensPerExpert[flexible[j]] < n || (tokensPerExpert[flexible[j]] === n && flexible[j] > e))) {
+        flexible[j + 1] = flexible[j];
+        j--;
+      }
+      flexible[j + 1] = e;
     }
-    flexible[j + 1] = e;
-  }
   for (const e of flexible) fillExpert(replicas[e], tokensPerExpert[e], instanceLoad, out[e], random);
   for (let s = 0; s < sweeps; s++) {
     for (const e of flexible) {
@@ -100,7 +101,13 @@ const base: number[] = [];
 const order: number[] = [];
 
 /** Integer water-filling of n rows over reps against instanceLoad; writes row, adds to instanceLoad. */
-function fillExpert(reps: readonly Replica[], n: number, instanceLoad: Float64Array, row: number[], random: () => number): void {
+function fillExpert(
+  reps: readonly Replica[],
+  n: number,
+  instanceLoad: Float64Array,
+  row: number[],
+  random: () => number,
+): void {
   const k = reps.length;
   if (n <= 4 * k) {
     // Few rows (the usual decode call): one at a time to the lowest is the same water-filling.

@@ -52,7 +52,10 @@ export class ExpertHost extends DurableObject<Env> {
     try {
       const store = await this.#open(model);
       const loads = await Promise.allSettled(experts.map((e) => store.ensure(e.layer, e.expert)));
-      this.#assignment.add(model, experts.filter((_, i) => loads[i].status === "fulfilled"));
+      this.#assignment.add(
+        model,
+        experts.filter((_, i) => loads[i].status === "fulfilled"),
+      );
       const failed = loads.find((r): r is PromiseRejectedResult => r.status === "rejected");
       if (failed) return storeFailure(failed.reason);
       return { ok: true, stats: this.stats() };
@@ -107,7 +110,8 @@ export class ExpertHost extends DurableObject<Env> {
         const left = fault ? fault.until - Date.now() : 0;
         if (!fault || left <= 0) continue;
         if (fault.kind === "stall") await new Promise((r) => setTimeout(r, left));
-        else throw new StoreFailure("model_error", `${this.#label}: injected fault for expert ${req.layer}:${it.expert}`);
+        else
+          throw new StoreFailure("model_error", `${this.#label}: injected fault for expert ${req.layer}:${it.expert}`);
       }
       // One output row per input row, none summed with another (see protocol.ts, combine.ts).
       const y = await store.run(req.layer, req.items, req.x);

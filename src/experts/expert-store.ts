@@ -8,14 +8,18 @@
  * memory may grow (WASM_MAX_BYTES).
  *
  * The budget counts the real bytes of the stored dtype (expertStoredBytes): an int8 expert takes
- * ≈ 1/4 of an f32 one. Experts are int8 when the checkpoint stores them so, or when the store is
- * created with `quant: "int8"` (quantized at load, as scripts/convert.ts --quant int8 would).
+ * ≈ 1/4 of an f32 one, an int4 one (4-bit groups of 32 with bf16 scales) ≈ 1/7. Experts are
+ * int8 / int4 when the checkpoint stores them so, or when the store is created with
+ * `quant: "int8"` / `"int4"` (quantized at load, as scripts/convert.ts --quant would).
  */
 import type { Kernels } from "../kernels/index";
 import { WASM_MAX_BYTES } from "../kernels/index";
 import { expertPackedBytes, packExpertF32, packExpertQ8, type ExpertDtype } from "../kernels/packing";
 import { loadExpertWeights } from "../model/architectures";
-import { expertDtype, loadExpertQ8, type ExpertQuant } from "../model/quantized";
+import { expertDtype, loadExpertQ4, loadExpertQ8, type ExpertQuant } from "../model/quantized";
+import { expertQ4gScratchBytes, packExpertQ4g, Q4_GROUP } from "../kernels/q4g-format";
+import { expertQ8gScratchBytes, packExpertQ8g } from "../kernels/dense-format";
+import { Q8_EXPERT_GROUP } from "../kernels/packing";
 import { formatMiB } from "../platform/format";
 import type { OpenedModel } from "../platform/model-store";
 import { expertKey, type ExpertFailure, type ExpertRef, type ExpertWorkItem } from "./protocol";
@@ -41,7 +45,7 @@ export function storeFailure(err: unknown): ExpertFailure {
 }
 
 export interface ExpertStoreOptions {
-  /** "int8": quantize f32/bf16 experts to int8 at load. Default "none" (the stored dtype). */
+  /** "int8" / "int4": quantize f32/bf16 experts at load. Default "none" (the stored dtype). */
   quant?: ExpertQuant;
   /**
    * int8 activation precision: "accurate" (default: 12- or 14-bit, the kernels' default path) or
@@ -70,7 +74,9 @@ export function scratchBytes(dModel: number, dFf: number): number {
   const up = (v: number, m: number) => Math.ceil(v / m) * m;
   const f32 = 4 * TOKEN_CHUNK * (up(dModel, 4) + up(dFf, 4)) + 16;
   const q8 = 2 * up(4 * TOKEN_CHUNK, 16) + TOKEN_CHUNK * (2 * up(dModel, 16) + 6 * up(dFf, 16));
-  return 8 * TOKEN_CHUNK * dModel + Math.max(f32, q8) + 64;
+  const q4 = expertQ4gScratchBytes(TOKEN_CHUNK, dModel, dFf, Q4_GROUP);
+  const q8g = expertQ8gScratchBytes(TOKEN_CHUNK, dModel, dFf, Q8_EXPERT_GROUP);
+  return 8 * TOKEN_CHUNK * dModel + Math.max(f32, q8, q4, q8g) + 64;
 }
 
 export class ExpertStore {
@@ -78,7 +84,8 @@ export class ExpertStore {
   readonly #experts = new Map<string, LoadedExpert>();
   readonly #loading = new Map<string, Promise<LoadedExpert>>();
   readonly #expertBytes: number;
-  /** How experts are held: "f32" packed panels or "q8" (int8 + per-row scales). */
+  /** How experts are held: "f32" packed panels, "q8" (int8 + per-row scales), "q8g" (int8 groups)
+   * or "q4" (4-bit groups). */
   readonly dtype: ExpertDtype;
   calls = 0;
   tokens = 0;
@@ -161,6 +168,8 @@ export class ExpertStore {
     const y = new Float32Array(total * dModel);
     let row = 0;
     const q8 = this.dtype === "q8";
+    const q4 = this.dtype === "q4";
+    const q8g = this.dtype === "q8g";
     for (let i = 0; i < items.length; i++) {
       const { arena, blob } = weights[i];
       const k = arena.kernels;
@@ -170,6 +179,8 @@ export class ExpertStore {
         const at = (row + done) * dModel;
         k.f32(arena.x, m * dModel).set(x.subarray(at, at + m * dModel));
         if (q8) k.expertFfnQ8(arena.out, arena.x, blob, m, dModel, dFf, arena.ffn);
+        else if (q4) k.expertFfnQ4g(arena.out, arena.x, blob, m, dModel, dFf, Q4_GROUP, arena.ffn);
+        else if (q8g) k.expertFfnQ8g(arena.out, arena.x, blob, m, dModel, dFf, Q8_EXPERT_GROUP, arena.ffn);
         else k.expertFfnPacked(arena.out, arena.x, blob, m, dModel, dFf, arena.ffn);
         y.set(k.f32(arena.out, m * dModel), at);
       }
@@ -210,7 +221,12 @@ export class ExpertStore {
       const q = await loadExpertQ8(ckpt, spec, layer, expert);
       return (dst) => packExpertQ8(dst, q, dModel, dFf);
     }
+    if (this.dtype === "q4") {
+      const q = await loadExpertQ4(ckpt, spec, layer, expert);
+      return (dst) => packExpertQ4g(dst, q, dModel, dFf);
+    }
     const w = await loadExpertWeights(ckpt, spec, layer, expert);
+    if (this.dtype === "q8g") return (dst) => void packExpertQ8g(dst, w.w1, w.w3, w.w2, dModel, dFf, Q8_EXPERT_GROUP);
     return (dst) => packExpertF32(new Float32Array(dst.buffer, dst.byteOffset, dst.byteLength / 4), w.w1, w.w3, w.w2, dModel, dFf);
   }
 
@@ -227,7 +243,11 @@ export class ExpertStore {
       const any7 = kernels.q8Paths.find((p) => p.endsWith("_7bit"));
       if (fast ?? any7) kernels.setQ8Path((fast ?? any7)!);
     }
-    const ffnBytes = kernels.scratchBytes(this.dtype === "q8" ? "ffnQ8" : "ffnF32", TOKEN_CHUNK, dModel, dFf);
+    const ffnBytes = this.dtype === "q4"
+      ? expertQ4gScratchBytes(TOKEN_CHUNK, dModel, dFf, Q4_GROUP)
+      : this.dtype === "q8g"
+        ? expertQ8gScratchBytes(TOKEN_CHUNK, dModel, dFf, Q8_EXPERT_GROUP)
+        : kernels.scratchBytes(this.dtype === "q8" ? "ffnQ8" : "ffnF32", TOKEN_CHUNK, dModel, dFf);
     if (ffnBytes + 8 * TOKEN_CHUNK * dModel > scratch) throw new Error(`internal: kernel scratch ${ffnBytes} B exceeds the reserved ${scratch} B`);
     const arena: Arena = { kernels, x: kernels.alloc(TOKEN_CHUNK * dModel * 4), out: kernels.alloc(TOKEN_CHUNK * dModel * 4), ffn: kernels.alloc(ffnBytes) };
     this.#arenas.push(arena);

@@ -211,7 +211,14 @@ function noLayer(layer: number, placement: Placement): Error {
 function fatalError(layer: number, f: { code: string; message: string }): ApiError {
   if (f.code === "budget_exceeded") {
     const message = `expert layer ${layer}: ${f.message}`;
-    return new ApiError(503, message, "service_unavailable", null, "expert_budget_exceeded", ApiError.retryIn(EXPERTS_RETRY_AFTER_S));
+    return new ApiError(
+      503,
+      message,
+      "service_unavailable",
+      null,
+      "expert_budget_exceeded",
+      ApiError.retryIn(EXPERTS_RETRY_AFTER_S),
+    );
   }
   // The Worker built a request an ExpertHost rejects: a fault on our side, not the client's.
   return new ApiError(500, `expert layer ${layer}: ${f.message}`, "server_error", null, "expert_request_rejected");

@@ -58,7 +58,7 @@ export function recordLoad(
 /** Sends the load counted so far to the Coordinator when LOAD_FLUSH_MS have passed (never blocks the caller). */
 export function flushLoad(env: Env, model: string, waitUntil: (p: Promise<unknown>) => void, force = false): void {
   const p = pendingLoads.get(model);
-  if (!p || !p.any) return;
+  if (!p?.any) return;
   const now = Date.now();
   if (!force && now - p.lastFlush < LOAD_FLUSH_MS) return;
   const { nLayers, nExperts, counts, instanceRows, version } = p;
@@ -82,7 +82,7 @@ export function flushLoad(env: Env, model: string, waitUntil: (p: Promise<unknow
  */
 export function flushLoadSoon(env: Env, model: string, waitUntil: (p: Promise<unknown>) => void): void {
   const p = pendingLoads.get(model);
-  if (!p || !p.any || p.scheduled) return;
+  if (!p?.any || p.scheduled) return;
   p.scheduled = true;
   const wait = Math.max(0, LOAD_FLUSH_MS - (Date.now() - p.lastFlush));
   waitUntil(

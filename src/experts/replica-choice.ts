@@ -43,7 +43,7 @@ export function loadOf(model: string, version?: number): InstanceLoad {
   }
   const now = Date.now();
   if (now > l.at) {
-    const keep = Math.pow(0.5, (now - l.at) / RECENT_HALF_LIFE_MS);
+    const keep = 0.5 ** ((now - l.at) / RECENT_HALF_LIFE_MS);
     for (let i = 0; i < l.recent.length; i++) l.recent[i] = (l.recent[i] ?? 0) * keep;
     l.at = now;
   }

@@ -14,7 +14,12 @@
  * In place on one token's selection scores [nExperts]. Group ties go to the lower index, as
  * torch.topk on CPU. A group of one expert scores by that expert alone under "top2-sum".
  */
-export function groupLimitInto(sel: Float32Array, nGroup: number, topkGroup: number, groupScore: "top2-sum" | "max"): void {
+export function groupLimitInto(
+  sel: Float32Array,
+  nGroup: number,
+  topkGroup: number,
+  groupScore: "top2-sum" | "max",
+): void {
   const size = sel.length / nGroup;
   const gScore = new Float64Array(nGroup);
   for (let g = 0; g < nGroup; g++) {

@@ -96,7 +96,14 @@ export interface RouteContext {
 }
 
 /** logits: [n, nExperts] router outputs (x · Wgᵀ). */
-export function route(spec: RouterSpec, logits: Float32Array, n: number, nExperts: number, topK: number, ctx: RouteContext = {}): Routing {
+export function route(
+  spec: RouterSpec,
+  logits: Float32Array,
+  n: number,
+  nExperts: number,
+  topK: number,
+  ctx: RouteContext = {},
+): Routing {
   const plan = routerPlan(spec);
   const opts = ctx.options ?? ROUTING_OFF;
   const bias = plan.selectionBias ? ctx.bias : null;
@@ -123,9 +130,17 @@ export function route(spec: RouterSpec, logits: Float32Array, n: number, nExpert
   let rerouted = 0;
   let dropped = 0;
   if (opts.capacityFactor === null) {
-    for (let t = 0; t < n; t++) topKInto(select.subarray(t * nExperts, (t + 1) * nExperts), topK, ids, weights, t * topK);
+    for (let t = 0; t < n; t++)
+      topKInto(select.subarray(t * nExperts, (t + 1) * nExperts), topK, ids, weights, t * topK);
   } else {
-    const r = assignWithCapacity(select, n, nExperts, topK, capacityPerExpert(opts.capacityFactor, n, nExperts, topK), ids);
+    const r = assignWithCapacity(
+      select,
+      n,
+      nExperts,
+      topK,
+      capacityPerExpert(opts.capacityFactor, n, nExperts, topK),
+      ids,
+    );
     rerouted = r.rerouted;
     dropped = r.dropped;
   }

@@ -25,7 +25,13 @@ export function sigmoidInto(out: Float32Array, z: Float32Array): void {
 }
 
 /** The softmax-topk router on its own (kept for callers that do not need the full pipeline). */
-export function softmaxTopK(logits: Float32Array, n: number, nExperts: number, topK: number, renormalize: boolean): Routing {
+export function softmaxTopK(
+  logits: Float32Array,
+  n: number,
+  nExperts: number,
+  topK: number,
+  renormalize: boolean,
+): Routing {
   const ids = new Int32Array(n * topK);
   const weights = new Float32Array(n * topK);
   const probs = new Float32Array(nExperts);

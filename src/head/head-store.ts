@@ -155,7 +155,7 @@ export class HeadStore {
   logits(hidden: Float32Array, n: number): Float32Array {
     const rows = this.rows;
     const out = new Float32Array(n * rows);
-    this.#chunks(hidden, n, (t0, m, view) => out.set(view, t0 * rows));
+    this.#chunks(hidden, n, (t0, _m, view) => out.set(view, t0 * rows));
     return out;
   }
 

@@ -44,7 +44,10 @@ const roundUp = (v: number, m: number) => Math.ceil(v / m) * m;
 
 /** Throws a RangeError naming the bad argument (rows/cols positive integers, group valid). */
 export function checkDenseShape(rows: number, cols: number, format: DenseFormat, group: number): void {
-  for (const [name, v] of [["rows", rows], ["cols", cols]] as const) {
+  for (const [name, v] of [
+    ["rows", rows],
+    ["cols", cols],
+  ] as const) {
     if (!Number.isInteger(v) || v < 1) throw new RangeError(`${name} must be a positive integer, got ${v}`);
   }
   if (format === "int8" && (!Number.isInteger(group) || group < 16 || group > MAX_GROUP || group % 16 !== 0)) {
@@ -64,7 +67,10 @@ export function paddedCols(cols: number, format: DenseFormat, group: number): nu
 
 /** Exact bytes a [rows, cols] matrix takes in Wasm memory (a multiple of 16). */
 export function denseMatrixBytes(
-  rows: number, cols: number, format: DenseFormat, group = format === "int8" ? DEFAULT_GROUP : 0,
+  rows: number,
+  cols: number,
+  format: DenseFormat,
+  group = format === "int8" ? DEFAULT_GROUP : 0,
 ): number {
   checkDenseShape(rows, cols, format, group);
   let bytes: number;
@@ -120,7 +126,11 @@ function nearestEven(v: number): number {
  * group f32). The only int8 quantizer: the loader and the one-shot reference both call it.
  */
 export function quantizeRowQ8g(
-  w: ArrayLike<number>, cols: number, group: number, q: Int8Array, scales: Float32Array,
+  w: ArrayLike<number>,
+  cols: number,
+  group: number,
+  q: Int8Array,
+  scales: Float32Array,
 ): void {
   const groups = scales.length;
   for (let g = 0; g < groups; g++) {
@@ -194,7 +204,13 @@ export function expertQ8gScratchBytes(n: number, dModel: number, dFf: number, gr
 /** Quantizes and lays out one expert (w1, w3 [dFf, dModel], w2 [dModel, dFf]) into dst of
  * expertQ8gBytes bytes; returns the three quantized matrices (for references). */
 export function packExpertQ8g(
-  dst: Uint8Array, w1: Float32Array, w3: Float32Array, w2: Float32Array, dModel: number, dFf: number, group: number,
+  dst: Uint8Array,
+  w1: Float32Array,
+  w3: Float32Array,
+  w2: Float32Array,
+  dModel: number,
+  dFf: number,
+  group: number,
 ): { w1: Q8gMatrix; w3: Q8gMatrix; w2: Q8gMatrix } {
   const q = {
     w1: quantizeQ8g(w1, dFf, dModel, group),

@@ -14,12 +14,26 @@
  */
 import { MemoryBudgetError, type Kernels } from "./index";
 import {
-  bf16ToF32, checkDenseShape, DEFAULT_GROUP, denseMatrixBytes, denseScratchBytes, paddedCols,
-  quantizeRowQ8g, SOURCE_BYTES, type DenseFormat, type DenseMatrix, type DenseSourceDType,
+  bf16ToF32,
+  checkDenseShape,
+  DEFAULT_GROUP,
+  denseMatrixBytes,
+  denseScratchBytes,
+  paddedCols,
+  quantizeRowQ8g,
+  SOURCE_BYTES,
+  type DenseFormat,
+  type DenseMatrix,
+  type DenseSourceDType,
 } from "./dense-format";
 
 export {
-  DEFAULT_GROUP, denseMatrixBytes, denseScratchBytes, MemoryBudgetError, type DenseFormat, type DenseMatrix,
+  DEFAULT_GROUP,
+  denseMatrixBytes,
+  denseScratchBytes,
+  MemoryBudgetError,
+  type DenseFormat,
+  type DenseMatrix,
   type DenseSourceDType,
 };
 
@@ -213,7 +227,9 @@ export class DenseMatrixWriter {
  * chunks fail or hold the wrong number of bytes. Peak JS memory: one chunk + 4·cols + 4 bytes.
  */
 export async function loadDenseMatrix(
-  kernels: Kernels, chunks: Iterable<Uint8Array> | AsyncIterable<Uint8Array>, opts: DenseLoadOptions,
+  kernels: Kernels,
+  chunks: Iterable<Uint8Array> | AsyncIterable<Uint8Array>,
+  opts: DenseLoadOptions,
 ): Promise<DenseMatrix> {
   const w = new DenseMatrixWriter(kernels, opts);
   try {
@@ -235,7 +251,10 @@ export interface RangeReader {
  * time (the next read starts only after the consumer took the previous chunk).
  */
 export async function* rangeChunks(
-  src: RangeReader, offset: number, length: number, chunkBytes: number,
+  src: RangeReader,
+  offset: number,
+  length: number,
+  chunkBytes: number,
 ): AsyncGenerator<Uint8Array> {
   if (!Number.isInteger(chunkBytes) || chunkBytes < 1) {
     throw new RangeError(`chunkBytes must be a positive integer, got ${chunkBytes}`);

@@ -111,6 +111,7 @@ type KernelExports = {
   setQ8Relaxed(on: number): number;
   probeRelaxed(out: number, a: number, b: number, c: number): number;
   streamRead(ptr: number, bytes: number): number;
+  simdPeak(iters: number, seed: number): number;
   scratchBytes(kind: number, n: number, a: number, b: number): number;
   matmulQ8g(
     out: number, x: number, w: number, n: number, dIn: number, dOut: number, group: number, scratch: number,
@@ -121,6 +122,10 @@ type KernelExports = {
   expertFfnQ8g(
     out: number, x: number, blob: number, n: number, dModel: number, dFf: number, group: number, scratch: number,
   ): void;
+  expertFfnQ4g(
+    out: number, x: number, blob: number, n: number, dModel: number, dFf: number, group: number, scratch: number,
+  ): void;
+  q4ActivationBits(): number;
 };
 
 /** scratchBytes kinds (assembly/index.ts). */
@@ -518,6 +523,25 @@ export class Kernels {
     out: number, x: number, blob: number, n: number, dModel: number, dFf: number, group: number, scratch: number,
   ): void {
     this.#wasm.expertFfnQ8g(out, x, blob, n, dModel, dFf, group, scratch);
+  }
+
+  /** SwiGLU expert on a blob from packExpertQ4g (4-bit weights, one bf16 scale per `group` inputs,
+   * q4ActivationBits-bit activations). scratch ≥ expertQ4gScratchBytes(n, dModel, dFf, group). */
+  expertFfnQ4g(
+    out: number, x: number, blob: number, n: number, dModel: number, dFf: number, group: number, scratch: number,
+  ): void {
+    this.#wasm.expertFfnQ4g(out, x, blob, n, dModel, dFf, group, scratch);
+  }
+
+  /** Activation bits expertFfnQ4g uses now: 8 while a relaxed int8 dot path is on (it runs on the
+   * relaxed i8×i7 dot), else 16. */
+  get q4ActivationBits(): number {
+    return this.#wasm.q4ActivationBits();
+  }
+
+  /** iters steps of 64 FLOPs of register-only f32x4 multiply-adds: the SIMD compute ceiling probe. */
+  simdPeak(iters: number): number {
+    return this.#wasm.simdPeak(iters, 1e-3);
   }
 
   /** Reads [ptr, ptr + bytes) once (bytes a multiple of 64): the memory-bandwidth probe. */

@@ -43,7 +43,14 @@ export function kernelModule(flavor: KernelFlavor): WebAssembly.Module {
 export function loadKernels(flavor: KernelFlavor | "best", opts: KernelOptions = {}): Kernels {
   const o: KernelOptions = { q8Path: "dot_i16x8", ...opts };
   if (flavor === "best") {
-    return Kernels.pick({ relaxed: () => kernelModule("relaxed"), simd: () => kernelModule("simd"), scalar: () => kernelModule("scalar") }, o);
+    return Kernels.pick(
+      {
+        relaxed: () => kernelModule("relaxed"),
+        simd: () => kernelModule("simd"),
+        scalar: () => kernelModule("scalar"),
+      },
+      o,
+    );
   }
   return Kernels.instantiate(kernelModule(flavor), flavor, o);
 }

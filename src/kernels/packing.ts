@@ -9,9 +9,16 @@
  * columns. An expert is one blob: the gate/up matrix — panel p holds w1 rows 4p..4p+3 then w3 rows
  * 4p..4p+3, so the kernel gets gate and up of the same outputs side by side — then w2.
  */
+import { expertQ4gBytes, Q4_GROUP } from "./q4g-format";
+import { expertQ8gBytes } from "./dense-format";
 
-/** How an expert's weights are held in Wasm memory. */
-export type ExpertDtype = "f32" | "q8";
+/** How an expert's weights are held in Wasm memory: f32 panels, int8 panels with per-row scales,
+ * int8 groups (src/kernels/dense-format.ts, Q8_EXPERT_GROUP inputs an f32 scale) or 4-bit groups
+ * (src/kernels/q4g-format.ts, Q4_GROUP inputs a bf16 scale). */
+export type ExpertDtype = "f32" | "q8" | "q8g" | "q4";
+
+/** Inputs per scale of the group-wise int8 experts ("q8g": expertFfnQ8g on the dense int8 format). */
+export const Q8_EXPERT_GROUP = 32;
 
 /** Symmetric int8 rows: w[j, k] ≈ scales[j] · q[j, k], q ∈ [-127, 127]. */
 export interface Q8Rows {
@@ -41,6 +48,8 @@ export function packedQ8Bytes(rows: number, cols: number): number {
 
 /** Bytes of one packed expert as an ExpertStore holds it in Wasm memory. */
 export function expertPackedBytes(dtype: ExpertDtype, dModel: number, dFf: number): number {
+  if (dtype === "q4") return expertQ4gBytes(dModel, dFf, Q4_GROUP);
+  if (dtype === "q8g") return expertQ8gBytes(dModel, dFf, Q8_EXPERT_GROUP);
   if (dtype === "f32") {
     const df4 = roundUp(dFf, 4);
     return packedF32Bytes(2 * df4, dModel) + packedF32Bytes(dModel, df4);

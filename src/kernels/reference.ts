@@ -202,9 +202,9 @@ export interface Q8gRef {
  * it bounds every partial sum the kernel rounds, whatever order it adds in).
  */
 export function matmulQ8gRef(
-  out: Float32Array, x: Float32Array, w: Q8gRef, n: number, dIn: number, dOut: number,
+  out: Float32Array, x: Float32Array, w: Q8gRef, n: number, dIn: number, dOut: number, bits = 16,
 ): Float64Array {
-  const { q: xq, scales: sx } = quantizeActivationsRef(x, n, dIn, 16);
+  const { q: xq, scales: sx } = quantizeActivationsRef(x, n, dIn, bits);
   const colsG = Math.ceil(dIn / w.group) * w.group;
   const groups = colsG / w.group;
   const mag = new Float64Array(n * dOut);
@@ -241,11 +241,34 @@ export function matmulBf16Ref(
  * exact group sums, silu(gate)·up in f64, h quantized again for down. */
 export function expertFfnQ8gRef(
   out: Float32Array, x: Float32Array, w1: Q8gRef, w3: Q8gRef, w2: Q8gRef, n: number, dModel: number, dFf: number,
+  bits = 16,
 ): void {
   const g = new Float32Array(n * dFf);
   const u = new Float32Array(n * dFf);
-  matmulQ8gRef(g, x, w1, n, dModel, dFf);
-  matmulQ8gRef(u, x, w3, n, dModel, dFf);
+  matmulQ8gRef(g, x, w1, n, dModel, dFf, bits);
+  matmulQ8gRef(u, x, w3, n, dModel, dFf, bits);
   siluMulRef(g, g, u, n * dFf);
-  matmulQ8gRef(out, g, w2, n, dFf, dModel);
+  matmulQ8gRef(out, g, w2, n, dFf, dModel, bits);
+}
+
+/** A 4-bit group matrix as plain arrays (src/kernels/q4g-format.ts Q4gMatrix). */
+export interface Q4gRef {
+  group: number;
+  q: Int8Array; // [rows, colsG] in [-8, 7]
+  scales: Uint16Array; // [rows, colsG / group] bf16 bits
+}
+
+/** SwiGLU expert on 4-bit group matrices the kernel's way (assembly/expert-q4g.ts): the int8 group
+ * expert's arithmetic (per-token `bits`-bit activations: 16, or 8 on the relaxed dot; exact group
+ * sums) on q ∈ [-8, 7] and bf16 scales widened exactly. */
+export function expertFfnQ4gRef(
+  out: Float32Array, x: Float32Array, w1: Q4gRef, w3: Q4gRef, w2: Q4gRef, n: number, dModel: number, dFf: number,
+  bits = 16,
+): void {
+  const widen = (m: Q4gRef): Q8gRef => ({
+    group: m.group,
+    q: m.q,
+    scales: new Float32Array(new Uint32Array(Array.from(m.scales, (b) => b << 16)).buffer),
+  });
+  expertFfnQ8gRef(out, x, widen(w1), widen(w3), widen(w2), n, dModel, dFf, bits);
 }

@@ -9,7 +9,11 @@ import scalarModule from "../../build/kernels-scalar.wasm";
 import simdModule from "../../build/kernels-simd.wasm";
 import { Kernels, type KernelFlavor, type KernelOptions } from "./index";
 
-const MODULES: Record<KernelFlavor, WebAssembly.Module> = { scalar: scalarModule, simd: simdModule, relaxed: relaxedModule };
+const MODULES: Record<KernelFlavor, WebAssembly.Module> = {
+  scalar: scalarModule,
+  simd: simdModule,
+  relaxed: relaxedModule,
+};
 
 /**
  * A fresh Kernels instance (its own memory). "best" = relaxed after its start-up probe, else simd.

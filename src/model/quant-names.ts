@@ -1,7 +1,8 @@
 /**
  * @module Names of int8-quantized expert tensors (`<base>.qweight` + `<base>.scales`, written by
  * scripts/convert.ts) and a view of a checkpoint in which each `.qweight` answers to its original
- * name, so the architecture adapters find quantized experts without a naming rule of their own.
+ * name (with the original shape, also for int4's two-weights-a-byte `.qweight`), so the architecture
+ * adapters find quantized experts without a naming rule of their own.
  */
 import type { Checkpoint } from "./safetensors";
 
@@ -24,8 +25,25 @@ export function quantView(ckpt: Checkpoint): Checkpoint {
     source: ckpt.source,
     tensors: ckpt.tensors,
     has: (name: string) => ckpt.has(alias(name)),
-    info: (name: string) => ({ ...ckpt.info(alias(name)), name }),
+    info: (name: string) => {
+      const real = alias(name);
+      const info = ckpt.info(real);
+      if (real === name) return info;
+      // int4 `.qweight` holds two weights a byte; its scales have its rank (int8's one less).
+      const int4 = scalesRank(ckpt, quantNames(name).scales) === info.shape.length;
+      const shape = int4 ? [...info.shape.slice(0, -1), 2 * info.shape[info.shape.length - 1]] : info.shape;
+      return { ...info, shape, name };
+    },
   };
   // Only has/info/source are read by expertTensorRefs; reads go to the real checkpoint.
   return view as unknown as Checkpoint;
+}
+
+/** Rank of a scales tensor, or -1 when the checkpoint has no header for it. */
+function scalesRank(ckpt: Checkpoint, name: string): number {
+  try {
+    return ckpt.info(name).shape.length;
+  } catch {
+    return -1;
+  }
 }

@@ -9,6 +9,14 @@
  * with w[j, k] ≈ scales[j] · qweight[j, k], symmetric per output channel (src/kernels/packing.ts
  * quantizeRowsQ8). Dense tensors stay as they were, so the Worker's half is unchanged.
  *
+ * int4 (`--quant int4`, src/kernels/q4g-format.ts): the same two names with
+ *   `<base>.qweight`  I8  — [..., rows, cols/2]: each byte two 4-bit weights (packNibbles: byte i of
+ *                           every 16 holds inputs k0+i and k0+16+i of a 32-input block), bits as I8
+ *   `<base>.scales`   BF16 — [..., rows, cols/group]: one scale per group of inputs
+ * so an int4 checkpoint is told from an int8 one by its scales having the weight's rank; the group
+ * is cols / (scales' last dimension) and is also recorded in the safetensors metadata
+ * (`edge_moe_int4_group`). convert requires cols to be a multiple of the group.
+ *
  * Which tensor holds which expert is the architecture adapter's business (`expertTensorRefs`);
  * this module asks it through a view of the checkpoint in which each `.qweight` answers to its
  * original name (same shape and rows), so no naming rule is repeated here.
@@ -24,26 +32,40 @@ import { quantNames, quantView } from "./quant-names";
 
 export { quantNames, quantView };
 import { expertPackedBytes, quantizeRowsQ8, type ExpertDtype, type Q8Expert, type Q8Rows } from "../kernels/packing";
+import { f32ToBf16 } from "../kernels/dense-format";
+import {
+  Q4_GROUP, quantizeExpertQ4g, unpackNibbles, type Q4gExpert, type Q4gMatrix,
+} from "../kernels/q4g-format";
 
-/** How an ExpertStore holds experts: "int8" quantizes f32/bf16 checkpoints at load; experts that
- * are stored int8 load as int8 whatever this says. */
-export type ExpertQuant = "none" | "int8";
+/** How an ExpertStore holds experts: "int8" / "int4" quantize f32/bf16 checkpoints at load;
+ * "int8-group" quantizes at load to int8 with one scale per 32 inputs (expertFfnQ8g); experts stored
+ * quantized load as stored whatever this says. */
+export type ExpertQuant = "none" | "int8" | "int8-group" | "int4";
 
-/** True when the checkpoint stores its routed experts as int8 (probes the first MoE layer's expert 0). */
-export function hasQuantizedExperts(ckpt: Checkpoint, spec: ModelSpec): boolean {
+/** How the checkpoint stores its routed experts (probes the first MoE layer's expert 0). */
+export function storedExpertQuant(ckpt: Checkpoint, spec: ModelSpec): ExpertQuant {
   const layer = spec.moeLayers[0];
-  if (layer === undefined) return false;
+  if (layer === undefined) return "none";
   try {
     const refs = expertTensorRefs(quantView(ckpt), spec, layer, 0);
-    return !ckpt.has(refs.w1.tensor) && ckpt.has(quantNames(refs.w1.tensor).qweight);
+    const names = quantNames(refs.w1.tensor);
+    if (ckpt.has(refs.w1.tensor) || !ckpt.has(names.qweight)) return "none";
+    return isInt4(ckpt, refs.w1.tensor) ? "int4" : "int8";
   } catch {
-    return false;
+    return "none";
   }
+}
+
+/** True when the checkpoint stores its routed experts quantized (int8 or int4). */
+export function hasQuantizedExperts(ckpt: Checkpoint, spec: ModelSpec): boolean {
+  return storedExpertQuant(ckpt, spec) !== "none";
 }
 
 /** The dtype an ExpertStore holds this model's experts in. */
 export function expertDtype(ckpt: Checkpoint, spec: ModelSpec, quant: ExpertQuant = "none"): ExpertDtype {
-  return quant === "int8" || hasQuantizedExperts(ckpt, spec) ? "q8" : "f32";
+  const stored = storedExpertQuant(ckpt, spec);
+  const q = stored === "none" ? quant : stored;
+  return q === "int4" ? "q4" : q === "int8" ? "q8" : q === "int8-group" ? "q8g" : "f32";
 }
 
 /**
@@ -64,6 +86,51 @@ export async function loadExpertQ8(ckpt: Checkpoint, spec: ModelSpec, layer: num
   const refs = expertTensorRefs(quantView(ckpt), spec, layer, expert);
   const [w1, w3, w2] = await Promise.all([refs.w1, refs.w3, refs.w2].map((r) => readQ8Rows(ckpt, r)));
   return { w1, w3, w2 };
+}
+
+/** One expert as int4 groups (of Q4_GROUP inputs): read from `.qweight`/`.scales` when stored so,
+ * else read and quantized. */
+export async function loadExpertQ4(ckpt: Checkpoint, spec: ModelSpec, layer: number, expert: number): Promise<Q4gExpert> {
+  const { dModel, dFf } = spec;
+  if (storedExpertQuant(ckpt, spec) !== "int4") {
+    const w = await loadExpertWeights(ckpt, spec, layer, expert);
+    return quantizeExpertQ4g(w.w1, w.w3, w.w2, dModel, dFf, Q4_GROUP);
+  }
+  const refs = expertTensorRefs(quantView(ckpt), spec, layer, expert);
+  const [w1, w3, w2] = await Promise.all([refs.w1, refs.w3, refs.w2].map((r) => readQ4Rows(ckpt, r)));
+  return { w1, w3, w2 };
+}
+
+async function readQ4Rows(ckpt: Checkpoint, ref: ExpertTensorRef): Promise<Q4gMatrix> {
+  const names = quantNames(ref.tensor);
+  const cols = ref.shape[1];
+  const scaleInfo = ckpt.info(names.scales);
+  const groups = scaleInfo.shape[scaleInfo.shape.length - 1];
+  const group = cols / groups;
+  if (group !== Q4_GROUP) {
+    throw new Error(`${names.scales}: int4 groups of ${group} inputs; the expert kernels hold groups of ${Q4_GROUP}`);
+  }
+  const [bytes, scales] = await Promise.all([
+    ckpt.readF32Rows(names.qweight, ref.firstRow, ref.nRows),
+    ckpt.readF32Rows(names.scales, ref.firstRow, ref.nRows),
+  ]);
+  return {
+    rows: ref.nRows,
+    cols,
+    group,
+    q: unpackNibbles(Uint8Array.from(bytes, (v) => v & 0xff), ref.nRows, cols),
+    scales: Uint16Array.from(scales, f32ToBf16), // bf16 values: exact both ways
+  };
+}
+
+/** An int4 tensor's scales have the weight's rank (int8's have one dimension less). */
+function isInt4(ckpt: Checkpoint, tensor: string): boolean {
+  const names = quantNames(tensor);
+  try {
+    return ckpt.info(names.scales).shape.length === ckpt.info(names.qweight).shape.length;
+  } catch {
+    return false; // no header for the scales: int8's reader finds out when it reads them
+  }
 }
 
 async function readQ8Rows(ckpt: Checkpoint, ref: ExpertTensorRef): Promise<Q8Rows> {

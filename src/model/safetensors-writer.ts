@@ -23,13 +23,16 @@ export function writeSafetensors(tensors: TensorToWrite[], metadata?: Record<str
   let offset = 0;
   const parts: Uint8Array[] = [];
   for (const t of tensors) {
-    const bytes = t.data instanceof Float32Array ? new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength) : t.data;
+    const bytes =
+      t.data instanceof Float32Array ? new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength) : t.data;
     if (t.data instanceof Float32Array && t.dtype !== "F32") {
       throw new Error(`tensor ${t.name}: Float32Array data needs dtype F32, got ${t.dtype}`);
     }
     const expected = t.shape.reduce((a, b) => a * b, 1) * DTYPE_BYTES[t.dtype];
     if (bytes.byteLength !== expected) {
-      throw new Error(`tensor ${t.name}: shape [${t.shape.join(", ")}] × ${t.dtype} needs ${expected} bytes, got ${bytes.byteLength}`);
+      throw new Error(
+        `tensor ${t.name}: shape [${t.shape.join(", ")}] × ${t.dtype} needs ${expected} bytes, got ${bytes.byteLength}`,
+      );
     }
     header[t.name] = { dtype: t.dtype, shape: t.shape, data_offsets: [offset, offset + bytes.byteLength] };
     parts.push(bytes);

@@ -47,8 +47,22 @@ const HEADER_PROBE_BYTES = 64 * 1024;
 const DTYPE_BYTES: Record<DType, number> = { F32: 4, BF16: 2, F16: 2, I8: 1 };
 /** Dtypes the format defines that we do not decode (named as such in errors). */
 const KNOWN_UNSUPPORTED = new Set([
-  "F64", "I64", "I32", "I16", "U64", "U32", "U16", "U8", "BOOL",
-  "F8_E4M3", "F8_E5M2", "F8_E8M0", "F6_E2M3", "F6_E3M2", "F4", "C64",
+  "F64",
+  "I64",
+  "I32",
+  "I16",
+  "U64",
+  "U32",
+  "U16",
+  "U8",
+  "BOOL",
+  "F8_E4M3",
+  "F8_E5M2",
+  "F8_E8M0",
+  "F6_E2M3",
+  "F6_E3M2",
+  "F4",
+  "C64",
 ]);
 
 export class Checkpoint {
@@ -81,7 +95,11 @@ export class Checkpoint {
   info(name: string): TensorInfo {
     const t = this.tensors.get(name);
     if (!t) {
-      throw new ModelFormatError(`${this.source}: tensor "${name}" not found (the checkpoint has ${this.tensors.size} tensors)`, this.source, name);
+      throw new ModelFormatError(
+        `${this.source}: tensor "${name}" not found (the checkpoint has ${this.tensors.size} tensors)`,
+        this.source,
+        name,
+      );
     }
     return t;
   }
@@ -90,7 +108,11 @@ export class Checkpoint {
   async readF32(name: string, expectShape?: readonly number[]): Promise<Float32Array> {
     const t = this.info(name);
     if (expectShape && !sameShape(t.shape, expectShape)) {
-      throw new ModelFormatError(`${t.file}: tensor "${name}" has shape ${fmtShape(t.shape)}, expected ${fmtShape(expectShape)}`, t.file, name);
+      throw new ModelFormatError(
+        `${t.file}: tensor "${name}" has shape ${fmtShape(t.shape)}, expected ${fmtShape(expectShape)}`,
+        t.file,
+        name,
+      );
     }
     const bytes = await this.file(t).read(t.offset, t.byteLength);
     return decodeToF32(bytes, t.dtype);
@@ -114,7 +136,9 @@ export class Checkpoint {
     const { t, rowLen } = this.rowRange(name, firstRow, nRows);
     const n = nRows * rowLen;
     if (dst.length < n) {
-      throw new RangeError(`tensor "${name}": ${nRows} rows of ${rowLen} need ${n} floats, destination holds ${dst.length}`);
+      throw new RangeError(
+        `tensor "${name}": ${nRows} rows of ${rowLen} need ${n} floats, destination holds ${dst.length}`,
+      );
     }
     const esize = DTYPE_BYTES[t.dtype];
     const bytes = await this.file(t).read(t.offset + firstRow * rowLen * esize, n * esize);
@@ -125,8 +149,16 @@ export class Checkpoint {
     const t = this.info(name);
     const rowLen = t.shape.length === 0 ? 1 : t.shape[t.shape.length - 1];
     const rows = rowLen === 0 ? 0 : numel(t.shape) / rowLen;
-    if (!Number.isSafeInteger(firstRow) || !Number.isSafeInteger(nRows) || firstRow < 0 || nRows < 0 || firstRow + nRows > rows) {
-      throw new RangeError(`tensor "${name}" (${t.file}, shape ${fmtShape(t.shape)}) has ${rows} rows; asked for ${nRows} from row ${firstRow}`);
+    if (
+      !Number.isSafeInteger(firstRow) ||
+      !Number.isSafeInteger(nRows) ||
+      firstRow < 0 ||
+      nRows < 0 ||
+      firstRow + nRows > rows
+    ) {
+      throw new RangeError(
+        `tensor "${name}" (${t.file}, shape ${fmtShape(t.shape)}) has ${rows} rows; asked for ${nRows} from row ${firstRow}`,
+      );
     }
     return { t, rowLen };
   }
@@ -138,17 +170,30 @@ export class Checkpoint {
   }
 }
 
-async function readShardedHeaders(store: FileStore, index: ByteSource): Promise<{ tensors: Map<string, TensorInfo>; files: Map<string, ByteSource> }> {
+async function readShardedHeaders(
+  store: FileStore,
+  index: ByteSource,
+): Promise<{ tensors: Map<string, TensorInfo>; files: Map<string, ByteSource> }> {
   const raw = parseJson(await index.read(0, await index.size()), INDEX_FILE, "index");
   const weightMap = (raw as Record<string, unknown>).weight_map;
   if (typeof weightMap !== "object" || weightMap === null || Array.isArray(weightMap)) {
-    throw new ModelFormatError(`${INDEX_FILE}: weight_map must be an object mapping tensor names to shard files`, INDEX_FILE, undefined, "weight_map");
+    throw new ModelFormatError(
+      `${INDEX_FILE}: weight_map must be an object mapping tensor names to shard files`,
+      INDEX_FILE,
+      undefined,
+      "weight_map",
+    );
   }
   // Shard → the tensors the index places there (the first one names the shard in errors).
   const byShard = new Map<string, string[]>();
   for (const [tensor, shard] of Object.entries(weightMap)) {
     if (typeof shard !== "string" || shard === "" || shard.includes("..") || shard.startsWith("/")) {
-      throw new ModelFormatError(`${INDEX_FILE}: weight_map entry for tensor "${tensor}" must be a shard file name, got ${JSON.stringify(shard)}`, INDEX_FILE, tensor, "weight_map");
+      throw new ModelFormatError(
+        `${INDEX_FILE}: weight_map entry for tensor "${tensor}" must be a shard file name, got ${JSON.stringify(shard)}`,
+        INDEX_FILE,
+        tensor,
+        "weight_map",
+      );
     }
     const list = byShard.get(shard) ?? [];
     list.push(tensor);
@@ -159,7 +204,11 @@ async function readShardedHeaders(store: FileStore, index: ByteSource): Promise<
     [...byShard.entries()].map(async ([shard, names]) => {
       const src = await store.open(shard);
       if (!src) {
-        throw new ModelFormatError(`${INDEX_FILE}: tensor "${names[0]}" is mapped to shard "${shard}", which is missing from ${store.label}`, INDEX_FILE, names[0]);
+        throw new ModelFormatError(
+          `${INDEX_FILE}: tensor "${names[0]}" is mapped to shard "${shard}", which is missing from ${store.label}`,
+          INDEX_FILE,
+          names[0],
+        );
       }
       files.set(shard, src);
       return { shard, names, header: await readHeader(src) };
@@ -170,7 +219,11 @@ async function readShardedHeaders(store: FileStore, index: ByteSource): Promise<
     for (const name of names) {
       const t = header.get(name);
       if (!t) {
-        throw new ModelFormatError(`${INDEX_FILE}: tensor "${name}" is mapped to ${shard}, but ${shard} has no such tensor`, shard, name);
+        throw new ModelFormatError(
+          `${INDEX_FILE}: tensor "${name}" is mapped to ${shard}, but ${shard} has no such tensor`,
+          shard,
+          name,
+        );
       }
       tensors.set(name, t);
     }
@@ -183,16 +236,25 @@ async function readHeader(src: ByteSource): Promise<Map<string, TensorInfo>> {
   const file = src.name;
   const size = await src.size();
   if (size < 8) {
-    throw new ModelFormatError(`${file}: file is ${size} bytes, shorter than the 8-byte header length (truncated upload?)`, file);
+    throw new ModelFormatError(
+      `${file}: file is ${size} bytes, shorter than the 8-byte header length (truncated upload?)`,
+      file,
+    );
   }
   const probe = await src.read(0, Math.min(size, HEADER_PROBE_BYTES));
   const headerLen = new DataView(probe.buffer, probe.byteOffset, 8).getBigUint64(0, true);
   if (headerLen > BigInt(MAX_HEADER_BYTES)) {
-    throw new ModelFormatError(`${file}: header length field says ${headerLen} bytes, over the ${MAX_HEADER_BYTES}-byte limit (corrupt or not a safetensors file)`, file);
+    throw new ModelFormatError(
+      `${file}: header length field says ${headerLen} bytes, over the ${MAX_HEADER_BYTES}-byte limit (corrupt or not a safetensors file)`,
+      file,
+    );
   }
   const n = Number(headerLen);
   if (8 + n > size) {
-    throw new ModelFormatError(`${file}: header length ${n} runs past the end of the ${size}-byte file (truncated)`, file);
+    throw new ModelFormatError(
+      `${file}: header length ${n} runs past the end of the ${size}-byte file (truncated)`,
+      file,
+    );
   }
   const headerBytes = 8 + n <= probe.length ? probe.subarray(8, 8 + n) : await src.read(8, n);
   const header = parseJson(headerBytes, file, "header");
@@ -208,31 +270,46 @@ async function readHeader(src: ByteSource): Promise<Map<string, TensorInfo>> {
 }
 
 function tensorInfo(file: string, name: string, entry: unknown, dataStart: number, dataLen: number): TensorInfo {
-  const bad = (field: string | undefined, what: string) => new ModelFormatError(`${file}: tensor "${name}" ${what}`, file, name, field);
+  const bad = (field: string | undefined, what: string) =>
+    new ModelFormatError(`${file}: tensor "${name}" ${what}`, file, name, field);
   if (typeof entry !== "object" || entry === null || Array.isArray(entry)) {
     throw bad(undefined, `header entry must be an object with dtype, shape and data_offsets`);
   }
   const { dtype, shape, data_offsets: offsets } = entry as Record<string, unknown>;
   if (typeof dtype !== "string") throw bad("dtype", `has no dtype string`);
   if (!(dtype in DTYPE_BYTES)) {
-    throw bad("dtype", KNOWN_UNSUPPORTED.has(dtype)
-      ? `has dtype ${dtype}, which is not supported (supported: F32, BF16, F16)`
-      : `has unknown dtype ${JSON.stringify(dtype)} (supported: F32, BF16, F16)`);
+    throw bad(
+      "dtype",
+      KNOWN_UNSUPPORTED.has(dtype)
+        ? `has dtype ${dtype}, which is not supported (supported: F32, BF16, F16)`
+        : `has unknown dtype ${JSON.stringify(dtype)} (supported: F32, BF16, F16)`,
+    );
   }
   if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
     throw bad("shape", `shape must be a list of integers ≥ 0, got ${JSON.stringify(shape)}`);
   }
-  if (!Array.isArray(offsets) || offsets.length !== 2 || !offsets.every((o) => Number.isSafeInteger(o) && o >= 0) || offsets[0] > offsets[1]) {
+  if (
+    !Array.isArray(offsets) ||
+    offsets.length !== 2 ||
+    !offsets.every((o) => Number.isSafeInteger(o) && o >= 0) ||
+    offsets[0] > offsets[1]
+  ) {
     throw bad("data_offsets", `data_offsets must be [begin, end] with 0 ≤ begin ≤ end, got ${JSON.stringify(offsets)}`);
   }
   const [begin, end] = offsets as [number, number];
   const dt = dtype as DType;
   const expected = numel(shape) * DTYPE_BYTES[dt];
   if (end - begin !== expected) {
-    throw bad("data_offsets", `shape ${fmtShape(shape)} × ${dt} needs ${expected} bytes, but data_offsets [${begin}, ${end}] span ${end - begin}`);
+    throw bad(
+      "data_offsets",
+      `shape ${fmtShape(shape)} × ${dt} needs ${expected} bytes, but data_offsets [${begin}, ${end}] span ${end - begin}`,
+    );
   }
   if (end > dataLen) {
-    throw bad("data_offsets", `data_offsets [${begin}, ${end}] extend past the ${dataLen}-byte data section (file truncated?)`);
+    throw bad(
+      "data_offsets",
+      `data_offsets [${begin}, ${end}] extend past the ${dataLen}-byte data section (file truncated?)`,
+    );
   }
   return { name, file, dtype: dt, shape: [...shape], offset: dataStart + begin, byteLength: expected };
 }
@@ -245,7 +322,10 @@ function parseJson(bytes: Uint8Array, file: string, what: string): Record<string
     throw new ModelFormatError(`${file}: ${what} is not valid UTF-8 JSON (${(e as Error).message})`, file);
   }
   if (typeof value !== "object" || value === null || Array.isArray(value)) {
-    throw new ModelFormatError(`${file}: ${what} must be a JSON object, got ${Array.isArray(value) ? "an array" : JSON.stringify(value)}`, file);
+    throw new ModelFormatError(
+      `${file}: ${what} must be a JSON object, got ${Array.isArray(value) ? "an array" : JSON.stringify(value)}`,
+      file,
+    );
   }
   return value as Record<string, unknown>;
 }
@@ -325,7 +405,9 @@ export function memoryFileStore(files: Record<string, Uint8Array>, label = "memo
         size: async () => data.byteLength,
         read: async (offset, length) => {
           if (offset < 0 || length < 0 || offset + length > data.byteLength) {
-            throw new RangeError(`${name}: read of ${length} bytes at ${offset} is outside the ${data.byteLength}-byte file`);
+            throw new RangeError(
+              `${name}: read of ${length} bytes at ${offset} is outside the ${data.byteLength}-byte file`,
+            );
           }
           return data.subarray(offset, offset + length);
         },
@@ -352,7 +434,10 @@ export function r2FileStore(bucket: R2Bucket, prefix: string): FileStore {
           if (!obj) throw new ModelFormatError(`${name}: R2 object "${key}" disappeared while reading`, name);
           const bytes = new Uint8Array(await obj.arrayBuffer());
           if (bytes.byteLength !== length) {
-            throw new ModelFormatError(`${name}: R2 returned ${bytes.byteLength} bytes for a ${length}-byte read at ${offset} (object changed or truncated)`, name);
+            throw new ModelFormatError(
+              `${name}: R2 returned ${bytes.byteLength} bytes for a ${length}-byte read at ${offset} (object changed or truncated)`,
+              name,
+            );
           }
           return bytes;
         },

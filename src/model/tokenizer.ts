@@ -47,7 +47,12 @@ function specialTokenText(config: JsonObject, field: string): string | null {
   if (v === undefined || v === null) return null;
   if (typeof v === "string") return v;
   if (isObject(v) && typeof v.content === "string") return v.content;
-  throw new ModelFormatError(`${CONFIG_FILE}: ${field} must be a string or {"content": string}, got ${JSON.stringify(v)}`, CONFIG_FILE, undefined, field);
+  throw new ModelFormatError(
+    `${CONFIG_FILE}: ${field} must be a string or {"content": string}, got ${JSON.stringify(v)}`,
+    CONFIG_FILE,
+    undefined,
+    field,
+  );
 }
 
 /** `chat_template` is a string or a list of {name, template} (HF's named templates): take "default". */
@@ -56,10 +61,18 @@ function chatTemplateSource(config: JsonObject): string | null {
   if (v === undefined || v === null) return null;
   if (typeof v === "string") return v;
   if (Array.isArray(v)) {
-    const named = v.find((t): t is { name: string; template: string } => isObject(t) && t.name === "default" && typeof t.template === "string");
+    const named = v.find(
+      (t): t is { name: string; template: string } =>
+        isObject(t) && t.name === "default" && typeof t.template === "string",
+    );
     if (named) return named.template;
   }
-  throw new ModelFormatError(`${CONFIG_FILE}: chat_template must be a string or a list with a {"name": "default", "template": string} entry`, CONFIG_FILE, undefined, "chat_template");
+  throw new ModelFormatError(
+    `${CONFIG_FILE}: chat_template must be a string or a list with a {"name": "default", "template": string} entry`,
+    CONFIG_FILE,
+    undefined,
+    "chat_template",
+  );
 }
 
 export class TextTokenizer {
@@ -93,7 +106,12 @@ export class TextTokenizer {
       if (text === undefined) return null;
       const id = tokenizer.token_to_id(text);
       if (id === undefined) {
-        throw new ModelFormatError(`${CONFIG_FILE}: ${field} ${JSON.stringify(text)} is not in ${TOKENIZER_FILE}'s vocabulary`, CONFIG_FILE, undefined, field);
+        throw new ModelFormatError(
+          `${CONFIG_FILE}: ${field} ${JSON.stringify(text)} is not in ${TOKENIZER_FILE}'s vocabulary`,
+          CONFIG_FILE,
+          undefined,
+          field,
+        );
       }
       return id;
     };
@@ -106,7 +124,12 @@ export class TextTokenizer {
     try {
       this.#template = source === null ? null : new Template(source);
     } catch (e) {
-      throw new ModelFormatError(`${CONFIG_FILE}: chat_template does not parse: ${(e as Error).message}`, CONFIG_FILE, undefined, "chat_template");
+      throw new ModelFormatError(
+        `${CONFIG_FILE}: chat_template does not parse: ${(e as Error).message}`,
+        CONFIG_FILE,
+        undefined,
+        "chat_template",
+      );
     }
   }
 
@@ -115,16 +138,25 @@ export class TextTokenizer {
    * Throws ModelFormatError naming the file (and field) that is wrong.
    */
   static fromJson(tokenizerJson: unknown, tokenizerConfig: unknown): TextTokenizer {
-    if (!isObject(tokenizerJson)) throw new ModelFormatError(`${TOKENIZER_FILE}: expected a JSON object`, TOKENIZER_FILE);
+    if (!isObject(tokenizerJson))
+      throw new ModelFormatError(`${TOKENIZER_FILE}: expected a JSON object`, TOKENIZER_FILE);
     if (!isObject(tokenizerJson.model)) {
-      throw new ModelFormatError(`${TOKENIZER_FILE}: missing the "model" object (is this a tokenizers-library file?)`, TOKENIZER_FILE, undefined, "model");
+      throw new ModelFormatError(
+        `${TOKENIZER_FILE}: missing the "model" object (is this a tokenizers-library file?)`,
+        TOKENIZER_FILE,
+        undefined,
+        "model",
+      );
     }
     if (!isObject(tokenizerConfig)) throw new ModelFormatError(`${CONFIG_FILE}: expected a JSON object`, CONFIG_FILE);
     let tokenizer: Tokenizer;
     try {
       tokenizer = new Tokenizer(tokenizerJson, tokenizerConfig);
     } catch (e) {
-      throw new ModelFormatError(`${TOKENIZER_FILE}: cannot build the tokenizer: ${(e as Error).message}`, TOKENIZER_FILE);
+      throw new ModelFormatError(
+        `${TOKENIZER_FILE}: cannot build the tokenizer: ${(e as Error).message}`,
+        TOKENIZER_FILE,
+      );
     }
     return new TextTokenizer(tokenizer, tokenizerConfig);
   }
@@ -162,7 +194,12 @@ export class TextTokenizer {
    */
   applyChatTemplate(messages: ChatMessage[], opts?: { addGenerationPrompt?: boolean }): string {
     if (this.#template === null) {
-      throw new ModelFormatError(`${CONFIG_FILE}: no chat_template; this model cannot serve chat requests (use a completion prompt)`, CONFIG_FILE, undefined, "chat_template");
+      throw new ModelFormatError(
+        `${CONFIG_FILE}: no chat_template; this model cannot serve chat requests (use a completion prompt)`,
+        CONFIG_FILE,
+        undefined,
+        "chat_template",
+      );
     }
     // @huggingface/jinja defines `raise_exception(message)` itself (it throws Error(message)) and
     // refuses a second definition, so we do not pass one. The template parsed at load, so a render

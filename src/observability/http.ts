@@ -22,7 +22,7 @@ type AnyContext = Pick<Context<{ Bindings: Env }>, "env" | "req" | "res" | "var"
 
 /** The request id: hono's requestId middleware value when present, else the X-Request-Id header. */
 export function requestIdOf(c: AnyContext): string | null {
-  const fromVar = (c.var as Record<string, unknown>)["requestId"];
+  const fromVar = (c.var as Record<string, unknown>).requestId;
   if (typeof fromVar === "string") return fromVar;
   return c.res?.headers.get("x-request-id") ?? c.req.header("x-request-id") ?? null;
 }

@@ -66,7 +66,12 @@ function check(name: string, s: string, v: number, kind: string, rule: NumberRul
 }
 
 /** A finite number within `rule`; `fallback` when unset (null fallback = "off"). */
-export function numberVar<F extends number | null>(vars: Vars, name: string, fallback: F, rule: NumberRule = {}): number | F {
+export function numberVar<F extends number | null>(
+  vars: Vars,
+  name: string,
+  fallback: F,
+  rule: NumberRule = {},
+): number | F {
   const s = raw(vars, name);
   if (s === undefined) return fallback;
   return check(name, s, Number(s), "a number", rule);
@@ -86,7 +91,8 @@ export function intVar(vars: Vars, name: string, fallback: number, rule: NumberR
 export function enumVar<T extends string>(vars: Vars, name: string, allowed: readonly T[], fallback: T): T {
   const s = raw(vars, name);
   if (s === undefined) return fallback;
-  if (!(allowed as readonly string[]).includes(s)) throw new ConfigError(name, `one of ${allowed.map((a) => `"${a}"`).join(", ")}`, s);
+  if (!(allowed as readonly string[]).includes(s))
+    throw new ConfigError(name, `one of ${allowed.map((a) => `"${a}"`).join(", ")}`, s);
   return s as T;
 }
 

@@ -27,7 +27,10 @@ export interface OpenedModel {
 export async function openModelFromR2(bucket: R2Bucket, id: string): Promise<OpenedModel> {
   if (!MODEL_ID_PATTERN.test(id)) throw new ModelNotFoundError(`model "${id}" is not a valid model id`);
   const head = await bucket.head(`${modelPrefix(id)}config.json`);
-  if (!head) throw new ModelNotFoundError(`model "${id}" does not exist (no ${modelPrefix(id)}config.json in the MODELS bucket)`);
+  if (!head)
+    throw new ModelNotFoundError(
+      `model "${id}" does not exist (no ${modelPrefix(id)}config.json in the MODELS bucket)`,
+    );
   const { spec, ckpt } = await openModel(r2FileStore(bucket, modelPrefix(id)));
   return { id, spec, ckpt };
 }

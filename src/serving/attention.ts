@@ -51,10 +51,17 @@ export function kvLayout(a: AttentionSpec): KvLayout {
 
 /** Rotary tables for positions start..start+n-1: cos/sin [n, rotDim/2], f32 as HF and DeepSeek compute
  * them (inv_freq = θ^(−2i/rotDim) in f32, angle = position · inv_freq in f32). */
-export function ropeTables(cos: Float32Array, sin: Float32Array, theta: number, rotDim: number, start: number, n: number): void {
+export function ropeTables(
+  cos: Float32Array,
+  sin: Float32Array,
+  theta: number,
+  rotDim: number,
+  start: number,
+  n: number,
+): void {
   const half = rotDim / 2;
   for (let i = 0; i < half; i++) {
-    const invFreq = Math.fround(1 / Math.fround(Math.pow(theta, (2 * i) / rotDim)));
+    const invFreq = Math.fround(1 / Math.fround(theta ** ((2 * i) / rotDim)));
     for (let t = 0; t < n; t++) {
       const angle = Math.fround((start + t) * invFreq);
       cos[t * half + i] = Math.cos(angle);
@@ -115,7 +122,11 @@ function gqaStep(c: AttentionCall, a: GqaAttentionSpec, w: Ptrs<GqaWeights>): vo
   addBias(k, kAt, w.bk, n, kvDim);
   addBias(k, vAt, w.bv, n, kvDim);
   // q/k norm: rows of headDim (per head) or of the whole projection (full).
-  const norm = { none: null, "per-head": { qRows: n * nHeads, qD: headDim, kRows: n * nKvHeads, kD: headDim }, full: { qRows: n, qD: qDim, kRows: n, kD: kvDim } }[a.qkNorm];
+  const norm = {
+    none: null,
+    "per-head": { qRows: n * nHeads, qD: headDim, kRows: n * nKvHeads, kD: headDim },
+    full: { qRows: n, qD: qDim, kRows: n, kD: kvDim },
+  }[a.qkNorm];
   if (norm && w.qNorm !== null && w.kNorm !== null) {
     k.rmsnorm(q, q, w.qNorm, norm.qRows, norm.qD, rmsEps);
     k.rmsnorm(kAt, kAt, w.kNorm, norm.kRows, norm.kD, rmsEps);

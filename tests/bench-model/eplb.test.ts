@@ -105,9 +105,7 @@ describe("EPLB: the planner contract", () => {
       let placement = roundRobinPlacement(1, nExperts, { model: "t", instances });
       for (let w = 0; w < 3; w++) {
         const loads = [
-          Array.from({ length: nExperts }, (_, e) =>
-            Math.round(1000 / Math.pow(1 + ((e * 7 + w * 3) % nExperts), 1.1)),
-          ),
+          Array.from({ length: nExperts }, (_, e) => Math.round(1000 / (1 + ((e * 7 + w * 3) % nExperts)) ** 1.1)),
         ];
         placement = eplbPlacement(loads, slots, { model: "t", instances, version: placement.version + 1 });
         expect(checkPlacementInvariants(placement, undefined, 1), `eplb seed ${seed}`).toEqual([]);

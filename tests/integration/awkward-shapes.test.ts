@@ -52,9 +52,17 @@ function writeFixture(cfg: Config, tensors: Tensors, shards: number, prompt: num
       weightMap[n] = file;
       total += tensors.get(n)!.data.byteLength;
     }
-    writeFileSync(join(dir, file), writeSafetensors(part.map((n) => ({ name: n, dtype: "F32", shape: tensors.get(n)!.shape, data: tensors.get(n)!.data }))));
+    writeFileSync(
+      join(dir, file),
+      writeSafetensors(
+        part.map((n) => ({ name: n, dtype: "F32", shape: tensors.get(n)!.shape, data: tensors.get(n)!.data })),
+      ),
+    );
   }
-  writeFileSync(join(dir, "model.safetensors.index.json"), JSON.stringify({ metadata: { total_size: total }, weight_map: weightMap }));
+  writeFileSync(
+    join(dir, "model.safetensors.index.json"),
+    JSON.stringify({ metadata: { total_size: total }, weight_map: weightMap }),
+  );
   writeFileSync(join(dir, "config.json"), JSON.stringify(cfg));
 
   const ref = referenceForward(cfg, tensors, prompt);
@@ -75,7 +83,13 @@ function writeFixture(cfg: Config, tensors: Tensors, shards: number, prompt: num
       prompt_ids: prompt,
       logits: ref.logits,
       greedy_ids: greedy,
-      moe_layer: { layer, input: ref.moeIn[layer], expert_ids: ref.routing[layer], expert_weights: ref.weights[layer], output: ref.moeOut[layer] },
+      moe_layer: {
+        layer,
+        input: ref.moeIn[layer],
+        expert_ids: ref.routing[layer],
+        expert_weights: ref.weights[layer],
+        output: ref.moeOut[layer],
+      },
       extra: { routing_all_layers: Object.fromEntries(spec.moeLayers.map((l) => [l, ref.routing[l]])) },
     }),
   );

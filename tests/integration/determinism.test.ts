@@ -49,6 +49,7 @@ beforeAll(async () => {
       MAX_COPIES_PER_REPLAN: "4",
       REPLAN_THRESHOLD: "0.1",
       DEFAULT_MODEL: "tiny",
+      ADMIN_FAULTS_ENABLED: "true",
     }),
     startWithModels(model, { EXPERT_BACKEND: "worker", WORKER_EXPERT_BUDGET_MB: "64", DEFAULT_MODEL: "tiny" }),
   ]);

@@ -7,19 +7,22 @@ import { join } from "node:path";
 import { verifyFixture, LOGITS_ATOL, MOE_ATOL } from "../../scripts/lib/verify-lib";
 import { FIXTURES } from "./helpers";
 
-describe.each(["mixtral-tiny", "mixtral-tiny-bf16", "deepseek-v3-tiny"])("golden fixture %s through workerd", (name) => {
-  it("matches the reference logits, greedy tokens, routing and MoE output, with experts on 2 hosts", async () => {
-    const r = await verifyFixture(join(FIXTURES, name), { hosts: 2 });
-    expect(r.hosts).toBe(2);
-    expect(r.rpcsPerLayer.every((n) => n >= 1 && n <= 2)).toBe(true);
-    expect(r.maxLogitDiff).toBeLessThanOrEqual(LOGITS_ATOL);
-    expect(r.maxGreedyLogitDiff).toBeLessThanOrEqual(LOGITS_ATOL);
-    expect(r.greedyMatch).toBe(true);
-    expect(r.apiGreedyMatch).toBe(true);
-    for (const layer of r.routingAgreement) expect(layer.agree).toBe(layer.total);
-    expect(r.moeIdsMatch).toBe(true);
-    expect(r.moeOutputDiff).toBeLessThanOrEqual(MOE_ATOL);
-    expect(r.moeWeightDiff).toBeLessThanOrEqual(MOE_ATOL);
-    expect(r.pass).toBe(true);
-  });
-});
+describe.each(["mixtral-tiny", "mixtral-tiny-bf16", "deepseek-v3-tiny"])(
+  "golden fixture %s through workerd",
+  (name) => {
+    it("matches the reference logits, greedy tokens, routing and MoE output, with experts on 2 hosts", async () => {
+      const r = await verifyFixture(join(FIXTURES, name), { hosts: 2 });
+      expect(r.hosts).toBe(2);
+      expect(r.rpcsPerLayer.every((n) => n >= 1 && n <= 2)).toBe(true);
+      expect(r.maxLogitDiff).toBeLessThanOrEqual(LOGITS_ATOL);
+      expect(r.maxGreedyLogitDiff).toBeLessThanOrEqual(LOGITS_ATOL);
+      expect(r.greedyMatch).toBe(true);
+      expect(r.apiGreedyMatch).toBe(true);
+      for (const layer of r.routingAgreement) expect(layer.agree).toBe(layer.total);
+      expect(r.moeIdsMatch).toBe(true);
+      expect(r.moeOutputDiff).toBeLessThanOrEqual(MOE_ATOL);
+      expect(r.moeWeightDiff).toBeLessThanOrEqual(MOE_ATOL);
+      expect(r.pass).toBe(true);
+    });
+  },
+);

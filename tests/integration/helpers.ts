@@ -16,15 +16,29 @@ export function makeSmallChatModel(): string {
   return dir;
 }
 
-export async function startWithModels(models: Record<string, string>, vars: Record<string, string> = {}): Promise<LocalWorker> {
+export async function startWithModels(
+  models: Record<string, string>,
+  vars: Record<string, string> = {},
+): Promise<LocalWorker> {
   const w = await startLocalWorker({ vars });
   const bucket = await w.bucket();
-  for (const [id, dir] of Object.entries(models)) await seedModelDir(bucket, dir, id, { skip: (f) => f === "golden.json" });
+  for (const [id, dir] of Object.entries(models))
+    await seedModelDir(bucket, dir, id, { skip: (f) => f === "golden.json" });
   return w;
 }
 
-export async function postJson(w: LocalWorker, path: string, body: unknown, headers: Record<string, string> = {}): Promise<{ status: number; json: any }> {
-  const res = await w.fetch(path, { method: "POST", headers: { "content-type": "application/json", ...headers }, body: typeof body === "string" ? body : JSON.stringify(body) });
+export async function postJson(
+  w: LocalWorker,
+  path: string,
+  body: unknown,
+  headers: Record<string, string> = {},
+  // biome-ignore lint/suspicious/noExplicitAny: tests read whatever JSON a route answers, field by field.
+): Promise<{ status: number; json: any }> {
+  const res = await w.fetch(path, {
+    method: "POST",
+    headers: { "content-type": "application/json", ...headers },
+    body: typeof body === "string" ? body : JSON.stringify(body),
+  });
   const text = await res.text();
   let json: unknown;
   try {
@@ -39,6 +53,12 @@ export async function postJson(w: LocalWorker, path: string, body: unknown, head
 export function sseData(text: string): string[] {
   return text
     .split(/\r?\n\r?\n/)
-    .map((block) => block.split(/\r?\n/).filter((l) => l.startsWith("data:")).map((l) => l.slice(5).trimStart()).join("\n"))
+    .map((block) =>
+      block
+        .split(/\r?\n/)
+        .filter((l) => l.startsWith("data:"))
+        .map((l) => l.slice(5).trimStart())
+        .join("\n"),
+    )
     .filter((d) => d.length > 0);
 }

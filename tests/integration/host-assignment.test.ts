@@ -32,11 +32,14 @@ const host = async (name: string) => ((await w.worker.getEnv()) as unknown as En
 const greedy = () => postJson(w, "/v1/completions", { prompt: PROMPT, max_tokens: 8, temperature: 0 });
 
 beforeAll(async () => {
-  w = await startWithModels({ tiny: join(FIXTURES, "mixtral-tiny") }, {
-    MIN_EXPERT_HOSTS: "2",
-    DEFAULT_MODEL: "tiny",
-    EXPERT_RPC_TIMEOUT_MS: String(DEADLINE_MS),
-  });
+  w = await startWithModels(
+    { tiny: join(FIXTURES, "mixtral-tiny") },
+    {
+      MIN_EXPERT_HOSTS: "2",
+      DEFAULT_MODEL: "tiny",
+      EXPERT_RPC_TIMEOUT_MS: String(DEADLINE_MS),
+    },
+  );
 });
 afterAll(() => w?.dispose());
 

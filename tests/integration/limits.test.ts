@@ -26,7 +26,10 @@ describe("ExpertHost budget drives the placement", () => {
   beforeAll(async () => {
     // Room for exactly 3 experts per host: 16 experts need 6 instances.
     const mib = (3.5 * EXPERT_BYTES) / (1024 * 1024);
-    w = await startWithModels({ tiny: join(FIXTURES, "mixtral-tiny") }, { EXPERT_HOST_BUDGET_MB: String(mib), MIN_EXPERT_HOSTS: "1", SPARE_SLOT_FRACTION: "0" });
+    w = await startWithModels(
+      { tiny: join(FIXTURES, "mixtral-tiny") },
+      { EXPERT_HOST_BUDGET_MB: String(mib), MIN_EXPERT_HOSTS: "1", SPARE_SLOT_FRACTION: "0" },
+    );
   });
   afterAll(() => w?.dispose());
 
@@ -34,7 +37,12 @@ describe("ExpertHost budget drives the placement", () => {
     const p = (await (await w.fetch("/v1/placement?model=tiny")).json()) as { instances: { experts: string[] }[] };
     expect(p.instances).toHaveLength(6);
     expect(Math.max(...p.instances.map((i) => i.experts.length))).toBe(3);
-    const r = await postJson(w, "/v1/completions", { model: "tiny", prompt: [29, 192, 173, 88, 189, 139, 156, 188, 151, 153], max_tokens: 3, temperature: 0 });
+    const r = await postJson(w, "/v1/completions", {
+      model: "tiny",
+      prompt: [29, 192, 173, 88, 189, 139, 156, 188, 151, 153],
+      max_tokens: 3,
+      temperature: 0,
+    });
     expect(r.json.choices[0].token_ids).toEqual([209, 91, 45]); // golden greedy_ids of the fixture
   });
 });
@@ -84,20 +92,33 @@ describe("Worker budget", () => {
 describe('EXPERT_BACKEND = "worker" (every expert in the Worker isolate)', () => {
   let w: LocalWorker;
   beforeAll(async () => {
-    w = await startWithModels({ tiny: join(FIXTURES, "mixtral-tiny") }, { EXPERT_BACKEND: "worker", WORKER_EXPERT_BUDGET_MB: "4" });
+    w = await startWithModels(
+      { tiny: join(FIXTURES, "mixtral-tiny") },
+      { EXPERT_BACKEND: "worker", WORKER_EXPERT_BUDGET_MB: "4" },
+    );
   });
   afterAll(() => w?.dispose());
 
   it("serves the golden greedy tokens without any ExpertHost", async () => {
-    const r = await postJson(w, "/v1/completions", { model: "tiny", prompt: [29, 192, 173, 88, 189, 139, 156, 188, 151, 153], max_tokens: 8, temperature: 0 });
+    const r = await postJson(w, "/v1/completions", {
+      model: "tiny",
+      prompt: [29, 192, 173, 88, 189, 139, 156, 188, 151, 153],
+      max_tokens: 8,
+      temperature: 0,
+    });
     expect(r.json.choices[0].token_ids).toEqual([209, 91, 45, 118, 199, 228, 217, 157]);
-    const p = (await (await w.fetch("/v1/placement?model=tiny")).json()) as { instances: { name: string; experts: string[] }[] };
+    const p = (await (await w.fetch("/v1/placement?model=tiny")).json()) as {
+      instances: { name: string; experts: string[] }[];
+    };
     expect(p.instances).toHaveLength(1);
     expect(p.instances[0].experts).toHaveLength(16);
   });
 
   it("refuses when the experts exceed WORKER_EXPERT_BUDGET_MB", async () => {
-    const small = await startWithModels({ tiny: join(FIXTURES, "mixtral-tiny") }, { EXPERT_BACKEND: "worker", WORKER_EXPERT_BUDGET_MB: "0.5" });
+    const small = await startWithModels(
+      { tiny: join(FIXTURES, "mixtral-tiny") },
+      { EXPERT_BACKEND: "worker", WORKER_EXPERT_BUDGET_MB: "0.5" },
+    );
     try {
       const r = await postJson(small, "/v1/completions", { model: "tiny", prompt: [1, 2], max_tokens: 2 });
       expect(r.status).toBe(503);

@@ -54,7 +54,13 @@ function skewedLoad() {
       if (r.status !== 200) throw new Error(`request failed during replication: ${JSON.stringify(r.json)}`);
     }
   })();
-  return { statuses, stop: async () => ((stopped = true), await done) };
+  return {
+    statuses,
+    stop: async () => {
+      stopped = true;
+      await done;
+    },
+  };
 }
 async function waitFor<T>(
   what: string,

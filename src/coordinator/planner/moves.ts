@@ -121,7 +121,8 @@ export function bestMove(st: State, l: number, n: number, canGrow: boolean): Mov
     const on = onBusy.get(e) ?? 0;
     const need = st.bytes(l, e);
     let tried = 0;
-    for (let q = 0; q < byLoad.length || (q < n && (fullOrder(), true)); q++) {
+    for (let q = 0; q < byLoad.length || q < n; q++) {
+      if (q >= byLoad.length) fullOrder(); // the order past the first few is sorted only when needed
       const j = byLoad[q];
       if (tried >= 3 || ls.instLoad[j] >= h - BUSY_BAND * mean) break;
       if (ls.inst[e].includes(j)) continue;

@@ -3,7 +3,7 @@
  * expected Σ load² of every layer, solved by Gauss–Seidel sweeps one expert at a time.
  */
 import type { Replica } from "../placement";
-import { EPS, type LayerState, type State } from "./state";
+import type { LayerState, State } from "./state";
 
 /**
  * Share sweeps stop once no instance load moves by more than this fraction of the layer mean:

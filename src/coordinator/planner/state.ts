@@ -155,7 +155,7 @@ export function buildState(input: PlannerInput): State {
       rho[e] = L > 0 ? Math.min(1e3, v / (L * L)) + spread : 0;
       original[e] = reps.length;
       let sum = 0;
-      for (const r of reps) sum += r.share > 0 ? r.share : 0;
+      for (const r of reps) sum += Math.max(r.share, 0);
       const sh = reps.map((r) => (sum > EPS ? Math.max(0, r.share) / sum : 1 / reps.length));
       const is = reps.map((r) => r.instance);
       inst.push(is);

@@ -17,7 +17,7 @@ const symmetric = { alpha: 0.5, riseAlpha: 0.5, trendAlpha: 0 };
 describe("load windows", () => {
   it("halves an old window's weight every half-life", () => {
     const a = alphaFromHalfLife(3);
-    expect(Math.pow(1 - a, 3)).toBeCloseTo(0.5, 12);
+    expect((1 - a) ** 3).toBeCloseTo(0.5, 12);
     expect(() => alphaFromHalfLife(0)).toThrow(/halfLifeWindows must be a positive number/);
   });
 

@@ -90,7 +90,7 @@ function randomCase(seed: number): Case {
   };
   const s = 0.3 + rng() * 1.2;
   const loads = bytes.map((row) =>
-    row.map(() => (rng() < 0.1 ? 0 : Math.round(10000 * Math.pow(1 + randInt(rng, 0, nExperts), -s) * (0.5 + rng())))),
+    row.map(() => (rng() < 0.1 ? 0 : Math.round(10000 * (1 + randInt(rng, 0, nExperts)) ** -s * (0.5 + rng())))),
   );
   const maxInstances = rng() < 0.3 ? nInstances + randInt(rng, 1, 3) : nInstances;
   const input: PlannerInput = {
@@ -320,9 +320,7 @@ for (const [name, planner] of Object.entries(PLANNERS)) {
         let placement = roundRobinPlacement(1, nExperts, { model: "t", instances });
         for (let w = 0; w < 3; w++) {
           const loads = [
-            Array.from({ length: nExperts }, (_, e) =>
-              Math.round(1000 / Math.pow(1 + ((e * 7 + w * 3) % nExperts), 1.1)),
-            ),
+            Array.from({ length: nExperts }, (_, e) => Math.round(1000 / (1 + ((e * 7 + w * 3) % nExperts)) ** 1.1)),
           ];
           placement = planner(placement, loads, slots);
           expect(checkPlacementInvariants(placement, undefined, 1), `${name} seed ${seed}`).toEqual([]);

@@ -30,7 +30,7 @@ const p: Placement = {
 function fakeHosts(held: Record<string, ExpertRef[]>) {
   const told: Record<string, ExpertRef[]> = {};
   const host = (name: string): ReconcileTarget => ({
-    async reconcile(model, assigned) {
+    async reconcile(_model, assigned) {
       if (name === "m/h3") throw new Error("unreachable");
       told[name] = assigned;
       const keep = new Set(assigned.map((e) => `${e.layer}:${e.expert}`));

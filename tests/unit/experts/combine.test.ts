@@ -25,7 +25,14 @@ describe("combineSlots", () => {
     // Scatter the rows over two "instances" in an arbitrary order.
     const a = new Float32Array(4 * dModel);
     const b = new Float32Array(2 * dModel);
-    const where: [Float32Array, number][] = [[b, 1], [a, 3], [a, 0], [b, 0], [a, 2], [a, 1]];
+    const where: [Float32Array, number][] = [
+      [b, 1],
+      [a, 3],
+      [a, 0],
+      [b, 0],
+      [a, 2],
+      [a, 1],
+    ];
     const slots = slotOutputs(2, 3);
     where.forEach(([buf, row], i) => {
       buf.set(rows[i], row * dModel);

@@ -36,7 +36,10 @@ describe("dispatchLeastLoaded", () => {
       const expected = Float64Array.from(before);
       out.forEach((row, e) => {
         expect(row).toHaveLength(c.replicas[e].length);
-        expect(row.reduce((a, b) => a + b, 0), `seed ${seed} expert ${e}`).toBe(c.tokens[e]);
+        expect(
+          row.reduce((a, b) => a + b, 0),
+          `seed ${seed} expert ${e}`,
+        ).toBe(c.tokens[e]);
         for (const x of row) expect(Number.isInteger(x) && x >= 0).toBe(true);
         if (c.replicas[e].length === 1) expect(row[0]).toBe(c.tokens[e]);
         row.forEach((x, r) => (expected[c.replicas[e][r].instance] += x));
@@ -55,7 +58,9 @@ describe("dispatchLeastLoaded", () => {
           if (row[a] === 0) continue;
           for (let b = 0; b < reps.length; b++) {
             // Moving one row a → b helps only if load[b] + 1 < load[a].
-            expect(c.load[reps[b].instance] + 1, `seed ${seed} expert ${e}`).toBeGreaterThanOrEqual(c.load[reps[a].instance] - 1e-9);
+            expect(c.load[reps[b].instance] + 1, `seed ${seed} expert ${e}`).toBeGreaterThanOrEqual(
+              c.load[reps[a].instance] - 1e-9,
+            );
           }
         }
       });
@@ -78,7 +83,12 @@ describe("dispatchLeastLoaded", () => {
   });
 
   it("an idle caller follows the shares: one token at a time, equal loads, ties by share", () => {
-    const replicas: Replica[][] = [[{ instance: 0, share: 0.75 }, { instance: 1, share: 0.25 }]];
+    const replicas: Replica[][] = [
+      [
+        { instance: 0, share: 0.75 },
+        { instance: 1, share: 0.25 },
+      ],
+    ];
     const rng = makeRng(5);
     const hits = [0, 0];
     for (let k = 0; k < 4000; k++) {
@@ -92,7 +102,13 @@ describe("dispatchLeastLoaded", () => {
 
   it("water-fills a hot expert around a rigid one", () => {
     // Expert 0 (rigid, 50 rows) on instance 0; expert 1 (100 rows) on instances 0 and 1.
-    const replicas: Replica[][] = [[{ instance: 0, share: 1 }], [{ instance: 0, share: 0.5 }, { instance: 1, share: 0.5 }]];
+    const replicas: Replica[][] = [
+      [{ instance: 0, share: 1 }],
+      [
+        { instance: 0, share: 0.5 },
+        { instance: 1, share: 0.5 },
+      ],
+    ];
     const load = new Float64Array(2);
     const out = dispatchLeastLoaded([50, 100], replicas, load, { random: makeRng(1) });
     expect(out).toEqual([[50], [25, 75]]);
@@ -100,7 +116,13 @@ describe("dispatchLeastLoaded", () => {
   });
 
   it("reuses `out` and overwrites every row", () => {
-    const replicas: Replica[][] = [[{ instance: 0, share: 1 }], [{ instance: 0, share: 0.5 }, { instance: 1, share: 0.5 }]];
+    const replicas: Replica[][] = [
+      [{ instance: 0, share: 1 }],
+      [
+        { instance: 0, share: 0.5 },
+        { instance: 1, share: 0.5 },
+      ],
+    ];
     const out = [[9], [9, 9]];
     const got = dispatchLeastLoaded([0, 4], replicas, new Float64Array(2), { out, random: makeRng(1) });
     expect(got).toBe(out);

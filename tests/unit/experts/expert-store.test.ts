@@ -83,16 +83,31 @@ describe("ExpertStore", () => {
     const { dModel, dFf } = m.spec;
     const store = new ExpertStore(m, 64 << 20, "test", newKernels);
     expect(store.dtype).toBe("f32");
-    const items = [{ expert: 0, nTokens: 2 }, { expert: 3, nTokens: 1 }, { expert: 5, nTokens: 70 }];
+    const items = [
+      { expert: 0, nTokens: 2 },
+      { expert: 3, nTokens: 1 },
+      { expert: 5, nTokens: 70 },
+    ];
     const x = tokens(73, dModel, 1);
     const y = await store.run(0, items, x);
     let row = 0;
     for (const it of items) {
       const w = await loadExpertWeights(m.ckpt, m.spec, 0, it.expert);
       const want = new Float32Array(it.nTokens * dModel);
-      expertFfnRef(want, x.subarray(row * dModel, (row + it.nTokens) * dModel), w.w1, w.w3, w.w2, it.nTokens, dModel, dFf, new Float32Array(2 * it.nTokens * dFf));
+      expertFfnRef(
+        want,
+        x.subarray(row * dModel, (row + it.nTokens) * dModel),
+        w.w1,
+        w.w3,
+        w.w2,
+        it.nTokens,
+        dModel,
+        dFf,
+        new Float32Array(2 * it.nTokens * dFf),
+      );
       const got = y.subarray(row * dModel, (row + it.nTokens) * dModel);
-      for (let i = 0; i < want.length; i++) expect(Math.abs(got[i] - want[i])).toBeLessThan(1e-5 * (1 + Math.abs(want[i])));
+      for (let i = 0; i < want.length; i++)
+        expect(Math.abs(got[i] - want[i])).toBeLessThan(1e-5 * (1 + Math.abs(want[i])));
       row += it.nTokens;
     }
     expect(store.bytesLoaded).toBe(3 * expertPackedBytes("f32", dModel, dFf));
@@ -148,8 +163,14 @@ describe("ExpertStore", () => {
     expect(err).toBeInstanceOf(StoreFailure);
     expect((err as StoreFailure).message).toMatch(/f32 store: loading expert 0:1/);
     const inUse = q8.wasmBytesInUse;
-    q8.unload([{ layer: 0, expert: 1 }, { layer: 0, expert: 3 }]);
-    expect(q8.loaded()).toEqual([{ layer: 0, expert: 0 }, { layer: 0, expert: 2 }]);
+    q8.unload([
+      { layer: 0, expert: 1 },
+      { layer: 0, expert: 3 },
+    ]);
+    expect(q8.loaded()).toEqual([
+      { layer: 0, expert: 0 },
+      { layer: 0, expert: 2 },
+    ]);
     expect(q8.wasmBytesInUse).toBe(inUse - 2 * q8.expertBytes);
     await q8.ensure(0, 4); // room again
   });
@@ -168,7 +189,9 @@ describe("ExpertStore", () => {
     const quantAtLoad = new ExpertStore(m, 64 << 20, "test", newKernels, { quant: "int8" });
     expect(stored.dtype).toBe("q8");
     const x = tokens(3, m.spec.dModel, 3);
-    expect(await stored.run(1, [{ expert: 6, nTokens: 3 }], x)).toEqual(await quantAtLoad.run(1, [{ expert: 6, nTokens: 3 }], x));
+    expect(await stored.run(1, [{ expert: 6, nTokens: 3 }], x)).toEqual(
+      await quantAtLoad.run(1, [{ expert: 6, nTokens: 3 }], x),
+    );
   });
 
   it("names the tensors next to the original: <base>.qweight and <base>.scales", () => {

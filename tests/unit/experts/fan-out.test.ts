@@ -192,7 +192,10 @@ describe("fan-out: retries and deadlines", () => {
   const h = activations(6, 2);
 
   it("never retries bad_request (500) or budget_exceeded (503 with Retry-After)", async () => {
-    for (const [code, status] of [["bad_request", 500], ["budget_exceeded", 503]] as const) {
+    for (const [code, status] of [
+      ["bad_request", 500],
+      ["budget_exceeded", 503],
+    ] as const) {
       const sim = simulate(2, (i) => (i === 0 ? { ok: false, code, message: "no" } : null));
       const opts = { retry: FAST, load: freshLoad([0, 99]) };
       const err = await fanOut(sim.transport, placement(replicated(2, 2), 2), 0, r, h, D, opts).catch((e) => e);
@@ -207,7 +210,7 @@ describe("fan-out: retries and deadlines", () => {
     const transient = Object.assign(new Error("Durable Object reset because its code was updated."), {
       retryable: true,
     });
-    const sim = simulate(3, (i, nth) => (nth === 1 ? transient : null));
+    const sim = simulate(3, (_i, nth) => (nth === 1 ? transient : null));
     const { out } = await fanOut(sim.transport, placement(roundRobin(1), 1), 0, r, h, D, { retry: FAST });
     expect(bits(out)).toEqual(bits(reference(r, h)));
     expect(sim.calls).toHaveLength(2);
@@ -248,14 +251,21 @@ describe("fan-out: retries and deadlines", () => {
 
   it("refreshes the placement after not_assigned and serves from the new one", async () => {
     const before = placement(roundRobin(2), 2, 1);
-    const after = placement(roundRobin(2).map(([i]) => [1 - i]), 2, 2);
+    const after = placement(
+      roundRobin(2).map(([i]) => [1 - i]),
+      2,
+      2,
+    );
     const sim = simulate(7, (instance) => {
       // Instance 0 no longer holds the experts the old table sends it.
       const moved = instance === 0 && sim.calls.at(-1)!.experts.some((e) => e % 2 === 0);
       return moved ? { ok: false, code: "not_assigned", message: "moved" } : null;
     });
     let refreshed = 0;
-    sim.transport.refresh = async () => (refreshed++, after);
+    sim.transport.refresh = async () => {
+      refreshed++;
+      return after;
+    };
     const { out } = await fanOut(sim.transport, before, 0, r, h, D, { retry: FAST });
     expect(refreshed).toBe(1);
     expect(bits(out)).toEqual(bits(reference(r, h)));

@@ -23,11 +23,13 @@ const init: PlacementInit = { model: "m", nLayers: 2, nExperts: 4, expertBytes: 
 /** A Coordinator stand-in: `down` makes every call fail as an unreachable Durable Object would. */
 function fakeEnv() {
   const state = { placement: { ...initialPlacement(init), version: 1 } as Placement, down: false, calls: 0 };
-  const ask = <T>(f: () => T) => async (): Promise<T> => {
-    state.calls++;
-    if (state.down) throw Object.assign(new Error("Network connection lost."), { retryable: true });
-    return f();
-  };
+  const ask =
+    <T>(f: () => T) =>
+    async (): Promise<T> => {
+      state.calls++;
+      if (state.down) throw Object.assign(new Error("Network connection lost."), { retryable: true });
+      return f();
+    };
   const stub = {
     placementVersion: ask(() => state.placement.version),
     ensurePlacement: ask(() => state.placement),

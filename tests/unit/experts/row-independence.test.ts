@@ -36,7 +36,10 @@ describe.each(["scalar", "simd", "relaxed", "best"] as const)("ExpertStore rows 
     const n = TOKEN_CHUNK + 7; // crosses a chunk boundary
     const x = tokens(n, dModel, 3);
     // One call: expert 2 takes every token, expert 5 takes them again after it.
-    const items = [{ expert: 2, nTokens: n }, { expert: 5, nTokens: n }];
+    const items = [
+      { expert: 2, nTokens: n },
+      { expert: 5, nTokens: n },
+    ];
     const batched = await store.run(0, items, Float32Array.from([...x, ...x]));
     for (const t of [0, 1, 5, TOKEN_CHUNK - 1, TOKEN_CHUNK, n - 1]) {
       const row = x.subarray(t * dModel, (t + 1) * dModel);

@@ -4,19 +4,38 @@
  * the deployer knobs (temperature, capacity with next-choice rerouting and drops, noise).
  */
 import { describe, expect, it } from "vitest";
-import { flattenRouting, route, ROUTING_OFF, type GroupLimitedTopKRouter, type Routing } from "../../../src/gating/router";
+import {
+  flattenRouting,
+  route,
+  ROUTING_OFF,
+  type GroupLimitedTopKRouter,
+  type Routing,
+} from "../../../src/gating/router";
 import { parseRoutingOptions } from "../../../src/gating/options";
 import { capacityPerExpert } from "../../../src/gating/capacity";
 
 /** Logits whose sigmoid is p. */
 const logit = (p: number) => Math.log(p / (1 - p));
-const rows = (r: Routing) => Array.from({ length: r.n }, (_, t) => ({ ids: Array.from(r.ids.subarray(t * r.topK, (t + 1) * r.topK)), w: Array.from(r.weights.subarray(t * r.topK, (t + 1) * r.topK)) }));
+const rows = (r: Routing) =>
+  Array.from({ length: r.n }, (_, t) => ({
+    ids: Array.from(r.ids.subarray(t * r.topK, (t + 1) * r.topK)),
+    w: Array.from(r.weights.subarray(t * r.topK, (t + 1) * r.topK)),
+  }));
 const closeAll = (a: number[], b: number[], digits = 6) => {
   expect(a.length).toBe(b.length);
   a.forEach((v, i) => expect(v).toBeCloseTo(b[i], digits));
 };
 
-const V3: GroupLimitedTopKRouter = { kind: "group-limited-topk", scoring: "sigmoid", selectionBias: true, nGroup: 4, topkGroup: 2, groupScore: "top2-sum", renormalize: true, routedScale: 2.5 };
+const V3: GroupLimitedTopKRouter = {
+  kind: "group-limited-topk",
+  scoring: "sigmoid",
+  selectionBias: true,
+  nGroup: 4,
+  topkGroup: 2,
+  groupScore: "top2-sum",
+  renormalize: true,
+  routedScale: 2.5,
+};
 // Sigmoid scores by expert; groups of 2: g0 = {0, 1}, g1 = {2, 3}, g2 = {4, 5}, g3 = {6, 7}.
 const P = [0.9, 0.1, 0.6, 0.55, 0.7, 0.65, 0.2, 0.3];
 const V3_LOGITS = Float32Array.from(P.map(logit));
@@ -36,7 +55,10 @@ describe("softmax-topk", () => {
   });
   it("ties go to the lower index, per token", () => {
     const r = rows(route({ kind: "softmax-topk", renormalize: true }, Float32Array.from([0, 0, 0, 5, 5, 0]), 2, 3, 2));
-    expect(r.map((x) => x.ids)).toEqual([[0, 1], [0, 1]]);
+    expect(r.map((x) => x.ids)).toEqual([
+      [0, 1],
+      [0, 1],
+    ]);
     closeAll(r[0].w, [0.5, 0.5]);
   });
 });
@@ -59,13 +81,17 @@ describe("group-limited-topk (DeepSeek-V3)", () => {
   });
 
   it("without renormalisation the weights are the scores × routed scale", () => {
-    const r = rows(route({ ...V3, renormalize: false, routedScale: 2 }, V3_LOGITS, 1, 8, 2, { bias: new Float32Array(8) }))[0];
+    const r = rows(
+      route({ ...V3, renormalize: false, routedScale: 2 }, V3_LOGITS, 1, 8, 2, { bias: new Float32Array(8) }),
+    )[0];
     expect(r.ids).toEqual([4, 5]);
     closeAll(r.w, [1.4, 1.3]);
   });
 
   it("one group is plain sigmoid top-k", () => {
-    const r = rows(route({ ...V3, nGroup: 1, topkGroup: 1, routedScale: 1 }, V3_LOGITS, 1, 8, 3, { bias: new Float32Array(8) }))[0];
+    const r = rows(
+      route({ ...V3, nGroup: 1, topkGroup: 1, routedScale: 1 }, V3_LOGITS, 1, 8, 3, { bias: new Float32Array(8) }),
+    )[0];
     expect(r.ids).toEqual([0, 4, 5]);
     closeAll(r.w, [0.9 / 2.25, 0.7 / 2.25, 0.65 / 2.25]);
   });
@@ -97,12 +123,25 @@ describe("group-limited-topk (DeepSeek-V2: softmax, groups by max)", () => {
   it("scores groups by their best expert", () => {
     // softmax of these logits keeps their order; groups of 2 by max: g0 = e0 (3), g1 = e3 (2.9), g2 = e4 (1), g3 = e7 (2.95).
     const logits = Float32Array.from([3, 2.99, 0, 2.9, 1, 0, 0, 2.95]);
-    const spec = { kind: "group-limited-topk", scoring: "softmax", selectionBias: false, nGroup: 4, topkGroup: 2, groupScore: "max", renormalize: false, routedScale: 16 } as const;
+    const spec = {
+      kind: "group-limited-topk",
+      scoring: "softmax",
+      selectionBias: false,
+      nGroup: 4,
+      topkGroup: 2,
+      groupScore: "max",
+      renormalize: false,
+      routedScale: 16,
+    } as const;
     const r = rows(route(spec, logits, 1, 8, 3))[0];
     // Keep g0 (3) and g3 (2.95): candidates e0, e1, e6, e7 → e0, e1, e7 (e3 at 2.9 is excluded).
     expect(r.ids).toEqual([0, 1, 7]);
     const z = [...logits].reduce((s, l) => s + Math.exp(l), 0);
-    closeAll(r.w, [3, 2.99, 2.95].map((l) => (16 * Math.exp(l)) / z), 5);
+    closeAll(
+      r.w,
+      [3, 2.99, 2.95].map((l) => (16 * Math.exp(l)) / z),
+      5,
+    );
   });
 });
 
@@ -115,13 +154,17 @@ describe("deployer knobs", () => {
     expect(r.ids).toEqual(plain.ids);
     expect(r.weights).toEqual(plain.weights);
     expect([r.rerouted, r.dropped]).toEqual([0, 0]);
-    const bigCapacity = route({ kind: "softmax-topk", renormalize: true }, logits, 2, 4, 2, { options: { ...ROUTING_OFF, capacityFactor: 100 } });
+    const bigCapacity = route({ kind: "softmax-topk", renormalize: true }, logits, 2, 4, 2, {
+      options: { ...ROUTING_OFF, capacityFactor: 100 },
+    });
     expect(bigCapacity.ids).toEqual(plain.ids);
     expect(bigCapacity.weights).toEqual(plain.weights);
   });
 
   it("temperature divides the logits: same choice, flatter weights", () => {
-    const r = route({ kind: "softmax-topk", renormalize: true }, logits, 2, 4, 2, { options: { ...ROUTING_OFF, temperature: 2 } });
+    const r = route({ kind: "softmax-topk", renormalize: true }, logits, 2, 4, 2, {
+      options: { ...ROUTING_OFF, temperature: 2 },
+    });
     expect(r.ids).toEqual(plain.ids);
     // Token 0 picks e0 (2) and e1 (1): weights softmax([1, 0.5]).
     closeAll(Array.from(r.weights.subarray(0, 2)), [1 / (1 + Math.exp(-0.5)), 1 - 1 / (1 + Math.exp(-0.5))]);
@@ -130,7 +173,7 @@ describe("deployer knobs", () => {
   it("noisy top-k: seeded noise is reproducible, and large noise changes choices", () => {
     const seeded = (seed: number) => {
       let s = seed;
-      return () => ((s = (s * 16807) % 2147483647) / 2147483647);
+      return () => (s = (s * 16807) % 2147483647) / 2147483647;
     };
     const spec = { kind: "softmax-topk", renormalize: true } as const;
     const opts = { options: { ...ROUTING_OFF, noiseStd: 5 } };
@@ -138,7 +181,8 @@ describe("deployer knobs", () => {
     const b = route(spec, logits, 2, 4, 2, { ...opts, rng: seeded(7) });
     expect(a.ids).toEqual(b.ids);
     let changed = false;
-    for (let seed = 1; seed < 20 && !changed; seed++) changed = route(spec, logits, 2, 4, 2, { ...opts, rng: seeded(seed) }).ids.some((id, i) => id !== plain.ids[i]);
+    for (let seed = 1; seed < 20 && !changed; seed++)
+      changed = route(spec, logits, 2, 4, 2, { ...opts, rng: seeded(seed) }).ids.some((id, i) => id !== plain.ids[i]);
     expect(changed).toBe(true);
     expect(() => route(spec, logits, 2, 4, 2, opts)).toThrow(/random source/);
   });
@@ -146,7 +190,9 @@ describe("deployer knobs", () => {
   it("capacity: an expert beyond capacity sends the token to its next choice", () => {
     // 4 tokens all prefer e0; second choices e1, e2, e3, e1. topK 1, factor 1 → capacity 1.
     const l = Float32Array.from([3, 2, 0, 0, 3, 0, 2, 0, 3, 0, 0, 2, 3, 2, 0, 0]);
-    const r = route({ kind: "softmax-topk", renormalize: true }, l, 4, 4, 1, { options: { ...ROUTING_OFF, capacityFactor: 1 } });
+    const r = route({ kind: "softmax-topk", renormalize: true }, l, 4, 4, 1, {
+      options: { ...ROUTING_OFF, capacityFactor: 1 },
+    });
     expect(Array.from(r.ids)).toEqual([0, 2, 3, 1]);
     expect([r.rerouted, r.dropped]).toEqual([3, 0]);
     expect(Array.from(r.weights)).toEqual([1, 1, 1, 1]);
@@ -156,7 +202,9 @@ describe("deployer knobs", () => {
     // 4 tokens, 2 experts, top-1, factor 0.5 → capacity 1 each. t0 → e0; t1 prefers e0 (full) → e1;
     // t2 and t3 find both full and are dropped.
     const l = Float32Array.from([1, 0, 1, 0, 0, 1, 1, 0]);
-    const r = route({ kind: "softmax-topk", renormalize: true }, l, 4, 2, 1, { options: { ...ROUTING_OFF, capacityFactor: 0.5 } });
+    const r = route({ kind: "softmax-topk", renormalize: true }, l, 4, 2, 1, {
+      options: { ...ROUTING_OFF, capacityFactor: 0.5 },
+    });
     expect(Array.from(r.ids)).toEqual([0, 1, -1, -1]);
     expect(Array.from(r.weights)).toEqual([1, 1, 0, 0]);
     expect([r.rerouted, r.dropped]).toEqual([1, 2]);
@@ -170,7 +218,9 @@ describe("deployer knobs", () => {
   it("capacity is slot-major: every first choice is served before any second choice", () => {
     // 2 tokens, 3 experts, top-2, capacity 1. Token 0: e0 > e1 > e2; token 1: e1 > e0 > e2.
     const l = Float32Array.from([3, 2, 0, 2, 3, 0]);
-    const r = route({ kind: "softmax-topk", renormalize: false }, l, 2, 3, 2, { options: { ...ROUTING_OFF, capacityFactor: 0.75 } });
+    const r = route({ kind: "softmax-topk", renormalize: false }, l, 2, 3, 2, {
+      options: { ...ROUTING_OFF, capacityFactor: 0.75 },
+    });
     expect(capacityPerExpert(0.75, 2, 3, 2)).toBe(1);
     // Slot 0: t0 → e0, t1 → e1. Slot 1: t0 → e1 full → e2; t1 → e0 full, e2 full → dropped.
     expect(Array.from(r.ids)).toEqual([0, 2, 1, -1]);
@@ -178,7 +228,10 @@ describe("deployer knobs", () => {
   });
 
   it("capacity respects DeepSeek's group limit", () => {
-    const r = route(V3, V3_LOGITS, 1, 8, 2, { bias: new Float32Array(8), options: { ...ROUTING_OFF, capacityFactor: 8 } });
+    const r = route(V3, V3_LOGITS, 1, 8, 2, {
+      bias: new Float32Array(8),
+      options: { ...ROUTING_OFF, capacityFactor: 8 },
+    });
     expect(Array.from(r.ids)).toEqual([4, 5]);
   });
 });
@@ -186,10 +239,14 @@ describe("deployer knobs", () => {
 describe("parseRoutingOptions", () => {
   it("unset or empty vars leave every knob off", () => {
     expect(parseRoutingOptions({})).toEqual(ROUTING_OFF);
-    expect(parseRoutingOptions({ ROUTER_TEMPERATURE: "", CAPACITY_FACTOR: "", ROUTER_NOISE_STD: "" })).toEqual(ROUTING_OFF);
+    expect(parseRoutingOptions({ ROUTER_TEMPERATURE: "", CAPACITY_FACTOR: "", ROUTER_NOISE_STD: "" })).toEqual(
+      ROUTING_OFF,
+    );
   });
   it("reads the three vars", () => {
-    expect(parseRoutingOptions({ ROUTER_TEMPERATURE: "0.7", CAPACITY_FACTOR: "1.25", ROUTER_NOISE_STD: "0.1" })).toEqual({ temperature: 0.7, capacityFactor: 1.25, noiseStd: 0.1 });
+    expect(
+      parseRoutingOptions({ ROUTER_TEMPERATURE: "0.7", CAPACITY_FACTOR: "1.25", ROUTER_NOISE_STD: "0.1" }),
+    ).toEqual({ temperature: 0.7, capacityFactor: 1.25, noiseStd: 0.1 });
   });
   it("names the var in errors", () => {
     expect(() => parseRoutingOptions({ ROUTER_TEMPERATURE: "0" })).toThrow(/ROUTER_TEMPERATURE must be a number > 0/);

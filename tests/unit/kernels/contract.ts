@@ -13,6 +13,7 @@ import {
 import { expectClose, GUARD, guarded, randn, rng, type KernelSource } from "./helpers";
 import { denseKernelContract } from "./dense-contract";
 import { expertQ8gContract } from "./expert-q8g-contract";
+import { expertQ4gContract } from "./expert-q4g-contract";
 import { packedKernelContract } from "./packed-contract";
 
 export { expectClose, randn, rng };
@@ -34,6 +35,7 @@ export function kernelContract(flavor: KernelFlavor, src: KernelSource): void {
     packedKernelContract(flavor, () => k, src.supports(flavor) ? src.load(flavor).q8Paths : []);
     denseKernelContract(flavor, () => k, (maxBytes) => loadKernels(flavor, { maxBytes }));
     expertQ8gContract(() => k);
+    expertQ4gContract(() => k);
 
     it("reports its flavor and budget", () => {
       expect(k.flavor).toBe(flavor);

@@ -15,10 +15,23 @@
 import { describe, expect, it } from "vitest";
 import { MemoryBudgetError, WASM_MAX_BYTES, type KernelFlavor, type Kernels } from "../../../src/kernels/index";
 import {
-  bf16ToF32, dequantizeQ8g, denseMatrixBytes, f32ToBf16, packQ8g, quantizeQ8g, type DenseFormat, type DenseSourceDType,
+  bf16ToF32,
+  dequantizeQ8g,
+  denseMatrixBytes,
+  f32ToBf16,
+  packQ8g,
+  quantizeQ8g,
+  type DenseFormat,
+  type DenseSourceDType,
 } from "../../../src/kernels/dense-format";
 import {
-  denseGather, denseMatmul, DenseMatrixWriter, f16ToF32, freeDense, loadDenseMatrix, rangeChunks,
+  denseGather,
+  denseMatmul,
+  DenseMatrixWriter,
+  f16ToF32,
+  freeDense,
+  loadDenseMatrix,
+  rangeChunks,
 } from "../../../src/kernels/dense";
 import { matmulBf16Ref, matmulQ8gRef, matmulRef } from "../../../src/kernels/reference";
 import { expectClose, randn, rng } from "./helpers";
@@ -26,7 +39,14 @@ import { expectClose, randn, rng } from "./helpers";
 /** [n, dIn, dOut]: decode, odd token counts (3, 17) and prefill (64); dIn off every group and off
  * the 8/16-value vectors; dOut off the 4-row block. */
 const SHAPES = [
-  [1, 1, 1], [1, 17, 5], [3, 63, 13], [1, 100, 9], [17, 129, 7], [3, 257, 33], [64, 96, 6], [1, 1024, 16],
+  [1, 1, 1],
+  [1, 17, 5],
+  [3, 63, 13],
+  [1, 100, 9],
+  [17, 129, 7],
+  [3, 257, 33],
+  [64, 96, 6],
+  [1, 1024, 16],
   [64, 200, 19],
 ] as const;
 const GROUPS = [16, 32, 64, 128, 512];
@@ -74,7 +94,9 @@ function load(k: Kernels, w: Float32Array, rows: number, cols: number, format: D
 }
 
 export function denseKernelContract(
-  flavor: KernelFlavor, kernels: () => Kernels, fresh: (maxBytes: number) => Kernels,
+  flavor: KernelFlavor,
+  kernels: () => Kernels,
+  fresh: (maxBytes: number) => Kernels,
 ): void {
   describe("dense stage matrices (int8 groups, bf16, f32)", () => {
     const BOUND_F32_BF16 = "bf16 and f32 match the f64 reference within the stated bound for n=%i dIn=%i dOut=%i";
@@ -147,7 +169,12 @@ export function denseKernelContract(
       const [rows, cols] = [13, 75];
       const w = randn(rng(23), rows * cols, 0.7);
       const ids = [0, 12, 5, 5, 7];
-      for (const [format, group] of [["int8", 32], ["int8", 64], ["bf16", 0], ["f32", 0]] as const) {
+      for (const [format, group] of [
+        ["int8", 32],
+        ["int8", 64],
+        ["bf16", 0],
+        ["f32", 0],
+      ] as const) {
         const m = await load(k, w, rows, cols, format, group || undefined);
         const got = denseGather(k, m, ids);
         freeDense(k, m);
@@ -190,7 +217,12 @@ export function denseKernelContract(
       const [rows, cols] = [11, 150];
       const w = randn(rng(26), rows * cols, 0.3);
       const bytes = encodeSource(w, source);
-      for (const [format, group] of [["int8", 64], ["int8", 32], ["bf16", 0], ["f32", 0]] as const) {
+      for (const [format, group] of [
+        ["int8", 64],
+        ["int8", 32],
+        ["bf16", 0],
+        ["f32", 0],
+      ] as const) {
         const opts = { rows, cols, source, format, group: group || undefined };
         const one = await loadDenseMatrix(k, [bytes], opts);
         const oneBytes = k.u8(one.ptr, one.bytes).slice();
@@ -257,7 +289,12 @@ export function denseKernelContract(
 
     it("decodes f16 and rounds bf16 exactly", () => {
       const f16 = [
-        [0x3c00, 1], [0xc000, -2], [0x0001, 2 ** -24], [0x03ff, 1023 * 2 ** -24], [0x7bff, 65504], [0x7c00, Infinity],
+        [0x3c00, 1],
+        [0xc000, -2],
+        [0x0001, 2 ** -24],
+        [0x03ff, 1023 * 2 ** -24],
+        [0x7bff, 65504],
+        [0x7c00, Infinity],
       ];
       for (const [bits, v] of f16) expect(f16ToF32(bits)).toBe(v);
       expect(f16ToF32(0x7e00)).toBeNaN();

@@ -42,8 +42,11 @@ async function fixtureExperts(): Promise<Expert[]> {
         if (!m) continue;
         const [dFf, dModel] = ckpt.info(name).shape;
         out.push({
-          name: `${dir}/${m[1]}`, dModel, dFf,
-          w1: await ckpt.readF32(name), w3: await ckpt.readF32(`${m[1]}.${up}.weight`),
+          name: `${dir}/${m[1]}`,
+          dModel,
+          dFf,
+          w1: await ckpt.readF32(name),
+          w3: await ckpt.readF32(`${m[1]}.${up}.weight`),
           w2: await ckpt.readF32(`${m[1]}.${down}.weight`),
         });
       }
@@ -69,7 +72,8 @@ describe("group-wise int8 experts on the fixtures", () => {
       const bytes = expertPackedBytes("q8", e.dModel, e.dFf);
       const blob = k.alloc(bytes);
       const q = {
-        w1: quantizeRowsQ8(e.w1, e.dFf, e.dModel), w3: quantizeRowsQ8(e.w3, e.dFf, e.dModel),
+        w1: quantizeRowsQ8(e.w1, e.dFf, e.dModel),
+        w3: quantizeRowsQ8(e.w3, e.dFf, e.dModel),
         w2: quantizeRowsQ8(e.w2, e.dModel, e.dFf),
       };
       packExpertQ8(k.u8(blob, bytes), q, e.dModel, e.dFf);

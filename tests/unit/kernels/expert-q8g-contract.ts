@@ -14,7 +14,12 @@ import { GUARD, guarded, randn, rng } from "./helpers";
 
 /** [n, dModel, dFf, group] */
 const SHAPES = [
-  [1, 64, 96, 32], [3, 17, 63, 16], [4, 64, 96, 64], [7, 257, 33, 32], [64, 48, 80, 16], [1, 256, 2048, 64],
+  [1, 64, 96, 32],
+  [3, 17, 63, 16],
+  [4, 64, 96, 64],
+  [7, 257, 33, 32],
+  [64, 48, 80, 16],
+  [1, 256, 2048, 64],
   [17, 96, 64, 128],
 ] as const;
 
@@ -31,8 +36,15 @@ export function relRms(got: Float32Array, want: Float32Array): number {
 
 /** Runs expertFfnQ8g on f32 weights (packed here); returns the output and the quantized matrices. */
 export function runExpertQ8g(
-  k: Kernels, x: Float32Array, w1: Float32Array, w3: Float32Array, w2: Float32Array,
-  n: number, dModel: number, dFf: number, group: number,
+  k: Kernels,
+  x: Float32Array,
+  w1: Float32Array,
+  w3: Float32Array,
+  w2: Float32Array,
+  n: number,
+  dModel: number,
+  dFf: number,
+  group: number,
 ) {
   const bytes = expertQ8gBytes(dModel, dFf, group);
   const blob = k.alloc(bytes);

@@ -43,7 +43,9 @@ export function expectClose(got: Float32Array, want: Float32Array, tol: number, 
     if (Number.isNaN(worst)) break;
   }
   if (!(worst <= tol)) {
-    expect.fail(`${what}: index ${at} got ${got[at]}, want ${want[at]} (rel err ${worst.toExponential(2)} > ${tol.toExponential(2)})`);
+    expect.fail(
+      `${what}: index ${at} got ${got[at]}, want ${want[at]} (rel err ${worst.toExponential(2)} > ${tol.toExponential(2)})`,
+    );
   }
 }
 
@@ -64,4 +66,3 @@ export function guarded(k: Kernels, len: number): { ptr: number; read(): Float32
     },
   };
 }
-

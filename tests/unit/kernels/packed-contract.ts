@@ -16,7 +16,15 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { q8ActivationBits, type Kernels, type KernelFlavor, type Q8Path } from "../../../src/kernels/index";
 import {
-  expertPackedBytes, packExpertF32, packExpertQ8, packF32, packQ8, packedF32Bytes, packedQ8Bytes, quantizeRowsQ8, type Q8Expert,
+  expertPackedBytes,
+  packExpertF32,
+  packExpertQ8,
+  packF32,
+  packQ8,
+  packedF32Bytes,
+  packedQ8Bytes,
+  quantizeRowsQ8,
+  type Q8Expert,
 } from "../../../src/kernels/packing";
 import { expertFfnQ8Ref, expertFfnRef, matmulQ8Ref, matmulRef } from "../../../src/kernels/reference";
 import { expectClose, GUARD, guarded, randn, rng } from "./helpers";
@@ -24,11 +32,30 @@ import { expectClose, GUARD, guarded, randn, rng } from "./helpers";
 /** [n, dIn, dOut]: decode (n = 1), the 4-token tile and its leftovers, rows off the 8-row panel and
  * columns off the 4/16-column k-block. */
 const MATMUL_SHAPES = [
-  [1, 1, 1], [1, 3, 5], [1, 16, 8], [1, 17, 9], [2, 31, 15], [3, 64, 24], [4, 33, 7], [5, 95, 17], [8, 128, 64], [9, 257, 33], [64, 96, 40],
+  [1, 1, 1],
+  [1, 3, 5],
+  [1, 16, 8],
+  [1, 17, 9],
+  [2, 31, 15],
+  [3, 64, 24],
+  [4, 33, 7],
+  [5, 95, 17],
+  [8, 128, 64],
+  [9, 257, 33],
+  [64, 96, 40],
 ] as const;
 /** [n, dModel, dFf] */
 const FFN_SHAPES = [
-  [1, 3, 5], [1, 64, 96], [2, 17, 63], [3, 95, 16], [4, 64, 96], [5, 63, 257], [7, 257, 33], [16, 96, 64], [64, 48, 80], [1, 256, 2048],
+  [1, 3, 5],
+  [1, 64, 96],
+  [2, 17, 63],
+  [3, 95, 16],
+  [4, 64, 96],
+  [5, 63, 257],
+  [7, 257, 33],
+  [16, 96, 64],
+  [64, 48, 80],
+  [1, 256, 2048],
 ] as const;
 
 const RMS_BOUND_12 = 0.02;
@@ -111,7 +138,10 @@ export function packedKernelContract(flavor: KernelFlavor, kernels: () => Kernel
     });
   });
 
-  const paths: Q8Path[] = flavor === "relaxed" ? ["dot_i16x8", "relaxed_dot", "relaxed_dot_i16", "relaxed_dot_7bit", "relaxed_dot_i16_7bit"] : ["dot_i16x8"];
+  const paths: Q8Path[] =
+    flavor === "relaxed"
+      ? ["dot_i16x8", "relaxed_dot", "relaxed_dot_i16", "relaxed_dot_7bit", "relaxed_dot_i16_7bit"]
+      : ["dot_i16x8"];
   for (const path of paths) {
     // A relaxed form that failed its probe here is never used: said so as a skip.
     describe.skipIf(!q8Paths.includes(path))(`int8 kernels (${path})`, () => {
@@ -160,46 +190,60 @@ export function packedKernelContract(flavor: KernelFlavor, kernels: () => Kernel
             let w1 = 0;
             for (let i = 0; i < dIn; i++) w1 += Math.abs(w[j * dIn + i]);
             const sj = q.scales[j];
-            const bound = (sj / 2) * (x1 + dIn * sx / 2) + (sx / 2) * w1;
+            const bound = (sj / 2) * (x1 + (dIn * sx) / 2) + (sx / 2) * w1;
             const err = Math.abs(got[t * dOut + j] - exact[t * dOut + j]);
-            expect(err, `t=${t} j=${j}`).toBeLessThanOrEqual(bound * (1 + 1e-5) + 1e-6 * (1 + Math.abs(exact[t * dOut + j])));
+            expect(err, `t=${t} j=${j}`).toBeLessThanOrEqual(
+              bound * (1 + 1e-5) + 1e-6 * (1 + Math.abs(exact[t * dOut + j])),
+            );
           }
         }
         for (const p of [out.ptr - GUARD * 4, scratch.ptr - GUARD * 4, px, pw]) k.free(p);
       });
 
-      it.each(FFN_SHAPES)("expertFfnQ8 matches the int8 reference and stays within the RMS bound for n=%i dModel=%i dFf=%i", (n, dModel, dFf) => {
-        const next = rng(14000 + n * 1000 + dModel + dFf);
-        const x = randn(next, n * dModel);
-        const w1 = randn(next, dFf * dModel, 1 / Math.sqrt(dModel));
-        const w3 = randn(next, dFf * dModel, 1 / Math.sqrt(dModel));
-        const w2 = randn(next, dModel * dFf, 1 / Math.sqrt(dFf));
-        const q: Q8Expert = { w1: quantizeRowsQ8(w1, dFf, dModel), w3: quantizeRowsQ8(w3, dFf, dModel), w2: quantizeRowsQ8(w2, dModel, dFf) };
-        const bytes = expertPackedBytes("q8", dModel, dFf);
-        const blob = k.alloc(bytes);
-        packExpertQ8(k.u8(blob, bytes), q, dModel, dFf);
-        const px = k.allocF32(x);
-        const scratch = guarded(k, k.scratchBytes("ffnQ8", n, dModel, dFf) / 4);
-        const out = guarded(k, n * dModel);
-        k.expertFfnQ8(out.ptr, px, blob, n, dModel, dFf, scratch.ptr);
-        scratch.read();
-        const got = out.read();
-        const want = new Float32Array(n * dModel);
-        expertFfnQ8Ref(want, x, q.w1, q.w3, q.w2, n, dModel, dFf, bits);
-        // Same integers; the kernel's vector exp (≤ 2 ulp) may move h across a rounding boundary of
-        // its own int8 quantization: one step of h's scale, spread over dFf.
-        expect(relRms(got, want), "vs int8 reference").toBeLessThan(2e-3);
-        const f32 = new Float32Array(n * dModel);
-        expertFfnRef(f32, x, w1, w3, w2, n, dModel, dFf, new Float32Array(2 * n * dFf));
-        if (dModel * dFf >= 1024) expect(relRms(got, f32), "vs f32").toBeLessThan(bits === 7 ? RMS_BOUND_7 : RMS_BOUND_12);
-        for (const p of [out.ptr - GUARD * 4, scratch.ptr - GUARD * 4, px, blob]) k.free(p);
-      });
+      it.each(FFN_SHAPES)(
+        "expertFfnQ8 matches the int8 reference and stays within the RMS bound for n=%i dModel=%i dFf=%i",
+        (n, dModel, dFf) => {
+          const next = rng(14000 + n * 1000 + dModel + dFf);
+          const x = randn(next, n * dModel);
+          const w1 = randn(next, dFf * dModel, 1 / Math.sqrt(dModel));
+          const w3 = randn(next, dFf * dModel, 1 / Math.sqrt(dModel));
+          const w2 = randn(next, dModel * dFf, 1 / Math.sqrt(dFf));
+          const q: Q8Expert = {
+            w1: quantizeRowsQ8(w1, dFf, dModel),
+            w3: quantizeRowsQ8(w3, dFf, dModel),
+            w2: quantizeRowsQ8(w2, dModel, dFf),
+          };
+          const bytes = expertPackedBytes("q8", dModel, dFf);
+          const blob = k.alloc(bytes);
+          packExpertQ8(k.u8(blob, bytes), q, dModel, dFf);
+          const px = k.allocF32(x);
+          const scratch = guarded(k, k.scratchBytes("ffnQ8", n, dModel, dFf) / 4);
+          const out = guarded(k, n * dModel);
+          k.expertFfnQ8(out.ptr, px, blob, n, dModel, dFf, scratch.ptr);
+          scratch.read();
+          const got = out.read();
+          const want = new Float32Array(n * dModel);
+          expertFfnQ8Ref(want, x, q.w1, q.w3, q.w2, n, dModel, dFf, bits);
+          // Same integers; the kernel's vector exp (≤ 2 ulp) may move h across a rounding boundary of
+          // its own int8 quantization: one step of h's scale, spread over dFf.
+          expect(relRms(got, want), "vs int8 reference").toBeLessThan(2e-3);
+          const f32 = new Float32Array(n * dModel);
+          expertFfnRef(f32, x, w1, w3, w2, n, dModel, dFf, new Float32Array(2 * n * dFf));
+          if (dModel * dFf >= 1024)
+            expect(relRms(got, f32), "vs f32").toBeLessThan(bits === 7 ? RMS_BOUND_7 : RMS_BOUND_12);
+          for (const p of [out.ptr - GUARD * 4, scratch.ptr - GUARD * 4, px, blob]) k.free(p);
+        },
+      );
 
       it("gives exact zeros for a zero token and scales with a large one", () => {
         const [dModel, dFf] = [40, 24];
         const next = rng(3);
         const [w1, w3, w2] = [randn(next, dFf * dModel), randn(next, dFf * dModel), randn(next, dModel * dFf)];
-        const q: Q8Expert = { w1: quantizeRowsQ8(w1, dFf, dModel), w3: quantizeRowsQ8(w3, dFf, dModel), w2: quantizeRowsQ8(w2, dModel, dFf) };
+        const q: Q8Expert = {
+          w1: quantizeRowsQ8(w1, dFf, dModel),
+          w3: quantizeRowsQ8(w3, dFf, dModel),
+          w2: quantizeRowsQ8(w2, dModel, dFf),
+        };
         const bytes = expertPackedBytes("q8", dModel, dFf);
         const blob = k.alloc(bytes);
         packExpertQ8(k.u8(blob, bytes), q, dModel, dFf);

@@ -7,7 +7,16 @@ import { describe, expect, it } from "vitest";
 import { Kernels, relaxedDotAgrees, relaxedMaddAgrees } from "../../../src/kernels/index";
 import { kernelModule, loadKernels } from "../../../src/kernels/node";
 import {
-  dequantizeQ8, expertPackedBytes, nearestEven, packExpertF32, packExpertQ8, packF32, packQ8, packedF32Bytes, packedQ8Bytes, quantizeRowsQ8,
+  dequantizeQ8,
+  expertPackedBytes,
+  nearestEven,
+  packExpertF32,
+  packExpertQ8,
+  packF32,
+  packQ8,
+  packedF32Bytes,
+  packedQ8Bytes,
+  quantizeRowsQ8,
 } from "../../../src/kernels/packing";
 import { randn, rng } from "./helpers";
 
@@ -58,14 +67,23 @@ describe("packing", () => {
     // Panel 1 covers outputs 4..7: its row 0 is w1 row 4, its row 4 is w3 row 4.
     expect(dst[32 + 0 * 4]).toBe(w1[4 * dModel]);
     expect(dst[32 + 4 * 4]).toBe(w3[4 * dModel]);
-    const q = { w1: quantizeRowsQ8(w1, dFf, dModel), w3: quantizeRowsQ8(w3, dFf, dModel), w2: quantizeRowsQ8(w2, dModel, dFf) };
+    const q = {
+      w1: quantizeRowsQ8(w1, dFf, dModel),
+      w3: quantizeRowsQ8(w3, dFf, dModel),
+      w2: quantizeRowsQ8(w2, dModel, dFf),
+    };
     const qb = new Uint8Array(expertPackedBytes("q8", dModel, dFf));
     packExpertQ8(qb, q, dModel, dFf);
     expect(new Int8Array(qb.buffer)[128 + 4 * 16]).toBe(q.w3.q[4 * dModel]);
   });
 
   it("int8 experts take about a quarter of the f32 bytes", () => {
-    for (const [dModel, dFf] of [[512, 1408], [1024, 2816], [2048, 1408], [256, 2048]]) {
+    for (const [dModel, dFf] of [
+      [512, 1408],
+      [1024, 2816],
+      [2048, 1408],
+      [256, 2048],
+    ]) {
       const f32 = expertPackedBytes("f32", dModel, dFf);
       expect(f32).toBe(3 * dModel * dFf * 4);
       const ratio = expertPackedBytes("q8", dModel, dFf) / f32;
@@ -100,11 +118,24 @@ describe("packing", () => {
 
 describe("relaxed SIMD probe", () => {
   const exactDot = (a: Int8Array, b: Int8Array, c: Int32Array) =>
-    Int32Array.from(c, (v, l) => v + a[4 * l] * b[4 * l] + a[4 * l + 1] * b[4 * l + 1] + a[4 * l + 2] * b[4 * l + 2] + a[4 * l + 3] * b[4 * l + 3]);
+    Int32Array.from(
+      c,
+      (v, l) =>
+        v +
+        a[4 * l] * b[4 * l] +
+        a[4 * l + 1] * b[4 * l + 1] +
+        a[4 * l + 2] * b[4 * l + 2] +
+        a[4 * l + 3] * b[4 * l + 3],
+    );
 
   it("accepts an exact dot and rejects one that reads the signed operand as unsigned", () => {
     expect(relaxedDotAgrees(exactDot)).toBe(true);
-    const swapped = (a: Int8Array, b: Int8Array, c: Int32Array) => exactDot(Int8Array.from(a, (v) => v & 0x7f), b, c); // wrong for a < 0
+    const swapped = (a: Int8Array, b: Int8Array, c: Int32Array) =>
+      exactDot(
+        Int8Array.from(a, (v) => v & 0x7f),
+        b,
+        c,
+      ); // wrong for a < 0
     expect(relaxedDotAgrees(swapped)).toBe(false);
     expect(relaxedDotAgrees((a, b, c) => exactDot(a, b, c).map((v, l) => (l === 3 ? v + 1 : v)))).toBe(false);
   });
@@ -123,7 +154,12 @@ describe("relaxed SIMD probe", () => {
       relaxedWorks = false;
     }
     expect(loadKernels("best").flavor).toBe(relaxedWorks ? "relaxed" : "simd");
-    const k = Kernels.pick({ relaxed: () => { throw new WebAssembly.CompileError("no relaxed SIMD"); }, simd: () => kernelModule("simd") });
+    const k = Kernels.pick({
+      relaxed: () => {
+        throw new WebAssembly.CompileError("no relaxed SIMD");
+      },
+      simd: () => kernelModule("simd"),
+    });
     expect(k.flavor).toBe("simd");
     expect(k.q8Path).toBe("dot_i16x8");
     expect(k.setQ8Path("relaxed_dot")).toBe("dot_i16x8"); // not available in the simd build

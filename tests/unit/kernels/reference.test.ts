@@ -4,7 +4,13 @@
  */
 import { describe, expect, it } from "vitest";
 import {
-  attentionRef, expertFfnRef, matmulRef, rmsnormRef, ropeRef, siluMulRef, softmaxRef,
+  attentionRef,
+  expertFfnRef,
+  matmulRef,
+  rmsnormRef,
+  ropeRef,
+  siluMulRef,
+  softmaxRef,
 } from "../../../src/kernels/reference";
 
 const f32 = (...v: number[]) => new Float32Array(v);

@@ -14,7 +14,7 @@ import type { ModelSpec } from "../../../src/model/config";
 import { Checkpoint, memoryFileStore } from "../../../src/model/safetensors";
 import { writeSafetensors } from "../../../src/model/safetensors-writer";
 import type { TensorToWrite } from "../../../src/model/safetensors-writer";
-import { expectModelError, FIXTURES, fixtureCheckpoint, fixtureFiles, fixtureJson, rawTensors, shard } from "./helpers";
+import { expectModelError, FIXTURES, fixtureFiles, fixtureJson, rawTensors, shard } from "./helpers";
 import type { FixtureName } from "./helpers";
 
 const EXPERT = /^model\.layers\.(\d+)\.block_sparse_moe\.experts\.(\d+)\.(w[123])\.weight$/;
@@ -46,13 +46,24 @@ async function packed(name: FixtureName): Promise<Record<string, Uint8Array>> {
     }
     return all;
   };
-  const data = (L: number, e: number, w: string) => byName.get(`model.layers.${L}.block_sparse_moe.experts.${e}.${w}.weight`)!.data as Uint8Array;
+  const data = (L: number, e: number, w: string) =>
+    byName.get(`model.layers.${L}.block_sparse_moe.experts.${e}.${w}.weight`)!.data as Uint8Array;
   const dtype = tensors[0].dtype;
   for (let L = 0; L < spec.nLayers; L++) {
     const range = [...Array(E).keys()];
     // torch.cat([stack(w1), stack(w3)], dim=1): per expert, I gate rows then I up rows.
-    out.push({ name: `model.layers.${L}.mlp.experts.gate_up_proj`, dtype, shape: [E, 2 * I, H], data: cat(range.flatMap((e) => [data(L, e, "w1"), data(L, e, "w3")])) });
-    out.push({ name: `model.layers.${L}.mlp.experts.down_proj`, dtype, shape: [E, H, I], data: cat(range.map((e) => data(L, e, "w2"))) });
+    out.push({
+      name: `model.layers.${L}.mlp.experts.gate_up_proj`,
+      dtype,
+      shape: [E, 2 * I, H],
+      data: cat(range.flatMap((e) => [data(L, e, "w1"), data(L, e, "w3")])),
+    });
+    out.push({
+      name: `model.layers.${L}.mlp.experts.down_proj`,
+      dtype,
+      shape: [E, H, I],
+      data: cat(range.map((e) => data(L, e, "w2"))),
+    });
   }
   return { "config.json": files["config.json"], "model.safetensors": writeSafetensors(out) };
 }
@@ -88,7 +99,13 @@ function moeReference(spec: ModelSpec, router: Float32Array, experts: ExpertWeig
 }
 
 interface Golden {
-  moe_layer: { layer: number; input: number[][][]; expert_ids: number[][]; expert_weights: number[][]; output: number[][][] };
+  moe_layer: {
+    layer: number;
+    input: number[][][];
+    expert_ids: number[][];
+    expert_weights: number[][];
+    output: number[][][];
+  };
 }
 
 describe("Mixtral adapter", () => {
@@ -102,10 +119,28 @@ describe("Mixtral adapter", () => {
         expect(w.lmHead?.length).toBe(256 * 64);
         expect(w.layers.length).toBe(2);
         const l1 = w.layers[1];
-        if (l1.attention.kind !== "gqa" || l1.ffn.kind !== "moe") throw new Error("expected GQA attention and an MoE layer");
+        if (l1.attention.kind !== "gqa" || l1.ffn.kind !== "moe")
+          throw new Error("expected GQA attention and an MoE layer");
         const a = l1.attention;
-        expect([l1.attnNorm, l1.mlpNorm, a.wq, a.wk, a.wv, a.wo, l1.ffn.router].map((x) => x.length)).toEqual([64, 64, 64 * 64, 32 * 64, 32 * 64, 64 * 64, 8 * 64]);
-        expect([a.bq, a.bk, a.bv, a.bo, a.qNorm, a.kNorm, l1.ffn.routerBias, l1.ffn.shared]).toEqual([null, null, null, null, null, null, null, null]);
+        expect([l1.attnNorm, l1.mlpNorm, a.wq, a.wk, a.wv, a.wo, l1.ffn.router].map((x) => x.length)).toEqual([
+          64,
+          64,
+          64 * 64,
+          32 * 64,
+          32 * 64,
+          64 * 64,
+          8 * 64,
+        ]);
+        expect([a.bq, a.bk, a.bv, a.bo, a.qNorm, a.kNorm, l1.ffn.routerBias, l1.ffn.shared]).toEqual([
+          null,
+          null,
+          null,
+          null,
+          null,
+          null,
+          null,
+          null,
+        ]);
         expect(a.wk).toEqual(await ckpt.readF32("model.layers.1.self_attn.k_proj.weight"));
         expect(l1.ffn.router).toEqual(await ckpt.readF32("model.layers.1.block_sparse_moe.gate.weight"));
       });
@@ -113,9 +148,24 @@ describe("Mixtral adapter", () => {
       it("references per-expert tensors whole", async () => {
         const { spec, ckpt } = await fixture(name);
         expect(expertTensorRefs(ckpt, spec, 1, 5)).toEqual({
-          w1: { tensor: "model.layers.1.block_sparse_moe.experts.5.w1.weight", firstRow: 0, nRows: 96, shape: [96, 64] },
-          w3: { tensor: "model.layers.1.block_sparse_moe.experts.5.w3.weight", firstRow: 0, nRows: 96, shape: [96, 64] },
-          w2: { tensor: "model.layers.1.block_sparse_moe.experts.5.w2.weight", firstRow: 0, nRows: 64, shape: [64, 96] },
+          w1: {
+            tensor: "model.layers.1.block_sparse_moe.experts.5.w1.weight",
+            firstRow: 0,
+            nRows: 96,
+            shape: [96, 64],
+          },
+          w3: {
+            tensor: "model.layers.1.block_sparse_moe.experts.5.w3.weight",
+            firstRow: 0,
+            nRows: 96,
+            shape: [96, 64],
+          },
+          w2: {
+            tensor: "model.layers.1.block_sparse_moe.experts.5.w2.weight",
+            firstRow: 0,
+            nRows: 64,
+            shape: [64, 96],
+          },
         });
         expect(() => expertTensorRefs(ckpt, spec, 2, 0)).toThrow(RangeError);
         expect(() => expertTensorRefs(ckpt, spec, 0, 8)).toThrow(RangeError);
@@ -149,7 +199,9 @@ describe("Mixtral adapter", () => {
           const ffn = (await loadDenseWeights(c, spec)).layers[golden.layer].ffn;
           if (ffn.kind !== "moe") throw new Error("expected an MoE layer");
           const router = ffn.router;
-          const experts = await Promise.all([...Array(spec.nExperts).keys()].map((e) => loadExpertWeights(c, spec, golden.layer, e)));
+          const experts = await Promise.all(
+            [...Array(spec.nExperts).keys()].map((e) => loadExpertWeights(c, spec, golden.layer, e)),
+          );
           golden.input[0].forEach((x, t) => {
             const r = moeReference(spec, router, experts, x);
             expect(r.ids).toEqual(golden.expert_ids[t]);
@@ -181,59 +233,122 @@ describe("Mixtral adapter", () => {
     const tensors = (await rawTensors(ckpt, files)).filter((t) => t.name !== "lm_head.weight");
     const untied = await Checkpoint.open(memoryFileStore({ "model.safetensors": writeSafetensors(tensors) }));
     expect((await loadDenseWeights(untied, { ...spec, tieEmbeddings: true })).lmHead).toBeNull();
-    await expectModelError(loadDenseWeights(untied, spec), ["model.safetensors", '"lm_head.weight"', "tie_word_embeddings"]);
+    await expectModelError(loadDenseWeights(untied, spec), [
+      "model.safetensors",
+      '"lm_head.weight"',
+      "tie_word_embeddings",
+    ]);
   });
 
   describe("errors", () => {
     it("a shape that disagrees with the config names the shard, tensor and both shapes", async () => {
       const { files, spec, ckpt } = await fixture("mixtral-tiny");
       const tensors = (await rawTensors(ckpt, files)).map((t) =>
-        t.name === "model.layers.1.self_attn.q_proj.weight" ? { ...t, shape: [64, 63], data: t.data.slice(0, 64 * 63 * 4) } : t,
+        t.name === "model.layers.1.self_attn.q_proj.weight"
+          ? { ...t, shape: [64, 63], data: t.data.slice(0, 64 * 63 * 4) }
+          : t,
       );
       // Put q_proj of layer 1 in the second shard.
-      tensors.sort((a, b) => Number(a.name === "model.layers.1.self_attn.q_proj.weight") - Number(b.name === "model.layers.1.self_attn.q_proj.weight"));
+      tensors.sort(
+        (a, b) =>
+          Number(a.name === "model.layers.1.self_attn.q_proj.weight") -
+          Number(b.name === "model.layers.1.self_attn.q_proj.weight"),
+      );
       const bad = await Checkpoint.open(memoryFileStore(shard(tensors, 2)));
       const err = await expectModelError(loadDenseWeights(bad, spec), []);
-      expect(err.message).toBe('model-00002-of-00002.safetensors: tensor "model.layers.1.self_attn.q_proj.weight" has shape [64, 63], config expects [64, 64]');
-      expect(err).toMatchObject({ file: "model-00002-of-00002.safetensors", tensor: "model.layers.1.self_attn.q_proj.weight" });
+      expect(err.message).toBe(
+        'model-00002-of-00002.safetensors: tensor "model.layers.1.self_attn.q_proj.weight" has shape [64, 63], config expects [64, 64]',
+      );
+      expect(err).toMatchObject({
+        file: "model-00002-of-00002.safetensors",
+        tensor: "model.layers.1.self_attn.q_proj.weight",
+      });
       await expectModelError(() => validateCheckpoint(bad, spec), ['"model.layers.1.self_attn.q_proj.weight"']);
     });
 
     it("an expert tensor missing or of the wrong shape", async () => {
       const { files, spec, ckpt } = await fixture("mixtral-tiny-bf16");
-      const tensors = (await rawTensors(ckpt, files)).filter((t) => t.name !== "model.layers.0.block_sparse_moe.experts.3.w2.weight");
+      const tensors = (await rawTensors(ckpt, files)).filter(
+        (t) => t.name !== "model.layers.0.block_sparse_moe.experts.3.w2.weight",
+      );
       const bad = await Checkpoint.open(memoryFileStore({ "model.safetensors": writeSafetensors(tensors) }));
-      await expectModelError(() => expertTensorRefs(bad, spec, 0, 3), ["model.safetensors", '"model.layers.0.block_sparse_moe.experts.3.w2.weight"', "not found"]);
-      await expectModelError(loadExpertWeights(bad, spec, 0, 3), ['"model.layers.0.block_sparse_moe.experts.3.w2.weight"']);
+      await expectModelError(
+        () => expertTensorRefs(bad, spec, 0, 3),
+        ["model.safetensors", '"model.layers.0.block_sparse_moe.experts.3.w2.weight"', "not found"],
+      );
+      await expectModelError(loadExpertWeights(bad, spec, 0, 3), [
+        '"model.layers.0.block_sparse_moe.experts.3.w2.weight"',
+      ]);
       // A config whose intermediate_size disagrees with the files: a transposed-w2-sized mistake.
       const wrong = { ...spec, dFf: 64 };
-      await expectModelError(() => expertTensorRefs(ckpt, wrong, 1, 0), ["model.safetensors", '"model.layers.1.block_sparse_moe.experts.0.w1.weight"', "[96, 64]", "config expects [64, 64]"]);
+      await expectModelError(
+        () => expertTensorRefs(ckpt, wrong, 1, 0),
+        [
+          "model.safetensors",
+          '"model.layers.1.block_sparse_moe.experts.0.w1.weight"',
+          "[96, 64]",
+          "config expects [64, 64]",
+        ],
+      );
     });
 
     it("packed tensors of the wrong shape", async () => {
       const files = await packed("mixtral-tiny");
       const spec = parseConfig(fixtureJson("mixtral-tiny", "config.json"));
       const ckpt = await Checkpoint.open(memoryFileStore(files));
-      await expectModelError(() => expertTensorRefs(ckpt, { ...spec, nExperts: 4, topK: 2 }, 0, 1), ["model.safetensors", '"model.layers.0.mlp.experts.gate_up_proj"', "[8, 192, 64]", "config expects [4, 192, 64]"]);
+      await expectModelError(
+        () => expertTensorRefs(ckpt, { ...spec, nExperts: 4, topK: 2 }, 0, 1),
+        [
+          "model.safetensors",
+          '"model.layers.0.mlp.experts.gate_up_proj"',
+          "[8, 192, 64]",
+          "config expects [4, 192, 64]",
+        ],
+      );
     });
 
     it("a layer with no experts in either layout", async () => {
       const { files, spec, ckpt } = await fixture("mixtral-tiny");
-      const tensors = (await rawTensors(ckpt, files)).filter((t) => !t.name.startsWith("model.layers.1.block_sparse_moe.experts."));
+      const tensors = (await rawTensors(ckpt, files)).filter(
+        (t) => !t.name.startsWith("model.layers.1.block_sparse_moe.experts."),
+      );
       const bad = await Checkpoint.open(memoryFileStore({ "model.safetensors": writeSafetensors(tensors) }));
-      await expectModelError(() => expertTensorRefs(bad, spec, 1, 0), ["model.safetensors", "layer 1", '"model.layers.1.block_sparse_moe.experts.0.w1.weight"', '"model.layers.1.mlp.experts.gate_up_proj"']);
-      await expectModelError(openModel(memoryFileStore({ ...files, "model.safetensors": writeSafetensors(tensors) })), ["layer 1"]);
+      await expectModelError(
+        () => expertTensorRefs(bad, spec, 1, 0),
+        [
+          "model.safetensors",
+          "layer 1",
+          '"model.layers.1.block_sparse_moe.experts.0.w1.weight"',
+          '"model.layers.1.mlp.experts.gate_up_proj"',
+        ],
+      );
+      await expectModelError(openModel(memoryFileStore({ ...files, "model.safetensors": writeSafetensors(tensors) })), [
+        "layer 1",
+      ]);
     });
 
     it("openModel: config.json missing, not JSON, invalid, or disagreeing with the weights", async () => {
       const files = fixtureFiles("mixtral-tiny");
       const { "config.json": config, ...weights } = files;
-      await expectModelError(openModel(memoryFileStore(weights, "models/tiny/")), ["config.json", "models/tiny/", "not found"]);
-      await expectModelError(openModel(memoryFileStore({ ...weights, "config.json": new TextEncoder().encode("{ nope") })), ["config.json", "JSON"]);
+      await expectModelError(openModel(memoryFileStore(weights, "models/tiny/")), [
+        "config.json",
+        "models/tiny/",
+        "not found",
+      ]);
+      await expectModelError(
+        openModel(memoryFileStore({ ...weights, "config.json": new TextEncoder().encode("{ nope") })),
+        ["config.json", "JSON"],
+      );
       const cfg = JSON.parse(new TextDecoder().decode(config));
       const enc = (o: unknown) => new TextEncoder().encode(JSON.stringify(o));
-      await expectModelError(openModel(memoryFileStore({ ...weights, "config.json": enc({ ...cfg, num_local_experts: "8" }) })), ["config.json", "num_local_experts"]);
-      await expectModelError(openModel(memoryFileStore({ ...weights, "config.json": enc({ ...cfg, vocab_size: 300 }) })), ["model.safetensors", '"model.embed_tokens.weight"', "[256, 64]", "config expects [300, 64]"]);
+      await expectModelError(
+        openModel(memoryFileStore({ ...weights, "config.json": enc({ ...cfg, num_local_experts: "8" }) })),
+        ["config.json", "num_local_experts"],
+      );
+      await expectModelError(
+        openModel(memoryFileStore({ ...weights, "config.json": enc({ ...cfg, vocab_size: 300 }) })),
+        ["model.safetensors", '"model.embed_tokens.weight"', "[256, 64]", "config expects [300, 64]"],
+      );
       const ok = await openModel(memoryFileStore(files));
       expect(ok.spec.nExperts).toBe(8);
       expect(ok.ckpt.tensors.size).toBe(65);

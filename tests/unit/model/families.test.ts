@@ -10,25 +10,73 @@ import { denseBytes, expertBytesF32, loadExpertWeights, openModel } from "../../
 import { parseConfig } from "../../../src/model/config";
 import { memoryFileStore } from "../../../src/model/safetensors";
 import { buildTensors, checkpointFiles, type Tensors } from "./family-checkpoints";
-import { DEEPSEEK_V2_LITE, DEEPSEEK_V3, DEEPSEEK_V3_ODD, GRANITE_MOE, GRANITE_MOE_SHARED, OLMOE, QWEN2_MOE, QWEN3_MOE, type Config } from "./family-configs";
+import {
+  DEEPSEEK_V2_LITE,
+  DEEPSEEK_V3,
+  DEEPSEEK_V3_ODD,
+  GRANITE_MOE,
+  GRANITE_MOE_SHARED,
+  OLMOE,
+  QWEN2_MOE,
+  QWEN3_MOE,
+  type Config,
+} from "./family-configs";
 import { maxAbsDiff, nodeModel, runPrompt } from "./forward-helpers";
 import { flattenRouting, ROUTING_OFF, type Routing } from "../../../src/gating/router";
 import { referenceForward } from "./reference-forward";
 
 const MIXTRAL: Config = {
-  model_type: "mixtral", vocab_size: 96, hidden_size: 32, intermediate_size: 16, num_hidden_layers: 2, num_attention_heads: 4,
-  num_key_value_heads: 2, num_local_experts: 6, num_experts_per_tok: 2, rms_norm_eps: 1e-6, rope_theta: 10000, tie_word_embeddings: true,
+  model_type: "mixtral",
+  vocab_size: 96,
+  hidden_size: 32,
+  intermediate_size: 16,
+  num_hidden_layers: 2,
+  num_attention_heads: 4,
+  num_key_value_heads: 2,
+  num_local_experts: 6,
+  num_experts_per_tok: 2,
+  rms_norm_eps: 1e-6,
+  rope_theta: 10000,
+  tie_word_embeddings: true,
 };
-const DEEPSEEK_V2_GROUPED: Config = { ...DEEPSEEK_V2_LITE, topk_method: "group_limited_greedy", n_group: 4, topk_group: 2, routed_scaling_factor: 16, q_lora_rank: 24 };
+const DEEPSEEK_V2_GROUPED: Config = {
+  ...DEEPSEEK_V2_LITE,
+  topk_method: "group_limited_greedy",
+  n_group: 4,
+  topk_group: 2,
+  routed_scaling_factor: 16,
+  q_lora_rank: 24,
+};
 
 /** Sizes that are no multiple of 4 anywhere (kernel tails), five groups, top-3. */
 const DEEPSEEK_V3_PRIME: Config = {
-  ...DEEPSEEK_V3, hidden_size: 37, intermediate_size: 29, moe_intermediate_size: 13, num_attention_heads: 3, num_key_value_heads: 3,
-  q_lora_rank: 23, kv_lora_rank: 19, qk_nope_head_dim: 9, qk_rope_head_dim: 6, v_head_dim: 11, n_routed_experts: 10, n_group: 5,
-  topk_group: 3, num_experts_per_tok: 3, n_shared_experts: 2, vocab_size: 101, routed_scaling_factor: 1.75,
+  ...DEEPSEEK_V3,
+  hidden_size: 37,
+  intermediate_size: 29,
+  moe_intermediate_size: 13,
+  num_attention_heads: 3,
+  num_key_value_heads: 3,
+  q_lora_rank: 23,
+  kv_lora_rank: 19,
+  qk_nope_head_dim: 9,
+  qk_rope_head_dim: 6,
+  v_head_dim: 11,
+  n_routed_experts: 10,
+  n_group: 5,
+  topk_group: 3,
+  num_experts_per_tok: 3,
+  n_shared_experts: 2,
+  vocab_size: 101,
+  routed_scaling_factor: 1.75,
 };
 /** Top-1 out of two groups, every layer MoE. */
-const DEEPSEEK_V3_TOP1: Config = { ...DEEPSEEK_V3, n_group: 2, topk_group: 1, num_experts_per_tok: 1, first_k_dense_replace: 0 };
+const DEEPSEEK_V3_TOP1: Config = {
+  ...DEEPSEEK_V3,
+  n_group: 2,
+  topk_group: 1,
+  num_experts_per_tok: 1,
+  first_k_dense_replace: 0,
+};
 
 const FAMILIES: [string, Config][] = [
   ["mixtral", MIXTRAL],
@@ -70,15 +118,27 @@ describe("each family vs the float64 HF-semantics reference", () => {
         expect(relDiff(r.greedyLogits, ref.logits.slice(PROMPT.length - 1))).toBeLessThan(2e-5);
         expect(Object.keys(r.routing).map(Number)).toEqual(m.spec.moeLayers);
         for (const L of m.spec.moeLayers) {
-          r.routing[L].forEach((ids, t) => expect([...ids].sort((a, b) => a - b)).toEqual([...ref.routing[L][t]].sort((a, b) => a - b)));
+          r.routing[L].forEach((ids, t) =>
+            expect([...ids].sort((a, b) => a - b)).toEqual([...ref.routing[L][t]].sort((a, b) => a - b)),
+          );
         }
         // The MoE block fed the reference's block input (what /admin/moe and verify's moe_layer check).
         const L = m.spec.moeLayers[m.spec.moeLayers.length - 1];
-        const { out, routing } = await m.model.moeBlock(L, Float32Array.from(ref.moeIn[L].flat()), m.experts, () => 0.5);
+        const { out, routing } = await m.model.moeBlock(
+          L,
+          Float32Array.from(ref.moeIn[L].flat()),
+          m.experts,
+          () => 0.5,
+        );
         const refOut = ref.moeOut[L];
         expect(maxAbsDiff([out], [refOut.flat()])).toBeLessThan(1e-5 * Math.max(1, ...refOut.flat().map(Math.abs)));
         ref.weights[L].forEach((w, t) => {
-          const ours = new Map(Array.from(routing.ids.subarray(t * routing.topK, (t + 1) * routing.topK), (id, j) => [id, routing.weights[t * routing.topK + j]]));
+          const ours = new Map(
+            Array.from(routing.ids.subarray(t * routing.topK, (t + 1) * routing.topK), (id, j) => [
+              id,
+              routing.weights[t * routing.topK + j],
+            ]),
+          );
           ref.routing[L][t].forEach((id, j) => expect(ours.get(id)).toBeCloseTo(w[j], 5));
         });
       });
@@ -90,7 +150,11 @@ describe("each family vs the float64 HF-semantics reference", () => {
  * Forces norm_topk_prob on, so the weights of identical experts sum to 1 (× routed scale). DeepSeek-V2
  * scales only when it does not renormalise (so a top-1 twin would scale): its scale is set to 1.
  */
-const renormalised = (cfg: Config): Config => ({ ...cfg, norm_topk_prob: true, ...(cfg.model_type === "deepseek_v2" ? { routed_scaling_factor: 1 } : {}) });
+const renormalised = (cfg: Config): Config => ({
+  ...cfg,
+  norm_topk_prob: true,
+  ...(cfg.model_type === "deepseek_v2" ? { routed_scaling_factor: 1 } : {}),
+});
 
 describe("known by construction", () => {
   for (const [name, cfg0] of FAMILIES) {
@@ -100,14 +164,17 @@ describe("known by construction", () => {
       const tensors = buildTensors(cfg, { seed: 5, identicalExperts: true });
       // The twin: same weights, one expert, top-1 (a dense model); DeepSeek keeps one group.
       const twinCfg: Config = { ...cfg, num_experts_per_tok: 1, n_group: 1, topk_group: 1 };
-      for (const f of ["num_local_experts", "num_experts", "n_routed_experts"]) if (f in cfg || f === "num_experts") twinCfg[f] = 1;
+      for (const f of ["num_local_experts", "num_experts", "n_routed_experts"])
+        if (f in cfg || f === "num_experts") twinCfg[f] = 1;
       const twin = new Map(tensors);
       const E = spec.nExperts;
       for (const [n, x] of tensors) {
         if (/\.experts\.(\d+)\./.test(n) && !/\.experts\.0\./.test(n)) twin.delete(n);
-        else if (/(mlp\.gate\.weight|block_sparse_moe\.gate\.weight|router\.layer\.weight)$/.test(n)) twin.set(n, { shape: [1, x.shape[1]], data: x.data.slice(0, x.shape[1]) });
+        else if (/(mlp\.gate\.weight|block_sparse_moe\.gate\.weight|router\.layer\.weight)$/.test(n))
+          twin.set(n, { shape: [1, x.shape[1]], data: x.data.slice(0, x.shape[1]) });
         else if (n.endsWith("e_score_correction_bias")) twin.set(n, { shape: [1], data: x.data.slice(0, 1) });
-        else if (x.shape.length === 3 && x.shape[0] === E) twin.set(n, { shape: [1, x.shape[1], x.shape[2]], data: x.data.slice(0, x.shape[1] * x.shape[2]) });
+        else if (x.shape.length === 3 && x.shape[0] === E)
+          twin.set(n, { shape: [1, x.shape[1], x.shape[2]], data: x.data.slice(0, x.shape[1] * x.shape[2]) });
       }
       const a = await run(cfg, tensors);
       const b = await run(twinCfg, twin);
@@ -116,15 +183,31 @@ describe("known by construction", () => {
     });
   }
 
-  for (const [name, cfg] of [["qwen3_moe", QWEN3_MOE], ["deepseek_v3", { ...DEEPSEEK_V3_ODD, n_shared_experts: 0, first_k_dense_replace: 0 }]] as const) {
+  for (const [name, cfg] of [
+    ["qwen3_moe", QWEN3_MOE],
+    ["deepseek_v3", { ...DEEPSEEK_V3_ODD, n_shared_experts: 0, first_k_dense_replace: 0 }],
+  ] as const) {
     it(`${name}: MoE layers with identical experts equal dense layers with that MLP`, async () => {
       const moeCfg = renormalised(cfg);
       const spec = parseConfig(moeCfg);
       const tensors = buildTensors(moeCfg, { seed: 9, identicalExperts: true });
-      const denseCfg: Config = { ...moeCfg, intermediate_size: spec.dFf, mlp_only_layers: [...Array(spec.nLayers).keys()], first_k_dense_replace: spec.nLayers };
+      const denseCfg: Config = {
+        ...moeCfg,
+        intermediate_size: spec.dFf,
+        mlp_only_layers: [...Array(spec.nLayers).keys()],
+        first_k_dense_replace: spec.nLayers,
+      };
       const dense = new Map([...tensors].filter(([n]) => !/mlp\.(gate\.|experts)/.test(n)));
       for (const L of spec.moeLayers) {
-        for (const [from, to] of [["gate_proj", "gate_proj"], ["up_proj", "up_proj"], ["down_proj", "down_proj"]]) dense.set(`model.layers.${L}.mlp.${to}.weight`, tensors.get(`model.layers.${L}.mlp.experts.0.${from}.weight`)!);
+        for (const [from, to] of [
+          ["gate_proj", "gate_proj"],
+          ["up_proj", "up_proj"],
+          ["down_proj", "down_proj"],
+        ])
+          dense.set(
+            `model.layers.${L}.mlp.${to}.weight`,
+            tensors.get(`model.layers.${L}.mlp.experts.0.${from}.weight`)!,
+          );
       }
       // A DeepSeek MoE layer scales its routed output by routed_scaling_factor: fold it into down_proj.
       const scale = spec.router.kind === "group-limited-topk" ? spec.router.routedScale : 1;
@@ -145,14 +228,21 @@ describe("known by construction", () => {
     const scaled = new Map(tensors);
     for (const L of parseConfig(cfg).moeLayers) {
       const p = `model.layers.${L}.mlp.`;
-      for (const w of ["gate_proj", "up_proj", "down_proj"]) tensors.set(`${p}shared_expert.${w}.weight`, tensors.get(`${p}experts.0.${w}.weight`)!);
+      for (const w of ["gate_proj", "up_proj", "down_proj"])
+        tensors.set(`${p}shared_expert.${w}.weight`, tensors.get(`${p}experts.0.${w}.weight`)!);
       tensors.set(`${p}shared_expert_gate.weight`, { shape: [1, 32], data: new Float32Array(32) });
       // Twin: no shared expert, routed experts' down_proj × 1.5.
       for (let e = 0; e < 6; e++) {
         const d = tensors.get(`${p}experts.${e}.down_proj.weight`)!;
         scaled.set(`${p}experts.${e}.down_proj.weight`, { shape: d.shape, data: d.data.map((v) => v * 1.5) });
       }
-      for (const w of ["shared_expert.gate_proj", "shared_expert.up_proj", "shared_expert.down_proj", "shared_expert_gate"]) scaled.delete(`${p}${w}.weight`);
+      for (const w of [
+        "shared_expert.gate_proj",
+        "shared_expert.up_proj",
+        "shared_expert.down_proj",
+        "shared_expert_gate",
+      ])
+        scaled.delete(`${p}${w}.weight`);
     }
     const a = await run(cfg, tensors);
     const b = await run({ ...cfg, shared_expert_intermediate_size: 0 }, scaled);
@@ -166,9 +256,15 @@ describe("known by construction", () => {
       const { embedding, residual } = spec.multipliers;
       const attnScale = spec.attention.scale * Math.sqrt(spec.headDim); // Mixtral uses headDim^-0.5
       const out: Tensors = new Map();
-      const scaled = (x: { shape: number[]; data: Float32Array }, f: number) => ({ shape: x.shape, data: x.data.map((v) => v * f) });
+      const scaled = (x: { shape: number[]; data: Float32Array }, f: number) => ({
+        shape: x.shape,
+        data: x.data.map((v) => v * f),
+      });
       for (const [n, x] of t) {
-        const name = n.replace("block_sparse_moe.router.layer.weight", "mlp.gate.weight").replace("block_sparse_moe.input_linear.weight", "mlp.experts.gate_up_proj").replace("block_sparse_moe.output_linear.weight", "mlp.experts.down_proj");
+        const name = n
+          .replace("block_sparse_moe.router.layer.weight", "mlp.gate.weight")
+          .replace("block_sparse_moe.input_linear.weight", "mlp.experts.gate_up_proj")
+          .replace("block_sparse_moe.output_linear.weight", "mlp.experts.down_proj");
         let f = 1;
         if (name.endsWith("q_proj.weight")) f = attnScale;
         if (name.endsWith("o_proj.weight") || name.endsWith("mlp.experts.down_proj")) f = residual;
@@ -178,12 +274,25 @@ describe("known by construction", () => {
         }
         out.set(name, scaled(x, f));
       }
-      const mix: Config = { ...MIXTRAL, num_local_experts: spec.nExperts, num_experts_per_tok: spec.topK, intermediate_size: spec.dFf, tie_word_embeddings: false, rms_norm_eps: spec.rmsEps };
+      const mix: Config = {
+        ...MIXTRAL,
+        num_local_experts: spec.nExperts,
+        num_experts_per_tok: spec.topK,
+        intermediate_size: spec.dFf,
+        tie_word_embeddings: false,
+        rms_norm_eps: spec.rmsEps,
+      };
       return [mix, out];
     }
 
     it("all multipliers 1 (attention_multiplier = head_dim^-0.5): Granite equals Mixtral with renamed tensors", async () => {
-      const cfg = { ...GRANITE_MOE, embedding_multiplier: 1, residual_multiplier: 1, logits_scaling: 1, attention_multiplier: 1 / Math.sqrt(8) };
+      const cfg = {
+        ...GRANITE_MOE,
+        embedding_multiplier: 1,
+        residual_multiplier: 1,
+        logits_scaling: 1,
+        attention_multiplier: 1 / Math.sqrt(8),
+      };
       const t = buildTensors(cfg, { seed: 21 });
       const [mix, mt] = mixtralTwin(cfg, t);
       const a = await run(cfg, t);
@@ -200,7 +309,12 @@ describe("known by construction", () => {
       expect(relDiff(a.r.logits, b.r.logits)).toBeLessThan(1e-5);
       // logits_scaling divides the logits exactly.
       const c = await run({ ...GRANITE_MOE, logits_scaling: 1 }, t);
-      expect(relDiff(a.r.logits.map((row) => row.map((v) => v * 6)), c.r.logits)).toBeLessThan(1e-6);
+      expect(
+        relDiff(
+          a.r.logits.map((row) => row.map((v) => v * 6)),
+          c.r.logits,
+        ),
+      ).toBeLessThan(1e-6);
     });
   });
 
@@ -290,7 +404,11 @@ describe("routing knobs through the forward pass", () => {
     const { out, routing } = await capped.model.moeBlock(0, x, capped.experts, () => 0.5);
     const flat = flattenRouting(routing);
     const tokens = Array.from(flat.tokenOf);
-    const manual = await capped.experts(0, flat.routing, Float32Array.from(tokens.flatMap((t) => Array.from(x.subarray(t * 32, (t + 1) * 32)))));
+    const manual = await capped.experts(
+      0,
+      flat.routing,
+      Float32Array.from(tokens.flatMap((t) => Array.from(x.subarray(t * 32, (t + 1) * 32)))),
+    );
     const summed = new Float32Array(out.length);
     tokens.forEach((t, i) => manual.subarray(i * 32, (i + 1) * 32).forEach((v, d) => (summed[t * 32 + d] += v)));
     expect(routing.dropped).toBeGreaterThan(0);
@@ -305,7 +423,7 @@ describe("routing knobs through the forward pass", () => {
     // Noise is drawn from the forward's rng.
     const noisy = await nodeModel(files, { ...ROUTING_OFF, noiseStd: 10 });
     let u = 0;
-    const changed = await runPrompt(noisy, PROMPT, 0, () => ((u = (u * 9301 + 49297) % 233280) / 233280));
+    const changed = await runPrompt(noisy, PROMPT, 0, () => (u = (u * 9301 + 49297) % 233280) / 233280);
     expect(JSON.stringify(changed.routing)).not.toEqual(JSON.stringify(off.routing));
   });
 });
@@ -315,7 +433,9 @@ describe("dense layers and budgets", () => {
     const tensors = buildTensors(DEEPSEEK_V3, { seed: 1 });
     const { spec, ckpt } = await openModel(memoryFileStore(checkpointFiles(DEEPSEEK_V3, tensors)));
     expect(spec.moeLayers).toEqual([1, 2]);
-    await expect(loadExpertWeights(ckpt, spec, 0, 3)).rejects.toThrow(/layer 0 of this deepseek_v3 model is a dense MLP layer \(size 128\).*spec\.moeLayers \[1, 2\]/);
+    await expect(loadExpertWeights(ckpt, spec, 0, 3)).rejects.toThrow(
+      /layer 0 of this deepseek_v3 model is a dense MLP layer \(size 128\).*spec\.moeLayers \[1, 2\]/,
+    );
     await expect(loadExpertWeights(ckpt, spec, 1, 3)).resolves.toMatchObject({ w1: expect.any(Float32Array) });
   });
 
@@ -328,7 +448,8 @@ describe("dense layers and budgets", () => {
       for (const [n, x] of tensors) {
         const bytes = x.data.byteLength;
         all += bytes;
-        if (/\.experts\.\d+\.|\.experts\.(gate_up|down)_proj$|block_sparse_moe\.(input|output)_linear/.test(n)) routed += bytes;
+        if (/\.experts\.\d+\.|\.experts\.(gate_up|down)_proj$|block_sparse_moe\.(input|output)_linear/.test(n))
+          routed += bytes;
       }
       expect(denseBytes(spec)).toBe(all - routed);
       expect(expertBytesF32(spec) * spec.moeLayers.length * spec.nExperts).toBe(routed);

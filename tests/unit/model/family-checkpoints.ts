@@ -31,7 +31,14 @@ export function buildTensors(cfg: Config, opts: BuildOptions = {}): Tensors {
     const n = shape.reduce((a, b) => a * b, 1);
     const data = new Float32Array(n);
     for (let i = 0; i < n; i++) {
-      data[i] = kind === "norm" ? 1 + 0.1 * normal() : kind === "embed" ? normal() : kind === "bias" ? 0.02 + 0.1 * r() : 0.2 * normal();
+      data[i] =
+        kind === "norm"
+          ? 1 + 0.1 * normal()
+          : kind === "embed"
+            ? normal()
+            : kind === "bias"
+              ? 0.02 + 0.1 * r()
+              : 0.2 * normal();
     }
     t.set(name, { shape, data });
   };
@@ -52,7 +59,13 @@ export function buildTensors(cfg: Config, opts: BuildOptions = {}): Tensors {
       add(`${p}self_attn.k_proj.weight`, [kv, H]);
       add(`${p}self_attn.v_proj.weight`, [kv, H]);
       add(`${p}self_attn.o_proj.weight`, [H, q]);
-      if (a.qkvBias) for (const [x, d] of [["q", q], ["k", kv], ["v", kv]] as const) add(`${p}self_attn.${x}_proj.bias`, [d], "bias");
+      if (a.qkvBias)
+        for (const [x, d] of [
+          ["q", q],
+          ["k", kv],
+          ["v", kv],
+        ] as const)
+          add(`${p}self_attn.${x}_proj.bias`, [d], "bias");
       if (a.outBias) add(`${p}self_attn.o_proj.bias`, [H], "bias");
       if (a.qkNorm === "per-head") {
         add(`${p}self_attn.q_norm.weight`, [a.headDim], "norm");
@@ -89,7 +102,11 @@ export function buildTensors(cfg: Config, opts: BuildOptions = {}): Tensors {
     if (opts.identicalExperts) for (let e = 1; e < E; e++) experts[e] = experts[0];
     const granite = family === "granitemoe" || family === "granitemoeshared";
     const mixtral = family === "mixtral";
-    const routerName = granite ? `${p}block_sparse_moe.router.layer.weight` : mixtral && opts.layout !== "packed" ? `${p}block_sparse_moe.gate.weight` : `${p}mlp.gate.weight`;
+    const routerName = granite
+      ? `${p}block_sparse_moe.router.layer.weight`
+      : mixtral && opts.layout !== "packed"
+        ? `${p}block_sparse_moe.gate.weight`
+        : `${p}mlp.gate.weight`;
     add(routerName, [E, H]);
     if (granite || opts.layout === "packed") {
       const gateUp = new Float32Array(E * 2 * I * H);
@@ -99,7 +116,9 @@ export function buildTensors(cfg: Config, opts: BuildOptions = {}): Tensors {
         gateUp.set(x.w3, e * 2 * I * H + I * H);
         down.set(x.w2, e * H * I);
       });
-      const [gu, dn] = granite ? [`${p}block_sparse_moe.input_linear.weight`, `${p}block_sparse_moe.output_linear.weight`] : [`${p}mlp.experts.gate_up_proj`, `${p}mlp.experts.down_proj`];
+      const [gu, dn] = granite
+        ? [`${p}block_sparse_moe.input_linear.weight`, `${p}block_sparse_moe.output_linear.weight`]
+        : [`${p}mlp.experts.gate_up_proj`, `${p}mlp.experts.down_proj`];
       t.set(gu, { shape: [E, 2 * I, H], data: gateUp });
       t.set(dn, { shape: [E, H, I], data: down });
     } else {
@@ -111,7 +130,8 @@ export function buildTensors(cfg: Config, opts: BuildOptions = {}): Tensors {
         t.set(`${base}${names[2]}.weight`, { shape: [H, I], data: x.w2 });
       });
     }
-    if (spec.router.kind === "group-limited-topk" && spec.router.selectionBias) add(`${p}mlp.gate.e_score_correction_bias`, [E], "bias");
+    if (spec.router.kind === "group-limited-topk" && spec.router.selectionBias)
+      add(`${p}mlp.gate.e_score_correction_bias`, [E], "bias");
     const s = spec.sharedExperts;
     if (s) {
       if (granite) {
@@ -133,6 +153,8 @@ export function buildTensors(cfg: Config, opts: BuildOptions = {}): Tensors {
 export function checkpointFiles(cfg: Config, tensors: Tensors): Record<string, Uint8Array> {
   return {
     "config.json": new TextEncoder().encode(JSON.stringify(cfg)),
-    "model.safetensors": writeSafetensors([...tensors].map(([name, x]) => ({ name, dtype: "F32" as const, shape: x.shape, data: x.data }))),
+    "model.safetensors": writeSafetensors(
+      [...tensors].map(([name, x]) => ({ name, dtype: "F32" as const, shape: x.shape, data: x.data })),
+    ),
   };
 }

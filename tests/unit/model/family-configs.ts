@@ -134,10 +134,17 @@ export const GRANITE_MOE: Config = {
 };
 
 /** GraniteMoeShared: Granite-MoE plus an ungated shared MLP. */
-export const GRANITE_MOE_SHARED: Config = { ...GRANITE_MOE, architectures: ["GraniteMoeSharedForCausalLM"], model_type: "granitemoeshared", shared_intermediate_size: 24 };
+export const GRANITE_MOE_SHARED: Config = {
+  ...GRANITE_MOE,
+  architectures: ["GraniteMoeSharedForCausalLM"],
+  model_type: "granitemoeshared",
+  shared_intermediate_size: 24,
+};
 
 /** The golden fixture's DeepSeek-V3 config. */
-export const DEEPSEEK_V3: Config = JSON.parse(readFileSync(new URL("../../fixtures/deepseek-v3-tiny/config.json", import.meta.url), "utf8")) as Config;
+export const DEEPSEEK_V3: Config = JSON.parse(
+  readFileSync(new URL("../../fixtures/deepseek-v3-tiny/config.json", import.meta.url), "utf8"),
+) as Config;
 
 /** DeepSeek-V3 variant: q_lora_rank null (plain q_proj), two shared experts, 3 groups, top-3, odd sizes. */
 export const DEEPSEEK_V3_ODD: Config = {

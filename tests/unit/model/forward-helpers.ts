@@ -51,7 +51,10 @@ export interface NodeModel {
 }
 
 /** A model directory's files (config.json + safetensors) ready to run in Node. */
-export async function nodeModel(files: Record<string, Uint8Array>, routing: RoutingOptions = ROUTING_OFF): Promise<NodeModel> {
+export async function nodeModel(
+  files: Record<string, Uint8Array>,
+  routing: RoutingOptions = ROUTING_OFF,
+): Promise<NodeModel> {
   const { spec, ckpt } = await openModel(memoryFileStore(files));
   const k = loadKernels("simd", { maxBytes: 64 * 1024 * 1024 });
   const model = ModelForward.create(k, spec, await loadDenseWeights(ckpt, spec), routing);
@@ -65,7 +68,10 @@ export async function runPrompt(m: NodeModel, prompt: number[], greedy = 0, rng:
     const routing: Record<number, number[][]> = {};
     const logits = await m.model.forward(s, prompt, m.experts, rng, {
       allLogits: true,
-      onRouting: (layer, r) => (routing[layer] = Array.from({ length: r.n }, (_, t) => Array.from(r.ids.subarray(t * r.topK, (t + 1) * r.topK)))),
+      onRouting: (layer, r) =>
+        (routing[layer] = Array.from({ length: r.n }, (_, t) =>
+          Array.from(r.ids.subarray(t * r.topK, (t + 1) * r.topK)),
+        )),
     });
     const V = m.spec.vocabSize;
     const rows = Array.from({ length: prompt.length }, (_, t) => logits.subarray(t * V, (t + 1) * V));
@@ -92,6 +98,7 @@ export function argmax(xs: ArrayLike<number>): number {
 
 export function maxAbsDiff(a: ArrayLike<number>[], b: ArrayLike<number>[]): number {
   let m = 0;
-  for (let i = 0; i < a.length; i++) for (let j = 0; j < a[i].length; j++) m = Math.max(m, Math.abs(a[i][j] - Math.fround(b[i][j])));
+  for (let i = 0; i < a.length; i++)
+    for (let j = 0; j < a[i].length; j++) m = Math.max(m, Math.abs(a[i][j] - Math.fround(b[i][j])));
   return m;
 }

@@ -12,7 +12,13 @@ interface Golden {
   prompt_ids: number[];
   logits: number[][];
   greedy_ids: number[];
-  moe_layer: { layer: number; input: number[][] | number[][][]; expert_ids: number[][]; expert_weights: number[][]; output: number[][] | number[][][] };
+  moe_layer: {
+    layer: number;
+    input: number[][] | number[][][];
+    expert_ids: number[][];
+    expert_weights: number[][];
+    output: number[][] | number[][][];
+  };
   extra: { greedy_logits: number[][]; routing_all_layers?: Record<string, number[][]> };
 }
 
@@ -39,7 +45,9 @@ describe("forward pass vs golden fixtures (Node, local experts)", () => {
       const layers = golden.extra.routing_all_layers ?? {};
       expect(Object.keys(r.routing).map(Number)).toEqual(m.spec.moeLayers);
       for (const [L, ids] of Object.entries(layers)) {
-        ids.forEach((g, t) => expect([...r.routing[Number(L)][t]].sort((a, b) => a - b)).toEqual([...g].sort((a, b) => a - b)));
+        ids.forEach((g, t) =>
+          expect([...r.routing[Number(L)][t]].sort((a, b) => a - b)).toEqual([...g].sort((a, b) => a - b)),
+        );
       }
 
       const ml = golden.moe_layer;
@@ -48,7 +56,10 @@ describe("forward pass vs golden fixtures (Node, local experts)", () => {
       const gOut = ml.output.flat(2) as number[];
       expect(Math.max(...Array.from(out, (v, i) => Math.abs(v - gOut[i])))).toBeLessThan(1e-5);
       ml.expert_ids.forEach((ids, t) => {
-        const ours = sortedPairs(routing.ids.subarray(t * routing.topK, (t + 1) * routing.topK), routing.weights.subarray(t * routing.topK, (t + 1) * routing.topK));
+        const ours = sortedPairs(
+          routing.ids.subarray(t * routing.topK, (t + 1) * routing.topK),
+          routing.weights.subarray(t * routing.topK, (t + 1) * routing.topK),
+        );
         const gold = sortedPairs(ids, ml.expert_weights[t]);
         expect(ours.map((p) => p[0])).toEqual(gold.map((p) => p[0]));
         ours.forEach((p, i) => expect(Math.abs(p[1] - gold[i][1])).toBeLessThan(1e-5));

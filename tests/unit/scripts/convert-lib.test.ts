@@ -10,6 +10,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { quantizeRowsQ8 } from "../../../src/kernels/packing";
+import { packNibbles, Q4_GROUP, quantizeQ4g } from "../../../src/kernels/q4g-format";
 import { Checkpoint, memoryFileStore, numel } from "../../../src/model/safetensors";
 import { f32ToBf16Bytes } from "../../../src/model/safetensors-writer";
 import { convertModel } from "../../../scripts/lib/convert-lib";
@@ -113,6 +114,27 @@ describe("convert (streaming)", () => {
     }
   });
 
+  it("writes int4 experts equal to whole-tensor group quantization, at any chunk size", async () => {
+    const src = join(FIXTURES, "mixtral-tiny");
+    const bytes = new Uint8Array(readFileSync(join(src, "model.safetensors")));
+    const srcCkpt = await Checkpoint.open(memoryFileStore({ "model.safetensors": bytes }));
+    for (const chunkValues of [1, 1000]) {
+      const out = join(tmp(), "m");
+      const r = await convertModel(src, out, { quant: "int4", chunkValues, shardBytes: 256 << 10 });
+      expect(r.quantized).toBe(2 * 8 * 3);
+      const { ckpt, files } = await openDir(out);
+      for (const [name, info] of srcCkpt.tensors) {
+        if (!name.includes(".experts.")) continue;
+        const cols = info.shape[info.shape.length - 1];
+        const rows = numel(info.shape) / cols;
+        const q = quantizeQ4g(await srcCkpt.readF32(name), rows, cols, Q4_GROUP);
+        expect(rawBytes(ckpt, files, name.replace(/\.weight$/, ".qweight"))).toEqual(packNibbles(q.q, rows, cols));
+        const scales = rawBytes(ckpt, files, name.replace(/\.weight$/, ".scales"));
+        expect(scales).toEqual(new Uint8Array(q.scales.buffer));
+      }
+    }
+  });
+
   it("decodes every e4m3 byte like the bit-field formula", () => {
     for (let b = 0; b < 256; b++) if ((b & 0x7f) !== 0x7f) expect(e4m3ToF32(b)).toBe(e4m3(b));
     expect([e4m3ToF32(0x38), e4m3ToF32(0x7e), e4m3ToF32(0x01)]).toEqual([1, 448, 2 ** -9]);
@@ -200,7 +222,9 @@ describe("convert (streaming)", () => {
     return JSON.parse(stdout) as { peakRssMiB: number; rssBeforeMiB: number; bytesIn: number; shards: number };
   }
 
-  it("converts a ~100 MB single shard with peak RSS growth under 10 × --chunk-mb", () => {
+  // Buffers are 2.5 × --chunk-mb; the rest of the allowance is the per-chunk quantization output V8
+  // collects lazily (measured growth varies between runs). Reading the shard whole would add ≥ 92 MiB.
+  it("converts a ~100 MB single shard with peak RSS growth under 16 × --chunk-mb", () => {
     const dir = join(tmp(), "in");
     const bytes = writeBigCheckpoint(dir, { dModel: 512, dFf: 1536, nExperts: 8, nLayers: 2, vocab: 8000, nShards: 1 });
     expect(bytes).toBeGreaterThan(90e6);
@@ -212,7 +236,7 @@ describe("convert (streaming)", () => {
         `peak RSS ${r.peakRssMiB.toFixed(0)} MiB, ` +
         `+${growth.toFixed(0)} MiB over the ${r.rssBeforeMiB.toFixed(0)} MiB before weights`,
     );
-    expect(growth).toBeLessThan(40);
+    expect(growth).toBeLessThan(64);
   }, 300_000);
 
   it.runIf(process.env.EDGE_MOE_BIG_CONVERT === "1")(

@@ -8,7 +8,11 @@ import { createKernels } from "../../../../src/kernels/workers";
 import { kernelContract } from "../contract";
 import type { KernelSource } from "../helpers";
 
-const MODULES: Record<KernelFlavor, WebAssembly.Module> = { scalar: scalarModule, simd: simdModule, relaxed: relaxedModule };
+const MODULES: Record<KernelFlavor, WebAssembly.Module> = {
+  scalar: scalarModule,
+  simd: simdModule,
+  relaxed: relaxedModule,
+};
 
 const workerdKernels: KernelSource = {
   load: (flavor, opts) => createKernels(flavor, opts),
