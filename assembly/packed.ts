@@ -6,7 +6,7 @@
  * interleaved in k-blocks of 4 columns: panel[kb][r][c] = w[8p + r][4kb + c], zero-padded to
  * 8 rows and to cols rounded up to 4 (kBlocks = ceil(cols / 4)). A token streams each panel as
  * one contiguous run of 128-byte blocks, so the hardware prefetcher sees a single stream instead
- * of 8 (row-major GEMV runs ~1.5× slower on the same machine).
+ * of 8 (row-major GEMV measured slower: README, kernel benchmark).
  *
  * Tiles keep ≤ 8 f32x4 accumulators live (V8 has ~15 usable xmm registers; more spill):
  *   1 token × 8 rows (GEMV, decode) — one x load feeds 8 weight vectors;
@@ -36,7 +36,15 @@ export function matmulPacked(out: usize, x: usize, wp: usize, n: i32, dIn: i32, 
  * blob = [gate/up panels: 2·dFf4 rows × dModel4][w2 panels: dModel rows × dFf4], dX4 = dX rounded
  * up to 4. scratch ≥ ffnScratchBytes(0, n, dModel, dFf).
  */
-export function expertFfnPacked(out: usize, x: usize, blob: usize, n: i32, dModel: i32, dFf: i32, scratch: usize): void {
+export function expertFfnPacked(
+  out: usize,
+  x: usize,
+  blob: usize,
+  n: i32,
+  dModel: i32,
+  dFf: i32,
+  scratch: usize,
+): void {
   const kb1 = (dModel + 3) >> 2;
   const dm4 = kb1 << 2;
   const df4 = ((dFf + 3) >> 2) << 2;

@@ -170,10 +170,12 @@ function parseArgs(argv: string[]): Args {
     else if (applyReplanFlag(args.replan, a, next)) continue;
     else if (a === "--help" || a === "-h") {
       console.log(
-        "usage: npm run bench:placement [-- --loads FILE] [--out FILE] [--instances 16,64] [--spare 2] [--windows 120] [--warmup 20] [--seed 1] [--quick] [--only TEXT]\n" +
+        "usage: npm run bench:placement [-- --loads FILE] [--out FILE] [--instances 16,64] [--spare 2] " +
+          "[--windows 120] [--warmup 20] [--seed 1] [--quick] [--only TEXT]\n" +
           "  --loads FILE   JSON array of windows: [window][expert] or [window][layer][expert] token counts\n" +
           "  --only TEXT    run only scenarios whose name contains TEXT\n" +
-          "  dispatch model: --rows-per-call R (8) --isolates D (8) --recent-half-life W (0.5 windows) --keep-tables (across replica-set changes); --timing-repeats K (5)\n" +
+          "  dispatch model: --rows-per-call R (8) --isolates D (8) --recent-half-life W (0.5 windows) " +
+          "--keep-tables (across replica-set changes); --timing-repeats K (5)\n" +
           "  --ll-all       score the large-window sets under least-loaded dispatch too (several minutes)\n" +
           "  --eplb-ema     also run EPLB re-planned from edge-moe's smoothed forecast\n" +
           `  ${REPLAN_FLAGS_HELP}`,
@@ -272,15 +274,24 @@ async function main(): Promise<void> {
       `; ${args.spare} spare slots per instance; warm-up min(${args.warmup}, a quarter of the windows) excluded`,
   );
   console.log(
-    `dispatch: split = static split by shares (EPLB: even, as vLLM); LL = least-loaded per call of ${args.batch.rowsPerBatch} rows in ${args.batch.dispatchers} isolates, ` +
+    "dispatch: split = static split by shares (EPLB: even, as vLLM); " +
+      `LL = least-loaded per call of ${args.batch.rowsPerBatch} rows in ${args.batch.dispatchers} isolates, ` +
       `each balancing its own recent rows (half-life ${args.batch.halfLifeWindows} window)`,
   );
   console.log(`edge-moe: replanStep with the ${describeReplanConfig(replan)}\n`);
+  const jumpPercent = DRIFTS.mixed.kind === "mixed" ? DRIFTS.mixed.rate * 100 : 0;
   const titles: Record<ScenarioKind, string> = {
     zipf: `static Zipf popularity, ${TOKENS_PER_WINDOW} tokens × top-${TOP_K} per window (sampling noise only)`,
-    drift: `drifting popularity, ${TOKENS_PER_WINDOW} tokens × top-${TOP_K} per window, independent Poisson counts, burstiness ${BURSTINESS}`,
-    edge: `edge traffic: ${EDGE_TOKENS_PER_WINDOW} tokens × top-${TOP_K} per window from ${EDGE_REQUESTS.active} requests (affinity σ=${EDGE_REQUESTS.affinity}, ~${EDGE_REQUESTS.meanWindows} windows each), hot set rotating`,
-    "edge-jumps": `edge traffic with sudden swaps (a hot expert trades places with a random one in ${DRIFTS.mixed.kind === "mixed" ? DRIFTS.mixed.rate * 100 : 0}% of windows per layer): p99 is set by the jumps`,
+    drift:
+      `drifting popularity, ${TOKENS_PER_WINDOW} tokens × top-${TOP_K} per window, ` +
+      `independent Poisson counts, burstiness ${BURSTINESS}`,
+    edge:
+      `edge traffic: ${EDGE_TOKENS_PER_WINDOW} tokens × top-${TOP_K} per window ` +
+      `from ${EDGE_REQUESTS.active} requests (affinity σ=${EDGE_REQUESTS.affinity}, ` +
+      `~${EDGE_REQUESTS.meanWindows} windows each), hot set rotating`,
+    "edge-jumps":
+      "edge traffic with sudden swaps (a hot expert trades places with a random one in " +
+      `${jumpPercent}% of windows per layer): p99 is set by the jumps`,
     "multi-layer": "8 layers sharing instance memory (edge traffic)",
     file: "user load file",
   };
@@ -304,7 +315,8 @@ async function main(): Promise<void> {
       2,
     );
     summary["target: replanStep p99 ≤ 2 ms at 256 × 64"] =
-      `${timing.p99 <= 2 ? "met" : "MISSED"} (wall p99 ${fmt(timing.p99, 2)} ms; slowest inputs' medians ${fmt(timing.p99OfMedians, 2)} ms)`;
+      `${timing.p99 <= 2 ? "met" : "MISSED"} (wall p99 ${fmt(timing.p99, 2)} ms; ` +
+      `slowest inputs' medians ${fmt(timing.p99OfMedians, 2)} ms)`;
   }
   console.log(`\nsummary (${seconds.toFixed(1)} s)`);
   for (const [k, v] of Object.entries(summary)) console.log(`  ${k}: ${typeof v === "number" ? fmt(v) : v}`);
@@ -327,7 +339,8 @@ async function main(): Promise<void> {
           edgeRequests: EDGE_REQUESTS,
         },
         metric:
-          "per (window, layer): max instance rows / mean instance rows of the plan made from window t, on window t+1, per dispatch (scripts/lib/dispatch-model.ts)",
+          "per (window, layer): max instance rows / mean instance rows of the plan made from window t, " +
+          "on window t+1, per dispatch (scripts/lib/dispatch-model.ts)",
         scenarios: rows,
         plannerTiming: timing,
         summary,
@@ -353,7 +366,10 @@ function summarise(rows: Row[]): Record<string, number | string> {
     const line = (p: PolicyName, d: DispatchMode): string => {
       const p50 = sel.map((r) => ratioOf(r, p, d, "p50"));
       const p99 = sel.map((r) => ratioOf(r, p, d, "p99"));
-      return `p50 ${fmt(quantile(p50, 0.5))} (worst ${fmt(Math.max(...p50))}), p99 ${fmt(quantile(p99, 0.5))} (worst ${fmt(Math.max(...p99))})`;
+      return (
+        `p50 ${fmt(quantile(p50, 0.5))} (worst ${fmt(Math.max(...p50))}), ` +
+        `p99 ${fmt(quantile(p99, 0.5))} (worst ${fmt(Math.max(...p99))})`
+      );
     };
     for (const [p, d, label] of [...COLUMNS, ...EXTRA]) {
       if (p !== "static" && sel.some((r) => r.results[p]?.dispatch[d]))

@@ -9,7 +9,8 @@ const MAX = 120;
 
 if (process.argv.includes("--help")) {
   console.log(
-    "usage: tsx scripts/check-line-length.ts\n\nLists every tracked .ts/.mjs line longer than 120 characters; exits 1 if any.",
+    "usage: tsx scripts/check-line-length.ts\n\n" +
+      "Lists every tracked .ts/.mjs line longer than 120 characters; exits 1 if any.",
   );
   process.exit(0);
 }

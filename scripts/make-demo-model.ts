@@ -187,7 +187,8 @@ export const MISTRAL_CHAT_TEMPLATE = [
   "{{- bos_token }}",
   "{%- for message in loop_messages %}",
   "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}",
-  "{{- raise_exception('Conversation roles must alternate user/assistant/user/assistant/... after an optional system message') }}",
+  "{{- raise_exception('Conversation roles must alternate user/assistant/user/assistant/... " +
+    "after an optional system message') }}",
   "{%- endif %}",
   "{%- if message['role'] == 'user' %}",
   "{%- if loop.first and system_message is defined %}",
@@ -198,7 +199,8 @@ export const MISTRAL_CHAT_TEMPLATE = [
   "{%- elif message['role'] == 'assistant' %}",
   "{{- message['content'] + eos_token }}",
   "{%- else %}",
-  "{{- raise_exception('Only user and assistant roles are supported, after an optional system message; got ' + message['role']) }}",
+  "{{- raise_exception('Only user and assistant roles are supported, after an optional system message; got ' " +
+    "+ message['role']) }}",
   "{%- endif %}",
   "{%- endfor %}",
 ].join("");
@@ -276,9 +278,12 @@ function planShards(size: DemoModelSize, seed: number): ShardSpec[] {
     for (let e = 0; e < E; e++) {
       const p = `model.layers.${l}.block_sparse_moe.experts.${e}`;
       tensors.push(
-        { name: `${p}.w1.weight`, shape: [I, H], fill: normal(`${p}.w1.weight`, 1 / Math.sqrt(H)) }, // gate proj [dFf, dModel]
-        { name: `${p}.w2.weight`, shape: [H, I], fill: normal(`${p}.w2.weight`, EXPERT_OUT_GAIN / Math.sqrt(I)) }, // down proj [dModel, dFf]
-        { name: `${p}.w3.weight`, shape: [I, H], fill: normal(`${p}.w3.weight`, 1 / Math.sqrt(H)) }, // up proj [dFf, dModel]
+        // gate proj [dFf, dModel]
+        { name: `${p}.w1.weight`, shape: [I, H], fill: normal(`${p}.w1.weight`, 1 / Math.sqrt(H)) },
+        // down proj [dModel, dFf]
+        { name: `${p}.w2.weight`, shape: [H, I], fill: normal(`${p}.w2.weight`, EXPERT_OUT_GAIN / Math.sqrt(I)) },
+        // up proj [dFf, dModel]
+        { name: `${p}.w3.weight`, shape: [I, H], fill: normal(`${p}.w3.weight`, 1 / Math.sqrt(H)) },
       );
     }
     shards.push({ file: "", tensors });
@@ -437,9 +442,11 @@ export function hashModelDir(dir: string): Record<string, string> {
   return out;
 }
 
-const USAGE = `usage: tsx scripts/make-demo-model.ts [--out DIR] [--force] [--seed N]
+const USAGE =
+  `usage: tsx scripts/make-demo-model.ts [--out DIR] [--force] [--seed N]
          [--vocab N] [--hidden N] [--layers N] [--heads N] [--kv-heads N] [--ff N] [--experts N] [--top-k N]
-Writes a random-weight Mixtral model (default ${DEMO_MODEL_SIZE.nLayers} layers × ${DEMO_MODEL_SIZE.nExperts} experts) to DIR (default demo-model/).`;
+Writes a random-weight Mixtral model ` +
+  `(default ${DEMO_MODEL_SIZE.nLayers} layers × ${DEMO_MODEL_SIZE.nExperts} experts) to DIR (default demo-model/).`;
 
 function main(): void {
   const { values } = parseArgs({

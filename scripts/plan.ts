@@ -20,8 +20,8 @@ import {
 } from "./lib/plan-lib";
 import { wantsHelp } from "./lib/progress";
 
-/** Copies of the published configs (docs/configs/README.md says where each came from). */
-const CONFIG_DIR = "docs/configs";
+/** Copies of the published configs (scripts/configs/README.md says where each came from). */
+const CONFIG_DIR = "scripts/configs";
 const CALIBRATION = "bench-results/calibration.json";
 /** Without a calibration: an f32 expert kernel at ~1 ns a weight on one core (decode, 1 token). */
 const DEFAULT_NS_PER_WEIGHT = 1;

@@ -11,10 +11,21 @@ import { join } from "node:path";
 if (process.argv.includes("--help") || process.argv.includes("-h")) {
   console.log(
     "usage: npm test [-- <vitest args>]   e.g. npm test -- tests/unit/kernels, npm test -- --project node\n" +
-      "  Builds, runs every vitest project and ends with the line `N passed, N failed`.\n" +
+      "  Builds, lints (npm run lint), runs every vitest project and ends with the line `N passed, N failed`.\n" +
       "  The dashboard browser test needs Chromium at /usr/bin/chromium (or CHROMIUM_PATH).",
   );
   process.exit(0);
+}
+
+// The linters are part of the test command, so CI enforces them; a lint failure counts as one
+// failed test in the closing line. Skipped when vitest is given arguments (a focused run).
+let lintFailed = 0;
+if (process.argv.length <= 2) {
+  const lint = spawnSync("npm", ["run", "lint", "--silent"], { stdio: "inherit" });
+  if (lint.status !== 0) {
+    lintFailed = 1;
+    console.error("npm run lint failed (Biome, line length or types): see above");
+  }
 }
 
 const dir = mkdtempSync(join(tmpdir(), "edge-moe-tests-"));
@@ -49,5 +60,6 @@ try {
 }
 rmSync(dir, { recursive: true, force: true });
 if (run.status !== 0 && failed === 0) failed = 1;
+failed += lintFailed;
 console.log(`${passed} passed, ${failed} failed${skipped ? `, ${skipped} skipped` : ""}`);
 process.exit(failed > 0 || run.status !== 0 ? 1 : 0);

@@ -56,7 +56,8 @@ async function bucketName(): Promise<string> {
   const { unstable_readConfig } = await import("wrangler");
   const config = unstable_readConfig({ config: CONFIG_PATH }, { hideWarnings: true });
   const bucket = (config.r2_buckets as { binding: string; bucket_name?: string }[]).find((b) => b.binding === BINDING);
-  if (!bucket?.bucket_name) throw new Error(`${CONFIG_PATH} has no [[r2_buckets]] entry with binding = "${BINDING}" and a bucket_name`);
+  if (!bucket?.bucket_name)
+    throw new Error(`${CONFIG_PATH} has no [[r2_buckets]] entry with binding = "${BINDING}" and a bucket_name`);
   return bucket.bucket_name;
 }
 
@@ -68,7 +69,14 @@ function r2OnlyConfig(): string {
   if (!bucket || !date) throw new Error(`${CONFIG_PATH}: could not find the R2 bucket binding or compatibility_date`);
   mkdirSync(".wrangler", { recursive: true });
   const path = resolve(".wrangler/seed.wrangler.json");
-  writeFileSync(path, JSON.stringify({ name: "edge-moe-seed", compatibility_date: date, r2_buckets: [{ binding: BINDING, bucket_name: bucket }] }, null, 2));
+  writeFileSync(
+    path,
+    JSON.stringify(
+      { name: "edge-moe-seed", compatibility_date: date, r2_buckets: [{ binding: BINDING, bucket_name: bucket }] },
+      null,
+      2,
+    ),
+  );
   return path;
 }
 
@@ -78,7 +86,11 @@ async function seedLocal(dir: string, modelId: string): Promise<void> {
   // getPlatformProxy cannot host this Worker's own Durable Objects and warns about them at length;
   // seeding only needs the R2 binding, so it gets a config with just that binding, persisting to
   // the same .wrangler/state that `wrangler dev` reads.
-  const proxy = await getPlatformProxy<{ MODELS: R2Bucket }>({ configPath: r2OnlyConfig(), persist: { path: resolve(".wrangler/state/v3") }, remoteBindings: false });
+  const proxy = await getPlatformProxy<{ MODELS: R2Bucket }>({
+    configPath: r2OnlyConfig(),
+    persist: { path: resolve(".wrangler/state/v3") },
+    remoteBindings: false,
+  });
   try {
     const r = await seedModelDir(proxy.env.MODELS, dir, modelId, { log: (l) => console.log(l) });
     const uploaded = r.files.filter((f) => f.action === "uploaded").length;
@@ -102,15 +114,34 @@ function seedRemote(dir: string, modelId: string, bucket: string, dryRun: boolea
         `. Set S3 credentials (${S3_ENV_HELP}) and re-run: seed then uploads through R2's S3 API, multipart.`,
     );
   }
-  const wranglerBin = join(dirname(createRequire(import.meta.url).resolve("wrangler/package.json")), "bin", "wrangler.js");
-  console.log(`${dryRun ? "would upload" : "uploading"} ${files.length} files to ${bucket}/${modelKeyPrefix(modelId)} (remote)`);
+  const wranglerBin = join(
+    dirname(createRequire(import.meta.url).resolve("wrangler/package.json")),
+    "bin",
+    "wrangler.js",
+  );
+  console.log(
+    `${dryRun ? "would upload" : "uploading"} ${files.length} files to ${bucket}/${modelKeyPrefix(modelId)} (remote)`,
+  );
   for (const file of files) {
     const path = relative(".", join(dir, file));
-    const args = ["r2", "object", "put", `${bucket}/${modelKeyPrefix(modelId)}${file}`, "--file", path, "--content-type", contentTypeFor(file), "--remote"];
+    const args = [
+      "r2",
+      "object",
+      "put",
+      `${bucket}/${modelKeyPrefix(modelId)}${file}`,
+      "--file",
+      path,
+      "--content-type",
+      contentTypeFor(file),
+      "--remote",
+    ];
     console.log(`  npx wrangler ${args.map((a) => (/[\s;"']/.test(a) ? JSON.stringify(a) : a)).join(" ")}`);
     if (dryRun) continue;
     const r = spawnSync(process.execPath, [wranglerBin, ...args], { stdio: "inherit" });
-    if (r.status !== 0) throw new Error(`wrangler r2 object put failed for ${file} (exit ${r.status ?? r.signal}); fix the cause above and re-run (files already uploaded are simply uploaded again)`);
+    if (r.status !== 0)
+      throw new Error(
+        `wrangler r2 object put failed for ${file} (exit ${r.status ?? r.signal}); fix the cause above and re-run (files already uploaded are simply uploaded again)`,
+      );
   }
   if (ignored.length > 0) console.log(`not model files, left out: ${ignored.join(", ")}`);
 }
@@ -161,15 +192,22 @@ async function main(): Promise<void> {
     console.log(USAGE);
     return;
   }
-  if (positionals.length > 1) throw new Error(`expected at most one model directory, got ${positionals.length}: ${positionals.join(" ")}\n${USAGE}`);
-  if (values["dry-run"] && !values.remote) throw new Error("--dry-run only applies to --remote (local seeding skips unchanged files anyway)");
+  if (positionals.length > 1)
+    throw new Error(
+      `expected at most one model directory, got ${positionals.length}: ${positionals.join(" ")}\n${USAGE}`,
+    );
+  if (values["dry-run"] && !values.remote)
+    throw new Error("--dry-run only applies to --remote (local seeding skips unchanged files anyway)");
   const dir = positionals[0] ?? DEMO_DIR;
   const name = basename(resolve(dir));
   const modelId = validateModelId(values.model ?? (name === DEMO_DIR ? DEMO_MODEL_ID : name));
   try {
     statSync(dir);
   } catch {
-    throw new Error(`${positionals[0] ?? DEMO_DIR} does not exist` + (positionals[0] ? "" : "; run `tsx scripts/make-demo-model.ts` first"));
+    throw new Error(
+      `${positionals[0] ?? DEMO_DIR} does not exist` +
+        (positionals[0] ? "" : "; run `tsx scripts/make-demo-model.ts` first"),
+    );
   }
   if (values.tokenizer !== undefined) {
     if (!TOKENIZER_FAMILIES.includes(values.tokenizer as TokenizerFamily)) {

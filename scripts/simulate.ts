@@ -655,7 +655,8 @@ async function loadCalibration(path: string, fresh: boolean, log: (m: string) =>
     const cal = JSON.parse(readFileSync(path, "utf8")) as Calibration;
     if (!cal.kernel?.points?.length || !cal.rpc?.points?.length || !(cal.expertLoad?.ms >= 0)) {
       throw new Error(
-        `${path} is not a calibration file (expected kernel.points, rpc.points, expertLoad.ms); delete it or pass --recalibrate`,
+        `${path} is not a calibration file (expected kernel.points, rpc.points, expertLoad.ms); ` +
+          "delete it or pass --recalibrate",
       );
     }
     log(`using calibration from ${path} (measured ${cal.date} on ${cal.machine.cpu} × ${cal.machine.cores})`);
@@ -730,7 +731,8 @@ function parseArgs(argv: string[]): {
       out.cfg.bases = v === "both" ? ["cluster", "static"] : [v];
     } else if (a === "--help" || a === "-h") {
       console.log(
-        "usage: npm run simulate [-- --calibration FILE] [--recalibrate] [--out FILE] [--loads 0.5,0.8] [--basis both|cluster|static]\n" +
+        "usage: npm run simulate [-- --calibration FILE] [--recalibrate] [--out FILE] [--loads 0.5,0.8] " +
+          "[--basis both|cluster|static]\n" +
           "       [--instances 16] [--experts 64] [--top-k 4] [--layers 2] [--windows 40] [--window-ms " +
           DEFAULT_SIM.windowMs +
           "] [--tokens-per-step 1] [--zipf 1.0] [--seed 7]\n" +
@@ -775,30 +777,52 @@ async function main(): Promise<void> {
 
   const f = (x: number, d = 2): string => (Number.isFinite(x) ? x.toFixed(d) : "–");
   console.log(
-    `\ncluster simulator — ${cfg.nInstances} instances, ${cfg.nExperts} experts top-${cfg.topK}, ${cfg.nLayers} layers, zipf s=${cfg.s}, drift ${JSON.stringify(cfg.drift)}, burstiness ${cfg.burstiness}`,
+    `\ncluster simulator — ${cfg.nInstances} instances, ${cfg.nExperts} experts top-${cfg.topK}, ` +
+      `${cfg.nLayers} layers, zipf s=${cfg.s}, drift ${JSON.stringify(cfg.drift)}, burstiness ${cfg.burstiness}`,
   );
+  const stream = cfg.requests
+    ? `${cfg.requests.active} requests in flight ` +
+      `(affinity σ=${cfg.requests.affinity}, ~${cfg.requests.meanWindows} windows each)`
+    : "independent tokens";
   console.log(
-    `token stream: ${cfg.requests ? `${cfg.requests.active} requests in flight (affinity σ=${cfg.requests.affinity}, ~${cfg.requests.meanWindows} windows each)` : "independent tokens"}; ` +
+    `token stream: ${stream}; ` +
       `replica choice: split = by shares; least-loaded = per call in ${cfg.isolates} Worker isolates ` +
       `(own rows in flight + recent rows, half-life ${cfg.recentHalfLifeMs} ms)`,
   );
   console.log(`edge-moe: replanStep with the ${describeReplanConfig({ ...cfg.replan, windowMs: cfg.windowMs })}`);
   console.log(
-    `costs (measured ${cal.date}): kernel ${f(costs.kernelMs(1), 3)} ms @1 token, ${f(costs.kernelMs(16), 3)} ms @16; RPC ${f(costs.rpcMs(D_MODEL * 4), 3)} ms @1 token; expert load ${f(costs.expertLoadMs)} ms`,
+    `costs (measured ${cal.date}): kernel ${f(costs.kernelMs(1), 3)} ms @1 token, ` +
+      `${f(costs.kernelMs(16), 3)} ms @16; RPC ${f(costs.rpcMs(D_MODEL * 4), 3)} ms @1 token; ` +
+      `expert load ${f(costs.expertLoadMs)} ms`,
   );
   console.log(
     `offered load ρ is relative to a capacity in tokens/s:\n` +
-      `  cluster: ${f(bases.cluster * cfg.tokensPerStep, 0)} = ${cfg.nInstances} instances ÷ ${f(work.totalMs, 3)} busy-ms per token (static placement's work, spread evenly)\n` +
-      `  static:  ${f(bases.static * cfg.tokensPerStep, 0)} = 1 ÷ ${f(work.busiestMs, 3)} busy-ms per token on the static placement's busiest instance (worst window)\n` +
+      `  cluster: ${f(bases.cluster * cfg.tokensPerStep, 0)} = ${cfg.nInstances} instances ÷ ` +
+      `${f(work.totalMs, 3)} busy-ms per token (static placement's work, spread evenly)\n` +
+      `  static:  ${f(bases.static * cfg.tokensPerStep, 0)} = 1 ÷ ${f(work.busiestMs, 3)} busy-ms per token ` +
+      "on the static placement's busiest instance (worst window)\n" +
       `${cfg.windows} windows of ${cfg.windowMs} ms, first ${cfg.warmupWindows} not measured\n`,
   );
   console.log(
-    "basis    load  policy                per-layer p50 ms      p99 ms   tokens/s   saturates at tok/s   util mean/max   balance p50   copies/replan            backlog",
+    "basis    load  policy                per-layer p50 ms      p99 ms   tokens/s   " +
+      "saturates at tok/s   util mean/max   balance p50   copies/replan            backlog",
   );
   for (const r of results) {
-    console.log(
-      `${r.basis.padEnd(9)}${f(r.load, 2).padEnd(6)}${r.policy.padEnd(21)}${f(r.latencyP50Ms, 3).padStart(17)}${f(r.latencyP99Ms, 3).padStart(12)}${f(r.throughputTokensPerSec, 0).padStart(11)}${f(r.saturationTokensPerSec, 0).padStart(21)}${`${f(r.utilMean)}/${f(r.utilMaxWindow)}`.padStart(16)}${f(r.balanceP50, 3).padStart(14)}${f(r.copiesPerReplan, 1).padStart(16)}${(r.saturated ? `${f(r.backlogMs / 1000, 1)} s SATURATED` : `${f(r.backlogMs, 1)} ms`).padStart(19)}`,
-    );
+    const backlog = r.saturated ? `${f(r.backlogMs / 1000, 1)} s SATURATED` : `${f(r.backlogMs, 1)} ms`;
+    const cells = [
+      r.basis.padEnd(9),
+      f(r.load, 2).padEnd(6),
+      r.policy.padEnd(21),
+      f(r.latencyP50Ms, 3).padStart(17),
+      f(r.latencyP99Ms, 3).padStart(12),
+      f(r.throughputTokensPerSec, 0).padStart(11),
+      f(r.saturationTokensPerSec, 0).padStart(21),
+      `${f(r.utilMean)}/${f(r.utilMaxWindow)}`.padStart(16),
+      f(r.balanceP50, 3).padStart(14),
+      f(r.copiesPerReplan, 1).padStart(16),
+      backlog.padStart(19),
+    ];
+    console.log(cells.join(""));
   }
   const summary: Record<string, string> = {};
   for (const basis of cfg.bases)
@@ -817,7 +841,8 @@ async function main(): Promise<void> {
         const o = at(other);
         if (!o) continue;
         summary[`p99 per-layer latency, ${basis} load ${load}: edge-moe vs ${other}`] =
-          `${f(edge.latencyP99Ms, 2)} vs ${f(o.latencyP99Ms, 2)} ms: ${f(100 * (1 - edge.latencyP99Ms / o.latencyP99Ms), 1)}% lower${o.saturated ? ` (${other} saturated)` : ""}`;
+          `${f(edge.latencyP99Ms, 2)} vs ${f(o.latencyP99Ms, 2)} ms: ` +
+          `${f(100 * (1 - edge.latencyP99Ms / o.latencyP99Ms), 1)}% lower${o.saturated ? ` (${other} saturated)` : ""}`;
       }
       // The issue's targets at 80% offered load: p99 ≥ 30% below static, ≥ 10% below EPLB every window.
       if (load === 0.8) {
@@ -851,9 +876,11 @@ async function main(): Promise<void> {
         config: cfg,
         offeredLoad: {
           cluster:
-            "ρ × instances ÷ (expected busy ms per token under the static placement): all instances busy ρ of the time if the work were spread evenly",
+            "ρ × instances ÷ (expected busy ms per token under the static placement): " +
+            "all instances busy ρ of the time if the work were spread evenly",
           static:
-            "ρ ÷ (expected busy ms per token on the static placement's busiest instance, worst window): that instance busy ρ of the time",
+            "ρ ÷ (expected busy ms per token on the static placement's busiest instance, worst window): " +
+            "that instance busy ρ of the time",
         },
         capacityTokensPerSec: { cluster: bases.cluster * cfg.tokensPerStep, static: bases.static * cfg.tokensPerStep },
         results,

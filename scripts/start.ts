@@ -115,16 +115,17 @@ try {
     error?: { message: string };
   };
   if (!res.ok) throw new Error(`warm-up failed: ${placement.error?.message ?? res.status}`);
-  console.log(
-    `placement v${placement.version}: ${placement.instances.map((i) => `${i.name} holds ${i.experts.length} experts`).join("; ")} (${((Date.now() - t0) / 1000).toFixed(1)} s)`,
-  );
+  const holdings = placement.instances.map((i) => `${i.name} holds ${i.experts.length} experts`).join("; ");
+  console.log(`placement v${placement.version}: ${holdings} (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
   console.log(`\nedge-moe ready on ${base} — model ${MODEL}, ${placement.instances.length} ExpertHost instances`);
   console.log(
-    `try:\n  curl -N ${base}/v1/chat/completions -H 'content-type: application/json' \\\n    -d '{"model":"${MODEL}","messages":[{"role":"user","content":"Hello!"}],"max_tokens":24,"stream":true}'`,
+    `try:\n  curl -N ${base}/v1/chat/completions -H 'content-type: application/json' \\\n` +
+      `    -d '{"model":"${MODEL}","messages":[{"role":"user","content":"Hello!"}],"max_tokens":24,"stream":true}'`,
   );
   console.log(`  npm run load:skewed   (a skewed, moving load: watch replicas of hot experts appear and go)`);
   console.log(
-    `  curl ${base}/v1/placement\n  curl -H 'authorization: Bearer ${adminToken}' ${base}/admin/hosts   (token in .dev.vars)`,
+    `  curl ${base}/v1/placement\n` +
+      `  curl -H 'authorization: Bearer ${adminToken}' ${base}/admin/hosts   (token in .dev.vars)`,
   );
   console.log(`  curl -H 'authorization: Bearer ${adminToken}' ${base}/metrics   (Prometheus text)`);
   console.log(`  open ${base}/dashboard?token=${adminToken}   (live expert heat map)`);

@@ -265,7 +265,8 @@ export async function measureRpc(expertBytes: number): Promise<{ rpc: Calibratio
     return {
       rpc: {
         method:
-          "Worker loop of N awaited RPCs timed with Date.now() inside workerd (Miniflare), ÷ N; wallPoints: Node wall time minus an empty request, ÷ N",
+          "Worker loop of N awaited RPCs timed with Date.now() inside workerd (Miniflare), ÷ N; " +
+          "wallPoints: Node wall time minus an empty request, ÷ N",
         points,
         wallPoints,
       },

@@ -33,7 +33,10 @@ import type { LoadTrace } from "./workloads";
 /** `eplb-ema`: EPLB re-planned every window from edge-moe's smoothed forecast instead of window t. */
 export type PolicyName = "static" | "eplb" | "eplb-ema" | "edge-moe";
 export const POLICIES: PolicyName[] = ["static", "eplb", "eplb-ema", "edge-moe"];
-/** Run by default; `eplb-ema` (--eplb-ema) measured weaker than `eplb` (README), so EPLB on window t is the baseline. */
+/**
+ * Run by default; `eplb-ema` (--eplb-ema) measured weaker than `eplb` (README), so EPLB on window t
+ * is the baseline.
+ */
 export const DEFAULT_POLICIES: PolicyName[] = ["static", "eplb", "edge-moe"];
 /** The dispatches each placement is scored under (a static placement has one replica: `split` only). */
 export const DISPATCHES: Record<PolicyName, DispatchMode[]> = {

@@ -104,5 +104,7 @@ export function describeReplanConfig(config: ReplanConfig, deployed: ReplanConfi
   const knobs = Object.entries(a)
     .map(([k, v]) => `${k}=${v}${changed.includes(k) ? "*" : ""}`)
     .join(" ");
-  return `${changed.length === 0 ? "deployed re-plan config (wrangler.toml)" : "re-plan config, * = overridden by a flag"}: ${knobs}`;
+  const title =
+    changed.length === 0 ? "deployed re-plan config (wrangler.toml)" : "re-plan config, * = overridden by a flag";
+  return `${title}: ${knobs}`;
 }

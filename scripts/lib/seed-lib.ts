@@ -46,7 +46,8 @@ const MODEL_FILE_RE = /^(?:.+\.json|.+\.safetensors|tokenizer\.model|.+\.jinja|m
 export function validateModelId(modelId: string): string {
   if (!MODEL_ID_RE.test(modelId)) {
     throw new Error(
-      `model id must be 1–128 characters of letters, digits, ".", "_" or "-" (no "/"), starting with a letter or digit; got ${JSON.stringify(modelId)}`,
+      'model id must be 1–128 characters of letters, digits, ".", "_" or "-" (no "/"), ' +
+        `starting with a letter or digit; got ${JSON.stringify(modelId)}`,
     );
   }
   return modelId;
@@ -75,7 +76,8 @@ export function listModelFiles(
 ): { files: string[]; ignored: string[] } {
   if (!existsSync(dir) || !statSync(dir).isDirectory()) {
     throw new Error(
-      `${dir} is not a directory; pass a model directory (e.g. demo-model/, made by \`tsx scripts/make-demo-model.ts\`)`,
+      `${dir} is not a directory; pass a model directory ` +
+        "(e.g. demo-model/, made by `tsx scripts/make-demo-model.ts`)",
     );
   }
   const files: string[] = [];

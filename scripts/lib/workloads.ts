@@ -327,7 +327,8 @@ export function validateLoadWindows(data: unknown, source = "loads"): LoadTrace 
       if (!Array.isArray(row)) {
         const at = threeD ? `loads[${w}][${l}]` : `loads[${w}]`;
         fail(
-          `${at} must be an array of per-expert counts, got ${typeName(row)} (mixing [window][expert] and [window][layer][expert]?)`,
+          `${at} must be an array of per-expert counts, got ${typeName(row)} ` +
+            "(mixing [window][expert] and [window][layer][expert]?)",
         );
       }
     });
@@ -345,7 +346,8 @@ export function validateLoadWindows(data: unknown, source = "loads"): LoadTrace 
       if (counts.length === 0) fail(`${at} is empty; each window needs one count per expert`);
       if (counts.length !== nExperts) {
         fail(
-          `${at} has ${counts.length} experts, but the first window has ${nExperts}; every window must have the same shape`,
+          `${at} has ${counts.length} experts, but the first window has ${nExperts}; ` +
+            "every window must have the same shape",
         );
       }
       parsed.push(

@@ -30,7 +30,8 @@ export function slotsPerInstance(init: PlacementInit): number {
   if (slots < 1) {
     throw new BudgetError(
       `model "${model}" does not fit: one expert needs ${formatMiB(expertBytes)} but an ExpertHost may hold ` +
-        `${formatMiB(budgetBytes)} (EXPERT_HOST_BUDGET_MB). Quantize the experts or raise the budget (≤ what a 128 MB isolate holds).`,
+        `${formatMiB(budgetBytes)} (EXPERT_HOST_BUDGET_MB). ` +
+        "Quantize the experts or raise the budget (≤ what a 128 MB isolate holds).",
     );
   }
   return slots;

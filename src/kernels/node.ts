@@ -38,7 +38,7 @@ export function kernelModule(flavor: KernelFlavor): WebAssembly.Module {
  * A fresh Kernels instance (its own memory) of the given build; "best" = relaxed if it works here
  * (probed), else simd. int8 defaults to dot_i16x8 (12-bit activations) here: Node 22's V8 12 has
  * no AVX-VNNI lowering for the relaxed dot, so the 14-bit relaxed path costs as many instructions
- * and measured slower (0.55 vs 0.39 ms, hot 1024×2816) at the same accuracy.
+ * and measured slower at the same accuracy (README, kernel benchmark).
  */
 export function loadKernels(flavor: KernelFlavor | "best", opts: KernelOptions = {}): Kernels {
   const o: KernelOptions = { q8Path: "dot_i16x8", ...opts };

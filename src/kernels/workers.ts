@@ -18,8 +18,8 @@ const MODULES: Record<KernelFlavor, WebAssembly.Module> = {
 /**
  * A fresh Kernels instance (its own memory). "best" = relaxed after its start-up probe, else simd.
  * The relaxed int8 dot defaults to the i32x4 dot-add form (14-bit activations) here: workerd's V8
- * (15.x) lowers it to one AVX-VNNI vpdpbusd — with 7-bit activations, measured 0.25 vs 0.54 ms
- * per cold 1024×2816 int8 expert and 133 vs 79 GOP/s at batch 64 against the i16 form.
+ * (15.x) lowers it to one AVX-VNNI vpdpbusd, which measured faster than the i16 form both cold at
+ * batch 1 and hot at batch 64 (README, kernel benchmark).
  */
 export function createKernels(flavor: KernelFlavor | "best" = "simd", opts: KernelOptions = {}): Kernels {
   const o: KernelOptions = { q8Path: "relaxed_dot", ...opts };

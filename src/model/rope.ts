@@ -48,7 +48,7 @@ export interface RopeFrequencies {
 /** Plain RoPE: inv_freq[i] = θ^(−2i/rotDim). */
 export function plainInvFreq(theta: number, rotDim: number): Float64Array {
   const out = new Float64Array(rotDim / 2);
-  for (let i = 0; i < out.length; i++) out[i] = 1 / Math.pow(theta, (2 * i) / rotDim);
+  for (let i = 0; i < out.length; i++) out[i] = 1 / theta ** ((2 * i) / rotDim);
   return out;
 }
 

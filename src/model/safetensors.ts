@@ -157,7 +157,8 @@ export class Checkpoint {
       firstRow + nRows > rows
     ) {
       throw new RangeError(
-        `tensor "${name}" (${t.file}, shape ${fmtShape(t.shape)}) has ${rows} rows; asked for ${nRows} from row ${firstRow}`,
+        `tensor "${name}" (${t.file}, shape ${fmtShape(t.shape)}) has ${rows} rows; ` +
+          `asked for ${nRows} from row ${firstRow}`,
       );
     }
     return { t, rowLen };
@@ -189,7 +190,8 @@ async function readShardedHeaders(
   for (const [tensor, shard] of Object.entries(weightMap)) {
     if (typeof shard !== "string" || shard === "" || shard.includes("..") || shard.startsWith("/")) {
       throw new ModelFormatError(
-        `${INDEX_FILE}: weight_map entry for tensor "${tensor}" must be a shard file name, got ${JSON.stringify(shard)}`,
+        `${INDEX_FILE}: weight_map entry for tensor "${tensor}" must be a shard file name, ` +
+          `got ${JSON.stringify(shard)}`,
         INDEX_FILE,
         tensor,
         "weight_map",
@@ -245,7 +247,8 @@ async function readHeader(src: ByteSource): Promise<Map<string, TensorInfo>> {
   const headerLen = new DataView(probe.buffer, probe.byteOffset, 8).getBigUint64(0, true);
   if (headerLen > BigInt(MAX_HEADER_BYTES)) {
     throw new ModelFormatError(
-      `${file}: header length field says ${headerLen} bytes, over the ${MAX_HEADER_BYTES}-byte limit (corrupt or not a safetensors file)`,
+      `${file}: header length field says ${headerLen} bytes, over the ${MAX_HEADER_BYTES}-byte limit ` +
+        "(corrupt or not a safetensors file)",
       file,
     );
   }
@@ -302,7 +305,8 @@ function tensorInfo(file: string, name: string, entry: unknown, dataStart: numbe
   if (end - begin !== expected) {
     throw bad(
       "data_offsets",
-      `shape ${fmtShape(shape)} × ${dt} needs ${expected} bytes, but data_offsets [${begin}, ${end}] span ${end - begin}`,
+      `shape ${fmtShape(shape)} × ${dt} needs ${expected} bytes, ` +
+        `but data_offsets [${begin}, ${end}] span ${end - begin}`,
     );
   }
   if (end > dataLen) {
@@ -435,7 +439,8 @@ export function r2FileStore(bucket: R2Bucket, prefix: string): FileStore {
           const bytes = new Uint8Array(await obj.arrayBuffer());
           if (bytes.byteLength !== length) {
             throw new ModelFormatError(
-              `${name}: R2 returned ${bytes.byteLength} bytes for a ${length}-byte read at ${offset} (object changed or truncated)`,
+              `${name}: R2 returned ${bytes.byteLength} bytes for a ${length}-byte read at ${offset} ` +
+                "(object changed or truncated)",
               name,
             );
           }

@@ -19,7 +19,8 @@ export interface Budgets {
 
 /** Kernel memory beyond the weights: activations, KV caches and scratch. */
 export const WORKER_SCRATCH_BYTES = 8 * MIB;
-export const HOST_SCRATCH_BYTES = 5 * MIB; // ≥ ExpertStore scratch (expert-store.ts scratchBytes) for dModel, dFf ≤ 4096
+// ≥ ExpertStore scratch (expert-store.ts scratchBytes) for dModel, dFf ≤ 4096.
+export const HOST_SCRATCH_BYTES = 5 * MIB;
 
 export function readBudgets(env: Vars): Budgets {
   const expertHostBytes = mibVar(env, "EXPERT_HOST_BUDGET_MB", 96);

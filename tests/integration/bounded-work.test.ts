@@ -1,10 +1,10 @@
 /**
  * The issue's acceptance for bounded work: a 5 MB prompt is refused in < 100 ms while /health keeps
  * answering in < 50 ms — refused on its size before any model is loaded or any text tokenized
- * (tokenizing that prompt blocked the isolate for ~17 s before). Timings are printed. The issue's
- * bounds are asserted on medians when the machine has a core to spare; on a machine loaded beyond
- * its cores (several test runs sharing two cores) every latency, /health's included, stretches, so
- * only bounds ten times looser are asserted and the test says so.
+ * (tokenizing a prompt that large would block the isolate for seconds). Timings are printed. The
+ * issue's bounds are asserted on medians when the machine has a core to spare; on a machine loaded
+ * beyond its cores (several test runs sharing two cores) every latency, /health's included,
+ * stretches, so only bounds ten times looser are asserted and the test says so.
  */
 import { cpus, loadavg } from "node:os";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";

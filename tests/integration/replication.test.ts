@@ -95,7 +95,9 @@ beforeAll(async () => {
 afterAll(() => w?.dispose());
 
 describe("hot-expert replication", () => {
-  it("replicates hot experts under skewed load, routes to the replicas, drops nothing, and releases them when idle", async () => {
+  const title =
+    "replicates hot experts under skewed load, routes to the replicas, drops nothing, and releases them when idle";
+  it(title, async () => {
     const before = await status();
     expect(before.placement.instances).toHaveLength(4);
     expect(replicated(before)).toEqual([]);
@@ -184,7 +186,9 @@ describe("hot-expert replication", () => {
 });
 
 describe("reconcile after a Coordinator restart", () => {
-  it("leaves every host holding exactly what the placement references after a make-before-break is cut short", async () => {
+  const title =
+    "leaves every host holding exactly what the placement references after a make-before-break is cut short";
+  it(title, async () => {
     // Replicate under load, then let the load go: the Coordinator drains the idle replicas away
     // (publishes a table without them, waits for Workers to see it, then unloads). Restart it
     // inside that wait.

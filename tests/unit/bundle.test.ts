@@ -1,4 +1,7 @@
-/** The deployable bundle (`wrangler deploy --dry-run`, built by `npm run build`) stays small: weights live in R2, never in the script. */
+/**
+ * The deployable bundle (`wrangler deploy --dry-run`, built by `npm run build`) stays small: weights
+ * live in R2, never in the script.
+ */
 import { describe, expect, it } from "vitest";
 import { readdirSync, statSync } from "node:fs";
 import { join } from "node:path";

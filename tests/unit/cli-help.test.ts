@@ -15,7 +15,7 @@ const TSX = join(ROOT, "node_modules", ".bin", "tsx");
 const scripts = (JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")) as { scripts: Record<string, string> })
   .scripts;
 /** npm scripts that end in another tool's CLI, which answers --help itself. */
-const TOOL_PASSTHROUGH = new Set(["build", "dev", "deploy", "typecheck", "test"]);
+const TOOL_PASSTHROUGH = new Set(["build", "dev", "deploy", "typecheck", "test", "lint", "format"]);
 
 const entries = Object.entries(scripts).flatMap(([name, cmd]) => {
   const m = /(?:^|&&\s*)tsx (scripts\/[\w.-]+\.ts)\s*$/.exec(cmd);

@@ -17,7 +17,8 @@ const UNVERSIONED_SCHEMA = [
   layer INTEGER NOT NULL, expert INTEGER NOT NULL, instance INTEGER NOT NULL, share REAL NOT NULL,
   PRIMARY KEY (layer, expert, instance)
 )`,
-  "CREATE TABLE IF NOT EXISTS placement_log (version INTEGER PRIMARY KEY, created_at INTEGER NOT NULL, summary TEXT NOT NULL)",
+  "CREATE TABLE IF NOT EXISTS placement_log " +
+    "(version INTEGER PRIMARY KEY, created_at INTEGER NOT NULL, summary TEXT NOT NULL)",
   `CREATE TABLE IF NOT EXISTS expert_load (layer INTEGER NOT NULL, expert INTEGER NOT NULL, rate REAL NOT NULL,
   variance REAL NOT NULL, trend REAL NOT NULL, PRIMARY KEY (layer, expert))`,
   "CREATE TABLE IF NOT EXISTS instance_load (instance INTEGER PRIMARY KEY, rate REAL NOT NULL)",

@@ -67,7 +67,9 @@ describe("dispatchLeastLoaded", () => {
     }
   });
 
-  it("with the default single sweep, the call's busiest instance is within a few rows of the sweep-converged one", () => {
+  const title =
+    "with the default single sweep, the call's busiest instance is within a few rows of the sweep-converged one";
+  it(title, () => {
     let worse = 0;
     for (let seed = 1; seed <= 300; seed++) {
       const a = randomCall(seed);

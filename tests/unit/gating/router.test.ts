@@ -96,12 +96,16 @@ describe("group-limited-topk (DeepSeek-V3)", () => {
     closeAll(r.w, [0.9 / 2.25, 0.7 / 2.25, 0.65 / 2.25]);
   });
 
-  it("masks excluded groups with -inf, as DeepSeek's inference code (HF's 0-fill differs only for negative biased scores)", () => {
-    // Biased scores of the kept groups are negative: -inf masking still picks inside the kept groups.
-    const bias = Float32Array.from([-1, -1, -1, -1, -1, -1, -1, -1]);
-    const r = rows(route(V3, V3_LOGITS, 1, 8, 2, { bias }))[0];
-    expect(r.ids).toEqual([4, 5]);
-  });
+  it(
+    "masks excluded groups with -inf, as DeepSeek's inference code " +
+      "(HF's 0-fill differs only for negative biased scores)",
+    () => {
+      // Biased scores of the kept groups are negative: -inf masking still picks inside the kept groups.
+      const bias = Float32Array.from([-1, -1, -1, -1, -1, -1, -1, -1]);
+      const r = rows(route(V3, V3_LOGITS, 1, 8, 2, { bias }))[0];
+      expect(r.ids).toEqual([4, 5]);
+    },
+  );
 
   it("requires the per-layer bias when the kind uses one", () => {
     expect(() => route(V3, V3_LOGITS, 1, 8, 2)).toThrow(/selection bias of 8 values/);
@@ -121,7 +125,8 @@ describe("group-limited-topk (DeepSeek-V3)", () => {
 
 describe("group-limited-topk (DeepSeek-V2: softmax, groups by max)", () => {
   it("scores groups by their best expert", () => {
-    // softmax of these logits keeps their order; groups of 2 by max: g0 = e0 (3), g1 = e3 (2.9), g2 = e4 (1), g3 = e7 (2.95).
+    // softmax of these logits keeps their order; groups of 2 by max: g0 = e0 (3), g1 = e3 (2.9),
+    // g2 = e4 (1), g3 = e7 (2.95).
     const logits = Float32Array.from([3, 2.99, 0, 2.9, 1, 0, 0, 2.95]);
     const spec = {
       kind: "group-limited-topk",

@@ -44,7 +44,8 @@ export function expectClose(got: Float32Array, want: Float32Array, tol: number, 
   }
   if (!(worst <= tol)) {
     expect.fail(
-      `${what}: index ${at} got ${got[at]}, want ${want[at]} (rel err ${worst.toExponential(2)} > ${tol.toExponential(2)})`,
+      `${what}: index ${at} got ${got[at]}, want ${want[at]} ` +
+        `(rel err ${worst.toExponential(2)} > ${tol.toExponential(2)})`,
     );
   }
 }

@@ -257,7 +257,8 @@ describe("Mixtral adapter", () => {
       const bad = await Checkpoint.open(memoryFileStore(shard(tensors, 2)));
       const err = await expectModelError(loadDenseWeights(bad, spec), []);
       expect(err.message).toBe(
-        'model-00002-of-00002.safetensors: tensor "model.layers.1.self_attn.q_proj.weight" has shape [64, 63], config expects [64, 64]',
+        'model-00002-of-00002.safetensors: tensor "model.layers.1.self_attn.q_proj.weight" ' +
+          "has shape [64, 63], config expects [64, 64]",
       );
       expect(err).toMatchObject({
         file: "model-00002-of-00002.safetensors",

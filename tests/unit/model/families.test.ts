@@ -222,7 +222,9 @@ describe("known by construction", () => {
     });
   }
 
-  it("qwen2_moe: a shared expert equal to the routed one, with a zero gate (sigmoid 0.5), adds half an expert", async () => {
+  const title =
+    "qwen2_moe: a shared expert equal to the routed one, with a zero gate (sigmoid 0.5), adds half an expert";
+  it(title, async () => {
     const cfg = { ...renormalised(QWEN2_MOE), shared_expert_intermediate_size: 16 };
     const tensors = buildTensors(cfg, { seed: 3, identicalExperts: true });
     const scaled = new Map(tensors);
@@ -285,7 +287,9 @@ describe("known by construction", () => {
       return [mix, out];
     }
 
-    it("all multipliers 1 (attention_multiplier = head_dim^-0.5): Granite equals Mixtral with renamed tensors", async () => {
+    const title =
+      "all multipliers 1 (attention_multiplier = head_dim^-0.5): Granite equals Mixtral with renamed tensors";
+    it(title, async () => {
       const cfg = {
         ...GRANITE_MOE,
         embedding_multiplier: 1,
@@ -439,7 +443,9 @@ describe("dense layers and budgets", () => {
     await expect(loadExpertWeights(ckpt, spec, 1, 3)).resolves.toMatchObject({ w1: expect.any(Float32Array) });
   });
 
-  it("denseBytes counts every tensor but the routed experts (attention, routers, biases, dense MLPs, shared experts)", () => {
+  const title =
+    "denseBytes counts every tensor but the routed experts (attention, routers, biases, dense MLPs, shared experts)";
+  it(title, () => {
     for (const [, cfg] of FAMILIES) {
       const spec = parseConfig(cfg);
       const tensors = buildTensors(cfg, { seed: 1 });

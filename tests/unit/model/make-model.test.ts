@@ -69,7 +69,8 @@ describe("make-model", () => {
       } else {
         expect(ckpt.info(`${experts}.weight`)).toMatchObject({ dtype: "BF16", shape: [4, 64, 64] });
       }
-      // Norms 1; embeddings small (granite multiplies them by 12); projections gain/√fan_in (o_proj 0.5, routed experts' down 3).
+      // Norms 1; embeddings small (granite multiplies them by 12); projections gain/√fan_in
+      // (o_proj 0.5, routed experts' down 3).
       expect([...(await ckpt.readF32("model.layers.0.input_layernorm.weight"))].every((v) => v === 1)).toBe(true);
       const std = (a: Float32Array) => Math.sqrt(a.reduce((x, v) => x + v * v, 0) / a.length);
       const near = (got: number, want: number) => expect(Math.abs(got / want - 1)).toBeLessThan(0.1);

@@ -21,8 +21,8 @@ import { expectModelError } from "./helpers";
 const FIXTURE = new URL("../../fixtures/deepseek-v3-yarn/", import.meta.url);
 const readJson = (f: string): Record<string, unknown> =>
   JSON.parse(readFileSync(new URL(f, FIXTURE), "utf8")) as Record<string, unknown>;
-/** Copies of the published configs (see docs/configs/README.md). */
-const SHARED_CONFIG = (name: string) => new URL(`../../../docs/configs/${name}`, import.meta.url);
+/** Copies of the published configs (see scripts/configs/README.md). */
+const SHARED_CONFIG = (name: string) => new URL(`../../../scripts/configs/${name}`, import.meta.url);
 
 /** Independent float64 YaRN: wavelength per pair, ramp between the beta_fast and beta_slow wavelengths. */
 function referenceInvFreq(theta: number, d: number, y: YarnSpec): number[] {
@@ -48,7 +48,9 @@ const V3_YARN: YarnSpec = {
   mscale: 1,
   mscaleAllDim: 1,
 };
-const V2_LITE_YARN: YarnSpec = { ...V3_YARN, mscale: 0.707, mscaleAllDim: 0.707 };
+// biome-ignore lint/suspicious/noApproximativeNumericConstant: DeepSeek-V2-Lite's config value, not √½.
+const V2_LITE_MSCALE = 0.707;
+const V2_LITE_YARN: YarnSpec = { ...V3_YARN, mscale: V2_LITE_MSCALE, mscaleAllDim: V2_LITE_MSCALE };
 
 describe("YaRN math", () => {
   it("matches the deepseek-v3-yarn oracle's inv_freq and softmax scale", () => {
@@ -84,7 +86,7 @@ describe("YaRN math", () => {
 
   it("scales the softmax by mscale_all_dim² and cos/sin by mscale / mscale_all_dim (V2 as V3)", () => {
     expect(yarnAttentionScale(V3_YARN)).toBeCloseTo(m(40, 1) ** 2, 14);
-    expect(yarnAttentionScale(V2_LITE_YARN)).toBeCloseTo(m(40, 0.707) ** 2, 14);
+    expect(yarnAttentionScale(V2_LITE_YARN)).toBeCloseTo(m(40, V2_LITE_MSCALE) ** 2, 14);
     expect(yarnCosSinScale(V2_LITE_YARN)).toBe(1);
     expect(yarnCosSinScale({ ...V3_YARN, mscale: 1, mscaleAllDim: 0 })).toBeCloseTo(m(40, 1), 14);
     expect(yarnAttentionScale({ ...V3_YARN, mscaleAllDim: 0 })).toBe(1);
@@ -105,7 +107,7 @@ describe("parseConfig with YaRN (DeepSeek families)", () => {
     const s2 = parseConfig(v2);
     expect(s2.rope.yarn).toEqual(V2_LITE_YARN);
     expect(s2.router).toMatchObject({ scoring: "softmax", nGroup: 1, renormalize: false, routedScale: 1 });
-    expect(s2.attention.scale).toBeCloseTo((1 / Math.sqrt(192)) * m(40, 0.707) ** 2, 14);
+    expect(s2.attention.scale).toBeCloseTo((1 / Math.sqrt(192)) * m(40, V2_LITE_MSCALE) ** 2, 14);
     const v3 = JSON.parse(readFileSync(SHARED_CONFIG("deepseek-v3.json"), "utf8")) as Record<string, unknown>;
     delete v3.quantization_config; // what convert writes after dequantizing fp8
     expect(parseConfig(v3).rope.yarn).toEqual(V3_YARN);

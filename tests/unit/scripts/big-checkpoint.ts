@@ -112,7 +112,7 @@ export function writeBigCheckpoint(dir: string, s: BigShape): number {
       new DataView(len.buffer).setBigUint64(0, BigInt(json.length), true);
       writeSync(fd, len);
       writeSync(fd, new TextEncoder().encode(json));
-      for (let left = off; left > 0;) {
+      for (let left = off; left > 0; ) {
         const n = Math.min(left, patternBytes.byteLength);
         writeSync(fd, patternBytes, 0, n);
         left -= n;

@@ -7,7 +7,7 @@ import { describe, expect, it } from "vitest";
 import { expertBytes, isRefusal, planModel, specForPlan, type PlanBudgets } from "../../../scripts/lib/plan-lib";
 
 const config = (name: string) =>
-  JSON.parse(readFileSync(new URL(`../../../docs/configs/${name}.json`, import.meta.url), "utf8")) as Record<
+  JSON.parse(readFileSync(new URL(`../../../scripts/configs/${name}.json`, import.meta.url), "utf8")) as Record<
     string,
     unknown
   >;

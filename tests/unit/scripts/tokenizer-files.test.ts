@@ -89,7 +89,8 @@ describe("shipped tokenizers of the served families", () => {
       qwen3:
         "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n" +
         "<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n",
-      deepseek_v3: "<｜begin▁of▁sentence｜><｜User｜>Hi<｜Assistant｜>Hello!<｜end▁of▁sentence｜><｜User｜>2+2?<｜Assistant｜>",
+      deepseek_v3:
+        "<｜begin▁of▁sentence｜><｜User｜>Hi<｜Assistant｜>Hello!<｜end▁of▁sentence｜><｜User｜>2+2?<｜Assistant｜>",
       llama3:
         "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>" +
         "<|start_header_id|>assistant<|end_header_id|>\n\nHello!<|eot_id|>" +
