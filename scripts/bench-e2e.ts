@@ -1,20 +1,29 @@
 /**
- * `npm run bench:e2e [-- --tokens N --runs R --out FILE]`: decode speed of the demo model through
- * the distributed path (Worker → one RPC per ExpertHost per layer) next to the same model with
- * every expert inside the Worker isolate (EXPERT_BACKEND = "worker"), both running at once in
- * real workerd and measured alternately in the same run. Prints tokens/s, the ratio, and the
- * per-layer fan-out cost ((1/tps_distributed − 1/tps_single) / layers); writes a JSON result.
- *
- * The single-isolate baseline holds ~200 MB of experts, which a production isolate (128 MB)
- * could not: it is the "no distribution" reference, not a deployable configuration.
+ * `npm run bench:e2e [-- --model ID --dir DIR --tokens N --runs R --configs a,b,c --out FILE]`:
+ * decode speed of one model in real workerd, several deployments of it running at once and
+ * measured alternately in the same run:
+ *  - distributed: as deployed (the Worker runs the dense layers when they fit, else pipeline
+ *    stages + head shards; routed experts on ExpertHosts, one RPC per instance per MoE layer);
+ *  - single: every expert inside the Worker isolate (EXPERT_BACKEND = "worker"), the
+ *    no-distribution baseline (demo only: ~200 MB of experts no production isolate could hold);
+ *  - pipelined: the layers forced onto StageHosts (--stages, default one per layer) and the head
+ *    onto --head-shards HeadHosts, the decode loop on a session driver in the region.
+ * Prints decode tokens/s, prefill time, RPCs per token (the design's count, src/stages/rpc-count.ts:
+ * Worker↔region and in-region) and the per-token fan-out cost against the single-isolate baseline;
+ * writes a JSON result. `--model demo-mixtral` (default) builds the demo with make-demo-model;
+ * another id needs `--dir` (a model directory: config.json, safetensors, tokenizer).
  */
-import { mkdirSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { cpus, totalmem } from "node:os";
 import { dirname, join } from "node:path";
 import { parseArgs } from "node:util";
 import { startLocalWorker, ROOT, type LocalWorker } from "./lib/local-worker";
 import { seedModelDir } from "./lib/seed-lib";
-import { makeDemoModel, DEMO_MODEL_SIZE } from "./make-demo-model";
+import { makeDemoModel } from "./make-demo-model";
+import { parseConfig } from "../src/model/config";
+import { expertBytesF32 } from "../src/model/architectures";
+import { deploymentShape } from "../src/stages/deployment";
+import { countRpcs } from "../src/stages/rpc-count";
 
 if (process.argv.includes("--help") || process.argv.includes("-h")) {
   console.log(
@@ -28,13 +37,22 @@ const { values } = parseArgs({
     tokens: { type: "string", default: "32" },
     runs: { type: "string", default: "5" },
     out: { type: "string", default: join("bench-results", "e2e.json") },
-    model: { type: "string", default: join(ROOT, "demo-model") },
+    model: { type: "string", default: "demo-mixtral" },
+    dir: { type: "string" },
+    configs: { type: "string" },
+    stages: { type: "string" },
+    "head-shards": { type: "string", default: "2" },
   },
 });
 const TOKENS = Number(values.tokens);
 const RUNS = Number(values.runs);
-const MODEL = "demo-mixtral";
-const PROMPT = "The quick brown fox jumps over the lazy dog. Once upon a time, in a land far away,";
+const MODEL = values.model;
+const DIR = values.dir ?? (MODEL === "demo-mixtral" ? join(ROOT, "demo-model") : null);
+if (!DIR) {
+  console.error(`--model ${MODEL}: give its directory with --dir (config.json, safetensors, tokenizer files)`);
+  process.exit(2);
+}
+const TEXT_PROMPT = "The quick brown fox jumps over the lazy dog. Once upon a time, in a land far away,";
 
 interface Run {
   prefillMs: number; // request start → first token
@@ -42,12 +60,12 @@ interface Run {
   tokens: number;
 }
 
-async function timedStream(w: LocalWorker): Promise<Run> {
+async function timedStream(w: LocalWorker, prompt: string | number[]): Promise<Run> {
   const t0 = performance.now();
   const res = await w.fetch("/v1/completions", {
     method: "POST",
     headers: { "content-type": "application/json" },
-    body: JSON.stringify({ model: MODEL, prompt: PROMPT, max_tokens: TOKENS, temperature: 0, stream: true }),
+    body: JSON.stringify({ model: MODEL, prompt, max_tokens: TOKENS, temperature: 0, stream: true }),
   });
   if (!res.ok || !res.body) throw new Error(`completion failed: ${res.status} ${await res.text()}`);
   const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
@@ -64,7 +82,9 @@ async function timedStream(w: LocalWorker): Promise<Run> {
       const event = buf.slice(0, at).replace(/^data: /, "");
       buf = buf.slice(at + 2);
       if (event === "[DONE]") continue;
-      const n = (JSON.parse(event) as { choices: { token_ids: number[] }[] }).choices[0]?.token_ids.length ?? 0;
+      const parsed = JSON.parse(event) as { choices?: { token_ids: number[] }[]; error?: { message: string } };
+      if (parsed.error) throw new Error(`stream failed: ${parsed.error.message}`);
+      const n = parsed.choices?.[0]?.token_ids.length ?? 0;
       if (n === 0) continue;
       const now = performance.now();
       if (tokens === 0) first = now;
@@ -78,59 +98,81 @@ async function timedStream(w: LocalWorker): Promise<Run> {
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
-console.log(`bench:e2e — demo model, ${TOKENS} greedy tokens × ${RUNS} runs per configuration`);
-makeDemoModel(values.model, { log: () => {} });
-const configs = {
+if (MODEL === "demo-mixtral" && !values.dir) makeDemoModel(DIR, { log: () => {} });
+const spec = parseConfig(JSON.parse(readFileSync(join(DIR, "config.json"), "utf8")));
+const prompt: string | number[] = existsSync(join(DIR, "tokenizer.json")) ? TEXT_PROMPT : Array.from({ length: 20 }, (_, i) => (i * 7919 + 11) % spec.vocabSize);
+const STAGES = values.stages ?? String(spec.nLayers);
+const ALL: Record<string, Record<string, string>> = {
   distributed: { EXPERT_BACKEND: "durable-objects" },
   single: { EXPERT_BACKEND: "worker", WORKER_EXPERT_BUDGET_MB: "512" },
-} as const;
+  pipelined: { EXPERT_BACKEND: "durable-objects", PIPELINE_STAGES: STAGES, HEAD_SHARDS: values["head-shards"] },
+};
+const names = (values.configs ?? (MODEL === "demo-mixtral" ? "distributed,single,pipelined" : "distributed")).split(",");
+for (const n of names) if (!ALL[n]) throw new Error(`--configs: unknown configuration "${n}" (known: ${Object.keys(ALL).join(", ")})`);
+const configs = Object.fromEntries(names.map((n) => [n, ALL[n]]));
+const toml = readFileSync(join(ROOT, "wrangler.toml"), "utf8");
+const defaults = Object.fromEntries([...toml.matchAll(/^([A-Z_]+)\s*=\s*"([^"]*)"/gm)].map((m) => [m[1], m[2]]));
+
+console.log(`bench:e2e — ${MODEL}, ${TOKENS} greedy tokens × ${RUNS} runs per configuration (${names.join(", ")})`);
 const workers: Record<string, LocalWorker> = {};
 try {
   for (const [name, vars] of Object.entries(configs)) {
     const t = performance.now();
-    const w = await startLocalWorker({ vars: { ...vars } });
+    const w = await startLocalWorker({ vars: { ...vars, DEFAULT_MODEL: MODEL } });
     workers[name] = w;
-    await seedModelDir(await w.bucket(), values.model, MODEL);
-    await timedStream(w); // warm-up: loads dense weights and every expert
+    await seedModelDir(await w.bucket(), DIR, MODEL);
+    await timedStream(w, prompt); // warm-up: loads dense weights, stages, head shards and every expert
     console.log(`  ${name}: seeded and warmed up in ${((performance.now() - t) / 1000).toFixed(1)} s`);
   }
-  const runs: Record<string, Run[]> = { distributed: [], single: [] };
-  for (let r = 0; r < RUNS; r++) for (const name of Object.keys(configs)) runs[name].push(await timedStream(workers[name]));
+  const runs: Record<string, Run[]> = Object.fromEntries(names.map((n) => [n, []]));
+  for (let r = 0; r < RUNS; r++) for (const name of names) runs[name].push(await timedStream(workers[name], prompt));
 
-  const placement = (await (await workers.distributed.fetch(`/v1/placement?model=${MODEL}`)).json()) as { instances: unknown[]; n_moe_layers: number };
-  const nLayers = placement.n_moe_layers ?? DEMO_MODEL_SIZE.nLayers;
+  const moeLayers = spec.moeLayers.length;
   const summary = Object.fromEntries(
-    Object.entries(runs).map(([name, rs]) => {
-      const msPerToken = median(rs.map((r) => r.decodeMs / (r.tokens - 1)));
-      return [name, { decodeTokensPerSec: 1000 / msPerToken, msPerToken, prefillMs: median(rs.map((r) => r.prefillMs)), runs: rs }];
-    }),
+    await Promise.all(
+      names.map(async (name) => {
+        const rs = runs[name];
+        const msPerToken = median(rs.map((r) => r.decodeMs / (r.tokens - 1)));
+        const placement = (await (await workers[name].fetch(`/v1/placement?model=${MODEL}`)).json()) as { instances: unknown[] };
+        const shape = deploymentShape(spec, { ...defaults, ...configs[name] }, expertBytesF32(spec), MODEL);
+        const rpcs = countRpcs({ ...shape.rpcInput, expertHosts: placement.instances.length }, typeof prompt === "string" ? 24 : prompt.length, TOKENS).perToken;
+        const where = {
+          expertHosts: name === "single" ? 0 : placement.instances.length,
+          stages: shape.pipeline.stages.length,
+          headShards: shape.head?.shards.length ?? 0,
+        };
+        return [name, { decodeTokensPerSec: 1000 / msPerToken, msPerToken, prefillMs: median(rs.map((r) => r.prefillMs)), rpcsPerToken: rpcs, ...where, runs: rs }] as const;
+      }),
+    ),
   );
-  const d = summary.distributed;
-  const s = summary.single;
-  const fanoutMsPerLayer = (d.msPerToken - s.msPerToken) / nLayers;
-  const ratio = d.decodeTokensPerSec / s.decodeTokensPerSec;
-
+  const single = summary.single;
   console.log("");
-  console.log("| configuration | ExpertHosts | decode tok/s | ms/token | prefill ms (prompt) |");
-  console.log("|---|---|---|---|---|");
-  console.log(`| distributed (DO fan-out) | ${placement.instances.length} | ${d.decodeTokensPerSec.toFixed(1)} | ${d.msPerToken.toFixed(2)} | ${d.prefillMs.toFixed(0)} |`);
-  console.log(`| single isolate (baseline) | 0 | ${s.decodeTokensPerSec.toFixed(1)} | ${s.msPerToken.toFixed(2)} | ${s.prefillMs.toFixed(0)} |`);
-  console.log(`\ndistributed / single decode speed: ${ratio.toFixed(3)}×`);
-  console.log(`fan-out cost per MoE layer: ${fanoutMsPerLayer.toFixed(3)} ms (${nLayers} layers; one RPC per ExpertHost per layer)`);
+  console.log("| configuration | ExpertHosts | stages | head shards | decode tok/s | ms/token | prefill ms | RPCs/token Worker↔region | RPCs/token in region | fan-out ms/token vs single |");
+  console.log("|---|---|---|---|---|---|---|---|---|---|");
+  for (const [name, x] of Object.entries(summary)) {
+    const fan = single && name !== "single" ? (x.msPerToken - single.msPerToken).toFixed(2) : "—";
+    const rp = name === "single" ? { worker: 0, inRegion: 0 } : x.rpcsPerToken;
+    console.log(`| ${name} | ${x.expertHosts} | ${x.stages} | ${x.headShards} | ${x.decodeTokensPerSec.toFixed(1)} | ${x.msPerToken.toFixed(2)} | ${x.prefillMs.toFixed(0)} | ${rp.worker} | ${rp.inRegion} | ${fan} |`);
+  }
+  const ratios: Record<string, number> = {};
+  if (single) {
+    for (const [name, x] of Object.entries(summary)) {
+      if (name === "single") continue;
+      ratios[name] = x.decodeTokensPerSec / single.decodeTokensPerSec;
+      console.log(`${name} / single decode speed: ${ratios[name].toFixed(3)}×; fan-out per MoE layer: ${((x.msPerToken - single.msPerToken) / moeLayers).toFixed(3)} ms (${moeLayers} MoE layers)`);
+    }
+  }
 
   const result = {
     bench: "e2e",
     date: new Date().toISOString(),
     machine: { cpus: cpus().length, cpu: cpus()[0]?.model, memGiB: Math.round(totalmem() / 2 ** 30), node: process.version },
-    model: { id: MODEL, ...DEMO_MODEL_SIZE },
+    model: { id: MODEL, nLayers: spec.nLayers, moeLayers, dModel: spec.dModel, nExperts: spec.nExperts, topK: spec.topK, vocabSize: spec.vocabSize },
     tokensPerRun: TOKENS,
     runsPerConfig: RUNS,
-    expertHosts: placement.instances.length,
-    distributed: d,
-    single: s,
-    ratioDistributedOverSingle: ratio,
-    fanoutMsPerLayer,
-    note: "local workerd runs every Durable Object on one thread, so the distributed path gets no parallel speed-up here; see npm run simulate for the cluster-level latency model",
+    configurations: summary,
+    ratiosOverSingle: ratios,
+    note: "local workerd runs every Durable Object on one thread and has no network latency; RPCs per token are the design's count (src/stages/rpc-count.ts); npm run simulate:pipeline models the Worker↔region latency",
   };
   mkdirSync(dirname(values.out), { recursive: true });
   writeFileSync(values.out, JSON.stringify(result, null, 2));

@@ -1,6 +1,6 @@
 /**
  * Golden-fixture verification through the real serving path (shared by `npm run verify` and
- * the integration tests).
+ * the integration tests), optionally with the layers forced onto StageHost pipeline stages.
  */
 import { readFileSync } from "node:fs";
 import { basename, join } from "node:path";
@@ -30,13 +30,28 @@ export interface VerifyReport {
   moeIdsMatch: boolean;
   hosts: number;
   rpcsPerLayer: number[];
+  /** StageHosts that ran the layers (from /admin/hosts), with their layer ranges. */
+  stageHosts: { name: string; first: number | null; end: number | null; bytesHeld: number; budgetBytes: number }[];
+  /** HeadHost shards that ran the output head (from /admin/hosts). */
+  headHosts: { name: string; rowStart: number; rowEnd: number; bytesLoaded: number; budgetBytes: number }[];
 }
 
-export async function verifyFixture(dir: string, opts: { hosts: number; log?: (line: string) => void }): Promise<VerifyReport> {
+export interface VerifyOptions {
+  /** ExpertHost instances (MIN_EXPERT_HOSTS). */
+  hosts: number;
+  /** Force the dense layers onto this many StageHost pipeline stages (0 = as deployed). */
+  stages?: number;
+  /** Force the output head onto this many HeadHost vocabulary shards (0 = as deployed). */
+  headShards?: number;
+  log?: (line: string) => void;
+}
+
+export async function verifyFixture(dir: string, opts: VerifyOptions): Promise<VerifyReport> {
   const log = opts.log ?? (() => {});
   const golden = JSON.parse(readFileSync(join(dir, "golden.json"), "utf8")) as Golden;
   const model = `verify-${basename(dir).replace(/[^A-Za-z0-9._-]/g, "-")}`.slice(0, 100);
-  const worker = await startLocalWorker({ vars: { MIN_EXPERT_HOSTS: String(opts.hosts), DEFAULT_MODEL: model } });
+  const stages = opts.stages ?? 0;
+  const worker = await startLocalWorker({ vars: { MIN_EXPERT_HOSTS: String(opts.hosts), DEFAULT_MODEL: model, PIPELINE_STAGES: String(stages), HEAD_SHARDS: String(opts.headShards ?? 0) } });
   try {
     await seedModelDir(await worker.bucket(), dir, model, { skip: (f) => f === "golden.json" });
     const auth = { authorization: `Bearer ${ADMIN_TOKEN_FOR_TESTS}`, "content-type": "application/json" };
@@ -93,6 +108,9 @@ export async function verifyFixture(dir: string, opts: { hosts: number; log?: (l
     });
 
     const placement = (await (await worker.fetch(`/v1/placement?model=${model}`)).json()) as { instances: unknown[] };
+    const hostsRes = (await (await worker.fetch(`/admin/hosts?model=${model}`, { headers: auth })).json()) as { stages?: VerifyReport["stageHosts"]; heads?: VerifyReport["headHosts"] };
+    const stageHosts = hostsRes.stages ?? [];
+    const headHosts = hostsRes.heads ?? [];
     const pass =
       maxLogitDiff <= LOGITS_ATOL &&
       (maxGreedyLogitDiff === null || maxGreedyLogitDiff <= LOGITS_ATOL) &&
@@ -104,6 +122,10 @@ export async function verifyFixture(dir: string, opts: { hosts: number; log?: (l
       moeWeightDiff <= MOE_ATOL;
     const ok = (b: boolean) => (b ? "ok  " : "FAIL");
     log(`model ${model}: ${placement.instances.length} ExpertHost instances, RPCs per layer (prompt pass): ${fwd.rpcs_per_layer.join(", ")}`);
+    const stageList = stageHosts.map((s) => `${s.name} [${s.first}, ${s.end}) ${(s.bytesHeld / 1024).toFixed(0)} KiB`).join("; ");
+    log(`pipeline: ${stageHosts.length === 0 ? "the Worker runs every layer" : `${stageHosts.length} StageHosts — ${stageList}`}`);
+    const headList = headHosts.map((h) => `${h.name} rows [${h.rowStart}, ${h.rowEnd})`).join("; ");
+    log(`head: ${headHosts.length === 0 ? "in the Worker" : `${headHosts.length} HeadHost shards — ${headList}`}`);
     log(`${ok(maxLogitDiff <= LOGITS_ATOL)} logits, ${golden.logits.length} positions: max |Δ| = ${maxLogitDiff.toExponential(2)} (atol ${LOGITS_ATOL})`);
     if (maxGreedyLogitDiff !== null) log(`${ok(maxGreedyLogitDiff <= LOGITS_ATOL)} greedy-step logits (KV-cache decode): max |Δ| = ${maxGreedyLogitDiff.toExponential(2)}`);
     log(`${ok(greedyMatch)} greedy tokens (KV cache): ours [${fwd.greedy_ids.join(", ")}] golden [${golden.greedy_ids.join(", ")}]`);
@@ -123,6 +145,8 @@ export async function verifyFixture(dir: string, opts: { hosts: number; log?: (l
       moeIdsMatch,
       hosts: placement.instances.length,
       rpcsPerLayer: fwd.rpcs_per_layer,
+      stageHosts,
+      headHosts,
     };
   } finally {
     await worker.dispose();

@@ -26,6 +26,7 @@ import { reconcileHosts, type ReconcileReport } from "./reconcile";
 import { CoordinatorStore } from "./storage";
 import type { LoadReport } from "../experts/protocol";
 import { PLACEMENT_CHECK_MS } from "../experts/placement-timing";
+import type { PipelinePlacement } from "./pipeline-placement";
 
 /** What one re-plan did (admin routes and tests read it). */
 export interface ReplanReport {
@@ -319,6 +320,44 @@ export class Coordinator extends DurableObject<Env> {
     if (this.#countedTokens > 0) return true;
     if (w && w.expert.some((row) => row.some((v) => v > 0))) return true;
     return !!p && p.replicas.some((row) => row.some((reps) => reps.length > 1));
+  }
+
+  // ── pipeline placement (v1): where the dense layers run, beside the expert placement ──────
+  // Own tables (storage.ts migration 3); the Worker computes the plan from the budgets
+  // (pipeline-placement.ts, pure) and the Coordinator makes it the model's one published version:
+  // the first plan for a given set of inputs wins, different inputs publish version + 1.
+
+  /** The published pipeline placement for `plan`'s inputs, publishing `plan` if there is none. */
+  async ensurePipeline(plan: PipelinePlacement): Promise<PipelinePlacement> {
+    const sql = this.ctx.storage.sql;
+    const live = this.#readPipeline();
+    if (live && live.key === plan.key) return live;
+    const next: PipelinePlacement = { ...plan, version: (live?.version ?? 0) + 1 };
+    this.ctx.storage.transactionSync(() => {
+      sql.exec("INSERT INTO pipeline_versions (version, key, created_at) VALUES (?, ?, ?)", next.version, next.key, Date.now());
+      next.stages.forEach((st, i) =>
+        sql.exec("INSERT INTO pipeline_stages (version, stage, name, first_layer, end_layer, bytes) VALUES (?, ?, ?, ?, ?, ?)", next.version, i, st.name, st.first, st.end, st.bytes),
+      );
+    });
+    return next;
+  }
+
+  /** The published pipeline placement (null before any). */
+  async getPipeline(): Promise<PipelinePlacement | null> {
+    return this.#readPipeline();
+  }
+
+  #readPipeline(): PipelinePlacement | null {
+    const sql = this.ctx.storage.sql;
+    const v = sql.exec<{ version: number; key: string }>("SELECT version, key FROM pipeline_versions ORDER BY version DESC LIMIT 1").toArray()[0];
+    if (!v) return null;
+    const rows = sql.exec<{ name: string; first_layer: number; end_layer: number; bytes: number }>(
+      "SELECT name, first_layer, end_layer, bytes FROM pipeline_stages WHERE version = ? ORDER BY stage",
+      v.version,
+    );
+    const stages = rows.toArray().map((r) => ({ name: r.name, first: r.first_layer, end: r.end_layer, bytes: r.bytes }));
+    const model = this.#placement?.model ?? this.ctx.id.name ?? "";
+    return { model, version: v.version, key: v.key, stages };
   }
 
   #publish(p: Placement, summary: string): void {

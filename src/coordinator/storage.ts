@@ -40,6 +40,13 @@ export const MIGRATIONS: readonly (readonly string[])[] = [
   ],
   // 2: the placement log is bounded (it grew by one row per published version, forever).
   [`DELETE FROM placement_log WHERE version <= (SELECT MAX(version) FROM placement_log) - ${PLACEMENT_LOG_KEEP}`],
+  // 3: the pipeline placement (which StageHost holds which dense layers), beside the expert placement.
+  [
+    `CREATE TABLE IF NOT EXISTS pipeline_versions (version INTEGER PRIMARY KEY, key TEXT NOT NULL,
+      created_at INTEGER NOT NULL)`,
+    `CREATE TABLE IF NOT EXISTS pipeline_stages (version INTEGER NOT NULL, stage INTEGER NOT NULL, name TEXT NOT NULL,
+      first_layer INTEGER NOT NULL, end_layer INTEGER NOT NULL, bytes INTEGER NOT NULL, PRIMARY KEY (version, stage))`,
+  ],
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

@@ -603,3 +603,52 @@ export function vocabTensorNames(spec: ModelSpec): { embed: string; head: string
   const a = ADAPTERS[spec.arch];
   return { embed: a.embed, head: spec.tieEmbeddings ? a.embed : a.lmHead, tied: spec.tieEmbeddings };
 }
+
+// ── parts of the dense weights (pipeline stages) ─────────────────────────────────────────────
+// A pipeline stage holds a contiguous range of layers; the "ends" (embeddings, final norm,
+// output head) live with whoever embeds tokens and computes logits. Same plan, same shape
+// checks as `loadDenseWeights`, read for the part only — a stage never reads another's layers.
+
+/** The embedding matrix, final norm and output head (null when tied to `embed`). */
+export interface DenseEnds {
+  embed: Float32Array; // [vocabSize, dModel]
+  finalNorm: Float32Array; // [dModel]
+  lmHead: Float32Array | null; // [vocabSize, dModel]
+}
+
+/** Reads layers [first, end) of the dense weights as f32, shape-checked against the config. */
+export async function loadDenseLayers(ckpt: Checkpoint, spec: ModelSpec, first: number, end: number): Promise<DenseLayerWeights[]> {
+  if (!(Number.isInteger(first) && Number.isInteger(end) && 0 <= first && first < end && end <= spec.nLayers)) {
+    throw new RangeError(`layer range [${first}, ${end}) is not inside [0, ${spec.nLayers})`);
+  }
+  const plan = densePlanFor(ckpt, spec);
+  const part = plan.layers.slice(first, end);
+  validateDense(ckpt, spec, { ...plan, layers: part });
+  return (await readTree(ckpt, part)) as DenseLayerWeights[];
+}
+
+/** Reads the embeddings, final norm and output head as f32. */
+export async function loadDenseEnds(ckpt: Checkpoint, spec: ModelSpec): Promise<DenseEnds> {
+  const plan = densePlanFor(ckpt, spec);
+  validateDense(ckpt, spec, { ...plan, layers: [] });
+  return (await readTree(ckpt, { embed: plan.embed, finalNorm: plan.finalNorm, lmHead: plan.lmHead })) as DenseEnds;
+}
+
+/** f32 bytes of layer l's dense weights (attention, norms, router, shared experts or dense MLP). */
+export function denseLayerBytes(spec: ModelSpec, l: number): number {
+  const router = ADAPTERS[spec.arch].expertLayouts[0].router;
+  return 4 * slots(densePlan(spec, () => router).layers[l]).reduce((n, s) => n + slotFloats(s), 0);
+}
+
+/** f32 bytes of the embeddings, final norm and (untied) output head. */
+export function denseEndsBytes(spec: ModelSpec): number {
+  const plan = densePlan(spec, () => "");
+  return 4 * slots({ embed: plan.embed, finalNorm: plan.finalNorm, lmHead: plan.lmHead }).reduce((n, s) => n + slotFloats(s), 0);
+}
+
+/** Reads the final norm [dModel] alone (the head and embeddings live elsewhere). */
+export async function loadFinalNorm(ckpt: Checkpoint, spec: ModelSpec): Promise<Float32Array> {
+  const plan = densePlanFor(ckpt, spec);
+  checkedInfo(ckpt, plan.finalNorm.tensor, plan.finalNorm.shape);
+  return (await readTree(ckpt, plan.finalNorm)) as Float32Array;
+}

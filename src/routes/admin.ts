@@ -15,6 +15,7 @@ import { ModelNotFoundError } from "../platform/model-store";
 import { parseBody } from "./validate";
 import { boolVar, secretVar } from "../platform/env";
 import { bodyCap, requireJson } from "./guards";
+import { headStats } from "../head/head-client";
 
 export const admin = new Hono<{ Bindings: Env }>();
 
@@ -176,7 +177,10 @@ admin.get("/hosts", async (c) => {
   const rt = await runtime(c.env, c.req.query("model"));
   const placement = await rt.placement(c.env);
   const hosts = await Promise.all(placement.instances.map((inst) => c.env.EXPERT_HOST.getByName(inst.name).stats()));
-  return c.json({ model: rt.id, version: placement.version, hosts });
+  // Pipeline stages (empty when the Worker runs every layer): bytes held vs budget, KV in use.
+  const stages = await Promise.all(rt.pipeline.stages.map((s) => c.env.STAGE_HOST.getByName(s.name).stats()));
+  const heads = rt.head ? await headStats(c.env, rt.head) : [];
+  return c.json({ model: rt.id, version: placement.version, hosts, pipeline_version: rt.pipeline.version, stages, heads });
 });
 
 admin.get("/placement", async (c) => {

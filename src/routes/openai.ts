@@ -10,7 +10,7 @@ import { streamSSE } from "hono/streaming";
 import { z } from "zod";
 import { ApiError } from "../errors";
 import {
-  generate,
+  startGeneration,
   type FinishReason,
   type GenerateRequest,
   type GenerateStats,
@@ -170,7 +170,7 @@ openai.post("/completions", async (c) => {
   const created = Math.floor(Date.now() / 1000);
   const head = { id, object: "text_completion", created, model: rt.id };
   if (body.stream) {
-    return sse(
+    return await sse(
       c,
       rt,
       req,
@@ -234,7 +234,7 @@ openai.post("/chat/completions", async (c) => {
   const head = { id, object: "chat.completion.chunk", created, model: rt.id };
   if (body.stream) {
     let first = true;
-    return sse(
+    return await sse(
       c,
       rt,
       req,
@@ -362,7 +362,7 @@ async function collect(env: Env, rt: ModelRuntime, req: GenerateRequest, waitUnt
   const ids: number[] = [];
   let finish: FinishReason = "length";
   try {
-    for await (const ev of generate(env, rt, req, stats, waitUntil)) {
+    for await (const ev of await startGeneration(env, rt, req, stats, waitUntil)) {
       track?.event();
       text += ev.text;
       ids.push(...ev.tokenIds);
@@ -384,7 +384,7 @@ function usage(s: GenerateStats) {
   };
 }
 
-function sse(
+async function sse(
   c: Context<{ Bindings: Env; Variables: AuthVariables }>,
   rt: ModelRuntime,
   req: GenerateRequest,
@@ -392,12 +392,14 @@ function sse(
   chunk: (text: string, ids: number[], finish: FinishReason | null) => object,
   head: object,
 ) {
+  const stats: GenerateStats = { promptTokens: 0, completionTokens: 0, prefillMs: 0, decodeMs: 0 };
+  // Admission (KV budgets) before the headers go out: a full model is a 429, not an in-band error.
+  const tokens = await startGeneration(c.env, rt, req, stats, waitUntilOf(c));
   return streamSSE(c, async (stream) => {
-    const stats: GenerateStats = { promptTokens: 0, completionTokens: 0, prefillMs: 0, decodeMs: 0 };
     const track = trackGeneration(c, rt.id);
     try {
       let finish: FinishReason | "aborted" = "length";
-      for await (const ev of generate(c.env, rt, req, stats, waitUntilOf(c))) {
+      for await (const ev of tokens) {
         track.event();
         if (ev.finishReason) finish = ev.finishReason;
         if (stream.aborted) {

@@ -1,14 +1,16 @@
 /**
  * @module The dense half of the forward pass — embeddings, attention, norms, routers, dense MLPs,
  * shared experts, output head — readable top to bottom (llama2.c style), for every family the
- * spec describes. Routed experts are handed to an `ExpertRunner`: the ExpertHost fan-out in the
+ * spec describes. One implementation for every placement: a process holds a part (a layer range,
+ * with or without the ends) and runs `embed`, `layers` and `head` on it; `forward` is the three
+ * in one process when it holds everything. Routed experts are handed to an `ExpertRunner`: the ExpertHost fan-out in the
  * Worker (model-runtime.ts), or local kernels in Node tests. Platform-agnostic: give it a `Kernels`.
  *
  * Per layer:  x += residual · attn(rmsnorm(x));  x += residual · ffn(rmsnorm(x))
  * ffn = dense MLP, or Σ_k w_k · expert_k(h) + [sigmoid(h·g)] · shared(h).
  */
 import type { Kernels } from "../kernels/index";
-import type { DenseWeights, MlpWeights, SharedWeights } from "../model/architectures";
+import type { DenseEnds, DenseLayerWeights, DenseWeights, MlpWeights, SharedWeights } from "../model/architectures";
 import type { ModelSpec } from "../model/config";
 import { flattenRouting, route, ROUTING_OFF, type Routing, type RoutingOptions } from "../gating/router";
 import { Arena, attentionStep, kvLayout, ropeTables, type Ptrs } from "./attention";
@@ -22,7 +24,10 @@ export type ExpertRunner = (layer: number, routing: Routing, h: Float32Array) =>
 /** Tokens per dense-MLP kernel call: bounds the [chunk, dFf] × 2 scratch whatever the prompt length. */
 const MLP_TOKEN_CHUNK = 64;
 
-/** One request's KV cache: per layer K [maxLen, nKvHeads, kHeadDim] and V [maxLen, nKvHeads, vHeadDim]. */
+/**
+ * One request's KV cache for the layers this process holds: for held layer l (index l − first)
+ * K [maxLen, nKvHeads, kHeadDim] and V [maxLen, nKvHeads, vHeadDim]. `length` = positions done.
+ */
 export class Session {
   length = 0;
   constructor(
@@ -39,6 +44,20 @@ export interface ForwardOptions {
   onRouting?: (layer: number, routing: Routing) => void;
 }
 
+/**
+ * Which part of the dense model one process holds: layers [first, first + layers.length), and
+ * the ends (embeddings, final norm, head) or not. The Worker of a small model holds everything;
+ * with pipeline stages the Worker holds the ends and each StageHost a layer range — the same
+ * class, the same methods, called by different processes.
+ */
+export interface DensePartWeights {
+  ends: DenseEnds | null;
+  /** The final norm alone, when the head and embeddings live on HeadHosts (`ends` null). */
+  finalNorm?: Float32Array | null;
+  first: number;
+  layers: DenseLayerWeights[];
+}
+
 /** Uploads a weight tree into Wasm memory, keeping its shape. */
 function upload<T>(k: Kernels, tree: T): Ptrs<T> {
   const walk = (v: unknown): unknown => {
@@ -51,25 +70,66 @@ function upload<T>(k: Kernels, tree: T): Ptrs<T> {
 }
 
 export class ModelForward {
+  /** First layer held. */
+  readonly first: number;
+  /** One past the last layer held. */
+  readonly end: number;
+
   private constructor(
     readonly spec: ModelSpec,
     readonly kernels: Kernels,
-    private readonly w: Ptrs<DenseWeights>,
+    private readonly ends: Ptrs<DenseEnds> | null,
+    private readonly normW: number | null,
+    private readonly layerW: Ptrs<DenseLayerWeights>[],
+    first: number,
     readonly routing: RoutingOptions,
-  ) {}
-
-  /** Copies the dense weights into the kernels' memory. */
-  static create(k: Kernels, spec: ModelSpec, dense: DenseWeights, routing: RoutingOptions = ROUTING_OFF): ModelForward {
-    return new ModelForward(spec, k, upload(k, dense), routing);
+  ) {
+    this.first = first;
+    this.end = first + layerW.length;
   }
 
-  /** A KV cache for up to maxLen positions, sized for the attention kind; free it with `endSession`. */
+  /** Copies the whole dense model into the kernels' memory (a model that fits one isolate). */
+  static create(k: Kernels, spec: ModelSpec, dense: DenseWeights, routing: RoutingOptions = ROUTING_OFF): ModelForward {
+    const { layers, embed, finalNorm, lmHead } = dense;
+    return ModelForward.createPart(k, spec, { ends: { embed, finalNorm, lmHead }, first: 0, layers }, routing);
+  }
+
+  /** Copies one part of the dense model into the kernels' memory. */
+  static createPart(k: Kernels, spec: ModelSpec, part: DensePartWeights, routing: RoutingOptions = ROUTING_OFF): ModelForward {
+    const ends = part.ends ? upload(k, part.ends) : null;
+    const norm = ends ? ends.finalNorm : part.finalNorm ? k.allocF32(part.finalNorm) : null;
+    return new ModelForward(spec, k, ends, norm, upload(k, part.layers), part.first, routing);
+  }
+
+  /**
+   * Builds a part of layers [first, end) one layer at a time: each is read, copied into Wasm
+   * memory and dropped before the next is read, so loading peaks at the weights in Wasm plus one
+   * layer in JS — not twice the range.
+   */
+  static async loadLayers(k: Kernels, spec: ModelSpec, first: number, end: number, readLayer: (l: number) => Promise<DenseLayerWeights>, routing: RoutingOptions = ROUTING_OFF): Promise<ModelForward> {
+    const layers: Ptrs<DenseLayerWeights>[] = [];
+    for (let l = first; l < end; l++) layers.push(upload(k, await readLayer(l)));
+    return new ModelForward(spec, k, null, null, layers, first, routing);
+  }
+
+  /** Whether this part holds every layer and the ends (nothing runs elsewhere). */
+  get whole(): boolean {
+    return this.ends !== null && this.first === 0 && this.end === this.spec.nLayers;
+  }
+
+  /** KV-cache bytes one session of maxLen positions takes in the layers held here. */
+  kvBytes(maxLen: number): number {
+    const { nKvHeads, kHeadDim, vHeadDim } = kvLayout(this.spec.attention);
+    return (this.end - this.first) * maxLen * nKvHeads * (kHeadDim + vHeadDim) * 4;
+  }
+
+  /** A KV cache for up to maxLen positions of the layers held; free it with `endSession`. */
   startSession(maxLen: number): Session {
     const { nKvHeads, kHeadDim, vHeadDim } = kvLayout(this.spec.attention);
     const k: number[] = [];
     const v: number[] = [];
     try {
-      for (let l = 0; l < this.spec.nLayers; l++) {
+      for (let l = this.first; l < this.end; l++) {
         k.push(this.kernels.alloc(maxLen * nKvHeads * kHeadDim * 4));
         v.push(this.kernels.alloc(maxLen * nKvHeads * vHeadDim * 4));
       }
@@ -87,54 +147,155 @@ export class ModelForward {
   }
 
   /**
-   * Runs `tokens` at positions session.length… through the model, appending to the KV cache.
+   * Runs `tokens` at positions session.length… through the whole model, appending to the KV cache.
    * Returns logits [nOut, vocab] for the last token (nOut = 1) or every token (`allLogits`).
    */
   async forward(s: Session, tokens: number[], experts: ExpertRunner, rng: () => number, opts: ForwardOptions = {}): Promise<Float32Array> {
-    const { dModel, vocabSize, rmsEps, multipliers, rope } = this.spec;
+    if (!this.whole) throw new Error(`internal: this part holds layers [${this.first}, ${this.end}) only`);
+    const { dModel } = this.spec;
     const n = tokens.length;
+    const nOut = opts.allLogits ? n : 1;
+    const arena = new Arena(this.kernels);
+    try {
+      const x = arena.f32(n * dModel); // [n, dModel] residual stream
+      this.#embedInto(x, tokens);
+      await this.#layers(s, x, n, experts, rng, opts.onRouting);
+      return this.#head(x + (n - nOut) * dModel * 4, nOut);
+    } finally {
+      arena.free();
+    }
+  }
+
+  /** Embeddings of `tokens` (× Granite's embedding_multiplier): [n, dModel]. */
+  embed(tokens: number[]): Float32Array {
+    const arena = new Arena(this.kernels);
+    try {
+      const x = arena.f32(tokens.length * this.spec.dModel);
+      this.#embedInto(x, tokens);
+      return this.kernels.f32(x, tokens.length * this.spec.dModel).slice();
+    } finally {
+      arena.free();
+    }
+  }
+
+  /**
+   * Runs the layers held here on the residual stream x [n, dModel] at positions
+   * session.length…, appending to the KV cache; returns the new residual stream [n, dModel].
+   */
+  async layers(s: Session, xIn: Float32Array, experts: ExpertRunner, rng: () => number, onRouting?: ForwardOptions["onRouting"]): Promise<Float32Array> {
+    const n = xIn.length / this.spec.dModel;
+    const arena = new Arena(this.kernels);
+    try {
+      const x = arena.f32(xIn.length);
+      this.kernels.f32(x, xIn.length).set(xIn);
+      await this.#layers(s, x, n, experts, rng, onRouting);
+      return this.kernels.f32(x, xIn.length).slice();
+    } finally {
+      arena.free();
+    }
+  }
+
+  /** Whether this part holds the embedding table and output head. */
+  get holdsEnds(): boolean {
+    return this.ends !== null;
+  }
+
+  /** Embedding rows read elsewhere [n, dModel] → the residual stream (× embedding_multiplier), in place. */
+  scaleEmbeddings(rows: Float32Array): Float32Array {
+    const m = this.spec.multipliers.embedding;
+    if (m !== 1) for (let i = 0; i < rows.length; i++) rows[i] *= m;
+    return rows;
+  }
+
+  /** The final norm on residual rows x [nOut, dModel] (what a HeadHost shard multiplies). */
+  normed(xIn: Float32Array): Float32Array {
+    if (this.normW === null) throw new Error("internal: this part holds no final norm");
+    const { dModel, rmsEps } = this.spec;
+    const arena = new Arena(this.kernels);
+    try {
+      const x = arena.f32(xIn.length);
+      const h = arena.f32(xIn.length);
+      this.kernels.f32(x, xIn.length).set(xIn);
+      this.kernels.rmsnorm(h, x, this.normW, xIn.length / dModel, dModel, rmsEps);
+      return this.kernels.f32(h, xIn.length).slice();
+    } finally {
+      arena.free();
+    }
+  }
+
+  /** Final norm and output head on residual rows x [nOut, dModel]: logits [nOut, vocab]. */
+  head(xIn: Float32Array): Float32Array {
+    const arena = new Arena(this.kernels);
+    try {
+      const x = arena.f32(xIn.length);
+      this.kernels.f32(x, xIn.length).set(xIn);
+      return this.#head(x, xIn.length / this.spec.dModel);
+    } finally {
+      arena.free();
+    }
+  }
+
+  #embedInto(x: number, tokens: number[]): void {
+    const { dModel, multipliers } = this.spec;
+    const w = this.#ends();
+    const k = this.kernels;
+    const xs = k.f32(x, tokens.length * dModel);
+    for (let t = 0; t < tokens.length; t++) xs.set(k.f32(w.embed + tokens[t] * dModel * 4, dModel), t * dModel);
+    if (multipliers.embedding !== 1) this.scaleEmbeddings(xs);
+  }
+
+  /** Output head on x [nOut, dModel] in Wasm memory, ÷ Granite's logits_scaling. */
+  #head(x: number, nOut: number): Float32Array {
+    const { dModel, vocabSize, rmsEps, multipliers } = this.spec;
+    const w = this.#ends();
+    const k = this.kernels;
+    const arena = new Arena(k);
+    try {
+      const h = arena.f32(nOut * dModel); // [nOut, dModel] normed
+      const logits = arena.f32(nOut * vocabSize); // [nOut, vocab]
+      k.rmsnorm(h, x, w.finalNorm, nOut, dModel, rmsEps);
+      k.matmul(logits, h, w.lmHead ?? w.embed, nOut, dModel, vocabSize);
+      const out = k.f32(logits, nOut * vocabSize).slice();
+      if (multipliers.logitsScale !== 1) for (let i = 0; i < out.length; i++) out[i] /= multipliers.logitsScale;
+      return out;
+    } finally {
+      arena.free();
+    }
+  }
+
+  #ends(): Ptrs<DenseEnds> {
+    if (!this.ends) throw new Error("internal: this part holds no embeddings or output head");
+    return this.ends;
+  }
+
+  /** The layers held, on x [n, dModel] in Wasm memory (updated in place); advances the session. */
+  async #layers(s: Session, x: number, n: number, experts: ExpertRunner, rng: () => number, onRouting?: ForwardOptions["onRouting"]): Promise<void> {
+    const { dModel, rmsEps, multipliers, rope } = this.spec;
     const start = s.length;
     if (start + n > s.maxLen) throw new Error(`session holds ${s.maxLen} positions, asked for ${start + n}`);
     const k = this.kernels;
-    const nOut = opts.allLogits ? n : 1;
     const arena = new Arena(k);
     try {
-      const x = arena.f32(n * dModel); // [n, dModel] residual stream
       const h = arena.f32(n * dModel); // [n, dModel] normed
       const o = arena.f32(n * dModel); // [n, dModel] attention output
       const cos = arena.f32(n * (rope.rotDim / 2)); // [n, rotDim/2]
       const sin = arena.f32(n * (rope.rotDim / 2)); // [n, rotDim/2]
-      const logits = arena.f32(nOut * vocabSize); // [nOut, vocab]
-
-      // Embeddings (× Granite's embedding_multiplier).
-      {
-        const xs = k.f32(x, n * dModel);
-        for (let t = 0; t < n; t++) xs.set(k.f32(this.w.embed + tokens[t] * dModel * 4, dModel), t * dModel);
-        if (multipliers.embedding !== 1) for (let i = 0; i < xs.length; i++) xs[i] *= multipliers.embedding;
-      }
       ropeTables(k.f32(cos, n * (rope.rotDim / 2)), k.f32(sin, n * (rope.rotDim / 2)), rope.theta, rope.rotDim, start, n);
 
-      for (let l = 0; l < this.spec.nLayers; l++) {
-        const L = this.w.layers[l];
+      for (let l = this.first; l < this.end; l++) {
+        const L = this.layerW[l - this.first];
+        const kv = { kCache: s.k[l - this.first], vCache: s.v[l - this.first] };
         // Attention block.
         k.rmsnorm(h, x, L.attnNorm, n, dModel, rmsEps);
-        attentionStep({ k, arena, spec: this.spec, h, out: o, kCache: s.k[l], vCache: s.v[l], start, n, cos, sin }, L.attention);
+        attentionStep({ k, arena, spec: this.spec, h, out: o, ...kv, start, n, cos, sin }, L.attention);
         addScaled(k.f32(x, n * dModel), k.f32(o, n * dModel), multipliers.residual);
 
         // Feed-forward block: dense MLP or MoE.
         k.rmsnorm(h, x, L.mlpNorm, n, dModel, rmsEps);
-        const ffn = await this.#ffn(l, h, n, experts, rng, opts.onRouting);
+        const ffn = await this.#ffn(l, h, n, experts, rng, onRouting);
         addScaled(k.f32(x, n * dModel), ffn, multipliers.residual);
       }
-
-      // Output head on the last token (or all tokens), ÷ Granite's logits_scaling.
-      const first = n - nOut;
-      k.rmsnorm(h, x + first * dModel * 4, this.w.finalNorm, nOut, dModel, rmsEps);
-      k.matmul(logits, h, this.w.lmHead ?? this.w.embed, nOut, dModel, vocabSize);
       s.length = start + n;
-      const out = k.f32(logits, nOut * vocabSize).slice();
-      if (multipliers.logitsScale !== 1) for (let i = 0; i < out.length; i++) out[i] /= multipliers.logitsScale;
-      return out;
     } finally {
       arena.free();
     }
@@ -146,6 +307,7 @@ export class ModelForward {
    */
   async moeBlock(layer: number, input: Float32Array, experts: ExpertRunner, rng: () => number): Promise<{ out: Float32Array; routing: Routing }> {
     if (this.spec.layers[layer]?.kind !== "moe") throw new RangeError(`layer ${layer} is not an MoE layer (MoE layers: ${this.spec.moeLayers.join(", ")})`);
+    if (layer < this.first || layer >= this.end) throw new RangeError(`layer ${layer} is not held here (layers [${this.first}, ${this.end}))`);
     const n = input.length / this.spec.dModel;
     const arena = new Arena(this.kernels);
     try {
@@ -163,7 +325,7 @@ export class ModelForward {
   async #ffn(l: number, h: number, n: number, experts: ExpertRunner, rng: () => number, onRouting?: (layer: number, r: Routing) => void): Promise<Float32Array> {
     const { dModel, nExperts, topK } = this.spec;
     const k = this.kernels;
-    const w = this.w.layers[l].ffn;
+    const w = this.layerW[l - this.first].ffn;
     switch (w.kind) {
       case "dense": {
         const kind = this.spec.layers[l];

@@ -3,8 +3,9 @@
  * string or max_tokens; yields text deltas as they become final (stop strings are held back until
  * they can no longer match, so a streamed response never shows text a stop string cut off).
  */
-import type { ModelRuntime } from "./model-runtime";
-import { createRng, sampleToken, type SamplingParams } from "./sampling";
+import type { ModelRuntime, RuntimeSession } from "./model-runtime";
+import type { SamplingParams } from "./sampling";
+import { sampledTokens } from "./decode-loop";
 import { flushLoad, flushLoadSoon } from "../experts/expert-client";
 
 export interface GenerateRequest {
@@ -34,25 +35,44 @@ export interface GenerateStats {
 /** Keeps background work (load reports) alive after the response: the request's ctx.waitUntil. */
 export type WaitUntil = (p: Promise<unknown>) => void;
 
-export async function* generate(env: Env, rt: ModelRuntime, req: GenerateRequest, stats?: GenerateStats, waitUntil?: WaitUntil): AsyncGenerator<GenerateEvent> {
-  const rng = createRng(req.seed ?? (Math.random() * 2 ** 32) >>> 0);
-  const session = rt.startSession(req.promptIds.length + req.maxTokens);
+/**
+ * Reserves the request's KV caches (Worker and every pipeline stage) and returns the token stream.
+ * Awaited before a response starts, so a full budget is a 429 with Retry-After, not an error
+ * inside a 200 stream.
+ */
+export async function startGeneration(env: Env, rt: ModelRuntime, req: GenerateRequest, stats?: GenerateStats, waitUntil?: WaitUntil): Promise<AsyncGenerator<GenerateEvent>> {
+  const session = await rt.openSession(env, req.promptIds.length + req.maxTokens);
+  return generate(env, rt, req, stats, waitUntil, session);
+}
+
+/** The decode loop; without `opened` it opens (and always frees) its own session. */
+export async function* generate(env: Env, rt: ModelRuntime, req: GenerateRequest, stats?: GenerateStats, waitUntil?: WaitUntil, opened?: RuntimeSession): AsyncGenerator<GenerateEvent> {
+  const seed = req.seed ?? (Math.random() * 2 ** 32) >>> 0;
+  const session = opened ?? (await rt.openSession(env, req.promptIds.length + req.maxTokens));
   const decoder = rt.tokenizer?.createStreamDecoder() ?? null;
   const eos = new Set(rt.spec.eosTokenIds);
   const longestStop = req.stop.reduce((m, s) => Math.max(m, s.length), 0);
   let held = ""; // decoded text not yet released (could still be the start of a stop string)
   let produced = 0;
+  const loop = { promptIds: req.promptIds, maxTokens: req.maxTokens, sampling: req.sampling, seed };
+  // Pipeline stages: the loop runs in the model's region and streams ids back; else right here.
+  const tokens = rt.drivenRemotely ? await rt.driveRemotely(env, session, loop) : sampledTokens(env, rt, session, loop);
   try {
     const t0 = Date.now();
-    let logits = await rt.forward(env, session, req.promptIds, rng);
-    const t1 = Date.now();
-    if (stats) {
-      stats.promptTokens = req.promptIds.length;
-      stats.prefillMs = t1 - t0;
-    }
-    while (true) {
-      const id = sampleToken(logits, req.sampling, rng);
+    let t1 = t0;
+    for await (const id of tokens) {
       produced++;
+      if (produced === 1) {
+        t1 = Date.now();
+        if (stats) {
+          stats.promptTokens = req.promptIds.length;
+          stats.prefillMs = t1 - t0;
+        }
+      } else if (stats) {
+        stats.completionTokens = produced;
+        stats.decodeMs = Date.now() - t1;
+      }
+      if (waitUntil && produced > 1) flushLoad(env, rt.id, waitUntil);
       if (eos.has(id)) {
         yield { text: held + (decoder?.flush() ?? ""), tokenIds: [], finishReason: "stop" };
         return;
@@ -72,18 +92,16 @@ export async function* generate(env: Env, rt: ModelRuntime, req: GenerateRequest
       const release = longestStop > 0 ? Math.max(0, held.length - (longestStop - 1)) : held.length;
       yield { text: held.slice(0, release), tokenIds: [id], finishReason: null };
       held = held.slice(release);
-      logits = await rt.forward(env, session, [id], rng);
-      if (waitUntil) flushLoad(env, rt.id, waitUntil);
-      if (stats) {
-        stats.completionTokens = produced;
-        stats.decodeMs = Date.now() - t1;
-      }
     }
+    throw new Error(`the decode loop ended after ${produced} of ${req.maxTokens} tokens without EOS`);
   } finally {
+    await tokens.return(undefined);
     if (stats) {
       stats.completionTokens = produced;
     }
-    rt.endSession(session);
+    const freed = rt.endSession(session, env);
+    if (waitUntil) waitUntil(freed);
+    else await freed;
     if (waitUntil) flushLoadSoon(env, rt.id, waitUntil);
   }
 }

@@ -2,47 +2,82 @@
  * @module The Worker's half of the model: dense weights (embeddings, attention, norms, routers,
  * dense-layer MLPs, shared experts, lm_head) in Wasm memory, loaded from R2 once per isolate, and
  * the forward pass of src/serving/forward.ts with its routed experts sent to the ExpertHost
- * fan-out (one RPC per instance per MoE layer).
+ * fan-out (one RPC per instance per MoE layer). When the dense part does not fit the Worker (or
+ * a stage count is forced), the Worker keeps the embeddings and head and the layers run on
+ * StageHost pipeline stages (src/stages) — the same ModelForward code, split by layer range.
  */
 import { createKernels } from "../kernels/workers";
-import { denseBytes, loadDenseWeights } from "../model/architectures";
-import { expertStoredBytes } from "../model/quantized";
-import { expertStoreOptions } from "../experts/options";
+import { WASM_MAX_BYTES } from "../kernels/index";
+import { denseEndsBytes, denseLayerBytes, loadDenseEnds, loadDenseLayers, loadDenseWeights, loadFinalNorm } from "../model/architectures";
+import { CheckpointEmbeddings, type EmbeddingSource } from "../model/embeddings";
+import type { HeadPlacement } from "../coordinator/head-placement";
+import { HeadError, headPlacementFor, loadHead, runHead } from "../head/head-client";
+import { HeadEmbeddings } from "../head/head-embeddings";
 import type { ModelSpec } from "../model/config";
 import { TextTokenizer } from "../model/tokenizer";
 import { parseRoutingOptions } from "../gating/options";
 import type { Routing, RoutingOptions } from "../gating/router";
 import { currentPlacement, runExperts, type LayerDispatch } from "../experts/expert-client";
-import type { PlacementInit } from "../coordinator/initial-placement";
 import type { Placement } from "../coordinator/placement";
+import { planPipeline, PipelinePlanError, type PipelinePlacement } from "../coordinator/pipeline-placement";
 import { modelPrefix, openModelFromR2 } from "../platform/model-store";
 import { readBudgets, WORKER_SCRATCH_BYTES } from "../platform/budgets";
 import { formatMiB } from "../platform/format";
 import { ApiError, BudgetError } from "../errors";
-import { ModelForward, Session, type ExpertRunner } from "./forward";
+import { EMBED_CACHE_BYTES, KV_RETRY_AFTER_MS, PREFILL_CHUNK, readStageBudgets } from "./stage-budgets";
+import { KvLedger } from "./kv-ledger";
+import { StageChain, stageError } from "./stage-client";
+import { decodeTokenStream, type DecodeRequest } from "./decode-loop";
+import type { StageLayerTrace } from "./stage-protocol";
+import { ModelForward, type ExpertRunner, type Session } from "./forward";
+import { placementInitFor, type ModelPlacementInit } from "./placement-init";
 
-export { Session } from "./forward";
+export type { ModelPlacementInit } from "./placement-init";
 
 /** What a forward pass can record for inspection (verify, tests): per-layer routing. */
 export interface ForwardTrace {
   routing: { layer: number; routing: Routing }[];
-  dispatch: LayerDispatch[];
+  dispatch: Pick<LayerDispatch, "layer" | "rpcs">[];
 }
 
 /**
- * What the Coordinator is given to place a model. `moeLayers` lists the only layers that have
- * routed experts: dense layers (DeepSeek first_k_dense_replace, Qwen mlp_only_layers) must get no
- * experts placed — loading one fails.
+ * One request's place in the model: its KV cache in the Worker (layers the Worker runs) and, with
+ * pipeline stages, its id in every stage's KV cache.
  */
-export type ModelPlacementInit = PlacementInit & { moeLayers: readonly number[] };
+export class RuntimeSession {
+  length = 0;
+  constructor(
+    readonly id: string,
+    readonly maxLen: number,
+    readonly local: Session | null,
+  ) {}
+}
+
+/** RPCs the Worker made for the last forward call (bench:e2e, tests). */
+export interface ForwardRpcs {
+  stageCalls: number;
+  /** Every RPC of the call, inside the region included (stage hops + expert fan-out). */
+  total: number;
+}
 
 export class ModelRuntime {
+  /** RPCs of the most recent forward call. */
+  lastRpcs: ForwardRpcs = { stageCalls: 0, total: 0 };
+
   private constructor(
     readonly id: string,
     readonly spec: ModelSpec,
     readonly tokenizer: TextTokenizer | null,
     private readonly model: ModelForward,
     private readonly placementInit: ModelPlacementInit,
+    /** Where the layers run: no stages = the Worker runs every layer. */
+    readonly pipeline: PipelinePlacement,
+    private readonly chain: StageChain | null,
+    private readonly kv: KvLedger<Session>,
+    /** The output head on HeadHost shards (null: the Worker holds it). */
+    readonly head: HeadPlacement | null,
+    /** Embedding rows when the Worker does not hold the table (tied: the HeadHosts; else R2). */
+    private readonly embeddings: EmbeddingSource | null,
   ) {}
 
   /**
@@ -53,26 +88,52 @@ export class ModelRuntime {
     const opened = await openModelFromR2(env.MODELS, id);
     const { spec, ckpt } = opened;
     const budgets = readBudgets(env);
-    const need = denseBytes(spec);
-    if (need > budgets.workerBytes) {
-      throw new BudgetError(
-        `model "${id}" does not fit the Worker: its dense weights need ${formatMiB(need)}, WORKER_BUDGET_MB allows ${formatMiB(budgets.workerBytes)}`,
-      );
+    const stageBudgets = readStageBudgets(env);
+    // The head goes to HeadHost shards when forced (verify --head-shards) or when the embeddings
+    // and head do not fit the Worker; the Worker then keeps the final norm (and, untied, a
+    // bounded cache of embedding rows).
+    const head = stageBudgets.forcedHeadShards > 0 || denseEndsBytes(spec) > budgets.workerBytes
+      ? headPlacementFor(env, id, spec, { shards: stageBudgets.forcedHeadShards || undefined })
+      : null;
+    const headless = 4 * spec.dModel + (spec.tieEmbeddings ? 0 : EMBED_CACHE_BYTES);
+    let plan: PipelinePlacement;
+    try {
+      plan = planPipeline({
+        model: id,
+        layerBytes: spec.layers.map((_, l) => denseLayerBytes(spec, l)),
+        endsBytes: head ? headless : denseEndsBytes(spec),
+        workerBytes: budgets.workerBytes,
+        stageBytes: stageBudgets.stageBytes,
+        forcedStages: stageBudgets.forcedStages,
+      });
+    } catch (err) {
+      if (err instanceof PipelinePlanError) throw new BudgetError(`${err.message} (the dense part does not fit the Worker or the stages)`);
+      throw err;
     }
     const tokenizer = await loadTokenizer(env.MODELS, id);
-    const dense = await loadDenseWeights(ckpt, spec);
-    const k = createKernels("best", { maxBytes: budgets.workerBytes + WORKER_SCRATCH_BYTES });
-    const init: ModelPlacementInit = {
-      model: id,
-      nLayers: spec.nLayers,
-      nExperts: spec.nExperts,
-      moeLayers: spec.moeLayers,
-      // Real bytes of one expert as the ExpertHosts will hold it (int8 ≈ ¼ of f32).
-      expertBytes: expertStoredBytes(ckpt, spec, expertStoreOptions(env).quant),
-      budgetBytes: budgets.expertHostBytes,
-      minInstances: budgets.minExpertHosts,
-    };
-    return new ModelRuntime(id, spec, tokenizer, ModelForward.create(k, spec, dense, routing), init);
+    const staged = plan.stages.length > 0;
+    const held = (head ? headless : denseEndsBytes(spec)) + (staged ? 0 : layerTotal(spec));
+    if (held > budgets.workerBytes) {
+      throw new BudgetError(`model "${id}" does not fit the Worker: its dense weights need ${formatMiB(held)}, WORKER_BUDGET_MB allows ${formatMiB(budgets.workerBytes)}`);
+    }
+    const k = createKernels("best", { maxBytes: Math.min(WASM_MAX_BYTES, held + stageBudgets.workerKvBytes + WORKER_SCRATCH_BYTES) });
+    const layers = staged ? [] : head ? await loadDenseLayers(ckpt, spec, 0, spec.nLayers) : null;
+    const model = layers === null
+      ? ModelForward.create(k, spec, await loadDenseWeights(ckpt, spec), routing)
+      : ModelForward.createPart(k, spec, head ? { ends: null, finalNorm: await loadFinalNorm(ckpt, spec), first: 0, layers } : { ends: await loadDenseEnds(ckpt, spec), first: 0, layers }, routing);
+    let embeddings: EmbeddingSource | null = null;
+    if (head) {
+      try {
+        await loadHead(env, head);
+      } catch (err) {
+        if (err instanceof HeadError && err.code === "budget_exceeded") throw new BudgetError(err.message);
+        throw err;
+      }
+      embeddings = spec.tieEmbeddings ? new HeadEmbeddings(env, head) : CheckpointEmbeddings.open(ckpt, spec, { cacheBytes: EMBED_CACHE_BYTES });
+    }
+    const pipeline = staged ? await env.COORDINATOR.getByName(id).ensurePipeline(plan) : plan;
+    const chain = staged ? new StageChain(id, pipeline) : null;
+    return new ModelRuntime(id, spec, tokenizer, model, placementInitFor(env, opened), pipeline, chain, new KvLedger(stageBudgets.workerKvBytes), head, embeddings);
   }
 
   get kernelFlavor(): string {
@@ -84,13 +145,71 @@ export class ModelRuntime {
     return this.model.routing;
   }
 
-  /** A KV cache for up to maxLen positions, sized for the attention kind; free it with `endSession`. */
-  startSession(maxLen: number): Session {
-    return this.model.startSession(maxLen);
+  /**
+   * A session for up to maxLen positions: the KV cache of the layers the Worker runs is reserved
+   * now (a full budget → 429 with Retry-After); stages reserve theirs on `openSession` or on the
+   * first chunk. Free it with `endSession`.
+   */
+  startSession(maxLen: number): RuntimeSession {
+    const id = crypto.randomUUID();
+    if (this.model.end === this.model.first) return new RuntimeSession(id, maxLen, null);
+    const need = this.model.kvBytes(maxLen);
+    const a = this.kv.admit(need);
+    if (!a.ok && a.reason === "too_long") {
+      throw ApiError.invalid("max_tokens", `${maxLen} positions need ${formatMiB(need)} of KV cache; WORKER_KV_BUDGET_MB allows ${formatMiB(this.kv.budgetBytes)} per Worker isolate`, "context_length_exceeded");
+    }
+    if (!a.ok) throw busy(`the Worker's KV cache is full (${this.kv.size} sessions, ${formatMiB(a.freeBytes)} free, ${formatMiB(need)} needed)`);
+    let local: Session;
+    try {
+      local = this.model.startSession(maxLen);
+    } catch (err) {
+      if (err instanceof Error && err.name === "MemoryBudgetError") throw busy(`the Worker's memory is full: ${err.message}`);
+      throw err;
+    }
+    this.kv.add(id, need, local, Date.now());
+    return new RuntimeSession(id, maxLen, local);
   }
 
-  endSession(s: Session): void {
-    this.model.endSession(s);
+  /** `startSession` plus the KV reservation on every stage, so a full stage is refused up front. */
+  async openSession(env: Env, maxLen: number): Promise<RuntimeSession> {
+    const s = this.startSession(maxLen);
+    try {
+      await this.chain?.open(env, s.id, maxLen);
+    } catch (err) {
+      await this.endSession(s, env);
+      throw err;
+    }
+    return s;
+  }
+
+  /** Frees the session's KV caches (the Worker's at once; the stages' over RPC when `env` is given). */
+  endSession(s: RuntimeSession, env?: Env): Promise<void> {
+    const local = this.kv.remove(s.id);
+    if (local) this.model.endSession(local);
+    return env && this.chain ? this.chain.end(env, s.id) : Promise.resolve();
+  }
+
+  /** Whether requests' decode loops run in the model's region (pipeline stages) rather than here. */
+  get drivenRemotely(): boolean {
+    return this.chain !== null;
+  }
+
+  /**
+   * Runs the decode loop of an opened session on a session driver in the model's region (a
+   * StageHost instance that holds no layers) and returns the token ids it streams back.
+   */
+  async driveRemotely(env: Env, s: RuntimeSession, loop: Omit<DecodeRequest, "model" | "session">): Promise<AsyncGenerator<number>> {
+    const drivers = Math.max(1, this.pipeline.stages.length);
+    const name = driverName(this.id, parseInt(s.id.slice(0, 6), 16) % drivers);
+    const r = await env.STAGE_HOST.getByName(name).decode({ ...loop, model: this.id, session: s.id, maxLen: s.maxLen });
+    if (!r.ok) throw stageError(r);
+    return decodeTokenStream(r.tokens);
+  }
+
+  /** A session opened elsewhere (by the Worker), driven here: same id on every stage. */
+  adoptSession(id: string, maxLen: number): RuntimeSession {
+    if (this.model.end !== this.model.first) throw new Error("internal: only a pipeline's session can be driven remotely");
+    return new RuntimeSession(id, maxLen, null);
   }
 
   async placement(env: Env) {
@@ -98,16 +217,61 @@ export class ModelRuntime {
   }
 
   /**
-   * Runs `tokens` at positions session.length… through the model, appending to the KV cache.
+   * Runs `tokens` at positions session.length… through the model, appending to the KV caches.
    * Returns logits [nOut, vocab] for the last token (nOut = 1) or every token (`allLogits`).
+   * Long prompts go in chunks of PREFILL_CHUNK tokens (bounded scratch and RPC payloads).
    */
-  async forward(env: Env, s: Session, tokens: number[], rng: () => number, opts: { allLogits?: boolean; trace?: ForwardTrace } = {}): Promise<Float32Array> {
-    const placement = await this.placement(env);
-    const trace = opts.trace;
-    return this.model.forward(s, tokens, this.#experts(env, placement, rng, trace), rng, {
-      allLogits: opts.allLogits,
-      onRouting: trace ? (layer, routing) => trace.routing.push({ layer, routing }) : undefined,
-    });
+  async forward(env: Env, s: RuntimeSession, tokens: number[], rng: () => number, opts: { allLogits?: boolean; trace?: ForwardTrace } = {}): Promise<Float32Array> {
+    const rpcs: ForwardRpcs = { stageCalls: 0, total: 0 };
+    const parts: Float32Array[] = [];
+    for (let at = 0; at < tokens.length; at += PREFILL_CHUNK) {
+      const chunk = tokens.slice(at, at + PREFILL_CHUNK);
+      const last = at + PREFILL_CHUNK >= tokens.length;
+      if (!opts.allLogits && !last) {
+        await this.#forwardChunk(env, s, chunk, rng, 0, rpcs, opts.trace);
+        continue;
+      }
+      parts.push(await this.#forwardChunk(env, s, chunk, rng, opts.allLogits ? chunk.length : 1, rpcs, opts.trace));
+    }
+    this.lastRpcs = rpcs;
+    return parts.length === 1 ? parts[0] : concat(parts);
+  }
+
+  /**
+   * One chunk: embeddings → the layers (the Worker's own, or the stage chain) → final norm and
+   * head (the Worker's, or the HeadHost shards). nOut = 0 → no logits. When the Worker holds the
+   * whole model, the three run inside its Wasm memory in one call.
+   */
+  async #forwardChunk(env: Env, s: RuntimeSession, tokens: number[], rng: () => number, nOut: number, rpcs: ForwardRpcs, trace?: ForwardTrace): Promise<Float32Array> {
+    if (s.length + tokens.length > s.maxLen) throw new Error(`session holds ${s.maxLen} positions, asked for ${s.length + tokens.length}`);
+    const onRouting = trace ? (layer: number, routing: Routing) => trace.routing.push({ layer, routing }) : undefined;
+    let logits: Float32Array;
+    if (this.model.whole) {
+      const placement = await this.placement(env);
+      const out = await this.model.forward(s.local!, tokens, this.#experts(env, placement, rng, rpcs, trace), rng, { allLogits: nOut > 1, onRouting });
+      logits = nOut === 0 ? new Float32Array(0) : out;
+    } else {
+      const x = this.embeddings ? this.model.scaleEmbeddings(await this.embeddings.rows(tokens)) : this.model.embed(tokens);
+      let y: Float32Array;
+      if (this.chain) {
+        const r = await this.chain.run(env, s.id, s.maxLen, s.length, x, Math.max(nOut, 1), trace !== undefined);
+        rpcs.stageCalls += 1;
+        rpcs.total += r.rpcs;
+        if (trace) for (const t of r.trace) recordTrace(trace, t);
+        y = r.y;
+      } else {
+        const placement = await this.placement(env);
+        const all = await this.model.layers(s.local!, x, this.#experts(env, placement, rng, rpcs, trace), rng, onRouting);
+        y = all.subarray(all.length - Math.max(nOut, 1) * this.spec.dModel);
+      }
+      if (nOut === 0) logits = new Float32Array(0);
+      else if (this.head) {
+        logits = await runHead(env, this.head, this.model.normed(y), nOut, "logits");
+        rpcs.total += this.head.shards.length;
+      } else logits = this.model.head(y);
+    }
+    s.length += tokens.length;
+    return logits;
   }
 
   /**
@@ -118,19 +282,52 @@ export class ModelRuntime {
     if (this.spec.layers[layer]?.kind !== "moe") {
       throw ApiError.invalid("layer", `layer ${layer} is a dense MLP layer, not an MoE layer (MoE layers: ${this.spec.moeLayers.join(", ")})`);
     }
+    if (this.chain) {
+      const { out, trace } = await this.chain.moeBlock(env, layer, input);
+      return { out, routing: { n: trace.n, topK: trace.topK, ids: trace.ids, weights: trace.weights } };
+    }
     const placement = await this.placement(env);
-    return this.model.moeBlock(layer, input, this.#experts(env, placement, rng), rng);
+    return this.model.moeBlock(layer, input, this.#experts(env, placement, rng, { stageCalls: 0, total: 0 }), rng);
   }
 
   /** Routed experts through the ExpertHost fan-out, recording each layer's dispatch. */
-  #experts(env: Env, placement: Placement, rng: () => number, trace?: ForwardTrace): ExpertRunner {
+  #experts(env: Env, placement: Placement, rng: () => number, rpcs: ForwardRpcs, trace?: ForwardTrace): ExpertRunner {
     const { dModel } = this.spec;
     return async (layer, routing, h) => {
       const { out, dispatch } = await runExperts(env, placement, layer, routing, h, dModel, rng);
+      rpcs.total += dispatch.rpcs;
       trace?.dispatch.push(dispatch);
       return out;
     };
   }
+}
+
+function recordTrace(trace: ForwardTrace, t: StageLayerTrace): void {
+  trace.routing.push({ layer: t.layer, routing: { n: t.n, topK: t.topK, ids: t.ids, weights: t.weights } });
+  trace.dispatch.push({ layer: t.layer, rpcs: t.rpcs });
+}
+
+/** DO name of session driver k of a model (a StageHost that holds no layers). */
+export function driverName(model: string, k: number): string {
+  return `${model}/driver/${k}`;
+}
+
+function busy(message: string): ApiError {
+  return new ApiError(429, `the model is at capacity: ${message}`, "service_unavailable", null, "kv_cache_full", ApiError.retryIn(KV_RETRY_AFTER_MS / 1000));
+}
+
+function layerTotal(spec: ModelSpec): number {
+  return spec.layers.reduce((n, _, l) => n + denseLayerBytes(spec, l), 0);
+}
+
+function concat(parts: Float32Array[]): Float32Array {
+  const out = new Float32Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
 }
 
 /** Routing knobs from the deployment's vars (absent vars → off). */

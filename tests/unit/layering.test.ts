@@ -22,6 +22,9 @@ const MAY_IMPORT: Record<string, readonly string[]> = {
   // routes (and app.ts, which mounts its middleware) import it.
   observability: ["kernels", "gating", "model", "platform", "experts", "coordinator", "head", "errors"],
   routes: ["kernels", "gating", "model", "platform", "experts", "coordinator", "head", "serving", "observability", "errors"],
+  // The StageHost DO runs the serving forward pass on its layer range (a surface, like routes);
+  // the Worker's side of the pipeline (client, protocol, KV admission) lives in serving.
+  stages: ["kernels", "gating", "model", "platform", "experts", "coordinator", "head", "serving", "errors"],
   errors: [],
   app: ["*"],
   index: ["*"],

@@ -1,0 +1,65 @@
+/**
+ * @module Where a request's tokens come from: the prefill + sample + forward loop, run by whoever
+ * holds the loop — the Worker (a model it runs itself) or a session driver in the model's region
+ * (pipeline stages: the loop runs next to the stages and streams token ids back, so a token costs
+ * no Worker↔region round trip; scripts/simulate-pipeline.ts measured the choice). One loop, two
+ * places; the Worker turns the ids into text, stop strings and SSE either way.
+ */
+import type { ModelRuntime, RuntimeSession } from "./model-runtime";
+import { createRng, sampleToken, type SamplingParams } from "./sampling";
+
+/** What the loop needs to produce tokens (text handling stays with the Worker). */
+export interface DecodeRequest {
+  model: string;
+  /** Session id already opened on every stage (admission done by the Worker). */
+  session: string;
+  promptIds: number[];
+  maxTokens: number;
+  sampling: SamplingParams;
+  seed: number;
+}
+
+/**
+ * Samples up to maxTokens ids, stopping after an EOS id. The forward pass for the next token runs
+ * only when the consumer asks for it, so a consumer that stops (stop string, abort) costs nothing more.
+ */
+export async function* sampledTokens(env: Env, rt: ModelRuntime, session: RuntimeSession, req: Pick<DecodeRequest, "promptIds" | "maxTokens" | "sampling" | "seed">): AsyncGenerator<number> {
+  const rng = createRng(req.seed);
+  const eos = new Set(rt.spec.eosTokenIds);
+  let logits = await rt.forward(env, session, req.promptIds, rng);
+  for (let produced = 1; ; produced++) {
+    const id = sampleToken(logits, req.sampling, rng);
+    yield id;
+    if (eos.has(id) || produced >= req.maxTokens) return;
+    logits = await rt.forward(env, session, [id], rng);
+  }
+}
+
+/** Token ids as they cross the RPC: little-endian int32, one per token. */
+export function encodeToken(id: number): Uint8Array {
+  const b = new Uint8Array(4);
+  new DataView(b.buffer).setInt32(0, id, true);
+  return b;
+}
+
+/** Reads the ids of a driver's stream; chunk boundaries may split an id. */
+export async function* decodeTokenStream(stream: ReadableStream<Uint8Array>): AsyncGenerator<number> {
+  const reader = stream.getReader();
+  let pending = new Uint8Array(0);
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) return;
+      const buf = new Uint8Array(pending.length + value.length);
+      buf.set(pending);
+      buf.set(value, pending.length);
+      const view = new DataView(buf.buffer);
+      let at = 0;
+      for (; at + 4 <= buf.length; at += 4) yield view.getInt32(at, true);
+      pending = buf.slice(at);
+    }
+  } finally {
+    // The consumer stopped early (stop string, abort): tell the driver to stop generating.
+    await reader.cancel().catch(() => {});
+  }
+}

@@ -1,0 +1,72 @@
+/**
+ * @module The Worker's side of the pipeline: one chain call per prompt chunk or decode token
+ * (stage 0 passes the residual stream on to stage 1 and so on; see stage-protocol.ts), session
+ * admission on every stage before a response starts (a full stage → 429 with Retry-After, never
+ * a 500 mid-stream), and freeing the sessions' KV caches when a request ends.
+ */
+import { ApiError } from "../errors";
+import type { PipelinePlacement } from "../coordinator/pipeline-placement";
+import type { StageFailure, StageHop, StageLayerTrace } from "./stage-protocol";
+
+export class StageChain {
+  readonly route: StageHop[];
+
+  constructor(
+    readonly model: string,
+    readonly pipeline: PipelinePlacement,
+  ) {
+    this.route = pipeline.stages.map((s) => ({ name: s.name, first: s.first, end: s.end }));
+  }
+
+  /** Reserves `maxLen` positions of KV cache for `session` on every stage (all in parallel). */
+  async open(env: Env, session: string, maxLen: number): Promise<void> {
+    const results = await Promise.all(this.route.map((hop) => env.STAGE_HOST.getByName(hop.name).open(this.model, hop, session, maxLen)));
+    const bad = results.find((r) => !r.ok);
+    if (bad && !bad.ok) {
+      await this.end(env, session);
+      throw stageError(bad);
+    }
+  }
+
+  /** Runs x [n, dModel] at positions start… through every stage; returns the last nOut rows. */
+  async run(env: Env, session: string, maxLen: number, start: number, x: Float32Array, nOut: number, trace: boolean): Promise<{ y: Float32Array; trace: StageLayerTrace[]; rpcs: number }> {
+    const first = env.STAGE_HOST.getByName(this.route[0].name);
+    const r = await first.run({ model: this.model, session, maxLen, start, x, nOut, route: this.route, trace });
+    if (!r.ok) throw stageError(r);
+    return { y: r.y, trace: r.trace, rpcs: r.rpcs + 1 };
+  }
+
+  /** Frees the session on every stage (completion, abort or failure); never throws. */
+  async end(env: Env, session: string): Promise<void> {
+    await Promise.all(
+      this.route.map((hop) =>
+        env.STAGE_HOST.getByName(hop.name)
+          .end(session)
+          .catch((err: unknown) => console.warn(`freeing session ${session} on ${hop.name} failed (its idle alarm will): ${String(err)}`)),
+      ),
+    );
+  }
+
+  /** One MoE block of `layer` on the stage that holds it. */
+  async moeBlock(env: Env, layer: number, input: Float32Array): Promise<{ out: Float32Array; trace: StageLayerTrace }> {
+    const hop = this.route.find((h) => h.first <= layer && layer < h.end);
+    if (!hop) throw ApiError.invalid("layer", `no stage holds layer ${layer}`);
+    const r = await env.STAGE_HOST.getByName(hop.name).moeBlock(this.model, hop, layer, input);
+    if (!r.ok) throw stageError(r);
+    return { out: r.out, trace: r.trace };
+  }
+}
+
+/** A stage's failure as the client sees it: full → 429, too long → 400, experts down → 503. */
+export function stageError(f: StageFailure): Error {
+  switch (f.code) {
+    case "busy":
+      return new ApiError(429, `the model is at capacity: ${f.message}`, "service_unavailable", null, "kv_cache_full", ApiError.retryIn((f.retryAfterMs ?? 1000) / 1000));
+    case "too_long":
+      return ApiError.invalid("max_tokens", `the request is longer than this deployment serves: ${f.message}`, "context_length_exceeded");
+    case "expert_unavailable":
+      return new ApiError(503, f.message, "service_unavailable", null, "expert_unavailable", ApiError.retryIn(1));
+    default:
+      return new Error(`pipeline stage failed (${f.code}): ${f.message}`);
+  }
+}

@@ -1,0 +1,86 @@
+/**
+ * @module The RPC contract of the pipeline stages. One `run` call carries one chunk of one session
+ * (a prompt chunk or a decode token) through a stage; the stage passes it on to the next stage of
+ * `route` itself (a chain: the Worker pays one round trip per chunk, not one per stage), and the
+ * last stage returns the final residual rows. Failures cross the RPC as data.
+ */
+
+/** One stage of the chain: its DO name and layer range [first, end). */
+export interface StageHop {
+  name: string;
+  first: number;
+  end: number;
+}
+
+export interface StageRunRequest {
+  model: string;
+  /** Session id (one per request); its KV cache lives in every stage of the route. */
+  session: string;
+  /** Positions the session reserves when it opens (at start = 0): prompt + max tokens. */
+  maxLen: number;
+  /** Position of the first row of x. */
+  start: number;
+  x: Float32Array; // [n, dModel] residual stream entering route[0]
+  /** Rows to return from the last stage (its last nOut rows). */
+  nOut: number;
+  /** This stage (route[0]) and every stage after it, in order. */
+  route: StageHop[];
+  /** Return the routing of every MoE layer (verify). */
+  trace: boolean;
+}
+
+/** Routing of one MoE layer as it crosses the RPC. */
+export interface StageLayerTrace {
+  layer: number;
+  n: number;
+  topK: number;
+  ids: Int32Array; // [n, topK]
+  weights: Float32Array; // [n, topK]
+  /** ExpertHost RPCs of this layer call. */
+  rpcs: number;
+}
+
+export type StageFailureCode = "busy" | "too_long" | "bad_request" | "model_error" | "budget_exceeded" | "expert_unavailable";
+
+export interface StageFailure {
+  ok: false;
+  code: StageFailureCode;
+  message: string;
+  /** With "busy": when a retry may find room. */
+  retryAfterMs?: number;
+}
+
+export type StageRunResult =
+  | {
+      ok: true;
+      y: Float32Array; // [nOut, dModel]
+      trace: StageLayerTrace[];
+      /** RPCs made by the stages of the route for this call (next-stage hops + expert fan-out). */
+      rpcs: number;
+    }
+  | StageFailure;
+
+/** A session driver's answer: token ids as little-endian int32 (serving/decode-loop.ts). */
+export type StageDecodeResult = { ok: true; tokens: ReadableStream<Uint8Array> } | StageFailure;
+
+export type StageMoeResult = { ok: true; out: Float32Array; trace: StageLayerTrace } | StageFailure;
+
+export interface StageHostStats {
+  name: string;
+  model: string | null;
+  first: number | null;
+  end: number | null;
+  kernels: string | null;
+  /** Dense weight bytes held. */
+  bytesHeld: number;
+  budgetBytes: number;
+  kvBytesUsed: number;
+  kvBudgetBytes: number;
+  /** Highest kvBytesUsed since the instance started. */
+  kvBytesPeak: number;
+  sessions: number;
+  /** Sessions refused because the KV budget was full (429 to the client). */
+  refused: number;
+  wasmBytesInUse: number;
+  wasmMemoryBytes: number;
+}

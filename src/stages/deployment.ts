@@ -1,0 +1,83 @@
+/**
+ * @module The shape of a deployment from a model's config and the deployment's vars (pure): where
+ * the layers run (pipeline placement), how many ExpertHosts the experts need, and the longest
+ * request the KV budgets admit — what the RPC count and `[limits]` are checked against.
+ */
+import { denseEndsBytes, denseLayerBytes } from "../model/architectures";
+import { maxServableTokens, type ModelSpec } from "../model/config";
+import { initialPlacement } from "../coordinator/initial-placement";
+import { planPipeline, type PipelinePlacement } from "../coordinator/pipeline-placement";
+import { readBudgets } from "../platform/budgets";
+import { numberVar, type Vars } from "../platform/env";
+import { DEFAULT_RETRY } from "../experts/retry-policy";
+import { kvLayout } from "../serving/attention";
+import { planHeadShards, type HeadPlacement } from "../coordinator/head-placement";
+import { headHostBudgetBytes } from "../head/budget";
+import { EMBED_CACHE_BYTES, PREFILL_CHUNK, readStageBudgets } from "../serving/stage-budgets";
+import type { RpcCountInput } from "./rpc-count";
+
+export interface DeploymentShape {
+  pipeline: PipelinePlacement;
+  /** The output head's shards (null: the Worker holds the head). */
+  head: HeadPlacement | null;
+  expertHosts: number;
+  /** Longest prompt + generation one request may have (context, or less if the KV budget binds). */
+  maxLen: number;
+  rpcInput: RpcCountInput;
+}
+
+/** KV-cache bytes per position of layers [first, end) (f32 K and V). */
+export function kvBytesPerPosition(spec: ModelSpec, first: number, end: number): number {
+  const { nKvHeads, kHeadDim, vHeadDim } = kvLayout(spec.attention);
+  return (end - first) * nKvHeads * (kHeadDim + vHeadDim) * 4;
+}
+
+/** `expertBytes`: one expert as the ExpertHosts hold it (f32, or int8 + scales). */
+export function deploymentShape(spec: ModelSpec, vars: Vars, expertBytes: number, model = "model"): DeploymentShape {
+  const budgets = readBudgets(vars);
+  const stageBudgets = readStageBudgets(vars);
+  // Same rule as ModelRuntime.load: the head leaves the Worker when forced or when it does not fit.
+  const forcedHead = stageBudgets.forcedHeadShards;
+  const head = forcedHead > 0 || denseEndsBytes(spec) > budgets.workerBytes
+    ? planHeadShards({ model, vocabSize: spec.vocabSize, dModel: spec.dModel, bytesPerRow: 4 * spec.dModel, budgetBytes: headHostBudgetBytes(vars), shards: forcedHead || undefined })
+    : null;
+  const pipeline = planPipeline({
+    model,
+    layerBytes: spec.layers.map((_, l) => denseLayerBytes(spec, l)),
+    endsBytes: head ? 4 * spec.dModel + (spec.tieEmbeddings ? 0 : EMBED_CACHE_BYTES) : denseEndsBytes(spec),
+    workerBytes: budgets.workerBytes,
+    stageBytes: stageBudgets.stageBytes,
+    forcedStages: stageBudgets.forcedStages,
+  });
+  const spare = numberVar(vars, "SPARE_SLOT_FRACTION", 0, { min: 0, max: 0.9 });
+  const experts = initialPlacement({
+    model,
+    nLayers: spec.nLayers,
+    moeLayers: spec.moeLayers,
+    nExperts: spec.nExperts,
+    expertBytes,
+    budgetBytes: budgets.expertHostBytes,
+    minInstances: budgets.minExpertHosts,
+    spareFraction: spare,
+  });
+  const kvLimits = pipeline.stages.length === 0
+    ? [Math.floor(stageBudgets.workerKvBytes / kvBytesPerPosition(spec, 0, spec.nLayers))]
+    : pipeline.stages.map((s) => Math.floor(stageBudgets.stageKvBytes / kvBytesPerPosition(spec, s.first, s.end)));
+  const maxLen = Math.min(maxServableTokens(spec), ...kvLimits);
+  return {
+    pipeline,
+    head,
+    expertHosts: experts.instances.length,
+    maxLen,
+    rpcInput: {
+      moeLayers: spec.moeLayers,
+      topK: spec.topK,
+      expertHosts: experts.instances.length,
+      stages: pipeline.stages,
+      prefillChunk: PREFILL_CHUNK,
+      attempts: DEFAULT_RETRY.maxAttempts,
+      headShards: head?.shards.length ?? 0,
+      embeddings: head === null ? "worker" : spec.tieEmbeddings ? "head-hosts" : "r2",
+    },
+  };
+}

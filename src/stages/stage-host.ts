@@ -1,0 +1,265 @@
+/**
+ * @module StageHost: a Durable Object holding one contiguous range of a model's layers — their
+ * dense weights (attention, norms, router, shared experts, dense MLPs) in Wasm memory under
+ * STAGE_HOST_BUDGET_MB — and the KV caches of the sessions passing through, under
+ * STAGE_KV_BUDGET_MB. An instance holding no layers is a session driver (`decode`): it runs a
+ * request's decode loop in the region and streams the tokens back. It runs its layers with the same `ModelForward` the Worker uses, sends its
+ * MoE layers' routed experts through the same `runExperts` fan-out, and passes the residual
+ * stream on to the next stage itself (see serving/stage-protocol.ts).
+ */
+import { DurableObject } from "cloudflare:workers";
+import { createKernels } from "../kernels/workers";
+import { denseLayerBytes, loadDenseLayers } from "../model/architectures";
+import { openModelFromR2 } from "../platform/model-store";
+import { formatMiB } from "../platform/format";
+import { currentPlacement, flushLoad, flushLoadSoon, runExperts } from "../experts/expert-client";
+import { parseRoutingOptions } from "../gating/options";
+import { ModelForward, type ExpertRunner, type Session } from "../serving/forward";
+import { placementInitFor, type ModelPlacementInit } from "../serving/placement-init";
+import { getRuntime } from "../serving/model-runtime";
+import { encodeToken, sampledTokens, type DecodeRequest } from "../serving/decode-loop";
+import { createRng } from "../serving/sampling";
+import type { Routing } from "../gating/router";
+import { KV_RETRY_AFTER_MS, readStageBudgets, SESSION_IDLE_MS, STAGE_SCRATCH_BYTES } from "../serving/stage-budgets";
+import { KvLedger } from "../serving/kv-ledger";
+import type { StageDecodeResult, StageFailure, StageFailureCode, StageHop, StageHostStats, StageLayerTrace, StageMoeResult, StageRunRequest, StageRunResult } from "../serving/stage-protocol";
+
+/** What one instance holds once opened. */
+interface StagePart {
+  model: string;
+  first: number;
+  end: number;
+  forward: ModelForward;
+  bytes: number;
+  init: ModelPlacementInit;
+}
+
+class StageError extends Error {
+  constructor(
+    readonly code: StageFailureCode,
+    message: string,
+    readonly retryAfterMs?: number,
+  ) {
+    super(message);
+  }
+}
+
+export class StageHost extends DurableObject<Env> {
+  #part: StagePart | null = null;
+  #opening: Promise<StagePart> | null = null;
+  #kv: KvLedger<Session> | null = null;
+  #name = "";
+
+  /** Reserves a session's KV cache before its first chunk (admission: a full stage says "busy"). */
+  async open(model: string, hop: StageHop, session: string, maxLen: number): Promise<{ ok: true } | StageFailure> {
+    try {
+      const part = await this.#open(model, hop);
+      const now = Date.now();
+      if (!this.#kv!.get(session, now)) this.#admit(part, session, maxLen, now);
+      return { ok: true };
+    } catch (err) {
+      return failure(err);
+    }
+  }
+
+  /** Runs one chunk of one session through this stage, then through the rest of the route. */
+  async run(req: StageRunRequest): Promise<StageRunResult> {
+    try {
+      const hop = req.route[0];
+      if (!hop) throw new StageError("bad_request", "empty route");
+      const part = await this.#open(req.model, hop);
+      const kv = this.#kv!;
+      const now = Date.now();
+      let s = kv.get(req.session, now);
+      if (!s) {
+        if (req.start !== 0) throw new StageError("bad_request", `${this.#label}: session ${req.session} is unknown here (freed after ${SESSION_IDLE_MS} ms idle?)`);
+        s = this.#admit(part, req.session, req.maxLen, now);
+      }
+      if (s.length !== req.start) throw new StageError("bad_request", `${this.#label}: session ${req.session} is at position ${s.length}, the call starts at ${req.start}`);
+      const trace: StageLayerTrace[] = [];
+      let rpcs = 0;
+      const experts: ExpertRunner = async (layer, routing, h) => {
+        const placement = await currentPlacement(this.env, part.init);
+        const r = await runExperts(this.env, placement, layer, routing, h, part.forward.spec.dModel, rng);
+        rpcs += r.dispatch.rpcs;
+        if (req.trace) trace.push(layerTrace(layer, routing, r.dispatch.rpcs));
+        return r.out;
+      };
+      const rng = createRng((req.start * 2654435761) >>> 0);
+      const y = await part.forward.layers(s, req.x, experts, rng);
+      flushLoad(this.env, part.model, (p) => this.ctx.waitUntil(p));
+      const rest = req.route.slice(1);
+      if (rest.length === 0) {
+        const dModel = part.forward.spec.dModel;
+        return { ok: true, y: y.subarray(y.length - req.nOut * dModel).slice(), trace, rpcs };
+      }
+      const next = await this.env.STAGE_HOST.getByName(rest[0].name).run({ ...req, x: y, route: rest });
+      if (!next.ok) return next;
+      return { ok: true, y: next.y, trace: [...trace, ...next.trace], rpcs: rpcs + 1 + next.rpcs };
+    } catch (err) {
+      return failure(err);
+    }
+  }
+
+  /**
+   * Session driver: runs the decode loop of a session the Worker opened — embeddings, the stage
+   * chain, the head shards, sampling — here in the model's region, and streams the token ids
+   * back. Stops when the Worker cancels the stream (stop string, client abort) and frees the
+   * session on every stage when done.
+   */
+  async decode(req: DecodeRequest & { maxLen: number }): Promise<StageDecodeResult> {
+    try {
+      const rt = await getRuntime(this.env, req.model);
+      const session = rt.adoptSession(req.session, req.maxLen);
+      const tokens = sampledTokens(this.env, rt, session, req);
+      // A native byte stream: the RPC system pumps each write to the Worker as it happens (a JS
+      // ReadableStream's chunks were delivered in one burst at the end).
+      const { readable, writable } = new IdentityTransformStream();
+      const writer = writable.getWriter();
+      const run = async () => {
+        try {
+          for await (const id of tokens) await writer.write(encodeToken(id)); // rejects once the Worker cancels
+          await writer.close();
+        } catch (err) {
+          await writer.abort(err).catch(() => {});
+        } finally {
+          await rt.endSession(session, this.env);
+        }
+      };
+      this.ctx.waitUntil(run());
+      const stream = readable;
+      return { ok: true, tokens: stream };
+    } catch (err) {
+      return failure(err);
+    }
+  }
+
+  /** Frees a session's KV cache (completion or client abort). Unknown ids are ignored. */
+  async end(session: string): Promise<void> {
+    const s = this.#kv?.remove(session);
+    if (s && this.#part) this.#part.forward.endSession(s);
+    if (this.#part) flushLoadSoon(this.env, this.#part.model, (p) => this.ctx.waitUntil(p));
+  }
+
+  /** One MoE block of a layer held here on given inputs (verify's moe_layer check). */
+  async moeBlock(model: string, hop: StageHop, layer: number, input: Float32Array): Promise<StageMoeResult> {
+    try {
+      const part = await this.#open(model, hop);
+      const rng = createRng(0);
+      let rpcs = 0;
+      const experts: ExpertRunner = async (l, routing, h) => {
+        const r = await runExperts(this.env, await currentPlacement(this.env, part.init), l, routing, h, part.forward.spec.dModel, rng);
+        rpcs += r.dispatch.rpcs;
+        return r.out;
+      };
+      const { out, routing } = await part.forward.moeBlock(layer, input, experts, rng);
+      return { ok: true, out, trace: layerTrace(layer, routing, rpcs) };
+    } catch (err) {
+      return failure(err);
+    }
+  }
+
+  /** Frees sessions idle for longer than SESSION_IDLE_MS (a client that vanished mid-stream). */
+  override async alarm(): Promise<void> {
+    const kv = this.#kv;
+    if (!kv || !this.#part) return;
+    for (const id of kv.idle(Date.now(), SESSION_IDLE_MS)) await this.end(id);
+    if (kv.size > 0) await this.ctx.storage.setAlarm(Date.now() + SESSION_IDLE_MS);
+  }
+
+  stats(): StageHostStats {
+    const p = this.#part;
+    const k = p?.forward.kernels;
+    const budgets = readStageBudgets(this.env);
+    return {
+      name: this.#label,
+      model: p?.model ?? null,
+      first: p?.first ?? null,
+      end: p?.end ?? null,
+      kernels: k?.flavor ?? null,
+      bytesHeld: p?.bytes ?? 0,
+      budgetBytes: budgets.stageBytes,
+      kvBytesUsed: this.#kv?.usedBytes ?? 0,
+      kvBudgetBytes: budgets.stageKvBytes,
+      kvBytesPeak: this.#kv?.peak ?? 0,
+      sessions: this.#kv?.size ?? 0,
+      refused: this.#kv?.refused ?? 0,
+      wasmBytesInUse: k?.bytesInUse ?? 0,
+      wasmMemoryBytes: k?.memoryBytes ?? 0,
+    };
+  }
+
+  #admit(part: StagePart, id: string, maxLen: number, now: number): Session {
+    const kv = this.#kv!;
+    const need = part.forward.kvBytes(maxLen);
+    const a = kv.admit(need);
+    if (!a.ok && a.reason === "too_long") {
+      throw new StageError("too_long", `${maxLen} positions need ${formatMiB(need)} of KV cache in stage ${this.#label}; STAGE_KV_BUDGET_MB allows ${formatMiB(kv.budgetBytes)}`);
+    }
+    if (!a.ok) throw new StageError("busy", `stage ${this.#label} holds ${kv.size} sessions and has ${formatMiB(a.freeBytes)} of KV cache free, ${formatMiB(need)} needed`, KV_RETRY_AFTER_MS);
+    let s: Session;
+    try {
+      s = part.forward.startSession(maxLen);
+    } catch (err) {
+      if (err instanceof Error && err.name === "MemoryBudgetError") throw new StageError("busy", `stage ${this.#label}: ${err.message}`, KV_RETRY_AFTER_MS);
+      throw err;
+    }
+    kv.add(id, need, s, now);
+    this.ctx.waitUntil(this.#armIdleAlarm());
+    return s;
+  }
+
+  async #armIdleAlarm(): Promise<void> {
+    if ((await this.ctx.storage.getAlarm()) === null) await this.ctx.storage.setAlarm(Date.now() + SESSION_IDLE_MS);
+  }
+
+  get #label(): string {
+    return this.#name || this.ctx.id.name || this.ctx.id.toString();
+  }
+
+  async #open(model: string, hop: StageHop): Promise<StagePart> {
+    const p = this.#part;
+    if (p) {
+      if (p.model !== model || p.first !== hop.first || p.end !== hop.end) {
+        throw new StageError("bad_request", `this StageHost holds layers [${p.first}, ${p.end}) of "${p.model}", not [${hop.first}, ${hop.end}) of "${model}"`);
+      }
+      return p;
+    }
+    this.#name = hop.name;
+    this.#opening ??= (async () => {
+      const opened = await openModelFromR2(this.env.MODELS, model);
+      const budgets = readStageBudgets(this.env);
+      const { spec, ckpt } = opened;
+      let bytes = 0;
+      for (let l = hop.first; l < hop.end; l++) bytes += denseLayerBytes(spec, l);
+      if (bytes > budgets.stageBytes) {
+        throw new StageError("budget_exceeded", `layers [${hop.first}, ${hop.end}) of "${model}" need ${formatMiB(bytes)}, STAGE_HOST_BUDGET_MB allows ${formatMiB(budgets.stageBytes)}`);
+      }
+      const k = createKernels("best", { maxBytes: bytes + budgets.stageKvBytes + STAGE_SCRATCH_BYTES });
+      const readLayer = async (l: number) => (await loadDenseLayers(ckpt, spec, l, l + 1))[0];
+      const forward = await ModelForward.loadLayers(k, spec, hop.first, hop.end, readLayer, parseRoutingOptions(this.env));
+      this.#kv = new KvLedger<Session>(budgets.stageKvBytes);
+      const part: StagePart = { model, first: hop.first, end: hop.end, forward, bytes, init: placementInitFor(this.env, opened) };
+      this.#part = part;
+      return part;
+    })();
+    try {
+      return await this.#opening;
+    } catch (err) {
+      this.#opening = null; // recover from a failed init: the next call tries again
+      throw err;
+    }
+  }
+}
+
+function layerTrace(layer: number, r: Routing, rpcs: number): StageLayerTrace {
+  return { layer, n: r.n, topK: r.topK, ids: r.ids, weights: r.weights, rpcs };
+}
+
+function failure(err: unknown): StageFailure {
+  if (err instanceof StageError) return { ok: false, code: err.code, message: err.message, retryAfterMs: err.retryAfterMs };
+  const message = err instanceof Error ? err.message : String(err);
+  if (err instanceof Error && err.name === "MemoryBudgetError") return { ok: false, code: "busy", message, retryAfterMs: KV_RETRY_AFTER_MS };
+  if (err instanceof Error && (err as { code?: string }).code === "expert_unavailable") return { ok: false, code: "expert_unavailable", message };
+  return { ok: false, code: "model_error", message };
+}
