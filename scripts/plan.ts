@@ -30,11 +30,12 @@ const USAGE = `usage: npm run plan -- <config.json | name | all> [options]
   Sizes a model config against the instance budgets: StageHosts, HeadHosts, ExpertHosts, RPCs and
   bytes per token, subrequests per generation, projected decode latency.
   <name> is a file in ${CONFIG_DIR}/ without .json (e.g. qwen3-30b-a3b); "all" plans every one.
-  --stage-mb N       dense weights per StageHost, MiB (default EXPERT_HOST_BUDGET_MB of wrangler.toml)
+  --stage-mb N       dense weights per StageHost, MiB (default STAGE_HOST_BUDGET_MB of wrangler.toml)
   --head-mb N        head rows per HeadHost, MiB (default HEAD_HOST_BUDGET_MB, else the same)
   --expert-mb N      expert weights per ExpertHost, MiB (default EXPERT_HOST_BUDGET_MB)
   --expert-dtype T   f32 | int8 | int4 (default int8)
-  --subrequests N    subrequest limit of one invocation (default 1000, Workers Paid)
+  --subrequests N    subrequest limit of one invocation (default [limits] subrequests of wrangler.toml,
+                     else 1000, the Workers Paid default)
   --tokens N         tokens in the generation counted against it (default 256)
   --rpc-ms N         in-region RPC round trip (default 1)
   --user-rtt-ms N    user ↔ region round trip (default 40)
@@ -45,6 +46,13 @@ function wranglerVar(name: string): number | null {
   if (!existsSync("wrangler.toml")) return null;
   const m = new RegExp(`^${name}\\s*=\\s*"([^"]*)"`, "m").exec(readFileSync("wrangler.toml", "utf8"));
   return m && m[1] !== "" ? Number(m[1]) : null;
+}
+
+/** `subrequests = N` under wrangler.toml's `[limits]`. */
+function configuredSubrequests(): number | null {
+  if (!existsSync("wrangler.toml")) return null;
+  const m = /^\[limits\][^[]*?^subrequests\s*=\s*(\d+)/m.exec(readFileSync("wrangler.toml", "utf8"));
+  return m ? Number(m[1]) : null;
 }
 
 function configPaths(arg: string): string[] {
@@ -111,11 +119,11 @@ function main(): void {
   if (dtype !== "f32" && dtype !== "int8" && dtype !== "int4")
     throw new Error(`--expert-dtype must be f32, int8 or int4, got ${JSON.stringify(dtype)}`);
   const budgets = {
-    stageMb: num("stage-mb", values["stage-mb"], hostMb),
+    stageMb: num("stage-mb", values["stage-mb"], wranglerVar("STAGE_HOST_BUDGET_MB") ?? hostMb),
     headMb: num("head-mb", values["head-mb"], wranglerVar("HEAD_HOST_BUDGET_MB") ?? hostMb),
     expertMb: num("expert-mb", values["expert-mb"], hostMb),
     expertDtype: dtype as ExpertDType,
-    subrequestLimit: num("subrequests", values.subrequests, 1000, true),
+    subrequestLimit: num("subrequests", values.subrequests, configuredSubrequests() ?? 1000, true),
     tokens: num("tokens", values.tokens, 256, true),
   };
   const costs: LatencyCosts = {
