@@ -116,7 +116,9 @@ function quantizeRows(dst: usize, scales: usize, x: usize, n: i32, d: i32, kPad:
   for (let t = 0; t < n; t++) {
     const src = x + (<usize>t * <usize>d << 2);
     const q = dst + <usize>t * rowBytes;
-    const scale = relaxedDot ? (hiLo ? quantizeRowHiLo(q, src, d, kPad) : quantizeRowU7(q, src, d, kPad)) : quantizeRowI16(q, src, d, kPad);
+    const scale = relaxedDot
+      ? (hiLo ? quantizeRowHiLo(q, src, d, kPad) : quantizeRowU7(q, src, d, kPad))
+      : quantizeRowI16(q, src, d, kPad);
     store<f32>(scales + (<usize>t << 2), scale);
   }
 }
@@ -127,7 +129,10 @@ function absMax(src: usize, d: i32): f32 {
   if (ASC_FEATURE_SIMD) {
     let mv = f32x4.splat(0);
     for (; i + 4 <= d; i += 4) mv = f32x4.max(mv, f32x4.abs(v128.load(src + (<usize>i << 2))));
-    m = max(max(f32x4.extract_lane(mv, 0), f32x4.extract_lane(mv, 1)), max(f32x4.extract_lane(mv, 2), f32x4.extract_lane(mv, 3)));
+    m = max(
+      max(f32x4.extract_lane(mv, 0), f32x4.extract_lane(mv, 1)),
+      max(f32x4.extract_lane(mv, 2), f32x4.extract_lane(mv, 3)),
+    );
   }
   for (; i < d; i++) m = max(m, Mathf.abs(load<f32>(src + (<usize>i << 2))));
   return m;
@@ -223,7 +228,9 @@ function quantizeRowU7(q: usize, src: usize, d: i32, kPad: i32): f32 {
 }
 
 /** out[t, j] for j < dOut from quantized rows xq (xqRow bytes apart) and their scales sx. */
-function matmulQ8Panels(out: usize, ldo: i32, xq: usize, xqRow: usize, sx: usize, wq: usize, n: i32, kBlocks: i32, dOut: i32): void {
+function matmulQ8Panels(
+  out: usize, ldo: i32, xq: usize, xqRow: usize, sx: usize, wq: usize, n: i32, kBlocks: i32, dOut: i32,
+): void {
   const rows8 = <usize>((dOut + 7) & ~7);
   const panelBytes = <usize>kBlocks * KB_BYTES;
   const scales = wq + rows8 * (<usize>kBlocks << 4);
@@ -241,8 +248,14 @@ function matmulQ8Panels(out: usize, ldo: i32, xq: usize, xqRow: usize, sx: usize
         for (let r = 0; r < 4; r++) {
           tileQ8x4x2(xq + <usize>t * xqRow, xqRow, panel, r, kBlocks);
           const ja = <usize>(j0 + r) << 2;
-          const ya = rescale4(v128.load(ACCI), i32x4.splat(load<i32>(sums + ja)), f32x4.mul(sxv, f32x4.splat(load<f32>(scales + ja))));
-          const yb = rescale4(v128.load(ACCI, 16), i32x4.splat(load<i32>(sums + ja, 16)), f32x4.mul(sxv, f32x4.splat(load<f32>(scales + ja, 16))));
+          const ya = rescale4(
+            v128.load(ACCI), i32x4.splat(load<i32>(sums + ja)), f32x4.mul(sxv, f32x4.splat(load<f32>(scales + ja))),
+          );
+          const yb = rescale4(
+            v128.load(ACCI, 16),
+            i32x4.splat(load<i32>(sums + ja, 16)),
+            f32x4.mul(sxv, f32x4.splat(load<f32>(scales + ja, 16))),
+          );
           const o = out + <usize>t * oRow + ja;
           if (r < valid) {
             store<f32>(o, f32x4.extract_lane(ya, 0));
@@ -267,11 +280,22 @@ function matmulQ8Panels(out: usize, ldo: i32, xq: usize, xqRow: usize, sx: usize
       if (ASC_FEATURE_SIMD) {
         const sv = f32x4.splat(s);
         if (hiLo) {
-          v128.store(ACCI, rescaleHiLo(v128.load(ACCI), v128.load(ACCI, 32), v128.load(sums + jb), f32x4.mul(sv, v128.load(scales + jb))));
-          v128.store(ACCI, rescaleHiLo(v128.load(ACCI, 16), v128.load(ACCI, 48), v128.load(sums + jb, 16), f32x4.mul(sv, v128.load(scales + jb, 16))), 16);
+          v128.store(ACCI, rescaleHiLo(
+            v128.load(ACCI), v128.load(ACCI, 32), v128.load(sums + jb), f32x4.mul(sv, v128.load(scales + jb)),
+          ));
+          v128.store(ACCI, rescaleHiLo(
+            v128.load(ACCI, 16),
+            v128.load(ACCI, 48),
+            v128.load(sums + jb, 16),
+            f32x4.mul(sv, v128.load(scales + jb, 16)),
+          ), 16);
         } else {
           v128.store(ACCI, rescale4(v128.load(ACCI), v128.load(sums + jb), f32x4.mul(sv, v128.load(scales + jb))));
-          v128.store(ACCI, rescale4(v128.load(ACCI, 16), v128.load(sums + jb, 16), f32x4.mul(sv, v128.load(scales + jb, 16))), 16);
+          v128.store(
+            ACCI,
+            rescale4(v128.load(ACCI, 16), v128.load(sums + jb, 16), f32x4.mul(sv, v128.load(scales + jb, 16))),
+            16,
+          );
         }
       } else {
         for (let r: usize = 0; r < 32; r += 4) {
@@ -301,7 +325,9 @@ function rescale4(sum: v128, rowSum: v128, scale: v128): v128 {
 }
 
 /** h[t, 4p + r] = silu(gate)·up over the fused gate/up q8 panels. */
-function gateUpQ8(h: usize, ldh: i32, xq: usize, xqRow: usize, sx: usize, w13: usize, n: i32, kBlocks: i32, panels: i32): void {
+function gateUpQ8(
+  h: usize, ldh: i32, xq: usize, xqRow: usize, sx: usize, w13: usize, n: i32, kBlocks: i32, panels: i32,
+): void {
   const rows8 = <usize>panels << 3;
   const panelBytes = <usize>kBlocks * KB_BYTES;
   const scales = w13 + rows8 * (<usize>kBlocks << 4);
@@ -319,8 +345,14 @@ function gateUpQ8(h: usize, ldh: i32, xq: usize, xqRow: usize, sx: usize, w13: u
         for (let r = 0; r < 4; r++) {
           tileQ8x4x2(xq + <usize>t * xqRow, xqRow, panel, r, kBlocks);
           const ja = jb + (<usize>r << 2);
-          const g = rescale4(v128.load(ACCI), i32x4.splat(load<i32>(sums + ja)), f32x4.mul(sxv, f32x4.splat(load<f32>(scales + ja))));
-          const u = rescale4(v128.load(ACCI, 16), i32x4.splat(load<i32>(sums + ja, 16)), f32x4.mul(sxv, f32x4.splat(load<f32>(scales + ja, 16))));
+          const g = rescale4(
+            v128.load(ACCI), i32x4.splat(load<i32>(sums + ja)), f32x4.mul(sxv, f32x4.splat(load<f32>(scales + ja))),
+          );
+          const u = rescale4(
+            v128.load(ACCI, 16),
+            i32x4.splat(load<i32>(sums + ja, 16)),
+            f32x4.mul(sxv, f32x4.splat(load<f32>(scales + ja, 16))),
+          );
           const hv = siluMul4(g, u);
           const o = ht + (<usize>r << 2);
           store<f32>(o, f32x4.extract_lane(hv, 0));
@@ -334,8 +366,15 @@ function gateUpQ8(h: usize, ldh: i32, xq: usize, xqRow: usize, sx: usize, w13: u
         const sv = f32x4.splat(load<f32>(sx + (<usize>t << 2)));
         let g: v128, u: v128;
         if (hiLo) {
-          g = rescaleHiLo(v128.load(ACCI), v128.load(ACCI, 32), v128.load(sums + jb), f32x4.mul(sv, v128.load(scales + jb)));
-          u = rescaleHiLo(v128.load(ACCI, 16), v128.load(ACCI, 48), v128.load(sums + jb, 16), f32x4.mul(sv, v128.load(scales + jb, 16)));
+          g = rescaleHiLo(
+            v128.load(ACCI), v128.load(ACCI, 32), v128.load(sums + jb), f32x4.mul(sv, v128.load(scales + jb)),
+          );
+          u = rescaleHiLo(
+            v128.load(ACCI, 16),
+            v128.load(ACCI, 48),
+            v128.load(sums + jb, 16),
+            f32x4.mul(sv, v128.load(scales + jb, 16)),
+          );
         } else {
           g = rescale4(v128.load(ACCI), v128.load(sums + jb), f32x4.mul(sv, v128.load(scales + jb)));
           u = rescale4(v128.load(ACCI, 16), v128.load(sums + jb, 16), f32x4.mul(sv, v128.load(scales + jb, 16)));
@@ -385,8 +424,7 @@ function tileQ8x1x8(xq: usize, panel: usize, kBlocks: i32): void {
 }
 
 /** Σ_k row r · xq for rows 0–3 from `panel` (8-row k-blocks). The plain path runs a panel as two
- * 4-row halves (the second from L1): with 8 rows, V8 spills the i16 weights and accumulators
- * (measured 0.51 → 0.33 ms per 1024×2816 expert). */
+ * 4-row halves (the second from L1): with 8 rows, V8 spills the i16 weights and accumulators. */
 // @ts-ignore: decorator
 @inline
 function tileQ8x1x4(xq: usize, panel: usize, kBlocks: i32): v128 {
@@ -396,10 +434,18 @@ function tileQ8x1x4(xq: usize, panel: usize, kBlocks: i32): v128 {
   for (let xp = xq; xp < end; xp += 32) {
     const xl = v128.load(xp);
     const xh = v128.load(xp, 16);
-    a0 = i32x4.add(a0, i32x4.add(i32x4.dot_i16x8_s(v128.load8x8_s(w), xl), i32x4.dot_i16x8_s(v128.load8x8_s(w, 8), xh)));
-    a1 = i32x4.add(a1, i32x4.add(i32x4.dot_i16x8_s(v128.load8x8_s(w, 16), xl), i32x4.dot_i16x8_s(v128.load8x8_s(w, 24), xh)));
-    a2 = i32x4.add(a2, i32x4.add(i32x4.dot_i16x8_s(v128.load8x8_s(w, 32), xl), i32x4.dot_i16x8_s(v128.load8x8_s(w, 40), xh)));
-    a3 = i32x4.add(a3, i32x4.add(i32x4.dot_i16x8_s(v128.load8x8_s(w, 48), xl), i32x4.dot_i16x8_s(v128.load8x8_s(w, 56), xh)));
+    a0 = i32x4.add(
+      a0, i32x4.add(i32x4.dot_i16x8_s(v128.load8x8_s(w), xl), i32x4.dot_i16x8_s(v128.load8x8_s(w, 8), xh)),
+    );
+    a1 = i32x4.add(
+      a1, i32x4.add(i32x4.dot_i16x8_s(v128.load8x8_s(w, 16), xl), i32x4.dot_i16x8_s(v128.load8x8_s(w, 24), xh)),
+    );
+    a2 = i32x4.add(
+      a2, i32x4.add(i32x4.dot_i16x8_s(v128.load8x8_s(w, 32), xl), i32x4.dot_i16x8_s(v128.load8x8_s(w, 40), xh)),
+    );
+    a3 = i32x4.add(
+      a3, i32x4.add(i32x4.dot_i16x8_s(v128.load8x8_s(w, 48), xl), i32x4.dot_i16x8_s(v128.load8x8_s(w, 56), xh)),
+    );
     w += KB_BYTES;
   }
   return hsum4i(a0, a1, a2, a3);
@@ -410,8 +456,7 @@ function tileQ8x1x4(xq: usize, panel: usize, kBlocks: i32): v128 {
  * (F = i16: form 1, F = i32: form 2), both exact:
  *  - i16x8.relaxed_dot_i8x16_i7x16_s + i32x4.extadd_pairwise_i16x8_s + add: on x64 V8 12 (Node 22)
  *    lowers it to pmaddubsw + pmaddwd + paddd — the fastest form there, since V8 12 lowers the
- *    dot-add below to the same instructions but rebuilds a constant for every use and spills
- *    (0.50 → 0.35 ms on a 1024×2816 expert);
+ *    dot-add below to the same instructions but rebuilds a constant for every use and spills;
  *  - i32x4.relaxed_dot_i8x16_i7x16_add_s: one vpdpbusd where V8 uses AVX-VNNI (V8 ≥ 15: workerd).
  */
 // @ts-ignore: decorator

@@ -19,7 +19,7 @@ import { dirname, join } from "node:path";
 import { parseArgs } from "node:util";
 import { startLocalWorker, ROOT, type LocalWorker } from "./lib/local-worker";
 import { seedModelDir } from "./lib/seed-lib";
-import { makeDemoModel } from "./make-demo-model";
+import { makeDemoModel } from "./lib/demo-model";
 import { parseConfig } from "../src/model/config";
 import { expertBytesF32 } from "../src/model/architectures";
 import { deploymentShape } from "../src/stages/deployment";
@@ -100,15 +100,20 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
 
 if (MODEL === "demo-mixtral" && !values.dir) makeDemoModel(DIR, { log: () => {} });
 const spec = parseConfig(JSON.parse(readFileSync(join(DIR, "config.json"), "utf8")));
-const prompt: string | number[] = existsSync(join(DIR, "tokenizer.json")) ? TEXT_PROMPT : Array.from({ length: 20 }, (_, i) => (i * 7919 + 11) % spec.vocabSize);
+const prompt: string | number[] = existsSync(join(DIR, "tokenizer.json"))
+  ? TEXT_PROMPT
+  : Array.from({ length: 20 }, (_, i) => (i * 7919 + 11) % spec.vocabSize);
 const STAGES = values.stages ?? String(spec.nLayers);
 const ALL: Record<string, Record<string, string>> = {
   distributed: { EXPERT_BACKEND: "durable-objects" },
   single: { EXPERT_BACKEND: "worker", WORKER_EXPERT_BUDGET_MB: "512" },
   pipelined: { EXPERT_BACKEND: "durable-objects", PIPELINE_STAGES: STAGES, HEAD_SHARDS: values["head-shards"] },
 };
-const names = (values.configs ?? (MODEL === "demo-mixtral" ? "distributed,single,pipelined" : "distributed")).split(",");
-for (const n of names) if (!ALL[n]) throw new Error(`--configs: unknown configuration "${n}" (known: ${Object.keys(ALL).join(", ")})`);
+const names = (values.configs ?? (MODEL === "demo-mixtral" ? "distributed,single,pipelined" : "distributed")).split(
+  ",",
+);
+for (const n of names)
+  if (!ALL[n]) throw new Error(`--configs: unknown configuration "${n}" (known: ${Object.keys(ALL).join(", ")})`);
 const configs = Object.fromEntries(names.map((n) => [n, ALL[n]]));
 const toml = readFileSync(join(ROOT, "wrangler.toml"), "utf8");
 const defaults = Object.fromEntries([...toml.matchAll(/^([A-Z_]+)\s*=\s*"([^"]*)"/gm)].map((m) => [m[1], m[2]]));
@@ -133,46 +138,88 @@ try {
       names.map(async (name) => {
         const rs = runs[name];
         const msPerToken = median(rs.map((r) => r.decodeMs / (r.tokens - 1)));
-        const placement = (await (await workers[name].fetch(`/v1/placement?model=${MODEL}`)).json()) as { instances: unknown[] };
+        const placement = (await (await workers[name].fetch(`/v1/placement?model=${MODEL}`)).json()) as {
+          instances: unknown[];
+        };
         const shape = deploymentShape(spec, { ...defaults, ...configs[name] }, expertBytesF32(spec), MODEL);
-        const rpcs = countRpcs({ ...shape.rpcInput, expertHosts: placement.instances.length }, typeof prompt === "string" ? 24 : prompt.length, TOKENS).perToken;
+        const rpcs = countRpcs(
+          { ...shape.rpcInput, expertHosts: placement.instances.length },
+          typeof prompt === "string" ? 24 : prompt.length,
+          TOKENS,
+        ).perToken;
         const where = {
           expertHosts: name === "single" ? 0 : placement.instances.length,
           stages: shape.pipeline.stages.length,
           headShards: shape.head?.shards.length ?? 0,
         };
-        return [name, { decodeTokensPerSec: 1000 / msPerToken, msPerToken, prefillMs: median(rs.map((r) => r.prefillMs)), rpcsPerToken: rpcs, ...where, runs: rs }] as const;
+        return [
+          name,
+          {
+            decodeTokensPerSec: 1000 / msPerToken,
+            msPerToken,
+            prefillMs: median(rs.map((r) => r.prefillMs)),
+            rpcsPerToken: rpcs,
+            ...where,
+            runs: rs,
+          },
+        ] as const;
       }),
     ),
   );
   const single = summary.single;
   console.log("");
-  console.log("| configuration | ExpertHosts | stages | head shards | decode tok/s | ms/token | prefill ms | RPCs/token Worker↔region | RPCs/token in region | fan-out ms/token vs single |");
+  console.log(
+    "| configuration | ExpertHosts | stages | head shards | decode tok/s | ms/token | prefill ms | " +
+      "RPCs/token Worker↔region | RPCs/token in region | fan-out ms/token vs single |",
+  );
   console.log("|---|---|---|---|---|---|---|---|---|---|");
   for (const [name, x] of Object.entries(summary)) {
     const fan = single && name !== "single" ? (x.msPerToken - single.msPerToken).toFixed(2) : "—";
     const rp = name === "single" ? { worker: 0, inRegion: 0 } : x.rpcsPerToken;
-    console.log(`| ${name} | ${x.expertHosts} | ${x.stages} | ${x.headShards} | ${x.decodeTokensPerSec.toFixed(1)} | ${x.msPerToken.toFixed(2)} | ${x.prefillMs.toFixed(0)} | ${rp.worker} | ${rp.inRegion} | ${fan} |`);
+    console.log(
+      `| ${name} | ${x.expertHosts} | ${x.stages} | ${x.headShards} | ${x.decodeTokensPerSec.toFixed(1)} | ` +
+        `${x.msPerToken.toFixed(2)} | ${x.prefillMs.toFixed(0)} | ${rp.worker} | ${rp.inRegion} | ${fan} |`,
+    );
   }
   const ratios: Record<string, number> = {};
   if (single) {
     for (const [name, x] of Object.entries(summary)) {
       if (name === "single") continue;
       ratios[name] = x.decodeTokensPerSec / single.decodeTokensPerSec;
-      console.log(`${name} / single decode speed: ${ratios[name].toFixed(3)}×; fan-out per MoE layer: ${((x.msPerToken - single.msPerToken) / moeLayers).toFixed(3)} ms (${moeLayers} MoE layers)`);
+      console.log(
+        `${name} / single decode speed: ${ratios[name].toFixed(3)}×; ` +
+          `fan-out per MoE layer: ${((x.msPerToken - single.msPerToken) / moeLayers).toFixed(3)} ms ` +
+          `(${moeLayers} MoE layers)`,
+      );
     }
   }
 
   const result = {
     bench: "e2e",
     date: new Date().toISOString(),
-    machine: { cpus: cpus().length, cpu: cpus()[0]?.model, memGiB: Math.round(totalmem() / 2 ** 30), node: process.version },
-    model: { id: MODEL, nLayers: spec.nLayers, moeLayers, dModel: spec.dModel, nExperts: spec.nExperts, topK: spec.topK, vocabSize: spec.vocabSize },
+    machine: {
+      cpus: cpus().length,
+      cpu: cpus()[0]?.model,
+      memGiB: Math.round(totalmem() / 2 ** 30),
+      node: process.version,
+    },
+    model: {
+      id: MODEL,
+      nLayers: spec.nLayers,
+      moeLayers,
+      dModel: spec.dModel,
+      nExperts: spec.nExperts,
+      topK: spec.topK,
+      vocabSize: spec.vocabSize,
+    },
     tokensPerRun: TOKENS,
     runsPerConfig: RUNS,
     configurations: summary,
     ratiosOverSingle: ratios,
-    note: "local workerd runs every Durable Object on one thread and has no network latency; RPCs per token are the design's count (src/stages/rpc-count.ts); npm run simulate:pipeline models the Worker↔region latency",
+    note:
+      "local workerd runs every Durable Object on one thread and has no network latency; " +
+      "RPCs per token are the design's count (src/stages/rpc-count.ts); " +
+      "npm run simulate:pipeline models the Worker↔region latency",
   };
   mkdirSync(dirname(values.out), { recursive: true });
   writeFileSync(values.out, JSON.stringify(result, null, 2));

@@ -16,7 +16,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { dirFileStore } from "./convert.ts";
-import { makeModel, resolveConfig } from "./make-model.ts";
+import { makeModel, resolveConfig } from "./lib/make-model.ts";
 import { measureAsync, type Timing } from "./lib/bench-measure.ts";
 import { openModel, vocabTensorNames } from "../src/model/architectures.ts";
 import { CheckpointEmbeddings, TableEmbeddings } from "../src/model/embeddings.ts";

@@ -21,16 +21,24 @@
  *        [--out bench-results/kernels.json]
  */
 import { execFileSync } from "node:child_process";
-import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdirSync, writeFileSync } from "node:fs";
 import { cpus, totalmem } from "node:os";
 import { dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { loadKernels } from "../src/kernels/node";
 import type { KernelFlavor } from "../src/kernels/index";
 import {
-  coldCopies, expertFlops, randomExpert, setupCase, streamBuffer, weightBytes, WASM_IMPLS, type ExpertShape, type ImplInfo,
+  coldCopies,
+  expertFlops,
+  randomExpert,
+  setupCase,
+  streamBuffer,
+  weightBytes,
+  WASM_IMPLS,
+  type ExpertShape,
+  type ImplInfo,
 } from "./lib/bench-cases";
-import { cpuTimeAsync, cpuTimeSync, measureAsync, measureSync, median, type Timing } from "./lib/bench-measure";
+import { cpuTimeAsync, cpuTimeSync, measureAsync, measureSync, type Timing } from "./lib/bench-measure";
 import { quantizeExpertQ4g } from "../src/kernels/q4g-format";
 import { expertModelF32, expertModelQ4, expertModelQ8, loadOrt, ortSession, type OrtPeer } from "./lib/bench-onnx";
 import { startWorkerdBench } from "./lib/bench-workerd";
@@ -69,18 +77,22 @@ function parseArgs(argv: string[]): Args {
     const i = argv.indexOf(flag);
     return i >= 0 ? argv[i + 1] : undefined;
   };
-  const shapes = (get("--shapes") ?? (quick ? "512x1408,1024x2816" : "512x1408,1024x2816,2048x1408")).split(",").map((s) => {
-    const m = /^(\d+)x(\d+)$/.exec(s.trim());
-    if (!m) throw new Error(`--shapes: each shape is d_model x d_ff like 1024x2816, got "${s}"`);
-    return { dModel: Number(m[1]), dFf: Number(m[2]) };
-  });
+  const shapes = (get("--shapes") ?? (quick ? "512x1408,1024x2816" : "512x1408,1024x2816,2048x1408"))
+    .split(",")
+    .map((s) => {
+      const m = /^(\d+)x(\d+)$/.exec(s.trim());
+      if (!m) throw new Error(`--shapes: each shape is d_model x d_ff like 1024x2816, got "${s}"`);
+      return { dModel: Number(m[1]), dFf: Number(m[2]) };
+    });
   const batches = (get("--batches") ?? (quick ? "1,64" : "1,8,64")).split(",").map((b) => {
     const n = Number(b);
-    if (!Number.isInteger(n) || n < 1 || n > 64) throw new Error(`--batches: each batch is an integer in 1..64, got "${b}"`);
+    if (!Number.isInteger(n) || n < 1 || n > 64)
+      throw new Error(`--batches: each batch is an integer in 1..64, got "${b}"`);
     return n;
   });
   const coldMb = Number(get("--cold-mb") ?? 160);
-  if (!(coldMb >= 8)) throw new Error(`--cold-mb must be ≥ 8 (MiB of expert copies to cycle through), got ${get("--cold-mb")}`);
+  if (!(coldMb >= 8))
+    throw new Error(`--cold-mb must be ≥ 8 (MiB of expert copies to cycle through), got ${get("--cold-mb")}`);
   return {
     shapes,
     batches,
@@ -90,11 +102,16 @@ function parseArgs(argv: string[]): Args {
     budgetMs: quick ? 120 : 200,
     out: get("--out") ?? "bench-results/kernels.json",
     impls: get("--impls")?.split(",") ?? null,
-    denseShapes: (get("--dense-shapes") ?? (quick ? "1024x1024,8192x1024" : "1024x1024,4096x1024,1024x4096,2048x2048,8192x1024")).split(",").map((s) => {
-      const m = /^(\d+)x(\d+)$/.exec(s.trim());
-      if (!m) throw new Error(`--dense-shapes: each shape is rows x cols (outputs x inputs) like 1024x4096, got "${s}"`);
-      return { rows: Number(m[1]), cols: Number(m[2]) };
-    }),
+    denseShapes: (
+      get("--dense-shapes") ?? (quick ? "1024x1024,8192x1024" : "1024x1024,4096x1024,1024x4096,2048x2048,8192x1024")
+    )
+      .split(",")
+      .map((s) => {
+        const m = /^(\d+)x(\d+)$/.exec(s.trim());
+        if (!m)
+          throw new Error(`--dense-shapes: each shape is rows x cols (outputs x inputs) like 1024x4096, got "${s}"`);
+        return { rows: Number(m[1]), cols: Number(m[2]) };
+      }),
     dense: !argv.includes("--no-dense"),
     denseOnly: argv.includes("--dense-only"),
   };
@@ -131,18 +148,29 @@ const PEER_ROWS: { peer: Peer; dtype: "f32" | "int8"; model: "f32" | "int8" | "i
   { peer: "onnxruntime-web", dtype: "f32", model: "f32", label: "onnxruntime-web f32 (wasm, 1 thread)" },
   { peer: "onnxruntime-web", dtype: "int8", model: "int8", label: "onnxruntime-web int8 (wasm, 1 thread)" },
   {
-    peer: "onnxruntime-web", dtype: "int8", model: "int4", label: "onnxruntime-web int4 MatMulNBits (wasm, 1 thr.)",
+    peer: "onnxruntime-web",
+    dtype: "int8",
+    model: "int4",
+    label: "onnxruntime-web int4 MatMulNBits (wasm, 1 thr.)",
   },
   { peer: "onnxruntime-node", dtype: "f32", model: "f32", label: "onnxruntime-node f32 (native, 1 thread)" },
   { peer: "onnxruntime-node", dtype: "int8", model: "int8", label: "onnxruntime-node int8 (native, 1 thread)" },
   {
-    peer: "onnxruntime-node", dtype: "int8", model: "int4", label: "onnxruntime-node int4 MatMulNBits (native, 1 thr.)",
+    peer: "onnxruntime-node",
+    dtype: "int8",
+    model: "int4",
+    label: "onnxruntime-node int4 MatMulNBits (native, 1 thr.)",
   },
 ];
 
 const shapeName = (s: ExpertShape) => `${s.dModel}x${s.dFf}`;
 
-function fill(row: Omit<Row, "gflops" | "gbps" | "fracBandwidth" | "vs" | "roofline">, shape: ExpertShape, bytes: number, bandwidth: number): Row {
+function fill(
+  row: Omit<Row, "gflops" | "gbps" | "fracBandwidth" | "vs" | "roofline">,
+  shape: ExpertShape,
+  bytes: number,
+  bandwidth: number,
+): Row {
   const ms = row.ms;
   return {
     ...row,
@@ -211,8 +239,14 @@ async function main(): Promise<void> {
   };
   const roofline = wasmBandwidth();
   const bandwidth = roofline.now(15);
-  log(`edge-moe bench:kernels — ${new Date().toISOString().slice(0, 10)}, ${machine.cpu} ×${machine.cores}, Node ${machine.node} (V8 ${machine.v8}), ${machine.relaxed}`);
-  log(`Wasm streaming read (memory roofline): ${bandwidth.toFixed(1)} GB/s; cold = cycling through ≥ ${args.coldMb} MiB of expert copies`);
+  log(
+    `edge-moe bench:kernels — ${new Date().toISOString().slice(0, 10)}, ${machine.cpu} ×${machine.cores}, ` +
+      `Node ${machine.node} (V8 ${machine.v8}), ${machine.relaxed}`,
+  );
+  log(
+    `Wasm streaming read (memory roofline): ${bandwidth.toFixed(1)} GB/s; ` +
+      `cold = cycling through ≥ ${args.coldMb} MiB of expert copies`,
+  );
   const simdPeak = simdCeiling();
   const peaks = simdPeak.map((p) => `${p.flavor} ${p.wall.toFixed(1)} GFLOP/s wall, ${p.cpu.toFixed(1)} CPU time`);
   log(`Wasm 128-bit SIMD ceiling (8 chains of f32x4 multiply-add, registers only): ${peaks.join("; ")}\n`);
@@ -224,11 +258,36 @@ async function main(): Promise<void> {
     let refOut: Float32Array | null = null;
     for (const info of WASM_IMPLS.filter((i) => !args.impls || args.impls.includes(i.impl))) {
       const bytes = weightBytes(info, shape);
-      const base = { runtime: "node" as const, shape: shapeName(shape), impl: info.impl, label: info.label, dtype: info.dtype };
-      if (info.flavor === "relaxed" && (!relaxedOk || (info.q8Path && !relaxedPaths.includes(info.q8Path.replace("relaxed_dot", "relaxed_dot_i16"))))) {
-        for (const batch of args.batches) for (const weights of ["cold", "hot"] as const) {
-          rows.push(fill({ ...base, batch, weights, ms: null, msMin: null, copies: 0, skipped: "relaxed SIMD path not available in this Node" }, shape, bytes, bandwidth));
-        }
+      const base = {
+        runtime: "node" as const,
+        shape: shapeName(shape),
+        impl: info.impl,
+        label: info.label,
+        dtype: info.dtype,
+      };
+      if (
+        info.flavor === "relaxed" &&
+        (!relaxedOk || (info.q8Path && !relaxedPaths.includes(info.q8Path.replace("relaxed_dot", "relaxed_dot_i16"))))
+      ) {
+        for (const batch of args.batches)
+          for (const weights of ["cold", "hot"] as const) {
+            rows.push(
+              fill(
+                {
+                  ...base,
+                  batch,
+                  weights,
+                  ms: null,
+                  msMin: null,
+                  copies: 0,
+                  skipped: "relaxed SIMD path not available in this Node",
+                },
+                shape,
+                bytes,
+                bandwidth,
+              ),
+            );
+          }
         continue;
       }
       const copies = coldCopies(bytes, coldBytes);
@@ -239,21 +298,77 @@ async function main(): Promise<void> {
       for (const batch of args.batches) {
         for (const weights of ["cold", "hot"] as const) {
           if (info.impl === "js-ref" && batch > 8) {
-            rows.push(fill({ ...base, batch, weights, ms: null, msMin: null, copies, skipped: "plain JS is compute-bound (> 0.3 s a call at this batch): not run" }, shape, bytes, bandwidth));
+            rows.push(
+              fill(
+                {
+                  ...base,
+                  batch,
+                  weights,
+                  ms: null,
+                  msMin: null,
+                  copies,
+                  skipped: "plain JS is compute-bound (> 0.3 s a call at this batch): not run",
+                },
+                shape,
+                bytes,
+                bandwidth,
+              ),
+            );
             continue;
           }
           const bwNow = weights === "cold" ? roofline.now() : bandwidth;
           const fn = (i: number) => c.call(weights === "cold" ? i : 0, batch);
-          const t: Timing = measureSync(fn, { budgetMs: info.impl === "js-ref" ? 60 : args.budgetMs, bursts: info.impl === "js-ref" ? 3 : 5 });
+          const t: Timing = measureSync(fn, {
+            budgetMs: info.impl === "js-ref" ? 60 : args.budgetMs,
+            bursts: info.impl === "js-ref" ? 3 : 5,
+          });
           const cpuMs = info.impl === "js-ref" ? null : cpuTimeSync(fn, args.budgetMs);
-          rows.push(fill({ ...base, batch, weights, ms: t.ms, msMin: t.msMin, cpuMs, copies: weights === "cold" ? copies : 1, check }, shape, bytes, bwNow));
+          rows.push(
+            fill(
+              {
+                ...base,
+                batch,
+                weights,
+                ms: t.ms,
+                msMin: t.msMin,
+                cpuMs,
+                copies: weights === "cold" ? copies : 1,
+                check,
+              },
+              shape,
+              bytes,
+              bwNow,
+            ),
+          );
         }
       }
     }
     if (args.peers) await peerRows(rows, shape, w, args, roofline, maxN);
-    else for (const p of PEER_ROWS) for (const batch of args.batches) for (const weights of ["cold", "hot"] as const) {
-      rows.push(fill({ runtime: "node", shape: shapeName(shape), impl: `${p.peer}-${p.model}`, label: p.label, dtype: p.dtype, batch, weights, ms: null, msMin: null, copies: 0, skipped: "--no-peers" }, shape, 0, bandwidth));
-    }
+    else
+      for (const p of PEER_ROWS)
+        for (const batch of args.batches)
+          for (const weights of ["cold", "hot"] as const) {
+            rows.push(
+              fill(
+                {
+                  runtime: "node",
+                  shape: shapeName(shape),
+                  impl: `${p.peer}-${p.model}`,
+                  label: p.label,
+                  dtype: p.dtype,
+                  batch,
+                  weights,
+                  ms: null,
+                  msMin: null,
+                  copies: 0,
+                  skipped: "--no-peers",
+                },
+                shape,
+                0,
+                bandwidth,
+              ),
+            );
+          }
     log(`${shapeName(shape)} done (${((performance.now() - started) / 1000).toFixed(0)} s)`);
   }
 
@@ -262,7 +377,11 @@ async function main(): Promise<void> {
     try {
       workerd = await workerdRows(rows, args, maxN, roofline);
     } catch (err) {
-      workerd = { bandwidth: null, info: null, skipped: `workerd run failed: ${err instanceof Error ? err.message : String(err)}` };
+      workerd = {
+        bandwidth: null,
+        info: null,
+        skipped: `workerd run failed: ${err instanceof Error ? err.message : String(err)}`,
+      };
     }
   } else workerd.skipped = "--no-workerd";
 
@@ -272,8 +391,13 @@ async function main(): Promise<void> {
     try {
       const denseImpls = args.impls?.filter((i) => i.startsWith("dense-") || i.startsWith("q8-row")) ?? null;
       dense = await runDenseBench({
-        shapes: args.denseShapes, batches: args.batches, coldMb: args.coldMb, budgetMs: args.budgetMs,
-        impls: denseImpls && denseImpls.length > 0 ? denseImpls : null, workerd: wb, log,
+        shapes: args.denseShapes,
+        batches: args.batches,
+        coldMb: args.coldMb,
+        budgetMs: args.budgetMs,
+        impls: denseImpls && denseImpls.length > 0 ? denseImpls : null,
+        workerd: wb,
+        log,
       });
     } finally {
       await wb?.close();
@@ -293,9 +417,12 @@ async function main(): Promise<void> {
     workerd: { info: workerd.info, skipped: workerd.skipped },
     coldMiB: args.coldMb,
     method:
-      "median of 5 bursts (≥ budget/5 ms each) of back-to-back calls after warm-up, Node; workerd: Node times whole requests of N calls minus an empty request's round trip, median of 3. " +
-      "GFLOP/s = 6·dModel·dFf·batch / time (int8: the same count, GOP/s-equivalent). GB/s = weight bytes of one expert / time. " +
-      "fracBandwidth = GB/s / roofline, the best of 3 Wasm streaming reads of 96 MiB taken right before a cold row (at the start for hot rows). vs.peer = peer ms / our ms.",
+      "median of 5 bursts (≥ budget/5 ms each) of back-to-back calls after warm-up, Node; " +
+      "workerd: Node times whole requests of N calls minus an empty request's round trip, median of 3. " +
+      "GFLOP/s = 6·dModel·dFf·batch / time (int8: the same count, GOP/s-equivalent). " +
+      "GB/s = weight bytes of one expert / time. " +
+      "fracBandwidth = GB/s / roofline, the best of 3 Wasm streaming reads of 96 MiB taken right before a cold row " +
+      "(at the start for hot rows). vs.peer = peer ms / our ms.",
     rows,
     targets,
     dense,
@@ -330,7 +457,14 @@ function simdCeiling(): { flavor: KernelFlavor; wall: number; cpu: number }[] {
   return out;
 }
 
-async function peerRows(rows: Row[], shape: ExpertShape, w: ReturnType<typeof randomExpert>, args: Args, roofline: { now(reps?: number): number }, maxN: number): Promise<void> {
+async function peerRows(
+  rows: Row[],
+  shape: ExpertShape,
+  w: ReturnType<typeof randomExpert>,
+  args: Args,
+  roofline: { now(reps?: number): number },
+  maxN: number,
+): Promise<void> {
   const bandwidth = roofline.now(5);
   const q4 = quantizeExpertQ4g(w.w1, w.w3, w.w2, shape.dModel, shape.dFf, 32);
   const models = {
@@ -341,10 +475,25 @@ async function peerRows(rows: Row[], shape: ExpertShape, w: ReturnType<typeof ra
   for (const p of PEER_ROWS) {
     const info: ImplInfo = { impl: "js-ref", label: p.label, dtype: p.dtype, flavor: null };
     const bytes = p.model === "int4" ? 3 * shape.dModel * shape.dFf * (0.5 + 4 / 32) : weightBytes(info, shape);
-    const base = { runtime: "node" as const, shape: shapeName(shape), impl: `${p.peer}-${p.model}`, label: `${p.label}`, dtype: p.dtype };
+    const base = {
+      runtime: "node" as const,
+      shape: shapeName(shape),
+      impl: `${p.peer}-${p.model}`,
+      label: `${p.label}`,
+      dtype: p.dtype,
+    };
     const loaded = await loadOrt(p.peer);
     if ("skipped" in loaded) {
-      for (const batch of args.batches) for (const weights of ["cold", "hot"] as const) rows.push(fill({ ...base, batch, weights, ms: null, msMin: null, copies: 0, skipped: loaded.skipped }, shape, bytes, bandwidth));
+      for (const batch of args.batches)
+        for (const weights of ["cold", "hot"] as const)
+          rows.push(
+            fill(
+              { ...base, batch, weights, ms: null, msMin: null, copies: 0, skipped: loaded.skipped },
+              shape,
+              bytes,
+              bandwidth,
+            ),
+          );
       continue;
     }
     base.label = `${p.label} ${loaded.version}`;
@@ -361,14 +510,37 @@ async function peerRows(rows: Row[], shape: ExpertShape, w: ReturnType<typeof ra
           const fn = (i: number) => sessions[weights === "cold" ? i % copies : 0].run(feeds);
           const t = await measureAsync(fn, { budgetMs: args.budgetMs });
           const cpuMs = await cpuTimeAsync(fn, args.budgetMs);
-          rows.push(fill({ ...base, batch, weights, ms: t.ms, msMin: t.msMin, cpuMs, copies: weights === "cold" ? copies : 1 }, shape, bytes, bwNow));
+          rows.push(
+            fill(
+              { ...base, batch, weights, ms: t.ms, msMin: t.msMin, cpuMs, copies: weights === "cold" ? copies : 1 },
+              shape,
+              bytes,
+              bwNow,
+            ),
+          );
         }
       }
       for (const s of sessions) await s.release?.();
     } catch (err) {
-      for (const batch of args.batches) for (const weights of ["cold", "hot"] as const) {
-        rows.push(fill({ ...base, batch, weights, ms: null, msMin: null, copies: 0, skipped: `${p.peer} failed: ${err instanceof Error ? err.message.split("\n")[0] : String(err)}` }, shape, bytes, bandwidth));
-      }
+      for (const batch of args.batches)
+        for (const weights of ["cold", "hot"] as const) {
+          rows.push(
+            fill(
+              {
+                ...base,
+                batch,
+                weights,
+                ms: null,
+                msMin: null,
+                copies: 0,
+                skipped: `${p.peer} failed: ${err instanceof Error ? err.message.split("\n")[0] : String(err)}`,
+              },
+              shape,
+              bytes,
+              bandwidth,
+            ),
+          );
+        }
     }
   }
 }
@@ -381,24 +553,69 @@ async function workerdRows(rows: Row[], args: Args, maxN: number, roofline: { no
     // The same memory as the Node run: cold rows are judged against a Node streaming read taken
     // right before them (workerd's whole-request timing adds noise to its own reading).
     const bandwidth = Math.max(measured, roofline.now(5));
-    log(`workerd: streaming read ${measured.toFixed(1)} GB/s (roofline used: ${bandwidth.toFixed(1)} GB/s); relaxed ${info.relaxed?.ok ? `on (int8 paths ${info.relaxed.q8Paths?.join(", ")})` : "unavailable"}`);
+    log(
+      `workerd: streaming read ${measured.toFixed(1)} GB/s (roofline used: ${bandwidth.toFixed(1)} GB/s); ` +
+        `relaxed ${info.relaxed?.ok ? `on (int8 paths ${info.relaxed.q8Paths?.join(", ")})` : "unavailable"}`,
+    );
     const batches = args.batches.filter((b) => b === 1 || b === Math.max(...args.batches));
     for (const shape of args.shapes) {
-      for (const impl of WASM_IMPLS.filter((i) => i.impl !== "js-ref" && (!args.impls || args.impls.includes(i.impl)))) {
+      for (const impl of WASM_IMPLS.filter(
+        (i) => i.impl !== "js-ref" && (!args.impls || args.impls.includes(i.impl)),
+      )) {
         const bytes = weightBytes(impl, shape);
-        const base = { runtime: "workerd" as const, shape: shapeName(shape), impl: impl.impl, label: impl.label, dtype: impl.dtype };
-        if ((impl.flavor === "relaxed" && !info.relaxed?.ok) || (impl.q8Path && !(info[impl.flavor ?? "simd"]?.q8Paths ?? []).includes(impl.q8Path))) {
+        const base = {
+          runtime: "workerd" as const,
+          shape: shapeName(shape),
+          impl: impl.impl,
+          label: impl.label,
+          dtype: impl.dtype,
+        };
+        if (
+          (impl.flavor === "relaxed" && !info.relaxed?.ok) ||
+          (impl.q8Path && !(info[impl.flavor ?? "simd"]?.q8Paths ?? []).includes(impl.q8Path))
+        ) {
           // (workerd runs the dot-add form, its preferred one)
-          for (const batch of batches) for (const weights of ["cold", "hot"] as const) rows.push(fill({ ...base, batch, weights, ms: null, msMin: null, copies: 0, skipped: "relaxed path not available in workerd" }, shape, bytes, bandwidth));
+          for (const batch of batches)
+            for (const weights of ["cold", "hot"] as const)
+              rows.push(
+                fill(
+                  {
+                    ...base,
+                    batch,
+                    weights,
+                    ms: null,
+                    msMin: null,
+                    copies: 0,
+                    skipped: "relaxed path not available in workerd",
+                  },
+                  shape,
+                  bytes,
+                  bandwidth,
+                ),
+              );
           continue;
         }
         const copies = await wb.setup(impl.impl, shape.dModel, shape.dFf, coldCopies(bytes, args.coldMb << 20), maxN);
         for (const batch of batches) {
           for (const weights of ["cold", "hot"] as const) {
-            const node = rows.find((r) => r.runtime === "node" && r.shape === base.shape && r.impl === impl.impl && r.batch === batch && r.weights === weights);
+            const node = rows.find(
+              (r) =>
+                r.runtime === "node" &&
+                r.shape === base.shape &&
+                r.impl === impl.impl &&
+                r.batch === batch &&
+                r.weights === weights,
+            );
             const bwNow = weights === "cold" ? roofline.now() : bandwidth;
             const t = await wb.time(batch, weights === "cold", node?.ms ?? 1);
-            rows.push(fill({ ...base, batch, weights, ms: t.ms, msMin: t.msMin, copies: weights === "cold" ? copies : 1 }, shape, bytes, bwNow));
+            rows.push(
+              fill(
+                { ...base, batch, weights, ms: t.ms, msMin: t.msMin, copies: weights === "cold" ? copies : 1 },
+                shape,
+                bytes,
+                bwNow,
+              ),
+            );
           }
         }
       }
@@ -419,14 +636,22 @@ interface TargetCheck {
  * target names no runtime). */
 function checkTargets(rows: Row[]): TargetCheck[] {
   const ms = (rt: Runtime, shape: string, batch: number, w: "cold" | "hot", impl: string) =>
-    rows.find((r) => r.runtime === rt && r.shape === shape && r.batch === batch && r.weights === w && r.impl === impl)?.ms ?? null;
-  const best = (shape: string, batch: number, w: "cold" | "hot", impls: string[], runtimes: Runtime[] = ["node", "workerd"]) => {
+    rows.find((r) => r.runtime === rt && r.shape === shape && r.batch === batch && r.weights === w && r.impl === impl)
+      ?.ms ?? null;
+  const best = (
+    shape: string,
+    batch: number,
+    w: "cold" | "hot",
+    impls: string[],
+    runtimes: Runtime[] = ["node", "workerd"],
+  ) => {
     let bestMs: number | null = null;
     let where = "";
-    for (const rt of runtimes) for (const impl of impls) {
-      const m = ms(rt, shape, batch, w, impl);
-      if (m !== null && (bestMs === null || m < bestMs)) [bestMs, where] = [m, `${impl} in ${rt}`];
-    }
+    for (const rt of runtimes)
+      for (const impl of impls) {
+        const m = ms(rt, shape, batch, w, impl);
+        if (m !== null && (bestMs === null || m < bestMs)) [bestMs, where] = [m, `${impl} in ${rt}`];
+      }
     return { ms: bestMs, where };
   };
   const f32 = ["wasm-f32-packed", "wasm-f32-packed-relaxed"];
@@ -435,52 +660,96 @@ function checkTargets(rows: Row[]): TargetCheck[] {
   const out: TargetCheck[] = [];
   const add = (target: string, parts: { ok: boolean | null; text: string }[]) => {
     const known = parts.filter((p) => p.ok !== null);
-    out.push({ target, met: known.length === 0 ? null : known.every((p) => p.ok), detail: parts.map((p) => p.text).join("; ") });
+    out.push({
+      target,
+      met: known.length === 0 ? null : known.every((p) => p.ok),
+      detail: parts.map((p) => p.text).join("; "),
+    });
   };
   const fmt = (v: number | null, d = 3) => (v === null ? "—" : v.toFixed(d));
-  add("batch 1 cold f32 ≥ 1.0× onnxruntime-node", shapes.map((s) => {
-    const a = best(s, 1, "cold", f32);
-    const p = ms("node", s, 1, "cold", "onnxruntime-node-f32");
-    return { ok: a.ms && p ? p / a.ms >= 1 : null, text: `${s} ${fmt(a.ms)} ms (${a.where}) vs ${fmt(p)} ms` };
-  }));
-  add("batch 1 cold f32 ≥ 85% of the Wasm memory roofline (read just before)", shapes.map((s) => {
-    const frac = Math.max(0, ...rows.filter((r) => r.shape === s && r.batch === 1 && r.weights === "cold" && f32.includes(r.impl) && r.fracBandwidth !== null).map((r) => r.fracBandwidth!));
-    return { ok: frac === 0 ? null : frac >= 0.85, text: `${s} ${frac === 0 ? "—" : `${Math.round(frac * 100)}%`}` };
-  }));
+  add(
+    "batch 1 cold f32 ≥ 1.0× onnxruntime-node",
+    shapes.map((s) => {
+      const a = best(s, 1, "cold", f32);
+      const p = ms("node", s, 1, "cold", "onnxruntime-node-f32");
+      return { ok: a.ms && p ? p / a.ms >= 1 : null, text: `${s} ${fmt(a.ms)} ms (${a.where}) vs ${fmt(p)} ms` };
+    }),
+  );
+  add(
+    "batch 1 cold f32 ≥ 85% of the Wasm memory roofline (read just before)",
+    shapes.map((s) => {
+      const frac = Math.max(
+        0,
+        ...rows
+          .filter(
+            (r) =>
+              r.shape === s &&
+              r.batch === 1 &&
+              r.weights === "cold" &&
+              f32.includes(r.impl) &&
+              r.fracBandwidth !== null,
+          )
+          .map((r) => r.fracBandwidth!),
+      );
+      return { ok: frac === 0 ? null : frac >= 0.85, text: `${s} ${frac === 0 ? "—" : `${Math.round(frac * 100)}%`}` };
+    }),
+  );
   const limits: Record<string, number> = { "512x1408": 0.08, "1024x2816": 0.3 };
-  add("batch 1 cold int8 ≤ 0.08 ms (512×1408), ≤ 0.30 ms (1024×2816)", shapes.filter((s) => limits[s]).map((s) => {
-    const a = best(s, 1, "cold", int8);
-    return { ok: a.ms === null ? null : a.ms <= limits[s], text: `${s} ${fmt(a.ms)} ms (${a.where})` };
-  }));
-  add("batch 1 cold int8 faster than onnxruntime-node int8", shapes.map((s) => {
-    const a = best(s, 1, "cold", int8);
-    const p = ms("node", s, 1, "cold", "onnxruntime-node-int8");
-    return { ok: a.ms && p ? a.ms < p : null, text: `${s} ${fmt(a.ms)} vs ${fmt(p)} ms` };
-  }));
-  add("batch 1 cold int8 ≥ 3× the f32 Wasm kernel", shapes.map((s) => {
-    const a = best(s, 1, "cold", int8);
-    const f = best(s, 1, "cold", f32);
-    return { ok: a.ms && f.ms ? f.ms / a.ms >= 3 : null, text: `${s} ${a.ms && f.ms ? (f.ms / a.ms).toFixed(2) : "—"}×` };
-  }));
-  add("batch 64 f32 ≥ 50 GFLOP/s", shapes.map((s) => {
-    const a = best(s, 64, "hot", f32);
-    const [dm, df] = s.split("x").map(Number);
-    const g = a.ms ? (6 * dm * df * 64) / (a.ms * 1e6) : null;
-    return { ok: g === null ? null : g >= 50, text: `${s} ${fmt(g, 1)} GFLOP/s` };
-  }));
-  add("batch 64 int8 in workerd ≥ 150 GOP/s-eq", shapes.map((s) => {
-    const a = best(s, 64, "hot", int8, ["workerd"]);
-    const [dm, df] = s.split("x").map(Number);
-    const g = a.ms ? (6 * dm * df * 64) / (a.ms * 1e6) : null;
-    return { ok: g === null ? null : g >= 150, text: `${s} ${fmt(g, 1)} GOP/s (${a.where})` };
-  }));
+  add(
+    "batch 1 cold int8 ≤ 0.08 ms (512×1408), ≤ 0.30 ms (1024×2816)",
+    shapes
+      .filter((s) => limits[s])
+      .map((s) => {
+        const a = best(s, 1, "cold", int8);
+        return { ok: a.ms === null ? null : a.ms <= limits[s], text: `${s} ${fmt(a.ms)} ms (${a.where})` };
+      }),
+  );
+  add(
+    "batch 1 cold int8 faster than onnxruntime-node int8",
+    shapes.map((s) => {
+      const a = best(s, 1, "cold", int8);
+      const p = ms("node", s, 1, "cold", "onnxruntime-node-int8");
+      return { ok: a.ms && p ? a.ms < p : null, text: `${s} ${fmt(a.ms)} vs ${fmt(p)} ms` };
+    }),
+  );
+  add(
+    "batch 1 cold int8 ≥ 3× the f32 Wasm kernel",
+    shapes.map((s) => {
+      const a = best(s, 1, "cold", int8);
+      const f = best(s, 1, "cold", f32);
+      return {
+        ok: a.ms && f.ms ? f.ms / a.ms >= 3 : null,
+        text: `${s} ${a.ms && f.ms ? (f.ms / a.ms).toFixed(2) : "—"}×`,
+      };
+    }),
+  );
+  add(
+    "batch 64 f32 ≥ 50 GFLOP/s",
+    shapes.map((s) => {
+      const a = best(s, 64, "hot", f32);
+      const [dm, df] = s.split("x").map(Number);
+      const g = a.ms ? (6 * dm * df * 64) / (a.ms * 1e6) : null;
+      return { ok: g === null ? null : g >= 50, text: `${s} ${fmt(g, 1)} GFLOP/s` };
+    }),
+  );
+  add(
+    "batch 64 int8 in workerd ≥ 150 GOP/s-eq",
+    shapes.map((s) => {
+      const a = best(s, 64, "hot", int8, ["workerd"]);
+      const [dm, df] = s.split("x").map(Number);
+      const g = a.ms ? (6 * dm * df * 64) / (a.ms * 1e6) : null;
+      return { ok: g === null ? null : g >= 150, text: `${s} ${fmt(g, 1)} GOP/s (${a.where})` };
+    }),
+  );
   for (const dtype of ["f32", "int8"] as const) {
     const parts: { ok: boolean | null; text: string }[] = [];
-    for (const s of shapes) for (const batch of [...new Set(rows.map((r) => r.batch))]) for (const w of ["cold", "hot"] as const) {
-      const a = best(s, batch, w, dtype === "f32" ? f32 : int8);
-      const p = ms("node", s, batch, w, `onnxruntime-web-${dtype}`);
-      if (a.ms && p) parts.push({ ok: p / a.ms >= 1.5, text: `${s}/b${batch}/${w} ${(p / a.ms).toFixed(2)}×` });
-    }
+    for (const s of shapes)
+      for (const batch of [...new Set(rows.map((r) => r.batch))])
+        for (const w of ["cold", "hot"] as const) {
+          const a = best(s, batch, w, dtype === "f32" ? f32 : int8);
+          const p = ms("node", s, batch, w, `onnxruntime-web-${dtype}`);
+          if (a.ms && p) parts.push({ ok: p / a.ms >= 1.5, text: `${s}/b${batch}/${w} ${(p / a.ms).toFixed(2)}×` });
+        }
     add(`every shape and batch ≥ 1.5× onnxruntime-web (${dtype})`, parts);
   }
   return out;
@@ -491,7 +760,14 @@ function ratios(rows: Row[]): void {
   for (const r of rows) {
     if (r.ms === null) continue;
     for (const peer of ["onnxruntime-node", "onnxruntime-web"] as const) {
-      const p = rows.find((q) => q.runtime === "node" && q.impl === `${peer}-${r.dtype}` && q.shape === r.shape && q.batch === r.batch && q.weights === r.weights);
+      const p = rows.find(
+        (q) =>
+          q.runtime === "node" &&
+          q.impl === `${peer}-${r.dtype}` &&
+          q.shape === r.shape &&
+          q.batch === r.batch &&
+          q.weights === r.weights,
+      );
       if (p?.ms) r.vs[peer] = p.ms / r.ms;
     }
   }
@@ -509,15 +785,22 @@ function printTable(rows: Row[], args: Args): void {
           const group = mine.filter((r) => r.shape === shapeName(shape) && r.batch === batch && r.weights === weights);
           if (group.length === 0) continue;
           log(`\n${shapeName(shape)}  batch ${batch}  ${weights}`);
-          log(`${"impl".padEnd(52)}${"ms/call".padStart(9)}${"cpu ms".padStart(9)}${"GFLOP/s".padStart(9)}${"GB/s".padStart(7)}${"%BW".padStart(6)}${"vs ort-node".padStart(13)}${"vs ort-web".padStart(12)}`);
+          log(
+            `${"impl".padEnd(52)}${"ms/call".padStart(9)}${"cpu ms".padStart(9)}${"GFLOP/s".padStart(9)}` +
+              `${"GB/s".padStart(7)}${"%BW".padStart(6)}${"vs ort-node".padStart(13)}${"vs ort-web".padStart(12)}`,
+          );
           for (const r of group) {
             if (r.ms === null) {
               log(`${r.label.padEnd(52)}  skipped: ${r.skipped}`);
               continue;
             }
+            const bw = r.fracBandwidth === null ? "—" : `${Math.round(r.fracBandwidth * 100)}%`;
+            const vsNode = r.vs["onnxruntime-node"] ? `${f(r.vs["onnxruntime-node"])}×` : "—";
+            const vsWeb = r.vs["onnxruntime-web"] ? `${f(r.vs["onnxruntime-web"])}×` : "—";
             log(
-              `${r.label.padEnd(52)}${f(r.ms, 3).padStart(9)}${f(r.cpuMs, 3).padStart(9)}${f(r.gflops, 1).padStart(9)}${f(r.gbps, 1).padStart(7)}${(r.fracBandwidth === null ? "—" : `${Math.round(r.fracBandwidth * 100)}%`).padStart(6)}` +
-                `${(r.vs["onnxruntime-node"] ? `${f(r.vs["onnxruntime-node"])}×` : "—").padStart(13)}${(r.vs["onnxruntime-web"] ? `${f(r.vs["onnxruntime-web"])}×` : "—").padStart(12)}`,
+              `${r.label.padEnd(52)}${f(r.ms, 3).padStart(9)}${f(r.cpuMs, 3).padStart(9)}` +
+                `${f(r.gflops, 1).padStart(9)}${f(r.gbps, 1).padStart(7)}${bw.padStart(6)}` +
+                `${vsNode.padStart(13)}${vsWeb.padStart(12)}`,
             );
           }
         }

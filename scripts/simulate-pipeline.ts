@@ -15,11 +15,24 @@ import { parseConfig, type ModelSpec } from "../src/model/config";
 import { expertBytesF32 } from "../src/model/architectures";
 import { deploymentShape } from "../src/stages/deployment";
 import { DESIGNS, tokenCost, type PipelineCosts } from "./lib/pipeline-model";
-import { demoModelConfig, DEMO_MODEL_SIZE } from "./make-demo-model";
+import { demoModelConfig, DEMO_MODEL_SIZE } from "./lib/demo-model";
 import { ROOT } from "./lib/local-worker";
 import { createRng, sampleToken } from "../src/serving/sampling";
 
-const { values } = parseArgs({ options: { wan: { type: "string", default: "20,50,100" }, rpc: { type: "string", default: "1" } } });
+const USAGE = `usage: npm run simulate:pipeline [-- --wan 20,50,100 --rpc 1]
+
+Per-token latency of each decode-loop design (Worker drives every stage; stage chain; chain that
+returns a token; session driver in the region) for the demo model and granite-3.1-1b-a400m, with
+the given Worker↔region round trips (ms) and in-region RPC cost (ms); compute costs measured here.`;
+
+if (process.argv.includes("--help") || process.argv.includes("-h")) {
+  console.log(USAGE);
+  process.exit(0);
+}
+
+const { values } = parseArgs({
+  options: { wan: { type: "string", default: "20,50,100" }, rpc: { type: "string", default: "1" } },
+});
 const WANS = values.wan.split(",").map(Number);
 const RPC_MS = Number(values.rpc);
 
@@ -54,7 +67,8 @@ function measure(k: Kernels, spec: ModelSpec): Omit<PipelineCosts, "wanRttMs" | 
   const qDim = a.kind === "gqa" ? a.nHeads * a.headDim : spec.nHeads * spec.headDim;
   const kvDim = a.kind === "gqa" ? a.nKvHeads * a.headDim : qDim;
   const d = spec.dModel;
-  const denseLayerMs = matmulMs(k, d, qDim) + 2 * matmulMs(k, d, kvDim) + matmulMs(k, qDim, d) + matmulMs(k, d, spec.nExperts);
+  const denseLayerMs =
+    matmulMs(k, d, qDim) + 2 * matmulMs(k, d, kvDim) + matmulMs(k, qDim, d) + matmulMs(k, d, spec.nExperts);
   const expertMs = 2 * matmulMs(k, d, spec.dFf) + matmulMs(k, spec.dFf, d);
   // The head in 8 slices (a whole granite head does not fit one Wasm memory).
   const headMs = 8 * matmulMs(k, d, Math.ceil(spec.vocabSize / 8));
@@ -69,29 +83,57 @@ function measure(k: Kernels, spec: ModelSpec): Omit<PipelineCosts, "wanRttMs" | 
 const k = loadKernels("best", {});
 const models: [string, ModelSpec][] = [
   ["demo-mixtral", parseConfig(demoModelConfig(DEMO_MODEL_SIZE))],
-  ["granite-3.1-1b-a400m", parseConfig(JSON.parse(readFileSync(join(ROOT, "tests", "fixtures", "configs", "granite-3.1-1b-a400m.json"), "utf8")))],
+  [
+    "granite-3.1-1b-a400m",
+    parseConfig(
+      JSON.parse(readFileSync(join(ROOT, "tests", "fixtures", "configs", "granite-3.1-1b-a400m.json"), "utf8")),
+    ),
+  ],
 ];
 // The deployment's default budgets (wrangler.toml [vars]).
 const toml = readFileSync(join(ROOT, "wrangler.toml"), "utf8");
 const vars = Object.fromEntries([...toml.matchAll(/^([A-Z_]+)\s*=\s*"([^"]*)"/gm)].map((m) => [m[1], m[2]]));
 
-console.log(`simulate:pipeline — per-token decode latency by design (kernels: ${k.flavor}; in-region RPC ${RPC_MS} ms)\n`);
+console.log(
+  `simulate:pipeline — per-token decode latency by design (kernels: ${k.flavor}; in-region RPC ${RPC_MS} ms)\n`,
+);
 for (const [id, spec] of models) {
   const shape = deploymentShape(spec, vars, expertBytesF32(spec), id);
   const costs = measure(k, spec);
-  const where = shape.pipeline.stages.length === 0 ? "the Worker runs every layer" : `${shape.pipeline.stages.length} stages`;
-  console.log(`### ${id}: ${where}, head ${shape.head ? `on ${shape.head.shards.length} HeadHosts` : "in the Worker"}, ${shape.expertHosts} ExpertHosts`);
-  console.log(`measured per token: dense ${costs.denseLayerMs.toFixed(3)} ms/layer, one expert ${costs.expertMs.toFixed(3)} ms, head ${costs.headMs.toFixed(2)} ms, greedy pick ${costs.sampleMs.toFixed(2)} ms (top_p 0.9 sampling: ${costs.topPMs.toFixed(1)} ms, not in the table)\n`);
-  console.log(`| design | WAN trips/token | region RPCs/token | ${WANS.map((w) => `ms/token (tok/s) @ ${w} ms WAN`).join(" | ")} |`);
+  const where =
+    shape.pipeline.stages.length === 0 ? "the Worker runs every layer" : `${shape.pipeline.stages.length} stages`;
+  console.log(
+    `### ${id}: ${where}, ` +
+      `head ${shape.head ? `on ${shape.head.shards.length} HeadHosts` : "in the Worker"}, ` +
+      `${shape.expertHosts} ExpertHosts`,
+  );
+  console.log(
+    `measured per token: dense ${costs.denseLayerMs.toFixed(3)} ms/layer, ` +
+      `one expert ${costs.expertMs.toFixed(3)} ms, head ${costs.headMs.toFixed(2)} ms, ` +
+      `greedy pick ${costs.sampleMs.toFixed(2)} ms ` +
+      `(top_p 0.9 sampling: ${costs.topPMs.toFixed(1)} ms, not in the table)\n`,
+  );
+  console.log(
+    "| design | WAN trips/token | region RPCs/token | " +
+      `${WANS.map((w) => `ms/token (tok/s) @ ${w} ms WAN`).join(" | ")} |`,
+  );
   console.log(`|---|---|---|${WANS.map(() => "---").join("|")}|`);
   for (const des of DESIGNS) {
-    if (shape.pipeline.stages.length === 0 && des.id !== "session-driver-in-region" && des.id !== "worker-calls-each-stage") continue;
+    if (
+      shape.pipeline.stages.length === 0 &&
+      des.id !== "session-driver-in-region" &&
+      des.id !== "worker-calls-each-stage"
+    )
+      continue;
     const cells = WANS.map((w) => {
       const t = tokenCost(shape, spec.nLayers, spec.topK, { ...costs, wanRttMs: w, rpcMs: RPC_MS }, des.id);
       return `${t.msPerToken.toFixed(1)} (${(1000 / t.msPerToken).toFixed(1)})`;
     });
     const t0 = tokenCost(shape, spec.nLayers, spec.topK, { ...costs, wanRttMs: WANS[0], rpcMs: RPC_MS }, des.id);
-    const label = shape.pipeline.stages.length === 0 && des.id === "worker-calls-each-stage" ? "Worker runs the layers, fans out over the WAN (today)" : des.label;
+    const label =
+      shape.pipeline.stages.length === 0 && des.id === "worker-calls-each-stage"
+        ? "Worker runs the layers, fans out over the WAN (today)"
+        : des.label;
     console.log(`| ${label} | ${t0.wanTrips} | ${t0.regionTrips} | ${cells.join(" | ")} |`);
   }
   console.log("");

@@ -29,7 +29,10 @@ const stages = stagesAt >= 0 ? Number(args[stagesAt + 1]) : 0;
 const headAt = args.indexOf("--head-shards");
 const headShards = headAt >= 0 ? Number(args[headAt + 1]) : 0;
 if (!dir) {
-  console.error("usage: npm run verify -- <fixture-dir> [--hosts N] [--stages S] [--head-shards M]\n  e.g. npm run verify -- ../shared/fixtures/mixtral-tiny");
+  console.error(
+    "usage: npm run verify -- <fixture-dir> [--hosts N] [--stages S] [--head-shards M]\n" +
+      "  e.g. npm run verify -- ../shared/fixtures/mixtral-tiny",
+  );
   process.exit(2);
 }
 if (!Number.isInteger(hosts) || hosts < 1) {
@@ -47,7 +50,9 @@ if (!Number.isInteger(headShards) || headShards < 0) {
 try {
   readFileSync(resolve(dir, "golden.json"));
 } catch {
-  console.error(`${dir}: no golden.json here; verify needs a fixture directory (config.json, safetensors, golden.json)`);
+  console.error(
+    `${dir}: no golden.json here; verify needs a fixture directory (config.json, safetensors, golden.json)`,
+  );
   process.exit(2);
 }
 const report = await verifyFixture(resolve(dir), { hosts, stages, headShards, log: (line) => console.log(line) });

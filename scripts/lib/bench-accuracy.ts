@@ -82,7 +82,9 @@ export function randomPrompts(count: number, len: number, vocab: number, seed = 
     return a / 4294967296;
   };
   const first = Math.min(3, vocab - 1); // skip the special ids of HF tokenizers
-  return Array.from({ length: count }, () => Array.from({ length: len }, () => first + Math.floor(next() * (vocab - first))));
+  return Array.from({ length: count }, () =>
+    Array.from({ length: len }, () => first + Math.floor(next() * (vocab - first))),
+  );
 }
 
 /** Experts computed by the plain JS reference on weights rounded to bf16: the accuracy yardstick
@@ -117,7 +119,16 @@ export function bf16Runner(ckpt: Checkpoint, spec: ModelSpec): ExpertRunner {
 }
 
 export async function measureInt8Accuracy(
-  name: string, spec: ModelSpec, ckpt: Checkpoint, opts: { prompts?: number[][]; decode?: number; q8Path?: Q8Path; bf16?: boolean; quant?: "int8" | "int8-group" | "int4" } = {},
+  name: string,
+  spec: ModelSpec,
+  ckpt: Checkpoint,
+  opts: {
+    prompts?: number[][];
+    decode?: number;
+    q8Path?: Q8Path;
+    bf16?: boolean;
+    quant?: "int8" | "int8-group" | "int4";
+  } = {},
 ): Promise<AccuracyReport> {
   const prompts = opts.prompts ?? randomPrompts(8, 16, spec.vocabSize);
   const decode = opts.decode ?? 32;
@@ -126,7 +137,9 @@ export async function measureInt8Accuracy(
   const newKernels = (maxBytes: number) => loadKernels("best", { maxBytes });
   // The int8 path under test: dot_i16x8 (8-bit activations, simd build) or a relaxed dot (7-bit).
   const int8Kernels = (maxBytes: number) =>
-    opts.q8Path === "dot_i16x8" ? loadKernels("simd", { maxBytes }) : loadKernels("best", { maxBytes, q8Path: opts.q8Path });
+    opts.q8Path === "dot_i16x8"
+      ? loadKernels("simd", { maxBytes })
+      : loadKernels("best", { maxBytes, q8Path: opts.q8Path });
   const f32 = new ExpertStore(model, budget, "f32", newKernels);
   const quant = opts.quant ?? "int8";
   const int8 = new ExpertStore(model, budget, quant, int8Kernels, { quant });
@@ -196,16 +209,32 @@ export async function measureInt8Accuracy(
     relLogitRms: Math.sqrt(sumSqErr / Math.max(sumSq, 1e-30)),
     greedyAgreement: greedyAgree / decoded,
     top1Agreement: top1 / positions,
-    int8Path: opts.bf16 ? "bf16 weights (yardstick)" : quant === "int4" ? "int4 g32" : quant === "int8-group" ? "int8 g32" : int8Kernels(1 << 20).q8Path,
+    int8Path: opts.bf16
+      ? "bf16 weights (yardstick)"
+      : quant === "int4"
+        ? "int4 g32"
+        : quant === "int8-group"
+          ? "int8 g32"
+          : int8Kernels(1 << 20).q8Path,
     bytesF32: f32.expertBytes,
     bytesInt8: opts.bf16 ? f32.expertBytes / 2 : int8.expertBytes,
   };
 }
 
 export function formatAccuracy(r: AccuracyReport): string {
+  const experts = r.int8Path.startsWith("bf16")
+    ? "bf16 experts (yardstick)"
+    : r.int8Path.startsWith("int4")
+      ? "int4 experts (groups of 32)"
+      : r.int8Path === "int8 g32"
+        ? "int8 experts (groups of 32, 16-bit activations)"
+        : `int8 experts (${r.int8Path}, ${q8ActivationBits(r.int8Path as Q8Path)}-bit activations)`;
   return (
-    `${r.model}: ${r.int8Path.startsWith("bf16") ? "bf16 experts (yardstick)" : r.int8Path.startsWith("int4") ? "int4 experts (groups of 32)" : r.int8Path === "int8 g32" ? "int8 experts (groups of 32, 16-bit activations)" : `int8 experts (${r.int8Path}, ${q8ActivationBits(r.int8Path as Q8Path)}-bit activations)`}, ${(r.bytesInt8 / r.bytesF32 * 100).toFixed(1)}% of f32 bytes, vs f32 over ${r.prompts} prompts × ${r.promptLen} + ${r.decoded / r.prompts} greedy steps — ` +
-    `max |Δlogit| ${r.maxAbsLogitErr.toExponential(2)}, mean ${r.meanAbsLogitErr.toExponential(2)}, relative RMS ${(r.relLogitRms * 100).toFixed(2)}%, ` +
-    `greedy agreement ${(r.greedyAgreement * 100).toFixed(1)}% (${r.decoded} steps), top-1 agreement ${(r.top1Agreement * 100).toFixed(1)}% (${r.positions} positions)`
+    `${r.model}: ${experts}, ${((r.bytesInt8 / r.bytesF32) * 100).toFixed(1)}% of f32 bytes, ` +
+    `vs f32 over ${r.prompts} prompts × ${r.promptLen} + ${r.decoded / r.prompts} greedy steps — ` +
+    `max |Δlogit| ${r.maxAbsLogitErr.toExponential(2)}, mean ${r.meanAbsLogitErr.toExponential(2)}, ` +
+    `relative RMS ${(r.relLogitRms * 100).toFixed(2)}%, ` +
+    `greedy agreement ${(r.greedyAgreement * 100).toFixed(1)}% (${r.decoded} steps), ` +
+    `top-1 agreement ${(r.top1Agreement * 100).toFixed(1)}% (${r.positions} positions)`
   );
 }

@@ -6,12 +6,16 @@
  * copy 0 over and over. No Node APIs here.
  */
 import { WASM_MAX_BYTES, type KernelFlavor, type Kernels, type Q8Path } from "../../src/kernels/index";
-import { expertPackedBytes, packExpertF32, packExpertQ8, quantizeRowsQ8, type Q8Expert } from "../../src/kernels/packing";
+import {
+  expertPackedBytes,
+  packExpertF32,
+  packExpertQ8,
+  quantizeRowsQ8,
+  type Q8Expert,
+} from "../../src/kernels/packing";
 import { expertFfnRef } from "../../src/kernels/reference";
 import { expertQ8gBytes, expertQ8gScratchBytes, packExpertQ8g } from "../../src/kernels/dense-format";
-import {
-  expertQ4gBytes, expertQ4gScratchBytes, packExpertQ4g, quantizeExpertQ4g,
-} from "../../src/kernels/q4g-format";
+import { expertQ4gBytes, expertQ4gScratchBytes, packExpertQ4g, quantizeExpertQ4g } from "../../src/kernels/q4g-format";
 
 export type Impl =
   | "js-ref"
@@ -43,23 +47,53 @@ export const WASM_IMPLS: readonly ImplInfo[] = [
   { impl: "wasm-f32-rowmajor", label: "Wasm f32 row-major (simd)", dtype: "f32", flavor: "simd" },
   { impl: "wasm-f32-packed", label: "Wasm f32 packed (simd)", dtype: "f32", flavor: "simd" },
   { impl: "wasm-f32-packed-relaxed", label: "Wasm f32 packed (relaxed madd)", dtype: "f32", flavor: "relaxed" },
-  { impl: "wasm-int8-dot16", label: "Wasm int8 (dot_i16x8, 12-bit act.)", dtype: "int8", flavor: "simd", q8Path: "dot_i16x8" },
-  { impl: "wasm-int8-relaxed", label: "Wasm int8 (relaxed dot, 14-bit act.)", dtype: "int8", flavor: "relaxed", q8Path: "relaxed_dot" },
-  { impl: "wasm-int8-relaxed-7bit", label: "Wasm int8 (relaxed dot, 7-bit act.)", dtype: "int8", flavor: "relaxed", q8Path: "relaxed_dot_7bit" },
   {
-    impl: "wasm-int8-g32", label: "Wasm int8 groups of 32 (16-bit act.)", dtype: "int8", flavor: "relaxed",
+    impl: "wasm-int8-dot16",
+    label: "Wasm int8 (dot_i16x8, 12-bit act.)",
+    dtype: "int8",
+    flavor: "simd",
+    q8Path: "dot_i16x8",
+  },
+  {
+    impl: "wasm-int8-relaxed",
+    label: "Wasm int8 (relaxed dot, 14-bit act.)",
+    dtype: "int8",
+    flavor: "relaxed",
+    q8Path: "relaxed_dot",
+  },
+  {
+    impl: "wasm-int8-relaxed-7bit",
+    label: "Wasm int8 (relaxed dot, 7-bit act.)",
+    dtype: "int8",
+    flavor: "relaxed",
+    q8Path: "relaxed_dot_7bit",
+  },
+  {
+    impl: "wasm-int8-g32",
+    label: "Wasm int8 groups of 32 (16-bit act.)",
+    dtype: "int8",
+    flavor: "relaxed",
     grouped: { format: "q8g", group: 32 },
   },
   {
-    impl: "wasm-int8-g64", label: "Wasm int8 groups of 64 (16-bit act.)", dtype: "int8", flavor: "relaxed",
+    impl: "wasm-int8-g64",
+    label: "Wasm int8 groups of 64 (16-bit act.)",
+    dtype: "int8",
+    flavor: "relaxed",
     grouped: { format: "q8g", group: 64 },
   },
   {
-    impl: "wasm-int4-g32", label: "Wasm int4 groups of 32", dtype: "int8", flavor: "relaxed",
+    impl: "wasm-int4-g32",
+    label: "Wasm int4 groups of 32",
+    dtype: "int8",
+    flavor: "relaxed",
     grouped: { format: "q4g", group: 32 },
   },
   {
-    impl: "wasm-int4-g64", label: "Wasm int4 groups of 64", dtype: "int8", flavor: "relaxed",
+    impl: "wasm-int4-g64",
+    label: "Wasm int4 groups of 64",
+    dtype: "int8",
+    flavor: "relaxed",
     grouped: { format: "q4g", group: 64 },
   },
 ];
@@ -93,7 +127,16 @@ export function randomExpert({ dModel, dFf }: ExpertShape, seed = 1): RandomExpe
   const w1 = fill(dFf * dModel, 1 / Math.sqrt(dModel));
   const w3 = fill(dFf * dModel, 1 / Math.sqrt(dModel));
   const w2 = fill(dModel * dFf, 1 / Math.sqrt(dFf));
-  return { w1, w3, w2, q: { w1: quantizeRowsQ8(w1, dFf, dModel), w3: quantizeRowsQ8(w3, dFf, dModel), w2: quantizeRowsQ8(w2, dModel, dFf) } };
+  return {
+    w1,
+    w3,
+    w2,
+    q: {
+      w1: quantizeRowsQ8(w1, dFf, dModel),
+      w3: quantizeRowsQ8(w3, dFf, dModel),
+      w2: quantizeRowsQ8(w2, dModel, dFf),
+    },
+  };
 }
 
 /** FLOPs of one expert call: three matmuls of dModel × dFf, 2 per multiply-add. */
@@ -131,14 +174,21 @@ function withForm(path: Q8Path, form: DotForm): Q8Path {
  * memories ≤ 104 MiB) as needed. `newKernels(flavor)` makes an instance of a build.
  */
 export function setupCase(
-  info: ImplInfo, shape: ExpertShape, w: RandomExpert, copies: number, maxN: number,
-  newKernels: (flavor: KernelFlavor) => Kernels, form: DotForm = "dot-add",
+  info: ImplInfo,
+  shape: ExpertShape,
+  w: RandomExpert,
+  copies: number,
+  maxN: number,
+  newKernels: (flavor: KernelFlavor) => Kernels,
+  form: DotForm = "dot-add",
 ): BenchCase {
   const { dModel, dFf } = shape;
   if (info.flavor === null) return jsCase(shape, w, copies, maxN);
   const grouped = info.grouped;
-  const bytes = info.impl === "wasm-f32-rowmajor" || grouped
-    ? weightBytes(info, shape) : expertPackedBytes(info.dtype === "int8" ? "q8" : "f32", dModel, dFf);
+  const bytes =
+    info.impl === "wasm-f32-rowmajor" || grouped
+      ? weightBytes(info, shape)
+      : expertPackedBytes(info.dtype === "int8" ? "q8" : "f32", dModel, dFf);
   // Pack once into a staging buffer, then copy bytes into every slot.
   const staging = new Uint8Array(bytes);
   if (grouped?.format === "q8g") packExpertQ8g(staging, w.w1, w.w3, w.w2, dModel, dFf, grouped.group);
@@ -164,7 +214,8 @@ export function setupCase(
   while (slots.length < copies) {
     const k = newKernels(flavor);
     const path = info.q8Path && withForm(info.q8Path, form);
-    if (path && k.setQ8Path(path) !== path) throw new Error(`${info.label}: the ${path} path is not available in this runtime`);
+    if (path && k.setQ8Path(path) !== path)
+      throw new Error(`${info.label}: the ${path} path is not available in this runtime`);
     const x = k.alloc(maxN * dModel * 4);
     const seed = k.f32(x, maxN * dModel);
     for (let i = 0; i < seed.length; i++) seed[i] = Math.sin(i * 0.61) * 1.5;
@@ -176,7 +227,8 @@ export function setupCase(
         : k.scratchBytes(info.dtype === "int8" ? "ffnQ8" : "ffnF32", maxN, dModel, dFf);
     const scratch = k.alloc(scratchBytes);
     const room = Math.floor((WASM_MAX_BYTES - k.memoryBytes - (1 << 20)) / (bytes + 64));
-    if (room < 1) throw new Error(`${info.label}: one ${dModel}×${dFf} expert (${bytes} B) does not fit one Wasm memory`);
+    if (room < 1)
+      throw new Error(`${info.label}: one ${dModel}×${dFf} expert (${bytes} B) does not fit one Wasm memory`);
     for (let c = 0; c < room && slots.length < copies; c++) {
       const blob = k.alloc(bytes);
       k.u8(blob, bytes).set(staging);
@@ -188,12 +240,13 @@ export function setupCase(
     grouped?.format === "q8g"
       ? (s: Slot, n: number) => s.k.expertFfnQ8g(s.out, s.x, s.blob, n, dModel, dFf, grouped.group, s.scratch)
       : grouped?.format === "q4g"
-      ? (s: Slot, n: number) => s.k.expertFfnQ4g(s.out, s.x, s.blob, n, dModel, dFf, grouped.group, s.scratch)
-      : info.impl === "wasm-f32-rowmajor"
-      ? (s: Slot, n: number) => s.k.expertFfn(s.out, s.x, s.blob, s.blob + third, s.blob + 2 * third, n, dModel, dFf, s.scratch)
-      : info.dtype === "int8"
-        ? (s: Slot, n: number) => s.k.expertFfnQ8(s.out, s.x, s.blob, n, dModel, dFf, s.scratch)
-        : (s: Slot, n: number) => s.k.expertFfnPacked(s.out, s.x, s.blob, n, dModel, dFf, s.scratch);
+        ? (s: Slot, n: number) => s.k.expertFfnQ4g(s.out, s.x, s.blob, n, dModel, dFf, grouped.group, s.scratch)
+        : info.impl === "wasm-f32-rowmajor"
+          ? (s: Slot, n: number) =>
+              s.k.expertFfn(s.out, s.x, s.blob, s.blob + third, s.blob + 2 * third, n, dModel, dFf, s.scratch)
+          : info.dtype === "int8"
+            ? (s: Slot, n: number) => s.k.expertFfnQ8(s.out, s.x, s.blob, n, dModel, dFf, s.scratch)
+            : (s: Slot, n: number) => s.k.expertFfnPacked(s.out, s.x, s.blob, n, dModel, dFf, s.scratch);
   return {
     copies,
     call: (i, n) => call(slots[i % copies], n),
@@ -206,12 +259,24 @@ export function setupCase(
 
 function jsCase(shape: ExpertShape, w: RandomExpert, copies: number, maxN: number): BenchCase {
   const { dModel, dFf } = shape;
-  const sets = Array.from({ length: copies }, (_, c) => (c === 0 ? w : { ...w, w1: w.w1.slice(), w3: w.w3.slice(), w2: w.w2.slice() }));
+  const sets = Array.from({ length: copies }, (_, c) =>
+    c === 0 ? w : { ...w, w1: w.w1.slice(), w3: w.w3.slice(), w2: w.w2.slice() },
+  );
   const x = Float32Array.from({ length: maxN * dModel }, (_, i) => Math.sin(i * 0.61) * 1.5);
   const out = new Float32Array(maxN * dModel);
   const scratch = new Float32Array(2 * maxN * dFf);
   const call = (s: RandomExpert, n: number) =>
-    expertFfnRef(out.subarray(0, n * dModel), x.subarray(0, n * dModel), s.w1, s.w3, s.w2, n, dModel, dFf, scratch.subarray(0, 2 * n * dFf));
+    expertFfnRef(
+      out.subarray(0, n * dModel),
+      x.subarray(0, n * dModel),
+      s.w1,
+      s.w3,
+      s.w2,
+      n,
+      dModel,
+      dFf,
+      scratch.subarray(0, 2 * n * dFf),
+    );
   return {
     copies,
     call: (i, n) => call(sets[i % copies], n),

@@ -118,7 +118,13 @@ function transposed<T extends Float32Array | Int8Array>(w: T, rows: number, cols
 const bytesOf = (a: Float32Array) => new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
 
 /** The f32 expert as an ONNX model: x [n, dModel] → y [n, dModel]. */
-export function expertModelF32(w1: Float32Array, w3: Float32Array, w2: Float32Array, dModel: number, dFf: number): Uint8Array {
+export function expertModelF32(
+  w1: Float32Array,
+  w3: Float32Array,
+  w2: Float32Array,
+  dModel: number,
+  dFf: number,
+): Uint8Array {
   return model(
     [
       node("MatMul", ["x", "w1t"], ["g"]),
@@ -172,7 +178,10 @@ function nbits(name: string, m: Q4gMatrix): Pb[] {
     for (let k = 0; k < K; k += 2) b[(j * K + k) / 2] = (m.q[j * K + k] + 8) | ((m.q[j * K + k + 1] + 8) << 4);
   }
   const scales = Float32Array.from(m.scales, bf16ToF32);
-  return [tensor(`${name}q`, [N, blocks, group / 2], UINT8, b), tensor(`${name}s`, [N * blocks], FLOAT, bytesOf(scales))];
+  return [
+    tensor(`${name}q`, [N, blocks, group / 2], UINT8, b),
+    tensor(`${name}s`, [N * blocks], FLOAT, bytesOf(scales)),
+  ];
 }
 
 /** The int4 expert (the weights our int4 kernel uses; K a multiple of the group) with MatMulNBits. */
@@ -220,14 +229,17 @@ export async function loadOrt(peer: OrtPeer): Promise<{ ort: OrtLike; version: s
     const versions = ort.env.versions ?? {};
     return { ort, version: versions.node ?? versions.web ?? versions.common ?? "?" };
   } catch (err) {
-    return { skipped: `${peer} cannot be loaded here: ${err instanceof Error ? err.message.split("\n")[0] : String(err)}` };
+    return {
+      skipped: `${peer} cannot be loaded here: ${err instanceof Error ? err.message.split("\n")[0] : String(err)}`,
+    };
   }
 }
 
 /** A session per model, single-threaded, all graph optimizations on. */
 export async function ortSession(ort: OrtLike, peer: OrtPeer, modelBytes: Uint8Array): Promise<OrtSession> {
   const opts: Record<string, unknown> = { graphOptimizationLevel: "all", executionMode: "sequential" };
-  if (peer === "onnxruntime-node") Object.assign(opts, { intraOpNumThreads: 1, interOpNumThreads: 1, executionProviders: ["cpu"] });
+  if (peer === "onnxruntime-node")
+    Object.assign(opts, { intraOpNumThreads: 1, interOpNumThreads: 1, executionProviders: ["cpu"] });
   else opts.executionProviders = ["wasm"];
   return ort.InferenceSession.create(modelBytes, opts);
 }

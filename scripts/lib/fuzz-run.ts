@@ -12,7 +12,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { startLocalWorker, ROOT, type LocalWorker } from "./local-worker";
 import { seedModelDir } from "./seed-lib";
-import { makeDemoModel } from "../make-demo-model";
+import { makeDemoModel } from "./demo-model";
 import { fuzzCase, FUZZ_KEY, type FuzzCase } from "./fuzz-cases";
 
 export interface FuzzOptions {

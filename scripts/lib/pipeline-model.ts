@@ -21,7 +21,11 @@ export interface PipelineCosts {
   sampleMs: number;
 }
 
-export type DecodeDesign = "worker-calls-each-stage" | "chain-worker-embeds-and-heads" | "chain-ends-in-region" | "session-driver-in-region";
+export type DecodeDesign =
+  | "worker-calls-each-stage"
+  | "chain-worker-embeds-and-heads"
+  | "chain-ends-in-region"
+  | "session-driver-in-region";
 
 export const DESIGNS: readonly { id: DecodeDesign; label: string }[] = [
   { id: "worker-calls-each-stage", label: "Worker calls each stage, the head and the embeddings" },
@@ -44,30 +48,53 @@ export interface TokenCost {
  * experts run in parallel on the hosts (one RPC per host touched); head shards in parallel.
  * With no stages (the Worker runs the layers) the Worker's expert fan-out crosses the WAN.
  */
-export function tokenCost(d: DeploymentShape, nLayers: number, topK: number, c: PipelineCosts, design: DecodeDesign): TokenCost {
+export function tokenCost(
+  d: DeploymentShape,
+  nLayers: number,
+  topK: number,
+  c: PipelineCosts,
+  design: DecodeDesign,
+): TokenCost {
   const S = d.pipeline.stages.length;
   const moe = d.rpcInput.moeLayers.length;
   const hosts = Math.min(d.expertHosts, topK);
   const expertsPerHost = Math.ceil(topK / hosts);
-  const compute = nLayers * c.denseLayerMs + moe * expertsPerHost * c.expertMs + c.headMs / Math.max(1, d.head?.shards.length ?? 1) + c.sampleMs;
+  const compute =
+    nLayers * c.denseLayerMs +
+    moe * expertsPerHost * c.expertMs +
+    c.headMs / Math.max(1, d.head?.shards.length ?? 1) +
+    c.sampleMs;
   const headRemote = d.head !== null;
   const embedRemote = d.rpcInput.embeddings !== "worker";
   if (S === 0) {
     // The Worker runs the layers: its expert fan-out (and head/embedding calls) cross the WAN,
     // unless the whole loop moves into the region (a driver there runs the same layers).
     const remote = moe + (headRemote ? 1 : 0) + (embedRemote ? 1 : 0);
-    if (design === "session-driver-in-region") return { msPerToken: compute + remote * c.rpcMs, wanTrips: 0, regionTrips: remote };
+    if (design === "session-driver-in-region")
+      return { msPerToken: compute + remote * c.rpcMs, wanTrips: 0, regionTrips: remote };
     return { msPerToken: compute + remote * c.wanRttMs, wanTrips: remote, regionTrips: 0 };
   }
   const ends = (headRemote ? 1 : 0) + (embedRemote ? 1 : 0);
   const fanout = moe; // one parallel round per MoE layer, from the stage, in region
   switch (design) {
     case "worker-calls-each-stage":
-      return { msPerToken: compute + (S + ends) * c.wanRttMs + fanout * c.rpcMs, wanTrips: S + ends, regionTrips: fanout };
+      return {
+        msPerToken: compute + (S + ends) * c.wanRttMs + fanout * c.rpcMs,
+        wanTrips: S + ends,
+        regionTrips: fanout,
+      };
     case "chain-worker-embeds-and-heads":
-      return { msPerToken: compute + (1 + ends) * c.wanRttMs + (S - 1 + fanout) * c.rpcMs, wanTrips: 1 + ends, regionTrips: S - 1 + fanout };
+      return {
+        msPerToken: compute + (1 + ends) * c.wanRttMs + (S - 1 + fanout) * c.rpcMs,
+        wanTrips: 1 + ends,
+        regionTrips: S - 1 + fanout,
+      };
     case "chain-ends-in-region":
-      return { msPerToken: compute + c.wanRttMs + (S - 1 + ends + fanout) * c.rpcMs, wanTrips: 1, regionTrips: S - 1 + ends + fanout };
+      return {
+        msPerToken: compute + c.wanRttMs + (S - 1 + ends + fanout) * c.rpcMs,
+        wanTrips: 1,
+        regionTrips: S - 1 + ends + fanout,
+      };
     case "session-driver-in-region":
       return { msPerToken: compute + (S + ends + fanout) * c.rpcMs, wanTrips: 0, regionTrips: S + ends + fanout };
   }

@@ -14,7 +14,13 @@ interface Golden {
   prompt_ids: number[];
   logits: number[][];
   greedy_ids: number[];
-  moe_layer: { layer: number; input: number[][] | number[][][]; expert_ids: number[][]; expert_weights: number[][]; output: number[][] | number[][][] };
+  moe_layer: {
+    layer: number;
+    input: number[][] | number[][][];
+    expert_ids: number[][];
+    expert_weights: number[][];
+    output: number[][] | number[][][];
+  };
   extra?: { routing_all_layers?: Record<string, number[][]>; greedy_logits?: number[][] };
 }
 
@@ -51,7 +57,14 @@ export async function verifyFixture(dir: string, opts: VerifyOptions): Promise<V
   const golden = JSON.parse(readFileSync(join(dir, "golden.json"), "utf8")) as Golden;
   const model = `verify-${basename(dir).replace(/[^A-Za-z0-9._-]/g, "-")}`.slice(0, 100);
   const stages = opts.stages ?? 0;
-  const worker = await startLocalWorker({ vars: { MIN_EXPERT_HOSTS: String(opts.hosts), DEFAULT_MODEL: model, PIPELINE_STAGES: String(stages), HEAD_SHARDS: String(opts.headShards ?? 0) } });
+  const worker = await startLocalWorker({
+    vars: {
+      MIN_EXPERT_HOSTS: String(opts.hosts),
+      DEFAULT_MODEL: model,
+      PIPELINE_STAGES: String(stages),
+      HEAD_SHARDS: String(opts.headShards ?? 0),
+    },
+  });
   try {
     await seedModelDir(await worker.bucket(), dir, model, { skip: (f) => f === "golden.json" });
     const auth = { authorization: `Bearer ${ADMIN_TOKEN_FOR_TESTS}`, "content-type": "application/json" };
@@ -63,7 +76,11 @@ export async function verifyFixture(dir: string, opts: VerifyOptions): Promise<V
     };
 
     // 1. Logits of every prompt position, greedy decode over the KV cache, routing of every layer.
-    const fwd = (await post("/admin/forward", { model, tokens: golden.prompt_ids, greedy: golden.greedy_ids.length })) as {
+    const fwd = (await post("/admin/forward", {
+      model,
+      tokens: golden.prompt_ids,
+      greedy: golden.greedy_ids.length,
+    })) as {
       logits: number[][];
       greedy_ids: number[];
       greedy_logits: number[][];
@@ -76,12 +93,20 @@ export async function verifyFixture(dir: string, opts: VerifyOptions): Promise<V
     const maxGreedyLogitDiff = gl ? maxAbsDiff(fwd.greedy_logits, gl) : null;
 
     // 2. The same greedy tokens through the public API (temperature 0).
-    const api = (await post("/v1/completions", { model, prompt: golden.prompt_ids, max_tokens: golden.greedy_ids.length, temperature: 0 })) as {
+    const api = (await post("/v1/completions", {
+      model,
+      prompt: golden.prompt_ids,
+      max_tokens: golden.greedy_ids.length,
+      temperature: 0,
+    })) as {
       choices: { token_ids: number[]; finish_reason: string }[];
     };
     const apiIds = api.choices[0].token_ids;
     // The API stops at EOS; compare what it produced against the golden prefix.
-    const apiGreedyMatch = apiIds.length > 0 && sameIds(apiIds, golden.greedy_ids.slice(0, apiIds.length)) && (apiIds.length === golden.greedy_ids.length || api.choices[0].finish_reason === "stop");
+    const apiGreedyMatch =
+      apiIds.length > 0 &&
+      sameIds(apiIds, golden.greedy_ids.slice(0, apiIds.length)) &&
+      (apiIds.length === golden.greedy_ids.length || api.choices[0].finish_reason === "stop");
 
     // 3. Expert ids per token, every MoE layer (as sets: top-k order may differ between engines).
     const goldenRouting = golden.extra?.routing_all_layers ?? { [golden.moe_layer.layer]: golden.moe_layer.expert_ids };
@@ -92,7 +117,11 @@ export async function verifyFixture(dir: string, opts: VerifyOptions): Promise<V
     });
 
     // 4. One MoE block fed the golden block input: output and (id, weight) pairs.
-    const moe = (await post("/admin/moe", { model, layer: golden.moe_layer.layer, input: rows(golden.moe_layer.input) })) as {
+    const moe = (await post("/admin/moe", {
+      model,
+      layer: golden.moe_layer.layer,
+      input: rows(golden.moe_layer.input),
+    })) as {
       output: number[][];
       expert_ids: number[][];
       expert_weights: number[][];
@@ -103,12 +132,21 @@ export async function verifyFixture(dir: string, opts: VerifyOptions): Promise<V
     golden.moe_layer.expert_ids.forEach((gIds, t) => {
       const g = byId(gIds, golden.moe_layer.expert_weights[t]);
       const o = byId(moe.expert_ids[t], moe.expert_weights[t]);
-      if (!sameIds(g.map((p) => p[0]), o.map((p) => p[0]))) moeIdsMatch = false;
+      if (
+        !sameIds(
+          g.map((p) => p[0]),
+          o.map((p) => p[0]),
+        )
+      )
+        moeIdsMatch = false;
       else g.forEach((p, i) => (moeWeightDiff = Math.max(moeWeightDiff, Math.abs(p[1] - o[i][1]))));
     });
 
     const placement = (await (await worker.fetch(`/v1/placement?model=${model}`)).json()) as { instances: unknown[] };
-    const hostsRes = (await (await worker.fetch(`/admin/hosts?model=${model}`, { headers: auth })).json()) as { stages?: VerifyReport["stageHosts"]; heads?: VerifyReport["headHosts"] };
+    const hostsRes = (await (await worker.fetch(`/admin/hosts?model=${model}`, { headers: auth })).json()) as {
+      stages?: VerifyReport["stageHosts"];
+      heads?: VerifyReport["headHosts"];
+    };
     const stageHosts = hostsRes.stages ?? [];
     const headHosts = hostsRes.heads ?? [];
     const pass =
@@ -121,18 +159,47 @@ export async function verifyFixture(dir: string, opts: VerifyOptions): Promise<V
       moeOutputDiff <= MOE_ATOL &&
       moeWeightDiff <= MOE_ATOL;
     const ok = (b: boolean) => (b ? "ok  " : "FAIL");
-    log(`model ${model}: ${placement.instances.length} ExpertHost instances, RPCs per layer (prompt pass): ${fwd.rpcs_per_layer.join(", ")}`);
-    const stageList = stageHosts.map((s) => `${s.name} [${s.first}, ${s.end}) ${(s.bytesHeld / 1024).toFixed(0)} KiB`).join("; ");
-    log(`pipeline: ${stageHosts.length === 0 ? "the Worker runs every layer" : `${stageHosts.length} StageHosts — ${stageList}`}`);
+    log(
+      `model ${model}: ${placement.instances.length} ExpertHost instances, ` +
+        `RPCs per layer (prompt pass): ${fwd.rpcs_per_layer.join(", ")}`,
+    );
+    const stageList = stageHosts
+      .map((s) => `${s.name} [${s.first}, ${s.end}) ${(s.bytesHeld / 1024).toFixed(0)} KiB`)
+      .join("; ");
+    log(
+      `pipeline: ${
+        stageHosts.length === 0 ? "the Worker runs every layer" : `${stageHosts.length} StageHosts — ${stageList}`
+      }`,
+    );
     const headList = headHosts.map((h) => `${h.name} rows [${h.rowStart}, ${h.rowEnd})`).join("; ");
     log(`head: ${headHosts.length === 0 ? "in the Worker" : `${headHosts.length} HeadHost shards — ${headList}`}`);
-    log(`${ok(maxLogitDiff <= LOGITS_ATOL)} logits, ${golden.logits.length} positions: max |Δ| = ${maxLogitDiff.toExponential(2)} (atol ${LOGITS_ATOL})`);
-    if (maxGreedyLogitDiff !== null) log(`${ok(maxGreedyLogitDiff <= LOGITS_ATOL)} greedy-step logits (KV-cache decode): max |Δ| = ${maxGreedyLogitDiff.toExponential(2)}`);
-    log(`${ok(greedyMatch)} greedy tokens (KV cache): ours [${fwd.greedy_ids.join(", ")}] golden [${golden.greedy_ids.join(", ")}]`);
-    log(`${ok(apiGreedyMatch)} greedy tokens via POST /v1/completions: [${apiIds.join(", ")}] (${api.choices[0].finish_reason})`);
-    for (const r of routingAgreement) log(`${ok(r.agree === r.total)} routing layer ${r.layer}: ${r.agree}/${r.total} tokens with the same expert ids`);
-    log(`${ok(moeIdsMatch && moeWeightDiff <= MOE_ATOL)} MoE layer ${golden.moe_layer.layer} ids/weights: max |Δw| = ${moeWeightDiff.toExponential(2)} (atol ${MOE_ATOL})`);
-    log(`${ok(moeOutputDiff <= MOE_ATOL)} MoE layer ${golden.moe_layer.layer} output: max |Δ| = ${moeOutputDiff.toExponential(2)} (atol ${MOE_ATOL})`);
+    log(
+      `${ok(maxLogitDiff <= LOGITS_ATOL)} logits, ${golden.logits.length} positions: ` +
+        `max |Δ| = ${maxLogitDiff.toExponential(2)} (atol ${LOGITS_ATOL})`,
+    );
+    if (maxGreedyLogitDiff !== null)
+      log(
+        `${ok(maxGreedyLogitDiff <= LOGITS_ATOL)} greedy-step logits (KV-cache decode): ` +
+          `max |Δ| = ${maxGreedyLogitDiff.toExponential(2)}`,
+      );
+    log(
+      `${ok(greedyMatch)} greedy tokens (KV cache): ours [${fwd.greedy_ids.join(", ")}] ` +
+        `golden [${golden.greedy_ids.join(", ")}]`,
+    );
+    log(
+      `${ok(apiGreedyMatch)} greedy tokens via POST /v1/completions: [${apiIds.join(", ")}] ` +
+        `(${api.choices[0].finish_reason})`,
+    );
+    for (const r of routingAgreement)
+      log(`${ok(r.agree === r.total)} routing layer ${r.layer}: ${r.agree}/${r.total} tokens with the same expert ids`);
+    log(
+      `${ok(moeIdsMatch && moeWeightDiff <= MOE_ATOL)} MoE layer ${golden.moe_layer.layer} ids/weights: ` +
+        `max |Δw| = ${moeWeightDiff.toExponential(2)} (atol ${MOE_ATOL})`,
+    );
+    log(
+      `${ok(moeOutputDiff <= MOE_ATOL)} MoE layer ${golden.moe_layer.layer} output: ` +
+        `max |Δ| = ${moeOutputDiff.toExponential(2)} (atol ${MOE_ATOL})`,
+    );
     return {
       pass,
       maxLogitDiff,

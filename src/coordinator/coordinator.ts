@@ -318,7 +318,7 @@ export class Coordinator extends DurableObject<Env> {
     const w = this.#window;
     const p = this.#placement;
     if (this.#countedTokens > 0) return true;
-    if (w && w.expert.some((row) => row.some((v) => v > 0))) return true;
+    if (w?.expert.some((row) => row.some((v) => v > 0))) return true;
     return !!p && p.replicas.some((row) => row.some((reps) => reps.length > 1));
   }
 
@@ -334,9 +334,22 @@ export class Coordinator extends DurableObject<Env> {
     if (live && live.key === plan.key) return live;
     const next: PipelinePlacement = { ...plan, version: (live?.version ?? 0) + 1 };
     this.ctx.storage.transactionSync(() => {
-      sql.exec("INSERT INTO pipeline_versions (version, key, created_at) VALUES (?, ?, ?)", next.version, next.key, Date.now());
+      sql.exec(
+        "INSERT INTO pipeline_versions (version, key, created_at) VALUES (?, ?, ?)",
+        next.version,
+        next.key,
+        Date.now(),
+      );
       next.stages.forEach((st, i) =>
-        sql.exec("INSERT INTO pipeline_stages (version, stage, name, first_layer, end_layer, bytes) VALUES (?, ?, ?, ?, ?, ?)", next.version, i, st.name, st.first, st.end, st.bytes),
+        sql.exec(
+          "INSERT INTO pipeline_stages (version, stage, name, first_layer, end_layer, bytes) VALUES (?, ?, ?, ?, ?, ?)",
+          next.version,
+          i,
+          st.name,
+          st.first,
+          st.end,
+          st.bytes,
+        ),
       );
     });
     return next;
@@ -349,13 +362,19 @@ export class Coordinator extends DurableObject<Env> {
 
   #readPipeline(): PipelinePlacement | null {
     const sql = this.ctx.storage.sql;
-    const v = sql.exec<{ version: number; key: string }>("SELECT version, key FROM pipeline_versions ORDER BY version DESC LIMIT 1").toArray()[0];
+    const v = sql
+      .exec<{ version: number; key: string }>(
+        "SELECT version, key FROM pipeline_versions ORDER BY version DESC LIMIT 1",
+      )
+      .toArray()[0];
     if (!v) return null;
     const rows = sql.exec<{ name: string; first_layer: number; end_layer: number; bytes: number }>(
       "SELECT name, first_layer, end_layer, bytes FROM pipeline_stages WHERE version = ? ORDER BY stage",
       v.version,
     );
-    const stages = rows.toArray().map((r) => ({ name: r.name, first: r.first_layer, end: r.end_layer, bytes: r.bytes }));
+    const stages = rows
+      .toArray()
+      .map((r) => ({ name: r.name, first: r.first_layer, end: r.end_layer, bytes: r.bytes }));
     const model = this.#placement?.model ?? this.ctx.id.name ?? "";
     return { model, version: v.version, key: v.key, stages };
   }

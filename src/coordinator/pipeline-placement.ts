@@ -55,7 +55,8 @@ export function pipelineKey(init: PipelineInit): string {
 /** Contiguous ranges of `sizes` into exactly `parts` non-empty ranges, minimising the largest sum. */
 export function balancedRanges(sizes: readonly number[], parts: number): [number, number][] {
   const n = sizes.length;
-  if (!(Number.isInteger(parts) && parts >= 1 && parts <= n)) throw new RangeError(`cannot split ${n} layers into ${parts} stages`);
+  if (!(Number.isInteger(parts) && parts >= 1 && parts <= n))
+    throw new RangeError(`cannot split ${n} layers into ${parts} stages`);
   // Binary search on the largest range sum; greedy packing checks a bound (both integral bytes).
   const fits = (cap: number) => {
     let count = 1;
@@ -102,13 +103,17 @@ export function planPipeline(init: PipelineInit): PipelinePlacement {
   const mib = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB`;
   if (endsBytes > workerBytes) {
     throw new PipelinePlanError(
-      `model "${model}": its embeddings and output head need ${mib(endsBytes)}, WORKER_BUDGET_MB allows ${mib(workerBytes)}`,
+      `model "${model}": its embeddings and output head need ${mib(endsBytes)}, ` +
+        `WORKER_BUDGET_MB allows ${mib(workerBytes)}`,
     );
   }
   if (forcedStages === 0 && total + endsBytes <= workerBytes) return { model, version: 0, stages: [], key };
   const biggest = Math.max(...layerBytes);
   if (biggest > stageBytes) {
-    throw new PipelinePlanError(`model "${model}": one layer's dense weights need ${mib(biggest)}, STAGE_HOST_BUDGET_MB allows ${mib(stageBytes)}`);
+    throw new PipelinePlanError(
+      `model "${model}": one layer's dense weights need ${mib(biggest)}, ` +
+        `STAGE_HOST_BUDGET_MB allows ${mib(stageBytes)}`,
+    );
   }
   let parts = forcedStages;
   if (parts === 0) {
@@ -117,10 +122,18 @@ export function planPipeline(init: PipelineInit): PipelinePlacement {
   }
   if (parts > n) throw new PipelinePlanError(`model "${model}" has ${n} layers; cannot make ${parts} stages`);
   const ranges = balancedRanges(layerBytes, parts);
-  const stages = ranges.map(([first, end]) => ({ name: stageName(model, first, end), first, end, bytes: sum(layerBytes, first, end) }));
+  const stages = ranges.map(([first, end]) => ({
+    name: stageName(model, first, end),
+    first,
+    end,
+    bytes: sum(layerBytes, first, end),
+  }));
   const over = stages.find((s) => s.bytes > stageBytes);
   if (over) {
-    throw new PipelinePlanError(`model "${model}": ${parts} stages need ${mib(over.bytes)} in stage ${over.name}, STAGE_HOST_BUDGET_MB allows ${mib(stageBytes)}`);
+    throw new PipelinePlanError(
+      `model "${model}": ${parts} stages need ${mib(over.bytes)} in stage ${over.name}, ` +
+        `STAGE_HOST_BUDGET_MB allows ${mib(stageBytes)}`,
+    );
   }
   return { model, version: 0, stages, key };
 }

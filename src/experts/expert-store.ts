@@ -135,7 +135,14 @@ export class ExpertStore {
   /** Loads an expert unless it is loaded or loading (concurrent callers share one load). */
   ensure(layer: number, expert: number): Promise<LoadedExpert> {
     const { spec, id } = this.model;
-    if (!Number.isInteger(layer) || layer < 0 || layer >= spec.nLayers || !Number.isInteger(expert) || expert < 0 || expert >= spec.nExperts) {
+    if (
+      !Number.isInteger(layer) ||
+      layer < 0 ||
+      layer >= spec.nLayers ||
+      !Number.isInteger(expert) ||
+      expert < 0 ||
+      expert >= spec.nExperts
+    ) {
       return Promise.reject(new StoreFailure("bad_request", `no expert ${layer}:${expert} in model "${id}"`));
     }
     const key = expertKey(layer, expert);
@@ -163,7 +170,8 @@ export class ExpertStore {
   async run(layer: number, items: ExpertWorkItem[], x: Float32Array): Promise<Float32Array> {
     const { dModel, dFf } = this.model.spec;
     const total = items.reduce((s, it) => s + it.nTokens, 0);
-    if (x.length !== total * dModel) throw new StoreFailure("bad_request", `x has ${x.length} values, items need ${total} × ${dModel}`);
+    if (x.length !== total * dModel)
+      throw new StoreFailure("bad_request", `x has ${x.length} values, items need ${total} × ${dModel}`);
     const weights = await Promise.all(items.map((it) => this.ensure(layer, it.expert)));
     const y = new Float32Array(total * dModel);
     let row = 0;
@@ -198,8 +206,8 @@ export class ExpertStore {
     if (committed + bytes > this.budgetBytes) {
       throw new StoreFailure(
         "budget_exceeded",
-        `${this.label}: loading expert ${layer}:${expert} of "${this.model.id}" (${formatMiB(bytes)}) would exceed the ` +
-          `memory budget of ${formatMiB(this.budgetBytes)} (${formatMiB(committed)} held or loading)`,
+        `${this.label}: loading expert ${layer}:${expert} of "${this.model.id}" (${formatMiB(bytes)}) ` +
+          `would exceed the memory budget of ${formatMiB(this.budgetBytes)} (${formatMiB(committed)} held or loading)`,
       );
     }
     // Read (and for int8, quantize) before choosing an arena: everything after the await is
@@ -227,7 +235,8 @@ export class ExpertStore {
     }
     const w = await loadExpertWeights(ckpt, spec, layer, expert);
     if (this.dtype === "q8g") return (dst) => void packExpertQ8g(dst, w.w1, w.w3, w.w2, dModel, dFf, Q8_EXPERT_GROUP);
-    return (dst) => packExpertF32(new Float32Array(dst.buffer, dst.byteOffset, dst.byteLength / 4), w.w1, w.w3, w.w2, dModel, dFf);
+    return (dst) =>
+      packExpertF32(new Float32Array(dst.buffer, dst.byteOffset, dst.byteLength / 4), w.w1, w.w3, w.w2, dModel, dFf);
   }
 
   #arenaWithRoom(bytes: number): Arena {
@@ -243,13 +252,20 @@ export class ExpertStore {
       const any7 = kernels.q8Paths.find((p) => p.endsWith("_7bit"));
       if (fast ?? any7) kernels.setQ8Path((fast ?? any7)!);
     }
-    const ffnBytes = this.dtype === "q4"
-      ? expertQ4gScratchBytes(TOKEN_CHUNK, dModel, dFf, Q4_GROUP)
-      : this.dtype === "q8g"
-        ? expertQ8gScratchBytes(TOKEN_CHUNK, dModel, dFf, Q8_EXPERT_GROUP)
-        : kernels.scratchBytes(this.dtype === "q8" ? "ffnQ8" : "ffnF32", TOKEN_CHUNK, dModel, dFf);
-    if (ffnBytes + 8 * TOKEN_CHUNK * dModel > scratch) throw new Error(`internal: kernel scratch ${ffnBytes} B exceeds the reserved ${scratch} B`);
-    const arena: Arena = { kernels, x: kernels.alloc(TOKEN_CHUNK * dModel * 4), out: kernels.alloc(TOKEN_CHUNK * dModel * 4), ffn: kernels.alloc(ffnBytes) };
+    const ffnBytes =
+      this.dtype === "q4"
+        ? expertQ4gScratchBytes(TOKEN_CHUNK, dModel, dFf, Q4_GROUP)
+        : this.dtype === "q8g"
+          ? expertQ8gScratchBytes(TOKEN_CHUNK, dModel, dFf, Q8_EXPERT_GROUP)
+          : kernels.scratchBytes(this.dtype === "q8" ? "ffnQ8" : "ffnF32", TOKEN_CHUNK, dModel, dFf);
+    if (ffnBytes + 8 * TOKEN_CHUNK * dModel > scratch)
+      throw new Error(`internal: kernel scratch ${ffnBytes} B exceeds the reserved ${scratch} B`);
+    const arena: Arena = {
+      kernels,
+      x: kernels.alloc(TOKEN_CHUNK * dModel * 4),
+      out: kernels.alloc(TOKEN_CHUNK * dModel * 4),
+      ffn: kernels.alloc(ffnBytes),
+    };
     this.#arenas.push(arena);
     return arena;
   }

@@ -1,7 +1,7 @@
 /**
  * @module Router kinds as data. A model spec names its router kind and knobs; `route` turns router
  * logits into (expert id, gate weight) pairs per token through ONE pipeline whose steps are chosen
- * by data, never by architecture (see STYLE: gating as data):
+ * by data, never by architecture (tinygrad's `ExpertGating` shape, not per-family branches):
  *
  *   logits ─(deployer knobs: temperature, noise)→ z ─(scoring: softmax | sigmoid)→ scores
  *   scores ─(+ per-layer selection bias)─(group limit)→ selection scores ─(top-k | capacity)→ ids

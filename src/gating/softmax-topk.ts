@@ -5,7 +5,6 @@
  * Granite's (top-k over logits, softmax over the k). Also the scoring and selection steps the
  * other router kinds share (`route` in router.ts composes them).
  */
-import type { Routing } from "./router";
 
 /** out[e] = softmax(z)[e], max-subtracted, each probability rounded to f32 as torch computes it. */
 export function softmaxInto(out: Float32Array, z: Float32Array): void {
@@ -22,29 +21,6 @@ export function softmaxInto(out: Float32Array, z: Float32Array): void {
 /** out[e] = sigmoid(z[e]) (DeepSeek-V3 scores). */
 export function sigmoidInto(out: Float32Array, z: Float32Array): void {
   for (let e = 0; e < z.length; e++) out[e] = 1 / (1 + Math.exp(-z[e]));
-}
-
-/** The softmax-topk router on its own (kept for callers that do not need the full pipeline). */
-export function softmaxTopK(
-  logits: Float32Array,
-  n: number,
-  nExperts: number,
-  topK: number,
-  renormalize: boolean,
-): Routing {
-  const ids = new Int32Array(n * topK);
-  const weights = new Float32Array(n * topK);
-  const probs = new Float32Array(nExperts);
-  for (let t = 0; t < n; t++) {
-    softmaxInto(probs, logits.subarray(t * nExperts, (t + 1) * nExperts));
-    topKInto(probs, topK, ids, weights, t * topK);
-    if (renormalize) {
-      let s = 0;
-      for (let j = 0; j < topK; j++) s += weights[t * topK + j];
-      for (let j = 0; j < topK; j++) weights[t * topK + j] /= s;
-    }
-  }
-  return { n, topK, ids, weights };
 }
 
 /**

@@ -79,7 +79,14 @@ export function packF32(dst: Float32Array, w: Float32Array, rows: number, cols: 
 }
 
 /** Packs one expert (w1, w3 [dFf, dModel], w2 [dModel, dFf]) into dst of expertPackedBytes("f32") / 4 floats. */
-export function packExpertF32(dst: Float32Array, w1: Float32Array, w3: Float32Array, w2: Float32Array, dModel: number, dFf: number): void {
+export function packExpertF32(
+  dst: Float32Array,
+  w1: Float32Array,
+  w3: Float32Array,
+  w2: Float32Array,
+  dModel: number,
+  dFf: number,
+): void {
   const df4 = roundUp(dFf, 4);
   const gateUpFloats = packedF32Bytes(2 * df4, dModel) / 4;
   packPanelsF32(dst.subarray(0, gateUpFloats), 2 * df4, dModel, (v) => {

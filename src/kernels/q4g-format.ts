@@ -47,7 +47,11 @@ export function q4gMatrixBytes(rows: number, cols: number, group: number): numbe
 
 /** Quantizes one row w[0..cols) into q (colsG values, zero-padded) and scales (colsG / group bf16 bits). */
 export function quantizeRowQ4g(
-  w: ArrayLike<number>, cols: number, group: number, q: Int8Array, scales: Uint16Array,
+  w: ArrayLike<number>,
+  cols: number,
+  group: number,
+  q: Int8Array,
+  scales: Uint16Array,
 ): void {
   for (let g = 0; g < scales.length; g++) {
     const k0 = g * group;
@@ -72,8 +76,11 @@ export function quantizeQ4g(w: Float32Array, rows: number, cols: number, group: 
   const scales = new Uint16Array(rows * groups);
   for (let j = 0; j < rows; j++) {
     quantizeRowQ4g(
-      w.subarray(j * cols, (j + 1) * cols), cols, group,
-      q.subarray(j * colsG, (j + 1) * colsG), scales.subarray(j * groups, (j + 1) * groups),
+      w.subarray(j * cols, (j + 1) * cols),
+      cols,
+      group,
+      q.subarray(j * colsG, (j + 1) * colsG),
+      scales.subarray(j * groups, (j + 1) * groups),
     );
   }
   return { rows, cols, group, q, scales };
@@ -158,7 +165,12 @@ export function expertQ4gScratchBytes(n: number, dModel: number, dFf: number, gr
 
 /** Quantizes one f32 expert. */
 export function quantizeExpertQ4g(
-  w1: Float32Array, w3: Float32Array, w2: Float32Array, dModel: number, dFf: number, group: number,
+  w1: Float32Array,
+  w3: Float32Array,
+  w2: Float32Array,
+  dModel: number,
+  dFf: number,
+  group: number,
 ): Q4gExpert {
   return {
     w1: quantizeQ4g(w1, dFf, dModel, group),

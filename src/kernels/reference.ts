@@ -8,7 +8,12 @@
 
 /** out[n, dOut] = x[n, dIn] · w[dOut, dIn]ᵀ */
 export function matmulRef(
-  out: Float32Array, x: Float32Array, w: Float32Array, n: number, dIn: number, dOut: number,
+  out: Float32Array,
+  x: Float32Array,
+  w: Float32Array,
+  n: number,
+  dIn: number,
+  dOut: number,
 ): void {
   for (let t = 0; t < n; t++) {
     for (let j = 0; j < dOut; j++) {
@@ -21,7 +26,12 @@ export function matmulRef(
 
 /** out[n, d] = x · rsqrt(mean(x²) + eps) · w, per row. out may be x. */
 export function rmsnormRef(
-  out: Float32Array, x: Float32Array, w: Float32Array, n: number, d: number, eps: number,
+  out: Float32Array,
+  x: Float32Array,
+  w: Float32Array,
+  n: number,
+  d: number,
+  eps: number,
 ): void {
   for (let t = 0; t < n; t++) {
     let ss = 0;
@@ -33,8 +43,15 @@ export function rmsnormRef(
 
 /** In-place RoPE on x [n, nHeads, headStride] with cos/sin [n, rotDim/2]. */
 export function ropeRef(
-  x: Float32Array, cos: Float32Array, sin: Float32Array, n: number, nHeads: number,
-  headStride: number, rotOffset: number, rotDim: number, interleaved: boolean,
+  x: Float32Array,
+  cos: Float32Array,
+  sin: Float32Array,
+  n: number,
+  nHeads: number,
+  headStride: number,
+  rotOffset: number,
+  rotDim: number,
+  interleaved: boolean,
 ): void {
   const half = rotDim / 2;
   for (let t = 0; t < n; t++) {
@@ -79,8 +96,15 @@ export function siluMulRef(out: Float32Array, gate: Float32Array, up: Float32Arr
 
 /** out[n, dModel] = (silu(x·w1ᵀ) ⊙ (x·w3ᵀ)) · w2ᵀ; scratch ≥ 2·n·dFf. */
 export function expertFfnRef(
-  out: Float32Array, x: Float32Array, w1: Float32Array, w3: Float32Array, w2: Float32Array,
-  n: number, dModel: number, dFf: number, scratch: Float32Array,
+  out: Float32Array,
+  x: Float32Array,
+  w1: Float32Array,
+  w3: Float32Array,
+  w2: Float32Array,
+  n: number,
+  dModel: number,
+  dFf: number,
+  scratch: Float32Array,
 ): void {
   const gate = scratch.subarray(0, n * dFf); // [n, dFf]
   const up = scratch.subarray(n * dFf, 2 * n * dFf); // [n, dFf]
@@ -92,9 +116,18 @@ export function expertFfnRef(
 
 /** Causal GQA attention over a KV cache; see Kernels.attention for the shapes. */
 export function attentionRef(
-  out: Float32Array, q: Float32Array, k: Float32Array, v: Float32Array, nQ: number,
-  startPos: number, nHeads: number, nKvHeads: number, headDim: number, vHeadDim: number,
-  scale: number, scratch: Float32Array,
+  out: Float32Array,
+  q: Float32Array,
+  k: Float32Array,
+  v: Float32Array,
+  nQ: number,
+  startPos: number,
+  nHeads: number,
+  nKvHeads: number,
+  headDim: number,
+  vHeadDim: number,
+  scale: number,
+  scratch: Float32Array,
 ): void {
   const group = nHeads / nKvHeads;
   for (let i = 0; i < nQ; i++) {
@@ -125,7 +158,12 @@ export function attentionRef(
  * `bits` (q8ActivationBits: 12 on dot_i16x8, 14 or 7 on the relaxed dots): qmax = 2^(bits−1) − 1,
  * scale = max|x| / qmax, q = nearest-even(x · (qmax / max|x|)) in f32.
  */
-export function quantizeActivationsRef(x: Float32Array, n: number, d: number, bits: number): { q: Int32Array; scales: Float32Array } {
+export function quantizeActivationsRef(
+  x: Float32Array,
+  n: number,
+  d: number,
+  bits: number,
+): { q: Int32Array; scales: Float32Array } {
   const qmax = 2 ** (bits - 1) - 1;
   const q = new Int32Array(n * d);
   const scales = new Float32Array(n);
@@ -153,7 +191,13 @@ export interface Q8RowsRef {
 /** out[n, dOut] = x · wᵀ the int8 way: activations quantized per token (bits), exact integer dot,
  * one rescale f32(sum) · (scale[j] · sx[t]) — the kernels' order, so results match bit for bit. */
 export function matmulQ8Ref(
-  out: Float32Array, x: Float32Array, w: Q8RowsRef, n: number, dIn: number, dOut: number, bits: number,
+  out: Float32Array,
+  x: Float32Array,
+  w: Q8RowsRef,
+  n: number,
+  dIn: number,
+  dOut: number,
+  bits: number,
 ): void {
   const { q, scales } = quantizeActivationsRef(x, n, dIn, bits);
   for (let t = 0; t < n; t++) {
@@ -167,8 +211,15 @@ export function matmulQ8Ref(
 
 /** SwiGLU expert with int8 weights and per-token int8 activations (both matmuls of the kernel). */
 export function expertFfnQ8Ref(
-  out: Float32Array, x: Float32Array, w1: Q8RowsRef, w3: Q8RowsRef, w2: Q8RowsRef,
-  n: number, dModel: number, dFf: number, bits: number,
+  out: Float32Array,
+  x: Float32Array,
+  w1: Q8RowsRef,
+  w3: Q8RowsRef,
+  w2: Q8RowsRef,
+  n: number,
+  dModel: number,
+  dFf: number,
+  bits: number,
 ): void {
   const { q, scales } = quantizeActivationsRef(x, n, dModel, bits);
   const h = new Float32Array(n * dFf);
@@ -202,7 +253,13 @@ export interface Q8gRef {
  * it bounds every partial sum the kernel rounds, whatever order it adds in).
  */
 export function matmulQ8gRef(
-  out: Float32Array, x: Float32Array, w: Q8gRef, n: number, dIn: number, dOut: number, bits = 16,
+  out: Float32Array,
+  x: Float32Array,
+  w: Q8gRef,
+  n: number,
+  dIn: number,
+  dOut: number,
+  bits = 16,
 ): Float64Array {
   const { q: xq, scales: sx } = quantizeActivationsRef(x, n, dIn, bits);
   const colsG = Math.ceil(dIn / w.group) * w.group;
@@ -231,7 +288,12 @@ export function matmulQ8gRef(
 
 /** out[n, dOut] = x · Wᵀ with W given as bf16 bits [dOut, dIn] (natural order), widened exactly. */
 export function matmulBf16Ref(
-  out: Float32Array, x: Float32Array, wBits: Uint16Array, n: number, dIn: number, dOut: number,
+  out: Float32Array,
+  x: Float32Array,
+  wBits: Uint16Array,
+  n: number,
+  dIn: number,
+  dOut: number,
 ): void {
   const w = new Float32Array(new Uint32Array(Array.from(wBits, (b) => b << 16)).buffer);
   matmulRef(out, x, w, n, dIn, dOut);
@@ -240,7 +302,14 @@ export function matmulBf16Ref(
 /** SwiGLU expert on int8 group matrices the kernel's way (assembly/expert-q8g.ts): 16-bit tokens,
  * exact group sums, silu(gate)·up in f64, h quantized again for down. */
 export function expertFfnQ8gRef(
-  out: Float32Array, x: Float32Array, w1: Q8gRef, w3: Q8gRef, w2: Q8gRef, n: number, dModel: number, dFf: number,
+  out: Float32Array,
+  x: Float32Array,
+  w1: Q8gRef,
+  w3: Q8gRef,
+  w2: Q8gRef,
+  n: number,
+  dModel: number,
+  dFf: number,
   bits = 16,
 ): void {
   const g = new Float32Array(n * dFf);
@@ -262,7 +331,14 @@ export interface Q4gRef {
  * expert's arithmetic (per-token `bits`-bit activations: 16, or 8 on the relaxed dot; exact group
  * sums) on q ∈ [-8, 7] and bf16 scales widened exactly. */
 export function expertFfnQ4gRef(
-  out: Float32Array, x: Float32Array, w1: Q4gRef, w3: Q4gRef, w2: Q4gRef, n: number, dModel: number, dFf: number,
+  out: Float32Array,
+  x: Float32Array,
+  w1: Q4gRef,
+  w3: Q4gRef,
+  w2: Q4gRef,
+  n: number,
+  dModel: number,
+  dFf: number,
   bits = 16,
 ): void {
   const widen = (m: Q4gRef): Q8gRef => ({

@@ -121,12 +121,28 @@ const MLA_HF: MlaNames = {
   wkvB: `${SELF_ATTN}kv_b_proj.weight`,
   wo: `${SELF_ATTN}o_proj.weight`,
 };
-const splitMlp = (prefix: string): MlpNames => ({ kind: "split", w1: `${prefix}gate_proj.weight`, w3: `${prefix}up_proj.weight`, w2: `${prefix}down_proj.weight` });
+const splitMlp = (prefix: string): MlpNames => ({
+  kind: "split",
+  w1: `${prefix}gate_proj.weight`,
+  w3: `${prefix}up_proj.weight`,
+  w2: `${prefix}down_proj.weight`,
+});
 const MLP = "model.layers.{L}.mlp.";
 /** mlp.gate + mlp.experts.{E}.{gate,up,down}_proj (Qwen-MoE, OLMoE, DeepSeek), or the v5 packed form. */
 const HF_EXPERTS: ExpertLayout[] = [
-  { kind: "per-expert", router: `${MLP}gate.weight`, w1: `${MLP}experts.{E}.gate_proj.weight`, w3: `${MLP}experts.{E}.up_proj.weight`, w2: `${MLP}experts.{E}.down_proj.weight` },
-  { kind: "packed", router: `${MLP}gate.weight`, gateUp: `${MLP}experts.gate_up_proj`, down: `${MLP}experts.down_proj` },
+  {
+    kind: "per-expert",
+    router: `${MLP}gate.weight`,
+    w1: `${MLP}experts.{E}.gate_proj.weight`,
+    w3: `${MLP}experts.{E}.up_proj.weight`,
+    w2: `${MLP}experts.{E}.down_proj.weight`,
+  },
+  {
+    kind: "packed",
+    router: `${MLP}gate.weight`,
+    gateUp: `${MLP}experts.gate_up_proj`,
+    down: `${MLP}experts.down_proj`,
+  },
 ];
 const BASE = {
   embed: "model.embed_tokens.weight",
@@ -146,7 +162,14 @@ const QWEN: ArchitectureAdapter = {
 const GRANITE: ArchitectureAdapter = {
   ...BASE,
   attention: GQA_HF,
-  shared: { mlp: { kind: "fused", gateUp: "model.layers.{L}.shared_mlp.input_linear.weight", w2: "model.layers.{L}.shared_mlp.output_linear.weight" }, gate: null },
+  shared: {
+    mlp: {
+      kind: "fused",
+      gateUp: "model.layers.{L}.shared_mlp.input_linear.weight",
+      w2: "model.layers.{L}.shared_mlp.output_linear.weight",
+    },
+    gate: null,
+  },
   expertLayouts: [
     {
       kind: "packed",
@@ -208,7 +231,11 @@ function expertLayout(ckpt: Checkpoint, spec: ModelSpec, layer: number): ExpertL
   const found = layouts.find((l) => view.has(name(probe(l), layer)));
   if (!found) {
     const tried = layouts.map((l) => `"${name(probe(l), layer)}"`).join(" or ");
-    throw new ModelFormatError(`${ckpt.source}: layer ${layer} has no experts: expected tensor ${tried}`, ckpt.source, name(probe(layouts[0]), layer));
+    throw new ModelFormatError(
+      `${ckpt.source}: layer ${layer} has no experts: expected tensor ${tried}`,
+      ckpt.source,
+      name(probe(layouts[0]), layer),
+    );
   }
   return found;
 }
@@ -217,7 +244,11 @@ function expertLayout(ckpt: Checkpoint, spec: ModelSpec, layer: number): ExpertL
 function checkedInfo(ckpt: Checkpoint, tensorName: string, shape: readonly number[]) {
   const t = ckpt.info(tensorName);
   if (!sameShape(t.shape, shape)) {
-    throw new ModelFormatError(`${t.file}: tensor "${tensorName}" has shape ${fmtShape(t.shape)}, config expects ${fmtShape(shape)}`, t.file, tensorName);
+    throw new ModelFormatError(
+      `${t.file}: tensor "${tensorName}" has shape ${fmtShape(t.shape)}, config expects ${fmtShape(shape)}`,
+      t.file,
+      tensorName,
+    );
   }
   return t;
 }
@@ -309,14 +340,19 @@ function mlpPlan(names: MlpNames, L: number, dFf: number, H: number): Planned<Ml
     case "split":
       return { w1: slot(names.w1, L, [dFf, H]), w3: slot(names.w3, L, [dFf, H]), w2: slot(names.w2, L, [H, dFf]) };
     case "fused":
-      return { w1: slot(names.gateUp, L, [2 * dFf, H], [0, dFf]), w3: slot(names.gateUp, L, [2 * dFf, H], [dFf, dFf]), w2: slot(names.w2, L, [H, dFf]) };
+      return {
+        w1: slot(names.gateUp, L, [2 * dFf, H], [0, dFf]),
+        w3: slot(names.gateUp, L, [2 * dFf, H], [dFf, dFf]),
+        w2: slot(names.w2, L, [H, dFf]),
+      };
   }
 }
 
 function attentionPlan(spec: ModelSpec, names: GqaNames | MlaNames, L: number): Planned<AttentionWeights> {
   const H = spec.dModel;
   const at: AttentionSpec = spec.attention;
-  if (at.kind !== names.kind) throw new Error(`internal: ${spec.arch} adapter names ${names.kind} tensors for ${at.kind} attention`);
+  if (at.kind !== names.kind)
+    throw new Error(`internal: ${spec.arch} adapter names ${names.kind} tensors for ${at.kind} attention`);
   if (at.kind === "gqa" && names.kind === "gqa") {
     const qDim = at.nHeads * at.headDim;
     const kvDim = at.nKvHeads * at.headDim;
@@ -364,12 +400,19 @@ function ffnPlan(spec: ModelSpec, a: ArchitectureAdapter, L: number, routerTempl
   if (kind.kind === "dense") return { kind: "dense", mlp: mlpPlan(a.denseMlp, L, kind.dFf, H) };
   const s = spec.sharedExperts;
   if (s && !a.shared) throw new Error(`internal: ${spec.arch} has shared experts but its adapter names none`);
-  if (s?.gated && !a.shared?.gate) throw new Error(`internal: ${spec.arch} has gated shared experts but its adapter names no gate`);
+  if (s?.gated && !a.shared?.gate)
+    throw new Error(`internal: ${spec.arch} has gated shared experts but its adapter names no gate`);
   return {
     kind: "moe",
     router: slot(routerTemplate, L, [E, H]),
     routerBias: usesSelectionBias(spec) ? slot(a.routerBias, L, [E]) : null,
-    shared: s && a.shared ? { ...mlpPlan(a.shared.mlp, L, s.dFf, H), gate: s.gated && a.shared.gate ? slot(a.shared.gate, L, [1, H]) : null } : null,
+    shared:
+      s && a.shared
+        ? {
+            ...mlpPlan(a.shared.mlp, L, s.dFf, H),
+            gate: s.gated && a.shared.gate ? slot(a.shared.gate, L, [1, H]) : null,
+          }
+        : null,
   };
 }
 
@@ -396,7 +439,9 @@ function densePlanFor(ckpt: Checkpoint, spec: ModelSpec): Planned<DenseWeights> 
 }
 
 function isSlot(v: unknown): v is Slot {
-  return typeof v === "object" && v !== null && typeof (v as Slot).tensor === "string" && Array.isArray((v as Slot).shape);
+  return (
+    typeof v === "object" && v !== null && typeof (v as Slot).tensor === "string" && Array.isArray((v as Slot).shape)
+  );
 }
 
 /** Every slot of a plan tree, in order. */
@@ -411,14 +456,17 @@ function slotFloats(s: Slot): number {
 }
 
 async function readTree(ckpt: Checkpoint, plan: unknown): Promise<unknown> {
-  if (isSlot(plan)) return plan.rows ? ckpt.readF32Rows(plan.tensor, plan.rows[0], plan.rows[1]) : ckpt.readF32(plan.tensor);
+  if (isSlot(plan))
+    return plan.rows ? ckpt.readF32Rows(plan.tensor, plan.rows[0], plan.rows[1]) : ckpt.readF32(plan.tensor);
   if (Array.isArray(plan)) {
     const out: unknown[] = [];
     for (const v of plan) out.push(await readTree(ckpt, v)); // layer by layer: bounded concurrency
     return out;
   }
   if (typeof plan === "object" && plan !== null) {
-    const entries = await Promise.all(Object.entries(plan).map(async ([k, v]) => [k, await readTree(ckpt, v)] as const));
+    const entries = await Promise.all(
+      Object.entries(plan).map(async ([k, v]) => [k, await readTree(ckpt, v)] as const),
+    );
     return Object.fromEntries(entries);
   }
   return plan;
@@ -435,13 +483,23 @@ export async function loadDenseWeights(ckpt: Checkpoint, spec: ModelSpec): Promi
 function validateDense(ckpt: Checkpoint, spec: ModelSpec, plan: Planned<DenseWeights>): void {
   if (plan.lmHead && !ckpt.has(plan.lmHead.tensor)) {
     const t = plan.lmHead.tensor;
-    throw new ModelFormatError(`${ckpt.source}: tensor "${t}" not found (config.json has tie_word_embeddings false, so the output head must be stored)`, ckpt.source, t);
+    throw new ModelFormatError(
+      `${ckpt.source}: tensor "${t}" not found ` +
+        "(config.json has tie_word_embeddings false, so the output head must be stored)",
+      ckpt.source,
+      t,
+    );
   }
   if (usesSelectionBias(spec)) {
     for (const l of plan.layers) {
       if (l.ffn.kind === "moe" && l.ffn.routerBias && !ckpt.has(l.ffn.routerBias.tensor)) {
         const t = l.ffn.routerBias.tensor;
-        throw new ModelFormatError(`${ckpt.source}: tensor "${t}" not found (the ${spec.modelType} router adds e_score_correction_bias for expert selection)`, ckpt.source, t);
+        throw new ModelFormatError(
+          `${ckpt.source}: tensor "${t}" not found ` +
+            `(the ${spec.modelType} router adds e_score_correction_bias for expert selection)`,
+          ckpt.source,
+          t,
+        );
       }
     }
   }
@@ -479,8 +537,9 @@ export function expertTensorRefs(checkpoint: Checkpoint, spec: ModelSpec, layer:
   const kind = spec.layers[layer];
   if (kind.kind !== "moe") {
     throw new RangeError(
-      `layer ${layer} of this ${spec.modelType} model is a dense MLP layer (size ${kind.dFf}), not an MoE layer: it has no routed ` +
-        `experts to load. Only the layers in spec.moeLayers [${spec.moeLayers.join(", ")}] have experts.`,
+      `layer ${layer} of this ${spec.modelType} model is a dense MLP layer (size ${kind.dFf}), ` +
+        "not an MoE layer: it has no routed experts to load. " +
+        `Only the layers in spec.moeLayers [${spec.moeLayers.join(", ")}] have experts.`,
     );
   }
   const { dModel: H, dFf: I, nExperts: E } = spec;
@@ -511,7 +570,12 @@ export function expertTensorRefs(checkpoint: Checkpoint, spec: ModelSpec, layer:
 /** One routed expert (a SwiGLU MLP of dFf). */
 export type ExpertWeights = MlpWeights;
 
-export async function loadExpertWeights(ckpt: Checkpoint, spec: ModelSpec, layer: number, expert: number): Promise<ExpertWeights> {
+export async function loadExpertWeights(
+  ckpt: Checkpoint,
+  spec: ModelSpec,
+  layer: number,
+  expert: number,
+): Promise<ExpertWeights> {
   const refs = expertTensorRefs(ckpt, spec, layer, expert);
   const [w1, w3, w2] = await Promise.all(
     [refs.w1, refs.w3, refs.w2].map((r) => ckpt.readF32Rows(r.tensor, r.firstRow, r.nRows)),
@@ -548,7 +612,9 @@ export async function openModel(store: FileStore): Promise<{ spec: ModelSpec; ck
   if (!src) throw new ModelFormatError(`${file}: not found in ${store.label}`, file);
   let raw: unknown;
   try {
-    raw = JSON.parse(new TextDecoder("utf-8", { fatal: true, ignoreBOM: false }).decode(await src.read(0, await src.size())));
+    raw = JSON.parse(
+      new TextDecoder("utf-8", { fatal: true, ignoreBOM: false }).decode(await src.read(0, await src.size())),
+    );
   } catch (e) {
     throw new ModelFormatError(`${file}: not valid UTF-8 JSON (${(e as Error).message})`, file);
   }
@@ -617,7 +683,12 @@ export interface DenseEnds {
 }
 
 /** Reads layers [first, end) of the dense weights as f32, shape-checked against the config. */
-export async function loadDenseLayers(ckpt: Checkpoint, spec: ModelSpec, first: number, end: number): Promise<DenseLayerWeights[]> {
+export async function loadDenseLayers(
+  ckpt: Checkpoint,
+  spec: ModelSpec,
+  first: number,
+  end: number,
+): Promise<DenseLayerWeights[]> {
   if (!(Number.isInteger(first) && Number.isInteger(end) && 0 <= first && first < end && end <= spec.nLayers)) {
     throw new RangeError(`layer range [${first}, ${end}) is not inside [0, ${spec.nLayers})`);
   }
@@ -643,7 +714,10 @@ export function denseLayerBytes(spec: ModelSpec, l: number): number {
 /** f32 bytes of the embeddings, final norm and (untied) output head. */
 export function denseEndsBytes(spec: ModelSpec): number {
   const plan = densePlan(spec, () => "");
-  return 4 * slots({ embed: plan.embed, finalNorm: plan.finalNorm, lmHead: plan.lmHead }).reduce((n, s) => n + slotFloats(s), 0);
+  return (
+    4 *
+    slots({ embed: plan.embed, finalNorm: plan.finalNorm, lmHead: plan.lmHead }).reduce((n, s) => n + slotFloats(s), 0)
+  );
 }
 
 /** Reads the final norm [dModel] alone (the head and embeddings live elsewhere). */

@@ -33,9 +33,7 @@ import { quantNames, quantView } from "./quant-names";
 export { quantNames, quantView };
 import { expertPackedBytes, quantizeRowsQ8, type ExpertDtype, type Q8Expert, type Q8Rows } from "../kernels/packing";
 import { f32ToBf16 } from "../kernels/dense-format";
-import {
-  Q4_GROUP, quantizeExpertQ4g, unpackNibbles, type Q4gExpert, type Q4gMatrix,
-} from "../kernels/q4g-format";
+import { Q4_GROUP, quantizeExpertQ4g, unpackNibbles, type Q4gExpert, type Q4gMatrix } from "../kernels/q4g-format";
 
 /** How an ExpertStore holds experts: "int8" / "int4" quantize f32/bf16 checkpoints at load;
  * "int8-group" quantizes at load to int8 with one scale per 32 inputs (expertFfnQ8g); experts stored
@@ -77,11 +75,20 @@ export function expertStoredBytes(ckpt: Checkpoint, spec: ModelSpec, quant: Expe
 }
 
 /** One expert as int8: read from `.qweight`/`.scales` when stored so, else read and quantized. */
-export async function loadExpertQ8(ckpt: Checkpoint, spec: ModelSpec, layer: number, expert: number): Promise<Q8Expert> {
+export async function loadExpertQ8(
+  ckpt: Checkpoint,
+  spec: ModelSpec,
+  layer: number,
+  expert: number,
+): Promise<Q8Expert> {
   if (!hasQuantizedExperts(ckpt, spec)) {
     const w = await loadExpertWeights(ckpt, spec, layer, expert);
     const { dModel, dFf } = spec;
-    return { w1: quantizeRowsQ8(w.w1, dFf, dModel), w3: quantizeRowsQ8(w.w3, dFf, dModel), w2: quantizeRowsQ8(w.w2, dModel, dFf) };
+    return {
+      w1: quantizeRowsQ8(w.w1, dFf, dModel),
+      w3: quantizeRowsQ8(w.w3, dFf, dModel),
+      w2: quantizeRowsQ8(w.w2, dModel, dFf),
+    };
   }
   const refs = expertTensorRefs(quantView(ckpt), spec, layer, expert);
   const [w1, w3, w2] = await Promise.all([refs.w1, refs.w3, refs.w2].map((r) => readQ8Rows(ckpt, r)));
@@ -90,7 +97,12 @@ export async function loadExpertQ8(ckpt: Checkpoint, spec: ModelSpec, layer: num
 
 /** One expert as int4 groups (of Q4_GROUP inputs): read from `.qweight`/`.scales` when stored so,
  * else read and quantized. */
-export async function loadExpertQ4(ckpt: Checkpoint, spec: ModelSpec, layer: number, expert: number): Promise<Q4gExpert> {
+export async function loadExpertQ4(
+  ckpt: Checkpoint,
+  spec: ModelSpec,
+  layer: number,
+  expert: number,
+): Promise<Q4gExpert> {
   const { dModel, dFf } = spec;
   if (storedExpertQuant(ckpt, spec) !== "int4") {
     const w = await loadExpertWeights(ckpt, spec, layer, expert);
@@ -118,7 +130,11 @@ async function readQ4Rows(ckpt: Checkpoint, ref: ExpertTensorRef): Promise<Q4gMa
     rows: ref.nRows,
     cols,
     group,
-    q: unpackNibbles(Uint8Array.from(bytes, (v) => v & 0xff), ref.nRows, cols),
+    q: unpackNibbles(
+      Uint8Array.from(bytes, (v) => v & 0xff),
+      ref.nRows,
+      cols,
+    ),
     scales: Uint16Array.from(scales, f32ToBf16), // bf16 values: exact both ways
   };
 }
@@ -142,4 +158,3 @@ async function readQ8Rows(ckpt: Checkpoint, ref: ExpertTensorRef): Promise<Q8Row
   ]);
   return { q: Int8Array.from(values), scales };
 }
-

@@ -180,7 +180,14 @@ admin.get("/hosts", async (c) => {
   // Pipeline stages (empty when the Worker runs every layer): bytes held vs budget, KV in use.
   const stages = await Promise.all(rt.pipeline.stages.map((s) => c.env.STAGE_HOST.getByName(s.name).stats()));
   const heads = rt.head ? await headStats(c.env, rt.head) : [];
-  return c.json({ model: rt.id, version: placement.version, hosts, pipeline_version: rt.pipeline.version, stages, heads });
+  return c.json({
+    model: rt.id,
+    version: placement.version,
+    hosts,
+    pipeline_version: rt.pipeline.version,
+    stages,
+    heads,
+  });
 });
 
 admin.get("/placement", async (c) => {

@@ -199,7 +199,7 @@ openai.post("/chat/completions", async (c) => {
   checkMaxTokens(body.max_completion_tokens, "max_completion_tokens", lim);
   const rt = await runtimeFor(c, body.model);
   const tok = rt.tokenizer;
-  if (!tok || !tok.hasChatTemplate) {
+  if (!tok?.hasChatTemplate) {
     throw ApiError.invalid(
       "model",
       `model "${rt.id}" has no chat template (tokenizer_config.json chat_template); use /v1/completions`,
@@ -356,7 +356,13 @@ function waitUntilOf(c: Context<{ Bindings: Env; Variables: AuthVariables }>): W
   }
 }
 
-async function collect(env: Env, rt: ModelRuntime, req: GenerateRequest, waitUntil?: WaitUntil, track?: GenerationTracker): Promise<Collected> {
+async function collect(
+  env: Env,
+  rt: ModelRuntime,
+  req: GenerateRequest,
+  waitUntil?: WaitUntil,
+  track?: GenerationTracker,
+): Promise<Collected> {
   const stats: GenerateStats = { promptTokens: 0, completionTokens: 0, prefillMs: 0, decodeMs: 0 };
   let text = "";
   const ids: number[] = [];

@@ -23,7 +23,12 @@ export interface DecodeRequest {
  * Samples up to maxTokens ids, stopping after an EOS id. The forward pass for the next token runs
  * only when the consumer asks for it, so a consumer that stops (stop string, abort) costs nothing more.
  */
-export async function* sampledTokens(env: Env, rt: ModelRuntime, session: RuntimeSession, req: Pick<DecodeRequest, "promptIds" | "maxTokens" | "sampling" | "seed">): AsyncGenerator<number> {
+export async function* sampledTokens(
+  env: Env,
+  rt: ModelRuntime,
+  session: RuntimeSession,
+  req: Pick<DecodeRequest, "promptIds" | "maxTokens" | "sampling" | "seed">,
+): AsyncGenerator<number> {
   const rng = createRng(req.seed);
   const eos = new Set(rt.spec.eosTokenIds);
   let logits = await rt.forward(env, session, req.promptIds, rng);

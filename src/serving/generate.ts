@@ -40,13 +40,26 @@ export type WaitUntil = (p: Promise<unknown>) => void;
  * Awaited before a response starts, so a full budget is a 429 with Retry-After, not an error
  * inside a 200 stream.
  */
-export async function startGeneration(env: Env, rt: ModelRuntime, req: GenerateRequest, stats?: GenerateStats, waitUntil?: WaitUntil): Promise<AsyncGenerator<GenerateEvent>> {
+export async function startGeneration(
+  env: Env,
+  rt: ModelRuntime,
+  req: GenerateRequest,
+  stats?: GenerateStats,
+  waitUntil?: WaitUntil,
+): Promise<AsyncGenerator<GenerateEvent>> {
   const session = await rt.openSession(env, req.promptIds.length + req.maxTokens);
   return generate(env, rt, req, stats, waitUntil, session);
 }
 
 /** The decode loop; without `opened` it opens (and always frees) its own session. */
-export async function* generate(env: Env, rt: ModelRuntime, req: GenerateRequest, stats?: GenerateStats, waitUntil?: WaitUntil, opened?: RuntimeSession): AsyncGenerator<GenerateEvent> {
+export async function* generate(
+  env: Env,
+  rt: ModelRuntime,
+  req: GenerateRequest,
+  stats?: GenerateStats,
+  waitUntil?: WaitUntil,
+  opened?: RuntimeSession,
+): AsyncGenerator<GenerateEvent> {
   const seed = req.seed ?? (Math.random() * 2 ** 32) >>> 0;
   const session = opened ?? (await rt.openSession(env, req.promptIds.length + req.maxTokens));
   const decoder = rt.tokenizer?.createStreamDecoder() ?? null;
@@ -86,7 +99,11 @@ export async function* generate(env: Env, rt: ModelRuntime, req: GenerateRequest
       if (produced >= req.maxTokens) {
         const rest = held + (decoder?.flush() ?? "");
         const cut = firstStop(rest, req.stop);
-        yield { text: cut >= 0 ? rest.slice(0, cut) : rest, tokenIds: [id], finishReason: cut >= 0 ? "stop" : "length" };
+        yield {
+          text: cut >= 0 ? rest.slice(0, cut) : rest,
+          tokenIds: [id],
+          finishReason: cut >= 0 ? "stop" : "length",
+        };
         return;
       }
       const release = longestStop > 0 ? Math.max(0, held.length - (longestStop - 1)) : held.length;

@@ -8,7 +8,14 @@
  */
 import { createKernels } from "../kernels/workers";
 import { WASM_MAX_BYTES } from "../kernels/index";
-import { denseEndsBytes, denseLayerBytes, loadDenseEnds, loadDenseLayers, loadDenseWeights, loadFinalNorm } from "../model/architectures";
+import {
+  denseEndsBytes,
+  denseLayerBytes,
+  loadDenseEnds,
+  loadDenseLayers,
+  loadDenseWeights,
+  loadFinalNorm,
+} from "../model/architectures";
 import { CheckpointEmbeddings, type EmbeddingSource } from "../model/embeddings";
 import type { HeadPlacement } from "../coordinator/head-placement";
 import { HeadError, headPlacementFor, loadHead, runHead } from "../head/head-client";
@@ -92,9 +99,10 @@ export class ModelRuntime {
     // The head goes to HeadHost shards when forced (verify --head-shards) or when the embeddings
     // and head do not fit the Worker; the Worker then keeps the final norm (and, untied, a
     // bounded cache of embedding rows).
-    const head = stageBudgets.forcedHeadShards > 0 || denseEndsBytes(spec) > budgets.workerBytes
-      ? headPlacementFor(env, id, spec, { shards: stageBudgets.forcedHeadShards || undefined })
-      : null;
+    const head =
+      stageBudgets.forcedHeadShards > 0 || denseEndsBytes(spec) > budgets.workerBytes
+        ? headPlacementFor(env, id, spec, { shards: stageBudgets.forcedHeadShards || undefined })
+        : null;
     const headless = 4 * spec.dModel + (spec.tieEmbeddings ? 0 : EMBED_CACHE_BYTES);
     let plan: PipelinePlacement;
     try {
@@ -107,20 +115,34 @@ export class ModelRuntime {
         forcedStages: stageBudgets.forcedStages,
       });
     } catch (err) {
-      if (err instanceof PipelinePlanError) throw new BudgetError(`${err.message} (the dense part does not fit the Worker or the stages)`);
+      if (err instanceof PipelinePlanError)
+        throw new BudgetError(`${err.message} (the dense part does not fit the Worker or the stages)`);
       throw err;
     }
     const tokenizer = await loadTokenizer(env.MODELS, id);
     const staged = plan.stages.length > 0;
     const held = (head ? headless : denseEndsBytes(spec)) + (staged ? 0 : layerTotal(spec));
     if (held > budgets.workerBytes) {
-      throw new BudgetError(`model "${id}" does not fit the Worker: its dense weights need ${formatMiB(held)}, WORKER_BUDGET_MB allows ${formatMiB(budgets.workerBytes)}`);
+      throw new BudgetError(
+        `model "${id}" does not fit the Worker: its dense weights need ${formatMiB(held)}, ` +
+          `WORKER_BUDGET_MB allows ${formatMiB(budgets.workerBytes)}`,
+      );
     }
-    const k = createKernels("best", { maxBytes: Math.min(WASM_MAX_BYTES, held + stageBudgets.workerKvBytes + WORKER_SCRATCH_BYTES) });
+    const k = createKernels("best", {
+      maxBytes: Math.min(WASM_MAX_BYTES, held + stageBudgets.workerKvBytes + WORKER_SCRATCH_BYTES),
+    });
     const layers = staged ? [] : head ? await loadDenseLayers(ckpt, spec, 0, spec.nLayers) : null;
-    const model = layers === null
-      ? ModelForward.create(k, spec, await loadDenseWeights(ckpt, spec), routing)
-      : ModelForward.createPart(k, spec, head ? { ends: null, finalNorm: await loadFinalNorm(ckpt, spec), first: 0, layers } : { ends: await loadDenseEnds(ckpt, spec), first: 0, layers }, routing);
+    const model =
+      layers === null
+        ? ModelForward.create(k, spec, await loadDenseWeights(ckpt, spec), routing)
+        : ModelForward.createPart(
+            k,
+            spec,
+            head
+              ? { ends: null, finalNorm: await loadFinalNorm(ckpt, spec), first: 0, layers }
+              : { ends: await loadDenseEnds(ckpt, spec), first: 0, layers },
+            routing,
+          );
     let embeddings: EmbeddingSource | null = null;
     if (head) {
       try {
@@ -129,11 +151,24 @@ export class ModelRuntime {
         if (err instanceof HeadError && err.code === "budget_exceeded") throw new BudgetError(err.message);
         throw err;
       }
-      embeddings = spec.tieEmbeddings ? new HeadEmbeddings(env, head) : CheckpointEmbeddings.open(ckpt, spec, { cacheBytes: EMBED_CACHE_BYTES });
+      embeddings = spec.tieEmbeddings
+        ? new HeadEmbeddings(env, head)
+        : CheckpointEmbeddings.open(ckpt, spec, { cacheBytes: EMBED_CACHE_BYTES });
     }
     const pipeline = staged ? await env.COORDINATOR.getByName(id).ensurePipeline(plan) : plan;
     const chain = staged ? new StageChain(id, pipeline) : null;
-    return new ModelRuntime(id, spec, tokenizer, model, placementInitFor(env, opened), pipeline, chain, new KvLedger(stageBudgets.workerKvBytes), head, embeddings);
+    return new ModelRuntime(
+      id,
+      spec,
+      tokenizer,
+      model,
+      placementInitFor(env, opened),
+      pipeline,
+      chain,
+      new KvLedger(stageBudgets.workerKvBytes),
+      head,
+      embeddings,
+    );
   }
 
   get kernelFlavor(): string {
@@ -156,14 +191,24 @@ export class ModelRuntime {
     const need = this.model.kvBytes(maxLen);
     const a = this.kv.admit(need);
     if (!a.ok && a.reason === "too_long") {
-      throw ApiError.invalid("max_tokens", `${maxLen} positions need ${formatMiB(need)} of KV cache; WORKER_KV_BUDGET_MB allows ${formatMiB(this.kv.budgetBytes)} per Worker isolate`, "context_length_exceeded");
+      throw ApiError.invalid(
+        "max_tokens",
+        `${maxLen} positions need ${formatMiB(need)} of KV cache; ` +
+          `WORKER_KV_BUDGET_MB allows ${formatMiB(this.kv.budgetBytes)} per Worker isolate`,
+        "context_length_exceeded",
+      );
     }
-    if (!a.ok) throw busy(`the Worker's KV cache is full (${this.kv.size} sessions, ${formatMiB(a.freeBytes)} free, ${formatMiB(need)} needed)`);
+    if (!a.ok)
+      throw busy(
+        `the Worker's KV cache is full (${this.kv.size} sessions, ${formatMiB(a.freeBytes)} free, ` +
+          `${formatMiB(need)} needed)`,
+      );
     let local: Session;
     try {
       local = this.model.startSession(maxLen);
     } catch (err) {
-      if (err instanceof Error && err.name === "MemoryBudgetError") throw busy(`the Worker's memory is full: ${err.message}`);
+      if (err instanceof Error && err.name === "MemoryBudgetError")
+        throw busy(`the Worker's memory is full: ${err.message}`);
       throw err;
     }
     this.kv.add(id, need, local, Date.now());
@@ -198,7 +243,11 @@ export class ModelRuntime {
    * Runs the decode loop of an opened session on a session driver in the model's region (a
    * StageHost instance that holds no layers) and returns the token ids it streams back.
    */
-  async driveRemotely(env: Env, s: RuntimeSession, loop: Omit<DecodeRequest, "model" | "session">): Promise<AsyncGenerator<number>> {
+  async driveRemotely(
+    env: Env,
+    s: RuntimeSession,
+    loop: Omit<DecodeRequest, "model" | "session">,
+  ): Promise<AsyncGenerator<number>> {
     const drivers = Math.max(1, this.pipeline.stages.length);
     const name = driverName(this.id, parseInt(s.id.slice(0, 6), 16) % drivers);
     const r = await env.STAGE_HOST.getByName(name).decode({ ...loop, model: this.id, session: s.id, maxLen: s.maxLen });
@@ -208,7 +257,8 @@ export class ModelRuntime {
 
   /** A session opened elsewhere (by the Worker), driven here: same id on every stage. */
   adoptSession(id: string, maxLen: number): RuntimeSession {
-    if (this.model.end !== this.model.first) throw new Error("internal: only a pipeline's session can be driven remotely");
+    if (this.model.end !== this.model.first)
+      throw new Error("internal: only a pipeline's session can be driven remotely");
     return new RuntimeSession(id, maxLen, null);
   }
 
@@ -221,7 +271,13 @@ export class ModelRuntime {
    * Returns logits [nOut, vocab] for the last token (nOut = 1) or every token (`allLogits`).
    * Long prompts go in chunks of PREFILL_CHUNK tokens (bounded scratch and RPC payloads).
    */
-  async forward(env: Env, s: RuntimeSession, tokens: number[], rng: () => number, opts: { allLogits?: boolean; trace?: ForwardTrace } = {}): Promise<Float32Array> {
+  async forward(
+    env: Env,
+    s: RuntimeSession,
+    tokens: number[],
+    rng: () => number,
+    opts: { allLogits?: boolean; trace?: ForwardTrace } = {},
+  ): Promise<Float32Array> {
     const rpcs: ForwardRpcs = { stageCalls: 0, total: 0 };
     const parts: Float32Array[] = [];
     for (let at = 0; at < tokens.length; at += PREFILL_CHUNK) {
@@ -242,16 +298,30 @@ export class ModelRuntime {
    * head (the Worker's, or the HeadHost shards). nOut = 0 → no logits. When the Worker holds the
    * whole model, the three run inside its Wasm memory in one call.
    */
-  async #forwardChunk(env: Env, s: RuntimeSession, tokens: number[], rng: () => number, nOut: number, rpcs: ForwardRpcs, trace?: ForwardTrace): Promise<Float32Array> {
-    if (s.length + tokens.length > s.maxLen) throw new Error(`session holds ${s.maxLen} positions, asked for ${s.length + tokens.length}`);
+  async #forwardChunk(
+    env: Env,
+    s: RuntimeSession,
+    tokens: number[],
+    rng: () => number,
+    nOut: number,
+    rpcs: ForwardRpcs,
+    trace?: ForwardTrace,
+  ): Promise<Float32Array> {
+    if (s.length + tokens.length > s.maxLen)
+      throw new Error(`session holds ${s.maxLen} positions, asked for ${s.length + tokens.length}`);
     const onRouting = trace ? (layer: number, routing: Routing) => trace.routing.push({ layer, routing }) : undefined;
     let logits: Float32Array;
     if (this.model.whole) {
       const placement = await this.placement(env);
-      const out = await this.model.forward(s.local!, tokens, this.#experts(env, placement, rng, rpcs, trace), rng, { allLogits: nOut > 1, onRouting });
+      const out = await this.model.forward(s.local!, tokens, this.#experts(env, placement, rng, rpcs, trace), rng, {
+        allLogits: nOut > 1,
+        onRouting,
+      });
       logits = nOut === 0 ? new Float32Array(0) : out;
     } else {
-      const x = this.embeddings ? this.model.scaleEmbeddings(await this.embeddings.rows(tokens)) : this.model.embed(tokens);
+      const x = this.embeddings
+        ? this.model.scaleEmbeddings(await this.embeddings.rows(tokens))
+        : this.model.embed(tokens);
       let y: Float32Array;
       if (this.chain) {
         const r = await this.chain.run(env, s.id, s.maxLen, s.length, x, Math.max(nOut, 1), trace !== undefined);
@@ -261,7 +331,13 @@ export class ModelRuntime {
         y = r.y;
       } else {
         const placement = await this.placement(env);
-        const all = await this.model.layers(s.local!, x, this.#experts(env, placement, rng, rpcs, trace), rng, onRouting);
+        const all = await this.model.layers(
+          s.local!,
+          x,
+          this.#experts(env, placement, rng, rpcs, trace),
+          rng,
+          onRouting,
+        );
         y = all.subarray(all.length - Math.max(nOut, 1) * this.spec.dModel);
       }
       if (nOut === 0) logits = new Float32Array(0);
@@ -278,9 +354,17 @@ export class ModelRuntime {
    * Runs one MoE block on given inputs (verify's moe_layer check): [n, dModel] → [n, dModel], the
    * block output before the residual add — routed experts plus shared experts.
    */
-  async moeBlock(env: Env, layer: number, input: Float32Array, rng: () => number): Promise<{ out: Float32Array; routing: Routing }> {
+  async moeBlock(
+    env: Env,
+    layer: number,
+    input: Float32Array,
+    rng: () => number,
+  ): Promise<{ out: Float32Array; routing: Routing }> {
     if (this.spec.layers[layer]?.kind !== "moe") {
-      throw ApiError.invalid("layer", `layer ${layer} is a dense MLP layer, not an MoE layer (MoE layers: ${this.spec.moeLayers.join(", ")})`);
+      throw ApiError.invalid(
+        "layer",
+        `layer ${layer} is a dense MLP layer, not an MoE layer (MoE layers: ${this.spec.moeLayers.join(", ")})`,
+      );
     }
     if (this.chain) {
       const { out, trace } = await this.chain.moeBlock(env, layer, input);
@@ -313,7 +397,14 @@ export function driverName(model: string, k: number): string {
 }
 
 function busy(message: string): ApiError {
-  return new ApiError(429, `the model is at capacity: ${message}`, "service_unavailable", null, "kv_cache_full", ApiError.retryIn(KV_RETRY_AFTER_MS / 1000));
+  return new ApiError(
+    429,
+    `the model is at capacity: ${message}`,
+    "service_unavailable",
+    null,
+    "kv_cache_full",
+    ApiError.retryIn(KV_RETRY_AFTER_MS / 1000),
+  );
 }
 
 function layerTotal(spec: ModelSpec): number {
@@ -336,7 +427,10 @@ export function routingOptionsFromEnv(env: Env): RoutingOptions {
 }
 
 async function loadTokenizer(bucket: R2Bucket, id: string): Promise<TextTokenizer | null> {
-  const [tj, tc] = await Promise.all([bucket.get(`${modelPrefix(id)}tokenizer.json`), bucket.get(`${modelPrefix(id)}tokenizer_config.json`)]);
+  const [tj, tc] = await Promise.all([
+    bucket.get(`${modelPrefix(id)}tokenizer.json`),
+    bucket.get(`${modelPrefix(id)}tokenizer_config.json`),
+  ]);
   if (!tj) return null;
   const config = tc ? await tc.json() : {};
   return TextTokenizer.fromJson(await tj.json(), config);

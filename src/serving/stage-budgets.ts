@@ -43,7 +43,8 @@ export function readStageBudgets(env: Vars): StageBudgets {
     const cap = (WASM_MAX_BYTES - STAGE_SCRATCH_BYTES) / MIB;
     throw new ConfigError(
       "STAGE_HOST_BUDGET_MB",
-      `at most ${cap.toFixed(0)} MiB together with STAGE_KV_BUDGET_MB (${STAGE_SCRATCH_BYTES / MIB} MiB of scratch must fit the Wasm memory cap)`,
+      `at most ${cap.toFixed(0)} MiB together with STAGE_KV_BUDGET_MB ` +
+        `(${STAGE_SCRATCH_BYTES / MIB} MiB of scratch must fit the Wasm memory cap)`,
       String(stageBytes / MIB),
     );
   }

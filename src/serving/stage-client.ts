@@ -20,7 +20,9 @@ export class StageChain {
 
   /** Reserves `maxLen` positions of KV cache for `session` on every stage (all in parallel). */
   async open(env: Env, session: string, maxLen: number): Promise<void> {
-    const results = await Promise.all(this.route.map((hop) => env.STAGE_HOST.getByName(hop.name).open(this.model, hop, session, maxLen)));
+    const results = await Promise.all(
+      this.route.map((hop) => env.STAGE_HOST.getByName(hop.name).open(this.model, hop, session, maxLen)),
+    );
     const bad = results.find((r) => !r.ok);
     if (bad && !bad.ok) {
       await this.end(env, session);
@@ -29,7 +31,15 @@ export class StageChain {
   }
 
   /** Runs x [n, dModel] at positions start… through every stage; returns the last nOut rows. */
-  async run(env: Env, session: string, maxLen: number, start: number, x: Float32Array, nOut: number, trace: boolean): Promise<{ y: Float32Array; trace: StageLayerTrace[]; rpcs: number }> {
+  async run(
+    env: Env,
+    session: string,
+    maxLen: number,
+    start: number,
+    x: Float32Array,
+    nOut: number,
+    trace: boolean,
+  ): Promise<{ y: Float32Array; trace: StageLayerTrace[]; rpcs: number }> {
     const first = env.STAGE_HOST.getByName(this.route[0].name);
     const r = await first.run({ model: this.model, session, maxLen, start, x, nOut, route: this.route, trace });
     if (!r.ok) throw stageError(r);
@@ -42,7 +52,9 @@ export class StageChain {
       this.route.map((hop) =>
         env.STAGE_HOST.getByName(hop.name)
           .end(session)
-          .catch((err: unknown) => console.warn(`freeing session ${session} on ${hop.name} failed (its idle alarm will): ${String(err)}`)),
+          .catch((err: unknown) =>
+            console.warn(`freeing session ${session} on ${hop.name} failed (its idle alarm will): ${String(err)}`),
+          ),
       ),
     );
   }
@@ -61,9 +73,20 @@ export class StageChain {
 export function stageError(f: StageFailure): Error {
   switch (f.code) {
     case "busy":
-      return new ApiError(429, `the model is at capacity: ${f.message}`, "service_unavailable", null, "kv_cache_full", ApiError.retryIn((f.retryAfterMs ?? 1000) / 1000));
+      return new ApiError(
+        429,
+        `the model is at capacity: ${f.message}`,
+        "service_unavailable",
+        null,
+        "kv_cache_full",
+        ApiError.retryIn((f.retryAfterMs ?? 1000) / 1000),
+      );
     case "too_long":
-      return ApiError.invalid("max_tokens", `the request is longer than this deployment serves: ${f.message}`, "context_length_exceeded");
+      return ApiError.invalid(
+        "max_tokens",
+        `the request is longer than this deployment serves: ${f.message}`,
+        "context_length_exceeded",
+      );
     case "expert_unavailable":
       return new ApiError(503, f.message, "service_unavailable", null, "expert_unavailable", ApiError.retryIn(1));
     default:

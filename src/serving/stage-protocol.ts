@@ -40,7 +40,13 @@ export interface StageLayerTrace {
   rpcs: number;
 }
 
-export type StageFailureCode = "busy" | "too_long" | "bad_request" | "model_error" | "budget_exceeded" | "expert_unavailable";
+export type StageFailureCode =
+  | "busy"
+  | "too_long"
+  | "bad_request"
+  | "model_error"
+  | "budget_exceeded"
+  | "expert_unavailable";
 
 export interface StageFailure {
   ok: false;

@@ -38,9 +38,17 @@ export function deploymentShape(spec: ModelSpec, vars: Vars, expertBytes: number
   const stageBudgets = readStageBudgets(vars);
   // Same rule as ModelRuntime.load: the head leaves the Worker when forced or when it does not fit.
   const forcedHead = stageBudgets.forcedHeadShards;
-  const head = forcedHead > 0 || denseEndsBytes(spec) > budgets.workerBytes
-    ? planHeadShards({ model, vocabSize: spec.vocabSize, dModel: spec.dModel, bytesPerRow: 4 * spec.dModel, budgetBytes: headHostBudgetBytes(vars), shards: forcedHead || undefined })
-    : null;
+  const head =
+    forcedHead > 0 || denseEndsBytes(spec) > budgets.workerBytes
+      ? planHeadShards({
+          model,
+          vocabSize: spec.vocabSize,
+          dModel: spec.dModel,
+          bytesPerRow: 4 * spec.dModel,
+          budgetBytes: headHostBudgetBytes(vars),
+          shards: forcedHead || undefined,
+        })
+      : null;
   const pipeline = planPipeline({
     model,
     layerBytes: spec.layers.map((_, l) => denseLayerBytes(spec, l)),
@@ -60,9 +68,10 @@ export function deploymentShape(spec: ModelSpec, vars: Vars, expertBytes: number
     minInstances: budgets.minExpertHosts,
     spareFraction: spare,
   });
-  const kvLimits = pipeline.stages.length === 0
-    ? [Math.floor(stageBudgets.workerKvBytes / kvBytesPerPosition(spec, 0, spec.nLayers))]
-    : pipeline.stages.map((s) => Math.floor(stageBudgets.stageKvBytes / kvBytesPerPosition(spec, s.first, s.end)));
+  const kvLimits =
+    pipeline.stages.length === 0
+      ? [Math.floor(stageBudgets.workerKvBytes / kvBytesPerPosition(spec, 0, spec.nLayers))]
+      : pipeline.stages.map((s) => Math.floor(stageBudgets.stageKvBytes / kvBytesPerPosition(spec, s.first, s.end)));
   const maxLen = Math.min(maxServableTokens(spec), ...kvLimits);
   return {
     pipeline,

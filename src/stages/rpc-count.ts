@@ -67,7 +67,13 @@ export function countRpcs(i: RpcCountInput, promptTokens: number, maxTokens: num
     const prefill = chunks * (layersRpcs(i, 0, lastLayer, chunkRows) + endsRpcs(i, chunkRows));
     const step = layersRpcs(i, 0, lastLayer, 1) + endsRpcs(i, 1);
     // + the Coordinator's first placement and the head's first load.
-    return { forwards, worker: 1 + i.headShards + prefill + decodes * step, stageCall: 0, driverCall: 0, perToken: { worker: step, inRegion: 0 } };
+    return {
+      forwards,
+      worker: 1 + i.headShards + prefill + decodes * step,
+      stageCall: 0,
+      driverCall: 0,
+      perToken: { worker: step, inRegion: 0 },
+    };
   }
   const S = i.stages.length;
   const stageCall = Math.max(...i.stages.map((s, k) => layersRpcs(i, s.first, s.end, chunkRows) + (k + 1 < S ? 1 : 0)));

@@ -3,9 +3,10 @@
  * dense weights (attention, norms, router, shared experts, dense MLPs) in Wasm memory under
  * STAGE_HOST_BUDGET_MB — and the KV caches of the sessions passing through, under
  * STAGE_KV_BUDGET_MB. An instance holding no layers is a session driver (`decode`): it runs a
- * request's decode loop in the region and streams the tokens back. It runs its layers with the same `ModelForward` the Worker uses, sends its
- * MoE layers' routed experts through the same `runExperts` fan-out, and passes the residual
- * stream on to the next stage itself (see serving/stage-protocol.ts).
+ * request's decode loop in the region and streams the tokens back. It runs its layers with the
+ * same `ModelForward` the Worker uses, sends its MoE layers' routed experts through the same
+ * `runExperts` fan-out, and passes the residual stream on to the next stage itself (see
+ * serving/stage-protocol.ts).
  */
 import { DurableObject } from "cloudflare:workers";
 import { createKernels } from "../kernels/workers";
@@ -22,7 +23,17 @@ import { createRng } from "../serving/sampling";
 import type { Routing } from "../gating/router";
 import { KV_RETRY_AFTER_MS, readStageBudgets, SESSION_IDLE_MS, STAGE_SCRATCH_BYTES } from "../serving/stage-budgets";
 import { KvLedger } from "../serving/kv-ledger";
-import type { StageDecodeResult, StageFailure, StageFailureCode, StageHop, StageHostStats, StageLayerTrace, StageMoeResult, StageRunRequest, StageRunResult } from "../serving/stage-protocol";
+import type {
+  StageDecodeResult,
+  StageFailure,
+  StageFailureCode,
+  StageHop,
+  StageHostStats,
+  StageLayerTrace,
+  StageMoeResult,
+  StageRunRequest,
+  StageRunResult,
+} from "../serving/stage-protocol";
 
 /** What one instance holds once opened. */
 interface StagePart {
@@ -72,10 +83,18 @@ export class StageHost extends DurableObject<Env> {
       const now = Date.now();
       let s = kv.get(req.session, now);
       if (!s) {
-        if (req.start !== 0) throw new StageError("bad_request", `${this.#label}: session ${req.session} is unknown here (freed after ${SESSION_IDLE_MS} ms idle?)`);
+        if (req.start !== 0)
+          throw new StageError(
+            "bad_request",
+            `${this.#label}: session ${req.session} is unknown here (freed after ${SESSION_IDLE_MS} ms idle?)`,
+          );
         s = this.#admit(part, req.session, req.maxLen, now);
       }
-      if (s.length !== req.start) throw new StageError("bad_request", `${this.#label}: session ${req.session} is at position ${s.length}, the call starts at ${req.start}`);
+      if (s.length !== req.start)
+        throw new StageError(
+          "bad_request",
+          `${this.#label}: session ${req.session} is at position ${s.length}, the call starts at ${req.start}`,
+        );
       const trace: StageLayerTrace[] = [];
       let rpcs = 0;
       const experts: ExpertRunner = async (layer, routing, h) => {
@@ -148,7 +167,15 @@ export class StageHost extends DurableObject<Env> {
       const rng = createRng(0);
       let rpcs = 0;
       const experts: ExpertRunner = async (l, routing, h) => {
-        const r = await runExperts(this.env, await currentPlacement(this.env, part.init), l, routing, h, part.forward.spec.dModel, rng);
+        const r = await runExperts(
+          this.env,
+          await currentPlacement(this.env, part.init),
+          l,
+          routing,
+          h,
+          part.forward.spec.dModel,
+          rng,
+        );
         rpcs += r.dispatch.rpcs;
         return r.out;
       };
@@ -194,14 +221,25 @@ export class StageHost extends DurableObject<Env> {
     const need = part.forward.kvBytes(maxLen);
     const a = kv.admit(need);
     if (!a.ok && a.reason === "too_long") {
-      throw new StageError("too_long", `${maxLen} positions need ${formatMiB(need)} of KV cache in stage ${this.#label}; STAGE_KV_BUDGET_MB allows ${formatMiB(kv.budgetBytes)}`);
+      throw new StageError(
+        "too_long",
+        `${maxLen} positions need ${formatMiB(need)} of KV cache in stage ${this.#label}; ` +
+          `STAGE_KV_BUDGET_MB allows ${formatMiB(kv.budgetBytes)}`,
+      );
     }
-    if (!a.ok) throw new StageError("busy", `stage ${this.#label} holds ${kv.size} sessions and has ${formatMiB(a.freeBytes)} of KV cache free, ${formatMiB(need)} needed`, KV_RETRY_AFTER_MS);
+    if (!a.ok)
+      throw new StageError(
+        "busy",
+        `stage ${this.#label} holds ${kv.size} sessions and has ${formatMiB(a.freeBytes)} of KV cache free, ` +
+          `${formatMiB(need)} needed`,
+        KV_RETRY_AFTER_MS,
+      );
     let s: Session;
     try {
       s = part.forward.startSession(maxLen);
     } catch (err) {
-      if (err instanceof Error && err.name === "MemoryBudgetError") throw new StageError("busy", `stage ${this.#label}: ${err.message}`, KV_RETRY_AFTER_MS);
+      if (err instanceof Error && err.name === "MemoryBudgetError")
+        throw new StageError("busy", `stage ${this.#label}: ${err.message}`, KV_RETRY_AFTER_MS);
       throw err;
     }
     kv.add(id, need, s, now);
@@ -221,7 +259,11 @@ export class StageHost extends DurableObject<Env> {
     const p = this.#part;
     if (p) {
       if (p.model !== model || p.first !== hop.first || p.end !== hop.end) {
-        throw new StageError("bad_request", `this StageHost holds layers [${p.first}, ${p.end}) of "${p.model}", not [${hop.first}, ${hop.end}) of "${model}"`);
+        throw new StageError(
+          "bad_request",
+          `this StageHost holds layers [${p.first}, ${p.end}) of "${p.model}", ` +
+            `not [${hop.first}, ${hop.end}) of "${model}"`,
+        );
       }
       return p;
     }
@@ -233,13 +275,31 @@ export class StageHost extends DurableObject<Env> {
       let bytes = 0;
       for (let l = hop.first; l < hop.end; l++) bytes += denseLayerBytes(spec, l);
       if (bytes > budgets.stageBytes) {
-        throw new StageError("budget_exceeded", `layers [${hop.first}, ${hop.end}) of "${model}" need ${formatMiB(bytes)}, STAGE_HOST_BUDGET_MB allows ${formatMiB(budgets.stageBytes)}`);
+        throw new StageError(
+          "budget_exceeded",
+          `layers [${hop.first}, ${hop.end}) of "${model}" need ${formatMiB(bytes)}, ` +
+            `STAGE_HOST_BUDGET_MB allows ${formatMiB(budgets.stageBytes)}`,
+        );
       }
       const k = createKernels("best", { maxBytes: bytes + budgets.stageKvBytes + STAGE_SCRATCH_BYTES });
       const readLayer = async (l: number) => (await loadDenseLayers(ckpt, spec, l, l + 1))[0];
-      const forward = await ModelForward.loadLayers(k, spec, hop.first, hop.end, readLayer, parseRoutingOptions(this.env));
+      const forward = await ModelForward.loadLayers(
+        k,
+        spec,
+        hop.first,
+        hop.end,
+        readLayer,
+        parseRoutingOptions(this.env),
+      );
       this.#kv = new KvLedger<Session>(budgets.stageKvBytes);
-      const part: StagePart = { model, first: hop.first, end: hop.end, forward, bytes, init: placementInitFor(this.env, opened) };
+      const part: StagePart = {
+        model,
+        first: hop.first,
+        end: hop.end,
+        forward,
+        bytes,
+        init: placementInitFor(this.env, opened),
+      };
       this.#part = part;
       return part;
     })();
@@ -257,9 +317,12 @@ function layerTrace(layer: number, r: Routing, rpcs: number): StageLayerTrace {
 }
 
 function failure(err: unknown): StageFailure {
-  if (err instanceof StageError) return { ok: false, code: err.code, message: err.message, retryAfterMs: err.retryAfterMs };
+  if (err instanceof StageError)
+    return { ok: false, code: err.code, message: err.message, retryAfterMs: err.retryAfterMs };
   const message = err instanceof Error ? err.message : String(err);
-  if (err instanceof Error && err.name === "MemoryBudgetError") return { ok: false, code: "busy", message, retryAfterMs: KV_RETRY_AFTER_MS };
-  if (err instanceof Error && (err as { code?: string }).code === "expert_unavailable") return { ok: false, code: "expert_unavailable", message };
+  if (err instanceof Error && err.name === "MemoryBudgetError")
+    return { ok: false, code: "busy", message, retryAfterMs: KV_RETRY_AFTER_MS };
+  if (err instanceof Error && (err as { code?: string }).code === "expert_unavailable")
+    return { ok: false, code: "expert_unavailable", message };
   return { ok: false, code: "model_error", message };
 }

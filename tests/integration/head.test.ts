@@ -11,7 +11,7 @@ import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { LocalWorker } from "../../scripts/lib/local-worker";
-import { makeModel, resolveConfig } from "../../scripts/make-model";
+import { makeModel, resolveConfig } from "../../scripts/lib/make-model";
 import { planHeadShards, type HeadPlacement } from "../../src/coordinator/head-placement";
 import { HeadError, runHead } from "../../src/head/head-client";
 import { HeadEmbeddings } from "../../src/head/head-embeddings";

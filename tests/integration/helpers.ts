@@ -4,7 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { startLocalWorker, ADMIN_TOKEN_FOR_TESTS, ROOT, type LocalWorker } from "../../scripts/lib/local-worker";
 import { seedModelDir } from "../../scripts/lib/seed-lib";
-import { makeDemoModel } from "../../scripts/make-demo-model";
+import { makeDemoModel } from "../../scripts/lib/demo-model";
 
 export const FIXTURES = join(ROOT, "tests", "fixtures");
 export const ADMIN = { authorization: `Bearer ${ADMIN_TOKEN_FOR_TESTS}` };

@@ -17,22 +17,25 @@ const MIB = 2 ** 20;
 const PROMPT = [29, 192, 173, 88, 189, 139, 156, 188, 151, 153];
 const MAX_TOKENS = 200;
 
-describe.each(["mixtral-tiny", "mixtral-tiny-bf16", "deepseek-v3-tiny"])("golden fixture %s on stages and head shards", (name) => {
-  it("matches the reference with one layer per StageHost and the head on 2 HeadHosts", async () => {
-    const layers = parseConfig(JSON.parse(readFileSync(join(FIXTURES, name, "config.json"), "utf8"))).nLayers;
-    const r = await verifyFixture(join(FIXTURES, name), { hosts: 2, stages: layers, headShards: 2 });
-    expect(r.stageHosts.map((s) => [s.first, s.end])).toEqual(Array.from({ length: layers }, (_, l) => [l, l + 1]));
-    expect(r.headHosts).toHaveLength(2);
-    expect(r.maxLogitDiff).toBeLessThanOrEqual(LOGITS_ATOL);
-    expect(r.maxGreedyLogitDiff).toBeLessThanOrEqual(LOGITS_ATOL);
-    expect(r.greedyMatch).toBe(true);
-    expect(r.apiGreedyMatch).toBe(true);
-    for (const layer of r.routingAgreement) expect(layer.agree).toBe(layer.total);
-    expect(r.moeIdsMatch).toBe(true);
-    expect(r.moeOutputDiff).toBeLessThanOrEqual(MOE_ATOL);
-    expect(r.pass).toBe(true);
-  });
-});
+describe.each(["mixtral-tiny", "mixtral-tiny-bf16", "deepseek-v3-tiny"])(
+  "golden fixture %s on stages and head shards",
+  (name) => {
+    it("matches the reference with one layer per StageHost and the head on 2 HeadHosts", async () => {
+      const layers = parseConfig(JSON.parse(readFileSync(join(FIXTURES, name, "config.json"), "utf8"))).nLayers;
+      const r = await verifyFixture(join(FIXTURES, name), { hosts: 2, stages: layers, headShards: 2 });
+      expect(r.stageHosts.map((s) => [s.first, s.end])).toEqual(Array.from({ length: layers }, (_, l) => [l, l + 1]));
+      expect(r.headHosts).toHaveLength(2);
+      expect(r.maxLogitDiff).toBeLessThanOrEqual(LOGITS_ATOL);
+      expect(r.maxGreedyLogitDiff).toBeLessThanOrEqual(LOGITS_ATOL);
+      expect(r.greedyMatch).toBe(true);
+      expect(r.apiGreedyMatch).toBe(true);
+      for (const layer of r.routingAgreement) expect(layer.agree).toBe(layer.total);
+      expect(r.moeIdsMatch).toBe(true);
+      expect(r.moeOutputDiff).toBeLessThanOrEqual(MOE_ATOL);
+      expect(r.pass).toBe(true);
+    });
+  },
+);
 
 /** Fires `n` completions at once; returns status, Retry-After and body of each. */
 async function burst(w: LocalWorker, n: number, maxTokens = MAX_TOKENS) {
@@ -43,20 +46,28 @@ async function burst(w: LocalWorker, n: number, maxTokens = MAX_TOKENS) {
         headers: { "content-type": "application/json" },
         body: JSON.stringify({ model: "tiny", prompt: PROMPT, max_tokens: maxTokens, temperature: 0 }),
       });
-      return { status: res.status, retryAfter: res.headers.get("retry-after"), json: (await res.json()) as { error?: { code: string; param: string | null } } };
+      return {
+        status: res.status,
+        retryAfter: res.headers.get("retry-after"),
+        json: (await res.json()) as { error?: { code: string; param: string | null } },
+      };
     }),
   );
 }
 
 const spec = parseConfig(JSON.parse(readFileSync(join(FIXTURES, "mixtral-tiny", "config.json"), "utf8")));
-const sessionBytes = (first: number, end: number) => kvBytesPerPosition(spec, first, end) * (PROMPT.length + MAX_TOKENS);
+const sessionBytes = (first: number, end: number) =>
+  kvBytesPerPosition(spec, first, end) * (PROMPT.length + MAX_TOKENS);
 
 describe("StageHost KV budget", () => {
   let w: LocalWorker;
   beforeAll(async () => {
     // Room for two sessions per stage (one layer each).
     const kv = (2.5 * sessionBytes(0, 1)) / MIB;
-    w = await startWithModels({ tiny: join(FIXTURES, "mixtral-tiny") }, { PIPELINE_STAGES: "2", STAGE_KV_BUDGET_MB: String(kv) });
+    w = await startWithModels(
+      { tiny: join(FIXTURES, "mixtral-tiny") },
+      { PIPELINE_STAGES: "2", STAGE_KV_BUDGET_MB: String(kv) },
+    );
   });
   afterAll(() => w?.dispose());
 
@@ -71,7 +82,14 @@ describe("StageHost KV budget", () => {
       expect(r.json.error?.code).toBe("kv_cache_full");
     }
     const hosts = (await (await w.fetch("/admin/hosts?model=tiny", { headers: ADMIN })).json()) as {
-      stages: { sessions: number; kvBytesUsed: number; kvBytesPeak: number; kvBudgetBytes: number; bytesHeld: number; budgetBytes: number }[];
+      stages: {
+        sessions: number;
+        kvBytesUsed: number;
+        kvBytesPeak: number;
+        kvBudgetBytes: number;
+        bytesHeld: number;
+        budgetBytes: number;
+      }[];
     };
     expect(hosts.stages).toHaveLength(2);
     for (const s of hosts.stages) {
@@ -121,7 +139,14 @@ describe("session driver (the decode loop in the model's region)", () => {
     await plain?.dispose();
   });
 
-  const body = { model: "chat", prompt: [1, 415, 2936, 9060, 285, 1142], max_tokens: 16, temperature: 0.9, top_p: 0.9, seed: 42 };
+  const body = {
+    model: "chat",
+    prompt: [1, 415, 2936, 9060, 285, 1142],
+    max_tokens: 16,
+    temperature: 0.9,
+    top_p: 0.9,
+    seed: 42,
+  };
 
   it("samples the same tokens as the Worker-only placement (temperature, top_p, seed)", async () => {
     const a = await postJson(staged, "/v1/completions", body);
@@ -138,18 +163,27 @@ describe("session driver (the decode loop in the model's region)", () => {
     const res = await staged.fetch("/v1/chat/completions", {
       method: "POST",
       headers: { "content-type": "application/json" },
-      body: JSON.stringify({ model: "chat", messages: [{ role: "user", content: "hello" }], max_tokens: 12, stream: true }),
+      body: JSON.stringify({
+        model: "chat",
+        messages: [{ role: "user", content: "hello" }],
+        max_tokens: 12,
+        stream: true,
+      }),
     });
     expect(res.status).toBe(200);
     const events = sseData(await res.text());
     expect(events[events.length - 1]).toBe("[DONE]");
-    expect(events.some((e) => e.includes('"finish_reason":"length"') || e.includes('"finish_reason":"stop"'))).toBe(true);
+    expect(events.some((e) => e.includes('"finish_reason":"length"') || e.includes('"finish_reason":"stop"'))).toBe(
+      true,
+    );
     if (stop.trim().length > 0) {
       const cut = await postJson(staged, "/v1/completions", { ...body, temperature: 0, stop: [stop] });
       expect(cut.json.choices[0].finish_reason).toBe("stop");
       expect(cut.json.choices[0].text).toBe(text.slice(0, text.indexOf(stop)));
     }
-    const hosts = (await (await staged.fetch("/admin/hosts?model=chat", { headers: ADMIN })).json()) as { stages: { sessions: number }[] };
+    const hosts = (await (await staged.fetch("/admin/hosts?model=chat", { headers: ADMIN })).json()) as {
+      stages: { sessions: number }[];
+    };
     expect(hosts.stages.map((s) => s.sessions)).toEqual([0, 0]);
   });
 });

@@ -21,7 +21,18 @@ const MAY_IMPORT: Record<string, readonly string[]> = {
   // Metrics, aggregation and the dashboard read the experts' and Coordinator's RPC types; only
   // routes (and app.ts, which mounts its middleware) import it.
   observability: ["kernels", "gating", "model", "platform", "experts", "coordinator", "head", "errors"],
-  routes: ["kernels", "gating", "model", "platform", "experts", "coordinator", "head", "serving", "observability", "errors"],
+  routes: [
+    "kernels",
+    "gating",
+    "model",
+    "platform",
+    "experts",
+    "coordinator",
+    "head",
+    "serving",
+    "observability",
+    "errors",
+  ],
   // The StageHost DO runs the serving forward pass on its layer range (a surface, like routes);
   // the Worker's side of the pipeline (client, protocol, KV admission) lives in serving.
   stages: ["kernels", "gating", "model", "platform", "experts", "coordinator", "head", "serving", "errors"],
@@ -52,7 +63,7 @@ function violations(): string[] {
       .split("\n")
       .forEach((line, i) => {
         const m = /^\s*(?:import|export)\b[^"']*from\s+["']([^"']+)["']/.exec(line);
-        if (!m || !m[1].startsWith(".")) return;
+        if (!m?.[1].startsWith(".")) return;
         const target = resolve(dirname(file), m[1]);
         if (!target.startsWith(SRC)) return; // build outputs (.wasm)
         const to = part(target.endsWith(".ts") ? target : `${target}.ts`);

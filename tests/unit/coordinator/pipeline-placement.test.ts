@@ -1,15 +1,32 @@
 import { describe, expect, it } from "vitest";
-import { balancedRanges, planPipeline, PipelinePlanError, type PipelineInit } from "../../../src/coordinator/pipeline-placement";
+import {
+  balancedRanges,
+  planPipeline,
+  PipelinePlanError,
+  type PipelineInit,
+} from "../../../src/coordinator/pipeline-placement";
 
 const MIB = 2 ** 20;
 
 function init(over: Partial<PipelineInit> = {}): PipelineInit {
-  return { model: "m", layerBytes: [10, 10, 10, 10], endsBytes: 5, workerBytes: 100, stageBytes: 25, forcedStages: 0, ...over };
+  return {
+    model: "m",
+    layerBytes: [10, 10, 10, 10],
+    endsBytes: 5,
+    workerBytes: 100,
+    stageBytes: 25,
+    forcedStages: 0,
+    ...over,
+  };
 }
 
 describe("balancedRanges", () => {
   it("covers every layer once, in order, with exactly the asked number of non-empty ranges", () => {
-    for (const sizes of [[1, 1, 1, 1, 1], [5, 1, 1, 1, 5], [3, 9, 2, 7, 7, 1, 4]]) {
+    for (const sizes of [
+      [1, 1, 1, 1, 1],
+      [5, 1, 1, 1, 5],
+      [3, 9, 2, 7, 7, 1, 4],
+    ]) {
       for (let parts = 1; parts <= sizes.length; parts++) {
         const r = balancedRanges(sizes, parts);
         expect(r).toHaveLength(parts);
@@ -37,7 +54,11 @@ describe("balancedRanges", () => {
   });
 
   it("one layer per range when parts = layers", () => {
-    expect(balancedRanges([4, 4, 4], 3)).toEqual([[0, 1], [1, 2], [2, 3]]);
+    expect(balancedRanges([4, 4, 4], 3)).toEqual([
+      [0, 1],
+      [1, 2],
+      [2, 3],
+    ]);
   });
 });
 
@@ -48,7 +69,12 @@ describe("planPipeline", () => {
 
   it("forced stages split the layers even when the Worker could hold them", () => {
     const p = planPipeline(init({ forcedStages: 4 }));
-    expect(p.stages.map((s) => [s.first, s.end])).toEqual([[0, 1], [1, 2], [2, 3], [3, 4]]);
+    expect(p.stages.map((s) => [s.first, s.end])).toEqual([
+      [0, 1],
+      [1, 2],
+      [2, 3],
+      [3, 4],
+    ]);
     expect(new Set(p.stages.map((s) => s.name)).size).toBe(4);
   });
 
@@ -70,7 +96,9 @@ describe("planPipeline", () => {
 
   it("granite-3.1-1b-a400m-sized layers (f32) go on stages within 64 MiB each", () => {
     const layer = 17.7 * MIB;
-    const p = planPipeline(init({ layerBytes: new Array(24).fill(layer), endsBytes: 0, workerBytes: 96 * MIB, stageBytes: 64 * MIB }));
+    const p = planPipeline(
+      init({ layerBytes: new Array(24).fill(layer), endsBytes: 0, workerBytes: 96 * MIB, stageBytes: 64 * MIB }),
+    );
     expect(p.stages.length).toBe(8);
     expect(p.stages.every((s) => s.bytes <= 64 * MIB)).toBe(true);
   });

@@ -8,7 +8,13 @@
 import { beforeAll, describe, expect, it } from "vitest";
 import { Kernels, MemoryBudgetError, WASM_MAX_BYTES, type KernelFlavor } from "../../../src/kernels/index";
 import {
-  attentionRef, expertFfnRef, matmulRef, rmsnormRef, ropeRef, siluMulRef, softmaxRef,
+  attentionRef,
+  expertFfnRef,
+  matmulRef,
+  rmsnormRef,
+  ropeRef,
+  siluMulRef,
+  softmaxRef,
 } from "../../../src/kernels/reference";
 import { expectClose, GUARD, guarded, randn, rng, type KernelSource } from "./helpers";
 import { denseKernelContract } from "./dense-contract";
@@ -33,7 +39,11 @@ export function kernelContract(flavor: KernelFlavor, src: KernelSource): void {
     });
 
     packedKernelContract(flavor, () => k, src.supports(flavor) ? src.load(flavor).q8Paths : []);
-    denseKernelContract(flavor, () => k, (maxBytes) => loadKernels(flavor, { maxBytes }));
+    denseKernelContract(
+      flavor,
+      () => k,
+      (maxBytes) => loadKernels(flavor, { maxBytes }),
+    );
     expertQ8gContract(() => k);
     expertQ4gContract(() => k);
 
@@ -66,7 +76,11 @@ export function kernelContract(flavor: KernelFlavor, src: KernelSource): void {
 
       it("handles decode-sized shapes (n = 1, 33, 64; dIn 256, 1000; dOut 2048)", () => {
         const next = rng(7);
-        for (const [n, dIn, dOut] of [[1, 256, 2048], [33, 256, 130], [64, 1000, 67]] as const) {
+        for (const [n, dIn, dOut] of [
+          [1, 256, 2048],
+          [33, 256, 130],
+          [64, 1000, 67],
+        ] as const) {
           const x = randn(next, n * dIn);
           const w = randn(next, dOut * dIn, 1 / Math.sqrt(dIn));
           const want = new Float32Array(n * dOut);
@@ -112,8 +126,15 @@ export function kernelContract(flavor: KernelFlavor, src: KernelSource): void {
       // [nHeads, headStride, rotOffset, rotDim]: full head, partial (rotDim < headDim), an offset
       // slice (DeepSeek MLA's rope part), and half-widths that are not multiples of 4 or 2.
       const LAYOUTS = [
-        [1, 2, 0, 2], [2, 6, 0, 6], [3, 10, 0, 10], [4, 64, 0, 64], [2, 64, 0, 32],
-        [3, 96, 64, 32], [2, 40, 5, 34], [5, 17, 3, 14], [8, 128, 0, 128],
+        [1, 2, 0, 2],
+        [2, 6, 0, 6],
+        [3, 10, 0, 10],
+        [4, 64, 0, 64],
+        [2, 64, 0, 32],
+        [3, 96, 64, 32],
+        [2, 40, 5, 34],
+        [5, 17, 3, 14],
+        [8, 128, 0, 128],
       ] as const;
       for (const interleaved of [false, true]) {
         it.each(LAYOUTS)(
@@ -128,7 +149,7 @@ export function kernelContract(flavor: KernelFlavor, src: KernelSource): void {
               const sin = new Float32Array(n * half);
               for (let t = 0; t < n; t++) {
                 for (let i = 0; i < half; i++) {
-                  const angle = (11 + t) / Math.pow(10000, (2 * i) / rotDim);
+                  const angle = (11 + t) / 10000 ** ((2 * i) / rotDim);
                   cos[t * half + i] = Math.cos(angle);
                   sin[t * half + i] = Math.sin(angle);
                 }
@@ -229,7 +250,14 @@ export function kernelContract(flavor: KernelFlavor, src: KernelSource): void {
 
     describe("expertFfn", () => {
       const SHAPES = [
-        [1, 3, 5], [1, 64, 128], [2, 17, 63], [3, 95, 16], [4, 64, 96], [5, 63, 257], [16, 96, 64], [7, 257, 33],
+        [1, 3, 5],
+        [1, 64, 128],
+        [2, 17, 63],
+        [3, 95, 16],
+        [4, 64, 96],
+        [5, 63, 257],
+        [16, 96, 64],
+        [7, 257, 33],
       ] as const;
       it.each(SHAPES)("matches the reference for n=%i dModel=%i dFf=%i", (n, dModel, dFf) => {
         const next = rng(6000 + n * 1000 + dModel + dFf);
@@ -256,31 +284,60 @@ export function kernelContract(flavor: KernelFlavor, src: KernelSource): void {
       // [nHeads, nKvHeads, headDim, vHeadDim]: MHA, GQA (2 and 8 query heads per kv head), MQA,
       // head sizes off the vector width, and vHeadDim ≠ headDim (MLA).
       const HEADS = [
-        [4, 4, 16, 16], [4, 2, 17, 17], [8, 1, 64, 64], [6, 2, 8, 12], [3, 3, 5, 3], [16, 2, 128, 128], [2, 1, 63, 95],
+        [4, 4, 16, 16],
+        [4, 2, 17, 17],
+        [8, 1, 64, 64],
+        [6, 2, 8, 12],
+        [3, 3, 5, 3],
+        [16, 2, 128, 128],
+        [2, 1, 63, 95],
       ] as const;
       // [nQ, startPos]: decode after a prefix, prefill, chunked prefill after a prefix.
-      const STEPS = [[1, 0], [1, 7], [3, 0], [5, 4], [16, 0], [2, 40]] as const;
-      it.each(HEADS)("matches the reference for nHeads=%i nKvHeads=%i headDim=%i vHeadDim=%i", (nHeads, nKvHeads, headDim, vHeadDim) => {
-        const next = rng(7000 + nHeads * 100 + headDim + vHeadDim);
-        for (const [nQ, startPos] of STEPS) {
-          const kvLen = startPos + nQ;
-          const q = randn(next, nQ * nHeads * headDim, 2);
-          const kk = randn(next, kvLen * nKvHeads * headDim, 2);
-          const v = randn(next, kvLen * nKvHeads * vHeadDim);
-          const scale = 1 / Math.sqrt(headDim);
-          const want = new Float32Array(nQ * nHeads * vHeadDim);
-          attentionRef(want, q, kk, v, nQ, startPos, nHeads, nKvHeads, headDim, vHeadDim, scale, new Float32Array(kvLen));
-          const pq = k.allocF32(q);
-          const pk = k.allocF32(kk);
-          const pv = k.allocF32(v);
-          const scratch = guarded(k, kvLen);
-          const out = guarded(k, want.length);
-          k.attention(out.ptr, pq, pk, pv, nQ, startPos, nHeads, nKvHeads, headDim, vHeadDim, scale, scratch.ptr);
-          scratch.read();
-          expectClose(out.read(), want, 1e-5 * Math.sqrt(headDim), `nQ=${nQ} startPos=${startPos}`);
-          for (const p of [out.ptr - GUARD * 4, scratch.ptr - GUARD * 4, pv, pk, pq]) k.free(p);
-        }
-      });
+      const STEPS = [
+        [1, 0],
+        [1, 7],
+        [3, 0],
+        [5, 4],
+        [16, 0],
+        [2, 40],
+      ] as const;
+      it.each(HEADS)(
+        "matches the reference for nHeads=%i nKvHeads=%i headDim=%i vHeadDim=%i",
+        (nHeads, nKvHeads, headDim, vHeadDim) => {
+          const next = rng(7000 + nHeads * 100 + headDim + vHeadDim);
+          for (const [nQ, startPos] of STEPS) {
+            const kvLen = startPos + nQ;
+            const q = randn(next, nQ * nHeads * headDim, 2);
+            const kk = randn(next, kvLen * nKvHeads * headDim, 2);
+            const v = randn(next, kvLen * nKvHeads * vHeadDim);
+            const scale = 1 / Math.sqrt(headDim);
+            const want = new Float32Array(nQ * nHeads * vHeadDim);
+            attentionRef(
+              want,
+              q,
+              kk,
+              v,
+              nQ,
+              startPos,
+              nHeads,
+              nKvHeads,
+              headDim,
+              vHeadDim,
+              scale,
+              new Float32Array(kvLen),
+            );
+            const pq = k.allocF32(q);
+            const pk = k.allocF32(kk);
+            const pv = k.allocF32(v);
+            const scratch = guarded(k, kvLen);
+            const out = guarded(k, want.length);
+            k.attention(out.ptr, pq, pk, pv, nQ, startPos, nHeads, nKvHeads, headDim, vHeadDim, scale, scratch.ptr);
+            scratch.read();
+            expectClose(out.read(), want, 1e-5 * Math.sqrt(headDim), `nQ=${nQ} startPos=${startPos}`);
+            for (const p of [out.ptr - GUARD * 4, scratch.ptr - GUARD * 4, pv, pk, pq]) k.free(p);
+          }
+        },
+      );
 
       it("is causal: a query never sees later kv positions", () => {
         const [nHeads, nKvHeads, headDim, nQ, startPos] = [2, 1, 8, 3, 2];
@@ -318,7 +375,8 @@ export function kernelContract(flavor: KernelFlavor, src: KernelSource): void {
           expect(p % 16).toBe(0);
         }
         const sorted = ptrs.map((p, i) => [p, Math.max(16, sizes[i])] as const).sort((x, y) => x[0] - y[0]);
-        for (let i = 1; i < sorted.length; i++) expect(sorted[i][0]).toBeGreaterThanOrEqual(sorted[i - 1][0] + sorted[i - 1][1]);
+        for (let i = 1; i < sorted.length; i++)
+          expect(sorted[i][0]).toBeGreaterThanOrEqual(sorted[i - 1][0] + sorted[i - 1][1]);
         expect(a.bytesInUse).toBe(sizes.reduce((s, x) => s + x, 0));
         for (const p of ptrs) a.free(p);
         expect(a.bytesInUse).toBe(0);
@@ -384,7 +442,10 @@ export function kernelContract(flavor: KernelFlavor, src: KernelSource): void {
             const keys = [...live.keys()];
             const p = keys[Math.floor(next() * keys.length)];
             const { len, tag } = live.get(p)!;
-            expect(a.f32(p, len).every((v) => v === tag), `allocation at ${p} was overwritten`).toBe(true);
+            expect(
+              a.f32(p, len).every((v) => v === tag),
+              `allocation at ${p} was overwritten`,
+            ).toBe(true);
             a.free(p);
             live.delete(p);
           } else {

@@ -11,7 +11,12 @@
 import { describe, expect, it } from "vitest";
 import type { Kernels } from "../../../src/kernels/index";
 import {
-  expertQ4gBytes, expertQ4gScratchBytes, packExpertQ4g, quantizeExpertQ4g, unpackNibbles, packNibbles,
+  expertQ4gBytes,
+  expertQ4gScratchBytes,
+  packExpertQ4g,
+  quantizeExpertQ4g,
+  unpackNibbles,
+  packNibbles,
 } from "../../../src/kernels/q4g-format";
 import { expertFfnQ4gRef, expertFfnRef } from "../../../src/kernels/reference";
 import { relRms } from "./expert-q8g-contract";
@@ -19,14 +24,27 @@ import { GUARD, guarded, randn, rng } from "./helpers";
 
 /** [n, dModel, dFf, group] */
 const SHAPES = [
-  [1, 64, 96, 32], [3, 17, 63, 32], [4, 64, 96, 64], [7, 257, 33, 32], [64, 48, 80, 32], [1, 256, 2048, 64],
-  [17, 96, 64, 128], [8, 100, 70, 32],
+  [1, 64, 96, 32],
+  [3, 17, 63, 32],
+  [4, 64, 96, 64],
+  [7, 257, 33, 32],
+  [64, 48, 80, 32],
+  [1, 256, 2048, 64],
+  [17, 96, 64, 128],
+  [8, 100, 70, 32],
 ] as const;
 
 /** Runs expertFfnQ4g on f32 weights (quantized and packed here); returns the output and the matrices. */
 export function runExpertQ4g(
-  k: Kernels, x: Float32Array, w1: Float32Array, w3: Float32Array, w2: Float32Array,
-  n: number, dModel: number, dFf: number, group: number,
+  k: Kernels,
+  x: Float32Array,
+  w1: Float32Array,
+  w3: Float32Array,
+  w2: Float32Array,
+  n: number,
+  dModel: number,
+  dFf: number,
+  group: number,
 ) {
   const bytes = expertQ4gBytes(dModel, dFf, group);
   const blob = k.alloc(bytes);

@@ -10,8 +10,8 @@ import { afterAll, describe, expect, it } from "vitest";
 import { checkpointTensors, denseBytes, openModel } from "../../../src/model/architectures";
 import { parseConfig } from "../../../src/model/config";
 import { memoryFileStore } from "../../../src/model/safetensors";
-import { adjustedConfig, makeModel, resolveConfig } from "../../../scripts/make-model";
-import { hashModelDir } from "../../../scripts/make-demo-model";
+import { adjustedConfig, makeModel, resolveConfig } from "../../../scripts/lib/make-model";
+import { hashModelDir } from "../../../scripts/lib/demo-model";
 import { referenceForward } from "./reference-forward";
 
 const dirs: string[] = [];

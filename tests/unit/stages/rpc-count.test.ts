@@ -10,7 +10,7 @@ import { parseConfig } from "../../../src/model/config";
 import { expertBytesF32 } from "../../../src/model/architectures";
 import { countRpcs, worstCaseRpcs } from "../../../src/stages/rpc-count";
 import { deploymentShape } from "../../../src/stages/deployment";
-import { demoModelConfig, DEMO_MODEL_SIZE } from "../../../scripts/make-demo-model";
+import { demoModelConfig, DEMO_MODEL_SIZE } from "../../../scripts/lib/demo-model";
 
 const ROOT = join(__dirname, "..", "..", "..");
 const toml = readFileSync(join(ROOT, "wrangler.toml"), "utf8");
@@ -24,7 +24,17 @@ function tomlValue(section: string, key: string): string {
 }
 
 const vars = Object.fromEntries(
-  ["EXPERT_HOST_BUDGET_MB", "WORKER_BUDGET_MB", "MIN_EXPERT_HOSTS", "SPARE_SLOT_FRACTION", "STAGE_HOST_BUDGET_MB", "STAGE_KV_BUDGET_MB", "WORKER_KV_BUDGET_MB", "PIPELINE_STAGES", "HEAD_HOST_BUDGET_MB"].map((k) => [k, tomlValue("vars", k)]),
+  [
+    "EXPERT_HOST_BUDGET_MB",
+    "WORKER_BUDGET_MB",
+    "MIN_EXPERT_HOSTS",
+    "SPARE_SLOT_FRACTION",
+    "STAGE_HOST_BUDGET_MB",
+    "STAGE_KV_BUDGET_MB",
+    "WORKER_KV_BUDGET_MB",
+    "PIPELINE_STAGES",
+    "HEAD_HOST_BUDGET_MB",
+  ].map((k) => [k, tomlValue("vars", k)]),
 );
 const SUBREQUESTS = Number(tomlValue("limits", "subrequests"));
 // The published config.json (a copy of ../shared/configs/granite-3.1-1b-a400m.json).
@@ -32,7 +42,19 @@ const GRANITE = join(ROOT, "tests", "fixtures", "configs", "granite-3.1-1b-a400m
 
 describe("RPC count per invocation", () => {
   it("counts the session driver's calls and none per token for the Worker when stages run the layers", () => {
-    const i = { moeLayers: [0, 1, 2, 3], topK: 2, expertHosts: 4, stages: [{ first: 0, end: 2 }, { first: 2, end: 4 }], prefillChunk: 128, attempts: 3, headShards: 0, embeddings: "worker" as const };
+    const i = {
+      moeLayers: [0, 1, 2, 3],
+      topK: 2,
+      expertHosts: 4,
+      stages: [
+        { first: 0, end: 2 },
+        { first: 2, end: 4 },
+      ],
+      prefillChunk: 128,
+      attempts: 3,
+      headShards: 0,
+      embeddings: "worker" as const,
+    };
     const r = countRpcs(i, 300, 10);
     expect(r.forwards).toBe(3 + 9);
     // The Worker: first load, open + end on 2 stages, one decode call to the session driver.
