@@ -1,19 +1,31 @@
 /**
  * @module Uploads a model directory to the `MODELS` R2 bucket under `models/<id>/`.
  *
- *   tsx scripts/seed.ts [DIR] [--model ID] [--remote] [--dry-run]
+ *   tsx scripts/seed.ts [DIR] [--model ID] [--remote] [--dry-run] [--part-mb N] [--tokenizer FAMILY]
  *
  * Local (default): writes through `getPlatformProxy` into `.wrangler/state`, the store
  * `wrangler dev` reads; unchanged files (same size and MD5) are skipped, so re-running is cheap.
- * `--remote`: runs `wrangler r2 object put <bucket>/models/<id>/<file> --file <path> --remote` per
- * file (needs `wrangler login`); `--dry-run` prints those commands without running them.
+ * `--remote` with S3 credentials in the environment (scripts/lib/s3-upload.ts): R2's S3 API,
+ * multipart for large files, unchanged files (size + SHA-256 in metadata) skipped, byte progress.
+ * `--remote` without them: `wrangler r2 object put … --remote` per file (needs `wrangler login`;
+ * at most 300 MiB a file); `--dry-run` prints those commands without running them.
  */
 import { spawnSync } from "node:child_process";
 import { mkdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { basename, dirname, join, relative, resolve } from "node:path";
 import { parseArgs } from "node:util";
+import { progressBar } from "./lib/progress.ts";
+import {
+  DEFAULT_PART_BYTES,
+  S3_ENV_HELP,
+  s3Client,
+  s3TargetFromEnv,
+  uploadFiles,
+  type S3Target,
+} from "./lib/s3-upload.ts";
 import { contentTypeFor, listModelFiles, modelKeyPrefix, seedModelDir, validateModelId } from "./lib/seed-lib.ts";
+import { TOKENIZER_FAMILIES, attachTokenizer, type TokenizerFamily } from "./lib/tokenizer-files.ts";
 
 const CONFIG_PATH = "wrangler.toml";
 const BINDING = "MODELS";
@@ -23,11 +35,17 @@ const WRANGLER_PUT_LIMIT = 300 * 1024 * 1024;
 const DEMO_DIR = "demo-model";
 const DEMO_MODEL_ID = "demo-mixtral";
 
-const USAGE = `usage: tsx scripts/seed.ts [DIR] [--model ID] [--remote] [--dry-run]
-  DIR        model directory (default ${DEMO_DIR}/)
-  --model    model id, the R2 key prefix models/<ID>/ (default: the directory's name; ${DEMO_DIR}/ → ${DEMO_MODEL_ID})
-  --remote   upload to the real bucket with \`wrangler r2 object put … --remote\`
-  --dry-run  with --remote: print the commands only`;
+const USAGE = `usage: tsx scripts/seed.ts [DIR] [--model ID] [--remote] [--dry-run] [--part-mb N] [--tokenizer FAMILY]
+  DIR          model directory (default ${DEMO_DIR}/)
+  --model      model id, the R2 key prefix models/<ID>/ (default: the directory's name; ${DEMO_DIR}/ → ${DEMO_MODEL_ID})
+  --remote     upload to the real bucket. With S3 credentials in the environment — ${S3_ENV_HELP} —
+               through R2's S3 API: multipart for large files, unchanged files (size + SHA-256) skipped,
+               a re-run after an interruption sends only what is missing. Without them:
+               \`wrangler r2 object put … --remote\` per file (at most 300 MiB a file)
+  --dry-run    with --remote and no S3 credentials: print the wrangler commands only
+  --part-mb N  multipart part size in MiB (default ${DEFAULT_PART_BYTES >> 20}, at least 5)
+  --tokenizer  copy a family's real tokenizer files into DIR first, keeping any it has
+               (${TOKENIZER_FAMILIES.join(", ")})`;
 
 function mib(n: number): string {
   return `${(n / (1 << 20)).toFixed(1)} MiB`;
@@ -38,7 +56,8 @@ async function bucketName(): Promise<string> {
   const { unstable_readConfig } = await import("wrangler");
   const config = unstable_readConfig({ config: CONFIG_PATH }, { hideWarnings: true });
   const bucket = (config.r2_buckets as { binding: string; bucket_name?: string }[]).find((b) => b.binding === BINDING);
-  if (!bucket?.bucket_name) throw new Error(`${CONFIG_PATH} has no [[r2_buckets]] entry with binding = "${BINDING}" and a bucket_name`);
+  if (!bucket?.bucket_name)
+    throw new Error(`${CONFIG_PATH} has no [[r2_buckets]] entry with binding = "${BINDING}" and a bucket_name`);
   return bucket.bucket_name;
 }
 
@@ -50,7 +69,14 @@ function r2OnlyConfig(): string {
   if (!bucket || !date) throw new Error(`${CONFIG_PATH}: could not find the R2 bucket binding or compatibility_date`);
   mkdirSync(".wrangler", { recursive: true });
   const path = resolve(".wrangler/seed.wrangler.json");
-  writeFileSync(path, JSON.stringify({ name: "edge-moe-seed", compatibility_date: date, r2_buckets: [{ binding: BINDING, bucket_name: bucket }] }, null, 2));
+  writeFileSync(
+    path,
+    JSON.stringify(
+      { name: "edge-moe-seed", compatibility_date: date, r2_buckets: [{ binding: BINDING, bucket_name: bucket }] },
+      null,
+      2,
+    ),
+  );
   return path;
 }
 
@@ -60,7 +86,11 @@ async function seedLocal(dir: string, modelId: string): Promise<void> {
   // getPlatformProxy cannot host this Worker's own Durable Objects and warns about them at length;
   // seeding only needs the R2 binding, so it gets a config with just that binding, persisting to
   // the same .wrangler/state that `wrangler dev` reads.
-  const proxy = await getPlatformProxy<{ MODELS: R2Bucket }>({ configPath: r2OnlyConfig(), persist: { path: resolve(".wrangler/state/v3") }, remoteBindings: false });
+  const proxy = await getPlatformProxy<{ MODELS: R2Bucket }>({
+    configPath: r2OnlyConfig(),
+    persist: { path: resolve(".wrangler/state/v3") },
+    remoteBindings: false,
+  });
   try {
     const r = await seedModelDir(proxy.env.MODELS, dir, modelId, { log: (l) => console.log(l) });
     const uploaded = r.files.filter((f) => f.action === "uploaded").length;
@@ -81,20 +111,69 @@ function seedRemote(dir: string, modelId: string, bucket: string, dryRun: boolea
     throw new Error(
       `\`wrangler r2 object put\` uploads at most 300 MiB per object; too big: ` +
         tooBig.map((f) => `${f} (${mib(statSync(join(dir, f)).size)})`).join(", ") +
-        `. Re-shard the checkpoint into smaller safetensors files, or upload these with an S3 client (multipart) against R2's S3 API.`,
+        `. Set S3 credentials (${S3_ENV_HELP}) and re-run: seed then uploads through R2's S3 API, multipart.`,
     );
   }
-  const wranglerBin = join(dirname(createRequire(import.meta.url).resolve("wrangler/package.json")), "bin", "wrangler.js");
-  console.log(`${dryRun ? "would upload" : "uploading"} ${files.length} files to ${bucket}/${modelKeyPrefix(modelId)} (remote)`);
+  const wranglerBin = join(
+    dirname(createRequire(import.meta.url).resolve("wrangler/package.json")),
+    "bin",
+    "wrangler.js",
+  );
+  console.log(
+    `${dryRun ? "would upload" : "uploading"} ${files.length} files to ${bucket}/${modelKeyPrefix(modelId)} (remote)`,
+  );
   for (const file of files) {
     const path = relative(".", join(dir, file));
-    const args = ["r2", "object", "put", `${bucket}/${modelKeyPrefix(modelId)}${file}`, "--file", path, "--content-type", contentTypeFor(file), "--remote"];
+    const args = [
+      "r2",
+      "object",
+      "put",
+      `${bucket}/${modelKeyPrefix(modelId)}${file}`,
+      "--file",
+      path,
+      "--content-type",
+      contentTypeFor(file),
+      "--remote",
+    ];
     console.log(`  npx wrangler ${args.map((a) => (/[\s;"']/.test(a) ? JSON.stringify(a) : a)).join(" ")}`);
     if (dryRun) continue;
     const r = spawnSync(process.execPath, [wranglerBin, ...args], { stdio: "inherit" });
-    if (r.status !== 0) throw new Error(`wrangler r2 object put failed for ${file} (exit ${r.status ?? r.signal}); fix the cause above and re-run (files already uploaded are simply uploaded again)`);
+    if (r.status !== 0)
+      throw new Error(
+        `wrangler r2 object put failed for ${file} (exit ${r.status ?? r.signal}); fix the cause above and re-run (files already uploaded are simply uploaded again)`,
+      );
   }
   if (ignored.length > 0) console.log(`not model files, left out: ${ignored.join(", ")}`);
+}
+
+async function seedS3(
+  dir: string,
+  modelId: string,
+  bucket: string,
+  target: S3Target,
+  partBytes: number,
+): Promise<void> {
+  const { files, ignored } = listModelFiles(dir);
+  const prefix = modelKeyPrefix(modelId);
+  console.log(`uploading ${files.length} files to ${bucket}/${prefix} through ${target.endpoint} (S3 API)`);
+  const t0 = performance.now();
+  let bar: ReturnType<typeof progressBar> | null = null;
+  const r = await uploadFiles(s3Client(target), bucket, dir, prefix, files, {
+    partBytes,
+    contentType: contentTypeFor,
+    log: (l) => console.log(l),
+    onProgress: (done, total) => {
+      bar ??= progressBar("MiB", Math.max(1, Math.ceil(total / 2 ** 20)));
+      bar.update(Math.floor(done / 2 ** 20));
+    },
+  });
+  (bar as ReturnType<typeof progressBar> | null)?.stop();
+  const up = r.filter((f) => f.action === "uploaded");
+  console.log(
+    `done in ${((performance.now() - t0) / 1000).toFixed(1)} s: ` +
+      `${up.length} uploaded (${mib(up.reduce((s, f) => s + f.bytes, 0))}), ${r.length - up.length} unchanged` +
+      (ignored.length > 0 ? `; not model files, left out: ${ignored.join(", ")}` : ""),
+  );
 }
 
 async function main(): Promise<void> {
@@ -104,6 +183,8 @@ async function main(): Promise<void> {
       model: { type: "string" },
       remote: { type: "boolean", default: false },
       "dry-run": { type: "boolean", default: false },
+      "part-mb": { type: "string" },
+      tokenizer: { type: "string" },
       help: { type: "boolean", short: "h", default: false },
     },
   });
@@ -111,17 +192,43 @@ async function main(): Promise<void> {
     console.log(USAGE);
     return;
   }
-  if (positionals.length > 1) throw new Error(`expected at most one model directory, got ${positionals.length}: ${positionals.join(" ")}\n${USAGE}`);
-  if (values["dry-run"] && !values.remote) throw new Error("--dry-run only applies to --remote (local seeding skips unchanged files anyway)");
+  if (positionals.length > 1)
+    throw new Error(
+      `expected at most one model directory, got ${positionals.length}: ${positionals.join(" ")}\n${USAGE}`,
+    );
+  if (values["dry-run"] && !values.remote)
+    throw new Error("--dry-run only applies to --remote (local seeding skips unchanged files anyway)");
   const dir = positionals[0] ?? DEMO_DIR;
   const name = basename(resolve(dir));
   const modelId = validateModelId(values.model ?? (name === DEMO_DIR ? DEMO_MODEL_ID : name));
   try {
     statSync(dir);
   } catch {
-    throw new Error(`${positionals[0] ?? DEMO_DIR} does not exist` + (positionals[0] ? "" : "; run `tsx scripts/make-demo-model.ts` first"));
+    throw new Error(
+      `${positionals[0] ?? DEMO_DIR} does not exist` +
+        (positionals[0] ? "" : "; run `tsx scripts/make-demo-model.ts` first"),
+    );
   }
-  if (values.remote) seedRemote(dir, modelId, await bucketName(), values["dry-run"]);
+  if (values.tokenizer !== undefined) {
+    if (!TOKENIZER_FAMILIES.includes(values.tokenizer as TokenizerFamily)) {
+      const known = TOKENIZER_FAMILIES.join(", ");
+      throw new Error(`--tokenizer must be one of ${known}, got ${JSON.stringify(values.tokenizer)}`);
+    }
+    const written = attachTokenizer(dir, values.tokenizer as TokenizerFamily);
+    console.log(
+      written.length > 0
+        ? `added ${values.tokenizer} tokenizer files: ${written.join(", ")}`
+        : `${dir} already has its tokenizer files; kept them`,
+    );
+  }
+  const partMb = values["part-mb"] === undefined ? DEFAULT_PART_BYTES / 2 ** 20 : Number(values["part-mb"]);
+  if (!(partMb >= 5)) throw new Error(`--part-mb must be ≥ 5 (S3's smallest part), got ${values["part-mb"]}`);
+  const target = values.remote ? s3TargetFromEnv() : null;
+  if (target && values["dry-run"]) {
+    throw new Error("--dry-run prints wrangler commands; unset the S3 credentials to use it");
+  }
+  if (target) await seedS3(dir, modelId, await bucketName(), target, partMb * 2 ** 20);
+  else if (values.remote) seedRemote(dir, modelId, await bucketName(), values["dry-run"]);
   else await seedLocal(dir, modelId);
 }
 

@@ -8,8 +8,18 @@
  */
 import type { RouterSpec } from "../gating/router";
 import { ModelFormatError } from "./errors";
+import { yarnAttentionScale, type YarnSpec } from "./rope";
+import { parseYarnScaling } from "./rope-scaling";
 
-export type Architecture = "mixtral" | "qwen2_moe" | "qwen3_moe" | "olmoe" | "granitemoe" | "granitemoeshared" | "deepseek_v2" | "deepseek_v3";
+export type Architecture =
+  | "mixtral"
+  | "qwen2_moe"
+  | "qwen3_moe"
+  | "olmoe"
+  | "granitemoe"
+  | "granitemoeshared"
+  | "deepseek_v2"
+  | "deepseek_v3";
 
 /** @deprecated name kept for existing imports; the router spec type lives in src/gating/router.ts. */
 export type RouterConfig = RouterSpec;
@@ -49,7 +59,7 @@ export interface MlaAttentionSpec {
   readonly qkNopeHeadDim: number;
   readonly qkRopeHeadDim: number;
   readonly vHeadDim: number;
-  /** (qkNope + qkRope)^-0.5 (no YaRN mscale: rope_scaling is refused). */
+  /** (qkNope + qkRope)^-0.5, times get_mscale(factor, mscale_all_dim)² under YaRN (src/model/rope.ts). */
   readonly scale: number;
 }
 
@@ -75,11 +85,13 @@ export interface Multipliers {
 }
 
 /** RoPE over rotDim values of each head. interleaved: pairs (2i, 2i+1) (DeepSeek's stored layout);
- * else pairs (i, i + rotDim/2) (HF rotate_half). */
+ * else pairs (i, i + rotDim/2) (HF rotate_half). yarn: YaRN scaling (DeepSeek families only; null =
+ * plain RoPE); `ropeFrequencies(rope)` in src/model/rope.ts turns it into inv_freq and cos/sin scale. */
 export interface RopeSpec {
   readonly theta: number;
   readonly interleaved: boolean;
   readonly rotDim: number;
+  readonly yarn: YarnSpec | null;
 }
 
 export interface ModelSpec {
@@ -155,11 +167,19 @@ export function parseConfig(raw: unknown, file = "config.json"): ModelSpec {
   const cfg = raw as ConfigObject;
   const modelType = cfg.model_type;
   if (typeof modelType !== "string") {
-    throw fieldError(file, "model_type", `must be a string naming the architecture (one of ${SUPPORTED_MODEL_TYPES.join(", ")}), got ${describe(modelType)}`);
+    throw fieldError(
+      file,
+      "model_type",
+      `must be a string naming the architecture (one of ${SUPPORTED_MODEL_TYPES.join(", ")}), got ${describe(modelType)}`,
+    );
   }
   const parser = Object.hasOwn(PARSERS, modelType) ? PARSERS[modelType as Architecture] : undefined;
   if (!parser) {
-    throw fieldError(file, "model_type", `"${modelType}" is not supported (supported: ${SUPPORTED_MODEL_TYPES.join(", ")})`);
+    throw fieldError(
+      file,
+      "model_type",
+      `"${modelType}" is not supported (supported: ${SUPPORTED_MODEL_TYPES.join(", ")})`,
+    );
   }
   return parser(cfg, file);
 }
@@ -172,16 +192,25 @@ interface CommonDefaults {
 }
 
 /** The Llama-like fields: sizes, heads, norms, RoPE, token ids. Refuses what no family here implements. */
-function common(f: Fields, cfg: ConfigObject, file: string, d: CommonDefaults) {
+function common(f: Fields, cfg: ConfigObject, file: string, d: CommonDefaults, acceptsYarn = false) {
   const hiddenAct = f.optionalString("hidden_act") ?? "silu";
   if (hiddenAct !== "silu") {
     throw fieldError(file, "hidden_act", `"${hiddenAct}" is not supported (SwiGLU experts need silu)`);
   }
-  if (cfg.rope_scaling !== undefined && cfg.rope_scaling !== null) {
-    throw fieldError(file, "rope_scaling", `is not supported yet (got ${JSON.stringify(cfg.rope_scaling)}); only plain RoPE with rope_theta (no YaRN / linear / dynamic scaling)`);
+  if (!acceptsYarn && cfg.rope_scaling !== undefined && cfg.rope_scaling !== null) {
+    throw fieldError(
+      file,
+      "rope_scaling",
+      `is not supported yet (got ${JSON.stringify(cfg.rope_scaling)}); only plain RoPE with rope_theta for this ` +
+        "family (YaRN is implemented for deepseek_v2 / deepseek_v3)",
+    );
   }
   if (cfg.quantization_config !== undefined && cfg.quantization_config !== null) {
-    throw fieldError(file, "quantization_config", "is not supported: convert the checkpoint to F32, BF16 or F16 first (e.g. DeepSeek-V3's fp8_cast_bf16.py)");
+    throw fieldError(
+      file,
+      "quantization_config",
+      "is not supported: convert the checkpoint to F32, BF16 or F16 first (e.g. DeepSeek-V3's fp8_cast_bf16.py)",
+    );
   }
   const dModel = f.positiveInt("hidden_size");
   const nHeads = f.positiveInt("num_attention_heads");
@@ -209,7 +238,11 @@ function gqaHeads(f: Fields, file: string, dModel: number, nHeads: number) {
   let headDim = f.optionalPositiveInt("head_dim");
   if (headDim === null) {
     if (dModel % nHeads !== 0) {
-      throw fieldError(file, "hidden_size", `must be divisible by num_attention_heads (${nHeads}) when head_dim is absent, got ${dModel}`);
+      throw fieldError(
+        file,
+        "hidden_size",
+        `must be divisible by num_attention_heads (${nHeads}) when head_dim is absent, got ${dModel}`,
+      );
     }
     headDim = dModel / nHeads;
   }
@@ -220,9 +253,19 @@ function gqaHeads(f: Fields, file: string, dModel: number, nHeads: number) {
 }
 
 /** Routed experts and top-k under the family's field names. */
-function experts(f: Fields, file: string, nExpertsField: string, topKField: string, defaults: { nExperts?: number; topK?: number } = {}) {
-  const nExperts = defaults.nExperts === undefined ? f.positiveInt(nExpertsField) : f.optionalPositiveInt(nExpertsField) ?? defaults.nExperts;
-  const topK = defaults.topK === undefined ? f.positiveInt(topKField) : f.optionalPositiveInt(topKField) ?? defaults.topK;
+function experts(
+  f: Fields,
+  file: string,
+  nExpertsField: string,
+  topKField: string,
+  defaults: { nExperts?: number; topK?: number } = {},
+) {
+  const nExperts =
+    defaults.nExperts === undefined
+      ? f.positiveInt(nExpertsField)
+      : (f.optionalPositiveInt(nExpertsField) ?? defaults.nExperts);
+  const topK =
+    defaults.topK === undefined ? f.positiveInt(topKField) : (f.optionalPositiveInt(topKField) ?? defaults.topK);
   if (topK > nExperts) {
     throw fieldError(file, topKField, `must be ≤ ${nExpertsField} (${nExperts}), got ${topK}`);
   }
@@ -236,8 +279,23 @@ function layerFields(layers: LayerKind[]) {
   return { layers, moeLayers: layers.flatMap((l, i) => (l.kind === "moe" ? [i] : [])) };
 }
 
-function gqaAttention(nHeads: number, nKvHeads: number, headDim: number, rest: Partial<GqaAttentionSpec> = {}): GqaAttentionSpec {
-  return { kind: "gqa", nHeads, nKvHeads, headDim, qkNorm: "none", qkvBias: false, outBias: false, scale: 1 / Math.sqrt(headDim), ...rest };
+function gqaAttention(
+  nHeads: number,
+  nKvHeads: number,
+  headDim: number,
+  rest: Partial<GqaAttentionSpec> = {},
+): GqaAttentionSpec {
+  return {
+    kind: "gqa",
+    nHeads,
+    nKvHeads,
+    headDim,
+    qkNorm: "none",
+    qkvBias: false,
+    outBias: false,
+    scale: 1 / Math.sqrt(headDim),
+    ...rest,
+  };
 }
 
 /**
@@ -266,7 +324,7 @@ function parseMixtral(cfg: ConfigObject, file: string): ModelSpec {
     attention: gqaAttention(c.nHeads, nKvHeads, headDim),
     sharedExperts: null,
     multipliers: NO_MULTIPLIERS,
-    rope: { theta: c.ropeTheta, interleaved: false, rotDim: headDim },
+    rope: { theta: c.ropeTheta, interleaved: false, rotDim: headDim, yarn: null },
   };
 }
 
@@ -281,14 +339,23 @@ function parseQwenMoe(cfg: ConfigObject, file: string, arch: "qwen2_moe" | "qwen
   const c = common(f, cfg, file, { ropeTheta: 10000, rmsEps: 1e-6, maxPositions: 32768 });
   const { nKvHeads, headDim } = gqaHeads(f, file, c.dModel, c.nHeads);
   const qwen2 = arch === "qwen2_moe";
-  const { nExperts, topK } = experts(f, file, "num_experts", "num_experts_per_tok", qwen2 ? { nExperts: 60, topK: 4 } : { nExperts: 128, topK: 8 });
+  const { nExperts, topK } = experts(
+    f,
+    file,
+    "num_experts",
+    "num_experts_per_tok",
+    qwen2 ? { nExperts: 60, topK: 4 } : { nExperts: 128, topK: 8 },
+  );
   const dFf = f.optionalPositiveInt("moe_intermediate_size") ?? (qwen2 ? 1408 : 768);
   const denseFf = f.optionalPositiveInt("intermediate_size") ?? (qwen2 ? 5632 : 6144);
   const step = f.optionalPositiveInt("decoder_sparse_step") ?? 1;
   const mlpOnly = new Set(f.layerList("mlp_only_layers", c.nLayers));
-  const layers = Array.from({ length: c.nLayers }, (_, L): LayerKind => (!mlpOnly.has(L) && (L + 1) % step === 0 ? { kind: "moe" } : { kind: "dense", dFf: denseFf }));
+  const layers = Array.from(
+    { length: c.nLayers },
+    (_, L): LayerKind => (!mlpOnly.has(L) && (L + 1) % step === 0 ? { kind: "moe" } : { kind: "dense", dFf: denseFf }),
+  );
   const attentionBias = f.optionalBoolean("attention_bias") ?? false;
-  const sharedFf = qwen2 ? f.optionalNonNegativeInt("shared_expert_intermediate_size") ?? 5632 : 0;
+  const sharedFf = qwen2 ? (f.optionalNonNegativeInt("shared_expert_intermediate_size") ?? 5632) : 0;
   return {
     arch,
     modelType: arch,
@@ -303,10 +370,14 @@ function parseQwenMoe(cfg: ConfigObject, file: string, arch: "qwen2_moe" | "qwen
     ...layerFields(layers),
     attention: qwen2
       ? gqaAttention(c.nHeads, nKvHeads, headDim, { qkvBias: f.optionalBoolean("qkv_bias") ?? true })
-      : gqaAttention(c.nHeads, nKvHeads, headDim, { qkNorm: "per-head", qkvBias: attentionBias, outBias: attentionBias }),
+      : gqaAttention(c.nHeads, nKvHeads, headDim, {
+          qkNorm: "per-head",
+          qkvBias: attentionBias,
+          outBias: attentionBias,
+        }),
     sharedExperts: sharedFf > 0 ? { count: 1, dFf: sharedFf, gated: true } : null,
     multipliers: NO_MULTIPLIERS,
-    rope: { theta: c.ropeTheta, interleaved: false, rotDim: headDim },
+    rope: { theta: c.ropeTheta, interleaved: false, rotDim: headDim, yarn: null },
   };
 }
 
@@ -332,10 +403,14 @@ function parseOlmoe(cfg: ConfigObject, file: string): ModelSpec {
     router: { kind: "softmax-topk", renormalize: f.optionalBoolean("norm_topk_prob") ?? false },
     slidingWindow: null,
     ...layerFields(Array.from({ length: c.nLayers }, () => ({ kind: "moe" }) as const)),
-    attention: gqaAttention(c.nHeads, nKvHeads, headDim, { qkNorm: "full", qkvBias: attentionBias, outBias: attentionBias }),
+    attention: gqaAttention(c.nHeads, nKvHeads, headDim, {
+      qkNorm: "full",
+      qkvBias: attentionBias,
+      outBias: attentionBias,
+    }),
     sharedExperts: null,
     multipliers: NO_MULTIPLIERS,
-    rope: { theta: c.ropeTheta, interleaved: false, rotDim: headDim },
+    rope: { theta: c.ropeTheta, interleaved: false, rotDim: headDim, yarn: null },
   };
 }
 
@@ -351,7 +426,7 @@ function parseGraniteMoe(cfg: ConfigObject, file: string, arch: "granitemoe" | "
   const { nKvHeads, headDim } = gqaHeads(f, file, c.dModel, c.nHeads);
   const { nExperts, topK } = experts(f, file, "num_local_experts", "num_experts_per_tok");
   const attentionBias = f.optionalBoolean("attention_bias") ?? false;
-  const sharedFf = arch === "granitemoeshared" ? f.optionalNonNegativeInt("shared_intermediate_size") ?? 0 : 0;
+  const sharedFf = arch === "granitemoeshared" ? (f.optionalNonNegativeInt("shared_intermediate_size") ?? 0) : 0;
   return {
     arch,
     modelType: arch,
@@ -375,7 +450,7 @@ function parseGraniteMoe(cfg: ConfigObject, file: string, arch: "granitemoe" | "
       residual: f.optionalPositiveNumber("residual_multiplier") ?? 1,
       logitsScale: f.optionalPositiveNumber("logits_scaling") ?? 1,
     },
-    rope: { theta: c.ropeTheta, interleaved: false, rotDim: headDim },
+    rope: { theta: c.ropeTheta, interleaved: false, rotDim: headDim, yarn: null },
   };
 }
 
@@ -384,7 +459,7 @@ function parseGraniteMoe(cfg: ConfigObject, file: string, arch: "granitemoe" | "
  * (`DeepseekV2Config` / the original modeling_deepseek.py). MLA attention with interleaved RoPE on
  * the rope part (`rope_interleave`, default true); layers < first_k_dense_replace (and layers with
  * L % moe_layer_freq ≠ 0) are dense MLPs of `intermediate_size`; `n_shared_experts` ungated shared
- * experts of `moe_intermediate_size` each.
+ * experts of `moe_intermediate_size` each. `rope_scaling` YaRN is accepted (src/model/rope-scaling.ts).
  *
  * Routers: V3 (`topk_method` "noaux_tc", `scoring_func` "sigmoid"): bias for selection, groups by
  * top-2 sum, weights renormalised when norm_topk_prob, then × routed_scaling_factor. V2
@@ -394,9 +469,14 @@ function parseGraniteMoe(cfg: ConfigObject, file: string, arch: "granitemoe" | "
 function parseDeepseek(cfg: ConfigObject, file: string, arch: "deepseek_v2" | "deepseek_v3"): ModelSpec {
   const f = new Fields(cfg, file);
   const v3 = arch === "deepseek_v3";
-  const c = common(f, cfg, file, { ropeTheta: 10000, rmsEps: 1e-6, maxPositions: v3 ? 4096 : 2048 });
+  const c = common(f, cfg, file, { ropeTheta: 10000, rmsEps: 1e-6, maxPositions: v3 ? 4096 : 2048 }, true);
+  const yarn = parseYarnScaling(cfg.rope_scaling, file);
   if (f.optionalBoolean("attention_bias") === true) {
-    throw fieldError(file, "attention_bias", "true is not supported for MLA attention yet (published DeepSeek models use false)");
+    throw fieldError(
+      file,
+      "attention_bias",
+      "true is not supported for MLA attention yet (published DeepSeek models use false)",
+    );
   }
   if (f.optionalBoolean("mlp_bias") === true) {
     throw fieldError(file, "mlp_bias", "true is not supported (SwiGLU MLPs without bias only)");
@@ -408,31 +488,58 @@ function parseDeepseek(cfg: ConfigObject, file: string, arch: "deepseek_v2" | "d
   const vHeadDim = f.optionalPositiveInt("v_head_dim") ?? 128;
   if (qkRope % 2 !== 0) throw fieldError(file, "qk_rope_head_dim", `must be even for rotary embeddings, got ${qkRope}`);
 
-  const { nExperts, topK } = experts(f, file, "n_routed_experts", "num_experts_per_tok", v3 ? { nExperts: 256, topK: 8 } : { nExperts: 64 });
+  const { nExperts, topK } = experts(
+    f,
+    file,
+    "n_routed_experts",
+    "num_experts_per_tok",
+    v3 ? { nExperts: 256, topK: 8 } : { nExperts: 64 },
+  );
   const dFf = f.optionalPositiveInt("moe_intermediate_size") ?? (v3 ? 2048 : 1407);
   const denseFf = f.optionalPositiveInt("intermediate_size") ?? (v3 ? 18432 : 11008);
   const firstDense = f.optionalNonNegativeInt("first_k_dense_replace") ?? (v3 ? 3 : 0);
   const freq = f.optionalPositiveInt("moe_layer_freq") ?? 1;
-  const layers = Array.from({ length: c.nLayers }, (_, L): LayerKind => (L >= firstDense && L % freq === 0 ? { kind: "moe" } : { kind: "dense", dFf: denseFf }));
+  const layers = Array.from(
+    { length: c.nLayers },
+    (_, L): LayerKind => (L >= firstDense && L % freq === 0 ? { kind: "moe" } : { kind: "dense", dFf: denseFf }),
+  );
   const nShared = f.optionalNonNegativeInt("n_shared_experts") ?? (v3 ? 1 : 2);
 
   const scoring = f.optionalString("scoring_func") ?? (v3 ? "sigmoid" : "softmax");
   const method = f.optionalString("topk_method") ?? (v3 ? "noaux_tc" : "greedy");
   const METHODS: Record<string, { scoring: string; grouped: boolean; bias: boolean }> = v3
     ? { noaux_tc: { scoring: "sigmoid", grouped: true, bias: true } }
-    : { greedy: { scoring: "softmax", grouped: false, bias: false }, group_limited_greedy: { scoring: "softmax", grouped: true, bias: false } };
+    : {
+        greedy: { scoring: "softmax", grouped: false, bias: false },
+        group_limited_greedy: { scoring: "softmax", grouped: true, bias: false },
+      };
   const m = Object.hasOwn(METHODS, method) ? METHODS[method] : undefined;
-  if (!m) throw fieldError(file, "topk_method", `"${method}" is not supported for ${arch} (supported: ${Object.keys(METHODS).join(", ")})`);
-  if (scoring !== m.scoring) throw fieldError(file, "scoring_func", `"${scoring}" is not supported with topk_method "${method}" (expected "${m.scoring}")`);
+  if (!m)
+    throw fieldError(
+      file,
+      "topk_method",
+      `"${method}" is not supported for ${arch} (supported: ${Object.keys(METHODS).join(", ")})`,
+    );
+  if (scoring !== m.scoring)
+    throw fieldError(
+      file,
+      "scoring_func",
+      `"${scoring}" is not supported with topk_method "${method}" (expected "${m.scoring}")`,
+    );
   let nGroup = 1;
   let topkGroup = 1;
   if (m.grouped) {
     nGroup = f.optionalPositiveInt("n_group") ?? (v3 ? 8 : 1);
     topkGroup = f.optionalPositiveInt("topk_group") ?? (v3 ? 4 : 1);
-    if (nExperts % nGroup !== 0) throw fieldError(file, "n_group", `must divide n_routed_experts (${nExperts}), got ${nGroup}`);
+    if (nExperts % nGroup !== 0)
+      throw fieldError(file, "n_group", `must divide n_routed_experts (${nExperts}), got ${nGroup}`);
     if (topkGroup > nGroup) throw fieldError(file, "topk_group", `must be ≤ n_group (${nGroup}), got ${topkGroup}`);
     if (topK > topkGroup * (nExperts / nGroup)) {
-      throw fieldError(file, "num_experts_per_tok", `must be ≤ topk_group × experts per group (${topkGroup} × ${nExperts / nGroup}), got ${topK}`);
+      throw fieldError(
+        file,
+        "num_experts_per_tok",
+        `must be ≤ topk_group × experts per group (${topkGroup} × ${nExperts / nGroup}), got ${topK}`,
+      );
     }
   }
   const normTopk = f.optionalBoolean("norm_topk_prob") ?? (v3 ? true : false);
@@ -449,6 +556,8 @@ function parseDeepseek(cfg: ConfigObject, file: string, arch: "deepseek_v2" | "d
     routedScale: v3 || !v2Renorm ? routedScale : 1,
   };
   const qkHead = qkNope + qkRope;
+  // The mscale² covers the whole q·k (nope and rope parts), as in DeepSeek's MLA.
+  const softmaxScale = (1 / Math.sqrt(qkHead)) * (yarn === null ? 1 : yarnAttentionScale(yarn));
   return {
     arch,
     modelType: arch,
@@ -461,10 +570,19 @@ function parseDeepseek(cfg: ConfigObject, file: string, arch: "deepseek_v2" | "d
     router,
     slidingWindow: null,
     ...layerFields(layers),
-    attention: { kind: "mla", nHeads: c.nHeads, qLoraRank, kvLoraRank, qkNopeHeadDim: qkNope, qkRopeHeadDim: qkRope, vHeadDim, scale: 1 / Math.sqrt(qkHead) },
+    attention: {
+      kind: "mla",
+      nHeads: c.nHeads,
+      qLoraRank,
+      kvLoraRank,
+      qkNopeHeadDim: qkNope,
+      qkRopeHeadDim: qkRope,
+      vHeadDim,
+      scale: softmaxScale,
+    },
     sharedExperts: nShared > 0 ? { count: nShared, dFf: nShared * dFf, gated: false } : null,
     multipliers: NO_MULTIPLIERS,
-    rope: { theta: c.ropeTheta, interleaved: f.optionalBoolean("rope_interleave") ?? true, rotDim: qkRope },
+    rope: { theta: c.ropeTheta, interleaved: f.optionalBoolean("rope_interleave") ?? true, rotDim: qkRope, yarn },
   };
 }
 
@@ -480,7 +598,11 @@ function ropeTheta(f: Fields, cfg: ConfigObject, file: string, fallback: number)
     }
     const p = params as ConfigObject;
     if (p.rope_type !== undefined && p.rope_type !== "default") {
-      throw fieldError(file, "rope_parameters.rope_type", `${JSON.stringify(p.rope_type)} is not supported yet (only "default")`);
+      throw fieldError(
+        file,
+        "rope_parameters.rope_type",
+        `${JSON.stringify(p.rope_type)} is not supported yet (only "default")`,
+      );
     }
     if (p.rope_theta !== undefined) {
       return new Fields(p, file, "rope_parameters.").optionalPositiveNumber("rope_theta") ?? fallback;
@@ -515,14 +637,16 @@ class Fields {
   optionalPositiveInt(name: string): number | null {
     const v = this.present(name);
     if (v === undefined) return null;
-    if (typeof v !== "number" || !Number.isSafeInteger(v) || v <= 0) this.fail(name, `must be an integer > 0, got ${describe(v)}`);
+    if (typeof v !== "number" || !Number.isSafeInteger(v) || v <= 0)
+      this.fail(name, `must be an integer > 0, got ${describe(v)}`);
     return v;
   }
 
   optionalNonNegativeInt(name: string): number | null {
     const v = this.present(name);
     if (v === undefined) return null;
-    if (typeof v !== "number" || !Number.isSafeInteger(v) || v < 0) this.fail(name, `must be an integer ≥ 0, got ${describe(v)}`);
+    if (typeof v !== "number" || !Number.isSafeInteger(v) || v < 0)
+      this.fail(name, `must be an integer ≥ 0, got ${describe(v)}`);
     return v;
   }
 
@@ -536,7 +660,10 @@ class Fields {
   layerList(name: string, nLayers: number): number[] {
     const v = this.present(name);
     if (v === undefined) return [];
-    if (!Array.isArray(v) || !v.every((x) => typeof x === "number" && Number.isSafeInteger(x) && x >= 0 && x < nLayers)) {
+    if (
+      !Array.isArray(v) ||
+      !v.every((x) => typeof x === "number" && Number.isSafeInteger(x) && x >= 0 && x < nLayers)
+    ) {
       this.fail(name, `must be a list of layer indices in [0, ${nLayers}), got ${describe(v)}`);
     }
     return v as number[];
@@ -545,7 +672,8 @@ class Fields {
   optionalPositiveNumber(name: string): number | null {
     const v = this.present(name);
     if (v === undefined) return null;
-    if (typeof v !== "number" || !Number.isFinite(v) || v <= 0) this.fail(name, `must be a finite number > 0, got ${describe(v)}`);
+    if (typeof v !== "number" || !Number.isFinite(v) || v <= 0)
+      this.fail(name, `must be a finite number > 0, got ${describe(v)}`);
     return v;
   }
 

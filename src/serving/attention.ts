@@ -6,7 +6,8 @@
  * Pure math on a `Kernels` instance, so Node tests run it with `loadKernels` from kernels/node.ts.
  */
 import type { Kernels } from "../kernels/index";
-import type { AttentionSpec, GqaAttentionSpec, MlaAttentionSpec, ModelSpec } from "../model/config";
+import type { AttentionSpec, GqaAttentionSpec, MlaAttentionSpec, ModelSpec, RopeSpec } from "../model/config";
+import { ropeFrequencies } from "../model/rope";
 import type { GqaWeights, MlaWeights } from "../model/architectures";
 
 /** A weight tree with a Wasm pointer where each array is. */
@@ -50,22 +51,22 @@ export function kvLayout(a: AttentionSpec): KvLayout {
 }
 
 /** Rotary tables for positions start..start+n-1: cos/sin [n, rotDim/2], f32 as HF and DeepSeek compute
- * them (inv_freq = θ^(−2i/rotDim) in f32, angle = position · inv_freq in f32). */
-export function ropeTables(
-  cos: Float32Array,
-  sin: Float32Array,
-  theta: number,
-  rotDim: number,
-  start: number,
-  n: number,
-): void {
-  const half = rotDim / 2;
+ * them (inv_freq = θ^(−2i/rotDim) in f32, angle = position · inv_freq in f32). With YaRN
+ * (`rope.yarn`), inv_freq and the cos/sin magnitude come from src/model/rope.ts; its softmax factor is
+ * already in `attention.scale`. */
+export function ropeTables(cos: Float32Array, sin: Float32Array, rope: RopeSpec, start: number, n: number): void {
+  const half = rope.rotDim / 2;
+  const yarn = rope.yarn === null ? null : ropeFrequencies(rope);
+  const mag = yarn?.cosSinScale ?? 1;
   for (let i = 0; i < half; i++) {
-    const invFreq = Math.fround(1 / Math.fround(theta ** ((2 * i) / rotDim)));
+    const invFreq =
+      yarn === null
+        ? Math.fround(1 / Math.fround(rope.theta ** ((2 * i) / rope.rotDim)))
+        : Math.fround(yarn.invFreq[i]);
     for (let t = 0; t < n; t++) {
       const angle = Math.fround((start + t) * invFreq);
-      cos[t * half + i] = Math.cos(angle);
-      sin[t * half + i] = Math.sin(angle);
+      cos[t * half + i] = Math.cos(angle) * mag;
+      sin[t * half + i] = Math.sin(angle) * mag;
     }
   }
 }

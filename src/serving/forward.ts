@@ -280,7 +280,7 @@ export class ModelForward {
       const o = arena.f32(n * dModel); // [n, dModel] attention output
       const cos = arena.f32(n * (rope.rotDim / 2)); // [n, rotDim/2]
       const sin = arena.f32(n * (rope.rotDim / 2)); // [n, rotDim/2]
-      ropeTables(k.f32(cos, n * (rope.rotDim / 2)), k.f32(sin, n * (rope.rotDim / 2)), rope.theta, rope.rotDim, start, n);
+      ropeTables(k.f32(cos, n * (rope.rotDim / 2)), k.f32(sin, n * (rope.rotDim / 2)), rope, start, n);
 
       for (let l = this.first; l < this.end; l++) {
         const L = this.layerW[l - this.first];

@@ -7,7 +7,7 @@ import { join } from "node:path";
 import { verifyFixture, LOGITS_ATOL, MOE_ATOL } from "../../scripts/lib/verify-lib";
 import { FIXTURES } from "./helpers";
 
-describe.each(["mixtral-tiny", "mixtral-tiny-bf16", "deepseek-v3-tiny"])(
+describe.each(["mixtral-tiny", "mixtral-tiny-bf16", "deepseek-v3-tiny", "deepseek-v3-yarn"])(
   "golden fixture %s through workerd",
   (name) => {
     it("matches the reference logits, greedy tokens, routing and MoE output, with experts on 2 hosts", async () => {

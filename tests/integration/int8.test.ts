@@ -9,7 +9,7 @@ import { mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { LocalWorker } from "../../scripts/lib/local-worker";
-import { convertModel } from "../../scripts/convert";
+import { convertModel } from "../../scripts/lib/convert-lib";
 import { ADMIN, FIXTURES, postJson, startWithModels } from "./helpers";
 
 const F32_EXPERT_BYTES = 3 * 64 * 96 * 4;
@@ -29,14 +29,25 @@ afterAll(() => w?.dispose());
 
 describe("int8 experts in workerd", () => {
   it("serves the golden greedy tokens with int8 experts", async () => {
-    const r = await postJson(w, "/v1/completions", { model: "q8", prompt: golden.prompt_ids, max_tokens: 8, temperature: 0 });
+    const r = await postJson(w, "/v1/completions", {
+      model: "q8",
+      prompt: golden.prompt_ids,
+      max_tokens: 8,
+      temperature: 0,
+    });
     expect(r.status).toBe(200);
     expect(r.json.choices[0].token_ids).toEqual(golden.greedy_ids);
   });
 
   it("stays close to the f32 logits and routes the same", async () => {
     const [q8, f32] = await Promise.all(
-      ["q8", "f32"].map(async (model) => (await postJson(w, "/admin/forward", { model, tokens: golden.prompt_ids }, ADMIN)).json as { logits: number[][]; routing: Record<string, { expert_ids: number[][] }> }),
+      ["q8", "f32"].map(
+        async (model) =>
+          (await postJson(w, "/admin/forward", { model, tokens: golden.prompt_ids }, ADMIN)).json as {
+            logits: number[][];
+            routing: Record<string, { expert_ids: number[][] }>;
+          },
+      ),
     );
     let max = 0;
     q8.logits.forEach((row, t) => row.forEach((v, j) => (max = Math.max(max, Math.abs(v - f32.logits[t][j])))));
@@ -50,8 +61,11 @@ describe("int8 experts in workerd", () => {
 
   it("holds int8 experts in about a quarter of the f32 bytes", async () => {
     await postJson(w, "/v1/completions", { model: "q8", prompt: [1, 2, 3], max_tokens: 1 });
-    const hosts = (await (await w.fetch("/admin/hosts?model=q8", { headers: ADMIN })).json()) as { hosts: { loaded: unknown[]; bytesLoaded: number }[] };
-    const perExpert = hosts.hosts.reduce((s, h) => s + h.bytesLoaded, 0) / hosts.hosts.reduce((s, h) => s + h.loaded.length, 0);
+    const hosts = (await (await w.fetch("/admin/hosts?model=q8", { headers: ADMIN })).json()) as {
+      hosts: { loaded: unknown[]; bytesLoaded: number }[];
+    };
+    const perExpert =
+      hosts.hosts.reduce((s, h) => s + h.bytesLoaded, 0) / hosts.hosts.reduce((s, h) => s + h.loaded.length, 0);
     expect(perExpert).toBeLessThan(0.3 * F32_EXPERT_BYTES);
     expect(perExpert).toBeGreaterThan(0.24 * F32_EXPERT_BYTES);
   });

@@ -30,10 +30,19 @@ describe("parseConfig", () => {
       slidingWindow: null,
       layers: [{ kind: "moe" }, { kind: "moe" }],
       moeLayers: [0, 1],
-      attention: { kind: "gqa", nHeads: 4, nKvHeads: 2, headDim: 16, qkNorm: "none", qkvBias: false, outBias: false, scale: 0.25 },
+      attention: {
+        kind: "gqa",
+        nHeads: 4,
+        nKvHeads: 2,
+        headDim: 16,
+        qkNorm: "none",
+        qkvBias: false,
+        outBias: false,
+        scale: 0.25,
+      },
       sharedExperts: null,
       multipliers: { embedding: 1, residual: 1, logitsScale: 1 },
-      rope: { theta: 1e6, interleaved: false, rotDim: 16 },
+      rope: { theta: 1e6, interleaved: false, rotDim: 16, yarn: null },
     });
   });
 
@@ -49,7 +58,10 @@ describe("parseConfig", () => {
 
   it("accepts eos_token_id as a list and null", () => {
     expect(parseConfig({ ...base(), eos_token_id: [2, 7] }).eosTokenIds).toEqual([2, 7]);
-    expect(parseConfig({ ...base(), eos_token_id: null, bos_token_id: null })).toMatchObject({ eosTokenIds: [], bosTokenId: null });
+    expect(parseConfig({ ...base(), eos_token_id: null, bos_token_id: null })).toMatchObject({
+      eosTokenIds: [],
+      bosTokenId: null,
+    });
   });
 
   it("defaults num_key_value_heads to num_attention_heads (MixtralConfig)", () => {
@@ -79,7 +91,15 @@ describe("parseConfig", () => {
   });
 
   describe("rejects", () => {
-    const required = ["vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_local_experts", "num_experts_per_tok"];
+    const required = [
+      "vocab_size",
+      "hidden_size",
+      "intermediate_size",
+      "num_hidden_layers",
+      "num_attention_heads",
+      "num_local_experts",
+      "num_experts_per_tok",
+    ];
     for (const field of required) {
       it(`missing ${field}`, async () => {
         const cfg = base();
@@ -113,19 +133,31 @@ describe("parseConfig", () => {
     }
 
     it("num_attention_heads not divisible by num_key_value_heads", async () => {
-      await expectModelError(() => parseConfig({ ...base(), num_key_value_heads: 3 }), ["config.json", "num_key_value_heads", "3"]);
+      await expectModelError(
+        () => parseConfig({ ...base(), num_key_value_heads: 3 }),
+        ["config.json", "num_key_value_heads", "3"],
+      );
     });
 
     it("hidden_size not divisible by num_attention_heads without head_dim", async () => {
-      await expectModelError(() => parseConfig({ ...base(), num_attention_heads: 6, num_key_value_heads: 2 }), ["hidden_size", "num_attention_heads"]);
+      await expectModelError(
+        () => parseConfig({ ...base(), num_attention_heads: 6, num_key_value_heads: 2 }),
+        ["hidden_size", "num_attention_heads"],
+      );
     });
 
     it("num_experts_per_tok > num_local_experts", async () => {
-      await expectModelError(() => parseConfig({ ...base(), num_experts_per_tok: 9 }), ["config.json", "num_experts_per_tok", "≤ num_local_experts (8)", "got 9"]);
+      await expectModelError(
+        () => parseConfig({ ...base(), num_experts_per_tok: 9 }),
+        ["config.json", "num_experts_per_tok", "≤ num_local_experts (8)", "got 9"],
+      );
     });
 
     it("an unknown model_type, listing the supported ones", async () => {
-      await expectModelError(() => parseConfig({ ...base(), model_type: "llama" }), ["config.json", "model_type", '"llama"', "mixtral"]);
+      await expectModelError(
+        () => parseConfig({ ...base(), model_type: "llama" }),
+        ["config.json", "model_type", '"llama"', "mixtral"],
+      );
     });
 
     it("a missing model_type", async () => {
@@ -134,16 +166,25 @@ describe("parseConfig", () => {
       await expectModelError(() => parseConfig(cfg), ["config.json", "model_type"]);
     });
 
-    it("rope_scaling (not supported yet)", async () => {
-      await expectModelError(() => parseConfig({ ...base(), rope_scaling: { type: "yarn", factor: 4 } }), ["config.json", "rope_scaling", "not supported"]);
+    it("rope_scaling outside the DeepSeek families", async () => {
+      await expectModelError(
+        () => parseConfig({ ...base(), rope_scaling: { type: "yarn", factor: 4 } }),
+        ["config.json", "rope_scaling", "not supported"],
+      );
     });
 
     it("a non-default rope_parameters.rope_type", async () => {
-      await expectModelError(() => parseConfig({ ...base(), rope_parameters: { rope_type: "yarn", rope_theta: 1e6 } }), ["rope_parameters.rope_type", "yarn"]);
+      await expectModelError(
+        () => parseConfig({ ...base(), rope_parameters: { rope_type: "yarn", rope_theta: 1e6 } }),
+        ["rope_parameters.rope_type", "yarn"],
+      );
     });
 
     it("an activation other than silu", async () => {
-      await expectModelError(() => parseConfig({ ...base(), hidden_act: "gelu" }), ["config.json", "hidden_act", "gelu"]);
+      await expectModelError(
+        () => parseConfig({ ...base(), hidden_act: "gelu" }),
+        ["config.json", "hidden_act", "gelu"],
+      );
     });
 
     it("a config that is not an object", () => {

@@ -34,7 +34,7 @@ const sortedPairs = (ids: ArrayLike<number>, w: ArrayLike<number>) =>
   Array.from(ids, (id, i) => [id, w[i]] as [number, number]).sort((a, b) => a[0] - b[0]);
 
 describe("forward pass vs golden fixtures (Node, local experts)", () => {
-  for (const name of ["mixtral-tiny", "mixtral-tiny-bf16", "deepseek-v3-tiny"]) {
+  for (const name of ["mixtral-tiny", "mixtral-tiny-bf16", "deepseek-v3-tiny", "deepseek-v3-yarn"]) {
     it(name, async () => {
       const { files, golden } = fixture(name);
       const m = await nodeModel(files);
