@@ -15,7 +15,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { dirFileStore } from "./convert.ts";
+import { dirFileStore } from "./lib/dir-store.ts";
 import { makeModel, resolveConfig } from "./lib/make-model.ts";
 import { measureAsync, type Timing } from "./lib/bench-measure.ts";
 import { openModel, vocabTensorNames } from "../src/model/architectures.ts";

@@ -3,7 +3,6 @@
  * [--set key=value …] [--force]`: writes a random-weight checkpoint of a published config's exact
  * shape (scripts/lib/make-model.ts) with a progress line.
  */
-import { writeFileSync } from "node:fs";
 import { resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";

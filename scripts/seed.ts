@@ -140,7 +140,8 @@ function seedRemote(dir: string, modelId: string, bucket: string, dryRun: boolea
     const r = spawnSync(process.execPath, [wranglerBin, ...args], { stdio: "inherit" });
     if (r.status !== 0)
       throw new Error(
-        `wrangler r2 object put failed for ${file} (exit ${r.status ?? r.signal}); fix the cause above and re-run (files already uploaded are simply uploaded again)`,
+        `wrangler r2 object put failed for ${file} (exit ${r.status ?? r.signal}); ` +
+          "fix the cause above and re-run (files already uploaded are simply uploaded again)",
       );
   }
   if (ignored.length > 0) console.log(`not model files, left out: ${ignored.join(", ")}`);

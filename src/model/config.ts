@@ -22,7 +22,6 @@ export type Architecture =
   | "deepseek_v3";
 
 /** @deprecated name kept for existing imports; the router spec type lives in src/gating/router.ts. */
-export type RouterConfig = RouterSpec;
 
 /** What the feed-forward half of a layer is: routed experts, or one dense SwiGLU MLP of size dFf. */
 export type LayerKind = { readonly kind: "moe" } | { readonly kind: "dense"; readonly dFf: number };
@@ -106,12 +105,14 @@ export interface ModelSpec {
   readonly nKvHeads: number;
   /** Query/key head size: GQA head_dim (or hidden_size / heads); MLA qk_nope + qk_rope. */
   readonly headDim: number;
-  /** Routed expert intermediate size (Mixtral/OLMoE/Granite `intermediate_size`, Qwen/DeepSeek `moe_intermediate_size`). */
+  /**
+   * Routed expert intermediate size (Mixtral/OLMoE/Granite `intermediate_size`, Qwen/DeepSeek
+   * `moe_intermediate_size`).
+   */
   readonly dFf: number;
   /** Routed experts per MoE layer. */
   readonly nExperts: number;
   readonly topK: number;
-  readonly ropeTheta: number;
   readonly rmsEps: number;
   readonly maxPositions: number;
   /** `tie_word_embeddings`: the output head reuses the embedding matrix (no lm_head tensor). */
@@ -170,7 +171,8 @@ export function parseConfig(raw: unknown, file = "config.json"): ModelSpec {
     throw fieldError(
       file,
       "model_type",
-      `must be a string naming the architecture (one of ${SUPPORTED_MODEL_TYPES.join(", ")}), got ${describe(modelType)}`,
+      `must be a string naming the architecture (one of ${SUPPORTED_MODEL_TYPES.join(", ")}), ` +
+        `got ${describe(modelType)}`,
     );
   }
   const parser = Object.hasOwn(PARSERS, modelType) ? PARSERS[modelType as Architecture] : undefined;
@@ -304,7 +306,7 @@ function gqaAttention(
  */
 function parseMixtral(cfg: ConfigObject, file: string): ModelSpec {
   const f = new Fields(cfg, file);
-  const c = common(f, cfg, file, { ropeTheta: 1e6, rmsEps: 1e-5, maxPositions: 4096 * 32 });
+  const { ropeTheta, ...c } = common(f, cfg, file, { ropeTheta: 1e6, rmsEps: 1e-5, maxPositions: 4096 * 32 });
   const dFf = f.positiveInt("intermediate_size");
   const { nKvHeads, headDim } = gqaHeads(f, file, c.dModel, c.nHeads);
   const { nExperts, topK } = experts(f, file, "num_local_experts", "num_experts_per_tok");
@@ -324,7 +326,7 @@ function parseMixtral(cfg: ConfigObject, file: string): ModelSpec {
     attention: gqaAttention(c.nHeads, nKvHeads, headDim),
     sharedExperts: null,
     multipliers: NO_MULTIPLIERS,
-    rope: { theta: c.ropeTheta, interleaved: false, rotDim: headDim, yarn: null },
+    rope: { theta: ropeTheta, interleaved: false, rotDim: headDim, yarn: null },
   };
 }
 
@@ -336,7 +338,7 @@ function parseMixtral(cfg: ConfigObject, file: string): ModelSpec {
  */
 function parseQwenMoe(cfg: ConfigObject, file: string, arch: "qwen2_moe" | "qwen3_moe"): ModelSpec {
   const f = new Fields(cfg, file);
-  const c = common(f, cfg, file, { ropeTheta: 10000, rmsEps: 1e-6, maxPositions: 32768 });
+  const { ropeTheta, ...c } = common(f, cfg, file, { ropeTheta: 10000, rmsEps: 1e-6, maxPositions: 32768 });
   const { nKvHeads, headDim } = gqaHeads(f, file, c.dModel, c.nHeads);
   const qwen2 = arch === "qwen2_moe";
   const { nExperts, topK } = experts(
@@ -377,14 +379,14 @@ function parseQwenMoe(cfg: ConfigObject, file: string, arch: "qwen2_moe" | "qwen
         }),
     sharedExperts: sharedFf > 0 ? { count: 1, dFf: sharedFf, gated: true } : null,
     multipliers: NO_MULTIPLIERS,
-    rope: { theta: c.ropeTheta, interleaved: false, rotDim: headDim, yarn: null },
+    rope: { theta: ropeTheta, interleaved: false, rotDim: headDim, yarn: null },
   };
 }
 
 /** OLMoE (`OlmoeConfig`): q/k RMSNorm over the whole projection, experts of `intermediate_size`. */
 function parseOlmoe(cfg: ConfigObject, file: string): ModelSpec {
   const f = new Fields(cfg, file);
-  const c = common(f, cfg, file, { ropeTheta: 10000, rmsEps: 1e-5, maxPositions: 4096 });
+  const { ropeTheta, ...c } = common(f, cfg, file, { ropeTheta: 10000, rmsEps: 1e-5, maxPositions: 4096 });
   if (cfg.clip_qkv !== undefined && cfg.clip_qkv !== null) {
     throw fieldError(file, "clip_qkv", `is not supported yet (got ${JSON.stringify(cfg.clip_qkv)}); only null`);
   }
@@ -410,7 +412,7 @@ function parseOlmoe(cfg: ConfigObject, file: string): ModelSpec {
     }),
     sharedExperts: null,
     multipliers: NO_MULTIPLIERS,
-    rope: { theta: c.ropeTheta, interleaved: false, rotDim: headDim, yarn: null },
+    rope: { theta: ropeTheta, interleaved: false, rotDim: headDim, yarn: null },
   };
 }
 
@@ -422,7 +424,7 @@ function parseOlmoe(cfg: ConfigObject, file: string): ModelSpec {
  */
 function parseGraniteMoe(cfg: ConfigObject, file: string, arch: "granitemoe" | "granitemoeshared"): ModelSpec {
   const f = new Fields(cfg, file);
-  const c = common(f, cfg, file, { ropeTheta: 10000, rmsEps: 1e-6, maxPositions: 2048 });
+  const { ropeTheta, ...c } = common(f, cfg, file, { ropeTheta: 10000, rmsEps: 1e-6, maxPositions: 2048 });
   const { nKvHeads, headDim } = gqaHeads(f, file, c.dModel, c.nHeads);
   const { nExperts, topK } = experts(f, file, "num_local_experts", "num_experts_per_tok");
   const attentionBias = f.optionalBoolean("attention_bias") ?? false;
@@ -450,7 +452,7 @@ function parseGraniteMoe(cfg: ConfigObject, file: string, arch: "granitemoe" | "
       residual: f.optionalPositiveNumber("residual_multiplier") ?? 1,
       logitsScale: f.optionalPositiveNumber("logits_scaling") ?? 1,
     },
-    rope: { theta: c.ropeTheta, interleaved: false, rotDim: headDim, yarn: null },
+    rope: { theta: ropeTheta, interleaved: false, rotDim: headDim, yarn: null },
   };
 }
 
@@ -469,7 +471,13 @@ function parseGraniteMoe(cfg: ConfigObject, file: string, arch: "granitemoe" | "
 function parseDeepseek(cfg: ConfigObject, file: string, arch: "deepseek_v2" | "deepseek_v3"): ModelSpec {
   const f = new Fields(cfg, file);
   const v3 = arch === "deepseek_v3";
-  const c = common(f, cfg, file, { ropeTheta: 10000, rmsEps: 1e-6, maxPositions: v3 ? 4096 : 2048 }, true);
+  const { ropeTheta, ...c } = common(
+    f,
+    cfg,
+    file,
+    { ropeTheta: 10000, rmsEps: 1e-6, maxPositions: v3 ? 4096 : 2048 },
+    true,
+  );
   const yarn = parseYarnScaling(cfg.rope_scaling, file);
   if (f.optionalBoolean("attention_bias") === true) {
     throw fieldError(
@@ -542,7 +550,7 @@ function parseDeepseek(cfg: ConfigObject, file: string, arch: "deepseek_v2" | "d
       );
     }
   }
-  const normTopk = f.optionalBoolean("norm_topk_prob") ?? (v3 ? true : false);
+  const normTopk = f.optionalBoolean("norm_topk_prob") ?? !!v3;
   const routedScale = f.optionalPositiveNumber("routed_scaling_factor") ?? (v3 ? 2.5 : 1);
   const v2Renorm = normTopk && topK > 1;
   const router: RouterSpec = {
@@ -582,7 +590,7 @@ function parseDeepseek(cfg: ConfigObject, file: string, arch: "deepseek_v2" | "d
     },
     sharedExperts: nShared > 0 ? { count: nShared, dFf: nShared * dFf, gated: false } : null,
     multipliers: NO_MULTIPLIERS,
-    rope: { theta: c.ropeTheta, interleaved: f.optionalBoolean("rope_interleave") ?? true, rotDim: qkRope, yarn },
+    rope: { theta: ropeTheta, interleaved: f.optionalBoolean("rope_interleave") ?? true, rotDim: qkRope, yarn },
   };
 }
 

@@ -3,8 +3,9 @@
  * shared experts, output head — readable top to bottom (llama2.c style), for every family the
  * spec describes. One implementation for every placement: a process holds a part (a layer range,
  * with or without the ends) and runs `embed`, `layers` and `head` on it; `forward` is the three
- * in one process when it holds everything. Routed experts are handed to an `ExpertRunner`: the ExpertHost fan-out in the
- * Worker (model-runtime.ts), or local kernels in Node tests. Platform-agnostic: give it a `Kernels`.
+ * in one process when it holds everything. Routed experts are handed to an `ExpertRunner`: the
+ * ExpertHost fan-out in the Worker (model-runtime.ts), or local kernels in Node tests.
+ * Platform-agnostic: give it a `Kernels`.
  *
  * Per layer:  x += residual · attn(rmsnorm(x));  x += residual · ffn(rmsnorm(x))
  * ffn = dense MLP, or Σ_k w_k · expert_k(h) + [sigmoid(h·g)] · shared(h).
@@ -63,7 +64,8 @@ function upload<T>(k: Kernels, tree: T): Ptrs<T> {
   const walk = (v: unknown): unknown => {
     if (v instanceof Float32Array) return k.allocF32(v);
     if (Array.isArray(v)) return v.map(walk);
-    if (typeof v === "object" && v !== null) return Object.fromEntries(Object.entries(v).map(([key, x]) => [key, walk(x)]));
+    if (typeof v === "object" && v !== null)
+      return Object.fromEntries(Object.entries(v).map(([key, x]) => [key, walk(x)]));
     return v;
   };
   return walk(tree) as Ptrs<T>;
@@ -95,7 +97,12 @@ export class ModelForward {
   }
 
   /** Copies one part of the dense model into the kernels' memory. */
-  static createPart(k: Kernels, spec: ModelSpec, part: DensePartWeights, routing: RoutingOptions = ROUTING_OFF): ModelForward {
+  static createPart(
+    k: Kernels,
+    spec: ModelSpec,
+    part: DensePartWeights,
+    routing: RoutingOptions = ROUTING_OFF,
+  ): ModelForward {
     const ends = part.ends ? upload(k, part.ends) : null;
     const norm = ends ? ends.finalNorm : part.finalNorm ? k.allocF32(part.finalNorm) : null;
     return new ModelForward(spec, k, ends, norm, upload(k, part.layers), part.first, routing);
@@ -106,7 +113,14 @@ export class ModelForward {
    * memory and dropped before the next is read, so loading peaks at the weights in Wasm plus one
    * layer in JS — not twice the range.
    */
-  static async loadLayers(k: Kernels, spec: ModelSpec, first: number, end: number, readLayer: (l: number) => Promise<DenseLayerWeights>, routing: RoutingOptions = ROUTING_OFF): Promise<ModelForward> {
+  static async loadLayers(
+    k: Kernels,
+    spec: ModelSpec,
+    first: number,
+    end: number,
+    readLayer: (l: number) => Promise<DenseLayerWeights>,
+    routing: RoutingOptions = ROUTING_OFF,
+  ): Promise<ModelForward> {
     const layers: Ptrs<DenseLayerWeights>[] = [];
     for (let l = first; l < end; l++) layers.push(upload(k, await readLayer(l)));
     return new ModelForward(spec, k, null, null, layers, first, routing);
@@ -150,7 +164,13 @@ export class ModelForward {
    * Runs `tokens` at positions session.length… through the whole model, appending to the KV cache.
    * Returns logits [nOut, vocab] for the last token (nOut = 1) or every token (`allLogits`).
    */
-  async forward(s: Session, tokens: number[], experts: ExpertRunner, rng: () => number, opts: ForwardOptions = {}): Promise<Float32Array> {
+  async forward(
+    s: Session,
+    tokens: number[],
+    experts: ExpertRunner,
+    rng: () => number,
+    opts: ForwardOptions = {},
+  ): Promise<Float32Array> {
     if (!this.whole) throw new Error(`internal: this part holds layers [${this.first}, ${this.end}) only`);
     const { dModel } = this.spec;
     const n = tokens.length;
@@ -182,7 +202,13 @@ export class ModelForward {
    * Runs the layers held here on the residual stream x [n, dModel] at positions
    * session.length…, appending to the KV cache; returns the new residual stream [n, dModel].
    */
-  async layers(s: Session, xIn: Float32Array, experts: ExpertRunner, rng: () => number, onRouting?: ForwardOptions["onRouting"]): Promise<Float32Array> {
+  async layers(
+    s: Session,
+    xIn: Float32Array,
+    experts: ExpertRunner,
+    rng: () => number,
+    onRouting?: ForwardOptions["onRouting"],
+  ): Promise<Float32Array> {
     const n = xIn.length / this.spec.dModel;
     const arena = new Arena(this.kernels);
     try {
@@ -269,7 +295,14 @@ export class ModelForward {
   }
 
   /** The layers held, on x [n, dModel] in Wasm memory (updated in place); advances the session. */
-  async #layers(s: Session, x: number, n: number, experts: ExpertRunner, rng: () => number, onRouting?: ForwardOptions["onRouting"]): Promise<void> {
+  async #layers(
+    s: Session,
+    x: number,
+    n: number,
+    experts: ExpertRunner,
+    rng: () => number,
+    onRouting?: ForwardOptions["onRouting"],
+  ): Promise<void> {
     const { dModel, rmsEps, multipliers, rope } = this.spec;
     const start = s.length;
     if (start + n > s.maxLen) throw new Error(`session holds ${s.maxLen} positions, asked for ${start + n}`);
@@ -305,9 +338,16 @@ export class ModelForward {
    * One MoE block on given inputs [n, dModel] (the post-attention-norm activations): routed experts
    * plus shared experts, before the residual add (what golden fixtures record as moe_layer.output).
    */
-  async moeBlock(layer: number, input: Float32Array, experts: ExpertRunner, rng: () => number): Promise<{ out: Float32Array; routing: Routing }> {
-    if (this.spec.layers[layer]?.kind !== "moe") throw new RangeError(`layer ${layer} is not an MoE layer (MoE layers: ${this.spec.moeLayers.join(", ")})`);
-    if (layer < this.first || layer >= this.end) throw new RangeError(`layer ${layer} is not held here (layers [${this.first}, ${this.end}))`);
+  async moeBlock(
+    layer: number,
+    input: Float32Array,
+    experts: ExpertRunner,
+    rng: () => number,
+  ): Promise<{ out: Float32Array; routing: Routing }> {
+    if (this.spec.layers[layer]?.kind !== "moe")
+      throw new RangeError(`layer ${layer} is not an MoE layer (MoE layers: ${this.spec.moeLayers.join(", ")})`);
+    if (layer < this.first || layer >= this.end)
+      throw new RangeError(`layer ${layer} is not held here (layers [${this.first}, ${this.end}))`);
     const n = input.length / this.spec.dModel;
     const arena = new Arena(this.kernels);
     try {
@@ -322,7 +362,14 @@ export class ModelForward {
   }
 
   /** The feed-forward half of layer l on h [n, dModel] (in Wasm memory); returns [n, dModel] in JS memory. */
-  async #ffn(l: number, h: number, n: number, experts: ExpertRunner, rng: () => number, onRouting?: (layer: number, r: Routing) => void): Promise<Float32Array> {
+  async #ffn(
+    l: number,
+    h: number,
+    n: number,
+    experts: ExpertRunner,
+    rng: () => number,
+    onRouting?: (layer: number, r: Routing) => void,
+  ): Promise<Float32Array> {
     const { dModel, nExperts, topK } = this.spec;
     const k = this.kernels;
     const w = this.layerW[l - this.first].ffn;
@@ -340,9 +387,14 @@ export class ModelForward {
           const gate = arena.f32(n * nExperts); // [n, nExperts] router logits
           k.matmul(gate, h, w.router, n, dModel, nExperts);
           const bias = w.routerBias === null ? null : k.f32(w.routerBias, nExperts).slice();
-          routing = route(this.spec.router, k.f32(gate, n * nExperts).slice(), n, nExperts, topK, { bias, options: this.routing, rng });
+          routing = route(this.spec.router, k.f32(gate, n * nExperts).slice(), n, nExperts, topK, {
+            bias,
+            options: this.routing,
+            rng,
+          });
           // Shared experts run here, in the Worker: every token uses them, an RPC would buy nothing.
-          if (w.shared !== null && this.spec.sharedExperts !== null) shared = this.#mlp(w.shared, h, n, this.spec.sharedExperts.dFf, w.shared.gate);
+          if (w.shared !== null && this.spec.sharedExperts !== null)
+            shared = this.#mlp(w.shared, h, n, this.spec.sharedExperts.dFf, w.shared.gate);
           hCopy = k.f32(h, n * dModel).slice(); // leaves Wasm memory before the await
         } finally {
           arena.free();
@@ -356,7 +408,13 @@ export class ModelForward {
   }
 
   /** SwiGLU MLP on h [n, dModel] in token chunks; with `gate`, each row × sigmoid(h·gate). */
-  #mlp(w: Ptrs<MlpWeights> | Ptrs<SharedWeights>, h: number, n: number, dFf: number, gate: number | null): Float32Array {
+  #mlp(
+    w: Ptrs<MlpWeights> | Ptrs<SharedWeights>,
+    h: number,
+    n: number,
+    dFf: number,
+    gate: number | null,
+  ): Float32Array {
     const { dModel } = this.spec;
     const k = this.kernels;
     const arena = new Arena(k);
@@ -389,7 +447,13 @@ export class ModelForward {
 }
 
 /** Routed experts, with capacity-dropped slots removed first (the runner sees a plain routing). */
-async function runRouted(experts: ExpertRunner, layer: number, routing: Routing, h: Float32Array, dModel: number): Promise<Float32Array> {
+async function runRouted(
+  experts: ExpertRunner,
+  layer: number,
+  routing: Routing,
+  h: Float32Array,
+  dModel: number,
+): Promise<Float32Array> {
   if (!routing.dropped) return experts(layer, routing, h);
   const { routing: flat, tokenOf } = flattenRouting(routing);
   const rows = new Float32Array(flat.n * dModel);

@@ -9,7 +9,7 @@ import { mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { LocalWorker } from "../../scripts/lib/local-worker";
-import { convertModel } from "../../scripts/convert";
+import { convertModel } from "../../scripts/lib/convert-lib";
 import { expertQ4gBytes } from "../../src/kernels/q4g-format";
 import { ADMIN, FIXTURES, postJson, startWithModels } from "./helpers";
 

@@ -19,7 +19,6 @@ describe("parseConfig", () => {
       dFf: 96,
       nExperts: 8,
       topK: 2,
-      ropeTheta: 1e6,
       rmsEps: 1e-5,
       maxPositions: 4096,
       tieEmbeddings: false,
@@ -74,7 +73,7 @@ describe("parseConfig", () => {
     const cfg = base();
     delete cfg.rope_theta;
     cfg.rope_parameters = { rope_type: "default", rope_theta: 5e5 };
-    expect(parseConfig(cfg).ropeTheta).toBe(5e5);
+    expect(parseConfig(cfg).rope.theta).toBe(5e5);
   });
 
   it("exposes sliding_window so longer sequences can be refused", () => {
