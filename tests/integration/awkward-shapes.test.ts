@@ -11,9 +11,9 @@ import { join } from "node:path";
 import { verifyFixture } from "../../scripts/lib/verify-lib";
 import { writeSafetensors } from "../../src/model/safetensors-writer";
 import { parseConfig } from "../../src/model/config";
-import { buildTensors, type Tensors } from "../unit/model/family-checkpoints";
-import type { Config } from "../unit/model/family-configs";
-import { referenceForward } from "../unit/model/reference-forward";
+import { buildTensors, type Tensors } from "../support/family-checkpoints";
+import type { Config } from "../support/family-configs";
+import { referenceForward } from "../support/reference-forward";
 
 /** Odd sizes, one KV head, top-3 of 5 experts. */
 const AWKWARD_MIXTRAL: Config = {

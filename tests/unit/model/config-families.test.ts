@@ -15,7 +15,7 @@ import {
   OLMOE,
   QWEN2_MOE,
   QWEN3_MOE,
-} from "./family-configs";
+} from "../../support/family-configs";
 
 describe("parseConfig per family", () => {
   it("supports every family", () => {

@@ -12,7 +12,7 @@ import { parseConfig } from "../../../src/model/config";
 import { memoryFileStore } from "../../../src/model/safetensors";
 import { adjustedConfig, makeModel, resolveConfig } from "../../../scripts/lib/make-model";
 import { hashModelDir } from "../../../scripts/lib/demo-model";
-import { referenceForward } from "./reference-forward";
+import { referenceForward } from "../../support/reference-forward";
 
 const dirs: string[] = [];
 const tmp = () => {

@@ -15,7 +15,7 @@ import {
   yarnInvFreq,
   type YarnSpec,
 } from "../../../src/model/rope";
-import { DEEPSEEK_V2_LITE, DEEPSEEK_V3 } from "./family-configs";
+import { DEEPSEEK_V2_LITE, DEEPSEEK_V3 } from "../../support/family-configs";
 import { expectModelError } from "./helpers";
 
 const FIXTURE = new URL("../../fixtures/deepseek-v3-yarn/", import.meta.url);

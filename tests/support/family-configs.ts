@@ -143,7 +143,7 @@ export const GRANITE_MOE_SHARED: Config = {
 
 /** The golden fixture's DeepSeek-V3 config. */
 export const DEEPSEEK_V3: Config = JSON.parse(
-  readFileSync(new URL("../../fixtures/deepseek-v3-tiny/config.json", import.meta.url), "utf8"),
+  readFileSync(new URL("../fixtures/deepseek-v3-tiny/config.json", import.meta.url), "utf8"),
 ) as Config;
 
 /** DeepSeek-V3 variant: q_lora_rank null (plain q_proj), two shared experts, 3 groups, top-3, odd sizes. */

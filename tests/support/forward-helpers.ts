@@ -3,14 +3,14 @@
  * build/, dense weights from an in-memory checkpoint, and routed experts run locally instead of
  * on ExpertHosts (same kernel, same Σ weight · expert(h)).
  */
-import { loadKernels } from "../../../src/kernels/node";
-import type { Kernels } from "../../../src/kernels/index";
-import { loadDenseWeights, loadExpertWeights, openModel } from "../../../src/model/architectures";
-import type { ModelSpec } from "../../../src/model/config";
-import type { Checkpoint } from "../../../src/model/safetensors";
-import { memoryFileStore } from "../../../src/model/safetensors";
-import { ModelForward, type ExpertRunner } from "../../../src/serving/forward";
-import { ROUTING_OFF, type RoutingOptions } from "../../../src/gating/router";
+import { loadKernels } from "../../src/kernels/node";
+import type { Kernels } from "../../src/kernels/index";
+import { loadDenseWeights, loadExpertWeights, openModel } from "../../src/model/architectures";
+import type { ModelSpec } from "../../src/model/config";
+import type { Checkpoint } from "../../src/model/safetensors";
+import { memoryFileStore } from "../../src/model/safetensors";
+import { ModelForward, type ExpertRunner } from "../../src/serving/forward";
+import { ROUTING_OFF, type RoutingOptions } from "../../src/gating/router";
 
 /** Routed experts computed in this process with `expertFfn`, loaded on first use. */
 export function localExperts(k: Kernels, ckpt: Checkpoint, spec: ModelSpec): ExpertRunner {

@@ -6,7 +6,7 @@
  */
 import { describe, expect, it } from "vitest";
 import { readFileSync, readdirSync } from "node:fs";
-import { maxAbsDiff, nodeModel, runPrompt } from "./forward-helpers";
+import { maxAbsDiff, nodeModel, runPrompt } from "../../support/forward-helpers";
 
 interface Golden {
   prompt_ids: number[];

@@ -3,10 +3,10 @@
  * seeded random weights and the tensor names each family's transformers code uses (written out
  * here independently of src/model/architectures.ts, so a wrong adapter name fails the tests).
  */
-import { parseConfig } from "../../../src/model/config";
-import { writeSafetensors } from "../../../src/model/safetensors-writer";
+import { parseConfig } from "../../src/model/config";
+import { writeSafetensors } from "../../src/model/safetensors-writer";
 import type { Config } from "./family-configs";
-import { createRng as rng } from "../../../src/serving/sampling";
+import { createRng as rng } from "../../src/serving/sampling";
 
 export type Tensors = Map<string, { shape: number[]; data: Float32Array }>;
 

@@ -9,7 +9,7 @@ import { describe, expect, it } from "vitest";
 import { denseBytes, expertBytesF32, loadExpertWeights, openModel } from "../../../src/model/architectures";
 import { parseConfig } from "../../../src/model/config";
 import { memoryFileStore } from "../../../src/model/safetensors";
-import { buildTensors, checkpointFiles, type Tensors } from "./family-checkpoints";
+import { buildTensors, checkpointFiles, type Tensors } from "../../support/family-checkpoints";
 import {
   DEEPSEEK_V2_LITE,
   DEEPSEEK_V3,
@@ -20,10 +20,10 @@ import {
   QWEN2_MOE,
   QWEN3_MOE,
   type Config,
-} from "./family-configs";
-import { maxAbsDiff, nodeModel, runPrompt } from "./forward-helpers";
+} from "../../support/family-configs";
+import { maxAbsDiff, nodeModel, runPrompt } from "../../support/forward-helpers";
 import { flattenRouting, ROUTING_OFF, type Routing } from "../../../src/gating/router";
-import { referenceForward } from "./reference-forward";
+import { referenceForward } from "../../support/reference-forward";
 
 const MIXTRAL: Config = {
   model_type: "mixtral",

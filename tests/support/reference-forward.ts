@@ -5,7 +5,7 @@
  * routing from sorted scores. It shares no code with src/serving/ and src/gating/; it reads the
  * sizes and flags from parseConfig, whose output is tested separately.
  */
-import { parseConfig, type ModelSpec } from "../../../src/model/config";
+import { parseConfig, type ModelSpec } from "../../src/model/config";
 import type { Config } from "./family-configs";
 import type { Tensors } from "./family-checkpoints";
 
