@@ -9,6 +9,9 @@
  *
  * Per layer:  x += residual · attn(rmsnorm(x));  x += residual · ffn(rmsnorm(x))
  * ffn = dense MLP, or Σ_k w_k · expert_k(h) + [sigmoid(h·g)] · shared(h).
+ *
+ * A little over the ~400-line guideline on purpose: the whole forward pass reads top to bottom in
+ * one file (llama2.c's habit), which is what makes it reviewable against the reference.
  */
 import type { Kernels } from "../kernels/index";
 import type { DenseEnds, DenseLayerWeights, DenseWeights, MlpWeights, SharedWeights } from "../model/architectures";
