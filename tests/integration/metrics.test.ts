@@ -41,6 +41,12 @@ const line = (text: string, prefix: string) => {
   return l === undefined ? 0 : Number(l.slice(prefix.length).trim());
 };
 
+/**
+ * Tokens each MoE layer runs for the load below: 4 × (16 prompt + 3 decode steps; the 4th token
+ * needs no forward) + the streamed (3 + 2).
+ */
+const LAYER_TOKENS = 4 * (16 + 3) + (3 + 2);
+
 describe("/metrics", () => {
   it("needs the admin token", async () => {
     expect((await w.fetch("/metrics")).status).toBe(401);
@@ -87,6 +93,23 @@ describe("/metrics", () => {
     expect(value(fs, "edge_moe_http_requests_total", { route: "/v1/completions", status: "200" })).toBe(5);
     expect(value(fs, "edge_moe_http_requests_total", { route: "/v1/completions", status: "400" })).toBe(1);
     expect(value(fs, "edge_moe_generations_total", { model: "tiny", finish: "length" })).toBe(5);
+
+    // Per MoE layer: fan-out latency, tokens through the layer and the RPCs sent for them (the
+    // fan-out reports them through src/platform/events.ts; experts don't import observability).
+    const fanout = family(fs, "edge_moe_fanout_seconds");
+    expect(fanout.type).toBe("HISTOGRAM");
+    for (const layer of ["0", "1"]) {
+      const calls = line(after.text, `edge_moe_fanout_seconds_count{layer="${layer}"}`);
+      expect(calls).toBeGreaterThanOrEqual(5); // at least a prefill per request
+      const tokens = value(fs, "edge_moe_expert_layer_tokens_total", { layer });
+      expect(tokens).toBe(LAYER_TOKENS);
+      const rpcs = value(fs, "edge_moe_expert_rpcs_total", { layer });
+      expect(rpcs).toBeGreaterThanOrEqual(calls); // at least one RPC per layer call
+      expect(rpcs / tokens).toBeLessThanOrEqual(2); // top-2: never more RPCs than (token, expert) rows
+    }
+    expect(family(fs, "edge_moe_expert_failovers_total").type).toBe("COUNTER");
+    expect(value(fs, "edge_moe_expert_failovers_total", {})).toBe(0);
+    expect(value(fs, "edge_moe_capacity_drops_total", {})).toBe(0); // CAPACITY_FACTOR unset
 
     // Routed load per (layer, expert) from the Coordinator, tokens per expert from the hosts.
     const load = family(fs, "edge_moe_expert_load_tokens");
