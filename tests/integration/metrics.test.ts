@@ -14,7 +14,7 @@ let w: LocalWorker;
 beforeAll(async () => {
   w = await startWithModels(
     { tiny: join(FIXTURES, "mixtral-tiny") },
-    { MIN_EXPERT_HOSTS: "2", REPLAN_INTERVAL_MS: "300", DEFAULT_MODEL: "tiny" },
+    { MIN_EXPERT_HOSTS: "2", REPLAN_INTERVAL_MS: "300", DEFAULT_MODEL: "tiny", ADMIN_FAULTS_ENABLED: "true" },
   );
 });
 afterAll(() => w?.dispose());
@@ -146,5 +146,30 @@ describe("/metrics", () => {
     expect(status.lastReplans.length).toBeGreaterThan(3);
     const made = status.lastReplans.filter((r) => r.at >= since - 100).length;
     expect(replans(r2) - replans(r1)).toBeLessThanOrEqual(made);
+  });
+
+  it("counts failed expert calls as failovers by layer and code; no forward left in flight", async () => {
+    const before = value((await scrape()).families, "edge_moe_expert_failovers_total", { layer: "0" });
+    // Every expert of layer 0 fails on every instance for a moment: the fan-out retries them.
+    const placement = (await (await w.fetch("/v1/placement", { headers: ADMIN })).json()) as {
+      instances: unknown[];
+    };
+    for (let instance = 0; instance < placement.instances.length; instance++) {
+      for (let expert = 0; expert < 8; expert++) {
+        const f = await postJson(w, "/admin/fault", { instance, layer: 0, expert, ms: 150 }, ADMIN);
+        expect(f.status).toBe(200);
+      }
+    }
+    const r = await postJson(w, "/v1/completions", { prompt: [7, 8, 9], max_tokens: 1, temperature: 0 });
+    expect([200, 503]).toContain(r.status); // retries may outlast the fault, or give up
+    const fs = (await scrape()).families; // a scrape flushes its own isolate first
+    const failovers = family(fs, "edge_moe_expert_failovers_total").metrics.filter((m) => m.labels?.layer === "0");
+    expect(failovers.map((m) => m.labels?.code)).toContain("model_error");
+    expect(value(fs, "edge_moe_expert_failovers_total", { layer: "0" }) - before).toBeGreaterThanOrEqual(1);
+    // Every forward has answered: each instance reports zero calls in flight.
+    const inflight = family(fs, "edge_moe_instance_inflight_calls");
+    expect(inflight.type).toBe("GAUGE");
+    expect(inflight.metrics.length).toBeGreaterThanOrEqual(2);
+    for (const m of inflight.metrics) expect(Number(m.value)).toBe(0);
   });
 });
