@@ -95,11 +95,16 @@ export function recordFailover(layer: number, code: string): void {
 
 /**
  * Subscribes this isolate's recorder to the experts' events (../platform/events.ts). Called once
- * from app.ts at load; every isolate of the script (the Worker's and the Durable Objects') gets
- * it, but only the Worker's requests schedule flushes.
+ * from app.ts at load, so every isolate of the script (the Worker's and the Durable Objects') gets
+ * it; the Worker's requests schedule flushes, and a StageHost asks for one after running layers.
  */
 export function installExpertMetrics(): void {
-  setExpertEventSink({ routed: recordRouted, layerCall: recordLayerCall, failover: recordFailover });
+  setExpertEventSink({
+    routed: recordRouted,
+    layerCall: recordLayerCall,
+    failover: recordFailover,
+    flushSoon: scheduleFlush,
+  });
 }
 
 /**

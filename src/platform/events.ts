@@ -20,6 +20,11 @@ export interface ExpertEventSink {
   layerCall(layer: number, seconds: number, rpcs: number): void;
   /** A failed expert call whose rows are retried or sent to another replica; `code` is bounded. */
   failover(layer: number, code: string): void;
+  /**
+   * Sends what this isolate recorded soon, off the request path. The Worker flushes after each
+   * request; a Durable Object that runs layers itself (StageHost) calls this after its work.
+   */
+  flushSoon?(env: Env, waitUntil: (p: Promise<unknown>) => void): void;
 }
 
 let sink: ExpertEventSink | null = null;
@@ -34,4 +39,9 @@ export function setExpertEventSink(next: ExpertEventSink | null): ExpertEventSin
 /** This isolate's sink, or null when nothing listens (callers skip timing then). */
 export function expertEvents(): ExpertEventSink | null {
   return sink;
+}
+
+/** Asks the installed sink to flush soon (see ExpertEventSink.flushSoon); nothing without one. */
+export function flushExpertEventsSoon(env: Env, waitUntil: (p: Promise<unknown>) => void): void {
+  sink?.flushSoon?.(env, waitUntil);
 }

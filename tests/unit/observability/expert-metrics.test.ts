@@ -12,7 +12,7 @@ import type { Routing } from "../../../src/gating/router";
 import { METRICS } from "../../../src/observability/catalog";
 import { flushNow, installExpertMetrics } from "../../../src/observability/recorder";
 import { MetricSet, type MetricDelta } from "../../../src/observability/registry";
-import { expertEvents, setExpertEventSink } from "../../../src/platform/events";
+import { expertEvents, flushExpertEventsSoon, setExpertEventSink } from "../../../src/platform/events";
 
 const D = 4;
 const FAST: RetryConfig = { ...DEFAULT_RETRY, baseDelayMs: 1, maxDelayMs: 2, rpcTimeoutMs: 100 };
@@ -104,5 +104,21 @@ describe("expert metrics", () => {
     await fanOut(transport(null), placement, 1, routing(), new Float32Array(3 * D), D, { retry: FAST });
     expect(await flushNow(env)).toBe(false);
     expect(sent).toHaveLength(0);
+  });
+
+  it("flushes on request from a Durable Object that ran layers (StageHost), kept alive by waitUntil", async () => {
+    const { env, sent } = hub();
+    await flushNow(env);
+    sent.length = 0;
+    flushExpertEventsSoon(env, () => {}); // no sink: nothing happens
+    installExpertMetrics();
+    expertEvents()?.routed(5, 4, 0);
+    const kept: Promise<unknown>[] = [];
+    flushExpertEventsSoon(env, (p) => kept.push(p));
+    expect(kept).toHaveLength(1);
+    await Promise.all(kept);
+    const m = new MetricSet();
+    for (const d of sent) m.merge(d);
+    expect(m.counter(METRICS.layerTokens.name, { layer: "5" })).toBe(4);
   });
 });
