@@ -46,6 +46,7 @@ import {
   type ScenarioKind,
 } from "./lib/placement-scenarios";
 import { REPLAN_FLAGS_HELP, applyReplanFlag, deployedReplanConfig, describeReplanConfig } from "./lib/replan-config";
+import { progressBar } from "./lib/progress";
 
 // ── output ────────────────────────────────────────────────────────────────────────────────────
 
@@ -246,6 +247,12 @@ async function main(): Promise<void> {
   const timingInputs: ReplanInput[] = [];
   const replan: ReplanConfig = { ...deployedReplanConfig(), ...args.replan };
   const started = performance.now();
+  // One step per (scenario, policy), on stderr and only on a terminal; the tables print after it.
+  const bar = progressBar("placement", scenarios.length * args.policies.length, {
+    format: "placement [{bar}] {value}/{total} {eta_formatted} left · {scenario} · {policy}",
+    payload: { scenario: scenarios[0]?.name ?? "", policy: args.policies[0] ?? "" },
+  });
+  let step = 0;
   for (const sc of scenarios) {
     const warmup = Math.min(args.warmup, Math.floor((sc.trace.windows.length - 1) / 4));
     const results = {} as Record<PolicyName, PolicyResult>;
@@ -254,10 +261,13 @@ async function main(): Promise<void> {
       const dispatches = dispatchesFor(sc.kind, p, args.llAll);
       const policy = makePolicy(p, sc.trace, sc.shape, replan);
       const record = big && p === "edge-moe" ? timingInputs : undefined;
+      bar.update(step, { scenario: sc.name, policy: p });
       results[p] = evaluatePolicy(policy, sc.trace, sc.shape, warmup, dispatches, args.batch, args.seed, record);
+      bar.update(++step, { scenario: sc.name, policy: p });
     }
     rows.push({ name: sc.name, kind: sc.kind, shape: sc.shape, replan, results });
   }
+  bar.stop();
   const seconds = (performance.now() - started) / 1000;
   // Every k-th recorded 256 × 64 input, at most 200, each re-planned `timingRepeats` times.
   const stride = Math.max(1, Math.ceil(timingInputs.length / 200));

@@ -7,6 +7,7 @@ import { resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
 import { DEMO_MODEL_SIZE, type DemoModelSize, formatBytes, makeDemoModel } from "./lib/demo-model.ts";
+import { type Progress, progressBar } from "./lib/progress.ts";
 
 const USAGE =
   `usage: tsx scripts/make-demo-model.ts [--out DIR] [--force] [--seed N]
@@ -59,7 +60,29 @@ function main(): void {
   if (seed !== undefined && !Number.isInteger(seed))
     throw new Error(`--seed must be an integer, got ${JSON.stringify(values.seed)}`);
 
-  const s = makeDemoModel(values.out, { size, seed, force: values.force, log: (l) => console.log(l) });
+  // A bar of tensor bytes generated, on stderr and only on a terminal (lib/progress.ts); the
+  // per-shard lines would break it, so they wait until the bar is done.
+  let bar: Progress | null = null;
+  let drawing = false;
+  const lines: string[] = [];
+  const s = makeDemoModel(values.out, {
+    size,
+    seed,
+    force: values.force,
+    log: (l) => (drawing ? lines.push(l) : console.log(l)),
+    progress: (done, total) => {
+      if (!bar) {
+        bar = progressBar("tensors", total, { format: "tensors [{bar}] {percentage}% {eta_formatted} left" });
+        drawing = Boolean(process.stderr.isTTY);
+      }
+      bar.update(done);
+      if (done === total) {
+        bar.stop();
+        drawing = false;
+        for (const l of lines.splice(0)) console.log(l);
+      }
+    },
+  });
   if (!s.skipped) {
     console.log(`demo model written to ${values.out}/ in ${(s.ms / 1000).toFixed(1)} s`);
   }

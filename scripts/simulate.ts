@@ -49,6 +49,7 @@ import { calibrate, D_MODEL, interpolate, type Calibration, type CostPoint } fro
 import { machineInfo, makePolicy, quantile, type ClusterShape, type PolicyName } from "./lib/placement-policies";
 import { shapeFor } from "./lib/placement-scenarios";
 import { REPLAN_FLAGS_HELP, applyReplanFlag, describeReplanConfig } from "./lib/replan-config";
+import { progressBar } from "./lib/progress";
 import { DEFAULT_SIM, type LoadBasis, type SimConfig } from "./lib/sim-config";
 import { gaussian, makeRng, popularityTrace, type LoadTrace } from "./lib/workloads";
 
@@ -768,11 +769,21 @@ async function main(): Promise<void> {
 
   const started = performance.now();
   const results: SimResult[] = [];
+  // One step per simulated (basis, load, policy), on stderr and only on a terminal.
+  const bar = progressBar("simulate", cfg.bases.length * cfg.loads.length * args.policies.length, {
+    format: "simulate [{bar}] {value}/{total} {eta_formatted} left · {basis} ρ={load} · {policy}",
+    payload: { basis: cfg.bases[0] ?? "", load: cfg.loads[0] ?? "", policy: args.policies[0] ?? "" },
+  });
   for (const basis of cfg.bases) {
     for (const load of cfg.loads) {
-      for (const p of args.policies) results.push(simulate(cfg, costs, p, basis, load, load * bases[basis], shape));
+      for (const p of args.policies) {
+        bar.update(results.length, { basis, load, policy: p });
+        results.push(simulate(cfg, costs, p, basis, load, load * bases[basis], shape));
+      }
     }
   }
+  bar.update(results.length);
+  bar.stop();
   const seconds = (performance.now() - started) / 1000;
 
   const f = (x: number, d = 2): string => (Number.isFinite(x) ? x.toFixed(d) : "–");

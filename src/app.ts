@@ -16,7 +16,13 @@ import { admin } from "./routes/admin";
 import { metrics } from "./routes/metrics";
 import { dashboard } from "./routes/dashboard";
 import { observe } from "./observability/http";
+import { installExpertMetrics } from "./observability/recorder";
 import { drainBody } from "./routes/guards";
+
+// The expert fan-out reports layer latency, RPCs, failovers and capacity drops through a sink
+// (src/platform/events.ts), since experts may not import observability. Installed at load, so
+// every isolate running this script records them; only Worker requests flush them to the hub.
+installExpertMetrics();
 
 export const app = new Hono<{ Bindings: Env; Variables: RequestIdVariables }>();
 

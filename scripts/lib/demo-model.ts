@@ -55,6 +55,8 @@ export interface DemoModelOptions {
   /** Rebuild even when the directory already holds this model. */
   force?: boolean;
   log?: (line: string) => void;
+  /** Called after each tensor is generated: bytes of tensor data done and in all (progress bars). */
+  progress?: (doneBytes: number, totalBytes: number) => void;
 }
 
 export interface DemoModelSummary {
@@ -405,13 +407,14 @@ export function makeDemoModel(outDir: string, opts: DemoModelOptions = {}): Demo
     return summarize(true);
   }
   mkdirSync(dir, { recursive: true });
+  let done = 0;
   for (const s of shards) {
-    const tensors: TensorToWrite[] = s.tensors.map((t) => ({
-      name: t.name,
-      dtype: "F32",
-      shape: t.shape,
-      data: t.fill(new Float32Array(numel(t.shape))),
-    }));
+    const tensors: TensorToWrite[] = s.tensors.map((t) => {
+      const data = t.fill(new Float32Array(numel(t.shape)));
+      done += data.byteLength;
+      opts.progress?.(done, tensorBytes);
+      return { name: t.name, dtype: "F32", shape: t.shape, data };
+    });
     const image = writeSafetensors(tensors, shardMetadata(seed));
     writeFileSync(join(dir, s.file), image);
     log(`wrote ${s.file} (${s.tensors.length} tensors, ${formatBytes(image.byteLength)})`);

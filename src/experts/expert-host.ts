@@ -36,6 +36,8 @@ export class ExpertHost extends DurableObject<Env> {
   #expertTokens = new Map<string, number>();
   /** Injected faults (chaos testing via /admin/fault): "layer:expert" → what calls do until when. */
   #faults = new Map<string, { until: number; kind: FaultKind }>();
+  /** Forward calls begun and not yet answered (the `inflight` of stats, a scrape-time gauge). */
+  #inflight = 0;
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
@@ -97,6 +99,7 @@ export class ExpertHost extends DurableObject<Env> {
 
   /** Runs every (expert, token batch) of one layer that this instance serves. */
   async forward(req: ExpertForwardRequest): Promise<ExpertForwardResult> {
+    this.#inflight++;
     try {
       const refused = req.items.filter((it) => !this.#assignment.has(req.model, req.layer, it.expert));
       if (refused.length > 0) {
@@ -122,6 +125,8 @@ export class ExpertHost extends DurableObject<Env> {
       return { ok: true, y };
     } catch (err) {
       return storeFailure(err);
+    } finally {
+      this.#inflight--;
     }
   }
 
@@ -147,6 +152,7 @@ export class ExpertHost extends DurableObject<Env> {
       wasmBytesInUse: s?.wasmBytesInUse ?? 0,
       calls: s?.calls ?? 0,
       tokens: s?.tokens ?? 0,
+      inflight: this.#inflight,
       expertTokens: Object.fromEntries(this.#expertTokens),
     };
   }

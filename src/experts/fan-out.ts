@@ -10,6 +10,7 @@
 import { placementRow, type Placement } from "../coordinator/placement";
 import { ApiError } from "../errors";
 import type { Routing } from "../gating/router";
+import { expertEvents } from "../platform/events";
 import { combineSlots, slotOutputs } from "./combine";
 import type { ExpertForwardResult, ExpertWorkItem } from "./protocol";
 import { assignReplicas, loadOf, type Assignment, type InstanceLoad } from "./replica-choice";
@@ -18,6 +19,7 @@ import {
   failureVerdict,
   isAbort,
   jitterBackoff,
+  RpcDeadlineError,
   sleep,
   thrownVerdict,
   withDeadline,
@@ -87,6 +89,9 @@ export async function fanOut(
   const cfg = options.retry ?? DEFAULT_RETRY;
   const random = options.random ?? Math.random;
   const signal = options.signal;
+  // Timed only when a metrics sink listens (the Worker and DO isolates; not tests or scripts).
+  const events = expertEvents();
+  const t0 = events ? performance.now() : 0;
   let placement = initial;
   if (placementRow(placement, layer) < 0) throw noLayer(layer, placement);
   signal?.throwIfAborted();
@@ -122,7 +127,7 @@ export async function fanOut(
       for (const a of list) for (const t of a.tokens) x.set(h.subarray(t * dModel, (t + 1) * dModel), dModel * r++);
       const name = p.instances[instance]?.name ?? `instance ${instance}`;
       load.inflight[instance] = (load.inflight[instance] ?? 0) + rows;
-      let result: ExpertForwardResult | { ok: false; verdict: RetryVerdict; message: string };
+      let result: ExpertForwardResult | { ok: false; verdict: RetryVerdict; message: string; reason: string };
       try {
         const answer = transport.call(instance, p, items, x, signal);
         result = await withDeadline(answer, cfg.rpcTimeoutMs, `ExpertHost ${name}`, signal);
@@ -132,7 +137,9 @@ export async function fanOut(
         }
       } catch (err) {
         if (isAbort(err, signal)) throw err;
-        result = { ok: false, verdict: thrownVerdict(err), message: err instanceof Error ? err.message : String(err) };
+        const message = err instanceof Error ? err.message : String(err);
+        const reason = err instanceof RpcDeadlineError ? "deadline" : "rpc_error";
+        result = { ok: false, verdict: thrownVerdict(err), message, reason };
       } finally {
         load.inflight[instance] -= rows;
       }
@@ -162,6 +169,7 @@ export async function fanOut(
       const message = result.message.startsWith(name) ? result.message : `${name}: ${result.message}`;
       errors.push(message);
       if (verdict === "fatal") fatal ??= { code: code ?? "model_error", message };
+      else events?.failover(layer, code ?? ("reason" in result ? result.reason : "rpc_error"));
       if (code === "not_assigned") refresh = true;
       (verdict === "retry" ? failed : excluded).add(instance);
       pending.push(...list);
@@ -185,7 +193,9 @@ export async function fanOut(
       ApiError.retryIn(EXPERTS_RETRY_AFTER_S),
     );
   }
-  return { out: combineSlots(n, topK, ids, weights, dModel, slots), dispatch };
+  const out = combineSlots(n, topK, ids, weights, dModel, slots);
+  events?.layerCall(layer, (performance.now() - t0) / 1000, dispatch.rpcs);
+  return { out, dispatch };
 }
 
 /** (token, slot) rows grouped by expert, experts in order of first use; dropped slots (-1) left out. */

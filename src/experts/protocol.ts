@@ -54,6 +54,11 @@ export interface ExpertHostStats {
   wasmBytesInUse: number;
   calls: number;
   tokens: number;
+  /**
+   * Forward calls inside this instance right now (begun, not answered: opening the model, running
+   * kernels, stalled). Calls the runtime queues before they enter the object are not visible here.
+   */
+  inflight: number;
   /** Tokens served per "layer:expert". */
   expertTokens: Record<string, number>;
 }

@@ -19,6 +19,9 @@ export interface MetricDef {
 // seconds; per-token times sit between a few ms (small models, local) and a second.
 const LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60] as const;
 const TPOT_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5] as const;
+// One layer's fan-out: an in-isolate store answers in well under a ms, RPCs to ExpertHosts take
+// ms to tens of ms, retries after a deadline take seconds.
+const FANOUT_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5] as const;
 
 export const METRICS = {
   requests: {
@@ -62,6 +65,34 @@ export const METRICS = {
   generations: {
     name: "edge_moe_generations_total",
     help: "Generations finished, by model and finish reason (stop, length, error, aborted).",
+    type: "counter",
+  },
+  fanout: {
+    name: "edge_moe_fanout_seconds",
+    help: "Wall time of one MoE layer's expert fan-out (RPCs, retries and combine), by layer.",
+    type: "histogram",
+    buckets: FANOUT_BUCKETS,
+  },
+  layerTokens: {
+    name: "edge_moe_expert_layer_tokens_total",
+    help: "Tokens sent through a MoE layer's fan-out, by layer (RPCs per token = rpcs_total / this).",
+    type: "counter",
+  },
+  expertRpcs: {
+    name: "edge_moe_expert_rpcs_total",
+    help: "Expert forward RPCs sent to ExpertHosts, retries included, by layer (0 for the in-Worker store).",
+    type: "counter",
+  },
+  failovers: {
+    name: "edge_moe_expert_failovers_total",
+    help:
+      "Expert calls that failed and whose rows were retried or sent to another replica, by layer and " +
+      "code (the host's error code, or deadline / rpc_error for calls that threw).",
+    type: "counter",
+  },
+  capacityDrops: {
+    name: "edge_moe_capacity_drops_total",
+    help: "(token, expert) assignments dropped by the capacity factor (no expert with room), by layer.",
     type: "counter",
   },
 } as const satisfies Record<string, MetricDef>;

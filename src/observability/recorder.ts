@@ -4,6 +4,7 @@
  * values as one delta at most every FLUSH_INTERVAL_MS, from `waitUntil` (after the response), and
  * puts them back if the hub call fails, so a flush loses nothing and a request never pays for it.
  */
+import { setExpertEventSink } from "../platform/events";
 import { METRICS } from "./catalog";
 import { MetricSet } from "./registry";
 
@@ -67,6 +68,43 @@ export function recordGeneration(g: GenerationRecord): void {
   local.inc(METRICS.promptTokens, labels, g.promptTokens);
   local.inc(METRICS.completionTokens, labels, g.completionTokens);
   local.inc(METRICS.generations, { model: g.model, finish: g.finish });
+}
+
+/** Layer labels as strings, made once per layer index rather than per call. */
+const layerLabels: { layer: string }[] = [];
+const layerLabel = (layer: number) => (layerLabels[layer] ??= { layer: String(layer) });
+
+/** One MoE layer's routed tokens and capacity drops (every layer call, whatever the backend). */
+export function recordRouted(layer: number, tokens: number, dropped: number): void {
+  const labels = layerLabel(layer);
+  local.inc(METRICS.layerTokens, labels, tokens);
+  if (dropped > 0) local.inc(METRICS.capacityDrops, labels, dropped);
+}
+
+/** One layer's expert fan-out: latency and RPCs sent (none for the in-Worker store). */
+export function recordLayerCall(layer: number, seconds: number, rpcs: number): void {
+  const labels = layerLabel(layer);
+  local.observe(METRICS.fanout, labels, seconds);
+  if (rpcs > 0) local.inc(METRICS.expertRpcs, labels, rpcs);
+}
+
+/** A failed expert call whose rows went to a retry or another replica. */
+export function recordFailover(layer: number, code: string): void {
+  local.inc(METRICS.failovers, { layer: String(layer), code });
+}
+
+/**
+ * Subscribes this isolate's recorder to the experts' events (../platform/events.ts). Called once
+ * from app.ts at load, so every isolate of the script (the Worker's and the Durable Objects') gets
+ * it; the Worker's requests schedule flushes, and a StageHost asks for one after running layers.
+ */
+export function installExpertMetrics(): void {
+  setExpertEventSink({
+    routed: recordRouted,
+    layerCall: recordLayerCall,
+    failover: recordFailover,
+    flushSoon: scheduleFlush,
+  });
 }
 
 /**

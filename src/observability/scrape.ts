@@ -67,6 +67,13 @@ const G = {
     type: "counter",
     help: "Expert-token computations an ExpertHost instance ran.",
   },
+  inflight: {
+    name: "edge_moe_instance_inflight_calls",
+    type: "gauge",
+    help:
+      "Forward RPCs inside an ExpertHost instance at scrape time (begun, not answered): its queue depth " +
+      "as far as the object can see it.",
+  },
   up: {
     name: "edge_moe_instance_up",
     type: "gauge",
@@ -131,6 +138,7 @@ export function scrapeFamilies(c: Collected): Family[] {
       add(G.experts, labels, h.loaded.length);
       add(G.calls, labels, h.calls);
       add(G.tokens, labels, h.tokens);
+      add(G.inflight, labels, h.inflight);
       for (const [key, n] of Object.entries(h.expertTokens)) served.set(key, (served.get(key) ?? 0) + n);
     });
     for (const [key, n] of served) {

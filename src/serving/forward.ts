@@ -17,6 +17,7 @@ import type { Kernels } from "../kernels/index";
 import type { DenseEnds, DenseLayerWeights, DenseWeights, MlpWeights, SharedWeights } from "../model/architectures";
 import type { ModelSpec } from "../model/config";
 import { flattenRouting, route, ROUTING_OFF, type Routing, type RoutingOptions } from "../gating/router";
+import { expertEvents } from "../platform/events";
 import { Arena, attentionStep, kvLayout, ropeTables, type Ptrs } from "./attention";
 
 /**
@@ -449,7 +450,10 @@ export class ModelForward {
   }
 }
 
-/** Routed experts, with capacity-dropped slots removed first (the runner sees a plain routing). */
+/**
+ * Routed experts, with capacity-dropped slots removed first (the runner sees a plain routing).
+ * Reports the layer's tokens and drops here, the one place every MoE layer call passes through.
+ */
 async function runRouted(
   experts: ExpertRunner,
   layer: number,
@@ -457,6 +461,7 @@ async function runRouted(
   h: Float32Array,
   dModel: number,
 ): Promise<Float32Array> {
+  expertEvents()?.routed(layer, routing.n, routing.dropped ?? 0);
   if (!routing.dropped) return experts(layer, routing, h);
   const { routing: flat, tokenOf } = flattenRouting(routing);
   const rows = new Float32Array(flat.n * dModel);

@@ -13,6 +13,7 @@ import { createKernels } from "../kernels/workers";
 import { denseLayerBytes, loadDenseLayers } from "../model/architectures";
 import { openModelFromR2 } from "../platform/model-store";
 import { formatMiB } from "../platform/format";
+import { flushExpertEventsSoon } from "../platform/events";
 import { currentPlacement, flushLoad, flushLoadSoon, runExperts } from "../experts/expert-client";
 import { parseRoutingOptions } from "../gating/options";
 import { ModelForward, type ExpertRunner, type Session } from "../serving/forward";
@@ -106,7 +107,10 @@ export class StageHost extends DurableObject<Env> {
       };
       const rng = createRng((req.start * 2654435761) >>> 0);
       const y = await part.forward.layers(s, req.x, experts, rng);
-      flushLoad(this.env, part.model, (p) => this.ctx.waitUntil(p));
+      const waitUntil = (p: Promise<unknown>) => this.ctx.waitUntil(p);
+      flushLoad(this.env, part.model, waitUntil);
+      // This isolate's fan-out metrics (it ran the layers' experts) go to the MetricsHub too.
+      flushExpertEventsSoon(this.env, waitUntil);
       const rest = req.route.slice(1);
       if (rest.length === 0) {
         const dModel = part.forward.spec.dModel;
@@ -143,6 +147,7 @@ export class StageHost extends DurableObject<Env> {
           await writer.abort(err).catch(() => {});
         } finally {
           await rt.endSession(session, this.env);
+          flushExpertEventsSoon(this.env, (p) => this.ctx.waitUntil(p));
         }
       };
       this.ctx.waitUntil(run());

@@ -14,7 +14,7 @@ let w: LocalWorker;
 beforeAll(async () => {
   w = await startWithModels(
     { tiny: join(FIXTURES, "mixtral-tiny") },
-    { MIN_EXPERT_HOSTS: "2", REPLAN_INTERVAL_MS: "300", DEFAULT_MODEL: "tiny" },
+    { MIN_EXPERT_HOSTS: "2", REPLAN_INTERVAL_MS: "300", DEFAULT_MODEL: "tiny", ADMIN_FAULTS_ENABLED: "true" },
   );
 });
 afterAll(() => w?.dispose());
@@ -40,6 +40,12 @@ const line = (text: string, prefix: string) => {
   const l = text.split("\n").find((x) => x.startsWith(prefix));
   return l === undefined ? 0 : Number(l.slice(prefix.length).trim());
 };
+
+/**
+ * Tokens each MoE layer runs for the load below: 4 × (16 prompt + 3 decode steps; the 4th token
+ * needs no forward) + the streamed (3 + 2).
+ */
+const LAYER_TOKENS = 4 * (16 + 3) + (3 + 2);
 
 describe("/metrics", () => {
   it("needs the admin token", async () => {
@@ -88,6 +94,23 @@ describe("/metrics", () => {
     expect(value(fs, "edge_moe_http_requests_total", { route: "/v1/completions", status: "400" })).toBe(1);
     expect(value(fs, "edge_moe_generations_total", { model: "tiny", finish: "length" })).toBe(5);
 
+    // Per MoE layer: fan-out latency, tokens through the layer and the RPCs sent for them (the
+    // fan-out reports them through src/platform/events.ts; experts don't import observability).
+    const fanout = family(fs, "edge_moe_fanout_seconds");
+    expect(fanout.type).toBe("HISTOGRAM");
+    for (const layer of ["0", "1"]) {
+      const calls = line(after.text, `edge_moe_fanout_seconds_count{layer="${layer}"}`);
+      expect(calls).toBeGreaterThanOrEqual(5); // at least a prefill per request
+      const tokens = value(fs, "edge_moe_expert_layer_tokens_total", { layer });
+      expect(tokens).toBe(LAYER_TOKENS);
+      const rpcs = value(fs, "edge_moe_expert_rpcs_total", { layer });
+      expect(rpcs).toBeGreaterThanOrEqual(calls); // at least one RPC per layer call
+      expect(rpcs / tokens).toBeLessThanOrEqual(2); // top-2: never more RPCs than (token, expert) rows
+    }
+    expect(family(fs, "edge_moe_expert_failovers_total").type).toBe("COUNTER");
+    expect(value(fs, "edge_moe_expert_failovers_total", {})).toBe(0);
+    expect(value(fs, "edge_moe_capacity_drops_total", {})).toBe(0); // CAPACITY_FACTOR unset
+
     // Routed load per (layer, expert) from the Coordinator, tokens per expert from the hosts.
     const load = family(fs, "edge_moe_expert_load_tokens");
     expect(load.type).toBe("GAUGE");
@@ -123,5 +146,31 @@ describe("/metrics", () => {
     expect(status.lastReplans.length).toBeGreaterThan(3);
     const made = status.lastReplans.filter((r) => r.at >= since - 100).length;
     expect(replans(r2) - replans(r1)).toBeLessThanOrEqual(made);
+  });
+
+  it("counts failed expert calls as failovers by layer and code; no forward left in flight", async () => {
+    const before = value((await scrape()).families, "edge_moe_expert_failovers_total", { layer: "0" });
+    // Every expert of layer 0 fails on every instance for a while (long enough to outlast setting
+    // the faults on a busy machine): the fan-out retries them, then answers 503.
+    const placement = (await (await w.fetch("/v1/placement", { headers: ADMIN })).json()) as {
+      instances: unknown[];
+    };
+    for (let instance = 0; instance < placement.instances.length; instance++) {
+      for (let expert = 0; expert < 8; expert++) {
+        const f = await postJson(w, "/admin/fault", { instance, layer: 0, expert, ms: 3000 }, ADMIN);
+        expect(f.status).toBe(200);
+      }
+    }
+    const r = await postJson(w, "/v1/completions", { prompt: [7, 8, 9], max_tokens: 1, temperature: 0 });
+    expect(r.status).toBe(503);
+    const fs = (await scrape()).families; // a scrape flushes its own isolate first
+    const failovers = family(fs, "edge_moe_expert_failovers_total").metrics.filter((m) => m.labels?.layer === "0");
+    expect(failovers.map((m) => m.labels?.code)).toContain("model_error");
+    expect(value(fs, "edge_moe_expert_failovers_total", { layer: "0" }) - before).toBeGreaterThanOrEqual(1);
+    // Every forward has answered: each instance reports zero calls in flight.
+    const inflight = family(fs, "edge_moe_instance_inflight_calls");
+    expect(inflight.type).toBe("GAUGE");
+    expect(inflight.metrics.length).toBeGreaterThanOrEqual(2);
+    for (const m of inflight.metrics) expect(Number(m.value)).toBe(0);
   });
 });

@@ -24,6 +24,7 @@ import {
 import { maxAbsDiff, nodeModel, runPrompt } from "../../support/forward-helpers";
 import { flattenRouting, ROUTING_OFF, type Routing } from "../../../src/gating/router";
 import { referenceForward } from "../../support/reference-forward";
+import { setExpertEventSink } from "../../../src/platform/events";
 
 const MIXTRAL: Config = {
   model_type: "mixtral",
@@ -405,7 +406,14 @@ describe("routing knobs through the forward pass", () => {
     expect(Math.max(...load.values())).toBe(1);
     // The MoE block then sums only the kept assignments.
     const x = Float32Array.from({ length: 12 * 32 }, (_, i) => Math.sin(i)); // 12 tokens: 24 slots, 8 kept
-    const { out, routing } = await capped.model.moeBlock(0, x, capped.experts, () => 0.5);
+    // The block reports the layer's tokens and drops to the metrics sink (src/platform/events.ts).
+    const reports: [number, number, number][] = [];
+    const noop = () => {};
+    setExpertEventSink({ routed: (...r) => reports.push(r), layerCall: noop, failover: noop });
+    const { out, routing } = await capped.model
+      .moeBlock(0, x, capped.experts, () => 0.5)
+      .finally(() => setExpertEventSink(null));
+    expect(reports).toEqual([[0, 12, 24 - 8]]);
     const flat = flattenRouting(routing);
     const tokens = Array.from(flat.tokenOf);
     const manual = await capped.experts(
