@@ -4,6 +4,7 @@
  * 500 naming it, a budget or model-format problem to a clear 5xx, anything else to a 500 without
  * internals.
  */
+import { RpcDeadlineError } from "./platform/deadline";
 import { Hono } from "hono";
 import { HTTPException } from "hono/http-exception";
 import { cors } from "hono/cors";
@@ -91,6 +92,12 @@ app.onError(async (err, c) => {
       ).toBody(),
       500,
     );
+  }
+  if (err instanceof RpcDeadlineError) {
+    // A host that did not answer in time: the client may retry (another instance, or after a reload).
+    console.error(`request ${c.get("requestId")}: ${err.message}`);
+    const e = new ApiError(503, err.message, "service_unavailable", null, "upstream_timeout", ApiError.retryIn(1));
+    return c.json(e.toBody(), 503, e.headers);
   }
   if (err instanceof ConfigError) {
     // The deployment's own configuration is wrong: say which variable, so the operator can fix it.

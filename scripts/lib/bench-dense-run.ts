@@ -24,7 +24,7 @@ import {
   type DenseShape,
 } from "./bench-dense";
 import { coldCopies } from "./bench-cases";
-import { measureSync } from "./bench-measure";
+import { cpuTimeSync, measureSync } from "./bench-measure";
 import type { WorkerdBench } from "./bench-workerd";
 
 export interface DenseRow {
@@ -86,7 +86,7 @@ export async function runDenseBench(o: DenseBenchOptions): Promise<{ rows: Dense
           const t = measureSync((i) => c.call(weights === "cold" ? i : 0, batch), { budgetMs: o.budgetMs });
           const used = weights === "cold" ? copies : 1;
           const r = row("node", shape, impl.impl, impl.label, batch, weights, t.ms, t.msMin, c0.bytes, used);
-          r.cpuMs = cpuTime((i) => c.call(weights === "cold" ? i : 0, batch), o.budgetMs);
+          r.cpuMs = cpuTimeSync((i) => c.call(weights === "cold" ? i : 0, batch), o.budgetMs);
           rows.push(r);
         }
       }
@@ -169,26 +169,6 @@ function row(
     vsF32Cpu: null,
     copies,
   };
-}
-
-/** Best of 5 bursts (each ≥ budgetMs / 5 of CPU time) of process CPU time per call, after warm-up. */
-function cpuTime(fn: (i: number) => void, budgetMs: number): number {
-  let i = 0;
-  for (let w = 0; w < 3; w++) fn(i++);
-  let best = Infinity;
-  for (let b = 0; b < 5; b++) {
-    const c0 = process.cpuUsage();
-    let calls = 0;
-    let used = 0;
-    do {
-      fn(i++);
-      calls++;
-      const c = process.cpuUsage(c0);
-      used = (c.user + c.system) / 1000;
-    } while (used < budgetMs / 5);
-    best = Math.min(best, used / calls);
-  }
-  return best;
 }
 
 /** The fixtures' dense 2-D tensors (not experts, ≥ 16 inputs), as f32. */

@@ -9,6 +9,7 @@
  * Sections: placement (creation, reads), load telemetry, re-plan (the policy is replan.ts), execution
  * (make-before-break, execute.ts), reconcile (reconcile.ts), helpers. Storage is storage.ts.
  */
+import { withDeadline } from "../platform/deadline";
 import { DurableObject } from "cloudflare:workers";
 import { balanceRatios, type Placement, type PlacementOp, type Replica } from "./placement";
 import { initialPlacement, expertsByInstance, type PlacementInit } from "./initial-placement";
@@ -21,8 +22,8 @@ import {
   type ReplanConfig,
   type ReplanDecision,
 } from "./replan";
-import { executePlan, type Executed } from "./execute";
-import { reconcileHosts, type ReconcileReport } from "./reconcile";
+import { executePlan, type Executed, type ExecuteTarget } from "./execute";
+import { reconcileHosts, type ReconcileReport, type ReconcileTarget } from "./reconcile";
 import { CoordinatorStore } from "./storage";
 import type { LoadReport } from "../experts/protocol";
 import { PLACEMENT_CHECK_MS } from "../experts/placement-timing";
@@ -310,8 +311,21 @@ export class Coordinator extends DurableObject<Env> {
 
   // ── helpers ───────────────────────────────────────────────────────────────────────────────
 
-  #host(name: string) {
-    return this.env.EXPERT_HOST.getByName(name);
+  /**
+   * An ExpertHost whose calls have deadlines: a host that never answers must not hold the
+   * Coordinator's creation, re-plan or reconcile forever (the callers report a late host as failed).
+   */
+  #host(name: string): ExecuteTarget & ReconcileTarget {
+    const stub = this.env.EXPERT_HOST.getByName(name);
+    const what = `ExpertHost ${name}`;
+    return {
+      load: (model, experts, label) =>
+        withDeadline(Promise.resolve(stub.load(model, experts, label)), HOST_LOAD_DEADLINE_MS, what),
+      unload: (model, experts) =>
+        withDeadline(Promise.resolve(stub.unload(model, experts)), HOST_CALL_DEADLINE_MS, what),
+      reconcile: (model, assigned) =>
+        withDeadline(Promise.resolve(stub.reconcile(model, assigned)), HOST_CALL_DEADLINE_MS, what),
+    };
   }
 
   #active(): boolean {
@@ -398,3 +412,7 @@ function noReport(trigger: ReplanReport["trigger"], version: number): ReplanRepo
     windowTokens: 0,
   };
 }
+
+/** A host's load reads its experts from R2 first; the other host calls only touch memory. */
+const HOST_LOAD_DEADLINE_MS = 60_000;
+const HOST_CALL_DEADLINE_MS = 10_000;

@@ -5,7 +5,10 @@
  * `retries.ts`). A `forward` call only reads weights and computes, so repeating it elsewhere is
  * safe; what decides a retry is whether it can succeed and whether it would add to an overload.
  */
+import { abortReason, RpcDeadlineError } from "../platform/deadline";
 import { intVar, type Vars } from "../platform/env";
+
+export { abortReason, RpcDeadlineError, withDeadline } from "../platform/deadline";
 import type { ExpertFailureCode } from "./protocol";
 
 export interface RetryConfig {
@@ -72,38 +75,6 @@ export function jitterBackoff(attempt: number, cfg: RetryConfig, random: () => n
   return Math.floor(random() * Math.min(cfg.maxDelayMs, cfg.baseDelayMs * 2 ** attempt));
 }
 
-/** An RPC that did not answer within its deadline. */
-export class RpcDeadlineError extends Error {
-  override name = "RpcDeadlineError";
-}
-
-/**
- * `work` raced against a deadline and the caller's signal. The RPC itself cannot be cancelled; the
- * caller stops waiting for it (its late answer is dropped). Rejects with RpcDeadlineError on the
- * deadline and with the signal's reason when the caller went away.
- */
-export function withDeadline<T>(work: Promise<T>, ms: number, what: string, signal?: AbortSignal): Promise<T> {
-  if (signal?.aborted) return Promise.reject(abortReason(signal));
-  return new Promise<T>((resolve, reject) => {
-    const late = () => new RpcDeadlineError(`${what} did not answer within ${ms} ms`);
-    const timer = setTimeout(() => finish(() => reject(late())), ms);
-    const onAbort = () => finish(() => reject(abortReason(signal!)));
-    signal?.addEventListener("abort", onAbort, { once: true });
-    let done = false;
-    function finish(settle: () => void): void {
-      if (done) return;
-      done = true;
-      clearTimeout(timer);
-      signal?.removeEventListener("abort", onAbort);
-      settle();
-    }
-    work.then(
-      (v) => finish(() => resolve(v)),
-      (e: unknown) => finish(() => reject(e)),
-    );
-  });
-}
-
 /** Waits `ms`, or rejects at once when the caller goes away. */
 export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   if (signal?.aborted) return Promise.reject(abortReason(signal));
@@ -118,10 +89,6 @@ export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
     }, ms);
     signal?.addEventListener("abort", onAbort, { once: true });
   });
-}
-
-export function abortReason(signal: AbortSignal): unknown {
-  return signal.reason ?? new DOMException("the request was aborted", "AbortError");
 }
 
 export function isAbort(err: unknown, signal?: AbortSignal): boolean {

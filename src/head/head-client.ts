@@ -21,6 +21,7 @@
  * equality with the single-host sampler needs its f64 sums in vocabulary order, so the row is
  * assembled once where the sampler runs rather than reduced inside the shards.
  */
+import { pipelineRpcTimeoutMs, withDeadline } from "../platform/deadline";
 import { planHeadShards, type HeadPlacement, type HeadShard } from "../coordinator/head-placement";
 import type { ModelSpec } from "../model/config";
 import { headHostBudgetBytes } from "./budget";
@@ -74,7 +75,10 @@ function stub(env: Env, s: HeadShard) {
 
 /** Loads every shard's rows (in parallel); throws HeadError naming the first shard that failed. */
 export async function loadHead(env: Env, p: HeadPlacement): Promise<HeadHostStats[]> {
-  const results = await Promise.all(p.shards.map((s) => stub(env, s).load(ref(p, s))));
+  const ms = pipelineRpcTimeoutMs(env);
+  const results = await Promise.all(
+    p.shards.map((s) => withDeadline(Promise.resolve(stub(env, s).load(ref(p, s))), ms, `HeadHost ${s.name}`)),
+  );
   return results.map((r, i) => {
     if (!r.ok) throw new HeadError(r.code, p.shards[i].name, r.message);
     return r.stats;
@@ -115,12 +119,19 @@ export async function runHead(
 ): Promise<Float32Array | Int32Array> {
   if (hidden.length !== n * p.dModel)
     throw new RangeError(`hidden must be [${n}, ${p.dModel}], got ${hidden.length} floats`);
+  const ms = pipelineRpcTimeoutMs(env);
   const logits = mode === "logits" ? new Float32Array(n * p.vocabSize) : null;
   const best = mode === "greedy" ? new GreedyMerge(n) : null;
   for (const [t0, m] of tokenCalls(p, n, mode)) {
     const x = hidden.subarray(t0 * p.dModel, (t0 + m) * p.dModel);
     const results = await Promise.all(
-      p.shards.map((s) => stub(env, s).forward({ ...ref(p, s), mode, n: m, hidden: x })),
+      p.shards.map((s) =>
+        withDeadline(
+          Promise.resolve(stub(env, s).forward({ ...ref(p, s), mode, n: m, hidden: x })),
+          ms,
+          `HeadHost ${s.name}`,
+        ),
+      ),
     );
     // Shards in vocabulary order: the merge below depends on it.
     results.forEach((r, i) => {

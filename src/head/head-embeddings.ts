@@ -4,6 +4,7 @@
  * shard that holds a wanted id, all in parallel. (Untied models read rows from R2 instead:
  * src/model/embeddings.ts CheckpointEmbeddings.)
  */
+import { pipelineRpcTimeoutMs, withDeadline } from "../platform/deadline";
 import { shardOfRow, type HeadPlacement, type HeadShard } from "../coordinator/head-placement";
 import { checkIds, type EmbeddingSource } from "../model/embeddings";
 import { HeadError } from "./head-client";
@@ -34,10 +35,11 @@ export class HeadEmbeddings implements EmbeddingSource {
     const out = new Float32Array(ids.length * d);
     await Promise.all(
       [...byShard].map(async ([s, at]) => {
-        const r = await this.env.HEAD_HOST.getByName(s.name).embed(
+        const call = this.env.HEAD_HOST.getByName(s.name).embed(
           { model: p.model, rowStart: s.rowStart, rowEnd: s.rowEnd },
           at.map((i) => ids[i]),
         );
+        const r = await withDeadline(Promise.resolve(call), pipelineRpcTimeoutMs(this.env), `HeadHost ${s.name}`);
         if (!r.ok) throw new HeadError(r.code, s.name, r.message);
         at.forEach((pos, j) => out.set(r.rows.subarray(j * d, (j + 1) * d), pos * d));
       }),

@@ -5,6 +5,7 @@
  * values when it has any), then per model 1 Coordinator RPC, 1 RPC per placed instance (in
  * parallel) and 1 hub write when the Coordinator reports re-plans.
  */
+import { withDeadline } from "../platform/deadline";
 import type { CoordinatorStatus } from "../coordinator/coordinator";
 import type { ExpertHostStats } from "../experts/protocol";
 import { writeLoadPoints } from "./analytics";
@@ -31,31 +32,44 @@ export async function collect(env: Env, only?: string): Promise<Collected> {
   let rpcs = 0;
   await flushNow(env).then((sent) => (rpcs += sent ? 1 : 0));
   const hubStub = env.METRICS_HUB.getByName(HUB_NAME);
-  const hub = await hubStub.snapshot();
+  const hub = await withDeadline(Promise.resolve(hubStub.snapshot()), SCRAPE_RPC_MS, "MetricsHub");
   rpcs++;
   const ids = only ? [only] : hub.models.length ? hub.models : [env.DEFAULT_MODEL];
-  const models = await Promise.all(
-    ids.map(async (model): Promise<ModelView> => {
-      // status() only reads: it does not create a placement for a model nobody has used yet.
-      const status = await env.COORDINATOR.getByName(model).status();
+  const views = await Promise.all(
+    ids.map(async (model): Promise<ModelView | null> => {
+      // status() only reads: it does not create a placement for a model nobody has used yet. A
+      // Coordinator that fails or does not answer drops its model from this scrape, not the scrape.
+      const status = await withDeadline(
+        Promise.resolve(env.COORDINATOR.getByName(model).status()),
+        SCRAPE_RPC_MS,
+        `Coordinator ${model}`,
+      ).catch(() => null);
       rpcs++;
+      if (!status) return null;
       const instances = status.placement?.instances ?? [];
       const hosts = await Promise.all(
         instances.map((inst) =>
-          env.EXPERT_HOST.getByName(inst.name)
-            .stats()
+          withDeadline(Promise.resolve(env.EXPERT_HOST.getByName(inst.name).stats()), SCRAPE_RPC_MS, inst.name)
             .then((s) => s as ExpertHostStats)
             .catch(() => null),
         ),
       );
       rpcs += instances.length;
       if (status.lastReplans.length) {
-        await hubStub.noteReplans(model, status.lastReplans);
+        await withDeadline(
+          Promise.resolve(hubStub.noteReplans(model, status.lastReplans)),
+          SCRAPE_RPC_MS,
+          "MetricsHub",
+        ).catch(() => null);
         rpcs++;
       }
       writeLoadPoints(env, model, status);
       return { model, status, hosts };
     }),
   );
+  const models = views.filter((v): v is ModelView => v !== null);
   return { hub, models, rpcs, ms: Date.now() - t0 };
 }
+
+/** Deadline of each RPC a scrape makes: a slow object leaves its part out rather than hang /metrics. */
+const SCRAPE_RPC_MS = 10_000;

@@ -43,6 +43,8 @@ function waitUntilOf(c: AnyContext): WaitUntilFn | undefined {
   }
 }
 
+const KNOWN_METHODS = new Set(["GET", "POST", "OPTIONS", "HEAD", "PUT", "DELETE", "PATCH"]);
+
 export function observe(): MiddlewareHandler<{ Bindings: Env }> {
   return async (c, next) => {
     const t0 = Date.now();
@@ -50,7 +52,9 @@ export function observe(): MiddlewareHandler<{ Bindings: Env }> {
     await next();
     const route = routeLabel(new URL(c.req.url).pathname);
     const status = c.res.status;
-    recordRequest(route, c.req.method, status);
+    // The method is a label: only known ones, so a client cannot grow the series set.
+    const method = KNOWN_METHODS.has(c.req.method) ? c.req.method : "other";
+    recordRequest(route, method, status);
     if (status >= 400) {
       log(status >= 500 ? "error" : "warn", "request failed", {
         requestId: requestIdOf(c),

@@ -4,6 +4,7 @@
  * values as one delta at most every FLUSH_INTERVAL_MS, from `waitUntil` (after the response), and
  * puts them back if the hub call fails, so a flush loses nothing and a request never pays for it.
  */
+import { withDeadline } from "../platform/deadline";
 import { setExpertEventSink } from "../platform/events";
 import { METRICS } from "./catalog";
 import { MetricSet } from "./registry";
@@ -127,7 +128,12 @@ export async function flushNow(env: Env): Promise<boolean> {
   const delta = local.take();
   lastFlush = Date.now();
   try {
-    await env.METRICS_HUB.getByName(HUB_NAME).ingest(delta, Date.now());
+    // A deadline, so a hub that never answers cannot keep this isolate's `pending` flush forever.
+    await withDeadline(
+      Promise.resolve(env.METRICS_HUB.getByName(HUB_NAME).ingest(delta, Date.now())),
+      10_000,
+      "MetricsHub",
+    );
     return true;
   } catch (err) {
     local.merge(delta); // keep the values for the next flush

@@ -120,11 +120,6 @@ export function secretVar(vars: Vars, name: string): string | undefined {
   return raw(vars, name);
 }
 
-/** A string; `fallback` when unset. */
-export function stringVar(vars: Vars, name: string, fallback: string): string {
-  return raw(vars, name) ?? fallback;
-}
-
 const MIB = 1024 * 1024;
 
 /** A size given in MiB (may be fractional), returned in whole bytes; `fallbackMiB` when unset. */

@@ -69,8 +69,10 @@ export async function* generate(
   let produced = 0;
   const loop = { promptIds: req.promptIds, maxTokens: req.maxTokens, sampling: req.sampling, seed };
   // Pipeline stages: the loop runs in the model's region and streams ids back; else right here.
-  const tokens = rt.drivenRemotely ? await rt.driveRemotely(env, session, loop) : sampledTokens(env, rt, session, loop);
+  let tokens: AsyncGenerator<number> | null = null;
   try {
+    // Inside the try: a driver that fails to start must still free the session on every stage.
+    tokens = rt.drivenRemotely ? await rt.driveRemotely(env, session, loop) : sampledTokens(env, rt, session, loop);
     const t0 = Date.now();
     let t1 = t0;
     for await (const id of tokens) {
@@ -112,7 +114,7 @@ export async function* generate(
     }
     throw new Error(`the decode loop ended after ${produced} of ${req.maxTokens} tokens without EOS`);
   } finally {
-    await tokens.return(undefined);
+    await tokens?.return(undefined);
     if (stats) {
       stats.completionTokens = produced;
     }

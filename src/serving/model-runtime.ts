@@ -9,6 +9,7 @@
  * A little over the ~400-line guideline: the one place that decides, per model, where each part
  * runs (Worker fast path, stages, head shards, session driver); splitting it would scatter that.
  */
+import { pipelineRpcTimeoutMs, withDeadline } from "../platform/deadline";
 import { createKernels } from "../kernels/workers";
 import { WASM_MAX_BYTES } from "../kernels/index";
 import {
@@ -158,7 +159,8 @@ export class ModelRuntime {
         ? new HeadEmbeddings(env, head)
         : CheckpointEmbeddings.open(ckpt, spec, { cacheBytes: EMBED_CACHE_BYTES });
     }
-    const pipeline = staged ? await env.COORDINATOR.getByName(id).ensurePipeline(plan) : plan;
+    const ensure = () => env.COORDINATOR.getByName(id).ensurePipeline(plan);
+    const pipeline = staged ? await withDeadline(ensure(), pipelineRpcTimeoutMs(env), "the Coordinator") : plan;
     const chain = staged ? new StageChain(id, pipeline) : null;
     return new ModelRuntime(
       id,
@@ -253,7 +255,8 @@ export class ModelRuntime {
   ): Promise<AsyncGenerator<number>> {
     const drivers = Math.max(1, this.pipeline.stages.length);
     const name = driverName(this.id, parseInt(s.id.slice(0, 6), 16) % drivers);
-    const r = await env.STAGE_HOST.getByName(name).decode({ ...loop, model: this.id, session: s.id, maxLen: s.maxLen });
+    const call = env.STAGE_HOST.getByName(name).decode({ ...loop, model: this.id, session: s.id, maxLen: s.maxLen });
+    const r = await withDeadline(Promise.resolve(call), pipelineRpcTimeoutMs(env), `session driver ${name}`);
     if (!r.ok) throw stageError(r);
     return decodeTokenStream(r.tokens);
   }

@@ -5,6 +5,7 @@
  * a 500 mid-stream), and freeing the sessions' KV caches when a request ends.
  */
 import { ApiError } from "../errors";
+import { pipelineRpcTimeoutMs, withDeadline } from "../platform/deadline";
 import type { PipelinePlacement } from "../coordinator/pipeline-placement";
 import type { StageFailure, StageHop, StageLayerTrace } from "./stage-protocol";
 
@@ -21,7 +22,13 @@ export class StageChain {
   /** Reserves `maxLen` positions of KV cache for `session` on every stage (all in parallel). */
   async open(env: Env, session: string, maxLen: number): Promise<void> {
     const results = await Promise.all(
-      this.route.map((hop) => env.STAGE_HOST.getByName(hop.name).open(this.model, hop, session, maxLen)),
+      this.route.map((hop) =>
+        withDeadline(
+          Promise.resolve(env.STAGE_HOST.getByName(hop.name).open(this.model, hop, session, maxLen)),
+          pipelineRpcTimeoutMs(env),
+          `StageHost ${hop.name}`,
+        ),
+      ),
     );
     const bad = results.find((r) => !r.ok);
     if (bad && !bad.ok) {
@@ -41,7 +48,8 @@ export class StageChain {
     trace: boolean,
   ): Promise<{ y: Float32Array; trace: StageLayerTrace[]; rpcs: number }> {
     const first = env.STAGE_HOST.getByName(this.route[0].name);
-    const r = await first.run({ model: this.model, session, maxLen, start, x, nOut, route: this.route, trace });
+    const call = first.run({ model: this.model, session, maxLen, start, x, nOut, route: this.route, trace });
+    const r = await withDeadline(Promise.resolve(call), pipelineRpcTimeoutMs(env), `StageHost ${this.route[0].name}`);
     if (!r.ok) throw stageError(r);
     return { y: r.y, trace: r.trace, rpcs: r.rpcs + 1 };
   }
@@ -50,11 +58,13 @@ export class StageChain {
   async end(env: Env, session: string): Promise<void> {
     await Promise.all(
       this.route.map((hop) =>
-        env.STAGE_HOST.getByName(hop.name)
-          .end(session)
-          .catch((err: unknown) =>
-            console.warn(`freeing session ${session} on ${hop.name} failed (its idle alarm will): ${String(err)}`),
-          ),
+        withDeadline(
+          env.STAGE_HOST.getByName(hop.name).end(session),
+          pipelineRpcTimeoutMs(env),
+          `StageHost ${hop.name}`,
+        ).catch((err: unknown) =>
+          console.warn(`freeing session ${session} on ${hop.name} failed (its idle alarm will): ${String(err)}`),
+        ),
       ),
     );
   }
@@ -63,7 +73,8 @@ export class StageChain {
   async moeBlock(env: Env, layer: number, input: Float32Array): Promise<{ out: Float32Array; trace: StageLayerTrace }> {
     const hop = this.route.find((h) => h.first <= layer && layer < h.end);
     if (!hop) throw ApiError.invalid("layer", `no stage holds layer ${layer}`);
-    const r = await env.STAGE_HOST.getByName(hop.name).moeBlock(this.model, hop, layer, input);
+    const call = env.STAGE_HOST.getByName(hop.name).moeBlock(this.model, hop, layer, input);
+    const r = await withDeadline(Promise.resolve(call), pipelineRpcTimeoutMs(env), `StageHost ${hop.name}`);
     if (!r.ok) throw stageError(r);
     return { out: r.out, trace: r.trace };
   }

@@ -8,6 +8,7 @@
  * `runExperts` fan-out, and passes the residual stream on to the next stage itself (see
  * serving/stage-protocol.ts).
  */
+import { pipelineRpcTimeoutMs, withDeadline } from "../platform/deadline";
 import { DurableObject } from "cloudflare:workers";
 import { createKernels } from "../kernels/workers";
 import { denseLayerBytes, loadDenseLayers } from "../model/architectures";
@@ -116,7 +117,12 @@ export class StageHost extends DurableObject<Env> {
         const dModel = part.forward.spec.dModel;
         return { ok: true, y: y.subarray(y.length - req.nOut * dModel).slice(), trace, rpcs };
       }
-      const next = await this.env.STAGE_HOST.getByName(rest[0].name).run({ ...req, x: y, route: rest });
+      const call = this.env.STAGE_HOST.getByName(rest[0].name).run({ ...req, x: y, route: rest });
+      const next = await withDeadline(
+        Promise.resolve(call),
+        pipelineRpcTimeoutMs(this.env),
+        `StageHost ${rest[0].name}`,
+      );
       if (!next.ok) return next;
       return { ok: true, y: next.y, trace: [...trace, ...next.trace], rpcs: rpcs + 1 + next.rpcs };
     } catch (err) {
