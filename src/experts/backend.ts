@@ -27,8 +27,22 @@ export function isWorkerPlacement(placement: Placement): boolean {
   return placement.instances.length === 1 && placement.instances[0].name === WORKER_INSTANCE;
 }
 
+/**
+ * The in-isolate placements, built once per model's init: every MoE layer call asks for the
+ * placement, and rebuilding [layers][experts] replica arrays per call is work on the hot path.
+ */
+const workerPlacements = new WeakMap<PlacementInit, Placement>();
+
 /** Every expert on one in-isolate instance; refused when they do not fit WORKER_EXPERT_BUDGET_MB. */
 export function workerPlacement(env: Env, init: PlacementInit): Placement {
+  const cached = workerPlacements.get(init);
+  if (cached) return cached;
+  const placement = buildWorkerPlacement(env, init);
+  workerPlacements.set(init, placement);
+  return placement;
+}
+
+function buildWorkerPlacement(env: Env, init: PlacementInit): Placement {
   const budget = readBudgets(env).workerExpertBytes;
   const need = (init.moeLayers?.length ?? init.nLayers) * init.nExperts * init.expertBytes;
   if (need > budget) {
