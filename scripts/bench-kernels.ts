@@ -44,6 +44,7 @@ import { expertModelF32, expertModelQ4, expertModelQ8, loadOrt, ortSession, type
 import { startWorkerdBench } from "./lib/bench-workerd";
 import { runDenseBench } from "./lib/bench-dense-run";
 import type { DenseShape } from "./lib/bench-dense";
+import { progressBar } from "./lib/progress";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 
@@ -271,6 +272,7 @@ async function main(): Promise<void> {
   log(`Wasm 128-bit SIMD ceiling (8 chains of f32x4 multiply-add, registers only): ${peaks.join("; ")}\n`);
 
   const rows: Row[] = [];
+  const stopProgress = rowProgress(rows, args);
   const newKernels = (flavor: KernelFlavor) => loadKernels(flavor);
   for (const shape of args.denseOnly ? [] : args.shapes) {
     const w = randomExpert(shape, 7);
@@ -373,6 +375,7 @@ async function main(): Promise<void> {
     }
   }
 
+  stopProgress();
   ratios(rows);
   printTable(rows, args);
   const targets = checkTargets(rows);
@@ -424,6 +427,27 @@ function simdCeiling(): { flavor: KernelFlavor; wall: number; cpu: number }[] {
     out.push({ flavor, wall: (64 * iters) / (wall * 1e6), cpu: (64 * iters) / (cpu * 1e6) });
   }
   return out;
+}
+
+/**
+ * A progress bar (stderr, terminals only) over the expert rows this run will produce — Node Wasm
+ * and peer rows for every shape, then the workerd rows — polled from `rows` so the measuring code
+ * stays as it is. Returns the function that stops it.
+ */
+function rowProgress(rows: Row[], args: Args): () => void {
+  const impls = WASM_IMPLS.filter((i) => !args.impls || args.impls.includes(i.impl));
+  const shapes = args.denseOnly ? 0 : args.shapes.length;
+  const node = shapes * (impls.length + PEER_ROWS.length) * args.batches.length * 2;
+  const workerdBatches = args.batches.filter((b) => b === 1 || b === Math.max(...args.batches)).length;
+  const inWorkerd = impls.filter((i) => i.impl !== "js-ref").length;
+  const workerd = args.workerd && !args.denseOnly ? shapes * inWorkerd * workerdBatches * 2 : 0;
+  const bar = progressBar("bench:kernels rows", node + workerd);
+  const timer = setInterval(() => bar.update(rows.length), 500);
+  return () => {
+    clearInterval(timer);
+    bar.update(rows.length);
+    bar.stop();
+  };
 }
 
 async function peerRows(
