@@ -4,9 +4,9 @@
  *
  *   npm run plan -- <config.json | name | all> [--stage-mb N] [--head-mb N] [--expert-mb N] [--worker-mb N]
  *     [--expert-dtype f32|int8|int8-group|int4] [--expert-slices N] [--subrequests N] [--prompt-tokens N]
- *     [--tokens N] [--rpc-ms N] [--user-rtt-ms N] [--json]
+ *     [--tokens N] [--rpc-ms N] [--user-rtt-ms N] [--var NAME=value]… [--json] [--readme FILE]
  */
-import { existsSync, readdirSync, readFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { basename, join } from "node:path";
 import { parseArgs } from "node:util";
 import {
@@ -29,6 +29,9 @@ const CALIBRATION = "bench-results/calibration.json";
 /** Without a calibration: an f32 expert kernel at ~1 ns a weight on one core (decode, 1 token). */
 const DEFAULT_NS_PER_WEIGHT = 1;
 
+const BEGIN = "<!-- plan-table:begin -->";
+const END = "<!-- plan-table:end -->";
+
 const USAGE = `usage: npm run plan -- <config.json | name | all> [options]
   Sizes a model config as a deployment with wrangler.toml's [vars] would place it (the shipped
   deploymentShape: pipeline stages, head shards, expert placement with slices, longest request;
@@ -48,7 +51,22 @@ const USAGE = `usage: npm run plan -- <config.json | name | all> [options]
   --tokens N           tokens it generates (default 256)
   --rpc-ms N           in-region RPC round trip (default 1)
   --user-rtt-ms N      user ↔ region round trip (default 40)
-  --json               print the plans as JSON`;
+  --var NAME=value     any other deployment var (repeatable), e.g. --var STAGE_KV_BUDGET_MB=16
+  --json               print the plans as JSON
+  --readme FILE        write the table between the ${BEGIN} and ${END} lines of FILE
+                       (README.md's plan table is made so: npm run plan -- all --readme README.md)`;
+
+/** `text` with the lines between the BEGIN and END markers replaced (a fenced-free markdown block). */
+function replaceBetweenMarkers(text: string, lines: string[]): string {
+  const a = text.indexOf(BEGIN);
+  const b = text.indexOf(END);
+  if (a < 0 || b < a) throw new Error(`--readme: the file has no ${BEGIN} … ${END} block`);
+  const [head, ...rest] = lines;
+  const block = [`${BEGIN}`, "", `\`${head}\``, "", ...rest.filter((l) => l.startsWith("|")), ""];
+  const notes = rest.filter((l) => !l.startsWith("|"));
+  if (notes.length > 0) block.push(...notes.map((n) => `- ${n}`), "");
+  return text.slice(0, a) + block.join("\n") + text.slice(b);
+}
 
 /** wrangler.toml's [vars] (none when there is no wrangler.toml here). */
 function wranglerVars(): Record<string, string> {
@@ -121,6 +139,8 @@ function main(): void {
       "rpc-ms": s,
       "user-rtt-ms": s,
       json: { type: "boolean", default: false },
+      readme: s,
+      var: { type: "string", multiple: true },
     },
   });
   if (positionals.length !== 1) throw new Error(USAGE);
@@ -139,6 +159,11 @@ function main(): void {
   for (const [flag, name] of flagVars) {
     const v = values[flag as keyof typeof values];
     if (typeof v === "string") vars[name] = v;
+  }
+  for (const kv of values.var ?? []) {
+    const m = /^([A-Z0-9_]+)=(.*)$/.exec(kv);
+    if (!m) throw new Error(`--var must be NAME=value (a wrangler.toml var), got ${JSON.stringify(kv)}`);
+    vars[m[1]] = m[2];
   }
   const options = {
     vars,
@@ -163,7 +188,8 @@ function main(): void {
     return;
   }
   const v = (k: string, d: string) => vars[k] ?? d;
-  console.log(
+  const lines: string[] = [];
+  lines.push(
     `vars: StageHost ${v("STAGE_HOST_BUDGET_MB", "64")} MiB, HeadHost ${v("HEAD_HOST_BUDGET_MB", "96")} MiB, ` +
       `ExpertHost ${v("EXPERT_HOST_BUDGET_MB", "96")} MiB ` +
       `(${dtype} experts, EXPERT_SLICES ${v("EXPERT_SLICES", "0")}), ` +
@@ -171,8 +197,15 @@ function main(): void {
       `${options.promptTokens} + ${options.tokens} tokens; RPC ${costs.rpcMs} ms; ` +
       `kernel ${costs.nsPerWeight.toFixed(2)} ns/weight from ${costs.kernelSource}`,
   );
-  for (const line of tableRows(results)) console.log(line);
-  for (const r of results) if (!isRefusal(r) && r.notes.length > 0) console.log(`${r.name}: ${r.notes.join("; ")}`);
+  lines.push(...tableRows(results));
+  for (const r of results) if (!isRefusal(r) && r.notes.length > 0) lines.push(`${r.name}: ${r.notes.join("; ")}`);
+  const readme = values.readme;
+  if (readme) {
+    writeFileSync(readme, replaceBetweenMarkers(readFileSync(readme, "utf8"), lines));
+    console.log(`plan: wrote the table of ${results.length} config(s) into ${readme}`);
+    return;
+  }
+  for (const line of lines) console.log(line);
   const first = results[0];
   if (results.length === 1 && !isRefusal(first)) {
     console.log(`first token also waits the user ↔ region round trip (${first.firstTokenExtraMs} ms)`);
