@@ -17,7 +17,10 @@ import { describe, expect, it } from "vitest";
 import { convertModel } from "../../../scripts/lib/convert-lib";
 import { dirFileStore } from "../../../scripts/lib/dir-store";
 import { initialPlacement } from "../../../src/coordinator/initial-placement";
-import type { Placement } from "../../../src/coordinator/placement";
+import { applyOps, checkPlacementInvariants, type Placement } from "../../../src/coordinator/placement";
+import { planPlacement } from "../../../src/coordinator/planner/index";
+import { flushLoad, recordLoad } from "../../../src/experts/load-reporter";
+import type { LoadReport } from "../../../src/experts/protocol";
 import { ExpertStore, expertSlicesFor, storeFailure } from "../../../src/experts/expert-store";
 import { fanOut, type FanOutTransport } from "../../../src/experts/fan-out";
 import {
@@ -157,6 +160,39 @@ describe("slices", () => {
     expect(chooseSlices(mixtral.dFf, 96 << 20, bytes("q8"), 5)).toBe(5);
     expect(() => chooseSlices(96, 1 << 30, bytes("q8"), 4)).toThrow(/EXPERT_SLICES 4/);
     expect(chooseSlices(96, 10, bytes("q8"))).toBe(1); // nothing fits: the placement refuses, naming the budget
+  });
+});
+
+describe("slices as placement units", () => {
+  it("each slice gets its expert's load, and a hot expert's slices are replicated like experts", () => {
+    const S = 2;
+    const p = initialPlacement({
+      model: "units",
+      nLayers: 1,
+      nExperts: 8,
+      slices: S,
+      expertBytes: 10,
+      budgetBytes: 80,
+      minInstances: 4,
+      spareFraction: 0.5,
+    });
+    // The load report counts the expanded routing: expert 3 routed twice → both its units twice.
+    const r = expandRouting({ n: 2, topK: 2, ids: Int32Array.of(3, 5, 3, 0), weights: new Float32Array(4) }, S);
+    recordLoad(p, 0, r.ids, new Map());
+    const sent: LoadReport[] = [];
+    const reportLoad = async (report: LoadReport) => void sent.push(report);
+    const env = { COORDINATOR: { getByName: () => ({ reportLoad }) } } as unknown as Env;
+    flushLoad(env, "units", () => {}, true);
+    expect(sent[0].nExperts).toBe(8 * S);
+    expect([6, 7, 10, 11, 0, 1].map((u) => sent[0].counts[u])).toEqual([2, 2, 1, 1, 1, 1]);
+    // Expert 3 carries most of the traffic: the planner sees units and replicates unit 6 and 7.
+    const loads = [Array.from({ length: 8 * S }, (_, u) => (unitExpert(u, S).expert === 3 ? 400 : 10))];
+    const plan = planPlacement({ placement: p, loads, expertBytes: 10, threshold: 0.02, maxCopies: 4 });
+    const added = plan.ops.flatMap((o) => (o.op === "add-replica" ? [o.expert] : []));
+    expect(new Set(added)).toEqual(new Set([unitOf(3, 0, S), unitOf(3, 1, S)]));
+    const next = applyOps(p, plan.ops, plan.shares);
+    expect(next.slices).toBe(S);
+    expect(checkPlacementInvariants(next, undefined, 10)).toEqual([]);
   });
 });
 
