@@ -82,7 +82,9 @@ openai.get("/placement", async (c) => {
     version: placement.version,
     n_moe_layers: placement.nLayers,
     moe_layers: placement.layers ?? placement.replicas.map((_, i) => i),
-    n_experts: placement.nExperts,
+    // Sliced experts: the entries are units "layer:unit" (unit = expert · expert_slices + slice).
+    n_experts: placement.nExperts / (placement.slices ?? 1),
+    expert_slices: placement.slices ?? 1,
     instances: perInstance,
   });
 });
