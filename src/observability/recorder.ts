@@ -23,7 +23,7 @@ let pending: Promise<void> | null = null;
  * value under this isolate's id rather than as a delta (`isolate-loads.ts` says why). `loadVersion`
  * counts changes, so a flush that raced a change does not mark the newer value as sent.
  */
-const ISOLATE_ID = crypto.randomUUID();
+let isolateId: string | null = null; // made on first use: Workers refuse random values at global scope
 let load: IsolateLoad | null = null;
 let loadVersion = 0;
 let loadSentVersion = 0;
@@ -32,7 +32,8 @@ let loadSentAt = 0;
 /** Sets this isolate's in-flight and queued generations (reported with the next flush). */
 export function setWorkerLoad(inflight: number, queued: number): void {
   if (load && load.inflight === inflight && load.queued === queued) return;
-  load = { isolate: ISOLATE_ID, inflight, queued };
+  isolateId ??= crypto.randomUUID();
+  load = { isolate: isolateId, inflight, queued };
   loadVersion++;
 }
 
