@@ -26,9 +26,7 @@ beforeAll(async () => {
     },
   );
   // Warm up: the placement exists and every expert is loaded before faults are set.
-  expect((await postJson(w, "/v1/completions", { prompt: [1, 2, 3], max_tokens: 2, temperature: 0 })).status).toBe(
-    200,
-  );
+  expect((await postJson(w, "/v1/completions", { prompt: [1, 2, 3], max_tokens: 2, temperature: 0 })).status).toBe(200);
 });
 afterAll(() => w?.dispose());
 
