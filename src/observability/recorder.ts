@@ -3,6 +3,8 @@
  * map updates on the request path; nothing waits on the hub. An isolate flushes its accumulated
  * values as one delta at most every FLUSH_INTERVAL_MS, from `waitUntil` (after the response), and
  * puts them back if the hub call fails, so a flush loses nothing and a request never pays for it.
+ * A flush also carries the isolate's current in-flight and queued generations (a gauge, sent as a
+ * value under the isolate's id: `isolate-loads.ts`).
  */
 import { withDeadline } from "../platform/deadline";
 import { setExpertEventSink } from "../platform/events";
