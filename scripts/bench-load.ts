@@ -130,8 +130,9 @@ function table(label: string, r: LoadReport): void {
       l.refusals
         .map((x) => `${x.count}× ${x.status}${x.retryAfter ? " +Retry-After" : " no Retry-After"}`)
         .join(", ") || "0";
+    const cut = l.cutByTimeLimit ? ` (${l.cutByTimeLimit} cut by --seconds)` : "";
     console.log(
-      `| ${l.concurrency} | ${l.requests} | ${l.failed} | ${refusals} | ${l.decodeTokensPerSec.toFixed(1)} | ` +
+      `| ${l.concurrency} | ${l.requests} | ${l.failed}${cut} | ${refusals} | ${l.decodeTokensPerSec.toFixed(1)} | ` +
         `${fmt(l.ttftMs.p50)} / ${fmt(l.ttftMs.p99)} | ${fmt(l.tpotMs.p50, 1)} / ${fmt(l.tpotMs.p99, 1)} | ` +
         `${l.tokensLost} / ${l.tokensChanged} | ${l.placementVersions.join(", ")} |`,
     );

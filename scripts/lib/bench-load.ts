@@ -64,7 +64,9 @@ export interface LevelReport {
   decodeTokensPerSec: number;
   ttftMs: { p50: number | null; p99: number | null };
   tpotMs: { p50: number | null; p99: number | null };
-  /** Chunks the reference had that a completed-or-failed stream never delivered. */
+  /** Streams the level's own time limit (levelMs + graceMs) cut short: bench bounds, not server failures. */
+  cutByTimeLimit: number;
+  /** Chunks the reference had that a stream never delivered (streams cut by the time limit excepted). */
   tokensLost: number;
   /** Chunks whose text differs from the reference's (or that the reference did not have). */
   tokensChanged: number;
@@ -188,6 +190,7 @@ function summarize(
   let changed = 0;
   let mismatched = 0;
   let tokens = 0;
+  let cut = 0;
   for (const { r, content } of results) {
     tokens += r.completionTokens;
     if (r.error && errors.length < 8) errors.push(r.error);
@@ -199,7 +202,8 @@ function summarize(
       refusals.set(key, e);
       continue;
     }
-    const d = compareChunks(r.chunks, reference.get(content) ?? []);
+    if (r.aborted) cut++;
+    const d = compareChunks(r.chunks, reference.get(content) ?? [], r.aborted);
     lost += d.lost;
     changed += d.changed;
     if (d.lost + d.changed > 0) mismatched++;
@@ -216,6 +220,7 @@ function summarize(
     refusals: [...refusals.values()],
     errors,
     completionTokens: tokens,
+    cutByTimeLimit: cut,
     wallSeconds,
     decodeTokensPerSec: wallSeconds > 0 ? tokens / wallSeconds : 0,
     ttftMs: { p50: percentile(ttft, 50), p99: percentile(ttft, 99) },

@@ -37,8 +37,10 @@ export interface StreamResult {
   /** Each chunk's delta content, in order: one per generated-token event. */
   chunks: string[];
   finish: string | null;
-  /** usage.completion_tokens from the final usage chunk (0 when absent). */
+  /** usage.completion_tokens from the final usage chunk, else the chunks received (a cut stream). */
   completionTokens: number;
+  /** The caller's signal ended it (the benchmark's own time limit), not the server. */
+  aborted: boolean;
   /** Request sent → first chunk (ms); null without one. */
   ttftMs: number | null;
   /** Mean time per output token after the first (ms); null with fewer than 2 tokens. */
@@ -74,6 +76,7 @@ export async function streamChat(
     chunks: [],
     finish: null,
     completionTokens: 0,
+    aborted: false,
     ttftMs: null,
     tpotMs: null,
     startedAt: performance.now(),
@@ -148,10 +151,12 @@ export async function streamChat(
     }
     if (!done && !r.error) r.error = "the stream ended without [DONE]";
   } catch (err) {
+    r.aborted = signal?.aborted ?? false;
     r.error = err instanceof Error ? `${err.name}: ${err.message}` : String(err);
   } finally {
     r.endedAt = performance.now();
   }
+  if (r.completionTokens === 0) r.completionTokens = r.chunks.length;
   if (r.chunks.length > 0) r.ttftMs = firstAt - r.startedAt;
   if (r.completionTokens > 1) r.tpotMs = (lastAt - firstAt) / (r.completionTokens - 1);
   return r;
@@ -168,8 +173,10 @@ export function percentile(xs: number[], p: number): number | null {
  * How a stream's chunks differ from the same request run alone: `changed` counts positions whose
  * text differs, `lost` the reference's chunks the stream never got. Both 0 = the same tokens.
  */
-export function compareChunks(got: string[], reference: string[]): { changed: number; lost: number } {
+export function compareChunks(got: string[], reference: string[], cut = false): { changed: number; lost: number } {
   let changed = 0;
+  // A stream the benchmark cut short is compared on what it received; its missing tail is not lost.
+  if (cut) reference = reference.slice(0, got.length);
   for (let i = 0; i < Math.min(got.length, reference.length); i++) if (got[i] !== reference[i]) changed++;
   return {
     changed: changed + Math.max(0, got.length - reference.length),

@@ -44,6 +44,7 @@ describe("bench:load library", () => {
       expect(l.ttftMs.p50).toBeGreaterThan(0);
       expect(l.ttftMs.p99).toBeGreaterThanOrEqual(l.ttftMs.p50 ?? 0);
       expect(l.tpotMs.p50 === null || l.tpotMs.p50 > 0).toBe(true);
+      expect(l.cutByTimeLimit).toBe(0);
       expect(l.tokensLost).toBe(0);
       expect(l.tokensChanged).toBe(0);
       expect(l.placementVersions.length).toBeGreaterThanOrEqual(1);
@@ -78,6 +79,9 @@ describe("bench:load library", () => {
     expect(compareChunks(["a", "b", "c"], ["a", "b", "c"])).toEqual({ changed: 0, lost: 0 });
     expect(compareChunks(["a", "x"], ["a", "b", "c"])).toEqual({ changed: 1, lost: 1 });
     expect(compareChunks(["a", "b", "c", "d"], ["a", "b", "c"])).toEqual({ changed: 1, lost: 0 });
+    // Cut short by the benchmark's own time limit: only what arrived is compared.
+    expect(compareChunks(["a"], ["a", "b", "c"], true)).toEqual({ changed: 0, lost: 0 });
+    expect(compareChunks(["x"], ["a", "b", "c"], true)).toEqual({ changed: 1, lost: 0 });
     expect(percentile([5, 1, 3, 2, 4], 50)).toBe(3);
     expect(percentile([5, 1, 3, 2, 4], 99)).toBe(5);
     expect(percentile([], 50)).toBeNull();
