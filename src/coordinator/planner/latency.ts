@@ -35,8 +35,19 @@ export interface LatencyModel {
   calls: readonly number[];
 }
 
-/** Utilisation is capped here: the model must stay finite on an overloaded instance. */
+/**
+ * Past this utilisation the M/D/1 wait continues along its tangent: the model stays finite on an
+ * overloaded instance, and taking load off it still counts (a flat cap would make an instance at
+ * 300% look no worse than one at 96%, and no copy would seem to help where it helps most).
+ */
 const MAX_UTIL = 0.95;
+
+/** M/D/1 mean wait in units of the service time: u / (2 (1 − u)), linear past MAX_UTIL. */
+function waitFactor(u: number): number {
+  if (u <= MAX_UTIL) return u / (2 * (1 - u));
+  const slope = 1 / (2 * (1 - MAX_UTIL) ** 2);
+  return MAX_UTIL / (2 * (1 - MAX_UTIL)) + slope * (u - MAX_UTIL);
+}
 
 /** One instance of one layer, as the model sees it. */
 export interface InstanceCall {
@@ -68,8 +79,7 @@ export function expectedLayerMs(
     const q = Math.min(1, c.q);
     fanOut += q;
     const kernel = (c.rows / (calls * q)) * model.rowMs;
-    const u = Math.min(MAX_UTIL, util[i] ?? 0);
-    const wait = (u * (model.rpcMs / 2 + kernel)) / (2 * (1 - u));
+    const wait = (model.rpcMs / 2 + kernel) * waitFactor(util[i] ?? 0);
     r.push({ q, ms: kernel + wait });
   });
   if (r.length === 0) return 0;
