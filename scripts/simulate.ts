@@ -829,7 +829,9 @@ async function main(): Promise<void> {
       `(own rows in flight + recent rows, half-life ${cfg.recentHalfLifeMs} ms)`,
   );
   const costNote = args.costsFromFlags ? "" : " (rpcMs, rowMs, loadMsPerMiB: this calibration, not the [vars])";
-  console.log(`edge-moe: replanStep with the ${describeReplanConfig({ ...cfg.replan, windowMs: cfg.windowMs })}${costNote}`);
+  console.log(
+    `edge-moe: replanStep with the ${describeReplanConfig({ ...cfg.replan, windowMs: cfg.windowMs })}${costNote}`,
+  );
   console.log(
     `costs (measured ${cal.date}): kernel ${f(costs.kernelMs(1), 3)} ms @1 token, ` +
       `${f(costs.kernelMs(16), 3)} ms @16; RPC ${f(costs.rpcMs(D_MODEL * 4), 3)} ms @1 token; ` +
