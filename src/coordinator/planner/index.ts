@@ -235,10 +235,10 @@ export function planPlacement(input: PlannerInput): PlanResult {
 }
 
 /** Every copy a plan keeps must lower the modelled latency by this fraction of the live one. */
-const MIN_COPY_GAIN = 0.01;
+const MIN_COPY_GAIN = 0.02;
 
 /** A plan must beat the live placement's modelled latency by this fraction. */
-export const DEFAULT_MIN_LATENCY_GAIN = 0.02;
+export const DEFAULT_MIN_LATENCY_GAIN = 0.05;
 
 function mean(xs: readonly number[]): number {
   return xs.length === 0 ? 0 : xs.reduce((a, b) => a + b, 0) / xs.length;

@@ -46,7 +46,7 @@ export interface PlannerInput {
    * layer latency (`latency.ts`). Absent: balance alone decides (as before the model).
    */
   latency?: LatencyModel;
-  /** With `latency`: the plan must lower the modelled latency by at least this fraction. Default 0.02. */
+  /** With `latency`: the plan must lower the modelled latency by at least this fraction. Default 0.05. */
   minLatencyGain?: number;
 }
 
