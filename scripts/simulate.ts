@@ -775,13 +775,13 @@ async function main(): Promise<void> {
   const costs = costsFrom(cal);
   const cfg = args.cfg;
   // The latency model plans with this machine's measured costs (what the simulated instances
-  // charge), unless --rpc-ms / --row-ms set them: one decode row per call, one 1-token RPC.
+  // charge), unless --rpc-ms / --row-ms-per-mib set them: one decode row per call, one 1-token RPC.
   if (!args.costsFromFlags && cfg.replan.latency) {
     cfg.replan = {
       ...cfg.replan,
       latency: {
         rpcMs: costs.rpcMs(D_MODEL * 4),
-        rowMs: costs.kernelMs(1),
+        rowMsPerMiB: costs.kernelMs(1) / (cal.expertLoad.bytes / 2 ** 20),
         loadMsPerMiB: costs.expertLoadMs / (cal.expertLoad.bytes / 2 ** 20),
       },
     };
@@ -828,7 +828,7 @@ async function main(): Promise<void> {
       `replica choice: split = by shares; least-loaded = per call in ${cfg.isolates} Worker isolates ` +
       `(own rows in flight + recent rows, half-life ${cfg.recentHalfLifeMs} ms)`,
   );
-  const costNote = args.costsFromFlags ? "" : " (rpcMs, rowMs, loadMsPerMiB: this calibration, not the [vars])";
+  const costNote = args.costsFromFlags ? "" : " (rpcMs, rowMsPerMiB, loadMsPerMiB: this calibration, not the [vars])";
   console.log(
     `edge-moe: replanStep with the ${describeReplanConfig({ ...cfg.replan, windowMs: cfg.windowMs })}${costNote}`,
   );

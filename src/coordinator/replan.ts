@@ -48,10 +48,11 @@ export interface ReplanConfig {
   loadWindow: Required<Pick<LoadWindowConfig, "halfLifeWindows" | "riseAlpha" | "trendAlpha">>;
   /**
    * The latency model's measured costs (planner/latency.ts): one RPC round trip of a layer call
-   * (`PLACEMENT_RPC_MS`), the expert kernel per routed row (`PLACEMENT_ROW_MS`), and a replica's
-   * load time per MiB. null (both vars 0): balance alone decides, as before the model.
+   * (`PLACEMENT_RPC_MS`), the expert kernel per routed row per MiB of expert weights
+   * (`PLACEMENT_ROW_MS_PER_MIB`), and a replica's load time per MiB. null (both vars 0): balance
+   * alone decides, as before the model.
    */
-  latency: { rpcMs: number; rowMs: number; loadMsPerMiB: number } | null;
+  latency: { rpcMs: number; rowMsPerMiB: number; loadMsPerMiB: number } | null;
 }
 
 /**
@@ -70,7 +71,7 @@ export const DEFAULT_REPLAN_CONFIG: Readonly<ReplanConfig> = Object.freeze({
   spread: 0.2,
   useVariance: true,
   loadWindow: Object.freeze({ halfLifeWindows: 2, riseAlpha: 1, trendAlpha: 0.3 }),
-  latency: Object.freeze({ rpcMs: 1, rowMs: 0.5, loadMsPerMiB: 2 }),
+  latency: Object.freeze({ rpcMs: 1, rowMsPerMiB: 0.1, loadMsPerMiB: 2 }),
 });
 
 /** A deployment's re-plan config: `DEFAULT_REPLAN_CONFIG` with its `[vars]` applied (ConfigError on a bad value). */
@@ -90,9 +91,9 @@ export function replanConfigFromEnv(vars: Vars): ReplanConfig {
 
 function latencyFromEnv(vars: Vars, d: ReplanConfig["latency"]): ReplanConfig["latency"] {
   const rpcMs = numberVar(vars, "PLACEMENT_RPC_MS", d?.rpcMs ?? 0, { min: 0 });
-  const rowMs = numberVar(vars, "PLACEMENT_ROW_MS", d?.rowMs ?? 0, { min: 0 });
-  if (rpcMs === 0 && rowMs === 0) return null;
-  return { rpcMs, rowMs, loadMsPerMiB: d?.loadMsPerMiB ?? 0 };
+  const rowMsPerMiB = numberVar(vars, "PLACEMENT_ROW_MS_PER_MIB", d?.rowMsPerMiB ?? 0, { min: 0 });
+  if (rpcMs === 0 && rowMsPerMiB === 0) return null;
+  return { rpcMs, rowMsPerMiB, loadMsPerMiB: d?.loadMsPerMiB ?? 0 };
 }
 
 /** The planner's latency model for a folded window, or undefined (no costs, or no call counts yet). */

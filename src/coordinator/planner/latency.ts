@@ -7,8 +7,9 @@
  * (a barrier). Per instance i of a layer with C calls per window:
  * - q_i, the chance a call touches i: 1 − Π_e (1 − min(1, rows of e on i per call)), calls assumed
  *   independent;
- * - its kernel time per touching call: rows per touching call × the per-row kernel cost;
- * - its utilisation u_i over ALL layers' calls (half an RPC round trip of host work each) and rows
+ * - its kernel time per touching call: rows per touching call × the per-row kernel cost, which
+ *   is per MiB of the expert (a batch-1 row streams all its weights);
+ * - its utilisation u_i over ALL layers' calls (`HOST_CALL_SHARE` of an RPC of host work each) and rows
  *   (and any replica it is loading), and the M/D/1 mean wait u S / (2 (1 − u)) for a call of
  *   service S, so a hot instance's queue counts;
  * - R_i = kernel + wait; the expected maximum of R over the touched instances, sorted by R
@@ -23,10 +24,13 @@ import type { State } from "./state";
 
 /** Measured costs and the current call rate: the model's inputs (see the module comment). */
 export interface LatencyModel {
-  /** One RPC round trip of a layer call (ms): half in transit, half occupying the host. */
+  /** One RPC round trip of a layer call (ms); `HOST_CALL_SHARE` of it occupies the host. */
   rpcMs: number;
-  /** Expert kernel time per routed row (ms). */
-  rowMs: number;
+  /**
+   * Expert kernel time per routed row per MiB of the expert's weights (ms): a decode row streams
+   * the whole expert, so its time follows the expert's bytes (a sliced or int8 expert costs less).
+   */
+  rowMsPerMiB: number;
   /** Loading one replica occupies its destination this long (ms per MiB of expert weights). */
   loadMsPerMiB: number;
   /** The load window (ms): utilisation is busy time over it. */
@@ -34,6 +38,12 @@ export interface LatencyModel {
   /** [layer] layer calls per window (forecast). A layer with none is not modelled. */
   calls: readonly number[];
 }
+
+/**
+ * Share of an RPC's round trip that occupies the host (deserialising, scheduling the call): a
+ * round trip between Durable Objects is mostly network, so this is small; the rest is transit.
+ */
+export const HOST_CALL_SHARE = 0.1;
 
 /**
  * Past this utilisation the M/D/1 wait continues along its tangent: the model stays finite on an
@@ -53,8 +63,8 @@ function waitFactor(u: number): number {
 export interface InstanceCall {
   /** Chance a call of the layer touches the instance. */
   q: number;
-  /** Rows per window the instance serves for the layer. */
-  rows: number;
+  /** Σ over its experts of rows per window × MiB of the expert: its kernel work for the layer. */
+  rowMiB: number;
 }
 
 /** The harmonic number H(x), linear between integers: E[max] of x exponential tails of mean 1. */
@@ -70,7 +80,7 @@ export function expectedLayerMs(
   inst: readonly InstanceCall[],
   util: readonly number[],
   calls: number,
-  model: Pick<LatencyModel, "rpcMs" | "rowMs">,
+  model: Pick<LatencyModel, "rpcMs" | "rowMsPerMiB">,
 ): number {
   const r: { q: number; ms: number }[] = [];
   let fanOut = 0;
@@ -78,8 +88,8 @@ export function expectedLayerMs(
     if (!(c.q > 0)) return;
     const q = Math.min(1, c.q);
     fanOut += q;
-    const kernel = (c.rows / (calls * q)) * model.rowMs;
-    const wait = (model.rpcMs / 2 + kernel) * waitFactor(util[i] ?? 0);
+    const kernel = (c.rowMiB / (calls * q)) * model.rowMsPerMiB;
+    const wait = (model.rpcMs * HOST_CALL_SHARE + kernel) * waitFactor(util[i] ?? 0);
     r.push({ q, ms: kernel + wait });
   });
   if (r.length === 0) return 0;
@@ -102,14 +112,17 @@ export function expectedLayerMs(
 function instanceCalls(st: State, n: number, calls: readonly number[]): InstanceCall[][] {
   return st.layers.map((ls, l) => {
     const C = calls[l] ?? 0;
-    const out: InstanceCall[] = Array.from({ length: n }, (_, i) => ({ q: 0, rows: ls.instLoad[i] ?? 0 }));
+    const out: InstanceCall[] = Array.from({ length: n }, () => ({ q: 0, rowMiB: 0 }));
     if (!(C > 0)) return out;
     const miss = new Array<number>(n).fill(1);
     ls.inst.forEach((is, e) => {
       const L = ls.load[e];
       if (!(L > 0)) return;
+      const mib = st.bytes(l, e) / 2 ** 20;
       is.forEach((i, r) => {
-        if (i < n) miss[i] *= 1 - Math.min(1, (L * ls.share[e][r]) / C);
+        if (i >= n) return;
+        miss[i] *= 1 - Math.min(1, (L * ls.share[e][r]) / C);
+        out[i].rowMiB += L * ls.share[e][r] * mib;
       });
     });
     for (let i = 0; i < n; i++) out[i].q = 1 - miss[i];
@@ -127,7 +140,7 @@ export function stateLatencyMs(st: State, n: number, model: LatencyModel, loadin
   perLayer.forEach((row, l) => {
     const C = model.calls[l] ?? 0;
     row.forEach((c, i) => {
-      util[i] += (C * c.q * model.rpcMs) / 2 + c.rows * model.rowMs;
+      util[i] += C * c.q * model.rpcMs * HOST_CALL_SHARE + c.rowMiB * model.rowMsPerMiB;
     });
   });
   for (let i = 0; i < n; i++) {

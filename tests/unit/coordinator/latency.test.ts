@@ -17,11 +17,13 @@ import type { LoadWindowState } from "../../../src/coordinator/load-window";
 
 const E = 8;
 const TOP_K = 2;
+/** 5 MiB experts: at the deployed 0.1 ms per row per MiB, 0.5 ms per row. */
+const BYTES = 5 * 2 ** 20;
 
 /** One layer, 8 experts round-robin over 4 instances (expert e on e mod 4), room for 3 each. */
 function compact(): Placement {
   const replicas = [Array.from({ length: E }, (_, e) => [{ instance: e % 4, share: 1 }])];
-  const instances = Array.from({ length: 4 }, (_, id) => ({ id, name: `m/h${id}`, budgetBytes: 3 * 2 ** 20 }));
+  const instances = Array.from({ length: 4 }, (_, id) => ({ id, name: `m/h${id}`, budgetBytes: 3 * BYTES }));
   return { model: "m", version: 1, nLayers: 1, nExperts: E, instances, replicas };
 }
 
@@ -52,9 +54,9 @@ function run(cfg: ReplanConfig, windows: { calls: number; counts: number[] }[], 
   for (const w of windows) {
     const folded = foldReplanWindow(state, [w.counts], 1, undefined, [w.calls]);
     state = folded.state;
-    const d = replanStep({ placement, expertBytes: 2 ** 20 }, folded, cfg);
+    const d = replanStep({ placement, expertBytes: BYTES }, folded, cfg);
     if (d.shares) placement = applyOps(placement, d.ops, d.shares);
-    expect(checkPlacementInvariants(placement, undefined, 2 ** 20)).toEqual([]);
+    expect(checkPlacementInvariants(placement, undefined, BYTES)).toEqual([]);
     copies += d.copies;
     reasons.push(d.reason);
   }
@@ -69,12 +71,12 @@ const HIGH = 800;
 
 describe("the latency model", () => {
   it("charges for every instance a call may touch, and for a busy instance's queue", () => {
-    const cost = { rpcMs: 1, rowMs: 0.5 };
-    const one = expectedLayerMs([{ q: 1, rows: 100 }], [0], 100, cost);
+    const cost = { rpcMs: 1, rowMsPerMiB: 0.5 };
+    const one = expectedLayerMs([{ q: 1, rowMiB: 100 }], [0], 100, cost);
     const spread = expectedLayerMs(
       [
-        { q: 0.5, rows: 50 },
-        { q: 0.5, rows: 50 },
+        { q: 0.5, rowMiB: 50 },
+        { q: 0.5, rowMiB: 50 },
       ],
       [0, 0],
       100,
@@ -85,7 +87,7 @@ describe("the latency model", () => {
     // independent, so the wider fan-out is charged a little even though a call uses one replica).
     expect(spread).toBeGreaterThanOrEqual(one);
     expect(spread).toBeLessThan(one * 1.1);
-    const busy = expectedLayerMs([{ q: 1, rows: 100 }], [0.8], 100, cost);
+    const busy = expectedLayerMs([{ q: 1, rowMiB: 100 }], [0.8], 100, cost);
     expect(busy).toBeGreaterThan(one * 1.5);
   });
 });
@@ -109,7 +111,7 @@ describe("latency-aware replanStep", () => {
     for (let t = 0; t < 4; t++) {
       const folded = foldReplanWindow(state, [window(HIGH)], 1, undefined, [HIGH]);
       state = folded.state;
-      const d = replanStep({ placement, expertBytes: 2 ** 20 }, folded, cfg);
+      const d = replanStep({ placement, expertBytes: BYTES }, folded, cfg);
       if (d.copies > 0) {
         expect(d.latency!.after).toBeLessThan(d.latency!.before);
         expect(d.ops.some((o) => o.op === "add-replica" && o.expert === 0)).toBe(true);
@@ -157,7 +159,7 @@ describe("latency-aware replanStep", () => {
     for (let t = 0; t < 3; t++) {
       const folded = foldReplanWindow(state, [window(LOW)]);
       state = folded.state;
-      const d = replanStep({ placement, expertBytes: 2 ** 20 }, folded, cfg);
+      const d = replanStep({ placement, expertBytes: BYTES }, folded, cfg);
       expect(d.latency).toBeUndefined();
       copies += d.copies;
       if (d.shares) placement = applyOps(placement, d.ops, d.shares);
