@@ -71,7 +71,7 @@ export const DEFAULT_REPLAN_CONFIG: Readonly<ReplanConfig> = Object.freeze({
   spread: 0.2,
   useVariance: true,
   loadWindow: Object.freeze({ halfLifeWindows: 2, riseAlpha: 1, trendAlpha: 0.3 }),
-  latency: Object.freeze({ rpcMs: 1, rowMsPerMiB: 0.1, loadMsPerMiB: 2 }),
+  latency: Object.freeze({ rpcMs: 1, rowMsPerMiB: 0.4, loadMsPerMiB: 5 }),
 });
 
 /** A deployment's re-plan config: `DEFAULT_REPLAN_CONFIG` with its `[vars]` applied (ConfigError on a bad value). */

@@ -14,16 +14,7 @@ let w: LocalWorker;
 beforeAll(async () => {
   w = await startWithModels(
     { tiny: join(FIXTURES, "mixtral-tiny") },
-    {
-      MIN_EXPERT_HOSTS: "2",
-      REPLAN_INTERVAL_MS: "300",
-      DEFAULT_MODEL: "tiny",
-      ADMIN_FAULTS_ENABLED: "true",
-      // Balance alone: this counts re-plans, which must be short (a latency-model plan that copies
-      // holds the Coordinator through its make-before-break past the scrapes below).
-      PLACEMENT_RPC_MS: "0",
-      PLACEMENT_ROW_MS_PER_MIB: "0",
-    },
+    { MIN_EXPERT_HOSTS: "2", REPLAN_INTERVAL_MS: "300", DEFAULT_MODEL: "tiny", ADMIN_FAULTS_ENABLED: "true" },
   );
 });
 afterAll(() => w?.dispose());

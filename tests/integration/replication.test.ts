@@ -89,7 +89,7 @@ beforeAll(async () => {
       // Balance alone decides here: this tests the replication mechanism, and one local client is
       // a load at which the latency model (tests/unit/coordinator/latency.test.ts) copies nothing.
       PLACEMENT_RPC_MS: "0",
-      PLACEMENT_ROW_MS: "0",
+      PLACEMENT_ROW_MS_PER_MIB: "0",
       MAX_EXPERT_HOSTS: "6",
       DEFAULT_MODEL: "tiny",
       ADMIN_FAULTS_ENABLED: "true",

@@ -17,8 +17,8 @@ import type { LoadWindowState } from "../../../src/coordinator/load-window";
 
 const E = 8;
 const TOP_K = 2;
-/** 5 MiB experts: at the deployed 0.1 ms per row per MiB, 0.5 ms per row. */
-const BYTES = 5 * 2 ** 20;
+/** 1.25 MiB experts: at the deployed 0.4 ms per row per MiB, 0.5 ms per row. */
+const BYTES = 1.25 * 2 ** 20;
 
 /** One layer, 8 experts round-robin over 4 instances (expert e on e mod 4), room for 3 each. */
 function compact(): Placement {
