@@ -183,6 +183,7 @@ export type SimPolicy =
   | "eplb-ll"
   | "eplb-ll-free-copies"
   | "edge-moe"
+  | "edge-moe-today"
   | "edge-moe-split";
 export type Dispatch = "split" | "least-loaded";
 export const SIM_SPECS: Record<SimPolicy, { placement: PolicyName; copies: boolean; dispatch: Dispatch }> = {
@@ -192,6 +193,7 @@ export const SIM_SPECS: Record<SimPolicy, { placement: PolicyName; copies: boole
   "eplb-ll": { placement: "eplb", copies: true, dispatch: "least-loaded" },
   "eplb-ll-free-copies": { placement: "eplb", copies: false, dispatch: "least-loaded" },
   "edge-moe": { placement: "edge-moe", copies: true, dispatch: "least-loaded" },
+  "edge-moe-today": { placement: "edge-moe-today", copies: true, dispatch: "least-loaded" },
   "edge-moe-split": { placement: "edge-moe", copies: true, dispatch: "split" },
 };
 export const SIM_POLICIES: SimPolicy[] = [
@@ -201,6 +203,7 @@ export const SIM_POLICIES: SimPolicy[] = [
   "eplb-ll",
   "eplb-ll-free-copies",
   "edge-moe",
+  "edge-moe-today",
   "edge-moe-split",
 ];
 
@@ -364,7 +367,13 @@ export function simulate(
   const popularity = windowPopularity(cfg);
   const router = makeRouter(cfg, popularity, rng);
   const placeRng = makeRng(cfg.seed * 11 + 1);
-  const observed: LoadTrace = { source: "simulation", nLayers: cfg.nLayers, nExperts: cfg.nExperts, windows: [] };
+  const observed: LoadTrace = {
+    source: "simulation",
+    nLayers: cfg.nLayers,
+    nExperts: cfg.nExperts,
+    windows: [],
+    calls: [],
+  };
   const policy = makePolicy(policyName, observed, shape, { ...cfg.replan, windowMs: cfg.windowMs });
   let placement = makePolicy("static", observed, shape, cfg.replan).step(0).placement;
   let previous = placement;
@@ -374,6 +383,7 @@ export function simulate(
   const freeAt = new Float64Array(N + 64); // room for instances the planner may add
   const busy = Array.from({ length: cfg.windows }, () => new Float64Array(N + 64));
   let counts = Array.from({ length: cfg.nLayers }, () => new Array<number>(cfg.nExperts).fill(0));
+  let calls = new Array<number>(cfg.nLayers).fill(0); // [layer] layer calls this window, as Workers report them
   const instTokens: number[][][] = []; // [window][layer][instance] routed tokens
   let windowInstTokens = Array.from({ length: cfg.nLayers }, () => new Array<number>(N + 64).fill(0));
   const latencies: number[] = [];
@@ -428,6 +438,7 @@ export function simulate(
   const dispatch = (now: number, stepId: number): void => {
     const st = steps[stepId];
     const l = st.layer;
+    calls[l]++;
     pairs.length = 0;
     if (spec.dispatch === "split") {
       for (const e of st.routed[l]) {
@@ -532,6 +543,8 @@ export function simulate(
     } else {
       // Window boundary: the counts of the window that just ended drive the next placement.
       observed.windows.push(counts);
+      observed.calls?.push(calls);
+      calls = new Array<number>(cfg.nLayers).fill(0);
       instTokens.push(windowInstTokens);
       counts = Array.from({ length: cfg.nLayers }, () => new Array<number>(cfg.nExperts).fill(0));
       windowInstTokens = Array.from({ length: cfg.nLayers }, () => new Array<number>(N + 64).fill(0));
@@ -677,11 +690,13 @@ function parseArgs(argv: string[]): {
   recalibrate: boolean;
   cfg: SimConfig;
   policies: SimPolicy[];
+  costsFromFlags: boolean;
 } {
   const out = {
     calibration: "bench-results/calibration.json",
     out: "bench-results/simulate.json",
     recalibrate: false,
+    costsFromFlags: false,
     cfg: { ...DEFAULT_SIM },
     policies: SIM_POLICIES,
   };
@@ -746,6 +761,7 @@ function parseArgs(argv: string[]): {
     } else throw new Error(`unknown option ${a} (try --help)`);
   }
   out.cfg.replan = { ...out.cfg.replan, ...replanOverrides };
+  out.costsFromFlags = "latency" in replanOverrides;
   if (out.cfg.topK > out.cfg.nExperts)
     throw new Error(`--top-k (${out.cfg.topK}) must be ≤ --experts (${out.cfg.nExperts})`);
   if (out.cfg.windows <= out.cfg.warmupWindows + 1) throw new Error(`--windows must be > ${out.cfg.warmupWindows + 1}`);
@@ -758,6 +774,18 @@ async function main(): Promise<void> {
   const cal = await loadCalibration(args.calibration, args.recalibrate, log);
   const costs = costsFrom(cal);
   const cfg = args.cfg;
+  // The latency model plans with this machine's measured costs (what the simulated instances
+  // charge), unless --rpc-ms / --row-ms-per-mib set them: one decode row per call, one 1-token RPC.
+  if (!args.costsFromFlags && cfg.replan.latency) {
+    cfg.replan = {
+      ...cfg.replan,
+      latency: {
+        rpcMs: costs.rpcMs(D_MODEL * 4),
+        rowMsPerMiB: costs.kernelMs(1) / (cal.expertLoad.bytes / 2 ** 20),
+        loadMsPerMiB: costs.expertLoadMs / (cal.expertLoad.bytes / 2 ** 20),
+      },
+    };
+  }
   const shape = shapeFor(cfg.nExperts, cfg.nInstances, cfg.spare, cfg.nLayers);
   const work = staticWork(cfg, costs, shape);
   // Two bases for offered load: the cluster (all instances busy ρ of the time on average) and
@@ -800,7 +828,10 @@ async function main(): Promise<void> {
       `replica choice: split = by shares; least-loaded = per call in ${cfg.isolates} Worker isolates ` +
       `(own rows in flight + recent rows, half-life ${cfg.recentHalfLifeMs} ms)`,
   );
-  console.log(`edge-moe: replanStep with the ${describeReplanConfig({ ...cfg.replan, windowMs: cfg.windowMs })}`);
+  const costNote = args.costsFromFlags ? "" : " (rpcMs, rowMsPerMiB, loadMsPerMiB: this calibration, not the [vars])";
+  console.log(
+    `edge-moe: replanStep with the ${describeReplanConfig({ ...cfg.replan, windowMs: cfg.windowMs })}${costNote}`,
+  );
   console.log(
     `costs (measured ${cal.date}): kernel ${f(costs.kernelMs(1), 3)} ms @1 token, ` +
       `${f(costs.kernelMs(16), 3)} ms @16; RPC ${f(costs.rpcMs(D_MODEL * 4), 3)} ms @1 token; ` +
@@ -842,6 +873,7 @@ async function main(): Promise<void> {
       const edge = at("edge-moe");
       if (!edge) continue;
       for (const other of [
+        "edge-moe-today",
         "static",
         "eplb",
         "eplb-free-copies",

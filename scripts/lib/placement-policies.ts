@@ -30,9 +30,15 @@ import type { LoadTrace } from "./workloads";
 
 // ── policies ──────────────────────────────────────────────────────────────────────────────────
 
-/** `eplb-ema`: EPLB re-planned every window from edge-moe's smoothed forecast instead of window t. */
-export type PolicyName = "static" | "eplb" | "eplb-ema" | "edge-moe";
-export const POLICIES: PolicyName[] = ["static", "eplb", "eplb-ema", "edge-moe"];
+/**
+ * `eplb-ema`: EPLB re-planned every window from edge-moe's smoothed forecast instead of window t.
+ * `edge-moe-today`: the policy before the latency model — balance alone (`latency: null`), a 2 s
+ * window (every `TODAY_WINDOW_MS / windowMs` windows here) and a one-window half-life.
+ */
+export type PolicyName = "static" | "eplb" | "eplb-ema" | "edge-moe" | "edge-moe-today";
+export const POLICIES: PolicyName[] = ["static", "eplb", "eplb-ema", "edge-moe", "edge-moe-today"];
+/** The re-plan window before the latency model (REPLAN_INTERVAL_MS was 2000). */
+export const TODAY_WINDOW_MS = 2000;
 /**
  * Run by default; `eplb-ema` (--eplb-ema) measured weaker than `eplb` (README), so EPLB on window t
  * is the baseline.
@@ -44,6 +50,7 @@ export const DISPATCHES: Record<PolicyName, DispatchMode[]> = {
   eplb: ["split", "least-loaded", "oracle"],
   "eplb-ema": ["split", "least-loaded", "oracle"],
   "edge-moe": ["split", "least-loaded", "oracle"],
+  "edge-moe-today": ["split", "least-loaded", "oracle"],
 };
 
 export interface ClusterShape {
@@ -110,7 +117,7 @@ export function edgeMoePolicy(trace: LoadTrace, shape: ClusterShape, config: Rep
   return {
     name: "edge-moe",
     step(t) {
-      const folded = foldReplanWindow(window, trace.windows[t]);
+      const folded = foldReplanWindow(window, trace.windows[t], 1, undefined, trace.calls?.[t]);
       window = folded.state;
       const live: LivePlacement = { placement, expertBytes: shape.expertBytes };
       const t0 = performance.now();
@@ -122,8 +129,42 @@ export function edgeMoePolicy(trace: LoadTrace, shape: ClusterShape, config: Rep
   };
 }
 
+/**
+ * The policy before the latency model over a trace of `config.windowMs` windows: every
+ * `TODAY_WINDOW_MS / windowMs` windows, their summed counts folded as one window and
+ * `replanStep` with balance alone; the placement stands in between.
+ */
+export function todayPolicy(trace: LoadTrace, shape: ClusterShape, config: ReplanConfig): Policy {
+  const every = Math.max(1, Math.round(TODAY_WINDOW_MS / config.windowMs));
+  const today: ReplanConfig = {
+    ...config,
+    windowMs: every * config.windowMs,
+    latency: null,
+    loadWindow: { ...config.loadWindow, halfLifeWindows: 1 },
+  };
+  let placement = startPlacement(trace, shape);
+  let window = createReplanWindow(placement, today);
+  return {
+    name: "edge-moe-today",
+    step(t) {
+      if ((t + 1) % every !== 0) return { placement, copies: 0, ms: 0 };
+      const sum = trace.windows[t].map((row) => row.map(() => 0));
+      for (let k = t + 1 - every; k <= t; k++)
+        trace.windows[k].forEach((row, l) => row.forEach((c, e) => (sum[l][e] += c)));
+      const folded = foldReplanWindow(window, sum);
+      window = folded.state;
+      const t0 = performance.now();
+      const decision = replanStep({ placement, expertBytes: shape.expertBytes }, folded, today);
+      const ms = performance.now() - t0;
+      if (decision.shares) placement = applyOps(placement, decision.ops, decision.shares);
+      return { placement, copies: decision.copies, ms };
+    },
+  };
+}
+
 export function makePolicy(name: PolicyName, trace: LoadTrace, shape: ClusterShape, config: ReplanConfig): Policy {
   if (name === "edge-moe") return edgeMoePolicy(trace, shape, config);
+  if (name === "edge-moe-today") return todayPolicy(trace, shape, config);
   let placement = startPlacement(trace, shape);
   if (name === "static") return { name, step: () => ({ placement, copies: 0, ms: 0 }) };
   const instances = placement.instances;

@@ -37,7 +37,7 @@ export function deployedReplanConfig(path?: string): ReplanConfig {
 export const REPLAN_FLAGS_HELP =
   "re-plan knobs (default: wrangler.toml [vars] via replanConfigFromEnv): --max-copies C --threshold T " +
   "--max-instances N --spread S --variance on|off --idle-fraction F --share-hysteresis H " +
-  "--half-life W --rise-alpha A --trend-alpha A";
+  "--half-life W --rise-alpha A --trend-alpha A --rpc-ms MS --row-ms-per-mib MS (both 0: latency model off)";
 
 /**
  * Applies `flag` to `overrides` when it is a re-plan knob, reading its value with `next()`.
@@ -87,6 +87,14 @@ export function applyReplanFlag(overrides: Partial<ReplanConfig>, flag: string, 
     case "--trend-alpha":
       overrides.loadWindow = { ...window(), trendAlpha: num(0) };
       return true;
+    case "--rpc-ms":
+    case "--row-ms-per-mib": {
+      const d = deployedReplanConfig().latency ?? { rpcMs: 0, rowMsPerMiB: 0, loadMsPerMiB: 2 };
+      const cur = overrides.latency === undefined ? d : (overrides.latency ?? { ...d, rpcMs: 0, rowMsPerMiB: 0 });
+      const next2 = { ...cur, [flag === "--rpc-ms" ? "rpcMs" : "rowMsPerMiB"]: num(0) };
+      overrides.latency = next2.rpcMs === 0 && next2.rowMsPerMiB === 0 ? null : next2;
+      return true;
+    }
     default:
       return false;
   }
@@ -94,9 +102,12 @@ export function applyReplanFlag(overrides: Partial<ReplanConfig>, flag: string, 
 
 /** One line naming every knob, and which ones a flag changed from the deployed config. */
 export function describeReplanConfig(config: ReplanConfig, deployed: ReplanConfig = deployedReplanConfig()): string {
-  const flat = (c: ReplanConfig): Record<string, number | boolean> => {
-    const { loadWindow, ...rest } = c;
-    return { ...rest, ...loadWindow };
+  const flat = (c: ReplanConfig): Record<string, number | boolean | string> => {
+    const { loadWindow, latency, ...rest } = c;
+    const costs: Record<string, number | string> = latency
+      ? { rpcMs: latency.rpcMs, rowMsPerMiB: latency.rowMsPerMiB, loadMsPerMiB: latency.loadMsPerMiB }
+      : { latencyModel: "off" };
+    return { ...rest, ...loadWindow, ...costs };
   };
   const a = flat(config);
   const d = flat(deployed);

@@ -18,6 +18,8 @@ export interface LoadTrace {
   nLayers: number;
   nExperts: number;
   windows: LoadWindows;
+  /** [window][layer] layer calls, when known (the simulator counts them; the latency model reads them). */
+  calls?: number[][];
 }
 
 // ── deterministic randomness ──────────────────────────────────────────────────────────────────

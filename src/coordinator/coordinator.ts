@@ -25,6 +25,7 @@ import {
 import { executePlan, type Executed, type ExecuteTarget } from "./execute";
 import { reconcileHosts, type ReconcileReport, type ReconcileTarget } from "./reconcile";
 import { CoordinatorStore } from "./storage";
+import { LoadIntake } from "./load-intake";
 import type { LoadReport } from "../experts/protocol";
 import { PLACEMENT_CHECK_MS } from "../experts/placement-timing";
 import type { PipelinePlacement } from "./pipeline-placement";
@@ -40,6 +41,24 @@ export interface ReplanReport {
   failedLoads: string[];
   predicted: { before: number; after: number } | null;
   windowTokens: number;
+  /** Expert weight bytes the applied copies moved. */
+  bytesMoved: number;
+  /** With the latency model: modelled ms per token over all layers, live and after the plan. */
+  latency?: { before: number; after: number };
+}
+
+/**
+ * Monotonic totals since the model's Coordinator was created, kept in its SQLite (a restart keeps
+ * them; /metrics exports them as counters, whatever the number of re-plans between two scrapes).
+ */
+export interface ReplanCounters {
+  replans: { trigger: string; reason: string; count: number }[];
+  /** Ops applied, by op (add-replica = a copy). */
+  ops: Record<string, number>;
+  loadFailures: number;
+  bytesMoved: number;
+  /** Load reports made under another placement version (their per-instance rows were dropped). */
+  staleReports: number;
 }
 
 export interface CoordinatorStatus {
@@ -54,6 +73,7 @@ export interface CoordinatorStatus {
   lastReconcile: ReconcileReport | null;
   /** When this instance of the Coordinator started (changes on a restart). */
   startedAt: number;
+  counters: ReplanCounters;
 }
 
 /** Workers re-check the placement version every PLACEMENT_CHECK_MS; wait that twice plus a margin. */
@@ -72,9 +92,7 @@ export class Coordinator extends DurableObject<Env> {
   #placement: Placement | null = null;
   #creating: Promise<Placement> | null = null;
   #window: LoadWindowState | null = null;
-  #counts: number[] = [];
-  #instanceCounts: number[] = [];
-  #countedTokens = 0;
+  #intake = new LoadIntake();
   #windowStart = Date.now();
   /** A re-plan or reconcile in progress: they never overlap (a reconcile would unload new loads). */
   #busy: Promise<unknown> | null = null;
@@ -133,27 +151,20 @@ export class Coordinator extends DurableObject<Env> {
 
   // ── load telemetry ────────────────────────────────────────────────────────────────────────
 
-  /** Batched routed-token counts from a Worker isolate. Starts the re-plan alarm if it is idle. */
-  async reportLoad(r: LoadReport): Promise<void> {
+  /**
+   * Batched routed-token counts from a Worker isolate (load-intake.ts: rows routed under another
+   * placement version are dropped). Starts the re-plan alarm if it is idle. Answers the live
+   * placement version, so an isolate routing with an older one re-checks at once.
+   */
+  async reportLoad(r: LoadReport): Promise<number> {
     const p = this.#placement;
-    if (!p || r.model !== p.model || r.nLayers !== p.nLayers || r.nExperts !== p.nExperts) return;
-    if (r.counts.length !== p.nLayers * p.nExperts) return;
-    if (this.#counts.length !== r.counts.length) this.#counts = new Array(r.counts.length).fill(0);
-    for (let i = 0; i < r.counts.length; i++) {
-      const c = r.counts[i];
-      if (Number.isFinite(c) && c > 0) {
-        this.#counts[i] += c;
-        this.#countedTokens += c;
-      }
-    }
-    for (const [inst, rows] of Object.entries(r.instanceRows)) {
-      const i = Number(inst);
-      if (Number.isInteger(i) && i >= 0 && i < 4096 && Number.isFinite(rows)) {
-        this.#instanceCounts[i] = (this.#instanceCounts[i] ?? 0) + rows;
-      }
-    }
+    if (!p) return 0;
+    const stale = this.#intake.staleReports;
+    if (!this.#intake.add(p, r)) return p.version;
+    if (this.#intake.staleReports > stale) this.#store.addCounters(new Map([["staleReports", 1]]));
     if ((await this.ctx.storage.getAlarm()) === null)
       await this.ctx.storage.setAlarm(Date.now() + this.#config.windowMs);
+    return p.version;
   }
 
   override async alarm(): Promise<void> {
@@ -186,7 +197,17 @@ export class Coordinator extends DurableObject<Env> {
     this.#busy = running.catch(() => null).finally(() => (this.#busy = null));
     const report = await running;
     this.#reports = [...this.#reports.slice(-19), report];
+    this.#count(report);
     return report;
+  }
+
+  /** Adds a finished re-plan to the SQLite counters. */
+  #count(r: ReplanReport): void {
+    const d = new Map<string, number>([[`replans|${r.trigger}|${r.reason}`, 1]]);
+    for (const op of r.ops) d.set(`ops|${op.op}`, (d.get(`ops|${op.op}`) ?? 0) + 1);
+    d.set("loadFailures", r.failedLoads.length);
+    d.set("bytesMoved", r.bytesMoved);
+    this.#store.addCounters(d);
   }
 
   async status(): Promise<CoordinatorStatus> {
@@ -201,6 +222,7 @@ export class Coordinator extends DurableObject<Env> {
       lastReplans: this.#reports,
       lastReconcile: this.#lastReconcile,
       startedAt: this.#startedAt,
+      counters: countersFrom(this.#store.counters()),
     };
   }
 
@@ -212,21 +234,11 @@ export class Coordinator extends DurableObject<Env> {
 
     // Fold the counted window into the EMA (or decay it when nothing was counted).
     const windows = Math.max(1, (at - this.#windowStart) / cfg.windowMs);
-    const counted = this.#countedTokens;
     const fits = this.#window && this.#window.nLayers === live.nLayers && this.#window.nExperts === live.nExperts;
     const start = fits && this.#window ? this.#window : createReplanWindow(live, cfg);
-    const expertCounts = Array.from({ length: live.nLayers }, (_, l) =>
-      Array.from({ length: live.nExperts }, (_, e) => this.#counts[l * live.nExperts + e] ?? 0),
-    );
-    const window = foldReplanWindow(
-      start,
-      expertCounts,
-      windows,
-      this.#instanceCounts.map((x) => x ?? 0),
-    );
-    this.#counts = new Array(live.nLayers * live.nExperts).fill(0);
-    this.#instanceCounts = [];
-    this.#countedTokens = 0;
+    const taken = this.#intake.take(live);
+    const counted = taken.tokens;
+    const window = foldReplanWindow(start, taken.expertCounts, windows, taken.instanceCounts, taken.calls);
     this.#windowStart = at;
     this.#window = window.state;
     this.#store.writeWindow(window.state);
@@ -241,6 +253,8 @@ export class Coordinator extends DurableObject<Env> {
       windowTokens: counted,
       reason: step.reason,
       predicted: { before: step.predicted.before, after: step.predicted.after },
+      bytesMoved: 0,
+      ...(step.latency ? { latency: step.latency } : {}),
     };
     if (step.ops.length === 0) {
       if (!step.shares) return { ...base, toVersion: live.version, ops: [], failedLoads: [] };
@@ -260,7 +274,8 @@ export class Coordinator extends DurableObject<Env> {
       throw err;
     }
     if (done.failedLoads.length > 0) await this.#oweReconcile(100);
-    return { ...base, toVersion: done.placement.version, ops: done.applied, failedLoads: done.failedLoads };
+    const bytesMoved = done.applied.filter((o) => o.op === "add-replica").length * expertBytes;
+    return { ...base, toVersion: done.placement.version, ops: done.applied, failedLoads: done.failedLoads, bytesMoved };
   }
 
   // ── make-before-break ─────────────────────────────────────────────────────────────────────
@@ -331,7 +346,7 @@ export class Coordinator extends DurableObject<Env> {
   #active(): boolean {
     const w = this.#window;
     const p = this.#placement;
-    if (this.#countedTokens > 0) return true;
+    if (this.#intake.tokens > 0) return true;
     if (w?.expert.some((row) => row.some((v) => v > 0))) return true;
     return !!p && p.replicas.some((row) => row.some((reps) => reps.length > 1));
   }
@@ -343,29 +358,10 @@ export class Coordinator extends DurableObject<Env> {
 
   /** The published pipeline placement for `plan`'s inputs, publishing `plan` if there is none. */
   async ensurePipeline(plan: PipelinePlacement): Promise<PipelinePlacement> {
-    const sql = this.ctx.storage.sql;
     const live = this.#readPipeline();
     if (live && live.key === plan.key) return live;
     const next: PipelinePlacement = { ...plan, version: (live?.version ?? 0) + 1 };
-    this.ctx.storage.transactionSync(() => {
-      sql.exec(
-        "INSERT INTO pipeline_versions (version, key, created_at) VALUES (?, ?, ?)",
-        next.version,
-        next.key,
-        Date.now(),
-      );
-      next.stages.forEach((st, i) =>
-        sql.exec(
-          "INSERT INTO pipeline_stages (version, stage, name, first_layer, end_layer, bytes) VALUES (?, ?, ?, ?, ?, ?)",
-          next.version,
-          i,
-          st.name,
-          st.first,
-          st.end,
-          st.bytes,
-        ),
-      );
-    });
+    this.#store.publishPipeline(next);
     return next;
   }
 
@@ -375,22 +371,7 @@ export class Coordinator extends DurableObject<Env> {
   }
 
   #readPipeline(): PipelinePlacement | null {
-    const sql = this.ctx.storage.sql;
-    const v = sql
-      .exec<{ version: number; key: string }>(
-        "SELECT version, key FROM pipeline_versions ORDER BY version DESC LIMIT 1",
-      )
-      .toArray()[0];
-    if (!v) return null;
-    const rows = sql.exec<{ name: string; first_layer: number; end_layer: number; bytes: number }>(
-      "SELECT name, first_layer, end_layer, bytes FROM pipeline_stages WHERE version = ? ORDER BY stage",
-      v.version,
-    );
-    const stages = rows
-      .toArray()
-      .map((r) => ({ name: r.name, first: r.first_layer, end: r.end_layer, bytes: r.bytes }));
-    const model = this.#placement?.model ?? this.ctx.id.name ?? "";
-    return { model, version: v.version, key: v.key, stages };
+    return this.#store.readPipeline(this.#placement?.model ?? this.ctx.id.name ?? "");
   }
 
   #publish(p: Placement, summary: string): void {
@@ -410,7 +391,22 @@ function noReport(trigger: ReplanReport["trigger"], version: number): ReplanRepo
     failedLoads: [],
     predicted: null,
     windowTokens: 0,
+    bytesMoved: 0,
   };
+}
+
+/** The store's counter rows ("replans|trigger|reason", "ops|op", …) as `ReplanCounters`. */
+function countersFrom(raw: Record<string, number>): ReplanCounters {
+  const c: ReplanCounters = { replans: [], ops: {}, loadFailures: 0, bytesMoved: 0, staleReports: 0 };
+  for (const [key, value] of Object.entries(raw)) {
+    const [kind, a, b] = key.split("|");
+    if (kind === "replans") c.replans.push({ trigger: a ?? "", reason: b ?? "", count: value });
+    else if (kind === "ops") c.ops[a ?? ""] = value;
+    else if (kind === "loadFailures") c.loadFailures = value;
+    else if (kind === "bytesMoved") c.bytesMoved = value;
+    else if (kind === "staleReports") c.staleReports = value;
+  }
+  return c;
 }
 
 /** A host's load reads its experts from R2 first; the other host calls only touch memory. */

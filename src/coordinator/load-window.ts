@@ -57,6 +57,11 @@ export interface LoadWindowState {
   trend: number[][];
   /** [instance] smoothed tokens per window (all layers); grows as instances appear. */
   instance: number[];
+  /**
+   * [layer] smoothed layer calls per window (the latency model's call rate); empty until a
+   * report carried call counts.
+   */
+  calls: number[];
 }
 
 /** α such that a window's weight halves every `halfLife` windows: 1 − 2^(−1/halfLife). */
@@ -95,6 +100,7 @@ export function createLoadWindow(nLayers: number, nExperts: number, config: Load
     variance: Array.from({ length: nLayers }, () => new Array<number>(nExperts).fill(0)),
     trend: Array.from({ length: nLayers }, () => new Array<number>(nExperts).fill(0)),
     instance: [],
+    calls: [],
   };
 }
 
@@ -105,6 +111,8 @@ export interface FoldInput {
   instanceCounts?: readonly number[];
   /** How many windows the counts span (a late alarm spans more than one). Default 1. */
   windows?: number;
+  /** [layer] layer calls counted during the elapsed window(s); optional. */
+  calls?: readonly number[];
 }
 
 /**
@@ -152,7 +160,12 @@ export function foldWindow(state: LoadWindowState, input: FoldInput): LoadWindow
   const ic = input.instanceCounts ?? [];
   const nInst = Math.max(state.instance.length, ic.length);
   const instance = Array.from({ length: nInst }, (_, i) => mix(state.instance[i] ?? 0, ic[i] ?? 0));
-  return { ...state, windows: state.windows + w, expert, variance, trend, instance };
+  const cc = input.calls;
+  const calls =
+    cc && cc.length === state.nLayers
+      ? cc.map((c, l) => mix(state.calls[l] ?? 0, c))
+      : state.calls.map((c) => mix(c, 0));
+  return { ...state, windows: state.windows + w, expert, variance, trend, instance, calls };
 }
 
 /**
@@ -171,6 +184,7 @@ export function decayIdle(state: LoadWindowState, windows: number): LoadWindowSt
     variance: state.variance.map((row) => row.map(decay)),
     trend: state.trend.map((row) => row.map((v) => v * keep)),
     instance: state.instance.map(decay),
+    calls: state.calls.map(decay),
   };
 }
 
@@ -200,6 +214,8 @@ export interface LoadWindowMeta {
   varianceAlpha: number;
   dropBelow: number;
   windows: number;
+  /** [layer] smoothed layer calls per window (absent in rows written before the latency model). */
+  calls?: number[];
 }
 export interface ExpertLoadRow {
   layer: number;
@@ -234,7 +250,7 @@ export function toRows(state: LoadWindowState): LoadWindowRows {
   });
   const { nLayers, nExperts, alpha, riseAlpha, trendAlpha, varianceAlpha, dropBelow, windows } = state;
   return {
-    meta: { nLayers, nExperts, alpha, riseAlpha, trendAlpha, varianceAlpha, dropBelow, windows },
+    meta: { nLayers, nExperts, alpha, riseAlpha, trendAlpha, varianceAlpha, dropBelow, windows, calls: state.calls },
     experts,
     instances,
   };
@@ -270,5 +286,8 @@ export function fromRows(rows: LoadWindowRows): LoadWindowState {
     while (state.instance.length <= r.instance) state.instance.push(0);
     state.instance[r.instance] = r.rate;
   }
-  return { ...state, windows: meta.windows };
+  const calls = Array.isArray(meta.calls) && meta.calls.length === meta.nLayers ? meta.calls.map(Number) : [];
+  if (calls.some((c) => !(c >= 0) || !Number.isFinite(c)))
+    throw new RangeError("load window calls must be finite and ≥ 0");
+  return { ...state, windows: meta.windows, calls };
 }

@@ -7,8 +7,10 @@
  *
  * One step: fold the window's counts into the EMA loads (or decay them when nothing was counted);
  * plan from the live placement — copies only when the window carried traffic (no copies are spent
- * on a forecast nobody is sending); when the plan copies nothing, release the extra replicas of
- * experts that went idle; otherwise publish re-balanced shares only when one moved noticeably.
+ * on a forecast nobody is sending), and, with the latency model (`config.latency` and call counts
+ * in the reports), only copies that make layer calls faster at the current load; when the plan
+ * copies nothing, release the extra replicas of experts that went idle, then those the model says
+ * no longer pay; otherwise publish re-balanced shares only when one moved noticeably.
  */
 import { intVar, numberVar, type Vars } from "../platform/env";
 import {
@@ -21,7 +23,7 @@ import {
   type LoadWindowState,
 } from "./load-window";
 import { sharesAfter, type ExpertBytes, type Placement, type PlacementOp, type Replica } from "./placement";
-import { planPlacement, type PlanResult } from "./planner";
+import { planPlacement, planRelease, type LatencyModel, type PlanResult } from "./planner";
 
 export interface ReplanConfig {
   /** Load window and re-plan period (`REPLAN_INTERVAL_MS`). */
@@ -44,6 +46,13 @@ export interface ReplanConfig {
   useVariance: boolean;
   /** EMA smoothing of the load window. */
   loadWindow: Required<Pick<LoadWindowConfig, "halfLifeWindows" | "riseAlpha" | "trendAlpha">>;
+  /**
+   * The latency model's measured costs (planner/latency.ts): one RPC round trip of a layer call
+   * (`PLACEMENT_RPC_MS`), the expert kernel per routed row per MiB of expert weights
+   * (`PLACEMENT_ROW_MS_PER_MIB`), and a replica's load time per MiB. null (both vars 0): balance
+   * alone decides, as before the model.
+   */
+  latency: { rpcMs: number; rowMsPerMiB: number; loadMsPerMiB: number } | null;
 }
 
 /**
@@ -52,7 +61,7 @@ export interface ReplanConfig {
  * "Placement: measured"): the best online balance and latency for the copies they cost.
  */
 export const DEFAULT_REPLAN_CONFIG: Readonly<ReplanConfig> = Object.freeze({
-  windowMs: 2000,
+  windowMs: 500,
   maxCopies: 16,
   threshold: 0.05,
   maxInstances: 8,
@@ -61,7 +70,8 @@ export const DEFAULT_REPLAN_CONFIG: Readonly<ReplanConfig> = Object.freeze({
   shareHysteresis: 0.05,
   spread: 0.2,
   useVariance: true,
-  loadWindow: Object.freeze({ halfLifeWindows: 1, riseAlpha: 1, trendAlpha: 0.3 }),
+  loadWindow: Object.freeze({ halfLifeWindows: 2, riseAlpha: 1, trendAlpha: 0.3 }),
+  latency: Object.freeze({ rpcMs: 1, rowMsPerMiB: 0.4, loadMsPerMiB: 5 }),
 });
 
 /** A deployment's re-plan config: `DEFAULT_REPLAN_CONFIG` with its `[vars]` applied (ConfigError on a bad value). */
@@ -75,7 +85,28 @@ export function replanConfigFromEnv(vars: Vars): ReplanConfig {
     threshold: numberVar(vars, "REPLAN_THRESHOLD", d.threshold, { min: 0 }),
     maxInstances: intVar(vars, "MAX_EXPERT_HOSTS", d.maxInstances, { min: 1 }),
     spareSlotFraction: numberVar(vars, "SPARE_SLOT_FRACTION", d.spareSlotFraction, { min: 0, max: 0.9 }),
+    latency: latencyFromEnv(vars, d.latency),
   };
+}
+
+function latencyFromEnv(vars: Vars, d: ReplanConfig["latency"]): ReplanConfig["latency"] {
+  const rpcMs = numberVar(vars, "PLACEMENT_RPC_MS", d?.rpcMs ?? 0, { min: 0 });
+  const rowMsPerMiB = numberVar(vars, "PLACEMENT_ROW_MS_PER_MIB", d?.rowMsPerMiB ?? 0, { min: 0 });
+  if (rpcMs === 0 && rowMsPerMiB === 0) return null;
+  return { rpcMs, rowMsPerMiB, loadMsPerMiB: d?.loadMsPerMiB ?? 0 };
+}
+
+/** The planner's latency model for a folded window, or undefined (no costs, or no call counts yet). */
+export function latencyModel(state: LoadWindowState, config: ReplanConfig): LatencyModel | undefined {
+  if (!config.latency || !state.calls.some((c) => c > 0)) return undefined;
+  // Calls follow the forecast as the loads do (rate + trend), so rows per call stay what was seen.
+  const forecast = forecastLoads(state);
+  const calls = state.calls.map((c, l) => {
+    const rate = state.expert[l].reduce((a, b) => a + b, 0);
+    const next = forecast[l].reduce((a, b) => a + b, 0);
+    return rate > 0 ? (c * next) / rate : 0;
+  });
+  return { ...config.latency, windowMs: config.windowMs, calls };
 }
 
 // ── the load window ───────────────────────────────────────────────────────────────────────────
@@ -84,7 +115,15 @@ export function replanConfigFromEnv(vars: Vars): ReplanConfig {
 export interface ReplanWindow {
   state: LoadWindowState;
   carriedTraffic: boolean;
+  /**
+   * The window carried at least half the traffic forecast before it (absent: true). A falling load
+   * gets no new copies: they would arrive as the load leaves (the EMA releases slowly on purpose).
+   */
+  sustained?: boolean;
 }
+
+/** A window below this fraction of the forecast before it is a falling load (no copies). */
+const SUSTAINED_FRACTION = 0.5;
 
 /** An empty load window for `placement`'s shape with the config's smoothing. */
 export function createReplanWindow(placement: Placement, config: ReplanConfig): LoadWindowState {
@@ -100,11 +139,19 @@ export function foldReplanWindow(
   expertCounts: readonly (readonly number[])[],
   windows = 1,
   instanceCounts?: readonly number[],
+  calls?: readonly number[],
 ): ReplanWindow {
   let total = 0;
   for (const row of expertCounts) for (const c of row) total += Math.max(c, 0);
-  if (total <= 0) return { state: decayIdle(state, windows), carriedTraffic: false };
-  return { state: foldWindow(state, { expertCounts, instanceCounts, windows }), carriedTraffic: true };
+  if (total <= 0) return { state: decayIdle(state, windows), carriedTraffic: false, sustained: false };
+  let expected = 0;
+  for (const row of forecastLoads(state)) for (const v of row) expected += v;
+  const sustained = total / windows >= SUSTAINED_FRACTION * expected;
+  return {
+    state: foldWindow(state, { expertCounts, instanceCounts, windows, calls }),
+    carriedTraffic: true,
+    sustained,
+  };
 }
 
 // ── one step ──────────────────────────────────────────────────────────────────────────────────
@@ -120,40 +167,53 @@ export interface ReplanDecision {
   ops: PlacementOp[];
   /** Shares for the placement after `ops`; null: nothing to publish, the live table stands. */
   shares: Replica[][][] | null;
-  reason: PlanResult["reason"] | "released-idle";
+  reason: PlanResult["reason"] | "released-idle" | "released-unpaid";
   /** The planner's predicted worst-layer max/mean: live, with new shares only, and after the plan. */
   predicted: { before: number; sharesOnly: number; after: number };
   /** add-replica ops in `ops`. */
   copies: number;
+  /** With the latency model: modelled ms per token over all layers, live (shares re-balanced) and after. */
+  latency?: { before: number; after: number };
 }
 
 /** What the Coordinator does with one folded window; see the module comment. Pure and deterministic. */
 export function replanStep(live: LivePlacement, window: ReplanWindow, config: ReplanConfig): ReplanDecision {
   const p = live.placement;
   const loads = forecastLoads(window.state);
-  const plan = planPlacement({
+  const input = {
     placement: p,
     loads,
     loadVariance: config.useVariance ? loadVariance(window.state) : undefined,
     spread: config.spread,
     expertBytes: live.expertBytes,
-    maxCopies: window.carriedTraffic ? config.maxCopies : 0,
+    maxCopies: window.carriedTraffic && window.sustained !== false ? config.maxCopies : 0,
     threshold: config.threshold,
     maxInstances: Math.max(p.instances.length, config.maxInstances),
-  });
+    latency: latencyModel(window.state, config),
+  };
+  const plan = planPlacement(input);
   const predicted = {
     before: plan.predicted.before,
     sharesOnly: plan.predicted.sharesOnly,
     after: plan.predicted.after,
   };
-  if (plan.ops.length > 0)
-    return { ops: plan.ops, shares: plan.shares, reason: plan.reason, predicted, copies: plan.copies };
+  const latency = plan.latency;
+  const decision = (ops: PlacementOp[], shares: Replica[][][] | null, reason: ReplanDecision["reason"]) => ({
+    ops,
+    shares,
+    reason,
+    predicted,
+    copies: ops.filter((o) => o.op === "add-replica").length,
+    ...(latency ? { latency } : {}),
+  });
+  if (plan.ops.length > 0) return decision(plan.ops, plan.shares, plan.reason);
   const idle = releaseIdle(p, loads, config.idleFraction);
-  if (idle.length > 0) {
-    return { ops: idle, shares: sharesAfter(p, idle, null), reason: "released-idle", predicted, copies: 0 };
-  }
+  if (idle.length > 0) return decision(idle, sharesAfter(p, idle, null), "released-idle");
+  // Replicas the latency model says no longer pay at this load (none without the model).
+  const unpaid = planRelease(input);
+  if (unpaid.length > 0) return decision(unpaid, sharesAfter(p, unpaid, null), "released-unpaid");
   const moved = sharesMoved(p.replicas, plan.shares, config.shareHysteresis);
-  return { ops: [], shares: moved ? plan.shares : null, reason: plan.reason, predicted, copies: 0 };
+  return decision([], moved ? plan.shares : null, plan.reason);
 }
 
 /**

@@ -1,23 +1,24 @@
 /**
- * @module The Coordinator's SQLite: a versioned schema with migrations, the placement table, its
- * log (pruned to the last `PLACEMENT_LOG_KEEP` versions) and the load windows. Writes touch only
- * the rows that changed — a re-plan every two seconds must not rewrite every expert's row.
+ * @module The Coordinator's SQLite: a versioned schema with migrations (the shared runner in
+ * src/platform), the placement table, its log (pruned to the last `PLACEMENT_LOG_KEEP` versions),
+ * the load windows, the pipeline placement (pruned to the last `PIPELINE_KEEP` versions) and the
+ * re-plan counters /metrics exports. Writes touch only the rows that changed — a re-plan every
+ * window must not rewrite every expert's row.
  *
  * Written against a small `SqlDb` interface that the Durable Object's `ctx.storage.sql` satisfies,
  * so the migrations are tested on a plain SQLite database too.
  */
+import { runMigrations, type SqlDb } from "../platform/sql-migrations";
 import { fromRows, toRows, type ExpertLoadRow, type LoadWindowRows, type LoadWindowState } from "./load-window";
+import type { PipelinePlacement } from "./pipeline-placement";
 import type { InstanceInfo, Placement, Replica } from "./placement";
 
-type SqlValue = string | number | null;
-
-/** What the store needs of SQLite (a subset of the Workers `SqlStorage`). */
-export interface SqlDb {
-  exec(query: string, ...bindings: SqlValue[]): { toArray(): Record<string, unknown>[] };
-}
+export type { SqlDb } from "../platform/sql-migrations";
 
 /** Versions of the placement log kept; older ones are deleted as new ones are published. */
 export const PLACEMENT_LOG_KEEP = 200;
+/** Pipeline placement versions kept (a new one comes only with new budgets or a new model). */
+export const PIPELINE_KEEP = 10;
 
 /**
  * Schema migrations, applied in order; the database records the last one applied in
@@ -47,23 +48,20 @@ export const MIGRATIONS: readonly (readonly string[])[] = [
     `CREATE TABLE IF NOT EXISTS pipeline_stages (version INTEGER NOT NULL, stage INTEGER NOT NULL, name TEXT NOT NULL,
       first_layer INTEGER NOT NULL, end_layer INTEGER NOT NULL, bytes INTEGER NOT NULL, PRIMARY KEY (version, stage))`,
   ],
+  // 4: the pipeline tables are bounded too (they kept every version, forever).
+  [
+    `DELETE FROM pipeline_stages WHERE version <= (SELECT MAX(version) FROM pipeline_versions) - ${PIPELINE_KEEP}`,
+    `DELETE FROM pipeline_versions WHERE version <= (SELECT MAX(version) FROM pipeline_versions) - ${PIPELINE_KEEP}`,
+  ],
+  // 5: monotonic re-plan counters (re-plans by trigger and reason, ops, failed loads, bytes copied).
+  ["CREATE TABLE IF NOT EXISTS counters (key TEXT PRIMARY KEY, value REAL NOT NULL)"],
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;
 
 /** Applies the migrations the database has not seen; returns the version it was at. */
 export function migrate(sql: SqlDb): number {
-  sql.exec(MIGRATIONS[0][0]); // meta, to read the version from
-  const row = sql.exec("SELECT value FROM meta WHERE key = 'schemaVersion'").toArray()[0];
-  const from = row ? Number(row.value) : 0;
-  if (!Number.isInteger(from) || from < 0 || from > SCHEMA_VERSION) {
-    throw new Error(
-      `Coordinator storage has schema version ${String(row?.value)}; this build knows 0…${SCHEMA_VERSION}`,
-    );
-  }
-  for (let v = from; v < SCHEMA_VERSION; v++) for (const stmt of MIGRATIONS[v]) sql.exec(stmt);
-  if (from !== SCHEMA_VERSION) setMeta(sql, "schemaVersion", String(SCHEMA_VERSION));
-  return from;
+  return runMigrations(sql, MIGRATIONS, { versionKey: "schemaVersion", what: "Coordinator storage" });
 }
 
 function setMeta(sql: SqlDb, key: string, value: string): void {
@@ -208,6 +206,83 @@ export class CoordinatorStore {
       .exec("SELECT version, created_at, summary FROM placement_log ORDER BY version DESC LIMIT ?", limit)
       .toArray()
       .map((r) => ({ version: Number(r.version), createdAt: Number(r.created_at), summary: String(r.summary) }));
+  }
+
+  // ── pipeline placement ──────────────────────────────────────────────────────────────────────
+
+  /** Writes `p` as the newest pipeline version and prunes versions older than the last `PIPELINE_KEEP`. */
+  publishPipeline(p: PipelinePlacement, now = Date.now()): void {
+    const sql = this.#sql;
+    this.#transaction(() => {
+      sql.exec("INSERT INTO pipeline_versions (version, key, created_at) VALUES (?, ?, ?)", p.version, p.key, now);
+      p.stages.forEach((st, i) =>
+        sql.exec(
+          "INSERT INTO pipeline_stages (version, stage, name, first_layer, end_layer, bytes) VALUES (?, ?, ?, ?, ?, ?)",
+          p.version,
+          i,
+          st.name,
+          st.first,
+          st.end,
+          st.bytes,
+        ),
+      );
+      sql.exec("DELETE FROM pipeline_stages WHERE version <= ?", p.version - PIPELINE_KEEP);
+      sql.exec("DELETE FROM pipeline_versions WHERE version <= ?", p.version - PIPELINE_KEEP);
+    });
+  }
+
+  /** The newest pipeline version (null before any), for `model`. */
+  readPipeline(model: string): PipelinePlacement | null {
+    const sql = this.#sql;
+    const v = sql.exec("SELECT version, key FROM pipeline_versions ORDER BY version DESC LIMIT 1").toArray()[0];
+    if (!v) return null;
+    const stages = sql
+      .exec(
+        "SELECT name, first_layer, end_layer, bytes FROM pipeline_stages WHERE version = ? ORDER BY stage",
+        Number(v.version),
+      )
+      .toArray()
+      .map((r) => ({
+        name: String(r.name),
+        first: Number(r.first_layer),
+        end: Number(r.end_layer),
+        bytes: Number(r.bytes),
+      }));
+    return { model, version: Number(v.version), key: String(v.key), stages };
+  }
+
+  /** Pipeline versions stored (tests: pruning). */
+  pipelineVersions(): number[] {
+    return this.#sql
+      .exec("SELECT version FROM pipeline_versions ORDER BY version")
+      .toArray()
+      .map((r) => Number(r.version));
+  }
+
+  // ── counters ────────────────────────────────────────────────────────────────────────────────
+
+  /** Adds to monotonic counters (one transaction); keys are the caller's ("replans|alarm|planned"). */
+  addCounters(deltas: ReadonlyMap<string, number>): void {
+    const sql = this.#sql;
+    this.#transaction(() => {
+      for (const [key, d] of deltas) {
+        if (!(d > 0)) continue;
+        sql.exec(
+          "INSERT INTO counters (key, value) VALUES (?, ?) " +
+            "ON CONFLICT(key) DO UPDATE SET value = value + excluded.value",
+          key,
+          d,
+        );
+      }
+    });
+  }
+
+  /** Every counter, by key. */
+  counters(): Record<string, number> {
+    const out: Record<string, number> = {};
+    for (const r of this.#sql.exec("SELECT key, value FROM counters ORDER BY key").toArray())
+      out[String(r.key)] = Number(r.value);
+    return out;
   }
 
   // ── load windows ────────────────────────────────────────────────────────────────────────────

@@ -3,15 +3,18 @@
  * isolate. The host serves only these: a Worker with a stale placement is refused instead of
  * re-loading a replica the Coordinator just removed. The rule that changes the assignment is
  * explicit and comes from the Coordinator alone: `load` adds, `unload` removes, `reconcile`
- * replaces it whole.
+ * replaces it whole (writing only the rows that change).
  */
+import { runMigrations, type SqlDb } from "../platform/sql-migrations";
 import { expertKey, type ExpertRef } from "./protocol";
 
-/** Schema migrations, applied in order; `meta.schema_version` counts those applied. */
-const MIGRATIONS: readonly string[] = [
-  `CREATE TABLE IF NOT EXISTS assignment (
+/** Schema migrations, applied in order by the shared runner; `meta.schema_version` counts those applied. */
+const MIGRATIONS: readonly (readonly string[])[] = [
+  [
+    `CREATE TABLE IF NOT EXISTS assignment (
      model TEXT NOT NULL, layer INTEGER NOT NULL, expert INTEGER NOT NULL,
      PRIMARY KEY (model, layer, expert))`,
+  ],
 ];
 
 export class HostAssignment {
@@ -19,24 +22,16 @@ export class HostAssignment {
   readonly #keys = new Set<string>();
   #model: string | null = null;
 
-  constructor(private readonly sql: SqlStorage) {}
+  constructor(private readonly sql: SqlDb) {}
 
   /** Brings the schema up to date and reads the assignment (run under the DO's input gate). */
   init(): void {
-    this.sql.exec("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)");
-    const row = this.sql.exec<{ value: string }>("SELECT value FROM meta WHERE key = 'schema_version'").toArray()[0];
-    let version = row ? Number(row.value) : 0;
-    for (; version < MIGRATIONS.length; version++) {
-      this.sql.exec(MIGRATIONS[version]);
-      this.sql.exec("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", String(version + 1));
-    }
+    runMigrations(this.sql, MIGRATIONS, { versionKey: "schema_version", what: "ExpertHost assignment storage" });
     this.#keys.clear();
     this.#model = null;
-    type Row = { model: string; layer: number; expert: number };
-    const rows = this.sql.exec<Row>("SELECT model, layer, expert FROM assignment");
-    for (const r of rows) {
-      this.#model = r.model;
-      this.#keys.add(expertKey(r.layer, r.expert));
+    for (const r of this.sql.exec("SELECT model, layer, expert FROM assignment").toArray()) {
+      this.#model = String(r.model);
+      this.#keys.add(expertKey(Number(r.layer), Number(r.expert)));
     }
   }
 
@@ -74,14 +69,27 @@ export class HostAssignment {
     }
   }
 
-  /** The assignment becomes exactly `refs` of `model` (an instance serves one model). */
+  /**
+   * The assignment becomes exactly `refs` of `model` (an instance serves one model). Only the rows
+   * that differ are written: a reconcile usually confirms what the host already holds.
+   */
   replace(model: string, refs: readonly ExpertRef[]): void {
-    this.sql.exec("DELETE FROM assignment");
-    this.#keys.clear();
-    this.#model = model;
-    for (const { layer, expert } of refs) {
+    if (this.#model !== model) {
+      this.sql.exec("DELETE FROM assignment");
+      this.#keys.clear();
+      this.#model = model;
+    }
+    const want = new Map(refs.map((r) => [expertKey(r.layer, r.expert), r]));
+    for (const key of [...this.#keys]) {
+      if (want.has(key)) continue;
+      const [layer, expert] = key.split(":").map(Number);
+      this.sql.exec("DELETE FROM assignment WHERE model = ? AND layer = ? AND expert = ?", model, layer, expert);
+      this.#keys.delete(key);
+    }
+    for (const [key, { layer, expert }] of want) {
+      if (this.#keys.has(key)) continue;
       this.sql.exec("INSERT OR IGNORE INTO assignment (model, layer, expert) VALUES (?, ?, ?)", model, layer, expert);
-      this.#keys.add(expertKey(layer, expert));
+      this.#keys.add(key);
     }
   }
 }

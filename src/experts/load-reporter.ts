@@ -1,9 +1,12 @@
 /**
  * @module Load telemetry from the Worker to the Coordinator: counted on the hot path (a few integer
  * adds per routed token), sent off it — at most every LOAD_FLUSH_MS per isolate and model, from
- * `ctx.waitUntil`.
+ * `ctx.waitUntil`. The Coordinator answers a report with its placement version; a newer one than
+ * the counts were routed with makes the isolate re-check its placement at once instead of within
+ * PLACEMENT_CHECK_MS, so a replica made for a hot spot is used within one report interval.
  */
 import type { Placement } from "../coordinator/placement";
+import { markPlacementStale } from "./placement-cache";
 import type { LoadReport } from "./protocol";
 
 export const LOAD_FLUSH_MS = 250;
@@ -24,6 +27,7 @@ function pendingFor(placement: Placement): PendingLoad {
       nLayers: placement.nLayers,
       nExperts: placement.nExperts,
       counts: new Array(placement.nLayers * placement.nExperts).fill(0),
+      calls: new Array(placement.nLayers).fill(0),
       instanceRows: {},
       version: placement.version,
       lastFlush: Date.now(),
@@ -48,6 +52,7 @@ export function recordLoad(
   const report = pendingFor(placement);
   const base = row * placement.nExperts;
   for (let i = 0; i < ids.length; i++) if (ids[i] >= 0) report.counts[base + ids[i]]++;
+  if (report.calls && row < report.calls.length) report.calls[row]++;
   for (const [instance, rows] of rowsByInstance) {
     report.instanceRows[instance] = (report.instanceRows[instance] ?? 0) + rows;
   }
@@ -61,15 +66,19 @@ export function flushLoad(env: Env, model: string, waitUntil: (p: Promise<unknow
   if (!p?.any) return;
   const now = Date.now();
   if (!force && now - p.lastFlush < LOAD_FLUSH_MS) return;
-  const { nLayers, nExperts, counts, instanceRows, version } = p;
-  const report: LoadReport = { model, nLayers, nExperts, counts, instanceRows, version };
+  const { nLayers, nExperts, counts, calls, instanceRows, version } = p;
+  const report: LoadReport = { model, nLayers, nExperts, counts, calls, instanceRows, version };
   p.counts = new Array(p.nLayers * p.nExperts).fill(0);
+  p.calls = new Array(p.nLayers).fill(0);
   p.instanceRows = {};
   p.lastFlush = now;
   p.any = false;
   waitUntil(
     env.COORDINATOR.getByName(model)
       .reportLoad(report)
+      .then((live) => {
+        if (typeof live === "number" && live > version) markPlacementStale(model);
+      })
       .catch((err: unknown) => {
         console.warn(`load report for ${model} lost: ${err instanceof Error ? err.message : String(err)}`);
       }),

@@ -77,8 +77,10 @@ export interface LoadReport {
   counts: number[];
   /** Rows sent per instance id since the last report. */
   instanceRows: Record<number, number>;
-  /** Placement version the counts were routed with. */
+  /** Placement version the counts were routed with (the Coordinator drops `instanceRows` of another). */
   version: number;
+  /** Layer calls per placement row since the last report (the latency model's call rate). */
+  calls?: number[];
 }
 
 export function expertKey(layer: number, expert: number): string {

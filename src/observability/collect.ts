@@ -55,14 +55,6 @@ export async function collect(env: Env, only?: string): Promise<Collected> {
         ),
       );
       rpcs += instances.length;
-      if (status.lastReplans.length) {
-        await withDeadline(
-          Promise.resolve(hubStub.noteReplans(model, status.lastReplans)),
-          SCRAPE_RPC_MS,
-          "MetricsHub",
-        ).catch(() => null);
-        rpcs++;
-      }
       writeLoadPoints(env, model, status);
       return { model, status, hosts };
     }),

@@ -1,11 +1,11 @@
 /**
  * @module MetricsHub: the one Durable Object that every Worker isolate flushes its metric deltas
  * to (`recorder.ts`). It merges them into cluster-wide totals, keeps a short timeline for the
- * dashboard (tokens/s and TTFT over time), counts re-plans it is shown (the Coordinator keeps
- * only its last reports), and persists all of it so a restart of the hub does not reset counters.
+ * dashboard (tokens/s and TTFT over time), and persists all of it so a restart of the hub does not
+ * reset counters. Re-plan counters are not here: each Coordinator keeps its own in SQLite and a
+ * scrape reads them (`scrape.ts`).
  */
 import { DurableObject } from "cloudflare:workers";
-import type { ReplanReport } from "../coordinator/coordinator";
 import { METRICS } from "./catalog";
 import { IsolateLoads, type IsolateLoad, type WorkerLoadTotals } from "./isolate-loads";
 import { MetricSet, type MetricDelta } from "./registry";
@@ -13,8 +13,6 @@ import { MetricSet, type MetricDelta } from "./registry";
 /** Width of one timeline slot and how many are kept (10 minutes). */
 export const SLOT_MS = 2000;
 const MAX_SLOTS = 300;
-/** Re-plan reports remembered per model to recognise ones already counted. */
-const MAX_SEEN_REPLANS = 200;
 
 export interface TimelineSlot {
   /** Slot start (ms since epoch). */
@@ -43,32 +41,13 @@ interface Persisted {
   models: string[];
   timeline: TimelineSlot[];
   flushes: number;
-  seen: Record<string, string[]>;
 }
-
-const REPLANS = {
-  name: "edge_moe_replans_total",
-  help: "Re-plans the Coordinator ran, by model, trigger and outcome.",
-  type: "counter",
-} as const;
-const REPLICA_OPS = {
-  name: "edge_moe_placement_ops_total",
-  help: "Placement changes applied by re-plans, by model and op (add-replica = a copy).",
-  type: "counter",
-} as const;
-const LOAD_FAILURES = {
-  name: "edge_moe_replica_load_failures_total",
-  help: "Replica loads that failed during a re-plan, by model.",
-  type: "counter",
-} as const;
-export const HUB_DEFS = [REPLANS, REPLICA_OPS, LOAD_FAILURES];
 
 export class MetricsHub extends DurableObject<Env> {
   #metrics = new MetricSet();
   #models: string[] = [];
   #timeline: TimelineSlot[] = [];
   #flushes = 0;
-  #seen = new Map<string, string[]>();
   #startedAt = Date.now();
   // Not persisted: a gauge is current state, and busy isolates re-report within a heartbeat.
   #loads = new IsolateLoads();
@@ -82,7 +61,6 @@ export class MetricsHub extends DurableObject<Env> {
       this.#models = saved.models;
       this.#timeline = saved.timeline;
       this.#flushes = saved.flushes;
-      this.#seen = new Map(Object.entries(saved.seen));
     });
   }
 
@@ -105,27 +83,6 @@ export class MetricsHub extends DurableObject<Env> {
       slot.ttftSum += h.sum;
       slot.ttftCount += h.count;
     }
-    await this.#save();
-  }
-
-  /** Counts re-plan reports not seen before (a scrape or dashboard read passes the Coordinator's last ones). */
-  async noteReplans(model: string, reports: ReplanReport[]): Promise<void> {
-    const seen = this.#seen.get(model) ?? [];
-    const known = new Set(seen);
-    let changed = false;
-    for (const r of reports) {
-      const key = `${r.at}:${r.trigger}:${r.fromVersion}:${r.toVersion}`;
-      if (known.has(key)) continue;
-      known.add(key);
-      seen.push(key);
-      changed = true;
-      this.#metrics.inc(REPLANS, { model, trigger: r.trigger, reason: r.reason });
-      for (const op of r.ops) this.#metrics.inc(REPLICA_OPS, { model, op: op.op });
-      if (r.failedLoads.length) this.#metrics.inc(LOAD_FAILURES, { model }, r.failedLoads.length);
-    }
-    if (!changed) return;
-    this.#seen.set(model, seen.slice(-MAX_SEEN_REPLANS));
-    this.#noteModel(model);
     await this.#save();
   }
 
@@ -169,7 +126,6 @@ export class MetricsHub extends DurableObject<Env> {
       models: this.#models,
       timeline: this.#timeline,
       flushes: this.#flushes,
-      seen: Object.fromEntries(this.#seen),
     };
     await this.ctx.storage.put("state", state);
   }

@@ -1,12 +1,12 @@
 /**
  * @module Turns a collection (`collect.ts`) into Prometheus families: the isolates' merged
- * counters and histograms, then gauges read from the Durable Objects at scrape time — routed
- * load per (layer, expert), balance, placement, and each ExpertHost's memory and calls.
+ * counters and histograms, then values read from the Durable Objects at scrape time — routed
+ * load per (layer, expert), balance, placement, the Coordinator's re-plan counters (monotonic,
+ * kept in its SQLite), and each ExpertHost's memory and calls.
  */
 import { LOCAL_DEFS, type MetricDef } from "./catalog";
 import type { Collected } from "./collect";
 import { LOAD_TTL_MS } from "./isolate-loads";
-import { HUB_DEFS } from "./metrics-hub";
 import type { Family, Sample } from "./prometheus";
 import type { CounterSample, HistogramSample } from "./registry";
 
@@ -38,6 +38,31 @@ const G = {
   version: { name: "edge_moe_placement_version", type: "gauge", help: "Version of the published placement." },
   instances: { name: "edge_moe_placement_instances", type: "gauge", help: "ExpertHost instances in the placement." },
   windows: { name: "edge_moe_load_windows_total", type: "counter", help: "Load windows the Coordinator has folded." },
+  replans: {
+    name: "edge_moe_replans_total",
+    type: "counter",
+    help: "Re-plans the Coordinator ran, by model, trigger and outcome (kept in its SQLite).",
+  },
+  replicaOps: {
+    name: "edge_moe_placement_ops_total",
+    type: "counter",
+    help: "Placement changes applied by re-plans, by model and op (add-replica = a copy).",
+  },
+  loadFailures: {
+    name: "edge_moe_replica_load_failures_total",
+    type: "counter",
+    help: "Replica loads that failed during a re-plan, by model.",
+  },
+  bytesMoved: {
+    name: "edge_moe_replan_bytes_moved_total",
+    type: "counter",
+    help: "Expert weight bytes copied to new replicas by re-plans, by model.",
+  },
+  staleReports: {
+    name: "edge_moe_load_reports_stale_total",
+    type: "counter",
+    help: "Load reports routed under an older placement version (their per-instance rows are not used).",
+  },
   loaded: {
     name: "edge_moe_instance_loaded_bytes",
     type: "gauge",
@@ -114,7 +139,7 @@ export function scrapeFamilies(c: Collected): Family[] {
   const families: Family[] = [];
   const counters = groupBy(c.hub.metrics.counters);
   const histograms = groupBy(c.hub.metrics.histograms);
-  const defs: MetricDef[] = [...LOCAL_DEFS.values(), ...HUB_DEFS];
+  const defs: MetricDef[] = [...LOCAL_DEFS.values()];
   for (const def of defs) {
     if (def.type === "histogram") {
       families.push({ name: def.name, help: def.help, type: "histogram", histograms: histograms.get(def.name) ?? [] });
@@ -138,6 +163,14 @@ export function scrapeFamilies(c: Collected): Family[] {
     );
     status.balance.forEach((v, r) => add(G.balance, { model, layer: layerOf(r) }, v));
     add(G.windows, { model }, status.windows);
+    const k = status.counters;
+    if (k) {
+      for (const r of k.replans) add(G.replans, { model, trigger: r.trigger, reason: r.reason }, r.count);
+      for (const [op, n] of Object.entries(k.ops)) add(G.replicaOps, { model, op }, n);
+      add(G.loadFailures, { model }, k.loadFailures);
+      add(G.bytesMoved, { model }, k.bytesMoved);
+      add(G.staleReports, { model }, k.staleReports);
+    }
     if (!p) continue;
     add(G.version, { model }, p.version);
     add(G.instances, { model }, p.instances.length);

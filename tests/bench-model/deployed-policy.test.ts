@@ -43,6 +43,8 @@ describe("the deployed re-plan policy", () => {
       "REPLAN_THRESHOLD",
       "MAX_EXPERT_HOSTS",
       "SPARE_SLOT_FRACTION",
+      "PLACEMENT_RPC_MS",
+      "PLACEMENT_ROW_MS_PER_MIB",
     ]) {
       const row = new RegExp(`^\\| \`${name}\` \\| ([^|]+) \\|`, "m").exec(readme);
       expect(row, `README row for ${name}`).not.toBeNull();

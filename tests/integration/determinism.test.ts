@@ -48,6 +48,10 @@ beforeAll(async () => {
       REPLAN_INTERVAL_MS: "300",
       MAX_COPIES_PER_REPLAN: "4",
       REPLAN_THRESHOLD: "0.1",
+      // Balance alone decides here: this tests the replication mechanism, and one local client is
+      // a load at which the latency model (tests/unit/coordinator/latency.test.ts) copies nothing.
+      PLACEMENT_RPC_MS: "0",
+      PLACEMENT_ROW_MS_PER_MIB: "0",
       DEFAULT_MODEL: "tiny",
       ADMIN_FAULTS_ENABLED: "true",
     }),

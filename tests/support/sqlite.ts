@@ -4,7 +4,7 @@
  * only changed rows are written, outside workerd.
  */
 import { DatabaseSync } from "node:sqlite";
-import type { SqlDb } from "../../src/coordinator/storage";
+import type { SqlDb } from "../../src/platform/sql-migrations";
 
 export interface MemorySql {
   sql: SqlDb;
@@ -19,7 +19,7 @@ export function memorySql(): MemorySql {
   const writes = new Map<string, number>();
   const sql: SqlDb = {
     exec(query, ...bindings) {
-      const m = /^\s*(?:INSERT(?: OR REPLACE)? INTO|UPDATE|DELETE FROM)\s+(\w+)/i.exec(query);
+      const m = /^\s*(?:INSERT(?: OR \w+)? INTO|UPDATE|DELETE FROM)\s+(\w+)/i.exec(query);
       if (m) writes.set(m[1], (writes.get(m[1]) ?? 0) + 1);
       const rows = db.prepare(query).all(...bindings) as Record<string, unknown>[];
       return { toArray: () => rows };

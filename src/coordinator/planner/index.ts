@@ -30,10 +30,13 @@
 import type { PlacementOp, Replica } from "../placement";
 import { buildState, validate, type PlannerInput } from "./state";
 import { exportShares, maxLoad, ratio, rebalanceLayer } from "./shares";
-import { applyMove, bestHedge, bestMove } from "./moves";
+import { applyMove, bestHedge, bestMove, type Move } from "./moves";
+import { modelled, stateLatencyMs } from "./latency";
 
 export type { PlannerInput } from "./state";
+export type { LatencyModel } from "./latency";
 export { waterFill } from "./shares";
+export { planRelease } from "./release";
 
 /** Sweeps after each balancing move (its successor needs fresh loads); a full re-balance runs at the end. */
 const SWEEPS_PER_MOVE = 4;
@@ -66,9 +69,14 @@ export interface PlanResult {
     meanAfter: number;
     perLayer: LayerPrediction[];
   };
-  reason: "balanced" | "planned" | "gain-below-min" | "no-move";
+  reason: "balanced" | "planned" | "gain-below-min" | "no-move" | "not-faster";
   /** add-replica ops in `ops`. */
   copies: number;
+  /**
+   * With `input.latency`: the modelled latency (ms, Σ over layers of the expected layer call) of
+   * the live placement with re-balanced shares, and after the plan.
+   */
+  latency?: { before: number; after: number };
 }
 
 /** Plans the next placement diff and shares. Pure and deterministic; see the module comment. */
@@ -98,10 +106,19 @@ export function planPlacement(input: PlannerInput): PlanResult {
     rebalanceLayer(ls, n0, st.maxSweeps);
   }
   const sharesOnly = st.layers.map((ls) => ratio(ls, n0));
+  const model = modelled(input.latency) ? input.latency : undefined;
+  const latencyBefore = model ? stateLatencyMs(st, n0, model) : 0;
   const maxBefore = st.layers.map(maxLoad);
   const meanBefore = st.layers.map((ls) => ls.total / n0);
 
-  const result = (ops: PlacementOp[], reason: PlanResult["reason"], after: number[], copies: number): PlanResult => ({
+  const result = (
+    ops: PlacementOp[],
+    reason: PlanResult["reason"],
+    after: number[],
+    copies: number,
+    latencyAfter = latencyBefore,
+  ): PlanResult => ({
+    ...(model ? { latency: { before: latencyBefore, after: latencyAfter } } : {}),
     ops,
     shares: exportShares(st),
     predicted: {
@@ -136,6 +153,16 @@ export function planPlacement(input: PlannerInput): PlanResult {
   let copies = 0;
   let n = n0;
   const stuck = new Set<number>();
+  // With a latency model: the modelled latency after each move, counting each copy's load time
+  // on its destination (see `latency.ts`); the plan is later cut to its fastest prefix.
+  const latencies: number[] = [];
+  const loading: number[] = [];
+  const record = (move: Move, nBefore: number): void => {
+    if (!model) return;
+    const j = move.instance < 0 ? nBefore : move.instance;
+    loading[j] = (loading[j] ?? 0) + st.bytes(move.layer, move.expert);
+    latencies.push(stateLatencyMs(st, n, model, loading));
+  };
   while (copies < input.maxCopies) {
     let l = -1;
     let worst = 1 + target;
@@ -152,7 +179,9 @@ export function planPlacement(input: PlannerInput): PlanResult {
       stuck.add(l);
       continue;
     }
+    const nBefore = n;
     n = applyMove(st, move, ops, n, newBudget, touched, SWEEPS_PER_MOVE);
+    record(move, nBefore);
     copies++;
   }
   if (input.hedge ?? true) {
@@ -160,11 +189,35 @@ export function planPlacement(input: PlannerInput): PlanResult {
     while (copies < input.maxCopies) {
       const move = bestHedge(st, n, margin);
       if (!move) break;
+      const nBefore = n;
       n = applyMove(st, move, ops, n, newBudget, touched, SWEEPS_PER_HEDGE);
+      record(move, nBefore);
       copies++;
     }
   }
   if (ops.length === 0) return sharesOnlyResult("no-move");
+  if (model) {
+    // Keep the prefix of moves with the lowest modelled latency, and only if it beats the live
+    // placement by `minLatencyGain`: a copy that makes layer calls slower at this load is not made.
+    // Each further copy kept must gain `MIN_COPY_GAIN` of the live latency on its own, more than
+    // a release tolerates losing (`planRelease`), so a kept copy is not released next window.
+    let k = 0;
+    let bestMs = latencyBefore;
+    latencies.forEach((ms, i) => {
+      if (ms < bestMs - MIN_COPY_GAIN * latencyBefore) {
+        bestMs = ms;
+        k = i + 1;
+      }
+    });
+    if (k === 0 || bestMs > latencyBefore * (1 - (input.minLatencyGain ?? DEFAULT_MIN_LATENCY_GAIN)))
+      return sharesOnlyResult("not-faster");
+    if (k < copies) {
+      // The greedy is deterministic and stops at its copy budget, so the cut plan is a re-run.
+      const cut = planPlacement({ ...input, maxCopies: k, latency: undefined });
+      if (cut.ops.length === 0) return { ...cut, latency: { before: latencyBefore, after: latencyBefore } };
+      return { ...cut, latency: { before: latencyBefore, after: latencies[k - 1] } };
+    }
+  }
   for (const l of touched) rebalanceLayer(st.layers[l], n, st.maxSweeps);
 
   let gain = 0;
@@ -177,8 +230,15 @@ export function planPlacement(input: PlannerInput): PlanResult {
     "planned",
     st.layers.map((ls) => ratio(ls, n)),
     copies,
+    model ? stateLatencyMs(st, n, model, loading) : latencyBefore,
   );
 }
+
+/** Every copy a plan keeps must lower the modelled latency by this fraction of the live one. */
+const MIN_COPY_GAIN = 0.02;
+
+/** A plan must beat the live placement's modelled latency by this fraction. */
+export const DEFAULT_MIN_LATENCY_GAIN = 0.05;
 
 function mean(xs: readonly number[]): number {
   return xs.length === 0 ? 0 : xs.reduce((a, b) => a + b, 0) / xs.length;

@@ -304,7 +304,7 @@ function addReplica(st: State, l: number, e: number, j: number): void {
   dirtyHedge(st, l, e, j);
 }
 
-function removeReplica(st: State, l: number, e: number, j: number): void {
+export function removeReplica(st: State, l: number, e: number, j: number): void {
   const ls = st.layers[l];
   const r = ls.inst[e].indexOf(j);
   const s = ls.share[e][r];

@@ -3,6 +3,7 @@
  * (per layer: loads, replica sets, shares, instance loads; per instance: bytes used).
  */
 import { bytesFn, type ExpertBytes, type Placement } from "../placement";
+import type { LatencyModel } from "./latency";
 
 export interface PlannerInput {
   placement: Placement;
@@ -40,6 +41,13 @@ export interface PlannerInput {
   hedgeMargin?: number;
   /** Cap on Gauss–Seidel sweeps per share re-balance; it stops earlier when converged. Default 200. */
   maxSweeps?: number;
+  /**
+   * Measured costs and the call rate: moves are then kept only while they lower the modelled
+   * layer latency (`latency.ts`). Absent: balance alone decides (as before the model).
+   */
+  latency?: LatencyModel;
+  /** With `latency`: the plan must lower the modelled latency by at least this fraction. Default 0.05. */
+  minLatencyGain?: number;
 }
 
 // ── state ─────────────────────────────────────────────────────────────────────────────────────

@@ -6,7 +6,15 @@
 import { afterEach, describe, expect, it } from "vitest";
 import { createLoadWindow, foldWindow } from "../../../src/coordinator/load-window";
 import type { Placement } from "../../../src/coordinator/placement";
-import { CoordinatorStore, PLACEMENT_LOG_KEEP, SCHEMA_VERSION, migrate } from "../../../src/coordinator/storage";
+import type { PipelinePlacement } from "../../../src/coordinator/pipeline-placement";
+import {
+  CoordinatorStore,
+  MIGRATIONS,
+  PIPELINE_KEEP,
+  PLACEMENT_LOG_KEEP,
+  SCHEMA_VERSION,
+  migrate,
+} from "../../../src/coordinator/storage";
 import { memorySql, type MemorySql } from "../../support/sqlite";
 
 /** The schema as the Coordinator created it before versioning, verbatim. */
@@ -134,5 +142,57 @@ describe("Coordinator storage", () => {
     const read = new CoordinatorStore(db.sql, db.transaction).readWindow();
     expect(read?.expert).toEqual(next.expert);
     expect(read?.windows).toBe(next.windows);
+  });
+
+  it("keeps the last pipeline versions, and prunes a database that kept them all when it migrates", () => {
+    const pipeline = (version: number): PipelinePlacement => ({
+      model: "m",
+      version,
+      key: `k${version}`,
+      stages: [
+        { name: "m/s0", first: 0, end: 2, bytes: 10 },
+        { name: "m/s1", first: 2, end: 4, bytes: 12 },
+      ],
+    });
+    db = memorySql();
+    // A database at schema 3 (pipeline tables, never pruned) with 30 versions.
+    for (let v = 0; v < 3; v++) for (const stmt of MIGRATIONS[v]) db.sql.exec(stmt);
+    db.sql.exec("INSERT INTO meta (key, value) VALUES ('schemaVersion', '3')");
+    const old = new CoordinatorStore(db.sql, db.transaction);
+    for (let v = 1; v <= 30; v++) {
+      db.sql.exec("INSERT INTO pipeline_versions VALUES (?, ?, ?)", v, `k${v}`, v);
+      db.sql.exec("INSERT INTO pipeline_stages VALUES (?, 0, 'm/s0', 0, 2, 10)", v);
+    }
+    expect(old.migrate()).toBe(3);
+    expect(old.pipelineVersions()).toEqual(Array.from({ length: PIPELINE_KEEP }, (_, i) => 31 - PIPELINE_KEEP + i));
+    const stages = db.sql.exec("SELECT COUNT(*) AS n FROM pipeline_stages").toArray()[0];
+    expect(stages).toEqual({ n: PIPELINE_KEEP });
+
+    const store = new CoordinatorStore(db.sql, db.transaction);
+    for (let v = 31; v <= 31 + PIPELINE_KEEP; v++) store.publishPipeline(pipeline(v));
+    expect(store.pipelineVersions()).toHaveLength(PIPELINE_KEEP);
+    expect(store.readPipeline("m")).toEqual(pipeline(31 + PIPELINE_KEEP));
+  });
+
+  it("keeps re-plan counters that only grow, across store instances", () => {
+    db = memorySql();
+    const store = new CoordinatorStore(db.sql, db.transaction);
+    store.migrate();
+    expect(store.counters()).toEqual({});
+    for (let i = 0; i < 25; i++)
+      store.addCounters(
+        new Map([
+          ["replans|alarm|planned", 1],
+          ["bytesMoved", 1000],
+          ["loadFailures", 0],
+        ]),
+      );
+    const again = new CoordinatorStore(db.sql, db.transaction);
+    again.addCounters(new Map([["replans|admin|balanced", 1]]));
+    expect(again.counters()).toEqual({
+      bytesMoved: 25_000,
+      "replans|admin|balanced": 1,
+      "replans|alarm|planned": 25,
+    });
   });
 });
