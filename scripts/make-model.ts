@@ -1,7 +1,7 @@
 /**
  * `npm run make-model -- --config <name|path> --out DIR [--layers N] [--dtype int8|bf16] [--seed S]
- * [--set key=value …] [--tokenizer auto|mistral|FAMILY] [--force]`: writes a random-weight checkpoint of a published config's exact
- * shape (scripts/lib/make-model.ts) with a progress line.
+ * [--set key=value …] [--tokenizer auto|mistral|FAMILY] [--force]`: writes a random-weight
+ * checkpoint of a published config's exact shape (scripts/lib/make-model.ts) with a progress line.
  */
 import { resolve } from "node:path";
 import { pathToFileURL } from "node:url";

@@ -361,7 +361,7 @@ describe("make-demo-model", () => {
 });
 
 describe("seedModelDir", () => {
-  it("uploads a model directory to a local R2 bucket, config.json last, skips unchanged files, large ones in parts", async () => {
+  it("uploads a model directory to R2, config.json last, skips unchanged files, large ones in parts", async () => {
     const dir = join(tmp(), "m");
     makeDemoModel(dir, { size: SMALL });
     writeFileSync(join(dir, "README.md"), "not a model file");
