@@ -4,6 +4,7 @@
  *
  *   npm run plan -- <config.json | name | all> [--stage-mb N] [--head-mb N] [--expert-mb N]
  *     [--expert-dtype f32|int8|int4] [--subrequests N] [--tokens N] [--rpc-ms N] [--user-rtt-ms N] [--json]
+ *     [--measured bench-results/e2e.json]  (project the config's decode from a bench:e2e run of its first layers)
  */
 import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { basename, join } from "node:path";
@@ -18,6 +19,7 @@ import {
   type Plan,
   type Refusal,
 } from "./lib/plan-lib";
+import { projectFromMeasured, type E2eResult, type MeasuredProjection } from "./lib/plan-measured";
 import { wantsHelp } from "./lib/progress";
 
 /** Copies of the published configs (scripts/configs/README.md says where each came from). */
@@ -39,6 +41,8 @@ const USAGE = `usage: npm run plan -- <config.json | name | all> [options]
   --tokens N         tokens in the generation counted against it (default 256)
   --rpc-ms N         in-region RPC round trip (default 1)
   --user-rtt-ms N    user ↔ region round trip (default 40)
+  --measured FILE    a bench:e2e JSON of this config's first layers (npm run bench:e2e -- --model ID --dir DIR):
+                     projects decode ms/token and RPCs/token to the config's layers from it
   --json             print the plans as JSON`;
 
 /** `[vars]` strings of wrangler.toml (a flat key = "value" scan is enough for the budget numbers). */
@@ -111,6 +115,7 @@ function main(): void {
       "rpc-ms": s,
       "user-rtt-ms": s,
       json: { type: "boolean", default: false },
+      measured: s,
     },
   });
   if (positionals.length !== 1) throw new Error(USAGE);
@@ -136,8 +141,21 @@ function main(): void {
     const r = specForPlan(name, JSON.parse(readFileSync(path, "utf8")) as Record<string, unknown>);
     return isRefusal(r) ? r : planModel(name, r.spec, budgets, costs, r.notes);
   });
+  let measured: MeasuredProjection | null = null;
+  if (values.measured !== undefined) {
+    const first = results[0];
+    if (results.length !== 1 || isRefusal(first)) throw new Error("--measured needs one config that plans");
+    const path = configPaths(positionals[0])[0];
+    const spec = specForPlan(first.name, JSON.parse(readFileSync(path, "utf8")) as Record<string, unknown>);
+    if (isRefusal(spec)) throw new Error(spec.message);
+    const run = JSON.parse(readFileSync(values.measured, "utf8")) as E2eResult;
+    measured = projectFromMeasured(spec.spec, run, values.measured, {
+      stages: first.stage.instances,
+      headShards: first.head.instances,
+    });
+  }
   if (values.json) {
-    console.log(JSON.stringify({ budgets, costs, plans: results }, null, 2));
+    console.log(JSON.stringify({ budgets, costs, plans: results, ...(measured ? { measured } : {}) }, null, 2));
     return;
   }
   console.log(
@@ -153,6 +171,16 @@ function main(): void {
     console.log(`first token also waits the user ↔ region round trip (${first.firstTokenExtraMs} ms)`);
   }
   if (results.length === 1 && isRefusal(first)) process.exitCode = 2;
+  if (measured && !isRefusal(first)) {
+    const m = measured;
+    console.log(
+      `measured (${m.source}): ${m.measuredModel}, ${m.measuredLayers} layers, ${m.measuredMsPerToken.toFixed(1)} ms/token` +
+        `${m.measuredExpertRpcsPerToken === null ? "" : `, ${m.measuredExpertRpcsPerToken.toFixed(1)} expert RPCs/token`}` +
+        ` → ${first.nLayers} layers: ≤ ${m.projectedMsPerToken.toFixed(0)} ms/token ` +
+        `(≥ ${m.projectedTokensPerSec.toFixed(2)} tokens/s, per-layer cost × layers)` +
+        `${m.projectedRpcsPerToken === null ? "" : `, ${m.projectedRpcsPerToken.toFixed(0)} RPCs/token`}`,
+    );
+  }
 }
 
 try {
