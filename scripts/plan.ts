@@ -173,9 +173,11 @@ function main(): void {
   if (results.length === 1 && isRefusal(first)) process.exitCode = 2;
   if (measured && !isRefusal(first)) {
     const m = measured;
+    const rpcs = m.measuredExpertRpcsPerToken;
     console.log(
-      `measured (${m.source}): ${m.measuredModel}, ${m.measuredLayers} layers, ${m.measuredMsPerToken.toFixed(1)} ms/token` +
-        `${m.measuredExpertRpcsPerToken === null ? "" : `, ${m.measuredExpertRpcsPerToken.toFixed(1)} expert RPCs/token`}` +
+      `measured (${m.source}): ${m.measuredModel}, ${m.measuredLayers} layers, ` +
+        `${m.measuredMsPerToken.toFixed(1)} ms/token` +
+        `${rpcs === null ? "" : `, ${rpcs.toFixed(1)} expert RPCs/token`}` +
         ` → ${first.nLayers} layers: ≤ ${m.projectedMsPerToken.toFixed(0)} ms/token ` +
         `(≥ ${m.projectedTokensPerSec.toFixed(2)} tokens/s, per-layer cost × layers)` +
         `${m.projectedRpcsPerToken === null ? "" : `, ${m.projectedRpcsPerToken.toFixed(0)} RPCs/token`}`,
