@@ -44,6 +44,7 @@ import { expertModelF32, expertModelQ4, expertModelQ8, loadOrt, ortSession, type
 import { startWorkerdBench } from "./lib/bench-workerd";
 import { runDenseBench } from "./lib/bench-dense-run";
 import type { DenseShape } from "./lib/bench-dense";
+import { progressBar } from "./lib/progress";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 
@@ -182,6 +183,25 @@ function fill(
   };
 }
 
+/** What identifies a row apart from its batch, weights and timings. */
+type RowBase = Pick<Row, "runtime" | "shape" | "impl" | "label" | "dtype">;
+
+/** A row not run (cold and hot weights at every batch), with the reason, in the table and the JSON. */
+function skippedRows(
+  base: RowBase,
+  batches: readonly number[],
+  skipped: string,
+  at: { shape: ExpertShape; bytes: number; bandwidth: number; copies?: number },
+): Row[] {
+  const rows: Row[] = [];
+  for (const batch of batches)
+    for (const weights of ["cold", "hot"] as const) {
+      const row = { ...base, batch, weights, ms: null, msMin: null, copies: at.copies ?? 0, skipped };
+      rows.push(fill(row, at.shape, at.bytes, at.bandwidth));
+    }
+  return rows;
+}
+
 function relRms(got: Float32Array, want: Float32Array): number {
   let e = 0;
   let w = 0;
@@ -252,6 +272,7 @@ async function main(): Promise<void> {
   log(`Wasm 128-bit SIMD ceiling (8 chains of f32x4 multiply-add, registers only): ${peaks.join("; ")}\n`);
 
   const rows: Row[] = [];
+  const stopProgress = rowProgress(rows, args);
   const newKernels = (flavor: KernelFlavor) => loadKernels(flavor);
   for (const shape of args.denseOnly ? [] : args.shapes) {
     const w = randomExpert(shape, 7);
@@ -269,25 +290,8 @@ async function main(): Promise<void> {
         info.flavor === "relaxed" &&
         (!relaxedOk || (info.q8Path && !relaxedPaths.includes(info.q8Path.replace("relaxed_dot", "relaxed_dot_i16"))))
       ) {
-        for (const batch of args.batches)
-          for (const weights of ["cold", "hot"] as const) {
-            rows.push(
-              fill(
-                {
-                  ...base,
-                  batch,
-                  weights,
-                  ms: null,
-                  msMin: null,
-                  copies: 0,
-                  skipped: "relaxed SIMD path not available in this Node",
-                },
-                shape,
-                bytes,
-                bandwidth,
-              ),
-            );
-          }
+        const reason = "relaxed SIMD path not available in this Node";
+        rows.push(...skippedRows(base, args.batches, reason, { shape, bytes, bandwidth }));
         continue;
       }
       const copies = coldCopies(bytes, coldBytes);
@@ -296,26 +300,12 @@ async function main(): Promise<void> {
       if (info.impl === "js-ref") refOut = out;
       const check = refOut ? `relative RMS vs JS reference ${relRms(out, refOut).toExponential(1)}` : undefined;
       for (const batch of args.batches) {
+        if (info.impl === "js-ref" && batch > 8) {
+          const reason = "plain JS is compute-bound (> 0.3 s a call at this batch): not run";
+          rows.push(...skippedRows(base, [batch], reason, { shape, bytes, bandwidth, copies }));
+          continue;
+        }
         for (const weights of ["cold", "hot"] as const) {
-          if (info.impl === "js-ref" && batch > 8) {
-            rows.push(
-              fill(
-                {
-                  ...base,
-                  batch,
-                  weights,
-                  ms: null,
-                  msMin: null,
-                  copies,
-                  skipped: "plain JS is compute-bound (> 0.3 s a call at this batch): not run",
-                },
-                shape,
-                bytes,
-                bandwidth,
-              ),
-            );
-            continue;
-          }
           const bwNow = weights === "cold" ? roofline.now() : bandwidth;
           const fn = (i: number) => c.call(weights === "cold" ? i : 0, batch);
           const t: Timing = measureSync(fn, {
@@ -345,30 +335,11 @@ async function main(): Promise<void> {
     }
     if (args.peers) await peerRows(rows, shape, w, args, roofline, maxN);
     else
-      for (const p of PEER_ROWS)
-        for (const batch of args.batches)
-          for (const weights of ["cold", "hot"] as const) {
-            rows.push(
-              fill(
-                {
-                  runtime: "node",
-                  shape: shapeName(shape),
-                  impl: `${p.peer}-${p.model}`,
-                  label: p.label,
-                  dtype: p.dtype,
-                  batch,
-                  weights,
-                  ms: null,
-                  msMin: null,
-                  copies: 0,
-                  skipped: "--no-peers",
-                },
-                shape,
-                0,
-                bandwidth,
-              ),
-            );
-          }
+      for (const p of PEER_ROWS) {
+        const base = { runtime: "node" as const, shape: shapeName(shape), impl: `${p.peer}-${p.model}` };
+        const at = { shape, bytes: 0, bandwidth };
+        rows.push(...skippedRows({ ...base, label: p.label, dtype: p.dtype }, args.batches, "--no-peers", at));
+      }
     log(`${shapeName(shape)} done (${((performance.now() - started) / 1000).toFixed(0)} s)`);
   }
 
@@ -404,6 +375,7 @@ async function main(): Promise<void> {
     }
   }
 
+  stopProgress();
   ratios(rows);
   printTable(rows, args);
   const targets = checkTargets(rows);
@@ -457,6 +429,27 @@ function simdCeiling(): { flavor: KernelFlavor; wall: number; cpu: number }[] {
   return out;
 }
 
+/**
+ * A progress bar (stderr, terminals only) over the expert rows this run will produce — Node Wasm
+ * and peer rows for every shape, then the workerd rows — polled from `rows` so the measuring code
+ * stays as it is. Returns the function that stops it.
+ */
+function rowProgress(rows: Row[], args: Args): () => void {
+  const impls = WASM_IMPLS.filter((i) => !args.impls || args.impls.includes(i.impl));
+  const shapes = args.denseOnly ? 0 : args.shapes.length;
+  const node = shapes * (impls.length + PEER_ROWS.length) * args.batches.length * 2;
+  const workerdBatches = args.batches.filter((b) => b === 1 || b === Math.max(...args.batches)).length;
+  const inWorkerd = impls.filter((i) => i.impl !== "js-ref").length;
+  const workerd = args.workerd && !args.denseOnly ? shapes * inWorkerd * workerdBatches * 2 : 0;
+  const bar = progressBar("bench:kernels rows", node + workerd);
+  const timer = setInterval(() => bar.update(rows.length), 500);
+  return () => {
+    clearInterval(timer);
+    bar.update(rows.length);
+    bar.stop();
+  };
+}
+
 async function peerRows(
   rows: Row[],
   shape: ExpertShape,
@@ -484,16 +477,7 @@ async function peerRows(
     };
     const loaded = await loadOrt(p.peer);
     if ("skipped" in loaded) {
-      for (const batch of args.batches)
-        for (const weights of ["cold", "hot"] as const)
-          rows.push(
-            fill(
-              { ...base, batch, weights, ms: null, msMin: null, copies: 0, skipped: loaded.skipped },
-              shape,
-              bytes,
-              bandwidth,
-            ),
-          );
+      rows.push(...skippedRows(base, args.batches, loaded.skipped, { shape, bytes, bandwidth }));
       continue;
     }
     base.label = `${p.label} ${loaded.version}`;
@@ -522,25 +506,8 @@ async function peerRows(
       }
       for (const s of sessions) await s.release?.();
     } catch (err) {
-      for (const batch of args.batches)
-        for (const weights of ["cold", "hot"] as const) {
-          rows.push(
-            fill(
-              {
-                ...base,
-                batch,
-                weights,
-                ms: null,
-                msMin: null,
-                copies: 0,
-                skipped: `${p.peer} failed: ${err instanceof Error ? err.message.split("\n")[0] : String(err)}`,
-              },
-              shape,
-              bytes,
-              bandwidth,
-            ),
-          );
-        }
+      const reason = `${p.peer} failed: ${err instanceof Error ? err.message.split("\n")[0] : String(err)}`;
+      rows.push(...skippedRows(base, args.batches, reason, { shape, bytes, bandwidth }));
     }
   }
 }
@@ -575,24 +542,8 @@ async function workerdRows(rows: Row[], args: Args, maxN: number, roofline: { no
           (impl.q8Path && !(info[impl.flavor ?? "simd"]?.q8Paths ?? []).includes(impl.q8Path))
         ) {
           // (workerd runs the dot-add form, its preferred one)
-          for (const batch of batches)
-            for (const weights of ["cold", "hot"] as const)
-              rows.push(
-                fill(
-                  {
-                    ...base,
-                    batch,
-                    weights,
-                    ms: null,
-                    msMin: null,
-                    copies: 0,
-                    skipped: "relaxed path not available in workerd",
-                  },
-                  shape,
-                  bytes,
-                  bandwidth,
-                ),
-              );
+          const reason = "relaxed path not available in workerd";
+          rows.push(...skippedRows(base, batches, reason, { shape, bytes, bandwidth }));
           continue;
         }
         const copies = await wb.setup(impl.impl, shape.dModel, shape.dFf, coldCopies(bytes, args.coldMb << 20), maxN);

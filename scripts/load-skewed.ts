@@ -9,6 +9,7 @@
  */
 import { parseArgs } from "node:util";
 import { progressBar, wantsHelp } from "./lib/progress";
+import { SKEW_PHASES } from "./lib/skewed-prompts";
 
 const USAGE = `usage: npm run load:skewed [-- --url URL] [--model ID] [--seconds N] [--concurrency N]
                            [--idle N] [--json]
@@ -45,10 +46,7 @@ for (const k of ["seconds", "concurrency", "idle"] as const) {
     process.exit(2);
   }
 }
-const PHASES = [
-  { name: "A", prompt: "apple apple apple apple apple apple apple apple apple apple apple apple" },
-  { name: "B", prompt: "1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24" },
-];
+const PHASES = SKEW_PHASES;
 
 interface PlacementView {
   version: number;

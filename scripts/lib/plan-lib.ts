@@ -1,29 +1,36 @@
 /**
- * @module Sizing plan for a model config under the instance budgets: how many StageHosts (dense
- * layers), HeadHosts (embedding + output head) and ExpertHosts (routed experts) it needs, bytes per
- * instance, RPCs and bytes per decoded token, subrequests per generation against the limit, and a
- * projected decode latency. Pure: the CLI (scripts/plan.ts) reads files and prints.
- *
- * Byte counts follow the formats the hosts hold: dense weights in the stage format (int8, groups of
- * 64: 1 + 4/64 bytes a weight; f32 norms), experts as f32 (4), int8 per output channel (1 + one f32
- * scale a row) or int4 (0.5 + one bf16 scale per 32 weights).
+ * @module Sizing plan for a model config under a deployment's vars, computed by the functions that
+ * place a real deployment — `deploymentShape` (src/stages/deployment.ts: the pipeline stages of
+ * `planPipeline`, the head shards of `planHeadShards`, the first expert placement of
+ * `initialPlacement` with the slices ExpertHosts choose, the KV-bound longest request) and
+ * `countRpcs` / `worstCaseRpcs` (src/stages/rpc-count.ts) — so the plan is what a deployment of
+ * these vars would do today, not a model of it. What this module adds: bytes streamed per token,
+ * the longest generation within the subrequest limit, a projected decode latency, and the table.
+ * Pure: the CLI (scripts/plan.ts) reads files and prints.
  */
 import { parseConfig, type ModelSpec } from "../../src/model/config";
 import { ModelFormatError } from "../../src/model/errors";
+import { denseLayerBytes } from "../../src/model/architectures";
+import { maxSliceBytes } from "../../src/experts/slices";
+import type { ExpertDtype } from "../../src/kernels/packing";
+import type { Vars } from "../../src/platform/env";
+import { deploymentShape, expertDeployment, type DeploymentShape } from "../../src/stages/deployment";
+import { countRpcs, worstCaseRpcs, type RpcCount } from "../../src/stages/rpc-count";
 
-export type ExpertDType = "f32" | "int8" | "int4";
+/** Expert formats as `EXPERT_QUANT` / `convert --quant` name them. */
+export type PlanDtype = "f32" | "int8" | "int8-group" | "int4";
+export const PLAN_DTYPES: readonly PlanDtype[] = ["f32", "int8", "int8-group", "int4"];
+const HELD: Record<PlanDtype, ExpertDtype> = { f32: "f32", int8: "q8", "int8-group": "q8g", int4: "q4" };
 
-export interface PlanBudgets {
-  /** MiB of dense weights one StageHost holds. */
-  stageMb: number;
-  /** MiB of head/embedding rows one HeadHost holds. */
-  headMb: number;
-  /** MiB of expert weights one ExpertHost holds. */
-  expertMb: number;
-  expertDtype: ExpertDType;
-  /** Subrequests one Worker invocation may make (Workers Paid default 1000). */
+export interface PlanOptions {
+  /** The deployment's vars (wrangler.toml [vars] with the CLI's overrides). */
+  vars: Vars;
+  /** How the ExpertHosts hold experts (the checkpoint's format after `convert`). */
+  expertDtype: PlanDtype;
+  /** Subrequests one invocation may make (wrangler.toml [limits], else the Workers Paid 1000). */
   subrequestLimit: number;
-  /** Tokens generated in the generation the subrequest count is for. */
+  /** The generation counted against it: prompt tokens and tokens generated. */
+  promptTokens: number;
   tokens: number;
 }
 
@@ -32,10 +39,22 @@ export interface LatencyCosts {
   rpcMs: number;
   /** User ↔ region round trip, ms (paid once per request, before the first token). */
   userRttMs: number;
-  /** Decode-time kernel cost per weight, ns (int8 dense / experts). */
+  /** Decode-time kernel cost per weight, ns. */
   nsPerWeight: number;
   /** Where nsPerWeight came from. */
   kernelSource: string;
+}
+
+export interface ExpertPlan {
+  instances: number;
+  /** One whole expert as the hosts hold it (dtype's real bytes). */
+  bytesPerExpert: number;
+  /** One placement unit: the expert, or its largest slice. */
+  unitBytes: number;
+  slicesPerExpert: number;
+  /** Most units the first placement puts on one ExpertHost. */
+  unitsPerInstance: number;
+  totalBytes: number;
 }
 
 export interface Plan {
@@ -45,22 +64,32 @@ export interface Plan {
   moeLayers: number;
   nExperts: number;
   topK: number;
-  stage: { instances: number; bytesPerLayer: number; maxBytesPerInstance: number; layersPerInstance: number };
-  head: { instances: number; bytes: number; bytesPerInstance: number };
-  expert: {
-    instances: number;
-    bytesPerExpert: number;
-    expertsPerInstance: number;
-    /** > 1 when one expert is larger than a host: it must be sliced along its intermediate dim. */
-    slicesPerExpert: number;
-    totalBytes: number;
-  };
-  rpcsPerToken: number;
-  bytesStreamedPerToken: number;
-  subrequests: { perGeneration: number; limit: number; maxTokens: number };
-  decodeMsPerToken: number;
+  /** The shipped functions' result; null when they refused (see `blockers`). */
+  shape: DeploymentShape | null;
+  /** Pipeline stages (0: the Worker runs every layer) and the largest one's dense bytes. */
+  stage: { instances: number; maxBytesPerInstance: number; maxBytesPerLayer: number } | null;
+  /** Head shards (0: the Worker holds the head) and the largest one's bytes. */
+  head: { instances: number; bytesPerInstance: number } | null;
+  expert: ExpertPlan | null;
+  /** Longest prompt + generation one request may have. */
+  maxLen: number | null;
+  /** RPCs per decoded token: from the Worker, and inside the model's region (the stage chain). */
+  rpcsPerToken: { worker: number; inRegion: number } | null;
+  bytesStreamedPerToken: number | null;
+  subrequests: {
+    /** The generation of promptTokens + tokens, per invocation. */
+    generation: RpcCount;
+    /** The invocation with the most subrequests, and how many. */
+    busiest: { invocation: "Worker" | "StageHost call" | "session driver"; count: number };
+    limit: number;
+    /** Longest generation after promptTokens within the limit (and maxLen). */
+    maxTokens: number;
+    /** The worst request the KV budgets admit. */
+    worst: RpcCount;
+  } | null;
+  decodeMsPerToken: number | null;
   firstTokenExtraMs: number;
-  /** Why it cannot be served now (empty = servable; the subrequest limit only caps tokens per request). */
+  /** Why it cannot be served now, in the shipped functions' words (empty = servable). */
   blockers: string[];
   notes: string[];
 }
@@ -73,40 +102,6 @@ export interface Refusal {
 }
 
 const MIB = 1 << 20;
-const STAGE_BYTES_PER_WEIGHT = 1 + 4 / 64;
-
-/** Bytes of one expert's three matrices in a host's format. */
-export function expertBytes(dModel: number, dFf: number, dtype: ExpertDType): number {
-  const weights = 3 * dModel * dFf;
-  if (dtype === "f32") return 4 * weights;
-  // Rows of w1/w3 are dFf outputs of dModel inputs; w2 has dModel rows of dFf.
-  if (dtype === "int8") return weights + 4 * (2 * dFf + dModel);
-  // int4 (src/kernels/q4g-format.ts): two weights a byte, one bf16 scale per 32 inputs.
-  return weights / 2 + (2 * weights) / 32;
-}
-
-/** Dense weights of layer L in the stage format (attention, dense MLP or shared experts + router, norms). */
-export function denseLayerBytes(spec: ModelSpec, L: number): number {
-  const d = spec.dModel;
-  const a = spec.attention;
-  let w: number;
-  if (a.kind === "gqa") {
-    w = d * a.nHeads * a.headDim * 2 + d * a.nKvHeads * a.headDim * 2;
-  } else {
-    const qk = a.qkNopeHeadDim + a.qkRopeHeadDim;
-    const q = a.qLoraRank === null ? d * a.nHeads * qk : d * a.qLoraRank + a.qLoraRank * a.nHeads * qk;
-    w = q + d * (a.kvLoraRank + a.qkRopeHeadDim) + a.kvLoraRank * a.nHeads * (a.qkNopeHeadDim + a.vHeadDim);
-    w += a.nHeads * a.vHeadDim * d;
-  }
-  const layer = spec.layers[L];
-  if (layer.kind === "dense") w += 3 * d * layer.dFf;
-  else {
-    w += spec.nExperts * d;
-    if (spec.sharedExperts) w += 3 * d * spec.sharedExperts.dFf + (spec.sharedExperts.gated ? d : 0);
-  }
-  const norms = 4 * 2 * d;
-  return Math.ceil(w * STAGE_BYTES_PER_WEIGHT) + norms;
-}
 
 /**
  * A config as the planner takes it: an fp8 `quantization_config` is dropped (convert dequantizes
@@ -139,111 +134,143 @@ export function isRefusal(x: unknown): x is Refusal {
   return typeof x === "object" && x !== null && "field" in x && "message" in x;
 }
 
-/**
- * Subrequests are counted as if the Worker's one invocation issued every RPC of the generation (the
- * conservative case); RPCs a StageHost issues itself count against that host's own invocation.
- */
+function expertPlan(spec: ModelSpec, dtype: PlanDtype, placement: DeploymentShape["experts"], slices: number) {
+  const perInstance = new Array<number>(placement.instances.length).fill(0);
+  for (const row of placement.replicas) for (const reps of row) for (const r of reps) perInstance[r.instance]++;
+  const bytesPerExpert = maxSliceBytes(HELD[dtype], spec.dModel, spec.dFf, 1);
+  return {
+    instances: placement.instances.length,
+    bytesPerExpert,
+    unitBytes: maxSliceBytes(HELD[dtype], spec.dModel, spec.dFf, slices),
+    slicesPerExpert: slices,
+    unitsPerInstance: Math.max(...perInstance),
+    totalBytes: bytesPerExpert * spec.moeLayers.length * spec.nExperts,
+  };
+}
+
+const busiestOf = (c: RpcCount) => {
+  const all = [
+    ["Worker", c.worker],
+    ["StageHost call", c.stageCall],
+    ["session driver", c.driverCall],
+  ] as const;
+  const [invocation, count] = all.reduce((a, b) => (b[1] > a[1] ? b : a));
+  return { invocation, count };
+};
+
+/** The plan of one parsed config; the shipped functions' refusals become blockers. */
 export function planModel(
   name: string,
   spec: ModelSpec,
-  b: PlanBudgets,
+  o: PlanOptions,
   costs: LatencyCosts,
   notesIn: string[] = [],
 ): Plan {
   const blockers: string[] = [];
   const notes = [...notesIn];
-  const d = spec.dModel;
-  // StageHosts: consecutive layers packed greedily under the budget.
-  const stageBudget = b.stageMb * MIB;
-  const perLayer = spec.layers.map((_, L) => denseLayerBytes(spec, L));
-  let stages = 0;
-  let fill = 0;
-  let maxFill = 0;
-  const tooBig = perLayer.filter((bytes) => bytes > stageBudget);
-  if (tooBig.length > 0) {
-    blockers.push(
-      `${tooBig.length} layers' dense weights (up to ${mib(Math.max(...tooBig))}) exceed a StageHost ` +
-        `(${b.stageMb} MiB); a layer split over StageHosts is not implemented`,
-    );
-  }
-  for (const bytes of perLayer) {
-    if (stages === 0 || fill + bytes > stageBudget) {
-      stages++;
-      fill = 0;
-    }
-    fill += bytes;
-    maxFill = Math.max(maxFill, fill);
-  }
-  // HeadHosts: embedding rows and lm_head rows (one matrix when tied), split by rows.
-  const headBytes = Math.ceil(spec.vocabSize * d * STAGE_BYTES_PER_WEIGHT) * (spec.tieEmbeddings ? 1 : 2);
-  const headHosts = Math.max(1, Math.ceil(headBytes / (b.headMb * MIB)));
-  // ExpertHosts.
-  const eBytes = expertBytes(d, spec.dFf, b.expertDtype);
-  const eBudget = b.expertMb * MIB;
-  const nMoe = spec.moeLayers.length;
-  const totalExperts = nMoe * spec.nExperts;
-  const slices = Math.max(1, Math.ceil(eBytes / eBudget));
-  const perHost = slices > 1 ? 1 : Math.floor(eBudget / eBytes);
-  const expertHosts = slices > 1 ? totalExperts * slices : Math.ceil(totalExperts / perHost);
-  if (slices > 1)
-    blockers.push(
-      `one ${b.expertDtype} expert (${mib(eBytes)}) exceeds an ExpertHost (${b.expertMb} MiB): ` +
-        `needs ${slices} slices (sliced experts are not implemented yet)`,
-    );
-  // Per decoded token: one hop per stage, one fan-out per MoE layer (top-k experts, each slice a call,
-  // at most one call per host), one call per head shard.
-  const fanOut = Math.min(spec.topK * slices, expertHosts);
-  const rpcs = stages + nMoe * fanOut + headHosts;
-  const act = 4 * d;
-  const bytesPerToken =
-    stages * 2 * act + nMoe * fanOut * 2 * act + headHosts * (act + 4 * Math.ceil(spec.vocabSize / headHosts));
-  const perGeneration = rpcs * b.tokens;
-  const maxTokens = Math.floor(b.subrequestLimit / rpcs);
-  if (perGeneration > b.subrequestLimit) {
-    notes.push(
-      `${b.tokens} tokens need ${perGeneration} subrequests > the limit ${b.subrequestLimit}: ` +
-        `at most ${maxTokens} tokens per request`,
-    );
-  }
-  // Latency: hops are sequential; a layer's experts run in parallel on different hosts.
-  const denseWeights = perLayer.reduce((s, x) => s + x, 0) / STAGE_BYTES_PER_WEIGHT;
-  const expertWeightsPerCall = (3 * d * spec.dFf) / slices;
-  const kernelMs =
-    ((denseWeights +
-      nMoe * expertWeightsPerCall +
-      headBytes / STAGE_BYTES_PER_WEIGHT / (spec.tieEmbeddings ? 1 : 2) / headHosts) *
-      costs.nsPerWeight) /
-    1e6;
-  const decodeMs = (stages + nMoe + 1) * costs.rpcMs + kernelMs;
-  return {
+  const base = {
     name,
     modelType: spec.modelType,
     nLayers: spec.nLayers,
-    moeLayers: nMoe,
+    moeLayers: spec.moeLayers.length,
     nExperts: spec.nExperts,
     topK: spec.topK,
-    stage: {
-      instances: stages,
-      bytesPerLayer: Math.max(...perLayer),
-      maxBytesPerInstance: maxFill,
-      layersPerInstance: Math.ceil(spec.nLayers / stages),
-    },
-    head: { instances: headHosts, bytes: headBytes, bytesPerInstance: Math.ceil(headBytes / headHosts) },
-    expert: {
-      instances: expertHosts,
-      bytesPerExpert: eBytes,
-      expertsPerInstance: perHost,
-      slicesPerExpert: slices,
-      totalBytes: eBytes * totalExperts,
-    },
-    rpcsPerToken: rpcs,
-    bytesStreamedPerToken: bytesPerToken,
-    subrequests: { perGeneration, limit: b.subrequestLimit, maxTokens },
-    decodeMsPerToken: decodeMs,
     firstTokenExtraMs: costs.userRttMs,
-    blockers,
     notes,
   };
+  let shape: DeploymentShape;
+  try {
+    shape = deploymentShape(spec, o.vars, HELD[o.expertDtype], name);
+  } catch (e) {
+    blockers.push((e as Error).message);
+    // The experts' part alone, for what it tells (their own refusal is a blocker too).
+    let expert: ExpertPlan | null = null;
+    try {
+      const x = expertDeployment(spec, o.vars, HELD[o.expertDtype], name);
+      expert = expertPlan(spec, o.expertDtype, x.placement, x.slices);
+    } catch (e2) {
+      if ((e2 as Error).message !== (e as Error).message) blockers.push((e2 as Error).message);
+    }
+    const none = { stage: null, head: null, maxLen: null, rpcsPerToken: null, bytesStreamedPerToken: null };
+    return { ...base, ...none, shape: null, expert, subrequests: null, decodeMsPerToken: null, blockers };
+  }
+  const stages = shape.pipeline.stages;
+  const layerBytes = spec.layers.map((_, l) => denseLayerBytes(spec, l));
+  const shards = shape.head?.shards ?? [];
+  const expert = expertPlan(spec, o.expertDtype, shape.experts, shape.expertSlices);
+  const r = shape.rpcInput;
+  const prompt = Math.min(o.promptTokens, shape.maxLen - 1);
+  const tokens = Math.min(o.tokens, shape.maxLen - prompt);
+  if (prompt + o.tokens > shape.maxLen)
+    notes.push(
+      `${o.promptTokens} + ${o.tokens} tokens exceed the longest request (${shape.maxLen}): counted as ${tokens}`,
+    );
+  const generation = countRpcs(r, prompt, tokens);
+  const busiest = busiestOf(generation);
+  // Counts grow with the tokens generated: the longest generation within the limit by bisection.
+  let lo = 0;
+  let hi = shape.maxLen - prompt;
+  while (lo < hi) {
+    const mid = Math.ceil((lo + hi) / 2);
+    if (busiestOf(countRpcs(r, prompt, mid)).count <= o.subrequestLimit) lo = mid;
+    else hi = mid - 1;
+  }
+  if (busiest.count > o.subrequestLimit)
+    notes.push(
+      `${prompt} + ${tokens} tokens need ${busiest.count} subrequests in one ${busiest.invocation} invocation > the ` +
+        `limit ${o.subrequestLimit}: at most ${lo} tokens a request`,
+    );
+  const perToken = generation.perToken;
+  // Bytes per decoded token: f32 activations in and out of every stage hop and expert row, the
+  // hidden state to every head shard and its logits back.
+  const d = spec.dModel;
+  const act = 4 * d;
+  const fanOutRows = spec.moeLayers.length * r.topK;
+  const headBytes = shards.length > 0 ? shards.length * act + 4 * spec.vocabSize : 0;
+  const bytesStreamed = stages.length * 2 * act + fanOutRows * 2 * act + headBytes;
+  // Latency: the stage hops, one parallel fan-out per MoE layer and one head round are sequential;
+  // kernel time counts the weights one token touches (a unit's slice runs beside its siblings).
+  const hops = stages.length + spec.moeLayers.length + (shards.length > 0 ? 1 : 0);
+  const denseWeights = layerBytes.reduce((s, x) => s + x, 0) / 4;
+  const unitWeights = (3 * d * spec.dFf) / shape.expertSlices;
+  const headWeights = (spec.vocabSize * d) / Math.max(1, shards.length);
+  const kernelMs = ((denseWeights + spec.moeLayers.length * unitWeights + headWeights) * costs.nsPerWeight) / 1e6;
+  return {
+    ...base,
+    shape,
+    stage: {
+      instances: stages.length,
+      maxBytesPerInstance: stages.length > 0 ? Math.max(...stages.map((s) => s.bytes)) : 0,
+      maxBytesPerLayer: Math.max(...layerBytes),
+    },
+    head: {
+      instances: shards.length,
+      bytesPerInstance: shards.length > 0 ? Math.max(...shards.map((s) => s.bytes)) : 0,
+    },
+    expert,
+    maxLen: shape.maxLen,
+    rpcsPerToken: perToken,
+    bytesStreamedPerToken: bytesStreamed,
+    subrequests: {
+      generation,
+      busiest,
+      limit: o.subrequestLimit,
+      maxTokens: lo,
+      worst: worstCaseRpcs(r, shape.maxLen),
+    },
+    decodeMsPerToken: hops * costs.rpcMs + kernelMs,
+    blockers,
+  };
+}
+
+/** The `[vars]` table of a wrangler.toml as strings (its flat KEY = "value" lines). */
+export function parseWranglerVars(toml: string): Record<string, string> {
+  const at = toml.search(/^\[vars\]\s*$/m);
+  if (at < 0) return {};
+  const body = toml.slice(at).split(/^\[/m)[1] ?? "";
+  const vars: Record<string, string> = {};
+  for (const m of body.matchAll(/^([A-Z0-9_]+)\s*=\s*"([^"]*)"/gm)) vars[m[1]] = m[2];
+  return vars;
 }
 
 export function mib(bytes: number): string {
@@ -253,26 +280,33 @@ export function mib(bytes: number): string {
 /** One markdown row per plan or refusal. */
 export function tableRows(items: (Plan | Refusal)[]): string[] {
   const head = [
-    "| config | StageHosts | HeadHosts | ExpertHosts (experts/host) | expert | RPCs/token | KiB/token | " +
-      "subreq. (max tokens) | decode ms/token | fits the budgets? |",
+    "| config | StageHosts | HeadHosts | ExpertHosts (units/host) | expert (slices) | RPCs/token | KiB/token | " +
+      "subreq. busiest (max tokens) | decode ms/token | servable? |",
     "|---|---|---|---|---|---|---|---|---|---|",
   ];
+  const esc = (s: string) => s.replace(/\|/g, "\\|");
   return head.concat(
     items.map((p) => {
-      if (isRefusal(p)) {
-        const why = p.message.replace(/\|/g, "\\|");
-        return `| ${p.name} | — | — | — | — | — | — | — | — | refused: \`${p.field}\` — ${why} |`;
-      }
-      const e =
-        p.expert.slicesPerExpert > 1
-          ? `${p.expert.instances} (${p.expert.slicesPerExpert} slices/expert)`
-          : `${p.expert.instances} (${p.expert.expertsPerInstance})`;
-      const ok = p.blockers.length === 0 ? "yes" : `no: ${p.blockers.join("; ")}`;
+      if (isRefusal(p))
+        return `| ${p.name} | — | — | — | — | — | — | — | — | refused: \`${p.field}\` — ${esc(p.message)} |`;
+      const e = p.expert;
+      const experts = e ? `${e.instances} (${e.unitsPerInstance})` : "—";
+      const size = e
+        ? `${mib(e.bytesPerExpert)}${e.slicesPerExpert > 1 ? ` (${e.slicesPerExpert} × ≤${mib(e.unitBytes)})` : ""}`
+        : "—";
+      const ok = p.blockers.length === 0 ? "yes" : `no: ${esc(p.blockers.join("; "))}`;
+      if (!p.stage || !p.head || !p.rpcsPerToken || !p.subrequests || p.decodeMsPerToken === null)
+        return `| ${p.name} | — | — | ${experts} | ${size} | — | — | — | — | ${ok} |`;
+      const stages =
+        p.stage.instances === 0 ? "0 (Worker)" : `${p.stage.instances} × ≤${mib(p.stage.maxBytesPerInstance)}`;
+      const heads = p.head.instances === 0 ? "0 (Worker)" : `${p.head.instances} × ${mib(p.head.bytesPerInstance)}`;
+      const rpcs = p.rpcsPerToken.worker + p.rpcsPerToken.inRegion;
+      const s = p.subrequests;
       return (
-        `| ${p.name} | ${p.stage.instances} × ≤${mib(p.stage.maxBytesPerInstance)} | ` +
-        `${p.head.instances} × ${mib(p.head.bytesPerInstance)} | ${e} | ` +
-        `${mib(p.expert.bytesPerExpert)} | ${p.rpcsPerToken} | ${(p.bytesStreamedPerToken / 1024).toFixed(1)} | ` +
-        `${p.subrequests.perGeneration} (${p.subrequests.maxTokens}) | ${p.decodeMsPerToken.toFixed(1)} | ${ok} |`
+        `| ${p.name} | ${stages} | ${heads} | ${experts} | ${size} | ${rpcs} | ` +
+        `${((p.bytesStreamedPerToken ?? 0) / 1024).toFixed(1)} | ` +
+        `${s.busiest.count} ${s.busiest.invocation} (${s.maxTokens}) | ` +
+        `${p.decodeMsPerToken.toFixed(1)} | ${ok} |`
       );
     }),
   );

@@ -1,6 +1,7 @@
 /**
  * Golden-fixture verification through the real serving path (shared by `npm run verify` and
- * the integration tests), optionally with the layers forced onto StageHost pipeline stages.
+ * the integration tests), optionally with the layers forced onto StageHost pipeline stages and the
+ * experts forced into slices.
  */
 import { readFileSync } from "node:fs";
 import { basename, join } from "node:path";
@@ -35,6 +36,8 @@ export interface VerifyReport {
   moeWeightDiff: number;
   moeIdsMatch: boolean;
   hosts: number;
+  /** Slices per expert in the placement (1: whole experts). */
+  expertSlices: number;
   rpcsPerLayer: number[];
   /** StageHosts that ran the layers (from /admin/hosts), with their layer ranges. */
   stageHosts: { name: string; first: number | null; end: number | null; bytesHeld: number; budgetBytes: number }[];
@@ -49,6 +52,8 @@ export interface VerifyOptions {
   stages?: number;
   /** Force the output head onto this many HeadHost vocabulary shards (0 = as deployed). */
   headShards?: number;
+  /** Force every expert into this many slices over the ExpertHosts (EXPERT_SLICES; 0 = as deployed). */
+  expertSlices?: number;
   log?: (line: string) => void;
 }
 
@@ -63,6 +68,7 @@ export async function verifyFixture(dir: string, opts: VerifyOptions): Promise<V
       DEFAULT_MODEL: model,
       PIPELINE_STAGES: String(stages),
       HEAD_SHARDS: String(opts.headShards ?? 0),
+      EXPERT_SLICES: String(opts.expertSlices ?? 0),
     },
   });
   try {
@@ -142,7 +148,11 @@ export async function verifyFixture(dir: string, opts: VerifyOptions): Promise<V
       else g.forEach((p, i) => (moeWeightDiff = Math.max(moeWeightDiff, Math.abs(p[1] - o[i][1]))));
     });
 
-    const placement = (await (await worker.fetch(`/v1/placement?model=${model}`)).json()) as { instances: unknown[] };
+    const placement = (await (await worker.fetch(`/v1/placement?model=${model}`)).json()) as {
+      instances: unknown[];
+      expert_slices?: number;
+    };
+    const expertSlices = placement.expert_slices ?? 1;
     const hostsRes = (await (await worker.fetch(`/admin/hosts?model=${model}`, { headers: auth })).json()) as {
       stages?: VerifyReport["stageHosts"];
       heads?: VerifyReport["headHosts"];
@@ -161,6 +171,7 @@ export async function verifyFixture(dir: string, opts: VerifyOptions): Promise<V
     const ok = (b: boolean) => (b ? "ok  " : "FAIL");
     log(
       `model ${model}: ${placement.instances.length} ExpertHost instances, ` +
+        `${expertSlices === 1 ? "whole experts" : `${expertSlices} slices per expert`}, ` +
         `RPCs per layer (prompt pass): ${fwd.rpcs_per_layer.join(", ")}`,
     );
     const stageList = stageHosts
@@ -211,6 +222,7 @@ export async function verifyFixture(dir: string, opts: VerifyOptions): Promise<V
       moeWeightDiff,
       moeIdsMatch,
       hosts: placement.instances.length,
+      expertSlices,
       rpcsPerLayer: fwd.rpcs_per_layer,
       stageHosts,
       headHosts,

@@ -1,7 +1,9 @@
 /**
  * @module The first placement of a model: as few ExpertHost instances as the memory budget allows
  * (or MIN_EXPERT_HOSTS, if more), each layer's experts dealt round-robin so that one layer's
- * fan-out touches every instance in parallel rather than queueing on one.
+ * fan-out touches every instance in parallel rather than queueing on one. A sliced expert's units
+ * (src/experts/slices.ts: unit e·S + s) are placed like experts: consecutive units, so one
+ * expert's slices land on different instances and run in parallel.
  */
 import { modelLayer, type Placement, type Replica } from "./placement";
 import { hostName } from "../experts/protocol";
@@ -15,7 +17,9 @@ export interface PlacementInit {
   /** The layers that have routed experts, when not all of them do. */
   moeLayers?: readonly number[];
   nExperts: number;
-  /** Bytes one expert occupies on a host (as stored in Wasm memory). */
+  /** Slices per expert (default 1): the placement holds nExperts · slices units a layer. */
+  slices?: number;
+  /** Bytes one expert occupies on a host (as stored in Wasm memory); of its largest slice when sliced. */
   expertBytes: number;
   budgetBytes: number;
   minInstances: number;
@@ -28,8 +32,9 @@ export function slotsPerInstance(init: PlacementInit): number {
   const { model, expertBytes, budgetBytes } = init;
   const slots = Math.floor(budgetBytes / expertBytes);
   if (slots < 1) {
+    const what = (init.slices ?? 1) > 1 ? `one slice of an expert (${init.slices} slices)` : "one expert";
     throw new BudgetError(
-      `model "${model}" does not fit: one expert needs ${formatMiB(expertBytes)} but an ExpertHost may hold ` +
+      `model "${model}" does not fit: ${what} needs ${formatMiB(expertBytes)} but an ExpertHost may hold ` +
         `${formatMiB(budgetBytes)} (EXPERT_HOST_BUDGET_MB). ` +
         "Quantize the experts or raise the budget (≤ what a 128 MB isolate holds).",
     );
@@ -38,7 +43,10 @@ export function slotsPerInstance(init: PlacementInit): number {
 }
 
 export function initialPlacement(init: PlacementInit): Placement {
-  const { model, nExperts, budgetBytes, minInstances } = init;
+  const { model, budgetBytes, minInstances } = init;
+  const slices = init.slices ?? 1;
+  if (!Number.isInteger(slices) || slices < 1) throw new RangeError(`slices must be an integer ≥ 1, got ${slices}`);
+  const nExperts = init.nExperts * slices; // placement units
   const layers = init.moeLayers ? [...init.moeLayers] : null;
   const nLayers = layers ? layers.length : init.nLayers;
   const spare = Math.min(Math.max(init.spareFraction ?? 0, 0), 0.9);
@@ -56,13 +64,14 @@ export function initialPlacement(init: PlacementInit): Placement {
     version: 1,
     nLayers,
     nExperts,
+    ...(slices > 1 ? { slices } : {}),
     ...(layers && !layers.every((l, i) => l === i) ? { layers } : {}),
     instances: Array.from({ length: nInstances }, (_, id) => ({ id, name: hostName(model, id), budgetBytes })),
     replicas,
   };
 }
 
-/** The experts each instance holds (model layer numbers), by instance id. */
+/** The experts (units, when sliced) each instance holds (model layer numbers), by instance id. */
 export function expertsByInstance(p: Placement): { layer: number; expert: number }[][] {
   const out = p.instances.map(() => [] as { layer: number; expert: number }[]);
   p.replicas.forEach((row, r) =>

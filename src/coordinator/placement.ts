@@ -27,7 +27,13 @@ export interface Placement {
   version: number;
   /** Rows of `replicas`: the model's MoE layers (dense layers have no experts to place). */
   nLayers: number;
+  /** Placement units a layer: the model's experts × `slices`. */
   nExperts: number;
+  /**
+   * Slices per expert (src/experts/slices.ts); absent = 1. Unit e·slices + s is slice s of expert e:
+   * everything below treats units as experts, only the Worker's fan-out and the ExpertStore know.
+   */
+  slices?: number;
   /**
    * Model layer index of each row, when not every layer is an MoE layer (DeepSeek's
    * first_k_dense_replace, Qwen's mlp_only_layers). Absent: row i is layer i.

@@ -148,6 +148,7 @@ export class CoordinatorStore {
         nLayers: p.nLayers,
         nExperts: p.nExperts,
         layers: JSON.stringify(p.layers ?? null),
+        slices: p.slices ?? 1,
       };
       for (const [k, v] of Object.entries(meta)) setMeta(sql, k, String(v));
       sql.exec(
@@ -186,11 +187,13 @@ export class CoordinatorStore {
     }
     const layers = JSON.parse(meta.get("layers") ?? "null") as number[] | null;
     const model = meta.get("model") ?? "";
+    const slices = Number(meta.get("slices") ?? "1");
     const p: Placement = {
       model,
       version: Number(meta.get("version")),
       nLayers,
       nExperts,
+      ...(slices > 1 ? { slices } : {}),
       ...(layers ? { layers } : {}),
       instances,
       replicas,

@@ -44,7 +44,7 @@ export function workerPlacement(env: Env, init: PlacementInit): Placement {
 
 function buildWorkerPlacement(env: Env, init: PlacementInit): Placement {
   const budget = readBudgets(env).workerExpertBytes;
-  const need = (init.moeLayers?.length ?? init.nLayers) * init.nExperts * init.expertBytes;
+  const need = (init.moeLayers?.length ?? init.nLayers) * init.nExperts * (init.slices ?? 1) * init.expertBytes;
   if (need > budget) {
     throw new BudgetError(
       `model "${init.model}" does not fit the Worker isolate: its experts need ${formatMiB(need)}, ` +

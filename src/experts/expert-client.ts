@@ -14,6 +14,7 @@ import { recordLoad } from "./load-reporter";
 import { localStore } from "./local-store";
 import { markPlacementStale, refreshedPlacement } from "./placement-cache";
 import { retryConfig } from "./retry-policy";
+import { expandRouting } from "./slices";
 
 // What callers imported from here before the split keeps its name and path.
 export { expertBackend, WORKER_INSTANCE, type ExpertBackend } from "./backend";
@@ -38,6 +39,9 @@ export async function runExperts(
   options: RunExpertsOptions | (() => number) = {},
 ): Promise<{ out: Float32Array; dispatch: LayerDispatch }> {
   const opts = { ...(typeof options === "function" ? {} : options), retry: retryConfig(env) };
+  // Sliced experts: each (token, expert) row becomes one row per slice (unit), same weight; the
+  // fan-out and the combine then treat units as experts (./slices.ts).
+  const units = expandRouting(routing, placement.slices ?? 1);
   if (isWorkerPlacement(placement)) {
     const store = await localStore(env, placement.model);
     const local: FanOutTransport = {
@@ -50,7 +54,7 @@ export async function runExperts(
         }
       },
     };
-    return fanOut(local, placement, layer, routing, h, dModel, opts);
+    return fanOut(local, placement, layer, units, h, dModel, opts);
   }
   const hosts: FanOutTransport = {
     remote: true,
@@ -59,8 +63,8 @@ export async function runExperts(
     refresh: (have) => refreshedPlacement(env, have),
   };
   try {
-    const result = await fanOut(hosts, placement, layer, routing, h, dModel, opts);
-    recordLoad(placement, placementRow(placement, layer), routing.ids, result.dispatch.rowsByInstance);
+    const result = await fanOut(hosts, placement, layer, units, h, dModel, opts);
+    recordLoad(placement, placementRow(placement, layer), units.ids, result.dispatch.rowsByInstance);
     return result;
   } catch (err) {
     // The table may be what went wrong (replicas moved): the next request asks the Coordinator.

@@ -11,6 +11,11 @@
  * ≈ 1/4 of an f32 one, an int4 one (4-bit groups of 32 with bf16 scales) ≈ 1/7. Experts are
  * int8 / int4 when the checkpoint stores them so, or when the store is created with
  * `quant: "int8"` / `"int4"` (quantized at load, as scripts/convert.ts --quant would).
+ *
+ * Sliced experts (./slices.ts): when an expert is larger than the host budget (or EXPERT_SLICES
+ * forces it) the store holds units — slice s of expert e is unit e·S + s — each loaded by ranged
+ * reads of only its slice (src/model/expert-slices.ts) and run as an expert of the slice's
+ * intermediate size. The budget counts each slice's real bytes.
  */
 import type { Kernels } from "../kernels/index";
 import { WASM_MAX_BYTES } from "../kernels/index";
@@ -22,6 +27,9 @@ import { expertQ8gScratchBytes, packExpertQ8g } from "../kernels/dense-format";
 import { Q8_EXPERT_GROUP } from "../kernels/packing";
 import { formatMiB } from "../platform/format";
 import type { OpenedModel } from "../platform/model-store";
+import { loadExpertSliceQ4, loadExpertSliceQ8, loadExpertSliceWeights, type SliceBounds } from "../model/expert-slices";
+import type { ModelSpec } from "../model/config";
+import { chooseSlices, maxSliceBytes, sliceRange, unitExpert } from "./slices";
 import { expertKey, type ExpertFailure, type ExpertRef, type ExpertWorkItem } from "./protocol";
 
 /** Tokens per kernel call: bounds the scratch memory ([chunk, dFf] × 2) whatever the prompt length. */
@@ -53,6 +61,19 @@ export interface ExpertStoreOptions {
    * batch, 2–4× the activation error — see README, int8 accuracy).
    */
   int8Activations?: "accurate" | "7bit";
+  /** Slices per expert forced (EXPERT_SLICES); 0 or absent: chosen from the expert's bytes. */
+  slices?: number;
+  /**
+   * The budget the slice count is chosen against: the ExpertHost budget, the same number the
+   * placement is computed from (default this store's own budget).
+   */
+  sliceBudgetBytes?: number;
+}
+
+/** Slices per expert of a model held as `dtype` under an ExpertHost budget (`forced` > 0 wins). */
+export function expertSlicesFor(dtype: ExpertDtype, spec: ModelSpec, budgetBytes: number, forced = 0): number {
+  const { dModel, dFf } = spec;
+  return chooseSlices(dFf, budgetBytes, (n) => maxSliceBytes(dtype, dModel, dFf, n), forced);
 }
 
 interface Arena {
@@ -84,9 +105,13 @@ export class ExpertStore {
   readonly #experts = new Map<string, LoadedExpert>();
   readonly #loading = new Map<string, Promise<LoadedExpert>>();
   readonly #expertBytes: number;
+  /** Bytes of the loads in flight (counted against the budget before they land). */
+  #loadingBytes = 0;
   /** How experts are held: "f32" packed panels, "q8" (int8 + per-row scales), "q8g" (int8 groups)
    * or "q4" (4-bit groups). */
   readonly dtype: ExpertDtype;
+  /** Slices per expert: the store's ids are units (expert · slices + slice); 1 = whole experts. */
+  readonly slices: number;
   calls = 0;
   tokens = 0;
 
@@ -98,16 +123,32 @@ export class ExpertStore {
     private readonly opts: ExpertStoreOptions = {},
   ) {
     this.dtype = expertDtype(model.ckpt, model.spec, opts.quant ?? "none");
-    this.#expertBytes = expertPackedBytes(this.dtype, model.spec.dModel, model.spec.dFf);
+    const { spec } = model;
+    this.slices = expertSlicesFor(this.dtype, spec, opts.sliceBudgetBytes ?? budgetBytes, opts.slices ?? 0);
+    this.#expertBytes = maxSliceBytes(this.dtype, spec.dModel, spec.dFf, this.slices);
   }
 
-  /** Real bytes of one expert as held (the unit of the budget). */
+  /** Intermediate range of unit `unit` (the whole [0, dFf) when experts are not sliced). */
+  unitRange(unit: number): SliceBounds {
+    const [c0, c1] = sliceRange(this.model.spec.dFf, this.slices, unit % this.slices);
+    return { c0, c1 };
+  }
+
+  /** Real bytes of one unit as held. */
+  unitBytes(unit: number): number {
+    const { c0, c1 } = this.unitRange(unit);
+    return expertPackedBytes(this.dtype, this.model.spec.dModel, c1 - c0);
+  }
+
+  /** Real bytes of the largest unit as held (one expert, or its largest slice). */
   get expertBytes(): number {
     return this.#expertBytes;
   }
 
   get bytesLoaded(): number {
-    return this.#experts.size * this.#expertBytes;
+    let n = 0;
+    for (const e of this.#experts.values()) n += e.bytes;
+    return n;
   }
 
   get wasmBytesInUse(): number {
@@ -132,18 +173,23 @@ export class ExpertStore {
       .sort((a, b) => a.layer - b.layer || a.expert - b.expert);
   }
 
-  /** Loads an expert unless it is loaded or loading (concurrent callers share one load). */
+  /** Loads an expert (a unit when sliced) unless it is loaded or loading (concurrent callers share one load). */
   ensure(layer: number, expert: number): Promise<LoadedExpert> {
     const { spec, id } = this.model;
+    const units = spec.nExperts * this.slices;
     if (
       !Number.isInteger(layer) ||
       layer < 0 ||
       layer >= spec.nLayers ||
       !Number.isInteger(expert) ||
       expert < 0 ||
-      expert >= spec.nExperts
+      expert >= units
     ) {
-      return Promise.reject(new StoreFailure("bad_request", `no expert ${layer}:${expert} in model "${id}"`));
+      const what =
+        this.slices > 1
+          ? `expert slice (unit) ${layer}:${expert} (${this.slices} slices an expert)`
+          : `expert ${layer}:${expert}`;
+      return Promise.reject(new StoreFailure("bad_request", `no ${what} in model "${id}"`));
     }
     const key = expertKey(layer, expert);
     const have = this.#experts.get(key);
@@ -168,7 +214,7 @@ export class ExpertStore {
 
   /** Runs every work item of one layer; x and the result are [Σ nTokens, dModel]. */
   async run(layer: number, items: ExpertWorkItem[], x: Float32Array): Promise<Float32Array> {
-    const { dModel, dFf } = this.model.spec;
+    const { dModel } = this.model.spec;
     const total = items.reduce((s, it) => s + it.nTokens, 0);
     if (x.length !== total * dModel)
       throw new StoreFailure("bad_request", `x has ${x.length} values, items need ${total} × ${dModel}`);
@@ -182,6 +228,8 @@ export class ExpertStore {
       const { arena, blob } = weights[i];
       const k = arena.kernels;
       const n = items[i].nTokens;
+      const { c0, c1 } = this.unitRange(items[i].expert);
+      const dFf = c1 - c0; // a slice runs as an expert of its intermediate size
       for (let done = 0; done < n; done += TOKEN_CHUNK) {
         const m = Math.min(TOKEN_CHUNK, n - done);
         const at = (row + done) * dModel;
@@ -200,19 +248,25 @@ export class ExpertStore {
   }
 
   async #load(layer: number, expert: number): Promise<LoadedExpert> {
-    const bytes = this.#expertBytes;
-    // Runs before this load registers itself in #loading: count the other in-flight loads.
-    const committed = this.bytesLoaded + this.#loading.size * bytes;
+    const bytes = this.unitBytes(expert);
+    const committed = this.bytesLoaded + this.#loadingBytes;
     if (committed + bytes > this.budgetBytes) {
+      const what = this.slices > 1 ? `expert slice (unit) ${layer}:${expert}` : `expert ${layer}:${expert}`;
       throw new StoreFailure(
         "budget_exceeded",
-        `${this.label}: loading expert ${layer}:${expert} of "${this.model.id}" (${formatMiB(bytes)}) ` +
+        `${this.label}: loading ${what} of "${this.model.id}" (${formatMiB(bytes)}) ` +
           `would exceed the memory budget of ${formatMiB(this.budgetBytes)} (${formatMiB(committed)} held or loading)`,
       );
     }
     // Read (and for int8, quantize) before choosing an arena: everything after the await is
     // synchronous, so concurrent loads never interleave allocations.
-    const pack = await this.#read(layer, expert);
+    this.#loadingBytes += bytes;
+    let pack: (dst: Uint8Array) => void;
+    try {
+      pack = await this.#read(layer, expert);
+    } finally {
+      this.#loadingBytes -= bytes;
+    }
     const arena = this.#arenaWithRoom(bytes);
     const blob = arena.kernels.alloc(bytes);
     pack(arena.kernels.u8(blob, bytes)); // packed once here, never per request
@@ -222,7 +276,9 @@ export class ExpertStore {
   }
 
   /** Reads one expert and returns the function that packs it into its blob. */
-  async #read(layer: number, expert: number): Promise<(dst: Uint8Array) => void> {
+  async #read(layer: number, unit: number): Promise<(dst: Uint8Array) => void> {
+    if (this.slices > 1) return this.#readSlice(layer, unit);
+    const expert = unit;
     const { ckpt, spec } = this.model;
     const { dModel, dFf } = spec;
     if (this.dtype === "q8") {
@@ -237,6 +293,27 @@ export class ExpertStore {
     if (this.dtype === "q8g") return (dst) => void packExpertQ8g(dst, w.w1, w.w3, w.w2, dModel, dFf, Q8_EXPERT_GROUP);
     return (dst) =>
       packExpertF32(new Float32Array(dst.buffer, dst.byteOffset, dst.byteLength / 4), w.w1, w.w3, w.w2, dModel, dFf);
+  }
+
+  /** Reads one slice (unit) by ranged reads of its rows and columns; packs it as an expert of its width. */
+  async #readSlice(layer: number, unit: number): Promise<(dst: Uint8Array) => void> {
+    const { ckpt, spec } = this.model;
+    const { expert } = unitExpert(unit, this.slices);
+    const b = this.unitRange(unit);
+    const { dModel } = spec;
+    const w = b.c1 - b.c0;
+    if (this.dtype === "q8") {
+      const q = await loadExpertSliceQ8(ckpt, spec, layer, expert, b);
+      return (dst) => packExpertQ8(dst, q, dModel, w);
+    }
+    if (this.dtype === "q4") {
+      const q = await loadExpertSliceQ4(ckpt, spec, layer, expert, b);
+      return (dst) => packExpertQ4g(dst, q, dModel, w);
+    }
+    const f = await loadExpertSliceWeights(ckpt, spec, layer, expert, b);
+    if (this.dtype === "q8g") return (dst) => void packExpertQ8g(dst, f.w1, f.w3, f.w2, dModel, w, Q8_EXPERT_GROUP);
+    return (dst) =>
+      packExpertF32(new Float32Array(dst.buffer, dst.byteOffset, dst.byteLength / 4), f.w1, f.w3, f.w2, dModel, w);
   }
 
   #arenaWithRoom(bytes: number): Arena {

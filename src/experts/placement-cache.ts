@@ -45,6 +45,29 @@ const placements = new Map<string, CachedPlacement>();
 type CoordinatorStub = ReturnType<Env["COORDINATOR"]["getByName"]>;
 
 export async function currentPlacement(env: Env, init: PlacementInit): Promise<Placement> {
+  return sameSlices(init, await placementOf(env, init));
+}
+
+/**
+ * A placement made with another slice count than this deployment computes (EXPERT_SLICES or the
+ * host budget changed since the Coordinator stored it): its units would name other slices than
+ * the ExpertHosts load, so serving from it would be wrong, not slow. Refused, naming the fix.
+ */
+function sameSlices(init: PlacementInit, p: Placement): Placement {
+  const want = init.slices ?? 1;
+  const have = p.slices ?? 1;
+  if (want === have) return p;
+  throw new ApiError(
+    500,
+    `the placement of "${p.model}" cuts experts into ${have} slice(s), this deployment into ${want} ` +
+      "(EXPERT_SLICES / EXPERT_HOST_BUDGET_MB changed): serve the model under a new id or restore the vars",
+    "server_error",
+    null,
+    "placement_slices_mismatch",
+  );
+}
+
+async function placementOf(env: Env, init: PlacementInit): Promise<Placement> {
   if (expertBackend(env) === "worker") return workerPlacement(env, init);
   const cached = placements.get(init.model);
   const now = Date.now();

@@ -34,6 +34,9 @@ export {
   sameShape,
 } from "./safetensors-format";
 
+/** Bytes fetched per read by `readF32Cols` (a run of rows). */
+export const COLS_READ_BYTES = 4 << 20;
+
 export class Checkpoint {
   private constructor(
     /** What the tensor names come from: "model.safetensors" or "model.safetensors.index.json". */
@@ -112,6 +115,42 @@ export class Checkpoint {
     const esize = DTYPE_BYTES[t.dtype];
     const bytes = await this.file(t).read(t.offset + firstRow * rowLen * esize, n * esize);
     return decodeToF32(bytes, t.dtype, dst.subarray(0, n));
+  }
+
+  /**
+   * Columns [c0, c1) of rows `firstRow .. firstRow + nRows - 1` (2-D view as in `readF32Rows`):
+   * [nRows, c1 - c0]. A sliced expert's down projection is read this way. Rows are fetched in runs
+   * of at most COLS_READ_BYTES per read, each run from column c0 of its first row to column c1 of
+   * its last (the other columns inside a run are fetched and dropped: one read per row would cost
+   * thousands of subrequests for a large expert), so peak memory stays bounded whatever the tensor.
+   */
+  async readF32Cols(
+    name: string,
+    firstRow: number,
+    nRows: number,
+    c0: number,
+    c1: number,
+    runBytes = COLS_READ_BYTES,
+  ): Promise<Float32Array> {
+    const { t, rowLen } = this.rowRange(name, firstRow, nRows);
+    if (!Number.isSafeInteger(c0) || !Number.isSafeInteger(c1) || c0 < 0 || c1 < c0 || c1 > rowLen) {
+      throw new RangeError(`tensor "${name}" has rows of ${rowLen}; asked for columns [${c0}, ${c1})`);
+    }
+    const w = c1 - c0;
+    const out = new Float32Array(nRows * w);
+    if (w === 0 || nRows === 0) return out;
+    if (w === rowLen) return this.readF32RowsInto(name, firstRow, nRows, out);
+    const esize = DTYPE_BYTES[t.dtype];
+    const perRun = Math.max(1, Math.floor(runBytes / (rowLen * esize)));
+    const file = this.file(t);
+    for (let r = 0; r < nRows; r += perRun) {
+      const k = Math.min(perRun, nRows - r);
+      const span = (k - 1) * rowLen + w; // elements from (r, c0) to (r + k - 1, c1)
+      const start = t.offset + ((firstRow + r) * rowLen + c0) * esize;
+      const vals = decodeToF32(await file.read(start, span * esize), t.dtype);
+      for (let i = 0; i < k; i++) out.set(vals.subarray(i * rowLen, i * rowLen + w), (r + i) * w);
+    }
+    return out;
   }
 
   private rowRange(name: string, firstRow: number, nRows: number): { t: TensorInfo; rowLen: number } {

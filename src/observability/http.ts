@@ -6,6 +6,7 @@
  */
 import type { Context, MiddlewareHandler } from "hono";
 import {
+  flushIfLoadDue,
   recordGeneration,
   recordRequest,
   routeLabel,
@@ -82,6 +83,8 @@ export function trackGeneration(c: AnyContext, model: string): GenerationTracker
   return {
     event() {
       first ??= Date.now();
+      // A long stream keeps this isolate's in-flight gauge fresh at the hub (a heartbeat, not per token).
+      flushIfLoadDue(c.env, waitUntilOf(c));
     },
     end(stats, finish) {
       if (done) return;

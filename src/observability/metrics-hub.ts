@@ -7,6 +7,7 @@
 import { DurableObject } from "cloudflare:workers";
 import type { ReplanReport } from "../coordinator/coordinator";
 import { METRICS } from "./catalog";
+import { IsolateLoads, type IsolateLoad, type WorkerLoadTotals } from "./isolate-loads";
 import { MetricSet, type MetricDelta } from "./registry";
 
 /** Width of one timeline slot and how many are kept (10 minutes). */
@@ -33,6 +34,8 @@ export interface HubSnapshot {
   timeline: TimelineSlot[];
   flushes: number;
   startedAt: number;
+  /** In-flight and queued generations summed over the isolates that reported recently. */
+  workerLoad: WorkerLoadTotals;
 }
 
 interface Persisted {
@@ -67,6 +70,8 @@ export class MetricsHub extends DurableObject<Env> {
   #flushes = 0;
   #seen = new Map<string, string[]>();
   #startedAt = Date.now();
+  // Not persisted: a gauge is current state, and busy isolates re-report within a heartbeat.
+  #loads = new IsolateLoads();
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
@@ -82,7 +87,9 @@ export class MetricsHub extends DurableObject<Env> {
   }
 
   /** Folds one isolate's delta in (called from the isolate's waitUntil, never on a request's path). */
-  async ingest(delta: MetricDelta, at: number): Promise<void> {
+  async ingest(delta: MetricDelta, at: number, load?: IsolateLoad): Promise<void> {
+    if (load) this.#loads.report(load, Date.now());
+    if (delta.counters.length === 0 && delta.histograms.length === 0) return; // a load heartbeat only
     this.#metrics.merge(delta);
     this.#flushes++;
     const slot = this.#slot(at);
@@ -129,6 +136,7 @@ export class MetricsHub extends DurableObject<Env> {
       timeline: this.#timeline,
       flushes: this.#flushes,
       startedAt: this.#startedAt,
+      workerLoad: this.#loads.totals(Date.now()),
     };
   }
 

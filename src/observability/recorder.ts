@@ -3,10 +3,13 @@
  * map updates on the request path; nothing waits on the hub. An isolate flushes its accumulated
  * values as one delta at most every FLUSH_INTERVAL_MS, from `waitUntil` (after the response), and
  * puts them back if the hub call fails, so a flush loses nothing and a request never pays for it.
+ * A flush also carries the isolate's current in-flight and queued generations (a gauge, sent as a
+ * value under the isolate's id: `isolate-loads.ts`).
  */
 import { withDeadline } from "../platform/deadline";
 import { setExpertEventSink } from "../platform/events";
 import { METRICS } from "./catalog";
+import { LOAD_HEARTBEAT_MS, type IsolateLoad } from "./isolate-loads";
 import { MetricSet } from "./registry";
 
 export const FLUSH_INTERVAL_MS = 1000;
@@ -16,6 +19,32 @@ export const HUB_NAME = "global";
 const local = new MetricSet();
 let lastFlush = 0;
 let pending: Promise<void> | null = null;
+
+/**
+ * This isolate's current generations (admission, `src/routes/admission.ts`): a gauge, sent as a
+ * value under this isolate's id rather than as a delta (`isolate-loads.ts` says why). `loadVersion`
+ * counts changes, so a flush that raced a change does not mark the newer value as sent.
+ */
+let isolateId: string | null = null; // made on first use: Workers refuse random values at global scope
+let load: IsolateLoad | null = null;
+let loadVersion = 0;
+let loadSentVersion = 0;
+let loadSentAt = 0;
+
+/** Sets this isolate's in-flight and queued generations (reported with the next flush). */
+export function setWorkerLoad(inflight: number, queued: number): void {
+  if (load && load.inflight === inflight && load.queued === queued) return;
+  isolateId ??= crypto.randomUUID();
+  load = { isolate: isolateId, inflight, queued };
+  loadVersion++;
+}
+
+/** The load report is unsent, or non-zero and due for its heartbeat. */
+function loadDue(now: number): boolean {
+  if (!load) return false;
+  if (loadSentVersion !== loadVersion) return true;
+  return (load.inflight > 0 || load.queued > 0) && now - loadSentAt >= LOAD_HEARTBEAT_MS;
+}
 
 export type WaitUntilFn = (p: Promise<unknown>) => void;
 
@@ -113,7 +142,7 @@ export function installExpertMetrics(): void {
  * kept alive by `waitUntil` past the response. Calls while a flush is scheduled join it.
  */
 export function scheduleFlush(env: Env, waitUntil: WaitUntilFn | undefined): void {
-  if (local.isEmpty || pending) return;
+  if (pending || (local.isEmpty && !loadDue(Date.now()))) return;
   const wait = Math.max(0, lastFlush + FLUSH_INTERVAL_MS - Date.now());
   pending = (async () => {
     if (wait > 0) await new Promise((r) => setTimeout(r, wait));
@@ -122,18 +151,32 @@ export function scheduleFlush(env: Env, waitUntil: WaitUntilFn | undefined): voi
   if (waitUntil) waitUntil(pending);
 }
 
+/**
+ * Schedules a flush when only the load report's heartbeat is due: called on every streamed token,
+ * so a long generation keeps its isolate counted without a flush per token.
+ */
+export function flushIfLoadDue(env: Env, waitUntil: WaitUntilFn | undefined): void {
+  if (!pending && loadDue(Date.now())) scheduleFlush(env, waitUntil);
+}
+
 /** Flushes immediately (a scrape does this for its own isolate so its own requests show). */
 export async function flushNow(env: Env): Promise<boolean> {
-  if (local.isEmpty) return false;
+  if (local.isEmpty && !loadDue(Date.now())) return false;
   const delta = local.take();
   lastFlush = Date.now();
+  const sentVersion = loadVersion;
+  const report = load ? { ...load } : undefined;
   try {
     // A deadline, so a hub that never answers cannot keep this isolate's `pending` flush forever.
     await withDeadline(
-      Promise.resolve(env.METRICS_HUB.getByName(HUB_NAME).ingest(delta, Date.now())),
+      Promise.resolve(env.METRICS_HUB.getByName(HUB_NAME).ingest(delta, Date.now(), report)),
       10_000,
       "MetricsHub",
     );
+    if (report) {
+      loadSentVersion = sentVersion;
+      loadSentAt = lastFlush;
+    }
     return true;
   } catch (err) {
     local.merge(delta); // keep the values for the next flush

@@ -5,6 +5,7 @@
  */
 import { LOCAL_DEFS, type MetricDef } from "./catalog";
 import type { Collected } from "./collect";
+import { LOAD_TTL_MS } from "./isolate-loads";
 import { HUB_DEFS } from "./metrics-hub";
 import type { Family, Sample } from "./prometheus";
 import type { CounterSample, HistogramSample } from "./registry";
@@ -85,6 +86,23 @@ const G = {
     type: "gauge",
     help: "Time this scrape took to collect its values.",
   },
+  workerInflight: {
+    name: "edge_moe_worker_inflight_requests",
+    type: "gauge",
+    help:
+      "Generations holding an admission slot in the Worker, summed over the isolates that reported in the " +
+      `last ${LOAD_TTL_MS / 1000} s (each isolate sends its own current value; the MetricsHub sums fresh ones).`,
+  },
+  workerQueued: {
+    name: "edge_moe_worker_queued_requests",
+    type: "gauge",
+    help: "Generations waiting for an admission slot in the Worker, summed like edge_moe_worker_inflight_requests.",
+  },
+  workerIsolates: {
+    name: "edge_moe_worker_busy_isolates",
+    type: "gauge",
+    help: "Worker isolates with in-flight or queued generations among the fresh reports.",
+  },
   flushes: {
     name: "edge_moe_metrics_flushes_total",
     type: "counter",
@@ -149,6 +167,9 @@ export function scrapeFamilies(c: Collected): Family[] {
   add(G.scrapeRpcs, {}, c.rpcs);
   add(G.scrapeSeconds, {}, c.ms / 1000);
   add(G.flushes, {}, c.hub.flushes);
+  add(G.workerInflight, {}, c.hub.workerLoad.inflight);
+  add(G.workerQueued, {}, c.hub.workerLoad.queued);
+  add(G.workerIsolates, {}, c.hub.workerLoad.isolates);
   for (const [g, s] of samples) families.push({ name: g.name, help: g.help, type: g.type, samples: s });
   return families;
 }

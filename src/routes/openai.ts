@@ -25,6 +25,7 @@ import { modelLayer } from "../coordinator/placement";
 import { trackGeneration, type GenerationTracker } from "../observability/http";
 import { apiKeyAuth, type AuthVariables } from "./api-keys";
 import { bodyCap, rateLimit, requireJson } from "./guards";
+import { admission, firstEventBeforeHeaders } from "./admission";
 import {
   checkMaxTokens,
   checkMessages,
@@ -37,6 +38,7 @@ import {
 export const openai = new Hono<{ Bindings: Env; Variables: AuthVariables }>();
 
 openai.use("*", apiKeyAuth(), rateLimit(), requireJson(), bodyCap());
+for (const path of ["/completions", "/chat/completions"]) openai.use(path, admission());
 
 openai.get("/models", async (c) => {
   const ids = await listModelIds(c.env.MODELS);
@@ -82,7 +84,9 @@ openai.get("/placement", async (c) => {
     version: placement.version,
     n_moe_layers: placement.nLayers,
     moe_layers: placement.layers ?? placement.replicas.map((_, i) => i),
-    n_experts: placement.nExperts,
+    // Sliced experts: the entries are units "layer:unit" (unit = expert · expert_slices + slice).
+    n_experts: placement.nExperts / (placement.slices ?? 1),
+    expert_slices: placement.slices ?? 1,
     instances: perInstance,
   });
 });
@@ -339,8 +343,9 @@ async function sse(
   head: object,
 ) {
   const stats: GenerateStats = { promptTokens: 0, completionTokens: 0, prefillMs: 0, decodeMs: 0 };
-  // Admission (KV budgets) before the headers go out: a full model is a 429, not an in-band error.
-  const tokens = await startGeneration(c.env, rt, req, stats, waitUntilOf(c));
+  // Admission (KV budgets, then the prefill and first token) before the headers go out: a full
+  // model or a failing host is a 429/503, not an in-band error.
+  const tokens = await firstEventBeforeHeaders(await startGeneration(c.env, rt, req, stats, waitUntilOf(c)));
   return streamSSE(c, async (stream) => {
     const track = trackGeneration(c, rt.id);
     try {

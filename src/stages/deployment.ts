@@ -6,6 +6,9 @@
 import { denseEndsBytes, denseLayerBytes } from "../model/architectures";
 import { maxServableTokens, type ModelSpec } from "../model/config";
 import { initialPlacement } from "../coordinator/initial-placement";
+import type { Placement } from "../coordinator/placement";
+import { chooseSlices, forcedSlices, maxSliceBytes } from "../experts/slices";
+import type { ExpertDtype } from "../kernels/packing";
 import { planPipeline, type PipelinePlacement } from "../coordinator/pipeline-placement";
 import { readBudgets } from "../platform/budgets";
 import { numberVar, type Vars } from "../platform/env";
@@ -21,9 +24,46 @@ export interface DeploymentShape {
   /** The output head's shards (null: the Worker holds the head). */
   head: HeadPlacement | null;
   expertHosts: number;
+  /** The first expert placement (units e·expertSlices + s when sliced), as the Coordinator makes it. */
+  experts: Placement;
+  /** Slices per expert (1: whole experts), as ExpertHosts and the Worker choose them. */
+  expertSlices: number;
+  /** Bytes of one placement unit on a host: an expert, or its largest slice. */
+  expertUnitBytes: number;
   /** Longest prompt + generation one request may have (context, or less if the KV budget binds). */
   maxLen: number;
   rpcInput: RpcCountInput;
+}
+
+/**
+ * The routed experts' part of a deployment: slices per expert, bytes of a unit, first placement.
+ * `experts` as in `deploymentShape`. Throws a BudgetError when not even one unit fits a host.
+ */
+export function expertDeployment(
+  spec: ModelSpec,
+  vars: Vars,
+  experts: number | ExpertDtype,
+  model = "model",
+): { placement: Placement; slices: number; expertBytes: number } {
+  const budgets = readBudgets(vars);
+  const { dModel, dFf } = spec;
+  const slices =
+    typeof experts === "number"
+      ? 1
+      : chooseSlices(dFf, budgets.expertHostBytes, (n) => maxSliceBytes(experts, dModel, dFf, n), forcedSlices(vars));
+  const expertBytes = typeof experts === "number" ? experts : maxSliceBytes(experts, dModel, dFf, slices);
+  const placement = initialPlacement({
+    model,
+    nLayers: spec.nLayers,
+    moeLayers: spec.moeLayers,
+    nExperts: spec.nExperts,
+    slices,
+    expertBytes,
+    budgetBytes: budgets.expertHostBytes,
+    minInstances: budgets.minExpertHosts,
+    spareFraction: numberVar(vars, "SPARE_SLOT_FRACTION", 0, { min: 0, max: 0.9 }),
+  });
+  return { placement, slices, expertBytes };
 }
 
 /** KV-cache bytes per position of layers [first, end) (f32 K and V). */
@@ -32,8 +72,17 @@ export function kvBytesPerPosition(spec: ModelSpec, first: number, end: number):
   return (end - first) * nKvHeads * (kHeadDim + vHeadDim) * 4;
 }
 
-/** `expertBytes`: one expert as the ExpertHosts hold it (f32, or int8 + scales). */
-export function deploymentShape(spec: ModelSpec, vars: Vars, expertBytes: number, model = "model"): DeploymentShape {
+/**
+ * `experts`: how the ExpertHosts hold an expert — its dtype (slices then chosen as the hosts and
+ * the Worker choose them: EXPERT_SLICES, else the fewest whose largest slice fits
+ * EXPERT_HOST_BUDGET_MB), or the bytes of one whole expert (placed unsliced).
+ */
+export function deploymentShape(
+  spec: ModelSpec,
+  vars: Vars,
+  experts: number | ExpertDtype,
+  model = "model",
+): DeploymentShape {
   const budgets = readBudgets(vars);
   const stageBudgets = readStageBudgets(vars);
   // Same rule as ModelRuntime.load: the head leaves the Worker when forced or when it does not fit.
@@ -57,17 +106,7 @@ export function deploymentShape(spec: ModelSpec, vars: Vars, expertBytes: number
     stageBytes: stageBudgets.stageBytes,
     forcedStages: stageBudgets.forcedStages,
   });
-  const spare = numberVar(vars, "SPARE_SLOT_FRACTION", 0, { min: 0, max: 0.9 });
-  const experts = initialPlacement({
-    model,
-    nLayers: spec.nLayers,
-    moeLayers: spec.moeLayers,
-    nExperts: spec.nExperts,
-    expertBytes,
-    budgetBytes: budgets.expertHostBytes,
-    minInstances: budgets.minExpertHosts,
-    spareFraction: spare,
-  });
+  const { placement, slices, expertBytes } = expertDeployment(spec, vars, experts, model);
   const kvLimits =
     pipeline.stages.length === 0
       ? [Math.floor(stageBudgets.workerKvBytes / kvBytesPerPosition(spec, 0, spec.nLayers))]
@@ -76,12 +115,16 @@ export function deploymentShape(spec: ModelSpec, vars: Vars, expertBytes: number
   return {
     pipeline,
     head,
-    expertHosts: experts.instances.length,
+    expertHosts: placement.instances.length,
+    experts: placement,
+    expertSlices: slices,
+    expertUnitBytes: expertBytes,
     maxLen,
     rpcInput: {
       moeLayers: spec.moeLayers,
-      topK: spec.topK,
-      expertHosts: experts.instances.length,
+      // Rows a token sends into a layer's fan-out: one per routed expert's slice (unit).
+      topK: spec.topK * slices,
+      expertHosts: placement.instances.length,
       stages: pipeline.stages,
       prefillChunk: PREFILL_CHUNK,
       attempts: DEFAULT_RETRY.maxAttempts,

@@ -9,6 +9,7 @@
 export interface RpcCountInput {
   /** Model layers that have routed experts. */
   moeLayers: readonly number[];
+  /** Rows one token sends into a layer's fan-out: top-k, × slices per expert when sliced. */
   topK: number;
   /** ExpertHost instances in the placement. */
   expertHosts: number;

@@ -1,6 +1,7 @@
 /**
  * Golden fixtures through the real serving path: bundled Worker in workerd, Coordinator and
- * ExpertHost DOs, R2 — logits ≤ 1e-4, greedy tokens and expert ids exact (scripts/lib/verify-lib.ts).
+ * ExpertHost DOs, R2 — logits ≤ 1e-4, greedy tokens and expert ids exact (scripts/lib/verify-lib.ts),
+ * also with the experts forced into slices (EXPERT_SLICES).
  */
 import { describe, expect, it } from "vitest";
 import { join } from "node:path";
@@ -26,3 +27,21 @@ describe.each(["mixtral-tiny", "mixtral-tiny-bf16", "deepseek-v3-tiny", "deepsee
     });
   },
 );
+
+describe("sliced experts through workerd", () => {
+  it.each([
+    ["mixtral-tiny", 2, 0],
+    ["mixtral-tiny-bf16", 3, 2],
+  ] as const)("%s with every expert in %i slices (stages %i) matches the reference", async (name, slices, stages) => {
+    const r = await verifyFixture(join(FIXTURES, name), { hosts: 2, expertSlices: slices, stages });
+    expect(r.expertSlices).toBe(slices);
+    expect(r.maxLogitDiff).toBeLessThanOrEqual(LOGITS_ATOL);
+    expect(r.maxGreedyLogitDiff).toBeLessThanOrEqual(LOGITS_ATOL);
+    expect(r.greedyMatch).toBe(true);
+    expect(r.apiGreedyMatch).toBe(true);
+    for (const layer of r.routingAgreement) expect(layer.agree).toBe(layer.total);
+    expect(r.moeIdsMatch).toBe(true);
+    expect(r.moeOutputDiff).toBeLessThanOrEqual(MOE_ATOL);
+    expect(r.pass).toBe(true);
+  });
+});

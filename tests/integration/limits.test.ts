@@ -1,6 +1,7 @@
 /**
  * Memory budgets and broken models on the real runtime: placement follows the ExpertHost budget,
- * a model that cannot fit is refused with a message naming the budget, a malformed checkpoint is
+ * an expert larger than a host is placed in slices, a model whose smallest slice cannot fit is
+ * refused with a message naming the budget, a malformed checkpoint is
  * reported naming file and tensor, and none of it disturbs the other models being served.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -47,12 +48,43 @@ describe("ExpertHost budget drives the placement", () => {
   });
 });
 
+describe("an expert larger than an ExpertHost", () => {
+  let w: LocalWorker;
+  beforeAll(async () => {
+    // Half an expert: 2 slices (64 + 32 of its 96 intermediate units) leave one too wide, 3 fit.
+    w = await startWithModels(
+      { tiny: join(FIXTURES, "mixtral-tiny") },
+      { EXPERT_HOST_BUDGET_MB: String((0.5 * EXPERT_BYTES) / (1024 * 1024)), SPARE_SLOT_FRACTION: "0" },
+    );
+  });
+  afterAll(() => w?.dispose());
+
+  it("is split into the fewest slices that fit, and serves the golden tokens", async () => {
+    const r = await postJson(w, "/v1/completions", {
+      model: "tiny",
+      prompt: [29, 192, 173, 88, 189, 139, 156, 188, 151, 153],
+      max_tokens: 3,
+      temperature: 0,
+    });
+    expect(r.json.choices[0].token_ids).toEqual([209, 91, 45]); // golden greedy_ids of the fixture
+    const p = (await (await w.fetch("/v1/placement?model=tiny")).json()) as {
+      expert_slices: number;
+      n_experts: number;
+      instances: { experts: string[] }[];
+    };
+    expect([p.expert_slices, p.n_experts]).toEqual([3, 8]);
+    // 2 layers × 8 experts × 3 slices, each placed once.
+    expect(p.instances.flatMap((i) => i.experts)).toHaveLength(48);
+  });
+});
+
 describe("models that do not fit", () => {
   let w: LocalWorker;
   beforeAll(async () => {
+    // A fifth of an expert: not even its smallest slice (a third) fits.
     w = await startWithModels(
       { tiny: join(FIXTURES, "mixtral-tiny"), broken: truncatedCopy() },
-      { EXPERT_HOST_BUDGET_MB: String((0.5 * EXPERT_BYTES) / (1024 * 1024)) },
+      { EXPERT_HOST_BUDGET_MB: String((0.2 * EXPERT_BYTES) / (1024 * 1024)) },
     );
   });
   afterAll(() => w?.dispose());

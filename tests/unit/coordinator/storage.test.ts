@@ -91,6 +91,17 @@ describe("Coordinator storage", () => {
     expect(store.placementLog(1000)).toHaveLength(PLACEMENT_LOG_KEEP);
   });
 
+  it("keeps a sliced placement's slices per expert (units are stored as experts)", () => {
+    db = memorySql();
+    const store = new CoordinatorStore(db.sql, db.transaction);
+    store.migrate();
+    const sliced: Placement = { ...placement(1), nExperts: 4, slices: 2 };
+    store.publish(sliced, "initial");
+    expect(new CoordinatorStore(db.sql, db.transaction).readPlacement()).toEqual(sliced);
+    store.publish(placement(2), "whole experts again");
+    expect(new CoordinatorStore(db.sql, db.transaction).readPlacement()).toEqual(placement(2));
+  });
+
   it("writes only the load rows that changed and deletes the ones that went idle", () => {
     db = memorySql();
     const store = new CoordinatorStore(db.sql, db.transaction);

@@ -64,6 +64,17 @@ describe("placement cache", () => {
     expect(state.calls).toBe(before + 1);
   });
 
+  it("refuses a placement cut into another number of expert slices than this deployment's", async () => {
+    const { env, state } = fakeEnv();
+    state.placement = { ...initialPlacement({ ...init, slices: 2 }), version: 1 };
+    expect((await currentPlacement(env, { ...init, slices: 2 })).slices).toBe(2);
+    forgetPlacement("m");
+    const err = await currentPlacement(env, init).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(ApiError);
+    expect((err as ApiError).code).toBe("placement_slices_mismatch");
+    expect((err as ApiError).message).toMatch(/2 slice\(s\), this deployment into 1/);
+  });
+
   it("serves the last good placement while the Coordinator is down, logs once, up to the staleness bound", async () => {
     const { env, state } = fakeEnv();
     const warn = vi.spyOn(console, "warn").mockImplementation(() => {});

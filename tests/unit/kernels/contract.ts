@@ -27,6 +27,22 @@ export { expectClose, randn, rng };
 const D_INS = [1, 3, 17, 63, 64, 95, 96, 257];
 const NS = [1, 2, 3, 4, 5, 7, 16];
 const D_OUTS = [1, 2, 3, 5, 8, 13, 64];
+/** The f32 matmul on random x[n, dIn] and W[dOut, dIn] (entries of scale `wScale`) vs matmulRef. */
+function checkMatmul(k: Kernels, next: () => number, n: number, dIn: number, dOut: number, wScale: number): void {
+  const x = randn(next, n * dIn);
+  const w = randn(next, dOut * dIn, wScale);
+  const want = new Float32Array(n * dOut);
+  matmulRef(want, x, w, n, dIn, dOut);
+  const px = k.allocF32(x);
+  const pw = k.allocF32(w);
+  const out = guarded(k, n * dOut);
+  k.matmul(out.ptr, px, pw, n, dIn, dOut);
+  expectClose(out.read(), want, 1e-5 * Math.sqrt(dIn), `n=${n} dIn=${dIn} dOut=${dOut}`);
+  k.free(out.ptr - GUARD * 4);
+  k.free(pw);
+  k.free(px);
+}
+
 /** The suite for one build; `src` loads kernels in the runtime at hand (Node: src/kernels/node.ts,
  * workerd: src/kernels/workers.ts — see workerd/). */
 export function kernelContract(flavor: KernelFlavor, src: KernelSource): void {
@@ -58,18 +74,7 @@ export function kernelContract(flavor: KernelFlavor, src: KernelSource): void {
         const next = rng(1000 + dIn);
         for (const n of NS) {
           for (const dOut of D_OUTS) {
-            const x = randn(next, n * dIn);
-            const w = randn(next, dOut * dIn);
-            const want = new Float32Array(n * dOut);
-            matmulRef(want, x, w, n, dIn, dOut);
-            const px = k.allocF32(x);
-            const pw = k.allocF32(w);
-            const out = guarded(k, n * dOut);
-            k.matmul(out.ptr, px, pw, n, dIn, dOut);
-            expectClose(out.read(), want, 1e-5 * Math.sqrt(dIn), `n=${n} dIn=${dIn} dOut=${dOut}`);
-            k.free(out.ptr - GUARD * 4);
-            k.free(pw);
-            k.free(px);
+            checkMatmul(k, next, n, dIn, dOut, 1);
           }
         }
       });
@@ -81,18 +86,7 @@ export function kernelContract(flavor: KernelFlavor, src: KernelSource): void {
           [33, 256, 130],
           [64, 1000, 67],
         ] as const) {
-          const x = randn(next, n * dIn);
-          const w = randn(next, dOut * dIn, 1 / Math.sqrt(dIn));
-          const want = new Float32Array(n * dOut);
-          matmulRef(want, x, w, n, dIn, dOut);
-          const px = k.allocF32(x);
-          const pw = k.allocF32(w);
-          const out = guarded(k, n * dOut);
-          k.matmul(out.ptr, px, pw, n, dIn, dOut);
-          expectClose(out.read(), want, 1e-5 * Math.sqrt(dIn), `n=${n} dIn=${dIn} dOut=${dOut}`);
-          k.free(out.ptr - GUARD * 4);
-          k.free(pw);
-          k.free(px);
+          checkMatmul(k, next, n, dIn, dOut, 1 / Math.sqrt(dIn));
         }
       });
     });

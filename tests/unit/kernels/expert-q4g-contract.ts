@@ -18,12 +18,12 @@ import {
   unpackNibbles,
   packNibbles,
 } from "../../../src/kernels/q4g-format";
-import { expertFfnQ4gRef, expertFfnRef } from "../../../src/kernels/reference";
-import { relRms } from "./expert-q8g-contract";
-import { GUARD, guarded, randn, rng } from "./helpers";
+import { expertFfnQ4gRef } from "../../../src/kernels/reference";
+import { checkGroupExpert, type GroupExpertFormat, type GroupShape } from "./group-expert-runner";
+import { rng } from "./helpers";
 
 /** [n, dModel, dFf, group] */
-const SHAPES = [
+const SHAPES: readonly GroupShape[] = [
   [1, 64, 96, 32],
   [3, 17, 63, 32],
   [4, 64, 96, 64],
@@ -32,33 +32,20 @@ const SHAPES = [
   [1, 256, 2048, 64],
   [17, 96, 64, 128],
   [8, 100, 70, 32],
-] as const;
+];
 
-/** Runs expertFfnQ4g on f32 weights (quantized and packed here); returns the output and the matrices. */
-export function runExpertQ4g(
-  k: Kernels,
-  x: Float32Array,
-  w1: Float32Array,
-  w3: Float32Array,
-  w2: Float32Array,
-  n: number,
-  dModel: number,
-  dFf: number,
-  group: number,
-) {
-  const bytes = expertQ4gBytes(dModel, dFf, group);
-  const blob = k.alloc(bytes);
-  const q = quantizeExpertQ4g(w1, w3, w2, dModel, dFf, group);
-  packExpertQ4g(k.u8(blob, bytes), q, dModel, dFf);
-  const px = k.allocF32(x);
-  const scratch = guarded(k, expertQ4gScratchBytes(n, dModel, dFf, group) / 4);
-  const out = guarded(k, n * dModel);
-  k.expertFfnQ4g(out.ptr, px, blob, n, dModel, dFf, group, scratch.ptr);
-  scratch.read();
-  const y = out.read();
-  for (const p of [out.ptr - GUARD * 4, scratch.ptr - GUARD * 4, px, blob]) k.free(p);
-  return { y, q };
-}
+/** 4-bit experts with per-group bf16 scales, as the contract drives them. */
+export const Q4G: GroupExpertFormat<ReturnType<typeof quantizeExpertQ4g>> = {
+  bytes: expertQ4gBytes,
+  scratchBytes: expertQ4gScratchBytes,
+  pack: (dst, w1, w3, w2, d, f, g) => {
+    const q = quantizeExpertQ4g(w1, w3, w2, d, f, g);
+    packExpertQ4g(dst, q, d, f);
+    return q;
+  },
+  run: (k, out, px, blob, n, d, f, g, s) => k.expertFfnQ4g(out, px, blob, n, d, f, g, s),
+  reference: (k, out, x, q, n, d, f) => expertFfnQ4gRef(out, x, q.w1, q.w3, q.w2, n, d, f, k.q4ActivationBits),
+};
 
 export function expertQ4gContract(kernels: () => Kernels): void {
   describe("expertFfnQ4g (4-bit experts, per-group bf16 scales)", () => {
@@ -72,20 +59,8 @@ export function expertQ4gContract(kernels: () => Kernels): void {
       expect(k.q4ActivationBits).toBe(k.q8Path === "dot_i16x8" ? 16 : 8);
     });
     const NAME = "matches its reference and the f32 bound for n=%i dModel=%i dFf=%i group=%i";
-    it.each(SHAPES)(NAME, (n, dModel, dFf, group) => {
-      const k = kernels();
-      const next = rng(41000 + n * 1000 + dModel + dFf + group);
-      const x = randn(next, n * dModel);
-      const w1 = randn(next, dFf * dModel, 1 / Math.sqrt(dModel));
-      const w3 = randn(next, dFf * dModel, 1 / Math.sqrt(dModel));
-      const w2 = randn(next, dModel * dFf, 1 / Math.sqrt(dFf));
-      const { y, q } = runExpertQ4g(k, x, w1, w3, w2, n, dModel, dFf, group);
-      const want = new Float32Array(n * dModel);
-      expertFfnQ4gRef(want, x, q.w1, q.w3, q.w2, n, dModel, dFf, k.q4ActivationBits);
-      expect(relRms(y, want), "vs int4 group reference").toBeLessThan(2e-3);
-      const f32 = new Float32Array(n * dModel);
-      expertFfnRef(f32, x, w1, w3, w2, n, dModel, dFf, new Float32Array(2 * n * dFf));
-      if (dModel * dFf >= 1024) expect(relRms(y, f32), "vs f32").toBeLessThan(0.15);
+    it.each(SHAPES)(NAME, (...shape) => {
+      checkGroupExpert(Q4G, kernels(), shape, 41000, { refBound: 2e-3, f32Bound: 0.15, label: "int4 group" });
     });
   });
 }

@@ -13,7 +13,8 @@ import { loadKernels } from "../../../src/kernels/node";
 import { expertPackedBytes, packExpertQ8, quantizeRowsQ8 } from "../../../src/kernels/packing";
 import { expertFfnRef } from "../../../src/kernels/reference";
 import { Checkpoint, memoryFileStore } from "../../../src/model/safetensors";
-import { relRms, runExpertQ8g } from "./expert-q8g-contract";
+import { Q8G } from "./expert-q8g-contract";
+import { relRms, runGroupExpert } from "./group-expert-runner";
 import { randn, rng } from "./helpers";
 
 const FIXTURES = new URL("../../fixtures/", import.meta.url);
@@ -70,7 +71,7 @@ describe("group-wise int8 experts on the fixtures", () => {
       const x = randn(rng(e.dModel * 7 + e.dFf), n * e.dModel);
       const want = new Float32Array(n * e.dModel);
       expertFfnRef(want, x, e.w1, e.w3, e.w2, n, e.dModel, e.dFf, new Float32Array(2 * n * e.dFf));
-      const g = relRms(runExpertQ8g(k, x, e.w1, e.w3, e.w2, n, e.dModel, e.dFf, 32).y, want);
+      const g = relRms(runGroupExpert(Q8G, k, x, e, [n, e.dModel, e.dFf, 32]).y, want);
       const bytes = expertPackedBytes("q8", e.dModel, e.dFf);
       const blob = k.alloc(bytes);
       const q = {

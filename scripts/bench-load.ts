@@ -1,0 +1,197 @@
+/**
+ * `npm run bench:load`: many users at once. By default starts the demo twice in local workerd
+ * (the bundled Worker, as bench:e2e and the tests do, with npm start's vars: the demo model, no
+ * rate limit), once with `BATCHING=on` and once with `BATCHING=off`, one after the other; or drives
+ * one running server with `--url` (loopback only). Per concurrency level: aggregate decode tokens/s,
+ * TTFT and time per output token p50/p99, failed requests and refusals (status, code, Retry-After),
+ * tokens lost or changed against each request run alone, and the placement versions seen. Prints
+ * a table and writes JSON (default bench-results/load.json).
+ */
+import { mkdirSync, writeFileSync } from "node:fs";
+import { cpus, loadavg, totalmem } from "node:os";
+import { dirname, join } from "node:path";
+import { parseArgs } from "node:util";
+import { runLoad, type LoadOptions, type LoadReport } from "./lib/bench-load";
+import { loopbackUrl } from "./lib/load-client";
+import { startLocalWorker, ADMIN_TOKEN_FOR_TESTS, ROOT, type LocalWorker } from "./lib/local-worker";
+import { seedModelDir } from "./lib/seed-lib";
+import { makeDemoModel } from "./lib/demo-model";
+import { progressBar, wantsHelp } from "./lib/progress";
+
+const USAGE = `usage: npm run bench:load [-- --concurrency 1,4,16,64] [--tokens N] [--requests N]
+                          [--seconds S] [--phase-seconds S] [--batching on,off] [--url URL]
+                          [--model ID] [--api-key KEY] [--admin-token TOKEN] [--out FILE]
+  N concurrent streaming chat clients (greedy) with a skewed, moving expert load, per level:
+  aggregate decode tokens/s, TTFT and time per output token p50/p99, failed requests and
+  refusals (status, Retry-After), tokens lost or changed against the same request run alone,
+  placement versions seen. Bounded: each level sends at most --requests requests and starts none
+  after --seconds; it stops by itself.
+  --concurrency L     levels, comma-separated (default 1,4,16,64)
+  --tokens N          max_tokens per request (default 32)
+  --requests N        requests per level (default 2 × N, at least 8)
+  --seconds S         time limit per level (default 60; running requests get 30 s more, then abort)
+  --phase-seconds S   the hot experts move every S seconds (default 4)
+  --batching LIST     own servers to start, in order, with the BATCHING var (default on,off)
+  --url URL           drive this running server instead (loopback only, e.g. npm start's)
+  --model ID          model (default: the server's default; own servers serve demo-mixtral)
+  --api-key KEY       bearer key for /v1 when the server has API keys
+  --admin-token T     read placement from /admin/placement (default: /v1/placement)
+  --out FILE          JSON result (default bench-results/load.json)`;
+if (wantsHelp()) {
+  console.log(USAGE);
+  process.exit(0);
+}
+
+const { values } = parseArgs({
+  options: {
+    concurrency: { type: "string", default: "1,4,16,64" },
+    tokens: { type: "string", default: "32" },
+    requests: { type: "string" },
+    seconds: { type: "string", default: "60" },
+    "phase-seconds": { type: "string", default: "4" },
+    batching: { type: "string", default: "on,off" },
+    url: { type: "string" },
+    model: { type: "string" },
+    "api-key": { type: "string" },
+    "admin-token": { type: "string" },
+    out: { type: "string", default: join("bench-results", "load.json") },
+  },
+});
+
+function fail(msg: string): never {
+  console.error(`${msg}\n${USAGE}`);
+  process.exit(2);
+}
+const positiveInt = (name: string, s: string) => {
+  const v = Number(s);
+  if (!Number.isInteger(v) || v < 1) fail(`--${name} must be a whole number ≥ 1, got "${s}"`);
+  return v;
+};
+const levels = values.concurrency.split(",").map((s) => positiveInt("concurrency", s.trim()));
+const tokens = positiveInt("tokens", values.tokens);
+const fixedRequests = values.requests === undefined ? null : positiveInt("requests", values.requests);
+const seconds = positiveInt("seconds", values.seconds);
+const phaseSeconds = positiveInt("phase-seconds", values["phase-seconds"]);
+const batching = values.batching.split(",").map((s) => s.trim());
+for (const b of batching) if (b !== "on" && b !== "off") fail(`--batching takes "on" and/or "off", got "${b}"`);
+if (values.url) {
+  try {
+    loopbackUrl(values.url);
+  } catch (err) {
+    fail((err as Error).message);
+  }
+}
+
+function options(url: string, model: string | undefined, adminToken: string | undefined): LoadOptions {
+  let bar = progressBar("load", 0);
+  let barKey = "";
+  return {
+    url,
+    model,
+    concurrency: levels,
+    requests: fixedRequests ?? ((n) => Math.max(8, 2 * n)),
+    maxTokens: tokens,
+    levelMs: seconds * 1000,
+    graceMs: 30_000,
+    phaseMs: phaseSeconds * 1000,
+    apiKey: values["api-key"],
+    adminToken,
+    onProgress: (p) => {
+      const key = `${p.stage}:${p.concurrency}`;
+      if (key !== barKey) {
+        bar.stop();
+        barKey = key;
+        const what = p.stage === "reference" ? "reference runs (alone)" : `N=${p.concurrency}`;
+        if (!process.stderr.isTTY) console.error(`  ${what}: ${p.total} requests …`);
+        bar = progressBar(what, p.total, {
+          format:
+            `  ${what} [{bar}] {value}/{total} requests · {tokens} tokens · {failed} failed` +
+            " · placement v{version}",
+          payload: { tokens: 0, failed: 0, version: "?" },
+        });
+      }
+      bar.update(p.done, { tokens: p.tokens, failed: p.failed, version: p.version ?? "?" });
+      if (p.done === p.total) bar.stop();
+    },
+  };
+}
+
+const fmt = (v: number | null, digits = 0) => (v === null ? "—" : v.toFixed(digits));
+
+function table(label: string, r: LoadReport): void {
+  console.log(`\n${label}: ${r.url}, ${r.maxTokens} tokens per request, ${r.references} distinct requests`);
+  console.log(
+    "| N | requests | failed | refusals | decode tok/s | TTFT p50 / p99 ms | TPOT p50 / p99 ms | " +
+      "tokens lost / changed | placement versions |",
+  );
+  console.log("|---|---|---|---|---|---|---|---|---|");
+  for (const l of r.levels) {
+    const refusals =
+      l.refusals
+        .map((x) => `${x.count}× ${x.status}${x.retryAfter ? " +Retry-After" : " no Retry-After"}`)
+        .join(", ") || "0";
+    const cut = l.cutByTimeLimit ? ` (${l.cutByTimeLimit} cut by --seconds)` : "";
+    console.log(
+      `| ${l.concurrency} | ${l.requests} | ${l.failed}${cut} | ${refusals} | ${l.decodeTokensPerSec.toFixed(1)} | ` +
+        `${fmt(l.ttftMs.p50)} / ${fmt(l.ttftMs.p99)} | ${fmt(l.tpotMs.p50, 1)} / ${fmt(l.tpotMs.p99, 1)} | ` +
+        `${l.tokensLost} / ${l.tokensChanged} | ${l.placementVersions.join(", ")} |`,
+    );
+    for (const e of l.errors) console.log(`    failure: ${e}`);
+  }
+}
+
+const runs: { label: string; vars: Record<string, string> | null; report: LoadReport }[] = [];
+const started = new Date().toISOString();
+if (values.url) {
+  console.log(`bench:load — driving ${values.url}, levels ${levels.join(", ")}`);
+  const report = await runLoad(options(values.url, values.model, values["admin-token"]));
+  runs.push({ label: "existing server", vars: null, report });
+  table("existing server", report);
+} else {
+  const dir = join(ROOT, "demo-model");
+  const model = values.model ?? "demo-mixtral";
+  makeDemoModel(dir, { log: () => {} });
+  console.log(
+    `bench:load — ${model} in local workerd, BATCHING ${batching.join(" then ")}, levels ${levels.join(", ")}`,
+  );
+  for (const b of batching) {
+    // The vars npm start passes (its model, no rate limit: the benchmark is one client by design).
+    const vars = { BATCHING: b, DEFAULT_MODEL: model, RATE_LIMIT_ENABLED: "false" };
+    const t = performance.now();
+    let w: LocalWorker | null = null;
+    try {
+      w = await startLocalWorker({ vars });
+      await seedModelDir(await w.bucket(), dir, model);
+      // Warm-up: dense weights into the Worker, experts into their hosts (as npm start does).
+      const warm = await w.fetch(`/v1/placement?model=${model}`);
+      if (!warm.ok) throw new Error(`warm-up failed: ${warm.status} ${await warm.text()}`);
+      console.log(`\nBATCHING=${b}: server up, seeded and warmed in ${((performance.now() - t) / 1000).toFixed(1)} s`);
+      const report = await runLoad(options(w.url.href, model, ADMIN_TOKEN_FOR_TESTS));
+      runs.push({ label: `BATCHING=${b}`, vars, report });
+      table(`BATCHING=${b}`, report);
+    } finally {
+      await w?.dispose();
+    }
+  }
+}
+
+const result = {
+  bench: "load",
+  date: started,
+  machine: {
+    cpus: cpus().length,
+    cpu: cpus()[0]?.model,
+    memGiB: Math.round(totalmem() / 2 ** 30),
+    loadAverage1m: loadavg()[0],
+    node: process.version,
+  },
+  runs,
+  note:
+    "local workerd runs every Durable Object on one thread; decode tok/s is all streams' completion tokens " +
+    "over the level's wall time; tokens lost/changed compare each stream's chunks with the same request run alone",
+};
+mkdirSync(dirname(values.out), { recursive: true });
+writeFileSync(values.out, JSON.stringify(result, null, 2));
+console.log(`\nwrote ${values.out}`);
+const bad = runs.some((r) => r.report.levels.some((l) => l.tokensLost + l.tokensChanged > 0));
+process.exit(bad ? 1 : 0);

@@ -1,0 +1,251 @@
+/**
+ * The load driver of `npm run bench:load`: for each concurrency level N, N closed-loop clients
+ * send greedy streaming chat completions drawn from the skewed, moving workload (`skewed-prompts.ts`:
+ * the phase — which experts are hot — flips every `phaseMs`, so the Coordinator re-places during
+ * the level), while a poller records the placement versions. Every distinct request is first run
+ * alone; each stream under load is compared with that reference chunk by chunk (tokens lost or
+ * changed). Bounded: a level sends at most `requests` requests, starts none after `levelMs`, and
+ * aborts what is still running `graceMs` later. Only loopback servers (`loopbackUrl`).
+ */
+import { compareChunks, loopbackUrl, percentile, streamChat, type StreamResult } from "./load-client";
+import { SKEW_PHASES } from "./skewed-prompts";
+
+export interface LoadOptions {
+  url: string;
+  /** Model id (default: the server's DEFAULT_MODEL). */
+  model?: string;
+  concurrency: number[];
+  /** Requests per level: a number, or a function of N. */
+  requests: number | ((n: number) => number);
+  maxTokens: number;
+  /** No new request starts after this long in a level (ms). */
+  levelMs: number;
+  /** Requests still running this long after levelMs are aborted (ms). */
+  graceMs: number;
+  /** How long each skew phase lasts before the hot set moves (ms). */
+  phaseMs: number;
+  /** Bearer key for /v1 when the server has API keys. */
+  apiKey?: string;
+  /** Admin token: placement is then read from /admin/placement instead of /v1/placement. */
+  adminToken?: string;
+  /** Placement poll period (ms). */
+  pollMs?: number;
+  onProgress?: (p: LoadProgress) => void;
+}
+
+export interface LoadProgress {
+  stage: "reference" | "load";
+  concurrency: number;
+  done: number;
+  total: number;
+  failed: number;
+  tokens: number;
+  version: number | null;
+}
+
+export interface Refusal {
+  status: number;
+  code: string | null;
+  retryAfter: boolean;
+  count: number;
+}
+
+export interface LevelReport {
+  concurrency: number;
+  requests: number;
+  completed: number;
+  failed: number;
+  refusals: Refusal[];
+  /** First few failure messages (refusals included). */
+  errors: string[];
+  completionTokens: number;
+  wallSeconds: number;
+  /** All streams' completion tokens ÷ the level's wall time. */
+  decodeTokensPerSec: number;
+  ttftMs: { p50: number | null; p99: number | null };
+  tpotMs: { p50: number | null; p99: number | null };
+  /** Streams the level's own time limit (levelMs + graceMs) cut short: bench bounds, not server failures. */
+  cutByTimeLimit: number;
+  /** Chunks the reference had that a stream never delivered (streams cut by the time limit excepted). */
+  tokensLost: number;
+  /** Chunks whose text differs from the reference's (or that the reference did not have). */
+  tokensChanged: number;
+  streamsMismatched: number;
+  placementVersions: number[];
+  instances: { min: number; max: number } | null;
+}
+
+export interface LoadReport {
+  url: string;
+  model: string | null;
+  maxTokens: number;
+  phaseMs: number;
+  /** Distinct requests, each run alone first (greedy, temperature 0). */
+  references: number;
+  levels: LevelReport[];
+  placementVersionsSeen: number[];
+}
+
+interface Placement {
+  version: number;
+  instances: number;
+}
+
+/** The distinct requests of the workload, phase by phase. */
+function workload(): { phase: number; content: string }[][] {
+  return SKEW_PHASES.map((p, phase) => p.variants.map((content) => ({ phase, content })));
+}
+
+export async function runLoad(opts: LoadOptions): Promise<LoadReport> {
+  const base = loopbackUrl(opts.url);
+  const auth: Record<string, string> = opts.apiKey ? { authorization: `Bearer ${opts.apiKey}` } : {};
+  const phases = workload();
+  const progress = opts.onProgress ?? (() => {});
+  const allVersions = new Set<number>();
+
+  // References: every distinct request alone, one at a time.
+  const reference = new Map<string, string[]>();
+  const distinct = phases.flat();
+  for (const [i, w] of distinct.entries()) {
+    const r = await streamChat(base, { model: opts.model, content: w.content, maxTokens: opts.maxTokens }, auth);
+    if (r.error || r.status !== 200) throw new Error(`reference request "${w.content}" failed alone: ${r.error}`);
+    reference.set(w.content, r.chunks);
+    progress({
+      stage: "reference",
+      concurrency: 1,
+      done: i + 1,
+      total: distinct.length,
+      failed: 0,
+      tokens: 0,
+      version: null,
+    });
+  }
+
+  const levels: LevelReport[] = [];
+  for (const n of opts.concurrency) {
+    const total = typeof opts.requests === "number" ? opts.requests : opts.requests(n);
+    const seen: Placement[] = [];
+    const poll = async () => {
+      const p = await readPlacement(base, opts, auth).catch(() => null);
+      if (p) {
+        seen.push(p);
+        allVersions.add(p.version);
+      }
+      return p;
+    };
+    await poll();
+    const poller = setInterval(() => void poll(), opts.pollMs ?? 500);
+    const abort = new AbortController();
+    const t0 = performance.now();
+    const hardStop = setTimeout(() => abort.abort(new Error("level time limit")), opts.levelMs + opts.graceMs);
+    const results: { r: StreamResult; content: string }[] = [];
+    let issued = 0;
+    let failed = 0;
+    let tokens = 0;
+    const client = async (id: number) => {
+      while (issued < total && performance.now() - t0 < opts.levelMs) {
+        const k = issued++;
+        // Which experts are hot moves with time; within a phase, clients cycle through its variants.
+        const phase = phases[Math.floor((performance.now() - t0) / opts.phaseMs) % phases.length];
+        const { content } = phase[(k + id) % phase.length];
+        const r = await streamChat(base, { model: opts.model, content, maxTokens: opts.maxTokens }, auth, abort.signal);
+        results.push({ r, content });
+        if (r.error) failed++;
+        tokens += r.completionTokens;
+        const version = seen.at(-1)?.version ?? null;
+        progress({ stage: "load", concurrency: n, done: results.length, total, failed, tokens, version });
+      }
+    };
+    try {
+      await Promise.all(Array.from({ length: n }, (_, id) => client(id)));
+    } finally {
+      clearTimeout(hardStop);
+      clearInterval(poller);
+    }
+    const wall = (performance.now() - t0) / 1000;
+    await poll();
+    levels.push(summarize(n, results, reference, wall, seen));
+  }
+  return {
+    url: base.origin,
+    model: opts.model ?? null,
+    maxTokens: opts.maxTokens,
+    phaseMs: opts.phaseMs,
+    references: reference.size,
+    levels,
+    placementVersionsSeen: [...allVersions].sort((a, b) => a - b),
+  };
+}
+
+function summarize(
+  n: number,
+  results: { r: StreamResult; content: string }[],
+  reference: Map<string, string[]>,
+  wallSeconds: number,
+  seen: Placement[],
+): LevelReport {
+  const refusals = new Map<string, Refusal>();
+  const errors: string[] = [];
+  let lost = 0;
+  let changed = 0;
+  let mismatched = 0;
+  let tokens = 0;
+  let cut = 0;
+  for (const { r, content } of results) {
+    tokens += r.completionTokens;
+    if (r.error && errors.length < 8) errors.push(r.error);
+    if (r.status !== 200) {
+      // Refused before any stream: a failed request, not lost tokens.
+      const key = `${r.status}:${r.code}:${r.retryAfter}`;
+      const e = refusals.get(key) ?? { status: r.status, code: r.code, retryAfter: r.retryAfter, count: 0 };
+      e.count++;
+      refusals.set(key, e);
+      continue;
+    }
+    if (r.aborted) cut++;
+    const d = compareChunks(r.chunks, reference.get(content) ?? [], r.aborted);
+    lost += d.lost;
+    changed += d.changed;
+    if (d.lost + d.changed > 0) mismatched++;
+  }
+  const ok = results.filter((x) => !x.r.error).map((x) => x.r);
+  const ttft = ok.flatMap((r) => (r.ttftMs === null ? [] : [r.ttftMs]));
+  const tpot = ok.flatMap((r) => (r.tpotMs === null ? [] : [r.tpotMs]));
+  const inst = seen.map((p) => p.instances);
+  return {
+    concurrency: n,
+    requests: results.length,
+    completed: ok.length,
+    failed: results.length - ok.length,
+    refusals: [...refusals.values()],
+    errors,
+    completionTokens: tokens,
+    cutByTimeLimit: cut,
+    wallSeconds,
+    decodeTokensPerSec: wallSeconds > 0 ? tokens / wallSeconds : 0,
+    ttftMs: { p50: percentile(ttft, 50), p99: percentile(ttft, 99) },
+    tpotMs: { p50: percentile(tpot, 50), p99: percentile(tpot, 99) },
+    tokensLost: lost,
+    tokensChanged: changed,
+    streamsMismatched: mismatched,
+    placementVersions: [...new Set(seen.map((p) => p.version))].sort((a, b) => a - b),
+    instances: inst.length ? { min: Math.min(...inst), max: Math.max(...inst) } : null,
+  };
+}
+
+/** The placement's version and instance count, from /admin/placement with a token, else /v1/placement. */
+async function readPlacement(base: URL, opts: LoadOptions, auth: Record<string, string>): Promise<Placement | null> {
+  const q = opts.model ? `?model=${encodeURIComponent(opts.model)}` : "";
+  if (opts.adminToken) {
+    const res = await fetch(new URL(`/admin/placement${q}`, base), {
+      headers: { authorization: `Bearer ${opts.adminToken}` },
+    });
+    if (!res.ok) return null;
+    const s = (await res.json()) as { placement?: { version: number; instances: unknown[] } | null };
+    return s.placement ? { version: s.placement.version, instances: s.placement.instances.length } : null;
+  }
+  const res = await fetch(new URL(`/v1/placement${q}`, base), { headers: auth });
+  if (!res.ok) return null;
+  const p = (await res.json()) as { version: number; instances: unknown[] };
+  return { version: p.version, instances: p.instances.length };
+}
