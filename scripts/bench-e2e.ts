@@ -13,7 +13,8 @@
  * writes a JSON result. `--model demo-mixtral` (default) builds the demo with make-demo-model;
  * another id needs `--dir` (a model directory: config.json, safetensors, tokenizer), and gets the
  * stage budgets its f32 dense layers need (scripts/lib/serve-vars.ts). Expert RPCs per token are
- * also measured: the fan-out counters of /metrics over the timed runs.
+ * also measured: the fan-out counters of /metrics over the timed runs, per processed token (prompt
+ * tokens included; a prompt chunk's tokens share their calls, so decoding alone costs more).
  */
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { cpus, totalmem } from "node:os";

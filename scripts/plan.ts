@@ -223,10 +223,10 @@ function main(): void {
     console.log(
       `measured (${m.source}): ${m.measuredModel}, ${m.measuredLayers} layers, ` +
         `${m.measuredMsPerToken.toFixed(1)} ms/token` +
-        `${rpcs === null ? "" : `, ${rpcs.toFixed(1)} expert RPCs/token`}` +
+        `${rpcs === null ? "" : `, ${rpcs.toFixed(1)} expert RPCs per processed token`}` +
         ` → ${results[0].name}: ≤ ${m.projectedMsPerToken.toFixed(0)} ms/token ` +
         `(≥ ${m.projectedTokensPerSec.toFixed(2)} tokens/s, per-layer cost × layers)` +
-        `${m.projectedRpcsPerToken === null ? "" : `, ${m.projectedRpcsPerToken.toFixed(0)} RPCs/token`}`,
+        `${m.projectedRpcsPerToken === null ? "" : `, ${m.projectedRpcsPerToken.toFixed(0)} RPCs per processed token`}`,
     );
   }
 }

@@ -8,7 +8,9 @@
  * work that does not grow with layers (embedding row, head shards, sampling, the driver's stream),
  * so the projection over-counts that part by (layers ÷ measured layers − 1) times: an upper bound
  * under the measured machine's conditions. Expert RPCs per token scale with the MoE layers (one
- * fan-out per MoE layer, measured from /metrics); stage and head RPCs are the plan's.
+ * fan-out per MoE layer, measured from /metrics); stage and head RPCs are the plan's. The measured
+ * RPCs are per processed token, prompt tokens included: a prompt chunk's tokens share one call per
+ * host, so this is below a decoded token's count (at most top-k hosts per MoE layer).
  */
 import type { ModelSpec } from "../../src/model/config";
 
