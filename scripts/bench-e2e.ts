@@ -11,13 +11,17 @@
  * Prints decode tokens/s, prefill time, RPCs per token (the design's count, src/stages/rpc-count.ts:
  * Worker↔region and in-region) and the per-token fan-out cost against the single-isolate baseline;
  * writes a JSON result. `--model demo-mixtral` (default) builds the demo with make-demo-model;
- * another id needs `--dir` (a model directory: config.json, safetensors, tokenizer).
+ * another id needs `--dir` (a model directory: config.json, safetensors, tokenizer), and gets the
+ * stage budgets its f32 dense layers need (scripts/lib/serve-vars.ts). Expert RPCs per token are
+ * also measured: the fan-out counters of /metrics over the timed runs, per processed token (prompt
+ * tokens included; a prompt chunk's tokens share their calls, so decoding alone costs more).
  */
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { cpus, totalmem } from "node:os";
 import { dirname, join } from "node:path";
 import { parseArgs } from "node:util";
-import { startLocalWorker, ROOT, type LocalWorker } from "./lib/local-worker";
+import { ADMIN_TOKEN_FOR_TESTS, startLocalWorker, ROOT, type LocalWorker } from "./lib/local-worker";
+import { serveVarsFor } from "./lib/serve-vars";
 import { seedModelDir } from "./lib/seed-lib";
 import { makeDemoModel } from "./lib/demo-model";
 import { parseConfig } from "../src/model/config";
@@ -27,8 +31,11 @@ import { countRpcs } from "../src/stages/rpc-count";
 
 if (process.argv.includes("--help") || process.argv.includes("-h")) {
   console.log(
-    "usage: npm run bench:e2e [-- --tokens N] [--runs R] [--out FILE] [--model DIR]\n" +
-      "  Decode tokens/s of the demo model, distributed (ExpertHosts) vs every expert in the Worker.",
+    "usage: npm run bench:e2e [-- --tokens N] [--runs R] [--out FILE] [--model ID --dir DIR]\n" +
+      "                         [--configs distributed,single,pipelined] [--stages N] [--head-shards M]\n" +
+      "  Decode tokens/s of a model in local workerd (default the demo: distributed vs every expert in\n" +
+      "  the Worker vs pipelined), RPCs per token (design count and measured expert RPCs), prefill.\n" +
+      "  Another model: --model ID --dir DIR (e.g. a make-model directory; only `distributed` by default).",
   );
   process.exit(0);
 }
@@ -114,9 +121,30 @@ const names = (values.configs ?? (MODEL === "demo-mixtral" ? "distributed,single
 );
 for (const n of names)
   if (!ALL[n]) throw new Error(`--configs: unknown configuration "${n}" (known: ${Object.keys(ALL).join(", ")})`);
-const configs = Object.fromEntries(names.map((n) => [n, ALL[n]]));
 const toml = readFileSync(join(ROOT, "wrangler.toml"), "utf8");
 const defaults = Object.fromEntries([...toml.matchAll(/^([A-Z_]+)\s*=\s*"([^"]*)"/gm)].map((m) => [m[1], m[2]]));
+const serve = serveVarsFor(spec, defaults);
+for (const r of serve.reasons) console.log(`vars: ${r}`);
+const configs = Object.fromEntries(names.map((n) => [n, { ...serve.vars, ...ALL[n] }]));
+
+/** Sum of a counter's series in /metrics (every label set). */
+async function counter(w: LocalWorker, name: string): Promise<number> {
+  const res = await w.fetch("/metrics", { headers: { authorization: `Bearer ${ADMIN_TOKEN_FOR_TESTS}` } });
+  if (!res.ok) throw new Error(`/metrics: ${res.status}`);
+  let sum = 0;
+  for (const line of (await res.text()).split("\n"))
+    if (line.startsWith(`${name}{`) || line.startsWith(`${name} `))
+      sum += Number(line.slice(line.lastIndexOf(" ") + 1));
+  return sum;
+}
+/** Expert RPCs and MoE-layer tokens so far (the isolates flush at most once a second). */
+async function fanOut(w: LocalWorker): Promise<{ rpcs: number; layerTokens: number }> {
+  await new Promise((r) => setTimeout(r, 1500));
+  return {
+    rpcs: await counter(w, "edge_moe_expert_rpcs_total"),
+    layerTokens: await counter(w, "edge_moe_expert_layer_tokens_total"),
+  };
+}
 
 console.log(`bench:e2e — ${MODEL}, ${TOKENS} greedy tokens × ${RUNS} runs per configuration (${names.join(", ")})`);
 const workers: Record<string, LocalWorker> = {};
@@ -130,7 +158,9 @@ try {
     console.log(`  ${name}: seeded and warmed up in ${((performance.now() - t) / 1000).toFixed(1)} s`);
   }
   const runs: Record<string, Run[]> = Object.fromEntries(names.map((n) => [n, []]));
+  const before = Object.fromEntries(await Promise.all(names.map(async (n) => [n, await fanOut(workers[n])] as const)));
   for (let r = 0; r < RUNS; r++) for (const name of names) runs[name].push(await timedStream(workers[name], prompt));
+  const after = Object.fromEntries(await Promise.all(names.map(async (n) => [n, await fanOut(workers[n])] as const)));
 
   const moeLayers = spec.moeLayers.length;
   const summary = Object.fromEntries(
@@ -152,6 +182,10 @@ try {
           stages: shape.pipeline.stages.length,
           headShards: shape.head?.shards.length ?? 0,
         };
+        // Every token (prompt and generated) passes every MoE layer once: RPCs per layer-token × layers.
+        const rpcDelta = after[name].rpcs - before[name].rpcs;
+        const tokDelta = after[name].layerTokens - before[name].layerTokens;
+        const measuredExpertRpcsPerToken = tokDelta > 0 ? (rpcDelta / tokDelta) * moeLayers : null;
         return [
           name,
           {
@@ -159,6 +193,7 @@ try {
             msPerToken,
             prefillMs: median(rs.map((r) => r.prefillMs)),
             rpcsPerToken: rpcs,
+            measuredExpertRpcsPerToken,
             ...where,
             runs: rs,
           },
@@ -170,15 +205,16 @@ try {
   console.log("");
   console.log(
     "| configuration | ExpertHosts | stages | head shards | decode tok/s | ms/token | prefill ms | " +
-      "RPCs/token Worker↔region | RPCs/token in region | fan-out ms/token vs single |",
+      "RPCs/token Worker↔region | RPCs/token in region | expert RPCs/token measured | fan-out ms/token vs single |",
   );
-  console.log("|---|---|---|---|---|---|---|---|---|---|");
+  console.log("|---|---|---|---|---|---|---|---|---|---|---|");
   for (const [name, x] of Object.entries(summary)) {
     const fan = single && name !== "single" ? (x.msPerToken - single.msPerToken).toFixed(2) : "—";
     const rp = name === "single" ? { worker: 0, inRegion: 0 } : x.rpcsPerToken;
     console.log(
       `| ${name} | ${x.expertHosts} | ${x.stages} | ${x.headShards} | ${x.decodeTokensPerSec.toFixed(1)} | ` +
-        `${x.msPerToken.toFixed(2)} | ${x.prefillMs.toFixed(0)} | ${rp.worker} | ${rp.inRegion} | ${fan} |`,
+        `${x.msPerToken.toFixed(2)} | ${x.prefillMs.toFixed(0)} | ${rp.worker} | ${rp.inRegion} | ` +
+        `${x.measuredExpertRpcsPerToken?.toFixed(1) ?? "—"} | ${fan} |`,
     );
   }
   const ratios: Record<string, number> = {};

@@ -1,17 +1,20 @@
 /**
  * `npm run make-model -- --config <name|path> --out DIR [--layers N] [--dtype int8|bf16] [--seed S]
- * [--set key=value …] [--force]`: writes a random-weight checkpoint of a published config's exact
- * shape (scripts/lib/make-model.ts) with a progress line.
+ * [--set key=value …] [--tokenizer auto|mistral|FAMILY] [--force]`: writes a random-weight
+ * checkpoint of a published config's exact shape (scripts/lib/make-model.ts) with a progress line.
  */
 import { resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import { parseArgs } from "node:util";
 import { formatBytes } from "./lib/demo-model.ts";
-import { makeModel, resolveConfig } from "./lib/make-model.ts";
+import { makeModel, resolveConfig, type MakeModelTokenizer } from "./lib/make-model.ts";
+import { TOKENIZER_FAMILIES } from "./lib/tokenizer-files.ts";
 
 const USAGE =
   "usage: tsx scripts/make-model.ts --config NAME|PATH --out DIR\n" +
-  "         [--layers N] [--dtype int8|bf16] [--seed S] [--set key=value …] [--force]";
+  "         [--layers N] [--dtype int8|bf16] [--seed S] [--set key=value …] [--force]\n" +
+  `         [--tokenizer auto|mistral|${TOKENIZER_FAMILIES.join("|")}]  (auto: the family's real tokenizer ` +
+  "when one ships, e.g. qwen3 for qwen3_moe; else Mistral's)";
 
 function main(): void {
   const { values } = parseArgs({
@@ -22,6 +25,7 @@ function main(): void {
       dtype: { type: "string", default: "int8" },
       seed: { type: "string", default: "1" },
       set: { type: "string", multiple: true, default: [] },
+      tokenizer: { type: "string", default: "auto" },
       force: { type: "boolean", default: false },
       help: { type: "boolean", short: "h", default: false },
     },
@@ -45,6 +49,9 @@ function main(): void {
     if (!m || !Number.isFinite(Number(m[2]))) throw new Error(`--set must be key=number, got ${JSON.stringify(kv)}`);
     set[m[1]] = Number(m[2]);
   }
+  const tokenizers: string[] = ["auto", "mistral", ...TOKENIZER_FAMILIES];
+  if (!tokenizers.includes(values.tokenizer))
+    throw new Error(`--tokenizer must be one of ${tokenizers.join(", ")}, got ${JSON.stringify(values.tokenizer)}`);
   const seed = Number(values.seed);
   if (!Number.isInteger(seed)) throw new Error(`--seed must be an integer, got ${JSON.stringify(values.seed)}`);
   const tty = process.stderr.isTTY;
@@ -54,6 +61,7 @@ function main(): void {
     dtype: values.dtype,
     seed,
     set,
+    tokenizer: values.tokenizer as MakeModelTokenizer,
     force: values.force,
     log: (l) => console.log(l),
     progress: (done, total) => {

@@ -5,6 +5,7 @@
  *   npm run plan -- <config.json | name | all> [--stage-mb N] [--head-mb N] [--expert-mb N] [--worker-mb N]
  *     [--expert-dtype f32|int8|int8-group|int4] [--expert-slices N] [--subrequests N] [--prompt-tokens N]
  *     [--tokens N] [--rpc-ms N] [--user-rtt-ms N] [--var NAME=value]… [--json] [--readme FILE]
+ *     [--measured FILE]  (project the config's decode from a bench:e2e run of its first layers)
  */
 import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { basename, join } from "node:path";
@@ -21,6 +22,7 @@ import {
   type PlanDtype,
   type Refusal,
 } from "./lib/plan-lib";
+import { projectFromMeasured, type E2eResult, type MeasuredProjection } from "./lib/plan-measured";
 import { wantsHelp } from "./lib/progress";
 
 /** Copies of the published configs (scripts/configs/README.md says where each came from). */
@@ -52,6 +54,8 @@ const USAGE = `usage: npm run plan -- <config.json | name | all> [options]
   --rpc-ms N           in-region RPC round trip (default 1)
   --user-rtt-ms N      user ↔ region round trip (default 40)
   --var NAME=value     any other deployment var (repeatable), e.g. --var STAGE_KV_BUDGET_MB=16
+  --measured FILE      a bench:e2e JSON of this config's first layers (bench:e2e -- --model ID --dir DIR):
+                       projects decode ms/token and RPCs/token to the config's layers from it
   --json               print the plans as JSON
   --readme FILE        write the table between the ${BEGIN} and ${END} lines of FILE
                        (README.md's plan table is made so: npm run plan -- all --readme README.md)`;
@@ -140,6 +144,7 @@ function main(): void {
       "user-rtt-ms": s,
       json: { type: "boolean", default: false },
       readme: s,
+      measured: s,
       var: { type: "string", multiple: true },
     },
   });
@@ -182,9 +187,10 @@ function main(): void {
     const r = specForPlan(name, JSON.parse(readFileSync(path, "utf8")) as Record<string, unknown>);
     return isRefusal(r) ? r : planModel(name, r.spec, options, costs, r.notes);
   });
+  const measured = values.measured === undefined ? null : measuredProjection(positionals[0], results, values.measured);
   if (values.json) {
     const plans = results.map((r) => (isRefusal(r) ? r : { ...r, shape: undefined }));
-    console.log(JSON.stringify({ options, costs, plans }, null, 2));
+    console.log(JSON.stringify({ options, costs, plans, ...(measured ? { measured } : {}) }, null, 2));
     return;
   }
   const v = (k: string, d: string) => vars[k] ?? d;
@@ -211,6 +217,34 @@ function main(): void {
     console.log(`first token also waits the user ↔ region round trip (${first.firstTokenExtraMs} ms)`);
   }
   if (results.length === 1 && isRefusal(first)) process.exitCode = 2;
+  if (measured) {
+    const m = measured;
+    const rpcs = m.measuredExpertRpcsPerToken;
+    console.log(
+      `measured (${m.source}): ${m.measuredModel}, ${m.measuredLayers} layers, ` +
+        `${m.measuredMsPerToken.toFixed(1)} ms/token` +
+        `${rpcs === null ? "" : `, ${rpcs.toFixed(1)} expert RPCs per processed token`}` +
+        ` → ${results[0].name}: ≤ ${m.projectedMsPerToken.toFixed(0)} ms/token ` +
+        `(≥ ${m.projectedTokensPerSec.toFixed(2)} tokens/s, per-layer cost × layers)` +
+        `${m.projectedRpcsPerToken === null ? "" : `, ${m.projectedRpcsPerToken.toFixed(0)} RPCs per processed token`}`,
+    );
+  }
+}
+
+/** `--measured`: the one config's plan projected from a bench:e2e run of its first layers. */
+function measuredProjection(arg: string, results: (Plan | Refusal)[], file: string): MeasuredProjection {
+  const first = results[0];
+  if (results.length !== 1 || isRefusal(first)) throw new Error("--measured needs one config that plans");
+  const spec = specForPlan(
+    first.name,
+    JSON.parse(readFileSync(configPaths(arg)[0], "utf8")) as Record<string, unknown>,
+  );
+  if (isRefusal(spec)) throw new Error(spec.message);
+  const run = JSON.parse(readFileSync(file, "utf8")) as E2eResult;
+  return projectFromMeasured(spec.spec, run, file, {
+    stages: first.stage?.instances ?? 0,
+    headShards: first.head?.instances ?? 0,
+  });
 }
 
 try {

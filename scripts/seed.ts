@@ -86,21 +86,30 @@ async function seedLocal(dir: string, modelId: string): Promise<void> {
   // getPlatformProxy cannot host this Worker's own Durable Objects and warns about them at length;
   // seeding only needs the R2 binding, so it gets a config with just that binding, persisting to
   // the same .wrangler/state that `wrangler dev` reads.
-  const proxy = await getPlatformProxy<{ MODELS: R2Bucket }>({
-    configPath: r2OnlyConfig(),
-    persist: { path: resolve(".wrangler/state/v3") },
-    remoteBindings: false,
-  });
-  try {
-    const r = await seedModelDir(proxy.env.MODELS, dir, modelId, { log: (l) => console.log(l) });
-    const uploaded = r.files.filter((f) => f.action === "uploaded").length;
-    console.log(
-      `done in ${(r.ms / 1000).toFixed(1)} s: ${uploaded} uploaded (${mib(r.uploadedBytes)}), ` +
-        `${r.files.length - uploaded} unchanged (${mib(r.skippedBytes)})` +
-        (r.ignored.length > 0 ? `; not model files, left out: ${r.ignored.join(", ")}` : ""),
-    );
-  } finally {
-    await proxy.dispose();
+  // Large models (GBs through the local proxy) have seen the proxy drop its connection mid-run
+  // ("fetch failed"); a fresh proxy picks up where it stopped, since finished files are skipped.
+  const ATTEMPTS = 3;
+  for (let attempt = 1; ; attempt++) {
+    const proxy = await getPlatformProxy<{ MODELS: R2Bucket }>({
+      configPath: r2OnlyConfig(),
+      persist: { path: resolve(".wrangler/state/v3") },
+      remoteBindings: false,
+    });
+    try {
+      const r = await seedModelDir(proxy.env.MODELS, dir, modelId, { log: (l) => console.log(l) });
+      const uploaded = r.files.filter((f) => f.action === "uploaded").length;
+      console.log(
+        `done in ${(r.ms / 1000).toFixed(1)} s: ${uploaded} uploaded (${mib(r.uploadedBytes)}), ` +
+          `${r.files.length - uploaded} unchanged (${mib(r.skippedBytes)})` +
+          (r.ignored.length > 0 ? `; not model files, left out: ${r.ignored.join(", ")}` : ""),
+      );
+      return;
+    } catch (e) {
+      if (attempt >= ATTEMPTS || !/fetch failed|ECONNRESET|EPIPE|socket/i.test(String(e))) throw e;
+      console.log(`  (the local proxy dropped the connection: ${String(e)}; resuming, attempt ${attempt + 1})`);
+    } finally {
+      await proxy.dispose().catch(() => {});
+    }
   }
 }
 

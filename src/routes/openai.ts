@@ -153,7 +153,10 @@ openai.post("/chat/completions", async (c) => {
   }));
   let rendered: string;
   try {
-    rendered = tok.applyChatTemplate(messages, { addGenerationPrompt: true });
+    rendered = tok.applyChatTemplate(messages, {
+      addGenerationPrompt: true,
+      enableThinking: body.chat_template_kwargs?.enable_thinking,
+    });
   } catch (err) {
     throw ApiError.invalid(
       "messages",

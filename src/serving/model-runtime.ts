@@ -24,6 +24,7 @@ import { CheckpointEmbeddings, type EmbeddingSource } from "../model/embeddings"
 import type { HeadPlacement } from "../coordinator/head-placement";
 import { HeadError, headPlacementFor, loadHead, runHead } from "../head/head-client";
 import { HeadEmbeddings } from "../head/head-embeddings";
+import { headRowFormat } from "../head/head-store";
 import type { ModelSpec } from "../model/config";
 import { TextTokenizer } from "../model/tokenizer";
 import { parseRoutingOptions } from "../gating/options";
@@ -102,10 +103,15 @@ export class ModelRuntime {
     const stageBudgets = readStageBudgets(env);
     // The head goes to HeadHost shards when forced (verify --head-shards) or when the embeddings
     // and head do not fit the Worker; the Worker then keeps the final norm (and, untied, a
-    // bounded cache of embedding rows).
+    // bounded cache of embedding rows). Shards are sized in the format the HeadHosts hold the rows
+    // (bf16 when stored bf16): sizing bf16 rows as f32 doubled the shards (Qwen3's 151936-row
+    // head: 13 instead of 7 at 96 MiB).
     const head =
       stageBudgets.forcedHeadShards > 0 || denseEndsBytes(spec) > budgets.workerBytes
-        ? headPlacementFor(env, id, spec, { shards: stageBudgets.forcedHeadShards || undefined })
+        ? headPlacementFor(env, id, spec, {
+            shards: stageBudgets.forcedHeadShards || undefined,
+            format: headRowFormat(ckpt, spec),
+          })
         : null;
     const headless = 4 * spec.dModel + (spec.tieEmbeddings ? 0 : EMBED_CACHE_BYTES);
     let plan: PipelinePlacement;

@@ -150,6 +150,9 @@ export class StageHost extends DurableObject<Env> {
           for await (const id of tokens) await writer.write(encodeToken(id)); // rejects once the Worker cancels
           await writer.close();
         } catch (err) {
+          // The Worker sees only "disconnected prematurely" when the stream is aborted: say why here.
+          if (!(err instanceof Error && /cancel/i.test(err.message)))
+            console.error(JSON.stringify({ level: "error", msg: "session driver stopped", error: String(err) }));
           await writer.abort(err).catch(() => {});
         } finally {
           await rt.endSession(session, this.env);

@@ -101,6 +101,21 @@ describe("shipped tokenizers of the served families", () => {
     }
   });
 
+  it("qwen3: enable_thinking false closes an empty think block; undefined and true leave it to the model", () => {
+    const tok = load("qwen3");
+    const base = CASES[0].rendered;
+    expect(tok.applyChatTemplate(CHAT)).toBe(base);
+    expect(tok.applyChatTemplate(CHAT, { enableThinking: true })).toBe(base);
+    const off = tok.applyChatTemplate(CHAT, { enableThinking: false });
+    expect(off).toBe(`${base}<think>\n\n</think>\n\n`);
+    // <think> and </think> are single added tokens of the Qwen3 vocabulary.
+    const ids = tok.encode(off, { addSpecialTokens: false });
+    expect(ids.slice(-4).map((id) => tok.decode([id]))).toEqual(["<think>", "\n\n", "</think>", "\n\n"]);
+    // A template that does not read the variable is unchanged by it.
+    const llama = load("llama3");
+    expect(llama.applyChatTemplate(CHAT, { enableThinking: false })).toBe(CASES[2].rendered);
+  });
+
   it("maps model types to families and copies the files into a model directory", () => {
     expect(tokenizerFamilyFor("qwen3_moe")).toBe("qwen3");
     expect(tokenizerFamilyFor("deepseek_v3")).toBe("deepseek_v3");
