@@ -11,6 +11,7 @@ import {
   DTYPE_BYTES,
   INDEX_FILE,
   SINGLE_FILE,
+  type DType,
   type TensorInfo,
   decodeToF32,
   fmtShape,
@@ -33,6 +34,14 @@ export {
   numel,
   sameShape,
 } from "./safetensors-format";
+
+/** Undecoded bytes of a run of a tensor's rows: [offset, offset + length) of `source`. */
+export interface RawRange {
+  source: ByteSource;
+  offset: number;
+  length: number;
+  dtype: DType;
+}
 
 export class Checkpoint {
   private constructor(
@@ -112,6 +121,22 @@ export class Checkpoint {
     const esize = DTYPE_BYTES[t.dtype];
     const bytes = await this.file(t).read(t.offset + firstRow * rowLen * esize, n * esize);
     return decodeToF32(bytes, t.dtype, dst.subarray(0, n));
+  }
+
+  /**
+   * Where rows `firstRow .. firstRow + nRows - 1` of a tensor (viewed as in `readF32Rows`) lie, undecoded:
+   * the file, the byte range and the dtype — for loaders that stream a tensor in bounded ranged reads
+   * (src/model/dense-layers.ts) instead of holding it whole.
+   */
+  rowBytes(name: string, firstRow: number, nRows: number): RawRange {
+    const { t, rowLen } = this.rowRange(name, firstRow, nRows);
+    const esize = DTYPE_BYTES[t.dtype];
+    return {
+      source: this.file(t),
+      offset: t.offset + firstRow * rowLen * esize,
+      length: nRows * rowLen * esize,
+      dtype: t.dtype,
+    };
   }
 
   private rowRange(name: string, firstRow: number, nRows: number): { t: TensorInfo; rowLen: number } {

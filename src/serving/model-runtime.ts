@@ -12,15 +12,9 @@
 import { pipelineRpcTimeoutMs, withDeadline } from "../platform/deadline";
 import { createKernels } from "../kernels/workers";
 import { WASM_MAX_BYTES } from "../kernels/index";
-import {
-  denseEndsBytes,
-  denseLayerBytes,
-  loadDenseEnds,
-  loadDenseLayers,
-  loadDenseWeights,
-  loadFinalNorm,
-} from "../model/architectures";
+import { denseEndsBytes, denseLayerBytes, loadDenseEnds, loadFinalNorm } from "../model/architectures";
 import { CheckpointEmbeddings, type EmbeddingSource } from "../model/embeddings";
+import { layerHeldBytes, loadLayer } from "../model/dense-layers";
 import type { HeadPlacement } from "../coordinator/head-placement";
 import { HeadError, headPlacementFor, loadHead, runHead } from "../head/head-client";
 import { HeadEmbeddings } from "../head/head-embeddings";
@@ -35,7 +29,13 @@ import { modelPrefix, openModelFromR2 } from "../platform/model-store";
 import { readBudgets, WORKER_SCRATCH_BYTES } from "../platform/budgets";
 import { formatMiB } from "../platform/format";
 import { ApiError, BudgetError } from "../errors";
-import { EMBED_CACHE_BYTES, KV_RETRY_AFTER_MS, PREFILL_CHUNK, readStageBudgets } from "./stage-budgets";
+import {
+  EMBED_CACHE_BYTES,
+  KV_RETRY_AFTER_MS,
+  PREFILL_CHUNK,
+  readStageBudgets,
+  STAGE_LOAD_CHUNK_BYTES,
+} from "./stage-budgets";
 import { KvLedger } from "./kv-ledger";
 import { StageChain, stageError } from "./stage-client";
 import { decodeTokenStream, type DecodeRequest } from "./decode-loop";
@@ -112,7 +112,8 @@ export class ModelRuntime {
     try {
       plan = planPipeline({
         model: id,
-        layerBytes: spec.layers.map((_, l) => denseLayerBytes(spec, l)),
+        layerBytes: spec.layers.map((_, l) => layerHeldBytes(spec, l, stageBudgets.denseFormat)),
+        workerLayerBytes: spec.layers.map((_, l) => denseLayerBytes(spec, l)),
         endsBytes: head ? headless : denseEndsBytes(spec),
         workerBytes: budgets.workerBytes,
         stageBytes: stageBudgets.stageBytes,
@@ -135,18 +136,17 @@ export class ModelRuntime {
     const k = createKernels("best", {
       maxBytes: Math.min(WASM_MAX_BYTES, held + stageBudgets.workerKvBytes + WORKER_SCRATCH_BYTES),
     });
-    const layers = staged ? [] : head ? await loadDenseLayers(ckpt, spec, 0, spec.nLayers) : null;
-    const model =
-      layers === null
-        ? ModelForward.create(k, spec, await loadDenseWeights(ckpt, spec), routing)
-        : ModelForward.createPart(
-            k,
-            spec,
-            head
-              ? { ends: null, finalNorm: await loadFinalNorm(ckpt, spec), first: 0, layers }
-              : { ends: await loadDenseEnds(ckpt, spec), first: 0, layers },
-            routing,
-          );
+    // The layers the Worker runs itself stream into its Wasm memory with the StageHost's loader, as
+    // f32 always (the fast path of small models keeps the f32 model's arithmetic and speed).
+    const model = await ModelForward.loadLayers(
+      k,
+      spec,
+      0,
+      staged ? 0 : spec.nLayers,
+      (l) => loadLayer(k, ckpt, spec, l, { format: "f32", chunkBytes: STAGE_LOAD_CHUNK_BYTES }),
+      routing,
+      head ? { ends: null, finalNorm: await loadFinalNorm(ckpt, spec) } : { ends: await loadDenseEnds(ckpt, spec) },
+    );
     let embeddings: EmbeddingSource | null = null;
     if (head) {
       try {

@@ -11,7 +11,7 @@
 import { pipelineRpcTimeoutMs, withDeadline } from "../platform/deadline";
 import { DurableObject } from "cloudflare:workers";
 import { createKernels } from "../kernels/workers";
-import { denseLayerBytes, loadDenseLayers } from "../model/architectures";
+import { emptyLoadStats, layerHeldBytes, loadLayer, type LoadStats } from "../model/dense-layers";
 import { openModelFromR2 } from "../platform/model-store";
 import { formatMiB } from "../platform/format";
 import { flushExpertEventsSoon } from "../platform/events";
@@ -23,7 +23,13 @@ import { getRuntime } from "../serving/model-runtime";
 import { encodeToken, sampledTokens, type DecodeRequest } from "../serving/decode-loop";
 import { createRng } from "../serving/sampling";
 import type { Routing } from "../gating/router";
-import { KV_RETRY_AFTER_MS, readStageBudgets, SESSION_IDLE_MS, STAGE_SCRATCH_BYTES } from "../serving/stage-budgets";
+import {
+  KV_RETRY_AFTER_MS,
+  readStageBudgets,
+  SESSION_IDLE_MS,
+  STAGE_LOAD_CHUNK_BYTES,
+  STAGE_SCRATCH_BYTES,
+} from "../serving/stage-budgets";
 import { KvLedger } from "../serving/kv-ledger";
 import type {
   StageDecodeResult,
@@ -45,6 +51,7 @@ interface StagePart {
   forward: ModelForward;
   bytes: number;
   init: ModelPlacementInit;
+  load: LoadStats & { ms: number };
 }
 
 class StageError extends Error {
@@ -217,6 +224,15 @@ export class StageHost extends DurableObject<Env> {
       kernels: k?.flavor ?? null,
       bytesHeld: p?.bytes ?? 0,
       budgetBytes: budgets.stageBytes,
+      denseFormat: p ? budgets.denseFormat : null,
+      load: p
+        ? {
+            ms: p.load.ms,
+            reads: p.load.reads,
+            bytesRead: p.load.bytesRead,
+            maxJsScratchBytes: p.load.maxJsScratchBytes,
+          }
+        : null,
       kvBytesUsed: this.#kv?.usedBytes ?? 0,
       kvBudgetBytes: budgets.stageKvBytes,
       kvBytesPeak: this.#kv?.peak ?? 0,
@@ -283,23 +299,27 @@ export class StageHost extends DurableObject<Env> {
       const opened = await openModelFromR2(this.env.MODELS, model);
       const budgets = readStageBudgets(this.env);
       const { spec, ckpt } = opened;
+      const format = budgets.denseFormat;
+      // Exact bytes the matrices will take (DENSE_QUANT's format), checked before anything is read.
       let bytes = 0;
-      for (let l = hop.first; l < hop.end; l++) bytes += denseLayerBytes(spec, l);
+      for (let l = hop.first; l < hop.end; l++) bytes += layerHeldBytes(spec, l, format);
       if (bytes > budgets.stageBytes) {
         throw new StageError(
           "budget_exceeded",
-          `layers [${hop.first}, ${hop.end}) of "${model}" need ${formatMiB(bytes)}, ` +
+          `layers [${hop.first}, ${hop.end}) of "${model}" need ${formatMiB(bytes)} as ${format}, ` +
             `STAGE_HOST_BUDGET_MB allows ${formatMiB(budgets.stageBytes)}`,
         );
       }
       const k = createKernels("best", { maxBytes: bytes + budgets.stageKvBytes + STAGE_SCRATCH_BYTES });
-      const readLayer = async (l: number) => (await loadDenseLayers(ckpt, spec, l, l + 1))[0];
+      const t0 = Date.now();
+      const stats = emptyLoadStats();
+      // Each tensor streams from R2 in ranged reads straight into Wasm memory (one chunk in JS at a time).
       const forward = await ModelForward.loadLayers(
         k,
         spec,
         hop.first,
         hop.end,
-        readLayer,
+        (l) => loadLayer(k, ckpt, spec, l, { format, chunkBytes: STAGE_LOAD_CHUNK_BYTES, stats }),
         parseRoutingOptions(this.env),
       );
       this.#kv = new KvLedger<Session>(budgets.stageKvBytes);
@@ -308,8 +328,9 @@ export class StageHost extends DurableObject<Env> {
         first: hop.first,
         end: hop.end,
         forward,
-        bytes,
+        bytes: forward.heldBytes,
         init: placementInitFor(this.env, opened),
+        load: { ...stats, ms: Date.now() - t0 },
       };
       this.#part = part;
       return part;
