@@ -212,9 +212,11 @@ const FaultBody = z.strictObject({
   layer: z.number().int().min(0),
   expert: z.number().int().min(0),
   ms: z.number().int().min(0).max(600_000),
+  /** "fail" (default): calls fail; "stall": calls do not answer until `ms` is up (a stuck host). */
+  kind: z.enum(["fail", "stall"]).optional(),
 });
 
-/** Chaos testing: the instance fails every call that includes (layer, expert) for `ms`. */
+/** Chaos testing: for `ms`, the instance fails (or stalls) every call that includes (layer, expert). */
 admin.post("/fault", async (c) => {
   if (!boolVar(c.env, "ADMIN_FAULTS_ENABLED", false)) {
     throw new ApiError(
@@ -230,8 +232,9 @@ admin.post("/fault", async (c) => {
   const placement = await rt.placement(c.env);
   const inst = placement.instances[body.instance];
   if (!inst) throw ApiError.invalid("instance", `must be < ${placement.instances.length}`);
-  await c.env.EXPERT_HOST.getByName(inst.name).injectFault([{ layer: body.layer, expert: body.expert }], body.ms);
-  return c.json({ instance: inst.name, layer: body.layer, expert: body.expert, ms: body.ms });
+  const kind = body.kind ?? "fail";
+  await c.env.EXPERT_HOST.getByName(inst.name).injectFault([{ layer: body.layer, expert: body.expert }], body.ms, kind);
+  return c.json({ instance: inst.name, layer: body.layer, expert: body.expert, ms: body.ms, kind });
 });
 
 async function runtime(env: Env, model: string | undefined) {
