@@ -258,7 +258,7 @@ export class ModelRuntime {
     const call = env.STAGE_HOST.getByName(name).decode({ ...loop, model: this.id, session: s.id, maxLen: s.maxLen });
     const r = await withDeadline(Promise.resolve(call), pipelineRpcTimeoutMs(env), `session driver ${name}`);
     if (!r.ok) throw stageError(r);
-    return decodeTokenStream(r.tokens);
+    return decodeTokenStream(r.tokens, stageError);
   }
 
   /** A session opened elsewhere (by the Worker), driven here: same id on every stage. */

@@ -100,6 +100,8 @@ export function stageError(f: StageFailure): Error {
       );
     case "expert_unavailable":
       return new ApiError(503, f.message, "service_unavailable", null, "expert_unavailable", ApiError.retryIn(1));
+    case "upstream_timeout":
+      return new ApiError(503, f.message, "service_unavailable", null, "upstream_timeout", ApiError.retryIn(1));
     default:
       return new Error(`pipeline stage failed (${f.code}): ${f.message}`);
   }

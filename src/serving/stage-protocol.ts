@@ -46,7 +46,9 @@ export type StageFailureCode =
   | "bad_request"
   | "model_error"
   | "budget_exceeded"
-  | "expert_unavailable";
+  | "expert_unavailable"
+  /** An RPC further down the pipeline missed its deadline (a session driver reports it in band). */
+  | "upstream_timeout";
 
 export interface StageFailure {
   ok: false;

@@ -8,7 +8,7 @@
  * `runExperts` fan-out, and passes the residual stream on to the next stage itself (see
  * serving/stage-protocol.ts).
  */
-import { pipelineRpcTimeoutMs, withDeadline } from "../platform/deadline";
+import { pipelineRpcTimeoutMs, RpcDeadlineError, withDeadline } from "../platform/deadline";
 import { DurableObject } from "cloudflare:workers";
 import { createKernels } from "../kernels/workers";
 import { emptyLoadStats, layerHeldBytes, loadLayer, type LoadStats } from "../model/dense-layers";
@@ -20,7 +20,7 @@ import { parseRoutingOptions } from "../gating/options";
 import { ModelForward, type ExpertRunner, type Session } from "../serving/forward";
 import { placementInitFor, type ModelPlacementInit } from "../serving/placement-init";
 import { getRuntime } from "../serving/model-runtime";
-import { encodeToken, sampledTokens, type DecodeRequest } from "../serving/decode-loop";
+import { encodeFailure, encodeToken, sampledTokens, type DecodeRequest } from "../serving/decode-loop";
 import { createRng } from "../serving/sampling";
 import type { Routing } from "../gating/router";
 import {
@@ -153,11 +153,26 @@ export class StageHost extends DurableObject<Env> {
       const { readable, writable } = new IdentityTransformStream();
       const writer = writable.getWriter();
       const run = async () => {
+        let inWrite = false; // a write that rejects: the Worker cancelled (stop string, client abort)
         try {
-          for await (const id of tokens) await writer.write(encodeToken(id)); // rejects once the Worker cancels
+          for await (const id of tokens) {
+            inWrite = true;
+            await writer.write(encodeToken(id));
+            inWrite = false;
+          }
           await writer.close();
         } catch (err) {
-          await writer.abort(err).catch(() => {});
+          // A failure of the loop goes to the Worker in band, with its code and message (an abort would
+          // reach it as a bare "disconnected prematurely"); a cancelled stream just stops.
+          if (!inWrite) {
+            console.error(`session driver ${this.#label}: ${err instanceof Error ? err.message : String(err)}`);
+            const sent = await writer
+              .write(encodeFailure(failure(err)))
+              .then(() => writer.close())
+              .then(() => true)
+              .catch(() => false);
+            if (!sent) await writer.abort(err).catch(() => {});
+          } else await writer.abort(err).catch(() => {});
         } finally {
           await rt.endSession(session, this.env);
           flushExpertEventsSoon(this.env, (p) => this.ctx.waitUntil(p));
@@ -356,5 +371,10 @@ function failure(err: unknown): StageFailure {
     return { ok: false, code: "busy", message, retryAfterMs: KV_RETRY_AFTER_MS };
   if (err instanceof Error && (err as { code?: string }).code === "expert_unavailable")
     return { ok: false, code: "expert_unavailable", message };
+  if (
+    err instanceof RpcDeadlineError ||
+    (err instanceof Error && (err as { code?: string }).code === "upstream_timeout")
+  )
+    return { ok: false, code: "upstream_timeout", message };
   return { ok: false, code: "model_error", message };
 }
