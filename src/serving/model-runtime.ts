@@ -37,13 +37,16 @@ import {
   STAGE_LOAD_CHUNK_BYTES,
 } from "./stage-budgets";
 import { KvLedger } from "./kv-ledger";
-import { StageChain, stageError } from "./stage-client";
+import { SessionLostError, StageChain, stageError } from "./stage-client";
 import { decodeTokenStream, type DecodeRequest } from "./decode-loop";
 import type { StageLayerTrace } from "./stage-protocol";
 import { ModelForward, type ExpertRunner, type Session } from "./forward";
 import { placementInitFor, type ModelPlacementInit } from "./placement-init";
 
 export type { ModelPlacementInit } from "./placement-init";
+
+/** Replays of a pipeline session's tokens after stages lost its KV cache, at most (each stage may lose it once). */
+const MAX_REPLAYS = 4;
 
 /** What a forward pass can record for inspection (verify, tests): per-layer routing. */
 export interface ForwardTrace {
@@ -57,6 +60,10 @@ export interface ForwardTrace {
  */
 export class RuntimeSession {
   length = 0;
+  /** Token ids run so far, kept for pipeline sessions: replayed when a stage lost its KV cache. */
+  readonly fed: number[] = [];
+  /** Replays done (bounded: a stage that keeps losing sessions fails the request). */
+  replays = 0;
   constructor(
     readonly id: string,
     readonly maxLen: number,
@@ -330,7 +337,16 @@ export class ModelRuntime {
         : this.model.embed(tokens);
       let y: Float32Array;
       if (this.chain) {
-        const r = await this.chain.run(env, s.id, s.maxLen, s.length, x, Math.max(nOut, 1), trace !== undefined);
+        const run = () => this.chain!.run(env, s.id, s.maxLen, s.length, x, Math.max(nOut, 1), trace !== undefined);
+        let r: Awaited<ReturnType<typeof run>> | null = null;
+        while (r === null) {
+          try {
+            r = await run();
+          } catch (err) {
+            if (!(err instanceof SessionLostError) || s.replays >= MAX_REPLAYS) throw err;
+            await this.#replay(env, s, rng, rpcs);
+          }
+        }
         rpcs.stageCalls += 1;
         rpcs.total += r.rpcs;
         if (trace) for (const t of r.trace) recordTrace(trace, t);
@@ -353,7 +369,27 @@ export class ModelRuntime {
       } else logits = this.model.head(y);
     }
     s.length += tokens.length;
+    if (this.chain) s.fed.push(...tokens);
     return logits;
+  }
+
+  /**
+   * A stage lost the session's KV cache (an evicted or reset instance keeps nothing in memory):
+   * frees it everywhere, re-admits it on every stage and runs the tokens fed so far again from
+   * position 0, so the stages hold the same prefix as before and the caller's chunk can run.
+   */
+  async #replay(env: Env, s: RuntimeSession, rng: () => number, rpcs: ForwardRpcs): Promise<void> {
+    const chain = this.chain!;
+    s.replays++;
+    const history = s.fed.slice(0, s.length);
+    console.warn(`session ${s.id}: a stage lost its KV cache; replaying ${history.length} tokens`);
+    await chain.end(env, s.id);
+    s.length = 0;
+    s.fed.length = 0;
+    await chain.open(env, s.id, s.maxLen);
+    for (let at = 0; at < history.length; at += PREFILL_CHUNK) {
+      await this.#forwardChunk(env, s, history.slice(at, at + PREFILL_CHUNK), rng, 0, rpcs);
+    }
   }
 
   /**

@@ -48,7 +48,9 @@ export type StageFailureCode =
   | "budget_exceeded"
   | "expert_unavailable"
   /** An RPC further down the pipeline missed its deadline (a session driver reports it in band). */
-  | "upstream_timeout";
+  | "upstream_timeout"
+  /** The stage no longer holds the session's KV cache (the instance was evicted or reset): replay it. */
+  | "session_lost";
 
 export interface StageFailure {
   ok: false;

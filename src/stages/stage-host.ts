@@ -69,6 +69,8 @@ export class StageHost extends DurableObject<Env> {
   #opening: Promise<StagePart> | null = null;
   #kv: KvLedger<Session> | null = null;
   #name = "";
+  /** Injected reset (chaos testing): the first run at a position ≥ this finds the instance evicted. */
+  #resetAt: number | null = null;
 
   /** Reserves a session's KV cache before its first chunk (admission: a full stage says "busy"). */
   async open(model: string, hop: StageHop, session: string, maxLen: number): Promise<{ ok: true } | StageFailure> {
@@ -87,6 +89,13 @@ export class StageHost extends DurableObject<Env> {
     try {
       const hop = req.route[0];
       if (!hop) throw new StageError("bad_request", "empty route");
+      if (this.#resetAt !== null && req.start >= this.#resetAt) {
+        // Chaos testing: this call finds the instance as an eviction leaves it — no layers, no sessions.
+        this.#resetAt = null;
+        this.#part = null;
+        this.#opening = null;
+        this.#kv = null;
+      }
       const part = await this.#open(req.model, hop);
       const kv = this.#kv!;
       const now = Date.now();
@@ -94,8 +103,9 @@ export class StageHost extends DurableObject<Env> {
       if (!s) {
         if (req.start !== 0)
           throw new StageError(
-            "bad_request",
-            `${this.#label}: session ${req.session} is unknown here (freed after ${SESSION_IDLE_MS} ms idle?)`,
+            "session_lost",
+            `${this.#label}: session ${req.session} is unknown here (the instance was reset or evicted, ` +
+              `or the session idle for ${SESSION_IDLE_MS} ms)`,
           );
         s = this.#admit(part, req.session, req.maxLen, now);
       }
@@ -184,6 +194,14 @@ export class StageHost extends DurableObject<Env> {
     } catch (err) {
       return failure(err);
     }
+  }
+
+  /**
+   * Chaos testing (/admin/fault/stage): the first `run` at a position ≥ `at` finds this instance as
+   * an eviction leaves it — layers and every session's KV cache gone.
+   */
+  async injectReset(at: number): Promise<void> {
+    this.#resetAt = at;
   }
 
   /** Frees a session's KV cache (completion or client abort). Unknown ids are ignored. */

@@ -3,11 +3,14 @@
  * first request on a big model meets (ExpertHosts still loading their experts): stalled expert calls
  * (STALL_MS, 25 s by default; 85 s was run too) still give the whole streamed completion; expert
  * calls that fail make the stream end with the failure's own code and message in band, where the
- * Worker used to see only "ReadableStream received over RPC disconnected prematurely".
+ * Worker used to see only "ReadableStream received over RPC disconnected prematurely"; a stage that
+ * loses its sessions mid-generation (an evicted or reset instance — what the cold full-size granite
+ * request met) is replayed by the driver and the completion still arrives whole, with the tokens of
+ * an undisturbed run.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { LocalWorker } from "../../scripts/lib/local-worker";
-import { ADMIN, makeSmallChatModel, sseData, startWithModels } from "./helpers";
+import { ADMIN, makeSmallChatModel, postJson, sseData, startWithModels } from "./helpers";
 
 const STALL_MS = Number(process.env.STALL_MS ?? 25_000);
 const EXPERTS = 4; // makeSmallChatModel
@@ -79,5 +82,28 @@ describe("session driver under a slow pipeline", () => {
     expect(errors[0].error?.code).toBe("expert_unavailable");
     expect(errors[0].error?.message).not.toMatch(/disconnected prematurely/);
     await fault("fail", 0);
+  });
+
+  it("replays the session when a stage is reset mid-generation and completes it", async () => {
+    const body = { model: "chat", prompt: [1, 415, 2936], max_tokens: 10, temperature: 0 };
+    const plain = await postJson(w, "/v1/completions", body);
+    expect(plain.status).toBe(200);
+    const ids: number[] = plain.json.choices[0].token_ids;
+    expect(ids.length).toBeGreaterThan(4);
+    // Both stages lose everything at the 4th decode step (position prompt + 3).
+    for (const stage of [0, 1]) {
+      const r = await postJson(w, "/admin/fault/stage", { model: "chat", stage, at: 3 + 3 }, ADMIN);
+      expect(r.status).toBe(200);
+    }
+    const again = await postJson(w, "/v1/completions", body);
+    expect(again.status).toBe(200);
+    expect(again.json.choices[0].token_ids).toEqual(ids);
+    const hosts = (await (await w.fetch("/admin/hosts?model=chat", { headers: ADMIN })).json()) as {
+      stages: { sessions: number; kvBytesPeak: number }[];
+    };
+    for (const st of hosts.stages) {
+      expect(st.sessions).toBe(0);
+      expect(st.kvBytesPeak).toBeGreaterThan(0); // the fresh instance re-admitted the replayed session
+    }
   });
 });
