@@ -27,6 +27,7 @@ import {
   KV_RETRY_AFTER_MS,
   readStageBudgets,
   SESSION_IDLE_MS,
+  STAGE_KEEPALIVE_MS,
   STAGE_LOAD_CHUNK_BYTES,
   STAGE_SCRATCH_BYTES,
 } from "../serving/stage-budgets";
@@ -237,12 +238,16 @@ export class StageHost extends DurableObject<Env> {
     }
   }
 
-  /** Frees sessions idle for longer than SESSION_IDLE_MS (a client that vanished mid-stream). */
+  /**
+   * Frees sessions idle for longer than SESSION_IDLE_MS (a client that vanished mid-stream), and
+   * while sessions remain wakes again in STAGE_KEEPALIVE_MS, which keeps the instance — and their
+   * KV caches — from being evicted between a slow session's calls.
+   */
   override async alarm(): Promise<void> {
     const kv = this.#kv;
     if (!kv || !this.#part) return;
     for (const id of kv.idle(Date.now(), SESSION_IDLE_MS)) await this.end(id);
-    if (kv.size > 0) await this.ctx.storage.setAlarm(Date.now() + SESSION_IDLE_MS);
+    if (kv.size > 0) await this.ctx.storage.setAlarm(Date.now() + STAGE_KEEPALIVE_MS);
   }
 
   stats(): StageHostStats {
@@ -308,7 +313,7 @@ export class StageHost extends DurableObject<Env> {
   }
 
   async #armIdleAlarm(): Promise<void> {
-    if ((await this.ctx.storage.getAlarm()) === null) await this.ctx.storage.setAlarm(Date.now() + SESSION_IDLE_MS);
+    if ((await this.ctx.storage.getAlarm()) === null) await this.ctx.storage.setAlarm(Date.now() + STAGE_KEEPALIVE_MS);
   }
 
   get #label(): string {

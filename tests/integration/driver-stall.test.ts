@@ -6,7 +6,8 @@
  * Worker used to see only "ReadableStream received over RPC disconnected prematurely"; a stage that
  * loses its sessions mid-generation (an evicted or reset instance — what the cold full-size granite
  * request met) is replayed by the driver and the completion still arrives whole, with the tokens of
- * an undisturbed run.
+ * an undisturbed run; and a stage holding a session stays in memory while idle (a keep-alive
+ * alarm: local workerd evicts an idle instance after ~10–13 s, which is what cut the cold request).
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { LocalWorker } from "../../scripts/lib/local-worker";
@@ -105,5 +106,19 @@ describe("session driver under a slow pipeline", () => {
       expect(st.sessions).toBe(0);
       expect(st.kvBytesPeak).toBeGreaterThan(0); // the fresh instance re-admitted the replayed session
     }
+  });
+
+  it("keeps a stage that holds a session from being evicted while it is idle", { timeout: 60_000 }, async () => {
+    // An idle Durable Object is evicted after ~10–13 s in local workerd (measured); the stage's
+    // keep-alive alarm must hold it, with its KV caches, for as long as it holds sessions.
+    const env = (await w.worker.getEnv()) as unknown as Env;
+    const stub = env.STAGE_HOST.getByName("chat/s0-1");
+    const opened = await stub.open("chat", { name: "chat/s0-1", first: 0, end: 1 }, "held-idle", 16);
+    expect(opened.ok).toBe(true);
+    await new Promise((r) => setTimeout(r, 25_000));
+    const s = await stub.stats();
+    expect(s.model).toBe("chat");
+    expect(s.sessions).toBe(1);
+    await stub.end("held-idle");
   });
 });
