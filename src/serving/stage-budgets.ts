@@ -20,9 +20,9 @@ export const SESSION_IDLE_MS = 60_000;
 
 /**
  * While a StageHost holds sessions it wakes itself this often (an alarm): a Durable Object with no
- * incoming event is evicted — measured after ~10–13 s in local workerd, 70–140 s in production — and
- * an evicted stage loses every session's KV cache (and reloads its layers). An alarm is an incoming
- * event; ≤ 12 a minute per stage, and only while it holds sessions.
+ * incoming event is evicted after a while (seconds in local workerd, minutes in production; README,
+ * "KV caches and admission"), and an evicted stage loses every session's KV cache (and reloads its
+ * layers). An alarm is an incoming event; ≤ 12 a minute per stage, and only while it holds sessions.
  */
 export const STAGE_KEEPALIVE_MS = 5_000;
 

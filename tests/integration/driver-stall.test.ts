@@ -1,13 +1,13 @@
 /**
  * The session driver (a StageHost holding no layers) under a slow or failing pipeline — what a cold
  * first request on a big model meets (ExpertHosts still loading their experts): stalled expert calls
- * (STALL_MS, 25 s by default; 85 s was run too) still give the whole streamed completion; expert
+ * (STALL_MS, 25 s by default; longer via the environment) still give the whole streamed completion; expert
  * calls that fail make the stream end with the failure's own code and message in band, where the
  * Worker used to see only "ReadableStream received over RPC disconnected prematurely"; a stage that
  * loses its sessions mid-generation (an evicted or reset instance — what the cold full-size granite
  * request met) is replayed by the driver and the completion still arrives whole, with the tokens of
  * an undisturbed run; and a stage holding a session stays in memory while idle (a keep-alive
- * alarm: local workerd evicts an idle instance after ~10–13 s, which is what cut the cold request).
+ * alarm: local workerd evicts an idle instance within seconds, which is what cut the cold request).
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { LocalWorker } from "../../scripts/lib/local-worker";
@@ -109,7 +109,7 @@ describe("session driver under a slow pipeline", () => {
   });
 
   it("keeps a stage that holds a session from being evicted while it is idle", { timeout: 60_000 }, async () => {
-    // An idle Durable Object is evicted after ~10–13 s in local workerd (measured); the stage's
+    // An idle Durable Object is evicted within seconds in local workerd (README, KV caches); the stage's
     // keep-alive alarm must hold it, with its KV caches, for as long as it holds sessions.
     const env = (await w.worker.getEnv()) as unknown as Env;
     const stub = env.STAGE_HOST.getByName("chat/s0-1");
