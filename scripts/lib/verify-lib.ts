@@ -40,7 +40,15 @@ export interface VerifyReport {
   expertSlices: number;
   rpcsPerLayer: number[];
   /** StageHosts that ran the layers (from /admin/hosts), with their layer ranges. */
-  stageHosts: { name: string; first: number | null; end: number | null; bytesHeld: number; budgetBytes: number }[];
+  stageHosts: {
+    name: string;
+    first: number | null;
+    end: number | null;
+    bytesHeld: number;
+    budgetBytes: number;
+    /** Must be "f32" here: verify forces DENSE_QUANT = "f32" (1e-4 logits). */
+    denseFormat: string | null;
+  }[];
   /** HeadHost shards that ran the output head (from /admin/hosts). */
   headHosts: { name: string; rowStart: number; rowEnd: number; bytesLoaded: number; budgetBytes: number }[];
 }
@@ -69,6 +77,8 @@ export async function verifyFixture(dir: string, opts: VerifyOptions): Promise<V
       PIPELINE_STAGES: String(stages),
       HEAD_SHARDS: String(opts.headShards ?? 0),
       EXPERT_SLICES: String(opts.expertSlices ?? 0),
+      // Golden logits need 1e-4: stages hold f32 here whatever the deployment's DENSE_QUANT.
+      DENSE_QUANT: "f32",
     },
   });
   try {
@@ -167,7 +177,8 @@ export async function verifyFixture(dir: string, opts: VerifyOptions): Promise<V
       routingAgreement.every((r) => r.agree === r.total) &&
       moeIdsMatch &&
       moeOutputDiff <= MOE_ATOL &&
-      moeWeightDiff <= MOE_ATOL;
+      moeWeightDiff <= MOE_ATOL &&
+      stageHosts.every((s) => s.denseFormat === "f32");
     const ok = (b: boolean) => (b ? "ok  " : "FAIL");
     log(
       `model ${model}: ${placement.instances.length} ExpertHost instances, ` +
@@ -175,7 +186,7 @@ export async function verifyFixture(dir: string, opts: VerifyOptions): Promise<V
         `RPCs per layer (prompt pass): ${fwd.rpcs_per_layer.join(", ")}`,
     );
     const stageList = stageHosts
-      .map((s) => `${s.name} [${s.first}, ${s.end}) ${(s.bytesHeld / 1024).toFixed(0)} KiB`)
+      .map((s) => `${s.name} [${s.first}, ${s.end}) ${(s.bytesHeld / 1024).toFixed(0)} KiB ${s.denseFormat}`)
       .join("; ");
     log(
       `pipeline: ${

@@ -8,8 +8,13 @@
 
 export interface PipelineInit {
   model: string;
-  /** f32 bytes of each layer's dense weights (attention, norms, router, shared experts, dense MLP). */
+  /**
+   * Bytes of each layer's dense weights (attention, norms, router, shared experts, dense MLP) as a
+   * StageHost holds them (DENSE_QUANT's format): what stages are packed by.
+   */
   layerBytes: readonly number[];
+  /** The same as the Worker would hold them (f32) when it runs every layer; default `layerBytes`. */
+  workerLayerBytes?: readonly number[];
   /** Bytes of embeddings + final norm + head (held by the Worker). */
   endsBytes: number;
   /** Bytes of dense weights the Worker may hold (WORKER_BUDGET_MB). */
@@ -49,7 +54,10 @@ export function stageName(model: string, first: number, end: number): string {
 }
 
 export function pipelineKey(init: PipelineInit): string {
-  return [init.forcedStages, init.workerBytes, init.stageBytes, init.endsBytes, init.layerBytes.join(",")].join("|");
+  const worker = (init.workerLayerBytes ?? init.layerBytes).reduce((a, b) => a + b, 0);
+  return [init.forcedStages, init.workerBytes, init.stageBytes, init.endsBytes, init.layerBytes.join(","), worker].join(
+    "|",
+  );
 }
 
 /** Contiguous ranges of `sizes` into exactly `parts` non-empty ranges, minimising the largest sum. */
@@ -99,6 +107,7 @@ export function planPipeline(init: PipelineInit): PipelinePlacement {
   const { model, layerBytes, endsBytes, workerBytes, stageBytes, forcedStages } = init;
   const n = layerBytes.length;
   const total = layerBytes.reduce((a, b) => a + b, 0);
+  const workerTotal = init.workerLayerBytes ? init.workerLayerBytes.reduce((a, b) => a + b, 0) : total;
   const key = pipelineKey(init);
   const mib = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB`;
   if (endsBytes > workerBytes) {
@@ -107,7 +116,7 @@ export function planPipeline(init: PipelineInit): PipelinePlacement {
         `WORKER_BUDGET_MB allows ${mib(workerBytes)}`,
     );
   }
-  if (forcedStages === 0 && total + endsBytes <= workerBytes) return { model, version: 0, stages: [], key };
+  if (forcedStages === 0 && workerTotal + endsBytes <= workerBytes) return { model, version: 0, stages: [], key };
   const biggest = Math.max(...layerBytes);
   if (biggest > stageBytes) {
     throw new PipelinePlanError(

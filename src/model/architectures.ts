@@ -257,7 +257,7 @@ function checkedInfo(ckpt: Checkpoint, tensorName: string, shape: readonly numbe
 }
 
 /** One tensor (or a row range of one) the Worker reads, with the shape the config implies. */
-interface Slot {
+export interface Slot {
   tensor: string;
   /** The whole tensor's shape as the config implies it. */
   shape: readonly number[];
@@ -332,7 +332,7 @@ export interface DenseWeights {
 
 /** The weight tree with a Slot where each array will be. */
 type PlanOf<V> = V extends Float32Array ? Slot : V extends null ? null : V extends object ? Planned<V> : V;
-type Planned<T> = { [K in keyof T]: PlanOf<T[K]> };
+export type Planned<T> = { [K in keyof T]: PlanOf<T[K]> };
 
 function slot(template: string, layer: number, shape: readonly number[], rows?: readonly [number, number]): Slot {
   return rows ? { tensor: name(template, layer), shape, rows } : { tensor: name(template, layer), shape };
@@ -441,7 +441,7 @@ function densePlanFor(ckpt: Checkpoint, spec: ModelSpec): Planned<DenseWeights> 
   return densePlan(spec, (L) => expertLayout(ckpt, spec, L).router);
 }
 
-function isSlot(v: unknown): v is Slot {
+export function isSlot(v: unknown): v is Slot {
   return (
     typeof v === "object" && v !== null && typeof (v as Slot).tensor === "string" && Array.isArray((v as Slot).shape)
   );
@@ -454,7 +454,7 @@ function slots(plan: unknown, out: Slot[] = []): Slot[] {
   return out;
 }
 
-function slotFloats(s: Slot): number {
+export function slotFloats(s: Slot): number {
   return s.rows ? s.rows[1] * s.shape[s.shape.length - 1] : s.shape.reduce((a, b) => a * b, 1);
 }
 
@@ -685,20 +685,23 @@ export interface DenseEnds {
   lmHead: Float32Array | null; // [vocabSize, dModel]
 }
 
-/** Reads layers [first, end) of the dense weights as f32, shape-checked against the config. */
-export async function loadDenseLayers(
-  ckpt: Checkpoint,
-  spec: ModelSpec,
-  first: number,
-  end: number,
-): Promise<DenseLayerWeights[]> {
-  if (!(Number.isInteger(first) && Number.isInteger(end) && 0 <= first && first < end && end <= spec.nLayers)) {
-    throw new RangeError(`layer range [${first}, ${end}) is not inside [0, ${spec.nLayers})`);
+/**
+ * Where layer l's dense tensors are and their shapes: a tree shaped like `DenseLayerWeights` with a
+ * Slot where each array goes (streaming loaders read it; src/model/dense-layers.ts). With `ckpt`, the
+ * router names come from its layout and every shape is checked first (a bad file fails before any
+ * read); without, the family's first layout (sizes do not depend on names).
+ */
+export function denseLayerPlan(spec: ModelSpec, l: number, ckpt?: Checkpoint): Planned<DenseLayerWeights> {
+  if (!(Number.isInteger(l) && 0 <= l && l < spec.nLayers)) {
+    throw new RangeError(`layer ${l} is not inside [0, ${spec.nLayers})`);
+  }
+  if (!ckpt) {
+    const router = ADAPTERS[spec.arch].expertLayouts[0].router;
+    return densePlan(spec, () => router).layers[l];
   }
   const plan = densePlanFor(ckpt, spec);
-  const part = plan.layers.slice(first, end);
-  validateDense(ckpt, spec, { ...plan, layers: part });
-  return (await readTree(ckpt, part)) as DenseLayerWeights[];
+  validateDense(ckpt, spec, { ...plan, layers: [plan.layers[l]] });
+  return plan.layers[l];
 }
 
 /** Reads the embeddings, final norm and output head as f32. */

@@ -11,6 +11,7 @@ import {
   DTYPE_BYTES,
   INDEX_FILE,
   SINGLE_FILE,
+  type DType,
   type TensorInfo,
   decodeToF32,
   fmtShape,
@@ -36,6 +37,14 @@ export {
 
 /** Bytes fetched per read by `readF32Cols` (a run of rows). */
 export const COLS_READ_BYTES = 4 << 20;
+
+/** Undecoded bytes of a run of a tensor's rows: [offset, offset + length) of `source`. */
+export interface RawRange {
+  source: ByteSource;
+  offset: number;
+  length: number;
+  dtype: DType;
+}
 
 export class Checkpoint {
   private constructor(
@@ -151,6 +160,22 @@ export class Checkpoint {
       for (let i = 0; i < k; i++) out.set(vals.subarray(i * rowLen, i * rowLen + w), (r + i) * w);
     }
     return out;
+  }
+
+  /**
+   * Where rows `firstRow .. firstRow + nRows - 1` of a tensor (viewed as in `readF32Rows`) lie, undecoded:
+   * the file, the byte range and the dtype — for loaders that stream a tensor in bounded ranged reads
+   * (src/model/dense-layers.ts) instead of holding it whole.
+   */
+  rowBytes(name: string, firstRow: number, nRows: number): RawRange {
+    const { t, rowLen } = this.rowRange(name, firstRow, nRows);
+    const esize = DTYPE_BYTES[t.dtype];
+    return {
+      source: this.file(t),
+      offset: t.offset + firstRow * rowLen * esize,
+      length: nRows * rowLen * esize,
+      dtype: t.dtype,
+    };
   }
 
   private rowRange(name: string, firstRow: number, nRows: number): { t: TensorInfo; rowLen: number } {

@@ -212,9 +212,11 @@ const FaultBody = z.strictObject({
   layer: z.number().int().min(0),
   expert: z.number().int().min(0),
   ms: z.number().int().min(0).max(600_000),
+  /** "fail" (default): calls fail; "stall": calls do not answer until `ms` is up (a stuck host). */
+  kind: z.enum(["fail", "stall"]).optional(),
 });
 
-/** Chaos testing: the instance fails every call that includes (layer, expert) for `ms`. */
+/** Chaos testing: for `ms`, the instance fails (or stalls) every call that includes (layer, expert). */
 admin.post("/fault", async (c) => {
   if (!boolVar(c.env, "ADMIN_FAULTS_ENABLED", false)) {
     throw new ApiError(
@@ -230,8 +232,36 @@ admin.post("/fault", async (c) => {
   const placement = await rt.placement(c.env);
   const inst = placement.instances[body.instance];
   if (!inst) throw ApiError.invalid("instance", `must be < ${placement.instances.length}`);
-  await c.env.EXPERT_HOST.getByName(inst.name).injectFault([{ layer: body.layer, expert: body.expert }], body.ms);
-  return c.json({ instance: inst.name, layer: body.layer, expert: body.expert, ms: body.ms });
+  const kind = body.kind ?? "fail";
+  await c.env.EXPERT_HOST.getByName(inst.name).injectFault([{ layer: body.layer, expert: body.expert }], body.ms, kind);
+  return c.json({ instance: inst.name, layer: body.layer, expert: body.expert, ms: body.ms, kind });
+});
+
+const StageFaultBody = z.strictObject({
+  model: z.string().optional(),
+  /** Index of the stage in the pipeline placement. */
+  stage: z.number().int().min(0),
+  /** The first run at a position ≥ this finds the stage evicted (layers and KV caches gone). */
+  at: z.number().int().min(1),
+});
+
+/** Chaos testing: a StageHost loses everything it holds, as an eviction does, on a later call. */
+admin.post("/fault/stage", async (c) => {
+  if (!boolVar(c.env, "ADMIN_FAULTS_ENABLED", false)) {
+    throw new ApiError(
+      403,
+      'fault injection is disabled: set the ADMIN_FAULTS_ENABLED var to "true" (test and staging deployments only)',
+      "permission_error",
+      null,
+      "faults_disabled",
+    );
+  }
+  const body = await parseBody(c, StageFaultBody);
+  const rt = await runtime(c.env, body.model);
+  const hop = rt.pipeline.stages[body.stage];
+  if (!hop) throw ApiError.invalid("stage", `must be < ${rt.pipeline.stages.length} (the model's pipeline stages)`);
+  await c.env.STAGE_HOST.getByName(hop.name).injectReset(body.at);
+  return c.json({ stage: hop.name, at: body.at });
 });
 
 async function runtime(env: Env, model: string | undefined) {

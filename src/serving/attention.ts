@@ -6,9 +6,11 @@
  * Pure math on a `Kernels` instance, so Node tests run it with `loadKernels` from kernels/node.ts.
  */
 import type { Kernels } from "../kernels/index";
+import type { DenseMatrix } from "../kernels/dense";
 import type { AttentionSpec, GqaAttentionSpec, MlaAttentionSpec, ModelSpec, RopeSpec } from "../model/config";
 import { ropeFrequencies } from "../model/rope";
 import type { GqaWeights, MlaWeights } from "../model/architectures";
+import type { Held } from "../model/dense-layers";
 
 /** A weight tree with a Wasm pointer where each array is. */
 type PtrOf<V> = V extends Float32Array ? number : V extends null ? null : V extends object ? Ptrs<V> : V;
@@ -84,9 +86,16 @@ export interface AttentionCall {
   n: number;
   cos: number; // [n, rotDim/2]
   sin: number; // [n, rotDim/2]
+  /** Activation scratch of int8 weight matrices for n tokens (0 when none is int8). */
+  ws: number;
 }
 
-export function attentionStep(c: AttentionCall, w: Ptrs<GqaWeights> | Ptrs<MlaWeights>): void {
+/** y[n, m.rows] = x · mᵀ on a held matrix (f32, bf16 or int8). */
+function mm(c: AttentionCall, m: DenseMatrix, out: number, x: number): void {
+  c.k.matmulDense(m, out, x, c.n, c.ws);
+}
+
+export function attentionStep(c: AttentionCall, w: Held<GqaWeights> | Held<MlaWeights>): void {
   const a = c.spec.attention;
   if (a.kind === "gqa" && w.kind === "gqa") gqaStep(c, a, w);
   else if (a.kind === "mla" && w.kind === "mla") mlaStep(c, a, w);
@@ -94,10 +103,10 @@ export function attentionStep(c: AttentionCall, w: Ptrs<GqaWeights> | Ptrs<MlaWe
 }
 
 /** x[n, d] += b[d] per row. */
-function addBias(k: Kernels, x: number, b: number | null, n: number, d: number): void {
+function addBias(k: Kernels, x: number, b: DenseMatrix | null, n: number, d: number): void {
   if (b === null) return;
   const xs = k.f32(x, n * d);
-  const bs = k.f32(b, d);
+  const bs = k.f32(b.ptr, d);
   for (let t = 0; t < n; t++) for (let i = 0; i < d; i++) xs[t * d + i] += bs[i];
 }
 
@@ -105,7 +114,7 @@ function addBias(k: Kernels, x: number, b: number | null, n: number, d: number):
  * HF Llama-family attention: q = Wq·h (+bq), k, v likewise; optional q/k RMSNorm (per head over
  * headDim, or over the whole projection) before RoPE; causal softmax(q·kᵀ·scale)·v; o = Wo·att (+bo).
  */
-function gqaStep(c: AttentionCall, a: GqaAttentionSpec, w: Ptrs<GqaWeights>): void {
+function gqaStep(c: AttentionCall, a: GqaAttentionSpec, w: Held<GqaWeights>): void {
   const { k, spec, h, n, start } = c;
   const { dModel, rmsEps } = spec;
   const { nHeads, nKvHeads, headDim } = a;
@@ -116,9 +125,9 @@ function gqaStep(c: AttentionCall, a: GqaAttentionSpec, w: Ptrs<GqaWeights>): vo
   const scratch = c.arena.f32(start + n); // attention scores
   const kAt = c.kCache + start * kvDim * 4; // K and V go straight into the cache
   const vAt = c.vCache + start * kvDim * 4;
-  k.matmul(q, h, w.wq, n, dModel, qDim);
-  k.matmul(kAt, h, w.wk, n, dModel, kvDim);
-  k.matmul(vAt, h, w.wv, n, dModel, kvDim);
+  mm(c, w.wq, q, h);
+  mm(c, w.wk, kAt, h);
+  mm(c, w.wv, vAt, h);
   addBias(k, q, w.bq, n, qDim);
   addBias(k, kAt, w.bk, n, kvDim);
   addBias(k, vAt, w.bv, n, kvDim);
@@ -129,14 +138,14 @@ function gqaStep(c: AttentionCall, a: GqaAttentionSpec, w: Ptrs<GqaWeights>): vo
     full: { qRows: n, qD: qDim, kRows: n, kD: kvDim },
   }[a.qkNorm];
   if (norm && w.qNorm !== null && w.kNorm !== null) {
-    k.rmsnorm(q, q, w.qNorm, norm.qRows, norm.qD, rmsEps);
-    k.rmsnorm(kAt, kAt, w.kNorm, norm.kRows, norm.kD, rmsEps);
+    k.rmsnorm(q, q, w.qNorm.ptr, norm.qRows, norm.qD, rmsEps);
+    k.rmsnorm(kAt, kAt, w.kNorm.ptr, norm.kRows, norm.kD, rmsEps);
   }
   const { rotDim, interleaved } = spec.rope;
   k.rope(q, c.cos, c.sin, n, nHeads, headDim, 0, rotDim, interleaved);
   k.rope(kAt, c.cos, c.sin, n, nKvHeads, headDim, 0, rotDim, interleaved);
   k.attention(att, q, c.kCache, c.vCache, n, start, nHeads, nKvHeads, headDim, headDim, a.scale, scratch);
-  k.matmul(c.out, att, w.wo, n, qDim, dModel);
+  mm(c, w.wo, c.out, att);
   addBias(k, c.out, w.bo, n, dModel);
 }
 
@@ -148,9 +157,9 @@ function gqaStep(c: AttentionCall, a: GqaAttentionSpec, w: Ptrs<GqaWeights>): vo
  * HF de-interleaves q_pe and k_pe before rotate_half; rotating the interleaved pairs in place gives
  * the same q·k, since both sides share the permutation.
  */
-function mlaStep(c: AttentionCall, a: MlaAttentionSpec, w: Ptrs<MlaWeights>): void {
+function mlaStep(c: AttentionCall, a: MlaAttentionSpec, w: Held<MlaWeights>): void {
   const { k, spec, h, n, start } = c;
-  const { dModel, rmsEps } = spec;
+  const { rmsEps } = spec;
   const { nHeads, qkNopeHeadDim: nope, qkRopeHeadDim: rope, vHeadDim: vd, kvLoraRank: kvr } = a;
   const qHead = nope + rope;
   const kvA = kvr + rope;
@@ -163,23 +172,23 @@ function mlaStep(c: AttentionCall, a: MlaAttentionSpec, w: Ptrs<MlaWeights>): vo
   const scratch = c.arena.f32(start + n);
 
   if (a.qLoraRank === null) {
-    k.matmul(q, h, w.wq!, n, dModel, nHeads * qHead);
+    mm(c, w.wq!, q, h);
   } else {
-    k.matmul(qa, h, w.wqA!, n, dModel, a.qLoraRank);
-    k.rmsnorm(qa, qa, w.qANorm!, n, a.qLoraRank, rmsEps);
-    k.matmul(q, qa, w.wqB!, n, a.qLoraRank, nHeads * qHead);
+    mm(c, w.wqA!, qa, h);
+    k.rmsnorm(qa, qa, w.qANorm!.ptr, n, a.qLoraRank, rmsEps);
+    mm(c, w.wqB!, q, qa);
   }
   const { interleaved } = spec.rope;
   k.rope(q, c.cos, c.sin, n, nHeads, qHead, nope, rope, interleaved);
-  k.matmul(ckv, h, w.wkvA, n, dModel, kvA);
+  mm(c, w.wkvA, ckv, h);
   k.rope(ckv, c.cos, c.sin, n, 1, kvA, kvr, rope, interleaved); // k_pe
   {
     const src = k.f32(ckv, n * kvA);
     const dst = k.f32(cn, n * kvr);
     for (let t = 0; t < n; t++) dst.set(src.subarray(t * kvA, t * kvA + kvr), t * kvr);
   }
-  k.rmsnorm(cn, cn, w.kvANorm, n, kvr, rmsEps);
-  k.matmul(kv, cn, w.wkvB, n, kvr, nHeads * (nope + vd));
+  k.rmsnorm(cn, cn, w.kvANorm.ptr, n, kvr, rmsEps);
+  mm(c, w.wkvB, kv, cn);
   // Cache K [pos, head, nope | rope] and V [pos, head, v].
   {
     const src = k.f32(kv, n * nHeads * (nope + vd));
@@ -198,5 +207,5 @@ function mlaStep(c: AttentionCall, a: MlaAttentionSpec, w: Ptrs<MlaWeights>): vo
     }
   }
   k.attention(att, q, c.kCache, c.vCache, n, start, nHeads, nHeads, qHead, vd, a.scale, scratch);
-  k.matmul(c.out, att, w.wo, n, nHeads * vd, dModel);
+  mm(c, w.wo, c.out, att);
 }

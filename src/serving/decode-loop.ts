@@ -7,6 +7,7 @@
  */
 import type { ModelRuntime, RuntimeSession } from "./model-runtime";
 import { createRng, sampleToken, type SamplingParams } from "./sampling";
+import type { StageFailure } from "./stage-protocol";
 
 /** What the loop needs to produce tokens (text handling stays with the Worker). */
 export interface DecodeRequest {
@@ -47,20 +48,59 @@ export function encodeToken(id: number): Uint8Array {
   return b;
 }
 
-/** Reads the ids of a driver's stream; chunk boundaries may split an id. */
-export async function* decodeTokenStream(stream: ReadableStream<Uint8Array>): AsyncGenerator<number> {
+/** In place of a token id: the loop failed; a length-prefixed UTF-8 JSON StageFailure follows. */
+const FAILED = -1;
+
+/**
+ * The end of a stream whose loop failed: FAILED, the byte length, the failure as JSON. The driver
+ * writes it and closes the stream normally — an aborted RPC stream reaches the reader only as
+ * "ReadableStream received over RPC disconnected prematurely", without its reason, so the failure
+ * travels in band.
+ */
+export function encodeFailure(f: StageFailure): Uint8Array {
+  const json = new TextEncoder().encode(JSON.stringify(f));
+  const b = new Uint8Array(8 + json.length);
+  const view = new DataView(b.buffer);
+  view.setInt32(0, FAILED, true);
+  view.setInt32(4, json.length, true);
+  b.set(json, 8);
+  return b;
+}
+
+/**
+ * Reads the ids of a driver's stream; chunk boundaries may split an id or a failure record. A
+ * failure record throws `fail(failure)`.
+ */
+export async function* decodeTokenStream(
+  stream: ReadableStream<Uint8Array>,
+  fail: (f: StageFailure) => Error,
+): AsyncGenerator<number> {
   const reader = stream.getReader();
   let pending = new Uint8Array(0);
   try {
     for (;;) {
       const { done, value } = await reader.read();
-      if (done) return;
+      if (done) {
+        if (pending.length > 0)
+          throw new Error(`session driver stream ended inside a record (${pending.length} bytes)`);
+        return;
+      }
       const buf = new Uint8Array(pending.length + value.length);
       buf.set(pending);
       buf.set(value, pending.length);
       const view = new DataView(buf.buffer);
       let at = 0;
-      for (; at + 4 <= buf.length; at += 4) yield view.getInt32(at, true);
+      for (; at + 4 <= buf.length; at += 4) {
+        const id = view.getInt32(at, true);
+        if (id !== FAILED) {
+          yield id;
+          continue;
+        }
+        if (at + 8 > buf.length) break; // the length has not arrived yet
+        const len = view.getInt32(at + 4, true);
+        if (at + 8 + len > buf.length) break; // nor the whole record
+        throw fail(JSON.parse(new TextDecoder().decode(buf.subarray(at + 8, at + 8 + len))) as StageFailure);
+      }
       pending = buf.slice(at);
     }
   } finally {

@@ -14,7 +14,9 @@
  * one file (llama2.c's habit), which is what makes it reviewable against the reference.
  */
 import type { Kernels } from "../kernels/index";
+import { denseScratchBytes, type DenseMatrix } from "../kernels/dense";
 import type { DenseEnds, DenseLayerWeights, DenseWeights, MlpWeights, SharedWeights } from "../model/architectures";
+import { freeHeld, holdLayer, type Held, type HeldLayer } from "../model/dense-layers";
 import type { ModelSpec } from "../model/config";
 import { flattenRouting, route, ROUTING_OFF, type Routing, type RoutingOptions } from "../gating/router";
 import { expertEvents } from "../platform/events";
@@ -86,13 +88,24 @@ export class ModelForward {
     readonly kernels: Kernels,
     private readonly ends: Ptrs<DenseEnds> | null,
     private readonly normW: number | null,
-    private readonly layerW: Ptrs<DenseLayerWeights>[],
+    private readonly layerW: HeldLayer[],
     first: number,
     readonly routing: RoutingOptions,
   ) {
     this.first = first;
     this.end = first + layerW.length;
+    const ms: DenseMatrix[] = [];
+    collectMatrices(layerW, ms);
+    this.heldBytes = ms.reduce((b, m) => b + m.bytes, 0);
+    // The int8 matrix with the widest padded rows sizes the per-call activation scratch.
+    const q8 = ms.filter((m) => m.format === "int8");
+    this.#q8Widest =
+      q8.length === 0 ? null : q8.reduce((a, b) => (denseScratchBytes(b, 1) > denseScratchBytes(a, 1) ? b : a));
   }
+
+  /** Bytes of the layers' weights in Wasm memory (as held: f32, bf16 or int8 matrices). */
+  readonly heldBytes: number;
+  readonly #q8Widest: DenseMatrix | null;
 
   /** Copies the whole dense model into the kernels' memory (a model that fits one isolate). */
   static create(k: Kernels, spec: ModelSpec, dense: DenseWeights, routing: RoutingOptions = ROUTING_OFF): ModelForward {
@@ -109,25 +122,36 @@ export class ModelForward {
   ): ModelForward {
     const ends = part.ends ? upload(k, part.ends) : null;
     const norm = ends ? ends.finalNorm : part.finalNorm ? k.allocF32(part.finalNorm) : null;
-    return new ModelForward(spec, k, ends, norm, upload(k, part.layers), part.first, routing);
+    const layers = part.layers.map((w, i) => holdLayer(k, spec, part.first + i, w));
+    return new ModelForward(spec, k, ends, norm, layers, part.first, routing);
   }
 
   /**
-   * Builds a part of layers [first, end) one layer at a time: each is read, copied into Wasm
-   * memory and dropped before the next is read, so loading peaks at the weights in Wasm plus one
-   * layer in JS — not twice the range.
+   * Builds a part of layers [first, end) one layer at a time, each loaded straight into these
+   * kernels' memory by `loadLayer` (src/model/dense-layers.ts `loadLayer` streams it from the
+   * checkpoint: the load peaks at the weights in Wasm plus one read chunk in JS). `finalNorm`: the
+   * part also applies the final norm (a part whose head runs on HeadHosts). A failed load frees
+   * what was loaded.
    */
   static async loadLayers(
     k: Kernels,
     spec: ModelSpec,
     first: number,
     end: number,
-    readLayer: (l: number) => Promise<DenseLayerWeights>,
+    loadLayer: (l: number) => Promise<HeldLayer>,
     routing: RoutingOptions = ROUTING_OFF,
+    ends: { ends: DenseEnds | null; finalNorm?: Float32Array | null } = { ends: null },
   ): Promise<ModelForward> {
-    const layers: Ptrs<DenseLayerWeights>[] = [];
-    for (let l = first; l < end; l++) layers.push(upload(k, await readLayer(l)));
-    return new ModelForward(spec, k, null, null, layers, first, routing);
+    const layers: HeldLayer[] = [];
+    try {
+      for (let l = first; l < end; l++) layers.push(await loadLayer(l));
+    } catch (err) {
+      freeHeld(k, layers);
+      throw err;
+    }
+    const e = ends.ends ? upload(k, ends.ends) : null;
+    const norm = e ? e.finalNorm : ends.finalNorm ? k.allocF32(ends.finalNorm) : null;
+    return new ModelForward(spec, k, e, norm, layers, first, routing);
   }
 
   /** Whether this part holds every layer and the ends (nothing runs elsewhere). */
@@ -317,19 +341,20 @@ export class ModelForward {
       const o = arena.f32(n * dModel); // [n, dModel] attention output
       const cos = arena.f32(n * (rope.rotDim / 2)); // [n, rotDim/2]
       const sin = arena.f32(n * (rope.rotDim / 2)); // [n, rotDim/2]
+      const ws = this.#weightScratch(arena, n);
       ropeTables(k.f32(cos, n * (rope.rotDim / 2)), k.f32(sin, n * (rope.rotDim / 2)), rope, start, n);
 
       for (let l = this.first; l < this.end; l++) {
         const L = this.layerW[l - this.first];
         const kv = { kCache: s.k[l - this.first], vCache: s.v[l - this.first] };
         // Attention block.
-        k.rmsnorm(h, x, L.attnNorm, n, dModel, rmsEps);
-        attentionStep({ k, arena, spec: this.spec, h, out: o, ...kv, start, n, cos, sin }, L.attention);
+        k.rmsnorm(h, x, L.attnNorm.ptr, n, dModel, rmsEps);
+        attentionStep({ k, arena, spec: this.spec, h, out: o, ...kv, start, n, cos, sin, ws }, L.attention);
         addScaled(k.f32(x, n * dModel), k.f32(o, n * dModel), multipliers.residual);
 
         // Feed-forward block: dense MLP or MoE.
-        k.rmsnorm(h, x, L.mlpNorm, n, dModel, rmsEps);
-        const ffn = await this.#ffn(l, h, n, experts, rng, onRouting);
+        k.rmsnorm(h, x, L.mlpNorm.ptr, n, dModel, rmsEps);
+        const ffn = await this.#ffn(l, h, n, ws, experts, rng, onRouting);
         addScaled(k.f32(x, n * dModel), ffn, multipliers.residual);
       }
       s.length = start + n;
@@ -356,20 +381,30 @@ export class ModelForward {
     const arena = new Arena(this.kernels);
     try {
       const h = arena.f32(input.length);
+      const ws = this.#weightScratch(arena, n);
       this.kernels.f32(h, input.length).set(input);
       let routing: Routing | null = null;
-      const out = await this.#ffn(layer, h, n, experts, rng, (_, r) => (routing = r));
+      const out = await this.#ffn(layer, h, n, ws, experts, rng, (_, r) => (routing = r));
       return { out, routing: routing! };
     } finally {
       arena.free();
     }
   }
 
-  /** The feed-forward half of layer l on h [n, dModel] (in Wasm memory); returns [n, dModel] in JS memory. */
+  /** Activation scratch of the int8 matrices for n tokens (0: no int8 matrix held, none needed). */
+  #weightScratch(arena: Arena, n: number): number {
+    return this.#q8Widest === null ? 0 : arena.f32(Math.ceil(denseScratchBytes(this.#q8Widest, n) / 4));
+  }
+
+  /**
+   * The feed-forward half of layer l on h [n, dModel] (in Wasm memory); returns [n, dModel] in JS
+   * memory. ws: the int8 activation scratch for n tokens.
+   */
   async #ffn(
     l: number,
     h: number,
     n: number,
+    ws: number,
     experts: ExpertRunner,
     rng: () => number,
     onRouting?: (layer: number, r: Routing) => void,
@@ -380,7 +415,7 @@ export class ModelForward {
     switch (w.kind) {
       case "dense": {
         const kind = this.spec.layers[l];
-        return this.#mlp(w.mlp, h, n, kind.kind === "dense" ? kind.dFf : 0, null);
+        return this.#mlp(w.mlp, h, n, kind.kind === "dense" ? kind.dFf : 0, null, ws);
       }
       case "moe": {
         const arena = new Arena(k);
@@ -389,8 +424,8 @@ export class ModelForward {
         let hCopy: Float32Array;
         try {
           const gate = arena.f32(n * nExperts); // [n, nExperts] router logits
-          k.matmul(gate, h, w.router, n, dModel, nExperts);
-          const bias = w.routerBias === null ? null : k.f32(w.routerBias, nExperts).slice();
+          k.matmulDense(w.router, gate, h, n, 0); // routers are held f32: no scratch
+          const bias = w.routerBias === null ? null : k.f32(w.routerBias.ptr, nExperts).slice();
           routing = route(this.spec.router, k.f32(gate, n * nExperts).slice(), n, nExperts, topK, {
             bias,
             options: this.routing,
@@ -398,7 +433,7 @@ export class ModelForward {
           });
           // Shared experts run here, in the Worker: every token uses them, an RPC would buy nothing.
           if (w.shared !== null && this.spec.sharedExperts !== null)
-            shared = this.#mlp(w.shared, h, n, this.spec.sharedExperts.dFf, w.shared.gate);
+            shared = this.#mlp(w.shared, h, n, this.spec.sharedExperts.dFf, w.shared.gate, ws);
           hCopy = k.f32(h, n * dModel).slice(); // leaves Wasm memory before the await
         } finally {
           arena.free();
@@ -411,13 +446,18 @@ export class ModelForward {
     }
   }
 
-  /** SwiGLU MLP on h [n, dModel] in token chunks; with `gate`, each row × sigmoid(h·gate). */
+  /**
+   * SwiGLU MLP on h [n, dModel] in token chunks; with `gate`, each row × sigmoid(h·gate). f32
+   * weights run the fused `expertFfn` kernel (the f32 model's own arithmetic); bf16 / int8 weights
+   * run gate, up and down as dense matmuls with `siluMul` between (ws: int8 activation scratch).
+   */
   #mlp(
-    w: Ptrs<MlpWeights> | Ptrs<SharedWeights>,
+    w: Held<MlpWeights> | Held<SharedWeights>,
     h: number,
     n: number,
     dFf: number,
-    gate: number | null,
+    gate: DenseMatrix | null,
+    ws: number,
   ): Float32Array {
     const { dModel } = this.spec;
     const k = this.kernels;
@@ -428,13 +468,21 @@ export class ModelForward {
       const scratch = arena.f32(2 * chunk * dFf); // [2, chunk, dFf]
       const g = arena.f32(chunk); // [chunk, 1] shared-expert gate logits
       const out = new Float32Array(n * dModel);
+      const fused = w.w1.format === "f32" && w.w3.format === "f32" && w.w2.format === "f32";
       for (let done = 0; done < n; done += chunk) {
         const m = Math.min(chunk, n - done);
         const hAt = h + done * dModel * 4;
-        k.expertFfn(y, hAt, w.w1, w.w3, w.w2, m, dModel, dFf, scratch);
+        if (fused) k.expertFfn(y, hAt, w.w1.ptr, w.w3.ptr, w.w2.ptr, m, dModel, dFf, scratch);
+        else {
+          const up = scratch + m * dFf * 4;
+          k.matmulDense(w.w1, scratch, hAt, m, ws);
+          k.matmulDense(w.w3, up, hAt, m, ws);
+          k.siluMul(scratch, scratch, up, m * dFf);
+          k.matmulDense(w.w2, y, scratch, m, ws);
+        }
         const ys = k.f32(y, m * dModel);
         if (gate !== null) {
-          k.matmul(g, hAt, gate, m, dModel, 1);
+          k.matmulDense(gate, g, hAt, m, 0); // the gate is held f32
           const gs = k.f32(g, m);
           for (let t = 0; t < m; t++) {
             const s = 1 / (1 + Math.exp(-gs[t]));
@@ -473,6 +521,13 @@ async function runRouted(
     for (let d = 0; d < dModel; d++) out[o + d] += y[i * dModel + d];
   }
   return out;
+}
+
+/** Every matrix of a held weight tree. */
+function collectMatrices(tree: unknown, out: DenseMatrix[]): void {
+  if (typeof tree !== "object" || tree === null) return;
+  if ("ptr" in tree && "format" in tree) out.push(tree as DenseMatrix);
+  else for (const v of Object.values(tree)) collectMatrices(v, out);
 }
 
 /** dst += f · src */

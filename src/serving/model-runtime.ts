@@ -12,15 +12,9 @@
 import { pipelineRpcTimeoutMs, withDeadline } from "../platform/deadline";
 import { createKernels } from "../kernels/workers";
 import { WASM_MAX_BYTES } from "../kernels/index";
-import {
-  denseEndsBytes,
-  denseLayerBytes,
-  loadDenseEnds,
-  loadDenseLayers,
-  loadDenseWeights,
-  loadFinalNorm,
-} from "../model/architectures";
+import { denseEndsBytes, denseLayerBytes, loadDenseEnds, loadFinalNorm } from "../model/architectures";
 import { CheckpointEmbeddings, type EmbeddingSource } from "../model/embeddings";
+import { layerHeldBytes, loadLayer } from "../model/dense-layers";
 import type { HeadPlacement } from "../coordinator/head-placement";
 import { HeadError, headPlacementFor, loadHead, runHead } from "../head/head-client";
 import { HeadEmbeddings } from "../head/head-embeddings";
@@ -36,15 +30,24 @@ import { modelPrefix, openModelFromR2 } from "../platform/model-store";
 import { readBudgets, WORKER_SCRATCH_BYTES } from "../platform/budgets";
 import { formatMiB } from "../platform/format";
 import { ApiError, BudgetError } from "../errors";
-import { EMBED_CACHE_BYTES, KV_RETRY_AFTER_MS, PREFILL_CHUNK, readStageBudgets } from "./stage-budgets";
+import {
+  EMBED_CACHE_BYTES,
+  KV_RETRY_AFTER_MS,
+  PREFILL_CHUNK,
+  readStageBudgets,
+  STAGE_LOAD_CHUNK_BYTES,
+} from "./stage-budgets";
 import { KvLedger } from "./kv-ledger";
-import { StageChain, stageError } from "./stage-client";
+import { SessionLostError, StageChain, stageError } from "./stage-client";
 import { decodeTokenStream, type DecodeRequest } from "./decode-loop";
 import type { StageLayerTrace } from "./stage-protocol";
 import { ModelForward, type ExpertRunner, type Session } from "./forward";
 import { placementInitFor, type ModelPlacementInit } from "./placement-init";
 
 export type { ModelPlacementInit } from "./placement-init";
+
+/** Replays of a pipeline session's tokens after stages lost its KV cache, at most (each stage may lose it once). */
+const MAX_REPLAYS = 4;
 
 /** What a forward pass can record for inspection (verify, tests): per-layer routing. */
 export interface ForwardTrace {
@@ -58,6 +61,10 @@ export interface ForwardTrace {
  */
 export class RuntimeSession {
   length = 0;
+  /** Token ids run so far, kept for pipeline sessions: replayed when a stage lost its KV cache. */
+  readonly fed: number[] = [];
+  /** Replays done (bounded: a stage that keeps losing sessions fails the request). */
+  replays = 0;
   constructor(
     readonly id: string,
     readonly maxLen: number,
@@ -118,7 +125,8 @@ export class ModelRuntime {
     try {
       plan = planPipeline({
         model: id,
-        layerBytes: spec.layers.map((_, l) => denseLayerBytes(spec, l)),
+        layerBytes: spec.layers.map((_, l) => layerHeldBytes(spec, l, stageBudgets.denseFormat)),
+        workerLayerBytes: spec.layers.map((_, l) => denseLayerBytes(spec, l)),
         endsBytes: head ? headless : denseEndsBytes(spec),
         workerBytes: budgets.workerBytes,
         stageBytes: stageBudgets.stageBytes,
@@ -141,18 +149,17 @@ export class ModelRuntime {
     const k = createKernels("best", {
       maxBytes: Math.min(WASM_MAX_BYTES, held + stageBudgets.workerKvBytes + WORKER_SCRATCH_BYTES),
     });
-    const layers = staged ? [] : head ? await loadDenseLayers(ckpt, spec, 0, spec.nLayers) : null;
-    const model =
-      layers === null
-        ? ModelForward.create(k, spec, await loadDenseWeights(ckpt, spec), routing)
-        : ModelForward.createPart(
-            k,
-            spec,
-            head
-              ? { ends: null, finalNorm: await loadFinalNorm(ckpt, spec), first: 0, layers }
-              : { ends: await loadDenseEnds(ckpt, spec), first: 0, layers },
-            routing,
-          );
+    // The layers the Worker runs itself stream into its Wasm memory with the StageHost's loader, as
+    // f32 always (the fast path of small models keeps the f32 model's arithmetic and speed).
+    const model = await ModelForward.loadLayers(
+      k,
+      spec,
+      0,
+      staged ? 0 : spec.nLayers,
+      (l) => loadLayer(k, ckpt, spec, l, { format: "f32", chunkBytes: STAGE_LOAD_CHUNK_BYTES }),
+      routing,
+      head ? { ends: null, finalNorm: await loadFinalNorm(ckpt, spec) } : { ends: await loadDenseEnds(ckpt, spec) },
+    );
     let embeddings: EmbeddingSource | null = null;
     if (head) {
       try {
@@ -264,7 +271,7 @@ export class ModelRuntime {
     const call = env.STAGE_HOST.getByName(name).decode({ ...loop, model: this.id, session: s.id, maxLen: s.maxLen });
     const r = await withDeadline(Promise.resolve(call), pipelineRpcTimeoutMs(env), `session driver ${name}`);
     if (!r.ok) throw stageError(r);
-    return decodeTokenStream(r.tokens);
+    return decodeTokenStream(r.tokens, stageError);
   }
 
   /** A session opened elsewhere (by the Worker), driven here: same id on every stage. */
@@ -336,7 +343,16 @@ export class ModelRuntime {
         : this.model.embed(tokens);
       let y: Float32Array;
       if (this.chain) {
-        const r = await this.chain.run(env, s.id, s.maxLen, s.length, x, Math.max(nOut, 1), trace !== undefined);
+        const run = () => this.chain!.run(env, s.id, s.maxLen, s.length, x, Math.max(nOut, 1), trace !== undefined);
+        let r: Awaited<ReturnType<typeof run>> | null = null;
+        while (r === null) {
+          try {
+            r = await run();
+          } catch (err) {
+            if (!(err instanceof SessionLostError) || s.replays >= MAX_REPLAYS) throw err;
+            await this.#replay(env, s, rng, rpcs);
+          }
+        }
         rpcs.stageCalls += 1;
         rpcs.total += r.rpcs;
         if (trace) for (const t of r.trace) recordTrace(trace, t);
@@ -359,7 +375,27 @@ export class ModelRuntime {
       } else logits = this.model.head(y);
     }
     s.length += tokens.length;
+    if (this.chain) s.fed.push(...tokens);
     return logits;
+  }
+
+  /**
+   * A stage lost the session's KV cache (an evicted or reset instance keeps nothing in memory):
+   * frees it everywhere, re-admits it on every stage and runs the tokens fed so far again from
+   * position 0, so the stages hold the same prefix as before and the caller's chunk can run.
+   */
+  async #replay(env: Env, s: RuntimeSession, rng: () => number, rpcs: ForwardRpcs): Promise<void> {
+    const chain = this.chain!;
+    s.replays++;
+    const history = s.fed.slice(0, s.length);
+    console.warn(`session ${s.id}: a stage lost its KV cache; replaying ${history.length} tokens`);
+    await chain.end(env, s.id);
+    s.length = 0;
+    s.fed.length = 0;
+    await chain.open(env, s.id, s.maxLen);
+    for (let at = 0; at < history.length; at += PREFILL_CHUNK) {
+      await this.#forwardChunk(env, s, history.slice(at, at + PREFILL_CHUNK), rng, 0, rpcs);
+    }
   }
 
   /**

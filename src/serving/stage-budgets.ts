@@ -4,7 +4,8 @@
  * per-call scratch, all under the kernels' memory cap (a production isolate has 128 MB in all).
  */
 import { WASM_MAX_BYTES } from "../kernels/index";
-import { ConfigError, intVar, mibVar, type Vars } from "../platform/env";
+import type { DenseFormat } from "../kernels/dense";
+import { ConfigError, enumVar, intVar, mibVar, type Vars } from "../platform/env";
 
 const MIB = 1024 * 1024;
 
@@ -17,8 +18,33 @@ export const PREFILL_CHUNK = 128;
 /** A session unused this long is freed by the stage's alarm (a client that vanished mid-stream). */
 export const SESSION_IDLE_MS = 60_000;
 
+/**
+ * While a StageHost holds sessions it wakes itself this often (an alarm): a Durable Object with no
+ * incoming event is evicted after a while (seconds in local workerd, minutes in production; README,
+ * "KV caches and admission"), and an evicted stage loses every session's KV cache (and reloads its
+ * layers). An alarm is an incoming event; ≤ 12 a minute per stage, and only while it holds sessions.
+ */
+export const STAGE_KEEPALIVE_MS = 5_000;
+
 /** What a refused (KV-full) request is told to wait before retrying. */
 export const KV_RETRY_AFTER_MS = 2_000;
+
+/**
+ * Checkpoint bytes per ranged read while a StageHost loads its layers: the load's JS memory is one
+ * such chunk plus one f32 row (src/model/dense-layers.ts), whatever the stage's size.
+ */
+export const STAGE_LOAD_CHUNK_BYTES = MIB;
+
+/** DENSE_QUANT values: how StageHosts store their layers' matrices (norms, biases, routers stay f32). */
+export const DENSE_QUANTS = ["f32", "bf16", "int8-group"] as const;
+export type DenseQuant = (typeof DENSE_QUANTS)[number];
+/** The default, chosen by measured accuracy, speed and bytes (README, "Dense weights in the stages"). */
+export const DEFAULT_DENSE_QUANT: DenseQuant = "int8-group";
+
+/** The kernel format of a DENSE_QUANT value ("int8-group": int8 with one scale per DEFAULT_GROUP inputs). */
+export function denseFormatOf(q: DenseQuant): DenseFormat {
+  return q === "int8-group" ? "int8" : q;
+}
 
 export interface StageBudgets {
   /** Dense weight bytes one StageHost may hold. */
@@ -31,6 +57,8 @@ export interface StageBudgets {
   forcedStages: number;
   /** Force the output head onto this many HeadHost shards (0 = only when it does not fit the Worker). */
   forcedHeadShards: number;
+  /** How StageHosts hold their layers' matrices (DENSE_QUANT); the Worker's own layers are always f32. */
+  denseFormat: DenseFormat;
 }
 
 /** Embedding rows the Worker caches when the table is not in its memory (untied models). */
@@ -51,5 +79,6 @@ export function readStageBudgets(env: Vars): StageBudgets {
   const workerKvBytes = mibVar(env, "WORKER_KV_BUDGET_MB", 48);
   const forcedStages = intVar(env, "PIPELINE_STAGES", 0, { min: 0, max: 1024 });
   const forcedHeadShards = intVar(env, "HEAD_SHARDS", 0, { min: 0, max: 4096 });
-  return { stageBytes, stageKvBytes, workerKvBytes, forcedStages, forcedHeadShards };
+  const denseFormat = denseFormatOf(enumVar(env, "DENSE_QUANT", DENSE_QUANTS, DEFAULT_DENSE_QUANT));
+  return { stageBytes, stageKvBytes, workerKvBytes, forcedStages, forcedHeadShards, denseFormat };
 }

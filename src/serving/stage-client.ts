@@ -80,6 +80,11 @@ export class StageChain {
   }
 }
 
+/** A stage lost a session's KV cache (its instance was evicted or reset): the caller may replay the session. */
+export class SessionLostError extends Error {
+  override name = "SessionLostError";
+}
+
 /** A stage's failure as the client sees it: full → 429, too long → 400, experts down → 503. */
 export function stageError(f: StageFailure): Error {
   switch (f.code) {
@@ -100,6 +105,10 @@ export function stageError(f: StageFailure): Error {
       );
     case "expert_unavailable":
       return new ApiError(503, f.message, "service_unavailable", null, "expert_unavailable", ApiError.retryIn(1));
+    case "session_lost":
+      return new SessionLostError(f.message);
+    case "upstream_timeout":
+      return new ApiError(503, f.message, "service_unavailable", null, "upstream_timeout", ApiError.retryIn(1));
     default:
       return new Error(`pipeline stage failed (${f.code}): ${f.message}`);
   }

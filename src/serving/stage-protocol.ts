@@ -46,7 +46,11 @@ export type StageFailureCode =
   | "bad_request"
   | "model_error"
   | "budget_exceeded"
-  | "expert_unavailable";
+  | "expert_unavailable"
+  /** An RPC further down the pipeline missed its deadline (a session driver reports it in band). */
+  | "upstream_timeout"
+  /** The stage no longer holds the session's KV cache (the instance was evicted or reset): replay it. */
+  | "session_lost";
 
 export interface StageFailure {
   ok: false;
@@ -77,9 +81,13 @@ export interface StageHostStats {
   first: number | null;
   end: number | null;
   kernels: string | null;
-  /** Dense weight bytes held. */
+  /** Dense weight bytes held (exactly what the matrices take in Wasm memory, in `denseFormat`). */
   bytesHeld: number;
   budgetBytes: number;
+  /** How the layers' matrices are held (DENSE_QUANT: f32, bf16 or int8); null before the first load. */
+  denseFormat: string | null;
+  /** The load: ranged reads, and the most checkpoint bytes + row scratch it held in JS at once. */
+  load: { ms: number; reads: number; bytesRead: number; maxJsScratchBytes: number } | null;
   kvBytesUsed: number;
   kvBudgetBytes: number;
   /** Highest kvBytesUsed since the instance started. */

@@ -4,6 +4,7 @@
  * request the KV budgets admit — what the RPC count and `[limits]` are checked against.
  */
 import { denseEndsBytes, denseLayerBytes } from "../model/architectures";
+import { layerHeldBytes } from "../model/dense-layers";
 import { maxServableTokens, type ModelSpec } from "../model/config";
 import { initialPlacement } from "../coordinator/initial-placement";
 import type { Placement } from "../coordinator/placement";
@@ -100,7 +101,8 @@ export function deploymentShape(
       : null;
   const pipeline = planPipeline({
     model,
-    layerBytes: spec.layers.map((_, l) => denseLayerBytes(spec, l)),
+    layerBytes: spec.layers.map((_, l) => layerHeldBytes(spec, l, stageBudgets.denseFormat)),
+    workerLayerBytes: spec.layers.map((_, l) => denseLayerBytes(spec, l)),
     endsBytes: head ? 4 * spec.dModel + (spec.tieEmbeddings ? 0 : EMBED_CACHE_BYTES) : denseEndsBytes(spec),
     workerBytes: budgets.workerBytes,
     stageBytes: stageBudgets.stageBytes,

@@ -8,10 +8,10 @@
  * `runExperts` fan-out, and passes the residual stream on to the next stage itself (see
  * serving/stage-protocol.ts).
  */
-import { pipelineRpcTimeoutMs, withDeadline } from "../platform/deadline";
+import { pipelineRpcTimeoutMs, RpcDeadlineError, withDeadline } from "../platform/deadline";
 import { DurableObject } from "cloudflare:workers";
 import { createKernels } from "../kernels/workers";
-import { denseLayerBytes, loadDenseLayers } from "../model/architectures";
+import { emptyLoadStats, layerHeldBytes, loadLayer, type LoadStats } from "../model/dense-layers";
 import { openModelFromR2 } from "../platform/model-store";
 import { formatMiB } from "../platform/format";
 import { flushExpertEventsSoon } from "../platform/events";
@@ -20,10 +20,17 @@ import { parseRoutingOptions } from "../gating/options";
 import { ModelForward, type ExpertRunner, type Session } from "../serving/forward";
 import { placementInitFor, type ModelPlacementInit } from "../serving/placement-init";
 import { getRuntime } from "../serving/model-runtime";
-import { encodeToken, sampledTokens, type DecodeRequest } from "../serving/decode-loop";
+import { encodeFailure, encodeToken, sampledTokens, type DecodeRequest } from "../serving/decode-loop";
 import { createRng } from "../serving/sampling";
 import type { Routing } from "../gating/router";
-import { KV_RETRY_AFTER_MS, readStageBudgets, SESSION_IDLE_MS, STAGE_SCRATCH_BYTES } from "../serving/stage-budgets";
+import {
+  KV_RETRY_AFTER_MS,
+  readStageBudgets,
+  SESSION_IDLE_MS,
+  STAGE_KEEPALIVE_MS,
+  STAGE_LOAD_CHUNK_BYTES,
+  STAGE_SCRATCH_BYTES,
+} from "../serving/stage-budgets";
 import { KvLedger } from "../serving/kv-ledger";
 import type {
   StageDecodeResult,
@@ -45,6 +52,7 @@ interface StagePart {
   forward: ModelForward;
   bytes: number;
   init: ModelPlacementInit;
+  load: LoadStats & { ms: number };
 }
 
 class StageError extends Error {
@@ -62,6 +70,8 @@ export class StageHost extends DurableObject<Env> {
   #opening: Promise<StagePart> | null = null;
   #kv: KvLedger<Session> | null = null;
   #name = "";
+  /** Injected reset (chaos testing): the first run at a position ≥ this finds the instance evicted. */
+  #resetAt: number | null = null;
 
   /** Reserves a session's KV cache before its first chunk (admission: a full stage says "busy"). */
   async open(model: string, hop: StageHop, session: string, maxLen: number): Promise<{ ok: true } | StageFailure> {
@@ -80,6 +90,13 @@ export class StageHost extends DurableObject<Env> {
     try {
       const hop = req.route[0];
       if (!hop) throw new StageError("bad_request", "empty route");
+      if (this.#resetAt !== null && req.start >= this.#resetAt) {
+        // Chaos testing: this call finds the instance as an eviction leaves it — no layers, no sessions.
+        this.#resetAt = null;
+        this.#part = null;
+        this.#opening = null;
+        this.#kv = null;
+      }
       const part = await this.#open(req.model, hop);
       const kv = this.#kv!;
       const now = Date.now();
@@ -87,8 +104,9 @@ export class StageHost extends DurableObject<Env> {
       if (!s) {
         if (req.start !== 0)
           throw new StageError(
-            "bad_request",
-            `${this.#label}: session ${req.session} is unknown here (freed after ${SESSION_IDLE_MS} ms idle?)`,
+            "session_lost",
+            `${this.#label}: session ${req.session} is unknown here (the instance was reset or evicted, ` +
+              `or the session idle for ${SESSION_IDLE_MS} ms)`,
           );
         s = this.#admit(part, req.session, req.maxLen, now);
       }
@@ -146,14 +164,26 @@ export class StageHost extends DurableObject<Env> {
       const { readable, writable } = new IdentityTransformStream();
       const writer = writable.getWriter();
       const run = async () => {
+        let inWrite = false; // a write that rejects: the Worker cancelled (stop string, client abort)
         try {
-          for await (const id of tokens) await writer.write(encodeToken(id)); // rejects once the Worker cancels
+          for await (const id of tokens) {
+            inWrite = true;
+            await writer.write(encodeToken(id));
+            inWrite = false;
+          }
           await writer.close();
         } catch (err) {
-          // The Worker sees only "disconnected prematurely" when the stream is aborted: say why here.
-          if (!(err instanceof Error && /cancel/i.test(err.message)))
-            console.error(JSON.stringify({ level: "error", msg: "session driver stopped", error: String(err) }));
-          await writer.abort(err).catch(() => {});
+          // A failure of the loop goes to the Worker in band, with its code and message (an abort would
+          // reach it as a bare "disconnected prematurely"); a cancelled stream just stops.
+          if (!inWrite) {
+            console.error(`session driver ${this.#label}: ${err instanceof Error ? err.message : String(err)}`);
+            const sent = await writer
+              .write(encodeFailure(failure(err)))
+              .then(() => writer.close())
+              .then(() => true)
+              .catch(() => false);
+            if (!sent) await writer.abort(err).catch(() => {});
+          } else await writer.abort(err).catch(() => {});
         } finally {
           await rt.endSession(session, this.env);
           flushExpertEventsSoon(this.env, (p) => this.ctx.waitUntil(p));
@@ -165,6 +195,14 @@ export class StageHost extends DurableObject<Env> {
     } catch (err) {
       return failure(err);
     }
+  }
+
+  /**
+   * Chaos testing (/admin/fault/stage): the first `run` at a position ≥ `at` finds this instance as
+   * an eviction leaves it — layers and every session's KV cache gone.
+   */
+  async injectReset(at: number): Promise<void> {
+    this.#resetAt = at;
   }
 
   /** Frees a session's KV cache (completion or client abort). Unknown ids are ignored. */
@@ -200,12 +238,16 @@ export class StageHost extends DurableObject<Env> {
     }
   }
 
-  /** Frees sessions idle for longer than SESSION_IDLE_MS (a client that vanished mid-stream). */
+  /**
+   * Frees sessions idle for longer than SESSION_IDLE_MS (a client that vanished mid-stream), and
+   * while sessions remain wakes again in STAGE_KEEPALIVE_MS, which keeps the instance — and their
+   * KV caches — from being evicted between a slow session's calls.
+   */
   override async alarm(): Promise<void> {
     const kv = this.#kv;
     if (!kv || !this.#part) return;
     for (const id of kv.idle(Date.now(), SESSION_IDLE_MS)) await this.end(id);
-    if (kv.size > 0) await this.ctx.storage.setAlarm(Date.now() + SESSION_IDLE_MS);
+    if (kv.size > 0) await this.ctx.storage.setAlarm(Date.now() + STAGE_KEEPALIVE_MS);
   }
 
   stats(): StageHostStats {
@@ -220,6 +262,15 @@ export class StageHost extends DurableObject<Env> {
       kernels: k?.flavor ?? null,
       bytesHeld: p?.bytes ?? 0,
       budgetBytes: budgets.stageBytes,
+      denseFormat: p ? budgets.denseFormat : null,
+      load: p
+        ? {
+            ms: p.load.ms,
+            reads: p.load.reads,
+            bytesRead: p.load.bytesRead,
+            maxJsScratchBytes: p.load.maxJsScratchBytes,
+          }
+        : null,
       kvBytesUsed: this.#kv?.usedBytes ?? 0,
       kvBudgetBytes: budgets.stageKvBytes,
       kvBytesPeak: this.#kv?.peak ?? 0,
@@ -262,7 +313,7 @@ export class StageHost extends DurableObject<Env> {
   }
 
   async #armIdleAlarm(): Promise<void> {
-    if ((await this.ctx.storage.getAlarm()) === null) await this.ctx.storage.setAlarm(Date.now() + SESSION_IDLE_MS);
+    if ((await this.ctx.storage.getAlarm()) === null) await this.ctx.storage.setAlarm(Date.now() + STAGE_KEEPALIVE_MS);
   }
 
   get #label(): string {
@@ -286,23 +337,27 @@ export class StageHost extends DurableObject<Env> {
       const opened = await openModelFromR2(this.env.MODELS, model);
       const budgets = readStageBudgets(this.env);
       const { spec, ckpt } = opened;
+      const format = budgets.denseFormat;
+      // Exact bytes the matrices will take (DENSE_QUANT's format), checked before anything is read.
       let bytes = 0;
-      for (let l = hop.first; l < hop.end; l++) bytes += denseLayerBytes(spec, l);
+      for (let l = hop.first; l < hop.end; l++) bytes += layerHeldBytes(spec, l, format);
       if (bytes > budgets.stageBytes) {
         throw new StageError(
           "budget_exceeded",
-          `layers [${hop.first}, ${hop.end}) of "${model}" need ${formatMiB(bytes)}, ` +
+          `layers [${hop.first}, ${hop.end}) of "${model}" need ${formatMiB(bytes)} as ${format}, ` +
             `STAGE_HOST_BUDGET_MB allows ${formatMiB(budgets.stageBytes)}`,
         );
       }
       const k = createKernels("best", { maxBytes: bytes + budgets.stageKvBytes + STAGE_SCRATCH_BYTES });
-      const readLayer = async (l: number) => (await loadDenseLayers(ckpt, spec, l, l + 1))[0];
+      const t0 = Date.now();
+      const stats = emptyLoadStats();
+      // Each tensor streams from R2 in ranged reads straight into Wasm memory (one chunk in JS at a time).
       const forward = await ModelForward.loadLayers(
         k,
         spec,
         hop.first,
         hop.end,
-        readLayer,
+        (l) => loadLayer(k, ckpt, spec, l, { format, chunkBytes: STAGE_LOAD_CHUNK_BYTES, stats }),
         parseRoutingOptions(this.env),
       );
       this.#kv = new KvLedger<Session>(budgets.stageKvBytes);
@@ -311,8 +366,9 @@ export class StageHost extends DurableObject<Env> {
         first: hop.first,
         end: hop.end,
         forward,
-        bytes,
+        bytes: forward.heldBytes,
         init: placementInitFor(this.env, opened),
+        load: { ...stats, ms: Date.now() - t0 },
       };
       this.#part = part;
       return part;
@@ -338,5 +394,10 @@ function failure(err: unknown): StageFailure {
     return { ok: false, code: "busy", message, retryAfterMs: KV_RETRY_AFTER_MS };
   if (err instanceof Error && (err as { code?: string }).code === "expert_unavailable")
     return { ok: false, code: "expert_unavailable", message };
+  if (
+    err instanceof RpcDeadlineError ||
+    (err instanceof Error && (err as { code?: string }).code === "upstream_timeout")
+  )
+    return { ok: false, code: "upstream_timeout", message };
   return { ok: false, code: "model_error", message };
 }

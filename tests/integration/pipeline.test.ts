@@ -131,7 +131,8 @@ describe("session driver (the decode loop in the model's region)", () => {
   let plain: LocalWorker;
   beforeAll(async () => {
     const dir = makeSmallChatModel();
-    staged = await startWithModels({ chat: dir }, { PIPELINE_STAGES: "2", HEAD_SHARDS: "2" });
+    // f32 stages: the same arithmetic as the Worker's own (f32) layers, so the same samples.
+    staged = await startWithModels({ chat: dir }, { PIPELINE_STAGES: "2", HEAD_SHARDS: "2", DENSE_QUANT: "f32" });
     plain = await startWithModels({ chat: dir });
   });
   afterAll(async () => {

@@ -5,7 +5,9 @@
  */
 import { loadKernels } from "../../src/kernels/node";
 import type { Kernels } from "../../src/kernels/index";
-import { loadDenseWeights, loadExpertWeights, openModel } from "../../src/model/architectures";
+import { loadDenseEnds, loadDenseWeights, loadExpertWeights, openModel } from "../../src/model/architectures";
+import { loadLayer, type LoadStats } from "../../src/model/dense-layers";
+import type { DenseFormat } from "../../src/kernels/dense";
 import type { ModelSpec } from "../../src/model/config";
 import type { Checkpoint } from "../../src/model/safetensors";
 import { memoryFileStore } from "../../src/model/safetensors";
@@ -58,6 +60,25 @@ export async function nodeModel(
   const { spec, ckpt } = await openModel(memoryFileStore(files));
   const k = loadKernels("simd", { maxBytes: 64 * 1024 * 1024 });
   const model = ModelForward.create(k, spec, await loadDenseWeights(ckpt, spec), routing);
+  return { spec, ckpt, model, experts: localExperts(k, ckpt, spec) };
+}
+
+/**
+ * The same model with its layers streamed from the checkpoint by the StageHost's loader
+ * (src/model/dense-layers.ts), matrices held as `format`; the ends (embeddings, head) as f32.
+ */
+export async function nodeModelStreamed(
+  files: Record<string, Uint8Array>,
+  format: DenseFormat,
+  opts: { chunkBytes?: number; stats?: LoadStats; maxBytes?: number } = {},
+): Promise<NodeModel> {
+  const { spec, ckpt } = await openModel(memoryFileStore(files));
+  const k = loadKernels("simd", { maxBytes: opts.maxBytes ?? 64 * 1024 * 1024 });
+  const load = (l: number) =>
+    loadLayer(k, ckpt, spec, l, { format, chunkBytes: opts.chunkBytes ?? 4096, stats: opts.stats });
+  const model = await ModelForward.loadLayers(k, spec, 0, spec.nLayers, load, ROUTING_OFF, {
+    ends: await loadDenseEnds(ckpt, spec),
+  });
   return { spec, ckpt, model, experts: localExperts(k, ckpt, spec) };
 }
 

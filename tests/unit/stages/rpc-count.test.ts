@@ -34,6 +34,7 @@ const vars = Object.fromEntries(
     "WORKER_KV_BUDGET_MB",
     "PIPELINE_STAGES",
     "HEAD_HOST_BUDGET_MB",
+    "DENSE_QUANT",
   ].map((k) => [k, tomlValue("vars", k)]),
 );
 const SUBREQUESTS = Number(tomlValue("limits", "subrequests"));

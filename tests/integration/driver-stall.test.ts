@@ -1,0 +1,124 @@
+/**
+ * The session driver (a StageHost holding no layers) under a slow or failing pipeline — what a cold
+ * first request on a big model meets (ExpertHosts still loading their experts): stalled expert calls
+ * (STALL_MS, 25 s by default; longer via the environment) still give the whole streamed completion; expert
+ * calls that fail make the stream end with the failure's own code and message in band, where the
+ * Worker used to see only "ReadableStream received over RPC disconnected prematurely"; a stage that
+ * loses its sessions mid-generation (an evicted or reset instance — what the cold full-size granite
+ * request met) is replayed by the driver and the completion still arrives whole, with the tokens of
+ * an undisturbed run; and a stage holding a session stays in memory while idle (a keep-alive
+ * alarm: local workerd evicts an idle instance within seconds, which is what cut the cold request).
+ */
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { LocalWorker } from "../../scripts/lib/local-worker";
+import { ADMIN, makeSmallChatModel, postJson, sseData, startWithModels } from "./helpers";
+
+const STALL_MS = Number(process.env.STALL_MS ?? 25_000);
+const EXPERTS = 4; // makeSmallChatModel
+const MAX_TOKENS = 6;
+
+describe("session driver under a slow pipeline", () => {
+  let w: LocalWorker;
+  beforeAll(async () => {
+    w = await startWithModels(
+      { chat: makeSmallChatModel() },
+      { PIPELINE_STAGES: "2", ADMIN_FAULTS_ENABLED: "true", EXPERT_RPC_TIMEOUT_MS: "120000", DENSE_QUANT: "f32" },
+    );
+  });
+  afterAll(() => w?.dispose());
+
+  async function fault(kind: "stall" | "fail", ms: number): Promise<void> {
+    for (let layer = 0; layer < 2; layer++) {
+      for (let expert = 0; expert < EXPERTS; expert++) {
+        const res = await w.fetch("/admin/fault", {
+          method: "POST",
+          headers: { ...ADMIN, "content-type": "application/json" },
+          body: JSON.stringify({ model: "chat", instance: 0, layer, expert, ms, kind }),
+        });
+        expect(res.status).toBe(200);
+      }
+    }
+  }
+
+  it("streams every token of a completion whose expert calls stall for 25 s", { timeout: 400_000 }, async () => {
+    await fault("stall", STALL_MS);
+    const t0 = Date.now();
+    const res = await w.fetch("/v1/completions", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({
+        model: "chat",
+        prompt: [1, 415, 2936],
+        max_tokens: MAX_TOKENS,
+        stream: true,
+        temperature: 0,
+      }),
+    });
+    expect(res.status).toBe(200);
+    const events = sseData(await res.text());
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(STALL_MS - 1000);
+    expect(events[events.length - 1]).toBe("[DONE]");
+    const chunks = events.slice(0, -1).map((e) => JSON.parse(e) as { choices?: { finish_reason: string | null }[] });
+    expect(chunks.some((c) => "error" in c)).toBe(false);
+    expect(["length", "stop"]).toContain(chunks.at(-1)?.choices?.[0]?.finish_reason);
+  });
+
+  it("ends the stream with the driver's own failure (code and message) when expert calls fail", async () => {
+    // Warm first, so the failure comes mid-generation from the driver, not at admission.
+    await fault("stall", 0);
+    await fault("fail", 60_000);
+    const res = await w.fetch("/v1/completions", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ model: "chat", prompt: [1, 415, 2936], max_tokens: MAX_TOKENS, stream: true }),
+    });
+    expect(res.status).toBe(200);
+    const events = sseData(await res.text());
+    expect(events[events.length - 1]).toBe("[DONE]");
+    const errors = events
+      .slice(0, -1)
+      .map((e) => JSON.parse(e) as { error?: { code: string; message: string } })
+      .filter((e) => e.error);
+    expect(errors).toHaveLength(1);
+    expect(errors[0].error?.code).toBe("expert_unavailable");
+    expect(errors[0].error?.message).not.toMatch(/disconnected prematurely/);
+    await fault("fail", 0);
+  });
+
+  it("replays the session when a stage is reset mid-generation and completes it", async () => {
+    const body = { model: "chat", prompt: [1, 415, 2936], max_tokens: 10, temperature: 0 };
+    const plain = await postJson(w, "/v1/completions", body);
+    expect(plain.status).toBe(200);
+    const ids: number[] = plain.json.choices[0].token_ids;
+    expect(ids.length).toBeGreaterThan(4);
+    // Both stages lose everything at the 4th decode step (position prompt + 3).
+    for (const stage of [0, 1]) {
+      const r = await postJson(w, "/admin/fault/stage", { model: "chat", stage, at: 3 + 3 }, ADMIN);
+      expect(r.status).toBe(200);
+    }
+    const again = await postJson(w, "/v1/completions", body);
+    expect(again.status).toBe(200);
+    expect(again.json.choices[0].token_ids).toEqual(ids);
+    const hosts = (await (await w.fetch("/admin/hosts?model=chat", { headers: ADMIN })).json()) as {
+      stages: { sessions: number; kvBytesPeak: number }[];
+    };
+    for (const st of hosts.stages) {
+      expect(st.sessions).toBe(0);
+      expect(st.kvBytesPeak).toBeGreaterThan(0); // the fresh instance re-admitted the replayed session
+    }
+  });
+
+  it("keeps a stage that holds a session from being evicted while it is idle", { timeout: 60_000 }, async () => {
+    // An idle Durable Object is evicted within seconds in local workerd (README, KV caches); the stage's
+    // keep-alive alarm must hold it, with its KV caches, for as long as it holds sessions.
+    const env = (await w.worker.getEnv()) as unknown as Env;
+    const stub = env.STAGE_HOST.getByName("chat/s0-1");
+    const opened = await stub.open("chat", { name: "chat/s0-1", first: 0, end: 1 }, "held-idle", 16);
+    expect(opened.ok).toBe(true);
+    await new Promise((r) => setTimeout(r, 25_000));
+    const s = await stub.stats();
+    expect(s.model).toBe("chat");
+    expect(s.sessions).toBe(1);
+    await stub.end("held-idle");
+  });
+});
