@@ -8,7 +8,9 @@ import { placementRow, type Placement } from "../coordinator/placement";
 import { ApiError } from "../errors";
 import type { Routing } from "../gating/router";
 import { isWorkerPlacement } from "./backend";
-import { storeFailure } from "./expert-store";
+import { storeFailure, type ExpertStore } from "./expert-store";
+import { batchingEnabled } from "../platform/env";
+import { runBatchedLayer } from "./layer-batcher";
 import { fanOut, type FanOutTransport, type LayerDispatch, type RunExpertsOptions } from "./fan-out";
 import { recordLoad } from "./load-reporter";
 import { localStore } from "./local-store";
@@ -19,6 +21,7 @@ import { retryConfig } from "./retry-policy";
 export { expertBackend, WORKER_INSTANCE, type ExpertBackend } from "./backend";
 export type { LayerDispatch, RunExpertsOptions } from "./fan-out";
 export { flushLoad, flushLoadSoon, LOAD_FLUSH_MS } from "./load-reporter";
+export { joinBatch } from "./layer-batcher";
 export { currentPlacement, forgetPlacement } from "./placement-cache";
 export type { LoadReport } from "./protocol";
 
@@ -38,33 +41,49 @@ export async function runExperts(
   options: RunExpertsOptions | (() => number) = {},
 ): Promise<{ out: Float32Array; dispatch: LayerDispatch }> {
   const opts = { ...(typeof options === "function" ? {} : options), retry: retryConfig(env) };
-  if (isWorkerPlacement(placement)) {
-    const store = await localStore(env, placement.model);
-    const local: FanOutTransport = {
-      remote: false,
-      call: async (_instance, _placement, items, x) => {
-        try {
-          return { ok: true, y: await store.run(layer, items, x) };
-        } catch (err) {
-          return storeFailure(err);
-        }
-      },
-    };
-    return fanOut(local, placement, layer, routing, h, dModel, opts);
+  const local = isWorkerPlacement(placement) ? await localStore(env, placement.model) : null;
+  const transport = (p: Placement): FanOutTransport =>
+    local ? localTransport(local, layer) : hostTransport(env, p, layer);
+  const onDispatch = (p: Placement, r: Routing, d: LayerDispatch) => {
+    if (!local) recordLoad(p, placementRow(p, layer), r.ids, d.rowsByInstance);
+  };
+  try {
+    if (batchingEnabled(env)) {
+      // Merged with the other requests of this isolate at this layer (./layer-batcher.ts).
+      const call = { routing, h, placement, signal: opts.signal };
+      const { signal: _own, ...shared } = opts;
+      return await runBatchedLayer(call, layer, { transport, options: shared, dModel, onDispatch });
+    }
+    const result = await fanOut(transport(placement), placement, layer, routing, h, dModel, opts);
+    onDispatch(placement, routing, result.dispatch);
+    return result;
+  } catch (err) {
+    // The table may be what went wrong (replicas moved): the next request asks the Coordinator.
+    if (!local && err instanceof ApiError && err.status === 503) markPlacementStale(placement.model);
+    throw err;
   }
-  const hosts: FanOutTransport = {
+}
+
+/** The Worker's own store (EXPERT_BACKEND = "worker") as a fan-out transport. */
+function localTransport(store: ExpertStore, layer: number): FanOutTransport {
+  return {
+    remote: false,
+    call: async (_instance, _placement, items, x) => {
+      try {
+        return { ok: true, y: await store.run(layer, items, x) };
+      } catch (err) {
+        return storeFailure(err);
+      }
+    },
+  };
+}
+
+/** ExpertHost RPCs: one `forward` per instance. */
+function hostTransport(env: Env, _placement: Placement, layer: number): FanOutTransport {
+  return {
     remote: true,
     call: (instance, p, items, x) =>
       env.EXPERT_HOST.getByName(p.instances[instance].name).forward({ model: p.model, layer, items, x }),
     refresh: (have) => refreshedPlacement(env, have),
   };
-  try {
-    const result = await fanOut(hosts, placement, layer, routing, h, dModel, opts);
-    recordLoad(placement, placementRow(placement, layer), routing.ids, result.dispatch.rowsByInstance);
-    return result;
-  } catch (err) {
-    // The table may be what went wrong (replicas moved): the next request asks the Coordinator.
-    if (err instanceof ApiError && err.status === 503) markPlacementStale(placement.model);
-    throw err;
-  }
 }
