@@ -36,7 +36,12 @@ async function chat(w: LocalWorker, content: string, maxTokens: number): Promise
   const res = await w.fetch("/v1/chat/completions", {
     method: "POST",
     headers: { "content-type": "application/json" },
-    body: JSON.stringify({ messages: [{ role: "user", content }], max_tokens: maxTokens, temperature: 0, stream: true }),
+    body: JSON.stringify({
+      messages: [{ role: "user", content }],
+      max_tokens: maxTokens,
+      temperature: 0,
+      stream: true,
+    }),
   });
   const body = await res.text();
   expect(res.status, body).toBe(200);
