@@ -42,8 +42,17 @@ interface Stream {
   ok: boolean;
 }
 
-/** One streamed greedy completion of prompt i: its token ids and time to first token. */
+/** One streamed greedy completion of prompt i; a broken connection counts as a failed request. */
 async function stream(w: LocalWorker, i: number): Promise<Stream> {
+  try {
+    return await streamOnce(w, i);
+  } catch (err) {
+    console.error(`request ${i} failed: ${err instanceof Error ? `${err.message} (${String(err.cause)})` : err}`);
+    return { ids: [], ttftMs: 0, ok: false };
+  }
+}
+
+async function streamOnce(w: LocalWorker, i: number): Promise<Stream> {
   const t0 = performance.now();
   const prompt = `Request ${i}: the quick brown fox jumps over the lazy dog, number ${i * 7 + 3}.`;
   const res = await w.fetch("/v1/completions", {

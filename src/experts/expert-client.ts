@@ -4,6 +4,7 @@
  * EXPERT_BACKEND = "worker" — by the placement of ./placement-cache.ts, and counts the load that
  * ./load-reporter.ts sends the Coordinator.
  */
+import { waitUntil } from "cloudflare:workers";
 import { placementRow, type Placement } from "../coordinator/placement";
 import { ApiError } from "../errors";
 import type { Routing } from "../gating/router";
@@ -52,7 +53,7 @@ export async function runExperts(
       // Merged with the other requests of this isolate at this layer (./layer-batcher.ts).
       const call = { routing, h, placement, signal: opts.signal };
       const { signal: _own, ...shared } = opts;
-      return await runBatchedLayer(call, layer, { transport, options: shared, dModel, onDispatch });
+      return await runBatchedLayer(call, layer, { transport, options: shared, dModel, onDispatch, keepAlive });
     }
     const result = await fanOut(transport(placement), placement, layer, routing, h, dModel, opts);
     onDispatch(placement, routing, result.dispatch);
@@ -61,6 +62,19 @@ export async function runExperts(
     // The table may be what went wrong (replicas moved): the next request asks the Coordinator.
     if (!local && err instanceof ApiError && err.status === 503) markPlacementStale(placement.model);
     throw err;
+  }
+}
+
+/**
+ * Extends the current request until `work` settles: a merged fan-out's RPCs belong to the request
+ * that sent it, which must outlive them even when its own rows answered first or it was aborted.
+ * (In a Durable Object the object stays alive anyway; where the runtime refuses, nothing is lost.)
+ */
+function keepAlive(work: Promise<unknown>): void {
+  try {
+    waitUntil(work.catch(() => {}));
+  } catch {
+    // No request context to extend (a Durable Object alarm, tests): the caller's own await holds it.
   }
 }
 

@@ -49,6 +49,11 @@ export interface LayerBatchContext {
   transport: (placement: Placement) => FanOutTransport;
   options: FanOutOptions;
   dModel: number;
+  /**
+   * Keeps the request that sends a merged fan-out alive until it answers (the Worker's
+   * `waitUntil`): the RPCs belong to that request, and the other callers wait for them.
+   */
+  keepAlive?: (work: Promise<unknown>) => void;
   /** Called once per merged fan-out that answered (load telemetry). */
   onDispatch?: (placement: Placement, routing: Routing, dispatch: LayerDispatch) => void;
 }
@@ -112,6 +117,7 @@ export function runBatchedLayer(call: LayerCall, layer: number, ctx: LayerBatchC
       },
       barrier ? () => batchMembers(model) : undefined,
       `expert batch queue of layer ${layer}`,
+      (work) => contexts.get(key)?.keepAlive?.(work),
     );
     batchers.set(key, b);
   }

@@ -27,7 +27,21 @@ export interface CoalescerLimits {
   maxQueuedRows: number;
   /** Longest a call may wait in the queue for a free slot (after its company wait), in ms. */
   queueDeadlineMs: number;
+  /**
+   * What "the same turn" is: "timer" (default) — the next macrotask (`setTimeout(0)`), which admits
+   * every call already delivered, and in workerd the continuations of other requests (a promise
+   * resolved across requests resumes its awaiter in a task of its own, not in this microtask
+   * checkpoint); "microtasks" — once the microtask queue has turned over TURN_MICROTASKS times:
+   * no timer, but only callers resumed in this very checkpoint (one request, one isolate) join.
+   */
+  turn?: "microtasks" | "timer";
 }
+
+/**
+ * Microtask rounds a "microtasks" turn lasts: more than the await hops between one merged call's
+ * answer and a caller's next call (promise adoption, a few async frames, the dense layer between).
+ */
+export const TURN_MICROTASKS = 64;
 
 /** A refused call: the queue is full, or the call waited past its queue deadline. */
 export class QueueFullError extends Error {
@@ -68,8 +82,8 @@ export class Coalescer<T, R> {
   #queue: Waiter<T, R>[] = [];
   #queuedRows = 0;
   #inFlight = 0;
-  #turn: ReturnType<typeof setTimeout> | null = null;
-  #wait: ReturnType<typeof setTimeout> | null = null;
+  /** Wakes every waiting driver (a call arrived, a batch answered, a caller left). */
+  #wakers = new Set<() => void>();
   /** Batches sent and callers served (stats, tests). */
   batches = 0;
   callers = 0;
@@ -80,6 +94,11 @@ export class Coalescer<T, R> {
     /** How many callers are expected to meet here (absent: whoever came in the same turn). */
     private readonly quorum?: () => number,
     private readonly label = "batch queue",
+    /**
+     * Keeps the flushing caller's request alive until the batch it sent answers (the Worker's
+     * `waitUntil`): the batch's I/O belongs to that request, and the others wait for it.
+     */
+    private readonly keepAlive?: (work: Promise<unknown>) => void,
   ) {}
 
   /** Rows waiting in the queue now. */
@@ -91,9 +110,8 @@ export class Coalescer<T, R> {
   submit(item: T, rows: number, signal?: AbortSignal): Promise<R> {
     if (signal?.aborted) return Promise.reject(abortReasonOf(signal));
     if (this.#queuedRows + rows > this.limits.maxQueuedRows && this.#queue.length > 0) {
-      const s = Math.max(1, Math.ceil(this.limits.queueDeadlineMs / 1000));
       const message = `${this.label} is full (${this.#queuedRows} rows queued, at most ${this.limits.maxQueuedRows})`;
-      return Promise.reject(new QueueFullError(message, s));
+      return Promise.reject(new QueueFullError(message, this.#retryAfterS()));
     }
     return new Promise<R>((resolve, reject) => {
       const w: Waiter<T, R> = { item, rows, gone: false, queuedAt: Date.now(), signal, resolve, reject };
@@ -103,8 +121,17 @@ export class Coalescer<T, R> {
       }
       this.#queue.push(w);
       this.#queuedRows += rows;
-      this.#schedule();
+      // A full batch leaves at once (sent by this caller, which it holds).
+      if (this.#queuedRows >= this.limits.maxRows && this.#inFlight < this.limits.maxInFlight) this.#flush();
+      this.#wake();
+      // Every caller drives the queue from its own request: a batch is always sent by a caller
+      // still waiting (a runtime ties I/O and timers to the request that started them).
+      void this.#drive(w);
     });
+  }
+
+  #retryAfterS(): number {
+    return Math.max(1, Math.ceil(this.limits.queueDeadlineMs / 1000));
   }
 
   #abort(w: Waiter<T, R>): void {
@@ -116,79 +143,70 @@ export class Coalescer<T, R> {
       this.#queuedRows -= w.rows;
     }
     w.reject(abortReasonOf(w.signal!));
+    this.#wake();
   }
 
-  /** Decides when the queue leaves: at once when full, else at the end of this turn or after the wait. */
-  #schedule(): void {
-    if (this.#queue.length === 0) return;
-    if (this.#queuedRows >= this.limits.maxRows && this.#inFlight < this.limits.maxInFlight) {
-      this.#flush();
-      return;
-    }
+  #wake(): void {
+    const wakers = [...this.#wakers];
+    this.#wakers.clear();
+    for (const f of wakers) f();
+  }
+
+  /** Resolves on the next #wake or after `ms`, whichever comes first. */
+  #sleep(ms: number): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        this.#wakers.delete(done);
+        resolve();
+      };
+      const timer = setTimeout(done, Math.max(0, ms));
+      this.#wakers.add(done);
+    });
+  }
+
+  /** One caller's loop: until its call has left, send a batch whenever one may leave. */
+  async #drive(w: Waiter<T, R>): Promise<void> {
     // The same turn: every caller already resumed by the same event joins before the batch leaves.
-    this.#turn ??= setTimeout(() => {
-      this.#turn = null;
-      this.#check();
-    }, 0);
-  }
-
-  #check(): void {
-    if (this.#queue.length === 0) return;
-    if (this.#inFlight >= this.limits.maxInFlight) {
-      this.#expireQueued();
-      return; // #done() calls back here when a slot frees
-    }
-    const waited = Date.now() - this.#queue[0].queuedAt;
-    const expected = this.quorum?.() ?? 0;
-    if (this.#queue.length >= expected || waited >= this.limits.maxWaitMs) {
-      this.#flush();
-      return;
-    }
-    // Others are on their way (a request behind in its step): wait for them, boundedly.
-    if (this.#wait === null) {
-      this.#wait = setTimeout(
-        () => {
-          this.#wait = null;
-          this.#check();
-        },
-        Math.max(0, this.limits.maxWaitMs - waited),
-      );
-    }
-  }
-
-  /** Queued calls past their deadline (waiting for a slot) are refused, not left to wait forever. */
-  #expireQueued(): void {
-    const limit = this.limits.maxWaitMs + this.limits.queueDeadlineMs;
-    const now = Date.now();
-    const keep: Waiter<T, R>[] = [];
-    for (const w of this.#queue) {
-      if (now - w.queuedAt <= limit) {
-        keep.push(w);
+    if (this.limits.turn === "microtasks") await afterMicrotasks(TURN_MICROTASKS);
+    else await new Promise((r) => setTimeout(r, 0));
+    const deadline = w.queuedAt + this.limits.maxWaitMs + this.limits.queueDeadlineMs;
+    while (!w.gone && this.#queue.includes(w)) {
+      const now = Date.now();
+      if (this.#inFlight >= this.limits.maxInFlight) {
+        if (now > deadline) {
+          this.#refuse(w, `waited ${now - w.queuedAt} ms for a free slot (deadline ${deadline - w.queuedAt} ms)`);
+          return;
+        }
+        await this.#sleep(deadline - now + 1); // a batch answering wakes us
         continue;
       }
+      const head = this.#queue[0];
+      const waited = now - head.queuedAt;
+      const expected = this.quorum?.() ?? 0;
+      if (
+        this.#queuedRows >= this.limits.maxRows ||
+        this.#queue.length >= expected ||
+        waited >= this.limits.maxWaitMs
+      ) {
+        this.#flush();
+        continue;
+      }
+      // Others are on their way (a request behind in its step): wait for them, boundedly.
+      await this.#sleep(this.limits.maxWaitMs - waited);
+    }
+  }
+
+  #refuse(w: Waiter<T, R>, why: string): void {
+    const i = this.#queue.indexOf(w);
+    if (i >= 0) {
+      this.#queue.splice(i, 1);
       this.#queuedRows -= w.rows;
-      this.#settle(w, {
-        ok: false,
-        error: new QueueFullError(
-          `${this.label}: waited ${now - w.queuedAt} ms for a free slot (deadline ${limit} ms)`,
-          Math.max(1, Math.ceil(this.limits.queueDeadlineMs / 1000)),
-        ),
-      });
     }
-    this.#queue = keep;
-    if (this.#queue.length > 0 && this.#wait === null) {
-      this.#wait = setTimeout(() => {
-        this.#wait = null;
-        this.#check();
-      }, this.limits.queueDeadlineMs);
-    }
+    this.#settle(w, { ok: false, error: new QueueFullError(`${this.label}: ${why}`, this.#retryAfterS()) });
   }
 
   #flush(): void {
-    if (this.#wait !== null) {
-      clearTimeout(this.#wait);
-      this.#wait = null;
-    }
     // Take callers in arrival order up to maxRows (at least one, whatever its size).
     let rows = 0;
     let take = 0;
@@ -201,8 +219,8 @@ export class Coalescer<T, R> {
     this.#inFlight++;
     this.batches++;
     this.callers += batch.length;
-    void this.#send(batch);
-    if (this.#queue.length > 0) this.#schedule();
+    const sent = this.#send(batch);
+    this.keepAlive?.(sent);
   }
 
   async #send(batch: Waiter<T, R>[]): Promise<void> {
@@ -215,7 +233,7 @@ export class Coalescer<T, R> {
     }
     batch.forEach((w, i) => this.#settle(w, results[i]));
     this.#inFlight--;
-    if (this.#queue.length > 0) this.#schedule();
+    this.#wake();
   }
 
   #settle(w: Waiter<T, R>, r: BatchResult<R>): void {
@@ -225,6 +243,10 @@ export class Coalescer<T, R> {
     if (r.ok) w.resolve(r.value);
     else w.reject(r.error);
   }
+}
+
+async function afterMicrotasks(n: number): Promise<void> {
+  for (let i = 0; i < n; i++) await undefined;
 }
 
 function abortReasonOf(signal: AbortSignal): unknown {
