@@ -5,9 +5,11 @@
  * Bounded: N ≤ 64 streams of ≤ 256 tokens, R ≤ 5 rounds. Every stream's token ids are compared
  * with the same request run alone (BATCHING off): a changed token is reported and fails the run.
  * Prints, per N and setting, aggregate tokens/s (all streams' tokens ÷ the wall time from the
- * first request to the last token), median time to first token and failed requests; writes JSON.
+ * first request to the last token), the server's CPU time per token (its workerd processes, from
+ * /proc: what a shared machine's load does not inflate), median time to first token and failed
+ * requests; writes JSON.
  */
-import { mkdirSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { cpus, loadavg } from "node:os";
 import { dirname, join } from "node:path";
 import { parseArgs } from "node:util";
@@ -100,14 +102,46 @@ async function round(
   };
 }
 
+/** Process ids of this machine's workerd servers (a server started between two calls is the new ones). */
+function workerdPids(): Set<number> {
+  const pids = new Set<number>();
+  for (const d of readdirSync("/proc")) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const cmd = readFileSync(`/proc/${d}/cmdline`, "utf8");
+      if (cmd.includes("workerd") && cmd.includes("serve")) pids.add(Number(d));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return pids;
+}
+
+/** CPU seconds (user + system) the processes used so far; 0 where /proc cannot say (not Linux). */
+function cpuSeconds(pids: Iterable<number>): number {
+  let ticks = 0;
+  for (const pid of pids) {
+    try {
+      const f = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ");
+      ticks += Number(f[11]) + Number(f[12]);
+    } catch {
+      // gone
+    }
+  }
+  return ticks / 100;
+}
+
 makeDemoModel(DIR, { log: () => {} });
+const serverPids: Record<string, number[]> = {};
 const servers: Record<string, LocalWorker> = {};
 try {
   for (const batching of ["on", "off"]) {
+    const had = existsSync("/proc") ? workerdPids() : new Set<number>();
     const w = await startLocalWorker({
       vars: { DEFAULT_MODEL: MODEL, BATCHING: batching, RATE_LIMIT_ENABLED: "false" },
     });
     servers[batching] = w;
+    serverPids[batching] = existsSync("/proc") ? [...workerdPids()].filter((p) => !had.has(p)) : [];
     await seedModelDir(await w.bucket(), DIR, MODEL);
     await stream(w, 0); // loads the model and places its experts
     console.log(`BATCHING=${batching}: seeded and warmed up`);
@@ -119,6 +153,7 @@ try {
     streams: number;
     batching: string;
     tokS: number;
+    cpuMsPerToken: number;
     ttftMs: number;
     failed: number;
     changed: number;
@@ -127,13 +162,24 @@ try {
   for (const n of STREAMS) {
     for (let r = 0; r < RUNS; r++) {
       for (const batching of ["on", "off"]) {
+        const cpu0 = cpuSeconds(serverPids[batching]);
         const res = await round(servers[batching], n);
+        const tokens = res.streams.reduce((a, x) => a + x.ids.length, 0);
+        const cpuMsPerToken = ((cpuSeconds(serverPids[batching]) - cpu0) * 1000) / Math.max(1, tokens);
         const changed = res.streams.filter((s, i) => s.ids.join() !== reference[i].join()).length;
         changedTotal += changed;
-        results.push({ streams: n, batching, tokS: res.tokS, ttftMs: res.ttftMs, failed: res.failed, changed });
+        results.push({
+          streams: n,
+          batching,
+          tokS: res.tokS,
+          cpuMsPerToken,
+          ttftMs: res.ttftMs,
+          failed: res.failed,
+          changed,
+        });
         console.log(
           `N=${String(n).padStart(2)} BATCHING=${batching.padEnd(3)} ` +
-            `${res.tokS.toFixed(1).padStart(7)} tok/s aggregate, ` +
+            `${res.tokS.toFixed(1).padStart(7)} tok/s aggregate, ${cpuMsPerToken.toFixed(2)} server CPU ms/token, ` +
             `TTFT p50 ${res.ttftMs.toFixed(0)} ms, failed ${res.failed}, changed tokens in ${changed} streams`,
         );
       }
