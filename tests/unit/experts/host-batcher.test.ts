@@ -9,6 +9,7 @@ import { describe, expect, it } from "vitest";
 import { ExpertStore } from "../../../src/experts/expert-store";
 import { HostBatcher, MAX_PASS_ROWS } from "../../../src/experts/host-batcher";
 import { loadKernels } from "../../../src/kernels/node";
+import type { ExpertForwardResult } from "../../../src/experts/protocol";
 import { openModel } from "../../../src/model/architectures";
 import { memoryFileStore } from "../../../src/model/safetensors";
 
@@ -45,7 +46,7 @@ describe("HostBatcher", () => {
         x: rows(2, d, 3),
       },
     ];
-    const alone = [];
+    const alone: Float32Array[] = [];
     for (const c of calls) alone.push(await s.run(0, c.items, c.x));
     const passesBefore = s.calls;
     const b = new HostBatcher("test host");
@@ -76,7 +77,7 @@ describe("HostBatcher", () => {
     const b = new HostBatcher("test host");
     // Two passes may run at once: fill both slots and the queue, the next call is refused.
     const big = (seed: number) => ({ items: [{ expert: 0, nTokens: MAX_PASS_ROWS }], x: rows(MAX_PASS_ROWS, d, seed) });
-    const queued = [];
+    const queued: Promise<ExpertForwardResult>[] = [];
     for (let i = 0; i < 40; i++) queued.push(b.run(s, 1, big(i)));
     const answers = await Promise.all(queued);
     const refused = answers.filter((a) => !a.ok);
