@@ -162,6 +162,7 @@ try {
   for (const n of STREAMS) {
     for (let r = 0; r < RUNS; r++) {
       for (const batching of ["on", "off"]) {
+        await stream(servers[batching], 0); // untimed: hosts idle since the last round may have been evicted
         const cpu0 = cpuSeconds(serverPids[batching]);
         const res = await round(servers[batching], n);
         const tokens = res.streams.reduce((a, x) => a + x.ids.length, 0);

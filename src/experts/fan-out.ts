@@ -264,11 +264,10 @@ export async function fanOutRows(
   }
 
   lose(pending, unavailable);
-  events?.layerCall(layer, (performance.now() - t0) / 1000, dispatch.rpcs);
-  let error: ApiError | null = null;
-  for (const e of lost.values()) {
-    error = e;
-    break;
+  const error: ApiError | null = lost.values().next().value ?? null;
+  // Timed as before: a layer call that answered (every row of a merged call's owners but the lost).
+  if (!error || (options.owner && dispatch.rowsByInstance.size > 0)) {
+    events?.layerCall(layer, (performance.now() - t0) / 1000, dispatch.rpcs);
   }
   return { slots, dispatch, lost, error };
 }
