@@ -22,7 +22,7 @@ import { retryConfig } from "./retry-policy";
 export { expertBackend, WORKER_INSTANCE, type ExpertBackend } from "./backend";
 export type { LayerDispatch, RunExpertsOptions } from "./fan-out";
 export { flushLoad, flushLoadSoon, LOAD_FLUSH_MS } from "./load-reporter";
-export { joinBatch } from "./layer-batcher";
+export { batchMembers, joinBatch } from "./layer-batcher";
 export { currentPlacement, forgetPlacement } from "./placement-cache";
 export type { LoadReport } from "./protocol";
 

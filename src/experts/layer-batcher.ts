@@ -10,7 +10,9 @@
  * stay in lockstep. To bring a request that started later into step, the first MoE layer of the
  * placement is a barrier: a call there waits (at most BARRIER_WAIT_MS) until every request of the
  * model that decodes in this isolate (`joinBatch`) has arrived — the ones ahead finish their step
- * and come round within one step. Every other layer leaves at the end of the turn.
+ * and come round within one step. Every layer's batch leaves as soon as every such request has
+ * joined it (sent by the last to arrive: requests in lockstep pay no timer), else at the end of
+ * the turn (the barrier: after its bounded wait).
  *
  * Per caller: its AbortSignal (one caller going away fails only that caller; the merged call stops
  * only when all are gone), its failures (a row no replica served fails only the callers whose
@@ -115,7 +117,9 @@ export function runBatchedLayer(call: LayerCall, layer: number, ctx: LayerBatchC
         maxQueuedRows: 16 * MAX_BATCH_TOKENS,
         queueDeadlineMs: 30_000,
       },
-      barrier ? () => batchMembers(model) : undefined,
+      // Every layer leaves as soon as all the isolate's decoding requests are in; only the
+      // barrier waits (boundedly) for the missing ones, the others leave at the end of the turn.
+      () => batchMembers(model),
       `expert batch queue of layer ${layer}`,
       (work) => contexts.get(key)?.keepAlive?.(work),
     );

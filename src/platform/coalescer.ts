@@ -121,8 +121,13 @@ export class Coalescer<T, R> {
       }
       this.#queue.push(w);
       this.#queuedRows += rows;
-      // A full batch leaves at once (sent by this caller, which it holds).
-      if (this.#queuedRows >= this.limits.maxRows && this.#inFlight < this.limits.maxInFlight) this.#flush();
+      // A full batch, or one that every expected caller has joined, leaves at once, sent by the
+      // caller that completed it: lockstep callers then pay no turn and no timer at all.
+      const expected = this.quorum?.() ?? 0;
+      const complete = expected > 0 && this.#queue.length >= expected;
+      if ((complete || this.#queuedRows >= this.limits.maxRows) && this.#inFlight < this.limits.maxInFlight) {
+        this.#flush();
+      }
       this.#wake();
       // Every caller drives the queue from its own request: a batch is always sent by a caller
       // still waiting (a runtime ties I/O and timers to the request that started them).

@@ -23,13 +23,19 @@ export function headBatchable(vocabSize: number): boolean {
 export class HeadBatcher {
   readonly #queue: Coalescer<Float32Array, Float32Array>;
 
-  constructor(dModel: number, vocabSize: number, head: (rows: Float32Array) => Float32Array) {
+  constructor(
+    dModel: number,
+    vocabSize: number,
+    head: (rows: Float32Array) => Float32Array,
+    /** Requests expected to reach the head together (the model's decoding requests). */
+    quorum?: () => number,
+  ) {
     const maxRows = Math.max(1, Math.floor(HEAD_BATCH_BYTES / (4 * vocabSize)));
     this.#queue = new Coalescer<Float32Array, Float32Array>(
       async (entries) => runMerged(entries, dModel, vocabSize, head),
       // Callers are admitted requests (bounded by the KV ledger), each with one row set queued.
       { maxWaitMs: 0, maxRows, maxInFlight: 1, maxQueuedRows: 64 * maxRows, queueDeadlineMs: 30_000 },
-      undefined,
+      quorum,
       "output head queue",
     );
   }

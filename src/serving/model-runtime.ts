@@ -28,7 +28,7 @@ import type { ModelSpec } from "../model/config";
 import { TextTokenizer } from "../model/tokenizer";
 import { parseRoutingOptions } from "../gating/options";
 import type { Routing, RoutingOptions } from "../gating/router";
-import { currentPlacement, joinBatch, runExperts, type LayerDispatch } from "../experts/expert-client";
+import { batchMembers, currentPlacement, joinBatch, runExperts, type LayerDispatch } from "../experts/expert-client";
 import type { Placement } from "../coordinator/placement";
 import { planPipeline, PipelinePlanError, type PipelinePlacement } from "../coordinator/pipeline-placement";
 import { modelPrefix, openModelFromR2 } from "../platform/model-store";
@@ -283,7 +283,12 @@ export class ModelRuntime {
 
   /** The output head's queue: requests reaching the head in one turn share one matmul. */
   #headBatcher(): HeadBatcher {
-    this.#heads ??= new HeadBatcher(this.spec.dModel, this.spec.vocabSize, (rows) => this.model.head(rows));
+    this.#heads ??= new HeadBatcher(
+      this.spec.dModel,
+      this.spec.vocabSize,
+      (rows) => this.model.head(rows),
+      () => batchMembers(this.id),
+    );
     return this.#heads;
   }
 
