@@ -23,6 +23,8 @@ import type { ExpertForwardResult, ExpertWorkItem } from "./protocol";
 export const MAX_PASS_ROWS = 1024;
 /** Activation bytes queued in one host at most (JS heap outside the expert budget). */
 export const HOST_QUEUE_BYTES = 4 << 20;
+/** Longest a pass may take to answer (a cold pass reads its experts from R2 first). */
+export const HOST_PASS_DEADLINE_MS = 60_000;
 /** Longest a call waits for a free pass slot: well inside the Worker's RPC deadline. */
 export const HOST_QUEUE_DEADLINE_MS = 5_000;
 
@@ -54,6 +56,7 @@ export class HostBatcher {
           // A timer per call costs a host more than the merge saves (measured): calls merge when
           // they are delivered in one checkpoint or while a pass is busy.
           turn: "microtasks",
+          runDeadlineMs: HOST_PASS_DEADLINE_MS,
         },
         undefined,
         `${this.label} layer ${layer} queue`,

@@ -24,6 +24,7 @@ import type { Routing } from "../gating/router";
 import { Coalescer, QueueFullError, type BatchEntry, type BatchResult } from "../platform/coalescer";
 import { combineSlots, type SlotOutputs } from "./combine";
 import { fanOutRows, type FanOutOptions, type FanOutTransport, type LayerDispatch } from "./fan-out";
+import { DEFAULT_RETRY } from "./retry-policy";
 
 /** Rows (token, slot pairs before routing: tokens) in one merged fan-out at most. */
 export const MAX_BATCH_TOKENS = 512;
@@ -116,6 +117,8 @@ export function runBatchedLayer(call: LayerCall, layer: number, ctx: LayerBatchC
         maxInFlight: 4,
         maxQueuedRows: 16 * MAX_BATCH_TOKENS,
         queueDeadlineMs: 30_000,
+        // Every attempt of the merged fan-out under its RPC deadline, with backoff.
+        runDeadlineMs: runDeadlineMs(ctx),
       },
       // Every layer leaves as soon as all the isolate's decoding requests are in; only the
       // barrier waits (boundedly) for the missing ones, the others leave at the end of the turn.
@@ -138,6 +141,11 @@ export function runBatchedLayer(call: LayerCall, layer: number, ctx: LayerBatchC
     }
     throw err;
   });
+}
+
+function runDeadlineMs(ctx: LayerBatchContext): number {
+  const r = ctx.options.retry ?? DEFAULT_RETRY;
+  return r.maxAttempts * (r.rpcTimeoutMs + r.maxDelayMs) + 1_000;
 }
 
 async function runMerged(

@@ -35,6 +35,13 @@ export interface CoalescerLimits {
    * no timer, but only callers resumed in this very checkpoint (one request, one isolate) join.
    */
   turn?: "microtasks" | "timer";
+  /**
+   * Longest a sent batch may take to answer a caller, in ms (default 60000): past it the caller is
+   * refused. The timer is the caller's own, so while it waits for a batch another request sent the
+   * caller still holds pending work of its own — workerd cancels a request that waits only on
+   * another request's I/O as hung.
+   */
+  runDeadlineMs?: number;
 }
 
 /**
@@ -68,6 +75,7 @@ export interface BatchEntry<T> {
 
 interface Waiter<T, R> extends BatchEntry<T> {
   gone: boolean;
+  deadline?: ReturnType<typeof setTimeout>;
   queuedAt: number;
   signal?: AbortSignal;
   resolve(value: R): void;
@@ -119,6 +127,8 @@ export class Coalescer<T, R> {
         w.onAbort = () => this.#abort(w);
         signal.addEventListener("abort", w.onAbort, { once: true });
       }
+      const limit = this.limits.maxWaitMs + this.limits.queueDeadlineMs + (this.limits.runDeadlineMs ?? 60_000);
+      w.deadline = setTimeout(() => this.#refuse(w, `no answer within ${limit} ms`), limit);
       this.#queue.push(w);
       this.#queuedRows += rows;
       // A full batch, or one that every expected caller has joined, leaves at once, sent by the
@@ -142,6 +152,7 @@ export class Coalescer<T, R> {
   #abort(w: Waiter<T, R>): void {
     if (w.gone) return;
     w.gone = true;
+    clearTimeout(w.deadline);
     const i = this.#queue.indexOf(w);
     if (i >= 0) {
       this.#queue.splice(i, 1);
@@ -242,6 +253,7 @@ export class Coalescer<T, R> {
   }
 
   #settle(w: Waiter<T, R>, r: BatchResult<R>): void {
+    clearTimeout(w.deadline);
     if (w.signal && w.onAbort) w.signal.removeEventListener("abort", w.onAbort);
     if (w.gone) return;
     w.gone = true;

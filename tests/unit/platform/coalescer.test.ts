@@ -88,6 +88,11 @@ describe("Coalescer", () => {
     expect(await running).toBe(2);
   });
 
+  it("refuses a caller whose batch does not answer within the run deadline", async () => {
+    const stuck = new Coalescer<number, number>(() => new Promise(() => {}), { ...LIMITS, runDeadlineMs: 30 });
+    await expect(stuck.submit(1, 1)).rejects.toBeInstanceOf(QueueFullError);
+  });
+
   it("lets one caller abort without touching the others", async () => {
     const { c, batches } = doubler({ maxWaitMs: 50 }, () => 3);
     const a = new AbortController();
