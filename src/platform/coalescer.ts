@@ -127,8 +127,6 @@ export class Coalescer<T, R> {
         w.onAbort = () => this.#abort(w);
         signal.addEventListener("abort", w.onAbort, { once: true });
       }
-      const limit = this.limits.maxWaitMs + this.limits.queueDeadlineMs + (this.limits.runDeadlineMs ?? 60_000);
-      w.deadline = setTimeout(() => this.#refuse(w, `no answer within ${limit} ms`), limit);
       this.#queue.push(w);
       this.#queuedRows += rows;
       // A full batch, or one that every expected caller has joined, leaves at once, sent by the
@@ -139,6 +137,10 @@ export class Coalescer<T, R> {
         this.#flush();
       }
       this.#wake();
+      // Sent by itself just now: its own request holds the batch's I/O, no timer is needed.
+      if (!this.#queue.includes(w)) return;
+      const limit = this.limits.maxWaitMs + this.limits.queueDeadlineMs + (this.limits.runDeadlineMs ?? 60_000);
+      w.deadline = setTimeout(() => this.#refuse(w, `no answer within ${limit} ms`), limit);
       // Every caller drives the queue from its own request: a batch is always sent by a caller
       // still waiting (a runtime ties I/O and timers to the request that started them).
       void this.#drive(w);
