@@ -14,6 +14,8 @@ import { readBudgets } from "../platform/budgets";
 import { openModelFromR2 } from "../platform/model-store";
 import { ExpertStore, StoreFailure, storeFailure } from "./expert-store";
 import { HostAssignment } from "./host-assignment";
+import { HostBatcher } from "./host-batcher";
+import { batchingEnabled } from "../platform/env";
 import { expertStoreOptions } from "./options";
 import {
   expertKey,
@@ -69,6 +71,8 @@ export class ExpertHost extends DurableObject<Env> {
   #faults = new Map<string, { until: number; kind: FaultKind }>();
   /** Forward calls begun and not yet answered (the `inflight` of stats, a scrape-time gauge). */
   #inflight = 0;
+  /** Merges concurrent forward calls of one layer into one kernel pass per expert (BATCHING). */
+  readonly #batcher = new HostBatcher("ExpertHost");
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
@@ -147,13 +151,18 @@ export class ExpertHost extends DurableObject<Env> {
         else
           throw new StoreFailure("model_error", `${this.#label}: injected fault for expert ${req.layer}:${it.expert}`);
       }
-      // One output row per input row, none summed with another (see protocol.ts, combine.ts).
-      const y = await store.run(req.layer, req.items, req.x);
+      // One output row per input row, none summed with another (see protocol.ts, combine.ts);
+      // with BATCHING on, in one kernel pass per expert with the calls that arrived in this turn.
+      const call = { items: req.items, x: req.x };
+      const result = batchingEnabled(this.env)
+        ? await this.#batcher.run(store, req.layer, call)
+        : { ok: true as const, y: await store.run(req.layer, req.items, req.x) };
+      if (!result.ok) return result;
       for (const it of req.items) {
         const key = expertKey(req.layer, it.expert);
         this.#expertTokens.set(key, (this.#expertTokens.get(key) ?? 0) + it.nTokens);
       }
-      return { ok: true, y };
+      return result;
     } catch (err) {
       return storeFailure(err);
     } finally {

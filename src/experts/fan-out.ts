@@ -11,7 +11,7 @@ import { placementRow, type Placement } from "../coordinator/placement";
 import { ApiError } from "../errors";
 import type { Routing } from "../gating/router";
 import { expertEvents } from "../platform/events";
-import { combineSlots, slotOutputs } from "./combine";
+import { combineSlots, slotOutputs, type SlotOutputs } from "./combine";
 import type { ExpertForwardResult, ExpertWorkItem } from "./protocol";
 import { assignReplicas, loadOf, type Assignment, type InstanceLoad } from "./replica-choice";
 import {
@@ -67,6 +67,14 @@ export interface FanOutTransport {
 
 export interface FanOutOptions extends RunExpertsOptions {
   retry?: RetryConfig;
+  /**
+   * Owner of each token (the caller it came from, when the batcher merged several calls): a lost
+   * row fails its owner only, and an owner that lost a row (or `gone` says left) has its
+   * remaining rows dropped rather than retried. Default: every token owner 0.
+   */
+  owner?: Int32Array;
+  /** Whether an owner stopped waiting (aborted): its rows are not retried. */
+  gone?: (owner: number) => boolean;
   /** This isolate's view of instance load (default: the per-isolate table of ./replica-choice.ts). */
   load?: InstanceLoad;
 }
@@ -85,7 +93,40 @@ export async function fanOut(
   dModel: number,
   options: FanOutOptions = {},
 ): Promise<{ out: Float32Array; dispatch: LayerDispatch }> {
-  const { n, topK, ids, weights } = routing;
+  const r = await fanOutRows(transport, initial, layer, routing, h, dModel, options);
+  if (r.error) throw r.error;
+  return {
+    out: combineSlots(routing.n, routing.topK, routing.ids, routing.weights, dModel, r.slots),
+    dispatch: r.dispatch,
+  };
+}
+
+/** What `fanOutRows` answers: each served row's output, and the error of the rows no replica served. */
+export interface RowsOutcome {
+  slots: SlotOutputs;
+  dispatch: LayerDispatch;
+  /** Owners (see FanOutOptions.owner) that lost a row, with the error their caller gets. */
+  lost: Map<number, ApiError>;
+  /** The first owner's error, when any row was lost (what `fanOut` throws). */
+  error: ApiError | null;
+}
+
+/**
+ * `fanOut` without the sum and without the throw: every row's output where it landed, and the
+ * owners (callers merged into this call by the batcher) whose rows found no replica. A lost row
+ * costs only its owner: the other owners' rows are still retried per the policy. With no `owner`
+ * every token belongs to owner 0, so the first loss ends the call, as `fanOut` always did.
+ */
+export async function fanOutRows(
+  transport: FanOutTransport,
+  initial: Placement,
+  layer: number,
+  routing: Routing,
+  h: Float32Array,
+  dModel: number,
+  options: FanOutOptions = {},
+): Promise<RowsOutcome> {
+  const { n, topK, ids } = routing;
   const cfg = options.retry ?? DEFAULT_RETRY;
   const random = options.random ?? Math.random;
   const signal = options.signal;
@@ -105,6 +146,40 @@ export async function fanOut(
   /** Instances never to be used again in this layer call (overloaded, past their deadline). */
   const excluded = new Set<number>();
   const errors: string[] = [];
+  const ownerOf = (t: number) => (options.owner ? options.owner[t] : 0);
+  const lost = new Map<number, ApiError>();
+  const unavailable = () =>
+    new ApiError(
+      503,
+      `expert layer ${layer} failed on every replica tried: ${errors.join("; ")}`,
+      "service_unavailable",
+      null,
+      "expert_unavailable",
+      ApiError.retryIn(EXPERTS_RETRY_AFTER_S),
+    );
+  /** Marks the owners of these rows as failed (the first error an owner meets is the one it gets). */
+  const lose = (list: readonly Assignment[], error: () => ApiError) => {
+    for (const a of list) for (const t of a.tokens) if (!lost.has(ownerOf(t))) lost.set(ownerOf(t), error());
+  };
+  /** Rows still worth serving: their owner has lost nothing and is still waiting. */
+  const prune = (list: Assignment[]): Assignment[] => {
+    const keep = (t: number) => !lost.has(ownerOf(t)) && !options.gone?.(ownerOf(t));
+    const out: Assignment[] = [];
+    for (const a of list) {
+      if (a.tokens.every(keep)) {
+        out.push(a);
+        continue;
+      }
+      const b: Assignment = { expert: a.expert, tokens: [], slots: [] };
+      a.tokens.forEach((t, i) => {
+        if (!keep(t)) return;
+        b.tokens.push(t);
+        b.slots.push(a.slots[i]);
+      });
+      if (b.tokens.length > 0) out.push(b);
+    }
+    return out;
+  };
 
   for (let attempt = 0; attempt < cfg.maxAttempts && pending.length > 0; attempt++) {
     if (attempt > 0) await sleep(jitterBackoff(attempt, cfg), signal);
@@ -114,9 +189,11 @@ export async function fanOut(
     const replicasOf = (e: number) => p.replicas[row][e].filter((r) => !excluded.has(r.instance));
     const stranded = pending.filter((a) => replicasOf(a.expert).length === 0);
     if (stranded.length > 0) {
-      // The layer cannot complete: answer now rather than spend attempts on the other rows.
+      // These rows cannot complete: their owners answer now rather than spend attempts on their other rows.
       for (const a of stranded) errors.push(`expert ${layer}:${a.expert}: no replica left to try`);
-      break;
+      lose(stranded, unavailable);
+      pending = prune(pending);
+      if (pending.length === 0) break;
     }
     const byInstance = assignReplicas(pending, replicasOf, failed, attempt, load, random);
     const calls = [...byInstance].map(async ([instance, list]) => {
@@ -150,7 +227,6 @@ export async function fanOut(
 
     pending = [];
     let refresh = false;
-    let fatal: { code: string; message: string } | null = null;
     for (const { instance, name, list, rows, result } of answers) {
       if (result.ok) {
         dispatch.rowsByInstance.set(instance, (dispatch.rowsByInstance.get(instance) ?? 0) + rows);
@@ -168,13 +244,17 @@ export async function fanOut(
       const verdict = "verdict" in result ? result.verdict : failureVerdict(result.code);
       const message = result.message.startsWith(name) ? result.message : `${name}: ${result.message}`;
       errors.push(message);
-      if (verdict === "fatal") fatal ??= { code: code ?? "model_error", message };
-      else events?.failover(layer, code ?? ("reason" in result ? result.reason : "rpc_error"));
+      if (verdict === "fatal") {
+        // Never retried: the rows' owners fail with it (the other owners' rows go on).
+        lose(list, () => fatalError(layer, { code: code ?? "model_error", message }));
+        continue;
+      }
+      events?.failover(layer, code ?? ("reason" in result ? result.reason : "rpc_error"));
       if (code === "not_assigned") refresh = true;
       (verdict === "retry" ? failed : excluded).add(instance);
       pending.push(...list);
     }
-    if (fatal) throw fatalError(layer, fatal);
+    pending = prune(pending);
     // A refused expert, or one whose every known replica failed, may have moved: ask for a newer table.
     const tried = (i: number) => failed.has(i) || excluded.has(i);
     const cornered = pending.some((a) => p.replicas[row][a.expert].every((r) => tried(r.instance)));
@@ -183,19 +263,13 @@ export async function fanOut(
     }
   }
 
-  if (pending.length > 0) {
-    throw new ApiError(
-      503,
-      `expert layer ${layer} failed on every replica tried: ${errors.join("; ")}`,
-      "service_unavailable",
-      null,
-      "expert_unavailable",
-      ApiError.retryIn(EXPERTS_RETRY_AFTER_S),
-    );
+  lose(pending, unavailable);
+  const error: ApiError | null = lost.values().next().value ?? null;
+  // Timed as before: a layer call that answered (every row of a merged call's owners but the lost).
+  if (!error || (options.owner && dispatch.rowsByInstance.size > 0)) {
+    events?.layerCall(layer, (performance.now() - t0) / 1000, dispatch.rpcs);
   }
-  const out = combineSlots(n, topK, ids, weights, dModel, slots);
-  events?.layerCall(layer, (performance.now() - t0) / 1000, dispatch.rpcs);
-  return { out, dispatch };
+  return { slots, dispatch, lost, error };
 }
 
 /** (token, slot) rows grouped by expert, experts in order of first use; dropped slots (-1) left out. */

@@ -25,9 +25,10 @@ export interface ExpertForwardRequest {
 /**
  * Failures an ExpertHost reports as data. Whether the Worker retries one is decided in
  * ./retry-policy.ts: `model_error` and `not_assigned` may be retried (on another replica when one
- * exists); `bad_request` and `budget_exceeded` never are.
+ * exists); `overloaded` (the host's batch queue is full or a call waited past its queue deadline)
+ * only on another replica; `bad_request` and `budget_exceeded` never are.
  */
-export type ExpertFailureCode = "budget_exceeded" | "model_error" | "bad_request" | "not_assigned";
+export type ExpertFailureCode = "budget_exceeded" | "model_error" | "bad_request" | "not_assigned" | "overloaded";
 
 export interface ExpertFailure {
   ok: false;

@@ -54,6 +54,8 @@ export function failureVerdict(code: ExpertFailureCode): RetryVerdict {
     case "model_error":
     case "not_assigned":
       return "retry";
+    case "overloaded":
+      return "elsewhere";
     case "bad_request":
     case "budget_exceeded":
       return "fatal";

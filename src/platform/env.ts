@@ -128,3 +128,12 @@ export function mibVar(vars: Vars, name: string, fallbackMiB: number, rule: Numb
   if (s === undefined) return Math.floor(fallbackMiB * MIB);
   return Math.floor(check(name, s, Number(s), "a number of MiB", rule) * MIB);
 }
+
+/**
+ * BATCHING: "on" (default) coalesces concurrent requests' work where it meets — one fan-out per
+ * MoE layer per Worker isolate, one kernel pass per expert per ExpertHost, one head pass — or "off"
+ * (every request alone; `npm run bench:load` compares the two in one run).
+ */
+export function batchingEnabled(vars: Vars): boolean {
+  return enumVar(vars, "BATCHING", ["on", "off"], "on") === "on";
+}

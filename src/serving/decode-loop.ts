@@ -35,6 +35,8 @@ export async function* sampledTokens(
   let logits = await rt.forward(env, session, req.promptIds, rng);
   for (let produced = 1; ; produced++) {
     const id = sampleToken(logits, req.sampling, rng);
+    // No forward pass follows the last token: other requests need not wait for this one.
+    if (eos.has(id) || produced >= req.maxTokens) session.leaveBatch();
     yield id;
     if (eos.has(id) || produced >= req.maxTokens) return;
     logits = await rt.forward(env, session, [id], rng);

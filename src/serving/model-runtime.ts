@@ -23,7 +23,7 @@ import type { ModelSpec } from "../model/config";
 import { TextTokenizer } from "../model/tokenizer";
 import { parseRoutingOptions } from "../gating/options";
 import type { Routing, RoutingOptions } from "../gating/router";
-import { currentPlacement, runExperts, type LayerDispatch } from "../experts/expert-client";
+import { batchMembers, currentPlacement, joinBatch, runExperts, type LayerDispatch } from "../experts/expert-client";
 import type { Placement } from "../coordinator/placement";
 import { planPipeline, PipelinePlanError, type PipelinePlacement } from "../coordinator/pipeline-placement";
 import { modelPrefix, openModelFromR2 } from "../platform/model-store";
@@ -43,6 +43,8 @@ import { decodeTokenStream, type DecodeRequest } from "./decode-loop";
 import type { StageLayerTrace } from "./stage-protocol";
 import { ModelForward, type ExpertRunner, type Session } from "./forward";
 import { placementInitFor, type ModelPlacementInit } from "./placement-init";
+import { HeadBatcher, headBatchable } from "./head-batcher";
+import { batchingEnabled } from "../platform/env";
 
 export type { ModelPlacementInit } from "./placement-init";
 
@@ -65,6 +67,11 @@ export class RuntimeSession {
   readonly fed: number[] = [];
   /** Replays done (bounded: a stage that keeps losing sessions fails the request). */
   replays = 0;
+  /**
+   * Stops counting this session at the expert batch barrier (src/experts/layer-batcher.ts): called
+   * when its last forward pass is done, so the others do not wait for a request that will not come.
+   */
+  leaveBatch: () => void = () => {};
   constructor(
     readonly id: string,
     readonly maxLen: number,
@@ -230,7 +237,10 @@ export class ModelRuntime {
       throw err;
     }
     this.kv.add(id, need, local, Date.now());
-    return new RuntimeSession(id, maxLen, local);
+    const session = new RuntimeSession(id, maxLen, local);
+    // Its MoE layers run here: the batch barrier waits for it (left on its last step or its end).
+    if (this.spec.moeLayers.length > 0) session.leaveBatch = joinBatch(this.id);
+    return session;
   }
 
   /** `startSession` plus the KV reservation on every stage, so a full stage is refused up front. */
@@ -247,6 +257,7 @@ export class ModelRuntime {
 
   /** Frees the session's KV caches (the Worker's at once; the stages' over RPC when `env` is given). */
   endSession(s: RuntimeSession, env?: Env): Promise<void> {
+    s.leaveBatch();
     const local = this.kv.remove(s.id);
     if (local) this.model.endSession(local);
     return env && this.chain ? this.chain.end(env, s.id) : Promise.resolve();
@@ -279,6 +290,19 @@ export class ModelRuntime {
     if (this.model.end !== this.model.first)
       throw new Error("internal: only a pipeline's session can be driven remotely");
     return new RuntimeSession(id, maxLen, null);
+  }
+
+  #heads: HeadBatcher | null = null;
+
+  /** The output head's queue: requests reaching the head in one turn share one matmul. */
+  #headBatcher(): HeadBatcher {
+    this.#heads ??= new HeadBatcher(
+      this.spec.dModel,
+      this.spec.vocabSize,
+      (rows) => this.model.head(rows),
+      () => batchMembers(this.id),
+    );
+    return this.#heads;
   }
 
   async placement(env: Env) {
@@ -330,7 +354,19 @@ export class ModelRuntime {
       throw new Error(`session holds ${s.maxLen} positions, asked for ${s.length + tokens.length}`);
     const onRouting = trace ? (layer: number, routing: Routing) => trace.routing.push({ layer, routing }) : undefined;
     let logits: Float32Array;
-    if (this.model.whole) {
+    if (this.model.whole && nOut > 0 && batchingEnabled(env) && headBatchable(this.spec.vocabSize)) {
+      // BATCHING: the same layers, then the head merged with the other requests of this turn.
+      const placement = await this.placement(env);
+      const { dModel } = this.spec;
+      const all = await this.model.layers(
+        s.local!,
+        this.model.embed(tokens),
+        this.#experts(env, placement, rng, rpcs, trace),
+        rng,
+        onRouting,
+      );
+      logits = await this.#headBatcher().run(all.slice(all.length - nOut * dModel), nOut);
+    } else if (this.model.whole) {
       const placement = await this.placement(env);
       const out = await this.model.forward(s.local!, tokens, this.#experts(env, placement, rng, rpcs, trace), rng, {
         allLogits: nOut > 1,

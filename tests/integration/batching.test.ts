@@ -1,0 +1,103 @@
+/**
+ * Continuous batching (issue 11) in real workerd: several greedy requests served at the same time
+ * with BATCHING on give exactly the tokens each gives alone with BATCHING off, while their expert
+ * work really is merged (fewer ExpertHost kernel passes than requests × layers × steps).
+ */
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { LocalWorker } from "../../scripts/lib/local-worker";
+import { ADMIN, makeSmallChatModel, postJson, sseData } from "./helpers";
+import { startWithModels } from "./helpers";
+
+const CHATS = ["Hello!", "What is the capital of France?", "Write a haiku about rain.", "Count to five."];
+const PROMPTS = [
+  [29, 192, 173, 88, 189],
+  [1, 450, 4996, 17354, 1701, 29916, 432, 17204, 975],
+  [1, 306, 763],
+  [1, 1724, 338, 278, 1900, 982, 310, 263, 25273, 29973, 13, 13],
+];
+
+let on: LocalWorker;
+let off: LocalWorker;
+
+beforeAll(async () => {
+  const model = { chat: makeSmallChatModel() };
+  const vars = { DEFAULT_MODEL: "chat", MIN_EXPERT_HOSTS: "2" };
+  [on, off] = await Promise.all([
+    startWithModels(model, { ...vars, BATCHING: "on" }),
+    startWithModels(model, { ...vars, BATCHING: "off" }),
+  ]);
+});
+afterAll(async () => {
+  await Promise.all([on?.dispose(), off?.dispose()]);
+});
+
+/** A streamed greedy chat: its text. */
+async function chat(w: LocalWorker, content: string, maxTokens: number): Promise<string> {
+  const res = await w.fetch("/v1/chat/completions", {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({
+      messages: [{ role: "user", content }],
+      max_tokens: maxTokens,
+      temperature: 0,
+      stream: true,
+    }),
+  });
+  const body = await res.text();
+  expect(res.status, body).toBe(200);
+  let text = "";
+  for (const d of sseData(body)) {
+    if (d === "[DONE]") continue;
+    const chunk = JSON.parse(d);
+    expect(chunk.error, d).toBeUndefined();
+    text += chunk.choices[0]?.delta?.content ?? "";
+  }
+  return text;
+}
+
+/** A greedy completion: its token ids. */
+async function complete(w: LocalWorker, prompt: number[], maxTokens: number): Promise<number[]> {
+  const r = await postJson(w, "/v1/completions", { prompt, max_tokens: maxTokens, temperature: 0 });
+  expect(r.status, JSON.stringify(r.json)).toBe(200);
+  return r.json.choices[0].token_ids;
+}
+
+/** Kernel passes the ExpertHosts ran so far. */
+async function hostPasses(w: LocalWorker): Promise<number> {
+  const res = await w.fetch("/admin/hosts?model=chat", { headers: ADMIN });
+  expect(res.status).toBe(200);
+  const body = (await res.json()) as { hosts: { calls: number }[] };
+  return body.hosts.reduce((s, h) => s + h.calls, 0);
+}
+
+describe("BATCHING", () => {
+  it("gives every concurrent greedy request the tokens it gets alone, with its expert work merged", async () => {
+    const steps = 12;
+    // Alone, batching off: the reference.
+    const wantChat: string[] = [];
+    for (const c of CHATS) wantChat.push(await chat(off, c, steps));
+    const wantIds: number[][] = [];
+    for (const p of PROMPTS) wantIds.push(await complete(off, p, steps));
+    for (const ids of wantIds) expect(ids).toHaveLength(steps);
+
+    // Alone, batching on: the same (a batch of one).
+    expect(await chat(on, CHATS[0], steps)).toBe(wantChat[0]);
+    expect(await complete(on, PROMPTS[0], steps)).toEqual(wantIds[0]);
+
+    // All at once, twice over, on both: merged on one, alone on the other, the same tokens.
+    for (const w of [on, off]) {
+      const before = await hostPasses(w);
+      const [texts, ids] = await Promise.all([
+        Promise.all([...CHATS, ...CHATS].map((c) => chat(w, c, steps))),
+        Promise.all([...PROMPTS, ...PROMPTS].map((p) => complete(w, p, steps))),
+      ]);
+      expect(texts).toEqual([...wantChat, ...wantChat]);
+      expect(ids).toEqual([...wantIds, ...wantIds]);
+      const passes = (await hostPasses(w)) - before;
+      console.log(`BATCHING ${w === on ? "on" : "off"}: ${passes} ExpertHost kernel passes for 16 concurrent requests`);
+      // 16 requests × 12 steps × 2 MoE layers, one or two hosts each: merged, far fewer passes.
+      if (w === on) expect(passes).toBeLessThan(16 * steps * 2 * 0.5);
+      else expect(passes).toBeGreaterThanOrEqual(16 * steps * 2);
+    }
+  });
+});

@@ -1,0 +1,50 @@
+/**
+ * @module matmul-rows.test — the f32 head matmul computes each token row the same, bit for bit,
+ * whatever the number of tokens in the call and the row's place in it (the 4-token tile, the 1-, 2-
+ * and 3-token remainders) when the output count is a multiple of 4 — the batched output head
+ * (src/serving/head-batcher.ts) merges requests' rows into one call only then, since with a ragged
+ * vocabulary the remainder rows are summed in another order by the 1-token and the tiled paths.
+ */
+import { describe, expect, it } from "vitest";
+import { loadKernels } from "../../../src/kernels/node";
+import { headBatchable } from "../../../src/serving/head-batcher";
+
+const bits = (a: Float32Array) => Array.from(new Uint32Array(a.buffer, a.byteOffset, a.length));
+
+describe.each(["scalar", "simd", "relaxed"] as const)("matmul rows on the %s kernels", (flavor) => {
+  it.each([
+    [256, 4000],
+    [60, 1000],
+    [33, 1000],
+    [7, 8],
+  ])("are bit-identical alone and at any place in a batch (dIn %i, dOut %i)", (dIn, dOut) => {
+    const k = loadKernels(flavor, { maxBytes: 64 << 20 });
+    const w = k.alloc(dIn * dOut * 4);
+    k.f32(w, dIn * dOut).set(Float32Array.from({ length: dIn * dOut }, (_, i) => Math.sin(i * 0.731) * 0.3));
+    const n = 11;
+    const xs = Float32Array.from({ length: n * dIn }, (_, i) => Math.cos(i * 0.37) * (1 + (i % 3)));
+    const x = k.alloc(n * dIn * 4);
+    const out = k.alloc(n * dOut * 4);
+    const alone: Float32Array[] = [];
+    for (let t = 0; t < n; t++) {
+      k.f32(x, dIn).set(xs.subarray(t * dIn, (t + 1) * dIn));
+      k.matmul(out, x, w, 1, dIn, dOut);
+      alone.push(k.f32(out, dOut).slice());
+    }
+    for (let m = 2; m <= n; m++) {
+      k.f32(x, m * dIn).set(xs.subarray(0, m * dIn));
+      k.matmul(out, x, w, m, dIn, dOut);
+      const y = k.f32(out, m * dOut);
+      for (let t = 0; t < m; t++) expect(bits(y.subarray(t * dOut, (t + 1) * dOut))).toEqual(bits(alone[t]));
+    }
+  });
+});
+
+describe("headBatchable", () => {
+  it("merges head calls only for vocabularies whose rows are batch-independent", () => {
+    expect(headBatchable(32000)).toBe(true);
+    expect(headBatchable(1000)).toBe(true);
+    expect(headBatchable(1003)).toBe(false);
+    expect(headBatchable(49155)).toBe(false);
+  });
+});
