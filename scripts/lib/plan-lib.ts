@@ -215,7 +215,13 @@ export function planModel(
     if (busiestOf(countRpcs(r, prompt, mid)).count <= o.subrequestLimit) lo = mid;
     else hi = mid - 1;
   }
-  if (busiest.count > o.subrequestLimit)
+  const promptOnly = busiestOf(countRpcs(r, prompt, 0));
+  if (promptOnly.count > o.subrequestLimit)
+    notes.push(
+      `the prompt alone (${prompt} tokens) needs ${promptOnly.count} subrequests in one ${promptOnly.invocation} ` +
+        `invocation > the limit ${o.subrequestLimit}: no generation fits`,
+    );
+  else if (busiest.count > o.subrequestLimit)
     notes.push(
       `${prompt} + ${tokens} tokens need ${busiest.count} subrequests in one ${busiest.invocation} invocation > the ` +
         `limit ${o.subrequestLimit}: at most ${lo} tokens a request`,

@@ -64,25 +64,55 @@ describe("session driver under a slow pipeline", () => {
   });
 
   it("ends the stream with the driver's own failure (code and message) when expert calls fail", async () => {
-    // Warm first, so the failure comes mid-generation from the driver, not at admission.
+    // A failure before the first token is a 503 with Retry-After (the stream's headers wait for it);
+    // one after it can only travel in band: the experts start failing once the first token is out.
     await fault("stall", 0);
-    await fault("fail", 60_000);
     const res = await w.fetch("/v1/completions", {
       method: "POST",
       headers: { "content-type": "application/json" },
-      body: JSON.stringify({ model: "chat", prompt: [1, 415, 2936], max_tokens: MAX_TOKENS, stream: true }),
+      body: JSON.stringify({ model: "chat", prompt: [1, 415, 2936], max_tokens: 200, stream: true }),
     });
-    expect(res.status).toBe(200);
-    const events = sseData(await res.text());
-    expect(events[events.length - 1]).toBe("[DONE]");
-    const errors = events
-      .slice(0, -1)
-      .map((e) => JSON.parse(e) as { error?: { code: string; message: string } })
-      .filter((e) => e.error);
-    expect(errors).toHaveLength(1);
-    expect(errors[0].error?.code).toBe("expert_unavailable");
-    expect(errors[0].error?.message).not.toMatch(/disconnected prematurely/);
-    await fault("fail", 0);
+    try {
+      expect(res.status).toBe(200);
+      const reader = (res.body as ReadableStream<Uint8Array>).getReader();
+      const first = await reader.read();
+      expect(first.done).toBe(false);
+      await fault("fail", 60_000);
+      let text = new TextDecoder().decode(first.value);
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) break;
+        text += new TextDecoder().decode(value);
+      }
+      const events = sseData(text);
+      expect(events[events.length - 1]).toBe("[DONE]");
+      const errors = events
+        .slice(0, -1)
+        .map((e) => JSON.parse(e) as { error?: { code: string; message: string } })
+        .filter((e) => e.error);
+      expect(errors).toHaveLength(1);
+      expect(errors[0].error?.code).toBe("expert_unavailable");
+      expect(errors[0].error?.message).not.toMatch(/disconnected prematurely/);
+    } finally {
+      await fault("fail", 0);
+    }
+  });
+
+  it("answers 503 with Retry-After when the experts fail before the first token", async () => {
+    await fault("fail", 60_000);
+    try {
+      const res = await w.fetch("/v1/completions", {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ model: "chat", prompt: [1, 415, 2936], max_tokens: MAX_TOKENS, stream: true }),
+      });
+      expect(res.status).toBe(503);
+      expect(Number(res.headers.get("retry-after"))).toBeGreaterThan(0);
+      const body = (await res.json()) as { error: { code: string } };
+      expect(body.error.code).toBe("expert_unavailable");
+    } finally {
+      await fault("fail", 0);
+    }
   });
 
   it("replays the session when a stage is reset mid-generation and completes it", async () => {
