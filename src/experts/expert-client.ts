@@ -25,8 +25,7 @@ export type { LoadReport } from "./protocol";
 /**
  * Runs one MoE layer's routed experts. `h` is [n, dModel] (the post-attention-norm activations);
  * returns [n, dModel] = Σ_k gate_k · expert_k(h), summed in slot order whatever the dispatch.
- * `options` may be the request's seeded rng, as earlier callers pass it: it is not drawn from (see
- * RunExpertsOptions.random).
+ * `options.signal` is the request's: once it aborts, no new expert call starts.
  */
 export async function runExperts(
   env: Env,
@@ -35,9 +34,9 @@ export async function runExperts(
   routing: Routing,
   h: Float32Array,
   dModel: number,
-  options: RunExpertsOptions | (() => number) = {},
+  options: RunExpertsOptions = {},
 ): Promise<{ out: Float32Array; dispatch: LayerDispatch }> {
-  const opts = { ...(typeof options === "function" ? {} : options), retry: retryConfig(env) };
+  const opts = { ...options, retry: retryConfig(env) };
   if (isWorkerPlacement(placement)) {
     const store = await localStore(env, placement.model);
     const local: FanOutTransport = {

@@ -28,15 +28,16 @@ export async function* sampledTokens(
   rt: ModelRuntime,
   session: RuntimeSession,
   req: Pick<DecodeRequest, "promptIds" | "maxTokens" | "sampling" | "seed">,
+  signal?: AbortSignal,
 ): AsyncGenerator<number> {
   const rng = createRng(req.seed);
   const eos = new Set(rt.spec.eosTokenIds);
-  let logits = await rt.forward(env, session, req.promptIds, rng);
+  let logits = await rt.forward(env, session, req.promptIds, rng, { signal });
   for (let produced = 1; ; produced++) {
     const id = sampleToken(logits, req.sampling, rng);
     yield id;
     if (eos.has(id) || produced >= req.maxTokens) return;
-    logits = await rt.forward(env, session, [id], rng);
+    logits = await rt.forward(env, session, [id], rng, { signal });
   }
 }
 
@@ -47,13 +48,23 @@ export function encodeToken(id: number): Uint8Array {
   return b;
 }
 
-/** Reads the ids of a driver's stream; chunk boundaries may split an id. */
-export async function* decodeTokenStream(stream: ReadableStream<Uint8Array>): AsyncGenerator<number> {
+/**
+ * Reads the ids of a driver's stream; chunk boundaries may split an id. When `signal` aborts, the
+ * stream is cancelled at once (the driver stops between two tokens) and the read rejects.
+ */
+export async function* decodeTokenStream(
+  stream: ReadableStream<Uint8Array>,
+  signal?: AbortSignal,
+): AsyncGenerator<number> {
   const reader = stream.getReader();
+  const onAbort = () => reader.cancel(signal?.reason).catch(() => {});
+  signal?.addEventListener("abort", onAbort, { once: true });
   let pending = new Uint8Array(0);
   try {
+    signal?.throwIfAborted();
     for (;;) {
       const { done, value } = await reader.read();
+      signal?.throwIfAborted();
       if (done) return;
       const buf = new Uint8Array(pending.length + value.length);
       buf.set(pending);
@@ -64,6 +75,7 @@ export async function* decodeTokenStream(stream: ReadableStream<Uint8Array>): As
       pending = buf.slice(at);
     }
   } finally {
+    signal?.removeEventListener("abort", onAbort);
     // The consumer stopped early (stop string, abort): tell the driver to stop generating.
     await reader.cancel().catch(() => {});
   }

@@ -252,13 +252,14 @@ export class ModelRuntime {
     env: Env,
     s: RuntimeSession,
     loop: Omit<DecodeRequest, "model" | "session">,
+    signal?: AbortSignal,
   ): Promise<AsyncGenerator<number>> {
     const drivers = Math.max(1, this.pipeline.stages.length);
     const name = driverName(this.id, parseInt(s.id.slice(0, 6), 16) % drivers);
     const call = env.STAGE_HOST.getByName(name).decode({ ...loop, model: this.id, session: s.id, maxLen: s.maxLen });
-    const r = await withDeadline(Promise.resolve(call), pipelineRpcTimeoutMs(env), `session driver ${name}`);
+    const r = await withDeadline(Promise.resolve(call), pipelineRpcTimeoutMs(env), `session driver ${name}`, signal);
     if (!r.ok) throw stageError(r);
-    return decodeTokenStream(r.tokens);
+    return decodeTokenStream(r.tokens, signal);
   }
 
   /** A session opened elsewhere (by the Worker), driven here: same id on every stage. */
@@ -276,24 +277,28 @@ export class ModelRuntime {
    * Runs `tokens` at positions session.length… through the model, appending to the KV caches.
    * Returns logits [nOut, vocab] for the last token (nOut = 1) or every token (`allLogits`).
    * Long prompts go in chunks of PREFILL_CHUNK tokens (bounded scratch and RPC payloads).
+   * `signal` (the client went away) stops the work at once: no further expert, stage or head call
+   * starts and the one in flight is no longer waited for.
    */
   async forward(
     env: Env,
     s: RuntimeSession,
     tokens: number[],
     rng: () => number,
-    opts: { allLogits?: boolean; trace?: ForwardTrace } = {},
+    opts: { allLogits?: boolean; trace?: ForwardTrace; signal?: AbortSignal } = {},
   ): Promise<Float32Array> {
     const rpcs: ForwardRpcs = { stageCalls: 0, total: 0 };
     const parts: Float32Array[] = [];
+    const call: ChunkCall = { rng, rpcs, trace: opts.trace, signal: opts.signal };
     for (let at = 0; at < tokens.length; at += PREFILL_CHUNK) {
+      opts.signal?.throwIfAborted();
       const chunk = tokens.slice(at, at + PREFILL_CHUNK);
       const last = at + PREFILL_CHUNK >= tokens.length;
       if (!opts.allLogits && !last) {
-        await this.#forwardChunk(env, s, chunk, rng, 0, rpcs, opts.trace);
+        await this.#forwardChunk(env, s, chunk, 0, call);
         continue;
       }
-      parts.push(await this.#forwardChunk(env, s, chunk, rng, opts.allLogits ? chunk.length : 1, rpcs, opts.trace));
+      parts.push(await this.#forwardChunk(env, s, chunk, opts.allLogits ? chunk.length : 1, call));
     }
     this.lastRpcs = rpcs;
     return parts.length === 1 ? parts[0] : concat(parts);
@@ -308,18 +313,17 @@ export class ModelRuntime {
     env: Env,
     s: RuntimeSession,
     tokens: number[],
-    rng: () => number,
     nOut: number,
-    rpcs: ForwardRpcs,
-    trace?: ForwardTrace,
+    call: ChunkCall,
   ): Promise<Float32Array> {
+    const { rng, rpcs, trace, signal } = call;
     if (s.length + tokens.length > s.maxLen)
       throw new Error(`session holds ${s.maxLen} positions, asked for ${s.length + tokens.length}`);
     const onRouting = trace ? (layer: number, routing: Routing) => trace.routing.push({ layer, routing }) : undefined;
     let logits: Float32Array;
     if (this.model.whole) {
       const placement = await this.placement(env);
-      const out = await this.model.forward(s.local!, tokens, this.#experts(env, placement, rng, rpcs, trace), rng, {
+      const out = await this.model.forward(s.local!, tokens, this.#experts(env, placement, call), rng, {
         allLogits: nOut > 1,
         onRouting,
       });
@@ -330,24 +334,28 @@ export class ModelRuntime {
         : this.model.embed(tokens);
       let y: Float32Array;
       if (this.chain) {
-        const r = await this.chain.run(env, s.id, s.maxLen, s.length, x, Math.max(nOut, 1), trace !== undefined);
+        const r = await this.chain.run(
+          env,
+          s.id,
+          s.maxLen,
+          s.length,
+          x,
+          Math.max(nOut, 1),
+          trace !== undefined,
+          signal,
+        );
         rpcs.stageCalls += 1;
         rpcs.total += r.rpcs;
         if (trace) for (const t of r.trace) recordTrace(trace, t);
         y = r.y;
       } else {
         const placement = await this.placement(env);
-        const all = await this.model.layers(
-          s.local!,
-          x,
-          this.#experts(env, placement, rng, rpcs, trace),
-          rng,
-          onRouting,
-        );
+        const all = await this.model.layers(s.local!, x, this.#experts(env, placement, call), rng, onRouting);
         y = all.subarray(all.length - Math.max(nOut, 1) * this.spec.dModel);
       }
       if (nOut === 0) logits = new Float32Array(0);
       else if (this.head) {
+        signal?.throwIfAborted();
         logits = await runHead(env, this.head, this.model.normed(y), nOut, "logits");
         rpcs.total += this.head.shards.length;
       } else logits = this.model.head(y);
@@ -377,19 +385,29 @@ export class ModelRuntime {
       return { out, routing: { n: trace.n, topK: trace.topK, ids: trace.ids, weights: trace.weights } };
     }
     const placement = await this.placement(env);
-    return this.model.moeBlock(layer, input, this.#experts(env, placement, rng, { stageCalls: 0, total: 0 }), rng);
+    const call: ChunkCall = { rng, rpcs: { stageCalls: 0, total: 0 } };
+    return this.model.moeBlock(layer, input, this.#experts(env, placement, call), rng);
   }
 
   /** Routed experts through the ExpertHost fan-out, recording each layer's dispatch. */
-  #experts(env: Env, placement: Placement, rng: () => number, rpcs: ForwardRpcs, trace?: ForwardTrace): ExpertRunner {
+  #experts(env: Env, placement: Placement, { rpcs, trace, signal }: ChunkCall): ExpertRunner {
     const { dModel } = this.spec;
     return async (layer, routing, h) => {
-      const { out, dispatch } = await runExperts(env, placement, layer, routing, h, dModel, rng);
+      const { out, dispatch } = await runExperts(env, placement, layer, routing, h, dModel, { signal });
       rpcs.total += dispatch.rpcs;
       trace?.dispatch.push(dispatch);
       return out;
     };
   }
+}
+
+/** What every chunk of one forward call shares. */
+interface ChunkCall {
+  /** The request's seeded source (noisy routing draws from it; the expert dispatch does not). */
+  rng: () => number;
+  rpcs: ForwardRpcs;
+  trace?: ForwardTrace;
+  signal?: AbortSignal;
 }
 
 function recordTrace(trace: ForwardTrace, t: StageLayerTrace): void {

@@ -46,10 +46,13 @@ export class StageChain {
     x: Float32Array,
     nOut: number,
     trace: boolean,
+    signal?: AbortSignal,
   ): Promise<{ y: Float32Array; trace: StageLayerTrace[]; rpcs: number }> {
+    signal?.throwIfAborted();
     const first = env.STAGE_HOST.getByName(this.route[0].name);
     const call = first.run({ model: this.model, session, maxLen, start, x, nOut, route: this.route, trace });
-    const r = await withDeadline(Promise.resolve(call), pipelineRpcTimeoutMs(env), `StageHost ${this.route[0].name}`);
+    const hop = `StageHost ${this.route[0].name}`;
+    const r = await withDeadline(Promise.resolve(call), pipelineRpcTimeoutMs(env), hop, signal);
     if (!r.ok) throw stageError(r);
     return { y: r.y, trace: r.trace, rpcs: r.rpcs + 1 };
   }

@@ -101,7 +101,7 @@ export class StageHost extends DurableObject<Env> {
       let rpcs = 0;
       const experts: ExpertRunner = async (layer, routing, h) => {
         const placement = await currentPlacement(this.env, part.init);
-        const r = await runExperts(this.env, placement, layer, routing, h, part.forward.spec.dModel, rng);
+        const r = await runExperts(this.env, placement, layer, routing, h, part.forward.spec.dModel);
         rpcs += r.dispatch.rpcs;
         if (req.trace) trace.push(layerTrace(layer, routing, r.dispatch.rpcs));
         return r.out;
@@ -140,11 +140,15 @@ export class StageHost extends DurableObject<Env> {
     try {
       const rt = await getRuntime(this.env, req.model);
       const session = rt.adoptSession(req.session, req.maxLen);
-      const tokens = sampledTokens(this.env, rt, session, req);
       // A native byte stream: the RPC system pumps each write to the Worker as it happens (a JS
       // ReadableStream's chunks were delivered in one burst at the end).
       const { readable, writable } = new IdentityTransformStream();
       const writer = writable.getWriter();
+      // The Worker cancelling the stream (client gone, stop string) errors the writer: stop the
+      // loop then, not at the next token's write — the token's expert and stage calls stop too.
+      const gone = new AbortController();
+      writer.closed.catch((err: unknown) => gone.abort(err));
+      const tokens = sampledTokens(this.env, rt, session, req, gone.signal);
       const run = async () => {
         try {
           for await (const id of tokens) await writer.write(encodeToken(id)); // rejects once the Worker cancels
@@ -185,7 +189,6 @@ export class StageHost extends DurableObject<Env> {
           routing,
           h,
           part.forward.spec.dModel,
-          rng,
         );
         rpcs += r.dispatch.rpcs;
         return r.out;
