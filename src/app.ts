@@ -9,6 +9,7 @@ import { Hono } from "hono";
 import { HTTPException } from "hono/http-exception";
 import { cors } from "hono/cors";
 import { requestId, type RequestIdVariables } from "hono/request-id";
+import { isModelChanged } from "./platform/model-store";
 import { ApiError, BudgetError } from "./errors";
 import { ModelFormatError } from "./model/errors";
 import { ConfigError, listVar } from "./platform/env";
@@ -92,6 +93,10 @@ app.onError(async (err, c) => {
       ).toBody(),
       500,
     );
+  }
+  if (isModelChanged(err)) {
+    const e = ApiError.modelChanged((err as Error).message);
+    return c.json(e.toBody(), 503, e.headers);
   }
   if (err instanceof RpcDeadlineError) {
     // A host that did not answer in time: the client may retry (another instance, or after a reload).

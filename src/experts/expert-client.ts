@@ -11,7 +11,9 @@ import { isWorkerPlacement } from "./backend";
 import { storeFailure } from "./expert-store";
 import { fanOut, type FanOutTransport, type LayerDispatch, type RunExpertsOptions } from "./fan-out";
 import { recordLoad } from "./load-reporter";
-import { localStore } from "./local-store";
+import { dropLocalStore, localStore } from "./local-store";
+import { isModelChanged } from "../platform/model-store";
+import type { ExpertForwardResult } from "./protocol";
 import { markPlacementStale, refreshedPlacement } from "./placement-cache";
 import { retryConfig } from "./retry-policy";
 
@@ -34,36 +36,70 @@ export async function runExperts(
   routing: Routing,
   h: Float32Array,
   dModel: number,
-  options: RunExpertsOptions = {},
+  options: ExpertCallOptions = {},
 ): Promise<{ out: Float32Array; dispatch: LayerDispatch }> {
-  const opts = { ...options, retry: retryConfig(env) };
-  if (isWorkerPlacement(placement)) {
-    const store = await localStore(env, placement.model);
+  const { modelVersion: version, ...fanOutOptions } = options;
+  const opts = { ...fanOutOptions, retry: retryConfig(env) };
+  // A host that holds another upload than the caller's answers model_changed (no replica would
+  // do better): the request fails with a retryable 503, and this isolate reloads the model.
+  let changed: string | null = null;
+  const noteChanged = (r: ExpertForwardResult) => {
+    if (!r.ok && r.code === "model_changed") changed = r.message;
+    return r;
+  };
+  try {
+    return await layerCall();
+  } catch (err) {
+    if (changed !== null) throw ApiError.modelChanged(changed);
+    throw err;
+  }
+
+  async function layerCall() {
+    if (isWorkerPlacement(placement)) return localLayer();
+    const hosts: FanOutTransport = {
+      remote: true,
+      call: async (instance, p, items, x) =>
+        noteChanged(
+          await env.EXPERT_HOST.getByName(p.instances[instance].name).forward({
+            model: p.model,
+            version,
+            layer,
+            items,
+            x,
+          }),
+        ),
+      refresh: (have) => refreshedPlacement(env, have),
+    };
+    try {
+      const result = await fanOut(hosts, placement, layer, routing, h, dModel, opts);
+      recordLoad(placement, placementRow(placement, layer), routing.ids, result.dispatch.rowsByInstance);
+      return result;
+    } catch (err) {
+      // The table may be what went wrong (replicas moved): the next request asks the Coordinator.
+      if (err instanceof ApiError && err.status === 503) markPlacementStale(placement.model);
+      throw err;
+    }
+  }
+
+  async function localLayer() {
+    const store = await localStore(env, placement.model, version);
     const local: FanOutTransport = {
       remote: false,
       call: async (_instance, _placement, items, x) => {
         try {
           return { ok: true, y: await store.run(layer, items, x) };
         } catch (err) {
-          return storeFailure(err);
+          if (isModelChanged(err)) dropLocalStore(placement.model, store);
+          return noteChanged(storeFailure(err));
         }
       },
     };
     return fanOut(local, placement, layer, routing, h, dModel, opts);
   }
-  const hosts: FanOutTransport = {
-    remote: true,
-    call: (instance, p, items, x) =>
-      env.EXPERT_HOST.getByName(p.instances[instance].name).forward({ model: p.model, layer, items, x }),
-    refresh: (have) => refreshedPlacement(env, have),
-  };
-  try {
-    const result = await fanOut(hosts, placement, layer, routing, h, dModel, opts);
-    recordLoad(placement, placementRow(placement, layer), routing.ids, result.dispatch.rowsByInstance);
-    return result;
-  } catch (err) {
-    // The table may be what went wrong (replicas moved): the next request asks the Coordinator.
-    if (err instanceof ApiError && err.status === 503) markPlacementStale(placement.model);
-    throw err;
-  }
+}
+
+/** Options of one MoE layer call. */
+export interface ExpertCallOptions extends RunExpertsOptions {
+  /** The upload of the model the caller computes with (OpenedModel.version); hosts check it. */
+  modelVersion?: string;
 }

@@ -21,7 +21,7 @@ import { expertQ4gScratchBytes, packExpertQ4g, Q4_GROUP } from "../kernels/q4g-f
 import { expertQ8gScratchBytes, packExpertQ8g } from "../kernels/dense-format";
 import { Q8_EXPERT_GROUP } from "../kernels/packing";
 import { formatMiB } from "../platform/format";
-import type { OpenedModel } from "../platform/model-store";
+import { isModelChanged, type ModelCheckpoint } from "../platform/model-store";
 import { expertKey, type ExpertFailure, type ExpertRef, type ExpertWorkItem } from "./protocol";
 
 /** Tokens per kernel call: bounds the scratch memory ([chunk, dFf] × 2) whatever the prompt length. */
@@ -29,7 +29,7 @@ export const TOKEN_CHUNK = 64;
 
 export class StoreFailure extends Error {
   constructor(
-    readonly code: "budget_exceeded" | "model_error" | "bad_request",
+    readonly code: "budget_exceeded" | "model_error" | "bad_request" | "model_changed",
     message: string,
   ) {
     super(message);
@@ -41,6 +41,7 @@ export function storeFailure(err: unknown): ExpertFailure {
   if (err instanceof StoreFailure) return { ok: false, code: err.code, message: err.message };
   const message = err instanceof Error ? err.message : String(err);
   if (err instanceof Error && err.name === "MemoryBudgetError") return { ok: false, code: "budget_exceeded", message };
+  if (isModelChanged(err)) return { ok: false, code: "model_changed", message };
   return { ok: false, code: "model_error", message };
 }
 
@@ -91,7 +92,7 @@ export class ExpertStore {
   tokens = 0;
 
   constructor(
-    readonly model: OpenedModel,
+    readonly model: ModelCheckpoint,
     readonly budgetBytes: number,
     readonly label: string,
     private readonly newKernels: (maxBytes: number) => Kernels,

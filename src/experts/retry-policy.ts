@@ -56,6 +56,7 @@ export function failureVerdict(code: ExpertFailureCode): RetryVerdict {
       return "retry";
     case "bad_request":
     case "budget_exceeded":
+    case "model_changed":
       return "fatal";
   }
 }

@@ -17,7 +17,7 @@ import {
   type WaitUntil,
 } from "../serving/generate";
 import { getRuntime, type ModelRuntime } from "../serving/model-runtime";
-import { listModelIds, modelPrefix, ModelNotFoundError } from "../platform/model-store";
+import { isModelChanged, listModelIds, modelPrefix, ModelNotFoundError } from "../platform/model-store";
 import { maxServableTokens, parseConfig } from "../model/config";
 import { parseBody } from "./validate";
 import { ChatBody, CompletionBody, type Sampling } from "./openai-schemas";
@@ -365,8 +365,13 @@ async function sse(
       }
       track.end(stats, "error");
       // Headers are gone: report the failure in-band, as OpenAI does, then end the stream.
-      const e = err instanceof ApiError ? err : new ApiError(500, "generation failed on the server", "server_error");
-      if (!(err instanceof ApiError)) console.error("stream failed", err);
+      const e =
+        err instanceof ApiError
+          ? err
+          : isModelChanged(err)
+            ? ApiError.modelChanged((err as Error).message)
+            : new ApiError(500, "generation failed on the server", "server_error");
+      if (!(err instanceof ApiError) && !isModelChanged(err)) console.error("stream failed", err);
       await stream.writeSSE({ data: JSON.stringify(e.toBody()) });
     }
     await stream.writeSSE({ data: "[DONE]" });

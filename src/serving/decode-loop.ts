@@ -11,6 +11,8 @@ import { createRng, sampleToken, type SamplingParams } from "./sampling";
 /** What the loop needs to produce tokens (text handling stays with the Worker). */
 export interface DecodeRequest {
   model: string;
+  /** The Worker's upload of the model: the driver runs the loop only on that upload. */
+  version?: string;
   /** Session id already opened on every stage (admission done by the Worker). */
   session: string;
   promptIds: number[];

@@ -31,7 +31,8 @@ import type { Routing, RoutingOptions } from "../gating/router";
 import { currentPlacement, runExperts, type LayerDispatch } from "../experts/expert-client";
 import type { Placement } from "../coordinator/placement";
 import { planPipeline, PipelinePlanError, type PipelinePlacement } from "../coordinator/pipeline-placement";
-import { modelPrefix, openModelFromR2 } from "../platform/model-store";
+import { MODEL_CHECK_MS, ModelChangedError, modelVersion, openModelFromR2 } from "../platform/model-store";
+import type { FileStore } from "../model/file-stores";
 import { readBudgets, WORKER_SCRATCH_BYTES } from "../platform/budgets";
 import { formatMiB } from "../platform/format";
 import { ApiError, BudgetError } from "../errors";
@@ -89,6 +90,8 @@ export class ModelRuntime {
     readonly head: HeadPlacement | null,
     /** Embedding rows when the Worker does not hold the table (tied: the HeadHosts; else R2). */
     private readonly embeddings: EmbeddingSource | null,
+    /** The upload every weight here was read from; every host call names it (PinnedModel). */
+    readonly version: string,
   ) {}
 
   /**
@@ -105,7 +108,10 @@ export class ModelRuntime {
     // bounded cache of embedding rows).
     const head =
       stageBudgets.forcedHeadShards > 0 || denseEndsBytes(spec) > budgets.workerBytes
-        ? headPlacementFor(env, id, spec, { shards: stageBudgets.forcedHeadShards || undefined })
+        ? {
+            ...headPlacementFor(env, id, spec, { shards: stageBudgets.forcedHeadShards || undefined }),
+            version: opened.version,
+          }
         : null;
     const headless = 4 * spec.dModel + (spec.tieEmbeddings ? 0 : EMBED_CACHE_BYTES);
     let plan: PipelinePlacement;
@@ -123,7 +129,7 @@ export class ModelRuntime {
         throw new BudgetError(`${err.message} (the dense part does not fit the Worker or the stages)`);
       throw err;
     }
-    const tokenizer = await loadTokenizer(env.MODELS, id);
+    const tokenizer = await loadTokenizer(opened.store);
     const staged = plan.stages.length > 0;
     const held = (head ? headless : denseEndsBytes(spec)) + (staged ? 0 : layerTotal(spec));
     if (held > budgets.workerBytes) {
@@ -161,7 +167,7 @@ export class ModelRuntime {
     }
     const ensure = () => env.COORDINATOR.getByName(id).ensurePipeline(plan);
     const pipeline = staged ? await withDeadline(ensure(), pipelineRpcTimeoutMs(env), "the Coordinator") : plan;
-    const chain = staged ? new StageChain(id, pipeline) : null;
+    const chain = staged ? new StageChain(id, pipeline, opened.version) : null;
     return new ModelRuntime(
       id,
       spec,
@@ -173,6 +179,7 @@ export class ModelRuntime {
       new KvLedger(stageBudgets.workerKvBytes),
       head,
       embeddings,
+      opened.version,
     );
   }
 
@@ -256,7 +263,8 @@ export class ModelRuntime {
   ): Promise<AsyncGenerator<number>> {
     const drivers = Math.max(1, this.pipeline.stages.length);
     const name = driverName(this.id, parseInt(s.id.slice(0, 6), 16) % drivers);
-    const call = env.STAGE_HOST.getByName(name).decode({ ...loop, model: this.id, session: s.id, maxLen: s.maxLen });
+    const req = { ...loop, model: this.id, version: this.version, session: s.id, maxLen: s.maxLen };
+    const call = env.STAGE_HOST.getByName(name).decode(req);
     const r = await withDeadline(Promise.resolve(call), pipelineRpcTimeoutMs(env), `session driver ${name}`, signal);
     if (!r.ok) throw stageError(r);
     return decodeTokenStream(r.tokens, signal);
@@ -393,7 +401,10 @@ export class ModelRuntime {
   #experts(env: Env, placement: Placement, { rpcs, trace, signal }: ChunkCall): ExpertRunner {
     const { dModel } = this.spec;
     return async (layer, routing, h) => {
-      const { out, dispatch } = await runExperts(env, placement, layer, routing, h, dModel, { signal });
+      const { out, dispatch } = await runExperts(env, placement, layer, routing, h, dModel, {
+        signal,
+        modelVersion: this.version,
+      });
       rpcs.total += dispatch.rpcs;
       trace?.dispatch.push(dispatch);
       return out;
@@ -450,25 +461,77 @@ export function routingOptionsFromEnv(env: Env): RoutingOptions {
   return parseRoutingOptions(env);
 }
 
-async function loadTokenizer(bucket: R2Bucket, id: string): Promise<TextTokenizer | null> {
-  const [tj, tc] = await Promise.all([
-    bucket.get(`${modelPrefix(id)}tokenizer.json`),
-    bucket.get(`${modelPrefix(id)}tokenizer_config.json`),
-  ]);
-  if (!tj) return null;
-  const config = tc ? await tc.json() : {};
-  return TextTokenizer.fromJson(await tj.json(), config);
+/** The tokenizer files of the same upload as the weights (reads pinned to its etags). */
+async function loadTokenizer(store: FileStore): Promise<TextTokenizer | null> {
+  const readJson = async (name: string): Promise<unknown> => {
+    const f = await store.open(name);
+    return f ? JSON.parse(new TextDecoder().decode(await f.read(0, await f.size()))) : null;
+  };
+  const [tj, tc] = await Promise.all([readJson("tokenizer.json"), readJson("tokenizer_config.json")]);
+  if (tj === null) return null;
+  return TextTokenizer.fromJson(tj, tc ?? {});
 }
 
-/** One runtime per model per isolate, loaded on first use; a failed load is retried next time. */
-const runtimes = new Map<string, Promise<ModelRuntime>>();
+/**
+ * One runtime per model per isolate, loaded on first use; a failed load is retried next time.
+ * At most every MODEL_CHECK_MS a request asks R2 for the model's current upload: a re-uploaded
+ * model gets a new runtime, loaded whole, while requests already running finish on the old one
+ * (or stop with a retryable 503 when a host has moved on — never a mix of two uploads).
+ */
+interface CachedRuntime {
+  rt: Promise<ModelRuntime>;
+  checkedAt: number;
+  checking: Promise<void> | null;
+}
 
-export function getRuntime(env: Env, id: string): Promise<ModelRuntime> {
-  let r = runtimes.get(id);
-  if (!r) {
-    r = ModelRuntime.load(env, id);
-    runtimes.set(id, r);
-    r.catch(() => runtimes.delete(id));
+const runtimes = new Map<string, CachedRuntime>();
+
+export async function getRuntime(env: Env, id: string): Promise<ModelRuntime> {
+  const cached = runtimes.get(id);
+  if (cached && Date.now() - cached.checkedAt >= MODEL_CHECK_MS) {
+    cached.checking ??= checkUpload(env, id, cached).finally(() => {
+      cached.checking = null;
+    });
+    await cached.checking;
   }
-  return r;
+  let e = runtimes.get(id);
+  if (!e) {
+    const rt = ModelRuntime.load(env, id);
+    const fresh: CachedRuntime = { rt, checkedAt: Date.now(), checking: null };
+    e = fresh;
+    runtimes.set(id, fresh);
+    rt.catch(() => {
+      if (runtimes.get(id) === fresh) runtimes.delete(id);
+    });
+  }
+  return e.rt;
+}
+
+/**
+ * The runtime of upload `version` of model `id` (a session driver serving the Worker's request):
+ * asks R2 at once when this isolate holds another; ModelChangedError when R2's current upload is
+ * not `version` either (the Worker is behind: it reloads, its client retries).
+ */
+export async function getRuntimeOf(env: Env, id: string, version: string | undefined): Promise<ModelRuntime> {
+  let rt = await getRuntime(env, id);
+  const cached = runtimes.get(id);
+  if (version === undefined || rt.version === version || !cached) return rt;
+  cached.checkedAt = 0;
+  rt = await getRuntime(env, id);
+  if (rt.version !== version)
+    throw new ModelChangedError(`model "${id}": the caller read upload ${version}, this isolate serves ${rt.version}`);
+  return rt;
+}
+
+/** Drops `cached` when R2 holds another upload; an R2 failure keeps serving what is loaded. */
+async function checkUpload(env: Env, id: string, cached: CachedRuntime): Promise<void> {
+  try {
+    const [rt, now] = await Promise.all([cached.rt, modelVersion(env.MODELS, id)]);
+    cached.checkedAt = Date.now();
+    if (now !== rt.version && runtimes.get(id) === cached) runtimes.delete(id);
+  } catch (err) {
+    // The runtime that is loaded is still one whole upload: keep serving it, ask again later.
+    cached.checkedAt = Date.now();
+    console.warn(`checking model "${id}" for a new upload failed: ${String(err)}`);
+  }
 }

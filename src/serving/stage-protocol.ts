@@ -14,6 +14,8 @@ export interface StageHop {
 
 export interface StageRunRequest {
   model: string;
+  /** The caller's upload of the model (OpenedModel.version): a stage holding another reloads or refuses. */
+  version?: string;
   /** Session id (one per request); its KV cache lives in every stage of the route. */
   session: string;
   /** Positions the session reserves when it opens (at start = 0): prompt + max tokens. */
@@ -46,7 +48,8 @@ export type StageFailureCode =
   | "bad_request"
   | "model_error"
   | "budget_exceeded"
-  | "expert_unavailable";
+  | "expert_unavailable"
+  | "model_changed";
 
 export interface StageFailure {
   ok: false;

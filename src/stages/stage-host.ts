@@ -12,14 +12,14 @@ import { pipelineRpcTimeoutMs, withDeadline } from "../platform/deadline";
 import { DurableObject } from "cloudflare:workers";
 import { createKernels } from "../kernels/workers";
 import { denseLayerBytes, loadDenseLayers } from "../model/architectures";
-import { openModelFromR2 } from "../platform/model-store";
+import { isModelChanged, modelVersion, openModelFromR2 } from "../platform/model-store";
 import { formatMiB } from "../platform/format";
 import { flushExpertEventsSoon } from "../platform/events";
 import { currentPlacement, flushLoad, flushLoadSoon, runExperts } from "../experts/expert-client";
 import { parseRoutingOptions } from "../gating/options";
 import { ModelForward, type ExpertRunner, type Session } from "../serving/forward";
 import { placementInitFor, type ModelPlacementInit } from "../serving/placement-init";
-import { getRuntime } from "../serving/model-runtime";
+import { getRuntimeOf } from "../serving/model-runtime";
 import { encodeToken, sampledTokens, type DecodeRequest } from "../serving/decode-loop";
 import { createRng } from "../serving/sampling";
 import type { Routing } from "../gating/router";
@@ -45,6 +45,8 @@ interface StagePart {
   forward: ModelForward;
   bytes: number;
   init: ModelPlacementInit;
+  /** The upload its layers were read from. */
+  version: string;
 }
 
 class StageError extends Error {
@@ -64,9 +66,15 @@ export class StageHost extends DurableObject<Env> {
   #name = "";
 
   /** Reserves a session's KV cache before its first chunk (admission: a full stage says "busy"). */
-  async open(model: string, hop: StageHop, session: string, maxLen: number): Promise<{ ok: true } | StageFailure> {
+  async open(
+    model: string,
+    hop: StageHop,
+    session: string,
+    maxLen: number,
+    version?: string,
+  ): Promise<{ ok: true } | StageFailure> {
     try {
-      const part = await this.#open(model, hop);
+      const part = await this.#open(model, hop, version);
       const now = Date.now();
       if (!this.#kv!.get(session, now)) this.#admit(part, session, maxLen, now);
       return { ok: true };
@@ -80,7 +88,7 @@ export class StageHost extends DurableObject<Env> {
     try {
       const hop = req.route[0];
       if (!hop) throw new StageError("bad_request", "empty route");
-      const part = await this.#open(req.model, hop);
+      const part = await this.#open(req.model, hop, req.version);
       const kv = this.#kv!;
       const now = Date.now();
       let s = kv.get(req.session, now);
@@ -101,7 +109,8 @@ export class StageHost extends DurableObject<Env> {
       let rpcs = 0;
       const experts: ExpertRunner = async (layer, routing, h) => {
         const placement = await currentPlacement(this.env, part.init);
-        const r = await runExperts(this.env, placement, layer, routing, h, part.forward.spec.dModel);
+        const dModel = part.forward.spec.dModel;
+        const r = await runExperts(this.env, placement, layer, routing, h, dModel, { modelVersion: part.version });
         rpcs += r.dispatch.rpcs;
         if (req.trace) trace.push(layerTrace(layer, routing, r.dispatch.rpcs));
         return r.out;
@@ -138,7 +147,7 @@ export class StageHost extends DurableObject<Env> {
    */
   async decode(req: DecodeRequest & { maxLen: number }): Promise<StageDecodeResult> {
     try {
-      const rt = await getRuntime(this.env, req.model);
+      const rt = await getRuntimeOf(this.env, req.model, req.version);
       const session = rt.adoptSession(req.session, req.maxLen);
       // A native byte stream: the RPC system pumps each write to the Worker as it happens (a JS
       // ReadableStream's chunks were delivered in one burst at the end).
@@ -189,6 +198,7 @@ export class StageHost extends DurableObject<Env> {
           routing,
           h,
           part.forward.spec.dModel,
+          { modelVersion: part.version },
         );
         rpcs += r.dispatch.rpcs;
         return r.out;
@@ -269,7 +279,30 @@ export class StageHost extends DurableObject<Env> {
     return this.#name || this.ctx.id.name || this.ctx.id.toString();
   }
 
-  async #open(model: string, hop: StageHop): Promise<StagePart> {
+  /** The stage's layers of `model` (of upload `version` when given: a newer upload replaces them). */
+  async #open(model: string, hop: StageHop, version?: string): Promise<StagePart> {
+    const held = this.#part;
+    if (held && version !== undefined && held.version !== version) {
+      const now = await modelVersion(this.env.MODELS, model);
+      if (now !== version)
+        throw new StageError("model_changed", `"${model}": the caller read upload ${version}, R2 holds ${now}`);
+      // A newer upload: its layers replace these whole (sessions of the old one end with them).
+      if (this.#part === held) {
+        this.#part = null;
+        this.#opening = null;
+        this.#kv = null;
+      }
+    }
+    const part = await this.#openPart(model, hop);
+    if (version !== undefined && part.version !== version)
+      throw new StageError(
+        "model_changed",
+        `"${model}": the caller read upload ${version}, this stage holds ${part.version}`,
+      );
+    return part;
+  }
+
+  async #openPart(model: string, hop: StageHop): Promise<StagePart> {
     const p = this.#part;
     if (p) {
       if (p.model !== model || p.first !== hop.first || p.end !== hop.end) {
@@ -313,6 +346,7 @@ export class StageHost extends DurableObject<Env> {
         forward,
         bytes,
         init: placementInitFor(this.env, opened),
+        version: opened.version,
       };
       this.#part = part;
       return part;
@@ -338,5 +372,7 @@ function failure(err: unknown): StageFailure {
     return { ok: false, code: "busy", message, retryAfterMs: KV_RETRY_AFTER_MS };
   if (err instanceof Error && (err as { code?: string }).code === "expert_unavailable")
     return { ok: false, code: "expert_unavailable", message };
+  if (isModelChanged(err) || (err instanceof Error && (err as { code?: string }).code === "model_changed"))
+    return { ok: false, code: "model_changed", message };
   return { ok: false, code: "model_error", message };
 }
