@@ -128,3 +128,17 @@ export function mibVar(vars: Vars, name: string, fallbackMiB: number, rule: Numb
   if (s === undefined) return Math.floor(fallbackMiB * MIB);
   return Math.floor(check(name, s, Number(s), "a number of MiB", rule) * MIB);
 }
+
+/**
+ * `parse` memoized per env object: a Worker isolate gets the same `env` on every request, so the
+ * vars are parsed (and a ConfigError found) once, not on every request. A throw is not cached.
+ */
+export function perEnv<T>(parse: (env: object) => T): (env: object) => T {
+  const cache = new WeakMap<object, T>();
+  return (env) => {
+    if (cache.has(env)) return cache.get(env) as T;
+    const value = parse(env);
+    cache.set(env, value);
+    return value;
+  };
+}
