@@ -15,6 +15,7 @@ import { DurableObject } from "cloudflare:workers";
 import { createKernels } from "../kernels/workers";
 import { readBudgets } from "../platform/budgets";
 import { isModelChanged, PinnedModel } from "../platform/model-store";
+import { faultyBucket } from "../platform/r2-faults";
 import { ExpertStore, StoreFailure, storeFailure } from "./expert-store";
 import { HostAssignment } from "./host-assignment";
 import { expertStoreOptions } from "./options";
@@ -41,13 +42,16 @@ export class ExpertHost extends DurableObject<Env> {
   #faults = new Map<string, { until: number; kind: FaultKind }>();
   /** Forward calls begun and not yet answered (the `inflight` of stats, a scrape-time gauge). */
   #inflight = 0;
+  /** Until when every R2 operation of this instance fails (chaos testing via /admin/fault). */
+  #r2FaultUntil = 0;
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
     this.#assignment = new HostAssignment(ctx.storage.sql);
     void ctx.blockConcurrencyWhile(async () => this.#assignment.init());
+    const bucket = faultyBucket(env.MODELS, () => Date.now() < this.#r2FaultUntil);
     this.#model = new PinnedModel(
-      () => this.env.MODELS,
+      () => bucket,
       (opened) =>
         new ExpertStore(
           opened,
@@ -164,6 +168,11 @@ export class ExpertHost extends DurableObject<Env> {
   async injectFault(experts: ExpertRef[], ms: number, kind: FaultKind = "fail"): Promise<void> {
     const until = Date.now() + Math.max(0, ms);
     for (const e of experts) this.#faults.set(expertKey(e.layer, e.expert), { until, kind });
+  }
+
+  /** For `ms`, every R2 read of this instance fails (an R2 outage while it loads weights). */
+  async injectR2Fault(ms: number): Promise<void> {
+    this.#r2FaultUntil = Date.now() + Math.max(0, ms);
   }
 
   stats(): ExpertHostStats {

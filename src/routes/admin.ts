@@ -211,12 +211,17 @@ const FaultBody = z.strictObject({
   model: z.string().optional(),
   /** Instance id in the placement. */
   instance: z.number().int().min(0),
-  layer: z.number().int().min(0),
-  expert: z.number().int().min(0),
+  /** "fail" (default) / "stall": calls that include (layer, expert); "r2": every R2 read of the instance. */
+  kind: z.enum(["fail", "stall", "r2"]).optional(),
+  layer: z.number().int().min(0).optional(),
+  expert: z.number().int().min(0).optional(),
   ms: z.number().int().min(0).max(600_000),
 });
 
-/** Chaos testing: the instance fails every call that includes (layer, expert) for `ms`. */
+/**
+ * Chaos testing: for `ms`, the instance fails ("fail") or does not answer ("stall") every call
+ * that includes (layer, expert), or ("r2") every R2 read it makes fails.
+ */
 admin.post("/fault", async (c) => {
   if (!boolVar(c.env, "ADMIN_FAULTS_ENABLED", false)) {
     throw new ApiError(
@@ -232,8 +237,16 @@ admin.post("/fault", async (c) => {
   const placement = await rt.placement(c.env);
   const inst = placement.instances[body.instance];
   if (!inst) throw ApiError.invalid("instance", `must be < ${placement.instances.length}`);
-  await c.env.EXPERT_HOST.getByName(inst.name).injectFault([{ layer: body.layer, expert: body.expert }], body.ms);
-  return c.json({ instance: inst.name, layer: body.layer, expert: body.expert, ms: body.ms });
+  const kind = body.kind ?? "fail";
+  const host = c.env.EXPERT_HOST.getByName(inst.name);
+  if (kind === "r2") {
+    await host.injectR2Fault(body.ms);
+    return c.json({ instance: inst.name, kind, ms: body.ms });
+  }
+  if (body.layer === undefined) throw ApiError.invalid("layer", `is required with kind "${kind}"`);
+  if (body.expert === undefined) throw ApiError.invalid("expert", `is required with kind "${kind}"`);
+  await host.injectFault([{ layer: body.layer, expert: body.expert }], body.ms, kind);
+  return c.json({ instance: inst.name, kind, layer: body.layer, expert: body.expert, ms: body.ms });
 });
 
 async function runtime(env: Env, model: string | undefined) {
