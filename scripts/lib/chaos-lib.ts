@@ -83,7 +83,7 @@ interface Status {
 }
 
 /** How long the placement must go unchanged before the faults start. */
-const STABLE_MS = 2500;
+const STABLE_MS = 1200;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 async function admin(w: LocalWorker, path: string, body?: unknown): Promise<unknown> {
@@ -217,7 +217,7 @@ export async function runChaos(w: LocalWorker, opts: ChaosOptions): Promise<Chao
   let hot: ReturnType<typeof replicated> = [];
   let s0 = await status(w);
   const spareSince = new Map<number, number>();
-  for (let i = 0; i < 300 && x < 0; i++) {
+  for (let i = 0; i < 450 && x < 0; i++) {
     await sleep(200);
     s0 = await status(w);
     hot = replicated(s0);
@@ -229,7 +229,7 @@ export async function runChaos(w: LocalWorker, opts: ChaosOptions): Promise<Chao
   if (x < 0) {
     stopSkew = true;
     await skew;
-    throw new Error("no host held only replicated experts for 2.5 s under the skewed load within 60 s");
+    throw new Error("no host held only replicated experts for 1.2 s under the skewed load within 90 s");
   }
   log(`replicated: ${hot.map((h) => `${h.layer}:${h.expert}×${h.instances.length}`).join(" ")}`);
 
@@ -295,9 +295,8 @@ export async function runChaos(w: LocalWorker, opts: ChaosOptions): Promise<Chao
       complete(w, seed, opts.maxTokens, false).then((r) => judge(r, want.get(seed)!, true)),
     ]),
   );
-  log(
-    `phase "r2": ${during.filter((o) => o.kind === "ok").length} ok, ${during.filter((o) => o.kind === "clean_503").length} clean 503`,
-  );
+  const count = (k: Outcome["kind"]) => during.filter((o) => o.kind === k).length;
+  log(`phase "r2": ${count("ok")} ok, ${count("clean_503")} clean 503`);
   await sleep(3000);
   const after = await Promise.all(
     seeds.map(async (seed) => judge(await complete(w, seed, opts.maxTokens, true), want.get(seed)!, false)),

@@ -73,11 +73,12 @@ export function requireJson(): MiddlewareHandler<{ Bindings: Env }> {
 export const DRAIN_LIMIT_BYTES = 64 * 1024 * 1024;
 
 /**
- * What any other early refusal (401, 404, 415, …) reads of a body before answering: enough for
- * an ordinary request to get its answer cleanly, too little for an unauthenticated client to make
- * the Worker read megabytes for nothing (a bigger upload sees the connection close instead).
+ * What any other early refusal (401, 404, 415, …) reads of a body before answering. Answering
+ * before the body is read drops the connection (locally the proxy turns that into a 500), so the
+ * refusal of a body up to a few MiB — a client that forgot its key — still arrives as a 401;
+ * past that an unauthenticated client gets the dropped connection rather than 64 MiB of reading.
  */
-export const REFUSAL_DRAIN_BYTES = 64 * 1024;
+export const REFUSAL_DRAIN_BYTES = 4 * 1024 * 1024;
 
 /**
  * Reads and drops what is left of a request body (at most `limit` bytes) before an early
