@@ -56,7 +56,10 @@ let violations = 0;
 try {
   for (let round = 1; round <= rounds; round++) {
     const r = await runChaos(w, { streams, maxTokens, log: (l) => console.log(`  ${l}`) });
-    console.log(`round ${round} (${(r.ms / 1000).toFixed(1)} s, ${r.streams} streams among the first phase):`);
+    const skipped = r.hostFaults ? "" : "; no replica-only host in time, host faults skipped";
+    console.log(
+      `round ${round} (${(r.ms / 1000).toFixed(1)} s, ${r.streams} streams among the first phase${skipped}):`,
+    );
     console.log(line("replicated", r.replicated));
     console.log(line("r2 outage", r.r2));
     console.log(line("after", r.after));
