@@ -22,9 +22,17 @@ import {
   s3Client,
   s3TargetFromEnv,
   uploadFiles,
+  writeUploadManifest,
   type S3Target,
 } from "./lib/s3-upload.ts";
-import { contentTypeFor, listModelFiles, modelKeyPrefix, seedModelDir, validateModelId } from "./lib/seed-lib.ts";
+import {
+  contentTypeFor,
+  listModelFiles,
+  modelKeyPrefix,
+  seedModelDir,
+  UPLOAD_MANIFEST,
+  validateModelId,
+} from "./lib/seed-lib.ts";
 import { TOKENIZER_FAMILIES, attachTokenizer, type TokenizerFamily } from "./lib/tokenizer-files.ts";
 
 const CONFIG_PATH = "wrangler.toml";
@@ -131,6 +139,14 @@ function seedRemote(dir: string, modelId: string, bucket: string, dryRun: boolea
   console.log(
     `${dryRun ? "would upload" : "uploading"} ${files.length} files to ${bucket}/${modelKeyPrefix(modelId)} (remote)`,
   );
+  // This path cannot read back the etags, so it writes no upload manifest, and an older one
+  // (from an S3 seed) must go first: readers then pin each file to the etag one listing shows.
+  const manifest = ["r2", "object", "delete", `${bucket}/${modelKeyPrefix(modelId)}${UPLOAD_MANIFEST}`, "--remote"];
+  console.log(`  npx wrangler ${manifest.join(" ")}`);
+  if (!dryRun) {
+    const r = spawnSync(process.execPath, [wranglerBin, ...manifest], { stdio: "inherit" });
+    if (r.status !== 0) throw new Error(`wrangler r2 object delete failed (exit ${r.status ?? r.signal})`);
+  }
   for (const file of files) {
     const path = relative(".", join(dir, file));
     const args = [
@@ -168,7 +184,8 @@ async function seedS3(
   console.log(`uploading ${files.length} files to ${bucket}/${prefix} through ${target.endpoint} (S3 API)`);
   const t0 = performance.now();
   let bar: ReturnType<typeof progressBar> | null = null;
-  const r = await uploadFiles(s3Client(target), bucket, dir, prefix, files, {
+  const client = s3Client(target);
+  const r = await uploadFiles(client, bucket, dir, prefix, files, {
     partBytes,
     contentType: contentTypeFor,
     log: (l) => console.log(l),
@@ -178,6 +195,7 @@ async function seedS3(
     },
   });
   (bar as ReturnType<typeof progressBar> | null)?.stop();
+  await writeUploadManifest(client, bucket, prefix, files);
   const up = r.filter((f) => f.action === "uploaded");
   console.log(
     `done in ${((performance.now() - t0) / 1000).toFixed(1)} s: ` +

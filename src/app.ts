@@ -9,16 +9,17 @@ import { Hono } from "hono";
 import { HTTPException } from "hono/http-exception";
 import { cors } from "hono/cors";
 import { requestId, type RequestIdVariables } from "hono/request-id";
+import { isModelChanged } from "./platform/model-store";
 import { ApiError, BudgetError } from "./errors";
 import { ModelFormatError } from "./model/errors";
-import { ConfigError, listVar } from "./platform/env";
+import { ConfigError, listVar, perEnv } from "./platform/env";
 import { openai } from "./routes/openai";
 import { admin } from "./routes/admin";
 import { metrics } from "./routes/metrics";
 import { dashboard } from "./routes/dashboard";
 import { observe } from "./observability/http";
 import { installExpertMetrics } from "./observability/recorder";
-import { drainBody } from "./routes/guards";
+import { DRAIN_LIMIT_BYTES, drainBody, REFUSAL_DRAIN_BYTES } from "./routes/guards";
 
 // The expert fan-out reports layer latency, RPCs, failovers and capacity drops through a sink
 // (src/platform/events.ts), since experts may not import observability. Installed at load, so
@@ -32,16 +33,22 @@ export const MAX_REQUEST_ID_CHARS = 128;
 
 app.use("*", requestId({ limitLength: MAX_REQUEST_ID_CHARS }));
 app.use("*", observe());
-app.use("*", async (c, next) => {
-  const origins = corsOrigins(c.env);
-  if (origins.length === 0) return next();
+/** The CORS middleware of a deployment's CORS_ORIGINS (null: none), built once per env. */
+const corsFor = perEnv((env) => {
+  const origins = corsOrigins(env);
+  if (origins.length === 0) return null;
   return cors({
     origin: origins.includes("*") ? "*" : origins,
     allowMethods: ["GET", "POST", "OPTIONS"],
     allowHeaders: ["Authorization", "Content-Type", "X-Request-Id"],
     exposeHeaders: ["X-Request-Id", "Retry-After"],
     maxAge: 600,
-  })(c, next);
+  });
+});
+
+app.use("*", async (c, next) => {
+  const mw = corsFor(c.env);
+  return mw ? mw(c, next) : next();
 });
 
 app.get("/", (c) =>
@@ -71,8 +78,9 @@ app.notFound(async (c) => {
 });
 
 app.onError(async (err, c) => {
-  // An early refusal (401, 413, 415, ...) must not cut off a client still uploading its body.
-  await drainBody(c.req.raw);
+  // An early refusal must not cut off a client still uploading its body; a 413 (the key already
+  // checked) reads up to DRAIN_LIMIT_BYTES of it, any other refusal only a little.
+  await drainBody(c.req.raw, err instanceof ApiError && err.status === 413 ? DRAIN_LIMIT_BYTES : REFUSAL_DRAIN_BYTES);
   if (err instanceof ApiError) return c.json(err.toBody(), err.status, err.headers);
   if (err instanceof HTTPException) {
     const res = err.getResponse();
@@ -92,6 +100,10 @@ app.onError(async (err, c) => {
       ).toBody(),
       500,
     );
+  }
+  if (isModelChanged(err)) {
+    const e = ApiError.modelChanged((err as Error).message);
+    return c.json(e.toBody(), 503, e.headers);
   }
   if (err instanceof RpcDeadlineError) {
     // A host that did not answer in time: the client may retry (another instance, or after a reload).

@@ -32,6 +32,14 @@ export class ApiError extends Error {
   }
 
   /** Headers of a refusal the client may retry after `seconds` (whole seconds, at least 1). */
+  /**
+   * The model was re-uploaded while this request used it: nothing mixed two uploads, the request
+   * stopped; a retry is served whole by the new upload (this isolate reloads within a second).
+   */
+  static modelChanged(message: string): ApiError {
+    return new ApiError(503, message, "service_unavailable", null, "model_changed", ApiError.retryIn(1));
+  }
+
   static retryIn(seconds: number): Record<string, string> {
     return { "Retry-After": String(Math.max(1, Math.ceil(seconds))) };
   }

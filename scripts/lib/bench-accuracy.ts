@@ -16,7 +16,7 @@ import { expertFfnRef } from "../../src/kernels/reference";
 import type { ModelSpec } from "../../src/model/config";
 import type { Checkpoint } from "../../src/model/safetensors";
 import { ModelForward, type ExpertRunner } from "../../src/serving/forward";
-import type { OpenedModel } from "../../src/platform/model-store";
+import type { ModelCheckpoint } from "../../src/platform/model-store";
 
 export interface AccuracyReport {
   model: string;
@@ -132,7 +132,7 @@ export async function measureInt8Accuracy(
 ): Promise<AccuracyReport> {
   const prompts = opts.prompts ?? randomPrompts(8, 16, spec.vocabSize);
   const decode = opts.decode ?? 32;
-  const model: OpenedModel = { id: name, spec, ckpt };
+  const model: ModelCheckpoint = { id: name, spec, ckpt };
   const budget = 1 << 30;
   const newKernels = (maxBytes: number) => loadKernels("best", { maxBytes });
   // The int8 path under test: dot_i16x8 (8-bit activations, simd build) or a relaxed dot (7-bit).

@@ -13,7 +13,8 @@
 import { createHash } from "node:crypto";
 import { createReadStream, statSync } from "node:fs";
 import { join } from "node:path";
-import { HeadObjectCommand, S3Client, S3ServiceException } from "@aws-sdk/client-s3";
+import { HeadObjectCommand, PutObjectCommand, S3Client, S3ServiceException } from "@aws-sdk/client-s3";
+import { UPLOAD_MANIFEST, uploadManifestJson } from "./seed-lib.ts";
 import { Upload } from "@aws-sdk/lib-storage";
 
 /** S3 multipart limits: parts of 5 MiB–5 GiB, at most 10,000 of them. */
@@ -167,4 +168,31 @@ export async function uploadFiles(
   }
   const order = new Map(files.map((f, i) => [f, i]));
   return out.sort((a, b) => (order.get(a.file) ?? 0) - (order.get(b.file) ?? 0));
+}
+
+/**
+ * Writes `<prefix>upload.json` listing each file's ETag as R2 reports it now (quotes dropped, as
+ * the Workers binding shows it): the manifest that pins readers to this one upload. Call it after
+ * every file is uploaded.
+ */
+export async function writeUploadManifest(
+  client: S3Client,
+  bucket: string,
+  prefix: string,
+  files: string[],
+): Promise<void> {
+  const etags: Record<string, string> = {};
+  for (const file of files) {
+    const h = await client.send(new HeadObjectCommand({ Bucket: bucket, Key: prefix + file }));
+    if (!h.ETag) throw new Error(`${prefix}${file}: the S3 API answered no ETag; re-run the seed`);
+    etags[file] = h.ETag.replace(/^"|"$/g, "");
+  }
+  await client.send(
+    new PutObjectCommand({
+      Bucket: bucket,
+      Key: prefix + UPLOAD_MANIFEST,
+      Body: uploadManifestJson(etags),
+      ContentType: "application/json",
+    }),
+  );
 }

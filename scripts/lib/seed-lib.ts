@@ -5,11 +5,15 @@
  * one put (`MAX_PUT_BYTES`: the local proxy refuses a body over 128 MiB, e.g. Qwen3's 594 MiB bf16
  * embedding, which is one tensor and so one shard) go up through the binding's multipart API in
  * equal parts streamed from disk; their MD5 travels in custom metadata, since a multipart object's
- * ETag is not the file's MD5.
+ * ETag is not the file's MD5. Last it writes the upload manifest (`upload.json`: every file's etag)
+ * that pins readers to this one upload (src/platform/model-store.ts).
  */
 import { createHash } from "node:crypto";
 import { createReadStream, existsSync, openAsBlob, readdirSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
+import { UPLOAD_MANIFEST, UPLOAD_MANIFEST_FORMAT, type UploadManifest } from "../../src/platform/model-store.ts";
+
+export { UPLOAD_MANIFEST } from "../../src/platform/model-store.ts";
 
 /** The part of `R2Bucket` seeding uses. */
 export interface SeedBucket {
@@ -109,7 +113,9 @@ export function listModelFiles(
   const ignored: string[] = [];
   for (const name of readdirSync(dir).sort()) {
     const isFile = statSync(join(dir, name)).isFile();
-    if (isFile && !name.startsWith(".") && MODEL_FILE_RE.test(name) && !skip(name)) files.push(name);
+    // A manifest in the directory is an old upload's: the seed writes a fresh one after the files.
+    const ok = isFile && !name.startsWith(".") && name !== UPLOAD_MANIFEST && MODEL_FILE_RE.test(name);
+    if (ok && !skip(name)) files.push(name);
     else ignored.push(isFile ? name : `${name}/`);
   }
   if (!files.includes("config.json"))
@@ -220,6 +226,24 @@ export async function seedModelDir(
     report.uploadedBytes += bytes;
     log(`  ↑ ${key} (${bytes} B${how}, ${((performance.now() - t) / 1000).toFixed(1)} s)`);
   }
+  const etags: Record<string, string> = {};
+  for (const f of report.files) {
+    const h = await bucket.head(f.key);
+    if (!h) throw new Error(`${f.key} is missing right after its upload; re-run the seed`);
+    etags[f.file] = h.etag;
+  }
+  // Last: readers that find it read exactly these files (a reader that opened the model before
+  // sees its pinned reads refused and reopens it whole).
+  await bucket.put(prefix + UPLOAD_MANIFEST, new TextEncoder().encode(uploadManifestJson(etags)), {
+    httpMetadata: { contentType: "application/json" },
+  });
+  log(`  ↑ ${prefix}${UPLOAD_MANIFEST} (the upload's ${report.files.length} etags)`);
   report.ms = performance.now() - started;
   return report;
+}
+
+/** `upload.json` for files with these etags (R2's etag, without quotes). */
+export function uploadManifestJson(etags: Record<string, string>): string {
+  const m: UploadManifest = { format: UPLOAD_MANIFEST_FORMAT, files: etags };
+  return `${JSON.stringify(m, null, 2)}\n`;
 }

@@ -37,6 +37,8 @@ export interface HeadPlacement {
   bytesPerRow: number;
   /** Contiguous, in vocabulary order, covering [0, vocabSize) exactly. */
   shards: HeadShard[];
+  /** The upload of the model its users read (set by the Worker; every shard call names it). */
+  version?: string;
 }
 
 export interface HeadPlanInput {

@@ -14,7 +14,9 @@ import { batchingEnabled } from "../platform/env";
 import { runBatchedLayer } from "./layer-batcher";
 import { fanOut, type FanOutTransport, type LayerDispatch, type RunExpertsOptions } from "./fan-out";
 import { recordLoad } from "./load-reporter";
-import { localStore } from "./local-store";
+import { dropLocalStore, localStore } from "./local-store";
+import { isModelChanged } from "../platform/model-store";
+import type { ExpertForwardResult } from "./protocol";
 import { markPlacementStale, refreshedPlacement } from "./placement-cache";
 import { retryConfig } from "./retry-policy";
 import { expandRouting } from "./slices";
@@ -30,8 +32,7 @@ export type { LoadReport } from "./protocol";
 /**
  * Runs one MoE layer's routed experts. `h` is [n, dModel] (the post-attention-norm activations);
  * returns [n, dModel] = Σ_k gate_k · expert_k(h), summed in slot order whatever the dispatch.
- * `options` may be the request's seeded rng, as earlier callers pass it: it is not drawn from (see
- * RunExpertsOptions.random).
+ * `options.signal` is the request's: once it aborts, no new expert call starts.
  */
 export async function runExperts(
   env: Env,
@@ -40,22 +41,30 @@ export async function runExperts(
   routing: Routing,
   h: Float32Array,
   dModel: number,
-  options: RunExpertsOptions | (() => number) = {},
+  options: ExpertCallOptions = {},
 ): Promise<{ out: Float32Array; dispatch: LayerDispatch }> {
-  const opts = { ...(typeof options === "function" ? {} : options), retry: retryConfig(env) };
+  const { modelVersion: version, ...fanOutOptions } = options;
+  const opts = { ...fanOutOptions, retry: retryConfig(env) };
   // Sliced experts: each (token, expert) row becomes one row per slice (unit), same weight; the
   // fan-out, the batcher and the combine then treat units as experts (./slices.ts).
   const units = expandRouting(routing, placement.slices ?? 1);
-  const local = isWorkerPlacement(placement) ? await localStore(env, placement.model) : null;
+  // A host that holds another upload than the caller's answers model_changed (no replica would
+  // do better): the request fails with a retryable 503, and this isolate reloads the model.
+  let changed: string | null = null;
+  const noteChanged = (r: ExpertForwardResult) => {
+    if (!r.ok && r.code === "model_changed") changed = r.message;
+    return r;
+  };
+  const local = isWorkerPlacement(placement) ? await localStore(env, placement.model, version) : null;
   const transport = (p: Placement): FanOutTransport =>
-    local ? localTransport(local, layer) : hostTransport(env, p, layer);
+    local ? localTransport(local, p.model, layer, noteChanged) : hostTransport(env, layer, version, noteChanged);
   const onDispatch = (p: Placement, r: Routing, d: LayerDispatch) => {
     if (!local) recordLoad(p, placementRow(p, layer), r.ids, d.rowsByInstance);
   };
   try {
     if (batchingEnabled(env)) {
       // Merged with the other requests of this isolate at this layer (./layer-batcher.ts).
-      const call = { routing: units, h, placement, signal: opts.signal };
+      const call = { routing: units, h, placement, signal: opts.signal, version };
       const { signal: _own, ...shared } = opts;
       return await runBatchedLayer(call, layer, { transport, options: shared, dModel, onDispatch, keepAlive });
     }
@@ -63,10 +72,17 @@ export async function runExperts(
     onDispatch(placement, units, result.dispatch);
     return result;
   } catch (err) {
+    if (changed !== null) throw ApiError.modelChanged(changed);
     // The table may be what went wrong (replicas moved): the next request asks the Coordinator.
     if (!local && err instanceof ApiError && err.status === 503) markPlacementStale(placement.model);
     throw err;
   }
+}
+
+/** Options of one MoE layer call. */
+export interface ExpertCallOptions extends RunExpertsOptions {
+  /** The upload of the model the caller computes with (OpenedModel.version); hosts check it. */
+  modelVersion?: string;
 }
 
 /**
@@ -82,26 +98,37 @@ function keepAlive(work: Promise<unknown>): void {
   }
 }
 
+type NoteChanged = (r: ExpertForwardResult) => ExpertForwardResult;
+
 /** The Worker's own store (EXPERT_BACKEND = "worker") as a fan-out transport. */
-function localTransport(store: ExpertStore, layer: number): FanOutTransport {
+function localTransport(store: ExpertStore, model: string, layer: number, note: NoteChanged): FanOutTransport {
   return {
     remote: false,
     call: async (_instance, _placement, items, x) => {
       try {
         return { ok: true, y: await store.run(layer, items, x) };
       } catch (err) {
-        return storeFailure(err);
+        if (isModelChanged(err)) dropLocalStore(model, store);
+        return note(storeFailure(err));
       }
     },
   };
 }
 
-/** ExpertHost RPCs: one `forward` per instance. */
-function hostTransport(env: Env, _placement: Placement, layer: number): FanOutTransport {
+/** ExpertHost RPCs: one `forward` per instance, naming the caller's upload. */
+function hostTransport(env: Env, layer: number, version: string | undefined, note: NoteChanged): FanOutTransport {
   return {
     remote: true,
-    call: (instance, p, items, x) =>
-      env.EXPERT_HOST.getByName(p.instances[instance].name).forward({ model: p.model, layer, items, x }),
+    call: async (instance, p, items, x) =>
+      note(
+        await env.EXPERT_HOST.getByName(p.instances[instance].name).forward({
+          model: p.model,
+          version,
+          layer,
+          items,
+          x,
+        }),
+      ),
     refresh: (have) => refreshedPlacement(env, have),
   };
 }

@@ -7,11 +7,15 @@
  * refused with `not_assigned`, a failure the Worker retries on another replica after refreshing
  * its placement. The Coordinator alone changes the assignment: `load` adds to it, `unload` takes
  * from it, `reconcile` replaces it.
+ *
+ * Its weights all come from one upload of the model (PinnedModel): a call naming a newer upload
+ * makes it load that one whole, a call naming an older one is refused with `model_changed`.
  */
 import { DurableObject } from "cloudflare:workers";
 import { createKernels } from "../kernels/workers";
 import { readBudgets } from "../platform/budgets";
-import { openModelFromR2 } from "../platform/model-store";
+import { isModelChanged, PinnedModel } from "../platform/model-store";
+import { faultyBucket } from "../platform/r2-faults";
 import { ExpertStore, StoreFailure, storeFailure } from "./expert-store";
 import { HostAssignment } from "./host-assignment";
 import { HostBatcher } from "./host-batcher";
@@ -61,8 +65,8 @@ async function settledInPool<T, R>(
 }
 
 export class ExpertHost extends DurableObject<Env> {
-  #store: ExpertStore | null = null;
-  #storePromise: Promise<ExpertStore> | null = null;
+  /** The experts of one upload of the model; replaced whole when a newer upload is asked for. */
+  readonly #model: PinnedModel<ExpertStore>;
   #name = "";
   readonly #assignment: HostAssignment;
   /** Tokens served per "layer:expert" since the instance started (admin stats). */
@@ -73,11 +77,29 @@ export class ExpertHost extends DurableObject<Env> {
   #inflight = 0;
   /** Merges concurrent forward calls of one layer into one kernel pass per expert (BATCHING). */
   readonly #batcher = new HostBatcher("ExpertHost");
+  /** Until when every R2 operation of this instance fails (chaos testing via /admin/fault). */
+  #r2FaultUntil = 0;
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
     this.#assignment = new HostAssignment(ctx.storage.sql);
     void ctx.blockConcurrencyWhile(async () => this.#assignment.init());
+    const bucket = faultyBucket(env.MODELS, () => Date.now() < this.#r2FaultUntil);
+    this.#model = new PinnedModel(
+      () => bucket,
+      (opened) =>
+        new ExpertStore(
+          opened,
+          readBudgets(this.env).expertHostBytes,
+          `ExpertHost ${this.#label} (EXPERT_HOST_BUDGET_MB)`,
+          (maxBytes) => createKernels("best", { maxBytes }),
+          expertStoreOptions(this.env),
+        ),
+    );
+  }
+
+  get #store(): ExpertStore | null {
+    return this.#model.current?.value ?? null;
   }
 
   /**
@@ -87,8 +109,14 @@ export class ExpertHost extends DurableObject<Env> {
   async load(model: string, experts: ExpertRef[], name?: string): Promise<ExpertLoadResult> {
     if (name) this.#name = name;
     try {
-      const store = await this.#open(model);
-      const loads = await settledInPool(experts, LOAD_CONCURRENCY, (e) => store.ensure(e.layer, e.expert));
+      let store = await this.#open(model);
+      let loads = await settledInPool(experts, LOAD_CONCURRENCY, (e) => store.ensure(e.layer, e.expert));
+      if (loads.some((r) => r.status === "rejected" && isModelChanged(r.reason))) {
+        // Re-uploaded under this instance: load the experts from the new upload, whole.
+        if (this.#store === store) this.#model.drop();
+        store = await this.#open(model);
+        loads = await settledInPool(experts, LOAD_CONCURRENCY, (e) => store.ensure(e.layer, e.expert));
+      }
       this.#assignment.add(
         model,
         experts.filter((_, i) => loads[i].status === "fulfilled"),
@@ -135,6 +163,7 @@ export class ExpertHost extends DurableObject<Env> {
   /** Runs every (expert, token batch) of one layer that this instance serves. */
   async forward(req: ExpertForwardRequest): Promise<ExpertForwardResult> {
     this.#inflight++;
+    let store: ExpertStore | null = null;
     try {
       const refused = req.items.filter((it) => !this.#assignment.has(req.model, req.layer, it.expert));
       if (refused.length > 0) {
@@ -142,7 +171,7 @@ export class ExpertHost extends DurableObject<Env> {
         const message = `${this.#label} is not assigned expert(s) ${list} of "${req.model}"`;
         return { ok: false, code: "not_assigned", message };
       }
-      const store = await this.#open(req.model);
+      store = await this.#open(req.model, req.version);
       for (const it of req.items) {
         const fault = this.#faults.get(expertKey(req.layer, it.expert));
         const left = fault ? fault.until - Date.now() : 0;
@@ -164,6 +193,8 @@ export class ExpertHost extends DurableObject<Env> {
       }
       return result;
     } catch (err) {
+      // This instance's upload was replaced under it (a pinned read refused): load the new one next.
+      if (isModelChanged(err) && store && this.#store === store) this.#model.drop();
       return storeFailure(err);
     } finally {
       this.#inflight--;
@@ -177,6 +208,11 @@ export class ExpertHost extends DurableObject<Env> {
   async injectFault(experts: ExpertRef[], ms: number, kind: FaultKind = "fail"): Promise<void> {
     const until = Date.now() + Math.max(0, ms);
     for (const e of experts) this.#faults.set(expertKey(e.layer, e.expert), { until, kind });
+  }
+
+  /** For `ms`, every R2 read of this instance fails (an R2 outage while it loads weights). */
+  async injectR2Fault(ms: number): Promise<void> {
+    this.#r2FaultUntil = Date.now() + Math.max(0, ms);
   }
 
   stats(): ExpertHostStats {
@@ -202,28 +238,15 @@ export class ExpertHost extends DurableObject<Env> {
     return this.#name || this.ctx.id.name || this.ctx.id.toString();
   }
 
-  async #open(model: string): Promise<ExpertStore> {
-    if (this.#store) {
-      if (this.#store.model.id !== model) {
-        throw new StoreFailure("bad_request", `this ExpertHost serves model "${this.#store.model.id}", not "${model}"`);
-      }
-      return this.#store;
-    }
-    this.#storePromise ??= (async () => {
-      const opened = await openModelFromR2(this.env.MODELS, model);
-      const budget = readBudgets(this.env).expertHostBytes;
-      const label = `ExpertHost ${this.#label} (EXPERT_HOST_BUDGET_MB)`;
-      const kernels = (maxBytes: number) => createKernels("best", { maxBytes });
-      const store = new ExpertStore(opened, budget, label, kernels, expertStoreOptions(this.env));
-      this.#store = store;
-      return store;
-    })();
-    try {
-      return await this.#storePromise;
-    } catch (err) {
-      this.#storePromise = null; // recover from a failed init: the next call tries again
-      throw err;
-    }
+  /** The store of `model` (of upload `version` when given); a failed open is retried next call. */
+  async #open(model: string, version?: string): Promise<ExpertStore> {
+    const held = this.#store;
+    if (held && held.model.id !== model)
+      throw new StoreFailure("bad_request", `this ExpertHost serves model "${held.model.id}", not "${model}"`);
+    const store = (await this.#model.get(model, version)).value;
+    if (store.model.id !== model)
+      throw new StoreFailure("bad_request", `this ExpertHost serves model "${store.model.id}", not "${model}"`);
+    return store;
   }
 }
 

@@ -26,7 +26,7 @@ import { expertQ4gScratchBytes, packExpertQ4g, Q4_GROUP } from "../kernels/q4g-f
 import { expertQ8gScratchBytes, packExpertQ8g } from "../kernels/dense-format";
 import { Q8_EXPERT_GROUP } from "../kernels/packing";
 import { formatMiB } from "../platform/format";
-import type { OpenedModel } from "../platform/model-store";
+import { isModelChanged, type ModelCheckpoint } from "../platform/model-store";
 import { loadExpertSliceQ4, loadExpertSliceQ8, loadExpertSliceWeights, type SliceBounds } from "../model/expert-slices";
 import type { ModelSpec } from "../model/config";
 import { chooseSlices, maxSliceBytes, sliceRange, unitExpert } from "./slices";
@@ -37,7 +37,7 @@ export const TOKEN_CHUNK = 64;
 
 export class StoreFailure extends Error {
   constructor(
-    readonly code: "budget_exceeded" | "model_error" | "bad_request",
+    readonly code: "budget_exceeded" | "model_error" | "bad_request" | "model_changed",
     message: string,
   ) {
     super(message);
@@ -49,6 +49,7 @@ export function storeFailure(err: unknown): ExpertFailure {
   if (err instanceof StoreFailure) return { ok: false, code: err.code, message: err.message };
   const message = err instanceof Error ? err.message : String(err);
   if (err instanceof Error && err.name === "MemoryBudgetError") return { ok: false, code: "budget_exceeded", message };
+  if (isModelChanged(err)) return { ok: false, code: "model_changed", message };
   return { ok: false, code: "model_error", message };
 }
 
@@ -116,7 +117,7 @@ export class ExpertStore {
   tokens = 0;
 
   constructor(
-    readonly model: OpenedModel,
+    readonly model: ModelCheckpoint,
     readonly budgetBytes: number,
     readonly label: string,
     private readonly newKernels: (maxBytes: number) => Kernels,

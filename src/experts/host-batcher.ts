@@ -36,6 +36,10 @@ export interface HostCall {
 /** One host's queues, one per (model, layer). */
 export class HostBatcher {
   readonly #queues = new Map<string, Coalescer<HostCall, ExpertForwardResult>>();
+  /** The store each queue runs its passes on. */
+  readonly #storeOf = new WeakMap<Coalescer<HostCall, ExpertForwardResult>, ExpertStore>();
+  /** Passes and calls of queues replaced after a reload (stats stay cumulative). */
+  readonly #retired = { passes: 0, calls: 0 };
 
   constructor(private readonly label: string) {}
 
@@ -43,6 +47,13 @@ export class HostBatcher {
   async run(store: ExpertStore, layer: number, call: HostCall): Promise<ExpertForwardResult> {
     const key = `${store.model.id}\u0000${layer}`;
     let q = this.#queues.get(key);
+    // A queue runs its passes on the store it was made for: when the model was reloaded (a new
+    // upload), new calls get a new queue on the new store and the old one finishes what it holds.
+    if (q && this.#storeOf.get(q) !== store) {
+      this.#retired.passes += q.batches;
+      this.#retired.calls += q.callers;
+      q = undefined;
+    }
     if (!q) {
       const rowBytes = 4 * store.model.spec.dModel;
       q = new Coalescer<HostCall, ExpertForwardResult>(
@@ -62,6 +73,7 @@ export class HostBatcher {
         `${this.label} layer ${layer} queue`,
       );
       this.#queues.set(key, q);
+      this.#storeOf.set(q, store);
     }
     const rows = call.items.reduce((s, it) => s + it.nTokens, 0);
     try {
@@ -74,8 +86,7 @@ export class HostBatcher {
 
   /** Passes run and calls served (stats, tests). */
   stats(): { passes: number; calls: number } {
-    let passes = 0;
-    let calls = 0;
+    let { passes, calls } = this.#retired;
     for (const q of this.#queues.values()) {
       passes += q.batches;
       calls += q.callers;

@@ -39,6 +39,11 @@ export interface LayerCall {
   h: Float32Array; // [n, dModel]
   placement: Placement;
   signal?: AbortSignal;
+  /**
+   * The model upload the caller computes with (OpenedModel.version): calls of different uploads never
+   * share a batch, so a request's experts always come from its own upload.
+   */
+  version?: string;
 }
 
 export interface LayerAnswer {
@@ -99,11 +104,11 @@ export function layerBatchStats(): { batches: number; callers: number } {
 
 /**
  * One caller's layer through the merged fan-out. `ctx` describes how to reach the experts; the
- * batch uses the context of its first caller (every caller of an isolate has the same).
+ * batch uses the context of its first caller (every caller of an isolate and upload has the same).
  */
 export function runBatchedLayer(call: LayerCall, layer: number, ctx: LayerBatchContext): Promise<LayerAnswer> {
   const model = call.placement.model;
-  const key = `${model}\u0000${layer}`;
+  const key = `${model}\u0000${call.version ?? ""}\u0000${layer}`;
   contexts.set(key, ctx);
   let b = batchers.get(key);
   if (!b) {

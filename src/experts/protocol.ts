@@ -16,6 +16,11 @@ export interface ExpertWorkItem {
 
 export interface ExpertForwardRequest {
   model: string;
+  /**
+   * The upload of the model the caller computed with (OpenedModel.version). An instance holding
+   * another upload loads the current one, or refuses with `model_changed` when the caller is behind.
+   */
+  version?: string;
   layer: number;
   /** Work items in the order their rows appear in `x`. */
   items: ExpertWorkItem[];
@@ -26,9 +31,16 @@ export interface ExpertForwardRequest {
  * Failures an ExpertHost reports as data. Whether the Worker retries one is decided in
  * ./retry-policy.ts: `model_error` and `not_assigned` may be retried (on another replica when one
  * exists); `overloaded` (the host's batch queue is full or a call waited past its queue deadline)
- * only on another replica; `bad_request` and `budget_exceeded` never are.
+ * only on another replica; `bad_request` and `budget_exceeded` never are, nor `model_changed` (the
+ * model was re-uploaded: the caller must reload it, every replica would answer the same).
  */
-export type ExpertFailureCode = "budget_exceeded" | "model_error" | "bad_request" | "not_assigned" | "overloaded";
+export type ExpertFailureCode =
+  | "budget_exceeded"
+  | "model_error"
+  | "bad_request"
+  | "not_assigned"
+  | "overloaded"
+  | "model_changed";
 
 export interface ExpertFailure {
   ok: false;

@@ -58,6 +58,7 @@ export function failureVerdict(code: ExpertFailureCode): RetryVerdict {
       return "elsewhere";
     case "bad_request":
     case "budget_exceeded":
+    case "model_changed":
       return "fatal";
   }
 }

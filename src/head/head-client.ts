@@ -22,6 +22,7 @@
  * assembled once where the sampler runs rather than reduced inside the shards.
  */
 import { pipelineRpcTimeoutMs, withDeadline } from "../platform/deadline";
+import { ModelChangedError } from "../model/errors";
 import { planHeadShards, type HeadPlacement, type HeadShard } from "../coordinator/head-placement";
 import type { ModelSpec } from "../model/config";
 import { headHostBudgetBytes } from "./budget";
@@ -65,8 +66,13 @@ export function headPlacementFor(
   });
 }
 
-function ref(p: HeadPlacement, s: HeadShard): HeadShardRef {
-  return { model: p.model, rowStart: s.rowStart, rowEnd: s.rowEnd };
+export function ref(p: HeadPlacement, s: HeadShard): HeadShardRef {
+  return { model: p.model, rowStart: s.rowStart, rowEnd: s.rowEnd, version: p.version };
+}
+
+/** A shard's failure as an error: a re-uploaded model is the retryable ModelChangedError. */
+export function shardError(code: HeadFailureCode, shard: string, message: string): Error {
+  return code === "model_changed" ? new ModelChangedError(message) : new HeadError(code, shard, message);
 }
 
 function stub(env: Env, s: HeadShard) {
@@ -80,7 +86,7 @@ export async function loadHead(env: Env, p: HeadPlacement): Promise<HeadHostStat
     p.shards.map((s) => withDeadline(Promise.resolve(stub(env, s).load(ref(p, s))), ms, `HeadHost ${s.name}`)),
   );
   return results.map((r, i) => {
-    if (!r.ok) throw new HeadError(r.code, p.shards[i].name, r.message);
+    if (!r.ok) throw shardError(r.code, p.shards[i].name, r.message);
     return r.stats;
   });
 }
@@ -158,7 +164,7 @@ export function tokenCalls(p: HeadPlacement, n: number, mode: HeadMode): [number
 }
 
 function checked(r: HeadForwardResult, s: HeadShard, mode: HeadMode): Exclude<HeadForwardResult, { ok: false }> {
-  if (!r.ok) throw new HeadError(r.code, s.name, r.message);
+  if (!r.ok) throw shardError(r.code, s.name, r.message);
   if (r.mode !== mode)
     throw new HeadError("model_error", s.name, `HeadHost ${s.name} answered "${r.mode}" to a "${mode}" call`);
   return r;

@@ -7,7 +7,7 @@
 import { pipelineRpcTimeoutMs, withDeadline } from "../platform/deadline";
 import { shardOfRow, type HeadPlacement, type HeadShard } from "../coordinator/head-placement";
 import { checkIds, type EmbeddingSource } from "../model/embeddings";
-import { HeadError } from "./head-client";
+import { ref, shardError } from "./head-client";
 
 export class HeadEmbeddings implements EmbeddingSource {
   readonly vocabSize: number;
@@ -36,11 +36,11 @@ export class HeadEmbeddings implements EmbeddingSource {
     await Promise.all(
       [...byShard].map(async ([s, at]) => {
         const call = this.env.HEAD_HOST.getByName(s.name).embed(
-          { model: p.model, rowStart: s.rowStart, rowEnd: s.rowEnd },
+          ref(p, s),
           at.map((i) => ids[i]),
         );
         const r = await withDeadline(Promise.resolve(call), pipelineRpcTimeoutMs(this.env), `HeadHost ${s.name}`);
-        if (!r.ok) throw new HeadError(r.code, s.name, r.message);
+        if (!r.ok) throw shardError(r.code, s.name, r.message);
         at.forEach((pos, j) => out.set(r.rows.subarray(j * d, (j + 1) * d), pos * d));
       }),
     );

@@ -4,12 +4,13 @@
  * HEAD_HOST_BUDGET_MB, answering with its logits slice or its greedy (max, argmax) per token.
  * Rows are read from R2 once per instance (on `load`, or on first use after eviction). Its DO name
  * names its rows (src/coordinator/head-placement.ts headShardName), so an instance never changes
- * what it holds; a call for other rows is refused.
+ * what it holds; a call for other rows is refused. Its rows are of one upload of the model
+ * (PinnedModel): a call naming a newer upload reloads them whole, an older one is refused.
  */
 import { DurableObject } from "cloudflare:workers";
 import { createKernels } from "../kernels/workers";
 import { MemoryBudgetError } from "../kernels/index";
-import { openModelFromR2 } from "../platform/model-store";
+import { isModelChanged, PinnedModel } from "../platform/model-store";
 import { headHostBudgetBytes } from "./budget";
 import { HeadStore, HeadStoreFailure } from "./head-store";
 import type {
@@ -23,8 +24,21 @@ import type {
 } from "./protocol";
 
 export class HeadHost extends DurableObject<Env> {
-  #store: HeadStore | null = null;
-  #storePromise: Promise<HeadStore> | null = null;
+  /** The rows this instance holds (its DO name fixes them): set by the first call. */
+  #rows: HeadShardRef | null = null;
+  readonly #model = new PinnedModel<HeadStore>(
+    () => this.env.MODELS,
+    (opened) =>
+      HeadStore.load(opened.ckpt, opened.spec, this.#rows!, {
+        budgetBytes: headHostBudgetBytes(this.env),
+        label: `${this.#label} (HEAD_HOST_BUDGET_MB)`,
+        kernels: (maxBytes) => createKernels("best", { maxBytes }),
+      }),
+  );
+
+  get #store(): HeadStore | null {
+    return this.#model.current?.value ?? null;
+  }
 
   /** Loads the shard's rows (idempotent). */
   async load(ref: HeadShardRef): Promise<HeadLoadResult> {
@@ -102,27 +116,12 @@ export class HeadHost extends DurableObject<Env> {
             `not [${ref.rowStart}, ${ref.rowEnd}) of "${ref.model}"`,
         );
       }
-      return this.#store;
     }
-    const want = { model: ref.model, rowStart: ref.rowStart, rowEnd: ref.rowEnd };
-    this.#storePromise ??= (async () => {
-      const { spec, ckpt } = await openModelFromR2(this.env.MODELS, want.model);
-      const store = await HeadStore.load(ckpt, spec, want, {
-        budgetBytes: headHostBudgetBytes(this.env),
-        label: `${this.#label} (HEAD_HOST_BUDGET_MB)`,
-        kernels: (maxBytes) => createKernels("best", { maxBytes }),
-      });
-      this.#store = store;
-      return store;
-    })();
-    try {
-      const store = await this.#storePromise;
-      if (!same(store.ref)) return this.#open(ref); // a concurrent first call loaded other rows: refuse
-      return store;
-    } catch (err) {
-      this.#storePromise = null; // recover from a failed init: the next call tries again
-      throw err;
-    }
+    this.#rows ??= { model: ref.model, rowStart: ref.rowStart, rowEnd: ref.rowEnd };
+    // A failed load (R2, budget, a re-upload under it) is not kept: the next call tries again.
+    const store = (await this.#model.get(ref.model, ref.version)).value;
+    if (!same(store.ref)) return this.#open(ref); // a concurrent first call loaded other rows: refuse
+    return store;
   }
 }
 
@@ -130,5 +129,6 @@ function failure(err: unknown): HeadFailure {
   if (err instanceof HeadStoreFailure) return { ok: false, code: err.code, message: err.message };
   const message = err instanceof Error ? err.message : String(err);
   if (err instanceof MemoryBudgetError) return { ok: false, code: "budget_exceeded", message };
+  if (isModelChanged(err)) return { ok: false, code: "model_changed", message };
   return { ok: false, code: "model_error", message };
 }

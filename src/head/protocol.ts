@@ -10,6 +10,8 @@ export interface HeadShardRef {
   model: string;
   rowStart: number;
   rowEnd: number;
+  /** The caller's upload of the model (OpenedModel.version): a shard holding another one reloads or refuses. */
+  version?: string;
 }
 
 /**
@@ -27,7 +29,7 @@ export interface HeadForwardRequest extends HeadShardRef {
 }
 
 /** Failures a HeadHost reports as data. */
-export type HeadFailureCode = "budget_exceeded" | "model_error" | "bad_request";
+export type HeadFailureCode = "budget_exceeded" | "model_error" | "bad_request" | "model_changed";
 
 export type HeadFailure = { ok: false; code: HeadFailureCode; message: string };
 

@@ -19,3 +19,21 @@ export class ModelFormatError extends Error {
     super(message);
   }
 }
+
+/**
+ * A model's files in R2 are not the upload a reader was pinned to: the model was re-uploaded
+ * since it was opened, or is being re-uploaded now. Retryable: the caller reopens the model (a new
+ * upload is then read whole) or answers 503 with Retry-After so its client tries again.
+ */
+export class ModelChangedError extends Error {
+  override name = "ModelChangedError";
+  readonly retryable = true;
+
+  constructor(
+    message: string,
+    /** File inside the model directory the mismatch was seen on (when one file is to blame). */
+    readonly file?: string,
+  ) {
+    super(message);
+  }
+}

@@ -137,3 +137,17 @@ export function mibVar(vars: Vars, name: string, fallbackMiB: number, rule: Numb
 export function batchingEnabled(vars: Vars): boolean {
   return enumVar(vars, "BATCHING", ["on", "off"], "on") === "on";
 }
+
+/**
+ * `parse` memoized per env object: a Worker isolate gets the same `env` on every request, so the
+ * vars are parsed (and a ConfigError found) once, not on every request. A throw is not cached.
+ */
+export function perEnv<T>(parse: (env: object) => T): (env: object) => T {
+  const cache = new WeakMap<object, T>();
+  return (env) => {
+    if (cache.has(env)) return cache.get(env) as T;
+    const value = parse(env);
+    cache.set(env, value);
+    return value;
+  };
+}

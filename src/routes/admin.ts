@@ -13,6 +13,8 @@ import type { ForwardTrace } from "../serving/model-runtime";
 import { createRng, argmax } from "../serving/sampling";
 import { ModelNotFoundError } from "../platform/model-store";
 import { parseBody } from "./validate";
+import { topLogits, type TopLogits } from "./top-logits";
+import { PREFILL_CHUNK } from "../serving/stage-budgets";
 import { boolVar, secretVar } from "../platform/env";
 import { bodyCap, requireJson } from "./guards";
 import { headStats } from "../head/head-client";
@@ -73,19 +75,6 @@ const ForwardBody = z.strictObject({
   top_k: z.number().int().min(1).max(1024).optional(),
 });
 
-interface TopLogits {
-  ids: number[];
-  logits: number[];
-}
-
-/** The k largest values of a row, largest first (ties: lower id first). */
-function topK(row: Float32Array, k: number): TopLogits {
-  const ids = Array.from(row.keys())
-    .sort((a, b) => row[b] - row[a] || a - b)
-    .slice(0, k);
-  return { ids, logits: ids.map((i) => row[i]) };
-}
-
 admin.post("/forward", async (c) => {
   const body = await parseBody(c, ForwardBody);
   const n = body.tokens.length;
@@ -113,18 +102,31 @@ admin.post("/forward", async (c) => {
     );
   }
   const rows = (logits: Float32Array, t: number) => logits.subarray(t * vocabSize, (t + 1) * vocabSize);
-  const out = (row: Float32Array) => (body.top_k ? topK(row, perRow) : Array.from(row));
+  const out = (row: Float32Array) => (body.top_k ? topLogits(row, perRow) : Array.from(row));
   const rng = createRng(0);
   const session = rt.startSession(n + greedy);
   try {
     const trace: ForwardTrace = { routing: [], dispatch: [] };
-    // Only the last row is needed unless an earlier position was asked for.
-    const allLogits = positions.some((p) => p < n - 1);
-    const logits = await rt.forward(c.env, session, body.tokens, rng, { allLogits, trace });
-    const rowOf = (p: number) => rows(logits, allLogits ? p : 0);
+    // The prompt goes through in pieces, each piece's rows reduced to what was asked for before
+    // the next: the head computes at most MAX_FORWARD_LOGITS logits (or one row) per call, however
+    // long the prompt or large the vocabulary. Without earlier positions, one piece per prefill chunk.
+    const wanted = new Set(positions);
+    const early = positions.some((p) => p < n - 1);
+    const step = early ? Math.max(1, Math.min(PREFILL_CHUNK, Math.floor(MAX_FORWARD_LOGITS / vocabSize))) : n;
+    const answered = new Map<number, number[] | TopLogits>();
+    let last: Float32Array = new Float32Array(0);
+    for (let at = 0; at < n; at += step) {
+      const piece = body.tokens.slice(at, at + step);
+      const end = at + piece.length;
+      // Only the piece's last row is needed unless an earlier position in it was asked for.
+      const allLogits = positions.some((p) => p >= at && p < end - 1);
+      const logits = await rt.forward(c.env, session, piece, rng, { allLogits, trace });
+      for (let p = allLogits ? at : end - 1; p < end; p++)
+        if (wanted.has(p)) answered.set(p, out(rows(logits, allLogits ? p - at : 0)));
+      if (end === n) last = rows(logits, allLogits ? piece.length - 1 : 0).slice();
+    }
     const greedyIds: number[] = [];
     const greedyLogits: (number[] | TopLogits)[] = [];
-    let last = rowOf(n - 1);
     for (let i = 0; i < greedy; i++) {
       const id = argmax(last);
       greedyIds.push(id);
@@ -134,7 +136,7 @@ admin.post("/forward", async (c) => {
     return c.json({
       model: rt.id,
       positions,
-      logits: positions.map((p) => out(rowOf(p))),
+      logits: positions.map((p) => answered.get(p)!),
       greedy_ids: greedyIds,
       greedy_logits: greedyLogits,
       // Routing of the prompt tokens, keyed by MoE layer (the trace covers only the prompt pass).
@@ -209,14 +211,17 @@ const FaultBody = z.strictObject({
   model: z.string().optional(),
   /** Instance id in the placement. */
   instance: z.number().int().min(0),
-  layer: z.number().int().min(0),
-  expert: z.number().int().min(0),
+  /** "fail" (default) / "stall": calls that include (layer, expert); "r2": every R2 read of the instance. */
+  kind: z.enum(["fail", "stall", "r2"]).optional(),
+  layer: z.number().int().min(0).optional(),
+  expert: z.number().int().min(0).optional(),
   ms: z.number().int().min(0).max(600_000),
-  /** "fail" (default): calls fail; "stall": calls do not answer until `ms` is up (a stuck host). */
-  kind: z.enum(["fail", "stall"]).optional(),
 });
 
-/** Chaos testing: for `ms`, the instance fails (or stalls) every call that includes (layer, expert). */
+/**
+ * Chaos testing: for `ms`, the instance fails ("fail") or does not answer ("stall") every call
+ * that includes (layer, expert), or ("r2") every R2 read it makes fails.
+ */
 admin.post("/fault", async (c) => {
   if (!boolVar(c.env, "ADMIN_FAULTS_ENABLED", false)) {
     throw new ApiError(
@@ -233,8 +238,15 @@ admin.post("/fault", async (c) => {
   const inst = placement.instances[body.instance];
   if (!inst) throw ApiError.invalid("instance", `must be < ${placement.instances.length}`);
   const kind = body.kind ?? "fail";
-  await c.env.EXPERT_HOST.getByName(inst.name).injectFault([{ layer: body.layer, expert: body.expert }], body.ms, kind);
-  return c.json({ instance: inst.name, layer: body.layer, expert: body.expert, ms: body.ms, kind });
+  const host = c.env.EXPERT_HOST.getByName(inst.name);
+  if (kind === "r2") {
+    await host.injectR2Fault(body.ms);
+    return c.json({ instance: inst.name, kind, ms: body.ms });
+  }
+  if (body.layer === undefined) throw ApiError.invalid("layer", `is required with kind "${kind}"`);
+  if (body.expert === undefined) throw ApiError.invalid("expert", `is required with kind "${kind}"`);
+  await host.injectFault([{ layer: body.layer, expert: body.expert }], body.ms, kind);
+  return c.json({ instance: inst.name, kind, layer: body.layer, expert: body.expert, ms: body.ms });
 });
 
 const StageFaultBody = z.strictObject({

@@ -6,14 +6,14 @@
  */
 import type { MiddlewareHandler } from "hono";
 import { ApiError } from "../errors";
-import { ConfigError, secretVar } from "../platform/env";
+import { ConfigError, perEnv, secretVar } from "../platform/env";
 
 export const API_KEY_HASHES = "API_KEY_HASHES";
 /** Keys longer than this are refused before hashing (bounded work for a hostile header). */
 const MAX_KEY_CHARS = 512;
 
 /** The digests of the accepted keys, or [] when keys are off. */
-export function parseKeyHashes(env: object): Uint8Array[] {
+export const parseKeyHashes: (env: object) => Uint8Array[] = perEnv((env) => {
   const raw = secretVar(env, API_KEY_HASHES);
   if (!raw) return [];
   return raw
@@ -30,7 +30,7 @@ export function parseKeyHashes(env: object): Uint8Array[] {
       for (let b = 0; b < 32; b++) out[b] = parseInt(hex.slice(2 * b, 2 * b + 2), 16);
       return out;
     });
-}
+});
 
 /** Equal-length byte strings compared without an early exit. */
 export function constantTimeEqual(a: Uint8Array, b: Uint8Array): boolean {

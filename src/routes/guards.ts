@@ -67,29 +67,42 @@ export function requireJson(): MiddlewareHandler<{ Bindings: Env }> {
 /**
  * Past the cap a body is still read (and dropped) up to this many bytes before the 413 goes out:
  * answering while the client is still sending makes workerd drop the connection, and the client
- * would see a reset instead of the 413. Beyond this a client gets the reset.
+ * would see a reset instead of the 413. Beyond this a client gets the reset. Only a request that
+ * passed the key check (the 413 comes after it) is worth that much reading.
  */
 export const DRAIN_LIMIT_BYTES = 64 * 1024 * 1024;
 
 /**
- * Reads and drops what is left of a request body (at most DRAIN_LIMIT_BYTES) before an early
- * answer — a 401, 404, 413 or 415 sent while the client is still uploading would otherwise reach
- * it as a dropped connection.
+ * What any other early refusal (401, 404, 415, …) reads of a body before answering. Answering
+ * before the body is read drops the connection (locally the proxy turns that into a 500), so the
+ * refusal of a body up to a few MiB — a client that forgot its key — still arrives as a 401;
+ * past that an unauthenticated client gets the dropped connection rather than 64 MiB of reading.
  */
-export async function drainBody(req: Request): Promise<void> {
+export const REFUSAL_DRAIN_BYTES = 4 * 1024 * 1024;
+
+/**
+ * Reads and drops what is left of a request body (at most `limit` bytes) before an early
+ * answer — a refusal sent while the client is still uploading would otherwise reach it as a
+ * dropped connection. A body announced larger than `limit` is not read at all.
+ */
+export async function drainBody(req: Request, limit = REFUSAL_DRAIN_BYTES): Promise<void> {
   if (!req.body || req.bodyUsed) return;
-  if (Number(req.headers.get("content-length") ?? NaN) > DRAIN_LIMIT_BYTES) return;
-  await drain(req.body.getReader(), 0);
+  if (Number(req.headers.get("content-length") ?? NaN) > limit) return;
+  await drain(req.body.getReader(), 0, limit);
 }
 
-async function drain(reader: ReadableStreamDefaultReader<Uint8Array>, alreadyRead: number): Promise<void> {
+async function drain(
+  reader: ReadableStreamDefaultReader<Uint8Array>,
+  alreadyRead: number,
+  limit: number,
+): Promise<void> {
   let size = alreadyRead;
   try {
     for (;;) {
       const { done, value } = await reader.read();
       if (done) return;
       size += value.byteLength;
-      if (size > DRAIN_LIMIT_BYTES) {
+      if (size > limit) {
         await reader.cancel();
         return;
       }
@@ -126,7 +139,7 @@ export function bodyCap(): MiddlewareHandler<{ Bindings: Env }> {
       size += value.byteLength;
       if (size > max) {
         chunks.length = 0;
-        await drain(reader, size);
+        await drain(reader, size, DRAIN_LIMIT_BYTES);
         throw tooLarge();
       }
       chunks.push(value);

@@ -5,7 +5,7 @@
  * tokenizer time on the isolate that also answers everyone else.
  */
 import { ApiError } from "../errors";
-import { boolVar, ConfigError, intVar } from "../platform/env";
+import { boolVar, ConfigError, intVar, perEnv } from "../platform/env";
 
 /**
  * The sampler's seed is 32 bits (`createRng` keeps `seed >>> 0`): seeds are accepted exactly in
@@ -63,7 +63,7 @@ export const LIMIT_VARS: Record<keyof Limits, string> = {
   maxTokensCap: "MAX_TOKENS_CAP",
 };
 
-export function readLimits(env: object): Limits {
+export const readLimits: (env: object) => Limits = perEnv((env) => {
   const out = {} as Limits;
   for (const k of Object.keys(LIMIT_DEFAULTS) as (keyof Limits)[])
     out[k] = intVar(env, LIMIT_VARS[k], LIMIT_DEFAULTS[k], { min: 1 });
@@ -71,12 +71,10 @@ export function readLimits(env: object): Limits {
     throw new ConfigError("DEFAULT_MAX_TOKENS", `≤ MAX_TOKENS_CAP (${out.maxTokensCap})`, String(out.defaultMaxTokens));
   }
   return out;
-}
+});
 
 /** Whether Cloudflare's Rate Limiting binding is consulted (`RATE_LIMIT_ENABLED`, default true). */
-export function rateLimitEnabled(env: object): boolean {
-  return boolVar(env, "RATE_LIMIT_ENABLED", true);
-}
+export const rateLimitEnabled: (env: object) => boolean = perEnv((env) => boolVar(env, "RATE_LIMIT_ENABLED", true));
 
 interface SamplingLimitsInput {
   stop?: string | string[] | null;

@@ -17,7 +17,7 @@ import {
   type WaitUntil,
 } from "../serving/generate";
 import { getRuntime, type ModelRuntime } from "../serving/model-runtime";
-import { listModelIds, modelPrefix, ModelNotFoundError } from "../platform/model-store";
+import { isModelChanged, listModelIds, modelPrefix, ModelNotFoundError } from "../platform/model-store";
 import { maxServableTokens, parseConfig } from "../model/config";
 import { parseBody } from "./validate";
 import { ChatBody, CompletionBody, type Sampling } from "./openai-schemas";
@@ -123,7 +123,7 @@ openai.post("/completions", async (c) => {
       head,
     );
   }
-  const r = await collect(c.env, rt, req, waitUntilOf(c), trackGeneration(c, rt.id));
+  const r = await collect(c.env, rt, { ...req, signal: c.req.raw.signal }, waitUntilOf(c), trackGeneration(c, rt.id));
   return c.json({
     ...head,
     choices: [{ index: 0, text: r.text, token_ids: r.ids, logprobs: null, finish_reason: r.finish }],
@@ -195,7 +195,7 @@ openai.post("/chat/completions", async (c) => {
       head,
     );
   }
-  const r = await collect(c.env, rt, req, waitUntilOf(c), trackGeneration(c, rt.id));
+  const r = await collect(c.env, rt, { ...req, signal: c.req.raw.signal }, waitUntilOf(c), trackGeneration(c, rt.id));
   return c.json({
     id,
     object: "chat.completion",
@@ -343,10 +343,16 @@ async function sse(
   head: object,
 ) {
   const stats: GenerateStats = { promptTokens: 0, completionTokens: 0, prefillMs: 0, decodeMs: 0 };
+  // The client going away cancels the response stream (and, where the runtime reports it, the
+  // request's signal): either stops the generation's work at once, not at the next token.
+  const gone = new AbortController();
+  const signal = AbortSignal.any([c.req.raw.signal, gone.signal]);
   // Admission (KV budgets, then the prefill and first token) before the headers go out: a full
   // model or a failing host is a 429/503, not an in-band error.
-  const tokens = await firstEventBeforeHeaders(await startGeneration(c.env, rt, req, stats, waitUntilOf(c)));
+  const generation = await startGeneration(c.env, rt, { ...req, signal }, stats, waitUntilOf(c));
+  const tokens = await firstEventBeforeHeaders(generation);
   return streamSSE(c, async (stream) => {
+    stream.onAbort(() => gone.abort(new DOMException("the client went away", "AbortError")));
     const track = trackGeneration(c, rt.id);
     try {
       let finish: FinishReason | "aborted" = "length";
@@ -362,10 +368,19 @@ async function sse(
       track.end(stats, finish);
       if (includeUsage) await stream.writeSSE({ data: JSON.stringify({ ...head, choices: [], usage: usage(stats) }) });
     } catch (err) {
+      if (signal.aborted) {
+        track.end(stats, "aborted");
+        return;
+      }
       track.end(stats, "error");
       // Headers are gone: report the failure in-band, as OpenAI does, then end the stream.
-      const e = err instanceof ApiError ? err : new ApiError(500, "generation failed on the server", "server_error");
-      if (!(err instanceof ApiError)) console.error("stream failed", err);
+      const e =
+        err instanceof ApiError
+          ? err
+          : isModelChanged(err)
+            ? ApiError.modelChanged((err as Error).message)
+            : new ApiError(500, "generation failed on the server", "server_error");
+      if (!(err instanceof ApiError) && !isModelChanged(err)) console.error("stream failed", err);
       await stream.writeSSE({ data: JSON.stringify(e.toBody()) });
     }
     await stream.writeSSE({ data: "[DONE]" });

@@ -12,6 +12,8 @@ import type { StageFailure } from "./stage-protocol";
 /** What the loop needs to produce tokens (text handling stays with the Worker). */
 export interface DecodeRequest {
   model: string;
+  /** The Worker's upload of the model: the driver runs the loop only on that upload. */
+  version?: string;
   /** Session id already opened on every stage (admission done by the Worker). */
   session: string;
   promptIds: number[];
@@ -29,17 +31,18 @@ export async function* sampledTokens(
   rt: ModelRuntime,
   session: RuntimeSession,
   req: Pick<DecodeRequest, "promptIds" | "maxTokens" | "sampling" | "seed">,
+  signal?: AbortSignal,
 ): AsyncGenerator<number> {
   const rng = createRng(req.seed);
   const eos = new Set(rt.spec.eosTokenIds);
-  let logits = await rt.forward(env, session, req.promptIds, rng);
+  let logits = await rt.forward(env, session, req.promptIds, rng, { signal });
   for (let produced = 1; ; produced++) {
     const id = sampleToken(logits, req.sampling, rng);
     // No forward pass follows the last token: other requests need not wait for this one.
     if (eos.has(id) || produced >= req.maxTokens) session.leaveBatch();
     yield id;
     if (eos.has(id) || produced >= req.maxTokens) return;
-    logits = await rt.forward(env, session, [id], rng);
+    logits = await rt.forward(env, session, [id], rng, { signal });
   }
 }
 
@@ -71,17 +74,23 @@ export function encodeFailure(f: StageFailure): Uint8Array {
 
 /**
  * Reads the ids of a driver's stream; chunk boundaries may split an id or a failure record. A
- * failure record throws `fail(failure)`.
+ * failure record throws `fail(failure)`. When `signal` aborts, the stream is cancelled at once (the
+ * driver stops between two tokens) and the read rejects.
  */
 export async function* decodeTokenStream(
   stream: ReadableStream<Uint8Array>,
   fail: (f: StageFailure) => Error,
+  signal?: AbortSignal,
 ): AsyncGenerator<number> {
   const reader = stream.getReader();
+  const onAbort = () => reader.cancel(signal?.reason).catch(() => {});
+  signal?.addEventListener("abort", onAbort, { once: true });
   let pending = new Uint8Array(0);
   try {
+    signal?.throwIfAborted();
     for (;;) {
       const { done, value } = await reader.read();
+      signal?.throwIfAborted();
       if (done) {
         if (pending.length > 0)
           throw new Error(`session driver stream ended inside a record (${pending.length} bytes)`);
@@ -106,6 +115,7 @@ export async function* decodeTokenStream(
       pending = buf.slice(at);
     }
   } finally {
+    signal?.removeEventListener("abort", onAbort);
     // The consumer stopped early (stop string, abort): tell the driver to stop generating.
     await reader.cancel().catch(() => {});
   }

@@ -14,6 +14,11 @@ export interface GenerateRequest {
   sampling: SamplingParams;
   seed: number | null;
   stop: string[];
+  /**
+   * The client's: when it goes away the loop stops at once — no further expert, stage or head
+   * call starts, a remote driver's stream is cancelled, and the session is freed.
+   */
+  signal?: AbortSignal;
 }
 
 export type FinishReason = "stop" | "length";
@@ -72,7 +77,9 @@ export async function* generate(
   let tokens: AsyncGenerator<number> | null = null;
   try {
     // Inside the try: a driver that fails to start must still free the session on every stage.
-    tokens = rt.drivenRemotely ? await rt.driveRemotely(env, session, loop) : sampledTokens(env, rt, session, loop);
+    tokens = rt.drivenRemotely
+      ? await rt.driveRemotely(env, session, loop, req.signal)
+      : sampledTokens(env, rt, session, loop, req.signal);
     const t0 = Date.now();
     let t1 = t0;
     for await (const id of tokens) {
@@ -112,6 +119,7 @@ export async function* generate(
       yield { text: held.slice(0, release), tokenIds: [id], finishReason: null };
       held = held.slice(release);
     }
+    req.signal?.throwIfAborted();
     throw new Error(`the decode loop ended after ${produced} of ${req.maxTokens} tokens without EOS`);
   } finally {
     await tokens?.return(undefined);

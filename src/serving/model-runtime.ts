@@ -26,7 +26,8 @@ import type { Routing, RoutingOptions } from "../gating/router";
 import { batchMembers, currentPlacement, joinBatch, runExperts, type LayerDispatch } from "../experts/expert-client";
 import type { Placement } from "../coordinator/placement";
 import { planPipeline, PipelinePlanError, type PipelinePlacement } from "../coordinator/pipeline-placement";
-import { modelPrefix, openModelFromR2 } from "../platform/model-store";
+import { MODEL_CHECK_MS, ModelChangedError, modelVersion, openModelFromR2 } from "../platform/model-store";
+import type { FileStore } from "../model/file-stores";
 import { readBudgets, WORKER_SCRATCH_BYTES } from "../platform/budgets";
 import { formatMiB } from "../platform/format";
 import { ApiError, BudgetError } from "../errors";
@@ -104,6 +105,8 @@ export class ModelRuntime {
     readonly head: HeadPlacement | null,
     /** Embedding rows when the Worker does not hold the table (tied: the HeadHosts; else R2). */
     private readonly embeddings: EmbeddingSource | null,
+    /** The upload every weight here was read from; every host call names it (PinnedModel). */
+    readonly version: string,
   ) {}
 
   /**
@@ -122,10 +125,13 @@ export class ModelRuntime {
     // head: 13 instead of 7 at 96 MiB).
     const head =
       stageBudgets.forcedHeadShards > 0 || denseEndsBytes(spec) > budgets.workerBytes
-        ? headPlacementFor(env, id, spec, {
-            shards: stageBudgets.forcedHeadShards || undefined,
-            format: headRowFormat(ckpt, spec),
-          })
+        ? {
+            ...headPlacementFor(env, id, spec, {
+              shards: stageBudgets.forcedHeadShards || undefined,
+              format: headRowFormat(ckpt, spec),
+            }),
+            version: opened.version,
+          }
         : null;
     const headless = 4 * spec.dModel + (spec.tieEmbeddings ? 0 : EMBED_CACHE_BYTES);
     let plan: PipelinePlacement;
@@ -144,7 +150,7 @@ export class ModelRuntime {
         throw new BudgetError(`${err.message} (the dense part does not fit the Worker or the stages)`);
       throw err;
     }
-    const tokenizer = await loadTokenizer(env.MODELS, id);
+    const tokenizer = await loadTokenizer(opened.store);
     const staged = plan.stages.length > 0;
     const held = (head ? headless : denseEndsBytes(spec)) + (staged ? 0 : layerTotal(spec));
     if (held > budgets.workerBytes) {
@@ -181,7 +187,7 @@ export class ModelRuntime {
     }
     const ensure = () => env.COORDINATOR.getByName(id).ensurePipeline(plan);
     const pipeline = staged ? await withDeadline(ensure(), pipelineRpcTimeoutMs(env), "the Coordinator") : plan;
-    const chain = staged ? new StageChain(id, pipeline) : null;
+    const chain = staged ? new StageChain(id, pipeline, opened.version) : null;
     return new ModelRuntime(
       id,
       spec,
@@ -193,6 +199,7 @@ export class ModelRuntime {
       new KvLedger(stageBudgets.workerKvBytes),
       head,
       embeddings,
+      opened.version,
     );
   }
 
@@ -276,13 +283,15 @@ export class ModelRuntime {
     env: Env,
     s: RuntimeSession,
     loop: Omit<DecodeRequest, "model" | "session">,
+    signal?: AbortSignal,
   ): Promise<AsyncGenerator<number>> {
     const drivers = Math.max(1, this.pipeline.stages.length);
     const name = driverName(this.id, parseInt(s.id.slice(0, 6), 16) % drivers);
-    const call = env.STAGE_HOST.getByName(name).decode({ ...loop, model: this.id, session: s.id, maxLen: s.maxLen });
-    const r = await withDeadline(Promise.resolve(call), pipelineRpcTimeoutMs(env), `session driver ${name}`);
+    const req = { ...loop, model: this.id, version: this.version, session: s.id, maxLen: s.maxLen };
+    const call = env.STAGE_HOST.getByName(name).decode(req);
+    const r = await withDeadline(Promise.resolve(call), pipelineRpcTimeoutMs(env), `session driver ${name}`, signal);
     if (!r.ok) throw stageError(r);
-    return decodeTokenStream(r.tokens, stageError);
+    return decodeTokenStream(r.tokens, stageError, signal);
   }
 
   /** A session opened elsewhere (by the Worker), driven here: same id on every stage. */
@@ -313,24 +322,28 @@ export class ModelRuntime {
    * Runs `tokens` at positions session.length… through the model, appending to the KV caches.
    * Returns logits [nOut, vocab] for the last token (nOut = 1) or every token (`allLogits`).
    * Long prompts go in chunks of PREFILL_CHUNK tokens (bounded scratch and RPC payloads).
+   * `signal` (the client went away) stops the work at once: no further expert, stage or head call
+   * starts and the one in flight is no longer waited for.
    */
   async forward(
     env: Env,
     s: RuntimeSession,
     tokens: number[],
     rng: () => number,
-    opts: { allLogits?: boolean; trace?: ForwardTrace } = {},
+    opts: { allLogits?: boolean; trace?: ForwardTrace; signal?: AbortSignal } = {},
   ): Promise<Float32Array> {
     const rpcs: ForwardRpcs = { stageCalls: 0, total: 0 };
     const parts: Float32Array[] = [];
+    const call: ChunkCall = { rng, rpcs, trace: opts.trace, signal: opts.signal };
     for (let at = 0; at < tokens.length; at += PREFILL_CHUNK) {
+      opts.signal?.throwIfAborted();
       const chunk = tokens.slice(at, at + PREFILL_CHUNK);
       const last = at + PREFILL_CHUNK >= tokens.length;
       if (!opts.allLogits && !last) {
-        await this.#forwardChunk(env, s, chunk, rng, 0, rpcs, opts.trace);
+        await this.#forwardChunk(env, s, chunk, 0, call);
         continue;
       }
-      parts.push(await this.#forwardChunk(env, s, chunk, rng, opts.allLogits ? chunk.length : 1, rpcs, opts.trace));
+      parts.push(await this.#forwardChunk(env, s, chunk, opts.allLogits ? chunk.length : 1, call));
     }
     this.lastRpcs = rpcs;
     return parts.length === 1 ? parts[0] : concat(parts);
@@ -345,11 +358,10 @@ export class ModelRuntime {
     env: Env,
     s: RuntimeSession,
     tokens: number[],
-    rng: () => number,
     nOut: number,
-    rpcs: ForwardRpcs,
-    trace?: ForwardTrace,
+    call: ChunkCall,
   ): Promise<Float32Array> {
+    const { rng, rpcs, trace, signal } = call;
     if (s.length + tokens.length > s.maxLen)
       throw new Error(`session holds ${s.maxLen} positions, asked for ${s.length + tokens.length}`);
     const onRouting = trace ? (layer: number, routing: Routing) => trace.routing.push({ layer, routing }) : undefined;
@@ -361,14 +373,14 @@ export class ModelRuntime {
       const all = await this.model.layers(
         s.local!,
         this.model.embed(tokens),
-        this.#experts(env, placement, rng, rpcs, trace),
+        this.#experts(env, placement, call),
         rng,
         onRouting,
       );
       logits = await this.#headBatcher().run(all.slice(all.length - nOut * dModel), nOut);
     } else if (this.model.whole) {
       const placement = await this.placement(env);
-      const out = await this.model.forward(s.local!, tokens, this.#experts(env, placement, rng, rpcs, trace), rng, {
+      const out = await this.model.forward(s.local!, tokens, this.#experts(env, placement, call), rng, {
         allLogits: nOut > 1,
         onRouting,
       });
@@ -379,14 +391,15 @@ export class ModelRuntime {
         : this.model.embed(tokens);
       let y: Float32Array;
       if (this.chain) {
-        const run = () => this.chain!.run(env, s.id, s.maxLen, s.length, x, Math.max(nOut, 1), trace !== undefined);
+        const chain = this.chain;
+        const run = () => chain.run(env, s.id, s.maxLen, s.length, x, Math.max(nOut, 1), trace !== undefined, signal);
         let r: Awaited<ReturnType<typeof run>> | null = null;
         while (r === null) {
           try {
             r = await run();
           } catch (err) {
             if (!(err instanceof SessionLostError) || s.replays >= MAX_REPLAYS) throw err;
-            await this.#replay(env, s, rng, rpcs);
+            await this.#replay(env, s, call);
           }
         }
         rpcs.stageCalls += 1;
@@ -395,17 +408,12 @@ export class ModelRuntime {
         y = r.y;
       } else {
         const placement = await this.placement(env);
-        const all = await this.model.layers(
-          s.local!,
-          x,
-          this.#experts(env, placement, rng, rpcs, trace),
-          rng,
-          onRouting,
-        );
+        const all = await this.model.layers(s.local!, x, this.#experts(env, placement, call), rng, onRouting);
         y = all.subarray(all.length - Math.max(nOut, 1) * this.spec.dModel);
       }
       if (nOut === 0) logits = new Float32Array(0);
       else if (this.head) {
+        signal?.throwIfAborted();
         logits = await runHead(env, this.head, this.model.normed(y), nOut, "logits");
         rpcs.total += this.head.shards.length;
       } else logits = this.model.head(y);
@@ -420,7 +428,7 @@ export class ModelRuntime {
    * frees it everywhere, re-admits it on every stage and runs the tokens fed so far again from
    * position 0, so the stages hold the same prefix as before and the caller's chunk can run.
    */
-  async #replay(env: Env, s: RuntimeSession, rng: () => number, rpcs: ForwardRpcs): Promise<void> {
+  async #replay(env: Env, s: RuntimeSession, call: ChunkCall): Promise<void> {
     const chain = this.chain!;
     s.replays++;
     const history = s.fed.slice(0, s.length);
@@ -430,7 +438,7 @@ export class ModelRuntime {
     s.fed.length = 0;
     await chain.open(env, s.id, s.maxLen);
     for (let at = 0; at < history.length; at += PREFILL_CHUNK) {
-      await this.#forwardChunk(env, s, history.slice(at, at + PREFILL_CHUNK), rng, 0, rpcs);
+      await this.#forwardChunk(env, s, history.slice(at, at + PREFILL_CHUNK), 0, { ...call, trace: undefined });
     }
   }
 
@@ -455,19 +463,32 @@ export class ModelRuntime {
       return { out, routing: { n: trace.n, topK: trace.topK, ids: trace.ids, weights: trace.weights } };
     }
     const placement = await this.placement(env);
-    return this.model.moeBlock(layer, input, this.#experts(env, placement, rng, { stageCalls: 0, total: 0 }), rng);
+    const call: ChunkCall = { rng, rpcs: { stageCalls: 0, total: 0 } };
+    return this.model.moeBlock(layer, input, this.#experts(env, placement, call), rng);
   }
 
   /** Routed experts through the ExpertHost fan-out, recording each layer's dispatch. */
-  #experts(env: Env, placement: Placement, rng: () => number, rpcs: ForwardRpcs, trace?: ForwardTrace): ExpertRunner {
+  #experts(env: Env, placement: Placement, { rpcs, trace, signal }: ChunkCall): ExpertRunner {
     const { dModel } = this.spec;
     return async (layer, routing, h) => {
-      const { out, dispatch } = await runExperts(env, placement, layer, routing, h, dModel, rng);
+      const { out, dispatch } = await runExperts(env, placement, layer, routing, h, dModel, {
+        signal,
+        modelVersion: this.version,
+      });
       rpcs.total += dispatch.rpcs;
       trace?.dispatch.push(dispatch);
       return out;
     };
   }
+}
+
+/** What every chunk of one forward call shares. */
+interface ChunkCall {
+  /** The request's seeded source (noisy routing draws from it; the expert dispatch does not). */
+  rng: () => number;
+  rpcs: ForwardRpcs;
+  trace?: ForwardTrace;
+  signal?: AbortSignal;
 }
 
 function recordTrace(trace: ForwardTrace, t: StageLayerTrace): void {
@@ -510,25 +531,77 @@ export function routingOptionsFromEnv(env: Env): RoutingOptions {
   return parseRoutingOptions(env);
 }
 
-async function loadTokenizer(bucket: R2Bucket, id: string): Promise<TextTokenizer | null> {
-  const [tj, tc] = await Promise.all([
-    bucket.get(`${modelPrefix(id)}tokenizer.json`),
-    bucket.get(`${modelPrefix(id)}tokenizer_config.json`),
-  ]);
-  if (!tj) return null;
-  const config = tc ? await tc.json() : {};
-  return TextTokenizer.fromJson(await tj.json(), config);
+/** The tokenizer files of the same upload as the weights (reads pinned to its etags). */
+async function loadTokenizer(store: FileStore): Promise<TextTokenizer | null> {
+  const readJson = async (name: string): Promise<unknown> => {
+    const f = await store.open(name);
+    return f ? JSON.parse(new TextDecoder().decode(await f.read(0, await f.size()))) : null;
+  };
+  const [tj, tc] = await Promise.all([readJson("tokenizer.json"), readJson("tokenizer_config.json")]);
+  if (tj === null) return null;
+  return TextTokenizer.fromJson(tj, tc ?? {});
 }
 
-/** One runtime per model per isolate, loaded on first use; a failed load is retried next time. */
-const runtimes = new Map<string, Promise<ModelRuntime>>();
+/**
+ * One runtime per model per isolate, loaded on first use; a failed load is retried next time.
+ * At most every MODEL_CHECK_MS a request asks R2 for the model's current upload: a re-uploaded
+ * model gets a new runtime, loaded whole, while requests already running finish on the old one
+ * (or stop with a retryable 503 when a host has moved on — never a mix of two uploads).
+ */
+interface CachedRuntime {
+  rt: Promise<ModelRuntime>;
+  checkedAt: number;
+  checking: Promise<void> | null;
+}
 
-export function getRuntime(env: Env, id: string): Promise<ModelRuntime> {
-  let r = runtimes.get(id);
-  if (!r) {
-    r = ModelRuntime.load(env, id);
-    runtimes.set(id, r);
-    r.catch(() => runtimes.delete(id));
+const runtimes = new Map<string, CachedRuntime>();
+
+export async function getRuntime(env: Env, id: string): Promise<ModelRuntime> {
+  const cached = runtimes.get(id);
+  if (cached && Date.now() - cached.checkedAt >= MODEL_CHECK_MS) {
+    cached.checking ??= checkUpload(env, id, cached).finally(() => {
+      cached.checking = null;
+    });
+    await cached.checking;
   }
-  return r;
+  let e = runtimes.get(id);
+  if (!e) {
+    const rt = ModelRuntime.load(env, id);
+    const fresh: CachedRuntime = { rt, checkedAt: Date.now(), checking: null };
+    e = fresh;
+    runtimes.set(id, fresh);
+    rt.catch(() => {
+      if (runtimes.get(id) === fresh) runtimes.delete(id);
+    });
+  }
+  return e.rt;
+}
+
+/**
+ * The runtime of upload `version` of model `id` (a session driver serving the Worker's request):
+ * asks R2 at once when this isolate holds another; ModelChangedError when R2's current upload is
+ * not `version` either (the Worker is behind: it reloads, its client retries).
+ */
+export async function getRuntimeOf(env: Env, id: string, version: string | undefined): Promise<ModelRuntime> {
+  let rt = await getRuntime(env, id);
+  const cached = runtimes.get(id);
+  if (version === undefined || rt.version === version || !cached) return rt;
+  cached.checkedAt = 0;
+  rt = await getRuntime(env, id);
+  if (rt.version !== version)
+    throw new ModelChangedError(`model "${id}": the caller read upload ${version}, this isolate serves ${rt.version}`);
+  return rt;
+}
+
+/** Drops `cached` when R2 holds another upload; an R2 failure keeps serving what is loaded. */
+async function checkUpload(env: Env, id: string, cached: CachedRuntime): Promise<void> {
+  try {
+    const [rt, now] = await Promise.all([cached.rt, modelVersion(env.MODELS, id)]);
+    cached.checkedAt = Date.now();
+    if (now !== rt.version && runtimes.get(id) === cached) runtimes.delete(id);
+  } catch (err) {
+    // The runtime that is loaded is still one whole upload: keep serving it, ask again later.
+    cached.checkedAt = Date.now();
+    console.warn(`checking model "${id}" for a new upload failed: ${String(err)}`);
+  }
 }

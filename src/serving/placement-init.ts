@@ -7,7 +7,7 @@ import { expertSlicesFor } from "../experts/expert-store";
 import { maxSliceBytes } from "../experts/slices";
 import { expertStoreOptions } from "../experts/options";
 import type { PlacementInit } from "../coordinator/initial-placement";
-import type { OpenedModel } from "../platform/model-store";
+import type { ModelCheckpoint } from "../platform/model-store";
 import { readBudgets } from "../platform/budgets";
 
 /**
@@ -16,7 +16,7 @@ import { readBudgets } from "../platform/budgets";
  */
 export type ModelPlacementInit = PlacementInit & { moeLayers: readonly number[] };
 
-export function placementInitFor(env: Env, opened: OpenedModel): ModelPlacementInit {
+export function placementInitFor(env: Env, opened: ModelCheckpoint): ModelPlacementInit {
   const { spec, ckpt } = opened;
   const budgets = readBudgets(env);
   const opts = expertStoreOptions(env);

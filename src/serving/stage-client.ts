@@ -15,6 +15,8 @@ export class StageChain {
   constructor(
     readonly model: string,
     readonly pipeline: PipelinePlacement,
+    /** The upload the caller read (every stage call names it). */
+    readonly version?: string,
   ) {
     this.route = pipeline.stages.map((s) => ({ name: s.name, first: s.first, end: s.end }));
   }
@@ -24,7 +26,7 @@ export class StageChain {
     const results = await Promise.all(
       this.route.map((hop) =>
         withDeadline(
-          Promise.resolve(env.STAGE_HOST.getByName(hop.name).open(this.model, hop, session, maxLen)),
+          Promise.resolve(env.STAGE_HOST.getByName(hop.name).open(this.model, hop, session, maxLen, this.version)),
           pipelineRpcTimeoutMs(env),
           `StageHost ${hop.name}`,
         ),
@@ -46,10 +48,14 @@ export class StageChain {
     x: Float32Array,
     nOut: number,
     trace: boolean,
+    signal?: AbortSignal,
   ): Promise<{ y: Float32Array; trace: StageLayerTrace[]; rpcs: number }> {
+    signal?.throwIfAborted();
     const first = env.STAGE_HOST.getByName(this.route[0].name);
-    const call = first.run({ model: this.model, session, maxLen, start, x, nOut, route: this.route, trace });
-    const r = await withDeadline(Promise.resolve(call), pipelineRpcTimeoutMs(env), `StageHost ${this.route[0].name}`);
+    const req = { model: this.model, version: this.version, session, maxLen, start, x, nOut, route: this.route, trace };
+    const call = first.run(req);
+    const hop = `StageHost ${this.route[0].name}`;
+    const r = await withDeadline(Promise.resolve(call), pipelineRpcTimeoutMs(env), hop, signal);
     if (!r.ok) throw stageError(r);
     return { y: r.y, trace: r.trace, rpcs: r.rpcs + 1 };
   }
@@ -109,6 +115,8 @@ export function stageError(f: StageFailure): Error {
       return new SessionLostError(f.message);
     case "upstream_timeout":
       return new ApiError(503, f.message, "service_unavailable", null, "upstream_timeout", ApiError.retryIn(1));
+    case "model_changed":
+      return ApiError.modelChanged(f.message);
     default:
       return new Error(`pipeline stage failed (${f.code}): ${f.message}`);
   }

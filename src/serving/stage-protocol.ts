@@ -14,6 +14,8 @@ export interface StageHop {
 
 export interface StageRunRequest {
   model: string;
+  /** The caller's upload of the model (OpenedModel.version): a stage holding another reloads or refuses. */
+  version?: string;
   /** Session id (one per request); its KV cache lives in every stage of the route. */
   session: string;
   /** Positions the session reserves when it opens (at start = 0): prompt + max tokens. */
@@ -50,7 +52,8 @@ export type StageFailureCode =
   /** An RPC further down the pipeline missed its deadline (a session driver reports it in band). */
   | "upstream_timeout"
   /** The stage no longer holds the session's KV cache (the instance was evicted or reset): replay it. */
-  | "session_lost";
+  | "session_lost"
+  | "model_changed";
 
 export interface StageFailure {
   ok: false;

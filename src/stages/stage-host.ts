@@ -12,14 +12,14 @@ import { pipelineRpcTimeoutMs, RpcDeadlineError, withDeadline } from "../platfor
 import { DurableObject } from "cloudflare:workers";
 import { createKernels } from "../kernels/workers";
 import { emptyLoadStats, layerHeldBytes, loadLayer, type LoadStats } from "../model/dense-layers";
-import { openModelFromR2 } from "../platform/model-store";
+import { isModelChanged, modelVersion, openModelFromR2 } from "../platform/model-store";
 import { formatMiB } from "../platform/format";
 import { flushExpertEventsSoon } from "../platform/events";
 import { currentPlacement, flushLoad, flushLoadSoon, runExperts } from "../experts/expert-client";
 import { parseRoutingOptions } from "../gating/options";
 import { ModelForward, type ExpertRunner, type Session } from "../serving/forward";
 import { placementInitFor, type ModelPlacementInit } from "../serving/placement-init";
-import { getRuntime } from "../serving/model-runtime";
+import { getRuntimeOf } from "../serving/model-runtime";
 import { encodeFailure, encodeToken, sampledTokens, type DecodeRequest } from "../serving/decode-loop";
 import { createRng } from "../serving/sampling";
 import type { Routing } from "../gating/router";
@@ -53,6 +53,8 @@ interface StagePart {
   bytes: number;
   init: ModelPlacementInit;
   load: LoadStats & { ms: number };
+  /** The upload its layers were read from. */
+  version: string;
 }
 
 class StageError extends Error {
@@ -74,9 +76,15 @@ export class StageHost extends DurableObject<Env> {
   #resetAt: number | null = null;
 
   /** Reserves a session's KV cache before its first chunk (admission: a full stage says "busy"). */
-  async open(model: string, hop: StageHop, session: string, maxLen: number): Promise<{ ok: true } | StageFailure> {
+  async open(
+    model: string,
+    hop: StageHop,
+    session: string,
+    maxLen: number,
+    version?: string,
+  ): Promise<{ ok: true } | StageFailure> {
     try {
-      const part = await this.#open(model, hop);
+      const part = await this.#open(model, hop, version);
       const now = Date.now();
       if (!this.#kv!.get(session, now)) this.#admit(part, session, maxLen, now);
       return { ok: true };
@@ -97,7 +105,7 @@ export class StageHost extends DurableObject<Env> {
         this.#opening = null;
         this.#kv = null;
       }
-      const part = await this.#open(req.model, hop);
+      const part = await this.#open(req.model, hop, req.version);
       const kv = this.#kv!;
       const now = Date.now();
       let s = kv.get(req.session, now);
@@ -119,7 +127,8 @@ export class StageHost extends DurableObject<Env> {
       let rpcs = 0;
       const experts: ExpertRunner = async (layer, routing, h) => {
         const placement = await currentPlacement(this.env, part.init);
-        const r = await runExperts(this.env, placement, layer, routing, h, part.forward.spec.dModel, rng);
+        const dModel = part.forward.spec.dModel;
+        const r = await runExperts(this.env, placement, layer, routing, h, dModel, { modelVersion: part.version });
         rpcs += r.dispatch.rpcs;
         if (req.trace) trace.push(layerTrace(layer, routing, r.dispatch.rpcs));
         return r.out;
@@ -156,13 +165,17 @@ export class StageHost extends DurableObject<Env> {
    */
   async decode(req: DecodeRequest & { maxLen: number }): Promise<StageDecodeResult> {
     try {
-      const rt = await getRuntime(this.env, req.model);
+      const rt = await getRuntimeOf(this.env, req.model, req.version);
       const session = rt.adoptSession(req.session, req.maxLen);
-      const tokens = sampledTokens(this.env, rt, session, req);
       // A native byte stream: the RPC system pumps each write to the Worker as it happens (a JS
       // ReadableStream's chunks were delivered in one burst at the end).
       const { readable, writable } = new IdentityTransformStream();
       const writer = writable.getWriter();
+      // The Worker cancelling the stream (client gone, stop string) errors the writer: stop the
+      // loop then, not at the next token's write — the token's expert and stage calls stop too.
+      const gone = new AbortController();
+      writer.closed.catch((err: unknown) => gone.abort(err));
+      const tokens = sampledTokens(this.env, rt, session, req, gone.signal);
       const run = async () => {
         let inWrite = false; // a write that rejects: the Worker cancelled (stop string, client abort)
         try {
@@ -226,7 +239,7 @@ export class StageHost extends DurableObject<Env> {
           routing,
           h,
           part.forward.spec.dModel,
-          rng,
+          { modelVersion: part.version },
         );
         rpcs += r.dispatch.rpcs;
         return r.out;
@@ -320,7 +333,30 @@ export class StageHost extends DurableObject<Env> {
     return this.#name || this.ctx.id.name || this.ctx.id.toString();
   }
 
-  async #open(model: string, hop: StageHop): Promise<StagePart> {
+  /** The stage's layers of `model` (of upload `version` when given: a newer upload replaces them). */
+  async #open(model: string, hop: StageHop, version?: string): Promise<StagePart> {
+    const held = this.#part;
+    if (held && version !== undefined && held.version !== version) {
+      const now = await modelVersion(this.env.MODELS, model);
+      if (now !== version)
+        throw new StageError("model_changed", `"${model}": the caller read upload ${version}, R2 holds ${now}`);
+      // A newer upload: its layers replace these whole (sessions of the old one end with them).
+      if (this.#part === held) {
+        this.#part = null;
+        this.#opening = null;
+        this.#kv = null;
+      }
+    }
+    const part = await this.#openPart(model, hop);
+    if (version !== undefined && part.version !== version)
+      throw new StageError(
+        "model_changed",
+        `"${model}": the caller read upload ${version}, this stage holds ${part.version}`,
+      );
+    return part;
+  }
+
+  async #openPart(model: string, hop: StageHop): Promise<StagePart> {
     const p = this.#part;
     if (p) {
       if (p.model !== model || p.first !== hop.first || p.end !== hop.end) {
@@ -369,6 +405,7 @@ export class StageHost extends DurableObject<Env> {
         bytes: forward.heldBytes,
         init: placementInitFor(this.env, opened),
         load: { ...stats, ms: Date.now() - t0 },
+        version: opened.version,
       };
       this.#part = part;
       return part;
@@ -394,6 +431,8 @@ function failure(err: unknown): StageFailure {
     return { ok: false, code: "busy", message, retryAfterMs: KV_RETRY_AFTER_MS };
   if (err instanceof Error && (err as { code?: string }).code === "expert_unavailable")
     return { ok: false, code: "expert_unavailable", message };
+  if (isModelChanged(err) || (err instanceof Error && (err as { code?: string }).code === "model_changed"))
+    return { ok: false, code: "model_changed", message };
   if (
     err instanceof RpcDeadlineError ||
     (err instanceof Error && (err as { code?: string }).code === "upstream_timeout")

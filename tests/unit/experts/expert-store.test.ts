@@ -13,9 +13,9 @@ import { expertFfnQ8Ref, expertFfnRef } from "../../../src/kernels/reference";
 import { expertTensorRefs, loadExpertWeights, openModel } from "../../../src/model/architectures";
 import { expertStoredBytes, hasQuantizedExperts, loadExpertQ8, quantNames } from "../../../src/model/quantized";
 import { memoryFileStore, type Checkpoint, type TensorInfo } from "../../../src/model/safetensors";
-import type { OpenedModel } from "../../../src/platform/model-store";
+import type { ModelCheckpoint } from "../../../src/platform/model-store";
 
-async function fixtureModel(name = "mixtral-tiny"): Promise<OpenedModel> {
+async function fixtureModel(name = "mixtral-tiny"): Promise<ModelCheckpoint> {
   const dir = new URL(`../../fixtures/${name}/`, import.meta.url);
   const files: Record<string, Uint8Array> = {};
   for (const f of readdirSync(dir)) if (f !== "golden.json") files[f] = new Uint8Array(readFileSync(new URL(f, dir)));
@@ -41,7 +41,7 @@ function relRms(got: Float32Array, want: Float32Array): number {
 
 /** mixtral-tiny as convert --quant int8 writes it: expert tensors replaced by `.qweight` (I8 values,
  * read as exact f32) + `.scales`. Structural stand-in until Checkpoint reads the I8 dtype. */
-async function int8Checkpoint(m: OpenedModel): Promise<Checkpoint> {
+async function int8Checkpoint(m: ModelCheckpoint): Promise<Checkpoint> {
   const real = m.ckpt;
   const quantized = new Map<string, { q: Float32Array; scales: Float32Array; info: TensorInfo }>();
   for (const L of m.spec.moeLayers) {

@@ -11,9 +11,9 @@ import { ExpertStore, TOKEN_CHUNK } from "../../../src/experts/expert-store";
 import { loadKernels } from "../../../src/kernels/node";
 import { openModel } from "../../../src/model/architectures";
 import { memoryFileStore } from "../../../src/model/safetensors";
-import type { OpenedModel } from "../../../src/platform/model-store";
+import type { ModelCheckpoint } from "../../../src/platform/model-store";
 
-async function fixtureModel(name = "mixtral-tiny"): Promise<OpenedModel> {
+async function fixtureModel(name = "mixtral-tiny"): Promise<ModelCheckpoint> {
   const dir = new URL(`../../fixtures/${name}/`, import.meta.url);
   const files: Record<string, Uint8Array> = {};
   for (const f of readdirSync(dir)) if (f !== "golden.json") files[f] = new Uint8Array(readFileSync(new URL(f, dir)));

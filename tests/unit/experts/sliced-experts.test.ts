@@ -39,14 +39,14 @@ import { loadExpertWeights, openModel } from "../../../src/model/architectures";
 import { loadExpertSliceQ4, loadExpertSliceQ8 } from "../../../src/model/expert-slices";
 import { loadExpertQ4, loadExpertQ8 } from "../../../src/model/quantized";
 import { memoryFileStore } from "../../../src/model/safetensors";
-import type { OpenedModel } from "../../../src/platform/model-store";
+import type { ModelCheckpoint } from "../../../src/platform/model-store";
 
 const FIXTURE = new URL("../../fixtures/mixtral-tiny/", import.meta.url);
 const newKernels = (maxBytes: number) => loadKernels("best", { maxBytes });
 /** Sliced vs unsliced for the 16-bit-activation group formats (see the module comment). */
 const QUANT_SLICE_ATOL = 5e-5;
 
-async function fixtureModel(): Promise<OpenedModel> {
+async function fixtureModel(): Promise<ModelCheckpoint> {
   const files: Record<string, Uint8Array> = {};
   for (const f of readdirSync(FIXTURE)) {
     if (f !== "golden.json") files[f] = new Uint8Array(readFileSync(new URL(f, FIXTURE)));
@@ -54,7 +54,7 @@ async function fixtureModel(): Promise<OpenedModel> {
   return { id: "mixtral-tiny", ...(await openModel(memoryFileStore(files))) };
 }
 
-async function converted(quant: "int8" | "int4"): Promise<OpenedModel> {
+async function converted(quant: "int8" | "int4"): Promise<ModelCheckpoint> {
   const out = join(mkdtempSync(join(tmpdir(), `edge-moe-slices-${quant}-`)), "model");
   await convertModel(FIXTURE.pathname, out, { quant });
   return { id: `mixtral-tiny-${quant}`, ...(await openModel(dirFileStore(out))) };
@@ -94,7 +94,7 @@ async function layer(store: ExpertStore, p: Placement, layerIdx: number, r: Rout
 }
 
 /** Σ_k w · W2 (silu(W1 x) ⊙ W3 x) in float64 from the checkpoint's f32 weights. */
-async function reference(m: OpenedModel, layerIdx: number, r: Routing, h: Float32Array): Promise<Float64Array> {
+async function reference(m: ModelCheckpoint, layerIdx: number, r: Routing, h: Float32Array): Promise<Float64Array> {
   const { dModel: D, dFf: F } = m.spec;
   const out = new Float64Array(r.n * D);
   for (let t = 0; t < r.n; t++) {
@@ -126,7 +126,7 @@ function maxDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
   return m;
 }
 
-function placementFor(m: OpenedModel, slices: number, bytes: number): Placement {
+function placementFor(m: ModelCheckpoint, slices: number, bytes: number): Placement {
   const { spec } = m;
   const init = { model: m.id, nLayers: spec.nLayers, nExperts: spec.nExperts, expertBytes: bytes, minInstances: 3 };
   return initialPlacement({ ...init, slices, budgetBytes: 64 << 20 });
