@@ -28,6 +28,10 @@ export const CHAOS_VARS: Record<string, string> = {
   REPLAN_INTERVAL_MS: "500",
   MAX_COPIES_PER_REPLAN: "4",
   REPLAN_THRESHOLD: "0.1",
+  // Balance alone decides: the chaos needs replicas to fail over to, and a few local clients are a
+  // load at which the latency-aware planner (PLACEMENT_* costs) rightly copies nothing.
+  PLACEMENT_RPC_MS: "0",
+  PLACEMENT_ROW_MS_PER_MIB: "0",
   ADMIN_FAULTS_ENABLED: "true",
   RATE_LIMIT_ENABLED: "false",
   EXPERT_RPC_TIMEOUT_MS: "5000",
@@ -46,6 +50,8 @@ export interface ChaosOptions {
   streams: number;
   /** Tokens each request generates. */
   maxTokens: number;
+  /** How long to wait for a replica-only host before the host faults fall back (default 90 s). */
+  spareWaitMs?: number;
   log?: (line: string) => void;
 }
 
@@ -219,7 +225,8 @@ export async function runChaos(w: LocalWorker, opts: ChaosOptions): Promise<Chao
   let hot: ReturnType<typeof replicated> = [];
   let s0 = await status(w);
   const spareSince = new Map<number, number>();
-  for (let i = 0; i < 450 && x < 0; i++) {
+  const waitUntilMs = performance.now() + (opts.spareWaitMs ?? 90_000);
+  while (x < 0 && performance.now() < waitUntilMs) {
     await sleep(200);
     s0 = await status(w);
     hot = replicated(s0);
@@ -250,7 +257,8 @@ export async function runChaos(w: LocalWorker, opts: ChaosOptions): Promise<Chao
   await sleep(150);
   const xName = s0.placement.instances[x].name;
   if (fallback) {
-    events.push(`${at()}: no host held only replicated experts within 90 s: host faults skipped`);
+    const waited = ((opts.spareWaitMs ?? 90_000) / 1000).toFixed(0);
+    events.push(`${at()}: no host held only replicated experts within ${waited} s: host faults skipped`);
     await w.worker.evictDurableObject("EXPERT_HOST", { name: xName });
     events.push(`${at()}: ${xName} evicted mid-stream (R2 answering: it reloads)`);
   } else {
