@@ -1,17 +1,24 @@
 /**
  * @module The [vars] a local run of a real-shape model needs beyond wrangler.toml's defaults, for
- * `npm start -- --config …` and `npm run bench:e2e -- --dir …`. StageHosts hold dense weights as
- * f32 today: one Qwen3-30B-A3B layer (attention 2048 → 32 × 128 / 4 × 128 heads, router) is
- * 73 MiB, over the default 64 MiB STAGE_HOST_BUDGET_MB. Rather than refuse, the stage budget grows
- * to one layer and the KV budget shrinks so weights + KV + scratch still fit the Wasm cap; the
- * caller prints the change. A model that fits the defaults gets no change.
+ * `npm start -- --config …` and `npm run bench:e2e -- --dir …`. StageHosts hold dense weights in the
+ * format DENSE_QUANT names (default int8 groups: one Qwen3-30B-A3B layer is about 19 MiB; as f32 it
+ * is 73 MiB, over the default 64 MiB STAGE_HOST_BUDGET_MB). When one layer in that format is larger
+ * than the stage budget, rather than refuse, the budget grows to one layer and the KV budget shrinks
+ * so weights + KV + scratch still fit the Wasm cap; the caller prints the change. A model that fits
+ * the defaults gets no change.
  */
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { denseLayerBytes } from "../../src/model/architectures";
+import { layerHeldBytes } from "../../src/model/dense-layers";
 import type { ModelSpec } from "../../src/model/config";
 import { WASM_MAX_BYTES } from "../../src/kernels/index";
-import { STAGE_SCRATCH_BYTES } from "../../src/serving/stage-budgets";
+import {
+  DEFAULT_DENSE_QUANT,
+  DENSE_QUANTS,
+  denseFormatOf,
+  STAGE_SCRATCH_BYTES,
+  type DenseQuant,
+} from "../../src/serving/stage-budgets";
 
 const MIB = 1024 * 1024;
 /** Below this a stage's KV budget would admit too short a request to be worth serving. */
@@ -30,22 +37,26 @@ export interface ServeVars {
 }
 
 /**
- * The vars that let `spec` be served with f32 stage weights: none when its largest dense layer fits
+ * The vars that let `spec` be served with its stage weights in DENSE_QUANT's format (from
+ * `defaults`, else the code's default): none when its largest dense layer in that format fits
  * STAGE_HOST_BUDGET_MB, else that budget raised to the layer (whole MiB) and STAGE_KV_BUDGET_MB
  * lowered to what the Wasm cap leaves. Throws when even that leaves less than MIN_STAGE_KV_MB.
  */
 export function serveVarsFor(spec: ModelSpec, defaults: Record<string, string>): ServeVars {
   const stageMb = Number(defaults.STAGE_HOST_BUDGET_MB ?? 64);
   const kvMb = Number(defaults.STAGE_KV_BUDGET_MB ?? 24);
+  const quant = (defaults.DENSE_QUANT ?? DEFAULT_DENSE_QUANT) as DenseQuant;
+  if (!DENSE_QUANTS.includes(quant)) throw new Error(`DENSE_QUANT "${quant}": one of ${DENSE_QUANTS.join(", ")}`);
+  const format = denseFormatOf(quant);
   let layer = 0;
-  for (let l = 0; l < spec.nLayers; l++) layer = Math.max(layer, denseLayerBytes(spec, l));
+  for (let l = 0; l < spec.nLayers; l++) layer = Math.max(layer, layerHeldBytes(spec, l, format));
   const needMb = Math.ceil(layer / MIB);
   if (needMb <= stageMb) return { vars: {}, reasons: [] };
   const capMb = Math.floor((WASM_MAX_BYTES - STAGE_SCRATCH_BYTES) / MIB);
   const newKv = Math.min(kvMb, capMb - needMb);
   if (newKv < MIN_STAGE_KV_MB) {
     throw new Error(
-      `one dense layer needs ${needMb} MiB as f32, which leaves ${capMb - needMb} MiB of KV under the ` +
+      `one dense layer needs ${needMb} MiB as ${quant}, which leaves ${capMb - needMb} MiB of KV under the ` +
         `${WASM_MAX_BYTES / MIB} MiB Wasm cap (at least ${MIN_STAGE_KV_MB} needed)`,
     );
   }
@@ -53,7 +64,7 @@ export function serveVarsFor(spec: ModelSpec, defaults: Record<string, string>):
     vars: { STAGE_HOST_BUDGET_MB: String(needMb), STAGE_KV_BUDGET_MB: String(newKv) },
     reasons: [
       `STAGE_HOST_BUDGET_MB=${needMb} (default ${stageMb}): one dense layer is ${(layer / MIB).toFixed(1)} MiB ` +
-        "as f32 (StageHosts hold f32 dense weights)",
+        `as ${quant} (DENSE_QUANT)`,
       `STAGE_KV_BUDGET_MB=${newKv} (default ${kvMb}): weights + KV + ${STAGE_SCRATCH_BYTES / MIB} MiB scratch ` +
         `≤ the ${WASM_MAX_BYTES / MIB} MiB Wasm cap`,
     ],

@@ -1,5 +1,5 @@
 /**
- * The tools around the Qwen3-30B-A3B slice: the stage budgets a local run of f32 dense layers needs
+ * The tools around the Qwen3-30B-A3B slice: the stage budgets a local run of its dense layers needs
  * (scripts/lib/serve-vars.ts), the 48-layer projection from a bench:e2e run of the first layers
  * (scripts/lib/plan-measured.ts), and make-model's choice of the family's real tokenizer.
  */
@@ -15,7 +15,7 @@ import { serveVarsFor } from "../../../scripts/lib/serve-vars";
 const dirs: string[] = [];
 afterAll(() => dirs.forEach((d) => rmSync(d, { recursive: true, force: true })));
 const published = (name: string) => JSON.parse(readFileSync(resolveConfig(name), "utf8")) as Record<string, unknown>;
-const DEFAULTS = { STAGE_HOST_BUDGET_MB: "64", STAGE_KV_BUDGET_MB: "24" };
+const DEFAULTS = { STAGE_HOST_BUDGET_MB: "64", STAGE_KV_BUDGET_MB: "24", DENSE_QUANT: "f32" };
 
 describe("serveVarsFor", () => {
   it("raises the stage budget to one f32 Qwen3-30B-A3B layer and lowers KV to fit the Wasm cap", () => {
@@ -23,6 +23,10 @@ describe("serveVarsFor", () => {
     const v = serveVarsFor(spec, DEFAULTS);
     expect(v.vars).toEqual({ STAGE_HOST_BUDGET_MB: "74", STAGE_KV_BUDGET_MB: "22" });
     expect(v.reasons[0]).toMatch(/73\.0 MiB as f32/);
+  });
+  it("changes nothing for Qwen3-30B-A3B with the default int8-group stages (about 19 MiB a layer)", () => {
+    const spec = parseConfig({ ...published("qwen3-30b-a3b"), num_hidden_layers: 4 });
+    expect(serveVarsFor(spec, { ...DEFAULTS, DENSE_QUANT: "int8-group" })).toEqual({ vars: {}, reasons: [] });
   });
   it("changes nothing for a model whose layers fit, and refuses a layer that leaves no room for KV", () => {
     expect(serveVarsFor(parseConfig(published("granite-3.1-1b-a400m")), DEFAULTS)).toEqual({ vars: {}, reasons: [] });
