@@ -23,6 +23,7 @@ import { parseArgs } from "node:util";
 import { ADMIN_TOKEN_FOR_TESTS, startLocalWorker, ROOT, type LocalWorker } from "./lib/local-worker";
 import { serveVarsFor } from "./lib/serve-vars";
 import { seedModelDir } from "./lib/seed-lib";
+import { progressBar } from "./lib/progress";
 import { makeDemoModel } from "./lib/demo-model";
 import { parseConfig } from "../src/model/config";
 import { expertBytesF32 } from "../src/model/architectures";
@@ -159,7 +160,15 @@ try {
   }
   const runs: Record<string, Run[]> = Object.fromEntries(names.map((n) => [n, []]));
   const before = Object.fromEntries(await Promise.all(names.map(async (n) => [n, await fanOut(workers[n])] as const)));
-  for (let r = 0; r < RUNS; r++) for (const name of names) runs[name].push(await timedStream(workers[name], prompt));
+  // The timed runs, interleaved across configurations (stderr bar on a terminal only).
+  const bar = progressBar("bench:e2e timed runs", RUNS * names.length);
+  for (let r = 0; r < RUNS; r++) {
+    for (const [i, name] of names.entries()) {
+      runs[name].push(await timedStream(workers[name], prompt));
+      bar.update(r * names.length + i + 1);
+    }
+  }
+  bar.stop();
   const after = Object.fromEntries(await Promise.all(names.map(async (n) => [n, await fanOut(workers[n])] as const)));
 
   const moeLayers = spec.moeLayers.length;
