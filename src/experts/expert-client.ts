@@ -11,7 +11,7 @@ import type { Routing } from "../gating/router";
 import { isWorkerPlacement } from "./backend";
 import { storeFailure, type ExpertStore } from "./expert-store";
 import { batchingEnabled } from "../platform/env";
-import { runBatchedLayer } from "./layer-batcher";
+import { batchMembers, runBatchedLayer } from "./layer-batcher";
 import { fanOut, type FanOutTransport, type LayerDispatch, type RunExpertsOptions } from "./fan-out";
 import { recordLoad } from "./load-reporter";
 import { dropLocalStore, localStore } from "./local-store";
@@ -62,8 +62,12 @@ export async function runExperts(
     if (!local) recordLoad(p, placementRow(p, layer), r.ids, d.rowsByInstance);
   };
   try {
-    if (batchingEnabled(env)) {
-      // Merged with the other requests of this isolate at this layer (./layer-batcher.ts).
+    // Merged with the other requests of this isolate at this layer (./layer-batcher.ts) — when some
+    // request of the model decodes here and is counted. Where none is (a StageHost: its sessions are
+    // driven from elsewhere), a batch could only leave on the next macrotask, which costs a single
+    // stream far more than merging saves; those calls go out at once, and the ExpertHosts still merge
+    // whatever meets there.
+    if (batchingEnabled(env) && batchMembers(placement.model) > 0) {
       const call = { routing: units, h, placement, signal: opts.signal, version };
       const { signal: _own, ...shared } = opts;
       return await runBatchedLayer(call, layer, { transport, options: shared, dModel, onDispatch, keepAlive });
