@@ -52,6 +52,14 @@ export async function startLocalWorker(opts: LocalWorkerOptions = {}): Promise<L
   });
   const { url } = await harness.listen();
   const worker = harness.getWorker();
+  // workerd's own warnings and errors (a request cancelled as hung, a promise settled from another
+  // request) reach no console here; a run that fails prints them, else a dropped connection is all
+  // the client sees.
+  process.once("exit", (code) => {
+    if (code === 0) return;
+    const said = harness.getLogs().filter((l) => l.level !== "log" || /^(Warning|Uncaught)/.test(l.message));
+    for (const l of said.slice(-20)) console.error(`[workerd ${l.level}] ${l.message}`);
+  });
   return {
     url,
     worker,

@@ -8,8 +8,15 @@
  * `maxQueuedRows` rows (a caller beyond is refused with QueueFullError, which the caller maps to a
  * 429/503 with Retry-After), and queued work waits at most `maxWaitMs` for company plus
  * `queueDeadlineMs` for a free slot (then it is refused the same way). One caller going away
- * (its AbortSignal) leaves the others' batch alone: its promise rejects at once, its rows are
- * dropped from the queue or their answer ignored.
+ * (its AbortSignal) leaves the others' batch alone: its promise rejects (at its next poll), its
+ * rows are dropped from the queue or their answer ignored.
+ *
+ * workerd: a promise settled from another request resumes its awaiter inside that request, so
+ * a caller whose answer the sender's request handed it would go on — timers, RPCs, its next
+ * batch call — inside the sender's request, and be cancelled with it once that request ends (a
+ * stream cut mid-way, "hung" requests). So nothing here resolves a caller from another request:
+ * the sender only records each answer and wakes are counted, and every caller picks its answer
+ * up, and notices wakes, with timers of its own request (polled every HAND_OVER_POLL_MS).
  */
 
 export interface CoalescerLimits {
@@ -50,6 +57,9 @@ export interface CoalescerLimits {
  */
 export const TURN_MICROTASKS = 64;
 
+/** How often a waiting caller looks for its answer or a change of the queue, in ms. */
+const HAND_OVER_POLL_MS = 1;
+
 /** A refused call: the queue is full, or the call waited past its queue deadline. */
 export class QueueFullError extends Error {
   override name = "QueueFullError";
@@ -81,6 +91,8 @@ interface Waiter<T, R> extends BatchEntry<T> {
   resolve(value: R): void;
   reject(err: unknown): void;
   onAbort?: () => void;
+  /** The answer, set by whichever request settled it; handed over by the caller's own timer. */
+  result?: BatchResult<R>;
 }
 
 /** Runs one batch; answers one result per entry, in order (throwing fails every entry). */
@@ -90,8 +102,8 @@ export class Coalescer<T, R> {
   #queue: Waiter<T, R>[] = [];
   #queuedRows = 0;
   #inFlight = 0;
-  /** Wakes every waiting driver (a call arrived, a batch answered, a caller left). */
-  #wakers = new Set<() => void>();
+  /** Bumped by every event a waiting driver may act on (a call arrived, a batch answered, a caller left). */
+  #epoch = 0;
   /** Batches sent and callers served (stats, tests). */
   batches = 0;
   callers = 0;
@@ -123,6 +135,20 @@ export class Coalescer<T, R> {
     }
     return new Promise<R>((resolve, reject) => {
       const w: Waiter<T, R> = { item, rows, gone: false, queuedAt: Date.now(), signal, resolve, reject };
+      // The answer is handed over by a timer of the caller's own request: a promise settled from
+      // the request that sent the batch would resume the caller inside that request (workerd), and
+      // the caller's next calls would die with it.
+      const handOver = () => {
+        const r = w.result;
+        if (!r) {
+          setTimeout(handOver, HAND_OVER_POLL_MS);
+          return;
+        }
+        clearTimeout(w.deadline);
+        if (r.ok) resolve(r.value);
+        else reject(r.error);
+      };
+      setTimeout(handOver, 0);
       if (signal) {
         w.onAbort = () => this.#abort(w);
         signal.addEventListener("abort", w.onAbort, { once: true });
@@ -137,7 +163,6 @@ export class Coalescer<T, R> {
         this.#flush();
       }
       this.#wake();
-      // Sent by itself just now: its own request holds the batch's I/O, no timer is needed.
       if (!this.#queue.includes(w)) return;
       const limit = this.limits.maxWaitMs + this.limits.queueDeadlineMs + (this.limits.runDeadlineMs ?? 60_000);
       w.deadline = setTimeout(() => this.#refuse(w, `no answer within ${limit} ms`), limit);
@@ -160,26 +185,27 @@ export class Coalescer<T, R> {
       this.#queue.splice(i, 1);
       this.#queuedRows -= w.rows;
     }
-    w.reject(abortReasonOf(w.signal!));
+    w.result = { ok: false, error: abortReasonOf(w.signal!) };
     this.#wake();
   }
 
   #wake(): void {
-    const wakers = [...this.#wakers];
-    this.#wakers.clear();
-    for (const f of wakers) f();
+    this.#epoch++;
   }
 
-  /** Resolves on the next #wake or after `ms`, whichever comes first. */
+  /**
+   * Resolves after `ms`, or sooner once a #wake happened (seen by polling: the timer is the
+   * caller's own, so the caller resumes in its own request, never in the waker's).
+   */
   #sleep(ms: number): Promise<void> {
+    const epoch = this.#epoch;
+    const until = Date.now() + Math.max(0, ms);
     return new Promise<void>((resolve) => {
-      const done = () => {
-        clearTimeout(timer);
-        this.#wakers.delete(done);
-        resolve();
+      const tick = () => {
+        if (this.#epoch !== epoch || Date.now() >= until) resolve();
+        else setTimeout(tick, Math.min(HAND_OVER_POLL_MS, Math.max(0, until - Date.now())));
       };
-      const timer = setTimeout(done, Math.max(0, ms));
-      this.#wakers.add(done);
+      setTimeout(tick, 0);
     });
   }
 
@@ -255,12 +281,10 @@ export class Coalescer<T, R> {
   }
 
   #settle(w: Waiter<T, R>, r: BatchResult<R>): void {
-    clearTimeout(w.deadline);
     if (w.signal && w.onAbort) w.signal.removeEventListener("abort", w.onAbort);
     if (w.gone) return;
     w.gone = true;
-    if (r.ok) w.resolve(r.value);
-    else w.reject(r.error);
+    w.result = r;
   }
 }
 
