@@ -207,6 +207,18 @@ admin.post("/replan", async (c) => {
   return c.json(await c.env.COORDINATOR.getByName(rt.id).replan("admin"));
 });
 
+/** Fault injection answers 403 unless ADMIN_FAULTS_ENABLED is "true" (test and staging deployments). */
+function requireFaultsEnabled(env: Env): void {
+  if (boolVar(env, "ADMIN_FAULTS_ENABLED", false)) return;
+  throw new ApiError(
+    403,
+    'fault injection is disabled: set the ADMIN_FAULTS_ENABLED var to "true" (test and staging deployments only)',
+    "permission_error",
+    null,
+    "faults_disabled",
+  );
+}
+
 const FaultBody = z.strictObject({
   model: z.string().optional(),
   /** Instance id in the placement. */
@@ -223,15 +235,7 @@ const FaultBody = z.strictObject({
  * that includes (layer, expert), or ("r2") every R2 read it makes fails.
  */
 admin.post("/fault", async (c) => {
-  if (!boolVar(c.env, "ADMIN_FAULTS_ENABLED", false)) {
-    throw new ApiError(
-      403,
-      'fault injection is disabled: set the ADMIN_FAULTS_ENABLED var to "true" (test and staging deployments only)',
-      "permission_error",
-      null,
-      "faults_disabled",
-    );
-  }
+  requireFaultsEnabled(c.env);
   const body = await parseBody(c, FaultBody);
   const rt = await runtime(c.env, body.model);
   const placement = await rt.placement(c.env);
@@ -259,15 +263,7 @@ const StageFaultBody = z.strictObject({
 
 /** Chaos testing: a StageHost loses everything it holds, as an eviction does, on a later call. */
 admin.post("/fault/stage", async (c) => {
-  if (!boolVar(c.env, "ADMIN_FAULTS_ENABLED", false)) {
-    throw new ApiError(
-      403,
-      'fault injection is disabled: set the ADMIN_FAULTS_ENABLED var to "true" (test and staging deployments only)',
-      "permission_error",
-      null,
-      "faults_disabled",
-    );
-  }
+  requireFaultsEnabled(c.env);
   const body = await parseBody(c, StageFaultBody);
   const rt = await runtime(c.env, body.model);
   const hop = rt.pipeline.stages[body.stage];
