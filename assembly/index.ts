@@ -14,6 +14,7 @@ export { matmulQ8, expertFfnQ8, setQ8Relaxed, probeRelaxed } from "./q8";
 export { streamRead, simdPeak } from "./stream";
 export { matmulQ8g, gatherQ8g } from "./dense";
 export { matmulBf16, gatherBf16 } from "./bf16";
+export { argmaxRows } from "./argmax";
 export { expertFfnQ8g } from "./expert-q8g";
 export { expertFfnQ4g, q4ActivationBits } from "./expert-q4g";
 

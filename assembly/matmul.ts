@@ -6,7 +6,9 @@
  * build tiles tokens × weight rows so that each weight vector loaded from memory feeds every token
  * of the tile (4 tokens × 2 rows, or 1 × 4, 2 × 4, 3 × 2 for the leftover tokens): at most 8 f32x4
  * accumulators live at once, which leaves V8 registers for the loads (x64 has 16 xmm, V8 reserves
- * some). Tails — dIn not a multiple of 4, dOut not a multiple of the row block — run scalar.
+ * some). The 4-token tiles of a call run with weight row pairs outermost over blocks of up to 64
+ * tokens, so at batch the weights are read once per block, not once per 4 tokens. Tails — dIn
+ * not a multiple of 4, dOut not a multiple of the row block — run scalar.
  *
  * `out` must not overlap `x` or `w`. Pointers are byte offsets; no alignment is required
  * (v128.load tolerates misalignment, rows of w are misaligned whenever dIn % 4 ≠ 0).
@@ -22,15 +24,19 @@ export function matmul(out: usize, x: usize, w: usize, n: i32, dIn: i32, dOut: i
 // SIMD build
 
 function matmulSimd(out: usize, x: usize, w: usize, n: i32, dIn: i32, dOut: i32): void {
-  const xTile = (<usize>dIn) << 4; // bytes of 4 rows of x
-  const oTile = (<usize>dOut) << 4; // bytes of 4 rows of out
-  let t = 0;
-  for (; t + 4 <= n; t += 4) {
-    tile4x2(out, x, w, dIn, dOut);
-    out += oTile;
-    x += xTile;
+  // Whole 4-token tiles in blocks of up to tokenBlock tokens: inside a block the row pairs run
+  // outermost, so a pair of weight rows is read from memory once and every 4-token tile of the
+  // block passes over it from L1 (the x block stays in L2). Each tile's sums are those of a lone
+  // 4-token call, so the loop order changes no bit of any row.
+  const n4 = n & ~3;
+  const block = tokenBlock(dIn);
+  for (let t = 0; t < n4; t += block) {
+    const m = min(block, n4 - t);
+    tiles4x2(out + <usize>t * (<usize>dOut << 2), x + <usize>t * (<usize>dIn << 2), w, m, dIn, dOut);
   }
-  const rest = n - t;
+  out += <usize>n4 * (<usize>dOut << 2);
+  x += <usize>n4 * (<usize>dIn << 2);
+  const rest = n - n4;
   if (rest == 1) tile1x4(out, x, w, dIn, dOut);
   else if (rest == 2) tile2x4(out, x, w, dIn, dOut);
   else if (rest == 3) tile3x2(out, x, w, dIn, dOut);
@@ -227,17 +233,35 @@ function tile3x2(out: usize, x: usize, w: usize, dIn: i32, dOut: i32): void {
   if (j < dOut) tailRows(out, x, w, 3, dIn, dOut, j);
 }
 
-/** Four tokens × 2 weight rows: 8 accumulators; x rows are re-read from cache, w rows once. */
-function tile4x2(out: usize, x: usize, w: usize, dIn: i32, dOut: i32): void {
+/** Tokens per row-outer block: a multiple of 4 whose x rows take ≤ 256 KiB (L2), 4..64. */
+// @ts-ignore: decorator
+@inline
+function tokenBlock(dIn: i32): i32 {
+  return max(4, min(64, (65536 / max(dIn, 1)) & ~3));
+}
+
+/** n4 tokens (a multiple of 4) in 4-token × 2-row tiles, row pairs outermost: 8 accumulators; x
+ * rows are re-read from cache, each w row from memory once per call. */
+function tiles4x2(out: usize, x: usize, w: usize, n4: i32, dIn: i32, dOut: i32): void {
   const rb = (<usize>dIn) << 2;
   const ob = (<usize>dOut) << 2;
+  let j = 0;
+  for (; j + 2 <= dOut; j += 2) {
+    for (let t = 0; t < n4; t += 4) tile4x2(out + <usize>t * ob, x + <usize>t * rb, w, rb, ob, j);
+  }
+  if (j < dOut) tailRows(out, x, w, n4, dIn, dOut, j);
+}
+
+/** Four tokens × weight rows j, j + 1. */
+// @ts-ignore: decorator
+@inline
+function tile4x2(out: usize, x: usize, w: usize, rb: usize, ob: usize, j: i32): void {
   const kb = rb & ~(<usize>15);
   const x0 = x;
   const x1 = x0 + rb;
   const x2 = x1 + rb;
   const x3 = x2 + rb;
-  let j = 0;
-  for (; j + 2 <= dOut; j += 2) {
+  {
     const w0 = w + <usize>j * rb;
     const w1 = w0 + rb;
     let a00 = f32x4.splat(0),
@@ -301,7 +325,6 @@ function tile4x2(out: usize, x: usize, w: usize, dIn: i32, dOut: i32): void {
     store<f32>(o3, s30);
     store<f32>(o3, s31, 4);
   }
-  if (j < dOut) tailRows(out, x, w, 4, dIn, dOut, j);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -243,19 +243,13 @@ function matmulQ8Panels(
     const valid = min(8, dOut - j0);
     let t = 0;
     if (ASC_FEATURE_SIMD) {
-      for (; t + 4 <= n && !hiLo; t += 4) {
+      for (; t + 4 <= n; t += 4) {
         const sxv = v128.load(sx + (<usize>t << 2));
         for (let r = 0; r < 4; r++) {
           tileQ8x4x2(xq + <usize>t * xqRow, xqRow, panel, r, kBlocks);
           const ja = <usize>(j0 + r) << 2;
-          const ya = rescale4(
-            v128.load(ACCI), i32x4.splat(load<i32>(sums + ja)), f32x4.mul(sxv, f32x4.splat(load<f32>(scales + ja))),
-          );
-          const yb = rescale4(
-            v128.load(ACCI, 16),
-            i32x4.splat(load<i32>(sums + ja, 16)),
-            f32x4.mul(sxv, f32x4.splat(load<f32>(scales + ja, 16))),
-          );
+          const ya = rescaleTile(sxv, sums + ja, scales + ja, 0);
+          const yb = rescaleTile(sxv, sums + ja, scales + ja, 16);
           const o = out + <usize>t * oRow + ja;
           if (r < valid) {
             store<f32>(o, f32x4.extract_lane(ya, 0));
@@ -279,24 +273,10 @@ function matmulQ8Panels(
       const jb = <usize>j0 << 2;
       if (ASC_FEATURE_SIMD) {
         const sv = f32x4.splat(s);
-        if (hiLo) {
-          v128.store(ACCI, rescaleHiLo(
-            v128.load(ACCI), v128.load(ACCI, 32), v128.load(sums + jb), f32x4.mul(sv, v128.load(scales + jb)),
-          ));
-          v128.store(ACCI, rescaleHiLo(
-            v128.load(ACCI, 16),
-            v128.load(ACCI, 48),
-            v128.load(sums + jb, 16),
-            f32x4.mul(sv, v128.load(scales + jb, 16)),
-          ), 16);
-        } else {
-          v128.store(ACCI, rescale4(v128.load(ACCI), v128.load(sums + jb), f32x4.mul(sv, v128.load(scales + jb))));
-          v128.store(
-            ACCI,
-            rescale4(v128.load(ACCI, 16), v128.load(sums + jb, 16), f32x4.mul(sv, v128.load(scales + jb, 16))),
-            16,
-          );
-        }
+        const ya = rescaleRows(sv, sums + jb, scales + jb, 0);
+        const yb = rescaleRows(sv, sums + jb, scales + jb, 16);
+        v128.store(ACCI, ya);
+        v128.store(ACCI, yb, 16);
       } else {
         for (let r: usize = 0; r < 32; r += 4) {
           store<f32>(ACCI + r, <f32>load<i32>(ACCI + r) * (load<f32>(scales + jb + r) * s));
@@ -314,6 +294,30 @@ function matmulQ8Panels(
 function rescaleHiLo(hi: v128, lo: v128, rowSum: v128, scale: v128): v128 {
   const h = f32x4.convert_i32x4_s(i32x4.sub(hi, i32x4.shl(rowSum, 6)));
   return f32x4.mul(f32x4.add(f32x4.mul(h, f32x4.splat(128)), f32x4.convert_i32x4_s(lo)), scale);
+}
+
+/**
+ * One weight row (rows[off], off 0 = row r, 16 = row r + 4 of the tile) for the 4 tokens of a
+ * 4×2 tile, lanes = tokens: the same lane-wise integer-to-f32 steps as the 1-token path (which has
+ * lanes = rows), so each token's outputs are bit-identical to a batch of 1.
+ */
+// @ts-ignore: decorator
+@inline
+function rescaleTile(sxv: v128, sums: usize, scales: usize, off: usize): v128 {
+  const rowSum = i32x4.splat(load<i32>(sums + off));
+  const scale = f32x4.mul(sxv, f32x4.splat(load<f32>(scales + off)));
+  if (hiLo) return rescaleHiLo(v128.load(ACCI + off), v128.load(ACCI + off, 32), rowSum, scale);
+  return rescale4(v128.load(ACCI + off), rowSum, scale);
+}
+
+/** Rows off/4 .. off/4 + 3 of a panel for one token (sv = its scale splatted), lanes = rows: the
+ * 1-token path's rescale (ACCI as tileQ8x1x8 left it). */
+// @ts-ignore: decorator
+@inline
+function rescaleRows(sv: v128, sums: usize, scales: usize, off: usize): v128 {
+  const scale = f32x4.mul(sv, v128.load(scales + off));
+  if (hiLo) return rescaleHiLo(v128.load(ACCI + off), v128.load(ACCI + off, 32), v128.load(sums + off), scale);
+  return rescale4(v128.load(ACCI + off), v128.load(sums + off), scale);
 }
 
 /** f32(sum − zeroPoint·rowSum) · scale, per lane; the zero point is 64 on the relaxed path. */
@@ -339,21 +343,14 @@ function gateUpQ8(
     const hj = <usize>p << 4; // byte offset of output 4p in h
     let t = 0;
     if (ASC_FEATURE_SIMD) {
-      for (; t + 4 <= n && !hiLo; t += 4) {
+      for (; t + 4 <= n; t += 4) {
         const sxv = v128.load(sx + (<usize>t << 2));
         const ht = h + <usize>t * hRow + hj;
         for (let r = 0; r < 4; r++) {
           tileQ8x4x2(xq + <usize>t * xqRow, xqRow, panel, r, kBlocks);
           const ja = jb + (<usize>r << 2);
-          const g = rescale4(
-            v128.load(ACCI), i32x4.splat(load<i32>(sums + ja)), f32x4.mul(sxv, f32x4.splat(load<f32>(scales + ja))),
-          );
-          const u = rescale4(
-            v128.load(ACCI, 16),
-            i32x4.splat(load<i32>(sums + ja, 16)),
-            f32x4.mul(sxv, f32x4.splat(load<f32>(scales + ja, 16))),
-          );
-          const hv = siluMul4(g, u);
+          const g = rescaleTile(sxv, sums + ja, scales + ja, 0);
+          const hv = siluMul4(g, rescaleTile(sxv, sums + ja, scales + ja, 16));
           const o = ht + (<usize>r << 2);
           store<f32>(o, f32x4.extract_lane(hv, 0));
           store<f32>(o + hRow, f32x4.extract_lane(hv, 1));
@@ -364,21 +361,8 @@ function gateUpQ8(
       for (; t < n; t++) {
         tileQ8x1x8(xq + <usize>t * xqRow, panel, kBlocks);
         const sv = f32x4.splat(load<f32>(sx + (<usize>t << 2)));
-        let g: v128, u: v128;
-        if (hiLo) {
-          g = rescaleHiLo(
-            v128.load(ACCI), v128.load(ACCI, 32), v128.load(sums + jb), f32x4.mul(sv, v128.load(scales + jb)),
-          );
-          u = rescaleHiLo(
-            v128.load(ACCI, 16),
-            v128.load(ACCI, 48),
-            v128.load(sums + jb, 16),
-            f32x4.mul(sv, v128.load(scales + jb, 16)),
-          );
-        } else {
-          g = rescale4(v128.load(ACCI), v128.load(sums + jb), f32x4.mul(sv, v128.load(scales + jb)));
-          u = rescale4(v128.load(ACCI, 16), v128.load(sums + jb, 16), f32x4.mul(sv, v128.load(scales + jb, 16)));
-        }
+        const g = rescaleRows(sv, sums + jb, scales + jb, 0);
+        const u = rescaleRows(sv, sums + jb, scales + jb, 16);
         v128.store(h + <usize>t * hRow + hj, siluMul4(g, u));
       }
     } else {
@@ -516,12 +500,20 @@ function tileQ8HiLo<F>(hi: usize, lo: usize, panel: usize, kBlocks: i32, at: usi
   v128.store(ACCI + at, hsum4i(b0, b1, b2, b3), 32);
 }
 
-/** ACCI[0..3] = row r for tokens 0..3, ACCI[4..7] = row r + 4. */
+/** ACCI[0..3] = row r for tokens 0..3, ACCI[4..7] = row r + 4; hi/lo mode: the hi digits' sums
+ * there and the lo digits' sums 32 bytes on (a second pass over the same panel rows, from L1). */
 function tileQ8x4x2(xq: usize, xqRow: usize, panel: usize, r: i32, kBlocks: i32): void {
   if (ASC_FEATURE_RELAXED_SIMD) {
     if (relaxedDot) {
-      if (dotForm == 1) tileQ8x4x2Relaxed<i16>(xq, xqRow, panel, r, kBlocks);
-      else tileQ8x4x2Relaxed<i32>(xq, xqRow, panel, r, kBlocks);
+      // hi/lo rows keep the plain stride (2·kPad): the lo digits start kPad on.
+      const lo = xq + (<usize>kBlocks << 4);
+      if (dotForm == 1) {
+        tileQ8x4x2Relaxed<i16>(xq, xqRow, panel, r, kBlocks, 0);
+        if (hiLo) tileQ8x4x2Relaxed<i16>(lo, xqRow, panel, r, kBlocks, 32);
+      } else {
+        tileQ8x4x2Relaxed<i32>(xq, xqRow, panel, r, kBlocks, 0);
+        if (hiLo) tileQ8x4x2Relaxed<i32>(lo, xqRow, panel, r, kBlocks, 32);
+      }
       return;
     }
   }
@@ -559,7 +551,7 @@ function tileQ8x4x2(xq: usize, xqRow: usize, panel: usize, r: i32, kBlocks: i32)
   v128.store(ACCI, hsum4i(b0, b1, b2, b3), 16);
 }
 
-function tileQ8x4x2Relaxed<F>(xq: usize, xqRow: usize, panel: usize, r: i32, kBlocks: i32): void {
+function tileQ8x4x2Relaxed<F>(xq: usize, xqRow: usize, panel: usize, r: i32, kBlocks: i32, at: usize): void {
   let a0 = i32x4.splat(0), a1 = i32x4.splat(0), a2 = i32x4.splat(0), a3 = i32x4.splat(0);
   let b0 = i32x4.splat(0), b1 = i32x4.splat(0), b2 = i32x4.splat(0), b3 = i32x4.splat(0);
   let w = panel + (<usize>r << 4);
@@ -584,8 +576,8 @@ function tileQ8x4x2Relaxed<F>(xq: usize, xqRow: usize, panel: usize, r: i32, kBl
     b3 = rdot<F>(wb, xv, b3);
     w += KB_BYTES;
   }
-  v128.store(ACCI, hsum4i(a0, a1, a2, a3));
-  v128.store(ACCI, hsum4i(b0, b1, b2, b3), 16);
+  v128.store(ACCI + at, hsum4i(a0, a1, a2, a3));
+  v128.store(ACCI + at, hsum4i(b0, b1, b2, b3), 16);
 }
 
 function tileQ8x1x8Scalar(xq: usize, panel: usize, kBlocks: i32): void {

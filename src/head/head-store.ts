@@ -155,24 +155,30 @@ export class HeadStore {
   logits(hidden: Float32Array, n: number): Float32Array {
     const rows = this.rows;
     const out = new Float32Array(n * rows);
-    this.#chunks(hidden, n, (t0, _m, view) => out.set(view, t0 * rows));
+    const s = this.logitsScale;
+    this.#chunks(hidden, n, 0, (t0, m, y) => {
+      const view = this.kernels.f32(y, m * rows);
+      // Same f32 expression as forward.ts (out[i] /= logits_scaling on a Float32Array).
+      if (s !== 1) for (let i = 0; i < view.length; i++) view[i] /= s;
+      out.set(view, t0 * rows);
+    });
     return out;
   }
 
-  /** Per token the largest logit of the shard and its vocabulary id; ties → the lowest id. */
+  /**
+   * Per token the largest logit of the shard and its vocabulary id; ties → the lowest id. The scan
+   * runs in Wasm on each chunk's logits (Kernels.argmaxRows: the scan sampling.ts's argmax does,
+   * the division by logits_scaling included, bit for bit), so only 2 numbers a token reach JS.
+   */
   greedy(hidden: Float32Array, n: number): { max: Float32Array; argmax: Int32Array } {
-    const rows = this.rows;
+    const k = this.kernels;
     const max = new Float32Array(n);
     const argmax = new Int32Array(n);
-    this.#chunks(hidden, n, (t0, m, view) => {
-      for (let t = 0; t < m; t++) {
-        // The scan of sampling.ts argmax: strictly greater replaces, so the lowest id wins ties.
-        const o = t * rows;
-        let best = 0;
-        for (let j = 1; j < rows; j++) if (view[o + j] > view[o + best]) best = j;
-        max[t0 + t] = view[o + best];
-        argmax[t0 + t] = this.ref.rowStart + best;
-      }
+    this.#chunks(hidden, n, 8, (t0, m, y, extra) => {
+      k.argmaxRows(extra, extra + 4 * m, y, m, this.rows, this.logitsScale);
+      max.set(k.f32(extra, m), t0);
+      const ids = new Int32Array(k.u8(extra + 4 * m, 4 * m).buffer, extra + 4 * m, m);
+      for (let t = 0; t < m; t++) argmax[t0 + t] = this.ref.rowStart + ids[t];
     });
     return { max, argmax };
   }
@@ -209,8 +215,14 @@ export class HeadStore {
     }
   }
 
-  /** Runs the head on HEAD_TOKEN_CHUNK tokens at a time; `use` gets each chunk's scaled logits. */
-  #chunks(hidden: Float32Array, n: number, use: (t0: number, m: number, logits: Float32Array) => void): void {
+  /** Runs the head on HEAD_TOKEN_CHUNK tokens at a time; `use` gets each chunk's raw logits
+   * ([m, rows] f32 at y) and `extraPerToken` bytes a token of Wasm scratch at `extra`. */
+  #chunks(
+    hidden: Float32Array,
+    n: number,
+    extraPerToken: number,
+    use: (t0: number, m: number, y: number, extra: number) => void,
+  ): void {
     const { dModel, kernels: k } = this;
     const rows = this.rows;
     if (!Number.isInteger(n) || n < 0 || hidden.length !== n * dModel) {
@@ -223,20 +235,18 @@ export class HeadStore {
     if (chunk === 0) return;
     const x = k.alloc(4 * chunk * dModel); // [chunk, dModel]
     const y = k.alloc(4 * chunk * rows); // [chunk, rows]
+    const extra = extraPerToken > 0 ? k.alloc(extraPerToken * chunk) : 0;
     try {
       for (let t0 = 0; t0 < n; t0 += chunk) {
         const m = Math.min(chunk, n - t0);
         k.f32(x, m * dModel).set(hidden.subarray(t0 * dModel, (t0 + m) * dModel));
         k.matmulDense(this.w, y, x, m, 0); // f32 / bf16 need no scratch
-        const view = k.f32(y, m * rows);
-        const s = this.logitsScale;
-        // Same f32 expression as forward.ts (out[i] /= logits_scaling on a Float32Array).
-        if (s !== 1) for (let i = 0; i < view.length; i++) view[i] /= s;
-        use(t0, m, view);
+        use(t0, m, y, extra);
       }
       this.calls++;
       this.tokens += n;
     } finally {
+      if (extra !== 0) k.free(extra);
       k.free(y);
       k.free(x);
     }

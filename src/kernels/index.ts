@@ -299,6 +299,16 @@ export class Kernels {
     }
   }
 
+  /**
+   * Greedy over logits y[n, rows] (f32): maxOut[t] (f32) = the largest of row t, each value ÷ scale
+   * as `Float32Array[i] /= scale` computes it, and idxOut[t] (i32) its index — the first on ties; a
+   * NaN is never picked unless it is at index 0 (the scan `v[j] > v[best]`, bit for bit).
+   */
+  argmaxRows(maxOut: number, idxOut: number, y: number, n: number, rows: number, scale = 1): void {
+    if (!(rows >= 1)) throw new RangeError(`argmaxRows: rows must be ≥ 1, got ${rows}`);
+    this.#wasm.argmaxRows(maxOut, idxOut, y, n, rows, scale);
+  }
+
   /** SwiGLU expert on a blob from packExpertQ8g (int8 weights, one scale per `group` inputs,
    * 16-bit activations). scratch ≥ expertQ8gScratchBytes(n, dModel, dFf, group). */
   expertFfnQ8g(

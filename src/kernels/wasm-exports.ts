@@ -71,6 +71,7 @@ export type KernelExports = {
   matmulBf16(out: number, x: number, w: number, n: number, dIn: number, dOut: number): void;
   gatherQ8g(out: number, w: number, ids: number, count: number, rows: number, cols: number, group: number): void;
   gatherBf16(out: number, w: number, ids: number, count: number, rows: number, cols: number): void;
+  argmaxRows(maxOut: number, idxOut: number, y: number, n: number, rows: number, scale: number): void;
   expertFfnQ8g(
     out: number,
     x: number,

@@ -8,6 +8,7 @@
 import { readFileSync, readdirSync } from "node:fs";
 import { describe, expect, it } from "vitest";
 import { ExpertStore, TOKEN_CHUNK } from "../../../src/experts/expert-store";
+import type { Q8Path } from "../../../src/kernels/index";
 import { loadKernels } from "../../../src/kernels/node";
 import { openModel } from "../../../src/model/architectures";
 import { memoryFileStore } from "../../../src/model/safetensors";
@@ -27,11 +28,19 @@ function tokens(n: number, d: number, seed: number): Float32Array {
 
 const bits = (a: Float32Array) => Array.from(new Uint32Array(a.buffer, a.byteOffset, a.length));
 
-describe.each(["scalar", "simd", "relaxed", "best"] as const)("ExpertStore rows on the %s kernels", (flavor) => {
-  it.each(["none", "int8"] as const)("are bit-identical alone and in any batch (quant %s)", async (quant) => {
+/** Every int8 dot path the relaxed build can take here (its 4-token tiles, hi/lo digits included). */
+const RELAXED_Q8: Q8Path[] = loadKernels("relaxed").q8Paths;
+
+describe.each([
+  ...(["scalar", "simd", "relaxed", "best"] as const).flatMap((flavor) =>
+    (["none", "int8"] as const).map((quant) => [flavor, quant, "dot_i16x8"] as const),
+  ),
+  ...RELAXED_Q8.filter((p) => p !== "dot_i16x8").map((p) => ["relaxed", "int8", p] as const),
+])("ExpertStore rows on the %s kernels", (flavor, quant, q8Path) => {
+  it(`are bit-identical alone and in any batch (quant ${quant}, ${q8Path})`, async () => {
     const m = await fixtureModel();
     const { dModel } = m.spec;
-    const kernels = (maxBytes: number) => loadKernels(flavor, { maxBytes });
+    const kernels = (maxBytes: number) => loadKernels(flavor, { maxBytes, q8Path });
     const store = new ExpertStore(m, 64 << 20, "test", kernels, { quant });
     const n = TOKEN_CHUNK + 7; // crosses a chunk boundary
     const x = tokens(n, dModel, 3);

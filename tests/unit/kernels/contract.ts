@@ -21,6 +21,7 @@ import { denseKernelContract } from "./dense-contract";
 import { expertQ8gContract } from "./expert-q8g-contract";
 import { expertQ4gContract } from "./expert-q4g-contract";
 import { packedKernelContract } from "./packed-contract";
+import { batchRowsContract } from "./batch-rows-contract";
 
 export { expectClose, randn, rng };
 
@@ -54,7 +55,9 @@ export function kernelContract(flavor: KernelFlavor, src: KernelSource): void {
       k = loadKernels(flavor);
     });
 
-    packedKernelContract(flavor, () => k, src.supports(flavor) ? src.load(flavor).q8Paths : []);
+    const q8Paths = src.supports(flavor) ? src.load(flavor).q8Paths : [];
+    packedKernelContract(flavor, () => k, q8Paths);
+    batchRowsContract(() => k, q8Paths);
     denseKernelContract(
       flavor,
       () => k,
