@@ -18,7 +18,13 @@ export interface DenseImpl {
   /** Dense format, or "q8-row" for the expert int8 kernel (packed, one scale per row). */
   format: DenseFormat | "q8-row";
   group?: number;
+  /** A head shard's greedy answer after the matmul (scale HEAD_BENCH_SCALE): the scan in Wasm
+   * (Kernels.argmaxRows) or the JS scan HeadStore ran before it. Speed rows only. */
+  greedy?: "wasm" | "js";
 }
+
+/** logits_scaling of the greedy rows (granite's): both scans divide by it. */
+const HEAD_BENCH_SCALE = 8;
 
 export const DENSE_IMPLS: readonly DenseImpl[] = [
   { impl: "dense-f32", label: "f32 matmul (row-major)", format: "f32" },
@@ -27,6 +33,9 @@ export const DENSE_IMPLS: readonly DenseImpl[] = [
   { impl: "dense-int8-g64", label: "int8, scale per 64 inputs", format: "int8", group: 64 },
   { impl: "dense-int8-g128", label: "int8, scale per 128 inputs", format: "int8", group: 128 },
   { impl: "q8-row-packed", label: "expert int8 (per-row scale, packed)", format: "q8-row" },
+  { impl: "dense-f32-greedy", label: "f32 head greedy (matmul + argmaxRows)", format: "f32", greedy: "wasm" },
+  { impl: "dense-f32-greedy-js", label: "f32 head greedy (matmul + JS scan)", format: "f32", greedy: "js" },
+  { impl: "dense-bf16-greedy", label: "bf16 head greedy (matmul + argmaxRows)", format: "bf16", greedy: "wasm" },
 ];
 
 /** W[rows, cols]: rows = outputs, cols = inputs. */
@@ -127,10 +136,11 @@ export function setupDenseCase(
       slots.push({ k, m: { ...first, ptr }, x, out, scratch });
     }
   }
-  const call =
+  const matmul =
     impl.format === "q8-row"
       ? (s: Slot, n: number) => s.k.matmulQ8(s.out, s.x, s.m.ptr, n, cols, rows, s.scratch)
       : (s: Slot, n: number) => s.k.matmulDense(s.m, s.out, s.x, n, s.scratch);
+  const call = impl.greedy ? greedyAfter(matmul, impl.greedy, rows, maxN) : matmul;
   return {
     copies,
     bytes: slots[0].m.bytes,
@@ -139,6 +149,36 @@ export function setupDenseCase(
       call(slots[0], n);
       return slots[0].k.f32(slots[0].out, n * rows).slice();
     },
+  };
+}
+
+/** `matmul`, then per token the largest logit ÷ HEAD_BENCH_SCALE and its index (into a buffer of
+ * 8·maxN bytes per Kernels instance): in Wasm, or as HeadStore's JS scan did (÷ in place, scan). */
+function greedyAfter<S extends { k: Kernels; out: number }>(
+  matmul: (s: S, n: number) => void,
+  how: "wasm" | "js",
+  rows: number,
+  maxN: number,
+): (s: S, n: number) => void {
+  const picks = new Map<Kernels, number>();
+  return (s, n) => {
+    matmul(s, n);
+    if (how === "wasm") {
+      let p = picks.get(s.k);
+      if (p === undefined) picks.set(s.k, (p = s.k.alloc(8 * maxN)));
+      s.k.argmaxRows(p, p + 4 * n, s.out, n, rows, HEAD_BENCH_SCALE);
+      return;
+    }
+    const view = s.k.f32(s.out, n * rows);
+    for (let i = 0; i < view.length; i++) view[i] /= HEAD_BENCH_SCALE;
+    let sum = 0;
+    for (let t = 0; t < n; t++) {
+      const o = t * rows;
+      let best = 0;
+      for (let j = 1; j < rows; j++) if (view[o + j] > view[o + best]) best = j;
+      sum += best;
+    }
+    if (sum < 0) throw new Error("unreachable");
   };
 }
 
