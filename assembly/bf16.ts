@@ -78,10 +78,7 @@ export function matmulBf16(out: usize, x: usize, w: usize, n: i32, dIn: i32, dOu
   for (; j < dOut; j++) {
     const wj = w + <usize>j * wRow;
     for (let t = t0; t < n; t++) {
-      const xt = x + <usize>t * xRow;
-      let s: f32 = 0;
-      for (let k = 0; k < dIn; k++) s += bf16At(wj, k) * load<f32>(xt + (<usize>k << 2));
-      store<f32>(out + <usize>t * oRow + (<usize>j << 2), s);
+      store<f32>(out + <usize>t * oRow + (<usize>j << 2), bf16Row(x + <usize>t * xRow, wj, dIn));
     }
   }
 }
@@ -143,12 +140,36 @@ function bf16Tiles4x2(out: usize, x: usize, w: usize, n4: i32, dIn: i32, dOut: i
   for (; j < dOut; j++) {
     const wj = w + <usize>j * wRow;
     for (let t = 0; t < n4; t++) {
-      const xt = x + <usize>t * xRow;
-      let s: f32 = 0;
-      for (let k = 0; k < dIn; k++) s += bf16At(wj, k) * load<f32>(xt + (<usize>k << 2));
-      store<f32>(out + <usize>t * oRow + (<usize>j << 2), s);
+      store<f32>(out + <usize>t * oRow + (<usize>j << 2), bf16Row(x + <usize>t * xRow, wj, dIn));
     }
   }
+}
+
+/**
+ * One row · one token (a row left over after the 4-row blocks or row pairs), summed as those blocks
+ * sum each of their rows — SIMD: one multiply-add chain over the 8-column blocks, the lanes reduced
+ * as hsum4 does, plus the < 8 leftover columns summed from 0; scalar build: in order, as its only
+ * path does — so every output is independent of dOut's remainder and of the token count.
+ */
+function bf16Row(xt: usize, wj: usize, dIn: i32): f32 {
+  let s: f32 = 0;
+  let k = 0;
+  if (ASC_FEATURE_SIMD) {
+    const k8 = dIn & ~7;
+    const hiMask = i32x4.splat(0xffff0000);
+    let a = f32x4.splat(0);
+    for (; k < k8; k += 8) {
+      const v = v128.load(wj + (<usize>k << 1));
+      const xp = xt + (<usize>k << 2);
+      a = madd(v128.and(v, hiMask), v128.load(xp, 16), madd(i32x4.shl(v, 16), v128.load(xp), a));
+    }
+    const y = f32x4.extract_lane(hsum4(a, a, a, a), 0);
+    if (k8 == dIn) return y;
+    for (; k < dIn; k++) s += bf16At(wj, k) * load<f32>(xt + (<usize>k << 2));
+    return y + s;
+  }
+  for (; k < dIn; k++) s += bf16At(wj, k) * load<f32>(xt + (<usize>k << 2));
+  return s;
 }
 
 /** Σ_{k8 ≤ k < dIn} row · x for 4 tokens (xRow bytes apart): the < 8 columns after the blocks. */

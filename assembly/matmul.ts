@@ -13,7 +13,7 @@
  * `out` must not overlap `x` or `w`. Pointers are byte offsets; no alignment is required
  * (v128.load tolerates misalignment, rows of w are misaligned whenever dIn % 4 ≠ 0).
  */
-import { dot, hsum } from "./vec";
+import { hsum } from "./vec";
 
 export function matmul(out: usize, x: usize, w: usize, n: i32, dIn: i32, dOut: i32): void {
   if (ASC_FEATURE_SIMD) matmulSimd(out, x, w, n, dIn, dOut);
@@ -42,14 +42,33 @@ function matmulSimd(out: usize, x: usize, w: usize, n: i32, dIn: i32, dOut: i32)
   else if (rest == 3) tile3x2(out, x, w, dIn, dOut);
 }
 
-/** Rows of w left over after the row blocks: one dot per (token, row); ≤ 3 rows, so cheap. */
+/**
+ * One row · one token summed exactly as every tile sums each of its rows — SIMD: one f32x4 chain
+ * over the 4-column blocks, hsum, then the < 4 leftover columns in order; scalar: one chain in
+ * order — so a row left over after the row blocks gets the bits it would get inside a block, and
+ * every output is independent of dOut's remainder, of the token count and of the row's place.
+ */
+function rowDot(x: usize, w: usize, rb: usize): f32 {
+  let k: usize = 0;
+  let s: f32 = 0;
+  if (ASC_FEATURE_SIMD) {
+    const kb = rb & ~(<usize>15);
+    let a = f32x4.splat(0);
+    for (; k < kb; k += 16) a = f32x4.add(a, f32x4.mul(v128.load(x + k), v128.load(w + k)));
+    s = hsum(a);
+  }
+  for (; k < rb; k += 4) s += load<f32>(x + k) * load<f32>(w + k);
+  return s;
+}
+
+/** Rows of w left over after the row blocks: one rowDot per (token, row); ≤ 3 rows, so cheap. */
 function tailRows(out: usize, x: usize, w: usize, tokens: i32, dIn: i32, dOut: i32, j0: i32): void {
   const rb = (<usize>dIn) << 2;
   const ob = (<usize>dOut) << 2;
   for (let j = j0; j < dOut; j++) {
     const wj = w + <usize>j * rb;
     for (let t = 0; t < tokens; t++) {
-      store<f32>(out + <usize>t * ob + ((<usize>j) << 2), dot(x + <usize>t * rb, wj, dIn));
+      store<f32>(out + <usize>t * ob + ((<usize>j) << 2), rowDot(x + <usize>t * rb, wj, rb));
     }
   }
 }
@@ -387,6 +406,6 @@ function matmulScalar(out: usize, x: usize, w: usize, n: i32, dIn: i32, dOut: i3
       store<f32>(o, s2, 8);
       store<f32>(o, s3, 12);
     }
-    for (; j < dOut; j++) store<f32>(ot + ((<usize>j) << 2), dot(xt, w + <usize>j * rb, dIn));
+    for (; j < dOut; j++) store<f32>(ot + ((<usize>j) << 2), rowDot(xt, w + <usize>j * rb, rb));
   }
 }

@@ -2,11 +2,12 @@
  * @module batch-rows-contract — batch independence, bit for bit, for every kernel a batched host
  * feeds: a token's output row from a call of n tokens equals the same token run alone (n = 1),
  * whatever n and its place in the call, on the tiles each path has (f32 head matmul's row-outer
- * token blocks, the packed f32 4-token tiles, the int8 4-token tiles on every dot path the build
+ * token blocks and the bf16 head kernel, ragged row counts included; the packed f32 4-token tiles, the int8 4-token tiles on every dot path the build
  * has, hi/lo digits included). Part of the one contract suite (contract.ts: every build, Node and
  * workerd). Also the greedy head scan (argmaxRows) against the JS scan it replaces.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { DenseMatrixWriter } from "../../../src/kernels/dense";
 import type { Kernels, Q8Path } from "../../../src/kernels/index";
 import {
   expertPackedBytes,
@@ -77,12 +78,30 @@ export function batchRowsContract(kernels: () => Kernels, q8Paths: Q8Path[]): vo
     it.each([
       [64, 24],
       [4100, 12],
-    ])("matmul (f32 head; row-outer token blocks) dIn=%i dOut=%i", (dIn, dOut) => {
+      [61, 27],
+      [33, 1003],
+      [7, 2],
+    ])("matmul (f32 head; row-outer token blocks; ragged rows) dIn=%i dOut=%i", (dIn, dOut) => {
       const k = kernels();
       const w = k.allocF32(randn(rng(dIn + dOut), dIn * dOut));
       const sizes = dIn > 1000 ? [4, 8, 13, 16, 29] : SIZES;
       expectRowsIndependent(k, dIn, dOut, sizes, (kk, out, x, n) => kk.matmul(out, x, w, n, dIn, dOut), 7);
       k.free(w);
+    });
+
+    it.each([
+      [64, 24],
+      [61, 27],
+      [33, 1003],
+      [8, 2],
+    ])("matmulDense bf16 (head rows; ragged rows) dIn=%i dOut=%i", (dIn, dOut) => {
+      const k = kernels();
+      const w = randn(rng(dIn * 7 + dOut), dIn * dOut);
+      const writer = new DenseMatrixWriter(k, { rows: dOut, cols: dIn, source: "F32", format: "bf16" });
+      writer.push(new Uint8Array(w.buffer));
+      const m = writer.finish();
+      expectRowsIndependent(k, dIn, dOut, SIZES, (kk, out, x, n) => kk.matmulDense(m, out, x, n, 0), 9);
+      k.free(m.ptr);
     });
 
     it.each([
