@@ -4,7 +4,8 @@
  * whatever n and its place in the call, on the tiles each path has (f32 head matmul's row-outer
  * token blocks and the bf16 head kernel, ragged row counts included; the packed f32 4-token tiles,
  * the int8 4-token tiles on every dot path the build has, hi/lo digits included). Part of the one
- * contract suite (contract.ts: every build, Node and workerd). Also the greedy head scan (argmaxRows) against the JS scan it replaces.
+ * contract suite (contract.ts: every build, Node and workerd). Also the greedy head scan
+ * (argmaxRows) against the JS scan it replaces.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DenseMatrixWriter } from "../../../src/kernels/dense";
