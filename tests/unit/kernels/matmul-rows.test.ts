@@ -1,9 +1,10 @@
 /**
  * @module matmul-rows.test — the f32 head matmul computes each token row the same, bit for bit,
  * whatever the number of tokens in the call and the row's place in it (the 4-token tile, the 1-, 2-
- * and 3-token remainders) when the output count is a multiple of 4 — the batched output head
- * (src/serving/head-batcher.ts) merges requests' rows into one call only then, since with a ragged
- * vocabulary the remainder rows are summed in another order by the 1-token and the tiled paths.
+ * and 3-token remainders), for any output count: the rows left over after the row blocks are summed
+ * as the blocks sum theirs (assembly/matmul.ts rowDot). The batched output head
+ * (src/serving/head-batcher.ts) still merges requests' rows only for vocabularies of a multiple of 4,
+ * from when the remainder rows were summed in another order.
  */
 import { describe, expect, it } from "vitest";
 import { loadKernels } from "../../../src/kernels/node";
@@ -17,6 +18,8 @@ describe.each(["scalar", "simd", "relaxed"] as const)("matmul rows on the %s ker
     [60, 1000],
     [33, 1000],
     [7, 8],
+    [33, 1003],
+    [61, 27],
   ])("are bit-identical alone and at any place in a batch (dIn %i, dOut %i)", (dIn, dOut) => {
     const k = loadKernels(flavor, { maxBytes: 64 << 20 });
     const w = k.alloc(dIn * dOut * 4);
