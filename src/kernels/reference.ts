@@ -348,3 +348,23 @@ export function expertFfnQ4gRef(
   });
   expertFfnQ8gRef(out, x, widen(w1), widen(w3), widen(w2), n, dModel, dFf, bits);
 }
+
+/** Per token of y[n, rows]: the largest of (y ÷ scale, rounded to f32 as `Float32Array /=` does) and
+ * its first index, by the in-order scan `v[j] > v[best]` (ties → lowest, a NaN wins only at 0). */
+export function argmaxRowsRef(
+  maxOut: Float32Array,
+  idxOut: Int32Array,
+  y: Float32Array,
+  n: number,
+  rows: number,
+  scale = 1,
+): void {
+  for (let t = 0; t < n; t++) {
+    const v = y.slice(t * rows, (t + 1) * rows);
+    if (scale !== 1) for (let i = 0; i < rows; i++) v[i] /= scale;
+    let best = 0;
+    for (let j = 1; j < rows; j++) if (v[j] > v[best]) best = j;
+    maxOut[t] = v[best];
+    idxOut[t] = best;
+  }
+}

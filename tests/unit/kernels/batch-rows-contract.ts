@@ -20,6 +20,7 @@ import {
   packedQ8Bytes,
   quantizeRowsQ8,
 } from "../../../src/kernels/packing";
+import { argmaxRowsRef } from "../../../src/kernels/reference";
 import { randn, rng } from "./helpers";
 
 const bits = (a: Float32Array) => Array.from(new Uint32Array(a.buffer, a.byteOffset, a.length));
@@ -65,13 +66,12 @@ function expectRowsIndependent(
 /** Batch sizes covering every tile and remainder of the token loops, and a crossing of 64. */
 const SIZES = [2, 3, 4, 5, 7, 8, 9, 12, 13, 16, 67] as const;
 
-/** The in-order scan HeadStore ran in JS before argmaxRows: values ÷ scale as Float32Array does. */
+/** argmaxRowsRef on one row: the in-order scan HeadStore ran in JS before argmaxRows. */
 function scanRef(y: Float32Array, rows: number, scale: number): { max: number; idx: number } {
-  const v = Float32Array.from(y);
-  if (scale !== 1) for (let i = 0; i < v.length; i++) v[i] /= scale;
-  let best = 0;
-  for (let j = 1; j < rows; j++) if (v[j] > v[best]) best = j;
-  return { max: v[best], idx: best };
+  const max = new Float32Array(1);
+  const idx = new Int32Array(1);
+  argmaxRowsRef(max, idx, y, 1, rows, scale);
+  return { max: max[0], idx: idx[0] };
 }
 
 export function batchRowsContract(kernels: () => Kernels, q8Paths: Q8Path[]): void {
