@@ -206,8 +206,11 @@ export async function fanOutRows(
       load.inflight[instance] = (load.inflight[instance] ?? 0) + rows;
       let result: ExpertForwardResult | { ok: false; verdict: RetryVerdict; message: string; reason: string };
       try {
+        const sent = events && transport.remote ? performance.now() : null;
         const answer = transport.call(instance, p, items, x, signal);
         result = await withDeadline(answer, cfg.rpcTimeoutMs, `ExpertHost ${name}`, signal);
+        if (sent !== null && result.ok && result.hostMs !== undefined)
+          events?.rpcWait(layer, Math.max(0, performance.now() - sent - result.hostMs) / 1000);
         if (result.ok && result.y.length !== rows * dModel) {
           const message = `answered ${result.y.length} values for ${rows} × ${dModel}`;
           result = { ok: false, code: "model_error", message };
