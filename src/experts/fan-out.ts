@@ -85,16 +85,11 @@ export interface FanOutOptions extends RunExpertsOptions {
  * dispatch. Throws ApiError 503 (with Retry-After) when some rows found no replica that served them.
  */
 export async function fanOut(
-  transport: FanOutTransport,
-  initial: Placement,
-  layer: number,
-  routing: Routing,
-  h: Float32Array,
-  dModel: number,
-  options: FanOutOptions = {},
+  ...args: Parameters<typeof fanOutRows>
 ): Promise<{ out: Float32Array; dispatch: LayerDispatch }> {
-  const r = await fanOutRows(transport, initial, layer, routing, h, dModel, options);
+  const r = await fanOutRows(...args);
   if (r.error) throw r.error;
+  const [, , , routing, , dModel] = args;
   return {
     out: combineSlots(routing.n, routing.topK, routing.ids, routing.weights, dModel, r.slots),
     dispatch: r.dispatch,

@@ -3,7 +3,8 @@
  * layer call's latency, RPCs, capacity drops and re-routes; a failed expert call that is retried or
  * sent elsewhere; an RPC's wait before the ExpertHost took it). It lives at the bottom layer so
  * `src/experts` can report without importing `src/observability` (which sits above it):
- * observability installs a sink at load, everyone else only calls `expertEvents()`. No sink installed (tests, scripts) means reporting costs one null check.
+ * observability installs a sink at load, everyone else only calls `expertEvents()`. No sink
+ * installed (tests, scripts) means reporting costs one null check.
  */
 
 /**
