@@ -24,6 +24,14 @@ export default defineConfig({
           testTimeout: 120_000,
         },
       },
+      {
+        plugins: [cloudflareTest({ wrangler: { configPath: "./tests/workerd/shared-work/wrangler.toml" } })],
+        test: {
+          name: "workerd-shared-work",
+          include: ["tests/workerd/shared-work/*.spec.ts"],
+          testTimeout: 60_000,
+        },
+      },
     ],
   },
 });

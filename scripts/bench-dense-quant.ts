@@ -24,6 +24,7 @@ import type { Checkpoint } from "../src/model/safetensors";
 import { ModelForward, type ExpertRunner } from "../src/serving/forward";
 import { dirFileStore } from "./lib/dir-store";
 import { randomPrompts, storeRunner } from "./lib/bench-accuracy";
+import { logitAgreement, type LogitSource } from "./lib/logit-agreement";
 
 const USAGE = `usage: npm run bench:dense-quant -- <model-dir>... [--prompts 4] [--len 16] [--decode 24] [--speed-only]
   Stage layers as f32 / bf16 / int8 (groups of 64) vs f32: logit error, top-1 and greedy agreement
@@ -40,78 +41,15 @@ async function build(spec: ModelSpec, ckpt: Checkpoint, format: DenseFormat, end
   });
 }
 
-function argmax(xs: Float32Array): number {
-  let best = 0;
-  for (let i = 1; i < xs.length; i++) if (xs[i] > xs[best]) best = i;
-  return best;
-}
-
-async function accuracy(
-  ref: ModelForward,
-  m: ModelForward,
-  experts: ExpertRunner,
-  prompts: number[][],
-  decode: number,
-) {
-  const V = ref.spec.vocabSize;
+/** Teacher-forced agreement of `m` with `ref` (f32), same routed experts on both sides. */
+function accuracy(ref: ModelForward, m: ModelForward, experts: ExpertRunner, prompts: number[][], decode: number) {
   const rng = () => 0.5;
-  let maxErr = 0;
-  let sumErr = 0;
-  let sumSqErr = 0;
-  let sumSq = 0;
-  let count = 0;
-  let positions = 0;
-  let top1 = 0;
-  let greedy = 0;
-  let decoded = 0;
-  const compare = (a: Float32Array, b: Float32Array) => {
-    for (let r = 0; r < a.length / V; r++) {
-      const ra = a.subarray(r * V, (r + 1) * V);
-      const rb = b.subarray(r * V, (r + 1) * V);
-      for (let i = 0; i < V; i++) {
-        const e = Math.abs(ra[i] - rb[i]);
-        maxErr = Math.max(maxErr, e);
-        sumErr += e;
-        sumSqErr += e * e;
-        sumSq += ra[i] * ra[i];
-      }
-      count += V;
-      positions++;
-      if (argmax(ra) === argmax(rb)) top1++;
-    }
-  };
-  for (const prompt of prompts) {
-    const sa = ref.startSession(prompt.length + decode);
-    const sb = m.startSession(prompt.length + decode);
-    try {
-      let la = await ref.forward(sa, prompt, experts, rng, { allLogits: true });
-      let lb = await m.forward(sb, prompt, experts, rng, { allLogits: true });
-      compare(la, lb);
-      la = la.subarray((prompt.length - 1) * V);
-      lb = lb.subarray((prompt.length - 1) * V);
-      for (let step = 0; step < decode; step++) {
-        const token = argmax(la);
-        if (argmax(lb) === token) greedy++;
-        decoded++;
-        if (step + 1 === decode) break;
-        la = await ref.forward(sa, [token], experts, rng);
-        lb = await m.forward(sb, [token], experts, rng); // teacher-forced
-        compare(la, lb);
-      }
-    } finally {
-      ref.endSession(sa);
-      m.endSession(sb);
-    }
-  }
-  return {
-    maxAbs: maxErr,
-    meanAbs: sumErr / count,
-    relRms: Math.sqrt(sumSqErr / Math.max(sumSq, 1e-30)),
-    top1: top1 / positions,
-    greedy: greedy / decoded,
-    decoded,
-    positions,
-  };
+  const side = (f: ModelForward): LogitSource => ({
+    startSession: (len) => f.startSession(len),
+    endSession: (s) => f.endSession(s),
+    forward: (s, tokens, allLogits) => f.forward(s, tokens, experts, rng, { allLogits }),
+  });
+  return logitAgreement(side(ref), side(m), prompts, decode, ref.spec.vocabSize);
 }
 
 /** Median CPU ms of one decode step through the layers alone (routed experts as zeros). */

@@ -5,7 +5,7 @@
  * replica of each hot expert fails, an ExpertHost and the Coordinator are evicted, and R2 errors
  * hit an evicted host. Prints each phase's figures; exits 1 on any lost or different answer.
  */
-import { parseArgs } from "node:util";
+import { positiveIntOptions } from "./lib/cli-args";
 import { runChaos, startChaosWorker, type PhaseReport } from "./lib/chaos-lib";
 
 const USAGE = `usage: npm run chaos [-- --streams N --max-tokens N --rounds N]
@@ -18,31 +18,15 @@ undisturbed run's tokens where a replica exists; where none does, a clean 503 wi
 the same error in-band once a stream has started); all complete again once R2 answers. --rounds
 (default 3) repeats it on the same deployment. Exits 1 on any violation.`;
 
-if (process.argv.includes("--help") || process.argv.includes("-h")) {
-  console.log(USAGE);
-  process.exit(0);
-}
-
-const { values } = parseArgs({
-  options: {
-    streams: { type: "string", default: "8" },
-    "max-tokens": { type: "string", default: "64" },
-    rounds: { type: "string", default: "3" },
-  },
+const {
+  streams,
+  "max-tokens": maxTokens,
+  rounds,
+} = positiveIntOptions(USAGE, {
+  streams: 8,
+  "max-tokens": 64,
+  rounds: 3,
 });
-
-function positiveInt(name: string, raw: string): number {
-  const n = Number(raw);
-  if (!Number.isSafeInteger(n) || n < 1) {
-    console.error(`--${name} must be a positive integer, got "${raw}"`);
-    process.exit(2);
-  }
-  return n;
-}
-
-const streams = positiveInt("streams", values.streams);
-const maxTokens = positiveInt("max-tokens", values["max-tokens"]);
-const rounds = positiveInt("rounds", values.rounds);
 
 const line = (name: string, p: PhaseReport) =>
   `  ${name.padEnd(11)} ${String(p.requests).padStart(5)} requests: ${p.ok} identical, ${p.clean503} clean 503, ` +

@@ -5,7 +5,7 @@
  * OpenAI-style JSON body naming the field. Prints counts by status and by kind and a summary line;
  * exits 1 on any violation or if the deadline stopped it short of `count`.
  */
-import { parseArgs } from "node:util";
+import { positiveIntOptions } from "./lib/cli-args";
 import { runFuzz, startFuzzTarget, summary } from "./lib/fuzz-run";
 
 const USAGE = `usage: npm run fuzz [-- --count N --seed S --concurrency C --seconds T]
@@ -14,33 +14,9 @@ Starts edge-moe in local workerd on loopback, sends N (default 10000) malformed 
 requests from a seeded generator, and checks that none gets a 5xx and every error is an
 OpenAI-style JSON body naming the field. Exits 1 on any violation.`;
 
-if (process.argv.includes("--help") || process.argv.includes("-h")) {
-  console.log(USAGE);
-  process.exit(0);
-}
-
-const { values } = parseArgs({
-  options: {
-    count: { type: "string", default: "10000" },
-    seed: { type: "string", default: "1" },
-    concurrency: { type: "string", default: "8" },
-    seconds: { type: "string", default: "900" },
-  },
-});
-
-function positiveInt(name: string, raw: string): number {
-  const n = Number(raw);
-  if (!Number.isSafeInteger(n) || n < 1) {
-    console.error(`--${name} must be a positive integer, got "${raw}"`);
-    process.exit(2);
-  }
-  return n;
-}
-
-const count = positiveInt("count", values.count);
-const seed = positiveInt("seed", values.seed);
-const concurrency = positiveInt("concurrency", values.concurrency);
-const deadlineMs = positiveInt("seconds", values.seconds) * 1000;
+const opts = positiveIntOptions(USAGE, { count: 10000, seed: 1, concurrency: 8, seconds: 900 });
+const { count, seed, concurrency } = opts;
+const deadlineMs = opts.seconds * 1000;
 
 console.log(`starting edge-moe in local workerd (loopback) for ${count} fuzz requests, seed ${seed} …`);
 const w = await startFuzzTarget();

@@ -17,6 +17,7 @@ import type { ModelSpec } from "../../src/model/config";
 import type { Checkpoint } from "../../src/model/safetensors";
 import { ModelForward, type ExpertRunner } from "../../src/serving/forward";
 import type { ModelCheckpoint } from "../../src/platform/model-store";
+import { logitAgreement, type LogitSource } from "./logit-agreement";
 
 export interface AccuracyReport {
   model: string;
@@ -66,12 +67,6 @@ export function storeRunner(store: ExpertStore, spec: ModelSpec): ExpertRunner {
     });
     return out;
   };
-}
-
-function argmax(xs: Float32Array): number {
-  let best = 0;
-  for (let i = 1; i < xs.length; i++) if (xs[i] > xs[best]) best = i;
-  return best;
 }
 
 /** Seeded prompts of token ids in [first, vocab). */
@@ -148,67 +143,23 @@ export async function measureInt8Accuracy(
   const runF32 = storeRunner(f32, spec);
   const runInt8 = opts.bf16 ? bf16Runner(ckpt, spec) : storeRunner(int8, spec);
   const rng = () => 0.5;
-  const V = spec.vocabSize;
-  let maxErr = 0;
-  let sumErr = 0;
-  let sumSqErr = 0;
-  let sumSq = 0;
-  let count = 0;
-  let positions = 0;
-  let top1 = 0;
-  let greedyAgree = 0;
-  let decoded = 0;
-  const compare = (a: Float32Array, b: Float32Array, rows: number) => {
-    for (let r = 0; r < rows; r++) {
-      const ra = a.subarray(r * V, (r + 1) * V);
-      const rb = b.subarray(r * V, (r + 1) * V);
-      for (let i = 0; i < V; i++) {
-        const e = Math.abs(ra[i] - rb[i]);
-        maxErr = Math.max(maxErr, e);
-        sumErr += e;
-        sumSqErr += e * e;
-        sumSq += ra[i] * ra[i];
-      }
-      count += V;
-      positions++;
-      if (argmax(ra) === argmax(rb)) top1++;
-    }
-  };
-  for (const prompt of prompts) {
-    const len = prompt.length + decode;
-    const sa = forward.startSession(len);
-    const sb = forward.startSession(len);
-    try {
-      let la = await forward.forward(sa, prompt, runF32, rng, { allLogits: true });
-      let lb = await forward.forward(sb, prompt, runInt8, rng, { allLogits: true });
-      compare(la, lb, prompt.length);
-      la = la.subarray((prompt.length - 1) * V);
-      lb = lb.subarray((prompt.length - 1) * V);
-      for (let step = 0; step < decode; step++) {
-        const token = argmax(la); // f32's greedy choice
-        if (argmax(lb) === token) greedyAgree++;
-        decoded++;
-        if (step + 1 === decode) break;
-        la = await forward.forward(sa, [token], runF32, rng);
-        lb = await forward.forward(sb, [token], runInt8, rng); // teacher-forced
-        compare(la, lb, 1);
-      }
-    } finally {
-      forward.endSession(sa);
-      forward.endSession(sb);
-    }
-  }
+  const side = (run: ExpertRunner): LogitSource => ({
+    startSession: (len) => forward.startSession(len),
+    endSession: (s) => forward.endSession(s),
+    forward: (s, tokens, allLogits) => forward.forward(s, tokens, run, rng, { allLogits }),
+  });
+  const a = await logitAgreement(side(runF32), side(runInt8), prompts, decode, spec.vocabSize);
   return {
     model: name,
     prompts: prompts.length,
     promptLen: prompts[0]?.length ?? 0,
-    decoded,
-    positions,
-    maxAbsLogitErr: maxErr,
-    meanAbsLogitErr: sumErr / count,
-    relLogitRms: Math.sqrt(sumSqErr / Math.max(sumSq, 1e-30)),
-    greedyAgreement: greedyAgree / decoded,
-    top1Agreement: top1 / positions,
+    decoded: a.decoded,
+    positions: a.positions,
+    maxAbsLogitErr: a.maxAbs,
+    meanAbsLogitErr: a.meanAbs,
+    relLogitRms: a.relRms,
+    greedyAgreement: a.greedy,
+    top1Agreement: a.top1,
     int8Path: opts.bf16
       ? "bf16 weights (yardstick)"
       : quant === "int4"

@@ -9,6 +9,7 @@
  * Sections: placement (creation, reads), load telemetry, re-plan (the policy is replan.ts), execution
  * (make-before-break, execute.ts), reconcile (reconcile.ts), helpers. Storage is storage.ts.
  */
+import { Flight, shareWork } from "../platform/shared-work";
 import { withDeadline } from "../platform/deadline";
 import { DurableObject } from "cloudflare:workers";
 import { balanceRatios, type Placement, type PlacementOp, type Replica } from "./placement";
@@ -90,7 +91,8 @@ export class Coordinator extends DurableObject<Env> {
   readonly #store: CoordinatorStore;
   readonly #config: ReplanConfig;
   #placement: Placement | null = null;
-  #creating: Promise<Placement> | null = null;
+  /** The first placement being made, shared by calls arriving meanwhile (src/platform/shared-work.ts). */
+  #creating: Flight<Placement> | null = null;
   #window: LoadWindowState | null = null;
   #intake = new LoadIntake();
   #windowStart = Date.now();
@@ -122,8 +124,18 @@ export class Coordinator extends DurableObject<Env> {
       if (this.#store.meta("expertBytes") === null) this.#store.setMeta("expertBytes", String(init.expertBytes));
       return this.#placement;
     }
-    this.#creating ??= this.#create(init).finally(() => (this.#creating = null));
-    return this.#creating;
+    return shareWork(
+      () => this.#creating,
+      () => {
+        const f: Flight<Placement> = new Flight(() =>
+          this.#create(init).finally(() => {
+            if (this.#creating === f) this.#creating = null;
+          }),
+        );
+        this.#creating = f;
+        return f;
+      },
+    );
   }
 
   async getPlacement(): Promise<Placement | null> {

@@ -11,6 +11,7 @@ import type { Routing } from "../gating/router";
 import { isWorkerPlacement } from "./backend";
 import { storeFailure, type ExpertStore } from "./expert-store";
 import { batchingEnabled } from "../platform/env";
+import { expertEvents } from "../platform/events";
 import { batchMembers, runBatchedLayer } from "./layer-batcher";
 import { fanOut, type FanOutTransport, type LayerDispatch, type RunExpertsOptions } from "./fan-out";
 import { recordLoad } from "./load-reporter";
@@ -44,6 +45,7 @@ export async function runExperts(
   options: ExpertCallOptions = {},
 ): Promise<{ out: Float32Array; dispatch: LayerDispatch }> {
   const { modelVersion: version, ...fanOutOptions } = options;
+  if (routing.rerouted) expertEvents()?.rerouted(layer, routing.rerouted);
   const opts = { ...fanOutOptions, retry: retryConfig(env) };
   // Sliced experts: each (token, expert) row becomes one row per slice (unit), same weight; the
   // fan-out, the batcher and the combine then treat units as experts (./slices.ts).

@@ -162,6 +162,7 @@ export class ExpertHost extends DurableObject<Env> {
 
   /** Runs every (expert, token batch) of one layer that this instance serves. */
   async forward(req: ExpertForwardRequest): Promise<ExpertForwardResult> {
+    const t0 = performance.now();
     this.#inflight++;
     let store: ExpertStore | null = null;
     try {
@@ -191,7 +192,7 @@ export class ExpertHost extends DurableObject<Env> {
         const key = expertKey(req.layer, it.expert);
         this.#expertTokens.set(key, (this.#expertTokens.get(key) ?? 0) + it.nTokens);
       }
-      return result;
+      return { ...result, hostMs: performance.now() - t0 };
     } catch (err) {
       // This instance's upload was replaced under it (a pinned read refused): load the new one next.
       if (isModelChanged(err) && store && this.#store === store) this.#model.drop();

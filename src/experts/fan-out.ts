@@ -85,16 +85,11 @@ export interface FanOutOptions extends RunExpertsOptions {
  * dispatch. Throws ApiError 503 (with Retry-After) when some rows found no replica that served them.
  */
 export async function fanOut(
-  transport: FanOutTransport,
-  initial: Placement,
-  layer: number,
-  routing: Routing,
-  h: Float32Array,
-  dModel: number,
-  options: FanOutOptions = {},
+  ...args: Parameters<typeof fanOutRows>
 ): Promise<{ out: Float32Array; dispatch: LayerDispatch }> {
-  const r = await fanOutRows(transport, initial, layer, routing, h, dModel, options);
+  const r = await fanOutRows(...args);
   if (r.error) throw r.error;
+  const [, , , routing, , dModel] = args;
   return {
     out: combineSlots(routing.n, routing.topK, routing.ids, routing.weights, dModel, r.slots),
     dispatch: r.dispatch,
@@ -206,8 +201,11 @@ export async function fanOutRows(
       load.inflight[instance] = (load.inflight[instance] ?? 0) + rows;
       let result: ExpertForwardResult | { ok: false; verdict: RetryVerdict; message: string; reason: string };
       try {
+        const sent = events && transport.remote ? performance.now() : null;
         const answer = transport.call(instance, p, items, x, signal);
         result = await withDeadline(answer, cfg.rpcTimeoutMs, `ExpertHost ${name}`, signal);
+        if (sent !== null && result.ok && result.hostMs !== undefined)
+          events?.rpcWait(layer, Math.max(0, performance.now() - sent - result.hostMs) / 1000);
         if (result.ok && result.y.length !== rows * dModel) {
           const message = `answered ${result.y.length} values for ${rows} × ${dModel}`;
           result = { ok: false, code: "model_error", message };

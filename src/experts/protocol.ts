@@ -53,7 +53,14 @@ export interface ExpertFailure {
  * token, never a sum over rows. The Worker adds them up in a fixed order (./combine.ts), so what an
  * instance returns cannot depend on which other items shared its call.
  */
-export type ExpertForwardResult = { ok: true; y: Float32Array /* [Σ nTokens, dModel] */ } | ExpertFailure;
+export type ExpertForwardResult =
+  | {
+      ok: true;
+      y: Float32Array /* [Σ nTokens, dModel] */;
+      /** ms the host spent inside `forward` (its clock); the caller's round trip minus it = queue wait. */
+      hostMs?: number;
+    }
+  | ExpertFailure;
 
 export interface ExpertHostStats {
   name: string;

@@ -192,5 +192,5 @@ export function flattenRouting(r: Routing): { routing: Routing; tokenOf: Int32Ar
     weights[at] = r.weights[i];
     tokenOf[at++] = Math.floor(i / r.topK);
   }
-  return { routing: { n: m, topK: 1, ids, weights }, tokenOf };
+  return { routing: { n: m, topK: 1, ids, weights, rerouted: r.rerouted }, tokenOf };
 }

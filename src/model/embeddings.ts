@@ -8,11 +8,16 @@
  * Rows come back as stored, before any embedding multiplier (Granite's is applied by the forward
  * pass). F32, BF16 and F16 tables decode exactly; an int8 table (`<name>.qweight` I8 + `<name>.scales`
  * F32 per row, the src/model/quantized.ts format) decodes to scale · q.
+ *
+ * Concurrent requests share reads under way (and the int8 scales' one read) as Flights
+ * (src/platform/shared-work.ts): a request that needs a row another request is reading picks it up
+ * in its own context, and reads it itself if that request went away mid-read.
  */
 import { vocabTensorNames } from "./architectures";
 import type { ModelSpec } from "./config";
 import { quantNames } from "./quant-names";
 import type { Checkpoint } from "./safetensors";
+import { Flight, shareWork } from "../platform/shared-work";
 
 /** Where a forward pass gets its input rows. */
 export interface EmbeddingSource {
@@ -70,8 +75,9 @@ export class TableEmbeddings implements EmbeddingSource {
 export class CheckpointEmbeddings implements EmbeddingSource {
   /** id → row; Map order is recency (oldest first). */
   readonly #cache = new Map<number, Float32Array>();
-  readonly #pending = new Map<number, Promise<Float32Array>>();
-  #scales: Promise<Float32Array> | null = null;
+  /** id → the read under way that covers it. */
+  readonly #pending = new Map<number, Flight<RunBlock>>();
+  #scales: Flight<Float32Array> | null = null;
   #stats: EmbeddingCacheStats;
 
   private constructor(
@@ -129,25 +135,49 @@ export class CheckpointEmbeddings implements EmbeddingSource {
         got.set(id, row);
         this.#stats.hits++;
       } else if (this.#pending.has(id)) {
-        got.set(id, this.#pending.get(id)!);
+        got.set(id, this.#joinRow(id));
         this.#stats.hits++;
       } else {
         missing.push(id);
       }
     }
     for (const [first, last, wanted] of runs(missing, Math.max(1, Math.floor(MAX_RUN_BYTES / (d * 4))))) {
-      const read = this.#read(first, last - first + 1);
-      for (const id of wanted) {
-        const p = read.then((block) => this.#admit(id, block.slice((id - first) * d, (id - first + 1) * d)));
-        this.#pending.set(id, p);
-        got.set(id, p);
-        p.finally(() => this.#pending.delete(id)).catch(() => {});
-      }
-      this.#stats.misses += wanted.length;
+      const read = this.#startRead(first, last - first + 1, wanted).promise;
+      for (const id of wanted)
+        got.set(
+          id,
+          read.then((run) => this.#cache.get(id) ?? rowOf(run, id, d)),
+        );
     }
     const out = new Float32Array(ids.length * d);
     for (let i = 0; i < ids.length; i++) out.set(await got.get(ids[i])!, i * d);
     return out;
+  }
+
+  /** Row `id` from the read another request has under way (read again here if it went away). */
+  async #joinRow(id: number): Promise<Float32Array> {
+    const run = await shareWork(
+      () => this.#pending.get(id),
+      () => this.#startRead(id, 1, [id]),
+    );
+    return this.#cache.get(id) ?? rowOf(run, id, this.dModel);
+  }
+
+  /** Starts the read of rows [first, first + n), admitting `wanted` to the cache when it lands. */
+  #startRead(first: number, n: number, wanted: readonly number[]): Flight<RunBlock> {
+    const d = this.dModel;
+    const flight: Flight<RunBlock> = new Flight(async () => {
+      try {
+        const block = await this.#read(first, n);
+        for (const id of wanted) this.#admit(id, block.slice((id - first) * d, (id - first + 1) * d));
+        return { first, block };
+      } finally {
+        for (const id of wanted) if (this.#pending.get(id) === flight) this.#pending.delete(id);
+      }
+    });
+    for (const id of wanted) this.#pending.set(id, flight);
+    this.#stats.misses += wanted.length;
+    return flight;
   }
 
   /** Rows [first, first + n) decoded to f32 (× per-row scale when int8). */
@@ -170,11 +200,19 @@ export class CheckpointEmbeddings implements EmbeddingSource {
   #scalesOnce(): Promise<Float32Array | null> {
     if (this.scalesTensor === null) return Promise.resolve(null);
     const name = this.scalesTensor;
-    this.#scales ??= this.ckpt.readF32(name, [this.vocabSize]).catch((err: unknown) => {
-      this.#scales = null;
-      throw err;
-    });
-    return this.#scales;
+    return shareWork(
+      () => this.#scales,
+      () => {
+        const f: Flight<Float32Array> = new Flight(() =>
+          this.ckpt.readF32(name, [this.vocabSize]).catch((err: unknown) => {
+            if (this.#scales === f) this.#scales = null;
+            throw err;
+          }),
+        );
+        this.#scales = f;
+        return f;
+      },
+    );
   }
 
   /** Caches a fetched row, evicting the least recently used past the byte bound. */
@@ -190,6 +228,17 @@ export class CheckpointEmbeddings implements EmbeddingSource {
     s.cachedBytes += row.byteLength;
     return row;
   }
+}
+
+/** One ranged read's rows: [n, dModel] f32 starting at row `first`. */
+interface RunBlock {
+  first: number;
+  block: Float32Array;
+}
+
+/** Row `id` of a run (a copy: the block is dropped once its rows are taken). */
+function rowOf(run: RunBlock, id: number, d: number): Float32Array {
+  return run.block.slice((id - run.first) * d, (id - run.first + 1) * d);
 }
 
 /** Sorted unique ids → [first, last, ids] runs: gaps ≤ MAX_GAP_ROWS merge, ≤ maxRows rows each. */

@@ -95,6 +95,21 @@ export const METRICS = {
     help: "(token, expert) assignments dropped by the capacity factor (no expert with room), by layer.",
     type: "counter",
   },
+  capacityReroutes: {
+    name: "edge_moe_capacity_reroutes_total",
+    help:
+      "(token, expert) assignments the capacity factor moved to a later choice of the token " +
+      "(served, but outside its uncapped top-k), by layer.",
+    type: "counter",
+  },
+  rpcWait: {
+    name: "edge_moe_expert_rpc_wait_seconds",
+    help:
+      "Per ExpertHost forward RPC: round trip minus the host's own time in forward, i.e. the wait in " +
+      "the runtime's queue for the object plus transit, by layer.",
+    type: "histogram",
+    buckets: FANOUT_BUCKETS,
+  },
 } as const satisfies Record<string, MetricDef>;
 
 export type MetricKey = keyof typeof METRICS;

@@ -2,28 +2,16 @@
  * @module MetricsHub: the one Durable Object that every Worker isolate flushes its metric deltas
  * to (`recorder.ts`). It merges them into cluster-wide totals, keeps a short timeline for the
  * dashboard (tokens/s and TTFT over time), and persists all of it so a restart of the hub does not
- * reset counters. Re-plan counters are not here: each Coordinator keeps its own in SQLite and a
+ * reset counters — series by series, pruning models and instances that stopped reporting
+ * (./hub-state.ts). Re-plan counters are not here: each Coordinator keeps its own in SQLite and a
  * scrape reads them (`scrape.ts`).
  */
 import { DurableObject } from "cloudflare:workers";
-import { METRICS } from "./catalog";
+import { HubState, type TimelineSlot } from "./hub-state";
 import { IsolateLoads, type IsolateLoad, type WorkerLoadTotals } from "./isolate-loads";
-import { MetricSet, type MetricDelta } from "./registry";
+import type { MetricDelta } from "./registry";
 
-/** Width of one timeline slot and how many are kept (10 minutes). */
-export const SLOT_MS = 2000;
-const MAX_SLOTS = 300;
-
-export interface TimelineSlot {
-  /** Slot start (ms since epoch). */
-  t: number;
-  requests: number;
-  refusals: number;
-  promptTokens: number;
-  completionTokens: number;
-  ttftSum: number;
-  ttftCount: number;
-}
+export { SLOT_MS, type TimelineSlot } from "./hub-state";
 
 export interface HubSnapshot {
   metrics: MetricDelta;
@@ -36,18 +24,8 @@ export interface HubSnapshot {
   workerLoad: WorkerLoadTotals;
 }
 
-interface Persisted {
-  metrics: MetricDelta;
-  models: string[];
-  timeline: TimelineSlot[];
-  flushes: number;
-}
-
 export class MetricsHub extends DurableObject<Env> {
-  #metrics = new MetricSet();
-  #models: string[] = [];
-  #timeline: TimelineSlot[] = [];
-  #flushes = 0;
+  #state: HubState | null = null;
   #startedAt = Date.now();
   // Not persisted: a gauge is current state, and busy isolates re-report within a heartbeat.
   #loads = new IsolateLoads();
@@ -55,12 +33,7 @@ export class MetricsHub extends DurableObject<Env> {
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
     void ctx.blockConcurrencyWhile(async () => {
-      const saved = await ctx.storage.get<Persisted>("state");
-      if (!saved) return;
-      this.#metrics.merge(saved.metrics);
-      this.#models = saved.models;
-      this.#timeline = saved.timeline;
-      this.#flushes = saved.flushes;
+      this.#state = await HubState.load(ctx.storage, Date.now());
     });
   }
 
@@ -68,65 +41,18 @@ export class MetricsHub extends DurableObject<Env> {
   async ingest(delta: MetricDelta, at: number, load?: IsolateLoad): Promise<void> {
     if (load) this.#loads.report(load, Date.now());
     if (delta.counters.length === 0 && delta.histograms.length === 0) return; // a load heartbeat only
-    this.#metrics.merge(delta);
-    this.#flushes++;
-    const slot = this.#slot(at);
-    for (const c of delta.counters) {
-      if (c.name === METRICS.requests.name) slot.requests += c.value;
-      else if (c.name === METRICS.refusals.name) slot.refusals += c.value;
-      else if (c.name === METRICS.promptTokens.name) slot.promptTokens += c.value;
-      else if (c.name === METRICS.completionTokens.name) slot.completionTokens += c.value;
-      if (c.labels.model && c.name === METRICS.generations.name) this.#noteModel(c.labels.model);
-    }
-    for (const h of delta.histograms) {
-      if (h.name !== METRICS.ttft.name) continue;
-      slot.ttftSum += h.sum;
-      slot.ttftCount += h.count;
-    }
-    await this.#save();
+    await this.#state!.ingest(delta, at, Date.now());
   }
 
   async snapshot(): Promise<HubSnapshot> {
+    const s = this.#state!;
     return {
-      metrics: this.#metrics.toDelta(),
-      models: this.#models,
-      timeline: this.#timeline,
-      flushes: this.#flushes,
+      metrics: s.metrics.toDelta(),
+      models: s.models,
+      timeline: s.timeline,
+      flushes: s.flushes,
       startedAt: this.#startedAt,
       workerLoad: this.#loads.totals(Date.now()),
     };
-  }
-
-  #noteModel(model: string): void {
-    if (this.#models[0] === model) return;
-    this.#models = [model, ...this.#models.filter((m) => m !== model)].slice(0, 32);
-  }
-
-  #slot(at: number): TimelineSlot {
-    const t = Math.floor(at / SLOT_MS) * SLOT_MS;
-    const last = this.#timeline[this.#timeline.length - 1];
-    if (last && last.t === t) return last;
-    if (last && last.t > t) return last; // a late flush from a slow isolate joins the newest slot
-    const slot: TimelineSlot = {
-      t,
-      requests: 0,
-      refusals: 0,
-      promptTokens: 0,
-      completionTokens: 0,
-      ttftSum: 0,
-      ttftCount: 0,
-    };
-    this.#timeline = [...this.#timeline.slice(-(MAX_SLOTS - 1)), slot];
-    return slot;
-  }
-
-  async #save(): Promise<void> {
-    const state: Persisted = {
-      metrics: this.#metrics.toDelta(),
-      models: this.#models,
-      timeline: this.#timeline,
-      flushes: this.#flushes,
-    };
-    await this.ctx.storage.put("state", state);
   }
 }

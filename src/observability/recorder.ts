@@ -118,6 +118,16 @@ export function recordLayerCall(layer: number, seconds: number, rpcs: number): v
   if (rpcs > 0) local.inc(METRICS.expertRpcs, labels, rpcs);
 }
 
+/** Assignments the capacity factor moved to a token's later choice, in one MoE layer call. */
+export function recordRerouted(layer: number, assignments: number): void {
+  if (assignments > 0) local.inc(METRICS.capacityReroutes, layerLabel(layer), assignments);
+}
+
+/** One ExpertHost RPC's wait outside the object (round trip minus the host's own time). */
+export function recordRpcWait(layer: number, seconds: number): void {
+  local.observe(METRICS.rpcWait, layerLabel(layer), seconds);
+}
+
 /** A failed expert call whose rows went to a retry or another replica. */
 export function recordFailover(layer: number, code: string): void {
   local.inc(METRICS.failovers, { layer: String(layer), code });
@@ -133,6 +143,8 @@ export function installExpertMetrics(): void {
     routed: recordRouted,
     layerCall: recordLayerCall,
     failover: recordFailover,
+    rerouted: recordRerouted,
+    rpcWait: recordRpcWait,
     flushSoon: scheduleFlush,
   });
 }

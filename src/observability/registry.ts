@@ -32,7 +32,7 @@ export interface MetricDelta {
 }
 
 /** Series key: the metric name and its labels in a fixed order. */
-function seriesKey(name: string, labels: Labels): string {
+export function seriesKey(name: string, labels: Labels): string {
   const keys = Object.keys(labels).sort();
   return `${name}{${keys.map((k) => `${k}=${JSON.stringify(labels[k])}`).join(",")}}`;
 }
@@ -98,6 +98,33 @@ export class MetricSet {
     this.#counters.clear();
     this.#histograms.clear();
     return d;
+  }
+
+  /** The keys of the series a delta carries (the ones a merge of it touches). */
+  static keysOf(delta: MetricDelta): string[] {
+    return [...delta.counters, ...delta.histograms].map((x) => seriesKey(x.name, x.labels));
+  }
+
+  /** Every series: its key and labels. */
+  *series(): IterableIterator<[string, Labels]> {
+    for (const [k, c] of this.#counters) yield [k, c.labels];
+    for (const [k, h] of this.#histograms) yield [k, h.labels];
+  }
+
+  /** One series alone, as a delta (a copy); empty when there is none under `key`. */
+  deltaOf(key: string): MetricDelta {
+    const c = this.#counters.get(key);
+    const h = this.#histograms.get(key);
+    return {
+      counters: c ? [{ ...c, labels: { ...c.labels } }] : [],
+      histograms: h ? [{ ...h, labels: { ...h.labels }, bounds: [...h.bounds], counts: [...h.counts] }] : [],
+    };
+  }
+
+  /** Forgets one series. */
+  drop(key: string): void {
+    this.#counters.delete(key);
+    this.#histograms.delete(key);
   }
 
   counter(name: string, labels: Labels): number {

@@ -1,9 +1,10 @@
 /**
  * @module A tiny, typed event sink for facts the expert fan-out learns on the request path (one
- * layer call's latency, RPCs and capacity drops; a failed expert call that is retried or sent
- * elsewhere). It lives at the bottom layer so `src/experts` can report without importing
- * `src/observability` (which sits above it): observability installs a sink at load, everyone else
- * only calls `expertEvents()`. No sink installed (tests, scripts) means reporting costs one null check.
+ * layer call's latency, RPCs, capacity drops and re-routes; a failed expert call that is retried or
+ * sent elsewhere; an RPC's wait before the ExpertHost took it). It lives at the bottom layer so
+ * `src/experts` can report without importing `src/observability` (which sits above it):
+ * observability installs a sink at load, everyone else only calls `expertEvents()`. No sink
+ * installed (tests, scripts) means reporting costs one null check.
  */
 
 /**
@@ -20,6 +21,16 @@ export interface ExpertEventSink {
   layerCall(layer: number, seconds: number, rpcs: number): void;
   /** A failed expert call whose rows are retried or sent to another replica; `code` is bounded. */
   failover(layer: number, code: string): void;
+  /**
+   * One MoE layer's (token, expert) assignments that the capacity factor moved to a token's
+   * later choice (kept, but outside its uncapped top-k).
+   */
+  rerouted(layer: number, assignments: number): void;
+  /**
+   * One ExpertHost RPC's time outside the object: its round trip minus the time the host says it
+   * spent inside `forward` — the wait in workerd's input queue for the object, plus transit.
+   */
+  rpcWait(layer: number, seconds: number): void;
   /**
    * Sends what this isolate recorded soon, off the request path. The Worker flushes after each
    * request; a Durable Object that runs layers itself (StageHost) calls this after its work.

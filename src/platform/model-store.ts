@@ -15,6 +15,7 @@ import { r2FileStore, type FileStore } from "../model/safetensors";
 import { openModel } from "../model/architectures";
 import type { ModelSpec } from "../model/config";
 import type { Checkpoint } from "../model/safetensors";
+import { Flight, shareWork } from "./shared-work";
 
 export { ModelChangedError } from "../model/errors";
 
@@ -150,7 +151,8 @@ interface Held<T> {
  */
 export class PinnedModel<T> {
   #held: Held<T> | null = null;
-  #loading: Promise<Held<T>> | null = null;
+  /** A load under way, shared by the calls that arrive meanwhile (src/platform/shared-work.ts). */
+  #loading: Flight<Held<T>> | null = null;
   /** A version just found not to be R2's current one: refused without asking R2 again for a while. */
   #behind: { version: string; at: number } | null = null;
 
@@ -183,15 +185,23 @@ export class PinnedModel<T> {
       }
       if (this.#held === held && now !== held.opened.version) this.#held = null; // R2 moved on: reload
     }
-    const loading = (this.#loading ??= (async () => {
-      const opened = await openModelFromR2(this.bucket(), id);
-      const next = { opened, value: await this.build(opened) };
-      this.#held = next;
-      return next;
-    })().finally(() => {
-      this.#loading = null;
-    }));
-    const got = await loading;
+    const got = await shareWork(
+      () => this.#loading,
+      () => {
+        const f: Flight<Held<T>> = new Flight(async () => {
+          try {
+            const opened = await openModelFromR2(this.bucket(), id);
+            const next = { opened, value: await this.build(opened) };
+            this.#held = next;
+            return next;
+          } finally {
+            if (this.#loading === f) this.#loading = null;
+          }
+        });
+        this.#loading = f;
+        return f;
+      },
+    );
     if (want !== undefined && got.opened.version !== want) throw behind(id, want, got.opened.version);
     return got;
   }

@@ -46,6 +46,7 @@ import { ModelForward, type ExpertRunner, type Session } from "./forward";
 import { placementInitFor, type ModelPlacementInit } from "./placement-init";
 import { HeadBatcher, headBatchable } from "./head-batcher";
 import { batchingEnabled } from "../platform/env";
+import { Flight, shareWork } from "../platform/shared-work";
 
 export type { ModelPlacementInit } from "./placement-init";
 
@@ -547,11 +548,14 @@ async function loadTokenizer(store: FileStore): Promise<TextTokenizer | null> {
  * At most every MODEL_CHECK_MS a request asks R2 for the model's current upload: a re-uploaded
  * model gets a new runtime, loaded whole, while requests already running finish on the old one
  * (or stop with a retryable 503 when a host has moved on — never a mix of two uploads).
+ * The load and the check are Flights (src/platform/shared-work.ts): a request that finds one under
+ * way picks its outcome up in its own context, and takes over when the request that started it
+ * went away mid-way (its I/O went with it).
  */
 interface CachedRuntime {
-  rt: Promise<ModelRuntime>;
+  rt: Flight<ModelRuntime>;
   checkedAt: number;
-  checking: Promise<void> | null;
+  checking: Flight<void> | null;
 }
 
 const runtimes = new Map<string, CachedRuntime>();
@@ -559,22 +563,31 @@ const runtimes = new Map<string, CachedRuntime>();
 export async function getRuntime(env: Env, id: string): Promise<ModelRuntime> {
   const cached = runtimes.get(id);
   if (cached && Date.now() - cached.checkedAt >= MODEL_CHECK_MS) {
-    cached.checking ??= checkUpload(env, id, cached).finally(() => {
-      cached.checking = null;
-    });
-    await cached.checking;
+    await shareWork(
+      () => cached.checking,
+      () => {
+        const f: Flight<void> = new Flight(() =>
+          checkUpload(env, id, cached).finally(() => {
+            if (cached.checking === f) cached.checking = null;
+          }),
+        );
+        cached.checking = f;
+        return f;
+      },
+    );
   }
-  let e = runtimes.get(id);
-  if (!e) {
-    const rt = ModelRuntime.load(env, id);
-    const fresh: CachedRuntime = { rt, checkedAt: Date.now(), checking: null };
-    e = fresh;
-    runtimes.set(id, fresh);
-    rt.catch(() => {
-      if (runtimes.get(id) === fresh) runtimes.delete(id);
-    });
-  }
-  return e.rt;
+  return shareWork(
+    () => runtimes.get(id)?.rt,
+    () => {
+      const rt: Flight<ModelRuntime> = new Flight(() => ModelRuntime.load(env, id));
+      const fresh: CachedRuntime = { rt, checkedAt: Date.now(), checking: null };
+      runtimes.set(id, fresh);
+      rt.promise.catch(() => {
+        if (runtimes.get(id) === fresh) runtimes.delete(id);
+      });
+      return rt;
+    },
+  );
 }
 
 /**
@@ -596,7 +609,7 @@ export async function getRuntimeOf(env: Env, id: string, version: string | undef
 /** Drops `cached` when R2 holds another upload; an R2 failure keeps serving what is loaded. */
 async function checkUpload(env: Env, id: string, cached: CachedRuntime): Promise<void> {
   try {
-    const [rt, now] = await Promise.all([cached.rt, modelVersion(env.MODELS, id)]);
+    const [rt, now] = await Promise.all([cached.rt.join(), modelVersion(env.MODELS, id)]);
     cached.checkedAt = Date.now();
     if (now !== rt.version && runtimes.get(id) === cached) runtimes.delete(id);
   } catch (err) {

@@ -14,6 +14,7 @@ import { createKernels } from "../kernels/workers";
 import { emptyLoadStats, layerHeldBytes, loadLayer, type LoadStats } from "../model/dense-layers";
 import { isModelChanged, modelVersion, openModelFromR2 } from "../platform/model-store";
 import { formatMiB } from "../platform/format";
+import { Flight, shareWork } from "../platform/shared-work";
 import { flushExpertEventsSoon } from "../platform/events";
 import { currentPlacement, flushLoad, flushLoadSoon, runExperts } from "../experts/expert-client";
 import { parseRoutingOptions } from "../gating/options";
@@ -69,7 +70,8 @@ class StageError extends Error {
 
 export class StageHost extends DurableObject<Env> {
   #part: StagePart | null = null;
-  #opening: Promise<StagePart> | null = null;
+  /** The load under way, shared by calls arriving meanwhile (src/platform/shared-work.ts). */
+  #opening: Flight<StagePart> | null = null;
   #kv: KvLedger<Session> | null = null;
   #name = "";
   /** Injected reset (chaos testing): the first run at a position ≥ this finds the instance evicted. */
@@ -369,53 +371,57 @@ export class StageHost extends DurableObject<Env> {
       return p;
     }
     this.#name = hop.name;
-    this.#opening ??= (async () => {
-      const opened = await openModelFromR2(this.env.MODELS, model);
-      const budgets = readStageBudgets(this.env);
-      const { spec, ckpt } = opened;
-      const format = budgets.denseFormat;
-      // Exact bytes the matrices will take (DENSE_QUANT's format), checked before anything is read.
-      let bytes = 0;
-      for (let l = hop.first; l < hop.end; l++) bytes += layerHeldBytes(spec, l, format);
-      if (bytes > budgets.stageBytes) {
-        throw new StageError(
-          "budget_exceeded",
-          `layers [${hop.first}, ${hop.end}) of "${model}" need ${formatMiB(bytes)} as ${format}, ` +
-            `STAGE_HOST_BUDGET_MB allows ${formatMiB(budgets.stageBytes)}`,
-        );
-      }
-      const k = createKernels("best", { maxBytes: bytes + budgets.stageKvBytes + STAGE_SCRATCH_BYTES });
-      const t0 = Date.now();
-      const stats = emptyLoadStats();
-      // Each tensor streams from R2 in ranged reads straight into Wasm memory (one chunk in JS at a time).
-      const forward = await ModelForward.loadLayers(
-        k,
-        spec,
-        hop.first,
-        hop.end,
-        (l) => loadLayer(k, ckpt, spec, l, { format, chunkBytes: STAGE_LOAD_CHUNK_BYTES, stats }),
-        parseRoutingOptions(this.env),
+    const start = () => {
+      const f: Flight<StagePart> = new Flight(() => this.#loadPart(model, hop));
+      f.promise.catch(() => {
+        if (this.#opening === f) this.#opening = null; // recover from a failed init: the next call tries again
+      });
+      this.#opening = f;
+      return f;
+    };
+    return shareWork(() => this.#opening, start);
+  }
+
+  async #loadPart(model: string, hop: StageHop): Promise<StagePart> {
+    const opened = await openModelFromR2(this.env.MODELS, model);
+    const budgets = readStageBudgets(this.env);
+    const { spec, ckpt } = opened;
+    const format = budgets.denseFormat;
+    // Exact bytes the matrices will take (DENSE_QUANT's format), checked before anything is read.
+    let bytes = 0;
+    for (let l = hop.first; l < hop.end; l++) bytes += layerHeldBytes(spec, l, format);
+    if (bytes > budgets.stageBytes) {
+      throw new StageError(
+        "budget_exceeded",
+        `layers [${hop.first}, ${hop.end}) of "${model}" need ${formatMiB(bytes)} as ${format}, ` +
+          `STAGE_HOST_BUDGET_MB allows ${formatMiB(budgets.stageBytes)}`,
       );
-      this.#kv = new KvLedger<Session>(budgets.stageKvBytes);
-      const part: StagePart = {
-        model,
-        first: hop.first,
-        end: hop.end,
-        forward,
-        bytes: forward.heldBytes,
-        init: placementInitFor(this.env, opened),
-        load: { ...stats, ms: Date.now() - t0 },
-        version: opened.version,
-      };
-      this.#part = part;
-      return part;
-    })();
-    try {
-      return await this.#opening;
-    } catch (err) {
-      this.#opening = null; // recover from a failed init: the next call tries again
-      throw err;
     }
+    const k = createKernels("best", { maxBytes: bytes + budgets.stageKvBytes + STAGE_SCRATCH_BYTES });
+    const t0 = Date.now();
+    const stats = emptyLoadStats();
+    // Each tensor streams from R2 in ranged reads straight into Wasm memory (one chunk in JS at a time).
+    const forward = await ModelForward.loadLayers(
+      k,
+      spec,
+      hop.first,
+      hop.end,
+      (l) => loadLayer(k, ckpt, spec, l, { format, chunkBytes: STAGE_LOAD_CHUNK_BYTES, stats }),
+      parseRoutingOptions(this.env),
+    );
+    this.#kv = new KvLedger<Session>(budgets.stageKvBytes);
+    const part: StagePart = {
+      model,
+      first: hop.first,
+      end: hop.end,
+      forward,
+      bytes: forward.heldBytes,
+      init: placementInitFor(this.env, opened),
+      load: { ...stats, ms: Date.now() - t0 },
+      version: opened.version,
+    };
+    this.#part = part;
+    return part;
   }
 }
 

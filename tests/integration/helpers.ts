@@ -5,6 +5,8 @@ import { join } from "node:path";
 import { startLocalWorker, ADMIN_TOKEN_FOR_TESTS, ROOT, type LocalWorker } from "../../scripts/lib/local-worker";
 import { seedModelDir } from "../../scripts/lib/seed-lib";
 import { makeDemoModel } from "../../scripts/lib/demo-model";
+import { LOGITS_ATOL, MOE_ATOL, type VerifyReport } from "../../scripts/lib/verify-lib";
+import { expect } from "vitest";
 
 export const FIXTURES = join(ROOT, "tests", "fixtures");
 export const ADMIN = { authorization: `Bearer ${ADMIN_TOKEN_FOR_TESTS}` };
@@ -61,4 +63,36 @@ export function sseData(text: string): string[] {
         .join("\n"),
     )
     .filter((d) => d.length > 0);
+}
+
+/**
+ * What a golden fixture served through workerd must match (scripts/lib/verify-lib.ts): logits
+ * within LOGITS_ATOL, greedy tokens (direct and through the API), routing, MoE ids and output exact
+ * or within MOE_ATOL.
+ */
+export function expectMatchesReference(r: VerifyReport): void {
+  expect(r.maxLogitDiff).toBeLessThanOrEqual(LOGITS_ATOL);
+  expect(r.maxGreedyLogitDiff).toBeLessThanOrEqual(LOGITS_ATOL);
+  expect(r.greedyMatch).toBe(true);
+  expect(r.apiGreedyMatch).toBe(true);
+  for (const layer of r.routingAgreement) expect(layer.agree).toBe(layer.total);
+  expect(r.moeIdsMatch).toBe(true);
+  expect(r.moeOutputDiff).toBeLessThanOrEqual(MOE_ATOL);
+  expect(r.pass).toBe(true);
+}
+
+/** The mixtral-tiny fixture's prompt; its golden greedy continuation is GOLDEN_TINY_IDS. */
+export const GOLDEN_TINY_PROMPT = [29, 192, 173, 88, 189, 139, 156, 188, 151, 153];
+export const GOLDEN_TINY_IDS = [209, 91, 45, 118, 199, 228, 217, 157];
+
+/** Greedy token ids of `maxTokens` tokens of the golden prompt from model `tiny` (the fixture). */
+export async function greedyTinyIds(w: LocalWorker, maxTokens: number): Promise<number[]> {
+  const r = await postJson(w, "/v1/completions", {
+    model: "tiny",
+    prompt: GOLDEN_TINY_PROMPT,
+    max_tokens: maxTokens,
+    temperature: 0,
+  });
+  expect(r.status, JSON.stringify(r.json)).toBe(200);
+  return r.json.choices[0].token_ids;
 }

@@ -9,7 +9,7 @@ import { mkdtempSync, cpSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { LocalWorker } from "../../scripts/lib/local-worker";
-import { FIXTURES, postJson, startWithModels } from "./helpers";
+import { FIXTURES, GOLDEN_TINY_IDS, greedyTinyIds, postJson, startWithModels } from "./helpers";
 
 const EXPERT_BYTES = 3 * 64 * 96 * 4; // mixtral-tiny: w1, w3 [96, 64] and w2 [64, 96], f32
 
@@ -38,13 +38,7 @@ describe("ExpertHost budget drives the placement", () => {
     const p = (await (await w.fetch("/v1/placement?model=tiny")).json()) as { instances: { experts: string[] }[] };
     expect(p.instances).toHaveLength(6);
     expect(Math.max(...p.instances.map((i) => i.experts.length))).toBe(3);
-    const r = await postJson(w, "/v1/completions", {
-      model: "tiny",
-      prompt: [29, 192, 173, 88, 189, 139, 156, 188, 151, 153],
-      max_tokens: 3,
-      temperature: 0,
-    });
-    expect(r.json.choices[0].token_ids).toEqual([209, 91, 45]); // golden greedy_ids of the fixture
+    expect(await greedyTinyIds(w, 3)).toEqual(GOLDEN_TINY_IDS.slice(0, 3)); // golden greedy_ids of the fixture
   });
 });
 
@@ -60,13 +54,7 @@ describe("an expert larger than an ExpertHost", () => {
   afterAll(() => w?.dispose());
 
   it("is split into the fewest slices that fit, and serves the golden tokens", async () => {
-    const r = await postJson(w, "/v1/completions", {
-      model: "tiny",
-      prompt: [29, 192, 173, 88, 189, 139, 156, 188, 151, 153],
-      max_tokens: 3,
-      temperature: 0,
-    });
-    expect(r.json.choices[0].token_ids).toEqual([209, 91, 45]); // golden greedy_ids of the fixture
+    expect(await greedyTinyIds(w, 3)).toEqual(GOLDEN_TINY_IDS.slice(0, 3)); // golden greedy_ids of the fixture
     const p = (await (await w.fetch("/v1/placement?model=tiny")).json()) as {
       expert_slices: number;
       n_experts: number;
@@ -132,13 +120,7 @@ describe('EXPERT_BACKEND = "worker" (every expert in the Worker isolate)', () =>
   afterAll(() => w?.dispose());
 
   it("serves the golden greedy tokens without any ExpertHost", async () => {
-    const r = await postJson(w, "/v1/completions", {
-      model: "tiny",
-      prompt: [29, 192, 173, 88, 189, 139, 156, 188, 151, 153],
-      max_tokens: 8,
-      temperature: 0,
-    });
-    expect(r.json.choices[0].token_ids).toEqual([209, 91, 45, 118, 199, 228, 217, 157]);
+    expect(await greedyTinyIds(w, 8)).toEqual(GOLDEN_TINY_IDS.slice(0, 8));
     const p = (await (await w.fetch("/v1/placement?model=tiny")).json()) as {
       instances: { name: string; experts: string[] }[];
     };

@@ -110,6 +110,16 @@ describe("/metrics", () => {
     expect(family(fs, "edge_moe_expert_failovers_total").type).toBe("COUNTER");
     expect(value(fs, "edge_moe_expert_failovers_total", {})).toBe(0);
     expect(value(fs, "edge_moe_capacity_drops_total", {})).toBe(0); // CAPACITY_FACTOR unset
+    expect(value(fs, "edge_moe_capacity_reroutes_total", {})).toBe(0); // no series until a re-route
+    // Every ExpertHost RPC answered (no failovers above) observed its wait outside the object once.
+    expect(family(fs, "edge_moe_expert_rpc_wait_seconds").type).toBe("HISTOGRAM");
+    for (const layer of ["0", "1"]) {
+      const waits = line(after.text, `edge_moe_expert_rpc_wait_seconds_count{layer="${layer}"}`);
+      expect(waits).toBe(value(fs, "edge_moe_expert_rpcs_total", { layer }));
+      const sum = line(after.text, `edge_moe_expert_rpc_wait_seconds_sum{layer="${layer}"}`);
+      expect(sum).toBeGreaterThanOrEqual(0);
+      expect(sum / waits).toBeLessThan(5);
+    }
 
     // Routed load per (layer, expert) from the Coordinator, tokens per expert from the hosts.
     const load = family(fs, "edge_moe_expert_load_tokens");

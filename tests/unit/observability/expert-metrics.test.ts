@@ -1,7 +1,8 @@
 /**
  * The expert fan-out's facts reach the isolate's recorder through the platform event sink (experts
- * may not import observability): per-layer fan-out latency and RPCs, failovers by code, and the
- * MoE block's tokens and capacity drops — and nothing is recorded when no sink is installed.
+ * may not import observability): per-layer fan-out latency and RPCs, failovers by code, each RPC's
+ * wait outside the host, and the MoE block's tokens, capacity drops and re-routes — and nothing is
+ * recorded when no sink is installed.
  */
 import { afterEach, describe, expect, it } from "vitest";
 import type { Placement } from "../../../src/coordinator/placement";
@@ -94,6 +95,35 @@ describe("expert metrics", () => {
     expect(l2h.count).toBe(2);
     // The hung call waited out its deadline before failing over.
     expect(l2h.sum).toBeGreaterThanOrEqual(FAST.rpcTimeoutMs / 1000 - 0.01);
+  });
+
+  it("records capacity re-routes and each RPC's wait outside the host (round trip − the host's time)", async () => {
+    const { env, sent } = hub();
+    await flushNow(env);
+    sent.length = 0;
+    installExpertMetrics();
+    // A host that answers after 30 ms but says it spent 10 of them inside forward: ~20 ms waited.
+    const slow: FanOutTransport = {
+      remote: true,
+      call: async (_i, _p, _items, x) => {
+        await new Promise((r) => setTimeout(r, 30));
+        return { ok: true, y: x.slice(), hostMs: 10 };
+      },
+    };
+    const capped: Routing = { ...routing(), rerouted: 2 };
+    await fanOut(slow, placement, 1, routing(), new Float32Array(3 * D), D, { retry: FAST });
+    expertEvents()?.rerouted(1, capped.rerouted ?? 0);
+    expertEvents()?.rerouted(1, 0);
+    expect(await flushNow(env)).toBe(true);
+    const m = new MetricSet();
+    for (const d of sent) m.merge(d);
+    expect(m.counter(METRICS.capacityReroutes.name, { layer: "1" })).toBe(2);
+    const waits = sent.flatMap((d) => d.histograms).filter((x) => x.name === METRICS.rpcWait.name);
+    const count = waits.reduce((n, x) => n + x.count, 0);
+    const sum = waits.reduce((n, x) => n + x.sum, 0);
+    expect(count).toBeGreaterThanOrEqual(1); // one per instance called
+    expect(sum / count).toBeGreaterThanOrEqual(0.015);
+    expect(sum / count).toBeLessThan(0.5);
   });
 
   it("reports nothing when no sink is installed", async () => {

@@ -409,7 +409,13 @@ describe("routing knobs through the forward pass", () => {
     // The block reports the layer's tokens and drops to the metrics sink (src/platform/events.ts).
     const reports: [number, number, number][] = [];
     const noop = () => {};
-    setExpertEventSink({ routed: (...r) => reports.push(r), layerCall: noop, failover: noop });
+    setExpertEventSink({
+      routed: (...r) => reports.push(r),
+      layerCall: noop,
+      failover: noop,
+      rerouted: noop,
+      rpcWait: noop,
+    });
     const { out, routing } = await capped.model
       .moeBlock(0, x, capped.experts, () => 0.5)
       .finally(() => setExpertEventSink(null));
