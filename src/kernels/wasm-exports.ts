@@ -92,4 +92,5 @@ export type KernelExports = {
     scratch: number,
   ): void;
   q4ActivationBits(): number;
+  setQ4DotForm(form: number): number;
 };
