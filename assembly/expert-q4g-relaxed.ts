@@ -86,7 +86,8 @@ export function matmulQ4gSimd(
   q4gRelaxed<i8>(out, xq, sx, zv, w, n, dOut, colsG, group);
 }
 
-/** 4-row blocks, tokens inside a block (its 4 rows stay in L1 for every token after the first). */
+/** 4-row panels (64 bytes per 32 inputs: one sequential stream), tokens inside a panel (its 4 rows
+ * stay in L1 for every token after the first); rows after the last whole panel are row-major. */
 function q4gRelaxed<F>(
   out: usize, xq: usize, sx: usize, zv: usize, w: usize, n: i32, dOut: i32, colsG: i32, group: i32,
 ): void {
@@ -113,17 +114,25 @@ function q4gRelaxed<F>(
           const sg = s0 + (<usize>g << 1);
           const kEnd = <usize>((g + 1) * group);
           for (let k = <usize>(g * group); k < kEnd; ) {
-            let p0 = i32x4.splat(0), p1 = i32x4.splat(0), p2 = i32x4.splat(0), p3 = i32x4.splat(0);
+            // The run's first block starts the i16 sums (no add to zero: most groups are one block).
             const runEnd = min(kEnd, k + (RUN << 5));
-            for (; k < runEnd; k += 32) {
+            const xa = v128.load(xt + k);
+            const xb = v128.load(xt + k, 16);
+            const za = sizeof<F>() == 1 ? xa : v128.load(zt + (k >> 1));
+            const wa = w0 + (k << 1);
+            let p0 = part<F>(v128.load(wa), xa, xb, za);
+            let p1 = part<F>(v128.load(wa, 16), xa, xb, za);
+            let p2 = part<F>(v128.load(wa, 32), xa, xb, za);
+            let p3 = part<F>(v128.load(wa, 48), xa, xb, za);
+            for (k += 32; k < runEnd; k += 32) {
               const x0 = v128.load(xt + k);
               const x1 = v128.load(xt + k, 16);
               const z = sizeof<F>() == 1 ? x0 : v128.load(zt + (k >> 1));
-              const wk = w0 + (k >> 1);
+              const wk = w0 + (k << 1);
               p0 = addPart<F>(p0, part<F>(v128.load(wk), x0, x1, z));
-              p1 = addPart<F>(p1, part<F>(v128.load(wk + wRow), x0, x1, z));
-              p2 = addPart<F>(p2, part<F>(v128.load(wk + 2 * wRow), x0, x1, z));
-              p3 = addPart<F>(p3, part<F>(v128.load(wk + 3 * wRow), x0, x1, z));
+              p1 = addPart<F>(p1, part<F>(v128.load(wk, 16), x0, x1, z));
+              p2 = addPart<F>(p2, part<F>(v128.load(wk, 32), x0, x1, z));
+              p3 = addPart<F>(p3, part<F>(v128.load(wk, 48), x0, x1, z));
             }
             a0 = scaled<F>(a0, p0, subAt<F>(sg));
             a1 = scaled<F>(a1, p1, subAt<F>(sg + sRow));
@@ -151,9 +160,11 @@ function q4gRelaxed<F>(
         for (let g = g0; g < g1; g++) {
           const kEnd = <usize>((g + 1) * group);
           for (let k = <usize>(g * group); k < kEnd; ) {
-            let p = i32x4.splat(0);
             const runEnd = min(kEnd, k + (RUN << 5));
-            for (; k < runEnd; k += 32) {
+            const xa = v128.load(xt + k);
+            const za = sizeof<F>() == 1 ? xa : v128.load(zt + (k >> 1));
+            let p = part<F>(v128.load(wj + (k >> 1)), xa, v128.load(xt + k, 16), za);
+            for (k += 32; k < runEnd; k += 32) {
               const x0 = v128.load(xt + k);
               const z = sizeof<F>() == 1 ? x0 : v128.load(zt + (k >> 1));
               p = addPart<F>(p, part<F>(v128.load(wj + (k >> 1)), x0, v128.load(xt + k, 16), z));

@@ -6,7 +6,9 @@
  * [units: rows f32][subs: rows × colsG/group i16], colsG = cols rounded up to group (a multiple of
  * 32), the whole rounded up to 16 bytes. Each 32 inputs of a row are 16 bytes: byte i holds
  * q[k0 + i] + 8 in its low nibble and q[k0 + 16 + i] + 8 in its high nibble, q ∈ [-8, 7] (one load,
- * one mask and one shift give 32 weights in input order). w[j, k] ≈ units[j] · subs[j, k / group] · q[j, k]
+ * one mask and one shift give 32 weights in input order). Rows come in panels of 4: per 32 inputs
+ * the 4 rows' 16 bytes one after another (the kernel reads one sequential stream, not 4 rows
+ * apart); the dOut % 4 rows after the last panel are row-major. w[j, k] ≈ units[j] · subs[j, k / group] · q[j, k]
  * with integer subs (|sub| ≤ 255), so a row is an exact integer sum — Σ_g sub · Σ q·x over 8-bit
  * activations, |·| ≤ 255·8·127 per input, so i32 holds 8192 inputs; longer rows add such chunks
  * in f32 — rescaled once: y = f32(Σ) · unit · sx. Exact integers make every build and dot form give the same bits, and a
@@ -124,6 +126,7 @@ function quantizeTokensQ4(xq: usize, sx: usize, zv: usize, x: usize, n: i32, d: 
 function q4gScalar(out: usize, xq: usize, sx: usize, w: usize, n: i32, dOut: i32, colsG: i32, group: i32): void {
   const groups = colsG / group;
   const chunkGroups = max(1, 8192 / group);
+  const rows4 = dOut & ~3;
   const wRow = <usize>(colsG >> 1);
   const units = w + <usize>dOut * wRow;
   const subs = units + (<usize>dOut << 2);
@@ -131,7 +134,8 @@ function q4gScalar(out: usize, xq: usize, sx: usize, w: usize, n: i32, dOut: i32
     const xt = xq + <usize>t * <usize>colsG;
     const st = load<f32>(sx + (<usize>t << 2));
     for (let j = 0; j < dOut; j++) {
-      const wj = w + <usize>j * wRow;
+      // Panel rows: row j's 16 bytes of a 32-input block sit at its panel + 64 · block + 16 · (j & 3).
+      const wj = j < rows4 ? w + <usize>(j & ~3) * wRow + (<usize>(j & 3) << 4) : w + <usize>j * wRow;
       const sj = subs + (<usize>j * <usize>groups << 1);
       let f: f32 = 0;
       for (let g0 = 0; g0 < groups; g0 += chunkGroups) {
@@ -139,7 +143,7 @@ function q4gScalar(out: usize, xq: usize, sx: usize, w: usize, n: i32, dOut: i32
         for (let g = g0; g < min(groups, g0 + chunkGroups); g++) {
           let s: i32 = 0;
           for (let k = g * group; k < (g + 1) * group; k += 32) {
-            const wb = wj + <usize>(k >> 1);
+            const wb = j < rows4 ? wj + <usize>(k << 1) : wj + <usize>(k >> 1);
             const xk = xt + <usize>k;
             for (let i = 0; i < 16; i++) {
               const b = <i32>load<u8>(wb + <usize>i);

@@ -11,7 +11,8 @@
  *
  * Wasm layout of a [rows, cols] matrix: [nibbles rows × colsG/2][row units f32 × rows]
  * [subs i16 rows × colsG/group], rounded up to 16 bytes; 32 inputs k0..k0+31 are 16 bytes,
- * byte i = (q[k0+i] + 8) | (q[k0+16+i] + 8) << 4.
+ * byte i = (q[k0+i] + 8) | (q[k0+16+i] + 8) << 4; in Wasm memory rows are in panels of 4 (per 32
+ * inputs the 4 rows' 16 bytes in a row, panelNibbles), the checkpoint's `.qweight` is row-major.
  */
 import { bf16ToF32, f32ToBf16 } from "./dense-format";
 import type { Q8gRef } from "./reference";
@@ -209,10 +210,25 @@ export function q4gKernelScales(m: Q4gMatrix): { units: Float32Array; subs: Int1
   return { units, subs };
 }
 
+/** Row-major nibble rows → the kernel's 4-row panels (per 32 inputs, 4 × 16 bytes); the rows after
+ * the last whole panel stay row-major. */
+export function panelNibbles(nib: Uint8Array, rows: number, colsG: number): Uint8Array {
+  const wRow = colsG / 2;
+  const out = nib.slice();
+  for (let j0 = 0; j0 + 4 <= rows; j0 += 4) {
+    for (let r = 0; r < 4; r++) {
+      for (let b = 0; b < wRow / 16; b++) {
+        out.set(nib.subarray((j0 + r) * wRow + b * 16, (j0 + r) * wRow + b * 16 + 16), j0 * wRow + b * 64 + r * 16);
+      }
+    }
+  }
+  return out;
+}
+
 /** Serializes an int4 group matrix into dst of q4gMatrixBytes bytes. */
 export function packQ4g(dst: Uint8Array, m: Q4gMatrix): void {
   const colsG = roundUp(m.cols, m.group);
-  const nib = packNibbles(m.q, m.rows, colsG);
+  const nib = panelNibbles(packNibbles(m.q, m.rows, colsG), m.rows, colsG);
   const { units, subs } = q4gKernelScales(m);
   dst.fill(0, 0, q4gMatrixBytes(m.rows, m.cols, m.group));
   dst.set(nib, 0);
