@@ -8,11 +8,13 @@
  * q[k0 + i] + 8 in its low nibble and q[k0 + 16 + i] + 8 in its high nibble, q ∈ [-8, 7] (one load,
  * one mask and one shift give 32 weights in input order). Rows come in panels of 4: per 32 inputs
  * the 4 rows' 16 bytes one after another (the kernel reads one sequential stream, not 4 rows
- * apart); the dOut % 4 rows after the last panel are row-major. w[j, k] ≈ units[j] · subs[j, k / group] · q[j, k]
- * with integer subs (|sub| ≤ 255), so a row is an exact integer sum — Σ_g sub · Σ q·x over 8-bit
- * activations, |·| ≤ 255·8·127 per input, so i32 holds 8192 inputs; longer rows add such chunks
- * in f32 — rescaled once: y = f32(Σ) · unit · sx. Exact integers make every build and dot form give the same bits, and a
- * token's row the same bits whatever else is in the batch.
+ * apart); the dOut % 4 rows after the last panel are row-major.
+ *
+ * w[j, k] ≈ units[j] · subs[j, k / group] · q[j, k] with integer subs (|sub| ≤ 255), so a row is an
+ * exact integer sum — Σ_g sub · Σ q·x over 8-bit activations, |·| ≤ 255·8·127 per input, so i32
+ * holds 8192 inputs; longer rows add such chunks in f32 — rescaled once: y = f32(Σ) · unit · sx.
+ * Exact integers make every build and dot form give the same bits, and a token's row the same bits
+ * whatever else is in the batch.
  *
  * Expert blob: [w1 (gate) dFf × dModel][w3 (up)][w2 (down) dModel × dFf]; scratch (q4g-format.ts
  * expertQ4gScratchBytes): h, u [n, dFf] f32, token scales, 8-bit activations [n, wide], and for
@@ -69,7 +71,9 @@ export function q4ActivationBits(): i32 {
   return 8;
 }
 
-function matmulQ4g(out: usize, xq: usize, sx: usize, zv: usize, w: usize, n: i32, dOut: i32, colsG: i32, group: i32): void {
+function matmulQ4g(
+  out: usize, xq: usize, sx: usize, zv: usize, w: usize, n: i32, dOut: i32, colsG: i32, group: i32,
+): void {
   if (ASC_FEATURE_SIMD) matmulQ4gSimd(out, xq, sx, zv, w, n, dOut, colsG, group, q4Form);
   else q4gScalar(out, xq, sx, w, n, dOut, colsG, group);
 }

@@ -8,8 +8,8 @@
  * files (config, tokenizer, generation config) as they are. Streams with a bounded peak memory
  * (scripts/lib/convert-lib.ts states the bound). Output: sharded safetensors + index.
  *
- *   npm run convert -- <in-dir> <out-dir> --quant int8|int8-group|int4 [--check] [--force] [--shard-mb 64] [--chunk-mb 16]
- *     [--json]
+ *   npm run convert -- <in-dir> <out-dir> --quant int8|int8-group|int4 [--check] [--force] [--shard-mb 64]
+ *     [--chunk-mb 16] [--json]
  *
  * --check measures what the quantization costs on this model (logit error, greedy-token agreement vs f32, on
  * seeded prompts; scripts/lib/bench-accuracy.ts) with the same quantization applied at load.

@@ -316,7 +316,8 @@ export class Kernels {
   }
 
   /** SwiGLU expert on a blob from packExpertQ4g (4-bit weights, one scale per `group` inputs held as
-   * a per-row f32 unit times integer sub-scales, 8-bit activations). scratch ≥ expertQ4gScratchBytes(n, dModel, dFf, group). */
+   * a per-row f32 unit times integer sub-scales, 8-bit activations).
+   * scratch ≥ expertQ4gScratchBytes(n, dModel, dFf, group). */
   expertFfnQ4g(
     out: number,
     x: number,

@@ -17,7 +17,8 @@
 import { bf16ToF32, f32ToBf16 } from "./dense-format";
 import type { Q8gRef } from "./reference";
 
-/** Default 4-bit group: llama.cpp's Q4_0 size; measured in docs-snippets/h8-readme.md. */
+/** Default 4-bit group: llama.cpp's Q4_0 size; chosen by measurement (README "Expert accuracy": groups of 64
+ * are 10–15% faster at 12% more weight error). */
 export const Q4_GROUP = 32;
 export const Q4_MAX_GROUP = 512;
 

@@ -250,7 +250,7 @@ describe("sliced experts on mixtral-tiny", () => {
     expect(maxDiff(a.out, b.out)).toBeLessThan(own / 20);
   });
 
-  it("int4 quantized at load: gate/up rows are the whole expert's; down's columns get their own row units", async () => {
+  it("int4 quantized at load: gate/up rows are the whole expert's, down's slice rows their own units", async () => {
     const m = await fixtureModel();
     const { spec } = m;
     const whole = await loadExpertQ4(m.ckpt, spec, 1, 5);
