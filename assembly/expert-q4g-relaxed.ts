@@ -1,149 +1,181 @@
 /**
- * @module expert-q4g-relaxed — the 4-bit group matmul on the relaxed i8×i7 dot (relaxed build only,
- * when the host's probe enabled a relaxed dot form for the int8 kernels: q8.ts relaxedDotForm).
+ * @module expert-q4g-relaxed — the SIMD 4-bit group matmul, mainly on the relaxed i8×i7 dot (relaxed
+ * build, when the host's probe found a relaxed dot form that agrees with exact arithmetic:
+ * setQ4DotForm); form 0 is the same loop on plain SIMD (signed nibbles, i16 products) for the simd
+ * build.
  *
  * The 4-bit weights are used as stored, unsigned nibbles u = q + 8 ∈ [0, 15] — valid second
- * operands of the i8×i7 dot — against activations quantized per token to 8 bits (xq ∈ [-127, 127],
- * scale max|x| / 127): one instruction per 16 multiply-adds and no widening. The zero point comes
- * back out exactly per group: Σ q·x = Σ u·x − 8·Σ x, with Σ x of each token's group precomputed.
- * Pair sums stay inside i16 (2·127·15 < 2^15), so the integer part is exact and the result differs
- * from the 16-bit-activation path (expert-q4g.ts) only by the activation rounding, far below the
- * 4-bit weight rounding. Layout: expert-q4g.ts.
+ * operands of the i8×i7 dot — against 8-bit activations: one instruction per 16 multiply-adds and
+ * no widening. Per 32 inputs the i16 form gives 8 lanes of 4-input sums of u·x (|·| ≤ 4·127·15);
+ * the zero point comes out per lane with one i16 subtract of z = 8·(the same 4 activations' sum),
+ * precomputed per token (expert-q4g.ts quantizeTokensQ4), leaving Σ q·x (|·| ≤ 4·8·127). Up to 8
+ * such blocks of a group are added in i16, then one `i32x4.dot_i16x8_s` against the splatted
+ * integer sub-scale multiplies and widens at once. So a group costs no float work: a row's i32 sum
+ * goes to f32 once per 8192 inputs (the i32 bound), then f32(Σ) · unit · sx. Integer sums are
+ * exact, so every form and build gives the same bits (expert-q4g.ts has the layout).
  */
-import { hsum4i, madd } from "./simd-math";
+import { hsum4i } from "./simd-math";
 
-/** xq [n, colsG] i8, sx [n] f32, xs [n, colsG / group] i32 (Σ xq per group). */
-export function quantizeTokensI8(
-  xq: usize, sx: usize, xs: usize, x: usize, n: i32, d: i32, colsG: i32, group: i32,
-): void {
-  const groups = colsG / group;
-  for (let t = 0; t < n; t++) {
-    const src = x + (<usize>t * <usize>d << 2);
-    const q = xq + <usize>t * <usize>colsG;
-    let mv = f32x4.splat(0);
-    let i = 0;
-    for (; i + 4 <= d; i += 4) mv = f32x4.max(mv, f32x4.abs(v128.load(src + (<usize>i << 2))));
-    const m01 = max(f32x4.extract_lane(mv, 0), f32x4.extract_lane(mv, 1));
-    let amax = max(m01, max(f32x4.extract_lane(mv, 2), f32x4.extract_lane(mv, 3)));
-    for (; i < d; i++) amax = max(amax, Mathf.abs(load<f32>(src + (<usize>i << 2))));
-    const inv: f32 = amax > 0 ? <f32>127 / amax : 0;
-    const iv = f32x4.splat(inv);
-    i = 0;
-    for (; i + 16 <= d; i += 16) {
-      const p = src + (<usize>i << 2);
-      const a = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v128.load(p), iv)));
-      const b = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v128.load(p, 16), iv)));
-      const c = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v128.load(p, 32), iv)));
-      const e = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v128.load(p, 48), iv)));
-      v128.store(q + <usize>i, i8x16.narrow_i16x8_s(i16x8.narrow_i32x4_s(a, b), i16x8.narrow_i32x4_s(c, e)));
-    }
-    for (; i < d; i++) store<i8>(q + <usize>i, <i8><i32>nearest<f32>(load<f32>(src + (<usize>i << 2)) * inv));
-    for (; i < colsG; i++) store<i8>(q + <usize>i, 0);
-    store<f32>(sx + (<usize>t << 2), amax / 127);
-    for (let g = 0; g < groups; g++) {
-      let s: i32 = 0;
-      const k0 = g * group;
-      for (let k = k0; k < k0 + group; k++) s += <i32>load<i8>(q + <usize>k);
-      store<i32>(xs + ((<usize>t * <usize>groups + <usize>g) << 2), s);
-    }
-  }
-}
-
-/** acc + the i8×i7 dot of a (signed) and b (7-bit): F = i16 picks the i16x8 form + extadd. */
+/** Σ over 32 inputs of (u − 8)·x in lanes: v the 16 nibble bytes, x0/x1 the 16 + 16 activations,
+ * z the zero-point lanes (relaxed forms). i16 lanes (|·| ≤ 4·8·127) for forms 0 and 1, i32 for 2. */
 // @ts-ignore: decorator
 @inline
-function rdot<F>(a: v128, b: v128, acc: v128): v128 {
-  if (sizeof<F>() == 2) return i32x4.add(acc, i32x4.extadd_pairwise_i16x8_s(i16x8.relaxed_dot_i8x16_i7x16_s(a, b)));
-  return i32x4.relaxed_dot_i8x16_i7x16_add_s(a, b, acc);
-}
-
-/** acc + Σ over 32 inputs: x0/x1 the 16 + 16 activations, v the 16 nibble bytes. The i16x8 form
- * adds the two halves' pair sums in i16 first (|each| ≤ 2·127·15, so their sum fits) and widens once. */
-// @ts-ignore: decorator
-@inline
-function dot32u<F>(acc: v128, v: v128, x0: v128, x1: v128): v128 {
+function part<F>(v: v128, x0: v128, x1: v128, z: v128): v128 {
   const lo = v128.and(v, i8x16.splat(15));
+  if (sizeof<F>() == 1) {
+    // Plain SIMD: signed weights, i16 products (|q·x| ≤ 8·127), four summed per lane.
+    const ql = i8x16.sub(lo, i8x16.splat(8));
+    const qh = i8x16.sub(i8x16.shr_u(v, 4), i8x16.splat(8));
+    return i16x8.add(
+      i16x8.add(i16x8.extmul_low_i8x16_s(ql, x0), i16x8.extmul_high_i8x16_s(ql, x0)),
+      i16x8.add(i16x8.extmul_low_i8x16_s(qh, x1), i16x8.extmul_high_i8x16_s(qh, x1)),
+    );
+  }
   const hi = v128.and(i16x8.shr_u(v, 4), i8x16.splat(15));
   if (sizeof<F>() == 2) {
     const s = i16x8.add(i16x8.relaxed_dot_i8x16_i7x16_s(x0, lo), i16x8.relaxed_dot_i8x16_i7x16_s(x1, hi));
-    return i32x4.add(acc, i32x4.extadd_pairwise_i16x8_s(s));
+    return i16x8.sub(s, z);
   }
-  return rdot<F>(x1, hi, rdot<F>(x0, lo, acc));
+  // The dot-add form's lane i is the i16 form's lanes 2i + 2i+1, so z's pair sums are its zero point.
+  const s = i32x4.relaxed_dot_i8x16_i7x16_add_s(x1, hi, i32x4.relaxed_dot_i8x16_i7x16_add_s(x0, lo, i32x4.splat(0)));
+  return i32x4.sub(s, i32x4.extadd_pairwise_i16x8_s(z));
 }
 
-/** The 4 bf16 scales at p, p + stride, p + 2·stride, p + 3·stride as f32 lanes. */
+/** p + q for part()'s lanes (up to 8 parts in i16: ≤ 8·4064 < 2^15). */
 // @ts-ignore: decorator
 @inline
-function scales4(p: usize, stride: usize): v128 {
-  let v = i32x4.splat(<i32>load<u16>(p));
-  v = i32x4.replace_lane(v, 1, <i32>load<u16>(p + stride));
-  v = i32x4.replace_lane(v, 2, <i32>load<u16>(p + 2 * stride));
-  v = i32x4.replace_lane(v, 3, <i32>load<u16>(p + 3 * stride));
-  return i32x4.shl(v, 16);
+function addPart<F>(p: v128, q: v128): v128 {
+  return sizeof<F>() <= 2 ? i16x8.add(p, q) : i32x4.add(p, q);
 }
 
-/** out[n, dOut] = xq · (u − 8)ᵀ · scales · sx; form 1 or 2 (relaxedDotForm). */
-export function matmulQ4gRelaxed(
-  out: usize, xq: usize, sx: usize, xs: usize, w: usize, n: i32, dOut: i32, colsG: i32, group: i32, form: i32,
+/** acc + sub · p: one i16 multiply-add into i32 (forms 0, 1) or an i32 multiply (form 2). */
+// @ts-ignore: decorator
+@inline
+function scaled<F>(acc: v128, p: v128, c: v128): v128 {
+  return i32x4.add(acc, sizeof<F>() <= 2 ? i32x4.dot_i16x8_s(p, c) : i32x4.mul(p, c));
+}
+
+/** The sub-scale at p for scaled(): splat to i16 lanes (forms 0, 1) or i32 lanes (form 2). */
+// @ts-ignore: decorator
+@inline
+function subAt<F>(p: usize): v128 {
+  if (sizeof<F>() <= 2) return v128.load16_splat(p);
+  return i32x4.splat(<i32>load<i16>(p));
+}
+
+/** Inputs summed in i32 before a row's partial goes to f32: 8192 · 255 · 8 · 127 < 2^31. */
+const CHUNK = 8192;
+/** 32-input blocks summed in i16 before the sub-scale multiply. */
+const RUN = 8;
+
+/** out[n, dOut] = xq · (u − 8)ᵀ, scaled per row; form 0 (plain SIMD, zv unused), 1 (relaxed
+ * i16x8 dot) or 2 (relaxed i32x4 dot-add); forms 1 and 2 only in the relaxed build. */
+export function matmulQ4gSimd(
+  out: usize, xq: usize, sx: usize, zv: usize, w: usize, n: i32, dOut: i32, colsG: i32, group: i32, form: i32,
 ): void {
-  if (form == 1) q4gRelaxed<i16>(out, xq, sx, xs, w, n, dOut, colsG, group);
-  else q4gRelaxed<i32>(out, xq, sx, xs, w, n, dOut, colsG, group);
+  if (ASC_FEATURE_RELAXED_SIMD) {
+    if (form == 1) {
+      q4gRelaxed<i16>(out, xq, sx, zv, w, n, dOut, colsG, group);
+      return;
+    }
+    if (form == 2) {
+      q4gRelaxed<i32>(out, xq, sx, zv, w, n, dOut, colsG, group);
+      return;
+    }
+  }
+  q4gRelaxed<i8>(out, xq, sx, zv, w, n, dOut, colsG, group);
 }
 
-/** 4-row blocks, tokens inside a block (its 4 rows stay in L1 for every token after the first). */
+/** 4-row panels (64 bytes per 32 inputs: one sequential stream), tokens inside a panel (its 4 rows
+ * stay in L1 for every token after the first); rows after the last whole panel are row-major. */
 function q4gRelaxed<F>(
-  out: usize, xq: usize, sx: usize, xs: usize, w: usize, n: i32, dOut: i32, colsG: i32, group: i32,
+  out: usize, xq: usize, sx: usize, zv: usize, w: usize, n: i32, dOut: i32, colsG: i32, group: i32,
 ): void {
   const groups = colsG / group;
+  const chunkGroups = max(1, CHUNK / group);
   const wRow = <usize>(colsG >> 1);
-  const scales = w + <usize>dOut * wRow;
+  const units = w + <usize>dOut * wRow;
+  const subs = units + (<usize>dOut << 2);
   const sRow = <usize>groups << 1;
   const oRow = <usize>dOut << 2;
   let j = 0;
   for (; j + 4 <= dOut; j += 4) {
     const w0 = w + <usize>j * wRow;
-    const s0 = scales + <usize>j * sRow;
+    const s0 = subs + <usize>j * sRow;
+    const u4 = v128.load(units + (<usize>j << 2));
     for (let t = 0; t < n; t++) {
       const xt = xq + <usize>t * <usize>colsG;
-      const xst = xs + (<usize>t * <usize>groups << 2);
+      const zt = zv + <usize>t * wRow;
       let f = f32x4.splat(0);
-      for (let g = 0; g < groups; g++) {
+      for (let g0 = 0; g0 < groups; g0 += chunkGroups) {
         let a0 = i32x4.splat(0), a1 = i32x4.splat(0), a2 = i32x4.splat(0), a3 = i32x4.splat(0);
-        const k0 = <usize>(g * group);
-        const k1 = k0 + <usize>group;
-        for (let k = k0; k < k1; k += 32) {
-          const x0 = v128.load(xt + k);
-          const x1 = v128.load(xt + k, 16);
-          const wk = w0 + (k >> 1);
-          a0 = dot32u<F>(a0, v128.load(wk), x0, x1);
-          a1 = dot32u<F>(a1, v128.load(wk + wRow), x0, x1);
-          a2 = dot32u<F>(a2, v128.load(wk + 2 * wRow), x0, x1);
-          a3 = dot32u<F>(a3, v128.load(wk + 3 * wRow), x0, x1);
+        const g1 = min(groups, g0 + chunkGroups);
+        for (let g = g0; g < g1; g++) {
+          const sg = s0 + (<usize>g << 1);
+          const kEnd = <usize>((g + 1) * group);
+          for (let k = <usize>(g * group); k < kEnd; ) {
+            // The run's first block starts the i16 sums (no add to zero: most groups are one block).
+            const runEnd = min(kEnd, k + (RUN << 5));
+            const xa = v128.load(xt + k);
+            const xb = v128.load(xt + k, 16);
+            const za = sizeof<F>() == 1 ? xa : v128.load(zt + (k >> 1));
+            const wa = w0 + (k << 1);
+            let p0 = part<F>(v128.load(wa), xa, xb, za);
+            let p1 = part<F>(v128.load(wa, 16), xa, xb, za);
+            let p2 = part<F>(v128.load(wa, 32), xa, xb, za);
+            let p3 = part<F>(v128.load(wa, 48), xa, xb, za);
+            for (k += 32; k < runEnd; k += 32) {
+              const x0 = v128.load(xt + k);
+              const x1 = v128.load(xt + k, 16);
+              const z = sizeof<F>() == 1 ? x0 : v128.load(zt + (k >> 1));
+              const wk = w0 + (k << 1);
+              p0 = addPart<F>(p0, part<F>(v128.load(wk), x0, x1, z));
+              p1 = addPart<F>(p1, part<F>(v128.load(wk, 16), x0, x1, z));
+              p2 = addPart<F>(p2, part<F>(v128.load(wk, 32), x0, x1, z));
+              p3 = addPart<F>(p3, part<F>(v128.load(wk, 48), x0, x1, z));
+            }
+            a0 = scaled<F>(a0, p0, subAt<F>(sg));
+            a1 = scaled<F>(a1, p1, subAt<F>(sg + sRow));
+            a2 = scaled<F>(a2, p2, subAt<F>(sg + 2 * sRow));
+            a3 = scaled<F>(a3, p3, subAt<F>(sg + 3 * sRow));
+          }
         }
-        const zp = i32x4.splat(load<i32>(xst + (<usize>g << 2)) << 3);
-        const s = i32x4.sub(hsum4i(a0, a1, a2, a3), zp);
-        f = madd(f32x4.convert_i32x4_s(s), scales4(s0 + (<usize>g << 1), sRow), f);
+        f = f32x4.add(f, f32x4.convert_i32x4_s(hsum4i(a0, a1, a2, a3)));
       }
-      v128.store(out + <usize>t * oRow + (<usize>j << 2), f32x4.mul(f, f32x4.splat(load<f32>(sx + (<usize>t << 2)))));
+      const y = f32x4.mul(f32x4.mul(f, u4), f32x4.splat(load<f32>(sx + (<usize>t << 2))));
+      v128.store(out + <usize>t * oRow + (<usize>j << 2), y);
     }
   }
   for (; j < dOut; j++) {
     const wj = w + <usize>j * wRow;
-    const sj = scales + (<usize>j * <usize>groups << 1);
+    const sj = subs + <usize>j * sRow;
+    const unit = load<f32>(units + (<usize>j << 2));
     for (let t = 0; t < n; t++) {
       const xt = xq + <usize>t * <usize>colsG;
-      let acc: f32 = 0;
-      for (let g = 0; g < groups; g++) {
+      const zt = zv + <usize>t * wRow;
+      let f: f32 = 0;
+      for (let g0 = 0; g0 < groups; g0 += chunkGroups) {
         let a = i32x4.splat(0);
-        const k0 = <usize>(g * group);
-        for (let k = k0; k < k0 + <usize>group; k += 32) {
-          a = dot32u<F>(a, v128.load(wj + (k >> 1)), v128.load(xt + k), v128.load(xt + k, 16));
+        const g1 = min(groups, g0 + chunkGroups);
+        for (let g = g0; g < g1; g++) {
+          const kEnd = <usize>((g + 1) * group);
+          for (let k = <usize>(g * group); k < kEnd; ) {
+            const runEnd = min(kEnd, k + (RUN << 5));
+            const xa = v128.load(xt + k);
+            const za = sizeof<F>() == 1 ? xa : v128.load(zt + (k >> 1));
+            let p = part<F>(v128.load(wj + (k >> 1)), xa, v128.load(xt + k, 16), za);
+            for (k += 32; k < runEnd; k += 32) {
+              const x0 = v128.load(xt + k);
+              const z = sizeof<F>() == 1 ? x0 : v128.load(zt + (k >> 1));
+              p = addPart<F>(p, part<F>(v128.load(wj + (k >> 1)), x0, v128.load(xt + k, 16), z));
+            }
+            a = scaled<F>(a, p, subAt<F>(sj + (<usize>g << 1)));
+          }
         }
-        const isum = i32x4.extract_lane(a, 0) + i32x4.extract_lane(a, 1) + i32x4.extract_lane(a, 2) +
-          i32x4.extract_lane(a, 3) - (load<i32>(xs + ((<usize>t * <usize>groups + <usize>g) << 2)) << 3);
-        acc += <f32>isum * reinterpret<f32>(<u32>load<u16>(sj + (<usize>g << 1)) << 16);
+        f += <f32>(i32x4.extract_lane(a, 0) + i32x4.extract_lane(a, 1) + i32x4.extract_lane(a, 2) +
+          i32x4.extract_lane(a, 3));
       }
-      store<f32>(out + ((<usize>t * <usize>dOut + <usize>j) << 2), acc * load<f32>(sx + (<usize>t << 2)));
+      store<f32>(out + ((<usize>t * <usize>dOut + <usize>j) << 2), f * unit * load<f32>(sx + (<usize>t << 2)));
     }
   }
 }

@@ -16,7 +16,7 @@ export { matmulQ8g, gatherQ8g } from "./dense";
 export { matmulBf16, gatherBf16 } from "./bf16";
 export { argmaxRows } from "./argmax";
 export { expertFfnQ8g } from "./expert-q8g";
-export { expertFfnQ4g, q4ActivationBits } from "./expert-q4g";
+export { expertFfnQ4g, q4ActivationBits, setQ4DotForm } from "./expert-q4g";
 
 /** First byte after static data; the TS allocator hands out memory from here up. */
 export function heapBase(): usize {

@@ -2,13 +2,14 @@
  * @module convert — writes a copy of a Hugging Face model directory with its routed experts
  * quantized, in the formats src/model/quantized.ts reads (scripts/lib/convert-lib.ts):
  *   int8: symmetric per output channel, `<base>.qweight` I8 + `<base>.scales` F32 [..., rows];
+ *   int8-group: one scale per 32 inputs, `<base>.qweight` I8 + `<base>.scales` F32 [..., rows, cols/32];
  *   int4: 4-bit groups of 32 inputs, `<base>.qweight` I8 [..., rows, cols/2] + `<base>.scales` BF16.
  * Dense tensors are copied byte for byte (same dtype), DeepSeek fp8 tensors dequantized, other
  * files (config, tokenizer, generation config) as they are. Streams with a bounded peak memory
  * (scripts/lib/convert-lib.ts states the bound). Output: sharded safetensors + index.
  *
- *   npm run convert -- <in-dir> <out-dir> --quant int8|int4 [--check] [--force] [--shard-mb 64] [--chunk-mb 16]
- *     [--json]
+ *   npm run convert -- <in-dir> <out-dir> --quant int8|int8-group|int4 [--check] [--force] [--shard-mb 64]
+ *     [--chunk-mb 16] [--json]
  *
  * --check measures what the quantization costs on this model (logit error, greedy-token agreement vs f32, on
  * seeded prompts; scripts/lib/bench-accuracy.ts) with the same quantization applied at load.
@@ -18,6 +19,7 @@ import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { openModel } from "../src/model/architectures";
 import { Q4_GROUP } from "../src/kernels/q4g-format";
+import { Q8_EXPERT_GROUP } from "../src/kernels/packing";
 import { INDEX_FILE, SINGLE_FILE } from "../src/model/safetensors";
 import { formatAccuracy, measureInt8Accuracy } from "./lib/bench-accuracy";
 import { convertModel } from "./lib/convert-lib";
@@ -26,11 +28,11 @@ import { progressBar, wantsHelp } from "./lib/progress";
 
 export { convertModel, dirFileStore };
 
-const USAGE = `usage: npm run convert -- <in-dir> <out-dir> --quant int8|int4 [--check] [--force]
+const USAGE = `usage: npm run convert -- <in-dir> <out-dir> --quant int8|int8-group|int4 [--check] [--force]
                        [--shard-mb 64] [--chunk-mb 16] [--json]
   Writes a copy of a Hugging Face model directory (sharded safetensors; F32, BF16, F16, or DeepSeek
   fp8 e4m3 with 128×128 block scales, dequantized) with its routed experts quantized to int8 (per
-  output channel) or int4 (groups of 32 inputs).
+  output channel), int8-group (one scale per 32 inputs) or int4 (groups of 32 inputs).
   Streams: reads tensors by row ranges and writes shards as it goes; peak memory ≈ 2.5 × --chunk-mb
   plus one f32 scale per row of the largest expert tensor, whatever the shard size.
   --check       also measure what the quantization costs on this model (logit error, greedy agreement)
@@ -58,8 +60,8 @@ async function main(): Promise<void> {
   const [inArg, outArg] = positionals;
   if (!inArg || !outArg) throw new Error(USAGE);
   const quant = values.quant;
-  if (quant !== "int8" && quant !== "int4") {
-    throw new Error(`--quant must be int8 or int4, got ${quant === undefined ? "nothing" : `"${quant}"`}`);
+  if (quant !== "int8" && quant !== "int8-group" && quant !== "int4") {
+    throw new Error(`--quant must be int8, int8-group or int4, got ${quant === undefined ? "nothing" : `"${quant}"`}`);
   }
   const inDir = resolve(inArg);
   const outDir = resolve(outArg);
@@ -82,7 +84,12 @@ async function main(): Promise<void> {
   const rssBeforeMiB = process.resourceUsage().maxRSS / 1024;
   const json = values.json;
   const say = (line: string) => (json ? console.error(line) : console.log(line));
-  const what = quant === "int4" ? `int4, groups of ${Q4_GROUP}` : "int8, per output channel";
+  const what =
+    quant === "int4"
+      ? `int4, groups of ${Q4_GROUP}`
+      : quant === "int8-group"
+        ? `int8, groups of ${Q8_EXPERT_GROUP}`
+        : "int8, per output channel";
   say(`convert ${inArg} → ${outArg} (routed experts → ${what})`);
   let bar: ReturnType<typeof progressBar> | null = null;
   const r = await convertModel(inDir, outDir, {
@@ -104,7 +111,7 @@ async function main(): Promise<void> {
     say("--check skipped: it compares against the f32 model, and an fp8 checkpoint has none to load");
   } else if (values.check && hasWeights) {
     const { spec, ckpt } = await openModel(dirFileStore(inDir));
-    if (quant === "int4") accuracy.push(await measureInt8Accuracy(inArg, spec, ckpt, { quant: "int4" }));
+    if (quant !== "int8") accuracy.push(await measureInt8Accuracy(inArg, spec, ckpt, { quant }));
     else {
       for (const q8Path of ["dot_i16x8", "relaxed_dot_i16", "relaxed_dot_i16_7bit"] as const) {
         accuracy.push(await measureInt8Accuracy(inArg, spec, ckpt, { q8Path }));

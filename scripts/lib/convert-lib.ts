@@ -1,7 +1,8 @@
 /**
  * @module Streaming conversion of a Hugging Face repository directory to the project's layout:
  * routed experts quantized in the formats src/model/quantized.ts reads — int8: symmetric per output
- * row, `<base>.qweight` I8 (the tensor's shape) + `<base>.scales` F32 [..., rows]; int4: groups of 32
+ * row, `<base>.qweight` I8 (the tensor's shape) + `<base>.scales` F32 [..., rows]; int8-group: the same
+ * `.qweight` + `<base>.scales` F32 [..., rows, cols/32] (one per 32 inputs); int4: groups of 32
  * inputs (src/kernels/q4g-format.ts), `<base>.qweight` I8 [..., rows, cols/2] (two weights a byte) +
  * `<base>.scales` BF16 [..., rows, cols/32] — dense tensors copied byte for byte, DeepSeek fp8 tensors
  * dequantized (to BF16 for dense tensors, as DeepSeek's fp8_cast_bf16.py writes them; to int8 for
@@ -9,8 +10,8 @@
  *
  * Memory bound: tensors are read and written a row range at a time through buffers allocated once
  * for `chunkValues` values (default 4 Mi): ≈ 4·chunk (raw) + 4·chunk (f32) + 2·chunk (bf16 or int8
- * out) bytes, plus the scales of the expert tensor being quantized (int8: 4 bytes a row; int4: 2 bytes
- * per 32 weights, held until its quantized rows are written) and the fp8 block
+ * out) bytes, plus the scales of the expert tensor being quantized (int8: 4 bytes a row; int8-group: 4
+ * bytes, int4: 2 bytes per 32 weights; held until its quantized rows are written) and the fp8 block
  * scales of one tensor — independent of shard and tensor size. Output shards are written tensor
  * by tensor after their header (offsets are known from shapes), never assembled in memory.
  */
@@ -26,7 +27,8 @@ import {
   writeSync,
 } from "node:fs";
 import { join } from "node:path";
-import { quantizeRowsQ8 } from "../../src/kernels/packing";
+import { Q8_EXPERT_GROUP, quantizeRowsQ8 } from "../../src/kernels/packing";
+import { quantizeQ8g } from "../../src/kernels/dense-format";
 import { packNibbles, Q4_GROUP, quantizeQ4g } from "../../src/kernels/q4g-format";
 import { expertTensorRefs, openModel } from "../../src/model/architectures";
 import { parseConfig, type ModelSpec } from "../../src/model/config";
@@ -52,7 +54,7 @@ export interface ConvertReport {
   chunkValues: number;
 }
 
-export type ExpertQuant = "int8" | "int4";
+export type ExpertQuant = "int8" | "int8-group" | "int4";
 
 export interface ConvertOptions {
   /** Expert format; default "int8". */
@@ -75,7 +77,7 @@ interface OutTensor {
 interface Item {
   src: SourceTensor;
   scaleInv: SourceTensor | null;
-  how: "copy" | "bf16" | "q8" | "q4";
+  how: "copy" | "bf16" | "q8" | "q8g" | "q4";
   out: OutTensor[];
 }
 
@@ -140,6 +142,23 @@ function plan(tensors: Map<string, SourceTensor>, spec: ModelSpec, quant: Expert
               dtype: "BF16",
               shape: [...lead, cols / Q4_GROUP],
               byteLength: (2 * rows * cols) / Q4_GROUP,
+            },
+          ],
+        });
+      } else if (quant === "int8-group") {
+        if (cols % Q8_EXPERT_GROUP !== 0)
+          throw new Error(`${src.name}: int8-group needs rows of a multiple of ${Q8_EXPERT_GROUP} inputs, got ${cols}`);
+        items.push({
+          src,
+          scaleInv,
+          how: "q8g",
+          out: [
+            { name: names.qweight, dtype: "I8", shape: src.shape, byteLength: rows * cols },
+            {
+              name: names.scales,
+              dtype: "F32",
+              shape: [...lead, cols / Q8_EXPERT_GROUP],
+              byteLength: (4 * rows * cols) / Q8_EXPERT_GROUP,
             },
           ],
         });
@@ -226,6 +245,7 @@ function writeItem(fd: number, it: Item, reader: RowReader): void {
   // Scales of the whole tensor wait until its quantized rows are written (they follow them in the shard).
   const scales8 = it.how === "q8" ? new Float32Array(rows) : null;
   const scales4 = it.how === "q4" ? new Uint16Array((rows * cols) / Q4_GROUP) : null;
+  const scales8g = it.how === "q8g" ? new Float32Array((rows * cols) / Q8_EXPERT_GROUP) : null;
   for (let r = 0; r < rows; r += perChunk) {
     const n = Math.min(perChunk, rows - r);
     const w = reader.rowsF32(src, r, n, scaleInv);
@@ -234,6 +254,10 @@ function writeItem(fd: number, it: Item, reader: RowReader): void {
       const q = quantizeRowsQ8(w, n, cols);
       writeAll(fd, new Uint8Array(q.q.buffer, q.q.byteOffset, q.q.byteLength));
       scales8.set(q.scales, r);
+    } else if (scales8g) {
+      const q = quantizeQ8g(w, n, cols, Q8_EXPERT_GROUP);
+      writeAll(fd, new Uint8Array(q.q.buffer, q.q.byteOffset, q.q.byteLength));
+      scales8g.set(q.scales, (r * cols) / Q8_EXPERT_GROUP);
     } else if (scales4) {
       const q = quantizeQ4g(w, n, cols, Q4_GROUP);
       writeAll(fd, packNibbles(q.q, n, cols));
@@ -244,6 +268,7 @@ function writeItem(fd: number, it: Item, reader: RowReader): void {
   }
   if (scales8) writeAll(fd, new Uint8Array(scales8.buffer));
   if (scales4) writeAll(fd, new Uint8Array(scales4.buffer));
+  if (scales8g) writeAll(fd, new Uint8Array(scales8g.buffer));
 }
 
 /** Every checkpoint tensor that holds routed experts, as the serving path finds them. */
@@ -297,6 +322,7 @@ export async function convertModel(inDir: string, outDir: string, opts: ConvertO
   const reader = new RowReader(inDir, chunkValues);
   const meta: Record<string, string> = { edge_moe_expert_quant: quant };
   if (quant === "int4") meta.edge_moe_int4_group = String(Q4_GROUP);
+  if (quant === "int8-group") meta.edge_moe_int8_group = String(Q8_EXPERT_GROUP);
   const weightMap: Record<string, string> = {};
   let done = 0;
   let totalSize = 0;
@@ -316,7 +342,7 @@ export async function convertModel(inDir: string, outDir: string, opts: ConvertO
           report.tensors++;
           report.bytesIn += it.src.byteLength;
           if (it.src.dtype === "F8_E4M3") report.dequantized++;
-          if (it.how === "q8" || it.how === "q4") {
+          if (it.how === "q8" || it.how === "q8g" || it.how === "q4") {
             report.quantized++;
             report.expertBytesIn += it.src.byteLength;
             report.expertBytesOut += out;

@@ -21,13 +21,26 @@ import type { Kernels } from "../kernels/index";
 import { WASM_MAX_BYTES } from "../kernels/index";
 import { expertPackedBytes, packExpertF32, packExpertQ8, type ExpertDtype } from "../kernels/packing";
 import { loadExpertWeights } from "../model/architectures";
-import { expertDtype, loadExpertQ4, loadExpertQ8, type ExpertQuant } from "../model/quantized";
+import {
+  expertDtype,
+  loadExpertQ4,
+  loadExpertQ8,
+  loadExpertQ8g,
+  packExpertQ8gMatrices,
+  type ExpertQuant,
+} from "../model/quantized";
 import { expertQ4gScratchBytes, packExpertQ4g, Q4_GROUP } from "../kernels/q4g-format";
-import { expertQ8gScratchBytes, packExpertQ8g } from "../kernels/dense-format";
+import { expertQ8gScratchBytes } from "../kernels/dense-format";
 import { Q8_EXPERT_GROUP } from "../kernels/packing";
 import { formatMiB } from "../platform/format";
 import { isModelChanged, type ModelCheckpoint } from "../platform/model-store";
-import { loadExpertSliceQ4, loadExpertSliceQ8, loadExpertSliceWeights, type SliceBounds } from "../model/expert-slices";
+import {
+  loadExpertSliceQ4,
+  loadExpertSliceQ8,
+  loadExpertSliceQ8g,
+  loadExpertSliceWeights,
+  type SliceBounds,
+} from "../model/expert-slices";
 import type { ModelSpec } from "../model/config";
 import { chooseSlices, maxSliceBytes, sliceRange, unitExpert } from "./slices";
 import { expertKey, type ExpertFailure, type ExpertRef, type ExpertWorkItem } from "./protocol";
@@ -290,8 +303,11 @@ export class ExpertStore {
       const q = await loadExpertQ4(ckpt, spec, layer, expert);
       return (dst) => packExpertQ4g(dst, q, dModel, dFf);
     }
+    if (this.dtype === "q8g") {
+      const q = await loadExpertQ8g(ckpt, spec, layer, expert);
+      return (dst) => packExpertQ8gMatrices(dst, q, dModel, dFf);
+    }
     const w = await loadExpertWeights(ckpt, spec, layer, expert);
-    if (this.dtype === "q8g") return (dst) => void packExpertQ8g(dst, w.w1, w.w3, w.w2, dModel, dFf, Q8_EXPERT_GROUP);
     return (dst) =>
       packExpertF32(new Float32Array(dst.buffer, dst.byteOffset, dst.byteLength / 4), w.w1, w.w3, w.w2, dModel, dFf);
   }
@@ -311,8 +327,11 @@ export class ExpertStore {
       const q = await loadExpertSliceQ4(ckpt, spec, layer, expert, b);
       return (dst) => packExpertQ4g(dst, q, dModel, w);
     }
+    if (this.dtype === "q8g") {
+      const q = await loadExpertSliceQ8g(ckpt, spec, layer, expert, b);
+      return (dst) => packExpertQ8gMatrices(dst, q, dModel, w);
+    }
     const f = await loadExpertSliceWeights(ckpt, spec, layer, expert, b);
-    if (this.dtype === "q8g") return (dst) => void packExpertQ8g(dst, f.w1, f.w3, f.w2, dModel, w, Q8_EXPERT_GROUP);
     return (dst) =>
       packExpertF32(new Float32Array(dst.buffer, dst.byteOffset, dst.byteLength / 4), f.w1, f.w3, f.w2, dModel, w);
   }

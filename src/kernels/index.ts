@@ -81,6 +81,7 @@ export class Kernels {
     if (flavor === "relaxed") {
       [k.#formOk[1], k.#formOk[2]] = probeRelaxedForms(wasm, k.#arena);
       k.setQ8Path(opts.q8Path ?? "relaxed_dot");
+      k.setQ4Relaxed(true);
     }
     return k;
   }
@@ -324,8 +325,9 @@ export class Kernels {
     this.#wasm.expertFfnQ8g(out, x, blob, n, dModel, dFf, group, scratch);
   }
 
-  /** SwiGLU expert on a blob from packExpertQ4g (4-bit weights, one bf16 scale per `group` inputs,
-   * q4ActivationBits-bit activations). scratch ≥ expertQ4gScratchBytes(n, dModel, dFf, group). */
+  /** SwiGLU expert on a blob from packExpertQ4g (4-bit weights, one scale per `group` inputs held as
+   * a per-row f32 unit times integer sub-scales, 8-bit activations).
+   * scratch ≥ expertQ4gScratchBytes(n, dModel, dFf, group). */
   expertFfnQ4g(
     out: number,
     x: number,
@@ -339,10 +341,17 @@ export class Kernels {
     this.#wasm.expertFfnQ4g(out, x, blob, n, dModel, dFf, group, scratch);
   }
 
-  /** Activation bits expertFfnQ4g uses now: 8 while a relaxed int8 dot path is on (it runs on the
-   * relaxed i8×i7 dot), else 16. */
+  /** Activation bits of expertFfnQ4g: 8 on every build and path (its results do not depend on either). */
   get q4ActivationBits(): number {
     return this.#wasm.q4ActivationBits();
+  }
+
+  /** Runs expertFfnQ4g on a relaxed dot form that passed the probe (the i16x8 form first), or on
+   * plain SIMD when `on` is false or none passed — independent of the int8 path (setQ8Path). Same
+   * results either way (exact integer sums); returns whether a relaxed form is in use. */
+  setQ4Relaxed(on: boolean): boolean {
+    const form = on && this.#formOk[1] ? 1 : on && this.#formOk[2] ? 2 : 0;
+    return this.#wasm.setQ4DotForm(form) > 0;
   }
 
   /** iters steps of 64 FLOPs of register-only f32x4 multiply-adds: the SIMD compute ceiling probe. */

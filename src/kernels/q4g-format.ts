@@ -3,20 +3,22 @@
  * exact byte sizes, and the Wasm layout. Runs once per expert (ExpertStore load or
  * scripts/convert.ts --quant int4), never per request.
  *
- * Per group of `group` inputs of a row (group a multiple of 32, ≤ 512), llama.cpp Q4_0-style: the
- * weight m of largest magnitude sets scale d = bf16(m / −8), q = clamp(nearest-even(w / d), −8, 7),
- * so the extreme weight is exact and all 16 levels are used; ŵ = f32(d · q). The scale is kept as
- * bf16 (2 bytes: 0.5625 bytes a weight with groups of 32) because widening it is one shift in the
- * kernel; its 8-bit mantissa costs far less than the 4-bit rounding itself. An all-zero group has
- * scale 0.
+ * Per group of `group` inputs of a row (group a multiple of 32, ≤ 512): q ∈ [-8, 7] and a scale d,
+ * ŵ = f32(d · q). d is searched per group for the least squared error (quantizeRowQ4g), and every d
+ * of a row is an integer sub-scale (|sub| ≤ 255) times one power of two per row — so a bf16 holds
+ * it exactly (the checkpoint's `.scales`), and the kernel multiplies integer group sums by integer
+ * subs (one i16 multiply-add) and rescales in f32 once per row, not once per group.
  *
- * Layout of a [rows, cols] matrix: [nibbles rows × colsG/2][scales rows × colsG/group u16 bf16],
- * rounded up to 16 bytes; 32 inputs k0..k0+31 are 16 bytes, byte i = (q[k0+i] + 8) | (q[k0+16+i] + 8) << 4.
+ * Wasm layout of a [rows, cols] matrix: [nibbles rows × colsG/2][row units f32 × rows]
+ * [subs i16 rows × colsG/group], rounded up to 16 bytes; 32 inputs k0..k0+31 are 16 bytes,
+ * byte i = (q[k0+i] + 8) | (q[k0+16+i] + 8) << 4; in Wasm memory rows are in panels of 4 (per 32
+ * inputs the 4 rows' 16 bytes in a row, panelNibbles), the checkpoint's `.qweight` is row-major.
  */
 import { bf16ToF32, f32ToBf16 } from "./dense-format";
 import type { Q8gRef } from "./reference";
 
-/** Default 4-bit group: llama.cpp's Q4_0 size; measured in docs-snippets/h8-readme.md. */
+/** Default 4-bit group: llama.cpp's Q4_0 size; chosen by measurement (README "Expert accuracy": groups of 64
+ * are 10–15% faster at 12% more weight error). */
 export const Q4_GROUP = 32;
 export const Q4_MAX_GROUP = 512;
 
@@ -42,10 +44,34 @@ export function checkQ4Group(group: number): void {
 export function q4gMatrixBytes(rows: number, cols: number, group: number): number {
   checkQ4Group(group);
   const colsG = roundUp(cols, group);
-  return roundUp(rows * (colsG / 2) + rows * (colsG / group) * 2, 16);
+  return roundUp(rows * (colsG / 2) + rows * 4 + rows * (colsG / group) * 2, 16);
 }
 
-/** Quantizes one row w[0..cols) into q (colsG values, zero-padded) and scales (colsG / group bf16 bits). */
+/** Largest |sub-scale| (src/kernels/q4g-format.ts splitQ4Scales): 8 significant bits, so sub · 2^e is
+ * exactly a bf16 (the kernel's integer bound: |sub · q · x| ≤ 255 · 8 · 127 per input). */
+export const Q4_SUB_MAX = 255;
+/** Scale divisors tried per group (the Q4_0 choice m / 8 is one of them). */
+const DIVISORS = Array.from({ length: 17 }, (_, i) => 6.5 + i / 8);
+
+/** Σ (w − s·clamp(nearest-even(w / s), −8, 7))² over w[k0..k1): the error of scale s. */
+function groupError(w: ArrayLike<number>, k0: number, k1: number, s: number): number {
+  const inv = 1 / s;
+  let e = 0;
+  for (let k = k0; k < k1; k++) {
+    const q = Math.max(-8, Math.min(7, w[k] * inv + ROUND - ROUND));
+    const d = w[k] - Math.fround(s * q);
+    e += d * d;
+  }
+  return e;
+}
+
+/**
+ * Quantizes one row w[0..cols) into q (colsG values, zero-padded) and scales (colsG / group bf16
+ * bits). Every scale of the row is sub · 2^e with one power of two per row and an integer
+ * |sub| ≤ Q4_SUB_MAX (so the kernel keeps integer sub-scales and one f32 per row, and a bf16 holds
+ * each scale exactly); per group the sub with the least squared error is searched (both signs,
+ * divisors 6.5..8.5 of the group's largest magnitude — the llama.cpp quantizers' idea).
+ */
 export function quantizeRowQ4g(
   w: ArrayLike<number>,
   cols: number,
@@ -53,18 +79,53 @@ export function quantizeRowQ4g(
   q: Int8Array,
   scales: Uint16Array,
 ): void {
+  let rowMax = 0;
+  for (let k = 0; k < cols; k++) rowMax = Math.max(rowMax, Math.abs(w[k]));
+  // The row's power of two: the largest group's biggest candidate sub (divisor 6.5) fits in 8 bits.
+  const unit = rowMax > 0 ? 2 ** Math.max(-126, Math.ceil(Math.log2(rowMax / (6.5 * Q4_SUB_MAX)))) : 0;
   for (let g = 0; g < scales.length; g++) {
     const k0 = g * group;
     const k1 = Math.min(cols, k0 + group);
-    let m = 0;
-    for (let k = k0; k < k1; k++) if (Math.abs(w[k]) > Math.abs(m)) m = w[k];
-    const bits = f32ToBf16(m / -8);
-    const d = bf16ToF32(bits);
-    scales[g] = d === 0 ? 0 : bits;
-    const inv = d === 0 ? 0 : 1 / d;
+    let amax = 0;
+    for (let k = k0; k < k1; k++) amax = Math.max(amax, Math.abs(w[k]));
+    let best = 0;
+    let bestErr = Number.POSITIVE_INFINITY;
+    if (amax > 0 && unit > 0) {
+      let last = 0;
+      for (const div of DIVISORS) {
+        const sub = Math.max(1, Math.min(Q4_SUB_MAX, Math.round(amax / (div * unit))));
+        if (sub === last) continue;
+        last = sub;
+        for (const s of [sub * unit, -sub * unit]) {
+          const e = groupError(w, k0, k1, s);
+          if (e < bestErr) [best, bestErr] = [s, e];
+        }
+      }
+    }
+    scales[g] = best === 0 ? 0 : f32ToBf16(best);
+    const inv = best === 0 ? 0 : 1 / best;
     for (let k = k0; k < k1; k++) q[k] = Math.max(-8, Math.min(7, w[k] * inv + ROUND - ROUND));
     for (let k = k1; k < k0 + group; k++) q[k] = 0;
   }
+}
+
+/**
+ * A row's bf16 group scales as the kernel holds them: one f32 power of two `unit` and integer
+ * subs with scale = sub · unit, |sub| ≤ Q4_SUB_MAX. Exact for scales written by quantizeRowQ4g;
+ * scales from elsewhere (other quantizers) whose small ones have more bits than fit are rounded.
+ */
+export function splitQ4Scales(scales: Uint16Array, sub: Int16Array): number {
+  let emax = 0;
+  for (let g = 0; g < scales.length; g++) emax = Math.max(emax, (scales[g] >> 7) & 0xff);
+  if (emax === 0) {
+    sub.fill(0);
+    return 0;
+  }
+  const unit = 2 ** Math.max(-126, emax - 127 - 7);
+  for (let g = 0; g < scales.length; g++) {
+    sub[g] = Math.max(-Q4_SUB_MAX, Math.min(Q4_SUB_MAX, Math.round(bf16ToF32(scales[g]) / unit)));
+  }
+  return unit;
 }
 
 /** One-shot int4 group quantization of w [rows, cols]. */
@@ -136,13 +197,44 @@ export function unpackNibbles(b: Uint8Array, rows: number, colsG: number): Int8A
   return q;
 }
 
+/** The kernel's scales of a matrix: per row a power-of-two unit, per group an integer sub. */
+export function q4gKernelScales(m: Q4gMatrix): { units: Float32Array; subs: Int16Array } {
+  const groups = roundUp(m.cols, m.group) / m.group;
+  const units = new Float32Array(m.rows);
+  const subs = new Int16Array(m.rows * groups);
+  for (let j = 0; j < m.rows; j++) {
+    units[j] = splitQ4Scales(
+      m.scales.subarray(j * groups, (j + 1) * groups),
+      subs.subarray(j * groups, (j + 1) * groups),
+    );
+  }
+  return { units, subs };
+}
+
+/** Row-major nibble rows → the kernel's 4-row panels (per 32 inputs, 4 × 16 bytes); the rows after
+ * the last whole panel stay row-major. */
+export function panelNibbles(nib: Uint8Array, rows: number, colsG: number): Uint8Array {
+  const wRow = colsG / 2;
+  const out = nib.slice();
+  for (let j0 = 0; j0 + 4 <= rows; j0 += 4) {
+    for (let r = 0; r < 4; r++) {
+      for (let b = 0; b < wRow / 16; b++) {
+        out.set(nib.subarray((j0 + r) * wRow + b * 16, (j0 + r) * wRow + b * 16 + 16), j0 * wRow + b * 64 + r * 16);
+      }
+    }
+  }
+  return out;
+}
+
 /** Serializes an int4 group matrix into dst of q4gMatrixBytes bytes. */
 export function packQ4g(dst: Uint8Array, m: Q4gMatrix): void {
   const colsG = roundUp(m.cols, m.group);
-  const nib = packNibbles(m.q, m.rows, colsG);
+  const nib = panelNibbles(packNibbles(m.q, m.rows, colsG), m.rows, colsG);
+  const { units, subs } = q4gKernelScales(m);
   dst.fill(0, 0, q4gMatrixBytes(m.rows, m.cols, m.group));
   dst.set(nib, 0);
-  dst.set(new Uint8Array(m.scales.buffer, m.scales.byteOffset, m.scales.length * 2), nib.length);
+  dst.set(new Uint8Array(units.buffer), nib.length);
+  dst.set(new Uint8Array(subs.buffer), nib.length + units.byteLength);
 }
 
 /** One expert as int4 group matrices: gate and up [dFf, dModel], down [dModel, dFf]. */
@@ -157,7 +249,8 @@ export function expertQ4gBytes(dModel: number, dFf: number, group: number): numb
   return 2 * q4gMatrixBytes(dFf, dModel, group) + q4gMatrixBytes(dModel, dFf, group);
 }
 
-/** Scratch bytes of `Kernels.expertFfnQ4g` for n tokens (the same as the int8 group expert's). */
+/** Scratch bytes of `Kernels.expertFfnQ4g` for n tokens (the same as the int8 group expert's: h, u,
+ * token scales, then 8-bit activations n × wide and their zero-point vectors n × wide / 2). */
 export function expertQ4gScratchBytes(n: number, dModel: number, dFf: number, group: number): number {
   const wide = Math.max(roundUp(dModel, group), roundUp(dFf, group));
   return 2 * roundUp(n * dFf * 4, 16) + roundUp(n * 4, 16) + n * wide * 2;

@@ -327,9 +327,57 @@ export interface Q4gRef {
   scales: Uint16Array; // [rows, colsG / group] bf16 bits
 }
 
-/** SwiGLU expert on 4-bit group matrices the kernel's way (assembly/expert-q4g.ts): the int8 group
- * expert's arithmetic (per-token `bits`-bit activations: 16, or 8 on the relaxed dot; exact group
- * sums) on q ∈ [-8, 7] and bf16 scales widened exactly. */
+/** A row's bf16 scales as unit · sub (q4g-format.ts splitQ4Scales, written again here): unit =
+ * 2^(largest exponent − 7), sub = round(scale / unit) clamped to ±255. */
+function splitScalesRef(scales: Uint16Array, sub: Int16Array): number {
+  let emax = 0;
+  for (const b of scales) emax = Math.max(emax, (b >> 7) & 0xff);
+  const unit = emax === 0 ? 0 : 2 ** Math.max(-126, emax - 134);
+  const f = new Float32Array(new Uint32Array(Array.from(scales, (b) => b << 16)).buffer);
+  for (let g = 0; g < scales.length; g++)
+    sub[g] = unit === 0 ? 0 : Math.max(-255, Math.min(255, Math.round(f[g] / unit)));
+  return unit;
+}
+
+/**
+ * out[n, dOut] = x · Wᵀ the int4 kernel's way (assembly/expert-q4g.ts): activations quantized per
+ * token to 8 bits, per row isum = Σ_g sub[g] · Σ_k q·xq exact per chunk of 8192 inputs (whole
+ * groups), the chunks added in f32, then f32(f32(Σ · unit) · sx), with unit and subs the row's
+ * scales split as q4g-format.ts splitQ4Scales does.
+ */
+export function matmulQ4gRef(
+  out: Float32Array,
+  x: Float32Array,
+  w: Q4gRef,
+  n: number,
+  dIn: number,
+  dOut: number,
+): void {
+  const { q: xq, scales: sx } = quantizeActivationsRef(x, n, dIn, 8);
+  const colsG = Math.ceil(dIn / w.group) * w.group;
+  const groups = colsG / w.group;
+  const sub = new Int16Array(groups);
+  const chunk = Math.max(1, Math.floor(8192 / w.group));
+  for (let j = 0; j < dOut; j++) {
+    const unit = splitScalesRef(w.scales.subarray(j * groups, (j + 1) * groups), sub);
+    for (let t = 0; t < n; t++) {
+      let f = 0;
+      for (let g0 = 0; g0 < groups; g0 += chunk) {
+        let isum = 0;
+        for (let g = g0; g < Math.min(groups, g0 + chunk); g++) {
+          let s = 0;
+          for (let k = g * w.group; k < Math.min(dIn, (g + 1) * w.group); k++)
+            s += w.q[j * colsG + k] * xq[t * dIn + k];
+          isum += sub[g] * s;
+        }
+        f = Math.fround(f + Math.fround(isum));
+      }
+      out[t * dOut + j] = Math.fround(Math.fround(f * unit) * sx[t]);
+    }
+  }
+}
+
+/** SwiGLU expert on 4-bit group matrices the kernel's way (matmulQ4gRef; silu(gate)·up in f64). */
 export function expertFfnQ4gRef(
   out: Float32Array,
   x: Float32Array,
@@ -339,14 +387,13 @@ export function expertFfnQ4gRef(
   n: number,
   dModel: number,
   dFf: number,
-  bits = 16,
 ): void {
-  const widen = (m: Q4gRef): Q8gRef => ({
-    group: m.group,
-    q: m.q,
-    scales: new Float32Array(new Uint32Array(Array.from(m.scales, (b) => b << 16)).buffer),
-  });
-  expertFfnQ8gRef(out, x, widen(w1), widen(w3), widen(w2), n, dModel, dFf, bits);
+  const g = new Float32Array(n * dFf);
+  const u = new Float32Array(n * dFf);
+  matmulQ4gRef(g, x, w1, n, dModel, dFf);
+  matmulQ4gRef(u, x, w3, n, dModel, dFf);
+  siluMulRef(g, g, u, n * dFf);
+  matmulQ4gRef(out, g, w2, n, dFf, dModel);
 }
 
 /** Per token of y[n, rows]: the largest of (y ÷ scale, rounded to f32 as `Float32Array /=` does) and

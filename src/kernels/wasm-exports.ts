@@ -93,4 +93,5 @@ export type KernelExports = {
     scratch: number,
   ): void;
   q4ActivationBits(): number;
+  setQ4DotForm(form: number): number;
 };

@@ -7,6 +7,8 @@
  * - f32 / bf16 / f16: the slice's weights as f32 (quantized after by the caller if asked).
  * - int8 (`.qweight` + per-row `.scales`): gate/up rows keep their own scales; down keeps its whole
  *   rows' scales (a slice of a row is scaled like the row).
+ * - int8 groups (`.qweight` as int8, `.scales` one f32 per 32 inputs): gate/up rows with their
+ *   groups; down's columns [c0, c1) and scale columns [c0/32, c1/32).
  * - int4 (`.qweight` two weights a byte, `.scales` one bf16 per 32 inputs): gate/up rows with
  *   their groups; down's columns at group multiples — bytes [c0/2, c1/2) (the nibble packing stays
  *   inside 32-input blocks) and scale columns [c0/32, c1/32).
@@ -18,9 +20,9 @@ import { expertTensorRefs, type ExpertTensorRef, type ExpertWeights } from "./ar
 import type { ModelSpec } from "./config";
 import type { Checkpoint } from "./safetensors";
 import { quantNames, quantView } from "./quant-names";
-import { storedExpertQuant } from "./quantized";
-import { quantizeRowsQ8, type Q8Expert, type Q8Rows } from "../kernels/packing";
-import { f32ToBf16 } from "../kernels/dense-format";
+import { storedExpertQuant, type Q8gExpert } from "./quantized";
+import { Q8_EXPERT_GROUP, quantizeRowsQ8, type Q8Expert, type Q8Rows } from "../kernels/packing";
+import { f32ToBf16, quantizeQ8g, type Q8gMatrix } from "../kernels/dense-format";
 import { Q4_GROUP, quantizeExpertQ4g, unpackNibbles, type Q4gExpert, type Q4gMatrix } from "../kernels/q4g-format";
 
 /** Intermediate units [c0, c1) of one expert. */
@@ -140,6 +142,48 @@ export async function loadExpertSliceQ4(
     read(refs.w1, refs.w1.firstRow + b.c0, w, [0, dModel], dModel),
     read(refs.w3, refs.w3.firstRow + b.c0, w, [0, dModel], dModel),
     read(refs.w2, refs.w2.firstRow, refs.w2.nRows, [b.c0, b.c1], w),
+  ]);
+  return { w1, w3, w2 };
+}
+
+/** The slice as int8 groups of Q8_EXPERT_GROUP: read from `.qweight`/`.scales` when stored so, else
+ * read and quantized (the same values: the slice's groups are the whole expert's). */
+export async function loadExpertSliceQ8g(
+  ckpt: Checkpoint,
+  spec: ModelSpec,
+  layer: number,
+  expert: number,
+  b: SliceBounds,
+): Promise<Q8gExpert> {
+  const { dModel } = spec;
+  const w = b.c1 - b.c0;
+  const G = Q8_EXPERT_GROUP;
+  if (storedExpertQuant(ckpt, spec) !== "int8-group") {
+    const f = await loadExpertSliceWeights(ckpt, spec, layer, expert, b);
+    return {
+      w1: quantizeQ8g(f.w1, w, dModel, G),
+      w3: quantizeQ8g(f.w3, w, dModel, G),
+      w2: quantizeQ8g(f.w2, dModel, w, G),
+    };
+  }
+  if (b.c0 % G !== 0 || b.c1 % G !== 0)
+    throw new RangeError(`int8-group slice [${b.c0}, ${b.c1}) must start and end on a group of ${G}`);
+  const refs = refsOf(ckpt, spec, layer, expert, b);
+  const read = async (r: ExpertTensorRef, first: number, nRows: number, cols: [number, number]): Promise<Q8gMatrix> => {
+    const n = quantNames(r.tensor);
+    const groups = ckpt.info(n.scales).shape.at(-1) ?? 0;
+    if (groups * G !== r.shape[1])
+      throw new Error(`${n.scales}: int8 groups of ${r.shape[1] / groups} inputs; slices need groups of ${G}`);
+    const [q, scales] = await Promise.all([
+      ckpt.readF32Cols(n.qweight, first, nRows, cols[0], cols[1]),
+      ckpt.readF32Cols(n.scales, first, nRows, cols[0] / G, cols[1] / G),
+    ]);
+    return { rows: nRows, cols: cols[1] - cols[0], group: G, q: Int8Array.from(q), scales };
+  };
+  const [w1, w3, w2] = await Promise.all([
+    read(refs.w1, refs.w1.firstRow + b.c0, w, [0, dModel]),
+    read(refs.w3, refs.w3.firstRow + b.c0, w, [0, dModel]),
+    read(refs.w2, refs.w2.firstRow, refs.w2.nRows, [b.c0, b.c1]),
   ]);
   return { w1, w3, w2 };
 }

@@ -29,8 +29,9 @@ export function quantView(ckpt: Checkpoint): Checkpoint {
       const real = alias(name);
       const info = ckpt.info(real);
       if (real === name) return info;
-      // int4 `.qweight` holds two weights a byte; its scales have its rank (int8's one less).
-      const int4 = scalesRank(ckpt, quantNames(name).scales) === info.shape.length;
+      // int4 `.qweight` holds two weights a byte; its scales are BF16 of its rank (per-row int8's have
+      // one dimension less, group-wise int8's are F32 of its rank).
+      const int4 = scalesKind(ckpt, quantNames(name).scales, info.shape.length) === "int4";
       const shape = int4 ? [...info.shape.slice(0, -1), 2 * info.shape[info.shape.length - 1]] : info.shape;
       return { ...info, shape, name };
     },
@@ -39,11 +40,16 @@ export function quantView(ckpt: Checkpoint): Checkpoint {
   return view as unknown as Checkpoint;
 }
 
-/** Rank of a scales tensor, or -1 when the checkpoint has no header for it. */
-function scalesRank(ckpt: Checkpoint, name: string): number {
+/** What a `.scales` tensor says of its `.qweight` (of rank `rank`): "int8" (one scale a row: one
+ * dimension less), "int8-group" (F32 of the weight's rank), "int4" (BF16 of the weight's rank), or
+ * "unknown" when the checkpoint has no header for it. */
+export function scalesKind(ckpt: Checkpoint, name: string, rank: number): "int8" | "int8-group" | "int4" | "unknown" {
+  let info: ReturnType<Checkpoint["info"]>;
   try {
-    return ckpt.info(name).shape.length;
+    info = ckpt.info(name);
   } catch {
-    return -1;
+    return "unknown";
   }
+  if (info.shape.length !== rank) return "int8";
+  return info.dtype === "BF16" ? "int4" : "int8-group";
 }

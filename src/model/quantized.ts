@@ -17,6 +17,11 @@
  * is cols / (scales' last dimension) and is also recorded in the safetensors metadata
  * (`edge_moe_int4_group`). convert requires cols to be a multiple of the group.
  *
+ * Group-wise int8 (`--quant int8-group`, the dense int8 format of src/kernels/dense-format.ts):
+ *   `<base>.qweight`  I8  — the tensor's shape, as per-row int8
+ *   `<base>.scales`   F32 — [..., rows, cols/32]: one scale per 32 inputs (Q8_EXPERT_GROUP)
+ * told from int4 by the scales' dtype (F32, not BF16); metadata `edge_moe_int8_group`.
+ *
  * Which tensor holds which expert is the architecture adapter's business (`expertTensorRefs`);
  * this module asks it through a view of the checkpoint in which each `.qweight` answers to its
  * original name (same shape and rows), so no naming rule is repeated here.
@@ -28,11 +33,25 @@
 import { expertTensorRefs, loadExpertWeights, type ExpertTensorRef } from "./architectures";
 import type { ModelSpec } from "./config";
 import type { Checkpoint } from "./safetensors";
-import { quantNames, quantView } from "./quant-names";
+import { quantNames, quantView, scalesKind } from "./quant-names";
 
 export { quantNames, quantView };
-import { expertPackedBytes, quantizeRowsQ8, type ExpertDtype, type Q8Expert, type Q8Rows } from "../kernels/packing";
-import { f32ToBf16 } from "../kernels/dense-format";
+import {
+  expertPackedBytes,
+  Q8_EXPERT_GROUP,
+  quantizeRowsQ8,
+  type ExpertDtype,
+  type Q8Expert,
+  type Q8Rows,
+} from "../kernels/packing";
+import {
+  denseMatrixBytes,
+  expertQ8gBytes,
+  f32ToBf16,
+  packQ8g,
+  quantizeQ8g,
+  type Q8gMatrix,
+} from "../kernels/dense-format";
 import { Q4_GROUP, quantizeExpertQ4g, unpackNibbles, type Q4gExpert, type Q4gMatrix } from "../kernels/q4g-format";
 
 /** How an ExpertStore holds experts: "int8" / "int4" quantize f32/bf16 checkpoints at load;
@@ -48,7 +67,8 @@ export function storedExpertQuant(ckpt: Checkpoint, spec: ModelSpec): ExpertQuan
     const refs = expertTensorRefs(quantView(ckpt), spec, layer, 0);
     const names = quantNames(refs.w1.tensor);
     if (ckpt.has(refs.w1.tensor) || !ckpt.has(names.qweight)) return "none";
-    return isInt4(ckpt, refs.w1.tensor) ? "int4" : "int8";
+    const kind = scalesKind(ckpt, names.scales, ckpt.info(names.qweight).shape.length);
+    return kind === "unknown" ? "int8" : kind; // no scales header: int8's reader finds out when it reads them
   } catch {
     return "none";
   }
@@ -139,16 +159,6 @@ async function readQ4Rows(ckpt: Checkpoint, ref: ExpertTensorRef): Promise<Q4gMa
   };
 }
 
-/** An int4 tensor's scales have the weight's rank (int8's have one dimension less). */
-function isInt4(ckpt: Checkpoint, tensor: string): boolean {
-  const names = quantNames(tensor);
-  try {
-    return ckpt.info(names.scales).shape.length === ckpt.info(names.qweight).shape.length;
-  } catch {
-    return false; // no header for the scales: int8's reader finds out when it reads them
-  }
-}
-
 async function readQ8Rows(ckpt: Checkpoint, ref: ExpertTensorRef): Promise<Q8Rows> {
   const names = quantNames(ref.tensor);
   const [values, scales] = await Promise.all([
@@ -157,4 +167,59 @@ async function readQ8Rows(ckpt: Checkpoint, ref: ExpertTensorRef): Promise<Q8Row
     ckpt.readF32(names.scales).then((s) => s.slice(ref.firstRow, ref.firstRow + ref.nRows)),
   ]);
   return { q: Int8Array.from(values), scales };
+}
+
+/** The three matrices of one group-wise int8 expert (gate, up [dFf, dModel]; down [dModel, dFf]). */
+export interface Q8gExpert {
+  w1: Q8gMatrix;
+  w3: Q8gMatrix;
+  w2: Q8gMatrix;
+}
+
+/** One expert as int8 groups of Q8_EXPERT_GROUP: read from `.qweight`/`.scales` when stored so,
+ * else read and quantized (the same quantizer convert uses, so both give the same bytes). */
+export async function loadExpertQ8g(
+  ckpt: Checkpoint,
+  spec: ModelSpec,
+  layer: number,
+  expert: number,
+): Promise<Q8gExpert> {
+  const { dModel, dFf } = spec;
+  if (storedExpertQuant(ckpt, spec) !== "int8-group") {
+    const w = await loadExpertWeights(ckpt, spec, layer, expert);
+    return {
+      w1: quantizeQ8g(w.w1, dFf, dModel, Q8_EXPERT_GROUP),
+      w3: quantizeQ8g(w.w3, dFf, dModel, Q8_EXPERT_GROUP),
+      w2: quantizeQ8g(w.w2, dModel, dFf, Q8_EXPERT_GROUP),
+    };
+  }
+  const refs = expertTensorRefs(quantView(ckpt), spec, layer, expert);
+  const [w1, w3, w2] = await Promise.all([refs.w1, refs.w3, refs.w2].map((r) => readQ8gRows(ckpt, r)));
+  return { w1, w3, w2 };
+}
+
+async function readQ8gRows(ckpt: Checkpoint, ref: ExpertTensorRef): Promise<Q8gMatrix> {
+  const names = quantNames(ref.tensor);
+  const cols = ref.shape[1];
+  const groups = ckpt.info(names.scales).shape.at(-1) ?? 0;
+  if (groups * Q8_EXPERT_GROUP !== cols) {
+    throw new Error(
+      `${names.scales}: int8 groups of ${cols / groups} inputs; the expert kernels hold groups of ${Q8_EXPERT_GROUP}`,
+    );
+  }
+  const [q, scales] = await Promise.all([
+    ckpt.readF32Rows(names.qweight, ref.firstRow, ref.nRows),
+    ckpt.readF32Rows(names.scales, ref.firstRow, ref.nRows),
+  ]);
+  return { rows: ref.nRows, cols, group: Q8_EXPERT_GROUP, q: Int8Array.from(q), scales };
+}
+
+/** Lays out a group-wise int8 expert into dst of expertQ8gBytes bytes (as packExpertQ8g does). */
+export function packExpertQ8gMatrices(dst: Uint8Array, e: Q8gExpert, dModel: number, dFf: number): void {
+  const group = e.w1.group;
+  const gu = denseMatrixBytes(dFf, dModel, "int8", group);
+  dst.fill(0, 0, expertQ8gBytes(dModel, dFf, group));
+  packQ8g(dst.subarray(0, gu), e.w1);
+  packQ8g(dst.subarray(gu, 2 * gu), e.w3);
+  packQ8g(dst.subarray(2 * gu), e.w2);
 }

@@ -62,6 +62,7 @@ describe("int4 experts in workerd", () => {
     const bytes = hosts.hosts.reduce((s, h) => s + h.bytesLoaded, 0);
     const perExpert = bytes / hosts.hosts.reduce((s, h) => s + h.loaded.length, 0);
     expect(perExpert).toBe(expertQ4gBytes(64, 96, 32));
-    expect(perExpert).toBeLessThan(0.15 * F32_EXPERT_BYTES);
+    // 0.5625 B a weight + 4 B a row (the row's power-of-two unit): 15.5% on these 64–96-wide rows.
+    expect(perExpert).toBeLessThan(0.16 * F32_EXPERT_BYTES);
   });
 });

@@ -9,7 +9,8 @@ import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { quantizeRowsQ8 } from "../../../src/kernels/packing";
+import { Q8_EXPERT_GROUP, quantizeRowsQ8 } from "../../../src/kernels/packing";
+import { quantizeQ8g } from "../../../src/kernels/dense-format";
 import { packNibbles, Q4_GROUP, quantizeQ4g } from "../../../src/kernels/q4g-format";
 import { Checkpoint, memoryFileStore, numel } from "../../../src/model/safetensors";
 import { f32ToBf16Bytes } from "../../../src/model/safetensors-writer";
@@ -131,6 +132,28 @@ describe("convert (streaming)", () => {
         expect(rawBytes(ckpt, files, name.replace(/\.weight$/, ".qweight"))).toEqual(packNibbles(q.q, rows, cols));
         const scales = rawBytes(ckpt, files, name.replace(/\.weight$/, ".scales"));
         expect(scales).toEqual(new Uint8Array(q.scales.buffer));
+      }
+    }
+  });
+
+  it("writes int8-group experts equal to whole-tensor group quantization, at any chunk size", async () => {
+    const src = join(FIXTURES, "mixtral-tiny");
+    const bytes = new Uint8Array(readFileSync(join(src, "model.safetensors")));
+    const srcCkpt = await Checkpoint.open(memoryFileStore({ "model.safetensors": bytes }));
+    for (const chunkValues of [1, 1000]) {
+      const out = join(tmp(), "m");
+      const r = await convertModel(src, out, { quant: "int8-group", chunkValues, shardBytes: 256 << 10 });
+      expect(r.quantized).toBe(2 * 8 * 3);
+      const { ckpt, files } = await openDir(out);
+      for (const [name, info] of srcCkpt.tensors) {
+        if (!name.includes(".experts.")) continue;
+        const cols = info.shape[info.shape.length - 1];
+        const rows = numel(info.shape) / cols;
+        const q = quantizeQ8g(await srcCkpt.readF32(name), rows, cols, Q8_EXPERT_GROUP);
+        expect(rawBytes(ckpt, files, name.replace(/\.weight$/, ".qweight"))).toEqual(new Uint8Array(q.q.buffer));
+        const scales = ckpt.info(name.replace(/\.weight$/, ".scales"));
+        expect([scales.dtype, scales.shape]).toEqual(["F32", [...info.shape.slice(0, -1), cols / Q8_EXPERT_GROUP]]);
+        expect(await ckpt.readF32(name.replace(/\.weight$/, ".scales"))).toEqual(q.scales);
       }
     }
   });
