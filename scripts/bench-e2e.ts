@@ -15,9 +15,14 @@
  * stage budgets its f32 dense layers need (scripts/lib/serve-vars.ts). Expert RPCs per token are
  * also measured: the fan-out counters of /metrics over the timed runs, per processed token (prompt
  * tokens included; a prompt chunk's tokens share their calls, so decoding alone costs more).
+ * Beside wall-clock ms/token it reports the CPU each decoded token cost the deployment's workerd
+ * (Linux /proc; every isolate and Durable Object of it): a 1-token request runs after each timed
+ * one, and (CPU of the full request − CPU of the 1-token one) / (tokens − 1) is the decode share —
+ * steadier than wall-clock on a machine other jobs share. `--batching on|off` overrides BATCHING
+ * for every configuration (default: wrangler.toml's).
  */
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
-import { cpus, totalmem } from "node:os";
+import { cpus, loadavg, totalmem } from "node:os";
 import { dirname, join } from "node:path";
 import { parseArgs } from "node:util";
 import { ADMIN_TOKEN_FOR_TESTS, startLocalWorker, ROOT, type LocalWorker } from "./lib/local-worker";
@@ -36,7 +41,9 @@ if (process.argv.includes("--help") || process.argv.includes("-h")) {
       "                         [--configs distributed,single,pipelined] [--stages N] [--head-shards M]\n" +
       "  Decode tokens/s of a model in local workerd (default the demo: distributed vs every expert in\n" +
       "  the Worker vs pipelined), RPCs per token (design count and measured expert RPCs), prefill.\n" +
-      "  Another model: --model ID --dir DIR (e.g. a make-model directory; only `distributed` by default).",
+      "  Another model: --model ID --dir DIR (e.g. a make-model directory; only `distributed` by default).\n" +
+      "  --batching on|off: BATCHING for every configuration (default wrangler.toml's). Reports workerd CPU\n" +
+      "  ms per decoded token beside wall-clock ms/token (Linux).",
   );
   process.exit(0);
 }
@@ -50,6 +57,7 @@ const { values } = parseArgs({
     configs: { type: "string" },
     stages: { type: "string" },
     "head-shards": { type: "string", default: "2" },
+    batching: { type: "string" },
   },
 });
 const TOKENS = Number(values.tokens);
@@ -60,20 +68,27 @@ if (!DIR) {
   console.error(`--model ${MODEL}: give its directory with --dir (config.json, safetensors, tokenizer files)`);
   process.exit(2);
 }
+if (values.batching !== undefined && values.batching !== "on" && values.batching !== "off") {
+  console.error(`--batching must be "on" or "off", got "${values.batching}"`);
+  process.exit(2);
+}
 const TEXT_PROMPT = "The quick brown fox jumps over the lazy dog. Once upon a time, in a land far away,";
 
 interface Run {
   prefillMs: number; // request start → first token
   decodeMs: number; // first token → last token
   tokens: number;
+  /** CPU ms the deployment's workerd used during the request (null without /proc). */
+  cpuMs: number | null;
 }
 
-async function timedStream(w: LocalWorker, prompt: string | number[]): Promise<Run> {
+async function timedStream(w: LocalWorker, prompt: string | number[], maxTokens = TOKENS): Promise<Run> {
+  const cpu0 = w.cpuMs();
   const t0 = performance.now();
   const res = await w.fetch("/v1/completions", {
     method: "POST",
     headers: { "content-type": "application/json" },
-    body: JSON.stringify({ model: MODEL, prompt, max_tokens: TOKENS, temperature: 0, stream: true }),
+    body: JSON.stringify({ model: MODEL, prompt, max_tokens: maxTokens, temperature: 0, stream: true }),
   });
   if (!res.ok || !res.body) throw new Error(`completion failed: ${res.status} ${await res.text()}`);
   const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
@@ -100,8 +115,14 @@ async function timedStream(w: LocalWorker, prompt: string | number[]): Promise<R
       tokens += n;
     }
   }
-  if (tokens < 2) throw new Error(`expected ${TOKENS} tokens, got ${tokens}`);
-  return { prefillMs: first - t0, decodeMs: last - first, tokens };
+  if (tokens < Math.min(2, maxTokens)) throw new Error(`expected ${maxTokens} tokens, got ${tokens}`);
+  const cpu1 = w.cpuMs();
+  return {
+    prefillMs: first - t0,
+    decodeMs: last - first,
+    tokens,
+    cpuMs: cpu0 === null || cpu1 === null ? null : cpu1 - cpu0,
+  };
 }
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
@@ -126,7 +147,8 @@ const toml = readFileSync(join(ROOT, "wrangler.toml"), "utf8");
 const defaults = Object.fromEntries([...toml.matchAll(/^([A-Z_]+)\s*=\s*"([^"]*)"/gm)].map((m) => [m[1], m[2]]));
 const serve = serveVarsFor(spec, defaults);
 for (const r of serve.reasons) console.log(`vars: ${r}`);
-const configs = Object.fromEntries(names.map((n) => [n, { ...serve.vars, ...ALL[n] }]));
+const batching: Record<string, string> = values.batching === undefined ? {} : { BATCHING: values.batching };
+const configs = Object.fromEntries(names.map((n) => [n, { ...serve.vars, ...ALL[n], ...batching }]));
 
 /** Sum of a counter's series in /metrics (every label set). */
 async function counter(w: LocalWorker, name: string): Promise<number> {
@@ -159,6 +181,7 @@ try {
     console.log(`  ${name}: seeded and warmed up in ${((performance.now() - t) / 1000).toFixed(1)} s`);
   }
   const runs: Record<string, Run[]> = Object.fromEntries(names.map((n) => [n, []]));
+  const oneToken: Record<string, Run[]> = Object.fromEntries(names.map((n) => [n, []]));
   const before = Object.fromEntries(await Promise.all(names.map(async (n) => [n, await fanOut(workers[n])] as const)));
   // The timed runs, interleaved across configurations (stderr bar on a terminal only).
   const bar = progressBar("bench:e2e timed runs", RUNS * names.length);
@@ -170,6 +193,10 @@ try {
   }
   bar.stop();
   const after = Object.fromEntries(await Promise.all(names.map(async (n) => [n, await fanOut(workers[n])] as const)));
+  // The prefill's CPU, subtracted from a full run's for the decode share: 1-token requests, after the
+  // RPC counters were read (their prompt-only calls would skew the RPCs per token).
+  for (let r = 0; r < RUNS; r++)
+    for (const name of names) oneToken[name].push(await timedStream(workers[name], prompt, 1));
 
   const moeLayers = spec.moeLayers.length;
   const summary = Object.fromEntries(
@@ -177,6 +204,12 @@ try {
       names.map(async (name) => {
         const rs = runs[name];
         const msPerToken = median(rs.map((r) => r.decodeMs / (r.tokens - 1)));
+        const cpuFull = rs.map((r) => r.cpuMs).filter((c): c is number => c !== null);
+        const cpuOne = oneToken[name].map((r) => r.cpuMs).filter((c): c is number => c !== null);
+        const cpuMsPerToken =
+          cpuFull.length > 0 && cpuOne.length > 0
+            ? (median(cpuFull) - median(cpuOne)) / (median(rs.map((r) => r.tokens)) - 1)
+            : null;
         const placement = (await (await workers[name].fetch(`/v1/placement?model=${MODEL}`)).json()) as {
           instances: unknown[];
         };
@@ -200,6 +233,7 @@ try {
           {
             decodeTokensPerSec: 1000 / msPerToken,
             msPerToken,
+            cpuMsPerToken,
             prefillMs: median(rs.map((r) => r.prefillMs)),
             rpcsPerToken: rpcs,
             measuredExpertRpcsPerToken,
@@ -213,16 +247,17 @@ try {
   const single = summary.single;
   console.log("");
   console.log(
-    "| configuration | ExpertHosts | stages | head shards | decode tok/s | ms/token | prefill ms | " +
+    "| configuration | ExpertHosts | stages | head shards | decode tok/s | ms/token | CPU ms/token | prefill ms | " +
       "RPCs/token Worker↔region | RPCs/token in region | expert RPCs/token measured | fan-out ms/token vs single |",
   );
-  console.log("|---|---|---|---|---|---|---|---|---|---|---|");
+  console.log("|---|---|---|---|---|---|---|---|---|---|---|---|");
   for (const [name, x] of Object.entries(summary)) {
     const fan = single && name !== "single" ? (x.msPerToken - single.msPerToken).toFixed(2) : "—";
     const rp = name === "single" ? { worker: 0, inRegion: 0 } : x.rpcsPerToken;
     console.log(
       `| ${name} | ${x.expertHosts} | ${x.stages} | ${x.headShards} | ${x.decodeTokensPerSec.toFixed(1)} | ` +
-        `${x.msPerToken.toFixed(2)} | ${x.prefillMs.toFixed(0)} | ${rp.worker} | ${rp.inRegion} | ` +
+        `${x.msPerToken.toFixed(2)} | ${x.cpuMsPerToken?.toFixed(2) ?? "—"} | ${x.prefillMs.toFixed(0)} | ` +
+        `${rp.worker} | ${rp.inRegion} | ` +
         `${x.measuredExpertRpcsPerToken?.toFixed(1) ?? "—"} | ${fan} |`,
     );
   }
@@ -231,8 +266,12 @@ try {
     for (const [name, x] of Object.entries(summary)) {
       if (name === "single") continue;
       ratios[name] = x.decodeTokensPerSec / single.decodeTokensPerSec;
+      const cpuRatio =
+        x.cpuMsPerToken && single.cpuMsPerToken
+          ? `; CPU per token single / ${name}: ${(single.cpuMsPerToken / x.cpuMsPerToken).toFixed(3)}×`
+          : "";
       console.log(
-        `${name} / single decode speed: ${ratios[name].toFixed(3)}×; ` +
+        `${name} / single decode speed: ${ratios[name].toFixed(3)}×${cpuRatio}; ` +
           `fan-out per MoE layer: ${((x.msPerToken - single.msPerToken) / moeLayers).toFixed(3)} ms ` +
           `(${moeLayers} MoE layers)`,
       );
@@ -258,6 +297,8 @@ try {
       vocabSize: spec.vocabSize,
     },
     tokensPerRun: TOKENS,
+    batching: values.batching ?? defaults.BATCHING ?? null,
+    loadAverage: loadavg().map((x) => Number(x.toFixed(2))),
     runsPerConfig: RUNS,
     configurations: summary,
     ratiosOverSingle: ratios,

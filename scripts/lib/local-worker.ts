@@ -8,6 +8,7 @@ import { createTestHarness, type WorkerHandle } from "wrangler";
 import { existsSync, readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { cpuMs, descendantPids } from "./process-cpu";
 
 export const ROOT = resolve(fileURLToPath(new URL("../..", import.meta.url)));
 export const ADMIN_TOKEN_FOR_TESTS = "local-admin-token";
@@ -24,6 +25,11 @@ export interface LocalWorker {
   fetch(path: string, init?: RequestInit): Promise<Response>;
   bucket(): Promise<R2Bucket>;
   worker: WorkerHandle;
+  /**
+   * CPU milliseconds the processes this harness started (workerd) have used so far: every isolate
+   * of the Worker, its Durable Objects and the runtime's own threads. Null without /proc.
+   */
+  cpuMs(): number | null;
   dispose(): Promise<void>;
 }
 
@@ -50,7 +56,11 @@ export async function startLocalWorker(opts: LocalWorkerOptions = {}): Promise<L
       },
     ],
   });
+  const before = descendantPids();
   const { url } = await harness.listen();
+  // The harness's processes: those below this one that were not there before it started (the
+  // callers start harnesses one at a time).
+  const started = [...descendantPids()].filter((pid) => !before.has(pid));
   const worker = harness.getWorker();
   // workerd's own warnings and errors (a request cancelled as hung, a promise settled from another
   // request) reach no console here; a run that fails prints them, else a dropped connection is all
@@ -65,6 +75,7 @@ export async function startLocalWorker(opts: LocalWorkerOptions = {}): Promise<L
     worker,
     fetch: (path, init) => harness.fetch(new URL(path, url).href, init as never) as unknown as Promise<Response>,
     bucket: async () => ((await worker.getEnv()) as unknown as Env).MODELS,
+    cpuMs: () => cpuMs(started),
     dispose: () => harness.close(),
   };
 }
