@@ -102,6 +102,7 @@ export class StageHost extends DurableObject<Env> {
 
   /** Runs one chunk of one session through this stage, then through the rest of the route. */
   async run(req: StageRunRequest): Promise<StageRunResult> {
+    let acquired: KvLedger<Session> | null = null;
     try {
       this.#keepAlive.touch();
       const hop = req.route[0];
@@ -116,7 +117,7 @@ export class StageHost extends DurableObject<Env> {
       const part = await this.#open(req.model, hop, req.version);
       const kv = this.#kv!;
       const now = Date.now();
-      let s = kv.get(req.session, now);
+      let s = kv.acquire(req.session, now);
       if (!s) {
         if (req.start !== 0)
           throw new StageError(
@@ -124,8 +125,11 @@ export class StageHost extends DurableObject<Env> {
             `${this.#label}: session ${req.session} is unknown here (the instance was reset or evicted, ` +
               `or the session idle for ${SESSION_IDLE_MS} ms)`,
           );
-        s = this.#admit(part, req.session, req.maxLen, now);
+        this.#admit(part, req.session, req.maxLen, now);
+        s = kv.acquire(req.session, now)!;
       }
+      // In use until this call (and the later stages it calls) ends: the idle alarm must not free it meanwhile.
+      acquired = kv;
       if (s.length !== req.start)
         throw new StageError(
           "bad_request",
@@ -162,6 +166,8 @@ export class StageHost extends DurableObject<Env> {
       return { ok: true, y: next.y, trace: [...trace, ...next.trace], rpcs: rpcs + 1 + next.rpcs };
     } catch (err) {
       return failure(err);
+    } finally {
+      acquired?.release(req.session, Date.now());
     }
   }
 
