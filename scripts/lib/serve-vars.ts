@@ -99,8 +99,9 @@ export function localRuntimeVars(): ServeVars {
     reasons: [
       `HOST_KEEPALIVE_MS=${LOCAL_KEEPALIVE_MS} (default 60000): every host shares one local thread, so loading ` +
         "the placement takes minutes; hosts warmed first must still be loaded when the last one is",
-      `EXPERT_RPC_TIMEOUT_MS=${LOCAL_EXPERT_RPC_TIMEOUT_MS}, PIPELINE_RPC_TIMEOUT_MS=${LOCAL_PIPELINE_RPC_TIMEOUT_MS} ` +
-        "(defaults 15000, 120000): a cold host's first call waits behind the other hosts' loads",
+      `EXPERT_RPC_TIMEOUT_MS=${LOCAL_EXPERT_RPC_TIMEOUT_MS}, ` +
+        `PIPELINE_RPC_TIMEOUT_MS=${LOCAL_PIPELINE_RPC_TIMEOUT_MS} (defaults 15000, 120000): ` +
+        "a cold host's first call waits behind the other hosts' loads",
     ],
   };
 }
