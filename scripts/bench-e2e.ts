@@ -26,7 +26,7 @@ import { cpus, loadavg, totalmem } from "node:os";
 import { dirname, join } from "node:path";
 import { parseArgs } from "node:util";
 import { ADMIN_TOKEN_FOR_TESTS, startLocalWorker, ROOT, type LocalWorker } from "./lib/local-worker";
-import { serveVarsFor } from "./lib/serve-vars";
+import { localRuntimeVars, serveVarsFor } from "./lib/serve-vars";
 import { seedModelDir } from "./lib/seed-lib";
 import { progressBar } from "./lib/progress";
 import { makeDemoModel } from "./lib/demo-model";
@@ -146,9 +146,11 @@ for (const n of names)
 const toml = readFileSync(join(ROOT, "wrangler.toml"), "utf8");
 const defaults = Object.fromEntries([...toml.matchAll(/^([A-Z_]+)\s*=\s*"([^"]*)"/gm)].map((m) => [m[1], m[2]]));
 const serve = serveVarsFor(spec, defaults);
-for (const r of serve.reasons) console.log(`vars: ${r}`);
+// A --dir model is a real-shape one: its hosts share this one local process (see serve-vars.ts).
+const local = values.dir !== undefined ? localRuntimeVars() : { vars: {}, reasons: [] };
+for (const r of [...serve.reasons, ...local.reasons]) console.log(`vars: ${r}`);
 const batching: Record<string, string> = values.batching === undefined ? {} : { BATCHING: values.batching };
-const configs = Object.fromEntries(names.map((n) => [n, { ...serve.vars, ...ALL[n], ...batching }]));
+const configs = Object.fromEntries(names.map((n) => [n, { ...serve.vars, ...local.vars, ...ALL[n], ...batching }]));
 
 /** Sum of a counter's series in /metrics (every label set). */
 async function counter(w: LocalWorker, name: string): Promise<number> {

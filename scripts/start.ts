@@ -6,7 +6,8 @@
  * `demo-mixtral-int8` instead: the demo with its experts converted to int8 (scripts/convert.ts),
  * about a quarter of the bytes. `--config` serves the first N layers of a published config at its
  * exact shape instead (make-model: random int8 experts, bf16 dense, the family's real tokenizer and
- * chat template), with the stage budgets its f32 dense layers need (scripts/lib/serve-vars.ts).
+ * chat template), with the stage budgets its dense layers need and the deadlines and keep-alive of
+ * one local workerd process (scripts/lib/serve-vars.ts).
  * Ctrl-C stops wrangler and workerd.
  */
 import { spawn, spawnSync } from "node:child_process";
@@ -17,7 +18,7 @@ import { basename, join, resolve } from "node:path";
 import { ROOT } from "./lib/local-worker";
 import { wantsHelp } from "./lib/progress";
 import { resolveConfig } from "./lib/make-model";
-import { serveVarsFor, tomlVars } from "./lib/serve-vars";
+import { localRuntimeVars, serveVarsFor, tomlVars } from "./lib/serve-vars";
 import { parseConfig } from "../src/model/config";
 
 const USAGE = `usage: npm start [-- --quant int8 | --config NAME [--layers N] [--model ID] [--out DIR]]
@@ -82,8 +83,9 @@ if (CONFIG) {
   run("tsx", ["scripts/make-model.ts", "--config", resolveConfig(CONFIG), "--out", MODEL_DIR, "--layers", `${LAYERS}`]);
   const spec = parseConfig(JSON.parse(readFileSync(resolve(ROOT, MODEL_DIR, "config.json"), "utf8")));
   const serve = serveVarsFor(spec, tomlVars(ROOT));
-  extraVars = serve.vars;
-  for (const r of serve.reasons) console.log(`vars: ${r}`);
+  const local = localRuntimeVars();
+  extraVars = { ...serve.vars, ...local.vars };
+  for (const r of [...serve.reasons, ...local.reasons]) console.log(`vars: ${r}`);
 } else run("tsx", ["scripts/make-demo-model.ts", "--out", "demo-model"]);
 if (INT8) {
   // Re-converted whenever the f32 demo is newer than the int8 copy.

@@ -6,6 +6,13 @@
  * than the stage budget, rather than refuse, the budget grows to one layer and the KV budget shrinks
  * so weights + KV + scratch still fit the Wasm cap; the caller prints the change. A model that fits
  * the defaults gets no change.
+ *
+ * `localRuntimeVars`: what one local workerd process needs to serve such a model at all. Every
+ * ExpertHost, HeadHost and StageHost runs on the same thread there, so the first placement of the
+ * Qwen3-30B-A3B slice (35 hosts, 2.2 GiB of experts) loads host after host for minutes, and a cold
+ * host's first call waits behind the others' loads: past the production deadlines (15 s an expert
+ * call) and past the 60 s keep-alive, which let the hosts warmed first be evicted before the rest
+ * had loaded — every request then found cold hosts and answered 503.
  */
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
@@ -67,6 +74,34 @@ export function serveVarsFor(spec: ModelSpec, defaults: Record<string, string>):
         `as ${quant} (DENSE_QUANT)`,
       `STAGE_KV_BUDGET_MB=${newKv} (default ${kvMb}): weights + KV + ${STAGE_SCRATCH_BYTES / MIB} MiB scratch ` +
         `≤ the ${WASM_MAX_BYTES / MIB} MiB Wasm cap`,
+    ],
+  };
+}
+
+/** Hosts stay loaded this long after their last call in a local run (HOST_KEEPALIVE_MS). */
+export const LOCAL_KEEPALIVE_MS = 900_000;
+/** An expert call's deadline in a local run: a cold host loads behind the others on one thread. */
+export const LOCAL_EXPERT_RPC_TIMEOUT_MS = 120_000;
+/** A stage / head / driver call's deadline: it waits for every expert call of its layers. */
+export const LOCAL_PIPELINE_RPC_TIMEOUT_MS = 600_000;
+
+/**
+ * The deadlines and keep-alive a real-shape model needs in one local workerd process (`npm start --
+ * --config`, `bench:e2e --dir`); a deployment keeps wrangler.toml's (each host is its own isolate).
+ */
+export function localRuntimeVars(): ServeVars {
+  return {
+    vars: {
+      HOST_KEEPALIVE_MS: String(LOCAL_KEEPALIVE_MS),
+      EXPERT_RPC_TIMEOUT_MS: String(LOCAL_EXPERT_RPC_TIMEOUT_MS),
+      PIPELINE_RPC_TIMEOUT_MS: String(LOCAL_PIPELINE_RPC_TIMEOUT_MS),
+    },
+    reasons: [
+      `HOST_KEEPALIVE_MS=${LOCAL_KEEPALIVE_MS} (default 60000): every host shares one local thread, so loading ` +
+        "the placement takes minutes; hosts warmed first must still be loaded when the last one is",
+      `EXPERT_RPC_TIMEOUT_MS=${LOCAL_EXPERT_RPC_TIMEOUT_MS}, ` +
+        `PIPELINE_RPC_TIMEOUT_MS=${LOCAL_PIPELINE_RPC_TIMEOUT_MS} (defaults 15000, 120000): ` +
+        "a cold host's first call waits behind the other hosts' loads",
     ],
   };
 }

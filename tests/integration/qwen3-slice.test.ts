@@ -4,7 +4,9 @@
  * proportions at 1/16 of the width (hidden 128, 128 experts top-8 of intermediate 48, 32 query / 4
  * KV heads of 8, q/k RMSNorm), one layer, int8 experts, the real Qwen3 tokenizer and ChatML
  * template. Deployed as the full-size slice is: a StageHost, the 151936-row head split over
- * HeadHosts, embeddings read from R2 by the session driver, experts on two ExpertHosts.
+ * HeadHosts, embeddings read from R2 by the session driver, experts on two ExpertHosts. The
+ * streamed chats run 24 tokens with thinking on and off: the full-size slice's longer answers used
+ * to be cut after 6.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { mkdtempSync, readFileSync } from "node:fs";
@@ -20,6 +22,8 @@ const MODEL = "qwen3-slice";
 const SET = { hidden_size: 128, moe_intermediate_size: 48, head_dim: 8, intermediate_size: 384 };
 /** The bf16 head (151936 × 128 × 2 B = 37.1 MiB) needs 3 shards at this budget. */
 const HEAD_MB = 16;
+/** Tokens per streamed answer. */
+const LONG = 24;
 const CHAT: ChatMessage[] = [
   { role: "system", content: "You are terse." },
   { role: "user", content: "What is 2+2?" },
@@ -44,44 +48,59 @@ const promptIds = (enableThinking?: boolean) =>
   tok.encode(tok.applyChatTemplate(CHAT, { enableThinking }), { addSpecialTokens: false });
 
 describe("Qwen3-30B-A3B layout at reduced width: real tokenizer, template and vocabulary", () => {
-  it("streams a chat completion rendered with Qwen3's ChatML template (enable_thinking false)", async () => {
-    const res = await w.fetch("/v1/chat/completions", {
-      method: "POST",
-      headers: { "content-type": "application/json" },
-      body: JSON.stringify({
-        messages: CHAT,
-        max_tokens: 6,
-        temperature: 0,
-        stream: true,
-        stream_options: { include_usage: true },
-        chat_template_kwargs: { enable_thinking: false },
-      }),
-    });
-    expect(res.status).toBe(200);
-    const events = sseData(await res.text());
-    expect(events.at(-1)).toBe("[DONE]");
-    const chunks = events.slice(0, -1).map((e) => JSON.parse(e));
-    expect(chunks[0].model).toBe(MODEL);
-    expect(chunks[0].choices[0].delta.role).toBe("assistant");
-    const usage = chunks.at(-1).usage;
-    // The prompt is Qwen3's own rendering, closed think block included (4 more ids than without).
-    expect(usage.prompt_tokens).toBe(promptIds(false).length);
-    expect(promptIds(false).length).toBe(promptIds().length + 4);
-    expect(usage.completion_tokens).toBeGreaterThan(0);
-    const streamed = chunks.map((c) => c.choices?.[0]?.delta?.content ?? "").join("");
+  // Well past the 6 tokens after which the full-size slice's answers used to be cut.
+  it.each([false, true])(
+    `streams a ${LONG}-token chat completion rendered with Qwen3's ChatML template (enable_thinking %s)`,
+    async (thinking) => {
+      const res = await w.fetch("/v1/chat/completions", {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({
+          messages: CHAT,
+          max_tokens: LONG,
+          temperature: 0,
+          stream: true,
+          stream_options: { include_usage: true },
+          chat_template_kwargs: { enable_thinking: thinking },
+        }),
+      });
+      expect(res.status).toBe(200);
+      const events = sseData(await res.text());
+      expect(events.at(-1)).toBe("[DONE]");
+      const chunks = events.slice(0, -1).map((e) => JSON.parse(e));
+      expect(chunks.some((c) => "error" in c)).toBe(false);
+      expect(chunks[0].model).toBe(MODEL);
+      expect(chunks[0].choices[0].delta.role).toBe("assistant");
+      const usage = chunks.at(-1).usage;
+      // The prompt is Qwen3's own rendering: enable_thinking false closes an empty think block (4 more
+      // ids); true renders as the template's default (the model opens its own think block).
+      expect(usage.prompt_tokens).toBe(promptIds(thinking).length);
+      expect(promptIds(false).length).toBe(promptIds().length + 4);
+      expect(promptIds(true)).toEqual(promptIds());
+      const finish = chunks.map((c) => c.choices?.[0]?.finish_reason).find((f) => f != null);
+      // Seeded random weights: the greedy path meets no EOS within LONG tokens, so the whole answer streams.
+      expect(finish).toBe("length");
+      expect(usage.completion_tokens).toBe(LONG);
+      const streamed = chunks.map((c) => c.choices?.[0]?.delta?.content ?? "").join("");
 
-    // The same prompt ids through /v1/completions give the same greedy ids, and the streamed text
-    // is exactly their decode (ids past the tokenizer's 151669 pieces are skipped, not "<unk>").
-    const done = await postJson(w, "/v1/completions", { prompt: promptIds(false), max_tokens: 6, temperature: 0 });
-    expect(done.status).toBe(200);
-    const ids: number[] = done.json.choices[0].token_ids;
-    expect(ids.length).toBe(usage.completion_tokens);
-    expect(ids.every((id) => id >= 0 && id < 151936)).toBe(true);
-    const eos = tok.eosTokenIds[0];
-    const shown = ids.filter((id) => id !== eos);
-    expect(streamed).toBe(tok.decode(shown, { skipSpecialTokens: true }));
-    expect(done.json.choices[0].text).toBe(streamed);
-  }, 60_000);
+      // The same prompt ids through /v1/completions give the same greedy ids, and the streamed text
+      // is exactly their decode (ids past the tokenizer's 151669 pieces are skipped, not "<unk>").
+      const done = await postJson(w, "/v1/completions", {
+        prompt: promptIds(thinking),
+        max_tokens: LONG,
+        temperature: 0,
+      });
+      expect(done.status).toBe(200);
+      const ids: number[] = done.json.choices[0].token_ids;
+      expect(ids.length).toBe(usage.completion_tokens);
+      expect(ids.every((id) => id >= 0 && id < 151936)).toBe(true);
+      const eos = tok.eosTokenIds[0];
+      const shown = ids.filter((id) => id !== eos);
+      expect(streamed).toBe(tok.decode(shown, { skipSpecialTokens: true }));
+      expect(done.json.choices[0].text).toBe(streamed);
+    },
+    90_000,
+  );
 
   it("serves ids the tokenizer has no piece for, and refuses ids beyond the vocabulary", async () => {
     expect(tok.isDecodable(151700)).toBe(false);

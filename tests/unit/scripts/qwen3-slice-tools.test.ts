@@ -10,7 +10,7 @@ import { afterAll, describe, expect, it } from "vitest";
 import { parseConfig } from "../../../src/model/config";
 import { makeModel, resolveConfig } from "../../../scripts/lib/make-model";
 import { projectFromMeasured, type E2eResult } from "../../../scripts/lib/plan-measured";
-import { serveVarsFor } from "../../../scripts/lib/serve-vars";
+import { localRuntimeVars, serveVarsFor } from "../../../scripts/lib/serve-vars";
 
 const dirs: string[] = [];
 afterAll(() => dirs.forEach((d) => rmSync(d, { recursive: true, force: true })));
@@ -32,6 +32,18 @@ describe("serveVarsFor", () => {
     expect(serveVarsFor(parseConfig(published("granite-3.1-1b-a400m")), DEFAULTS)).toEqual({ vars: {}, reasons: [] });
     const wide = parseConfig({ ...published("qwen3-30b-a3b"), hidden_size: 2560, num_hidden_layers: 1 });
     expect(() => serveVarsFor(wide, DEFAULTS)).toThrow(/leaves .* MiB of KV/);
+  });
+});
+
+describe("localRuntimeVars", () => {
+  it("keeps hosts loaded and waits for cold hosts longer than a deployment does, saying why", () => {
+    const v = localRuntimeVars();
+    expect(v.vars).toEqual({
+      HOST_KEEPALIVE_MS: "900000",
+      EXPERT_RPC_TIMEOUT_MS: "120000",
+      PIPELINE_RPC_TIMEOUT_MS: "600000",
+    });
+    expect(v.reasons.join(" ")).toMatch(/HOST_KEEPALIVE_MS=900000.*EXPERT_RPC_TIMEOUT_MS=120000/s);
   });
 });
 

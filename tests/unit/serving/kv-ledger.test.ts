@@ -29,4 +29,24 @@ describe("KvLedger", () => {
     expect(kv.idle(1000, 500)).toEqual(["a"]);
     expect(kv.remove("zzz")).toBeUndefined();
   });
+
+  it("never reports a session a call is running on, however long the call takes; idle time counts from its end", () => {
+    const kv = new KvLedger<string>(100);
+    kv.add("a", 10, "A", 0);
+    expect(kv.acquire("a", 100)).toBe("A");
+    // A chunk waiting on cold experts and later stages for longer than the idle limit.
+    expect(kv.idle(100 + 90_000, 60_000)).toEqual([]);
+    kv.release("a", 90_100);
+    expect(kv.idle(90_100 + 59_000, 60_000)).toEqual([]);
+    expect(kv.idle(90_100 + 61_000, 60_000)).toEqual(["a"]);
+    // Two calls in flight: in use until both ended; unknown ids are ignored.
+    kv.acquire("a", 200_000);
+    kv.acquire("a", 200_000);
+    kv.release("a", 200_001);
+    expect(kv.idle(400_000, 60_000)).toEqual([]);
+    kv.release("a", 200_002);
+    expect(kv.idle(400_000, 60_000)).toEqual(["a"]);
+    expect(kv.acquire("zzz", 0)).toBeUndefined();
+    kv.release("zzz", 0);
+  });
 });
