@@ -16,6 +16,7 @@ import { createKernels } from "../kernels/workers";
 import { readBudgets } from "../platform/budgets";
 import { isModelChanged, PinnedModel } from "../platform/model-store";
 import { faultyBucket } from "../platform/r2-faults";
+import { hostKeepAliveMs, KeepAlive } from "../platform/keep-alive";
 import { ExpertStore, StoreFailure, storeFailure } from "./expert-store";
 import { HostAssignment } from "./host-assignment";
 import { HostBatcher } from "./host-batcher";
@@ -79,10 +80,13 @@ export class ExpertHost extends DurableObject<Env> {
   readonly #batcher = new HostBatcher("ExpertHost");
   /** Until when every R2 operation of this instance fails (chaos testing via /admin/fault). */
   #r2FaultUntil = 0;
+  /** Keeps the loaded experts in memory for HOST_KEEPALIVE_MS after a load or a forward call. */
+  readonly #keepAlive: KeepAlive;
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
     this.#assignment = new HostAssignment(ctx.storage.sql);
+    this.#keepAlive = new KeepAlive(ctx, () => hostKeepAliveMs(this.env));
     void ctx.blockConcurrencyWhile(async () => this.#assignment.init());
     const bucket = faultyBucket(env.MODELS, () => Date.now() < this.#r2FaultUntil);
     this.#model = new PinnedModel(
@@ -109,6 +113,7 @@ export class ExpertHost extends DurableObject<Env> {
   async load(model: string, experts: ExpertRef[], name?: string): Promise<ExpertLoadResult> {
     if (name) this.#name = name;
     try {
+      this.#keepAlive.touch();
       let store = await this.#open(model);
       let loads = await settledInPool(experts, LOAD_CONCURRENCY, (e) => store.ensure(e.layer, e.expert));
       if (loads.some((r) => r.status === "rejected" && isModelChanged(r.reason))) {
@@ -165,6 +170,7 @@ export class ExpertHost extends DurableObject<Env> {
     this.#inflight++;
     let store: ExpertStore | null = null;
     try {
+      this.#keepAlive.touch();
       const refused = req.items.filter((it) => !this.#assignment.has(req.model, req.layer, it.expert));
       if (refused.length > 0) {
         const list = refused.map((it) => expertKey(req.layer, it.expert)).join(", ");
@@ -213,6 +219,11 @@ export class ExpertHost extends DurableObject<Env> {
   /** For `ms`, every R2 read of this instance fails (an R2 outage while it loads weights). */
   async injectR2Fault(ms: number): Promise<void> {
     this.#r2FaultUntil = Date.now() + Math.max(0, ms);
+  }
+
+  /** The keep-alive's tick: wakes again while the host served a call within HOST_KEEPALIVE_MS. */
+  override async alarm(): Promise<void> {
+    await this.#keepAlive.alarm();
   }
 
   stats(): ExpertHostStats {

@@ -11,6 +11,7 @@ import { DurableObject } from "cloudflare:workers";
 import { createKernels } from "../kernels/workers";
 import { MemoryBudgetError } from "../kernels/index";
 import { isModelChanged, PinnedModel } from "../platform/model-store";
+import { hostKeepAliveMs, KeepAlive } from "../platform/keep-alive";
 import { headHostBudgetBytes } from "./budget";
 import { HeadStore, HeadStoreFailure } from "./head-store";
 import type {
@@ -36,6 +37,9 @@ export class HeadHost extends DurableObject<Env> {
       }),
   );
 
+  /** Keeps the rows in memory for HOST_KEEPALIVE_MS after a served call. */
+  readonly #keepAlive = new KeepAlive(this.ctx, () => hostKeepAliveMs(this.env));
+
   get #store(): HeadStore | null {
     return this.#model.current?.value ?? null;
   }
@@ -43,6 +47,7 @@ export class HeadHost extends DurableObject<Env> {
   /** Loads the shard's rows (idempotent). */
   async load(ref: HeadShardRef): Promise<HeadLoadResult> {
     try {
+      this.#keepAlive.touch();
       await this.#open(ref);
       return { ok: true, stats: this.stats() };
     } catch (err) {
@@ -53,6 +58,7 @@ export class HeadHost extends DurableObject<Env> {
   /** The shard's logits slice, or its greedy answer, for hidden [n, dModel] (after the final norm). */
   async forward(req: HeadForwardRequest): Promise<HeadForwardResult> {
     try {
+      this.#keepAlive.touch();
       const store = await this.#open(req);
       if (req.mode === "logits") return { ok: true, mode: "logits", logits: store.logits(req.hidden, req.n) };
       if (req.mode === "greedy") return { ok: true, mode: "greedy", ...store.greedy(req.hidden, req.n) };
@@ -69,6 +75,7 @@ export class HeadHost extends DurableObject<Env> {
   /** Embedding rows for ids inside this shard (tied embeddings: the one copy serves both). */
   async embed(ref: HeadShardRef, ids: number[]): Promise<HeadEmbedResult> {
     try {
+      this.#keepAlive.touch();
       const store = await this.#open(ref);
       if (store.tensor !== store.embedTensor) {
         return {
@@ -81,6 +88,11 @@ export class HeadHost extends DurableObject<Env> {
     } catch (err) {
       return failure(err);
     }
+  }
+
+  /** The keep-alive's tick: wakes again while the shard served a call within HOST_KEEPALIVE_MS. */
+  override async alarm(): Promise<void> {
+    await this.#keepAlive.alarm();
   }
 
   stats(): HeadHostStats {

@@ -18,14 +18,6 @@ export const PREFILL_CHUNK = 128;
 /** A session unused this long is freed by the stage's alarm (a client that vanished mid-stream). */
 export const SESSION_IDLE_MS = 60_000;
 
-/**
- * While a StageHost holds sessions it wakes itself this often (an alarm): a Durable Object with no
- * incoming event is evicted after a while (seconds in local workerd, minutes in production; README,
- * "KV caches and admission"), and an evicted stage loses every session's KV cache (and reloads its
- * layers). An alarm is an incoming event; ≤ 12 a minute per stage, and only while it holds sessions.
- */
-export const STAGE_KEEPALIVE_MS = 5_000;
-
 /** What a refused (KV-full) request is told to wait before retrying. */
 export const KV_RETRY_AFTER_MS = 2_000;
 

@@ -15,6 +15,7 @@ import { emptyLoadStats, layerHeldBytes, loadLayer, type LoadStats } from "../mo
 import { isModelChanged, modelVersion, openModelFromR2 } from "../platform/model-store";
 import { formatMiB } from "../platform/format";
 import { flushExpertEventsSoon } from "../platform/events";
+import { hostKeepAliveMs, KeepAlive } from "../platform/keep-alive";
 import { currentPlacement, flushLoad, flushLoadSoon, runExperts } from "../experts/expert-client";
 import { parseRoutingOptions } from "../gating/options";
 import { ModelForward, type ExpertRunner, type Session } from "../serving/forward";
@@ -27,7 +28,6 @@ import {
   KV_RETRY_AFTER_MS,
   readStageBudgets,
   SESSION_IDLE_MS,
-  STAGE_KEEPALIVE_MS,
   STAGE_LOAD_CHUNK_BYTES,
   STAGE_SCRATCH_BYTES,
 } from "../serving/stage-budgets";
@@ -74,6 +74,12 @@ export class StageHost extends DurableObject<Env> {
   #name = "";
   /** Injected reset (chaos testing): the first run at a position ≥ this finds the instance evicted. */
   #resetAt: number | null = null;
+  /** In memory while it served a call within HOST_KEEPALIVE_MS or holds sessions (their KV caches). */
+  readonly #keepAlive = new KeepAlive(
+    this.ctx,
+    () => hostKeepAliveMs(this.env),
+    () => (this.#kv?.size ?? 0) > 0,
+  );
 
   /** Reserves a session's KV cache before its first chunk (admission: a full stage says "busy"). */
   async open(
@@ -84,6 +90,7 @@ export class StageHost extends DurableObject<Env> {
     version?: string,
   ): Promise<{ ok: true } | StageFailure> {
     try {
+      this.#keepAlive.touch();
       const part = await this.#open(model, hop, version);
       const now = Date.now();
       if (!this.#kv!.get(session, now)) this.#admit(part, session, maxLen, now);
@@ -96,6 +103,7 @@ export class StageHost extends DurableObject<Env> {
   /** Runs one chunk of one session through this stage, then through the rest of the route. */
   async run(req: StageRunRequest): Promise<StageRunResult> {
     try {
+      this.#keepAlive.touch();
       const hop = req.route[0];
       if (!hop) throw new StageError("bad_request", "empty route");
       if (this.#resetAt !== null && req.start >= this.#resetAt) {
@@ -165,6 +173,7 @@ export class StageHost extends DurableObject<Env> {
    */
   async decode(req: DecodeRequest & { maxLen: number }): Promise<StageDecodeResult> {
     try {
+      this.#keepAlive.touch();
       const rt = await getRuntimeOf(this.env, req.model, req.version);
       const session = rt.adoptSession(req.session, req.maxLen);
       // A native byte stream: the RPC system pumps each write to the Worker as it happens (a JS
@@ -228,6 +237,7 @@ export class StageHost extends DurableObject<Env> {
   /** One MoE block of a layer held here on given inputs (verify's moe_layer check). */
   async moeBlock(model: string, hop: StageHop, layer: number, input: Float32Array): Promise<StageMoeResult> {
     try {
+      this.#keepAlive.touch();
       const part = await this.#open(model, hop);
       const rng = createRng(0);
       let rpcs = 0;
@@ -252,15 +262,14 @@ export class StageHost extends DurableObject<Env> {
   }
 
   /**
-   * Frees sessions idle for longer than SESSION_IDLE_MS (a client that vanished mid-stream), and
-   * while sessions remain wakes again in STAGE_KEEPALIVE_MS, which keeps the instance — and their
-   * KV caches — from being evicted between a slow session's calls.
+   * Frees sessions idle for longer than SESSION_IDLE_MS (a client that vanished mid-stream), then
+   * the keep-alive wakes the instance again while it holds sessions or served a call recently, which
+   * keeps it — its layers and the sessions' KV caches — from being evicted between a slow session's calls.
    */
   override async alarm(): Promise<void> {
     const kv = this.#kv;
-    if (!kv || !this.#part) return;
-    for (const id of kv.idle(Date.now(), SESSION_IDLE_MS)) await this.end(id);
-    if (kv.size > 0) await this.ctx.storage.setAlarm(Date.now() + STAGE_KEEPALIVE_MS);
+    if (kv && this.#part) for (const id of kv.idle(Date.now(), SESSION_IDLE_MS)) await this.end(id);
+    await this.#keepAlive.alarm();
   }
 
   stats(): StageHostStats {
@@ -321,12 +330,8 @@ export class StageHost extends DurableObject<Env> {
       throw err;
     }
     kv.add(id, need, s, now);
-    this.ctx.waitUntil(this.#armIdleAlarm());
+    this.#keepAlive.holdNow(now);
     return s;
-  }
-
-  async #armIdleAlarm(): Promise<void> {
-    if ((await this.ctx.storage.getAlarm()) === null) await this.ctx.storage.setAlarm(Date.now() + STAGE_KEEPALIVE_MS);
   }
 
   get #label(): string {

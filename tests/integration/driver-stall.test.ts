@@ -22,7 +22,14 @@ describe("session driver under a slow pipeline", () => {
   beforeAll(async () => {
     w = await startWithModels(
       { chat: makeSmallChatModel() },
-      { PIPELINE_STAGES: "2", ADMIN_FAULTS_ENABLED: "true", EXPERT_RPC_TIMEOUT_MS: "120000", DENSE_QUANT: "f32" },
+      // HOST_KEEPALIVE_MS off: the stage must be held by its session alone (the window is keep-alive.test.ts).
+      {
+        PIPELINE_STAGES: "2",
+        ADMIN_FAULTS_ENABLED: "true",
+        EXPERT_RPC_TIMEOUT_MS: "120000",
+        DENSE_QUANT: "f32",
+        HOST_KEEPALIVE_MS: "0",
+      },
     );
   });
   afterAll(() => w?.dispose());
