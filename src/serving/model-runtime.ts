@@ -30,6 +30,7 @@ import { MODEL_CHECK_MS, ModelChangedError, modelVersion, openModelFromR2 } from
 import type { FileStore } from "../model/file-stores";
 import { readBudgets, WORKER_SCRATCH_BYTES } from "../platform/budgets";
 import { formatMiB } from "../platform/format";
+import { MemoryPeak, type MemoryPeakStats } from "../platform/memory-peak";
 import { ApiError, BudgetError } from "../errors";
 import {
   EMBED_CACHE_BYTES,
@@ -45,7 +46,7 @@ import type { StageLayerTrace } from "./stage-protocol";
 import { ModelForward, type ExpertRunner, type Session } from "./forward";
 import { placementInitFor, type ModelPlacementInit } from "./placement-init";
 import { HeadBatcher, headBatchable } from "./head-batcher";
-import { batchingEnabled } from "../platform/env";
+import { batchingEnabled, type Vars } from "../platform/env";
 
 export type { ModelPlacementInit } from "./placement-init";
 
@@ -205,6 +206,30 @@ export class ModelRuntime {
 
   get kernelFlavor(): string {
     return this.model.kernels.flavor;
+  }
+
+  /** Peaks since this runtime loaded in this isolate (admin /hosts: the Worker's own memory). */
+  readonly #memoryPeak = new MemoryPeak();
+
+  /** What this isolate holds for the model: dense weights, KV caches (ledger), Wasm memory. */
+  memory(env: Vars): RuntimeMemoryStats {
+    const k = this.model.kernels;
+    const weightBytes = this.model.heldBytes;
+    // Weights are fixed and the ledger keeps its own KV peak, so weights + KV peak is the exact
+    // high-water of the budgeted bytes; a linear memory only grows, so its size now is its peak.
+    const peak = this.#memoryPeak.note({ bytesHeld: weightBytes + this.kv.peak, wasmMemoryBytes: k.memoryBytes });
+    return {
+      model: this.id,
+      weightBytes,
+      weightBudgetBytes: readBudgets(env).workerBytes,
+      kvBytesUsed: this.kv.usedBytes,
+      kvBytesPeak: this.kv.peak,
+      kvBudgetBytes: this.kv.budgetBytes,
+      wasmBytesInUse: k.bytesInUse,
+      wasmMemoryBytes: k.memoryBytes,
+      wasmLimitBytes: k.maxBytes,
+      peak,
+    };
   }
 
   /** The routing knobs in force (all off unless the deployer set them). */
@@ -494,6 +519,24 @@ interface ChunkCall {
 function recordTrace(trace: ForwardTrace, t: StageLayerTrace): void {
   trace.routing.push({ layer: t.layer, routing: { n: t.n, topK: t.topK, ids: t.ids, weights: t.weights } });
   trace.dispatch.push({ layer: t.layer, rpcs: t.rpcs });
+}
+
+/** A runtime's memory in its isolate (the Worker's, or a session driver's). */
+export interface RuntimeMemoryStats {
+  model: string;
+  /** Dense weights held in Wasm memory (embeddings, layers, head when here). */
+  weightBytes: number;
+  /** WORKER_BUDGET_MB: what the weights may take in one isolate. */
+  weightBudgetBytes: number;
+  kvBytesUsed: number;
+  kvBytesPeak: number;
+  kvBudgetBytes: number;
+  wasmBytesInUse: number;
+  wasmMemoryBytes: number;
+  /** The kernels' cap on the linear memory. */
+  wasmLimitBytes: number;
+  /** bytesHeldPeak = weights + KV peak. */
+  peak: MemoryPeakStats;
 }
 
 /** DO name of session driver k of a model (a StageHost that holds no layers). */
