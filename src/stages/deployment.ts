@@ -17,7 +17,7 @@ import { DEFAULT_RETRY } from "../experts/retry-policy";
 import { kvLayout } from "../serving/attention";
 import { planHeadShards, type HeadPlacement } from "../coordinator/head-placement";
 import { headHostBudgetBytes } from "../head/budget";
-import { EMBED_CACHE_BYTES, PREFILL_CHUNK, readStageBudgets } from "../serving/stage-budgets";
+import { EMBED_CACHE_BYTES, PREFILL_CHUNK, readStageBudgets, type StageBudgets } from "../serving/stage-budgets";
 import type { RpcCountInput } from "./rpc-count";
 
 export interface DeploymentShape {
@@ -74,6 +74,23 @@ export function kvBytesPerPosition(spec: ModelSpec, first: number, end: number):
 }
 
 /**
+ * Longest prompt + generation one request may have on this placement: the model's context, or
+ * less where a KV budget binds — the Worker's when it runs every layer (no stages), else each
+ * stage's for its layers (a session reserves its whole length up front on each).
+ */
+export function deploymentMaxLen(
+  spec: ModelSpec,
+  stages: readonly { first: number; end: number }[],
+  budgets: Pick<StageBudgets, "workerKvBytes" | "stageKvBytes">,
+): number {
+  const kvLimits =
+    stages.length === 0
+      ? [Math.floor(budgets.workerKvBytes / kvBytesPerPosition(spec, 0, spec.nLayers))]
+      : stages.map((s) => Math.floor(budgets.stageKvBytes / kvBytesPerPosition(spec, s.first, s.end)));
+  return Math.min(maxServableTokens(spec), ...kvLimits);
+}
+
+/**
  * `experts`: how the ExpertHosts hold an expert — its dtype (slices then chosen as the hosts and
  * the Worker choose them: EXPERT_SLICES, else the fewest whose largest slice fits
  * EXPERT_HOST_BUDGET_MB), or the bytes of one whole expert (placed unsliced).
@@ -109,11 +126,7 @@ export function deploymentShape(
     forcedStages: stageBudgets.forcedStages,
   });
   const { placement, slices, expertBytes } = expertDeployment(spec, vars, experts, model);
-  const kvLimits =
-    pipeline.stages.length === 0
-      ? [Math.floor(stageBudgets.workerKvBytes / kvBytesPerPosition(spec, 0, spec.nLayers))]
-      : pipeline.stages.map((s) => Math.floor(stageBudgets.stageKvBytes / kvBytesPerPosition(spec, s.first, s.end)));
-  const maxLen = Math.min(maxServableTokens(spec), ...kvLimits);
+  const maxLen = deploymentMaxLen(spec, pipeline.stages, stageBudgets);
   return {
     pipeline,
     head,
