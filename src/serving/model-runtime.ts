@@ -134,14 +134,13 @@ export class ModelRuntime {
             version: opened.version,
           }
         : null;
-    const headless = 4 * spec.dModel + (spec.tieEmbeddings ? 0 : EMBED_CACHE_BYTES);
     let plan: PipelinePlacement;
     try {
       plan = planPipeline({
         model: id,
         layerBytes: spec.layers.map((_, l) => layerHeldBytes(spec, l, stageBudgets.denseFormat)),
         workerLayerBytes: spec.layers.map((_, l) => denseLayerBytes(spec, l)),
-        endsBytes: head ? headless : denseEndsBytes(spec),
+        endsBytes: workerHeldBytes(spec, head !== null, true),
         workerBytes: budgets.workerBytes,
         stageBytes: stageBudgets.stageBytes,
         forcedStages: stageBudgets.forcedStages,
@@ -153,7 +152,7 @@ export class ModelRuntime {
     }
     const tokenizer = await loadTokenizer(opened.store);
     const staged = plan.stages.length > 0;
-    const held = (head ? headless : denseEndsBytes(spec)) + (staged ? 0 : layerTotal(spec));
+    const held = workerHeldBytes(spec, head !== null, staged);
     if (held > budgets.workerBytes) {
       throw new BudgetError(
         `model "${id}" does not fit the Worker: its dense weights need ${formatMiB(held)}, ` +
@@ -214,7 +213,7 @@ export class ModelRuntime {
   /** What this isolate holds for the model: dense weights, KV caches (ledger), Wasm memory. */
   memory(env: Vars): RuntimeMemoryStats {
     const k = this.model.kernels;
-    const weightBytes = this.model.heldBytes;
+    const weightBytes = workerHeldBytes(this.spec, this.head !== null, this.drivenRemotely);
     // Weights are fixed and the ledger keeps its own KV peak, so weights + KV peak is the exact
     // high-water of the budgeted bytes; a linear memory only grows, so its size now is its peak.
     const peak = this.#memoryPeak.note({ bytesHeld: weightBytes + this.kv.peak, wasmMemoryBytes: k.memoryBytes });
@@ -524,7 +523,7 @@ function recordTrace(trace: ForwardTrace, t: StageLayerTrace): void {
 /** A runtime's memory in its isolate (the Worker's, or a session driver's). */
 export interface RuntimeMemoryStats {
   model: string;
-  /** Dense weights held in Wasm memory (embeddings, layers, head when here). */
+  /** Dense weights held against WORKER_BUDGET_MB (embeddings, final norm, head and layers when here). */
   weightBytes: number;
   /** WORKER_BUDGET_MB: what the weights may take in one isolate. */
   weightBudgetBytes: number;
@@ -553,6 +552,16 @@ function busy(message: string): ApiError {
     "kv_cache_full",
     ApiError.retryIn(KV_RETRY_AFTER_MS / 1000),
   );
+}
+
+/**
+ * Dense bytes a Worker isolate holds against WORKER_BUDGET_MB: the embeddings, final norm and head
+ * (only the final norm and, untied, the embedding-row cache when the head is on HeadHosts) and,
+ * without stages, every layer as f32.
+ */
+function workerHeldBytes(spec: ModelSpec, headOnHosts: boolean, staged: boolean): number {
+  const ends = headOnHosts ? 4 * spec.dModel + (spec.tieEmbeddings ? 0 : EMBED_CACHE_BYTES) : denseEndsBytes(spec);
+  return ends + (staged ? 0 : layerTotal(spec));
 }
 
 function layerTotal(spec: ModelSpec): number {
