@@ -19,8 +19,7 @@ import {
 import { getRuntime, type ModelRuntime } from "../serving/model-runtime";
 import { isModelChanged, listModelIds, modelPrefix, ModelNotFoundError } from "../platform/model-store";
 import { maxServableTokens, parseConfig } from "../model/config";
-import { deploymentMaxLen } from "../stages/deployment";
-import { readStageBudgets } from "../serving/stage-budgets";
+import { deploymentMaxLen, readStageBudgets } from "../serving/stage-budgets";
 import { parseBody } from "./validate";
 import { ChatBody, CompletionBody, type Sampling } from "./openai-schemas";
 import { modelLayer } from "../coordinator/placement";

@@ -5,7 +5,7 @@
  */
 import { denseEndsBytes, denseLayerBytes } from "../model/architectures";
 import { layerHeldBytes } from "../model/dense-layers";
-import { maxServableTokens, type ModelSpec } from "../model/config";
+import type { ModelSpec } from "../model/config";
 import { initialPlacement } from "../coordinator/initial-placement";
 import type { Placement } from "../coordinator/placement";
 import { chooseSlices, forcedSlices, maxSliceBytes } from "../experts/slices";
@@ -14,10 +14,9 @@ import { planPipeline, type PipelinePlacement } from "../coordinator/pipeline-pl
 import { readBudgets } from "../platform/budgets";
 import { numberVar, type Vars } from "../platform/env";
 import { DEFAULT_RETRY } from "../experts/retry-policy";
-import { kvLayout } from "../serving/attention";
 import { planHeadShards, type HeadPlacement } from "../coordinator/head-placement";
 import { headHostBudgetBytes } from "../head/budget";
-import { EMBED_CACHE_BYTES, PREFILL_CHUNK, readStageBudgets, type StageBudgets } from "../serving/stage-budgets";
+import { deploymentMaxLen, EMBED_CACHE_BYTES, PREFILL_CHUNK, readStageBudgets } from "../serving/stage-budgets";
 import type { RpcCountInput } from "./rpc-count";
 
 export interface DeploymentShape {
@@ -65,29 +64,6 @@ export function expertDeployment(
     spareFraction: numberVar(vars, "SPARE_SLOT_FRACTION", 0, { min: 0, max: 0.9 }),
   });
   return { placement, slices, expertBytes };
-}
-
-/** KV-cache bytes per position of layers [first, end) (f32 K and V). */
-export function kvBytesPerPosition(spec: ModelSpec, first: number, end: number): number {
-  const { nKvHeads, kHeadDim, vHeadDim } = kvLayout(spec.attention);
-  return (end - first) * nKvHeads * (kHeadDim + vHeadDim) * 4;
-}
-
-/**
- * Longest prompt + generation one request may have on this placement: the model's context, or
- * less where a KV budget binds — the Worker's when it runs every layer (no stages), else each
- * stage's for its layers (a session reserves its whole length up front on each).
- */
-export function deploymentMaxLen(
-  spec: ModelSpec,
-  stages: readonly { first: number; end: number }[],
-  budgets: Pick<StageBudgets, "workerKvBytes" | "stageKvBytes">,
-): number {
-  const kvLimits =
-    stages.length === 0
-      ? [Math.floor(budgets.workerKvBytes / kvBytesPerPosition(spec, 0, spec.nLayers))]
-      : stages.map((s) => Math.floor(budgets.stageKvBytes / kvBytesPerPosition(spec, s.first, s.end)));
-  return Math.min(maxServableTokens(spec), ...kvLimits);
 }
 
 /**

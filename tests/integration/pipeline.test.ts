@@ -10,7 +10,7 @@ import { readFileSync } from "node:fs";
 import type { LocalWorker } from "../../scripts/lib/local-worker";
 import { verifyFixture, LOGITS_ATOL, MOE_ATOL } from "../../scripts/lib/verify-lib";
 import { parseConfig } from "../../src/model/config";
-import { kvBytesPerPosition } from "../../src/stages/deployment";
+import { kvBytesPerPosition } from "../../src/serving/stage-budgets";
 import { ADMIN, FIXTURES, makeSmallChatModel, postJson, sseData, startWithModels } from "./helpers";
 
 const MIB = 2 ** 20;
