@@ -13,21 +13,24 @@ import { dirname, join } from "node:path";
 import { parseArgs } from "node:util";
 import { runLoad, type LoadOptions, type LoadReport } from "./lib/bench-load";
 import { loopbackUrl } from "./lib/load-client";
+import { memoryTable } from "./lib/host-memory";
 import { startLocalWorker, ADMIN_TOKEN_FOR_TESTS, ROOT, type LocalWorker } from "./lib/local-worker";
 import { seedModelDir } from "./lib/seed-lib";
 import { makeDemoModel } from "./lib/demo-model";
 import { progressBar, wantsHelp } from "./lib/progress";
 
-const USAGE = `usage: npm run bench:load [-- --concurrency 1,4,16,64] [--tokens N] [--requests N]
+const USAGE = `usage: npm run bench:load [-- --concurrency 1,4,16,64] [--tokens N|default] [--requests N]
                           [--seconds S] [--phase-seconds S] [--batching on,off] [--url URL]
-                          [--model ID] [--api-key KEY] [--admin-token TOKEN] [--out FILE]
+                          [--model ID] [--api-key KEY] [--admin-token TOKEN] [--no-reference]
+                          [--memory] [--out FILE]
   N concurrent streaming chat clients (greedy) with a skewed, moving expert load, per level:
   aggregate decode tokens/s, TTFT and time per output token p50/p99, failed requests and
   refusals (status, Retry-After), tokens lost or changed against the same request run alone,
   placement versions seen. Bounded: each level sends at most --requests requests and starts none
   after --seconds; it stops by itself.
   --concurrency L     levels, comma-separated (default 1,4,16,64)
-  --tokens N          max_tokens per request (default 32)
+  --tokens N          max_tokens per request (default 32); "default" sends none (default chats:
+                      the server's DEFAULT_MAX_TOKENS, bounded by what the deployment fits)
   --requests N        requests per level (default 2 × N, at least 8)
   --seconds S         time limit per level (default 60; running requests get 30 s more, then abort)
   --phase-seconds S   the hot experts move every S seconds (default 4)
@@ -36,7 +39,16 @@ const USAGE = `usage: npm run bench:load [-- --concurrency 1,4,16,64] [--tokens 
   --model ID          model (default: the server's default; own servers serve demo-mixtral)
   --api-key KEY       bearer key for /v1 when the server has API keys
   --admin-token T     read placement from /admin/placement (default: /v1/placement)
-  --out FILE          JSON result (default bench-results/load.json)`;
+  --no-reference      skip running each distinct request alone first (no lost/changed tokens
+                      check): for runs that expect refusals or leave the length to the server
+  --memory            after each level, every instance's peak memory from /admin/hosts, checked
+                      against its budget and 128 MB (needs --admin-token with --url)
+  --out FILE          JSON result (default bench-results/load.json)
+  Exits 1 when a stream lost or changed tokens, a request was neither complete nor refused with
+  429/503 + Retry-After (a 500, a cut stream), or an instance's peak memory was over its budget.
+  E.g. 16 concurrent default chats against npm start:
+    npm run bench:load -- --url http://127.0.0.1:8787 --concurrency 16 --requests 16 \\
+      --tokens default --no-reference --memory --admin-token "$(grep ADMIN_TOKEN .dev.vars | cut -d= -f2)"`;
 if (wantsHelp()) {
   console.log(USAGE);
   process.exit(0);
@@ -54,6 +66,8 @@ const { values } = parseArgs({
     model: { type: "string" },
     "api-key": { type: "string" },
     "admin-token": { type: "string" },
+    "no-reference": { type: "boolean", default: false },
+    memory: { type: "boolean", default: false },
     out: { type: "string", default: join("bench-results", "load.json") },
   },
 });
@@ -68,7 +82,7 @@ const positiveInt = (name: string, s: string) => {
   return v;
 };
 const levels = values.concurrency.split(",").map((s) => positiveInt("concurrency", s.trim()));
-const tokens = positiveInt("tokens", values.tokens);
+const tokens = values.tokens === "default" ? null : positiveInt("tokens", values.tokens);
 const fixedRequests = values.requests === undefined ? null : positiveInt("requests", values.requests);
 const seconds = positiveInt("seconds", values.seconds);
 const phaseSeconds = positiveInt("phase-seconds", values["phase-seconds"]);
@@ -80,6 +94,7 @@ if (values.url) {
   } catch (err) {
     fail((err as Error).message);
   }
+  if (values.memory && !values["admin-token"]) fail("--memory with --url needs --admin-token (it reads /admin/hosts)");
 }
 
 function options(url: string, model: string | undefined, adminToken: string | undefined): LoadOptions {
@@ -91,6 +106,8 @@ function options(url: string, model: string | undefined, adminToken: string | un
     concurrency: levels,
     requests: fixedRequests ?? ((n) => Math.max(8, 2 * n)),
     maxTokens: tokens,
+    references: !values["no-reference"],
+    memory: values.memory,
     levelMs: seconds * 1000,
     graceMs: 30_000,
     phaseMs: phaseSeconds * 1000,
@@ -119,7 +136,8 @@ function options(url: string, model: string | undefined, adminToken: string | un
 const fmt = (v: number | null, digits = 0) => (v === null ? "—" : v.toFixed(digits));
 
 function table(label: string, r: LoadReport): void {
-  console.log(`\n${label}: ${r.url}, ${r.maxTokens} tokens per request, ${r.references} distinct requests`);
+  const per = r.maxTokens === null ? "default chats (no max_tokens)" : `${r.maxTokens} tokens per request`;
+  console.log(`\n${label}: ${r.url}, ${per}, ${r.references} distinct requests run alone`);
   console.log(
     "| N | requests | failed | refusals | decode tok/s | TTFT p50 / p99 ms | TPOT p50 / p99 ms | " +
       "tokens lost / changed | placement versions |",
@@ -137,6 +155,8 @@ function table(label: string, r: LoadReport): void {
         `${l.tokensLost} / ${l.tokensChanged} | ${l.placementVersions.join(", ")} |`,
     );
     for (const e of l.errors) console.log(`    failure: ${e}`);
+    if (l.unexpected > 0) console.log(`    ${l.unexpected} request(s) neither complete nor refused with Retry-After`);
+    if (l.memory) console.log(`\n  peak memory per instance after N=${l.concurrency}:\n${memoryTable(l.memory)}`);
   }
 }
 
@@ -193,5 +213,12 @@ const result = {
 mkdirSync(dirname(values.out), { recursive: true });
 writeFileSync(values.out, JSON.stringify(result, null, 2));
 console.log(`\nwrote ${values.out}`);
-const bad = runs.some((r) => r.report.levels.some((l) => l.tokensLost + l.tokensChanged > 0));
+const bad = runs.some((r) =>
+  r.report.levels.some(
+    (l) =>
+      l.tokensLost + l.tokensChanged > 0 ||
+      l.unexpected > 0 ||
+      (l.memory ?? []).some((m) => !m.withinBudget || !m.under128MB),
+  ),
+);
 process.exit(bad ? 1 : 0);

@@ -7,7 +7,8 @@
  * changed). Bounded: a level sends at most `requests` requests, starts none after `levelMs`, and
  * aborts what is still running `graceMs` later. Only loopback servers (`loopbackUrl`).
  */
-import { compareChunks, loopbackUrl, percentile, streamChat, type StreamResult } from "./load-client";
+import { compareChunks, loopbackUrl, outcomeOf, percentile, streamChat, type StreamResult } from "./load-client";
+import { readHostMemory, type InstanceMemory } from "./host-memory";
 import { SKEW_PHASES } from "./skewed-prompts";
 
 export interface LoadOptions {
@@ -17,7 +18,15 @@ export interface LoadOptions {
   concurrency: number[];
   /** Requests per level: a number, or a function of N. */
   requests: number | ((n: number) => number);
-  maxTokens: number;
+  /** max_tokens per request; null sends none (default chats). */
+  maxTokens: number | null;
+  /**
+   * Run every distinct request alone first and compare each stream with it (default true). Off for
+   * runs that expect refusals (a reference must complete) or whose length is the server's choice.
+   */
+  references?: boolean;
+  /** After each level, read every instance's peak memory from /admin/hosts (needs adminToken). */
+  memory?: boolean;
   /** No new request starts after this long in a level (ms). */
   levelMs: number;
   /** Requests still running this long after levelMs are aborted (ms). */
@@ -58,6 +67,8 @@ export interface LevelReport {
   refusals: Refusal[];
   /** First few failure messages (refusals included). */
   errors: string[];
+  /** Requests neither complete nor refused with 429/503 + Retry-After (a 500, a cut stream): 0 expected. */
+  unexpected: number;
   completionTokens: number;
   wallSeconds: number;
   /** All streams' completion tokens ÷ the level's wall time. */
@@ -73,14 +84,16 @@ export interface LevelReport {
   streamsMismatched: number;
   placementVersions: number[];
   instances: { min: number; max: number } | null;
+  /** Every instance's peak memory after the level (`memory` option), else null. */
+  memory: InstanceMemory[] | null;
 }
 
 export interface LoadReport {
   url: string;
   model: string | null;
-  maxTokens: number;
+  maxTokens: number | null;
   phaseMs: number;
-  /** Distinct requests, each run alone first (greedy, temperature 0). */
+  /** Distinct requests, each run alone first (greedy, temperature 0); 0 with references off. */
   references: number;
   levels: LevelReport[];
   placementVersionsSeen: number[];
@@ -105,7 +118,7 @@ export async function runLoad(opts: LoadOptions): Promise<LoadReport> {
 
   // References: every distinct request alone, one at a time.
   const reference = new Map<string, string[]>();
-  const distinct = phases.flat();
+  const distinct = opts.references === false ? [] : phases.flat();
   for (const [i, w] of distinct.entries()) {
     const r = await streamChat(base, { model: opts.model, content: w.content, maxTokens: opts.maxTokens }, auth);
     if (r.error || r.status !== 200) throw new Error(`reference request "${w.content}" failed alone: ${r.error}`);
@@ -164,7 +177,12 @@ export async function runLoad(opts: LoadOptions): Promise<LoadReport> {
     }
     const wall = (performance.now() - t0) / 1000;
     await poll();
-    levels.push(summarize(n, results, reference, wall, seen));
+    const level = summarize(n, results, opts.references === false ? null : reference, wall, seen);
+    if (opts.memory) {
+      if (!opts.adminToken) throw new Error("the memory option reads /admin/hosts: it needs adminToken");
+      level.memory = await readHostMemory(base, opts.adminToken, opts.model);
+    }
+    levels.push(level);
   }
   return {
     url: base.origin,
@@ -180,7 +198,7 @@ export async function runLoad(opts: LoadOptions): Promise<LoadReport> {
 function summarize(
   n: number,
   results: { r: StreamResult; content: string }[],
-  reference: Map<string, string[]>,
+  reference: Map<string, string[]> | null,
   wallSeconds: number,
   seen: Placement[],
 ): LevelReport {
@@ -203,6 +221,7 @@ function summarize(
       continue;
     }
     if (r.aborted) cut++;
+    if (!reference) continue;
     const d = compareChunks(r.chunks, reference.get(content) ?? [], r.aborted);
     lost += d.lost;
     changed += d.changed;
@@ -219,6 +238,7 @@ function summarize(
     failed: results.length - ok.length,
     refusals: [...refusals.values()],
     errors,
+    unexpected: results.filter((x) => outcomeOf(x.r) === "failed" && !x.r.aborted).length,
     completionTokens: tokens,
     cutByTimeLimit: cut,
     wallSeconds,
@@ -230,6 +250,7 @@ function summarize(
     streamsMismatched: mismatched,
     placementVersions: [...new Set(seen.map((p) => p.version))].sort((a, b) => a - b),
     instances: inst.length ? { min: Math.min(...inst), max: Math.max(...inst) } : null,
+    memory: null,
   };
 }
 

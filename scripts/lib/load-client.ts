@@ -52,7 +52,8 @@ export interface StreamResult {
 export interface ChatRequest {
   model?: string;
   content: string;
-  maxTokens: number;
+  /** null: send no max_tokens (a default chat: the server's DEFAULT_MAX_TOKENS, bounded by what fits). */
+  maxTokens: number | null;
 }
 
 interface ChatChunk {
@@ -91,7 +92,7 @@ export async function streamChat(
       body: JSON.stringify({
         ...(req.model ? { model: req.model } : {}),
         messages: [{ role: "user", content: req.content }],
-        max_tokens: req.maxTokens,
+        ...(req.maxTokens === null ? {} : { max_tokens: req.maxTokens }),
         temperature: 0,
         seed: 1,
         stream: true,
@@ -160,6 +161,17 @@ export async function streamChat(
   if (r.chunks.length > 0) r.ttftMs = firstAt - r.startedAt;
   if (r.completionTokens > 1) r.tpotMs = (lastAt - firstAt) / (r.completionTokens - 1);
   return r;
+}
+
+/**
+ * How a request ended, as the serving contract allows: "complete" (200, whole stream), "refused"
+ * (429 or 503 with Retry-After: the client may retry), else "failed" (a 500, a cut stream, an
+ * in-band error, a refusal without Retry-After).
+ */
+export function outcomeOf(r: StreamResult): "complete" | "refused" | "failed" {
+  if (r.status === 200 && !r.error) return "complete";
+  if ((r.status === 429 || r.status === 503) && r.retryAfter) return "refused";
+  return "failed";
 }
 
 /** Nearest-rank percentile (p in 0..100) of `xs`; null when empty. */

@@ -17,6 +17,7 @@ import { readBudgets } from "../platform/budgets";
 import { isModelChanged, PinnedModel } from "../platform/model-store";
 import { faultyBucket } from "../platform/r2-faults";
 import { hostKeepAliveMs, KeepAlive } from "../platform/keep-alive";
+import { MemoryPeak, type MemoryPeakStats } from "../platform/memory-peak";
 import { ExpertStore, StoreFailure, storeFailure } from "./expert-store";
 import { HostAssignment } from "./host-assignment";
 import { HostBatcher } from "./host-batcher";
@@ -82,6 +83,8 @@ export class ExpertHost extends DurableObject<Env> {
   #r2FaultUntil = 0;
   /** Keeps the loaded experts in memory for HOST_KEEPALIVE_MS after a load or a forward call. */
   readonly #keepAlive: KeepAlive;
+  /** High-water marks of the expert bytes and Wasm memory held (noted wherever they can change). */
+  readonly #peak = new MemoryPeak();
 
   constructor(ctx: DurableObjectState, env: Env) {
     super(ctx, env);
@@ -126,6 +129,7 @@ export class ExpertHost extends DurableObject<Env> {
         model,
         experts.filter((_, i) => loads[i].status === "fulfilled"),
       );
+      this.#notePeak();
       const failed = loads.find((r): r is PromiseRejectedResult => r.status === "rejected");
       if (failed) return storeFailure(failed.reason);
       return { ok: true, stats: this.stats() };
@@ -161,6 +165,7 @@ export class ExpertHost extends DurableObject<Env> {
     this.#assignment.replace(model, assigned);
     const keep = new Set(assigned.map((e) => expertKey(e.layer, e.expert)));
     const unloaded = (this.#store?.loaded() ?? []).filter((e) => !keep.has(expertKey(e.layer, e.expert)));
+    this.#notePeak();
     this.#store?.unload(unloaded);
     return { ok: true, unloaded };
   }
@@ -205,6 +210,7 @@ export class ExpertHost extends DurableObject<Env> {
       return storeFailure(err);
     } finally {
       this.#inflight--;
+      this.#notePeak();
     }
   }
 
@@ -238,11 +244,18 @@ export class ExpertHost extends DurableObject<Env> {
       bytesLoaded: s?.bytesLoaded ?? 0,
       budgetBytes: readBudgets(this.env).expertHostBytes,
       wasmBytesInUse: s?.wasmBytesInUse ?? 0,
+      wasmMemoryBytes: s?.wasmMemoryBytes ?? 0,
+      peak: this.#notePeak(),
       calls: s?.calls ?? 0,
       tokens: s?.tokens ?? 0,
       inflight: this.#inflight,
       expertTokens: Object.fromEntries(this.#expertTokens),
     };
+  }
+
+  #notePeak(): MemoryPeakStats {
+    const s = this.#store;
+    return this.#peak.note({ bytesHeld: s?.bytesLoaded ?? 0, wasmMemoryBytes: s?.wasmMemoryBytes ?? 0 });
   }
 
   /** The DO's name ("<model>/h<id>"): given by the Coordinator on load, else read from the id. */

@@ -169,6 +169,11 @@ export class ExpertStore {
     return this.#arenas.reduce((s, a) => s + a.kernels.bytesInUse, 0);
   }
 
+  /** Total size of the arenas' Wasm linear memories (each only grows). */
+  get wasmMemoryBytes(): number {
+    return this.#arenas.reduce((s, a) => s + a.kernels.memoryBytes, 0);
+  }
+
   get kernelFlavor(): string | null {
     return this.#arenas[0]?.kernels.flavor ?? null;
   }

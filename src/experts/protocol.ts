@@ -3,6 +3,7 @@
  * `forward` call carries every (expert, token batch) of one MoE layer that an instance serves;
  * failures cross RPC as data (error classes do not survive it); load reports go to the Coordinator.
  */
+import type { MemoryPeakStats } from "../platform/memory-peak";
 
 export interface ExpertRef {
   layer: number;
@@ -72,6 +73,10 @@ export interface ExpertHostStats {
   bytesLoaded: number;
   budgetBytes: number;
   wasmBytesInUse: number;
+  /** Size of its Wasm memories now. */
+  wasmMemoryBytes: number;
+  /** High-water marks since the instance started (bytesHeldPeak: expert bytes loaded). */
+  peak: MemoryPeakStats;
   calls: number;
   tokens: number;
   /**

@@ -12,6 +12,7 @@ import { createKernels } from "../kernels/workers";
 import { MemoryBudgetError } from "../kernels/index";
 import { isModelChanged, PinnedModel } from "../platform/model-store";
 import { hostKeepAliveMs, KeepAlive } from "../platform/keep-alive";
+import { MemoryPeak, type MemoryPeakStats } from "../platform/memory-peak";
 import { headHostBudgetBytes } from "./budget";
 import { HeadStore, HeadStoreFailure } from "./head-store";
 import type {
@@ -39,6 +40,8 @@ export class HeadHost extends DurableObject<Env> {
 
   /** Keeps the rows in memory for HOST_KEEPALIVE_MS after a served call. */
   readonly #keepAlive = new KeepAlive(this.ctx, () => hostKeepAliveMs(this.env));
+  /** High-water marks of the rows and Wasm memory held (noted after every call). */
+  readonly #peak = new MemoryPeak();
 
   get #store(): HeadStore | null {
     return this.#model.current?.value ?? null;
@@ -52,6 +55,8 @@ export class HeadHost extends DurableObject<Env> {
       return { ok: true, stats: this.stats() };
     } catch (err) {
       return failure(err);
+    } finally {
+      this.#notePeak();
     }
   }
 
@@ -69,6 +74,8 @@ export class HeadHost extends DurableObject<Env> {
       };
     } catch (err) {
       return failure(err);
+    } finally {
+      this.#notePeak();
     }
   }
 
@@ -87,6 +94,8 @@ export class HeadHost extends DurableObject<Env> {
       return { ok: true, rows: store.embedRows(ids) };
     } catch (err) {
       return failure(err);
+    } finally {
+      this.#notePeak();
     }
   }
 
@@ -108,9 +117,16 @@ export class HeadHost extends DurableObject<Env> {
       bytesLoaded: s?.bytesLoaded ?? 0,
       budgetBytes: headHostBudgetBytes(this.env),
       wasmBytesInUse: s?.kernels.bytesInUse ?? 0,
+      wasmMemoryBytes: s?.kernels.memoryBytes ?? 0,
+      peak: this.#notePeak(),
       calls: s?.calls ?? 0,
       tokens: s?.tokens ?? 0,
     };
+  }
+
+  #notePeak(): MemoryPeakStats {
+    const s = this.#store;
+    return this.#peak.note({ bytesHeld: s?.bytesLoaded ?? 0, wasmMemoryBytes: s?.kernels.memoryBytes ?? 0 });
   }
 
   get #label(): string {

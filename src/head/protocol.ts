@@ -3,6 +3,7 @@
  * HeadHost instances. One call per shard per step: the normed hidden states go to every shard,
  * each answers for its own vocabulary rows. Failures cross RPC as data (error classes do not).
  */
+import type { MemoryPeakStats } from "../platform/memory-peak";
 
 /** Which rows of which model's head an instance serves (its placement entry, sent with every call
  * so an instance evicted and restarted reloads the same rows on demand). */
@@ -54,6 +55,10 @@ export interface HeadHostStats {
   bytesLoaded: number;
   budgetBytes: number;
   wasmBytesInUse: number;
+  /** Size of its Wasm memory now. */
+  wasmMemoryBytes: number;
+  /** High-water marks since the instance started (bytesHeldPeak: head rows loaded). */
+  peak: MemoryPeakStats;
   calls: number;
   tokens: number;
 }

@@ -8,7 +8,7 @@ import { Hono, type MiddlewareHandler } from "hono";
 import { bearerAuth } from "hono/bearer-auth";
 import { z } from "zod";
 import { ApiError } from "../errors";
-import { getRuntime } from "../serving/model-runtime";
+import { driverName, getRuntime } from "../serving/model-runtime";
 import type { ForwardTrace } from "../serving/model-runtime";
 import { createRng, argmax } from "../serving/sampling";
 import { ModelNotFoundError } from "../platform/model-store";
@@ -182,6 +182,9 @@ admin.get("/hosts", async (c) => {
   // Pipeline stages (empty when the Worker runs every layer): bytes held vs budget, KV in use.
   const stages = await Promise.all(rt.pipeline.stages.map((s) => c.env.STAGE_HOST.getByName(s.name).stats()));
   const heads = rt.head ? await headStats(c.env, rt.head) : [];
+  // Session drivers (StageHosts holding no layers) of a pipelined model: one per stage.
+  const names = rt.drivenRemotely ? rt.pipeline.stages.map((_, k) => driverName(rt.id, k)) : [];
+  const drivers = await Promise.all(names.map((n) => c.env.STAGE_HOST.getByName(n).stats()));
   return c.json({
     model: rt.id,
     version: placement.version,
@@ -189,6 +192,9 @@ admin.get("/hosts", async (c) => {
     pipeline_version: rt.pipeline.version,
     stages,
     heads,
+    drivers,
+    // This Worker isolate (the one answering): its dense weights, KV caches and Wasm memory.
+    worker: rt.memory(c.env),
   });
 });
 

@@ -19,6 +19,7 @@ import {
 import { getRuntime, type ModelRuntime } from "../serving/model-runtime";
 import { isModelChanged, listModelIds, modelPrefix, ModelNotFoundError } from "../platform/model-store";
 import { maxServableTokens, parseConfig } from "../model/config";
+import { deploymentMaxLen, readStageBudgets } from "../serving/stage-budgets";
 import { parseBody } from "./validate";
 import { ChatBody, CompletionBody, type Sampling } from "./openai-schemas";
 import { modelLayer } from "../coordinator/placement";
@@ -100,6 +101,7 @@ openai.post("/completions", async (c) => {
   const rt = await runtimeFor(c, body.model);
   const promptIds = promptToIds(rt, body.prompt);
   const req = generateRequest(
+    c.env,
     rt,
     body,
     promptIds,
@@ -166,6 +168,7 @@ openai.post("/chat/completions", async (c) => {
   const promptIds = tok.encode(rendered, { addSpecialTokens: false });
   const maxField = body.max_completion_tokens != null ? "max_completion_tokens" : "max_tokens";
   const req = generateRequest(
+    c.env,
     rt,
     body,
     promptIds,
@@ -245,8 +248,28 @@ function promptToIds(rt: ModelRuntime, prompt: z.infer<typeof CompletionBody>["p
   return ids;
 }
 
-/** `maxTokens` as sent (null: none), else `dflt` bounded by the room the prompt leaves. */
+/** Per runtime (one upload of a model in this isolate): the longest request its placement serves. */
+const servable = new WeakMap<ModelRuntime, number>();
+
+/**
+ * Prompt + generation one request of `rt` may have: the model's context, or less when a KV budget
+ * binds (a session reserves its whole length up front: granite on default budgets, 512 positions).
+ */
+function servableLength(env: Env, rt: ModelRuntime): number {
+  let n = servable.get(rt);
+  if (n === undefined) {
+    n = deploymentMaxLen(rt.spec, rt.pipeline.stages, readStageBudgets(env));
+    servable.set(rt, n);
+  }
+  return n;
+}
+
+/**
+ * `maxTokens` as sent (null: none), else `dflt` bounded by the room the prompt leaves under the
+ * deployment's length: a default request takes what fits, an explicit one over it is a 400.
+ */
 function generateRequest(
+  env: Env,
   rt: ModelRuntime,
   body: Sampling,
   promptIds: number[],
@@ -254,11 +277,16 @@ function generateRequest(
   dflt: number,
   maxField: string,
 ): GenerateRequest {
-  const limit = maxServableTokens(rt.spec);
+  const context = maxServableTokens(rt.spec);
+  const limit = servableLength(env, rt);
+  const what =
+    limit < context
+      ? `this deployment serves ${limit} positions per request (context ${context}; the KV budget binds)`
+      : `this model's context is ${limit}`;
   if (promptIds.length >= limit) {
     throw ApiError.invalid(
       "messages" in body ? "messages" : "prompt",
-      `the prompt has ${promptIds.length} tokens; this model's context is ${limit}`,
+      `the prompt has ${promptIds.length} tokens; ${what}`,
       "context_length_exceeded",
     );
   }
@@ -267,7 +295,7 @@ function generateRequest(
   if (max > room) {
     throw ApiError.invalid(
       maxField,
-      `${max} + ${promptIds.length} prompt tokens exceeds this model's context of ${limit} tokens (at most ${room})`,
+      `${max} + ${promptIds.length} prompt tokens exceeds what fits: ${what} (at most ${room})`,
       "context_length_exceeded",
     );
   }

@@ -30,6 +30,7 @@ import { MODEL_CHECK_MS, ModelChangedError, modelVersion, openModelFromR2 } from
 import type { FileStore } from "../model/file-stores";
 import { readBudgets, WORKER_SCRATCH_BYTES } from "../platform/budgets";
 import { formatMiB } from "../platform/format";
+import { MemoryPeak, type MemoryPeakStats } from "../platform/memory-peak";
 import { ApiError, BudgetError } from "../errors";
 import {
   EMBED_CACHE_BYTES,
@@ -45,7 +46,7 @@ import type { StageLayerTrace } from "./stage-protocol";
 import { ModelForward, type ExpertRunner, type Session } from "./forward";
 import { placementInitFor, type ModelPlacementInit } from "./placement-init";
 import { HeadBatcher, headBatchable } from "./head-batcher";
-import { batchingEnabled } from "../platform/env";
+import { batchingEnabled, type Vars } from "../platform/env";
 import { Flight, shareWork } from "../platform/shared-work";
 
 export type { ModelPlacementInit } from "./placement-init";
@@ -134,14 +135,13 @@ export class ModelRuntime {
             version: opened.version,
           }
         : null;
-    const headless = 4 * spec.dModel + (spec.tieEmbeddings ? 0 : EMBED_CACHE_BYTES);
     let plan: PipelinePlacement;
     try {
       plan = planPipeline({
         model: id,
         layerBytes: spec.layers.map((_, l) => layerHeldBytes(spec, l, stageBudgets.denseFormat)),
         workerLayerBytes: spec.layers.map((_, l) => denseLayerBytes(spec, l)),
-        endsBytes: head ? headless : denseEndsBytes(spec),
+        endsBytes: workerHeldBytes(spec, head !== null, true),
         workerBytes: budgets.workerBytes,
         stageBytes: stageBudgets.stageBytes,
         forcedStages: stageBudgets.forcedStages,
@@ -153,7 +153,7 @@ export class ModelRuntime {
     }
     const tokenizer = await loadTokenizer(opened.store);
     const staged = plan.stages.length > 0;
-    const held = (head ? headless : denseEndsBytes(spec)) + (staged ? 0 : layerTotal(spec));
+    const held = workerHeldBytes(spec, head !== null, staged);
     if (held > budgets.workerBytes) {
       throw new BudgetError(
         `model "${id}" does not fit the Worker: its dense weights need ${formatMiB(held)}, ` +
@@ -206,6 +206,30 @@ export class ModelRuntime {
 
   get kernelFlavor(): string {
     return this.model.kernels.flavor;
+  }
+
+  /** Peaks since this runtime loaded in this isolate (admin /hosts: the Worker's own memory). */
+  readonly #memoryPeak = new MemoryPeak();
+
+  /** What this isolate holds for the model: dense weights, KV caches (ledger), Wasm memory. */
+  memory(env: Vars): RuntimeMemoryStats {
+    const k = this.model.kernels;
+    const weightBytes = workerHeldBytes(this.spec, this.head !== null, this.drivenRemotely);
+    // Weights are fixed and the ledger keeps its own KV peak, so weights + KV peak is the exact
+    // high-water of the budgeted bytes; a linear memory only grows, so its size now is its peak.
+    const peak = this.#memoryPeak.note({ bytesHeld: weightBytes + this.kv.peak, wasmMemoryBytes: k.memoryBytes });
+    return {
+      model: this.id,
+      weightBytes,
+      weightBudgetBytes: readBudgets(env).workerBytes,
+      kvBytesUsed: this.kv.usedBytes,
+      kvBytesPeak: this.kv.peak,
+      kvBudgetBytes: this.kv.budgetBytes,
+      wasmBytesInUse: k.bytesInUse,
+      wasmMemoryBytes: k.memoryBytes,
+      wasmLimitBytes: k.maxBytes,
+      peak,
+    };
   }
 
   /** The routing knobs in force (all off unless the deployer set them). */
@@ -497,6 +521,24 @@ function recordTrace(trace: ForwardTrace, t: StageLayerTrace): void {
   trace.dispatch.push({ layer: t.layer, rpcs: t.rpcs });
 }
 
+/** A runtime's memory in its isolate (the Worker's, or a session driver's). */
+export interface RuntimeMemoryStats {
+  model: string;
+  /** Dense weights held against WORKER_BUDGET_MB (embeddings, final norm, head and layers when here). */
+  weightBytes: number;
+  /** WORKER_BUDGET_MB: what the weights may take in one isolate. */
+  weightBudgetBytes: number;
+  kvBytesUsed: number;
+  kvBytesPeak: number;
+  kvBudgetBytes: number;
+  wasmBytesInUse: number;
+  wasmMemoryBytes: number;
+  /** The kernels' cap on the linear memory. */
+  wasmLimitBytes: number;
+  /** bytesHeldPeak = weights + KV peak. */
+  peak: MemoryPeakStats;
+}
+
 /** DO name of session driver k of a model (a StageHost that holds no layers). */
 export function driverName(model: string, k: number): string {
   return `${model}/driver/${k}`;
@@ -511,6 +553,16 @@ function busy(message: string): ApiError {
     "kv_cache_full",
     ApiError.retryIn(KV_RETRY_AFTER_MS / 1000),
   );
+}
+
+/**
+ * Dense bytes a Worker isolate holds against WORKER_BUDGET_MB: the embeddings, final norm and head
+ * (only the final norm and, untied, the embedding-row cache when the head is on HeadHosts) and,
+ * without stages, every layer as f32.
+ */
+function workerHeldBytes(spec: ModelSpec, headOnHosts: boolean, staged: boolean): number {
+  const ends = headOnHosts ? 4 * spec.dModel + (spec.tieEmbeddings ? 0 : EMBED_CACHE_BYTES) : denseEndsBytes(spec);
+  return ends + (staged ? 0 : layerTotal(spec));
 }
 
 function layerTotal(spec: ModelSpec): number {

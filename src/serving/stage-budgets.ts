@@ -6,6 +6,8 @@
 import { WASM_MAX_BYTES } from "../kernels/index";
 import type { DenseFormat } from "../kernels/dense";
 import { ConfigError, enumVar, intVar, mibVar, type Vars } from "../platform/env";
+import { maxServableTokens, type ModelSpec } from "../model/config";
+import { kvLayout } from "./attention";
 
 const MIB = 1024 * 1024;
 
@@ -73,4 +75,27 @@ export function readStageBudgets(env: Vars): StageBudgets {
   const forcedHeadShards = intVar(env, "HEAD_SHARDS", 0, { min: 0, max: 4096 });
   const denseFormat = denseFormatOf(enumVar(env, "DENSE_QUANT", DENSE_QUANTS, DEFAULT_DENSE_QUANT));
   return { stageBytes, stageKvBytes, workerKvBytes, forcedStages, forcedHeadShards, denseFormat };
+}
+
+/** KV-cache bytes per position of layers [first, end) (f32 K and V). */
+export function kvBytesPerPosition(spec: ModelSpec, first: number, end: number): number {
+  const { nKvHeads, kHeadDim, vHeadDim } = kvLayout(spec.attention);
+  return (end - first) * nKvHeads * (kHeadDim + vHeadDim) * 4;
+}
+
+/**
+ * Longest prompt + generation one request may have on this placement: the model's context, or
+ * less where a KV budget binds — the Worker's when it runs every layer (no stages), else each
+ * stage's for its layers (a session reserves its whole length up front on each).
+ */
+export function deploymentMaxLen(
+  spec: ModelSpec,
+  stages: readonly { first: number; end: number }[],
+  budgets: Pick<StageBudgets, "workerKvBytes" | "stageKvBytes">,
+): number {
+  const kvLimits =
+    stages.length === 0
+      ? [Math.floor(budgets.workerKvBytes / kvBytesPerPosition(spec, 0, spec.nLayers))]
+      : stages.map((s) => Math.floor(budgets.stageKvBytes / kvBytesPerPosition(spec, s.first, s.end)));
+  return Math.min(maxServableTokens(spec), ...kvLimits);
 }

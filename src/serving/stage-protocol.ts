@@ -4,6 +4,8 @@
  * `route` itself (a chain: the Worker pays one round trip per chunk, not one per stage), and the
  * last stage returns the final residual rows. Failures cross the RPC as data.
  */
+import type { MemoryPeakStats } from "../platform/memory-peak";
+import type { RuntimeMemoryStats } from "./model-runtime";
 
 /** One stage of the chain: its DO name and layer range [first, end). */
 export interface StageHop {
@@ -100,4 +102,8 @@ export interface StageHostStats {
   refused: number;
   wasmBytesInUse: number;
   wasmMemoryBytes: number;
+  /** High-water marks since the instance started (bytesHeldPeak: weights + KV caches). */
+  peak: MemoryPeakStats;
+  /** A session driver's runtime (what it holds for the model it drives); null on a stage. */
+  driver: RuntimeMemoryStats | null;
 }

@@ -5,7 +5,7 @@
  */
 import { denseEndsBytes, denseLayerBytes } from "../model/architectures";
 import { layerHeldBytes } from "../model/dense-layers";
-import { maxServableTokens, type ModelSpec } from "../model/config";
+import type { ModelSpec } from "../model/config";
 import { initialPlacement } from "../coordinator/initial-placement";
 import type { Placement } from "../coordinator/placement";
 import { chooseSlices, forcedSlices, maxSliceBytes } from "../experts/slices";
@@ -14,10 +14,9 @@ import { planPipeline, type PipelinePlacement } from "../coordinator/pipeline-pl
 import { readBudgets } from "../platform/budgets";
 import { numberVar, type Vars } from "../platform/env";
 import { DEFAULT_RETRY } from "../experts/retry-policy";
-import { kvLayout } from "../serving/attention";
 import { planHeadShards, type HeadPlacement } from "../coordinator/head-placement";
 import { headHostBudgetBytes } from "../head/budget";
-import { EMBED_CACHE_BYTES, PREFILL_CHUNK, readStageBudgets } from "../serving/stage-budgets";
+import { deploymentMaxLen, EMBED_CACHE_BYTES, PREFILL_CHUNK, readStageBudgets } from "../serving/stage-budgets";
 import type { RpcCountInput } from "./rpc-count";
 
 export interface DeploymentShape {
@@ -67,12 +66,6 @@ export function expertDeployment(
   return { placement, slices, expertBytes };
 }
 
-/** KV-cache bytes per position of layers [first, end) (f32 K and V). */
-export function kvBytesPerPosition(spec: ModelSpec, first: number, end: number): number {
-  const { nKvHeads, kHeadDim, vHeadDim } = kvLayout(spec.attention);
-  return (end - first) * nKvHeads * (kHeadDim + vHeadDim) * 4;
-}
-
 /**
  * `experts`: how the ExpertHosts hold an expert — its dtype (slices then chosen as the hosts and
  * the Worker choose them: EXPERT_SLICES, else the fewest whose largest slice fits
@@ -109,11 +102,7 @@ export function deploymentShape(
     forcedStages: stageBudgets.forcedStages,
   });
   const { placement, slices, expertBytes } = expertDeployment(spec, vars, experts, model);
-  const kvLimits =
-    pipeline.stages.length === 0
-      ? [Math.floor(stageBudgets.workerKvBytes / kvBytesPerPosition(spec, 0, spec.nLayers))]
-      : pipeline.stages.map((s) => Math.floor(stageBudgets.stageKvBytes / kvBytesPerPosition(spec, s.first, s.end)));
-  const maxLen = Math.min(maxServableTokens(spec), ...kvLimits);
+  const maxLen = deploymentMaxLen(spec, pipeline.stages, stageBudgets);
   return {
     pipeline,
     head,

@@ -17,11 +17,12 @@ import { formatMiB } from "../platform/format";
 import { Flight, shareWork } from "../platform/shared-work";
 import { flushExpertEventsSoon } from "../platform/events";
 import { hostKeepAliveMs, KeepAlive } from "../platform/keep-alive";
+import { MemoryPeak, type MemoryPeakStats } from "../platform/memory-peak";
 import { currentPlacement, flushLoad, flushLoadSoon, runExperts } from "../experts/expert-client";
 import { parseRoutingOptions } from "../gating/options";
 import { ModelForward, type ExpertRunner, type Session } from "../serving/forward";
 import { placementInitFor, type ModelPlacementInit } from "../serving/placement-init";
-import { getRuntimeOf } from "../serving/model-runtime";
+import { getRuntimeOf, type ModelRuntime } from "../serving/model-runtime";
 import { encodeFailure, encodeToken, sampledTokens, type DecodeRequest } from "../serving/decode-loop";
 import { createRng } from "../serving/sampling";
 import type { Routing } from "../gating/router";
@@ -82,6 +83,10 @@ export class StageHost extends DurableObject<Env> {
     () => hostKeepAliveMs(this.env),
     () => (this.#kv?.size ?? 0) > 0,
   );
+  /** High-water marks of weights + KV held and of Wasm memory (noted on admission, after runs, on stats). */
+  readonly #peak = new MemoryPeak();
+  /** As a session driver: the runtime it last drove (its memory is in stats). */
+  #driven: ModelRuntime | null = null;
 
   /** Reserves a session's KV cache before its first chunk (admission: a full stage says "busy"). */
   async open(
@@ -170,6 +175,7 @@ export class StageHost extends DurableObject<Env> {
       return failure(err);
     } finally {
       acquired?.release(req.session, Date.now());
+      this.#notePeak();
     }
   }
 
@@ -183,6 +189,7 @@ export class StageHost extends DurableObject<Env> {
     try {
       this.#keepAlive.touch();
       const rt = await getRuntimeOf(this.env, req.model, req.version);
+      this.#driven = rt;
       const session = rt.adoptSession(req.session, req.maxLen);
       // A native byte stream: the RPC system pumps each write to the Worker as it happens (a JS
       // ReadableStream's chunks were delivered in one burst at the end).
@@ -308,7 +315,15 @@ export class StageHost extends DurableObject<Env> {
       refused: this.#kv?.refused ?? 0,
       wasmBytesInUse: k?.bytesInUse ?? 0,
       wasmMemoryBytes: k?.memoryBytes ?? 0,
+      peak: this.#notePeak(),
+      driver: this.#driven?.memory(this.env) ?? null,
     };
+  }
+
+  #notePeak(): MemoryPeakStats {
+    const p = this.#part;
+    const bytesHeld = p ? p.bytes + (this.#kv?.usedBytes ?? 0) : 0;
+    return this.#peak.note({ bytesHeld, wasmMemoryBytes: p?.forward.kernels.memoryBytes ?? 0 });
   }
 
   #admit(part: StagePart, id: string, maxLen: number, now: number): Session {
@@ -339,6 +354,7 @@ export class StageHost extends DurableObject<Env> {
     }
     kv.add(id, need, s, now);
     this.#keepAlive.holdNow(now);
+    this.#notePeak();
     return s;
   }
 

@@ -15,10 +15,16 @@ const IDLE_GAP_MS = 16_000;
 /** Window + one keep-alive tick + the eviction delay + slack: an unkept host is gone by then. */
 const GONE_AFTER_MS = WINDOW_MS + 30_000;
 
+interface Peak {
+  bytesHeldPeak: number;
+  wasmMemoryPeakBytes: number;
+}
 interface Hosts {
-  hosts: { name: string; assigned: unknown[]; bytesLoaded: number }[];
-  stages: { name: string; bytesHeld: number }[];
-  heads: { name: string; bytesLoaded: number }[];
+  hosts: { name: string; assigned: unknown[]; bytesLoaded: number; budgetBytes: number; peak: Peak }[];
+  stages: { name: string; bytesHeld: number; kvBytesPeak: number; wasmMemoryBytes: number; peak: Peak }[];
+  heads: { name: string; bytesLoaded: number; budgetBytes: number; wasmMemoryBytes: number; peak: Peak }[];
+  drivers: { name: string; driver: { weightBytes: number; peak: Peak } | null }[];
+  worker: { weightBytes: number; kvBytesPeak: number; wasmMemoryBytes: number; peak: Peak };
 }
 
 const sleepUntil = (t: number) => new Promise((r) => setTimeout(r, Math.max(0, t - Date.now())));
@@ -52,6 +58,21 @@ describe("host keep-alive", () => {
     const used = kept.hosts.filter((h) => h.assigned.length > 0);
     expect(used.length).toBeGreaterThan(0);
     for (const h of used) expect(h.bytesLoaded, h.name).toBeGreaterThan(0);
+    // Every instance reports its high-water marks (README, "Peak memory per instance").
+    for (const s of kept.stages) {
+      expect(s.peak.bytesHeldPeak, s.name).toBe(s.bytesHeld + s.kvBytesPeak);
+      expect(s.peak.wasmMemoryPeakBytes, s.name).toBe(s.wasmMemoryBytes);
+    }
+    for (const h of [...kept.heads, ...used]) {
+      expect(h.peak.bytesHeldPeak, h.name).toBe(h.bytesLoaded);
+      expect(h.peak.bytesHeldPeak, h.name).toBeLessThanOrEqual(h.budgetBytes);
+      expect(h.peak.wasmMemoryPeakBytes, h.name).toBeGreaterThan(h.bytesLoaded);
+    }
+    const drove = kept.drivers.filter((d) => d.driver !== null);
+    expect(drove).toHaveLength(1);
+    expect(drove[0].driver?.peak.wasmMemoryPeakBytes).toBeGreaterThan(0);
+    expect(kept.worker.peak.bytesHeldPeak).toBe(kept.worker.weightBytes + kept.worker.kvBytesPeak);
+    expect(kept.worker.peak.wasmMemoryPeakBytes).toBe(kept.worker.wasmMemoryBytes);
 
     // No call since `served`: after the window the hosts stop waking themselves and are evicted.
     await sleepUntil(served + GONE_AFTER_MS);

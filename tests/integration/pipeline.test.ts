@@ -10,7 +10,7 @@ import { readFileSync } from "node:fs";
 import type { LocalWorker } from "../../scripts/lib/local-worker";
 import { verifyFixture } from "../../scripts/lib/verify-lib";
 import { parseConfig } from "../../src/model/config";
-import { kvBytesPerPosition } from "../../src/stages/deployment";
+import { kvBytesPerPosition } from "../../src/serving/stage-budgets";
 import {
   ADMIN,
   expectMatchesReference,
