@@ -346,7 +346,7 @@ export class ModelRuntime {
     this.#steps ??= new StepBatcher(
       (segs) => this.#runStep(env, segs),
       keepRequestAlive,
-      (segments, rows) => expertEvents()?.batched?.("step", segments, rows),
+      (segments, rows) => expertEvents()?.batched?.(this.id, segments, rows),
     );
     // Its MoE layers run in the steps, not through the layer batcher: not counted at its barrier.
     s.leaveBatch();
