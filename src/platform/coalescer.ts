@@ -129,6 +129,11 @@ export class Coalescer<T, R> {
   /** Queues one call; resolves with its own result when its batch answers. */
   submit(item: T, rows: number, signal?: AbortSignal): Promise<R> {
     if (signal?.aborted) return Promise.reject(abortReasonOf(signal));
+    // Alone: no other caller is expected and none is queued or running — nobody to merge with, so
+    // the call runs at once in the caller's own request: no turn, no timer, no hand-over.
+    if (this.quorum && this.quorum() <= 1 && this.#queue.length === 0 && this.#inFlight === 0) {
+      return this.#runAlone(item, rows, signal);
+    }
     if (this.#queuedRows + rows > this.limits.maxQueuedRows && this.#queue.length > 0) {
       const message = `${this.label} is full (${this.#queuedRows} rows queued, at most ${this.limits.maxQueuedRows})`;
       return Promise.reject(new QueueFullError(message, this.#retryAfterS()));
@@ -170,6 +175,21 @@ export class Coalescer<T, R> {
       // still waiting (a runtime ties I/O and timers to the request that started them).
       void this.#drive(w);
     });
+  }
+
+  async #runAlone(item: T, rows: number, signal?: AbortSignal): Promise<R> {
+    this.#inFlight++;
+    this.batches++;
+    this.callers++;
+    try {
+      const [r] = await this.run([{ item, rows, gone: signal?.aborted ?? false }]);
+      if (!r) throw new Error("internal: no result for a lone call");
+      if (!r.ok) throw r.error;
+      return r.value;
+    } finally {
+      this.#inFlight--;
+      this.#wake();
+    }
   }
 
   #retryAfterS(): number {

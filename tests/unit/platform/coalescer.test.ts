@@ -64,6 +64,20 @@ describe("Coalescer", () => {
     expect(loneBatches).toEqual([[7]]);
   });
 
+  it("runs a call at once, without a turn or a timer, when no other caller is expected", async () => {
+    const { c, batches } = doubler({ maxWaitMs: 1000 }, () => 1);
+    let settled = false;
+    const p = c.submit(5, 1).then((v) => {
+      settled = true;
+      return v;
+    });
+    // Within the microtasks of this very turn: no macrotask (timer) ran in between.
+    for (let i = 0; i < 10 && !settled; i++) await undefined;
+    expect(settled).toBe(true);
+    expect(await p).toBe(10);
+    expect(batches).toEqual([[5]]);
+  });
+
   it("refuses a caller beyond the queue's size with a Retry-After", async () => {
     let release = () => {};
     const hold = new Promise<void>((r) => (release = r));
