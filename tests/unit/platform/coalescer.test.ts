@@ -78,6 +78,16 @@ describe("Coalescer", () => {
     expect(batches).toEqual([[5]]);
   });
 
+  it("hands answers over directly (a Durable Object's one context): one turn of microtasks, no timer", async () => {
+    const { c, batches } = doubler({ turn: "microtasks", handOver: "direct" });
+    let settled = 0;
+    const all = Promise.all([1, 2, 3].map((v) => c.submit(v, 1).then((x) => (settled++, x))));
+    for (let i = 0; i < 200 && settled < 3; i++) await undefined;
+    expect(settled).toBe(3);
+    expect(await all).toEqual([2, 4, 6]);
+    expect(batches).toEqual([[1, 2, 3]]);
+  });
+
   it("refuses a caller beyond the queue's size with a Retry-After", async () => {
     let release = () => {};
     const hold = new Promise<void>((r) => (release = r));
