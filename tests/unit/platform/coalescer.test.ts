@@ -81,7 +81,14 @@ describe("Coalescer", () => {
   it("hands answers over directly (a Durable Object's one context): one turn of microtasks, no timer", async () => {
     const { c, batches } = doubler({ turn: "microtasks", handOver: "direct" });
     let settled = 0;
-    const all = Promise.all([1, 2, 3].map((v) => c.submit(v, 1).then((x) => (settled++, x))));
+    const all = Promise.all(
+      [1, 2, 3].map((v) =>
+        c.submit(v, 1).then((x) => {
+          settled++;
+          return x;
+        }),
+      ),
+    );
     for (let i = 0; i < 200 && settled < 3; i++) await undefined;
     expect(settled).toBe(3);
     expect(await all).toEqual([2, 4, 6]);
