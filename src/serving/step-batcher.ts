@@ -24,7 +24,7 @@ import type { Session, StepOutcome, StepSegment } from "./forward";
 import { sampleToken, type SamplingParams } from "./sampling";
 
 /** Prompt tokens read per step at most, over every joining generation (TTFT vs the others' pace). */
-export const STEP_PREFILL_TOKENS = 128;
+export const STEP_PREFILL_TOKENS = 256;
 /** Rows (tokens) in one step at most: bounds the step's Wasm scratch. */
 export const MAX_STEP_ROWS = 512;
 /** Tokens a member may have produced and not yet taken: the steps never wait for a slow consumer. */
