@@ -13,7 +13,8 @@ import { storeFailure, type ExpertStore } from "./expert-store";
 import { batchingEnabled } from "../platform/env";
 import { expertEvents } from "../platform/events";
 import { batchMembers, runBatchedLayer } from "./layer-batcher";
-import { fanOut, type FanOutTransport, type LayerDispatch, type RunExpertsOptions } from "./fan-out";
+import { fanOut, fanOutRows, type FanOutTransport, type LayerDispatch, type RunExpertsOptions } from "./fan-out";
+import { combineSlots } from "./combine";
 import { recordLoad } from "./load-reporter";
 import { dropLocalStore, localStore } from "./local-store";
 import { isModelChanged } from "../platform/model-store";
@@ -44,7 +45,7 @@ export async function runExperts(
   dModel: number,
   options: ExpertCallOptions = {},
 ): Promise<{ out: Float32Array; dispatch: LayerDispatch }> {
-  const { modelVersion: version, ...fanOutOptions } = options;
+  const { modelVersion: version, alone, ...fanOutOptions } = options;
   if (routing.rerouted) expertEvents()?.rerouted(layer, routing.rerouted);
   const opts = { ...fanOutOptions, retry: retryConfig(env) };
   // Sliced experts: each (token, expert) row becomes one row per slice (unit), same weight; the
@@ -69,10 +70,16 @@ export async function runExperts(
     // driven from elsewhere), a batch could only leave on the next macrotask, which costs a single
     // stream far more than merging saves; those calls go out at once, and the ExpertHosts still merge
     // whatever meets there.
-    if (batchingEnabled(env) && batchMembers(placement.model) > 0) {
+    if (!alone && batchingEnabled(env) && batchMembers(placement.model) > 0) {
       const call = { routing: units, h, placement, signal: opts.signal, version };
       const { signal: _own, ...shared } = opts;
-      return await runBatchedLayer(call, layer, { transport, options: shared, dModel, onDispatch, keepAlive });
+      return await runBatchedLayer(call, layer, {
+        transport,
+        options: shared,
+        dModel,
+        onDispatch,
+        keepAlive: keepRequestAlive,
+      });
     }
     const result = await fanOut(transport(placement), placement, layer, units, h, dModel, opts);
     onDispatch(placement, units, result.dispatch);
@@ -85,10 +92,71 @@ export async function runExperts(
   }
 }
 
+/**
+ * `runExperts` for rows a caller already merged (a batched decode step: several requests' rows, one
+ * call): `owner[t]` names the request of token row t. Never queued in the layer batcher (the rows
+ * are the batch). A row no replica served fails only its owner (`lost`; that owner's output rows
+ * are zero); the other owners' rows are retried per the policy. Without `owner` (null) any lost
+ * row throws, as `runExperts` does.
+ */
+export async function runExpertsOwned(
+  env: Env,
+  placement: Placement,
+  layer: number,
+  routing: Routing,
+  h: Float32Array,
+  dModel: number,
+  owner: Int32Array | null,
+  options: ExpertCallOptions = {},
+): Promise<{ out: Float32Array; dispatch: LayerDispatch; lost: Map<number, ApiError> }> {
+  if (owner === null) {
+    const r = await runExpertsAlone(env, placement, layer, routing, h, dModel, options);
+    return { ...r, lost: new Map() };
+  }
+  const { modelVersion: version, ...fanOutOptions } = options;
+  if (routing.rerouted) expertEvents()?.rerouted(layer, routing.rerouted);
+  const opts = { ...fanOutOptions, retry: retryConfig(env), owner };
+  const units = expandRouting(routing, placement.slices ?? 1);
+  let changed: string | null = null;
+  const noteChanged = (r: ExpertForwardResult) => {
+    if (!r.ok && r.code === "model_changed") changed = r.message;
+    return r;
+  };
+  const local = isWorkerPlacement(placement) ? await localStore(env, placement.model, version) : null;
+  const transport = local
+    ? localTransport(local, placement.model, layer, noteChanged)
+    : hostTransport(env, layer, version, noteChanged);
+  const r = await fanOutRows(transport, placement, layer, units, h, dModel, opts);
+  if (changed !== null) throw ApiError.modelChanged(changed);
+  if (r.lost.size > 0 && !local) markPlacementStale(placement.model);
+  if (!local && r.dispatch.rowsByInstance.size > 0)
+    recordLoad(placement, placementRow(placement, layer), units.ids, r.dispatch.rowsByInstance);
+  // A lost owner's slots have no output: left out of the sum (its rows are not used).
+  const ids =
+    r.lost.size === 0 ? units.ids : units.ids.map((id, i) => (r.lost.has(owner[Math.floor(i / units.topK)]) ? -1 : id));
+  const out = combineSlots(units.n, units.topK, ids, units.weights, dModel, r.slots);
+  return { out, dispatch: r.dispatch, lost: r.lost };
+}
+
+/** `runExperts` without the layer batcher. */
+function runExpertsAlone(
+  env: Env,
+  placement: Placement,
+  layer: number,
+  routing: Routing,
+  h: Float32Array,
+  dModel: number,
+  options: ExpertCallOptions,
+): Promise<{ out: Float32Array; dispatch: LayerDispatch }> {
+  return runExperts(env, placement, layer, routing, h, dModel, { ...options, alone: true });
+}
+
 /** Options of one MoE layer call. */
 export interface ExpertCallOptions extends RunExpertsOptions {
   /** The upload of the model the caller computes with (OpenedModel.version); hosts check it. */
   modelVersion?: string;
+  /** Sent at once, never merged in the layer batcher (the caller merged its rows already). */
+  alone?: boolean;
 }
 
 /**
@@ -96,7 +164,7 @@ export interface ExpertCallOptions extends RunExpertsOptions {
  * that sent it, which must outlive them even when its own rows answered first or it was aborted.
  * (In a Durable Object the object stays alive anyway; where the runtime refuses, nothing is lost.)
  */
-function keepAlive(work: Promise<unknown>): void {
+export function keepRequestAlive(work: Promise<unknown>): void {
   try {
     waitUntil(work.catch(() => {}));
   } catch {

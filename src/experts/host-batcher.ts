@@ -68,6 +68,8 @@ export class HostBatcher {
           // they are delivered in one checkpoint or while a pass is busy.
           turn: "microtasks",
           runDeadlineMs: HOST_PASS_DEADLINE_MS,
+          // A Durable Object runs every request in its one context: answers go straight to callers.
+          handOver: "direct",
         },
         undefined,
         `${this.label} layer ${layer} queue`,

@@ -23,6 +23,9 @@ const TPOT_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1
 // ms to tens of ms, retries after a deadline take seconds.
 const FANOUT_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5] as const;
 
+// Requests (or rows) in one merged unit of work: 1 is a request alone.
+const BATCH_BUCKETS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512] as const;
+
 export const METRICS = {
   requests: {
     name: "edge_moe_http_requests_total",
@@ -109,6 +112,18 @@ export const METRICS = {
       "the runtime's queue for the object plus transit, by layer.",
     type: "histogram",
     buckets: FANOUT_BUCKETS,
+  },
+  batchRequests: {
+    name: "edge_moe_batch_requests",
+    help: "Requests sharing one batched decode step in the Worker (continuous batching's batch size), by model.",
+    type: "histogram",
+    buckets: BATCH_BUCKETS,
+  },
+  batchRows: {
+    name: "edge_moe_batch_rows",
+    help: "Token rows in one batched decode step in the Worker (decode rows plus prompt chunks), by model.",
+    type: "histogram",
+    buckets: BATCH_BUCKETS,
   },
 } as const satisfies Record<string, MetricDef>;
 

@@ -133,6 +133,12 @@ export function recordFailover(layer: number, code: string): void {
   local.inc(METRICS.failovers, { layer: String(layer), code });
 }
 
+/** One batched decode step: the requests and token rows it carried (the batch size). */
+export function recordBatched(model: string, requests: number, rows: number): void {
+  local.observe(METRICS.batchRequests, { model }, requests);
+  local.observe(METRICS.batchRows, { model }, rows);
+}
+
 /**
  * Subscribes this isolate's recorder to the experts' events (../platform/events.ts). Called once
  * from app.ts at load, so every isolate of the script (the Worker's and the Durable Objects') gets
@@ -145,6 +151,7 @@ export function installExpertMetrics(): void {
     failover: recordFailover,
     rerouted: recordRerouted,
     rpcWait: recordRpcWait,
+    batched: recordBatched,
     flushSoon: scheduleFlush,
   });
 }

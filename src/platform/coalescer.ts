@@ -49,6 +49,13 @@ export interface CoalescerLimits {
    * another request's I/O as hung.
    */
   runDeadlineMs?: number;
+  /**
+   * How a caller gets its answer: "poll" (default) — picked up by the caller's own timer (a Worker
+   * isolate: a promise settled from another request would resume the caller there, see above);
+   * "direct" — settled at once by whoever ran the batch: for a Durable Object, whose requests all
+   * run in the object's one context, so a 1 ms pickup would only add latency to every call.
+   */
+  handOver?: "poll" | "direct";
 }
 
 /**
@@ -93,6 +100,8 @@ interface Waiter<T, R> extends BatchEntry<T> {
   onAbort?: () => void;
   /** The answer, set by whichever request settled it; handed over by the caller's own timer. */
   result?: BatchResult<R>;
+  /** "direct" hand-over: delivers `result` at once (set only then). */
+  handOver?: () => void;
 }
 
 /** Runs one batch; answers one result per entry, in order (throwing fails every entry). */
@@ -129,6 +138,11 @@ export class Coalescer<T, R> {
   /** Queues one call; resolves with its own result when its batch answers. */
   submit(item: T, rows: number, signal?: AbortSignal): Promise<R> {
     if (signal?.aborted) return Promise.reject(abortReasonOf(signal));
+    // Alone: one caller is expected (this one) and none is queued or running — nobody to merge with, so
+    // the call runs at once in the caller's own request: no turn, no timer, no hand-over.
+    if (this.quorum?.() === 1 && this.#queue.length === 0 && this.#inFlight === 0) {
+      return this.#runAlone(item, rows, signal);
+    }
     if (this.#queuedRows + rows > this.limits.maxQueuedRows && this.#queue.length > 0) {
       const message = `${this.label} is full (${this.#queuedRows} rows queued, at most ${this.limits.maxQueuedRows})`;
       return Promise.reject(new QueueFullError(message, this.#retryAfterS()));
@@ -148,7 +162,8 @@ export class Coalescer<T, R> {
         if (r.ok) resolve(r.value);
         else reject(r.error);
       };
-      setTimeout(handOver, 0);
+      if (this.#direct) w.handOver = handOver;
+      else setTimeout(handOver, 0);
       if (signal) {
         w.onAbort = () => this.#abort(w);
         signal.addEventListener("abort", w.onAbort, { once: true });
@@ -172,6 +187,21 @@ export class Coalescer<T, R> {
     });
   }
 
+  async #runAlone(item: T, rows: number, signal?: AbortSignal): Promise<R> {
+    this.#inFlight++;
+    this.batches++;
+    this.callers++;
+    try {
+      const [r] = await this.run([{ item, rows, gone: signal?.aborted ?? false }]);
+      if (!r) throw new Error("internal: no result for a lone call");
+      if (!r.ok) throw r.error;
+      return r.value;
+    } finally {
+      this.#inFlight--;
+      this.#wake();
+    }
+  }
+
   #retryAfterS(): number {
     return Math.max(1, Math.ceil(this.limits.queueDeadlineMs / 1000));
   }
@@ -186,18 +216,37 @@ export class Coalescer<T, R> {
       this.#queuedRows -= w.rows;
     }
     w.result = { ok: false, error: abortReasonOf(w.signal!) };
+    w.handOver?.();
     this.#wake();
   }
 
   #wake(): void {
     this.#epoch++;
+    if (this.#direct) for (const f of this.#sleepers.splice(0)) f();
   }
+
+  get #direct(): boolean {
+    return this.limits.handOver === "direct";
+  }
+
+  /** "direct" hand-over: callers sleeping in #drive, woken by the next #wake. */
+  #sleepers: (() => void)[] = [];
 
   /**
    * Resolves after `ms`, or sooner once a #wake happened (seen by polling: the timer is the
    * caller's own, so the caller resumes in its own request, never in the waker's).
    */
   #sleep(ms: number): Promise<void> {
+    if (this.#direct) {
+      return new Promise<void>((resolve) => {
+        const timer = setTimeout(done, Math.max(0, ms));
+        function done() {
+          clearTimeout(timer);
+          resolve();
+        }
+        this.#sleepers.push(done);
+      });
+    }
     const epoch = this.#epoch;
     const until = Date.now() + Math.max(0, ms);
     return new Promise<void>((resolve) => {
@@ -285,6 +334,7 @@ export class Coalescer<T, R> {
     if (w.gone) return;
     w.gone = true;
     w.result = r;
+    w.handOver?.();
   }
 }
 

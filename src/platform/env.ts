@@ -130,8 +130,9 @@ export function mibVar(vars: Vars, name: string, fallbackMiB: number, rule: Numb
 }
 
 /**
- * BATCHING: "on" (default) coalesces concurrent requests' work where it meets — one fan-out per
- * MoE layer per Worker isolate, one kernel pass per expert per ExpertHost, one head pass — or "off"
+ * BATCHING: "on" (default) coalesces concurrent requests' work — batched decode steps for a model
+ * the Worker runs, else one fan-out per MoE layer per Worker isolate; one kernel pass per expert
+ * per ExpertHost, one head pass — or "off"
  * (every request alone; `npm run bench:load` compares the two in one run).
  */
 export function batchingEnabled(vars: Vars): boolean {

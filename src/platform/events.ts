@@ -19,6 +19,8 @@ export interface ExpertEventSink {
   routed(layer: number, tokens: number, dropped: number): void;
   /** One layer's fan-out answered: its wall time (RPCs, retries, combine) and the RPCs it sent. */
   layerCall(layer: number, seconds: number, rpcs: number): void;
+  /** One batched decode step of `model` ran: the requests and token rows it carried (the batch size). */
+  batched?(model: string, requests: number, rows: number): void;
   /** A failed expert call whose rows are retried or sent to another replica; `code` is bounded. */
   failover(layer: number, code: string): void;
   /**

@@ -149,6 +149,81 @@ function gqaStep(c: AttentionCall, a: GqaAttentionSpec, w: Held<GqaWeights>): vo
   addBias(k, c.out, w.bo, n, dModel);
 }
 
+/** One session's rows in a batched call: rows [at, at + n) of the call, at positions start…. */
+export interface RowSegment {
+  at: number;
+  n: number;
+  start: number;
+  kCache: number; // [maxLen, nKvHeads, headDim]
+  vCache: number;
+}
+
+/**
+ * `gqaStep` over the rows of several sessions at once (a batched decode step): the projections,
+ * norms and RoPE run over all rows (c.cos / c.sin hold each row's own position), then each session's
+ * keys and values go to its own cache and its queries attend over it alone. Per row the same
+ * arithmetic as `gqaStep` (K and V are projected beside the cache and copied in, bit for bit).
+ * `scores`: ≥ max(start + n) f32s.
+ */
+export function gqaRows(
+  c: Omit<AttentionCall, "kCache" | "vCache" | "start"> & { scores: number },
+  w: Held<GqaWeights>,
+  segs: readonly RowSegment[],
+): void {
+  const a = c.spec.attention;
+  if (a.kind !== "gqa") throw new Error(`internal: gqaRows on ${a.kind} attention`);
+  const { k, spec, h, n } = c;
+  const { dModel, rmsEps } = spec;
+  const { nHeads, nKvHeads, headDim } = a;
+  const qDim = nHeads * headDim;
+  const kvDim = nKvHeads * headDim;
+  const q = c.arena.f32(n * qDim);
+  const att = c.arena.f32(n * qDim);
+  const kT = c.arena.f32(n * kvDim);
+  const vT = c.arena.f32(n * kvDim);
+  const mmN = (m: DenseMatrix, out: number, x: number) => k.matmulDense(m, out, x, n, c.ws);
+  mmN(w.wq, q, h);
+  mmN(w.wk, kT, h);
+  mmN(w.wv, vT, h);
+  addBias(k, q, w.bq, n, qDim);
+  addBias(k, kT, w.bk, n, kvDim);
+  addBias(k, vT, w.bv, n, kvDim);
+  const norm = {
+    none: null,
+    "per-head": { qRows: n * nHeads, qD: headDim, kRows: n * nKvHeads, kD: headDim },
+    full: { qRows: n, qD: qDim, kRows: n, kD: kvDim },
+  }[a.qkNorm];
+  if (norm && w.qNorm !== null && w.kNorm !== null) {
+    k.rmsnorm(q, q, w.qNorm.ptr, norm.qRows, norm.qD, rmsEps);
+    k.rmsnorm(kT, kT, w.kNorm.ptr, norm.kRows, norm.kD, rmsEps);
+  }
+  const { rotDim, interleaved } = spec.rope;
+  k.rope(q, c.cos, c.sin, n, nHeads, headDim, 0, rotDim, interleaved);
+  k.rope(kT, c.cos, c.sin, n, nKvHeads, headDim, 0, rotDim, interleaved);
+  for (const s of segs) {
+    const rows = s.n * kvDim;
+    k.f32(s.kCache + s.start * kvDim * 4, rows).set(k.f32(kT + s.at * kvDim * 4, rows));
+    k.f32(s.vCache + s.start * kvDim * 4, rows).set(k.f32(vT + s.at * kvDim * 4, rows));
+    const qAt = s.at * qDim * 4;
+    k.attention(
+      att + qAt,
+      q + qAt,
+      s.kCache,
+      s.vCache,
+      s.n,
+      s.start,
+      nHeads,
+      nKvHeads,
+      headDim,
+      headDim,
+      a.scale,
+      c.scores,
+    );
+  }
+  k.matmulDense(w.wo, c.out, att, n, c.ws);
+  addBias(k, c.out, w.bo, n, dModel);
+}
+
 /**
  * MLA with HF DeepseekV3Attention semantics, naive cache. q = q_proj(h), or
  * q_b_proj(rmsnorm(q_a_proj(h))); per head q = [q_nope | q_pe]. c = kv_a_proj_with_mqa(h) =

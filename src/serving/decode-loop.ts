@@ -35,6 +35,12 @@ export async function* sampledTokens(
 ): AsyncGenerator<number> {
   const rng = createRng(req.seed);
   const eos = new Set(rt.spec.eosTokenIds);
+  if (rt.stepsBatched(env)) {
+    // Continuous batching: the same tokens, from decode steps shared with the isolate's others.
+    const spec = { promptIds: req.promptIds, maxTokens: req.maxTokens, sampling: req.sampling, rng, eos };
+    yield* rt.stepTokens(env, session, spec, signal);
+    return;
+  }
   let logits = await rt.forward(env, session, req.promptIds, rng, { signal });
   for (let produced = 1; ; produced++) {
     const id = sampleToken(logits, req.sampling, rng);

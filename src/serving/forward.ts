@@ -20,13 +20,39 @@ import { freeHeld, holdLayer, type Held, type HeldLayer } from "../model/dense-l
 import type { ModelSpec } from "../model/config";
 import { flattenRouting, route, ROUTING_OFF, type Routing, type RoutingOptions } from "../gating/router";
 import { expertEvents } from "../platform/events";
-import { Arena, attentionStep, kvLayout, ropeTables, type Ptrs } from "./attention";
+import { Arena, attentionStep, gqaRows, kvLayout, ropeTables, type Ptrs } from "./attention";
 
 /**
  * Runs one layer's routed experts: h [n, dModel] → Σ_k weight_k · expert_k(h) [n, dModel].
  * May be asynchronous (RPC); it must not touch the Kernels' memory.
  */
 export type ExpertRunner = (layer: number, routing: Routing, h: Float32Array) => Promise<Float32Array>;
+
+/**
+ * One session's rows in a batched step (`ModelForward.step`): its tokens at positions
+ * session.length…, its own random source (noisy routing draws from it as it would alone).
+ */
+export interface StepSegment {
+  session: Session;
+  tokens: number[];
+  /** 1: the logits of its last token are wanted; 0: none (a prompt chunk that is not the last). */
+  nOut: 0 | 1;
+  rng: () => number;
+}
+
+/** A segment's outcome: its logits [nOut, vocab] (empty for nOut 0), or the error that failed it. */
+export type StepOutcome = { ok: true; logits: Float32Array } | { ok: false; error: unknown };
+
+/**
+ * Routed experts of a batched step: `owner[t]` is the segment of token row t. Answers every row's
+ * output, and the segments that lost rows (their output rows are then meaningless).
+ */
+export type OwnedExpertRunner = (
+  layer: number,
+  routing: Routing,
+  h: Float32Array,
+  owner: Int32Array | null,
+) => Promise<{ out: Float32Array; lost: Map<number, unknown> }>;
 
 /** Tokens per dense-MLP kernel call: bounds the [chunk, dFf] × 2 scratch whatever the prompt length. */
 const MLP_TOKEN_CHUNK = 64;
@@ -209,6 +235,107 @@ export class ModelForward {
       this.#embedInto(x, tokens);
       await this.#layers(s, x, n, experts, rng, opts.onRouting);
       return this.#head(x + (n - nOut) * dModel * 4, nOut);
+    } finally {
+      arena.free();
+    }
+  }
+
+  /**
+   * Whether `step` gives every segment, bit for bit, what `forward` gives it alone: the whole model
+   * here, GQA, f32 matrices whose output counts are multiples of 4 (the f32 matmul then computes
+   * each row the same whatever the rows beside it: tests/unit/kernels/matmul-rows.test.ts).
+   */
+  get stepExact(): boolean {
+    const { spec } = this;
+    const a = spec.attention;
+    if (!this.whole || a.kind !== "gqa") return false;
+    const dims = [spec.dModel, spec.vocabSize, spec.nExperts, a.nHeads * a.headDim, a.nKvHeads * a.headDim];
+    for (const l of spec.layers) if (l.kind === "dense") dims.push(l.dFf);
+    if (spec.sharedExperts) dims.push(spec.sharedExperts.dFf);
+    const ms: DenseMatrix[] = [];
+    collectMatrices(this.layerW, ms);
+    const gated = this.layerW.some((L) => L.ffn.kind === "moe" && L.ffn.shared?.gate);
+    return !gated && dims.every((d) => d % 4 === 0) && ms.every((m) => m.format === "f32");
+  }
+
+  /**
+   * One step of several sessions at once (continuous batching): every segment's tokens go through
+   * the layers together — norms and projections over all rows, attention per session over its own
+   * KV cache, one expert call per MoE layer for all rows — and one head pass gives the logits of
+   * the segments that want them. Appends to each session's KV cache. A segment whose expert rows
+   * were lost fails alone. Only when `stepExact`.
+   */
+  async step(segs: StepSegment[], experts: OwnedExpertRunner): Promise<StepOutcome[]> {
+    const { dModel, rmsEps, multipliers, rope } = this.spec;
+    const k = this.kernels;
+    const n = segs.reduce((t, g) => t + g.tokens.length, 0);
+    for (const g of segs)
+      if (g.session.length + g.tokens.length > g.session.maxLen)
+        throw new Error(`session holds ${g.session.maxLen} positions, asked for ${g.session.length + g.tokens.length}`);
+    const parts = segs.map((g) => ({ n: g.tokens.length, rng: g.rng }));
+    const segRows = segs.map((g, i) => ({ start: g.session.length, n: g.tokens.length, at: offsetOf(parts, i) }));
+    const owner = new Int32Array(n);
+    segRows.forEach((r, i) => owner.fill(i, r.at, r.at + r.n));
+    const failed = new Map<number, unknown>();
+    const lostOf = (layer: number, routing: Routing, h: Float32Array) =>
+      experts(layer, routing, h, routing.n === n ? owner : null).then((r) => {
+        for (const [i, e] of r.lost) if (!failed.has(i)) failed.set(i, e);
+        return r.out;
+      });
+    const half = rope.rotDim / 2;
+    const arena = new Arena(k);
+    try {
+      const x = arena.f32(n * dModel);
+      const h = arena.f32(n * dModel);
+      const o = arena.f32(n * dModel);
+      const cos = arena.f32(n * half);
+      const sin = arena.f32(n * half);
+      const ws = this.#weightScratch(arena, n);
+      const scores = arena.f32(Math.max(...segRows.map((r) => r.start + r.n)));
+      this.#embedInto(
+        x,
+        segs.flatMap((g) => g.tokens),
+      );
+      for (const r of segRows) {
+        const c = k.f32(cos, n * half).subarray(r.at * half, (r.at + r.n) * half);
+        ropeTables(c, k.f32(sin, n * half).subarray(r.at * half, (r.at + r.n) * half), rope, r.start, r.n);
+      }
+      for (let l = this.first; l < this.end; l++) {
+        const L = this.layerW[l - this.first];
+        const caches = segs.map((g, i) => ({
+          ...segRows[i],
+          kCache: g.session.k[l - this.first],
+          vCache: g.session.v[l - this.first],
+        }));
+        k.rmsnorm(h, x, L.attnNorm.ptr, n, dModel, rmsEps);
+        if (L.attention.kind !== "gqa") throw new Error("internal: a batched step needs GQA attention");
+        gqaRows({ k, arena, spec: this.spec, h, out: o, n, cos, sin, ws, scores }, L.attention, caches);
+        addScaled(k.f32(x, n * dModel), k.f32(o, n * dModel), multipliers.residual);
+        k.rmsnorm(h, x, L.mlpNorm.ptr, n, dModel, rmsEps);
+        const ffn = await this.#ffn(l, h, n, ws, lostOf, () => 0, undefined, parts);
+        addScaled(k.f32(x, n * dModel), ffn, multipliers.residual);
+      }
+      for (const g of segs) g.session.length += g.tokens.length;
+      // The head over the last row of every segment that wants logits.
+      const want = segs.flatMap((g, i) => (g.nOut === 1 && !failed.has(i) ? [i] : []));
+      const logits = new Map<number, Float32Array>();
+      if (want.length > 0) {
+        const xs = arena.f32(want.length * dModel);
+        const all = k.f32(x, n * dModel);
+        const rows = k.f32(xs, want.length * dModel);
+        want.forEach((i, j) => {
+          const last = segRows[i].at + segRows[i].n - 1;
+          rows.set(all.subarray(last * dModel, (last + 1) * dModel), j * dModel);
+        });
+        const out = this.#head(xs, want.length);
+        const v = this.spec.vocabSize;
+        want.forEach((i, j) => logits.set(i, out.slice(j * v, (j + 1) * v)));
+      }
+      return segs.map((_, i) =>
+        failed.has(i)
+          ? { ok: false, error: failed.get(i) }
+          : { ok: true, logits: logits.get(i) ?? new Float32Array(0) },
+      );
     } finally {
       arena.free();
     }
@@ -408,6 +535,7 @@ export class ModelForward {
     experts: ExpertRunner,
     rng: () => number,
     onRouting?: (layer: number, r: Routing) => void,
+    parts?: { n: number; rng: () => number }[],
   ): Promise<Float32Array> {
     const { dModel, nExperts, topK } = this.spec;
     const k = this.kernels;
@@ -426,11 +554,17 @@ export class ModelForward {
           const gate = arena.f32(n * nExperts); // [n, nExperts] router logits
           k.matmulDense(w.router, gate, h, n, 0); // routers are held f32: no scratch
           const bias = w.routerBias === null ? null : k.f32(w.routerBias.ptr, nExperts).slice();
-          routing = route(this.spec.router, k.f32(gate, n * nExperts).slice(), n, nExperts, topK, {
-            bias,
-            options: this.routing,
-            rng,
-          });
+          const logits = k.f32(gate, n * nExperts).slice();
+          const routeRows = (from: number, m: number, r: () => number) =>
+            route(this.spec.router, logits.subarray(from * nExperts, (from + m) * nExperts), m, nExperts, topK, {
+              bias,
+              options: this.routing,
+              rng: r,
+            });
+          // A batched step routes each session's rows on their own (capacity, noise: as alone).
+          routing = parts
+            ? mergeRoutings(parts.map((p, i) => routeRows(offsetOf(parts, i), p.n, p.rng)))
+            : routeRows(0, n, rng);
           // Shared experts run here, in the Worker: every token uses them, an RPC would buy nothing.
           if (w.shared !== null && this.spec.sharedExperts !== null)
             shared = this.#mlp(w.shared, h, n, this.spec.sharedExperts.dFf, w.shared.gate, ws);
@@ -521,6 +655,36 @@ async function runRouted(
     for (let d = 0; d < dModel; d++) out[o + d] += y[i * dModel + d];
   }
   return out;
+}
+
+/** Row offset of part i: the rows of the parts before it. */
+function offsetOf(parts: readonly { n: number }[], i: number): number {
+  let at = 0;
+  for (let j = 0; j < i; j++) at += parts[j].n;
+  return at;
+}
+
+/** Routings of consecutive row ranges as one routing over all the rows. */
+function mergeRoutings(rs: Routing[]): Routing {
+  if (rs.length === 1) return rs[0];
+  const n = rs.reduce((t, r) => t + r.n, 0);
+  const topK = rs[0].topK;
+  const ids = new Int32Array(n * topK);
+  const weights = new Float32Array(n * topK);
+  let at = 0;
+  let rerouted = 0;
+  let dropped = 0;
+  for (const r of rs) {
+    ids.set(r.ids, at * topK);
+    weights.set(r.weights, at * topK);
+    at += r.n;
+    rerouted += r.rerouted ?? 0;
+    dropped += r.dropped ?? 0;
+  }
+  const merged: Routing = { n, topK, ids, weights };
+  if (rs.some((r) => r.rerouted !== undefined)) merged.rerouted = rerouted;
+  if (rs.some((r) => r.dropped !== undefined)) merged.dropped = dropped;
+  return merged;
 }
 
 /** Every matrix of a held weight tree. */

@@ -23,7 +23,15 @@ import type { ModelSpec } from "../model/config";
 import { TextTokenizer } from "../model/tokenizer";
 import { parseRoutingOptions } from "../gating/options";
 import type { Routing, RoutingOptions } from "../gating/router";
-import { batchMembers, currentPlacement, joinBatch, runExperts, type LayerDispatch } from "../experts/expert-client";
+import {
+  batchMembers,
+  currentPlacement,
+  joinBatch,
+  keepRequestAlive,
+  runExperts,
+  runExpertsOwned,
+  type LayerDispatch,
+} from "../experts/expert-client";
 import type { Placement } from "../coordinator/placement";
 import { planPipeline, PipelinePlanError, type PipelinePlacement } from "../coordinator/pipeline-placement";
 import { MODEL_CHECK_MS, ModelChangedError, modelVersion, openModelFromR2 } from "../platform/model-store";
@@ -48,6 +56,8 @@ import { placementInitFor, type ModelPlacementInit } from "./placement-init";
 import { HeadBatcher, headBatchable } from "./head-batcher";
 import { batchingEnabled, type Vars } from "../platform/env";
 import { Flight, shareWork } from "../platform/shared-work";
+import { StepBatcher, type StepStreamSpec } from "./step-batcher";
+import { expertEvents } from "../platform/events";
 
 export type { ModelPlacementInit } from "./placement-init";
 
@@ -337,6 +347,56 @@ export class ModelRuntime {
       () => batchMembers(this.id),
     );
     return this.#heads;
+  }
+
+  #steps: StepBatcher | null = null;
+
+  /**
+   * Whether a generation's tokens come from decode steps shared with the isolate's other
+   * generations (./step-batcher.ts): BATCHING on, and a model the Worker runs whole whose batched
+   * step gives every row what it gets alone (`ModelForward.stepExact`).
+   */
+  stepsBatched(env: Env): boolean {
+    return batchingEnabled(env) && this.chain === null && this.model.stepExact;
+  }
+
+  /** The generation's token ids from the shared decode steps (only when `stepsBatched`). */
+  async *stepTokens(
+    env: Env,
+    s: RuntimeSession,
+    spec: Omit<StepStreamSpec, "session">,
+    signal?: AbortSignal,
+  ): AsyncGenerator<number> {
+    const local = s.local!;
+    this.#steps ??= new StepBatcher(
+      (segs) => this.#runStep(env, segs),
+      keepRequestAlive,
+      (segments, rows) => expertEvents()?.batched?.(this.id, segments, rows),
+    );
+    // Its MoE layers run in the steps, not through the layer batcher: not counted at its barrier.
+    s.leaveBatch();
+    for await (const id of this.#steps.tokens({ ...spec, session: local }, signal)) {
+      s.length = local.length;
+      yield id;
+    }
+  }
+
+  /** Steps run and rows they carried in this isolate (tests, bench). */
+  get stepStats(): { steps: number; rows: number; segments: number } {
+    const b = this.#steps;
+    return b ? { steps: b.steps, rows: b.rows, segments: b.segments } : { steps: 0, rows: 0, segments: 0 };
+  }
+
+  /** One batched step: the experts of all its rows in one fan-out per MoE layer, a lost row failing its owner. */
+  async #runStep(env: Env, segs: Parameters<ModelForward["step"]>[0]) {
+    const placement = await this.placement(env);
+    const { dModel } = this.spec;
+    return this.model.step(segs, async (layer, routing, h, owner) => {
+      const r = await runExpertsOwned(env, placement, layer, routing, h, dModel, owner, {
+        modelVersion: this.version,
+      });
+      return { out: r.out, lost: r.lost };
+    });
   }
 
   async placement(env: Env) {

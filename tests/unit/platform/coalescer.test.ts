@@ -64,6 +64,37 @@ describe("Coalescer", () => {
     expect(loneBatches).toEqual([[7]]);
   });
 
+  it("runs a call at once, without a turn or a timer, when no other caller is expected", async () => {
+    const { c, batches } = doubler({ maxWaitMs: 1000 }, () => 1);
+    let settled = false;
+    const p = c.submit(5, 1).then((v) => {
+      settled = true;
+      return v;
+    });
+    // Within the microtasks of this very turn: no macrotask (timer) ran in between.
+    for (let i = 0; i < 10 && !settled; i++) await undefined;
+    expect(settled).toBe(true);
+    expect(await p).toBe(10);
+    expect(batches).toEqual([[5]]);
+  });
+
+  it("hands answers over directly (a Durable Object's one context): one turn of microtasks, no timer", async () => {
+    const { c, batches } = doubler({ turn: "microtasks", handOver: "direct" });
+    let settled = 0;
+    const all = Promise.all(
+      [1, 2, 3].map((v) =>
+        c.submit(v, 1).then((x) => {
+          settled++;
+          return x;
+        }),
+      ),
+    );
+    for (let i = 0; i < 200 && settled < 3; i++) await undefined;
+    expect(settled).toBe(3);
+    expect(await all).toEqual([2, 4, 6]);
+    expect(batches).toEqual([[1, 2, 3]]);
+  });
+
   it("refuses a caller beyond the queue's size with a Retry-After", async () => {
     let release = () => {};
     const hold = new Promise<void>((r) => (release = r));
