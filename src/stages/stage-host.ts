@@ -109,7 +109,7 @@ export class StageHost extends DurableObject<Env> {
 
   /** Runs one chunk of one session through this stage, then through the rest of the route. */
   async run(req: StageRunRequest): Promise<StageRunResult> {
-    let acquired: KvLedger<Session> | null = null;
+    let acquired: { kv: KvLedger<Session>; part: StagePart } | null = null;
     try {
       this.#keepAlive.touch();
       const hop = req.route[0];
@@ -136,7 +136,7 @@ export class StageHost extends DurableObject<Env> {
         s = kv.acquire(req.session, now)!;
       }
       // In use until this call (and the later stages it calls) ends: the idle alarm must not free it meanwhile.
-      acquired = kv;
+      acquired = { kv, part };
       if (s.length !== req.start)
         throw new StageError(
           "bad_request",
@@ -174,7 +174,9 @@ export class StageHost extends DurableObject<Env> {
     } catch (err) {
       return failure(err);
     } finally {
-      acquired?.release(req.session, Date.now());
+      // The session ended while this call ran on it (`end`): its KV cache is freed now, not under the call.
+      const ended = acquired?.kv.release(req.session, Date.now());
+      if (ended) acquired?.part.forward.endSession(ended);
       this.#notePeak();
     }
   }
@@ -242,7 +244,10 @@ export class StageHost extends DurableObject<Env> {
     this.#resetAt = at;
   }
 
-  /** Frees a session's KV cache (completion or client abort). Unknown ids are ignored. */
+  /**
+   * Frees a session's KV cache (completion or client abort) — or, while a `run` is on it, has that
+   * run free it when it ends. Unknown ids are ignored.
+   */
   async end(session: string): Promise<void> {
     const s = this.#kv?.remove(session);
     if (s && this.#part) this.#part.forward.endSession(s);

@@ -49,4 +49,31 @@ describe("KvLedger", () => {
     expect(kv.acquire("zzz", 0)).toBeUndefined();
     kv.release("zzz", 0);
   });
+
+  it("ending a session a call runs on frees it only when the last call releases it", () => {
+    const kv = new KvLedger<string>(100);
+    kv.add("a", 10, "A", 0);
+    kv.acquire("a", 1);
+    kv.acquire("a", 1);
+    // A client abort mid-chunk: nothing to free yet, and the session is gone for new callers.
+    expect(kv.remove("a")).toBeUndefined();
+    expect(kv.get("a", 2)).toBeUndefined();
+    expect(kv.acquire("a", 2)).toBeUndefined();
+    expect(kv.remove("a")).toBeUndefined();
+    expect(() => kv.add("a", 10, "A2", 2)).toThrow(/still running/);
+    expect(kv.usedBytes).toBe(10);
+    expect(kv.idle(1_000_000, 1)).toEqual([]);
+    expect(kv.release("a", 3)).toBeUndefined();
+    expect(kv.usedBytes).toBe(10);
+    // The last call's release hands the value back to free, once.
+    expect(kv.release("a", 4)).toBe("A");
+    expect(kv.usedBytes).toBe(0);
+    expect(kv.size).toBe(0);
+    expect(kv.release("a", 5)).toBeUndefined();
+    // A session no call runs on is removed at once, and release of a live one returns nothing.
+    kv.add("b", 10, "B", 0);
+    kv.acquire("b", 1);
+    expect(kv.release("b", 2)).toBeUndefined();
+    expect(kv.remove("b")).toBe("B");
+  });
 });
