@@ -112,7 +112,8 @@ export function quantizeRowQ4g(
 /**
  * A row's bf16 group scales as the kernel holds them: one f32 power of two `unit` and integer
  * subs with scale = sub · unit, |sub| ≤ Q4_SUB_MAX. Exact for scales written by quantizeRowQ4g;
- * scales from elsewhere (other quantizers) whose small ones have more bits than fit are rounded.
+ * scales from elsewhere whose small ones have more bits than fit are rounded — so a checkpoint's
+ * stored scales are checked with inexactQ4Scale at load, and refused.
  */
 export function splitQ4Scales(scales: Uint16Array, sub: Int16Array): number {
   let emax = 0;
@@ -126,6 +127,21 @@ export function splitQ4Scales(scales: Uint16Array, sub: Int16Array): number {
     sub[g] = Math.max(-Q4_SUB_MAX, Math.min(Q4_SUB_MAX, Math.round(bf16ToF32(scales[g]) / unit)));
   }
   return unit;
+}
+
+/**
+ * Index of the first group whose bf16 scale splitQ4Scales cannot hold exactly (sub · unit ≠ scale),
+ * or -1. Scales [rows, groups]. Checkpoints converted before the kernel held scales as integer subs
+ * have small scales with more bits than a sub keeps: they would load as changed weights.
+ */
+export function inexactQ4Scale(scales: Uint16Array, groups: number): number {
+  const sub = new Int16Array(groups);
+  for (let j = 0; j * groups < scales.length; j++) {
+    const row = scales.subarray(j * groups, (j + 1) * groups);
+    const unit = splitQ4Scales(row, sub);
+    for (let g = 0; g < row.length; g++) if (sub[g] * unit !== bf16ToF32(row[g])) return j * groups + g;
+  }
+  return -1;
 }
 
 /** One-shot int4 group quantization of w [rows, cols]. */

@@ -20,9 +20,9 @@ import { expertTensorRefs, type ExpertTensorRef, type ExpertWeights } from "./ar
 import type { ModelSpec } from "./config";
 import type { Checkpoint } from "./safetensors";
 import { quantNames, quantView } from "./quant-names";
-import { storedExpertQuant, type Q8gExpert } from "./quantized";
+import { storedExpertQuant, storedQ4Scales, type Q8gExpert } from "./quantized";
 import { Q8_EXPERT_GROUP, quantizeRowsQ8, type Q8Expert, type Q8Rows } from "../kernels/packing";
-import { f32ToBf16, quantizeQ8g, type Q8gMatrix } from "../kernels/dense-format";
+import { quantizeQ8g, type Q8gMatrix } from "../kernels/dense-format";
 import { Q4_GROUP, quantizeExpertQ4g, unpackNibbles, type Q4gExpert, type Q4gMatrix } from "../kernels/q4g-format";
 
 /** Intermediate units [c0, c1) of one expert. */
@@ -135,7 +135,7 @@ export async function loadExpertSliceQ4(
         nRows,
         inputs,
       ),
-      scales: Uint16Array.from(scales, f32ToBf16), // bf16 values: exact both ways
+      scales: storedQ4Scales(ckpt, n.scales, scales, Math.ceil(cols[1] / Q4_GROUP) - cols[0] / Q4_GROUP),
     };
   };
   const [w1, w3, w2] = await Promise.all([

@@ -52,7 +52,15 @@ import {
   quantizeQ8g,
   type Q8gMatrix,
 } from "../kernels/dense-format";
-import { Q4_GROUP, quantizeExpertQ4g, unpackNibbles, type Q4gExpert, type Q4gMatrix } from "../kernels/q4g-format";
+import {
+  inexactQ4Scale,
+  Q4_GROUP,
+  quantizeExpertQ4g,
+  unpackNibbles,
+  type Q4gExpert,
+  type Q4gMatrix,
+} from "../kernels/q4g-format";
+import { ModelFormatError } from "./errors";
 
 /** How an ExpertStore holds experts: "int8" / "int4" quantize f32/bf16 checkpoints at load;
  * "int8-group" quantizes at load to int8 with one scale per 32 inputs (expertFfnQ8g); experts stored
@@ -155,8 +163,29 @@ async function readQ4Rows(ckpt: Checkpoint, ref: ExpertTensorRef): Promise<Q4gMa
       ref.nRows,
       cols,
     ),
-    scales: Uint16Array.from(scales, f32ToBf16), // bf16 values: exact both ways
+    scales: storedQ4Scales(ckpt, names.scales, scales, groups),
   };
+}
+
+/**
+ * An int4 tensor's stored scales (`groups` a row) as bf16 bits, refused unless the kernel holds
+ * every one exactly: a checkpoint converted before scales were integer subs of a row's power of two
+ * would otherwise load with its small scales rounded — silently changed weights.
+ */
+export function storedQ4Scales(ckpt: Checkpoint, tensor: string, scales: Float32Array, groups: number): Uint16Array {
+  const bits = Uint16Array.from(scales, f32ToBf16); // bf16 values: exact both ways
+  const bad = inexactQ4Scale(bits, groups);
+  if (bad >= 0) {
+    const file = ckpt.info(tensor).file;
+    throw new ModelFormatError(
+      `${file}: tensor "${tensor}" has int4 scale ${scales[bad]} (row ${Math.floor(bad / groups)} of this read, ` +
+        `group ${bad % groups}) that the int4 kernel cannot hold exactly — the checkpoint was converted by an ` +
+        "older version; re-run `convert --quant int4`",
+      file,
+      tensor,
+    );
+  }
+  return bits;
 }
 
 async function readQ8Rows(ckpt: Checkpoint, ref: ExpertTensorRef): Promise<Q8Rows> {
