@@ -109,7 +109,9 @@ export const METRICS = {
     name: "edge_moe_expert_rpc_wait_seconds",
     help:
       "Per ExpertHost forward RPC: round trip minus the host's own time in forward, i.e. the wait in " +
-      "the runtime's queue for the object plus transit, by layer.",
+      "the runtime's queue for the object plus transit, by layer. The host's time is read with " +
+      "performance.now(), which deployed Workers do not advance during pure JS/Wasm execution: in " +
+      "production its compute is not subtracted and the value is an upper bound.",
     type: "histogram",
     buckets: FANOUT_BUCKETS,
   },
