@@ -11,10 +11,11 @@
  * (its AbortSignal) leaves the others' batch alone: its promise rejects (at its next poll), its
  * rows are dropped from the queue or their answer ignored.
  *
- * workerd: a promise settled from another request resumes its awaiter inside that request, so
- * a caller whose answer the sender's request handed it would go on — timers, RPCs, its next
- * batch call — inside the sender's request, and be cancelled with it once that request ends (a
- * stream cut mid-way, "hung" requests). So nothing here resolves a caller from another request:
+ * workerd: a caller that only awaits a promise another request settles, with no pending I/O of
+ * its own, is cancelled as hung, and one whose sender's request is cancelled first waits forever;
+ * and handing answers over directly cut streams under chaos load here (why was not found — a
+ * probe shows such a promise resumes its awaiter in the awaiter's own request; README "Promises
+ * shared across requests"). So nothing here resolves a caller from another request:
  * the sender only records each answer and wakes are counted, and every caller picks its answer
  * up, and notices wakes, with timers of its own request (polled every HAND_OVER_POLL_MS).
  */
@@ -149,9 +150,8 @@ export class Coalescer<T, R> {
     }
     return new Promise<R>((resolve, reject) => {
       const w: Waiter<T, R> = { item, rows, gone: false, queuedAt: Date.now(), signal, resolve, reject };
-      // The answer is handed over by a timer of the caller's own request: a promise settled from
-      // the request that sent the batch would resume the caller inside that request (workerd), and
-      // the caller's next calls would die with it.
+      // The answer is handed over by a timer of the caller's own request, never by settling the
+      // caller's promise from the request that sent the batch (see the module comment).
       const handOver = () => {
         const r = w.result;
         if (!r) {

@@ -1,17 +1,19 @@
 /**
  * @module Work that concurrent requests of one isolate share — a model load, an upload check, a
- * ranged read of embedding rows — run once, without any request resuming inside another's.
+ * ranged read of embedding rows — run once, each request that waits for it waiting in its own request.
  *
- * workerd: a promise settled from one request resumes its awaiters inside that request, and their
- * continuations are cancelled when it ends; a promise whose I/O belonged to a request that went
- * away never settles at all. So a request that awaited a load another request started would go on
- * (its RPCs, its stream) inside the starter's request and be cut when that one answered, or wait
- * forever when the starter's client disconnected mid-load.
+ * workerd gives each request its own I/O context, and the work's I/O belongs to the request that
+ * started it. That request may answer or be cancelled (its client disconnected) before the work
+ * finishes: the work's I/O is then cancelled and its promise — orphaned — never settles, so a
+ * request awaiting it would wait forever. And a request that only awaits another request's promise,
+ * with no pending I/O of its own, is cancelled as hung. (Where a settled promise resumes its
+ * awaiter is not the problem: workerd resumes it in the awaiter's own request — README
+ * "Continuous batching".)
  *
  * A `Flight` is the work as its starter sees it (`promise`, awaited in the starter's own request)
  * plus what everyone else sees: a recorded outcome and a heartbeat the starter's request ticks
  * while the work runs. Another request `join`s: it looks at the outcome with timers of its own
- * request (so it resumes in its own context) and, when the heartbeat stops moving — the starter's
+ * request (pending I/O of its own, so it is never taken for hung) and, when the heartbeat stops moving — the starter's
  * request is gone and its I/O with it — gives up with OrphanedWorkError, and starts the work again
  * itself (`shareWork`). The same pattern as the batch queue's hand-over (src/platform/coalescer.ts).
  */
