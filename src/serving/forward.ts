@@ -21,6 +21,7 @@ import type { ModelSpec } from "../model/config";
 import { flattenRouting, route, ROUTING_OFF, type Routing, type RoutingOptions } from "../gating/router";
 import { expertEvents } from "../platform/events";
 import { Arena, attentionStep, gqaRows, kvLayout, ropeTables, type Ptrs } from "./attention";
+import { kvBytesPerPosition } from "./stage-budgets";
 
 /**
  * Runs one layer's routed experts: h [n, dModel] → Σ_k weight_k · expert_k(h) [n, dModel].
@@ -187,8 +188,7 @@ export class ModelForward {
 
   /** KV-cache bytes one session of maxLen positions takes in the layers held here. */
   kvBytes(maxLen: number): number {
-    const { nKvHeads, kHeadDim, vHeadDim } = kvLayout(this.spec.attention);
-    return (this.end - this.first) * maxLen * nKvHeads * (kHeadDim + vHeadDim) * 4;
+    return maxLen * kvBytesPerPosition(this.spec, this.first, this.end);
   }
 
   /** A KV cache for up to maxLen positions of the layers held; free it with `endSession`. */
