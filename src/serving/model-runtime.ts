@@ -394,9 +394,9 @@ export class ModelRuntime {
     }
   }
 
-  /** Positions the Worker's KV budget holds for one session. */
+  /** Positions one session can have here: the model's context, within the Worker's KV budget. */
   #longestSession(): number {
-    return Math.floor(this.kv.budgetBytes / Math.max(1, this.model.kvBytes(1)));
+    return Math.min(this.spec.maxPositions, Math.floor(this.kv.budgetBytes / Math.max(1, this.model.kvBytes(1))));
   }
 
   /** Steps run and rows they carried in this isolate (tests, bench). */
