@@ -10,8 +10,11 @@
  * its own request, back to back, sampling each member's token with that member's own random source
  * and parameters, while the members' consumers take their tokens. Members are never waited for: a
  * step takes whoever has work and room (at most LOOKAHEAD tokens not yet taken), so one stream alone
- * pays no wait at all. When the leader's own generation ends, its loop stops after the step in
- * flight and another member picks it up from its own request.
+ * pays no wait at all. When the leader's own generation ends, or after LEAD_STEPS steps or LEAD_MS,
+ * its loop stops after the step in flight and another member picks it up from its own request. A
+ * leader's request can die mid-step (CPU limit, cancellation) and its step then never answers: a
+ * member that waited a whole STEP_WAIT_MS on the same step gives it up (its members fail, their KV
+ * caches are freed only once it returns: `settled`) and starts a fresh loop.
  *
  * workerd: a member waits on a promise the leader resolves from another request. With
  * `handle_cross_request_promise_resolution` (on since compatibility date 2024-10-14) the member
