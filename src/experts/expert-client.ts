@@ -13,7 +13,14 @@ import { storeFailure, type ExpertStore } from "./expert-store";
 import { batchingEnabled } from "../platform/env";
 import { expertEvents } from "../platform/events";
 import { batchMembers, runBatchedLayer } from "./layer-batcher";
-import { fanOut, fanOutRows, type FanOutTransport, type LayerDispatch, type RunExpertsOptions } from "./fan-out";
+import {
+  fanOut,
+  fanOutRows,
+  type FanOutOptions,
+  type FanOutTransport,
+  type LayerDispatch,
+  type RunExpertsOptions,
+} from "./fan-out";
 import { combineSlots } from "./combine";
 import { recordLoad } from "./load-reporter";
 import { dropLocalStore, localStore } from "./local-store";
@@ -97,7 +104,7 @@ export async function runExperts(
  * call): `owner[t]` names the request of token row t. Never queued in the layer batcher (the rows
  * are the batch). A row no replica served fails only its owner (`lost`; that owner's output rows
  * are zero); the other owners' rows are retried per the policy. Without `owner` (null) any lost
- * row throws, as `runExperts` does.
+ * row throws, as `runExperts` does. `gone(owner)`: that owner left (aborted), its rows are not retried.
  */
 export async function runExpertsOwned(
   env: Env,
@@ -107,10 +114,11 @@ export async function runExpertsOwned(
   h: Float32Array,
   dModel: number,
   owner: Int32Array | null,
-  options: ExpertCallOptions = {},
+  options: ExpertCallOptions & Pick<FanOutOptions, "gone"> = {},
 ): Promise<{ out: Float32Array; dispatch: LayerDispatch; lost: Map<number, ApiError> }> {
   if (owner === null) {
-    const r = await runExpertsAlone(env, placement, layer, routing, h, dModel, options);
+    const { gone: _, ...alone } = options;
+    const r = await runExpertsAlone(env, placement, layer, routing, h, dModel, alone);
     return { ...r, lost: new Map() };
   }
   const { modelVersion: version, ...fanOutOptions } = options;

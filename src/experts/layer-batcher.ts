@@ -108,7 +108,9 @@ export function layerBatchStats(): { batches: number; callers: number } {
  */
 export function runBatchedLayer(call: LayerCall, layer: number, ctx: LayerBatchContext): Promise<LayerAnswer> {
   const model = call.placement.model;
-  const key = `${model}\u0000${call.version ?? ""}\u0000${layer}`;
+  // Per top-k: a call whose capacity-dropped slots were removed comes flat (top-k 1), and one merged
+  // routing holds a single top-k.
+  const key = `${model}\u0000${call.version ?? ""}\u0000${layer}\u0000${call.routing.topK}`;
   contexts.set(key, ctx);
   let b = batchers.get(key);
   if (!b) {

@@ -39,6 +39,8 @@ export interface StepSegment {
   /** 1: the logits of its last token are wanted; 0: none (a prompt chunk that is not the last). */
   nOut: 0 | 1;
   rng: () => number;
+  /** Whether its generation left (aborted): its expert rows are then not retried. */
+  gone?: () => boolean;
 }
 
 /** A segment's outcome: its logits [nOut, vocab] (empty for nOut 0), or the error that failed it. */
@@ -246,6 +248,14 @@ export class ModelForward {
    * each row the same whatever the rows beside it: tests/unit/kernels/matmul-rows.test.ts).
    */
   get stepExact(): boolean {
+    // The held matrices never change after load: walk them once.
+    this.#stepExact ??= this.#computeStepExact();
+    return this.#stepExact;
+  }
+
+  #stepExact: boolean | undefined;
+
+  #computeStepExact(): boolean {
     const { spec } = this;
     const a = spec.attention;
     if (!this.whole || a.kind !== "gqa") return false;
@@ -256,6 +266,23 @@ export class ModelForward {
     collectMatrices(this.layerW, ms);
     const gated = this.layerW.some((L) => L.ffn.kind === "moe" && L.ffn.shared?.gate);
     return !gated && dims.every((d) => d % 4 === 0) && ms.every((m) => m.format === "f32");
+  }
+
+  /**
+   * Rows a batched step may carry so that its Wasm scratch fits `scratchBytes` for sessions of up
+   * to `maxLen` positions: per row the residual, normed and attention-output rows, the rope tables,
+   * q/attention/k/v rows, router logits and a head row (every row counted as wanting logits); fixed,
+   * the dense-MLP chunk and the attention scores. At least 1 (a single decode row always runs).
+   */
+  stepRowsFitting(scratchBytes: number, maxLen: number): number {
+    const { dModel, vocabSize, nExperts, rope, attention: a } = this.spec;
+    const qDim = a.kind === "gqa" ? a.nHeads * a.headDim : 0;
+    const kvDim = a.kind === "gqa" ? a.nKvHeads * a.headDim : 0;
+    const perRow = 4 * (5 * dModel + rope.rotDim + 2 * qDim + 2 * kvDim + nExperts + vocabSize) + 64;
+    let dFf = this.spec.sharedExperts?.dFf ?? 0;
+    for (const l of this.spec.layers) if (l.kind === "dense") dFf = Math.max(dFf, l.dFf);
+    const fixed = 4 * (MLP_TOKEN_CHUNK * (dModel + 2 * dFf + 1) + maxLen) + 1024;
+    return Math.max(1, Math.floor((scratchBytes - fixed) / perRow));
   }
 
   /**

@@ -122,14 +122,18 @@ export async function* generate(
     req.signal?.throwIfAborted();
     throw new Error(`the decode loop ended after ${produced} of ${req.maxTokens} tokens without EOS`);
   } finally {
-    await tokens?.return(undefined);
-    if (stats) {
-      stats.completionTokens = produced;
+    try {
+      await tokens?.return(undefined);
+    } finally {
+      // Even when closing the token stream failed: the KV caches are freed (once no step writes them).
+      if (stats) {
+        stats.completionTokens = produced;
+      }
+      const freed = rt.endSession(session, env);
+      if (waitUntil) waitUntil(freed);
+      else await freed;
+      if (waitUntil) flushLoadSoon(env, rt.id, waitUntil);
     }
-    const freed = rt.endSession(session, env);
-    if (waitUntil) waitUntil(freed);
-    else await freed;
-    if (waitUntil) flushLoadSoon(env, rt.id, waitUntil);
   }
 }
 

@@ -300,8 +300,14 @@ export class ModelRuntime {
   /** Frees the session's KV caches (the Worker's at once; the stages' over RPC when `env` is given). */
   endSession(s: RuntimeSession, env?: Env): Promise<void> {
     s.leaveBatch();
-    const local = this.kv.remove(s.id);
-    if (local) this.model.endSession(local);
+    const free = () => {
+      const local = this.kv.remove(s.id);
+      if (local) this.model.endSession(local);
+    };
+    // A decode step given up as stuck may still return and write this KV cache: freed after it.
+    const busy = s.local ? this.#steps?.settled(s.local) : null;
+    if (busy) void busy.then(free);
+    else free();
     return env && this.chain ? this.chain.end(env, s.id) : Promise.resolve();
   }
 
@@ -357,7 +363,12 @@ export class ModelRuntime {
    * step gives every row what it gets alone (`ModelForward.stepExact`).
    */
   stepsBatched(env: Env): boolean {
-    return batchingEnabled(env) && this.chain === null && this.model.stepExact;
+    // Routing noise and capacity are drawn and counted per forward call (prefill chunks of
+    // PREFILL_CHUNK): a step splits prompts elsewhere, so such models keep the per-request path.
+    const { noiseStd, capacityFactor } = this.model.routing;
+    return (
+      batchingEnabled(env) && this.chain === null && noiseStd === 0 && capacityFactor === null && this.model.stepExact
+    );
   }
 
   /** The generation's token ids from the shared decode steps (only when `stepsBatched`). */
@@ -372,6 +383,8 @@ export class ModelRuntime {
       (segs) => this.#runStep(env, segs),
       keepRequestAlive,
       (segments, rows) => expertEvents()?.batched?.(this.id, segments, rows),
+      // A step's scratch fits the Worker's: WORKER_SCRATCH_BYTES, for the longest session the KV budget holds.
+      { maxRows: this.model.stepRowsFitting(WORKER_SCRATCH_BYTES, this.#longestSession()) },
     );
     // Its MoE layers run in the steps, not through the layer batcher: not counted at its barrier.
     s.leaveBatch();
@@ -379,6 +392,11 @@ export class ModelRuntime {
       s.length = local.length;
       yield id;
     }
+  }
+
+  /** Positions one session can have here: the model's context, within the Worker's KV budget. */
+  #longestSession(): number {
+    return Math.min(this.spec.maxPositions, Math.floor(this.kv.budgetBytes / Math.max(1, this.model.kvBytes(1))));
   }
 
   /** Steps run and rows they carried in this isolate (tests, bench). */
@@ -394,6 +412,7 @@ export class ModelRuntime {
     return this.model.step(segs, async (layer, routing, h, owner) => {
       const r = await runExpertsOwned(env, placement, layer, routing, h, dModel, owner, {
         modelVersion: this.version,
+        gone: (i) => segs[i]?.gone?.() ?? false,
       });
       return { out: r.out, lost: r.lost };
     });

@@ -10,8 +10,11 @@
  * its own request, back to back, sampling each member's token with that member's own random source
  * and parameters, while the members' consumers take their tokens. Members are never waited for: a
  * step takes whoever has work and room (at most LOOKAHEAD tokens not yet taken), so one stream alone
- * pays no wait at all. When the leader's own generation ends, its loop stops after the step in
- * flight and another member picks it up from its own request.
+ * pays no wait at all. When the leader's own generation ends, or after LEAD_STEPS steps or LEAD_MS,
+ * its loop stops after the step in flight and another member picks it up from its own request. A
+ * leader's request can die mid-step (CPU limit, cancellation) and its step then never answers: a
+ * member that waited a whole STEP_WAIT_MS on the same step gives it up (its members fail, their KV
+ * caches are freed only once it returns: `settled`) and starts a fresh loop.
  *
  * workerd: a member waits on a promise the leader resolves from another request. With
  * `handle_cross_request_promise_resolution` (on since compatibility date 2024-10-14) the member
@@ -31,6 +34,21 @@ export const MAX_STEP_ROWS = 512;
 export const LOOKAHEAD = 2;
 /** Longest a member waits for a step to answer (bounds a stuck step; a decode step is milliseconds). */
 export const STEP_WAIT_MS = 120_000;
+/**
+ * Steps one leader runs, and how long, before it hands the loop on: the steps run in the leader's
+ * request, so a request never spends more than this of its own time (CPU limit) on the others.
+ */
+export const LEAD_STEPS = 64;
+export const LEAD_MS = 2_000;
+
+/** Limits of a StepBatcher (tests shorten them). */
+export interface StepLimits {
+  /** Rows (tokens) per step: at most MAX_STEP_ROWS, less when the step's scratch must fit. */
+  maxRows: number;
+  waitMs: number;
+  leadSteps: number;
+  leadMs: number;
+}
 
 /** One generation as the steps see it. */
 export interface StepStreamSpec {
@@ -54,8 +72,8 @@ class Stream {
   error: unknown = null;
   /** The consumer left (abort, stop string, end): no further step includes it. */
   gone = false;
-  /** Inside the step in flight (its KV cache is being written). */
-  inStep = false;
+  /** The step in flight it is part of (its KV cache is being written). */
+  step: Step | null = null;
   /** Wakes the consumer's wait (set while it waits). */
   wake: (() => void) | null = null;
   constructor(readonly spec: StepStreamSpec) {
@@ -67,12 +85,27 @@ class Stream {
   }
 }
 
+/** A step in flight. */
+interface Step {
+  streams: Stream[];
+  /** Settles (never rejects) when the step's forward pass has returned. */
+  settled: Promise<void>;
+  /** Given up on (ran past the wait limit): its outcome is dropped, its streams have failed. */
+  stale: boolean;
+}
+
 /** Per step: the segments and rows it ran (the batch-size metric). */
 export type StepObserver = (segments: number, rows: number) => void;
 
 export class StepBatcher {
   #streams: Stream[] = [];
   #looping = false;
+  /** Bumped when a stuck loop is given up: the old loop, should it ever resume, touches nothing. */
+  #epoch = 0;
+  #inFlight: Step | null = null;
+  /** Steps given up as stuck whose forward pass has not returned yet. */
+  #stale: Step[] = [];
+  readonly #limits: StepLimits;
   /** Steps run and rows (tokens) they carried (tests, stats). */
   steps = 0;
   rows = 0;
@@ -83,7 +116,11 @@ export class StepBatcher {
     /** Keeps the leader's request alive until its loop stops (the Worker's waitUntil). */
     private readonly keepAlive?: (work: Promise<unknown>) => void,
     private readonly observe?: StepObserver,
-  ) {}
+    limits: Partial<StepLimits> = {},
+  ) {
+    this.#limits = { maxRows: MAX_STEP_ROWS, waitMs: STEP_WAIT_MS, leadSteps: LEAD_STEPS, leadMs: LEAD_MS, ...limits };
+    this.#limits.maxRows = Math.max(1, Math.min(MAX_STEP_ROWS, Math.floor(this.#limits.maxRows)));
+  }
 
   /** Generations sharing the steps now. */
   get members(): number {
@@ -91,9 +128,20 @@ export class StepBatcher {
   }
 
   /**
+   * Settles once no step in flight writes `session`'s KV cache any more (null: none does now).
+   * Free a session only then: a step given up as stuck may still return and write it.
+   */
+  settled(session: Session): Promise<void> | null {
+    const step = this.#inFlight;
+    const stale = this.#stale.find((x) => x.streams.some((st) => st.spec.session === session));
+    if (stale) return stale.settled;
+    return step?.streams.some((st) => st.spec.session === session) ? step.settled : null;
+  }
+
+  /**
    * The tokens of one generation, produced by steps shared with the isolate's other generations.
-   * `signal` aborts the wait at once; the session's KV cache is no longer written once this
-   * generator has returned (free it after).
+   * `signal` aborts the wait at once. The session's KV cache is no longer written once this
+   * generator has returned, unless its step was given up as stuck: free it after `settled`.
    */
   async *tokens(spec: StepStreamSpec, signal?: AbortSignal): AsyncGenerator<number> {
     const st = new Stream(spec);
@@ -110,48 +158,97 @@ export class StepBatcher {
         if (st.error !== null) throw st.error;
         if (st.done) return;
         this.#ensureLoop(st);
-        if (st.outbox.length === 0 && st.error === null && !st.done) await this.#wait(st, signal);
+        if (st.outbox.length > 0 || st.error !== null || st.done) continue;
+        const inFlight = this.#inFlight;
+        if (!(await this.#wait(st, signal))) this.#timedOut(inFlight);
       }
     } finally {
       st.gone = true;
-      if (st.inStep) await this.#wait(st);
-      this.#streams = this.#streams.filter((s) => s !== st);
+      try {
+        // A live step ends in milliseconds; a stale one may never: its session is freed on `settled`.
+        const step = st.step;
+        if (step && !step.stale && !(await this.#wait(st))) this.#timedOut(step);
+      } finally {
+        this.#streams = this.#streams.filter((s) => s !== st);
+      }
     }
   }
 
-  /** Starts the step loop in the caller's request when none runs and some member has work. */
+  /**
+   * A wait ran out. The step in flight when it began, still in flight, is stuck (its leader's
+   * request died: CPU limit, cancellation): its streams fail, and the caller starts a fresh loop.
+   * Otherwise the steps move but never reached this member: that is its error.
+   */
+  #timedOut(before: Step | null): void {
+    const step = this.#inFlight;
+    const { waitMs } = this.#limits;
+    if (!step && !this.#looping) return; // no loop runs: the caller starts one
+    if (!step || step !== before) throw new Error(`no decode step answered within ${waitMs} ms`);
+    step.stale = true;
+    this.#stale.push(step);
+    void step.settled.then(() => (this.#stale = this.#stale.filter((x) => x !== step)));
+    for (const st of step.streams) {
+      st.error = new Error(`a decode step ran past ${waitMs} ms (the request running it was stopped)`);
+      st.done = true;
+    }
+    this.#inFlight = null;
+    this.#looping = false;
+    this.#epoch++;
+    for (const s of this.#streams) s.wake?.();
+  }
+
+  /**
+   * Starts the step loop in the caller's request when none runs and some member has work. A
+   * generation with no token left to produce leads only when no other member could: it would stop
+   * leading (and hand the loop on) as soon as its consumer is through.
+   */
   #ensureLoop(leader: Stream): void {
     if (this.#looping || !this.#streams.some((s) => s.ready)) return;
+    if (leader.done || leader.gone) {
+      // Every waiting member is woken (one may sit in a request that died): the first to run leads.
+      const others = this.#streams.filter((s) => s !== leader && !s.done && !s.gone && s.wake !== null);
+      for (const s of others) s.wake?.();
+      if (others.length > 0) return;
+    }
     this.#looping = true;
-    const loop = this.#loop(leader);
+    const loop = this.#loop(leader, this.#epoch);
     this.keepAlive?.(loop);
   }
 
-  async #loop(leader: Stream): Promise<void> {
+  async #loop(leader: Stream, epoch: number): Promise<void> {
+    const { leadSteps, leadMs } = this.#limits;
+    const t0 = Date.now();
     try {
-      // The leader's request holds the loop's I/O: it stops leading once its own generation ends.
-      while (!leader.gone) {
+      // The leader's request holds the loop's I/O: it stops leading once its own generation ends,
+      // and after a bounded share of steps, so a request that dies takes little with it.
+      for (let n = 0; !leader.gone && n < leadSteps && Date.now() - t0 < leadMs; n++) {
         const batch = this.#pick();
         if (batch.length === 0) break;
-        await this.#step(batch);
+        await this.#step(batch, epoch);
+        if (epoch !== this.#epoch) return;
       }
     } finally {
-      this.#looping = false;
-      // Whoever still waits picks the loop up from its own request.
-      for (const s of this.#streams) s.wake?.();
+      if (epoch === this.#epoch) {
+        this.#looping = false;
+        // Whoever still waits picks the loop up from its own request: the others before the leader.
+        for (const s of this.#streams) if (s !== leader && !s.done) s.wake?.();
+        for (const s of this.#streams) if (s !== leader && s.done) s.wake?.();
+        leader.wake?.();
+      }
     }
   }
 
   /** This step's rows: every decoding member's token, then prompt chunks up to the prefill budget. */
   #pick(): { st: Stream; tokens: number[] }[] {
+    const { maxRows } = this.#limits;
     const out: { st: Stream; tokens: number[] }[] = [];
     let rows = 0;
     for (const st of this.#streams) {
-      if (!st.ready || !st.prefilled || rows >= MAX_STEP_ROWS) continue;
+      if (!st.ready || !st.prefilled || rows >= maxRows) continue;
       out.push({ st, tokens: st.pending });
       rows += st.pending.length;
     }
-    let budget = Math.min(STEP_PREFILL_TOKENS, MAX_STEP_ROWS - rows);
+    let budget = Math.min(STEP_PREFILL_TOKENS, maxRows - rows);
     for (const st of this.#streams) {
       if (!st.ready || st.prefilled || budget <= 0) continue;
       const chunk = st.pending.slice(0, budget);
@@ -169,27 +266,43 @@ export class StepBatcher {
     });
   }
 
-  async #step(batch: { st: Stream; tokens: number[] }[]): Promise<void> {
+  async #step(batch: { st: Stream; tokens: number[] }[], epoch: number): Promise<void> {
     const segs: StepSegment[] = batch.map(({ st, tokens }) => ({
       session: st.spec.session,
       tokens,
       nOut: tokens.length === st.pending.length ? 1 : 0,
       rng: st.spec.rng,
+      gone: () => st.gone,
     }));
-    for (const { st } of batch) st.inStep = true;
+    let ran: Promise<StepOutcome[]>;
+    try {
+      ran = this.run(segs);
+    } catch (error) {
+      ran = Promise.reject(error);
+    }
+    const settled = ran.then(
+      () => {},
+      () => {},
+    );
+    const step: Step = { streams: batch.map((b) => b.st), settled, stale: false };
+    this.#inFlight = step;
+    for (const { st } of batch) st.step = step;
     let out: StepOutcome[];
     try {
-      out = await this.run(segs);
+      out = await ran;
     } catch (error) {
       out = segs.map(() => ({ ok: false, error }));
     }
+    for (const { st } of batch) if (st.step === step) st.step = null;
+    // Given up while it ran: its streams failed already and a fresh loop runs the others.
+    if (step.stale || epoch !== this.#epoch) return;
+    this.#inFlight = null;
     const rows = segs.reduce((n, g) => n + g.tokens.length, 0);
     this.steps++;
     this.rows += rows;
     this.segments += segs.length;
     this.observe?.(segs.length, rows);
     batch.forEach(({ st, tokens }, i) => {
-      st.inStep = false;
       const r = out[i];
       if (!r.ok) {
         st.error = r.error;
@@ -213,14 +326,17 @@ export class StepBatcher {
     else st.pending = [id];
   }
 
-  /** Waits for a wake; the timer and the abort listener are this request's own, and cleared here. */
-  async #wait(st: Stream, signal?: AbortSignal): Promise<void> {
+  /**
+   * Waits for a wake; false when the wait limit ran out first. The timer and the abort listener
+   * are this request's own, and cleared here.
+   */
+  async #wait(st: Stream, signal?: AbortSignal): Promise<boolean> {
     let timer: ReturnType<typeof setTimeout> | undefined;
     let onAbort: (() => void) | undefined;
     try {
-      await new Promise<void>((resolve, reject) => {
-        st.wake = resolve;
-        timer = setTimeout(() => reject(new Error(`no decode step answered within ${STEP_WAIT_MS} ms`)), STEP_WAIT_MS);
+      return await new Promise<boolean>((resolve, reject) => {
+        st.wake = () => resolve(true);
+        timer = setTimeout(() => resolve(false), this.#limits.waitMs);
         if (signal) {
           onAbort = () => reject(signal.reason ?? new DOMException("the request was aborted", "AbortError"));
           signal.addEventListener("abort", onAbort, { once: true });

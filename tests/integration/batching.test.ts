@@ -101,3 +101,35 @@ describe("BATCHING", () => {
     }
   });
 });
+
+describe("BATCHING with routing noise and a capacity factor", () => {
+  let noisyOn: LocalWorker;
+  let noisyOff: LocalWorker;
+  beforeAll(async () => {
+    const model = { chat: makeSmallChatModel() };
+    const vars = { DEFAULT_MODEL: "chat", MIN_EXPERT_HOSTS: "2", ROUTER_NOISE_STD: "0.5", CAPACITY_FACTOR: "1" };
+    [noisyOn, noisyOff] = await Promise.all([
+      startWithModels(model, { ...vars, BATCHING: "on" }),
+      startWithModels(model, { ...vars, BATCHING: "off" }),
+    ]);
+  });
+  afterAll(async () => {
+    await Promise.all([noisyOn?.dispose(), noisyOff?.dispose()]);
+  });
+
+  it("gives seeded requests the tokens they get alone (prompts longer than one prefill chunk)", async () => {
+    // Noise draws and capacity follow the per-request prefill chunks: such a model keeps that path.
+    const long = Array.from({ length: 200 }, (_, i) => 1 + ((i * 37) % 900));
+    const prompts = [long, long.slice(0, 150).reverse(), PROMPTS[1]];
+    const run = (w: LocalWorker) =>
+      Promise.all(
+        prompts.map(async (prompt) => {
+          const r = await postJson(w, "/v1/completions", { prompt, max_tokens: 6, temperature: 0, seed: 7 });
+          expect(r.status, JSON.stringify(r.json)).toBe(200);
+          return r.json.choices[0].token_ids as number[];
+        }),
+      );
+    const want = await run(noisyOff);
+    expect(await run(noisyOn)).toEqual(want);
+  });
+});

@@ -1,0 +1,176 @@
+/**
+ * Step batching under faults (src/serving/step-batcher.ts): a step whose leader's request died
+ * never answers — the others must go on, later generations must still run, and the stuck step's
+ * sessions must stay unfreed until it returns; a leader hands the loop on after a bounded share of
+ * steps; and a step never needs more Wasm scratch than the Worker has (ModelForward.stepRowsFitting).
+ */
+import { describe, expect, it } from "vitest";
+import { buildTensors, checkpointFiles } from "../../support/family-checkpoints";
+import type { Config } from "../../support/family-configs";
+import { localExperts } from "../../support/forward-helpers";
+import { loadKernels } from "../../../src/kernels/node";
+import { loadDenseWeights, openModel } from "../../../src/model/architectures";
+import { memoryFileStore } from "../../../src/model/safetensors";
+import { ModelForward, type Session, type StepOutcome, type StepSegment } from "../../../src/serving/forward";
+import { MAX_STEP_ROWS, StepBatcher, type StepStreamSpec } from "../../../src/serving/step-batcher";
+import { WORKER_SCRATCH_BYTES } from "../../../src/platform/budgets";
+
+const VOCAB = 8;
+
+/** A stand-in for the model: every segment's next token is (its last token + 1) mod VOCAB. */
+function fakeStep(segs: StepSegment[]): StepOutcome[] {
+  return segs.map((g) => {
+    g.session.length += g.tokens.length;
+    const logits = new Float32Array(VOCAB);
+    logits[(g.tokens[g.tokens.length - 1] + 1) % VOCAB] = 1;
+    return { ok: true, logits };
+  });
+}
+
+function session(): Session {
+  return { length: 0, maxLen: 64 } as unknown as Session;
+}
+
+function spec(s: Session, prompt: number[], maxTokens: number): StepStreamSpec {
+  return {
+    session: s,
+    promptIds: prompt,
+    maxTokens,
+    sampling: { temperature: 0, topP: 1 },
+    rng: () => 0,
+    eos: new Set(),
+  };
+}
+
+async function collect(b: StepBatcher, sp: StepStreamSpec): Promise<number[]> {
+  const ids: number[] = [];
+  for await (const id of b.tokens(sp)) ids.push(id);
+  return ids;
+}
+
+/** The first `hang` calls never answer until released (a leader whose request was stopped). */
+function hangingRun(hang: number) {
+  let calls = 0;
+  let release: () => void = () => {};
+  const stuck = new Promise<void>((r) => (release = r));
+  const run = async (segs: StepSegment[]) => {
+    if (calls++ < hang) {
+      await stuck;
+      return segs.map(() => ({ ok: true as const, logits: new Float32Array(VOCAB).fill(0) }));
+    }
+    return fakeStep(segs);
+  };
+  return { run, release: () => release() };
+}
+
+describe("StepBatcher faults", () => {
+  it("a step that never answers fails only its streams; the others and later generations go on", async () => {
+    const { run, release } = hangingRun(1);
+    const b = new StepBatcher(run, undefined, undefined, { waitMs: 40 });
+    const sa = session();
+    const a = collect(b, spec(sa, [1], 3));
+    const other = collect(b, spec(session(), [4], 3));
+    await expect(a).rejects.toThrow(/ran past 40 ms/);
+    expect(await other).toEqual([5, 6, 7]);
+    expect(await collect(b, spec(session(), [2], 2))).toEqual([3, 4]);
+    // The stuck step may still write a's KV cache: not free until it returns; its answer is dropped.
+    const settled = b.settled(sa);
+    expect(settled).not.toBeNull();
+    release();
+    await settled;
+    expect(b.settled(sa)).toBeNull();
+    expect(b.members).toBe(0);
+  });
+
+  it("a consumer leaving during a stuck step is removed, and its session waits for the step", async () => {
+    const { run, release } = hangingRun(0);
+    let calls = 0;
+    let unstick: () => void = () => {};
+    const stuck = new Promise<void>((r) => (unstick = r));
+    const b = new StepBatcher(
+      async (segs) => (calls++ === 0 ? run(segs) : stuck.then(() => fakeStep(segs))),
+      undefined,
+      undefined,
+      { waitMs: 40 },
+    );
+    const s = session();
+    const gen = b.tokens(spec(s, [1], 5));
+    expect((await gen.next()).value).toBe(2);
+    // The next step (lookahead) is in flight and never answers: leaving must not throw or leak.
+    await gen.return(undefined);
+    expect(b.members).toBe(0);
+    const settled = b.settled(s);
+    expect(settled).not.toBeNull();
+    unstick();
+    release();
+    await settled;
+    expect(b.settled(s)).toBeNull();
+  });
+
+  it("a leader hands the loop on after its share of steps", async () => {
+    let loops = 0;
+    const b = new StepBatcher(
+      async (segs) => fakeStep(segs),
+      () => loops++,
+      undefined,
+      { leadSteps: 2 },
+    );
+    const got = await Promise.all([collect(b, spec(session(), [0], 6)), collect(b, spec(session(), [3], 6))]);
+    expect(got).toEqual([
+      [1, 2, 3, 4, 5, 6],
+      [4, 5, 6, 7, 0, 1],
+    ]);
+    expect(loops).toBeGreaterThanOrEqual(3);
+  });
+});
+
+/** dModel 1024: MAX_STEP_ROWS rows of a step need more scratch than WORKER_SCRATCH_BYTES. */
+const WIDE: Config = {
+  model_type: "mixtral",
+  vocab_size: 96,
+  hidden_size: 1024,
+  intermediate_size: 16,
+  num_hidden_layers: 1,
+  num_attention_heads: 4,
+  num_key_value_heads: 2,
+  num_local_experts: 4,
+  num_experts_per_tok: 2,
+  rms_norm_eps: 1e-6,
+  rope_theta: 10000,
+  tie_word_embeddings: true,
+};
+
+describe("a batched step's scratch", () => {
+  it("fits the Worker's scratch when capped by stepRowsFitting", async () => {
+    const { spec: ms, ckpt } = await openModel(memoryFileStore(checkpointFiles(WIDE, buildTensors(WIDE))));
+    const k = loadKernels("simd", { maxBytes: 64 * 1024 * 1024 });
+    const model = ModelForward.create(k, ms, await loadDenseWeights(ckpt, ms));
+    // Experts in their own memory: only the step's scratch counts against the Worker's.
+    const experts = localExperts(loadKernels("simd", { maxBytes: 64 * 1024 * 1024 }), ckpt, ms);
+    const maxLen = 600;
+    const s = model.startSession(maxLen);
+    // Leave exactly WORKER_SCRATCH_BYTES free above what the model and its session hold.
+    const probe = k.alloc(16);
+    k.free(probe);
+    k.alloc(64 * 1024 * 1024 - probe - WORKER_SCRATCH_BYTES);
+    const rows = model.stepRowsFitting(WORKER_SCRATCH_BYTES, maxLen);
+    expect(rows).toBeLessThan(MAX_STEP_ROWS);
+    const prompt = Array.from({ length: MAX_STEP_ROWS }, (_, i) => (i * 7) % 96);
+    const owned = async (layer: number, routing: Parameters<typeof experts>[1], h: Float32Array) => ({
+      out: await experts(layer, routing, h),
+      lost: new Map<number, unknown>(),
+    });
+    // Uncapped, a step of MAX_STEP_ROWS rows does not fit.
+    await expect(model.step([{ session: s, tokens: prompt, nOut: 1, rng: () => 0 }], owned)).rejects.toThrow(
+      /memory budget/,
+    );
+    s.length = 0;
+    const b = new StepBatcher((segs) => model.step(segs, owned), undefined, undefined, { maxRows: rows });
+    const ids = await collect(b, {
+      ...spec(s, prompt, 2),
+      session: s,
+    });
+    expect(ids).toHaveLength(2);
+    expect(b.rows).toBe(MAX_STEP_ROWS + 1);
+  }, 60_000);
+});
