@@ -7,7 +7,7 @@
  */
 import type { Kernels } from "../kernels/index";
 import type { DenseMatrix } from "../kernels/dense";
-import type { AttentionSpec, GqaAttentionSpec, MlaAttentionSpec, ModelSpec, RopeSpec } from "../model/config";
+import type { AttentionSpec, MlaAttentionSpec, ModelSpec, RopeSpec } from "../model/config";
 import { ropeFrequencies } from "../model/rope";
 import type { GqaWeights, MlaWeights } from "../model/architectures";
 import type { Held } from "../model/dense-layers";
@@ -97,7 +97,7 @@ function mm(c: AttentionCall, m: DenseMatrix, out: number, x: number): void {
 
 export function attentionStep(c: AttentionCall, w: Held<GqaWeights> | Held<MlaWeights>): void {
   const a = c.spec.attention;
-  if (a.kind === "gqa" && w.kind === "gqa") gqaStep(c, a, w);
+  if (a.kind === "gqa" && w.kind === "gqa") gqaStep(c, w);
   else if (a.kind === "mla" && w.kind === "mla") mlaStep(c, a, w);
   else throw new Error(`internal: ${a.kind} attention given ${w.kind} weights`);
 }
@@ -113,40 +113,12 @@ function addBias(k: Kernels, x: number, b: DenseMatrix | null, n: number, d: num
 /**
  * HF Llama-family attention: q = Wq·h (+bq), k, v likewise; optional q/k RMSNorm (per head over
  * headDim, or over the whole projection) before RoPE; causal softmax(q·kᵀ·scale)·v; o = Wo·att (+bo).
+ * One session's rows: `gqaRows` with a single segment.
  */
-function gqaStep(c: AttentionCall, a: GqaAttentionSpec, w: Held<GqaWeights>): void {
-  const { k, spec, h, n, start } = c;
-  const { dModel, rmsEps } = spec;
-  const { nHeads, nKvHeads, headDim } = a;
-  const qDim = nHeads * headDim;
-  const kvDim = nKvHeads * headDim;
-  const q = c.arena.f32(n * qDim); // [n, nHeads, headDim]
-  const att = c.arena.f32(n * qDim); // [n, nHeads, headDim]
-  const scratch = c.arena.f32(start + n); // attention scores
-  const kAt = c.kCache + start * kvDim * 4; // K and V go straight into the cache
-  const vAt = c.vCache + start * kvDim * 4;
-  mm(c, w.wq, q, h);
-  mm(c, w.wk, kAt, h);
-  mm(c, w.wv, vAt, h);
-  addBias(k, q, w.bq, n, qDim);
-  addBias(k, kAt, w.bk, n, kvDim);
-  addBias(k, vAt, w.bv, n, kvDim);
-  // q/k norm: rows of headDim (per head) or of the whole projection (full).
-  const norm = {
-    none: null,
-    "per-head": { qRows: n * nHeads, qD: headDim, kRows: n * nKvHeads, kD: headDim },
-    full: { qRows: n, qD: qDim, kRows: n, kD: kvDim },
-  }[a.qkNorm];
-  if (norm && w.qNorm !== null && w.kNorm !== null) {
-    k.rmsnorm(q, q, w.qNorm.ptr, norm.qRows, norm.qD, rmsEps);
-    k.rmsnorm(kAt, kAt, w.kNorm.ptr, norm.kRows, norm.kD, rmsEps);
-  }
-  const { rotDim, interleaved } = spec.rope;
-  k.rope(q, c.cos, c.sin, n, nHeads, headDim, 0, rotDim, interleaved);
-  k.rope(kAt, c.cos, c.sin, n, nKvHeads, headDim, 0, rotDim, interleaved);
-  k.attention(att, q, c.kCache, c.vCache, n, start, nHeads, nKvHeads, headDim, headDim, a.scale, scratch);
-  mm(c, w.wo, c.out, att);
-  addBias(k, c.out, w.bo, n, dModel);
+function gqaStep(c: AttentionCall, w: Held<GqaWeights>): void {
+  const { n, start, kCache, vCache } = c;
+  const scores = c.arena.f32(start + n); // attention scores
+  gqaRows({ ...c, scores }, w, [{ at: 0, n, start, kCache, vCache }]);
 }
 
 /** One session's rows in a batched call: rows [at, at + n) of the call, at positions start…. */
@@ -159,10 +131,11 @@ export interface RowSegment {
 }
 
 /**
- * `gqaStep` over the rows of several sessions at once (a batched decode step): the projections,
+ * GQA over the rows of several sessions at once (a batched decode step): the projections,
  * norms and RoPE run over all rows (c.cos / c.sin hold each row's own position), then each session's
  * keys and values go to its own cache and its queries attend over it alone. Per row the same
- * arithmetic as `gqaStep` (K and V are projected beside the cache and copied in, bit for bit).
+ * arithmetic as one session alone (K and V are projected beside the caches and copied in, bit for
+ * bit; with one segment covering every row they are projected into its cache directly).
  * `scores`: ≥ max(start + n) f32s.
  */
 export function gqaRows(
@@ -177,10 +150,12 @@ export function gqaRows(
   const { nHeads, nKvHeads, headDim } = a;
   const qDim = nHeads * headDim;
   const kvDim = nKvHeads * headDim;
-  const q = c.arena.f32(n * qDim);
-  const att = c.arena.f32(n * qDim);
-  const kT = c.arena.f32(n * kvDim);
-  const vT = c.arena.f32(n * kvDim);
+  const q = c.arena.f32(n * qDim); // [n, nHeads, headDim]
+  const att = c.arena.f32(n * qDim); // [n, nHeads, headDim]
+  // One segment: K and V are projected straight into its cache (no copy, no scratch for them).
+  const only = segs.length === 1 && segs[0].at === 0 && segs[0].n === n ? segs[0] : null;
+  const kT = only ? only.kCache + only.start * kvDim * 4 : c.arena.f32(n * kvDim);
+  const vT = only ? only.vCache + only.start * kvDim * 4 : c.arena.f32(n * kvDim);
   const mmN = (m: DenseMatrix, out: number, x: number) => k.matmulDense(m, out, x, n, c.ws);
   mmN(w.wq, q, h);
   mmN(w.wk, kT, h);
@@ -201,9 +176,11 @@ export function gqaRows(
   k.rope(q, c.cos, c.sin, n, nHeads, headDim, 0, rotDim, interleaved);
   k.rope(kT, c.cos, c.sin, n, nKvHeads, headDim, 0, rotDim, interleaved);
   for (const s of segs) {
-    const rows = s.n * kvDim;
-    k.f32(s.kCache + s.start * kvDim * 4, rows).set(k.f32(kT + s.at * kvDim * 4, rows));
-    k.f32(s.vCache + s.start * kvDim * 4, rows).set(k.f32(vT + s.at * kvDim * 4, rows));
+    if (!only) {
+      const rows = s.n * kvDim;
+      k.f32(s.kCache + s.start * kvDim * 4, rows).set(k.f32(kT + s.at * kvDim * 4, rows));
+      k.f32(s.vCache + s.start * kvDim * 4, rows).set(k.f32(vT + s.at * kvDim * 4, rows));
+    }
     const qAt = s.at * qDim * 4;
     k.attention(
       att + qAt,
