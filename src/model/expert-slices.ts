@@ -55,6 +55,21 @@ export async function loadExpertSliceWeights(
   return { w1, w3, w2 };
 }
 
+/** The slice read as f32 and quantized by `quant(values, rows, cols)`: gate/up [w, dModel], down [dModel, w]. */
+async function quantizedSlice<Q>(
+  ckpt: Checkpoint,
+  spec: ModelSpec,
+  layer: number,
+  expert: number,
+  b: SliceBounds,
+  quant: (x: Float32Array, rows: number, cols: number) => Q,
+): Promise<{ w1: Q; w3: Q; w2: Q }> {
+  const { dModel } = spec;
+  const w = b.c1 - b.c0;
+  const f = await loadExpertSliceWeights(ckpt, spec, layer, expert, b);
+  return { w1: quant(f.w1, w, dModel), w3: quant(f.w3, w, dModel), w2: quant(f.w2, dModel, w) };
+}
+
 /** The slice as int8 rows: read from `.qweight`/`.scales` when stored so, else read and quantized. */
 export async function loadExpertSliceQ8(
   ckpt: Checkpoint,
@@ -63,16 +78,8 @@ export async function loadExpertSliceQ8(
   expert: number,
   b: SliceBounds,
 ): Promise<Q8Expert> {
-  const { dModel } = spec;
   const w = b.c1 - b.c0;
-  if (storedExpertQuant(ckpt, spec) === "none") {
-    const f = await loadExpertSliceWeights(ckpt, spec, layer, expert, b);
-    return {
-      w1: quantizeRowsQ8(f.w1, w, dModel),
-      w3: quantizeRowsQ8(f.w3, w, dModel),
-      w2: quantizeRowsQ8(f.w2, dModel, w),
-    };
-  }
+  if (storedExpertQuant(ckpt, spec) === "none") return quantizedSlice(ckpt, spec, layer, expert, b, quantizeRowsQ8);
   const refs = refsOf(ckpt, spec, layer, expert, b);
   const gateUp = async (r: ExpertTensorRef): Promise<Q8Rows> => {
     const n = quantNames(r.tensor);
@@ -158,14 +165,8 @@ export async function loadExpertSliceQ8g(
   const { dModel } = spec;
   const w = b.c1 - b.c0;
   const G = Q8_EXPERT_GROUP;
-  if (storedExpertQuant(ckpt, spec) !== "int8-group") {
-    const f = await loadExpertSliceWeights(ckpt, spec, layer, expert, b);
-    return {
-      w1: quantizeQ8g(f.w1, w, dModel, G),
-      w3: quantizeQ8g(f.w3, w, dModel, G),
-      w2: quantizeQ8g(f.w2, dModel, w, G),
-    };
-  }
+  if (storedExpertQuant(ckpt, spec) !== "int8-group")
+    return quantizedSlice(ckpt, spec, layer, expert, b, (x, rows, cols) => quantizeQ8g(x, rows, cols, G));
   if (b.c0 % G !== 0 || b.c1 % G !== 0)
     throw new RangeError(`int8-group slice [${b.c0}, ${b.c1}) must start and end on a group of ${G}`);
   const refs = refsOf(ckpt, spec, layer, expert, b);
