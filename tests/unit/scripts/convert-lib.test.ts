@@ -52,6 +52,39 @@ function rawBytes(ckpt: Checkpoint, files: Record<string, Uint8Array>, name: str
   return files[t.file].subarray(t.offset, t.offset + t.byteLength);
 }
 
+/** One source expert tensor and the converted checkpoint it was written to. */
+interface ConvertedExpert {
+  name: string;
+  shape: number[];
+  rows: number;
+  cols: number;
+  values: Float32Array; // the source tensor as f32
+  ckpt: Checkpoint;
+  files: Record<string, Uint8Array>;
+}
+
+/** Converts mixtral-tiny with `quant` at chunk sizes 1 and 1000, then checks each expert tensor. */
+async function forEachConvertedExpert(
+  quant: "int4" | "int8-group",
+  check: (t: ConvertedExpert) => Promise<void>,
+): Promise<void> {
+  const src = join(FIXTURES, "mixtral-tiny");
+  const bytes = new Uint8Array(readFileSync(join(src, "model.safetensors")));
+  const srcCkpt = await Checkpoint.open(memoryFileStore({ "model.safetensors": bytes }));
+  for (const chunkValues of [1, 1000]) {
+    const out = join(tmp(), "m");
+    const r = await convertModel(src, out, { quant, chunkValues, shardBytes: 256 << 10 });
+    expect(r.quantized).toBe(2 * 8 * 3);
+    const { ckpt, files } = await openDir(out);
+    for (const [name, info] of srcCkpt.tensors) {
+      if (!name.includes(".experts.")) continue;
+      const cols = info.shape[info.shape.length - 1];
+      const rows = numel(info.shape) / cols;
+      await check({ name, shape: info.shape, rows, cols, values: await srcCkpt.readF32(name), ckpt, files });
+    }
+  }
+}
+
 interface RawTensor {
   name: string;
   dtype: string;
@@ -116,46 +149,22 @@ describe("convert (streaming)", () => {
   });
 
   it("writes int4 experts equal to whole-tensor group quantization, at any chunk size", async () => {
-    const src = join(FIXTURES, "mixtral-tiny");
-    const bytes = new Uint8Array(readFileSync(join(src, "model.safetensors")));
-    const srcCkpt = await Checkpoint.open(memoryFileStore({ "model.safetensors": bytes }));
-    for (const chunkValues of [1, 1000]) {
-      const out = join(tmp(), "m");
-      const r = await convertModel(src, out, { quant: "int4", chunkValues, shardBytes: 256 << 10 });
-      expect(r.quantized).toBe(2 * 8 * 3);
-      const { ckpt, files } = await openDir(out);
-      for (const [name, info] of srcCkpt.tensors) {
-        if (!name.includes(".experts.")) continue;
-        const cols = info.shape[info.shape.length - 1];
-        const rows = numel(info.shape) / cols;
-        const q = quantizeQ4g(await srcCkpt.readF32(name), rows, cols, Q4_GROUP);
-        expect(rawBytes(ckpt, files, name.replace(/\.weight$/, ".qweight"))).toEqual(packNibbles(q.q, rows, cols));
-        const scales = rawBytes(ckpt, files, name.replace(/\.weight$/, ".scales"));
-        expect(scales).toEqual(new Uint8Array(q.scales.buffer));
-      }
-    }
+    await forEachConvertedExpert("int4", async ({ name, rows, cols, values, ckpt, files }) => {
+      const q = quantizeQ4g(values, rows, cols, Q4_GROUP);
+      expect(rawBytes(ckpt, files, name.replace(/\.weight$/, ".qweight"))).toEqual(packNibbles(q.q, rows, cols));
+      const scales = rawBytes(ckpt, files, name.replace(/\.weight$/, ".scales"));
+      expect(scales).toEqual(new Uint8Array(q.scales.buffer));
+    });
   });
 
   it("writes int8-group experts equal to whole-tensor group quantization, at any chunk size", async () => {
-    const src = join(FIXTURES, "mixtral-tiny");
-    const bytes = new Uint8Array(readFileSync(join(src, "model.safetensors")));
-    const srcCkpt = await Checkpoint.open(memoryFileStore({ "model.safetensors": bytes }));
-    for (const chunkValues of [1, 1000]) {
-      const out = join(tmp(), "m");
-      const r = await convertModel(src, out, { quant: "int8-group", chunkValues, shardBytes: 256 << 10 });
-      expect(r.quantized).toBe(2 * 8 * 3);
-      const { ckpt, files } = await openDir(out);
-      for (const [name, info] of srcCkpt.tensors) {
-        if (!name.includes(".experts.")) continue;
-        const cols = info.shape[info.shape.length - 1];
-        const rows = numel(info.shape) / cols;
-        const q = quantizeQ8g(await srcCkpt.readF32(name), rows, cols, Q8_EXPERT_GROUP);
-        expect(rawBytes(ckpt, files, name.replace(/\.weight$/, ".qweight"))).toEqual(new Uint8Array(q.q.buffer));
-        const scales = ckpt.info(name.replace(/\.weight$/, ".scales"));
-        expect([scales.dtype, scales.shape]).toEqual(["F32", [...info.shape.slice(0, -1), cols / Q8_EXPERT_GROUP]]);
-        expect(await ckpt.readF32(name.replace(/\.weight$/, ".scales"))).toEqual(q.scales);
-      }
-    }
+    await forEachConvertedExpert("int8-group", async ({ name, shape, rows, cols, values, ckpt, files }) => {
+      const q = quantizeQ8g(values, rows, cols, Q8_EXPERT_GROUP);
+      expect(rawBytes(ckpt, files, name.replace(/\.weight$/, ".qweight"))).toEqual(new Uint8Array(q.q.buffer));
+      const scales = ckpt.info(name.replace(/\.weight$/, ".scales"));
+      expect([scales.dtype, scales.shape]).toEqual(["F32", [...shape.slice(0, -1), cols / Q8_EXPERT_GROUP]]);
+      expect(await ckpt.readF32(name.replace(/\.weight$/, ".scales"))).toEqual(q.scales);
+    });
   });
 
   it("decodes every e4m3 byte like the bit-field formula", () => {
