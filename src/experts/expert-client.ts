@@ -53,21 +53,8 @@ export async function runExperts(
   options: ExpertCallOptions = {},
 ): Promise<{ out: Float32Array; dispatch: LayerDispatch }> {
   const { modelVersion: version, alone, ...fanOutOptions } = options;
-  if (routing.rerouted) expertEvents()?.rerouted(layer, routing.rerouted);
   const opts = { ...fanOutOptions, retry: retryConfig(env) };
-  // Sliced experts: each (token, expert) row becomes one row per slice (unit), same weight; the
-  // fan-out, the batcher and the combine then treat units as experts (./slices.ts).
-  const units = expandRouting(routing, placement.slices ?? 1);
-  // A host that holds another upload than the caller's answers model_changed (no replica would
-  // do better): the request fails with a retryable 503, and this isolate reloads the model.
-  let changed: string | null = null;
-  const noteChanged = (r: ExpertForwardResult) => {
-    if (!r.ok && r.code === "model_changed") changed = r.message;
-    return r;
-  };
-  const local = isWorkerPlacement(placement) ? await localStore(env, placement.model, version) : null;
-  const transport = (p: Placement): FanOutTransport =>
-    local ? localTransport(local, p.model, layer, noteChanged) : hostTransport(env, layer, version, noteChanged);
+  const { units, local, transport, changed } = await layerCall(env, placement, layer, routing, version);
   const onDispatch = (p: Placement, r: Routing, d: LayerDispatch) => {
     if (!local) recordLoad(p, placementRow(p, layer), r.ids, d.rowsByInstance);
   };
@@ -92,7 +79,8 @@ export async function runExperts(
     onDispatch(placement, units, result.dispatch);
     return result;
   } catch (err) {
-    if (changed !== null) throw ApiError.modelChanged(changed);
+    const message = changed();
+    if (message !== null) throw ApiError.modelChanged(message);
     // The table may be what went wrong (replicas moved): the next request asks the Coordinator.
     if (!local && err instanceof ApiError && err.status === 503) markPlacementStale(placement.model);
     throw err;
@@ -122,20 +110,11 @@ export async function runExpertsOwned(
     return { ...r, lost: new Map() };
   }
   const { modelVersion: version, ...fanOutOptions } = options;
-  if (routing.rerouted) expertEvents()?.rerouted(layer, routing.rerouted);
   const opts = { ...fanOutOptions, retry: retryConfig(env), owner };
-  const units = expandRouting(routing, placement.slices ?? 1);
-  let changed: string | null = null;
-  const noteChanged = (r: ExpertForwardResult) => {
-    if (!r.ok && r.code === "model_changed") changed = r.message;
-    return r;
-  };
-  const local = isWorkerPlacement(placement) ? await localStore(env, placement.model, version) : null;
-  const transport = local
-    ? localTransport(local, placement.model, layer, noteChanged)
-    : hostTransport(env, layer, version, noteChanged);
-  const r = await fanOutRows(transport, placement, layer, units, h, dModel, opts);
-  if (changed !== null) throw ApiError.modelChanged(changed);
+  const { units, local, transport, changed } = await layerCall(env, placement, layer, routing, version);
+  const r = await fanOutRows(transport(placement), placement, layer, units, h, dModel, opts);
+  const message = changed();
+  if (message !== null) throw ApiError.modelChanged(message);
   if (r.lost.size > 0 && !local) markPlacementStale(placement.model);
   if (!local && r.dispatch.rowsByInstance.size > 0)
     recordLoad(placement, placementRow(placement, layer), units.ids, r.dispatch.rowsByInstance);
@@ -144,6 +123,40 @@ export async function runExpertsOwned(
     r.lost.size === 0 ? units.ids : units.ids.map((id, i) => (r.lost.has(owner[Math.floor(i / units.topK)]) ? -1 : id));
   const out = combineSlots(units.n, units.topK, ids, units.weights, dModel, r.slots);
   return { out, dispatch: r.dispatch, lost: r.lost };
+}
+
+/**
+ * What `runExperts` and `runExpertsOwned` set up alike for one layer call: the routing as units, the
+ * Worker's own store (EXPERT_BACKEND = "worker") or null, the transport to a placement, and the
+ * model_changed message a host answered during the call (null while none did).
+ */
+async function layerCall(
+  env: Env,
+  placement: Placement,
+  layer: number,
+  routing: Routing,
+  version: string | undefined,
+): Promise<{
+  units: Routing;
+  local: ExpertStore | null;
+  transport: (p: Placement) => FanOutTransport;
+  changed: () => string | null;
+}> {
+  if (routing.rerouted) expertEvents()?.rerouted(layer, routing.rerouted);
+  // Sliced experts: each (token, expert) row becomes one row per slice (unit), same weight; the
+  // fan-out, the batcher and the combine then treat units as experts (./slices.ts).
+  const units = expandRouting(routing, placement.slices ?? 1);
+  // A host that holds another upload than the caller's answers model_changed (no replica would
+  // do better): the request fails with a retryable 503, and this isolate reloads the model.
+  let changed: string | null = null;
+  const noteChanged = (r: ExpertForwardResult) => {
+    if (!r.ok && r.code === "model_changed") changed = r.message;
+    return r;
+  };
+  const local = isWorkerPlacement(placement) ? await localStore(env, placement.model, version) : null;
+  const transport = (p: Placement): FanOutTransport =>
+    local ? localTransport(local, p.model, layer, noteChanged) : hostTransport(env, layer, version, noteChanged);
+  return { units, local, transport, changed: () => changed };
 }
 
 /** `runExperts` without the layer batcher. */
