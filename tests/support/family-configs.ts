@@ -212,3 +212,19 @@ export const DEEPSEEK_V2_LITE: Config = {
   eos_token_id: 1,
   torch_dtype: "bfloat16",
 };
+
+/** A tiny Mixtral (6 experts, top-2, tied embeddings): the serving tests' default family. */
+export const MIXTRAL: Config = {
+  model_type: "mixtral",
+  vocab_size: 96,
+  hidden_size: 32,
+  intermediate_size: 16,
+  num_hidden_layers: 2,
+  num_attention_heads: 4,
+  num_key_value_heads: 2,
+  num_local_experts: 6,
+  num_experts_per_tok: 2,
+  rms_norm_eps: 1e-6,
+  rope_theta: 10000,
+  tie_word_embeddings: true,
+};

@@ -66,6 +66,19 @@ function expectRowsIndependent(
 /** Batch sizes covering every tile and remainder of the token loops, and a crossing of 64. */
 const SIZES = [2, 3, 4, 5, 7, 8, 9, 12, 13, 16, 67] as const;
 
+/** An expert's whole FFN (dModel → dModel) and its first matmul (dModel → dFf), each row by row. */
+function expectExpertRowsIndependent(
+  k: Kernels,
+  dModel: number,
+  dFf: number,
+  ffn: RowKernel,
+  matmul: RowKernel,
+  seed: number,
+): void {
+  expectRowsIndependent(k, dModel, dModel, SIZES, ffn, seed);
+  expectRowsIndependent(k, dModel, dFf, SIZES, matmul, seed + 1);
+}
+
 /** argmaxRowsRef on one row: the in-order scan HeadStore ran in JS before argmaxRows. */
 function scanRef(y: Float32Array, rows: number, scale: number): { max: number; idx: number } {
   const max = new Float32Array(1);
@@ -120,25 +133,13 @@ export function batchRowsContract(kernels: () => Kernels, q8Paths: Q8Path[]): vo
       const scratch = k.alloc(
         Math.max(k.scratchBytes("ffnF32", 67, dModel, dFf), k.scratchBytes("matmulPacked", 67, dModel, dFf)),
       );
-      expectRowsIndependent(
-        k,
-        dModel,
-        dModel,
-        SIZES,
-        (kk, out, x, n) => {
-          kk.expertFfnPacked(out, x, blob, n, dModel, dFf, scratch);
-        },
-        11,
-      );
-      expectRowsIndependent(
+      expectExpertRowsIndependent(
         k,
         dModel,
         dFf,
-        SIZES,
-        (kk, out, x, n) => {
-          kk.matmulPacked(out, x, pw, n, dModel, dFf, scratch);
-        },
-        12,
+        (kk, out, x, n) => kk.expertFfnPacked(out, x, blob, n, dModel, dFf, scratch),
+        (kk, out, x, n) => kk.matmulPacked(out, x, pw, n, dModel, dFf, scratch),
+        11,
       );
       for (const p of [scratch, pw, blob]) k.free(p);
     });
@@ -178,25 +179,13 @@ export function batchRowsContract(kernels: () => Kernels, q8Paths: Q8Path[]): vo
           const scratch = k.alloc(
             Math.max(k.scratchBytes("ffnQ8", 67, dModel, dFf), k.scratchBytes("matmulQ8", 67, dModel, dFf)),
           );
-          expectRowsIndependent(
-            k,
-            dModel,
-            dModel,
-            SIZES,
-            (kk, out, x, n) => {
-              kk.expertFfnQ8(out, x, blob, n, dModel, dFf, scratch);
-            },
-            13,
-          );
-          expectRowsIndependent(
+          expectExpertRowsIndependent(
             k,
             dModel,
             dFf,
-            SIZES,
-            (kk, out, x, n) => {
-              kk.matmulQ8(out, x, pw, n, dModel, dFf, scratch);
-            },
-            14,
+            (kk, out, x, n) => kk.expertFfnQ8(out, x, blob, n, dModel, dFf, scratch),
+            (kk, out, x, n) => kk.matmulQ8(out, x, pw, n, dModel, dFf, scratch),
+            13,
           );
           for (const p of [scratch, pw, blob]) k.free(p);
         });

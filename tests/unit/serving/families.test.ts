@@ -11,6 +11,7 @@ import { parseConfig } from "../../../src/model/config";
 import { memoryFileStore } from "../../../src/model/safetensors";
 import { buildTensors, checkpointFiles, type Tensors } from "../../support/family-checkpoints";
 import {
+  MIXTRAL,
   DEEPSEEK_V2_LITE,
   DEEPSEEK_V3,
   DEEPSEEK_V3_ODD,
@@ -26,20 +27,6 @@ import { flattenRouting, ROUTING_OFF, type Routing } from "../../../src/gating/r
 import { referenceForward } from "../../support/reference-forward";
 import { setExpertEventSink } from "../../../src/platform/events";
 
-const MIXTRAL: Config = {
-  model_type: "mixtral",
-  vocab_size: 96,
-  hidden_size: 32,
-  intermediate_size: 16,
-  num_hidden_layers: 2,
-  num_attention_heads: 4,
-  num_key_value_heads: 2,
-  num_local_experts: 6,
-  num_experts_per_tok: 2,
-  rms_norm_eps: 1e-6,
-  rope_theta: 10000,
-  tie_word_embeddings: true,
-};
 const DEEPSEEK_V2_GROUPED: Config = {
   ...DEEPSEEK_V2_LITE,
   topk_method: "group_limited_greedy",

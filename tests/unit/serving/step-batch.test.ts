@@ -5,26 +5,14 @@
  */
 import { describe, expect, it } from "vitest";
 import { buildTensors, checkpointFiles } from "../../support/family-checkpoints";
-import { QWEN3_MOE, type Config } from "../../support/family-configs";
+import { MIXTRAL, QWEN3_MOE, type Config } from "../../support/family-configs";
 import { nodeModel, type NodeModel } from "../../support/forward-helpers";
 import type { OwnedExpertRunner, StepSegment } from "../../../src/serving/forward";
 import { StepBatcher } from "../../../src/serving/step-batcher";
 import { createRng, sampleToken } from "../../../src/serving/sampling";
 
-const MIXTRAL8: Config = {
-  model_type: "mixtral",
-  vocab_size: 96,
-  hidden_size: 32,
-  intermediate_size: 16,
-  num_hidden_layers: 2,
-  num_attention_heads: 4,
-  num_key_value_heads: 2,
-  num_local_experts: 8,
-  num_experts_per_tok: 2,
-  rms_norm_eps: 1e-6,
-  rope_theta: 10000,
-  tie_word_embeddings: true,
-};
+/** 8 experts so that a step's rows spread over more experts than a row alone touches. */
+const MIXTRAL8: Config = { ...MIXTRAL, num_local_experts: 8 };
 
 const PROMPTS = [
   [3, 17, 40, 5, 88, 12, 9],
