@@ -239,12 +239,18 @@ export class Coalescer<T, R> {
   #sleep(ms: number): Promise<void> {
     if (this.#direct) {
       return new Promise<void>((resolve) => {
-        const timer = setTimeout(done, Math.max(0, ms));
+        const sleepers = this.#sleepers;
+        const timer = setTimeout(() => {
+          // Woken by its own timer: leave the list, so it does not grow between wakes.
+          const at = sleepers.indexOf(done);
+          if (at >= 0) sleepers.splice(at, 1);
+          resolve();
+        }, Math.max(0, ms));
         function done() {
           clearTimeout(timer);
           resolve();
         }
-        this.#sleepers.push(done);
+        sleepers.push(done);
       });
     }
     const epoch = this.#epoch;
