@@ -240,12 +240,15 @@ export class Coalescer<T, R> {
     if (this.#direct) {
       return new Promise<void>((resolve) => {
         const sleepers = this.#sleepers;
-        const timer = setTimeout(() => {
-          // Woken by its own timer: leave the list, so it does not grow between wakes.
-          const at = sleepers.indexOf(done);
-          if (at >= 0) sleepers.splice(at, 1);
-          resolve();
-        }, Math.max(0, ms));
+        const timer = setTimeout(
+          () => {
+            // Woken by its own timer: leave the list, so it does not grow between wakes.
+            const at = sleepers.indexOf(done);
+            if (at >= 0) sleepers.splice(at, 1);
+            resolve();
+          },
+          Math.max(0, ms),
+        );
         function done() {
           clearTimeout(timer);
           resolve();
