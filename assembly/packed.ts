@@ -10,9 +10,13 @@
  *
  * Tiles keep ≤ 8 f32x4 accumulators live (V8 has ~15 usable xmm registers; more spill):
  *   1 token × 8 rows (GEMV, decode) — one x load feeds 8 weight vectors;
- *   4 tokens × 2 rows (rows r and r + 4 of a panel) — each weight vector feeds 4 tokens.
+ *   4 tokens × 2 rows (rows r and r + 4 of a panel) — each weight vector feeds 4 tokens;
+ *   3 tokens × 2 rows and 2 tokens × 4 rows for a group of 3 or 2 tokens left over.
  * The loop runs panels outermost, so a panel read from memory is reused by every token while it
- * is in L1, and the weights are read once per call whatever the batch.
+ * is in L1/L2, and the weights are read once per call whatever the batch. A multi-token group
+ * passes over a panel once per tile (4 or 2 times), so it walks the panel in chunks of KC k-blocks
+ * whose panel and x slices stay in L1, carrying the partial lane sums in STATE between chunks:
+ * each sum still runs over the k-blocks in order, so every tile gives the GEMV tile's bits.
  *
  * The fused gate/up panel (expertFfnPacked): rows 0–3 are w1 (gate) rows 4p..4p+3 and rows 4–7
  * the w3 (up) rows of the same outputs, so one pass yields gate and up side by side and
@@ -23,6 +27,11 @@ import { hsum4, madd, siluMul4 } from "./simd-math";
 /** Sums of the last tile: 8 f32 (1×8: rows 0–7; 4×2: row r for tokens 0–3, then row r + 4). */
 const ACC: usize = memory.data(32, 16);
 const KB_BYTES: usize = 128; // one k-block of a panel: 8 rows × 4 f32
+/** Partial lane sums of a 2–4-token tile group: 4 tiles × 8 f32x4, carried across k-chunks. */
+const STATE: usize = memory.data(512, 16);
+/** k-blocks per chunk: a chunk's panel slice (16 KiB) and 4 tokens' x slices (8 KiB) stay in L1
+ * while the tiles of a token group pass over them. */
+const KC: i32 = 128;
 
 /** out[n, dOut] = x[n, dIn] · wᵀ with w packed (see module doc); scratch ≥ packedScratchBytes. */
 export function matmulPacked(out: usize, x: usize, wp: usize, n: i32, dIn: i32, dOut: i32, scratch: usize): void {
@@ -86,23 +95,25 @@ function matmulPanels(out: usize, ldo: i32, x: usize, ldx: i32, wp: usize, n: i3
     const valid = min(8, dOut - j0);
     let t = 0;
     if (ASC_FEATURE_SIMD) {
-      for (; t + 4 <= n; t += 4) {
-        const xt = x + <usize>t * xRow;
+      for (; t < n; t += 4) {
+        const m = min(4, n - t);
+        if (m == 1) break; // a lone token: the GEMV tile below
+        panelSums(x + <usize>t * xRow, xRow, panel, m, kBlocks);
+        const o = out + <usize>t * oRow + (<usize>j0 << 2);
+        if (m == 2) {
+          for (let h = 0; h < 2; h++) {
+            const s = STATE + (<usize>h << 7);
+            storeRows(o, valid, h << 2, sums(s));
+            storeRows(o + oRow, valid, h << 2, sums(s + 64));
+          }
+          continue;
+        }
         for (let r = 0; r < 4; r++) {
-          tile4x2(xt, xRow, panel, r, kBlocks);
-          const o = out + <usize>t * oRow + (<usize>(j0 + r) << 2);
-          if (r < valid) {
-            store<f32>(o, load<f32>(ACC));
-            store<f32>(o + oRow, load<f32>(ACC, 4));
-            store<f32>(o + 2 * oRow, load<f32>(ACC, 8));
-            store<f32>(o + 3 * oRow, load<f32>(ACC, 12));
-          }
-          if (r + 4 < valid) {
-            store<f32>(o, load<f32>(ACC, 16), 16);
-            store<f32>(o + oRow, load<f32>(ACC, 20), 16);
-            store<f32>(o + 2 * oRow, load<f32>(ACC, 24), 16);
-            store<f32>(o + 3 * oRow, load<f32>(ACC, 28), 16);
-          }
+          const s = STATE + (<usize>r << 7);
+          const ra = sums(s);
+          const rb = sums(s + 64);
+          if (r < valid) storeTokens(o + (<usize>r << 2), oRow, m, ra);
+          if (r + 4 < valid) storeTokens(o + (<usize>(r + 4) << 2), oRow, m, rb);
         }
       }
     }
@@ -118,6 +129,36 @@ function matmulPanels(out: usize, ldo: i32, x: usize, ldx: i32, wp: usize, n: i3
   }
 }
 
+/** The totals of the 4 accumulators at s (one per lane), as the GEMV tile forms its own. */
+// @ts-ignore: decorator
+@inline
+function sums(s: usize): v128 {
+  return hsum4(v128.load(s), v128.load(s, 16), v128.load(s, 32), v128.load(s, 48));
+}
+
+/** Lanes 0..m−1 of v (one output row, m tokens) to o, o + stride, … */
+// @ts-ignore: decorator
+@inline
+function storeTokens(o: usize, stride: usize, m: i32, v: v128): void {
+  store<f32>(o, f32x4.extract_lane(v, 0));
+  store<f32>(o + stride, f32x4.extract_lane(v, 1));
+  if (m > 2) store<f32>(o + 2 * stride, f32x4.extract_lane(v, 2));
+  if (m > 3) store<f32>(o + 3 * stride, f32x4.extract_lane(v, 3));
+}
+
+/** Panel rows r0..r0+3 of one token (the lanes of v) to o[r0..], those below `valid` only. */
+// @ts-ignore: decorator
+@inline
+function storeRows(o: usize, valid: i32, r0: i32, v: v128): void {
+  if (r0 + 4 <= valid) {
+    v128.store(o + (<usize>r0 << 2), v);
+    return;
+  }
+  if (r0 < valid) store<f32>(o + (<usize>r0 << 2), f32x4.extract_lane(v, 0));
+  if (r0 + 1 < valid) store<f32>(o + (<usize>(r0 + 1) << 2), f32x4.extract_lane(v, 1));
+  if (r0 + 2 < valid) store<f32>(o + (<usize>(r0 + 2) << 2), f32x4.extract_lane(v, 2));
+}
+
 /** h[t, 4p + r] = silu(gate)·up over the fused gate/up panels (see module doc). */
 function gateUp(h: usize, ldh: i32, x: usize, ldx: i32, w13: usize, n: i32, kBlocks: i32, panels: i32): void {
   const panelBytes = <usize>kBlocks * KB_BYTES;
@@ -128,17 +169,27 @@ function gateUp(h: usize, ldh: i32, x: usize, ldx: i32, w13: usize, n: i32, kBlo
     const j0 = <usize>p << 4; // byte offset of output 4p
     let t = 0;
     if (ASC_FEATURE_SIMD) {
-      for (; t + 4 <= n; t += 4) {
-        const xt = x + <usize>t * xRow;
+      for (; t < n; t += 4) {
+        const m = min(4, n - t);
+        if (m == 1) break;
+        panelSums(x + <usize>t * xRow, xRow, panel, m, kBlocks);
         const ht = h + <usize>t * hRow + j0;
+        if (m == 2) {
+          // STATE tile 0 holds the gate rows of tokens 0 and 1, tile 1 their up rows.
+          const s = STATE;
+          const g0 = sums(s);
+          const g1 = sums(s + 64);
+          const u0 = sums(s + 128);
+          const u1 = sums(s + 192);
+          v128.store(ht, siluMul4(g0, u0));
+          v128.store(ht + hRow, siluMul4(g1, u1));
+          continue;
+        }
         for (let r = 0; r < 4; r++) {
-          tile4x2(xt, xRow, panel, r, kBlocks);
-          const hv = siluMul4(v128.load(ACC), v128.load(ACC, 16));
-          const o = ht + (<usize>r << 2);
-          store<f32>(o, f32x4.extract_lane(hv, 0));
-          store<f32>(o + hRow, f32x4.extract_lane(hv, 1));
-          store<f32>(o + 2 * hRow, f32x4.extract_lane(hv, 2));
-          store<f32>(o + 3 * hRow, f32x4.extract_lane(hv, 3));
+          const s = STATE + (<usize>r << 7);
+          const gate = sums(s);
+          const up = sums(s + 64);
+          storeTokens(ht + (<usize>r << 2), hRow, m, siluMul4(gate, up));
         }
       }
       for (; t < n; t++) {
@@ -154,6 +205,29 @@ function gateUp(h: usize, ldh: i32, x: usize, ldx: i32, w13: usize, n: i32, kBlo
           store<f32>(o + r, (g / (<f32>1 + Mathf.exp(-g))) * load<f32>(ACC + r, 16));
         }
       }
+    }
+  }
+}
+
+/**
+ * The lane sums of m = 2..4 tokens (rows xRow bytes apart) against one panel, into STATE, KC
+ * k-blocks at a time. m = 4 or 3: tile r (r = 0..3) holds rows r and r + 4, 4 f32x4 each (token
+ * slots; token 3's stay 0 when m = 3); m = 2: tile h (0, 1) holds rows 4h..4h + 3 of token 0, then
+ * of token 1. Each tile pass reloads its accumulators from STATE, so a lane's chain runs over the
+ * k-blocks in order whatever the chunking: the sums are those of the GEMV tile, bit for bit.
+ */
+function panelSums(x: usize, xRow: usize, panel: usize, m: i32, kBlocks: i32): void {
+  memory.fill(STATE, 0, 512);
+  const tiles = m == 2 ? 2 : 4;
+  for (let k0 = 0; k0 < kBlocks; k0 += KC) {
+    const kc = min(KC, kBlocks - k0);
+    const xk = x + (<usize>k0 << 4);
+    const pk = panel + <usize>k0 * KB_BYTES;
+    for (let r = 0; r < tiles; r++) {
+      const s = STATE + (<usize>r << 7);
+      if (m == 4) tile4x2(xk, xRow, pk, r, kc, s);
+      else if (m == 3) tile3x2(xk, xRow, pk, r, kc, s);
+      else tile2x4(xk, xRow, pk, r, kc, s);
     }
   }
 }
@@ -184,15 +258,15 @@ function tile1x8(x: usize, panel: usize, kBlocks: i32): void {
   v128.store(ACC, hsum4(a4, a5, a6, a7), 16);
 }
 
-/** ACC[0..3] = row r for tokens 0..3, ACC[4..7] = row r + 4; x rows xRow bytes apart. */
-function tile4x2(x: usize, xRow: usize, panel: usize, r: i32, kBlocks: i32): void {
-  let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
-  let b0 = f32x4.splat(0), b1 = f32x4.splat(0), b2 = f32x4.splat(0), b3 = f32x4.splat(0);
+/** Rows r and r + 4 for 4 tokens over kc k-blocks, continuing the partial sums at s. */
+function tile4x2(x: usize, xRow: usize, panel: usize, r: i32, kc: i32, s: usize): void {
+  let a0 = v128.load(s), a1 = v128.load(s, 16), a2 = v128.load(s, 32), a3 = v128.load(s, 48);
+  let b0 = v128.load(s, 64), b1 = v128.load(s, 80), b2 = v128.load(s, 96), b3 = v128.load(s, 112);
   let w = panel + (<usize>r << 4);
   const x1 = xRow;
   const x2 = 2 * xRow;
   const x3 = 3 * xRow;
-  const end = x + (<usize>kBlocks << 4);
+  const end = x + (<usize>kc << 4);
   for (let xp = x; xp < end; xp += 16) {
     const wa = v128.load(w);
     const wb = v128.load(w, 64);
@@ -210,8 +284,77 @@ function tile4x2(x: usize, xRow: usize, panel: usize, r: i32, kBlocks: i32): voi
     b3 = madd(wb, xv, b3);
     w += KB_BYTES;
   }
-  v128.store(ACC, hsum4(a0, a1, a2, a3));
-  v128.store(ACC, hsum4(b0, b1, b2, b3), 16);
+  v128.store(s, a0);
+  v128.store(s, a1, 16);
+  v128.store(s, a2, 32);
+  v128.store(s, a3, 48);
+  v128.store(s, b0, 64);
+  v128.store(s, b1, 80);
+  v128.store(s, b2, 96);
+  v128.store(s, b3, 112);
+}
+
+/** tile4x2 for 3 tokens (6 accumulators; token slot 3 untouched). */
+function tile3x2(x: usize, xRow: usize, panel: usize, r: i32, kc: i32, s: usize): void {
+  let a0 = v128.load(s), a1 = v128.load(s, 16), a2 = v128.load(s, 32);
+  let b0 = v128.load(s, 64), b1 = v128.load(s, 80), b2 = v128.load(s, 96);
+  let w = panel + (<usize>r << 4);
+  const x1 = xRow;
+  const x2 = 2 * xRow;
+  const end = x + (<usize>kc << 4);
+  for (let xp = x; xp < end; xp += 16) {
+    const wa = v128.load(w);
+    const wb = v128.load(w, 64);
+    let xv = v128.load(xp);
+    a0 = madd(wa, xv, a0);
+    b0 = madd(wb, xv, b0);
+    xv = v128.load(xp + x1);
+    a1 = madd(wa, xv, a1);
+    b1 = madd(wb, xv, b1);
+    xv = v128.load(xp + x2);
+    a2 = madd(wa, xv, a2);
+    b2 = madd(wb, xv, b2);
+    w += KB_BYTES;
+  }
+  v128.store(s, a0);
+  v128.store(s, a1, 16);
+  v128.store(s, a2, 32);
+  v128.store(s, b0, 64);
+  v128.store(s, b1, 80);
+  v128.store(s, b2, 96);
+}
+
+/** Rows 4h..4h + 3 for 2 tokens over kc k-blocks (8 accumulators: each x load feeds 4 rows). */
+function tile2x4(x: usize, xRow: usize, panel: usize, h: i32, kc: i32, s: usize): void {
+  let a0 = v128.load(s), a1 = v128.load(s, 16), a2 = v128.load(s, 32), a3 = v128.load(s, 48);
+  let b0 = v128.load(s, 64), b1 = v128.load(s, 80), b2 = v128.load(s, 96), b3 = v128.load(s, 112);
+  let w = panel + (<usize>h << 6);
+  const end = x + (<usize>kc << 4);
+  for (let xp = x; xp < end; xp += 16) {
+    const u = v128.load(xp);
+    const v = v128.load(xp + xRow);
+    let wv = v128.load(w);
+    a0 = madd(wv, u, a0);
+    b0 = madd(wv, v, b0);
+    wv = v128.load(w, 16);
+    a1 = madd(wv, u, a1);
+    b1 = madd(wv, v, b1);
+    wv = v128.load(w, 32);
+    a2 = madd(wv, u, a2);
+    b2 = madd(wv, v, b2);
+    wv = v128.load(w, 48);
+    a3 = madd(wv, u, a3);
+    b3 = madd(wv, v, b3);
+    w += KB_BYTES;
+  }
+  v128.store(s, a0);
+  v128.store(s, a1, 16);
+  v128.store(s, a2, 32);
+  v128.store(s, a3, 48);
+  v128.store(s, b0, 64);
+  v128.store(s, b1, 80);
+  v128.store(s, b2, 96);
+  v128.store(s, b3, 112);
 }
 
 function tile1x8Scalar(x: usize, panel: usize, kBlocks: i32): void {

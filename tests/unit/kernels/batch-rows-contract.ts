@@ -2,8 +2,9 @@
  * @module batch-rows-contract — batch independence, bit for bit, for every kernel a batched host
  * feeds: a token's output row from a call of n tokens equals the same token run alone (n = 1),
  * whatever n and its place in the call, on the tiles each path has (f32 head matmul's row-outer
- * token blocks and the bf16 head kernel, ragged row counts included; the packed f32 4-token tiles,
- * the int8 4-token tiles on every dot path the build has, hi/lo digits included). Part of the one
+ * token blocks and the bf16 head kernel, ragged row counts included; the packed f32 4-, 3- and
+ * 2-token tiles across k-chunks; the int8 4-token tiles on every dot path the build has, hi/lo
+ * digits included). Part of the one
  * contract suite (contract.ts: every build, Node and workerd). Also the greedy head scan
  * (argmaxRows) against the JS scan it replaces.
  */
@@ -64,7 +65,7 @@ function expectRowsIndependent(
 }
 
 /** Batch sizes covering every tile and remainder of the token loops, and a crossing of 64. */
-const SIZES = [2, 3, 4, 5, 7, 8, 9, 12, 13, 16, 67] as const;
+const SIZES = [2, 3, 4, 5, 6, 7, 8, 9, 12, 13, 16, 67] as const;
 
 /** An expert's whole FFN (dModel → dModel) and its first matmul (dModel → dFf), each row by row. */
 function expectExpertRowsIndependent(
@@ -118,9 +119,12 @@ export function batchRowsContract(kernels: () => Kernels, q8Paths: Q8Path[]): vo
       k.free(m.ptr);
     });
 
+    // 1100 and 601 inputs run past a k-chunk of the packed tiles (assembly/packed.ts KC), ragged.
     it.each([
       [40, 24],
       [96, 200],
+      [40, 1100],
+      [601, 20],
     ])("matmulPacked and expertFfnPacked (f32 panels) %i×%i", (dModel, dFf) => {
       const k = kernels();
       const next = rng(dModel * 3 + dFf);
