@@ -67,7 +67,10 @@ if (process.argv.includes("--help") || process.argv.includes("-h")) {
   console.log(
     "usage: npm run bench:kernels [-- --quick] [--shapes 512x1408,...] [--batches 1,8,64] [--cold-mb 160]\n" +
       "       [--impls wasm-f32-packed,...] [--no-peers] [--no-workerd] [--out bench-results/kernels.json]\n" +
-      "  One SwiGLU expert per shape and batch: Wasm kernels vs onnxruntime peers, then inside workerd.",
+      "       [--dense-shapes 32000x256,...] [--no-dense] [--dense-only]\n" +
+      "  One SwiGLU expert per shape and batch: Wasm kernels vs onnxruntime peers, then inside workerd.\n" +
+      "  Then the dense stage / head matrices (rows x cols = outputs x inputs; --impls dense-f32,...);\n" +
+      "  workerd runs their first and last batch only.",
   );
   process.exit(0);
 }
