@@ -1,95 +1,229 @@
 /**
  * @module expert-q4g-relaxed — the SIMD 4-bit group matmul, mainly on the relaxed i8×i7 dot (relaxed
  * build, when the host's probe found a relaxed dot form that agrees with exact arithmetic:
- * setQ4DotForm); form 0 is the same loop on plain SIMD (signed nibbles, i16 products) for the simd
- * build.
+ * setQ4DotForm); form 0 is plain SIMD (signed nibbles, i16 products) for the simd build.
  *
- * The 4-bit weights are used as stored, unsigned nibbles u = q + 8 ∈ [0, 15] — valid second
- * operands of the i8×i7 dot — against 8-bit activations: one instruction per 16 multiply-adds and
- * no widening. Per 32 inputs the i16 form gives 8 lanes of 4-input sums of u·x (|·| ≤ 4·127·15);
- * the zero point comes out per lane with one i16 subtract of z = 8·(the same 4 activations' sum),
- * precomputed per token (expert-q4g.ts quantizeTokensQ4), leaving Σ q·x (|·| ≤ 4·8·127). Up to 8
- * such blocks of a group are added in i16, then one `i32x4.dot_i16x8_s` against the splatted
- * integer sub-scale multiplies and widens at once. So a group costs no float work: a row's i32 sum
- * goes to f32 once per 8192 inputs (the i32 bound), then f32(Σ) · unit · sx. Integer sums are
- * exact, so every form and build gives the same bits (expert-q4g.ts has the layout).
+ * Panels interleave their 4 rows by 4 bytes (expert-q4g.ts has the layout): one 16-byte load holds
+ * 4 weights of each of the 4 rows, and its nibbles meet a splat of the same 4 activations. So the
+ * relaxed i16 dot's lanes are already the 4 rows' pair sums ([2r + h] for row r), the 8 dots of a
+ * 32-input block add up in i16 across rows, and ONE `i32x4.dot_i16x8_s` against the group's 4
+ * sub-scales (each twice) multiplies, widens and gives lane r = row r — per 32 inputs and 4 rows
+ * one multiply-add and one zero-point add instead of four of each. The dot-add form (AVX-VNNI)
+ * accumulates lane r in i32 and multiplies by the sub-scales per group.
+ *
+ * The 4-bit weights are used as stored, unsigned nibbles u = q + 8 ∈ [0, 15] (valid 7-bit operands),
+ * against 8-bit activations; Σ (u − 8)·x = Σ u·x − 8·Σ x, and the per-token −8·Σ x of each lane
+ * (zero points, quantizeTokensQ4) starts each block's sum. i16 sums wrap, but a block's result is
+ * |Σ q·x| ≤ 2·8·8·127 per lane, two blocks stay below 2^15, so the wrapped sums are exact.
+ *
+ * A row's i32 sum goes to f32 once per 8192 inputs (the i32 bound 8192·255·8·127), then
+ * f32(Σ) · unit · sx: integer sums are exact, so every form, build and batch size gives the same
+ * bits. Tokens run 4 at a time through a panel (the unpacked nibbles feed 4 tokens' dots), then
+ * one at a time; a token's sums are the same either way.
  */
-import { hsum4i } from "./simd-math";
-
-/** Σ over 32 inputs of (u − 8)·x in lanes: v the 16 nibble bytes, x0/x1 the 16 + 16 activations,
- * z the zero-point lanes (relaxed forms). i16 lanes (|·| ≤ 4·8·127) for forms 0 and 1, i32 for 2. */
-// @ts-ignore: decorator
-@inline
-function part<F>(v: v128, x0: v128, x1: v128, z: v128): v128 {
-  const lo = v128.and(v, i8x16.splat(15));
-  if (sizeof<F>() == 1) {
-    // Plain SIMD: signed weights, i16 products (|q·x| ≤ 8·127), four summed per lane.
-    const ql = i8x16.sub(lo, i8x16.splat(8));
-    const qh = i8x16.sub(i8x16.shr_u(v, 4), i8x16.splat(8));
-    return i16x8.add(
-      i16x8.add(i16x8.extmul_low_i8x16_s(ql, x0), i16x8.extmul_high_i8x16_s(ql, x0)),
-      i16x8.add(i16x8.extmul_low_i8x16_s(qh, x1), i16x8.extmul_high_i8x16_s(qh, x1)),
-    );
-  }
-  const hi = v128.and(i16x8.shr_u(v, 4), i8x16.splat(15));
-  if (sizeof<F>() == 2) {
-    const s = i16x8.add(i16x8.relaxed_dot_i8x16_i7x16_s(x0, lo), i16x8.relaxed_dot_i8x16_i7x16_s(x1, hi));
-    return i16x8.sub(s, z);
-  }
-  // The dot-add form's lane i is the i16 form's lanes 2i + 2i+1, so z's pair sums are its zero point.
-  const s = i32x4.relaxed_dot_i8x16_i7x16_add_s(x1, hi, i32x4.relaxed_dot_i8x16_i7x16_add_s(x0, lo, i32x4.splat(0)));
-  return i32x4.sub(s, i32x4.extadd_pairwise_i16x8_s(z));
-}
-
-/** p + q for part()'s lanes (up to 8 parts in i16: ≤ 8·4064 < 2^15). */
-// @ts-ignore: decorator
-@inline
-function addPart<F>(p: v128, q: v128): v128 {
-  return sizeof<F>() <= 2 ? i16x8.add(p, q) : i32x4.add(p, q);
-}
-
-/** acc + sub · p: one i16 multiply-add into i32 (forms 0, 1) or an i32 multiply (form 2). */
-// @ts-ignore: decorator
-@inline
-function scaled<F>(acc: v128, p: v128, c: v128): v128 {
-  return i32x4.add(acc, sizeof<F>() <= 2 ? i32x4.dot_i16x8_s(p, c) : i32x4.mul(p, c));
-}
-
-/** The sub-scale at p for scaled(): splat to i16 lanes (forms 0, 1) or i32 lanes (form 2). */
-// @ts-ignore: decorator
-@inline
-function subAt<F>(p: usize): v128 {
-  if (sizeof<F>() <= 2) return v128.load16_splat(p);
-  return i32x4.splat(<i32>load<i16>(p));
-}
 
 /** Inputs summed in i32 before a row's partial goes to f32: 8192 · 255 · 8 · 127 < 2^31. */
 const CHUNK = 8192;
-/** 32-input blocks summed in i16 before the sub-scale multiply. */
-const RUN = 8;
 
-/** out[n, dOut] = xq · (u − 8)ᵀ, scaled per row; form 0 (plain SIMD, zv unused), 1 (relaxed
- * i16x8 dot) or 2 (relaxed i32x4 dot-add); forms 1 and 2 only in the relaxed build. */
+/** out[n, dOut] = xq · (u − 8)ᵀ, scaled per row; form 0 (plain SIMD), 1 (relaxed i16x8 dot) or 2
+ * (relaxed i32x4 dot-add); forms 1 and 2 only in the relaxed build. */
 export function matmulQ4gSimd(
   out: usize, xq: usize, sx: usize, zv: usize, w: usize, n: i32, dOut: i32, colsG: i32, group: i32, form: i32,
 ): void {
   if (ASC_FEATURE_RELAXED_SIMD) {
     if (form == 1) {
-      q4gRelaxed<i16>(out, xq, sx, zv, w, n, dOut, colsG, group);
+      q4gPanels<i16>(out, xq, sx, zv, w, n, dOut, colsG, group);
+      q4gTail(out, xq, sx, w, n, dOut, colsG, group);
       return;
     }
     if (form == 2) {
-      q4gRelaxed<i32>(out, xq, sx, zv, w, n, dOut, colsG, group);
+      q4gPanels<i32>(out, xq, sx, zv, w, n, dOut, colsG, group);
+      q4gTail(out, xq, sx, w, n, dOut, colsG, group);
       return;
     }
   }
-  q4gRelaxed<i8>(out, xq, sx, zv, w, n, dOut, colsG, group);
+  q4gPanelsPlain(out, xq, sx, w, n, dOut, colsG, group);
+  q4gTail(out, xq, sx, w, n, dOut, colsG, group);
 }
 
-/** 4-row panels (64 bytes per 32 inputs: one sequential stream), tokens inside a panel (its 4 rows
- * stay in L1 for every token after the first); rows after the last whole panel are row-major. */
-function q4gRelaxed<F>(
+/** lo / hi nibbles of 16 stored bytes: the 7-bit operands. */
+// @ts-ignore: decorator
+@inline
+function nibLo(v: v128): v128 {
+  return v128.and(v, i8x16.splat(15));
+}
+// @ts-ignore: decorator
+@inline
+function nibHi(v: v128): v128 {
+  return v128.and(i16x8.shr_u(v, 4), i8x16.splat(15));
+}
+
+/** acc + the dots of one 16-byte panel column (lo, hi nibbles) with the token's activations at xl
+ * (4 inputs, splat) and xl + 16: F = i16 → i16 lanes [2r + h], F = i32 → i32 lane r (dot-add). */
+// @ts-ignore: decorator
+@inline
+function col<F>(lo: v128, hi: v128, xl: usize, acc: v128): v128 {
+  const a = v128.load32_splat(xl);
+  const b = v128.load32_splat(xl, 16);
+  if (sizeof<F>() == 2) {
+    return i16x8.add(acc, i16x8.add(i16x8.relaxed_dot_i8x16_i7x16_s(a, lo), i16x8.relaxed_dot_i8x16_i7x16_s(b, hi)));
+  }
+  return i32x4.relaxed_dot_i8x16_i7x16_add_s(b, hi, i32x4.relaxed_dot_i8x16_i7x16_add_s(a, lo, acc));
+}
+
+/** acc + one 32-input block (64 panel bytes at wb) for one token (activations xb, zero point zb). */
+// @ts-ignore: decorator
+@inline
+function block<F>(wb: usize, xb: usize, acc: v128): v128 {
+  const v0 = v128.load(wb);
+  const v1 = v128.load(wb, 16);
+  const v2 = v128.load(wb, 32);
+  const v3 = v128.load(wb, 48);
+  acc = col<F>(nibLo(v0), nibHi(v0), xb, acc);
+  acc = col<F>(nibLo(v1), nibHi(v1), xb + 4, acc);
+  acc = col<F>(nibLo(v2), nibHi(v2), xb + 8, acc);
+  return col<F>(nibLo(v3), nibHi(v3), xb + 12, acc);
+}
+
+/** The zero point of the block at zb (4 bytes: an i16 pair for F = i16, an i32 for F = i32) added to p. */
+// @ts-ignore: decorator
+@inline
+function zeroAdd<F>(p: v128, zb: usize): v128 {
+  const z = v128.load32_splat(zb);
+  return sizeof<F>() == 2 ? i16x8.add(p, z) : i32x4.add(p, z);
+}
+
+/** The 4 rows' sub-scales of a group at sp, for scaled(): [s0, s0, s1, s1, …] i16 or [s0 … s3] i32. */
+// @ts-ignore: decorator
+@inline
+function subVec<F>(sp: usize): v128 {
+  if (sizeof<F>() == 2) {
+    const s = v128.load64_zero(sp);
+    return v128.shuffle<i16>(s, s, 0, 0, 1, 1, 2, 2, 3, 3);
+  }
+  return v128.load16x4_s(sp);
+}
+
+/** acc + (lane r of p summed) · sub_r. */
+// @ts-ignore: decorator
+@inline
+function scaled<F>(acc: v128, p: v128, s: v128): v128 {
+  return i32x4.add(acc, sizeof<F>() == 2 ? i32x4.dot_i16x8_s(p, s) : i32x4.mul(p, s));
+}
+
+/** Blocks of a group summed before the sub-scale multiply: 2 in i16 (< 2^15), the whole group in i32. */
+// @ts-ignore: decorator
+@inline
+function runBlocks<F>(group: i32): i32 {
+  return sizeof<F>() == 2 ? 2 : group >> 5;
+}
+
+/** y = f32(Σ) · unit · sx for 4 rows of token t. */
+// @ts-ignore: decorator
+@inline
+function storeRows(out: usize, f: v128, u4: v128, sx: usize, t: i32, oRow: usize, j: i32): void {
+  const y = f32x4.mul(f32x4.mul(f, u4), f32x4.splat(load<f32>(sx + (<usize>t << 2))));
+  v128.store(out + <usize>t * oRow + (<usize>j << 2), y);
+}
+
+function q4gPanels<F>(
   out: usize, xq: usize, sx: usize, zv: usize, w: usize, n: i32, dOut: i32, colsG: i32, group: i32,
+): void {
+  const groups = colsG / group;
+  const chunkGroups = max(1, CHUNK / group);
+  const run = runBlocks<F>(group);
+  const wRow = <usize>(colsG >> 1);
+  const units = w + <usize>dOut * wRow;
+  const subs = units + (<usize>dOut << 2);
+  const sRow = <usize>groups << 1;
+  const oRow = <usize>dOut << 2;
+  const xRow = <usize>colsG;
+  const zRow = <usize>(colsG >> 3);
+  for (let j = 0; j + 4 <= dOut; j += 4) {
+    const w0 = w + <usize>j * wRow;
+    const s0 = subs + <usize>j * sRow;
+    const u4 = v128.load(units + (<usize>j << 2));
+    let t = 0;
+    for (; t + 4 <= n; t += 4) {
+      const x0 = xq + <usize>t * xRow;
+      const z0 = zv + <usize>t * zRow;
+      let f0 = f32x4.splat(0), f1 = f32x4.splat(0), f2 = f32x4.splat(0), f3 = f32x4.splat(0);
+      for (let g0 = 0; g0 < groups; g0 += chunkGroups) {
+        let a0 = i32x4.splat(0), a1 = i32x4.splat(0), a2 = i32x4.splat(0), a3 = i32x4.splat(0);
+        const g1 = min(groups, g0 + chunkGroups);
+        for (let g = g0; g < g1; g++) {
+          const sv = subVec<F>(s0 + (<usize>g << 3));
+          const kEnd = <usize>((g + 1) * group);
+          for (let k = <usize>(g * group); k < kEnd; ) {
+            const runEnd = min(kEnd, k + (<usize>run << 5));
+            let p0 = v128.load32_splat(z0 + (k >> 3));
+            let p1 = v128.load32_splat(z0 + zRow + (k >> 3));
+            let p2 = v128.load32_splat(z0 + 2 * zRow + (k >> 3));
+            let p3 = v128.load32_splat(z0 + 3 * zRow + (k >> 3));
+            for (;;) {
+              // One column's nibbles unpacked once, then dotted with each token's activations.
+              const wk = w0 + (k << 1);
+              const xk = x0 + k;
+              for (let c: usize = 0; c < 16; c += 4) {
+                const v = v128.load(wk + (c << 2));
+                const lo = nibLo(v);
+                const hi = nibHi(v);
+                p0 = col<F>(lo, hi, xk + c, p0);
+                p1 = col<F>(lo, hi, xk + xRow + c, p1);
+                p2 = col<F>(lo, hi, xk + 2 * xRow + c, p2);
+                p3 = col<F>(lo, hi, xk + 3 * xRow + c, p3);
+              }
+              k += 32;
+              if (k >= runEnd) break;
+              p0 = zeroAdd<F>(p0, z0 + (k >> 3));
+              p1 = zeroAdd<F>(p1, z0 + zRow + (k >> 3));
+              p2 = zeroAdd<F>(p2, z0 + 2 * zRow + (k >> 3));
+              p3 = zeroAdd<F>(p3, z0 + 3 * zRow + (k >> 3));
+            }
+            a0 = scaled<F>(a0, p0, sv);
+            a1 = scaled<F>(a1, p1, sv);
+            a2 = scaled<F>(a2, p2, sv);
+            a3 = scaled<F>(a3, p3, sv);
+          }
+        }
+        f0 = f32x4.add(f0, f32x4.convert_i32x4_s(a0));
+        f1 = f32x4.add(f1, f32x4.convert_i32x4_s(a1));
+        f2 = f32x4.add(f2, f32x4.convert_i32x4_s(a2));
+        f3 = f32x4.add(f3, f32x4.convert_i32x4_s(a3));
+      }
+      storeRows(out, f0, u4, sx, t, oRow, j);
+      storeRows(out, f1, u4, sx, t + 1, oRow, j);
+      storeRows(out, f2, u4, sx, t + 2, oRow, j);
+      storeRows(out, f3, u4, sx, t + 3, oRow, j);
+    }
+    for (; t < n; t++) {
+      const xt = xq + <usize>t * xRow;
+      const zt = zv + <usize>t * zRow;
+      let f = f32x4.splat(0);
+      for (let g0 = 0; g0 < groups; g0 += chunkGroups) {
+        let a = i32x4.splat(0);
+        const g1 = min(groups, g0 + chunkGroups);
+        for (let g = g0; g < g1; g++) {
+          const sv = subVec<F>(s0 + (<usize>g << 3));
+          const kEnd = <usize>((g + 1) * group);
+          for (let k = <usize>(g * group); k < kEnd; ) {
+            const runEnd = min(kEnd, k + (<usize>run << 5));
+            let p = block<F>(w0 + (k << 1), xt + k, v128.load32_splat(zt + (k >> 3)));
+            for (k += 32; k < runEnd; k += 32) p = block<F>(w0 + (k << 1), xt + k, zeroAdd<F>(p, zt + (k >> 3)));
+            a = scaled<F>(a, p, sv);
+          }
+        }
+        f = f32x4.add(f, f32x4.convert_i32x4_s(a));
+      }
+      storeRows(out, f, u4, sx, t, oRow, j);
+    }
+  }
+}
+
+/** Form 0 (plain SIMD): signed nibbles, i16 products; rows 0–1 in the low half of each column's
+ * products and rows 2–3 in the high half, each half's 4 lanes scaled by its row's sub-scale. */
+function q4gPanelsPlain(
+  out: usize, xq: usize, sx: usize, w: usize, n: i32, dOut: i32, colsG: i32, group: i32,
 ): void {
   const groups = colsG / group;
   const chunkGroups = max(1, CHUNK / group);
@@ -98,61 +232,62 @@ function q4gRelaxed<F>(
   const subs = units + (<usize>dOut << 2);
   const sRow = <usize>groups << 1;
   const oRow = <usize>dOut << 2;
-  let j = 0;
-  for (; j + 4 <= dOut; j += 4) {
+  for (let j = 0; j + 4 <= dOut; j += 4) {
     const w0 = w + <usize>j * wRow;
     const s0 = subs + <usize>j * sRow;
     const u4 = v128.load(units + (<usize>j << 2));
     for (let t = 0; t < n; t++) {
       const xt = xq + <usize>t * <usize>colsG;
-      const zt = zv + <usize>t * wRow;
       let f = f32x4.splat(0);
       for (let g0 = 0; g0 < groups; g0 += chunkGroups) {
-        let a0 = i32x4.splat(0), a1 = i32x4.splat(0), a2 = i32x4.splat(0), a3 = i32x4.splat(0);
+        let aL = i32x4.splat(0), aH = i32x4.splat(0);
         const g1 = min(groups, g0 + chunkGroups);
         for (let g = g0; g < g1; g++) {
-          const sg = s0 + (<usize>g << 1);
+          const s = v128.load64_zero(s0 + (<usize>g << 3));
+          const sL = v128.shuffle<i16>(s, s, 0, 0, 0, 0, 1, 1, 1, 1);
+          const sH = v128.shuffle<i16>(s, s, 2, 2, 2, 2, 3, 3, 3, 3);
           const kEnd = <usize>((g + 1) * group);
           for (let k = <usize>(g * group); k < kEnd; ) {
-            // The run's first block starts the i16 sums (no add to zero: most groups are one block).
-            const runEnd = min(kEnd, k + (RUN << 5));
-            const xa = v128.load(xt + k);
-            const xb = v128.load(xt + k, 16);
-            const za = sizeof<F>() == 1 ? xa : v128.load(zt + (k >> 1));
-            const wa = w0 + (k << 1);
-            let p0 = part<F>(v128.load(wa), xa, xb, za);
-            let p1 = part<F>(v128.load(wa, 16), xa, xb, za);
-            let p2 = part<F>(v128.load(wa, 32), xa, xb, za);
-            let p3 = part<F>(v128.load(wa, 48), xa, xb, za);
-            for (k += 32; k < runEnd; k += 32) {
-              const x0 = v128.load(xt + k);
-              const x1 = v128.load(xt + k, 16);
-              const z = sizeof<F>() == 1 ? x0 : v128.load(zt + (k >> 1));
-              const wk = w0 + (k << 1);
-              p0 = addPart<F>(p0, part<F>(v128.load(wk), x0, x1, z));
-              p1 = addPart<F>(p1, part<F>(v128.load(wk, 16), x0, x1, z));
-              p2 = addPart<F>(p2, part<F>(v128.load(wk, 32), x0, x1, z));
-              p3 = addPart<F>(p3, part<F>(v128.load(wk, 48), x0, x1, z));
+            // Up to 4 blocks in i16: |Σ| ≤ 4 · 8 · 8 · 127 per lane.
+            const runEnd = min(kEnd, k + 128);
+            let pL = i16x8.splat(0), pH = i16x8.splat(0);
+            for (; k < runEnd; k += 32) {
+              for (let c: usize = 0; c < 16; c += 4) {
+                const v = v128.load(w0 + (k << 1) + (c << 2));
+                const ql = i8x16.sub(v128.and(v, i8x16.splat(15)), i8x16.splat(8));
+                const qh = i8x16.sub(i8x16.shr_u(v, 4), i8x16.splat(8));
+                const xl = v128.load32_splat(xt + k + c);
+                const xh = v128.load32_splat(xt + k + c, 16);
+                pL = i16x8.add(pL, i16x8.add(i16x8.extmul_low_i8x16_s(ql, xl), i16x8.extmul_low_i8x16_s(qh, xh)));
+                pH = i16x8.add(pH, i16x8.add(i16x8.extmul_high_i8x16_s(ql, xl), i16x8.extmul_high_i8x16_s(qh, xh)));
+              }
             }
-            a0 = scaled<F>(a0, p0, subAt<F>(sg));
-            a1 = scaled<F>(a1, p1, subAt<F>(sg + sRow));
-            a2 = scaled<F>(a2, p2, subAt<F>(sg + 2 * sRow));
-            a3 = scaled<F>(a3, p3, subAt<F>(sg + 3 * sRow));
+            aL = i32x4.add(aL, i32x4.dot_i16x8_s(pL, sL));
+            aH = i32x4.add(aH, i32x4.dot_i16x8_s(pH, sH));
           }
         }
-        f = f32x4.add(f, f32x4.convert_i32x4_s(hsum4i(a0, a1, a2, a3)));
+        const rows = i32x4.add(v128.shuffle<i32>(aL, aH, 0, 2, 4, 6), v128.shuffle<i32>(aL, aH, 1, 3, 5, 7));
+        f = f32x4.add(f, f32x4.convert_i32x4_s(rows));
       }
-      const y = f32x4.mul(f32x4.mul(f, u4), f32x4.splat(load<f32>(sx + (<usize>t << 2))));
-      v128.store(out + <usize>t * oRow + (<usize>j << 2), y);
+      storeRows(out, f, u4, sx, t, oRow, j);
     }
   }
-  for (; j < dOut; j++) {
+}
+
+/** The dOut % 4 rows after the last whole panel (row-major, plain SIMD on signed nibbles). */
+function q4gTail(out: usize, xq: usize, sx: usize, w: usize, n: i32, dOut: i32, colsG: i32, group: i32): void {
+  const groups = colsG / group;
+  const chunkGroups = max(1, CHUNK / group);
+  const wRow = <usize>(colsG >> 1);
+  const units = w + <usize>dOut * wRow;
+  const subs = units + (<usize>dOut << 2);
+  const sRow = <usize>groups << 1;
+  for (let j = dOut & ~3; j < dOut; j++) {
     const wj = w + <usize>j * wRow;
     const sj = subs + <usize>j * sRow;
     const unit = load<f32>(units + (<usize>j << 2));
     for (let t = 0; t < n; t++) {
       const xt = xq + <usize>t * <usize>colsG;
-      const zt = zv + <usize>t * wRow;
       let f: f32 = 0;
       for (let g0 = 0; g0 < groups; g0 += chunkGroups) {
         let a = i32x4.splat(0);
@@ -160,16 +295,19 @@ function q4gRelaxed<F>(
         for (let g = g0; g < g1; g++) {
           const kEnd = <usize>((g + 1) * group);
           for (let k = <usize>(g * group); k < kEnd; ) {
-            const runEnd = min(kEnd, k + (RUN << 5));
-            const xa = v128.load(xt + k);
-            const za = sizeof<F>() == 1 ? xa : v128.load(zt + (k >> 1));
-            let p = part<F>(v128.load(wj + (k >> 1)), xa, v128.load(xt + k, 16), za);
-            for (k += 32; k < runEnd; k += 32) {
+            // Up to 8 blocks in i16: |Σ| ≤ 8 · 4 · 8 · 127 per lane.
+            const runEnd = min(kEnd, k + 256);
+            let p = i16x8.splat(0);
+            for (; k < runEnd; k += 32) {
+              const v = v128.load(wj + (k >> 1));
+              const ql = i8x16.sub(v128.and(v, i8x16.splat(15)), i8x16.splat(8));
+              const qh = i8x16.sub(i8x16.shr_u(v, 4), i8x16.splat(8));
               const x0 = v128.load(xt + k);
-              const z = sizeof<F>() == 1 ? x0 : v128.load(zt + (k >> 1));
-              p = addPart<F>(p, part<F>(v128.load(wj + (k >> 1)), x0, v128.load(xt + k, 16), z));
+              const x1 = v128.load(xt + k, 16);
+              p = i16x8.add(p, i16x8.add(i16x8.extmul_low_i8x16_s(ql, x0), i16x8.extmul_high_i8x16_s(ql, x0)));
+              p = i16x8.add(p, i16x8.add(i16x8.extmul_low_i8x16_s(qh, x1), i16x8.extmul_high_i8x16_s(qh, x1)));
             }
-            a = scaled<F>(a, p, subAt<F>(sj + (<usize>g << 1)));
+            a = i32x4.add(a, i32x4.dot_i16x8_s(p, v128.load16_splat(sj + (<usize>g << 1))));
           }
         }
         f += <f32>(i32x4.extract_lane(a, 0) + i32x4.extract_lane(a, 1) + i32x4.extract_lane(a, 2) +
