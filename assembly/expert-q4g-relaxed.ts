@@ -25,25 +25,21 @@
 /** Inputs summed in i32 before a row's partial goes to f32: 8192 · 255 · 8 · 127 < 2^31. */
 const CHUNK = 8192;
 
-/** out[n, dOut] = xq · (u − 8)ᵀ, scaled per row; form 0 (plain SIMD), 1 (relaxed i16x8 dot) or 2
- * (relaxed i32x4 dot-add); forms 1 and 2 only in the relaxed build. */
+/** out[n, dOut] = xq · (u − 8)ᵀ, scaled per row (and out2 from w2 when w2 ≠ 0, the same shape);
+ * form 0 (plain SIMD), 1 (relaxed i16x8 dot) or 2 (relaxed i32x4 dot-add); forms 1 and 2 only in
+ * the relaxed build. */
 export function matmulQ4gSimd(
-  out: usize, xq: usize, sx: usize, zv: usize, w: usize, n: i32, dOut: i32, colsG: i32, group: i32, form: i32,
+  out: usize, out2: usize, xq: usize, sx: usize, zv: usize, w: usize, w2: usize, n: i32, dOut: i32, colsG: i32,
+  group: i32, form: i32,
 ): void {
-  if (ASC_FEATURE_RELAXED_SIMD) {
-    if (form == 1) {
-      q4gPanels<i16>(out, xq, sx, zv, w, n, dOut, colsG, group);
-      q4gTail(out, xq, sx, w, n, dOut, colsG, group);
-      return;
-    }
-    if (form == 2) {
-      q4gPanels<i32>(out, xq, sx, zv, w, n, dOut, colsG, group);
-      q4gTail(out, xq, sx, w, n, dOut, colsG, group);
-      return;
-    }
+  if (ASC_FEATURE_RELAXED_SIMD && form == 1) q4gPanels<i16>(out, out2, xq, sx, zv, w, w2, n, dOut, colsG, group);
+  else if (ASC_FEATURE_RELAXED_SIMD && form == 2) q4gPanels<i32>(out, out2, xq, sx, zv, w, w2, n, dOut, colsG, group);
+  else {
+    q4gPanelsPlain(out, xq, sx, w, n, dOut, colsG, group);
+    if (w2 != 0) q4gPanelsPlain(out2, xq, sx, w2, n, dOut, colsG, group);
   }
-  q4gPanelsPlain(out, xq, sx, w, n, dOut, colsG, group);
   q4gTail(out, xq, sx, w, n, dOut, colsG, group);
+  if (w2 != 0) q4gTail(out2, xq, sx, w2, n, dOut, colsG, group);
 }
 
 /** lo / hi nibbles of 16 stored bytes: the 7-bit operands. */
@@ -126,98 +122,209 @@ function storeRows(out: usize, f: v128, u4: v128, sx: usize, t: i32, oRow: usize
   v128.store(out + <usize>t * oRow + (<usize>j << 2), y);
 }
 
+/** Shapes of one matrix pass, shared by the panel loops. */
+@unmanaged
+class Dims {
+  groups: i32 = 0;
+  chunkGroups: i32 = 0;
+  run: i32 = 0;
+  group: i32 = 0;
+  wRow: usize = 0;
+  sRow: usize = 0;
+  oRow: usize = 0;
+  xRow: usize = 0;
+  zRow: usize = 0;
+}
+
+// @ts-ignore: decorator
+@inline
+function dimsOf<F>(d: Dims, dOut: i32, colsG: i32, group: i32): Dims {
+  d.groups = colsG / group;
+  d.chunkGroups = max(1, CHUNK / group);
+  d.run = runBlocks<F>(group);
+  d.group = group;
+  d.wRow = <usize>(colsG >> 1);
+  d.sRow = <usize>d.groups << 1;
+  d.oRow = <usize>dOut << 2;
+  d.xRow = <usize>colsG;
+  d.zRow = <usize>(colsG >> 3);
+  return d;
+}
+
+/** Panel rows of w (and of w2 into out2 when w2 ≠ 0: gate and up in one pass, two weight streams
+ * read side by side and one set of activation loads). */
 function q4gPanels<F>(
-  out: usize, xq: usize, sx: usize, zv: usize, w: usize, n: i32, dOut: i32, colsG: i32, group: i32,
+  out: usize, out2: usize, xq: usize, sx: usize, zv: usize, w: usize, w2: usize, n: i32, dOut: i32, colsG: i32,
+  group: i32,
 ): void {
-  const groups = colsG / group;
-  const chunkGroups = max(1, CHUNK / group);
-  const run = runBlocks<F>(group);
-  const wRow = <usize>(colsG >> 1);
-  const units = w + <usize>dOut * wRow;
+  const d = dimsOf<F>(changetype<Dims>(memory.data(offsetof<Dims>(), 16)), dOut, colsG, group);
+  const units = <usize>dOut * d.wRow;
   const subs = units + (<usize>dOut << 2);
-  const sRow = <usize>groups << 1;
-  const oRow = <usize>dOut << 2;
-  const xRow = <usize>colsG;
-  const zRow = <usize>(colsG >> 3);
+  if (n < 4) {
+    // Decode (1–3 tokens): two weight streams side by side — gate and up, or the first and second
+    // half of the panels of one matrix — so more of the weight reads are in flight at once.
+    const panels = dOut >> 2;
+    const half = w2 != 0 ? 0 : <usize>(panels >> 1) << 2; // rows
+    const pairs = w2 != 0 ? panels : panels >> 1;
+    const out2b = w2 != 0 ? out2 : out + (half << 2);
+    const w2b = w2 != 0 ? w2 : w + half * d.wRow;
+    const s2b = w2 != 0 ? w2 : w + half * d.sRow; // + subs offset: the second stream's subs
+    const u2b = w2 != 0 ? w2 : w + (half << 2);
+    for (let p = 0; p < pairs; p++) {
+      const j = p << 2;
+      const wOff = <usize>j * d.wRow;
+      const sOff = subs + <usize>j * d.sRow;
+      const uOff = units + (<usize>j << 2);
+      for (let t = 0; t < n; t++) {
+        one2<F>(d, out, out2b, xq, sx, zv, w + wOff, w2b + wOff, w + sOff, s2b + sOff, w + uOff, u2b + uOff, t, j);
+      }
+    }
+    if (w2 == 0 && (panels & 1) != 0) {
+      const j = (panels - 1) << 2;
+      const sOff = subs + <usize>j * d.sRow;
+      const u4 = v128.load(w + units + (<usize>j << 2));
+      for (let t = 0; t < n; t++) one<F>(d, out, xq, sx, zv, w + <usize>j * d.wRow, w + sOff, u4, t, j);
+    }
+    return;
+  }
   for (let j = 0; j + 4 <= dOut; j += 4) {
-    const w0 = w + <usize>j * wRow;
-    const s0 = subs + <usize>j * sRow;
-    const u4 = v128.load(units + (<usize>j << 2));
+    const wOff = <usize>j * d.wRow;
+    const sOff = subs + <usize>j * d.sRow;
+    const uOff = units + (<usize>j << 2);
     let t = 0;
     for (; t + 4 <= n; t += 4) {
-      const x0 = xq + <usize>t * xRow;
-      const z0 = zv + <usize>t * zRow;
-      let f0 = f32x4.splat(0), f1 = f32x4.splat(0), f2 = f32x4.splat(0), f3 = f32x4.splat(0);
-      for (let g0 = 0; g0 < groups; g0 += chunkGroups) {
-        let a0 = i32x4.splat(0), a1 = i32x4.splat(0), a2 = i32x4.splat(0), a3 = i32x4.splat(0);
-        const g1 = min(groups, g0 + chunkGroups);
-        for (let g = g0; g < g1; g++) {
-          const sv = subVec<F>(s0 + (<usize>g << 3));
-          const kEnd = <usize>((g + 1) * group);
-          for (let k = <usize>(g * group); k < kEnd; ) {
-            const runEnd = min(kEnd, k + (<usize>run << 5));
-            let p0 = v128.load32_splat(z0 + (k >> 3));
-            let p1 = v128.load32_splat(z0 + zRow + (k >> 3));
-            let p2 = v128.load32_splat(z0 + 2 * zRow + (k >> 3));
-            let p3 = v128.load32_splat(z0 + 3 * zRow + (k >> 3));
-            for (;;) {
-              // One column's nibbles unpacked once, then dotted with each token's activations.
-              const wk = w0 + (k << 1);
-              const xk = x0 + k;
-              for (let c: usize = 0; c < 16; c += 4) {
-                const v = v128.load(wk + (c << 2));
-                const lo = nibLo(v);
-                const hi = nibHi(v);
-                p0 = col<F>(lo, hi, xk + c, p0);
-                p1 = col<F>(lo, hi, xk + xRow + c, p1);
-                p2 = col<F>(lo, hi, xk + 2 * xRow + c, p2);
-                p3 = col<F>(lo, hi, xk + 3 * xRow + c, p3);
-              }
-              k += 32;
-              if (k >= runEnd) break;
-              p0 = zeroAdd<F>(p0, z0 + (k >> 3));
-              p1 = zeroAdd<F>(p1, z0 + zRow + (k >> 3));
-              p2 = zeroAdd<F>(p2, z0 + 2 * zRow + (k >> 3));
-              p3 = zeroAdd<F>(p3, z0 + 3 * zRow + (k >> 3));
-            }
-            a0 = scaled<F>(a0, p0, sv);
-            a1 = scaled<F>(a1, p1, sv);
-            a2 = scaled<F>(a2, p2, sv);
-            a3 = scaled<F>(a3, p3, sv);
-          }
-        }
-        f0 = f32x4.add(f0, f32x4.convert_i32x4_s(a0));
-        f1 = f32x4.add(f1, f32x4.convert_i32x4_s(a1));
-        f2 = f32x4.add(f2, f32x4.convert_i32x4_s(a2));
-        f3 = f32x4.add(f3, f32x4.convert_i32x4_s(a3));
-      }
-      storeRows(out, f0, u4, sx, t, oRow, j);
-      storeRows(out, f1, u4, sx, t + 1, oRow, j);
-      storeRows(out, f2, u4, sx, t + 2, oRow, j);
-      storeRows(out, f3, u4, sx, t + 3, oRow, j);
+      tile4<F>(d, out, xq, sx, zv, w + wOff, w + sOff, v128.load(w + uOff), t, j);
+      if (w2 != 0) tile4<F>(d, out2, xq, sx, zv, w2 + wOff, w2 + sOff, v128.load(w2 + uOff), t, j);
     }
     for (; t < n; t++) {
-      const xt = xq + <usize>t * xRow;
-      const zt = zv + <usize>t * zRow;
-      let f = f32x4.splat(0);
-      for (let g0 = 0; g0 < groups; g0 += chunkGroups) {
-        let a = i32x4.splat(0);
-        const g1 = min(groups, g0 + chunkGroups);
-        for (let g = g0; g < g1; g++) {
-          const sv = subVec<F>(s0 + (<usize>g << 3));
-          const kEnd = <usize>((g + 1) * group);
-          for (let k = <usize>(g * group); k < kEnd; ) {
-            const runEnd = min(kEnd, k + (<usize>run << 5));
-            let p = block<F>(w0 + (k << 1), xt + k, v128.load32_splat(zt + (k >> 3)));
-            for (k += 32; k < runEnd; k += 32) p = block<F>(w0 + (k << 1), xt + k, zeroAdd<F>(p, zt + (k >> 3)));
-            a = scaled<F>(a, p, sv);
-          }
-        }
-        f = f32x4.add(f, f32x4.convert_i32x4_s(a));
-      }
-      storeRows(out, f, u4, sx, t, oRow, j);
+      if (w2 != 0) one2<F>(d, out, out2, xq, sx, zv, w + wOff, w2 + wOff, w + sOff, w2 + sOff, w + uOff, w2 + uOff, t, j);
+      else one<F>(d, out, xq, sx, zv, w + wOff, w + sOff, v128.load(w + uOff), t, j);
     }
   }
+}
+
+/** Tokens t..t+3 through one panel (w0 its nibbles, s0 its subs, u4 its units): each column's
+ * nibbles unpacked once, then dotted with each token's activations. */
+function tile4<F>(d: Dims, out: usize, xq: usize, sx: usize, zv: usize, w0: usize, s0: usize, u4: v128, t: i32, j: i32): void {
+  const xRow = d.xRow;
+  const zRow = d.zRow;
+  const group = d.group;
+  const groups = d.groups;
+  const chunkGroups = d.chunkGroups;
+  const run = <usize>d.run;
+  const x0 = xq + <usize>t * xRow;
+  const z0 = zv + <usize>t * zRow;
+  let f0 = f32x4.splat(0), f1 = f32x4.splat(0), f2 = f32x4.splat(0), f3 = f32x4.splat(0);
+  for (let g0 = 0; g0 < groups; g0 += chunkGroups) {
+    let a0 = i32x4.splat(0), a1 = i32x4.splat(0), a2 = i32x4.splat(0), a3 = i32x4.splat(0);
+    const g1 = min(groups, g0 + chunkGroups);
+    for (let g = g0; g < g1; g++) {
+      const sv = subVec<F>(s0 + (<usize>g << 3));
+      const kEnd = <usize>((g + 1) * group);
+      for (let k = <usize>(g * group); k < kEnd; ) {
+        const runEnd = min(kEnd, k + (run << 5));
+        let p0 = v128.load32_splat(z0 + (k >> 3));
+        let p1 = v128.load32_splat(z0 + zRow + (k >> 3));
+        let p2 = v128.load32_splat(z0 + 2 * zRow + (k >> 3));
+        let p3 = v128.load32_splat(z0 + 3 * zRow + (k >> 3));
+        for (;;) {
+          const wk = w0 + (k << 1);
+          const xk = x0 + k;
+          for (let c: usize = 0; c < 16; c += 4) {
+            const v = v128.load(wk + (c << 2));
+            const lo = nibLo(v);
+            const hi = nibHi(v);
+            p0 = col<F>(lo, hi, xk + c, p0);
+            p1 = col<F>(lo, hi, xk + xRow + c, p1);
+            p2 = col<F>(lo, hi, xk + 2 * xRow + c, p2);
+            p3 = col<F>(lo, hi, xk + 3 * xRow + c, p3);
+          }
+          k += 32;
+          if (k >= runEnd) break;
+          p0 = zeroAdd<F>(p0, z0 + (k >> 3));
+          p1 = zeroAdd<F>(p1, z0 + zRow + (k >> 3));
+          p2 = zeroAdd<F>(p2, z0 + 2 * zRow + (k >> 3));
+          p3 = zeroAdd<F>(p3, z0 + 3 * zRow + (k >> 3));
+        }
+        a0 = scaled<F>(a0, p0, sv);
+        a1 = scaled<F>(a1, p1, sv);
+        a2 = scaled<F>(a2, p2, sv);
+        a3 = scaled<F>(a3, p3, sv);
+      }
+    }
+    f0 = f32x4.add(f0, f32x4.convert_i32x4_s(a0));
+    f1 = f32x4.add(f1, f32x4.convert_i32x4_s(a1));
+    f2 = f32x4.add(f2, f32x4.convert_i32x4_s(a2));
+    f3 = f32x4.add(f3, f32x4.convert_i32x4_s(a3));
+  }
+  storeRows(out, f0, u4, sx, t, d.oRow, j);
+  storeRows(out, f1, u4, sx, t + 1, d.oRow, j);
+  storeRows(out, f2, u4, sx, t + 2, d.oRow, j);
+  storeRows(out, f3, u4, sx, t + 3, d.oRow, j);
+}
+
+/** Token t through one panel. */
+function one<F>(d: Dims, out: usize, xq: usize, sx: usize, zv: usize, w0: usize, s0: usize, u4: v128, t: i32, j: i32): void {
+  const group = d.group;
+  const groups = d.groups;
+  const chunkGroups = d.chunkGroups;
+  const run = <usize>d.run;
+  const xt = xq + <usize>t * d.xRow;
+  const zt = zv + <usize>t * d.zRow;
+  let f = f32x4.splat(0);
+  for (let g0 = 0; g0 < groups; g0 += chunkGroups) {
+    let a = i32x4.splat(0);
+    const g1 = min(groups, g0 + chunkGroups);
+    for (let g = g0; g < g1; g++) {
+      const sv = subVec<F>(s0 + (<usize>g << 3));
+      const kEnd = <usize>((g + 1) * group);
+      for (let k = <usize>(g * group); k < kEnd; ) {
+        const runEnd = min(kEnd, k + (run << 5));
+        let p = block<F>(w0 + (k << 1), xt + k, v128.load32_splat(zt + (k >> 3)));
+        for (k += 32; k < runEnd; k += 32) p = block<F>(w0 + (k << 1), xt + k, zeroAdd<F>(p, zt + (k >> 3)));
+        a = scaled<F>(a, p, sv);
+      }
+    }
+    f = f32x4.add(f, f32x4.convert_i32x4_s(a));
+  }
+  storeRows(out, f, u4, sx, t, d.oRow, j);
+}
+
+/** Token t through the same panel of two matrices (gate and up). */
+function one2<F>(
+  d: Dims, out: usize, out2: usize, xq: usize, sx: usize, zv: usize, w0: usize, v0: usize, s0: usize, r0: usize,
+  uo: usize, uo2: usize, t: i32, j: i32,
+): void {
+  const group = d.group;
+  const groups = d.groups;
+  const chunkGroups = d.chunkGroups;
+  const run = <usize>d.run;
+  const xt = xq + <usize>t * d.xRow;
+  const zt = zv + <usize>t * d.zRow;
+  let f = f32x4.splat(0), e = f32x4.splat(0);
+  for (let g0 = 0; g0 < groups; g0 += chunkGroups) {
+    let a = i32x4.splat(0), b = i32x4.splat(0);
+    const g1 = min(groups, g0 + chunkGroups);
+    for (let g = g0; g < g1; g++) {
+      const kEnd = <usize>((g + 1) * group);
+      for (let k = <usize>(g * group); k < kEnd; ) {
+        const runEnd = min(kEnd, k + (run << 5));
+        const z = v128.load32_splat(zt + (k >> 3));
+        let p = block<F>(w0 + (k << 1), xt + k, z);
+        let q = block<F>(v0 + (k << 1), xt + k, z);
+        for (k += 32; k < runEnd; k += 32) {
+          p = block<F>(w0 + (k << 1), xt + k, zeroAdd<F>(p, zt + (k >> 3)));
+          q = block<F>(v0 + (k << 1), xt + k, zeroAdd<F>(q, zt + (k >> 3)));
+        }
+        a = scaled<F>(a, p, subVec<F>(s0 + (<usize>g << 3)));
+        b = scaled<F>(b, q, subVec<F>(r0 + (<usize>g << 3)));
+      }
+    }
+    f = f32x4.add(f, f32x4.convert_i32x4_s(a));
+    e = f32x4.add(e, f32x4.convert_i32x4_s(b));
+  }
+  storeRows(out, f, v128.load(uo), sx, t, d.oRow, j);
+  storeRows(out2, e, v128.load(uo2), sx, t, d.oRow, j);
 }
 
 /** Form 0 (plain SIMD): signed nibbles, i16 products; rows 0–1 in the low half of each column's

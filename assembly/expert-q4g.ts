@@ -61,11 +61,10 @@ export function expertFfnQ4g(
   const w3 = w1 + q4gBytes(dFf, dModel, group);
   const w2 = w3 + q4gBytes(dFf, dModel, group);
   quantizeTokensQ4(xq, sx, zv, x, n, dModel, dmG);
-  matmulQ4g(h, xq, sx, zv, w1, n, dFf, dmG, group);
-  matmulQ4g(u, xq, sx, zv, w3, n, dFf, dmG, group);
+  matmulQ4g(h, u, xq, sx, zv, w1, w3, n, dFf, dmG, group);
   siluMul(h, h, u, n * dFf);
   quantizeTokensQ4(xq, sx, zv, h, n, dFf, dfG);
-  matmulQ4g(out, xq, sx, zv, w2, n, dModel, dfG, group);
+  matmulQ4g(out, 0, xq, sx, zv, w2, 0, n, dModel, dfG, group);
 }
 
 /** Activation bits of the int4 expert: always 8 (every build and form). */
@@ -73,11 +72,16 @@ export function q4ActivationBits(): i32 {
   return 8;
 }
 
+/** out = xq · wᵀ (and out2 = xq · w2ᵀ when w2 ≠ 0: gate and up in one pass). */
 function matmulQ4g(
-  out: usize, xq: usize, sx: usize, zv: usize, w: usize, n: i32, dOut: i32, colsG: i32, group: i32,
+  out: usize, out2: usize, xq: usize, sx: usize, zv: usize, w: usize, w2: usize, n: i32, dOut: i32, colsG: i32,
+  group: i32,
 ): void {
-  if (ASC_FEATURE_SIMD) matmulQ4gSimd(out, xq, sx, zv, w, n, dOut, colsG, group, q4Form);
-  else q4gScalar(out, xq, sx, w, n, dOut, colsG, group);
+  if (ASC_FEATURE_SIMD) matmulQ4gSimd(out, out2, xq, sx, zv, w, w2, n, dOut, colsG, group, q4Form);
+  else {
+    q4gScalar(out, xq, sx, w, n, dOut, colsG, group);
+    if (w2 != 0) q4gScalar(out2, xq, sx, w2, n, dOut, colsG, group);
+  }
 }
 
 /**

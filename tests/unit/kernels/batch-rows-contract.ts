@@ -152,7 +152,7 @@ export function batchRowsContract(kernels: () => Kernels, q8Paths: Q8Path[]): vo
     });
 
     it.each([
-      [40, 24, 32],
+      [44, 24, 32],
       [96, 202, 64],
       [33, 70, 32],
     ])("expertFfnQ4g (int4 4-token tiles, every dot form, same bits across forms) %i×%i group %i", (d, f, g) => {
