@@ -1,7 +1,7 @@
 /**
  * @module expert-q4g-relaxed — the SIMD 4-bit group matmul, mainly on the relaxed i8×i7 dot (relaxed
  * build, when the host's probe found a relaxed dot form that agrees with exact arithmetic:
- * setQ4DotForm); form 0 is plain SIMD (signed nibbles, i16 products) for the simd build.
+ * setQ4DotForm); form 0, plain SIMD for the simd build, is in expert-q4g-plain.ts.
  *
  * Panels interleave their 4 rows by 4 bytes (expert-q4g.ts has the layout): one 16-byte load holds
  * 4 weights of each of the 4 rows, and its nibbles meet a splat of the same 4 activations. So the
@@ -19,11 +19,12 @@
  * A row's i32 sum goes to f32 once per 8192 inputs (the i32 bound 8192·255·8·127), then
  * f32(Σ) · unit · sx: integer sums are exact, so every form, build and batch size gives the same
  * bits. Tokens run 4 at a time through a panel (the unpacked nibbles feed 4 tokens' dots), then
- * one at a time; a token's sums are the same either way.
+ * one at a time; at 1–3 tokens (decode) two panels are read side by side (gate with up, or a panel
+ * with the one half a matrix on: two weight streams in flight). A token's sums are the same on
+ * every path.
  */
 
-/** Inputs summed in i32 before a row's partial goes to f32: 8192 · 255 · 8 · 127 < 2^31. */
-const CHUNK = 8192;
+import { CHUNK, q4gPanelsPlain, q4gTail, storeRows } from "./expert-q4g-plain";
 
 /** out[n, dOut] = xq · (u − 8)ᵀ, scaled per row (and out2 from w2 when w2 ≠ 0, the same shape);
  * form 0 (plain SIMD), 1 (relaxed i16x8 dot) or 2 (relaxed i32x4 dot-add); forms 1 and 2 only in
@@ -114,14 +115,6 @@ function runBlocks<F>(group: i32): i32 {
   return sizeof<F>() == 2 ? 2 : group >> 5;
 }
 
-/** y = f32(Σ) · unit · sx for 4 rows of token t. */
-// @ts-ignore: decorator
-@inline
-function storeRows(out: usize, f: v128, u4: v128, sx: usize, t: i32, oRow: usize, j: i32): void {
-  const y = f32x4.mul(f32x4.mul(f, u4), f32x4.splat(load<f32>(sx + (<usize>t << 2))));
-  v128.store(out + <usize>t * oRow + (<usize>j << 2), y);
-}
-
 /** Shapes of one matrix pass, shared by the panel loops. */
 @unmanaged
 class Dims {
@@ -197,7 +190,9 @@ function q4gPanels<F>(
       if (w2 != 0) tile4<F>(d, out2, xq, sx, zv, w2 + wOff, w2 + sOff, v128.load(w2 + uOff), t, j);
     }
     for (; t < n; t++) {
-      if (w2 != 0) one2<F>(d, out, out2, xq, sx, zv, w + wOff, w2 + wOff, w + sOff, w2 + sOff, w + uOff, w2 + uOff, t, j);
+      if (w2 != 0) {
+        one2<F>(d, out, out2, xq, sx, zv, w + wOff, w2 + wOff, w + sOff, w2 + sOff, w + uOff, w2 + uOff, t, j);
+      }
       else one<F>(d, out, xq, sx, zv, w + wOff, w + sOff, v128.load(w + uOff), t, j);
     }
   }
@@ -205,7 +200,9 @@ function q4gPanels<F>(
 
 /** Tokens t..t+3 through one panel (w0 its nibbles, s0 its subs, u4 its units): each column's
  * nibbles unpacked once, then dotted with each token's activations. */
-function tile4<F>(d: Dims, out: usize, xq: usize, sx: usize, zv: usize, w0: usize, s0: usize, u4: v128, t: i32, j: i32): void {
+function tile4<F>(
+  d: Dims, out: usize, xq: usize, sx: usize, zv: usize, w0: usize, s0: usize, u4: v128, t: i32, j: i32,
+): void {
   const xRow = d.xRow;
   const zRow = d.zRow;
   const group = d.group;
@@ -264,7 +261,9 @@ function tile4<F>(d: Dims, out: usize, xq: usize, sx: usize, zv: usize, w0: usiz
 }
 
 /** Token t through one panel. */
-function one<F>(d: Dims, out: usize, xq: usize, sx: usize, zv: usize, w0: usize, s0: usize, u4: v128, t: i32, j: i32): void {
+function one<F>(
+  d: Dims, out: usize, xq: usize, sx: usize, zv: usize, w0: usize, s0: usize, u4: v128, t: i32, j: i32,
+): void {
   const group = d.group;
   const groups = d.groups;
   const chunkGroups = d.chunkGroups;
@@ -325,102 +324,4 @@ function one2<F>(
   }
   storeRows(out, f, v128.load(uo), sx, t, d.oRow, j);
   storeRows(out2, e, v128.load(uo2), sx, t, d.oRow, j);
-}
-
-/** Form 0 (plain SIMD): signed nibbles, i16 products; rows 0–1 in the low half of each column's
- * products and rows 2–3 in the high half, each half's 4 lanes scaled by its row's sub-scale. */
-function q4gPanelsPlain(
-  out: usize, xq: usize, sx: usize, w: usize, n: i32, dOut: i32, colsG: i32, group: i32,
-): void {
-  const groups = colsG / group;
-  const chunkGroups = max(1, CHUNK / group);
-  const wRow = <usize>(colsG >> 1);
-  const units = w + <usize>dOut * wRow;
-  const subs = units + (<usize>dOut << 2);
-  const sRow = <usize>groups << 1;
-  const oRow = <usize>dOut << 2;
-  for (let j = 0; j + 4 <= dOut; j += 4) {
-    const w0 = w + <usize>j * wRow;
-    const s0 = subs + <usize>j * sRow;
-    const u4 = v128.load(units + (<usize>j << 2));
-    for (let t = 0; t < n; t++) {
-      const xt = xq + <usize>t * <usize>colsG;
-      let f = f32x4.splat(0);
-      for (let g0 = 0; g0 < groups; g0 += chunkGroups) {
-        let aL = i32x4.splat(0), aH = i32x4.splat(0);
-        const g1 = min(groups, g0 + chunkGroups);
-        for (let g = g0; g < g1; g++) {
-          const s = v128.load64_zero(s0 + (<usize>g << 3));
-          const sL = v128.shuffle<i16>(s, s, 0, 0, 0, 0, 1, 1, 1, 1);
-          const sH = v128.shuffle<i16>(s, s, 2, 2, 2, 2, 3, 3, 3, 3);
-          const kEnd = <usize>((g + 1) * group);
-          for (let k = <usize>(g * group); k < kEnd; ) {
-            // Up to 4 blocks in i16: |Σ| ≤ 4 · 8 · 8 · 127 per lane.
-            const runEnd = min(kEnd, k + 128);
-            let pL = i16x8.splat(0), pH = i16x8.splat(0);
-            for (; k < runEnd; k += 32) {
-              for (let c: usize = 0; c < 16; c += 4) {
-                const v = v128.load(w0 + (k << 1) + (c << 2));
-                const ql = i8x16.sub(v128.and(v, i8x16.splat(15)), i8x16.splat(8));
-                const qh = i8x16.sub(i8x16.shr_u(v, 4), i8x16.splat(8));
-                const xl = v128.load32_splat(xt + k + c);
-                const xh = v128.load32_splat(xt + k + c, 16);
-                pL = i16x8.add(pL, i16x8.add(i16x8.extmul_low_i8x16_s(ql, xl), i16x8.extmul_low_i8x16_s(qh, xh)));
-                pH = i16x8.add(pH, i16x8.add(i16x8.extmul_high_i8x16_s(ql, xl), i16x8.extmul_high_i8x16_s(qh, xh)));
-              }
-            }
-            aL = i32x4.add(aL, i32x4.dot_i16x8_s(pL, sL));
-            aH = i32x4.add(aH, i32x4.dot_i16x8_s(pH, sH));
-          }
-        }
-        const rows = i32x4.add(v128.shuffle<i32>(aL, aH, 0, 2, 4, 6), v128.shuffle<i32>(aL, aH, 1, 3, 5, 7));
-        f = f32x4.add(f, f32x4.convert_i32x4_s(rows));
-      }
-      storeRows(out, f, u4, sx, t, oRow, j);
-    }
-  }
-}
-
-/** The dOut % 4 rows after the last whole panel (row-major, plain SIMD on signed nibbles). */
-function q4gTail(out: usize, xq: usize, sx: usize, w: usize, n: i32, dOut: i32, colsG: i32, group: i32): void {
-  const groups = colsG / group;
-  const chunkGroups = max(1, CHUNK / group);
-  const wRow = <usize>(colsG >> 1);
-  const units = w + <usize>dOut * wRow;
-  const subs = units + (<usize>dOut << 2);
-  const sRow = <usize>groups << 1;
-  for (let j = dOut & ~3; j < dOut; j++) {
-    const wj = w + <usize>j * wRow;
-    const sj = subs + <usize>j * sRow;
-    const unit = load<f32>(units + (<usize>j << 2));
-    for (let t = 0; t < n; t++) {
-      const xt = xq + <usize>t * <usize>colsG;
-      let f: f32 = 0;
-      for (let g0 = 0; g0 < groups; g0 += chunkGroups) {
-        let a = i32x4.splat(0);
-        const g1 = min(groups, g0 + chunkGroups);
-        for (let g = g0; g < g1; g++) {
-          const kEnd = <usize>((g + 1) * group);
-          for (let k = <usize>(g * group); k < kEnd; ) {
-            // Up to 8 blocks in i16: |Σ| ≤ 8 · 4 · 8 · 127 per lane.
-            const runEnd = min(kEnd, k + 256);
-            let p = i16x8.splat(0);
-            for (; k < runEnd; k += 32) {
-              const v = v128.load(wj + (k >> 1));
-              const ql = i8x16.sub(v128.and(v, i8x16.splat(15)), i8x16.splat(8));
-              const qh = i8x16.sub(i8x16.shr_u(v, 4), i8x16.splat(8));
-              const x0 = v128.load(xt + k);
-              const x1 = v128.load(xt + k, 16);
-              p = i16x8.add(p, i16x8.add(i16x8.extmul_low_i8x16_s(ql, x0), i16x8.extmul_high_i8x16_s(ql, x0)));
-              p = i16x8.add(p, i16x8.add(i16x8.extmul_low_i8x16_s(qh, x1), i16x8.extmul_high_i8x16_s(qh, x1)));
-            }
-            a = i32x4.add(a, i32x4.dot_i16x8_s(p, v128.load16_splat(sj + (<usize>g << 1))));
-          }
-        }
-        f += <f32>(i32x4.extract_lane(a, 0) + i32x4.extract_lane(a, 1) + i32x4.extract_lane(a, 2) +
-          i32x4.extract_lane(a, 3));
-      }
-      store<f32>(out + ((<usize>t * <usize>dOut + <usize>j) << 2), f * unit * load<f32>(sx + (<usize>t << 2)));
-    }
-  }
 }
