@@ -154,29 +154,29 @@ function q4gPanels<F>(
   const units = <usize>dOut * d.wRow;
   const subs = units + (<usize>dOut << 2);
   if (n < 4) {
-    // Decode (1–3 tokens): two weight streams side by side — gate and up, or the first and second
-    // half of the panels of one matrix — so more of the weight reads are in flight at once.
+    // Decode (1–3 tokens): four weight streams side by side — gate and up, each in two halves, or
+    // the four quarters of the panels of one matrix — so more weight reads are in flight at once.
     const panels = dOut >> 2;
-    const half = w2 != 0 ? 0 : <usize>(panels >> 1) << 2; // rows
-    const pairs = w2 != 0 ? panels : panels >> 1;
-    const out2b = w2 != 0 ? out2 : out + (half << 2);
-    const w2b = w2 != 0 ? w2 : w + half * d.wRow;
-    const s2b = w2 != 0 ? w2 : w + half * d.sRow; // + subs offset: the second stream's subs
-    const u2b = w2 != 0 ? w2 : w + (half << 2);
-    for (let p = 0; p < pairs; p++) {
-      const j = p << 2;
+    const span = w2 != 0 ? <usize>(panels >> 1) << 2 : <usize>(panels >> 2) << 2; // rows per stream
+    for (let j: usize = 0; j < span; j += 4) {
+      for (let i: usize = 0; i < 4; i++) {
+        const two = w2 != 0;
+        const m = two && (i & 1) != 0 ? w2 : w;
+        const r = j + (two ? (i >> 1) : i) * span;
+        setStream(i, m, two && (i & 1) != 0 ? out2 : out, r, units, subs, d);
+      }
+      for (let t = 0; t < n; t++) one4<F>(d, xq, sx, zv, t);
+    }
+    // The panels after the streams' spans, one (or gate with up) at a time.
+    for (let j = <i32>(w2 != 0 ? 2 * span : 4 * span); j + 4 <= dOut; j += 4) {
       const wOff = <usize>j * d.wRow;
       const sOff = subs + <usize>j * d.sRow;
       const uOff = units + (<usize>j << 2);
       for (let t = 0; t < n; t++) {
-        one2<F>(d, out, out2b, xq, sx, zv, w + wOff, w2b + wOff, w + sOff, s2b + sOff, w + uOff, u2b + uOff, t, j);
+        if (w2 != 0) {
+          one2<F>(d, out, out2, xq, sx, zv, w + wOff, w2 + wOff, w + sOff, w2 + sOff, w + uOff, w2 + uOff, t, j);
+        } else one<F>(d, out, xq, sx, zv, w + wOff, w + sOff, v128.load(w + uOff), t, j);
       }
-    }
-    if (w2 == 0 && (panels & 1) != 0) {
-      const j = (panels - 1) << 2;
-      const sOff = subs + <usize>j * d.sRow;
-      const u4 = v128.load(w + units + (<usize>j << 2));
-      for (let t = 0; t < n; t++) one<F>(d, out, xq, sx, zv, w + <usize>j * d.wRow, w + sOff, u4, t, j);
     }
     return;
   }
@@ -196,6 +196,69 @@ function q4gPanels<F>(
       else one<F>(d, out, xq, sx, zv, w + wOff, w + sOff, v128.load(w + uOff), t, j);
     }
   }
+}
+
+/** The 4 streams of one4: per stream its panel's nibbles, subs, units and output (row-offset) base. */
+const STREAMS = memory.data(64);
+
+// @ts-ignore: decorator
+@inline
+function setStream(i: usize, m: usize, out: usize, row: usize, units: usize, subs: usize, d: Dims): void {
+  const p = STREAMS + (i << 4);
+  store<usize>(p, m + row * d.wRow);
+  store<usize>(p, m + subs + row * d.sRow, 4);
+  store<usize>(p, m + units + (row << 2), 8);
+  store<usize>(p, out + (row << 2), 12);
+}
+
+/** Token t through the 4 panels set in STREAMS (setStream): 4 weight streams side by side. */
+function one4<F>(d: Dims, xq: usize, sx: usize, zv: usize, t: i32): void {
+  const group = d.group;
+  const groups = d.groups;
+  const chunkGroups = d.chunkGroups;
+  const run = <usize>d.run;
+  const xt = xq + <usize>t * d.xRow;
+  const zt = zv + <usize>t * d.zRow;
+  const w0 = load<usize>(STREAMS), w1 = load<usize>(STREAMS, 16);
+  const w2 = load<usize>(STREAMS, 32), w3 = load<usize>(STREAMS, 48);
+  const s0 = load<usize>(STREAMS, 4), s1 = load<usize>(STREAMS, 20);
+  const s2 = load<usize>(STREAMS, 36), s3 = load<usize>(STREAMS, 52);
+  let f0 = f32x4.splat(0), f1 = f32x4.splat(0), f2 = f32x4.splat(0), f3 = f32x4.splat(0);
+  for (let g0 = 0; g0 < groups; g0 += chunkGroups) {
+    let a0 = i32x4.splat(0), a1 = i32x4.splat(0), a2 = i32x4.splat(0), a3 = i32x4.splat(0);
+    const g1 = min(groups, g0 + chunkGroups);
+    for (let g = g0; g < g1; g++) {
+      const kEnd = <usize>((g + 1) * group);
+      for (let k = <usize>(g * group); k < kEnd; ) {
+        const runEnd = min(kEnd, k + (run << 5));
+        const z = v128.load32_splat(zt + (k >> 3));
+        let p0 = block<F>(w0 + (k << 1), xt + k, z);
+        let p1 = block<F>(w1 + (k << 1), xt + k, z);
+        let p2 = block<F>(w2 + (k << 1), xt + k, z);
+        let p3 = block<F>(w3 + (k << 1), xt + k, z);
+        for (k += 32; k < runEnd; k += 32) {
+          p0 = block<F>(w0 + (k << 1), xt + k, zeroAdd<F>(p0, zt + (k >> 3)));
+          p1 = block<F>(w1 + (k << 1), xt + k, zeroAdd<F>(p1, zt + (k >> 3)));
+          p2 = block<F>(w2 + (k << 1), xt + k, zeroAdd<F>(p2, zt + (k >> 3)));
+          p3 = block<F>(w3 + (k << 1), xt + k, zeroAdd<F>(p3, zt + (k >> 3)));
+        }
+        const sg = <usize>g << 3;
+        a0 = scaled<F>(a0, p0, subVec<F>(s0 + sg));
+        a1 = scaled<F>(a1, p1, subVec<F>(s1 + sg));
+        a2 = scaled<F>(a2, p2, subVec<F>(s2 + sg));
+        a3 = scaled<F>(a3, p3, subVec<F>(s3 + sg));
+      }
+    }
+    f0 = f32x4.add(f0, f32x4.convert_i32x4_s(a0));
+    f1 = f32x4.add(f1, f32x4.convert_i32x4_s(a1));
+    f2 = f32x4.add(f2, f32x4.convert_i32x4_s(a2));
+    f3 = f32x4.add(f3, f32x4.convert_i32x4_s(a3));
+  }
+  const oRow = d.oRow;
+  storeRows(load<usize>(STREAMS, 12), f0, v128.load(load<usize>(STREAMS, 8)), sx, t, oRow, 0);
+  storeRows(load<usize>(STREAMS, 28), f1, v128.load(load<usize>(STREAMS, 24)), sx, t, oRow, 0);
+  storeRows(load<usize>(STREAMS, 44), f2, v128.load(load<usize>(STREAMS, 40)), sx, t, oRow, 0);
+  storeRows(load<usize>(STREAMS, 60), f3, v128.load(load<usize>(STREAMS, 56)), sx, t, oRow, 0);
 }
 
 /** Tokens t..t+3 through one panel (w0 its nibbles, s0 its subs, u4 its units): each column's
