@@ -227,7 +227,18 @@ function one4<F>(d: Dims, xq: usize, sx: usize, zv: usize, t: i32): void {
   for (let g0 = 0; g0 < groups; g0 += chunkGroups) {
     let a0 = i32x4.splat(0), a1 = i32x4.splat(0), a2 = i32x4.splat(0), a3 = i32x4.splat(0);
     const g1 = min(groups, g0 + chunkGroups);
-    for (let g = g0; g < g1; g++) {
+    if (group == 32) {
+      // One block per group (the default): no run loop.
+      for (let g = g0; g < g1; g++) {
+        const k = <usize>g << 5;
+        const z = v128.load32_splat(zt + (k >> 3));
+        const sg = <usize>g << 3;
+        a0 = scaled<F>(a0, block<F>(w0 + (k << 1), xt + k, z), subVec<F>(s0 + sg));
+        a1 = scaled<F>(a1, block<F>(w1 + (k << 1), xt + k, z), subVec<F>(s1 + sg));
+        a2 = scaled<F>(a2, block<F>(w2 + (k << 1), xt + k, z), subVec<F>(s2 + sg));
+        a3 = scaled<F>(a3, block<F>(w3 + (k << 1), xt + k, z), subVec<F>(s3 + sg));
+      }
+    } else for (let g = g0; g < g1; g++) {
       const kEnd = <usize>((g + 1) * group);
       for (let k = <usize>(g * group); k < kEnd; ) {
         const runEnd = min(kEnd, k + (run << 5));
