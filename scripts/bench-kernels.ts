@@ -23,7 +23,7 @@
 import { execFileSync } from "node:child_process";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { cpus, totalmem } from "node:os";
-import { dirname } from "node:path";
+import { dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { loadKernels } from "../src/kernels/node";
 import type { KernelFlavor } from "../src/kernels/index";
@@ -401,8 +401,10 @@ async function main(): Promise<void> {
     dense,
     seconds: (performance.now() - started) / 1000,
   };
-  mkdirSync(dirname(`${ROOT}${args.out}`), { recursive: true });
-  writeFileSync(`${ROOT}${args.out}`, JSON.stringify(json, null, 2));
+  // --out is relative to the project root unless absolute.
+  const outPath = resolve(ROOT, args.out);
+  mkdirSync(dirname(outPath), { recursive: true });
+  writeFileSync(outPath, JSON.stringify(json, null, 2));
   log(`\nwrote ${args.out} (${json.seconds.toFixed(0)} s)`);
 }
 
