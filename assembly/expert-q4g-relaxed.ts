@@ -1,181 +1,326 @@
 /**
  * @module expert-q4g-relaxed — the SIMD 4-bit group matmul, mainly on the relaxed i8×i7 dot (relaxed
  * build, when the host's probe found a relaxed dot form that agrees with exact arithmetic:
- * setQ4DotForm); form 0 is the same loop on plain SIMD (signed nibbles, i16 products) for the simd
- * build.
+ * setQ4DotForm); form 0, plain SIMD for the simd build, is in expert-q4g-plain.ts.
  *
- * The 4-bit weights are used as stored, unsigned nibbles u = q + 8 ∈ [0, 15] — valid second
- * operands of the i8×i7 dot — against 8-bit activations: one instruction per 16 multiply-adds and
- * no widening. Per 32 inputs the i16 form gives 8 lanes of 4-input sums of u·x (|·| ≤ 4·127·15);
- * the zero point comes out per lane with one i16 subtract of z = 8·(the same 4 activations' sum),
- * precomputed per token (expert-q4g.ts quantizeTokensQ4), leaving Σ q·x (|·| ≤ 4·8·127). Up to 8
- * such blocks of a group are added in i16, then one `i32x4.dot_i16x8_s` against the splatted
- * integer sub-scale multiplies and widens at once. So a group costs no float work: a row's i32 sum
- * goes to f32 once per 8192 inputs (the i32 bound), then f32(Σ) · unit · sx. Integer sums are
- * exact, so every form and build gives the same bits (expert-q4g.ts has the layout).
+ * Panels interleave their 4 rows by 4 bytes (expert-q4g.ts has the layout): one 16-byte load holds
+ * 4 weights of each of the 4 rows, and its nibbles meet a splat of the same 4 activations. So the
+ * relaxed i16 dot's lanes are already the 4 rows' pair sums ([2r + h] for row r), the 8 dots of a
+ * 32-input block add up in i16 across rows, and ONE `i32x4.dot_i16x8_s` against the group's 4
+ * sub-scales (each twice) multiplies, widens and gives lane r = row r — per 32 inputs and 4 rows
+ * one multiply-add and one zero-point add instead of four of each. The dot-add form (AVX-VNNI)
+ * accumulates lane r in i32 and multiplies by the sub-scales per group.
+ *
+ * The 4-bit weights are used as stored, unsigned nibbles u = q + 8 ∈ [0, 15] (valid 7-bit operands),
+ * against 8-bit activations; Σ (u − 8)·x = Σ u·x − 8·Σ x, and the per-token −8·Σ x of each lane
+ * (zero points, quantizeTokensQ4) starts each block's sum. i16 sums wrap, but a block's result is
+ * |Σ q·x| ≤ 2·8·8·127 per lane, two blocks stay below 2^15, so the wrapped sums are exact.
+ *
+ * A row's i32 sum goes to f32 once per 8192 inputs (the i32 bound 8192·255·8·127), then
+ * f32(Σ) · unit · sx: integer sums are exact, so every form, build and batch size gives the same
+ * bits. Tokens run 4 at a time through a panel (the unpacked nibbles feed 4 tokens' dots), then
+ * one at a time; at 1–3 tokens (decode) two panels are read side by side (gate with up, or a panel
+ * with the one half a matrix on: two weight streams in flight). A token's sums are the same on
+ * every path.
  */
-import { hsum4i } from "./simd-math";
 
-/** Σ over 32 inputs of (u − 8)·x in lanes: v the 16 nibble bytes, x0/x1 the 16 + 16 activations,
- * z the zero-point lanes (relaxed forms). i16 lanes (|·| ≤ 4·8·127) for forms 0 and 1, i32 for 2. */
-// @ts-ignore: decorator
-@inline
-function part<F>(v: v128, x0: v128, x1: v128, z: v128): v128 {
-  const lo = v128.and(v, i8x16.splat(15));
-  if (sizeof<F>() == 1) {
-    // Plain SIMD: signed weights, i16 products (|q·x| ≤ 8·127), four summed per lane.
-    const ql = i8x16.sub(lo, i8x16.splat(8));
-    const qh = i8x16.sub(i8x16.shr_u(v, 4), i8x16.splat(8));
-    return i16x8.add(
-      i16x8.add(i16x8.extmul_low_i8x16_s(ql, x0), i16x8.extmul_high_i8x16_s(ql, x0)),
-      i16x8.add(i16x8.extmul_low_i8x16_s(qh, x1), i16x8.extmul_high_i8x16_s(qh, x1)),
-    );
-  }
-  const hi = v128.and(i16x8.shr_u(v, 4), i8x16.splat(15));
-  if (sizeof<F>() == 2) {
-    const s = i16x8.add(i16x8.relaxed_dot_i8x16_i7x16_s(x0, lo), i16x8.relaxed_dot_i8x16_i7x16_s(x1, hi));
-    return i16x8.sub(s, z);
-  }
-  // The dot-add form's lane i is the i16 form's lanes 2i + 2i+1, so z's pair sums are its zero point.
-  const s = i32x4.relaxed_dot_i8x16_i7x16_add_s(x1, hi, i32x4.relaxed_dot_i8x16_i7x16_add_s(x0, lo, i32x4.splat(0)));
-  return i32x4.sub(s, i32x4.extadd_pairwise_i16x8_s(z));
-}
+import { block, col, Dims, dimsOf, nibHi, nibLo, scaled, subVec, zeroAdd } from "./expert-q4g-ops";
+import { q4gPanelsPlain, q4gTail, storeRows } from "./expert-q4g-plain";
 
-/** p + q for part()'s lanes (up to 8 parts in i16: ≤ 8·4064 < 2^15). */
-// @ts-ignore: decorator
-@inline
-function addPart<F>(p: v128, q: v128): v128 {
-  return sizeof<F>() <= 2 ? i16x8.add(p, q) : i32x4.add(p, q);
-}
-
-/** acc + sub · p: one i16 multiply-add into i32 (forms 0, 1) or an i32 multiply (form 2). */
-// @ts-ignore: decorator
-@inline
-function scaled<F>(acc: v128, p: v128, c: v128): v128 {
-  return i32x4.add(acc, sizeof<F>() <= 2 ? i32x4.dot_i16x8_s(p, c) : i32x4.mul(p, c));
-}
-
-/** The sub-scale at p for scaled(): splat to i16 lanes (forms 0, 1) or i32 lanes (form 2). */
-// @ts-ignore: decorator
-@inline
-function subAt<F>(p: usize): v128 {
-  if (sizeof<F>() <= 2) return v128.load16_splat(p);
-  return i32x4.splat(<i32>load<i16>(p));
-}
-
-/** Inputs summed in i32 before a row's partial goes to f32: 8192 · 255 · 8 · 127 < 2^31. */
-const CHUNK = 8192;
-/** 32-input blocks summed in i16 before the sub-scale multiply. */
-const RUN = 8;
-
-/** out[n, dOut] = xq · (u − 8)ᵀ, scaled per row; form 0 (plain SIMD, zv unused), 1 (relaxed
- * i16x8 dot) or 2 (relaxed i32x4 dot-add); forms 1 and 2 only in the relaxed build. */
+/** out[n, dOut] = xq · (u − 8)ᵀ, scaled per row (and out2 from w2 when w2 ≠ 0, the same shape);
+ * form 0 (plain SIMD), 1 (relaxed i16x8 dot) or 2 (relaxed i32x4 dot-add); forms 1 and 2 only in
+ * the relaxed build. */
 export function matmulQ4gSimd(
-  out: usize, xq: usize, sx: usize, zv: usize, w: usize, n: i32, dOut: i32, colsG: i32, group: i32, form: i32,
+  out: usize, out2: usize, xq: usize, sx: usize, zv: usize, w: usize, w2: usize, n: i32, dOut: i32, colsG: i32,
+  group: i32, form: i32,
 ): void {
-  if (ASC_FEATURE_RELAXED_SIMD) {
-    if (form == 1) {
-      q4gRelaxed<i16>(out, xq, sx, zv, w, n, dOut, colsG, group);
-      return;
-    }
-    if (form == 2) {
-      q4gRelaxed<i32>(out, xq, sx, zv, w, n, dOut, colsG, group);
-      return;
-    }
+  if (ASC_FEATURE_RELAXED_SIMD && form == 1) q4gPanels<i16>(out, out2, xq, sx, zv, w, w2, n, dOut, colsG, group);
+  else if (ASC_FEATURE_RELAXED_SIMD && form == 2) q4gPanels<i32>(out, out2, xq, sx, zv, w, w2, n, dOut, colsG, group);
+  else {
+    q4gPanelsPlain(out, xq, sx, w, n, dOut, colsG, group);
+    if (w2 != 0) q4gPanelsPlain(out2, xq, sx, w2, n, dOut, colsG, group);
   }
-  q4gRelaxed<i8>(out, xq, sx, zv, w, n, dOut, colsG, group);
+  q4gTail(out, xq, sx, w, n, dOut, colsG, group);
+  if (w2 != 0) q4gTail(out2, xq, sx, w2, n, dOut, colsG, group);
 }
 
-/** 4-row panels (64 bytes per 32 inputs: one sequential stream), tokens inside a panel (its 4 rows
- * stay in L1 for every token after the first); rows after the last whole panel are row-major. */
-function q4gRelaxed<F>(
-  out: usize, xq: usize, sx: usize, zv: usize, w: usize, n: i32, dOut: i32, colsG: i32, group: i32,
+/** Panel rows of w (and of w2 into out2 when w2 ≠ 0: gate and up in one pass, two weight streams
+ * read side by side and one set of activation loads). */
+function q4gPanels<F>(
+  out: usize, out2: usize, xq: usize, sx: usize, zv: usize, w: usize, w2: usize, n: i32, dOut: i32, colsG: i32,
+  group: i32,
 ): void {
-  const groups = colsG / group;
-  const chunkGroups = max(1, CHUNK / group);
-  const wRow = <usize>(colsG >> 1);
-  const units = w + <usize>dOut * wRow;
+  const d = dimsOf<F>(changetype<Dims>(memory.data(offsetof<Dims>(), 16)), dOut, colsG, group);
+  const units = <usize>dOut * d.wRow;
   const subs = units + (<usize>dOut << 2);
-  const sRow = <usize>groups << 1;
-  const oRow = <usize>dOut << 2;
-  let j = 0;
-  for (; j + 4 <= dOut; j += 4) {
-    const w0 = w + <usize>j * wRow;
-    const s0 = subs + <usize>j * sRow;
-    const u4 = v128.load(units + (<usize>j << 2));
-    for (let t = 0; t < n; t++) {
-      const xt = xq + <usize>t * <usize>colsG;
-      const zt = zv + <usize>t * wRow;
-      let f = f32x4.splat(0);
-      for (let g0 = 0; g0 < groups; g0 += chunkGroups) {
-        let a0 = i32x4.splat(0), a1 = i32x4.splat(0), a2 = i32x4.splat(0), a3 = i32x4.splat(0);
-        const g1 = min(groups, g0 + chunkGroups);
-        for (let g = g0; g < g1; g++) {
-          const sg = s0 + (<usize>g << 1);
-          const kEnd = <usize>((g + 1) * group);
-          for (let k = <usize>(g * group); k < kEnd; ) {
-            // The run's first block starts the i16 sums (no add to zero: most groups are one block).
-            const runEnd = min(kEnd, k + (RUN << 5));
-            const xa = v128.load(xt + k);
-            const xb = v128.load(xt + k, 16);
-            const za = sizeof<F>() == 1 ? xa : v128.load(zt + (k >> 1));
-            const wa = w0 + (k << 1);
-            let p0 = part<F>(v128.load(wa), xa, xb, za);
-            let p1 = part<F>(v128.load(wa, 16), xa, xb, za);
-            let p2 = part<F>(v128.load(wa, 32), xa, xb, za);
-            let p3 = part<F>(v128.load(wa, 48), xa, xb, za);
-            for (k += 32; k < runEnd; k += 32) {
-              const x0 = v128.load(xt + k);
-              const x1 = v128.load(xt + k, 16);
-              const z = sizeof<F>() == 1 ? x0 : v128.load(zt + (k >> 1));
-              const wk = w0 + (k << 1);
-              p0 = addPart<F>(p0, part<F>(v128.load(wk), x0, x1, z));
-              p1 = addPart<F>(p1, part<F>(v128.load(wk, 16), x0, x1, z));
-              p2 = addPart<F>(p2, part<F>(v128.load(wk, 32), x0, x1, z));
-              p3 = addPart<F>(p3, part<F>(v128.load(wk, 48), x0, x1, z));
-            }
-            a0 = scaled<F>(a0, p0, subAt<F>(sg));
-            a1 = scaled<F>(a1, p1, subAt<F>(sg + sRow));
-            a2 = scaled<F>(a2, p2, subAt<F>(sg + 2 * sRow));
-            a3 = scaled<F>(a3, p3, subAt<F>(sg + 3 * sRow));
-          }
-        }
-        f = f32x4.add(f, f32x4.convert_i32x4_s(hsum4i(a0, a1, a2, a3)));
+  if (n < 4) {
+    // Decode (1–3 tokens): four weight streams side by side — gate and up, each in two halves, or
+    // the four quarters of the panels of one matrix — so more weight reads are in flight at once.
+    const panels = dOut >> 2;
+    const span = w2 != 0 ? <usize>(panels >> 1) << 2 : <usize>(panels >> 2) << 2; // rows per stream
+    for (let j: usize = 0; j < span; j += 4) {
+      for (let i: usize = 0; i < 4; i++) {
+        const two = w2 != 0;
+        const m = two && (i & 1) != 0 ? w2 : w;
+        const r = j + (two ? (i >> 1) : i) * span;
+        setStream(i, m, two && (i & 1) != 0 ? out2 : out, r, units, subs, d);
       }
-      const y = f32x4.mul(f32x4.mul(f, u4), f32x4.splat(load<f32>(sx + (<usize>t << 2))));
-      v128.store(out + <usize>t * oRow + (<usize>j << 2), y);
+      for (let t = 0; t < n; t++) one4<F>(d, xq, sx, zv, t);
+    }
+    // The panels after the streams' spans, one (or gate with up) at a time.
+    for (let j = <i32>(w2 != 0 ? 2 * span : 4 * span); j + 4 <= dOut; j += 4) {
+      const wOff = <usize>j * d.wRow;
+      const sOff = subs + <usize>j * d.sRow;
+      const uOff = units + (<usize>j << 2);
+      for (let t = 0; t < n; t++) {
+        if (w2 != 0) {
+          one2<F>(d, out, out2, xq, sx, zv, w + wOff, w2 + wOff, w + sOff, w2 + sOff, w + uOff, w2 + uOff, t, j);
+        } else one<F>(d, out, xq, sx, zv, w + wOff, w + sOff, v128.load(w + uOff), t, j);
+      }
+    }
+    return;
+  }
+  for (let j = 0; j + 4 <= dOut; j += 4) {
+    const wOff = <usize>j * d.wRow;
+    const sOff = subs + <usize>j * d.sRow;
+    const uOff = units + (<usize>j << 2);
+    let t = 0;
+    for (; t + 4 <= n; t += 4) {
+      tile4<F>(d, out, xq, sx, zv, w + wOff, w + sOff, v128.load(w + uOff), t, j);
+      if (w2 != 0) tile4<F>(d, out2, xq, sx, zv, w2 + wOff, w2 + sOff, v128.load(w2 + uOff), t, j);
+    }
+    for (; t < n; t++) {
+      if (w2 != 0) {
+        one2<F>(d, out, out2, xq, sx, zv, w + wOff, w2 + wOff, w + sOff, w2 + sOff, w + uOff, w2 + uOff, t, j);
+      }
+      else one<F>(d, out, xq, sx, zv, w + wOff, w + sOff, v128.load(w + uOff), t, j);
     }
   }
-  for (; j < dOut; j++) {
-    const wj = w + <usize>j * wRow;
-    const sj = subs + <usize>j * sRow;
-    const unit = load<f32>(units + (<usize>j << 2));
-    for (let t = 0; t < n; t++) {
-      const xt = xq + <usize>t * <usize>colsG;
-      const zt = zv + <usize>t * wRow;
-      let f: f32 = 0;
-      for (let g0 = 0; g0 < groups; g0 += chunkGroups) {
-        let a = i32x4.splat(0);
-        const g1 = min(groups, g0 + chunkGroups);
-        for (let g = g0; g < g1; g++) {
-          const kEnd = <usize>((g + 1) * group);
-          for (let k = <usize>(g * group); k < kEnd; ) {
-            const runEnd = min(kEnd, k + (RUN << 5));
-            const xa = v128.load(xt + k);
-            const za = sizeof<F>() == 1 ? xa : v128.load(zt + (k >> 1));
-            let p = part<F>(v128.load(wj + (k >> 1)), xa, v128.load(xt + k, 16), za);
-            for (k += 32; k < runEnd; k += 32) {
-              const x0 = v128.load(xt + k);
-              const z = sizeof<F>() == 1 ? x0 : v128.load(zt + (k >> 1));
-              p = addPart<F>(p, part<F>(v128.load(wj + (k >> 1)), x0, v128.load(xt + k, 16), z));
-            }
-            a = scaled<F>(a, p, subAt<F>(sj + (<usize>g << 1)));
-          }
-        }
-        f += <f32>(i32x4.extract_lane(a, 0) + i32x4.extract_lane(a, 1) + i32x4.extract_lane(a, 2) +
-          i32x4.extract_lane(a, 3));
+}
+
+/** The 4 streams of one4: per stream its panel's nibbles, subs, units and output (row-offset) base. */
+const STREAMS = memory.data(64);
+
+// @ts-ignore: decorator
+@inline
+function setStream(i: usize, m: usize, out: usize, row: usize, units: usize, subs: usize, d: Dims): void {
+  const p = STREAMS + (i << 4);
+  store<usize>(p, m + row * d.wRow);
+  store<usize>(p, m + subs + row * d.sRow, 4);
+  store<usize>(p, m + units + (row << 2), 8);
+  store<usize>(p, out + (row << 2), 12);
+}
+
+/** Token t through the 4 panels set in STREAMS (setStream): 4 weight streams side by side. */
+function one4<F>(d: Dims, xq: usize, sx: usize, zv: usize, t: i32): void {
+  const group = d.group;
+  const groups = d.groups;
+  const chunkGroups = d.chunkGroups;
+  const run = <usize>d.run;
+  const xt = xq + <usize>t * d.xRow;
+  const zt = zv + <usize>t * d.zRow;
+  const w0 = load<usize>(STREAMS), w1 = load<usize>(STREAMS, 16);
+  const w2 = load<usize>(STREAMS, 32), w3 = load<usize>(STREAMS, 48);
+  const s0 = load<usize>(STREAMS, 4), s1 = load<usize>(STREAMS, 20);
+  const s2 = load<usize>(STREAMS, 36), s3 = load<usize>(STREAMS, 52);
+  let f0 = f32x4.splat(0), f1 = f32x4.splat(0), f2 = f32x4.splat(0), f3 = f32x4.splat(0);
+  for (let g0 = 0; g0 < groups; g0 += chunkGroups) {
+    let a0 = i32x4.splat(0), a1 = i32x4.splat(0), a2 = i32x4.splat(0), a3 = i32x4.splat(0);
+    const g1 = min(groups, g0 + chunkGroups);
+    if (group == 32) {
+      // One block per group (the default): no run loop.
+      for (let g = g0; g < g1; g++) {
+        const k = <usize>g << 5;
+        const z = v128.load32_splat(zt + (k >> 3));
+        const sg = <usize>g << 3;
+        a0 = scaled<F>(a0, block<F>(w0 + (k << 1), xt + k, z), subVec<F>(s0 + sg));
+        a1 = scaled<F>(a1, block<F>(w1 + (k << 1), xt + k, z), subVec<F>(s1 + sg));
+        a2 = scaled<F>(a2, block<F>(w2 + (k << 1), xt + k, z), subVec<F>(s2 + sg));
+        a3 = scaled<F>(a3, block<F>(w3 + (k << 1), xt + k, z), subVec<F>(s3 + sg));
       }
-      store<f32>(out + ((<usize>t * <usize>dOut + <usize>j) << 2), f * unit * load<f32>(sx + (<usize>t << 2)));
+    } else for (let g = g0; g < g1; g++) {
+      const kEnd = <usize>((g + 1) * group);
+      for (let k = <usize>(g * group); k < kEnd; ) {
+        const runEnd = min(kEnd, k + (run << 5));
+        const z = v128.load32_splat(zt + (k >> 3));
+        let p0 = block<F>(w0 + (k << 1), xt + k, z);
+        let p1 = block<F>(w1 + (k << 1), xt + k, z);
+        let p2 = block<F>(w2 + (k << 1), xt + k, z);
+        let p3 = block<F>(w3 + (k << 1), xt + k, z);
+        for (k += 32; k < runEnd; k += 32) {
+          p0 = block<F>(w0 + (k << 1), xt + k, zeroAdd<F>(p0, zt + (k >> 3)));
+          p1 = block<F>(w1 + (k << 1), xt + k, zeroAdd<F>(p1, zt + (k >> 3)));
+          p2 = block<F>(w2 + (k << 1), xt + k, zeroAdd<F>(p2, zt + (k >> 3)));
+          p3 = block<F>(w3 + (k << 1), xt + k, zeroAdd<F>(p3, zt + (k >> 3)));
+        }
+        const sg = <usize>g << 3;
+        a0 = scaled<F>(a0, p0, subVec<F>(s0 + sg));
+        a1 = scaled<F>(a1, p1, subVec<F>(s1 + sg));
+        a2 = scaled<F>(a2, p2, subVec<F>(s2 + sg));
+        a3 = scaled<F>(a3, p3, subVec<F>(s3 + sg));
+      }
     }
+    f0 = f32x4.add(f0, f32x4.convert_i32x4_s(a0));
+    f1 = f32x4.add(f1, f32x4.convert_i32x4_s(a1));
+    f2 = f32x4.add(f2, f32x4.convert_i32x4_s(a2));
+    f3 = f32x4.add(f3, f32x4.convert_i32x4_s(a3));
   }
+  const oRow = d.oRow;
+  storeRows(load<usize>(STREAMS, 12), f0, v128.load(load<usize>(STREAMS, 8)), sx, t, oRow, 0);
+  storeRows(load<usize>(STREAMS, 28), f1, v128.load(load<usize>(STREAMS, 24)), sx, t, oRow, 0);
+  storeRows(load<usize>(STREAMS, 44), f2, v128.load(load<usize>(STREAMS, 40)), sx, t, oRow, 0);
+  storeRows(load<usize>(STREAMS, 60), f3, v128.load(load<usize>(STREAMS, 56)), sx, t, oRow, 0);
+}
+
+/** Tokens t..t+3 through one panel (w0 its nibbles, s0 its subs, u4 its units): each column's
+ * nibbles unpacked once, then dotted with each token's activations. */
+function tile4<F>(
+  d: Dims, out: usize, xq: usize, sx: usize, zv: usize, w0: usize, s0: usize, u4: v128, t: i32, j: i32,
+): void {
+  const xRow = d.xRow;
+  const zRow = d.zRow;
+  const group = d.group;
+  const groups = d.groups;
+  const chunkGroups = d.chunkGroups;
+  const run = <usize>d.run;
+  const x0 = xq + <usize>t * xRow;
+  const z0 = zv + <usize>t * zRow;
+  let f0 = f32x4.splat(0), f1 = f32x4.splat(0), f2 = f32x4.splat(0), f3 = f32x4.splat(0);
+  for (let g0 = 0; g0 < groups; g0 += chunkGroups) {
+    let a0 = i32x4.splat(0), a1 = i32x4.splat(0), a2 = i32x4.splat(0), a3 = i32x4.splat(0);
+    const g1 = min(groups, g0 + chunkGroups);
+    if (group == 32) {
+      // One block per group (the default): no run loop.
+      for (let g = g0; g < g1; g++) {
+        const k = <usize>g << 5;
+        let p0 = v128.load32_splat(z0 + (k >> 3));
+        let p1 = v128.load32_splat(z0 + zRow + (k >> 3));
+        let p2 = v128.load32_splat(z0 + 2 * zRow + (k >> 3));
+        let p3 = v128.load32_splat(z0 + 3 * zRow + (k >> 3));
+        const wk = w0 + (k << 1);
+        const xk = x0 + k;
+        for (let c: usize = 0; c < 16; c += 4) {
+          const v = v128.load(wk + (c << 2));
+          const lo = nibLo(v);
+          const hi = nibHi(v);
+          p0 = col<F>(lo, hi, xk + c, p0);
+          p1 = col<F>(lo, hi, xk + xRow + c, p1);
+          p2 = col<F>(lo, hi, xk + 2 * xRow + c, p2);
+          p3 = col<F>(lo, hi, xk + 3 * xRow + c, p3);
+        }
+        const sv = subVec<F>(s0 + (<usize>g << 3));
+        a0 = scaled<F>(a0, p0, sv);
+        a1 = scaled<F>(a1, p1, sv);
+        a2 = scaled<F>(a2, p2, sv);
+        a3 = scaled<F>(a3, p3, sv);
+      }
+    } else for (let g = g0; g < g1; g++) {
+      const sv = subVec<F>(s0 + (<usize>g << 3));
+      const kEnd = <usize>((g + 1) * group);
+      for (let k = <usize>(g * group); k < kEnd; ) {
+        const runEnd = min(kEnd, k + (run << 5));
+        let p0 = v128.load32_splat(z0 + (k >> 3));
+        let p1 = v128.load32_splat(z0 + zRow + (k >> 3));
+        let p2 = v128.load32_splat(z0 + 2 * zRow + (k >> 3));
+        let p3 = v128.load32_splat(z0 + 3 * zRow + (k >> 3));
+        for (;;) {
+          const wk = w0 + (k << 1);
+          const xk = x0 + k;
+          for (let c: usize = 0; c < 16; c += 4) {
+            const v = v128.load(wk + (c << 2));
+            const lo = nibLo(v);
+            const hi = nibHi(v);
+            p0 = col<F>(lo, hi, xk + c, p0);
+            p1 = col<F>(lo, hi, xk + xRow + c, p1);
+            p2 = col<F>(lo, hi, xk + 2 * xRow + c, p2);
+            p3 = col<F>(lo, hi, xk + 3 * xRow + c, p3);
+          }
+          k += 32;
+          if (k >= runEnd) break;
+          p0 = zeroAdd<F>(p0, z0 + (k >> 3));
+          p1 = zeroAdd<F>(p1, z0 + zRow + (k >> 3));
+          p2 = zeroAdd<F>(p2, z0 + 2 * zRow + (k >> 3));
+          p3 = zeroAdd<F>(p3, z0 + 3 * zRow + (k >> 3));
+        }
+        a0 = scaled<F>(a0, p0, sv);
+        a1 = scaled<F>(a1, p1, sv);
+        a2 = scaled<F>(a2, p2, sv);
+        a3 = scaled<F>(a3, p3, sv);
+      }
+    }
+    f0 = f32x4.add(f0, f32x4.convert_i32x4_s(a0));
+    f1 = f32x4.add(f1, f32x4.convert_i32x4_s(a1));
+    f2 = f32x4.add(f2, f32x4.convert_i32x4_s(a2));
+    f3 = f32x4.add(f3, f32x4.convert_i32x4_s(a3));
+  }
+  storeRows(out, f0, u4, sx, t, d.oRow, j);
+  storeRows(out, f1, u4, sx, t + 1, d.oRow, j);
+  storeRows(out, f2, u4, sx, t + 2, d.oRow, j);
+  storeRows(out, f3, u4, sx, t + 3, d.oRow, j);
+}
+
+/** Token t through one panel. */
+function one<F>(
+  d: Dims, out: usize, xq: usize, sx: usize, zv: usize, w0: usize, s0: usize, u4: v128, t: i32, j: i32,
+): void {
+  const group = d.group;
+  const groups = d.groups;
+  const chunkGroups = d.chunkGroups;
+  const run = <usize>d.run;
+  const xt = xq + <usize>t * d.xRow;
+  const zt = zv + <usize>t * d.zRow;
+  let f = f32x4.splat(0);
+  for (let g0 = 0; g0 < groups; g0 += chunkGroups) {
+    let a = i32x4.splat(0);
+    const g1 = min(groups, g0 + chunkGroups);
+    for (let g = g0; g < g1; g++) {
+      const sv = subVec<F>(s0 + (<usize>g << 3));
+      const kEnd = <usize>((g + 1) * group);
+      for (let k = <usize>(g * group); k < kEnd; ) {
+        const runEnd = min(kEnd, k + (run << 5));
+        let p = block<F>(w0 + (k << 1), xt + k, v128.load32_splat(zt + (k >> 3)));
+        for (k += 32; k < runEnd; k += 32) p = block<F>(w0 + (k << 1), xt + k, zeroAdd<F>(p, zt + (k >> 3)));
+        a = scaled<F>(a, p, sv);
+      }
+    }
+    f = f32x4.add(f, f32x4.convert_i32x4_s(a));
+  }
+  storeRows(out, f, u4, sx, t, d.oRow, j);
+}
+
+/** Token t through the same panel of two matrices (gate and up). */
+function one2<F>(
+  d: Dims, out: usize, out2: usize, xq: usize, sx: usize, zv: usize, w0: usize, v0: usize, s0: usize, r0: usize,
+  uo: usize, uo2: usize, t: i32, j: i32,
+): void {
+  const group = d.group;
+  const groups = d.groups;
+  const chunkGroups = d.chunkGroups;
+  const run = <usize>d.run;
+  const xt = xq + <usize>t * d.xRow;
+  const zt = zv + <usize>t * d.zRow;
+  let f = f32x4.splat(0), e = f32x4.splat(0);
+  for (let g0 = 0; g0 < groups; g0 += chunkGroups) {
+    let a = i32x4.splat(0), b = i32x4.splat(0);
+    const g1 = min(groups, g0 + chunkGroups);
+    for (let g = g0; g < g1; g++) {
+      const kEnd = <usize>((g + 1) * group);
+      for (let k = <usize>(g * group); k < kEnd; ) {
+        const runEnd = min(kEnd, k + (run << 5));
+        const z = v128.load32_splat(zt + (k >> 3));
+        let p = block<F>(w0 + (k << 1), xt + k, z);
+        let q = block<F>(v0 + (k << 1), xt + k, z);
+        for (k += 32; k < runEnd; k += 32) {
+          p = block<F>(w0 + (k << 1), xt + k, zeroAdd<F>(p, zt + (k >> 3)));
+          q = block<F>(v0 + (k << 1), xt + k, zeroAdd<F>(q, zt + (k >> 3)));
+        }
+        a = scaled<F>(a, p, subVec<F>(s0 + (<usize>g << 3)));
+        b = scaled<F>(b, q, subVec<F>(r0 + (<usize>g << 3)));
+      }
+    }
+    f = f32x4.add(f, f32x4.convert_i32x4_s(a));
+    e = f32x4.add(e, f32x4.convert_i32x4_s(b));
+  }
+  storeRows(out, f, v128.load(uo), sx, t, d.oRow, j);
+  storeRows(out2, e, v128.load(uo2), sx, t, d.oRow, j);
 }

@@ -5,10 +5,11 @@
  * Matrix [rows, cols] (src/kernels/q4g-format.ts writes it): [nibbles: rows × colsG/2 bytes]
  * [units: rows f32][subs: rows × colsG/group i16], colsG = cols rounded up to group (a multiple of
  * 32), the whole rounded up to 16 bytes. Each 32 inputs of a row are 16 bytes: byte i holds
- * q[k0 + i] + 8 in its low nibble and q[k0 + 16 + i] + 8 in its high nibble, q ∈ [-8, 7] (one load,
- * one mask and one shift give 32 weights in input order). Rows come in panels of 4: per 32 inputs
- * the 4 rows' 16 bytes one after another (the kernel reads one sequential stream, not 4 rows
- * apart); the dOut % 4 rows after the last panel are row-major.
+ * q[k0 + i] + 8 in its low nibble and q[k0 + 16 + i] + 8 in its high nibble, q ∈ [-8, 7] (one
+ * mask or one shift and mask give 16 weights in input order). Rows come in panels of 4: per 32
+ * inputs 64 bytes, 4 columns of 16 bytes, column c holding bytes 4c..4c+3 of rows 0, 1, 2, 3 in
+ * turn (so one load and one splat of 4 activations feed all 4 rows: expert-q4g-relaxed.ts); a
+ * panel's subs are [group][4 rows]. The dOut % 4 rows after the last panel are row-major.
  *
  * w[j, k] ≈ units[j] · subs[j, k / group] · q[j, k] with integer subs (|sub| ≤ 255), so a row is an
  * exact integer sum — Σ_g sub · Σ q·x over 8-bit activations, |·| ≤ 255·8·127 per input, so i32
@@ -18,7 +19,7 @@
  *
  * Expert blob: [w1 (gate) dFf × dModel][w3 (up)][w2 (down) dModel × dFf]; scratch (q4g-format.ts
  * expertQ4gScratchBytes): h, u [n, dFf] f32, token scales, 8-bit activations [n, wide], and for
- * the relaxed dot the zero-point vectors [n, wide / 2] (expert-q4g-relaxed.ts).
+ * the relaxed dot the zero points [n, wide / 8] (4 bytes per 32 inputs, expert-q4g-relaxed.ts).
  */
 import { matmulQ4gSimd } from "./expert-q4g-relaxed";
 import { siluMul } from "./silu-mul";
@@ -27,9 +28,10 @@ import { siluMul } from "./silu-mul";
  * after its probe, independent of the int8 kernels' path choice. */
 let q4Form: i32 = 0;
 
-/** Sets the int4 relaxed dot form (kept only in the relaxed build); returns the form in effect. */
+/** Sets the int4 relaxed dot form (kept only in the relaxed build; a negative form only asks);
+ * returns the form in effect. */
 export function setQ4DotForm(form: i32): i32 {
-  if (ASC_FEATURE_RELAXED_SIMD) q4Form = form >= 0 && form <= 2 ? form : 0;
+  if (ASC_FEATURE_RELAXED_SIMD && form >= 0) q4Form = form <= 2 ? form : 0;
   return q4Form;
 }
 
@@ -59,11 +61,10 @@ export function expertFfnQ4g(
   const w3 = w1 + q4gBytes(dFf, dModel, group);
   const w2 = w3 + q4gBytes(dFf, dModel, group);
   quantizeTokensQ4(xq, sx, zv, x, n, dModel, dmG);
-  matmulQ4g(h, xq, sx, zv, w1, n, dFf, dmG, group);
-  matmulQ4g(u, xq, sx, zv, w3, n, dFf, dmG, group);
+  matmulQ4g(h, u, xq, sx, zv, w1, w3, n, dFf, dmG, group);
   siluMul(h, h, u, n * dFf);
   quantizeTokensQ4(xq, sx, zv, h, n, dFf, dfG);
-  matmulQ4g(out, xq, sx, zv, w2, n, dModel, dfG, group);
+  matmulQ4g(out, 0, xq, sx, zv, w2, 0, n, dModel, dfG, group);
 }
 
 /** Activation bits of the int4 expert: always 8 (every build and form). */
@@ -71,17 +72,23 @@ export function q4ActivationBits(): i32 {
   return 8;
 }
 
+/** out = xq · wᵀ (and out2 = xq · w2ᵀ when w2 ≠ 0: gate and up in one pass). */
 function matmulQ4g(
-  out: usize, xq: usize, sx: usize, zv: usize, w: usize, n: i32, dOut: i32, colsG: i32, group: i32,
+  out: usize, out2: usize, xq: usize, sx: usize, zv: usize, w: usize, w2: usize, n: i32, dOut: i32, colsG: i32,
+  group: i32,
 ): void {
-  if (ASC_FEATURE_SIMD) matmulQ4gSimd(out, xq, sx, zv, w, n, dOut, colsG, group, q4Form);
-  else q4gScalar(out, xq, sx, w, n, dOut, colsG, group);
+  if (ASC_FEATURE_SIMD) matmulQ4gSimd(out, out2, xq, sx, zv, w, w2, n, dOut, colsG, group, q4Form);
+  else {
+    q4gScalar(out, xq, sx, w, n, dOut, colsG, group);
+    if (w2 != 0) q4gScalar(out2, xq, sx, w2, n, dOut, colsG, group);
+  }
 }
 
 /**
  * xq [n, colsG] i8 (per token: scale max|x| / 127, round half to even, zero-padded), sx [n] f32,
- * and on the relaxed dot zv [n, colsG / 2]: per 32 inputs the i16x8 zero-point vector, lane i =
- * 8 · (x[2i] + x[2i+1] + x[16+2i] + x[17+2i]) — the inputs the relaxed i16 dot sums in lane i.
+ * and on the relaxed dot zv [n, colsG / 8]: per 32 inputs 4 bytes, the zero point −8 · Σ x that
+ * starts a block's sum (expert-q4g-relaxed.ts) — for the i16 form the pair (−8 · Σ x[k], k ≡ 0, 1
+ * mod 4; −8 · Σ x[k], k ≡ 2, 3 mod 4), its lanes [2r], [2r + 1]; for the dot-add form their i32 sum.
  */
 function quantizeTokensQ4(xq: usize, sx: usize, zv: usize, x: usize, n: i32, d: i32, colsG: i32): void {
   for (let t = 0; t < n; t++) {
@@ -114,12 +121,20 @@ function quantizeTokensQ4(xq: usize, sx: usize, zv: usize, x: usize, n: i32, d: 
     store<f32>(sx + (<usize>t << 2), amax / 127);
     if (ASC_FEATURE_RELAXED_SIMD) {
       if (q4Form > 0) {
-        const z = zv + <usize>t * <usize>(colsG >> 1);
+        const z = zv + <usize>t * <usize>(colsG >> 3);
         for (let k = 0; k < colsG; k += 32) {
-          const x0 = v128.load(q + <usize>k);
-          const x1 = v128.load(q + <usize>k, 16);
-          const s = i16x8.add(i16x8.extadd_pairwise_i8x16_s(x0), i16x8.extadd_pairwise_i8x16_s(x1));
-          v128.store(z + <usize>(k >> 1), i16x8.shl(s, 3));
+          let z0 = 0, z1 = 0;
+          for (let i = 0; i < 32; i += 4) {
+            const b = q + <usize>(k + i);
+            z0 += <i32>load<i8>(b) + <i32>load<i8>(b, 1);
+            z1 += <i32>load<i8>(b, 2) + <i32>load<i8>(b, 3);
+          }
+          const zb = z + <usize>(k >> 3);
+          if (q4Form == 2) store<i32>(zb, -8 * (z0 + z1));
+          else {
+            store<i16>(zb, <i16>(-8 * z0));
+            store<i16>(zb, <i16>(-8 * z1), 2);
+          }
         }
       }
     }
@@ -138,24 +153,29 @@ function q4gScalar(out: usize, xq: usize, sx: usize, w: usize, n: i32, dOut: i32
     const xt = xq + <usize>t * <usize>colsG;
     const st = load<f32>(sx + (<usize>t << 2));
     for (let j = 0; j < dOut; j++) {
-      // Panel rows: row j's 16 bytes of a 32-input block sit at its panel + 64 · block + 16 · (j & 3).
-      const wj = j < rows4 ? w + <usize>(j & ~3) * wRow + (<usize>(j & 3) << 4) : w + <usize>j * wRow;
-      const sj = subs + (<usize>j * <usize>groups << 1);
+      // Panel rows: row j's byte m of a 32-input block sits at its panel + 64 · block + 16 · (m >> 2)
+      // + 4 · (j & 3) + (m & 3); its subs at the panel's [group][4 rows].
+      const inPanel = j < rows4;
+      const wj = inPanel ? w + <usize>(j & ~3) * wRow + (<usize>(j & 3) << 2) : w + <usize>j * wRow;
+      const sj = inPanel
+        ? subs + ((<usize>(j & ~3) * <usize>groups + <usize>(j & 3)) << 1)
+        : subs + (<usize>j * <usize>groups << 1);
+      const sStep: usize = inPanel ? 8 : 2;
       let f: f32 = 0;
       for (let g0 = 0; g0 < groups; g0 += chunkGroups) {
         let isum: i32 = 0;
         for (let g = g0; g < min(groups, g0 + chunkGroups); g++) {
           let s: i32 = 0;
           for (let k = g * group; k < (g + 1) * group; k += 32) {
-            const wb = j < rows4 ? wj + <usize>(k << 1) : wj + <usize>(k >> 1);
+            const wb = inPanel ? wj + <usize>(k << 1) : wj + <usize>(k >> 1);
             const xk = xt + <usize>k;
             for (let i = 0; i < 16; i++) {
-              const b = <i32>load<u8>(wb + <usize>i);
+              const b = <i32>load<u8>(wb + (inPanel ? <usize>((i >> 2) << 4) + <usize>(i & 3) : <usize>i));
               s += ((b & 15) - 8) * <i32>load<i8>(xk + <usize>i);
               s += ((b >> 4) - 8) * <i32>load<i8>(xk + <usize>(i + 16));
             }
           }
-          isum += s * <i32>load<i16>(sj + (<usize>g << 1));
+          isum += s * <i32>load<i16>(sj + <usize>g * sStep);
         }
         f += <f32>isum;
       }

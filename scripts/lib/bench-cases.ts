@@ -5,7 +5,7 @@
  * tokens. Cold = cycling through more copies than the L3 holds (as real MoE decode does); hot =
  * copy 0 over and over. No Node APIs here.
  */
-import { WASM_MAX_BYTES, type KernelFlavor, type Kernels, type Q8Path } from "../../src/kernels/index";
+import { WASM_MAX_BYTES, type KernelFlavor, type Kernels, type Q4DotForm, type Q8Path } from "../../src/kernels/index";
 import {
   expertPackedBytes,
   packExpertF32,
@@ -28,6 +28,7 @@ export type Impl =
   | "wasm-int8-g32"
   | "wasm-int8-g64"
   | "wasm-int4-g32"
+  | "wasm-int4-g32-dotadd"
   | "wasm-int4-g64";
 
 export interface ImplInfo {
@@ -40,6 +41,8 @@ export interface ImplInfo {
   /** Group-scaled formats (expertFfnQ8g / expertFfnQ4g) and their group; per-row int8 when absent.
    * Their rows count as dtype "int8" so they are compared with the int8 peers. */
   grouped?: { format: "q8g" | "q4g"; group: number };
+  /** int4 only: the relaxed dot form to force (Kernels.setQ4Relaxed); the loader's default when absent. */
+  q4Form?: Q4DotForm;
 }
 
 export const WASM_IMPLS: readonly ImplInfo[] = [
@@ -88,6 +91,14 @@ export const WASM_IMPLS: readonly ImplInfo[] = [
     dtype: "int8",
     flavor: "relaxed",
     grouped: { format: "q4g", group: 32 },
+  },
+  {
+    impl: "wasm-int4-g32-dotadd",
+    label: "Wasm int4 groups of 32 (dot-add form)",
+    dtype: "int8",
+    flavor: "relaxed",
+    grouped: { format: "q4g", group: 32 },
+    q4Form: "dot-add",
   },
   {
     impl: "wasm-int4-g64",
@@ -216,6 +227,8 @@ export function setupCase(
     const path = info.q8Path && withForm(info.q8Path, form);
     if (path && k.setQ8Path(path) !== path)
       throw new Error(`${info.label}: the ${path} path is not available in this runtime`);
+    if (info.q4Form && !(k.setQ4Relaxed(true, info.q4Form) && k.q4DotForm === info.q4Form))
+      throw new Error(`${info.label}: the ${info.q4Form} form is not available in this runtime`);
     const x = k.alloc(maxN * dModel * 4);
     const seed = k.f32(x, maxN * dModel);
     for (let i = 0; i < seed.length; i++) seed[i] = Math.sin(i * 0.61) * 1.5;

@@ -6,11 +6,14 @@
  * Method: workerd's clocks do not advance while a request computes, so Node times whole requests.
  * A /run request makes `iters` expert calls; ms per call = (t(iters) − t(0)) / iters, with t(0)
  * the median round trip of an empty /run and iters chosen so one request computes ≈ 120 ms.
- * The median of 3 such requests is reported.
+ * The median of 3 such requests is reported, and the CPU time workerd's processes used over the 3
+ * (from /proc, less an empty request's; null elsewhere) per call — on a shared machine the steadier
+ * figure, at the 10 ms resolution of /proc over ≈ 360 ms.
  */
 import { createTestHarness } from "wrangler";
 import { fileURLToPath } from "node:url";
 import { median } from "./bench-measure";
+import { cpuMs, descendantPids } from "./process-cpu";
 
 const ROOT = fileURLToPath(new URL("../..", import.meta.url));
 
@@ -19,8 +22,9 @@ export interface WorkerdBench {
   setup(impl: string, dModel: number, dFf: number, copies: number, maxN: number): Promise<number>;
   /** A dense stage case (bench-dense.ts DENSE_IMPLS) of W[rows, cols]. */
   setupDense(impl: string, rows: number, cols: number, copies: number, maxN: number): Promise<number>;
-  /** Median ms per call (and the best) of `n`-token calls, cold or hot. */
-  time(n: number, cold: boolean, guessMs: number): Promise<{ ms: number; msMin: number }>;
+  /** Median ms per call (and the best) of `n`-token calls, cold or hot; cpuMs: workerd's CPU time per
+   * call over the same requests (null without /proc). */
+  time(n: number, cold: boolean, guessMs: number): Promise<{ ms: number; msMin: number; cpuMs: number | null }>;
   /** Streaming-read GB/s over `mb` MiB (best of 5 requests of 10 reads). */
   bandwidth(mb: number): Promise<number>;
   close(): Promise<void>;
@@ -57,28 +61,29 @@ export async function startWorkerdBench(): Promise<WorkerdBench> {
     return performance.now() - t;
   };
   let overhead = NaN;
+  let overheadCpu = 0;
+  const measureOverhead = async () => {
+    const ts: number[] = [];
+    const c0 = cpuMs(descendantPids());
+    for (let i = 0; i < 7; i++) ts.push(await roundTrip("/run?n=1&iters=0&cold=0"));
+    const c1 = cpuMs(descendantPids());
+    overhead = median(ts);
+    overheadCpu = c0 === null || c1 === null ? 0 : Math.max(0, c1 - c0) / 7;
+  };
   return {
     info: () => call("/info", "GET") as Promise<Record<string, { ok: boolean; q8Paths?: string[] }>>,
     async setup(impl, dModel, dFf, copies, maxN) {
       const r = (await call(`/setup?impl=${impl}&dModel=${dModel}&dFf=${dFf}&copies=${copies}&maxN=${maxN}`)) as {
         copies: number;
       };
-      if (Number.isNaN(overhead)) {
-        const ts: number[] = [];
-        for (let i = 0; i < 7; i++) ts.push(await roundTrip("/run?n=1&iters=0&cold=0"));
-        overhead = median(ts);
-      }
+      if (Number.isNaN(overhead)) await measureOverhead();
       return r.copies;
     },
     async setupDense(impl, rows, cols, copies, maxN) {
       const r = (await call(`/dsetup?impl=${impl}&rows=${rows}&cols=${cols}&copies=${copies}&maxN=${maxN}`)) as {
         copies: number;
       };
-      if (Number.isNaN(overhead)) {
-        const ts: number[] = [];
-        for (let i = 0; i < 7; i++) ts.push(await roundTrip("/run?n=1&iters=0&cold=0"));
-        overhead = median(ts);
-      }
+      if (Number.isNaN(overhead)) await measureOverhead();
       return r.copies;
     },
     async time(n, cold, guessMs) {
@@ -86,8 +91,12 @@ export async function startWorkerdBench(): Promise<WorkerdBench> {
       const path = `/run?n=${n}&iters=${iters}&cold=${cold ? 1 : 0}`;
       await roundTrip(`/run?n=${n}&iters=${Math.max(1, iters >> 3)}&cold=${cold ? 1 : 0}`); // warm
       const per: number[] = [];
+      const pids = descendantPids();
+      const c0 = cpuMs(pids);
       for (let r = 0; r < 3; r++) per.push(Math.max(0, (await roundTrip(path)) - overhead) / iters);
-      return { ms: median(per), msMin: Math.min(...per) };
+      const c1 = cpuMs(pids);
+      const cpu = c0 === null || c1 === null ? null : Math.max(0, c1 - c0 - 3 * overheadCpu) / (3 * iters);
+      return { ms: median(per), msMin: Math.min(...per), cpuMs: cpu };
     },
     async bandwidth(mb) {
       await call(`/stream?mb=${mb}&reps=1`);

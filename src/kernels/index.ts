@@ -34,6 +34,9 @@ export { MemoryBudgetError, WASM_MAX_BYTES } from "./arena";
 export type { KernelFlavor, Q8Path } from "./probe";
 export { RelaxedProbeError, q8ActivationBits, relaxedDotAgrees, relaxedMaddAgrees } from "./probe";
 
+/** The relaxed dot instruction form of the int4 kernel (Kernels.setQ4Relaxed). */
+export type Q4DotForm = "i16" | "dot-add";
+
 export interface KernelOptions {
   /** Software cap on the whole linear memory, ≤ WASM_MAX_BYTES. */
   maxBytes?: number;
@@ -346,12 +349,21 @@ export class Kernels {
     return this.#wasm.q4ActivationBits();
   }
 
-  /** Runs expertFfnQ4g on a relaxed dot form that passed the probe (the i16x8 form first), or on
-   * plain SIMD when `on` is false or none passed — independent of the int8 path (setQ8Path). Same
-   * results either way (exact integer sums); returns whether a relaxed form is in use. */
-  setQ4Relaxed(on: boolean): boolean {
-    const form = on && this.#formOk[1] ? 1 : on && this.#formOk[2] ? 2 : 0;
-    return this.#wasm.setQ4DotForm(form) > 0;
+  /** Runs expertFfnQ4g on a relaxed dot form that passed the probe — `form` if it did ("i16": the
+   * i16x8 dot, the default; "dot-add": the i32x4 dot-add, one AVX-VNNI instruction where V8 has it),
+   * else the other — or on plain SIMD when `on` is false or none passed; independent of the int8
+   * path (setQ8Path). Same results either way (exact integer sums); returns whether a relaxed form
+   * is in use. */
+  setQ4Relaxed(on: boolean, form: Q4DotForm = "i16"): boolean {
+    const [first, second] = form === "dot-add" ? [2, 1] : [1, 2];
+    const pick = !on ? 0 : this.#formOk[first] ? first : this.#formOk[second] ? second : 0;
+    return this.#wasm.setQ4DotForm(pick) > 0;
+  }
+
+  /** The int4 kernel's dot form in use: "i16", "dot-add" or "simd" (plain SIMD or scalar build). */
+  get q4DotForm(): Q4DotForm | "simd" {
+    const form = this.#wasm.setQ4DotForm(-1);
+    return form === 1 ? "i16" : form === 2 ? "dot-add" : "simd";
   }
 
   /** iters steps of 64 FLOPs of register-only f32x4 multiply-adds: the SIMD compute ceiling probe. */

@@ -12,7 +12,8 @@
  * Wasm layout of a [rows, cols] matrix: [nibbles rows × colsG/2][row units f32 × rows]
  * [subs i16 rows × colsG/group], rounded up to 16 bytes; 32 inputs k0..k0+31 are 16 bytes,
  * byte i = (q[k0+i] + 8) | (q[k0+16+i] + 8) << 4; in Wasm memory rows are in panels of 4 (per 32
- * inputs the 4 rows' 16 bytes in a row, panelNibbles), the checkpoint's `.qweight` is row-major.
+ * inputs 4 columns of 16 bytes, each 4 bytes of every row: panelNibbles, panelSubs), the
+ * checkpoint's `.qweight` and `.scales` are row-major.
  */
 import { bf16ToF32, f32ToBf16 } from "./dense-format";
 import type { Q8gRef } from "./reference";
@@ -227,16 +228,31 @@ export function q4gKernelScales(m: Q4gMatrix): { units: Float32Array; subs: Int1
   return { units, subs };
 }
 
-/** Row-major nibble rows → the kernel's 4-row panels (per 32 inputs, 4 × 16 bytes); the rows after
- * the last whole panel stay row-major. */
+/** Row-major nibble rows → the kernel's 4-row panels: per 32 inputs 64 bytes, 4 columns of 16,
+ * column c holding bytes 4c..4c+3 of the panel's rows 0, 1, 2, 3 in turn (one load gives 4 weights
+ * of each row); the rows after the last whole panel stay row-major. */
 export function panelNibbles(nib: Uint8Array, rows: number, colsG: number): Uint8Array {
   const wRow = colsG / 2;
   const out = nib.slice();
   for (let j0 = 0; j0 + 4 <= rows; j0 += 4) {
     for (let r = 0; r < 4; r++) {
-      for (let b = 0; b < wRow / 16; b++) {
-        out.set(nib.subarray((j0 + r) * wRow + b * 16, (j0 + r) * wRow + b * 16 + 16), j0 * wRow + b * 64 + r * 16);
+      const src = (j0 + r) * wRow;
+      for (let m = 0; m < wRow; m++) {
+        const b = m >> 4;
+        const i = m & 15;
+        out[j0 * wRow + b * 64 + (i >> 2) * 16 + r * 4 + (i & 3)] = nib[src + m];
       }
+    }
+  }
+  return out;
+}
+
+/** Row-major subs [rows, groups] → the kernel's: a panel's as [group][4 rows], the rest row-major. */
+export function panelSubs(subs: Int16Array, rows: number, groups: number): Int16Array {
+  const out = subs.slice();
+  for (let j0 = 0; j0 + 4 <= rows; j0 += 4) {
+    for (let r = 0; r < 4; r++) {
+      for (let g = 0; g < groups; g++) out[j0 * groups + g * 4 + r] = subs[(j0 + r) * groups + g];
     }
   }
   return out;
@@ -246,7 +262,9 @@ export function panelNibbles(nib: Uint8Array, rows: number, colsG: number): Uint
 export function packQ4g(dst: Uint8Array, m: Q4gMatrix): void {
   const colsG = roundUp(m.cols, m.group);
   const nib = panelNibbles(packNibbles(m.q, m.rows, colsG), m.rows, colsG);
-  const { units, subs } = q4gKernelScales(m);
+  const scales = q4gKernelScales(m);
+  const units = scales.units;
+  const subs = panelSubs(scales.subs, m.rows, colsG / m.group);
   dst.fill(0, 0, q4gMatrixBytes(m.rows, m.cols, m.group));
   dst.set(nib, 0);
   dst.set(new Uint8Array(units.buffer), nib.length);
@@ -266,7 +284,8 @@ export function expertQ4gBytes(dModel: number, dFf: number, group: number): numb
 }
 
 /** Scratch bytes of `Kernels.expertFfnQ4g` for n tokens (the same as the int8 group expert's: h, u,
- * token scales, then 8-bit activations n × wide and their zero-point vectors n × wide / 2). */
+ * token scales, then 8-bit activations n × wide and their zero points n × wide / 8; room for n × wide
+ * more is kept so the size stays the int8 group expert's). */
 export function expertQ4gScratchBytes(n: number, dModel: number, dFf: number, group: number): number {
   const wide = Math.max(roundUp(dModel, group), roundUp(dFf, group));
   return 2 * roundUp(n * dFf * 4, 16) + roundUp(n * 4, 16) + n * wide * 2;

@@ -4,13 +4,14 @@
  * whatever n and its place in the call, on the tiles each path has (f32 head matmul's row-outer
  * token blocks and the bf16 head kernel, ragged row counts included; the packed f32 4-, 3- and
  * 2-token tiles across k-chunks; the int8 4-token tiles on every dot path the build has, hi/lo
- * digits included). Part of the one
+ * digits included; the int4 4-token tiles on every dot form the build has, and the same bits across
+ * forms). Part of the one
  * contract suite (contract.ts: every build, Node and workerd). Also the greedy head scan
  * (argmaxRows) against the JS scan it replaces.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DenseMatrixWriter } from "../../../src/kernels/dense";
-import type { Kernels, Q8Path } from "../../../src/kernels/index";
+import type { Kernels, Q4DotForm, Q8Path } from "../../../src/kernels/index";
 import {
   expertPackedBytes,
   packExpertF32,
@@ -21,6 +22,12 @@ import {
   packedQ8Bytes,
   quantizeRowsQ8,
 } from "../../../src/kernels/packing";
+import {
+  expertQ4gBytes,
+  expertQ4gScratchBytes,
+  packExpertQ4g,
+  quantizeExpertQ4g,
+} from "../../../src/kernels/q4g-format";
 import { argmaxRowsRef } from "../../../src/kernels/reference";
 import { randn, rng } from "./helpers";
 
@@ -146,6 +153,43 @@ export function batchRowsContract(kernels: () => Kernels, q8Paths: Q8Path[]): vo
         11,
       );
       for (const p of [scratch, pw, blob]) k.free(p);
+    });
+
+    it.each([
+      [44, 24, 32],
+      [96, 202, 64],
+      [33, 70, 32],
+    ])("expertFfnQ4g (int4 4-token tiles, every dot form, same bits across forms) %i×%i group %i", (d, f, g) => {
+      const k = kernels();
+      const next = rng(d * 11 + f + g);
+      const [w1, w3, w2] = [randn(next, f * d, 0.2), randn(next, f * d, 0.2), randn(next, d * f, 0.1)];
+      const bytes = expertQ4gBytes(d, f, g);
+      const blob = k.alloc(bytes);
+      packExpertQ4g(k.u8(blob, bytes), quantizeExpertQ4g(w1, w3, w2, d, f, g), d, f);
+      const scratch = k.alloc(expertQ4gScratchBytes(67, d, f, g));
+      const ffn: RowKernel = (kk, out, x, n) => kk.expertFfnQ4g(out, x, blob, n, d, f, g, scratch);
+      const before = k.q4DotForm;
+      const outputs: Uint32Array[] = [];
+      try {
+        for (const form of ["simd", "i16", "dot-add"] as const) {
+          const on = form !== "simd" && k.setQ4Relaxed(true, form as Q4DotForm) && k.q4DotForm === form;
+          if (form !== "simd" && !on) continue; // this build or runtime has no such form
+          if (form === "simd") k.setQ4Relaxed(false);
+          expectRowsIndependent(k, d, d, SIZES, ffn, 17);
+          const x = k.allocF32(randn(rng(19), 67 * d, 2));
+          const out = k.alloc(67 * d * 4);
+          ffn(k, out, x, 67);
+          outputs.push(new Uint32Array(k.f32(out, 67 * d).slice().buffer));
+          k.free(out);
+          k.free(x);
+        }
+      } finally {
+        if (before !== "simd") k.setQ4Relaxed(true, before);
+        else k.setQ4Relaxed(false);
+      }
+      for (const o of outputs.slice(1)) expect(Array.from(o)).toEqual(Array.from(outputs[0]));
+      k.free(scratch);
+      k.free(blob);
     });
 
     for (const path of q8Paths) {
