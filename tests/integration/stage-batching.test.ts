@@ -1,13 +1,15 @@
 /**
- * Continuous batching in the StageHosts (issue 11) in real workerd: concurrent streamed greedy
- * sessions on a two-stage pipeline (int8-group stage matrices, the default) with BATCHING on give
- * exactly the tokens each gives alone with BATCHING off, while the stages really merged their calls
- * (passes that carried several sessions' rows, in the StageHost stats).
+ * Continuous batching in the StageHosts and HeadHosts (issue 11) in real workerd: concurrent
+ * streamed greedy sessions on a two-stage pipeline (int8-group stage matrices, the default) with the
+ * head on two HeadHost shards give, with BATCHING on, exactly the tokens each gives alone with
+ * BATCHING off, while the stages and head shards really merged their calls (passes that carried
+ * several calls' rows, in their stats).
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { LocalWorker } from "../../scripts/lib/local-worker";
 import { ADMIN, makeSmallChatModel, postJson, sseData, startWithModels } from "./helpers";
 import type { StageHostStats } from "../../src/serving/stage-protocol";
+import type { HeadHostStats } from "../../src/head/protocol";
 
 const PROMPTS = [
   [29, 192, 173, 88, 189],
@@ -24,7 +26,7 @@ let off: LocalWorker;
 
 beforeAll(async () => {
   const model = { chat: makeSmallChatModel() };
-  const vars = { DEFAULT_MODEL: "chat", PIPELINE_STAGES: "2" };
+  const vars = { DEFAULT_MODEL: "chat", PIPELINE_STAGES: "2", HEAD_SHARDS: "2" };
   [on, off] = await Promise.all([
     startWithModels(model, { ...vars, BATCHING: "on" }),
     startWithModels(model, { ...vars, BATCHING: "off" }),
@@ -59,10 +61,10 @@ async function complete(w: LocalWorker, prompt: number[]): Promise<number[]> {
   return r.json.choices[0].token_ids;
 }
 
-async function stages(w: LocalWorker): Promise<StageHostStats[]> {
+async function hosts(w: LocalWorker): Promise<{ stages: StageHostStats[]; heads: HeadHostStats[] }> {
   const res = await w.fetch("/admin/hosts?model=chat", { headers: ADMIN });
   expect(res.status).toBe(200);
-  return ((await res.json()) as { stages: StageHostStats[] }).stages;
+  return (await res.json()) as { stages: StageHostStats[]; heads: HeadHostStats[] };
 }
 
 describe("StageHost batching", () => {
@@ -83,7 +85,7 @@ describe("StageHost batching", () => {
     expect(ids).toEqual(wantIds);
     expect(text).toEqual(wantText);
 
-    const st = await stages(on);
+    const { stages: st, heads } = await hosts(on);
     expect(st).toHaveLength(2);
     const merged = st.reduce((t, s) => t + (s.batching?.mergedPasses ?? 0), 0);
     const mergedRows = st.reduce((t, s) => t + (s.batching?.mergedRows ?? 0), 0);
@@ -93,6 +95,14 @@ describe("StageHost batching", () => {
       expect(s.batching?.maxCalls ?? 0).toBeLessThanOrEqual(2 * PROMPTS.length);
       expect(s.sessions).toBe(0);
     }
-    for (const s of await stages(off)) expect(s.batching).toBeNull();
+    // The head shards merged the head calls that met there (from the session drivers).
+    expect(heads).toHaveLength(2);
+    for (const h of heads) {
+      expect(h.batching?.calls ?? 0).toBeGreaterThan(0);
+      expect(h.batching?.mergedPasses ?? 0).toBeGreaterThan(0);
+    }
+    const plain = await hosts(off);
+    for (const s of plain.stages) expect(s.batching).toBeNull();
+    for (const h of plain.heads) expect(h.batching).toBeNull();
   });
 });
