@@ -3,7 +3,9 @@
  * shared experts, output head — readable top to bottom (llama2.c style), for every family the
  * spec describes. One implementation for every placement: a process holds a part (a layer range,
  * with or without the ends) and runs `embed`, `layers` and `head` on it; `forward` is the three
- * in one process when it holds everything. Routed experts are handed to an `ExpertRunner`: the
+ * in one process when it holds everything; `step` (the whole model) and `stepLayers` (a part's
+ * layers) run several sessions' rows in one pass (continuous batching; their types and row
+ * bookkeeping: forward-batch.ts). Routed experts are handed to an `ExpertRunner`: the
  * ExpertHost fan-out in the Worker (model-runtime.ts), or local kernels in Node tests.
  * Platform-agnostic: give it a `Kernels`.
  *
@@ -22,60 +24,25 @@ import { flattenRouting, route, ROUTING_OFF, type Routing, type RoutingOptions }
 import { expertEvents } from "../platform/events";
 import { Arena, attentionStep, gqaRows, kvLayout, ropeTables, type Ptrs } from "./attention";
 import { kvBytesPerPosition } from "./stage-budgets";
+import {
+  checkRoom,
+  mergeRoutings,
+  offsetOf,
+  type LayerOutcome,
+  type LayerSegment,
+  type OwnedExpertRunner,
+  type StepOutcome,
+  type StepPart,
+  type StepSegment,
+} from "./forward-batch";
+
+export type { LayerOutcome, LayerSegment, OwnedExpertRunner, StepOutcome, StepSegment } from "./forward-batch";
 
 /**
  * Runs one layer's routed experts: h [n, dModel] → Σ_k weight_k · expert_k(h) [n, dModel].
  * May be asynchronous (RPC); it must not touch the Kernels' memory.
  */
 export type ExpertRunner = (layer: number, routing: Routing, h: Float32Array) => Promise<Float32Array>;
-
-/**
- * One session's rows in a batched step (`ModelForward.step`): its tokens at positions
- * session.length…, its own random source (noisy routing draws from it as it would alone).
- */
-export interface StepSegment {
-  session: Session;
-  tokens: number[];
-  /** 1: the logits of its last token are wanted; 0: none (a prompt chunk that is not the last). */
-  nOut: 0 | 1;
-  rng: () => number;
-  /** Whether its generation left (aborted): its expert rows are then not retried. */
-  gone?: () => boolean;
-}
-
-/** A segment's outcome: its logits [nOut, vocab] (empty for nOut 0), or the error that failed it. */
-export type StepOutcome = { ok: true; logits: Float32Array } | { ok: false; error: unknown };
-
-/**
- * One session's rows in a batched pass over the layers a part holds (`ModelForward.stepLayers`):
- * its residual stream x [n, dModel] at positions session.length…, its own random source.
- */
-export interface LayerSegment {
-  session: Session;
-  x: Float32Array;
-  rng: () => number;
-}
-
-/** A layer segment's outcome: its residual stream after the part's layers [n, dModel], or its error. */
-export type LayerOutcome = { ok: true; y: Float32Array } | { ok: false; error: unknown };
-
-/** A segment as the batched layers see it: its session, row count and random source. */
-interface StepPart {
-  session: Session;
-  n: number;
-  rng: () => number;
-}
-
-/**
- * Routed experts of a batched step: `owner[t]` is the segment of token row t. Answers every row's
- * output, and the segments that lost rows (their output rows are then meaningless).
- */
-export type OwnedExpertRunner = (
-  layer: number,
-  routing: Routing,
-  h: Float32Array,
-  owner: Int32Array | null,
-) => Promise<{ out: Float32Array; lost: Map<number, unknown> }>;
 
 /** Tokens per dense-MLP kernel call: bounds the [chunk, dFf] × 2 scratch whatever the prompt length. */
 const MLP_TOKEN_CHUNK = 64;
@@ -756,43 +723,6 @@ async function runRouted(
     for (let d = 0; d < dModel; d++) out[o + d] += y[i * dModel + d];
   }
   return out;
-}
-
-/** Every segment's session has room for its rows (checked before any of them is touched). */
-function checkRoom(parts: readonly StepPart[]): void {
-  for (const g of parts)
-    if (g.session.length + g.n > g.session.maxLen)
-      throw new Error(`session holds ${g.session.maxLen} positions, asked for ${g.session.length + g.n}`);
-}
-
-/** Row offset of part i: the rows of the parts before it. */
-function offsetOf(parts: readonly { n: number }[], i: number): number {
-  let at = 0;
-  for (let j = 0; j < i; j++) at += parts[j].n;
-  return at;
-}
-
-/** Routings of consecutive row ranges as one routing over all the rows. */
-function mergeRoutings(rs: Routing[]): Routing {
-  if (rs.length === 1) return rs[0];
-  const n = rs.reduce((t, r) => t + r.n, 0);
-  const topK = rs[0].topK;
-  const ids = new Int32Array(n * topK);
-  const weights = new Float32Array(n * topK);
-  let at = 0;
-  let rerouted = 0;
-  let dropped = 0;
-  for (const r of rs) {
-    ids.set(r.ids, at * topK);
-    weights.set(r.weights, at * topK);
-    at += r.n;
-    rerouted += r.rerouted ?? 0;
-    dropped += r.dropped ?? 0;
-  }
-  const merged: Routing = { n, topK, ids, weights };
-  if (rs.some((r) => r.rerouted !== undefined)) merged.rerouted = rerouted;
-  if (rs.some((r) => r.dropped !== undefined)) merged.dropped = dropped;
-  return merged;
 }
 
 /** Every matrix of a held weight tree. */
