@@ -17,7 +17,7 @@
  * activation vector loaded feeds 4 rows, and loop tokens inside a 4-row block so the block's
  * weights come from L1/L2 for every token after the first.
  */
-import { hsum4, hsum4i, madd, storeColumn } from "./simd-math";
+import { hsum4i, madd, storeColumn } from "./simd-math";
 
 /** Activation levels of the int8 path: 16-bit symmetric. */
 const XQ_LEVELS: f32 = 32767;
@@ -128,8 +128,13 @@ function dot16(acc: v128, w: usize, xl: v128, xh: v128): v128 {
   return dotW(acc, v128.load8x8_s(w), v128.load8x8_s(w, 8), xl, xh);
 }
 
-/** Tokens t0..n-1, one token at a time over 4-row blocks (decode, and the tokens left after the
- * 4-token tiles). */
+/**
+ * Tokens t0..n-1, one token at a time over 4-row blocks (decode, and the tokens left after the
+ * 4-token tiles). A row's value is computed as the tiles compute it — each group's integer sum
+ * whole (exact), converted once, then one multiply-add by the group scale, in group order, times
+ * the token scale — so a token's row is bit for bit the same whichever path it takes, whatever
+ * tokens share the call (batch-rows contract).
+ */
 function q8gSimd(
   out: usize, xq: usize, sx: usize, w: usize, scales: usize, t0: i32, n: i32, dOut: i32, colsG: i32, group: i32,
   groups: i32,
@@ -144,7 +149,7 @@ function q8gSimd(
     const s0 = scales + <usize>j * sRow;
     for (let t = t0; t < n; t++) {
       const xt = xq + <usize>t * xRow;
-      let f0 = f32x4.splat(0), f1 = f32x4.splat(0), f2 = f32x4.splat(0), f3 = f32x4.splat(0);
+      let f = f32x4.splat(0); // rows j..j+3 in lanes
       for (let g = 0; g < groups; g++) {
         let a0 = i32x4.splat(0), a1 = i32x4.splat(0), a2 = i32x4.splat(0), a3 = i32x4.splat(0);
         const k0 = <usize>(g * group);
@@ -159,19 +164,20 @@ function q8gSimd(
           a3 = dot16(a3, wk + 3 * wRow, xl, xh);
         }
         const sg = s0 + (<usize>g << 2);
-        f0 = madd(f32x4.convert_i32x4_s(a0), f32x4.splat(load<f32>(sg)), f0);
-        f1 = madd(f32x4.convert_i32x4_s(a1), f32x4.splat(load<f32>(sg + sRow)), f1);
-        f2 = madd(f32x4.convert_i32x4_s(a2), f32x4.splat(load<f32>(sg + 2 * sRow)), f2);
-        f3 = madd(f32x4.convert_i32x4_s(a3), f32x4.splat(load<f32>(sg + 3 * sRow)), f3);
+        let sv = f32x4.splat(load<f32>(sg));
+        sv = f32x4.replace_lane(sv, 1, load<f32>(sg + sRow));
+        sv = f32x4.replace_lane(sv, 2, load<f32>(sg + 2 * sRow));
+        sv = f32x4.replace_lane(sv, 3, load<f32>(sg + 3 * sRow));
+        f = madd(f32x4.convert_i32x4_s(hsum4i(a0, a1, a2, a3)), sv, f);
       }
-      const y = f32x4.mul(hsum4(f0, f1, f2, f3), f32x4.splat(load<f32>(sx + (<usize>t << 2))));
+      const y = f32x4.mul(f, f32x4.splat(load<f32>(sx + (<usize>t << 2))));
       v128.store(out + <usize>t * oRow + (<usize>j << 2), y);
     }
   }
   for (; j < dOut; j++) q8gOneRow(out, xq, sx, w, scales, j, t0, n, dOut, colsG, group, groups);
 }
 
-/** Row j for tokens t0..n-1 (the rows left over after the row blocks). */
+/** Row j for tokens t0..n-1 (the rows left over after the row blocks), summed as q8gSimd does. */
 function q8gOneRow(
   out: usize, xq: usize, sx: usize, w: usize, scales: usize, j: i32, t0: i32, n: i32, dOut: i32, colsG: i32,
   group: i32, groups: i32,
@@ -181,16 +187,17 @@ function q8gOneRow(
   const xRow = <usize>colsG << 1;
   for (let t = t0; t < n; t++) {
     const xt = xq + <usize>t * xRow;
-    let f = f32x4.splat(0);
+    let f = f32x4.splat(0); // the row in lane 0 (the same multiply-add as the tiles' lanes)
     for (let g = 0; g < groups; g++) {
       let a = i32x4.splat(0);
       const k0 = <usize>(g * group);
       for (let k = k0; k < k0 + <usize>group; k += 16) a = dotGroup(a, wj + k, xt + (k << 1));
-      f = madd(f32x4.convert_i32x4_s(a), f32x4.splat(load<f32>(sj + (<usize>g << 2))), f);
+      const sum = i32x4.extract_lane(a, 0) + i32x4.extract_lane(a, 1) + i32x4.extract_lane(a, 2) +
+        i32x4.extract_lane(a, 3);
+      f = madd(f32x4.splat(<f32>sum), f32x4.splat(load<f32>(sj + (<usize>g << 2))), f);
     }
-    const s = (f32x4.extract_lane(f, 0) + f32x4.extract_lane(f, 1)) +
-      (f32x4.extract_lane(f, 2) + f32x4.extract_lane(f, 3));
-    store<f32>(out + ((<usize>t * <usize>dOut + <usize>j) << 2), s * load<f32>(sx + (<usize>t << 2)));
+    const y = f32x4.extract_lane(f, 0) * load<f32>(sx + (<usize>t << 2));
+    store<f32>(out + ((<usize>t * <usize>dOut + <usize>j) << 2), y);
   }
 }
 

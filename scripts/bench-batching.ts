@@ -19,8 +19,9 @@ import { makeDemoModel } from "./lib/demo-model";
 
 if (process.argv.includes("--help") || process.argv.includes("-h")) {
   console.log(
-    "usage: npm run bench:batching [-- --tokens 64] [--streams 1,4,16] [--runs 1] [--out FILE]\n" +
-      "  Aggregate decode tokens/s of N concurrent greedy streams on the demo, BATCHING on vs off.",
+    "usage: npm run bench:batching [-- --tokens 64] [--streams 1,4,16] [--runs 1] [--out FILE] [--var NAME=VALUE]\n" +
+      "  Aggregate decode tokens/s of N concurrent greedy streams on the demo, BATCHING on vs off.\n" +
+      "  --var NAME=VALUE  another var for both servers, repeatable (e.g. --var PIPELINE_STAGES=2)",
   );
   process.exit(0);
 }
@@ -30,8 +31,18 @@ const { values } = parseArgs({
     streams: { type: "string", default: "1,4,16" },
     runs: { type: "string", default: "1" },
     out: { type: "string", default: join("bench-results", "batching.json") },
+    var: { type: "string", multiple: true, default: [] },
   },
 });
+const EXTRA_VARS: Record<string, string> = {};
+for (const v of values.var) {
+  const m = /^([A-Z][A-Z0-9_]*)=(.*)$/.exec(v);
+  if (!m || m[1] === "BATCHING") {
+    console.error(`--var takes NAME=VALUE (not BATCHING), got "${v}"`);
+    process.exit(2);
+  }
+  EXTRA_VARS[m[1]] = m[2];
+}
 const TOKENS = Math.min(256, Math.max(1, Number(values.tokens)));
 const STREAMS = values.streams.split(",").map((s) => Math.min(64, Math.max(1, Number(s))));
 const RUNS = Math.min(5, Math.max(1, Number(values.runs)));
@@ -138,7 +149,7 @@ try {
   for (const batching of ["on", "off"]) {
     const had = existsSync("/proc") ? workerdPids() : new Set<number>();
     const w = await startLocalWorker({
-      vars: { DEFAULT_MODEL: MODEL, BATCHING: batching, RATE_LIMIT_ENABLED: "false" },
+      vars: { DEFAULT_MODEL: MODEL, BATCHING: batching, RATE_LIMIT_ENABLED: "false", ...EXTRA_VARS },
     });
     servers[batching] = w;
     serverPids[batching] = existsSync("/proc") ? [...workerdPids()].filter((p) => !had.has(p)) : [];
@@ -186,7 +197,14 @@ try {
       }
     }
   }
-  const out = { date: new Date().toISOString(), cpus: cpus().length, loadavg: loadavg()[0], tokens: TOKENS, results };
+  const out = {
+    date: new Date().toISOString(),
+    cpus: cpus().length,
+    loadavg: loadavg()[0],
+    tokens: TOKENS,
+    vars: EXTRA_VARS,
+    results,
+  };
   mkdirSync(dirname(values.out), { recursive: true });
   writeFileSync(values.out, `${JSON.stringify(out, null, 2)}\n`);
   console.log(`wrote ${values.out} (load average ${loadavg()[0].toFixed(1)} on ${cpus().length} cores)`);

@@ -22,7 +22,7 @@ import { progressBar, wantsHelp } from "./lib/progress";
 const USAGE = `usage: npm run bench:load [-- --concurrency 1,4,16,64] [--tokens N|default] [--requests N]
                           [--seconds S] [--phase-seconds S] [--batching on,off] [--url URL]
                           [--model ID] [--api-key KEY] [--admin-token TOKEN] [--no-reference]
-                          [--memory] [--out FILE]
+                          [--memory] [--out FILE] [--var NAME=VALUE]
   N concurrent streaming chat clients (greedy) with a skewed, moving expert load, per level:
   aggregate decode tokens/s, TTFT and time per output token p50/p99, failed requests and
   refusals (status, Retry-After), tokens lost or changed against the same request run alone,
@@ -44,6 +44,8 @@ const USAGE = `usage: npm run bench:load [-- --concurrency 1,4,16,64] [--tokens 
   --memory            after each level, every instance's peak memory from /admin/hosts, checked
                       against its budget and 128 MB (needs --admin-token with --url)
   --out FILE          JSON result (default bench-results/load.json)
+  --var NAME=VALUE    another var for the own servers, repeatable (e.g. --var PIPELINE_STAGES=2
+                      to serve the demo on pipeline stages)
   Exits 1 when a stream lost or changed tokens, a request was neither complete nor refused with
   429/503 + Retry-After (a 500, a cut stream), or an instance's peak memory was over its budget.
   E.g. 16 concurrent default chats against npm start:
@@ -69,6 +71,7 @@ const { values } = parseArgs({
     "no-reference": { type: "boolean", default: false },
     memory: { type: "boolean", default: false },
     out: { type: "string", default: join("bench-results", "load.json") },
+    var: { type: "string", multiple: true, default: [] },
   },
 });
 
@@ -88,6 +91,13 @@ const seconds = positiveInt("seconds", values.seconds);
 const phaseSeconds = positiveInt("phase-seconds", values["phase-seconds"]);
 const batching = values.batching.split(",").map((s) => s.trim());
 for (const b of batching) if (b !== "on" && b !== "off") fail(`--batching takes "on" and/or "off", got "${b}"`);
+const extraVars: Record<string, string> = {};
+for (const v of values.var) {
+  const m = /^([A-Z][A-Z0-9_]*)=(.*)$/.exec(v);
+  if (!m) fail(`--var takes NAME=VALUE, got "${v}"`);
+  if (m[1] === "BATCHING") fail("--var BATCHING: use --batching");
+  extraVars[m[1]] = m[2];
+}
 if (values.url) {
   try {
     loopbackUrl(values.url);
@@ -176,7 +186,7 @@ if (values.url) {
   );
   for (const b of batching) {
     // The vars npm start passes (its model, no rate limit: the benchmark is one client by design).
-    const vars = { BATCHING: b, DEFAULT_MODEL: model, RATE_LIMIT_ENABLED: "false" };
+    const vars = { BATCHING: b, DEFAULT_MODEL: model, RATE_LIMIT_ENABLED: "false", ...extraVars };
     const t = performance.now();
     let w: LocalWorker | null = null;
     try {

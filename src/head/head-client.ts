@@ -23,6 +23,7 @@
  */
 import { pipelineRpcTimeoutMs, withDeadline } from "../platform/deadline";
 import { ModelChangedError } from "../model/errors";
+import { ApiError } from "../errors";
 import { planHeadShards, type HeadPlacement, type HeadShard } from "../coordinator/head-placement";
 import type { ModelSpec } from "../model/config";
 import { headHostBudgetBytes } from "./budget";
@@ -72,7 +73,13 @@ export function ref(p: HeadPlacement, s: HeadShard): HeadShardRef {
 
 /** A shard's failure as an error: a re-uploaded model is the retryable ModelChangedError. */
 export function shardError(code: HeadFailureCode, shard: string, message: string): Error {
-  return code === "model_changed" ? new ModelChangedError(message) : new HeadError(code, shard, message);
+  if (code === "model_changed") return new ModelChangedError(message);
+  // A shard's queue is full: the client may retry shortly.
+  if (code === "overloaded")
+    return new ApiError(503, `HeadHost ${shard}: ${message}`, "service_unavailable", null, "head_overloaded", {
+      "Retry-After": "1",
+    });
+  return new HeadError(code, shard, message);
 }
 
 function stub(env: Env, s: HeadShard) {

@@ -15,6 +15,9 @@ import { hostKeepAliveMs, KeepAlive } from "../platform/keep-alive";
 import { MemoryPeak, type MemoryPeakStats } from "../platform/memory-peak";
 import { headHostBudgetBytes } from "./budget";
 import { HeadStore, HeadStoreFailure } from "./head-store";
+import { batchingEnabled } from "../platform/env";
+import { QueueFullError } from "../platform/coalescer";
+import { headAnswer, HeadHostBatcher } from "./head-host-batcher";
 import type {
   HeadEmbedResult,
   HeadFailure,
@@ -42,6 +45,8 @@ export class HeadHost extends DurableObject<Env> {
   readonly #keepAlive = new KeepAlive(this.ctx, () => hostKeepAliveMs(this.env));
   /** High-water marks of the rows and Wasm memory held (noted after every call). */
   readonly #peak = new MemoryPeak();
+  /** Merges the calls that meet into one head pass (null: BATCHING off). */
+  #batcher: HeadHostBatcher | null | undefined;
 
   get #store(): HeadStore | null {
     return this.#model.current?.value ?? null;
@@ -65,13 +70,23 @@ export class HeadHost extends DurableObject<Env> {
     try {
       this.#keepAlive.touch();
       const store = await this.#open(req);
-      if (req.mode === "logits") return { ok: true, mode: "logits", logits: store.logits(req.hidden, req.n) };
-      if (req.mode === "greedy") return { ok: true, mode: "greedy", ...store.greedy(req.hidden, req.n) };
-      return {
-        ok: false,
-        code: "bad_request",
-        message: `mode must be "logits" or "greedy", got ${JSON.stringify(req.mode)}`,
-      };
+      if (req.mode !== "logits" && req.mode !== "greedy")
+        return {
+          ok: false,
+          code: "bad_request",
+          message: `mode must be "logits" or "greedy", got ${JSON.stringify(req.mode)}`,
+        };
+      const call = { mode: req.mode, hidden: req.hidden, n: req.n };
+      this.#batcher ??= batchingEnabled(this.env) ? new HeadHostBatcher(this.#label) : null;
+      // A call of the wrong shape runs alone: its bad_request is its own.
+      const wellFormed = Number.isInteger(req.n) && req.n > 0 && req.hidden?.length === req.n * store.dModel;
+      if (!this.#batcher || !wellFormed) return { ok: true, ...headAnswer(store, call) };
+      try {
+        return { ok: true, ...(await this.#batcher.run(store, call)) };
+      } catch (err) {
+        if (err instanceof QueueFullError) return { ok: false, code: "overloaded", message: err.message };
+        throw err;
+      }
     } catch (err) {
       return failure(err);
     } finally {
@@ -121,6 +136,7 @@ export class HeadHost extends DurableObject<Env> {
       peak: this.#notePeak(),
       calls: s?.calls ?? 0,
       tokens: s?.tokens ?? 0,
+      batching: this.#batcher?.stats() ?? null,
     };
   }
 

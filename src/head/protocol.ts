@@ -30,7 +30,7 @@ export interface HeadForwardRequest extends HeadShardRef {
 }
 
 /** Failures a HeadHost reports as data. */
-export type HeadFailureCode = "budget_exceeded" | "model_error" | "bad_request" | "model_changed";
+export type HeadFailureCode = "budget_exceeded" | "model_error" | "bad_request" | "model_changed" | "overloaded";
 
 export type HeadFailure = { ok: false; code: HeadFailureCode; message: string };
 
@@ -61,6 +61,21 @@ export interface HeadHostStats {
   peak: MemoryPeakStats;
   calls: number;
   tokens: number;
+  /** Continuous batching of the shard's calls; null when BATCHING is off. */
+  batching: HeadBatchStats | null;
+}
+
+/** Counters of a HeadHost's head passes (src/head/head-host-batcher.ts). */
+export interface HeadBatchStats {
+  /** Passes run, and the calls they served. */
+  passes: number;
+  calls: number;
+  /** Passes that carried two calls or more, with their calls and rows. */
+  mergedPasses: number;
+  mergedCalls: number;
+  mergedRows: number;
+  /** Most calls one pass carried. */
+  maxCalls: number;
 }
 
 export type HeadLoadResult = { ok: true; stats: HeadHostStats } | HeadFailure;

@@ -3,7 +3,9 @@
  * shared experts, output head — readable top to bottom (llama2.c style), for every family the
  * spec describes. One implementation for every placement: a process holds a part (a layer range,
  * with or without the ends) and runs `embed`, `layers` and `head` on it; `forward` is the three
- * in one process when it holds everything. Routed experts are handed to an `ExpertRunner`: the
+ * in one process when it holds everything; `step` (the whole model) and `stepLayers` (a part's
+ * layers) run several sessions' rows in one pass (continuous batching; their types and row
+ * bookkeeping: forward-batch.ts). Routed experts are handed to an `ExpertRunner`: the
  * ExpertHost fan-out in the Worker (model-runtime.ts), or local kernels in Node tests.
  * Platform-agnostic: give it a `Kernels`.
  *
@@ -22,40 +24,25 @@ import { flattenRouting, route, ROUTING_OFF, type Routing, type RoutingOptions }
 import { expertEvents } from "../platform/events";
 import { Arena, attentionStep, gqaRows, kvLayout, ropeTables, type Ptrs } from "./attention";
 import { kvBytesPerPosition } from "./stage-budgets";
+import {
+  checkRoom,
+  mergeRoutings,
+  offsetOf,
+  type LayerOutcome,
+  type LayerSegment,
+  type OwnedExpertRunner,
+  type StepOutcome,
+  type StepPart,
+  type StepSegment,
+} from "./forward-batch";
+
+export type { LayerOutcome, LayerSegment, OwnedExpertRunner, StepOutcome, StepSegment } from "./forward-batch";
 
 /**
  * Runs one layer's routed experts: h [n, dModel] → Σ_k weight_k · expert_k(h) [n, dModel].
  * May be asynchronous (RPC); it must not touch the Kernels' memory.
  */
 export type ExpertRunner = (layer: number, routing: Routing, h: Float32Array) => Promise<Float32Array>;
-
-/**
- * One session's rows in a batched step (`ModelForward.step`): its tokens at positions
- * session.length…, its own random source (noisy routing draws from it as it would alone).
- */
-export interface StepSegment {
-  session: Session;
-  tokens: number[];
-  /** 1: the logits of its last token are wanted; 0: none (a prompt chunk that is not the last). */
-  nOut: 0 | 1;
-  rng: () => number;
-  /** Whether its generation left (aborted): its expert rows are then not retried. */
-  gone?: () => boolean;
-}
-
-/** A segment's outcome: its logits [nOut, vocab] (empty for nOut 0), or the error that failed it. */
-export type StepOutcome = { ok: true; logits: Float32Array } | { ok: false; error: unknown };
-
-/**
- * Routed experts of a batched step: `owner[t]` is the segment of token row t. Answers every row's
- * output, and the segments that lost rows (their output rows are then meaningless).
- */
-export type OwnedExpertRunner = (
-  layer: number,
-  routing: Routing,
-  h: Float32Array,
-  owner: Int32Array | null,
-) => Promise<{ out: Float32Array; lost: Map<number, unknown> }>;
 
 /** Tokens per dense-MLP kernel call: bounds the [chunk, dFf] × 2 scratch whatever the prompt length. */
 const MLP_TOKEN_CHUNK = 64;
@@ -243,42 +230,40 @@ export class ModelForward {
   }
 
   /**
-   * Whether `step` gives every segment, bit for bit, what `forward` gives it alone: the whole model
-   * here, GQA, f32 matrices whose output counts are multiples of 4 (the f32 matmul then computes
-   * each row the same whatever the rows beside it: tests/unit/kernels/matmul-rows.test.ts).
+   * Whether `step` gives every segment, bit for bit, what `forward` gives it alone: `layersExact`,
+   * and the whole model here (embeddings and head; the f32 head matmul's rows are batch-independent
+   * for any vocabulary, tests/unit/kernels/batch-rows-contract.ts).
    */
   get stepExact(): boolean {
-    // The held matrices never change after load: walk them once.
-    this.#stepExact ??= this.#computeStepExact();
-    return this.#stepExact;
+    return this.whole && this.layersExact;
   }
 
-  #stepExact: boolean | undefined;
-
-  #computeStepExact(): boolean {
-    const { spec } = this;
-    const a = spec.attention;
-    if (!this.whole || a.kind !== "gqa") return false;
-    const dims = [spec.dModel, spec.vocabSize, spec.nExperts, a.nHeads * a.headDim, a.nKvHeads * a.headDim];
-    for (const l of spec.layers) if (l.kind === "dense") dims.push(l.dFf);
-    if (spec.sharedExperts) dims.push(spec.sharedExperts.dFf);
-    const ms: DenseMatrix[] = [];
-    collectMatrices(this.layerW, ms);
-    const gated = this.layerW.some((L) => L.ffn.kind === "moe" && L.ffn.shared?.gate);
-    return !gated && dims.every((d) => d % 4 === 0) && ms.every((m) => m.format === "f32");
+  /**
+   * Whether `stepLayers` gives every segment, bit for bit, what `layers` gives it alone. Every dense
+   * kernel a layer runs computes each row the same whatever rows share the call — f32, bf16 and
+   * int8-group matmuls (ragged output counts included), the fused f32 MLP, the scalar SiLU, the
+   * per-row norms and RoPE (batch-rows contract) — and attention runs per session over its own
+   * KV cache; what remains is the attention kind: GQA has a batched path (`gqaRows`), MLA not yet.
+   */
+  get layersExact(): boolean {
+    return this.spec.attention.kind === "gqa";
   }
 
   /**
    * Rows a batched step may carry so that its Wasm scratch fits `scratchBytes` for sessions of up
    * to `maxLen` positions: per row the residual, normed and attention-output rows, the rope tables,
-   * q/attention/k/v rows, router logits and a head row (every row counted as wanting logits); fixed,
+   * q/attention/k/v rows, router logits, the int8 activations and, where the part holds the head, a
+   * head row (every row counted as wanting logits); fixed,
    * the dense-MLP chunk and the attention scores. At least 1 (a single decode row always runs).
    */
   stepRowsFitting(scratchBytes: number, maxLen: number): number {
     const { dModel, vocabSize, nExperts, rope, attention: a } = this.spec;
     const qDim = a.kind === "gqa" ? a.nHeads * a.headDim : 0;
     const kvDim = a.kind === "gqa" ? a.nKvHeads * a.headDim : 0;
-    const perRow = 4 * (5 * dModel + rope.rotDim + 2 * qDim + 2 * kvDim + nExperts + vocabSize) + 64;
+    const head = this.ends ? vocabSize : 0;
+    // The int8 matrices' quantized activations: per row, what one token of the widest needs.
+    const q8 = this.#q8Widest === null ? 0 : denseScratchBytes(this.#q8Widest, 1);
+    const perRow = 4 * (5 * dModel + rope.rotDim + 2 * qDim + 2 * kvDim + nExperts + head) + q8 + 64;
     let dFf = this.spec.sharedExperts?.dFf ?? 0;
     for (const l of this.spec.layers) if (l.kind === "dense") dFf = Math.max(dFf, l.dFf);
     const fixed = 4 * (MLP_TOKEN_CHUNK * (dModel + 2 * dFf + 1) + maxLen) + 1024;
@@ -287,20 +272,97 @@ export class ModelForward {
 
   /**
    * One step of several sessions at once (continuous batching): every segment's tokens go through
-   * the layers together — norms and projections over all rows, attention per session over its own
-   * KV cache, one expert call per MoE layer for all rows — and one head pass gives the logits of
-   * the segments that want them. Appends to each session's KV cache. A segment whose expert rows
-   * were lost fails alone. Only when `stepExact`.
+   * the layers together (`stepLayers`), and one head pass gives the logits of the segments that
+   * want them. Appends to each session's KV cache. A segment whose expert rows were lost fails
+   * alone. Only when `stepExact`.
    */
   async step(segs: StepSegment[], experts: OwnedExpertRunner): Promise<StepOutcome[]> {
+    const { dModel } = this.spec;
+    const k = this.kernels;
+    const parts = segs.map((g) => ({ session: g.session, n: g.tokens.length, rng: g.rng }));
+    checkRoom(parts);
+    const n = parts.reduce((t, p) => t + p.n, 0);
+    const arena = new Arena(k);
+    try {
+      const x = arena.f32(n * dModel);
+      this.#embedInto(
+        x,
+        segs.flatMap((g) => g.tokens),
+      );
+      const failed = await this.#stepLayers(parts, x, n, experts);
+      // The head over the last row of every segment that wants logits.
+      const want = segs.flatMap((g, i) => (g.nOut === 1 && !failed.has(i) ? [i] : []));
+      const logits = new Map<number, Float32Array>();
+      if (want.length > 0) {
+        const xs = arena.f32(want.length * dModel);
+        const all = k.f32(x, n * dModel);
+        const rows = k.f32(xs, want.length * dModel);
+        want.forEach((i, j) => {
+          const last = offsetOf(parts, i) + parts[i].n - 1;
+          rows.set(all.subarray(last * dModel, (last + 1) * dModel), j * dModel);
+        });
+        const out = this.#head(xs, want.length);
+        const v = this.spec.vocabSize;
+        want.forEach((i, j) => logits.set(i, out.slice(j * v, (j + 1) * v)));
+      }
+      return segs.map((_, i) =>
+        failed.has(i)
+          ? { ok: false, error: failed.get(i) }
+          : { ok: true, logits: logits.get(i) ?? new Float32Array(0) },
+      );
+    } finally {
+      arena.free();
+    }
+  }
+
+  /**
+   * The layers held here over several sessions' residual rows at once (continuous batching in a
+   * pipeline stage): norms, projections and dense MLPs over all rows, attention per session over its
+   * own KV cache, one expert call per MoE layer for all rows (`owner` names each row's segment).
+   * Each segment gets its own rows back [n, dModel] — bit for bit what `layers` gives it alone when
+   * `layersExact` — or its own failure (its expert rows were lost; its session does not advance).
+   */
+  async stepLayers(segs: LayerSegment[], experts: OwnedExpertRunner): Promise<LayerOutcome[]> {
+    const { dModel } = this.spec;
+    const k = this.kernels;
+    const parts = segs.map((g) => {
+      const rows = g.x.length / dModel;
+      if (!Number.isInteger(rows) || rows < 1)
+        throw new RangeError(`x must hold n·${dModel} values, got ${g.x.length}`);
+      return { session: g.session, n: rows, rng: g.rng };
+    });
+    checkRoom(parts);
+    const n = parts.reduce((t, p) => t + p.n, 0);
+    const arena = new Arena(k);
+    try {
+      const x = arena.f32(n * dModel);
+      const xs = k.f32(x, n * dModel);
+      segs.forEach((g, i) => xs.set(g.x, offsetOf(parts, i) * dModel));
+      const failed = await this.#stepLayers(parts, x, n, experts);
+      const all = k.f32(x, n * dModel);
+      return parts.map((p, i) => {
+        if (failed.has(i)) return { ok: false, error: failed.get(i) };
+        const at = offsetOf(parts, i) * dModel;
+        return { ok: true, y: all.slice(at, at + p.n * dModel) };
+      });
+    } finally {
+      arena.free();
+    }
+  }
+
+  /**
+   * The layers held, over the rows x [n, dModel] (in Wasm memory, updated in place) of consecutive
+   * segments; advances every session that did not fail. Answers the failed segments' errors.
+   */
+  async #stepLayers(
+    parts: StepPart[],
+    x: number,
+    n: number,
+    experts: OwnedExpertRunner,
+  ): Promise<Map<number, unknown>> {
     const { dModel, rmsEps, multipliers, rope } = this.spec;
     const k = this.kernels;
-    const n = segs.reduce((t, g) => t + g.tokens.length, 0);
-    for (const g of segs)
-      if (g.session.length + g.tokens.length > g.session.maxLen)
-        throw new Error(`session holds ${g.session.maxLen} positions, asked for ${g.session.length + g.tokens.length}`);
-    const parts = segs.map((g) => ({ n: g.tokens.length, rng: g.rng }));
-    const segRows = segs.map((g, i) => ({ start: g.session.length, n: g.tokens.length, at: offsetOf(parts, i) }));
+    const segRows = parts.map((g, i) => ({ start: g.session.length, n: g.n, at: offsetOf(parts, i) }));
     const owner = new Int32Array(n);
     segRows.forEach((r, i) => owner.fill(i, r.at, r.at + r.n));
     const failed = new Map<number, unknown>();
@@ -312,24 +374,19 @@ export class ModelForward {
     const half = rope.rotDim / 2;
     const arena = new Arena(k);
     try {
-      const x = arena.f32(n * dModel);
       const h = arena.f32(n * dModel);
       const o = arena.f32(n * dModel);
       const cos = arena.f32(n * half);
       const sin = arena.f32(n * half);
       const ws = this.#weightScratch(arena, n);
       const scores = arena.f32(Math.max(...segRows.map((r) => r.start + r.n)));
-      this.#embedInto(
-        x,
-        segs.flatMap((g) => g.tokens),
-      );
       for (const r of segRows) {
         const c = k.f32(cos, n * half).subarray(r.at * half, (r.at + r.n) * half);
         ropeTables(c, k.f32(sin, n * half).subarray(r.at * half, (r.at + r.n) * half), rope, r.start, r.n);
       }
       for (let l = this.first; l < this.end; l++) {
         const L = this.layerW[l - this.first];
-        const caches = segs.map((g, i) => ({
+        const caches = parts.map((g, i) => ({
           ...segRows[i],
           kCache: g.session.k[l - this.first],
           vCache: g.session.v[l - this.first],
@@ -342,27 +399,11 @@ export class ModelForward {
         const ffn = await this.#ffn(l, h, n, ws, lostOf, () => 0, undefined, parts);
         addScaled(k.f32(x, n * dModel), ffn, multipliers.residual);
       }
-      for (const g of segs) g.session.length += g.tokens.length;
-      // The head over the last row of every segment that wants logits.
-      const want = segs.flatMap((g, i) => (g.nOut === 1 && !failed.has(i) ? [i] : []));
-      const logits = new Map<number, Float32Array>();
-      if (want.length > 0) {
-        const xs = arena.f32(want.length * dModel);
-        const all = k.f32(x, n * dModel);
-        const rows = k.f32(xs, want.length * dModel);
-        want.forEach((i, j) => {
-          const last = segRows[i].at + segRows[i].n - 1;
-          rows.set(all.subarray(last * dModel, (last + 1) * dModel), j * dModel);
-        });
-        const out = this.#head(xs, want.length);
-        const v = this.spec.vocabSize;
-        want.forEach((i, j) => logits.set(i, out.slice(j * v, (j + 1) * v)));
-      }
-      return segs.map((_, i) =>
-        failed.has(i)
-          ? { ok: false, error: failed.get(i) }
-          : { ok: true, logits: logits.get(i) ?? new Float32Array(0) },
-      );
+      // A failed segment's rows are meaningless: its session stays where it was (a retry rewrites them).
+      parts.forEach((g, i) => {
+        if (!failed.has(i)) g.session.length += g.n;
+      });
+      return failed;
     } finally {
       arena.free();
     }
@@ -682,36 +723,6 @@ async function runRouted(
     for (let d = 0; d < dModel; d++) out[o + d] += y[i * dModel + d];
   }
   return out;
-}
-
-/** Row offset of part i: the rows of the parts before it. */
-function offsetOf(parts: readonly { n: number }[], i: number): number {
-  let at = 0;
-  for (let j = 0; j < i; j++) at += parts[j].n;
-  return at;
-}
-
-/** Routings of consecutive row ranges as one routing over all the rows. */
-function mergeRoutings(rs: Routing[]): Routing {
-  if (rs.length === 1) return rs[0];
-  const n = rs.reduce((t, r) => t + r.n, 0);
-  const topK = rs[0].topK;
-  const ids = new Int32Array(n * topK);
-  const weights = new Float32Array(n * topK);
-  let at = 0;
-  let rerouted = 0;
-  let dropped = 0;
-  for (const r of rs) {
-    ids.set(r.ids, at * topK);
-    weights.set(r.weights, at * topK);
-    at += r.n;
-    rerouted += r.rerouted ?? 0;
-    dropped += r.dropped ?? 0;
-  }
-  const merged: Routing = { n, topK, ids, weights };
-  if (rs.some((r) => r.rerouted !== undefined)) merged.rerouted = rerouted;
-  if (rs.some((r) => r.dropped !== undefined)) merged.dropped = dropped;
-  return merged;
 }
 
 /** Every matrix of a held weight tree. */

@@ -80,6 +80,19 @@ export type StageDecodeResult = { ok: true; tokens: ReadableStream<Uint8Array> }
 
 export type StageMoeResult = { ok: true; out: Float32Array; trace: StageLayerTrace } | StageFailure;
 
+/** Counters of a StageHost's passes over its layers (src/stages/stage-batcher.ts). */
+export interface StageBatchStats {
+  /** Passes run, and the calls they served. */
+  passes: number;
+  calls: number;
+  /** Passes that carried two calls or more, with their calls and rows. */
+  mergedPasses: number;
+  mergedCalls: number;
+  mergedRows: number;
+  /** Most calls one pass carried. */
+  maxCalls: number;
+}
+
 export interface StageHostStats {
   name: string;
   model: string | null;
@@ -106,4 +119,6 @@ export interface StageHostStats {
   peak: MemoryPeakStats;
   /** A session driver's runtime (what it holds for the model it drives); null on a stage. */
   driver: RuntimeMemoryStats | null;
+  /** Continuous batching of the stage's calls (passes, merged passes and their rows); null when off. */
+  batching: StageBatchStats | null;
 }

@@ -19,6 +19,9 @@ import { flushExpertEventsSoon } from "../platform/events";
 import { hostKeepAliveMs, KeepAlive } from "../platform/keep-alive";
 import { MemoryPeak, type MemoryPeakStats } from "../platform/memory-peak";
 import { currentPlacement, flushLoad, flushLoadSoon, runExperts } from "../experts/expert-client";
+import { QueueFullError } from "../platform/coalescer";
+import type { StageBatcher } from "./stage-batcher";
+import { stageBatcherFor } from "./stage-pass";
 import { parseRoutingOptions } from "../gating/options";
 import { ModelForward, type ExpertRunner, type Session } from "../serving/forward";
 import { placementInitFor, type ModelPlacementInit } from "../serving/placement-init";
@@ -47,7 +50,7 @@ import type {
 } from "../serving/stage-protocol";
 
 /** What one instance holds once opened. */
-interface StagePart {
+export interface StagePart {
   model: string;
   first: number;
   end: number;
@@ -57,6 +60,8 @@ interface StagePart {
   load: LoadStats & { ms: number };
   /** The upload its layers were read from. */
   version: string;
+  /** Merges concurrent calls into one pass over the layers (null: BATCHING off, or not exact here). */
+  batcher: StageBatcher | null;
 }
 
 class StageError extends Error {
@@ -153,7 +158,17 @@ export class StageHost extends DurableObject<Env> {
         return r.out;
       };
       const rng = createRng((req.start * 2654435761) >>> 0);
-      const y = await part.forward.layers(s, req.x, experts, rng);
+      let y: Float32Array;
+      // A traced call runs alone: its trace is its own routing, layer by layer.
+      if (part.batcher && !req.trace) {
+        const gone = () => kv.get(req.session, Date.now()) !== s;
+        const r = await part.batcher.run({ session: s, x: req.x, rng, gone }).catch((err: unknown) => {
+          if (err instanceof QueueFullError) throw new StageError("busy", err.message, err.retryAfterS * 1000);
+          throw err;
+        });
+        y = r.y;
+        rpcs += r.rpcs;
+      } else y = await part.forward.layers(s, req.x, experts, rng);
       const waitUntil = (p: Promise<unknown>) => this.ctx.waitUntil(p);
       flushLoad(this.env, part.model, waitUntil);
       // This isolate's fan-out metrics (it ran the layers' experts) go to the MetricsHub too.
@@ -322,6 +337,7 @@ export class StageHost extends DurableObject<Env> {
       wasmMemoryBytes: k?.memoryBytes ?? 0,
       peak: this.#notePeak(),
       driver: this.#driven?.memory(this.env) ?? null,
+      batching: p?.batcher?.stats() ?? null,
     };
   }
 
@@ -451,7 +467,9 @@ export class StageHost extends DurableObject<Env> {
       init: placementInitFor(this.env, opened),
       load: { ...stats, ms: Date.now() - t0 },
       version: opened.version,
+      batcher: null,
     };
+    part.batcher = stageBatcherFor(this.env, part, budgets.stageKvBytes, hop.name);
     this.#part = part;
     return part;
   }

@@ -2,15 +2,15 @@
  * @module batch-rows-contract — batch independence, bit for bit, for every kernel a batched host
  * feeds: a token's output row from a call of n tokens equals the same token run alone (n = 1),
  * whatever n and its place in the call, on the tiles each path has (f32 head matmul's row-outer
- * token blocks and the bf16 head kernel, ragged row counts included; the packed f32 4-, 3- and
- * 2-token tiles across k-chunks; the int8 4-token tiles on every dot path the build has, hi/lo
- * digits included; the int4 4-token tiles on every dot form the build has, and the same bits across
- * forms). Part of the one
+ * token blocks, the bf16 head kernel and the int8-group stage matrices — 4-token tiles, one-token
+ * blocks, leftover rows — ragged row counts included; the packed f32 4-, 3- and 2-token tiles across
+ * k-chunks; the int8 4-token tiles on every dot path the build has, hi/lo digits included; the int4
+ * 4-token tiles on every dot form the build has, and the same bits across forms). Part of the one
  * contract suite (contract.ts: every build, Node and workerd). Also the greedy head scan
  * (argmaxRows) against the JS scan it replaces.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { DenseMatrixWriter } from "../../../src/kernels/dense";
+import { DenseMatrixWriter, denseScratchBytes } from "../../../src/kernels/dense";
 import type { Kernels, Q4DotForm, Q8Path } from "../../../src/kernels/index";
 import {
   expertPackedBytes,
@@ -123,6 +123,23 @@ export function batchRowsContract(kernels: () => Kernels, q8Paths: Q8Path[]): vo
       writer.push(new Uint8Array(w.buffer));
       const m = writer.finish();
       expectRowsIndependent(k, dIn, dOut, SIZES, (kk, out, x, n) => kk.matmulDense(m, out, x, n, 0), 9);
+      k.free(m.ptr);
+    });
+
+    it.each([
+      [64, 24, 32],
+      [200, 27, 64],
+      [40, 9, 16],
+      [130, 1003, 128],
+    ])("matmulDense int8-group (stage matrices; ragged rows) dIn=%i dOut=%i group=%i", (dIn, dOut, group) => {
+      const k = kernels();
+      const w = randn(rng(dIn * 11 + dOut), dIn * dOut);
+      const writer = new DenseMatrixWriter(k, { rows: dOut, cols: dIn, source: "F32", format: "int8", group });
+      writer.push(new Uint8Array(w.buffer));
+      const m = writer.finish();
+      const scratch = k.alloc(denseScratchBytes(m, Math.max(...SIZES)));
+      expectRowsIndependent(k, dIn, dOut, SIZES, (kk, out, x, n) => kk.matmulDense(m, out, x, n, scratch), 15);
+      k.free(scratch);
       k.free(m.ptr);
     });
 

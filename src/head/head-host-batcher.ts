@@ -1,0 +1,154 @@
+/**
+ * @module Continuous batching in a HeadHost: `forward` calls on the shard that meet run as ONE
+ * matmul over the shard's rows for all their hidden rows (the shard's weights are read once, not
+ * once per call), and each call gets its own logits slice or greedy answer back. Exact: the head
+ * kernels (f32 and bf16) compute each token row the same whatever rows share the call, for any row
+ * count (tests/unit/kernels/batch-rows-contract.ts), and the greedy scan and the division by
+ * logits_scaling are per row — so a merged answer is bit for bit the answer alone.
+ *
+ * When calls meet: a head pass is synchronous (no await inside), so calls never queue behind a
+ * running pass; they are delivered as separate events. A call that finds another one arrived
+ * within HEAD_COMPANY_MS waits one timer turn (`setTimeout(0)`: the events already delivered join
+ * it); a call with no recent company runs at once (one stream alone pays no timer).
+ *
+ * Bounded: a pass carries at most HEAD_PASS_BYTES of logits (at least HEAD_TOKEN_CHUNK rows), the
+ * queue 8× that, a queued call waits at most HEAD_QUEUE_DEADLINE_MS; a refused call answers
+ * `overloaded` (the Worker's 503 with Retry-After).
+ */
+import { Coalescer, type BatchEntry, type BatchResult } from "../platform/coalescer";
+import { HEAD_TOKEN_CHUNK, type HeadStore } from "./head-store";
+import type { HeadBatchStats, HeadMode } from "./protocol";
+
+/** Logit bytes one merged pass produces at most (JS memory of its answer). */
+export const HEAD_PASS_BYTES = 4 << 20;
+/** A call arriving this soon after the previous one waits a turn for others. */
+export const HEAD_COMPANY_MS = 5;
+/** Longest a queued call waits for its pass. */
+export const HEAD_QUEUE_DEADLINE_MS = 5_000;
+
+export interface HeadCall {
+  mode: HeadMode;
+  /** [n, dModel], already checked against the store's dModel. */
+  hidden: Float32Array;
+  n: number;
+}
+
+export type HeadAnswer =
+  | { mode: "logits"; logits: Float32Array }
+  | { mode: "greedy"; max: Float32Array; argmax: Int32Array };
+
+/** One call alone on the store (the per-call path). */
+export function headAnswer(store: HeadStore, call: HeadCall): HeadAnswer {
+  if (call.mode === "logits") return { mode: "logits", logits: store.logits(call.hidden, call.n) };
+  return { mode: "greedy", ...store.greedy(call.hidden, call.n) };
+}
+
+export class HeadHostBatcher {
+  #queue: Coalescer<HeadCall, HeadAnswer> | null = null;
+  #store: HeadStore | null = null;
+  #lastArrival = Number.NEGATIVE_INFINITY;
+  readonly #stats: HeadBatchStats = {
+    passes: 0,
+    calls: 0,
+    mergedPasses: 0,
+    mergedCalls: 0,
+    mergedRows: 0,
+    maxCalls: 0,
+  };
+
+  constructor(private readonly label: string) {}
+
+  /** `call` on `store`, merged with the calls that meet it; its own answer (QueueFullError: overload). */
+  run(store: HeadStore, call: HeadCall): Promise<HeadAnswer> {
+    const now = Date.now();
+    const company = now - this.#lastArrival < HEAD_COMPANY_MS;
+    this.#lastArrival = now;
+    return this.#queueFor(store, company).submit(call, call.n);
+  }
+
+  stats(): HeadBatchStats {
+    return { ...this.#stats };
+  }
+
+  /** The store's queue (a reloaded store gets a new one; the old one finishes what it holds). */
+  #queueFor(store: HeadStore, company: boolean): Coalescer<HeadCall, HeadAnswer> {
+    this.#company = company;
+    if (this.#queue && this.#store === store) return this.#queue;
+    const maxRows = Math.max(HEAD_TOKEN_CHUNK, Math.floor(HEAD_PASS_BYTES / (4 * store.rows)));
+    this.#store = store;
+    this.#queue = new Coalescer<HeadCall, HeadAnswer>(
+      async (entries) => this.#pass(store, entries),
+      {
+        maxWaitMs: 0,
+        maxRows,
+        maxInFlight: 1,
+        maxQueuedRows: 8 * maxRows,
+        queueDeadlineMs: HEAD_QUEUE_DEADLINE_MS,
+        turn: "timer",
+        handOver: "direct",
+      },
+      // 1: no company expected, the call runs at once (no turn); 2: wait one turn for whoever comes.
+      () => (this.#company ? 2 : 1),
+      `${this.label} head queue`,
+    );
+    return this.#queue;
+  }
+
+  #company = false;
+
+  #pass(store: HeadStore, entries: readonly BatchEntry<HeadCall>[]): BatchResult<HeadAnswer>[] {
+    const s = this.#stats;
+    s.passes++;
+    s.calls += entries.length;
+    s.maxCalls = Math.max(s.maxCalls, entries.length);
+    if (entries.length > 1) {
+      s.mergedPasses++;
+      s.mergedCalls += entries.length;
+      s.mergedRows += entries.reduce((t, e) => t + e.item.n, 0);
+    }
+    const out: BatchResult<HeadAnswer>[] = new Array(entries.length);
+    for (const mode of ["logits", "greedy"] as const) {
+      const idx = entries.flatMap((e, i) => (e.item.mode === mode ? [i] : []));
+      if (idx.length === 0) continue;
+      try {
+        mergedAnswers(
+          store,
+          mode,
+          idx.map((i) => entries[i].item),
+        ).forEach((a, j) => {
+          out[idx[j]] = { ok: true, value: a };
+        });
+      } catch {
+        // Which call made it fail is not known: each alone, so a failure stays with its call.
+        for (const i of idx) {
+          try {
+            out[i] = { ok: true, value: headAnswer(store, entries[i].item) };
+          } catch (error) {
+            out[i] = { ok: false, error };
+          }
+        }
+      }
+    }
+    return out;
+  }
+}
+
+/** One head pass over every call's rows (one mode), split back per call. */
+function mergedAnswers(store: HeadStore, mode: HeadMode, calls: readonly HeadCall[]): HeadAnswer[] {
+  if (calls.length === 1) return [headAnswer(store, calls[0])];
+  const n = calls.reduce((t, c) => t + c.n, 0);
+  const hidden = new Float32Array(n * store.dModel);
+  let at = 0;
+  for (const c of calls) {
+    hidden.set(c.hidden, at * store.dModel);
+    at += c.n;
+  }
+  const all = headAnswer(store, { mode, hidden, n });
+  at = 0;
+  return calls.map((c) => {
+    const from = at;
+    at += c.n;
+    if (all.mode === "logits") return { mode: "logits", logits: all.logits.slice(from * store.rows, at * store.rows) };
+    return { mode: "greedy", max: all.max.slice(from, at), argmax: all.argmax.slice(from, at) };
+  });
+}

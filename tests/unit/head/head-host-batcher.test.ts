@@ -1,0 +1,95 @@
+/**
+ * HeadHostBatcher (src/head/head-host-batcher.ts): head calls on one shard that meet run as one
+ * pass and each gets, bit for bit, what it gets alone — logits slices and greedy answers, f32 and
+ * bf16 rows, a ragged shard (1003 rows, granite-like) and an odd dModel; a call with no recent
+ * company runs at once; a full queue refuses with QueueFullError.
+ */
+import { describe, expect, it } from "vitest";
+import { loadKernels } from "../../../src/kernels/node";
+import { HeadStore } from "../../../src/head/head-store";
+import { headAnswer, HeadHostBatcher, type HeadCall } from "../../../src/head/head-host-batcher";
+import { parseConfig } from "../../../src/model/config";
+import { Checkpoint, memoryFileStore } from "../../../src/model/safetensors";
+import { f32ToBf16Bytes, writeSafetensors } from "../../../src/model/safetensors-writer";
+import { createRng } from "../../../src/serving/sampling";
+import { QueueFullError } from "../../../src/platform/coalescer";
+import { randn } from "../kernels/helpers";
+
+const VOCAB = 1003;
+const D_MODEL = 38;
+
+async function store(dtype: "F32" | "BF16"): Promise<HeadStore> {
+  const spec = parseConfig({
+    model_type: "granitemoe",
+    vocab_size: VOCAB,
+    hidden_size: D_MODEL,
+    intermediate_size: 8,
+    num_hidden_layers: 1,
+    num_attention_heads: 1,
+    num_key_value_heads: 1,
+    num_local_experts: 2,
+    num_experts_per_tok: 1,
+    logits_scaling: 6,
+    tie_word_embeddings: false,
+  });
+  const table = randn(createRng(7), VOCAB * D_MODEL, 0.5);
+  const data = dtype === "F32" ? table : f32ToBf16Bytes(table);
+  const file = writeSafetensors([{ name: "lm_head.weight", dtype, shape: [VOCAB, D_MODEL], data }]);
+  const ckpt = await Checkpoint.open(memoryFileStore({ "model.safetensors": file }));
+  return HeadStore.load(
+    ckpt,
+    spec,
+    { model: "m", rowStart: 0, rowEnd: VOCAB },
+    { budgetBytes: 1 << 30, label: "test", kernels: (maxBytes) => loadKernels("best", { maxBytes }) },
+  );
+}
+
+const bits = (a: Float32Array) => Array.from(new Uint32Array(a.buffer, a.byteOffset, a.length));
+const canon = (a: ReturnType<typeof headAnswer>) =>
+  a.mode === "logits" ? { logits: bits(a.logits) } : { max: bits(a.max), argmax: Array.from(a.argmax) };
+
+function calls(): HeadCall[] {
+  const next = createRng(3);
+  return [1, 3, 1, 5, 2, 1, 17].map((n, i) => ({
+    mode: i % 3 === 1 ? "logits" : "greedy",
+    hidden: randn(next, n * D_MODEL, 1),
+    n,
+  }));
+}
+
+describe.each(["F32", "BF16"] as const)("HeadHostBatcher on %s rows", (dtype) => {
+  it("gives calls that meet, merged, bit for bit what each gets alone", async () => {
+    const s = await store(dtype);
+    const cs = calls();
+    const want = cs.map((c) => canon(headAnswer(s, c)));
+    const b = new HeadHostBatcher("test");
+    // The first call has no recent company (runs at once); the rest arrive together and meet.
+    const got = await Promise.all(cs.map((c) => b.run(s, c)));
+    expect(got.map(canon)).toEqual(want);
+    const st = b.stats();
+    expect(st.calls).toBe(cs.length);
+    expect(st.mergedPasses).toBeGreaterThan(0);
+    expect(st.passes).toBeLessThan(cs.length);
+  });
+});
+
+describe("HeadHostBatcher", () => {
+  it("runs a call with no recent company at once, alone", async () => {
+    const s = await store("F32");
+    const b = new HeadHostBatcher("test");
+    const [c] = calls();
+    const r = await b.run(s, c);
+    expect(canon(r)).toEqual(canon(headAnswer(s, c)));
+    expect(b.stats()).toMatchObject({ passes: 1, calls: 1, mergedPasses: 0 });
+  });
+
+  it("refuses a call past the queue's rows with QueueFullError", async () => {
+    const s = await store("F32");
+    const b = new HeadHostBatcher("test");
+    const big = (n: number): HeadCall => ({ mode: "greedy", hidden: new Float32Array(n * D_MODEL), n });
+    const first = b.run(s, big(1));
+    const queued = b.run(s, big(8 * 1045)); // fills the queue (8 × its pass rows for 1003-row shards)
+    await expect(b.run(s, big(1))).rejects.toBeInstanceOf(QueueFullError);
+    await Promise.all([first, queued]);
+  });
+});
