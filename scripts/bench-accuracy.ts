@@ -29,7 +29,7 @@ type Quant = (typeof QUANTS)[number];
 
 const USAGE = `usage: npm run bench:accuracy -- [<model-dir>...] [--sections agreement,weights,noise,formats]
                        [--prompts 8,32] [--len 16] [--steps 32] [--quant int8,int8-group,int4]
-                       [--noise 0,0.005,0.01,0.015,0.02,0.03,0.04,0.06,0.08] [--formats <names>]
+                       [--noise 0,0.005,0.01,0.015,0.02,0.03,0.04,0.06,0.08] [--noise-seeds 1] [--formats <names>]
   Greedy agreement of quantized experts vs f32 (teacher-forced on f32's greedy tokens) with 95% Wilson
   intervals, the expert weights' Gaussian statistics and each format's weight error, and agreement vs
   injected Gaussian weight noise. Models default to the three golden fixtures.
@@ -39,6 +39,7 @@ const USAGE = `usage: npm run bench:accuracy -- [<model-dir>...] [--sections agr
   --len       prompt tokens (default 16)      --steps  greedy steps per prompt (default 32; ≤ 128)
   --quant     product paths for "agreement" (default int8,int8-group,int4)
   --noise     relative RMS noise levels for "noise" (default 0,0.005,0.01,0.015,0.02,0.03,0.04,0.06,0.08)
+  --noise-seeds  independent noise draws per level, pooled (default 1; ≤ 16)
   --formats   TS formats for "formats" (default all: ${WEIGHT_FORMATS.map((f) => f.name).join(", ")})`;
 
 function pct(x: number, digits = 1): string {
@@ -107,6 +108,7 @@ async function main(): Promise<void> {
       steps: { type: "string", default: "32" },
       quant: { type: "string", default: QUANTS.join(",") },
       noise: { type: "string", default: "0,0.005,0.01,0.015,0.02,0.03,0.04,0.06,0.08" },
+      "noise-seeds": { type: "string", default: "1" },
       formats: { type: "string", default: WEIGHT_FORMATS.map((f) => f.name).join(",") },
       help: { type: "boolean", short: "h", default: false },
     },
@@ -121,6 +123,7 @@ async function main(): Promise<void> {
   const [len, steps] = [Number(values.len), Number(values.steps)];
   const quants = list(values.quant) as Quant[];
   const levels = list(values.noise).map(Number);
+  const noiseSeeds = Number(values["noise-seeds"]);
   const formats = list(values.formats);
   const bad =
     sections.find((s) => !["agreement", "weights", "noise", "formats"].includes(s)) ??
@@ -129,7 +132,10 @@ async function main(): Promise<void> {
     (counts.some((n) => !Number.isInteger(n) || n < 1 || n > 256) ? `--prompts ${values.prompts}` : undefined) ??
     (!Number.isInteger(steps) || steps < 1 || steps > 128 ? `--steps ${values.steps}` : undefined) ??
     (!Number.isInteger(len) || len < 1 || len > 256 ? `--len ${values.len}` : undefined) ??
-    (levels.some((x) => !(x >= 0 && x <= 1)) ? `--noise ${values.noise}` : undefined);
+    (levels.some((x) => !(x >= 0 && x <= 1)) ? `--noise ${values.noise}` : undefined) ??
+    (!Number.isInteger(noiseSeeds) || noiseSeeds < 1 || noiseSeeds > 16
+      ? `--noise-seeds ${values["noise-seeds"]}`
+      : undefined);
   if (bad !== undefined) {
     console.error(`bad argument: ${bad}\n${USAGE}`);
     process.exit(2);
@@ -158,9 +164,23 @@ async function main(): Promise<void> {
     const tag = `${most} prompts × ${len} + ${steps} steps, JS reference experts`;
     if (sections.includes("noise")) {
       for (const rel of levels) {
-        const weights = { label: `noise ${rel}`, transform: gaussianNoise(rel) };
-        const r = await measureInt8Accuracy(name, spec, ckpt, { prompts: prompts(most), decode: steps, weights });
-        console.log(`${name} | Gaussian weight noise, relative RMS ${pct(rel)} | ${tag} | ${agreementCell(r)}`);
+        // Each seed is another draw of the noise; steps pool over draws (logit RMS: the RMS over draws).
+        const runs: AccuracyReport[] = [];
+        for (let seed = 1; seed <= noiseSeeds; seed++) {
+          const weights = { label: `noise ${rel}`, transform: gaussianNoise(rel, seed) };
+          runs.push(await measureInt8Accuracy(name, spec, ckpt, { prompts: prompts(most), decode: steps, weights }));
+        }
+        const decoded = runs.reduce((n, r) => n + r.decoded, 0);
+        const pooled: AccuracyReport = {
+          ...runs[0],
+          decoded,
+          greedyAgreement: runs.reduce((n, r) => n + r.greedyAgreement * r.decoded, 0) / decoded,
+          relLogitRms: Math.sqrt(runs.reduce((n, r) => n + r.relLogitRms ** 2, 0) / runs.length),
+        };
+        const draws = noiseSeeds > 1 ? ` × ${noiseSeeds} noise draws` : "";
+        console.log(
+          `${name} | Gaussian weight noise, relative RMS ${pct(rel)} | ${tag}${draws} | ${agreementCell(pooled)}`,
+        );
       }
     }
     if (sections.includes("formats")) {
