@@ -179,7 +179,7 @@ async function main(): Promise<void> {
         };
         const draws = noiseSeeds > 1 ? ` × ${noiseSeeds} noise draws` : "";
         console.log(
-          `${name} | Gaussian weight noise, relative RMS ${pct(rel)} | ${tag}${draws} | ${agreementCell(pooled)}`,
+          `${name} | Gaussian weight noise, relative RMS ${pct(rel, 2)} | ${tag}${draws} | ${agreementCell(pooled)}`,
         );
       }
     }
