@@ -24,11 +24,12 @@ import { GaussianCheck, gaussianNoise, sqError, WEIGHT_FORMATS, wilson } from ".
 import { dirFileStore } from "./lib/dir-store";
 
 const FIXTURES = ["mixtral-tiny", "mixtral-tiny-bf16", "deepseek-v3-tiny"].map((f) => `tests/fixtures/${f}`);
-const QUANTS = ["int8", "int8-group", "int4"] as const;
+/** bf16: weights rounded to bf16 by the JS reference (the yardstick); the rest are ExpertStore paths. */
+const QUANTS = ["bf16", "int8", "int8-group", "int4"] as const;
 type Quant = (typeof QUANTS)[number];
 
 const USAGE = `usage: npm run bench:accuracy -- [<model-dir>...] [--sections agreement,weights,noise,formats]
-                       [--prompts 8,32] [--len 16] [--steps 32] [--quant int8,int8-group,int4]
+                       [--prompts 8,32] [--len 16] [--steps 32] [--quant bf16,int8,int8-group,int4]
                        [--noise 0,0.005,0.01,0.015,0.02,0.03,0.04,0.06,0.08] [--noise-seeds 1] [--formats <names>]
   Greedy agreement of quantized experts vs f32 (teacher-forced on f32's greedy tokens) with 95% Wilson
   intervals, the expert weights' Gaussian statistics and each format's weight error, and agreement vs
@@ -37,7 +38,8 @@ const USAGE = `usage: npm run bench:accuracy -- [<model-dir>...] [--sections agr
   --prompts   seeded prompt counts for "agreement" (each a prefix of the next); noise and formats use
               the largest (default 8,32; ≤ 256)
   --len       prompt tokens (default 16)      --steps  greedy steps per prompt (default 32; ≤ 128)
-  --quant     product paths for "agreement" (default int8,int8-group,int4)
+  --quant     for "agreement": bf16 (the yardstick: JS reference on bf16-rounded weights) and product
+              paths (default bf16,int8,int8-group,int4)
   --noise     relative RMS noise levels for "noise" (default 0,0.005,0.01,0.015,0.02,0.03,0.04,0.06,0.08)
   --noise-seeds  independent noise draws per level, pooled (default 1; ≤ 16)
   --formats   TS formats for "formats" (default all: ${WEIGHT_FORMATS.map((f) => f.name).join(", ")})`;
@@ -149,9 +151,12 @@ async function main(): Promise<void> {
     if (sections.includes("agreement")) {
       for (const n of counts) {
         const tag = `${n} prompts × ${len} + ${steps} steps`;
-        const bf16 = await measureInt8Accuracy(name, spec, ckpt, { prompts: prompts(n), decode: steps, bf16: true });
-        console.log(`${name} | bf16 weights (yardstick) | ${tag} | ${agreementCell(bf16)}`);
+        if (quants.includes("bf16")) {
+          const r = await measureInt8Accuracy(name, spec, ckpt, { prompts: prompts(n), decode: steps, bf16: true });
+          console.log(`${name} | bf16 weights (yardstick) | ${tag} | ${agreementCell(r)}`);
+        }
         for (const quant of quants) {
+          if (quant === "bf16") continue;
           const r = await measureInt8Accuracy(name, spec, ckpt, { prompts: prompts(n), decode: steps, quant });
           console.log(
             `${name} | ${quant} (${r.int8Path}, ${pct(r.bytesInt8 / r.bytesF32)} of f32 bytes) | ${tag} | ` +
