@@ -25,7 +25,7 @@ import { dirFileStore } from "./lib/dir-store";
 
 const FIXTURES = ["mixtral-tiny", "mixtral-tiny-bf16", "deepseek-v3-tiny"].map((f) => `tests/fixtures/${f}`);
 /** bf16: weights rounded to bf16 by the JS reference (the yardstick); the rest are ExpertStore paths. */
-const QUANTS = ["bf16", "int8", "int8-group", "int4"] as const;
+const QUANTS = ["bf16", "int8", "int8-relaxed", "int8-group", "int4"] as const;
 type Quant = (typeof QUANTS)[number];
 
 const USAGE = `usage: npm run bench:accuracy -- [<model-dir>...] [--sections agreement,weights,noise,formats]
@@ -39,7 +39,7 @@ const USAGE = `usage: npm run bench:accuracy -- [<model-dir>...] [--sections agr
               the largest (default 8,32; ≤ 256)
   --len       prompt tokens (default 16)      --steps  greedy steps per prompt (default 32; ≤ 128)
   --quant     for "agreement": bf16 (the yardstick: JS reference on bf16-rounded weights) and product
-              paths (default bf16,int8,int8-group,int4)
+              paths; int8-relaxed is per-row int8 on relaxed_dot (default bf16,int8,int8-group,int4)
   --noise     relative RMS noise levels for "noise" (default 0,0.005,0.01,0.015,0.02,0.03,0.04,0.06,0.08)
   --noise-seeds  independent noise draws per level, pooled (default 1; ≤ 16)
   --formats   TS formats for "formats" (default all: ${WEIGHT_FORMATS.map((f) => f.name).join(", ")})`;
@@ -108,7 +108,7 @@ async function main(): Promise<void> {
       prompts: { type: "string", default: "8,32" },
       len: { type: "string", default: "16" },
       steps: { type: "string", default: "32" },
-      quant: { type: "string", default: QUANTS.join(",") },
+      quant: { type: "string", default: "bf16,int8,int8-group,int4" },
       noise: { type: "string", default: "0,0.005,0.01,0.015,0.02,0.03,0.04,0.06,0.08" },
       "noise-seeds": { type: "string", default: "1" },
       formats: { type: "string", default: WEIGHT_FORMATS.map((f) => f.name).join(",") },
@@ -157,7 +157,16 @@ async function main(): Promise<void> {
         }
         for (const quant of quants) {
           if (quant === "bf16") continue;
-          const r = await measureInt8Accuracy(name, spec, ckpt, { prompts: prompts(n), decode: steps, quant });
+          // int8-relaxed: per-row int8 on relaxed_dot, the relaxed build's default (workerd; needs relaxed SIMD,
+          // Node 22); plain int8 is the Node loader's default, dot_i16x8.
+          const r =
+            quant === "int8-relaxed"
+              ? await measureInt8Accuracy(name, spec, ckpt, {
+                  prompts: prompts(n),
+                  decode: steps,
+                  q8Path: "relaxed_dot",
+                })
+              : await measureInt8Accuracy(name, spec, ckpt, { prompts: prompts(n), decode: steps, quant });
           console.log(
             `${name} | ${quant} (${r.int8Path}, ${pct(r.bytesInt8 / r.bytesF32)} of f32 bytes) | ${tag} | ` +
               agreementCell(r),
