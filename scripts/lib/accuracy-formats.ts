@@ -14,6 +14,7 @@
 import { dequantizeQ8g, quantizeQ8g } from "../../src/kernels/dense-format";
 import { dequantizeQ8, quantizeRowsQ8 } from "../../src/kernels/packing";
 import { dequantizeQ4g, quantizeQ4g } from "../../src/kernels/q4g-format";
+import { Q8_DIVISORS } from "../../src/kernels/q8-scale";
 import type { WeightTransform } from "./bench-accuracy";
 
 /** QLoRA's NF4 codebook: quantiles of N(0, 1) scaled to [-1, 1], with an exact zero. */
@@ -94,7 +95,7 @@ export const WEIGHT_FORMATS: readonly WeightFormat[] = [
     bits: 9,
     transform: (w, r, c) => dequantizeQ8g(quantizeQ8g(w, r, c, 32, ABSMAX)),
   },
-  { name: "int8-g32", bits: 9, transform: (w, r, c) => dequantizeQ8g(quantizeQ8g(w, r, c, 32)) },
+  { name: "int8-g32", bits: 9, transform: (w, r, c) => dequantizeQ8g(quantizeQ8g(w, r, c, 32, Q8_DIVISORS)) },
   { name: "int4-g32", bits: 4.5, transform: (w, r, c) => dequantizeQ4g(quantizeQ4g(w, r, c, 32)) },
   { name: "q4_0-g32", bits: 4.5, transform: perGroup(32, q4_0) },
   { name: "q4_1-g32", bits: 5, transform: perGroup(32, q4_1) },

@@ -8,13 +8,14 @@
  *            w0 w4 w1 w5 w2 w6 w3 w7 (two SIMD instructions widen 8 weights, see assembly/dense.ts).
  *            f32 → bf16 rounds to nearest even; bf16 sources are kept bit for bit.
  *  - "int8": [rows, colsG] int8, colsG = cols rounded up to `group` (zero-padded), then
- *            [rows, colsG / group] f32 scales. Per group: scale = max|w| / d (f32) for the divisor
- *            d near 127 with the least squared error (src/kernels/q8-scale.ts; absmax d = 127 in
- *            checkpoints converted before the search), q = clamp(nearest-even(w · (d / max|w|)),
- *            ±127); an all-zero group has scale 0. Dequantized weight ŵ = f32(scale · q).
+ *            [rows, colsG / group] f32 scales. Per group: scale = max|w| / d (f32), q =
+ *            clamp(nearest-even(w · (d / max|w|)), ±127); an all-zero group has scale 0.
+ *            Dense stages use absmax, d = 127 (|ŵ − w| ≤ scale / 2 + f32 rounding); group-wise
+ *            int8 experts the d near 127 with the least squared error (src/kernels/q8-scale.ts).
+ *            Dequantized weight ŵ = f32(scale · q).
  * Every size is a multiple of 16 bytes, so `Kernels.alloc` accounts exactly `denseMatrixBytes`.
  */
-import { Q8_DIVISORS, q8Value, searchQ8Scale } from "./q8-scale";
+import { Q8_ABSMAX, Q8_DIVISORS, q8Value, searchQ8Scale } from "./q8-scale";
 
 export type DenseFormat = "f32" | "bf16" | "int8";
 
@@ -116,9 +117,9 @@ export function bf16Slot(k: number): number {
 
 /**
  * Quantizes one row w[0..cols) to int8 groups: q (colsG int8, zero-padded) and scales (colsG /
- * group f32), each group's scale searched for the least squared error (src/kernels/q8-scale.ts;
- * `divisors` = [127] is plain absmax). The only int8 group quantizer: the loader and the one-shot
- * reference both call it.
+ * group f32), each group's scale = max|w| / d for the d of `divisors` with the least squared error
+ * (src/kernels/q8-scale.ts): absmax by default (the dense stages), Q8_DIVISORS for experts. The only
+ * int8 group quantizer: the loader and the one-shot reference both call it.
  */
 export function quantizeRowQ8g(
   w: ArrayLike<number>,
@@ -126,7 +127,7 @@ export function quantizeRowQ8g(
   group: number,
   q: Int8Array,
   scales: Float32Array,
-  divisors: readonly number[] = Q8_DIVISORS,
+  divisors: readonly number[] = Q8_ABSMAX,
 ): void {
   const groups = scales.length;
   for (let g = 0; g < groups; g++) {
@@ -154,7 +155,7 @@ export function quantizeQ8g(
   rows: number,
   cols: number,
   group: number,
-  divisors: readonly number[] = Q8_DIVISORS,
+  divisors: readonly number[] = Q8_ABSMAX,
 ): Q8gMatrix {
   const colsG = roundUp(cols, group);
   const groups = colsG / group;
@@ -201,8 +202,8 @@ export function expertQ8gScratchBytes(n: number, dModel: number, dFf: number, gr
   return 2 * roundUp(n * dFf * 4, 16) + roundUp(n * 4, 16) + n * wide * 2;
 }
 
-/** Quantizes and lays out one expert (w1, w3 [dFf, dModel], w2 [dModel, dFf]) into dst of
- * expertQ8gBytes bytes; returns the three quantized matrices (for references). */
+/** Quantizes (searched scales, as experts load) and lays out one expert (w1, w3 [dFf, dModel], w2
+ * [dModel, dFf]) into dst of expertQ8gBytes bytes; returns the three quantized matrices (for references). */
 export function packExpertQ8g(
   dst: Uint8Array,
   w1: Float32Array,
@@ -213,9 +214,9 @@ export function packExpertQ8g(
   group: number,
 ): { w1: Q8gMatrix; w3: Q8gMatrix; w2: Q8gMatrix } {
   const q = {
-    w1: quantizeQ8g(w1, dFf, dModel, group),
-    w3: quantizeQ8g(w3, dFf, dModel, group),
-    w2: quantizeQ8g(w2, dModel, dFf, group),
+    w1: quantizeQ8g(w1, dFf, dModel, group, Q8_DIVISORS),
+    w3: quantizeQ8g(w3, dFf, dModel, group, Q8_DIVISORS),
+    w2: quantizeQ8g(w2, dModel, dFf, group, Q8_DIVISORS),
   };
   const gu = denseMatrixBytes(dFf, dModel, "int8", group);
   dst.fill(0, 0, expertQ8gBytes(dModel, dFf, group));

@@ -1,6 +1,6 @@
 /**
  * @module q8-scale — the error-minimising scale of one symmetric int8 group (a row of per-row int8
- * experts, or a group of the group-wise int8 format shared by experts and dense stages).
+ * experts, or a group of group-wise int8 experts; dense stages keep absmax, Q8_ABSMAX).
  *
  * Absmax (scale = max|w| / 127) puts the largest weight exactly on the grid, but on a short group the
  * rounding errors of the other weights depend on where the grid happens to fall: a slightly
@@ -22,6 +22,10 @@ const ROUND = 6755399441055744;
 export const Q8_DIVISORS: readonly number[] = [
   127, 126, 125, 124, 123, 122, 121, 120, 119, 118, 117, 116, 128, 129, 130,
 ];
+
+/** Absmax alone (divisor 127): the dense stages' int8 groups, whose load cost the search would
+ * multiply (README "Expert accuracy": no resolvable accuracy gain there). */
+export const Q8_ABSMAX: readonly number[] = [127];
 
 /** q = clamp(nearest-even(f32(w · inv)), ±127): the int8 value of w at inverse scale inv. */
 export function q8Value(w: number, inv: number): number {

@@ -1,10 +1,10 @@
 /**
  * @module q8-scale.test — the error-minimising int8 scale (src/kernels/q8-scale.ts) as both int8
- * quantizers use it: per-row experts (quantizeRowsQ8) and groups (quantizeRowQ8g, experts and dense
- * stages). The format is unchanged (q ∈ [-127, 127], one f32 scale), so these check what the search
- * promises: every scale is max|w| / d for a listed divisor, never more squared error than absmax on
- * its own row or group, measurably less on Gaussian weights, and bit-identical to absmax when only
- * 127 is listed (what earlier checkpoints hold).
+ * quantizers use it: per-row experts (quantizeRowsQ8) and group-wise experts (quantizeQ8g with
+ * Q8_DIVISORS; dense stages keep its absmax default). The format is unchanged (q ∈ [-127, 127], one
+ * f32 scale), so these check what the search promises: every scale is max|w| / d for a listed
+ * divisor, never more squared error than absmax on its own row or group, measurably less on Gaussian
+ * weights, and bit-identical to absmax when only 127 is listed (what earlier checkpoints hold).
  */
 import { describe, expect, it } from "vitest";
 import { dequantizeQ8g, quantizeQ8g } from "../../../src/kernels/dense-format";
@@ -77,10 +77,10 @@ describe("int8 quantizers with searched scales", () => {
     expect(Math.sqrt(es / ea)).toBeLessThan(0.975);
   });
 
-  it("quantizeQ8g (groups of 32, as experts and dense stages load them): never worse per group, ≥ 7% less", () => {
+  it("quantizeQ8g (groups of 32, as experts load them): never worse per group, ≥ 7% less", () => {
     const group = 32;
-    const searched = quantizeQ8g(w, rows, cols, group);
-    const absmax = quantizeQ8g(w, rows, cols, group, [127]);
+    const searched = quantizeQ8g(w, rows, cols, group, Q8_DIVISORS);
+    const absmax = quantizeQ8g(w, rows, cols, group);
     const bs = dequantizeQ8g(searched);
     const ba = dequantizeQ8g(absmax);
     let [es, ea] = [0, 0];
@@ -99,7 +99,7 @@ describe("int8 quantizers with searched scales", () => {
   it("a ragged last group and its zero padding are searched like any other", () => {
     const c = 40; // groups of 32: the second holds 8 weights and 24 zeros of padding
     const x = randn(rng(9), 3 * c, 1);
-    const m = quantizeQ8g(x, 3, c, 32);
+    const m = quantizeQ8g(x, 3, c, 32, Q8_DIVISORS);
     for (let j = 0; j < 3; j++) {
       expect(Array.from(m.q.subarray(j * 64 + 40, j * 64 + 64)).every((v) => v === 0)).toBe(true);
       const amax = amaxOf(x, j * c + 32, j * c + 40);
