@@ -157,8 +157,8 @@ async function main(): Promise<void> {
         }
         for (const quant of quants) {
           if (quant === "bf16") continue;
-          // int8-relaxed: per-row int8 on relaxed_dot, the relaxed build's default (workerd; needs relaxed SIMD,
-          // Node 22); plain int8 is the Node loader's default, dot_i16x8.
+          // int8-relaxed forces relaxed_dot (the relaxed build's default, workerd's; needs relaxed SIMD, Node 22);
+          // plain int8 takes the best build's default here: relaxed_dot with relaxed SIMD, else dot_i16x8.
           const r =
             quant === "int8-relaxed"
               ? await measureInt8Accuracy(name, spec, ckpt, {
