@@ -82,16 +82,15 @@ export function randomPrompts(count: number, len: number, vocab: number, seed = 
   );
 }
 
-/** Experts computed by the plain JS reference on weights rounded to bf16: the accuracy yardstick
- * (bf16 experts are what most MoE checkpoints ship). */
-export function bf16Runner(ckpt: Checkpoint, spec: ModelSpec): ExpertRunner {
+/** A weight format written out in TS: f32 expert matrix w [rows, cols] → its dequantized copy
+ * (layer, expert and which matrix, for seeded noise). */
+export type WeightTransform = (w: Float32Array, rows: number, cols: number, key: string) => Float32Array;
+
+/** Experts computed by the plain JS reference (f32 activations) on weights passed through
+ * `transform`: how a weight format alone costs accuracy, without a Wasm kernel for it. */
+export function weightRunner(ckpt: Checkpoint, spec: ModelSpec, transform: WeightTransform): ExpertRunner {
   const { dModel, dFf } = spec;
   const cache = new Map<string, ExpertWeights>();
-  const round = (a: Float32Array) => {
-    const u = new Uint32Array(a.buffer, a.byteOffset, a.length);
-    for (let i = 0; i < u.length; i++) u[i] = (((u[i] + 0x7fff + ((u[i] >>> 16) & 1)) >>> 16) << 16) >>> 0;
-    return a;
-  };
   return async (layer, r, h) => {
     const out = new Float32Array(r.n * dModel);
     const y = new Float32Array(dModel);
@@ -102,7 +101,11 @@ export function bf16Runner(ckpt: Checkpoint, spec: ModelSpec): ExpertRunner {
       let w = cache.get(key);
       if (!w) {
         const f = await loadExpertWeights(ckpt, spec, layer, r.ids[i]);
-        w = { w1: round(f.w1), w3: round(f.w3), w2: round(f.w2) };
+        w = {
+          w1: transform(f.w1, dFf, dModel, `${key}:w1`),
+          w3: transform(f.w3, dFf, dModel, `${key}:w3`),
+          w2: transform(f.w2, dModel, dFf, `${key}:w2`),
+        };
         cache.set(key, w);
       }
       const t = Math.floor(i / r.topK);
@@ -111,6 +114,19 @@ export function bf16Runner(ckpt: Checkpoint, spec: ModelSpec): ExpertRunner {
     }
     return out;
   };
+}
+
+/** Weights rounded to bf16 (nearest even): the accuracy yardstick (bf16 experts are what most MoE
+ * checkpoints ship). */
+export const bf16Weights: WeightTransform = (a) => {
+  const u = new Uint32Array(a.buffer, a.byteOffset, a.length);
+  for (let i = 0; i < u.length; i++) u[i] = (((u[i] + 0x7fff + ((u[i] >>> 16) & 1)) >>> 16) << 16) >>> 0;
+  return a;
+};
+
+/** Experts on bf16-rounded weights, by the JS reference (the yardstick row of the tables). */
+export function bf16Runner(ckpt: Checkpoint, spec: ModelSpec): ExpertRunner {
+  return weightRunner(ckpt, spec, bf16Weights);
 }
 
 export async function measureInt8Accuracy(
@@ -123,6 +139,8 @@ export async function measureInt8Accuracy(
     q8Path?: Q8Path;
     bf16?: boolean;
     quant?: "int8" | "int8-group" | "int4";
+    /** A TS weight format run by the JS reference instead of an ExpertStore (label: how it reports). */
+    weights?: { label: string; transform: WeightTransform };
   } = {},
 ): Promise<AccuracyReport> {
   const prompts = opts.prompts ?? randomPrompts(8, 16, spec.vocabSize);
@@ -141,7 +159,11 @@ export async function measureInt8Accuracy(
   const k = loadKernels("simd");
   const forward = ModelForward.create(k, spec, await loadDenseWeights(ckpt, spec));
   const runF32 = storeRunner(f32, spec);
-  const runInt8 = opts.bf16 ? bf16Runner(ckpt, spec) : storeRunner(int8, spec);
+  const runInt8 = opts.weights
+    ? weightRunner(ckpt, spec, opts.weights.transform)
+    : opts.bf16
+      ? bf16Runner(ckpt, spec)
+      : storeRunner(int8, spec);
   const rng = () => 0.5;
   const side = (run: ExpertRunner): LogitSource => ({
     startSession: (len) => forward.startSession(len),
@@ -160,15 +182,17 @@ export async function measureInt8Accuracy(
     relLogitRms: a.relRms,
     greedyAgreement: a.greedy,
     top1Agreement: a.top1,
-    int8Path: opts.bf16
-      ? "bf16 weights (yardstick)"
-      : quant === "int4"
-        ? "int4 g32"
-        : quant === "int8-group"
-          ? "int8 g32"
-          : int8Kernels(1 << 20).q8Path,
+    int8Path: opts.weights
+      ? opts.weights.label
+      : opts.bf16
+        ? "bf16 weights (yardstick)"
+        : quant === "int4"
+          ? "int4 g32"
+          : quant === "int8-group"
+            ? "int8 g32"
+            : int8Kernels(1 << 20).q8Path,
     bytesF32: f32.expertBytes,
-    bytesInt8: opts.bf16 ? f32.expertBytes / 2 : int8.expertBytes,
+    bytesInt8: opts.weights ? Number.NaN : opts.bf16 ? f32.expertBytes / 2 : int8.expertBytes,
   };
 }
 

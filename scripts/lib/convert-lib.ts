@@ -29,6 +29,7 @@ import {
 import { join } from "node:path";
 import { Q8_EXPERT_GROUP, quantizeRowsQ8 } from "../../src/kernels/packing";
 import { quantizeQ8g } from "../../src/kernels/dense-format";
+import { Q8_DIVISORS } from "../../src/kernels/q8-scale";
 import { packNibbles, Q4_GROUP, quantizeQ4g } from "../../src/kernels/q4g-format";
 import { expertTensorRefs, openModel } from "../../src/model/architectures";
 import { parseConfig, type ModelSpec } from "../../src/model/config";
@@ -255,7 +256,7 @@ function writeItem(fd: number, it: Item, reader: RowReader): void {
       writeAll(fd, new Uint8Array(q.q.buffer, q.q.byteOffset, q.q.byteLength));
       scales8.set(q.scales, r);
     } else if (scales8g) {
-      const q = quantizeQ8g(w, n, cols, Q8_EXPERT_GROUP);
+      const q = quantizeQ8g(w, n, cols, Q8_EXPERT_GROUP, Q8_DIVISORS);
       writeAll(fd, new Uint8Array(q.q.buffer, q.q.byteOffset, q.q.byteLength));
       scales8g.set(q.scales, (r * cols) / Q8_EXPERT_GROUP);
     } else if (scales4) {

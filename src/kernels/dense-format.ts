@@ -8,11 +8,14 @@
  *            w0 w4 w1 w5 w2 w6 w3 w7 (two SIMD instructions widen 8 weights, see assembly/dense.ts).
  *            f32 → bf16 rounds to nearest even; bf16 sources are kept bit for bit.
  *  - "int8": [rows, colsG] int8, colsG = cols rounded up to `group` (zero-padded), then
- *            [rows, colsG / group] f32 scales. Per group: scale = max|w| / 127 (f32), q =
- *            nearest-even(w · (127 / max|w|)) ∈ [-127, 127]; an all-zero group has scale 0.
- *            Dequantized weight ŵ = f32(scale · q); |ŵ − w| ≤ scale / 2 (+ f32 rounding).
+ *            [rows, colsG / group] f32 scales. Per group: scale = max|w| / d (f32), q =
+ *            clamp(nearest-even(w · (d / max|w|)), ±127); an all-zero group has scale 0.
+ *            Dense stages use absmax, d = 127 (|ŵ − w| ≤ scale / 2 + f32 rounding); group-wise
+ *            int8 experts the d near 127 with the least squared error (src/kernels/q8-scale.ts).
+ *            Dequantized weight ŵ = f32(scale · q).
  * Every size is a multiple of 16 bytes, so `Kernels.alloc` accounts exactly `denseMatrixBytes`.
  */
+import { Q8_ABSMAX, Q8_DIVISORS, q8Value, searchQ8Scale } from "./q8-scale";
 
 export type DenseFormat = "f32" | "bf16" | "int8";
 
@@ -112,18 +115,11 @@ export function bf16Slot(k: number): number {
   return (k & ~7) + (m < 4 ? 2 * m : 2 * (m - 4) + 1);
 }
 
-/** 1.5·2^52: adding and subtracting it rounds a double of magnitude < 2^51 to an integer, half to
- * even (the FPU's own rounding), as f32x4.nearest does. */
-const ROUND = 6755399441055744;
-
-/** round half to even, as f32x4.nearest does (|v| < 2^51; NaN stays NaN). */
-function nearestEven(v: number): number {
-  return v + ROUND - ROUND;
-}
-
 /**
  * Quantizes one row w[0..cols) to int8 groups: q (colsG int8, zero-padded) and scales (colsG /
- * group f32). The only int8 quantizer: the loader and the one-shot reference both call it.
+ * group f32), each group's scale = max|w| / d for the d of `divisors` with the least squared error
+ * (src/kernels/q8-scale.ts): absmax by default (the dense stages), Q8_DIVISORS for experts. The only
+ * int8 group quantizer: the loader and the one-shot reference both call it.
  */
 export function quantizeRowQ8g(
   w: ArrayLike<number>,
@@ -131,16 +127,15 @@ export function quantizeRowQ8g(
   group: number,
   q: Int8Array,
   scales: Float32Array,
+  divisors: readonly number[] = Q8_ABSMAX,
 ): void {
   const groups = scales.length;
   for (let g = 0; g < groups; g++) {
     const k0 = g * group;
     const k1 = Math.min(cols, k0 + group);
-    let amax = 0;
-    for (let k = k0; k < k1; k++) amax = Math.max(amax, Math.abs(w[k]));
-    const inv = amax > 0 ? Math.fround(127 / amax) : 0;
-    scales[g] = Math.fround(amax / 127);
-    for (let k = k0; k < k1; k++) q[k] = Math.max(-127, Math.min(127, nearestEven(Math.fround(w[k] * inv))));
+    const [scale, inv] = searchQ8Scale(w, k0, k1, divisors);
+    scales[g] = scale;
+    for (let k = k0; k < k1; k++) q[k] = q8Value(w[k], inv);
     for (let k = k1; k < k0 + group; k++) q[k] = 0;
   }
 }
@@ -155,7 +150,13 @@ export interface Q8gMatrix {
 }
 
 /** One-shot int8 group quantization of w [rows, cols] (the loader's result, as plain arrays). */
-export function quantizeQ8g(w: Float32Array, rows: number, cols: number, group: number): Q8gMatrix {
+export function quantizeQ8g(
+  w: Float32Array,
+  rows: number,
+  cols: number,
+  group: number,
+  divisors: readonly number[] = Q8_ABSMAX,
+): Q8gMatrix {
   const colsG = roundUp(cols, group);
   const groups = colsG / group;
   const q = new Int8Array(rows * colsG);
@@ -163,7 +164,7 @@ export function quantizeQ8g(w: Float32Array, rows: number, cols: number, group: 
   for (let j = 0; j < rows; j++) {
     const row = w.subarray(j * cols, (j + 1) * cols);
     const rowScales = scales.subarray(j * groups, (j + 1) * groups);
-    quantizeRowQ8g(row, cols, group, q.subarray(j * colsG, (j + 1) * colsG), rowScales);
+    quantizeRowQ8g(row, cols, group, q.subarray(j * colsG, (j + 1) * colsG), rowScales, divisors);
   }
   return { rows, cols, group, q, scales };
 }
@@ -201,8 +202,8 @@ export function expertQ8gScratchBytes(n: number, dModel: number, dFf: number, gr
   return 2 * roundUp(n * dFf * 4, 16) + roundUp(n * 4, 16) + n * wide * 2;
 }
 
-/** Quantizes and lays out one expert (w1, w3 [dFf, dModel], w2 [dModel, dFf]) into dst of
- * expertQ8gBytes bytes; returns the three quantized matrices (for references). */
+/** Quantizes (searched scales, as experts load) and lays out one expert (w1, w3 [dFf, dModel], w2
+ * [dModel, dFf]) into dst of expertQ8gBytes bytes; returns the three quantized matrices (for references). */
 export function packExpertQ8g(
   dst: Uint8Array,
   w1: Float32Array,
@@ -213,9 +214,9 @@ export function packExpertQ8g(
   group: number,
 ): { w1: Q8gMatrix; w3: Q8gMatrix; w2: Q8gMatrix } {
   const q = {
-    w1: quantizeQ8g(w1, dFf, dModel, group),
-    w3: quantizeQ8g(w3, dFf, dModel, group),
-    w2: quantizeQ8g(w2, dModel, dFf, group),
+    w1: quantizeQ8g(w1, dFf, dModel, group, Q8_DIVISORS),
+    w3: quantizeQ8g(w3, dFf, dModel, group, Q8_DIVISORS),
+    w2: quantizeQ8g(w2, dModel, dFf, group, Q8_DIVISORS),
   };
   const gu = denseMatrixBytes(dFf, dModel, "int8", group);
   dst.fill(0, 0, expertQ8gBytes(dModel, dFf, group));

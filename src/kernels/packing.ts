@@ -11,6 +11,7 @@
  */
 import { expertQ4gBytes, Q4_GROUP } from "./q4g-format";
 import { expertQ8gBytes } from "./dense-format";
+import { Q8_DIVISORS, q8Value, searchQ8Scale } from "./q8-scale";
 
 /** How an expert's weights are held in Wasm memory: f32 panels, int8 panels with per-row scales,
  * int8 groups (src/kernels/dense-format.ts, Q8_EXPERT_GROUP inputs an f32 scale) or 4-bit groups
@@ -104,19 +105,24 @@ export function nearestEven(v: number): number {
 }
 
 /**
- * Symmetric per-row int8: scales[j] = max_k |w[j, k]| / 127 (f32), q = nearest-even(w · 127 /
- * max). An all-zero row gets scale 0 and q = 0. The error per weight is ≤ scales[j] / 2.
+ * Symmetric per-row int8: per row the scale with the least squared error among max_k |w[j, k]| / d
+ * for the divisors d of Q8_DIVISORS (absmax d = 127 among them; src/kernels/q8-scale.ts), q =
+ * clamp(nearest-even(w · d / max), ±127). An all-zero row gets scale 0 and q = 0. `divisors` = [127]
+ * is plain absmax (error per weight ≤ scales[j] / 2).
  */
-export function quantizeRowsQ8(w: Float32Array, rows: number, cols: number): Q8Rows {
+export function quantizeRowsQ8(
+  w: Float32Array,
+  rows: number,
+  cols: number,
+  divisors: readonly number[] = Q8_DIVISORS,
+): Q8Rows {
   const q = new Int8Array(rows * cols);
   const scales = new Float32Array(rows);
   for (let j = 0; j < rows; j++) {
     const o = j * cols;
-    let amax = 0;
-    for (let k = 0; k < cols; k++) amax = Math.max(amax, Math.abs(w[o + k]));
-    const inv = amax > 0 ? Math.fround(127 / amax) : 0;
-    scales[j] = Math.fround(amax / 127);
-    for (let k = 0; k < cols; k++) q[o + k] = Math.max(-127, Math.min(127, nearestEven(Math.fround(w[o + k] * inv))));
+    const [scale, inv] = searchQ8Scale(w, o, o + cols, divisors);
+    scales[j] = scale;
+    for (let k = 0; k < cols; k++) q[o + k] = q8Value(w[o + k], inv);
   }
   return { q, scales };
 }

@@ -23,6 +23,7 @@ import { quantNames, quantView } from "./quant-names";
 import { storedExpertQuant, storedQ4Scales, type Q8gExpert } from "./quantized";
 import { Q8_EXPERT_GROUP, quantizeRowsQ8, type Q8Expert, type Q8Rows } from "../kernels/packing";
 import { quantizeQ8g, type Q8gMatrix } from "../kernels/dense-format";
+import { Q8_DIVISORS } from "../kernels/q8-scale";
 import { Q4_GROUP, quantizeExpertQ4g, unpackNibbles, type Q4gExpert, type Q4gMatrix } from "../kernels/q4g-format";
 
 /** Intermediate units [c0, c1) of one expert. */
@@ -166,7 +167,7 @@ export async function loadExpertSliceQ8g(
   const w = b.c1 - b.c0;
   const G = Q8_EXPERT_GROUP;
   if (storedExpertQuant(ckpt, spec) !== "int8-group")
-    return quantizedSlice(ckpt, spec, layer, expert, b, (x, rows, cols) => quantizeQ8g(x, rows, cols, G));
+    return quantizedSlice(ckpt, spec, layer, expert, b, (x, rows, cols) => quantizeQ8g(x, rows, cols, G, Q8_DIVISORS));
   if (b.c0 % G !== 0 || b.c1 % G !== 0)
     throw new RangeError(`int8-group slice [${b.c0}, ${b.c1}) must start and end on a group of ${G}`);
   const refs = refsOf(ckpt, spec, layer, expert, b);

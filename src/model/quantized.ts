@@ -52,6 +52,7 @@ import {
   quantizeQ8g,
   type Q8gMatrix,
 } from "../kernels/dense-format";
+import { Q8_DIVISORS } from "../kernels/q8-scale";
 import {
   inexactQ4Scale,
   Q4_GROUP,
@@ -217,9 +218,9 @@ export async function loadExpertQ8g(
   if (storedExpertQuant(ckpt, spec) !== "int8-group") {
     const w = await loadExpertWeights(ckpt, spec, layer, expert);
     return {
-      w1: quantizeQ8g(w.w1, dFf, dModel, Q8_EXPERT_GROUP),
-      w3: quantizeQ8g(w.w3, dFf, dModel, Q8_EXPERT_GROUP),
-      w2: quantizeQ8g(w.w2, dModel, dFf, Q8_EXPERT_GROUP),
+      w1: quantizeQ8g(w.w1, dFf, dModel, Q8_EXPERT_GROUP, Q8_DIVISORS),
+      w3: quantizeQ8g(w.w3, dFf, dModel, Q8_EXPERT_GROUP, Q8_DIVISORS),
+      w2: quantizeQ8g(w.w2, dModel, dFf, Q8_EXPERT_GROUP, Q8_DIVISORS),
     };
   }
   const refs = expertTensorRefs(quantView(ckpt), spec, layer, expert);

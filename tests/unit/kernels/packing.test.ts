@@ -92,11 +92,11 @@ describe("packing", () => {
     }
   });
 
-  it("quantizeRowsQ8 is symmetric per row, within half a step, and maps a zero row to zeros", () => {
+  it("quantizeRowsQ8 with absmax scales is symmetric per row, within half a step, and maps a zero row to zeros", () => {
     const [rows, cols] = [17, 33];
     const w = randn(rng(4), rows * cols, 2);
     w.fill(0, 5 * cols, 6 * cols);
-    const m = quantizeRowsQ8(w, rows, cols);
+    const m = quantizeRowsQ8(w, rows, cols, [127]);
     const back = dequantizeQ8(m, rows, cols);
     for (let j = 0; j < rows; j++) {
       let amax = 0;

@@ -11,6 +11,7 @@ import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { Q8_EXPERT_GROUP, quantizeRowsQ8 } from "../../../src/kernels/packing";
 import { quantizeQ8g } from "../../../src/kernels/dense-format";
+import { Q8_DIVISORS } from "../../../src/kernels/q8-scale";
 import { packNibbles, Q4_GROUP, quantizeQ4g } from "../../../src/kernels/q4g-format";
 import { Checkpoint, memoryFileStore, numel } from "../../../src/model/safetensors";
 import { f32ToBf16Bytes } from "../../../src/model/safetensors-writer";
@@ -159,7 +160,7 @@ describe("convert (streaming)", () => {
 
   it("writes int8-group experts equal to whole-tensor group quantization, at any chunk size", async () => {
     await forEachConvertedExpert("int8-group", async ({ name, shape, rows, cols, values, ckpt, files }) => {
-      const q = quantizeQ8g(values, rows, cols, Q8_EXPERT_GROUP);
+      const q = quantizeQ8g(values, rows, cols, Q8_EXPERT_GROUP, Q8_DIVISORS);
       expect(rawBytes(ckpt, files, name.replace(/\.weight$/, ".qweight"))).toEqual(new Uint8Array(q.q.buffer));
       const scales = ckpt.info(name.replace(/\.weight$/, ".scales"));
       expect([scales.dtype, scales.shape]).toEqual(["F32", [...shape.slice(0, -1), cols / Q8_EXPERT_GROUP]]);
