@@ -204,9 +204,7 @@ export async function fanOutRows(
       let r = 0;
       for (const a of list) for (const t of a.tokens) x.set(h.subarray(t * dModel, (t + 1) * dModel), dModel * r++);
       const name = p.instances[instance]?.name ?? `instance ${instance}`;
-      // In the load view, each expert's pass costs its weight read besides its rows.
-      const work = rows + passRows * items.length;
-      load.inflight[instance] = (load.inflight[instance] ?? 0) + work;
+      load.inflight[instance] = (load.inflight[instance] ?? 0) + rows;
       let result: ExpertForwardResult | { ok: false; verdict: RetryVerdict; message: string; reason: string };
       try {
         const sent = events && transport.remote ? performance.now() : null;
@@ -224,7 +222,7 @@ export async function fanOutRows(
         const reason = err instanceof RpcDeadlineError ? "deadline" : "rpc_error";
         result = { ok: false, verdict: thrownVerdict(err), message, reason };
       } finally {
-        load.inflight[instance] -= work;
+        load.inflight[instance] -= rows;
       }
       return { instance, name, list, rows, result };
     });

@@ -64,7 +64,10 @@ export function loadOf(model: string, version?: number): InstanceLoad {
 
 /**
  * Chooses replicas for one layer call's experts; returns the parts per instance. `passRows`: the
- * pass cost in row-equivalents (`dispatchPassRows`; 0 = rows only), counted in the load view too. Failed
+ * pass cost in row-equivalents (`dispatchPassRows`; 0 = rows only), weighed within this call only:
+ * the isolate's load view across calls stays in rows, the currency of the planner's load reports
+ * (counting passes there too would steer rows off instances that host many experts, which the
+ * planner reads as imbalance and answers with more replicas). Failed
  * instances are skipped; when every replica of an expert has failed, they are retried in turn (a
  * DO that was reset mid-call usually answers the second time). Instances that must not be retried
  * at all are left out of `replicasOf` by the caller.
@@ -100,7 +103,7 @@ export function assignReplicas(
     live[q].forEach((r, k) => {
       const n = counts[q][k];
       if (n <= 0) return;
-      load.recent[r.instance] = (load.recent[r.instance] ?? 0) + n + passRows;
+      load.recent[r.instance] = (load.recent[r.instance] ?? 0) + n;
       let list = byInstance.get(r.instance);
       if (!list) byInstance.set(r.instance, (list = []));
       list.push({ expert: a.expert, tokens: a.tokens.slice(from, from + n), slots: a.slots.slice(from, from + n) });
