@@ -181,6 +181,8 @@ function table(label: string, r: LoadReport): void {
         `${l.tokensLost} / ${l.tokensChanged} | ${l.placementVersions.join(", ")} | ${passesCell(l)} |`,
     );
     for (const e of l.errors) console.log(`    failure: ${e}`);
+    const failovers = Object.entries(l.failovers ?? {}).map(([code, n]) => `${n}× ${code}`);
+    if (failovers.length > 0) console.log(`    expert calls failed over: ${failovers.join(", ")}`);
     if (l.unexpected > 0) console.log(`    ${l.unexpected} request(s) neither complete nor refused with Retry-After`);
     if (l.memory) console.log(`\n  peak memory per instance after N=${l.concurrency}:\n${memoryTable(l.memory)}`);
   }

@@ -92,6 +92,8 @@ export interface LevelReport {
    */
   expertPasses: number | null;
   expertRows: number | null;
+  /** Expert calls failed over during the level, by code (/metrics `edge_moe_expert_failovers_total`). */
+  failovers: Record<string, number> | null;
 }
 
 export interface LoadReport {
@@ -189,6 +191,11 @@ export async function runLoad(opts: LoadOptions): Promise<LoadReport> {
     if (hostsBefore && hostsAfter) {
       level.expertPasses = hostsAfter.passes - hostsBefore.passes;
       level.expertRows = hostsAfter.rows - hostsBefore.rows;
+      level.failovers = {};
+      for (const [code, n] of Object.entries(hostsAfter.failovers)) {
+        const d = n - (hostsBefore.failovers[code] ?? 0);
+        if (d > 0) level.failovers[code] = d;
+      }
     }
     if (opts.memory) {
       if (!opts.adminToken) throw new Error("the memory option reads /admin/hosts: it needs adminToken");
@@ -265,22 +272,37 @@ function summarize(
     memory: null,
     expertPasses: null,
     expertRows: null,
+    failovers: null,
   };
 }
 
-/** Expert passes and rows all ExpertHosts of the model ran so far (/admin/hosts), or null. */
-export async function hostWork(base: URL, opts: LoadOptions): Promise<{ passes: number; rows: number } | null> {
+interface HostWork {
+  passes: number;
+  rows: number;
+  /** Failovers so far by code, summed over layers. */
+  failovers: Record<string, number>;
+}
+
+/** Expert passes and rows all ExpertHosts of the model ran so far (/admin/hosts), failovers (/metrics), or null. */
+export async function hostWork(base: URL, opts: LoadOptions): Promise<HostWork | null> {
   if (!opts.adminToken) return null;
+  const headers = { authorization: `Bearer ${opts.adminToken}` };
   const q = opts.model ? `?model=${encodeURIComponent(opts.model)}` : "";
-  const res = await fetch(new URL(`/admin/hosts${q}`, base), {
-    headers: { authorization: `Bearer ${opts.adminToken}` },
-  }).catch(() => null);
+  const res = await fetch(new URL(`/admin/hosts${q}`, base), { headers }).catch(() => null);
   if (!res?.ok) return null;
   const body = (await res.json()) as { hosts: { expertPasses?: number; tokens: number }[] };
-  return body.hosts.reduce((a, h) => ({ passes: a.passes + (h.expertPasses ?? 0), rows: a.rows + h.tokens }), {
-    passes: 0,
-    rows: 0,
-  });
+  const work: HostWork = { passes: 0, rows: 0, failovers: {} };
+  for (const h of body.hosts) {
+    work.passes += h.expertPasses ?? 0;
+    work.rows += h.tokens;
+  }
+  const m = await fetch(new URL(`/metrics${q}`, base), { headers }).catch(() => null);
+  const text = m?.ok ? await m.text() : "";
+  for (const line of text.split("\n")) {
+    const hit = /^edge_moe_expert_failovers_total\{[^}]*code="([^"]*)"[^}]*\} ([0-9.e+]+)/.exec(line);
+    if (hit) work.failovers[hit[1]] = (work.failovers[hit[1]] ?? 0) + Number(hit[2]);
+  }
+  return work;
 }
 
 /**
