@@ -11,7 +11,7 @@ import { mkdirSync, writeFileSync } from "node:fs";
 import { cpus, loadavg, totalmem } from "node:os";
 import { dirname, join } from "node:path";
 import { parseArgs } from "node:util";
-import { runLoad, type LoadOptions, type LoadReport } from "./lib/bench-load";
+import { runLoad, waitForRelease, type LevelReport, type LoadOptions, type LoadReport } from "./lib/bench-load";
 import { loopbackUrl } from "./lib/load-client";
 import { memoryTable } from "./lib/host-memory";
 import { startLocalWorker, ADMIN_TOKEN_FOR_TESTS, ROOT, type LocalWorker } from "./lib/local-worker";
@@ -22,7 +22,7 @@ import { progressBar, wantsHelp } from "./lib/progress";
 const USAGE = `usage: npm run bench:load [-- --concurrency 1,4,16,64] [--tokens N|default] [--requests N]
                           [--seconds S] [--phase-seconds S] [--batching on,off] [--url URL]
                           [--model ID] [--api-key KEY] [--admin-token TOKEN] [--no-reference]
-                          [--memory] [--out FILE] [--var NAME=VALUE]
+                          [--memory] [--pass-rows LIST] [--after-burst] [--out FILE] [--var NAME=VALUE]
   N concurrent streaming chat clients (greedy) with a skewed, moving expert load, per level:
   aggregate decode tokens/s, TTFT and time per output token p50/p99, failed requests and
   refusals (status, Retry-After), tokens lost or changed against the same request run alone,
@@ -43,6 +43,15 @@ const USAGE = `usage: npm run bench:load [-- --concurrency 1,4,16,64] [--tokens 
                       check): for runs that expect refusals or leave the length to the server
   --memory            after each level, every instance's peak memory from /admin/hosts, checked
                       against its budget and 128 MB (needs --admin-token with --url)
+  --pass-rows LIST    own servers: one per value (and per --batching) with that DISPATCH_PASS_ROWS
+                      (the dispatch's expert pass cost; 0 = rows only), e.g. 0,4 (default: the
+                      deployed value). With --admin-token or own servers every level also reports
+                      the ExpertHosts' expert passes (weight reads) and rows per pass
+  --after-burst       after the levels (the first must be 1: the fresh placement's single stream;
+                      the later ones the burst), wait for the idle release (no replicated expert;
+                      at most --release-seconds, default 90) and run one stream again: prints
+                      its decode tok/s against the fresh one's (needs --admin-token with --url)
+  --release-seconds S how long --after-burst waits for the release (default 90)
   --out FILE          JSON result (default bench-results/load.json)
   --var NAME=VALUE    another var for the own servers, repeatable (e.g. --var PIPELINE_STAGES=2
                       to serve the demo on pipeline stages)
@@ -70,6 +79,9 @@ const { values } = parseArgs({
     "admin-token": { type: "string" },
     "no-reference": { type: "boolean", default: false },
     memory: { type: "boolean", default: false },
+    "pass-rows": { type: "string" },
+    "after-burst": { type: "boolean", default: false },
+    "release-seconds": { type: "string", default: "90" },
     out: { type: "string", default: join("bench-results", "load.json") },
     var: { type: "string", multiple: true, default: [] },
   },
@@ -96,8 +108,17 @@ for (const v of values.var) {
   const m = /^([A-Z][A-Z0-9_]*)=(.*)$/.exec(v);
   if (!m) fail(`--var takes NAME=VALUE, got "${v}"`);
   if (m[1] === "BATCHING") fail("--var BATCHING: use --batching");
+  if (m[1] === "DISPATCH_PASS_ROWS" && values["pass-rows"]) fail("--var DISPATCH_PASS_ROWS: use --pass-rows");
   extraVars[m[1]] = m[2];
 }
+const passRows = values["pass-rows"]?.split(",").map((s) => s.trim()) ?? [null];
+for (const p of passRows) if (p !== null && !(Number(p) >= 0)) fail(`--pass-rows takes numbers ≥ 0, got "${p}"`);
+if (values.url && values["pass-rows"]) fail("--pass-rows starts own servers: leave out --url");
+const releaseSeconds = positiveInt("release-seconds", values["release-seconds"]);
+if (values["after-burst"] && (levels[0] !== 1 || levels.length < 2))
+  fail("--after-burst needs --concurrency starting with 1 and a burst level after it, e.g. 1,16");
+if (values["after-burst"] && values.url && !values["admin-token"])
+  fail("--after-burst with --url needs --admin-token (it reads /admin/placement)");
 if (values.url) {
   try {
     loopbackUrl(values.url);
@@ -107,16 +128,22 @@ if (values.url) {
   if (values.memory && !values["admin-token"]) fail("--memory with --url needs --admin-token (it reads /admin/hosts)");
 }
 
-function options(url: string, model: string | undefined, adminToken: string | undefined): LoadOptions {
+function options(
+  url: string,
+  model: string | undefined,
+  adminToken: string | undefined,
+  concurrency = levels,
+  references = !values["no-reference"],
+): LoadOptions {
   let bar = progressBar("load", 0);
   let barKey = "";
   return {
     url,
     model,
-    concurrency: levels,
+    concurrency,
     requests: fixedRequests ?? ((n) => Math.max(8, 2 * n)),
     maxTokens: tokens,
-    references: !values["no-reference"],
+    references,
     memory: values.memory,
     levelMs: seconds * 1000,
     graceMs: 30_000,
@@ -150,9 +177,9 @@ function table(label: string, r: LoadReport): void {
   console.log(`\n${label}: ${r.url}, ${per}, ${r.references} distinct requests run alone`);
   console.log(
     "| N | requests | failed | refusals | decode tok/s | TTFT p50 / p99 ms | TPOT p50 / p99 ms | " +
-      "tokens lost / changed | placement versions |",
+      "tokens lost / changed | placement versions | expert passes / token, rows / pass |",
   );
-  console.log("|---|---|---|---|---|---|---|---|---|");
+  console.log("|---|---|---|---|---|---|---|---|---|---|");
   for (const l of r.levels) {
     const refusals =
       l.refusals
@@ -162,31 +189,89 @@ function table(label: string, r: LoadReport): void {
     console.log(
       `| ${l.concurrency} | ${l.requests} | ${l.failed}${cut} | ${refusals} | ${l.decodeTokensPerSec.toFixed(1)} | ` +
         `${fmt(l.ttftMs.p50)} / ${fmt(l.ttftMs.p99)} | ${fmt(l.tpotMs.p50, 1)} / ${fmt(l.tpotMs.p99, 1)} | ` +
-        `${l.tokensLost} / ${l.tokensChanged} | ${l.placementVersions.join(", ")} |`,
+        `${l.tokensLost} / ${l.tokensChanged} | ${l.placementVersions.join(", ")} | ${passesCell(l)} |`,
     );
     for (const e of l.errors) console.log(`    failure: ${e}`);
+    const failovers = Object.entries(l.failovers ?? {}).map(([code, n]) => `${n}× ${code}`);
+    if (failovers.length > 0) console.log(`    expert calls failed over: ${failovers.join(", ")}`);
     if (l.unexpected > 0) console.log(`    ${l.unexpected} request(s) neither complete nor refused with Retry-After`);
     if (l.memory) console.log(`\n  peak memory per instance after N=${l.concurrency}:\n${memoryTable(l.memory)}`);
   }
 }
 
-const runs: { label: string; vars: Record<string, string> | null; report: LoadReport }[] = [];
+function passesCell(l: LevelReport): string {
+  if (l.expertPasses === null || l.expertRows === null || l.completionTokens === 0) return "—";
+  const perToken = l.expertPasses / l.completionTokens;
+  return `${perToken.toFixed(2)}, ${l.expertPasses > 0 ? (l.expertRows / l.expertPasses).toFixed(2) : "—"}`;
+}
+
+interface AfterBurst {
+  /** Seconds from the burst's end until no expert was replicated, or null (not within the limit). */
+  releaseSeconds: number | null;
+  releasedVersion: number | null;
+  fresh: LevelReport;
+  after: LevelReport | null;
+  /** after ÷ fresh decode tok/s (issue 11 wants ≥ 0.95). */
+  ratio: number | null;
+}
+
+/** --after-burst: the release after the levels, then one stream again against the fresh one. */
+async function afterBurst(url: string, model: string | undefined, token: string, report: LoadReport) {
+  const opts = options(url, model, token, [1], false);
+  console.log(`\n  waiting for the idle release (at most ${releaseSeconds} s) …`);
+  const released = await waitForRelease(opts, releaseSeconds * 1000);
+  const fresh = report.levels[0];
+  const after = released ? (await runLoad(opts)).levels[0] : null;
+  const ratio = after && fresh.decodeTokensPerSec > 0 ? after.decodeTokensPerSec / fresh.decodeTokensPerSec : null;
+  const result: AfterBurst = {
+    releaseSeconds: released?.seconds ?? null,
+    releasedVersion: released?.version ?? null,
+    fresh,
+    after,
+    ratio,
+  };
+  console.log(
+    released
+      ? `  released in ${released.seconds.toFixed(1)} s (v${released.version}); one stream after the burst: ` +
+          `${after?.decodeTokensPerSec.toFixed(1)} tok/s vs ${fresh.decodeTokensPerSec.toFixed(1)} fresh = ` +
+          `${ratio?.toFixed(3)}× (TPOT p50 ${fmt(after?.tpotMs.p50 ?? null, 1)} vs ${fmt(fresh.tpotMs.p50, 1)} ms)`
+      : `  no release within ${releaseSeconds} s: not measured`,
+  );
+  return result;
+}
+
+const runs: {
+  label: string;
+  vars: Record<string, string> | null;
+  report: LoadReport;
+  afterBurst?: AfterBurst;
+}[] = [];
 const started = new Date().toISOString();
 if (values.url) {
   console.log(`bench:load — driving ${values.url}, levels ${levels.join(", ")}`);
   const report = await runLoad(options(values.url, values.model, values["admin-token"]));
-  runs.push({ label: "existing server", vars: null, report });
   table("existing server", report);
+  const token = values["admin-token"];
+  const burst = values["after-burst"] && token ? await afterBurst(values.url, values.model, token, report) : undefined;
+  runs.push({ label: "existing server", vars: null, report, afterBurst: burst });
 } else {
   const dir = join(ROOT, "demo-model");
   const model = values.model ?? "demo-mixtral";
   makeDemoModel(dir, { log: () => {} });
+  const servers = batching.flatMap((b) => passRows.map((p) => ({ b, p })));
   console.log(
-    `bench:load — ${model} in local workerd, BATCHING ${batching.join(" then ")}, levels ${levels.join(", ")}`,
+    `bench:load — ${model} in local workerd, ${servers.length} server(s) in turn, levels ${levels.join(", ")}`,
   );
-  for (const b of batching) {
+  for (const { b, p } of servers) {
     // The vars npm start passes (its model, no rate limit: the benchmark is one client by design).
-    const vars = { BATCHING: b, DEFAULT_MODEL: model, RATE_LIMIT_ENABLED: "false", ...extraVars };
+    const vars: Record<string, string> = {
+      BATCHING: b,
+      DEFAULT_MODEL: model,
+      RATE_LIMIT_ENABLED: "false",
+      ...extraVars,
+    };
+    if (p !== null) vars.DISPATCH_PASS_ROWS = p;
+    const label = `BATCHING=${b}${p === null ? "" : ` DISPATCH_PASS_ROWS=${p}`}`;
     const t = performance.now();
     let w: LocalWorker | null = null;
     try {
@@ -195,10 +280,13 @@ if (values.url) {
       // Warm-up: dense weights into the Worker, experts into their hosts (as npm start does).
       const warm = await w.fetch(`/v1/placement?model=${model}`);
       if (!warm.ok) throw new Error(`warm-up failed: ${warm.status} ${await warm.text()}`);
-      console.log(`\nBATCHING=${b}: server up, seeded and warmed in ${((performance.now() - t) / 1000).toFixed(1)} s`);
+      console.log(`\n${label}: server up, seeded and warmed in ${((performance.now() - t) / 1000).toFixed(1)} s`);
       const report = await runLoad(options(w.url.href, model, ADMIN_TOKEN_FOR_TESTS));
-      runs.push({ label: `BATCHING=${b}`, vars, report });
-      table(`BATCHING=${b}`, report);
+      table(label, report);
+      const burst = values["after-burst"]
+        ? await afterBurst(w.url.href, model, ADMIN_TOKEN_FOR_TESTS, report)
+        : undefined;
+      runs.push({ label, vars, report, afterBurst: burst });
     } finally {
       await w?.dispose();
     }

@@ -86,6 +86,14 @@ export interface LevelReport {
   instances: { min: number; max: number } | null;
   /** Every instance's peak memory after the level (`memory` option), else null. */
   memory: InstanceMemory[] | null;
+  /**
+   * ExpertHost expert passes (weight reads) and rows during the level, from /admin/hosts (needs
+   * adminToken; null without, or when a read failed).
+   */
+  expertPasses: number | null;
+  expertRows: number | null;
+  /** Expert calls failed over during the level, by code (/metrics `edge_moe_expert_failovers_total`). */
+  failovers: Record<string, number> | null;
 }
 
 export interface LoadReport {
@@ -147,6 +155,7 @@ export async function runLoad(opts: LoadOptions): Promise<LoadReport> {
       return p;
     };
     await poll();
+    const hostsBefore = await hostWork(base, opts);
     const poller = setInterval(() => void poll(), opts.pollMs ?? 500);
     const abort = new AbortController();
     const t0 = performance.now();
@@ -178,6 +187,16 @@ export async function runLoad(opts: LoadOptions): Promise<LoadReport> {
     const wall = (performance.now() - t0) / 1000;
     await poll();
     const level = summarize(n, results, opts.references === false ? null : reference, wall, seen);
+    const hostsAfter = await hostWork(base, opts);
+    if (hostsBefore && hostsAfter) {
+      level.expertPasses = hostsAfter.passes - hostsBefore.passes;
+      level.expertRows = hostsAfter.rows - hostsBefore.rows;
+      level.failovers = {};
+      for (const [code, n] of Object.entries(hostsAfter.failovers)) {
+        const d = n - (hostsBefore.failovers[code] ?? 0);
+        if (d > 0) level.failovers[code] = d;
+      }
+    }
     if (opts.memory) {
       if (!opts.adminToken) throw new Error("the memory option reads /admin/hosts: it needs adminToken");
       level.memory = await readHostMemory(base, opts.adminToken, opts.model);
@@ -251,7 +270,67 @@ function summarize(
     placementVersions: [...new Set(seen.map((p) => p.version))].sort((a, b) => a - b),
     instances: inst.length ? { min: Math.min(...inst), max: Math.max(...inst) } : null,
     memory: null,
+    expertPasses: null,
+    expertRows: null,
+    failovers: null,
   };
+}
+
+interface HostWork {
+  passes: number;
+  rows: number;
+  /** Failovers so far by code, summed over layers. */
+  failovers: Record<string, number>;
+}
+
+/** Expert passes and rows all ExpertHosts of the model ran so far (/admin/hosts), failovers (/metrics), or null. */
+export async function hostWork(base: URL, opts: LoadOptions): Promise<HostWork | null> {
+  if (!opts.adminToken) return null;
+  const headers = { authorization: `Bearer ${opts.adminToken}` };
+  const q = opts.model ? `?model=${encodeURIComponent(opts.model)}` : "";
+  const res = await fetch(new URL(`/admin/hosts${q}`, base), { headers }).catch(() => null);
+  if (!res?.ok) return null;
+  const body = (await res.json()) as { hosts: { expertPasses?: number; tokens: number }[] };
+  const work: HostWork = { passes: 0, rows: 0, failovers: {} };
+  for (const h of body.hosts) {
+    work.passes += h.expertPasses ?? 0;
+    work.rows += h.tokens;
+  }
+  const m = await fetch(new URL(`/metrics${q}`, base), { headers }).catch(() => null);
+  const text = m?.ok ? await m.text() : "";
+  for (const line of text.split("\n")) {
+    const hit = /^edge_moe_expert_failovers_total\{[^}]*code="([^"]*)"[^}]*\} ([0-9.e+]+)/.exec(line);
+    if (hit) work.failovers[hit[1]] = (work.failovers[hit[1]] ?? 0) + Number(hit[2]);
+  }
+  return work;
+}
+
+/**
+ * Waits until the placement holds no replicated expert (the idle release after a burst), polling
+ * every second for at most `timeoutMs`. Returns the seconds it took and the version, or null on timeout.
+ */
+export async function waitForRelease(
+  opts: LoadOptions,
+  timeoutMs: number,
+): Promise<{ seconds: number; version: number; replicas: number } | null> {
+  const base = loopbackUrl(opts.url);
+  const q = opts.model ? `?model=${encodeURIComponent(opts.model)}` : "";
+  const t0 = performance.now();
+  while (performance.now() - t0 < timeoutMs) {
+    const res = await fetch(new URL(`/admin/placement${q}`, base), {
+      headers: { authorization: `Bearer ${opts.adminToken ?? ""}` },
+    }).catch(() => null);
+    if (res?.ok) {
+      const s = (await res.json()) as { placement?: { version: number; replicas: unknown[][][] } | null };
+      const p = s.placement;
+      if (p?.replicas.every((layer) => layer.every((reps) => reps.length === 1))) {
+        const replicas = p.replicas.reduce((a, layer) => a + layer.length, 0);
+        return { seconds: (performance.now() - t0) / 1000, version: p.version, replicas };
+      }
+    }
+    await new Promise((r) => setTimeout(r, 1000));
+  }
+  return null;
 }
 
 /** The placement's version and instance count, from /admin/placement with a token, else /v1/placement. */

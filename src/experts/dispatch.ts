@@ -12,6 +12,15 @@
  * instance of the call given `instanceLoad`; across calls, `instanceLoad` carries the caller's
  * view of the cluster (in-flight or recently sent rows), so a busy instance is avoided.
  *
+ * Pass cost (`passRows`, row-equivalents; 0 = rows only): an ExpertHost streams an expert's whole
+ * weights once per pass however many rows it brings, so sending any rows of an expert to a replica
+ * costs that fixed read plus the rows. With a pass cost, an instance's load counts it for every
+ * pass, and an expert uses m of its replicas (the least loaded) only when that lowers its busiest
+ * instance by more than the reads it adds: it minimises (busiest level of its replicas) +
+ * passRows × (m − 1). A split adds a full weight read to the cluster's work (rows are conserved),
+ * so it must shorten the busiest instance by at least that much to pay — a few decode rows stay on
+ * one replica, a large prefill batch still splits, and a busy replica still sheds rows to an idle one.
+ *
  * The planner's shares only break ties (a replica is picked among equally loaded ones with
  * probability ∝ share): an idle caller (all loads equal, one token) follows the planner's split,
  * which encodes the cluster-wide load other callers add. Shares are NOT used as weights on the
@@ -33,6 +42,11 @@ export interface DispatchOptions {
    * experts; rows of experts not listed are then left as they are in `out`).
    */
   experts?: ArrayLike<number>;
+  /**
+   * Fixed cost of one expert pass (its weight read) in row-equivalents, ≥ 0. Default 0: rows only
+   * (every replica is water-filled as if a pass were free).
+   */
+  passRows?: number;
 }
 
 const TIE = 1e-9;
@@ -52,6 +66,7 @@ export function dispatchLeastLoaded(
 ): number[][] {
   const random = options.random ?? Math.random;
   const sweeps = options.sweeps ?? 1;
+  const pass = options.passRows ?? 0;
   const listed = options.experts;
   const count = listed ? listed.length : replicas.length;
   const out = options.out ?? replicas.map((reps) => new Array<number>(reps.length).fill(0));
@@ -66,7 +81,7 @@ export function dispatchLeastLoaded(
     if (n <= 0) continue;
     if (reps.length === 1) {
       row[0] = n;
-      instanceLoad[reps[0].instance] += n;
+      instanceLoad[reps[0].instance] += n + pass;
     } else flexible.push(e);
   }
   if (flexible.length === 0) return out;
@@ -83,13 +98,14 @@ export function dispatchLeastLoaded(
       }
       flexible[j + 1] = e;
     }
-  for (const e of flexible) fillExpert(replicas[e], tokensPerExpert[e], instanceLoad, out[e], random);
+  const fill: Fill = pass > 0 ? fillExpertWithPasses : fillExpert;
+  for (const e of flexible) fill(replicas[e], tokensPerExpert[e], instanceLoad, out[e], random, pass);
   for (let s = 0; s < sweeps; s++) {
     for (const e of flexible) {
       const reps = replicas[e];
       const row = out[e];
-      for (let r = 0; r < reps.length; r++) instanceLoad[reps[r].instance] -= row[r];
-      fillExpert(reps, tokensPerExpert[e], instanceLoad, row, random);
+      for (let r = 0; r < reps.length; r++) if (row[r] > 0) instanceLoad[reps[r].instance] -= row[r] + pass;
+      fill(reps, tokensPerExpert[e], instanceLoad, row, random, pass);
     }
   }
   return out;
@@ -99,6 +115,16 @@ export function dispatchLeastLoaded(
 const flexibleScratch: number[] = [];
 const base: number[] = [];
 const order: number[] = [];
+const picked: boolean[] = [];
+
+type Fill = (
+  reps: readonly Replica[],
+  n: number,
+  instanceLoad: Float64Array,
+  row: number[],
+  random: () => number,
+  pass: number,
+) => void;
 
 /** Integer water-filling of n rows over reps against instanceLoad; writes row, adds to instanceLoad. */
 function fillExpert(
@@ -148,6 +174,100 @@ function fillExpert(
     given++;
   }
   for (let r = 0; r < k; r++) instanceLoad[reps[r].instance] += row[r];
+}
+
+/**
+ * Water-filling with a pass cost: replicas are ordered least loaded first (equal loads in a
+ * share-weighted random order); the first m share the rows at one level (each used instance at
+ * load + pass + rows), and the m minimising level + pass × (m − 1) wins, the fewest on a tie.
+ * Writes row; adds to instanceLoad the rows and a pass for each replica used.
+ */
+function fillExpertWithPasses(
+  reps: readonly Replica[],
+  n: number,
+  instanceLoad: Float64Array,
+  row: number[],
+  random: () => number,
+  pass: number,
+): void {
+  const k = reps.length;
+  base.length = k;
+  order.length = 0;
+  picked.length = k;
+  for (let r = 0; r < k; r++) {
+    base[r] = instanceLoad[reps[r].instance] + pass; // the level this replica starts at once used
+    row[r] = 0;
+    picked[r] = false;
+  }
+  for (let m = 0; m < k; m++) order.push(lowestOf(reps, base, row, picked, k, random));
+  let sum = base[order[0]];
+  let m = 1;
+  let level = base[order[0]] + n;
+  let best = level;
+  for (let j = 1; j < k; j++) {
+    const at = (n + sum + base[order[j]]) / (j + 1);
+    // Once the next replica would get less than one row, so would every later (higher) one.
+    if (at < base[order[j]] + 1 - TIE) break;
+    sum += base[order[j]];
+    if (at + pass * j < best - TIE) {
+      best = at + pass * j;
+      level = at;
+      m = j + 1;
+    }
+  }
+  let given = 0;
+  for (let j = 0; j < m; j++) {
+    const r = order[j];
+    const x = m === 1 ? n : Math.max(0, Math.floor(level - base[r] + TIE));
+    row[r] = x;
+    given += x;
+  }
+  // Flooring leaves fewer than m rows (rounding can overshoot by one on exact levels: take back).
+  while (given > n) {
+    const r = highestGiven(row, base, k);
+    row[r]--;
+    given--;
+  }
+  for (let j = 0; j < k; j++) picked[j] = true;
+  for (let j = 0; j < m; j++) picked[order[j]] = false;
+  while (given < n) {
+    row[lowestOf(reps, base, row, picked, k, random, false)]++;
+    given++;
+  }
+  for (let r = 0; r < k; r++) if (row[r] > 0) instanceLoad[reps[r].instance] += row[r] + pass;
+}
+
+/**
+ * Among replicas not `picked`, the one with the lowest base + row; ties by share-weighted draw.
+ * Marks it picked when `mark` (building an order); else leaves the marks as they are.
+ */
+function lowestOf(
+  reps: readonly Replica[],
+  level: number[],
+  row: number[],
+  picked: boolean[],
+  k: number,
+  random: () => number,
+  mark = true,
+): number {
+  let best = -1;
+  let bestLoad = Infinity;
+  let weight = 0;
+  for (let r = 0; r < k; r++) {
+    if (picked[r]) continue;
+    const v = level[r] + row[r];
+    const w = reps[r].share > 0 ? reps[r].share : 1e-6;
+    if (v < bestLoad - TIE) {
+      best = r;
+      bestLoad = v;
+      weight = w;
+    } else if (v <= bestLoad + TIE) {
+      weight += w;
+      if (random() * weight < w) best = r;
+    }
+  }
+  if (mark) picked[best] = true;
+  return best;
 }
 
 /** Replica with the lowest instance load (+ row so far); ties by share-weighted draw. */

@@ -27,6 +27,7 @@ import { dropLocalStore, localStore } from "./local-store";
 import { isModelChanged } from "../platform/model-store";
 import type { ExpertForwardResult } from "./protocol";
 import { markPlacementStale, refreshedPlacement } from "./placement-cache";
+import { dispatchPassRows } from "./replica-choice";
 import { retryConfig } from "./retry-policy";
 import { expandRouting } from "./slices";
 
@@ -53,7 +54,7 @@ export async function runExperts(
   options: ExpertCallOptions = {},
 ): Promise<{ out: Float32Array; dispatch: LayerDispatch }> {
   const { modelVersion: version, alone, ...fanOutOptions } = options;
-  const opts = { ...fanOutOptions, retry: retryConfig(env) };
+  const opts = { ...fanOutOptions, retry: retryConfig(env), passRows: dispatchPassRows(env) };
   const { units, local, transport, changed } = await layerCall(env, placement, layer, routing, version);
   const onDispatch = (p: Placement, r: Routing, d: LayerDispatch) => {
     if (!local) recordLoad(p, placementRow(p, layer), r.ids, d.rowsByInstance);
@@ -110,7 +111,7 @@ export async function runExpertsOwned(
     return { ...r, lost: new Map() };
   }
   const { modelVersion: version, ...fanOutOptions } = options;
-  const opts = { ...fanOutOptions, retry: retryConfig(env), owner };
+  const opts = { ...fanOutOptions, retry: retryConfig(env), passRows: dispatchPassRows(env), owner };
   const { units, local, transport, changed } = await layerCall(env, placement, layer, routing, version);
   const r = await fanOutRows(transport(placement), placement, layer, units, h, dModel, opts);
   const message = changed();

@@ -248,6 +248,7 @@ export class ExpertHost extends DurableObject<Env> {
       peak: this.#notePeak(),
       calls: s?.calls ?? 0,
       tokens: s?.tokens ?? 0,
+      expertPasses: s?.passes ?? 0,
       inflight: this.#inflight,
       expertTokens: Object.fromEntries(this.#expertTokens),
     };

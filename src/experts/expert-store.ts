@@ -127,6 +127,8 @@ export class ExpertStore {
   /** Slices per expert: the store's ids are units (expert · slices + slice); 1 = whole experts. */
   readonly slices: number;
   calls = 0;
+  /** Expert passes (one per item of a run: one read of that expert's weights). */
+  passes = 0;
   tokens = 0;
 
   constructor(
@@ -262,6 +264,7 @@ export class ExpertStore {
       row += n;
     }
     this.calls++;
+    this.passes += items.length;
     this.tokens += total;
     return y;
   }

@@ -77,6 +77,11 @@ export interface FanOutOptions extends RunExpertsOptions {
   gone?: (owner: number) => boolean;
   /** This isolate's view of instance load (default: the per-isolate table of ./replica-choice.ts). */
   load?: InstanceLoad;
+  /**
+   * Fixed cost of one expert pass in row-equivalents (`DISPATCH_PASS_ROWS`, ./replica-choice.ts):
+   * a few rows of an expert stay on one replica. Default 0: rows only.
+   */
+  passRows?: number;
 }
 
 /**
@@ -124,6 +129,7 @@ export async function fanOutRows(
   const { n, topK, ids } = routing;
   const cfg = options.retry ?? DEFAULT_RETRY;
   const random = options.random ?? Math.random;
+  const passRows = options.passRows ?? 0;
   const signal = options.signal;
   // Timed only when a metrics sink listens (the Worker and DO isolates; not tests or scripts).
   const events = expertEvents();
@@ -190,7 +196,7 @@ export async function fanOutRows(
       pending = prune(pending);
       if (pending.length === 0) break;
     }
-    const byInstance = assignReplicas(pending, replicasOf, failed, attempt, load, random);
+    const byInstance = assignReplicas(pending, replicasOf, failed, attempt, load, random, passRows);
     const calls = [...byInstance].map(async ([instance, list]) => {
       const items: ExpertWorkItem[] = list.map((a) => ({ expert: a.expert, nTokens: a.tokens.length }));
       const rows = items.reduce((s, it) => s + it.nTokens, 0);

@@ -80,6 +80,11 @@ export interface ExpertHostStats {
   calls: number;
   tokens: number;
   /**
+   * Expert passes run: one per expert of each kernel call, each streaming that expert's weights
+   * once (what the Worker's dispatch pass cost, DISPATCH_PASS_ROWS, stands for).
+   */
+  expertPasses: number;
+  /**
    * Forward calls inside this instance right now (begun, not answered: opening the model, running
    * kernels, stalled). Calls the runtime queues before they enter the object are not visible here.
    */

@@ -2,6 +2,7 @@
  * @module Which replica serves each routed token (pure apart from the per-isolate load table).
  */
 import type { Replica } from "../coordinator/placement";
+import { numberVar, perEnv } from "../platform/env";
 import { dispatchLeastLoaded } from "./dispatch";
 
 /** One expert's share of a layer call: token indices into the batch and their top-k slots. */
@@ -18,6 +19,17 @@ export interface Assignment {
 // replica serves a row never changes the result: ./combine.ts adds the rows in a fixed order.
 
 const RECENT_HALF_LIFE_MS = 1000;
+const DEFAULT_PASS_ROWS = 4;
+
+/**
+ * DISPATCH_PASS_ROWS: the fixed cost of one expert pass on an ExpertHost — the read of the
+ * expert's weights, paid once however many rows the pass brings — in row-equivalents (the time
+ * of one row's compute). Dispatch counts it for every replica it sends rows to, so a few rows of an
+ * expert stay on one replica and only a batch large enough to pay for a second read is split.
+ * 0 = rows only (the dispatch before the pass cost). The default is measured on the demo's f32
+ * experts (README, Continuous batching); int8 experts, a quarter of the bytes, measure lower.
+ */
+export const dispatchPassRows = perEnv((env) => numberVar(env, "DISPATCH_PASS_ROWS", DEFAULT_PASS_ROWS, { min: 0 }));
 
 export interface InstanceLoad {
   recent: number[];
@@ -51,7 +63,11 @@ export function loadOf(model: string, version?: number): InstanceLoad {
 }
 
 /**
- * Chooses replicas for one layer call's experts; returns the parts per instance. Failed
+ * Chooses replicas for one layer call's experts; returns the parts per instance. `passRows`: the
+ * pass cost in row-equivalents (`dispatchPassRows`; 0 = rows only), weighed within this call only:
+ * the isolate's load view across calls stays in rows, the currency of the planner's load reports
+ * (counting passes there too would steer rows off instances that host many experts, which the
+ * planner reads as imbalance and answers with more replicas). Failed
  * instances are skipped; when every replica of an expert has failed, they are retried in turn (a
  * DO that was reset mid-call usually answers the second time). Instances that must not be retried
  * at all are left out of `replicasOf` by the caller.
@@ -63,6 +79,7 @@ export function assignReplicas(
   attempt: number,
   load: InstanceLoad,
   random: () => number,
+  passRows = 0,
 ): Map<number, Assignment[]> {
   const live = experts.map((a) => {
     const all = replicasOf(a.expert);
@@ -78,7 +95,7 @@ export function assignReplicas(
     experts.map((a) => a.tokens.length),
     live,
     instanceLoad,
-    { random },
+    { random, passRows },
   );
   const byInstance = new Map<number, Assignment[]>();
   experts.forEach((a, q) => {

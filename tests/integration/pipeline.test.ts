@@ -67,33 +67,57 @@ describe("StageHost KV budget", () => {
     const kv = (2.5 * sessionBytes(0, 1)) / MIB;
     w = await startWithModels(
       { tiny: join(FIXTURES, "mixtral-tiny") },
-      { PIPELINE_STAGES: "2", STAGE_KV_BUDGET_MB: String(kv) },
+      { PIPELINE_STAGES: "2", STAGE_KV_BUDGET_MB: String(kv), ADMIN_FAULTS_ENABLED: "true" },
     );
   });
   afterAll(() => w?.dispose());
 
+  type StageStats = {
+    sessions: number;
+    kvBytesUsed: number;
+    kvBytesPeak: number;
+    kvBudgetBytes: number;
+    bytesHeld: number;
+    budgetBytes: number;
+  };
+  const stages = async () =>
+    ((await (await w.fetch("/admin/hosts?model=tiny", { headers: ADMIN })).json()) as { stages: StageStats[] }).stages;
+
+  /** Every expert call of the model stalls for `ms` on every instance (the sessions stay open meanwhile). */
+  async function stallExperts(ms: number): Promise<void> {
+    const placement = (await (await w.fetch("/admin/placement?model=tiny", { headers: ADMIN })).json()) as {
+      placement: { instances: unknown[] };
+    };
+    for (let instance = 0; instance < placement.placement.instances.length; instance++)
+      for (let layer = 0; layer < spec.nLayers; layer++)
+        for (let expert = 0; expert < spec.nExperts; expert++) {
+          const body = { model: "tiny", instance, layer, expert, ms, kind: "stall" };
+          expect((await postJson(w, "/admin/fault", body, ADMIN)).status).toBe(200);
+        }
+  }
+
   it("answers 429 with Retry-After when the stages are full, completes the rest, and frees every session", async () => {
-    const results = await burst(w, 6);
-    for (const r of results) expect([200, 429]).toContain(r.status);
-    const refused = results.filter((r) => r.status === 429);
-    expect(refused.length).toBeGreaterThan(0);
-    expect(results.filter((r) => r.status === 200).length).toBeGreaterThanOrEqual(2);
+    // Two requests fill the stages' KV budget and are held open there by stalled expert calls, so
+    // the later ones are bound to meet a full budget (without the stall, six concurrent requests on
+    // a busy machine may each finish before the next arrives, and none is refused).
+    expect((await burst(w, 1))[0].status).toBe(200); // loads the stages and experts first
+    await stallExperts(8000);
+    const held = burst(w, 2);
+    const t0 = Date.now();
+    while (Math.max(...(await stages()).map((s) => s.sessions)) < 2) {
+      expect(Date.now() - t0, "two sessions admitted during the stall").toBeLessThan(6000);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    const refused = await burst(w, 4);
     for (const r of refused) {
+      expect(r.status).toBe(429);
       expect(Number(r.retryAfter)).toBeGreaterThan(0);
       expect(r.json.error?.code).toBe("kv_cache_full");
     }
-    const hosts = (await (await w.fetch("/admin/hosts?model=tiny", { headers: ADMIN })).json()) as {
-      stages: {
-        sessions: number;
-        kvBytesUsed: number;
-        kvBytesPeak: number;
-        kvBudgetBytes: number;
-        bytesHeld: number;
-        budgetBytes: number;
-      }[];
-    };
-    expect(hosts.stages).toHaveLength(2);
-    for (const s of hosts.stages) {
+    for (const r of await held) expect(r.status).toBe(200);
+    const after = await stages();
+    expect(after).toHaveLength(2);
+    for (const s of after) {
       expect(s.sessions).toBe(0);
       expect(s.kvBytesUsed).toBe(0);
       expect(s.kvBytesPeak).toBeLessThanOrEqual(s.kvBudgetBytes);

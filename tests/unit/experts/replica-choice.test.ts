@@ -32,6 +32,23 @@ describe("least-loaded replica choice in the Worker", () => {
     expect(out.get(1)![0].slots).toEqual([0, 1, 0, 1]);
   });
 
+  it("with a pass cost, sends a few rows of an expert to one replica and keeps the load view in rows", () => {
+    const two = () => [
+      { instance: 0, share: 0.5 },
+      { instance: 1, share: 0.5 },
+    ];
+    for (let seed = 1; seed <= 20; seed++) {
+      const load = fresh();
+      const out = assignReplicas([tokens(1, 4)], two, new Set(), 0, load, createRng(seed), 4);
+      expect(out.size).toBe(1);
+      const [instance] = [...out.keys()];
+      expect(out.get(instance)![0].tokens).toEqual([0, 1, 2, 3]);
+      expect(load.recent[instance]).toBe(4);
+      // Rows only (no pass cost): the same call costs two weight reads.
+      expect(assignReplicas([tokens(1, 4)], two, new Set(), 0, fresh(), createRng(seed)).size).toBe(2);
+    }
+  });
+
   it("levels instance load across experts: a replica goes where the rigid experts are not", () => {
     // Expert 0 lives only on instance 0 (8 rows); expert 1 has replicas on 0 and 1 (8 rows).
     const replicas: Record<number, Replica[]> = {
