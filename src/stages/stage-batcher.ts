@@ -24,8 +24,15 @@ export interface StageCall {
   /** Residual rows in [n, dModel]. */
   x: Float32Array;
   rng: () => number;
+  /** The position its rows start at: the pass fails it when the session is elsewhere then. */
+  start: number;
   /** Whether the session was ended meanwhile: its expert rows are then not retried. */
   gone: () => boolean;
+  /**
+   * Holds the session for the pass (its KV cache is not freed until the returned release runs);
+   * null when the session has ended.
+   */
+  hold: () => (() => void) | null;
 }
 
 /** A call's rows out [n, dModel], and the expert RPCs it is charged with. */
@@ -88,7 +95,7 @@ export class StageBatcher {
 
   /** Runs `call` in the stage's next pass; its own rows, or its own failure (QueueFullError: overload). */
   run(call: StageCall): Promise<StageCallResult> {
-    return this.#queue.submit(call, call.x.length / this.dModel);
+    return this.#queue.submit(call, Math.max(1, Math.ceil(call.x.length / this.dModel)));
   }
 
   stats(): StageBatchStats {
@@ -100,39 +107,87 @@ export class StageBatcher {
     s.passes++;
     s.calls += entries.length;
     s.maxCalls = Math.max(s.maxCalls, entries.length);
-    if (entries.length === 1) {
-      try {
-        return [{ ok: true, value: await this.runner.alone(entries[0].item) }];
-      } catch (error) {
-        return [{ ok: false, error }];
-      }
-    }
-    // A session twice in one pass (a retried call while the first still runs) would write its KV
-    // cache twice at the same positions: the later call fails, as it would have after the first.
-    const seen = new Set<Session>();
+    const results: BatchResult<StageCallResult>[] = entries.map(() => ({ ok: true, value: EMPTY }));
     const take: number[] = [];
-    const results: BatchResult<StageCallResult>[] = entries.map((e, i) => {
-      if (seen.has(e.item.session)) return { ok: false, error: new Error("a call on this session is already running") };
-      seen.add(e.item.session);
-      take.push(i);
-      return { ok: true, value: { y: new Float32Array(0), rpcs: 0 } };
-    });
-    const calls = take.map((i) => entries[i].item);
-    if (calls.length === 1) {
-      try {
-        results[take[0]] = { ok: true, value: await this.runner.alone(calls[0]) };
-      } catch (error) {
-        results[take[0]] = { ok: false, error };
+    const releases: (() => void)[] = [];
+    const seen = new Set<Session>();
+    try {
+      // Checked here, when the pass runs, call by call: an offender fails alone, the others run.
+      entries.forEach((e, i) => {
+        const refusal = this.#refusal(e.item, seen);
+        if (refusal) {
+          results[i] = { ok: false, error: refusal };
+          return;
+        }
+        // The pass holds the session until it ends, whatever happens to its caller meanwhile (a
+        // deadline refusing it, its `finally` releasing it, `end` freeing it): never freed under the pass.
+        const release = e.item.hold();
+        if (!release) {
+          results[i] = {
+            ok: false,
+            error: new StageCallError("session_lost", "the session ended before its pass ran"),
+          };
+          return;
+        }
+        releases.push(release);
+        seen.add(e.item.session);
+        take.push(i);
+      });
+      const calls = take.map((i) => entries[i].item);
+      if (calls.length === 1) {
+        try {
+          results[take[0]] = { ok: true, value: await this.runner.alone(calls[0]) };
+        } catch (error) {
+          results[take[0]] = { ok: false, error };
+        }
+      } else if (calls.length > 1) {
+        s.mergedPasses++;
+        s.mergedCalls += calls.length;
+        s.mergedRows += calls.reduce((t, c) => t + c.x.length / this.dModel, 0);
+        const out = await this.runner.merged(calls);
+        take.forEach((i, j) => {
+          results[i] = out[j];
+        });
       }
       return results;
+    } finally {
+      for (const release of releases) release();
     }
-    s.mergedPasses++;
-    s.mergedCalls += calls.length;
-    s.mergedRows += calls.reduce((t, c) => t + c.x.length / this.dModel, 0);
-    const out = await this.runner.merged(calls);
-    take.forEach((i, j) => {
-      results[i] = out[j];
-    });
-    return results;
+  }
+
+  /** Why `call` cannot run in this pass (its own bad request), or null. */
+  #refusal(call: StageCall, seen: ReadonlySet<Session>): StageCallError | null {
+    const { session, x, start } = call;
+    // A session twice in one pass (a retried call while the first still runs) would write its KV
+    // cache twice at the same positions: the later call fails, as it would have after the first.
+    if (seen.has(session)) return new StageCallError("bad_request", "a call on this session is already running");
+    const rows = x.length / this.dModel;
+    if (!Number.isInteger(rows) || rows < 1)
+      return new StageCallError("bad_request", `x must hold n·${this.dModel} values, got ${x.length}`);
+    // A call queued behind a pass on its session (a duplicate) finds the session moved on.
+    if (session.length !== start)
+      return new StageCallError(
+        "bad_request",
+        `the session is at position ${session.length}, the call starts at ${start}`,
+      );
+    if (start + rows > session.maxLen)
+      return new StageCallError(
+        "bad_request",
+        `the session holds ${session.maxLen} positions, asked for ${start + rows}`,
+      );
+    return null;
+  }
+}
+
+const EMPTY: StageCallResult = { y: new Float32Array(0), rpcs: 0 };
+
+/** A call refused by its pass: a bad request (shape, room, position) or a session ended before it ran. */
+export class StageCallError extends Error {
+  override name = "StageCallError";
+  constructor(
+    readonly code: "bad_request" | "session_lost",
+    message: string,
+  ) {
+    super(message);
   }
 }

@@ -20,7 +20,7 @@ import { hostKeepAliveMs, KeepAlive } from "../platform/keep-alive";
 import { MemoryPeak, type MemoryPeakStats } from "../platform/memory-peak";
 import { currentPlacement, flushLoad, flushLoadSoon, runExperts } from "../experts/expert-client";
 import { QueueFullError } from "../platform/coalescer";
-import type { StageBatcher } from "./stage-batcher";
+import { StageCallError, type StageBatcher } from "./stage-batcher";
 import { stageBatcherFor } from "./stage-pass";
 import { parseRoutingOptions } from "../gating/options";
 import { ModelForward, type ExpertRunner, type Session } from "../serving/forward";
@@ -162,8 +162,10 @@ export class StageHost extends DurableObject<Env> {
       // A traced call runs alone: its trace is its own routing, layer by layer.
       if (part.batcher && !req.trace) {
         const gone = () => kv.get(req.session, Date.now()) !== s;
-        const r = await part.batcher.run({ session: s, x: req.x, rng, gone }).catch((err: unknown) => {
+        const hold = () => holdFor(kv, req.session, s, part);
+        const r = await part.batcher.run({ session: s, x: req.x, start: req.start, rng, gone, hold }).catch((err) => {
           if (err instanceof QueueFullError) throw new StageError("busy", err.message, err.retryAfterS * 1000);
+          if (err instanceof StageCallError) throw new StageError(err.code, `${this.#label}: ${err.message}`);
           throw err;
         });
         y = r.y;
@@ -473,6 +475,19 @@ export class StageHost extends DurableObject<Env> {
     this.#part = part;
     return part;
   }
+}
+
+/** A pass's own hold on session `id` (still `s`): its release frees the KV cache if `end` came meanwhile. */
+function holdFor(kv: KvLedger<Session>, id: string, s: Session, part: StagePart): (() => void) | null {
+  const held = kv.acquire(id, Date.now());
+  if (held !== s) {
+    if (held) kv.release(id, Date.now());
+    return null;
+  }
+  return () => {
+    const ended = kv.release(id, Date.now());
+    if (ended) part.forward.endSession(ended);
+  };
 }
 
 function layerTrace(layer: number, r: Routing, rpcs: number): StageLayerTrace {

@@ -7,13 +7,20 @@
 import { describe, expect, it } from "vitest";
 import { Session } from "../../../src/serving/forward";
 import { QueueFullError } from "../../../src/platform/coalescer";
-import { StageBatcher, type StageCall, type StagePassRunner } from "../../../src/stages/stage-batcher";
+import { StageBatcher, StageCallError, type StageCall, type StagePassRunner } from "../../../src/stages/stage-batcher";
 
 const D = 4;
 const LIMITS = { maxRows: 16, maxQueuedRows: 16, queueDeadlineMs: 5_000, runDeadlineMs: 5_000 };
 
-function call(session: Session, n: number, v: number): StageCall {
-  return { session, x: new Float32Array(n * D).fill(v), rng: () => 0, gone: () => false };
+/** Holds and releases of sessions by passes, in order. */
+const holds: string[] = [];
+
+function call(session: Session, n: number, v: number, start = session.length): StageCall {
+  const hold = () => {
+    holds.push(`hold ${v}`);
+    return () => holds.push(`release ${v}`);
+  };
+  return { session, x: new Float32Array(n * D).fill(v), start, rng: () => 0, gone: () => false, hold };
 }
 
 /** A runner doubling rows; records each pass's calls; `hold` keeps passes open until released. */
@@ -22,7 +29,10 @@ function runner(fail?: (c: StageCall) => boolean) {
   let release: () => void = () => {};
   let held: Promise<void> | null = null;
   const wait = () => held ?? Promise.resolve();
-  const double = (c: StageCall) => ({ y: c.x.map((v) => 2 * v), rpcs: 1 });
+  const double = (c: StageCall) => {
+    c.session.length += c.x.length / D; // as the layers advance it
+    return { y: c.x.map((v) => 2 * v), rpcs: 1 };
+  };
   const r: StagePassRunner = {
     async alone(c) {
       passes.push({ kind: "alone", sizes: [c.x.length / D] });
@@ -108,5 +118,66 @@ describe("StageBatcher", () => {
     await expect(b.run(call(session(), 1, 1))).rejects.toBeInstanceOf(QueueFullError);
     t.release();
     await Promise.all([first, queued]);
+  });
+
+  it("holds every session of a pass until the pass ends, even after its caller was refused", async () => {
+    holds.length = 0;
+    const t = runner();
+    const b = new StageBatcher(t.r, D, { ...LIMITS, queueDeadlineMs: 5, runDeadlineMs: 5 }, "test");
+    t.hold();
+    const r = await Promise.allSettled([b.run(call(session(), 1, 1)), b.run(call(session(), 1, 2))]);
+    // Both callers gave up (their StageHost `run` releases its own hold) while the pass still runs.
+    expect(r.map((x) => x.status)).toEqual(["rejected", "rejected"]);
+    expect(holds).toEqual(["hold 1", "hold 2"]);
+    t.release();
+    await new Promise((res) => setTimeout(res, 5));
+    expect(holds).toEqual(["hold 1", "hold 2", "release 1", "release 2"]);
+  });
+
+  it("fails a call whose session ended before its pass, and runs the others", async () => {
+    const t = runner();
+    const b = new StageBatcher(t.r, D, LIMITS, "test");
+    const ended = { ...call(session(), 1, 1), hold: () => null };
+    const r = await Promise.allSettled([b.run(ended), b.run(call(session(), 1, 2)), b.run(call(session(), 1, 3))]);
+    expect(r.map((x) => x.status)).toEqual(["rejected", "fulfilled", "fulfilled"]);
+    expect((r[0] as PromiseRejectedResult).reason).toMatchObject({ code: "session_lost" });
+    expect(t.passes).toEqual([{ kind: "merged", sizes: [1, 1] }]);
+  });
+
+  it("checks a call's position when its pass runs: a duplicate queued behind its session's pass fails", async () => {
+    const t = runner();
+    const b = new StageBatcher(t.r, D, LIMITS, "test");
+    const s = session();
+    t.hold();
+    const first = b.run(call(s, 2, 1, 0));
+    await new Promise((res) => setTimeout(res, 5));
+    const dup = b.run(call(s, 2, 1, 0));
+    const other = b.run(call(session(), 1, 2));
+    t.release();
+    const r = await Promise.allSettled([first, dup, other]);
+    expect(r.map((x) => x.status)).toEqual(["fulfilled", "rejected", "fulfilled"]);
+    const reason = (r[1] as PromiseRejectedResult).reason;
+    expect(reason).toBeInstanceOf(StageCallError);
+    expect(reason).toMatchObject({ code: "bad_request" });
+    expect(s.length).toBe(2);
+    expect(t.passes).toEqual([
+      { kind: "alone", sizes: [2] },
+      { kind: "alone", sizes: [1] },
+    ]);
+  });
+
+  it("fails only the call past its session's room or with misshapen rows; the others run merged", async () => {
+    const t = runner();
+    const b = new StageBatcher(t.r, D, LIMITS, "test");
+    const misshapen = { ...call(session(), 1, 3), x: new Float32Array(D + 1) };
+    const r = await Promise.allSettled([
+      b.run(call(session(), 1, 1)),
+      b.run(call(new Session(2, [], []), 3, 2)),
+      b.run(misshapen),
+      b.run(call(session(), 2, 4)),
+    ]);
+    expect(r.map((x) => x.status)).toEqual(["fulfilled", "rejected", "rejected", "fulfilled"]);
+    for (const i of [1, 2]) expect((r[i] as PromiseRejectedResult).reason).toMatchObject({ code: "bad_request" });
+    expect(t.passes).toEqual([{ kind: "merged", sizes: [1, 2] }]);
   });
 });
