@@ -44,6 +44,9 @@ export type { LayerOutcome, LayerSegment, OwnedExpertRunner, StepOutcome, StepSe
  */
 export type ExpertRunner = (layer: number, routing: Routing, h: Float32Array) => Promise<Float32Array>;
 
+/** Routed experts with each row's segment of a batched step (`owner`, null for one session's rows). */
+type RowRunner = (layer: number, routing: Routing, h: Float32Array, owner: Int32Array | null) => Promise<Float32Array>;
+
 /** Tokens per dense-MLP kernel call: bounds the [chunk, dFf] × 2 scratch whatever the prompt length. */
 const MLP_TOKEN_CHUNK = 64;
 
@@ -366,8 +369,10 @@ export class ModelForward {
     const owner = new Int32Array(n);
     segRows.forEach((r, i) => owner.fill(i, r.at, r.at + r.n));
     const failed = new Map<number, unknown>();
-    const lostOf = (layer: number, routing: Routing, h: Float32Array) =>
-      experts(layer, routing, h, routing.n === n ? owner : null).then((r) => {
+    // `owner` is handed to #ffn, which gives the runner each row's segment — of the flattened slot
+    // rows too when capacity dropped slots (runRouted): never guessed from the row count.
+    const lostOf: RowRunner = (layer, routing, h, rowOwner) =>
+      experts(layer, routing, h, rowOwner).then((r) => {
         for (const [i, e] of r.lost) if (!failed.has(i)) failed.set(i, e);
         return r.out;
       });
@@ -396,7 +401,7 @@ export class ModelForward {
         gqaRows({ k, arena, spec: this.spec, h, out: o, n, cos, sin, ws, scores }, L.attention, caches);
         addScaled(k.f32(x, n * dModel), k.f32(o, n * dModel), multipliers.residual);
         k.rmsnorm(h, x, L.mlpNorm.ptr, n, dModel, rmsEps);
-        const ffn = await this.#ffn(l, h, n, ws, lostOf, () => 0, undefined, parts);
+        const ffn = await this.#ffn(l, h, n, ws, lostOf, () => 0, undefined, parts, owner);
         addScaled(k.f32(x, n * dModel), ffn, multipliers.residual);
       }
       // A failed segment's rows are meaningless: its session stays where it was (a retry rewrites them).
@@ -600,10 +605,12 @@ export class ModelForward {
     h: number,
     n: number,
     ws: number,
-    experts: ExpertRunner,
+    experts: RowRunner,
     rng: () => number,
     onRouting?: (layer: number, r: Routing) => void,
     parts?: { n: number; rng: () => number }[],
+    /** A batched step's segment of each token row (null: one session's rows). */
+    owner: Int32Array | null = null,
   ): Promise<Float32Array> {
     const { dModel, nExperts, topK } = this.spec;
     const k = this.kernels;
@@ -641,7 +648,7 @@ export class ModelForward {
           arena.free();
         }
         onRouting?.(l, routing);
-        const out = await runRouted(experts, l, routing, hCopy, dModel);
+        const out = await runRouted(experts, l, routing, hCopy, dModel, owner);
         if (shared) for (let i = 0; i < out.length; i++) out[i] += shared[i];
         return out;
       }
@@ -705,18 +712,21 @@ export class ModelForward {
  * Reports the layer's tokens and drops here, the one place every MoE layer call passes through.
  */
 async function runRouted(
-  experts: ExpertRunner,
+  experts: RowRunner,
   layer: number,
   routing: Routing,
   h: Float32Array,
   dModel: number,
+  owner: Int32Array | null,
 ): Promise<Float32Array> {
   expertEvents()?.routed(layer, routing.n, routing.dropped ?? 0);
-  if (!routing.dropped) return experts(layer, routing, h);
+  if (!routing.dropped) return experts(layer, routing, h, owner);
   const { routing: flat, tokenOf } = flattenRouting(routing);
+  // The runner's rows are now kept slots, not tokens: each owned by its token's segment.
+  const flatOwner = owner && Int32Array.from(tokenOf, (t) => owner[t]);
   const rows = new Float32Array(flat.n * dModel);
   for (let i = 0; i < flat.n; i++) rows.set(h.subarray(tokenOf[i] * dModel, (tokenOf[i] + 1) * dModel), i * dModel);
-  const y = flat.n > 0 ? await experts(layer, flat, rows) : new Float32Array(0);
+  const y = flat.n > 0 ? await experts(layer, flat, rows, flatOwner) : new Float32Array(0);
   const out = new Float32Array(routing.n * dModel);
   for (let i = 0; i < flat.n; i++) {
     const o = tokenOf[i] * dModel;

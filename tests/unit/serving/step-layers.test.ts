@@ -18,16 +18,17 @@ import type { DenseFormat } from "../../../src/kernels/dense";
 import type { ExpertRunner, LayerSegment, OwnedExpertRunner, StepSegment } from "../../../src/serving/forward";
 import { ModelForward } from "../../../src/serving/forward";
 import { createRng } from "../../../src/serving/sampling";
+import { ROUTING_OFF, type RoutingOptions } from "../../../src/gating/options";
 
 const MIXTRAL8: Config = { ...MIXTRAL, num_local_experts: 8 };
 const bits = (a: Float32Array) => Array.from(new Uint32Array(a.buffer, a.byteOffset, a.length));
 
 /** Layers [first, nLayers) of a family's checkpoint as a StageHost holds them, and its experts. */
-async function stagePart(cfg: Config, format: DenseFormat, first: number) {
+async function stagePart(cfg: Config, format: DenseFormat, first: number, routing: RoutingOptions = ROUTING_OFF) {
   const { spec, ckpt } = await openModel(memoryFileStore(checkpointFiles(cfg, buildTensors(cfg))));
   const k = loadKernels("best", { maxBytes: 64 << 20 });
   const load = (l: number) => loadLayer(k, ckpt, spec, l, { format, chunkBytes: 4096 });
-  const part = await ModelForward.loadLayers(k, spec, first, spec.nLayers, load);
+  const part = await ModelForward.loadLayers(k, spec, first, spec.nLayers, load, routing);
   return { spec, part, experts: localExperts(k, ckpt, spec) };
 }
 
@@ -113,6 +114,37 @@ describe("stepLayers", () => {
     expect([a.length, b.length]).toEqual([3, 0]);
     const alone = part.startSession(32);
     const y = await part.layers(alone, rows(0, 0, 3, d), experts, () => 0);
+    if (out[0].ok) expect(bits(out[0].y)).toEqual(bits(y));
+  });
+
+  it("names each kept slot's session when capacity dropped slots, so a lost row fails only its own", async () => {
+    // A capacity of one slot per expert per session: most slots are dropped, the runner gets kept slots.
+    const { spec, part, experts } = await stagePart(MIXTRAL8, "f32", 1, { ...ROUTING_OFF, capacityFactor: 0.1 });
+    const d = spec.dModel;
+    const a = part.startSession(32);
+    const b = part.startSession(32);
+    let flattened = 0;
+    // As runExpertsOwned: session 1's rows are lost; without owners a lost row fails the whole pass.
+    const runner: OwnedExpertRunner = async (layer, routing, h, owner) => {
+      if (owner === null) throw new Error("a row was lost and no owner was given");
+      expect(owner.length).toBe(routing.n);
+      if (routing.topK === 1) flattened++;
+      const lost = new Map<number, unknown>();
+      if (owner.includes(1)) lost.set(1, new Error("rows of 1 lost"));
+      return { out: await experts(layer, routing, h), lost };
+    };
+    const out = await part.stepLayers(
+      [
+        { session: a, x: rows(0, 0, 12, d), rng: () => 0 },
+        { session: b, x: rows(1, 0, 10, d), rng: () => 0 },
+      ],
+      runner,
+    );
+    expect(flattened).toBeGreaterThan(0);
+    expect(out.map((o) => o.ok)).toEqual([true, false]);
+    expect([a.length, b.length]).toEqual([12, 0]);
+    const alone = part.startSession(32);
+    const y = await part.layers(alone, rows(0, 0, 12, d), experts, () => 0);
     if (out[0].ok) expect(bits(out[0].y)).toEqual(bits(y));
   });
 
