@@ -23,6 +23,9 @@ export const SESSION_IDLE_MS = 60_000;
 /** What a refused (KV-full) request is told to wait before retrying. */
 export const KV_RETRY_AFTER_MS = 2_000;
 
+/** Retry-After of a stage whose pass queue refused a call (`stage_overloaded`): a moment's congestion. */
+export const STAGE_OVERLOAD_RETRY_MS = 1_000;
+
 /**
  * Checkpoint bytes per ranged read while a StageHost loads its layers: the load's JS memory is one
  * such chunk plus one f32 row (src/model/dense-layers.ts), whatever the stage's size.

@@ -8,6 +8,7 @@ import { ApiError } from "../errors";
 import { pipelineRpcTimeoutMs, withDeadline } from "../platform/deadline";
 import type { PipelinePlacement } from "../coordinator/pipeline-placement";
 import type { StageFailure, StageHop, StageLayerTrace } from "./stage-protocol";
+import { STAGE_OVERLOAD_RETRY_MS } from "./stage-budgets";
 
 export class StageChain {
   readonly route: StageHop[];
@@ -91,7 +92,7 @@ export class SessionLostError extends Error {
   override name = "SessionLostError";
 }
 
-/** A stage's failure as the client sees it: full → 429, too long → 400, experts down → 503. */
+/** A stage's failure as the client sees it: full → 429, too long → 400, experts down or overloaded → 503. */
 export function stageError(f: StageFailure): Error {
   switch (f.code) {
     case "busy":
@@ -102,6 +103,15 @@ export function stageError(f: StageFailure): Error {
         null,
         "kv_cache_full",
         ApiError.retryIn((f.retryAfterMs ?? 1000) / 1000),
+      );
+    case "overloaded":
+      return new ApiError(
+        503,
+        `a pipeline stage is overloaded: ${f.message}`,
+        "service_unavailable",
+        null,
+        "stage_overloaded",
+        ApiError.retryIn((f.retryAfterMs ?? STAGE_OVERLOAD_RETRY_MS) / 1000),
       );
     case "too_long":
       return ApiError.invalid(

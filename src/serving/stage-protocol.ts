@@ -46,6 +46,8 @@ export interface StageLayerTrace {
 
 export type StageFailureCode =
   | "busy"
+  /** The stage's pass queue is full, or a call waited past its queue deadline: retry shortly. */
+  | "overloaded"
   | "too_long"
   | "bad_request"
   | "model_error"

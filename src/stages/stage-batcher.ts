@@ -10,13 +10,14 @@
  * (no timer: the pass in flight is the wait). A call alone runs today's per-call path.
  *
  * Bounded: a pass carries at most `maxRows` rows (its Wasm scratch must fit STAGE_SCRATCH_BYTES;
- * a bigger single call still runs, alone), the queue at most `maxQueuedRows`, and a queued call
+ * a bigger single call still runs, alone), the queue at most `maxQueuedRows` (`stageQueueRows`), and a queued call
  * waits at most `queueDeadlineMs` for its pass; a call refused by either throws QueueFullError,
- * which the StageHost answers as `busy` (the Worker's 429/503 with Retry-After).
+ * which the StageHost answers as `overloaded` (the Worker's 503 `stage_overloaded` with a short Retry-After).
  */
 import { Coalescer, type BatchEntry, type BatchResult } from "../platform/coalescer";
 import type { Session } from "../serving/forward";
 import type { StageBatchStats } from "../serving/stage-protocol";
+import { PREFILL_CHUNK } from "../serving/stage-budgets";
 
 /** One `run` call's work in this stage's layers. */
 export interface StageCall {
@@ -56,6 +57,14 @@ export interface StageBatchLimits {
   queueDeadlineMs: number;
   /** Longest a pass may take to answer, in ms. */
   runDeadlineMs: number;
+}
+
+/**
+ * Rows a stage's pass queue holds: four passes' worth, plus a whole prefill chunk — a pass may carry
+ * fewer rows than PREFILL_CHUNK (a small scratch), and a chunk must still queue behind others.
+ */
+export function stageQueueRows(maxRows: number): number {
+  return 4 * maxRows + PREFILL_CHUNK;
 }
 
 export class StageBatcher {

@@ -32,6 +32,7 @@ import type { Routing } from "../gating/router";
 import {
   KV_RETRY_AFTER_MS,
   readStageBudgets,
+  STAGE_OVERLOAD_RETRY_MS,
   SESSION_IDLE_MS,
   STAGE_LOAD_CHUNK_BYTES,
   STAGE_SCRATCH_BYTES,
@@ -164,7 +165,8 @@ export class StageHost extends DurableObject<Env> {
         const gone = () => kv.get(req.session, Date.now()) !== s;
         const hold = () => holdFor(kv, req.session, s, part);
         const r = await part.batcher.run({ session: s, x: req.x, start: req.start, rng, gone, hold }).catch((err) => {
-          if (err instanceof QueueFullError) throw new StageError("busy", err.message, err.retryAfterS * 1000);
+          // A queue is a moment's congestion, not a full KV cache: a short retry, not KV_RETRY_AFTER_MS.
+          if (err instanceof QueueFullError) throw new StageError("overloaded", err.message, STAGE_OVERLOAD_RETRY_MS);
           if (err instanceof StageCallError) throw new StageError(err.code, `${this.#label}: ${err.message}`);
           throw err;
         });
@@ -502,6 +504,9 @@ function failure(err: unknown): StageFailure {
     return { ok: false, code: "busy", message, retryAfterMs: KV_RETRY_AFTER_MS };
   if (err instanceof Error && (err as { code?: string }).code === "expert_unavailable")
     return { ok: false, code: "expert_unavailable", message };
+  // The session driver's own chain call met an overloaded stage: the same code travels on in band.
+  if (err instanceof Error && (err as { code?: string }).code === "stage_overloaded")
+    return { ok: false, code: "overloaded", message, retryAfterMs: STAGE_OVERLOAD_RETRY_MS };
   if (isModelChanged(err) || (err instanceof Error && (err as { code?: string }).code === "model_changed"))
     return { ok: false, code: "model_changed", message };
   if (

@@ -9,7 +9,7 @@ import { batchingEnabled } from "../platform/env";
 import { pipelineRpcTimeoutMs } from "../platform/deadline";
 import { maxServableTokens } from "../model/config";
 import { STAGE_SCRATCH_BYTES } from "../serving/stage-budgets";
-import { StageBatcher, type StagePassRunner } from "./stage-batcher";
+import { StageBatcher, stageQueueRows, type StagePassRunner } from "./stage-batcher";
 import type { StagePart } from "./stage-host";
 
 /** Rows one merged pass carries at most (its scratch bounds it further: `stepRowsFitting`). */
@@ -29,7 +29,7 @@ export function stageBatcherFor(env: Env, part: StagePart, kvBudgetBytes: number
   return new StageBatcher(
     passRunner(env, part),
     forward.spec.dModel,
-    { maxRows, maxQueuedRows: 4 * maxRows, queueDeadlineMs: deadline, runDeadlineMs: deadline },
+    { maxRows, maxQueuedRows: stageQueueRows(maxRows), queueDeadlineMs: deadline, runDeadlineMs: deadline },
     `stage ${label}`,
   );
 }
