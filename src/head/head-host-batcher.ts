@@ -38,9 +38,9 @@ export type HeadAnswer =
   | { mode: "greedy"; max: Float32Array; argmax: Int32Array };
 
 /** One call alone on the store (the per-call path). */
-export function headAnswer(store: HeadStore, call: HeadCall): HeadAnswer {
-  if (call.mode === "logits") return { mode: "logits", logits: store.logits(call.hidden, call.n) };
-  return { mode: "greedy", ...store.greedy(call.hidden, call.n) };
+export function headAnswer(store: HeadStore, call: HeadCall, calls = 1): HeadAnswer {
+  if (call.mode === "logits") return { mode: "logits", logits: store.logits(call.hidden, call.n, calls) };
+  return { mode: "greedy", ...store.greedy(call.hidden, call.n, calls) };
 }
 
 export class HeadHostBatcher {
@@ -143,7 +143,8 @@ function mergedAnswers(store: HeadStore, mode: HeadMode, calls: readonly HeadCal
     hidden.set(c.hidden, at * store.dModel);
     at += c.n;
   }
-  const all = headAnswer(store, { mode, hidden, n });
+  // The store's stats count calls, not passes: this pass serves every one of them.
+  const all = headAnswer(store, { mode, hidden, n }, calls.length);
   at = 0;
   return calls.map((c) => {
     const from = at;

@@ -152,11 +152,11 @@ export class HeadStore {
   }
 
   /** logits [n, rows] of hidden [n, dModel] (after the final norm), ÷ logits_scaling. */
-  logits(hidden: Float32Array, n: number): Float32Array {
+  logits(hidden: Float32Array, n: number, calls = 1): Float32Array {
     const rows = this.rows;
     const out = new Float32Array(n * rows);
     const s = this.logitsScale;
-    this.#chunks(hidden, n, 0, (t0, m, y) => {
+    this.#chunks(hidden, n, calls, 0, (t0, m, y) => {
       const view = this.kernels.f32(y, m * rows);
       // Same f32 expression as forward.ts (out[i] /= logits_scaling on a Float32Array).
       if (s !== 1) for (let i = 0; i < view.length; i++) view[i] /= s;
@@ -170,11 +170,11 @@ export class HeadStore {
    * runs in Wasm on each chunk's logits (Kernels.argmaxRows: the scan sampling.ts's argmax does,
    * the division by logits_scaling included, bit for bit), so only 2 numbers a token reach JS.
    */
-  greedy(hidden: Float32Array, n: number): { max: Float32Array; argmax: Int32Array } {
+  greedy(hidden: Float32Array, n: number, calls = 1): { max: Float32Array; argmax: Int32Array } {
     const k = this.kernels;
     const max = new Float32Array(n);
     const argmax = new Int32Array(n);
-    this.#chunks(hidden, n, 8, (t0, m, y, extra) => {
+    this.#chunks(hidden, n, calls, 8, (t0, m, y, extra) => {
       k.argmaxRows(extra, extra + 4 * m, y, m, this.rows, this.logitsScale);
       max.set(k.f32(extra, m), t0);
       const ids = new Int32Array(k.u8(extra + 4 * m, 4 * m).buffer, extra + 4 * m, m);
@@ -216,10 +216,12 @@ export class HeadStore {
   }
 
   /** Runs the head on HEAD_TOKEN_CHUNK tokens at a time; `use` gets each chunk's raw logits
-   * ([m, rows] f32 at y) and `extraPerToken` bytes a token of Wasm scratch at `extra`. */
+   * ([m, rows] f32 at y) and `extraPerToken` bytes a token of Wasm scratch at `extra`. `calls`:
+   * the callers whose rows these are (a merged head pass counts each, as alone). */
   #chunks(
     hidden: Float32Array,
     n: number,
+    calls: number,
     extraPerToken: number,
     use: (t0: number, m: number, y: number, extra: number) => void,
   ): void {
@@ -243,7 +245,7 @@ export class HeadStore {
         k.matmulDense(this.w, y, x, m, 0); // f32 / bf16 need no scratch
         use(t0, m, y, extra);
       }
-      this.calls++;
+      this.calls += calls;
       this.tokens += n;
     } finally {
       if (extra !== 0) k.free(extra);

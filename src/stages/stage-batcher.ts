@@ -67,6 +67,27 @@ export function stageQueueRows(maxRows: number): number {
   return 4 * maxRows + PREFILL_CHUNK;
 }
 
+/**
+ * `total` split in whole parts proportional to `rows` (largest remainders first), summing to `total`
+ * unless every weight is 0 (then all 0: no call to charge).
+ */
+export function shareByRows(total: number, rows: readonly number[]): number[] {
+  const sum = rows.reduce((t, r) => t + r, 0);
+  if (sum <= 0) return rows.map(() => 0);
+  const exact = rows.map((r) => (total * r) / sum);
+  const shares = exact.map(Math.floor);
+  let left = total - shares.reduce((t, v) => t + v, 0);
+  const order = exact.map((e, i) => i).sort((a, b) => exact[b] - shares[b] - (exact[a] - shares[a]) || a - b);
+  for (const i of order) {
+    if (left <= 0) break;
+    if (rows[i] > 0) {
+      shares[i]++;
+      left--;
+    }
+  }
+  return shares;
+}
+
 export class StageBatcher {
   readonly #queue: Coalescer<StageCall, StageCallResult>;
   readonly #stats: StageBatchStats = {

@@ -9,7 +9,7 @@ import { batchingEnabled } from "../platform/env";
 import { pipelineRpcTimeoutMs } from "../platform/deadline";
 import { maxServableTokens } from "../model/config";
 import { STAGE_SCRATCH_BYTES } from "../serving/stage-budgets";
-import { StageBatcher, stageQueueRows, type StagePassRunner } from "./stage-batcher";
+import { shareByRows, StageBatcher, stageQueueRows, type StagePassRunner } from "./stage-batcher";
 import type { StagePart } from "./stage-host";
 
 /** Rows one merged pass carries at most (its scratch bounds it further: `stepRowsFitting`). */
@@ -64,8 +64,12 @@ function passRunner(env: Env, part: StagePart): StagePassRunner {
         rpcs += r.dispatch.rpcs;
         return { out: r.out, lost: r.lost };
       });
-      // The pass's expert RPCs are charged to its first call (sums over calls stay true).
-      return out.map((o, i) => (o.ok ? { ok: true, value: { y: o.y, rpcs: i === 0 ? rpcs : 0 } } : o));
+      // The pass's expert RPCs, shared by the calls it served by their rows (sums over calls stay true).
+      const shares = shareByRows(
+        rpcs,
+        out.map((o, i) => (o.ok ? calls[i].x.length / dModel : 0)),
+      );
+      return out.map((o, i) => (o.ok ? { ok: true, value: { y: o.y, rpcs: shares[i] } } : o));
     },
   };
 }

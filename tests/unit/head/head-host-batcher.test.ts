@@ -63,9 +63,15 @@ describe.each(["F32", "BF16"] as const)("HeadHostBatcher on %s rows", (dtype) =>
     const cs = calls();
     const want = cs.map((c) => canon(headAnswer(s, c)));
     const b = new HeadHostBatcher("test");
+    const before = { calls: s.calls, tokens: s.tokens };
     // The first call has no recent company (runs at once); the rest arrive together and meet.
     const got = await Promise.all(cs.map((c) => b.run(s, c)));
     expect(got.map(canon)).toEqual(want);
+    // The shard's own stats count the calls it served, merged or not.
+    expect({ calls: s.calls - before.calls, tokens: s.tokens - before.tokens }).toEqual({
+      calls: cs.length,
+      tokens: cs.reduce((t, c) => t + c.n, 0),
+    });
     const st = b.stats();
     expect(st.calls).toBe(cs.length);
     expect(st.mergedPasses).toBeGreaterThan(0);

@@ -7,7 +7,13 @@
 import { describe, expect, it } from "vitest";
 import { Session } from "../../../src/serving/forward";
 import { QueueFullError } from "../../../src/platform/coalescer";
-import { StageBatcher, StageCallError, type StageCall, type StagePassRunner } from "../../../src/stages/stage-batcher";
+import {
+  shareByRows,
+  StageBatcher,
+  StageCallError,
+  type StageCall,
+  type StagePassRunner,
+} from "../../../src/stages/stage-batcher";
 
 const D = 4;
 const LIMITS = { maxRows: 16, maxQueuedRows: 16, queueDeadlineMs: 5_000, runDeadlineMs: 5_000 };
@@ -179,5 +185,18 @@ describe("StageBatcher", () => {
     expect(r.map((x) => x.status)).toEqual(["fulfilled", "rejected", "rejected", "fulfilled"]);
     for (const i of [1, 2]) expect((r[i] as PromiseRejectedResult).reason).toMatchObject({ code: "bad_request" });
     expect(t.passes).toEqual([{ kind: "merged", sizes: [1, 2] }]);
+  });
+
+  it("shares a merged pass's expert RPCs over the calls it served by rows, summing to the pass's", () => {
+    expect(shareByRows(10, [1, 1, 2])).toEqual([3, 2, 5]);
+    expect(shareByRows(7, [3, 0, 1])).toEqual([5, 0, 2]);
+    expect(shareByRows(1, [0, 4])).toEqual([0, 1]);
+    expect(shareByRows(5, [0, 0])).toEqual([0, 0]);
+    for (const [total, rows] of [
+      [13, [1, 2, 3, 4]],
+      [3, [5, 5, 5, 5, 5]],
+      [0, [1, 2]],
+    ] as const)
+      expect(shareByRows(total, rows).reduce((t, v) => t + v, 0)).toBe(total);
   });
 });
