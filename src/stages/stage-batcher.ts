@@ -77,7 +77,7 @@ export function shareByRows(total: number, rows: readonly number[]): number[] {
   const exact = rows.map((r) => (total * r) / sum);
   const shares = exact.map(Math.floor);
   let left = total - shares.reduce((t, v) => t + v, 0);
-  const order = exact.map((e, i) => i).sort((a, b) => exact[b] - shares[b] - (exact[a] - shares[a]) || a - b);
+  const order = rows.map((_, i) => i).sort((a, b) => exact[b] - shares[b] - (exact[a] - shares[a]) || a - b);
   for (const i of order) {
     if (left <= 0) break;
     if (rows[i] > 0) {
