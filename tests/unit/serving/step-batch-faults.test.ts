@@ -141,7 +141,7 @@ const WIDE: Config = {
 };
 
 describe("a batched step's scratch", () => {
-  it("fits the Worker's scratch when capped by stepRowsFitting", async () => {
+  it("fits the Worker's scratch when capped by stepScratchBytes", async () => {
     const { spec: ms, ckpt } = await openModel(memoryFileStore(checkpointFiles(WIDE, buildTensors(WIDE))));
     const k = loadKernels("simd", { maxBytes: 64 * 1024 * 1024 });
     const model = ModelForward.create(k, ms, await loadDenseWeights(ckpt, ms));
@@ -153,8 +153,9 @@ describe("a batched step's scratch", () => {
     const probe = k.alloc(16);
     k.free(probe);
     k.alloc(64 * 1024 * 1024 - probe - WORKER_SCRATCH_BYTES);
-    const rows = model.stepRowsFitting(WORKER_SCRATCH_BYTES, maxLen);
-    expect(rows).toBeLessThan(MAX_STEP_ROWS);
+    const fits = (rows: number, outRows: number) =>
+      model.stepScratchBytes(rows, outRows, maxLen) <= WORKER_SCRATCH_BYTES;
+    expect(fits(MAX_STEP_ROWS, 1)).toBe(false);
     const prompt = Array.from({ length: MAX_STEP_ROWS }, (_, i) => (i * 7) % 96);
     const owned = async (layer: number, routing: Parameters<typeof experts>[1], h: Float32Array) => ({
       out: await experts(layer, routing, h),
@@ -165,7 +166,7 @@ describe("a batched step's scratch", () => {
       /memory budget/,
     );
     s.length = 0;
-    const b = new StepBatcher((segs) => model.step(segs, owned), undefined, undefined, { maxRows: rows });
+    const b = new StepBatcher((segs) => model.step(segs, owned), undefined, undefined, { fits });
     const ids = await collect(b, {
       ...spec(s, prompt, 2),
       session: s,
