@@ -10,6 +10,7 @@ import { parseArgs } from "node:util";
 import { wantsHelp } from "./lib/progress";
 import { loopbackUrl, percentile, streamChat } from "./lib/load-client";
 import { SKEW_PHASES } from "./lib/skewed-prompts";
+import { cpuMs } from "./lib/process-cpu";
 
 const USAGE = `usage: npm run profile:load -- --inspector http://127.0.0.1:PORT [--url URL] [--streams N]
        [--tokens N] [--interval-us N] [--seconds N] [--top N] [--out FILE]
@@ -24,6 +25,8 @@ const USAGE = `usage: npm run profile:load -- --inspector http://127.0.0.1:PORT 
   --interval-us  sampling interval in µs (default 100)
   --seconds      the burst is cut after this many seconds (default 120)
   --top          functions listed by self time (default 25)
+  --pids         comma-separated process ids (the server's workerd): their CPU time during the burst
+                 (/proc), per token — on a shared machine closer to the work done than wall time
   --inclusive    comma-separated function-name regexps: each one's inclusive time (its frames on the stack)
   --out          where the profile is written (default bench-results/profile-load.cpuprofile)`;
 if (wantsHelp()) {
@@ -41,6 +44,7 @@ const { values } = parseArgs({
     seconds: { type: "string", default: "120" },
     top: { type: "string", default: "25" },
     inclusive: { type: "string", default: "" },
+    pids: { type: "string", default: "" },
     out: { type: "string", default: "bench-results/profile-load.cpuprofile" },
   },
 });
@@ -169,7 +173,9 @@ await cdp.call("Profiler.enable");
 await cdp.call("Profiler.setSamplingInterval", { interval: intervalUs });
 const prompts = SKEW_PHASES.flatMap((p) => p.variants);
 const stop = AbortSignal.timeout(seconds * 1000);
+const pids = values.pids.split(",").filter(Boolean).map(Number);
 await cdp.call("Profiler.start");
+const cpu0 = cpuMs(pids);
 const t0 = performance.now();
 const results = await Promise.all(
   Array.from({ length: streams }, (_, i) =>
@@ -177,6 +183,7 @@ const results = await Promise.all(
   ),
 );
 const wall = performance.now() - t0;
+const cpu1 = cpuMs(pids);
 const { profile } = (await cdp.call("Profiler.stop")) as { profile: Profile };
 cdp.close();
 writeFileSync(values.out, JSON.stringify(profile));
@@ -189,6 +196,8 @@ console.log(`${streams} streams × ${tokens} tokens: ${ok.length} complete, ${to
 const [p50, p99] = [percentile(ttft, 50), percentile(ttft, 99)];
 const rate = ((toks * 1000) / wall).toFixed(1);
 console.log(`  (${rate} tok/s); TTFT p50 / p99 / max ${fmt(p50)} / ${fmt(p99)} / ${fmt(Math.max(...ttft))} ms`);
+if (pids.length > 0 && cpu0 !== null && cpu1 !== null)
+  console.log(`  CPU of pids ${pids.join(",")}: ${(cpu1 - cpu0).toFixed(0)} ms, ${((cpu1 - cpu0) / toks).toFixed(2)} ms/token`);
 console.log(`  TTFT each (sent order): ${ttft.map((x) => x.toFixed(0)).join(" ")}`);
 for (const r of results.filter((x) => x.error)) console.log(`  failed: ${r.error}`);
 const { total, rows } = selfTimes(profile);
