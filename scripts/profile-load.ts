@@ -197,7 +197,9 @@ const [p50, p99] = [percentile(ttft, 50), percentile(ttft, 99)];
 const rate = ((toks * 1000) / wall).toFixed(1);
 console.log(`  (${rate} tok/s); TTFT p50 / p99 / max ${fmt(p50)} / ${fmt(p99)} / ${fmt(Math.max(...ttft))} ms`);
 if (pids.length > 0 && cpu0 !== null && cpu1 !== null)
-  console.log(`  CPU of pids ${pids.join(",")}: ${(cpu1 - cpu0).toFixed(0)} ms, ${((cpu1 - cpu0) / toks).toFixed(2)} ms/token`);
+  console.log(
+    `  CPU of pids ${pids.join(",")}: ${(cpu1 - cpu0).toFixed(0)} ms, ${((cpu1 - cpu0) / toks).toFixed(2)} ms/token`,
+  );
 console.log(`  TTFT each (sent order): ${ttft.map((x) => x.toFixed(0)).join(" ")}`);
 for (const r of results.filter((x) => x.error)) console.log(`  failed: ${r.error}`);
 const { total, rows } = selfTimes(profile);
