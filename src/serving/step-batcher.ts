@@ -118,6 +118,8 @@ export class StepBatcher {
   /** Bumped when a stuck loop is given up: the old loop, should it ever resume, touches nothing. */
   #epoch = 0;
   #inFlight: Step | null = null;
+  /** When the loop's leader began yielding between steps (null: not yielding). */
+  #yieldingSince: number | null = null;
   /** Steps given up as stuck whose forward pass has not returned yet. */
   #stale: Step[] = [];
   readonly #limits: StepLimits;
@@ -205,6 +207,15 @@ export class StepBatcher {
     const step = this.#inFlight;
     const { waitMs } = this.#limits;
     if (!step && !this.#looping) return; // no loop runs: the caller starts one
+    if (!step && this.#yieldingSince !== null && Date.now() - this.#yieldingSince >= waitMs) {
+      // The leader's request stopped while it yielded between steps: no step holds a session, so
+      // nothing fails; the loop is given up and the caller starts a fresh one.
+      this.#yieldingSince = null;
+      this.#looping = false;
+      this.#epoch++;
+      for (const s of this.#streams) s.wake?.();
+      return;
+    }
     if (!step || step !== before) throw new Error(`no decode step answered within ${waitMs} ms`);
     step.stale = true;
     this.#stale.push(step);
@@ -250,9 +261,11 @@ export class StepBatcher {
         await this.#step(batch, epoch);
         if (epoch !== this.#epoch) return;
         if (this.#streams.length > 1 || Date.now() - yielded >= LONE_YIELD_MS) {
+          this.#yieldingSince = Date.now();
           await new Promise((resolve) => setTimeout(resolve, 0));
-          yielded = Date.now();
           if (epoch !== this.#epoch) return;
+          this.#yieldingSince = null;
+          yielded = Date.now();
         }
       }
     } finally {
