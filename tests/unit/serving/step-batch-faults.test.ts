@@ -216,3 +216,28 @@ describe("the step loop", () => {
     expect(stepsAtTimer).toBeLessThanOrEqual(2);
   });
 });
+
+describe("a leader stopped between steps", () => {
+  it("is given up after the wait limit and a member runs the loop on, no token lost", async () => {
+    // The leader's request dies while it yields: its 0 ms timer never fires.
+    const real = globalThis.setTimeout;
+    let dropNext = true;
+    const patched = (fn: () => void, ms?: number) => {
+      if (ms === 0 && dropNext) {
+        dropNext = false;
+        return 0 as unknown as ReturnType<typeof setTimeout>;
+      }
+      return real(fn, ms);
+    };
+    globalThis.setTimeout = patched as typeof setTimeout;
+    try {
+      const b = new StepBatcher(async (segs) => fakeStep(segs), undefined, undefined, { waitMs: 50 });
+      const [x, y] = await Promise.all([collect(b, spec(session(), [1], 5)), collect(b, spec(session(), [4], 5))]);
+      expect(dropNext).toBe(false);
+      expect(x).toEqual([2, 3, 4, 5, 6]);
+      expect(y).toEqual([5, 6, 7, 0, 1]);
+    } finally {
+      globalThis.setTimeout = real;
+    }
+  });
+});
