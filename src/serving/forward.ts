@@ -253,23 +253,33 @@ export class ModelForward {
   }
 
   /**
-   * Rows a batched step may carry so that its Wasm scratch fits `scratchBytes` for sessions of up
+   * Wasm scratch of a batched step of `rows` rows of which `outRows` want logits, for sessions of up
    * to `maxLen` positions: per row the residual, normed and attention-output rows, the rope tables,
-   * q/attention/k/v rows, router logits, the int8 activations and, where the part holds the head, a
-   * head row (every row counted as wanting logits); fixed,
-   * the dense-MLP chunk and the attention scores. At least 1 (a single decode row always runs).
+   * q/attention/k/v rows, router logits and the int8 activations; per row wanting logits (only where
+   * the part holds the head) a head row; fixed, the dense-MLP chunk and the attention scores.
    */
-  stepRowsFitting(scratchBytes: number, maxLen: number): number {
+  stepScratchBytes(rows: number, outRows: number, maxLen: number): number {
     const { dModel, vocabSize, nExperts, rope, attention: a } = this.spec;
     const qDim = a.kind === "gqa" ? a.nHeads * a.headDim : 0;
     const kvDim = a.kind === "gqa" ? a.nKvHeads * a.headDim : 0;
-    const head = this.ends ? vocabSize : 0;
     // The int8 matrices' quantized activations: per row, what one token of the widest needs.
     const q8 = this.#q8Widest === null ? 0 : denseScratchBytes(this.#q8Widest, 1);
-    const perRow = 4 * (5 * dModel + rope.rotDim + 2 * qDim + 2 * kvDim + nExperts + head) + q8 + 64;
+    const perRow = 4 * (5 * dModel + rope.rotDim + 2 * qDim + 2 * kvDim + nExperts) + q8 + 64;
     let dFf = this.spec.sharedExperts?.dFf ?? 0;
     for (const l of this.spec.layers) if (l.kind === "dense") dFf = Math.max(dFf, l.dFf);
     const fixed = 4 * (MLP_TOKEN_CHUNK * (dModel + 2 * dFf + 1) + maxLen) + 1024;
+    const head = this.ends ? outRows * 4 * (2 * dModel + vocabSize) : 0;
+    return fixed + rows * perRow + head;
+  }
+
+  /**
+   * Rows a batched pass over this part may carry so that its scratch fits `scratchBytes` for sessions
+   * of up to `maxLen` positions, every row counted as wanting logits where the part holds the head.
+   * At least 1 (a single decode row always runs).
+   */
+  stepRowsFitting(scratchBytes: number, maxLen: number): number {
+    const fixed = this.stepScratchBytes(0, 0, maxLen);
+    const perRow = this.stepScratchBytes(1, 1, maxLen) - fixed;
     return Math.max(1, Math.floor((scratchBytes - fixed) / perRow));
   }
 

@@ -379,12 +379,14 @@ export class ModelRuntime {
     signal?: AbortSignal,
   ): AsyncGenerator<number> {
     const local = s.local!;
+    const longest = this.#longestSession();
     this.#steps ??= new StepBatcher(
       (segs) => this.#runStep(env, segs),
       keepRequestAlive,
       (segments, rows) => expertEvents()?.batched?.(this.id, segments, rows),
-      // A step's scratch fits the Worker's: WORKER_SCRATCH_BYTES, for the longest session the KV budget holds.
-      { maxRows: this.model.stepRowsFitting(WORKER_SCRATCH_BYTES, this.#longestSession()) },
+      // A step's scratch fits the Worker's: WORKER_SCRATCH_BYTES, for the longest session the KV budget
+      // holds. A head row (vocabulary-wide logits) only for the rows that want logits, one per member.
+      { fits: (rows, outRows) => this.model.stepScratchBytes(rows, outRows, longest) <= WORKER_SCRATCH_BYTES },
     );
     // Its MoE layers run in the steps, not through the layer batcher: not counted at its barrier.
     s.leaveBatch();

@@ -41,10 +41,25 @@ export const STEP_WAIT_MS = 120_000;
 export const LEAD_STEPS = 64;
 export const LEAD_MS = 2_000;
 
+/**
+ * Longest a leader runs steps alone without handing the thread to the isolate's other work. In
+ * local workerd the ExpertHost calls of a step never wait on the network, so a loop that only
+ * awaits them never lets the event loop poll: requests arriving meanwhile are not read, members'
+ * consumers do not run and their responses are not written until the loop stops. A macrotask
+ * (a 0 ms timer) between steps lets them through: after every step when other members share the
+ * steps, at most this often when the leader is alone (a timer costs ~1 ms).
+ */
+export const LONE_YIELD_MS = 40;
+
 /** Limits of a StepBatcher (tests shorten them). */
 export interface StepLimits {
-  /** Rows (tokens) per step: at most MAX_STEP_ROWS, less when the step's scratch must fit. */
+  /** Rows (tokens) per step: at most MAX_STEP_ROWS. */
   maxRows: number;
+  /**
+   * Whether a step of `rows` rows, `outRows` of them wanting logits, fits the step's scratch
+   * (`ModelForward.stepScratchBytes`); a single decode row always runs.
+   */
+  fits: (rows: number, outRows: number) => boolean;
   waitMs: number;
   leadSteps: number;
   leadMs: number;
@@ -103,6 +118,8 @@ export class StepBatcher {
   /** Bumped when a stuck loop is given up: the old loop, should it ever resume, touches nothing. */
   #epoch = 0;
   #inFlight: Step | null = null;
+  /** When the loop's leader began yielding between steps (null: not yielding). */
+  #yieldingSince: number | null = null;
   /** Steps given up as stuck whose forward pass has not returned yet. */
   #stale: Step[] = [];
   readonly #limits: StepLimits;
@@ -118,7 +135,14 @@ export class StepBatcher {
     private readonly observe?: StepObserver,
     limits: Partial<StepLimits> = {},
   ) {
-    this.#limits = { maxRows: MAX_STEP_ROWS, waitMs: STEP_WAIT_MS, leadSteps: LEAD_STEPS, leadMs: LEAD_MS, ...limits };
+    this.#limits = {
+      maxRows: MAX_STEP_ROWS,
+      fits: () => true,
+      waitMs: STEP_WAIT_MS,
+      leadSteps: LEAD_STEPS,
+      leadMs: LEAD_MS,
+      ...limits,
+    };
     this.#limits.maxRows = Math.max(1, Math.min(MAX_STEP_ROWS, Math.floor(this.#limits.maxRows)));
   }
 
@@ -183,6 +207,15 @@ export class StepBatcher {
     const step = this.#inFlight;
     const { waitMs } = this.#limits;
     if (!step && !this.#looping) return; // no loop runs: the caller starts one
+    if (!step && this.#yieldingSince !== null && Date.now() - this.#yieldingSince >= waitMs) {
+      // The leader's request stopped while it yielded between steps: no step holds a session, so
+      // nothing fails; the loop is given up and the caller starts a fresh one.
+      this.#yieldingSince = null;
+      this.#looping = false;
+      this.#epoch++;
+      for (const s of this.#streams) s.wake?.();
+      return;
+    }
     if (!step || step !== before) throw new Error(`no decode step answered within ${waitMs} ms`);
     step.stale = true;
     this.#stale.push(step);
@@ -218,6 +251,7 @@ export class StepBatcher {
   async #loop(leader: Stream, epoch: number): Promise<void> {
     const { leadSteps, leadMs } = this.#limits;
     const t0 = Date.now();
+    let yielded = t0;
     try {
       // The leader's request holds the loop's I/O: it stops leading once its own generation ends,
       // and after a bounded share of steps, so a request that dies takes little with it.
@@ -226,6 +260,13 @@ export class StepBatcher {
         if (batch.length === 0) break;
         await this.#step(batch, epoch);
         if (epoch !== this.#epoch) return;
+        if (this.#streams.length > 1 || Date.now() - yielded >= LONE_YIELD_MS) {
+          this.#yieldingSince = Date.now();
+          await new Promise((resolve) => setTimeout(resolve, 0));
+          if (epoch !== this.#epoch) return;
+          this.#yieldingSince = null;
+          yielded = Date.now();
+        }
       }
     } finally {
       if (epoch === this.#epoch) {
@@ -238,22 +279,32 @@ export class StepBatcher {
     }
   }
 
-  /** This step's rows: every decoding member's token, then prompt chunks up to the prefill budget. */
+  /**
+   * This step's rows: every decoding member's token, then prompt chunks up to the prefill budget,
+   * within the step's row and scratch limits. A prompt whose last chunk is in the step wants its
+   * logits (a head row); a chunk that would not fit with its head row stops one token short.
+   */
   #pick(): { st: Stream; tokens: number[] }[] {
-    const { maxRows } = this.#limits;
+    const { maxRows, fits } = this.#limits;
     const out: { st: Stream; tokens: number[] }[] = [];
     let rows = 0;
+    let outs = 0;
     for (const st of this.#streams) {
-      if (!st.ready || !st.prefilled || rows >= maxRows) continue;
+      if (!st.ready || !st.prefilled) continue;
+      if (out.length > 0 && (rows + 1 > maxRows || !fits(rows + 1, outs + 1))) continue;
       out.push({ st, tokens: st.pending });
       rows += st.pending.length;
+      outs++;
     }
     let budget = Math.min(STEP_PREFILL_TOKENS, maxRows - rows);
     for (const st of this.#streams) {
       if (!st.ready || st.prefilled || budget <= 0) continue;
-      const chunk = st.pending.slice(0, budget);
-      out.push({ st, tokens: chunk });
-      budget -= chunk.length;
+      const n = this.#chunk(st.pending.length, Math.min(budget, st.pending.length), rows, outs);
+      if (n === 0) continue;
+      out.push({ st, tokens: st.pending.slice(0, n) });
+      rows += n;
+      if (n === st.pending.length) outs++;
+      budget -= n;
     }
     // A session that would run past its KV cache fails alone, before the step.
     return out.filter(({ st, tokens }) => {
@@ -264,6 +315,23 @@ export class StepBatcher {
       st.wake?.();
       return false;
     });
+  }
+
+  /** The longest prompt chunk, at most `most` of `left` tokens, that fits beside `rows`/`outs`. */
+  #chunk(left: number, most: number, rows: number, outs: number): number {
+    const { fits } = this.#limits;
+    const ok = (n: number) => n === 0 || fits(rows + n, outs + (n === left ? 1 : 0));
+    if (ok(most)) return most;
+    // Rows only add scratch: the largest chunk that fits is found by bisection.
+    let lo = 0;
+    let hi = most;
+    while (hi - lo > 1) {
+      const mid = (lo + hi) >> 1;
+      if (ok(mid)) lo = mid;
+      else hi = mid;
+    }
+    // A step with no row at all still takes one prompt token (a lone prefill always progresses).
+    return lo === 0 && rows === 0 ? 1 : lo;
   }
 
   async #step(batch: { st: Stream; tokens: number[] }[], epoch: number): Promise<void> {

@@ -2,7 +2,8 @@
  * Step batching under faults (src/serving/step-batcher.ts): a step whose leader's request died
  * never answers — the others must go on, later generations must still run, and the stuck step's
  * sessions must stay unfreed until it returns; a leader hands the loop on after a bounded share of
- * steps; and a step never needs more Wasm scratch than the Worker has (ModelForward.stepRowsFitting).
+ * steps; a step never needs more Wasm scratch than the Worker has (ModelForward.stepScratchBytes);
+ * and the loop lets the isolate's other work run between steps.
  */
 import { describe, expect, it } from "vitest";
 import { buildTensors, checkpointFiles } from "../../support/family-checkpoints";
@@ -141,7 +142,7 @@ const WIDE: Config = {
 };
 
 describe("a batched step's scratch", () => {
-  it("fits the Worker's scratch when capped by stepRowsFitting", async () => {
+  it("fits the Worker's scratch when capped by stepScratchBytes", async () => {
     const { spec: ms, ckpt } = await openModel(memoryFileStore(checkpointFiles(WIDE, buildTensors(WIDE))));
     const k = loadKernels("simd", { maxBytes: 64 * 1024 * 1024 });
     const model = ModelForward.create(k, ms, await loadDenseWeights(ckpt, ms));
@@ -153,8 +154,9 @@ describe("a batched step's scratch", () => {
     const probe = k.alloc(16);
     k.free(probe);
     k.alloc(64 * 1024 * 1024 - probe - WORKER_SCRATCH_BYTES);
-    const rows = model.stepRowsFitting(WORKER_SCRATCH_BYTES, maxLen);
-    expect(rows).toBeLessThan(MAX_STEP_ROWS);
+    const fits = (rows: number, outRows: number) =>
+      model.stepScratchBytes(rows, outRows, maxLen) <= WORKER_SCRATCH_BYTES;
+    expect(fits(MAX_STEP_ROWS, 1)).toBe(false);
     const prompt = Array.from({ length: MAX_STEP_ROWS }, (_, i) => (i * 7) % 96);
     const owned = async (layer: number, routing: Parameters<typeof experts>[1], h: Float32Array) => ({
       out: await experts(layer, routing, h),
@@ -165,7 +167,7 @@ describe("a batched step's scratch", () => {
       /memory budget/,
     );
     s.length = 0;
-    const b = new StepBatcher((segs) => model.step(segs, owned), undefined, undefined, { maxRows: rows });
+    const b = new StepBatcher((segs) => model.step(segs, owned), undefined, undefined, { fits });
     const ids = await collect(b, {
       ...spec(s, prompt, 2),
       session: s,
@@ -173,4 +175,69 @@ describe("a batched step's scratch", () => {
     expect(ids).toHaveLength(2);
     expect(b.rows).toBe(MAX_STEP_ROWS + 1);
   }, 60_000);
+});
+
+describe("a step's rows", () => {
+  it("count a head row only for the rows that want logits, and every step fits", async () => {
+    // Scratch stand-in: a row costs 1, a head row 10 more; 40 in all. Counting a head row for
+    // every row would cap a step at 3 rows.
+    const fits = (rows: number, outRows: number) => rows + 10 * outRows <= 40;
+    const seen: { rows: number; outs: number }[] = [];
+    const b = new StepBatcher(
+      async (segs) => {
+        const rows = segs.reduce((n, g) => n + g.tokens.length, 0);
+        seen.push({ rows, outs: segs.filter((g) => g.nOut === 1).length });
+        return fakeStep(segs);
+      },
+      undefined,
+      undefined,
+      { fits },
+    );
+    const long = Array.from({ length: 30 }, (_, i) => i % VOCAB);
+    const [a, c] = await Promise.all([collect(b, spec(session(), [1], 6)), collect(b, spec(session(), long, 2))]);
+    expect(a).toEqual([2, 3, 4, 5, 6, 7]);
+    expect(c).toEqual([(long[29] + 1) % VOCAB, (long[29] + 2) % VOCAB]);
+    for (const s of seen) expect(fits(s.rows, s.outs)).toBe(true);
+    expect(Math.max(...seen.map((s) => s.rows))).toBeGreaterThan(3);
+  });
+});
+
+describe("the step loop", () => {
+  it("lets other work of the isolate run between steps when members share them", async () => {
+    // Steps that never wait on a macrotask (local workerd's ExpertHost calls): without a yield,
+    // a timer (an arriving request, a member's response write) would wait for the whole loop.
+    const b = new StepBatcher(async (segs) => fakeStep(segs));
+    let stepsAtTimer = -1;
+    setTimeout(() => (stepsAtTimer = b.steps), 0);
+    const done = Promise.all([collect(b, spec(session(), [1], 20)), collect(b, spec(session(), [2], 20))]);
+    await done;
+    expect(b.steps).toBeGreaterThanOrEqual(20);
+    expect(stepsAtTimer).toBeGreaterThanOrEqual(0);
+    expect(stepsAtTimer).toBeLessThanOrEqual(2);
+  });
+});
+
+describe("a leader stopped between steps", () => {
+  it("is given up after the wait limit and a member runs the loop on, no token lost", async () => {
+    // The leader's request dies while it yields: its 0 ms timer never fires.
+    const real = globalThis.setTimeout;
+    let dropNext = true;
+    const patched = (fn: () => void, ms?: number) => {
+      if (ms === 0 && dropNext) {
+        dropNext = false;
+        return 0 as unknown as ReturnType<typeof setTimeout>;
+      }
+      return real(fn, ms);
+    };
+    globalThis.setTimeout = patched as typeof setTimeout;
+    try {
+      const b = new StepBatcher(async (segs) => fakeStep(segs), undefined, undefined, { waitMs: 50 });
+      const [x, y] = await Promise.all([collect(b, spec(session(), [1], 5)), collect(b, spec(session(), [4], 5))]);
+      expect(dropNext).toBe(false);
+      expect(x).toEqual([2, 3, 4, 5, 6]);
+      expect(y).toEqual([5, 6, 7, 0, 1]);
+    } finally {
+      globalThis.setTimeout = real;
+    }
+  });
 });
