@@ -98,7 +98,7 @@ export function dispatchLeastLoaded(
       }
       flexible[j + 1] = e;
     }
-  const fill: Fill = pass > 0 ? fillExpertWithPasses : fillExpert;
+  const fill: typeof fillExpertWithPasses = pass > 0 ? fillExpertWithPasses : fillExpert;
   for (const e of flexible) fill(replicas[e], tokensPerExpert[e], instanceLoad, out[e], random, pass);
   for (let s = 0; s < sweeps; s++) {
     for (const e of flexible) {
@@ -116,15 +116,6 @@ const flexibleScratch: number[] = [];
 const base: number[] = [];
 const order: number[] = [];
 const picked: boolean[] = [];
-
-type Fill = (
-  reps: readonly Replica[],
-  n: number,
-  instanceLoad: Float64Array,
-  row: number[],
-  random: () => number,
-  pass: number,
-) => void;
 
 /** Integer water-filling of n rows over reps against instanceLoad; writes row, adds to instanceLoad. */
 function fillExpert(
