@@ -98,7 +98,7 @@ export function dispatchLeastLoaded(
       }
       flexible[j + 1] = e;
     }
-  const fill: Fill = pass > 0 ? fillExpertWithPasses : fillExpert;
+  const fill: typeof fillExpertWithPasses = pass > 0 ? fillExpertWithPasses : fillExpert;
   for (const e of flexible) fill(replicas[e], tokensPerExpert[e], instanceLoad, out[e], random, pass);
   for (let s = 0; s < sweeps; s++) {
     for (const e of flexible) {
@@ -117,15 +117,6 @@ const base: number[] = [];
 const order: number[] = [];
 const picked: boolean[] = [];
 
-type Fill = (
-  reps: readonly Replica[],
-  n: number,
-  instanceLoad: Float64Array,
-  row: number[],
-  random: () => number,
-  pass: number,
-) => void;
-
 /** Integer water-filling of n rows over reps against instanceLoad; writes row, adds to instanceLoad. */
 function fillExpert(
   reps: readonly Replica[],
@@ -135,19 +126,21 @@ function fillExpert(
   random: () => number,
 ): void {
   const k = reps.length;
+  base.length = k;
+  picked.length = k;
+  for (let r = 0; r < k; r++) {
+    base[r] = instanceLoad[reps[r].instance];
+    picked[r] = false;
+  }
   if (n <= 4 * k) {
     // Few rows (the usual decode call): one at a time to the lowest is the same water-filling.
     for (let r = 0; r < k; r++) row[r] = 0;
-    for (let t = 0; t < n; t++) row[lowest(reps, instanceLoad, row, random)]++;
+    for (let t = 0; t < n; t++) row[lowestOf(reps, base, row, picked, k, random, false)]++;
     for (let r = 0; r < k; r++) instanceLoad[reps[r].instance] += row[r];
     return;
   }
-  base.length = k;
   order.length = k;
-  for (let r = 0; r < k; r++) {
-    base[r] = instanceLoad[reps[r].instance];
-    order[r] = r;
-  }
+  for (let r = 0; r < k; r++) order[r] = r;
   order.sort((a, b) => base[a] - base[b]);
   let sum = 0;
   let level = 0;
@@ -163,16 +156,8 @@ function fillExpert(
     given += x;
   }
   // Flooring leaves fewer than k rows (rounding can overshoot by one on exact levels: take back).
-  while (given > n) {
-    const r = highestGiven(row, base, k);
-    row[r]--;
-    given--;
-  }
-  while (given < n) {
-    const r = lowest(reps, instanceLoad, row, random);
-    row[r]++;
-    given++;
-  }
+  given = takeBackOvershoot(row, base, k, given, n);
+  for (; given < n; given++) row[lowestOf(reps, base, row, picked, k, random, false)]++;
   for (let r = 0; r < k; r++) instanceLoad[reps[r].instance] += row[r];
 }
 
@@ -223,11 +208,7 @@ function fillExpertWithPasses(
     given += x;
   }
   // Flooring leaves fewer than m rows (rounding can overshoot by one on exact levels: take back).
-  while (given > n) {
-    const r = highestGiven(row, base, k);
-    row[r]--;
-    given--;
-  }
+  given = takeBackOvershoot(row, base, k, given, n);
   for (let j = 0; j < k; j++) picked[j] = true;
   for (let j = 0; j < m; j++) picked[order[j]] = false;
   while (given < n) {
@@ -270,28 +251,12 @@ function lowestOf(
   return best;
 }
 
-/** Replica with the lowest instance load (+ row so far); ties by share-weighted draw. */
-function lowest(reps: readonly Replica[], instanceLoad: Float64Array, row: number[], random: () => number): number {
-  let best = 0;
-  let bestLoad = Infinity;
-  let weight = 0;
-  for (let r = 0; r < reps.length; r++) {
-    const v = instanceLoad[reps[r].instance] + row[r];
-    const w = reps[r].share > 0 ? reps[r].share : 1e-6;
-    if (v < bestLoad - TIE) {
-      best = r;
-      bestLoad = v;
-      weight = w;
-    } else if (v <= bestLoad + TIE) {
-      weight += w;
-      if (random() * weight < w) best = r;
-    }
+/** Takes rows back one at a time from the highest base + row replica holding rows until given ≤ n; returns given. */
+function takeBackOvershoot(row: number[], base: number[], k: number, given: number, n: number): number {
+  for (; given > n; given--) {
+    let best = -1;
+    for (let r = 0; r < k; r++) if (row[r] > 0 && (best < 0 || base[r] + row[r] > base[best] + row[best])) best = r;
+    row[best]--;
   }
-  return best;
-}
-
-function highestGiven(row: number[], base: number[], k: number): number {
-  let best = -1;
-  for (let r = 0; r < k; r++) if (row[r] > 0 && (best < 0 || base[r] + row[r] > base[best] + row[best])) best = r;
-  return best;
+  return given;
 }

@@ -16,6 +16,7 @@
  * `overloaded` (the Worker's 503 with Retry-After).
  */
 import { Coalescer, type BatchEntry, type BatchResult } from "../platform/coalescer";
+import { countMerged, countPass, emptyPassStats } from "../platform/pass-stats";
 import { HEAD_TOKEN_CHUNK, type HeadStore } from "./head-store";
 import type { HeadBatchStats, HeadMode } from "./protocol";
 
@@ -47,14 +48,7 @@ export class HeadHostBatcher {
   #queue: Coalescer<HeadCall, HeadAnswer> | null = null;
   #store: HeadStore | null = null;
   #lastArrival = Number.NEGATIVE_INFINITY;
-  readonly #stats: HeadBatchStats = {
-    passes: 0,
-    calls: 0,
-    mergedPasses: 0,
-    mergedCalls: 0,
-    mergedRows: 0,
-    maxCalls: 0,
-  };
+  readonly #stats: HeadBatchStats = emptyPassStats();
 
   constructor(private readonly label: string) {}
 
@@ -98,14 +92,9 @@ export class HeadHostBatcher {
 
   #pass(store: HeadStore, entries: readonly BatchEntry<HeadCall>[]): BatchResult<HeadAnswer>[] {
     const s = this.#stats;
-    s.passes++;
-    s.calls += entries.length;
-    s.maxCalls = Math.max(s.maxCalls, entries.length);
-    if (entries.length > 1) {
-      s.mergedPasses++;
-      s.mergedCalls += entries.length;
-      s.mergedRows += entries.reduce((t, e) => t + e.item.n, 0);
-    }
+    countPass(s, entries.length);
+    const rows = entries.reduce((t, e) => t + e.item.n, 0);
+    countMerged(s, entries.length, rows);
     const out: BatchResult<HeadAnswer>[] = new Array(entries.length);
     for (const mode of ["logits", "greedy"] as const) {
       const idx = entries.flatMap((e, i) => (e.item.mode === mode ? [i] : []));

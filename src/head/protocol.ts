@@ -4,6 +4,7 @@
  * each answers for its own vocabulary rows. Failures cross RPC as data (error classes do not).
  */
 import type { MemoryPeakStats } from "../platform/memory-peak";
+import type { PassStats } from "../platform/pass-stats";
 
 /** Which rows of which model's head an instance serves (its placement entry, sent with every call
  * so an instance evicted and restarted reloads the same rows on demand). */
@@ -66,16 +67,6 @@ export interface HeadHostStats {
 }
 
 /** Counters of a HeadHost's head passes (src/head/head-host-batcher.ts). */
-export interface HeadBatchStats {
-  /** Passes run, and the calls they served. */
-  passes: number;
-  calls: number;
-  /** Passes that carried two calls or more, with their calls and rows. */
-  mergedPasses: number;
-  mergedCalls: number;
-  mergedRows: number;
-  /** Most calls one pass carried. */
-  maxCalls: number;
-}
+export type HeadBatchStats = PassStats;
 
 export type HeadLoadResult = { ok: true; stats: HeadHostStats } | HeadFailure;

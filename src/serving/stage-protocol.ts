@@ -5,6 +5,7 @@
  * last stage returns the final residual rows. Failures cross the RPC as data.
  */
 import type { MemoryPeakStats } from "../platform/memory-peak";
+import type { PassStats } from "../platform/pass-stats";
 import type { RuntimeMemoryStats } from "./model-runtime";
 
 /** One stage of the chain: its DO name and layer range [first, end). */
@@ -83,17 +84,7 @@ export type StageDecodeResult = { ok: true; tokens: ReadableStream<Uint8Array> }
 export type StageMoeResult = { ok: true; out: Float32Array; trace: StageLayerTrace } | StageFailure;
 
 /** Counters of a StageHost's passes over its layers (src/stages/stage-batcher.ts). */
-export interface StageBatchStats {
-  /** Passes run, and the calls they served. */
-  passes: number;
-  calls: number;
-  /** Passes that carried two calls or more, with their calls and rows. */
-  mergedPasses: number;
-  mergedCalls: number;
-  mergedRows: number;
-  /** Most calls one pass carried. */
-  maxCalls: number;
-}
+export type StageBatchStats = PassStats;
 
 export interface StageHostStats {
   name: string;

@@ -15,6 +15,7 @@
  * which the StageHost answers as `overloaded` (the Worker's 503 `stage_overloaded` with a short Retry-After).
  */
 import { Coalescer, type BatchEntry, type BatchResult } from "../platform/coalescer";
+import { countMerged, countPass, emptyPassStats } from "../platform/pass-stats";
 import type { Session } from "../serving/forward";
 import type { StageBatchStats } from "../serving/stage-protocol";
 import { PREFILL_CHUNK } from "../serving/stage-budgets";
@@ -90,14 +91,7 @@ export function shareByRows(total: number, rows: readonly number[]): number[] {
 
 export class StageBatcher {
   readonly #queue: Coalescer<StageCall, StageCallResult>;
-  readonly #stats: StageBatchStats = {
-    passes: 0,
-    calls: 0,
-    mergedPasses: 0,
-    mergedCalls: 0,
-    mergedRows: 0,
-    maxCalls: 0,
-  };
+  readonly #stats: StageBatchStats = emptyPassStats();
 
   constructor(
     private readonly runner: StagePassRunner,
@@ -134,9 +128,7 @@ export class StageBatcher {
 
   async #pass(entries: readonly BatchEntry<StageCall>[]): Promise<BatchResult<StageCallResult>[]> {
     const s = this.#stats;
-    s.passes++;
-    s.calls += entries.length;
-    s.maxCalls = Math.max(s.maxCalls, entries.length);
+    countPass(s, entries.length);
     const results: BatchResult<StageCallResult>[] = entries.map(() => ({ ok: true, value: EMPTY }));
     const take: number[] = [];
     const releases: (() => void)[] = [];
@@ -171,9 +163,8 @@ export class StageBatcher {
           results[take[0]] = { ok: false, error };
         }
       } else if (calls.length > 1) {
-        s.mergedPasses++;
-        s.mergedCalls += calls.length;
-        s.mergedRows += calls.reduce((t, c) => t + c.x.length / this.dModel, 0);
+        const rows = calls.reduce((t, c) => t + c.x.length / this.dModel, 0);
+        countMerged(s, calls.length, rows);
         const out = await this.runner.merged(calls);
         take.forEach((i, j) => {
           results[i] = out[j];

@@ -5,7 +5,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { LocalWorker } from "../../scripts/lib/local-worker";
-import { ADMIN, makeSmallChatModel, postJson, sseData } from "./helpers";
+import { ADMIN, makeSmallChatModel, postJson, streamedText } from "./helpers";
 import { startWithModels } from "./helpers";
 
 const CHATS = ["Hello!", "What is the capital of France?", "Write a haiku about rain.", "Count to five."];
@@ -32,27 +32,9 @@ afterAll(async () => {
 });
 
 /** A streamed greedy chat: its text. */
-async function chat(w: LocalWorker, content: string, maxTokens: number): Promise<string> {
-  const res = await w.fetch("/v1/chat/completions", {
-    method: "POST",
-    headers: { "content-type": "application/json" },
-    body: JSON.stringify({
-      messages: [{ role: "user", content }],
-      max_tokens: maxTokens,
-      temperature: 0,
-      stream: true,
-    }),
-  });
-  const body = await res.text();
-  expect(res.status, body).toBe(200);
-  let text = "";
-  for (const d of sseData(body)) {
-    if (d === "[DONE]") continue;
-    const chunk = JSON.parse(d);
-    expect(chunk.error, d).toBeUndefined();
-    text += chunk.choices[0]?.delta?.content ?? "";
-  }
-  return text;
+function chat(w: LocalWorker, content: string, maxTokens: number): Promise<string> {
+  const messages = [{ role: "user", content }];
+  return streamedText(w, "/v1/chat/completions", { messages, max_tokens: maxTokens, temperature: 0 });
 }
 
 /** A greedy completion: its token ids. */

@@ -66,6 +66,29 @@ export function sseData(text: string): string[] {
 }
 
 /**
+ * A streamed completion or chat completion (`body` without `stream`): 200, no chunk carrying an
+ * error, and the text its chunks carry (`text` of a completion, `delta.content` of a chat).
+ */
+export async function streamedText(w: LocalWorker, path: string, body: Record<string, unknown>): Promise<string> {
+  const res = await w.fetch(path, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ ...body, stream: true }),
+  });
+  const raw = await res.text();
+  expect(res.status, raw).toBe(200);
+  let text = "";
+  for (const d of sseData(raw)) {
+    if (d === "[DONE]") continue;
+    const chunk = JSON.parse(d);
+    expect(chunk.error, d).toBeUndefined();
+    const choice = chunk.choices[0];
+    text += choice?.delta?.content ?? choice?.text ?? "";
+  }
+  return text;
+}
+
+/**
  * What a golden fixture served through workerd must match (scripts/lib/verify-lib.ts): logits
  * within LOGITS_ATOL, greedy tokens (direct and through the API), routing, MoE ids and output exact
  * or within MOE_ATOL.

@@ -7,7 +7,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { LocalWorker } from "../../scripts/lib/local-worker";
-import { ADMIN, makeSmallChatModel, postJson, sseData, startWithModels } from "./helpers";
+import { ADMIN, makeSmallChatModel, postJson, startWithModels, streamedText } from "./helpers";
 import type { StageHostStats } from "../../src/serving/stage-protocol";
 import type { HeadHostStats } from "../../src/head/protocol";
 
@@ -36,23 +36,9 @@ afterAll(async () => {
   await Promise.all([on?.dispose(), off?.dispose()]);
 });
 
-/** A streamed greedy completion: its token ids, from the stream's chunks. */
-async function streamed(w: LocalWorker, prompt: number[]): Promise<string> {
-  const res = await w.fetch("/v1/completions", {
-    method: "POST",
-    headers: { "content-type": "application/json" },
-    body: JSON.stringify({ prompt, max_tokens: STEPS, temperature: 0, stream: true }),
-  });
-  const body = await res.text();
-  expect(res.status, body).toBe(200);
-  let text = "";
-  for (const d of sseData(body)) {
-    if (d === "[DONE]") continue;
-    const chunk = JSON.parse(d);
-    expect(chunk.error, d).toBeUndefined();
-    text += chunk.choices[0]?.text ?? "";
-  }
-  return text;
+/** A streamed greedy completion: its text, from the stream's chunks. */
+function streamed(w: LocalWorker, prompt: number[]): Promise<string> {
+  return streamedText(w, "/v1/completions", { prompt, max_tokens: STEPS, temperature: 0 });
 }
 
 async function complete(w: LocalWorker, prompt: number[]): Promise<number[]> {

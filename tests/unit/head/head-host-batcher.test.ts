@@ -8,34 +8,14 @@ import { describe, expect, it } from "vitest";
 import { loadKernels } from "../../../src/kernels/node";
 import { HeadStore } from "../../../src/head/head-store";
 import { headAnswer, HeadHostBatcher, type HeadCall } from "../../../src/head/head-host-batcher";
-import { parseConfig } from "../../../src/model/config";
-import { Checkpoint, memoryFileStore } from "../../../src/model/safetensors";
-import { f32ToBf16Bytes, writeSafetensors } from "../../../src/model/safetensors-writer";
 import { createRng } from "../../../src/serving/sampling";
 import { QueueFullError } from "../../../src/platform/coalescer";
 import { randn } from "../kernels/helpers";
-
-const VOCAB = 1003;
-const D_MODEL = 38;
+import { checkpoint, D_MODEL, graniteSpec, VOCAB } from "./helpers";
 
 async function store(dtype: "F32" | "BF16"): Promise<HeadStore> {
-  const spec = parseConfig({
-    model_type: "granitemoe",
-    vocab_size: VOCAB,
-    hidden_size: D_MODEL,
-    intermediate_size: 8,
-    num_hidden_layers: 1,
-    num_attention_heads: 1,
-    num_key_value_heads: 1,
-    num_local_experts: 2,
-    num_experts_per_tok: 1,
-    logits_scaling: 6,
-    tie_word_embeddings: false,
-  });
-  const table = randn(createRng(7), VOCAB * D_MODEL, 0.5);
-  const data = dtype === "F32" ? table : f32ToBf16Bytes(table);
-  const file = writeSafetensors([{ name: "lm_head.weight", dtype, shape: [VOCAB, D_MODEL], data }]);
-  const ckpt = await Checkpoint.open(memoryFileStore({ "model.safetensors": file }));
+  const { ckpt } = await checkpoint(dtype, false);
+  const spec = graniteSpec(false);
   return HeadStore.load(
     ckpt,
     spec,

@@ -15,39 +15,13 @@ import {
 } from "../../../src/coordinator/head-placement";
 import { HeadStore, HeadStoreFailure } from "../../../src/head/head-store";
 import { GreedyMerge, placeSlice, tokenCalls } from "../../../src/head/head-client";
-import { parseConfig, type ModelSpec } from "../../../src/model/config";
-import { Checkpoint, decodeToF32, memoryFileStore } from "../../../src/model/safetensors";
-import { f32ToBf16Bytes, writeSafetensors } from "../../../src/model/safetensors-writer";
+import type { ModelSpec } from "../../../src/model/config";
+import { type Checkpoint, decodeToF32 } from "../../../src/model/safetensors";
+import { f32ToBf16Bytes } from "../../../src/model/safetensors-writer";
 import { argmax, createRng, sampleToken } from "../../../src/serving/sampling";
 import { nodeKernels } from "../kernels/node-source";
 import { randn } from "../kernels/helpers";
-
-const VOCAB = 1003; // ragged: 1003 = 4·250 + 3, the kernel's tail rows
-const D_MODEL = 38; // not a multiple of 4: the kernel's scalar tail columns
-
-function graniteSpec(tied: boolean): ModelSpec {
-  return parseConfig({
-    model_type: "granitemoe",
-    vocab_size: VOCAB,
-    hidden_size: D_MODEL,
-    intermediate_size: 8,
-    num_hidden_layers: 1,
-    num_attention_heads: 1,
-    num_key_value_heads: 1,
-    num_local_experts: 2,
-    num_experts_per_tok: 1,
-    logits_scaling: 6,
-    tie_word_embeddings: tied,
-  });
-}
-
-async function checkpoint(dtype: "F32" | "BF16", tied: boolean): Promise<{ ckpt: Checkpoint; table: Float32Array }> {
-  const table = randn(createRng(7), VOCAB * D_MODEL, 0.5);
-  const name = tied ? "model.embed_tokens.weight" : "lm_head.weight";
-  const data = dtype === "F32" ? table : f32ToBf16Bytes(table);
-  const file = writeSafetensors([{ name, dtype, shape: [VOCAB, D_MODEL], data }]);
-  return { ckpt: await Checkpoint.open(memoryFileStore({ "model.safetensors": file })), table };
-}
+import { checkpoint, D_MODEL, graniteSpec, VOCAB } from "./helpers";
 
 const flavors = (["scalar", "simd", "relaxed"] as const).filter((f) => nodeKernels.supports(f));
 const BIG = 1 << 30;
