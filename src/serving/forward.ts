@@ -408,7 +408,14 @@ export class ModelForward {
         }));
         k.rmsnorm(h, x, L.attnNorm.ptr, n, dModel, rmsEps);
         if (L.attention.kind !== "gqa") throw new Error("internal: a batched step needs GQA attention");
-        gqaRows({ k, arena, spec: this.spec, h, out: o, n, cos, sin, ws, scores }, L.attention, caches);
+        // q/att (and k/v rows of several sessions) live for one layer only: freed before the next,
+        // so a step's scratch holds them once (as stepScratchBytes counts), not once per layer.
+        const layerArena = new Arena(k);
+        try {
+          gqaRows({ k, arena: layerArena, spec: this.spec, h, out: o, n, cos, sin, ws, scores }, L.attention, caches);
+        } finally {
+          layerArena.free();
+        }
         addScaled(k.f32(x, n * dModel), k.f32(o, n * dModel), multipliers.residual);
         k.rmsnorm(h, x, L.mlpNorm.ptr, n, dModel, rmsEps);
         const ffn = await this.#ffn(l, h, n, ws, lostOf, () => 0, undefined, parts, owner);

@@ -207,9 +207,11 @@ export class StepBatcher {
     const step = this.#inFlight;
     const { waitMs } = this.#limits;
     if (!step && !this.#looping) return; // no loop runs: the caller starts one
-    if (!step && this.#yieldingSince !== null && Date.now() - this.#yieldingSince >= waitMs) {
-      // The leader's request stopped while it yielded between steps: no step holds a session, so
-      // nothing fails; the loop is given up and the caller starts a fresh one.
+    if (!step && this.#yieldingSince !== null) {
+      // A member's whole wait ran out while the loop sat in a 0 ms yield between steps: the leader's
+      // request stopped there (however long ago the yield began — the member may have started
+      // waiting before it). No step holds a session, so nothing fails; the loop is given up (its
+      // epoch ends it should its timer ever fire) and the caller starts a fresh one.
       this.#yieldingSince = null;
       this.#looping = false;
       this.#epoch++;

@@ -175,6 +175,34 @@ describe("a batched step's scratch", () => {
     expect(ids).toHaveLength(2);
     expect(b.rows).toBe(MAX_STEP_ROWS + 1);
   }, 60_000);
+
+  it("fits with several sessions over several layers (attention scratch is per layer, not per step)", async () => {
+    const cfg: Config = { ...WIDE, num_hidden_layers: 3 };
+    const { spec: ms, ckpt } = await openModel(memoryFileStore(checkpointFiles(cfg, buildTensors(cfg))));
+    const k = loadKernels("simd", { maxBytes: 100 * 1024 * 1024 });
+    const model = ModelForward.create(k, ms, await loadDenseWeights(ckpt, ms));
+    const experts = localExperts(loadKernels("simd", { maxBytes: 64 * 1024 * 1024 }), ckpt, ms);
+    const maxLen = 300;
+    const sessions = [0, 1, 2].map(() => model.startSession(maxLen));
+    const probe = k.alloc(16);
+    k.free(probe);
+    k.alloc(100 * 1024 * 1024 - probe - WORKER_SCRATCH_BYTES);
+    // The most rows the formula lets through for three sessions that each want logits.
+    let rows = 3;
+    while (model.stepScratchBytes(rows + 3, 3, maxLen) <= WORKER_SCRATCH_BYTES) rows += 3;
+    const owned = async (layer: number, routing: Parameters<typeof experts>[1], h: Float32Array) => ({
+      out: await experts(layer, routing, h),
+      lost: new Map<number, unknown>(),
+    });
+    const segs = sessions.map((session, j) => ({
+      session,
+      tokens: Array.from({ length: rows / 3 }, (_, i) => (i * 5 + j) % 96),
+      nOut: 1 as const,
+      rng: () => 0,
+    }));
+    const out = await model.step(segs, owned);
+    expect(out.every((r) => r.ok)).toBe(true);
+  }, 60_000);
 });
 
 describe("a step's rows", () => {
