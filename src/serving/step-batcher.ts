@@ -118,6 +118,8 @@ export class StepBatcher {
   /** Bumped when a stuck loop is given up: the old loop, should it ever resume, touches nothing. */
   #epoch = 0;
   #inFlight: Step | null = null;
+  /** Where the next step's pick of decode rows starts (round robin over the streams). */
+  #turn = 0;
   /** When the loop's leader began yielding between steps (null: not yielding). */
   #yieldingSince: number | null = null;
   /** Steps given up as stuck whose forward pass has not returned yet. */
@@ -291,9 +293,18 @@ export class StepBatcher {
     const out: { st: Stream; tokens: number[] }[] = [];
     let rows = 0;
     let outs = 0;
-    for (const st of this.#streams) {
+    // Decode rows from a rotating start: when the step's limits cut them, the streams left out
+    // this step come first in a later one (in arrival order the first ones would take every step).
+    // A prompt waiting to be read keeps one row free, so decode rows that fill the limits never
+    // hold a new request's prompt back until a running stream ends.
+    const all = this.#streams;
+    const from = all.length > 0 ? this.#turn++ % all.length : 0;
+    const reserve = all.some((st) => st.ready && !st.prefilled) ? 1 : 0;
+    for (let i = 0; i < all.length; i++) {
+      const st = all[(from + i) % all.length];
       if (!st.ready || !st.prefilled) continue;
-      if (out.length > 0 && (rows + 1 > maxRows || !fits(rows + 1, outs + 1))) continue;
+      const need = rows + 1 + reserve;
+      if (out.length > 0 && (need > maxRows || !fits(need, outs + 1 + reserve))) continue;
       out.push({ st, tokens: st.pending });
       rows += st.pending.length;
       outs++;

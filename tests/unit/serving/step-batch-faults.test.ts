@@ -269,3 +269,27 @@ describe("a leader stopped between steps", () => {
     }
   });
 });
+
+describe("a step cut by its limits", () => {
+  it("takes the decode rows it leaves out first in a later step (no stream waits for others to end)", async () => {
+    // At most 2 rows a step (as if the scratch held 2), 3 streams decoding 12 tokens each.
+    const firstTokenStep: number[] = [];
+    let steps = 0;
+    const run = async (segs: StepSegment[]) => {
+      steps++;
+      const out = fakeStep(segs);
+      for (const g of segs) {
+        const i = Number(g.tokens[0] >= 100 ? g.tokens[0] - 100 : -1);
+        if (i >= 0 && firstTokenStep[i] === undefined) firstTokenStep[i] = steps;
+      }
+      return out;
+    };
+    const b = new StepBatcher(run, undefined, undefined, { fits: (rows) => rows <= 2 });
+    const got = await Promise.all(
+      [0, 1, 2].map((i) => collect(b, { ...spec(session(), [100 + i], 12), eos: new Set<number>() })),
+    );
+    for (const ids of got) expect(ids).toHaveLength(12);
+    // Every stream's prompt ran within the first few steps, none after the others had finished.
+    expect(Math.max(...firstTokenStep)).toBeLessThanOrEqual(3);
+  });
+});
