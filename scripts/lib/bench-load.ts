@@ -189,8 +189,9 @@ export async function runLoad(opts: LoadOptions): Promise<LoadReport> {
     const level = summarize(n, results, opts.references === false ? null : reference, wall, seen);
     const hostsAfter = await hostWork(base, opts);
     if (hostsBefore && hostsAfter) {
-      level.expertPasses = hostsAfter.passes - hostsBefore.passes;
-      level.expertRows = hostsAfter.rows - hostsBefore.rows;
+      const work = hostDelta(hostsBefore, hostsAfter);
+      level.expertPasses = work.passes;
+      level.expertRows = work.rows;
       level.failovers = {};
       for (const [code, n] of Object.entries(hostsAfter.failovers)) {
         const d = n - (hostsBefore.failovers[code] ?? 0);
@@ -276,11 +277,30 @@ function summarize(
   };
 }
 
-interface HostWork {
+export interface HostWork {
   passes: number;
   rows: number;
+  /** Passes and rows per ExpertHost (by DO name): hosts come and go during a level. */
+  byHost: Map<string, { passes: number; rows: number }>;
   /** Failovers so far by code, summed over layers. */
   failovers: Record<string, number>;
+}
+
+/**
+ * Passes and rows run between two reads, host by host: a host added meanwhile counts all it ran, a
+ * host whose counters went down restarted (evicted, reset) and counts from zero, a host gone from
+ * the second read contributes nothing it ran after the first (unknown).
+ */
+export function hostDelta(before: HostWork, after: HostWork): { passes: number; rows: number } {
+  let passes = 0;
+  let rows = 0;
+  for (const [name, a] of after.byHost) {
+    const b = before.byHost.get(name);
+    const restarted = !b || a.passes < b.passes || a.rows < b.rows;
+    passes += restarted ? a.passes : a.passes - b.passes;
+    rows += restarted ? a.rows : a.rows - b.rows;
+  }
+  return { passes, rows };
 }
 
 /** Expert passes and rows all ExpertHosts of the model ran so far (/admin/hosts), failovers (/metrics), or null. */
@@ -290,11 +310,14 @@ export async function hostWork(base: URL, opts: LoadOptions): Promise<HostWork |
   const q = opts.model ? `?model=${encodeURIComponent(opts.model)}` : "";
   const res = await fetch(new URL(`/admin/hosts${q}`, base), { headers }).catch(() => null);
   if (!res?.ok) return null;
-  const body = (await res.json()) as { hosts: { expertPasses?: number; tokens: number }[] };
-  const work: HostWork = { passes: 0, rows: 0, failovers: {} };
+  const body = (await res.json()) as { hosts: ({ name: string; expertPasses?: number; tokens: number } | null)[] };
+  const work: HostWork = { passes: 0, rows: 0, byHost: new Map(), failovers: {} };
   for (const h of body.hosts) {
-    work.passes += h.expertPasses ?? 0;
+    if (!h) continue;
+    const passes = h.expertPasses ?? 0;
+    work.passes += passes;
     work.rows += h.tokens;
+    work.byHost.set(h.name, { passes, rows: h.tokens });
   }
   const m = await fetch(new URL(`/metrics${q}`, base), { headers }).catch(() => null);
   const text = m?.ok ? await m.text() : "";
