@@ -259,6 +259,14 @@ export class ModelForward {
    * the part holds the head) a head row; fixed, the dense-MLP chunk and the attention scores.
    */
   stepScratchBytes(rows: number, outRows: number, maxLen: number): number {
+    // Called per step member while a step is picked: the model's part is computed once.
+    const c = (this.#scratchCosts ??= this.#computeScratchCosts());
+    return c.fixed + 4 * maxLen + rows * c.perRow + outRows * c.perOut;
+  }
+
+  #scratchCosts: { fixed: number; perRow: number; perOut: number } | undefined;
+
+  #computeScratchCosts(): { fixed: number; perRow: number; perOut: number } {
     const { dModel, vocabSize, nExperts, rope, attention: a } = this.spec;
     const qDim = a.kind === "gqa" ? a.nHeads * a.headDim : 0;
     const kvDim = a.kind === "gqa" ? a.nKvHeads * a.headDim : 0;
@@ -267,9 +275,8 @@ export class ModelForward {
     const perRow = 4 * (5 * dModel + rope.rotDim + 2 * qDim + 2 * kvDim + nExperts) + q8 + 64;
     let dFf = this.spec.sharedExperts?.dFf ?? 0;
     for (const l of this.spec.layers) if (l.kind === "dense") dFf = Math.max(dFf, l.dFf);
-    const fixed = 4 * (MLP_TOKEN_CHUNK * (dModel + 2 * dFf + 1) + maxLen) + 1024;
-    const head = this.ends ? outRows * 4 * (2 * dModel + vocabSize) : 0;
-    return fixed + rows * perRow + head;
+    const fixed = 4 * MLP_TOKEN_CHUNK * (dModel + 2 * dFf + 1) + 1024;
+    return { fixed, perRow, perOut: this.ends ? 4 * (2 * dModel + vocabSize) : 0 };
   }
 
   /**
