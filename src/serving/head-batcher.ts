@@ -4,20 +4,14 @@
  * matmul over the vocabulary for all their rows — the head streams the whole [vocab, dModel] table
  * per call, so one read serves every row — and each gets its own logits back.
  *
- * Exactness: the f32 head kernel computes each token row identically whatever the number of rows
- * in the call and the row's place in it, when the vocabulary is a multiple of 4 (its weight-row
- * blocks); otherwise a batch could change the last bits of a few logits
- * (tests/unit/kernels/matmul-rows.test.ts), so such models keep one call per request.
+ * Exactness: the head kernels compute each token row identically whatever the number of rows in
+ * the call and the row's place in it, for any vocabulary (tests/unit/kernels/matmul-rows.test.ts and
+ * the batch-rows contract), so every model's head calls may merge.
  */
 import { Coalescer, type BatchEntry, type BatchResult } from "../platform/coalescer";
 
 /** Logit bytes of one merged head call at most (Wasm scratch). */
 export const HEAD_BATCH_BYTES = 4 << 20;
-
-/** Whether merging rows into one head call leaves every row's logits bit-identical. */
-export function headBatchable(vocabSize: number): boolean {
-  return vocabSize % 4 === 0;
-}
 
 /** One model's head queue: rows [n, dModel] in, logits [n, vocab] out. */
 export class HeadBatcher {

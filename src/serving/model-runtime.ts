@@ -53,7 +53,7 @@ import { decodeTokenStream, type DecodeRequest } from "./decode-loop";
 import type { StageLayerTrace } from "./stage-protocol";
 import { ModelForward, type ExpertRunner, type Session } from "./forward";
 import { placementInitFor, type ModelPlacementInit } from "./placement-init";
-import { HeadBatcher, headBatchable } from "./head-batcher";
+import { HeadBatcher } from "./head-batcher";
 import { batchingEnabled, type Vars } from "../platform/env";
 import { Flight, shareWork } from "../platform/shared-work";
 import { StepBatcher, type StepStreamSpec } from "./step-batcher";
@@ -472,7 +472,7 @@ export class ModelRuntime {
       throw new Error(`session holds ${s.maxLen} positions, asked for ${s.length + tokens.length}`);
     const onRouting = trace ? (layer: number, routing: Routing) => trace.routing.push({ layer, routing }) : undefined;
     let logits: Float32Array;
-    if (this.model.whole && nOut > 0 && batchingEnabled(env) && headBatchable(this.spec.vocabSize)) {
+    if (this.model.whole && nOut > 0 && batchingEnabled(env)) {
       // BATCHING: the same layers, then the head merged with the other requests of this turn.
       const placement = await this.placement(env);
       const { dModel } = this.spec;

@@ -2,13 +2,11 @@
  * @module matmul-rows.test — the f32 head matmul computes each token row the same, bit for bit,
  * whatever the number of tokens in the call and the row's place in it (the 4-token tile, the 1-, 2-
  * and 3-token remainders), for any output count: the rows left over after the row blocks are summed
- * as the blocks sum theirs (assembly/matmul.ts rowDot). The batched output head
- * (src/serving/head-batcher.ts) still merges requests' rows only for vocabularies of a multiple of 4,
- * from when the remainder rows were summed in another order.
+ * as the blocks sum theirs (assembly/matmul.ts rowDot) — which lets the batched output head
+ * (src/serving/head-batcher.ts) merge requests' rows for any vocabulary (granite's 49155 included).
  */
 import { describe, expect, it } from "vitest";
 import { loadKernels } from "../../../src/kernels/node";
-import { headBatchable } from "../../../src/serving/head-batcher";
 
 const bits = (a: Float32Array) => Array.from(new Uint32Array(a.buffer, a.byteOffset, a.length));
 
@@ -40,14 +38,5 @@ describe.each(["scalar", "simd", "relaxed"] as const)("matmul rows on the %s ker
       const y = k.f32(out, m * dOut);
       for (let t = 0; t < m; t++) expect(bits(y.subarray(t * dOut, (t + 1) * dOut))).toEqual(bits(alone[t]));
     }
-  });
-});
-
-describe("headBatchable", () => {
-  it("merges head calls only for vocabularies whose rows are batch-independent", () => {
-    expect(headBatchable(32000)).toBe(true);
-    expect(headBatchable(1000)).toBe(true);
-    expect(headBatchable(1003)).toBe(false);
-    expect(headBatchable(49155)).toBe(false);
   });
 });
