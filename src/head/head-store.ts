@@ -12,7 +12,8 @@
  * Exactness: the kernel is the one an unsplit head of the same format runs (`matmul` for f32, the
  * f32 head of the single-isolate forward pass; `matmulBf16` for bf16), on the same rows; shard
  * boundaries are multiples of HEAD_ROW_ALIGN (src/coordinator/head-placement.ts) — both kernels
- * take rows in blocks of ≤ 4 and sum the ragged last rows in another order — and tokens go to the
+ * take rows in blocks of ≤ 4 (a ragged last block is now summed as whole blocks are, per the
+ * batch-rows contract; the alignment stays, it costs nothing) — and tokens go to the
  * kernel in chunks of HEAD_TOKEN_CHUNK (a multiple of 4, `matmul`'s token tile), so every logit is
  * summed in the same order as in an unsplit [n, vocab] product. The division by logits_scaling is
  * the same f32 expression forward.ts applies. (The relaxed build's bf16 kernel uses relaxed_madd,
