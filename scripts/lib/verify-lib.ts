@@ -11,7 +11,8 @@ import { seedModelDir } from "./seed-lib";
 export const LOGITS_ATOL = 1e-4;
 export const MOE_ATOL = 1e-5;
 
-interface Golden {
+/** A fixture's golden.json (../shared/fixtures/README.md): reference logits, greedy ids, routing. */
+export interface Golden {
   prompt_ids: number[];
   logits: number[][];
   greedy_ids: number[];

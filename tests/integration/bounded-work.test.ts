@@ -9,7 +9,7 @@
 import { cpus, loadavg } from "node:os";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { LocalWorker } from "../../scripts/lib/local-worker";
-import { makeSmallChatModel, startWithModels } from "./helpers";
+import { makeSmallChatModel, startWarm } from "./helpers";
 
 const PROMPT_CHARS = 5_000_000;
 const JSON_CT = { "content-type": "application/json" };
@@ -84,17 +84,8 @@ async function underHealthPolling(
 describe("default caps: a 5 MB prompt is refused on the body size", () => {
   let w: LocalWorker;
   beforeAll(async () => {
-    w = await startWithModels({ chat: makeSmallChatModel() }, { DEFAULT_MODEL: "chat" });
     // The model is loaded and warm: what follows is the refusal alone.
-    expect(
-      (
-        await w.fetch("/v1/completions", {
-          method: "POST",
-          headers: JSON_CT,
-          body: JSON.stringify({ prompt: "warm up", max_tokens: 1 }),
-        })
-      ).status,
-    ).toBe(200);
+    w = await startWarm({ chat: makeSmallChatModel() }, { DEFAULT_MODEL: "chat" });
   });
   afterAll(() => w?.dispose());
 
@@ -141,19 +132,10 @@ describe("default caps: a 5 MB prompt is refused on the body size", () => {
 describe("MAX_BODY_BYTES raised to 8 MiB: the same prompt is refused on its characters, before tokenizing", () => {
   let w: LocalWorker;
   beforeAll(async () => {
-    w = await startWithModels(
+    w = await startWarm(
       { chat: makeSmallChatModel() },
       { DEFAULT_MODEL: "chat", MAX_BODY_BYTES: String(8 * 1024 * 1024) },
     );
-    expect(
-      (
-        await w.fetch("/v1/completions", {
-          method: "POST",
-          headers: JSON_CT,
-          body: JSON.stringify({ prompt: "warm up", max_tokens: 1 }),
-        })
-      ).status,
-    ).toBe(200);
   });
   afterAll(() => w?.dispose());
 

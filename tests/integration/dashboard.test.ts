@@ -9,7 +9,7 @@ import { existsSync, mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { chromium, type Browser, type Page } from "playwright-core";
 import { ADMIN_TOKEN_FOR_TESTS, ROOT, type LocalWorker } from "../../scripts/lib/local-worker";
-import { FIXTURES, postJson, startWithModels } from "./helpers";
+import { FIXTURES, postJson, REPLICATION_VARS, startWithModels } from "./helpers";
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
 const haveChromium = existsSync(CHROMIUM);
@@ -27,20 +27,8 @@ beforeAll(async () => {
   if (!haveChromium) return;
   w = await startWithModels(
     { tiny: join(FIXTURES, "mixtral-tiny") },
-    {
-      MIN_EXPERT_HOSTS: "4",
-      REPLAN_INTERVAL_MS: "300",
-      MAX_COPIES_PER_REPLAN: "4",
-      REPLAN_THRESHOLD: "0.1",
-      // Balance alone decides here: this tests the replication mechanism, and one local client is
-      // a load at which the latency model (tests/unit/coordinator/latency.test.ts) copies nothing.
-      PLACEMENT_RPC_MS: "0",
-      PLACEMENT_ROW_MS_PER_MIB: "0",
-      MAX_EXPERT_HOSTS: "6",
-      DEFAULT_MODEL: "tiny",
-      // The skewed load below sends more than the shipped per-IP rate limit on purpose.
-      RATE_LIMIT_ENABLED: "false",
-    },
+    // The skewed load below sends more than the shipped per-IP rate limit on purpose.
+    { ...REPLICATION_VARS, RATE_LIMIT_ENABLED: "false" },
   );
   browser = await chromium.launch({ executablePath: CHROMIUM, args: ["--no-sandbox"] });
 });

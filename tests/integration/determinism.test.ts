@@ -7,7 +7,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { join } from "node:path";
 import type { LocalWorker } from "../../scripts/lib/local-worker";
-import { ADMIN, FIXTURES, postJson, startWithModels } from "./helpers";
+import { ADMIN, FIXTURES, postJson, REPLICATION_VARS, startWithModels } from "./helpers";
 
 const PROMPT = [29, 192, 173, 88, 189, 139, 156, 188, 151, 153];
 const SAMPLED = { prompt: PROMPT, max_tokens: 8, temperature: 1.5, top_p: 1, seed: 1234 };
@@ -42,19 +42,7 @@ let local: LocalWorker;
 beforeAll(async () => {
   [one, four, local] = await Promise.all([
     startWithModels(model, { MIN_EXPERT_HOSTS: "1", DEFAULT_MODEL: "tiny" }),
-    startWithModels(model, {
-      MIN_EXPERT_HOSTS: "4",
-      MAX_EXPERT_HOSTS: "6",
-      REPLAN_INTERVAL_MS: "300",
-      MAX_COPIES_PER_REPLAN: "4",
-      REPLAN_THRESHOLD: "0.1",
-      // Balance alone decides here: this tests the replication mechanism, and one local client is
-      // a load at which the latency model (tests/unit/coordinator/latency.test.ts) copies nothing.
-      PLACEMENT_RPC_MS: "0",
-      PLACEMENT_ROW_MS_PER_MIB: "0",
-      DEFAULT_MODEL: "tiny",
-      ADMIN_FAULTS_ENABLED: "true",
-    }),
+    startWithModels(model, { ...REPLICATION_VARS, ADMIN_FAULTS_ENABLED: "true" }),
     startWithModels(model, { EXPERT_BACKEND: "worker", WORKER_EXPERT_BUDGET_MB: "64", DEFAULT_MODEL: "tiny" }),
   ]);
 });

@@ -29,6 +29,35 @@ export async function startWithModels(
   return w;
 }
 
+/**
+ * Vars for the tests of the replication mechanism on mixtral-tiny: 4–6 ExpertHosts, re-plans every
+ * 300 ms, and balance alone deciding — one local client is a load at which the latency model
+ * (tests/unit/coordinator/latency.test.ts) copies nothing.
+ */
+export const REPLICATION_VARS: Readonly<Record<string, string>> = {
+  MIN_EXPERT_HOSTS: "4",
+  MAX_EXPERT_HOSTS: "6",
+  REPLAN_INTERVAL_MS: "300",
+  MAX_COPIES_PER_REPLAN: "4",
+  REPLAN_THRESHOLD: "0.1",
+  PLACEMENT_RPC_MS: "0",
+  PLACEMENT_ROW_MS_PER_MIB: "0",
+  DEFAULT_MODEL: "tiny",
+};
+
+/** startWithModels, then one 1-token completion of the default model: loaded and warm. */
+export async function startWarm(models: Record<string, string>, vars: Record<string, string>): Promise<LocalWorker> {
+  const w = await startWithModels(models, vars);
+  const res = await w.fetch("/v1/completions", {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ prompt: "warm up", max_tokens: 1 }),
+  });
+  await res.arrayBuffer();
+  expect(res.status).toBe(200);
+  return w;
+}
+
 export async function postJson(
   w: LocalWorker,
   path: string,

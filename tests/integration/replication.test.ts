@@ -7,7 +7,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { join } from "node:path";
 import type { LocalWorker } from "../../scripts/lib/local-worker";
-import { ADMIN, FIXTURES, postJson, startWithModels } from "./helpers";
+import { ADMIN, FIXTURES, postJson, REPLICATION_VARS, startWithModels } from "./helpers";
 
 interface Status {
   loads: number[][];
@@ -81,19 +81,7 @@ async function waitFor<T>(
 beforeAll(async () => {
   w = await startWithModels(
     { tiny: join(FIXTURES, "mixtral-tiny") },
-    {
-      MIN_EXPERT_HOSTS: "4",
-      REPLAN_INTERVAL_MS: "300",
-      MAX_COPIES_PER_REPLAN: "4",
-      REPLAN_THRESHOLD: "0.1",
-      // Balance alone decides here: this tests the replication mechanism, and one local client is
-      // a load at which the latency model (tests/unit/coordinator/latency.test.ts) copies nothing.
-      PLACEMENT_RPC_MS: "0",
-      PLACEMENT_ROW_MS_PER_MIB: "0",
-      MAX_EXPERT_HOSTS: "6",
-      DEFAULT_MODEL: "tiny",
-      ADMIN_FAULTS_ENABLED: "true",
-    },
+    { ...REPLICATION_VARS, ADMIN_FAULTS_ENABLED: "true" },
   );
 });
 afterAll(() => w?.dispose());

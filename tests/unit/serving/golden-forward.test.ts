@@ -7,26 +7,16 @@
 import { describe, expect, it } from "vitest";
 import { readFileSync, readdirSync } from "node:fs";
 import { maxAbsDiff, nodeModel, runPrompt } from "../../support/forward-helpers";
+import type { Golden } from "../../../scripts/lib/verify-lib";
 
-interface Golden {
-  prompt_ids: number[];
-  logits: number[][];
-  greedy_ids: number[];
-  moe_layer: {
-    layer: number;
-    input: number[][] | number[][][];
-    expert_ids: number[][];
-    expert_weights: number[][];
-    output: number[][] | number[][][];
-  };
-  extra: { greedy_logits: number[][]; routing_all_layers?: Record<string, number[][]> };
-}
+/** The fixtures in tests/fixtures all carry greedy_logits. */
+type FixtureGolden = Golden & { extra: { greedy_logits: number[][] } };
 
 function fixture(name: string) {
   const dir = new URL(`../../fixtures/${name}/`, import.meta.url);
   const files: Record<string, Uint8Array> = {};
   for (const f of readdirSync(dir)) if (f !== "golden.json") files[f] = new Uint8Array(readFileSync(new URL(f, dir)));
-  const golden = JSON.parse(readFileSync(new URL("golden.json", dir), "utf8")) as Golden;
+  const golden = JSON.parse(readFileSync(new URL("golden.json", dir), "utf8")) as FixtureGolden;
   return { files, golden };
 }
 
