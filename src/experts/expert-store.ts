@@ -130,6 +130,8 @@ export class ExpertStore {
   /** Expert passes (one per item of a run: one read of that expert's weights). */
   passes = 0;
   tokens = 0;
+  /** Experts (units) loaded from the checkpoint since the store opened: each one read and packed once. */
+  loads = 0;
 
   constructor(
     readonly model: ModelCheckpoint,
@@ -294,6 +296,7 @@ export class ExpertStore {
     pack(arena.kernels.u8(blob, bytes)); // packed once here, never per request
     const loaded: LoadedExpert = { arena, blob, bytes };
     this.#experts.set(expertKey(layer, expert), loaded);
+    this.loads++;
     return loaded;
   }
 
