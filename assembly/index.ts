@@ -17,6 +17,7 @@ export { matmulBf16, gatherBf16 } from "./bf16";
 export { argmaxRows } from "./argmax";
 export { expertFfnQ8g } from "./expert-q8g";
 export { expertFfnQ4g, q4ActivationBits, setQ4DotForm } from "./expert-q4g";
+export { packRowsF32 } from "./pack-f32";
 
 /** First byte after static data; the TS allocator hands out memory from here up. */
 export function heapBase(): usize {

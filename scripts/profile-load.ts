@@ -13,7 +13,8 @@ import { SKEW_PHASES } from "./lib/skewed-prompts";
 import { cpuMs } from "./lib/process-cpu";
 
 const USAGE = `usage: npm run profile:load -- --inspector http://127.0.0.1:PORT [--url URL] [--streams N]
-       [--tokens N] [--interval-us N] [--seconds N] [--top N] [--out FILE]
+       [--tokens N] [--interval-us N] [--seconds N] [--top N] [--pids LIST] [--inclusive LIST]
+       [--admin-token TOKEN] [--out FILE]
   Profiles the isolate of a running local server while --streams concurrent streaming chats
   (greedy, the bench:load prompts) run, all sent at once.
   --inspector    the runtime's inspector: http://host:port (its /json target list; the target named
@@ -28,6 +29,8 @@ const USAGE = `usage: npm run profile:load -- --inspector http://127.0.0.1:PORT 
   --pids         comma-separated process ids (the server's workerd): their CPU time during the burst
                  (/proc), per token — on a shared machine closer to the work done than wall time
   --inclusive    comma-separated function-name regexps: each one's inclusive time (its frames on the stack)
+  --admin-token  the server's ADMIN_TOKEN (.dev.vars): the ExpertHosts' expert loads during the burst and
+                 the placement versions, from /admin/hosts before and after
   --out          where the profile is written (default bench-results/profile-load.cpuprofile)`;
 if (wantsHelp()) {
   console.log(USAGE);
@@ -45,6 +48,7 @@ const { values } = parseArgs({
     top: { type: "string", default: "25" },
     inclusive: { type: "string", default: "" },
     pids: { type: "string", default: "" },
+    "admin-token": { type: "string" },
     out: { type: "string", default: "bench-results/profile-load.cpuprofile" },
   },
 });
@@ -98,7 +102,7 @@ async function debuggerUrl(): Promise<string> {
 /** A minimal Chrome DevTools Protocol client: one call at a time, answers matched by id. */
 async function connect(
   url: string,
-): Promise<{ call: (method: string, params?: object) => Promise<unknown>; close: () => void }> {
+): Promise<{ call: (method: string, params?: object) => Promise<unknown>; close: () => Promise<void> }> {
   // The wrangler dev inspector proxy refuses an upgrade without an Origin header; Node's WebSocket
   // (undici) takes `headers` beyond the WHATWG constructor its types declare.
   const Ws = WebSocket as unknown as new (url: string, init: { headers: Record<string, string> }) => WebSocket;
@@ -124,7 +128,14 @@ async function connect(
         waiting.set(id, { ok, fail });
         ws.send(JSON.stringify({ id, method, params }));
       }),
-    close: () => ws.close(),
+    // The wrangler dev inspector proxy does not answer a close frame, so the socket (and this
+    // process) would stay open: wait for the handshake briefly, and the caller exits regardless.
+    close: () =>
+      new Promise<void>((done) => {
+        ws.addEventListener("close", () => done(), { once: true });
+        setTimeout(done, 1000).unref();
+        ws.close();
+      }),
   };
 }
 
@@ -168,6 +179,35 @@ function inclusive(p: Profile, re: RegExp): number {
   return t;
 }
 
+interface HostCounts {
+  version: number;
+  /** expertLoads per ExpertHost name. */
+  loads: Map<string, number>;
+}
+
+/** The ExpertHosts' expert-load counters and the placement version (/admin/hosts), or null without a token. */
+async function hostCounts(): Promise<HostCounts | null> {
+  const token = values["admin-token"];
+  if (!token) return null;
+  const res = await fetch(new URL("/admin/hosts", base), { headers: { authorization: `Bearer ${token}` } });
+  if (!res.ok) throw new Error(`/admin/hosts answered ${res.status}: check --admin-token (ADMIN_TOKEN in .dev.vars)`);
+  const body = (await res.json()) as { version: number; hosts: ({ name: string; expertLoads?: number } | null)[] };
+  const loads = new Map<string, number>();
+  for (const h of body.hosts) if (h) loads.set(h.name, h.expertLoads ?? 0);
+  return { version: body.version, loads };
+}
+
+/** Loads between two snapshots, host by host (a host that restarted counts from 0). */
+function loadsBetween(a: HostCounts, b: HostCounts): number {
+  let n = 0;
+  for (const [name, after] of b.loads) {
+    const before = a.loads.get(name) ?? 0;
+    n += after >= before ? after - before : after;
+  }
+  return n;
+}
+
+const counts0 = await hostCounts();
 const cdp = await connect(await debuggerUrl());
 await cdp.call("Profiler.enable");
 await cdp.call("Profiler.setSamplingInterval", { interval: intervalUs });
@@ -185,7 +225,8 @@ const results = await Promise.all(
 const wall = performance.now() - t0;
 const cpu1 = cpuMs(pids);
 const { profile } = (await cdp.call("Profiler.stop")) as { profile: Profile };
-cdp.close();
+await cdp.close();
+const counts1 = await hostCounts();
 writeFileSync(values.out, JSON.stringify(profile));
 
 const ok = results.filter((r) => r.status === 200 && !r.error);
@@ -201,6 +242,11 @@ if (pids.length > 0 && cpu0 !== null && cpu1 !== null)
     `  CPU of pids ${pids.join(",")}: ${(cpu1 - cpu0).toFixed(0)} ms, ${((cpu1 - cpu0) / toks).toFixed(2)} ms/token`,
   );
 console.log(`  TTFT each (sent order): ${ttft.map((x) => x.toFixed(0)).join(" ")}`);
+if (counts0 && counts1)
+  console.log(
+    `  expert loads during the burst: ${loadsBetween(counts0, counts1)} ` +
+      `(placement v${counts0.version} → v${counts1.version}, ${counts1.loads.size} ExpertHosts)`,
+  );
 for (const r of results.filter((x) => x.error)) console.log(`  failed: ${r.error}`);
 const { total, rows } = selfTimes(profile);
 console.log(`\nsampled ${total.toFixed(0)} ms (every ${intervalUs} µs); self time by function:`);
@@ -211,3 +257,5 @@ for (const name of values.inclusive.split(",").filter(Boolean)) {
   console.log(`  inclusive ${((100 * t) / total).toFixed(1).padStart(5)}%  ${t.toFixed(0).padStart(6)} ms  /${name}/`);
 }
 console.log(`\nprofile written to ${values.out}`);
+// The inspector's socket stays open (see connect's close): the run is over, so end the process.
+process.exit(0);

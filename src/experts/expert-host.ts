@@ -249,6 +249,7 @@ export class ExpertHost extends DurableObject<Env> {
       calls: s?.calls ?? 0,
       tokens: s?.tokens ?? 0,
       expertPasses: s?.passes ?? 0,
+      expertLoads: s?.loads ?? 0,
       inflight: this.#inflight,
       expertTokens: Object.fromEntries(this.#expertTokens),
     };

@@ -19,8 +19,9 @@
  */
 import type { Kernels } from "../kernels/index";
 import { WASM_MAX_BYTES } from "../kernels/index";
-import { expertPackedBytes, packExpertF32, packExpertQ8, type ExpertDtype } from "../kernels/packing";
-import { loadExpertWeights } from "../model/architectures";
+import { expertPackedBytes, packExpertQ8, type ExpertDtype } from "../kernels/packing";
+import { f32Rows, packExpertF32Into } from "../kernels/pack-expert";
+import { readExpertRows, type ExpertRows } from "../model/expert-rows";
 import {
   expertDtype,
   loadExpertQ4,
@@ -95,7 +96,11 @@ interface Arena {
   x: number; // [TOKEN_CHUNK, dModel]
   out: number; // [TOKEN_CHUNK, dModel]
   ffn: number; // kernel scratch for TOKEN_CHUNK tokens
+  ffnBytes: number;
 }
+
+/** Writes a read expert into its blob (in `arena`'s memory); runs synchronously, between kernel runs. */
+type PackInto = (arena: Arena, blob: number) => void;
 
 interface LoadedExpert {
   arena: Arena;
@@ -114,6 +119,16 @@ export function scratchBytes(dModel: number, dFf: number): number {
   return 8 * TOKEN_CHUNK * dModel + Math.max(f32, q8, q4, q8g) + 64;
 }
 
+/**
+ * An f32 expert into its blob, in Wasm (src/kernels/pack-expert.ts). The arena's kernel scratch
+ * holds the rows on their way: a load packs synchronously, so no kernel run is using it, and the
+ * pack needs no memory beyond what the budget already counts. (An f32 arena's scratch holds
+ * TOKEN_CHUNK rows of the wider matrix, more than the one row the packer needs.)
+ */
+function packF32(a: Arena, blob: number, w: ExpertRows, dModel: number, dFf: number): void {
+  packExpertF32Into(a.kernels, blob, a.ffn, a.ffnBytes, w, dModel, dFf);
+}
+
 export class ExpertStore {
   readonly #arenas: Arena[] = [];
   readonly #experts = new Map<string, LoadedExpert>();
@@ -130,6 +145,8 @@ export class ExpertStore {
   /** Expert passes (one per item of a run: one read of that expert's weights). */
   passes = 0;
   tokens = 0;
+  /** Experts (units) loaded from the checkpoint since the store opened: each one read and packed once. */
+  loads = 0;
 
   constructor(
     readonly model: ModelCheckpoint,
@@ -283,7 +300,7 @@ export class ExpertStore {
     // Read (and for int8, quantize) before choosing an arena: everything after the await is
     // synchronous, so concurrent loads never interleave allocations.
     this.#loadingBytes += bytes;
-    let pack: (dst: Uint8Array) => void;
+    let pack: PackInto;
     try {
       pack = await this.#read(layer, expert);
     } finally {
@@ -291,57 +308,62 @@ export class ExpertStore {
     }
     const arena = this.#arenaWithRoom(bytes);
     const blob = arena.kernels.alloc(bytes);
-    pack(arena.kernels.u8(blob, bytes)); // packed once here, never per request
+    pack(arena, blob); // packed once here, never per request
     const loaded: LoadedExpert = { arena, blob, bytes };
     this.#experts.set(expertKey(layer, expert), loaded);
+    this.loads++;
     return loaded;
   }
 
   /** Reads one expert and returns the function that packs it into its blob. */
-  async #read(layer: number, unit: number): Promise<(dst: Uint8Array) => void> {
+  async #read(layer: number, unit: number): Promise<PackInto> {
     if (this.slices > 1) return this.#readSlice(layer, unit);
     const expert = unit;
     const { ckpt, spec } = this.model;
     const { dModel, dFf } = spec;
+    const bytes = this.unitBytes(unit);
+    const u8 = (a: Arena, blob: number) => a.kernels.u8(blob, bytes);
     if (this.dtype === "q8") {
       const q = await loadExpertQ8(ckpt, spec, layer, expert);
-      return (dst) => packExpertQ8(dst, q, dModel, dFf);
+      return (a, blob) => packExpertQ8(u8(a, blob), q, dModel, dFf);
     }
     if (this.dtype === "q4") {
       const q = await loadExpertQ4(ckpt, spec, layer, expert);
-      return (dst) => packExpertQ4g(dst, q, dModel, dFf);
+      return (a, blob) => packExpertQ4g(u8(a, blob), q, dModel, dFf);
     }
     if (this.dtype === "q8g") {
       const q = await loadExpertQ8g(ckpt, spec, layer, expert);
-      return (dst) => packExpertQ8gMatrices(dst, q, dModel, dFf);
+      return (a, blob) => packExpertQ8gMatrices(u8(a, blob), q, dModel, dFf);
     }
-    const w = await loadExpertWeights(ckpt, spec, layer, expert);
-    return (dst) =>
-      packExpertF32(new Float32Array(dst.buffer, dst.byteOffset, dst.byteLength / 4), w.w1, w.w3, w.w2, dModel, dFf);
+    // Kept as read (f32/bf16/f16 bytes) and decoded into Wasm scratch by the packer, a chunk at a time.
+    const w = await readExpertRows(ckpt, spec, layer, expert);
+    return (a, blob) => packF32(a, blob, w, dModel, dFf);
   }
 
   /** Reads one slice (unit) by ranged reads of its rows and columns; packs it as an expert of its width. */
-  async #readSlice(layer: number, unit: number): Promise<(dst: Uint8Array) => void> {
+  async #readSlice(layer: number, unit: number): Promise<PackInto> {
     const { ckpt, spec } = this.model;
     const { expert } = unitExpert(unit, this.slices);
     const b = this.unitRange(unit);
     const { dModel } = spec;
     const w = b.c1 - b.c0;
+    const bytes = this.unitBytes(unit);
+    const u8 = (a: Arena, blob: number) => a.kernels.u8(blob, bytes);
     if (this.dtype === "q8") {
       const q = await loadExpertSliceQ8(ckpt, spec, layer, expert, b);
-      return (dst) => packExpertQ8(dst, q, dModel, w);
+      return (a, blob) => packExpertQ8(u8(a, blob), q, dModel, w);
     }
     if (this.dtype === "q4") {
       const q = await loadExpertSliceQ4(ckpt, spec, layer, expert, b);
-      return (dst) => packExpertQ4g(dst, q, dModel, w);
+      return (a, blob) => packExpertQ4g(u8(a, blob), q, dModel, w);
     }
     if (this.dtype === "q8g") {
       const q = await loadExpertSliceQ8g(ckpt, spec, layer, expert, b);
-      return (dst) => packExpertQ8gMatrices(dst, q, dModel, w);
+      return (a, blob) => packExpertQ8gMatrices(u8(a, blob), q, dModel, w);
     }
     const f = await loadExpertSliceWeights(ckpt, spec, layer, expert, b);
-    return (dst) =>
-      packExpertF32(new Float32Array(dst.buffer, dst.byteOffset, dst.byteLength / 4), f.w1, f.w3, f.w2, dModel, w);
+    const rows = { w1: f32Rows(f.w1, dModel), w3: f32Rows(f.w3, dModel), w2: f32Rows(f.w2, w) };
+    return (a, blob) => packF32(a, blob, rows, dModel, w);
   }
 
   #arenaWithRoom(bytes: number): Arena {
@@ -370,6 +392,7 @@ export class ExpertStore {
       x: kernels.alloc(TOKEN_CHUNK * dModel * 4),
       out: kernels.alloc(TOKEN_CHUNK * dModel * 4),
       ffn: kernels.alloc(ffnBytes),
+      ffnBytes,
     };
     this.#arenas.push(arena);
     return arena;

@@ -85,6 +85,11 @@ export interface ExpertHostStats {
    */
   expertPasses: number;
   /**
+   * Experts read from the checkpoint and packed since the model opened here (replicas added, reloads
+   * after a release): what a re-placement costs this instance.
+   */
+  expertLoads: number;
+  /**
    * Forward calls inside this instance right now (begun, not answered: opening the model, running
    * kernels, stalled). Calls the runtime queues before they enter the object are not visible here.
    */

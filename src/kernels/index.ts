@@ -251,6 +251,22 @@ export class Kernels {
     this.#wasm.expertFfnPacked(out, x, blob, n, dModel, dFf, scratch);
   }
 
+  /**
+   * Writes f32 rows j0 .. j0 + nRows - 1 (row-major at src, [nRows, cols]) into the panels at dst
+   * (assembly/pack-f32.ts): padded row 8·(j / group) + j % group + rowOffset. dst must be zeroed.
+   */
+  packRowsF32(
+    dst: number,
+    src: number,
+    j0: number,
+    nRows: number,
+    cols: number,
+    group: number,
+    rowOffset: number,
+  ): void {
+    this.#wasm.packRowsF32(dst, src, j0, nRows, cols, group, rowOffset);
+  }
+
   /** out[n, dOut] = x · wᵀ with w from packQ8; activations quantized per token inside (q8Path).
    * scratch ≥ scratchBytes("matmulQ8", n, dIn, dOut). */
   matmulQ8(out: number, x: number, wq: number, n: number, dIn: number, dOut: number, scratch: number): void {

@@ -92,6 +92,15 @@ export type KernelExports = {
     group: number,
     scratch: number,
   ): void;
+  packRowsF32(
+    dst: number,
+    src: number,
+    j0: number,
+    nRows: number,
+    cols: number,
+    group: number,
+    rowOffset: number,
+  ): void;
   q4ActivationBits(): number;
   setQ4DotForm(form: number): number;
 };
