@@ -1,6 +1,6 @@
 /**
  * @module pack-f32 — writes row-major f32 rows into the panel layout of assembly/packed.ts, at
- * load time (src/kernels/packing.ts packExpertF32Into). A pure permutation: 4 columns (16 bytes)
+ * load time (src/kernels/pack-expert.ts packExpertF32Into). A pure permutation: 4 columns (16 bytes)
  * move as one, bit for bit (integer lanes, so no NaN is ever canonicalised).
  *
  * Panel layout: panel[kb][r][c] = w[8p + r][4kb + c], kBlocks = ceil(cols / 4) k-blocks of 128

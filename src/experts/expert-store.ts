@@ -308,7 +308,12 @@ export class ExpertStore {
     }
     const arena = this.#arenaWithRoom(bytes);
     const blob = arena.kernels.alloc(bytes);
-    pack(arena, blob); // packed once here, never per request
+    try {
+      pack(arena, blob); // packed once here, never per request
+    } catch (e) {
+      arena.kernels.free(blob); // a blob never packed must not keep its room
+      throw e;
+    }
     const loaded: LoadedExpert = { arena, blob, bytes };
     this.#experts.set(expertKey(layer, expert), loaded);
     this.loads++;

@@ -253,7 +253,8 @@ export class Kernels {
 
   /**
    * Writes f32 rows j0 .. j0 + nRows - 1 (row-major at src, [nRows, cols]) into the panels at dst
-   * (assembly/pack-f32.ts): padded row 8·(j / group) + j % group + rowOffset. dst must be zeroed.
+   * (assembly/pack-f32.ts): padded row 8·(j / group) + j % group + rowOffset. Every byte of those rows'
+   * panel blocks is written (tail columns as 0), so dst needs no clearing.
    */
   packRowsF32(
     dst: number,
