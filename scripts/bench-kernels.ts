@@ -13,7 +13,9 @@
  * y = x · Wᵀ in every stage format (f32, bf16, int8 with per-group scales, the experts' per-row
  * int8) at stage shapes rows×cols (outputs×inputs) 1024×1024, 4096×1024, 1024×4096, 2048×2048 and
  * a head slice 8192×1024, batch 1/8/64, Node and workerd, with the accuracy table of each format.
- * JSON goes to bench-results/kernels.json.
+ * First, the compute ceilings of 128-bit Wasm SIMD (scripts/lib/simd-ceiling.ts: f32 FMA chains, int8
+ * dot chains in each form, the int8 batch tile from L1), in Node and again inside workerd, so each
+ * kernel row can be judged against the ceiling of its own run. JSON goes to bench-results/kernels.json.
  *
  * Usage: npm run bench:kernels [-- --quick] [--shapes 512x1408,...] [--batches 1,8,64]
  *        [--cold-mb 160] [--impls wasm-f32-packed,...] [--no-peers] [--no-workerd]
@@ -69,7 +71,8 @@ if (process.argv.includes("--help") || process.argv.includes("-h")) {
     "usage: npm run bench:kernels [-- --quick] [--shapes 512x1408,...] [--batches 1,8,64] [--cold-mb 160]\n" +
       "       [--impls wasm-f32-packed,...] [--no-peers] [--no-workerd] [--out bench-results/kernels.json]\n" +
       "       [--dense-shapes 32000x256,...] [--no-dense] [--dense-only]\n" +
-      "  One SwiGLU expert per shape and batch: Wasm kernels vs onnxruntime peers, then inside workerd.\n" +
+      "  One SwiGLU expert per shape and batch: Wasm kernels vs onnxruntime peers, then inside workerd,\n" +
+      "  after the 128-bit SIMD compute ceilings (f32 FMA, int8 dots, the int8 tile from L1) of each runtime.\n" +
       "  Then the dense stage / head matrices (rows x cols = outputs x inputs; --impls dense-f32,...);\n" +
       "  workerd runs their first and last batch only.",
   );
