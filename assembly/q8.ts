@@ -580,6 +580,23 @@ function tileQ8x4x2Relaxed<F>(xq: usize, xqRow: usize, panel: usize, r: i32, kBl
   v128.store(ACCI + at, hsum4i(b0, b1, b2, b3), 16);
 }
 
+/**
+ * The int8 ceiling probe of bench:kernels at the kernel's own register tile: `reps` calls of the batch
+ * tile (tileQ8x4x2: 4 tokens × 2 rows, kBlocks k-blocks, the dot path and activation mode set by
+ * setQ8Relaxed) over a panel and x rows small enough to stay in L1 — the kernel's instruction mix
+ * without memory traffic. 128·kBlocks multiply-adds a call (hi/lo mode: the same in two passes).
+ * x rows are xqRow bytes apart (≥ 32·kBlocks fits every mode). Returns a sum so the work is kept.
+ */
+export function q8TilePeak(xq: usize, xqRow: usize, panel: usize, kBlocks: i32, reps: i32): i32 {
+  let s: i32 = 0;
+  for (let i = 0; i < reps; i++) {
+    if (ASC_FEATURE_SIMD) tileQ8x4x2(xq, xqRow, panel, 0, kBlocks);
+    else tileQ8x1x8Scalar(xq, panel, kBlocks);
+    s += load<i32>(ACCI);
+  }
+  return s;
+}
+
 function tileQ8x1x8Scalar(xq: usize, panel: usize, kBlocks: i32): void {
   for (let r: usize = 0; r < 8; r++) {
     let s: i32 = 0;

@@ -13,7 +13,9 @@
  * y = x · Wᵀ in every stage format (f32, bf16, int8 with per-group scales, the experts' per-row
  * int8) at stage shapes rows×cols (outputs×inputs) 1024×1024, 4096×1024, 1024×4096, 2048×2048 and
  * a head slice 8192×1024, batch 1/8/64, Node and workerd, with the accuracy table of each format.
- * JSON goes to bench-results/kernels.json.
+ * First, the compute ceilings of 128-bit Wasm SIMD (scripts/lib/simd-ceiling.ts: f32 FMA chains, int8
+ * dot chains in each form, the int8 batch tile from L1), in Node and again inside workerd, so each
+ * kernel row can be judged against the ceiling of its own run. JSON goes to bench-results/kernels.json.
  *
  * Usage: npm run bench:kernels [-- --quick] [--shapes 512x1408,...] [--batches 1,8,64]
  *        [--cold-mb 160] [--impls wasm-f32-packed,...] [--no-peers] [--no-workerd]
@@ -45,6 +47,7 @@ import { startWorkerdBench } from "./lib/bench-workerd";
 import { runDenseBench } from "./lib/bench-dense-run";
 import type { DenseShape } from "./lib/bench-dense";
 import { progressBar } from "./lib/progress";
+import { ceilingCases } from "./lib/simd-ceiling";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 
@@ -68,7 +71,8 @@ if (process.argv.includes("--help") || process.argv.includes("-h")) {
     "usage: npm run bench:kernels [-- --quick] [--shapes 512x1408,...] [--batches 1,8,64] [--cold-mb 160]\n" +
       "       [--impls wasm-f32-packed,...] [--no-peers] [--no-workerd] [--out bench-results/kernels.json]\n" +
       "       [--dense-shapes 32000x256,...] [--no-dense] [--dense-only]\n" +
-      "  One SwiGLU expert per shape and batch: Wasm kernels vs onnxruntime peers, then inside workerd.\n" +
+      "  One SwiGLU expert per shape and batch: Wasm kernels vs onnxruntime peers, then inside workerd,\n" +
+      "  after the 128-bit SIMD compute ceilings (f32 FMA, int8 dots, the int8 tile from L1) of each runtime.\n" +
       "  Then the dense stage / head matrices (rows x cols = outputs x inputs; --impls dense-f32,...);\n" +
       "  workerd runs their first and last batch only.",
   );
@@ -271,8 +275,10 @@ async function main(): Promise<void> {
       `cold = cycling through ≥ ${args.coldMb} MiB of expert copies`,
   );
   const simdPeak = simdCeiling();
-  const peaks = simdPeak.map((p) => `${p.flavor} ${p.wall.toFixed(1)} GFLOP/s wall, ${p.cpu.toFixed(1)} CPU time`);
-  log(`Wasm 128-bit SIMD ceiling (8 chains of f32x4 multiply-add, registers only): ${peaks.join("; ")}\n`);
+  log("Wasm 128-bit SIMD ceilings (registers only, or the int8 tile from L1), G ops/s (GFLOP/s for f32):");
+  for (const p of simdPeak)
+    log(`  ${p.name.padEnd(52)} ${p.wall.toFixed(1).padStart(7)} wall ${p.cpu.toFixed(1).padStart(7)} CPU`);
+  log("");
 
   const rows: Row[] = [];
   const stopProgress = rowProgress(rows, args);
@@ -346,7 +352,10 @@ async function main(): Promise<void> {
     log(`${shapeName(shape)} done (${((performance.now() - started) / 1000).toFixed(0)} s)`);
   }
 
-  let workerd: { bandwidth: number | null; info: unknown; skipped?: string } = { bandwidth: null, info: null };
+  let workerd: { bandwidth: number | null; info: unknown; ceilings?: unknown; skipped?: string } = {
+    bandwidth: null,
+    info: null,
+  };
   if (args.workerd && !args.denseOnly) {
     try {
       workerd = await workerdRows(rows, args, maxN, roofline);
@@ -388,8 +397,8 @@ async function main(): Promise<void> {
     date: new Date().toISOString(),
     machine,
     bandwidthGBps: { node: bandwidth, workerd: workerd.bandwidth },
-    simdPeakGflops: simdPeak,
-    workerd: { info: workerd.info, skipped: workerd.skipped },
+    simdCeilingGops: simdPeak,
+    workerd: { info: workerd.info, ceilingsGops: workerd.ceilings, skipped: workerd.skipped },
     coldMiB: args.coldMb,
     method:
       "median of 5 bursts (≥ budget/5 ms each) of back-to-back calls after warm-up, Node; " +
@@ -411,11 +420,11 @@ async function main(): Promise<void> {
   log(`\nwrote ${args.out} (${json.seconds.toFixed(0)} s)`);
 }
 
-/** The compute ceiling of 128-bit Wasm SIMD here (assembly/stream.ts simdPeak), best of 5 in wall
- * and in process CPU time, for the simd (mul + add) and relaxed (FMA) builds. */
-function simdCeiling(): { flavor: KernelFlavor; wall: number; cpu: number }[] {
-  const out: { flavor: KernelFlavor; wall: number; cpu: number }[] = [];
-  const iters = 2_000_000;
+/** The compute ceilings of 128-bit Wasm SIMD here (scripts/lib/simd-ceiling.ts: f32 FMA chains,
+ * int8 dot chains, the int8 batch tile from L1), best of 5 bursts in wall clock and in process CPU
+ * time, in G ops/s (a multiply-add counts 2), for the simd and relaxed builds. */
+function simdCeiling(): { flavor: KernelFlavor; name: string; wall: number; cpu: number }[] {
+  const out: { flavor: KernelFlavor; name: string; wall: number; cpu: number }[] = [];
   for (const flavor of ["simd", "relaxed"] as const) {
     let k: ReturnType<typeof loadKernels>;
     try {
@@ -423,14 +432,23 @@ function simdCeiling(): { flavor: KernelFlavor; wall: number; cpu: number }[] {
     } catch {
       continue;
     }
-    let wall = Infinity;
-    for (let r = 0; r < 5; r++) {
-      const t = performance.now();
-      k.simdPeak(iters);
-      wall = Math.min(wall, performance.now() - t);
+    for (const c of ceilingCases(k, flavor)) {
+      // ≈ 8 ms of work a unit batch at the f32 ceiling; the tile cases are 2^13 ops a unit.
+      const units = Math.max(1, Math.round(128e6 / c.opsPerUnit));
+      let wall = Infinity;
+      for (let r = 0; r < 5; r++) {
+        const t = performance.now();
+        c.run(units);
+        wall = Math.min(wall, performance.now() - t);
+      }
+      const cpu = cpuTimeSync(() => c.run(units), 200);
+      out.push({
+        flavor,
+        name: c.name,
+        wall: (c.opsPerUnit * units) / (wall * 1e6),
+        cpu: (c.opsPerUnit * units) / (cpu * 1e6),
+      });
     }
-    const cpu = cpuTimeSync(() => k.simdPeak(iters), 200);
-    out.push({ flavor, wall: (64 * iters) / (wall * 1e6), cpu: (64 * iters) / (cpu * 1e6) });
   }
   return out;
 }
@@ -530,6 +548,11 @@ async function workerdRows(rows: Row[], args: Args, maxN: number, roofline: { no
       `workerd: streaming read ${measured.toFixed(1)} GB/s (roofline used: ${bandwidth.toFixed(1)} GB/s); ` +
         `relaxed ${info.relaxed?.ok ? `on (int8 paths ${info.relaxed.q8Paths?.join(", ")})` : "unavailable"}`,
     );
+    const ceilings = await wb.ceilings();
+    log("workerd: 128-bit SIMD ceilings, G ops/s (GFLOP/s for f32), wall / workerd CPU time:");
+    for (const c of ceilings) {
+      log(`  ${c.name.padEnd(52)} ${c.wall.toFixed(1).padStart(7)} ${(c.cpu?.toFixed(1) ?? "—").padStart(7)}`);
+    }
     const batches = args.batches.filter((b) => b === 1 || b === Math.max(...args.batches));
     for (const shape of args.shapes) {
       for (const impl of WASM_IMPLS.filter(
@@ -585,7 +608,7 @@ async function workerdRows(rows: Row[], args: Args, maxN: number, roofline: { no
         }
       }
     }
-    return { bandwidth: measured, info };
+    return { bandwidth: measured, info, ceilings };
   } finally {
     await wb.close();
   }

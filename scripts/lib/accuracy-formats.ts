@@ -7,7 +7,8 @@
  * Formats (relative weight error is what they are compared by; scales are kept in f32 here unless
  * the format is the product's own, which slightly flatters the others):
  *  - the product's: int8 per row and int8 groups of 32 (absmax, or searched scales as loaded now),
- *    int4 groups of 32 with searched integer sub-scales (src/kernels/q4g-format.ts);
+ *    int8 groups of 16 and 8 (not served: what smaller groups would buy), int4 groups of 32 with
+ *    searched integer sub-scales (src/kernels/q4g-format.ts);
  *  - llama.cpp-style Q4_0 (absmax, d = signed max / −8) and Q4_1 (scale + min, asymmetric);
  *  - NF4 (QLoRA's normal-float codebook, absmax per group), and NF4 with a searched group scale.
  */
@@ -96,6 +97,19 @@ export const WEIGHT_FORMATS: readonly WeightFormat[] = [
     transform: (w, r, c) => dequantizeQ8g(quantizeQ8g(w, r, c, 32, ABSMAX)),
   },
   { name: "int8-g32", bits: 9, transform: (w, r, c) => dequantizeQ8g(quantizeQ8g(w, r, c, 32, Q8_DIVISORS)) },
+  // Smaller int8 groups (f32 scales, as the product's int8 groups store them): 8 + 32/group bits.
+  ...[16, 8].flatMap((g): WeightFormat[] => [
+    {
+      name: `int8-g${g}-absmax`,
+      bits: 8 + 32 / g,
+      transform: (w, r, c) => dequantizeQ8g(quantizeQ8g(w, r, c, g, ABSMAX)),
+    },
+    {
+      name: `int8-g${g}`,
+      bits: 8 + 32 / g,
+      transform: (w, r, c) => dequantizeQ8g(quantizeQ8g(w, r, c, g, Q8_DIVISORS)),
+    },
+  ]),
   { name: "int4-g32", bits: 4.5, transform: (w, r, c) => dequantizeQ4g(quantizeQ4g(w, r, c, 32)) },
   { name: "q4_0-g32", bits: 4.5, transform: perGroup(32, q4_0) },
   { name: "q4_1-g32", bits: 5, transform: perGroup(32, q4_1) },

@@ -5,6 +5,8 @@
  *   POST /dsetup?impl&rows&cols&copies&maxN  the same for a dense stage matrix (bench-dense.ts)
  *   POST /run?n&iters&cold=0|1              runs `iters` expert calls, nothing else
  *   POST /stream?mb&reps                    the streaming-read roofline
+ *   GET  /peaks                             the compute-ceiling cases (simd-ceiling.ts) of each build
+ *   POST /peak?flavor&name&units            runs `units` units of one of them
  *   GET  /info                              which builds and int8 paths work here
  * Timing is done by Node around /run (workerd's clocks stand still while a request computes):
  * ms per call = (time(iters) − time(0 iters)) / iters, see bench-workerd.ts.
@@ -13,10 +15,21 @@ import type { KernelFlavor } from "../../src/kernels/index";
 import { createKernels } from "../../src/kernels/workers";
 import { randomExpert, setupCase, streamBuffer, WASM_IMPLS, type BenchCase } from "./bench-cases";
 import { DENSE_IMPLS, setupDenseCase } from "./bench-dense";
+import { ceilingCases, type CeilingCase } from "./simd-ceiling";
 
 let current: Pick<BenchCase, "call" | "copies"> | null = null;
 let cursor = 0;
 let stream: ReturnType<typeof streamBuffer> | null = null;
+const peaks = new Map<KernelFlavor, CeilingCase[]>();
+
+/** The ceiling cases of the simd and relaxed builds that load here (built once, kept). */
+function peakCases(): Map<KernelFlavor, CeilingCase[]> {
+  for (const flavor of ["simd", "relaxed"] as const) {
+    if (peaks.has(flavor) || !flavorWorks(flavor).ok) continue;
+    peaks.set(flavor, ceilingCases(createKernels(flavor, { maxBytes: 1 << 20 }), flavor));
+  }
+  return peaks;
+}
 
 function num(p: URLSearchParams, name: string): number {
   const v = Number(p.get(name));
@@ -77,6 +90,18 @@ export default {
           if (!stream || stream.bytes !== mb << 20) stream = streamBuffer(createKernels("simd"), mb);
           for (let r = 0; r < num(p, "reps"); r++) stream.run();
           return Response.json({ bytes: stream.bytes });
+        }
+        case "/peaks":
+          return Response.json(
+            [...peakCases()].flatMap(([flavor, cases]) =>
+              cases.map((c) => ({ flavor, name: c.name, opsPerUnit: c.opsPerUnit })),
+            ),
+          );
+        case "/peak": {
+          const cases = peakCases().get(p.get("flavor") as KernelFlavor) ?? [];
+          const c = cases.find((x) => x.name === p.get("name"));
+          if (!c) throw new Error(`name must be one of ${cases.map((x) => x.name).join(", ")}`);
+          return Response.json({ result: c.run(num(p, "units")) });
         }
         default:
           return new Response("not found", { status: 404 });

@@ -27,6 +27,9 @@ export interface WorkerdBench {
   time(n: number, cold: boolean, guessMs: number): Promise<{ ms: number; msMin: number; cpuMs: number | null }>;
   /** Streaming-read GB/s over `mb` MiB (best of 5 requests of 10 reads). */
   bandwidth(mb: number): Promise<number>;
+  /** The compute ceilings (simd-ceiling.ts) in G ops/s: wall clock (best of 3 requests of ≈ 150 ms)
+   * and workerd's CPU time over the same requests (null without /proc). */
+  ceilings(): Promise<{ flavor: string; name: string; wall: number; cpu: number | null }[]>;
   close(): Promise<void>;
 }
 
@@ -109,6 +112,32 @@ export async function startWorkerdBench(): Promise<WorkerdBench> {
       const ts: number[] = [];
       for (let i = 0; i < 5; i++) ts.push(await roundTrip(`/stream?mb=${mb}&reps=${reps}`));
       return ((mb << 20) * reps) / ((Math.min(...ts) - t0) * 1e6);
+    },
+    async ceilings() {
+      const list = (await call("/peaks", "GET")) as { flavor: string; name: string; opsPerUnit: number }[];
+      const out: { flavor: string; name: string; wall: number; cpu: number | null }[] = [];
+      for (const c of list) {
+        const path = (units: number) => `/peak?flavor=${c.flavor}&name=${encodeURIComponent(c.name)}&units=${units}`;
+        const empty = median([await roundTrip(path(0)), await roundTrip(path(0)), await roundTrip(path(0))]);
+        // Size one request to ≈ 150 ms from a ≈ 10 ms probe at the f32 ceiling's order of magnitude.
+        let units = Math.max(1, Math.round(4e8 / c.opsPerUnit));
+        const probe = Math.max(1, (await roundTrip(path(units))) - empty);
+        units = Math.max(1, Math.round((units * 150) / probe));
+        const pids = descendantPids();
+        const c0 = cpuMs(pids);
+        const ts: number[] = [];
+        for (let r = 0; r < 3; r++) ts.push(Math.max(1e-3, (await roundTrip(path(units))) - empty));
+        const c1 = cpuMs(pids);
+        const ops = c.opsPerUnit * units;
+        const cpu = c0 === null || c1 === null ? null : Math.max(1e-3, c1 - c0) / 3;
+        out.push({
+          flavor: c.flavor,
+          name: c.name,
+          wall: ops / (Math.min(...ts) * 1e6),
+          cpu: cpu === null ? null : ops / (cpu * 1e6),
+        });
+      }
+      return out;
     },
     close: () => harness.close(),
   };

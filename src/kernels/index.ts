@@ -388,6 +388,21 @@ export class Kernels {
     return this.#wasm.simdPeak(iters, 1e-3);
   }
 
+  /** iters steps of 8 int8 dot chains in one instruction form — 0: dot_i16x8 (64 multiply-adds a
+   * step), 1: relaxed i16x8 form, 2: relaxed dot-add (128 a step; returns 0 at once outside the
+   * relaxed build) — weights loaded from w (144 bytes: 8 weight vectors, then the activations; kept in
+   * L1 by the caller): the int8 compute ceiling probe. */
+  int8Peak(form: 0 | 1 | 2, iters: number, w: number): number {
+    return this.#wasm.int8Peak(form, iters, w);
+  }
+
+  /** reps calls of the int8 batch tile (4 tokens × 2 rows over kBlocks k-blocks of 16 inputs, the
+   * current q8Path) on a panel and x rows the caller keeps small enough for L1: the kernel's own
+   * instruction mix without memory traffic, 128·kBlocks multiply-adds a call. */
+  q8TilePeak(xq: number, xqRow: number, panel: number, kBlocks: number, reps: number): number {
+    return this.#wasm.q8TilePeak(xq, xqRow, panel, kBlocks, reps);
+  }
+
   /** Reads [ptr, ptr + bytes) once (bytes a multiple of 64): the memory-bandwidth probe. */
   streamRead(ptr: number, bytes: number): number {
     return this.#wasm.streamRead(ptr, bytes);

@@ -57,6 +57,8 @@ export type KernelExports = {
   probeRelaxed(out: number, a: number, b: number, c: number): number;
   streamRead(ptr: number, bytes: number): number;
   simdPeak(iters: number, seed: number): number;
+  int8Peak(form: number, iters: number, w: number): number;
+  q8TilePeak(xq: number, xqRow: number, panel: number, kBlocks: number, reps: number): number;
   scratchBytes(kind: number, n: number, a: number, b: number): number;
   matmulQ8g(
     out: number,
