@@ -328,32 +328,57 @@ export async function hostWork(base: URL, opts: LoadOptions): Promise<HostWork |
   return work;
 }
 
+/** What /admin/placement shows of the expert placement: its version, instances listed and holding experts. */
+export interface PlacementShape {
+  version: number;
+  instances: number;
+  /** Instances holding at least one expert (a token's fan-out can reach no others). */
+  holding: number;
+  /** Experts with more than one replica. */
+  replicated: number;
+}
+
+/** The placement's shape from /admin/placement (needs `opts.adminToken`), or null. */
+export async function placementShape(opts: LoadOptions): Promise<PlacementShape | null> {
+  const base = loopbackUrl(opts.url);
+  const q = opts.model ? `?model=${encodeURIComponent(opts.model)}` : "";
+  const res = await fetch(new URL(`/admin/placement${q}`, base), {
+    headers: { authorization: `Bearer ${opts.adminToken ?? ""}` },
+  }).catch(() => null);
+  if (!res?.ok) return null;
+  const s = (await res.json()) as {
+    placement?: { version: number; instances: unknown[]; replicas: { instance: number }[][][] } | null;
+  };
+  const p = s.placement;
+  if (!p) return null;
+  const holding = new Set(p.replicas.flatMap((row) => row.flatMap((reps) => reps.map((r) => r.instance))));
+  const replicated = p.replicas.reduce((a, row) => a + row.filter((reps) => reps.length > 1).length, 0);
+  return { version: p.version, instances: p.instances.length, holding: holding.size, replicated };
+}
+
 /**
- * Waits until the placement holds no replicated expert (the idle release after a burst), polling
- * every second for at most `timeoutMs`. Returns the seconds it took and the version, or null on timeout.
+ * Waits for the idle release after a burst: no replicated expert and, with `holdingTarget` (the
+ * fresh placement's), no more instances holding experts than that (the consolidation that moves
+ * lone experts home). Polls every second for at most `timeoutMs`. Returns the seconds it took and
+ * the shape; on timeout the last shape if it had no replicated expert (`consolidated` false), else null.
  */
 export async function waitForRelease(
   opts: LoadOptions,
   timeoutMs: number,
-): Promise<{ seconds: number; version: number; replicas: number } | null> {
-  const base = loopbackUrl(opts.url);
-  const q = opts.model ? `?model=${encodeURIComponent(opts.model)}` : "";
+  holdingTarget?: number,
+): Promise<{ seconds: number; shape: PlacementShape; consolidated: boolean } | null> {
   const t0 = performance.now();
+  let last: PlacementShape | null = null;
   while (performance.now() - t0 < timeoutMs) {
-    const res = await fetch(new URL(`/admin/placement${q}`, base), {
-      headers: { authorization: `Bearer ${opts.adminToken ?? ""}` },
-    }).catch(() => null);
-    if (res?.ok) {
-      const s = (await res.json()) as { placement?: { version: number; replicas: unknown[][][] } | null };
-      const p = s.placement;
-      if (p?.replicas.every((layer) => layer.every((reps) => reps.length === 1))) {
-        const replicas = p.replicas.reduce((a, layer) => a + layer.length, 0);
-        return { seconds: (performance.now() - t0) / 1000, version: p.version, replicas };
-      }
-    }
+    const shape = await placementShape(opts);
+    if (shape) last = shape;
+    if (shape && shape.replicated === 0 && (holdingTarget === undefined || shape.holding <= holdingTarget))
+      return { seconds: (performance.now() - t0) / 1000, shape, consolidated: true };
     await new Promise((r) => setTimeout(r, 1000));
   }
-  return null;
+  return last && last.replicated === 0
+    ? { seconds: (performance.now() - t0) / 1000, shape: last, consolidated: false }
+    : null;
 }
 
 /** The placement's version and instance count, from /admin/placement with a token, else /v1/placement. */
