@@ -57,8 +57,8 @@ const USAGE = `usage: npm run bench:load [-- --concurrency 1,4,16,64] [--tokens 
                       the ExpertHosts' expert passes (weight reads) and rows per pass
   --after-burst       after the levels (the first must be 1: the fresh placement's single stream;
                       the later ones the burst), wait for the idle release (no replicated expert,
-                      and no more instances holding experts than before the levels: the
-                      consolidation; at most --release-seconds, default 90) and run one stream
+                      and no more instances listed or holding experts than before the levels:
+                      the consolidation; at most --release-seconds, default 90) and run one stream
                       again: prints its decode tok/s against the fresh one's and the instances
                       holding experts before / after the burst / after the release (needs
                       --admin-token with --url)
@@ -218,12 +218,12 @@ function passesCell(l: LevelReport): string {
 
 interface AfterBurst {
   /**
-   * Seconds from the burst's end until no expert was replicated and no more instances held experts
-   * than before the levels, or null (no release within the limit).
+   * Seconds from the burst's end until no expert was replicated and no more instances were listed
+   * or held experts than before the levels, or null (no release within the limit).
    */
   releaseSeconds: number | null;
   releasedVersion: number | null;
-  /** The release came within the limit but the instances holding experts stayed more than before. */
+  /** false: released within the limit, but more instances listed or holding experts than before. */
   consolidated: boolean | null;
   /** The placement before the levels, when the burst ended, and after the release. */
   shapes: { before: PlacementShape | null; afterBurst: PlacementShape | null; released: PlacementShape | null };
@@ -244,7 +244,7 @@ async function afterBurst(
   const opts = options(url, model, token, [1], false);
   const burstEnd = await placementShape(opts);
   console.log(`\n  waiting for the idle release (at most ${releaseSeconds} s) …`);
-  const released = await waitForRelease(opts, releaseSeconds * 1000, before?.holding);
+  const released = await waitForRelease(opts, releaseSeconds * 1000, before ?? undefined);
   const fresh = report.levels[0];
   const after = released ? (await runLoad(opts)).levels[0] : null;
   const ratio = after && fresh.decodeTokensPerSec > 0 ? after.decodeTokensPerSec / fresh.decodeTokensPerSec : null;

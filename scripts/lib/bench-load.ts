@@ -357,22 +357,25 @@ export async function placementShape(opts: LoadOptions): Promise<PlacementShape 
 }
 
 /**
- * Waits for the idle release after a burst: no replicated expert and, with `holdingTarget` (the
- * fresh placement's), no more instances holding experts than that (the consolidation that moves
- * lone experts home). Polls every second for at most `timeoutMs`. Returns the seconds it took and
- * the shape; on timeout the last shape if it had no replicated expert (`consolidated` false), else null.
+ * Waits for the idle release after a burst: no replicated expert and, with `fresh` (the shape
+ * before the burst), no more instances listed or holding experts than then (the consolidation that
+ * moves lone experts home and retires the instances the burst added: an empty listed instance is
+ * where the next copies would go, widening the fan-out again). Polls every second for at most
+ * `timeoutMs`. Returns the seconds it took and the shape; on timeout the last shape if it had no
+ * replicated expert (`consolidated` false), else null.
  */
 export async function waitForRelease(
   opts: LoadOptions,
   timeoutMs: number,
-  holdingTarget?: number,
+  fresh?: Pick<PlacementShape, "holding" | "instances">,
 ): Promise<{ seconds: number; shape: PlacementShape; consolidated: boolean } | null> {
   const t0 = performance.now();
   let last: PlacementShape | null = null;
   while (performance.now() - t0 < timeoutMs) {
     const shape = await placementShape(opts);
     if (shape) last = shape;
-    if (shape && shape.replicated === 0 && (holdingTarget === undefined || shape.holding <= holdingTarget))
+    const compact = !fresh || (shape && shape.holding <= fresh.holding && shape.instances <= fresh.instances);
+    if (shape && shape.replicated === 0 && compact)
       return { seconds: (performance.now() - t0) / 1000, shape, consolidated: true };
     await new Promise((r) => setTimeout(r, 1000));
   }
