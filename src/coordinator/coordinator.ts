@@ -15,14 +15,7 @@ import { DurableObject } from "cloudflare:workers";
 import { balanceRatios, type Placement, type PlacementOp, type Replica } from "./placement";
 import { initialPlacement, expertsByInstance, type PlacementInit } from "./initial-placement";
 import { forecastLoads, type LoadWindowState } from "./load-window";
-import {
-  createReplanWindow,
-  foldReplanWindow,
-  replanConfigFromEnv,
-  replanStep,
-  type ReplanConfig,
-  type ReplanDecision,
-} from "./replan";
+import { createReplanWindow, foldReplanWindow, replanConfigFromEnv, replanStep, type ReplanConfig } from "./replan";
 import { executeMoves, executePlan, type Executed, type ExecuteTarget } from "./execute";
 import { planConsolidation } from "./planner";
 import { reconcileHosts, type ReconcileReport, type ReconcileTarget } from "./reconcile";
@@ -31,37 +24,9 @@ import { LoadIntake } from "./load-intake";
 import type { LoadReport } from "../experts/protocol";
 import { PLACEMENT_CHECK_MS } from "../experts/placement-timing";
 import type { PipelinePlacement } from "./pipeline-placement";
+import { countersFrom, noReport, type ReplanCounters, type ReplanReport } from "./replan-report";
 
-/** What one re-plan did (admin routes and tests read it). */
-export interface ReplanReport {
-  trigger: "alarm" | "admin";
-  at: number;
-  fromVersion: number;
-  toVersion: number;
-  reason: ReplanDecision["reason"] | "no-load" | "busy";
-  ops: PlacementOp[];
-  failedLoads: string[];
-  predicted: { before: number; after: number } | null;
-  windowTokens: number;
-  /** Expert weight bytes the applied copies moved. */
-  bytesMoved: number;
-  /** With the latency model: modelled ms per token over all layers, live and after the plan. */
-  latency?: { before: number; after: number };
-}
-
-/**
- * Monotonic totals since the model's Coordinator was created, kept in its SQLite (a restart keeps
- * them; /metrics exports them as counters, whatever the number of re-plans between two scrapes).
- */
-export interface ReplanCounters {
-  replans: { trigger: string; reason: string; count: number }[];
-  /** Ops applied, by op (add-replica = a copy). */
-  ops: Record<string, number>;
-  loadFailures: number;
-  bytesMoved: number;
-  /** Load reports made under another placement version (their per-instance rows were dropped). */
-  staleReports: number;
-}
+export type { ReplanCounters, ReplanReport } from "./replan-report";
 
 export interface CoordinatorStatus {
   placement: Placement | null;
@@ -431,35 +396,6 @@ export class Coordinator extends DurableObject<Env> {
     this.#store.publish(p, summary);
     this.#placement = p;
   }
-}
-
-function noReport(trigger: ReplanReport["trigger"], version: number): ReplanReport {
-  return {
-    trigger,
-    at: Date.now(),
-    fromVersion: version,
-    toVersion: version,
-    reason: "no-load",
-    ops: [],
-    failedLoads: [],
-    predicted: null,
-    windowTokens: 0,
-    bytesMoved: 0,
-  };
-}
-
-/** The store's counter rows ("replans|trigger|reason", "ops|op", …) as `ReplanCounters`. */
-function countersFrom(raw: Record<string, number>): ReplanCounters {
-  const c: ReplanCounters = { replans: [], ops: {}, loadFailures: 0, bytesMoved: 0, staleReports: 0 };
-  for (const [key, value] of Object.entries(raw)) {
-    const [kind, a, b] = key.split("|");
-    if (kind === "replans") c.replans.push({ trigger: a ?? "", reason: b ?? "", count: value });
-    else if (kind === "ops") c.ops[a ?? ""] = value;
-    else if (kind === "loadFailures") c.loadFailures = value;
-    else if (kind === "bytesMoved") c.bytesMoved = value;
-    else if (kind === "staleReports") c.staleReports = value;
-  }
-  return c;
 }
 
 /** A host's load reads its experts from R2 first; the other host calls only touch memory. */

@@ -28,13 +28,13 @@ import {
 import { sharesAfter, type ExpertBytes, type Placement, type PlacementOp, type Replica } from "./placement";
 import {
   consolidationLatency,
+  DEFAULT_MAX_LATENCY_LOSS,
   planConsolidation,
   planPlacement,
   planRelease,
   type LatencyModel,
   type PlanResult,
 } from "./planner";
-import { DEFAULT_MAX_LATENCY_LOSS } from "./planner/release";
 
 export interface ReplanConfig {
   /** Load window and re-plan period (`REPLAN_INTERVAL_MS`). */
