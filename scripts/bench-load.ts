@@ -139,6 +139,9 @@ if (values.url) {
   if (values.memory && !values["admin-token"]) fail("--memory with --url needs --admin-token (it reads /admin/hosts)");
 }
 
+/** The CPU clock of the own server being measured (none with --url): levels report CPU ms per token. */
+let ownServerCpu: (() => number | null) | undefined;
+
 function options(
   url: string,
   model: string | undefined,
@@ -161,6 +164,7 @@ function options(
     phaseMs: phaseSeconds * 1000,
     apiKey: values["api-key"],
     adminToken,
+    serverCpuMs: ownServerCpu,
     onProgress: (p) => {
       const key = `${p.stage}:${p.concurrency}`;
       if (key !== barKey) {
@@ -266,7 +270,8 @@ async function afterBurst(
     released
       ? `  released in ${released.seconds.toFixed(1)} s (v${released.shape.version}); one stream after the burst: ` +
           `${after?.decodeTokensPerSec.toFixed(1)} tok/s vs ${fresh.decodeTokensPerSec.toFixed(1)} fresh = ` +
-          `${ratio?.toFixed(3)}× (TPOT p50 ${fmt(after?.tpotMs.p50 ?? null, 1)} vs ${fmt(fresh.tpotMs.p50, 1)} ms)`
+          `${ratio?.toFixed(3)}× (TPOT p50 ${fmt(after?.tpotMs.p50 ?? null, 1)} vs ${fmt(fresh.tpotMs.p50, 1)} ms; ` +
+          `server CPU ${fmt(after?.serverCpuMsPerToken ?? null, 1)} vs ${fmt(fresh.serverCpuMsPerToken, 1)} ms/token)`
       : `  no release within ${releaseSeconds} s: not measured`,
   );
   return result;
@@ -310,6 +315,7 @@ if (values.url) {
     let w: LocalWorker | null = null;
     try {
       w = await startLocalWorker({ vars });
+      ownServerCpu = w.cpuMs;
       await seedModelDir(await w.bucket(), dir, model);
       // Warm-up: dense weights into the Worker, experts into their hosts (as npm start does).
       const warm = await w.fetch(`/v1/placement?model=${model}`);

@@ -40,6 +40,8 @@ export interface LoadOptions {
   /** Placement poll period (ms). */
   pollMs?: number;
   onProgress?: (p: LoadProgress) => void;
+  /** CPU ms the server's processes have used so far (own servers, from /proc); null or absent: not measured. */
+  serverCpuMs?: () => number | null;
 }
 
 export interface LoadProgress {
@@ -94,6 +96,11 @@ export interface LevelReport {
   expertRows: number | null;
   /** Expert calls failed over during the level, by code (/metrics `edge_moe_expert_failovers_total`). */
   failovers: Record<string, number> | null;
+  /**
+   * The server processes' CPU ms per completion token over the level (`LoadOptions.serverCpuMs`),
+   * or null: on a machine other jobs load, it follows the work done more closely than tok/s.
+   */
+  serverCpuMsPerToken: number | null;
 }
 
 export interface LoadReport {
@@ -158,6 +165,7 @@ export async function runLoad(opts: LoadOptions): Promise<LoadReport> {
     const hostsBefore = await hostWork(base, opts);
     const poller = setInterval(() => void poll(), opts.pollMs ?? 500);
     const abort = new AbortController();
+    const cpu0 = opts.serverCpuMs?.() ?? null;
     const t0 = performance.now();
     const hardStop = setTimeout(() => abort.abort(new Error("level time limit")), opts.levelMs + opts.graceMs);
     const results: { r: StreamResult; content: string }[] = [];
@@ -185,8 +193,11 @@ export async function runLoad(opts: LoadOptions): Promise<LoadReport> {
       clearInterval(poller);
     }
     const wall = (performance.now() - t0) / 1000;
+    const cpu1 = opts.serverCpuMs?.() ?? null;
     await poll();
     const level = summarize(n, results, opts.references === false ? null : reference, wall, seen);
+    if (cpu0 !== null && cpu1 !== null && level.completionTokens > 0)
+      level.serverCpuMsPerToken = (cpu1 - cpu0) / level.completionTokens;
     const hostsAfter = await hostWork(base, opts);
     if (hostsBefore && hostsAfter) {
       const work = hostDelta(hostsBefore, hostsAfter);
@@ -272,6 +283,7 @@ function summarize(
     instances: inst.length ? { min: Math.min(...inst), max: Math.max(...inst) } : null,
     memory: null,
     expertPasses: null,
+    serverCpuMsPerToken: null,
     expertRows: null,
     failovers: null,
   };
