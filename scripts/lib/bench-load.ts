@@ -163,6 +163,7 @@ export async function runLoad(opts: LoadOptions): Promise<LoadReport> {
     };
     await poll();
     const hostsBefore = await hostWork(base, opts);
+    const seen0 = new Map(lastSeenHosts.get(base.href));
     const poller = setInterval(() => void poll(), opts.pollMs ?? 500);
     const abort = new AbortController();
     const cpu0 = opts.serverCpuMs?.() ?? null;
@@ -200,7 +201,7 @@ export async function runLoad(opts: LoadOptions): Promise<LoadReport> {
       level.serverCpuMsPerToken = (cpu1 - cpu0) / level.completionTokens;
     const hostsAfter = await hostWork(base, opts);
     if (hostsBefore && hostsAfter) {
-      const work = hostDelta(hostsBefore, hostsAfter);
+      const work = hostDelta(hostsBefore, hostsAfter, seen0);
       level.expertPasses = work.passes;
       level.expertRows = work.rows;
       level.failovers = {};
@@ -299,21 +300,31 @@ export interface HostWork {
 }
 
 /**
- * Passes and rows run between two reads, host by host: a host added meanwhile counts all it ran, a
+ * Passes and rows run between two reads, host by host: a host added meanwhile counts all it ran
+ * (or all since `earlier`, its counters when last seen: a retired instance added again), a
  * host whose counters went down restarted (evicted, reset) and counts from zero, a host gone from
  * the second read contributes nothing it ran after the first (unknown).
  */
-export function hostDelta(before: HostWork, after: HostWork): { passes: number; rows: number } {
+export function hostDelta(
+  before: HostWork,
+  after: HostWork,
+  earlier?: ReadonlyMap<string, { passes: number; rows: number }>,
+): { passes: number; rows: number } {
   let passes = 0;
   let rows = 0;
   for (const [name, a] of after.byHost) {
-    const b = before.byHost.get(name);
+    // A host not listed at the start may be one retired earlier and added again under its name
+    // (its counters kept the work it did before): count from when it was last seen.
+    const b = before.byHost.get(name) ?? earlier?.get(name);
     const restarted = !b || a.passes < b.passes || a.rows < b.rows;
     passes += restarted ? a.passes : a.passes - b.passes;
     rows += restarted ? a.rows : a.rows - b.rows;
   }
   return { passes, rows };
 }
+
+/** Per server (base URL): every ExpertHost's counters when `hostWork` last saw it listed. */
+const lastSeenHosts = new Map<string, Map<string, { passes: number; rows: number }>>();
 
 /** Expert passes and rows all ExpertHosts of the model ran so far (/admin/hosts), failovers (/metrics), or null. */
 export async function hostWork(base: URL, opts: LoadOptions): Promise<HostWork | null> {
@@ -331,6 +342,9 @@ export async function hostWork(base: URL, opts: LoadOptions): Promise<HostWork |
     work.rows += h.tokens;
     work.byHost.set(h.name, { passes, rows: h.tokens });
   }
+  const seen = lastSeenHosts.get(base.href) ?? new Map();
+  for (const [name, w] of work.byHost) seen.set(name, w);
+  lastSeenHosts.set(base.href, seen);
   const m = await fetch(new URL(`/metrics${q}`, base), { headers }).catch(() => null);
   const text = m?.ok ? await m.text() : "";
   for (const line of text.split("\n")) {
