@@ -61,7 +61,8 @@ const USAGE = `usage: npm run bench:load [-- --concurrency 1,4,16,64] [--tokens 
                       the consolidation; at most --release-seconds, default 90) and run one stream
                       again: prints its decode tok/s against the fresh one's and the instances
                       holding experts before / after the burst / after the release (needs
-                      --admin-token with --url)
+                      --admin-token with --url). The hot set then moves every 4 requests instead
+                      of every --phase-seconds, so both single streams send the same requests
   --release-seconds S how long --after-burst waits for the release (default 90)
   --out FILE          JSON result (default bench-results/load.json)
   --var NAME=VALUE    another var for the own servers, repeatable (e.g. --var PIPELINE_STAGES=2
@@ -139,6 +140,9 @@ if (values.url) {
   if (values.memory && !values["admin-token"]) fail("--memory with --url needs --admin-token (it reads /admin/hosts)");
 }
 
+/** --after-burst: requests per skew phase (the single-stream levels send 8: 4 of each phase). */
+const AFTER_BURST_PHASE_REQUESTS = 4;
+
 /** The CPU clock of the own server being measured (none with --url): levels report CPU ms per token. */
 let ownServerCpu: (() => number | null) | undefined;
 
@@ -162,6 +166,7 @@ function options(
     levelMs: seconds * 1000,
     graceMs: 30_000,
     phaseMs: phaseSeconds * 1000,
+    ...(values["after-burst"] ? { phaseRequests: AFTER_BURST_PHASE_REQUESTS } : {}),
     apiKey: values["api-key"],
     adminToken,
     serverCpuMs: ownServerCpu,

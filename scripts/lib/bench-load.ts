@@ -33,6 +33,13 @@ export interface LoadOptions {
   graceMs: number;
   /** How long each skew phase lasts before the hot set moves (ms). */
   phaseMs: number;
+  /**
+   * When set, the hot set moves every this many requests of a level instead of every `phaseMs`:
+   * a level then sends the same requests whatever its speed. By time, a slower level reaches the
+   * next phase's (longer) prompts sooner and its tok/s falls further — two levels compared against
+   * each other (--after-burst) must not differ in what they were sent.
+   */
+  phaseRequests?: number;
   /** Bearer key for /v1 when the server has API keys. */
   apiKey?: string;
   /** Admin token: placement is then read from /admin/placement instead of /v1/placement. */
@@ -176,8 +183,10 @@ export async function runLoad(opts: LoadOptions): Promise<LoadReport> {
     const client = async (id: number) => {
       while (issued < total && performance.now() - t0 < opts.levelMs) {
         const k = issued++;
-        // Which experts are hot moves with time; within a phase, clients cycle through its variants.
-        const phase = phases[Math.floor((performance.now() - t0) / opts.phaseMs) % phases.length];
+        // Which experts are hot moves with time (or every phaseRequests requests); within a phase,
+        // clients cycle through its variants.
+        const step = opts.phaseRequests ? Math.floor(k / opts.phaseRequests) : (performance.now() - t0) / opts.phaseMs;
+        const phase = phases[Math.floor(step) % phases.length];
         const { content } = phase[(k + id) % phase.length];
         const r = await streamChat(base, { model: opts.model, content, maxTokens: opts.maxTokens }, auth, abort.signal);
         results.push({ r, content });
