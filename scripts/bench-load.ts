@@ -11,7 +11,15 @@ import { mkdirSync, writeFileSync } from "node:fs";
 import { cpus, loadavg, totalmem } from "node:os";
 import { dirname, join } from "node:path";
 import { parseArgs } from "node:util";
-import { runLoad, waitForRelease, type LevelReport, type LoadOptions, type LoadReport } from "./lib/bench-load";
+import {
+  placementShape,
+  runLoad,
+  waitForRelease,
+  type LevelReport,
+  type LoadOptions,
+  type LoadReport,
+  type PlacementShape,
+} from "./lib/bench-load";
 import { loopbackUrl } from "./lib/load-client";
 import { memoryTable } from "./lib/host-memory";
 import { startLocalWorker, ADMIN_TOKEN_FOR_TESTS, ROOT, type LocalWorker } from "./lib/local-worker";
@@ -48,9 +56,13 @@ const USAGE = `usage: npm run bench:load [-- --concurrency 1,4,16,64] [--tokens 
                       deployed value). With --admin-token or own servers every level also reports
                       the ExpertHosts' expert passes (weight reads) and rows per pass
   --after-burst       after the levels (the first must be 1: the fresh placement's single stream;
-                      the later ones the burst), wait for the idle release (no replicated expert;
-                      at most --release-seconds, default 90) and run one stream again: prints
-                      its decode tok/s against the fresh one's (needs --admin-token with --url)
+                      the later ones the burst), wait for the idle release (no replicated expert,
+                      and no more instances listed or holding experts than before the levels:
+                      the consolidation; at most --release-seconds, default 90) and run one stream
+                      again: prints its decode tok/s against the fresh one's and the instances
+                      holding experts before / after the burst / after the release (needs
+                      --admin-token with --url). The hot set then moves every 4 requests instead
+                      of every --phase-seconds, so both single streams send the same requests
   --release-seconds S how long --after-burst waits for the release (default 90)
   --out FILE          JSON result (default bench-results/load.json)
   --var NAME=VALUE    another var for the own servers, repeatable (e.g. --var PIPELINE_STAGES=2
@@ -128,6 +140,12 @@ if (values.url) {
   if (values.memory && !values["admin-token"]) fail("--memory with --url needs --admin-token (it reads /admin/hosts)");
 }
 
+/** --after-burst: requests per skew phase (the single-stream levels send 8: 4 of each phase). */
+const AFTER_BURST_PHASE_REQUESTS = 4;
+
+/** The CPU clock of the own server being measured (none with --url): levels report CPU ms per token. */
+let ownServerCpu: (() => number | null) | undefined;
+
 function options(
   url: string,
   model: string | undefined,
@@ -148,8 +166,10 @@ function options(
     levelMs: seconds * 1000,
     graceMs: 30_000,
     phaseMs: phaseSeconds * 1000,
+    ...(values["after-burst"] ? { phaseRequests: AFTER_BURST_PHASE_REQUESTS } : {}),
     apiKey: values["api-key"],
     adminToken,
+    serverCpuMs: ownServerCpu,
     onProgress: (p) => {
       const key = `${p.stage}:${p.concurrency}`;
       if (key !== barKey) {
@@ -206,9 +226,16 @@ function passesCell(l: LevelReport): string {
 }
 
 interface AfterBurst {
-  /** Seconds from the burst's end until no expert was replicated, or null (not within the limit). */
+  /**
+   * Seconds from the burst's end until no expert was replicated and no more instances were listed
+   * or held experts than before the levels, or null (no release within the limit).
+   */
   releaseSeconds: number | null;
   releasedVersion: number | null;
+  /** false: released within the limit, but more instances listed or holding experts than before. */
+  consolidated: boolean | null;
+  /** The placement before the levels, when the burst ended, and after the release. */
+  shapes: { before: PlacementShape | null; afterBurst: PlacementShape | null; released: PlacementShape | null };
   fresh: LevelReport;
   after: LevelReport | null;
   /** after ÷ fresh decode tok/s (issue 11 wants ≥ 0.95). */
@@ -216,25 +243,40 @@ interface AfterBurst {
 }
 
 /** --after-burst: the release after the levels, then one stream again against the fresh one. */
-async function afterBurst(url: string, model: string | undefined, token: string, report: LoadReport) {
+async function afterBurst(
+  url: string,
+  model: string | undefined,
+  token: string,
+  report: LoadReport,
+  before: PlacementShape | null,
+) {
   const opts = options(url, model, token, [1], false);
+  const burstEnd = await placementShape(opts);
   console.log(`\n  waiting for the idle release (at most ${releaseSeconds} s) …`);
-  const released = await waitForRelease(opts, releaseSeconds * 1000);
+  const released = await waitForRelease(opts, releaseSeconds * 1000, before ?? undefined);
   const fresh = report.levels[0];
   const after = released ? (await runLoad(opts)).levels[0] : null;
   const ratio = after && fresh.decodeTokensPerSec > 0 ? after.decodeTokensPerSec / fresh.decodeTokensPerSec : null;
   const result: AfterBurst = {
     releaseSeconds: released?.seconds ?? null,
-    releasedVersion: released?.version ?? null,
+    releasedVersion: released?.shape.version ?? null,
+    consolidated: released?.consolidated ?? null,
+    shapes: { before, afterBurst: burstEnd, released: released?.shape ?? null },
     fresh,
     after,
     ratio,
   };
+  const held = (s: PlacementShape | null | undefined) => (s ? `${s.holding} of ${s.instances}` : "?");
+  console.log(
+    `  instances holding experts: ${held(before)} before the levels, ${held(burstEnd)} when the burst ended, ` +
+      `${held(released?.shape)} after the release${released && !released.consolidated ? " (not consolidated)" : ""}`,
+  );
   console.log(
     released
-      ? `  released in ${released.seconds.toFixed(1)} s (v${released.version}); one stream after the burst: ` +
+      ? `  released in ${released.seconds.toFixed(1)} s (v${released.shape.version}); one stream after the burst: ` +
           `${after?.decodeTokensPerSec.toFixed(1)} tok/s vs ${fresh.decodeTokensPerSec.toFixed(1)} fresh = ` +
-          `${ratio?.toFixed(3)}× (TPOT p50 ${fmt(after?.tpotMs.p50 ?? null, 1)} vs ${fmt(fresh.tpotMs.p50, 1)} ms)`
+          `${ratio?.toFixed(3)}× (TPOT p50 ${fmt(after?.tpotMs.p50 ?? null, 1)} vs ${fmt(fresh.tpotMs.p50, 1)} ms; ` +
+          `server CPU ${fmt(after?.serverCpuMsPerToken ?? null, 1)} vs ${fmt(fresh.serverCpuMsPerToken, 1)} ms/token)`
       : `  no release within ${releaseSeconds} s: not measured`,
   );
   return result;
@@ -249,10 +291,12 @@ const runs: {
 const started = new Date().toISOString();
 if (values.url) {
   console.log(`bench:load — driving ${values.url}, levels ${levels.join(", ")}`);
+  const token = values["admin-token"];
+  const before = token ? await placementShape(options(values.url, values.model, token)) : null;
   const report = await runLoad(options(values.url, values.model, values["admin-token"]));
   table("existing server", report);
-  const token = values["admin-token"];
-  const burst = values["after-burst"] && token ? await afterBurst(values.url, values.model, token, report) : undefined;
+  const burst =
+    values["after-burst"] && token ? await afterBurst(values.url, values.model, token, report, before) : undefined;
   runs.push({ label: "existing server", vars: null, report, afterBurst: burst });
 } else {
   const dir = join(ROOT, "demo-model");
@@ -276,15 +320,17 @@ if (values.url) {
     let w: LocalWorker | null = null;
     try {
       w = await startLocalWorker({ vars });
+      ownServerCpu = w.cpuMs;
       await seedModelDir(await w.bucket(), dir, model);
       // Warm-up: dense weights into the Worker, experts into their hosts (as npm start does).
       const warm = await w.fetch(`/v1/placement?model=${model}`);
       if (!warm.ok) throw new Error(`warm-up failed: ${warm.status} ${await warm.text()}`);
       console.log(`\n${label}: server up, seeded and warmed in ${((performance.now() - t) / 1000).toFixed(1)} s`);
+      const before = await placementShape(options(w.url.href, model, ADMIN_TOKEN_FOR_TESTS));
       const report = await runLoad(options(w.url.href, model, ADMIN_TOKEN_FOR_TESTS));
       table(label, report);
       const burst = values["after-burst"]
-        ? await afterBurst(w.url.href, model, ADMIN_TOKEN_FOR_TESTS, report)
+        ? await afterBurst(w.url.href, model, ADMIN_TOKEN_FOR_TESTS, report, before)
         : undefined;
       runs.push({ label, vars, report, afterBurst: burst });
     } finally {

@@ -33,6 +33,13 @@ export interface LoadOptions {
   graceMs: number;
   /** How long each skew phase lasts before the hot set moves (ms). */
   phaseMs: number;
+  /**
+   * When set, the hot set moves every this many requests of a level instead of every `phaseMs`:
+   * a level then sends the same requests whatever its speed. By time, a slower level reaches the
+   * next phase's (longer) prompts sooner and its tok/s falls further — two levels compared against
+   * each other (--after-burst) must not differ in what they were sent.
+   */
+  phaseRequests?: number;
   /** Bearer key for /v1 when the server has API keys. */
   apiKey?: string;
   /** Admin token: placement is then read from /admin/placement instead of /v1/placement. */
@@ -40,6 +47,8 @@ export interface LoadOptions {
   /** Placement poll period (ms). */
   pollMs?: number;
   onProgress?: (p: LoadProgress) => void;
+  /** CPU ms the server's processes have used so far (own servers, from /proc); null or absent: not measured. */
+  serverCpuMs?: () => number | null;
 }
 
 export interface LoadProgress {
@@ -94,6 +103,11 @@ export interface LevelReport {
   expertRows: number | null;
   /** Expert calls failed over during the level, by code (/metrics `edge_moe_expert_failovers_total`). */
   failovers: Record<string, number> | null;
+  /**
+   * The server processes' CPU ms per completion token over the level (`LoadOptions.serverCpuMs`),
+   * or null: on a machine other jobs load, it follows the work done more closely than tok/s.
+   */
+  serverCpuMsPerToken: number | null;
 }
 
 export interface LoadReport {
@@ -156,8 +170,10 @@ export async function runLoad(opts: LoadOptions): Promise<LoadReport> {
     };
     await poll();
     const hostsBefore = await hostWork(base, opts);
+    const seen0 = new Map(lastSeenHosts.get(base.href));
     const poller = setInterval(() => void poll(), opts.pollMs ?? 500);
     const abort = new AbortController();
+    const cpu0 = opts.serverCpuMs?.() ?? null;
     const t0 = performance.now();
     const hardStop = setTimeout(() => abort.abort(new Error("level time limit")), opts.levelMs + opts.graceMs);
     const results: { r: StreamResult; content: string }[] = [];
@@ -167,8 +183,10 @@ export async function runLoad(opts: LoadOptions): Promise<LoadReport> {
     const client = async (id: number) => {
       while (issued < total && performance.now() - t0 < opts.levelMs) {
         const k = issued++;
-        // Which experts are hot moves with time; within a phase, clients cycle through its variants.
-        const phase = phases[Math.floor((performance.now() - t0) / opts.phaseMs) % phases.length];
+        // Which experts are hot moves with time (or every phaseRequests requests); within a phase,
+        // clients cycle through its variants.
+        const step = opts.phaseRequests ? Math.floor(k / opts.phaseRequests) : (performance.now() - t0) / opts.phaseMs;
+        const phase = phases[Math.floor(step) % phases.length];
         const { content } = phase[(k + id) % phase.length];
         const r = await streamChat(base, { model: opts.model, content, maxTokens: opts.maxTokens }, auth, abort.signal);
         results.push({ r, content });
@@ -185,11 +203,14 @@ export async function runLoad(opts: LoadOptions): Promise<LoadReport> {
       clearInterval(poller);
     }
     const wall = (performance.now() - t0) / 1000;
+    const cpu1 = opts.serverCpuMs?.() ?? null;
     await poll();
     const level = summarize(n, results, opts.references === false ? null : reference, wall, seen);
+    if (cpu0 !== null && cpu1 !== null && level.completionTokens > 0)
+      level.serverCpuMsPerToken = (cpu1 - cpu0) / level.completionTokens;
     const hostsAfter = await hostWork(base, opts);
     if (hostsBefore && hostsAfter) {
-      const work = hostDelta(hostsBefore, hostsAfter);
+      const work = hostDelta(hostsBefore, hostsAfter, seen0);
       level.expertPasses = work.passes;
       level.expertRows = work.rows;
       level.failovers = {};
@@ -272,6 +293,7 @@ function summarize(
     instances: inst.length ? { min: Math.min(...inst), max: Math.max(...inst) } : null,
     memory: null,
     expertPasses: null,
+    serverCpuMsPerToken: null,
     expertRows: null,
     failovers: null,
   };
@@ -287,21 +309,31 @@ export interface HostWork {
 }
 
 /**
- * Passes and rows run between two reads, host by host: a host added meanwhile counts all it ran, a
+ * Passes and rows run between two reads, host by host: a host added meanwhile counts all it ran
+ * (or all since `earlier`, its counters when last seen: a retired instance added again), a
  * host whose counters went down restarted (evicted, reset) and counts from zero, a host gone from
  * the second read contributes nothing it ran after the first (unknown).
  */
-export function hostDelta(before: HostWork, after: HostWork): { passes: number; rows: number } {
+export function hostDelta(
+  before: HostWork,
+  after: HostWork,
+  earlier?: ReadonlyMap<string, { passes: number; rows: number }>,
+): { passes: number; rows: number } {
   let passes = 0;
   let rows = 0;
   for (const [name, a] of after.byHost) {
-    const b = before.byHost.get(name);
+    // A host not listed at the start may be one retired earlier and added again under its name
+    // (its counters kept the work it did before): count from when it was last seen.
+    const b = before.byHost.get(name) ?? earlier?.get(name);
     const restarted = !b || a.passes < b.passes || a.rows < b.rows;
     passes += restarted ? a.passes : a.passes - b.passes;
     rows += restarted ? a.rows : a.rows - b.rows;
   }
   return { passes, rows };
 }
+
+/** Per server (base URL): every ExpertHost's counters when `hostWork` last saw it listed. */
+const lastSeenHosts = new Map<string, Map<string, { passes: number; rows: number }>>();
 
 /** Expert passes and rows all ExpertHosts of the model ran so far (/admin/hosts), failovers (/metrics), or null. */
 export async function hostWork(base: URL, opts: LoadOptions): Promise<HostWork | null> {
@@ -319,6 +351,9 @@ export async function hostWork(base: URL, opts: LoadOptions): Promise<HostWork |
     work.rows += h.tokens;
     work.byHost.set(h.name, { passes, rows: h.tokens });
   }
+  const seen = lastSeenHosts.get(base.href) ?? new Map();
+  for (const [name, w] of work.byHost) seen.set(name, w);
+  lastSeenHosts.set(base.href, seen);
   const m = await fetch(new URL(`/metrics${q}`, base), { headers }).catch(() => null);
   const text = m?.ok ? await m.text() : "";
   for (const line of text.split("\n")) {
@@ -328,32 +363,60 @@ export async function hostWork(base: URL, opts: LoadOptions): Promise<HostWork |
   return work;
 }
 
+/** What /admin/placement shows of the expert placement: its version, instances listed and holding experts. */
+export interface PlacementShape {
+  version: number;
+  instances: number;
+  /** Instances holding at least one expert (a token's fan-out can reach no others). */
+  holding: number;
+  /** Experts with more than one replica. */
+  replicated: number;
+}
+
+/** The placement's shape from /admin/placement (needs `opts.adminToken`), or null. */
+export async function placementShape(opts: LoadOptions): Promise<PlacementShape | null> {
+  const base = loopbackUrl(opts.url);
+  const q = opts.model ? `?model=${encodeURIComponent(opts.model)}` : "";
+  const res = await fetch(new URL(`/admin/placement${q}`, base), {
+    headers: { authorization: `Bearer ${opts.adminToken ?? ""}` },
+  }).catch(() => null);
+  if (!res?.ok) return null;
+  const s = (await res.json()) as {
+    placement?: { version: number; instances: unknown[]; replicas: { instance: number }[][][] } | null;
+  };
+  const p = s.placement;
+  if (!p) return null;
+  const holding = new Set(p.replicas.flatMap((row) => row.flatMap((reps) => reps.map((r) => r.instance))));
+  const replicated = p.replicas.reduce((a, row) => a + row.filter((reps) => reps.length > 1).length, 0);
+  return { version: p.version, instances: p.instances.length, holding: holding.size, replicated };
+}
+
 /**
- * Waits until the placement holds no replicated expert (the idle release after a burst), polling
- * every second for at most `timeoutMs`. Returns the seconds it took and the version, or null on timeout.
+ * Waits for the idle release after a burst: no replicated expert and, with `fresh` (the shape
+ * before the burst), no more instances listed or holding experts than then (the consolidation that
+ * moves lone experts home and retires the instances the burst added: an empty listed instance is
+ * where the next copies would go, widening the fan-out again). Polls every second for at most
+ * `timeoutMs`. Returns the seconds it took and the shape; on timeout the last shape if it had no
+ * replicated expert (`consolidated` false), else null.
  */
 export async function waitForRelease(
   opts: LoadOptions,
   timeoutMs: number,
-): Promise<{ seconds: number; version: number; replicas: number } | null> {
-  const base = loopbackUrl(opts.url);
-  const q = opts.model ? `?model=${encodeURIComponent(opts.model)}` : "";
+  fresh?: Pick<PlacementShape, "holding" | "instances">,
+): Promise<{ seconds: number; shape: PlacementShape; consolidated: boolean } | null> {
   const t0 = performance.now();
+  let last: PlacementShape | null = null;
   while (performance.now() - t0 < timeoutMs) {
-    const res = await fetch(new URL(`/admin/placement${q}`, base), {
-      headers: { authorization: `Bearer ${opts.adminToken ?? ""}` },
-    }).catch(() => null);
-    if (res?.ok) {
-      const s = (await res.json()) as { placement?: { version: number; replicas: unknown[][][] } | null };
-      const p = s.placement;
-      if (p?.replicas.every((layer) => layer.every((reps) => reps.length === 1))) {
-        const replicas = p.replicas.reduce((a, layer) => a + layer.length, 0);
-        return { seconds: (performance.now() - t0) / 1000, version: p.version, replicas };
-      }
-    }
+    const shape = await placementShape(opts);
+    if (shape) last = shape;
+    const compact = !fresh || (shape && shape.holding <= fresh.holding && shape.instances <= fresh.instances);
+    if (shape && shape.replicated === 0 && compact)
+      return { seconds: (performance.now() - t0) / 1000, shape, consolidated: true };
     await new Promise((r) => setTimeout(r, 1000));
   }
-  return null;
+  return last && last.replicated === 0
+    ? { seconds: (performance.now() - t0) / 1000, shape: last, consolidated: false }
+    : null;
 }
 
 /** The placement's version and instance count, from /admin/placement with a token, else /v1/placement. */

@@ -15,52 +15,18 @@ import { DurableObject } from "cloudflare:workers";
 import { balanceRatios, type Placement, type PlacementOp, type Replica } from "./placement";
 import { initialPlacement, expertsByInstance, type PlacementInit } from "./initial-placement";
 import { forecastLoads, type LoadWindowState } from "./load-window";
-import {
-  createReplanWindow,
-  foldReplanWindow,
-  replanConfigFromEnv,
-  replanStep,
-  type ReplanConfig,
-  type ReplanDecision,
-} from "./replan";
-import { executePlan, type Executed, type ExecuteTarget } from "./execute";
+import { createReplanWindow, foldReplanWindow, replanConfigFromEnv, replanStep, type ReplanConfig } from "./replan";
+import { executeMoves, executePlan, type Executed, type ExecuteTarget } from "./execute";
+import { planConsolidation } from "./planner";
 import { reconcileHosts, type ReconcileReport, type ReconcileTarget } from "./reconcile";
 import { CoordinatorStore } from "./storage";
 import { LoadIntake } from "./load-intake";
 import type { LoadReport } from "../experts/protocol";
 import { PLACEMENT_CHECK_MS } from "../experts/placement-timing";
 import type { PipelinePlacement } from "./pipeline-placement";
+import { countersFrom, noReport, type ReplanCounters, type ReplanReport } from "./replan-report";
 
-/** What one re-plan did (admin routes and tests read it). */
-export interface ReplanReport {
-  trigger: "alarm" | "admin";
-  at: number;
-  fromVersion: number;
-  toVersion: number;
-  reason: ReplanDecision["reason"] | "no-load" | "busy";
-  ops: PlacementOp[];
-  failedLoads: string[];
-  predicted: { before: number; after: number } | null;
-  windowTokens: number;
-  /** Expert weight bytes the applied copies moved. */
-  bytesMoved: number;
-  /** With the latency model: modelled ms per token over all layers, live and after the plan. */
-  latency?: { before: number; after: number };
-}
-
-/**
- * Monotonic totals since the model's Coordinator was created, kept in its SQLite (a restart keeps
- * them; /metrics exports them as counters, whatever the number of re-plans between two scrapes).
- */
-export interface ReplanCounters {
-  replans: { trigger: string; reason: string; count: number }[];
-  /** Ops applied, by op (add-replica = a copy). */
-  ops: Record<string, number>;
-  loadFailures: number;
-  bytesMoved: number;
-  /** Load reports made under another placement version (their per-instance rows were dropped). */
-  staleReports: number;
-}
+export type { ReplanCounters, ReplanReport } from "./replan-report";
 
 export interface CoordinatorStatus {
   placement: Placement | null;
@@ -84,6 +50,8 @@ const DRAIN_MS = 2 * PLACEMENT_CHECK_MS + 500;
  * its course (Workers have seen the drained version), so unloading cannot race its stragglers.
  */
 const RECONCILE_DELAY_MS = DRAIN_MS;
+/** meta key holding the fresh placement's instance count (the experts' homes; consolidation). */
+const HOME_KEY = "homeInstances";
 /** meta key holding when an owed reconcile is due (survives a restart). */
 const RECONCILE_KEY = "reconcilePending";
 
@@ -99,6 +67,8 @@ export class Coordinator extends DurableObject<Env> {
   /** A re-plan or reconcile in progress: they never overlap (a reconcile would unload new loads). */
   #busy: Promise<unknown> | null = null;
   #reports: ReplanReport[] = [];
+  /** Re-plans in a row that changed no replica set (replan.ts waits on it before consolidating). */
+  #stableWindows = 0;
   #lastReconcile: ReconcileReport | null = null;
   readonly #startedAt = Date.now() + Math.random() / 1000; // unique per instance even within one ms
 
@@ -122,6 +92,8 @@ export class Coordinator extends DurableObject<Env> {
     if (this.#placement) {
       // Placements written before the Coordinator stored expert sizes learn them here.
       if (this.#store.meta("expertBytes") === null) this.#store.setMeta("expertBytes", String(init.expertBytes));
+      if (this.#store.meta(HOME_KEY) === null)
+        this.#store.setMeta(HOME_KEY, String(this.#fresh(init).instances.length));
       return this.#placement;
     }
     return shareWork(
@@ -146,8 +118,13 @@ export class Coordinator extends DurableObject<Env> {
     return this.#placement?.version ?? 0;
   }
 
+  /** The fresh placement `init` gives under this deployment's spare fraction. */
+  #fresh(init: PlacementInit): Placement {
+    return initialPlacement({ ...init, spareFraction: this.#config.spareSlotFraction });
+  }
+
   async #create(init: PlacementInit): Promise<Placement> {
-    const placement = initialPlacement({ ...init, spareFraction: this.#config.spareSlotFraction });
+    const placement = this.#fresh(init);
     // Make before break: every instance loads its experts before the placement is published.
     const perInstance = expertsByInstance(placement);
     const results = await Promise.all(
@@ -157,6 +134,7 @@ export class Coordinator extends DurableObject<Env> {
       if (!r.ok) throw new Error(`ExpertHost ${placement.instances[i].name} could not load its experts: ${r.message}`);
     });
     this.#store.setMeta("expertBytes", String(init.expertBytes));
+    this.#store.setMeta(HOME_KEY, String(placement.instances.length));
     this.#publish(placement, `initial: ${placement.instances.length} instances`);
     return placement;
   }
@@ -257,7 +235,13 @@ export class Coordinator extends DurableObject<Env> {
 
     const expertBytes = Number(this.#store.meta("expertBytes") ?? "0");
     if (!(expertBytes > 0)) return { ...noReport(trigger, live.version), windowTokens: counted };
-    const step = replanStep({ placement: live, expertBytes }, window, cfg);
+    const homeInstances = this.#homeInstances();
+    const step = replanStep(
+      { placement: live, expertBytes, stableWindows: this.#stableWindows, ...(homeInstances ? { homeInstances } : {}) },
+      window,
+      cfg,
+    );
+    this.#stableWindows = step.ops.length === 0 ? this.#stableWindows + 1 : 0;
     const base = {
       trigger,
       at,
@@ -279,13 +263,16 @@ export class Coordinator extends DurableObject<Env> {
     }
     let done: Executed;
     try {
-      done = await this.#execute(live, step.ops, step.shares);
+      done =
+        step.reason === "consolidated"
+          ? await executeMoves(live, step.ops, this.#executeDeps())
+          : await this.#execute(live, step.ops, step.shares);
     } catch (err) {
       // Hosts may hold copies no published version references: reconcile them soon.
       await this.#oweReconcile(DRAIN_MS);
       throw err;
     }
-    if (done.failedLoads.length > 0) await this.#oweReconcile(100);
+    if (done.failedLoads.length > 0 || (done.failedUnloads?.length ?? 0) > 0) await this.#oweReconcile(100);
     const bytesMoved = done.applied.filter((o) => o.op === "add-replica").length * expertBytes;
     return { ...base, toVersion: done.placement.version, ops: done.applied, failedLoads: done.failedLoads, bytesMoved };
   }
@@ -294,11 +281,15 @@ export class Coordinator extends DurableObject<Env> {
 
   /** Make-before-break execution of a diff (execute.ts), publishing each version it makes. */
   async #execute(live: Placement, ops: PlacementOp[], shares: Replica[][][] | null): Promise<Executed> {
-    return executePlan(live, ops, shares, {
-      host: (name) => this.#host(name),
-      publish: (p, summary) => this.#publish(p, summary),
+    return executePlan(live, ops, shares, this.#executeDeps());
+  }
+
+  #executeDeps() {
+    return {
+      host: (name: string) => this.#host(name),
+      publish: (p: Placement, summary: string) => this.#publish(p, summary),
       drainMs: DRAIN_MS,
-    });
+    };
   }
 
   // ── reconcile ─────────────────────────────────────────────────────────────────────────────
@@ -360,7 +351,22 @@ export class Coordinator extends DurableObject<Env> {
     const p = this.#placement;
     if (this.#intake.tokens > 0) return true;
     if (w?.expert.some((row) => row.some((v) => v > 0))) return true;
-    return !!p && p.replicas.some((row) => row.some((reps) => reps.length > 1));
+    if (!p) return false;
+    if (p.replicas.some((row) => row.some((reps) => reps.length > 1))) return true;
+    // Lone experts a burst left away from home: keep re-planning until they are moved back.
+    const home = this.#homeInstances();
+    const expertBytes = Number(this.#store.meta("expertBytes") ?? "0");
+    return (
+      !!home &&
+      expertBytes > 0 &&
+      planConsolidation({ placement: p, expertBytes, homeInstances: home, maxCopies: 1 }).length > 0
+    );
+  }
+
+  /** Instances of the model's fresh placement (its experts' homes), or null when not known yet. */
+  #homeInstances(): number | null {
+    const v = Number(this.#store.meta(HOME_KEY) ?? "0");
+    return v > 0 ? v : null;
   }
 
   // ── pipeline placement (v1): where the dense layers run, beside the expert placement ──────
@@ -390,35 +396,6 @@ export class Coordinator extends DurableObject<Env> {
     this.#store.publish(p, summary);
     this.#placement = p;
   }
-}
-
-function noReport(trigger: ReplanReport["trigger"], version: number): ReplanReport {
-  return {
-    trigger,
-    at: Date.now(),
-    fromVersion: version,
-    toVersion: version,
-    reason: "no-load",
-    ops: [],
-    failedLoads: [],
-    predicted: null,
-    windowTokens: 0,
-    bytesMoved: 0,
-  };
-}
-
-/** The store's counter rows ("replans|trigger|reason", "ops|op", …) as `ReplanCounters`. */
-function countersFrom(raw: Record<string, number>): ReplanCounters {
-  const c: ReplanCounters = { replans: [], ops: {}, loadFailures: 0, bytesMoved: 0, staleReports: 0 };
-  for (const [key, value] of Object.entries(raw)) {
-    const [kind, a, b] = key.split("|");
-    if (kind === "replans") c.replans.push({ trigger: a ?? "", reason: b ?? "", count: value });
-    else if (kind === "ops") c.ops[a ?? ""] = value;
-    else if (kind === "loadFailures") c.loadFailures = value;
-    else if (kind === "bytesMoved") c.bytesMoved = value;
-    else if (kind === "staleReports") c.staleReports = value;
-  }
-  return c;
 }
 
 /** A host's load reads its experts from R2 first; the other host calls only touch memory. */

@@ -56,7 +56,7 @@ export function initialPlacement(init: PlacementInit): Placement {
   const replicas: Replica[][][] = [];
   for (let l = 0; l < nLayers; l++) {
     const row: Replica[][] = [];
-    for (let e = 0; e < nExperts; e++) row.push([{ instance: (l * nExperts + e) % nInstances, share: 1 }]);
+    for (let e = 0; e < nExperts; e++) row.push([{ instance: homeInstance(l, e, nExperts, nInstances), share: 1 }]);
     replicas.push(row);
   }
   return {
@@ -69,6 +69,15 @@ export function initialPlacement(init: PlacementInit): Placement {
     instances: Array.from({ length: nInstances }, (_, id) => ({ id, name: hostName(model, id), budgetBytes })),
     replicas,
   };
+}
+
+/**
+ * The instance the first placement gives unit `expert` of placement row `row`, among `nInstances`
+ * (round-robin over all rows). The consolidation after a burst (planner/consolidate.ts) moves
+ * experts back here, so that an idle placement is the fresh one again.
+ */
+export function homeInstance(row: number, expert: number, nExperts: number, nInstances: number): number {
+  return (row * nExperts + expert) % nInstances;
 }
 
 /** The experts (units, when sliced) each instance holds (model layer numbers), by instance id. */

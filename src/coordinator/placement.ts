@@ -55,11 +55,17 @@ export function modelLayer(p: Placement, row: number): number {
   return p.layers ? p.layers[row] : row;
 }
 
-/** A step of a placement diff, as the planner proposes and the Coordinator applies it (`layer`: a placement row). */
+/**
+ * A step of a placement diff, as the planner proposes and the Coordinator applies it (`layer`: a
+ * placement row). `remove-instance` retires the LAST instance, which must hold nothing once the
+ * ops before it are applied: instance ids are indices that Workers and load reports rely on, so
+ * only the tail can go without renumbering the rest.
+ */
 export type PlacementOp =
   | { op: "add-replica"; layer: number; expert: number; instance: number }
   | { op: "remove-replica"; layer: number; expert: number; instance: number }
-  | { op: "add-instance" };
+  | { op: "add-instance" }
+  | { op: "remove-instance"; instance: number };
 
 /** Bytes of one expert's weights: one number for all, [layer][expert], or a function. */
 export type ExpertBytes = number | readonly (readonly number[])[] | ((layer: number, expert: number) => number);
@@ -101,6 +107,14 @@ export function applyOps(
     if (op.op === "add-instance") {
       const id = instances.length;
       instances.push(opts.newInstance ? opts.newInstance(id) : { id, name: `h${id}`, budgetBytes: maxBudget });
+      continue;
+    }
+    if (op.op === "remove-instance") {
+      if (op.instance !== instances.length - 1 || op.instance === 0)
+        throw new RangeError(`remove-instance: ${op.instance} is not the last instance (of ${instances.length})`);
+      if (sets.some((layer) => layer.some((set) => set.has(op.instance))))
+        throw new RangeError(`remove-instance: instance ${op.instance} still holds experts`);
+      instances.pop();
       continue;
     }
     const set = sets[op.layer]?.[op.expert];

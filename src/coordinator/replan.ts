@@ -10,7 +10,10 @@
  * on a forecast nobody is sending), and, with the latency model (`config.latency` and call counts
  * in the reports), only copies that make layer calls faster at the current load; when the plan
  * copies nothing, release the extra replicas of experts that went idle, then those the model says
- * no longer pay; otherwise publish re-balanced shares only when one moved noticeably.
+ * no longer pay; once released and unchanged for `consolidateAfterWindows` windows, move lone
+ * experts back home and retire the emptied instances (planner/consolidate.ts) — on an idle window,
+ * or with the latency model when that is no slower at the current load; otherwise publish
+ * re-balanced shares only when one moved noticeably.
  */
 import { intVar, numberVar, type Vars } from "../platform/env";
 import {
@@ -23,7 +26,15 @@ import {
   type LoadWindowState,
 } from "./load-window";
 import { sharesAfter, type ExpertBytes, type Placement, type PlacementOp, type Replica } from "./placement";
-import { planPlacement, planRelease, type LatencyModel, type PlanResult } from "./planner";
+import {
+  consolidationLatency,
+  DEFAULT_MAX_LATENCY_LOSS,
+  planConsolidation,
+  planPlacement,
+  planRelease,
+  type LatencyModel,
+  type PlanResult,
+} from "./planner";
 
 export interface ReplanConfig {
   /** Load window and re-plan period (`REPLAN_INTERVAL_MS`). */
@@ -53,6 +64,12 @@ export interface ReplanConfig {
    * alone decides, as before the model.
    */
   latency: { rpcMs: number; rowMsPerMiB: number; loadMsPerMiB: number } | null;
+  /**
+   * Windows the placement must stay unchanged (no copy, release or move) before lone experts are
+   * moved home after a burst: the release settles first, and a load that comes back within them
+   * keeps its placement (hysteresis against the replication).
+   */
+  consolidateAfterWindows: number;
 }
 
 /**
@@ -72,6 +89,7 @@ export const DEFAULT_REPLAN_CONFIG: Readonly<ReplanConfig> = Object.freeze({
   useVariance: true,
   loadWindow: Object.freeze({ halfLifeWindows: 2, riseAlpha: 1, trendAlpha: 0.3 }),
   latency: Object.freeze({ rpcMs: 1, rowMsPerMiB: 0.4, loadMsPerMiB: 5 }),
+  consolidateAfterWindows: 4,
 });
 
 /** A deployment's re-plan config: `DEFAULT_REPLAN_CONFIG` with its `[vars]` applied (ConfigError on a bad value). */
@@ -160,6 +178,10 @@ export function foldReplanWindow(
 export interface LivePlacement {
   placement: Placement;
   expertBytes: ExpertBytes;
+  /** Instances of the model's fresh placement (the experts' homes); absent: no consolidation. */
+  homeInstances?: number;
+  /** Re-plan windows since the placement's replica sets last changed (absent: 0). */
+  stableWindows?: number;
 }
 
 export interface ReplanDecision {
@@ -167,7 +189,7 @@ export interface ReplanDecision {
   ops: PlacementOp[];
   /** Shares for the placement after `ops`; null: nothing to publish, the live table stands. */
   shares: Replica[][][] | null;
-  reason: PlanResult["reason"] | "released-idle" | "released-unpaid";
+  reason: PlanResult["reason"] | "released-idle" | "released-unpaid" | "consolidated";
   /** The planner's predicted worst-layer max/mean: live, with new shares only, and after the plan. */
   predicted: { before: number; sharesOnly: number; after: number };
   /** add-replica ops in `ops`. */
@@ -212,8 +234,34 @@ export function replanStep(live: LivePlacement, window: ReplanWindow, config: Re
   // Replicas the latency model says no longer pay at this load (none without the model).
   const unpaid = planRelease(input);
   if (unpaid.length > 0) return decision(unpaid, sharesAfter(p, unpaid, null), "released-unpaid");
+  const moves = consolidation(live, window, config, input);
+  if (moves.length > 0) return decision(moves, sharesAfter(p, moves, null), "consolidated");
   const moved = sharesMoved(p.replicas, plan.shares, config.shareHysteresis);
   return decision([], moved ? plan.shares : null, plan.reason);
+}
+
+/**
+ * The consolidation ops (planner/consolidate.ts) when they are due: the fresh placement's size is
+ * known, the placement has been unchanged for `consolidateAfterWindows` windows, and the window
+ * carried no traffic — or the latency model says the moves cost at most what a release may
+ * (`DEFAULT_MAX_LATENCY_LOSS`) at this load. Without the model a loaded window moves nothing.
+ */
+function consolidation(
+  live: LivePlacement,
+  window: ReplanWindow,
+  config: ReplanConfig,
+  input: Parameters<typeof consolidationLatency>[0],
+): PlacementOp[] {
+  if (live.homeInstances === undefined || (live.stableWindows ?? 0) < config.consolidateAfterWindows) return [];
+  const ops = planConsolidation({
+    placement: live.placement,
+    expertBytes: live.expertBytes,
+    homeInstances: live.homeInstances,
+    maxCopies: config.maxCopies,
+  });
+  if (ops.length === 0 || !window.carriedTraffic) return ops;
+  const ms = consolidationLatency(input, ops);
+  return ms && ms.after <= ms.before * (1 + DEFAULT_MAX_LATENCY_LOSS) ? ops : [];
 }
 
 /**

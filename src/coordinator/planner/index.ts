@@ -36,7 +36,8 @@ import { modelled, stateLatencyMs } from "./latency";
 export type { PlannerInput } from "./state";
 export type { LatencyModel } from "./latency";
 export { waterFill } from "./shares";
-export { planRelease } from "./release";
+export { DEFAULT_MAX_LATENCY_LOSS, planRelease } from "./release";
+export { planConsolidation, consolidationLatency, type ConsolidationInput } from "./consolidate";
 
 /** Sweeps after each balancing move (its successor needs fresh loads); a full re-balance runs at the end. */
 const SWEEPS_PER_MOVE = 4;

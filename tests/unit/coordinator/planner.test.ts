@@ -120,6 +120,10 @@ function replayOps(c: Case, ops: readonly PlacementOp[]): string[] {
       if (n > c.budgets.length) problems.push(`op ${k}: grows past maxInstances`);
       return;
     }
+    if (op.op === "remove-instance") {
+      problems.push(`op ${k}: planPlacement never retires an instance`);
+      return;
+    }
     const set = sets[op.layer][op.expert];
     if (op.op === "add-replica") {
       if (set.has(op.instance)) problems.push(`op ${k}: co-locates expert (${op.layer}, ${op.expert})`);

@@ -33,4 +33,14 @@ describe("hostDelta", () => {
     // The difference of the sums would have said passes 19 − 68 < 0.
     expect(after.passes - before.passes).toBeLessThan(0);
   });
+
+  it("counts a host retired and added again under its name from when it was last seen", () => {
+    // h3 was listed in an earlier level (counters 30, 90), retired, and re-added during this one.
+    const before = work({ h0: [10, 40] });
+    const after = work({ h0: [12, 44], h3: [33, 96] });
+    expect(hostDelta(before, after, new Map([["h3", { passes: 30, rows: 90 }]]))).toEqual({
+      passes: 2 + 3,
+      rows: 4 + 6,
+    });
+  });
 });
