@@ -22,6 +22,7 @@ import { localRuntimeVars, serveVarsFor, tomlVars } from "./lib/serve-vars";
 import { parseConfig } from "../src/model/config";
 
 const USAGE = `usage: npm start [-- --quant int8 | --config NAME [--layers N] [--model ID] [--out DIR]]
+                 [--inspector-port P]
   Makes the demo model (first run), seeds it into the local R2 bucket, runs wrangler dev on
   http://127.0.0.1:8787 (PORT overrides), warms the model up and prints how to use it, including
   the dashboard URL with the admin token from .dev.vars. Ctrl-C stops it.
@@ -29,7 +30,9 @@ const USAGE = `usage: npm start [-- --quant int8 | --config NAME [--layers N] [-
   --config NAME  serve the first --layers (default 4) layers of a published config (scripts/configs/,
                  e.g. qwen3-30b-a3b) at its exact shape: random int8 experts, bf16 dense weights, the
                  family's real tokenizer and chat template (npm run make-model; written once)
-  --model ID     its model id (default NAME-<N>l); --out DIR its directory (default local-models/ID)`;
+  --model ID     its model id (default NAME-<N>l); --out DIR its directory (default local-models/ID)
+  --inspector-port P  wrangler dev's inspector on P (default 9229, which another server may hold):
+                 what \`npm run profile:load -- --inspector http://127.0.0.1:P\` attaches to`;
 if (wantsHelp()) {
   console.log(USAGE);
   process.exit(0);
@@ -44,6 +47,7 @@ const { values: opts } = parseArgs({
     layers: { type: "string", default: "4" },
     model: { type: "string" },
     out: { type: "string" },
+    "inspector-port": { type: "string" },
   },
 });
 if (opts.quant !== "none" && opts.quant !== "int8") {
@@ -53,6 +57,11 @@ if (opts.quant !== "none" && opts.quant !== "int8") {
 const LAYERS = Number(opts.layers);
 if (!Number.isInteger(LAYERS) || LAYERS < 1) {
   console.error(`--layers must be a positive integer, got "${opts.layers}"`);
+  process.exit(2);
+}
+const INSPECTOR_PORT = opts["inspector-port"] === undefined ? null : Number(opts["inspector-port"]);
+if (INSPECTOR_PORT !== null && !(Number.isInteger(INSPECTOR_PORT) && INSPECTOR_PORT > 0 && INSPECTOR_PORT < 65536)) {
+  console.error(`--inspector-port must be a port number, got "${opts["inspector-port"]}"`);
   process.exit(2);
 }
 if (opts.config !== undefined && opts.quant !== "none") {
@@ -111,9 +120,10 @@ const adminToken = readFileSync(devVars, "utf8").match(/^ADMIN_TOKEN=(.*)$/m)![1
 // per-minute allowance on purpose. `npm run dev` keeps wrangler.toml's limit.
 const vars = ["--var", `DEFAULT_MODEL:${MODEL}`, "--var", "RATE_LIMIT_ENABLED:false"];
 for (const [k, v] of Object.entries(extraVars)) vars.push("--var", `${k}:${v}`);
+const inspector = INSPECTOR_PORT === null ? [] : ["--inspector-port", String(INSPECTOR_PORT)];
 const dev = spawn(
   "wrangler",
-  ["dev", "--ip", HOST, "--port", String(PORT), "--show-interactive-dev-session=false", ...vars],
+  ["dev", "--ip", HOST, "--port", String(PORT), "--show-interactive-dev-session=false", ...inspector, ...vars],
   {
     cwd: ROOT,
     stdio: ["ignore", "pipe", "pipe"],

@@ -7,9 +7,14 @@
  * logits_scaling are per row — so a merged answer is bit for bit the answer alone.
  *
  * When calls meet: a head pass is synchronous (no await inside), so calls never queue behind a
- * running pass; they are delivered as separate events. A call that finds another one arrived
- * within HEAD_COMPANY_MS waits one timer turn (`setTimeout(0)`: the events already delivered join
- * it); a call with no recent company runs at once (one stream alone pays no timer).
+ * running pass; they are delivered as separate events after it. A call has company — it waits one
+ * timer turn (`setTimeout(0)`: the events already delivered join it, and the pass leaves with all
+ * of them) — when another call arrived within HEAD_COMPANY_MS, or when a pass ended and no timer
+ * turn has passed since: the call was then delivered straight after that pass, which means it
+ * waited for it, and so may the calls behind it. The clock alone misses that case: a pass takes
+ * longer than HEAD_COMPANY_MS on a granite-sized shard, so calls delivered one after another
+ * behind it look far apart and each ran alone. A call with no company runs at once (one stream
+ * alone pays no timer: its next call comes long after the turn).
  *
  * Bounded: a pass carries at most HEAD_PASS_BYTES of logits (at least HEAD_TOKEN_CHUNK rows), the
  * queue 8× that, a queued call waits at most HEAD_QUEUE_DEADLINE_MS; a refused call answers
@@ -48,14 +53,20 @@ export class HeadHostBatcher {
   #queue: Coalescer<HeadCall, HeadAnswer> | null = null;
   #store: HeadStore | null = null;
   #lastArrival = Number.NEGATIVE_INFINITY;
+  /** A pass ended and no timer turn has run since (calls delivered now waited behind it). */
+  #justRan = false;
   readonly #stats: HeadBatchStats = emptyPassStats();
 
-  constructor(private readonly label: string) {}
+  constructor(
+    private readonly label: string,
+    /** The clock arrivals are timed by (tests pass their own). */
+    private readonly now: () => number = Date.now,
+  ) {}
 
   /** `call` on `store`, merged with the calls that meet it; its own answer (QueueFullError: overload). */
   run(store: HeadStore, call: HeadCall): Promise<HeadAnswer> {
-    const now = Date.now();
-    const company = now - this.#lastArrival < HEAD_COMPANY_MS;
+    const now = this.now();
+    const company = this.#justRan || now - this.#lastArrival < HEAD_COMPANY_MS;
     this.#lastArrival = now;
     return this.#queueFor(store, company).submit(call, call.n);
   }
@@ -81,8 +92,10 @@ export class HeadHostBatcher {
         turn: "timer",
         handOver: "direct",
       },
-      // 1: no company expected, the call runs at once (no turn); 2: wait one turn for whoever comes.
-      () => (this.#company ? 2 : 1),
+      // 1: no company expected, the call runs at once (no turn). With company, a quorum no turn can
+      // complete: the pass leaves after one turn (maxWaitMs 0) with every call delivered by then,
+      // not as soon as a second one arrives (a pair per pass, the rest waiting behind it).
+      () => (this.#company ? maxRows + 1 : 1),
       `${this.label} head queue`,
     );
     return this.#queue;
@@ -91,6 +104,7 @@ export class HeadHostBatcher {
   #company = false;
 
   #pass(store: HeadStore, entries: readonly BatchEntry<HeadCall>[]): BatchResult<HeadAnswer>[] {
+    this.#noteRan();
     const s = this.#stats;
     countPass(s, entries.length);
     const rows = entries.reduce((t, e) => t + e.item.n, 0);
@@ -119,6 +133,18 @@ export class HeadHostBatcher {
       }
     }
     return out;
+  }
+
+  /**
+   * Marks the pass's end until the next timer turn. Set as the pass starts: it is synchronous, so
+   * no call is delivered before it ends, and the timer set here fires only after it.
+   */
+  #noteRan(): void {
+    if (this.#justRan) return;
+    this.#justRan = true;
+    setTimeout(() => {
+      this.#justRan = false;
+    }, 0);
   }
 }
 

@@ -126,6 +126,11 @@ export class StageBatcher {
     return { ...this.#stats };
   }
 
+  /** Whether a pass may carry several calls (BATCHING on), or one call at a time. */
+  get merges(): boolean {
+    return this.#queue.limits.maxRows > 1;
+  }
+
   async #pass(entries: readonly BatchEntry<StageCall>[]): Promise<BatchResult<StageCallResult>[]> {
     const s = this.#stats;
     countPass(s, entries.length);

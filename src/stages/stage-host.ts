@@ -61,7 +61,10 @@ export interface StagePart {
   load: LoadStats & { ms: number };
   /** The upload its layers were read from. */
   version: string;
-  /** Merges concurrent calls into one pass over the layers (null: BATCHING off, or not exact here). */
+  /**
+   * Runs calls one pass at a time, merging concurrent ones into one pass over the layers when BATCHING
+   * is on and that is exact here (`merges`); null only while the part is being built.
+   */
   batcher: StageBatcher | null;
 }
 
@@ -341,7 +344,8 @@ export class StageHost extends DurableObject<Env> {
       wasmMemoryBytes: k?.memoryBytes ?? 0,
       peak: this.#notePeak(),
       driver: this.#driven?.memory(this.env) ?? null,
-      batching: p?.batcher?.stats() ?? null,
+      // Null with BATCHING off: its passes carry one call each (merged-pass stats would all read 0).
+      batching: p?.batcher?.merges ? p.batcher.stats() : null,
     };
   }
 
@@ -504,6 +508,12 @@ function failure(err: unknown): StageFailure {
     return { ok: false, code: "busy", message, retryAfterMs: KV_RETRY_AFTER_MS };
   if (err instanceof Error && (err as { code?: string }).code === "expert_unavailable")
     return { ok: false, code: "expert_unavailable", message };
+  // The session driver's own chain call met a full stage (stageError's 429) or one too short for the
+  // request (its 400): the same code travels on in band, so the Worker answers as the stage did.
+  if (err instanceof Error && (err as { code?: string }).code === "kv_cache_full")
+    return { ok: false, code: "busy", message, retryAfterMs: KV_RETRY_AFTER_MS };
+  if (err instanceof Error && (err as { code?: string }).code === "context_length_exceeded")
+    return { ok: false, code: "too_long", message };
   // The session driver's own chain call met an overloaded stage: the same code travels on in band.
   if (err instanceof Error && (err as { code?: string }).code === "stage_overloaded")
     return { ok: false, code: "overloaded", message, retryAfterMs: STAGE_OVERLOAD_RETRY_MS };

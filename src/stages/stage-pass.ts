@@ -16,12 +16,15 @@ import type { StagePart } from "./stage-host";
 export const MAX_PASS_ROWS = 512;
 
 /**
- * The part's batcher, or null when BATCHING is off or a merged pass would not give every call
- * exactly its rows alone (`layersExact`: then every call runs alone, as before).
+ * The part's pass queue. It merges calls when BATCHING is on and a merged pass gives every call
+ * exactly its rows alone (`layersExact`); otherwise each pass carries one call, alone, as before —
+ * but still one pass at a time: calls run side by side would each hold their scratch across their
+ * expert fan-outs, and 16 concurrent prompts went past the stage's Wasm budget (a 500) where one
+ * pass's STAGE_SCRATCH_BYTES is all the budget keeps for them.
  */
-export function stageBatcherFor(env: Env, part: StagePart, kvBudgetBytes: number, label: string): StageBatcher | null {
+export function stageBatcherFor(env: Env, part: StagePart, kvBudgetBytes: number, label: string): StageBatcher {
   const { forward } = part;
-  if (!batchingEnabled(env) || !forward.layersExact) return null;
+  const merges = batchingEnabled(env) && forward.layersExact;
   // One pass's scratch, for sessions as long as the KV budget allows, within STAGE_SCRATCH_BYTES.
   const maxLen = Math.max(1, Math.min(maxServableTokens(forward.spec), Math.floor(kvBudgetBytes / forward.kvBytes(1))));
   const maxRows = Math.min(MAX_PASS_ROWS, forward.stepRowsFitting(STAGE_SCRATCH_BYTES, maxLen));
@@ -29,7 +32,13 @@ export function stageBatcherFor(env: Env, part: StagePart, kvBudgetBytes: number
   return new StageBatcher(
     passRunner(env, part),
     forward.spec.dModel,
-    { maxRows, maxQueuedRows: stageQueueRows(maxRows), queueDeadlineMs: deadline, runDeadlineMs: deadline },
+    {
+      // A pass takes at least one call whatever its rows: a limit of 1 row is one call per pass.
+      maxRows: merges ? maxRows : 1,
+      maxQueuedRows: stageQueueRows(maxRows),
+      queueDeadlineMs: deadline,
+      runDeadlineMs: deadline,
+    },
     `stage ${label}`,
   );
 }

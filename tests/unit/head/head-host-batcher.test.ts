@@ -2,12 +2,13 @@
  * HeadHostBatcher (src/head/head-host-batcher.ts): head calls on one shard that meet run as one
  * pass and each gets, bit for bit, what it gets alone — logits slices and greedy answers, f32 and
  * bf16 rows, a ragged shard (1003 rows, granite-like) and an odd dModel; a call with no recent
- * company runs at once; a full queue refuses with QueueFullError.
+ * company runs at once, calls delivered right after a long pass meet; a full queue refuses with
+ * QueueFullError.
  */
 import { describe, expect, it } from "vitest";
 import { loadKernels } from "../../../src/kernels/node";
 import { HeadStore } from "../../../src/head/head-store";
-import { headAnswer, HeadHostBatcher, type HeadCall } from "../../../src/head/head-host-batcher";
+import { HEAD_COMPANY_MS, headAnswer, HeadHostBatcher, type HeadCall } from "../../../src/head/head-host-batcher";
 import { createRng } from "../../../src/serving/sampling";
 import { QueueFullError } from "../../../src/platform/coalescer";
 import { randn } from "../kernels/helpers";
@@ -67,6 +68,29 @@ describe("HeadHostBatcher", () => {
     const r = await b.run(s, c);
     expect(canon(r)).toEqual(canon(headAnswer(s, c)));
     expect(b.stats()).toMatchObject({ passes: 1, calls: 1, mergedPasses: 0 });
+  });
+
+  it("merges the calls delivered right after a pass, however long the pass took", async () => {
+    // A granite-sized shard's pass takes longer than HEAD_COMPANY_MS: the calls that waited behind
+    // it are delivered one after another with the clock far past the previous arrival.
+    const s = await store("F32");
+    let clock = 0;
+    const b = new HeadHostBatcher("test", () => clock);
+    const [a, x, y, z] = calls();
+    await b.run(s, a); // alone: its pass runs at once
+    expect(b.stats()).toMatchObject({ passes: 1, mergedPasses: 0 });
+    clock += 10 * HEAD_COMPANY_MS;
+    // Delivered before any timer turn since that pass: they waited behind it, and meet.
+    const first = b.run(s, x);
+    clock += 10 * HEAD_COMPANY_MS;
+    const second = b.run(s, y);
+    expect((await Promise.all([first, second])).map(canon)).toEqual([x, y].map((c) => canon(headAnswer(s, c))));
+    expect(b.stats()).toMatchObject({ passes: 2, calls: 3, mergedPasses: 1, mergedCalls: 2 });
+    // Past a timer turn and HEAD_COMPANY_MS with no call: alone again, at once.
+    await new Promise((r) => setTimeout(r, 5));
+    clock += 10 * HEAD_COMPANY_MS;
+    expect(canon(await b.run(s, z))).toEqual(canon(headAnswer(s, z)));
+    expect(b.stats()).toMatchObject({ passes: 3, mergedPasses: 1 });
   });
 
   it("refuses a call past the queue's rows with QueueFullError", async () => {

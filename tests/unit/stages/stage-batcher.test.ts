@@ -2,7 +2,8 @@
  * StageBatcher (src/stages/stage-batcher.ts): calls delivered together run as one merged pass and
  * each gets its own rows; a call alone runs the per-call path; calls queued while a pass runs form
  * the next pass; a session twice in one pass fails its later call only; a full queue refuses with
- * QueueFullError (the StageHost's `busy`); a failed call in a merged pass fails only itself.
+ * QueueFullError (the StageHost's `busy`); a failed call in a merged pass fails only itself; with
+ * BATCHING off (one-row passes) calls still run one pass at a time, each alone.
  */
 import { describe, expect, it } from "vitest";
 import { Session } from "../../../src/serving/forward";
@@ -112,6 +113,37 @@ describe("StageBatcher", () => {
     ]);
     expect(r.map((x) => x.status)).toEqual(["fulfilled", "rejected", "rejected", "fulfilled"]);
     expect(t.passes).toEqual([{ kind: "merged", sizes: [1, 1, 1] }]);
+  });
+
+  it("with a one-row pass limit (BATCHING off), runs concurrent calls alone, one pass at a time", async () => {
+    const t = runner();
+    let running = 0;
+    let most = 0;
+    const counted: StagePassRunner = {
+      async alone(c) {
+        most = Math.max(most, ++running);
+        try {
+          return await t.r.alone(c);
+        } finally {
+          running--;
+        }
+      },
+      merged: (calls) => t.r.merged(calls),
+    };
+    const b = new StageBatcher(counted, D, { ...LIMITS, maxRows: 1, maxQueuedRows: 64 }, "test");
+    expect(b.merges).toBe(false);
+    expect(new StageBatcher(t.r, D, LIMITS, "test").merges).toBe(true);
+    t.hold();
+    const out = [1, 2, 3].map((v) => b.run(call(session(), v, v)));
+    await new Promise((r) => setTimeout(r, 5));
+    expect(t.passes).toEqual([{ kind: "alone", sizes: [1] }]); // the others wait for it, not beside it
+    t.release();
+    (await Promise.all(out)).forEach((o, i) =>
+      expect(Array.from(o.y)).toEqual(new Array((i + 1) * D).fill(2 * (i + 1))),
+    );
+    expect(t.passes).toEqual([1, 2, 3].map((n) => ({ kind: "alone", sizes: [n] })));
+    expect(most).toBe(1);
+    expect(b.stats()).toMatchObject({ passes: 3, calls: 3, mergedPasses: 0 });
   });
 
   it("refuses a call past the queue's rows with QueueFullError", async () => {
