@@ -110,9 +110,12 @@ export async function executeMoves(live: Placement, ops: PlacementOp[], deps: Ex
     kept.push(o);
     last--;
   }
+  // Every load failed and nothing can be retired: publish nothing (a new version would only make
+  // every Worker refresh its placement for the same table).
+  if (kept.length === 0) return { placement: live, failedLoads, applied: [], failedUnloads: [] };
   const next = applyOps(live, kept, sharesAfter(live, kept, null));
   const placement = { ...next, version: live.version + 1 };
-  deps.publish(placement, kept.map(opSummary).join(" ") || "no change");
+  deps.publish(placement, kept.map(opSummary).join(" "));
   const failedUnloads: string[] = [];
   if (removes.length > 0) {
     await new Promise((r) => setTimeout(r, deps.drainMs));

@@ -229,4 +229,16 @@ describe("executeMoves", () => {
     expect(events.filter((e) => e.startsWith("unload"))).toEqual(["unload m/h3 0:1"]);
     expect(checkPlacementInvariants(done.placement, undefined, 1)).toEqual([]);
   });
+  it("publishes nothing when every load fails and no instance can be retired", async () => {
+    // One lone expert on h3, the only added instance: its move home fails, so h3 stays listed.
+    const p = afterBurst(4, { 1: 3 });
+    const ops = planConsolidation({ placement: p, expertBytes: 1, homeInstances: HOME, maxCopies: 16 });
+    expect(ops.some((o) => o.op === "add-replica")).toBe(true);
+    const { d, events, published } = deps("m/h1");
+    const done = await executeMoves(p, ops, d);
+    expect(published).toEqual([]);
+    expect(done.placement).toBe(p);
+    expect(done.applied).toEqual([]);
+    expect(events.filter((e) => e.startsWith("unload"))).toEqual([]);
+  });
 });
