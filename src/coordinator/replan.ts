@@ -67,7 +67,8 @@ export interface ReplanConfig {
   /**
    * Windows the placement must stay unchanged (no copy, release or move) before lone experts are
    * moved home after a burst: the release settles first, and a load that comes back within them
-   * keeps its placement (hysteresis against the replication).
+   * keeps its placement (hysteresis against the replication; 20 windows = 10 s, so one user's
+   * pause between requests does not copy experts that the next request's burst may move again).
    */
   consolidateAfterWindows: number;
 }
@@ -89,7 +90,7 @@ export const DEFAULT_REPLAN_CONFIG: Readonly<ReplanConfig> = Object.freeze({
   useVariance: true,
   loadWindow: Object.freeze({ halfLifeWindows: 2, riseAlpha: 1, trendAlpha: 0.3 }),
   latency: Object.freeze({ rpcMs: 1, rowMsPerMiB: 0.4, loadMsPerMiB: 5 }),
-  consolidateAfterWindows: 4,
+  consolidateAfterWindows: 20,
 });
 
 /** A deployment's re-plan config: `DEFAULT_REPLAN_CONFIG` with its `[vars]` applied (ConfigError on a bad value). */

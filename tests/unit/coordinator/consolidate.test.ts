@@ -136,7 +136,7 @@ describe("replanStep: consolidation", () => {
     ]);
 
   it("moves the lone experts home on an idle window once the placement has settled", () => {
-    const d = replanStep(live(4), idle(), config());
+    const d = replanStep(live(DEFAULT_REPLAN_CONFIG.consolidateAfterWindows), idle(), config());
     expect(d.reason).toBe("consolidated");
     expect(d.copies).toBe(2);
     const next = applyOps(burst(), d.ops, d.shares!);
@@ -145,7 +145,7 @@ describe("replanStep: consolidation", () => {
   });
 
   it("waits consolidateAfterWindows unchanged windows, and needs the fresh placement's size", () => {
-    expect(replanStep(live(3), idle(), config()).ops).toEqual([]);
+    expect(replanStep(live(DEFAULT_REPLAN_CONFIG.consolidateAfterWindows - 1), idle(), config()).ops).toEqual([]);
     expect(replanStep(live(5), idle(), config({ consolidateAfterWindows: 6 })).ops).toEqual([]);
     expect(replanStep(live(50, null), idle(), config()).ops).toEqual([]);
   });
