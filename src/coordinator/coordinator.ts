@@ -157,22 +157,35 @@ export class Coordinator extends DurableObject<Env> {
     return p.version;
   }
 
+  /**
+   * One turn of the re-plan loop; it re-arms itself whatever happens in it (the runtime retries a
+   * throwing handler only a few times, and after a burst no load report would arm it again).
+   */
   override async alarm(): Promise<void> {
-    const now = Date.now();
-    const due = this.#reconcileDue();
-    if (due !== null && now >= due) {
-      // Owed a reconcile (restart or failed change): that first; the re-plan resumes next window.
-      const done = this.#busy ? null : await this.reconcile();
-      if (!done || done.failed.length > 0)
-        await this.ctx.storage.setAlarm(Date.now() + (done ? this.#config.windowMs : 100));
-      else if (this.#active()) await this.ctx.storage.setAlarm(Date.now() + this.#config.windowMs);
-      return;
+    let next: number | null = Date.now() + this.#config.windowMs;
+    try {
+      next = await this.#alarmTurn();
+    } catch (err) {
+      console.error(`Coordinator alarm failed, retrying next window: ${err instanceof Error ? err.message : err}`);
     }
-    const report = await this.replan("alarm");
-    let next = report.reason === "busy" ? Date.now() + 100 : this.#active() ? Date.now() + this.#config.windowMs : null;
     const owed = this.#reconcileDue(); // a failed change during the re-plan may have owed one
     if (owed !== null) next = next === null ? owed : Math.min(next, owed);
     if (next !== null) await this.ctx.storage.setAlarm(next);
+  }
+
+  /** An owed reconcile when due, then the re-plan; when the loop should run next (null: idle). */
+  async #alarmTurn(): Promise<number | null> {
+    const due = this.#reconcileDue();
+    if (due !== null && Date.now() >= due) {
+      if (this.#busy) return Date.now() + 100;
+      // Owed (restart or failed change). A failed one is retried a window later and the re-plan
+      // runs anyway: a host that never answers must not freeze the placement.
+      const done = await this.reconcile();
+      if (done.failed.length > 0) this.#store.setMeta(RECONCILE_KEY, String(Date.now() + this.#config.windowMs));
+    }
+    const report = await this.replan("alarm");
+    if (report.reason === "busy") return Date.now() + 100;
+    return this.#active() ? Date.now() + this.#config.windowMs : null;
   }
 
   // ── re-plan ───────────────────────────────────────────────────────────────────────────────
@@ -298,7 +311,9 @@ export class Coordinator extends DurableObject<Env> {
   async reconcile(): Promise<ReconcileReport> {
     while (this.#busy) await this.#busy.catch(() => null);
     const running = this.#reconcileOnce();
-    this.#busy = running.catch(() => null).finally(() => (this.#busy = null));
+    const busy = running.catch(() => null).finally(() => (this.#busy = null));
+    this.#busy = busy;
+    await busy; // not busy any more when it returns: the alarm re-plans right after it
     return running;
   }
 
