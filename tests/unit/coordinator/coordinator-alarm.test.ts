@@ -2,9 +2,9 @@
  * The Coordinator's re-plan alarm loop, driven in Node on a fake Durable Object context (SQLite in
  * memory, an alarm the harness fires like the runtime's scheduler, fake ExpertHosts, fake timers):
  * after a burst the loop must keep going until the added instance is retired, even when an owed
- * reconcile keeps failing or a re-plan throws. Either used to stop it for good — the placement froze
- * with the burst's instance listed and empty, and no re-plan was ever recorded again (the flaky
- * consolidation integration test under load).
+ * reconcile keeps failing or a re-plan throws. Either used to stop it for good: the placement froze
+ * with the burst's instance listed and no re-plan was recorded again — the state the consolidation
+ * integration test was left in when it failed on a loaded machine.
  */
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import type { LoadReport } from "../../../src/experts/protocol";
