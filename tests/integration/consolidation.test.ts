@@ -8,7 +8,16 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { join } from "node:path";
 import type { LocalWorker } from "../../scripts/lib/local-worker";
-import { ADMIN, FIXTURES, GOLDEN_TINY_IDS, greedyTinyIds, postJson, startWithModels } from "./helpers";
+import {
+  ADMIN,
+  FIXTURES,
+  GOLDEN_TINY_IDS,
+  greedyTinyIds,
+  postJson,
+  REPLICATION_VARS,
+  startWithModels,
+  waitFor,
+} from "./helpers";
 
 interface Status {
   placement: { version: number; instances: { name: string }[]; replicas: { instance: number; share: number }[][][] };
@@ -34,34 +43,15 @@ const assigned = (s: Status) =>
       .sort(),
   );
 
-async function waitFor<T>(what: string, get: () => Promise<T>, ok: (v: T) => boolean, tries = 300): Promise<T> {
-  let v = await get();
-  for (let i = 0; i < tries && !ok(v); i++) {
-    await new Promise((r) => setTimeout(r, 200));
-    v = await get();
-  }
-  if (!ok(v)) throw new Error(`timed out waiting for ${what}: ${JSON.stringify(v).slice(0, 600)}`);
-  return v;
-}
-
 beforeAll(async () => {
   w = await startWithModels(
     { tiny: join(FIXTURES, "mixtral-tiny") },
     {
+      ...REPLICATION_VARS,
       // The tiny model's 16 experts (72 KiB each in f32) fill 4 instances of 4.5 experts' bytes:
       // every replica needs an instance the burst adds.
-      MIN_EXPERT_HOSTS: String(FRESH),
       EXPERT_HOST_BUDGET_MB: "0.3164",
       SPARE_SLOT_FRACTION: "0",
-      MAX_EXPERT_HOSTS: "6",
-      REPLAN_INTERVAL_MS: "300",
-      MAX_COPIES_PER_REPLAN: "4",
-      REPLAN_THRESHOLD: "0.1",
-      // Balance alone decides (as in replication.test.ts): one local client is a load at which
-      // the latency model copies nothing.
-      PLACEMENT_RPC_MS: "0",
-      PLACEMENT_ROW_MS_PER_MIB: "0",
-      DEFAULT_MODEL: "tiny",
     },
   );
 });
@@ -86,7 +76,12 @@ describe("consolidation after a burst", () => {
         if (r.status !== 200) throw new Error(`request failed during the burst: ${JSON.stringify(r.json)}`);
       }
     })();
-    const grown = await waitFor("an instance added by the burst", status, (s) => s.placement.instances.length > FRESH);
+    const grown = await waitFor(
+      "an instance added by the burst",
+      status,
+      (s) => s.placement.instances.length > FRESH,
+      300,
+    );
     stop = true;
     await load;
     expect(statuses.every((s) => s === 200)).toBe(true);
@@ -100,6 +95,7 @@ describe("consolidation after a burst", () => {
         replicated(s) === 0 &&
         s.placement.instances.length === FRESH &&
         s.placement.replicas.flat().every((reps) => reps[0].instance < FRESH),
+      300,
     );
     expect(settled.counters.ops["remove-instance"]).toBeGreaterThan(0);
     expect(settled.lastReplans.flatMap((r) => r.failedLoads)).toEqual([]);
@@ -110,6 +106,7 @@ describe("consolidation after a burst", () => {
       "hosts holding their assignments",
       hosts,
       (h) => JSON.stringify(h.hosts.map((x) => keys(x.loaded))) === want,
+      300,
     );
     // … and the retired hosts hold nothing.
     const env = (await w.worker.getEnv()) as unknown as Env;

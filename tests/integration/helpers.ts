@@ -29,21 +29,24 @@ export async function startWithModels(
   return w;
 }
 
-/**
- * Vars for the tests of the replication mechanism on mixtral-tiny: 4–6 ExpertHosts, re-plans every
- * 300 ms, and balance alone deciding — one local client is a load at which the latency model
- * (tests/unit/coordinator/latency.test.ts) copies nothing.
- */
-export const REPLICATION_VARS: Readonly<Record<string, string>> = {
-  MIN_EXPERT_HOSTS: "4",
-  MAX_EXPERT_HOSTS: "6",
-  REPLAN_INTERVAL_MS: "300",
-  MAX_COPIES_PER_REPLAN: "4",
-  REPLAN_THRESHOLD: "0.1",
-  PLACEMENT_RPC_MS: "0",
-  PLACEMENT_ROW_MS_PER_MIB: "0",
-  DEFAULT_MODEL: "tiny",
-};
+export { REPLICATION_VARS } from "../support/replication-vars";
+
+/** Polls `get` every `ms` until `ok` (at most `tries` times); throws naming `what` with the last value. */
+export async function waitFor<T>(
+  what: string,
+  get: () => Promise<T>,
+  ok: (v: T) => boolean,
+  tries = 150,
+  ms = 200,
+): Promise<T> {
+  let v = await get();
+  for (let i = 0; i < tries && !ok(v); i++) {
+    await new Promise((r) => setTimeout(r, ms));
+    v = await get();
+  }
+  if (!ok(v)) throw new Error(`timed out waiting for ${what}: ${JSON.stringify(v).slice(0, 600)}`);
+  return v;
+}
 
 /** startWithModels, then one 1-token completion of the default model: loaded and warm. */
 export async function startWarm(models: Record<string, string>, vars: Record<string, string>): Promise<LocalWorker> {

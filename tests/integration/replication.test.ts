@@ -7,7 +7,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { join } from "node:path";
 import type { LocalWorker } from "../../scripts/lib/local-worker";
-import { ADMIN, FIXTURES, postJson, REPLICATION_VARS, startWithModels } from "./helpers";
+import { ADMIN, FIXTURES, postJson, REPLICATION_VARS, startWithModels, waitFor } from "./helpers";
 
 interface Status {
   loads: number[][];
@@ -61,21 +61,6 @@ function skewedLoad() {
       await done;
     },
   };
-}
-async function waitFor<T>(
-  what: string,
-  get: () => Promise<T>,
-  ok: (v: T) => boolean,
-  tries = 150,
-  ms = 200,
-): Promise<T> {
-  let v = await get();
-  for (let i = 0; i < tries && !ok(v); i++) {
-    await new Promise((r) => setTimeout(r, ms));
-    v = await get();
-  }
-  if (!ok(v)) throw new Error(`timed out waiting for ${what}: ${JSON.stringify(v).slice(0, 500)}`);
-  return v;
 }
 
 beforeAll(async () => {

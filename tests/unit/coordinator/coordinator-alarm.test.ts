@@ -10,6 +10,7 @@ import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import type { LoadReport } from "../../../src/experts/protocol";
 import type { SqlDb } from "../../../src/platform/sql-migrations";
 import { memorySql } from "../../support/sqlite";
+import { REPLICATION_VARS } from "../../support/replication-vars";
 
 vi.mock("cloudflare:workers", () => ({
   DurableObject: class {
@@ -25,16 +26,7 @@ const { Coordinator } = await import("../../../src/coordinator/coordinator");
 type CoordinatorT = InstanceType<typeof Coordinator>;
 
 /** As tests/integration/consolidation.test.ts: 4 full fresh instances, a burst adds a fifth. */
-const VARS = {
-  MIN_EXPERT_HOSTS: "4",
-  SPARE_SLOT_FRACTION: "0",
-  MAX_EXPERT_HOSTS: "6",
-  REPLAN_INTERVAL_MS: "300",
-  MAX_COPIES_PER_REPLAN: "4",
-  REPLAN_THRESHOLD: "0.1",
-  PLACEMENT_RPC_MS: "0",
-  PLACEMENT_ROW_MS_PER_MIB: "0",
-};
+const VARS = { ...REPLICATION_VARS, SPARE_SLOT_FRACTION: "0" };
 const EXPERT_BYTES = 72 * 1024;
 const INIT = {
   model: "tiny",
