@@ -13,7 +13,7 @@ import {
   FIXTURES,
   GOLDEN_TINY_IDS,
   greedyTinyIds,
-  postJson,
+  skewedLoad,
   REPLICATION_VARS,
   startWithModels,
   waitFor,
@@ -63,28 +63,15 @@ describe("consolidation after a burst", () => {
     expect(fresh.placement.instances).toHaveLength(FRESH);
 
     // The burst: one token repeated routes most positions to a few experts per layer.
-    let stop = false;
-    const statuses: number[] = [];
-    const load = (async () => {
-      while (!stop) {
-        const r = await postJson(w, "/v1/completions", {
-          prompt: new Array(24).fill(42),
-          max_tokens: 4,
-          temperature: 0,
-        });
-        statuses.push(r.status);
-        if (r.status !== 200) throw new Error(`request failed during the burst: ${JSON.stringify(r.json)}`);
-      }
-    })();
+    const load = skewedLoad(w, "the burst");
     const grown = await waitFor(
       "an instance added by the burst",
       status,
       (s) => s.placement.instances.length > FRESH,
       300,
     );
-    stop = true;
-    await load;
-    expect(statuses.every((s) => s === 200)).toBe(true);
+    await load.stop();
+    expect(load.statuses.every((s) => s === 200)).toBe(true);
     const added = grown.placement.instances.slice(FRESH).map((i) => i.name);
 
     // Idle: released, consolidated, the added instances retired.

@@ -61,6 +61,29 @@ export async function startWarm(models: Record<string, string>, vars: Record<str
   return w;
 }
 
+/**
+ * Skewed load on `w` (one token repeated: most positions route to the same few experts per layer)
+ * until `stop()`; every request must succeed (`stop()` rethrows the first failure).
+ */
+export function skewedLoad(w: LocalWorker, what = "the skewed load") {
+  const statuses: number[] = [];
+  let stopped = false;
+  const done = (async () => {
+    while (!stopped) {
+      const r = await postJson(w, "/v1/completions", { prompt: new Array(24).fill(42), max_tokens: 4, temperature: 0 });
+      statuses.push(r.status);
+      if (r.status !== 200) throw new Error(`request failed during ${what}: ${JSON.stringify(r.json)}`);
+    }
+  })();
+  return {
+    statuses,
+    stop: async () => {
+      stopped = true;
+      await done;
+    },
+  };
+}
+
 export async function postJson(
   w: LocalWorker,
   path: string,

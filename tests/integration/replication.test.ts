@@ -7,7 +7,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { join } from "node:path";
 import type { LocalWorker } from "../../scripts/lib/local-worker";
-import { ADMIN, FIXTURES, postJson, REPLICATION_VARS, startWithModels, waitFor } from "./helpers";
+import { ADMIN, FIXTURES, postJson, REPLICATION_VARS, skewedLoad, startWithModels, waitFor } from "./helpers";
 
 interface Status {
   loads: number[][];
@@ -43,25 +43,6 @@ const assigned = (s: Status) =>
   );
 const held = (h: Hosts, n: number) =>
   Array.from({ length: n }, (_, i) => (h.hosts[i]?.loaded ?? []).map((e) => `${e.layer}:${e.expert}`).sort());
-/** Skewed load (one token repeated) until `stop()`; every request must succeed. */
-function skewedLoad() {
-  const statuses: number[] = [];
-  let stopped = false;
-  const done = (async () => {
-    while (!stopped) {
-      const r = await postJson(w, "/v1/completions", { prompt: new Array(24).fill(42), max_tokens: 4, temperature: 0 });
-      statuses.push(r.status);
-      if (r.status !== 200) throw new Error(`request failed during replication: ${JSON.stringify(r.json)}`);
-    }
-  })();
-  return {
-    statuses,
-    stop: async () => {
-      stopped = true;
-      await done;
-    },
-  };
-}
 
 beforeAll(async () => {
   w = await startWithModels(
@@ -80,19 +61,8 @@ describe("hot-expert replication", () => {
     expect(replicated(before)).toEqual([]);
 
     // Skewed load: one token repeated routes most positions to the same few experts per layer.
-    const statuses: number[] = [];
-    let stop = false;
-    const load = (async () => {
-      while (!stop) {
-        const r = await postJson(w, "/v1/completions", {
-          prompt: new Array(24).fill(42),
-          max_tokens: 4,
-          temperature: 0,
-        });
-        statuses.push(r.status);
-        if (r.status !== 200) throw new Error(`request failed during replication: ${JSON.stringify(r.json)}`);
-      }
-    })();
+    const load = skewedLoad(w, "replication");
+    const statuses = load.statuses;
 
     let hot: ReturnType<typeof replicated> = [];
     for (let i = 0; i < 100 && hot.length === 0; i++) {
@@ -130,8 +100,7 @@ describe("hot-expert replication", () => {
       tokensOf(tf0, victim.instances[1], victim.key),
     );
 
-    stop = true;
-    await load;
+    await load.stop();
     expect(statuses.length).toBeGreaterThan(5);
     expect(statuses.every((s) => s === 200)).toBe(true);
     const s = await status();
@@ -169,7 +138,7 @@ describe("reconcile after a Coordinator restart", () => {
     // Replicate under load, then let the load go: the Coordinator drains the idle replicas away
     // (publishes a table without them, waits for Workers to see it, then unloads). Restart it
     // inside that wait.
-    const load = skewedLoad();
+    const load = skewedLoad(w, "replication");
     const hot = await waitFor("replicas", status, (s) => replicated(s).length > 0);
     await load.stop();
     const before = replicated(hot).length;
