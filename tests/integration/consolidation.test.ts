@@ -10,6 +10,7 @@ import { join } from "node:path";
 import type { LocalWorker } from "../../scripts/lib/local-worker";
 import {
   ADMIN,
+  assignedKeys,
   FIXTURES,
   GOLDEN_TINY_IDS,
   greedyTinyIds,
@@ -34,14 +35,7 @@ const status = async () => (await (await w.fetch("/admin/placement?model=tiny", 
 const hosts = async () => (await (await w.fetch("/admin/hosts?model=tiny", { headers: ADMIN })).json()) as Hosts;
 const replicated = (s: Status) => s.placement.replicas.flat().filter((reps) => reps.length > 1).length;
 const keys = (list: { layer: number; expert: number }[]) => list.map((e) => `${e.layer}:${e.expert}`).sort();
-const assigned = (s: Status) =>
-  s.placement.instances.map((_, i) =>
-    s.placement.replicas
-      .flatMap((row, layer) =>
-        row.flatMap((reps, expert) => (reps.some((r) => r.instance === i) ? [`${layer}:${expert}`] : [])),
-      )
-      .sort(),
-  );
+const assigned = (s: Status) => assignedKeys(s.placement);
 
 beforeAll(async () => {
   w = await startWithModels(

@@ -31,6 +31,20 @@ export async function startWithModels(
 
 export { REPLICATION_VARS } from "../support/replication-vars";
 
+/** Per instance, "layer:expert" of what `placement` assigns it, sorted (the fixtures' rows are model layers). */
+export function assignedKeys(placement: {
+  instances: readonly unknown[];
+  replicas: readonly (readonly (readonly { instance: number }[])[])[];
+}): string[][] {
+  return placement.instances.map((_, i) =>
+    placement.replicas
+      .flatMap((row, layer) =>
+        row.flatMap((reps, expert) => (reps.some((r) => r.instance === i) ? [`${layer}:${expert}`] : [])),
+      )
+      .sort(),
+  );
+}
+
 /** Polls `get` every `ms` until `ok` (at most `tries` times); throws naming `what` with the last value. */
 export async function waitFor<T>(
   what: string,

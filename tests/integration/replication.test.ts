@@ -7,7 +7,16 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { join } from "node:path";
 import type { LocalWorker } from "../../scripts/lib/local-worker";
-import { ADMIN, FIXTURES, postJson, REPLICATION_VARS, skewedLoad, startWithModels, waitFor } from "./helpers";
+import {
+  ADMIN,
+  assignedKeys,
+  FIXTURES,
+  postJson,
+  REPLICATION_VARS,
+  skewedLoad,
+  startWithModels,
+  waitFor,
+} from "./helpers";
 
 interface Status {
   loads: number[][];
@@ -32,15 +41,7 @@ const replicated = (s: Status) =>
   s.placement.replicas.flatMap((row, layer) =>
     row.flatMap((reps, expert) => (reps.length > 1 ? [{ layer, expert, reps }] : [])),
   );
-/** Per host, "layer:expert" of what the placement assigns it (the fixture's rows are model layers). */
-const assigned = (s: Status) =>
-  s.placement.instances.map((_, i) =>
-    s.placement.replicas
-      .flatMap((row, layer) =>
-        row.flatMap((reps, expert) => (reps.some((r) => r.instance === i) ? [`${layer}:${expert}`] : [])),
-      )
-      .sort(),
-  );
+const assigned = (s: Status) => assignedKeys(s.placement);
 const held = (h: Hosts, n: number) =>
   Array.from({ length: n }, (_, i) => (h.hosts[i]?.loaded ?? []).map((e) => `${e.layer}:${e.expert}`).sort());
 
