@@ -20,6 +20,7 @@ import {
   type LoadReport,
   type PlacementShape,
 } from "./lib/bench-load";
+import { alternateSingle, type AlternateReport } from "./lib/alternate-single";
 import { loopbackUrl } from "./lib/load-client";
 import { memoryTable } from "./lib/host-memory";
 import { startLocalWorker, ADMIN_TOKEN_FOR_TESTS, ROOT, type LocalWorker } from "./lib/local-worker";
@@ -62,7 +63,10 @@ const USAGE = `usage: npm run bench:load [-- --concurrency 1,4,16,64] [--tokens 
                       again: prints its decode tok/s against the fresh one's and the instances
                       holding experts before / after the burst / after the release (needs
                       --admin-token with --url). The hot set then moves every 4 requests instead
-                      of every --phase-seconds, so both single streams send the same requests
+                      of every --phase-seconds, so both single streams send the same requests.
+                      Own servers also start a control server (same vars, never burst) during
+                      the release and run one stream on both, request by request in turn
+                      (16 each): after ÷ control, free of the machine's drift between the levels
   --release-seconds S how long --after-burst waits for the release (default 90)
   --out FILE          JSON result (default bench-results/load.json)
   --var NAME=VALUE    another var for the own servers, repeatable (e.g. --var PIPELINE_STAGES=2
@@ -240,7 +244,16 @@ interface AfterBurst {
   after: LevelReport | null;
   /** after ÷ fresh decode tok/s (issue 11 wants ≥ 0.95). */
   ratio: number | null;
+  /**
+   * Own servers: after the release, one stream on this server and on a control server started
+   * during the release (same vars, never burst: a fresh placement), request by request in turn;
+   * a = this server, b = the control. Null with --url or when the release did not come.
+   */
+  alternated: AlternateReport | null;
 }
+
+/** --after-burst: requests each server gets in the alternated comparison. */
+const ALTERNATE_REQUESTS = 16;
 
 /** --after-burst: the release after the levels, then one stream again against the fresh one. */
 async function afterBurst(
@@ -249,13 +262,33 @@ async function afterBurst(
   token: string,
   report: LoadReport,
   before: PlacementShape | null,
+  control?: { start: () => Promise<LocalWorker>; cpuMs?: () => number | null },
 ) {
   const opts = options(url, model, token, [1], false);
   const burstEnd = await placementShape(opts);
   console.log(`\n  waiting for the idle release (at most ${releaseSeconds} s) …`);
-  const released = await waitForRelease(opts, releaseSeconds * 1000, before ?? undefined);
+  // The control server starts (seeds, warms) while this one releases: it never takes the burst.
+  const starting = control?.start();
+  starting?.catch(() => {});
+  let alternated: AlternateReport | null = null;
+  let released: Awaited<ReturnType<typeof waitForRelease>> = null;
+  let after: LevelReport | null = null;
   const fresh = report.levels[0];
-  const after = released ? (await runLoad(opts)).levels[0] : null;
+  try {
+    released = await waitForRelease(opts, releaseSeconds * 1000, before ?? undefined);
+    after = released ? (await runLoad(opts)).levels[0] : null;
+    if (released && starting) {
+      const c = await starting;
+      console.log(`  one stream here and on a never-burst control server, in turn (${ALTERNATE_REQUESTS} each) …`);
+      alternated = await alternateSingle(
+        { url, cpuMs: control?.cpuMs },
+        { url: c.url.href, cpuMs: c.cpuMs },
+        { model, maxTokens: tokens, requests: ALTERNATE_REQUESTS, phaseRequests: AFTER_BURST_PHASE_REQUESTS },
+      );
+    }
+  } finally {
+    await (await starting?.catch(() => null))?.dispose();
+  }
   const ratio = after && fresh.decodeTokensPerSec > 0 ? after.decodeTokensPerSec / fresh.decodeTokensPerSec : null;
   const result: AfterBurst = {
     releaseSeconds: released?.seconds ?? null,
@@ -265,6 +298,7 @@ async function afterBurst(
     fresh,
     after,
     ratio,
+    alternated,
   };
   const held = (s: PlacementShape | null | undefined) => (s ? `${s.holding} of ${s.instances}` : "?");
   console.log(
@@ -279,6 +313,16 @@ async function afterBurst(
           `server CPU ${fmt(after?.serverCpuMsPerToken ?? null, 1)} vs ${fmt(fresh.serverCpuMsPerToken, 1)} ms/token)`
       : `  no release within ${releaseSeconds} s: not measured`,
   );
+  if (alternated) {
+    const { a, b } = alternated;
+    console.log(
+      `  in turn with the control: ${a.decodeTokensPerSec.toFixed(1)} tok/s after the burst vs ` +
+        `${b.decodeTokensPerSec.toFixed(1)} never burst = ${alternated.ratio?.toFixed(3)}× (TPOT p50 ` +
+        `${fmt(a.tpotMsP50, 1)} vs ${fmt(b.tpotMsP50, 1)} ms; server CPU ${fmt(a.serverCpuMsPerToken, 1)} vs ` +
+        `${fmt(b.serverCpuMsPerToken, 1)} ms/token; ${a.failed + b.failed} failed, ` +
+        `${alternated.tokensDiffering} tokens differing)`,
+    );
+  }
   return result;
 }
 
@@ -329,8 +373,18 @@ if (values.url) {
       const before = await placementShape(options(w.url.href, model, ADMIN_TOKEN_FOR_TESTS));
       const report = await runLoad(options(w.url.href, model, ADMIN_TOKEN_FOR_TESTS));
       table(label, report);
+      const control = {
+        start: async () => {
+          const c = await startLocalWorker({ vars });
+          await seedModelDir(await c.bucket(), dir, model);
+          const ok = await c.fetch(`/v1/placement?model=${model}`);
+          if (!ok.ok) throw new Error(`control warm-up failed: ${ok.status} ${await ok.text()}`);
+          return c;
+        },
+        cpuMs: w.cpuMs,
+      };
       const burst = values["after-burst"]
-        ? await afterBurst(w.url.href, model, ADMIN_TOKEN_FOR_TESTS, report, before)
+        ? await afterBurst(w.url.href, model, ADMIN_TOKEN_FOR_TESTS, report, before, control)
         : undefined;
       runs.push({ label, vars, report, afterBurst: burst });
     } finally {
