@@ -40,6 +40,12 @@ export interface CoordinatorStatus {
   lastReconcile: ReconcileReport | null;
   /** When this instance of the Coordinator started (changes on a restart). */
   startedAt: number;
+  /**
+   * When the re-plan or reconcile running now began (null: none runs). A turn that finds one
+   * running answers "busy" and retries 100 ms later; a value far in the past is a stuck turn
+   * (a host call that never returns), which the placement alone would show as a stopped loop.
+   */
+  busySince: number | null;
   counters: ReplanCounters;
 }
 
@@ -66,6 +72,8 @@ export class Coordinator extends DurableObject<Env> {
   #windowStart = Date.now();
   /** A re-plan or reconcile in progress: they never overlap (a reconcile would unload new loads). */
   #busy: Promise<unknown> | null = null;
+  /** When #busy began (status). */
+  #busySince: number | null = null;
   #reports: ReplanReport[] = [];
   /** Re-plans in a row that changed no replica set (replan.ts waits on it before consolidating). */
   #stableWindows = 0;
@@ -194,14 +202,27 @@ export class Coordinator extends DurableObject<Env> {
   async replan(trigger: ReplanReport["trigger"]): Promise<ReplanReport> {
     if (this.#busy) {
       const v = this.#placement?.version ?? 0;
+      // Counted apart from the re-plans (a long turn retried every 100 ms would swamp them), not listed.
+      this.#store.addCounters(new Map([["busyTurns", 1]]));
       return { ...noReport(trigger, v), reason: "busy" };
     }
     const running = this.#replanOnce(trigger);
-    this.#busy = running.catch(() => null).finally(() => (this.#busy = null));
+    this.#busy = this.#track(running);
     const report = await running;
     this.#reports = [...this.#reports.slice(-19), report];
     this.#count(report);
     return report;
+  }
+
+  /** `#busy` for a running turn: settles (never rejects) when it ends, and keeps `#busySince`. */
+  #track(running: Promise<unknown>): Promise<unknown> {
+    this.#busySince = Date.now();
+    return running
+      .catch(() => null)
+      .finally(() => {
+        this.#busy = null;
+        this.#busySince = null;
+      });
   }
 
   /** Adds a finished re-plan to the SQLite counters. */
@@ -225,6 +246,7 @@ export class Coordinator extends DurableObject<Env> {
       lastReplans: this.#reports,
       lastReconcile: this.#lastReconcile,
       startedAt: this.#startedAt,
+      busySince: this.#busySince,
       counters: countersFrom(this.#store.counters()),
     };
   }
@@ -311,7 +333,7 @@ export class Coordinator extends DurableObject<Env> {
   async reconcile(): Promise<ReconcileReport> {
     while (this.#busy) await this.#busy.catch(() => null);
     const running = this.#reconcileOnce();
-    const busy = running.catch(() => null).finally(() => (this.#busy = null));
+    const busy = this.#track(running);
     this.#busy = busy;
     await busy; // not busy any more when it returns: the alarm re-plans right after it
     return running;

@@ -34,6 +34,8 @@ export interface ReplanCounters {
   bytesMoved: number;
   /** Load reports made under another placement version (their per-instance rows were dropped). */
   staleReports: number;
+  /** Re-plan turns that found a re-plan or reconcile still running (and did nothing). */
+  busyTurns: number;
 }
 
 /** A report of a re-plan that did nothing. */
@@ -54,7 +56,7 @@ export function noReport(trigger: ReplanReport["trigger"], version: number): Rep
 
 /** The store's counter rows ("replans|trigger|reason", "ops|op", …) as `ReplanCounters`. */
 export function countersFrom(raw: Record<string, number>): ReplanCounters {
-  const c: ReplanCounters = { replans: [], ops: {}, loadFailures: 0, bytesMoved: 0, staleReports: 0 };
+  const c: ReplanCounters = { replans: [], ops: {}, loadFailures: 0, bytesMoved: 0, staleReports: 0, busyTurns: 0 };
   for (const [key, value] of Object.entries(raw)) {
     const [kind, a, b] = key.split("|");
     if (kind === "replans") c.replans.push({ trigger: a ?? "", reason: b ?? "", count: value });
@@ -62,6 +64,7 @@ export function countersFrom(raw: Record<string, number>): ReplanCounters {
     else if (kind === "loadFailures") c.loadFailures = value;
     else if (kind === "bytesMoved") c.bytesMoved = value;
     else if (kind === "staleReports") c.staleReports = value;
+    else if (kind === "busyTurns") c.busyTurns = value;
   }
   return c;
 }

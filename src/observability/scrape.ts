@@ -38,6 +38,18 @@ const G = {
   version: { name: "edge_moe_placement_version", type: "gauge", help: "Version of the published placement." },
   instances: { name: "edge_moe_placement_instances", type: "gauge", help: "ExpertHost instances in the placement." },
   windows: { name: "edge_moe_load_windows_total", type: "counter", help: "Load windows the Coordinator has folded." },
+  turnRunning: {
+    name: "edge_moe_replan_running_seconds",
+    type: "gauge",
+    help:
+      "How long the Coordinator's re-plan or reconcile running now has run (0: none runs); a large value is a " +
+      "stuck turn (the turns that find it running count in edge_moe_replan_busy_turns_total).",
+  },
+  busyTurns: {
+    name: "edge_moe_replan_busy_turns_total",
+    type: "counter",
+    help: "Re-plan turns that found a re-plan or reconcile still running and did nothing (kept in its SQLite).",
+  },
   replans: {
     name: "edge_moe_replans_total",
     type: "counter",
@@ -163,6 +175,8 @@ export function scrapeFamilies(c: Collected): Family[] {
     );
     status.balance.forEach((v, r) => add(G.balance, { model, layer: layerOf(r) }, v));
     add(G.windows, { model }, status.windows);
+    const since = status.busySince;
+    add(G.turnRunning, { model }, typeof since === "number" ? Math.max(0, (Date.now() - since) / 1000) : 0);
     const k = status.counters;
     if (k) {
       for (const r of k.replans) add(G.replans, { model, trigger: r.trigger, reason: r.reason }, r.count);
@@ -170,6 +184,7 @@ export function scrapeFamilies(c: Collected): Family[] {
       add(G.loadFailures, { model }, k.loadFailures);
       add(G.bytesMoved, { model }, k.bytesMoved);
       add(G.staleReports, { model }, k.staleReports);
+      add(G.busyTurns, { model }, k.busyTurns ?? 0);
     }
     if (!p) continue;
     add(G.version, { model }, p.version);

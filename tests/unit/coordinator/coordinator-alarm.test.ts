@@ -43,6 +43,8 @@ interface Options {
   unreachable?: string[];
   /** SQL statements matching this throw while `failing()` is true. */
   failSql?: { match: RegExp; failing: () => boolean };
+  /** While true, a host's load never answers (a call stuck in the network). */
+  hangLoads?: () => boolean;
 }
 
 /**
@@ -62,7 +64,7 @@ function harness(opts: Options = {}) {
   let inHandler = false;
   let setInHandler = false;
   const host = (name: string) => ({
-    load: async () => ({ ok: true, stats: {} }),
+    load: () => (opts.hangLoads?.() ? new Promise<never>(() => {}) : Promise.resolve({ ok: true, stats: {} })),
     unload: async () => ({}),
     reconcile: async () =>
       opts.unreachable?.includes(name)
@@ -182,5 +184,28 @@ describe("Coordinator alarm loop", () => {
     failing = false;
     await h.run(30_000);
     expect(await settled(h)).toEqual({ instances: 4, replicated: 0, retired: 1 });
+  });
+
+  it("shows since when a stuck turn runs, and counts the turns that find it running", async () => {
+    let hang = false;
+    const h = harness({ hangLoads: () => hang });
+    const made = h.c.ensurePlacement(INIT);
+    await h.run(100);
+    await made;
+    expect((await h.c.status()).busySince).toBeNull();
+    hang = true; // the burst's first copy never loads: that re-plan never ends
+    for (let i = 0; i < 10 && (await h.c.status()).busySince === null; i++) {
+      await h.c.reportLoad(burstReport((await h.c.getPlacement())?.version ?? 0));
+      await h.run(600);
+    }
+    const started = (await h.c.status()).busySince;
+    expect(started).not.toBeNull();
+    await h.run(5_000);
+    expect((await h.c.replan("admin")).reason).toBe("busy");
+    const s = await h.c.status();
+    expect(s.busySince).toBe(started); // the same turn, still running
+    expect(Date.now() - (started ?? 0)).toBeGreaterThanOrEqual(5_000);
+    expect(s.counters.busyTurns).toBe(1);
+    expect(s.counters.replans.some((r) => r.reason === "busy")).toBe(false);
   });
 });

@@ -34,7 +34,8 @@ function status(loads: number[][], layers?: number[]): CoordinatorStatus {
     lastReplans: [],
     lastReconcile: null,
     startedAt: 0,
-    counters: { replans: [], ops: {}, loadFailures: 0, bytesMoved: 0, staleReports: 0 },
+    busySince: null,
+    counters: { replans: [], ops: {}, loadFailures: 0, bytesMoved: 0, staleReports: 0, busyTurns: 0 },
   };
 }
 
