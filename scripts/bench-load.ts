@@ -37,7 +37,8 @@ const USAGE = `usage: npm run bench:load [-- --concurrency 1,4,16,64] [--tokens 
   refusals (status, Retry-After), tokens lost or changed against the same request run alone,
   placement versions seen. Bounded: each level sends at most --requests requests and starts none
   after --seconds; it stops by itself.
-  --concurrency L     levels, comma-separated (default 1,4,16,64)
+  --concurrency L     levels, comma-separated, in order (default 1,4,16,64); a level may repeat
+                      (1,16,1,16): each N > 1 is printed against the N = 1 level before it
   --tokens N          max_tokens per request (default 32); "default" sends none (default chats:
                       the server's DEFAULT_MAX_TOKENS, bounded by what the deployment fits)
   --requests N        requests per level (default 2 × N, at least 8)
@@ -221,6 +222,28 @@ function table(label: string, r: LoadReport): void {
     if (l.unexpected > 0) console.log(`    ${l.unexpected} request(s) neither complete nor refused with Retry-After`);
     if (l.memory) console.log(`\n  peak memory per instance after N=${l.concurrency}:\n${memoryTable(l.memory)}`);
   }
+  const ratios = scaling(r.levels);
+  if (ratios.length > 0)
+    console.log(
+      `  aggregate decode tok/s against the single stream just before: ${ratios
+        .map((x) => `N=${x.concurrency} ${x.ratio.toFixed(2)}×`)
+        .join(", ")}`,
+    );
+}
+
+/**
+ * Each level with N > 1 against the last N = 1 level before it: `--concurrency 1,16,1,16` measures
+ * the ratio twice, each from levels a minute apart (the VM's speed drifts over longer spans).
+ */
+function scaling(levels: LevelReport[]): { concurrency: number; ratio: number }[] {
+  const out: { concurrency: number; ratio: number }[] = [];
+  let single: LevelReport | null = null;
+  for (const l of levels) {
+    if (l.concurrency === 1) single = l;
+    else if (single && single.decodeTokensPerSec > 0)
+      out.push({ concurrency: l.concurrency, ratio: l.decodeTokensPerSec / single.decodeTokensPerSec });
+  }
+  return out;
 }
 
 function passesCell(l: LevelReport): string {
@@ -403,7 +426,7 @@ const result = {
     loadAverage1m: loadavg()[0],
     node: process.version,
   },
-  runs,
+  runs: runs.map((r) => ({ ...r, scaling: scaling(r.report.levels) })),
   note:
     "local workerd runs every Durable Object on one thread; decode tok/s is all streams' completion tokens " +
     "over the level's wall time; tokens lost/changed compare each stream's chunks with the same request run alone",
