@@ -16,7 +16,8 @@ import {
   type GenerateStats,
   type WaitUntil,
 } from "../serving/generate";
-import { getRuntime, type ModelRuntime } from "../serving/model-runtime";
+import type { ModelRuntime } from "../serving/model-runtime";
+import { getRuntime } from "../serving/runtime-cache";
 import { isModelChanged, listModelIds, modelPrefix, ModelNotFoundError } from "../platform/model-store";
 import { maxServableTokens, parseConfig } from "../model/config";
 import { deploymentMaxLen, readStageBudgets } from "../serving/stage-budgets";
