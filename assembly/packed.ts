@@ -18,7 +18,7 @@
  * whose panel and x slices stay in L1, carrying the partial lane sums in STATE between chunks:
  * each sum still runs over the k-blocks in order, so every tile gives the GEMV tile's bits.
  *
- * Where loads carry explicit bounds checks (workerd) groups of 4+ tokens take ./packed-staged instead.
+ * Where loads carry explicit bounds checks (workerd) groups of 8+ tokens take ./packed-staged instead.
  *
  * The fused gate/up panel (expertFfnPacked): rows 0–3 are w1 (gate) rows 4p..4p+3 and rows 4–7
  * the w3 (up) rows of the same outputs, so one pass yields gate and up side by side and

@@ -37,9 +37,9 @@ export { RelaxedProbeError, q8ActivationBits, relaxedDotAgrees, relaxedMaddAgree
 /** The relaxed dot instruction form of the int4 kernel (Kernels.setQ4Relaxed). */
 export type Q4DotForm = "i16" | "dot-add";
 
-/** How the packed f32 kernels run 4+ tokens (Kernels.setPackedF32Path): "tiles", register tiles
- * (fastest where Wasm loads have no explicit bounds checks: Node), or "staged", the 1-token tile over
- * a panel copy at a constant address (one checked load per 8 multiply-adds: workerd). Same bits. */
+/** How the packed f32 kernels run groups of 8+ tokens (Kernels.setPackedF32Path): "tiles", register
+ * tiles (fastest where Wasm loads have no explicit bounds checks: Node), or "staged", the 1-token tile
+ * over a panel copy at a constant address (one checked load per 8 multiply-adds: workerd). Same bits. */
 export type PackedF32Path = "tiles" | "staged";
 
 export interface KernelOptions {
