@@ -22,7 +22,7 @@ const MODULES: Record<KernelFlavor, WebAssembly.Module> = {
  * batch 1 and hot at batch 64 (README, kernel benchmark). The packed f32 kernels take their staged
  * path: workerd runs Wasm without a trap handler, so every load from a variable address carries a
  * bounds check, and the staged path makes one such load per 8 multiply-adds where the register
- * tiles make 6 (README, batch tiles).
+ * tiles make 6 per 8 (README, batch tiles).
  */
 export function createKernels(flavor: KernelFlavor | "best" = "simd", opts: KernelOptions = {}): Kernels {
   const o: KernelOptions = { q8Path: "relaxed_dot", packedF32Path: "staged", ...opts };
