@@ -10,6 +10,7 @@ export { siluMul } from "./silu-mul";
 export { expertFfn } from "./expert-ffn";
 export { attention } from "./attention";
 export { matmulPacked, expertFfnPacked } from "./packed";
+export { setPackedStaged } from "./packed-staged";
 export { matmulQ8, expertFfnQ8, setQ8Relaxed, probeRelaxed, q8TilePeak } from "./q8";
 export { streamRead, simdPeak, int8Peak } from "./stream";
 export { matmulQ8g, gatherQ8g } from "./dense";

@@ -18,10 +18,13 @@
  * whose panel and x slices stay in L1, carrying the partial lane sums in STATE between chunks:
  * each sum still runs over the k-blocks in order, so every tile gives the GEMV tile's bits.
  *
+ * Where loads carry explicit bounds checks (workerd) groups of 8+ tokens take ./packed-staged instead.
+ *
  * The fused gate/up panel (expertFfnPacked): rows 0–3 are w1 (gate) rows 4p..4p+3 and rows 4–7
  * the w3 (up) rows of the same outputs, so one pass yields gate and up side by side and
  * h = silu(gate)·up is formed in registers: the [n, dFf] gate and up tensors never exist.
  */
+import { STAGED_STATE, STAGED_TOKENS, stagedSums, useStaged } from "./packed-staged";
 import { hsum4, madd, siluMul4 } from "./simd-math";
 
 /** Sums of the last tile: 8 f32 (1×8: rows 0–7; 4×2: row r for tokens 0–3, then row r + 4). */
@@ -95,6 +98,16 @@ function matmulPanels(out: usize, ldo: i32, x: usize, ldx: i32, wp: usize, n: i3
     const valid = min(8, dOut - j0);
     let t = 0;
     if (ASC_FEATURE_SIMD) {
+      for (; useStaged(n - t); ) {
+        const m = min(STAGED_TOKENS, n - t);
+        stagedSums(x + <usize>t * xRow, xRow, panel, m, kBlocks);
+        for (let i = 0; i < m; i++, t++) {
+          const s = STAGED_STATE + (<usize>i << 7);
+          const o = out + <usize>t * oRow + (<usize>j0 << 2);
+          storeRows(o, valid, 0, sums(s));
+          storeRows(o, valid, 4, sums(s + 64));
+        }
+      }
       for (; t < n; t += 4) {
         const m = min(4, n - t);
         if (m == 1) break; // a lone token: the GEMV tile below
@@ -169,6 +182,14 @@ function gateUp(h: usize, ldh: i32, x: usize, ldx: i32, w13: usize, n: i32, kBlo
     const j0 = <usize>p << 4; // byte offset of output 4p
     let t = 0;
     if (ASC_FEATURE_SIMD) {
+      for (; useStaged(n - t); ) {
+        const m = min(STAGED_TOKENS, n - t);
+        stagedSums(x + <usize>t * xRow, xRow, panel, m, kBlocks);
+        for (let i = 0; i < m; i++, t++) {
+          const s = STAGED_STATE + (<usize>i << 7);
+          v128.store(h + <usize>t * hRow + j0, siluMul4(sums(s), sums(s + 64)));
+        }
+      }
       for (; t < n; t += 4) {
         const m = min(4, n - t);
         if (m == 1) break;

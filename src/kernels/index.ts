@@ -37,12 +37,19 @@ export { RelaxedProbeError, q8ActivationBits, relaxedDotAgrees, relaxedMaddAgree
 /** The relaxed dot instruction form of the int4 kernel (Kernels.setQ4Relaxed). */
 export type Q4DotForm = "i16" | "dot-add";
 
+/** How the packed f32 kernels run groups of 8+ tokens (Kernels.setPackedF32Path): "tiles", register
+ * tiles (fastest where Wasm loads have no explicit bounds checks: Node), or "staged", the 1-token tile
+ * over a panel copy at a constant address (one checked load per 8 multiply-adds: workerd). Same bits. */
+export type PackedF32Path = "tiles" | "staged";
+
 export interface KernelOptions {
   /** Software cap on the whole linear memory, ≤ WASM_MAX_BYTES. */
   maxBytes?: number;
   /** Preferred int8 path of the relaxed build (taken if its probe passed, else the other relaxed
    * form at the same precision, else dot_i16x8). Default "relaxed_dot" (14-bit activations). */
   q8Path?: Q8Path;
+  /** The packed f32 kernels' multi-token path (simd and relaxed builds). Default "tiles". */
+  packedF32Path?: PackedF32Path;
 }
 
 /** scratchBytes kinds (assembly/index.ts). */
@@ -81,6 +88,7 @@ export class Kernels {
       throw new Error(`kernel module is the ${built} build, but flavor "${flavor}" was asked for`);
     }
     const k = new Kernels(wasm, flavor, maxBytes);
+    k.setPackedF32Path(opts.packedF32Path ?? "tiles");
     if (flavor === "relaxed") {
       [k.#formOk[1], k.#formOk[2]] = probeRelaxedForms(wasm, k.#arena);
       k.setQ8Path(opts.q8Path ?? "relaxed_dot");
@@ -359,6 +367,17 @@ export class Kernels {
     scratch: number,
   ): void {
     this.#wasm.expertFfnQ4g(out, x, blob, n, dModel, dFf, group, scratch);
+  }
+
+  /** Selects the packed f32 kernels' multi-token path (PackedF32Path); the scalar build has only one.
+   * Rows are bit-identical either way. Returns the path in use. */
+  setPackedF32Path(path: PackedF32Path): PackedF32Path {
+    return this.#wasm.setPackedStaged(path === "staged" ? 1 : 0) === 1 ? "staged" : "tiles";
+  }
+
+  /** The packed f32 kernels' multi-token path in use. */
+  get packedF32Path(): PackedF32Path {
+    return this.#wasm.setPackedStaged(-1) === 1 ? "staged" : "tiles";
   }
 
   /** Activation bits of expertFfnQ4g: 8 on every build and path (its results do not depend on either). */

@@ -51,6 +51,8 @@ export type KernelExports = {
   ): void;
   matmulPacked(out: number, x: number, wp: number, n: number, dIn: number, dOut: number, scratch: number): void;
   expertFfnPacked(out: number, x: number, blob: number, n: number, dModel: number, dFf: number, scratch: number): void;
+  /** 1: the packed f32 kernels' staged multi-token path, 0: register tiles, −1: unchanged; returns 1 if staged. */
+  setPackedStaged(mode: number): number;
   matmulQ8(out: number, x: number, wq: number, n: number, dIn: number, dOut: number, scratch: number): void;
   expertFfnQ8(out: number, x: number, blob: number, n: number, dModel: number, dFf: number, scratch: number): void;
   setQ8Relaxed(on: number): number;

@@ -19,10 +19,13 @@ const MODULES: Record<KernelFlavor, WebAssembly.Module> = {
  * A fresh Kernels instance (its own memory). "best" = relaxed after its start-up probe, else simd.
  * The relaxed int8 dot defaults to the i32x4 dot-add form (14-bit activations) here: workerd's V8
  * (15.x) lowers it to one AVX-VNNI vpdpbusd, which measured faster than the i16 form both cold at
- * batch 1 and hot at batch 64 (README, kernel benchmark).
+ * batch 1 and hot at batch 64 (README, kernel benchmark). The packed f32 kernels take their staged
+ * path: workerd runs Wasm without a trap handler, so every load from a variable address carries a
+ * bounds check, and the staged path makes one such load per 8 multiply-adds where the register
+ * tiles make 6 per 8 (README, batch tiles).
  */
 export function createKernels(flavor: KernelFlavor | "best" = "simd", opts: KernelOptions = {}): Kernels {
-  const o: KernelOptions = { q8Path: "relaxed_dot", ...opts };
+  const o: KernelOptions = { q8Path: "relaxed_dot", packedF32Path: "staged", ...opts };
   if (flavor === "best") {
     return Kernels.pick({ relaxed: () => relaxedModule, simd: () => simdModule }, o);
   }

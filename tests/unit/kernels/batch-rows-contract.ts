@@ -4,10 +4,10 @@
  * whatever n and its place in the call, on the tiles each path has (f32 head matmul's row-outer
  * token blocks, the bf16 head kernel and the int8-group stage matrices — 4-token tiles, one-token
  * blocks, leftover rows — ragged row counts included; the packed f32 4-, 3- and 2-token tiles across
- * k-chunks; the int8 4-token tiles on every dot path the build has, hi/lo digits included; the int4
- * 4-token tiles on every dot form the build has, and the same bits across forms). Part of the one
- * contract suite (contract.ts: every build, Node and workerd). Also the greedy head scan
- * (argmaxRows) against the JS scan it replaces.
+ * k-chunks and the staged path (workerd's default), the same bits from both; the int8 4-token tiles
+ * on every dot path the build has, hi/lo digits included; the int4 4-token tiles on every dot form
+ * the build has, and the same bits across forms). Part of the one contract suite (contract.ts: every
+ * build, Node and workerd). Also the greedy head scan (argmaxRows) against the JS scan it replaces.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DenseMatrixWriter, denseScratchBytes } from "../../../src/kernels/dense";
@@ -161,14 +161,32 @@ export function batchRowsContract(kernels: () => Kernels, q8Paths: Q8Path[]): vo
       const scratch = k.alloc(
         Math.max(k.scratchBytes("ffnF32", 67, dModel, dFf), k.scratchBytes("matmulPacked", 67, dModel, dFf)),
       );
-      expectExpertRowsIndependent(
-        k,
-        dModel,
-        dFf,
-        (kk, out, x, n) => kk.expertFfnPacked(out, x, blob, n, dModel, dFf, scratch),
-        (kk, out, x, n) => kk.matmulPacked(out, x, pw, n, dModel, dFf, scratch),
-        11,
-      );
+      // Both multi-token paths (the scalar build has only the tiles), and the same bits from both.
+      const paths = k.flavor === "scalar" ? (["tiles"] as const) : (["tiles", "staged"] as const);
+      const initial = k.packedF32Path;
+      const outputs: number[][] = [];
+      for (const path of paths) {
+        expect(k.setPackedF32Path(path)).toBe(path);
+        expectExpertRowsIndependent(
+          k,
+          dModel,
+          dFf,
+          (kk, out, x, n) => kk.expertFfnPacked(out, x, blob, n, dModel, dFf, scratch),
+          (kk, out, x, n) => kk.matmulPacked(out, x, pw, n, dModel, dFf, scratch),
+          11,
+        );
+        const n = 67;
+        const x = k.allocF32(randn(rng(5), n * dModel, 2));
+        const out = k.alloc(n * dFf * 4);
+        k.expertFfnPacked(out, x, blob, n, dModel, dFf, scratch);
+        const ffn = bits(k.f32(out, n * dModel));
+        k.matmulPacked(out, x, pw, n, dModel, dFf, scratch);
+        outputs.push([...ffn, ...bits(k.f32(out, n * dFf))]);
+        k.free(out);
+        k.free(x);
+      }
+      k.setPackedF32Path(initial);
+      for (const o of outputs.slice(1)) expect(o, "staged vs tiles").toEqual(outputs[0]);
       for (const p of [scratch, pw, blob]) k.free(p);
     });
 
