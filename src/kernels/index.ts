@@ -48,7 +48,11 @@ export interface KernelOptions {
   /** Preferred int8 path of the relaxed build (taken if its probe passed, else the other relaxed
    * form at the same precision, else dot_i16x8). Default "relaxed_dot" (14-bit activations). */
   q8Path?: Q8Path;
-  /** The packed f32 kernels' multi-token path (simd and relaxed builds). Default "tiles". */
+  /**
+   * The packed f32 kernels' multi-token path (simd and relaxed builds). Default here "tiles" (Node's
+   * loadKernels keeps it); createKernels (src/kernels/workers.ts, every Worker and Durable Object)
+   * passes "staged". Both give the same bits.
+   */
   packedF32Path?: PackedF32Path;
 }
 

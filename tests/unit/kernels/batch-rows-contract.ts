@@ -73,6 +73,8 @@ function expectRowsIndependent(
 
 /** Batch sizes covering every tile and remainder of the token loops, and a crossing of 64. */
 const SIZES = [2, 3, 4, 5, 6, 7, 8, 9, 12, 13, 16, 67] as const;
+/** The packed f32 kernels also: staged groups of 8–32 tokens, a second group, and ragged ones past 32. */
+const PACKED_SIZES = [...SIZES, 24, 33, 40] as const;
 
 /** An expert's whole FFN (dModel → dModel) and its first matmul (dModel → dFf), each row by row. */
 function expectExpertRowsIndependent(
@@ -82,9 +84,10 @@ function expectExpertRowsIndependent(
   ffn: RowKernel,
   matmul: RowKernel,
   seed: number,
+  sizes: readonly number[] = SIZES,
 ): void {
-  expectRowsIndependent(k, dModel, dModel, SIZES, ffn, seed);
-  expectRowsIndependent(k, dModel, dFf, SIZES, matmul, seed + 1);
+  expectRowsIndependent(k, dModel, dModel, sizes, ffn, seed);
+  expectRowsIndependent(k, dModel, dFf, sizes, matmul, seed + 1);
 }
 
 /** argmaxRowsRef on one row: the in-order scan HeadStore ran in JS before argmaxRows. */
@@ -143,12 +146,16 @@ export function batchRowsContract(kernels: () => Kernels, q8Paths: Q8Path[]): vo
       k.free(m.ptr);
     });
 
-    // 1100 and 601 inputs run past a k-chunk of the packed tiles (assembly/packed.ts KC), ragged.
+    // 1100 and 601 inputs run past a k-chunk of the packed tiles (assembly/packed.ts KC), ragged;
+    // 128 and 256 inputs are exactly 32 and 64 k-blocks (the staged path's steps with no tail), and
+    // 36 / 1030 outputs leave 4 and 6 rows in the last panel.
     it.each([
       [40, 24],
       [96, 200],
       [40, 1100],
       [601, 20],
+      [128, 36],
+      [256, 1030],
     ])("matmulPacked and expertFfnPacked (f32 panels) %i×%i", (dModel, dFf) => {
       const k = kernels();
       const next = rng(dModel * 3 + dFf);
@@ -158,34 +165,41 @@ export function batchRowsContract(kernels: () => Kernels, q8Paths: Q8Path[]): vo
       packExpertF32(k.f32(blob, bytes / 4), w1, w3, w2, dModel, dFf);
       const pw = k.alloc(packedF32Bytes(dFf, dModel));
       packF32(k.f32(pw, packedF32Bytes(dFf, dModel) / 4), w1, dFf, dModel);
+      const most = Math.max(...PACKED_SIZES);
       const scratch = k.alloc(
-        Math.max(k.scratchBytes("ffnF32", 67, dModel, dFf), k.scratchBytes("matmulPacked", 67, dModel, dFf)),
+        Math.max(k.scratchBytes("ffnF32", most, dModel, dFf), k.scratchBytes("matmulPacked", most, dModel, dFf)),
       );
       // Both multi-token paths (the scalar build has only the tiles), and the same bits from both.
       const paths = k.flavor === "scalar" ? (["tiles"] as const) : (["tiles", "staged"] as const);
       const initial = k.packedF32Path;
       const outputs: number[][] = [];
-      for (const path of paths) {
-        expect(k.setPackedF32Path(path)).toBe(path);
-        expectExpertRowsIndependent(
-          k,
-          dModel,
-          dFf,
-          (kk, out, x, n) => kk.expertFfnPacked(out, x, blob, n, dModel, dFf, scratch),
-          (kk, out, x, n) => kk.matmulPacked(out, x, pw, n, dModel, dFf, scratch),
-          11,
-        );
-        const n = 67;
-        const x = k.allocF32(randn(rng(5), n * dModel, 2));
-        const out = k.alloc(n * dFf * 4);
-        k.expertFfnPacked(out, x, blob, n, dModel, dFf, scratch);
-        const ffn = bits(k.f32(out, n * dModel));
-        k.matmulPacked(out, x, pw, n, dModel, dFf, scratch);
-        outputs.push([...ffn, ...bits(k.f32(out, n * dFf))]);
-        k.free(out);
-        k.free(x);
+      try {
+        for (const path of paths) {
+          expect(k.setPackedF32Path(path)).toBe(path);
+          expectExpertRowsIndependent(
+            k,
+            dModel,
+            dFf,
+            (kk, out, x, n) => kk.expertFfnPacked(out, x, blob, n, dModel, dFf, scratch),
+            (kk, out, x, n) => kk.matmulPacked(out, x, pw, n, dModel, dFf, scratch),
+            11,
+            PACKED_SIZES,
+          );
+          const n = 67;
+          const x = k.allocF32(randn(rng(5), n * dModel, 2));
+          // The FFN writes [n, dModel], the matmul [n, dFf]: room for the wider.
+          const out = k.alloc(n * Math.max(dModel, dFf) * 4);
+          k.expertFfnPacked(out, x, blob, n, dModel, dFf, scratch);
+          const ffn = bits(k.f32(out, n * dModel));
+          k.matmulPacked(out, x, pw, n, dModel, dFf, scratch);
+          outputs.push([...ffn, ...bits(k.f32(out, n * dFf))]);
+          k.free(out);
+          k.free(x);
+        }
+      } finally {
+        // The suite shares one Kernels: a failing pass must not leave the next tests on the other path.
+        k.setPackedF32Path(initial);
       }
-      k.setPackedF32Path(initial);
       for (const o of outputs.slice(1)) expect(o, "staged vs tiles").toEqual(outputs[0]);
       for (const p of [scratch, pw, blob]) k.free(p);
     });
