@@ -19,7 +19,7 @@
  *
  * Usage: npm run bench:kernels [-- --quick] [--shapes 512x1408,...] [--batches 1,8,64]
  *        [--cold-mb 160] [--impls wasm-f32-packed,...] [--no-peers] [--no-workerd]
- *        [--dense-shapes 1024x1024,...] [--no-dense] [--dense-only]
+ *        [--dense-shapes 1024x1024,...] [--dense-workerd-batches 1,16,64] [--no-dense] [--dense-only]
  *        [--out bench-results/kernels.json]
  */
 import { execFileSync } from "node:child_process";
@@ -62,6 +62,8 @@ interface Args {
   /** Only these implementations (ids of WASM_IMPLS, or of bench-dense.ts DENSE_IMPLS); all when absent. */
   impls: string[] | null;
   denseShapes: DenseShape[];
+  /** Batches the dense part runs in workerd (a subset of `batches`; default batch 1 and the largest). */
+  denseWorkerdBatches: number[];
   dense: boolean;
   denseOnly: boolean;
 }
@@ -70,11 +72,11 @@ if (process.argv.includes("--help") || process.argv.includes("-h")) {
   console.log(
     "usage: npm run bench:kernels [-- --quick] [--shapes 512x1408,...] [--batches 1,8,64] [--cold-mb 160]\n" +
       "       [--impls wasm-f32-packed,...] [--no-peers] [--no-workerd] [--out bench-results/kernels.json]\n" +
-      "       [--dense-shapes 32000x256,...] [--no-dense] [--dense-only]\n" +
+      "       [--dense-shapes 32000x256,...] [--dense-workerd-batches 1,16,64] [--no-dense] [--dense-only]\n" +
       "  One SwiGLU expert per shape and batch: Wasm kernels vs onnxruntime peers, then inside workerd,\n" +
       "  after the 128-bit SIMD compute ceilings (f32 FMA, int8 dots, the int8 tile from L1) of each runtime.\n" +
       "  Then the dense stage / head matrices (rows x cols = outputs x inputs; --impls dense-f32,...);\n" +
-      "  workerd runs their first and last batch only.",
+      "  workerd runs batch 1 and the largest only, or the --dense-workerd-batches (each one of --batches).",
   );
   process.exit(0);
 }
@@ -96,6 +98,14 @@ function parseArgs(argv: string[]): Args {
     const n = Number(b);
     if (!Number.isInteger(n) || n < 1 || n > 64)
       throw new Error(`--batches: each batch is an integer in 1..64, got "${b}"`);
+    return n;
+  });
+  // Default: batch 1 and the largest batch, as the expert rows in workerd.
+  const edges = batches.filter((b) => b === 1 || b === Math.max(...batches)).map(String);
+  const denseWorkerdBatches = (get("--dense-workerd-batches")?.split(",") ?? edges).map((b) => {
+    const n = Number(b);
+    if (!batches.includes(n))
+      throw new Error(`--dense-workerd-batches: each batch must be one of --batches, got "${b}"`);
     return n;
   });
   const coldMb = Number(get("--cold-mb") ?? 160);
@@ -120,6 +130,7 @@ function parseArgs(argv: string[]): Args {
           throw new Error(`--dense-shapes: each shape is rows x cols (outputs x inputs) like 1024x4096, got "${s}"`);
         return { rows: Number(m[1]), cols: Number(m[2]) };
       }),
+    denseWorkerdBatches: [...new Set(denseWorkerdBatches)],
     dense: !argv.includes("--no-dense"),
     denseOnly: argv.includes("--dense-only"),
   };
@@ -376,6 +387,7 @@ async function main(): Promise<void> {
       dense = await runDenseBench({
         shapes: args.denseShapes,
         batches: args.batches,
+        workerdBatches: args.denseWorkerdBatches,
         coldMb: args.coldMb,
         budgetMs: args.budgetMs,
         impls: denseImpls && denseImpls.length > 0 ? denseImpls : null,

@@ -7,7 +7,8 @@
  * the same), GB/s of weight bytes, and `vsF32` = f32 ms / this ms (same runtime, shape, batch,
  * cold/hot). Node rows also give `cpuMs`, the best of 5 bursts in process CPU time per call, and
  * `vsF32Cpu` on it: on a shared machine (other processes on the same cores) wall time mostly
- * measures the wait for a core, CPU time much less so. Cold = cycling through ≥ coldMb MiB of
+ * measures the wait for a core, CPU time much less so. workerd rows give workerd's CPU time per call
+ * over the timed requests (bench-workerd.ts; null without /proc). Cold = cycling through ≥ coldMb MiB of
  * copies (a stage's layers are each read once per token), hot = one copy.
  */
 import { readdirSync, readFileSync } from "node:fs";
@@ -39,7 +40,7 @@ export interface DenseRow {
   gflops: number | null;
   gbps: number | null;
   vsF32: number | null;
-  /** Node: best burst of process CPU time per call. */
+  /** Node: best burst of process CPU time per call; workerd: its CPU time per call over the timed requests. */
   cpuMs: number | null;
   vsF32Cpu: number | null;
   copies: number;
@@ -62,6 +63,8 @@ export interface DenseAccuracy {
 export interface DenseBenchOptions {
   shapes: DenseShape[];
   batches: number[];
+  /** The batches run in workerd (each one of `batches`). */
+  workerdBatches: number[];
   coldMb: number;
   budgetMs: number;
   impls: string[] | null;
@@ -95,7 +98,7 @@ export async function runDenseBench(o: DenseBenchOptions): Promise<{ rows: Dense
   }
   if (o.workerd) {
     const wb = o.workerd;
-    const batches = o.batches.filter((b) => b === 1 || b === maxN);
+    const batches = o.batches.filter((b) => o.workerdBatches.includes(b));
     for (const shape of o.shapes) {
       for (const impl of impls) {
         const bytes = setupDenseCase(impl, shape, 1, 1, nodeKernels).bytes;
@@ -111,6 +114,7 @@ export async function runDenseBench(o: DenseBenchOptions): Promise<{ rows: Dense
             const t = await wb.time(batch, weights === "cold", rows.find(same)?.ms ?? 1);
             const used = weights === "cold" ? copies : 1;
             const r = row("workerd", shape, impl.impl, impl.label, batch, weights, t.ms, t.msMin, bytes, used);
+            r.cpuMs = t.cpuMs;
             // A request timing at or below the empty request's round trip says nothing about the call.
             if (!(t.msMin > 0)) {
               const none = { ms: null, msMin: null, gflops: null, gbps: null };

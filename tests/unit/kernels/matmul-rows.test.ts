@@ -39,4 +39,28 @@ describe.each(["scalar", "simd", "relaxed"] as const)("matmul rows on the %s ker
       for (let t = 0; t < m; t++) expect(bits(y.subarray(t * dOut, (t + 1) * dOut))).toEqual(bits(alone[t]));
     }
   });
+
+  // The batched head's row counts (issue 11: 8–64 concurrent streams) and past the 64-token block
+  // the SIMD build splits x into (assembly/matmul.ts tokenBlock), with an odd token after the tiles.
+  it("are bit-identical alone and in 8-, 16-, 17-, 64-, 65- and 70-row calls (dIn 256, dOut 1003)", () => {
+    const [dIn, dOut, n] = [256, 1003, 70];
+    const k = loadKernels(flavor, { maxBytes: 64 << 20 });
+    const w = k.alloc(dIn * dOut * 4);
+    k.f32(w, dIn * dOut).set(Float32Array.from({ length: dIn * dOut }, (_, i) => Math.sin(i * 0.517) * 0.2));
+    const xs = Float32Array.from({ length: n * dIn }, (_, i) => Math.cos(i * 0.29) * (1 + (i % 5)));
+    const x = k.alloc(n * dIn * 4);
+    const out = k.alloc(n * dOut * 4);
+    const alone: number[][] = [];
+    for (let t = 0; t < n; t++) {
+      k.f32(x, dIn).set(xs.subarray(t * dIn, (t + 1) * dIn));
+      k.matmul(out, x, w, 1, dIn, dOut);
+      alone.push(bits(k.f32(out, dOut)));
+    }
+    k.f32(x, n * dIn).set(xs);
+    for (const m of [8, 16, 17, 64, 65, 70]) {
+      k.matmul(out, x, w, m, dIn, dOut);
+      const y = k.f32(out, m * dOut);
+      for (let t = 0; t < m; t++) expect(bits(y.subarray(t * dOut, (t + 1) * dOut))).toEqual(alone[t]);
+    }
+  });
 });
