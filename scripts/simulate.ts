@@ -775,14 +775,18 @@ async function main(): Promise<void> {
   const costs = costsFrom(cal);
   const cfg = args.cfg;
   // The latency model plans with this machine's measured costs (what the simulated instances
-  // charge), unless --rpc-ms / --row-ms-per-mib set them: one decode row per call, one 1-token RPC.
+  // charge), unless --rpc-ms / --row-ms-per-mib / --pass-ms-per-mib set them: a pass's fixed part
+  // and a row's share from the kernel at 1 and 16 tokens, one 1-token RPC.
   if (!args.costsFromFlags && cfg.replan.latency) {
+    const mib = cal.expertLoad.bytes / 2 ** 20;
+    const row = Math.max(0, (costs.kernelMs(16) - costs.kernelMs(1)) / 15);
     cfg.replan = {
       ...cfg.replan,
       latency: {
         rpcMs: costs.rpcMs(D_MODEL * 4),
-        rowMsPerMiB: costs.kernelMs(1) / (cal.expertLoad.bytes / 2 ** 20),
-        loadMsPerMiB: costs.expertLoadMs / (cal.expertLoad.bytes / 2 ** 20),
+        passMsPerMiB: Math.max(0, costs.kernelMs(1) - row) / mib,
+        rowMsPerMiB: row / mib,
+        loadMsPerMiB: costs.expertLoadMs / mib,
       },
     };
   }

@@ -37,7 +37,8 @@ export function deployedReplanConfig(path?: string): ReplanConfig {
 export const REPLAN_FLAGS_HELP =
   "re-plan knobs (default: wrangler.toml [vars] via replanConfigFromEnv): --max-copies C --threshold T " +
   "--max-instances N --spread S --variance on|off --idle-fraction F --share-hysteresis H " +
-  "--half-life W --rise-alpha A --trend-alpha A --rpc-ms MS --row-ms-per-mib MS (both 0: latency model off)";
+  "--half-life W --rise-alpha A --trend-alpha A --rpc-ms MS --row-ms-per-mib MS (both 0: latency model off) " +
+  "--pass-ms-per-mib MS";
 
 /**
  * Applies `flag` to `overrides` when it is a re-plan knob, reading its value with `next()`.
@@ -88,10 +89,12 @@ export function applyReplanFlag(overrides: Partial<ReplanConfig>, flag: string, 
       overrides.loadWindow = { ...window(), trendAlpha: num(0) };
       return true;
     case "--rpc-ms":
-    case "--row-ms-per-mib": {
-      const d = deployedReplanConfig().latency ?? { rpcMs: 0, rowMsPerMiB: 0, loadMsPerMiB: 2 };
+    case "--row-ms-per-mib":
+    case "--pass-ms-per-mib": {
+      const d = deployedReplanConfig().latency ?? { rpcMs: 0, rowMsPerMiB: 0, passMsPerMiB: 0, loadMsPerMiB: 2 };
       const cur = overrides.latency === undefined ? d : (overrides.latency ?? { ...d, rpcMs: 0, rowMsPerMiB: 0 });
-      const next2 = { ...cur, [flag === "--rpc-ms" ? "rpcMs" : "rowMsPerMiB"]: num(0) };
+      const key = flag === "--rpc-ms" ? "rpcMs" : flag === "--row-ms-per-mib" ? "rowMsPerMiB" : "passMsPerMiB";
+      const next2 = { ...cur, [key]: num(0) };
       overrides.latency = next2.rpcMs === 0 && next2.rowMsPerMiB === 0 ? null : next2;
       return true;
     }

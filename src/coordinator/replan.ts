@@ -59,11 +59,12 @@ export interface ReplanConfig {
   loadWindow: Required<Pick<LoadWindowConfig, "halfLifeWindows" | "riseAlpha" | "trendAlpha">>;
   /**
    * The latency model's measured costs (planner/latency.ts): one RPC round trip of a layer call
-   * (`PLACEMENT_RPC_MS`), the expert kernel per routed row per MiB of expert weights
-   * (`PLACEMENT_ROW_MS_PER_MIB`), and a replica's load time per MiB. null (both vars 0): balance
-   * alone decides, as before the model.
+   * (`PLACEMENT_RPC_MS`), an expert pass's weight read per MiB of expert weights
+   * (`PLACEMENT_PASS_MS_PER_MIB`), the compute a routed row adds to it per MiB
+   * (`PLACEMENT_ROW_MS_PER_MIB`), and a replica's load time per MiB. null (RPC and row vars 0):
+   * balance alone decides, as before the model.
    */
-  latency: { rpcMs: number; rowMsPerMiB: number; loadMsPerMiB: number } | null;
+  latency: { rpcMs: number; rowMsPerMiB: number; passMsPerMiB: number; loadMsPerMiB: number } | null;
   /**
    * Windows the placement must stay unchanged (no copy, release or move) before lone experts are
    * moved home after a burst: the release settles first, and a load that comes back within them
@@ -89,7 +90,7 @@ export const DEFAULT_REPLAN_CONFIG: Readonly<ReplanConfig> = Object.freeze({
   spread: 0.2,
   useVariance: true,
   loadWindow: Object.freeze({ halfLifeWindows: 2, riseAlpha: 1, trendAlpha: 0.3 }),
-  latency: Object.freeze({ rpcMs: 1, rowMsPerMiB: 0.4, loadMsPerMiB: 5 }),
+  latency: Object.freeze({ rpcMs: 1, passMsPerMiB: 0.13, rowMsPerMiB: 0.02, loadMsPerMiB: 5 }),
   consolidateAfterWindows: 20,
 });
 
@@ -111,8 +112,9 @@ export function replanConfigFromEnv(vars: Vars): ReplanConfig {
 function latencyFromEnv(vars: Vars, d: ReplanConfig["latency"]): ReplanConfig["latency"] {
   const rpcMs = numberVar(vars, "PLACEMENT_RPC_MS", d?.rpcMs ?? 0, { min: 0 });
   const rowMsPerMiB = numberVar(vars, "PLACEMENT_ROW_MS_PER_MIB", d?.rowMsPerMiB ?? 0, { min: 0 });
+  const passMsPerMiB = numberVar(vars, "PLACEMENT_PASS_MS_PER_MIB", d?.passMsPerMiB ?? 0, { min: 0 });
   if (rpcMs === 0 && rowMsPerMiB === 0) return null;
-  return { rpcMs, rowMsPerMiB, loadMsPerMiB: d?.loadMsPerMiB ?? 0 };
+  return { rpcMs, rowMsPerMiB, passMsPerMiB, loadMsPerMiB: d?.loadMsPerMiB ?? 0 };
 }
 
 /** The planner's latency model for a folded window, or undefined (no costs, or no call counts yet). */

@@ -44,6 +44,7 @@ describe("the deployed re-plan policy", () => {
       "MAX_EXPERT_HOSTS",
       "SPARE_SLOT_FRACTION",
       "PLACEMENT_RPC_MS",
+      "PLACEMENT_PASS_MS_PER_MIB",
       "PLACEMENT_ROW_MS_PER_MIB",
     ]) {
       const row = new RegExp(`^\\| \`${name}\` \\| ([^|]+) \\|`, "m").exec(readme);

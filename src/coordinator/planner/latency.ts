@@ -7,8 +7,12 @@
  * (a barrier). Per instance i of a layer with C calls per window:
  * - q_i, the chance a call touches i: 1 − Π_e (1 − min(1, rows of e on i per call)), calls assumed
  *   independent;
- * - its kernel time per touching call: rows per touching call × the per-row kernel cost, which
- *   is per MiB of the expert (a batch-1 row streams all its weights);
+ * - its kernel time per touching call: one pass per expert with rows in the call — the read of
+ *   the expert's weights, paid once however many rows the pass brings (`passMsPerMiB`) — plus the
+ *   rows × the per-row compute (`rowMsPerMiB`), both per MiB of the expert; an expert with r < 1
+ *   expected rows per call is passed in a share min(1, r) of the calls. Batched calls (a decode
+ *   step of 16 streams brings ~4 rows an expert) cost little more than one row, which a linear
+ *   per-row cost overstated many times over and answered with copies that only widen the fan-out;
  * - its utilisation u_i over ALL layers' calls (`HOST_CALL_SHARE` of an RPC of host work each) and rows
  *   (and any replica it is loading), and the M/D/1 mean wait u S / (2 (1 − u)) for a call of
  *   service S, so a hot instance's queue counts;
@@ -27,10 +31,15 @@ export interface LatencyModel {
   /** One RPC round trip of a layer call (ms); `HOST_CALL_SHARE` of it occupies the host. */
   rpcMs: number;
   /**
-   * Expert kernel time per routed row per MiB of the expert's weights (ms): a decode row streams
-   * the whole expert, so its time follows the expert's bytes (a sliced or int8 expert costs less).
+   * Expert kernel time per routed row per MiB of the expert's weights (ms), beyond the pass's
+   * weight read: the compute a row adds to a pass (a sliced or int8 expert costs less).
    */
   rowMsPerMiB: number;
+  /**
+   * Fixed cost of one expert pass per MiB of its weights (ms): the read of the weights, paid once
+   * per call that brings the expert any rows. 0 or absent: rows only (each row costs a pass).
+   */
+  passMsPerMiB?: number;
   /** Loading one replica occupies its destination this long (ms per MiB of expert weights). */
   loadMsPerMiB: number;
   /** The load window (ms): utilisation is busy time over it. */
@@ -65,6 +74,8 @@ export interface InstanceCall {
   q: number;
   /** Σ over its experts of rows per window × MiB of the expert: its kernel work for the layer. */
   rowMiB: number;
+  /** Σ over its experts of min(1, rows per call) × MiB of the expert: the weights its passes read per call. */
+  passMiB?: number;
 }
 
 /** The harmonic number H(x), linear between integers: E[max] of x exponential tails of mean 1. */
@@ -80,7 +91,7 @@ export function expectedLayerMs(
   inst: readonly InstanceCall[],
   util: readonly number[],
   calls: number,
-  model: Pick<LatencyModel, "rpcMs" | "rowMsPerMiB">,
+  model: Pick<LatencyModel, "rpcMs" | "rowMsPerMiB" | "passMsPerMiB">,
 ): number {
   const r: { q: number; ms: number }[] = [];
   let fanOut = 0;
@@ -88,7 +99,7 @@ export function expectedLayerMs(
     if (!(c.q > 0)) return;
     const q = Math.min(1, c.q);
     fanOut += q;
-    const kernel = (c.rowMiB / (calls * q)) * model.rowMsPerMiB;
+    const kernel = ((c.rowMiB / calls) * model.rowMsPerMiB + (c.passMiB ?? 0) * (model.passMsPerMiB ?? 0)) / q;
     const wait = (model.rpcMs * HOST_CALL_SHARE + kernel) * waitFactor(util[i] ?? 0);
     r.push({ q, ms: kernel + wait });
   });
@@ -112,7 +123,7 @@ export function expectedLayerMs(
 function instanceCalls(st: State, n: number, calls: readonly number[]): InstanceCall[][] {
   return st.layers.map((ls, l) => {
     const C = calls[l] ?? 0;
-    const out: InstanceCall[] = Array.from({ length: n }, () => ({ q: 0, rowMiB: 0 }));
+    const out: InstanceCall[] = Array.from({ length: n }, () => ({ q: 0, rowMiB: 0, passMiB: 0 }));
     if (!(C > 0)) return out;
     const miss = new Array<number>(n).fill(1);
     ls.inst.forEach((is, e) => {
@@ -121,8 +132,10 @@ function instanceCalls(st: State, n: number, calls: readonly number[]): Instance
       const mib = st.bytes(l, e) / 2 ** 20;
       is.forEach((i, r) => {
         if (i >= n) return;
-        miss[i] *= 1 - Math.min(1, (L * ls.share[e][r]) / C);
+        const touch = Math.min(1, (L * ls.share[e][r]) / C); // its rows per call, at most one pass
+        miss[i] *= 1 - touch;
         out[i].rowMiB += L * ls.share[e][r] * mib;
+        out[i].passMiB = (out[i].passMiB ?? 0) + touch * mib;
       });
     });
     for (let i = 0; i < n; i++) out[i].q = 1 - miss[i];
@@ -140,7 +153,10 @@ export function stateLatencyMs(st: State, n: number, model: LatencyModel, loadin
   perLayer.forEach((row, l) => {
     const C = model.calls[l] ?? 0;
     row.forEach((c, i) => {
-      util[i] += C * c.q * model.rpcMs * HOST_CALL_SHARE + c.rowMiB * model.rowMsPerMiB;
+      util[i] +=
+        C * c.q * model.rpcMs * HOST_CALL_SHARE +
+        c.rowMiB * model.rowMsPerMiB +
+        C * (c.passMiB ?? 0) * (model.passMsPerMiB ?? 0);
     });
   });
   for (let i = 0; i < n; i++) {

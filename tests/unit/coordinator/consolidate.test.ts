@@ -168,9 +168,11 @@ describe("replanStep: consolidation", () => {
     const low = fold(burst(), [[[1, 1, 1, 1, 1, 1], 3]]);
     expect(replanStep(live(50), low, config({ latency: null, threshold: 100 })).reason).not.toBe("consolidated");
     // With it, a light load where fewer instances per call is cheaper does: small experts, whose
-    // kernel time is below what a wider fan-out costs (with 4 MiB ones two rows in parallel win).
+    // kernel time is below what a wider fan-out costs; where a pass costs more than the wider
+    // fan-out (4 MiB experts at 0.4 ms a MiB: 1.6 ms), two rows in parallel win and it does not.
     expect(replanStep(live(50, HOME, MiB / 4), low, config({ threshold: 100 })).reason).toBe("consolidated");
-    expect(replanStep(live(50), low, config({ threshold: 100 })).reason).not.toBe("consolidated");
+    const slowKernel = { rpcMs: 1, passMsPerMiB: 0.4, rowMsPerMiB: 0, loadMsPerMiB: 5 };
+    expect(replanStep(live(50), low, config({ threshold: 100, latency: slowKernel })).reason).not.toBe("consolidated");
   });
 });
 

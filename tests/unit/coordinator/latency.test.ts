@@ -17,7 +17,7 @@ import type { LoadWindowState } from "../../../src/coordinator/load-window";
 
 const E = 8;
 const TOP_K = 2;
-/** 1.25 MiB experts: at the deployed 0.4 ms per row per MiB, 0.5 ms per row. */
+/** 1.25 MiB experts: at the deployed 0.13 ms a pass + 0.02 ms a row per MiB, 0.19 ms a one-row call. */
 const BYTES = 1.25 * 2 ** 20;
 
 /** One layer, 8 experts round-robin over 4 instances (expert e on e mod 4), room for 3 each. */
@@ -65,9 +65,9 @@ function run(cfg: ReplanConfig, windows: { calls: number; counts: number[] }[], 
 
 const replicaSets = (p: Placement) => p.replicas.map((row) => row.map((reps) => reps.map((r) => r.instance)));
 
-// At 0.5 ms per row, a 500 ms window: 20 calls is ~4% busy on the hot instance, 800 is past full.
+// At 0.19 ms a one-row pass, a 500 ms window: 20 calls is ~1% busy on the hot instance, 3000 past full.
 const LOW = 20;
-const HIGH = 800;
+const HIGH = 3000;
 
 describe("the latency model", () => {
   it("charges for every instance a call may touch, and for a busy instance's queue", () => {
@@ -89,6 +89,41 @@ describe("the latency model", () => {
     expect(spread).toBeLessThan(one * 1.1);
     const busy = expectedLayerMs([{ q: 1, rowMiB: 100 }], [0.8], 100, cost);
     expect(busy).toBeGreaterThan(one * 1.5);
+  });
+
+  it("charges a batched call one weight read per expert, not one per row", () => {
+    // 1 MiB experts, 0.4 ms a pass and 0.05 ms a row per MiB. One call with 8 rows of one expert:
+    // a pass and 8 rows (0.8 ms of kernel), where 8 one-row calls would each pay the pass.
+    const cost = { rpcMs: 1, rowMsPerMiB: 0.05, passMsPerMiB: 0.4 };
+    const batched = expectedLayerMs([{ q: 1, rowMiB: 8 * 100, passMiB: 1 }], [0], 100, cost);
+    expect(batched).toBeCloseTo(0.5 + 0.5 * 1 + 0.4 + 8 * 0.05, 9);
+    const single = expectedLayerMs([{ q: 1, rowMiB: 100, passMiB: 1 }], [0], 100, cost);
+    expect(single).toBeCloseTo(0.5 + 0.5 + 0.4 + 0.05, 9);
+    // Splitting the 8 rows over two instances saves 4 rows' compute (0.2 ms), not half a pass-per-row
+    // model's 8 × 0.45 / 2: less than the wider fan-out's tail costs.
+    const split = expectedLayerMs(
+      [
+        { q: 1, rowMiB: 4 * 100, passMiB: 1 },
+        { q: 1, rowMiB: 4 * 100, passMiB: 1 },
+      ],
+      [0, 0],
+      100,
+      cost,
+    );
+    expect(split).toBeGreaterThan(batched);
+    // Rows only (the model before the pass cost): the same split looked 1.6 ms faster.
+    const rowsOnly = { rpcMs: 1, rowMsPerMiB: 0.45 };
+    const a = expectedLayerMs([{ q: 1, rowMiB: 800 }], [0], 100, rowsOnly);
+    const b = expectedLayerMs(
+      [
+        { q: 1, rowMiB: 400 },
+        { q: 1, rowMiB: 400 },
+      ],
+      [0, 0],
+      100,
+      rowsOnly,
+    );
+    expect(a - b).toBeGreaterThan(1.5);
   });
 });
 
