@@ -59,8 +59,9 @@ const USAGE = `usage: npm run bench:load [-- --concurrency 1,4,16,64] [--tokens 
                       the ExpertHosts' expert passes (weight reads) and rows per pass
   --after-burst       after the levels (the first must be 1: the fresh placement's single stream;
                       the later ones the burst), wait for the idle release (no replicated expert,
-                      and no more instances listed or holding experts than before the levels:
-                      the consolidation; at most --release-seconds, default 90) and run one stream
+                      and no more instances listed or holding experts than before the levels,
+                      then the placement unchanged for 15 s: the consolidation; at most
+                      --release-seconds, default 90) and run one stream
                       again: prints its decode tok/s against the fresh one's and the instances
                       holding experts before / after the burst / after the release (needs
                       --admin-token with --url). The hot set then moves every 4 requests instead
@@ -275,6 +276,13 @@ interface AfterBurst {
   alternated: AlternateReport | null;
 }
 
+/**
+ * --after-burst: the placement must also stay unchanged this long once released — the
+ * consolidation's quiet windows (`consolidateAfterWindows`, 10 s as deployed) and a margin — so the
+ * experts a burst moved within the same instances are home again before the stream runs.
+ */
+const SETTLE_MS = 15_000;
+
 /** --after-burst: requests each server gets in the alternated comparison. */
 const ALTERNATE_REQUESTS = 16;
 
@@ -298,7 +306,7 @@ async function afterBurst(
   let after: LevelReport | null = null;
   const fresh = report.levels[0];
   try {
-    released = await waitForRelease(opts, releaseSeconds * 1000, before ?? undefined);
+    released = await waitForRelease(opts, releaseSeconds * 1000, before ?? undefined, SETTLE_MS);
     after = released ? (await runLoad(opts)).levels[0] : null;
     if (released && starting) {
       const c = await starting;

@@ -395,23 +395,31 @@ export async function placementShape(opts: LoadOptions): Promise<PlacementShape 
  * Waits for the idle release after a burst: no replicated expert and, with `fresh` (the shape
  * before the burst), no more instances listed or holding experts than then (the consolidation that
  * moves lone experts home and retires the instances the burst added: an empty listed instance is
- * where the next copies would go, widening the fan-out again). Polls every second for at most
- * `timeoutMs`. Returns the seconds it took and the shape; on timeout the last shape if it had no
- * replicated expert (`consolidated` false), else null.
+ * where the next copies would go, widening the fan-out again), and then the placement unchanged
+ * for `settleMs` (the consolidation also moves experts the burst relocated within the same
+ * instances back home, which the shape does not show: it waits `consolidateAfterWindows` quiet
+ * windows first, 10 s as deployed). Polls every second for at most `timeoutMs`. Returns the seconds
+ * it took and the shape; on timeout the last shape if it had no replicated expert (`consolidated`
+ * false), else null.
  */
 export async function waitForRelease(
   opts: LoadOptions,
   timeoutMs: number,
   fresh?: Pick<PlacementShape, "holding" | "instances">,
+  settleMs = 0,
 ): Promise<{ seconds: number; shape: PlacementShape; consolidated: boolean } | null> {
   const t0 = performance.now();
   let last: PlacementShape | null = null;
+  let stableSince: { version: number; at: number } | null = null;
   while (performance.now() - t0 < timeoutMs) {
     const shape = await placementShape(opts);
     if (shape) last = shape;
     const compact = !fresh || (shape && shape.holding <= fresh.holding && shape.instances <= fresh.instances);
-    if (shape && shape.replicated === 0 && compact)
-      return { seconds: (performance.now() - t0) / 1000, shape, consolidated: true };
+    if (shape && shape.replicated === 0 && compact) {
+      const now = performance.now();
+      if (!stableSince || stableSince.version !== shape.version) stableSince = { version: shape.version, at: now };
+      if (now - stableSince.at >= settleMs) return { seconds: (now - t0) / 1000, shape, consolidated: true };
+    } else stableSince = null;
     await new Promise((r) => setTimeout(r, 1000));
   }
   return last && last.replicated === 0
