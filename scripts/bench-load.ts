@@ -293,7 +293,7 @@ async function afterBurst(
   token: string,
   report: LoadReport,
   before: PlacementShape | null,
-  control?: { start: () => Promise<LocalWorker>; cpuMs?: () => number | null },
+  control?: { start: () => Promise<LocalWorker>; selfCpuMs?: () => number | null },
 ) {
   const opts = options(url, model, token, [1], false);
   const burstEnd = await placementShape(opts);
@@ -307,12 +307,16 @@ async function afterBurst(
   const fresh = report.levels[0];
   try {
     released = await waitForRelease(opts, releaseSeconds * 1000, before ?? undefined, SETTLE_MS);
+    // The control's start-up (seeding, warm-up) must not overlap the stream measured here.
+    const c = await starting?.catch((err: unknown) => {
+      console.warn(`  the control server did not start (no in-turn comparison): ${err}`);
+      return null;
+    });
     after = released ? (await runLoad(opts)).levels[0] : null;
-    if (released && starting) {
-      const c = await starting;
+    if (released && c) {
       console.log(`  one stream here and on a never-burst control server, in turn (${ALTERNATE_REQUESTS} each) …`);
       alternated = await alternateSingle(
-        { url, cpuMs: control?.cpuMs },
+        { url, cpuMs: control?.selfCpuMs },
         { url: c.url.href, cpuMs: c.cpuMs },
         { model, maxTokens: tokens, requests: ALTERNATE_REQUESTS, phaseRequests: AFTER_BURST_PHASE_REQUESTS },
       );
@@ -407,12 +411,18 @@ if (values.url) {
       const control = {
         start: async () => {
           const c = await startLocalWorker({ vars });
-          await seedModelDir(await c.bucket(), dir, model);
-          const ok = await c.fetch(`/v1/placement?model=${model}`);
-          if (!ok.ok) throw new Error(`control warm-up failed: ${ok.status} ${await ok.text()}`);
-          return c;
+          try {
+            await seedModelDir(await c.bucket(), dir, model);
+            const ok = await c.fetch(`/v1/placement?model=${model}`);
+            if (!ok.ok) throw new Error(`control warm-up failed: ${ok.status} ${await ok.text()}`);
+            return c;
+          } catch (err) {
+            await c.dispose();
+            throw err;
+          }
         },
-        cpuMs: w.cpuMs,
+        // This (burst) server's CPU, for its side of the in-turn comparison.
+        selfCpuMs: w.cpuMs,
       };
       const burst = values["after-burst"]
         ? await afterBurst(w.url.href, model, ADMIN_TOKEN_FOR_TESTS, report, before, control)

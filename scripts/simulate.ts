@@ -832,7 +832,9 @@ async function main(): Promise<void> {
       `replica choice: split = by shares; least-loaded = per call in ${cfg.isolates} Worker isolates ` +
       `(own rows in flight + recent rows, half-life ${cfg.recentHalfLifeMs} ms)`,
   );
-  const costNote = args.costsFromFlags ? "" : " (rpcMs, rowMsPerMiB, loadMsPerMiB: this calibration, not the [vars])";
+  const costNote = args.costsFromFlags
+    ? ""
+    : " (rpcMs, passMsPerMiB, rowMsPerMiB, loadMsPerMiB: this calibration, not the [vars])";
   console.log(
     `edge-moe: replanStep with the ${describeReplanConfig({ ...cfg.replan, windowMs: cfg.windowMs })}${costNote}`,
   );

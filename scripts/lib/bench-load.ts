@@ -419,7 +419,7 @@ export async function waitForRelease(
       const now = performance.now();
       if (!stableSince || stableSince.version !== shape.version) stableSince = { version: shape.version, at: now };
       if (now - stableSince.at >= settleMs) return { seconds: (now - t0) / 1000, shape, consolidated: true };
-    } else stableSince = null;
+    } else if (shape) stableSince = null; // a failed poll says nothing: the settle goes on
     await new Promise((r) => setTimeout(r, 1000));
   }
   return last && last.replicated === 0

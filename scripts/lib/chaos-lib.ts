@@ -32,6 +32,7 @@ export const CHAOS_VARS: Record<string, string> = {
   // load at which the latency-aware planner (PLACEMENT_* costs) rightly copies nothing.
   PLACEMENT_RPC_MS: "0",
   PLACEMENT_ROW_MS_PER_MIB: "0",
+  PLACEMENT_PASS_MS_PER_MIB: "0",
   ADMIN_FAULTS_ENABLED: "true",
   RATE_LIMIT_ENABLED: "false",
   EXPERT_RPC_TIMEOUT_MS: "5000",

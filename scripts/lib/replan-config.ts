@@ -37,8 +37,8 @@ export function deployedReplanConfig(path?: string): ReplanConfig {
 export const REPLAN_FLAGS_HELP =
   "re-plan knobs (default: wrangler.toml [vars] via replanConfigFromEnv): --max-copies C --threshold T " +
   "--max-instances N --spread S --variance on|off --idle-fraction F --share-hysteresis H " +
-  "--half-life W --rise-alpha A --trend-alpha A --rpc-ms MS --row-ms-per-mib MS (both 0: latency model off) " +
-  "--pass-ms-per-mib MS";
+  "--half-life W --rise-alpha A --trend-alpha A --rpc-ms MS --row-ms-per-mib MS " +
+  "--pass-ms-per-mib MS (all three 0: latency model off)";
 
 /**
  * Applies `flag` to `overrides` when it is a re-plan knob, reading its value with `next()`.
@@ -92,10 +92,13 @@ export function applyReplanFlag(overrides: Partial<ReplanConfig>, flag: string, 
     case "--row-ms-per-mib":
     case "--pass-ms-per-mib": {
       const d = deployedReplanConfig().latency ?? { rpcMs: 0, rowMsPerMiB: 0, passMsPerMiB: 0, loadMsPerMiB: 2 };
-      const cur = overrides.latency === undefined ? d : (overrides.latency ?? { ...d, rpcMs: 0, rowMsPerMiB: 0 });
+      const cur =
+        overrides.latency === undefined
+          ? d
+          : (overrides.latency ?? { ...d, rpcMs: 0, rowMsPerMiB: 0, passMsPerMiB: 0 });
       const key = flag === "--rpc-ms" ? "rpcMs" : flag === "--row-ms-per-mib" ? "rowMsPerMiB" : "passMsPerMiB";
       const next2 = { ...cur, [key]: num(0) };
-      overrides.latency = next2.rpcMs === 0 && next2.rowMsPerMiB === 0 ? null : next2;
+      overrides.latency = next2.rpcMs === 0 && next2.rowMsPerMiB === 0 && next2.passMsPerMiB === 0 ? null : next2;
       return true;
     }
     default:
@@ -108,7 +111,12 @@ export function describeReplanConfig(config: ReplanConfig, deployed: ReplanConfi
   const flat = (c: ReplanConfig): Record<string, number | boolean | string> => {
     const { loadWindow, latency, ...rest } = c;
     const costs: Record<string, number | string> = latency
-      ? { rpcMs: latency.rpcMs, rowMsPerMiB: latency.rowMsPerMiB, loadMsPerMiB: latency.loadMsPerMiB }
+      ? {
+          rpcMs: latency.rpcMs,
+          passMsPerMiB: latency.passMsPerMiB,
+          rowMsPerMiB: latency.rowMsPerMiB,
+          loadMsPerMiB: latency.loadMsPerMiB,
+        }
       : { latencyModel: "off" };
     return { ...rest, ...loadWindow, ...costs };
   };

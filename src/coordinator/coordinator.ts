@@ -185,7 +185,10 @@ export class Coordinator extends DurableObject<Env> {
   async #alarmTurn(): Promise<number | null> {
     const due = this.#reconcileDue();
     if (due !== null && Date.now() >= due) {
-      if (this.#busy) return Date.now() + 100;
+      if (this.#busy) {
+        this.#store.addCounters(new Map([["busyTurns", 1]]));
+        return Date.now() + 100;
+      }
       // Owed (restart or failed change). A failed one is retried a window later and the re-plan
       // runs anyway: a host that never answers must not freeze the placement.
       const done = await this.reconcile();

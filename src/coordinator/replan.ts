@@ -61,7 +61,7 @@ export interface ReplanConfig {
    * The latency model's measured costs (planner/latency.ts): one RPC round trip of a layer call
    * (`PLACEMENT_RPC_MS`), an expert pass's weight read per MiB of expert weights
    * (`PLACEMENT_PASS_MS_PER_MIB`), the compute a routed row adds to it per MiB
-   * (`PLACEMENT_ROW_MS_PER_MIB`), and a replica's load time per MiB. null (RPC and row vars 0):
+   * (`PLACEMENT_ROW_MS_PER_MIB`), and a replica's load time per MiB. null (all three vars 0):
    * balance alone decides, as before the model.
    */
   latency: { rpcMs: number; rowMsPerMiB: number; passMsPerMiB: number; loadMsPerMiB: number } | null;
@@ -113,7 +113,7 @@ function latencyFromEnv(vars: Vars, d: ReplanConfig["latency"]): ReplanConfig["l
   const rpcMs = numberVar(vars, "PLACEMENT_RPC_MS", d?.rpcMs ?? 0, { min: 0 });
   const rowMsPerMiB = numberVar(vars, "PLACEMENT_ROW_MS_PER_MIB", d?.rowMsPerMiB ?? 0, { min: 0 });
   const passMsPerMiB = numberVar(vars, "PLACEMENT_PASS_MS_PER_MIB", d?.passMsPerMiB ?? 0, { min: 0 });
-  if (rpcMs === 0 && rowMsPerMiB === 0) return null;
+  if (rpcMs === 0 && rowMsPerMiB === 0 && passMsPerMiB === 0) return null;
   return { rpcMs, rowMsPerMiB, passMsPerMiB, loadMsPerMiB: d?.loadMsPerMiB ?? 0 };
 }
 

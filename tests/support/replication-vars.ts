@@ -12,5 +12,6 @@ export const REPLICATION_VARS: Readonly<Record<string, string>> = {
   REPLAN_THRESHOLD: "0.1",
   PLACEMENT_RPC_MS: "0",
   PLACEMENT_ROW_MS_PER_MIB: "0",
+  PLACEMENT_PASS_MS_PER_MIB: "0",
   DEFAULT_MODEL: "tiny",
 };

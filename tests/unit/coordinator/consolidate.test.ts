@@ -169,8 +169,11 @@ describe("replanStep: consolidation", () => {
     expect(replanStep(live(50), low, config({ latency: null, threshold: 100 })).reason).not.toBe("consolidated");
     // With it, a light load where fewer instances per call is cheaper does: small experts, whose
     // kernel time is below what a wider fan-out costs; where a pass costs more than the wider
-    // fan-out (4 MiB experts at 0.4 ms a MiB: 1.6 ms), two rows in parallel win and it does not.
+    // fan-out (4 MiB experts at 0.4 ms a MiB: 1.6 ms, a slower machine than the deployed costs
+    // describe), two rows in parallel win and it does not.
     expect(replanStep(live(50, HOME, MiB / 4), low, config({ threshold: 100 })).reason).toBe("consolidated");
+    // At the deployed costs (0.13 + 0.02 ms a MiB: 0.6 ms a row of 4 MiB) the wider fan-out costs more.
+    expect(replanStep(live(50), low, config({ threshold: 100 })).reason).toBe("consolidated");
     const slowKernel = { rpcMs: 1, passMsPerMiB: 0.4, rowMsPerMiB: 0, loadMsPerMiB: 5 };
     expect(replanStep(live(50), low, config({ threshold: 100, latency: slowKernel })).reason).not.toBe("consolidated");
   });

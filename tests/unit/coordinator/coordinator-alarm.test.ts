@@ -161,6 +161,9 @@ describe("Coordinator alarm loop", () => {
     await h.run(30_000);
     expect(await settled(h)).toEqual({ instances: 4, replicated: 0, retired: 1 });
     expect(h.alarmAt()).toBeNull(); // nothing left to do: the loop stops by itself
+    const s = await h.c.status();
+    expect(s.busySince).toBeNull(); // every turn that ran has ended
+    expect(s.counters.replans.reduce((n, r) => n + r.count, 0)).toBeGreaterThan(5);
   });
 
   it("keeps re-planning while an owed reconcile keeps failing", async () => {
