@@ -47,7 +47,12 @@ export interface AlternateOptions {
   requests: number;
   /** The hot set moves every this many requests (pairs). */
   phaseRequests: number;
+  /** A request still running after this long is aborted (counted failed): the run stops by itself. */
+  requestTimeoutMs?: number;
 }
+
+/** Default per-request limit: a 64-token stream alone takes about a second here. */
+const REQUEST_TIMEOUT_MS = 60_000;
 
 /** Runs `opts.requests` single-stream requests on each of a and b, in turn; see the module doc. */
 export async function alternateSingle(
@@ -64,7 +69,9 @@ export async function alternateSingle(
     const order = k % 2 === 0 ? [0, 1] : [1, 0];
     const got: StreamResult[] = [];
     for (const i of order) {
-      const r = await streamChat(sides[i].base, { model: opts.model, content, maxTokens: opts.maxTokens }, {});
+      const signal = AbortSignal.timeout(opts.requestTimeoutMs ?? REQUEST_TIMEOUT_MS);
+      const req = { model: opts.model, content, maxTokens: opts.maxTokens };
+      const r = await streamChat(sides[i].base, req, {}, signal);
       sides[i].results.push(r);
       got[i] = r;
     }

@@ -76,6 +76,21 @@ describe("alternateSingle", () => {
     expect(r.a.serverCpuMsPerToken).toBeNull();
   });
 
+  it("aborts a request that runs past its limit and counts it failed, instead of waiting for ever", async () => {
+    const a = await fake("a", 1, () => "x");
+    const b = await fake("b", 400, () => "x"); // 4 tokens 400 ms apart: past a 200 ms limit
+    servers.push(a.server, b.server);
+    const t0 = performance.now();
+    const r = await alternateSingle(
+      { url: a.url },
+      { url: b.url },
+      { maxTokens: 4, requests: 2, phaseRequests: 2, requestTimeoutMs: 200 },
+    );
+    expect(r.b.failed).toBe(2);
+    expect(r.a.failed).toBe(0);
+    expect(performance.now() - t0).toBeLessThan(1500);
+  });
+
   it("counts the chunks that differ between the two servers' answers to the same request", async () => {
     const a = await fake("a", 1, () => "x");
     const b = await fake("b", 1, (p) => (p.includes("apple") ? "y" : "x"));
