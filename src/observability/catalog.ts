@@ -121,6 +121,13 @@ export const METRICS = {
     type: "histogram",
     buckets: BATCH_BUCKETS,
   },
+  prefixShared: {
+    name: "edge_moe_prefix_shared_tokens_total",
+    help:
+      "Prompt tokens whose K/V a joining request copied from a live request's KV cache instead of " +
+      "running them through the model (PREFIX_SHARING), by model.",
+    type: "counter",
+  },
   batchRows: {
     name: "edge_moe_batch_rows",
     help: "Token rows in one batched decode step in the Worker (decode rows plus prompt chunks), by model.",

@@ -139,6 +139,11 @@ export function recordBatched(model: string, requests: number, rows: number): vo
   local.observe(METRICS.batchRows, { model }, rows);
 }
 
+/** Prompt tokens a joining request took from a live request's KV cache (prefix sharing). */
+export function recordPrefixShared(model: string, tokens: number): void {
+  if (tokens > 0) local.inc(METRICS.prefixShared, { model }, tokens);
+}
+
 /**
  * Subscribes this isolate's recorder to the experts' events (../platform/events.ts). Called once
  * from app.ts at load, so every isolate of the script (the Worker's and the Durable Objects') gets
@@ -152,6 +157,7 @@ export function installExpertMetrics(): void {
     rerouted: recordRerouted,
     rpcWait: recordRpcWait,
     batched: recordBatched,
+    prefixShared: recordPrefixShared,
     flushSoon: scheduleFlush,
   });
 }

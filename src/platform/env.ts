@@ -140,6 +140,15 @@ export function batchingEnabled(vars: Vars): boolean {
 }
 
 /**
+ * PREFIX_SHARING: "on" (default) lets a prompt joining the batched decode steps take the K/V of
+ * the prompt positions it shares with a live generation of the same model instead of running them
+ * (src/serving/prefix-share.ts); "off" runs every prompt whole. Only where the steps are batched.
+ */
+export function prefixSharingEnabled(vars: Vars): boolean {
+  return enumVar(vars, "PREFIX_SHARING", ["on", "off"], "on") === "on";
+}
+
+/**
  * `parse` memoized per env object: a Worker isolate gets the same `env` on every request, so the
  * vars are parsed (and a ConfigError found) once, not on every request. A throw is not cached.
  */

@@ -21,6 +21,8 @@ export interface ExpertEventSink {
   layerCall(layer: number, seconds: number, rpcs: number): void;
   /** One batched decode step of `model` ran: the requests and token rows it carried (the batch size). */
   batched?(model: string, requests: number, rows: number): void;
+  /** Prompt positions of `model` copied from a live session's KV cache instead of run (prefix sharing). */
+  prefixShared?(model: string, tokens: number): void;
   /** A failed expert call whose rows are retried or sent to another replica; `code` is bounded. */
   failover(layer: number, code: string): void;
   /**

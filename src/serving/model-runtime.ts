@@ -54,7 +54,9 @@ import type { StageLayerTrace } from "./stage-protocol";
 import { ModelForward, type ExpertRunner, type Session } from "./forward";
 import { placementInitFor, type ModelPlacementInit } from "./placement-init";
 import { HeadBatcher } from "./head-batcher";
-import { batchingEnabled, type Vars } from "../platform/env";
+import { batchingEnabled, prefixSharingEnabled, type Vars } from "../platform/env";
+import { kvCopier } from "./prefix-share";
+import { kvLayout } from "./attention";
 import { StepBatcher, type StepStreamSpec } from "./step-batcher";
 import { expertEvents } from "../platform/events";
 
@@ -382,10 +384,16 @@ export class ModelRuntime {
     this.#steps ??= new StepBatcher(
       (segs) => this.#runStep(env, segs),
       keepRequestAlive,
-      (segments, rows) => expertEvents()?.batched?.(this.id, segments, rows),
+      (segments, rows, shared) => {
+        expertEvents()?.batched?.(this.id, segments, rows);
+        if (shared > 0) expertEvents()?.prefixShared?.(this.id, shared);
+      },
       // A step's scratch fits the Worker's: WORKER_SCRATCH_BYTES, for the longest session the KV budget
       // holds. A head row (vocabulary-wide logits) only for the rows that want logits, one per member.
-      { fits: (rows, outRows) => this.model.stepScratchBytes(rows, outRows, longest) <= WORKER_SCRATCH_BYTES },
+      {
+        fits: (rows, outRows) => this.model.stepScratchBytes(rows, outRows, longest) <= WORKER_SCRATCH_BYTES,
+        share: prefixSharingEnabled(env) ? kvCopier(this.model.kernels, kvLayout(this.spec.attention)) : null,
+      },
     );
     // Its MoE layers run in the steps, not through the layer batcher: not counted at its barrier.
     s.leaveBatch();

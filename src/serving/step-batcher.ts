@@ -24,6 +24,7 @@
  * the member's request (a timer cannot be cleared from another request).
  */
 import type { Session, StepOutcome, StepSegment } from "./forward";
+import { commonPrefix, PREFIX_WAIT_MIN_TOKENS, type CopyPositions } from "./prefix-share";
 import { sampleToken, type SamplingParams } from "./sampling";
 
 /** Prompt tokens read per step at most, over every joining generation (TTFT vs the others' pace). */
@@ -63,6 +64,11 @@ export interface StepLimits {
   waitMs: number;
   leadSteps: number;
   leadMs: number;
+  /**
+   * Copies K/V positions between two members' sessions: a joining prompt takes the positions it
+   * shares with a live member from it instead of running them (./prefix-share.ts). null: no sharing.
+   */
+  share: CopyPositions | null;
 }
 
 /** One generation as the steps see it. */
@@ -78,6 +84,8 @@ export interface StepStreamSpec {
 class Stream {
   /** Tokens to run next: the prompt's rest, then the last sampled token. */
   pending: number[];
+  /** The prompt, then every sampled token: position p of the session holds history[p]. */
+  readonly history: number[];
   prefilled = false;
   produced = 0;
   /** Sampled tokens the consumer has not taken yet. */
@@ -93,6 +101,12 @@ class Stream {
   wake: (() => void) | null = null;
   constructor(readonly spec: StepStreamSpec) {
     this.pending = spec.promptIds.slice();
+    this.history = spec.promptIds.slice();
+  }
+
+  /** Its prompt is still to be read and `pending` is exactly the prompt's unread rest. */
+  get reading(): boolean {
+    return !this.prefilled && this.spec.session.length + this.pending.length === this.spec.promptIds.length;
   }
 
   get ready(): boolean {
@@ -109,8 +123,8 @@ interface Step {
   stale: boolean;
 }
 
-/** Per step: the segments and rows it ran (the batch-size metric). */
-export type StepObserver = (segments: number, rows: number) => void;
+/** Per step: the segments and rows it ran (the batch-size metric), and prompt positions shared into it. */
+export type StepObserver = (segments: number, rows: number, shared: number) => void;
 
 export class StepBatcher {
   #streams: Stream[] = [];
@@ -129,6 +143,9 @@ export class StepBatcher {
   steps = 0;
   rows = 0;
   segments = 0;
+  /** Prompt positions taken from another member's KV cache instead of being run (prefix sharing). */
+  sharedTokens = 0;
+  #sharedSeen = 0;
 
   constructor(
     private readonly run: (segs: StepSegment[]) => Promise<StepOutcome[]>,
@@ -143,6 +160,7 @@ export class StepBatcher {
       waitMs: STEP_WAIT_MS,
       leadSteps: LEAD_STEPS,
       leadMs: LEAD_MS,
+      share: null,
       ...limits,
     };
     this.#limits.maxRows = Math.max(1, Math.min(MAX_STEP_ROWS, Math.floor(this.#limits.maxRows)));
@@ -312,6 +330,7 @@ export class StepBatcher {
     let budget = Math.min(STEP_PREFILL_TOKENS, maxRows - rows);
     for (const st of this.#streams) {
       if (!st.ready || st.prefilled || budget <= 0) continue;
+      if (this.#limits.share && this.#shareInto(st)) continue;
       const n = this.#chunk(st.pending.length, Math.min(budget, st.pending.length), rows, outs);
       if (n === 0) continue;
       out.push({ st, tokens: st.pending.slice(0, n) });
@@ -328,6 +347,44 @@ export class StepBatcher {
       st.wake?.();
       return false;
     });
+  }
+
+  /**
+   * Prefix sharing for a member whose prompt is still to be read: copies the longest run of its
+   * prompt's next positions that another live member's KV cache holds (never its last token: that
+   * row gives its logits). Returns true when it should sit this step out because an earlier
+   * member is still reading at least PREFIX_WAIT_MIN_TOKENS more of the prompt they share (the
+   * earlier one never waits for a later one, so someone always reads).
+   */
+  #shareInto(st: Stream): boolean {
+    if (!st.reading) return false;
+    const own = st.spec.session;
+    const limit = st.spec.promptIds.length - 1;
+    let best: Stream | null = null;
+    let bestEnd = own.length;
+    let wait = false;
+    const earlier = this.#streams.indexOf(st);
+    this.#streams.forEach((d, i) => {
+      if (d === st || d.gone) return;
+      const shared = commonPrefix(d.history, st.spec.promptIds, limit);
+      const have = Math.min(shared, d.spec.session.length);
+      if (have > bestEnd) {
+        best = d;
+        bestEnd = have;
+      }
+      // An earlier member reading the shared part now: its positions will be there in a step or two.
+      if (i < earlier && d.ready && d.reading && shared - Math.max(have, own.length) >= PREFIX_WAIT_MIN_TOKENS)
+        wait = true;
+    });
+    const donor = best as Stream | null;
+    if (donor && this.#limits.share) {
+      const from = own.length;
+      this.#limits.share(donor.spec.session, own, from, bestEnd);
+      own.length = bestEnd;
+      st.pending = st.pending.slice(bestEnd - from);
+      this.sharedTokens += bestEnd - from;
+    }
+    return wait && own.length < limit;
   }
 
   /** The longest prompt chunk, at most `most` of `left` tokens, that fits beside `rows`/`outs`. */
@@ -382,7 +439,8 @@ export class StepBatcher {
     this.steps++;
     this.rows += rows;
     this.segments += segs.length;
-    this.observe?.(segs.length, rows);
+    this.observe?.(segs.length, rows, this.sharedTokens - this.#sharedSeen);
+    this.#sharedSeen = this.sharedTokens;
     batch.forEach(({ st, tokens }, i) => {
       const r = out[i];
       if (!r.ok) {
@@ -403,6 +461,7 @@ export class StepBatcher {
     st.prefilled = true;
     st.produced++;
     st.outbox.push(id);
+    st.history.push(id);
     if (eos.has(id) || st.produced >= maxTokens) st.done = true;
     else st.pending = [id];
   }

@@ -5,7 +5,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { LocalWorker } from "../../scripts/lib/local-worker";
-import { ADMIN, makeSmallChatModel, postJson, streamedText } from "./helpers";
+import { ADMIN, makeSmallChatModel, postJson, sseData, streamedText, waitFor } from "./helpers";
 import { startWithModels } from "./helpers";
 
 const CHATS = ["Hello!", "What is the capital of France?", "Write a haiku about rain.", "Count to five."];
@@ -87,6 +87,64 @@ describe("BATCHING", () => {
     const alone = passesOf.get(off) ?? 0;
     expect(alone).toBeGreaterThanOrEqual(16 * steps * 2);
     expect(passesOf.get(on)).toBeLessThan(alone * 0.75);
+  });
+});
+
+/** Prompt tokens the Worker copied from live sessions (edge_moe_prefix_shared_tokens_total). */
+async function sharedTokens(w: LocalWorker): Promise<number> {
+  const res = await w.fetch("/metrics", { headers: ADMIN });
+  expect(res.status).toBe(200);
+  const text = await res.text();
+  const line = text.split("\n").find((l) => l.startsWith('edge_moe_prefix_shared_tokens_total{model="chat"}'));
+  return line === undefined ? 0 : Number(line.split(" ").at(-1));
+}
+
+describe("PREFIX_SHARING (on by default with BATCHING)", () => {
+  it("gives requests sharing a prompt prefix with a live request the tokens they get alone", async () => {
+    const prefix = Array.from({ length: 90 }, (_, i) => 1 + ((i * 53) % 900));
+    const donor = { prompt: prefix, max_tokens: 40, temperature: 0 };
+    const others = [prefix, [...prefix, 17, 4], [...prefix.slice(0, 70), 5, 6, 7]];
+    const wantDonor = await streamedText(off, "/v1/completions", donor);
+    const want: number[][] = [];
+    for (const p of others) want.push(await complete(off, p, 6));
+
+    const before = await sharedTokens(on);
+    // The donor streams; once its first token is out (its prompt's K/V are in its session), the
+    // others are sent together while it still decodes.
+    const res = await on.fetch("/v1/completions", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ ...donor, stream: true }),
+    });
+    expect(res.status).toBe(200);
+    const reader = (res.body as ReadableStream<Uint8Array>).getReader();
+    const decoder = new TextDecoder();
+    let raw = "";
+    while (!raw.includes("\n\n")) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      raw += decoder.decode(value, { stream: true });
+    }
+    const got = await Promise.all(others.map((p) => complete(on, p, 6)));
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      raw += decoder.decode(value, { stream: true });
+    }
+    expect(got).toEqual(want);
+    const text = sseData(raw)
+      .filter((d) => d !== "[DONE]")
+      .map((d) => JSON.parse(d).choices[0]?.text ?? "")
+      .join("");
+    expect(text).toBe(wantDonor);
+    // Each copies what it shares with the donor (or with an earlier one of them), never its last
+    // token: at least 89 + 90 + 70 positions, however the three met in the steps.
+    const shared = await waitFor(
+      "the shared tokens' metric",
+      () => sharedTokens(on),
+      (v) => v - before >= 89 + 90 + 70,
+    );
+    expect(shared - before).toBeLessThanOrEqual(89 + 91 + 70);
   });
 });
 
