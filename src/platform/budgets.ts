@@ -22,6 +22,17 @@ export const WORKER_SCRATCH_BYTES = 8 * MIB;
 // ≥ ExpertStore scratch (expert-store.ts scratchBytes) for dModel, dFf ≤ 4096.
 export const HOST_SCRATCH_BYTES = 5 * MIB;
 
+/**
+ * The KV-cache bytes the Worker may reserve for a model, within its Wasm memory: what is loaded
+ * (`bytesInUse`: the dense weights) and a step's scratch must fit beside the sessions under the
+ * memory's cap. WORKER_KV_BUDGET_MB alone let sessions fill the cap whenever weights + KV budget +
+ * scratch passed it (granite's first 4 layers: 48.5 + 48 + 8 MiB against 104), and the next
+ * step's scratch then failed.
+ */
+export function workerKvBudget(maxBytes: number, bytesInUse: number, kvBytes: number): number {
+  return Math.max(0, Math.min(kvBytes, maxBytes - bytesInUse - WORKER_SCRATCH_BYTES));
+}
+
 export function readBudgets(env: Vars): Budgets {
   const expertHostBytes = mibVar(env, "EXPERT_HOST_BUDGET_MB", 96);
   const workerBytes = mibVar(env, "WORKER_BUDGET_MB", 96);

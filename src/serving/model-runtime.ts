@@ -36,7 +36,7 @@ import type { Placement } from "../coordinator/placement";
 import { planPipeline, PipelinePlanError, type PipelinePlacement } from "../coordinator/pipeline-placement";
 import { openModelFromR2 } from "../platform/model-store";
 import type { FileStore } from "../model/file-stores";
-import { readBudgets, WORKER_SCRATCH_BYTES } from "../platform/budgets";
+import { readBudgets, WORKER_SCRATCH_BYTES, workerKvBudget } from "../platform/budgets";
 import { formatMiB } from "../platform/format";
 import { MemoryPeak, type MemoryPeakStats } from "../platform/memory-peak";
 import { ApiError, BudgetError } from "../errors";
@@ -208,7 +208,7 @@ export class ModelRuntime {
       placementInitFor(env, opened),
       pipeline,
       chain,
-      new KvLedger(stageBudgets.workerKvBytes),
+      new KvLedger(workerKvBudget(k.maxBytes, k.bytesInUse, stageBudgets.workerKvBytes)),
       head,
       embeddings,
       opened.version,
@@ -418,13 +418,15 @@ export class ModelRuntime {
   async #runStep(env: Env, segs: Parameters<ModelForward["step"]>[0]) {
     const placement = await this.placement(env);
     const { dModel } = this.spec;
-    return this.model.step(segs, async (layer, routing, h, owner) => {
-      const r = await runExpertsOwned(env, placement, layer, routing, h, dModel, owner, {
-        modelVersion: this.version,
-        gone: (i) => segs[i]?.gone?.() ?? false,
-      });
-      return { out: r.out, lost: r.lost };
-    });
+    return memoryFullAsBusy(() =>
+      this.model.step(segs, async (layer, routing, h, owner) => {
+        const r = await runExpertsOwned(env, placement, layer, routing, h, dModel, owner, {
+          modelVersion: this.version,
+          gone: (i) => segs[i]?.gone?.() ?? false,
+        });
+        return { out: r.out, lost: r.lost };
+      }),
+    );
   }
 
   async placement(env: Env) {
@@ -452,11 +454,9 @@ export class ModelRuntime {
       opts.signal?.throwIfAborted();
       const chunk = tokens.slice(at, at + PREFILL_CHUNK);
       const last = at + PREFILL_CHUNK >= tokens.length;
-      if (!opts.allLogits && !last) {
-        await this.#forwardChunk(env, s, chunk, 0, call);
-        continue;
-      }
-      parts.push(await this.#forwardChunk(env, s, chunk, opts.allLogits ? chunk.length : 1, call));
+      const nOut = opts.allLogits ? chunk.length : last ? 1 : 0;
+      const out = await memoryFullAsBusy(() => this.#forwardChunk(env, s, chunk, nOut, call));
+      if (nOut > 0) parts.push(out);
     }
     this.lastRpcs = rpcs;
     return parts.length === 1 ? parts[0] : concat(parts);
@@ -630,6 +630,19 @@ export interface RuntimeMemoryStats {
 /** DO name of session driver k of a model (a StageHost that holds no layers). */
 export function driverName(model: string, k: number): string {
   return `${model}/driver/${k}`;
+}
+
+/**
+ * A pass whose scratch finds the Worker's Wasm memory full (fragmentation, or many per-request
+ * passes at once with BATCHING off) is refused as busy (429 + Retry-After), not a server error.
+ */
+async function memoryFullAsBusy<T>(run: () => Promise<T>): Promise<T> {
+  try {
+    return await run();
+  } catch (err) {
+    if (err instanceof Error && err.name === "MemoryBudgetError") throw busy(`the Worker's memory is full: ${err.message}`);
+    throw err;
+  }
 }
 
 function busy(message: string): ApiError {

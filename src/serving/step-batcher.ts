@@ -102,12 +102,22 @@ class Stream {
   constructor(readonly spec: StepStreamSpec) {
     this.pending = spec.promptIds.slice();
     this.history = spec.promptIds.slice();
+    this.fromStart = spec.session.length === 0;
   }
 
-  /** Its prompt is still to be read and `pending` is exactly the prompt's unread rest. */
+  /**
+   * Its prompt is still to be read, `pending` is exactly the prompt's unread rest, and the prompt
+   * fits its KV cache (one that does not fails alone at the end of the pick, and reads nothing).
+   */
   get reading(): boolean {
-    return !this.prefilled && this.spec.session.length + this.pending.length === this.spec.promptIds.length;
+    const { session, promptIds } = this.spec;
+    return (
+      !this.prefilled && session.length + this.pending.length === promptIds.length && promptIds.length <= session.maxLen
+    );
   }
+
+  /** Position p of its session holds history[p] (it started empty): it may lend its positions. */
+  readonly fromStart: boolean;
 
   get ready(): boolean {
     return !this.gone && !this.done && this.outbox.length < LOOKAHEAD && this.pending.length > 0;
@@ -357,7 +367,7 @@ export class StepBatcher {
    * earlier one never waits for a later one, so someone always reads).
    */
   #shareInto(st: Stream): boolean {
-    if (!st.reading) return false;
+    if (!st.reading || !st.fromStart) return false;
     const own = st.spec.session;
     const limit = st.spec.promptIds.length - 1;
     let best: Stream | null = null;
@@ -365,7 +375,7 @@ export class StepBatcher {
     let wait = false;
     const earlier = this.#streams.indexOf(st);
     this.#streams.forEach((d, i) => {
-      if (d === st || d.gone) return;
+      if (d === st || d.gone || !d.fromStart) return;
       const shared = commonPrefix(d.history, st.spec.promptIds, limit);
       const have = Math.min(shared, d.spec.session.length);
       if (have > bestEnd) {
@@ -379,7 +389,15 @@ export class StepBatcher {
     const donor = best as Stream | null;
     if (donor && this.#limits.share) {
       const from = own.length;
-      this.#limits.share(donor.spec.session, own, from, bestEnd);
+      try {
+        this.#limits.share(donor.spec.session, own, from, bestEnd);
+      } catch (error) {
+        // A copy that cannot be made fails this member alone; its positions were not advanced.
+        st.error = error;
+        st.done = true;
+        st.wake?.();
+        return true;
+      }
       own.length = bestEnd;
       st.pending = st.pending.slice(bestEnd - from);
       this.sharedTokens += bestEnd - from;

@@ -138,6 +138,24 @@ describe("prefix sharing in the step batcher", () => {
     expect(b.sharedTokens).toBe(long.length - 1);
     expect(b.rows).toBe(long.length + 1 + 2 * 2);
   });
+  it("fails only the member whose copy cannot be made; the others go on", async () => {
+    const m = await load();
+    const base = ids(40, 6);
+    const want = await alone(m, base, 4);
+    const failing = () => {
+      throw new RangeError("no room for the copy");
+    };
+    const b = new StepBatcher((segs) => m.model.step(segs, owned(m)), undefined, undefined, { share: failing });
+    const [first, second, other] = await Promise.allSettled([
+      generate(m, b, base, 4),
+      generate(m, b, base, 4),
+      generate(m, b, ids(20, 8), 4),
+    ]);
+    expect(first).toEqual({ status: "fulfilled", value: want });
+    expect(second.status === "rejected" && String(second.reason)).toMatch(/no room for the copy/);
+    expect(other).toEqual({ status: "fulfilled", value: await alone(m, ids(20, 8), 4) });
+    expect(b.sharedTokens).toBe(0);
+  });
 });
 
 describe("prefix-share helpers", () => {
