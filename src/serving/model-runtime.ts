@@ -640,7 +640,8 @@ async function memoryFullAsBusy<T>(run: () => Promise<T>): Promise<T> {
   try {
     return await run();
   } catch (err) {
-    if (err instanceof Error && err.name === "MemoryBudgetError") throw busy(`the Worker's memory is full: ${err.message}`);
+    if (err instanceof Error && err.name === "MemoryBudgetError")
+      throw busy(`the Worker's memory is full: ${err.message}`);
     throw err;
   }
 }
