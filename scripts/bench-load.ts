@@ -196,6 +196,12 @@ function options(
   };
 }
 
+/** Prompt tokens copied from live sessions (prefix sharing) of the level's prompt tokens. */
+function sharedCell(l: LevelReport): string {
+  if (l.promptTokens === null || l.sharedPromptTokens === null || l.promptTokens <= 0) return "—";
+  return `${l.sharedPromptTokens} / ${l.promptTokens} (${((100 * l.sharedPromptTokens) / l.promptTokens).toFixed(0)}%)`;
+}
+
 const fmt = (v: number | null, digits = 0) => (v === null ? "—" : v.toFixed(digits));
 
 function table(label: string, r: LoadReport): void {
@@ -203,9 +209,9 @@ function table(label: string, r: LoadReport): void {
   console.log(`\n${label}: ${r.url}, ${per}, ${r.references} distinct requests run alone`);
   console.log(
     "| N | requests | failed | refusals | decode tok/s | TTFT p50 / p99 ms | TPOT p50 / p99 ms | " +
-      "tokens lost / changed | placement versions | expert passes / token, rows / pass |",
+      "tokens lost / changed | placement versions | expert passes / token, rows / pass | prompt tokens shared |",
   );
-  console.log("|---|---|---|---|---|---|---|---|---|---|");
+  console.log("|---|---|---|---|---|---|---|---|---|---|---|");
   for (const l of r.levels) {
     const refusals =
       l.refusals
@@ -215,7 +221,8 @@ function table(label: string, r: LoadReport): void {
     console.log(
       `| ${l.concurrency} | ${l.requests} | ${l.failed}${cut} | ${refusals} | ${l.decodeTokensPerSec.toFixed(1)} | ` +
         `${fmt(l.ttftMs.p50)} / ${fmt(l.ttftMs.p99)} | ${fmt(l.tpotMs.p50, 1)} / ${fmt(l.tpotMs.p99, 1)} | ` +
-        `${l.tokensLost} / ${l.tokensChanged} | ${l.placementVersions.join(", ")} | ${passesCell(l)} |`,
+        `${l.tokensLost} / ${l.tokensChanged} | ${l.placementVersions.join(", ")} | ${passesCell(l)} | ` +
+        `${sharedCell(l)} |`,
     );
     for (const e of l.errors) console.log(`    failure: ${e}`);
     const failovers = Object.entries(l.failovers ?? {}).map(([code, n]) => `${n}× ${code}`);

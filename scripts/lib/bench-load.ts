@@ -10,6 +10,10 @@
 import { compareChunks, loopbackUrl, outcomeOf, percentile, streamChat, type StreamResult } from "./load-client";
 import { readHostMemory, type InstanceMemory } from "./host-memory";
 import { SKEW_PHASES } from "./skewed-prompts";
+import { FLUSH_INTERVAL_MS } from "../../src/observability/recorder";
+
+/** How long after a level its counters are read from /metrics: the isolate's flush interval and a margin. */
+const METRICS_FLUSH_WAIT_MS = FLUSH_INTERVAL_MS + 500;
 
 export interface LoadOptions {
   url: string;
@@ -103,6 +107,12 @@ export interface LevelReport {
   expertRows: number | null;
   /** Expert calls failed over during the level, by code (/metrics `edge_moe_expert_failovers_total`). */
   failovers: Record<string, number> | null;
+  /**
+   * The level's prompt tokens and how many of them were copied from a live session's KV cache
+   * instead of run (prefix sharing), from /metrics; null without adminToken.
+   */
+  promptTokens: number | null;
+  sharedPromptTokens: number | null;
   /**
    * The server processes' CPU ms per completion token over the level (`LoadOptions.serverCpuMs`),
    * or null: on a machine other jobs load, it follows the work done more closely than tok/s.
@@ -208,10 +218,15 @@ export async function runLoad(opts: LoadOptions): Promise<LoadReport> {
     const level = summarize(n, results, opts.references === false ? null : reference, wall, seen);
     if (cpu0 !== null && cpu1 !== null && level.completionTokens > 0)
       level.serverCpuMsPerToken = (cpu1 - cpu0) / level.completionTokens;
+    // The isolate's counters reach /metrics at its next flush (at most FLUSH_INTERVAL_MS after its
+    // last request): wait for it, so the level's last prompts are counted.
+    if (opts.adminToken) await new Promise((r) => setTimeout(r, METRICS_FLUSH_WAIT_MS));
     const hostsAfter = await hostWork(base, opts);
     if (hostsBefore && hostsAfter) {
       const work = hostDelta(hostsBefore, hostsAfter, seen0);
       level.expertPasses = work.passes;
+      level.promptTokens = hostsAfter.promptTokens - hostsBefore.promptTokens;
+      level.sharedPromptTokens = hostsAfter.sharedTokens - hostsBefore.sharedTokens;
       level.expertRows = work.rows;
       level.failovers = {};
       for (const [code, n] of Object.entries(hostsAfter.failovers)) {
@@ -296,6 +311,8 @@ function summarize(
     serverCpuMsPerToken: null,
     expertRows: null,
     failovers: null,
+    promptTokens: null,
+    sharedPromptTokens: null,
   };
 }
 
@@ -306,6 +323,9 @@ export interface HostWork {
   byHost: Map<string, { passes: number; rows: number }>;
   /** Failovers so far by code, summed over layers. */
   failovers: Record<string, number>;
+  /** Prompt tokens of the model's generations so far, and those copied from a live session (/metrics). */
+  promptTokens: number;
+  sharedTokens: number;
 }
 
 /**
@@ -343,7 +363,7 @@ export async function hostWork(base: URL, opts: LoadOptions): Promise<HostWork |
   const res = await fetch(new URL(`/admin/hosts${q}`, base), { headers }).catch(() => null);
   if (!res?.ok) return null;
   const body = (await res.json()) as { hosts: ({ name: string; expertPasses?: number; tokens: number } | null)[] };
-  const work: HostWork = { passes: 0, rows: 0, byHost: new Map(), failovers: {} };
+  const work: HostWork = { passes: 0, rows: 0, byHost: new Map(), failovers: {}, promptTokens: 0, sharedTokens: 0 };
   for (const h of body.hosts) {
     if (!h) continue;
     const passes = h.expertPasses ?? 0;
@@ -359,6 +379,13 @@ export async function hostWork(base: URL, opts: LoadOptions): Promise<HostWork |
   for (const line of text.split("\n")) {
     const hit = /^edge_moe_expert_failovers_total\{[^}]*code="([^"]*)"[^}]*\} ([0-9.e+]+)/.exec(line);
     if (hit) work.failovers[hit[1]] = (work.failovers[hit[1]] ?? 0) + Number(hit[2]);
+    const count = /^edge_moe_(prompt_tokens|prefix_shared_tokens)_total\{[^}]*model="([^"]*)"[^}]*\} ([0-9.e+]+)/.exec(
+      line,
+    );
+    if (count && (!opts.model || count[2] === opts.model)) {
+      if (count[1] === "prompt_tokens") work.promptTokens += Number(count[3]);
+      else work.sharedTokens += Number(count[3]);
+    }
   }
   return work;
 }

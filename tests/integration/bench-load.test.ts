@@ -49,6 +49,10 @@ describe("bench:load library", () => {
       expect(l.tokensChanged).toBe(0);
       expect(l.placementVersions.length).toBeGreaterThanOrEqual(1);
       expect(l.instances?.min).toBeGreaterThanOrEqual(1);
+      // Its prompts' tokens from /metrics, read after the isolate's flush: every request's counted.
+      expect(l.promptTokens).toBeGreaterThanOrEqual(l.requests);
+      expect(l.sharedPromptTokens).toBeGreaterThanOrEqual(0);
+      expect(l.sharedPromptTokens).toBeLessThan(l.promptTokens ?? 0);
     }
     expect(report.placementVersionsSeen.length).toBeGreaterThanOrEqual(1);
     expect(seen.filter((p) => p.stage === "reference").at(-1)).toMatchObject({ done: 8, total: 8 });

@@ -14,7 +14,7 @@ function work(hosts: Record<string, [number, number]>): HostWork {
     passes += h.passes;
     rows += h.rows;
   }
-  return { passes, rows, byHost, failovers: {} };
+  return { passes, rows, byHost, failovers: {}, promptTokens: 0, sharedTokens: 0 };
 }
 
 describe("hostDelta", () => {
