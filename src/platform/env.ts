@@ -141,8 +141,9 @@ export function batchingEnabled(vars: Vars): boolean {
 
 /**
  * PREFIX_SHARING: "on" (default) lets a prompt joining the batched decode steps take the K/V of
- * the prompt positions it shares with a live generation of the same model instead of running them
- * (src/serving/prefix-share.ts); "off" runs every prompt whole. Only where the steps are batched.
+ * the prompt positions it shares with a live generation of the same model, or a finished one kept
+ * within the KV budget, instead of running them (src/serving/prefix-share.ts); "off" runs every
+ * prompt whole and keeps nothing. Only where the steps are batched.
  */
 export function prefixSharingEnabled(vars: Vars): boolean {
   return enumVar(vars, "PREFIX_SHARING", ["on", "off"], "on") === "on";

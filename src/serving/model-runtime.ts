@@ -55,7 +55,7 @@ import { ModelForward, type ExpertRunner, type Session } from "./forward";
 import { placementInitFor, type ModelPlacementInit } from "./placement-init";
 import { HeadBatcher } from "./head-batcher";
 import { batchingEnabled, prefixSharingEnabled, type Vars } from "../platform/env";
-import { kvCopier } from "./prefix-share";
+import { kvCopier, RETAIN_MIN_TOKENS, type CopyPositions } from "./prefix-share";
 import { kvLayout } from "./attention";
 import { StepBatcher, type StepStreamSpec } from "./step-batcher";
 import { expertEvents } from "../platform/events";
@@ -257,6 +257,9 @@ export class ModelRuntime {
     const id = crypto.randomUUID();
     if (this.model.end === this.model.first) return new RuntimeSession(id, maxLen, null);
     const need = this.model.kvBytes(maxLen);
+    // Finished generations kept for prefix sharing give their bytes back first, oldest first.
+    const free = () => this.kv.budgetBytes - this.kv.usedBytes;
+    while (need <= this.kv.budgetBytes && need > free() && this.#steps?.retained.evictOldest());
     const a = this.kv.admit(need);
     if (!a.ok && a.reason === "too_long") {
       throw ApiError.invalid(
@@ -303,7 +306,9 @@ export class ModelRuntime {
     s.leaveBatch();
     const free = () => {
       const local = this.kv.remove(s.id);
-      if (local) this.model.endSession(local);
+      if (!local) return;
+      this.#retain(local);
+      this.model.endSession(local);
     };
     // A decode step given up as stuck may still return and write this KV cache: freed after it.
     const busy = s.local ? this.#steps?.settled(s.local) : null;
@@ -357,6 +362,45 @@ export class ModelRuntime {
   }
 
   #steps: StepBatcher | null = null;
+  #copier: CopyPositions | null = null;
+
+  /** Copies K/V positions between two sessions of this model (prefix sharing). */
+  get #copy(): CopyPositions {
+    this.#copier ??= kvCopier(this.model.kernels, kvLayout(this.spec.attention));
+    return this.#copier;
+  }
+
+  /**
+   * Keeps an ended generation's complete positions as a donor for later prompts (prefix sharing):
+   * copied into a session of their size, which holds its bytes of the KV budget until a session
+   * that finds the budget full, or the donors' count limit, releases it. Nothing is kept when
+   * the budget has no room for it now, or the copy's memory cannot be had.
+   */
+  #retain(local: Session): void {
+    const steps = this.#steps;
+    const history = steps?.sharing ? steps.endedHistory(local) : null;
+    if (!steps || !history || history.length < RETAIN_MIN_TOKENS) return;
+    const bytes = this.model.kvBytes(history.length);
+    if (bytes > this.kv.budgetBytes - this.kv.usedBytes) return;
+    let keep: Session;
+    try {
+      keep = this.model.startSession(history.length);
+    } catch (err) {
+      if (err instanceof Error && err.name === "MemoryBudgetError") return;
+      throw err;
+    }
+    this.#copy(local, keep, 0, history.length);
+    keep.length = history.length;
+    const id = `retained:${crypto.randomUUID()}`;
+    this.kv.add(id, bytes, keep, Date.now());
+    steps.retained.add({
+      history,
+      session: keep,
+      release: () => {
+        if (this.kv.remove(id)) this.model.endSession(keep);
+      },
+    });
+  }
 
   /**
    * Whether a generation's tokens come from decode steps shared with the isolate's other
@@ -392,7 +436,7 @@ export class ModelRuntime {
       // holds. A head row (vocabulary-wide logits) only for the rows that want logits, one per member.
       {
         fits: (rows, outRows) => this.model.stepScratchBytes(rows, outRows, longest) <= WORKER_SCRATCH_BYTES,
-        share: prefixSharingEnabled(env) ? kvCopier(this.model.kernels, kvLayout(this.spec.attention)) : null,
+        share: prefixSharingEnabled(env) ? this.#copy : null,
       },
     );
     // Its MoE layers run in the steps, not through the layer batcher: not counted at its barrier.

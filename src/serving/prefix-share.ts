@@ -1,6 +1,6 @@
 /**
- * @module Prompt-prefix sharing between the live generations of one step batcher (vLLM's automatic
- * prefix caching, within the sessions this isolate holds now). A joining prompt whose first tokens
+ * @module Prompt-prefix sharing between the generations of one step batcher (vLLM's automatic
+ * prefix caching, within the sessions this isolate holds). A joining prompt whose first tokens
  * another live session has already run gets those positions' K/V copied from it instead of
  * running them through the model: 16 users sending the same system prompt or the same question
  * pay its prefill once. A prompt whose shared part another prompt is still reading waits for it
@@ -11,8 +11,8 @@
  * the donor's K/V at a shared position are the bits the receiving session would have computed.
  * The receiving prompt always runs its last token itself (its logits come from that row).
  *
- * Not a cache of ended sessions: when the last session holding a prefix ends, the prefix goes
- * with it (the KV budget is reserved per session; nothing is kept past a session's end).
+ * Finished generations are kept as donors too (`RetainedPrefixes`): their complete positions, in
+ * sessions of their size that hold bytes of the KV budget until a new session needs the room.
  */
 import type { Kernels } from "../kernels";
 import type { KvLayout } from "./attention";
@@ -60,4 +60,60 @@ export function kvCopier(kernels: Kernels, kv: KvLayout): CopyPositions {
       kernels.u8(to.v[l] + start * vPos, vs.length).set(vs);
     }
   };
+}
+
+/** A finished generation's K/V kept as a donor: its valid positions only, in a session of their size. */
+export interface RetainedPrefix {
+  /** The tokens at its positions (its prompt, then what it generated and ran). */
+  history: readonly number[];
+  session: KvPositions;
+  /** Frees its KV cache and its share of the KV budget. */
+  release: () => void;
+}
+
+/** Finished generations kept as donors at most (the oldest is released first). */
+export const RETAINED_PREFIXES_MAX = 64;
+/** A finished generation shorter than this is not kept. */
+export const RETAIN_MIN_TOKENS = 16;
+
+/**
+ * Finished generations' KV caches kept for later prompts that repeat them (a chat's next turn
+ * resends the conversation; users resend the same system prompt), least recently used first.
+ * Each holds bytes of the KV budget, so a session that finds the budget full has them released,
+ * oldest first, before it is refused (`evictOldest`).
+ */
+export class RetainedPrefixes {
+  #entries: RetainedPrefix[] = [];
+
+  constructor(readonly max = RETAINED_PREFIXES_MAX) {}
+
+  get size(): number {
+    return this.#entries.length;
+  }
+
+  add(entry: RetainedPrefix): void {
+    this.#entries.push(entry);
+    while (this.#entries.length > this.max) this.#entries.shift()?.release();
+  }
+
+  /**
+   * The kept generation holding the most of `prompt`'s first positions (at most `limit`), and how
+   * many, when more than `atLeast`; it becomes the most recently used.
+   */
+  best(prompt: readonly number[], limit: number, atLeast: number): { entry: RetainedPrefix; have: number } | null {
+    let found: { entry: RetainedPrefix; have: number } | null = null;
+    for (const entry of this.#entries) {
+      const have = Math.min(commonPrefix(entry.history, prompt, limit), entry.session.length);
+      if (have > (found?.have ?? atLeast)) found = { entry, have };
+    }
+    if (found) this.#entries = [...this.#entries.filter((e) => e !== found.entry), found.entry];
+    return found;
+  }
+
+  /** Releases the least recently used; false when none is kept. */
+  evictOldest(): boolean {
+    const e = this.#entries.shift();
+    e?.release();
+    return e !== undefined;
+  }
 }

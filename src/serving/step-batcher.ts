@@ -24,7 +24,7 @@
  * the member's request (a timer cannot be cleared from another request).
  */
 import type { Session, StepOutcome, StepSegment } from "./forward";
-import { commonPrefix, PREFIX_WAIT_MIN_TOKENS, type CopyPositions } from "./prefix-share";
+import { commonPrefix, PREFIX_WAIT_MIN_TOKENS, RetainedPrefixes, type CopyPositions } from "./prefix-share";
 import { sampleToken, type SamplingParams } from "./sampling";
 
 /** Prompt tokens read per step at most, over every joining generation (TTFT vs the others' pace). */
@@ -156,6 +156,10 @@ export class StepBatcher {
   /** Prompt positions taken from another member's KV cache instead of being run (prefix sharing). */
   sharedTokens = 0;
   #sharedSeen = 0;
+  /** Finished generations kept as donors (the model runtime adds them when it frees a session). */
+  readonly retained = new RetainedPrefixes();
+  /** Each ended generation's tokens at its session's complete positions, until `endedHistory` takes it. */
+  readonly #ended = new WeakMap<Session, number[]>();
 
   constructor(
     private readonly run: (segs: StepSegment[]) => Promise<StepOutcome[]>,
@@ -218,6 +222,7 @@ export class StepBatcher {
       }
     } finally {
       st.gone = true;
+      if (st.error === null && st.fromStart) this.#ended.set(spec.session, st.history);
       try {
         // A live step ends in milliseconds; a stale one may never: its session is freed on `settled`.
         const step = st.step;
@@ -359,6 +364,21 @@ export class StepBatcher {
     });
   }
 
+  /** Whether prompts share positions here (a copier was given). */
+  get sharing(): boolean {
+    return this.#limits.share !== null;
+  }
+
+  /**
+   * The tokens at the complete positions of an ended generation's session (its prompt, then the
+   * tokens it ran), once: null for a session whose generation failed or that no generation ended.
+   */
+  endedHistory(session: Session): number[] | null {
+    const h = this.#ended.get(session) ?? null;
+    this.#ended.delete(session);
+    return h === null ? null : h.slice(0, session.length);
+  }
+
   /**
    * Prefix sharing for a member whose prompt is still to be read: copies the longest run of its
    * prompt's next positions that another live member's KV cache holds (never its last token: that
@@ -386,11 +406,14 @@ export class StepBatcher {
       if (i < earlier && d.ready && d.reading && shared - Math.max(have, own.length) >= PREFIX_WAIT_MIN_TOKENS)
         wait = true;
     });
-    const donor = best as Stream | null;
+    const live = best as Stream | null;
+    const kept = this.retained.best(st.spec.promptIds, limit, bestEnd);
+    const donor = kept ? kept.entry.session : (live?.spec.session ?? null);
+    if (kept) bestEnd = kept.have;
     if (donor && this.#limits.share) {
       const from = own.length;
       try {
-        this.#limits.share(donor.spec.session, own, from, bestEnd);
+        this.#limits.share(donor, own, from, bestEnd);
       } catch (error) {
         // A copy that cannot be made fails this member alone; its positions were not advanced.
         st.error = error;

@@ -148,6 +148,44 @@ describe("PREFIX_SHARING (on by default with BATCHING)", () => {
   });
 });
 
+describe("PREFIX_SHARING keeps finished generations as donors, within the KV budget", () => {
+  let small: LocalWorker;
+  beforeAll(async () => {
+    // 256 B a position (2 layers × 2 kv heads × 8 × K and V, f32): 0.07 MiB holds ~286 positions,
+    // two finished 120-position requests kept, not a third beside them.
+    small = await startWithModels(
+      { chat: makeSmallChatModel() },
+      { DEFAULT_MODEL: "chat", MIN_EXPERT_HOSTS: "2", WORKER_KV_BUDGET_MB: "0.07" },
+    );
+  });
+  afterAll(() => small?.dispose());
+
+  it("serves a request repeating an ended one from its kept K/V; kept ones make room for new sessions", async () => {
+    const a = Array.from({ length: 90 }, (_, i) => 1 + ((i * 71) % 900));
+    const b = [...a, 17, 4, 23];
+    const c = Array.from({ length: 90 }, (_, i) => 5 + ((i * 29) % 800));
+    const want = [];
+    for (const p of [a, b, c]) want.push(await complete(off, p, 30));
+    const sharedBefore = await sharedTokens(small);
+    expect(await complete(small, a, 30)).toEqual(want[0]);
+    // a has ended: b repeats its prompt and its first generated tokens' positions are kept too.
+    expect(await complete(small, b, 30)).toEqual(want[1]);
+    await waitFor(
+      "the shared tokens' metric",
+      () => sharedTokens(small),
+      (v) => v - sharedBefore >= 90,
+    );
+    // a and b are kept (~61 KB of the 73 KB budget): c needs ~31 KB, so the oldest kept one goes.
+    const kvUsed = async () => {
+      const res = await small.fetch("/admin/hosts?model=chat", { headers: ADMIN });
+      return ((await res.json()) as { worker: { kvBytesUsed: number } }).worker.kvBytesUsed;
+    };
+    expect(await kvUsed()).toBe((a.length + 29 + b.length + 29) * 256);
+    expect(await complete(small, c, 30)).toEqual(want[2]);
+    expect(await kvUsed()).toBe((b.length + 29 + c.length + 29) * 256);
+  });
+});
+
 describe("BATCHING with routing noise and a capacity factor", () => {
   let noisyOn: LocalWorker;
   let noisyOff: LocalWorker;

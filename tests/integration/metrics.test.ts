@@ -42,10 +42,15 @@ const line = (text: string, prefix: string) => {
 };
 
 /**
- * Tokens each MoE layer runs for the load below: 4 × (16 prompt + 3 decode steps; the 4th token
- * needs no forward) + the streamed (3 + 2).
+ * Prompt positions the load below takes from a kept donor instead of running (prefix sharing): the
+ * 2nd, 3rd and 4th of the same 16-token prompt each copy 15 from the finished one before it.
  */
-const LAYER_TOKENS = 4 * (16 + 3) + (3 + 2);
+const SHARED_TOKENS = 3 * 15;
+/**
+ * Tokens each MoE layer runs for the load below: 4 × (16 prompt + 3 decode steps; the 4th token
+ * needs no forward), less the shared prompt positions, + the streamed (3 + 2).
+ */
+const LAYER_TOKENS = 4 * (16 + 3) - SHARED_TOKENS + (3 + 2);
 
 describe("/metrics", () => {
   it("needs the admin token", async () => {
@@ -90,6 +95,7 @@ describe("/metrics", () => {
     expect(line(after.text, 'edge_moe_time_per_output_token_seconds_count{model="tiny"}')).toBe(5);
     expect(value(fs, "edge_moe_generation_tokens_total", { model: "tiny" })).toBe(4 * 4 + 3);
     expect(value(fs, "edge_moe_prompt_tokens_total", { model: "tiny" })).toBe(4 * 16 + 3);
+    expect(value(fs, "edge_moe_prefix_shared_tokens_total", { model: "tiny" })).toBe(SHARED_TOKENS);
     expect(value(fs, "edge_moe_http_requests_total", { route: "/v1/completions", status: "200" })).toBe(5);
     expect(value(fs, "edge_moe_http_requests_total", { route: "/v1/completions", status: "400" })).toBe(1);
     expect(value(fs, "edge_moe_generations_total", { model: "tiny", finish: "length" })).toBe(5);

@@ -10,7 +10,7 @@ import { MIXTRAL, type Config } from "../../support/family-configs";
 import { nodeModel, type NodeModel } from "../../support/forward-helpers";
 import type { OwnedExpertRunner } from "../../../src/serving/forward";
 import { kvLayout } from "../../../src/serving/attention";
-import { commonPrefix, kvCopier } from "../../../src/serving/prefix-share";
+import { commonPrefix, kvCopier, RetainedPrefixes, type KvPositions } from "../../../src/serving/prefix-share";
 import { STEP_PREFILL_TOKENS, StepBatcher } from "../../../src/serving/step-batcher";
 import { createRng, sampleToken } from "../../../src/serving/sampling";
 
@@ -155,6 +155,66 @@ describe("prefix sharing in the step batcher", () => {
     expect(second.status === "rejected" && String(second.reason)).toMatch(/no room for the copy/);
     expect(other).toEqual({ status: "fulfilled", value: await alone(m, ids(20, 8), 4) });
     expect(b.sharedTokens).toBe(0);
+  });
+});
+
+describe("finished generations kept as donors", () => {
+  it("serves a later prompt that repeats an ended generation from its kept positions", async () => {
+    const m = await load();
+    const b = batcher(m, true);
+    const copy = kvCopier(m.model.kernels, kvLayout(m.model.spec.attention));
+    const base = ids(45, 9);
+    const first = await alone(m, base, 4);
+    // The runtime's part (ModelRuntime.#retain): when the generation's session is freed, its
+    // complete positions go into a session of their size, kept in the batcher's retained list.
+    const session = poisonedSession(m);
+    const spec = {
+      session,
+      promptIds: base,
+      maxTokens: 4,
+      sampling: GREEDY,
+      rng: createRng(1),
+      eos: new Set<number>(),
+    };
+    const got: number[] = [];
+    for await (const id of b.tokens(spec)) got.push(id);
+    expect(got).toEqual(first);
+    const history = b.endedHistory(session);
+    expect(history).toEqual([...base, ...first.slice(0, 3)]);
+    expect(b.endedHistory(session)).toBeNull();
+    const keep = m.model.startSession(history?.length ?? 0);
+    copy(session, keep, 0, session.length);
+    keep.length = session.length;
+    m.model.endSession(session);
+    let released = 0;
+    b.retained.add({ history: history ?? [], session: keep, release: () => released++ });
+
+    const follow = [...base, ...first.slice(0, 3), 11, 12];
+    expect(await generate(m, b, follow, 4)).toEqual(await alone(m, follow, 4));
+    expect(b.sharedTokens).toBe(base.length + 3);
+    expect(b.retained.evictOldest()).toBe(true);
+    expect(released).toBe(1);
+    expect(b.retained.evictOldest()).toBe(false);
+    m.model.endSession(keep);
+  });
+
+  it("keeps at most its limit, releases least recently used first, and picks the longest holder", () => {
+    const released: number[] = [];
+    const kept = new RetainedPrefixes(2);
+    const entry = (n: number, history: number[]) => ({
+      history,
+      session: { length: history.length, maxLen: history.length, k: [], v: [] } satisfies KvPositions,
+      release: () => released.push(n),
+    });
+    kept.add(entry(1, [1, 2, 3, 4]));
+    kept.add(entry(2, [1, 2, 9]));
+    expect(kept.best([1, 2, 3, 4, 5], 4, 0)?.have).toBe(4); // entry 1, now the most recent
+    expect(kept.best([1, 2, 3, 4, 5], 4, 4)).toBeNull(); // nothing holds more than 4
+    kept.add(entry(3, [7]));
+    expect(released).toEqual([2]);
+    expect(kept.size).toBe(2);
+    expect(kept.evictOldest()).toBe(true);
+    expect(released).toEqual([2, 1]);
   });
 });
 
