@@ -26,6 +26,7 @@
 import type { Session, StepOutcome, StepSegment } from "./forward";
 import { commonPrefix, PREFIX_WAIT_MIN_TOKENS, RetainedPrefixes, type CopyPositions } from "./prefix-share";
 import { sampleToken, type SamplingParams } from "./sampling";
+import { CATCH_UP_YIELDS, consumerBehind, macrotask } from "./step-yield";
 
 /** Prompt tokens read per step at most, over every joining generation (TTFT vs the others' pace). */
 export const STEP_PREFILL_TOKENS = 256;
@@ -48,7 +49,8 @@ export const LEAD_MS = 2_000;
  * awaits them never lets the event loop poll: requests arriving meanwhile are not read, members'
  * consumers do not run and their responses are not written until the loop stops. A macrotask
  * (a 0 ms timer) between steps lets them through: after every step when other members share the
- * steps, at most this often when the leader is alone (a timer costs ~1 ms).
+ * steps, at most this often when the leader is alone (a timer costs ~1 ms); a few more while a
+ * member's consumer is behind (src/serving/step-yield.ts).
  */
 export const LONE_YIELD_MS = 40;
 
@@ -69,6 +71,8 @@ export interface StepLimits {
    * shares with a live member from it instead of running them (./prefix-share.ts). null: no sharing.
    */
   share: CopyPositions | null;
+  /** CATCH_UP_YIELDS (tests set 0 to compare). */
+  catchUpYields: number;
 }
 
 /** One generation as the steps see it. */
@@ -175,6 +179,7 @@ export class StepBatcher {
       leadSteps: LEAD_STEPS,
       leadMs: LEAD_MS,
       share: null,
+      catchUpYields: CATCH_UP_YIELDS,
       ...limits,
     };
     this.#limits.maxRows = Math.max(1, Math.min(MAX_STEP_ROWS, Math.floor(this.#limits.maxRows)));
@@ -286,7 +291,7 @@ export class StepBatcher {
   }
 
   async #loop(leader: Stream, epoch: number): Promise<void> {
-    const { leadSteps, leadMs } = this.#limits;
+    const { leadSteps, leadMs, catchUpYields } = this.#limits;
     const t0 = Date.now();
     let yielded = t0;
     try {
@@ -299,7 +304,10 @@ export class StepBatcher {
         if (epoch !== this.#epoch) return;
         if (this.#streams.length > 1 || Date.now() - yielded >= LONE_YIELD_MS) {
           this.#yieldingSince = Date.now();
-          await new Promise((resolve) => setTimeout(resolve, 0));
+          await macrotask();
+          // Members' responses still starting (or stalled) get more turns of the event loop
+          // before the next step holds it again; a member keeping up costs nothing here.
+          for (let i = 0; i < catchUpYields && epoch === this.#epoch && this.#behind(); i++) await macrotask();
           if (epoch !== this.#epoch) return;
           this.#yieldingSince = null;
           yielded = Date.now();
@@ -314,6 +322,15 @@ export class StepBatcher {
         leader.wake?.();
       }
     }
+  }
+
+  /** Whether a live member's consumer is behind its tokens (`consumerBehind`). */
+  #behind(): boolean {
+    const live = this.#streams.filter((s) => !s.gone);
+    return consumerBehind(
+      live.map((s) => ({ produced: s.produced, untaken: s.outbox.length })),
+      LOOKAHEAD,
+    );
   }
 
   /**
