@@ -162,9 +162,17 @@ export async function fanOutRows(
   const lose = (list: readonly Assignment[], error: () => ApiError) => {
     for (const a of list) for (const t of a.tokens) if (!lost.has(ownerOf(t))) lost.set(ownerOf(t), error());
   };
-  /** Rows still worth serving: their owner has lost nothing and is still waiting. */
+  /**
+   * Rows still worth serving: their owner has lost nothing and is still waiting. An owner gone
+   * meanwhile counts as lost (its rows get no output), so the combine leaves its slots out.
+   */
   const prune = (list: Assignment[]): Assignment[] => {
-    const keep = (t: number) => !lost.has(ownerOf(t)) && !options.gone?.(ownerOf(t));
+    if (options.gone)
+      for (const a of list)
+        for (const t of a.tokens)
+          if (!lost.has(ownerOf(t)) && options.gone(ownerOf(t)))
+            lost.set(ownerOf(t), new ApiError(400, "the request went away while its expert rows were retried"));
+    const keep = (t: number) => !lost.has(ownerOf(t));
     const out: Assignment[] = [];
     for (const a of list) {
       if (a.tokens.every(keep)) {

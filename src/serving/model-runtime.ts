@@ -257,9 +257,11 @@ export class ModelRuntime {
     const id = crypto.randomUUID();
     if (this.model.end === this.model.first) return new RuntimeSession(id, maxLen, null);
     const need = this.model.kvBytes(maxLen);
-    // Finished generations kept for prefix sharing give their bytes back first, oldest first.
+    // Finished generations kept for prefix sharing give their bytes back first, oldest first —
+    // only when that makes room (under overload a refusal must not empty them for nothing).
+    const kept = this.#steps?.retained;
     const free = () => this.kv.budgetBytes - this.kv.usedBytes;
-    while (need <= this.kv.budgetBytes && need > free() && this.#steps?.retained.evictOldest());
+    if (kept && need > free() && need <= free() + kept.bytes) while (need > free() && kept.evictOldest());
     const a = this.kv.admit(need);
     if (!a.ok && a.reason === "too_long") {
       throw ApiError.invalid(
@@ -274,13 +276,15 @@ export class ModelRuntime {
         `the Worker's KV cache is full (${this.kv.size} sessions, ${formatMiB(a.freeBytes)} free, ` +
           `${formatMiB(need)} needed)`,
       );
-    let local: Session;
-    try {
-      local = this.model.startSession(maxLen);
-    } catch (err) {
-      if (err instanceof Error && err.name === "MemoryBudgetError")
-        throw busy(`the Worker's memory is full: ${err.message}`);
-      throw err;
+    let local: Session | null = null;
+    while (local === null) {
+      try {
+        local = this.model.startSession(maxLen);
+      } catch (err) {
+        if (!(err instanceof Error && err.name === "MemoryBudgetError")) throw err;
+        // The ledger had room but the memory no block this size (fragmentation): kept donors go first.
+        if (!kept?.evictOldest()) throw busy(`the Worker's memory is full: ${err.message}`);
+      }
     }
     this.kv.add(id, need, local, Date.now());
     const session = new RuntimeSession(id, maxLen, local);
@@ -305,10 +309,15 @@ export class ModelRuntime {
   endSession(s: RuntimeSession, env?: Env): Promise<void> {
     s.leaveBatch();
     const free = () => {
-      const local = this.kv.remove(s.id);
+      const local = this.kv.get(s.id, Date.now());
       if (!local) return;
-      this.#retain(local);
-      this.model.endSession(local);
+      // Kept while the session is still in the ledger, so the peak counts both for that moment.
+      let kept = false;
+      try {
+        kept = this.#retain(s.id, local);
+      } finally {
+        if (!kept && this.kv.remove(s.id)) this.model.endSession(local);
+      }
     };
     // A decode step given up as stuck may still return and write this KV cache: freed after it.
     const busy = s.local ? this.#steps?.settled(s.local) : null;
@@ -371,35 +380,54 @@ export class ModelRuntime {
   }
 
   /**
-   * Keeps an ended generation's complete positions as a donor for later prompts (prefix sharing):
-   * copied into a session of their size, which holds its bytes of the KV budget until a session
-   * that finds the budget full, or the donors' count limit, releases it. Nothing is kept when
-   * the budget has no room for it now, or the copy's memory cannot be had.
+   * Keeps an ended generation's complete positions as a donor for later prompts (prefix sharing),
+   * holding their bytes of the KV budget until a session that needs the room, or the donors' count
+   * limit, releases them. A session mostly used is kept as it is (its ledger entry moves to the
+   * donor; true: the caller must not free it); otherwise its positions are copied into a session of
+   * their size. Nothing is kept when a donor already holds them, the budget has no room now, or the
+   * copy's memory cannot be had — and a failed copy keeps nothing.
    */
-  #retain(local: Session): void {
+  #retain(id: string, local: Session): boolean {
     const steps = this.#steps;
     const history = steps?.sharing ? steps.endedHistory(local) : null;
-    if (!steps || !history || history.length < RETAIN_MIN_TOKENS) return;
+    if (!steps || !history || history.length < RETAIN_MIN_TOKENS || steps.retained.covers(history)) return false;
+    const donor = (session: Session, bytes: number, key: string) =>
+      steps.retained.add({
+        history,
+        session,
+        bytes,
+        release: () => {
+          if (this.kv.remove(key)) this.model.endSession(session);
+        },
+      });
+    if (history.length * 4 >= local.maxLen * 3) {
+      const bytes = this.model.kvBytes(local.maxLen);
+      const key = `retained:${id}`;
+      this.kv.remove(id);
+      this.kv.add(key, bytes, local, Date.now());
+      donor(local, bytes, key);
+      return true;
+    }
     const bytes = this.model.kvBytes(history.length);
-    if (bytes > this.kv.budgetBytes - this.kv.usedBytes) return;
+    if (bytes > this.kv.budgetBytes - this.kv.usedBytes) return false;
     let keep: Session;
     try {
       keep = this.model.startSession(history.length);
     } catch (err) {
-      if (err instanceof Error && err.name === "MemoryBudgetError") return;
+      if (err instanceof Error && err.name === "MemoryBudgetError") return false;
       throw err;
     }
-    this.#copy(local, keep, 0, history.length);
+    try {
+      this.#copy(local, keep, 0, history.length);
+    } catch (err) {
+      this.model.endSession(keep);
+      throw err;
+    }
     keep.length = history.length;
-    const id = `retained:${crypto.randomUUID()}`;
-    this.kv.add(id, bytes, keep, Date.now());
-    steps.retained.add({
-      history,
-      session: keep,
-      release: () => {
-        if (this.kv.remove(id)) this.model.endSession(keep);
-      },
-    });
+    const key = `retained:${crypto.randomUUID()}`;
+    this.kv.add(key, bytes, keep, Date.now());
+    donor(keep, bytes, key);
+    return false;
   }
 
   /**

@@ -67,6 +67,8 @@ export interface RetainedPrefix {
   /** The tokens at its positions (its prompt, then what it generated and ran). */
   history: readonly number[];
   session: KvPositions;
+  /** Its bytes of the KV budget. */
+  bytes: number;
   /** Frees its KV cache and its share of the KV budget. */
   release: () => void;
 }
@@ -91,8 +93,25 @@ export class RetainedPrefixes {
     return this.#entries.length;
   }
 
+  /** KV-budget bytes the kept donors hold. */
+  get bytes(): number {
+    return this.#entries.reduce((n, e) => n + e.bytes, 0);
+  }
+
+  /** Whether a kept donor already holds all of `history` (keeping it again would add nothing). */
+  covers(history: readonly number[]): boolean {
+    return this.#entries.some(
+      (e) => e.session.length >= history.length && commonPrefix(e.history, history, history.length) === history.length,
+    );
+  }
+
+  /** Keeps `entry`; donors whose every position it holds too (a chat's earlier turns) are released. */
   add(entry: RetainedPrefix): void {
-    this.#entries.push(entry);
+    const covered = (e: RetainedPrefix) =>
+      e.session.length <= entry.session.length &&
+      commonPrefix(e.history, entry.history, e.session.length) === e.session.length;
+    for (const e of this.#entries.filter(covered)) e.release();
+    this.#entries = [...this.#entries.filter((e) => !covered(e)), entry];
     while (this.#entries.length > this.max) this.#entries.shift()?.release();
   }
 

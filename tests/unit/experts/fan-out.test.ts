@@ -7,7 +7,8 @@
 import { describe, expect, it } from "vitest";
 import type { Placement, Replica } from "../../../src/coordinator/placement";
 import { ApiError } from "../../../src/errors";
-import { fanOut, type FanOutTransport } from "../../../src/experts/fan-out";
+import { fanOut, fanOutRows, type FanOutTransport } from "../../../src/experts/fan-out";
+import { combineSlots } from "../../../src/experts/combine";
 import type { ExpertForwardResult, ExpertWorkItem } from "../../../src/experts/protocol";
 import type { InstanceLoad } from "../../../src/experts/replica-choice";
 import { DEFAULT_RETRY, type RetryConfig } from "../../../src/experts/retry-policy";
@@ -287,5 +288,53 @@ describe("fan-out: retries and deadlines", () => {
     const again = fanOut(sim.transport, placement(roundRobin(2), 2), 0, r, h, D, { signal: ac.signal });
     await expect(again).rejects.toThrow("client disconnected");
     expect(sim.calls.length).toBe(n);
+  });
+});
+
+describe("fan-out: a merged call whose member leaves during a retry", () => {
+  it("counts the member lost (no output), so the combine leaves its slots out and the others are served", async () => {
+    const D = 4;
+    const p = {
+      model: "m",
+      version: 1,
+      nLayers: 1,
+      nExperts: 2,
+      instances: [
+        { id: 0, name: "m/h0", budgetBytes: 1 << 30 },
+        { id: 1, name: "m/h1", budgetBytes: 1 << 30 },
+      ],
+      replicas: [
+        [
+          [
+            { instance: 0, share: 0.5 },
+            { instance: 1, share: 0.5 },
+          ],
+          [
+            { instance: 0, share: 0.5 },
+            { instance: 1, share: 0.5 },
+          ],
+        ],
+      ],
+    } as unknown as Placement;
+    let calls = 0;
+    // The first call carrying member 1's row fails transiently; by the retry member 1 has gone.
+    const transport: FanOutTransport = {
+      remote: true,
+      call: async (_i, _p, _items, x) => {
+        calls++;
+        if (x.some((v) => v === 7) && calls < 3) throw new Error("transient");
+        return { ok: true, y: new Float32Array(x.length).fill(1) };
+      },
+    };
+    const routing = { n: 2, topK: 1, ids: Int32Array.from([0, 0]), weights: Float32Array.from([1, 1]) };
+    const r = await fanOutRows(transport, p, 0, routing, Float32Array.from([0, 0, 0, 0, 7, 7, 7, 7]), D, {
+      owner: Int32Array.from([0, 1]),
+      gone: (o) => o === 1,
+      retry: { ...DEFAULT_RETRY, baseDelayMs: 1, maxDelayMs: 2 },
+    });
+    expect([...r.lost.keys()]).toEqual([1]);
+    const ids = routing.ids.map((id, t) => (r.lost.has(t) ? -1 : id));
+    const out = combineSlots(2, 1, ids, routing.weights, D, r.slots);
+    expect(Array.from(out.subarray(0, D))).toEqual([1, 1, 1, 1]);
   });
 });

@@ -187,7 +187,7 @@ describe("finished generations kept as donors", () => {
     keep.length = session.length;
     m.model.endSession(session);
     let released = 0;
-    b.retained.add({ history: history ?? [], session: keep, release: () => released++ });
+    b.retained.add({ history: history ?? [], session: keep, bytes: 1, release: () => released++ });
 
     const follow = [...base, ...first.slice(0, 3), 11, 12];
     expect(await generate(m, b, follow, 4)).toEqual(await alone(m, follow, 4));
@@ -204,17 +204,40 @@ describe("finished generations kept as donors", () => {
     const entry = (n: number, history: number[]) => ({
       history,
       session: { length: history.length, maxLen: history.length, k: [], v: [] } satisfies KvPositions,
+      bytes: 10 * n,
       release: () => released.push(n),
     });
-    kept.add(entry(1, [1, 2, 3, 4]));
-    kept.add(entry(2, [1, 2, 9]));
-    expect(kept.best([1, 2, 3, 4, 5], 4, 0)?.have).toBe(4); // entry 1, now the most recent
+    kept.add(entry(1, [1, 2, 9]));
+    kept.add(entry(2, [1, 2, 3, 4]));
+    expect(kept.bytes).toBe(30);
+    expect(kept.best([1, 2, 3, 4, 5], 4, 0)?.entry.history).toEqual([1, 2, 3, 4]); // now the most recent
+    expect(kept.best([1, 2, 9, 4, 5], 4, 0)?.have).toBe(3); // entry 1, now the most recent
     expect(kept.best([1, 2, 3, 4, 5], 4, 4)).toBeNull(); // nothing holds more than 4
     kept.add(entry(3, [7]));
     expect(released).toEqual([2]);
     expect(kept.size).toBe(2);
     expect(kept.evictOldest()).toBe(true);
     expect(released).toEqual([2, 1]);
+    expect(kept.bytes).toBe(30);
+  });
+
+  it("releases donors a new one holds whole (a chat's earlier turn) and knows what it covers", () => {
+    const released: number[] = [];
+    const kept = new RetainedPrefixes();
+    const entry = (n: number, history: number[]) => ({
+      history,
+      session: { length: history.length, maxLen: history.length, k: [], v: [] } satisfies KvPositions,
+      bytes: n,
+      release: () => released.push(n),
+    });
+    kept.add(entry(1, [5, 6, 7]));
+    kept.add(entry(2, [5, 8]));
+    kept.add(entry(3, [5, 6, 7, 1, 2])); // the next turn of 1
+    expect(released).toEqual([1]);
+    expect(kept.size).toBe(2);
+    expect(kept.covers([5, 6, 7, 1])).toBe(true);
+    expect(kept.covers([5, 6, 7, 1, 2, 3])).toBe(false);
+    expect(kept.covers([5, 9])).toBe(false);
   });
 });
 
