@@ -51,7 +51,14 @@ import { KvLedger } from "./kv-ledger";
 import { SessionLostError, StageChain, stageError } from "./stage-client";
 import { decodeTokenStream, type DecodeRequest } from "./decode-loop";
 import type { StageLayerTrace } from "./stage-protocol";
-import { ModelForward, type ExpertRunner, type Session } from "./forward";
+import {
+  ModelForward,
+  type ExpertRunner,
+  type OwnedExpertRunner,
+  type Session,
+  type StepOutcome,
+  type StepSegment,
+} from "./forward";
 import { placementInitFor, type ModelPlacementInit } from "./placement-init";
 import { HeadBatcher } from "./head-batcher";
 import { batchingEnabled, prefixSharingEnabled, type Vars } from "../platform/env";
@@ -432,16 +439,22 @@ export class ModelRuntime {
 
   /**
    * Whether a generation's tokens come from decode steps shared with the isolate's other
-   * generations (./step-batcher.ts): BATCHING on, and a model the Worker runs whole whose batched
-   * step gives every row what it gets alone (`ModelForward.stepExact`).
+   * generations (./step-batcher.ts): BATCHING on, and the Worker runs every layer with a batched
+   * step that gives every row what it gets alone — the whole model here (`ModelForward.stepExact`),
+   * or every layer (`layersExact`) with the embeddings and head on HeadHosts (`#stepRemoteEnds`).
    */
   stepsBatched(env: Env): boolean {
     // Routing noise and capacity are drawn and counted per forward call (prefill chunks of
     // PREFILL_CHUNK): a step splits prompts elsewhere, so such models keep the per-request path.
     const { noiseStd, capacityFactor } = this.model.routing;
-    return (
-      batchingEnabled(env) && this.chain === null && noiseStd === 0 && capacityFactor === null && this.model.stepExact
-    );
+    return batchingEnabled(env) && this.chain === null && noiseStd === 0 && capacityFactor === null && this.#stepExact;
+  }
+
+  /** The Worker's batched step is exact: the whole model here, or every layer with the ends on HeadHosts. */
+  get #stepExact(): boolean {
+    if (this.model.stepExact) return true;
+    const everyLayer = this.model.first === 0 && this.model.end === this.spec.nLayers;
+    return everyLayer && this.head !== null && this.embeddings !== null && this.model.layersExact;
   }
 
   /** The generation's token ids from the shared decode steps (only when `stepsBatched`). */
@@ -487,17 +500,51 @@ export class ModelRuntime {
   }
 
   /** One batched step: the experts of all its rows in one fan-out per MoE layer, a lost row failing its owner. */
-  async #runStep(env: Env, segs: Parameters<ModelForward["step"]>[0]) {
+  async #runStep(env: Env, segs: StepSegment[]): Promise<StepOutcome[]> {
     const placement = await this.placement(env);
     const { dModel } = this.spec;
-    return memoryFullAsBusy(() =>
-      this.model.step(segs, async (layer, routing, h, owner) => {
-        const r = await runExpertsOwned(env, placement, layer, routing, h, dModel, owner, {
-          modelVersion: this.version,
-          gone: (i) => segs[i]?.gone?.() ?? false,
-        });
-        return { out: r.out, lost: r.lost };
-      }),
+    const experts: OwnedExpertRunner = async (layer, routing, h, owner) => {
+      const r = await runExpertsOwned(env, placement, layer, routing, h, dModel, owner, {
+        modelVersion: this.version,
+        gone: (i) => segs[i]?.gone?.() ?? false,
+      });
+      return { out: r.out, lost: r.lost };
+    };
+    if (this.model.whole) return memoryFullAsBusy(() => this.model.step(segs, experts));
+    return this.#stepRemoteEnds(env, segs, experts);
+  }
+
+  /**
+   * A batched step whose embeddings and head live on HeadHosts: every row's embedding in one lookup,
+   * the Worker's layers over all rows at once (`stepLayers`: each weight matrix read once a step,
+   * not once per request), then the final norm and ONE head call for the rows that want logits.
+   * Each row gets what the per-request path gives it: embedding rows, the layers (`layersExact`),
+   * the per-row final norm and the HeadHosts' head rows are all independent of the rows beside them.
+   * A failed lookup or head call fails the step's segments (as it failed each request alone).
+   */
+  async #stepRemoteEnds(env: Env, segs: StepSegment[], experts: OwnedExpertRunner): Promise<StepOutcome[]> {
+    const { dModel, vocabSize } = this.spec;
+    const x = this.model.scaleEmbeddings(await this.embeddings!.rows(segs.flatMap((g) => g.tokens)));
+    let at = 0;
+    const layerSegs = segs.map((g) => {
+      const rows = x.subarray(at * dModel, (at + g.tokens.length) * dModel);
+      at += g.tokens.length;
+      return { session: g.session, x: rows, rng: g.rng };
+    });
+    const outs = await memoryFullAsBusy(() => this.model.stepLayers(layerSegs, experts));
+    const want = segs.flatMap((g, i) => (g.nOut === 1 && outs[i].ok ? [i] : []));
+    const logits = new Map<number, Float32Array>();
+    if (want.length > 0) {
+      const last = new Float32Array(want.length * dModel);
+      want.forEach((i, j) => {
+        const r = outs[i];
+        if (r.ok) last.set(r.y.subarray(r.y.length - dModel), j * dModel);
+      });
+      const all = await runHead(env, this.head!, this.model.normed(last), want.length, "logits");
+      want.forEach((i, j) => logits.set(i, all.slice(j * vocabSize, (j + 1) * vocabSize)));
+    }
+    return outs.map((r, i) =>
+      r.ok ? { ok: true, logits: logits.get(i) ?? new Float32Array(0) } : { ok: false, error: r.error },
     );
   }
 
