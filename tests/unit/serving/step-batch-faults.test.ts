@@ -6,6 +6,7 @@
  * and the loop lets the isolate's other work run between steps.
  */
 import { describe, expect, it } from "vitest";
+import { FAKE_VOCAB as VOCAB, fakeStep } from "../../support/fake-step";
 import { buildTensors, checkpointFiles } from "../../support/family-checkpoints";
 import type { Config } from "../../support/family-configs";
 import { localExperts } from "../../support/forward-helpers";
@@ -15,18 +16,6 @@ import { memoryFileStore } from "../../../src/model/safetensors";
 import { ModelForward, type Session, type StepOutcome, type StepSegment } from "../../../src/serving/forward";
 import { MAX_STEP_ROWS, StepBatcher, type StepStreamSpec } from "../../../src/serving/step-batcher";
 import { WORKER_SCRATCH_BYTES } from "../../../src/platform/budgets";
-
-const VOCAB = 8;
-
-/** A stand-in for the model: every segment's next token is (its last token + 1) mod VOCAB. */
-function fakeStep(segs: StepSegment[]): StepOutcome[] {
-  return segs.map((g) => {
-    g.session.length += g.tokens.length;
-    const logits = new Float32Array(VOCAB);
-    logits[(g.tokens[g.tokens.length - 1] + 1) % VOCAB] = 1;
-    return { ok: true, logits };
-  });
-}
 
 function session(): Session {
   return { length: 0, maxLen: 64 } as unknown as Session;

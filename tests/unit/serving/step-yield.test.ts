@@ -5,21 +5,10 @@
  * catch-up yields — with one timer a step it falls LOOKAHEAD tokens behind and drops out of steps.
  */
 import { describe, expect, it } from "vitest";
+import { FAKE_VOCAB as VOCAB, fakeStep } from "../../support/fake-step";
 import type { Session, StepOutcome, StepSegment } from "../../../src/serving/forward";
 import { LOOKAHEAD, StepBatcher, type StepStreamSpec } from "../../../src/serving/step-batcher";
 import { CATCH_UP_YIELDS, consumerBehind, macrotask } from "../../../src/serving/step-yield";
-
-const VOCAB = 8;
-
-/** A stand-in for the model: every segment's next token is (its last token + 1) mod VOCAB. */
-function fakeStep(segs: StepSegment[]): StepOutcome[] {
-  return segs.map((g) => {
-    g.session.length += g.tokens.length;
-    const logits = new Float32Array(VOCAB);
-    logits[(g.tokens[g.tokens.length - 1] + 1) % VOCAB] = 1;
-    return { ok: true, logits };
-  });
-}
 
 function spec(prompt: number[], maxTokens: number): StepStreamSpec {
   return {
