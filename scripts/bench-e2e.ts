@@ -150,7 +150,12 @@ const serve = serveVarsFor(spec, defaults);
 const local = values.dir !== undefined ? localRuntimeVars() : { vars: {}, reasons: [] };
 for (const r of [...serve.reasons, ...local.reasons]) console.log(`vars: ${r}`);
 const batching: Record<string, string> = values.batching === undefined ? {} : { BATCHING: values.batching };
-const configs = Object.fromEntries(names.map((n) => [n, { ...serve.vars, ...local.vars, ...ALL[n], ...batching }]));
+// Every run sends the same prompt: with prefix sharing the prompt would be copied from the previous
+// run's kept donor, and the prefill time and RPCs per processed token would measure the copy.
+const noSharing = { PREFIX_SHARING: "off" };
+const configs = Object.fromEntries(
+  names.map((n) => [n, { ...serve.vars, ...local.vars, ...ALL[n], ...batching, ...noSharing }]),
+);
 
 /** Sum of a counter's series in /metrics (every label set). */
 async function counter(w: LocalWorker, name: string): Promise<number> {
