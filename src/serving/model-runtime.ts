@@ -520,7 +520,8 @@ export class ModelRuntime {
    * not once per request), then the final norm and ONE head call for the rows that want logits.
    * Each row gets what the per-request path gives it: embedding rows, the layers (`layersExact`),
    * the per-row final norm and the HeadHosts' head rows are all independent of the rows beside them.
-   * A failed lookup or head call fails the step's segments (as it failed each request alone).
+   * A failed lookup fails the step's segments (it failed each request alone); a failed head call
+   * fails only the segments that wanted logits (a prompt chunk that wants none needs no head).
    */
   async #stepRemoteEnds(env: Env, segs: StepSegment[], experts: OwnedExpertRunner): Promise<StepOutcome[]> {
     const { dModel, vocabSize } = this.spec;
@@ -534,18 +535,27 @@ export class ModelRuntime {
     const outs = await memoryFullAsBusy(() => this.model.stepLayers(layerSegs, experts));
     const want = segs.flatMap((g, i) => (g.nOut === 1 && outs[i].ok ? [i] : []));
     const logits = new Map<number, Float32Array>();
+    let headError: unknown = null;
     if (want.length > 0) {
       const last = new Float32Array(want.length * dModel);
       want.forEach((i, j) => {
         const r = outs[i];
         if (r.ok) last.set(r.y.subarray(r.y.length - dModel), j * dModel);
       });
-      const all = await runHead(env, this.head!, this.model.normed(last), want.length, "logits");
-      want.forEach((i, j) => logits.set(i, all.slice(j * vocabSize, (j + 1) * vocabSize)));
+      try {
+        const normed = await memoryFullAsBusy(async () => this.model.normed(last));
+        const all = await runHead(env, this.head!, normed, want.length, "logits");
+        want.forEach((i, j) => logits.set(i, all.slice(j * vocabSize, (j + 1) * vocabSize)));
+      } catch (error) {
+        headError = error;
+      }
     }
-    return outs.map((r, i) =>
-      r.ok ? { ok: true, logits: logits.get(i) ?? new Float32Array(0) } : { ok: false, error: r.error },
-    );
+    const wanted = new Set(want);
+    return outs.map((r, i): StepOutcome => {
+      if (!r.ok) return { ok: false, error: r.error };
+      if (headError !== null && wanted.has(i)) return { ok: false, error: headError };
+      return { ok: true, logits: logits.get(i) ?? new Float32Array(0) };
+    });
   }
 
   async placement(env: Env) {

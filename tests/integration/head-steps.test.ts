@@ -79,4 +79,24 @@ describe("BATCHING with the head on HeadHosts", () => {
     );
     expect(after.sum - before.sum).toBeGreaterThan(after.count - before.count);
   });
+
+  it("reads a prompt longer than a step's prefill budget beside seeded sampled requests, each as alone", async () => {
+    // 300 tokens: read in two steps, the first a chunk that wants no logits (no head rows).
+    const long = Array.from({ length: 300 }, (_, i) => 1 + ((i * 37) % 1000));
+    const sampled = (p: number[]) => ({ prompt: p, max_tokens: 8, temperature: 0.9, top_p: 0.95, seed: 11 });
+    const run = async (w: LocalWorker, body: object) => {
+      const r = await postJson(w, "/v1/completions", body);
+      expect(r.status, JSON.stringify(r.json)).toBe(200);
+      return r.json.choices[0].token_ids as number[];
+    };
+    const bodies = [
+      { prompt: long, max_tokens: 8, temperature: 0 },
+      sampled(PROMPTS[0]),
+      sampled(PROMPTS[2]),
+      { prompt: PROMPTS[3], max_tokens: 8, temperature: 0 },
+    ];
+    const want: number[][] = [];
+    for (const b of bodies) want.push(await run(off, b));
+    expect(await Promise.all(bodies.map((b) => run(on, b)))).toEqual(want);
+  });
 });
