@@ -80,6 +80,8 @@ function replicated(p: PlacementView): string {
 
 let phase = -1;
 let sent = 0;
+/** Requests started (numbers each request's prompt: see the worker). */
+let started = 0;
 let failed = 0;
 const t0 = Date.now();
 const stamp = () => `${((Date.now() - t0) / 1000).toFixed(0).padStart(3)} s`;
@@ -95,7 +97,9 @@ async function worker(): Promise<void> {
       headers: { "content-type": "application/json" },
       body: JSON.stringify({
         ...(values.model ? { model: values.model } : {}),
-        prompt: PHASES[phase].prompt,
+        // A distinct first token a request: prefix sharing would otherwise copy the repeated prompt
+        // from a kept donor, and the experts would see decode rows only — not the skew to watch.
+        prompt: `${++started}. ${PHASES[phase].prompt}`,
         max_tokens: 8,
         temperature: 0,
       }),

@@ -14,4 +14,9 @@ export const REPLICATION_VARS: Readonly<Record<string, string>> = {
   PLACEMENT_ROW_MS_PER_MIB: "0",
   PLACEMENT_PASS_MS_PER_MIB: "0",
   DEFAULT_MODEL: "tiny",
+  // The tests' skewed load repeats one prompt as fast as it is served: prefix sharing would copy it
+  // from a kept donor (the load would come from decode rows only) and the requests would outrun the
+  // per-client rate limit. Neither is what these tests are about.
+  PREFIX_SHARING: "off",
+  RATE_LIMIT_ENABLED: "false",
 };
