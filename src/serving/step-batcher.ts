@@ -227,7 +227,7 @@ export class StepBatcher {
       }
     } finally {
       st.gone = true;
-      if (st.error === null && st.fromStart) this.#ended.set(spec.session, st.history);
+      if (this.#limits.share && st.error === null && st.fromStart) this.#ended.set(spec.session, st.history);
       try {
         // A live step ends in milliseconds; a stale one may never: its session is freed on `settled`.
         const step = st.step;

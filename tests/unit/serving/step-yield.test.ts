@@ -4,7 +4,7 @@
  * token (as a response's start does in workerd) keeps that member in every step only with the
  * catch-up yields — with one timer a step it falls LOOKAHEAD tokens behind and drops out of steps.
  */
-import { describe, expect, it } from "vitest";
+import { describe, expect, it, vi } from "vitest";
 import { FAKE_VOCAB as VOCAB, fakeStep } from "../../support/fake-step";
 import type { Session, StepOutcome, StepSegment } from "../../../src/serving/forward";
 import { LOOKAHEAD, StepBatcher, type StepStreamSpec } from "../../../src/serving/step-batcher";
@@ -84,5 +84,19 @@ describe("the step loop's catch-up yields", () => {
     // With one timer a step B falls behind and drops out of steps: more steps, some of A alone.
     expect(off.steps).toBeGreaterThan(on.steps);
     expect(off.segments.slice(1, -1).some((n) => n === 1)).toBe(true);
+  });
+
+  it("cost consumers that keep up no extra turn: one 0 ms timer a step at most", async () => {
+    const b = new StepBatcher(async (segs) => fakeStep(segs));
+    const timers = vi.spyOn(globalThis, "setTimeout");
+    try {
+      await Promise.all([collect(b, spec([1], 12)), collect(b, spec([4], 12))]);
+      // The step loop's yields are its only 0 ms timers (waits carry their deadline).
+      const zero = timers.mock.calls.filter(([, ms]) => ms === 0).length;
+      expect(zero).toBeGreaterThan(0);
+      expect(zero).toBeLessThanOrEqual(b.steps);
+    } finally {
+      timers.mockRestore();
+    }
   });
 });
