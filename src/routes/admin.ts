@@ -8,7 +8,6 @@ import { Hono, type MiddlewareHandler } from "hono";
 import { bearerAuth } from "hono/bearer-auth";
 import { z } from "zod";
 import { ApiError } from "../errors";
-import { driverName } from "../serving/model-runtime";
 import { getRuntime } from "../serving/runtime-cache";
 import type { ForwardTrace } from "../serving/model-runtime";
 import { createRng, argmax } from "../serving/sampling";
@@ -183,8 +182,8 @@ admin.get("/hosts", async (c) => {
   // Pipeline stages (empty when the Worker runs every layer): bytes held vs budget, KV in use.
   const stages = await Promise.all(rt.pipeline.stages.map((s) => c.env.STAGE_HOST.getByName(s.name).stats()));
   const heads = rt.head ? await headStats(c.env, rt.head) : [];
-  // Session drivers (StageHosts holding no layers) of a pipelined model: one per stage.
-  const names = rt.drivenRemotely ? rt.pipeline.stages.map((_, k) => driverName(rt.id, k)) : [];
+  // Session drivers (StageHosts holding no layers) of a pipelined model.
+  const names = rt.drivenRemotely ? rt.driverNames(c.env) : [];
   const drivers = await Promise.all(names.map((n) => c.env.STAGE_HOST.getByName(n).stats()));
   return c.json({
     model: rt.id,

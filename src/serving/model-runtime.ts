@@ -65,6 +65,7 @@ import { batchingEnabled, prefixSharingEnabled, type Vars } from "../platform/en
 import { kvCopier, RETAIN_MIN_TOKENS, type CopyPositions } from "./prefix-share";
 import { kvLayout } from "./attention";
 import { StepBatcher, type StepStreamSpec } from "./step-batcher";
+import { PipelineSessions, runPipelineStep, type PipelineStepParts } from "./pipeline-steps";
 import { expertEvents } from "../platform/events";
 
 export type { ModelPlacementInit } from "./placement-init";
@@ -348,13 +349,22 @@ export class ModelRuntime {
     loop: Omit<DecodeRequest, "model" | "session">,
     signal?: AbortSignal,
   ): Promise<AsyncGenerator<number>> {
-    const drivers = Math.max(1, this.pipeline.stages.length);
-    const name = driverName(this.id, parseInt(s.id.slice(0, 6), 16) % drivers);
+    const drivers = this.driverNames(env);
+    const name = drivers[parseInt(s.id.slice(0, 6), 16) % drivers.length];
     const req = { ...loop, model: this.id, version: this.version, session: s.id, maxLen: s.maxLen };
     const call = env.STAGE_HOST.getByName(name).decode(req);
     const r = await withDeadline(Promise.resolve(call), pipelineRpcTimeoutMs(env), `session driver ${name}`, signal);
     if (!r.ok) throw stageError(r);
     return decodeTokenStream(r.tokens, stageError, signal);
+  }
+
+  /**
+   * The session drivers of a pipelined model: one per stage, or — when generations share decode
+   * steps (BATCHING) — one, since only generations that meet in one driver can share its steps.
+   */
+  driverNames(env: Env): string[] {
+    const n = this.stepsBatched(env) ? 1 : Math.max(1, this.pipeline.stages.length);
+    return Array.from({ length: n }, (_, k) => driverName(this.id, k));
   }
 
   /** A session opened elsewhere (by the Worker), driven here: same id on every stage. */
@@ -439,15 +449,17 @@ export class ModelRuntime {
 
   /**
    * Whether a generation's tokens come from decode steps shared with the isolate's other
-   * generations (./step-batcher.ts): BATCHING on, and the Worker runs every layer with a batched
-   * step that gives every row what it gets alone — the whole model here (`ModelForward.stepExact`),
-   * or every layer (`layersExact`) with the embeddings and head on HeadHosts (`#stepRemoteEnds`).
+   * generations (./step-batcher.ts): BATCHING on, and a batched step gives every row what it gets
+   * alone — the whole model here (`ModelForward.stepExact`), every layer (`layersExact`) with the
+   * embeddings and head on HeadHosts (`#stepRemoteEnds`), or, on a pipeline's session driver, the
+   * stage chain (./pipeline-steps.ts: the stages merge the step's calls into one pass each).
    */
   stepsBatched(env: Env): boolean {
     // Routing noise and capacity are drawn and counted per forward call (prefill chunks of
     // PREFILL_CHUNK): a step splits prompts elsewhere, so such models keep the per-request path.
     const { noiseStd, capacityFactor } = this.model.routing;
-    return batchingEnabled(env) && this.chain === null && noiseStd === 0 && capacityFactor === null && this.#stepExact;
+    const exact = this.chain !== null || this.#stepExact;
+    return batchingEnabled(env) && noiseStd === 0 && capacityFactor === null && exact;
   }
 
   /** The Worker's batched step is exact: the whole model here, or every layer with the ends on HeadHosts. */
@@ -464,10 +476,14 @@ export class ModelRuntime {
     spec: Omit<StepStreamSpec, "session">,
     signal?: AbortSignal,
   ): AsyncGenerator<number> {
-    const local = s.local!;
+    const local = s.local ?? this.#pipelineSessions.stand(s);
     const longest = this.#longestSession();
+    const chain = this.chain;
     this.#steps ??= new StepBatcher(
-      (segs) => this.#runStep(env, segs),
+      (segs) =>
+        chain
+          ? runPipelineStep(this.#pipelineParts(env, chain), this.#pipelineSessions, segs)
+          : this.#runStep(env, segs),
       keepRequestAlive,
       (segments, rows, shared) => {
         expertEvents()?.batched?.(this.id, segments, rows);
@@ -475,10 +491,14 @@ export class ModelRuntime {
       },
       // A step's scratch fits the Worker's: WORKER_SCRATCH_BYTES, for the longest session the KV budget
       // holds. A head row (vocabulary-wide logits) only for the rows that want logits, one per member.
-      {
-        fits: (rows, outRows) => this.model.stepScratchBytes(rows, outRows, longest) <= WORKER_SCRATCH_BYTES,
-        share: prefixSharingEnabled(env) ? this.#copy : null,
-      },
+      // A pipeline's steps hold no layer scratch here (its stages bound their own passes) and its KV
+      // caches are on the stages: no prefix sharing (a copy would be an RPC to every stage).
+      chain
+        ? {}
+        : {
+            fits: (rows, outRows) => this.model.stepScratchBytes(rows, outRows, longest) <= WORKER_SCRATCH_BYTES,
+            share: prefixSharingEnabled(env) ? this.#copy : null,
+          },
     );
     // Its MoE layers run in the steps, not through the layer batcher: not counted at its barrier.
     s.leaveBatch();
@@ -486,6 +506,28 @@ export class ModelRuntime {
       s.length = local.length;
       yield id;
     }
+  }
+
+  /** The steps' stand-ins for pipeline sessions (their K/V live on the stages). */
+  readonly #pipelineSessions = new PipelineSessions<RuntimeSession>();
+
+  /** A pipeline step's parts: embeddings, the stage chain, final norm and head, replays. */
+  #pipelineParts(env: Env, chain: StageChain): PipelineStepParts<RuntimeSession> {
+    const { dModel, vocabSize } = this.spec;
+    const head = this.head;
+    return {
+      dModel,
+      vocabSize,
+      embed: async (tokens) =>
+        this.embeddings ? this.model.scaleEmbeddings(await this.embeddings.rows(tokens)) : this.model.embed(tokens),
+      chain: async (s, start, x) => (await chain.run(env, s.id, s.maxLen, start, x, 1, false)).y,
+      head: (rows, n) =>
+        memoryFullAsBusy(async () =>
+          head ? runHead(env, head, this.model.normed(rows), n, "logits") : this.model.head(rows),
+        ),
+      replay: (s, rng) => this.#replay(env, s, { rng, rpcs: { stageCalls: 0, total: 0 } }),
+      maxReplays: MAX_REPLAYS,
+    };
   }
 
   /** Positions one session can have here: the model's context, within the Worker's KV budget. */

@@ -112,6 +112,11 @@ export interface StageHostStats {
   peak: MemoryPeakStats;
   /** A session driver's runtime (what it holds for the model it drives); null on a stage. */
   driver: RuntimeMemoryStats | null;
+  /**
+   * A session driver's shared decode steps (BATCHING on): steps run, the rows they carried and
+   * their segments (one per generation a step); null on a stage or a driver that ran none.
+   */
+  driverSteps: { steps: number; rows: number; segments: number } | null;
   /** Continuous batching of the stage's calls (passes, merged passes and their rows); null when off. */
   batching: StageBatchStats | null;
 }

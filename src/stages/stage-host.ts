@@ -345,6 +345,7 @@ export class StageHost extends DurableObject<Env> {
       wasmMemoryBytes: k?.memoryBytes ?? 0,
       peak: this.#notePeak(),
       driver: this.#driven?.memory(this.env) ?? null,
+      driverSteps: this.#driven && this.#driven.stepStats.steps > 0 ? this.#driven.stepStats : null,
       // Null with BATCHING off: its passes carry one call each (merged-pass stats would all read 0).
       batching: p?.batcher?.merges ? p.batcher.stats() : null,
     };

@@ -2,8 +2,9 @@
  * Continuous batching in the StageHosts and HeadHosts (issue 11) in real workerd: concurrent
  * streamed greedy sessions on a two-stage pipeline (int8-group stage matrices, the default) with the
  * head on two HeadHost shards give, with BATCHING on, exactly the tokens each gives alone with
- * BATCHING off, while the stages and head shards really merged their calls (passes that carried
- * several calls' rows, in their stats).
+ * BATCHING off, while the stages really merged their calls (passes that carried several calls'
+ * rows, in their stats) and the one session driver ran the generations' decode steps together
+ * (steps of several generations; one head call a step).
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { LocalWorker } from "../../scripts/lib/local-worker";
@@ -47,10 +48,16 @@ async function complete(w: LocalWorker, prompt: number[]): Promise<number[]> {
   return r.json.choices[0].token_ids;
 }
 
-async function hosts(w: LocalWorker): Promise<{ stages: StageHostStats[]; heads: HeadHostStats[] }> {
+interface Hosts {
+  stages: StageHostStats[];
+  heads: HeadHostStats[];
+  drivers: StageHostStats[];
+}
+
+async function hosts(w: LocalWorker): Promise<Hosts> {
   const res = await w.fetch("/admin/hosts?model=chat", { headers: ADMIN });
   expect(res.status).toBe(200);
-  return (await res.json()) as { stages: StageHostStats[]; heads: HeadHostStats[] };
+  return (await res.json()) as Hosts;
 }
 
 describe("StageHost batching", () => {
@@ -71,7 +78,7 @@ describe("StageHost batching", () => {
     expect(ids).toEqual(wantIds);
     expect(text).toEqual(wantText);
 
-    const { stages: st, heads } = await hosts(on);
+    const { stages: st, heads, drivers } = await hosts(on);
     expect(st).toHaveLength(2);
     const merged = st.reduce((t, s) => t + (s.batching?.mergedPasses ?? 0), 0);
     const mergedRows = st.reduce((t, s) => t + (s.batching?.mergedRows ?? 0), 0);
@@ -81,14 +88,24 @@ describe("StageHost batching", () => {
       expect(s.batching?.maxCalls ?? 0).toBeLessThanOrEqual(2 * PROMPTS.length);
       expect(s.sessions).toBe(0);
     }
-    // The head shards merged the head calls that met there (from the session drivers).
+    // One session driver ran every generation's decode steps, several generations a step: each
+    // step one pass through the chain and one head call for all its rows.
+    expect(drivers).toHaveLength(1);
+    const steps = drivers[0].driverSteps;
+    expect(steps).not.toBeNull();
+    const tokens = 2 * PROMPTS.length * STEPS;
+    expect(steps!.steps).toBeLessThan(tokens);
+    expect(steps!.segments).toBeGreaterThan(1.5 * steps!.steps);
     expect(heads).toHaveLength(2);
     for (const h of heads) {
       expect(h.batching?.calls ?? 0).toBeGreaterThan(0);
-      expect(h.batching?.mergedPasses ?? 0).toBeGreaterThan(0);
+      expect(h.batching!.calls).toBeLessThanOrEqual(steps!.steps);
     }
     const plain = await hosts(off);
     for (const s of plain.stages) expect(s.batching).toBeNull();
     for (const h of plain.heads) expect(h.batching).toBeNull();
+    // Batching off: a driver per stage, each running its generations alone (no shared steps).
+    expect(plain.drivers).toHaveLength(2);
+    for (const d of plain.drivers) expect(d.driverSteps).toBeNull();
   });
 });
