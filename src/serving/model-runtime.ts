@@ -520,7 +520,11 @@ export class ModelRuntime {
       vocabSize,
       embed: async (tokens) =>
         this.embeddings ? this.model.scaleEmbeddings(await this.embeddings.rows(tokens)) : this.model.embed(tokens),
-      chain: async (s, start, x) => (await chain.run(env, s.id, s.maxLen, start, x, 1, false)).y,
+      chain: (items) =>
+        chain.runMany(
+          env,
+          items.map(({ s, start, x }) => ({ session: s.id, maxLen: s.maxLen, start, x })),
+        ),
       head: (rows, n) =>
         memoryFullAsBusy(async () =>
           head ? runHead(env, head, this.model.normed(rows), n, "logits") : this.model.head(rows),

@@ -28,6 +28,13 @@ export interface PipelineSession {
   replays: number;
 }
 
+/** One session's rows in a round: x [n, dModel] at positions start…. */
+export interface ChainItem<S> {
+  s: S;
+  start: number;
+  x: Float32Array;
+}
+
 /** What one step needs of the driver's runtime. */
 export interface PipelineStepParts<S extends PipelineSession> {
   dModel: number;
@@ -35,10 +42,11 @@ export interface PipelineStepParts<S extends PipelineSession> {
   /** The rows' embeddings [n, dModel], scaled as the first layer wants them. */
   embed(tokens: number[]): Promise<Float32Array>;
   /**
-   * Runs x [n, dModel] at positions start… of session `s` through every stage; answers its last
-   * row's residual stream [1, dModel]. Throws SessionLostError when a stage lost the session.
+   * Runs every item's rows through every stage in one call per hop: each item's last row's residual
+   * stream [1, dModel], or its own error (SessionLostError: a stage lost the session). Throws when
+   * the call as a whole fails.
    */
-  chain(s: S, start: number, x: Float32Array): Promise<Float32Array>;
+  chain(items: ChainItem<S>[]): Promise<(Float32Array | Error)[]>;
   /** Logits [n, vocab] of n last rows (final norm and head). */
   head(rows: Float32Array, n: number): Promise<Float32Array>;
   /**
@@ -68,10 +76,22 @@ export class PipelineSessions<S extends PipelineSession> {
   }
 }
 
+/** A segment on its way down the chain. */
+interface Running<S> {
+  g: StepSegment;
+  s: S;
+  /** Its rows [tokens, dModel]. */
+  x: Float32Array;
+  /** Rows run so far. */
+  done: number;
+  last: Float32Array | null;
+  error: unknown;
+}
+
 /**
  * One batched step through the stage chain. A failed lookup fails every segment (each failed alone
- * too); a segment whose chain call fails fails alone; a failed head call fails the segments that
- * wanted logits.
+ * too); a segment whose rows a stage refuses fails alone, and a failed chain call fails the
+ * segments it carried; a failed head call fails the segments that wanted logits.
  */
 export async function runPipelineStep<S extends PipelineSession>(
   parts: PipelineStepParts<S>,
@@ -86,21 +106,18 @@ export async function runPipelineStep<S extends PipelineSession>(
     return segs.map(() => ({ ok: false, error }));
   }
   let at = 0;
-  // Every segment's first stage call starts in this turn (no await before it), so stage 0 gets
-  // them together and runs them as one pass.
-  const lasts = await Promise.allSettled(
-    segs.map((g) => {
-      const rows = x.subarray(at * dModel, (at + g.tokens.length) * dModel);
-      at += g.tokens.length;
-      return runSegment(parts, sessions.of(g.session), g, rows);
-    }),
-  );
-  const want = segs.flatMap((g, i) => (g.nOut === 1 && lasts[i].status === "fulfilled" ? [i] : []));
+  const runs = segs.map((g): Running<S> => {
+    const rows = x.subarray(at * dModel, (at + g.tokens.length) * dModel);
+    at += g.tokens.length;
+    return { g, s: sessions.of(g.session), x: rows, done: 0, last: null, error: null };
+  });
+  await runRounds(parts, runs);
+  const want = runs.flatMap((r, i) => (r.g.nOut === 1 && r.error === null ? [i] : []));
   const logits = new Map<number, Float32Array>();
   let headError: unknown = null;
   if (want.length > 0) {
     const rows = new Float32Array(want.length * dModel);
-    want.forEach((i, j) => rows.set((lasts[i] as PromiseFulfilledResult<Float32Array>).value, j * dModel));
+    want.forEach((i, j) => rows.set(runs[i].last!, j * dModel));
     try {
       const all = await parts.head(rows, want.length);
       want.forEach((i, j) => logits.set(i, all.slice(j * vocabSize, (j + 1) * vocabSize)));
@@ -109,42 +126,64 @@ export async function runPipelineStep<S extends PipelineSession>(
     }
   }
   const wanted = new Set(want);
-  return lasts.map((r, i): StepOutcome => {
-    if (r.status === "rejected") return { ok: false, error: r.reason };
+  return runs.map((r, i): StepOutcome => {
+    if (r.error !== null) return { ok: false, error: r.error };
     if (headError !== null && wanted.has(i)) return { ok: false, error: headError };
     return { ok: true, logits: logits.get(i) ?? new Float32Array(0) };
   });
 }
 
 /**
- * A segment's rows through the chain, in calls of at most PREFILL_CHUNK rows (a stage's per-call
- * scratch); the session and its stand-in advance after each call. Answers the last row.
+ * Every segment's rows down the chain, PREFILL_CHUNK at a time, all segments' next chunks in one
+ * call a round; a session a stage lost is replayed and its chunk runs again in the next round.
  */
-async function runSegment<S extends PipelineSession>(
-  parts: PipelineStepParts<S>,
-  s: S,
-  g: StepSegment,
-  x: Float32Array,
-): Promise<Float32Array> {
+async function runRounds<S extends PipelineSession>(parts: PipelineStepParts<S>, runs: Running<S>[]): Promise<void> {
   const { dModel } = parts;
-  let last: Float32Array | null = null;
-  for (let at = 0; at < g.tokens.length; at += PREFILL_CHUNK) {
-    const tokens = g.tokens.slice(at, at + PREFILL_CHUNK);
-    const rows = x.subarray(at * dModel, (at + tokens.length) * dModel);
-    if (s.length + tokens.length > s.maxLen)
-      throw new Error(`session holds ${s.maxLen} positions, asked for ${s.length + tokens.length}`);
-    for (;;) {
-      try {
-        last = await parts.chain(s, s.length, rows);
-        break;
-      } catch (err) {
-        if (!(err instanceof SessionLostError) || s.replays >= parts.maxReplays) throw err;
-        await parts.replay(s, g.rng);
+  for (;;) {
+    const round: { r: Running<S>; n: number }[] = [];
+    for (const r of runs) {
+      const left = r.g.tokens.length - r.done;
+      if (r.error !== null || left === 0) continue;
+      const n = Math.min(PREFILL_CHUNK, left);
+      if (r.s.length + n > r.s.maxLen) {
+        r.error = new Error(`session holds ${r.s.maxLen} positions, asked for ${r.s.length + n}`);
+        continue;
       }
+      round.push({ r, n });
     }
-    s.length += tokens.length;
-    s.fed.push(...tokens);
-    g.session.length = s.length;
+    if (round.length === 0) return;
+    let outs: (Float32Array | Error)[];
+    try {
+      outs = await parts.chain(
+        round.map(({ r, n }) => ({
+          s: r.s,
+          start: r.s.length,
+          x: r.x.subarray(r.done * dModel, (r.done + n) * dModel),
+        })),
+      );
+    } catch (error) {
+      for (const { r } of round) r.error = error;
+      continue;
+    }
+    const lost: Running<S>[] = [];
+    round.forEach(({ r, n }, i) => {
+      const out = outs[i];
+      if (out instanceof Float32Array) {
+        const tokens = r.g.tokens.slice(r.done, r.done + n);
+        r.s.length += n;
+        r.s.fed.push(...tokens);
+        r.g.session.length = r.s.length;
+        r.done += n;
+        r.last = out;
+      } else if (out instanceof SessionLostError && r.s.replays < parts.maxReplays) lost.push(r);
+      else r.error = out;
+    });
+    await Promise.all(
+      lost.map((r) =>
+        parts.replay(r.s, r.g.rng).catch((error: unknown) => {
+          r.error = error;
+        }),
+      ),
+    );
   }
-  return last!;
 }

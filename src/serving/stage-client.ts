@@ -61,6 +61,31 @@ export class StageChain {
     return { y: r.y, trace: r.trace, rpcs: r.rpcs + 1 };
   }
 
+  /**
+   * Runs several sessions' rows through every stage as ONE call per hop (a session driver's decode
+   * step: each stage runs them in one pass). Each item gets its last row [1, dModel] or its own
+   * error (`stageError`: SessionLostError when a stage lost it); a failed call throws.
+   */
+  async runMany(
+    env: Env,
+    items: readonly { session: string; maxLen: number; start: number; x: Float32Array }[],
+  ): Promise<(Float32Array | Error)[]> {
+    const reqs = items.map((it) => ({
+      model: this.model,
+      version: this.version,
+      session: it.session,
+      maxLen: it.maxLen,
+      start: it.start,
+      x: it.x,
+      nOut: 1,
+      route: this.route,
+      trace: false,
+    }));
+    const call = env.STAGE_HOST.getByName(this.route[0].name).runMany(reqs);
+    const rs = await withDeadline(Promise.resolve(call), pipelineRpcTimeoutMs(env), `StageHost ${this.route[0].name}`);
+    return rs.map((r) => (r.ok ? r.y : stageError(r)));
+  }
+
   /** Frees the session on every stage (completion, abort or failure); never throws. */
   async end(env: Env, session: string): Promise<void> {
     await Promise.all(

@@ -78,6 +78,9 @@ export type StageRunResult =
     }
   | StageFailure;
 
+/** A stage call's success. */
+export type StageRunOk = Extract<StageRunResult, { ok: true }>;
+
 /** A session driver's answer: token ids as little-endian int32 (serving/decode-loop.ts). */
 export type StageDecodeResult = { ok: true; tokens: ReadableStream<Uint8Array> } | StageFailure;
 

@@ -48,6 +48,7 @@ import type {
   StageLayerTrace,
   StageMoeResult,
   StageRunRequest,
+  StageRunOk,
   StageRunResult,
 } from "../serving/stage-protocol";
 
@@ -119,7 +120,66 @@ export class StageHost extends DurableObject<Env> {
 
   /** Runs one chunk of one session through this stage, then through the rest of the route. */
   async run(req: StageRunRequest): Promise<StageRunResult> {
+    const [r] = await this.runMany([req]);
+    return r;
+  }
+
+  /**
+   * Runs one chunk of each of several sessions (a session driver's decode step) through this stage
+   * — submitted together, so they share one pass over the layers — then hands them on to the next
+   * stage as ONE call: a step crosses the chain in one RPC per hop, not one per session. Every
+   * request must name the same route; each gets its own result (its failure fails it alone).
+   */
+  async runMany(reqs: StageRunRequest[]): Promise<StageRunResult[]> {
+    const routeOf = (r: StageRunRequest) => r.route.map((h) => h.name).join(" ");
+    const route = reqs.length > 0 ? routeOf(reqs[0]) : "";
+    const here = await Promise.all(
+      reqs.map((req) =>
+        routeOf(req) === route
+          ? this.#runHere(req)
+          : { result: failure(new StageError("bad_request", "the calls of one runMany name different routes")) },
+      ),
+    );
+    try {
+      const rest = reqs[0]?.route.slice(1) ?? [];
+      const going = here.flatMap((h, i) => (h.result.ok && rest.length > 0 ? [i] : []));
+      const out: StageRunResult[] = here.map((h) => h.result);
+      if (going.length === 0) return out;
+      const call = this.env.STAGE_HOST.getByName(rest[0].name).runMany(
+        going.map((i) => ({ ...reqs[i], x: (here[i].result as StageRunOk).y, route: rest })),
+      );
+      let next: StageRunResult[];
+      try {
+        next = await withDeadline(Promise.resolve(call), pipelineRpcTimeoutMs(this.env), `StageHost ${rest[0].name}`);
+      } catch (err) {
+        next = going.map(() => failure(err));
+      }
+      going.forEach((i, j) => {
+        const n = next[j];
+        const mine = here[i].result as StageRunOk;
+        // The hop's one RPC is charged to the first session handed on (sums over calls stay true).
+        out[i] = n.ok
+          ? { ok: true, y: n.y, trace: [...mine.trace, ...n.trace], rpcs: mine.rpcs + (j === 0 ? 1 : 0) + n.rpcs }
+          : n;
+      });
+      return out;
+    } finally {
+      for (const h of here) if ("release" in h) h.release();
+    }
+  }
+
+  /**
+   * This stage's layers for one request: its rows out (all of them) or its failure, and what
+   * releases its session once the rest of the route is done with it.
+   */
+  async #runHere(req: StageRunRequest): Promise<{ result: StageRunOk | StageFailure; release: () => void }> {
     let acquired: { kv: KvLedger<Session>; part: StagePart } | null = null;
+    // The session ended while this call ran on it (`end`): its KV cache is freed then, not under the call.
+    const release = () => {
+      const ended = acquired?.kv.release(req.session, Date.now());
+      if (ended) acquired?.part.forward.endSession(ended);
+      this.#notePeak();
+    };
     try {
       this.#keepAlive.touch();
       const hop = req.route[0];
@@ -181,26 +241,11 @@ export class StageHost extends DurableObject<Env> {
       flushLoad(this.env, part.model, waitUntil);
       // This isolate's fan-out metrics (it ran the layers' experts) go to the MetricsHub too.
       flushExpertEventsSoon(this.env, waitUntil);
-      const rest = req.route.slice(1);
-      if (rest.length === 0) {
-        const dModel = part.forward.spec.dModel;
-        return { ok: true, y: y.subarray(y.length - req.nOut * dModel).slice(), trace, rpcs };
-      }
-      const call = this.env.STAGE_HOST.getByName(rest[0].name).run({ ...req, x: y, route: rest });
-      const next = await withDeadline(
-        Promise.resolve(call),
-        pipelineRpcTimeoutMs(this.env),
-        `StageHost ${rest[0].name}`,
-      );
-      if (!next.ok) return next;
-      return { ok: true, y: next.y, trace: [...trace, ...next.trace], rpcs: rpcs + 1 + next.rpcs };
+      // The last stage answers the request's last nOut rows; another hands every row on.
+      if (req.route.length === 1) y = y.subarray(y.length - req.nOut * part.forward.spec.dModel).slice();
+      return { result: { ok: true, y, trace, rpcs }, release };
     } catch (err) {
-      return failure(err);
-    } finally {
-      // The session ended while this call ran on it (`end`): its KV cache is freed now, not under the call.
-      const ended = acquired?.kv.release(req.session, Date.now());
-      if (ended) acquired?.part.forward.endSession(ended);
-      this.#notePeak();
+      return { result: failure(err), release };
     }
   }
 

@@ -1,8 +1,8 @@
 /**
  * The session driver's batched step through the stage chain (src/serving/pipeline-steps.ts) with
- * fake parts: every segment's first stage call starts in the same turn, rows go in calls of at most
- * PREFILL_CHUNK, sessions advance only with the chain, a lost session is replayed, and failures stay
- * with the segments they belong to.
+ * fake parts: every segment's rows go down the chain in ONE call a round, at most PREFILL_CHUNK rows
+ * each, sessions advance only with the chain, a lost session is replayed, and failures stay with
+ * the segments they belong to.
  */
 import { describe, expect, it } from "vitest";
 import {
@@ -23,25 +23,33 @@ function session(id: string, maxLen = 1000): PipelineSession {
 }
 
 interface Calls {
-  chain: { id: string; start: number; rows: number; turn: number }[];
+  /** Each chain call: its items as [session, start, rows]. */
+  chain: [string, number, number][][];
   heads: number[];
   replays: string[];
 }
 
 /** Fake parts: a row's "residual" is its token id; a logit row is [n, token + 1, token + 2]. */
-function parts(calls: Calls, opts: { lose?: Set<string>; failChain?: string; failHead?: boolean } = {}) {
-  let turn = 0;
+interface Faults {
+  lose?: Set<string>;
+  failChain?: string;
+  failHead?: boolean;
+  failCall?: boolean;
+}
+
+function parts(calls: Calls, opts: Faults = {}) {
   const p: PipelineStepParts<PipelineSession> = {
     dModel: D,
     vocabSize: V,
     embed: async (tokens) => Float32Array.from(tokens.flatMap((t) => [t, t])),
-    chain: async (s, start, x) => {
-      calls.chain.push({ id: s.id, start, rows: x.length / D, turn });
-      if (opts.lose?.delete(s.id)) throw new SessionLostError("lost");
-      if (opts.failChain === s.id) throw new Error(`stage failed for ${s.id}`);
-      await Promise.resolve();
-      turn++;
-      return x.slice(x.length - D);
+    chain: async (items) => {
+      calls.chain.push(items.map((it) => [it.s.id, it.start, it.x.length / D]));
+      if (opts.failCall) throw new Error("chain call failed");
+      return items.map((it) => {
+        if (opts.lose?.delete(it.s.id)) return new SessionLostError("lost");
+        if (opts.failChain === it.s.id) return new Error(`stage failed for ${it.s.id}`);
+        return it.x.slice(it.x.length - D);
+      });
     },
     head: async (rows, n) => {
       calls.heads.push(n);
@@ -69,7 +77,7 @@ function seg(
 }
 
 describe("runPipelineStep", () => {
-  it("starts every segment's chain call in one turn, one head call for the rows wanting logits", async () => {
+  it("sends every segment down the chain in one call and makes one head call for the rows wanting logits", async () => {
     const calls: Calls = { chain: [], heads: [], replays: [] };
     const sessions = new PipelineSessions<PipelineSession>();
     const a = session("a");
@@ -77,11 +85,12 @@ describe("runPipelineStep", () => {
     const c = session("c");
     const segs = [seg(sessions, a, [5], 1), seg(sessions, b, [7, 8, 9], 0), seg(sessions, c, [4, 6], 1)];
     const out = await runPipelineStep(parts(calls), sessions, segs);
-    expect(calls.chain.map((x) => x.turn)).toEqual([0, 0, 0]);
-    expect(calls.chain.map((x) => [x.id, x.start, x.rows])).toEqual([
-      ["a", 0, 1],
-      ["b", 0, 3],
-      ["c", 0, 2],
+    expect(calls.chain).toEqual([
+      [
+        ["a", 0, 1],
+        ["b", 0, 3],
+        ["c", 0, 2],
+      ],
     ]);
     expect(calls.heads).toEqual([2]);
     expect(out[0]).toEqual({ ok: true, logits: Float32Array.from([2, 6, 7]) });
@@ -92,19 +101,25 @@ describe("runPipelineStep", () => {
     expect(b.fed).toEqual([7, 8, 9]);
   });
 
-  it("sends a segment longer than PREFILL_CHUNK in consecutive calls at the session's next positions", async () => {
+  it("sends chunks longer than PREFILL_CHUNK in rounds, each at the session's next positions", async () => {
     const calls: Calls = { chain: [], heads: [], replays: [] };
     const sessions = new PipelineSessions<PipelineSession>();
     const a = session("a");
+    const b = session("b");
     const n = 2 * PREFILL_CHUNK + 3;
     const tokens = Array.from({ length: n }, (_, i) => i);
-    const out = await runPipelineStep(parts(calls), sessions, [seg(sessions, a, tokens, 1)]);
-    expect(calls.chain.map((x) => [x.start, x.rows])).toEqual([
-      [0, PREFILL_CHUNK],
-      [PREFILL_CHUNK, PREFILL_CHUNK],
-      [2 * PREFILL_CHUNK, 3],
+    const out = await runPipelineStep(parts(calls), sessions, [seg(sessions, a, tokens, 1), seg(sessions, b, [9], 1)]);
+    expect(calls.chain).toEqual([
+      [
+        ["a", 0, PREFILL_CHUNK],
+        ["b", 0, 1],
+      ],
+      [["a", PREFILL_CHUNK, PREFILL_CHUNK]],
+      [["a", 2 * PREFILL_CHUNK, 3]],
     ]);
-    expect(out[0]).toEqual({ ok: true, logits: Float32Array.from([1, n, n + 1]) });
+    expect(calls.heads).toEqual([2]);
+    expect(out[0]).toEqual({ ok: true, logits: Float32Array.from([2, n, n + 1]) });
+    expect(out[1]).toEqual({ ok: true, logits: Float32Array.from([2, 10, 11]) });
     expect(a.length).toBe(n);
     expect(a.fed).toEqual(tokens);
   });
@@ -122,6 +137,15 @@ describe("runPipelineStep", () => {
       seg(sessions, c, [5], 1),
     ]);
     expect(calls.replays).toEqual(["a"]);
+    // The lost session's rows ran again, alone, in a second round.
+    expect(calls.chain).toEqual([
+      [
+        ["a", 0, 1],
+        ["b", 0, 1],
+        ["c", 0, 1],
+      ],
+      [["a", 0, 1]],
+    ]);
     expect(out[0]).toEqual({ ok: true, logits: Float32Array.from([2, 4, 5]) });
     expect(out[1].ok).toBe(false);
     expect(String((out[1] as { error: unknown }).error)).toContain("stage failed for b");
@@ -163,6 +187,20 @@ describe("runPipelineStep", () => {
     ]);
     expect(out.every((o) => !o.ok)).toBe(true);
     expect(calls.chain).toEqual([]);
+  });
+
+  it("fails every segment a failed chain call carried", async () => {
+    const calls: Calls = { chain: [], heads: [], replays: [] };
+    const sessions = new PipelineSessions<PipelineSession>();
+    const a = session("a");
+    const out = await runPipelineStep(parts(calls, { failCall: true }), sessions, [
+      seg(sessions, a, [1], 1),
+      seg(sessions, session("b"), [2, 3], 0),
+    ]);
+    expect(out.map((o) => o.ok)).toEqual([false, false]);
+    expect(calls.chain).toHaveLength(1);
+    expect(calls.heads).toEqual([]);
+    expect(a.length).toBe(0);
   });
 
   it("refuses rows past a session's positions without calling the chain", async () => {
