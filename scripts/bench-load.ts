@@ -44,7 +44,8 @@ const USAGE = `usage: npm run bench:load [-- --concurrency 1,4,16,64] [--tokens 
   first run alone, one at a time (as many references as requests: 2 × N, at least 8, or
   --requests), then the server's kept prefix-sharing donors are released (POST
   /admin/prefix-cache/reset; own servers have the admin token, with --url pass --admin-token,
-  else a warning: the levels may copy their references' K/V), so no level measures copies.
+  else a warning: requests may copy the K/V of their references or of an earlier run's
+  identical prompts), so no level measures copies.
   --concurrency L     levels, comma-separated, in order (default 1,4,16,64); a level may repeat
                       (1,16,1,16): each N > 1 is printed against the N = 1 level before it
   --tokens N          max_tokens per request (default 32); "default" sends none (default chats:
@@ -59,7 +60,8 @@ const USAGE = `usage: npm run bench:load [-- --concurrency 1,4,16,64] [--tokens 
   --url URL           drive this running server instead (loopback only, e.g. npm start's)
   --model ID          model (default: the server's default; own servers serve demo-mixtral)
   --api-key KEY       bearer key for /v1 when the server has API keys
-  --admin-token T     read placement from /admin/placement (default: /v1/placement)
+  --admin-token T     read placement from /admin/placement (default: /v1/placement), and release
+                      the kept prefix-sharing donors before each level
   --no-reference      skip running each request alone first (no lost/changed tokens check):
                       for runs that expect refusals or leave the length to the server
   --memory            after each level, every instance's peak memory from /admin/hosts, checked

@@ -195,11 +195,11 @@ export async function runLoad(opts: LoadOptions): Promise<LoadReport> {
     warnings.push(m);
     opts.onWarning?.(m);
   };
-  if (!repeat && checked && !opts.adminToken)
+  if (!repeat && !opts.adminToken)
     warn(
-      "no admin token: the prefix cache cannot be reset after the reference runs, so each request may copy " +
-        "its reference's K/V from a kept donor instead of running its prompt (throughput overstated); " +
-        "pass the server's admin token",
+      "no admin token: the prefix cache cannot be reset before the levels, so a request may copy the K/V of " +
+        "a kept donor of its very prompt — its reference run alone just before, or an earlier run's against " +
+        "this server — instead of running it (throughput overstated); pass the server's admin token",
     );
 
   // Each request alone, one at a time (greedy): what its stream under load must say.
