@@ -2,10 +2,11 @@
  * `npm run bench:load`: many users at once. By default starts the demo twice in local workerd
  * (the bundled Worker, as bench:e2e and the tests do, with npm start's vars: the demo model, no
  * rate limit), once with `BATCHING=on` and once with `BATCHING=off`, one after the other; or drives
- * one running server with `--url` (loopback only). Per concurrency level: aggregate decode tokens/s,
- * TTFT and time per output token p50/p99, failed requests and refusals (status, code, Retry-After),
- * tokens lost or changed against each request run alone, and the placement versions seen. Prints
- * a table and writes JSON (default bench-results/load.json).
+ * one running server with `--url` (loopback only). Every request has its own prompt (distinct
+ * users; `--repeat-prompts`: the earlier few repeated prompts). Per concurrency level: aggregate
+ * decode tokens/s, TTFT and time per output token p50/p99, failed requests and refusals (status,
+ * code, Retry-After), tokens lost or changed against each request run alone, and the placement
+ * versions seen. Prints a table and writes JSON (default bench-results/load.json).
  */
 import { mkdirSync, writeFileSync } from "node:fs";
 import { cpus, loadavg, totalmem } from "node:os";
@@ -21,7 +22,7 @@ import {
   type PlacementShape,
 } from "./lib/bench-load";
 import { alternateSingle, type AlternateReport } from "./lib/alternate-single";
-import { loopbackUrl } from "./lib/load-client";
+import { loopbackUrl, resetPrefixCache } from "./lib/load-client";
 import { memoryTable } from "./lib/host-memory";
 import { startLocalWorker, ADMIN_TOKEN_FOR_TESTS, ROOT, type LocalWorker } from "./lib/local-worker";
 import { seedModelDir } from "./lib/seed-lib";
@@ -29,28 +30,40 @@ import { makeDemoModel } from "./lib/demo-model";
 import { progressBar, wantsHelp } from "./lib/progress";
 
 const USAGE = `usage: npm run bench:load [-- --concurrency 1,4,16,64] [--tokens N|default] [--requests N]
-                          [--seconds S] [--phase-seconds S] [--batching on,off] [--url URL]
-                          [--model ID] [--api-key KEY] [--admin-token TOKEN] [--no-reference]
-                          [--memory] [--pass-rows LIST] [--after-burst] [--out FILE] [--var NAME=VALUE]
+                          [--seconds S] [--repeat-prompts [--phase-seconds S]] [--batching on,off]
+                          [--url URL] [--model ID] [--api-key KEY] [--admin-token TOKEN]
+                          [--no-reference] [--memory] [--pass-rows LIST] [--after-burst] [--out FILE]
+                          [--var NAME=VALUE]
   N concurrent streaming chat clients (greedy) with a skewed, moving expert load, per level:
   aggregate decode tokens/s, TTFT and time per output token p50/p99, failed requests and
   refusals (status, Retry-After), tokens lost or changed against the same request run alone,
   placement versions seen. Bounded: each level sends at most --requests requests and starts none
   after --seconds; it stops by itself.
+  Prompts are distinct: every request of a run has its own, numbered ("17. apple apple …") and
+  keeping its phase's hot experts, which move every max(4, N) requests. Each level's requests are
+  first run alone, one at a time (as many references as requests: 2 × N, at least 8, or
+  --requests), then the server's kept prefix-sharing donors are released (POST
+  /admin/prefix-cache/reset; own servers have the admin token, with --url pass --admin-token,
+  else a warning: requests may copy the K/V of their references or of an earlier run's
+  identical prompts), so no level measures copies.
   --concurrency L     levels, comma-separated, in order (default 1,4,16,64); a level may repeat
                       (1,16,1,16): each N > 1 is printed against the N = 1 level before it
   --tokens N          max_tokens per request (default 32); "default" sends none (default chats:
                       the server's DEFAULT_MAX_TOKENS, bounded by what the deployment fits)
   --requests N        requests per level (default 2 × N, at least 8)
   --seconds S         time limit per level (default 60; running requests get 30 s more, then abort)
-  --phase-seconds S   the hot experts move every S seconds (default 4)
+  --repeat-prompts    the earlier workload: each phase's 4 prompts repeated, 8 references run
+                      once before the levels, no reset (with prefix sharing most prompt tokens
+                      are then copies; for comparisons with earlier tables)
+  --phase-seconds S   with --repeat-prompts: the hot experts move every S seconds (default 4)
   --batching LIST     own servers to start, in order, with the BATCHING var (default on,off)
   --url URL           drive this running server instead (loopback only, e.g. npm start's)
   --model ID          model (default: the server's default; own servers serve demo-mixtral)
   --api-key KEY       bearer key for /v1 when the server has API keys
-  --admin-token T     read placement from /admin/placement (default: /v1/placement)
-  --no-reference      skip running each distinct request alone first (no lost/changed tokens
-                      check): for runs that expect refusals or leave the length to the server
+  --admin-token T     read placement from /admin/placement (default: /v1/placement), and release
+                      the kept prefix-sharing donors before each level
+  --no-reference      skip running each request alone first (no lost/changed tokens check):
+                      for runs that expect refusals or leave the length to the server
   --memory            after each level, every instance's peak memory from /admin/hosts, checked
                       against its budget and 128 MB (needs --admin-token with --url)
   --pass-rows LIST    own servers: one per value (and per --batching) with that DISPATCH_PASS_ROWS
@@ -89,7 +102,8 @@ const { values } = parseArgs({
     tokens: { type: "string", default: "32" },
     requests: { type: "string" },
     seconds: { type: "string", default: "60" },
-    "phase-seconds": { type: "string", default: "4" },
+    "repeat-prompts": { type: "boolean", default: false },
+    "phase-seconds": { type: "string" },
     batching: { type: "string", default: "on,off" },
     url: { type: "string" },
     model: { type: "string" },
@@ -118,7 +132,13 @@ const levels = values.concurrency.split(",").map((s) => positiveInt("concurrency
 const tokens = values.tokens === "default" ? null : positiveInt("tokens", values.tokens);
 const fixedRequests = values.requests === undefined ? null : positiveInt("requests", values.requests);
 const seconds = positiveInt("seconds", values.seconds);
-const phaseSeconds = positiveInt("phase-seconds", values["phase-seconds"]);
+const repeatPrompts = values["repeat-prompts"];
+if (values["phase-seconds"] !== undefined && !repeatPrompts)
+  fail(
+    "--phase-seconds moves the hot experts by time, which needs --repeat-prompts: distinct prompts are run " +
+      "alone before their level, so their phases follow the request count (every max(4, N) requests)",
+  );
+const phaseSeconds = positiveInt("phase-seconds", values["phase-seconds"] ?? "4");
 const batching = values.batching.split(",").map((s) => s.trim());
 for (const b of batching) if (b !== "on" && b !== "off") fail(`--batching takes "on" and/or "off", got "${b}"`);
 const extraVars: Record<string, string> = {};
@@ -168,6 +188,7 @@ function options(
     requests: fixedRequests ?? ((n) => Math.max(8, 2 * n)),
     maxTokens: tokens,
     references,
+    repeatPrompts,
     memory: values.memory,
     levelMs: seconds * 1000,
     graceMs: 30_000,
@@ -176,12 +197,21 @@ function options(
     apiKey: values["api-key"],
     adminToken,
     serverCpuMs: ownServerCpu,
+    onWarning: (m) => {
+      bar.stop();
+      console.warn(`  WARNING: ${m}`);
+    },
     onProgress: (p) => {
       const key = `${p.stage}:${p.concurrency}`;
       if (key !== barKey) {
         bar.stop();
         barKey = key;
-        const what = p.stage === "reference" ? "reference runs (alone)" : `N=${p.concurrency}`;
+        const what =
+          p.stage === "load"
+            ? `N=${p.concurrency}`
+            : repeatPrompts
+              ? "reference runs (alone)"
+              : `N=${p.concurrency} references (each request alone first)`;
         if (!process.stderr.isTTY) console.error(`  ${what}: ${p.total} requests …`);
         bar = progressBar(what, p.total, {
           format:
@@ -206,7 +236,14 @@ const fmt = (v: number | null, digits = 0) => (v === null ? "—" : v.toFixed(di
 
 function table(label: string, r: LoadReport): void {
   const per = r.maxTokens === null ? "default chats (no max_tokens)" : `${r.maxTokens} tokens per request`;
-  console.log(`\n${label}: ${r.url}, ${per}, ${r.references} distinct requests run alone`);
+  const resets = r.levels.filter((l) => l.prefixCacheReset !== null).length;
+  const prompts =
+    r.prompts === "repeated"
+      ? `repeated prompts (--repeat-prompts), ${r.references} distinct requests run alone`
+      : `distinct prompts, ${r.references} requests run alone first, ` +
+        `prefix cache reset before ${resets} of ${r.levels.length} levels`;
+  console.log(`\n${label}: ${r.url}, ${per}, ${prompts}`);
+  for (const w of r.warnings) console.log(`  WARNING: ${w}`);
   console.log(
     "| N | requests | failed | refusals | decode tok/s | TTFT p50 / p99 ms | TPOT p50 / p99 ms | " +
       "tokens lost / changed | placement versions | expert passes / token, rows / pass | prompt tokens shared |",
@@ -225,6 +262,9 @@ function table(label: string, r: LoadReport): void {
         `${sharedCell(l)} |`,
     );
     for (const e of l.errors) console.log(`    failure: ${e}`);
+    const reset = l.prefixCacheReset;
+    if (reset)
+      console.log(`    before N=${l.concurrency}: ${reset.released} kept donors released (${reset.bytes} KV bytes)`);
     const failovers = Object.entries(l.failovers ?? {}).map(([code, n]) => `${n}× ${code}`);
     if (failovers.length > 0) console.log(`    expert calls failed over: ${failovers.join(", ")}`);
     if (l.unexpected > 0) console.log(`    ${l.unexpected} request(s) neither complete nor refused with Retry-After`);
@@ -322,10 +362,21 @@ async function afterBurst(
     after = released ? (await runLoad(opts)).levels[0] : null;
     if (released && c) {
       console.log(`  one stream here and on a never-burst control server, in turn (${ALTERNATE_REQUESTS} each) …`);
+      // The same numbered prompts as the level just run: neither side may copy them from a kept donor.
+      if (!repeatPrompts) {
+        await resetPrefixCache(new URL(url), token, model);
+        await resetPrefixCache(c.url, ADMIN_TOKEN_FOR_TESTS, model);
+      }
       alternated = await alternateSingle(
         { url, cpuMs: control?.selfCpuMs },
         { url: c.url.href, cpuMs: c.cpuMs },
-        { model, maxTokens: tokens, requests: ALTERNATE_REQUESTS, phaseRequests: AFTER_BURST_PHASE_REQUESTS },
+        {
+          model,
+          maxTokens: tokens,
+          requests: ALTERNATE_REQUESTS,
+          phaseRequests: AFTER_BURST_PHASE_REQUESTS,
+          repeatPrompts,
+        },
       );
     }
   } finally {
@@ -451,10 +502,13 @@ const result = {
     loadAverage1m: loadavg()[0],
     node: process.version,
   },
+  prompts: repeatPrompts ? "repeated" : "distinct",
+  warnings: runs.flatMap((r) => r.report.warnings.map((w) => `${r.label}: ${w}`)),
   runs: runs.map((r) => ({ ...r, scaling: scaling(r.report.levels) })),
   note:
     "local workerd runs every Durable Object on one thread; decode tok/s is all streams' completion tokens " +
-    "over the level's wall time; tokens lost/changed compare each stream's chunks with the same request run alone",
+    "over the level's wall time; tokens lost/changed compare each stream's chunks with the same request run alone; " +
+    "distinct prompts: every request its own, its reference's kept donor released before its level",
 };
 mkdirSync(dirname(values.out), { recursive: true });
 writeFileSync(values.out, JSON.stringify(result, null, 2));

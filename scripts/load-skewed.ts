@@ -9,7 +9,7 @@
  */
 import { parseArgs } from "node:util";
 import { progressBar, wantsHelp } from "./lib/progress";
-import { SKEW_PHASES } from "./lib/skewed-prompts";
+import { numberedPrompt, SKEW_PHASES } from "./lib/skewed-prompts";
 
 const USAGE = `usage: npm run load:skewed [-- --url URL] [--model ID] [--seconds N] [--concurrency N]
                            [--idle N] [--json]
@@ -99,7 +99,7 @@ async function worker(): Promise<void> {
         ...(values.model ? { model: values.model } : {}),
         // A distinct first token a request: prefix sharing would otherwise copy the repeated prompt
         // from a kept donor, and the experts would see decode rows only — not the skew to watch.
-        prompt: `${++started}. ${PHASES[phase].prompt}`,
+        prompt: numberedPrompt(++started, PHASES[phase].prompt),
         max_tokens: 8,
         temperature: 0,
       }),

@@ -1,22 +1,23 @@
 /**
  * @module `npm run profile:load`: the V8 CPU profile of a running local server (`wrangler dev`,
  * whose workerd runs the Worker and every Durable Object in one isolate) while N concurrent
- * streaming greedy chats of the `bench:load` workload run, started together (a burst). Prints each
- * stream's TTFT, the wall time, and the sampled time by function (self time), GC and idle; writes
+ * streaming greedy chats of the `bench:load` workload run, started together (a burst): each its
+ * own numbered prompt, as distinct users' (`--repeat-prompts`: the earlier few repeated). Prints
+ * each stream's TTFT, the wall time, and the sampled time by function (self time), GC and idle; writes
  * the `.cpuprofile` (Chrome DevTools opens it). Bounded: one burst, at most --seconds.
  */
 import { writeFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { wantsHelp } from "./lib/progress";
-import { loopbackUrl, percentile, streamChat } from "./lib/load-client";
-import { SKEW_PHASES } from "./lib/skewed-prompts";
+import { loopbackUrl, percentile, resetPrefixCache, streamChat } from "./lib/load-client";
+import { distinctRequests, SKEW_PHASES } from "./lib/skewed-prompts";
 import { cpuMs } from "./lib/process-cpu";
 
 const USAGE = `usage: npm run profile:load -- --inspector http://127.0.0.1:PORT [--url URL] [--streams N]
        [--tokens N] [--interval-us N] [--seconds N] [--top N] [--pids LIST] [--inclusive LIST]
-       [--admin-token TOKEN] [--out FILE]
+       [--admin-token TOKEN] [--repeat-prompts] [--out FILE]
   Profiles the isolate of a running local server while --streams concurrent streaming chats
-  (greedy, the bench:load prompts) run, all sent at once.
+  (greedy, the bench:load prompts: each its own, numbered, half of each phase) run, all sent at once.
   --inspector    the runtime's inspector: http://host:port (its /json target list; the target named
                  core:user:… is taken) or a ws:// URL. \`wrangler dev --inspector-port P\` serves one
                  on P (loopback only).
@@ -30,7 +31,12 @@ const USAGE = `usage: npm run profile:load -- --inspector http://127.0.0.1:PORT 
                  (/proc), per token — on a shared machine closer to the work done than wall time
   --inclusive    comma-separated function-name regexps: each one's inclusive time (its frames on the stack)
   --admin-token  the server's ADMIN_TOKEN (.dev.vars): the ExpertHosts' expert loads during the burst and
-                 the placement versions, from /admin/hosts before and after
+                 the placement versions, from /admin/hosts before and after; and the kept prefix-sharing
+                 donors are released first (POST /admin/prefix-cache/reset), so a second run's prompts
+                 (the same numbers) copy nothing of the first's — without it a warning says they may
+  --repeat-prompts
+                 the earlier burst: the 8 prompts of the two phases, repeated (prefix sharing copies
+                 most of their prompt tokens)
   --out          where the profile is written (default bench-results/profile-load.cpuprofile)`;
 if (wantsHelp()) {
   console.log(USAGE);
@@ -49,6 +55,7 @@ const { values } = parseArgs({
     inclusive: { type: "string", default: "" },
     pids: { type: "string", default: "" },
     "admin-token": { type: "string" },
+    "repeat-prompts": { type: "boolean", default: false },
     out: { type: "string", default: "bench-results/profile-load.cpuprofile" },
   },
 });
@@ -207,11 +214,27 @@ function loadsBetween(a: HostCounts, b: HostCounts): number {
   return n;
 }
 
+const repeatPrompts = values["repeat-prompts"];
+// The burst's prompts: the numbers 1..streams again on every run, so a run before this one left
+// kept donors of exactly these prompts.
+const prompts = repeatPrompts
+  ? SKEW_PHASES.flatMap((p) => p.variants)
+  : distinctRequests(1, streams, Math.ceil(streams / SKEW_PHASES.length)).map((r) => r.content);
+if (!repeatPrompts) {
+  const token = values["admin-token"];
+  if (token) {
+    const r = await resetPrefixCache(base, token);
+    console.log(`prefix cache reset: ${r.released} kept donors released (${r.bytes} KV bytes)`);
+  } else
+    console.warn(
+      "WARNING: no --admin-token: kept prefix-sharing donors (of an earlier run's identical numbered prompts) " +
+        "are not released, so the burst may copy their K/V instead of running its prompts",
+    );
+}
 const counts0 = await hostCounts();
 const cdp = await connect(await debuggerUrl());
 await cdp.call("Profiler.enable");
 await cdp.call("Profiler.setSamplingInterval", { interval: intervalUs });
-const prompts = SKEW_PHASES.flatMap((p) => p.variants);
 const stop = AbortSignal.timeout(seconds * 1000);
 const pids = values.pids.split(",").filter(Boolean).map(Number);
 await cdp.call("Profiler.start");

@@ -6,10 +6,11 @@
  * slower an hour later, the same code); in turn, each pair of requests meets the same machine, and
  * the pair order flips every pair (A B, B A, …) so neither server always runs second.
  * Both get the same requests: the workload of `skewed-prompts.ts`, its hot set moving every
- * `phaseRequests` pairs (the Coordinators re-place during the run, as in the levels).
+ * `phaseRequests` pairs (the Coordinators re-place during the run, as in the levels), each prompt
+ * numbered (distinct: each server runs each one once) unless `repeatPrompts`.
  */
 import { compareChunks, loopbackUrl, percentile, streamChat, type StreamResult } from "./load-client";
-import { SKEW_PHASES } from "./skewed-prompts";
+import { distinctRequests, SKEW_PHASES } from "./skewed-prompts";
 
 export interface AlternateSide {
   url: string;
@@ -47,6 +48,8 @@ export interface AlternateOptions {
   requests: number;
   /** The hot set moves every this many requests (pairs). */
   phaseRequests: number;
+  /** Each phase's few prompts repeated (bench:load --repeat-prompts) instead of numbered ones. */
+  repeatPrompts?: boolean;
   /** A request still running after this long is aborted (counted failed): the run stops by itself. */
   requestTimeoutMs?: number;
 }
@@ -63,9 +66,10 @@ export async function alternateSingle(
   const sides = [a, b].map((s) => ({ base: loopbackUrl(s.url), cpu: s.cpuMs, results: [] as StreamResult[], cpu0: 0 }));
   for (const s of sides) s.cpu0 = s.cpu?.() ?? Number.NaN;
   let differing = 0;
+  const numbered = distinctRequests(1, opts.requests, opts.phaseRequests);
   for (let k = 0; k < opts.requests; k++) {
-    const phase = SKEW_PHASES[Math.floor(k / opts.phaseRequests) % SKEW_PHASES.length];
-    const content = phase.variants[k % phase.variants.length];
+    const phase = SKEW_PHASES[numbered[k].phase];
+    const content = opts.repeatPrompts ? phase.variants[k % phase.variants.length] : numbered[k].content;
     const order = k % 2 === 0 ? [0, 1] : [1, 0];
     const got: StreamResult[] = [];
     for (const i of order) {

@@ -1,15 +1,31 @@
 /**
  * The load driver of `npm run bench:load`: for each concurrency level N, N closed-loop clients
- * send greedy streaming chat completions drawn from the skewed, moving workload (`skewed-prompts.ts`:
- * the phase — which experts are hot — flips every `phaseMs`, so the Coordinator re-places during
- * the level), while a poller records the placement versions. Every distinct request is first run
- * alone; each stream under load is compared with that reference chunk by chunk (tokens lost or
- * changed). Bounded: a level sends at most `requests` requests, starts none after `levelMs`, and
- * aborts what is still running `graceMs` later. Only loopback servers (`loopbackUrl`).
+ * send greedy streaming chat completions of the skewed, moving workload (`skewed-prompts.ts`: the
+ * phase — which experts are hot — moves during the level, so the Coordinator re-places), while a
+ * poller records the placement versions. Each stream is compared chunk by chunk with the same
+ * request run alone first (tokens lost or changed).
+ *
+ * By default every request of a run has its own prompt (numbered), as distinct users' do: each
+ * level's requests are run alone just before it (one reference per request), then the server's
+ * kept prefix-sharing donors are released (`POST /admin/prefix-cache/reset`, with the admin token)
+ * so the level copies nothing of its references — without that a level would measure K/V copies,
+ * not distinct users. `repeatPrompts` keeps the earlier workload: a few prompts per phase repeated,
+ * the phase moving every `phaseMs`, their references run once before the levels, no reset.
+ *
+ * Bounded: a level sends at most `requests` requests, starts none after `levelMs`, and aborts what
+ * is still running `graceMs` later. Only loopback servers (`loopbackUrl`).
  */
-import { compareChunks, loopbackUrl, outcomeOf, percentile, streamChat, type StreamResult } from "./load-client";
+import {
+  compareChunks,
+  loopbackUrl,
+  outcomeOf,
+  percentile,
+  resetPrefixCache,
+  streamChat,
+  type StreamResult,
+} from "./load-client";
 import { readHostMemory, type InstanceMemory } from "./host-memory";
-import { SKEW_PHASES } from "./skewed-prompts";
+import { distinctRequests, SKEW_PHASES, type SkewedRequest } from "./skewed-prompts";
 import { FLUSH_INTERVAL_MS } from "../../src/observability/recorder";
 
 /** How long after a level its counters are read from /metrics: the isolate's flush interval and a margin. */
@@ -25,23 +41,31 @@ export interface LoadOptions {
   /** max_tokens per request; null sends none (default chats). */
   maxTokens: number | null;
   /**
-   * Run every distinct request alone first and compare each stream with it (default true). Off for
-   * runs that expect refusals (a reference must complete) or whose length is the server's choice.
+   * Run every request alone first and compare each stream with it (default true). Off for runs that
+   * expect refusals (a reference must complete) or whose length is the server's choice.
    */
   references?: boolean;
+  /**
+   * The earlier workload: each phase's few prompts repeated (8 distinct requests, run alone once
+   * before the levels), the phase moving every `phaseMs`, no prefix-cache reset. With prefix
+   * sharing most of its prompt tokens are copies. Default false: every request's prompt distinct.
+   */
+  repeatPrompts?: boolean;
   /** After each level, read every instance's peak memory from /admin/hosts (needs adminToken). */
   memory?: boolean;
   /** No new request starts after this long in a level (ms). */
   levelMs: number;
   /** Requests still running this long after levelMs are aborted (ms). */
   graceMs: number;
-  /** How long each skew phase lasts before the hot set moves (ms). */
+  /** With `repeatPrompts`: how long each skew phase lasts before the hot set moves (ms). */
   phaseMs: number;
   /**
-   * When set, the hot set moves every this many requests of a level instead of every `phaseMs`:
-   * a level then sends the same requests whatever its speed. By time, a slower level reaches the
-   * next phase's (longer) prompts sooner and its tok/s falls further — two levels compared against
-   * each other (--after-burst) must not differ in what they were sent.
+   * The hot set moves every this many requests of a level (with `repeatPrompts`: instead of every
+   * `phaseMs`): a level then sends the same requests whatever its speed. By time, a slower level
+   * reaches the next phase's (longer) prompts sooner and its tok/s falls further — two levels
+   * compared against each other (--after-burst) must not differ in what they were sent. Distinct
+   * prompts (each run alone before its level, so known in advance) always move it by requests:
+   * by default every max(DISTINCT_PHASE_MIN_REQUESTS, N), one round of the N clients.
    */
   phaseRequests?: number;
   /** Bearer key for /v1 when the server has API keys. */
@@ -51,11 +75,14 @@ export interface LoadOptions {
   /** Placement poll period (ms). */
   pollMs?: number;
   onProgress?: (p: LoadProgress) => void;
+  /** Called with each warning as it arises (they are in the report's `warnings` too). */
+  onWarning?: (message: string) => void;
   /** CPU ms the server's processes have used so far (own servers, from /proc); null or absent: not measured. */
   serverCpuMs?: () => number | null;
 }
 
 export interface LoadProgress {
+  /** "reference": the requests run alone (before each level, or once before all with `repeatPrompts`). */
   stage: "reference" | "load";
   concurrency: number;
   done: number;
@@ -118,6 +145,10 @@ export interface LevelReport {
    * or null: on a machine other jobs load, it follows the work done more closely than tok/s.
    */
   serverCpuMsPerToken: number | null;
+  /** Requests run alone just before this level (distinct prompts; 0 with `repeatPrompts`). */
+  references: number;
+  /** What the prefix-cache reset before the level released, or null (none: repeated prompts, no token, failed). */
+  prefixCacheReset: { released: number; bytes: number } | null;
 }
 
 export interface LoadReport {
@@ -125,8 +156,12 @@ export interface LoadReport {
   model: string | null;
   maxTokens: number | null;
   phaseMs: number;
+  /** "distinct": every request its own prompt; "repeated": `repeatPrompts`. */
+  prompts: "distinct" | "repeated";
   /** Distinct requests, each run alone first (greedy, temperature 0); 0 with references off. */
   references: number;
+  /** What may make the figures overstate distinct users (a reset not made), as printed. */
+  warnings: string[];
   levels: LevelReport[];
   placementVersionsSeen: number[];
 }
@@ -136,39 +171,77 @@ interface Placement {
   instances: number;
 }
 
-/** The distinct requests of the workload, phase by phase. */
-function workload(): { phase: number; content: string }[][] {
+/**
+ * With distinct prompts the hot set moves every max(this, N) requests: one round of the N clients,
+ * and at least 4 requests for the single stream (as --after-burst's levels).
+ */
+export const DISTINCT_PHASE_MIN_REQUESTS = 4;
+
+/** `repeatPrompts`' requests: each phase's variants, phase by phase. */
+function repeatedWorkload(): SkewedRequest[][] {
   return SKEW_PHASES.map((p, phase) => p.variants.map((content) => ({ phase, content })));
 }
 
 export async function runLoad(opts: LoadOptions): Promise<LoadReport> {
   const base = loopbackUrl(opts.url);
   const auth: Record<string, string> = opts.apiKey ? { authorization: `Bearer ${opts.apiKey}` } : {};
-  const phases = workload();
+  const repeat = opts.repeatPrompts === true;
+  const checked = opts.references !== false;
+  const phases = repeatedWorkload();
   const progress = opts.onProgress ?? (() => {});
   const allVersions = new Set<number>();
+  const warnings: string[] = [];
+  const warn = (m: string) => {
+    warnings.push(m);
+    opts.onWarning?.(m);
+  };
+  if (!repeat && !opts.adminToken)
+    warn(
+      "no admin token: the prefix cache cannot be reset before the levels, so a request may copy the K/V of " +
+        "a kept donor of its very prompt — its reference run alone just before, or an earlier run's against " +
+        "this server — instead of running it (throughput overstated); pass the server's admin token",
+    );
 
-  // References: every distinct request alone, one at a time.
+  // Each request alone, one at a time (greedy): what its stream under load must say.
   const reference = new Map<string, string[]>();
-  const distinct = opts.references === false ? [] : phases.flat();
-  for (const [i, w] of distinct.entries()) {
-    const r = await streamChat(base, { model: opts.model, content: w.content, maxTokens: opts.maxTokens }, auth);
-    if (r.error || r.status !== 200) throw new Error(`reference request "${w.content}" failed alone: ${r.error}`);
-    reference.set(w.content, r.chunks);
-    progress({
-      stage: "reference",
-      concurrency: 1,
-      done: i + 1,
-      total: distinct.length,
-      failed: 0,
-      tokens: 0,
-      version: null,
-    });
-  }
+  const runAlone = async (requests: SkewedRequest[], concurrency: number) => {
+    for (const [i, w] of requests.entries()) {
+      const r = await streamChat(base, { model: opts.model, content: w.content, maxTokens: opts.maxTokens }, auth);
+      if (r.error || r.status !== 200) throw new Error(`reference request "${w.content}" failed alone: ${r.error}`);
+      reference.set(w.content, r.chunks);
+      progress({
+        stage: "reference",
+        concurrency,
+        done: i + 1,
+        total: requests.length,
+        failed: 0,
+        tokens: 0,
+        version: null,
+      });
+    }
+  };
+  if (repeat && checked) await runAlone(phases.flat(), 1);
 
   const levels: LevelReport[] = [];
+  /** Distinct prompts numbered so far: a run never sends one twice. */
+  let numbered = 0;
   for (const n of opts.concurrency) {
     const total = typeof opts.requests === "number" ? opts.requests : opts.requests(n);
+    const own = repeat
+      ? null
+      : distinctRequests(numbered + 1, total, opts.phaseRequests ?? Math.max(DISTINCT_PHASE_MIN_REQUESTS, n));
+    numbered += total;
+    if (own && checked) await runAlone(own, n);
+    let reset: LevelReport["prefixCacheReset"] = null;
+    if (own && opts.adminToken) {
+      // The references (and earlier levels) left kept donors: released, so the level copies none.
+      reset = await resetPrefixCache(base, opts.adminToken, opts.model).catch((err: unknown) => {
+        warn(`N=${n}: the prefix cache was not reset (${err}): its requests may copy their references' K/V`);
+        return null;
+      });
+      // The references' prompt tokens reach /metrics at the isolate's next flush: not in the level's.
+      if (checked) await new Promise((r) => setTimeout(r, METRICS_FLUSH_WAIT_MS));
+    }
     const seen: Placement[] = [];
     const poll = async () => {
       const p = await readPlacement(base, opts, auth).catch(() => null);
@@ -193,11 +266,15 @@ export async function runLoad(opts: LoadOptions): Promise<LoadReport> {
     const client = async (id: number) => {
       while (issued < total && performance.now() - t0 < opts.levelMs) {
         const k = issued++;
-        // Which experts are hot moves with time (or every phaseRequests requests); within a phase,
-        // clients cycle through its variants.
-        const step = opts.phaseRequests ? Math.floor(k / opts.phaseRequests) : (performance.now() - t0) / opts.phaseMs;
-        const phase = phases[Math.floor(step) % phases.length];
-        const { content } = phase[(k + id) % phase.length];
+        let content: string;
+        if (own) content = own[k].content;
+        else {
+          // Which experts are hot moves with time (or every phaseRequests requests); within a
+          // phase, clients cycle through its variants.
+          const at = opts.phaseRequests ? Math.floor(k / opts.phaseRequests) : (performance.now() - t0) / opts.phaseMs;
+          const phase = phases[Math.floor(at) % phases.length];
+          content = phase[(k + id) % phase.length].content;
+        }
         const r = await streamChat(base, { model: opts.model, content, maxTokens: opts.maxTokens }, auth, abort.signal);
         results.push({ r, content });
         if (r.error) failed++;
@@ -215,7 +292,9 @@ export async function runLoad(opts: LoadOptions): Promise<LoadReport> {
     const wall = (performance.now() - t0) / 1000;
     const cpu1 = opts.serverCpuMs?.() ?? null;
     await poll();
-    const level = summarize(n, results, opts.references === false ? null : reference, wall, seen);
+    const level = summarize(n, results, checked ? reference : null, wall, seen);
+    level.references = own && checked ? own.length : 0;
+    level.prefixCacheReset = reset;
     if (cpu0 !== null && cpu1 !== null && level.completionTokens > 0)
       level.serverCpuMsPerToken = (cpu1 - cpu0) / level.completionTokens;
     // The isolate's counters reach /metrics at its next flush (at most FLUSH_INTERVAL_MS after its
@@ -245,7 +324,9 @@ export async function runLoad(opts: LoadOptions): Promise<LoadReport> {
     model: opts.model ?? null,
     maxTokens: opts.maxTokens,
     phaseMs: opts.phaseMs,
+    prompts: repeat ? "repeated" : "distinct",
     references: reference.size,
+    warnings,
     levels,
     placementVersionsSeen: [...allVersions].sort((a, b) => a - b),
   };
@@ -313,6 +394,8 @@ function summarize(
     failovers: null,
     promptTokens: null,
     sharedPromptTokens: null,
+    references: 0,
+    prefixCacheReset: null,
   };
 }
 

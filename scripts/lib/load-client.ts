@@ -1,7 +1,7 @@
 /**
  * The client side of `npm run bench:load`: the loopback-only check on the target URL, one
  * streaming chat request timed chunk by chunk (TTFT, time per output token, what each chunk said,
- * how it ended), and percentiles. Kept apart from the load driver so each reads on its own.
+ * how it ended), the prefix-cache reset, and percentiles. Kept apart from the load driver so each reads on its own.
  */
 
 /** Hosts that reach this machine only. A benchmark that floods a server must never leave it. */
@@ -161,6 +161,26 @@ export async function streamChat(
   if (r.chunks.length > 0) r.ttftMs = firstAt - r.startedAt;
   if (r.completionTokens > 1) r.tpotMs = (lastAt - firstAt) / (r.completionTokens - 1);
   return r;
+}
+
+/**
+ * Releases the prefix-sharing donors the server's isolate keeps (`POST /admin/prefix-cache/reset`,
+ * of `model` or of every model it has loaded): what they held, or an error naming the status.
+ */
+export async function resetPrefixCache(
+  base: URL,
+  adminToken: string,
+  model?: string,
+): Promise<{ released: number; bytes: number }> {
+  const res = await fetch(new URL("/admin/prefix-cache/reset", base), {
+    method: "POST",
+    headers: { "content-type": "application/json", authorization: `Bearer ${adminToken}` },
+    body: JSON.stringify(model ? { model } : {}),
+  });
+  const text = await res.text();
+  if (!res.ok) throw new Error(`POST /admin/prefix-cache/reset answered ${res.status}: ${text.slice(0, 200)}`);
+  const body = JSON.parse(text) as { released: number; bytes: number };
+  return { released: body.released, bytes: body.bytes };
 }
 
 /**

@@ -1,17 +1,18 @@
 /**
  * @module Admin surface (bearer ADMIN_TOKEN, an optional secret; refused when it is unset): inspect
  * expert hosts and run raw forward passes that return logits and routing (what `verify` checks
- * against golden fixtures through the real serving path). Fault injection answers only when
- * ADMIN_FAULTS_ENABLED is "true"; /admin/forward returns a bounded number of logit values.
+ * against golden fixtures through the real serving path), and release this isolate's kept
+ * prefix-sharing donors. Fault injection answers only when ADMIN_FAULTS_ENABLED is "true";
+ * /admin/forward returns a bounded number of logit values.
  */
 import { Hono, type MiddlewareHandler } from "hono";
 import { bearerAuth } from "hono/bearer-auth";
 import { z } from "zod";
 import { ApiError } from "../errors";
-import { getRuntime } from "../serving/runtime-cache";
+import { getRuntime, loadedRuntimes } from "../serving/runtime-cache";
 import type { ForwardTrace } from "../serving/model-runtime";
 import { createRng, argmax } from "../serving/sampling";
-import { ModelNotFoundError } from "../platform/model-store";
+import { MODEL_ID_PATTERN, ModelNotFoundError, modelPrefix } from "../platform/model-store";
 import { parseBody } from "./validate";
 import { topLogits, type TopLogits } from "./top-logits";
 import { PREFILL_CHUNK } from "../serving/stage-budgets";
@@ -213,6 +214,34 @@ admin.post("/replan", async (c) => {
   return c.json(await c.env.COORDINATOR.getByName(rt.id).replan("admin"));
 });
 
+const ResetBody = z.strictObject({ model: z.string().optional() });
+
+/**
+ * Releases the finished generations this isolate keeps as prefix-sharing donors (vLLM's
+ * `POST /reset_prefix_cache`), of one model (`model`, in the body or the query) or of every model
+ * it has loaded; live generations keep their KV caches. Only the isolate serving this call: a
+ * deployment's other isolates keep theirs. `bench:load` calls it after its reference runs, so its
+ * levels measure distinct users rather than copies of the references. The body may be empty.
+ */
+admin.post("/prefix-cache/reset", async (c) => {
+  const raw = await c.req.arrayBuffer();
+  const body = raw.byteLength === 0 ? {} : await parseBody(c, ResetBody);
+  const query = c.req.query("model");
+  if (body.model !== undefined && query !== undefined && body.model !== query)
+    throw ApiError.invalid("model", `the body says "${body.model}", the query "${query}": send one`);
+  const id = body.model ?? query;
+  const loaded = await loadedRuntimes();
+  const targets = id === undefined ? loaded : loaded.filter((rt) => rt.id === id);
+  // A model this isolate has not loaded keeps nothing here; one that does not exist is the caller's error.
+  if (id !== undefined && targets.length === 0) await requireModel(c.env, id);
+  const models = targets.map((rt) => ({ model: rt.id, ...rt.resetPrefixCache() }));
+  return c.json({
+    released: models.reduce((n, m) => n + m.released, 0),
+    bytes: models.reduce((n, m) => n + m.bytes, 0),
+    models,
+  });
+});
+
 /** Fault injection answers 403 unless ADMIN_FAULTS_ENABLED is "true" (test and staging deployments). */
 function requireFaultsEnabled(env: Env): void {
   if (boolVar(env, "ADMIN_FAULTS_ENABLED", false)) return;
@@ -283,10 +312,19 @@ async function runtime(env: Env, model: string | undefined) {
   try {
     return await getRuntime(env, id);
   } catch (err) {
-    if (err instanceof ModelNotFoundError)
-      throw new ApiError(404, `The model \`${id}\` does not exist`, "not_found_error", "model", "model_not_found");
+    if (err instanceof ModelNotFoundError) throw modelNotFound(id);
     throw err;
   }
+}
+
+/** 404 naming `model` when the bucket has no such model (without loading it). */
+async function requireModel(env: Env, id: string): Promise<void> {
+  const known = MODEL_ID_PATTERN.test(id) && (await env.MODELS.head(`${modelPrefix(id)}config.json`)) !== null;
+  if (!known) throw modelNotFound(id);
+}
+
+function modelNotFound(id: string): ApiError {
+  return new ApiError(404, `The model \`${id}\` does not exist`, "not_found_error", "model", "model_not_found");
 }
 
 function chunk<T>(xs: T[], size: number): T[][] {

@@ -334,6 +334,19 @@ export class ModelRuntime {
     return env && this.chain ? this.chain.end(env, s.id) : Promise.resolve();
   }
 
+  /**
+   * Releases every finished generation this runtime keeps for prefix sharing (`POST
+   * /admin/prefix-cache/reset`), each through its donor's own release so the KV ledger gets its
+   * bytes back; live generations keep their sessions. Returns how many and the ledger bytes freed.
+   */
+  resetPrefixCache(): { released: number; bytes: number } {
+    const kept = this.#steps?.retained;
+    if (!kept) return { released: 0, bytes: 0 };
+    const used = this.kv.usedBytes;
+    const released = kept.releaseAll();
+    return { released, bytes: used - this.kv.usedBytes };
+  }
+
   /** Whether requests' decode loops run in the model's region (pipeline stages) rather than here. */
   get drivenRemotely(): boolean {
     return this.chain !== null;

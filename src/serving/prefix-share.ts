@@ -129,6 +129,17 @@ export class RetainedPrefixes {
     return found;
   }
 
+  /**
+   * Releases every kept donor, each through its own `release` (an operator's reset: a benchmark
+   * that must not measure copies of its own reference runs). Returns how many were kept.
+   */
+  releaseAll(): number {
+    const all = this.#entries;
+    this.#entries = [];
+    for (const e of all) e.release();
+    return all.length;
+  }
+
   /** Releases the least recently used; false when none is kept. */
   evictOldest(): boolean {
     const e = this.#entries.shift();

@@ -1,7 +1,7 @@
 /**
  * @module The isolate's model runtimes: one per model, loaded on first use and replaced when R2
  * holds a new upload of the model (`getRuntime`), and the runtime of a given upload for a session
- * driver serving the Worker's request (`getRuntimeOf`).
+ * driver serving the Worker's request (`getRuntimeOf`), and those loaded now (`loadedRuntimes`).
  */
 import { MODEL_CHECK_MS, ModelChangedError, modelVersion } from "../platform/model-store";
 import { Flight, shareWork } from "../platform/shared-work";
@@ -52,6 +52,16 @@ export async function getRuntime(env: Env, id: string): Promise<ModelRuntime> {
       return rt;
     },
   );
+}
+
+/**
+ * The runtimes this isolate holds now, loaded (a load under way or one that failed is not listed;
+ * neither is an upload's runtime that a newer one replaced, which its last requests still finish on).
+ */
+export async function loadedRuntimes(): Promise<ModelRuntime[]> {
+  const done = [...runtimes.values()].filter((c) => c.rt.settled);
+  const rts = await Promise.allSettled(done.map((c) => c.rt.join()));
+  return rts.flatMap((r) => (r.status === "fulfilled" ? [r.value] : []));
 }
 
 /**

@@ -1,7 +1,8 @@
 /**
  * `npm run bench:load`'s library, short form: a real local server with a small chat model, N = 1
  * and 2, a few tokens each. The report has every field the CLI prints, each stream matches the same
- * request run alone (0 tokens lost or changed), and the loopback rule refuses other hosts.
+ * request run alone (0 tokens lost or changed), the prefix cache reset after the references leaves
+ * the levels copying only what distinct prompts share, and the loopback rule refuses other hosts.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { LocalWorker } from "../../scripts/lib/local-worker";
@@ -31,7 +32,10 @@ describe("bench:load library", () => {
       adminToken: ADMIN_TOKEN_FOR_TESTS,
       onProgress: (p) => seen.push(p),
     });
-    expect(report.references).toBe(8);
+    // Distinct prompts: every request of the run its own, each run alone just before its level.
+    expect(report.prompts).toBe("distinct");
+    expect(report.warnings).toEqual([]);
+    expect(report.references).toBe(2 + 4);
     expect(report.levels.map((l) => l.concurrency)).toEqual([1, 2]);
     for (const l of report.levels) {
       expect(l.requests).toBe(2 * l.concurrency);
@@ -52,10 +56,16 @@ describe("bench:load library", () => {
       // Its prompts' tokens from /metrics, read after the isolate's flush: every request's counted.
       expect(l.promptTokens).toBeGreaterThanOrEqual(l.requests);
       expect(l.sharedPromptTokens).toBeGreaterThanOrEqual(0);
-      expect(l.sharedPromptTokens).toBeLessThan(l.promptTokens ?? 0);
+      // The reset released the references' kept donors: the level copies at most the chat
+      // template's opening its numbered prompts share, not the prompts its references ran.
+      expect(l.prefixCacheReset?.released).toBeGreaterThanOrEqual(l.requests);
+      expect(l.sharedPromptTokens).toBeLessThan((l.promptTokens ?? 0) / 2);
     }
     expect(report.placementVersionsSeen.length).toBeGreaterThanOrEqual(1);
-    expect(seen.filter((p) => p.stage === "reference").at(-1)).toMatchObject({ done: 8, total: 8 });
+    expect(seen.filter((p) => p.stage === "reference" && p.concurrency === 2).at(-1)).toMatchObject({
+      done: 4,
+      total: 4,
+    });
     expect(seen.filter((p) => p.stage === "load" && p.concurrency === 2).at(-1)).toMatchObject({ done: 4, total: 4 });
   });
 

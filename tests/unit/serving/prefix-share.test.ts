@@ -239,6 +239,28 @@ describe("finished generations kept as donors", () => {
     expect(kept.covers([5, 6, 7, 1, 2, 3])).toBe(false);
     expect(kept.covers([5, 9])).toBe(false);
   });
+
+  it("releases every donor through its own release on a reset, and finds nothing afterwards", () => {
+    const released: number[] = [];
+    const kept = new RetainedPrefixes();
+    for (const [n, history] of [
+      [1, [1, 2, 3]],
+      [2, [4, 5, 6]],
+    ] as const)
+      kept.add({
+        history,
+        session: { length: history.length, maxLen: history.length, k: [], v: [] },
+        bytes: 10 * n,
+        release: () => released.push(n),
+      });
+    expect(kept.releaseAll()).toBe(2);
+    expect(released).toEqual([1, 2]);
+    expect(kept.size).toBe(0);
+    expect(kept.bytes).toBe(0);
+    expect(kept.best([1, 2, 3, 4], 3, 0)).toBeNull();
+    expect(kept.releaseAll()).toBe(0);
+    expect(released).toEqual([1, 2]);
+  });
 });
 
 describe("prefix-share helpers", () => {
