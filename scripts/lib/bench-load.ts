@@ -136,7 +136,8 @@ export interface LevelReport {
   failovers: Record<string, number> | null;
   /**
    * The level's prompt tokens and how many of them were copied from a live session's KV cache
-   * instead of run (prefix sharing), from /metrics; null without adminToken.
+   * instead of run (prefix sharing), from /metrics; null without adminToken, or when a counter's
+   * sum fell during the level (an isolate's series expired).
    */
   promptTokens: number | null;
   sharedPromptTokens: number | null;
@@ -304,8 +305,12 @@ export async function runLoad(opts: LoadOptions): Promise<LoadReport> {
     if (hostsBefore && hostsAfter) {
       const work = hostDelta(hostsBefore, hostsAfter, seen0);
       level.expertPasses = work.passes;
-      level.promptTokens = hostsAfter.promptTokens - hostsBefore.promptTokens;
-      level.sharedPromptTokens = hostsAfter.sharedTokens - hostsBefore.sharedTokens;
+      // /metrics sums each isolate's counters; an isolate's series that expired during the level
+      // makes a sum fall: such a level's counts are unknown (null), not negative.
+      const prompt = hostsAfter.promptTokens - hostsBefore.promptTokens;
+      const shared = hostsAfter.sharedTokens - hostsBefore.sharedTokens;
+      level.promptTokens = prompt >= 0 && shared >= 0 ? prompt : null;
+      level.sharedPromptTokens = prompt >= 0 && shared >= 0 ? shared : null;
       level.expertRows = work.rows;
       level.failovers = {};
       for (const [code, n] of Object.entries(hostsAfter.failovers)) {
