@@ -64,11 +64,18 @@ import { HeadBatcher } from "./head-batcher";
 import { batchingEnabled, prefixSharingEnabled, type Vars } from "../platform/env";
 import { kvCopier, RETAIN_MIN_TOKENS, type CopyPositions } from "./prefix-share";
 import { kvLayout } from "./attention";
-import { StepBatcher, type StepStreamSpec } from "./step-batcher";
+import { StepBatcher, type StepLimits, type StepStreamSpec } from "./step-batcher";
 import { PipelineSessions, runPipelineStep, type PipelineStepParts } from "./pipeline-steps";
 import { expertEvents } from "../platform/events";
 
 export type { ModelPlacementInit } from "./placement-init";
+
+/**
+ * Head rows' logits (or the driver's own head scratch) one pipeline step may hold: a session driver
+ * serves every generation of its model in one isolate (128 MB), so a step's logits are bounded —
+ * 170 rows of granite's 49155-word vocabulary, 55 of a 151936-word one, at least one row a step.
+ */
+const PIPELINE_STEP_LOGITS_BYTES = 32 * 1024 * 1024;
 
 /** Replays of a pipeline session's tokens after stages lost its KV cache, at most (each stage may lose it once). */
 const MAX_REPLAYS = 4;
@@ -471,7 +478,10 @@ export class ModelRuntime {
     // Routing noise and capacity are drawn and counted per forward call (prefill chunks of
     // PREFILL_CHUNK): a step splits prompts elsewhere, so such models keep the per-request path.
     const { noiseStd, capacityFactor } = this.model.routing;
-    const exact = this.chain !== null || this.#stepExact;
+    // A pipeline's stages merge a step's calls into one pass only when that is exact (GQA): an MLA
+    // chain would run a step's sessions one after another at every stage, slower than the
+    // per-session loops whose calls overlap across stages.
+    const exact = this.chain !== null ? this.model.layersExact : this.#stepExact;
     return batchingEnabled(env) && noiseStd === 0 && capacityFactor === null && exact;
   }
 
@@ -509,7 +519,7 @@ export class ModelRuntime {
       // a stage's pass queue always takes that many (stageQueueRows), so a step's call is never
       // refused as overloaded for its size, and its payload stays one prompt chunk's.
       chain
-        ? { maxRows: PREFILL_CHUNK }
+        ? this.#pipelineLimits(env)
         : {
             fits: (rows, outRows) => this.model.stepScratchBytes(rows, outRows, longest) <= WORKER_SCRATCH_BYTES,
             share: prefixSharingEnabled(env) ? this.#copy : null,
@@ -525,6 +535,24 @@ export class ModelRuntime {
 
   /** The steps' stand-ins for pipeline sessions (their K/V live on the stages). */
   readonly #pipelineSessions = new PipelineSessions<RuntimeSession>();
+
+  /**
+   * A pipeline's step limits. Rows: PREFILL_CHUNK (a stage's pass queue always takes that many, and
+   * a hop's payload stays one prompt chunk's), a quarter of them kept for prompts while one waits.
+   * Logits: one driver serves every generation of the model, so a step's head rows are bounded —
+   * their logits in JS (remote head) or the head's Wasm scratch (local) within PIPELINE_STEP_LOGITS_BYTES.
+   * Wait: a step crosses every stage and may replay a lost session, each call bounded by the
+   * pipeline's RPC deadline; members give a step several of those before calling it stuck.
+   */
+  #pipelineLimits(env: Env): Partial<StepLimits> {
+    const perOut = 4 * (this.spec.vocabSize + 2 * this.spec.dModel);
+    return {
+      maxRows: PREFILL_CHUNK,
+      prefillReserve: PREFILL_CHUNK / 4,
+      fits: (_rows, outRows) => outRows * perOut <= PIPELINE_STEP_LOGITS_BYTES,
+      waitMs: 4 * pipelineRpcTimeoutMs(env),
+    };
+  }
 
   /** A pipeline step's parts: embeddings, the stage chain, final norm and head, replays. */
   #pipelineParts(env: Env, chain: StageChain): PipelineStepParts<RuntimeSession> {

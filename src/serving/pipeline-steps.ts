@@ -120,7 +120,8 @@ export async function runPipelineStep<S extends PipelineSession>(
     want.forEach((i, j) => rows.set(runs[i].last!, j * dModel));
     try {
       const all = await parts.head(rows, want.length);
-      want.forEach((i, j) => logits.set(i, all.slice(j * vocabSize, (j + 1) * vocabSize)));
+      // Views, not copies: a step's logits are its largest allocation (sampling only reads them).
+      want.forEach((i, j) => logits.set(i, all.subarray(j * vocabSize, (j + 1) * vocabSize)));
     } catch (error) {
       headError = error;
     }

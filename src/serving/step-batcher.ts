@@ -73,6 +73,11 @@ export interface StepLimits {
   share: CopyPositions | null;
   /** CATCH_UP_YIELDS (tests set 0 to compare). */
   catchUpYields: number;
+  /**
+   * Rows a step keeps from decode rows while a prompt waits to be read (at least 1): decode rows
+   * that fill the step never hold a new prompt to a few tokens a step.
+   */
+  prefillReserve: number;
 }
 
 /** One generation as the steps see it. */
@@ -180,6 +185,7 @@ export class StepBatcher {
       leadMs: LEAD_MS,
       share: null,
       catchUpYields: CATCH_UP_YIELDS,
+      prefillReserve: 1,
       ...limits,
     };
     this.#limits.maxRows = Math.max(1, Math.min(MAX_STEP_ROWS, Math.floor(this.#limits.maxRows)));
@@ -345,16 +351,16 @@ export class StepBatcher {
     let outs = 0;
     // Decode rows from a rotating start: when the step's limits cut them, the streams left out
     // this step come first in a later one (in arrival order the first ones would take every step).
-    // A prompt waiting to be read keeps one row free, so decode rows that fill the limits never
-    // hold a new request's prompt back until a running stream ends.
+    // A prompt waiting to be read keeps `prefillReserve` rows free (one head row among them), so
+    // decode rows that fill the limits never hold a new request's prompt back until a stream ends.
     const all = this.#streams;
     const from = all.length > 0 ? this.#turn++ % all.length : 0;
-    const reserve = all.some((st) => st.ready && !st.prefilled) ? 1 : 0;
+    const reserve = all.some((st) => st.ready && !st.prefilled) ? Math.max(1, this.#limits.prefillReserve) : 0;
     for (let i = 0; i < all.length; i++) {
       const st = all[(from + i) % all.length];
       if (!st.ready || !st.prefilled) continue;
       const need = rows + 1 + reserve;
-      if (out.length > 0 && (need > maxRows || !fits(need, outs + 1 + reserve))) continue;
+      if (out.length > 0 && (need > maxRows || !fits(need, outs + 1 + Math.min(reserve, 1)))) continue;
       out.push({ st, tokens: st.pending });
       rows += st.pending.length;
       outs++;

@@ -131,11 +131,13 @@ export class StageHost extends DurableObject<Env> {
    * request must name the same route; each gets its own result (its failure fails it alone).
    */
   async runMany(reqs: StageRunRequest[]): Promise<StageRunResult[]> {
-    const routeOf = (r: StageRunRequest) => r.route.map((h) => h.name).join(" ");
-    const route = reqs.length > 0 ? routeOf(reqs[0]) : "";
+    // Checked before any call starts: a call that started holds its session until released below.
+    const routeOf = (r: StageRunRequest) =>
+      Array.isArray(r?.route) ? r.route.map((h) => String(h?.name)).join(" ") : null;
+    const route = reqs.length > 0 ? routeOf(reqs[0]) : null;
     const here = await Promise.all(
       reqs.map((req) =>
-        routeOf(req) === route
+        route !== null && routeOf(req) === route
           ? this.#runHere(req)
           : { result: failure(new StageError("bad_request", "the calls of one runMany name different routes")) },
       ),
@@ -192,7 +194,11 @@ export class StageHost extends DurableObject<Env> {
         this.#kv = null;
       }
       const part = await this.#open(req.model, hop, req.version);
-      const kv = this.#kv!;
+      const kv = this.#kv;
+      // Another call of the same runMany may have found the instance reset (or a new upload
+      // replaced the part) while this one waited for #open: its sessions are gone with the old part.
+      if (!kv || this.#part !== part)
+        throw new StageError("session_lost", `${this.#label}: the instance was reset while the call waited`);
       const now = Date.now();
       let s = kv.acquire(req.session, now);
       if (!s) {

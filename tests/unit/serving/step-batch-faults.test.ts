@@ -281,4 +281,37 @@ describe("a step cut by its limits", () => {
     // Every stream's prompt ran within the first few steps, none after the others had finished.
     expect(Math.max(...firstTokenStep)).toBeLessThanOrEqual(3);
   });
+
+  it("keeps prefillReserve rows of a full step for a waiting prompt", async () => {
+    const late = session();
+    const PROMPT = 20;
+    /** Per step while the late prompt is read: the other streams' rows and its own. */
+    const steps: { others: number; prompt: number }[] = [];
+    const run = async (segs: StepSegment[]) => {
+      const own = segs.find((g) => g.session === late);
+      if (own && late.length < PROMPT)
+        steps.push({ others: segs.filter((g) => g !== own).length, prompt: own.tokens.length });
+      return fakeStep(segs);
+    };
+    const b = new StepBatcher(run, undefined, undefined, { maxRows: 8, prefillReserve: 4 });
+    // Eight streams decode, each taking a row of every step; then a 20-token prompt joins.
+    const decoding = Array.from({ length: 8 }, (_, i) => collect(b, spec(session(), [i], 30)));
+    await new Promise((r) => setTimeout(r, 5));
+    const joined = collect(
+      b,
+      spec(
+        late,
+        Array.from({ length: PROMPT }, (_, i) => i % VOCAB),
+        2,
+      ),
+    );
+    await Promise.all([...decoding, joined]);
+    // Beside the decoding streams it read at least the reserved 4 tokens a step (its last chunk
+    // aside), not 1 a step: 20 tokens in at most 5 steps, and the steps stayed within 8 rows.
+    expect(steps.length).toBeGreaterThan(1);
+    expect(steps.length).toBeLessThanOrEqual(5);
+    for (const x of steps.slice(0, -1)) expect(x.prompt).toBeGreaterThanOrEqual(4);
+    for (const x of steps) expect(x.others + x.prompt).toBeLessThanOrEqual(8);
+    expect(steps.some((x) => x.others >= 4)).toBe(true);
+  });
 });
