@@ -514,10 +514,8 @@ export class ModelRuntime {
       },
       // A step's scratch fits the Worker's: WORKER_SCRATCH_BYTES, for the longest session the KV budget
       // holds. A head row (vocabulary-wide logits) only for the rows that want logits, one per member.
-      // A pipeline's steps hold no layer scratch here and its KV caches are on the stages (no prefix
-      // sharing: a copy would be an RPC to every stage). A step carries at most PREFILL_CHUNK rows:
-      // a stage's pass queue always takes that many (stageQueueRows), so a step's call is never
-      // refused as overloaded for its size, and its payload stays one prompt chunk's.
+      // A pipeline's steps: no layer scratch here, KV caches on the stages (no prefix sharing: a copy
+      // would be an RPC to every stage), their own bounds (#pipelineLimits).
       chain
         ? this.#pipelineLimits(env)
         : {
