@@ -580,6 +580,9 @@ export class ModelRuntime {
     return Math.min(this.spec.maxPositions, Math.floor(this.kv.budgetBytes / Math.max(1, this.model.kvBytes(1))));
   }
 
+  /** Sessions replayed from position 0 because a stage lost their KV caches (per request or in a step). */
+  replays = 0;
+
   /** Steps run and rows they carried in this isolate (tests, bench). */
   get stepStats(): { steps: number; rows: number; segments: number } {
     const b = this.#steps;
@@ -760,6 +763,7 @@ export class ModelRuntime {
   async #replay(env: Env, s: RuntimeSession, call: ChunkCall): Promise<void> {
     const chain = this.chain!;
     s.replays++;
+    this.replays++;
     const history = s.fed.slice(0, s.length);
     console.warn(`session ${s.id}: a stage lost its KV cache; replaying ${history.length} tokens`);
     await chain.end(env, s.id);

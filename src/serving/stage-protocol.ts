@@ -120,6 +120,8 @@ export interface StageHostStats {
    * their segments (one per generation a step); null on a stage or a driver that ran none.
    */
   driverSteps: { steps: number; rows: number; segments: number } | null;
+  /** A session driver's sessions replayed from position 0 because a stage lost them; 0 on a stage. */
+  replays: number;
   /** Continuous batching of the stage's calls (passes, merged passes and their rows); null when off. */
   batching: StageBatchStats | null;
 }

@@ -397,6 +397,7 @@ export class StageHost extends DurableObject<Env> {
       peak: this.#notePeak(),
       driver: this.#driven?.memory(this.env) ?? null,
       driverSteps: this.#driven && this.#driven.stepStats.steps > 0 ? this.#driven.stepStats : null,
+      replays: this.#driven?.replays ?? 0,
       // Null with BATCHING off: its passes carry one call each (merged-pass stats would all read 0).
       batching: p?.batcher?.merges ? p.batcher.stats() : null,
     };

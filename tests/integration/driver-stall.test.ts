@@ -6,8 +6,10 @@
  * Worker used to see only "ReadableStream received over RPC disconnected prematurely"; a stage that
  * loses its sessions mid-generation (an evicted or reset instance — what the cold full-size granite
  * request met) is replayed by the driver and the completion still arrives whole, with the tokens of
- * an undisturbed run; and a stage holding a session stays in memory while idle (a keep-alive
- * alarm: local workerd evicts an idle instance within seconds, which is what cut the cold request).
+ * an undisturbed run, also when the reset loses several generations of one shared decode step
+ * (each replayed, `/admin/hosts` counting them); and a stage holding a session stays in memory
+ * while idle (a keep-alive alarm: local workerd evicts an idle instance within seconds, which is
+ * what cut the cold request).
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { LocalWorker } from "../../scripts/lib/local-worker";
@@ -143,6 +145,49 @@ describe("session driver under a slow pipeline", () => {
       expect(st.sessions).toBe(0);
       expect(st.kvBytesPeak).toBeGreaterThan(0); // the fresh instance re-admitted the replayed session
     }
+  });
+
+  it("replays every session a shared step lost when the last stage is reset under concurrent generations", async () => {
+    // BATCHING on (the default): the driver runs the four generations in shared steps, each step one
+    // runMany call a hop; stage 1 resets when the first of them reaches position 48 — the others have
+    // joined long before (a lone leader lets arrivals in every LONE_YIELD_MS, a few steps here) and are
+    // mid-generation — so one call there loses several sessions at once, after stage 0 ran their rows.
+    const prompts = [
+      [1, 415, 2936],
+      [1, 306, 763, 29871],
+      [1, 22172, 29991],
+      [1, 450, 4996, 17354, 1701],
+    ];
+    const body = (prompt: number[]) => ({ model: "chat", prompt, max_tokens: 64, temperature: 0 });
+    const alone: number[][] = [];
+    for (const p of prompts) {
+      const r = await postJson(w, "/v1/completions", body(p));
+      expect(r.status).toBe(200);
+      alone.push(r.json.choices[0].token_ids);
+    }
+    const driver = async () => {
+      const res = await w.fetch("/admin/hosts?model=chat", { headers: ADMIN });
+      const h = (await res.json()) as {
+        stages: { sessions: number }[];
+        drivers: { replays: number; driverSteps: { steps: number; segments: number } | null }[];
+      };
+      const steps = h.drivers.reduce((a, d) => a + (d.driverSteps?.steps ?? 0), 0);
+      const segments = h.drivers.reduce((a, d) => a + (d.driverSteps?.segments ?? 0), 0);
+      return { h, steps, segments, replays: h.drivers.reduce((a, d) => a + d.replays, 0) };
+    };
+    const before = await driver();
+    const r = await postJson(w, "/admin/fault/stage", { model: "chat", stage: 1, at: 48 }, ADMIN);
+    expect(r.status).toBe(200);
+    const together = await Promise.all(prompts.map((p) => postJson(w, "/v1/completions", body(p))));
+    together.forEach((res, i) => {
+      expect(res.status, JSON.stringify(res.json)).toBe(200);
+      expect(res.json.choices[0].token_ids, `prompt ${i}`).toEqual(alone[i]);
+    });
+    const after = await driver();
+    // Several generations shared the steps, and the reset lost more than one of them in one call.
+    expect(after.segments - before.segments).toBeGreaterThan(after.steps - before.steps);
+    expect(after.replays - before.replays).toBeGreaterThanOrEqual(2);
+    for (const st of after.h.stages) expect(st.sessions).toBe(0);
   });
 
   it("keeps a stage that holds a session from being evicted while it is idle", { timeout: 60_000 }, async () => {
