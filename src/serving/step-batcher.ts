@@ -11,7 +11,9 @@
  * and parameters, while the members' consumers take their tokens. Members are never waited for: a
  * step takes whoever has work and room (at most LOOKAHEAD tokens not yet taken), so one stream alone
  * pays no wait at all. When the leader's own generation ends, or after LEAD_STEPS steps or LEAD_MS,
- * its loop stops after the step in flight and another member picks it up from its own request. A
+ * its loop stops after the step in flight and another member picks it up from its own request; a
+ * request leads at most LEAD_FOR_OTHERS_STEPS steps in all with no work of its own in them (its
+ * invocation's subrequests stay bounded, src/stages/rpc-count.ts). A
  * leader's request can die mid-step (CPU limit, cancellation) and its step then never answers: a
  * member that waited a whole STEP_WAIT_MS on the same step gives it up (its members fail, their KV
  * caches are freed only once it returns: `settled`) and starts a fresh loop.
@@ -42,6 +44,14 @@ export const STEP_WAIT_MS = 120_000;
  */
 export const LEAD_STEPS = 64;
 export const LEAD_MS = 2_000;
+/**
+ * Steps without a row of its own one generation's request leads in all, over every turn it leads:
+ * each step's RPCs are subrequests of the leader's invocation, so this bounds what the others add
+ * to it (src/stages/rpc-count.ts counts the worst case against `[limits] subrequests`). A request
+ * past it hands the loop on at the first step it has no row in; steps with its own row it always
+ * leads (it would run them alone).
+ */
+export const LEAD_FOR_OTHERS_STEPS = 1024;
 
 /**
  * Longest a leader runs steps alone without handing the thread to the isolate's other work. In
@@ -66,6 +76,8 @@ export interface StepLimits {
   waitMs: number;
   leadSteps: number;
   leadMs: number;
+  /** Steps without its own row a generation's request may lead in all (LEAD_FOR_OTHERS_STEPS). */
+  leadForOthers: number;
   /**
    * Copies K/V positions between two members' sessions: a joining prompt takes the positions it
    * shares with a live member from it instead of running them (./prefix-share.ts). null: no sharing.
@@ -108,6 +120,8 @@ class Stream {
   step: Step | null = null;
   /** Wakes the consumer's wait (set while it waits). */
   wake: (() => void) | null = null;
+  /** Steps its request led without a row of its own (bounded by StepLimits.leadForOthers). */
+  ledForOthers = 0;
   constructor(readonly spec: StepStreamSpec) {
     this.pending = spec.promptIds.slice();
     this.history = spec.promptIds.slice();
@@ -183,6 +197,7 @@ export class StepBatcher {
       waitMs: STEP_WAIT_MS,
       leadSteps: LEAD_STEPS,
       leadMs: LEAD_MS,
+      leadForOthers: LEAD_FOR_OTHERS_STEPS,
       share: null,
       catchUpYields: CATCH_UP_YIELDS,
       prefillReserve: 1,
@@ -297,7 +312,7 @@ export class StepBatcher {
   }
 
   async #loop(leader: Stream, epoch: number): Promise<void> {
-    const { leadSteps, leadMs, catchUpYields } = this.#limits;
+    const { leadSteps, leadMs, leadForOthers, catchUpYields } = this.#limits;
     const t0 = Date.now();
     let yielded = t0;
     try {
@@ -306,6 +321,14 @@ export class StepBatcher {
       for (let n = 0; !leader.gone && n < leadSteps && Date.now() - t0 < leadMs; n++) {
         const batch = this.#pick();
         if (batch.length === 0) break;
+        if (!batch.some((b) => b.st === leader)) {
+          // A step for the others only: its RPCs are the leader's subrequests. Past the bound a
+          // leader with no work of its own (its consumer behind, or done) hands the loop on; one
+          // the step's row limit left out keeps leading (the rotating pick takes it within a few
+          // steps, and stopping would only restart the loop from its own request).
+          if (!leader.ready && leader.ledForOthers >= leadForOthers) break;
+          leader.ledForOthers++;
+        }
         await this.#step(batch, epoch);
         if (epoch !== this.#epoch) return;
         if (this.#streams.length > 1 || Date.now() - yielded >= LONE_YIELD_MS) {

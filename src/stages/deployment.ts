@@ -18,6 +18,7 @@ import { planHeadShards, type HeadPlacement } from "../coordinator/head-placemen
 import { headHostBudgetBytes } from "../head/budget";
 import { deploymentMaxLen, EMBED_CACHE_BYTES, PREFILL_CHUNK, readStageBudgets } from "../serving/stage-budgets";
 import type { RpcCountInput } from "./rpc-count";
+import { replanConfigFromEnv } from "../coordinator/replan";
 
 export interface DeploymentShape {
   pipeline: PipelinePlacement;
@@ -116,6 +117,7 @@ export function deploymentShape(
       // Rows a token sends into a layer's fan-out: one per routed expert's slice (unit).
       topK: spec.topK * slices,
       expertHosts: placement.instances.length,
+      maxExpertHosts: Math.max(placement.instances.length, replanConfigFromEnv(vars).maxInstances),
       stages: pipeline.stages,
       prefillChunk: PREFILL_CHUNK,
       attempts: DEFAULT_RETRY.maxAttempts,

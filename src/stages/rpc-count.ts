@@ -13,6 +13,11 @@ export interface RpcCountInput {
   topK: number;
   /** ExpertHost instances in the placement. */
   expertHosts: number;
+  /**
+   * Most instances the placement can hold: the planner grows it up to MAX_EXPERT_HOSTS (never
+   * shrinks the first one), so a fan-out of many rows can reach this many. Default: expertHosts.
+   */
+  maxExpertHosts?: number;
   /** Layer ranges of the pipeline stages; empty = the Worker runs every layer. */
   stages: readonly { first: number; end: number }[];
   /** Prompt tokens per forward call. */
@@ -43,7 +48,7 @@ const PLACEMENT_AND_LOAD = 2;
 
 /** Expert RPCs of one MoE layer for n rows: one per instance touched, per attempt. */
 function fanOut(i: RpcCountInput, n: number): number {
-  return i.attempts * Math.min(i.expertHosts, n * i.topK);
+  return i.attempts * Math.min(Math.max(i.expertHosts, i.maxExpertHosts ?? 0), n * i.topK);
 }
 
 function layersRpcs(i: RpcCountInput, first: number, end: number, n: number): number {
@@ -100,5 +105,34 @@ export function worstCaseRpcs(i: RpcCountInput, maxLen: number): RpcCount {
     stageCall: Math.max(a.stageCall, b.stageCall),
     driverCall: Math.max(a.driverCall, b.driverCall),
     perToken: b.perToken,
+  };
+}
+
+/**
+ * The worst invocation with BATCHING on: a generation's request (Worker) or `decode` call (session
+ * driver) that leads shared steps. Every step it leads is charged as a full one — each MoE layer's
+ * fan-out reaching every ExpertHost, the ends for many rows — and it leads at most one step per
+ * position its own session fills (≤ maxLen: every step with its row advances it, a prompt read
+ * however few tokens a step) plus `leadForOthers` steps with no row of its own
+ * (src/serving/step-batcher.ts LEAD_FOR_OTHERS_STEPS).
+ */
+export function worstCaseLeaderRpcs(
+  i: RpcCountInput,
+  maxLen: number,
+  leadForOthers: number,
+): { worker: number; driverCall: number; perStep: number } {
+  const many = Math.max(i.expertHosts, i.maxExpertHosts ?? 0, i.headShards, 1) * Math.max(i.topK, 1);
+  const steps = maxLen + leadForOthers;
+  if (i.stages.length === 0) {
+    const lastLayer = Math.max(...i.moeLayers, 0) + 1;
+    const perStep = layersRpcs(i, 0, lastLayer, many) + endsRpcs(i, many);
+    return { worker: 1 + i.headShards + steps * perStep, driverCall: 0, perStep };
+  }
+  // One runMany call into stage 0 and the ends a step; the first loads and the frees as countRpcs.
+  const perStep = 1 + endsRpcs(i, many);
+  return {
+    worker: countRpcs(i, 1, 1).worker,
+    driverCall: 1 + i.headShards + steps * perStep + i.stages.length,
+    perStep,
   };
 }

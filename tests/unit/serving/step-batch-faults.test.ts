@@ -2,9 +2,10 @@
  * Step batching under faults (src/serving/step-batcher.ts): a step whose leader's request died
  * never answers — the others must go on, later generations must still run, and the stuck step's
  * sessions must stay unfreed until it returns; a leader hands the loop on after a bounded share of
- * steps; a step never needs more Wasm scratch than the Worker has (ModelForward.stepScratchBytes);
+ * steps, and leads a bounded number of steps in all with no work of its own in them; a step never needs more Wasm scratch than the Worker has (ModelForward.stepScratchBytes);
  * and the loop lets the isolate's other work run between steps.
  */
+import { AsyncLocalStorage } from "node:async_hooks";
 import { describe, expect, it } from "vitest";
 import { FAKE_VOCAB as VOCAB, fakeStep } from "../../support/fake-step";
 import { buildTensors, checkpointFiles } from "../../support/family-checkpoints";
@@ -95,6 +96,43 @@ describe("StepBatcher faults", () => {
     release();
     await settled;
     expect(b.settled(s)).toBeNull();
+  });
+
+  it("a request with no work of its own leads at most leadForOthers steps for the others", async () => {
+    // Which request runs a step: the async context its loop was started from (its consumer's).
+    const als = new AsyncLocalStorage<string>();
+    const sa = session();
+    const forOthers = (cap: number) => {
+      const ledBy: string[] = [];
+      const b = new StepBatcher(
+        async (segs) => {
+          if (!segs.some((g) => g.session === sa)) ledBy.push(als.getStore() ?? "?");
+          return fakeStep(segs);
+        },
+        undefined,
+        undefined,
+        { leadForOthers: cap },
+      );
+      return { b, ledBy };
+    };
+    for (const cap of [Number.POSITIVE_INFINITY, 3]) {
+      sa.length = 0;
+      const { b, ledBy } = forOthers(cap);
+      // A leads its first steps, then its consumer stops taking tokens (LOOKAHEAD untaken): the
+      // loop its request started keeps running B's steps, which are A's invocation's subrequests.
+      const a = als.run("A", () => b.tokens(spec(sa, [0], 30)));
+      expect((await als.run("A", () => a.next())).value).toBe(1);
+      const other = await als.run("B", () => collect(b, spec(session(), [3], 40)));
+      expect(other).toEqual(Array.from({ length: 40 }, (_, i) => (4 + i) % VOCAB));
+      const rest: number[] = [];
+      for await (const id of a) rest.push(id);
+      expect([1, ...rest]).toEqual(Array.from({ length: 30 }, (_, i) => (1 + i) % VOCAB));
+      const byA = ledBy.filter((x) => x === "A").length;
+      if (cap === 3) {
+        expect(byA).toBeLessThanOrEqual(3);
+        expect(ledBy.filter((x) => x === "B").length).toBeGreaterThan(30);
+      } else expect(byA).toBeGreaterThan(30); // unbounded: A's request ran nearly all of B's steps
+    }
   });
 
   it("a leader hands the loop on after its share of steps", async () => {

@@ -8,7 +8,8 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { parseConfig } from "../../../src/model/config";
 import { expertBytesF32 } from "../../../src/model/architectures";
-import { countRpcs, worstCaseRpcs } from "../../../src/stages/rpc-count";
+import { countRpcs, worstCaseLeaderRpcs, worstCaseRpcs } from "../../../src/stages/rpc-count";
+import { LEAD_FOR_OTHERS_STEPS } from "../../../src/serving/step-batcher";
 import { deploymentShape } from "../../../src/stages/deployment";
 import { demoModelConfig, DEMO_MODEL_SIZE } from "../../../scripts/lib/demo-model";
 
@@ -35,6 +36,7 @@ const vars = Object.fromEntries(
     "PIPELINE_STAGES",
     "HEAD_HOST_BUDGET_MB",
     "DENSE_QUANT",
+    "MAX_EXPERT_HOSTS",
   ].map((k) => [k, tomlValue("vars", k)]),
 );
 const SUBREQUESTS = Number(tomlValue("limits", "subrequests"));
@@ -81,6 +83,16 @@ describe("RPC count per invocation", () => {
     expect(w.worker).toBeLessThanOrEqual(SUBREQUESTS);
     // Without the raised limit the default (10,000) would cut a long generation off.
     expect(w.worker).toBeGreaterThan(10_000);
+    // BATCHING on: a request leading shared steps — each step's fan-out reaching every ExpertHost,
+    // one step per position of its own and LEAD_FOR_OTHERS_STEPS for the others — still fits.
+    // The placement may grow to MAX_EXPERT_HOSTS: a step of many rows can reach every instance.
+    expect(d.rpcInput.maxExpertHosts).toBe(Number(vars.MAX_EXPERT_HOSTS));
+    const lead = worstCaseLeaderRpcs(d.rpcInput, d.maxLen, LEAD_FOR_OTHERS_STEPS);
+    expect(lead.perStep).toBe(d.rpcInput.moeLayers.length * Number(vars.MAX_EXPERT_HOSTS) * d.rpcInput.attempts + 2);
+    expect(lead.worker).toBeGreaterThan(w.worker);
+    expect(lead.worker).toBeLessThanOrEqual(SUBREQUESTS);
+    // Unbounded steps for the others would not: a few times the bound overflows.
+    expect(worstCaseLeaderRpcs(d.rpcInput, d.maxLen, 8 * LEAD_FOR_OTHERS_STEPS).worker).toBeGreaterThan(SUBREQUESTS);
   });
 
   it("granite-3.1-1b-a400m's worst request fits (stages; the KV budget bounds the length)", () => {
@@ -95,6 +107,11 @@ describe("RPC count per invocation", () => {
     expect(w.driverCall).toBeLessThanOrEqual(SUBREQUESTS);
     // The decode loop runs in the region: no Worker↔region round trip per token.
     expect(w.perToken.worker).toBe(0);
+    // BATCHING on: the driver's `decode` call leading shared steps (one runMany + the ends a step).
+    const lead = worstCaseLeaderRpcs(d.rpcInput, d.maxLen, LEAD_FOR_OTHERS_STEPS);
+    expect(lead.driverCall).toBeGreaterThan(w.driverCall);
+    expect(lead.driverCall).toBeLessThanOrEqual(SUBREQUESTS);
+    expect(lead.worker).toBe(w.worker);
   });
 
   it("cpu_ms is set to the platform maximum (long generations on the Worker's fast path)", () => {
