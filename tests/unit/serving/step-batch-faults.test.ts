@@ -2,8 +2,9 @@
  * Step batching under faults (src/serving/step-batcher.ts): a step whose leader's request died
  * never answers — the others must go on, later generations must still run, and the stuck step's
  * sessions must stay unfreed until it returns; a leader hands the loop on after a bounded share of
- * steps, and leads a bounded number of steps in all with no work of its own in them; a step never needs more Wasm scratch than the Worker has (ModelForward.stepScratchBytes);
- * and the loop lets the isolate's other work run between steps.
+ * steps, and leads a bounded number of steps in all with no work of its own in them; a step never
+ * needs more Wasm scratch than the Worker has (ModelForward.stepScratchBytes); and the loop lets the
+ * isolate's other work run between steps.
  */
 import { AsyncLocalStorage } from "node:async_hooks";
 import { describe, expect, it } from "vitest";
