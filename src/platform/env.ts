@@ -140,6 +140,18 @@ export function batchingEnabled(vars: Vars): boolean {
 }
 
 /**
+ * SESSION_DRIVERS: how many session drivers a pipelined model's generations are spread over (by
+ * session id) when they share decode steps (BATCHING on). 1 (default) puts every generation in one
+ * driver's steps — the largest batches, but that driver's one thread runs every step's embedding
+ * lookups, sampling and stream writes; N > 1 spreads that CPU over N instances, each batching its
+ * share (the StageHosts still merge calls that reach them together). Ignored with BATCHING off
+ * (one driver per stage, as before).
+ */
+export function sessionDrivers(vars: Vars): number {
+  return intVar(vars, "SESSION_DRIVERS", 1, { min: 1, max: 64 });
+}
+
+/**
  * PREFIX_SHARING: "on" (default) lets a prompt joining the batched decode steps take the K/V of
  * the prompt positions it shares with a live generation of the same model, or a finished one kept
  * within the KV budget, instead of running them (src/serving/prefix-share.ts); "off" runs every

@@ -61,7 +61,7 @@ import {
 } from "./forward";
 import { placementInitFor, type ModelPlacementInit } from "./placement-init";
 import { HeadBatcher } from "./head-batcher";
-import { batchingEnabled, prefixSharingEnabled, type Vars } from "../platform/env";
+import { batchingEnabled, prefixSharingEnabled, sessionDrivers, type Vars } from "../platform/env";
 import { kvCopier, RETAIN_MIN_TOKENS, type CopyPositions } from "./prefix-share";
 import { kvLayout } from "./attention";
 import { StepBatcher, type StepLimits, type StepStreamSpec } from "./step-batcher";
@@ -380,10 +380,11 @@ export class ModelRuntime {
 
   /**
    * The session drivers of a pipelined model: one per stage, or — when generations share decode
-   * steps (BATCHING) — one, since only generations that meet in one driver can share its steps.
+   * steps (BATCHING) — SESSION_DRIVERS (default one), since only generations that meet in one
+   * driver share its steps.
    */
   driverNames(env: Env): string[] {
-    const n = this.stepsBatched(env) ? 1 : Math.max(1, this.pipeline.stages.length);
+    const n = this.stepsBatched(env) ? sessionDrivers(env) : Math.max(1, this.pipeline.stages.length);
     return Array.from({ length: n }, (_, k) => driverName(this.id, k));
   }
 

@@ -4,7 +4,8 @@
  * head on two HeadHost shards give, with BATCHING on, exactly the tokens each gives alone with
  * BATCHING off, while the stages really merged their calls (passes that carried several calls'
  * rows, in their stats) and the one session driver ran the generations' decode steps together
- * (steps of several generations; one head call a step).
+ * (steps of several generations; one head call a step); with SESSION_DRIVERS = 2 the generations
+ * spread over two drivers, each sharing steps among its own, with the same tokens.
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { LocalWorker } from "../../scripts/lib/local-worker";
@@ -24,17 +25,19 @@ const STEPS = 14;
 
 let on: LocalWorker;
 let off: LocalWorker;
+let spread: LocalWorker;
 
 beforeAll(async () => {
   const model = { chat: makeSmallChatModel() };
   const vars = { DEFAULT_MODEL: "chat", PIPELINE_STAGES: "2", HEAD_SHARDS: "2" };
-  [on, off] = await Promise.all([
+  [on, off, spread] = await Promise.all([
     startWithModels(model, { ...vars, BATCHING: "on" }),
     startWithModels(model, { ...vars, BATCHING: "off" }),
+    startWithModels(model, { ...vars, BATCHING: "on", SESSION_DRIVERS: "2" }),
   ]);
 });
 afterAll(async () => {
-  await Promise.all([on?.dispose(), off?.dispose()]);
+  await Promise.all([on?.dispose(), off?.dispose(), spread?.dispose()]);
 });
 
 /** A streamed greedy completion: its text, from the stream's chunks. */
@@ -107,5 +110,25 @@ describe("StageHost batching", () => {
     // Batching off: a driver per stage, each running its generations alone (no shared steps).
     expect(plain.drivers).toHaveLength(2);
     for (const d of plain.drivers) expect(d.driverSteps).toBeNull();
+  });
+
+  it("spreads generations over SESSION_DRIVERS drivers, each sharing steps, with the same tokens", async () => {
+    const want: number[][] = [];
+    for (const p of PROMPTS) want.push(await complete(off, p));
+    // 24 sessions at once (each prompt streamed and plain, twice): random session ids put some on
+    // each of the 2 drivers (all on one: 2 × 2⁻²⁴).
+    const runs = [...PROMPTS, ...PROMPTS];
+    const [, ids] = await Promise.all([
+      Promise.all(runs.map((p) => streamed(spread, p))),
+      Promise.all(runs.map((p) => complete(spread, p))),
+    ]);
+    expect(ids).toEqual([...want, ...want]);
+    const { drivers, stages } = await hosts(spread);
+    expect(drivers).toHaveLength(2);
+    for (const d of drivers) {
+      expect(d.driverSteps, d.name).not.toBeNull();
+      expect(d.driverSteps!.segments).toBeGreaterThan(d.driverSteps!.steps);
+    }
+    for (const s of stages) expect(s.sessions).toBe(0);
   });
 });
