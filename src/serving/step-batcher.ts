@@ -319,13 +319,13 @@ export class StepBatcher {
       // The leader's request holds the loop's I/O: it stops leading once its own generation ends,
       // and after a bounded share of steps, so a request that dies takes little with it.
       for (let n = 0; !leader.gone && n < leadSteps && Date.now() - t0 < leadMs; n++) {
-        const batch = this.#pick();
+        const batch = this.#pick(leader);
         if (batch.length === 0) break;
         if (!batch.some((b) => b.st === leader)) {
-          // A step for the others only: its RPCs are the leader's subrequests. Past the bound a
-          // leader with no work of its own (its consumer behind, or done) hands the loop on; one
-          // the step's row limit left out keeps leading (the rotating pick takes it within a few
-          // steps, and stopping would only restart the loop from its own request).
+          // A step for the others only (the pick takes a leader with work first, so it has none:
+          // its consumer is behind, or it is done): its RPCs are the leader's subrequests, bounded.
+          // Never stop a leader that has work: its request would start the loop again at once and
+          // stop again, a turn of the event loop that never ends.
           if (!leader.ready && leader.ledForOthers >= leadForOthers) break;
           leader.ledForOthers++;
         }
@@ -365,9 +365,12 @@ export class StepBatcher {
   /**
    * This step's rows: every decoding member's token, then prompt chunks up to the prefill budget,
    * within the step's row and scratch limits. A prompt whose last chunk is in the step wants its
-   * logits (a head row); a chunk that would not fit with its head row stops one token short.
+   * logits (a head row); a chunk that would not fit with its head row stops one token short. The
+   * leader's work comes first (its decode row, or its prompt's next chunk, never waiting for a
+   * shared prefix): a step without its row is one where it has none, which bounds the steps its
+   * request runs for the others (StepLimits.leadForOthers).
    */
-  #pick(): { st: Stream; tokens: number[] }[] {
+  #pick(leader: Stream): { st: Stream; tokens: number[] }[] {
     const { maxRows, fits } = this.#limits;
     const out: { st: Stream; tokens: number[] }[] = [];
     let rows = 0;
@@ -379,8 +382,8 @@ export class StepBatcher {
     const all = this.#streams;
     const from = all.length > 0 ? this.#turn++ % all.length : 0;
     const reserve = all.some((st) => st.ready && !st.prefilled) ? Math.max(1, this.#limits.prefillReserve) : 0;
-    for (let i = 0; i < all.length; i++) {
-      const st = all[(from + i) % all.length];
+    const decoding = all.map((_, i) => all[(from + i) % all.length]).filter((st) => st !== leader);
+    for (const st of [leader, ...decoding]) {
       if (!st.ready || !st.prefilled) continue;
       const need = rows + 1 + reserve;
       if (out.length > 0 && (need > maxRows || !fits(need, outs + 1 + Math.min(reserve, 1)))) continue;
@@ -389,9 +392,11 @@ export class StepBatcher {
       outs++;
     }
     let budget = Math.min(STEP_PREFILL_TOKENS, maxRows - rows);
-    for (const st of this.#streams) {
+    for (const st of [leader, ...all.filter((x) => x !== leader)]) {
       if (!st.ready || st.prefilled || budget <= 0) continue;
-      if (this.#limits.share && this.#shareInto(st)) continue;
+      // A member may sit the step out while an earlier one reads the prefix they share; the leader
+      // reads on (its copy, if any, is taken first).
+      if (this.#limits.share && this.#shareInto(st) && (st !== leader || st.done)) continue;
       const n = this.#chunk(st.pending.length, Math.min(budget, st.pending.length), rows, outs);
       if (n === 0) continue;
       out.push({ st, tokens: st.pending.slice(0, n) });

@@ -110,26 +110,28 @@ export function worstCaseRpcs(i: RpcCountInput, maxLen: number): RpcCount {
 
 /**
  * The worst invocation with BATCHING on: a generation's request (Worker) or `decode` call (session
- * driver) that leads shared steps. Every step it leads is charged as a full one — each MoE layer's
- * fan-out reaching every ExpertHost, the ends for many rows — and it leads at most one step per
- * position its own session fills (≤ maxLen: every step with its row advances it, a prompt read
- * however few tokens a step) plus `leadForOthers` steps with no row of its own
- * (src/serving/step-batcher.ts LEAD_FOR_OTHERS_STEPS).
+ * driver) that leads shared steps. Every step it leads is charged as a full one of `stepRows` rows
+ * (MAX_STEP_ROWS on the Worker, PREFILL_CHUNK on a driver) — each MoE layer's fan-out reaching every
+ * ExpertHost the placement can grow to, the ends for every row — and it leads at most one step per
+ * position its own session fills (≤ maxLen: the pick takes a leader with work first, and a step
+ * with its row advances it) plus `leadForOthers` steps with no row of its own
+ * (src/serving/step-batcher.ts LEAD_FOR_OTHERS_STEPS). Not counted: a driver's replays of sessions
+ * a stage lost (each ≤ MAX_REPLAYS times: frees, opens and its tokens again, rare).
  */
 export function worstCaseLeaderRpcs(
   i: RpcCountInput,
   maxLen: number,
   leadForOthers: number,
+  stepRows: number,
 ): { worker: number; driverCall: number; perStep: number } {
-  const many = Math.max(i.expertHosts, i.maxExpertHosts ?? 0, i.headShards, 1) * Math.max(i.topK, 1);
   const steps = maxLen + leadForOthers;
   if (i.stages.length === 0) {
     const lastLayer = Math.max(...i.moeLayers, 0) + 1;
-    const perStep = layersRpcs(i, 0, lastLayer, many) + endsRpcs(i, many);
+    const perStep = layersRpcs(i, 0, lastLayer, stepRows) + endsRpcs(i, stepRows);
     return { worker: 1 + i.headShards + steps * perStep, driverCall: 0, perStep };
   }
   // One runMany call into stage 0 and the ends a step; the first loads and the frees as countRpcs.
-  const perStep = 1 + endsRpcs(i, many);
+  const perStep = 1 + endsRpcs(i, stepRows);
   return {
     worker: countRpcs(i, 1, 1).worker,
     driverCall: 1 + i.headShards + steps * perStep + i.stages.length,

@@ -6,8 +6,8 @@
  * Worker used to see only "ReadableStream received over RPC disconnected prematurely"; a stage that
  * loses its sessions mid-generation (an evicted or reset instance — what the cold full-size granite
  * request met) is replayed by the driver and the completion still arrives whole, with the tokens of
- * an undisturbed run, also when the reset loses several generations of one shared decode step
- * (each replayed, `/admin/hosts` counting them); and a stage holding a session stays in memory
+ * an undisturbed run, also when the reset loses several generations that share decode steps
+ * (each replayed inside the steps, `/admin/hosts` counting them); and a stage holding a session stays in memory
  * while idle (a keep-alive alarm: local workerd evicts an idle instance within seconds, which is
  * what cut the cold request).
  */
@@ -147,11 +147,11 @@ describe("session driver under a slow pipeline", () => {
     }
   });
 
-  it("replays every session a shared step lost when the last stage is reset under concurrent generations", async () => {
+  it("replays every session the last stage lost when it is reset under four generations sharing steps", async () => {
     // BATCHING on (the default): the driver runs the four generations in shared steps, each step one
     // runMany call a hop; stage 1 resets when the first of them reaches position 48 — the others have
     // joined long before (a lone leader lets arrivals in every LONE_YIELD_MS, a few steps here) and are
-    // mid-generation — so one call there loses several sessions at once, after stage 0 ran their rows.
+    // mid-generation — so the reset loses every session held there, after stage 0 ran their rows.
     const prompts = [
       [1, 415, 2936],
       [1, 306, 763, 29871],
@@ -184,7 +184,7 @@ describe("session driver under a slow pipeline", () => {
       expect(res.json.choices[0].token_ids, `prompt ${i}`).toEqual(alone[i]);
     });
     const after = await driver();
-    // Several generations shared the steps, and the reset lost more than one of them in one call.
+    // Several generations shared the steps, and the reset lost more than one of them.
     expect(after.segments - before.segments).toBeGreaterThan(after.steps - before.steps);
     expect(after.replays - before.replays).toBeGreaterThanOrEqual(2);
     for (const st of after.h.stages) expect(st.sessions).toBe(0);

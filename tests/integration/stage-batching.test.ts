@@ -114,15 +114,20 @@ describe("StageHost batching", () => {
 
   it("spreads generations over SESSION_DRIVERS drivers, each sharing steps, with the same tokens", async () => {
     const want: number[][] = [];
-    for (const p of PROMPTS) want.push(await complete(off, p));
+    const wantText: string[] = [];
+    for (const p of PROMPTS) {
+      want.push(await complete(off, p));
+      wantText.push(await streamed(off, p));
+    }
     // 24 sessions at once (each prompt streamed and plain, twice): random session ids put some on
     // each of the 2 drivers (all on one: 2 × 2⁻²⁴).
     const runs = [...PROMPTS, ...PROMPTS];
-    const [, ids] = await Promise.all([
+    const [text, ids] = await Promise.all([
       Promise.all(runs.map((p) => streamed(spread, p))),
       Promise.all(runs.map((p) => complete(spread, p))),
     ]);
     expect(ids).toEqual([...want, ...want]);
+    expect(text).toEqual([...wantText, ...wantText]);
     const { drivers, stages } = await hosts(spread);
     expect(drivers).toHaveLength(2);
     for (const d of drivers) {

@@ -112,7 +112,8 @@ describe("StepBatcher faults", () => {
         },
         undefined,
         undefined,
-        { leadForOthers: cap },
+        // Long turns, so only the bound under test hands the loop on (a slow machine stays within them).
+        { leadForOthers: cap, leadSteps: 10_000, leadMs: 600_000 },
       );
       return { b, ledBy };
     };
@@ -134,6 +135,32 @@ describe("StepBatcher faults", () => {
         expect(ledBy.filter((x) => x === "B").length).toBeGreaterThan(30);
       } else expect(byA).toBeGreaterThan(30); // unbounded: A's request ran nearly all of B's steps
     }
+  });
+
+  it("a leader with work is never left out of a step, so the bound counts only steps it has no row in", async () => {
+    // Two rows a step for six generations: the step's limit leaves most of them out each step, but
+    // never the leader while it has work — else each step it was cut from would be one more step
+    // for the others in its invocation, past any bound.
+    const als = new AsyncLocalStorage<string>();
+    const sa = session();
+    let withoutA = 0;
+    const b = new StepBatcher(
+      async (segs) => {
+        if (als.getStore() === "A" && !segs.some((g) => g.session === sa)) withoutA++;
+        return fakeStep(segs);
+      },
+      undefined,
+      undefined,
+      { maxRows: 2, leadForOthers: 3, leadSteps: 10_000, leadMs: 600_000 },
+    );
+    const a = als.run("A", () => collect(b, spec(sa, [0], 20)));
+    const others = [1, 2, 3, 4, 5].map((p) => als.run(`B${p}`, () => collect(b, spec(session(), [p], 20))));
+    expect(await a).toEqual(Array.from({ length: 20 }, (_, i) => (1 + i) % VOCAB));
+    for (const [i, o] of (await Promise.all(others)).entries()) {
+      expect(o).toEqual(Array.from({ length: 20 }, (_, k) => (2 + i + k) % VOCAB));
+    }
+    // Only once A had no token left to produce (done, its consumer draining) may it lead without its row.
+    expect(withoutA).toBeLessThanOrEqual(3);
   });
 
   it("a leader hands the loop on after its share of steps", async () => {

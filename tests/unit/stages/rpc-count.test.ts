@@ -9,7 +9,8 @@ import { join } from "node:path";
 import { parseConfig } from "../../../src/model/config";
 import { expertBytesF32 } from "../../../src/model/architectures";
 import { countRpcs, worstCaseLeaderRpcs, worstCaseRpcs } from "../../../src/stages/rpc-count";
-import { LEAD_FOR_OTHERS_STEPS } from "../../../src/serving/step-batcher";
+import { LEAD_FOR_OTHERS_STEPS, MAX_STEP_ROWS } from "../../../src/serving/step-batcher";
+import { PREFILL_CHUNK } from "../../../src/serving/stage-budgets";
 import { deploymentShape } from "../../../src/stages/deployment";
 import { demoModelConfig, DEMO_MODEL_SIZE } from "../../../scripts/lib/demo-model";
 
@@ -87,12 +88,13 @@ describe("RPC count per invocation", () => {
     // one step per position of its own and LEAD_FOR_OTHERS_STEPS for the others — still fits.
     // The placement may grow to MAX_EXPERT_HOSTS: a step of many rows can reach every instance.
     expect(d.rpcInput.maxExpertHosts).toBe(Number(vars.MAX_EXPERT_HOSTS));
-    const lead = worstCaseLeaderRpcs(d.rpcInput, d.maxLen, LEAD_FOR_OTHERS_STEPS);
+    const lead = worstCaseLeaderRpcs(d.rpcInput, d.maxLen, LEAD_FOR_OTHERS_STEPS, MAX_STEP_ROWS);
     expect(lead.perStep).toBe(d.rpcInput.moeLayers.length * Number(vars.MAX_EXPERT_HOSTS) * d.rpcInput.attempts + 2);
     expect(lead.worker).toBeGreaterThan(w.worker);
     expect(lead.worker).toBeLessThanOrEqual(SUBREQUESTS);
     // Unbounded steps for the others would not: a few times the bound overflows.
-    expect(worstCaseLeaderRpcs(d.rpcInput, d.maxLen, 8 * LEAD_FOR_OTHERS_STEPS).worker).toBeGreaterThan(SUBREQUESTS);
+    const unbounded = worstCaseLeaderRpcs(d.rpcInput, d.maxLen, 8 * LEAD_FOR_OTHERS_STEPS, MAX_STEP_ROWS);
+    expect(unbounded.worker).toBeGreaterThan(SUBREQUESTS);
   });
 
   it("granite-3.1-1b-a400m's worst request fits (stages; the KV budget bounds the length)", () => {
@@ -108,7 +110,7 @@ describe("RPC count per invocation", () => {
     // The decode loop runs in the region: no Worker↔region round trip per token.
     expect(w.perToken.worker).toBe(0);
     // BATCHING on: the driver's `decode` call leading shared steps (one runMany + the ends a step).
-    const lead = worstCaseLeaderRpcs(d.rpcInput, d.maxLen, LEAD_FOR_OTHERS_STEPS);
+    const lead = worstCaseLeaderRpcs(d.rpcInput, d.maxLen, LEAD_FOR_OTHERS_STEPS, PREFILL_CHUNK);
     expect(lead.driverCall).toBeGreaterThan(w.driverCall);
     expect(lead.driverCall).toBeLessThanOrEqual(SUBREQUESTS);
     expect(lead.worker).toBe(w.worker);
