@@ -9,6 +9,7 @@ import {
   mibVar,
   numberVar,
   secretVar,
+  sessionDrivers,
 } from "../../../src/platform/env";
 import { LIMIT_DEFAULTS, readLimits } from "../../../src/routes/limits";
 
@@ -37,6 +38,15 @@ describe("deployment vars", () => {
     expect(mibVar({ M: "1.5" }, "M", 96)).toBe(1.5 * 1024 * 1024);
     expect(mibVar({}, "M", 96)).toBe(96 * 1024 * 1024);
     expect(() => mibVar({ M: "-1" }, "M", 96)).toThrow('M must be a number of MiB > 0, got "-1"');
+  });
+
+  it("reads SESSION_DRIVERS: 1 by default, 1–64, a bad value named", () => {
+    expect(sessionDrivers({})).toBe(1);
+    expect(sessionDrivers({ SESSION_DRIVERS: "4" })).toBe(4);
+    for (const bad of ["0", "65", "two", "1.5"]) {
+      expect(() => sessionDrivers({ SESSION_DRIVERS: bad })).toThrow(ConfigError);
+      expect(() => sessionDrivers({ SESSION_DRIVERS: bad })).toThrow(/SESSION_DRIVERS/);
+    }
   });
 
   it("reads booleans strictly", () => {
