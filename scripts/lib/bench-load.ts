@@ -150,6 +150,11 @@ export interface LevelReport {
   references: number;
   /** What the prefix-cache reset before the level released, or null (none: repeated prompts, no token, failed). */
   prefixCacheReset: { released: number; bytes: number } | null;
+  /**
+   * Every request in the order sent: its start after the level's first (ms), its TTFT (null without
+   * a token), completion tokens and status — where a TTFT percentile comes from (waves of arrivals).
+   */
+  perRequest: { startMs: number; ttftMs: number | null; completionTokens: number; status: number }[];
 }
 
 export interface LoadReport {
@@ -370,6 +375,7 @@ function summarize(
     if (d.lost + d.changed > 0) mismatched++;
   }
   const ok = results.filter((x) => !x.r.error).map((x) => x.r);
+  const t0 = Math.min(...results.map(({ r }) => r.startedAt));
   const ttft = ok.flatMap((r) => (r.ttftMs === null ? [] : [r.ttftMs]));
   const tpot = ok.flatMap((r) => (r.tpotMs === null ? [] : [r.tpotMs]));
   const inst = seen.map((p) => p.instances);
@@ -401,6 +407,12 @@ function summarize(
     sharedPromptTokens: null,
     references: 0,
     prefixCacheReset: null,
+    perRequest: results.map(({ r }) => ({
+      startMs: Math.round(r.startedAt - t0),
+      ttftMs: r.ttftMs === null ? null : Math.round(r.ttftMs),
+      completionTokens: r.completionTokens,
+      status: r.status,
+    })),
   };
 }
 

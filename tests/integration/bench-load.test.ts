@@ -47,6 +47,11 @@ describe("bench:load library", () => {
       expect(l.decodeTokensPerSec).toBeGreaterThan(0);
       expect(l.ttftMs.p50).toBeGreaterThan(0);
       expect(l.ttftMs.p99).toBeGreaterThanOrEqual(l.ttftMs.p50 ?? 0);
+      // Every request with its start and TTFT, in the JSON: the largest TTFT is the p99's source.
+      expect(l.perRequest).toHaveLength(l.requests);
+      expect(Math.min(...l.perRequest.map((q) => q.startMs))).toBe(0);
+      expect(Math.max(...l.perRequest.map((q) => q.ttftMs ?? 0))).toBe(Math.round(l.ttftMs.p99 ?? -1));
+      expect(l.perRequest.reduce((t, q) => t + q.completionTokens, 0)).toBe(l.completionTokens);
       expect(l.tpotMs.p50 === null || l.tpotMs.p50 > 0).toBe(true);
       expect(l.cutByTimeLimit).toBe(0);
       expect(l.tokensLost).toBe(0);
