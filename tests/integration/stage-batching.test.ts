@@ -63,15 +63,20 @@ async function hosts(w: LocalWorker): Promise<Hosts> {
   return (await res.json()) as Hosts;
 }
 
+/** Each prompt alone with batching off, one request at a time: the reference token ids and text. */
+async function alone(): Promise<{ wantIds: number[][]; wantText: string[] }> {
+  const wantIds: number[][] = [];
+  const wantText: string[] = [];
+  for (const p of PROMPTS) {
+    wantIds.push(await complete(off, p));
+    wantText.push(await streamed(off, p));
+  }
+  return { wantIds, wantText };
+}
+
 describe("StageHost batching", () => {
   it("gives concurrent streamed sessions the tokens each gets alone, with their stage calls merged", async () => {
-    // Alone, batching off: the reference, one request at a time.
-    const wantIds: number[][] = [];
-    const wantText: string[] = [];
-    for (const p of PROMPTS) {
-      wantIds.push(await complete(off, p));
-      wantText.push(await streamed(off, p));
-    }
+    const { wantIds, wantText } = await alone();
     expect(wantIds.every((ids) => ids.length > 0)).toBe(true);
     // Together, batching on: streamed and plain at once.
     const [text, ids] = await Promise.all([
@@ -113,12 +118,7 @@ describe("StageHost batching", () => {
   });
 
   it("spreads generations over SESSION_DRIVERS drivers, each sharing steps, with the same tokens", async () => {
-    const want: number[][] = [];
-    const wantText: string[] = [];
-    for (const p of PROMPTS) {
-      want.push(await complete(off, p));
-      wantText.push(await streamed(off, p));
-    }
+    const { wantIds: want, wantText } = await alone();
     // 24 sessions at once (each prompt streamed and plain, twice): random session ids put some on
     // each of the 2 drivers (all on one: 2 × 2⁻²⁴).
     const runs = [...PROMPTS, ...PROMPTS];
