@@ -379,14 +379,19 @@ export class StepBatcher {
     // this step come first in a later one (in arrival order the first ones would take every step).
     // A prompt waiting to be read keeps `prefillReserve` rows free (one head row among them), so
     // decode rows that fill the limits never hold a new request's prompt back until a stream ends.
+    // The leader's decode row comes first; the others' turn rotates among them alone.
     const all = this.#streams;
-    const from = all.length > 0 ? this.#turn++ % all.length : 0;
+    const others = all.filter((st) => st !== leader);
+    const from = others.length > 0 ? this.#turn++ % others.length : 0;
     const reserve = all.some((st) => st.ready && !st.prefilled) ? Math.max(1, this.#limits.prefillReserve) : 0;
-    const decoding = all.map((_, i) => all[(from + i) % all.length]).filter((st) => st !== leader);
-    for (const st of [leader, ...decoding]) {
+    // A leader still reading its prompt keeps its reserve even from the first decode row (which
+    // otherwise always runs): with one row a step, its prompt takes it.
+    const leaderReads = leader.ready && !leader.prefilled;
+    for (const st of [leader, ...others.map((_, i) => others[(from + i) % others.length])]) {
       if (!st.ready || !st.prefilled) continue;
       const need = rows + 1 + reserve;
-      if (out.length > 0 && (need > maxRows || !fits(need, outs + 1 + Math.min(reserve, 1)))) continue;
+      const checked = out.length > 0 || leaderReads;
+      if (checked && (need > maxRows || !fits(need, outs + 1 + Math.min(reserve, 1)))) continue;
       out.push({ st, tokens: st.pending });
       rows += st.pending.length;
       outs++;

@@ -163,6 +163,36 @@ describe("StepBatcher faults", () => {
     expect(withoutA).toBeLessThanOrEqual(3);
   });
 
+  it("a leader still reading its prompt gets the row when a step holds one", async () => {
+    // One row a step, one generation decoding: the first decode row used to skip the step's
+    // limits, so a leader reading its prompt got no row in the steps it led — for others, unbounded.
+    const als = new AsyncLocalStorage<string>();
+    const sl = session();
+    let withoutL = 0;
+    const b = new StepBatcher(
+      async (segs) => {
+        if (als.getStore() === "L" && !segs.some((g) => g.session === sl)) withoutL++;
+        return fakeStep(segs);
+      },
+      undefined,
+      undefined,
+      // One step a turn: the lead alternates between the two requests.
+      { maxRows: 1, leadForOthers: 2, leadSteps: 1, leadMs: 600_000 },
+    );
+    // D reads its prompt and decodes; then L arrives and leads the next step.
+    const dg = b.tokens(spec(session(), [3], 60));
+    const first = await als.run("D", () => dg.next());
+    const l = als.run("L", () => collect(b, spec(sl, [0, 1, 2, 3], 5)));
+    const d = als.run("D", async () => {
+      const ids = [first.value as number];
+      for await (const id of dg) ids.push(id);
+      return ids;
+    });
+    expect(await l).toEqual([4, 5, 6, 7, 0]);
+    expect(await d).toEqual(Array.from({ length: 60 }, (_, i) => (4 + i) % VOCAB));
+    expect(withoutL).toBeLessThanOrEqual(2);
+  });
+
   it("a leader hands the loop on after its share of steps", async () => {
     let loops = 0;
     const b = new StepBatcher(
