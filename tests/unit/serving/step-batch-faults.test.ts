@@ -16,7 +16,7 @@ import { loadKernels } from "../../../src/kernels/node";
 import { loadDenseWeights, openModel } from "../../../src/model/architectures";
 import { memoryFileStore } from "../../../src/model/safetensors";
 import { ModelForward, type Session, type StepOutcome, type StepSegment } from "../../../src/serving/forward";
-import { MAX_STEP_ROWS, StepBatcher, type StepStreamSpec } from "../../../src/serving/step-batcher";
+import { MAX_STEP_ROWS, StepBatcher, type StepLimits, type StepStreamSpec } from "../../../src/serving/step-batcher";
 import { WORKER_SCRATCH_BYTES } from "../../../src/platform/budgets";
 
 function session(): Session {
@@ -53,6 +53,25 @@ function hangingRun(hang: number) {
     return fakeStep(segs);
   };
   return { run, release: () => release() };
+}
+
+/**
+ * A batcher whose steps note which request ran each step that lacks `s`'s row: the request is the
+ * async context the loop was started from (its consumer's `als.run` name). Long turns by default,
+ * so only the limits under test hand the loop on (a slow machine stays within them).
+ */
+function leaderTrace(als: AsyncLocalStorage<string>, s: Session, limits: Partial<StepLimits>) {
+  const ledWithout: string[] = [];
+  const b = new StepBatcher(
+    async (segs) => {
+      if (!segs.some((g) => g.session === s)) ledWithout.push(als.getStore() ?? "?");
+      return fakeStep(segs);
+    },
+    undefined,
+    undefined,
+    { leadSteps: 10_000, leadMs: 600_000, ...limits },
+  );
+  return { b, by: (name: string) => ledWithout.filter((x) => x === name).length };
 }
 
 describe("StepBatcher faults", () => {
@@ -100,26 +119,11 @@ describe("StepBatcher faults", () => {
   });
 
   it("a request with no work of its own leads at most leadForOthers steps for the others", async () => {
-    // Which request runs a step: the async context its loop was started from (its consumer's).
     const als = new AsyncLocalStorage<string>();
     const sa = session();
-    const forOthers = (cap: number) => {
-      const ledBy: string[] = [];
-      const b = new StepBatcher(
-        async (segs) => {
-          if (!segs.some((g) => g.session === sa)) ledBy.push(als.getStore() ?? "?");
-          return fakeStep(segs);
-        },
-        undefined,
-        undefined,
-        // Long turns, so only the bound under test hands the loop on (a slow machine stays within them).
-        { leadForOthers: cap, leadSteps: 10_000, leadMs: 600_000 },
-      );
-      return { b, ledBy };
-    };
     for (const cap of [Number.POSITIVE_INFINITY, 3]) {
       sa.length = 0;
-      const { b, ledBy } = forOthers(cap);
+      const { b, by } = leaderTrace(als, sa, { leadForOthers: cap });
       // A leads its first steps, then its consumer stops taking tokens (LOOKAHEAD untaken): the
       // loop its request started keeps running B's steps, which are A's invocation's subrequests.
       const a = als.run("A", () => b.tokens(spec(sa, [0], 30)));
@@ -129,11 +133,10 @@ describe("StepBatcher faults", () => {
       const rest: number[] = [];
       for await (const id of a) rest.push(id);
       expect([1, ...rest]).toEqual(Array.from({ length: 30 }, (_, i) => (1 + i) % VOCAB));
-      const byA = ledBy.filter((x) => x === "A").length;
       if (cap === 3) {
-        expect(byA).toBeLessThanOrEqual(3);
-        expect(ledBy.filter((x) => x === "B").length).toBeGreaterThan(30);
-      } else expect(byA).toBeGreaterThan(30); // unbounded: A's request ran nearly all of B's steps
+        expect(by("A")).toBeLessThanOrEqual(3);
+        expect(by("B")).toBeGreaterThan(30);
+      } else expect(by("A")).toBeGreaterThan(30); // unbounded: A's request ran nearly all of B's steps
     }
   });
 
@@ -143,16 +146,7 @@ describe("StepBatcher faults", () => {
     // for the others in its invocation, past any bound.
     const als = new AsyncLocalStorage<string>();
     const sa = session();
-    let withoutA = 0;
-    const b = new StepBatcher(
-      async (segs) => {
-        if (als.getStore() === "A" && !segs.some((g) => g.session === sa)) withoutA++;
-        return fakeStep(segs);
-      },
-      undefined,
-      undefined,
-      { maxRows: 2, leadForOthers: 3, leadSteps: 10_000, leadMs: 600_000 },
-    );
+    const { b, by } = leaderTrace(als, sa, { maxRows: 2, leadForOthers: 3 });
     const a = als.run("A", () => collect(b, spec(sa, [0], 20)));
     const others = [1, 2, 3, 4, 5].map((p) => als.run(`B${p}`, () => collect(b, spec(session(), [p], 20))));
     expect(await a).toEqual(Array.from({ length: 20 }, (_, i) => (1 + i) % VOCAB));
@@ -160,7 +154,7 @@ describe("StepBatcher faults", () => {
       expect(o).toEqual(Array.from({ length: 20 }, (_, k) => (2 + i + k) % VOCAB));
     }
     // Only once A had no token left to produce (done, its consumer draining) may it lead without its row.
-    expect(withoutA).toBeLessThanOrEqual(3);
+    expect(by("A")).toBeLessThanOrEqual(3);
   });
 
   it("a leader still reading its prompt gets the row when a step holds one", async () => {
@@ -168,17 +162,8 @@ describe("StepBatcher faults", () => {
     // limits, so a leader reading its prompt got no row in the steps it led — for others, unbounded.
     const als = new AsyncLocalStorage<string>();
     const sl = session();
-    let withoutL = 0;
-    const b = new StepBatcher(
-      async (segs) => {
-        if (als.getStore() === "L" && !segs.some((g) => g.session === sl)) withoutL++;
-        return fakeStep(segs);
-      },
-      undefined,
-      undefined,
-      // One step a turn: the lead alternates between the two requests.
-      { maxRows: 1, leadForOthers: 2, leadSteps: 1, leadMs: 600_000 },
-    );
+    // One step a turn: the lead alternates between the two requests.
+    const { b, by } = leaderTrace(als, sl, { maxRows: 1, leadForOthers: 2, leadSteps: 1 });
     // D reads its prompt and decodes; then L arrives and leads the next step.
     const dg = b.tokens(spec(session(), [3], 60));
     const first = await als.run("D", () => dg.next());
@@ -190,7 +175,7 @@ describe("StepBatcher faults", () => {
     });
     expect(await l).toEqual([4, 5, 6, 7, 0]);
     expect(await d).toEqual(Array.from({ length: 60 }, (_, i) => (4 + i) % VOCAB));
-    expect(withoutL).toBeLessThanOrEqual(2);
+    expect(by("L")).toBeLessThanOrEqual(2);
   });
 
   it("a leader hands the loop on after its share of steps", async () => {
