@@ -5,8 +5,17 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { LocalWorker } from "../../scripts/lib/local-worker";
-import { ADMIN, makeSmallChatModel, postJson, sseData, streamedText, waitFor } from "./helpers";
-import { startWithModels } from "./helpers";
+import {
+  ADMIN,
+  greedyIds,
+  makeSmallChatModel,
+  modelMetrics,
+  postJson,
+  sseData,
+  startWithModels,
+  streamedText,
+  waitFor,
+} from "./helpers";
 
 const CHATS = ["Hello!", "What is the capital of France?", "Write a haiku about rain.", "Count to five."];
 const PROMPTS = [
@@ -38,10 +47,8 @@ function chat(w: LocalWorker, content: string, maxTokens: number): Promise<strin
 }
 
 /** A greedy completion: its token ids. */
-async function complete(w: LocalWorker, prompt: number[], maxTokens: number): Promise<number[]> {
-  const r = await postJson(w, "/v1/completions", { prompt, max_tokens: maxTokens, temperature: 0 });
-  expect(r.status, JSON.stringify(r.json)).toBe(200);
-  return r.json.choices[0].token_ids;
+function complete(w: LocalWorker, prompt: number[], maxTokens: number): Promise<number[]> {
+  return greedyIds(w, prompt, maxTokens);
 }
 
 /** Kernel passes the ExpertHosts ran so far. */
@@ -92,11 +99,8 @@ describe("BATCHING", () => {
 
 /** Prompt tokens the Worker copied from live sessions (edge_moe_prefix_shared_tokens_total). */
 async function sharedTokens(w: LocalWorker): Promise<number> {
-  const res = await w.fetch("/metrics", { headers: ADMIN });
-  expect(res.status).toBe(200);
-  const text = await res.text();
-  const line = text.split("\n").find((l) => l.startsWith('edge_moe_prefix_shared_tokens_total{model="chat"}'));
-  return line === undefined ? 0 : Number(line.split(" ").at(-1));
+  const name = "edge_moe_prefix_shared_tokens_total";
+  return (await modelMetrics(w, "chat", [name]))[name];
 }
 
 describe("PREFIX_SHARING (on by default with BATCHING)", () => {

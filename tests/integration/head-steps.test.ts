@@ -11,7 +11,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { LocalWorker } from "../../scripts/lib/local-worker";
 import { makeModel, resolveConfig } from "../../scripts/lib/make-model";
-import { ADMIN, postJson, startWithModels, waitFor } from "./helpers";
+import { greedyIds, modelMetrics, postJson, startWithModels, waitFor } from "./helpers";
 
 const PROMPTS = [
   [5, 200, 17, 88, 300, 41],
@@ -40,22 +40,14 @@ afterAll(async () => {
   await Promise.all([on?.dispose(), off?.dispose()]);
 });
 
-async function complete(w: LocalWorker, prompt: number[], maxTokens: number): Promise<number[]> {
-  const r = await postJson(w, "/v1/completions", { prompt, max_tokens: maxTokens, temperature: 0 });
-  expect(r.status, JSON.stringify(r.json)).toBe(200);
-  return r.json.choices[0].token_ids;
+function complete(w: LocalWorker, prompt: number[], maxTokens: number): Promise<number[]> {
+  return greedyIds(w, prompt, maxTokens);
 }
 
 /** Batched decode steps the Worker ran and the requests they carried (edge_moe_batch_requests). */
 async function steps(w: LocalWorker): Promise<{ count: number; sum: number }> {
-  const res = await w.fetch("/metrics", { headers: ADMIN });
-  expect(res.status).toBe(200);
-  const text = await res.text();
-  const value = (suffix: string) => {
-    const line = text.split("\n").find((l) => l.startsWith(`edge_moe_batch_requests_${suffix}{model="g"}`));
-    return line === undefined ? 0 : Number(line.split(" ").at(-1));
-  };
-  return { count: value("count"), sum: value("sum") };
+  const m = await modelMetrics(w, "g", ["edge_moe_batch_requests_count", "edge_moe_batch_requests_sum"]);
+  return { count: m.edge_moe_batch_requests_count, sum: m.edge_moe_batch_requests_sum };
 }
 
 describe("BATCHING with the head on HeadHosts", () => {

@@ -120,6 +120,35 @@ export async function postJson(
   return { status: res.status, json };
 }
 
+/** A greedy completion of token ids (`/v1/completions`, temperature 0): its token ids; 200 required. */
+export async function greedyIds(
+  w: LocalWorker,
+  prompt: number[],
+  maxTokens: number,
+  model?: string,
+): Promise<number[]> {
+  const body = { ...(model === undefined ? {} : { model }), prompt, max_tokens: maxTokens, temperature: 0 };
+  const r = await postJson(w, "/v1/completions", body);
+  expect(r.status, JSON.stringify(r.json)).toBe(200);
+  return r.json.choices[0].token_ids;
+}
+
+/** The value of each of `names` for `model` in /metrics (0 for a series not recorded yet). */
+export async function modelMetrics<N extends string>(
+  w: LocalWorker,
+  model: string,
+  names: readonly N[],
+): Promise<Record<N, number>> {
+  const res = await w.fetch("/metrics", { headers: ADMIN });
+  expect(res.status).toBe(200);
+  const lines = (await res.text()).split("\n");
+  const value = (name: string) => {
+    const line = lines.find((l) => l.startsWith(`${name}{`) && l.includes(`model="${model}"`));
+    return line === undefined ? 0 : Number(line.split(" ").at(-1));
+  };
+  return Object.fromEntries(names.map((n) => [n, value(n)])) as Record<N, number>;
+}
+
 /** Parses an SSE body into its `data:` payloads. */
 export function sseData(text: string): string[] {
   return text
@@ -178,13 +207,6 @@ export const GOLDEN_TINY_PROMPT = [29, 192, 173, 88, 189, 139, 156, 188, 151, 15
 export const GOLDEN_TINY_IDS = [209, 91, 45, 118, 199, 228, 217, 157];
 
 /** Greedy token ids of `maxTokens` tokens of the golden prompt from model `tiny` (the fixture). */
-export async function greedyTinyIds(w: LocalWorker, maxTokens: number): Promise<number[]> {
-  const r = await postJson(w, "/v1/completions", {
-    model: "tiny",
-    prompt: GOLDEN_TINY_PROMPT,
-    max_tokens: maxTokens,
-    temperature: 0,
-  });
-  expect(r.status, JSON.stringify(r.json)).toBe(200);
-  return r.json.choices[0].token_ids;
+export function greedyTinyIds(w: LocalWorker, maxTokens: number): Promise<number[]> {
+  return greedyIds(w, GOLDEN_TINY_PROMPT, maxTokens, "tiny");
 }

@@ -6,7 +6,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { LocalWorker } from "../../scripts/lib/local-worker";
-import { ADMIN, makeSmallChatModel, postJson, startWithModels, waitFor } from "./helpers";
+import { ADMIN, greedyIds, makeSmallChatModel, modelMetrics, postJson, startWithModels, waitFor } from "./helpers";
 
 let w: LocalWorker;
 
@@ -23,22 +23,14 @@ const PROMPT = Array.from({ length: 90 }, (_, i) => 1 + ((i * 71) % 900));
 const RESET = "/admin/prefix-cache/reset";
 
 /** A greedy completion of `model`: its token ids. */
-async function complete(model: string, prompt: number[]): Promise<number[]> {
-  const r = await postJson(w, "/v1/completions", { model, prompt, max_tokens: 30, temperature: 0 });
-  expect(r.status, JSON.stringify(r.json)).toBe(200);
-  return r.json.choices[0].token_ids;
+function complete(model: string, prompt: number[]): Promise<number[]> {
+  return greedyIds(w, prompt, 30, model);
 }
 
 /** The model's prompt tokens and prompt tokens copied from donors so far (/metrics). */
 async function counts(model: string): Promise<{ prompt: number; shared: number }> {
-  const res = await w.fetch("/metrics", { headers: ADMIN });
-  expect(res.status).toBe(200);
-  const text = await res.text();
-  const value = (name: string) => {
-    const line = text.split("\n").find((l) => l.startsWith(`${name}{`) && l.includes(`model="${model}"`));
-    return line === undefined ? 0 : Number(line.split(" ").at(-1));
-  };
-  return { prompt: value("edge_moe_prompt_tokens_total"), shared: value("edge_moe_prefix_shared_tokens_total") };
+  const m = await modelMetrics(w, model, ["edge_moe_prompt_tokens_total", "edge_moe_prefix_shared_tokens_total"]);
+  return { prompt: m.edge_moe_prompt_tokens_total, shared: m.edge_moe_prefix_shared_tokens_total };
 }
 
 /** KV-budget bytes the isolate holds for `model` (live sessions and kept donors). */

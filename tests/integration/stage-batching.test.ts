@@ -9,7 +9,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { LocalWorker } from "../../scripts/lib/local-worker";
-import { ADMIN, makeSmallChatModel, postJson, startWithModels, streamedText } from "./helpers";
+import { ADMIN, greedyIds, makeSmallChatModel, startWithModels, streamedText } from "./helpers";
 import type { StageHostStats } from "../../src/serving/stage-protocol";
 import type { HeadHostStats } from "../../src/head/protocol";
 
@@ -45,10 +45,8 @@ function streamed(w: LocalWorker, prompt: number[]): Promise<string> {
   return streamedText(w, "/v1/completions", { prompt, max_tokens: STEPS, temperature: 0 });
 }
 
-async function complete(w: LocalWorker, prompt: number[]): Promise<number[]> {
-  const r = await postJson(w, "/v1/completions", { prompt, max_tokens: STEPS, temperature: 0 });
-  expect(r.status, JSON.stringify(r.json)).toBe(200);
-  return r.json.choices[0].token_ids;
+function complete(w: LocalWorker, prompt: number[]): Promise<number[]> {
+  return greedyIds(w, prompt, STEPS);
 }
 
 interface Hosts {

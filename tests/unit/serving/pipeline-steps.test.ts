@@ -67,6 +67,11 @@ function parts(calls: Calls, opts: Faults = {}) {
   return p;
 }
 
+/** A step's recorder and stand-in sessions, empty. */
+function fresh(): { calls: Calls; sessions: PipelineSessions<PipelineSession> } {
+  return { calls: { chain: [], heads: [], replays: [] }, sessions: new PipelineSessions<PipelineSession>() };
+}
+
 function seg(
   sessions: PipelineSessions<PipelineSession>,
   s: PipelineSession,
@@ -78,8 +83,7 @@ function seg(
 
 describe("runPipelineStep", () => {
   it("sends every segment down the chain in one call and makes one head call for the rows wanting logits", async () => {
-    const calls: Calls = { chain: [], heads: [], replays: [] };
-    const sessions = new PipelineSessions<PipelineSession>();
+    const { calls, sessions } = fresh();
     const a = session("a");
     const b = session("b");
     const c = session("c");
@@ -102,8 +106,7 @@ describe("runPipelineStep", () => {
   });
 
   it("sends chunks longer than PREFILL_CHUNK in rounds, each at the session's next positions", async () => {
-    const calls: Calls = { chain: [], heads: [], replays: [] };
-    const sessions = new PipelineSessions<PipelineSession>();
+    const { calls, sessions } = fresh();
     const a = session("a");
     const b = session("b");
     const n = 2 * PREFILL_CHUNK + 3;
@@ -125,8 +128,7 @@ describe("runPipelineStep", () => {
   });
 
   it("replays a lost session and runs its rows again; another failure fails only its segment", async () => {
-    const calls: Calls = { chain: [], heads: [], replays: [] };
-    const sessions = new PipelineSessions<PipelineSession>();
+    const { calls, sessions } = fresh();
     const a = session("a");
     const b = session("b");
     const c = session("c");
@@ -154,8 +156,7 @@ describe("runPipelineStep", () => {
   });
 
   it("fails a session lost past its replays, and a failed head only the segments wanting logits", async () => {
-    const calls: Calls = { chain: [], heads: [], replays: [] };
-    const sessions = new PipelineSessions<PipelineSession>();
+    const { calls, sessions } = fresh();
     const a = session("a");
     a.replays = 2;
     const b = session("b");
@@ -175,8 +176,7 @@ describe("runPipelineStep", () => {
   });
 
   it("fails every segment when the embedding lookup fails, before any stage call", async () => {
-    const calls: Calls = { chain: [], heads: [], replays: [] };
-    const sessions = new PipelineSessions<PipelineSession>();
+    const { calls, sessions } = fresh();
     const p = parts(calls);
     p.embed = async () => {
       throw new Error("lookup failed");
@@ -190,8 +190,7 @@ describe("runPipelineStep", () => {
   });
 
   it("fails every segment a failed chain call carried", async () => {
-    const calls: Calls = { chain: [], heads: [], replays: [] };
-    const sessions = new PipelineSessions<PipelineSession>();
+    const { calls, sessions } = fresh();
     const a = session("a");
     const out = await runPipelineStep(parts(calls, { failCall: true }), sessions, [
       seg(sessions, a, [1], 1),
@@ -204,8 +203,7 @@ describe("runPipelineStep", () => {
   });
 
   it("refuses rows past a session's positions without calling the chain", async () => {
-    const calls: Calls = { chain: [], heads: [], replays: [] };
-    const sessions = new PipelineSessions<PipelineSession>();
+    const { calls, sessions } = fresh();
     const out = await runPipelineStep(parts(calls), sessions, [seg(sessions, session("a", 2), [1, 2, 3], 1)]);
     expect(out[0].ok).toBe(false);
     expect(calls.chain).toEqual([]);

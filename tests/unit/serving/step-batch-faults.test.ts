@@ -15,7 +15,7 @@ import { localExperts } from "../../support/forward-helpers";
 import { loadKernels } from "../../../src/kernels/node";
 import { loadDenseWeights, openModel } from "../../../src/model/architectures";
 import { memoryFileStore } from "../../../src/model/safetensors";
-import { ModelForward, type Session, type StepOutcome, type StepSegment } from "../../../src/serving/forward";
+import { ModelForward, type Session, type StepSegment } from "../../../src/serving/forward";
 import { MAX_STEP_ROWS, StepBatcher, type StepLimits, type StepStreamSpec } from "../../../src/serving/step-batcher";
 import { WORKER_SCRATCH_BYTES } from "../../../src/platform/budgets";
 

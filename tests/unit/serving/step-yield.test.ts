@@ -5,8 +5,8 @@
  * catch-up yields — with one timer a step it falls LOOKAHEAD tokens behind and drops out of steps.
  */
 import { describe, expect, it, vi } from "vitest";
-import { FAKE_VOCAB as VOCAB, fakeStep } from "../../support/fake-step";
-import type { Session, StepOutcome, StepSegment } from "../../../src/serving/forward";
+import { fakeStep } from "../../support/fake-step";
+import type { Session } from "../../../src/serving/forward";
 import { LOOKAHEAD, StepBatcher, type StepStreamSpec } from "../../../src/serving/step-batcher";
 import { CATCH_UP_YIELDS, consumerBehind, macrotask } from "../../../src/serving/step-yield";
 
