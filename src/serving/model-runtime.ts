@@ -72,7 +72,8 @@ export type { ModelPlacementInit } from "./placement-init";
 
 /**
  * Head rows' logits (or the driver's own head scratch) one pipeline step may hold: a session driver
- * serves every generation of its model in one isolate (128 MB), so a step's logits are bounded —
+ * serves all its share of the model's generations in one isolate (128 MB; every generation with
+ * SESSION_DRIVERS = 1), so a step's logits are bounded —
  * 170 rows of granite's 49155-word vocabulary, 55 of a 151936-word one, at least one row a step.
  */
 const PIPELINE_STEP_LOGITS_BYTES = 32 * 1024 * 1024;
@@ -538,8 +539,9 @@ export class ModelRuntime {
   /**
    * A pipeline's step limits. Rows: PREFILL_CHUNK (a stage's pass queue always takes that many, and
    * a hop's payload stays one prompt chunk's), a quarter of them kept for prompts while one waits.
-   * Logits: one driver serves every generation of the model, so a step's head rows are bounded —
-   * their logits in JS (remote head) or the head's Wasm scratch (local) within PIPELINE_STEP_LOGITS_BYTES.
+   * Logits: a driver serves its share of the model's generations (all of them by default), so a
+   * step's head rows are bounded — their logits in JS (remote head) or the head's Wasm scratch
+   * (local) within PIPELINE_STEP_LOGITS_BYTES.
    * Wait: a step crosses every stage and may replay a lost session, each call bounded by the
    * pipeline's RPC deadline; members give a step several of those before calling it stuck.
    */
