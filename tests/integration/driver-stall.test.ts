@@ -13,7 +13,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { LocalWorker } from "../../scripts/lib/local-worker";
-import { ADMIN, makeSmallChatModel, postJson, sseData, startWithModels } from "./helpers";
+import { ADMIN, makeSmallChatModel, postJson, sseData, startWithModels, streamedText } from "./helpers";
 
 const STALL_MS = Number(process.env.STALL_MS ?? 25_000);
 const EXPERTS = 4; // makeSmallChatModel
@@ -149,22 +149,19 @@ describe("session driver under a slow pipeline", () => {
 
   it("replays every session the last stage lost when it is reset under four generations sharing steps", async () => {
     // BATCHING on (the default): the driver runs the four generations in shared steps, each step one
-    // runMany call a hop; stage 1 resets when the first of them reaches position 48 — the others have
-    // joined long before (a lone leader lets arrivals in every LONE_YIELD_MS, a few steps here) and are
-    // mid-generation — so the reset loses every session held there, after stage 0 ran their rows.
+    // runMany call a hop. All four streams are open and have their first token (every session admitted
+    // on both stages, mid-generation) before stage 1 is told to reset at its next call (any position
+    // ≥ 1: every running session is past it), so the reset loses every session held there —
+    // whatever the timing of a loaded machine.
     const prompts = [
       [1, 415, 2936],
       [1, 306, 763, 29871],
       [1, 22172, 29991],
       [1, 450, 4996, 17354, 1701],
     ];
-    const body = (prompt: number[]) => ({ model: "chat", prompt, max_tokens: 64, temperature: 0 });
-    const alone: number[][] = [];
-    for (const p of prompts) {
-      const r = await postJson(w, "/v1/completions", body(p));
-      expect(r.status).toBe(200);
-      alone.push(r.json.choices[0].token_ids);
-    }
+    const body = (prompt: number[]) => ({ model: "chat", prompt, max_tokens: 200, temperature: 0 });
+    const alone: string[] = [];
+    for (const p of prompts) alone.push(await streamedText(w, "/v1/completions", body(p)));
     const driver = async () => {
       const res = await w.fetch("/admin/hosts?model=chat", { headers: ADMIN });
       const h = (await res.json()) as {
@@ -176,13 +173,46 @@ describe("session driver under a slow pipeline", () => {
       return { h, steps, segments, replays: h.drivers.reduce((a, d) => a + d.replays, 0) };
     };
     const before = await driver();
-    const r = await postJson(w, "/admin/fault/stage", { model: "chat", stage: 1, at: 48 }, ADMIN);
+    // Each stream read up to its first token; the rest is read after the reset.
+    const open = await Promise.all(
+      prompts.map(async (p) => {
+        const res = await w.fetch("/v1/completions", {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body: JSON.stringify({ ...body(p), stream: true }),
+        });
+        expect(res.status).toBe(200);
+        const reader = res.body!.getReader();
+        const decoder = new TextDecoder();
+        let raw = "";
+        while (!raw.includes('"text"')) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          raw += decoder.decode(value, { stream: true });
+        }
+        return { reader, decoder, raw };
+      }),
+    );
+    const r = await postJson(w, "/admin/fault/stage", { model: "chat", stage: 1, at: 1 }, ADMIN);
     expect(r.status).toBe(200);
-    const together = await Promise.all(prompts.map((p) => postJson(w, "/v1/completions", body(p))));
-    together.forEach((res, i) => {
-      expect(res.status, JSON.stringify(res.json)).toBe(200);
-      expect(res.json.choices[0].token_ids, `prompt ${i}`).toEqual(alone[i]);
-    });
+    const texts = await Promise.all(
+      open.map(async ({ reader, decoder, raw }) => {
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          raw += decoder.decode(value, { stream: true });
+        }
+        let text = "";
+        for (const d of sseData(raw)) {
+          if (d === "[DONE]") continue;
+          const chunk = JSON.parse(d);
+          expect(chunk.error, d).toBeUndefined();
+          text += chunk.choices[0]?.text ?? "";
+        }
+        return text;
+      }),
+    );
+    expect(texts).toEqual(alone);
     const after = await driver();
     // Several generations shared the steps, and the reset lost more than one of them.
     expect(after.segments - before.segments).toBeGreaterThan(after.steps - before.steps);
